@@ -1,0 +1,213 @@
+import DataLoader from 'dataloader';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
+import { allocate, elementCount, type Tensor, type TensorData } from '../engine/types.ts';
+import type { VersionStats } from './stats.ts';
+
+export type Feeds = Record<string, Tensor>;
+export type RunFn = (feeds: Feeds) => Promise<Feeds>;
+
+export interface BatcherOptions {
+  /** Items per engine call; 1 turns batching off. */
+  maxBatchSize: number;
+  /** How long the first item of a batch waits for company. */
+  maxDelayMs: number;
+  /** Requests admitted at once (arrival to answer, preprocessing included); past it: QUEUE_FULL. */
+  maxQueueSize: number;
+  /** Engine calls at once. */
+  maxConcurrentBatches: number;
+  /** A request still waiting for its engine call after this long gets DEADLINE_EXCEEDED; 0 = never. */
+  timeoutMs: number;
+}
+
+interface Item {
+  feeds: Feeds;
+  enqueuedAt: number;
+}
+
+interface Slot {
+  count: number;
+  fire: () => void;
+}
+
+/** Checks options early with messages that say what to fix (as dataloader does). */
+export function validateBatcherOptions(o: BatcherOptions): BatcherOptions {
+  const intAtLeast = (name: keyof BatcherOptions, min: number) => {
+    if (!Number.isInteger(o[name]) || o[name] < min) throw new TypeError(`batcher option ${name} must be an integer >= ${min}, got ${o[name]}`);
+  };
+  intAtLeast('maxBatchSize', 1);
+  intAtLeast('maxQueueSize', 1);
+  intAtLeast('maxConcurrentBatches', 1);
+  if (!(o.maxDelayMs >= 0)) throw new TypeError(`batcher option maxDelayMs must be >= 0, got ${o.maxDelayMs}`);
+  if (!(o.timeoutMs >= 0)) throw new TypeError(`batcher option timeoutMs must be >= 0, got ${o.timeoutMs}`);
+  return o;
+}
+
+/** The key that decides which items may share a batch: same input names, dtypes and per-item shapes. */
+function shapeKey(feeds: Feeds): string {
+  let key = '';
+  for (const name in feeds) key += `${name}:${feeds[name].dtype}:${feeds[name].shape.join('x')};`;
+  return key;
+}
+
+/** Join per-item tensors (batch dim 1 each) along dim 0: the one copy of the hot path. */
+export function concatBatch(items: readonly Feeds[]): Feeds {
+  const first = items[0];
+  if (items.length === 1) return first;
+  const out: Feeds = {};
+  for (const name in first) {
+    const t0 = first[name];
+    const per = t0.data.length;
+    const data = allocate(t0.dtype, per * items.length);
+    for (let i = 0; i < items.length; i++) (data as Float32Array).set(items[i][name].data as Float32Array, i * per);
+    out[name] = { dtype: t0.dtype, shape: [items.length, ...t0.shape.slice(1)], data };
+  }
+  return out;
+}
+
+/** Split outputs along dim 0 into per-item views (no copies). */
+export function splitBatch(outputs: Feeds, n: number): Feeds[] {
+  const result: Feeds[] = Array.from({ length: n }, () => ({}));
+  for (const name in outputs) {
+    const t = outputs[name];
+    if (t.shape[0] !== n) throw new Error(`output ${name} has batch dimension ${t.shape[0]}, expected ${n}`);
+    const per = elementCount(t.shape) / n;
+    for (let i = 0; i < n; i++) {
+      result[i][name] = { dtype: t.dtype, shape: [1, ...t.shape.slice(1)], data: t.data.subarray(i * per, (i + 1) * per) as TensorData };
+    }
+  }
+  return result;
+}
+
+/**
+ * One long-lived batcher per loaded model version. Requests that arrive together become one engine call:
+ * a batch goes when it is full or maxDelayMs after its first item, whichever is first. Built on dataloader
+ * (cache off: a work queue, not an entity cache) with a scheduler that dispatches early when a batch fills.
+ */
+export class Batcher {
+  readonly options: BatcherOptions;
+  private readonly loaders = new Map<string, { loader: DataLoader<Item, Feeds>; current: Slot | null }>();
+  private admitted = 0;
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly run: RunFn, options: BatcherOptions, private readonly stats?: VersionStats) {
+    this.options = validateBatcherOptions({ ...options });
+  }
+
+  /** Requests admitted and not yet answered. */
+  get pending(): number {
+    return this.admitted;
+  }
+
+  /** Admit one request (call before preprocessing); returns its release. Throws QUEUE_FULL at the bound. */
+  admit(): () => void {
+    if (this.admitted >= this.options.maxQueueSize) {
+      throw new GatewayError(ErrorCode.QUEUE_FULL, `queue full: ${this.admitted} requests already admitted (maxQueueSize ${this.options.maxQueueSize})`);
+    }
+    this.admitted++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.admitted--;
+      if (this.admitted === 0) {
+        const w = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const f of w) f();
+      }
+    };
+  }
+
+  /** Resolves when every admitted request has been answered. */
+  drain(): Promise<void> {
+    if (this.admitted === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). */
+  infer(feeds: Feeds): Promise<Feeds> {
+    const key = shapeKey(feeds);
+    let entry = this.loaders.get(key);
+    if (!entry) {
+      const e: { loader: DataLoader<Item, Feeds>; current: Slot | null } = { loader: undefined as never, current: null };
+      e.loader = new DataLoader<Item, Feeds>((items) => this.dispatch(items), {
+        cache: false,
+        maxBatchSize: this.options.maxBatchSize,
+        batchScheduleFn: (callback) => {
+          const slot: Slot = { count: 0, fire: () => {} };
+          let fired = false;
+          const timer = this.options.maxDelayMs > 0 ? setTimeout(() => slot.fire(), this.options.maxDelayMs) : setImmediate(() => slot.fire());
+          slot.fire = () => {
+            if (fired) return;
+            fired = true;
+            if (this.options.maxDelayMs > 0) clearTimeout(timer as NodeJS.Timeout);
+            else clearImmediate(timer as NodeJS.Immediate);
+            if (e.current === slot) e.current = null;
+            callback();
+          };
+          e.current = slot;
+        },
+      });
+      this.loaders.set(key, e);
+      entry = e;
+    }
+    const promise = entry.loader.load({ feeds, enqueuedAt: performance.now() });
+    const slot = entry.current;
+    // dataloader waits for its timer even when a batch is full; dispatch a full batch at once.
+    if (slot && ++slot.count >= this.options.maxBatchSize) slot.fire();
+    return promise;
+  }
+
+  private async acquireRun(): Promise<void> {
+    if (this.running < this.options.maxConcurrentBatches) {
+      this.running++;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  private releaseRun(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.running--;
+  }
+
+  private async dispatch(items: readonly Item[]): Promise<(Feeds | Error)[]> {
+    await this.acquireRun();
+    try {
+      const start = performance.now();
+      const results: (Feeds | Error)[] = new Array(items.length);
+      const live: number[] = [];
+      const timeout = this.options.timeoutMs;
+      for (let i = 0; i < items.length; i++) {
+        const waited = start - items[i].enqueuedAt;
+        this.stats?.queueTime.observe(waited * 1000);
+        if (timeout > 0 && waited > timeout) {
+          results[i] = new GatewayError(ErrorCode.DEADLINE_EXCEEDED, `waited ${Math.round(waited)} ms for the engine (timeout ${timeout} ms)`);
+        } else live.push(i);
+      }
+      if (live.length > 0) await this.runLive(items, live, results);
+      return results;
+    } finally {
+      this.releaseRun();
+    }
+  }
+
+  private async runLive(items: readonly Item[], live: number[], results: (Feeds | Error)[]): Promise<void> {
+    try {
+      const t0 = performance.now();
+      const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds)));
+      this.stats?.recordBatch(live.length, (performance.now() - t0) * 1000);
+      const split = live.length === 1 ? [outputs] : splitBatch(outputs, live.length);
+      live.forEach((idx, k) => (results[idx] = split[k]));
+    } catch (e) {
+      if (live.length === 1) {
+        results[live[0]] = isGatewayError(e) ? e : new GatewayError(ErrorCode.INFERENCE_FAILED, `inference failed: ${errorMessage(e)}`);
+        return;
+      }
+      // One bad item must not fail its neighbours: run them one by one so each gets its own answer.
+      for (const idx of live) await this.runLive(items, [idx], results);
+    }
+  }
+}

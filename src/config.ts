@@ -1,0 +1,122 @@
+import type { LogLevel } from './log.ts';
+import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
+
+/**
+ * The only place that reads the environment and the command line. Every setting has an env name and a flag
+ * (PORT / --port, MODEL_REPOSITORY / --model-repository, ...); flags win. Bad values fail at start with a message
+ * that names the setting.
+ */
+export interface Config {
+  port: number;
+  host: string;
+  modelRepository: string;
+  /** Extra directories loadModel(path:) may read. */
+  modelRoots: string[];
+  /** Directories ImageInput.path may read; none by default. */
+  imageRoots: string[];
+  engine: EngineName;
+  logLevel: LogLevel;
+  pollIntervalMs: number;
+  dynamicBatch: boolean;
+  maxImagePixels: number;
+  maxUploadBytes: number;
+  maxFilesPerRequest: number;
+  maxImagesPerRequest: number;
+  maxQueryDepth: number;
+  maxAliases: number;
+  maxWsConnectionsPerClient: number;
+  maxSubscriptionsPerConnection: number;
+  adminToken: string | null;
+  apiTokens: string[];
+  corsOrigins: string[] | null;
+  shutdownTimeoutMs: number;
+  graphiql: boolean;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+interface Setting<K extends keyof Config> {
+  key: K;
+  env: string;
+  parse: (raw: string, name: string) => Config[K];
+  fallback: Config[K];
+  help: string;
+}
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (raw: string, name: string): number => {
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || n < min || n > max) throw new ConfigError(`${name}: expected an integer ${min}..${max}, got ${JSON.stringify(raw)}`);
+  return n;
+};
+const str = (raw: string) => raw;
+const list = (sep: string) => (raw: string) => raw.split(sep).map((s) => s.trim()).filter(Boolean);
+const bool = (raw: string, name: string): boolean => {
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new ConfigError(`${name}: expected true or false, got ${JSON.stringify(raw)}`);
+};
+const oneOf = <T extends string>(values: readonly T[]) => (raw: string, name: string): T => {
+  if (!values.includes(raw as T)) throw new ConfigError(`${name}: expected one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
+  return raw as T;
+};
+
+const s = <K extends keyof Config>(key: K, env: string, parse: Setting<K>['parse'], fallback: Config[K], help: string): Setting<K> => ({ key, env, parse, fallback, help });
+
+/** Every setting, its default and its meaning: the README's configuration table is generated from the same words. */
+export const SETTINGS = [
+  s('port', 'PORT', int(0, 65535), 4000, 'HTTP port (GraphQL, GraphiQL, SSE, WebSocket, /health, /ready, /metrics)'),
+  s('host', 'HOST', str, '127.0.0.1', 'Address to bind; 0.0.0.0 for every interface'),
+  s('modelRepository', 'MODEL_REPOSITORY', str, './models', 'The model repository: <name>/model.json and <name>/<version>/model.onnx'),
+  s('modelRoots', 'MODEL_ROOTS', list(':'), [], 'Colon-separated directories loadModel(path:) may read besides the repository'),
+  s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read (none by default)'),
+  s('engine', 'ENGINE', oneOf(ENGINE_NAMES), 'onnxruntime', 'Inference engine: onnxruntime or openvino (optional package)'),
+  s('logLevel', 'LOG_LEVEL', oneOf(['debug', 'info', 'warn', 'error', 'silent'] as const), 'info', 'Log level of the JSON log lines on stderr'),
+  s('pollIntervalMs', 'MODEL_POLL_INTERVAL_MS', int(0), 1000, 'How often the repository is rescanned for new or removed versions (0: never)'),
+  s('dynamicBatch', 'DYNAMIC_BATCH', bool, true, 'Make a batch dimension fixed at 1 dynamic where a trial run shows it is safe'),
+  s('maxImagePixels', 'MAX_IMAGE_PIXELS', int(1), 40_000_000, 'Largest image (width x height) accepted; checked from the header before decoding'),
+  s('maxUploadBytes', 'MAX_UPLOAD_BYTES', int(1), 50 * 1024 * 1024, 'Largest request body and uploaded file, in bytes'),
+  s('maxFilesPerRequest', 'MAX_FILES_PER_REQUEST', int(1), 16, 'Files in one multipart request'),
+  s('maxImagesPerRequest', 'MAX_IMAGES_PER_REQUEST', int(1), 64, 'Images (and infer calls) in one GraphQL request'),
+  s('maxQueryDepth', 'MAX_QUERY_DEPTH', int(1), 12, 'Deepest selection in one operation'),
+  s('maxAliases', 'MAX_ALIASES', int(1), 64, 'Aliased fields in one operation'),
+  s('maxWsConnectionsPerClient', 'MAX_WS_CONNECTIONS_PER_CLIENT', int(1), 16, 'Open WebSocket connections per client address'),
+  s('maxSubscriptionsPerConnection', 'MAX_SUBSCRIPTIONS_PER_CONNECTION', int(1), 32, 'Subscriptions per WebSocket connection'),
+  s('adminToken', 'ADMIN_TOKEN', (raw) => raw || null, null, 'When set, loadModel/unloadModel/updateModel need Authorization: Bearer <token>'),
+  s('apiTokens', 'API_TOKENS', list(','), [], 'Comma-separated tokens; when set, every GraphQL request needs one (or the admin token)'),
+  s('corsOrigins', 'CORS_ORIGINS', list(','), null, 'Comma-separated allowed origins (default: any origin)'),
+  s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
+  s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),
+] as const;
+
+const flagName = (env: string) => '--' + env.toLowerCase().replace(/_/g, '-');
+
+export function loadConfig(env: Record<string, string | undefined> = process.env, argv: readonly string[] = process.argv.slice(2)): Config {
+  const flags = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') throw new ConfigError(usage());
+    if (!a.startsWith('--')) throw new ConfigError(`unexpected argument ${JSON.stringify(a)}\n\n${usage()}`);
+    const eq = a.indexOf('=');
+    const name = eq > 0 ? a.slice(0, eq) : a;
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (!SETTINGS.some((st) => flagName(st.env) === name)) throw new ConfigError(`unknown flag ${name}\n\n${usage()}`);
+    if (value === undefined) throw new ConfigError(`${name} needs a value`);
+    flags.set(name, value);
+  }
+  const config = {} as Record<string, unknown>;
+  for (const st of SETTINGS) {
+    const flag = flags.get(flagName(st.env));
+    const raw = flag ?? env[st.env];
+    const name = flag !== undefined ? flagName(st.env) : st.env;
+    config[st.key] = raw === undefined || raw === '' ? st.fallback : st.parse(raw, name);
+  }
+  return config as unknown as Config;
+}
+
+export function usage(): string {
+  return 'Usage: npm start -- [flags]\n\n' + SETTINGS.map((st) => `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help} (default: ${JSON.stringify(st.fallback)})`).join('\n');
+}
+
+export const defaultConfig = (): Config => loadConfig({}, []);

@@ -1,0 +1,195 @@
+import { readFile } from 'node:fs/promises';
+import { allocate, elementCount, type Engine, type Session, type Tensor, type TensorInfo } from '../engine/types.ts';
+
+/**
+ * Dynamic batch for ONNX graphs that fix it at 1. The graph's inputs and outputs get a symbolic first dimension
+ * (their intermediate value_info hints are dropped), then a trial run checks that a batch of two gives, item by item,
+ * what two single runs give. Only then is the rewritten graph served; otherwise the original, with batch size 1.
+ */
+
+// --- a minimal protobuf reader/writer: enough to walk ModelProto -> GraphProto -> ValueInfoProto -> shape ---
+interface Field { no: number; wire: number; start: number; end: number; valueStart: number }
+
+function readVarint(buf: Uint8Array, pos: number): [number, number] {
+  let result = 0;
+  let shift = 0;
+  for (;;) {
+    if (pos >= buf.length) throw new Error('truncated varint');
+    const b = buf[pos++];
+    result += (b & 0x7f) * 2 ** shift;
+    if (b < 0x80) return [result, pos];
+    shift += 7;
+    if (shift > 63) throw new Error('varint too long');
+  }
+}
+
+function fields(buf: Uint8Array): Field[] {
+  const out: Field[] = [];
+  let pos = 0;
+  while (pos < buf.length) {
+    const start = pos;
+    const [key, p1] = readVarint(buf, pos);
+    const no = Math.floor(key / 8);
+    const wire = key & 7;
+    pos = p1;
+    let valueStart = pos;
+    if (wire === 0) [, pos] = readVarint(buf, pos);
+    else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else if (wire === 2) {
+      const [len, p2] = readVarint(buf, pos);
+      valueStart = p2;
+      pos = p2 + len;
+    } else throw new Error(`unsupported wire type ${wire}`);
+    if (pos > buf.length) throw new Error('truncated field');
+    out.push({ no, wire, start, end: pos, valueStart });
+  }
+  return out;
+}
+
+function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n >= 0x80) {
+    out.push((n % 128) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}
+
+function lengthDelimited(no: number, body: Uint8Array): Uint8Array {
+  const head = [...varint(no * 8 + 2), ...varint(body.length)];
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head);
+  out.set(body, head.length);
+  return out;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Rewrite the sub-message at `path` (field numbers) of every matching field, keeping everything else byte for byte. */
+function rewrite(buf: Uint8Array, fn: (no: number, body: Uint8Array) => Uint8Array | null | undefined): Uint8Array {
+  const parts: Uint8Array[] = [];
+  for (const f of fields(buf)) {
+    if (f.wire !== 2) {
+      parts.push(buf.subarray(f.start, f.end));
+      continue;
+    }
+    const body = buf.subarray(f.valueStart, f.end);
+    const next = fn(f.no, body);
+    if (next === null) continue; // dropped
+    parts.push(next === undefined ? buf.subarray(f.start, f.end) : lengthDelimited(f.no, next));
+  }
+  return concat(parts);
+}
+
+const utf8 = new TextDecoder();
+const BATCH_PARAM = new TextEncoder().encode('batch');
+
+/** Set the first dimension of the named graph inputs/outputs to the symbol "batch"; drop value_info hints. */
+export function makeBatchDynamic(model: Uint8Array, names: ReadonlySet<string>): Uint8Array {
+  const firstDimDynamic = (shape: Uint8Array) => {
+    let first = true;
+    return rewrite(shape, (no) => {
+      if (no !== 1 || !first) return undefined;
+      first = false;
+      return lengthDelimited(2, BATCH_PARAM); // Dimension { dim_param: "batch" }
+    });
+  };
+  const valueInfo = (vi: Uint8Array) => {
+    const nameField = fields(vi).find((f) => f.no === 1 && f.wire === 2);
+    const name = nameField ? utf8.decode(vi.subarray(nameField.valueStart, nameField.end)) : '';
+    if (!names.has(name)) return undefined;
+    // ValueInfoProto.type(2) -> TypeProto.tensor_type(1) -> Tensor.shape(2)
+    return rewrite(vi, (no, type) => (no !== 2 ? undefined : rewrite(type, (n2, tensor) => (n2 !== 1 ? undefined : rewrite(tensor, (n3, shape) => (n3 === 2 ? firstDimDynamic(shape) : undefined))))));
+  };
+  // ModelProto.graph(7) -> GraphProto.input(11) / output(12) / value_info(13)
+  return rewrite(model, (no, graph) => {
+    if (no !== 7) return undefined;
+    return rewrite(graph, (gno, body) => {
+      if (gno === 11 || gno === 12) return valueInfo(body);
+      if (gno === 13) return null;
+      return undefined;
+    });
+  });
+}
+
+function trialInput(info: TensorInfo, batch: number, seed: number): Tensor | null {
+  if (info.shape.slice(1).some((d) => d === null)) return null; // other dynamic dims: no safe trial shape
+  const shape = [batch, ...(info.shape.slice(1) as number[])];
+  const data = allocate(info.dtype, elementCount(shape));
+  let s = seed;
+  for (let i = 0; i < data.length; i++) {
+    s = (s * 1103515245 + 12345) & 0x7fffffff;
+    if (data instanceof Float32Array) data[i] = (s / 0x7fffffff) * 2 - 1;
+    else if (data instanceof BigInt64Array) data[i] = 0n;
+    else if (data instanceof Uint16Array) data[i] = 0x3c00; // float16 1.0
+    else data[i] = s % 2;
+  }
+  return { dtype: info.dtype, shape, data };
+}
+
+const closeEnough = (a: Tensor, b: Tensor, offset: number): boolean => {
+  const n = a.data.length;
+  for (let i = 0; i < n; i++) {
+    const x = Number(a.data[i]);
+    const y = Number(b.data[offset + i]);
+    if (Math.abs(x - y) > 1e-3 * Math.max(1, Math.abs(x))) return false;
+  }
+  return true;
+};
+
+/** Does a batch of two give what two single runs give? */
+async function batchWorks(session: Session, reference: Session): Promise<boolean> {
+  const one: Record<string, Tensor>[] = [{}, {}];
+  const two: Record<string, Tensor> = {};
+  for (const info of reference.inputs) {
+    const a = trialInput(info, 1, 7);
+    const b = trialInput(info, 1, 99);
+    if (!a || !b) return false;
+    one[0][info.name] = a;
+    one[1][info.name] = b;
+    const data = allocate(info.dtype, a.data.length * 2);
+    (data as Float32Array).set(a.data as Float32Array, 0);
+    (data as Float32Array).set(b.data as Float32Array, a.data.length);
+    two[info.name] = { dtype: info.dtype, shape: [2, ...a.shape.slice(1)], data };
+  }
+  const [r0, r1, r2] = [await reference.run(one[0]), await reference.run(one[1]), await session.run(two)];
+  for (const name of Object.keys(r0)) {
+    const t = r2[name];
+    if (!t || t.shape[0] !== 2) return false;
+    if (!closeEnough(r0[name], t, 0) || !closeEnough(r1[name], t, r0[name].data.length)) return false;
+  }
+  return true;
+}
+
+const dim0 = (t: TensorInfo) => t.shape[0];
+
+/** Load an ONNX model, making a fixed batch dimension dynamic where that is safe. */
+export async function prepareOnnx(engine: Engine, modelPath: string, dynamicBatch: boolean): Promise<{ session: Session; notes: Record<string, unknown> }> {
+  const bytes = new Uint8Array(await readFile(modelPath));
+  const session = await engine.loadBytes!(bytes);
+  const all = [...session.inputs, ...session.outputs];
+  if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) return { session, notes: { batchable: true } };
+  if (!dynamicBatch || !all.every((t) => dim0(t) === 1 || dim0(t) === null)) return { session, notes: { batchable: false } };
+  let candidate: Session | null = null;
+  try {
+    candidate = await engine.loadBytes!(makeBatchDynamic(bytes, new Set(all.map((t) => t.name))));
+    if (await batchWorks(candidate, session)) {
+      await session.close();
+      return { session: candidate, notes: { batchable: true, dynamicBatch: 'rewritten: the batch dimension of this graph was fixed at 1 and was made dynamic after a trial run' } };
+    }
+  } catch {
+    // the rewrite or its trial failed: serve the original graph one item at a time
+  }
+  await candidate?.close().catch(() => undefined);
+  return { session, notes: { batchable: false, dynamicBatch: 'fixed at 1: items run one after another' } };
+}

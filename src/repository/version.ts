@@ -1,0 +1,137 @@
+import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Engine, Session, TensorInfo } from '../engine/types.ts';
+import { Batcher, type Feeds } from '../batching/batcher.ts';
+import { VersionStats } from '../batching/stats.ts';
+import type { BatchingConfig } from './model-config.ts';
+
+/** The lifecycle of one model version, as in OpenVINO Model Server and TensorFlow Serving. */
+export type VersionState = 'START' | 'LOADING' | 'AVAILABLE' | 'UNLOADING' | 'END';
+export const VERSION_STATES: readonly VersionState[] = ['START', 'LOADING', 'AVAILABLE', 'UNLOADING', 'END'];
+
+export interface ModelStatusEvent {
+  model: string;
+  version: number;
+  state: VersionState;
+  previousState: VersionState | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+  at: Date;
+}
+
+/** Allowed transitions; anything else is a bug and throws. */
+const transitions: Record<VersionState, readonly VersionState[]> = {
+  START: ['LOADING', 'END'],
+  LOADING: ['AVAILABLE', 'END'],
+  AVAILABLE: ['UNLOADING'],
+  UNLOADING: ['END'],
+  END: ['LOADING'],
+};
+
+export interface VersionDeps {
+  engine: Engine;
+  logger: Logger;
+  publish: (e: ModelStatusEvent) => void;
+  /** Load a session; the repository may rewrite the graph first (dynamic batch). */
+  openSession: (modelPath: string) => Promise<{ session: Session; notes: Record<string, unknown> }>;
+}
+
+export class ModelVersion {
+  state: VersionState = 'START';
+  errorCode: string | null = null;
+  errorMessage: string | null = null;
+  updatedAt = new Date();
+  session: Session | null = null;
+  batcher: Batcher | null = null;
+  stats = new VersionStats();
+  /** What loading found or changed (e.g. a batch dimension made dynamic). */
+  notes: Record<string, unknown> = {};
+  /** mtime of the file that was loaded, to retry a failed load when the file changes. */
+  loadedMtimeMs = 0;
+  /** The model's inputs and outputs as last loaded (kept after unloading, for clients to read). */
+  inputs: TensorInfo[] = [];
+  outputs: TensorInfo[] = [];
+  private unloading: Promise<void> | null = null;
+
+  constructor(readonly model: string, readonly version: number, public modelPath: string, private readonly deps: VersionDeps) {}
+
+  private transition(to: VersionState, error?: { code: string; message: string }): void {
+    const from = this.state;
+    if (!transitions[from].includes(to)) throw new Error(`bug: ${this.model}/${this.version} cannot go ${from} -> ${to}`);
+    this.state = to;
+    this.errorCode = error?.code ?? null;
+    this.errorMessage = error?.message ?? null;
+    this.updatedAt = new Date();
+    const event: ModelStatusEvent = {
+      model: this.model, version: this.version, state: to, previousState: from,
+      errorCode: this.errorCode, errorMessage: this.errorMessage, at: this.updatedAt,
+    };
+    const log = error ? this.deps.logger.warn : this.deps.logger.info;
+    log('model version state', { model: this.model, version: this.version, from, to, ...(error ? { errorCode: error.code, error: error.message } : {}) });
+    this.deps.publish(event);
+  }
+
+  /** START/END -> LOADING -> AVAILABLE, or -> END with an error code. Never throws. */
+  async load(batching: BatchingConfig, configError?: GatewayError): Promise<void> {
+    if (this.state === 'AVAILABLE' || this.state === 'LOADING' || this.state === 'UNLOADING') return;
+    this.transition('LOADING');
+    if (configError) {
+      this.transition('END', { code: configError.code, message: configError.message });
+      return;
+    }
+    try {
+      const { session, notes } = await this.deps.openSession(this.modelPath);
+      this.session = session;
+      this.notes = notes;
+      this.inputs = session.inputs;
+      this.outputs = session.outputs;
+      const batchable = notes.batchable === true;
+      this.stats = new VersionStats();
+      this.batcher = new Batcher((feeds: Feeds) => session.run(feeds), {
+        maxBatchSize: batchable ? batching.maxBatchSize : 1,
+        maxDelayMs: batchable ? batching.maxDelayMs : 0,
+        maxQueueSize: batching.maxQueueSize,
+        maxConcurrentBatches: batching.maxConcurrentBatches,
+        timeoutMs: batching.timeoutMs,
+      }, this.stats);
+      this.transition('AVAILABLE');
+    } catch (e) {
+      this.session = null;
+      this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: `cannot load ${this.modelPath}: ${errorMessage(e)}` });
+    }
+  }
+
+  /** AVAILABLE -> UNLOADING (new requests refused) -> wait for requests in flight -> END. */
+  unload(): Promise<void> {
+    if (this.unloading) return this.unloading;
+    if (this.state !== 'AVAILABLE') return Promise.resolve();
+    this.transition('UNLOADING');
+    this.unloading = (async () => {
+      await this.batcher?.drain();
+      try {
+        await this.session?.close();
+      } catch (e) {
+        this.deps.logger.warn('session close failed', { model: this.model, version: this.version, error: errorMessage(e) });
+      }
+      this.session = null;
+      this.batcher = null;
+      this.transition('END');
+      this.unloading = null;
+    })();
+    return this.unloading;
+  }
+
+  /** Admit a request (before its preprocessing); returns the release. MODEL_NOT_READY unless AVAILABLE. */
+  admit(): () => void {
+    if (this.state !== 'AVAILABLE' || !this.batcher) {
+      throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, { state: this.state });
+    }
+    return this.batcher.admit();
+  }
+
+  /** Run one item through the batcher. Only between admit() and its release. */
+  infer(feeds: Feeds): Promise<Feeds> {
+    if (!this.batcher) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`);
+    return this.batcher.infer(feeds);
+  }
+}

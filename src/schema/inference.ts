@@ -1,0 +1,201 @@
+import { readFile, stat } from 'node:fs/promises';
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { DTYPES } from '../engine/types.ts';
+import { resolveUnderRoots } from '../paths.ts';
+import { classifyImage, detectObjects, inferTensors, segmentImage, type SegmentationRun, type TensorOutput } from '../inference.ts';
+import type { Prediction } from '../vision/classification.ts';
+import type { Box, DetectedObject } from '../vision/detection.ts';
+import { classHistogram, maskPng, regions, toOriginalSize, type ClassMap, type Region, type SegmentClass } from '../vision/segmentation.ts';
+import { cropImage, drawDetections, drawOverlay } from '../vision/draw.ts';
+import type { DecodedImage } from '../vision/preprocess.ts';
+import { builder, type Context } from './builder.ts';
+
+// ---- images in ----
+
+const ImageInput = builder.inputType('ImageInput', {
+  description: 'Exactly one of: an uploaded file, base64 bytes, or a server path under IMAGE_ROOTS.',
+  fields: (t) => ({
+    file: t.field({ type: 'File' }),
+    base64: t.string(),
+    path: t.string(),
+  }),
+});
+
+type ImageArg = { file?: File | null; base64?: string | null; path?: string | null };
+
+const BASE64_RE = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
+
+/** The bytes of an ImageInput; counts toward the request's image limit. */
+export async function imageBytes(image: ImageArg, ctx: Context): Promise<Uint8Array> {
+  const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
+  if (given !== 1) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path');
+  if (++ctx.imageCount.n > ctx.limits.maxImagesPerRequest) {
+    throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images in one request`);
+  }
+  if (image.file) return new Uint8Array(await image.file.arrayBuffer());
+  if (image.base64 !== undefined && image.base64 !== null) {
+    const s = image.base64.replace(/^data:[^,]*;base64,/, '');
+    if (!BASE64_RE.test(s)) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
+    return new Uint8Array(Buffer.from(s, 'base64'));
+  }
+  const real = await resolveUnderRoots(image.path!, ctx.limits.imageRoots, 'image path');
+  const st = await stat(real);
+  if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
+  if (st.size > ctx.limits.maxImageBytes) throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${ctx.limits.maxImageBytes}`);
+  return new Uint8Array(await readFile(real));
+}
+
+// ---- results out ----
+
+const BoxRef = builder.objectRef<Box>('Box').implement({
+  description: 'Normalized to 0..1 of the original image.',
+  fields: (t) => ({ xMin: t.exposeFloat('xMin'), yMin: t.exposeFloat('yMin'), xMax: t.exposeFloat('xMax'), yMax: t.exposeFloat('yMax') }),
+});
+
+const PredictionRef = builder.objectRef<Prediction>('Prediction').implement({
+  fields: (t) => ({
+    classId: t.exposeInt('classId'),
+    label: t.string({ nullable: true, resolve: (p) => p.label }),
+    confidence: t.exposeFloat('confidence'),
+  }),
+});
+
+const ClassificationRef = builder.objectRef<{ predictions: Prediction[] }>('Classification').implement({
+  fields: (t) => ({ predictions: t.field({ type: [PredictionRef], description: 'Best first.', resolve: (c) => c.predictions }) }),
+});
+
+const classifyArgs = (t: Parameters<Parameters<typeof builder.queryFields>[0]>[0]) => ({
+  model: t.arg.string({ required: true }),
+  version: t.arg.int(),
+  topK: t.arg.int({ description: 'Default 5.' }),
+  minConfidence: t.arg.float(),
+});
+
+type ObjectSource = { object: DetectedObject; image: DecodedImage };
+
+const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').implement({
+  fields: (t) => ({
+    classId: t.int({ resolve: (o) => o.object.classId }),
+    label: t.string({ nullable: true, resolve: (o) => o.object.label }),
+    confidence: t.float({ resolve: (o) => o.object.confidence }),
+    box: t.field({ type: BoxRef, resolve: (o) => o.object.box }),
+    classify: t.field({
+      type: ClassificationRef,
+      description: 'Crop this box from the original photo and classify it: a pipeline in one query.',
+      args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
+      resolve: async (o, args, ctx) => {
+        if (++ctx.imageCount.n > ctx.limits.maxImagesPerRequest) throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images in one request`);
+        const crop = await cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
+        return { predictions: await classifyImage(ctx.repository, args.model, args.version, crop, ctx.limits, args.topK ?? 5, args.minConfidence ?? 0) };
+      },
+    }),
+  }),
+});
+
+const DetectionRef = builder.objectRef<{ image: DecodedImage; objects: DetectedObject[] }>('Detection').implement({
+  fields: (t) => ({
+    imageWidth: t.int({ resolve: (d) => d.image.width }),
+    imageHeight: t.int({ resolve: (d) => d.image.height }),
+    objects: t.field({ type: [DetectedObjectRef], description: 'Best first.', resolve: (d) => d.objects.map((object) => ({ object, image: d.image })) }),
+    annotatedImage: t.string({
+      description: 'The photo with labelled boxes: base64 PNG (computed only when selected).',
+      resolve: async (d) => (await drawDetections(d.image.bytes, d.image.width, d.image.height, d.objects)).toString('base64'),
+    }),
+  }),
+});
+
+const SegmentClassRef = builder.objectRef<SegmentClass>('SegmentClass').implement({
+  fields: (t) => ({
+    classId: t.exposeInt('classId'),
+    label: t.string({ nullable: true, resolve: (c) => c.label }),
+    pixelFraction: t.exposeFloat('pixelFraction'),
+  }),
+});
+
+const RegionRef = builder.objectRef<Region>('Region').implement({
+  description: 'A connected area of one class (e.g. one word of a text detector).',
+  fields: (t) => ({
+    classId: t.exposeInt('classId'),
+    label: t.string({ nullable: true, resolve: (r) => r.label }),
+    pixels: t.int({ description: 'Size at the model output resolution.', resolve: (r) => r.pixels }),
+    box: t.field({ type: BoxRef, resolve: (r) => r.box }),
+  }),
+});
+
+type SegSource = SegmentationRun & { full?: ClassMap };
+const fullMap = (s: SegSource) => (s.full ??= toOriginalSize(s.map, s.transform));
+
+const SegmentationRef = builder.objectRef<SegSource>('Segmentation').implement({
+  fields: (t) => ({
+    width: t.int({ description: 'Of the original image.', resolve: (s) => s.image.width }),
+    height: t.int({ resolve: (s) => s.image.height }),
+    classes: t.field({ type: [SegmentClassRef], description: 'Classes present, with their share of the image.', resolve: (s) => classHistogram(fullMap(s), s.model.labels) }),
+    mask: t.string({ description: 'Base64 PNG at the image size, one class id per pixel.', resolve: async (s) => (await maskPng(fullMap(s))).toString('base64') }),
+    overlay: t.string({ description: 'The mask in colour over the photo: base64 PNG (computed only when selected).', resolve: async (s) => (await drawOverlay(s.image.bytes, fullMap(s))).toString('base64') }),
+    regions: t.field({
+      type: [RegionRef],
+      args: { minPixels: t.arg.int({ description: 'Smallest region kept, in output pixels (default 16).' }) },
+      resolve: (s, args) => regions(s.map, s.transform, s.model.labels, Math.max(1, args.minPixels ?? 16)),
+    }),
+  }),
+});
+
+const DTypeEnum = builder.enumType('DType', { values: DTYPES.map((d) => d.toUpperCase()) as [string, ...string[]] });
+
+const TensorInput = builder.inputType('TensorInput', {
+  fields: (t) => ({
+    name: t.string({ required: true }),
+    dtype: t.field({ type: DTypeEnum, required: true }),
+    shape: t.intList({ required: true }),
+    data: t.string({ required: true, description: 'Base64 of the little-endian bytes.' }),
+  }),
+});
+
+const TensorOutputRef = builder.objectRef<TensorOutput>('Tensor').implement({
+  fields: (t) => ({
+    name: t.exposeString('name'),
+    dtype: t.field({ type: DTypeEnum, resolve: (o) => o.dtype.toUpperCase() }),
+    shape: t.intList({ resolve: (o) => o.shape }),
+    data: t.exposeString('data', { description: 'Base64 of the little-endian bytes.' }),
+  }),
+});
+
+const InferResultRef = builder.objectRef<{ outputs: TensorOutput[] }>('InferResult').implement({
+  fields: (t) => ({ outputs: t.field({ type: [TensorOutputRef], resolve: (r) => r.outputs }) }),
+});
+
+builder.queryFields((t) => ({
+  classify: t.field({
+    type: ClassificationRef,
+    args: { ...classifyArgs(t), image: t.arg({ type: ImageInput, required: true }) },
+    resolve: async (_, args, ctx) => ({
+      predictions: await classifyImage(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits, args.topK ?? 5, args.minConfidence ?? 0),
+    }),
+  }),
+  detect: t.field({
+    type: DetectionRef,
+    args: {
+      model: t.arg.string({ required: true }), version: t.arg.int(), image: t.arg({ type: ImageInput, required: true }),
+      minConfidence: t.arg.float(), iouThreshold: t.arg.float(), maxDetections: t.arg.int(),
+    },
+    resolve: async (_, args, ctx) => detectObjects(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits, args),
+  }),
+  segment: t.field({
+    type: SegmentationRef,
+    args: { model: t.arg.string({ required: true }), version: t.arg.int(), image: t.arg({ type: ImageInput, required: true }) },
+    resolve: async (_, args, ctx) => segmentImage(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits),
+  }),
+  infer: t.field({
+    type: InferResultRef,
+    description: 'Raw tensors in, raw tensors out (only the outputs asked for; all when omitted).',
+    args: {
+      model: t.arg.string({ required: true }), version: t.arg.int(),
+      inputs: t.arg({ type: [TensorInput], required: true }), outputs: t.arg.stringList(),
+    },
+    resolve: async (_, args, ctx) => {
+      ctx.imageCount.n += 1;
+      if (ctx.imageCount.n > ctx.limits.maxImagesPerRequest) throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} inferences in one request`);
+      return { outputs: await inferTensors(ctx.repository, args.model, args.version, args.inputs, args.outputs) };
+    },
+  }),
+}));

@@ -1,0 +1,188 @@
+import { ErrorCode, GatewayError } from '../errors.ts';
+import type { TensorInfo } from '../engine/types.ts';
+import type { Model } from '../repository/repository.ts';
+import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../repository/version.ts';
+import type { VersionStats } from '../batching/stats.ts';
+import { guessLayout } from '../vision/preprocess.ts';
+import { builder } from './builder.ts';
+import { statusEvents } from './events.ts';
+
+export const VersionStateEnum = builder.enumType('ModelVersionState', {
+  description: 'The lifecycle of a model version (as in OpenVINO Model Server).',
+  values: VERSION_STATES,
+});
+
+const TensorInfoRef = builder.objectRef<TensorInfo>('TensorInfo').implement({
+  description: 'An input or output of a model.',
+  fields: (t) => ({
+    name: t.exposeString('name'),
+    dtype: t.string({ description: 'FLOAT32, FLOAT16, INT64, INT32, INT8, UINT8 or BOOL.', resolve: (i) => i.dtype.toUpperCase() }),
+    shape: t.field({ type: ['Int'], nullable: { list: false, items: true }, description: 'Dynamic dimensions are null.', resolve: (i) => i.shape }),
+    layout: t.string({ nullable: true, resolve: (i) => i.layout }),
+  }),
+});
+
+const BatchSizeCount = builder.objectRef<[number, number]>('BatchSizeCount').implement({
+  fields: (t) => ({
+    size: t.int({ resolve: (p) => p[0] }),
+    count: t.int({ resolve: (p) => p[1] }),
+  }),
+});
+
+const ErrorCount = builder.objectRef<[string, number]>('ErrorCount').implement({
+  fields: (t) => ({
+    code: t.string({ resolve: (p) => p[0] }),
+    count: t.int({ resolve: (p) => p[1] }),
+  }),
+});
+
+const StatsRef = builder.objectRef<{ version: number; stats: VersionStats }>('ModelVersionStats').implement({
+  description: 'Counters since the version was loaded. Times in milliseconds.',
+  fields: (t) => ({
+    version: t.int({ resolve: (s) => s.version }),
+    requests: t.int({ description: 'Requests answered successfully.', resolve: (s) => s.stats.requests }),
+    errors: t.int({ resolve: (s) => s.stats.errorCount }),
+    errorsByCode: t.field({ type: [ErrorCount], resolve: (s) => [...s.stats.errors.entries()] }),
+    batches: t.int({ description: 'Engine calls.', resolve: (s) => s.stats.batches }),
+    meanBatchSize: t.float({ resolve: (s) => s.stats.meanBatchSize }),
+    batchSizes: t.field({ type: [BatchSizeCount], resolve: (s) => [...s.stats.batchSizes.entries()].sort((a, b) => a[0] - b[0]) }),
+    meanQueueTimeMs: t.float({ resolve: (s) => s.stats.queueTime.mean / 1000 }),
+    meanInferenceTimeMs: t.float({ resolve: (s) => s.stats.inferenceTime.mean / 1000 }),
+    meanRequestTimeMs: t.float({ resolve: (s) => s.stats.requestTime.mean / 1000 }),
+  }),
+});
+
+const VersionRef = builder.objectRef<ModelVersion>('ModelVersion').implement({
+  fields: (t) => ({
+    version: t.exposeInt('version'),
+    state: t.field({ type: VersionStateEnum, resolve: (v) => v.state }),
+    errorCode: t.string({ nullable: true, resolve: (v) => v.errorCode }),
+    errorMessage: t.string({ nullable: true, resolve: (v) => v.errorMessage }),
+    updatedAt: t.field({ type: 'DateTime', resolve: (v) => v.updatedAt }),
+    notes: t.field({ type: 'JSON', description: 'What loading found, e.g. whether the batch dimension was made dynamic.', resolve: (v) => v.notes }),
+    stats: t.field({ type: StatsRef, resolve: (v) => ({ version: v.version, stats: v.stats }) }),
+  }),
+});
+
+function describe(model: Model, infos: (v: ModelVersion) => TensorInfo[], isInput: boolean): TensorInfo[] {
+  const v = model.describedVersion();
+  if (!v) return [];
+  const pre = model.config.preprocessing;
+  const list = infos(v);
+  return list.map((i, idx) => {
+    const image = isInput && (pre.input ? i.name === pre.input : idx === 0) && model.config.task !== 'raw';
+    return { ...i, layout: i.layout ?? (image ? pre.dimensionOrder : null) ?? (isInput ? guessLayout(i.shape) : null) };
+  });
+}
+
+export const ModelRef = builder.objectRef<Model>('Model').implement({
+  description: 'A model of the repository and its versions.',
+  fields: (t) => ({
+    name: t.exposeString('name'),
+    task: t.string({ description: 'classification, detection, segmentation or raw (as in model.json).', resolve: (m) => m.config.task }),
+    description: t.string({ resolve: (m) => m.config.description }),
+    metadata: t.field({ type: 'JSON', resolve: (m) => m.config.metadata }),
+    updatedAt: t.field({ type: 'DateTime', resolve: (m) => m.updatedAt }),
+    ready: t.boolean({ description: 'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose).', resolve: (m) => m.ready }),
+    versions: t.field({ type: [VersionRef], resolve: (m) => [...m.versions.values()].sort((a, b) => a.version - b.version) }),
+    inputs: t.field({ type: [TensorInfoRef], description: 'Of the serving version (else the newest).', resolve: (m) => describe(m, (v) => v.inputs, true) }),
+    outputs: t.field({ type: [TensorInfoRef], resolve: (m) => describe(m, (v) => v.outputs, false) }),
+    labels: t.field({
+      type: ['String'], nullable: true, description: 'Class labels by class id (gaps are empty strings).',
+      resolve: (m) => {
+        if (!m.labels) return null;
+        const max = Math.max(-1, ...m.labels.keys());
+        return Array.from({ length: max + 1 }, (_, i) => m.labels!.get(i) ?? '');
+      },
+    }),
+    configuration: t.field({ type: 'JSON', description: 'The parsed model.json, defaults filled in.', resolve: (m) => m.config }),
+    stats: t.field({ type: [StatsRef], resolve: (m) => [...m.versions.values()].map((v) => ({ version: v.version, stats: v.stats })) }),
+  }),
+});
+
+const StatusEventRef = builder.objectRef<ModelStatusEvent>('ModelStatusEvent').implement({
+  fields: (t) => ({
+    model: t.exposeString('model'),
+    version: t.exposeInt('version'),
+    state: t.field({ type: VersionStateEnum, resolve: (e) => e.state }),
+    previousState: t.field({ type: VersionStateEnum, nullable: true, resolve: (e) => e.previousState }),
+    errorCode: t.string({ nullable: true, resolve: (e) => e.errorCode }),
+    errorMessage: t.string({ nullable: true, resolve: (e) => e.errorMessage }),
+    at: t.field({ type: 'DateTime', resolve: (e) => e.at }),
+  }),
+});
+
+builder.queryType({
+  fields: (t) => ({
+    models: t.field({ type: [ModelRef], resolve: (_, __, ctx) => ctx.repository.models() }),
+    model: t.field({
+      type: ModelRef, nullable: true, args: { name: t.arg.string({ required: true }) },
+      resolve: (_, { name }, ctx) => ctx.repository.get(name) ?? null,
+    }),
+    inputShape: t.field({
+      type: ['Int'], nullable: { list: false, items: true },
+      description: 'The shape of an input (default: the first) of a version (default: the serving one); dynamic dimensions are null.',
+      args: { model: t.arg.string({ required: true }), version: t.arg.int(), input: t.arg.string() },
+      resolve: (_, args, ctx) => {
+        const model = ctx.repository.get(args.model);
+        if (!model) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(args.model)}`);
+        const v = args.version ? model.versions.get(args.version) : model.describedVersion();
+        if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version ${args.version ?? ''}`.trim());
+        if (v.inputs.length === 0) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${args.model} version ${v.version} has not loaded`);
+        const input = args.input ? v.inputs.find((i) => i.name === args.input) : v.inputs[0];
+        if (!input) throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${args.model} has no input ${JSON.stringify(args.input)}`);
+        return input.shape;
+      },
+    }),
+  }),
+});
+
+builder.mutationType({
+  fields: (t) => ({
+    loadModel: t.field({
+      type: ModelRef,
+      description: 'Load a model from the repository (by name), from a server path under the allowed roots, or from uploaded files (model, labels, model.json), which are written into the repository as a new version. Returns when the version is AVAILABLE or has failed (see versions.errorCode). Harmless for a model already loaded.',
+      args: {
+        name: t.arg.string({ required: true }),
+        path: t.arg.string(),
+        files: t.arg({ type: ['File'] }),
+        config: t.arg({ type: 'JSON', description: 'model.json content; persisted for repository models.' }),
+      },
+      resolve: async (_, args, ctx) => {
+        ctx.requireAdmin();
+        const files = args.files ? await Promise.all(args.files.map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) }))) : null;
+        return ctx.repository.load(args.name, { path: args.path, files, config: args.config ?? undefined });
+      },
+    }),
+    unloadModel: t.field({
+      type: ModelRef,
+      description: 'Unload one version or the whole model; waits for the requests in flight. The model stays unloaded until loadModel.',
+      args: { name: t.arg.string({ required: true }), version: t.arg.int() },
+      resolve: (_, args, ctx) => {
+        ctx.requireAdmin();
+        return ctx.repository.unload(args.name, args.version);
+      },
+    }),
+    updateModel: t.field({
+      type: ModelRef,
+      description: 'Change the editable fields (description, metadata), persisted to model.json. Preprocessing is immutable.',
+      args: { name: t.arg.string({ required: true }), description: t.arg.string(), metadata: t.arg({ type: 'JSON' }) },
+      resolve: (_, args, ctx) => {
+        ctx.requireAdmin();
+        return ctx.repository.update(args.name, { description: args.description, metadata: args.metadata });
+      },
+    }),
+  }),
+});
+
+builder.subscriptionType({
+  fields: (t) => ({
+    modelStatus: t.field({
+      type: StatusEventRef,
+      description: 'State changes of model versions (all models, or the one named).',
+      args: { name: t.arg.string() },
+      subscribe: (_, { name }, ctx) => statusEvents(ctx.repository, (e) => !name || e.model === name, ctx.shutdown),
+      resolve: (e) => e,
+    }),
+  }),
+});

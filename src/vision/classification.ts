@@ -1,0 +1,43 @@
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { toFloat32, type Tensor } from '../engine/types.ts';
+import type { Labels } from '../repository/labels.ts';
+import type { Activation, ClassificationConfig } from '../repository/model-config.ts';
+
+export interface Prediction { classId: number; label: string | null; confidence: number }
+
+export function activate(values: Float32Array, activation: Activation): Float32Array {
+  if (activation === 'none') return values;
+  const out = new Float32Array(values.length);
+  if (activation === 'sigmoid') {
+    for (let i = 0; i < values.length; i++) out[i] = 1 / (1 + Math.exp(-values[i]));
+    return out;
+  }
+  let max = -Infinity;
+  for (const v of values) if (v > max) max = v;
+  let sum = 0;
+  for (let i = 0; i < values.length; i++) sum += out[i] = Math.exp(values[i] - max);
+  for (let i = 0; i < values.length; i++) out[i] /= sum;
+  return out;
+}
+
+/** Output [1,C] or [1,C,1,1] -> the best classes, best first. */
+export function classify(
+  outputs: Record<string, Tensor>, config: ClassificationConfig, labels: Labels | null, topK = 5, minConfidence = 0,
+): Prediction[] {
+  const name = config.output ?? Object.keys(outputs)[0];
+  const t = outputs[name];
+  if (!t) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `the model has no output ${name}`);
+  if (t.shape.slice(2).some((d) => d !== 1)) {
+    throw new GatewayError(ErrorCode.INFERENCE_FAILED, `output ${name} has shape [${t.shape.join(',')}]; classification expects [N,C] or [N,C,1,1]`);
+  }
+  const scores = activate(toFloat32(t), config.activation);
+  const order = Array.from(scores.keys()).sort((a, b) => scores[b] - scores[a]);
+  const k = Math.max(0, Math.min(topK, order.length));
+  const result: Prediction[] = [];
+  for (let i = 0; i < k; i++) {
+    const c = order[i];
+    if (scores[c] < minConfidence) break;
+    result.push({ classId: c, label: labels?.get(c) ?? null, confidence: scores[c] });
+  }
+  return result;
+}

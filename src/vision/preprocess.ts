@@ -1,0 +1,211 @@
+import sharp from 'sharp';
+import type { Metadata, OutputInfo } from 'sharp';
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { floatToHalf, type DType, type Tensor, type TensorInfo } from '../engine/types.ts';
+import type { ModelConfig, PreprocessingConfig } from '../repository/model-config.ts';
+
+/** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
+export interface ImageTransform {
+  width: number;
+  height: number;
+  inputWidth: number;
+  inputHeight: number;
+  scaleX: number;
+  scaleY: number;
+  offsetX: number;
+  offsetY: number;
+}
+
+/** Model input pixels -> normalized (0..1) coordinates of the original image, clipped. */
+export function toOriginalNormalized(t: ImageTransform, x: number, y: number): [number, number] {
+  const ox = (x - t.offsetX) / t.scaleX / t.width;
+  const oy = (y - t.offsetY) / t.scaleY / t.height;
+  return [Math.min(1, Math.max(0, ox)), Math.min(1, Math.max(0, oy))];
+}
+
+/** What the preprocessing of one model version produces, resolved once from model.json and the model's input. */
+export interface InputPlan {
+  input: string;
+  layout: 'NCHW' | 'NHWC';
+  channels: 1 | 3;
+  dtype: 'float32' | 'float16' | 'uint8';
+  /** Fixed target size, or for NETWORK the largest size (null: the image's own). */
+  width: number | null;
+  height: number | null;
+  pre: PreprocessingConfig;
+  mean: { shape: number[]; data: Float32Array } | null;
+}
+
+const invalidConfig = (field: string, msg: string) =>
+  new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `preprocessing.${field}: ${msg}`, { field: `preprocessing.${field}` });
+
+export function guessLayout(shape: readonly (number | null)[]): 'NCHW' | 'NHWC' | null {
+  if (shape.length !== 4) return null;
+  if (shape[1] === 1 || shape[1] === 3) return 'NCHW';
+  if (shape[3] === 1 || shape[3] === 3) return 'NHWC';
+  return null;
+}
+
+export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], mean: InputPlan['mean'] = null): InputPlan {
+  const pre = config.preprocessing;
+  const info = pre.input ? inputs.find((i) => i.name === pre.input) : inputs[0];
+  if (!info) throw invalidConfig('input', `the model has no input ${JSON.stringify(pre.input)} (inputs: ${inputs.map((i) => i.name).join(', ')})`);
+  if (info.shape.length !== 4) throw invalidConfig('input', `input ${info.name} has shape [${info.shape.join(',')}]; an image input has 4 dimensions`);
+  const layout = pre.dimensionOrder ?? guessLayout(info.shape) ?? 'NCHW';
+  const [h, w, c] = layout === 'NCHW' ? [info.shape[2], info.shape[3], info.shape[1]] : [info.shape[1], info.shape[2], info.shape[3]];
+  const channels = pre.colorChannels === 'L' ? 1 : 3;
+  if (c !== null && c !== channels) throw invalidConfig('colorChannels', `${pre.colorChannels} gives ${channels} channel(s) but input ${info.name} has ${c}`);
+  const wanted = pre.dataType?.toLowerCase() as DType | undefined;
+  const dtype = wanted ?? info.dtype;
+  if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'uint8') throw invalidConfig('dataType', `input ${info.name} is ${info.dtype}; images feed FLOAT32, FLOAT16 or UINT8`);
+  let width = pre.targetSize?.width ?? w;
+  let height = pre.targetSize?.height ?? h;
+  if (pre.resizeType !== 'NETWORK' && (width === null || height === null)) {
+    throw invalidConfig('targetSize', `input ${info.name} has dynamic spatial dimensions: set targetSize or use resizeType NETWORK`);
+  }
+  if (pre.resizeType === 'NETWORK' && (w !== null || h !== null) && !pre.targetSize) { width = w; height = h; }
+  if (mean && !(mean.data.length === channels || mean.data.length === channels * (width ?? 0) * (height ?? 0))) {
+    throw invalidConfig('meanFile', `holds ${mean.data.length} values; expected ${channels} or ${channels}x${height}x${width}`);
+  }
+  return { input: info.name, layout, channels, dtype, width, height, pre, mean };
+}
+
+export interface DecodedImage {
+  /** The original bytes (crops and drawings start from them). */
+  bytes: Uint8Array;
+  width: number;
+  height: number;
+}
+
+/** Read the header only: size and format, before anything is decoded. */
+export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<DecodedImage> {
+  let meta: Metadata;
+  try {
+    meta = await sharp(bytes).metadata();
+  } catch (e) {
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable image: ${(e as Error).message}`);
+  }
+  if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
+  const swap = (meta.orientation ?? 1) >= 5;
+  const width = swap ? meta.height : meta.width;
+  const height = swap ? meta.width : meta.height;
+  if (width * height > maxPixels) {
+    throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`, { width, height, maxPixels });
+  }
+  return { bytes, width, height };
+}
+
+function roundTo(v: number, multiple: number, offset: number): number {
+  return Math.max(1, Math.round((v - offset) / multiple)) * multiple + offset;
+}
+
+/** Resize as the plan says; returns raw interleaved pixels (HWC, 1 or 3 channels) and the transform. */
+export async function resizeImage(img: DecodedImage, plan: InputPlan, maxPixels: number): Promise<{ pixels: Buffer; transform: ImageTransform }> {
+  const { width: W0, height: H0 } = img;
+  const pre = plan.pre;
+  let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error' }).rotate();
+  let tw: number;
+  let th: number;
+  let scaleX: number;
+  let scaleY: number;
+  let offsetX = 0;
+  let offsetY = 0;
+  const background = { r: pre.fillColor[0], g: pre.fillColor[1], b: pre.fillColor[2], alpha: 1 };
+  switch (pre.resizeType) {
+    case 'SQUASH': {
+      tw = plan.width!;
+      th = plan.height!;
+      s = s.resize(tw, th, { fit: 'fill' });
+      scaleX = tw / W0;
+      scaleY = th / H0;
+      break;
+    }
+    case 'CROP': {
+      tw = plan.width!;
+      th = plan.height!;
+      const scale = Math.max(tw / W0, th / H0) / pre.cropFraction;
+      const rw = Math.max(tw, Math.round(W0 * scale));
+      const rh = Math.max(th, Math.round(H0 * scale));
+      const left = Math.floor((rw - tw) / 2);
+      const top = Math.floor((rh - th) / 2);
+      s = sharp(await s.resize(rw, rh, { fit: 'fill' }).toBuffer()).extract({ left, top, width: tw, height: th });
+      scaleX = rw / W0;
+      scaleY = rh / H0;
+      offsetX = -left;
+      offsetY = -top;
+      break;
+    }
+    case 'FILL': {
+      tw = plan.width!;
+      th = plan.height!;
+      const scale = Math.min(tw / W0, th / H0);
+      const rw = Math.max(1, Math.min(tw, Math.round(W0 * scale)));
+      const rh = Math.max(1, Math.min(th, Math.round(H0 * scale)));
+      const left = pre.fillAlign === 'center' ? Math.floor((tw - rw) / 2) : 0;
+      const top = pre.fillAlign === 'center' ? Math.floor((th - rh) / 2) : 0;
+      s = s.resize(rw, rh, { fit: 'fill' }).extend({ top, left, bottom: th - rh - top, right: tw - rw - left, background });
+      scaleX = rw / W0;
+      scaleY = rh / H0;
+      offsetX = left;
+      offsetY = top;
+      break;
+    }
+    case 'NETWORK': {
+      const limit = Math.min(1, (plan.width ?? Infinity) / W0, (plan.height ?? Infinity) / H0);
+      tw = roundTo(W0 * limit, pre.sizeMultiple, pre.sizeOffset);
+      th = roundTo(H0 * limit, pre.sizeMultiple, pre.sizeOffset);
+      s = s.resize(tw, th, { fit: 'fill' });
+      scaleX = tw / W0;
+      scaleY = th / H0;
+      break;
+    }
+  }
+  s = plan.channels === 1 ? s.flatten({ background: '#ffffff' }).grayscale() : s.flatten({ background: '#ffffff' }).toColourspace('srgb');
+  let out: { data: Buffer; info: OutputInfo };
+  try {
+    out = await s.raw().toBuffer({ resolveWithObject: true });
+  } catch (e) {
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `cannot decode the image: ${(e as Error).message}`);
+  }
+  if (out.info.channels !== plan.channels || out.info.width !== tw || out.info.height !== th) {
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `unexpected decoded image ${out.info.width}x${out.info.height}x${out.info.channels}`);
+  }
+  return { pixels: out.data, transform: { width: W0, height: H0, inputWidth: tw, inputHeight: th, scaleX, scaleY, offsetX, offsetY } };
+}
+
+/** Interleaved 8-bit pixels -> the model's tensor (batch 1): channel order, scaling, mean/std, layout, dtype. */
+export function pixelsToTensor(pixels: Uint8Array, width: number, height: number, plan: InputPlan): Tensor {
+  const C = plan.channels;
+  const hw = width * height;
+  const pre = plan.pre;
+  const k = pre.pixelScaling / 255;
+  const mean = plan.mean ? null : (pre.mean ?? new Array(C).fill(0));
+  const meanImage = plan.mean?.data ?? null;
+  const meanPerChannel = meanImage !== null && meanImage.length === C;
+  const std = pre.std ?? new Array(C).fill(1);
+  const bgr = pre.colorChannels === 'BGR';
+  const n = hw * C;
+  const data = plan.dtype === 'float32' ? new Float32Array(n) : plan.dtype === 'float16' ? new Uint16Array(n) : new Uint8Array(n);
+  const nchw = plan.layout === 'NCHW';
+  for (let c = 0; c < C; c++) {
+    const src = bgr ? 2 - c : c;
+    const inv = 1 / std[c];
+    const m = mean ? mean[c] : meanPerChannel ? meanImage![c] : 0;
+    for (let p = 0; p < hw; p++) {
+      const mv = meanImage && !meanPerChannel ? meanImage[c * hw + p] : m;
+      const v = (pixels[p * C + src] * k - mv) * inv;
+      const idx = nchw ? c * hw + p : p * C + c;
+      if (data instanceof Float32Array) data[idx] = v;
+      else if (data instanceof Uint16Array) data[idx] = floatToHalf(v);
+      else data[idx] = v < 0 ? 0 : v > 255 ? 255 : Math.round(v);
+    }
+  }
+  const shape = nchw ? [1, C, height, width] : [1, height, width, C];
+  return { dtype: plan.dtype, shape, data };
+}
+
+/** probe -> resize -> tensor. */
+export async function preprocess(img: DecodedImage, plan: InputPlan, maxPixels: number): Promise<{ tensor: Tensor; transform: ImageTransform }> {
+  const { pixels, transform } = await resizeImage(img, plan, maxPixels);
+  return { tensor: pixelsToTensor(pixels, transform.inputWidth, transform.inputHeight, plan), transform };
+}

@@ -1,0 +1,143 @@
+import sharp from 'sharp';
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { toFloat32, type Tensor } from '../engine/types.ts';
+import type { Labels } from '../repository/labels.ts';
+import type { SegmentationConfig } from '../repository/model-config.ts';
+import { toOriginalNormalized, type ImageTransform } from './preprocess.ts';
+import type { Box } from './detection.ts';
+
+/** A class-id map at the model's output resolution. */
+export interface ClassMap { width: number; height: number; ids: Uint16Array }
+
+export interface SegmentClass { classId: number; label: string | null; pixelFraction: number }
+export interface Region { classId: number; label: string | null; pixels: number; box: Box }
+
+/**
+ * Output -> class ids per output pixel. Several channels: argmax. One channel: foreground where
+ * activation(value) >= threshold. A map of class ids ([N,H,W], or an integer [N,1,H,W]): passes through.
+ */
+export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationConfig, inputLayout: 'NCHW' | 'NHWC'): ClassMap {
+  const name = cfg.output ?? Object.keys(outputs)[0];
+  const t = outputs[name];
+  if (!t) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `the model has no output ${name}`);
+  const integer = t.dtype !== 'float32' && t.dtype !== 'float16';
+  if (t.shape.length === 3 || (integer && t.shape.length === 4 && (t.shape[1] === 1 || t.shape[3] === 1))) {
+    const [h, w] = t.shape.length === 3 ? [t.shape[1], t.shape[2]] : t.shape[1] === 1 ? [t.shape[2], t.shape[3]] : [t.shape[1], t.shape[2]];
+    const ids = new Uint16Array(w * h);
+    for (let i = 0; i < ids.length; i++) ids[i] = Math.max(0, Math.min(65535, Number(t.data[i])));
+    return { width: w, height: h, ids };
+  }
+  if (t.shape.length !== 4) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `segmentation output ${name} has shape [${t.shape.join(',')}]`);
+  const layout = cfg.layout ?? inputLayout;
+  const [C, h, w] = layout === 'NCHW' ? [t.shape[1], t.shape[2], t.shape[3]] : [t.shape[3], t.shape[1], t.shape[2]];
+  const v = toFloat32(t);
+  const hw = h * w;
+  const ids = new Uint16Array(hw);
+  const at = layout === 'NCHW' ? (c: number, p: number) => v[c * hw + p] : (c: number, p: number) => v[p * C + c];
+  if (C === 1) {
+    // compare in logit space for sigmoid: sigmoid(x) >= th  <=>  x >= logit(th)
+    const th = cfg.activation === 'sigmoid' ? Math.log(cfg.threshold / (1 - cfg.threshold)) : cfg.threshold;
+    for (let p = 0; p < hw; p++) ids[p] = at(0, p) >= th ? 1 : 0;
+  } else {
+    for (let p = 0; p < hw; p++) {
+      let best = 0;
+      let bv = at(0, p);
+      for (let c = 1; c < C; c++) {
+        const x = at(c, p);
+        if (x > bv) { bv = x; best = c; }
+      }
+      ids[p] = best;
+    }
+  }
+  return { width: w, height: h, ids };
+}
+
+/** Nearest-neighbour map at the original image size; areas outside the model input (padding) are class 0. */
+export function toOriginalSize(map: ClassMap, t: ImageTransform): ClassMap {
+  const W = t.width;
+  const H = t.height;
+  const ids = new Uint16Array(W * H);
+  const fx = map.width / t.inputWidth;
+  const fy = map.height / t.inputHeight;
+  const xs = new Int32Array(W);
+  for (let x = 0; x < W; x++) xs[x] = Math.floor(((x + 0.5) * t.scaleX + t.offsetX) * fx);
+  for (let y = 0; y < H; y++) {
+    const my = Math.floor(((y + 0.5) * t.scaleY + t.offsetY) * fy);
+    if (my < 0 || my >= map.height) continue;
+    const row = my * map.width;
+    const o = y * W;
+    for (let x = 0; x < W; x++) {
+      const mx = xs[x];
+      if (mx >= 0 && mx < map.width) ids[o + x] = map.ids[row + mx];
+    }
+  }
+  return { width: W, height: H, ids };
+}
+
+export function classHistogram(map: ClassMap, labels: Labels | null): SegmentClass[] {
+  const counts = new Map<number, number>();
+  for (const id of map.ids) counts.set(id, (counts.get(id) ?? 0) + 1);
+  const total = map.ids.length;
+  return [...counts.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([classId, n]) => ({ classId, label: labels?.get(classId) ?? null, pixelFraction: n / total }));
+}
+
+/** Connected regions (8-neighbour) of each non-background class, at the model's output resolution. */
+export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null, minPixels: number): Region[] {
+  const { width: w, height: h, ids } = map;
+  const seen = new Uint8Array(w * h);
+  const stack: number[] = [];
+  const out: Region[] = [];
+  const sx = t.inputWidth / w;
+  const sy = t.inputHeight / h;
+  for (let start = 0; start < ids.length; start++) {
+    const cls = ids[start];
+    if (cls === 0 || seen[start]) continue;
+    let n = 0;
+    let x0 = w, y0 = h, x1 = -1, y1 = -1;
+    seen[start] = 1;
+    stack.push(start);
+    while (stack.length) {
+      const p = stack.pop()!;
+      n++;
+      const px = p % w;
+      const py = (p - px) / w;
+      if (px < x0) x0 = px;
+      if (px > x1) x1 = px;
+      if (py < y0) y0 = py;
+      if (py > y1) y1 = py;
+      for (let dy = -1; dy <= 1; dy++) {
+        const ny = py + dy;
+        if (ny < 0 || ny >= h) continue;
+        for (let dx = -1; dx <= 1; dx++) {
+          const nx = px + dx;
+          if (nx < 0 || nx >= w) continue;
+          const q = ny * w + nx;
+          if (!seen[q] && ids[q] === cls) {
+            seen[q] = 1;
+            stack.push(q);
+          }
+        }
+      }
+    }
+    if (n < minPixels) continue;
+    const [xMin, yMin] = toOriginalNormalized(t, x0 * sx, y0 * sy);
+    const [xMax, yMax] = toOriginalNormalized(t, (x1 + 1) * sx, (y1 + 1) * sy);
+    out.push({ classId: cls, label: labels?.get(cls) ?? null, pixels: n, box: { xMin, yMin, xMax, yMax } });
+  }
+  return out.sort((a, b) => a.box.yMin - b.box.yMin || a.box.xMin - b.box.xMin);
+}
+
+/** The mask as a PNG: one class id per pixel (8-bit grey, 16-bit when ids exceed 255). */
+export async function maskPng(map: ClassMap): Promise<Buffer> {
+  let max = 0;
+  for (const id of map.ids) if (id > max) max = id;
+  if (max <= 255) {
+    const px = Buffer.alloc(map.ids.length);
+    for (let i = 0; i < px.length; i++) px[i] = map.ids[i];
+    return sharp(px, { raw: { width: map.width, height: map.height, channels: 1 } }).png().toBuffer();
+  }
+  // a Uint16Array raw input is read as 16-bit samples
+  return sharp(map.ids, { raw: { width: map.width, height: map.height, channels: 1 } }).toColourspace('grey16').png().toBuffer();
+}
