@@ -143,6 +143,7 @@ export function createGateway({ config, repository, logger }: GatewayDeps): Gate
     schema,
     graphqlEndpoint: '/graphql',
     landingPage: false,
+    healthCheckEndpoint: '/yoga/health', // /health is ours (JSON)
     graphiql: config.graphiql ? { title: 'GraphQL inference gateway', defaultQuery: DEFAULT_QUERY, subscriptionsProtocol: 'WS' } : false,
     cors: config.corsOrigins ? { origin: config.corsOrigins, credentials: true, allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'] } : undefined,
     fetchAPI: createFetch({
@@ -157,9 +158,10 @@ export function createGateway({ config, repository, logger }: GatewayDeps): Gate
     context: ({ request }) => buildContext(request.headers.get('authorization')),
     maskedErrors: {
       maskError(error) {
-        const original = error instanceof GraphQLError ? error.originalError : error;
+        const original = (error as { originalError?: unknown }).originalError ?? error;
         if (isGatewayError(original)) return gqlError(original, { path: error instanceof GraphQLError ? error.path : undefined });
-        if (error instanceof GraphQLError && (!original || original instanceof GraphQLError)) return error;
+        const isGraphQLError = (e: unknown) => e instanceof Error && e.name === 'GraphQLError';
+        if (isGraphQLError(error) && (original === error || isGraphQLError(original))) return error as GraphQLError;
         const message = original instanceof Error ? original.message : String(original);
         if (/limit exceeded|too large|maximum/i.test(message) && /file|field|part/i.test(message)) {
           return gqlError(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, message));

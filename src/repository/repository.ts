@@ -28,6 +28,8 @@ export class Model {
   disabled = false;
   readonly disabledVersions = new Set<number>();
   configUpdatedAt = new Date();
+  /** mtime of model.json when last read (-1: never read). */
+  configMtimeMs = -1;
   /** Serializes load / unload / reconcile of this model. */
   private lock: Promise<unknown> = Promise.resolve();
 
@@ -158,17 +160,13 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
         for (const e of entries) {
           if (!e.isDirectory() || e.name.startsWith('.') || !MODEL_NAME_RE.test(e.name)) continue;
           present.add(e.name);
-          let model = this.byName.get(e.name);
-          if (!model) {
-            model = new Model(e.name, path.join(this.root, e.name), 'repository');
-            this.byName.set(e.name, model);
-            await this.readModelFiles(model);
-          }
+          if (!this.byName.has(e.name)) this.byName.set(e.name, new Model(e.name, path.join(this.root, e.name), 'repository'));
         }
-        await Promise.all(this.models().map((m) => {
-          if (m.source === 'repository' && !present.has(m.name)) return m.exclusive(() => this.reconcile(m, []));
-          return m.exclusive(() => this.reconcile(m));
-        }));
+        await Promise.all(this.models().map((m) => m.exclusive(async () => {
+          if (m.source === 'repository' && !present.has(m.name)) return this.reconcile(m, []);
+          if (!m.file && (await this.configMtime(m)) !== m.configMtimeMs) await this.readModelFiles(m);
+          return this.reconcile(m);
+        })));
       } catch (e) {
         this.logger.error('repository scan failed', { error: errorMessage(e) });
       } finally {
@@ -178,8 +176,14 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
     return this.scanning;
   }
 
+  private configMtime(model: Model): Promise<number> {
+    return stat(path.join(model.dir, 'model.json')).then((st) => st.mtimeMs, () => 0);
+  }
+
+  /** (Re)read model.json, labels and mean file. On error the previous configuration stays, with configError set. */
   private async readModelFiles(model: Model): Promise<void> {
     model.configError = null;
+    model.configMtimeMs = await this.configMtime(model);
     try {
       const configPath = path.join(model.dir, 'model.json');
       const text = await readFile(configPath, 'utf8').catch((e: NodeJS.ErrnoException) => {
@@ -299,7 +303,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
     const m = model;
     await m.exclusive(async () => {
       if (opts.config !== undefined && opts.config !== null) await this.writeConfig(m, opts.config);
-      else if (m.disabled || m.configError) await this.readModelFiles(m);
+      else await this.readModelFiles(m);
       m.disabled = false;
       m.disabledVersions.clear();
       await this.reconcile(m);

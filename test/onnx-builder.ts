@@ -1,0 +1,101 @@
+/**
+ * Builds tiny ONNX models for unit tests (the project's own, no downloads): a protobuf writer for just the fields
+ * of ModelProto, GraphProto, NodeProto, ValueInfoProto and AttributeProto that these graphs use.
+ */
+export const ElemType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+
+const enc = new TextEncoder();
+
+function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n >= 0x80) {
+    out.push((n % 128) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}
+const concat = (parts: (Uint8Array | number[])[]) => {
+  const arrs = parts.map((p) => (p instanceof Uint8Array ? p : Uint8Array.from(p)));
+  const out = new Uint8Array(arrs.reduce((n, a) => n + a.length, 0));
+  let o = 0;
+  for (const a of arrs) {
+    out.set(a, o);
+    o += a.length;
+  }
+  return out;
+};
+const bytesField = (no: number, body: Uint8Array) => concat([varint(no * 8 + 2), varint(body.length), body]);
+const strField = (no: number, s: string) => bytesField(no, enc.encode(s));
+const intField = (no: number, v: number) => concat([varint(no * 8), varint(v)]);
+
+export interface ValueInfo { name: string; elemType: number; shape: (number | string)[] }
+export interface NodeSpec { op: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[]> }
+
+function valueInfo(v: ValueInfo): Uint8Array {
+  const dims = v.shape.map((d) => bytesField(1, typeof d === 'number' ? intField(1, d) : strField(2, d)));
+  const shape = concat(dims);
+  const tensorType = concat([intField(1, v.elemType), bytesField(2, shape)]);
+  return concat([strField(1, v.name), bytesField(2, bytesField(1, tensorType))]);
+}
+
+function node(n: NodeSpec, i: number): Uint8Array {
+  const parts: Uint8Array[] = [];
+  for (const x of n.inputs) parts.push(strField(1, x));
+  for (const x of n.outputs) parts.push(strField(2, x));
+  parts.push(strField(3, `n${i}`), strField(4, n.op));
+  for (const [name, v] of Object.entries(n.attrs ?? {})) {
+    const attr = Array.isArray(v)
+      ? concat([strField(1, name), ...v.map((x) => intField(8, x)), intField(20, 7)]) // INTS
+      : concat([strField(1, name), intField(3, v), intField(20, 2)]); // INT
+    parts.push(bytesField(5, attr));
+  }
+  return concat(parts);
+}
+
+export function buildModel(spec: { nodes: NodeSpec[]; inputs: ValueInfo[]; outputs: ValueInfo[]; opset?: number }): Uint8Array {
+  const graph = concat([
+    ...spec.nodes.map((n, i) => bytesField(1, node(n, i))),
+    strField(2, 'test-graph'),
+    ...spec.inputs.map((v) => bytesField(11, valueInfo(v))),
+    ...spec.outputs.map((v) => bytesField(12, valueInfo(v))),
+  ]);
+  const opset = concat([strField(1, ''), intField(2, spec.opset ?? 13)]);
+  return concat([intField(1, 8), strField(2, 'gateway-tests'), bytesField(7, graph), bytesField(8, opset)]);
+}
+
+/** Mean colour classifier: image [N,3,8,8] -> [N,3] channel means. Input/output types as given. */
+export function meanColourModel(inType: number, outType: number): Uint8Array {
+  const nodes: NodeSpec[] = [];
+  let x = 'image';
+  if (inType !== ElemType.FLOAT) {
+    nodes.push({ op: 'Cast', inputs: [x], outputs: ['f'], attrs: { to: ElemType.FLOAT } });
+    x = 'f';
+  }
+  nodes.push({ op: 'GlobalAveragePool', inputs: [x], outputs: ['pooled'] });
+  nodes.push({ op: 'Flatten', inputs: ['pooled'], outputs: [outType === ElemType.FLOAT ? 'scores' : 'flat'], attrs: { axis: 1 } });
+  if (outType !== ElemType.FLOAT) nodes.push({ op: 'Cast', inputs: ['flat'], outputs: ['scores'], attrs: { to: outType } });
+  return buildModel({
+    nodes,
+    inputs: [{ name: 'image', elemType: inType, shape: ['N', 3, 8, 8] }],
+    outputs: [{ name: 'scores', elemType: outType, shape: ['N', 3] }],
+  });
+}
+
+/** Identity over one tensor of any type. */
+export function identityModel(elemType: number, shape: (number | string)[]): Uint8Array {
+  return buildModel({
+    nodes: [{ op: 'Identity', inputs: ['x'], outputs: ['y'] }],
+    inputs: [{ name: 'x', elemType, shape }],
+    outputs: [{ name: 'y', elemType, shape }],
+  });
+}
+
+/** Per-pixel argmax over channels: image [N,3,H,W] float -> int64 class map [N,H,W]. */
+export function argmaxSegmenter(): Uint8Array {
+  return buildModel({
+    nodes: [{ op: 'ArgMax', inputs: ['image'], outputs: ['classes'], attrs: { axis: 1, keepdims: 0 } }],
+    inputs: [{ name: 'image', elemType: ElemType.FLOAT, shape: ['N', 3, 'H', 'W'] }],
+    outputs: [{ name: 'classes', elemType: ElemType.INT64, shape: ['N', 'H', 'W'] }],
+  });
+}

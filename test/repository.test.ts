@@ -1,0 +1,256 @@
+import { readFile, rm, mkdir, symlink, writeFile, mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { printSchema } from 'graphql';
+import { schema } from '../src/schema/index.ts';
+import { ROOT, SHARED, addModel, errorCode, fixtureConfigs, sharedFile, sharedModel, startGateway, until, type TestGateway } from './helpers.ts';
+
+const MODEL_FIELDS = `name task description metadata updatedAt labels versions { version state errorCode errorMessage } inputs { name dtype shape layout } outputs { name dtype shape }`;
+const mobilenet = () => ({ onnx: sharedModel('mobilenetv2-12-int8'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } });
+
+describe('model repository over GraphQL', () => {
+  let gw: TestGateway;
+  let extraRoot: string;
+
+  beforeAll(async () => {
+    extraRoot = await mkdtemp(path.join(os.tmpdir(), 'gw-extra-'));
+    gw = await startGateway({
+      models: { mobilenet: mobilenet(), yolox: { onnx: sharedModel('yolox-nano'), config: { ...fixtureConfigs.yolox, description: 'COCO detector' }, files: { 'labels.txt': sharedFile('models', 'yolox-nano', 'labels.txt') } } },
+      env: { MODEL_ROOTS: extraRoot },
+      pollIntervalMs: 100,
+    });
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await rm(extraRoot, { recursive: true, force: true });
+  });
+
+  it('lists models with their versions, inputs, outputs and labels', async () => {
+    const r = await gw.gql(`{ models { ${MODEL_FIELDS} } }`);
+    expect(r.errors).toBeUndefined();
+    const byName = Object.fromEntries(r.data.models.map((m: any) => [m.name, m]));
+    expect(Object.keys(byName).sort()).toEqual(['mobilenet', 'yolox']);
+    const m = byName.mobilenet;
+    expect(m.task).toBe('classification');
+    expect(m.versions).toEqual([{ version: 1, state: 'AVAILABLE', errorCode: null, errorMessage: null }]);
+    expect(m.inputs).toEqual([{ name: 'input', dtype: 'FLOAT32', shape: [null, 3, 224, 224], layout: 'NCHW' }]);
+    expect(m.outputs).toEqual([{ name: 'output', dtype: 'FLOAT32', shape: [null, 1000] }]);
+    expect(m.labels).toHaveLength(1000);
+    expect(m.labels[404]).toMatch(/airliner/);
+    expect(new Date(m.updatedAt).getTime()).toBeGreaterThan(0);
+    expect(byName.yolox.description).toBe('COCO detector');
+    // yolox fixes its batch at 1; the gateway made it dynamic after a trial run, and says so
+    expect(byName.yolox.inputs[0].shape).toEqual([null, 3, 416, 416]);
+  });
+
+  it('answers inputShape, with dynamic dimensions as null', async () => {
+    const r = await gw.gql(`{ a: inputShape(model: "mobilenet") b: inputShape(model: "yolox", version: 1, input: "images") }`);
+    expect(r.errors).toBeUndefined();
+    expect(r.data).toEqual({ a: [null, 3, 224, 224], b: [null, 3, 416, 416] });
+    const missing = await gw.gql(`{ inputShape(model: "nope") }`);
+    expect(errorCode(missing)).toBe('MODEL_NOT_FOUND');
+    const badInput = await gw.gql(`{ inputShape(model: "mobilenet", input: "nope") }`);
+    expect(errorCode(badInput)).toBe('INVALID_INPUT');
+  });
+
+  it('model(name) returns null for an unknown model', async () => {
+    const r = await gw.gql(`{ model(name: "nope") { name } }`);
+    expect(r.data).toEqual({ model: null });
+  });
+
+  it('loads a model from the repository by name, and again harmlessly', async () => {
+    // unload then load back
+    let r = await gw.gql(`mutation { unloadModel(name: "mobilenet") { versions { version state } } }`);
+    expect(r.data.unloadModel.versions).toEqual([{ version: 1, state: 'END' }]);
+    r = await gw.gql(`mutation { loadModel(name: "mobilenet") { name versions { version state } } }`);
+    expect(r.errors).toBeUndefined();
+    expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+    r = await gw.gql(`mutation { loadModel(name: "mobilenet") { versions { version state } } }`);
+    expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+    const unknown = await gw.gql(`mutation { loadModel(name: "not-there") { name } }`);
+    expect(errorCode(unknown)).toBe('MODEL_NOT_FOUND');
+  });
+
+  it('loads a model from a server path under an allowed root, and refuses others', async () => {
+    await addModel(extraRoot, 'pathmodel', mobilenet());
+    const r = await gw.gql(`mutation($p: String!) { loadModel(name: "from-path", path: $p) { name task labels versions { version state } } }`, { p: path.join(extraRoot, 'pathmodel') });
+    expect(r.errors).toBeUndefined();
+    expect(r.data.loadModel.task).toBe('classification');
+    expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+    expect(r.data.loadModel.labels).toHaveLength(1000);
+    // a bare .onnx file with the configuration given inline
+    await writeFile(path.join(extraRoot, 'bare.onnx'), await readFile(sharedModel('mobilenetv2-12-int8')));
+    const file = await gw.gql(`mutation($p: String!, $c: JSON) { loadModel(name: "bare-file", path: $p, config: $c) { task versions { state } } }`, { p: path.join(extraRoot, 'bare.onnx'), c: { task: 'raw' } });
+    expect(file.errors).toBeUndefined();
+    expect(file.data.loadModel).toEqual({ task: 'raw', versions: [{ state: 'AVAILABLE' }] });
+    for (const p of [path.join(SHARED, 'models', 'mobilenetv2-12-int8'), '/etc', `${extraRoot}/../..`, `${gw.root}/../../etc/passwd`]) {
+      const denied = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, { p });
+      expect(errorCode(denied), p).toBe('FORBIDDEN_PATH');
+    }
+    // a symlink inside an allowed root that points outside it is refused too
+    await symlink(path.join(SHARED, 'models', 'mobilenetv2-12-int8'), path.join(extraRoot, 'sneaky'));
+    const sneaky = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, { p: path.join(extraRoot, 'sneaky') });
+    expect(errorCode(sneaky)).toBe('FORBIDDEN_PATH');
+  });
+
+  it('loads a model from uploaded files and writes them into the repository', async () => {
+    const config = { task: 'classification', description: 'uploaded', preprocessing: fixtureConfigs.mobilenet.preprocessing, labels: 'labels.txt' };
+    const r = await gw.gql(
+      `mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { name description labels versions { version state } } }`,
+      { files: [null, null, null] },
+      { files: { 'files.0': sharedModel('mobilenetv2-12-int8'), 'files.1': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt'), 'files.2': { name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) } } },
+    );
+    expect(r.errors).toBeUndefined();
+    expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+    expect(r.data.loadModel.description).toBe('uploaded');
+    expect(r.data.loadModel.labels[0]).toMatch(/tench/);
+    const written = await readFile(path.join(gw.root, 'uploaded', '1', 'model.onnx'));
+    expect(written.length).toBe(3655033);
+    expect(JSON.parse(await readFile(path.join(gw.root, 'uploaded', 'model.json'), 'utf8')).description).toBe('uploaded');
+    // a second upload becomes version 2 and, with the default policy (latest 1), replaces version 1
+    const r2 = await gw.gql(`mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { versions { version state } } }`, { files: [null] }, { files: { 'files.0': sharedModel('mobilenetv2-12-int8') } });
+    expect(r2.errors).toBeUndefined();
+    expect(r2.data.loadModel.versions).toEqual([{ version: 1, state: 'END' }, { version: 2, state: 'AVAILABLE' }]);
+  });
+
+  it('unloads one version and updates the editable fields (persisted)', async () => {
+    let r = await gw.gql(`mutation { updateModel(name: "yolox", description: "new words", metadata: { owner: "vision-team" }) { description metadata } }`);
+    expect(r.data.updateModel).toEqual({ description: 'new words', metadata: { owner: 'vision-team' } });
+    const saved = JSON.parse(await readFile(path.join(gw.root, 'yolox', 'model.json'), 'utf8'));
+    expect(saved.description).toBe('new words');
+    expect(saved.metadata).toEqual({ owner: 'vision-team' });
+    expect(saved.preprocessing).toEqual(fixtureConfigs.yolox.preprocessing);
+    const bad = await gw.gql(`mutation { updateModel(name: "yolox", preprocessing: {}) { name } }`);
+    expect(bad.errors?.[0].message).toMatch(/preprocessing/);
+    r = await gw.gql(`mutation { unloadModel(name: "yolox", version: 1) { versions { version state } } }`);
+    expect(r.data.unloadModel.versions).toEqual([{ version: 1, state: 'END' }]);
+    const infer = await gw.gql(`{ detect(model: "yolox", image: { base64: "AAAA" }) { imageWidth } }`);
+    expect(errorCode(infer)).toBe('MODEL_NOT_READY');
+    const noVersion = await gw.gql(`mutation { unloadModel(name: "yolox", version: 7) { name } }`);
+    expect(errorCode(noVersion)).toBe('MODEL_NOT_FOUND');
+    r = await gw.gql(`mutation { loadModel(name: "yolox") { versions { version state } } }`);
+    expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+  });
+
+  it('ends a corrupt model file in an error state and stays up', async () => {
+    await addModel(gw.root, 'corrupt', { onnx: new Uint8Array(Buffer.from('this is not an onnx model')), config: { task: 'raw' } });
+    const r = await gw.gql(`mutation { loadModel(name: "corrupt") { versions { version state errorCode errorMessage } } }`);
+    expect(r.errors).toBeUndefined();
+    const [v] = r.data.loadModel.versions;
+    expect(v.state).toBe('END');
+    expect(v.errorCode).toBe('MODEL_LOAD_FAILED');
+    expect(v.errorMessage).toMatch(/cannot load/);
+    const ready = await fetch(`${gw.url}/ready`);
+    expect(ready.status).toBe(503);
+    const health = await fetch(`${gw.url}/health`);
+    expect(health.status).toBe(200);
+    const still = await gw.gql(`{ model(name: "mobilenet") { versions { state } } }`);
+    expect(still.data.model.versions[0].state).toBe('AVAILABLE');
+    // a broken model.json names the field
+    await addModel(gw.root, 'badconfig', { onnx: sharedModel('mobilenetv2-12-int8'), config: { task: 'classification', preprocessing: { resizeType: 'STRETCH' } } });
+    const bad = await gw.gql(`mutation { loadModel(name: "badconfig") { versions { state errorCode errorMessage } } }`);
+    expect(bad.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
+    expect(bad.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.resizeType/);
+    await rm(path.join(gw.root, 'corrupt'), { recursive: true });
+    await rm(path.join(gw.root, 'badconfig'), { recursive: true });
+  });
+
+  it('picks up a new version folder and drops a removed one (watcher)', async () => {
+    await addModel(gw.root, 'watched', { onnx: sharedModel('mobilenetv2-12-int8'), config: { task: 'raw', versionPolicy: { all: true } } });
+    const versions = async () => (await gw.gql(`{ model(name: "watched") { versions { version state } } }`)).data?.model?.versions;
+    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }]), 15_000, 'new model picked up');
+    await mkdir(path.join(gw.root, 'watched', '2'));
+    await symlink(sharedModel('mobilenetv2-12-int8'), path.join(gw.root, 'watched', '2', 'model.onnx'));
+    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }, { version: 2, state: 'AVAILABLE' }]), 15_000, 'version 2 loaded');
+    await rm(path.join(gw.root, 'watched', '1'), { recursive: true });
+    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'END' }, { version: 2, state: 'AVAILABLE' }]), 15_000, 'version 1 unloaded');
+  });
+
+  async function lifecycle(subscribe: (events: any[]) => Promise<() => void>, name: string) {
+    const events: any[] = [];
+    const listeners = gw.repository.listenerCount('status');
+    const stop = await subscribe(events);
+    await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscription registered');
+    await addModel(extraRoot, name, mobilenet());
+    const loaded = await gw.gql(`mutation($p: String!, $n: String!) { loadModel(name: $n, path: $p) { versions { state } } }`, { p: path.join(extraRoot, name), n: name });
+    expect(loaded.errors).toBeUndefined();
+    await gw.gql(`mutation($n: String!) { unloadModel(name: $n) { name } }`, { n: name });
+    await until(() => events.length >= 4, 5000, 'four events');
+    stop();
+    // the server lets go of the subscription when the client leaves
+    await until(() => gw.repository.listenerCount('status') === listeners, 5000, 'subscription released');
+    expect(events.map((e) => [e.previousState, e.state])).toEqual([['START', 'LOADING'], ['LOADING', 'AVAILABLE'], ['AVAILABLE', 'UNLOADING'], ['UNLOADING', 'END']]);
+    for (const e of events) {
+      expect(e).toMatchObject({ model: name, version: 1, errorCode: null, errorMessage: null });
+      expect(Date.parse(e.at)).toBeGreaterThan(0);
+    }
+  }
+
+  const SUB = `subscription($n: String) { modelStatus(name: $n) { model version state previousState errorCode errorMessage at } }`;
+
+  it('streams LOADING, AVAILABLE, UNLOADING, END over server-sent events', async () => {
+    await lifecycle(async (events) => {
+      const ctrl = new AbortController();
+      const res = await fetch(`${gw.url}/graphql`, {
+        method: 'POST', signal: ctrl.signal,
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        body: JSON.stringify({ query: SUB, variables: { n: 'sse-model' } }),
+      });
+      expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+      (async () => {
+        const decoder = new TextDecoder();
+        let buf = '';
+        try {
+          for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+            buf += decoder.decode(chunk, { stream: true });
+            let i;
+            while ((i = buf.indexOf('\n\n')) >= 0) {
+              const frame = buf.slice(0, i);
+              buf = buf.slice(i + 2);
+              const data = frame.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5)).join('');
+              if (data.trim()) {
+                const msg = JSON.parse(data);
+                if (msg.data?.modelStatus) events.push(msg.data.modelStatus);
+              }
+            }
+          }
+        } catch { /* aborted */ }
+      })();
+      return () => ctrl.abort();
+    }, 'sse-model');
+  });
+
+  it('streams LOADING, AVAILABLE, UNLOADING, END over WebSocket (graphql-ws)', async () => {
+    const client = createClient({ url: gw.url.replace('http', 'ws') + '/graphql', webSocketImpl: WebSocket, retryAttempts: 0 });
+    try {
+      await lifecycle(async (events) => {
+        const unsubscribe = client.subscribe({ query: SUB, variables: { n: 'ws-model' } }, {
+          next: (msg: any) => msg.data?.modelStatus && events.push(msg.data.modelStatus),
+          error: (e) => events.push({ error: e }),
+          complete: () => {},
+        });
+        return unsubscribe;
+      }, 'ws-model');
+    } finally {
+      await client.dispose();
+    }
+  });
+
+  it('serves GraphiQL to browsers and answers /health', async () => {
+    const page = await fetch(`${gw.url}/graphql`, { headers: { accept: 'text/html' } });
+    expect(page.status).toBe(200);
+    expect(await page.text()).toMatch(/graphiql/i);
+    const health = await fetch(`${gw.url}/health`);
+    expect(await health.json()).toEqual({ status: 'ok' });
+  });
+});
+
+describe('schema.graphql', () => {
+  it('is fresh (run npm run schema after changing the schema)', async () => {
+    const committed = await readFile(path.join(ROOT, 'schema.graphql'), 'utf8');
+    expect(committed).toBe(printSchema(schema) + '\n');
+  });
+});
