@@ -136,7 +136,7 @@ export async function maskPng(map: ClassMap): Promise<Buffer> {
   if (max <= 255) {
     const px = Buffer.alloc(map.ids.length);
     for (let i = 0; i < px.length; i++) px[i] = map.ids[i];
-    return sharp(px, { raw: { width: map.width, height: map.height, channels: 1 } }).png().toBuffer();
+    return sharp(px, { raw: { width: map.width, height: map.height, channels: 1 } }).toColourspace('b-w').png().toBuffer();
   }
   // a Uint16Array raw input is read as 16-bit samples
   return sharp(map.ids, { raw: { width: map.width, height: map.height, channels: 1 } }).toColourspace('grey16').png().toBuffer();

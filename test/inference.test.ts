@@ -1,0 +1,227 @@
+import { readFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import sharp from 'sharp';
+import ort from 'onnxruntime-node';
+import { ElemType, argmaxSegmenter, identityModel, meanColourModel } from './onnx-builder.ts';
+import { SHARED, errorCode, fixtureModels, image, sharedModel, startGateway, type TestGateway } from './helpers.ts';
+import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
+
+const IMAGENET = {
+  'airliner.jpeg': 404, 'arctic-fox.jpeg': 279, 'bee.jpeg': 309, 'golden_retriever.jpeg': 207, 'gorilla.jpeg': 366,
+  'magnetic_compass.jpeg': 635, 'peacock.jpeg': 84, 'pelican.jpeg': 144, 'snail.jpeg': 113, 'zebra.jpeg': 340,
+};
+
+const colourConfig = (dataType?: string) => ({
+  task: 'classification',
+  labels: ['red', 'green', 'blue'],
+  preprocessing: { targetSize: '8x8', resizeType: 'SQUASH', pixelScaling: 255, ...(dataType ? { dataType } : {}) },
+  postprocessing: { activation: 'none' },
+});
+
+const solid = (r: number, g: number, b: number, w = 32, h = 24) => sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } }).png().toBuffer();
+
+describe('inference over GraphQL with real models and photos', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        ...fixtureModels(),
+        'colour-f16': { onnx: meanColourModel(ElemType.FLOAT16, ElemType.FLOAT16), config: colourConfig() },
+        'colour-u8': { onnx: meanColourModel(ElemType.UINT8, ElemType.UINT8), config: colourConfig() },
+        'argmax-seg': { onnx: argmaxSegmenter(), config: { task: 'segmentation', labels: ['red', 'green', 'blue'], preprocessing: { resizeType: 'NETWORK', targetSize: '64x64', pixelScaling: 255 } } },
+        ...Object.fromEntries(([['id-f16', ElemType.FLOAT16], ['id-u8', ElemType.UINT8], ['id-i64', ElemType.INT64], ['id-i32', ElemType.INT32], ['id-i8', ElemType.INT8], ['id-bool', ElemType.BOOL], ['id-f32', ElemType.FLOAT]] as const)
+          .map(([n, t]) => [n, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }])),
+      },
+      env: { IMAGE_ROOTS: `${SHARED}/images` },
+    });
+  });
+  afterAll(() => gw?.close());
+
+  const classify = (model: string, file: string | Uint8Array, extra = '') =>
+    gw.gql(`query($f: File!) { classify(model: "${model}", image: { file: $f }${extra}) { predictions { classId label confidence } } }`, { f: null }, { files: { f: file } });
+
+  it('mobilenetv2-12-int8 classifies all ten ImageNet photos right', async () => {
+    const results = await Promise.all(Object.entries(IMAGENET).map(async ([file, id]) => [file, id, await classify('mobilenet', image(file))] as const));
+    for (const [file, id, r] of results) {
+      expect(r.errors, file).toBeUndefined();
+      const [top] = r.data.classify.predictions;
+      expect(top.classId, file).toBe(id);
+      expect(top.label.length).toBeGreaterThan(0);
+    }
+    const [, , first] = results[0];
+    const preds = first.data.classify.predictions;
+    expect(preds).toHaveLength(5);
+    for (let i = 1; i < preds.length; i++) expect(preds[i].confidence).toBeLessThanOrEqual(preds[i - 1].confidence);
+    const topK = await classify('mobilenet', image('zebra.jpeg'), ', topK: 2, minConfidence: 0.0001');
+    expect(topK.data.classify.predictions.length).toBeLessThanOrEqual(2);
+  });
+
+  it('yolox-nano finds the dog, the bicycle and the truck in dog.jpg, in the right places', async () => {
+    const r = await gw.gql(`query($f: File!) { detect(model: "yolox", image: { file: $f }) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    expect(r.errors).toBeUndefined();
+    const d = r.data.detect;
+    expect([d.imageWidth, d.imageHeight]).toEqual([768, 576]);
+    const px = (o: any) => [o.box.xMin * 768, o.box.yMin * 576, o.box.xMax * 768, o.box.yMax * 576];
+    const expected: Record<string, [number, number[]]> = { dog: [0.85, [133, 205, 323, 543]], car: [0.816, [467, 78, 693, 171]], bicycle: [0.815, [61, 133, 572, 428]] };
+    for (const [label, [conf, box]] of Object.entries(expected)) {
+      const o = d.objects.find((x: any) => x.label === label);
+      expect(o, label).toBeDefined();
+      expect(o.confidence).toBeCloseTo(conf, 1);
+      px(o).forEach((v, i) => expect(Math.abs(v - box[i]), `${label} box[${i}]`).toBeLessThan(12));
+    }
+    for (let i = 1; i < d.objects.length; i++) expect(d.objects[i].confidence).toBeLessThanOrEqual(d.objects[i - 1].confidence);
+    const few = await gw.gql(`query($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.83, maxDetections: 5) { objects { label } } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    expect(few.data.detect.objects.map((o: any) => o.label)).toEqual(['dog']);
+  });
+
+  it('bodypix finds 40-50% person pixels on people1.jpeg and none on road1.jpg', async () => {
+    const seg = (file: string) => gw.gql(`query($f: File!) { segment(model: "bodypix", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: image(file) } });
+    const people = await seg('people1.jpeg');
+    expect(people.errors).toBeUndefined();
+    expect([people.data.segment.width, people.data.segment.height]).toEqual([1200, 800]);
+    const person = people.data.segment.classes.find((c: any) => c.label === 'person');
+    expect(person.pixelFraction).toBeGreaterThan(0.4);
+    expect(person.pixelFraction).toBeLessThan(0.5);
+    const maskPng = Buffer.from(people.data.segment.mask, 'base64');
+    const meta = await sharp(maskPng).metadata();
+    expect([meta.format, meta.width, meta.height, meta.channels]).toEqual(['png', 1200, 800, 1]);
+    const mask = await sharp(maskPng).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
+    let ones = 0;
+    for (const v of mask.data) ones += v === 1 ? 1 : 0;
+    expect(ones / mask.data.length).toBeCloseTo(person.pixelFraction, 5);
+    const road = await seg('road1.jpg');
+    const roadPerson = road.data.segment.classes.find((c: any) => c.label === 'person');
+    expect(roadPerson?.pixelFraction ?? 0).toBeLessThan(0.005);
+  });
+
+  it('ppocrv4-det separates the eight words of east_ocr_input.jpg', async () => {
+    const r = await gw.gql(`query($f: File!) { segment(model: "ppocr", image: { file: $f }) { regions(minPixels: 20) { label pixels box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
+    expect(r.errors).toBeUndefined();
+    const regions = r.data.segment.regions;
+    expect(regions).toHaveLength(8);
+    for (const g of regions) {
+      expect(g.label).toBe('text');
+      expect(g.box.xMax).toBeGreaterThan(g.box.xMin);
+      // words are wider than tall on a 16:9 page, and none covers the page
+      expect((g.box.xMax - g.box.xMin) * 1920).toBeGreaterThan((g.box.yMax - g.box.yMin) * 1080 * 0.5);
+      expect(g.box.xMax - g.box.xMin).toBeLessThan(0.5);
+    }
+  });
+
+  it('runs a pipeline in one query: detect, then classify each crop', async () => {
+    const r = await gw.gql(
+      `query($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.8) { objects { label classify(model: "mobilenet", topK: 1) { predictions { classId label } } } } }`,
+      { f: null }, { files: { f: image('dog.jpg') } },
+    );
+    expect(r.errors).toBeUndefined();
+    const dog = r.data.detect.objects.find((o: any) => o.label === 'dog');
+    const id = dog.classify.predictions[0].classId;
+    expect(id >= 151 && id <= 268, `ImageNet dog breeds are 151..268, got ${id} ${dog.classify.predictions[0].label}`).toBe(true);
+  });
+
+  it('draws annotated images and overlays only when asked, at the photo size', async () => {
+    const det = await gw.gql(`query($f: File!) { detect(model: "yolox", image: { file: $f }) { annotatedImage } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const meta = await sharp(Buffer.from(det.data.detect.annotatedImage, 'base64')).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(['png', 768, 576]);
+    const seg = await gw.gql(`query($f: File!) { segment(model: "bodypix", image: { file: $f }) { overlay } }`, { f: null }, { files: { f: image('people1.jpeg') } });
+    const m2 = await sharp(Buffer.from(seg.data.segment.overlay, 'base64')).metadata();
+    expect([m2.format, m2.width, m2.height]).toEqual(['png', 1200, 800]);
+  });
+
+  it('takes several images in one request (aliases and lists), by file, base64 and path', async () => {
+    const zebra = (await readFile(image('zebra.jpeg'))).toString('base64');
+    const r = await gw.gql(
+      `query($a: File!, $b: File!, $z: String!, $p: String!) {
+        a: classify(model: "mobilenet", image: { file: $a }, topK: 1) { predictions { classId } }
+        b: classify(model: "mobilenet", image: { file: $b }, topK: 1) { predictions { classId } }
+        z: classify(model: "mobilenet", image: { base64: $z }, topK: 1) { predictions { classId } }
+        p: classify(model: "mobilenet", image: { path: $p }, topK: 1) { predictions { classId } }
+      }`,
+      { a: null, b: null, z: zebra, p: image('pelican.jpeg') },
+      { files: { a: image('bee.jpeg'), b: image('snail.jpeg') } },
+    );
+    expect(r.errors).toBeUndefined();
+    expect([r.data.a, r.data.b, r.data.z, r.data.p].map((x: any) => x.predictions[0].classId)).toEqual([309, 113, 340, 144]);
+  });
+
+  it('refuses image paths outside IMAGE_ROOTS with FORBIDDEN_PATH', async () => {
+    for (const p of ['/etc/passwd', `${SHARED}/images/../models/yolox-nano/labels.txt`, 'images/../../etc/passwd', sharedModel('yolox-nano')]) {
+      const r = await gw.gql(`query($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`, { p });
+      expect(errorCode(r), p).toBe('FORBIDDEN_PATH');
+    }
+  });
+
+  it('feeds and reads float16 and uint8 models', async () => {
+    for (const model of ['colour-f16', 'colour-u8']) {
+      for (const [rgb, label] of [[[250, 10, 10], 'red'], [[10, 240, 10], 'green'], [[10, 10, 230], 'blue']] as const) {
+        const r = await classify(model, await solid(...rgb), ', topK: 3');
+        expect(r.errors, model).toBeUndefined();
+        expect(r.data.classify.predictions[0].label, `${model} ${label}`).toBe(label);
+        const top = r.data.classify.predictions[0].confidence;
+        // the model averages the channels: raw 0..255 values in, so the top score is the colour's own value
+        expect(Math.abs(top - Math.max(...rgb)), model).toBeLessThan(model === 'colour-f16' ? 0.6 : 1.01);
+      }
+    }
+  });
+
+  it('passes a class-id map through and maps it back to the image size', async () => {
+    // left half red (class 0), right half blue (class 2)
+    const img = await sharp({ create: { width: 40, height: 20, channels: 3, background: { r: 255, g: 0, b: 0 } } })
+      .composite([{ input: await solid(0, 0, 255, 20, 20), left: 20, top: 0 }]).png().toBuffer();
+    const r = await gw.gql(`query($f: File!) { segment(model: "argmax-seg", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: img } });
+    expect(r.errors).toBeUndefined();
+    expect(r.data.segment.classes).toEqual([{ classId: 0, label: 'red', pixelFraction: 0.5 }, { classId: 2, label: 'blue', pixelFraction: 0.5 }]);
+    const mask = await sharp(Buffer.from(r.data.segment.mask, 'base64')).extractChannel(0).raw().toBuffer();
+    expect([mask[0], mask[19], mask[20], mask[39]]).toEqual([0, 0, 2, 2]);
+  });
+
+  it('infer reproduces the engine output exactly (mobilenet, float32)', async () => {
+    const input = new Float32Array(3 * 224 * 224).map((_, i) => Math.sin(i) * 2);
+    const session = await ort.InferenceSession.create(sharedModel('mobilenetv2-12-int8'));
+    const direct = (await session.run({ input: new ort.Tensor('float32', input, [1, 3, 224, 224]) })).output;
+    const r = await gw.gql(`query($d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: FLOAT32, shape: [1, 3, 224, 224], data: $d }]) { outputs { name dtype shape data } } }`,
+      { d: Buffer.from(input.buffer).toString('base64') });
+    expect(r.errors).toBeUndefined();
+    const [out] = r.data.infer.outputs;
+    expect(out).toMatchObject({ name: 'output', dtype: 'FLOAT32', shape: [1, 1000] });
+    expect(Buffer.from(out.data, 'base64').equals(Buffer.from((direct.data as Float32Array).buffer))).toBe(true);
+    await session.release();
+  });
+
+  it('infer carries every dtype byte for byte and returns only the outputs asked for', async () => {
+    const cases: [string, string, Uint8Array][] = [
+      ['id-f16', 'FLOAT16', new Uint8Array(new Uint16Array([1, 2, 3, 4, 5, 6].map((x) => floatToHalf(x / 3))).buffer)],
+      ['id-u8', 'UINT8', Uint8Array.from([0, 1, 127, 128, 254, 255])],
+      ['id-i64', 'INT64', new Uint8Array(new BigInt64Array([-(2n ** 62n), -1n, 0n, 1n, 2n ** 40n, 9n]).buffer)],
+      ['id-i32', 'INT32', new Uint8Array(new Int32Array([-2147483648, -1, 0, 1, 7, 2147483647]).buffer)],
+      ['id-i8', 'INT8', new Uint8Array(new Int8Array([-128, -1, 0, 1, 64, 127]).buffer)],
+      ['id-bool', 'BOOL', Uint8Array.from([1, 0, 1, 1, 0, 0])],
+      ['id-f32', 'FLOAT32', new Uint8Array(new Float32Array([0.5, -1e-7, 3.25, 1e30, -0, 2]).buffer)],
+    ];
+    for (const [model, dtype, bytes] of cases) {
+      const r = await gw.gql(`query($d: String!) { infer(model: "${model}", inputs: [{ name: "x", dtype: ${dtype}, shape: [1, 2, 3], data: $d }], outputs: ["y"]) { outputs { name dtype shape data } } }`, { d: Buffer.from(bytes).toString('base64') });
+      expect(r.errors, model).toBeUndefined();
+      expect(r.data.infer.outputs).toEqual([{ name: 'y', dtype, shape: [1, 2, 3], data: Buffer.from(bytes).toString('base64') }]);
+    }
+    expect(halfToFloat(floatToHalf(1 / 3))).toBeCloseTo(1 / 3, 3);
+  });
+
+  it('answers typed errors for bad requests and keeps serving', async () => {
+    const cases: [string, Record<string, unknown>, string][] = [
+      ['{ classify(model: "nope", image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
+      ['{ classify(model: "mobilenet", version: 9, image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
+      ['{ classify(model: "mobilenet", image: { base64: "bm90IGFuIGltYWdl" }) { predictions { classId } } }', {}, 'INVALID_IMAGE'],
+      ['{ classify(model: "mobilenet", image: { }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
+      ['{ classify(model: "mobilenet", image: { base64: "AAAA", path: "x" }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
+      ['{ detect(model: "mobilenet", image: { base64: "AAAA" }) { imageWidth } }', {}, 'INVALID_INPUT'],
+      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 3, 2], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['{ infer(model: "id-u8", inputs: [{ name: "z", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }], outputs: ["nope"]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+    ];
+    for (const [q, v, code] of cases) expect(errorCode(await gw.gql(q, v)), q).toBe(code);
+    const ok = await classify('mobilenet', image('bee.jpeg'));
+    expect(ok.data.classify.predictions[0].classId).toBe(309);
+  });
+});
