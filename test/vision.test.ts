@@ -1,0 +1,207 @@
+import { describe, expect, it } from 'vitest';
+import sharp from 'sharp';
+import { detect, nms, type Candidate } from '../src/vision/detection.ts';
+import { classify } from '../src/vision/classification.ts';
+import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
+import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
+import { parseModelConfig } from '../src/repository/model-config.ts';
+import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
+import type { Tensor } from '../src/engine/types.ts';
+
+const f32 = (shape: number[], values: number[]): Tensor => ({ dtype: 'float32', shape, data: Float32Array.from(values) });
+const identity = (w: number, h: number): ImageTransform => ({ width: w, height: h, inputWidth: w, inputHeight: h, scaleX: 1, scaleY: 1, offsetX: 0, offsetY: 0 });
+const det = (post: Record<string, unknown>) => parseModelConfig({ task: 'detection', postprocessing: post }).detection;
+const opts = { minConfidence: 0.5, iouThreshold: 0.5, maxDetections: 100 };
+
+describe('detection decoders', () => {
+  it('boxes_scores: normalized x1y1x2y2 boxes and per-class scores, skipping the background class', () => {
+    const boxes = f32([1, 3, 4], [0.1, 0.1, 0.3, 0.3, 0.12, 0.1, 0.32, 0.3, 0.5, 0.5, 0.9, 0.8]);
+    const scores = f32([1, 3, 3], [0.1, 0.9, 0.0, 0.2, 0.8, 0.0, 0.3, 0.0, 0.7]);
+    const out = detect({ boxes, scores }, det({ format: 'boxes_scores', boxes: 'boxes', scores: 'scores', backgroundClass: 0 }), identity(100, 100), labelsFromList(['bg', 'cat', 'dog']), opts);
+    expect(out.map((o) => [o.label, o.confidence])).toEqual([['cat', expect.closeTo(0.9)], ['dog', expect.closeTo(0.7)]]); // 2nd cat box suppressed
+    expect(out[1].box).toEqual({ xMin: expect.closeTo(0.5), yMin: expect.closeTo(0.5), xMax: expect.closeTo(0.9), yMax: expect.closeTo(0.8) });
+  });
+
+  it('ssd: DetectionOutput [1,1,K,7] with image_id -1 ending the list', () => {
+    const o = f32([1, 1, 3, 7], [0, 2, 0.95, 0.1, 0.2, 0.4, 0.6, 0, 1, 0.3, 0, 0, 1, 1, -1, 0, 0, 0, 0, 0, 0]);
+    const out = detect({ detection_out: o }, det({ format: 'ssd' }), identity(200, 100), labelsFromList(['bg', 'person', 'car']), opts);
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatchObject({ classId: 2, label: 'car', confidence: expect.closeTo(0.95) });
+    expect(out[0].box).toEqual({ xMin: expect.closeTo(0.1), yMin: expect.closeTo(0.2), xMax: expect.closeTo(0.4), yMax: expect.closeTo(0.6) });
+  });
+
+  it('tf: ymin,xmin,ymax,xmax boxes, 1-based classes with labelOffset, num_detections', () => {
+    const outputs = {
+      detection_boxes: f32([1, 3, 4], [0.2, 0.1, 0.6, 0.4, 0, 0, 1, 1, 0.5, 0.5, 0.6, 0.6]),
+      detection_scores: f32([1, 3], [0.9, 0.8, 0.99]),
+      detection_classes: f32([1, 3], [1, 3, 2]),
+      num_detections: f32([1], [2]),
+    };
+    const out = detect(outputs, det({ format: 'tf', labelOffset: 1 }), identity(50, 50), labelsFromList(['person', 'bicycle', 'car']), opts);
+    expect(out.map((o) => o.label)).toEqual(['person', 'car']); // the third is past num_detections
+    expect(out[0].box).toEqual({ xMin: expect.closeTo(0.1), yMin: expect.closeTo(0.2), xMax: expect.closeTo(0.4), yMax: expect.closeTo(0.6) });
+  });
+
+  it('yolox: grid offsets and exp sizes per stride, score = objectness x class', () => {
+    // 32x32 input, strides [16, 32]: grids 2x2 + 1x1 = 5 anchors, 2 classes
+    const rows = Array.from({ length: 5 }, () => [0, 0, 0, 0, 0, 0, 0]);
+    rows[3] = [0.5, 0.5, Math.log(2), Math.log(1), 0.9, 0.1, 0.8]; // cell (1,1) of stride 16: center (24,24), 32x16
+    const out = detect({ output: f32([1, 5, 7], rows.flat()) }, det({ format: 'yolox', strides: [16, 32] }), identity(32, 32), labelsFromList(['a', 'b']), opts);
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatchObject({ classId: 1, label: 'b', confidence: expect.closeTo(0.72) });
+    expect(out[0].box).toEqual({ xMin: expect.closeTo(8 / 32), yMin: expect.closeTo(16 / 32), xMax: 1, yMax: 1 });
+  });
+
+  it('anchors: unit anchors on grids, center + size regression, sigmoid scores', () => {
+    // one layer, 2x2 grid, 1 anchor per cell; only cell (1,0) scores
+    const scores = f32([1, 4, 1], [-9, 3, -9, -9]);
+    const boxes = f32([1, 4, 4], [0, 0, 0, 0, 8, 0, 32, 16, 0, 0, 0, 0, 0, 0, 0, 0]);
+    const cfg = det({ format: 'anchors', layers: [{ scores: 's', boxes: 'b', grid: 2, anchorsPerCell: 1 }], boxScale: 64 });
+    const out = detect({ s: scores, b: boxes }, cfg, identity(64, 64), labelsFromList(['face']), opts);
+    expect(out).toHaveLength(1);
+    expect(out[0].confidence).toBeCloseTo(1 / (1 + Math.exp(-3)));
+    // anchor center (0.75, 0.25) + dx 8/64 -> cx 0.875; w 0.5, h 0.25
+    expect(out[0].box).toEqual({ xMin: expect.closeTo(0.625), yMin: expect.closeTo(0.125), xMax: 1, yMax: expect.closeTo(0.375) });
+  });
+
+  it('nms suppresses overlaps within a class only, best first, capped', () => {
+    const c = (classId: number, score: number, x: number): Candidate => ({ classId, score, x1: x, y1: 0, x2: x + 10, y2: 10 });
+    const kept = nms([c(0, 0.5, 1), c(0, 0.9, 0), c(1, 0.8, 0), c(0, 0.7, 50)], 0.5, 10);
+    expect(kept.map((k) => [k.classId, k.score])).toEqual([[0, 0.9], [1, 0.8], [0, 0.7]]);
+    expect(nms([c(0, 0.9, 0), c(0, 0.8, 100)], 0.5, 1)).toHaveLength(1);
+  });
+});
+
+describe('classification postprocessing', () => {
+  it('softmax over [1,C,1,1], best first, topK and minConfidence', () => {
+    const out = classify({ o: f32([1, 3, 1, 1], [1, 3, 2]) }, { activation: 'softmax' }, labelsFromList(['a', 'b', 'c']), 2, 0);
+    expect(out.map((p) => p.label)).toEqual(['b', 'c']);
+    expect(out[0].confidence).toBeCloseTo(Math.exp(3) / (Math.exp(1) + Math.exp(2) + Math.exp(3)));
+    expect(classify({ o: f32([1, 3], [1, 3, 2]) }, { activation: 'sigmoid' }, null, 5, 0.9).map((p) => p.classId)).toEqual([1]);
+  });
+});
+
+/** A black image with a white rectangle; returns it and the rectangle, normalized. */
+async function target(w: number, h: number, r: { x: number; y: number; w: number; h: number }) {
+  const rect = await sharp({ create: { width: r.w, height: r.h, channels: 3, background: '#ffffff' } }).png().toBuffer();
+  const bytes = await sharp({ create: { width: w, height: h, channels: 3, background: '#000000' } }).composite([{ input: rect, left: r.x, top: r.y }]).png().toBuffer();
+  return { bytes: new Uint8Array(bytes), box: [r.x / w, r.y / h, (r.x + r.w) / w, (r.y + r.h) / h] };
+}
+
+describe('resize types map boxes back to the original image', () => {
+  const cases: [string, Record<string, unknown>][] = [
+    ['SQUASH', { resizeType: 'SQUASH', targetSize: '64x64' }],
+    ['CROP', { resizeType: 'CROP', targetSize: '64x64' }],
+    ['CROP 0.875', { resizeType: 'CROP', targetSize: '64x64', cropFraction: 0.875 }],
+    ['FILL center', { resizeType: 'FILL', targetSize: '64x64', fillAlign: 'center' }],
+    ['FILL topLeft', { resizeType: 'FILL', targetSize: '64x64', fillAlign: 'topLeft' }],
+    ['NETWORK', { resizeType: 'NETWORK', targetSize: '96x96', sizeMultiple: 16, sizeOffset: 1 }],
+  ];
+  for (const [name, pre] of cases) {
+    it(name, async () => {
+      const { bytes, box } = await target(300, 150, { x: 120, y: 40, w: 60, h: 60 }); // inside the central square
+      const plan = planInput(parseModelConfig({ task: 'detection', preprocessing: pre }), [{ name: 'x', dtype: 'float32', shape: [1, 3, null, null], layout: null }]);
+      const img = await probeImage(bytes, 1e8);
+      const { pixels, transform } = await resizeImage(img, plan, 1e8);
+      // find the white pixels in the model input
+      let x0 = Infinity, y0 = Infinity, x1 = -1, y1 = -1;
+      for (let y = 0; y < transform.inputHeight; y++) for (let x = 0; x < transform.inputWidth; x++) {
+        if (pixels[(y * transform.inputWidth + x) * 3] > 127) { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + 1); y1 = Math.max(y1, y + 1); }
+      }
+      const [a, b] = toOriginalNormalized(transform, x0, y0);
+      const [c, d] = toOriginalNormalized(transform, x1, y1);
+      const tolX = 2 / transform.scaleX / 300 + 0.01;
+      const tolY = 2 / transform.scaleY / 150 + 0.01;
+      expect(Math.abs(a - box[0])).toBeLessThan(tolX);
+      expect(Math.abs(b - box[1])).toBeLessThan(tolY);
+      expect(Math.abs(c - box[2])).toBeLessThan(tolX);
+      expect(Math.abs(d - box[3])).toBeLessThan(tolY);
+      if (name === 'NETWORK') expect([transform.inputWidth, transform.inputHeight]).toEqual([97, 49]);
+      if (name.startsWith('FILL')) expect([transform.inputWidth, transform.inputHeight]).toEqual([64, 64]);
+    });
+  }
+
+  it('maps a segmentation map back through FILL padding', () => {
+    // 4x2 image letterboxed into 4x4 (center): rows 0 and 3 are padding
+    const t: ImageTransform = { width: 4, height: 2, inputWidth: 4, inputHeight: 4, scaleX: 1, scaleY: 1, offsetX: 0, offsetY: 1 };
+    const map = { width: 4, height: 4, ids: Uint16Array.from([9, 9, 9, 9, 1, 1, 2, 2, 3, 3, 3, 3, 9, 9, 9, 9]) };
+    expect([...toOriginalSize(map, t).ids]).toEqual([1, 1, 2, 2, 3, 3, 3, 3]);
+  });
+
+  it('normalizes pixels in colorChannels order, with mean/std, into NCHW or NHWC', () => {
+    const plan = planInput(parseModelConfig({ preprocessing: { colorChannels: 'BGR', mean: [10, 20, 30], std: [2, 4, 5], targetSize: '1x1' } }), [{ name: 'x', dtype: 'float32', shape: [1, 3, 1, 1], layout: null }]);
+    const t = pixelsToTensor(Uint8Array.from([100, 150, 200]), 1, 1, plan);
+    expect([...t.data]).toEqual([(200 - 10) / 2, (150 - 20) / 4, (100 - 30) / 5]);
+    const nhwc = planInput(parseModelConfig({ preprocessing: { dimensionOrder: 'NHWC', pixelScaling: 1 } }), [{ name: 'x', dtype: 'float32', shape: [1, 1, 2, 3], layout: null }]);
+    expect([...pixelsToTensor(Uint8Array.from([255, 0, 0, 0, 255, 0]), 2, 1, nhwc).data]).toEqual([1, 0, 0, 0, 1, 0]);
+  });
+
+  it('refuses images whose header claims too many pixels, before decoding', async () => {
+    const big = await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#000' } }).jpeg().toBuffer();
+    await expect(probeImage(big, 1_000_000)).rejects.toMatchObject({ code: 'IMAGE_TOO_LARGE' });
+    await expect(probeImage(Uint8Array.from([0xff, 0xd8, 0xff, 0x00, 1, 2]), 1e6)).rejects.toMatchObject({ code: 'INVALID_IMAGE' });
+  });
+});
+
+describe('segmentation postprocessing', () => {
+  it('thresholds one channel (sigmoid in logit space), argmaxes several, finds regions', () => {
+    const cfg = parseModelConfig({ task: 'segmentation', postprocessing: { activation: 'sigmoid', threshold: 0.5 } }).segmentation;
+    const one = toClassMap({ s: f32([1, 2, 3, 1], [-1, 2, 3, -4, 5, 0.1]) }, cfg, 'NHWC');
+    expect([...one.ids]).toEqual([0, 1, 1, 0, 1, 1]);
+    const multi = toClassMap({ s: f32([1, 3, 1, 2], [0, 9, 1, 0, 2, 5]) }, { ...cfg, activation: 'none' }, 'NCHW');
+    expect([...multi.ids]).toEqual([2, 0]);
+    const rs = regions({ width: 5, height: 3, ids: Uint16Array.from([1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 2, 2, 0, 0, 0]) }, identity(5, 3), labelsFromList(['bg', 'a', 'b']), 1);
+    expect(rs.map((r) => [r.label, r.pixels])).toEqual([['a', 2], ['a', 2], ['b', 2]]);
+  });
+});
+
+describe('labels', () => {
+  it('reads .txt, JSON arrays and objects, and TensorFlow .pbtxt label maps', () => {
+    expect([...parseLabelsTxt('cat\ndog\r\nhot dog\n\n').entries()]).toEqual([[0, 'cat'], [1, 'dog'], [2, 'hot dog']]);
+    expect([...parseLabelsJson('["a","b"]').entries()]).toEqual([[0, 'a'], [1, 'b']]);
+    expect([...parseLabelsJson('{"1":"person","3":"car"}').entries()]).toEqual([[1, 'person'], [3, 'car']]);
+    const pbtxt = `item {\n  name: "/m/01g317"\n  id: 1\n  display_name: "person"\n}\nitem { id: 2 name: "bicycle" }\n`;
+    expect([...parseLabelsPbtxt(pbtxt).entries()]).toEqual([[1, 'person'], [2, 'bicycle']]);
+    expect(parseLabelsFile('x.pbtxt', pbtxt).get(2)).toBe('bicycle');
+    expect(() => parseLabelsJson('{"a": 1}')).toThrow(/id/);
+    expect(() => parseLabelsPbtxt('item { name: "x" }')).toThrow(/no id/);
+  });
+
+  it('reads .npy mean files', () => {
+    const header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }";
+    const padded = header + ' '.repeat(128 - 10 - header.length - 1) + '\n';
+    const bytes = new Uint8Array(10 + padded.length + 12);
+    bytes.set([0x93, ...Buffer.from('NUMPY'), 1, 0, padded.length, 0]);
+    bytes.set(Buffer.from(padded), 10);
+    new DataView(bytes.buffer).setFloat32(10 + padded.length, 104, true);
+    new DataView(bytes.buffer).setFloat32(14 + padded.length, 117, true);
+    new DataView(bytes.buffer).setFloat32(18 + padded.length, 123, true);
+    expect(parseNpy(bytes)).toEqual({ shape: [3], data: Float32Array.from([104, 117, 123]) });
+    expect(() => parseNpy(Uint8Array.from([1, 2, 3]))).toThrow(/not a .npy/);
+  });
+});
+
+describe('model.json validation names the field', () => {
+  const bad: [unknown, RegExp][] = [
+    [{ task: 'ocr' }, /task: expected one of/],
+    [{ preprocessing: { mean: [1, 2] } }, /preprocessing\.mean: expected 3 numbers/],
+    [{ preprocessing: { targetSize: '224' } }, /preprocessing\.targetSize/],
+    [{ preprocessing: { std: [1, 0, 1] } }, /preprocessing\.std: must not contain 0/],
+    [{ batching: { maxBatchSize: 0 } }, /batching\.maxBatchSize: must be >= 1/],
+    [{ versionPolicy: { latest: 1, all: true } }, /versionPolicy: expected exactly one/],
+    [{ versionPolicy: { specific: [] } }, /versionPolicy\.specific/],
+    [{ task: 'detection', postprocessing: { format: 'anchors' } }, /postprocessing\.layers/],
+    [{ labels: '../etc/passwd' }, /labels: a labels file must be a plain file name/],
+    [{ preprocessing: { meanFile: '/etc/x.npy' } }, /preprocessing\.meanFile/],
+    [{ colour: 1 }, /colour: unknown field/],
+    [[1, 2], /expected an object/],
+  ];
+  for (const [raw, re] of bad) it(JSON.stringify(raw), () => expect(() => parseModelConfig(raw)).toThrow(re));
+
+  it('fills defaults', () => {
+    const c = parseModelConfig({});
+    expect(c.task).toBe('raw');
+    expect(c.versionPolicy).toEqual({ latest: 1 });
+    expect(c.batching).toMatchObject({ maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 });
+  });
+});
