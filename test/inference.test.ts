@@ -18,7 +18,7 @@ const colourConfig = (dataType?: string) => ({
   postprocessing: { activation: 'none' },
 });
 
-const solid = (r: number, g: number, b: number, w = 32, h = 24) => sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } }).png().toBuffer();
+const solid = (r: number, g: number, b: number, w = 32, h = 24): Promise<Buffer> => sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } }).png().toBuffer();
 
 describe('inference over GraphQL with real models and photos', () => {
   let gw: TestGateway;
@@ -154,7 +154,7 @@ describe('inference over GraphQL with real models and photos', () => {
   it('feeds and reads float16 and uint8 models', async () => {
     for (const model of ['colour-f16', 'colour-u8']) {
       for (const [rgb, label] of [[[250, 10, 10], 'red'], [[10, 240, 10], 'green'], [[10, 10, 230], 'blue']] as const) {
-        const r = await classify(model, await solid(...rgb), ', topK: 3');
+        const r = await classify(model, await solid(rgb[0], rgb[1], rgb[2]), ', topK: 3');
         expect(r.errors, model).toBeUndefined();
         expect(r.data.classify.predictions[0].label, `${model} ${label}`).toBe(label);
         const top = r.data.classify.predictions[0].confidence;
