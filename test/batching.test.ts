@@ -1,0 +1,200 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Batcher, type Feeds } from '../src/batching/batcher.ts';
+import { VersionStats } from '../src/batching/stats.ts';
+import { errorCode, fixtureConfigs, image, sharedFile, sharedModel, startGateway, type TestGateway } from './helpers.ts';
+
+const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
+const value = (f: Feeds) => (f.y.data as Float32Array)[0];
+
+/** An engine stand-in that records its calls; y = x + 1, per item. */
+function recorder(opts: { fail?: (values: number[]) => boolean; hold?: () => Promise<void> } = {}) {
+  const calls: number[][] = [];
+  const run = async (feeds: Feeds): Promise<Feeds> => {
+    const x = feeds.x;
+    const per = x.shape[1];
+    const values = Array.from({ length: x.shape[0] }, (_, i) => (x.data as Float32Array)[i * per]);
+    calls.push(values);
+    if (opts.hold) await opts.hold();
+    if (opts.fail?.(values)) throw new Error('engine says no');
+    return { y: { dtype: 'float32', shape: x.shape, data: (x.data as Float32Array).map((v) => v + 1) } };
+  };
+  return { calls, run };
+}
+
+const options = { maxBatchSize: 4, maxDelayMs: 1000, maxQueueSize: 100, maxConcurrentBatches: 1, timeoutMs: 0 };
+
+describe('batcher (deterministic, fake timers)', () => {
+  beforeAll(() => vi.useFakeTimers());
+  afterAll(() => vi.useRealTimers());
+  afterEach(() => vi.clearAllTimers());
+
+  it('dispatches a full batch at once, without waiting for the delay', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, options);
+    const results = Promise.all([1, 2, 3, 4].map((v) => b.infer(item(v))));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1, 2, 3, 4]]);
+    expect((await results).map(value)).toEqual([2, 3, 4, 5]);
+  });
+
+  it('dispatches a partial batch when maxDelayMs has passed since its first item', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, options);
+    const first = b.infer(item(1));
+    await vi.advanceTimersByTimeAsync(600);
+    const second = b.infer(item(2));
+    await vi.advanceTimersByTimeAsync(399);
+    expect(calls).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(calls).toEqual([[1, 2]]);
+    expect([value(await first), value(await second)]).toEqual([2, 3]);
+  });
+
+  it('keeps order across batches and splits at maxBatchSize', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, options);
+    const results = Promise.all([1, 2, 3, 4, 5, 6].map((v) => b.infer(item(v))));
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(calls).toEqual([[1, 2, 3, 4], [5, 6]]);
+    expect((await results).map(value)).toEqual([2, 3, 4, 5, 6, 7]);
+  });
+
+  it('puts items of different shapes in different batches', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, options);
+    const results = Promise.all([b.infer(item(1, 2)), b.infer(item(2, 3)), b.infer(item(3, 2))]);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(calls.sort()).toEqual([[1, 3], [2]]);
+    expect((await results).map(value)).toEqual([2, 3, 4]);
+  });
+
+  it('fails a failing item alone: the rest of its batch is answered', async () => {
+    const { calls, run } = recorder({ fail: (values) => values.includes(13) });
+    const b = new Batcher(run, options);
+    const settled = Promise.allSettled([1, 13, 3, 4].map((v) => b.infer(item(v))));
+    await vi.advanceTimersByTimeAsync(0);
+    const r = await settled;
+    expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+    expect((r[1] as PromiseRejectedResult).reason).toMatchObject({ code: 'INFERENCE_FAILED' });
+    expect(calls).toEqual([[1, 13, 3, 4], [1], [13], [3], [4]]);
+  });
+
+  it('answers QUEUE_FULL at once when maxQueueSize requests are admitted', () => {
+    const b = new Batcher(recorder().run, { ...options, maxQueueSize: 2 });
+    const r1 = b.admit();
+    b.admit();
+    expect(() => b.admit()).toThrow(expect.objectContaining({ code: 'QUEUE_FULL' }));
+    r1();
+    r1(); // releasing twice is harmless
+    expect(b.pending).toBe(1);
+    expect(() => b.admit()).not.toThrow();
+  });
+
+  it('runs one engine call at a time and gives DEADLINE_EXCEEDED to items that waited too long', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { calls, run } = recorder({ hold: () => gate });
+    const b = new Batcher(run, { ...options, maxBatchSize: 1, maxDelayMs: 0, timeoutMs: 50 });
+    const first = b.infer(item(1));
+    await vi.advanceTimersByTimeAsync(0);
+    const second = b.infer(item(2)).catch((e) => e);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(calls).toEqual([[1]]); // the second waits for the first: one call at a time
+    release();
+    expect(value(await first)).toBe(2);
+    expect(await second).toMatchObject({ code: 'DEADLINE_EXCEEDED' });
+  });
+
+  it('drain resolves when every admitted request has been answered', async () => {
+    const b = new Batcher(recorder().run, options);
+    const releases = [b.admit(), b.admit()];
+    let drained = false;
+    const d = b.drain().then(() => (drained = true));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(drained).toBe(false);
+    releases[0]();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(drained).toBe(false);
+    releases[1]();
+    await d;
+    expect(drained).toBe(true);
+  });
+
+  it('records batches, sizes and times', async () => {
+    const stats = new VersionStats();
+    const b = new Batcher(recorder().run, options, stats);
+    await Promise.all([vi.advanceTimersByTimeAsync(0), ...[1, 2, 3, 4].map((v) => b.infer(item(v)))]);
+    expect(stats.batches).toBe(1);
+    expect([...stats.batchSizes]).toEqual([[4, 1]]);
+    expect(stats.queueTime.count).toBe(4);
+    expect(stats.meanBatchSize).toBe(4);
+  });
+
+  it('validates its options with clear messages', () => {
+    expect(() => new Batcher(recorder().run, { ...options, maxBatchSize: 0 })).toThrow(/maxBatchSize must be an integer >= 1/);
+    expect(() => new Batcher(recorder().run, { ...options, maxDelayMs: -1 })).toThrow(/maxDelayMs must be >= 0/);
+  });
+});
+
+describe('batching over HTTP with a real model', () => {
+  let gw: TestGateway;
+  const labels = { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') };
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        mobilenet: { onnx: sharedModel('mobilenetv2-12-int8'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } } },
+        tiny: { onnx: sharedModel('mobilenetv2-12-int8'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } } },
+      },
+    });
+  });
+  afterAll(() => gw?.close());
+
+  const classify = (model: string, file: string) =>
+    gw.gql(`query($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`, { f: null }, { files: { f: file } });
+
+  it('batches concurrent requests and the images of one request, and reports it in Model.stats and /metrics', async () => {
+    const photos: [string, number][] = [['bee.jpeg', 309], ['snail.jpeg', 113], ['zebra.jpeg', 340], ['pelican.jpeg', 144]];
+    const aliased = gw.gql(
+      `query($a: File!, $b: File!) { a: classify(model: "mobilenet", image: { file: $a }, topK: 1) { predictions { classId } } b: classify(model: "mobilenet", image: { file: $b }, topK: 1) { predictions { classId } } }`,
+      { a: null, b: null }, { files: { a: image('gorilla.jpeg'), b: image('peacock.jpeg') } },
+    );
+    const results = await Promise.all(photos.map(([p]) => classify('mobilenet', image(p))));
+    results.forEach((r, i) => expect(r.data.classify.predictions[0].classId).toBe(photos[i][1]));
+    const a = await aliased;
+    expect([a.data.a.predictions[0].classId, a.data.b.predictions[0].classId]).toEqual([366, 84]);
+    const s = await gw.gql(`{ model(name: "mobilenet") { stats { version requests errors batches meanBatchSize batchSizes { size count } meanQueueTimeMs meanInferenceTimeMs } } }`);
+    const [stats] = s.data.model.stats;
+    expect(stats.requests).toBe(6);
+    expect(stats.batches).toBeLessThan(6);
+    expect(stats.meanBatchSize).toBeGreaterThan(1);
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).toMatch(/gateway_inference_request_success_total\{model="mobilenet",version="1"\} 6/);
+    expect(metrics).toMatch(/# TYPE gateway_inference_queue_duration_seconds histogram/);
+    expect(metrics).toMatch(/gateway_model_version_state\{model="mobilenet",version="1",state="AVAILABLE"\} 1/);
+  });
+
+  it('answers QUEUE_FULL past maxQueueSize and keeps serving', async () => {
+    const results = await Promise.all(Array.from({ length: 12 }, () => classify('tiny', image('bee.jpeg'))));
+    const codes = results.map((r) => (r.errors ? errorCode(r) : 'OK'));
+    expect(codes).toContain('QUEUE_FULL');
+    expect(codes).toContain('OK');
+    expect(new Set(codes)).toEqual(new Set(['OK', 'QUEUE_FULL']));
+    const after = await classify('tiny', image('bee.jpeg'));
+    expect(after.data.classify.predictions[0].classId).toBe(309);
+  });
+
+  it('unloading lets the requests in flight finish, then refuses new ones', async () => {
+    const inflight = Array.from({ length: 6 }, () => classify('mobilenet', image('zebra.jpeg')));
+    await new Promise((r) => setTimeout(r, 20));
+    const unload = gw.gql(`mutation { unloadModel(name: "mobilenet") { versions { state } } }`);
+    const answers = await Promise.all(inflight);
+    for (const r of answers) {
+      // admitted before the unload: answered; arrived after it began: MODEL_NOT_READY, never a crash
+      if (r.errors) expect(errorCode(r)).toBe('MODEL_NOT_READY');
+      else expect(r.data.classify.predictions[0].classId).toBe(340);
+    }
+    expect(answers.filter((r) => !r.errors).length).toBeGreaterThan(0);
+    expect((await unload).data.unloadModel.versions).toEqual([{ state: 'END' }]);
+    expect(errorCode(await classify('mobilenet', image('zebra.jpeg')))).toBe('MODEL_NOT_READY');
+  });
+});
