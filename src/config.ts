@@ -15,6 +15,7 @@ export interface Config {
   /** Directories ImageInput.path may read; none by default. */
   imageRoots: string[];
   engine: EngineName;
+  engineThreads: number;
   logLevel: LogLevel;
   pollIntervalMs: number;
   dynamicBatch: boolean;
@@ -72,6 +73,7 @@ export const SETTINGS = [
   s('modelRoots', 'MODEL_ROOTS', list(':'), [], 'Colon-separated directories loadModel(path:) may read besides the repository'),
   s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read (none by default)'),
   s('engine', 'ENGINE', oneOf(ENGINE_NAMES), 'onnxruntime', 'Inference engine: onnxruntime or openvino (optional package)'),
+  s('engineThreads', 'ENGINE_THREADS', int(0, 256), 0, 'Threads per inference (0: one per core, the engine default)'),
   s('logLevel', 'LOG_LEVEL', oneOf(['debug', 'info', 'warn', 'error', 'silent'] as const), 'info', 'Log level of the JSON log lines on stderr'),
   s('pollIntervalMs', 'MODEL_POLL_INTERVAL_MS', int(0), 1000, 'How often the repository is rescanned for new or removed versions (0: never)'),
   s('dynamicBatch', 'DYNAMIC_BATCH', bool, true, 'Make a batch dimension fixed at 1 dynamic where a trial run shows it is safe'),

@@ -37,11 +37,11 @@ function checkTask(model: Model, task: Task): void {
 }
 
 /** Admission covers the whole request, preprocessing included, and is released when the answer is ready. */
-async function admitted<T>(version: ModelVersion, fn: () => Promise<T>): Promise<T> {
-  const release = version.admit();
+async function admitted<T>(version: ModelVersion, fn: (infer: (feeds: Feeds) => Promise<Feeds>) => Promise<T>): Promise<T> {
+  const admission = version.admit();
   const t0 = performance.now();
   try {
-    const r = await fn();
+    const r = await fn(admission.infer);
     version.stats.requests++;
     version.stats.requestTime.observe((performance.now() - t0) * 1000);
     return r;
@@ -49,7 +49,7 @@ async function admitted<T>(version: ModelVersion, fn: () => Promise<T>): Promise
     version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
     throw e;
   } finally {
-    release();
+    admission.release();
   }
 }
 
@@ -66,11 +66,11 @@ async function runImage(repo: ModelRepository, task: Task, name: string, version
   const version = repo.resolve(name, versionNo);
   const model = repo.get(name)!;
   checkTask(model, task);
-  return admitted(version, async () => {
+  return admitted(version, async (infer) => {
     const plan = planFor(model, version);
     const image = await probeImage(bytes, limits.maxImagePixels);
     const { tensor, transform } = await preprocess(image, plan, limits.maxImagePixels);
-    const outputs = await version.infer({ [plan.input]: tensor });
+    const outputs = await infer({ [plan.input]: tensor });
     return { model, version, image, transform, plan, outputs };
   });
 }
@@ -152,7 +152,7 @@ export async function inferTensors(
   for (const info of session.inputs) if (!feeds[info.name]) throw bad(`input ${info.name} is missing`);
   const known = session.outputs.map((o) => o.name);
   for (const o of outputNames ?? []) if (!known.includes(o)) throw bad(`model ${name} has no output ${JSON.stringify(o)} (outputs: ${known.join(', ')})`);
-  const outputs = await admitted(version, () => version.infer(feeds));
+  const outputs = await admitted(version, (infer) => infer(feeds));
   const wanted = outputNames?.length ? outputNames : known;
   return wanted.map((n) => {
     const t = outputs[n];

@@ -35,6 +35,7 @@ async function main(): Promise<void> {
     modelRoots: config.modelRoots,
     pollIntervalMs: config.pollIntervalMs,
     dynamicBatch: config.dynamicBatch,
+    loadOptions: { intraOpThreads: config.engineThreads },
   });
   const gateway = createGateway({ config, repository, logger });
   const { url } = await gateway.listen();

@@ -84,8 +84,8 @@ describe('batcher (deterministic, fake timers)', () => {
     const r1 = b.admit();
     b.admit();
     expect(() => b.admit()).toThrow(expect.objectContaining({ code: 'QUEUE_FULL' }));
-    r1();
-    r1(); // releasing twice is harmless
+    r1.release();
+    r1.release(); // releasing twice is harmless
     expect(b.pending).toBe(1);
     expect(() => b.admit()).not.toThrow();
   });
@@ -105,9 +105,45 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(await second).toMatchObject({ code: 'DEADLINE_EXCEEDED' });
   });
 
+  it('keeps a due batch open while the engine is busy, and sends it when the engine frees up', async () => {
+    let release!: () => void;
+    let gate = new Promise<void>((r) => (release = r));
+    const { calls, run } = recorder({ hold: () => gate });
+    const b = new Batcher(run, options);
+    const first = Promise.all([1, 2, 3, 4].map((v) => b.infer(item(v)))); // full: runs at once and holds the engine
+    await vi.advanceTimersByTimeAsync(0);
+    const second = [b.infer(item(5))];
+    await vi.advanceTimersByTimeAsync(5000); // long past the delay: the engine is still busy
+    second.push(b.infer(item(6)), b.infer(item(7)));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1, 2, 3, 4]]);
+    const hold = release;
+    gate = Promise.resolve();
+    hold();
+    await first;
+    expect((await Promise.all(second)).map(value)).toEqual([6, 7, 8]);
+    expect(calls).toEqual([[1, 2, 3, 4], [5, 6, 7]]);
+  });
+
+  it('sends at once when every admitted request is queued (nobody else can join)', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, options);
+    const a1 = b.admit();
+    const a2 = b.admit();
+    const p1 = a1.infer(item(1));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([]); // a2 is still preparing: wait for it
+    const p2 = a2.infer(item(2));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1, 2]]); // well before the 1000 ms delay
+    expect([value(await p1), value(await p2)]).toEqual([2, 3]);
+    a1.release();
+    a2.release();
+  });
+
   it('drain resolves when every admitted request has been answered', async () => {
     const b = new Batcher(recorder().run, options);
-    const releases = [b.admit(), b.admit()];
+    const releases = [b.admit(), b.admit()].map((a) => a.release);
     let drained = false;
     const d = b.drain().then(() => (drained = true));
     await vi.advanceTimersByTimeAsync(0);
@@ -185,7 +221,9 @@ describe('batching over HTTP with a real model', () => {
 
   it('unloading lets the requests in flight finish, then refuses new ones', async () => {
     const inflight = Array.from({ length: 6 }, () => classify('mobilenet', image('zebra.jpeg')));
-    await new Promise((r) => setTimeout(r, 20));
+    // unload once requests are admitted (they wait up to maxDelayMs = 50 in a partial batch)
+    const version = gw.repository.get('mobilenet')!.versions.get(1)!;
+    while ((version.batcher?.pending ?? 0) < 1) await new Promise((r) => setTimeout(r, 1));
     const unload = gw.gql(`mutation { unloadModel(name: "mobilenet") { versions { state } } }`);
     const answers = await Promise.all(inflight);
     for (const r of answers) {

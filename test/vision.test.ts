@@ -205,3 +205,14 @@ describe('model.json validation names the field', () => {
     expect(c.batching).toMatchObject({ maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 });
   });
 });
+
+describe('top classes', () => {
+  it('matches a full sort, ties keep the lower class id first', async () => {
+    const { topClasses } = await import('../src/vision/classification.ts');
+    const scores = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i * 12.9898) * 43758.5453 % 1);
+    const sorted = Array.from(scores.keys()).sort((a, b) => scores[b] - scores[a] || a - b);
+    expect(topClasses(scores, 5)).toEqual(sorted.slice(0, 5));
+    expect(topClasses(Float32Array.from([0.2, 0.5, 0.5, 0.1]), 3)).toEqual([1, 2, 0]);
+    expect(topClasses(Float32Array.from([0.2, 0.5]), 5, 0.3)).toEqual([1]);
+  });
+});

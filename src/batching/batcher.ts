@@ -26,7 +26,16 @@ interface Item {
 
 interface Slot {
   count: number;
+  /** Close the batch and send it (once). */
   fire: () => void;
+  /** Its delay has passed: send it as soon as the engine is free. */
+  due: boolean;
+}
+
+/** One admitted request: its single inference goes through here, and release() ends it. */
+export interface Admission {
+  infer(feeds: Feeds): Promise<Feeds>;
+  release(): void;
 }
 
 /** Checks options early with messages that say what to fix (as dataloader does). */
@@ -79,15 +88,24 @@ export function splitBatch(outputs: Feeds, n: number): Feeds[] {
 }
 
 /**
- * One long-lived batcher per loaded model version. Requests that arrive together become one engine call:
- * a batch goes when it is full or maxDelayMs after its first item, whichever is first. Built on dataloader
- * (cache off: a work queue, not an entity cache) with a scheduler that dispatches early when a batch fills.
+ * One long-lived batcher per loaded model version. Requests that arrive together become one engine call.
+ * Built on dataloader (cache off: a work queue, not an entity cache) with its own scheduler:
+ * - a full batch (maxBatchSize) goes at once (dataloader alone would wait for its timer);
+ * - otherwise it goes maxDelayMs after its first item, or later: while the engine is busy the batch stays open and
+ *   keeps filling, and goes when the engine frees up (as Triton's dynamic batcher forms batches when an instance
+ *   is free);
+ * - when every admitted request is already queued (none is still being preprocessed), nothing can join, so it
+ *   goes at once instead of waiting out the delay.
  */
 export class Batcher {
   readonly options: BatcherOptions;
   private readonly loaders = new Map<string, { loader: DataLoader<Item, Feeds>; current: Slot | null }>();
   private admitted = 0;
+  /** Admitted requests that have not reached infer() yet (still decoding and preprocessing). */
+  private preparing = 0;
   private running = 0;
+  /** Batches whose delay has passed while the engine was busy, oldest first. */
+  private due: Slot[] = [];
   private readonly waiting: (() => void)[] = [];
   private idleWaiters: (() => void)[] = [];
 
@@ -100,22 +118,33 @@ export class Batcher {
     return this.admitted;
   }
 
-  /** Admit one request (call before preprocessing); returns its release. Throws QUEUE_FULL at the bound. */
-  admit(): () => void {
+  /** Admit one request (call before preprocessing). Throws QUEUE_FULL at the bound. */
+  admit(): Admission {
     if (this.admitted >= this.options.maxQueueSize) {
       throw new GatewayError(ErrorCode.QUEUE_FULL, `queue full: ${this.admitted} requests already admitted (maxQueueSize ${this.options.maxQueueSize})`);
     }
     this.admitted++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      this.admitted--;
-      if (this.admitted === 0) {
-        const w = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const f of w) f();
-      }
+    this.preparing++;
+    let stage: 'preparing' | 'queued' | 'released' = 'preparing';
+    return {
+      infer: (feeds) => {
+        if (stage === 'preparing') {
+          stage = 'queued';
+          this.preparing--;
+        }
+        return this.infer(feeds);
+      },
+      release: () => {
+        if (stage === 'released') return;
+        if (stage === 'preparing') this.preparing--;
+        stage = 'released';
+        this.admitted--;
+        if (this.admitted === 0) {
+          const w = this.idleWaiters;
+          this.idleWaiters = [];
+          for (const f of w) f();
+        }
+      },
     };
   }
 
@@ -135,14 +164,22 @@ export class Batcher {
         cache: false,
         maxBatchSize: this.options.maxBatchSize,
         batchScheduleFn: (callback) => {
-          const slot: Slot = { count: 0, fire: () => {} };
+          const slot: Slot = { count: 0, fire: () => {}, due: false };
           let fired = false;
-          const timer = this.options.maxDelayMs > 0 ? setTimeout(() => slot.fire(), this.options.maxDelayMs) : setImmediate(() => slot.fire());
+          const onDelay = () => {
+            if (this.running < this.options.maxConcurrentBatches) slot.fire();
+            else if (!fired) {
+              slot.due = true; // the engine is busy: keep filling until it is free
+              this.due.push(slot);
+            }
+          };
+          const timer = this.options.maxDelayMs > 0 ? setTimeout(onDelay, this.options.maxDelayMs) : setImmediate(onDelay);
           slot.fire = () => {
             if (fired) return;
             fired = true;
             if (this.options.maxDelayMs > 0) clearTimeout(timer as NodeJS.Timeout);
             else clearImmediate(timer as NodeJS.Immediate);
+            if (slot.due) this.due.splice(this.due.indexOf(slot), 1);
             if (e.current === slot) e.current = null;
             callback();
           };
@@ -154,8 +191,12 @@ export class Batcher {
     }
     const promise = entry.loader.load({ feeds, enqueuedAt: performance.now() });
     const slot = entry.current;
-    // dataloader waits for its timer even when a batch is full; dispatch a full batch at once.
-    if (slot && ++slot.count >= this.options.maxBatchSize) slot.fire();
+    if (slot) {
+      slot.count++;
+      const full = slot.count >= this.options.maxBatchSize;
+      const nobodyComing = this.admitted > 0 && this.preparing === 0 && this.running < this.options.maxConcurrentBatches;
+      if (full || nobodyComing) slot.fire();
+    }
     return promise;
   }
 
@@ -170,7 +211,10 @@ export class Batcher {
   private releaseRun(): void {
     const next = this.waiting.shift();
     if (next) next();
-    else this.running--;
+    else {
+      this.running--;
+      this.due[0]?.fire(); // the engine is free: send the oldest batch whose delay has passed
+    }
   }
 
   private async dispatch(items: readonly Item[]): Promise<(Feeds | Error)[]> {

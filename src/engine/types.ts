@@ -30,8 +30,10 @@ export interface Session {
 }
 
 export interface LoadOptions {
-  /** Threads for one inference; 0 lets the engine decide. */
+  /** Threads for one inference; 0 or unset lets the engine decide (one per core). */
   intraOpThreads?: number;
+  /** Let idle engine threads spin-wait (faster hand-off, but burns CPU the image decoders need). Default off. */
+  spinWait?: boolean;
 }
 
 export interface Engine {

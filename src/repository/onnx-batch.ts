@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { allocate, elementCount, type Engine, type Session, type Tensor, type TensorInfo } from '../engine/types.ts';
+import { allocate, elementCount, type Engine, type LoadOptions, type Session, type Tensor, type TensorInfo } from '../engine/types.ts';
 
 /**
  * Dynamic batch for ONNX graphs that fix it at 1. The graph's inputs and outputs get a symbolic first dimension
@@ -174,15 +174,15 @@ async function batchWorks(session: Session, reference: Session): Promise<boolean
 const dim0 = (t: TensorInfo) => t.shape[0];
 
 /** Load an ONNX model, making a fixed batch dimension dynamic where that is safe. */
-export async function prepareOnnx(engine: Engine, modelPath: string, dynamicBatch: boolean): Promise<{ session: Session; notes: Record<string, unknown> }> {
+export async function prepareOnnx(engine: Engine, modelPath: string, dynamicBatch: boolean, options: LoadOptions = {}): Promise<{ session: Session; notes: Record<string, unknown> }> {
   const bytes = new Uint8Array(await readFile(modelPath));
-  const session = await engine.loadBytes!(bytes);
+  const session = await engine.loadBytes!(bytes, options);
   const all = [...session.inputs, ...session.outputs];
   if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) return { session, notes: { batchable: true } };
   if (!dynamicBatch || !all.every((t) => dim0(t) === 1 || dim0(t) === null)) return { session, notes: { batchable: false } };
   let candidate: Session | null = null;
   try {
-    candidate = await engine.loadBytes!(makeBatchDynamic(bytes, new Set(all.map((t) => t.name))));
+    candidate = await engine.loadBytes!(makeBatchDynamic(bytes, new Set(all.map((t) => t.name))), options);
     if (await batchWorks(candidate, session)) {
       await session.close();
       return { session: candidate, notes: { batchable: true, dynamicBatch: 'rewritten: the batch dimension of this graph was fixed at 1 and was made dynamic after a trial run' } };

@@ -3,7 +3,7 @@ import { mkdir, readFile, readdir, rename, stat, writeFile } from 'node:fs/promi
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { Engine, Session } from '../engine/types.ts';
+import type { Engine, LoadOptions, Session } from '../engine/types.ts';
 import { resolveUnderRoots } from '../paths.ts';
 import { parseModelConfig, parseModelConfigText, type ModelConfig, type VersionPolicy } from './model-config.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
@@ -85,6 +85,8 @@ export interface RepositoryOptions {
   pollIntervalMs?: number;
   /** Rewrite a fixed batch dimension of 1 to dynamic where a trial run shows it is safe. */
   dynamicBatch?: boolean;
+  /** Engine options for every session (threads). */
+  loadOptions?: LoadOptions;
 }
 
 const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
@@ -96,12 +98,13 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
   private readonly modelRoots: readonly string[];
   private readonly pollIntervalMs: number;
   private readonly dynamicBatch: boolean;
+  private readonly loadOptions: LoadOptions;
   private readonly byName = new Map<string, Model>();
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
   private closed = false;
 
-  constructor({ root, engine, logger, modelRoots = [], pollIntervalMs = 1000, dynamicBatch = true }: RepositoryOptions) {
+  constructor({ root, engine, logger, modelRoots = [], pollIntervalMs = 1000, dynamicBatch = true, loadOptions = {} }: RepositoryOptions) {
     super();
     this.setMaxListeners(0);
     this.root = path.resolve(root);
@@ -110,6 +113,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
     this.modelRoots = modelRoots.map((r) => path.resolve(r));
     this.pollIntervalMs = pollIntervalMs;
     this.dynamicBatch = dynamicBatch;
+    this.loadOptions = loadOptions;
   }
 
   /** Scan the repository, load what its policies ask for, and start watching. */
@@ -275,8 +279,8 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
   }
 
   private async openSession(modelPath: string): Promise<{ session: Session; notes: Record<string, unknown> }> {
-    if (modelPath.endsWith('.onnx') && this.engine.loadBytes) return prepareOnnx(this.engine, modelPath, this.dynamicBatch);
-    const session = await this.engine.load(modelPath);
+    if (modelPath.endsWith('.onnx') && this.engine.loadBytes) return prepareOnnx(this.engine, modelPath, this.dynamicBatch, this.loadOptions);
+    const session = await this.engine.load(modelPath, this.loadOptions);
     return { session, notes: { batchable: false } };
   }
 

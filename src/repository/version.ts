@@ -1,7 +1,7 @@
 import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Engine, Session, TensorInfo } from '../engine/types.ts';
-import { Batcher, type Feeds } from '../batching/batcher.ts';
+import { Batcher, type Admission, type Feeds } from '../batching/batcher.ts';
 import { VersionStats } from '../batching/stats.ts';
 import type { BatchingConfig } from './model-config.ts';
 
@@ -121,17 +121,14 @@ export class ModelVersion {
     return this.unloading;
   }
 
-  /** Admit a request (before its preprocessing); returns the release. MODEL_NOT_READY unless AVAILABLE. */
-  admit(): () => void {
+  /**
+   * Admit a request before its preprocessing: MODEL_NOT_READY unless AVAILABLE, QUEUE_FULL at the bound.
+   * Its one inference goes through the admission; unloading waits until every admission is released.
+   */
+  admit(): Admission {
     if (this.state !== 'AVAILABLE' || !this.batcher) {
       throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, { state: this.state });
     }
     return this.batcher.admit();
-  }
-
-  /** Run one item through the batcher. Only between admit() and its release. */
-  infer(feeds: Feeds): Promise<Feeds> {
-    if (!this.batcher) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`);
-    return this.batcher.infer(feeds);
   }
 }

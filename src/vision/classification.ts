@@ -31,13 +31,21 @@ export function classify(
     throw new GatewayError(ErrorCode.INFERENCE_FAILED, `output ${name} has shape [${t.shape.join(',')}]; classification expects [N,C] or [N,C,1,1]`);
   }
   const scores = activate(toFloat32(t), config.activation);
-  const order = Array.from(scores.keys()).sort((a, b) => scores[b] - scores[a]);
-  const k = Math.max(0, Math.min(topK, order.length));
-  const result: Prediction[] = [];
-  for (let i = 0; i < k; i++) {
-    const c = order[i];
-    if (scores[c] < minConfidence) break;
-    result.push({ classId: c, label: labels?.get(c) ?? null, confidence: scores[c] });
+  return topClasses(scores, topK, minConfidence).map((c) => ({ classId: c, label: labels?.get(c) ?? null, confidence: scores[c] }));
+}
+
+/** Indices of the k best scores at or above minScore, best first (a bounded insertion, not a sort of all classes). */
+export function topClasses(scores: Float32Array, k: number, minScore = -Infinity): number[] {
+  const best: number[] = [];
+  for (let c = 0; c < scores.length; c++) {
+    const v = scores[c];
+    if (v < minScore || (best.length === k && v <= scores[best[k - 1]])) continue;
+    let i = best.length === k ? k - 1 : best.length;
+    while (i > 0 && scores[best[i - 1]] < v) {
+      best[i] = best[i - 1];
+      i--;
+    }
+    best[i] = c;
   }
-  return result;
+  return best.slice(0, k);
 }

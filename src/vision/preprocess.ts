@@ -128,7 +128,7 @@ export async function resizeImage(img: DecodedImage, plan: InputPlan, maxPixels:
       const rh = Math.max(th, Math.round(H0 * scale));
       const left = Math.floor((rw - tw) / 2);
       const top = Math.floor((rh - th) / 2);
-      s = sharp(await s.resize(rw, rh, { fit: 'fill' }).toBuffer()).extract({ left, top, width: tw, height: th });
+      s = s.resize(rw, rh, { fit: 'fill' }).extract({ left, top, width: tw, height: th }); // extract after resize: one pipeline
       scaleX = rw / W0;
       scaleY = rh / H0;
       offsetX = -left;
@@ -179,25 +179,30 @@ export function pixelsToTensor(pixels: Uint8Array, width: number, height: number
   const hw = width * height;
   const pre = plan.pre;
   const k = pre.pixelScaling / 255;
-  const mean = plan.mean ? null : (pre.mean ?? new Array(C).fill(0));
-  const meanImage = plan.mean?.data ?? null;
-  const meanPerChannel = meanImage !== null && meanImage.length === C;
+  const meanImage = plan.mean && plan.mean.data.length !== C ? plan.mean.data : null;
+  const meanOf = (c: number) => (plan.mean && !meanImage ? plan.mean.data[c] : (pre.mean?.[c] ?? 0));
   const std = pre.std ?? new Array(C).fill(1);
   const bgr = pre.colorChannels === 'BGR';
   const n = hw * C;
   const data = plan.dtype === 'float32' ? new Float32Array(n) : plan.dtype === 'float16' ? new Uint16Array(n) : new Uint8Array(n);
   const nchw = plan.layout === 'NCHW';
+  // value = (pixel * k - mean) / std = pixel * a + b, one multiply-add per sample
   for (let c = 0; c < C; c++) {
     const src = bgr ? 2 - c : c;
+    const a = k / std[c];
+    const b = -meanOf(c) / std[c];
     const inv = 1 / std[c];
-    const m = mean ? mean[c] : meanPerChannel ? meanImage![c] : 0;
-    for (let p = 0; p < hw; p++) {
-      const mv = meanImage && !meanPerChannel ? meanImage[c * hw + p] : m;
-      const v = (pixels[p * C + src] * k - mv) * inv;
-      const idx = nchw ? c * hw + p : p * C + c;
-      if (data instanceof Float32Array) data[idx] = v;
-      else if (data instanceof Uint16Array) data[idx] = floatToHalf(v);
-      else data[idx] = v < 0 ? 0 : v > 255 ? 255 : Math.round(v);
+    const base = nchw ? c * hw : c;
+    const step = nchw ? 1 : C;
+    if (data instanceof Float32Array && !meanImage) {
+      for (let p = 0, i = src, o = base; p < hw; p++, i += C, o += step) data[o] = pixels[i] * a + b;
+      continue;
+    }
+    for (let p = 0, i = src, o = base; p < hw; p++, i += C, o += step) {
+      const v = meanImage ? (pixels[i] * k - meanImage[c * hw + p]) * inv : pixels[i] * a + b;
+      if (data instanceof Float32Array) data[o] = v;
+      else if (data instanceof Uint16Array) data[o] = floatToHalf(v);
+      else data[o] = v < 0 ? 0 : v > 255 ? 255 : Math.round(v);
     }
   }
   const shape = nchw ? [1, C, height, width] : [1, height, width, C];

@@ -1,0 +1,220 @@
+/**
+ * npm run bench: throughput and latency of the gateway against the in-process limit, with batching on and off,
+ * at concurrency 1, 4, 16 and 64, all measured side by side in one run. Writes bench/results.json and
+ * bench/chart.svg. Needs ../shared (models and photos). Only talks to 127.0.0.1.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createOnnxRuntimeEngine } from '../src/engine/onnxruntime.ts';
+import { Batcher } from '../src/batching/batcher.ts';
+import { parseModelConfig } from '../src/repository/model-config.ts';
+import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
+import { classify } from '../src/vision/classification.ts';
+import { renderChart } from './chart.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const SHARED = path.resolve(ROOT, '..', 'shared');
+const MODEL = path.join(SHARED, 'models', 'mobilenetv2-12-int8', 'model.onnx');
+const PHOTOS = ['airliner.jpeg', 'arctic-fox.jpeg', 'bee.jpeg', 'golden_retriever.jpeg', 'gorilla.jpeg', 'magnetic_compass.jpeg', 'peacock.jpeg', 'pelican.jpeg', 'snail.jpeg', 'zebra.jpeg'];
+const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,4,16,64').split(',').map(Number);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1.5);
+const MAX_PIXELS = 40_000_000;
+
+const BATCHING = { maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 1024 };
+const config = (batching: object) => ({
+  task: 'classification',
+  preprocessing: { resizeType: 'CROP', cropFraction: 0.875, colorChannels: 'RGB', pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+  postprocessing: { activation: 'softmax' },
+  batching,
+});
+
+interface Point { mode: string; concurrency: number; requests: number; errors: number; seconds: number; throughput: number; p50: number; p95: number; p99: number; meanBatchSize: number | null }
+
+const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+
+/** Run `task` from `concurrency` workers for a warm-up and then SECONDS; latency in ms. */
+async function drive(mode: string, concurrency: number, task: (i: number) => Promise<void>, batchStats?: () => Promise<{ items: number; batches: number }>): Promise<Point> {
+  let stop = false;
+  let counter = 0;
+  const latencies: number[] = [];
+  let errors = 0;
+  let recording = false;
+  const worker = async () => {
+    while (!stop) {
+      const i = counter++;
+      const t0 = performance.now();
+      try {
+        await task(i);
+        if (recording) latencies.push(performance.now() - t0);
+      } catch (e) {
+        if (recording) errors++;
+        if (errors === 1 && recording) console.error(`${mode}: ${(e as Error).message}`);
+      }
+    }
+  };
+  const workers = Array.from({ length: concurrency }, worker);
+  await new Promise((r) => setTimeout(r, WARMUP_SECONDS * 1000));
+  const before = await batchStats?.();
+  recording = true;
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, SECONDS * 1000));
+  recording = false;
+  const seconds = (performance.now() - t0) / 1000;
+  const after = await batchStats?.();
+  stop = true;
+  await Promise.all(workers);
+  latencies.sort((a, b) => a - b);
+  const round = (x: number) => Math.round(x * 100) / 100;
+  const meanBatchSize = before && after && after.batches > before.batches ? round((after.items - before.items) / (after.batches - before.batches)) : null;
+  const point = { mode, concurrency, requests: latencies.length, errors, seconds: round(seconds), throughput: round(latencies.length / seconds), p50: round(percentile(latencies, 50)), p95: round(percentile(latencies, 95)), p99: round(percentile(latencies, 99)), meanBatchSize };
+  console.log(`${mode.padEnd(22)} c=${String(concurrency).padStart(2)}  ${String(point.throughput).padStart(7)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  p99 ${String(point.p99).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  errors ${errors}`);
+  return point;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function multipartBody(photo: Buffer, name: string, model: string): { body: Buffer; type: string } {
+  const boundary = '----gatewaybench' + Math.random().toString(16).slice(2);
+  const operations = JSON.stringify({ query: `query($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`, variables: { f: null } });
+  const part = (headers: string, content: Buffer | string) => Buffer.concat([Buffer.from(`--${boundary}\r\n${headers}\r\n\r\n`), Buffer.isBuffer(content) ? content : Buffer.from(content), Buffer.from('\r\n')]);
+  const body = Buffer.concat([
+    part('Content-Disposition: form-data; name="operations"', operations),
+    part('Content-Disposition: form-data; name="map"', '{"0":["variables.f"]}'),
+    part(`Content-Disposition: form-data; name="0"; filename="${name}"\r\nContent-Type: image/jpeg`, photo),
+    Buffer.from(`--${boundary}--\r\n`),
+  ]);
+  return { body, type: `multipart/form-data; boundary=${boundary}` };
+}
+
+function post(agent: http.Agent, port: number, body: Buffer, type: string, path = '/graphql'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { 'content-type': type, 'content-length': body.length, 'x-graphql-yoga-csrf': '1' } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function main() {
+  const photos = await Promise.all(PHOTOS.map((p) => readFile(path.join(SHARED, 'images', p))));
+  console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${SECONDS}s per point after ${WARMUP_SECONDS}s warm-up`);
+  const points: Point[] = [];
+
+  // --- in-process limit: the same decode, preprocess, batcher and engine; no HTTP, no GraphQL ---
+  {
+    const engine = createOnnxRuntimeEngine();
+    const session = await engine.load(MODEL);
+    const cfg = parseModelConfig(config(BATCHING));
+    const plan = planInput(cfg, session.inputs);
+    const batcherOptions = { ...cfg.batching, maxQueueSize: 1_000_000, timeoutMs: 0 };
+    let items = 0;
+    let batches = 0;
+    const counting = new Batcher(async (f) => { batches++; items += f[plan.input].shape[0]; return session.run(f); }, batcherOptions);
+    for (const c of CONCURRENCY) {
+      points.push(await drive('in-process', c, async (i) => {
+        const admission = counting.admit();
+        try {
+          const img = await probeImage(photos[i % photos.length], MAX_PIXELS);
+          const { tensor } = await preprocess(img, plan, MAX_PIXELS);
+          const out = await admission.infer({ [plan.input]: tensor });
+          classify(out, cfg.classification, null, 1);
+        } finally {
+          admission.release();
+        }
+      }, async () => ({ items, batches })));
+    }
+    await session.close();
+  }
+
+  if (process.env.BENCH_ONLY_INPROCESS) return;
+  // --- the gateway, a separate process as `npm start` runs it, over 127.0.0.1 ---
+  const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
+  for (const [name, batching] of [['mobilenet', BATCHING], ['mobilenet-nobatch', { ...BATCHING, maxBatchSize: 1 }]] as const) {
+    await mkdir(path.join(repo, name, '1'), { recursive: true });
+    await symlink(MODEL, path.join(repo, name, '1', 'model.onnx'));
+    await writeFile(path.join(repo, name, 'model.json'), JSON.stringify(config(batching)));
+  }
+  const port = await freePort();
+  // BENCH_PROFILE=1: a V8 CPU profile of the server process in bench/profile/ (summarized by bench/profile.ts)
+  const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`] : [];
+  const server: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
+    cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', MODEL_REPOSITORY: repo, LOG_LEVEL: 'warn', MODEL_POLL_INTERVAL_MS: '0' }, stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  try {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.ok, () => false);
+      if (ok) break;
+      if (i > 600) throw new Error('gateway did not become ready');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const stats = (model: string) => async () => {
+      const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
+      const r = JSON.parse(await post(agent, port, Buffer.from(body), 'application/json'));
+      const s = r.data.model.stats[0];
+      return { batches: s.batches, items: s.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0) };
+    };
+    for (const [mode, model] of [['gateway', 'mobilenet'], ['gateway, batching off', 'mobilenet-nobatch']] as const) {
+      const bodies = photos.map((p, i) => multipartBody(p, PHOTOS[i], model));
+      for (const c of CONCURRENCY) {
+        points.push(await drive(mode, c, async (i) => {
+          const { body, type } = bodies[i % bodies.length];
+          const text = await post(agent, port, body, type);
+          if (!text.includes('"predictions"')) throw new Error(text.slice(0, 200));
+        }, stats(model)));
+      }
+    }
+    agent.destroy();
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('exit', r));
+    await rm(repo, { recursive: true, force: true });
+  }
+
+  const at = (mode: string, c: number) => points.find((p) => p.mode === mode && p.concurrency === c);
+  const ratios: Record<string, number | null> = {};
+  const r2 = (x: number) => Math.round(x * 1000) / 1000;
+  for (const c of CONCURRENCY) {
+    const g = at('gateway', c)!;
+    const i = at('in-process', c)!;
+    const off = at('gateway, batching off', c)!;
+    ratios[`c${c} gateway / in-process throughput`] = r2(g.throughput / i.throughput);
+    ratios[`c${c} batching on / off throughput`] = r2(g.throughput / off.throughput);
+    ratios[`c${c} gateway p50 - in-process p50 (ms)`] = r2(g.p50 - i.p50);
+  }
+  console.log('\nratios (measured side by side in this run):');
+  for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(40)} ${v}`);
+  const targets = {
+    'c16 gateway / in-process >= 0.85': (ratios['c16 gateway / in-process throughput'] ?? 0) >= 0.85,
+    'c16 batching on / off >= 1.10': (ratios['c16 batching on / off throughput'] ?? 0) >= 1.1,
+    'c1 p50 within 3 ms of in-process': (ratios['c1 gateway p50 - in-process p50 (ms)'] ?? Infinity) <= 3,
+  };
+  console.log('\ntargets:');
+  for (const [k, v] of Object.entries(targets)) console.log(`  ${v ? 'met    ' : 'MISSED '} ${k}`);
+  const result = { date: new Date().toISOString(), machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, model: 'mobilenetv2-12-int8', batching: BATCHING, secondsPerPoint: SECONDS, points, ratios, targets };
+  await writeFile(path.join(ROOT, 'bench', 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  await writeFile(path.join(ROOT, 'bench', 'chart.svg'), renderChart(points, CONCURRENCY));
+  console.log('\nwrote bench/results.json and bench/chart.svg');
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,54 @@
+// @ts-check
+// One ONNX Runtime session per worker thread. onnxruntime-node runs inference synchronously on the calling JS
+// thread, so the gateway keeps it off the main event loop: HTTP, multipart parsing, GraphQL and image decoding go on
+// while a batch computes. Tensors cross the thread boundary as transferred ArrayBuffers (no copies).
+import { parentPort } from 'node:worker_threads';
+import ort from 'onnxruntime-node';
+
+if (!parentPort) throw new Error('onnxruntime-worker.mjs must run in a worker thread');
+const port = parentPort;
+
+/** @type {import('onnxruntime-node').InferenceSession | null} */
+let session = null;
+
+/** @param {any} m */
+function meta(m) {
+  return { name: m.name, isTensor: m.isTensor, type: m.type, shape: m.shape };
+}
+
+/** @param {ArrayBufferView} data */
+function transferable(data) {
+  // only buffers the view owns entirely may be transferred; others are copied by structured clone
+  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? [data.buffer] : [];
+}
+
+port.on('message', async (/** @type {any} */ msg) => {
+  try {
+    if (msg.type === 'load') {
+      session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
+      port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
+    } else if (msg.type === 'run') {
+      if (!session) throw new Error('no session loaded');
+      /** @type {Record<string, import('onnxruntime-node').Tensor>} */
+      const feeds = {};
+      for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = new ort.Tensor(t.type, t.data, t.dims);
+      const opts = { logSeverityLevel: /** @type {3} */ (3) };
+      const result = msg.outputNames ? await session.run(feeds, msg.outputNames, opts) : await session.run(feeds, opts);
+      /** @type {Record<string, {type: string, dims: readonly number[], data: any}>} */
+      const out = {};
+      /** @type {ArrayBuffer[]} */
+      const transfer = [];
+      for (const [name, t] of Object.entries(result)) {
+        out[name] = { type: t.type, dims: t.dims, data: t.data };
+        transfer.push(.../** @type {ArrayBuffer[]} */ (transferable(/** @type {ArrayBufferView} */ (t.data))));
+      }
+      port.postMessage({ id: msg.id, ok: true, outputs: out }, transfer);
+    } else if (msg.type === 'close') {
+      await session?.release();
+      session = null;
+      port.postMessage({ id: msg.id, ok: true });
+    }
+  } catch (e) {
+    port.postMessage({ id: msg.id, ok: false, error: e instanceof Error ? e.message : String(e) });
+  }
+});
