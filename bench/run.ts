@@ -22,11 +22,13 @@ const SHARED = path.resolve(ROOT, '..', 'shared');
 const MODEL = path.join(SHARED, 'models', 'mobilenetv2-12-int8', 'model.onnx');
 const PHOTOS = ['airliner.jpeg', 'arctic-fox.jpeg', 'bee.jpeg', 'golden_retriever.jpeg', 'gorilla.jpeg', 'magnetic_compass.jpeg', 'peacock.jpeg', 'pelican.jpeg', 'snail.jpeg', 'zebra.jpeg'];
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,4,16,64').split(',').map(Number);
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1.5);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
+/** Modes run interleaved, round after round, so drift on a shared machine hits them alike; medians are reported. */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const MAX_PIXELS = 40_000_000;
 
-const BATCHING = { maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 1024 };
+const BATCHING = { maxBatchSize: 16, maxDelayMs: Number(process.env.BENCH_DELAY_MS ?? 2), maxQueueSize: 1024 };
 const config = (batching: object) => ({
   task: 'classification',
   preprocessing: { resizeType: 'CROP', cropFraction: 0.875, colorChannels: 'RGB', pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
@@ -112,38 +114,43 @@ function post(agent: http.Agent, port: number, body: Buffer, type: string, path 
   });
 }
 
+type Runner = { mode: string; run: (i: number) => Promise<void>; stats: () => Promise<{ items: number; batches: number }> };
+
+function median(points: Point[]): Point {
+  const by = (k: keyof Point) => [...points].sort((a, b) => (a[k] as number) - (b[k] as number))[Math.floor(points.length / 2)];
+  const m = by('throughput');
+  const med = (k: 'p50' | 'p95' | 'p99') => by(k)[k];
+  return { ...m, p50: med('p50'), p95: med('p95'), p99: med('p99'), requests: points.reduce((n, p) => n + p.requests, 0), errors: points.reduce((n, p) => n + p.errors, 0) };
+}
+
 async function main() {
   const photos = await Promise.all(PHOTOS.map((p) => readFile(path.join(SHARED, 'images', p))));
-  console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${SECONDS}s per point after ${WARMUP_SECONDS}s warm-up`);
-  const points: Point[] = [];
+  console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved`);
 
   // --- in-process limit: the same decode, preprocess, batcher and engine; no HTTP, no GraphQL ---
-  {
-    const engine = createOnnxRuntimeEngine();
-    const session = await engine.load(MODEL);
-    const cfg = parseModelConfig(config(BATCHING));
-    const plan = planInput(cfg, session.inputs);
-    const batcherOptions = { ...cfg.batching, maxQueueSize: 1_000_000, timeoutMs: 0 };
-    let items = 0;
-    let batches = 0;
-    const counting = new Batcher(async (f) => { batches++; items += f[plan.input].shape[0]; return session.run(f); }, batcherOptions);
-    for (const c of CONCURRENCY) {
-      points.push(await drive('in-process', c, async (i) => {
-        const admission = counting.admit();
-        try {
-          const img = await probeImage(photos[i % photos.length], MAX_PIXELS);
-          const { tensor } = await preprocess(img, plan, MAX_PIXELS);
-          const out = await admission.infer({ [plan.input]: tensor });
-          classify(out, cfg.classification, null, 1);
-        } finally {
-          admission.release();
-        }
-      }, async () => ({ items, batches })));
-    }
-    await session.close();
-  }
+  const engine = createOnnxRuntimeEngine();
+  const session = await engine.load(MODEL);
+  const cfg = parseModelConfig(config(BATCHING));
+  const plan = planInput(cfg, session.inputs);
+  let items = 0;
+  let batches = 0;
+  const local = new Batcher(async (f) => { batches++; items += f[plan.input].shape[0]; return session.run(f); }, { ...cfg.batching, maxQueueSize: 1_000_000, timeoutMs: 0 });
+  const inProcess: Runner = {
+    mode: 'in-process',
+    stats: async () => ({ items, batches }),
+    run: async (i) => {
+      const admission = local.admit();
+      try {
+        const img = await probeImage(photos[i % photos.length], MAX_PIXELS);
+        const { tensor } = await preprocess(img, plan, MAX_PIXELS);
+        const out = await admission.infer({ [plan.input]: tensor });
+        classify(out, cfg.classification, null, 1);
+      } finally {
+        admission.release();
+      }
+    },
+  };
 
-  if (process.env.BENCH_ONLY_INPROCESS) return;
   // --- the gateway, a separate process as `npm start` runs it, over 127.0.0.1 ---
   const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
   for (const [name, batching] of [['mobilenet', BATCHING], ['mobilenet-nobatch', { ...BATCHING, maxBatchSize: 1 }]] as const) {
@@ -157,8 +164,9 @@ async function main() {
   const server: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
     cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', MODEL_REPOSITORY: repo, LOG_LEVEL: 'warn', MODEL_POLL_INTERVAL_MS: '0' }, stdio: ['ignore', 'inherit', 'inherit'],
   });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  const points: Point[] = [];
   try {
-    const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
     for (let i = 0; ; i++) {
       const ok = await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.ok, () => false);
       if (ok) break;
@@ -168,26 +176,42 @@ async function main() {
     const stats = (model: string) => async () => {
       const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
       const r = JSON.parse(await post(agent, port, Buffer.from(body), 'application/json'));
-      const s = r.data.model.stats[0];
-      return { batches: s.batches, items: s.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0) };
+      const st = r.data.model.stats[0];
+      return { batches: st.batches, items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0) };
     };
-    for (const [mode, model] of [['gateway', 'mobilenet'], ['gateway, batching off', 'mobilenet-nobatch']] as const) {
+    const gateway = (mode: string, model: string): Runner => {
       const bodies = photos.map((p, i) => multipartBody(p, PHOTOS[i], model));
-      for (const c of CONCURRENCY) {
-        points.push(await drive(mode, c, async (i) => {
+      return {
+        mode, stats: stats(model),
+        run: async (i) => {
           const { body, type } = bodies[i % bodies.length];
           const text = await post(agent, port, body, type);
           if (!text.includes('"predictions"')) throw new Error(text.slice(0, 200));
-        }, stats(model)));
+        },
+      };
+    };
+    const modes = process.env.BENCH_MODES?.split(',');
+    const runners = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch')].filter((r) => !modes || modes.includes(r.mode));
+    for (const c of CONCURRENCY) {
+      const rounds = new Map<string, Point[]>(runners.map((r) => [r.mode, []]));
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const r of round % 2 ? [...runners].reverse() : runners) rounds.get(r.mode)!.push(await drive(r.mode, c, r.run, r.stats));
+      }
+      for (const r of runners) {
+        const m = median(rounds.get(r.mode)!);
+        points.push(m);
+        console.log(`  median ${r.mode.padEnd(22)} c=${String(c).padStart(2)}  ${m.throughput} req/s  p50 ${m.p50} ms  p95 ${m.p95} ms  batch ${m.meanBatchSize ?? '-'}`);
       }
     }
-    agent.destroy();
   } finally {
+    agent.destroy();
     server.kill('SIGTERM');
     await new Promise((r) => server.once('exit', r));
     await rm(repo, { recursive: true, force: true });
+    await session.close();
   }
 
+  if (process.env.BENCH_MODES) return; // a partial run (for profiling) writes no results
   const at = (mode: string, c: number) => points.find((p) => p.mode === mode && p.concurrency === c);
   const ratios: Record<string, number | null> = {};
   const r2 = (x: number) => Math.round(x * 1000) / 1000;
@@ -208,7 +232,7 @@ async function main() {
   };
   console.log('\ntargets:');
   for (const [k, v] of Object.entries(targets)) console.log(`  ${v ? 'met    ' : 'MISSED '} ${k}`);
-  const result = { date: new Date().toISOString(), machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, model: 'mobilenetv2-12-int8', batching: BATCHING, secondsPerPoint: SECONDS, points, ratios, targets };
+  const result = { date: new Date().toISOString(), machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, model: 'mobilenetv2-12-int8', batching: BATCHING, rounds: ROUNDS, secondsPerRound: SECONDS, note: 'each point is the median of the rounds; modes were interleaved', points, ratios, targets };
   await writeFile(path.join(ROOT, 'bench', 'results.json'), JSON.stringify(result, null, 2) + '\n');
   await writeFile(path.join(ROOT, 'bench', 'chart.svg'), renderChart(points, CONCURRENCY));
   console.log('\nwrote bench/results.json and bench/chart.svg');
