@@ -77,6 +77,26 @@ function useBodyLimit(maxBytes: number): Plugin {
   };
 }
 
+/**
+ * Yoga reports multipart limits (MAX_FILES_PER_REQUEST, MAX_UPLOAD_BYTES per file) as BAD_REQUEST; give them the
+ * gateway's stable codes so clients can branch on them.
+ */
+function useLimitErrorCodes(): Plugin {
+  const recode = (e: { message?: string; extensions?: Record<string, unknown> }) => {
+    const m = e.message ?? '';
+    if (!/limit exceeded/i.test(m)) return e;
+    const tooBig = /size/i.test(m);
+    return { ...e, extensions: { ...e.extensions, code: tooBig ? ErrorCode.PAYLOAD_TOO_LARGE : ErrorCode.LIMIT_EXCEEDED, http: { status: tooBig ? 413 : 400 } } };
+  };
+  return {
+    onResultProcess({ result, setResult }) {
+      if (!result || Array.isArray(result) || Symbol.asyncIterator in (result as object)) return;
+      const r = result as { errors?: readonly { message?: string; extensions?: Record<string, unknown> }[] };
+      if (r.errors?.some((e) => /limit exceeded/i.test(e.message ?? ''))) setResult({ ...r, errors: r.errors.map(recode) } as never);
+    },
+  };
+}
+
 /** API_TOKENS: every GraphQL request carries one. */
 function useApiTokens(config: Config): Plugin {
   return {
@@ -174,6 +194,7 @@ export function createGateway({ config, repository, logger }: GatewayDeps): Gate
       useRequestLog(logger),
       useEndpoints(repository),
       useBodyLimit(config.maxUploadBytes),
+      useLimitErrorCodes(),
       useCSRFPrevention({ requestHeaders: ['x-graphql-yoga-csrf'] }),
       useApiTokens(config),
       useValidationLimits(config),

@@ -81,9 +81,12 @@ export interface DecodedImage {
 export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<DecodedImage> {
   let meta: Metadata;
   try {
-    meta = await sharp(bytes).metadata();
+    // metadata() reads the header only; the size check below is ours, with the real numbers in the message
+    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (e) {
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable image: ${(e as Error).message}`);
+    const message = (e as Error).message;
+    if (/pixel limit/i.test(message)) throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image exceeds the pixel limit of ${maxPixels}`, { maxPixels });
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable image: ${message}`);
   }
   if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
   const swap = (meta.orientation ?? 1) >= 5;

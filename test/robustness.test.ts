@@ -1,0 +1,225 @@
+import { readFile, rm, mkdtemp, symlink } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { createClient } from 'graphql-ws';
+import sharp from 'sharp';
+import { SHARED, errorCode, fixtureConfigs, image, sharedFile, sharedModel, startGateway, until, type TestGateway } from './helpers.ts';
+
+/**
+ * A decompression bomb: a real PNG whose IHDR is patched to claim width x height. It must be refused from its
+ * header, before anything is decoded.
+ */
+async function pngClaiming(width: number, height: number): Promise<Uint8Array> {
+  const png = Buffer.from(await sharp({ create: { width: 8, height: 8, channels: 3, background: '#808080' } }).png().toBuffer());
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (b: Uint8Array) => {
+    let c = 0xffffffff;
+    for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  // signature (8) | length (4) | "IHDR" (4) | width (4) | height (4) | ... (5) | crc (4)
+  png.writeUInt32BE(width, 16);
+  png.writeUInt32BE(height, 20);
+  png.writeUInt32BE(crc(png.subarray(12, 29)), 29);
+  return png;
+}
+
+const models = () => ({
+  mobilenet: { onnx: sharedModel('mobilenetv2-12-int8'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } },
+});
+const CLASSIFY = `query($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
+
+describe('bad input gets a typed error and the server stays healthy', () => {
+  let gw: TestGateway;
+  let outside: string;
+  beforeAll(async () => {
+    outside = await mkdtemp(path.join(os.tmpdir(), 'gw-outside-'));
+    gw = await startGateway({ models: models(), env: { IMAGE_ROOTS: path.join(SHARED, 'images'), MAX_IMAGE_PIXELS: '4000000' } });
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await rm(outside, { recursive: true, force: true });
+  });
+
+  const good = async () => {
+    const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') } });
+    expect(r.data?.classify.predictions[0].classId).toBe(309);
+  };
+
+  it.each([
+    ['bytes that are not an image', () => Buffer.from('%PDF-1.4 definitely not a picture'), 'INVALID_IMAGE'],
+    ['an empty file', () => Buffer.alloc(0), 'INVALID_IMAGE'],
+    ['a truncated JPEG', async () => (await readFile(image('dog.jpg'))).subarray(0, 20_000), 'INVALID_IMAGE'],
+    ['a PNG header claiming 100000 x 100000 pixels', () => pngClaiming(100_000, 100_000), 'IMAGE_TOO_LARGE'],
+    ['a PNG header claiming 3000 x 3000 (over MAX_IMAGE_PIXELS)', () => pngClaiming(3000, 3000), 'IMAGE_TOO_LARGE'],
+  ])('%s', async (_, bytes, code) => {
+    const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: await bytes() } });
+    expect(errorCode(r)).toBe(code);
+    await good();
+  });
+
+  it('unknown models and versions, a model that is not ready', async () => {
+    expect(errorCode(await gw.gql(CLASSIFY.replace('"mobilenet"', '"nope"'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe('MODEL_NOT_FOUND');
+    expect(errorCode(await gw.gql(CLASSIFY.replace('topK: 1', 'version: 4, topK: 1'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe('MODEL_NOT_FOUND');
+    await gw.gql(`mutation { unloadModel(name: "mobilenet") { name } }`);
+    expect(errorCode(await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') } }))).toBe('MODEL_NOT_READY');
+    await gw.gql(`mutation { loadModel(name: "mobilenet") { name } }`);
+    await good();
+  });
+
+  it('paths outside IMAGE_ROOTS, with .. and symlinks resolved first', async () => {
+    await symlink('/etc/hostname', path.join(outside, 'link'));
+    const q = `query($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`;
+    for (const p of ['/etc/hostname', path.join(SHARED, 'images', '..', 'images', '..', 'models', 'yolox-nano', 'model.onnx'), path.join(outside, 'link'), '../../../../etc/hostname', '']) {
+      expect(errorCode(await gw.gql(q, { p })), p).toBe('FORBIDDEN_PATH');
+    }
+    expect(errorCode(await gw.gql(q, { p: path.join(SHARED, 'images', 'missing.jpg') }))).toBe('INVALID_INPUT');
+    const ok = await gw.gql(q, { p: path.join(SHARED, 'images', '..', 'images', 'bee.jpeg') });
+    expect(ok.data.classify.predictions[0].classId).toBe(309);
+  });
+
+  it('tensors whose dtype, shape or byte length do not match', async () => {
+    const q = (dtype: string, shape: number[], data: string) => gw.gql(`query($s: [Int!]!, $d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: ${dtype}, shape: $s, data: $d }]) { outputs { name } } }`, { s: shape, d: data });
+    const bytes = Buffer.alloc(3 * 224 * 224 * 4).toString('base64');
+    expect(errorCode(await q('FLOAT16', [1, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
+    expect(errorCode(await q('FLOAT32', [1, 3, 224, 225], bytes))).toBe('INVALID_INPUT');
+    expect(errorCode(await q('FLOAT32', [1, 3, 224], bytes))).toBe('INVALID_INPUT');
+    expect(errorCode(await q('FLOAT32', [1, 3, 224, 224], bytes.slice(0, -8)))).toBe('INVALID_INPUT');
+    expect(errorCode(await q('FLOAT32', [1, 3, 224, 224], '***not base64***'))).toBe('INVALID_INPUT');
+    expect(errorCode(await q('FLOAT32', [100000, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
+    expect(errorCode(await q('FLOAT32', [-1, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
+    await good();
+  });
+
+  it('a broken model.json ends the load with an error that names the field', async () => {
+    const r = await gw.gql(`mutation($c: JSON) { loadModel(name: "broken", path: $p, config: $c) { name } }`.replace('path: $p, ', ''), { c: { task: 'detection', postprocessing: { format: 'yolo9000' } } });
+    expect(errorCode(r)).toBe('INVALID_MODEL_CONFIG');
+    expect(r.errors![0].message).toMatch(/postprocessing\.format/);
+    await good();
+  });
+});
+
+describe('limits', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: models(),
+      env: { MAX_UPLOAD_BYTES: '200000', MAX_FILES_PER_REQUEST: '2', MAX_IMAGES_PER_REQUEST: '2', MAX_QUERY_DEPTH: '6', MAX_ALIASES: '3', MAX_WS_CONNECTIONS_PER_CLIENT: '2', MAX_SUBSCRIPTIONS_PER_CONNECTION: '2' },
+    });
+  });
+  afterAll(() => gw?.close());
+
+  it('refuses a body over MAX_UPLOAD_BYTES with 413 and PAYLOAD_TOO_LARGE', async () => {
+    const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: new Uint8Array(300_000) } });
+    expect(r.status).toBe(413);
+    expect(errorCode(r)).toBe('PAYLOAD_TOO_LARGE');
+    const ok = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') } });
+    expect(ok.data.classify.predictions[0].classId).toBe(309);
+  });
+
+  it('refuses more files than MAX_FILES_PER_REQUEST', async () => {
+    const q = `query($a: File!, $b: File!, $c: File!) { a: classify(model: "mobilenet", image: { file: $a }) { predictions { classId } } }`;
+    const r = await gw.gql(q, { a: null, b: null, c: null }, { files: { a: image('bee.jpeg'), b: image('bee.jpeg'), c: image('bee.jpeg') } });
+    expect(r.status).toBe(400);
+    expect(errorCode(r)).toBe('LIMIT_EXCEEDED');
+    expect(r.errors![0].message).toMatch(/Files limit exceeded/);
+  });
+
+  it('answers LIMIT_EXCEEDED past MAX_IMAGES_PER_REQUEST, and for queries too deep or with too many aliases', async () => {
+    const three = `query($f: File!) { a: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } b: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } c: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
+    const r = await gw.gql(three, { f: null }, { files: { f: image('bee.jpeg') } });
+    expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED']);
+    const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } inputs { name } } __schema { types { fields { type { ofType { ofType { ofType { name } } } } } } } }`);
+    expect(errorCode(deep)).toBe('LIMIT_EXCEEDED');
+    const aliases = await gw.gql(`{ a: models { name } b: models { name } c: models { name } d: models { name } }`);
+    expect(errorCode(aliases)).toBe('LIMIT_EXCEEDED');
+    expect((await gw.gql(`{ a: models { name } b: models { name } }`)).errors).toBeUndefined();
+  });
+
+  it('limits WebSocket connections per client and subscriptions per connection', async () => {
+    const url = gw.url.replace('http', 'ws') + '/graphql';
+    const open = () => new Promise<WebSocket>((resolve, reject) => {
+      const ws = new WebSocket(url, 'graphql-transport-ws');
+      ws.once('open', () => resolve(ws));
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+      ws.once('error', reject);
+    });
+    const a = await open();
+    const b = await open();
+    await expect(open()).rejects.toThrow(/429/);
+    a.close();
+    b.close();
+    await until(async () => open().then((ws) => (ws.close(), true), () => false), 5000, 'a slot frees up');
+
+    const client = createClient({ url, webSocketImpl: WebSocket, retryAttempts: 0 });
+    const results: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      client.subscribe({ query: 'subscription { modelStatus { model } }' }, { next: () => {}, error: (e: any) => results.push(`error ${JSON.stringify(e)}`), complete: () => results.push('complete') });
+    }
+    await until(() => results.length > 0, 5000, 'third subscription refused');
+    expect(results[0]).toMatch(/LIMIT_EXCEEDED/);
+    await client.dispose();
+  });
+});
+
+describe('access', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: models(), env: { ADMIN_TOKEN: 'admin-secret', API_TOKENS: 'client-a,client-b', CORS_ORIGINS: 'https://app.example' } });
+  });
+  afterAll(() => gw?.close());
+
+  const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+
+  it('API_TOKENS guard every GraphQL request', async () => {
+    const q = `{ models { name } }`;
+    expect(errorCode(await gw.gql(q))).toBe('UNAUTHENTICATED');
+    expect(errorCode(await gw.gql(q, {}, { headers: bearer('nope') }))).toBe('FORBIDDEN');
+    expect((await gw.gql(q, {}, { headers: bearer('client-b') })).data.models).toHaveLength(1);
+    expect((await gw.gql(q, {}, { headers: bearer('admin-secret') })).data.models).toHaveLength(1);
+    const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') }, headers: bearer('client-a') });
+    expect(r.data.classify.predictions[0].classId).toBe(309);
+    // /health stays open for probes
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+  });
+
+  it('ADMIN_TOKEN guards loadModel, unloadModel and updateModel', async () => {
+    for (const m of [`mutation { loadModel(name: "mobilenet") { name } }`, `mutation { unloadModel(name: "mobilenet") { name } }`, `mutation { updateModel(name: "mobilenet", description: "x") { name } }`]) {
+      // a valid API token is not the admin token
+      expect(errorCode(await gw.gql(m, {}, { headers: bearer('client-a') })), m).toBe('FORBIDDEN');
+    }
+    const noToken = await gw.gql(`mutation { updateModel(name: "mobilenet", description: "x") { name } }`, {}, { headers: { authorization: '' } });
+    expect(errorCode(noToken)).toBe('UNAUTHENTICATED');
+    const ok = await gw.gql(`mutation { updateModel(name: "mobilenet", description: "by admin") { description } }`, {}, { headers: bearer('admin-secret') });
+    expect(ok.data.updateModel.description).toBe('by admin');
+  });
+
+  it('keeps CSRF prevention on for multipart and answers CORS for configured origins only', async () => {
+    const fd = new FormData();
+    fd.set('operations', JSON.stringify({ query: CLASSIFY, variables: { f: null } }));
+    fd.set('map', JSON.stringify({ 0: ['variables.f'] }));
+    fd.set('0', new Blob([await readFile(image('bee.jpeg'))]), 'bee.jpeg');
+    const r = await fetch(`${gw.url}/graphql`, { method: 'POST', body: fd, headers: bearer('client-a') });
+    expect(r.status).toBe(403);
+    expect(await r.text()).toMatch(/CSRF/);
+    const pre = await fetch(`${gw.url}/graphql`, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,authorization' } });
+    expect(pre.headers.get('access-control-allow-origin')).toBe('https://app.example');
+    const evil = await fetch(`${gw.url}/graphql`, { method: 'OPTIONS', headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' } });
+    expect(evil.headers.get('access-control-allow-origin')).not.toBe('https://evil.example');
+  });
+
+  it('tags responses and log lines with a request id', async () => {
+    const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'trace-42', ...bearer('client-a') }, body: JSON.stringify({ query: '{ models { name } }' }) });
+    expect(r.headers.get('x-request-id')).toBe('trace-42');
+    const line = gw.logs.map((l) => JSON.parse(l)).find((l) => l.requestId === 'trace-42');
+    expect(line).toMatchObject({ level: 'info', msg: 'request', method: 'POST', path: '/graphql', status: 200 });
+    const other = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer('client-a') }, body: '{"query":"{ models { name } }"}' });
+    expect(other.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+});
