@@ -103,6 +103,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
   private closed = false;
+  private started = false;
 
   constructor({ root, engine, logger, modelRoots = [], pollIntervalMs = 1000, dynamicBatch = true, loadOptions = {} }: RepositoryOptions) {
     super();
@@ -120,6 +121,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
   async start(): Promise<void> {
     await mkdir(this.root, { recursive: true });
     await this.scan();
+    this.started = true;
     if (this.pollIntervalMs > 0) {
       this.timer = setInterval(() => void this.scan(), this.pollIntervalMs);
       this.timer.unref();
@@ -134,9 +136,9 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
     return this.byName.get(name);
   }
 
-  /** Every model the repository asks for is AVAILABLE (for /ready). */
+  /** The first scan has finished and every model the repository asks for is AVAILABLE (for /ready). */
   get ready(): boolean {
-    return this.models().every((m) => m.ready);
+    return this.started && this.models().every((m) => m.ready);
   }
 
   /** The version a request runs on: MODEL_NOT_FOUND for unknown names or versions, MODEL_NOT_READY otherwise. */
@@ -273,8 +275,18 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
       }
     }
     await Promise.all(loads);
+    // Availability first (TensorFlow Serving's availability-preserving policy): a version that is still on disk keeps
+    // serving until one the policy wants is AVAILABLE, so a corrupt new version never takes the model down.
+    const replacementUp = wanted.some((v) => model.versions.get(v)?.state === 'AVAILABLE');
     const unloads: Promise<void>[] = [];
-    for (const mv of model.versions.values()) if (!wanted.includes(mv.version)) unloads.push(mv.unload());
+    for (const mv of model.versions.values()) {
+      if (wanted.includes(mv.version)) continue;
+      const keep = wanted.length > 0 && !replacementUp && mv.state === 'AVAILABLE' && onDisk.includes(mv.version);
+      if (keep) {
+        if (!mv.notes.keptServing) this.logger.warn('keeping the previous version until its replacement loads', { model: model.name, version: mv.version, wanted });
+        mv.notes = { ...mv.notes, keptServing: true };
+      } else unloads.push(mv.unload());
+    }
     await Promise.all(unloads);
   }
 

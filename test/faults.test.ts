@@ -1,0 +1,60 @@
+import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { errorCode, fixtureConfigs, image, sharedFile, sharedModel, startGateway, until, type TestGateway } from './helpers.ts';
+
+const CLASSIFY = `query($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
+
+describe('faults while serving', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { mobilenet: { onnx: new Uint8Array(await readFile(sharedModel('mobilenetv2-12-int8'))), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } } },
+      pollIntervalMs: 100,
+    });
+  });
+  afterAll(() => gw?.close());
+
+  const classify = () => gw.gql(CLASSIFY, { f: null }, { files: { f: image('zebra.jpeg') } });
+  const versions = async () => (await gw.gql(`{ model(name: "mobilenet") { versions { version state errorCode } } }`)).data.model.versions;
+
+  it('a corrupt new version fails alone: the previous version keeps serving until a good one loads', async () => {
+    await mkdir(path.join(gw.root, 'mobilenet', '2'));
+    await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), 'garbage, not a model');
+    await until(async () => (await versions()).some((v: any) => v.version === 2 && v.state === 'END'), 15_000, 'version 2 failed');
+    expect(await versions()).toEqual([{ version: 1, state: 'AVAILABLE', errorCode: null }, { version: 2, state: 'END', errorCode: 'MODEL_LOAD_FAILED' }]);
+    expect((await classify()).data.classify.predictions[0].classId).toBe(340);
+    // fixing the file is noticed (its mtime changes): version 2 loads, then version 1 goes
+    await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), await readFile(sharedModel('mobilenetv2-12-int8')));
+    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'END', errorCode: null }, { version: 2, state: 'AVAILABLE', errorCode: null }]), 15_000, 'version 2 replaced version 1');
+    expect((await classify()).data.classify.predictions[0].classId).toBe(340);
+  });
+
+  it('a model file corrupted on disk while loaded keeps serving from memory', async () => {
+    await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), 'overwritten'); // version 2 is the one serving
+    await new Promise((r) => setTimeout(r, 300)); // the watcher has looked
+    expect((await versions()).find((v: any) => v.version === 2).state).toBe('AVAILABLE');
+    const results = await Promise.all(Array.from({ length: 4 }, classify));
+    for (const r of results) expect(r.data.classify.predictions[0].classId).toBe(340);
+  });
+
+  it('a version folder deleted during traffic: requests in flight finish, and the previous version takes over', async () => {
+    const traffic = Array.from({ length: 8 }, (_, i) => new Promise((r) => setTimeout(r, i * 15)).then(classify));
+    await new Promise((r) => setTimeout(r, 30));
+    await rm(path.join(gw.root, 'mobilenet', '2'), { recursive: true });
+    for (const r of await Promise.all(traffic)) {
+      if (r.errors) expect(errorCode(r)).toBe('MODEL_NOT_READY');
+      else expect(r.data.classify.predictions[0].classId).toBe(340);
+    }
+    // version 1 is on disk again the newest: the policy (latest 1) loads it back
+    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE', errorCode: null }, { version: 2, state: 'END', errorCode: null }]), 15_000, 'fallback to version 1');
+    expect((await classify()).data.classify.predictions[0].classId).toBe(340);
+  });
+
+  it('a model folder deleted: its versions end, requests get MODEL_NOT_READY, the server stays healthy', async () => {
+    await rm(path.join(gw.root, 'mobilenet'), { recursive: true });
+    await until(async () => (await versions()).every((v: any) => v.state === 'END'), 15_000, 'all versions ended');
+    expect(errorCode(await classify())).toBe('MODEL_NOT_READY');
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+  });
+});

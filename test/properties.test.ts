@@ -1,0 +1,105 @@
+import { readFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { GatewayError } from '../src/errors.ts';
+import { parseModelConfig, parseModelConfigText } from '../src/repository/model-config.ts';
+import { parseLabelsFile, parseNpy } from '../src/repository/labels.ts';
+import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
+import { inferTensors } from '../src/inference.ts';
+import { ElemType, identityModel } from './onnx-builder.ts';
+import { image, startGateway, type TestGateway } from './helpers.ts';
+
+/** Runs fn; passes when it returns or throws a GatewayError with one of the codes. Anything else fails. */
+async function onlyTyped(codes: string[], fn: () => unknown | Promise<unknown>, limitMs = 5000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const hang = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${limitMs} ms`)), limitMs)));
+  try {
+    await Promise.race([Promise.resolve().then(fn), hang]);
+  } catch (e) {
+    if (!(e instanceof GatewayError)) throw new Error(`untyped error: ${(e as Error)?.stack ?? e}`);
+    expect(codes).toContain(e.code);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const plan = planInput(parseModelConfig({ task: 'classification', preprocessing: { resizeType: 'FILL', targetSize: '32x32' } }), [{ name: 'x', dtype: 'float32', shape: [1, 3, 32, 32], layout: null }]);
+
+describe('property: image bytes', () => {
+  it('random bytes give a tensor or INVALID_IMAGE / IMAGE_TOO_LARGE', async () => {
+    await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 4096 }), async (bytes) => {
+      await onlyTyped(['INVALID_IMAGE', 'IMAGE_TOO_LARGE'], async () => preprocess(await probeImage(bytes, 1e6), plan, 1e6));
+    }), { numRuns: 150 });
+  });
+
+  it('real photos with bytes flipped, cut or spliced give a tensor or a typed error', async () => {
+    const photos = await Promise.all(['bee.jpeg', 'face1.jpg'].map((p) => readFile(image(p))));
+    const mutated = fc.tuple(fc.constantFrom(...photos), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 20 }), fc.option(fc.nat()))
+      .map(([photo, flips, cut]) => {
+        const b = Buffer.from(photo);
+        for (const [at, v] of flips) b[at % b.length] = v;
+        return cut === null ? b : b.subarray(0, cut % b.length);
+      });
+    await fc.assert(fc.asyncProperty(mutated, async (bytes) => {
+      await onlyTyped(['INVALID_IMAGE', 'IMAGE_TOO_LARGE'], async () => preprocess(await probeImage(bytes, 1e7), plan, 1e7));
+    }), { numRuns: 150 });
+  });
+});
+
+describe('property: model.json, labels and mean files', () => {
+  const known = fc.record({
+    task: fc.oneof(fc.constantFrom('classification', 'detection', 'segmentation', 'raw'), fc.anything()),
+    labels: fc.anything(),
+    versionPolicy: fc.oneof(fc.record({ latest: fc.anything() }), fc.record({ all: fc.anything() }), fc.record({ specific: fc.anything() }), fc.anything()),
+    batching: fc.dictionary(fc.constantFrom('maxBatchSize', 'maxDelayMs', 'maxQueueSize', 'timeoutMs', 'maxConcurrentBatches'), fc.oneof(fc.integer(), fc.double(), fc.anything())),
+    preprocessing: fc.dictionary(fc.constantFrom('input', 'dimensionOrder', 'targetSize', 'resizeType', 'fillColor', 'fillAlign', 'colorChannels', 'pixelScaling', 'mean', 'std', 'meanFile', 'dataType', 'cropFraction', 'sizeMultiple'), fc.anything()),
+    postprocessing: fc.dictionary(fc.constantFrom('format', 'output', 'activation', 'threshold', 'layers', 'strides', 'boxes', 'scores', 'minConfidence', 'iouThreshold', 'maxDetections'), fc.anything()),
+  }, { requiredKeys: [] });
+
+  it('random documents parse or fail with INVALID_MODEL_CONFIG', async () => {
+    await fc.assert(fc.asyncProperty(fc.oneof(known, fc.jsonValue(), fc.anything()), async (doc) => {
+      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseModelConfig(doc));
+    }), { numRuns: 500 });
+    await fc.assert(fc.asyncProperty(fc.string(), async (text) => {
+      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseModelConfigText(text));
+    }), { numRuns: 200 });
+  });
+
+  it('random labels and .npy files parse or fail with INVALID_MODEL_CONFIG', async () => {
+    await fc.assert(fc.asyncProperty(fc.constantFrom('labels.txt', 'labels.json', 'labels.pbtxt'), fc.string({ maxLength: 300 }), async (name, text) => {
+      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseLabelsFile(name, text));
+    }), { numRuns: 300 });
+    const npyish = fc.uint8Array({ maxLength: 200 }).map((b) => {
+      const out = Buffer.concat([Buffer.from([0x93, ...Buffer.from('NUMPY'), 1, 0]), Buffer.from(b)]);
+      return new Uint8Array(out);
+    });
+    await fc.assert(fc.asyncProperty(fc.oneof(npyish, fc.uint8Array({ maxLength: 64 })), async (bytes) => {
+      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseNpy(bytes));
+    }), { numRuns: 300 });
+  });
+});
+
+describe('property: raw tensors against a real engine', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { id: { onnx: identityModel(ElemType.INT32, ['N', 2, 3]), config: { task: 'raw' } } } });
+  });
+  afterAll(() => gw?.close());
+
+  it('random dtypes, shapes and data run or fail with INVALID_INPUT', async () => {
+    const tensor = fc.record({
+      name: fc.oneof(fc.constant('x'), fc.string({ maxLength: 5 })),
+      dtype: fc.constantFrom('FLOAT32', 'FLOAT16', 'INT64', 'INT32', 'INT8', 'UINT8', 'BOOL', 'float64', ''),
+      shape: fc.oneof(fc.constant([1, 2, 3]), fc.array(fc.integer({ min: -2, max: 70000 }), { maxLength: 5 })),
+      data: fc.oneof(fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b).toString('base64')), fc.string({ maxLength: 40 })),
+    });
+    let ran = 0;
+    await fc.assert(fc.asyncProperty(fc.array(tensor, { minLength: 0, maxLength: 2 }), fc.option(fc.array(fc.constantFrom('y', 'z'), { maxLength: 2 })), async (inputs, outputs) => {
+      await onlyTyped(['INVALID_INPUT'], async () => {
+        await inferTensors(gw.repository, 'id', null, inputs, outputs);
+        ran++;
+      });
+    }), { numRuns: 300, examples: [[[{ name: 'x', dtype: 'INT32', shape: [1, 2, 3], data: Buffer.alloc(24).toString('base64') }], null]] });
+    expect(ran).toBeGreaterThan(0);
+  });
+});
