@@ -3,22 +3,18 @@
  * at concurrency 1, 4, 16 and 64, all measured side by side in one run. Writes bench/results.json and
  * bench/chart.svg. Needs ../shared (models and photos). Only talks to 127.0.0.1.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createOnnxRuntimeEngine } from '../src/engine/onnxruntime.ts';
 import { Batcher } from '../src/batching/batcher.ts';
 import { parseModelConfig } from '../src/repository/model-config.ts';
 import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { classify } from '../src/vision/classification.ts';
 import { renderChart } from './chart.ts';
+import { ROOT, SHARED, multipartBody, post, startServer } from './lib.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const SHARED = path.resolve(ROOT, '..', 'shared');
 const MODEL = path.join(SHARED, 'models', 'mobilenetv2-12-int8', 'model.onnx');
 const PHOTOS = ['airliner.jpeg', 'arctic-fox.jpeg', 'bee.jpeg', 'golden_retriever.jpeg', 'gorilla.jpeg', 'magnetic_compass.jpeg', 'peacock.jpeg', 'pelican.jpeg', 'snail.jpeg', 'zebra.jpeg'];
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,4,16,64').split(',').map(Number);
@@ -79,40 +75,8 @@ async function drive(mode: string, concurrency: number, task: (i: number) => Pro
   return point;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-function multipartBody(photo: Buffer, name: string, model: string): { body: Buffer; type: string } {
-  const boundary = '----gatewaybench' + Math.random().toString(16).slice(2);
-  const operations = JSON.stringify({ query: `query($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`, variables: { f: null } });
-  const part = (headers: string, content: Buffer | string) => Buffer.concat([Buffer.from(`--${boundary}\r\n${headers}\r\n\r\n`), Buffer.isBuffer(content) ? content : Buffer.from(content), Buffer.from('\r\n')]);
-  const body = Buffer.concat([
-    part('Content-Disposition: form-data; name="operations"', operations),
-    part('Content-Disposition: form-data; name="map"', '{"0":["variables.f"]}'),
-    part(`Content-Disposition: form-data; name="0"; filename="${name}"\r\nContent-Type: image/jpeg`, photo),
-    Buffer.from(`--${boundary}--\r\n`),
-  ]);
-  return { body, type: `multipart/form-data; boundary=${boundary}` };
-}
 
-function post(agent: http.Agent, port: number, body: Buffer, type: string, path = '/graphql'): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { 'content-type': type, 'content-length': body.length, 'x-graphql-yoga-csrf': '1' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
 type Runner = { mode: string; run: (i: number) => Promise<void>; stats: () => Promise<{ items: number; batches: number }> };
 
@@ -152,27 +116,16 @@ async function main() {
   };
 
   // --- the gateway, a separate process as `npm start` runs it, over 127.0.0.1 ---
-  const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
-  for (const [name, batching] of [['mobilenet', BATCHING], ['mobilenet-nobatch', { ...BATCHING, maxBatchSize: 1 }]] as const) {
-    await mkdir(path.join(repo, name, '1'), { recursive: true });
-    await symlink(MODEL, path.join(repo, name, '1', 'model.onnx'));
-    await writeFile(path.join(repo, name, 'model.json'), JSON.stringify(config(batching)));
-  }
-  const port = await freePort();
   // BENCH_PROFILE=1: a V8 CPU profile of the server process in bench/profile/ (summarized by bench/profile.ts)
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`] : [];
-  const server: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-    cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', MODEL_REPOSITORY: repo, LOG_LEVEL: 'warn', MODEL_POLL_INTERVAL_MS: '0' }, stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const server = await startServer({
+    mobilenet: { onnx: MODEL, config: config(BATCHING) },
+    'mobilenet-nobatch': { onnx: MODEL, config: config({ ...BATCHING, maxBatchSize: 1 }) },
+  }, {}, profile);
+  const port = server.port;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   const points: Point[] = [];
   try {
-    for (let i = 0; ; i++) {
-      const ok = await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.ok, () => false);
-      if (ok) break;
-      if (i > 600) throw new Error('gateway did not become ready');
-      await new Promise((r) => setTimeout(r, 100));
-    }
     const stats = (model: string) => async () => {
       const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
       const r = JSON.parse(await post(agent, port, Buffer.from(body), 'application/json'));
@@ -180,7 +133,8 @@ async function main() {
       return { batches: st.batches, items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0) };
     };
     const gateway = (mode: string, model: string): Runner => {
-      const bodies = photos.map((p, i) => multipartBody(p, PHOTOS[i], model));
+      const query = `query($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`;
+      const bodies = photos.map((p, i) => multipartBody(query, p, PHOTOS[i]));
       return {
         mode, stats: stats(model),
         run: async (i) => {
@@ -205,9 +159,7 @@ async function main() {
     }
   } finally {
     agent.destroy();
-    server.kill('SIGTERM');
-    await new Promise((r) => server.once('exit', r));
-    await rm(repo, { recursive: true, force: true });
+    await server.stop();
     await session.close();
   }
 

@@ -169,11 +169,13 @@ export function createGateway({ config, repository, logger }: GatewayDeps): Gate
     fetchAPI: createFetch({
       formDataLimits: { fileSize: config.maxUploadBytes, files: config.maxFilesPerRequest, fieldSize: config.maxUploadBytes, fields: 64, parts: config.maxFilesPerRequest + 64 },
     }),
+    // Yoga logs every GraphQL error it returns; those are the client's (typed, answered). Unexpected ones are logged
+    // once by maskError below, so yoga's own lines go to debug.
     logging: {
       debug: (...a: unknown[]) => logger.debug(String(a[0])),
       info: (...a: unknown[]) => logger.debug(String(a[0])),
-      warn: (...a: unknown[]) => logger.warn(String(a[0])),
-      error: (...a: unknown[]) => logger.error(String(a[0])),
+      warn: (...a: unknown[]) => logger.debug(String(a[0])),
+      error: (...a: unknown[]) => logger.debug(String(a[0])),
     },
     context: ({ request }) => buildContext(request.headers.get('authorization')),
     maskedErrors: {

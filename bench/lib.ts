@@ -1,0 +1,91 @@
+/** Shared by the benchmark and the soak script: start the real server as a child process and talk HTTP to it. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const SHARED = path.resolve(ROOT, '..', 'shared');
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A GraphQL multipart request body with one file bound to $f, encoded once and reused. */
+export function multipartBody(query: string, file: Buffer, name: string): { body: Buffer; type: string } {
+  const boundary = '----gatewaybench' + Math.random().toString(16).slice(2);
+  const operations = JSON.stringify({ query, variables: { f: null } });
+  const part = (headers: string, content: Buffer | string) => Buffer.concat([Buffer.from(`--${boundary}\r\n${headers}\r\n\r\n`), Buffer.isBuffer(content) ? content : Buffer.from(content), Buffer.from('\r\n')]);
+  const body = Buffer.concat([
+    part('Content-Disposition: form-data; name="operations"', operations),
+    part('Content-Disposition: form-data; name="map"', '{"0":["variables.f"]}'),
+    part(`Content-Disposition: form-data; name="0"; filename="${name}"\r\nContent-Type: application/octet-stream`, file),
+    Buffer.from(`--${boundary}--\r\n`),
+  ]);
+  return { body, type: `multipart/form-data; boundary=${boundary}` };
+}
+
+export function post(agent: http.Agent, port: number, body: Buffer, type: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: '/graphql', method: 'POST', agent, headers: { 'content-type': type, 'content-length': body.length, 'x-graphql-yoga-csrf': '1' } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+export interface RunningServer { port: number; child: ChildProcess; stop(): Promise<number | null> }
+
+/**
+ * A temporary repository (model name -> .onnx path and model.json) served by `node --import tsx src/main.ts`,
+ * as `npm start` runs it. Resolves once /ready answers 200.
+ */
+export async function startServer(models: Record<string, { onnx: string; config: unknown; files?: Record<string, string> }>, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<RunningServer> {
+  const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
+  for (const [name, m] of Object.entries(models)) {
+    await mkdir(path.join(repo, name, '1'), { recursive: true });
+    await symlink(m.onnx, path.join(repo, name, '1', 'model.onnx'));
+    await writeFile(path.join(repo, name, 'model.json'), JSON.stringify(m.config));
+    for (const [f, src] of Object.entries(m.files ?? {})) await symlink(src, path.join(repo, name, f));
+  }
+  const port = await freePort();
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
+    cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', MODEL_REPOSITORY: repo, LOG_LEVEL: 'warn', MODEL_POLL_INTERVAL_MS: '0', ...env }, stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const stop = async () => {
+    if (child.exitCode === null) child.kill('SIGTERM');
+    const code = await exited;
+    await rm(repo, { recursive: true, force: true });
+    return code;
+  };
+  for (let i = 0; ; i++) {
+    if (await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.ok, () => false)) break;
+    if (i > 600 || child.exitCode !== null) {
+      await stop();
+      throw new Error('gateway did not become ready');
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { port, child, stop };
+}
+
+/** Resident set size of a process, in MiB (Linux /proc). */
+export async function rssMiB(pid: number): Promise<number> {
+  const { readFile } = await import('node:fs/promises');
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return Math.round((kb / 1024) * 10) / 10;
+}
