@@ -2,32 +2,14 @@
  * Builds tiny ONNX models for unit tests (the project's own, no downloads): a protobuf writer for just the fields
  * of ModelProto, GraphProto, NodeProto, ValueInfoProto and AttributeProto that these graphs use.
  */
+import { concat, lengthDelimited, varintField } from '../src/repository/protobuf.ts';
+
 export const ElemType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 
 const enc = new TextEncoder();
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  while (n >= 0x80) {
-    out.push((n % 128) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
-}
-const concat = (parts: (Uint8Array | number[])[]) => {
-  const arrs = parts.map((p) => (p instanceof Uint8Array ? p : Uint8Array.from(p)));
-  const out = new Uint8Array(arrs.reduce((n, a) => n + a.length, 0));
-  let o = 0;
-  for (const a of arrs) {
-    out.set(a, o);
-    o += a.length;
-  }
-  return out;
-};
-const bytesField = (no: number, body: Uint8Array) => concat([varint(no * 8 + 2), varint(body.length), body]);
-const strField = (no: number, s: string) => bytesField(no, enc.encode(s));
-const intField = (no: number, v: number) => concat([varint(no * 8), varint(v)]);
+const bytesField = lengthDelimited;
+const strField = (no: number, str: string) => lengthDelimited(no, enc.encode(str));
+const intField = varintField;
 
 export interface ValueInfo { name: string; elemType: number; shape: (number | string)[] }
 export interface NodeSpec { op: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[]> }

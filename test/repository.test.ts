@@ -44,6 +44,8 @@ describe('model repository over GraphQL', () => {
     expect(byName.yolox.description).toBe('COCO detector');
     // yolox fixes its batch at 1; the gateway made it dynamic after a trial run, and says so
     expect(byName.yolox.inputs[0].shape).toEqual([null, 3, 416, 416]);
+    expect(byName.yolox.metadata.dynamicBatch).toMatch(/^rewritten/);
+    expect(byName.mobilenet.metadata).toEqual({});
   });
 
   it('answers inputShape, with dynamic dimensions as null', async () => {
@@ -118,7 +120,7 @@ describe('model repository over GraphQL', () => {
 
   it('unloads one version and updates the editable fields (persisted)', async () => {
     let r = await gw.gql(`mutation { updateModel(name: "yolox", description: "new words", metadata: { owner: "vision-team" }) { description metadata } }`);
-    expect(r.data.updateModel).toEqual({ description: 'new words', metadata: { owner: 'vision-team' } });
+    expect(r.data.updateModel).toEqual({ description: 'new words', metadata: { owner: 'vision-team', dynamicBatch: expect.stringMatching(/^rewritten/) } });
     const saved = JSON.parse(await readFile(path.join(gw.root, 'yolox', 'model.json'), 'utf8'));
     expect(saved.description).toBe('new words');
     expect(saved.metadata).toEqual({ owner: 'vision-team' });

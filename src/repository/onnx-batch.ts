@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { concat, fields, lengthDelimited } from './protobuf.ts';
 import { allocate, elementCount, type Engine, type LoadOptions, type Session, type Tensor, type TensorInfo } from '../engine/types.ts';
 
 /**
@@ -7,75 +8,7 @@ import { allocate, elementCount, type Engine, type LoadOptions, type Session, ty
  * what two single runs give. Only then is the rewritten graph served; otherwise the original, with batch size 1.
  */
 
-// --- a minimal protobuf reader/writer: enough to walk ModelProto -> GraphProto -> ValueInfoProto -> shape ---
-interface Field { no: number; wire: number; start: number; end: number; valueStart: number }
-
-function readVarint(buf: Uint8Array, pos: number): [number, number] {
-  let result = 0;
-  let shift = 0;
-  for (;;) {
-    if (pos >= buf.length) throw new Error('truncated varint');
-    const b = buf[pos++];
-    result += (b & 0x7f) * 2 ** shift;
-    if (b < 0x80) return [result, pos];
-    shift += 7;
-    if (shift > 63) throw new Error('varint too long');
-  }
-}
-
-function fields(buf: Uint8Array): Field[] {
-  const out: Field[] = [];
-  let pos = 0;
-  while (pos < buf.length) {
-    const start = pos;
-    const [key, p1] = readVarint(buf, pos);
-    const no = Math.floor(key / 8);
-    const wire = key & 7;
-    pos = p1;
-    let valueStart = pos;
-    if (wire === 0) [, pos] = readVarint(buf, pos);
-    else if (wire === 1) pos += 8;
-    else if (wire === 5) pos += 4;
-    else if (wire === 2) {
-      const [len, p2] = readVarint(buf, pos);
-      valueStart = p2;
-      pos = p2 + len;
-    } else throw new Error(`unsupported wire type ${wire}`);
-    if (pos > buf.length) throw new Error('truncated field');
-    out.push({ no, wire, start, end: pos, valueStart });
-  }
-  return out;
-}
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  while (n >= 0x80) {
-    out.push((n % 128) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
-}
-
-function lengthDelimited(no: number, body: Uint8Array): Uint8Array {
-  const head = [...varint(no * 8 + 2), ...varint(body.length)];
-  const out = new Uint8Array(head.length + body.length);
-  out.set(head);
-  out.set(body, head.length);
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
-/** Rewrite the sub-message at `path` (field numbers) of every matching field, keeping everything else byte for byte. */
+/** Rewrite (or drop, with null) length-delimited fields of a message, keeping everything else byte for byte. */
 function rewrite(buf: Uint8Array, fn: (no: number, body: Uint8Array) => Uint8Array | null | undefined): Uint8Array {
   const parts: Uint8Array[] = [];
   for (const f of fields(buf)) {

@@ -259,7 +259,6 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
       let mv = model.versions.get(v);
       if (!mv) {
         mv = new ModelVersion(model.name, v, file, {
-          engine: this.engine,
           logger: this.logger,
           publish: (e) => this.emit('status', e),
           openSession: (p) => this.openSession(p),

@@ -1,6 +1,6 @@
 import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { Engine, Session, TensorInfo } from '../engine/types.ts';
+import type { Session, TensorInfo } from '../engine/types.ts';
 import { Batcher, type Admission, type Feeds } from '../batching/batcher.ts';
 import { VersionStats } from '../batching/stats.ts';
 import type { BatchingConfig } from './model-config.ts';
@@ -29,7 +29,6 @@ const transitions: Record<VersionState, readonly VersionState[]> = {
 };
 
 export interface VersionDeps {
-  engine: Engine;
   logger: Logger;
   publish: (e: ModelStatusEvent) => void;
   /** Load a session; the repository may rewrite the graph first (dynamic batch). */

@@ -64,13 +64,6 @@ const ClassificationRef = builder.objectRef<{ predictions: Prediction[] }>('Clas
   fields: (t) => ({ predictions: t.field({ type: [PredictionRef], description: 'Best first.', resolve: (c) => c.predictions }) }),
 });
 
-const classifyArgs = (t: Parameters<Parameters<typeof builder.queryFields>[0]>[0]) => ({
-  model: t.arg.string({ required: true }),
-  version: t.arg.int(),
-  topK: t.arg.int({ description: 'Default 5.' }),
-  minConfidence: t.arg.float(),
-});
-
 type ObjectSource = { object: DetectedObject; image: DecodedImage };
 
 const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').implement({
@@ -167,7 +160,10 @@ const InferResultRef = builder.objectRef<{ outputs: TensorOutput[] }>('InferResu
 builder.queryFields((t) => ({
   classify: t.field({
     type: ClassificationRef,
-    args: { ...classifyArgs(t), image: t.arg({ type: ImageInput, required: true }) },
+    args: {
+      model: t.arg.string({ required: true }), version: t.arg.int(), image: t.arg({ type: ImageInput, required: true }),
+      topK: t.arg.int({ description: 'Default 5.' }), minConfidence: t.arg.float(),
+    },
     resolve: async (_, args, ctx) => ({
       predictions: await classifyImage(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits, args.topK ?? 5, args.minConfidence ?? 0),
     }),

@@ -81,7 +81,14 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
     name: t.exposeString('name'),
     task: t.string({ description: 'classification, detection, segmentation or raw (as in model.json).', resolve: (m) => m.config.task }),
     description: t.string({ resolve: (m) => m.config.description }),
-    metadata: t.field({ type: 'JSON', resolve: (m) => m.config.metadata }),
+    metadata: t.field({
+      type: 'JSON',
+      description: 'From model.json (editable with updateModel), plus `dynamicBatch` when the gateway had to decide how to batch a graph whose batch dimension is fixed (read-only, not persisted).',
+      resolve: (m) => {
+        const note = m.describedVersion()?.notes.dynamicBatch;
+        return note ? { ...m.config.metadata, dynamicBatch: note } : m.config.metadata;
+      },
+    }),
     updatedAt: t.field({ type: 'DateTime', resolve: (m) => m.updatedAt }),
     ready: t.boolean({ description: 'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose).', resolve: (m) => m.ready }),
     versions: t.field({ type: [VersionRef], resolve: (m) => [...m.versions.values()].sort((a, b) => a.version - b.version) }),
