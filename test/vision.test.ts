@@ -216,3 +216,34 @@ describe('top classes', () => {
     expect(topClasses(Float32Array.from([0.2, 0.5]), 5, 0.3)).toEqual([1]);
   });
 });
+
+describe('decoding only does what the header asks for', () => {
+  const rgbPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x8', resizeType: 'SQUASH' } }), [{ name: 'x', dtype: 'float32', shape: [1, 3, 8, 4], layout: null }]);
+  it('applies EXIF orientation', async () => {
+    // stored 40x20, white on the left; orientation 6 shows it turned 90 degrees clockwise: 20x40, white on top
+    const white = await sharp({ create: { width: 20, height: 20, channels: 3, background: '#fff' } }).png().toBuffer();
+    const stored = await sharp({ create: { width: 40, height: 20, channels: 3, background: '#000' } }).composite([{ input: white, left: 0, top: 0 }]).jpeg().withMetadata({ orientation: 6 }).toBuffer();
+    const img = await probeImage(stored, 1e6);
+    expect([img.width, img.height, img.needsRotate]).toEqual([20, 40, true]);
+    const { pixels, transform } = await resizeImage(img, rgbPlan, 1e6);
+    expect([transform.inputWidth, transform.inputHeight]).toEqual([4, 8]);
+    expect(pixels[0]).toBeGreaterThan(200); // top row white
+    expect(pixels[(7 * 4) * 3]).toBeLessThan(50); // bottom row black
+  });
+
+  it('expands grey (with alpha) to three channels, and turns colour grey for an L model', async () => {
+    const greyAlpha = await sharp(Buffer.alloc(8 * 8 * 2, 90).fill(255, 64), { raw: { width: 8, height: 8, channels: 2 } }).toColourspace('b-w').png().toBuffer();
+    expect((await sharp(greyAlpha).metadata()).channels).toBe(2);
+    const img = await probeImage(greyAlpha, 1e6);
+    expect(img.isGrey).toBe(true);
+    const { pixels } = await resizeImage(img, rgbPlan, 1e6);
+    expect(pixels.length).toBe(4 * 8 * 3);
+    expect(Math.abs(pixels[0] - pixels[1]) + Math.abs(pixels[1] - pixels[2])).toBeLessThanOrEqual(1);
+    const greyPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x4', colorChannels: 'L' } }), [{ name: 'x', dtype: 'float32', shape: [1, 1, 4, 4], layout: null }]);
+    const red = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#ff0000' } }).png().toBuffer();
+    const g = await resizeImage(await probeImage(red, 1e6), greyPlan, 1e6);
+    expect(g.pixels.length).toBe(16);
+    expect(g.pixels[0]).toBeGreaterThan(40);
+    expect(g.pixels[0]).toBeLessThan(160); // libvips converts by perceptual lightness (L*): red is mid-grey
+  });
+});

@@ -73,8 +73,14 @@ export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], me
 export interface DecodedImage {
   /** The original bytes (crops and drawings start from them). */
   bytes: Uint8Array;
+  /** Size after EXIF orientation. */
   width: number;
   height: number;
+  /** From the header: what the resize pipeline must do besides resizing (each step skipped costs nothing). */
+  needsRotate: boolean;
+  hasAlpha: boolean;
+  isGrey: boolean;
+  isSrgb: boolean;
 }
 
 /** Read the header only: size and format, before anything is decoded. */
@@ -95,7 +101,13 @@ export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<
   if (width * height > maxPixels) {
     throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`, { width, height, maxPixels });
   }
-  return { bytes, width, height };
+  return {
+    bytes, width, height,
+    needsRotate: (meta.orientation ?? 1) !== 1,
+    hasAlpha: meta.hasAlpha === true,
+    isGrey: meta.space === 'b-w' || meta.space === 'grey16' || meta.channels === 1 || (meta.channels === 2 && meta.hasAlpha === true),
+    isSrgb: meta.space === 'srgb' && (meta.channels === 3 || meta.channels === 4),
+  };
 }
 
 function roundTo(v: number, multiple: number, offset: number): number {
@@ -106,7 +118,8 @@ function roundTo(v: number, multiple: number, offset: number): number {
 export async function resizeImage(img: DecodedImage, plan: InputPlan, maxPixels: number): Promise<{ pixels: Buffer; transform: ImageTransform }> {
   const { width: W0, height: H0 } = img;
   const pre = plan.pre;
-  let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error' }).rotate();
+  let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error' });
+  if (img.needsRotate) s = s.rotate();
   let tw: number;
   let th: number;
   let scaleX: number;
@@ -163,7 +176,11 @@ export async function resizeImage(img: DecodedImage, plan: InputPlan, maxPixels:
       break;
     }
   }
-  s = plan.channels === 1 ? s.flatten({ background: '#ffffff' }).grayscale() : s.flatten({ background: '#ffffff' }).toColourspace('srgb');
+  // alpha is dropped (flattened on white); grey images become three channels where the model wants three
+  if (img.hasAlpha) s = s.flatten({ background: '#ffffff' });
+  if (plan.channels === 1) {
+    if (!img.isGrey) s = s.grayscale();
+  } else if (!img.isSrgb || img.hasAlpha) s = s.toColourspace('srgb');
   let out: { data: Buffer; info: OutputInfo };
   try {
     out = await s.raw().toBuffer({ resolveWithObject: true });
