@@ -17,15 +17,24 @@ export async function resolveUnderRoots(requested: string, roots: readonly strin
   if (roots.length === 0 || typeof requested !== 'string' || requested === '' || requested.includes('\0')) throw deny();
   const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => path.resolve(r))));
   const lexical = path.resolve(realRoots[0], requested);
-  let real: string;
-  try {
-    real = await realpath(lexical);
-  } catch {
-    if (realRoots.some((r) => isInside(lexical, r))) {
-      throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} does not exist`);
-    }
-    throw deny();
-  }
+  const { real, exists } = await realpathOfDeepestExisting(lexical);
   if (!realRoots.some((r) => isInside(real, r))) throw deny();
+  if (!exists) throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} does not exist`);
   return real;
+}
+
+/** The real path of p; for a path that does not exist, the real path of its deepest existing ancestor plus the rest. */
+async function realpathOfDeepestExisting(p: string): Promise<{ real: string; exists: boolean }> {
+  const rest: string[] = [];
+  let cur = p;
+  for (;;) {
+    try {
+      return { real: path.join(await realpath(cur), ...rest), exists: rest.length === 0 };
+    } catch {
+      const parent = path.dirname(cur);
+      if (parent === cur) return { real: p, exists: false };
+      rest.unshift(path.basename(cur));
+      cur = parent;
+    }
+  }
 }

@@ -247,3 +247,26 @@ describe('decoding only does what the header asks for', () => {
     expect(g.pixels[0]).toBeLessThan(160); // libvips converts by perceptual lightness (L*): red is mid-grey
   });
 });
+
+describe('allowed roots', () => {
+  it('resolves .. and symlinks, also for paths that do not exist yet, and under a symlinked root', async () => {
+    const { mkdtemp, mkdir, symlink, writeFile } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { resolveUnderRoots } = await import('../src/paths.ts');
+    const base = await mkdtemp(path.join(os.tmpdir(), 'gw-roots-'));
+    await mkdir(path.join(base, 'real', 'images'), { recursive: true });
+    await writeFile(path.join(base, 'real', 'images', 'a.jpg'), 'x');
+    await writeFile(path.join(base, 'secret'), 'x');
+    await symlink(path.join(base, 'real'), path.join(base, 'linked'));
+    const root = path.join(base, 'linked', 'images'); // a root reached through a symlink
+    expect(await resolveUnderRoots(path.join(root, 'a.jpg'), [root])).toBe(path.join(base, 'real', 'images', 'a.jpg'));
+    expect(await resolveUnderRoots('a.jpg', [root])).toBe(path.join(base, 'real', 'images', 'a.jpg'));
+    await expect(resolveUnderRoots(path.join(root, 'missing.jpg'), [root])).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(resolveUnderRoots(path.join(root, 'no', 'such', 'dir.jpg'), [root])).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(resolveUnderRoots(path.join(root, '..', '..', 'secret'), [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
+    await expect(resolveUnderRoots(path.join(root, '..', '..', 'nothing-here'), [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
+    await expect(resolveUnderRoots('/etc/passwd', [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
+    await expect(resolveUnderRoots('a.jpg', [])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
+  });
+});
