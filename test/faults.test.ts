@@ -30,6 +30,20 @@ describe('faults while serving', () => {
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
   });
 
+  it('an engine thread that dies takes its requests with it, then the version reloads itself', async () => {
+    const serving = gw.repository.get('mobilenet')!.servingVersion()!;
+    const events: string[] = [];
+    const listener = (e: { version: number; state: string; errorCode: string | null }) => e.version === serving.version && events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`);
+    gw.repository.on('status', listener);
+    // simulate a native crash of ONNX Runtime: the session's worker thread goes away
+    await (serving.session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await until(() => events.includes('AVAILABLE'), 15_000, 'the version came back');
+    gw.repository.off('status', listener);
+    expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
+    expect((await classify()).data.classify.predictions[0].classId).toBe(340);
+    expect(gw.logs.some((l) => l.includes('"msg":"engine failed"'))).toBe(true);
+  });
+
   it('a model file corrupted on disk while loaded keeps serving from memory', async () => {
     await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), 'overwritten'); // version 2 is the one serving
     await new Promise((r) => setTimeout(r, 300)); // the watcher has looked

@@ -33,6 +33,8 @@ class WorkerSession implements Session {
   private readonly pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private dead: Error | null = null;
+  private closing = false;
+  private failureListeners: ((e: Error) => void)[] = [];
 
   constructor(private readonly worker: Worker) {
     worker.on('message', (msg: { id: number; ok: boolean; error?: string }) => {
@@ -43,9 +45,11 @@ class WorkerSession implements Session {
       else p.reject(new Error(msg.error));
     });
     const fail = (e: Error) => {
+      if (this.dead) return;
       this.dead = e;
       for (const p of this.pending.values()) p.reject(e);
       this.pending.clear();
+      if (!this.closing) for (const l of this.failureListeners) l(e);
     };
     worker.on('error', (e) => fail(new Error(`engine worker failed: ${e.message}`)));
     worker.on('exit', (code) => fail(new Error(`engine worker exited (${code})`)));
@@ -97,7 +101,12 @@ class WorkerSession implements Session {
     return out;
   }
 
+  onFailure(listener: (error: Error) => void): void {
+    this.failureListeners.push(listener);
+  }
+
   async close(): Promise<void> {
+    this.closing = true;
     if (!this.dead) await this.request({ type: 'close' }).catch(() => undefined);
     await this.worker.terminate();
   }

@@ -27,6 +27,8 @@ export interface Session {
   readonly outputs: TensorInfo[];
   run(feeds: Record<string, Tensor>, outputNames?: string[]): Promise<Record<string, Tensor>>;
   close(): Promise<void>;
+  /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
+  onFailure?(listener: (error: Error) => void): void;
 }
 
 export interface LoadOptions {

@@ -51,6 +51,10 @@ export class ModelVersion {
   inputs: TensorInfo[] = [];
   outputs: TensorInfo[] = [];
   private unloading: Promise<void> | null = null;
+  private batching: BatchingConfig | null = null;
+  /** Engine failures in a row (reset once a reload has served a request). */
+  private engineFailures = 0;
+  static readonly MAX_ENGINE_RESTARTS = 3;
 
   constructor(readonly model: string, readonly version: number, public modelPath: string, private readonly deps: VersionDeps) {}
 
@@ -80,6 +84,8 @@ export class ModelVersion {
     }
     try {
       const { session, notes } = await this.deps.openSession(this.modelPath);
+      this.batching = batching;
+      session.onFailure?.((e) => void this.engineFailed(e));
       this.session = session;
       this.notes = notes;
       this.inputs = session.inputs;
@@ -100,8 +106,24 @@ export class ModelVersion {
     }
   }
 
-  /** AVAILABLE -> UNLOADING (new requests refused) -> wait for requests in flight -> END. */
-  unload(): Promise<void> {
+  /**
+   * The engine under this version died (its thread crashed): requests in flight fail with INFERENCE_FAILED, the version
+   * ends with ENGINE_FAILED and reloads itself, with a growing pause, up to MAX_ENGINE_RESTARTS times in a row.
+   */
+  private async engineFailed(error: Error): Promise<void> {
+    if (this.state !== 'AVAILABLE') return;
+    this.deps.logger.error('engine failed', { model: this.model, version: this.version, error: error.message });
+    await this.unload({ code: 'ENGINE_FAILED', message: `the engine stopped: ${error.message}` });
+    if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !this.batching) return;
+    const batching = this.batching;
+    const wait = 250 * 2 ** (this.engineFailures - 1);
+    setTimeout(() => {
+      if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(batching);
+    }, wait).unref();
+  }
+
+  /** AVAILABLE -> UNLOADING (new requests refused) -> wait for requests in flight -> END (with an error, if given). */
+  unload(error?: { code: string; message: string }): Promise<void> {
     if (this.unloading) return this.unloading;
     if (this.state !== 'AVAILABLE') return Promise.resolve();
     this.transition('UNLOADING');
@@ -114,7 +136,7 @@ export class ModelVersion {
       }
       this.session = null;
       this.batcher = null;
-      this.transition('END');
+      this.transition('END', error);
       this.unloading = null;
     })();
     return this.unloading;
@@ -128,6 +150,7 @@ export class ModelVersion {
     if (this.state !== 'AVAILABLE' || !this.batcher) {
       throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, { state: this.state });
     }
+    if (this.engineFailures > 0 && this.stats.requests > 0) this.engineFailures = 0; // the reload served: start over
     return this.batcher.admit();
   }
 }
