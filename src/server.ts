@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { GraphQLError, type ExecutionArgs } from 'graphql';
 import { createYoga, type Plugin, type YogaServerInstance } from 'graphql-yoga';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createFetch } from '@whatwg-node/fetch';
 import { WebSocketServer } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
@@ -165,6 +166,9 @@ export function createGateway({ config, repository, logger }: GatewayDeps): Gate
     landingPage: false,
     healthCheckEndpoint: '/yoga/health', // /health is ours (JSON)
     graphiql: config.graphiql ? { title: 'GraphQL inference gateway', defaultQuery: DEFAULT_QUERY, subscriptionsProtocol: 'WS' } : false,
+    // GraphiQL served from the package itself: yoga's default page loads its scripts from a CDN, which a gateway on a
+    // closed network cannot reach
+    renderGraphiQL,
     cors: config.corsOrigins ? { origin: config.corsOrigins, credentials: true, allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'] } : undefined,
     fetchAPI: createFetch({
       formDataLimits: { fileSize: config.maxUploadBytes, files: config.maxFilesPerRequest, fieldSize: config.maxUploadBytes, fields: 64, parts: config.maxFilesPerRequest + 64 },

@@ -110,7 +110,7 @@ describe('limits', () => {
   beforeAll(async () => {
     gw = await startGateway({
       models: models(),
-      env: { MAX_UPLOAD_BYTES: '200000', MAX_FILES_PER_REQUEST: '2', MAX_IMAGES_PER_REQUEST: '2', MAX_QUERY_DEPTH: '6', MAX_ALIASES: '3', MAX_WS_CONNECTIONS_PER_CLIENT: '2', MAX_SUBSCRIPTIONS_PER_CONNECTION: '2' },
+      env: { MAX_UPLOAD_BYTES: '200000', MAX_FILES_PER_REQUEST: '2', MAX_IMAGES_PER_REQUEST: '2', MAX_QUERY_DEPTH: '4', MAX_ALIASES: '3', MAX_WS_CONNECTIONS_PER_CLIENT: '2', MAX_SUBSCRIPTIONS_PER_CONNECTION: '2' },
     });
   });
   afterAll(() => gw?.close());
@@ -135,8 +135,15 @@ describe('limits', () => {
     const three = `query($f: File!) { a: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } b: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } c: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
     const r = await gw.gql(three, { f: null }, { files: { f: image('bee.jpeg') } });
     expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED']);
-    const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } inputs { name } } __schema { types { fields { type { ofType { ofType { ofType { name } } } } } } } }`);
+    const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } } }`);
     expect(errorCode(deep)).toBe('LIMIT_EXCEEDED');
+    expect(deep.errors![0].message).toMatch(/depth 5 exceeds the limit of 4/);
+    // through fragments too
+    const viaFragment = await gw.gql(`query { models { ...M } } fragment M on Model { versions { stats { batchSizes { size } } } }`);
+    expect(errorCode(viaFragment)).toBe('LIMIT_EXCEEDED');
+    // introspection is not counted: GraphiQL's schema query is deeper than any limit a server would set
+    const introspection = await gw.gql(`{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }`);
+    expect(introspection.errors).toBeUndefined();
     const aliases = await gw.gql(`{ a: models { name } b: models { name } c: models { name } d: models { name } }`);
     expect(errorCode(aliases)).toBe('LIMIT_EXCEEDED');
     expect((await gw.gql(`{ a: models { name } b: models { name } }`)).errors).toBeUndefined();

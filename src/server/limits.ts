@@ -3,7 +3,10 @@ import { ErrorCode } from '../errors.ts';
 
 const limitError = (message: string) => new GraphQLError(message, { extensions: { code: ErrorCode.LIMIT_EXCEEDED, http: { status: 400 } } });
 
-/** Rejects operations deeper than maxDepth (fragments followed, cycles cut). */
+/**
+ * Rejects operations deeper than maxDepth (fragments followed, cycles cut). Introspection (`__schema`, `__type`) is
+ * not counted, as in graphql-armor: GraphiQL's own schema query is 15 levels deep, and its depth is cheap.
+ */
 export function depthLimitRule(maxDepth: number) {
   return (context: ValidationContext): ASTVisitor => {
     const fragments = new Map<string, FragmentDefinitionNode>();
@@ -13,7 +16,7 @@ export function depthLimitRule(maxDepth: number) {
       let max = 0;
       for (const sel of set.selections) {
         let d = 0;
-        if (sel.kind === Kind.FIELD) d = sel.selectionSet ? 1 + depth(sel.selectionSet, seen) : 1;
+        if (sel.kind === Kind.FIELD) d = sel.name.value.startsWith('__') ? 0 : sel.selectionSet ? 1 + depth(sel.selectionSet, seen) : 1;
         else if (sel.kind === Kind.INLINE_FRAGMENT) d = depth(sel.selectionSet, seen);
         else if (!seen.has(sel.name.value)) {
           const f = fragments.get(sel.name.value);
