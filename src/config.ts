@@ -121,4 +121,3 @@ export function usage(): string {
   return 'Usage: npm start -- [flags]\n\n' + SETTINGS.map((st) => `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help} (default: ${JSON.stringify(st.fallback)})`).join('\n');
 }
 
-export const defaultConfig = (): Config => loadConfig({}, []);

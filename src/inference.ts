@@ -53,7 +53,7 @@ async function admitted<T>(version: ModelVersion, fn: (infer: (feeds: Feeds) => 
   }
 }
 
-export interface ImageRun {
+interface ImageRun {
   model: Model;
   version: ModelVersion;
   image: DecodedImage;
@@ -64,7 +64,7 @@ export interface ImageRun {
 
 async function runImage(repo: ModelRepository, task: Task, name: string, versionNo: number | null | undefined, bytes: Uint8Array, limits: InferenceLimits): Promise<ImageRun> {
   const version = repo.resolve(name, versionNo);
-  const model = repo.get(name)!;
+  const model = repo.require(name);
   checkTask(model, task);
   return admitted(version, async (infer) => {
     const plan = planFor(model, version);

@@ -189,9 +189,6 @@ export function createGateway({ config, repository, logger }: GatewayDeps): Gate
         const isGraphQLError = (e: unknown) => e instanceof Error && e.name === 'GraphQLError';
         if (isGraphQLError(error) && (original === error || isGraphQLError(original))) return error as GraphQLError;
         const message = original instanceof Error ? original.message : String(original);
-        if (/limit exceeded|too large|maximum/i.test(message) && /file|field|part/i.test(message)) {
-          return gqlError(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, message));
-        }
         logger.error('unexpected error', { error: message, stack: original instanceof Error ? original.stack : undefined });
         return new GraphQLError('Unexpected error.', { path: error instanceof GraphQLError ? error.path : undefined, extensions: { code: 'INTERNAL_SERVER_ERROR', http: { status: 500 } } });
       },

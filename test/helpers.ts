@@ -134,7 +134,7 @@ function setPath(obj: Record<string, unknown>, p: string, value: unknown): void 
   o[keys.at(-1)!] = value;
 }
 
-/** The first error code of a result (fails the test when there is none). */
+/** The first error code of a result (undefined when it has none). */
 export function errorCode(r: GqlResult<unknown>): string | undefined {
   return r.errors?.[0]?.extensions?.code;
 }

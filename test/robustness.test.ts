@@ -1,4 +1,5 @@
 import { readFile, rm, mkdtemp, symlink } from 'node:fs/promises';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -121,6 +122,25 @@ describe('limits', () => {
     expect(errorCode(r)).toBe('PAYLOAD_TOO_LARGE');
     const ok = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') } });
     expect(ok.data.classify.predictions[0].classId).toBe(309);
+  });
+
+  it('refuses an oversized file sent without Content-Length (chunked) with 413 and PAYLOAD_TOO_LARGE', async () => {
+    const boundary = 'limit-test';
+    const ops = JSON.stringify({ query: CLASSIFY, variables: { f: null } });
+    const head = `--${boundary}\r\nContent-Disposition: form-data; name="operations"\r\n\r\n${ops}\r\n--${boundary}\r\nContent-Disposition: form-data; name="map"\r\n\r\n{"0":["variables.f"]}\r\n--${boundary}\r\nContent-Disposition: form-data; name="0"; filename="big.bin"\r\n\r\n`;
+    const body = Buffer.concat([Buffer.from(head), Buffer.alloc(300_000, 1), Buffer.from(`\r\n--${boundary}--\r\n`)]);
+    const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = http.request(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'transfer-encoding': 'chunked', 'x-graphql-yoga-csrf': '1' } }, (res) => {
+        let t = '';
+        res.on('data', (d) => (t += d));
+        res.on('end', () => resolve({ status: res.statusCode!, text: t }));
+      });
+      req.on('error', reject);
+      req.write(body.subarray(0, 1000)); // no Content-Length: the up-front check cannot see the size
+      req.end(body.subarray(1000));
+    });
+    expect(status).toBe(413);
+    expect(JSON.parse(text).errors[0].extensions.code).toBe('PAYLOAD_TOO_LARGE');
   });
 
   it('refuses more files than MAX_FILES_PER_REQUEST', async () => {

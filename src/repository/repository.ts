@@ -141,10 +141,16 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
     return this.started && this.models().every((m) => m.ready);
   }
 
-  /** The version a request runs on: MODEL_NOT_FOUND for unknown names or versions, MODEL_NOT_READY otherwise. */
-  resolve(name: string, version?: number | null): ModelVersion {
+  /** The model of that name, or MODEL_NOT_FOUND. */
+  require(name: string): Model {
     const model = this.byName.get(name);
     if (!model) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)}`);
+    return model;
+  }
+
+  /** The version a request runs on: MODEL_NOT_FOUND for unknown names or versions, MODEL_NOT_READY otherwise. */
+  resolve(name: string, version?: number | null): ModelVersion {
+    const model = this.require(name);
     if (version === undefined || version === null) {
       const v = model.servingVersion();
       if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} has no AVAILABLE version`);
@@ -435,8 +441,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
 
   /** unloadModel: one version, or the whole model. The watcher leaves it unloaded until loadModel. */
   async unload(name: string, version?: number | null): Promise<Model> {
-    const model = this.byName.get(name);
-    if (!model) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)}`);
+    const model = this.require(name);
     if (version !== undefined && version !== null && !model.versions.has(version)) {
       throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
     }
@@ -454,8 +459,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
 
   /** updateModel: only description and metadata; persisted to model.json when the model lives in the repository. */
   async update(name: string, changes: { description?: string | null; metadata?: unknown }): Promise<Model> {
-    const model = this.byName.get(name);
-    if (!model) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)}`);
+    const model = this.require(name);
     if (changes.metadata !== undefined && changes.metadata !== null && (typeof changes.metadata !== 'object' || Array.isArray(changes.metadata))) {
       throw new GatewayError(ErrorCode.INVALID_INPUT, 'metadata must be a JSON object');
     }

@@ -25,13 +25,18 @@ type ImageArg = { file?: File | null; base64?: string | null; path?: string | nu
 
 const BASE64_RE = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
 
+/** Every image (and infer call) of a request counts toward MAX_IMAGES_PER_REQUEST. */
+function countImage(ctx: Context): void {
+  if (++ctx.imageCount.n > ctx.limits.maxImagesPerRequest) {
+    throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images or inferences in one request`);
+  }
+}
+
 /** The bytes of an ImageInput; counts toward the request's image limit. */
 export async function imageBytes(image: ImageArg, ctx: Context): Promise<Uint8Array> {
   const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
   if (given !== 1) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path');
-  if (++ctx.imageCount.n > ctx.limits.maxImagesPerRequest) {
-    throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images in one request`);
-  }
+  countImage(ctx);
   if (image.file) return new Uint8Array(await image.file.arrayBuffer());
   if (image.base64 !== undefined && image.base64 !== null) {
     const s = image.base64.replace(/^data:[^,]*;base64,/, '');
@@ -77,7 +82,7 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       description: 'Crop this box from the original photo and classify it: a pipeline in one query.',
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx) => {
-        if (++ctx.imageCount.n > ctx.limits.maxImagesPerRequest) throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images in one request`);
+        countImage(ctx);
         const crop = await cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
         return { predictions: await classifyImage(ctx.repository, args.model, args.version, crop, ctx.limits, args.topK ?? 5, args.minConfidence ?? 0) };
       },
@@ -189,8 +194,7 @@ builder.queryFields((t) => ({
       inputs: t.arg({ type: [TensorInput], required: true }), outputs: t.arg.stringList(),
     },
     resolve: async (_, args, ctx) => {
-      ctx.imageCount.n += 1;
-      if (ctx.imageCount.n > ctx.limits.maxImagesPerRequest) throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} inferences in one request`);
+      countImage(ctx);
       return { outputs: await inferTensors(ctx.repository, args.model, args.version, args.inputs, args.outputs) };
     },
   }),

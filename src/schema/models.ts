@@ -131,8 +131,7 @@ builder.queryType({
       description: 'The shape of an input (default: the first) of a version (default: the serving one); dynamic dimensions are null.',
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), input: t.arg.string() },
       resolve: (_, args, ctx) => {
-        const model = ctx.repository.get(args.model);
-        if (!model) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(args.model)}`);
+        const model = ctx.repository.require(args.model);
         const v = args.version ? model.versions.get(args.version) : model.describedVersion();
         if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version ${args.version ?? ''}`.trim());
         if (v.inputs.length === 0) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${args.model} version ${v.version} has not loaded`);
