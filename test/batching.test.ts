@@ -90,6 +90,19 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(() => b.admit()).not.toThrow();
   });
 
+  it('keeps no queue for a shape once its batch has gone (clients choose the shapes)', async () => {
+    const b = new Batcher(recorder().run, options);
+    const results = Promise.all(Array.from({ length: 50 }, (_, i) => b.infer(item(i, i + 1))));
+    expect(b.openQueues).toBe(50);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect((await results).map(value)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    expect(b.openQueues).toBe(0);
+    // a shape seen before batches as usual
+    const again = Promise.all([b.infer(item(7, 3)), b.infer(item(8, 3))]);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect((await again).map(value)).toEqual([8, 9]);
+  });
+
   it('runs one engine call at a time and gives DEADLINE_EXCEEDED to items that waited too long', async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));

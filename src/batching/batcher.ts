@@ -118,6 +118,11 @@ export class Batcher {
     return this.admitted;
   }
 
+  /** Shapes with a batch still open. A queue exists only while its batch is open, so this stays bounded. */
+  get openQueues(): number {
+    return this.loaders.size;
+  }
+
   /** Admit one request (call before preprocessing). Throws QUEUE_FULL at the bound. */
   admit(): Admission {
     if (this.admitted >= this.options.maxQueueSize) {
@@ -181,6 +186,9 @@ export class Batcher {
             else clearImmediate(timer as NodeJS.Immediate);
             if (slot.due) this.due.splice(this.due.indexOf(slot), 1);
             if (e.current === slot) e.current = null;
+            // Forget the queue once its batch closes: with NETWORK resizing every image size is a shape, and a map
+            // kept per shape would grow with whatever sizes clients send. The next item of this shape starts afresh.
+            if (this.loaders.get(key) === e) this.loaders.delete(key);
             callback();
           };
           e.current = slot;
