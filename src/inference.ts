@@ -30,6 +30,14 @@ function planFor(model: Model, version: ModelVersion): InputPlan {
   return plan;
 }
 
+/**
+ * At load: an image task's preprocessing must fit the model's input (channels, data type, a target size where the
+ * input's spatial size is dynamic, a mean file of the right size). Raw models take tensors as they are.
+ */
+export function checkImageInput(model: Model, session: Session): void {
+  if (model.config.task !== 'raw') planInput(model.config, session.inputs, model.mean);
+}
+
 function checkTask(model: Model, task: Task): void {
   if (model.config.task !== task) {
     throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${model.name} is a ${model.config.task} model, not ${task}`);

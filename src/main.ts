@@ -4,6 +4,7 @@ import { createLogger } from './log.ts';
 import { createEngine } from './engine/index.ts';
 import { ModelRepository } from './repository/repository.ts';
 import { createGateway } from './server.ts';
+import { checkImageInput } from './inference.ts';
 
 const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
 
@@ -36,6 +37,7 @@ async function main(): Promise<void> {
     pollIntervalMs: config.pollIntervalMs,
     dynamicBatch: config.dynamicBatch,
     loadOptions: { intraOpThreads: config.engineThreads },
+    checkModel: checkImageInput,
   });
   const gateway = createGateway({ config, repository, logger });
   const { url } = await gateway.listen();

@@ -8,6 +8,7 @@ import { createLogger } from '../src/log.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnxruntime.ts';
 import { ModelRepository } from '../src/repository/repository.ts';
 import { createGateway, type Gateway } from '../src/server.ts';
+import { checkImageInput } from '../src/inference.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Fixtures live beside the checkout (CI has them there); they are read, never copied into the project. */
@@ -77,7 +78,7 @@ export async function startGateway(opts: { models?: Record<string, ModelSpec>; r
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', MODEL_REPOSITORY: root, LOG_LEVEL: 'info', ...opts.env }, []);
   const logs: string[] = [];
   const logger = createLogger(config.logLevel, {}, (line) => logs.push(line));
-  const repository = new ModelRepository({ root, engine: createOnnxRuntimeEngine(), logger, modelRoots: config.modelRoots, pollIntervalMs: opts.pollIntervalMs ?? 0, dynamicBatch: config.dynamicBatch });
+  const repository = new ModelRepository({ root, engine: createOnnxRuntimeEngine(), logger, modelRoots: config.modelRoots, pollIntervalMs: opts.pollIntervalMs ?? 0, dynamicBatch: config.dynamicBatch, checkModel: checkImageInput });
   const gateway = createGateway({ config, repository, logger });
   const { url } = await gateway.listen();
   await repository.start();

@@ -156,6 +156,12 @@ describe('model repository over GraphQL', () => {
     const bad = await gw.gql(`mutation { loadModel(name: "badconfig") { versions { state errorCode errorMessage } } }`);
     expect(bad.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
     expect(bad.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.resizeType/);
+    // a model.json that parses but does not fit the model fails the load too, not every request afterwards
+    await addModel(gw.root, 'misfit', { onnx: sharedModel('mobilenetv2-12-int8'), config: { task: 'classification', preprocessing: { colorChannels: 'L' } } });
+    const misfit = await gw.gql(`mutation { loadModel(name: "misfit") { versions { state errorCode errorMessage } } }`);
+    expect(misfit.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
+    expect(misfit.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.colorChannels: L gives 1 channel\(s\) but input input has 3/);
+    await rm(path.join(gw.root, 'misfit'), { recursive: true });
     await rm(path.join(gw.root, 'corrupt'), { recursive: true });
     await rm(path.join(gw.root, 'badconfig'), { recursive: true });
   });

@@ -87,6 +87,11 @@ export interface RepositoryOptions {
   dynamicBatch?: boolean;
   /** Engine options for every session (threads). */
   loadOptions?: LoadOptions;
+  /**
+   * Does the model's configuration fit the loaded session (e.g. its preprocessing fits the image input)? Throws when
+   * not, and the load ends with that error. Supplied by the layer that knows what a task needs.
+   */
+  checkModel?: (model: Model, session: Session) => void;
 }
 
 const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
@@ -99,13 +104,14 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
   private readonly pollIntervalMs: number;
   private readonly dynamicBatch: boolean;
   private readonly loadOptions: LoadOptions;
+  private readonly checkModel: RepositoryOptions['checkModel'];
   private readonly byName = new Map<string, Model>();
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
   private closed = false;
   private started = false;
 
-  constructor({ root, engine, logger, modelRoots = [], pollIntervalMs = 1000, dynamicBatch = true, loadOptions = {} }: RepositoryOptions) {
+  constructor({ root, engine, logger, modelRoots = [], pollIntervalMs = 1000, dynamicBatch = true, loadOptions = {}, checkModel }: RepositoryOptions) {
     super();
     this.setMaxListeners(0);
     this.root = path.resolve(root);
@@ -115,6 +121,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
     this.pollIntervalMs = pollIntervalMs;
     this.dynamicBatch = dynamicBatch;
     this.loadOptions = loadOptions;
+    this.checkModel = checkModel;
   }
 
   /** Scan the repository, load what its policies ask for, and start watching. */
@@ -268,6 +275,7 @@ export class ModelRepository extends EventEmitter<{ status: [ModelStatusEvent] }
           logger: this.logger,
           publish: (e) => this.emit('status', e),
           openSession: (p) => this.openSession(p),
+          check: this.checkModel && ((session) => this.checkModel!(model, session)),
         });
         model.versions.set(v, mv);
       }

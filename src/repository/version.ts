@@ -1,4 +1,4 @@
-import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Session, TensorInfo } from '../engine/types.ts';
 import { Batcher, type Admission, type Feeds } from '../batching/batcher.ts';
@@ -33,6 +33,8 @@ export interface VersionDeps {
   publish: (e: ModelStatusEvent) => void;
   /** Load a session; the repository may rewrite the graph first (dynamic batch). */
   openSession: (modelPath: string) => Promise<{ session: Session; notes: Record<string, unknown> }>;
+  /** Throws (a GatewayError names the field) when the model's configuration does not fit the loaded session. */
+  check?: (session: Session) => void;
 }
 
 export class ModelVersion {
@@ -84,6 +86,14 @@ export class ModelVersion {
     }
     try {
       const { session, notes } = await this.deps.openSession(this.modelPath);
+      try {
+        this.deps.check?.(session);
+      } catch (e) {
+        await session.close().catch(() => undefined);
+        const code = isGatewayError(e) ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
+        this.transition('END', { code, message: errorMessage(e) });
+        return;
+      }
       this.batching = batching;
       session.onFailure?.((e) => void this.engineFailed(e));
       this.session = session;
