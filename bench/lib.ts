@@ -8,7 +8,30 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-export const SHARED = path.resolve(ROOT, '..', 'shared');
+/** The project's own fixtures: photos in test/fixtures/images, models in the default repository (models/). */
+export const IMAGES = path.join(ROOT, 'test', 'fixtures', 'images');
+export const modelFile = (name: string) => path.join(ROOT, 'models', name, '1', 'model.onnx');
+export const modelAsset = (name: string, file: string) => path.join(ROOT, 'models', name, file);
+
+/**
+ * Every server this process started is killed when it ends, however it ends (normal exit, an exception, Ctrl-C,
+ * SIGTERM), so a failing benchmark never leaves a server behind.
+ */
+const children = new Set<ChildProcess>();
+const killAll = () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+};
+process.once('exit', killAll);
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(130);
+  });
+}
+process.once('uncaughtException', (e) => {
+  console.error(e);
+  process.exit(1); // 'exit' kills the servers
+});
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -64,7 +87,11 @@ export async function startServer(models: Record<string, { onnx: string; config:
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
     cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', MODEL_REPOSITORY: repo, LOG_LEVEL: 'warn', MODEL_POLL_INTERVAL_MS: '0', ...env }, stdio: ['ignore', 'inherit', 'inherit'],
   });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  children.add(child);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
+    children.delete(child);
+    resolve(code);
+  }));
   const stop = async () => {
     if (child.exitCode === null) child.kill('SIGTERM');
     const code = await exited;

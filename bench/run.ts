@@ -1,7 +1,8 @@
 /**
  * npm run bench: throughput and latency of the gateway against the in-process limit, with batching on and off,
  * at concurrency 1, 4, 16 and 64, all measured side by side in one run. Writes bench/results.json and
- * bench/chart.svg. Needs ../shared (models and photos). Only talks to 127.0.0.1.
+ * bench/chart.svg. Uses the project's own model (models/mobilenet) and photos (test/fixtures/images). Only talks to
+ * 127.0.0.1; the server it starts is stopped however the run ends.
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -13,9 +14,9 @@ import { parseModelConfig } from '../src/repository/model-config.ts';
 import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { classify } from '../src/vision/classification.ts';
 import { renderChart } from './chart.ts';
-import { ROOT, SHARED, multipartBody, post, startServer } from './lib.ts';
+import { IMAGES, ROOT, modelFile, multipartBody, post, startServer } from './lib.ts';
 
-const MODEL = path.join(SHARED, 'models', 'mobilenetv2-12-int8', 'model.onnx');
+const MODEL = modelFile('mobilenet');
 const PHOTOS = ['airliner.jpeg', 'arctic-fox.jpeg', 'bee.jpeg', 'golden_retriever.jpeg', 'gorilla.jpeg', 'magnetic_compass.jpeg', 'peacock.jpeg', 'pelican.jpeg', 'snail.jpeg', 'zebra.jpeg'];
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,4,16,64').split(',').map(Number);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -88,7 +89,7 @@ function median(points: Point[]): Point {
 }
 
 async function main() {
-  const photos = await Promise.all(PHOTOS.map((p) => readFile(path.join(SHARED, 'images', p))));
+  const photos = await Promise.all(PHOTOS.map((p) => readFile(path.join(IMAGES, p))));
   console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved`);
 
   // --- in-process limit: the same decode, preprocess, batcher and engine; no HTTP, no GraphQL ---
@@ -133,7 +134,7 @@ async function main() {
       return { batches: st.batches, items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0) };
     };
     const gateway = (mode: string, model: string): Runner => {
-      const query = `query($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`;
+      const query = `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`;
       const bodies = photos.map((p, i) => multipartBody(query, p, PHOTOS[i]));
       return {
         mode, stats: stats(model),

@@ -7,11 +7,10 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
-import { ROOT, SHARED, multipartBody, post, rssMiB, startServer } from './lib.ts';
+import { IMAGES, ROOT, modelAsset, modelFile, multipartBody, post, rssMiB, startServer } from './lib.ts';
 
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 600);
 const CONCURRENCY = Number(process.env.SOAK_CONCURRENCY ?? 64);
-const model = (name: string) => path.join(SHARED, 'models', name, 'model.onnx');
 
 async function main() {
   const mobilenet = {
@@ -19,17 +18,17 @@ async function main() {
     preprocessing: { resizeType: 'CROP', cropFraction: 0.875, pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
   };
   const server = await startServer({
-    mobilenet: { onnx: model('mobilenetv2-12-int8'), config: { ...mobilenet, batching: { maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 } }, files: { 'labels.txt': path.join(SHARED, 'models', 'mobilenetv2-12-int8', 'labels.txt') } },
-    'mobilenet-small-queue': { onnx: model('mobilenetv2-12-int8'), config: { ...mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 2, maxQueueSize: 8 } }, files: { 'labels.txt': path.join(SHARED, 'models', 'mobilenetv2-12-int8', 'labels.txt') } },
+    mobilenet: { onnx: modelFile('mobilenet'), config: { ...mobilenet, batching: { maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 } }, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
+    'mobilenet-small-queue': { onnx: modelFile('mobilenet'), config: { ...mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 2, maxQueueSize: 8 } }, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
     yolox: {
-      onnx: model('yolox-nano'), files: { 'labels.txt': path.join(SHARED, 'models', 'yolox-nano', 'labels.txt') },
+      onnx: modelFile('yolox'), files: { 'labels.txt': modelAsset('yolox', 'labels.txt') },
       config: { task: 'detection', labels: 'labels.txt', preprocessing: { resizeType: 'FILL', fillAlign: 'topLeft', fillColor: [114, 114, 114], colorChannels: 'BGR', pixelScaling: 255 }, postprocessing: { format: 'yolox', minConfidence: 0.3 } },
     },
   });
   const pid = server.child.pid!;
-  const photo = (p: string) => readFile(path.join(SHARED, 'images', p));
-  const classify = (m: string) => `query($f: File!) { classify(model: "${m}", image: { file: $f }, topK: 3) { predictions { classId label confidence } } }`;
-  const detect = `query($f: File!) { detect(model: "yolox", image: { file: $f }) { objects { label confidence box { xMin yMin xMax yMax } } } }`;
+  const photo = (p: string) => readFile(path.join(IMAGES, p));
+  const classify = (m: string) => `mutation($f: File!) { classify(model: "${m}", image: { file: $f }, topK: 3) { predictions { classId label confidence } } }`;
+  const detect = `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { objects { label confidence box { xMin yMin xMax yMax } } } }`;
   const mix = [
     ...(await Promise.all(['bee.jpeg', 'zebra.jpeg', 'pelican.jpeg', 'snail.jpeg', 'gorilla.jpeg', 'airliner.jpeg'].map(async (p) => multipartBody(classify('mobilenet'), await photo(p), p)))),
     multipartBody(classify('mobilenet-small-queue'), await photo('peacock.jpeg'), 'peacock.jpeg'),

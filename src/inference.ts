@@ -1,6 +1,6 @@
 import { ErrorCode, GatewayError } from './errors.ts';
 import { DTYPES, bytesPerElement, elementCount, fromBytes, toBytes, type DType, type Session, type Tensor } from './engine/types.ts';
-import type { Feeds } from './batching/batcher.ts';
+import type { Admission, Feeds } from './batching/batcher.ts';
 import type { Model, ModelRepository } from './repository/repository.ts';
 import type { ModelVersion } from './repository/version.ts';
 import type { Task } from './repository/model-config.ts';
@@ -50,16 +50,27 @@ async function admitted<T>(version: ModelVersion, fn: (infer: (feeds: Feeds) => 
   const t0 = performance.now();
   try {
     const r = await fn(admission.infer);
-    version.stats.requests++;
-    version.stats.requestTime.observe((performance.now() - t0) * 1000);
+    recordSuccess(version, t0);
     return r;
   } catch (e) {
-    version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+    recordFailure(version, e);
     throw e;
   } finally {
     admission.release();
   }
 }
+
+function recordSuccess(version: ModelVersion, t0: number): void {
+  version.stats.requests++;
+  version.stats.requestTime.observe((performance.now() - t0) * 1000);
+}
+
+function recordFailure(version: ModelVersion, e: unknown): void {
+  version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+}
+
+/** Where an image's bytes come from: called once, after the image has been admitted. */
+export type ImageSource = () => Promise<Uint8Array>;
 
 interface ImageRun {
   model: Model;
@@ -70,34 +81,74 @@ interface ImageRun {
   outputs: Feeds;
 }
 
-async function runImage(repo: ModelRepository, task: Task, name: string, versionNo: number | null | undefined, bytes: Uint8Array, limits: InferenceLimits): Promise<ImageRun> {
+/**
+ * Several images of one request, run together: each is admitted at once (so the batcher knows they are coming), then
+ * read, decoded and preprocessed in parallel; once every one is ready or has failed, the ready ones reach the batcher
+ * in the same tick and share an engine call. One promise per image: a failing image fails alone. An unknown model or
+ * a model of another task fails the call as a whole.
+ */
+function runImages(repo: ModelRepository, task: Task, name: string, versionNo: number | null | undefined, sources: readonly ImageSource[], limits: InferenceLimits): Promise<ImageRun>[] {
   const version = repo.resolve(name, versionNo);
   const model = repo.require(name);
   checkTask(model, task);
-  return admitted(version, async (infer) => {
-    const plan = planFor(model, version);
-    const image = await probeImage(bytes, limits.maxImagePixels);
-    const { tensor, transform } = await preprocess(image, plan, limits.maxImagePixels);
-    const outputs = await infer({ [plan.input]: tensor });
-    return { model, version, image, transform, plan, outputs };
+  const plan = planFor(model, version);
+  const items = sources.map((source) => {
+    const t0 = performance.now();
+    let admission: Admission;
+    try {
+      admission = version.admit();
+    } catch (e) {
+      return { t0, admission: null, prepared: Promise.reject(e) as Promise<never> };
+    }
+    const prepared = (async () => {
+      const image = await probeImage(await source(), limits.maxImagePixels);
+      return { image, ...(await preprocess(image, plan, limits.maxImagePixels)) };
+    })();
+    return { t0, admission, prepared };
+  });
+  const allSettled = Promise.allSettled(items.map((i) => i.prepared));
+  return items.map(async ({ t0, admission, prepared }) => {
+    try {
+      if (!admission) return await prepared; // rethrows the admission error
+      await allSettled;
+      const { image, tensor, transform } = await prepared;
+      const outputs = await admission.infer({ [plan.input]: tensor });
+      recordSuccess(version, t0);
+      return { model, version, image, transform, plan, outputs };
+    } catch (e) {
+      recordFailure(version, e);
+      throw e;
+    } finally {
+      admission?.release();
+    }
   });
 }
 
-export async function classifyImage(
-  repo: ModelRepository, name: string, version: number | null | undefined, bytes: Uint8Array, limits: InferenceLimits,
-  topK = 5, minConfidence = 0,
-): Promise<Prediction[]> {
+export interface ClassifyOptions { topK?: number | null; minConfidence?: number | null }
+
+/** Classify images (one promise per image, see runImages). */
+export function classifyImages(
+  repo: ModelRepository, name: string, version: number | null | undefined, sources: readonly ImageSource[], limits: InferenceLimits,
+  opts: ClassifyOptions = {},
+): Promise<Prediction[]>[] {
+  const topK = opts.topK ?? 5;
+  const minConfidence = opts.minConfidence ?? 0;
   if (!Number.isInteger(topK) || topK < 1 || topK > 1000) throw new GatewayError(ErrorCode.INVALID_INPUT, 'topK must be 1..1000');
-  const run = await runImage(repo, 'classification', name, version, bytes, limits);
-  return classify(run.outputs, run.model.config.classification, run.model.labels, topK, minConfidence);
+  return runImages(repo, 'classification', name, version, sources, limits).map(async (r) => {
+    const run = await r;
+    return classify(run.outputs, run.model.config.classification, run.model.labels, topK, minConfidence);
+  });
 }
 
 export interface DetectionResult { image: DecodedImage; objects: DetectedObject[] }
 
-export async function detectObjects(
-  repo: ModelRepository, name: string, version: number | null | undefined, bytes: Uint8Array, limits: InferenceLimits,
-  opts: { minConfidence?: number | null; iouThreshold?: number | null; maxDetections?: number | null } = {},
-): Promise<DetectionResult> {
+export interface DetectOptions { minConfidence?: number | null; iouThreshold?: number | null; maxDetections?: number | null }
+
+/** Detect objects in images (one promise per image, see runImages). */
+export function detectObjects(
+  repo: ModelRepository, name: string, version: number | null | undefined, sources: readonly ImageSource[], limits: InferenceLimits,
+  opts: DetectOptions = {},
+): Promise<DetectionResult>[] {
   const inRange = (v: number | null | undefined, what: string) => {
     if (v !== undefined && v !== null && !(v >= 0 && v <= 1)) throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} must be 0..1`);
   };
@@ -106,23 +157,28 @@ export async function detectObjects(
   if (opts.maxDetections !== undefined && opts.maxDetections !== null && !(opts.maxDetections >= 1 && opts.maxDetections <= 10_000)) {
     throw new GatewayError(ErrorCode.INVALID_INPUT, 'maxDetections must be 1..10000');
   }
-  const run = await runImage(repo, 'detection', name, version, bytes, limits);
-  const cfg = run.model.config.detection;
-  const objects = detect(run.outputs, cfg, run.transform, run.model.labels, {
-    minConfidence: opts.minConfidence ?? cfg.minConfidence,
-    iouThreshold: opts.iouThreshold ?? cfg.iouThreshold,
-    maxDetections: opts.maxDetections ?? cfg.maxDetections,
+  return runImages(repo, 'detection', name, version, sources, limits).map(async (r) => {
+    const run = await r;
+    const cfg = run.model.config.detection;
+    const objects = detect(run.outputs, cfg, run.transform, run.model.labels, {
+      minConfidence: opts.minConfidence ?? cfg.minConfidence,
+      iouThreshold: opts.iouThreshold ?? cfg.iouThreshold,
+      maxDetections: opts.maxDetections ?? cfg.maxDetections,
+    });
+    return { image: run.image, objects };
   });
-  return { image: run.image, objects };
 }
 
 export interface SegmentationRun { image: DecodedImage; transform: ImageTransform; map: ClassMap; model: Model }
 
-export async function segmentImage(
-  repo: ModelRepository, name: string, version: number | null | undefined, bytes: Uint8Array, limits: InferenceLimits,
-): Promise<SegmentationRun> {
-  const run = await runImage(repo, 'segmentation', name, version, bytes, limits);
-  return { image: run.image, transform: run.transform, map: toClassMap(run.outputs, run.model.config.segmentation, run.plan.layout), model: run.model };
+/** Segment images (one promise per image, see runImages). */
+export function segmentImages(
+  repo: ModelRepository, name: string, version: number | null | undefined, sources: readonly ImageSource[], limits: InferenceLimits,
+): Promise<SegmentationRun>[] {
+  return runImages(repo, 'segmentation', name, version, sources, limits).map(async (r) => {
+    const run = await r;
+    return { image: run.image, transform: run.transform, map: toClassMap(run.outputs, run.model.config.segmentation, run.plan.layout), model: run.model };
+  });
 }
 
 export interface TensorInputArg { name: string; dtype: string; shape: readonly number[]; data: string }

@@ -32,7 +32,10 @@ export interface Gateway {
 }
 
 const DEFAULT_QUERY = `# Welcome to the GraphQL inference gateway.
-# Try the models, then upload an image with a client that speaks the multipart request spec (see the README).
+# Queries read models and their shapes; inference runs as mutations (classify, detect, segment, infer, and
+# classifyBatch / detectBatch / segmentBatch for several images at once). Images are uploaded with the GraphQL
+# multipart request spec (curl examples in the README) or sent as base64:
+#   mutation { classify(model: "mobilenet", image: { base64: "..." }, topK: 3) { predictions { label confidence } } }
 query Models {
   models {
     name
@@ -45,8 +48,14 @@ query Models {
 }
 `;
 
-const gqlError = (e: GatewayError, extra?: { path?: readonly (string | number)[] }) =>
-  new GraphQLError(e.message, { path: extra?.path, extensions: { code: e.code, http: { status: e.status }, ...(e.details ?? {}) } });
+/**
+ * Our error as a GraphQL error. Errors of the request as a whole (refused before execution, or who is calling) carry
+ * their HTTP status; errors of one field do not: a response that carries data is HTTP 200, as GraphQL over HTTP says.
+ */
+const gqlError = (e: GatewayError, extra?: { path?: readonly (string | number)[]; requestLevel?: boolean }) => {
+  const withStatus = extra?.requestLevel ?? (e.code === ErrorCode.UNAUTHENTICATED || e.code === ErrorCode.FORBIDDEN);
+  return new GraphQLError(e.message, { path: extra?.path, extensions: { code: e.code, ...(withStatus ? { http: { status: e.status } } : {}), ...(e.details ?? {}) } });
+};
 
 /** /health, /ready and /metrics, answered before GraphQL sees the request. */
 function useEndpoints(repository: ModelRepository): Plugin {
@@ -105,7 +114,7 @@ function useApiTokens(config: Config): Plugin {
       try {
         accessFor(request.headers.get('authorization'), config.adminToken, config.apiTokens).checkApi();
       } catch (e) {
-        if (isGatewayError(e)) throw gqlError(e);
+        if (isGatewayError(e)) throw gqlError(e, { requestLevel: true });
         throw e;
       }
     },

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
-import { errorCode, fixtureConfigs, image, sharedFile, sharedModel, startGateway, type TestGateway } from './helpers.ts';
+import { errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, type TestGateway } from './helpers.ts';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -187,41 +187,83 @@ describe('batcher (deterministic, fake timers)', () => {
 
 describe('batching over HTTP with a real model', () => {
   let gw: TestGateway;
-  const labels = { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') };
+  const labels = { 'labels.txt': modelAsset('mobilenet', 'labels.txt') };
   beforeAll(async () => {
     gw = await startGateway({
       models: {
-        mobilenet: { onnx: sharedModel('mobilenetv2-12-int8'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } } },
-        tiny: { onnx: sharedModel('mobilenetv2-12-int8'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } } },
+        mobilenet: { onnx: modelFile('mobilenet'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } } },
+        tiny: { onnx: modelFile('mobilenet'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } } },
       },
     });
   });
   afterAll(() => gw?.close());
 
   const classify = (model: string, file: string) =>
-    gw.gql(`query($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`, { f: null }, { files: { f: file } });
+    gw.gql(`mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`, { f: null }, { files: { f: file } });
 
-  it('batches the images of one request and concurrent requests, and reports it in Model.stats and /metrics', async () => {
-    // six images in one request are admitted in the same tick: they must share engine calls
-    const photos: [string, number][] = [['bee.jpeg', 309], ['snail.jpeg', 113], ['zebra.jpeg', 340], ['pelican.jpeg', 144], ['gorilla.jpeg', 366], ['peacock.jpeg', 84]];
-    const vars = Object.fromEntries(photos.map((_, i) => [`f${i}`, null]));
-    const query = `query(${photos.map((_, i) => `$f${i}: File!`).join(', ')}) { ${photos.map((_, i) => `c${i}: classify(model: "mobilenet", image: { file: $f${i} }, topK: 1) { predictions { classId } }`).join(' ')} }`;
-    const r = await gw.gql(query, vars, { files: Object.fromEntries(photos.map(([p], i) => [`f${i}`, image(p)])) });
+  const stats = async (model = 'mobilenet') => (await gw.gql(`{ model(name: "${model}") { stats { requests errors batches meanBatchSize batchSizes { size count } } } }`)).data.model.stats[0];
+  const photos: [string, number][] = [['bee.jpeg', 309], ['snail.jpeg', 113], ['zebra.jpeg', 340], ['pelican.jpeg', 144], ['gorilla.jpeg', 366], ['peacock.jpeg', 84]];
+  const BATCH = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
+  const batchFiles = (files: (string | Uint8Array)[]) => ({ files: Object.fromEntries(files.map((f, i) => [`images.${i}.file`, f])) });
+
+  it('classifyBatch: six photos of one request are one engine call, in order, reported in Model.stats and /metrics', async () => {
+    const before = await stats();
+    const r = await gw.gql(BATCH, { images: photos.map(() => ({ file: null })) }, batchFiles(photos.map(([p]) => image(p))));
+    expect(r.status).toBe(200);
     expect(r.errors).toBeUndefined();
-    photos.forEach(([, id], i) => expect(r.data[`c${i}`].predictions[0].classId).toBe(id));
-    const stats = async () => (await gw.gql(`{ model(name: "mobilenet") { stats { requests errors batches meanBatchSize batchSizes { size count } } } }`)).data.model.stats[0];
-    const s1 = await stats();
-    expect(s1.requests).toBe(6);
-    expect(s1.batches).toBeLessThan(6);
-    expect(s1.meanBatchSize).toBeGreaterThan(1);
-    // concurrent requests are answered right (how they batch depends on how they arrive)
-    const results = await Promise.all(photos.slice(0, 4).map(([p]) => classify('mobilenet', image(p))));
-    results.forEach((x, i) => expect(x.data.classify.predictions[0].classId).toBe(photos[i][1]));
-    expect((await stats()).requests).toBe(10);
+    expect(r.data.classifyBatch.map((c: any) => c.predictions[0].classId)).toEqual(photos.map(([, id]) => id));
+    const after = await stats();
+    expect(after.requests - before.requests).toBe(6);
+    expect(after.batches - before.batches).toBe(1);
+    expect(after.batchSizes.find((b: any) => b.size === 6)?.count).toBe(1);
     const metrics = await (await fetch(`${gw.url}/metrics`)).text();
-    expect(metrics).toMatch(/gateway_inference_request_success_total\{model="mobilenet",version="1"\} 10/);
+    expect(metrics).toMatch(new RegExp(`gateway_inference_request_success_total\\{model="mobilenet",version="1"\\} ${after.requests}`));
     expect(metrics).toMatch(/# TYPE gateway_inference_queue_duration_seconds histogram/);
     expect(metrics).toMatch(/gateway_model_version_state\{model="mobilenet",version="1",state="AVAILABLE"\} 1/);
+  });
+
+  it('classifyBatch: a bad image is null with its own error at [classifyBatch, i]; the others are answered in one engine call', async () => {
+    const before = await stats();
+    const files = [image('bee.jpeg'), Buffer.from('not an image at all'), image('zebra.jpeg'), image('snail.jpeg')];
+    const r = await gw.gql(BATCH, { images: files.map(() => ({ file: null })) }, batchFiles(files));
+    expect(r.status).toBe(200);
+    expect(r.data.classifyBatch[1]).toBeNull();
+    expect(r.data.classifyBatch.map((c: any) => c?.predictions[0].classId)).toEqual([309, undefined, 340, 113]);
+    expect(r.errors).toHaveLength(1);
+    expect(r.errors![0].path).toEqual(['classifyBatch', 1]);
+    expect(r.errors![0].extensions?.code).toBe('INVALID_IMAGE');
+    const after = await stats();
+    expect(after.batches - before.batches).toBe(1);
+    expect(after.errors - before.errors).toBe(1);
+  });
+
+  it('a failure of the whole batch call is the error of every item; data keeps its other fields', async () => {
+    const q = `mutation($images: [ImageInput!]!) { detectBatch(model: "mobilenet", images: $images) { imageWidth } segmentBatch(model: "nope", images: $images) { width } }`;
+    const r = await gw.gql(q, { images: [{ file: null }, { file: null }] }, batchFiles([image('bee.jpeg'), image('zebra.jpeg')]));
+    expect(r.status).toBe(200);
+    expect(r.data).toEqual({ detectBatch: [null, null], segmentBatch: [null, null] });
+    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([
+      [['detectBatch', 0], 'INVALID_INPUT'], [['detectBatch', 1], 'INVALID_INPUT'],
+      [['segmentBatch', 0], 'MODEL_NOT_FOUND'], [['segmentBatch', 1], 'MODEL_NOT_FOUND'],
+    ]);
+  });
+
+  it('concurrent single-image mutations from separate requests are still batched', async () => {
+    const before = await stats();
+    const results = await Promise.all(Array.from({ length: 12 }, (_, i) => classify('mobilenet', image(photos[i % 6][0]))));
+    results.forEach((x, i) => expect(x.data.classify.predictions[0].classId).toBe(photos[i % 6][1]));
+    const after = await stats();
+    expect(after.requests - before.requests).toBe(12);
+    expect(after.batches - before.batches).toBeLessThan(12);
+  });
+
+  it('two aliases, one failing: HTTP 200 with the data of the other and one error', async () => {
+    const q = `mutation($a: File!, $b: File!) { ok: classify(model: "mobilenet", image: { file: $a }, topK: 1) { predictions { classId } } bad: classify(model: "nope", image: { file: $b }) { predictions { classId } } }`;
+    const r = await gw.gql(q, { a: null, b: null }, { files: { a: image('zebra.jpeg'), b: image('bee.jpeg') } });
+    expect(r.status).toBe(200);
+    expect(r.data.ok.predictions[0].classId).toBe(340);
+    expect(r.data.bad).toBeNull();
+    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([[['bad'], 'MODEL_NOT_FOUND']]);
   });
 
   it('answers QUEUE_FULL past maxQueueSize and keeps serving', async () => {
@@ -232,6 +274,11 @@ describe('batching over HTTP with a real model', () => {
     expect(new Set(codes)).toEqual(new Set(['OK', 'QUEUE_FULL']));
     const after = await classify('tiny', image('bee.jpeg'));
     expect(after.data.classify.predictions[0].classId).toBe(309);
+    // in one request: the items past the bound get QUEUE_FULL, the others are answered, and the response is HTTP 200
+    const r = await gw.gql(BATCH.replace('"mobilenet"', '"tiny"'), { images: photos.slice(0, 4).map(() => ({ file: null })) }, batchFiles(photos.slice(0, 4).map(([p]) => image(p))));
+    expect(r.status).toBe(200);
+    expect(r.data.classifyBatch.map((c: any) => c?.predictions[0].classId ?? null)).toEqual([309, 113, null, null]);
+    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([[['classifyBatch', 2], 'QUEUE_FULL'], [['classifyBatch', 3], 'QUEUE_FULL']]);
   });
 
   it('unloading lets the requests in flight finish, then refuses new ones', async () => {

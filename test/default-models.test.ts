@@ -11,17 +11,36 @@ describe('default models (README examples)', () => {
   });
   afterAll(() => gw?.close());
 
-  it('serves one real model per task, all AVAILABLE', async () => {
+  it('serves general models (ImageNet, COCO, person segmentation) and the npm-provided ones, all AVAILABLE', async () => {
     const r = await gw.gql(`{ models { name task versions { state errorCode } } }`);
+    const up = [{ state: 'AVAILABLE', errorCode: null }];
     expect(r.data.models).toEqual([
-      { name: 'face-detection', task: 'detection', versions: [{ state: 'AVAILABLE', errorCode: null }] },
-      { name: 'text-detection', task: 'segmentation', versions: [{ state: 'AVAILABLE', errorCode: null }] },
-      { name: 'text-direction', task: 'classification', versions: [{ state: 'AVAILABLE', errorCode: null }] },
+      { name: 'bodypix', task: 'segmentation', versions: up },
+      { name: 'face-detection', task: 'detection', versions: up },
+      { name: 'mobilenet', task: 'classification', versions: up },
+      { name: 'text-detection', task: 'segmentation', versions: up },
+      { name: 'text-direction', task: 'classification', versions: up },
+      { name: 'yolox', task: 'detection', versions: up },
     ]);
   });
 
+  it('zebra.jpeg is a zebra, dog.jpg has a dog (and a bicycle), people1.jpeg is 40-50% person', async () => {
+    const q = `mutation($z: File!, $d: File!, $p: File!) {
+      classify(model: "mobilenet", image: { file: $z }, topK: 1) { predictions { label } }
+      detect(model: "yolox", image: { file: $d }) { objects { label } }
+      segment(model: "bodypix", image: { file: $p }) { classes { label pixelFraction } }
+    }`;
+    const r = await gw.gql(q, { z: null, d: null, p: null }, { files: { z: image('zebra.jpeg'), d: image('dog.jpg'), p: image('people1.jpeg') } });
+    expect(r.errors).toBeUndefined();
+    expect(r.data.classify.predictions[0].label).toBe('zebra');
+    expect(r.data.detect.objects.map((o: any) => o.label)).toEqual(expect.arrayContaining(['dog', 'bicycle']));
+    const person = r.data.segment.classes.find((c: any) => c.label === 'person').pixelFraction;
+    expect(person).toBeGreaterThan(0.4);
+    expect(person).toBeLessThan(0.5);
+  });
+
   it('face-detection finds the face in face1.jpg and none in zebra.jpeg', async () => {
-    const q = `query($f: File!) { detect(model: "face-detection", image: { file: $f }) { objects { label confidence box { xMin yMin xMax yMax } } } }`;
+    const q = `mutation($f: File!) { detect(model: "face-detection", image: { file: $f }) { objects { label confidence box { xMin yMin xMax yMax } } } }`;
     const r = await gw.gql(q, { f: null }, { files: { f: image('face1.jpg') } });
     expect(r.errors).toBeUndefined();
     const faces = r.data.detect.objects;
@@ -35,7 +54,7 @@ describe('default models (README examples)', () => {
   });
 
   it('text-detection finds the eight words; text-direction tells upright from upside down', async () => {
-    const r = await gw.gql(`query($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
+    const r = await gw.gql(`mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
     expect(r.data.segment.regions).toHaveLength(8);
     // crop the widest word and classify it both ways up
     const box = r.data.segment.regions.map((g: any) => g.box).sort((a: any, b: any) => (b.xMax - b.xMin) - (a.xMax - a.xMin))[0];
@@ -44,7 +63,7 @@ describe('default models (README examples)', () => {
     const top = Math.max(0, Math.floor(box.yMin * 1080) - pad);
     const crop = await sharp(image('east_ocr_input.jpg')).extract({ left, top, width: Math.ceil((box.xMax - box.xMin) * 1920) + 2 * pad, height: Math.ceil((box.yMax - box.yMin) * 1080) + 2 * pad }).png().toBuffer();
     const flipped = await sharp(crop).rotate(180).png().toBuffer();
-    const q = `query($a: File!, $b: File!) { up: classify(model: "text-direction", image: { file: $a }, topK: 1) { predictions { label } } down: classify(model: "text-direction", image: { file: $b }, topK: 1) { predictions { label } } }`;
+    const q = `mutation($a: File!, $b: File!) { up: classify(model: "text-direction", image: { file: $a }, topK: 1) { predictions { label } } down: classify(model: "text-direction", image: { file: $b }, topK: 1) { predictions { label } } }`;
     const c = await gw.gql(q, { a: null, b: null }, { files: { a: crop, b: flipped } });
     expect(c.errors).toBeUndefined();
     expect(c.data.up.predictions[0].label).toBe('0');

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createEngine } from '../src/engine/index.ts';
-import { sharedModel } from './helpers.ts';
+import { modelFile } from './helpers.ts';
 import { ConfigError, loadConfig } from '../src/config.ts';
 
 const openvinoLoads = await import('openvino-node').then(() => true, () => false);
@@ -9,7 +9,7 @@ const SKIP_REASON = 'openvino-node is not installed: its installer downloads the
 describe('engines', () => {
   it('onnxruntime reports inputs and outputs with dynamic dimensions as null', async () => {
     const engine = await createEngine('onnxruntime');
-    const session = await engine.load(sharedModel('mobilenetv2-12-int8'));
+    const session = await engine.load(modelFile('mobilenet'));
     expect(session.inputs).toEqual([{ name: 'input', dtype: 'float32', shape: [null, 3, 224, 224], layout: null }]);
     expect(session.outputs).toEqual([{ name: 'output', dtype: 'float32', shape: [null, 1000], layout: null }]);
     await session.close();
@@ -21,7 +21,7 @@ describe('engines', () => {
 
   it.skipIf(!openvinoLoads)(`openvino runs the same model (skipped here: ${SKIP_REASON})`, async () => {
     const engine = await createEngine('openvino');
-    const session = await engine.load(sharedModel('mobilenetv2-12-int8'));
+    const session = await engine.load(modelFile('mobilenet'));
     const data = new Float32Array(3 * 224 * 224);
     const out = await session.run({ input: { dtype: 'float32', shape: [1, 3, 224, 224], data } });
     expect(out.output.shape).toEqual([1, 1000]);

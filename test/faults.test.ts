@@ -1,15 +1,15 @@
 import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { errorCode, fixtureConfigs, image, sharedFile, sharedModel, startGateway, until, type TestGateway } from './helpers.ts';
+import { errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 
-const CLASSIFY = `query($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
+const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
 describe('faults while serving', () => {
   let gw: TestGateway;
   beforeAll(async () => {
     gw = await startGateway({
-      models: { mobilenet: { onnx: new Uint8Array(await readFile(sharedModel('mobilenetv2-12-int8'))), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } } },
+      models: { mobilenet: { onnx: new Uint8Array(await readFile(modelFile('mobilenet'))), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } } },
       pollIntervalMs: 100,
     });
   });
@@ -25,7 +25,7 @@ describe('faults while serving', () => {
     expect(await versions()).toEqual([{ version: 1, state: 'AVAILABLE', errorCode: null }, { version: 2, state: 'END', errorCode: 'MODEL_LOAD_FAILED' }]);
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
     // fixing the file is noticed (its mtime changes): version 2 loads, then version 1 goes
-    await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), await readFile(sharedModel('mobilenetv2-12-int8')));
+    await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), await readFile(modelFile('mobilenet')));
     await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'END', errorCode: null }, { version: 2, state: 'AVAILABLE', errorCode: null }]), 15_000, 'version 2 replaced version 1');
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
   });

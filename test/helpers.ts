@@ -1,5 +1,5 @@
 import { mkdtemp, mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,12 +11,16 @@ import { createGateway, type Gateway } from '../src/server.ts';
 import { checkImageInput } from '../src/inference.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-/** Fixtures live beside the checkout (CI has them there); they are read, never copied into the project. */
-export const SHARED = path.resolve(ROOT, '..', 'shared');
-export const sharedModel = (name: string) => path.join(SHARED, 'models', name, 'model.onnx');
-export const sharedFile = (...p: string[]) => path.join(SHARED, ...p);
-export const image = (name: string) => path.join(SHARED, 'images', name);
-if (!existsSync(SHARED)) throw new Error(`tests need the fixtures in ${SHARED}`);
+/** Photos used by tests, benchmarks and README examples (see test/fixtures/images/PROVENANCE.md). */
+export const IMAGES = path.join(ROOT, 'test', 'fixtures', 'images');
+export const image = (name: string) => path.join(IMAGES, name);
+/** The default repository holds the fixture models (models/<name>/1/model.onnx, PROVENANCE.md beside each). */
+export type FixtureModel = 'mobilenet' | 'yolox' | 'bodypix' | 'face-detection' | 'text-detection' | 'text-direction';
+export const modelFile = (name: FixtureModel) => path.join(ROOT, 'models', name, '1', 'model.onnx');
+export const modelAsset = (name: FixtureModel, file: string) => path.join(ROOT, 'models', name, file);
+for (const m of ['mobilenet', 'face-detection'] as const) {
+  if (!existsSync(modelFile(m))) throw new Error(`${modelFile(m)} is missing: run npm install (it links the npm-provided models)`);
+}
 
 export interface ModelSpec {
   /** Path of an .onnx file to link as version 1 (or bytes to write). */
@@ -66,6 +70,7 @@ export interface GqlOptions {
   /** variable path (e.g. "image.file" or "files.0") -> file path or bytes */
   files?: Record<string, string | Uint8Array | { name: string; bytes: Uint8Array }>;
   headers?: Record<string, string>;
+  operationName?: string;
 }
 export interface GqlResult<T> {
   status: number;
@@ -99,12 +104,12 @@ export async function startGateway(opts: { models?: Record<string, ModelSpec>; r
         i++;
       }
       const ops = new FormData();
-      ops.set('operations', JSON.stringify({ query, variables: vars }));
+      ops.set('operations', JSON.stringify({ query, variables: vars, operationName: o.operationName }));
       ops.set('map', JSON.stringify(map));
       for (const [k, v] of fd.entries()) ops.set(k, v as Blob, (v as File).name);
       res = await fetch(`${url}/graphql`, { method: 'POST', body: ops, headers: { 'x-graphql-yoga-csrf': '1', ...o.headers } });
     } else {
-      res = await fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json', ...o.headers }, body: JSON.stringify({ query, variables }) });
+      res = await fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json', ...o.headers }, body: JSON.stringify({ query, variables, operationName: o.operationName }) });
     }
     const text = await res.text();
     let body: GqlResult<T>;
@@ -141,48 +146,30 @@ export function errorCode(r: GqlResult<unknown>): string | undefined {
 }
 
 /** Wait until fn() is truthy (polling), or fail after timeoutMs. */
-export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<NonNullable<T>> {
   const t0 = Date.now();
   for (;;) {
     const v = await fn();
-    if (v) return v;
+    if (v) return v as NonNullable<T>;
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 
-/** model.json for the shared fixtures, as their PROVENANCE.md describes them. */
-export const fixtureConfigs = {
-  mobilenet: {
-    task: 'classification',
-    description: 'ImageNet classifier',
-    labels: 'labels.txt',
-    preprocessing: { resizeType: 'CROP', cropFraction: 0.875, colorChannels: 'RGB', pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
-    postprocessing: { activation: 'softmax' },
-  },
-  yolox: {
-    task: 'detection',
-    labels: 'labels.txt',
-    preprocessing: { resizeType: 'FILL', fillAlign: 'topLeft', fillColor: [114, 114, 114], colorChannels: 'BGR', pixelScaling: 255 },
-    postprocessing: { format: 'yolox', strides: [8, 16, 32], minConfidence: 0.3, iouThreshold: 0.45 },
-  },
-  bodypix: {
-    task: 'segmentation',
-    labels: ['background', 'person'],
-    preprocessing: { dimensionOrder: 'NHWC', resizeType: 'NETWORK', targetSize: '641x641', sizeMultiple: 16, sizeOffset: 1, colorChannels: 'RGB', pixelScaling: 255, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5] },
-    postprocessing: { output: 'segments', activation: 'sigmoid', threshold: 0.5 },
-  },
-  ppocr: {
-    task: 'segmentation',
-    labels: ['background', 'text'],
-    preprocessing: { resizeType: 'NETWORK', targetSize: '960x960', sizeMultiple: 32, colorChannels: 'RGB', pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
-    postprocessing: { activation: 'none', threshold: 0.3 },
-  },
-} as const;
+const readConfig = (name: FixtureModel) => JSON.parse(readFileSync(modelAsset(name, 'model.json'), 'utf8')) as Record<string, unknown> & { batching?: object };
 
+/** The fixture models' model.json, as committed in the default repository. */
+export const fixtureConfigs = {
+  mobilenet: readConfig('mobilenet'),
+  yolox: readConfig('yolox'),
+  bodypix: readConfig('bodypix'),
+  ppocr: readConfig('text-detection'),
+};
+
+/** The fixture models as ModelSpecs for a test repository (files linked, not copied). */
 export const fixtureModels = (): Record<string, ModelSpec> => ({
-  mobilenet: { onnx: sharedModel('mobilenetv2-12-int8'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } },
-  yolox: { onnx: sharedModel('yolox-nano'), config: fixtureConfigs.yolox, files: { 'labels.txt': sharedFile('models', 'yolox-nano', 'labels.txt') } },
-  bodypix: { onnx: sharedModel('bodypix-mobilenet050-stride16'), config: fixtureConfigs.bodypix },
-  ppocr: { onnx: sharedModel('ppocrv4-det'), config: fixtureConfigs.ppocr },
+  mobilenet: { onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
+  yolox: { onnx: modelFile('yolox'), config: fixtureConfigs.yolox, files: { 'labels.txt': modelAsset('yolox', 'labels.txt') } },
+  bodypix: { onnx: modelFile('bodypix'), config: fixtureConfigs.bodypix },
+  ppocr: { onnx: modelFile('text-detection'), config: fixtureConfigs.ppocr },
 });

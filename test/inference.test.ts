@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import ort from 'onnxruntime-node';
 import { ElemType, argmaxSegmenter, identityModel, meanColourModel } from './onnx-builder.ts';
-import { SHARED, errorCode, fixtureModels, image, sharedModel, startGateway, type TestGateway } from './helpers.ts';
+import { IMAGES, errorCode, fixtureModels, image, modelFile, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 
 const IMAGENET = {
@@ -32,13 +32,13 @@ describe('inference over GraphQL with real models and photos', () => {
         ...Object.fromEntries(([['id-f16', ElemType.FLOAT16], ['id-u8', ElemType.UINT8], ['id-i64', ElemType.INT64], ['id-i32', ElemType.INT32], ['id-i8', ElemType.INT8], ['id-bool', ElemType.BOOL], ['id-f32', ElemType.FLOAT]] as const)
           .map(([n, t]) => [n, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }])),
       },
-      env: { IMAGE_ROOTS: `${SHARED}/images` },
+      env: { IMAGE_ROOTS: IMAGES },
     });
   });
   afterAll(() => gw?.close());
 
   const classify = (model: string, file: string | Uint8Array, extra = '') =>
-    gw.gql(`query($f: File!) { classify(model: "${model}", image: { file: $f }${extra}) { predictions { classId label confidence } } }`, { f: null }, { files: { f: file } });
+    gw.gql(`mutation($f: File!) { classify(model: "${model}", image: { file: $f }${extra}) { predictions { classId label confidence } } }`, { f: null }, { files: { f: file } });
 
   it('mobilenetv2-12-int8 classifies all ten ImageNet photos right', async () => {
     const results = await Promise.all(Object.entries(IMAGENET).map(async ([file, id]) => [file, id, await classify('mobilenet', image(file))] as const));
@@ -57,7 +57,7 @@ describe('inference over GraphQL with real models and photos', () => {
   });
 
   it('yolox-nano finds the dog, the bicycle and the truck in dog.jpg, in the right places', async () => {
-    const r = await gw.gql(`query($f: File!) { detect(model: "yolox", image: { file: $f }) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const r = await gw.gql(`mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('dog.jpg') } });
     expect(r.errors).toBeUndefined();
     const d = r.data.detect;
     expect([d.imageWidth, d.imageHeight]).toEqual([768, 576]);
@@ -70,12 +70,12 @@ describe('inference over GraphQL with real models and photos', () => {
       px(o).forEach((v, i) => expect(Math.abs(v - box[i]), `${label} box[${i}]`).toBeLessThan(12));
     }
     for (let i = 1; i < d.objects.length; i++) expect(d.objects[i].confidence).toBeLessThanOrEqual(d.objects[i - 1].confidence);
-    const few = await gw.gql(`query($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.83, maxDetections: 5) { objects { label } } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const few = await gw.gql(`mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.83, maxDetections: 5) { objects { label } } }`, { f: null }, { files: { f: image('dog.jpg') } });
     expect(few.data.detect.objects.map((o: any) => o.label)).toEqual(['dog']);
   });
 
   it('bodypix finds 40-50% person pixels on people1.jpeg and none on road1.jpg', async () => {
-    const seg = (file: string) => gw.gql(`query($f: File!) { segment(model: "bodypix", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: image(file) } });
+    const seg = (file: string) => gw.gql(`mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: image(file) } });
     const people = await seg('people1.jpeg');
     expect(people.errors).toBeUndefined();
     expect([people.data.segment.width, people.data.segment.height]).toEqual([1200, 800]);
@@ -95,7 +95,7 @@ describe('inference over GraphQL with real models and photos', () => {
   });
 
   it('ppocrv4-det separates the eight words of east_ocr_input.jpg', async () => {
-    const r = await gw.gql(`query($f: File!) { segment(model: "ppocr", image: { file: $f }) { regions(minPixels: 20) { label pixels box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
+    const r = await gw.gql(`mutation($f: File!) { segment(model: "ppocr", image: { file: $f }) { regions(minPixels: 20) { label pixels box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
     expect(r.errors).toBeUndefined();
     const regions = r.data.segment.regions;
     expect(regions).toHaveLength(8);
@@ -110,7 +110,7 @@ describe('inference over GraphQL with real models and photos', () => {
 
   it('runs a pipeline in one query: detect, then classify each crop', async () => {
     const r = await gw.gql(
-      `query($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.8) { objects { label classify(model: "mobilenet", topK: 1) { predictions { classId label } } } } }`,
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.8) { objects { label classify(model: "mobilenet", topK: 1) { predictions { classId label } } } } }`,
       { f: null }, { files: { f: image('dog.jpg') } },
     );
     expect(r.errors).toBeUndefined();
@@ -119,11 +119,27 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(id >= 151 && id <= 268, `ImageNet dog breeds are 151..268, got ${id} ${dog.classify.predictions[0].label}`).toBe(true);
   });
 
+  it('detectBatch and segmentBatch answer each image of the list, in order', async () => {
+    const q = `mutation($d: [ImageInput!]!, $s: [ImageInput!]!) {
+      detectBatch(model: "yolox", images: $d) { objects { label } }
+      segmentBatch(model: "bodypix", images: $s) { classes { label pixelFraction } }
+    }`;
+    const files = { 'd.0.file': image('dog.jpg'), 'd.1.file': image('road1.jpg'), 's.0.file': image('people1.jpeg'), 's.1.file': image('road1.jpg') };
+    const r = await gw.gql(q, { d: [{ file: null }, { file: null }], s: [{ file: null }, { file: null }] }, { files });
+    expect(r.errors).toBeUndefined();
+    const [dog, road] = r.data.detectBatch.map((d: any) => d.objects.map((o: any) => o.label));
+    expect(dog).toEqual(expect.arrayContaining(['dog', 'bicycle']));
+    expect(new Set(road)).toEqual(new Set(['car']));
+    const person = r.data.segmentBatch.map((s: any) => s.classes.find((c: any) => c.label === 'person')?.pixelFraction ?? 0);
+    expect(person[0]).toBeGreaterThan(0.4);
+    expect(person[1]).toBeLessThan(0.005);
+  });
+
   it('draws annotated images and overlays only when asked, at the photo size', async () => {
-    const det = await gw.gql(`query($f: File!) { detect(model: "yolox", image: { file: $f }) { annotatedImage } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const det = await gw.gql(`mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { annotatedImage } }`, { f: null }, { files: { f: image('dog.jpg') } });
     const meta = await sharp(Buffer.from(det.data.detect.annotatedImage, 'base64')).metadata();
     expect([meta.format, meta.width, meta.height]).toEqual(['png', 768, 576]);
-    const seg = await gw.gql(`query($f: File!) { segment(model: "bodypix", image: { file: $f }) { overlay } }`, { f: null }, { files: { f: image('people1.jpeg') } });
+    const seg = await gw.gql(`mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { overlay } }`, { f: null }, { files: { f: image('people1.jpeg') } });
     const m2 = await sharp(Buffer.from(seg.data.segment.overlay, 'base64')).metadata();
     expect([m2.format, m2.width, m2.height]).toEqual(['png', 1200, 800]);
   });
@@ -131,7 +147,7 @@ describe('inference over GraphQL with real models and photos', () => {
   it('takes several images in one request (aliases and lists), by file, base64 and path', async () => {
     const zebra = (await readFile(image('zebra.jpeg'))).toString('base64');
     const r = await gw.gql(
-      `query($a: File!, $b: File!, $z: String!, $p: String!) {
+      `mutation($a: File!, $b: File!, $z: String!, $p: String!) {
         a: classify(model: "mobilenet", image: { file: $a }, topK: 1) { predictions { classId } }
         b: classify(model: "mobilenet", image: { file: $b }, topK: 1) { predictions { classId } }
         z: classify(model: "mobilenet", image: { base64: $z }, topK: 1) { predictions { classId } }
@@ -145,8 +161,8 @@ describe('inference over GraphQL with real models and photos', () => {
   });
 
   it('refuses image paths outside IMAGE_ROOTS with FORBIDDEN_PATH', async () => {
-    for (const p of ['/etc/passwd', `${SHARED}/images/../models/yolox-nano/labels.txt`, 'images/../../etc/passwd', sharedModel('yolox-nano')]) {
-      const r = await gw.gql(`query($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`, { p });
+    for (const p of ['/etc/passwd', `${IMAGES}/../../../models/yolox/labels.txt`, 'images/../../etc/passwd', modelFile('yolox')]) {
+      const r = await gw.gql(`mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`, { p });
       expect(errorCode(r), p).toBe('FORBIDDEN_PATH');
     }
   });
@@ -168,7 +184,7 @@ describe('inference over GraphQL with real models and photos', () => {
     // left half red (class 0), right half blue (class 2)
     const img = await sharp({ create: { width: 40, height: 20, channels: 3, background: { r: 255, g: 0, b: 0 } } })
       .composite([{ input: await solid(0, 0, 255, 20, 20), left: 20, top: 0 }]).png().toBuffer();
-    const r = await gw.gql(`query($f: File!) { segment(model: "argmax-seg", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: img } });
+    const r = await gw.gql(`mutation($f: File!) { segment(model: "argmax-seg", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: img } });
     expect(r.errors).toBeUndefined();
     expect(r.data.segment.classes).toEqual([{ classId: 0, label: 'red', pixelFraction: 0.5 }, { classId: 2, label: 'blue', pixelFraction: 0.5 }]);
     const mask = await sharp(Buffer.from(r.data.segment.mask, 'base64')).extractChannel(0).raw().toBuffer();
@@ -177,9 +193,9 @@ describe('inference over GraphQL with real models and photos', () => {
 
   it('infer reproduces the engine output exactly (mobilenet, float32)', async () => {
     const input = new Float32Array(3 * 224 * 224).map((_, i) => Math.sin(i) * 2);
-    const session = await ort.InferenceSession.create(sharedModel('mobilenetv2-12-int8'));
+    const session = await ort.InferenceSession.create(modelFile('mobilenet'));
     const direct = (await session.run({ input: new ort.Tensor('float32', input, [1, 3, 224, 224]) })).output;
-    const r = await gw.gql(`query($d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: FLOAT32, shape: [1, 3, 224, 224], data: $d }]) { outputs { name dtype shape data } } }`,
+    const r = await gw.gql(`mutation($d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: FLOAT32, shape: [1, 3, 224, 224], data: $d }]) { outputs { name dtype shape data } } }`,
       { d: Buffer.from(input.buffer).toString('base64') });
     expect(r.errors).toBeUndefined();
     const [out] = r.data.infer.outputs;
@@ -199,7 +215,7 @@ describe('inference over GraphQL with real models and photos', () => {
       ['id-f32', 'FLOAT32', new Uint8Array(new Float32Array([0.5, -1e-7, 3.25, 1e30, -0, 2]).buffer)],
     ];
     for (const [model, dtype, bytes] of cases) {
-      const r = await gw.gql(`query($d: String!) { infer(model: "${model}", inputs: [{ name: "x", dtype: ${dtype}, shape: [1, 2, 3], data: $d }], outputs: ["y"]) { outputs { name dtype shape data } } }`, { d: Buffer.from(bytes).toString('base64') });
+      const r = await gw.gql(`mutation($d: String!) { infer(model: "${model}", inputs: [{ name: "x", dtype: ${dtype}, shape: [1, 2, 3], data: $d }], outputs: ["y"]) { outputs { name dtype shape data } } }`, { d: Buffer.from(bytes).toString('base64') });
       expect(r.errors, model).toBeUndefined();
       expect(r.data.infer.outputs).toEqual([{ name: 'y', dtype, shape: [1, 2, 3], data: Buffer.from(bytes).toString('base64') }]);
     }
@@ -208,17 +224,17 @@ describe('inference over GraphQL with real models and photos', () => {
 
   it('answers typed errors for bad requests and keeps serving', async () => {
     const cases: [string, Record<string, unknown>, string][] = [
-      ['{ classify(model: "nope", image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
-      ['{ classify(model: "mobilenet", version: 9, image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
-      ['{ classify(model: "mobilenet", image: { base64: "bm90IGFuIGltYWdl" }) { predictions { classId } } }', {}, 'INVALID_IMAGE'],
-      ['{ classify(model: "mobilenet", image: { }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
-      ['{ classify(model: "mobilenet", image: { base64: "AAAA", path: "x" }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
-      ['{ detect(model: "mobilenet", image: { base64: "AAAA" }) { imageWidth } }', {}, 'INVALID_INPUT'],
-      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 3, 2], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['{ infer(model: "id-u8", inputs: [{ name: "z", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['{ infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }], outputs: ["nope"]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['mutation { classify(model: "nope", image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
+      ['mutation { classify(model: "mobilenet", version: 9, image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
+      ['mutation { classify(model: "mobilenet", image: { base64: "bm90IGFuIGltYWdl" }) { predictions { classId } } }', {}, 'INVALID_IMAGE'],
+      ['mutation { classify(model: "mobilenet", image: { }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
+      ['mutation { classify(model: "mobilenet", image: { base64: "AAAA", path: "x" }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
+      ['mutation { detect(model: "mobilenet", image: { base64: "AAAA" }) { imageWidth } }', {}, 'INVALID_INPUT'],
+      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 3, 2], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['mutation { infer(model: "id-u8", inputs: [{ name: "z", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }], outputs: ["nope"]) { outputs { name } } }', {}, 'INVALID_INPUT'],
     ];
     for (const [q, v, code] of cases) expect(errorCode(await gw.gql(q, v)), q).toBe(code);
     const ok = await classify('mobilenet', image('bee.jpeg'));

@@ -47,7 +47,7 @@ describe('the server process (as npm start runs it)', () => {
       const page = await readFile(image('east_ocr_input.jpg'));
       const segment = () => {
         const fd = new FormData();
-        fd.set('operations', JSON.stringify({ query: 'query($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { pixels } } }', variables: { f: null } }));
+        fd.set('operations', JSON.stringify({ query: 'mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { pixels } } }', variables: { f: null } }));
         fd.set('map', JSON.stringify({ 0: ['variables.f'] }));
         fd.set('0', new Blob([page]), 'page.jpg');
         return fetch(`${url}/graphql`, { method: 'POST', body: fd, headers: { 'x-graphql-yoga-csrf': '1' } }).then((r) => r.json());
@@ -93,5 +93,31 @@ describe('the server process (as npm start runs it)', () => {
     child.stderr.on('data', (d) => (stderr += d));
     expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(2);
     expect(stderr).toMatch(/--port: expected an integer/);
+  });
+});
+
+describe('npm run soak / npm run bench', () => {
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it('never leave a server process behind, also when they are stopped half-way', async () => {
+    const soak = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench', 'soak.ts')], {
+      cwd: ROOT, env: { ...process.env, SOAK_SECONDS: '120', SOAK_CONCURRENCY: '2' }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    soak.stdout.on('data', (d) => (out += d));
+    const exited = new Promise((resolve) => soak.once('exit', resolve));
+    const started = await until(() => /server pid (\d+)/.exec(out), 60_000, 'the soak to start its server');
+    const pid = Number(started[1]);
+    expect(alive(pid)).toBe(true);
+    soak.kill('SIGTERM');
+    await exited;
+    await until(() => !alive(pid), 10_000, `server ${pid} to end`);
   });
 });

@@ -6,10 +6,10 @@ import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { printSchema } from 'graphql';
 import { schema } from '../src/schema/index.ts';
-import { ROOT, SHARED, addModel, errorCode, fixtureConfigs, sharedFile, sharedModel, startGateway, until, type TestGateway } from './helpers.ts';
+import { ROOT, IMAGES, addModel, errorCode, fixtureConfigs, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 
 const MODEL_FIELDS = `name task description metadata updatedAt labels versions { version state errorCode errorMessage } inputs { name dtype shape layout } outputs { name dtype shape }`;
-const mobilenet = () => ({ onnx: sharedModel('mobilenetv2-12-int8'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } });
+const mobilenet = () => ({ onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } });
 
 describe('model repository over GraphQL', () => {
   let gw: TestGateway;
@@ -18,7 +18,7 @@ describe('model repository over GraphQL', () => {
   beforeAll(async () => {
     extraRoot = await mkdtemp(path.join(os.tmpdir(), 'gw-extra-'));
     gw = await startGateway({
-      models: { mobilenet: mobilenet(), yolox: { onnx: sharedModel('yolox-nano'), config: { ...fixtureConfigs.yolox, description: 'COCO detector' }, files: { 'labels.txt': sharedFile('models', 'yolox-nano', 'labels.txt') } } },
+      models: { mobilenet: mobilenet(), yolox: { onnx: modelFile('yolox'), config: { ...fixtureConfigs.yolox, description: 'COCO detector' }, files: { 'labels.txt': modelAsset('yolox', 'labels.txt') } } },
       env: { MODEL_ROOTS: extraRoot },
       pollIntervalMs: 100,
     });
@@ -45,7 +45,7 @@ describe('model repository over GraphQL', () => {
     // yolox fixes its batch at 1; the gateway made it dynamic after a trial run, and says so
     expect(byName.yolox.inputs[0].shape).toEqual([null, 3, 416, 416]);
     expect(byName.yolox.metadata.dynamicBatch).toMatch(/^rewritten/);
-    expect(byName.mobilenet.metadata).toEqual({});
+    expect(byName.mobilenet.metadata).toMatchObject({ license: "Apache-2.0" });
   });
 
   it('answers inputShape, with dynamic dimensions as null', async () => {
@@ -84,16 +84,16 @@ describe('model repository over GraphQL', () => {
     expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
     expect(r.data.loadModel.labels).toHaveLength(1000);
     // a bare .onnx file with the configuration given inline
-    await writeFile(path.join(extraRoot, 'bare.onnx'), await readFile(sharedModel('mobilenetv2-12-int8')));
+    await writeFile(path.join(extraRoot, 'bare.onnx'), await readFile(modelFile('mobilenet')));
     const file = await gw.gql(`mutation($p: String!, $c: JSON) { loadModel(name: "bare-file", path: $p, config: $c) { task versions { state } } }`, { p: path.join(extraRoot, 'bare.onnx'), c: { task: 'raw' } });
     expect(file.errors).toBeUndefined();
     expect(file.data.loadModel).toEqual({ task: 'raw', versions: [{ state: 'AVAILABLE' }] });
-    for (const p of [path.join(SHARED, 'models', 'mobilenetv2-12-int8'), '/etc', `${extraRoot}/../..`, `${gw.root}/../../etc/passwd`]) {
+    for (const p of [path.join(ROOT, 'models', 'mobilenet'), '/etc', `${extraRoot}/../..`, `${gw.root}/../../etc/passwd`]) {
       const denied = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, { p });
       expect(errorCode(denied), p).toBe('FORBIDDEN_PATH');
     }
     // a symlink inside an allowed root that points outside it is refused too
-    await symlink(path.join(SHARED, 'models', 'mobilenetv2-12-int8'), path.join(extraRoot, 'sneaky'));
+    await symlink(path.join(ROOT, 'models', 'mobilenet'), path.join(extraRoot, 'sneaky'));
     const sneaky = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, { p: path.join(extraRoot, 'sneaky') });
     expect(errorCode(sneaky)).toBe('FORBIDDEN_PATH');
   });
@@ -103,7 +103,7 @@ describe('model repository over GraphQL', () => {
     const r = await gw.gql(
       `mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { name description labels versions { version state } } }`,
       { files: [null, null, null] },
-      { files: { 'files.0': sharedModel('mobilenetv2-12-int8'), 'files.1': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt'), 'files.2': { name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) } } },
+      { files: { 'files.0': modelFile('mobilenet'), 'files.1': modelAsset('mobilenet', 'labels.txt'), 'files.2': { name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) } } },
     );
     expect(r.errors).toBeUndefined();
     expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
@@ -113,7 +113,7 @@ describe('model repository over GraphQL', () => {
     expect(written.length).toBe(3655033);
     expect(JSON.parse(await readFile(path.join(gw.root, 'uploaded', 'model.json'), 'utf8')).description).toBe('uploaded');
     // a second upload becomes version 2 and, with the default policy (latest 1), replaces version 1
-    const r2 = await gw.gql(`mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { versions { version state } } }`, { files: [null] }, { files: { 'files.0': sharedModel('mobilenetv2-12-int8') } });
+    const r2 = await gw.gql(`mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { versions { version state } } }`, { files: [null] }, { files: { 'files.0': modelFile('mobilenet') } });
     expect(r2.errors).toBeUndefined();
     expect(r2.data.loadModel.versions).toEqual([{ version: 1, state: 'END' }, { version: 2, state: 'AVAILABLE' }]);
   });
@@ -129,7 +129,7 @@ describe('model repository over GraphQL', () => {
     expect(bad.errors?.[0].message).toMatch(/preprocessing/);
     r = await gw.gql(`mutation { unloadModel(name: "yolox", version: 1) { versions { version state } } }`);
     expect(r.data.unloadModel.versions).toEqual([{ version: 1, state: 'END' }]);
-    const infer = await gw.gql(`{ detect(model: "yolox", image: { base64: "AAAA" }) { imageWidth } }`);
+    const infer = await gw.gql(`mutation { detect(model: "yolox", image: { base64: "AAAA" }) { imageWidth } }`);
     expect(errorCode(infer)).toBe('MODEL_NOT_READY');
     const noVersion = await gw.gql(`mutation { unloadModel(name: "yolox", version: 7) { name } }`);
     expect(errorCode(noVersion)).toBe('MODEL_NOT_FOUND');
@@ -152,12 +152,12 @@ describe('model repository over GraphQL', () => {
     const still = await gw.gql(`{ model(name: "mobilenet") { versions { state } } }`);
     expect(still.data.model.versions[0].state).toBe('AVAILABLE');
     // a broken model.json names the field
-    await addModel(gw.root, 'badconfig', { onnx: sharedModel('mobilenetv2-12-int8'), config: { task: 'classification', preprocessing: { resizeType: 'STRETCH' } } });
+    await addModel(gw.root, 'badconfig', { onnx: modelFile('mobilenet'), config: { task: 'classification', preprocessing: { resizeType: 'STRETCH' } } });
     const bad = await gw.gql(`mutation { loadModel(name: "badconfig") { versions { state errorCode errorMessage } } }`);
     expect(bad.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
     expect(bad.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.resizeType/);
     // a model.json that parses but does not fit the model fails the load too, not every request afterwards
-    await addModel(gw.root, 'misfit', { onnx: sharedModel('mobilenetv2-12-int8'), config: { task: 'classification', preprocessing: { colorChannels: 'L' } } });
+    await addModel(gw.root, 'misfit', { onnx: modelFile('mobilenet'), config: { task: 'classification', preprocessing: { colorChannels: 'L' } } });
     const misfit = await gw.gql(`mutation { loadModel(name: "misfit") { versions { state errorCode errorMessage } } }`);
     expect(misfit.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
     expect(misfit.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.colorChannels: L gives 1 channel\(s\) but input input has 3/);
@@ -167,11 +167,11 @@ describe('model repository over GraphQL', () => {
   });
 
   it('picks up a new version folder and drops a removed one (watcher)', async () => {
-    await addModel(gw.root, 'watched', { onnx: sharedModel('mobilenetv2-12-int8'), config: { task: 'raw', versionPolicy: { all: true } } });
+    await addModel(gw.root, 'watched', { onnx: modelFile('mobilenet'), config: { task: 'raw', versionPolicy: { all: true } } });
     const versions = async () => (await gw.gql(`{ model(name: "watched") { versions { version state } } }`)).data?.model?.versions;
     await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }]), 15_000, 'new model picked up');
     await mkdir(path.join(gw.root, 'watched', '2'));
-    await symlink(sharedModel('mobilenetv2-12-int8'), path.join(gw.root, 'watched', '2', 'model.onnx'));
+    await symlink(modelFile('mobilenet'), path.join(gw.root, 'watched', '2', 'model.onnx'));
     await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }, { version: 2, state: 'AVAILABLE' }]), 15_000, 'version 2 loaded');
     await rm(path.join(gw.root, 'watched', '1'), { recursive: true });
     await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'END' }, { version: 2, state: 'AVAILABLE' }]), 15_000, 'version 1 unloaded');

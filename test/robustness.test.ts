@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
 import sharp from 'sharp';
-import { SHARED, errorCode, fixtureConfigs, image, sharedFile, sharedModel, startGateway, until, type TestGateway } from './helpers.ts';
+import { IMAGES, errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 
 /**
  * A decompression bomb: a real PNG whose IHDR is patched to claim width x height. It must be refused from its
@@ -32,16 +32,16 @@ async function pngClaiming(width: number, height: number): Promise<Uint8Array> {
 }
 
 const models = () => ({
-  mobilenet: { onnx: sharedModel('mobilenetv2-12-int8'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': sharedFile('models', 'mobilenetv2-12-int8', 'labels.txt') } },
+  mobilenet: { onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
 });
-const CLASSIFY = `query($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
+const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
 describe('bad input gets a typed error and the server stays healthy', () => {
   let gw: TestGateway;
   let outside: string;
   beforeAll(async () => {
     outside = await mkdtemp(path.join(os.tmpdir(), 'gw-outside-'));
-    gw = await startGateway({ models: models(), env: { IMAGE_ROOTS: path.join(SHARED, 'images'), MAX_IMAGE_PIXELS: '4000000' } });
+    gw = await startGateway({ models: models(), env: { IMAGE_ROOTS: IMAGES, MAX_IMAGE_PIXELS: '4000000' } });
   });
   afterAll(async () => {
     await gw?.close();
@@ -76,17 +76,17 @@ describe('bad input gets a typed error and the server stays healthy', () => {
 
   it('paths outside IMAGE_ROOTS, with .. and symlinks resolved first', async () => {
     await symlink('/etc/hostname', path.join(outside, 'link'));
-    const q = `query($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`;
-    for (const p of ['/etc/hostname', path.join(SHARED, 'images', '..', 'images', '..', 'models', 'yolox-nano', 'model.onnx'), path.join(outside, 'link'), '../../../../etc/hostname', '']) {
+    const q = `mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`;
+    for (const p of ['/etc/hostname', path.join(IMAGES, '..', 'images', '..', '..', '..', 'models', 'yolox', '1', 'model.onnx'), path.join(outside, 'link'), '../../../../etc/hostname', '']) {
       expect(errorCode(await gw.gql(q, { p })), p).toBe('FORBIDDEN_PATH');
     }
-    expect(errorCode(await gw.gql(q, { p: path.join(SHARED, 'images', 'missing.jpg') }))).toBe('INVALID_INPUT');
-    const ok = await gw.gql(q, { p: path.join(SHARED, 'images', '..', 'images', 'bee.jpeg') });
+    expect(errorCode(await gw.gql(q, { p: path.join(IMAGES, 'missing.jpg') }))).toBe('INVALID_INPUT');
+    const ok = await gw.gql(q, { p: path.join(IMAGES, '..', 'images', 'bee.jpeg') });
     expect(ok.data.classify.predictions[0].classId).toBe(309);
   });
 
   it('tensors whose dtype, shape or byte length do not match', async () => {
-    const q = (dtype: string, shape: number[], data: string) => gw.gql(`query($s: [Int!]!, $d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: ${dtype}, shape: $s, data: $d }]) { outputs { name } } }`, { s: shape, d: data });
+    const q = (dtype: string, shape: number[], data: string) => gw.gql(`mutation($s: [Int!]!, $d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: ${dtype}, shape: $s, data: $d }]) { outputs { name } } }`, { s: shape, d: data });
     const bytes = Buffer.alloc(3 * 224 * 224 * 4).toString('base64');
     expect(errorCode(await q('FLOAT16', [1, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
     expect(errorCode(await q('FLOAT32', [1, 3, 224, 225], bytes))).toBe('INVALID_INPUT');
@@ -144,7 +144,7 @@ describe('limits', () => {
   });
 
   it('refuses more files than MAX_FILES_PER_REQUEST', async () => {
-    const q = `query($a: File!, $b: File!, $c: File!) { a: classify(model: "mobilenet", image: { file: $a }) { predictions { classId } } }`;
+    const q = `mutation($a: File!, $b: File!, $c: File!) { a: classify(model: "mobilenet", image: { file: $a }) { predictions { classId } } }`;
     const r = await gw.gql(q, { a: null, b: null, c: null }, { files: { a: image('bee.jpeg'), b: image('bee.jpeg'), c: image('bee.jpeg') } });
     expect(r.status).toBe(400);
     expect(errorCode(r)).toBe('LIMIT_EXCEEDED');
@@ -152,7 +152,7 @@ describe('limits', () => {
   });
 
   it('answers LIMIT_EXCEEDED past MAX_IMAGES_PER_REQUEST, and for queries too deep or with too many aliases', async () => {
-    const three = `query($f: File!) { a: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } b: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } c: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
+    const three = `mutation($f: File!) { a: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } b: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } c: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
     const r = await gw.gql(three, { f: null }, { files: { f: image('bee.jpeg') } });
     expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED']);
     const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } } }`);

@@ -141,9 +141,12 @@ export class Batcher {
       },
       release: () => {
         if (stage === 'released') return;
-        if (stage === 'preparing') this.preparing--;
+        const wasPreparing = stage === 'preparing';
+        if (wasPreparing) this.preparing--;
         stage = 'released';
         this.admitted--;
+        // a request that failed before reaching the batcher may have been the one the open batches waited for
+        if (wasPreparing) this.fireIfNobodyComing();
         if (this.admitted === 0) {
           const w = this.idleWaiters;
           this.idleWaiters = [];
@@ -201,11 +204,19 @@ export class Batcher {
     const slot = entry.current;
     if (slot) {
       slot.count++;
-      const full = slot.count >= this.options.maxBatchSize;
-      const nobodyComing = this.admitted > 0 && this.preparing === 0 && this.running < this.options.maxConcurrentBatches;
-      if (full || nobodyComing) slot.fire();
+      if (slot.count >= this.options.maxBatchSize || this.nobodyComing()) slot.fire();
     }
     return promise;
+  }
+
+  /** Every admitted request is already queued (none is still being preprocessed) and the engine is free. */
+  private nobodyComing(): boolean {
+    return this.admitted > 0 && this.preparing === 0 && this.running < this.options.maxConcurrentBatches;
+  }
+
+  private fireIfNobodyComing(): void {
+    if (!this.nobodyComing()) return;
+    for (const e of [...this.loaders.values()]) e.current?.fire();
   }
 
   private async acquireRun(): Promise<void> {

@@ -2,13 +2,15 @@ import { readFile, stat } from 'node:fs/promises';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { DTYPES } from '../engine/types.ts';
 import { resolveUnderRoots } from '../paths.ts';
-import { classifyImage, detectObjects, inferTensors, segmentImage, type SegmentationRun, type TensorOutput } from '../inference.ts';
+import { classifyImages, detectObjects, inferTensors, segmentImages, type ImageSource, type SegmentationRun, type TensorOutput } from '../inference.ts';
 import type { Prediction } from '../vision/classification.ts';
 import type { Box, DetectedObject } from '../vision/detection.ts';
 import { classHistogram, maskPng, regions, toOriginalSize, type ClassMap, type Region, type SegmentClass } from '../vision/segmentation.ts';
 import { cropImage, drawDetections, drawOverlay } from '../vision/draw.ts';
 import type { DecodedImage } from '../vision/preprocess.ts';
 import { builder, type Context } from './builder.ts';
+
+type ArgBuilder = Parameters<Parameters<typeof builder.mutationFields>[0]>[0]['arg'];
 
 // ---- images in ----
 
@@ -32,11 +34,15 @@ function countImage(ctx: Context): void {
   }
 }
 
-/** The bytes of an ImageInput; counts toward the request's image limit. */
-export async function imageBytes(image: ImageArg, ctx: Context): Promise<Uint8Array> {
+/** Where an ImageInput's bytes come from; counts toward the request's image limit. */
+function imageSource(image: ImageArg, ctx: Context): ImageSource {
+  countImage(ctx);
+  return () => imageBytes(image, ctx);
+}
+
+async function imageBytes(image: ImageArg, ctx: Context): Promise<Uint8Array> {
   const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
   if (given !== 1) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path');
-  countImage(ctx);
   if (image.file) return new Uint8Array(await image.file.arrayBuffer());
   if (image.base64 !== undefined && image.base64 !== null) {
     const s = image.base64.replace(/^data:[^,]*;base64,/, '');
@@ -83,8 +89,9 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx) => {
         countImage(ctx);
-        const crop = await cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
-        return { predictions: await classifyImage(ctx.repository, args.model, args.version, crop, ctx.limits, args.topK ?? 5, args.minConfidence ?? 0) };
+        const crop = () => cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
+        const [predictions] = classifyImages(ctx.repository, args.model, args.version, [crop], ctx.limits, args);
+        return { predictions: await predictions };
       },
     }),
   }),
@@ -162,32 +169,89 @@ const InferResultRef = builder.objectRef<{ outputs: TensorOutput[] }>('InferResu
   fields: (t) => ({ outputs: t.field({ type: [TensorOutputRef], resolve: (r) => r.outputs }) }),
 });
 
-builder.queryFields((t) => ({
+const imageArgs = (t: ArgBuilder) => ({
+  model: t.string({ required: true }),
+  version: t.int({ description: 'Default: the highest AVAILABLE version.' }),
+  image: t({ type: ImageInput, required: true }),
+});
+const imagesArgs = (t: ArgBuilder) => ({
+  model: t.string({ required: true }),
+  version: t.int({ description: 'Default: the highest AVAILABLE version.' }),
+  images: t({ type: [ImageInput], required: true, description: 'Run together: they share engine calls.' }),
+});
+const classifyArgs = (t: ArgBuilder) => ({ topK: t.int({ description: 'Default 5.' }), minConfidence: t.float() });
+const detectArgs = (t: ArgBuilder) => ({ minConfidence: t.float(), iouThreshold: t.float(), maxDetections: t.int() });
+
+/** The sources of a list of images: the whole list counts toward the request's image limit before any is read. */
+function imageSources(images: readonly ImageArg[], ctx: Context): ImageSource[] {
+  if (ctx.imageCount.n + images.length > ctx.limits.maxImagesPerRequest) {
+    throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images or inferences in one request`);
+  }
+  return images.map((image) => imageSource(image, ctx));
+}
+
+/**
+ * A list field's items: a failure of the call as a whole (unknown model, wrong task, too many images) becomes the
+ * error of every item, so the list keeps its place in `data` and each item says why it is null.
+ */
+function perItem<T>(count: number, run: () => Promise<T>[]): Promise<T>[] {
+  try {
+    return run();
+  } catch (e) {
+    return Array.from({ length: count }, () => Promise.reject(e));
+  }
+}
+
+// Inference runs as mutations (the product's API contract: load, unload, classify, detect, segment, infer). Top-level
+// mutation fields run one after another, so several images of one request go in the list fields (classifyBatch, ...),
+// whose images reach the batcher together. Root fields are nullable: one failing field or item does not null the rest.
+builder.mutationFields((t) => ({
   classify: t.field({
     type: ClassificationRef,
-    args: {
-      model: t.arg.string({ required: true }), version: t.arg.int(), image: t.arg({ type: ImageInput, required: true }),
-      topK: t.arg.int({ description: 'Default 5.' }), minConfidence: t.arg.float(),
+    nullable: true,
+    args: { ...imageArgs(t.arg), ...classifyArgs(t.arg) },
+    resolve: async (_, args, ctx) => {
+      const [predictions] = classifyImages(ctx.repository, args.model, args.version, [imageSource(args.image, ctx)], ctx.limits, args);
+      return { predictions: await predictions };
     },
-    resolve: async (_, args, ctx) => ({
-      predictions: await classifyImage(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits, args.topK ?? 5, args.minConfidence ?? 0),
-    }),
+  }),
+  classifyBatch: t.field({
+    type: [ClassificationRef],
+    nullable: { list: false, items: true },
+    description: 'Classify several images in one call (they share engine calls). A failing image is null with its own error (path [field, index]); a failure of the whole call (unknown model, wrong task) is the error of every item.',
+    args: { ...imagesArgs(t.arg), ...classifyArgs(t.arg) },
+    resolve: (_, args, ctx) =>
+      perItem(args.images.length, () => classifyImages(ctx.repository, args.model, args.version, imageSources(args.images, ctx), ctx.limits, args)).map(async (p) => ({ predictions: await p })),
   }),
   detect: t.field({
     type: DetectionRef,
-    args: {
-      model: t.arg.string({ required: true }), version: t.arg.int(), image: t.arg({ type: ImageInput, required: true }),
-      minConfidence: t.arg.float(), iouThreshold: t.arg.float(), maxDetections: t.arg.int(),
-    },
-    resolve: async (_, args, ctx) => detectObjects(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits, args),
+    nullable: true,
+    args: { ...imageArgs(t.arg), ...detectArgs(t.arg) },
+    resolve: (_, args, ctx) => detectObjects(ctx.repository, args.model, args.version, [imageSource(args.image, ctx)], ctx.limits, args)[0],
+  }),
+  detectBatch: t.field({
+    type: [DetectionRef],
+    nullable: { list: false, items: true },
+    description: 'Detect objects in several images in one call; a failing image is null with its own error.',
+    args: { ...imagesArgs(t.arg), ...detectArgs(t.arg) },
+    resolve: (_, args, ctx) => perItem(args.images.length, () => detectObjects(ctx.repository, args.model, args.version, imageSources(args.images, ctx), ctx.limits, args)),
   }),
   segment: t.field({
     type: SegmentationRef,
-    args: { model: t.arg.string({ required: true }), version: t.arg.int(), image: t.arg({ type: ImageInput, required: true }) },
-    resolve: async (_, args, ctx) => segmentImage(ctx.repository, args.model, args.version, await imageBytes(args.image, ctx), ctx.limits),
+    nullable: true,
+    args: imageArgs(t.arg),
+    resolve: (_, args, ctx) => segmentImages(ctx.repository, args.model, args.version, [imageSource(args.image, ctx)], ctx.limits)[0],
+  }),
+  segmentBatch: t.field({
+    type: [SegmentationRef],
+    nullable: { list: false, items: true },
+    description: 'Segment several images in one call; a failing image is null with its own error.',
+    args: imagesArgs(t.arg),
+    resolve: (_, args, ctx) => perItem(args.images.length, () => segmentImages(ctx.repository, args.model, args.version, imageSources(args.images, ctx), ctx.limits)),
   }),
   infer: t.field({
     type: InferResultRef,
+    nullable: true,
     description: 'Raw tensors in, raw tensors out (only the outputs asked for; all when omitted).',
     args: {
       model: t.arg.string({ required: true }), version: t.arg.int(),
