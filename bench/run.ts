@@ -8,7 +8,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { createOnnxRuntimeEngine } from '../src/engine/onnxruntime.ts';
+import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import { Admissions } from '../src/batching/admission.ts';
 import { Batcher } from '../src/batching/batcher.ts';
 import { parseModelConfig } from '../src/repository/model-config.ts';
 import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
@@ -99,19 +100,29 @@ async function main() {
   const plan = planInput(cfg, session.inputs);
   let items = 0;
   let batches = 0;
-  const local = new Batcher(async (f) => { batches++; items += f[plan.input].shape[0]; return session.run(f); }, { ...cfg.batching, maxQueueSize: 1_000_000, timeoutMs: 0 });
+  const admissions = new Admissions(1_000_000);
+  const local = new Batcher(
+    async (f) => {
+      batches++;
+      items += f[plan.input].shape[0];
+      return session.run(f);
+    },
+    { ...cfg.batching, timeoutMs: 0 },
+    { othersComing: () => admissions.preparingCount > 0 },
+  );
   const inProcess: Runner = {
     mode: 'in-process',
     stats: async () => ({ items, batches }),
     run: async (i) => {
-      const admission = local.admit();
+      const ticket = admissions.admit();
       try {
         const img = await probeImage(photos[i % photos.length], MAX_PIXELS);
         const { tensor } = await preprocess(img, plan, MAX_PIXELS);
-        const out = await admission.infer({ [plan.input]: tensor });
+        ticket.markQueued();
+        const out = await local.infer({ [plan.input]: tensor });
         classify(out, cfg.classification, null, 1);
       } finally {
-        admission.release();
+        ticket.release();
       }
     },
   };

@@ -1,30 +1,35 @@
-/** Structured logging: one JSON object per line on stderr. */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import pino, { type DestinationStream, type Logger as PinoLogger } from 'pino';
+
+/**
+ * Structured logging with pino: one JSON object per line on stderr, `{"time":"<ISO>","level":"info","msg":..., ...}`.
+ * Lines written while a request is handled carry its `requestId` (from the request context), so an error logged deep
+ * in the repository can be traced to the request that caused it. Our fields never overwrite `time`, `level` or `msg`:
+ * pino writes those itself.
+ */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
-const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
+export type Logger = PinoLogger;
 
-export interface Logger {
-  debug(msg: string, fields?: Record<string, unknown>): void;
-  info(msg: string, fields?: Record<string, unknown>): void;
-  warn(msg: string, fields?: Record<string, unknown>): void;
-  error(msg: string, fields?: Record<string, unknown>): void;
-  child(fields: Record<string, unknown>): Logger;
-}
+/** What is known about the request being handled, for logs (set by the HTTP server for each request). */
+export const requestContext = new AsyncLocalStorage<{ requestId: string }>();
 
-export function createLogger(
-  level: LogLevel = 'info',
-  base: Record<string, unknown> = {},
-  write: (line: string) => void = (line) => process.stderr.write(line + '\n'),
-): Logger {
-  const min = rank[level];
-  const emit = (lvl: Exclude<LogLevel, 'silent'>, msg: string, fields?: Record<string, unknown>) => {
-    if (rank[lvl] < min) return;
-    write(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...base, ...fields }));
-  };
-  return {
-    debug: (m, f) => emit('debug', m, f),
-    info: (m, f) => emit('info', m, f),
-    warn: (m, f) => emit('warn', m, f),
-    error: (m, f) => emit('error', m, f),
-    child: (fields) => createLogger(level, { ...base, ...fields }, write),
-  };
+export function createLogger(level: LogLevel = 'info', base: Record<string, unknown> = {}, destination?: DestinationStream | ((line: string) => void)): Logger {
+  const dest: DestinationStream =
+    typeof destination === 'function'
+      ? { write: (line: string) => destination(line.endsWith('\n') ? line.slice(0, -1) : line) }
+      : (destination ?? pino.destination({ dest: 2, sync: false, minLength: 0 }));
+  return pino(
+    {
+      level,
+      base,
+      messageKey: 'msg',
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      mixin: () => {
+        const ctx = requestContext.getStore();
+        return ctx ? { requestId: ctx.requestId } : {};
+      },
+    },
+    dest,
+  );
 }

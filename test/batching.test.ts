@@ -1,4 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Admissions } from '../src/batching/admission.ts';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
 import { errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, type TestGateway } from './helpers.ts';
@@ -21,7 +22,7 @@ function recorder(opts: { fail?: (values: number[]) => boolean; hold?: () => Pro
   return { calls, run };
 }
 
-const options = { maxBatchSize: 4, maxDelayMs: 1000, maxQueueSize: 100, maxConcurrentBatches: 1, timeoutMs: 0 };
+const options = { maxBatchSize: 4, maxDelayMs: 1000, maxConcurrentBatches: 1, timeoutMs: 0 };
 
 describe('batcher (deterministic, fake timers)', () => {
   beforeAll(() => vi.useFakeTimers());
@@ -79,28 +80,29 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(calls).toEqual([[1, 13, 3, 4], [1], [13], [3], [4]]);
   });
 
-  it('answers QUEUE_FULL at once when maxQueueSize requests are admitted', () => {
-    const b = new Batcher(recorder().run, { ...options, maxQueueSize: 2 });
-    const r1 = b.admit();
-    b.admit();
-    expect(() => b.admit()).toThrow(expect.objectContaining({ code: 'QUEUE_FULL' }));
+  it('admissions: QUEUE_FULL at once when maxQueueSize requests are admitted', () => {
+    const a = new Admissions(2);
+    const r1 = a.admit();
+    a.admit();
+    expect(() => a.admit()).toThrow(expect.objectContaining({ code: 'QUEUE_FULL' }));
     r1.release();
     r1.release(); // releasing twice is harmless
-    expect(b.pending).toBe(1);
-    expect(() => b.admit()).not.toThrow();
+    expect(a.pending).toBe(1);
+    expect(() => a.admit()).not.toThrow();
   });
 
-  it('keeps no queue for a shape once its batch has gone (clients choose the shapes)', async () => {
-    const b = new Batcher(recorder().run, options);
+  it('keeps no state per shape: fifty shapes in one batch are fifty engine calls, and then nothing is left', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, { ...options, maxBatchSize: 64 });
     const results = Promise.all(Array.from({ length: 50 }, (_, i) => b.infer(item(i, i + 1))));
-    expect(b.openQueues).toBe(50);
     await vi.advanceTimersByTimeAsync(1000);
     expect((await results).map(value)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
-    expect(b.openQueues).toBe(0);
+    expect(calls).toHaveLength(50);
     // a shape seen before batches as usual
     const again = Promise.all([b.infer(item(7, 3)), b.infer(item(8, 3))]);
     await vi.advanceTimersByTimeAsync(1000);
     expect((await again).map(value)).toEqual([8, 9]);
+    expect(calls.at(-1)).toEqual([7, 8]);
   });
 
   it('runs one engine call at a time and gives DEADLINE_EXCEEDED to items that waited too long', async () => {
@@ -140,13 +142,15 @@ describe('batcher (deterministic, fake timers)', () => {
 
   it('sends at once when every admitted request is queued (nobody else can join)', async () => {
     const { calls, run } = recorder();
-    const b = new Batcher(run, options);
-    const a1 = b.admit();
-    const a2 = b.admit();
-    const p1 = a1.infer(item(1));
+    const admissions = new Admissions(10);
+    const b = new Batcher(run, options, { othersComing: () => admissions.preparingCount > 0 });
+    const [a1, a2] = [admissions.admit(), admissions.admit()];
+    a1.markQueued();
+    const p1 = b.infer(item(1));
     await vi.advanceTimersByTimeAsync(0);
     expect(calls).toEqual([]); // a2 is still preparing: wait for it
-    const p2 = a2.infer(item(2));
+    a2.markQueued();
+    const p2 = b.infer(item(2));
     await vi.advanceTimersByTimeAsync(0);
     expect(calls).toEqual([[1, 2]]); // well before the 1000 ms delay
     expect([value(await p1), value(await p2)]).toEqual([2, 3]);
@@ -154,11 +158,27 @@ describe('batcher (deterministic, fake timers)', () => {
     a2.release();
   });
 
+  it('sends at once when the request it waited for fails before reaching the batcher (nudge)', async () => {
+    const { calls, run } = recorder();
+    const admissions = new Admissions(10);
+    const b = new Batcher(run, options, { othersComing: () => admissions.preparingCount > 0 });
+    const [a1, a2] = [admissions.admit(), admissions.admit()];
+    a1.markQueued();
+    const p1 = b.infer(item(1));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([]);
+    a2.release(); // its image was bad: it never reaches the batcher
+    b.nudge();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1]]);
+    expect(value(await p1)).toBe(2);
+  });
+
   it('drain resolves when every admitted request has been answered', async () => {
-    const b = new Batcher(recorder().run, options);
-    const releases = [b.admit(), b.admit()].map((a) => a.release);
+    const a = new Admissions(10);
+    const releases = [a.admit(), a.admit()].map((t) => t.release);
     let drained = false;
-    const d = b.drain().then(() => (drained = true));
+    const d = a.drain().then(() => (drained = true));
     await vi.advanceTimersByTimeAsync(0);
     expect(drained).toBe(false);
     releases[0]();
@@ -171,7 +191,7 @@ describe('batcher (deterministic, fake timers)', () => {
 
   it('records batches, sizes and times', async () => {
     const stats = new VersionStats();
-    const b = new Batcher(recorder().run, options, stats);
+    const b = new Batcher(recorder().run, options, { stats });
     await Promise.all([vi.advanceTimersByTimeAsync(0), ...[1, 2, 3, 4].map((v) => b.infer(item(v)))]);
     expect(stats.batches).toBe(1);
     expect([...stats.batchSizes]).toEqual([[4, 1]]);
@@ -220,6 +240,10 @@ describe('batching over HTTP with a real model', () => {
     expect(metrics).toMatch(new RegExp(`gateway_inference_request_success_total\\{model="mobilenet",version="1"\\} ${after.requests}`));
     expect(metrics).toMatch(/# TYPE gateway_inference_queue_duration_seconds histogram/);
     expect(metrics).toMatch(/gateway_model_version_state\{model="mobilenet",version="1",state="AVAILABLE"\} 1/);
+    expect(metrics).toMatch(/gateway_inference_batch_size_total\{model="mobilenet",version="1",batch_size="6"\} 1/);
+    // the process metrics of prom-client come with them
+    expect(metrics).toMatch(/^process_cpu_user_seconds_total \d/m);
+    expect(metrics).toMatch(/^nodejs_eventloop_lag_seconds /m);
   });
 
   it('classifyBatch: a bad image is null with its own error at [classifyBatch, i]; the others are answered in one engine call', async () => {
@@ -285,7 +309,7 @@ describe('batching over HTTP with a real model', () => {
     const inflight = Array.from({ length: 6 }, () => classify('mobilenet', image('zebra.jpeg')));
     // unload once requests are admitted (they wait up to maxDelayMs = 50 in a partial batch)
     const version = gw.repository.get('mobilenet')!.versions.get(1)!;
-    while ((version.batcher?.pending ?? 0) < 1) await new Promise((r) => setTimeout(r, 1));
+    while (version.pending < 1) await new Promise((r) => setTimeout(r, 1));
     const unload = gw.gql(`mutation { unloadModel(name: "mobilenet") { versions { state } } }`);
     const answers = await Promise.all(inflight);
     for (const r of answers) {

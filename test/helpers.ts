@@ -5,10 +5,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config } from '../src/config.ts';
 import { createLogger } from '../src/log.ts';
-import { createOnnxRuntimeEngine } from '../src/engine/onnxruntime.ts';
-import { ModelRepository } from '../src/repository/repository.ts';
-import { createGateway, type Gateway } from '../src/server.ts';
-import { checkImageInput } from '../src/inference.ts';
+import { Metrics } from '../src/metrics.ts';
+import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import { ModelManager } from '../src/repository/manager.ts';
+import { createGateway, type Gateway } from '../src/server/gateway.ts';
+import { checkImageInput } from '../src/inference/service.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Photos used by tests, benchmarks and README examples (see test/fixtures/images/PROVENANCE.md). */
@@ -58,7 +59,8 @@ export async function addModel(root: string, name: string, spec: ModelSpec): Pro
 export interface TestGateway {
   url: string;
   config: Config;
-  repository: ModelRepository;
+  repository: ModelManager;
+  metrics: Metrics;
   gateway: Gateway;
   root: string;
   logs: string[];
@@ -83,8 +85,12 @@ export async function startGateway(opts: { models?: Record<string, ModelSpec>; r
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', MODEL_REPOSITORY: root, LOG_LEVEL: 'info', ...opts.env }, []);
   const logs: string[] = [];
   const logger = createLogger(config.logLevel, {}, (line) => logs.push(line));
-  const repository = new ModelRepository({ root, engine: createOnnxRuntimeEngine(), logger, modelRoots: config.modelRoots, pollIntervalMs: opts.pollIntervalMs ?? 0, dynamicBatch: config.dynamicBatch, checkModel: checkImageInput });
-  const gateway = createGateway({ config, repository, logger });
+  const metrics = new Metrics();
+  const repository = new ModelManager({
+    root, engine: createOnnxRuntimeEngine(), logger, metrics, modelRoots: config.modelRoots, pollIntervalMs: opts.pollIntervalMs ?? 0,
+    loadOptions: { dynamicBatch: config.dynamicBatch }, checkModel: checkImageInput,
+  });
+  const gateway = createGateway({ config, models: repository, logger, metrics });
   const { url } = await gateway.listen();
   await repository.start();
   const gql = async <T>(query: string, variables: Record<string, unknown> = {}, o: GqlOptions = {}): Promise<GqlResult<T>> => {
@@ -121,7 +127,7 @@ export async function startGateway(opts: { models?: Record<string, ModelSpec>; r
     return { ...body, status: res.status };
   };
   return {
-    url, config, repository, gateway, root, logs, gql,
+    url, config, repository, metrics, gateway, root, logs, gql,
     async close() {
       await gateway.close();
       await repository.close();

@@ -2,7 +2,7 @@
  * Builds tiny ONNX models for unit tests (the project's own, no downloads): a protobuf writer for just the fields
  * of ModelProto, GraphProto, NodeProto, ValueInfoProto and AttributeProto that these graphs use.
  */
-import { concat, lengthDelimited, varintField } from '../src/repository/protobuf.ts';
+import { concat, lengthDelimited, varintField } from '../src/engine/onnx/protobuf.ts';
 
 export const ElemType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 

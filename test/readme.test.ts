@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Kind, parse, validate, type OperationDefinitionNode } from 'graphql';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { schema } from '../src/schema/index.ts';
+import { schema } from '../src/protocols/graphql/schema/index.ts';
 import { ROOT, startGateway, type TestGateway } from './helpers.ts';
 
 /**

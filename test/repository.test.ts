@@ -5,8 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { printSchema } from 'graphql';
-import { schema } from '../src/schema/index.ts';
-import { ROOT, IMAGES, addModel, errorCode, fixtureConfigs, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import { schema } from '../src/protocols/graphql/schema/index.ts';
+import { ROOT, addModel, errorCode, fixtureConfigs, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 
 const MODEL_FIELDS = `name task description metadata updatedAt labels versions { version state errorCode errorMessage } inputs { name dtype shape layout } outputs { name dtype shape }`;
 const mobilenet = () => ({ onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } });

@@ -157,7 +157,7 @@ describe('limits', () => {
     expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED']);
     const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } } }`);
     expect(errorCode(deep)).toBe('LIMIT_EXCEEDED');
-    expect(deep.errors![0].message).toMatch(/depth 5 exceeds the limit of 4/);
+    expect(deep.errors![0].message).toMatch(/depth limit of 4 exceeded, found 5/);
     // through fragments too
     const viaFragment = await gw.gql(`query { models { ...M } } fragment M on Model { versions { stats { batchSizes { size } } } }`);
     expect(errorCode(viaFragment)).toBe('LIMIT_EXCEEDED');
@@ -167,6 +167,11 @@ describe('limits', () => {
     const aliases = await gw.gql(`{ a: models { name } b: models { name } c: models { name } d: models { name } }`);
     expect(errorCode(aliases)).toBe('LIMIT_EXCEEDED');
     expect((await gw.gql(`{ a: models { name } b: models { name } }`)).errors).toBeUndefined();
+    // aliases inside a fragment count every time the fragment is spread
+    const spread = await gw.gql(`{ models { ...A } m2: models { ...A } } fragment A on Model { x: name y: name }`);
+    expect(errorCode(spread)).toBe('LIMIT_EXCEEDED');
+    // refused documents are request errors: HTTP 400
+    expect([deep.status, viaFragment.status, aliases.status, spread.status]).toEqual([400, 400, 400, 400]);
   });
 
   it('limits WebSocket connections per client and subscriptions per connection', async () => {

@@ -167,6 +167,23 @@ describe('labels', () => {
     expect(() => parseLabelsPbtxt('item { name: "x" }')).toThrow(/no id/);
   });
 
+  it('reads .pbtxt label maps with comments, nested messages and escaped quotes', () => {
+    const pbtxt = [
+      '# COCO label map',
+      'item {',
+      '  name: "/m/01g317"  # the person class',
+      '  id: 1',
+      '  display_name: "person"',
+      '  keypoints { id: 0 label: "nose" }',
+      '  keypoints { id: 1 label: "left_eye" }',
+      '}',
+      "item < id: 2 display_name: 'bi\\'cycle' >",
+      'item { id: 3, display_name: "a } brace" }',
+    ].join('\n');
+    expect([...parseLabelsPbtxt(pbtxt).entries()]).toEqual([[1, 'person'], [2, "bi'cycle"], [3, 'a } brace']]);
+    expect(() => parseLabelsPbtxt('item { id: 1 display_name: "unterminated }')).toThrow(/INVALID|unterminated/i);
+  });
+
   it('reads .npy mean files', () => {
     const header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }";
     const padded = header + ' '.repeat(128 - 10 - header.length - 1) + '\n';
@@ -178,6 +195,13 @@ describe('labels', () => {
     new DataView(bytes.buffer).setFloat32(18 + padded.length, 123, true);
     expect(parseNpy(bytes)).toEqual({ shape: [3], data: Float32Array.from([104, 117, 123]) });
     expect(() => parseNpy(Uint8Array.from([1, 2, 3]))).toThrow(/not a .npy/);
+    // a header that claims ten billion values with 12 bytes of data: refused before anything is allocated
+    const huge = "{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000,), }";
+    const hugePadded = huge + ' '.repeat(128 - 10 - huge.length - 1) + '\n';
+    const claim = new Uint8Array(10 + hugePadded.length + 12);
+    claim.set([0x93, ...Buffer.from('NUMPY'), 1, 0, hugePadded.length, 0]);
+    claim.set(Buffer.from(hugePadded), 10);
+    expect(() => parseNpy(claim)).toThrow(expect.objectContaining({ code: 'INVALID_MODEL_CONFIG', message: expect.stringMatching(/truncated|holds/) }));
   });
 });
 

@@ -11,31 +11,10 @@ export interface BatcherOptions {
   maxBatchSize: number;
   /** How long the first item of a batch waits for company. */
   maxDelayMs: number;
-  /** Requests admitted at once (arrival to answer, preprocessing included); past it: QUEUE_FULL. */
-  maxQueueSize: number;
   /** Engine calls at once. */
   maxConcurrentBatches: number;
   /** A request still waiting for its engine call after this long gets DEADLINE_EXCEEDED; 0 = never. */
   timeoutMs: number;
-}
-
-interface Item {
-  feeds: Feeds;
-  enqueuedAt: number;
-}
-
-interface Slot {
-  count: number;
-  /** Close the batch and send it (once). */
-  fire: () => void;
-  /** Its delay has passed: send it as soon as the engine is free. */
-  due: boolean;
-}
-
-/** One admitted request: its single inference goes through here, and release() ends it. */
-export interface Admission {
-  infer(feeds: Feeds): Promise<Feeds>;
-  release(): void;
 }
 
 /** Checks options early with messages that say what to fix (as dataloader does). */
@@ -44,14 +23,18 @@ export function validateBatcherOptions(o: BatcherOptions): BatcherOptions {
     if (!Number.isInteger(o[name]) || o[name] < min) throw new TypeError(`batcher option ${name} must be an integer >= ${min}, got ${o[name]}`);
   };
   intAtLeast('maxBatchSize', 1);
-  intAtLeast('maxQueueSize', 1);
   intAtLeast('maxConcurrentBatches', 1);
   if (!(o.maxDelayMs >= 0)) throw new TypeError(`batcher option maxDelayMs must be >= 0, got ${o.maxDelayMs}`);
   if (!(o.timeoutMs >= 0)) throw new TypeError(`batcher option timeoutMs must be >= 0, got ${o.timeoutMs}`);
   return o;
 }
 
-/** The key that decides which items may share a batch: same input names, dtypes and per-item shapes. */
+interface Item {
+  feeds: Feeds;
+  enqueuedAt: number;
+}
+
+/** The key that decides which items may share an engine call: same input names, dtypes and per-item shapes. */
 function shapeKey(feeds: Feeds): string {
   let key = '';
   for (const name in feeds) key += `${name}:${feeds[name].dtype}:${feeds[name].shape.join('x')};`;
@@ -87,173 +70,139 @@ export function splitBatch(outputs: Feeds, n: number): Feeds[] {
   return result;
 }
 
-/**
- * One long-lived batcher per loaded model version. Requests that arrive together become one engine call.
- * Built on dataloader (cache off: a work queue, not an entity cache) with its own scheduler:
- * - a full batch (maxBatchSize) goes at once (dataloader alone would wait for its timer);
- * - otherwise it goes maxDelayMs after its first item, or later: while the engine is busy the batch stays open and
- *   keeps filling, and goes when the engine frees up (as Triton's dynamic batcher forms batches when an instance
- *   is free);
- * - when every admitted request is already queued (none is still being preprocessed), nothing can join, so it
- *   goes at once instead of waiting out the delay.
- */
-export class Batcher {
-  readonly options: BatcherOptions;
-  private readonly loaders = new Map<string, { loader: DataLoader<Item, Feeds>; current: Slot | null }>();
-  private admitted = 0;
-  /** Admitted requests that have not reached infer() yet (still decoding and preprocessing). */
-  private preparing = 0;
+/** At most n engine calls at once; when a permit frees and nobody waits, onFree runs. */
+class Semaphore {
   private running = 0;
-  /** Batches whose delay has passed while the engine was busy, oldest first. */
-  private due: Slot[] = [];
   private readonly waiting: (() => void)[] = [];
-  private idleWaiters: (() => void)[] = [];
-
-  constructor(private readonly run: RunFn, options: BatcherOptions, private readonly stats?: VersionStats) {
-    this.options = validateBatcherOptions({ ...options });
+  constructor(private readonly n: number, private readonly onFree: () => void) {}
+  get free(): boolean {
+    return this.running < this.n;
   }
-
-  /** Requests admitted and not yet answered. */
-  get pending(): number {
-    return this.admitted;
+  async acquire(): Promise<void> {
+    if (this.running < this.n) this.running++;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
   }
-
-  /** Shapes with a batch still open. A queue exists only while its batch is open, so this stays bounded. */
-  get openQueues(): number {
-    return this.loaders.size;
-  }
-
-  /** Admit one request (call before preprocessing). Throws QUEUE_FULL at the bound. */
-  admit(): Admission {
-    if (this.admitted >= this.options.maxQueueSize) {
-      throw new GatewayError(ErrorCode.QUEUE_FULL, `queue full: ${this.admitted} requests already admitted (maxQueueSize ${this.options.maxQueueSize})`);
-    }
-    this.admitted++;
-    this.preparing++;
-    let stage: 'preparing' | 'queued' | 'released' = 'preparing';
-    return {
-      infer: (feeds) => {
-        if (stage === 'preparing') {
-          stage = 'queued';
-          this.preparing--;
-        }
-        return this.infer(feeds);
-      },
-      release: () => {
-        if (stage === 'released') return;
-        const wasPreparing = stage === 'preparing';
-        if (wasPreparing) this.preparing--;
-        stage = 'released';
-        this.admitted--;
-        // a request that failed before reaching the batcher may have been the one the open batches waited for
-        if (wasPreparing) this.fireIfNobodyComing();
-        if (this.admitted === 0) {
-          const w = this.idleWaiters;
-          this.idleWaiters = [];
-          for (const f of w) f();
-        }
-      },
-    };
-  }
-
-  /** Resolves when every admitted request has been answered. */
-  drain(): Promise<void> {
-    if (this.admitted === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
-  }
-
-  /** Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). */
-  infer(feeds: Feeds): Promise<Feeds> {
-    const key = shapeKey(feeds);
-    let entry = this.loaders.get(key);
-    if (!entry) {
-      const e: { loader: DataLoader<Item, Feeds>; current: Slot | null } = { loader: undefined as never, current: null };
-      e.loader = new DataLoader<Item, Feeds>((items) => this.dispatch(items), {
-        cache: false,
-        maxBatchSize: this.options.maxBatchSize,
-        batchScheduleFn: (callback) => {
-          const slot: Slot = { count: 0, fire: () => {}, due: false };
-          let fired = false;
-          const onDelay = () => {
-            if (this.running < this.options.maxConcurrentBatches) slot.fire();
-            else if (!fired) {
-              slot.due = true; // the engine is busy: keep filling until it is free
-              this.due.push(slot);
-            }
-          };
-          const timer = this.options.maxDelayMs > 0 ? setTimeout(onDelay, this.options.maxDelayMs) : setImmediate(onDelay);
-          slot.fire = () => {
-            if (fired) return;
-            fired = true;
-            if (this.options.maxDelayMs > 0) clearTimeout(timer as NodeJS.Timeout);
-            else clearImmediate(timer as NodeJS.Immediate);
-            if (slot.due) this.due.splice(this.due.indexOf(slot), 1);
-            if (e.current === slot) e.current = null;
-            // Forget the queue once its batch closes: with NETWORK resizing every image size is a shape, and a map
-            // kept per shape would grow with whatever sizes clients send. The next item of this shape starts afresh.
-            if (this.loaders.get(key) === e) this.loaders.delete(key);
-            callback();
-          };
-          e.current = slot;
-        },
-      });
-      this.loaders.set(key, e);
-      entry = e;
-    }
-    const promise = entry.loader.load({ feeds, enqueuedAt: performance.now() });
-    const slot = entry.current;
-    if (slot) {
-      slot.count++;
-      if (slot.count >= this.options.maxBatchSize || this.nobodyComing()) slot.fire();
-    }
-    return promise;
-  }
-
-  /** Every admitted request is already queued (none is still being preprocessed) and the engine is free. */
-  private nobodyComing(): boolean {
-    return this.admitted > 0 && this.preparing === 0 && this.running < this.options.maxConcurrentBatches;
-  }
-
-  private fireIfNobodyComing(): void {
-    if (!this.nobodyComing()) return;
-    for (const e of [...this.loaders.values()]) e.current?.fire();
-  }
-
-  private async acquireRun(): Promise<void> {
-    if (this.running < this.options.maxConcurrentBatches) {
-      this.running++;
-      return;
-    }
-    await new Promise<void>((resolve) => this.waiting.push(resolve));
-  }
-
-  private releaseRun(): void {
+  release(): void {
     const next = this.waiting.shift();
     if (next) next();
     else {
       this.running--;
-      this.due[0]?.fire(); // the engine is free: send the oldest batch whose delay has passed
+      this.onFree();
     }
+  }
+}
+
+/** A batch the DataLoader is filling: when it goes is decided here. */
+interface OpenBatch {
+  count: number;
+  /** Its delay has passed while the engine was busy: it goes as soon as the engine is free. */
+  due: boolean;
+  go: () => void;
+}
+
+/**
+ * One long-lived batcher per loaded model version: requests that arrive together become one engine call. A
+ * DataLoader (cache off: a work queue, not an entity cache) collects the items; this class decides when a batch goes:
+ * - a full batch (maxBatchSize) goes at once;
+ * - otherwise it goes maxDelayMs after its first item, or later: while the engine is busy the batch stays open and
+ *   keeps filling, and goes when the engine frees up (as Triton's dynamic batcher forms batches when an instance is
+ *   free);
+ * - when nobody else can join (othersComing() says every admitted request is already here), it goes at once;
+ *   without that hook, anyone may still come.
+ * A batch holding items of different shapes (NETWORK resizing) makes one engine call per shape. A failing engine
+ * call is retried item by item, so one bad item fails alone.
+ */
+export class Batcher {
+  readonly options: BatcherOptions;
+  private readonly loader: DataLoader<Item, Feeds>;
+  private readonly engine: Semaphore;
+  private open: OpenBatch | null = null;
+  private readonly due: OpenBatch[] = [];
+
+  constructor(
+    private readonly run: RunFn,
+    options: BatcherOptions,
+    private readonly hooks: { stats?: VersionStats; othersComing?: () => boolean } = {},
+  ) {
+    this.options = validateBatcherOptions({ ...options });
+    this.engine = new Semaphore(this.options.maxConcurrentBatches, () => this.due[0]?.go());
+    this.loader = new DataLoader<Item, Feeds>((items) => this.dispatch(items), {
+      cache: false,
+      maxBatchSize: this.options.maxBatchSize,
+      batchScheduleFn: (dispatch) => this.schedule(dispatch),
+    });
+  }
+
+  /** Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). */
+  infer(feeds: Feeds): Promise<Feeds> {
+    const result = this.loader.load({ feeds, enqueuedAt: performance.now() });
+    const batch = this.open!; // load() has just put the item in the open batch
+    if (++batch.count >= this.options.maxBatchSize || this.nobodyComing()) batch.go();
+    return result;
+  }
+
+  /** Something changed outside (a request left before reaching the batcher): send the open batch if nobody else can join. */
+  nudge(): void {
+    if (this.open && this.nobodyComing()) this.open.go();
+  }
+
+  private nobodyComing(): boolean {
+    return !(this.hooks.othersComing?.() ?? true) && this.engine.free;
+  }
+
+  /** DataLoader opened a new batch: decide when it goes. */
+  private schedule(dispatch: () => void): void {
+    let gone = false;
+    const batch: OpenBatch = { count: 0, due: false, go: () => {} };
+    const onDelay = () => {
+      if (this.engine.free) batch.go();
+      else if (!gone && !batch.due) {
+        batch.due = true; // the engine is busy: keep filling until it is free
+        this.due.push(batch);
+      }
+    };
+    const timer = setTimeout(onDelay, this.options.maxDelayMs);
+    batch.go = () => {
+      if (gone) return;
+      gone = true;
+      clearTimeout(timer);
+      if (batch.due) this.due.splice(this.due.indexOf(batch), 1);
+      if (this.open === batch) this.open = null;
+      dispatch();
+    };
+    this.open = batch;
   }
 
   private async dispatch(items: readonly Item[]): Promise<(Feeds | Error)[]> {
-    await this.acquireRun();
+    const results: (Feeds | Error)[] = new Array(items.length);
+    const groups = new Map<string, number[]>();
+    items.forEach((item, i) => {
+      const key = shapeKey(item.feeds);
+      const g = groups.get(key);
+      if (g) g.push(i);
+      else groups.set(key, [i]);
+    });
+    await Promise.all([...groups.values()].map((group) => this.runGroup(items, group, results)));
+    return results;
+  }
+
+  /** One engine call for items of one shape (after their deadlines are checked). */
+  private async runGroup(items: readonly Item[], group: number[], results: (Feeds | Error)[]): Promise<void> {
+    await this.engine.acquire();
     try {
       const start = performance.now();
-      const results: (Feeds | Error)[] = new Array(items.length);
-      const live: number[] = [];
       const timeout = this.options.timeoutMs;
-      for (let i = 0; i < items.length; i++) {
+      const live: number[] = [];
+      for (const i of group) {
         const waited = start - items[i].enqueuedAt;
-        this.stats?.queueTime.observe(waited * 1000);
+        this.hooks.stats?.recordQueue(waited * 1000);
         if (timeout > 0 && waited > timeout) {
           results[i] = new GatewayError(ErrorCode.DEADLINE_EXCEEDED, `waited ${Math.round(waited)} ms for the engine (timeout ${timeout} ms)`);
         } else live.push(i);
       }
       if (live.length > 0) await this.runLive(items, live, results);
-      return results;
     } finally {
-      this.releaseRun();
+      this.engine.release();
     }
   }
 
@@ -261,7 +210,7 @@ export class Batcher {
     try {
       const t0 = performance.now();
       const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds)));
-      this.stats?.recordBatch(live.length, (performance.now() - t0) * 1000);
+      this.hooks.stats?.recordBatch(live.length, (performance.now() - t0) * 1000);
       const split = live.length === 1 ? [outputs] : splitBatch(outputs, live.length);
       live.forEach((idx, k) => (results[idx] = split[k]));
     } catch (e) {

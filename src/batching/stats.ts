@@ -1,15 +1,11 @@
-/** Per model version counters, shown in GraphQL (Model.stats) and at /metrics. Times in microseconds. */
-export const LATENCY_BUCKETS_US = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000];
+import type { VersionMetrics } from '../metrics.ts';
 
-export class Histogram {
-  readonly counts = new Array<number>(LATENCY_BUCKETS_US.length + 1).fill(0);
+/** A running mean (of microseconds). */
+export class Mean {
   sum = 0;
   count = 0;
-  observe(us: number): void {
-    let i = 0;
-    while (i < LATENCY_BUCKETS_US.length && us > LATENCY_BUCKETS_US[i]) i++;
-    this.counts[i]++;
-    this.sum += us;
+  observe(value: number): void {
+    this.sum += value;
     this.count++;
   }
   get mean(): number {
@@ -17,23 +13,40 @@ export class Histogram {
   }
 }
 
+/**
+ * Per model version counters, shown in GraphQL (Model.stats); each is also written to the version's Prometheus
+ * series (/metrics) when it has them. Times in microseconds.
+ */
 export class VersionStats {
   requests = 0;
-  errors = new Map<string, number>();
+  readonly errors = new Map<string, number>();
   batches = 0;
   /** batch size -> number of engine calls of that size */
-  batchSizes = new Map<number, number>();
-  readonly queueTime = new Histogram();
-  readonly inferenceTime = new Histogram();
-  readonly requestTime = new Histogram();
+  readonly batchSizes = new Map<number, number>();
+  readonly queueTime = new Mean();
+  readonly inferenceTime = new Mean();
+  readonly requestTime = new Mean();
 
+  constructor(readonly metrics?: VersionMetrics) {}
+
+  recordRequest(requestUs: number): void {
+    this.requests++;
+    this.requestTime.observe(requestUs);
+    this.metrics?.success(requestUs / 1e6);
+  }
+  recordError(code: string): void {
+    this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+    this.metrics?.failure(code);
+  }
+  recordQueue(waitedUs: number): void {
+    this.queueTime.observe(waitedUs);
+    this.metrics?.queued(waitedUs / 1e6);
+  }
   recordBatch(size: number, inferenceUs: number): void {
     this.batches++;
     this.batchSizes.set(size, (this.batchSizes.get(size) ?? 0) + 1);
     this.inferenceTime.observe(inferenceUs);
-  }
-  recordError(code: string): void {
-    this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+    this.metrics?.batch(size, inferenceUs / 1e6);
   }
   get errorCount(): number {
     let n = 0;

@@ -1,5 +1,5 @@
 import type { Engine } from './types.ts';
-import { createOnnxRuntimeEngine } from './onnxruntime.ts';
+import { createOnnxRuntimeEngine } from './onnx/onnxruntime.ts';
 import { createOpenVinoEngine } from './openvino.ts';
 
 export type EngineName = 'onnxruntime' | 'openvino';

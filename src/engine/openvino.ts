@@ -1,4 +1,7 @@
+import type * as OpenVino from 'openvino-node';
 import type { DType, Engine, Session, Tensor, TensorData, TensorInfo } from './types.ts';
+
+const DTYPES_CARRIED: readonly DType[] = ['float32', 'float16', 'int64', 'int32', 'int8', 'uint8'];
 
 /**
  * The OpenVINO engine (OpenVINO IR `model.xml` + `model.bin`, or ONNX). openvino-node is optional: install it
@@ -16,7 +19,7 @@ function parseShape(text: string): (number | null)[] {
 }
 
 export async function createOpenVinoEngine(device = 'CPU'): Promise<Engine> {
-  let ov: typeof import('openvino-node');
+  let ov: typeof OpenVino;
   try {
     ov = await import('openvino-node');
   } catch (e) {
@@ -30,26 +33,32 @@ export async function createOpenVinoEngine(device = 'CPU'): Promise<Engine> {
   return {
     name: 'openvino',
     modelFiles: ['model.xml', 'model.onnx'],
+    dtypes: DTYPES_CARRIED,
     async load(modelPath) {
       const model = await core.readModel(modelPath);
       const compiled = await core.compileModel(model, device);
       const request = compiled.createInferRequest();
-      const info = (o: import('openvino-node').Output): TensorInfo => ({
+      const info = (o: OpenVino.Output): TensorInfo => ({
         name: o.getAnyName(),
         dtype: 'float32',
         shape: parseShape(o.getPartialShape().toString()),
         layout: null,
       });
+      const inputs = compiled.inputs.map(info);
+      const outputs = compiled.outputs.map(info);
+      // OpenVINO runs any batch its partial shape allows: a dynamic first dimension on every input and output batches
+      const batchable = inputs.length > 0 && [...inputs, ...outputs].every((t) => t.shape[0] === null);
       const session: Session = {
-        inputs: compiled.inputs.map(info),
-        outputs: compiled.outputs.map(info),
-        async run(feeds, outputNames) {
-          const ovFeeds: Record<string, import('openvino-node').Tensor> = {};
+        inputs,
+        outputs,
+        batchable,
+        notes: { batchDimension: batchable ? 'dynamic' : 'fixed: items run one after another' },
+        async run(feeds) {
+          const ovFeeds: Record<string, OpenVino.Tensor> = {};
           for (const [name, t] of Object.entries(feeds)) ovFeeds[name] = new ov.addon.Tensor(toOv[t.dtype] as never, t.shape, t.data);
           const result = await request.inferAsync(ovFeeds);
           const out: Record<string, Tensor> = {};
           for (const [name, t] of Object.entries(result)) {
-            if (outputNames && !outputNames.includes(name)) continue;
             const data = t.getData();
             const dtype: DType = data instanceof Float32Array ? 'float32' : (fromOv[String(t.getElementType())] ?? 'float32');
             out[name] = { dtype, shape: t.getShape(), data: data as TensorData };

@@ -25,7 +25,14 @@ export interface TensorInfo {
 export interface Session {
   readonly inputs: TensorInfo[];
   readonly outputs: TensorInfo[];
-  run(feeds: Record<string, Tensor>, outputNames?: string[]): Promise<Record<string, Tensor>>;
+  /**
+   * Can several items run in one call along dimension 0? The engine decides (it knows whether the batch dimension is
+   * dynamic, or could be made so); the batcher only batches when it can.
+   */
+  readonly batchable: boolean;
+  /** What loading found or changed, for clients to read (e.g. how the batch dimension was decided). */
+  readonly notes: Record<string, unknown>;
+  run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>>;
   close(): Promise<void>;
   /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
   onFailure?(listener: (error: Error) => void): void;
@@ -34,17 +41,17 @@ export interface Session {
 export interface LoadOptions {
   /** Threads for one inference; 0 or unset lets the engine decide (one per core). */
   intraOpThreads?: number;
-  /** Let idle engine threads spin-wait (faster hand-off, but burns CPU the image decoders need). Default off. */
-  spinWait?: boolean;
+  /** Make a batch dimension fixed at 1 dynamic where the engine can prove it safe (default true). */
+  dynamicBatch?: boolean;
 }
 
 export interface Engine {
   readonly name: string;
   /** File names (in a version folder) this engine loads, in order of preference. */
   readonly modelFiles: readonly string[];
+  /** The tensor data types this engine carries. */
+  readonly dtypes: readonly DType[];
   load(modelPath: string, options?: LoadOptions): Promise<Session>;
-  /** Load from bytes (used after an in-memory rewrite of the graph). */
-  loadBytes?(bytes: Uint8Array, options?: LoadOptions): Promise<Session>;
 }
 
 export const bytesPerElement: Record<DType, number> = {
@@ -119,7 +126,7 @@ export function floatToHalf(value: number): number {
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 0x1f) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;

@@ -25,22 +25,99 @@ export function parseLabelsTxt(text: string): Labels {
   return labelsFromList(lines.map((l) => l.trim()));
 }
 
-/** TensorFlow object-detection label map: `item { id: 1 name: "/m/01g317" display_name: "person" }`. */
+type PbValue = string | number | PbMessage;
+interface PbMessage { fields: [string, PbValue][] }
+
+/**
+ * A reader for the protobuf text format, enough for label maps: fields `name: value` or `name { ... }` / `name < ... >`,
+ * strings in single or double quotes with escapes, numbers and enum words, `#` comments, optional `,` / `;`.
+ */
+function parseTextProto(text: string, source: string): PbMessage {
+  let i = 0;
+  const fail = (msg: string): never => {
+    throw invalid(source, `${msg} (at offset ${i})`);
+  };
+  const skip = () => {
+    for (;;) {
+      while (i < text.length && /[\s,;]/.test(text[i])) i++;
+      if (text[i] !== '#') return;
+      while (i < text.length && text[i] !== '\n') i++;
+    }
+  };
+  const ident = (): string => {
+    const m = /^[A-Za-z_][\w.]*/.exec(text.slice(i, i + 256));
+    if (!m) fail(`expected a field name, found ${JSON.stringify(text.slice(i, i + 10))}`);
+    i += m![0].length;
+    return m![0];
+  };
+  const string = (): string => {
+    const quote = text[i++];
+    let out = '';
+    while (i < text.length && text[i] !== quote) {
+      if (text[i] === '\\') {
+        const c = text[++i];
+        out += c === 'n' ? '\n' : c === 't' ? '\t' : c;
+        i++;
+      } else out += text[i++];
+    }
+    if (i >= text.length) fail('unterminated string');
+    i++;
+    return out;
+  };
+  const message = (close: string | null): PbMessage => {
+    const fields: [string, PbValue][] = [];
+    for (;;) {
+      skip();
+      if (i >= text.length) {
+        if (close) fail(`missing ${close}`);
+        return { fields };
+      }
+      if (text[i] === close) {
+        i++;
+        return { fields };
+      }
+      const name = ident();
+      skip();
+      if (text[i] === ':') {
+        i++;
+        skip();
+      }
+      const c = text[i];
+      if (c === '{' || c === '<') {
+        i++;
+        fields.push([name, message(c === '{' ? '}' : '>')]);
+      } else if (c === '"' || c === "'") {
+        let s = string();
+        skip();
+        while (text[i] === '"' || text[i] === "'") s += string(); // adjacent strings concatenate
+        fields.push([name, s]);
+      } else {
+        const m = /^[-+\w.]+/.exec(text.slice(i, i + 64));
+        if (!m) fail(`expected a value for ${name}`);
+        i += m![0].length;
+        fields.push([name, /^[-+]?\d+(\.\d*)?([eE][-+]?\d+)?$/.test(m![0]) ? Number(m![0]) : m![0]]);
+      }
+    }
+  };
+  return message(null);
+}
+
+/**
+ * TensorFlow object-detection label map: `item { id: 1 name: "/m/01g317" display_name: "person" }`. The label is
+ * display_name, else name; other fields (keypoints, frequency, ...) are ignored.
+ */
 export function parseLabelsPbtxt(text: string, source = 'labels.pbtxt'): Labels {
   const m = new Map<number, string>();
-  const itemRe = /item\s*\{([^}]*)\}/g;
-  let match: RegExpExecArray | null;
-  while ((match = itemRe.exec(text))) {
-    const body = match[1];
-    const id = /\bid\s*:\s*(\d+)/.exec(body);
-    const display = /\bdisplay_name\s*:\s*"((?:[^"\\]|\\.)*)"/.exec(body);
-    const name = /\bname\s*:\s*"((?:[^"\\]|\\.)*)"/.exec(body);
-    if (!id) throw invalid(source, `an item has no id: ${body.trim().slice(0, 80)}`);
-    const label = display?.[1] ?? name?.[1];
-    if (label === undefined) throw invalid(source, `item ${id[1]} has neither display_name nor name`);
-    m.set(Number(id[1]), label);
+  for (const [field, item] of parseTextProto(text, source).fields) {
+    if (field !== 'item' || typeof item !== 'object') continue;
+    const get = (name: string) => item.fields.find(([f]) => f === name)?.[1];
+    const id = get('id');
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw invalid(source, `an item has no id (or a bad one): ${JSON.stringify(item.fields.slice(0, 3))}`);
+    const label = get('display_name') ?? get('name');
+    if (typeof label !== 'string') throw invalid(source, `item ${id} has neither display_name nor name`);
+    m.set(id, label);
   }
-  if (m.size === 0 && text.trim() !== '') throw invalid(source, 'no `item { id name }` entries found');
+  if (m.size === 0 && text.replace(/#.*$/gm, '').trim() !== '') throw invalid(source, 'no `item { id name }` entries found');
   return m;
 }
 
@@ -82,15 +159,14 @@ export function parseNpy(bytes: Uint8Array, source = 'mean.npy'): { shape: numbe
   if (!descr || shapeText === undefined) throw bad('unreadable header');
   if (fortran) throw bad('fortran order is not supported');
   const shape = shapeText.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+  if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(`bad shape (${shapeText})`);
+  const size = descr === '<f4' ? 4 : descr === '<f8' ? 8 : 0;
+  if (!size) throw bad(`dtype ${descr} is not supported (use <f4 or <f8)`);
   const n = shape.reduce((a, b) => a * b, 1);
-  const body = bytes.subarray(start + headerLen);
+  const body = bytes.length - (start + headerLen);
+  // check the length the header claims against the bytes there are before allocating anything
+  if (body < n * size) throw bad(`truncated data: the header claims ${n} values, the file holds ${Math.floor(body / size)}`);
   const data = new Float32Array(n);
-  if (descr === '<f4') {
-    if (body.length < n * 4) throw bad('truncated data');
-    for (let i = 0; i < n; i++) data[i] = view.getFloat32(start + headerLen + i * 4, true);
-  } else if (descr === '<f8') {
-    if (body.length < n * 8) throw bad('truncated data');
-    for (let i = 0; i < n; i++) data[i] = view.getFloat64(start + headerLen + i * 8, true);
-  } else throw bad(`dtype ${descr} is not supported (use <f4 or <f8)`);
+  for (let i = 0; i < n; i++) data[i] = size === 4 ? view.getFloat32(start + headerLen + i * 4, true) : view.getFloat64(start + headerLen + i * 8, true);
   return { shape, data };
 }

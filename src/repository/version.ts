@@ -1,7 +1,9 @@
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { Session, TensorInfo } from '../engine/types.ts';
-import { Batcher, type Admission, type Feeds } from '../batching/batcher.ts';
+import type { VersionMetrics } from '../metrics.ts';
+import type { LoadOptions, Session, TensorInfo } from '../engine/types.ts';
+import { Admissions, type Ticket } from '../batching/admission.ts';
+import { Batcher, type Feeds } from '../batching/batcher.ts';
 import { VersionStats } from '../batching/stats.ts';
 import type { BatchingConfig } from './model-config.ts';
 
@@ -31,10 +33,18 @@ const transitions: Record<VersionState, readonly VersionState[]> = {
 export interface VersionDeps {
   logger: Logger;
   publish: (e: ModelStatusEvent) => void;
-  /** Load a session; the repository may rewrite the graph first (dynamic batch). */
-  openSession: (modelPath: string) => Promise<{ session: Session; notes: Record<string, unknown> }>;
+  /** Open a session on the engine (it decides whether the session can batch). */
+  openSession: (modelPath: string, options: LoadOptions) => Promise<Session>;
   /** Throws (a GatewayError names the field) when the model's configuration does not fit the loaded session. */
   check?: (session: Session) => void;
+  /** This version's Prometheus series. */
+  metrics?: VersionMetrics;
+}
+
+/** One admitted request of a version: its single inference, then release(). */
+export interface Admission {
+  infer(feeds: Feeds): Promise<Feeds>;
+  release(): void;
 }
 
 export class ModelVersion {
@@ -43,8 +53,7 @@ export class ModelVersion {
   errorMessage: string | null = null;
   updatedAt = new Date();
   session: Session | null = null;
-  batcher: Batcher | null = null;
-  stats = new VersionStats();
+  stats: VersionStats;
   /** What loading found or changed (e.g. a batch dimension made dynamic). */
   notes: Record<string, unknown> = {};
   /** mtime of the file that was loaded, to retry a failed load when the file changes. */
@@ -52,13 +61,33 @@ export class ModelVersion {
   /** The model's inputs and outputs as last loaded (kept after unloading, for clients to read). */
   inputs: TensorInfo[] = [];
   outputs: TensorInfo[] = [];
+  private batcher: Batcher | null = null;
+  private admissions: Admissions | null = null;
   private unloading: Promise<void> | null = null;
-  private batching: BatchingConfig | null = null;
+  private loadArgs: { batching: BatchingConfig; options: LoadOptions } | null = null;
   /** Engine failures in a row (reset once a reload has served a request). */
   private engineFailures = 0;
   static readonly MAX_ENGINE_RESTARTS = 3;
 
-  constructor(readonly model: string, readonly version: number, public modelPath: string, private readonly deps: VersionDeps) {}
+  constructor(
+    readonly model: string,
+    readonly version: number,
+    public modelPath: string,
+    private readonly deps: VersionDeps,
+  ) {
+    this.stats = new VersionStats(deps.metrics);
+    deps.metrics?.state(this.state);
+  }
+
+  /** Requests admitted and not yet answered. */
+  get pending(): number {
+    return this.admissions?.pending ?? 0;
+  }
+
+  /** The batching options in force (null unless AVAILABLE). */
+  get batchingOptions() {
+    return this.batcher?.options ?? null;
+  }
 
   private transition(to: VersionState, error?: { code: string; message: string }): void {
     const from = this.state;
@@ -67,53 +96,54 @@ export class ModelVersion {
     this.errorCode = error?.code ?? null;
     this.errorMessage = error?.message ?? null;
     this.updatedAt = new Date();
-    const event: ModelStatusEvent = {
-      model: this.model, version: this.version, state: to, previousState: from,
-      errorCode: this.errorCode, errorMessage: this.errorMessage, at: this.updatedAt,
-    };
-    const log = error ? this.deps.logger.warn : this.deps.logger.info;
-    log('model version state', { model: this.model, version: this.version, from, to, ...(error ? { errorCode: error.code, error: error.message } : {}) });
-    this.deps.publish(event);
+    const fields = { model: this.model, version: this.version, from, to, ...(error ? { errorCode: error.code, error: error.message } : {}) };
+    if (error) this.deps.logger.warn(fields, 'model version state');
+    else this.deps.logger.info(fields, 'model version state');
+    this.deps.metrics?.state(to);
+    this.deps.publish({ model: this.model, version: this.version, state: to, previousState: from, errorCode: this.errorCode, errorMessage: this.errorMessage, at: this.updatedAt });
   }
 
   /** START/END -> LOADING -> AVAILABLE, or -> END with an error code. Never throws. */
-  async load(batching: BatchingConfig, configError?: GatewayError): Promise<void> {
+  async load(batching: BatchingConfig, options: LoadOptions = {}, configError?: GatewayError): Promise<void> {
     if (this.state === 'AVAILABLE' || this.state === 'LOADING' || this.state === 'UNLOADING') return;
     this.transition('LOADING');
-    if (configError) {
-      this.transition('END', { code: configError.code, message: configError.message });
-      return;
+    if (configError) return this.transition('END', { code: configError.code, message: configError.message });
+    let session: Session;
+    try {
+      session = await this.deps.openSession(this.modelPath, options);
+    } catch (e) {
+      return this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: `cannot load ${this.modelPath}: ${errorMessage(e)}` });
     }
     try {
-      const { session, notes } = await this.deps.openSession(this.modelPath);
-      try {
-        this.deps.check?.(session);
-      } catch (e) {
-        await session.close().catch(() => undefined);
-        const code = isGatewayError(e) ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
-        this.transition('END', { code, message: errorMessage(e) });
-        return;
-      }
-      this.batching = batching;
-      session.onFailure?.((e) => void this.engineFailed(e));
-      this.session = session;
-      this.notes = notes;
-      this.inputs = session.inputs;
-      this.outputs = session.outputs;
-      const batchable = notes.batchable === true;
-      this.stats = new VersionStats();
-      this.batcher = new Batcher((feeds: Feeds) => session.run(feeds), {
-        maxBatchSize: batchable ? batching.maxBatchSize : 1,
-        maxDelayMs: batchable ? batching.maxDelayMs : 0,
-        maxQueueSize: batching.maxQueueSize,
+      this.deps.check?.(session);
+    } catch (e) {
+      await session.close().catch(() => undefined);
+      return this.transition('END', { code: isGatewayError(e) ? e.code : ErrorCode.INVALID_MODEL_CONFIG, message: errorMessage(e) });
+    }
+    this.loadArgs = { batching, options };
+    session.onFailure?.((e) => void this.engineFailed(e));
+    this.session = session;
+    this.notes = session.notes;
+    this.inputs = session.inputs;
+    this.outputs = session.outputs;
+    this.stats = new VersionStats(this.deps.metrics);
+    const batcher = new Batcher(
+      (feeds) => session.run(feeds),
+      {
+        maxBatchSize: session.batchable ? batching.maxBatchSize : 1,
+        maxDelayMs: session.batchable ? batching.maxDelayMs : 0,
         maxConcurrentBatches: batching.maxConcurrentBatches,
         timeoutMs: batching.timeoutMs,
-      }, this.stats);
-      this.transition('AVAILABLE');
-    } catch (e) {
-      this.session = null;
-      this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: `cannot load ${this.modelPath}: ${errorMessage(e)}` });
-    }
+      },
+      { stats: this.stats, othersComing: () => (this.admissions?.preparingCount ?? 0) > 0 },
+    );
+    this.admissions = new Admissions(batching.maxQueueSize, (a, reason) => {
+      this.deps.metrics?.pending(a.pending);
+      // a request that failed before reaching the batcher may have been the one an open batch waited for
+      if (reason === 'released-early') batcher.nudge();
+    });
+    this.batcher = batcher;
+    this.transition('AVAILABLE');
   }
 
   /**
@@ -122,13 +152,13 @@ export class ModelVersion {
    */
   private async engineFailed(error: Error): Promise<void> {
     if (this.state !== 'AVAILABLE') return;
-    this.deps.logger.error('engine failed', { model: this.model, version: this.version, error: error.message });
+    this.deps.logger.error({ model: this.model, version: this.version, error: error.message }, 'engine failed');
     await this.unload({ code: 'ENGINE_FAILED', message: `the engine stopped: ${error.message}` });
-    if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !this.batching) return;
-    const batching = this.batching;
+    const args = this.loadArgs;
+    if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !args) return;
     const wait = 250 * 2 ** (this.engineFailures - 1);
     setTimeout(() => {
-      if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(batching);
+      if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(args.batching, args.options);
     }, wait).unref();
   }
 
@@ -138,18 +168,24 @@ export class ModelVersion {
     if (this.state !== 'AVAILABLE') return Promise.resolve();
     this.transition('UNLOADING');
     this.unloading = (async () => {
-      await this.batcher?.drain();
+      await this.admissions?.drain();
       try {
         await this.session?.close();
       } catch (e) {
-        this.deps.logger.warn('session close failed', { model: this.model, version: this.version, error: errorMessage(e) });
+        this.deps.logger.warn({ model: this.model, version: this.version, error: errorMessage(e) }, 'session close failed');
       }
       this.session = null;
       this.batcher = null;
+      this.admissions = null;
       this.transition('END', error);
       this.unloading = null;
     })();
     return this.unloading;
+  }
+
+  /** The version was removed from the repository: forget its metrics series. */
+  dispose(): void {
+    this.deps.metrics?.remove();
   }
 
   /**
@@ -157,10 +193,18 @@ export class ModelVersion {
    * Its one inference goes through the admission; unloading waits until every admission is released.
    */
   admit(): Admission {
-    if (this.state !== 'AVAILABLE' || !this.batcher) {
+    const batcher = this.batcher;
+    if (this.state !== 'AVAILABLE' || !batcher || !this.admissions) {
       throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, { state: this.state });
     }
     if (this.engineFailures > 0 && this.stats.requests > 0) this.engineFailures = 0; // the reload served: start over
-    return this.batcher.admit();
+    const ticket: Ticket = this.admissions.admit();
+    return {
+      infer: (feeds) => {
+        ticket.markQueued();
+        return batcher.infer(feeds);
+      },
+      release: () => ticket.release(),
+    };
   }
 }

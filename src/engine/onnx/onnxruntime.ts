@@ -1,5 +1,7 @@
+import { readFile } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import type { DType, Engine, LoadOptions, Session, Tensor, TensorData, TensorInfo } from './types.ts';
+import { DTYPES, type DType, type Engine, type LoadOptions, type Session, type Tensor, type TensorData, type TensorInfo } from '../types.ts';
+import { withDynamicBatch } from './dynamic-batch.ts';
 
 /**
  * The default engine: ONNX Runtime on CPU (its binaries ship inside the npm package).
@@ -27,10 +29,12 @@ function toInfo(meta: OrtMeta): TensorInfo {
 
 const owns = (d: ArrayBufferView) => d.byteOffset === 0 && d.byteLength === d.buffer.byteLength && !(d.buffer instanceof SharedArrayBuffer);
 
-class WorkerSession implements Session {
+export class WorkerSession implements Session {
   inputs: TensorInfo[] = [];
   outputs: TensorInfo[] = [];
-  private readonly pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>();
+  batchable = false;
+  notes: Record<string, unknown> = {};
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private dead: Error | null = null;
   private closing = false;
@@ -59,12 +63,12 @@ class WorkerSession implements Session {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve: (v) => resolve(v as T), reject });
       this.worker.postMessage({ ...msg, id }, transfer);
     });
   }
 
-  async load(source: string | Uint8Array, options: LoadOptions = {}): Promise<void> {
+  async load(source: Uint8Array, options: LoadOptions = {}): Promise<void> {
     const sessionOptions = {
       executionProviders: ['cpu'],
       graphOptimizationLevel: 'all',
@@ -73,16 +77,14 @@ class WorkerSession implements Session {
       // ONNX Runtime's threads spin while they wait for work by default. The gateway decodes and resizes images on
       // the same cores while a batch runs, so spinning steals their CPU (measured: -29% throughput at concurrency 16
       // on 2 cores, see bench/). Threads sleep instead.
-      extra: { session: { intra_op: { allow_spinning: options.spinWait ? '1' : '0' }, inter_op: { allow_spinning: options.spinWait ? '1' : '0' } } },
+      extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
     };
-    const r = await this.request<{ inputs: OrtMeta[]; outputs: OrtMeta[] }>(
-      typeof source === 'string' ? { type: 'load', path: source, options: sessionOptions } : { type: 'load', bytes: source, options: sessionOptions },
-    );
+    const r = await this.request<{ inputs: OrtMeta[]; outputs: OrtMeta[] }>({ type: 'load', bytes: source, options: sessionOptions });
     this.inputs = r.inputs.map(toInfo);
     this.outputs = r.outputs.map(toInfo);
   }
 
-  async run(feeds: Record<string, Tensor>, outputNames?: string[]): Promise<Record<string, Tensor>> {
+  async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
     const msgFeeds: Record<string, { type: string; dims: number[]; data: TensorData }> = {};
     const transfer: ArrayBuffer[] = [];
     for (const [name, t] of Object.entries(feeds)) {
@@ -91,7 +93,7 @@ class WorkerSession implements Session {
       // memory are copied by structured clone instead.
       if (owns(t.data) && !transfer.includes(t.data.buffer as ArrayBuffer)) transfer.push(t.data.buffer as ArrayBuffer);
     }
-    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }> }>({ type: 'run', feeds: msgFeeds, outputNames }, transfer);
+    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }> }>({ type: 'run', feeds: msgFeeds }, transfer);
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(r.outputs)) {
       const dtype = fromOrtType[t.type];
@@ -112,8 +114,8 @@ class WorkerSession implements Session {
   }
 }
 
-async function open(source: string | Uint8Array, options?: LoadOptions): Promise<Session> {
-  const worker = new Worker(new URL('./onnxruntime-worker.mjs', import.meta.url));
+async function open(source: Uint8Array, options?: LoadOptions): Promise<WorkerSession> {
+  const worker = new Worker(new URL('./worker.mjs', import.meta.url));
   worker.unref();
   const session = new WorkerSession(worker);
   try {
@@ -129,7 +131,10 @@ export function createOnnxRuntimeEngine(): Engine {
   return {
     name: 'onnxruntime',
     modelFiles: ['model.onnx'],
-    load: (modelPath, options) => open(modelPath, options),
-    loadBytes: (bytes, options) => open(bytes, options),
+    dtypes: DTYPES,
+    async load(modelPath, options = {}) {
+      const bytes = new Uint8Array(await readFile(modelPath));
+      return withDynamicBatch(bytes, (b) => open(b, options), options.dynamicBatch ?? true);
+    },
   };
 }

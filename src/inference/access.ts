@@ -13,8 +13,14 @@ export function bearer(header: string | null | undefined): string | null {
   return m ? m[1] : null;
 }
 
-/** Who is calling, from the Authorization header. */
-export function accessFor(authorization: string | null | undefined, adminToken: string | null, apiTokens: readonly string[]) {
+/** The tokens of this gateway: ADMIN_TOKEN and API_TOKENS. */
+export interface Tokens {
+  adminToken: string | null;
+  apiTokens: readonly string[];
+}
+
+/** Who is calling, from the Authorization header (every protocol checks the same way). */
+export function accessFor(authorization: string | null | undefined, { adminToken, apiTokens }: Tokens) {
   const token = bearer(authorization);
   const isAdmin = adminToken !== null && tokenMatches(token, adminToken);
   return {

@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import { concat, fields, lengthDelimited } from './protobuf.ts';
-import { allocate, elementCount, type Engine, type LoadOptions, type Session, type Tensor, type TensorInfo } from '../engine/types.ts';
+import { allocate, elementCount, type Session, type Tensor, type TensorInfo } from '../types.ts';
 
 /**
  * Dynamic batch for ONNX graphs that fix it at 1. The graph's inputs and outputs get a symbolic first dimension
@@ -106,23 +105,35 @@ async function batchWorks(session: Session, reference: Session): Promise<boolean
 
 const dim0 = (t: TensorInfo) => t.shape[0];
 
-/** Load an ONNX model, making a fixed batch dimension dynamic where that is safe. */
-export async function prepareOnnx(engine: Engine, modelPath: string, dynamicBatch: boolean, options: LoadOptions = {}): Promise<{ session: Session; notes: Record<string, unknown> }> {
-  const bytes = new Uint8Array(await readFile(modelPath));
-  const session = await engine.loadBytes!(bytes, options);
+interface Decidable extends Session {
+  batchable: boolean;
+  notes: Record<string, unknown>;
+}
+
+/**
+ * Open an ONNX model and decide how it batches: a dynamic batch dimension batches as is; one fixed at 1 is made
+ * dynamic where a trial run shows that is safe (and `dynamicBatch` allows it); anything else runs one item at a time.
+ */
+export async function withDynamicBatch<S extends Decidable>(bytes: Uint8Array, open: (bytes: Uint8Array) => Promise<S>, dynamicBatch: boolean): Promise<S> {
+  const session = await open(bytes);
   const all = [...session.inputs, ...session.outputs];
-  if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) return { session, notes: { batchable: true } };
-  if (!dynamicBatch || !all.every((t) => dim0(t) === 1 || dim0(t) === null)) return { session, notes: { batchable: false } };
-  let candidate: Session | null = null;
+  const decided = (s: S, batchable: boolean, note?: string) => {
+    s.batchable = batchable;
+    if (note) s.notes = { ...s.notes, dynamicBatch: note };
+    return s;
+  };
+  if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) return decided(session, true);
+  if (!dynamicBatch || !all.every((t) => dim0(t) === 1 || dim0(t) === null)) return decided(session, false);
+  let candidate: S | null = null;
   try {
-    candidate = await engine.loadBytes!(makeBatchDynamic(bytes, new Set(all.map((t) => t.name))), options);
+    candidate = await open(makeBatchDynamic(bytes, new Set(all.map((t) => t.name))));
     if (await batchWorks(candidate, session)) {
       await session.close();
-      return { session: candidate, notes: { batchable: true, dynamicBatch: 'rewritten: the batch dimension of this graph was fixed at 1 and was made dynamic after a trial run' } };
+      return decided(candidate, true, 'rewritten: the batch dimension of this graph was fixed at 1 and was made dynamic after a trial run');
     }
   } catch {
     // the rewrite or its trial failed: serve the original graph one item at a time
   }
   await candidate?.close().catch(() => undefined);
-  return { session, notes: { batchable: false, dynamicBatch: 'fixed at 1: items run one after another' } };
+  return decided(session, false, 'fixed at 1: items run one after another');
 }

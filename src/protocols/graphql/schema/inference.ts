@@ -1,14 +1,14 @@
-import { readFile, stat } from 'node:fs/promises';
-import { ErrorCode, GatewayError } from '../errors.ts';
-import { DTYPES } from '../engine/types.ts';
-import { resolveUnderRoots } from '../paths.ts';
-import { classifyImages, detectObjects, inferTensors, segmentImages, type ImageSource, type SegmentationRun, type TensorOutput } from '../inference.ts';
-import type { Prediction } from '../vision/classification.ts';
-import type { Box, DetectedObject } from '../vision/detection.ts';
-import { classHistogram, maskPng, regions, toOriginalSize, type ClassMap, type Region, type SegmentClass } from '../vision/segmentation.ts';
-import { cropImage, drawDetections, drawOverlay } from '../vision/draw.ts';
-import type { DecodedImage } from '../vision/preprocess.ts';
-import { builder, type Context } from './builder.ts';
+import { ErrorCode, GatewayError } from '../../../errors.ts';
+import { DTYPES, toBytes } from '../../../engine/types.ts';
+import { imageSource, type ImageInput as ImageArg, type ImageSource } from '../../../inference/images.ts';
+import type { SegmentationRun } from '../../../inference/service.ts';
+import type { Prediction } from '../../../vision/classification.ts';
+import type { Box, DetectedObject } from '../../../vision/detection.ts';
+import { classHistogram, maskPng, regions, toOriginalSize, type ClassMap, type Region, type SegmentClass } from '../../../vision/segmentation.ts';
+import { cropImage, drawDetections, drawOverlay } from '../../../vision/draw.ts';
+import type { DecodedImage } from '../../../vision/preprocess.ts';
+import { builder } from './builder.ts';
+import type { Context } from '../context.ts';
 
 type ArgBuilder = Parameters<Parameters<typeof builder.mutationFields>[0]>[0]['arg'];
 
@@ -23,38 +23,13 @@ const ImageInput = builder.inputType('ImageInput', {
   }),
 });
 
-type ImageArg = { file?: File | null; base64?: string | null; path?: string | null };
-
-const BASE64_RE = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
-
-/** Every image (and infer call) of a request counts toward MAX_IMAGES_PER_REQUEST. */
-function countImage(ctx: Context): void {
-  if (++ctx.imageCount.n > ctx.limits.maxImagesPerRequest) {
-    throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images or inferences in one request`);
-  }
+/** The sources of images; they count toward the request's image limit before any is read. */
+function imageSources(images: readonly ArgImage[], ctx: Context): ImageSource[] {
+  ctx.budget.takeImages(images.length);
+  return images.map((image) => imageSource(image, ctx.imageLimits));
 }
-
-/** Where an ImageInput's bytes come from; counts toward the request's image limit. */
-function imageSource(image: ImageArg, ctx: Context): ImageSource {
-  countImage(ctx);
-  return () => imageBytes(image, ctx);
-}
-
-async function imageBytes(image: ImageArg, ctx: Context): Promise<Uint8Array> {
-  const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
-  if (given !== 1) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path');
-  if (image.file) return new Uint8Array(await image.file.arrayBuffer());
-  if (image.base64 !== undefined && image.base64 !== null) {
-    const s = image.base64.replace(/^data:[^,]*;base64,/, '');
-    if (!BASE64_RE.test(s)) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
-    return new Uint8Array(Buffer.from(s, 'base64'));
-  }
-  const real = await resolveUnderRoots(image.path!, ctx.limits.imageRoots, 'image path');
-  const st = await stat(real);
-  if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
-  if (st.size > ctx.limits.maxImageBytes) throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${ctx.limits.maxImageBytes}`);
-  return new Uint8Array(await readFile(real));
-}
+type ArgImage = ArgImageShape & ImageArg;
+type ArgImageShape = { file?: File | null; base64?: string | null; path?: string | null };
 
 // ---- results out ----
 
@@ -88,9 +63,9 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       description: 'Crop this box from the original photo and classify it: a pipeline in one query.',
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx) => {
-        countImage(ctx);
+        ctx.budget.takeImages(1);
         const crop = () => cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
-        const [predictions] = classifyImages(ctx.repository, args.model, args.version, [crop], ctx.limits, args);
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], args);
         return { predictions: await predictions };
       },
     }),
@@ -156,12 +131,14 @@ const TensorInput = builder.inputType('TensorInput', {
   }),
 });
 
+interface TensorOutput { name: string; dtype: string; shape: number[]; data: Uint8Array }
+
 const TensorOutputRef = builder.objectRef<TensorOutput>('Tensor').implement({
   fields: (t) => ({
     name: t.exposeString('name'),
     dtype: t.field({ type: DTypeEnum, resolve: (o) => o.dtype.toUpperCase() }),
     shape: t.intList({ resolve: (o) => o.shape }),
-    data: t.exposeString('data', { description: 'Base64 of the little-endian bytes.' }),
+    data: t.string({ description: 'Base64 of the little-endian bytes.', resolve: (o) => Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength).toString('base64') }),
   }),
 });
 
@@ -182,14 +159,6 @@ const imagesArgs = (t: ArgBuilder) => ({
 const classifyArgs = (t: ArgBuilder) => ({ topK: t.int({ description: 'Default 5.' }), minConfidence: t.float() });
 const detectArgs = (t: ArgBuilder) => ({ minConfidence: t.float(), iouThreshold: t.float(), maxDetections: t.int() });
 
-/** The sources of a list of images: the whole list counts toward the request's image limit before any is read. */
-function imageSources(images: readonly ImageArg[], ctx: Context): ImageSource[] {
-  if (ctx.imageCount.n + images.length > ctx.limits.maxImagesPerRequest) {
-    throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${ctx.limits.maxImagesPerRequest} images or inferences in one request`);
-  }
-  return images.map((image) => imageSource(image, ctx));
-}
-
 /**
  * A list field's items: a failure of the call as a whole (unknown model, wrong task, too many images) becomes the
  * error of every item, so the list keeps its place in `data` and each item says why it is null.
@@ -202,6 +171,14 @@ function perItem<T>(count: number, run: () => Promise<T>[]): Promise<T>[] {
   }
 }
 
+const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
+
+function decodeBase64(data: string, name: string): Uint8Array {
+  if (!BASE64_RE.test(data) || data.length % 4 === 1) throw new GatewayError(ErrorCode.INVALID_INPUT, `input ${name}: data is not base64`);
+  const b = Buffer.from(data, 'base64');
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
 // Inference runs as mutations (the product's API contract: load, unload, classify, detect, segment, infer). Top-level
 // mutation fields run one after another, so several images of one request go in the list fields (classifyBatch, ...),
 // whose images reach the batcher together. Root fields are nullable: one failing field or item does not null the rest.
@@ -211,7 +188,7 @@ builder.mutationFields((t) => ({
     nullable: true,
     args: { ...imageArgs(t.arg), ...classifyArgs(t.arg) },
     resolve: async (_, args, ctx) => {
-      const [predictions] = classifyImages(ctx.repository, args.model, args.version, [imageSource(args.image, ctx)], ctx.limits, args);
+      const [predictions] = ctx.service.classify(args.model, args.version, imageSources([args.image], ctx), args);
       return { predictions: await predictions };
     },
   }),
@@ -221,33 +198,33 @@ builder.mutationFields((t) => ({
     description: 'Classify several images in one call (they share engine calls). A failing image is null with its own error (path [field, index]); a failure of the whole call (unknown model, wrong task) is the error of every item.',
     args: { ...imagesArgs(t.arg), ...classifyArgs(t.arg) },
     resolve: (_, args, ctx) =>
-      perItem(args.images.length, () => classifyImages(ctx.repository, args.model, args.version, imageSources(args.images, ctx), ctx.limits, args)).map(async (p) => ({ predictions: await p })),
+      perItem(args.images.length, () => ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), args)).map(async (p) => ({ predictions: await p })),
   }),
   detect: t.field({
     type: DetectionRef,
     nullable: true,
     args: { ...imageArgs(t.arg), ...detectArgs(t.arg) },
-    resolve: (_, args, ctx) => detectObjects(ctx.repository, args.model, args.version, [imageSource(args.image, ctx)], ctx.limits, args)[0],
+    resolve: (_, args, ctx) => ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), args)[0],
   }),
   detectBatch: t.field({
     type: [DetectionRef],
     nullable: { list: false, items: true },
     description: 'Detect objects in several images in one call; a failing image is null with its own error.',
     args: { ...imagesArgs(t.arg), ...detectArgs(t.arg) },
-    resolve: (_, args, ctx) => perItem(args.images.length, () => detectObjects(ctx.repository, args.model, args.version, imageSources(args.images, ctx), ctx.limits, args)),
+    resolve: (_, args, ctx) => perItem(args.images.length, () => ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), args)),
   }),
   segment: t.field({
     type: SegmentationRef,
     nullable: true,
     args: imageArgs(t.arg),
-    resolve: (_, args, ctx) => segmentImages(ctx.repository, args.model, args.version, [imageSource(args.image, ctx)], ctx.limits)[0],
+    resolve: (_, args, ctx) => ctx.service.segment(args.model, args.version, imageSources([args.image], ctx))[0],
   }),
   segmentBatch: t.field({
     type: [SegmentationRef],
     nullable: { list: false, items: true },
     description: 'Segment several images in one call; a failing image is null with its own error.',
     args: imagesArgs(t.arg),
-    resolve: (_, args, ctx) => perItem(args.images.length, () => segmentImages(ctx.repository, args.model, args.version, imageSources(args.images, ctx), ctx.limits)),
+    resolve: (_, args, ctx) => perItem(args.images.length, () => ctx.service.segment(args.model, args.version, imageSources(args.images, ctx))),
   }),
   infer: t.field({
     type: InferResultRef,
@@ -258,8 +235,10 @@ builder.mutationFields((t) => ({
       inputs: t.arg({ type: [TensorInput], required: true }), outputs: t.arg.stringList(),
     },
     resolve: async (_, args, ctx) => {
-      countImage(ctx);
-      return { outputs: await inferTensors(ctx.repository, args.model, args.version, args.inputs, args.outputs) };
+      ctx.budget.takeImages(1);
+      const inputs = args.inputs.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: decodeBase64(i.data, i.name) }));
+      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs);
+      return { outputs: Object.entries(outputs).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: toBytes(t.data) })) };
     },
   }),
 }));

@@ -1,11 +1,10 @@
-import { ErrorCode, GatewayError } from '../errors.ts';
-import type { TensorInfo } from '../engine/types.ts';
-import type { Model } from '../repository/repository.ts';
-import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../repository/version.ts';
-import type { VersionStats } from '../batching/stats.ts';
-import { guessLayout } from '../vision/preprocess.ts';
+import { ErrorCode, GatewayError } from '../../../errors.ts';
+import type { TensorInfo } from '../../../engine/types.ts';
+import type { Model } from '../../../repository/model.ts';
+import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../../../repository/version.ts';
+import type { VersionStats } from '../../../batching/stats.ts';
+import { guessLayout } from '../../../vision/preprocess.ts';
 import { builder } from './builder.ts';
-import { statusEvents } from './events.ts';
 
 export const VersionStateEnum = builder.enumType('ModelVersionState', {
   description: 'The lifecycle of a model version (as in OpenVINO Model Server).',
@@ -119,19 +118,18 @@ const StatusEventRef = builder.objectRef<ModelStatusEvent>('ModelStatusEvent').i
   }),
 });
 
-builder.queryType({
-  fields: (t) => ({
-    models: t.field({ type: [ModelRef], resolve: (_, __, ctx) => ctx.repository.models() }),
+builder.queryFields((t) => ({
+    models: t.field({ type: [ModelRef], resolve: (_, __, ctx) => ctx.models.models() }),
     model: t.field({
       type: ModelRef, nullable: true, args: { name: t.arg.string({ required: true }) },
-      resolve: (_, { name }, ctx) => ctx.repository.get(name) ?? null,
+      resolve: (_, { name }, ctx) => ctx.models.get(name) ?? null,
     }),
     inputShape: t.field({
       type: ['Int'], nullable: { list: false, items: true },
       description: 'The shape of an input (default: the first) of a version (default: the serving one); dynamic dimensions are null.',
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), input: t.arg.string() },
       resolve: (_, args, ctx) => {
-        const model = ctx.repository.require(args.model);
+        const model = ctx.models.require(args.model);
         const v = args.version ? model.versions.get(args.version) : model.describedVersion();
         if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version ${args.version ?? ''}`.trim());
         if (v.inputs.length === 0) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${args.model} version ${v.version} has not loaded`);
@@ -140,11 +138,9 @@ builder.queryType({
         return input.shape;
       },
     }),
-  }),
-});
+}));
 
-builder.mutationType({
-  fields: (t) => ({
+builder.mutationFields((t) => ({
     loadModel: t.field({
       type: ModelRef,
       description: 'Load a model from the repository (by name), from a server path under the allowed roots, or from uploaded files (model, labels, model.json), which are written into the repository as a new version. Returns when the version is AVAILABLE or has failed (see versions.errorCode). Harmless for a model already loaded.',
@@ -157,7 +153,7 @@ builder.mutationType({
       resolve: async (_, args, ctx) => {
         ctx.requireAdmin();
         const files = args.files ? await Promise.all(args.files.map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) }))) : null;
-        return ctx.repository.load(args.name, { path: args.path, files, config: args.config ?? undefined });
+        return ctx.models.load(args.name, { path: args.path, files, config: args.config ?? undefined });
       },
     }),
     unloadModel: t.field({
@@ -166,7 +162,7 @@ builder.mutationType({
       args: { name: t.arg.string({ required: true }), version: t.arg.int() },
       resolve: (_, args, ctx) => {
         ctx.requireAdmin();
-        return ctx.repository.unload(args.name, args.version);
+        return ctx.models.unload(args.name, args.version);
       },
     }),
     updateModel: t.field({
@@ -175,20 +171,17 @@ builder.mutationType({
       args: { name: t.arg.string({ required: true }), description: t.arg.string(), metadata: t.arg({ type: 'JSON' }) },
       resolve: (_, args, ctx) => {
         ctx.requireAdmin();
-        return ctx.repository.update(args.name, { description: args.description, metadata: args.metadata });
+        return ctx.models.update(args.name, { description: args.description, metadata: args.metadata });
       },
     }),
-  }),
-});
+}));
 
-builder.subscriptionType({
-  fields: (t) => ({
+builder.subscriptionFields((t) => ({
     modelStatus: t.field({
       type: StatusEventRef,
       description: 'State changes of model versions (all models, or the one named).',
       args: { name: t.arg.string() },
-      subscribe: (_, { name }, ctx) => statusEvents(ctx.repository, (e) => !name || e.model === name, ctx.shutdown),
+      subscribe: (_, { name }, ctx) => ctx.statusEvents((e) => !name || e.model === name),
       resolve: (e) => e,
     }),
-  }),
-});
+}));

@@ -5,6 +5,6 @@ import { printSchema } from 'graphql';
 import { schema } from './index.ts';
 
 export const printedSchema = () => printSchema(schema) + '\n';
-const target = fileURLToPath(new URL('../../schema.graphql', import.meta.url));
+const target = fileURLToPath(new URL('../../../../schema.graphql', import.meta.url));
 writeFileSync(target, printedSchema());
 process.stdout.write(`wrote ${target}\n`);

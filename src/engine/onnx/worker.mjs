@@ -25,7 +25,7 @@ function transferable(data) {
 port.on('message', async (/** @type {any} */ msg) => {
   try {
     if (msg.type === 'load') {
-      session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
+      session = await ort.InferenceSession.create(msg.bytes, msg.options);
       port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
     } else if (msg.type === 'run') {
       if (!session) throw new Error('no session loaded');
@@ -33,7 +33,7 @@ port.on('message', async (/** @type {any} */ msg) => {
       const feeds = {};
       for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = new ort.Tensor(t.type, t.data, t.dims);
       const opts = { logSeverityLevel: /** @type {3} */ (3) };
-      const result = msg.outputNames ? await session.run(feeds, msg.outputNames, opts) : await session.run(feeds, opts);
+      const result = await session.run(feeds, opts);
       /** @type {Record<string, {type: string, dims: readonly number[], data: any}>} */
       const out = {};
       /** @type {ArrayBuffer[]} */

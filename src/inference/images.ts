@@ -1,0 +1,41 @@
+import { readFile, stat } from 'node:fs/promises';
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { resolveUnderRoots } from '../paths.ts';
+
+/** Where an image's bytes come from: called once, after the image has been admitted. */
+export type ImageSource = () => Promise<Uint8Array>;
+
+/** An image as a client gives it: exactly one of uploaded file, base64 bytes, or a server path under IMAGE_ROOTS. */
+export interface ImageInput {
+  file?: { arrayBuffer(): Promise<ArrayBuffer> } | null;
+  base64?: string | null;
+  path?: string | null;
+}
+
+export interface ImageReadLimits {
+  imageRoots: readonly string[];
+  maxImageBytes: number;
+}
+
+const BASE64_RE = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
+
+/** The source of an ImageInput (the choice is checked now, the bytes are read later). */
+export function imageSource(image: ImageInput, limits: ImageReadLimits): ImageSource {
+  const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
+  if (given !== 1) return () => Promise.reject(new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path'));
+  return () => readImage(image, limits);
+}
+
+async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Uint8Array> {
+  if (image.file) return new Uint8Array(await image.file.arrayBuffer());
+  if (image.base64 !== undefined && image.base64 !== null) {
+    const s = image.base64.replace(/^data:[^,]*;base64,/, '');
+    if (!BASE64_RE.test(s)) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
+    return new Uint8Array(Buffer.from(s, 'base64'));
+  }
+  const real = await resolveUnderRoots(image.path!, limits.imageRoots, 'image path');
+  const st = await stat(real);
+  if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
+  if (st.size > limits.maxImageBytes) throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
+  return new Uint8Array(await readFile(real));
+}

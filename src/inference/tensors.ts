@@ -1,0 +1,50 @@
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { DTYPES, bytesPerElement, elementCount, fromBytes, type DType, type Tensor, type TensorInfo } from '../engine/types.ts';
+
+/** A raw tensor as a protocol decoded it: little-endian bytes. */
+export interface TensorInput {
+  name: string;
+  /** A data type name, any case (FLOAT32, float32, ...). */
+  dtype: string;
+  shape: readonly number[];
+  data: Uint8Array;
+}
+
+/** The largest raw input accepted (bytes), whatever the request limits say. */
+export const MAX_TENSOR_BYTES = 256 * 1024 * 1024;
+
+const bad = (msg: string) => new GatewayError(ErrorCode.INVALID_INPUT, msg);
+
+/**
+ * Check raw tensors against a model's inputs (names, dtypes, shapes with batch dimension 1, byte lengths) and turn
+ * them into engine feeds. Every input must be given once.
+ */
+export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs: readonly TensorInput[]): Record<string, Tensor> {
+  const feeds: Record<string, Tensor> = {};
+  for (const input of inputs) {
+    const info = infos.find((i) => i.name === input.name);
+    if (!info) throw bad(`model ${model} has no input ${JSON.stringify(input.name)} (inputs: ${infos.map((i) => i.name).join(', ')})`);
+    if (feeds[input.name]) throw bad(`input ${input.name} given twice`);
+    const dtype = input.dtype.toLowerCase() as DType;
+    if (!DTYPES.includes(dtype)) throw bad(`dtype ${input.dtype} is not one of ${DTYPES.map((d) => d.toUpperCase()).join(', ')}`);
+    if (dtype !== info.dtype) throw bad(`input ${input.name} is ${info.dtype.toUpperCase()}, got ${input.dtype}`);
+    const shape = [...input.shape];
+    if (shape.length !== info.shape.length || shape.some((d, i) => !Number.isInteger(d) || d < 0 || (info.shape[i] !== null && info.shape[i] !== d))) {
+      throw bad(`input ${input.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${shape.join(',')}]`);
+    }
+    if (shape[0] !== 1 && shape.length > 0) throw bad(`input ${input.name}: send one item (batch dimension 1) per tensor; the gateway batches requests itself`);
+    const expected = elementCount(shape) * bytesPerElement[dtype];
+    if (expected > MAX_TENSOR_BYTES) throw bad(`input ${input.name} would be ${expected} bytes`);
+    if (input.data.length !== expected) throw bad(`input ${input.name}: ${input.data.length} bytes of data for shape [${shape.join(',')}] ${dtype.toUpperCase()} (expected ${expected})`);
+    feeds[input.name] = { dtype, shape, data: fromBytes(dtype, input.data) };
+  }
+  for (const info of infos) if (!feeds[info.name]) throw bad(`input ${info.name} is missing`);
+  return feeds;
+}
+
+/** The outputs asked for (all when none are named), or INVALID_INPUT naming an unknown one. */
+export function selectOutputs(model: string, infos: readonly TensorInfo[], names: readonly string[] | null | undefined): string[] {
+  const known = infos.map((o) => o.name);
+  for (const o of names ?? []) if (!known.includes(o)) throw bad(`model ${model} has no output ${JSON.stringify(o)} (outputs: ${known.join(', ')})`);
+  return names?.length ? [...names] : known;
+}

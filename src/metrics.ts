@@ -1,0 +1,78 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Prometheus metrics with prom-client, named in the style of Triton's nv_inference_* and OVMS's ovms_* metrics, plus
+ * the default process metrics (CPU, memory, event loop lag, GC). Series are labelled by model and version and are
+ * removed when their version is unloaded, so a repository that churns versions does not grow /metrics forever.
+ */
+export const VERSION_STATE_NAMES = ['START', 'LOADING', 'AVAILABLE', 'UNLOADING', 'END'] as const;
+const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly success = new Counter({ name: 'gateway_inference_request_success_total', help: 'Requests answered successfully.', labelNames: ['model', 'version'], registers: [this.registry] });
+  readonly failure = new Counter({ name: 'gateway_inference_request_failure_total', help: 'Requests that failed, by error code.', labelNames: ['model', 'version', 'code'], registers: [this.registry] });
+  readonly execCount = new Counter({ name: 'gateway_inference_exec_count_total', help: 'Engine calls (batches).', labelNames: ['model', 'version'], registers: [this.registry] });
+  readonly batchSize = new Counter({ name: 'gateway_inference_batch_size_total', help: 'Engine calls by batch size.', labelNames: ['model', 'version', 'batch_size'], registers: [this.registry] });
+  readonly pending = new Gauge({ name: 'gateway_inference_pending_requests', help: 'Requests admitted and not yet answered.', labelNames: ['model', 'version'], registers: [this.registry] });
+  readonly state = new Gauge({ name: 'gateway_model_version_state', help: 'Model version state (1 for the current one).', labelNames: ['model', 'version', 'state'], registers: [this.registry] });
+  readonly queueTime = new Histogram({ name: 'gateway_inference_queue_duration_seconds', help: 'Time from the batching queue to the engine call.', labelNames: ['model', 'version'], buckets: SECONDS_BUCKETS, registers: [this.registry] });
+  readonly computeTime = new Histogram({ name: 'gateway_inference_compute_duration_seconds', help: 'Engine call time per batch.', labelNames: ['model', 'version'], buckets: SECONDS_BUCKETS, registers: [this.registry] });
+  readonly requestTime = new Histogram({ name: 'gateway_inference_request_duration_seconds', help: 'Whole request time (preprocessing, queue, engine, postprocessing).', labelNames: ['model', 'version'], buckets: SECONDS_BUCKETS, registers: [this.registry] });
+
+  constructor({ processMetrics = true }: { processMetrics?: boolean } = {}) {
+    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** The series of one model version; remove() drops exactly those it wrote. */
+  forVersion(model: string, version: number): VersionMetrics {
+    return new VersionMetrics(this, { model, version: String(version) });
+  }
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+/** Metrics of one model version. Times in seconds. */
+export class VersionMetrics {
+  private readonly codes = new Set<string>();
+  private readonly sizes = new Set<string>();
+  constructor(private readonly m: Metrics, private readonly labels: { model: string; version: string }) {}
+
+  success(requestSeconds: number): void {
+    this.m.success.inc(this.labels);
+    this.m.requestTime.observe(this.labels, requestSeconds);
+  }
+  failure(code: string): void {
+    this.codes.add(code);
+    this.m.failure.inc({ ...this.labels, code });
+  }
+  batch(size: number, computeSeconds: number): void {
+    const batch_size = String(size);
+    this.sizes.add(batch_size);
+    this.m.execCount.inc(this.labels);
+    this.m.batchSize.inc({ ...this.labels, batch_size });
+    this.m.computeTime.observe(this.labels, computeSeconds);
+  }
+  queued(seconds: number): void {
+    this.m.queueTime.observe(this.labels, seconds);
+  }
+  pending(n: number): void {
+    this.m.pending.set(this.labels, n);
+  }
+  state(state: string): void {
+    for (const s of VERSION_STATE_NAMES) this.m.state.set({ ...this.labels, state: s }, s === state ? 1 : 0);
+  }
+  remove(): void {
+    const l = this.labels;
+    for (const metric of [this.m.success, this.m.execCount, this.m.pending, this.m.queueTime, this.m.computeTime, this.m.requestTime]) metric.remove(l);
+    for (const code of this.codes) this.m.failure.remove({ ...l, code });
+    for (const batch_size of this.sizes) this.m.batchSize.remove({ ...l, batch_size });
+    for (const state of VERSION_STATE_NAMES) this.m.state.remove({ ...l, state });
+  }
+}

@@ -1,0 +1,54 @@
+import { GraphQLError } from 'graphql';
+import { ErrorCode, GatewayError, isGatewayError } from '../../errors.ts';
+import type { Logger } from '../../log.ts';
+
+/**
+ * The one place where the gateway's errors become GraphQL errors. A GatewayError keeps its code in
+ * `extensions.code`. Errors of the request as a whole (refused before execution, or about who is calling) carry their
+ * HTTP status; errors of one field do not: a response that carries data is HTTP 200, as GraphQL over HTTP says.
+ * Anything unexpected is logged once (with the request id) and masked.
+ */
+export function toGraphQLError(e: GatewayError, opts: { path?: readonly (string | number)[]; requestLevel?: boolean } = {}): GraphQLError {
+  const withStatus = opts.requestLevel ?? (e.code === ErrorCode.UNAUTHENTICATED || e.code === ErrorCode.FORBIDDEN);
+  return new GraphQLError(e.message, { path: opts.path, extensions: { code: e.code, ...(withStatus ? { http: { status: e.status } } : {}), ...(e.details ?? {}) } });
+}
+
+/**
+ * A document refused for a limit: HTTP 400 LIMIT_EXCEEDED whatever the Accept header (yoga keeps validation errors at
+ * 200 for application/json clients unless told the status is not the spec's choice).
+ */
+export function limitError(message: string): GraphQLError {
+  return new GraphQLError(message, { extensions: { code: ErrorCode.LIMIT_EXCEEDED, http: { status: 400, spec: false } } });
+}
+
+/**
+ * The multipart parser (busboy, inside yoga's fetch API) reports its limits as plain errors whose only distinguishing
+ * mark is their text ("File size limit exceeded", "Files limit exceeded", ...); this is the one place that reads it.
+ */
+function multipartLimit(message: string): GatewayError | null {
+  if (!/limit exceeded/i.test(message)) return null;
+  return /size/i.test(message) ? new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, message) : new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
+}
+
+const isGraphQLError = (e: unknown): e is GraphQLError => e instanceof Error && e.name === 'GraphQLError';
+
+/** yoga's maskError: typed errors through, multipart limits typed, the unexpected logged and masked. */
+export function maskError(logger: Logger) {
+  return (error: unknown): Error => {
+    const original = (error as { originalError?: unknown }).originalError ?? error;
+    const path = isGraphQLError(error) ? error.path : undefined;
+    if (isGatewayError(original)) return toGraphQLError(original, { path });
+    if (isGraphQLError(error) && (original === error || isGraphQLError(original))) {
+      const limit = multipartLimit(error.message);
+      if (limit) return toGraphQLError(limit, { requestLevel: true });
+      // graphql-js's own request errors (a variable of the wrong type, ...) come without a code: give them one
+      if (error.extensions?.code === undefined && !error.path) return new GraphQLError(error.message, { nodes: error.nodes, extensions: { ...error.extensions, code: 'BAD_USER_INPUT' } });
+      return error;
+    }
+    const message = original instanceof Error ? original.message : String(original);
+    const limit = multipartLimit(message);
+    if (limit) return toGraphQLError(limit, { requestLevel: true });
+    logger.error({ err: original }, 'unexpected error');
+    return new GraphQLError('Unexpected error.', { path, extensions: { code: 'INTERNAL_SERVER_ERROR', http: { status: 500 } } });
+  };
+}

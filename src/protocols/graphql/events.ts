@@ -1,0 +1,35 @@
+import type { EventEmitter } from 'node:events';
+import { Repeater } from '@repeaterjs/repeater';
+import { ErrorCode, GatewayError } from '../../errors.ts';
+import type { ModelStatusEvent } from '../../repository/version.ts';
+
+/**
+ * Status events for one subscriber, as an async iterator (a Repeater) that ends cleanly: when the client leaves
+ * (return()), or when the server shuts down (signal). A subscriber that falls more than maxQueued events behind is
+ * ended with an error saying so, rather than losing events silently.
+ */
+export function statusEvents(
+  source: EventEmitter<{ status: [ModelStatusEvent] }>,
+  filter: (e: ModelStatusEvent) => boolean,
+  signal: AbortSignal,
+  maxQueued = 1000,
+): AsyncIterableIterator<ModelStatusEvent> {
+  return new Repeater<ModelStatusEvent>(async (push, stop) => {
+    let behind = 0;
+    const onEvent = (e: ModelStatusEvent) => {
+      if (!filter(e)) return;
+      if (++behind > maxQueued) {
+        stop(new GatewayError(ErrorCode.LIMIT_EXCEEDED, `this subscriber fell more than ${maxQueued} events behind; subscribe again`));
+        return;
+      }
+      void push(e).then(() => behind--);
+    };
+    const onAbort = () => stop();
+    source.on('status', onEvent);
+    if (signal.aborted) stop();
+    else signal.addEventListener('abort', onAbort);
+    await stop;
+    source.off('status', onEvent);
+    signal.removeEventListener('abort', onAbort);
+  });
+}

@@ -1,0 +1,45 @@
+import type { GraphQLError, ValidationContext } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import { maxAliasesRule } from '@escape.tech/graphql-armor-max-aliases';
+import { maxDepthRule } from '@escape.tech/graphql-armor-max-depth';
+import { costLimitRule } from '@escape.tech/graphql-armor-cost-limit';
+import { maxDirectivesRule } from '@escape.tech/graphql-armor-max-directives';
+import { maxTokensPlugin } from '@escape.tech/graphql-armor-max-tokens';
+import { limitError } from '../errors.ts';
+
+export interface DocumentLimits {
+  maxDepth?: number;
+  maxAliases?: number;
+  maxTokens?: number;
+  maxCost?: number;
+  maxDirectives?: number;
+}
+
+/**
+ * Limits on the document, counted by graphql-armor as the operation will execute: fragments are expanded every time
+ * they are spread, so a fragment cannot hide aliases or depth. Introspection is not counted (GraphiQL's own schema
+ * query is deeper than any limit a server would set, and cheap). A refused document is HTTP 400 LIMIT_EXCEEDED.
+ */
+export function useDocumentLimits({ maxDepth = 12, maxAliases = 64, maxTokens = 2000, maxCost = 5000, maxDirectives = 50 }: DocumentLimits = {}): Plugin {
+  const strip = (e: GraphQLError) => e.message.replace(/^Syntax Error: /, '');
+  // armor's rules throw a GraphQLError without a code; report ours instead
+  const report = { propagateOnRejection: false, onReject: [(ctx: ValidationContext | null, e: GraphQLError) => ctx?.reportError(limitError(strip(e)))] };
+  const tokens = maxTokensPlugin({
+    n: maxTokens,
+    propagateOnRejection: true,
+    onReject: [
+      (_: unknown, e: GraphQLError) => {
+        throw limitError(strip(e));
+      },
+    ],
+  });
+  return {
+    onParse: tokens.onParse as Plugin['onParse'],
+    onValidate({ addValidationRule }) {
+      addValidationRule(maxDepthRule({ n: maxDepth, flattenFragments: true, ...report }));
+      addValidationRule(maxAliasesRule({ n: maxAliases, ...report }));
+      addValidationRule(costLimitRule({ maxCost, ...report }));
+      addValidationRule(maxDirectivesRule({ n: maxDirectives, ...report }));
+    },
+  };
+}

@@ -1,0 +1,105 @@
+import type { IncomingMessage, Server } from 'node:http';
+import type { ExecutionArgs, GraphQLError } from 'graphql';
+import type { YogaServerInstance } from 'graphql-yoga';
+import { WebSocketServer } from 'ws';
+import { useServer } from 'graphql-ws/use/ws';
+import { ErrorCode, GatewayError } from '../../errors.ts';
+import { accessFor, type Tokens } from '../../inference/access.ts';
+import type { Context } from './context.ts';
+import { toGraphQLError } from './errors.ts';
+
+export interface WebSocketLimits {
+  maxConnectionsPerClient?: number;
+  maxSubscriptionsPerConnection?: number;
+  maxPayloadBytes?: number;
+}
+
+type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown };
+
+/**
+ * graphql-ws (the graphql-transport-ws protocol) on the same port and path as HTTP, through yoga's envelop: the same
+ * schema, plugins, limits and error masking. Connections per client address and operations per connection are bounded.
+ */
+export function attachWebSocket(
+  server: Server,
+  yoga: YogaServerInstance<Record<string, unknown>, Context>,
+  tokens: Tokens,
+  { maxConnectionsPerClient = 16, maxSubscriptionsPerConnection = 32, maxPayloadBytes = 1024 * 1024 }: WebSocketLimits = {},
+): { close(): Promise<void> } {
+  const clientAddress = (req: IncomingMessage) => req.socket.remoteAddress ?? 'unknown';
+  const connections = new Map<string, number>();
+  const wss = new WebSocketServer({
+    server,
+    path: '/graphql',
+    maxPayload: maxPayloadBytes,
+    verifyClient: (info, done) => {
+      if ((connections.get(clientAddress(info.req)) ?? 0) >= maxConnectionsPerClient) done(false, 429, 'Too many WebSocket connections');
+      else done(true);
+    },
+  });
+  wss.on('connection', (socket, req) => {
+    const addr = clientAddress(req);
+    connections.set(addr, (connections.get(addr) ?? 0) + 1);
+    socket.on('close', () => {
+      const n = (connections.get(addr) ?? 1) - 1;
+      if (n <= 0) connections.delete(addr);
+      else connections.set(addr, n);
+    });
+  });
+  const operations = new WeakMap<object, Set<string>>();
+  const authOf = (ctx: { connectionParams?: Record<string, unknown>; extra: { request: IncomingMessage } }) =>
+    (ctx.connectionParams?.authorization as string | undefined) ?? ctx.extra.request.headers.authorization ?? null;
+  useServer(
+    {
+      execute: (args) => (args.rootValue as Root).execute(args) as never,
+      subscribe: (args) => (args.rootValue as Root).subscribe(args) as never,
+      onConnect: (ctx) => {
+        try {
+          accessFor(authOf(ctx), tokens).checkApi();
+          return true;
+        } catch {
+          return false; // graphql-ws closes with 4403 Forbidden
+        }
+      },
+      onSubscribe: async (ctx, id, payload) => {
+        let ops = operations.get(ctx.extra.socket);
+        if (!ops) operations.set(ctx.extra.socket, (ops = new Set()));
+        if (ops.size >= maxSubscriptionsPerConnection) {
+          return [toGraphQLError(new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${maxSubscriptionsPerConnection} operations on one connection`))];
+        }
+        const auth = authOf(ctx);
+        const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
+          ...ctx,
+          request: { headers: new Headers(auth ? { authorization: auth } : {}) },
+          params: payload,
+        });
+        let document;
+        try {
+          document = parse(payload.query);
+        } catch (e) {
+          return [e as GraphQLError];
+        }
+        const errors = validate(schema, document);
+        if (errors.length) return errors;
+        ops.add(id);
+        return {
+          schema,
+          operationName: payload.operationName,
+          document,
+          variableValues: payload.variables,
+          contextValue: await contextFactory(),
+          rootValue: { execute, subscribe } satisfies Root,
+        };
+      },
+      onComplete: (ctx, id) => void operations.get(ctx.extra.socket)?.delete(id),
+      onError: (ctx, id) => void operations.get(ctx.extra.socket)?.delete(id),
+    },
+    wss,
+  );
+  return {
+    async close() {
+      for (const c of wss.clients) c.close(1001, 'server shutting down');
+      await new Promise<void>((resolve) => wss.close(() => resolve()));
+    },
+  };
+}

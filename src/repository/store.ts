@@ -1,0 +1,105 @@
+import { mkdir, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
+import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
+import { parseModelConfig, parseModelConfigText, type ModelConfig } from './model-config.ts';
+import type { ModelFiles } from './model.ts';
+
+/**
+ * The files of the repository: how a model folder is laid out (`model.json`, labels, a mean file, `<version>/model.*`),
+ * how it is read, and how it is written (atomically: a reader never sees half a file or half a version).
+ */
+const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
+
+/** mtime of a model's model.json (0 when there is none). */
+export function configMtime(dir: string): Promise<number> {
+  return stat(path.join(dir, 'model.json')).then(
+    (st) => st.mtimeMs,
+    () => 0,
+  );
+}
+
+/** Read model.json (defaults when absent), labels and the mean file of a model folder. Errors are typed. */
+export async function readModelFiles(name: string, dir: string): Promise<ModelFiles> {
+  try {
+    const text = await readFile(path.join(dir, 'model.json'), 'utf8').catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw e;
+    });
+    const config = text === null ? parseModelConfig({}) : parseModelConfigText(text, `${name}/model.json`);
+    const labels = await readLabels(name, dir, config);
+    const meanFile = config.preprocessing.meanFile;
+    const mean = meanFile ? parseNpy(await readFile(path.join(dir, meanFile)), meanFile) : null;
+    return { config, labels, mean };
+  } catch (e) {
+    throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${errorMessage(e)}`);
+  }
+}
+
+async function readLabels(name: string, dir: string, config: ModelConfig): Promise<Labels | null> {
+  const spec = config.labels;
+  if (Array.isArray(spec)) return labelsFromList(spec);
+  if (spec && typeof spec === 'object') return labelsFromObject(spec, `${name}/model.json labels`);
+  const candidates = typeof spec === 'string' ? [spec] : LABEL_FILES;
+  for (const f of candidates) {
+    try {
+      return parseLabelsFile(f, await readFile(path.join(dir, f), 'utf8'));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && typeof spec !== 'string') continue;
+      if (isGatewayError(e)) throw e;
+      throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: labels file ${f}: ${errorMessage(e)}`, { field: 'labels' });
+    }
+  }
+  return null;
+}
+
+const isFile = (p: string) =>
+  stat(p).then(
+    (s) => s.isFile(),
+    () => false,
+  );
+
+/** Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. */
+export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
+  const found = new Map<number, string>();
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isDirectory() || !/^[1-9]\d{0,8}$/.test(e.name)) continue;
+    for (const f of modelFiles) {
+      const p = path.join(dir, e.name, f);
+      if (await isFile(p)) {
+        found.set(Number(e.name), p);
+        break;
+      }
+    }
+  }
+  return found;
+}
+
+/** The model file directly in a folder (a model loaded by path without version folders), or null. */
+export async function modelFileIn(dir: string, modelFiles: readonly string[]): Promise<string | null> {
+  for (const f of modelFiles) if (await isFile(path.join(dir, f))) return path.join(dir, f);
+  return null;
+}
+
+/** Write a file atomically: a temporary file beside it, then a rename. */
+export async function atomicWrite(file: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
+  await writeFile(tmp, data);
+  await rename(tmp, file);
+}
+
+/** Write model.json (validated first) into a model folder. */
+export async function writeModelJson(dir: string, config: unknown, source: string): Promise<void> {
+  parseModelConfig(config, source);
+  await mkdir(dir, { recursive: true });
+  await atomicWrite(path.join(dir, 'model.json'), JSON.stringify(config, null, 2) + '\n');
+}
+
+/** model.json as raw JSON (an empty object when absent or unreadable), for edits that keep the rest of the file. */
+export async function readRawModelJson(dir: string): Promise<Record<string, unknown>> {
+  return readFile(path.join(dir, 'model.json'), 'utf8').then(
+    (t) => JSON.parse(t) as Record<string, unknown>,
+    () => ({}),
+  );
+}

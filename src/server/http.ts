@@ -1,0 +1,56 @@
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { ErrorCode } from '../errors.ts';
+import { requestContext, type Logger } from '../log.ts';
+
+/** A protocol (or the operations endpoints) mounted on the HTTP port. */
+export interface Route {
+  /** Does this route answer that path? */
+  match(pathname: string): boolean;
+  handle(req: IncomingMessage, res: ServerResponse): void;
+  /** The error body this route's clients expect (default: GraphQL's `{"errors":[...]}`). */
+  errorBody?(code: string, message: string): unknown;
+}
+
+export interface HttpOptions {
+  logger: Logger;
+  routes: readonly Route[];
+  /** Largest request body; refused from Content-Length before anything is read. */
+  maxBodyBytes: number;
+  /** Paths not worth a log line per request (probes and scrapes). */
+  quietPaths?: readonly string[];
+}
+
+const graphqlErrorBody = (code: string, message: string) => ({ errors: [{ message, extensions: { code } }] });
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
+  res.end(text);
+}
+
+/**
+ * The one HTTP listener: each request gets a request id (a sane `x-request-id` from the client, else a new one),
+ * echoed in the response and carried by every log line written while it is handled; one log line per request; the
+ * body limit; then the first route whose path matches.
+ */
+export function createHttpServer({ logger, routes, maxBodyBytes, quietPaths = ['/health', '/metrics'] }: HttpOptions): Server {
+  return createServer((req, res) => {
+    const given = req.headers['x-request-id'];
+    const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+    const pathname = (req.url ?? '/').split('?')[0];
+    const t0 = performance.now();
+    res.setHeader('x-request-id', requestId);
+    requestContext.run({ requestId }, () => {
+      if (!quietPaths.includes(pathname)) {
+        res.once('finish', () => logger.info({ method: req.method, path: pathname, status: res.statusCode, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'request'));
+      }
+      const route = routes.find((r) => r.match(pathname));
+      const refuse = (status: number, code: string, message: string) => sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close' });
+      const length = Number(req.headers['content-length'] ?? 0);
+      if (length > maxBodyBytes) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
+      if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
+      route.handle(req, res);
+    });
+  });
+}
