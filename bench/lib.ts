@@ -46,7 +46,12 @@ export async function freePort(): Promise<number> {
 export function multipartBody(query: string, file: Buffer, name: string): { body: Buffer; type: string } {
   const boundary = '----gatewaybench' + Math.random().toString(16).slice(2);
   const operations = JSON.stringify({ query, variables: { f: null } });
-  const part = (headers: string, content: Buffer | string) => Buffer.concat([Buffer.from(`--${boundary}\r\n${headers}\r\n\r\n`), Buffer.isBuffer(content) ? content : Buffer.from(content), Buffer.from('\r\n')]);
+  const part = (headers: string, content: Buffer | string) =>
+    Buffer.concat([
+      Buffer.from(`--${boundary}\r\n${headers}\r\n\r\n`),
+      Buffer.isBuffer(content) ? content : Buffer.from(content),
+      Buffer.from('\r\n'),
+    ]);
   const body = Buffer.concat([
     part('Content-Disposition: form-data; name="operations"', operations),
     part('Content-Disposition: form-data; name="map"', '{"0":["variables.f"]}'),
@@ -58,24 +63,42 @@ export function multipartBody(query: string, file: Buffer, name: string): { body
 
 export function post(agent: http.Agent, port: number, body: Buffer, type: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: '/graphql', method: 'POST', agent, headers: { 'content-type': type, 'content-length': body.length, 'x-graphql-yoga-csrf': '1' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
-      res.on('error', reject);
-    });
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/graphql',
+        method: 'POST',
+        agent,
+        headers: { 'content-type': type, 'content-length': body.length, 'x-graphql-yoga-csrf': '1' },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve(Buffer.concat(chunks).toString()));
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
 }
 
-export interface RunningServer { port: number; child: ChildProcess; stop(): Promise<number | null> }
+export interface RunningServer {
+  port: number;
+  child: ChildProcess;
+  stop(): Promise<number | null>;
+}
 
 /**
  * A temporary repository (model name -> .onnx path and model.json) served by `node --import tsx src/main.ts`,
  * as `npm start` runs it. Resolves once /ready answers 200.
  */
-export async function startServer(models: Record<string, { onnx: string; config: unknown; files?: Record<string, string> }>, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<RunningServer> {
+export async function startServer(
+  models: Record<string, { onnx: string; config: unknown; files?: Record<string, string> }>,
+  env: Record<string, string> = {},
+  nodeArgs: string[] = [],
+): Promise<RunningServer> {
   const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
   for (const [name, m] of Object.entries(models)) {
     await mkdir(path.join(repo, name, '1'), { recursive: true });
@@ -85,13 +108,25 @@ export async function startServer(models: Record<string, { onnx: string; config:
   }
   const port = await freePort();
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-    cwd: ROOT, env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', MODEL_REPOSITORY: repo, LOG_LEVEL: 'warn', MODEL_POLL_INTERVAL_MS: '0', ...env }, stdio: ['ignore', 'inherit', 'inherit'],
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      MODEL_REPOSITORY: repo,
+      LOG_LEVEL: 'warn',
+      MODEL_POLL_INTERVAL_MS: '0',
+      ...env,
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
   });
   children.add(child);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
-    children.delete(child);
-    resolve(code);
-  }));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      children.delete(child);
+      resolve(code);
+    }),
+  );
   const stop = async () => {
     if (child.exitCode === null) child.kill('SIGTERM');
     const code = await exited;
@@ -99,7 +134,13 @@ export async function startServer(models: Record<string, { onnx: string; config:
     return code;
   };
   for (let i = 0; ; i++) {
-    if (await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.ok, () => false)) break;
+    if (
+      await fetch(`http://127.0.0.1:${port}/ready`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      break;
     if (i > 600 || child.exitCode !== null) {
       await stop();
       throw new Error('gateway did not become ready');

@@ -18,7 +18,18 @@ import { renderChart } from './chart.ts';
 import { IMAGES, ROOT, modelFile, multipartBody, post, startServer } from './lib.ts';
 
 const MODEL = modelFile('mobilenet');
-const PHOTOS = ['airliner.jpeg', 'arctic-fox.jpeg', 'bee.jpeg', 'golden_retriever.jpeg', 'gorilla.jpeg', 'magnetic_compass.jpeg', 'peacock.jpeg', 'pelican.jpeg', 'snail.jpeg', 'zebra.jpeg'];
+const PHOTOS = [
+  'airliner.jpeg',
+  'arctic-fox.jpeg',
+  'bee.jpeg',
+  'golden_retriever.jpeg',
+  'gorilla.jpeg',
+  'magnetic_compass.jpeg',
+  'peacock.jpeg',
+  'pelican.jpeg',
+  'snail.jpeg',
+  'zebra.jpeg',
+];
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,4,16,64').split(',').map(Number);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
@@ -29,17 +40,40 @@ const MAX_PIXELS = 40_000_000;
 const BATCHING = { maxBatchSize: 16, maxDelayMs: Number(process.env.BENCH_DELAY_MS ?? 2), maxQueueSize: 1024 };
 const config = (batching: object) => ({
   task: 'classification',
-  preprocessing: { resizeType: 'CROP', cropFraction: 0.875, colorChannels: 'RGB', pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+  preprocessing: {
+    resizeType: 'CROP',
+    cropFraction: 0.875,
+    colorChannels: 'RGB',
+    pixelScaling: 1,
+    mean: [0.485, 0.456, 0.406],
+    std: [0.229, 0.224, 0.225],
+  },
   postprocessing: { activation: 'softmax' },
   batching,
 });
 
-interface Point { mode: string; concurrency: number; requests: number; errors: number; seconds: number; throughput: number; p50: number; p95: number; p99: number; meanBatchSize: number | null }
+interface Point {
+  mode: string;
+  concurrency: number;
+  requests: number;
+  errors: number;
+  seconds: number;
+  throughput: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  meanBatchSize: number | null;
+}
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 
 /** Run `task` from `concurrency` workers for a warm-up and then SECONDS; latency in ms. */
-async function drive(mode: string, concurrency: number, task: (i: number) => Promise<void>, batchStats?: () => Promise<{ items: number; batches: number }>): Promise<Point> {
+async function drive(
+  mode: string,
+  concurrency: number,
+  task: (i: number) => Promise<void>,
+  batchStats?: () => Promise<{ items: number; batches: number }>,
+): Promise<Point> {
   let stop = false;
   let counter = 0;
   const latencies: number[] = [];
@@ -71,14 +105,25 @@ async function drive(mode: string, concurrency: number, task: (i: number) => Pro
   await Promise.all(workers);
   latencies.sort((a, b) => a - b);
   const round = (x: number) => Math.round(x * 100) / 100;
-  const meanBatchSize = before && after && after.batches > before.batches ? round((after.items - before.items) / (after.batches - before.batches)) : null;
-  const point = { mode, concurrency, requests: latencies.length, errors, seconds: round(seconds), throughput: round(latencies.length / seconds), p50: round(percentile(latencies, 50)), p95: round(percentile(latencies, 95)), p99: round(percentile(latencies, 99)), meanBatchSize };
-  console.log(`${mode.padEnd(22)} c=${String(concurrency).padStart(2)}  ${String(point.throughput).padStart(7)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  p99 ${String(point.p99).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  errors ${errors}`);
+  const meanBatchSize =
+    before && after && after.batches > before.batches ? round((after.items - before.items) / (after.batches - before.batches)) : null;
+  const point = {
+    mode,
+    concurrency,
+    requests: latencies.length,
+    errors,
+    seconds: round(seconds),
+    throughput: round(latencies.length / seconds),
+    p50: round(percentile(latencies, 50)),
+    p95: round(percentile(latencies, 95)),
+    p99: round(percentile(latencies, 99)),
+    meanBatchSize,
+  };
+  console.log(
+    `${mode.padEnd(22)} c=${String(concurrency).padStart(2)}  ${String(point.throughput).padStart(7)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  p99 ${String(point.p99).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  errors ${errors}`,
+  );
   return point;
 }
-
-
-
 
 type Runner = { mode: string; run: (i: number) => Promise<void>; stats: () => Promise<{ items: number; batches: number }> };
 
@@ -86,12 +131,21 @@ function median(points: Point[]): Point {
   const by = (k: keyof Point) => [...points].sort((a, b) => (a[k] as number) - (b[k] as number))[Math.floor(points.length / 2)];
   const m = by('throughput');
   const med = (k: 'p50' | 'p95' | 'p99') => by(k)[k];
-  return { ...m, p50: med('p50'), p95: med('p95'), p99: med('p99'), requests: points.reduce((n, p) => n + p.requests, 0), errors: points.reduce((n, p) => n + p.errors, 0) };
+  return {
+    ...m,
+    p50: med('p50'),
+    p95: med('p95'),
+    p99: med('p99'),
+    requests: points.reduce((n, p) => n + p.requests, 0),
+    errors: points.reduce((n, p) => n + p.errors, 0),
+  };
 }
 
 async function main() {
   const photos = await Promise.all(PHOTOS.map((p) => readFile(path.join(IMAGES, p))));
-  console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved`);
+  console.log(
+    `machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved`,
+  );
 
   // --- in-process limit: the same decode, preprocess, batcher and engine; no HTTP, no GraphQL ---
   const engine = createOnnxRuntimeEngine();
@@ -130,10 +184,14 @@ async function main() {
   // --- the gateway, a separate process as `npm start` runs it, over 127.0.0.1 ---
   // BENCH_PROFILE=1: a V8 CPU profile of the server process in bench/profile/ (summarized by bench/profile.ts)
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`] : [];
-  const server = await startServer({
-    mobilenet: { onnx: MODEL, config: config(BATCHING) },
-    'mobilenet-nobatch': { onnx: MODEL, config: config({ ...BATCHING, maxBatchSize: 1 }) },
-  }, {}, profile);
+  const server = await startServer(
+    {
+      mobilenet: { onnx: MODEL, config: config(BATCHING) },
+      'mobilenet-nobatch': { onnx: MODEL, config: config({ ...BATCHING, maxBatchSize: 1 }) },
+    },
+    {},
+    profile,
+  );
   const port = server.port;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   const points: Point[] = [];
@@ -142,13 +200,17 @@ async function main() {
       const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
       const r = JSON.parse(await post(agent, port, Buffer.from(body), 'application/json'));
       const st = r.data.model.stats[0];
-      return { batches: st.batches, items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0) };
+      return {
+        batches: st.batches,
+        items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0),
+      };
     };
     const gateway = (mode: string, model: string): Runner => {
       const query = `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`;
       const bodies = photos.map((p, i) => multipartBody(query, p, PHOTOS[i]));
       return {
-        mode, stats: stats(model),
+        mode,
+        stats: stats(model),
         run: async (i) => {
           const { body, type } = bodies[i % bodies.length];
           const text = await post(agent, port, body, type);
@@ -157,7 +219,9 @@ async function main() {
       };
     };
     const modes = process.env.BENCH_MODES?.split(',');
-    const runners = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch')].filter((r) => !modes || modes.includes(r.mode));
+    const runners = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch')].filter(
+      (r) => !modes || modes.includes(r.mode),
+    );
     for (const c of CONCURRENCY) {
       const rounds = new Map<string, Point[]>(runners.map((r) => [r.mode, []]));
       for (let round = 0; round < ROUNDS; round++) {
@@ -166,7 +230,9 @@ async function main() {
       for (const r of runners) {
         const m = median(rounds.get(r.mode)!);
         points.push(m);
-        console.log(`  median ${r.mode.padEnd(22)} c=${String(c).padStart(2)}  ${m.throughput} req/s  p50 ${m.p50} ms  p95 ${m.p95} ms  batch ${m.meanBatchSize ?? '-'}`);
+        console.log(
+          `  median ${r.mode.padEnd(22)} c=${String(c).padStart(2)}  ${m.throughput} req/s  p50 ${m.p50} ms  p95 ${m.p95} ms  batch ${m.meanBatchSize ?? '-'}`,
+        );
       }
     }
   } finally {
@@ -196,7 +262,18 @@ async function main() {
   };
   console.log('\ntargets:');
   for (const [k, v] of Object.entries(targets)) console.log(`  ${v ? 'met    ' : 'MISSED '} ${k}`);
-  const result = { date: new Date().toISOString(), machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, model: 'mobilenetv2-12-int8', batching: BATCHING, rounds: ROUNDS, secondsPerRound: SECONDS, note: 'each point is the median of the rounds; modes were interleaved', points, ratios, targets };
+  const result = {
+    date: new Date().toISOString(),
+    machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
+    model: 'mobilenetv2-12-int8',
+    batching: BATCHING,
+    rounds: ROUNDS,
+    secondsPerRound: SECONDS,
+    note: 'each point is the median of the rounds; modes were interleaved',
+    points,
+    ratios,
+    targets,
+  };
   await writeFile(path.join(ROOT, 'bench', 'results.json'), JSON.stringify(result, null, 2) + '\n');
   await writeFile(path.join(ROOT, 'bench', 'chart.svg'), renderChart(points, CONCURRENCY));
   console.log('\nwrote bench/results.json and bench/chart.svg');

@@ -14,23 +14,44 @@ const CONCURRENCY = Number(process.env.SOAK_CONCURRENCY ?? 64);
 
 async function main() {
   const mobilenet = {
-    task: 'classification', labels: 'labels.txt', postprocessing: { activation: 'softmax' },
+    task: 'classification',
+    labels: 'labels.txt',
+    postprocessing: { activation: 'softmax' },
     preprocessing: { resizeType: 'CROP', cropFraction: 0.875, pixelScaling: 1, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
   };
   const server = await startServer({
-    mobilenet: { onnx: modelFile('mobilenet'), config: { ...mobilenet, batching: { maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 } }, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
-    'mobilenet-small-queue': { onnx: modelFile('mobilenet'), config: { ...mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 2, maxQueueSize: 8 } }, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
+    mobilenet: {
+      onnx: modelFile('mobilenet'),
+      config: { ...mobilenet, batching: { maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 } },
+      files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
+    },
+    'mobilenet-small-queue': {
+      onnx: modelFile('mobilenet'),
+      config: { ...mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 2, maxQueueSize: 8 } },
+      files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
+    },
     yolox: {
-      onnx: modelFile('yolox'), files: { 'labels.txt': modelAsset('yolox', 'labels.txt') },
-      config: { task: 'detection', labels: 'labels.txt', preprocessing: { resizeType: 'FILL', fillAlign: 'topLeft', fillColor: [114, 114, 114], colorChannels: 'BGR', pixelScaling: 255 }, postprocessing: { format: 'yolox', minConfidence: 0.3 } },
+      onnx: modelFile('yolox'),
+      files: { 'labels.txt': modelAsset('yolox', 'labels.txt') },
+      config: {
+        task: 'detection',
+        labels: 'labels.txt',
+        preprocessing: { resizeType: 'FILL', fillAlign: 'topLeft', fillColor: [114, 114, 114], colorChannels: 'BGR', pixelScaling: 255 },
+        postprocessing: { format: 'yolox', minConfidence: 0.3 },
+      },
     },
   });
   const pid = server.child.pid!;
   const photo = (p: string) => readFile(path.join(IMAGES, p));
-  const classify = (m: string) => `mutation($f: File!) { classify(model: "${m}", image: { file: $f }, topK: 3) { predictions { classId label confidence } } }`;
+  const classify = (m: string) =>
+    `mutation($f: File!) { classify(model: "${m}", image: { file: $f }, topK: 3) { predictions { classId label confidence } } }`;
   const detect = `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { objects { label confidence box { xMin yMin xMax yMax } } } }`;
   const mix = [
-    ...(await Promise.all(['bee.jpeg', 'zebra.jpeg', 'pelican.jpeg', 'snail.jpeg', 'gorilla.jpeg', 'airliner.jpeg'].map(async (p) => multipartBody(classify('mobilenet'), await photo(p), p)))),
+    ...(await Promise.all(
+      ['bee.jpeg', 'zebra.jpeg', 'pelican.jpeg', 'snail.jpeg', 'gorilla.jpeg', 'airliner.jpeg'].map(async (p) =>
+        multipartBody(classify('mobilenet'), await photo(p), p),
+      ),
+    )),
     multipartBody(classify('mobilenet-small-queue'), await photo('peacock.jpeg'), 'peacock.jpeg'),
     multipartBody(classify('mobilenet-small-queue'), await photo('arctic-fox.jpeg'), 'fox.jpeg'),
     multipartBody(detect, await photo('dog.jpg'), 'dog.jpg'),
@@ -50,32 +71,54 @@ async function main() {
     while (Date.now() < end) {
       const { body, type } = mix[i++ % mix.length];
       try {
-        const r = JSON.parse(await post(agent, server.port, body, type)) as { data?: unknown; errors?: { extensions?: { code?: string } }[] };
-        if (r.errors?.length) for (const e of r.errors) byCode.set(e.extensions?.code ?? 'NO_CODE', (byCode.get(e.extensions?.code ?? 'NO_CODE') ?? 0) + 1);
+        const r = JSON.parse(await post(agent, server.port, body, type)) as {
+          data?: unknown;
+          errors?: { extensions?: { code?: string } }[];
+        };
+        if (r.errors?.length)
+          for (const e of r.errors) byCode.set(e.extensions?.code ?? 'NO_CODE', (byCode.get(e.extensions?.code ?? 'NO_CODE') ?? 0) + 1);
         else served++;
       } catch {
         transportErrors++;
       }
     }
   };
-  const sampler = setInterval(async () => {
-    const mib = await rssMiB(pid).catch(() => -1);
-    rss.push({ t: Math.round((Date.now() - t0) / 1000), mib });
-    const errors = [...byCode.values()].reduce((a, b) => a + b, 0);
-    console.log(`  t=${String(rss.at(-1)!.t).padStart(4)}s  served ${served}  errors ${errors}  RSS ${mib} MiB`);
-  }, Math.max(5, Math.min(30, SECONDS / 20)) * 1000);
+  const sampler = setInterval(
+    async () => {
+      const mib = await rssMiB(pid).catch(() => -1);
+      rss.push({ t: Math.round((Date.now() - t0) / 1000), mib });
+      const errors = [...byCode.values()].reduce((a, b) => a + b, 0);
+      console.log(`  t=${String(rss.at(-1)!.t).padStart(4)}s  served ${served}  errors ${errors}  RSS ${mib} MiB`);
+    },
+    Math.max(5, Math.min(30, SECONDS / 20)) * 1000,
+  );
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   clearInterval(sampler);
   rss.push({ t: Math.round((Date.now() - t0) / 1000), mib: await rssMiB(pid) });
-  const health = await fetch(`http://127.0.0.1:${server.port}/health`).then((r) => r.status, () => 0);
+  const health = await fetch(`http://127.0.0.1:${server.port}/health`).then(
+    (r) => r.status,
+    () => 0,
+  );
   agent.destroy();
   const exitCode = await server.stop();
   const half = rss.filter((s) => s.t >= SECONDS / 2).map((s) => s.mib);
   const result = {
-    date: new Date().toISOString(), seconds: SECONDS, concurrency: CONCURRENCY,
-    served, errorsByCode: Object.fromEntries([...byCode.entries()].sort()), transportErrors,
-    rssMiB: { start: rss[0].mib, end: rss.at(-1)!.mib, max: Math.max(...rss.map((s) => s.mib)), secondHalfMin: Math.min(...half), secondHalfMax: Math.max(...half) },
-    healthAfter: health, exitCodeAfterSigterm: exitCode, samples: rss,
+    date: new Date().toISOString(),
+    seconds: SECONDS,
+    concurrency: CONCURRENCY,
+    served,
+    errorsByCode: Object.fromEntries([...byCode.entries()].sort()),
+    transportErrors,
+    rssMiB: {
+      start: rss[0].mib,
+      end: rss.at(-1)!.mib,
+      max: Math.max(...rss.map((s) => s.mib)),
+      secondHalfMin: Math.min(...half),
+      secondHalfMax: Math.max(...half),
+    },
+    healthAfter: health,
+    exitCodeAfterSigterm: exitCode,
+    samples: rss,
   };
   console.log(JSON.stringify({ ...result, samples: undefined }, null, 2));
   await writeFile(path.join(ROOT, 'bench', 'soak-results.json'), JSON.stringify(result, null, 2) + '\n');

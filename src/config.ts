@@ -46,24 +46,39 @@ interface Setting<K extends keyof Config> {
   help: string;
 }
 
-const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (raw: string, name: string): number => {
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw.trim()) || n < min || n > max) throw new ConfigError(`${name}: expected an integer ${min}..${max}, got ${JSON.stringify(raw)}`);
-  return n;
-};
+const int =
+  (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  (raw: string, name: string): number => {
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw.trim()) || n < min || n > max)
+      throw new ConfigError(`${name}: expected an integer ${min}..${max}, got ${JSON.stringify(raw)}`);
+    return n;
+  };
 const str = (raw: string) => raw;
-const list = (sep: string) => (raw: string) => raw.split(sep).map((s) => s.trim()).filter(Boolean);
+const list = (sep: string) => (raw: string) =>
+  raw
+    .split(sep)
+    .map((s) => s.trim())
+    .filter(Boolean);
 const bool = (raw: string, name: string): boolean => {
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
   if (/^(0|false|no|off)$/i.test(raw)) return false;
   throw new ConfigError(`${name}: expected true or false, got ${JSON.stringify(raw)}`);
 };
-const oneOf = <T extends string>(values: readonly T[]) => (raw: string, name: string): T => {
-  if (!values.includes(raw as T)) throw new ConfigError(`${name}: expected one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
-  return raw as T;
-};
+const oneOf =
+  <T extends string>(values: readonly T[]) =>
+  (raw: string, name: string): T => {
+    if (!values.includes(raw as T)) throw new ConfigError(`${name}: expected one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
+    return raw as T;
+  };
 
-const s = <K extends keyof Config>(key: K, env: string, parse: Setting<K>['parse'], fallback: Config[K], help: string): Setting<K> => ({ key, env, parse, fallback, help });
+const s = <K extends keyof Config>(key: K, env: string, parse: Setting<K>['parse'], fallback: Config[K], help: string): Setting<K> => ({
+  key,
+  env,
+  parse,
+  fallback,
+  help,
+});
 
 /** Every setting, its default and its meaning: the README's configuration table is generated from the same words. */
 export const SETTINGS = [
@@ -74,10 +89,28 @@ export const SETTINGS = [
   s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read (none by default)'),
   s('engine', 'ENGINE', oneOf(ENGINE_NAMES), 'onnxruntime', 'Inference engine: onnxruntime or openvino (optional package)'),
   s('engineThreads', 'ENGINE_THREADS', int(0, 256), 0, 'Threads per inference (0: one per core, the engine default)'),
-  s('logLevel', 'LOG_LEVEL', oneOf(['debug', 'info', 'warn', 'error', 'silent'] as const), 'info', 'Log level of the JSON log lines on stderr'),
-  s('pollIntervalMs', 'MODEL_POLL_INTERVAL_MS', int(0), 1000, 'How often the repository is rescanned for new or removed versions (0: never)'),
+  s(
+    'logLevel',
+    'LOG_LEVEL',
+    oneOf(['debug', 'info', 'warn', 'error', 'silent'] as const),
+    'info',
+    'Log level of the JSON log lines on stderr',
+  ),
+  s(
+    'pollIntervalMs',
+    'MODEL_POLL_INTERVAL_MS',
+    int(0),
+    1000,
+    'How often the repository is rescanned for new or removed versions (0: never)',
+  ),
   s('dynamicBatch', 'DYNAMIC_BATCH', bool, true, 'Make a batch dimension fixed at 1 dynamic where a trial run shows it is safe'),
-  s('maxImagePixels', 'MAX_IMAGE_PIXELS', int(1), 40_000_000, 'Largest image (width x height) accepted; checked from the header before decoding'),
+  s(
+    'maxImagePixels',
+    'MAX_IMAGE_PIXELS',
+    int(1),
+    40_000_000,
+    'Largest image (width x height) accepted; checked from the header before decoding',
+  ),
   s('maxUploadBytes', 'MAX_UPLOAD_BYTES', int(1), 50 * 1024 * 1024, 'Largest request body and uploaded file, in bytes'),
   s('maxFilesPerRequest', 'MAX_FILES_PER_REQUEST', int(1), 16, 'Files in one multipart request'),
   s('maxImagesPerRequest', 'MAX_IMAGES_PER_REQUEST', int(1), 64, 'Images (and infer calls) in one GraphQL request'),
@@ -85,7 +118,13 @@ export const SETTINGS = [
   s('maxAliases', 'MAX_ALIASES', int(1), 64, 'Aliased fields in one operation'),
   s('maxWsConnectionsPerClient', 'MAX_WS_CONNECTIONS_PER_CLIENT', int(1), 16, 'Open WebSocket connections per client address'),
   s('maxSubscriptionsPerConnection', 'MAX_SUBSCRIPTIONS_PER_CONNECTION', int(1), 32, 'Subscriptions per WebSocket connection'),
-  s('adminToken', 'ADMIN_TOKEN', (raw) => raw || null, null, 'When set, loadModel/unloadModel/updateModel need Authorization: Bearer <token>'),
+  s(
+    'adminToken',
+    'ADMIN_TOKEN',
+    (raw) => raw || null,
+    null,
+    'When set, loadModel/unloadModel/updateModel need Authorization: Bearer <token>',
+  ),
   s('apiTokens', 'API_TOKENS', list(','), [], 'Comma-separated tokens; when set, every GraphQL request needs one (or the admin token)'),
   s('corsOrigins', 'CORS_ORIGINS', list(','), null, 'Comma-separated allowed origins (default: any origin)'),
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
@@ -118,6 +157,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 }
 
 export function usage(): string {
-  return 'Usage: npm start -- [flags]\n\n' + SETTINGS.map((st) => `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help} (default: ${JSON.stringify(st.fallback)})`).join('\n');
+  return (
+    'Usage: npm start -- [flags]\n\n' +
+    SETTINGS.map((st) => `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help} (default: ${JSON.stringify(st.fallback)})`).join(
+      '\n',
+    )
+  );
 }
-

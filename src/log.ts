@@ -13,7 +13,11 @@ export type Logger = PinoLogger;
 /** What is known about the request being handled, for logs (set by the HTTP server for each request). */
 export const requestContext = new AsyncLocalStorage<{ requestId: string }>();
 
-export function createLogger(level: LogLevel = 'info', base: Record<string, unknown> = {}, destination?: DestinationStream | ((line: string) => void)): Logger {
+export function createLogger(
+  level: LogLevel = 'info',
+  base: Record<string, unknown> = {},
+  destination?: DestinationStream | ((line: string) => void),
+): Logger {
   const dest: DestinationStream =
     typeof destination === 'function'
       ? { write: (line: string) => destination(line.endsWith('\n') ? line.slice(0, -1) : line) }

@@ -29,7 +29,9 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   if (!isLoopback(config.host) && !config.adminToken) {
-    logger.warn(`listening on ${config.host} without ADMIN_TOKEN: anyone who can reach this port can load, unload and update models. Set ADMIN_TOKEN (and API_TOKENS to guard inference).`);
+    logger.warn(
+      `listening on ${config.host} without ADMIN_TOKEN: anyone who can reach this port can load, unload and update models. Set ADMIN_TOKEN (and API_TOKENS to guard inference).`,
+    );
   }
   const metrics = new Metrics();
   const models = new ModelManager({
@@ -46,7 +48,10 @@ async function main(): Promise<void> {
   const { url } = await gateway.listen();
   logger.info({ url: `${url}/graphql`, engine: engine.name, repository: models.root }, 'listening');
   await models.start();
-  logger.info({ models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) }, 'repository loaded');
+  logger.info(
+    { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
+    'repository loaded',
+  );
 
   let stopping = false;
   const stop = async (signal: string) => {

@@ -10,15 +10,63 @@ const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly success = new Counter({ name: 'gateway_inference_request_success_total', help: 'Requests answered successfully.', labelNames: ['model', 'version'], registers: [this.registry] });
-  readonly failure = new Counter({ name: 'gateway_inference_request_failure_total', help: 'Requests that failed, by error code.', labelNames: ['model', 'version', 'code'], registers: [this.registry] });
-  readonly execCount = new Counter({ name: 'gateway_inference_exec_count_total', help: 'Engine calls (batches).', labelNames: ['model', 'version'], registers: [this.registry] });
-  readonly batchSize = new Counter({ name: 'gateway_inference_batch_size_total', help: 'Engine calls by batch size.', labelNames: ['model', 'version', 'batch_size'], registers: [this.registry] });
-  readonly pending = new Gauge({ name: 'gateway_inference_pending_requests', help: 'Requests admitted and not yet answered.', labelNames: ['model', 'version'], registers: [this.registry] });
-  readonly state = new Gauge({ name: 'gateway_model_version_state', help: 'Model version state (1 for the current one).', labelNames: ['model', 'version', 'state'], registers: [this.registry] });
-  readonly queueTime = new Histogram({ name: 'gateway_inference_queue_duration_seconds', help: 'Time from the batching queue to the engine call.', labelNames: ['model', 'version'], buckets: SECONDS_BUCKETS, registers: [this.registry] });
-  readonly computeTime = new Histogram({ name: 'gateway_inference_compute_duration_seconds', help: 'Engine call time per batch.', labelNames: ['model', 'version'], buckets: SECONDS_BUCKETS, registers: [this.registry] });
-  readonly requestTime = new Histogram({ name: 'gateway_inference_request_duration_seconds', help: 'Whole request time (preprocessing, queue, engine, postprocessing).', labelNames: ['model', 'version'], buckets: SECONDS_BUCKETS, registers: [this.registry] });
+  readonly success = new Counter({
+    name: 'gateway_inference_request_success_total',
+    help: 'Requests answered successfully.',
+    labelNames: ['model', 'version'],
+    registers: [this.registry],
+  });
+  readonly failure = new Counter({
+    name: 'gateway_inference_request_failure_total',
+    help: 'Requests that failed, by error code.',
+    labelNames: ['model', 'version', 'code'],
+    registers: [this.registry],
+  });
+  readonly execCount = new Counter({
+    name: 'gateway_inference_exec_count_total',
+    help: 'Engine calls (batches).',
+    labelNames: ['model', 'version'],
+    registers: [this.registry],
+  });
+  readonly batchSize = new Counter({
+    name: 'gateway_inference_batch_size_total',
+    help: 'Engine calls by batch size.',
+    labelNames: ['model', 'version', 'batch_size'],
+    registers: [this.registry],
+  });
+  readonly pending = new Gauge({
+    name: 'gateway_inference_pending_requests',
+    help: 'Requests admitted and not yet answered.',
+    labelNames: ['model', 'version'],
+    registers: [this.registry],
+  });
+  readonly state = new Gauge({
+    name: 'gateway_model_version_state',
+    help: 'Model version state (1 for the current one).',
+    labelNames: ['model', 'version', 'state'],
+    registers: [this.registry],
+  });
+  readonly queueTime = new Histogram({
+    name: 'gateway_inference_queue_duration_seconds',
+    help: 'Time from the batching queue to the engine call.',
+    labelNames: ['model', 'version'],
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly computeTime = new Histogram({
+    name: 'gateway_inference_compute_duration_seconds',
+    help: 'Engine call time per batch.',
+    labelNames: ['model', 'version'],
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly requestTime = new Histogram({
+    name: 'gateway_inference_request_duration_seconds',
+    help: 'Whole request time (preprocessing, queue, engine, postprocessing).',
+    labelNames: ['model', 'version'],
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
 
   constructor({ processMetrics = true }: { processMetrics?: boolean } = {}) {
     if (processMetrics) collectDefaultMetrics({ register: this.registry });
@@ -42,7 +90,10 @@ export class Metrics {
 export class VersionMetrics {
   private readonly codes = new Set<string>();
   private readonly sizes = new Set<string>();
-  constructor(private readonly m: Metrics, private readonly labels: { model: string; version: string }) {}
+  constructor(
+    private readonly m: Metrics,
+    private readonly labels: { model: string; version: string },
+  ) {}
 
   success(requestSeconds: number): void {
     this.m.success.inc(this.labels);
@@ -70,7 +121,8 @@ export class VersionMetrics {
   }
   remove(): void {
     const l = this.labels;
-    for (const metric of [this.m.success, this.m.execCount, this.m.pending, this.m.queueTime, this.m.computeTime, this.m.requestTime]) metric.remove(l);
+    for (const metric of [this.m.success, this.m.execCount, this.m.pending, this.m.queueTime, this.m.computeTime, this.m.requestTime])
+      metric.remove(l);
     for (const code of this.codes) this.m.failure.remove({ ...l, code });
     for (const batch_size of this.sizes) this.m.batchSize.remove({ ...l, batch_size });
     for (const state of VERSION_STATE_NAMES) this.m.state.remove({ ...l, state });

@@ -22,7 +22,9 @@ function importGraph(): Map<string, string[]> {
   const graph = new Map<string, string[]>();
   for (const file of sourceFiles(SRC)) {
     const text = readFileSync(file, 'utf8');
-    const specs = [...text.matchAll(/(?:^|\n)\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|import\(\s*'([^']+)'\s*\)|(?:^|\n)\s*import\s+'([^']+)'/g)].map((m) => m[1] ?? m[2] ?? m[3]);
+    const specs = [
+      ...text.matchAll(/(?:^|\n)\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|import\(\s*'([^']+)'\s*\)|(?:^|\n)\s*import\s+'([^']+)'/g),
+    ].map((m) => m[1] ?? m[2] ?? m[3]);
     graph.set(
       path.relative(SRC, file),
       specs.map((s) => (s.startsWith('.') ? path.relative(SRC, path.resolve(path.dirname(file), s)) : s)),
@@ -61,13 +63,15 @@ describe('architecture', () => {
     const offenders: string[] = [];
     for (const [file, deps] of graph) {
       if (!/^(inference|repository|batching|engine|vision)\//.test(file)) continue;
-      for (const d of deps) if (PROTOCOL_PACKAGES.test(d) || /^(protocols|server|cluster)\//.test(d)) offenders.push(`${file} imports ${d}`);
+      for (const d of deps)
+        if (PROTOCOL_PACKAGES.test(d) || /^(protocols|server|cluster)\//.test(d)) offenders.push(`${file} imports ${d}`);
     }
     expect(offenders).toEqual([]);
   });
 
   it('dependencies point one way: engine <- batching <- repository <- vision <- inference <- protocols <- server', () => {
-    const rank = (f: string) => ['engine/', 'batching/', 'repository/', 'vision/', 'inference/', 'protocols/', 'server/'].findIndex((p) => f.startsWith(p));
+    const rank = (f: string) =>
+      ['engine/', 'batching/', 'repository/', 'vision/', 'inference/', 'protocols/', 'server/'].findIndex((p) => f.startsWith(p));
     const upward: string[] = [];
     for (const [file, deps] of graph) {
       const r = rank(file);

@@ -56,7 +56,10 @@ describe('batcher (deterministic, fake timers)', () => {
     const b = new Batcher(run, options);
     const results = Promise.all([1, 2, 3, 4, 5, 6].map((v) => b.infer(item(v))));
     await vi.advanceTimersByTimeAsync(1000);
-    expect(calls).toEqual([[1, 2, 3, 4], [5, 6]]);
+    expect(calls).toEqual([
+      [1, 2, 3, 4],
+      [5, 6],
+    ]);
     expect((await results).map(value)).toEqual([2, 3, 4, 5, 6, 7]);
   });
 
@@ -137,7 +140,10 @@ describe('batcher (deterministic, fake timers)', () => {
     hold();
     await first;
     expect((await Promise.all(second)).map(value)).toEqual([6, 7, 8]);
-    expect(calls).toEqual([[1, 2, 3, 4], [5, 6, 7]]);
+    expect(calls).toEqual([
+      [1, 2, 3, 4],
+      [5, 6, 7],
+    ]);
   });
 
   it('sends at once when every admitted request is queued (nobody else can join)', async () => {
@@ -211,18 +217,39 @@ describe('batching over HTTP with a real model', () => {
   beforeAll(async () => {
     gw = await startGateway({
       models: {
-        mobilenet: { onnx: modelFile('mobilenet'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } } },
-        tiny: { onnx: modelFile('mobilenet'), files: labels, config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } } },
+        mobilenet: {
+          onnx: modelFile('mobilenet'),
+          files: labels,
+          config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } },
+        },
+        tiny: {
+          onnx: modelFile('mobilenet'),
+          files: labels,
+          config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } },
+        },
       },
     });
   });
   afterAll(() => gw?.close());
 
   const classify = (model: string, file: string) =>
-    gw.gql(`mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`, { f: null }, { files: { f: file } });
+    gw.gql(
+      `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`,
+      { f: null },
+      { files: { f: file } },
+    );
 
-  const stats = async (model = 'mobilenet') => (await gw.gql(`{ model(name: "${model}") { stats { requests errors batches meanBatchSize batchSizes { size count } } } }`)).data.model.stats[0];
-  const photos: [string, number][] = [['bee.jpeg', 309], ['snail.jpeg', 113], ['zebra.jpeg', 340], ['pelican.jpeg', 144], ['gorilla.jpeg', 366], ['peacock.jpeg', 84]];
+  const stats = async (model = 'mobilenet') =>
+    (await gw.gql(`{ model(name: "${model}") { stats { requests errors batches meanBatchSize batchSizes { size count } } } }`)).data.model
+      .stats[0];
+  const photos: [string, number][] = [
+    ['bee.jpeg', 309],
+    ['snail.jpeg', 113],
+    ['zebra.jpeg', 340],
+    ['pelican.jpeg', 144],
+    ['gorilla.jpeg', 366],
+    ['peacock.jpeg', 84],
+  ];
   const BATCH = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
   const batchFiles = (files: (string | Uint8Array)[]) => ({ files: Object.fromEntries(files.map((f, i) => [`images.${i}.file`, f])) });
 
@@ -267,8 +294,10 @@ describe('batching over HTTP with a real model', () => {
     expect(r.status).toBe(200);
     expect(r.data).toEqual({ detectBatch: [null, null], segmentBatch: [null, null] });
     expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([
-      [['detectBatch', 0], 'INVALID_INPUT'], [['detectBatch', 1], 'INVALID_INPUT'],
-      [['segmentBatch', 0], 'MODEL_NOT_FOUND'], [['segmentBatch', 1], 'MODEL_NOT_FOUND'],
+      [['detectBatch', 0], 'INVALID_INPUT'],
+      [['detectBatch', 1], 'INVALID_INPUT'],
+      [['segmentBatch', 0], 'MODEL_NOT_FOUND'],
+      [['segmentBatch', 1], 'MODEL_NOT_FOUND'],
     ]);
   });
 
@@ -299,10 +328,17 @@ describe('batching over HTTP with a real model', () => {
     const after = await classify('tiny', image('bee.jpeg'));
     expect(after.data.classify.predictions[0].classId).toBe(309);
     // in one request: the items past the bound get QUEUE_FULL, the others are answered, and the response is HTTP 200
-    const r = await gw.gql(BATCH.replace('"mobilenet"', '"tiny"'), { images: photos.slice(0, 4).map(() => ({ file: null })) }, batchFiles(photos.slice(0, 4).map(([p]) => image(p))));
+    const r = await gw.gql(
+      BATCH.replace('"mobilenet"', '"tiny"'),
+      { images: photos.slice(0, 4).map(() => ({ file: null })) },
+      batchFiles(photos.slice(0, 4).map(([p]) => image(p))),
+    );
     expect(r.status).toBe(200);
     expect(r.data.classifyBatch.map((c: any) => c?.predictions[0].classId ?? null)).toEqual([309, 113, null, null]);
-    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([[['classifyBatch', 2], 'QUEUE_FULL'], [['classifyBatch', 3], 'QUEUE_FULL']]);
+    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([
+      [['classifyBatch', 2], 'QUEUE_FULL'],
+      [['classifyBatch', 3], 'QUEUE_FULL'],
+    ]);
   });
 
   it('unloading lets the requests in flight finish, then refuses new ones', async () => {

@@ -30,7 +30,11 @@ describe('default models (README examples)', () => {
       detect(model: "yolox", image: { file: $d }) { objects { label } }
       segment(model: "bodypix", image: { file: $p }) { classes { label pixelFraction } }
     }`;
-    const r = await gw.gql(q, { z: null, d: null, p: null }, { files: { z: image('zebra.jpeg'), d: image('dog.jpg'), p: image('people1.jpeg') } });
+    const r = await gw.gql(
+      q,
+      { z: null, d: null, p: null },
+      { files: { z: image('zebra.jpeg'), d: image('dog.jpg'), p: image('people1.jpeg') } },
+    );
     expect(r.errors).toBeUndefined();
     expect(r.data.classify.predictions[0].label).toBe('zebra');
     expect(r.data.detect.objects.map((o: any) => o.label)).toEqual(expect.arrayContaining(['dog', 'bicycle']));
@@ -48,20 +52,32 @@ describe('default models (README examples)', () => {
     expect(faces[0].label).toBe('face');
     expect(faces[0].confidence).toBeCloseTo(0.93, 1);
     // PROVENANCE: box [10,18,53,61] in the 62x62 photo
-    [10, 18, 53, 61].forEach((v, i) => expect(Math.abs(Object.values(faces[0].box)[i] as number * 62 - v)).toBeLessThan(3));
+    [10, 18, 53, 61].forEach((v, i) => expect(Math.abs((Object.values(faces[0].box)[i] as number) * 62 - v)).toBeLessThan(3));
     const none = await gw.gql(q, { f: null }, { files: { f: image('zebra.jpeg') } });
     expect(none.data.detect.objects).toEqual([]);
   });
 
   it('text-detection finds the eight words; text-direction tells upright from upside down', async () => {
-    const r = await gw.gql(`mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
+    const r = await gw.gql(
+      `mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { box { xMin yMin xMax yMax } } } }`,
+      { f: null },
+      { files: { f: image('east_ocr_input.jpg') } },
+    );
     expect(r.data.segment.regions).toHaveLength(8);
     // crop the widest word and classify it both ways up
-    const box = r.data.segment.regions.map((g: any) => g.box).sort((a: any, b: any) => (b.xMax - b.xMin) - (a.xMax - a.xMin))[0];
+    const box = r.data.segment.regions.map((g: any) => g.box).sort((a: any, b: any) => b.xMax - b.xMin - (a.xMax - a.xMin))[0];
     const pad = 6;
     const left = Math.max(0, Math.floor(box.xMin * 1920) - pad);
     const top = Math.max(0, Math.floor(box.yMin * 1080) - pad);
-    const crop = await sharp(image('east_ocr_input.jpg')).extract({ left, top, width: Math.ceil((box.xMax - box.xMin) * 1920) + 2 * pad, height: Math.ceil((box.yMax - box.yMin) * 1080) + 2 * pad }).png().toBuffer();
+    const crop = await sharp(image('east_ocr_input.jpg'))
+      .extract({
+        left,
+        top,
+        width: Math.ceil((box.xMax - box.xMin) * 1920) + 2 * pad,
+        height: Math.ceil((box.yMax - box.yMin) * 1080) + 2 * pad,
+      })
+      .png()
+      .toBuffer();
     const flipped = await sharp(crop).rotate(180).png().toBuffer();
     const q = `mutation($a: File!, $b: File!) { up: classify(model: "text-direction", image: { file: $a }, topK: 1) { predictions { label } } down: classify(model: "text-direction", image: { file: $b }, topK: 1) { predictions { label } } }`;
     const c = await gw.gql(q, { a: null, b: null }, { files: { a: crop, b: flipped } });

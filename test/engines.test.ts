@@ -3,8 +3,12 @@ import { createEngine } from '../src/engine/index.ts';
 import { modelFile } from './helpers.ts';
 import { ConfigError, loadConfig } from '../src/config.ts';
 
-const openvinoLoads = await import('openvino-node').then(() => true, () => false);
-const SKIP_REASON = 'openvino-node is not installed: its installer downloads the OpenVINO runtime from a host this machine cannot reach, and it needs Node >= 21';
+const openvinoLoads = await import('openvino-node').then(
+  () => true,
+  () => false,
+);
+const SKIP_REASON =
+  'openvino-node is not installed: its installer downloads the OpenVINO runtime from a host this machine cannot reach, and it needs Node >= 21';
 
 describe('engines', () => {
   it('onnxruntime reports inputs and outputs with dynamic dimensions as null', async () => {
@@ -31,7 +35,14 @@ describe('engines', () => {
 describe('configuration', () => {
   it('reads env and flags (flags win) and names a bad setting', () => {
     const c = loadConfig({ PORT: '5000', ENGINE: 'onnxruntime', IMAGE_ROOTS: '/a:/b' }, ['--port', '6000', '--log-level=warn']);
-    expect(c).toMatchObject({ port: 6000, engine: 'onnxruntime', imageRoots: ['/a', '/b'], logLevel: 'warn', host: '127.0.0.1', modelRepository: './models' });
+    expect(c).toMatchObject({
+      port: 6000,
+      engine: 'onnxruntime',
+      imageRoots: ['/a', '/b'],
+      logLevel: 'warn',
+      host: '127.0.0.1',
+      modelRepository: './models',
+    });
     expect(() => loadConfig({ PORT: 'http' }, [])).toThrow(/PORT: expected an integer/);
     expect(() => loadConfig({ ENGINE: 'tensorrt' }, [])).toThrow(/ENGINE: expected one of onnxruntime, openvino/);
     expect(() => loadConfig({}, ['--prot', '1'])).toThrow(ConfigError);

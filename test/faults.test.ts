@@ -9,7 +9,13 @@ describe('faults while serving', () => {
   let gw: TestGateway;
   beforeAll(async () => {
     gw = await startGateway({
-      models: { mobilenet: { onnx: new Uint8Array(await readFile(modelFile('mobilenet'))), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } } },
+      models: {
+        mobilenet: {
+          onnx: new Uint8Array(await readFile(modelFile('mobilenet'))),
+          config: fixtureConfigs.mobilenet,
+          files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
+        },
+      },
       pollIntervalMs: 100,
     });
   });
@@ -22,18 +28,31 @@ describe('faults while serving', () => {
     await mkdir(path.join(gw.root, 'mobilenet', '2'));
     await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), 'garbage, not a model');
     await until(async () => (await versions()).some((v: any) => v.version === 2 && v.state === 'END'), 15_000, 'version 2 failed');
-    expect(await versions()).toEqual([{ version: 1, state: 'AVAILABLE', errorCode: null }, { version: 2, state: 'END', errorCode: 'MODEL_LOAD_FAILED' }]);
+    expect(await versions()).toEqual([
+      { version: 1, state: 'AVAILABLE', errorCode: null },
+      { version: 2, state: 'END', errorCode: 'MODEL_LOAD_FAILED' },
+    ]);
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
     // fixing the file is noticed (its mtime changes): version 2 loads, then version 1 goes
     await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), await readFile(modelFile('mobilenet')));
-    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'END', errorCode: null }, { version: 2, state: 'AVAILABLE', errorCode: null }]), 15_000, 'version 2 replaced version 1');
+    await until(
+      async () =>
+        JSON.stringify(await versions()) ===
+        JSON.stringify([
+          { version: 1, state: 'END', errorCode: null },
+          { version: 2, state: 'AVAILABLE', errorCode: null },
+        ]),
+      15_000,
+      'version 2 replaced version 1',
+    );
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
   });
 
   it('an engine thread that dies takes its requests with it, then the version reloads itself', async () => {
     const serving = gw.repository.get('mobilenet')!.servingVersion()!;
     const events: string[] = [];
-    const listener = (e: { version: number; state: string; errorCode: string | null }) => e.version === serving.version && events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`);
+    const listener = (e: { version: number; state: string; errorCode: string | null }) =>
+      e.version === serving.version && events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`);
     gw.repository.on('status', listener);
     // simulate a native crash of ONNX Runtime: the session's worker thread goes away
     await (serving.session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
@@ -61,7 +80,16 @@ describe('faults while serving', () => {
       else expect(r.data.classify.predictions[0].classId).toBe(340);
     }
     // version 1 is on disk again the newest: the policy (latest 1) loads it back
-    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE', errorCode: null }, { version: 2, state: 'END', errorCode: null }]), 15_000, 'fallback to version 1');
+    await until(
+      async () =>
+        JSON.stringify(await versions()) ===
+        JSON.stringify([
+          { version: 1, state: 'AVAILABLE', errorCode: null },
+          { version: 2, state: 'END', errorCode: null },
+        ]),
+      15_000,
+      'fallback to version 1',
+    );
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
   });
 

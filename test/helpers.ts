@@ -80,15 +80,23 @@ export interface GqlResult<T> {
   errors?: { message: string; extensions?: { code?: string } & Record<string, unknown>; path?: (string | number)[] }[];
 }
 
-export async function startGateway(opts: { models?: Record<string, ModelSpec>; root?: string; env?: Record<string, string>; pollIntervalMs?: number } = {}): Promise<TestGateway> {
+export async function startGateway(
+  opts: { models?: Record<string, ModelSpec>; root?: string; env?: Record<string, string>; pollIntervalMs?: number } = {},
+): Promise<TestGateway> {
   const root = opts.root ?? (await makeRepository(opts.models ?? {}));
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', MODEL_REPOSITORY: root, LOG_LEVEL: 'info', ...opts.env }, []);
   const logs: string[] = [];
   const logger = createLogger(config.logLevel, {}, (line) => logs.push(line));
   const metrics = new Metrics();
   const repository = new ModelManager({
-    root, engine: createOnnxRuntimeEngine(), logger, metrics, modelRoots: config.modelRoots, pollIntervalMs: opts.pollIntervalMs ?? 0,
-    loadOptions: { dynamicBatch: config.dynamicBatch }, checkModel: checkImageInput,
+    root,
+    engine: createOnnxRuntimeEngine(),
+    logger,
+    metrics,
+    modelRoots: config.modelRoots,
+    pollIntervalMs: opts.pollIntervalMs ?? 0,
+    loadOptions: { dynamicBatch: config.dynamicBatch },
+    checkModel: checkImageInput,
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });
   const { url } = await gateway.listen();
@@ -115,7 +123,11 @@ export async function startGateway(opts: { models?: Record<string, ModelSpec>; r
       for (const [k, v] of fd.entries()) ops.set(k, v as Blob, (v as File).name);
       res = await fetch(`${url}/graphql`, { method: 'POST', body: ops, headers: { 'x-graphql-yoga-csrf': '1', ...o.headers } });
     } else {
-      res = await fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json', ...o.headers }, body: JSON.stringify({ query, variables, operationName: o.operationName }) });
+      res = await fetch(`${url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json', ...o.headers },
+        body: JSON.stringify({ query, variables, operationName: o.operationName }),
+      });
     }
     const text = await res.text();
     let body: GqlResult<T>;
@@ -127,7 +139,14 @@ export async function startGateway(opts: { models?: Record<string, ModelSpec>; r
     return { ...body, status: res.status };
   };
   return {
-    url, config, repository, metrics, gateway, root, logs, gql,
+    url,
+    config,
+    repository,
+    metrics,
+    gateway,
+    root,
+    logs,
+    gql,
     async close() {
       await gateway.close();
       await repository.close();
@@ -162,7 +181,8 @@ export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, wha
   }
 }
 
-const readConfig = (name: FixtureModel) => JSON.parse(readFileSync(modelAsset(name, 'model.json'), 'utf8')) as Record<string, unknown> & { batching?: object };
+const readConfig = (name: FixtureModel) =>
+  JSON.parse(readFileSync(modelAsset(name, 'model.json'), 'utf8')) as Record<string, unknown> & { batching?: object };
 
 /** The fixture models' model.json, as committed in the default repository. */
 export const fixtureConfigs = {
@@ -174,7 +194,11 @@ export const fixtureConfigs = {
 
 /** The fixture models as ModelSpecs for a test repository (files linked, not copied). */
 export const fixtureModels = (): Record<string, ModelSpec> => ({
-  mobilenet: { onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
+  mobilenet: {
+    onnx: modelFile('mobilenet'),
+    config: fixtureConfigs.mobilenet,
+    files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
+  },
   yolox: { onnx: modelFile('yolox'), config: fixtureConfigs.yolox, files: { 'labels.txt': modelAsset('yolox', 'labels.txt') } },
   bodypix: { onnx: modelFile('bodypix'), config: fixtureConfigs.bodypix },
   ppocr: { onnx: modelFile('text-detection'), config: fixtureConfigs.ppocr },

@@ -7,8 +7,16 @@ import { IMAGES, errorCode, fixtureModels, image, modelFile, startGateway, type 
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 
 const IMAGENET = {
-  'airliner.jpeg': 404, 'arctic-fox.jpeg': 279, 'bee.jpeg': 309, 'golden_retriever.jpeg': 207, 'gorilla.jpeg': 366,
-  'magnetic_compass.jpeg': 635, 'peacock.jpeg': 84, 'pelican.jpeg': 144, 'snail.jpeg': 113, 'zebra.jpeg': 340,
+  'airliner.jpeg': 404,
+  'arctic-fox.jpeg': 279,
+  'bee.jpeg': 309,
+  'golden_retriever.jpeg': 207,
+  'gorilla.jpeg': 366,
+  'magnetic_compass.jpeg': 635,
+  'peacock.jpeg': 84,
+  'pelican.jpeg': 144,
+  'snail.jpeg': 113,
+  'zebra.jpeg': 340,
 };
 
 const colourConfig = (dataType?: string) => ({
@@ -18,7 +26,10 @@ const colourConfig = (dataType?: string) => ({
   postprocessing: { activation: 'none' },
 });
 
-const solid = (r: number, g: number, b: number, w = 32, h = 24): Promise<Buffer> => sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } }).png().toBuffer();
+const solid = (r: number, g: number, b: number, w = 32, h = 24): Promise<Buffer> =>
+  sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } })
+    .png()
+    .toBuffer();
 
 describe('inference over GraphQL with real models and photos', () => {
   let gw: TestGateway;
@@ -28,9 +39,27 @@ describe('inference over GraphQL with real models and photos', () => {
         ...fixtureModels(),
         'colour-f16': { onnx: meanColourModel(ElemType.FLOAT16, ElemType.FLOAT16), config: colourConfig() },
         'colour-u8': { onnx: meanColourModel(ElemType.UINT8, ElemType.UINT8), config: colourConfig() },
-        'argmax-seg': { onnx: argmaxSegmenter(), config: { task: 'segmentation', labels: ['red', 'green', 'blue'], preprocessing: { resizeType: 'NETWORK', targetSize: '64x64', pixelScaling: 255 } } },
-        ...Object.fromEntries(([['id-f16', ElemType.FLOAT16], ['id-u8', ElemType.UINT8], ['id-i64', ElemType.INT64], ['id-i32', ElemType.INT32], ['id-i8', ElemType.INT8], ['id-bool', ElemType.BOOL], ['id-f32', ElemType.FLOAT]] as const)
-          .map(([n, t]) => [n, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }])),
+        'argmax-seg': {
+          onnx: argmaxSegmenter(),
+          config: {
+            task: 'segmentation',
+            labels: ['red', 'green', 'blue'],
+            preprocessing: { resizeType: 'NETWORK', targetSize: '64x64', pixelScaling: 255 },
+          },
+        },
+        ...Object.fromEntries(
+          (
+            [
+              ['id-f16', ElemType.FLOAT16],
+              ['id-u8', ElemType.UINT8],
+              ['id-i64', ElemType.INT64],
+              ['id-i32', ElemType.INT32],
+              ['id-i8', ElemType.INT8],
+              ['id-bool', ElemType.BOOL],
+              ['id-f32', ElemType.FLOAT],
+            ] as const
+          ).map(([n, t]) => [n, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }]),
+        ),
       },
       env: { IMAGE_ROOTS: IMAGES },
     });
@@ -38,10 +67,16 @@ describe('inference over GraphQL with real models and photos', () => {
   afterAll(() => gw?.close());
 
   const classify = (model: string, file: string | Uint8Array, extra = '') =>
-    gw.gql(`mutation($f: File!) { classify(model: "${model}", image: { file: $f }${extra}) { predictions { classId label confidence } } }`, { f: null }, { files: { f: file } });
+    gw.gql(
+      `mutation($f: File!) { classify(model: "${model}", image: { file: $f }${extra}) { predictions { classId label confidence } } }`,
+      { f: null },
+      { files: { f: file } },
+    );
 
   it('mobilenetv2-12-int8 classifies all ten ImageNet photos right', async () => {
-    const results = await Promise.all(Object.entries(IMAGENET).map(async ([file, id]) => [file, id, await classify('mobilenet', image(file))] as const));
+    const results = await Promise.all(
+      Object.entries(IMAGENET).map(async ([file, id]) => [file, id, await classify('mobilenet', image(file))] as const),
+    );
     for (const [file, id, r] of results) {
       expect(r.errors, file).toBeUndefined();
       const [top] = r.data.classify.predictions;
@@ -57,12 +92,20 @@ describe('inference over GraphQL with real models and photos', () => {
   });
 
   it('yolox-nano finds the dog, the bicycle and the truck in dog.jpg, in the right places', async () => {
-    const r = await gw.gql(`mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const r = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`,
+      { f: null },
+      { files: { f: image('dog.jpg') } },
+    );
     expect(r.errors).toBeUndefined();
     const d = r.data.detect;
     expect([d.imageWidth, d.imageHeight]).toEqual([768, 576]);
     const px = (o: any) => [o.box.xMin * 768, o.box.yMin * 576, o.box.xMax * 768, o.box.yMax * 576];
-    const expected: Record<string, [number, number[]]> = { dog: [0.85, [133, 205, 323, 543]], car: [0.816, [467, 78, 693, 171]], bicycle: [0.815, [61, 133, 572, 428]] };
+    const expected: Record<string, [number, number[]]> = {
+      dog: [0.85, [133, 205, 323, 543]],
+      car: [0.816, [467, 78, 693, 171]],
+      bicycle: [0.815, [61, 133, 572, 428]],
+    };
     for (const [label, [conf, box]] of Object.entries(expected)) {
       const o = d.objects.find((x: any) => x.label === label);
       expect(o, label).toBeDefined();
@@ -70,12 +113,21 @@ describe('inference over GraphQL with real models and photos', () => {
       px(o).forEach((v, i) => expect(Math.abs(v - box[i]), `${label} box[${i}]`).toBeLessThan(12));
     }
     for (let i = 1; i < d.objects.length; i++) expect(d.objects[i].confidence).toBeLessThanOrEqual(d.objects[i - 1].confidence);
-    const few = await gw.gql(`mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.83, maxDetections: 5) { objects { label } } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const few = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.83, maxDetections: 5) { objects { label } } }`,
+      { f: null },
+      { files: { f: image('dog.jpg') } },
+    );
     expect(few.data.detect.objects.map((o: any) => o.label)).toEqual(['dog']);
   });
 
   it('bodypix finds 40-50% person pixels on people1.jpeg and none on road1.jpg', async () => {
-    const seg = (file: string) => gw.gql(`mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: image(file) } });
+    const seg = (file: string) =>
+      gw.gql(
+        `mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`,
+        { f: null },
+        { files: { f: image(file) } },
+      );
     const people = await seg('people1.jpeg');
     expect(people.errors).toBeUndefined();
     expect([people.data.segment.width, people.data.segment.height]).toEqual([1200, 800]);
@@ -95,7 +147,11 @@ describe('inference over GraphQL with real models and photos', () => {
   });
 
   it('ppocrv4-det separates the eight words of east_ocr_input.jpg', async () => {
-    const r = await gw.gql(`mutation($f: File!) { segment(model: "ppocr", image: { file: $f }) { regions(minPixels: 20) { label pixels box { xMin yMin xMax yMax } } } }`, { f: null }, { files: { f: image('east_ocr_input.jpg') } });
+    const r = await gw.gql(
+      `mutation($f: File!) { segment(model: "ppocr", image: { file: $f }) { regions(minPixels: 20) { label pixels box { xMin yMin xMax yMax } } } }`,
+      { f: null },
+      { files: { f: image('east_ocr_input.jpg') } },
+    );
     expect(r.errors).toBeUndefined();
     const regions = r.data.segment.regions;
     expect(regions).toHaveLength(8);
@@ -111,7 +167,8 @@ describe('inference over GraphQL with real models and photos', () => {
   it('runs a pipeline in one query: detect, then classify each crop', async () => {
     const r = await gw.gql(
       `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.8) { objects { label classify(model: "mobilenet", topK: 1) { predictions { classId label } } } } }`,
-      { f: null }, { files: { f: image('dog.jpg') } },
+      { f: null },
+      { files: { f: image('dog.jpg') } },
     );
     expect(r.errors).toBeUndefined();
     const dog = r.data.detect.objects.find((o: any) => o.label === 'dog');
@@ -124,7 +181,12 @@ describe('inference over GraphQL with real models and photos', () => {
       detectBatch(model: "yolox", images: $d) { objects { label } }
       segmentBatch(model: "bodypix", images: $s) { classes { label pixelFraction } }
     }`;
-    const files = { 'd.0.file': image('dog.jpg'), 'd.1.file': image('road1.jpg'), 's.0.file': image('people1.jpeg'), 's.1.file': image('road1.jpg') };
+    const files = {
+      'd.0.file': image('dog.jpg'),
+      'd.1.file': image('road1.jpg'),
+      's.0.file': image('people1.jpeg'),
+      's.1.file': image('road1.jpg'),
+    };
     const r = await gw.gql(q, { d: [{ file: null }, { file: null }], s: [{ file: null }, { file: null }] }, { files });
     expect(r.errors).toBeUndefined();
     const [dog, road] = r.data.detectBatch.map((d: any) => d.objects.map((o: any) => o.label));
@@ -136,10 +198,18 @@ describe('inference over GraphQL with real models and photos', () => {
   });
 
   it('draws annotated images and overlays only when asked, at the photo size', async () => {
-    const det = await gw.gql(`mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { annotatedImage } }`, { f: null }, { files: { f: image('dog.jpg') } });
+    const det = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { annotatedImage } }`,
+      { f: null },
+      { files: { f: image('dog.jpg') } },
+    );
     const meta = await sharp(Buffer.from(det.data.detect.annotatedImage, 'base64')).metadata();
     expect([meta.format, meta.width, meta.height]).toEqual(['png', 768, 576]);
-    const seg = await gw.gql(`mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { overlay } }`, { f: null }, { files: { f: image('people1.jpeg') } });
+    const seg = await gw.gql(
+      `mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { overlay } }`,
+      { f: null },
+      { files: { f: image('people1.jpeg') } },
+    );
     const m2 = await sharp(Buffer.from(seg.data.segment.overlay, 'base64')).metadata();
     expect([m2.format, m2.width, m2.height]).toEqual(['png', 1200, 800]);
   });
@@ -162,14 +232,20 @@ describe('inference over GraphQL with real models and photos', () => {
 
   it('refuses image paths outside IMAGE_ROOTS with FORBIDDEN_PATH', async () => {
     for (const p of ['/etc/passwd', `${IMAGES}/../../../models/yolox/labels.txt`, 'images/../../etc/passwd', modelFile('yolox')]) {
-      const r = await gw.gql(`mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`, { p });
+      const r = await gw.gql(`mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`, {
+        p,
+      });
       expect(errorCode(r), p).toBe('FORBIDDEN_PATH');
     }
   });
 
   it('feeds and reads float16 and uint8 models', async () => {
     for (const model of ['colour-f16', 'colour-u8']) {
-      for (const [rgb, label] of [[[250, 10, 10], 'red'], [[10, 240, 10], 'green'], [[10, 10, 230], 'blue']] as const) {
+      for (const [rgb, label] of [
+        [[250, 10, 10], 'red'],
+        [[10, 240, 10], 'green'],
+        [[10, 10, 230], 'blue'],
+      ] as const) {
         const r = await classify(model, await solid(rgb[0], rgb[1], rgb[2]), ', topK: 3');
         expect(r.errors, model).toBeUndefined();
         expect(r.data.classify.predictions[0].label, `${model} ${label}`).toBe(label);
@@ -183,10 +259,19 @@ describe('inference over GraphQL with real models and photos', () => {
   it('passes a class-id map through and maps it back to the image size', async () => {
     // left half red (class 0), right half blue (class 2)
     const img = await sharp({ create: { width: 40, height: 20, channels: 3, background: { r: 255, g: 0, b: 0 } } })
-      .composite([{ input: await solid(0, 0, 255, 20, 20), left: 20, top: 0 }]).png().toBuffer();
-    const r = await gw.gql(`mutation($f: File!) { segment(model: "argmax-seg", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`, { f: null }, { files: { f: img } });
+      .composite([{ input: await solid(0, 0, 255, 20, 20), left: 20, top: 0 }])
+      .png()
+      .toBuffer();
+    const r = await gw.gql(
+      `mutation($f: File!) { segment(model: "argmax-seg", image: { file: $f }) { width height classes { classId label pixelFraction } mask } }`,
+      { f: null },
+      { files: { f: img } },
+    );
     expect(r.errors).toBeUndefined();
-    expect(r.data.segment.classes).toEqual([{ classId: 0, label: 'red', pixelFraction: 0.5 }, { classId: 2, label: 'blue', pixelFraction: 0.5 }]);
+    expect(r.data.segment.classes).toEqual([
+      { classId: 0, label: 'red', pixelFraction: 0.5 },
+      { classId: 2, label: 'blue', pixelFraction: 0.5 },
+    ]);
     const mask = await sharp(Buffer.from(r.data.segment.mask, 'base64')).extractChannel(0).raw().toBuffer();
     expect([mask[0], mask[19], mask[20], mask[39]]).toEqual([0, 0, 2, 2]);
   });
@@ -195,8 +280,10 @@ describe('inference over GraphQL with real models and photos', () => {
     const input = new Float32Array(3 * 224 * 224).map((_, i) => Math.sin(i) * 2);
     const session = await ort.InferenceSession.create(modelFile('mobilenet'));
     const direct = (await session.run({ input: new ort.Tensor('float32', input, [1, 3, 224, 224]) })).output;
-    const r = await gw.gql(`mutation($d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: FLOAT32, shape: [1, 3, 224, 224], data: $d }]) { outputs { name dtype shape data } } }`,
-      { d: Buffer.from(input.buffer).toString('base64') });
+    const r = await gw.gql(
+      `mutation($d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: FLOAT32, shape: [1, 3, 224, 224], data: $d }]) { outputs { name dtype shape data } } }`,
+      { d: Buffer.from(input.buffer).toString('base64') },
+    );
     expect(r.errors).toBeUndefined();
     const [out] = r.data.infer.outputs;
     expect(out).toMatchObject({ name: 'output', dtype: 'FLOAT32', shape: [1, 1000] });
@@ -215,7 +302,10 @@ describe('inference over GraphQL with real models and photos', () => {
       ['id-f32', 'FLOAT32', new Uint8Array(new Float32Array([0.5, -1e-7, 3.25, 1e30, -0, 2]).buffer)],
     ];
     for (const [model, dtype, bytes] of cases) {
-      const r = await gw.gql(`mutation($d: String!) { infer(model: "${model}", inputs: [{ name: "x", dtype: ${dtype}, shape: [1, 2, 3], data: $d }], outputs: ["y"]) { outputs { name dtype shape data } } }`, { d: Buffer.from(bytes).toString('base64') });
+      const r = await gw.gql(
+        `mutation($d: String!) { infer(model: "${model}", inputs: [{ name: "x", dtype: ${dtype}, shape: [1, 2, 3], data: $d }], outputs: ["y"]) { outputs { name dtype shape data } } }`,
+        { d: Buffer.from(bytes).toString('base64') },
+      );
       expect(r.errors, model).toBeUndefined();
       expect(r.data.infer.outputs).toEqual([{ name: 'y', dtype, shape: [1, 2, 3], data: Buffer.from(bytes).toString('base64') }]);
     }
@@ -225,16 +315,40 @@ describe('inference over GraphQL with real models and photos', () => {
   it('answers typed errors for bad requests and keeps serving', async () => {
     const cases: [string, Record<string, unknown>, string][] = [
       ['mutation { classify(model: "nope", image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
-      ['mutation { classify(model: "mobilenet", version: 9, image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],
+      [
+        'mutation { classify(model: "mobilenet", version: 9, image: { base64: "AAAA" }) { predictions { classId } } }',
+        {},
+        'MODEL_NOT_FOUND',
+      ],
       ['mutation { classify(model: "mobilenet", image: { base64: "bm90IGFuIGltYWdl" }) { predictions { classId } } }', {}, 'INVALID_IMAGE'],
       ['mutation { classify(model: "mobilenet", image: { }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
       ['mutation { classify(model: "mobilenet", image: { base64: "AAAA", path: "x" }) { predictions { classId } } }', {}, 'INVALID_INPUT'],
       ['mutation { detect(model: "mobilenet", image: { base64: "AAAA" }) { imageWidth } }', {}, 'INVALID_INPUT'],
-      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 3, 2], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['mutation { infer(model: "id-u8", inputs: [{ name: "z", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }', {}, 'INVALID_INPUT'],
-      ['mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }], outputs: ["nope"]) { outputs { name } } }', {}, 'INVALID_INPUT'],
+      [
+        'mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAA" }]) { outputs { name } } }',
+        {},
+        'INVALID_INPUT',
+      ],
+      [
+        'mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }',
+        {},
+        'INVALID_INPUT',
+      ],
+      [
+        'mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 3, 2], data: "AAAAAAAA" }]) { outputs { name } } }',
+        {},
+        'INVALID_INPUT',
+      ],
+      [
+        'mutation { infer(model: "id-u8", inputs: [{ name: "z", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }]) { outputs { name } } }',
+        {},
+        'INVALID_INPUT',
+      ],
+      [
+        'mutation { infer(model: "id-u8", inputs: [{ name: "x", dtype: UINT8, shape: [1, 2, 3], data: "AAAAAAAA" }], outputs: ["nope"]) { outputs { name } } }',
+        {},
+        'INVALID_INPUT',
+      ],
     ];
     for (const [q, v, code] of cases) expect(errorCode(await gw.gql(q, v)), q).toBe(code);
     const ok = await classify('mobilenet', image('bee.jpeg'));

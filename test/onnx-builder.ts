@@ -11,8 +11,17 @@ const bytesField = lengthDelimited;
 const strField = (no: number, str: string) => lengthDelimited(no, enc.encode(str));
 const intField = varintField;
 
-export interface ValueInfo { name: string; elemType: number; shape: (number | string)[] }
-export interface NodeSpec { op: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[]> }
+export interface ValueInfo {
+  name: string;
+  elemType: number;
+  shape: (number | string)[];
+}
+export interface NodeSpec {
+  op: string;
+  inputs: string[];
+  outputs: string[];
+  attrs?: Record<string, number | number[]>;
+}
 
 function valueInfo(v: ValueInfo): Uint8Array {
   const dims = v.shape.map((d) => bytesField(1, typeof d === 'number' ? intField(1, d) : strField(2, d)));

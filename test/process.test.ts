@@ -7,19 +7,28 @@ import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
 import { ROOT, image, until } from './helpers.ts';
 
-const freePort = () => new Promise<number>((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = s.address() as net.AddressInfo;
-    s.close(() => resolve(port));
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
   });
-});
 
 describe('the server process (as npm start runs it)', () => {
   it('warns on a public bind without ADMIN_TOKEN; on SIGTERM finishes requests, completes subscriptions and exits 0', async () => {
     const port = await freePort();
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
       cwd: ROOT,
-      env: { ...process.env, PORT: String(port), HOST: '0.0.0.0', MODEL_REPOSITORY: path.join(ROOT, 'models'), MODEL_POLL_INTERVAL_MS: '0', SHUTDOWN_TIMEOUT_MS: '5000', LOG_LEVEL: 'info' },
+      env: {
+        ...process.env,
+        PORT: String(port),
+        HOST: '0.0.0.0',
+        MODEL_REPOSITORY: path.join(ROOT, 'models'),
+        MODEL_POLL_INTERVAL_MS: '0',
+        SHUTDOWN_TIMEOUT_MS: '5000',
+        LOG_LEVEL: 'info',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -27,27 +36,54 @@ describe('the server process (as npm start runs it)', () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     const url = `http://127.0.0.1:${port}`;
     try {
-      await until(() => fetch(`${url}/ready`).then((r) => r.ok, () => false), 60_000, 'server ready');
+      await until(
+        () =>
+          fetch(`${url}/ready`).then(
+            (r) => r.ok,
+            () => false,
+          ),
+        60_000,
+        'server ready',
+      );
       expect(stderr).toMatch(/without ADMIN_TOKEN/);
-      const lines = stderr.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+      const lines = stderr
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l));
       expect(lines.some((l) => l.msg === 'model version state' && l.to === 'AVAILABLE' && l.model === 'text-detection')).toBe(true);
 
       // subscriptions over SSE and WebSocket
-      const sse = await fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'text/event-stream' }, body: JSON.stringify({ query: 'subscription { modelStatus { model state } }' }) });
+      const sse = await fetch(`${url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        body: JSON.stringify({ query: 'subscription { modelStatus { model state } }' }),
+      });
       const sseDone = (async () => {
         let text = '';
         for await (const chunk of sse.body as unknown as AsyncIterable<Uint8Array>) text += Buffer.from(chunk).toString();
         return text;
       })();
       const ws = createClient({ url: `ws://127.0.0.1:${port}/graphql`, webSocketImpl: WebSocket, retryAttempts: 0 });
-      const wsDone = new Promise<string>((resolve) => ws.subscribe({ query: 'subscription { modelStatus { model } }' }, { next: () => {}, error: (e) => resolve(`error ${String((e as any)?.code ?? e)}`), complete: () => resolve('complete') }));
+      const wsDone = new Promise<string>((resolve) =>
+        ws.subscribe(
+          { query: 'subscription { modelStatus { model } }' },
+          { next: () => {}, error: (e) => resolve(`error ${String((e as any)?.code ?? e)}`), complete: () => resolve('complete') },
+        ),
+      );
       await new Promise((r) => setTimeout(r, 200));
 
       // slow requests in flight
       const page = await readFile(image('east_ocr_input.jpg'));
       const segment = () => {
         const fd = new FormData();
-        fd.set('operations', JSON.stringify({ query: 'mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { pixels } } }', variables: { f: null } }));
+        fd.set(
+          'operations',
+          JSON.stringify({
+            query: 'mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { pixels } } }',
+            variables: { f: null },
+          }),
+        );
         fd.set('map', JSON.stringify({ 0: ['variables.f'] }));
         fd.set('0', new Blob([page]), 'page.jpg');
         return fetch(`${url}/graphql`, { method: 'POST', body: fd, headers: { 'x-graphql-yoga-csrf': '1' } }).then((r) => r.json());
@@ -78,7 +114,9 @@ describe('the server process (as npm start runs it)', () => {
 
   it('ENGINE=openvino where the addon cannot load stops the start with a clear message', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-      cwd: ROOT, env: { ...process.env, ENGINE: 'openvino', PORT: '0' }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: ROOT,
+      env: { ...process.env, ENGINE: 'openvino', PORT: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
@@ -88,7 +126,10 @@ describe('the server process (as npm start runs it)', () => {
   });
 
   it('a bad setting stops the start and names it', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts'), '--port', 'eighty'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts'), '--port', 'eighty'], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(2);
@@ -108,7 +149,9 @@ describe('npm run soak / npm run bench', () => {
 
   it('never leave a server process behind, also when they are stopped half-way', async () => {
     const soak = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench', 'soak.ts')], {
-      cwd: ROOT, env: { ...process.env, SOAK_SECONDS: '120', SOAK_CONCURRENCY: '2' }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: ROOT,
+      env: { ...process.env, SOAK_SECONDS: '120', SOAK_CONCURRENCY: '2' },
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     soak.stdout.on('data', (d) => (out += d));

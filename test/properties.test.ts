@@ -22,59 +22,128 @@ async function onlyTyped(codes: string[], fn: () => unknown | Promise<unknown>, 
   }
 }
 
-const plan = planInput(parseModelConfig({ task: 'classification', preprocessing: { resizeType: 'FILL', targetSize: '32x32' } }), [{ name: 'x', dtype: 'float32', shape: [1, 3, 32, 32], layout: null }]);
+const plan = planInput(parseModelConfig({ task: 'classification', preprocessing: { resizeType: 'FILL', targetSize: '32x32' } }), [
+  { name: 'x', dtype: 'float32', shape: [1, 3, 32, 32], layout: null },
+]);
 
 describe('property: image bytes', () => {
   it('random bytes give a tensor or INVALID_IMAGE / IMAGE_TOO_LARGE', async () => {
-    await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 4096 }), async (bytes) => {
-      await onlyTyped(['INVALID_IMAGE', 'IMAGE_TOO_LARGE'], async () => preprocess(await probeImage(bytes, 1e6), plan, 1e6));
-    }), { numRuns: 150 });
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 4096 }), async (bytes) => {
+        await onlyTyped(['INVALID_IMAGE', 'IMAGE_TOO_LARGE'], async () => preprocess(await probeImage(bytes, 1e6), plan, 1e6));
+      }),
+      { numRuns: 150 },
+    );
   });
 
   it('real photos with bytes flipped, cut or spliced give a tensor or a typed error', async () => {
     const photos = await Promise.all(['bee.jpeg', 'face1.jpg'].map((p) => readFile(image(p))));
-    const mutated = fc.tuple(fc.constantFrom(...photos), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 20 }), fc.option(fc.nat()))
+    const mutated = fc
+      .tuple(
+        fc.constantFrom(...photos),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 20 }),
+        fc.option(fc.nat()),
+      )
       .map(([photo, flips, cut]) => {
         const b = Buffer.from(photo);
         for (const [at, v] of flips) b[at % b.length] = v;
         return cut === null ? b : b.subarray(0, cut % b.length);
       });
-    await fc.assert(fc.asyncProperty(mutated, async (bytes) => {
-      await onlyTyped(['INVALID_IMAGE', 'IMAGE_TOO_LARGE'], async () => preprocess(await probeImage(bytes, 1e7), plan, 1e7));
-    }), { numRuns: 150 });
+    await fc.assert(
+      fc.asyncProperty(mutated, async (bytes) => {
+        await onlyTyped(['INVALID_IMAGE', 'IMAGE_TOO_LARGE'], async () => preprocess(await probeImage(bytes, 1e7), plan, 1e7));
+      }),
+      { numRuns: 150 },
+    );
   });
 });
 
 describe('property: model.json, labels and mean files', () => {
-  const known = fc.record({
-    task: fc.oneof(fc.constantFrom('classification', 'detection', 'segmentation', 'raw'), fc.anything()),
-    labels: fc.anything(),
-    versionPolicy: fc.oneof(fc.record({ latest: fc.anything() }), fc.record({ all: fc.anything() }), fc.record({ specific: fc.anything() }), fc.anything()),
-    batching: fc.dictionary(fc.constantFrom('maxBatchSize', 'maxDelayMs', 'maxQueueSize', 'timeoutMs', 'maxConcurrentBatches'), fc.oneof(fc.integer(), fc.double(), fc.anything())),
-    preprocessing: fc.dictionary(fc.constantFrom('input', 'dimensionOrder', 'targetSize', 'resizeType', 'fillColor', 'fillAlign', 'colorChannels', 'pixelScaling', 'mean', 'std', 'meanFile', 'dataType', 'cropFraction', 'sizeMultiple'), fc.anything()),
-    postprocessing: fc.dictionary(fc.constantFrom('format', 'output', 'activation', 'threshold', 'layers', 'strides', 'boxes', 'scores', 'minConfidence', 'iouThreshold', 'maxDetections'), fc.anything()),
-  }, { requiredKeys: [] });
+  const known = fc.record(
+    {
+      task: fc.oneof(fc.constantFrom('classification', 'detection', 'segmentation', 'raw'), fc.anything()),
+      labels: fc.anything(),
+      versionPolicy: fc.oneof(
+        fc.record({ latest: fc.anything() }),
+        fc.record({ all: fc.anything() }),
+        fc.record({ specific: fc.anything() }),
+        fc.anything(),
+      ),
+      batching: fc.dictionary(
+        fc.constantFrom('maxBatchSize', 'maxDelayMs', 'maxQueueSize', 'timeoutMs', 'maxConcurrentBatches'),
+        fc.oneof(fc.integer(), fc.double(), fc.anything()),
+      ),
+      preprocessing: fc.dictionary(
+        fc.constantFrom(
+          'input',
+          'dimensionOrder',
+          'targetSize',
+          'resizeType',
+          'fillColor',
+          'fillAlign',
+          'colorChannels',
+          'pixelScaling',
+          'mean',
+          'std',
+          'meanFile',
+          'dataType',
+          'cropFraction',
+          'sizeMultiple',
+        ),
+        fc.anything(),
+      ),
+      postprocessing: fc.dictionary(
+        fc.constantFrom(
+          'format',
+          'output',
+          'activation',
+          'threshold',
+          'layers',
+          'strides',
+          'boxes',
+          'scores',
+          'minConfidence',
+          'iouThreshold',
+          'maxDetections',
+        ),
+        fc.anything(),
+      ),
+    },
+    { requiredKeys: [] },
+  );
 
   it('random documents parse or fail with INVALID_MODEL_CONFIG', async () => {
-    await fc.assert(fc.asyncProperty(fc.oneof(known, fc.jsonValue(), fc.anything()), async (doc) => {
-      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseModelConfig(doc));
-    }), { numRuns: 500 });
-    await fc.assert(fc.asyncProperty(fc.string(), async (text) => {
-      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseModelConfigText(text));
-    }), { numRuns: 200 });
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(known, fc.jsonValue(), fc.anything()), async (doc) => {
+        await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseModelConfig(doc));
+      }),
+      { numRuns: 500 },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.string(), async (text) => {
+        await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseModelConfigText(text));
+      }),
+      { numRuns: 200 },
+    );
   });
 
   it('random labels and .npy files parse or fail with INVALID_MODEL_CONFIG', async () => {
-    await fc.assert(fc.asyncProperty(fc.constantFrom('labels.txt', 'labels.json', 'labels.pbtxt'), fc.string({ maxLength: 300 }), async (name, text) => {
-      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseLabelsFile(name, text));
-    }), { numRuns: 300 });
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom('labels.txt', 'labels.json', 'labels.pbtxt'), fc.string({ maxLength: 300 }), async (name, text) => {
+        await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseLabelsFile(name, text));
+      }),
+      { numRuns: 300 },
+    );
     const npyish = fc.uint8Array({ maxLength: 200 }).map((b) => {
       const out = Buffer.concat([Buffer.from([0x93, ...Buffer.from('NUMPY'), 1, 0]), Buffer.from(b)]);
       return new Uint8Array(out);
     });
-    await fc.assert(fc.asyncProperty(fc.oneof(npyish, fc.uint8Array({ maxLength: 64 })), async (bytes) => {
-      await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseNpy(bytes));
-    }), { numRuns: 300 });
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(npyish, fc.uint8Array({ maxLength: 64 })), async (bytes) => {
+        await onlyTyped(['INVALID_MODEL_CONFIG'], () => parseNpy(bytes));
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 
@@ -90,15 +159,28 @@ describe('property: raw tensors against a real engine', () => {
       name: fc.oneof(fc.constant('x'), fc.string({ maxLength: 5 })),
       dtype: fc.constantFrom('FLOAT32', 'FLOAT16', 'INT64', 'INT32', 'INT8', 'UINT8', 'BOOL', 'float64', ''),
       shape: fc.oneof(fc.constant([1, 2, 3]), fc.array(fc.integer({ min: -2, max: 70000 }), { maxLength: 5 })),
-      data: fc.oneof(fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b).toString('base64')), fc.string({ maxLength: 40 })),
+      data: fc.oneof(
+        fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b).toString('base64')),
+        fc.string({ maxLength: 40 }),
+      ),
     });
     let ran = 0;
-    await fc.assert(fc.asyncProperty(fc.array(tensor, { minLength: 0, maxLength: 2 }), fc.option(fc.array(fc.constantFrom('y', 'z'), { maxLength: 2 })), async (inputs, outputs) => {
-      const r = await gw.gql(`mutation($i: [TensorInput!]!, $o: [String!]) { infer(model: "id", inputs: $i, outputs: $o) { outputs { name } } }`, { i: inputs, o: outputs });
-      if (!r.errors) ran++;
-      // enum and variable errors come from GraphQL itself (BAD_USER_INPUT), the rest from the gateway
-      else for (const e of r.errors) expect(['INVALID_INPUT', 'BAD_USER_INPUT'], JSON.stringify(e)).toContain(e.extensions?.code);
-    }), { numRuns: 200, examples: [[[{ name: 'x', dtype: 'INT32', shape: [1, 2, 3], data: Buffer.alloc(24).toString('base64') }], null]] });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(tensor, { minLength: 0, maxLength: 2 }),
+        fc.option(fc.array(fc.constantFrom('y', 'z'), { maxLength: 2 })),
+        async (inputs, outputs) => {
+          const r = await gw.gql(
+            `mutation($i: [TensorInput!]!, $o: [String!]) { infer(model: "id", inputs: $i, outputs: $o) { outputs { name } } }`,
+            { i: inputs, o: outputs },
+          );
+          if (!r.errors) ran++;
+          // enum and variable errors come from GraphQL itself (BAD_USER_INPUT), the rest from the gateway
+          else for (const e of r.errors) expect(['INVALID_INPUT', 'BAD_USER_INPUT'], JSON.stringify(e)).toContain(e.extensions?.code);
+        },
+      ),
+      { numRuns: 200, examples: [[[{ name: 'x', dtype: 'INT32', shape: [1, 2, 3], data: Buffer.alloc(24).toString('base64') }], null]] },
+    );
     expect(ran).toBeGreaterThan(0);
   });
 });

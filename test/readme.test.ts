@@ -16,7 +16,11 @@ import { ROOT, startGateway, type TestGateway } from './helpers.ts';
  */
 const run = promisify(execFile);
 
-interface Block { lang: string; code: string; line: number }
+interface Block {
+  lang: string;
+  code: string;
+  line: number;
+}
 
 function codeBlocks(markdown: string): Block[] {
   const blocks: Block[] = [];
@@ -56,7 +60,10 @@ describe('README examples, run against a live server', () => {
     const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
     for (const op of operations) {
       if (op.operation === 'subscription') continue; // validated above; a subscription does not end by itself
-      const r = await gw.gql(block.code, Object.fromEntries(Object.keys(files).map((k) => [k, null])), { files, operationName: op.name?.value });
+      const r = await gw.gql(block.code, Object.fromEntries(Object.keys(files).map((k) => [k, null])), {
+        files,
+        operationName: op.name?.value,
+      });
       expect(r.errors, JSON.stringify(r.errors)).toBeUndefined();
       expect(r.status).toBe(200);
     }

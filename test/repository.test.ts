@@ -9,7 +9,11 @@ import { schema } from '../src/protocols/graphql/schema/index.ts';
 import { ROOT, addModel, errorCode, fixtureConfigs, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 
 const MODEL_FIELDS = `name task description metadata updatedAt labels versions { version state errorCode errorMessage } inputs { name dtype shape layout } outputs { name dtype shape }`;
-const mobilenet = () => ({ onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } });
+const mobilenet = () => ({
+  onnx: modelFile('mobilenet'),
+  config: fixtureConfigs.mobilenet,
+  files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
+});
 
 describe('model repository over GraphQL', () => {
   let gw: TestGateway;
@@ -18,7 +22,14 @@ describe('model repository over GraphQL', () => {
   beforeAll(async () => {
     extraRoot = await mkdtemp(path.join(os.tmpdir(), 'gw-extra-'));
     gw = await startGateway({
-      models: { mobilenet: mobilenet(), yolox: { onnx: modelFile('yolox'), config: { ...fixtureConfigs.yolox, description: 'COCO detector' }, files: { 'labels.txt': modelAsset('yolox', 'labels.txt') } } },
+      models: {
+        mobilenet: mobilenet(),
+        yolox: {
+          onnx: modelFile('yolox'),
+          config: { ...fixtureConfigs.yolox, description: 'COCO detector' },
+          files: { 'labels.txt': modelAsset('yolox', 'labels.txt') },
+        },
+      },
       env: { MODEL_ROOTS: extraRoot },
       pollIntervalMs: 100,
     });
@@ -45,7 +56,7 @@ describe('model repository over GraphQL', () => {
     // yolox fixes its batch at 1; the gateway made it dynamic after a trial run, and says so
     expect(byName.yolox.inputs[0].shape).toEqual([null, 3, 416, 416]);
     expect(byName.yolox.metadata.dynamicBatch).toMatch(/^rewritten/);
-    expect(byName.mobilenet.metadata).toMatchObject({ license: "Apache-2.0" });
+    expect(byName.mobilenet.metadata).toMatchObject({ license: 'Apache-2.0' });
   });
 
   it('answers inputShape, with dynamic dimensions as null', async () => {
@@ -78,14 +89,20 @@ describe('model repository over GraphQL', () => {
 
   it('loads a model from a server path under an allowed root, and refuses others', async () => {
     await addModel(extraRoot, 'pathmodel', mobilenet());
-    const r = await gw.gql(`mutation($p: String!) { loadModel(name: "from-path", path: $p) { name task labels versions { version state } } }`, { p: path.join(extraRoot, 'pathmodel') });
+    const r = await gw.gql(
+      `mutation($p: String!) { loadModel(name: "from-path", path: $p) { name task labels versions { version state } } }`,
+      { p: path.join(extraRoot, 'pathmodel') },
+    );
     expect(r.errors).toBeUndefined();
     expect(r.data.loadModel.task).toBe('classification');
     expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
     expect(r.data.loadModel.labels).toHaveLength(1000);
     // a bare .onnx file with the configuration given inline
     await writeFile(path.join(extraRoot, 'bare.onnx'), await readFile(modelFile('mobilenet')));
-    const file = await gw.gql(`mutation($p: String!, $c: JSON) { loadModel(name: "bare-file", path: $p, config: $c) { task versions { state } } }`, { p: path.join(extraRoot, 'bare.onnx'), c: { task: 'raw' } });
+    const file = await gw.gql(
+      `mutation($p: String!, $c: JSON) { loadModel(name: "bare-file", path: $p, config: $c) { task versions { state } } }`,
+      { p: path.join(extraRoot, 'bare.onnx'), c: { task: 'raw' } },
+    );
     expect(file.errors).toBeUndefined();
     expect(file.data.loadModel).toEqual({ task: 'raw', versions: [{ state: 'AVAILABLE' }] });
     for (const p of [path.join(ROOT, 'models', 'mobilenet'), '/etc', `${extraRoot}/../..`, `${gw.root}/../../etc/passwd`]) {
@@ -94,16 +111,29 @@ describe('model repository over GraphQL', () => {
     }
     // a symlink inside an allowed root that points outside it is refused too
     await symlink(path.join(ROOT, 'models', 'mobilenet'), path.join(extraRoot, 'sneaky'));
-    const sneaky = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, { p: path.join(extraRoot, 'sneaky') });
+    const sneaky = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, {
+      p: path.join(extraRoot, 'sneaky'),
+    });
     expect(errorCode(sneaky)).toBe('FORBIDDEN_PATH');
   });
 
   it('loads a model from uploaded files and writes them into the repository', async () => {
-    const config = { task: 'classification', description: 'uploaded', preprocessing: fixtureConfigs.mobilenet.preprocessing, labels: 'labels.txt' };
+    const config = {
+      task: 'classification',
+      description: 'uploaded',
+      preprocessing: fixtureConfigs.mobilenet.preprocessing,
+      labels: 'labels.txt',
+    };
     const r = await gw.gql(
       `mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { name description labels versions { version state } } }`,
       { files: [null, null, null] },
-      { files: { 'files.0': modelFile('mobilenet'), 'files.1': modelAsset('mobilenet', 'labels.txt'), 'files.2': { name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) } } },
+      {
+        files: {
+          'files.0': modelFile('mobilenet'),
+          'files.1': modelAsset('mobilenet', 'labels.txt'),
+          'files.2': { name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) },
+        },
+      },
     );
     expect(r.errors).toBeUndefined();
     expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
@@ -113,14 +143,26 @@ describe('model repository over GraphQL', () => {
     expect(written.length).toBe(3655033);
     expect(JSON.parse(await readFile(path.join(gw.root, 'uploaded', 'model.json'), 'utf8')).description).toBe('uploaded');
     // a second upload becomes version 2 and, with the default policy (latest 1), replaces version 1
-    const r2 = await gw.gql(`mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { versions { version state } } }`, { files: [null] }, { files: { 'files.0': modelFile('mobilenet') } });
+    const r2 = await gw.gql(
+      `mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { versions { version state } } }`,
+      { files: [null] },
+      { files: { 'files.0': modelFile('mobilenet') } },
+    );
     expect(r2.errors).toBeUndefined();
-    expect(r2.data.loadModel.versions).toEqual([{ version: 1, state: 'END' }, { version: 2, state: 'AVAILABLE' }]);
+    expect(r2.data.loadModel.versions).toEqual([
+      { version: 1, state: 'END' },
+      { version: 2, state: 'AVAILABLE' },
+    ]);
   });
 
   it('unloads one version and updates the editable fields (persisted)', async () => {
-    let r = await gw.gql(`mutation { updateModel(name: "yolox", description: "new words", metadata: { owner: "vision-team" }) { description metadata } }`);
-    expect(r.data.updateModel).toEqual({ description: 'new words', metadata: { owner: 'vision-team', dynamicBatch: expect.stringMatching(/^rewritten/) } });
+    let r = await gw.gql(
+      `mutation { updateModel(name: "yolox", description: "new words", metadata: { owner: "vision-team" }) { description metadata } }`,
+    );
+    expect(r.data.updateModel).toEqual({
+      description: 'new words',
+      metadata: { owner: 'vision-team', dynamicBatch: expect.stringMatching(/^rewritten/) },
+    });
     const saved = JSON.parse(await readFile(path.join(gw.root, 'yolox', 'model.json'), 'utf8'));
     expect(saved.description).toBe('new words');
     expect(saved.metadata).toEqual({ owner: 'vision-team' });
@@ -152,15 +194,23 @@ describe('model repository over GraphQL', () => {
     const still = await gw.gql(`{ model(name: "mobilenet") { versions { state } } }`);
     expect(still.data.model.versions[0].state).toBe('AVAILABLE');
     // a broken model.json names the field
-    await addModel(gw.root, 'badconfig', { onnx: modelFile('mobilenet'), config: { task: 'classification', preprocessing: { resizeType: 'STRETCH' } } });
+    await addModel(gw.root, 'badconfig', {
+      onnx: modelFile('mobilenet'),
+      config: { task: 'classification', preprocessing: { resizeType: 'STRETCH' } },
+    });
     const bad = await gw.gql(`mutation { loadModel(name: "badconfig") { versions { state errorCode errorMessage } } }`);
     expect(bad.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
     expect(bad.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.resizeType/);
     // a model.json that parses but does not fit the model fails the load too, not every request afterwards
-    await addModel(gw.root, 'misfit', { onnx: modelFile('mobilenet'), config: { task: 'classification', preprocessing: { colorChannels: 'L' } } });
+    await addModel(gw.root, 'misfit', {
+      onnx: modelFile('mobilenet'),
+      config: { task: 'classification', preprocessing: { colorChannels: 'L' } },
+    });
     const misfit = await gw.gql(`mutation { loadModel(name: "misfit") { versions { state errorCode errorMessage } } }`);
     expect(misfit.data.loadModel.versions[0]).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
-    expect(misfit.data.loadModel.versions[0].errorMessage).toMatch(/preprocessing\.colorChannels: L gives 1 channel\(s\) but input input has 3/);
+    expect(misfit.data.loadModel.versions[0].errorMessage).toMatch(
+      /preprocessing\.colorChannels: L gives 1 channel\(s\) but input input has 3/,
+    );
     await rm(path.join(gw.root, 'misfit'), { recursive: true });
     await rm(path.join(gw.root, 'corrupt'), { recursive: true });
     await rm(path.join(gw.root, 'badconfig'), { recursive: true });
@@ -169,12 +219,34 @@ describe('model repository over GraphQL', () => {
   it('picks up a new version folder and drops a removed one (watcher)', async () => {
     await addModel(gw.root, 'watched', { onnx: modelFile('mobilenet'), config: { task: 'raw', versionPolicy: { all: true } } });
     const versions = async () => (await gw.gql(`{ model(name: "watched") { versions { version state } } }`)).data?.model?.versions;
-    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }]), 15_000, 'new model picked up');
+    await until(
+      async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }]),
+      15_000,
+      'new model picked up',
+    );
     await mkdir(path.join(gw.root, 'watched', '2'));
     await symlink(modelFile('mobilenet'), path.join(gw.root, 'watched', '2', 'model.onnx'));
-    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE' }, { version: 2, state: 'AVAILABLE' }]), 15_000, 'version 2 loaded');
+    await until(
+      async () =>
+        JSON.stringify(await versions()) ===
+        JSON.stringify([
+          { version: 1, state: 'AVAILABLE' },
+          { version: 2, state: 'AVAILABLE' },
+        ]),
+      15_000,
+      'version 2 loaded',
+    );
     await rm(path.join(gw.root, 'watched', '1'), { recursive: true });
-    await until(async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'END' }, { version: 2, state: 'AVAILABLE' }]), 15_000, 'version 1 unloaded');
+    await until(
+      async () =>
+        JSON.stringify(await versions()) ===
+        JSON.stringify([
+          { version: 1, state: 'END' },
+          { version: 2, state: 'AVAILABLE' },
+        ]),
+      15_000,
+      'version 1 unloaded',
+    );
   });
 
   async function lifecycle(subscribe: (events: any[]) => Promise<() => void>, name: string) {
@@ -183,14 +255,22 @@ describe('model repository over GraphQL', () => {
     const stop = await subscribe(events);
     await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscription registered');
     await addModel(extraRoot, name, mobilenet());
-    const loaded = await gw.gql(`mutation($p: String!, $n: String!) { loadModel(name: $n, path: $p) { versions { state } } }`, { p: path.join(extraRoot, name), n: name });
+    const loaded = await gw.gql(`mutation($p: String!, $n: String!) { loadModel(name: $n, path: $p) { versions { state } } }`, {
+      p: path.join(extraRoot, name),
+      n: name,
+    });
     expect(loaded.errors).toBeUndefined();
     await gw.gql(`mutation($n: String!) { unloadModel(name: $n) { name } }`, { n: name });
     await until(() => events.length >= 4, 5000, 'four events');
     stop();
     // the server lets go of the subscription when the client leaves
     await until(() => gw.repository.listenerCount('status') === listeners, 5000, 'subscription released');
-    expect(events.map((e) => [e.previousState, e.state])).toEqual([['START', 'LOADING'], ['LOADING', 'AVAILABLE'], ['AVAILABLE', 'UNLOADING'], ['UNLOADING', 'END']]);
+    expect(events.map((e) => [e.previousState, e.state])).toEqual([
+      ['START', 'LOADING'],
+      ['LOADING', 'AVAILABLE'],
+      ['AVAILABLE', 'UNLOADING'],
+      ['UNLOADING', 'END'],
+    ]);
     for (const e of events) {
       expect(e).toMatchObject({ model: name, version: 1, errorCode: null, errorMessage: null });
       expect(Date.parse(e.at)).toBeGreaterThan(0);
@@ -203,7 +283,8 @@ describe('model repository over GraphQL', () => {
     await lifecycle(async (events) => {
       const ctrl = new AbortController();
       const res = await fetch(`${gw.url}/graphql`, {
-        method: 'POST', signal: ctrl.signal,
+        method: 'POST',
+        signal: ctrl.signal,
         headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
         body: JSON.stringify({ query: SUB, variables: { n: 'sse-model' } }),
       });
@@ -218,14 +299,20 @@ describe('model repository over GraphQL', () => {
             while ((i = buf.indexOf('\n\n')) >= 0) {
               const frame = buf.slice(0, i);
               buf = buf.slice(i + 2);
-              const data = frame.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5)).join('');
+              const data = frame
+                .split('\n')
+                .filter((l) => l.startsWith('data:'))
+                .map((l) => l.slice(5))
+                .join('');
               if (data.trim()) {
                 const msg = JSON.parse(data);
                 if (msg.data?.modelStatus) events.push(msg.data.modelStatus);
               }
             }
           }
-        } catch { /* aborted */ }
+        } catch {
+          /* aborted */
+        }
       })();
       return () => ctrl.abort();
     }, 'sse-model');
@@ -235,11 +322,14 @@ describe('model repository over GraphQL', () => {
     const client = createClient({ url: gw.url.replace('http', 'ws') + '/graphql', webSocketImpl: WebSocket, retryAttempts: 0 });
     try {
       await lifecycle(async (events) => {
-        const unsubscribe = client.subscribe({ query: SUB, variables: { n: 'ws-model' } }, {
-          next: (msg: any) => msg.data?.modelStatus && events.push(msg.data.modelStatus),
-          error: (e) => events.push({ error: e }),
-          complete: () => {},
-        });
+        const unsubscribe = client.subscribe(
+          { query: SUB, variables: { n: 'ws-model' } },
+          {
+            next: (msg: any) => msg.data?.modelStatus && events.push(msg.data.modelStatus),
+            error: (e) => events.push({ error: e }),
+            complete: () => {},
+          },
+        );
         return unsubscribe;
       }, 'ws-model');
     } finally {

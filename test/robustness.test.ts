@@ -13,7 +13,11 @@ import { IMAGES, errorCode, fixtureConfigs, image, modelAsset, modelFile, startG
  * header, before anything is decoded.
  */
 async function pngClaiming(width: number, height: number): Promise<Uint8Array> {
-  const png = Buffer.from(await sharp({ create: { width: 8, height: 8, channels: 3, background: '#808080' } }).png().toBuffer());
+  const png = Buffer.from(
+    await sharp({ create: { width: 8, height: 8, channels: 3, background: '#808080' } })
+      .png()
+      .toBuffer(),
+  );
   const crcTable = Array.from({ length: 256 }, (_, n) => {
     let c = n;
     for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
@@ -32,7 +36,11 @@ async function pngClaiming(width: number, height: number): Promise<Uint8Array> {
 }
 
 const models = () => ({
-  mobilenet: { onnx: modelFile('mobilenet'), config: fixtureConfigs.mobilenet, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
+  mobilenet: {
+    onnx: modelFile('mobilenet'),
+    config: fixtureConfigs.mobilenet,
+    files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
+  },
 });
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
@@ -66,8 +74,12 @@ describe('bad input gets a typed error and the server stays healthy', () => {
   });
 
   it('unknown models and versions, a model that is not ready', async () => {
-    expect(errorCode(await gw.gql(CLASSIFY.replace('"mobilenet"', '"nope"'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe('MODEL_NOT_FOUND');
-    expect(errorCode(await gw.gql(CLASSIFY.replace('topK: 1', 'version: 4, topK: 1'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe('MODEL_NOT_FOUND');
+    expect(errorCode(await gw.gql(CLASSIFY.replace('"mobilenet"', '"nope"'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe(
+      'MODEL_NOT_FOUND',
+    );
+    expect(
+      errorCode(await gw.gql(CLASSIFY.replace('topK: 1', 'version: 4, topK: 1'), { f: null }, { files: { f: image('bee.jpeg') } })),
+    ).toBe('MODEL_NOT_FOUND');
     await gw.gql(`mutation { unloadModel(name: "mobilenet") { name } }`);
     expect(errorCode(await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') } }))).toBe('MODEL_NOT_READY');
     await gw.gql(`mutation { loadModel(name: "mobilenet") { name } }`);
@@ -77,7 +89,13 @@ describe('bad input gets a typed error and the server stays healthy', () => {
   it('paths outside IMAGE_ROOTS, with .. and symlinks resolved first', async () => {
     await symlink('/etc/hostname', path.join(outside, 'link'));
     const q = `mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`;
-    for (const p of ['/etc/hostname', path.join(IMAGES, '..', 'images', '..', '..', '..', 'models', 'yolox', '1', 'model.onnx'), path.join(outside, 'link'), '../../../../etc/hostname', '']) {
+    for (const p of [
+      '/etc/hostname',
+      path.join(IMAGES, '..', 'images', '..', '..', '..', 'models', 'yolox', '1', 'model.onnx'),
+      path.join(outside, 'link'),
+      '../../../../etc/hostname',
+      '',
+    ]) {
       expect(errorCode(await gw.gql(q, { p })), p).toBe('FORBIDDEN_PATH');
     }
     expect(errorCode(await gw.gql(q, { p: path.join(IMAGES, 'missing.jpg') }))).toBe('INVALID_INPUT');
@@ -86,7 +104,11 @@ describe('bad input gets a typed error and the server stays healthy', () => {
   });
 
   it('tensors whose dtype, shape or byte length do not match', async () => {
-    const q = (dtype: string, shape: number[], data: string) => gw.gql(`mutation($s: [Int!]!, $d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: ${dtype}, shape: $s, data: $d }]) { outputs { name } } }`, { s: shape, d: data });
+    const q = (dtype: string, shape: number[], data: string) =>
+      gw.gql(
+        `mutation($s: [Int!]!, $d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: ${dtype}, shape: $s, data: $d }]) { outputs { name } } }`,
+        { s: shape, d: data },
+      );
     const bytes = Buffer.alloc(3 * 224 * 224 * 4).toString('base64');
     expect(errorCode(await q('FLOAT16', [1, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
     expect(errorCode(await q('FLOAT32', [1, 3, 224, 225], bytes))).toBe('INVALID_INPUT');
@@ -99,7 +121,9 @@ describe('bad input gets a typed error and the server stays healthy', () => {
   });
 
   it('a broken model.json ends the load with an error that names the field', async () => {
-    const r = await gw.gql(`mutation($c: JSON) { loadModel(name: "broken", path: $p, config: $c) { name } }`.replace('path: $p, ', ''), { c: { task: 'detection', postprocessing: { format: 'yolo9000' } } });
+    const r = await gw.gql(`mutation($c: JSON) { loadModel(name: "broken", path: $p, config: $c) { name } }`.replace('path: $p, ', ''), {
+      c: { task: 'detection', postprocessing: { format: 'yolo9000' } },
+    });
     expect(errorCode(r)).toBe('INVALID_MODEL_CONFIG');
     expect(r.errors![0].message).toMatch(/postprocessing\.format/);
     await good();
@@ -111,7 +135,15 @@ describe('limits', () => {
   beforeAll(async () => {
     gw = await startGateway({
       models: models(),
-      env: { MAX_UPLOAD_BYTES: '200000', MAX_FILES_PER_REQUEST: '2', MAX_IMAGES_PER_REQUEST: '2', MAX_QUERY_DEPTH: '4', MAX_ALIASES: '3', MAX_WS_CONNECTIONS_PER_CLIENT: '2', MAX_SUBSCRIPTIONS_PER_CONNECTION: '2' },
+      env: {
+        MAX_UPLOAD_BYTES: '200000',
+        MAX_FILES_PER_REQUEST: '2',
+        MAX_IMAGES_PER_REQUEST: '2',
+        MAX_QUERY_DEPTH: '4',
+        MAX_ALIASES: '3',
+        MAX_WS_CONNECTIONS_PER_CLIENT: '2',
+        MAX_SUBSCRIPTIONS_PER_CONNECTION: '2',
+      },
     });
   });
   afterAll(() => gw?.close());
@@ -130,11 +162,22 @@ describe('limits', () => {
     const head = `--${boundary}\r\nContent-Disposition: form-data; name="operations"\r\n\r\n${ops}\r\n--${boundary}\r\nContent-Disposition: form-data; name="map"\r\n\r\n{"0":["variables.f"]}\r\n--${boundary}\r\nContent-Disposition: form-data; name="0"; filename="big.bin"\r\n\r\n`;
     const body = Buffer.concat([Buffer.from(head), Buffer.alloc(300_000, 1), Buffer.from(`\r\n--${boundary}--\r\n`)]);
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = http.request(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'transfer-encoding': 'chunked', 'x-graphql-yoga-csrf': '1' } }, (res) => {
-        let t = '';
-        res.on('data', (d) => (t += d));
-        res.on('end', () => resolve({ status: res.statusCode!, text: t }));
-      });
+      const req = http.request(
+        `${gw.url}/graphql`,
+        {
+          method: 'POST',
+          headers: {
+            'content-type': `multipart/form-data; boundary=${boundary}`,
+            'transfer-encoding': 'chunked',
+            'x-graphql-yoga-csrf': '1',
+          },
+        },
+        (res) => {
+          let t = '';
+          res.on('data', (d) => (t += d));
+          res.on('end', () => resolve({ status: res.statusCode!, text: t }));
+        },
+      );
       req.on('error', reject);
       req.write(body.subarray(0, 1000)); // no Content-Length: the up-front check cannot see the size
       req.end(body.subarray(1000));
@@ -145,7 +188,11 @@ describe('limits', () => {
 
   it('refuses more files than MAX_FILES_PER_REQUEST', async () => {
     const q = `mutation($a: File!, $b: File!, $c: File!) { a: classify(model: "mobilenet", image: { file: $a }) { predictions { classId } } }`;
-    const r = await gw.gql(q, { a: null, b: null, c: null }, { files: { a: image('bee.jpeg'), b: image('bee.jpeg'), c: image('bee.jpeg') } });
+    const r = await gw.gql(
+      q,
+      { a: null, b: null, c: null },
+      { files: { a: image('bee.jpeg'), b: image('bee.jpeg'), c: image('bee.jpeg') } },
+    );
     expect(r.status).toBe(400);
     expect(errorCode(r)).toBe('LIMIT_EXCEEDED');
     expect(r.errors![0].message).toMatch(/Files limit exceeded/);
@@ -176,23 +223,35 @@ describe('limits', () => {
 
   it('limits WebSocket connections per client and subscriptions per connection', async () => {
     const url = gw.url.replace('http', 'ws') + '/graphql';
-    const open = () => new Promise<WebSocket>((resolve, reject) => {
-      const ws = new WebSocket(url, 'graphql-transport-ws');
-      ws.once('open', () => resolve(ws));
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
-      ws.once('error', reject);
-    });
+    const open = () =>
+      new Promise<WebSocket>((resolve, reject) => {
+        const ws = new WebSocket(url, 'graphql-transport-ws');
+        ws.once('open', () => resolve(ws));
+        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+        ws.once('error', reject);
+      });
     const a = await open();
     const b = await open();
     await expect(open()).rejects.toThrow(/429/);
     a.close();
     b.close();
-    await until(async () => open().then((ws) => (ws.close(), true), () => false), 5000, 'a slot frees up');
+    await until(
+      async () =>
+        open().then(
+          (ws) => (ws.close(), true),
+          () => false,
+        ),
+      5000,
+      'a slot frees up',
+    );
 
     const client = createClient({ url, webSocketImpl: WebSocket, retryAttempts: 0 });
     const results: string[] = [];
     for (let i = 0; i < 3; i++) {
-      client.subscribe({ query: 'subscription { modelStatus { model } }' }, { next: () => {}, error: (e: any) => results.push(`error ${JSON.stringify(e)}`), complete: () => results.push('complete') });
+      client.subscribe(
+        { query: 'subscription { modelStatus { model } }' },
+        { next: () => {}, error: (e: any) => results.push(`error ${JSON.stringify(e)}`), complete: () => results.push('complete') },
+      );
     }
     await until(() => results.length > 0, 5000, 'third subscription refused');
     expect(results[0]).toMatch(/LIMIT_EXCEEDED/);
@@ -203,7 +262,10 @@ describe('limits', () => {
 describe('access', () => {
   let gw: TestGateway;
   beforeAll(async () => {
-    gw = await startGateway({ models: models(), env: { ADMIN_TOKEN: 'admin-secret', API_TOKENS: 'client-a,client-b', CORS_ORIGINS: 'https://app.example' } });
+    gw = await startGateway({
+      models: models(),
+      env: { ADMIN_TOKEN: 'admin-secret', API_TOKENS: 'client-a,client-b', CORS_ORIGINS: 'https://app.example' },
+    });
   });
   afterAll(() => gw?.close());
 
@@ -222,13 +284,25 @@ describe('access', () => {
   });
 
   it('ADMIN_TOKEN guards loadModel, unloadModel and updateModel', async () => {
-    for (const m of [`mutation { loadModel(name: "mobilenet") { name } }`, `mutation { unloadModel(name: "mobilenet") { name } }`, `mutation { updateModel(name: "mobilenet", description: "x") { name } }`]) {
+    for (const m of [
+      `mutation { loadModel(name: "mobilenet") { name } }`,
+      `mutation { unloadModel(name: "mobilenet") { name } }`,
+      `mutation { updateModel(name: "mobilenet", description: "x") { name } }`,
+    ]) {
       // a valid API token is not the admin token
       expect(errorCode(await gw.gql(m, {}, { headers: bearer('client-a') })), m).toBe('FORBIDDEN');
     }
-    const noToken = await gw.gql(`mutation { updateModel(name: "mobilenet", description: "x") { name } }`, {}, { headers: { authorization: '' } });
+    const noToken = await gw.gql(
+      `mutation { updateModel(name: "mobilenet", description: "x") { name } }`,
+      {},
+      { headers: { authorization: '' } },
+    );
     expect(errorCode(noToken)).toBe('UNAUTHENTICATED');
-    const ok = await gw.gql(`mutation { updateModel(name: "mobilenet", description: "by admin") { description } }`, {}, { headers: bearer('admin-secret') });
+    const ok = await gw.gql(
+      `mutation { updateModel(name: "mobilenet", description: "by admin") { description } }`,
+      {},
+      { headers: bearer('admin-secret') },
+    );
     expect(ok.data.updateModel.description).toBe('by admin');
   });
 
@@ -240,18 +314,36 @@ describe('access', () => {
     const r = await fetch(`${gw.url}/graphql`, { method: 'POST', body: fd, headers: bearer('client-a') });
     expect(r.status).toBe(403);
     expect(await r.text()).toMatch(/CSRF/);
-    const pre = await fetch(`${gw.url}/graphql`, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,authorization' } });
+    const pre = await fetch(`${gw.url}/graphql`, {
+      method: 'OPTIONS',
+      headers: {
+        origin: 'https://app.example',
+        'access-control-request-method': 'POST',
+        'access-control-request-headers': 'content-type,authorization',
+      },
+    });
     expect(pre.headers.get('access-control-allow-origin')).toBe('https://app.example');
-    const evil = await fetch(`${gw.url}/graphql`, { method: 'OPTIONS', headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' } });
+    const evil = await fetch(`${gw.url}/graphql`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' },
+    });
     expect(evil.headers.get('access-control-allow-origin')).not.toBe('https://evil.example');
   });
 
   it('tags responses and log lines with a request id', async () => {
-    const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'trace-42', ...bearer('client-a') }, body: JSON.stringify({ query: '{ models { name } }' }) });
+    const r = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'trace-42', ...bearer('client-a') },
+      body: JSON.stringify({ query: '{ models { name } }' }),
+    });
     expect(r.headers.get('x-request-id')).toBe('trace-42');
     const line = gw.logs.map((l) => JSON.parse(l)).find((l) => l.requestId === 'trace-42');
     expect(line).toMatchObject({ level: 'info', msg: 'request', method: 'POST', path: '/graphql', status: 200 });
-    const other = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer('client-a') }, body: '{"query":"{ models { name } }"}' });
+    const other = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...bearer('client-a') },
+      body: '{"query":"{ models { name } }"}',
+    });
     expect(other.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
   });
 });

@@ -9,7 +9,16 @@ import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, par
 import type { Tensor } from '../src/engine/types.ts';
 
 const f32 = (shape: number[], values: number[]): Tensor => ({ dtype: 'float32', shape, data: Float32Array.from(values) });
-const identity = (w: number, h: number): ImageTransform => ({ width: w, height: h, inputWidth: w, inputHeight: h, scaleX: 1, scaleY: 1, offsetX: 0, offsetY: 0 });
+const identity = (w: number, h: number): ImageTransform => ({
+  width: w,
+  height: h,
+  inputWidth: w,
+  inputHeight: h,
+  scaleX: 1,
+  scaleY: 1,
+  offsetX: 0,
+  offsetY: 0,
+});
 const det = (post: Record<string, unknown>) => parseModelConfig({ task: 'detection', postprocessing: post }).detection;
 const opts = { minConfidence: 0.5, iouThreshold: 0.5, maxDetections: 100 };
 
@@ -17,9 +26,23 @@ describe('detection decoders', () => {
   it('boxes_scores: normalized x1y1x2y2 boxes and per-class scores, skipping the background class', () => {
     const boxes = f32([1, 3, 4], [0.1, 0.1, 0.3, 0.3, 0.12, 0.1, 0.32, 0.3, 0.5, 0.5, 0.9, 0.8]);
     const scores = f32([1, 3, 3], [0.1, 0.9, 0.0, 0.2, 0.8, 0.0, 0.3, 0.0, 0.7]);
-    const out = detect({ boxes, scores }, det({ format: 'boxes_scores', boxes: 'boxes', scores: 'scores', backgroundClass: 0 }), identity(100, 100), labelsFromList(['bg', 'cat', 'dog']), opts);
-    expect(out.map((o) => [o.label, o.confidence])).toEqual([['cat', expect.closeTo(0.9)], ['dog', expect.closeTo(0.7)]]); // 2nd cat box suppressed
-    expect(out[1].box).toEqual({ xMin: expect.closeTo(0.5), yMin: expect.closeTo(0.5), xMax: expect.closeTo(0.9), yMax: expect.closeTo(0.8) });
+    const out = detect(
+      { boxes, scores },
+      det({ format: 'boxes_scores', boxes: 'boxes', scores: 'scores', backgroundClass: 0 }),
+      identity(100, 100),
+      labelsFromList(['bg', 'cat', 'dog']),
+      opts,
+    );
+    expect(out.map((o) => [o.label, o.confidence])).toEqual([
+      ['cat', expect.closeTo(0.9)],
+      ['dog', expect.closeTo(0.7)],
+    ]); // 2nd cat box suppressed
+    expect(out[1].box).toEqual({
+      xMin: expect.closeTo(0.5),
+      yMin: expect.closeTo(0.5),
+      xMax: expect.closeTo(0.9),
+      yMax: expect.closeTo(0.8),
+    });
   });
 
   it('ssd: DetectionOutput [1,1,K,7] with image_id -1 ending the list', () => {
@@ -27,7 +50,12 @@ describe('detection decoders', () => {
     const out = detect({ detection_out: o }, det({ format: 'ssd' }), identity(200, 100), labelsFromList(['bg', 'person', 'car']), opts);
     expect(out).toHaveLength(1);
     expect(out[0]).toMatchObject({ classId: 2, label: 'car', confidence: expect.closeTo(0.95) });
-    expect(out[0].box).toEqual({ xMin: expect.closeTo(0.1), yMin: expect.closeTo(0.2), xMax: expect.closeTo(0.4), yMax: expect.closeTo(0.6) });
+    expect(out[0].box).toEqual({
+      xMin: expect.closeTo(0.1),
+      yMin: expect.closeTo(0.2),
+      xMax: expect.closeTo(0.4),
+      yMax: expect.closeTo(0.6),
+    });
   });
 
   it('tf: ymin,xmin,ymax,xmax boxes, 1-based classes with labelOffset, num_detections', () => {
@@ -37,16 +65,33 @@ describe('detection decoders', () => {
       detection_classes: f32([1, 3], [1, 3, 2]),
       num_detections: f32([1], [2]),
     };
-    const out = detect(outputs, det({ format: 'tf', labelOffset: 1 }), identity(50, 50), labelsFromList(['person', 'bicycle', 'car']), opts);
+    const out = detect(
+      outputs,
+      det({ format: 'tf', labelOffset: 1 }),
+      identity(50, 50),
+      labelsFromList(['person', 'bicycle', 'car']),
+      opts,
+    );
     expect(out.map((o) => o.label)).toEqual(['person', 'car']); // the third is past num_detections
-    expect(out[0].box).toEqual({ xMin: expect.closeTo(0.1), yMin: expect.closeTo(0.2), xMax: expect.closeTo(0.4), yMax: expect.closeTo(0.6) });
+    expect(out[0].box).toEqual({
+      xMin: expect.closeTo(0.1),
+      yMin: expect.closeTo(0.2),
+      xMax: expect.closeTo(0.4),
+      yMax: expect.closeTo(0.6),
+    });
   });
 
   it('yolox: grid offsets and exp sizes per stride, score = objectness x class', () => {
     // 32x32 input, strides [16, 32]: grids 2x2 + 1x1 = 5 anchors, 2 classes
     const rows = Array.from({ length: 5 }, () => [0, 0, 0, 0, 0, 0, 0]);
     rows[3] = [0.5, 0.5, Math.log(2), Math.log(1), 0.9, 0.1, 0.8]; // cell (1,1) of stride 16: center (24,24), 32x16
-    const out = detect({ output: f32([1, 5, 7], rows.flat()) }, det({ format: 'yolox', strides: [16, 32] }), identity(32, 32), labelsFromList(['a', 'b']), opts);
+    const out = detect(
+      { output: f32([1, 5, 7], rows.flat()) },
+      det({ format: 'yolox', strides: [16, 32] }),
+      identity(32, 32),
+      labelsFromList(['a', 'b']),
+      opts,
+    );
     expect(out).toHaveLength(1);
     expect(out[0]).toMatchObject({ classId: 1, label: 'b', confidence: expect.closeTo(0.72) });
     expect(out[0].box).toEqual({ xMin: expect.closeTo(8 / 32), yMin: expect.closeTo(16 / 32), xMax: 1, yMax: 1 });
@@ -67,7 +112,11 @@ describe('detection decoders', () => {
   it('nms suppresses overlaps within a class only, best first, capped', () => {
     const c = (classId: number, score: number, x: number): Candidate => ({ classId, score, x1: x, y1: 0, x2: x + 10, y2: 10 });
     const kept = nms([c(0, 0.5, 1), c(0, 0.9, 0), c(1, 0.8, 0), c(0, 0.7, 50)], 0.5, 10);
-    expect(kept.map((k) => [k.classId, k.score])).toEqual([[0, 0.9], [1, 0.8], [0, 0.7]]);
+    expect(kept.map((k) => [k.classId, k.score])).toEqual([
+      [0, 0.9],
+      [1, 0.8],
+      [0, 0.7],
+    ]);
     expect(nms([c(0, 0.9, 0), c(0, 0.8, 100)], 0.5, 1)).toHaveLength(1);
   });
 });
@@ -83,8 +132,13 @@ describe('classification postprocessing', () => {
 
 /** A black image with a white rectangle; returns it and the rectangle, normalized. */
 async function target(w: number, h: number, r: { x: number; y: number; w: number; h: number }) {
-  const rect = await sharp({ create: { width: r.w, height: r.h, channels: 3, background: '#ffffff' } }).png().toBuffer();
-  const bytes = await sharp({ create: { width: w, height: h, channels: 3, background: '#000000' } }).composite([{ input: rect, left: r.x, top: r.y }]).png().toBuffer();
+  const rect = await sharp({ create: { width: r.w, height: r.h, channels: 3, background: '#ffffff' } })
+    .png()
+    .toBuffer();
+  const bytes = await sharp({ create: { width: w, height: h, channels: 3, background: '#000000' } })
+    .composite([{ input: rect, left: r.x, top: r.y }])
+    .png()
+    .toBuffer();
   return { bytes: new Uint8Array(bytes), box: [r.x / w, r.y / h, (r.x + r.w) / w, (r.y + r.h) / h] };
 }
 
@@ -100,14 +154,25 @@ describe('resize types map boxes back to the original image', () => {
   for (const [name, pre] of cases) {
     it(name, async () => {
       const { bytes, box } = await target(300, 150, { x: 120, y: 40, w: 60, h: 60 }); // inside the central square
-      const plan = planInput(parseModelConfig({ task: 'detection', preprocessing: pre }), [{ name: 'x', dtype: 'float32', shape: [1, 3, null, null], layout: null }]);
+      const plan = planInput(parseModelConfig({ task: 'detection', preprocessing: pre }), [
+        { name: 'x', dtype: 'float32', shape: [1, 3, null, null], layout: null },
+      ]);
       const img = await probeImage(bytes, 1e8);
       const { pixels, transform } = await resizeImage(img, plan, 1e8);
       // find the white pixels in the model input
-      let x0 = Infinity, y0 = Infinity, x1 = -1, y1 = -1;
-      for (let y = 0; y < transform.inputHeight; y++) for (let x = 0; x < transform.inputWidth; x++) {
-        if (pixels[(y * transform.inputWidth + x) * 3] > 127) { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + 1); y1 = Math.max(y1, y + 1); }
-      }
+      let x0 = Infinity,
+        y0 = Infinity,
+        x1 = -1,
+        y1 = -1;
+      for (let y = 0; y < transform.inputHeight; y++)
+        for (let x = 0; x < transform.inputWidth; x++) {
+          if (pixels[(y * transform.inputWidth + x) * 3] > 127) {
+            x0 = Math.min(x0, x);
+            y0 = Math.min(y0, y);
+            x1 = Math.max(x1, x + 1);
+            y1 = Math.max(y1, y + 1);
+          }
+        }
       const [a, b] = toOriginalNormalized(transform, x0, y0);
       const [c, d] = toOriginalNormalized(transform, x1, y1);
       const tolX = 2 / transform.scaleX / 300 + 0.01;
@@ -129,15 +194,22 @@ describe('resize types map boxes back to the original image', () => {
   });
 
   it('normalizes pixels in colorChannels order, with mean/std, into NCHW or NHWC', () => {
-    const plan = planInput(parseModelConfig({ preprocessing: { colorChannels: 'BGR', mean: [10, 20, 30], std: [2, 4, 5], targetSize: '1x1' } }), [{ name: 'x', dtype: 'float32', shape: [1, 3, 1, 1], layout: null }]);
+    const plan = planInput(
+      parseModelConfig({ preprocessing: { colorChannels: 'BGR', mean: [10, 20, 30], std: [2, 4, 5], targetSize: '1x1' } }),
+      [{ name: 'x', dtype: 'float32', shape: [1, 3, 1, 1], layout: null }],
+    );
     const t = pixelsToTensor(Uint8Array.from([100, 150, 200]), 1, 1, plan);
     expect([...t.data]).toEqual([(200 - 10) / 2, (150 - 20) / 4, (100 - 30) / 5]);
-    const nhwc = planInput(parseModelConfig({ preprocessing: { dimensionOrder: 'NHWC', pixelScaling: 1 } }), [{ name: 'x', dtype: 'float32', shape: [1, 1, 2, 3], layout: null }]);
+    const nhwc = planInput(parseModelConfig({ preprocessing: { dimensionOrder: 'NHWC', pixelScaling: 1 } }), [
+      { name: 'x', dtype: 'float32', shape: [1, 1, 2, 3], layout: null },
+    ]);
     expect([...pixelsToTensor(Uint8Array.from([255, 0, 0, 0, 255, 0]), 2, 1, nhwc).data]).toEqual([1, 0, 0, 0, 1, 0]);
   });
 
   it('refuses images whose header claims too many pixels, before decoding', async () => {
-    const big = await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#000' } }).jpeg().toBuffer();
+    const big = await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#000' } })
+      .jpeg()
+      .toBuffer();
     await expect(probeImage(big, 1_000_000)).rejects.toMatchObject({ code: 'IMAGE_TOO_LARGE' });
     await expect(probeImage(Uint8Array.from([0xff, 0xd8, 0xff, 0x00, 1, 2]), 1e6)).rejects.toMatchObject({ code: 'INVALID_IMAGE' });
   });
@@ -150,18 +222,40 @@ describe('segmentation postprocessing', () => {
     expect([...one.ids]).toEqual([0, 1, 1, 0, 1, 1]);
     const multi = toClassMap({ s: f32([1, 3, 1, 2], [0, 9, 1, 0, 2, 5]) }, { ...cfg, activation: 'none' }, 'NCHW');
     expect([...multi.ids]).toEqual([2, 0]);
-    const rs = regions({ width: 5, height: 3, ids: Uint16Array.from([1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 2, 2, 0, 0, 0]) }, identity(5, 3), labelsFromList(['bg', 'a', 'b']), 1);
-    expect(rs.map((r) => [r.label, r.pixels])).toEqual([['a', 2], ['a', 2], ['b', 2]]);
+    const rs = regions(
+      { width: 5, height: 3, ids: Uint16Array.from([1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 2, 2, 0, 0, 0]) },
+      identity(5, 3),
+      labelsFromList(['bg', 'a', 'b']),
+      1,
+    );
+    expect(rs.map((r) => [r.label, r.pixels])).toEqual([
+      ['a', 2],
+      ['a', 2],
+      ['b', 2],
+    ]);
   });
 });
 
 describe('labels', () => {
   it('reads .txt, JSON arrays and objects, and TensorFlow .pbtxt label maps', () => {
-    expect([...parseLabelsTxt('cat\ndog\r\nhot dog\n\n').entries()]).toEqual([[0, 'cat'], [1, 'dog'], [2, 'hot dog']]);
-    expect([...parseLabelsJson('["a","b"]').entries()]).toEqual([[0, 'a'], [1, 'b']]);
-    expect([...parseLabelsJson('{"1":"person","3":"car"}').entries()]).toEqual([[1, 'person'], [3, 'car']]);
+    expect([...parseLabelsTxt('cat\ndog\r\nhot dog\n\n').entries()]).toEqual([
+      [0, 'cat'],
+      [1, 'dog'],
+      [2, 'hot dog'],
+    ]);
+    expect([...parseLabelsJson('["a","b"]').entries()]).toEqual([
+      [0, 'a'],
+      [1, 'b'],
+    ]);
+    expect([...parseLabelsJson('{"1":"person","3":"car"}').entries()]).toEqual([
+      [1, 'person'],
+      [3, 'car'],
+    ]);
     const pbtxt = `item {\n  name: "/m/01g317"\n  id: 1\n  display_name: "person"\n}\nitem { id: 2 name: "bicycle" }\n`;
-    expect([...parseLabelsPbtxt(pbtxt).entries()]).toEqual([[1, 'person'], [2, 'bicycle']]);
+    expect([...parseLabelsPbtxt(pbtxt).entries()]).toEqual([
+      [1, 'person'],
+      [2, 'bicycle'],
+    ]);
     expect(parseLabelsFile('x.pbtxt', pbtxt).get(2)).toBe('bicycle');
     expect(() => parseLabelsJson('{"a": 1}')).toThrow(/id/);
     expect(() => parseLabelsPbtxt('item { name: "x" }')).toThrow(/no id/);
@@ -180,7 +274,11 @@ describe('labels', () => {
       "item < id: 2 display_name: 'bi\\'cycle' >",
       'item { id: 3, display_name: "a } brace" }',
     ].join('\n');
-    expect([...parseLabelsPbtxt(pbtxt).entries()]).toEqual([[1, 'person'], [2, "bi'cycle"], [3, 'a } brace']]);
+    expect([...parseLabelsPbtxt(pbtxt).entries()]).toEqual([
+      [1, 'person'],
+      [2, "bi'cycle"],
+      [3, 'a } brace'],
+    ]);
     expect(() => parseLabelsPbtxt('item { id: 1 display_name: "unterminated }')).toThrow(/INVALID|unterminated/i);
   });
 
@@ -201,7 +299,9 @@ describe('labels', () => {
     const claim = new Uint8Array(10 + hugePadded.length + 12);
     claim.set([0x93, ...Buffer.from('NUMPY'), 1, 0, hugePadded.length, 0]);
     claim.set(Buffer.from(hugePadded), 10);
-    expect(() => parseNpy(claim)).toThrow(expect.objectContaining({ code: 'INVALID_MODEL_CONFIG', message: expect.stringMatching(/truncated|holds/) }));
+    expect(() => parseNpy(claim)).toThrow(
+      expect.objectContaining({ code: 'INVALID_MODEL_CONFIG', message: expect.stringMatching(/truncated|holds/) }),
+    );
   });
 });
 
@@ -233,7 +333,7 @@ describe('model.json validation names the field', () => {
 describe('top classes', () => {
   it('matches a full sort, ties keep the lower class id first', async () => {
     const { topClasses } = await import('../src/vision/classification.ts');
-    const scores = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i * 12.9898) * 43758.5453 % 1);
+    const scores = Float32Array.from({ length: 1000 }, (_, i) => (Math.sin(i * 12.9898) * 43758.5453) % 1);
     const sorted = Array.from(scores.keys()).sort((a, b) => scores[b] - scores[a] || a - b);
     expect(topClasses(scores, 5)).toEqual(sorted.slice(0, 5));
     expect(topClasses(Float32Array.from([0.2, 0.5, 0.5, 0.1]), 3)).toEqual([1, 2, 0]);
@@ -242,29 +342,44 @@ describe('top classes', () => {
 });
 
 describe('decoding only does what the header asks for', () => {
-  const rgbPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x8', resizeType: 'SQUASH' } }), [{ name: 'x', dtype: 'float32', shape: [1, 3, 8, 4], layout: null }]);
+  const rgbPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x8', resizeType: 'SQUASH' } }), [
+    { name: 'x', dtype: 'float32', shape: [1, 3, 8, 4], layout: null },
+  ]);
   it('applies EXIF orientation', async () => {
     // stored 40x20, white on the left; orientation 6 shows it turned 90 degrees clockwise: 20x40, white on top
-    const white = await sharp({ create: { width: 20, height: 20, channels: 3, background: '#fff' } }).png().toBuffer();
-    const stored = await sharp({ create: { width: 40, height: 20, channels: 3, background: '#000' } }).composite([{ input: white, left: 0, top: 0 }]).jpeg().withMetadata({ orientation: 6 }).toBuffer();
+    const white = await sharp({ create: { width: 20, height: 20, channels: 3, background: '#fff' } })
+      .png()
+      .toBuffer();
+    const stored = await sharp({ create: { width: 40, height: 20, channels: 3, background: '#000' } })
+      .composite([{ input: white, left: 0, top: 0 }])
+      .jpeg()
+      .withMetadata({ orientation: 6 })
+      .toBuffer();
     const img = await probeImage(stored, 1e6);
     expect([img.width, img.height, img.needsRotate]).toEqual([20, 40, true]);
     const { pixels, transform } = await resizeImage(img, rgbPlan, 1e6);
     expect([transform.inputWidth, transform.inputHeight]).toEqual([4, 8]);
     expect(pixels[0]).toBeGreaterThan(200); // top row white
-    expect(pixels[(7 * 4) * 3]).toBeLessThan(50); // bottom row black
+    expect(pixels[7 * 4 * 3]).toBeLessThan(50); // bottom row black
   });
 
   it('expands grey (with alpha) to three channels, and turns colour grey for an L model', async () => {
-    const greyAlpha = await sharp(Buffer.alloc(8 * 8 * 2, 90).fill(255, 64), { raw: { width: 8, height: 8, channels: 2 } }).toColourspace('b-w').png().toBuffer();
+    const greyAlpha = await sharp(Buffer.alloc(8 * 8 * 2, 90).fill(255, 64), { raw: { width: 8, height: 8, channels: 2 } })
+      .toColourspace('b-w')
+      .png()
+      .toBuffer();
     expect((await sharp(greyAlpha).metadata()).channels).toBe(2);
     const img = await probeImage(greyAlpha, 1e6);
     expect(img.isGrey).toBe(true);
     const { pixels } = await resizeImage(img, rgbPlan, 1e6);
     expect(pixels.length).toBe(4 * 8 * 3);
     expect(Math.abs(pixels[0] - pixels[1]) + Math.abs(pixels[1] - pixels[2])).toBeLessThanOrEqual(1);
-    const greyPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x4', colorChannels: 'L' } }), [{ name: 'x', dtype: 'float32', shape: [1, 1, 4, 4], layout: null }]);
-    const red = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#ff0000' } }).png().toBuffer();
+    const greyPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x4', colorChannels: 'L' } }), [
+      { name: 'x', dtype: 'float32', shape: [1, 1, 4, 4], layout: null },
+    ]);
+    const red = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#ff0000' } })
+      .png()
+      .toBuffer();
     const g = await resizeImage(await probeImage(red, 1e6), greyPlan, 1e6);
     expect(g.pixels.length).toBe(16);
     expect(g.pixels[0]).toBeGreaterThan(40);

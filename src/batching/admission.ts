@@ -22,7 +22,8 @@ export class Admissions {
     /** Called whenever the counts change (metrics, and the batcher's "nobody else is coming" check). */
     private readonly onChange: (admissions: Admissions, reason: 'admitted' | 'queued' | 'released-early' | 'released') => void = () => {},
   ) {
-    if (!Number.isInteger(maxQueueSize) || maxQueueSize < 1) throw new TypeError(`maxQueueSize must be an integer >= 1, got ${maxQueueSize}`);
+    if (!Number.isInteger(maxQueueSize) || maxQueueSize < 1)
+      throw new TypeError(`maxQueueSize must be an integer >= 1, got ${maxQueueSize}`);
   }
 
   /** Requests admitted and not yet answered. */
@@ -38,7 +39,10 @@ export class Admissions {
   /** Admit one request (before its preprocessing). Throws QUEUE_FULL at the bound. */
   admit(): Ticket {
     if (this.admitted >= this.maxQueueSize) {
-      throw new GatewayError(ErrorCode.QUEUE_FULL, `queue full: ${this.admitted} requests already admitted (maxQueueSize ${this.maxQueueSize})`);
+      throw new GatewayError(
+        ErrorCode.QUEUE_FULL,
+        `queue full: ${this.admitted} requests already admitted (maxQueueSize ${this.maxQueueSize})`,
+      );
     }
     this.admitted++;
     this.preparing++;

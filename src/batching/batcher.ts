@@ -20,7 +20,8 @@ export interface BatcherOptions {
 /** Checks options early with messages that say what to fix (as dataloader does). */
 export function validateBatcherOptions(o: BatcherOptions): BatcherOptions {
   const intAtLeast = (name: keyof BatcherOptions, min: number) => {
-    if (!Number.isInteger(o[name]) || o[name] < min) throw new TypeError(`batcher option ${name} must be an integer >= ${min}, got ${o[name]}`);
+    if (!Number.isInteger(o[name]) || o[name] < min)
+      throw new TypeError(`batcher option ${name} must be an integer >= ${min}, got ${o[name]}`);
   };
   intAtLeast('maxBatchSize', 1);
   intAtLeast('maxConcurrentBatches', 1);
@@ -74,7 +75,10 @@ export function splitBatch(outputs: Feeds, n: number): Feeds[] {
 class Semaphore {
   private running = 0;
   private readonly waiting: (() => void)[] = [];
-  constructor(private readonly n: number, private readonly onFree: () => void) {}
+  constructor(
+    private readonly n: number,
+    private readonly onFree: () => void,
+  ) {}
   get free(): boolean {
     return this.running < this.n;
   }
@@ -197,7 +201,10 @@ export class Batcher {
         const waited = start - items[i].enqueuedAt;
         this.hooks.stats?.recordQueue(waited * 1000);
         if (timeout > 0 && waited > timeout) {
-          results[i] = new GatewayError(ErrorCode.DEADLINE_EXCEEDED, `waited ${Math.round(waited)} ms for the engine (timeout ${timeout} ms)`);
+          results[i] = new GatewayError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            `waited ${Math.round(waited)} ms for the engine (timeout ${timeout} ms)`,
+          );
         } else live.push(i);
       }
       if (live.length > 0) await this.runLive(items, live, results);

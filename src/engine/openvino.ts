@@ -9,13 +9,31 @@ const DTYPES_CARRIED: readonly DType[] = ['float32', 'float16', 'int64', 'int32'
  * createOpenVinoEngine() rejects with a clear message when the addon cannot be loaded.
  */
 const toOv: Record<DType, string> = {
-  float32: 'f32', float16: 'f16', int64: 'i64', int32: 'i32', int8: 'i8', uint8: 'u8', bool: 'u8',
+  float32: 'f32',
+  float16: 'f16',
+  int64: 'i64',
+  int32: 'i32',
+  int8: 'i8',
+  uint8: 'u8',
+  bool: 'u8',
 };
-const fromOv: Record<string, DType> = { f32: 'float32', f16: 'float16', i64: 'int64', i32: 'int32', i8: 'int8', u8: 'uint8', boolean: 'bool' };
+const fromOv: Record<string, DType> = {
+  f32: 'float32',
+  f16: 'float16',
+  i64: 'int64',
+  i32: 'int32',
+  i8: 'int8',
+  u8: 'uint8',
+  boolean: 'bool',
+};
 
 function parseShape(text: string): (number | null)[] {
   // PartialShape prints like "[?,3,224,224]" or "[1..8,3,224,224]"
-  return text.replace(/[[\]\s]/g, '').split(',').filter(Boolean).map((d) => (/^\d+$/.test(d) ? Number(d) : null));
+  return text
+    .replace(/[[\]\s]/g, '')
+    .split(',')
+    .filter(Boolean)
+    .map((d) => (/^\d+$/.test(d) ? Number(d) : null));
 }
 
 export async function createOpenVinoEngine(device = 'CPU'): Promise<Engine> {

@@ -55,7 +55,13 @@ export interface Engine {
 }
 
 export const bytesPerElement: Record<DType, number> = {
-  float32: 4, float16: 2, int64: 8, int32: 4, int8: 1, uint8: 1, bool: 1,
+  float32: 4,
+  float16: 2,
+  int64: 8,
+  int32: 4,
+  int8: 1,
+  uint8: 1,
+  bool: 1,
 };
 
 export function elementCount(shape: readonly number[]): number {
@@ -67,12 +73,19 @@ export function elementCount(shape: readonly number[]): number {
 /** Allocate a zeroed typed array for a dtype. */
 export function allocate(dtype: DType, length: number): TensorData {
   switch (dtype) {
-    case 'float32': return new Float32Array(length);
-    case 'float16': return new Uint16Array(length);
-    case 'int64': return new BigInt64Array(length);
-    case 'int32': return new Int32Array(length);
-    case 'int8': return new Int8Array(length);
-    case 'uint8': case 'bool': return new Uint8Array(length);
+    case 'float32':
+      return new Float32Array(length);
+    case 'float16':
+      return new Uint16Array(length);
+    case 'int64':
+      return new BigInt64Array(length);
+    case 'int32':
+      return new Int32Array(length);
+    case 'int8':
+      return new Int8Array(length);
+    case 'uint8':
+    case 'bool':
+      return new Uint8Array(length);
   }
 }
 
@@ -83,12 +96,19 @@ export function fromBytes(dtype: DType, bytes: Uint8Array): TensorData {
   const { buffer, byteOffset, byteLength } = aligned;
   const n = byteLength / size;
   switch (dtype) {
-    case 'float32': return new Float32Array(buffer, byteOffset, n);
-    case 'float16': return new Uint16Array(buffer, byteOffset, n);
-    case 'int64': return new BigInt64Array(buffer, byteOffset, n);
-    case 'int32': return new Int32Array(buffer, byteOffset, n);
-    case 'int8': return new Int8Array(buffer, byteOffset, n);
-    case 'uint8': case 'bool': return new Uint8Array(buffer, byteOffset, n);
+    case 'float32':
+      return new Float32Array(buffer, byteOffset, n);
+    case 'float16':
+      return new Uint16Array(buffer, byteOffset, n);
+    case 'int64':
+      return new BigInt64Array(buffer, byteOffset, n);
+    case 'int32':
+      return new Int32Array(buffer, byteOffset, n);
+    case 'int8':
+      return new Int8Array(buffer, byteOffset, n);
+    case 'uint8':
+    case 'bool':
+      return new Uint8Array(buffer, byteOffset, n);
   }
 }
 

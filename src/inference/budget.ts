@@ -10,7 +10,8 @@ export class RequestBudget {
 
   /** Take n images, or LIMIT_EXCEEDED (nothing taken) when they would go past the limit. */
   takeImages(n = 1): void {
-    if (this.images + n > this.maxImages) throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${this.maxImages} images or inferences in one request`);
+    if (this.images + n > this.maxImages)
+      throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${this.maxImages} images or inferences in one request`);
     this.images += n;
   }
 }

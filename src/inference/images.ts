@@ -22,7 +22,8 @@ const BASE64_RE = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
 /** The source of an ImageInput (the choice is checked now, the bytes are read later). */
 export function imageSource(image: ImageInput, limits: ImageReadLimits): ImageSource {
   const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
-  if (given !== 1) return () => Promise.reject(new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path'));
+  if (given !== 1)
+    return () => Promise.reject(new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path'));
   return () => readImage(image, limits);
 }
 
@@ -36,6 +37,7 @@ async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Ui
   const real = await resolveUnderRoots(image.path!, limits.imageRoots, 'image path');
   const st = await stat(real);
   if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
-  if (st.size > limits.maxImageBytes) throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
+  if (st.size > limits.maxImageBytes)
+    throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
   return new Uint8Array(await readFile(real));
 }

@@ -20,11 +20,33 @@ export interface InferenceLimits {
   maxImagePixels: number;
 }
 
-export interface ClassifyOptions { topK?: number | null; minConfidence?: number | null }
-export interface DetectOptions { minConfidence?: number | null; iouThreshold?: number | null; maxDetections?: number | null }
-export interface DetectionResult { image: DecodedImage; objects: DetectedObject[] }
-export interface SegmentationRun { image: DecodedImage; transform: ImageTransform; map: ClassMap; model: Model }
-export interface ImageRun { model: Model; version: ModelVersion; image: DecodedImage; transform: ImageTransform; plan: InputPlan; outputs: Feeds }
+export interface ClassifyOptions {
+  topK?: number | null;
+  minConfidence?: number | null;
+}
+export interface DetectOptions {
+  minConfidence?: number | null;
+  iouThreshold?: number | null;
+  maxDetections?: number | null;
+}
+export interface DetectionResult {
+  image: DecodedImage;
+  objects: DetectedObject[];
+}
+export interface SegmentationRun {
+  image: DecodedImage;
+  transform: ImageTransform;
+  map: ClassMap;
+  model: Model;
+}
+export interface ImageRun {
+  model: Model;
+  version: ModelVersion;
+  image: DecodedImage;
+  transform: ImageTransform;
+  plan: InputPlan;
+  outputs: Feeds;
+}
 
 const plans = new WeakMap<Session, InputPlan>();
 
@@ -53,7 +75,12 @@ export class InferenceService {
   ) {}
 
   /** Classify images (one promise per image, see runImages). */
-  classify(name: string, version: number | null | undefined, sources: readonly ImageSource[], opts: ClassifyOptions = {}): Promise<Prediction[]>[] {
+  classify(
+    name: string,
+    version: number | null | undefined,
+    sources: readonly ImageSource[],
+    opts: ClassifyOptions = {},
+  ): Promise<Prediction[]>[] {
     const topK = opts.topK ?? 5;
     const minConfidence = opts.minConfidence ?? 0;
     if (!Number.isInteger(topK) || topK < 1 || topK > 1000) throw bad('topK must be 1..1000');
@@ -64,13 +91,19 @@ export class InferenceService {
   }
 
   /** Detect objects in images (one promise per image, see runImages). */
-  detect(name: string, version: number | null | undefined, sources: readonly ImageSource[], opts: DetectOptions = {}): Promise<DetectionResult>[] {
+  detect(
+    name: string,
+    version: number | null | undefined,
+    sources: readonly ImageSource[],
+    opts: DetectOptions = {},
+  ): Promise<DetectionResult>[] {
     const inRange = (v: number | null | undefined, what: string) => {
       if (v !== undefined && v !== null && !(v >= 0 && v <= 1)) throw bad(`${what} must be 0..1`);
     };
     inRange(opts.minConfidence, 'minConfidence');
     inRange(opts.iouThreshold, 'iouThreshold');
-    if (opts.maxDetections !== undefined && opts.maxDetections !== null && !(opts.maxDetections >= 1 && opts.maxDetections <= 10_000)) throw bad('maxDetections must be 1..10000');
+    if (opts.maxDetections !== undefined && opts.maxDetections !== null && !(opts.maxDetections >= 1 && opts.maxDetections <= 10_000))
+      throw bad('maxDetections must be 1..10000');
     return this.runImages('detection', name, version, sources).map(async (r) => {
       const run = await r;
       const cfg = run.model.config.detection;
@@ -87,12 +120,22 @@ export class InferenceService {
   segment(name: string, version: number | null | undefined, sources: readonly ImageSource[]): Promise<SegmentationRun>[] {
     return this.runImages('segmentation', name, version, sources).map(async (r) => {
       const run = await r;
-      return { image: run.image, transform: run.transform, map: toClassMap(run.outputs, run.model.config.segmentation, run.plan.layout), model: run.model };
+      return {
+        image: run.image,
+        transform: run.transform,
+        map: toClassMap(run.outputs, run.model.config.segmentation, run.plan.layout),
+        model: run.model,
+      };
     });
   }
 
   /** Raw tensors in, raw tensors out (only the outputs asked for; all when none are named), batched like images. */
-  async infer(name: string, versionNo: number | null | undefined, inputs: readonly TensorInput[], outputNames?: readonly string[] | null): Promise<Record<string, Tensor>> {
+  async infer(
+    name: string,
+    versionNo: number | null | undefined,
+    inputs: readonly TensorInput[],
+    outputNames?: readonly string[] | null,
+  ): Promise<Record<string, Tensor>> {
     const { version } = this.models.resolve(name, versionNo);
     const feeds = tensorFeeds(name, version.inputs, inputs);
     const wanted = selectOutputs(name, version.outputs, outputNames);

@@ -29,13 +29,20 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
     if (!DTYPES.includes(dtype)) throw bad(`dtype ${input.dtype} is not one of ${DTYPES.map((d) => d.toUpperCase()).join(', ')}`);
     if (dtype !== info.dtype) throw bad(`input ${input.name} is ${info.dtype.toUpperCase()}, got ${input.dtype}`);
     const shape = [...input.shape];
-    if (shape.length !== info.shape.length || shape.some((d, i) => !Number.isInteger(d) || d < 0 || (info.shape[i] !== null && info.shape[i] !== d))) {
+    if (
+      shape.length !== info.shape.length ||
+      shape.some((d, i) => !Number.isInteger(d) || d < 0 || (info.shape[i] !== null && info.shape[i] !== d))
+    ) {
       throw bad(`input ${input.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${shape.join(',')}]`);
     }
-    if (shape[0] !== 1 && shape.length > 0) throw bad(`input ${input.name}: send one item (batch dimension 1) per tensor; the gateway batches requests itself`);
+    if (shape[0] !== 1 && shape.length > 0)
+      throw bad(`input ${input.name}: send one item (batch dimension 1) per tensor; the gateway batches requests itself`);
     const expected = elementCount(shape) * bytesPerElement[dtype];
     if (expected > MAX_TENSOR_BYTES) throw bad(`input ${input.name} would be ${expected} bytes`);
-    if (input.data.length !== expected) throw bad(`input ${input.name}: ${input.data.length} bytes of data for shape [${shape.join(',')}] ${dtype.toUpperCase()} (expected ${expected})`);
+    if (input.data.length !== expected)
+      throw bad(
+        `input ${input.name}: ${input.data.length} bytes of data for shape [${shape.join(',')}] ${dtype.toUpperCase()} (expected ${expected})`,
+      );
     feeds[input.name] = { dtype, shape, data: fromBytes(dtype, input.data) };
   }
   for (const info of infos) if (!feeds[info.name]) throw bad(`input ${info.name} is missing`);
@@ -45,6 +52,7 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
 /** The outputs asked for (all when none are named), or INVALID_INPUT naming an unknown one. */
 export function selectOutputs(model: string, infos: readonly TensorInfo[], names: readonly string[] | null | undefined): string[] {
   const known = infos.map((o) => o.name);
-  for (const o of names ?? []) if (!known.includes(o)) throw bad(`model ${model} has no output ${JSON.stringify(o)} (outputs: ${known.join(', ')})`);
+  for (const o of names ?? [])
+    if (!known.includes(o)) throw bad(`model ${model} has no output ${JSON.stringify(o)} (outputs: ${known.join(', ')})`);
   return names?.length ? [...names] : known;
 }

@@ -26,7 +26,9 @@ export function parseLabelsTxt(text: string): Labels {
 }
 
 type PbValue = string | number | PbMessage;
-interface PbMessage { fields: [string, PbValue][] }
+interface PbMessage {
+  fields: [string, PbValue][];
+}
 
 /**
  * A reader for the protobuf text format, enough for label maps: fields `name: value` or `name { ... }` / `name < ... >`,
@@ -112,7 +114,8 @@ export function parseLabelsPbtxt(text: string, source = 'labels.pbtxt'): Labels 
     if (field !== 'item' || typeof item !== 'object') continue;
     const get = (name: string) => item.fields.find(([f]) => f === name)?.[1];
     const id = get('id');
-    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw invalid(source, `an item has no id (or a bad one): ${JSON.stringify(item.fields.slice(0, 3))}`);
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0)
+      throw invalid(source, `an item has no id (or a bad one): ${JSON.stringify(item.fields.slice(0, 3))}`);
     const label = get('display_name') ?? get('name');
     if (typeof label !== 'string') throw invalid(source, `item ${id} has neither display_name nor name`);
     m.set(id, label);
@@ -158,7 +161,11 @@ export function parseNpy(bytes: Uint8Array, source = 'mean.npy'): { shape: numbe
   const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
   if (!descr || shapeText === undefined) throw bad('unreadable header');
   if (fortran) throw bad('fortran order is not supported');
-  const shape = shapeText.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+  const shape = shapeText
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
   if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(`bad shape (${shapeText})`);
   const size = descr === '<f4' ? 4 : descr === '<f8' ? 8 : 0;
   if (!size) throw bad(`dtype ${descr} is not supported (use <f4 or <f8)`);
@@ -167,6 +174,7 @@ export function parseNpy(bytes: Uint8Array, source = 'mean.npy'): { shape: numbe
   // check the length the header claims against the bytes there are before allocating anything
   if (body < n * size) throw bad(`truncated data: the header claims ${n} values, the file holds ${Math.floor(body / size)}`);
   const data = new Float32Array(n);
-  for (let i = 0; i < n; i++) data[i] = size === 4 ? view.getFloat32(start + headerLen + i * 4, true) : view.getFloat64(start + headerLen + i * 8, true);
+  for (let i = 0; i < n; i++)
+    data[i] = size === 4 ? view.getFloat32(start + headerLen + i * 4, true) : view.getFloat64(start + headerLen + i * 8, true);
   return { shape, data };
 }

@@ -100,7 +100,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     }
     const v = model.versions.get(version);
     if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
-    if (v.state !== 'AVAILABLE') throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} version ${version} is ${v.state}`, { state: v.state });
+    if (v.state !== 'AVAILABLE')
+      throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} version ${version} is ${v.state}`, { state: v.state });
     return { model, version: v };
   }
 
@@ -185,7 +186,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       if (wanted.includes(mv.version)) continue;
       const keep = wanted.length > 0 && !replacementUp && mv.state === 'AVAILABLE' && onDisk.includes(mv.version);
       if (keep) {
-        if (!mv.notes.keptServing) this.logger.warn({ model: model.name, version: mv.version, wanted }, 'keeping the previous version until its replacement loads');
+        if (!mv.notes.keptServing)
+          this.logger.warn({ model: model.name, version: mv.version, wanted }, 'keeping the previous version until its replacement loads');
         mv.notes = { ...mv.notes, keptServing: true };
       } else unloads.push(mv.unload());
     }
@@ -205,7 +207,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
    * written into the repository as a new version. Resolves once the version is AVAILABLE or has failed.
    */
   async load(name: string, opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown } = {}): Promise<Model> {
-    if (!MODEL_NAME_RE.test(name)) throw new GatewayError(ErrorCode.INVALID_INPUT, `invalid model name ${JSON.stringify(name)}: use letters, digits, '_', '.', '-'`);
+    if (!MODEL_NAME_RE.test(name))
+      throw new GatewayError(ErrorCode.INVALID_INPUT, `invalid model name ${JSON.stringify(name)}: use letters, digits, '_', '.', '-'`);
     if (opts.path && opts.files?.length) throw new GatewayError(ErrorCode.INVALID_INPUT, 'give path or files, not both');
     if (opts.config !== undefined && opts.config !== null) parseModelConfig(opts.config, 'config'); // validate early
     if (opts.files?.length) return this.loadFromFiles(name, opts.files, opts.config);
@@ -245,17 +248,25 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       file = real;
     } else if (!(await readdir(real)).some((n) => /^[1-9]\d*$/.test(n))) {
       file = await modelFileIn(real, this.engine.modelFiles);
-      if (!file) throw new GatewayError(ErrorCode.INVALID_INPUT, `model path ${JSON.stringify(requested)} holds no version folders and no ${this.engine.modelFiles.join(' or ')}`);
+      if (!file)
+        throw new GatewayError(
+          ErrorCode.INVALID_INPUT,
+          `model path ${JSON.stringify(requested)} holds no version folders and no ${this.engine.modelFiles.join(' or ')}`,
+        );
     }
     const same = existing && existing.dir === dir && existing.file === file;
     if (existing && !same && (existing.servingVersion() || existing.source === 'repository')) {
-      throw new GatewayError(ErrorCode.INVALID_INPUT, `a model named ${name} is already served from elsewhere; unload it or choose another name`);
+      throw new GatewayError(
+        ErrorCode.INVALID_INPUT,
+        `a model named ${name} is already served from elsewhere; unload it or choose another name`,
+      );
     }
     const model = same ? existing : new Model(name, dir, 'path', file);
     this.byName.set(name, model);
     await model.exclusive(async () => {
       if (model !== existing || model.disabled) await this.reread(model);
-      if (config !== undefined && config !== null) model.setFiles({ config: parseModelConfig(config, `${model.name} config`), labels: model.labels, mean: model.mean });
+      if (config !== undefined && config !== null)
+        model.setFiles({ config: parseModelConfig(config, `${model.name} config`), labels: model.labels, mean: model.mean });
       await this.enable(model, false);
     });
     return model;
@@ -263,7 +274,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
 
   private async loadFromFiles(name: string, files: UploadedFile[], config: unknown): Promise<Model> {
     const existing = this.byName.get(name);
-    if (existing && existing.source !== 'repository') throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${name} is served from a path; choose another name for uploads`);
+    if (existing && existing.source !== 'repository')
+      throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${name} is served from a path; choose another name for uploads`);
     const plan = planUpload(files, config);
     if (!plan.modelFile && !existing) throw new GatewayError(ErrorCode.INVALID_INPUT, 'no model file among the uploads');
     const model = existing ?? new Model(name, path.join(this.root, name), 'repository');
@@ -297,7 +309,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
   /** updateModel: only description and metadata; persisted to model.json when the model lives in the repository. */
   async update(name: string, changes: { description?: string | null; metadata?: unknown }): Promise<Model> {
     const model = this.require(name);
-    if (changes.metadata !== undefined && changes.metadata !== null && (typeof changes.metadata !== 'object' || Array.isArray(changes.metadata))) {
+    if (
+      changes.metadata !== undefined &&
+      changes.metadata !== null &&
+      (typeof changes.metadata !== 'object' || Array.isArray(changes.metadata))
+    ) {
       throw new GatewayError(ErrorCode.INVALID_INPUT, 'metadata must be a JSON object');
     }
     await model.exclusive(async () => {
@@ -321,4 +337,3 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     await Promise.all(this.models().map((m) => m.exclusive(() => Promise.all([...m.versions.values()].map((v) => v.unload())))));
   }
 }
-

@@ -42,7 +42,12 @@ export interface PreprocessingConfig {
 
 export type DetectionFormat = 'boxes_scores' | 'ssd' | 'tf' | 'yolox' | 'anchors';
 
-export interface AnchorLayer { scores: string; boxes: string; grid: number; anchorsPerCell: number }
+export interface AnchorLayer {
+  scores: string;
+  boxes: string;
+  grid: number;
+  anchorsPerCell: number;
+}
 
 export interface DetectionConfig {
   format: DetectionFormat;
@@ -69,8 +74,16 @@ export interface DetectionConfig {
   boxScale?: number;
 }
 
-export interface ClassificationConfig { output?: string; activation: Activation }
-export interface SegmentationConfig { output?: string; activation: Activation; threshold: number; layout?: 'NCHW' | 'NHWC' }
+export interface ClassificationConfig {
+  output?: string;
+  activation: Activation;
+}
+export interface SegmentationConfig {
+  output?: string;
+  activation: Activation;
+  threshold: number;
+  layout?: 'NCHW' | 'NHWC';
+}
 
 export interface ModelConfig {
   task: Task;
@@ -88,7 +101,11 @@ export interface ModelConfig {
 export const TASKS: readonly Task[] = ['classification', 'detection', 'segmentation', 'raw'];
 
 export const defaultBatching: BatchingConfig = {
-  maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256, maxConcurrentBatches: 1, timeoutMs: 30_000,
+  maxBatchSize: 16,
+  maxDelayMs: 2,
+  maxQueueSize: 256,
+  maxConcurrentBatches: 1,
+  timeoutMs: 30_000,
 };
 
 class Reader {
@@ -110,7 +127,8 @@ class Reader {
   oneOf<T extends string>(v: unknown, field: string, values: readonly T[]): T | undefined;
   oneOf<T extends string>(v: unknown, field: string, values: readonly T[], fallback?: T): T | undefined {
     if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'string' || !values.includes(v as T)) this.fail(field, `expected one of ${values.join(', ')}, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string' || !values.includes(v as T))
+      this.fail(field, `expected one of ${values.join(', ')}, got ${JSON.stringify(v)}`);
     return v as T;
   }
   number(v: unknown, field: string, fallback: number, opts: { min?: number; max?: number; integer?: boolean } = {}): number {
@@ -123,8 +141,7 @@ class Reader {
   }
   numbers(v: unknown, field: string, length?: number): number[] | undefined {
     if (v === undefined || v === null) return undefined;
-    if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isFinite(x)))
-      this.fail(field, 'expected an array of numbers');
+    if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isFinite(x))) this.fail(field, 'expected an array of numbers');
     if (length !== undefined && v.length !== length) this.fail(field, `expected ${length} numbers, got ${v.length}`);
     return v as number[];
   }
@@ -183,7 +200,11 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
   const batching: BatchingConfig = {
     maxBatchSize: r.number(b.maxBatchSize, 'batching.maxBatchSize', defaultBatching.maxBatchSize, { min: 1, max: 1024, integer: true }),
     maxDelayMs: r.number(b.maxDelayMs, 'batching.maxDelayMs', defaultBatching.maxDelayMs, { min: 0, max: 10_000 }),
-    maxQueueSize: r.number(b.maxQueueSize, 'batching.maxQueueSize', defaultBatching.maxQueueSize, { min: 1, max: 1_000_000, integer: true }),
+    maxQueueSize: r.number(b.maxQueueSize, 'batching.maxQueueSize', defaultBatching.maxQueueSize, {
+      min: 1,
+      max: 1_000_000,
+      integer: true,
+    }),
     maxConcurrentBatches: r.number(b.maxConcurrentBatches, 'batching.maxConcurrentBatches', 1, { min: 1, max: 64, integer: true }),
     timeoutMs: r.number(b.timeoutMs, 'batching.timeoutMs', defaultBatching.timeoutMs, { min: 0, max: 3_600_000 }),
   };
@@ -239,13 +260,21 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
     maxDetections: r.number(post.maxDetections, 'postprocessing.maxDetections', 100, { min: 1, max: 10_000, integer: true }),
     boxes: r.string(post.boxes, 'postprocessing.boxes'),
     scores: r.string(post.scores, 'postprocessing.scores'),
-    backgroundClass: post.backgroundClass === undefined ? undefined : r.number(post.backgroundClass, 'postprocessing.backgroundClass', 0, { min: 0, integer: true }),
+    backgroundClass:
+      post.backgroundClass === undefined
+        ? undefined
+        : r.number(post.backgroundClass, 'postprocessing.backgroundClass', 0, { min: 0, integer: true }),
     output: r.string(post.output, 'postprocessing.output'),
     classes: r.string(post.classes, 'postprocessing.classes'),
     numDetections: r.string(post.numDetections, 'postprocessing.numDetections'),
     labelOffset: r.number(post.labelOffset, 'postprocessing.labelOffset', 0, { integer: true }),
     strides: r.numbers(post.strides, 'postprocessing.strides') ?? [8, 16, 32],
-    activation: r.oneOf(post.activation, 'postprocessing.activation', activations, task === 'detection' && post.format === 'anchors' ? 'sigmoid' : 'none'),
+    activation: r.oneOf(
+      post.activation,
+      'postprocessing.activation',
+      activations,
+      task === 'detection' && post.format === 'anchors' ? 'sigmoid' : 'none',
+    ),
     boxScale: post.boxScale === undefined ? undefined : r.number(post.boxScale, 'postprocessing.boxScale', 1, { min: 1e-6 }),
   };
   if (detection.strides.some((s) => !Number.isInteger(s) || s < 1)) r.fail('postprocessing.strides', 'expected positive integers');
@@ -258,7 +287,8 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
       const boxes = r.string(lo.boxes, `${f}.boxes`);
       if (!scores || !boxes) r.fail(f, 'needs scores and boxes output names');
       return {
-        scores, boxes,
+        scores,
+        boxes,
         grid: r.number(lo.grid, `${f}.grid`, 0, { min: 1, integer: true }),
         anchorsPerCell: r.number(lo.anchorsPerCell, `${f}.anchorsPerCell`, 1, { min: 1, integer: true }),
       };
@@ -266,7 +296,7 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
   }
   if (task === 'detection') {
     if (detection.format === 'anchors' && !detection.layers) r.fail('postprocessing.layers', 'the anchors format needs layers');
-    if (detection.format === 'boxes_scores' && (!detection.boxes) !== (!detection.scores))
+    if (detection.format === 'boxes_scores' && !detection.boxes !== !detection.scores)
       r.fail('postprocessing.boxes', 'give both boxes and scores output names, or neither');
   }
   if (task === 'segmentation' && post.threshold !== undefined && (segmentation.threshold < 0 || segmentation.threshold > 1))
@@ -275,8 +305,16 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
   const description = r.string(o.description, 'description') ?? '';
   const metadata = r.object(o.metadata, 'metadata');
   return {
-    task, description, metadata, labels: parseLabels(r, o.labels), versionPolicy: parseVersionPolicy(r, o.versionPolicy),
-    batching, preprocessing, classification, detection, segmentation,
+    task,
+    description,
+    metadata,
+    labels: parseLabels(r, o.labels),
+    versionPolicy: parseVersionPolicy(r, o.versionPolicy),
+    batching,
+    preprocessing,
+    classification,
+    detection,
+    segmentation,
   };
 }
 

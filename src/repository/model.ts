@@ -76,7 +76,9 @@ export class Model implements ModelFiles {
 
   /** Every version the policy asks for is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. */
   get ready(): boolean {
-    return this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null));
+    return (
+      this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null))
+    );
   }
 }
 

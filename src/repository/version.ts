@@ -96,11 +96,25 @@ export class ModelVersion {
     this.errorCode = error?.code ?? null;
     this.errorMessage = error?.message ?? null;
     this.updatedAt = new Date();
-    const fields = { model: this.model, version: this.version, from, to, ...(error ? { errorCode: error.code, error: error.message } : {}) };
+    const fields = {
+      model: this.model,
+      version: this.version,
+      from,
+      to,
+      ...(error ? { errorCode: error.code, error: error.message } : {}),
+    };
     if (error) this.deps.logger.warn(fields, 'model version state');
     else this.deps.logger.info(fields, 'model version state');
     this.deps.metrics?.state(to);
-    this.deps.publish({ model: this.model, version: this.version, state: to, previousState: from, errorCode: this.errorCode, errorMessage: this.errorMessage, at: this.updatedAt });
+    this.deps.publish({
+      model: this.model,
+      version: this.version,
+      state: to,
+      previousState: from,
+      errorCode: this.errorCode,
+      errorMessage: this.errorMessage,
+      at: this.updatedAt,
+    });
   }
 
   /** START/END -> LOADING -> AVAILABLE, or -> END with an error code. Never throws. */
@@ -195,7 +209,9 @@ export class ModelVersion {
   admit(): Admission {
     const batcher = this.batcher;
     if (this.state !== 'AVAILABLE' || !batcher || !this.admissions) {
-      throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, { state: this.state });
+      throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, {
+        state: this.state,
+      });
     }
     if (this.engineFailures > 0 && this.stats.requests > 0) this.engineFailures = 0; // the reload served: start over
     const ticket: Ticket = this.admissions.admit();

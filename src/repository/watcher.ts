@@ -7,7 +7,10 @@ export class Watcher {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
 
-  constructor(private readonly scan: () => Promise<void>, private readonly intervalMs: number) {}
+  constructor(
+    private readonly scan: () => Promise<void>,
+    private readonly intervalMs: number,
+  ) {}
 
   start(): void {
     if (this.intervalMs <= 0 || this.timer) return;

@@ -18,7 +18,17 @@ export interface Gateway {
 }
 
 /** The servers of one process: the inference service, the protocols on one HTTP port, the operations endpoints. */
-export function createGateway({ config, models, logger, metrics }: { config: Config; models: ModelManager; logger: Logger; metrics: Metrics }): Gateway {
+export function createGateway({
+  config,
+  models,
+  logger,
+  metrics,
+}: {
+  config: Config;
+  models: ModelManager;
+  logger: Logger;
+  metrics: Metrics;
+}): Gateway {
   const service = new InferenceService(models, { maxImagePixels: config.maxImagePixels });
   const tokens = { adminToken: config.adminToken, apiTokens: config.apiTokens };
   const graphql = createGraphqlProtocol({
@@ -30,7 +40,10 @@ export function createGateway({ config, models, logger, metrics }: { config: Con
     maxUploadBytes: config.maxUploadBytes,
     maxFilesPerRequest: config.maxFilesPerRequest,
     documentLimits: { maxDepth: config.maxQueryDepth, maxAliases: config.maxAliases },
-    webSocketLimits: { maxConnectionsPerClient: config.maxWsConnectionsPerClient, maxSubscriptionsPerConnection: config.maxSubscriptionsPerConnection },
+    webSocketLimits: {
+      maxConnectionsPerClient: config.maxWsConnectionsPerClient,
+      maxSubscriptionsPerConnection: config.maxSubscriptionsPerConnection,
+    },
     corsOrigins: config.corsOrigins,
     graphiql: config.graphiql,
   });

@@ -43,12 +43,19 @@ export function createHttpServer({ logger, routes, maxBodyBytes, quietPaths = ['
     res.setHeader('x-request-id', requestId);
     requestContext.run({ requestId }, () => {
       if (!quietPaths.includes(pathname)) {
-        res.once('finish', () => logger.info({ method: req.method, path: pathname, status: res.statusCode, ms: Math.round((performance.now() - t0) * 10) / 10 }, 'request'));
+        res.once('finish', () =>
+          logger.info(
+            { method: req.method, path: pathname, status: res.statusCode, ms: Math.round((performance.now() - t0) * 10) / 10 },
+            'request',
+          ),
+        );
       }
       const route = routes.find((r) => r.match(pathname));
-      const refuse = (status: number, code: string, message: string) => sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close' });
+      const refuse = (status: number, code: string, message: string) =>
+        sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close' });
       const length = Number(req.headers['content-length'] ?? 0);
-      if (length > maxBodyBytes) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
+      if (length > maxBodyBytes)
+        return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
       if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
       route.handle(req, res);
     });

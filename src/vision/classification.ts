@@ -3,7 +3,11 @@ import { toFloat32, type Tensor } from '../engine/types.ts';
 import type { Labels } from '../repository/labels.ts';
 import type { Activation, ClassificationConfig } from '../repository/model-config.ts';
 
-export interface Prediction { classId: number; label: string | null; confidence: number }
+export interface Prediction {
+  classId: number;
+  label: string | null;
+  confidence: number;
+}
 
 export function activate(values: Float32Array, activation: Activation): Float32Array {
   if (activation === 'none') return values;
@@ -22,13 +26,20 @@ export function activate(values: Float32Array, activation: Activation): Float32A
 
 /** Output [1,C] or [1,C,1,1] -> the best classes, best first. */
 export function classify(
-  outputs: Record<string, Tensor>, config: ClassificationConfig, labels: Labels | null, topK = 5, minConfidence = 0,
+  outputs: Record<string, Tensor>,
+  config: ClassificationConfig,
+  labels: Labels | null,
+  topK = 5,
+  minConfidence = 0,
 ): Prediction[] {
   const name = config.output ?? Object.keys(outputs)[0];
   const t = outputs[name];
   if (!t) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `the model has no output ${name}`);
   if (t.shape.slice(2).some((d) => d !== 1)) {
-    throw new GatewayError(ErrorCode.INFERENCE_FAILED, `output ${name} has shape [${t.shape.join(',')}]; classification expects [N,C] or [N,C,1,1]`);
+    throw new GatewayError(
+      ErrorCode.INFERENCE_FAILED,
+      `output ${name} has shape [${t.shape.join(',')}]; classification expects [N,C] or [N,C,1,1]`,
+    );
   }
   const scores = activate(toFloat32(t), config.activation);
   return topClasses(scores, topK, minConfidence).map((c) => ({ classId: c, label: labels?.get(c) ?? null, confidence: scores[c] }));

@@ -4,13 +4,34 @@ import type { Labels } from '../repository/labels.ts';
 import type { DetectionConfig } from '../repository/model-config.ts';
 import { toOriginalNormalized, type ImageTransform } from './preprocess.ts';
 
-export interface Box { xMin: number; yMin: number; xMax: number; yMax: number }
-export interface DetectedObject { classId: number; label: string | null; confidence: number; box: Box }
+export interface Box {
+  xMin: number;
+  yMin: number;
+  xMax: number;
+  yMax: number;
+}
+export interface DetectedObject {
+  classId: number;
+  label: string | null;
+  confidence: number;
+  box: Box;
+}
 
 /** A candidate in model-input pixels. */
-export interface Candidate { classId: number; score: number; x1: number; y1: number; x2: number; y2: number }
+export interface Candidate {
+  classId: number;
+  score: number;
+  x1: number;
+  y1: number;
+  x2: number;
+  y2: number;
+}
 
-export interface DecodeOptions { minConfidence: number; iouThreshold: number; maxDetections: number }
+export interface DecodeOptions {
+  minConfidence: number;
+  iouThreshold: number;
+  maxDetections: number;
+}
 
 const fail = (msg: string) => new GatewayError(ErrorCode.INFERENCE_FAILED, msg);
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
@@ -63,7 +84,14 @@ function decodeBoxesScores(outputs: Record<string, Tensor>, cfg: DetectionConfig
       if (c === cfg.backgroundClass) continue;
       const s = scores[k * C + c];
       if (s < minConf) continue;
-      out.push({ classId: c - cfg.labelOffset, score: s, x1: boxes[k * 4] * t.inputWidth, y1: boxes[k * 4 + 1] * t.inputHeight, x2: boxes[k * 4 + 2] * t.inputWidth, y2: boxes[k * 4 + 3] * t.inputHeight });
+      out.push({
+        classId: c - cfg.labelOffset,
+        score: s,
+        x1: boxes[k * 4] * t.inputWidth,
+        y1: boxes[k * 4 + 1] * t.inputHeight,
+        x2: boxes[k * 4 + 2] * t.inputWidth,
+        y2: boxes[k * 4 + 3] * t.inputHeight,
+      });
     }
   }
   return out;
@@ -77,7 +105,14 @@ function decodeSsd(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: Ima
     if (o[i] < 0) break; // image_id -1 ends the list
     const conf = o[i + 2];
     if (conf < minConf) continue;
-    out.push({ classId: Math.round(o[i + 1]) - cfg.labelOffset, score: conf, x1: o[i + 3] * t.inputWidth, y1: o[i + 4] * t.inputHeight, x2: o[i + 5] * t.inputWidth, y2: o[i + 6] * t.inputHeight });
+    out.push({
+      classId: Math.round(o[i + 1]) - cfg.labelOffset,
+      score: conf,
+      x1: o[i + 3] * t.inputWidth,
+      y1: o[i + 4] * t.inputHeight,
+      x2: o[i + 5] * t.inputWidth,
+      y2: o[i + 6] * t.inputHeight,
+    });
   }
   return out;
 }
@@ -92,7 +127,14 @@ function decodeTf(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: Imag
   const out: Candidate[] = [];
   for (let k = 0; k < n; k++) {
     if (scores[k] < minConf) continue;
-    out.push({ classId: Math.round(readNumber(classes, k)) - cfg.labelOffset, score: scores[k], x1: boxes[k * 4 + 1] * t.inputWidth, y1: boxes[k * 4] * t.inputHeight, x2: boxes[k * 4 + 3] * t.inputWidth, y2: boxes[k * 4 + 2] * t.inputHeight });
+    out.push({
+      classId: Math.round(readNumber(classes, k)) - cfg.labelOffset,
+      score: scores[k],
+      x1: boxes[k * 4 + 1] * t.inputWidth,
+      y1: boxes[k * 4] * t.inputHeight,
+      x2: boxes[k * 4 + 3] * t.inputWidth,
+      y2: boxes[k * 4 + 2] * t.inputHeight,
+    });
   }
   return out;
 }
@@ -106,7 +148,8 @@ function decodeYolox(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: I
   const act = cfg.activation === 'sigmoid' ? sigmoid : (x: number) => x;
   let expected = 0;
   for (const s of cfg.strides) expected += Math.ceil(t.inputHeight / s) * Math.ceil(t.inputWidth / s);
-  if (C < 1 || o.length !== expected * D) throw fail(`yolox output [${ot.shape.join(',')}] does not match strides ${cfg.strides.join(',')} at ${t.inputWidth}x${t.inputHeight}`);
+  if (C < 1 || o.length !== expected * D)
+    throw fail(`yolox output [${ot.shape.join(',')}] does not match strides ${cfg.strides.join(',')} at ${t.inputWidth}x${t.inputHeight}`);
   const out: Candidate[] = [];
   let row = 0;
   for (const s of cfg.strides) {
@@ -119,7 +162,11 @@ function decodeYolox(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: I
         if (obj < minConf) continue;
         let best = 0;
         let bestScore = -Infinity;
-        for (let c = 0; c < C; c++) if (o[b + 5 + c] > bestScore) { bestScore = o[b + 5 + c]; best = c; }
+        for (let c = 0; c < C; c++)
+          if (o[b + 5 + c] > bestScore) {
+            bestScore = o[b + 5 + c];
+            best = c;
+          }
         const score = obj * act(bestScore);
         if (score < minConf) continue;
         const cx = (o[b] + gx) * s;
@@ -149,7 +196,8 @@ function decodeAnchors(outputs: Record<string, Tensor>, cfg: DetectionConfig, t:
     const rows = layer.grid * layer.grid * layer.anchorsPerCell;
     const C = scores.length / rows;
     const stride = boxes.length / rows;
-    if (!Number.isInteger(C) || !Number.isInteger(stride) || stride < 4) throw fail(`anchors layer ${layer.scores}: ${scores.length} scores / ${boxes.length} box values do not fit ${rows} anchors`);
+    if (!Number.isInteger(C) || !Number.isInteger(stride) || stride < 4)
+      throw fail(`anchors layer ${layer.scores}: ${scores.length} scores / ${boxes.length} box values do not fit ${rows} anchors`);
     for (let r = 0; r < rows; r++) {
       const cell = Math.floor(r / layer.anchorsPerCell);
       const ax = ((cell % layer.grid) + 0.5) / layer.grid;
@@ -162,7 +210,14 @@ function decodeAnchors(outputs: Record<string, Tensor>, cfg: DetectionConfig, t:
         const cy = ay + boxes[b + 1] / scale;
         const w = boxes[b + 2] / scale;
         const h = boxes[b + 3] / scale;
-        out.push({ classId: c, score, x1: (cx - w / 2) * t.inputWidth, y1: (cy - h / 2) * t.inputHeight, x2: (cx + w / 2) * t.inputWidth, y2: (cy + h / 2) * t.inputHeight });
+        out.push({
+          classId: c,
+          score,
+          x1: (cx - w / 2) * t.inputWidth,
+          y1: (cy - h / 2) * t.inputHeight,
+          x2: (cx + w / 2) * t.inputWidth,
+          y2: (cy + h / 2) * t.inputHeight,
+        });
       }
     }
   }
@@ -173,7 +228,11 @@ const decoders = { boxes_scores: decodeBoxesScores, ssd: decodeSsd, tf: decodeTf
 
 /** Decode, suppress, and map boxes back to 0..1 of the original image. */
 export function detect(
-  outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, labels: Labels | null, opts: DecodeOptions,
+  outputs: Record<string, Tensor>,
+  cfg: DetectionConfig,
+  t: ImageTransform,
+  labels: Labels | null,
+  opts: DecodeOptions,
 ): DetectedObject[] {
   const cands = decoders[cfg.format](outputs, cfg, t, opts.minConfidence);
   return nms(cands, opts.iouThreshold, opts.maxDetections)

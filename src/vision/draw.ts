@@ -28,11 +28,17 @@ export async function drawDetections(image: Uint8Array, width: number, height: n
     const h = (o.box.yMax - o.box.yMin) * height;
     const text = escapeXml(`${o.label ?? o.classId} ${(o.confidence * 100).toFixed(0)}%`);
     const ty = y > font + 4 ? y - 4 : y + font + 2;
-    return `<rect x="${x}" y="${y}" width="${w}" height="${h}" fill="none" stroke="rgb(${r},${g},${b})" stroke-width="${stroke}"/>` +
-      `<text x="${x + 2}" y="${ty}" font-family="sans-serif" font-size="${font}" fill="rgb(${r},${g},${b})" stroke="black" stroke-width="0.5">${text}</text>`;
+    return (
+      `<rect x="${x}" y="${y}" width="${w}" height="${h}" fill="none" stroke="rgb(${r},${g},${b})" stroke-width="${stroke}"/>` +
+      `<text x="${x + 2}" y="${ty}" font-family="sans-serif" font-size="${font}" fill="rgb(${r},${g},${b})" stroke="black" stroke-width="0.5">${text}</text>`
+    );
   });
   const svg = Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">${parts.join('')}</svg>`);
-  return sharp(image).rotate().composite([{ input: svg, top: 0, left: 0 }]).png().toBuffer();
+  return sharp(image)
+    .rotate()
+    .composite([{ input: svg, top: 0, left: 0 }])
+    .png()
+    .toBuffer();
 }
 
 /** The class map in colour (background transparent) over the photo, as PNG. */
@@ -50,15 +56,30 @@ export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5)
     rgba[i * 4 + 2] = c[2];
     rgba[i * 4 + 3] = a;
   }
-  const layer = await sharp(rgba, { raw: { width: map.width, height: map.height, channels: 4 } }).png().toBuffer();
-  return sharp(image).rotate().composite([{ input: layer, top: 0, left: 0 }]).png().toBuffer();
+  const layer = await sharp(rgba, { raw: { width: map.width, height: map.height, channels: 4 } })
+    .png()
+    .toBuffer();
+  return sharp(image)
+    .rotate()
+    .composite([{ input: layer, top: 0, left: 0 }])
+    .png()
+    .toBuffer();
 }
 
 /** Crop a normalized box out of the (EXIF-rotated) photo. */
-export async function cropImage(image: Uint8Array, width: number, height: number, box: { xMin: number; yMin: number; xMax: number; yMax: number }): Promise<Buffer> {
+export async function cropImage(
+  image: Uint8Array,
+  width: number,
+  height: number,
+  box: { xMin: number; yMin: number; xMax: number; yMax: number },
+): Promise<Buffer> {
   const left = Math.max(0, Math.min(width - 1, Math.floor(box.xMin * width)));
   const top = Math.max(0, Math.min(height - 1, Math.floor(box.yMin * height)));
   const right = Math.max(left + 1, Math.min(width, Math.ceil(box.xMax * width)));
   const bottom = Math.max(top + 1, Math.min(height, Math.ceil(box.yMax * height)));
-  return sharp(image).rotate().extract({ left, top, width: right - left, height: bottom - top }).png().toBuffer();
+  return sharp(image)
+    .rotate()
+    .extract({ left, top, width: right - left, height: bottom - top })
+    .png()
+    .toBuffer();
 }

@@ -49,21 +49,28 @@ export function guessLayout(shape: readonly (number | null)[]): 'NCHW' | 'NHWC' 
 export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], mean: InputPlan['mean'] = null): InputPlan {
   const pre = config.preprocessing;
   const info = pre.input ? inputs.find((i) => i.name === pre.input) : inputs[0];
-  if (!info) throw invalidConfig('input', `the model has no input ${JSON.stringify(pre.input)} (inputs: ${inputs.map((i) => i.name).join(', ')})`);
-  if (info.shape.length !== 4) throw invalidConfig('input', `input ${info.name} has shape [${info.shape.join(',')}]; an image input has 4 dimensions`);
+  if (!info)
+    throw invalidConfig('input', `the model has no input ${JSON.stringify(pre.input)} (inputs: ${inputs.map((i) => i.name).join(', ')})`);
+  if (info.shape.length !== 4)
+    throw invalidConfig('input', `input ${info.name} has shape [${info.shape.join(',')}]; an image input has 4 dimensions`);
   const layout = pre.dimensionOrder ?? guessLayout(info.shape) ?? 'NCHW';
   const [h, w, c] = layout === 'NCHW' ? [info.shape[2], info.shape[3], info.shape[1]] : [info.shape[1], info.shape[2], info.shape[3]];
   const channels = pre.colorChannels === 'L' ? 1 : 3;
-  if (c !== null && c !== channels) throw invalidConfig('colorChannels', `${pre.colorChannels} gives ${channels} channel(s) but input ${info.name} has ${c}`);
+  if (c !== null && c !== channels)
+    throw invalidConfig('colorChannels', `${pre.colorChannels} gives ${channels} channel(s) but input ${info.name} has ${c}`);
   const wanted = pre.dataType?.toLowerCase() as DType | undefined;
   const dtype = wanted ?? info.dtype;
-  if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'uint8') throw invalidConfig('dataType', `input ${info.name} is ${info.dtype}; images feed FLOAT32, FLOAT16 or UINT8`);
+  if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'uint8')
+    throw invalidConfig('dataType', `input ${info.name} is ${info.dtype}; images feed FLOAT32, FLOAT16 or UINT8`);
   let width = pre.targetSize?.width ?? w;
   let height = pre.targetSize?.height ?? h;
   if (pre.resizeType !== 'NETWORK' && (width === null || height === null)) {
     throw invalidConfig('targetSize', `input ${info.name} has dynamic spatial dimensions: set targetSize or use resizeType NETWORK`);
   }
-  if (pre.resizeType === 'NETWORK' && (w !== null || h !== null) && !pre.targetSize) { width = w; height = h; }
+  if (pre.resizeType === 'NETWORK' && (w !== null || h !== null) && !pre.targetSize) {
+    width = w;
+    height = h;
+  }
   if (mean && !(mean.data.length === channels || mean.data.length === channels * (width ?? 0) * (height ?? 0))) {
     throw invalidConfig('meanFile', `holds ${mean.data.length} values; expected ${channels} or ${channels}x${height}x${width}`);
   }
@@ -91,7 +98,8 @@ export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (e) {
     const message = (e as Error).message;
-    if (/pixel limit/i.test(message)) throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image exceeds the pixel limit of ${maxPixels}`, { maxPixels });
+    if (/pixel limit/i.test(message))
+      throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image exceeds the pixel limit of ${maxPixels}`, { maxPixels });
     throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable image: ${message}`);
   }
   if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
@@ -99,10 +107,16 @@ export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<
   const width = swap ? meta.height : meta.width;
   const height = swap ? meta.width : meta.height;
   if (width * height > maxPixels) {
-    throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`, { width, height, maxPixels });
+    throw new GatewayError(
+      ErrorCode.IMAGE_TOO_LARGE,
+      `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`,
+      { width, height, maxPixels },
+    );
   }
   return {
-    bytes, width, height,
+    bytes,
+    width,
+    height,
     needsRotate: (meta.orientation ?? 1) !== 1,
     hasAlpha: meta.hasAlpha === true,
     isGrey: meta.space === 'b-w' || meta.space === 'grey16' || meta.channels === 1 || (meta.channels === 2 && meta.hasAlpha === true),
@@ -115,7 +129,11 @@ function roundTo(v: number, multiple: number, offset: number): number {
 }
 
 /** Resize as the plan says; returns raw interleaved pixels (HWC, 1 or 3 channels) and the transform. */
-export async function resizeImage(img: DecodedImage, plan: InputPlan, maxPixels: number): Promise<{ pixels: Buffer; transform: ImageTransform }> {
+export async function resizeImage(
+  img: DecodedImage,
+  plan: InputPlan,
+  maxPixels: number,
+): Promise<{ pixels: Buffer; transform: ImageTransform }> {
   const { width: W0, height: H0 } = img;
   const pre = plan.pre;
   let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error' });
@@ -230,7 +248,11 @@ export function pixelsToTensor(pixels: Uint8Array, width: number, height: number
 }
 
 /** probe -> resize -> tensor. */
-export async function preprocess(img: DecodedImage, plan: InputPlan, maxPixels: number): Promise<{ tensor: Tensor; transform: ImageTransform }> {
+export async function preprocess(
+  img: DecodedImage,
+  plan: InputPlan,
+  maxPixels: number,
+): Promise<{ tensor: Tensor; transform: ImageTransform }> {
   const { pixels, transform } = await resizeImage(img, plan, maxPixels);
   return { tensor: pixelsToTensor(pixels, transform.inputWidth, transform.inputHeight, plan), transform };
 }

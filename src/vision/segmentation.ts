@@ -7,10 +7,23 @@ import { toOriginalNormalized, type ImageTransform } from './preprocess.ts';
 import type { Box } from './detection.ts';
 
 /** A class-id map at the model's output resolution. */
-export interface ClassMap { width: number; height: number; ids: Uint16Array }
+export interface ClassMap {
+  width: number;
+  height: number;
+  ids: Uint16Array;
+}
 
-export interface SegmentClass { classId: number; label: string | null; pixelFraction: number }
-export interface Region { classId: number; label: string | null; pixels: number; box: Box }
+export interface SegmentClass {
+  classId: number;
+  label: string | null;
+  pixelFraction: number;
+}
+export interface Region {
+  classId: number;
+  label: string | null;
+  pixels: number;
+  box: Box;
+}
 
 /**
  * Output -> class ids per output pixel. Several channels: argmax. One channel: foreground where
@@ -27,7 +40,8 @@ export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationCon
     for (let i = 0; i < ids.length; i++) ids[i] = Math.max(0, Math.min(65535, Number(t.data[i])));
     return { width: w, height: h, ids };
   }
-  if (t.shape.length !== 4) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `segmentation output ${name} has shape [${t.shape.join(',')}]`);
+  if (t.shape.length !== 4)
+    throw new GatewayError(ErrorCode.INFERENCE_FAILED, `segmentation output ${name} has shape [${t.shape.join(',')}]`);
   const layout = cfg.layout ?? inputLayout;
   const [C, h, w] = layout === 'NCHW' ? [t.shape[1], t.shape[2], t.shape[3]] : [t.shape[3], t.shape[1], t.shape[2]];
   const v = toFloat32(t);
@@ -44,7 +58,10 @@ export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationCon
       let bv = at(0, p);
       for (let c = 1; c < C; c++) {
         const x = at(c, p);
-        if (x > bv) { bv = x; best = c; }
+        if (x > bv) {
+          bv = x;
+          best = c;
+        }
       }
       ids[p] = best;
     }
@@ -95,7 +112,10 @@ export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null,
     const cls = ids[start];
     if (cls === 0 || seen[start]) continue;
     let n = 0;
-    let x0 = w, y0 = h, x1 = -1, y1 = -1;
+    let x0 = w,
+      y0 = h,
+      x1 = -1,
+      y1 = -1;
     seen[start] = 1;
     stack.push(start);
     while (stack.length) {
@@ -136,8 +156,14 @@ export async function maskPng(map: ClassMap): Promise<Buffer> {
   if (max <= 255) {
     const px = Buffer.alloc(map.ids.length);
     for (let i = 0; i < px.length; i++) px[i] = map.ids[i];
-    return sharp(px, { raw: { width: map.width, height: map.height, channels: 1 } }).toColourspace('b-w').png().toBuffer();
+    return sharp(px, { raw: { width: map.width, height: map.height, channels: 1 } })
+      .toColourspace('b-w')
+      .png()
+      .toBuffer();
   }
   // a Uint16Array raw input is read as 16-bit samples
-  return sharp(map.ids, { raw: { width: map.width, height: map.height, channels: 1 } }).toColourspace('grey16').png().toBuffer();
+  return sharp(map.ids, { raw: { width: map.width, height: map.height, channels: 1 } })
+    .toColourspace('grey16')
+    .png()
+    .toBuffer();
 }

@@ -41,7 +41,13 @@ export function makeBatchDynamic(model: Uint8Array, names: ReadonlySet<string>):
     const name = nameField ? utf8.decode(vi.subarray(nameField.valueStart, nameField.end)) : '';
     if (!names.has(name)) return undefined;
     // ValueInfoProto.type(2) -> TypeProto.tensor_type(1) -> Tensor.shape(2)
-    return rewrite(vi, (no, type) => (no !== 2 ? undefined : rewrite(type, (n2, tensor) => (n2 !== 1 ? undefined : rewrite(tensor, (n3, shape) => (n3 === 2 ? firstDimDynamic(shape) : undefined))))));
+    return rewrite(vi, (no, type) =>
+      no !== 2
+        ? undefined
+        : rewrite(type, (n2, tensor) =>
+            n2 !== 1 ? undefined : rewrite(tensor, (n3, shape) => (n3 === 2 ? firstDimDynamic(shape) : undefined)),
+          ),
+    );
   };
   // ModelProto.graph(7) -> GraphProto.input(11) / output(12) / value_info(13)
   return rewrite(model, (no, graph) => {
@@ -63,7 +69,8 @@ function trialInput(info: TensorInfo, batch: number, seed: number): Tensor | nul
     s = (s * 1103515245 + 12345) & 0x7fffffff;
     if (data instanceof Float32Array) data[i] = (s / 0x7fffffff) * 2 - 1;
     else if (data instanceof BigInt64Array) data[i] = 0n;
-    else if (data instanceof Uint16Array) data[i] = 0x3c00; // float16 1.0
+    else if (data instanceof Uint16Array)
+      data[i] = 0x3c00; // float16 1.0
     else data[i] = s % 2;
   }
   return { dtype: info.dtype, shape, data };
@@ -114,7 +121,11 @@ interface Decidable extends Session {
  * Open an ONNX model and decide how it batches: a dynamic batch dimension batches as is; one fixed at 1 is made
  * dynamic where a trial run shows that is safe (and `dynamicBatch` allows it); anything else runs one item at a time.
  */
-export async function withDynamicBatch<S extends Decidable>(bytes: Uint8Array, open: (bytes: Uint8Array) => Promise<S>, dynamicBatch: boolean): Promise<S> {
+export async function withDynamicBatch<S extends Decidable>(
+  bytes: Uint8Array,
+  open: (bytes: Uint8Array) => Promise<S>,
+  dynamicBatch: boolean,
+): Promise<S> {
   const session = await open(bytes);
   const all = [...session.inputs, ...session.outputs];
   const decided = (s: S, batchable: boolean, note?: string) => {

@@ -1,6 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import { DTYPES, type DType, type Engine, type LoadOptions, type Session, type Tensor, type TensorData, type TensorInfo } from '../types.ts';
+import {
+  DTYPES,
+  type DType,
+  type Engine,
+  type LoadOptions,
+  type Session,
+  type Tensor,
+  type TensorData,
+  type TensorInfo,
+} from '../types.ts';
 import { withDynamicBatch } from './dynamic-batch.ts';
 
 /**
@@ -11,10 +20,21 @@ import { withDynamicBatch } from './dynamic-batch.ts';
  * batch computes. Tensors cross as transferred ArrayBuffers, without copies.
  */
 const fromOrtType: Record<string, DType> = {
-  float32: 'float32', float16: 'float16', int64: 'int64', int32: 'int32', int8: 'int8', uint8: 'uint8', bool: 'bool',
+  float32: 'float32',
+  float16: 'float16',
+  int64: 'int64',
+  int32: 'int32',
+  int8: 'int8',
+  uint8: 'uint8',
+  bool: 'bool',
 };
 
-interface OrtMeta { name: string; isTensor: boolean; type: string; shape: (number | string)[] }
+interface OrtMeta {
+  name: string;
+  isTensor: boolean;
+  type: string;
+  shape: (number | string)[];
+}
 
 function toInfo(meta: OrtMeta): TensorInfo {
   const dtype = meta.isTensor ? fromOrtType[meta.type] : undefined;
@@ -93,7 +113,10 @@ export class WorkerSession implements Session {
       // memory are copied by structured clone instead.
       if (owns(t.data) && !transfer.includes(t.data.buffer as ArrayBuffer)) transfer.push(t.data.buffer as ArrayBuffer);
     }
-    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }> }>({ type: 'run', feeds: msgFeeds }, transfer);
+    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }> }>(
+      { type: 'run', feeds: msgFeeds },
+      transfer,
+    );
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(r.outputs)) {
       const dtype = fromOrtType[t.type];

@@ -2,7 +2,13 @@
  * A minimal protobuf wire-format reader and writer: enough to walk and rewrite ONNX ModelProto messages
  * (the batch-dimension rewrite) and to build tiny models for tests. No schema, no dependencies.
  */
-export interface Field { no: number; wire: number; start: number; end: number; valueStart: number }
+export interface Field {
+  no: number;
+  wire: number;
+  start: number;
+  end: number;
+  valueStart: number;
+}
 
 export function readVarint(buf: Uint8Array, pos: number): [number, number] {
   let result = 0;
@@ -69,7 +75,6 @@ export function concat(parts: (Uint8Array | number[])[]): Uint8Array {
   }
   return out;
 }
-
 
 /** A varint field (wire type 0). */
 export function varintField(no: number, v: number): Uint8Array {

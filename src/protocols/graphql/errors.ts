@@ -10,7 +10,10 @@ import type { Logger } from '../../log.ts';
  */
 export function toGraphQLError(e: GatewayError, opts: { path?: readonly (string | number)[]; requestLevel?: boolean } = {}): GraphQLError {
   const withStatus = opts.requestLevel ?? (e.code === ErrorCode.UNAUTHENTICATED || e.code === ErrorCode.FORBIDDEN);
-  return new GraphQLError(e.message, { path: opts.path, extensions: { code: e.code, ...(withStatus ? { http: { status: e.status } } : {}), ...(e.details ?? {}) } });
+  return new GraphQLError(e.message, {
+    path: opts.path,
+    extensions: { code: e.code, ...(withStatus ? { http: { status: e.status } } : {}), ...(e.details ?? {}) },
+  });
 }
 
 /**
@@ -27,7 +30,9 @@ export function limitError(message: string): GraphQLError {
  */
 function multipartLimit(message: string): GatewayError | null {
   if (!/limit exceeded/i.test(message)) return null;
-  return /size/i.test(message) ? new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, message) : new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
+  return /size/i.test(message)
+    ? new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, message)
+    : new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
 }
 
 const isGraphQLError = (e: unknown): e is GraphQLError => e instanceof Error && e.name === 'GraphQLError';
@@ -42,7 +47,8 @@ export function maskError(logger: Logger) {
       const limit = multipartLimit(error.message);
       if (limit) return toGraphQLError(limit, { requestLevel: true });
       // graphql-js's own request errors (a variable of the wrong type, ...) come without a code: give them one
-      if (error.extensions?.code === undefined && !error.path) return new GraphQLError(error.message, { nodes: error.nodes, extensions: { ...error.extensions, code: 'BAD_USER_INPUT' } });
+      if (error.extensions?.code === undefined && !error.path)
+        return new GraphQLError(error.message, { nodes: error.nodes, extensions: { ...error.extensions, code: 'BAD_USER_INPUT' } });
       return error;
     }
     const message = original instanceof Error ? original.message : String(original);

@@ -83,9 +83,21 @@ export function createGraphqlProtocol({
     // GraphiQL served from the package itself: yoga's default page loads its scripts from a CDN, which a gateway on a
     // closed network cannot reach
     renderGraphiQL,
-    cors: corsOrigins ? { origin: [...corsOrigins], credentials: true, allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'] } : undefined,
+    cors: corsOrigins
+      ? {
+          origin: [...corsOrigins],
+          credentials: true,
+          allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'],
+        }
+      : undefined,
     fetchAPI: createFetch({
-      formDataLimits: { fileSize: maxUploadBytes, files: maxFilesPerRequest, fieldSize: maxUploadBytes, fields: 64, parts: maxFilesPerRequest + 64 },
+      formDataLimits: {
+        fileSize: maxUploadBytes,
+        files: maxFilesPerRequest,
+        fieldSize: maxUploadBytes,
+        fields: 64,
+        parts: maxFilesPerRequest + 64,
+      },
     }),
     // Yoga logs every GraphQL error it returns; those are the client's (typed, answered). Unexpected ones are logged
     // once by maskError, so yoga's own lines go to debug.

@@ -65,7 +65,11 @@ export function attachWebSocket(
         let ops = operations.get(ctx.extra.socket);
         if (!ops) operations.set(ctx.extra.socket, (ops = new Set()));
         if (ops.size >= maxSubscriptionsPerConnection) {
-          return [toGraphQLError(new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${maxSubscriptionsPerConnection} operations on one connection`))];
+          return [
+            toGraphQLError(
+              new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${maxSubscriptionsPerConnection} operations on one connection`),
+            ),
+          ];
         }
         const auth = authOf(ctx);
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({

@@ -20,10 +20,19 @@ export interface DocumentLimits {
  * they are spread, so a fragment cannot hide aliases or depth. Introspection is not counted (GraphiQL's own schema
  * query is deeper than any limit a server would set, and cheap). A refused document is HTTP 400 LIMIT_EXCEEDED.
  */
-export function useDocumentLimits({ maxDepth = 12, maxAliases = 64, maxTokens = 2000, maxCost = 5000, maxDirectives = 50 }: DocumentLimits = {}): Plugin {
+export function useDocumentLimits({
+  maxDepth = 12,
+  maxAliases = 64,
+  maxTokens = 2000,
+  maxCost = 5000,
+  maxDirectives = 50,
+}: DocumentLimits = {}): Plugin {
   const strip = (e: GraphQLError) => e.message.replace(/^Syntax Error: /, '');
   // armor's rules throw a GraphQLError without a code; report ours instead
-  const report = { propagateOnRejection: false, onReject: [(ctx: ValidationContext | null, e: GraphQLError) => ctx?.reportError(limitError(strip(e)))] };
+  const report = {
+    propagateOnRejection: false,
+    onReject: [(ctx: ValidationContext | null, e: GraphQLError) => ctx?.reportError(limitError(strip(e)))],
+  };
   const tokens = maxTokensPlugin({
     n: maxTokens,
     propagateOnRejection: true,

@@ -4,7 +4,15 @@ import { imageSource, type ImageInput as ImageArg, type ImageSource } from '../.
 import type { SegmentationRun } from '../../../inference/service.ts';
 import type { Prediction } from '../../../vision/classification.ts';
 import type { Box, DetectedObject } from '../../../vision/detection.ts';
-import { classHistogram, maskPng, regions, toOriginalSize, type ClassMap, type Region, type SegmentClass } from '../../../vision/segmentation.ts';
+import {
+  classHistogram,
+  maskPng,
+  regions,
+  toOriginalSize,
+  type ClassMap,
+  type Region,
+  type SegmentClass,
+} from '../../../vision/segmentation.ts';
 import { cropImage, drawDetections, drawOverlay } from '../../../vision/draw.ts';
 import type { DecodedImage } from '../../../vision/preprocess.ts';
 import { builder } from './builder.ts';
@@ -76,7 +84,11 @@ const DetectionRef = builder.objectRef<{ image: DecodedImage; objects: DetectedO
   fields: (t) => ({
     imageWidth: t.int({ resolve: (d) => d.image.width }),
     imageHeight: t.int({ resolve: (d) => d.image.height }),
-    objects: t.field({ type: [DetectedObjectRef], description: 'Best first.', resolve: (d) => d.objects.map((object) => ({ object, image: d.image })) }),
+    objects: t.field({
+      type: [DetectedObjectRef],
+      description: 'Best first.',
+      resolve: (d) => d.objects.map((object) => ({ object, image: d.image })),
+    }),
     annotatedImage: t.string({
       description: 'The photo with labelled boxes: base64 PNG (computed only when selected).',
       resolve: async (d) => (await drawDetections(d.image.bytes, d.image.width, d.image.height, d.objects)).toString('base64'),
@@ -109,9 +121,19 @@ const SegmentationRef = builder.objectRef<SegSource>('Segmentation').implement({
   fields: (t) => ({
     width: t.int({ description: 'Of the original image.', resolve: (s) => s.image.width }),
     height: t.int({ resolve: (s) => s.image.height }),
-    classes: t.field({ type: [SegmentClassRef], description: 'Classes present, with their share of the image.', resolve: (s) => classHistogram(fullMap(s), s.model.labels) }),
-    mask: t.string({ description: 'Base64 PNG at the image size, one class id per pixel.', resolve: async (s) => (await maskPng(fullMap(s))).toString('base64') }),
-    overlay: t.string({ description: 'The mask in colour over the photo: base64 PNG (computed only when selected).', resolve: async (s) => (await drawOverlay(s.image.bytes, fullMap(s))).toString('base64') }),
+    classes: t.field({
+      type: [SegmentClassRef],
+      description: 'Classes present, with their share of the image.',
+      resolve: (s) => classHistogram(fullMap(s), s.model.labels),
+    }),
+    mask: t.string({
+      description: 'Base64 PNG at the image size, one class id per pixel.',
+      resolve: async (s) => (await maskPng(fullMap(s))).toString('base64'),
+    }),
+    overlay: t.string({
+      description: 'The mask in colour over the photo: base64 PNG (computed only when selected).',
+      resolve: async (s) => (await drawOverlay(s.image.bytes, fullMap(s))).toString('base64'),
+    }),
     regions: t.field({
       type: [RegionRef],
       args: { minPixels: t.arg.int({ description: 'Smallest region kept, in output pixels (default 16).' }) },
@@ -131,14 +153,22 @@ const TensorInput = builder.inputType('TensorInput', {
   }),
 });
 
-interface TensorOutput { name: string; dtype: string; shape: number[]; data: Uint8Array }
+interface TensorOutput {
+  name: string;
+  dtype: string;
+  shape: number[];
+  data: Uint8Array;
+}
 
 const TensorOutputRef = builder.objectRef<TensorOutput>('Tensor').implement({
   fields: (t) => ({
     name: t.exposeString('name'),
     dtype: t.field({ type: DTypeEnum, resolve: (o) => o.dtype.toUpperCase() }),
     shape: t.intList({ resolve: (o) => o.shape }),
-    data: t.string({ description: 'Base64 of the little-endian bytes.', resolve: (o) => Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength).toString('base64') }),
+    data: t.string({
+      description: 'Base64 of the little-endian bytes.',
+      resolve: (o) => Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength).toString('base64'),
+    }),
   }),
 });
 
@@ -195,10 +225,13 @@ builder.mutationFields((t) => ({
   classifyBatch: t.field({
     type: [ClassificationRef],
     nullable: { list: false, items: true },
-    description: 'Classify several images in one call (they share engine calls). A failing image is null with its own error (path [field, index]); a failure of the whole call (unknown model, wrong task) is the error of every item.',
+    description:
+      'Classify several images in one call (they share engine calls). A failing image is null with its own error (path [field, index]); a failure of the whole call (unknown model, wrong task) is the error of every item.',
     args: { ...imagesArgs(t.arg), ...classifyArgs(t.arg) },
     resolve: (_, args, ctx) =>
-      perItem(args.images.length, () => ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), args)).map(async (p) => ({ predictions: await p })),
+      perItem(args.images.length, () => ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), args)).map(
+        async (p) => ({ predictions: await p }),
+      ),
   }),
   detect: t.field({
     type: DetectionRef,
@@ -211,7 +244,8 @@ builder.mutationFields((t) => ({
     nullable: { list: false, items: true },
     description: 'Detect objects in several images in one call; a failing image is null with its own error.',
     args: { ...imagesArgs(t.arg), ...detectArgs(t.arg) },
-    resolve: (_, args, ctx) => perItem(args.images.length, () => ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), args)),
+    resolve: (_, args, ctx) =>
+      perItem(args.images.length, () => ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), args)),
   }),
   segment: t.field({
     type: SegmentationRef,
@@ -224,15 +258,18 @@ builder.mutationFields((t) => ({
     nullable: { list: false, items: true },
     description: 'Segment several images in one call; a failing image is null with its own error.',
     args: imagesArgs(t.arg),
-    resolve: (_, args, ctx) => perItem(args.images.length, () => ctx.service.segment(args.model, args.version, imageSources(args.images, ctx))),
+    resolve: (_, args, ctx) =>
+      perItem(args.images.length, () => ctx.service.segment(args.model, args.version, imageSources(args.images, ctx))),
   }),
   infer: t.field({
     type: InferResultRef,
     nullable: true,
     description: 'Raw tensors in, raw tensors out (only the outputs asked for; all when omitted).',
     args: {
-      model: t.arg.string({ required: true }), version: t.arg.int(),
-      inputs: t.arg({ type: [TensorInput], required: true }), outputs: t.arg.stringList(),
+      model: t.arg.string({ required: true }),
+      version: t.arg.int(),
+      inputs: t.arg({ type: [TensorInput], required: true }),
+      outputs: t.arg.stringList(),
     },
     resolve: async (_, args, ctx) => {
       ctx.budget.takeImages(1);

@@ -16,7 +16,12 @@ const TensorInfoRef = builder.objectRef<TensorInfo>('TensorInfo').implement({
   fields: (t) => ({
     name: t.exposeString('name'),
     dtype: t.string({ description: 'FLOAT32, FLOAT16, INT64, INT32, INT8, UINT8 or BOOL.', resolve: (i) => i.dtype.toUpperCase() }),
-    shape: t.field({ type: ['Int'], nullable: { list: false, items: true }, description: 'Dynamic dimensions are null.', resolve: (i) => i.shape }),
+    shape: t.field({
+      type: ['Int'],
+      nullable: { list: false, items: true },
+      description: 'Dynamic dimensions are null.',
+      resolve: (i) => i.shape,
+    }),
     layout: t.string({ nullable: true, resolve: (i) => i.layout }),
   }),
 });
@@ -58,7 +63,11 @@ const VersionRef = builder.objectRef<ModelVersion>('ModelVersion').implement({
     errorCode: t.string({ nullable: true, resolve: (v) => v.errorCode }),
     errorMessage: t.string({ nullable: true, resolve: (v) => v.errorMessage }),
     updatedAt: t.field({ type: 'DateTime', resolve: (v) => v.updatedAt }),
-    notes: t.field({ type: 'JSON', description: 'What loading found, e.g. whether the batch dimension was made dynamic.', resolve: (v) => v.notes }),
+    notes: t.field({
+      type: 'JSON',
+      description: 'What loading found, e.g. whether the batch dimension was made dynamic.',
+      resolve: (v) => v.notes,
+    }),
     stats: t.field({ type: StatsRef, resolve: (v) => ({ version: v.version, stats: v.stats }) }),
   }),
 });
@@ -82,19 +91,29 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
     description: t.string({ resolve: (m) => m.config.description }),
     metadata: t.field({
       type: 'JSON',
-      description: 'From model.json (editable with updateModel), plus `dynamicBatch` when the gateway had to decide how to batch a graph whose batch dimension is fixed (read-only, not persisted).',
+      description:
+        'From model.json (editable with updateModel), plus `dynamicBatch` when the gateway had to decide how to batch a graph whose batch dimension is fixed (read-only, not persisted).',
       resolve: (m) => {
         const note = m.describedVersion()?.notes.dynamicBatch;
         return note ? { ...m.config.metadata, dynamicBatch: note } : m.config.metadata;
       },
     }),
     updatedAt: t.field({ type: 'DateTime', resolve: (m) => m.updatedAt }),
-    ready: t.boolean({ description: 'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose).', resolve: (m) => m.ready }),
+    ready: t.boolean({
+      description: 'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose).',
+      resolve: (m) => m.ready,
+    }),
     versions: t.field({ type: [VersionRef], resolve: (m) => [...m.versions.values()].sort((a, b) => a.version - b.version) }),
-    inputs: t.field({ type: [TensorInfoRef], description: 'Of the serving version (else the newest).', resolve: (m) => describe(m, (v) => v.inputs, true) }),
+    inputs: t.field({
+      type: [TensorInfoRef],
+      description: 'Of the serving version (else the newest).',
+      resolve: (m) => describe(m, (v) => v.inputs, true),
+    }),
     outputs: t.field({ type: [TensorInfoRef], resolve: (m) => describe(m, (v) => v.outputs, false) }),
     labels: t.field({
-      type: ['String'], nullable: true, description: 'Class labels by class id (gaps are empty strings).',
+      type: ['String'],
+      nullable: true,
+      description: 'Class labels by class id (gaps are empty strings).',
       resolve: (m) => {
         if (!m.labels) return null;
         const max = Math.max(-1, ...m.labels.keys());
@@ -119,69 +138,76 @@ const StatusEventRef = builder.objectRef<ModelStatusEvent>('ModelStatusEvent').i
 });
 
 builder.queryFields((t) => ({
-    models: t.field({ type: [ModelRef], resolve: (_, __, ctx) => ctx.models.models() }),
-    model: t.field({
-      type: ModelRef, nullable: true, args: { name: t.arg.string({ required: true }) },
-      resolve: (_, { name }, ctx) => ctx.models.get(name) ?? null,
-    }),
-    inputShape: t.field({
-      type: ['Int'], nullable: { list: false, items: true },
-      description: 'The shape of an input (default: the first) of a version (default: the serving one); dynamic dimensions are null.',
-      args: { model: t.arg.string({ required: true }), version: t.arg.int(), input: t.arg.string() },
-      resolve: (_, args, ctx) => {
-        const model = ctx.models.require(args.model);
-        const v = args.version ? model.versions.get(args.version) : model.describedVersion();
-        if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version ${args.version ?? ''}`.trim());
-        if (v.inputs.length === 0) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${args.model} version ${v.version} has not loaded`);
-        const input = args.input ? v.inputs.find((i) => i.name === args.input) : v.inputs[0];
-        if (!input) throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${args.model} has no input ${JSON.stringify(args.input)}`);
-        return input.shape;
-      },
-    }),
+  models: t.field({ type: [ModelRef], resolve: (_, __, ctx) => ctx.models.models() }),
+  model: t.field({
+    type: ModelRef,
+    nullable: true,
+    args: { name: t.arg.string({ required: true }) },
+    resolve: (_, { name }, ctx) => ctx.models.get(name) ?? null,
+  }),
+  inputShape: t.field({
+    type: ['Int'],
+    nullable: { list: false, items: true },
+    description: 'The shape of an input (default: the first) of a version (default: the serving one); dynamic dimensions are null.',
+    args: { model: t.arg.string({ required: true }), version: t.arg.int(), input: t.arg.string() },
+    resolve: (_, args, ctx) => {
+      const model = ctx.models.require(args.model);
+      const v = args.version ? model.versions.get(args.version) : model.describedVersion();
+      if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version ${args.version ?? ''}`.trim());
+      if (v.inputs.length === 0)
+        throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${args.model} version ${v.version} has not loaded`);
+      const input = args.input ? v.inputs.find((i) => i.name === args.input) : v.inputs[0];
+      if (!input) throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${args.model} has no input ${JSON.stringify(args.input)}`);
+      return input.shape;
+    },
+  }),
 }));
 
 builder.mutationFields((t) => ({
-    loadModel: t.field({
-      type: ModelRef,
-      description: 'Load a model from the repository (by name), from a server path under the allowed roots, or from uploaded files (model, labels, model.json), which are written into the repository as a new version. Returns when the version is AVAILABLE or has failed (see versions.errorCode). Harmless for a model already loaded.',
-      args: {
-        name: t.arg.string({ required: true }),
-        path: t.arg.string(),
-        files: t.arg({ type: ['File'] }),
-        config: t.arg({ type: 'JSON', description: 'model.json content; persisted for repository models.' }),
-      },
-      resolve: async (_, args, ctx) => {
-        ctx.requireAdmin();
-        const files = args.files ? await Promise.all(args.files.map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) }))) : null;
-        return ctx.models.load(args.name, { path: args.path, files, config: args.config ?? undefined });
-      },
-    }),
-    unloadModel: t.field({
-      type: ModelRef,
-      description: 'Unload one version or the whole model; waits for the requests in flight. The model stays unloaded until loadModel.',
-      args: { name: t.arg.string({ required: true }), version: t.arg.int() },
-      resolve: (_, args, ctx) => {
-        ctx.requireAdmin();
-        return ctx.models.unload(args.name, args.version);
-      },
-    }),
-    updateModel: t.field({
-      type: ModelRef,
-      description: 'Change the editable fields (description, metadata), persisted to model.json. Preprocessing is immutable.',
-      args: { name: t.arg.string({ required: true }), description: t.arg.string(), metadata: t.arg({ type: 'JSON' }) },
-      resolve: (_, args, ctx) => {
-        ctx.requireAdmin();
-        return ctx.models.update(args.name, { description: args.description, metadata: args.metadata });
-      },
-    }),
+  loadModel: t.field({
+    type: ModelRef,
+    description:
+      'Load a model from the repository (by name), from a server path under the allowed roots, or from uploaded files (model, labels, model.json), which are written into the repository as a new version. Returns when the version is AVAILABLE or has failed (see versions.errorCode). Harmless for a model already loaded.',
+    args: {
+      name: t.arg.string({ required: true }),
+      path: t.arg.string(),
+      files: t.arg({ type: ['File'] }),
+      config: t.arg({ type: 'JSON', description: 'model.json content; persisted for repository models.' }),
+    },
+    resolve: async (_, args, ctx) => {
+      ctx.requireAdmin();
+      const files = args.files
+        ? await Promise.all(args.files.map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) })))
+        : null;
+      return ctx.models.load(args.name, { path: args.path, files, config: args.config ?? undefined });
+    },
+  }),
+  unloadModel: t.field({
+    type: ModelRef,
+    description: 'Unload one version or the whole model; waits for the requests in flight. The model stays unloaded until loadModel.',
+    args: { name: t.arg.string({ required: true }), version: t.arg.int() },
+    resolve: (_, args, ctx) => {
+      ctx.requireAdmin();
+      return ctx.models.unload(args.name, args.version);
+    },
+  }),
+  updateModel: t.field({
+    type: ModelRef,
+    description: 'Change the editable fields (description, metadata), persisted to model.json. Preprocessing is immutable.',
+    args: { name: t.arg.string({ required: true }), description: t.arg.string(), metadata: t.arg({ type: 'JSON' }) },
+    resolve: (_, args, ctx) => {
+      ctx.requireAdmin();
+      return ctx.models.update(args.name, { description: args.description, metadata: args.metadata });
+    },
+  }),
 }));
 
 builder.subscriptionFields((t) => ({
-    modelStatus: t.field({
-      type: StatusEventRef,
-      description: 'State changes of model versions (all models, or the one named).',
-      args: { name: t.arg.string() },
-      subscribe: (_, { name }, ctx) => ctx.statusEvents((e) => !name || e.model === name),
-      resolve: (e) => e,
-    }),
+  modelStatus: t.field({
+    type: StatusEventRef,
+    description: 'State changes of model versions (all models, or the one named).',
+    args: { name: t.arg.string() },
+    subscribe: (_, { name }, ctx) => ctx.statusEvents((e) => !name || e.model === name),
+    resolve: (e) => e,
+  }),
 }));

@@ -13,7 +13,8 @@ builder.scalarType('File', {
   parseValue: (v) => {
     // yoga hands over its own File implementation (not always the global class): check the shape
     const f = v as { arrayBuffer?: unknown } | null;
-    if (!f || typeof f !== 'object' || typeof f.arrayBuffer !== 'function') throw new GraphQLError('File: expected an uploaded file (GraphQL multipart request)');
+    if (!f || typeof f !== 'object' || typeof f.arrayBuffer !== 'function')
+      throw new GraphQLError('File: expected an uploaded file (GraphQL multipart request)');
     return v as File;
   },
 });
