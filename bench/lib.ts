@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { encodeMultipart } from '../src/client/multipart.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The project's own fixtures: photos in test/fixtures/images, models in the default repository (models/). */
@@ -43,25 +44,12 @@ export async function freePort(): Promise<number> {
 }
 
 /** A GraphQL multipart request body with one file bound to $f, encoded once and reused. */
-export function multipartBody(query: string, file: Buffer, name: string): { body: Buffer; type: string } {
-  const boundary = '----gatewaybench' + Math.random().toString(16).slice(2);
-  const operations = JSON.stringify({ query, variables: { f: null } });
-  const part = (headers: string, content: Buffer | string) =>
-    Buffer.concat([
-      Buffer.from(`--${boundary}\r\n${headers}\r\n\r\n`),
-      Buffer.isBuffer(content) ? content : Buffer.from(content),
-      Buffer.from('\r\n'),
-    ]);
-  const body = Buffer.concat([
-    part('Content-Disposition: form-data; name="operations"', operations),
-    part('Content-Disposition: form-data; name="map"', '{"0":["variables.f"]}'),
-    part(`Content-Disposition: form-data; name="0"; filename="${name}"\r\nContent-Type: application/octet-stream`, file),
-    Buffer.from(`--${boundary}--\r\n`),
-  ]);
-  return { body, type: `multipart/form-data; boundary=${boundary}` };
+export function multipartBody(query: string, file: Uint8Array, name: string): { body: Uint8Array; type: string } {
+  const { body, contentType } = encodeMultipart({ query, variables: { f: null } }, { f: { name, bytes: file } });
+  return { body, type: contentType };
 }
 
-export function post(agent: http.Agent, port: number, body: Buffer, type: string): Promise<string> {
+export function post(agent: http.Agent, port: number, body: Uint8Array, type: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       {

@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
-import { errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, type TestGateway } from './helpers.ts';
+import { errorCode, image, startGateway, type TestGateway, fixture } from './helpers.ts';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -213,20 +213,11 @@ describe('batcher (deterministic, fake timers)', () => {
 
 describe('batching over HTTP with a real model', () => {
   let gw: TestGateway;
-  const labels = { 'labels.txt': modelAsset('mobilenet', 'labels.txt') };
   beforeAll(async () => {
     gw = await startGateway({
       models: {
-        mobilenet: {
-          onnx: modelFile('mobilenet'),
-          files: labels,
-          config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } },
-        },
-        tiny: {
-          onnx: modelFile('mobilenet'),
-          files: labels,
-          config: { ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } },
-        },
+        mobilenet: fixture('mobilenet', { batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } }),
+        tiny: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } }),
       },
     });
   });

@@ -1,4 +1,5 @@
-import { mkdtemp, mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { encodeMultipart, type UploadFile } from '../src/client/multipart.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -104,24 +105,12 @@ export async function startGateway(
   const gql = async <T>(query: string, variables: Record<string, unknown> = {}, o: GqlOptions = {}): Promise<GqlResult<T>> => {
     let res: Response;
     if (o.files && Object.keys(o.files).length) {
-      const fd = new FormData();
-      const vars = structuredClone(variables);
-      const map: Record<string, string[]> = {};
-      const { readFile } = await import('node:fs/promises');
-      let i = 0;
-      for (const [varPath, file] of Object.entries(o.files)) {
-        setPath(vars, varPath, null);
-        map[String(i)] = [`variables.${varPath}`];
-        const bytes = typeof file === 'string' ? await readFile(file) : file instanceof Uint8Array ? file : file.bytes;
-        const name = typeof file === 'string' ? path.basename(file) : file instanceof Uint8Array ? 'upload.bin' : file.name;
-        fd.set(String(i), new Blob([bytes as Uint8Array<ArrayBuffer>]), name);
-        i++;
-      }
-      const ops = new FormData();
-      ops.set('operations', JSON.stringify({ query, variables: vars, operationName: o.operationName }));
-      ops.set('map', JSON.stringify(map));
-      for (const [k, v] of fd.entries()) ops.set(k, v as Blob, (v as File).name);
-      res = await fetch(`${url}/graphql`, { method: 'POST', body: ops, headers: { 'x-graphql-yoga-csrf': '1', ...o.headers } });
+      const { body, contentType } = encodeMultipart({ query, variables, operationName: o.operationName }, await uploadFiles(o.files));
+      res = await fetch(`${url}/graphql`, {
+        method: 'POST',
+        body,
+        headers: { 'content-type': contentType, 'x-graphql-yoga-csrf': '1', ...o.headers },
+      });
     } else {
       res = await fetch(`${url}/graphql`, {
         method: 'POST',
@@ -155,14 +144,17 @@ export async function startGateway(
   };
 }
 
-function setPath(obj: Record<string, unknown>, p: string, value: unknown): void {
-  const keys = p.split('.');
-  let o: any = obj;
-  for (const k of keys.slice(0, -1)) {
-    if (o[k] === undefined) o[k] = /^\d+$/.test(k) ? [] : {};
-    o = o[k];
+/** Test files (a path, raw bytes, or named bytes) as upload files. */
+export async function uploadFiles(
+  files: Record<string, string | Uint8Array | { name: string; bytes: Uint8Array }>,
+): Promise<Record<string, UploadFile>> {
+  const out: Record<string, UploadFile> = {};
+  for (const [varPath, f] of Object.entries(files)) {
+    if (typeof f === 'string') out[varPath] = { name: path.basename(f), bytes: await readFile(f) };
+    else if (f instanceof Uint8Array) out[varPath] = { name: 'upload.bin', bytes: f };
+    else out[varPath] = f;
   }
-  o[keys.at(-1)!] = value;
+  return out;
 }
 
 /** The first error code of a result (undefined when it has none). */
@@ -192,14 +184,27 @@ export const fixtureConfigs = {
   ppocr: readConfig('text-detection'),
 };
 
-/** The fixture models as ModelSpecs for a test repository (files linked, not copied). */
+const FIXTURES = {
+  mobilenet: { dir: 'mobilenet', labels: true },
+  yolox: { dir: 'yolox', labels: true },
+  bodypix: { dir: 'bodypix', labels: false },
+  ppocr: { dir: 'text-detection', labels: false },
+} as const;
+
+/** One fixture model as a ModelSpec (files linked, not copied); `config` is merged over its model.json. */
+export function fixture(name: keyof typeof FIXTURES, config: Record<string, unknown> = {}): ModelSpec {
+  const { dir, labels } = FIXTURES[name];
+  return {
+    onnx: modelFile(dir),
+    config: { ...fixtureConfigs[name], ...config },
+    files: labels ? { 'labels.txt': modelAsset(dir, 'labels.txt') } : undefined,
+  };
+}
+
+/** Every fixture model, under its short name. */
 export const fixtureModels = (): Record<string, ModelSpec> => ({
-  mobilenet: {
-    onnx: modelFile('mobilenet'),
-    config: fixtureConfigs.mobilenet,
-    files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
-  },
-  yolox: { onnx: modelFile('yolox'), config: fixtureConfigs.yolox, files: { 'labels.txt': modelAsset('yolox', 'labels.txt') } },
-  bodypix: { onnx: modelFile('bodypix'), config: fixtureConfigs.bodypix },
-  ppocr: { onnx: modelFile('text-detection'), config: fixtureConfigs.ppocr },
+  mobilenet: fixture('mobilenet'),
+  yolox: fixture('yolox'),
+  bodypix: fixture('bodypix'),
+  ppocr: fixture('ppocr'),
 });

@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
+import { encodeMultipart } from '../src/client/multipart.ts';
 import { ROOT, image, until } from './helpers.ts';
 
 const freePort = () =>
@@ -75,19 +76,16 @@ describe('the server process (as npm start runs it)', () => {
 
       // slow requests in flight
       const page = await readFile(image('east_ocr_input.jpg'));
-      const segment = () => {
-        const fd = new FormData();
-        fd.set(
-          'operations',
-          JSON.stringify({
-            query: 'mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { pixels } } }',
-            variables: { f: null },
-          }),
-        );
-        fd.set('map', JSON.stringify({ 0: ['variables.f'] }));
-        fd.set('0', new Blob([page]), 'page.jpg');
-        return fetch(`${url}/graphql`, { method: 'POST', body: fd, headers: { 'x-graphql-yoga-csrf': '1' } }).then((r) => r.json());
-      };
+      const upload = encodeMultipart(
+        { query: 'mutation($f: File!) { segment(model: "text-detection", image: { file: $f }) { regions(minPixels: 20) { pixels } } }' },
+        { f: { name: 'page.jpg', bytes: page } },
+      );
+      const segment = () =>
+        fetch(`${url}/graphql`, {
+          method: 'POST',
+          body: upload.body,
+          headers: { 'content-type': upload.contentType, 'x-graphql-yoga-csrf': '1' },
+        }).then((r) => r.json());
       const inflight = Array.from({ length: 4 }, segment);
       await new Promise((r) => setTimeout(r, 150));
       const t0 = Date.now();

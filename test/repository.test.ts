@@ -6,14 +6,21 @@ import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { printSchema } from 'graphql';
 import { schema } from '../src/protocols/graphql/schema/index.ts';
-import { ROOT, addModel, errorCode, fixtureConfigs, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import {
+  ROOT,
+  addModel,
+  errorCode,
+  fixtureConfigs,
+  modelAsset,
+  modelFile,
+  startGateway,
+  until,
+  type TestGateway,
+  fixture,
+} from './helpers.ts';
 
 const MODEL_FIELDS = `name task description metadata updatedAt labels versions { version state errorCode errorMessage } inputs { name dtype shape layout } outputs { name dtype shape }`;
-const mobilenet = () => ({
-  onnx: modelFile('mobilenet'),
-  config: fixtureConfigs.mobilenet,
-  files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
-});
+const mobilenet = () => fixture('mobilenet');
 
 describe('model repository over GraphQL', () => {
   let gw: TestGateway;
@@ -24,11 +31,7 @@ describe('model repository over GraphQL', () => {
     gw = await startGateway({
       models: {
         mobilenet: mobilenet(),
-        yolox: {
-          onnx: modelFile('yolox'),
-          config: { ...fixtureConfigs.yolox, description: 'COCO detector' },
-          files: { 'labels.txt': modelAsset('yolox', 'labels.txt') },
-        },
+        yolox: fixture('yolox', { description: 'COCO detector' }),
       },
       env: { MODEL_ROOTS: extraRoot },
       pollIntervalMs: 100,

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
 import sharp from 'sharp';
-import { IMAGES, errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import { IMAGES, errorCode, image, startGateway, until, uploadFiles, type TestGateway, fixture } from './helpers.ts';
+import { encodeMultipart } from '../src/client/multipart.ts';
 
 /**
  * A decompression bomb: a real PNG whose IHDR is patched to claim width x height. It must be refused from its
@@ -35,13 +36,7 @@ async function pngClaiming(width: number, height: number): Promise<Uint8Array> {
   return png;
 }
 
-const models = () => ({
-  mobilenet: {
-    onnx: modelFile('mobilenet'),
-    config: fixtureConfigs.mobilenet,
-    files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') },
-  },
-});
+const models = () => ({ mobilenet: fixture('mobilenet') });
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
 describe('bad input gets a typed error and the server stays healthy', () => {
@@ -307,11 +302,12 @@ describe('access', () => {
   });
 
   it('keeps CSRF prevention on for multipart and answers CORS for configured origins only', async () => {
-    const fd = new FormData();
-    fd.set('operations', JSON.stringify({ query: CLASSIFY, variables: { f: null } }));
-    fd.set('map', JSON.stringify({ 0: ['variables.f'] }));
-    fd.set('0', new Blob([await readFile(image('bee.jpeg'))]), 'bee.jpeg');
-    const r = await fetch(`${gw.url}/graphql`, { method: 'POST', body: fd, headers: bearer('client-a') });
+    const upload = encodeMultipart({ query: CLASSIFY }, await uploadFiles({ f: image('bee.jpeg') }));
+    const r = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      body: upload.body,
+      headers: { 'content-type': upload.contentType, ...bearer('client-a') },
+    });
     expect(r.status).toBe(403);
     expect(await r.text()).toMatch(/CSRF/);
     const pre = await fetch(`${gw.url}/graphql`, {

@@ -1,3 +1,6 @@
+// Longer than most files here (~340 lines), on purpose: the admin operations (load by name, by path or from uploads,
+// unload, update) and the reconcile each of them ends with run under the model's lock and share the registry; kept
+// together, the locking protocol reads in one place.
 import { EventEmitter } from 'node:events';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';

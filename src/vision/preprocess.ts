@@ -1,3 +1,5 @@
+// Slightly over 250 lines, on purpose: one pipeline from image header to tensor, with the four resize modes and the
+// coordinate mapping each reports side by side, so a transform can be checked against the resize that made it.
 import sharp from 'sharp';
 import type { Metadata, OutputInfo } from 'sharp';
 import { ErrorCode, GatewayError } from '../errors.ts';

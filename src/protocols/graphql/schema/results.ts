@@ -1,0 +1,154 @@
+import type { SegmentationRun } from '../../../inference/service.ts';
+import type { Prediction } from '../../../vision/classification.ts';
+import type { Box, DetectedObject } from '../../../vision/detection.ts';
+import {
+  classHistogram,
+  maskPng,
+  regions,
+  toOriginalSize,
+  type ClassMap,
+  type Region,
+  type SegmentClass,
+} from '../../../vision/segmentation.ts';
+import { cropImage, drawDetections, drawOverlay } from '../../../vision/draw.ts';
+import type { DecodedImage } from '../../../vision/preprocess.ts';
+import { DTYPES } from '../../../engine/types.ts';
+import { builder } from './builder.ts';
+
+// The types inference answers with (images: classification, detection, segmentation; raw tensors). The mutations that
+// produce them are in inference.ts.
+
+const BoxRef = builder.objectRef<Box>('Box').implement({
+  description: 'Normalized to 0..1 of the original image.',
+  fields: (t) => ({ xMin: t.exposeFloat('xMin'), yMin: t.exposeFloat('yMin'), xMax: t.exposeFloat('xMax'), yMax: t.exposeFloat('yMax') }),
+});
+
+const PredictionRef = builder.objectRef<Prediction>('Prediction').implement({
+  fields: (t) => ({
+    classId: t.exposeInt('classId'),
+    label: t.string({ nullable: true, resolve: (p) => p.label }),
+    confidence: t.exposeFloat('confidence'),
+  }),
+});
+
+export const ClassificationRef = builder.objectRef<{ predictions: Prediction[] }>('Classification').implement({
+  fields: (t) => ({ predictions: t.field({ type: [PredictionRef], description: 'Best first.', resolve: (c) => c.predictions }) }),
+});
+
+type ObjectSource = { object: DetectedObject; image: DecodedImage };
+
+const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').implement({
+  fields: (t) => ({
+    classId: t.int({ resolve: (o) => o.object.classId }),
+    label: t.string({ nullable: true, resolve: (o) => o.object.label }),
+    confidence: t.float({ resolve: (o) => o.object.confidence }),
+    box: t.field({ type: BoxRef, resolve: (o) => o.object.box }),
+    classify: t.field({
+      type: ClassificationRef,
+      description: 'Crop this box from the original photo and classify it: a pipeline in one query.',
+      args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
+      resolve: async (o, args, ctx) => {
+        ctx.budget.takeImages(1);
+        const crop = () => cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], args);
+        return { predictions: await predictions };
+      },
+    }),
+  }),
+});
+
+export const DetectionRef = builder.objectRef<{ image: DecodedImage; objects: DetectedObject[] }>('Detection').implement({
+  fields: (t) => ({
+    imageWidth: t.int({ resolve: (d) => d.image.width }),
+    imageHeight: t.int({ resolve: (d) => d.image.height }),
+    objects: t.field({
+      type: [DetectedObjectRef],
+      description: 'Best first.',
+      resolve: (d) => d.objects.map((object) => ({ object, image: d.image })),
+    }),
+    annotatedImage: t.string({
+      description: 'The photo with labelled boxes: base64 PNG (computed only when selected).',
+      resolve: async (d) => (await drawDetections(d.image.bytes, d.image.width, d.image.height, d.objects)).toString('base64'),
+    }),
+  }),
+});
+
+const SegmentClassRef = builder.objectRef<SegmentClass>('SegmentClass').implement({
+  fields: (t) => ({
+    classId: t.exposeInt('classId'),
+    label: t.string({ nullable: true, resolve: (c) => c.label }),
+    pixelFraction: t.exposeFloat('pixelFraction'),
+  }),
+});
+
+const RegionRef = builder.objectRef<Region>('Region').implement({
+  description: 'A connected area of one class (e.g. one word of a text detector).',
+  fields: (t) => ({
+    classId: t.exposeInt('classId'),
+    label: t.string({ nullable: true, resolve: (r) => r.label }),
+    pixels: t.int({ description: 'Size at the model output resolution.', resolve: (r) => r.pixels }),
+    box: t.field({ type: BoxRef, resolve: (r) => r.box }),
+  }),
+});
+
+type SegSource = SegmentationRun & { full?: ClassMap };
+const fullMap = (s: SegSource) => (s.full ??= toOriginalSize(s.map, s.transform));
+
+export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').implement({
+  fields: (t) => ({
+    width: t.int({ description: 'Of the original image.', resolve: (s) => s.image.width }),
+    height: t.int({ resolve: (s) => s.image.height }),
+    classes: t.field({
+      type: [SegmentClassRef],
+      description: 'Classes present, with their share of the image.',
+      resolve: (s) => classHistogram(fullMap(s), s.model.labels),
+    }),
+    mask: t.string({
+      description: 'Base64 PNG at the image size, one class id per pixel.',
+      resolve: async (s) => (await maskPng(fullMap(s))).toString('base64'),
+    }),
+    overlay: t.string({
+      description: 'The mask in colour over the photo: base64 PNG (computed only when selected).',
+      resolve: async (s) => (await drawOverlay(s.image.bytes, fullMap(s))).toString('base64'),
+    }),
+    regions: t.field({
+      type: [RegionRef],
+      args: { minPixels: t.arg.int({ description: 'Smallest region kept, in output pixels (default 16).' }) },
+      resolve: (s, args) => regions(s.map, s.transform, s.model.labels, Math.max(1, args.minPixels ?? 16)),
+    }),
+  }),
+});
+
+const DTypeEnum = builder.enumType('DType', { values: DTYPES.map((d) => d.toUpperCase()) as [string, ...string[]] });
+
+export const TensorInput = builder.inputType('TensorInput', {
+  fields: (t) => ({
+    name: t.string({ required: true }),
+    dtype: t.field({ type: DTypeEnum, required: true }),
+    shape: t.intList({ required: true }),
+    data: t.string({ required: true, description: 'Base64 of the little-endian bytes.' }),
+  }),
+});
+
+export interface TensorOutput {
+  name: string;
+  dtype: string;
+  shape: number[];
+  data: Uint8Array;
+}
+
+const TensorOutputRef = builder.objectRef<TensorOutput>('Tensor').implement({
+  fields: (t) => ({
+    name: t.exposeString('name'),
+    dtype: t.field({ type: DTypeEnum, resolve: (o) => o.dtype.toUpperCase() }),
+    shape: t.intList({ resolve: (o) => o.shape }),
+    data: t.string({
+      description: 'Base64 of the little-endian bytes.',
+      resolve: (o) => Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength).toString('base64'),
+    }),
+  }),
+});
+
+export const InferResultRef = builder.objectRef<{ outputs: TensorOutput[] }>('InferResult').implement({
+  fields: (t) => ({ outputs: t.field({ type: [TensorOutputRef], resolve: (r) => r.outputs }) }),
+});
