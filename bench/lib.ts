@@ -86,6 +86,8 @@ export async function startServer(
   models: Record<string, { onnx: string; config: unknown; files?: Record<string, string> }>,
   env: Record<string, string> = {},
   nodeArgs: string[] = [],
+  /** The checkout whose src/main.ts to run (another commit's worktree, for A/B runs). */
+  root = ROOT,
 ): Promise<RunningServer> {
   const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
   for (const [name, m] of Object.entries(models)) {
@@ -95,8 +97,8 @@ export async function startServer(
     for (const [f, src] of Object.entries(m.files ?? {})) await symlink(src, path.join(repo, name, f));
   }
   const port = await freePort();
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-    cwd: ROOT,
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(root, 'src', 'main.ts')], {
+    cwd: root,
     env: {
       ...process.env,
       PORT: String(port),

@@ -193,35 +193,42 @@ async function main() {
     profile,
   );
   const port = server.port;
+  // BENCH_BASELINE=<another checkout>: the same gateway from that checkout (e.g. the previous commit's worktree), as
+  // one more mode in the same interleaved run, for A/B comparisons of a change
+  const baseline = process.env.BENCH_BASELINE
+    ? await startServer({ mobilenet: { onnx: MODEL, config: config(BATCHING) } }, {}, [], path.resolve(process.env.BENCH_BASELINE))
+    : null;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   const points: Point[] = [];
   try {
-    const stats = (model: string) => async () => {
-      const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
-      const r = JSON.parse(await post(agent, port, Buffer.from(body), 'application/json'));
-      const st = r.data.model.stats[0];
-      return {
-        batches: st.batches,
-        items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0),
+    const stats =
+      (model: string, at = port) =>
+      async () => {
+        const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
+        const r = JSON.parse(await post(agent, at, Buffer.from(body), 'application/json'));
+        const st = r.data.model.stats[0];
+        return {
+          batches: st.batches,
+          items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0),
+        };
       };
-    };
-    const gateway = (mode: string, model: string): Runner => {
+    const gateway = (mode: string, model: string, at = port): Runner => {
       const query = `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`;
       const bodies = photos.map((p, i) => multipartBody(query, p, PHOTOS[i]));
       return {
         mode,
-        stats: stats(model),
+        stats: stats(model, at),
         run: async (i) => {
           const { body, type } = bodies[i % bodies.length];
-          const text = await post(agent, port, body, type);
+          const text = await post(agent, at, body, type);
           if (!text.includes('"predictions"')) throw new Error(text.slice(0, 200));
         },
       };
     };
     const modes = process.env.BENCH_MODES?.split(',');
-    const runners = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch')].filter(
-      (r) => !modes || modes.includes(r.mode),
-    );
+    const all = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch')];
+    if (baseline) all.push(gateway('baseline gateway', 'mobilenet', baseline.port));
+    const runners = all.filter((r) => !modes || modes.includes(r.mode));
     for (const c of CONCURRENCY) {
       const rounds = new Map<string, Point[]>(runners.map((r) => [r.mode, []]));
       for (let round = 0; round < ROUNDS; round++) {
@@ -238,6 +245,7 @@ async function main() {
   } finally {
     agent.destroy();
     await server.stop();
+    await baseline?.stop();
     await session.close();
   }
 
