@@ -11,7 +11,7 @@ import path from 'node:path';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher } from '../src/batching/batcher.ts';
-import { parseModelConfig } from '../src/repository/model-config.ts';
+import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
 import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { classify } from '../src/vision/classification.ts';
 import { renderChart } from './chart.ts';
@@ -174,7 +174,7 @@ async function main() {
         const { tensor } = await preprocess(img, plan, MAX_PIXELS);
         ticket.markQueued();
         const out = await local.infer({ [plan.input]: tensor });
-        classify(out, cfg.classification, null, 1);
+        classify(out, postprocessingOf(cfg, 'classification'), null, 1);
       } finally {
         ticket.release();
       }

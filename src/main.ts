@@ -1,13 +1,26 @@
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { createLogger } from './log.ts';
+import { errorMessage } from './errors.ts';
+import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { createEngine } from './engine/index.ts';
 import { ModelManager } from './repository/manager.ts';
-import { checkImageInput } from './inference/service.ts';
+import { checkModel } from './inference/warmup.ts';
 import { createGateway } from './server/gateway.ts';
 
 const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
+
+/**
+ * The process cannot start: one JSON line naming the problem (no stack trace), flushed before exiting with `code`
+ * (2 for a bad setting, 1 for anything else).
+ */
+function fatal(logger: Logger, message: string, code: 1 | 2, fields: Record<string, unknown> = {}): never {
+  logger.fatal(fields, message);
+  logger.flush(() => process.exit(code));
+  // flush() calls back once the line is written; nothing else runs meanwhile
+  return undefined as never;
+}
 
 /** config -> engine -> repository -> servers -> listen; SIGTERM/SIGINT -> drain and exit 0. */
 async function main(): Promise<void> {
@@ -15,18 +28,33 @@ async function main(): Promise<void> {
   try {
     config = loadConfig();
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`);
-    process.exit(e instanceof ConfigError && /^Usage/.test(e.message) ? 0 : 2);
+    if (e instanceof ConfigError && /^Usage/.test(e.message)) {
+      process.stdout.write(`${e.message}\n`);
+      process.exit(0);
+    }
+    return fatal(createLogger('info', { service: 'inference-gateway' }), errorMessage(e).split('\n')[0], 2, {
+      hint: 'npm start -- --help lists the settings',
+    });
   }
   const logger = createLogger(config.logLevel, { service: 'inference-gateway' });
+  const repository = path.resolve(config.modelRepository);
+  const st = await stat(repository).catch(() => null);
+  if (!st?.isDirectory())
+    return fatal(
+      logger,
+      `MODEL_REPOSITORY ${repository} does not exist or is not a directory: set MODEL_REPOSITORY (or --model-repository) to a folder of models`,
+      1,
+    );
+  try {
+    await readdir(repository);
+  } catch (e) {
+    return fatal(logger, `MODEL_REPOSITORY ${repository} cannot be read: ${errorMessage(e)}`, 1);
+  }
   let engine;
   try {
     engine = await createEngine(config.engine);
   } catch (e) {
-    logger.error({ engine: config.engine, error: (e as Error).message }, 'engine unavailable');
-    logger.flush();
-    process.stderr.write(`\n${(e as Error).message}\n`);
-    process.exit(1);
+    return fatal(logger, errorMessage(e), 1, { engine: config.engine });
   }
   if (!isLoopback(config.host) && !config.adminToken) {
     logger.warn(
@@ -42,12 +70,31 @@ async function main(): Promise<void> {
     modelRoots: config.modelRoots,
     pollIntervalMs: config.pollIntervalMs,
     loadOptions: { intraOpThreads: config.engineThreads, dynamicBatch: config.dynamicBatch },
-    checkModel: checkImageInput,
+    checkModel,
   });
   const gateway = createGateway({ config, models, logger, metrics });
-  const { url } = await gateway.listen();
+  let url: string;
+  try {
+    ({ url } = await gateway.listen());
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE')
+      return fatal(
+        logger,
+        `port ${config.port} on ${config.host} is in use: stop what uses it, or set PORT (or --port) to another port`,
+        1,
+      );
+    if (code === 'EACCES')
+      return fatal(logger, `port ${config.port} on ${config.host} needs privileges this process does not have: set PORT above 1023`, 1);
+    if (code === 'EADDRNOTAVAIL') return fatal(logger, `HOST ${config.host} is not an address of this machine: set HOST`, 1);
+    return fatal(logger, `cannot listen on ${config.host}:${config.port}: ${errorMessage(e)}`, 1);
+  }
   logger.info({ url: `${url}/graphql`, engine: engine.name, repository: models.root }, 'listening');
-  await models.start();
+  try {
+    await models.start();
+  } catch (e) {
+    return fatal(logger, errorMessage(e), 1);
+  }
   logger.info(
     { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
     'repository loaded',

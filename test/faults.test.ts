@@ -79,24 +79,23 @@ describe('faults while serving', () => {
       if (r.errors) expect(errorCode(r)).toBe('MODEL_NOT_READY');
       else expect(r.data.classify.predictions[0].classId).toBe(340);
     }
-    // version 1 is on disk again the newest: the policy (latest 1) loads it back
+    // version 1 is on disk again the newest: the policy (latest 1) loads it back; version 2 is gone from the list
     await until(
-      async () =>
-        JSON.stringify(await versions()) ===
-        JSON.stringify([
-          { version: 1, state: 'AVAILABLE', errorCode: null },
-          { version: 2, state: 'END', errorCode: null },
-        ]),
+      async () => JSON.stringify(await versions()) === JSON.stringify([{ version: 1, state: 'AVAILABLE', errorCode: null }]),
       15_000,
       'fallback to version 1',
     );
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
   });
 
-  it('a model folder deleted: its versions end, requests get MODEL_NOT_READY, the server stays healthy', async () => {
+  it('a model folder deleted: its versions end, it leaves the list and readiness, the server stays healthy', async () => {
     await rm(path.join(gw.root, 'mobilenet'), { recursive: true });
-    await until(async () => (await versions()).every((v: any) => v.state === 'END'), 15_000, 'all versions ended');
-    expect(errorCode(await classify())).toBe('MODEL_NOT_READY');
+    await until(async () => (await gw.gql(`{ model(name: "mobilenet") { name } }`)).data.model === null, 15_000, 'the model gone');
+    expect(errorCode(await classify())).toBe('MODEL_NOT_FOUND');
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+    const ready = await fetch(`${gw.url}/ready`);
+    expect(ready.status).toBe(200);
+    expect((await ready.json()).models).toEqual([]);
+    expect(await (await fetch(`${gw.url}/metrics`)).text()).not.toMatch(/model="mobilenet"/);
   });
 });

@@ -10,7 +10,7 @@ import { Metrics } from '../src/metrics.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { ModelManager } from '../src/repository/manager.ts';
 import { createGateway, type Gateway } from '../src/server/gateway.ts';
-import { checkImageInput } from '../src/inference/service.ts';
+import { checkModel } from '../src/inference/warmup.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Photos used by tests, benchmarks and README examples (see test/fixtures/images/PROVENANCE.md). */
@@ -97,7 +97,7 @@ export async function startGateway(
     modelRoots: config.modelRoots,
     pollIntervalMs: opts.pollIntervalMs ?? 0,
     loadOptions: { dynamicBatch: config.dynamicBatch },
-    checkModel: checkImageInput,
+    checkModel,
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });
   const { url } = await gateway.listen();

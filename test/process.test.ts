@@ -162,3 +162,79 @@ describe('npm run soak / npm run bench', () => {
     await until(() => !alive(pid), 10_000, `server ${pid} to end`);
   });
 });
+
+describe('start-up: the server starts, or says why in one line', () => {
+  const start = (env: Record<string, string>, args: string[] = []) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts'), ...args], {
+      cwd: ROOT,
+      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    return { child, exit, output: () => out };
+  };
+  const jsonLines = (text: string) =>
+    text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  it.each([
+    [
+      'a missing MODEL_REPOSITORY',
+      { MODEL_REPOSITORY: '/no/such/repository' },
+      [],
+      1,
+      /MODEL_REPOSITORY \/no\/such\/repository does not exist/,
+    ],
+    ['a bad flag', {}, ['--port', 'eighty'], 2, /--port: expected an integer/],
+    ['an unknown flag', {}, ['--prot', '80'], 2, /unknown flag --prot/],
+  ])('%s: exit %#, one JSON line naming it, no stack trace', async (_, env, args, code, message) => {
+    const p = start({ PORT: '0', ...env }, args);
+    expect(await p.exit).toBe(code);
+    const lines = jsonLines(p.output());
+    expect(lines).toHaveLength(1);
+    expect(lines[0].level).toBe('fatal');
+    expect(lines[0].msg).toMatch(message);
+  });
+
+  it('a port in use: exit 1, one JSON line saying so', async () => {
+    const busy = net.createServer().listen(0, '127.0.0.1');
+    await new Promise((r) => busy.once('listening', r));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      const p = start({ PORT: String(port), MODEL_REPOSITORY: path.join(ROOT, 'models') });
+      expect(await p.exit).toBe(1);
+      const lines = jsonLines(p.output());
+      expect(lines.at(-1)!.msg).toMatch(new RegExp(`port ${port} on 127.0.0.1 is in use`));
+      expect(lines.every((l) => typeof l.level === 'string')).toBe(true);
+    } finally {
+      busy.close();
+    }
+  });
+
+  it('a start of the default repository prints nothing but JSON lines (onnxruntime included)', async () => {
+    const port = await freePort();
+    const p = start({ PORT: String(port), MODEL_REPOSITORY: path.join(ROOT, 'models') });
+    try {
+      await until(
+        () =>
+          fetch(`http://127.0.0.1:${port}/ready`).then(
+            (r) => r.ok,
+            () => false,
+          ),
+        60_000,
+        'ready',
+      );
+    } finally {
+      p.child.kill('SIGTERM');
+    }
+    expect(await p.exit).toBe(0);
+    const lines = jsonLines(p.output());
+    expect(lines.some((l) => l.msg === 'listening')).toBe(true);
+    expect(lines.filter((l) => l.level === 'error' || l.level === 'fatal')).toEqual([]);
+  });
+});

@@ -4,7 +4,7 @@ import { detect, nms, type Candidate } from '../src/vision/detection.ts';
 import { classify } from '../src/vision/classification.ts';
 import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
-import { parseModelConfig } from '../src/repository/model-config.ts';
+import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
 import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
 import type { Tensor } from '../src/engine/types.ts';
 
@@ -19,7 +19,7 @@ const identity = (w: number, h: number): ImageTransform => ({
   offsetX: 0,
   offsetY: 0,
 });
-const det = (post: Record<string, unknown>) => parseModelConfig({ task: 'detection', postprocessing: post }).detection;
+const det = (post: Record<string, unknown>) => postprocessingOf(parseModelConfig({ task: 'detection', postprocessing: post }), 'detection');
 const opts = { minConfidence: 0.5, iouThreshold: 0.5, maxDetections: 100 };
 
 describe('detection decoders', () => {
@@ -154,7 +154,7 @@ describe('resize types map boxes back to the original image', () => {
   for (const [name, pre] of cases) {
     it(name, async () => {
       const { bytes, box } = await target(300, 150, { x: 120, y: 40, w: 60, h: 60 }); // inside the central square
-      const plan = planInput(parseModelConfig({ task: 'detection', preprocessing: pre }), [
+      const plan = planInput(parseModelConfig({ task: 'detection', preprocessing: pre, postprocessing: { format: 'yolox' } }), [
         { name: 'x', dtype: 'float32', shape: [1, 3, null, null], layout: null },
       ]);
       const img = await probeImage(bytes, 1e8);
@@ -217,7 +217,10 @@ describe('resize types map boxes back to the original image', () => {
 
 describe('segmentation postprocessing', () => {
   it('thresholds one channel (sigmoid in logit space), argmaxes several, finds regions', () => {
-    const cfg = parseModelConfig({ task: 'segmentation', postprocessing: { activation: 'sigmoid', threshold: 0.5 } }).segmentation;
+    const cfg = postprocessingOf(
+      parseModelConfig({ task: 'segmentation', postprocessing: { activation: 'sigmoid', threshold: 0.5 } }),
+      'segmentation',
+    );
     const one = toClassMap({ s: f32([1, 2, 3, 1], [-1, 2, 3, -4, 5, 0.1]) }, cfg, 'NHWC');
     expect([...one.ids]).toEqual([0, 1, 1, 0, 1, 1]);
     const multi = toClassMap({ s: f32([1, 3, 1, 2], [0, 9, 1, 0, 2, 5]) }, { ...cfg, activation: 'none' }, 'NCHW');
@@ -307,18 +310,23 @@ describe('labels', () => {
 
 describe('model.json validation names the field', () => {
   const bad: [unknown, RegExp][] = [
-    [{ task: 'ocr' }, /task: expected one of/],
+    [{ task: 'ocr' }, /task: unknown value "ocr"; expected one of classification, detection/],
     [{ preprocessing: { mean: [1, 2] } }, /preprocessing\.mean: expected 3 numbers/],
     [{ preprocessing: { targetSize: '224' } }, /preprocessing\.targetSize/],
-    [{ preprocessing: { std: [1, 0, 1] } }, /preprocessing\.std: must not contain 0/],
+    [{ preprocessing: { std: [1, 0, 1] } }, /preprocessing\.std\[1\]: must not be 0/],
     [{ batching: { maxBatchSize: 0 } }, /batching\.maxBatchSize: must be >= 1/],
     [{ versionPolicy: { latest: 1, all: true } }, /versionPolicy: expected exactly one/],
     [{ versionPolicy: { specific: [] } }, /versionPolicy\.specific/],
     [{ task: 'detection', postprocessing: { format: 'anchors' } }, /postprocessing\.layers/],
-    [{ labels: '../etc/passwd' }, /labels: a labels file must be a plain file name/],
+    [{ labels: '../etc/passwd' }, /labels: expected a labels file .* a plain file name/],
     [{ preprocessing: { meanFile: '/etc/x.npy' } }, /preprocessing\.meanFile/],
     [{ colour: 1 }, /colour: unknown field/],
-    [[1, 2], /expected an object/],
+    [{ task: 'classification', batching: { maxBatchsize: 64 } }, /batching\.maxBatchsize: unknown field; did you mean "maxBatchSize"\?/],
+    [{ task: 'segmentation', postprocessing: { treshold: 0.3 } }, /postprocessing\.treshold: unknown field; did you mean "threshold"\?/],
+    [{ task: 'detection' }, /postprocessing: a detection model needs postprocessing with its format/],
+    [{ task: 'detection', postprocessing: { format: 'yolo9000' } }, /postprocessing\.format: unknown value "yolo9000"/],
+    [{ task: 'classification', postprocessing: { format: 'yolox' } }, /postprocessing\.format: unknown field/],
+    [[1, 2], /\(root\): expected object/],
   ];
   for (const [raw, re] of bad) it(JSON.stringify(raw), () => expect(() => parseModelConfig(raw)).toThrow(re));
 

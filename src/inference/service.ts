@@ -1,8 +1,8 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
 import type { Session, Tensor } from '../engine/types.ts';
 import type { Feeds } from '../batching/batcher.ts';
-import type { Task } from '../repository/model-config.ts';
-import type { Model } from '../repository/model.ts';
+import { postprocessingOf, type Task } from '../repository/model-config.ts';
+import type { Model, ModelFiles } from '../repository/model.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import type { Admission, ModelVersion } from '../repository/version.ts';
 import { planInput, preprocess, probeImage, type DecodedImage, type ImageTransform, type InputPlan } from '../vision/preprocess.ts';
@@ -37,11 +37,13 @@ export interface SegmentationRun {
   image: DecodedImage;
   transform: ImageTransform;
   map: ClassMap;
-  model: Model;
+  labels: ModelFiles['labels'];
 }
 export interface ImageRun {
   model: Model;
   version: ModelVersion;
+  /** The configuration the version was loaded with. */
+  files: ModelFiles;
   image: DecodedImage;
   transform: ImageTransform;
   plan: InputPlan;
@@ -50,20 +52,15 @@ export interface ImageRun {
 
 const plans = new WeakMap<Session, InputPlan>();
 
-function planFor(model: Model, version: ModelVersion): InputPlan {
+/** The preprocessing plan of a version: from the configuration it was loaded with and its session's inputs. */
+function planFor(model: Model, version: ModelVersion): { plan: InputPlan; files: ModelFiles } {
   const session = version.session;
-  if (!session) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${model.name} version ${version.version} is ${version.state}`);
+  const files = version.files;
+  if (!session || !files)
+    throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${model.name} version ${version.version} is ${version.state}`);
   let plan = plans.get(session);
-  if (!plan) plans.set(session, (plan = planInput(model.config, session.inputs, model.mean)));
-  return plan;
-}
-
-/**
- * At load: an image task's preprocessing must fit the model's input (channels, data type, a target size where the
- * input's spatial size is dynamic, a mean file of the right size). Raw models take tensors as they are.
- */
-export function checkImageInput(model: Model, session: Session): void {
-  if (model.config.task !== 'raw') planInput(model.config, session.inputs, model.mean);
+  if (!plan) plans.set(session, (plan = planInput(files.config, session.inputs, files.mean)));
+  return { plan, files };
 }
 
 const bad = (msg: string) => new GatewayError(ErrorCode.INVALID_INPUT, msg);
@@ -86,7 +83,7 @@ export class InferenceService {
     if (!Number.isInteger(topK) || topK < 1 || topK > 1000) throw bad('topK must be 1..1000');
     return this.runImages('classification', name, version, sources).map(async (r) => {
       const run = await r;
-      return classify(run.outputs, run.model.config.classification, run.model.labels, topK, minConfidence);
+      return classify(run.outputs, postprocessingOf(run.files.config, 'classification'), run.files.labels, topK, minConfidence);
     });
   }
 
@@ -106,8 +103,8 @@ export class InferenceService {
       throw bad('maxDetections must be 1..10000');
     return this.runImages('detection', name, version, sources).map(async (r) => {
       const run = await r;
-      const cfg = run.model.config.detection;
-      const objects = detect(run.outputs, cfg, run.transform, run.model.labels, {
+      const cfg = postprocessingOf(run.files.config, 'detection');
+      const objects = detect(run.outputs, cfg, run.transform, run.files.labels, {
         minConfidence: opts.minConfidence ?? cfg.minConfidence,
         iouThreshold: opts.iouThreshold ?? cfg.iouThreshold,
         maxDetections: opts.maxDetections ?? cfg.maxDetections,
@@ -123,8 +120,8 @@ export class InferenceService {
       return {
         image: run.image,
         transform: run.transform,
-        map: toClassMap(run.outputs, run.model.config.segmentation, run.plan.layout),
-        model: run.model,
+        map: toClassMap(run.outputs, postprocessingOf(run.files.config, 'segmentation'), run.plan.layout),
+        labels: run.files.labels,
       };
     });
   }
@@ -161,8 +158,9 @@ export class InferenceService {
    */
   runImages(task: Task, name: string, versionNo: number | null | undefined, sources: readonly ImageSource[]): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
-    if (model.config.task !== task) throw bad(`model ${model.name} is a ${model.config.task} model, not ${task}`);
-    const plan = planFor(model, version);
+    const config = version.config ?? model.config;
+    if (config.task !== task) throw bad(`model ${model.name} is a ${config.task} model, not ${task}`);
+    const { plan, files } = planFor(model, version);
     const maxPixels = this.limits.maxImagePixels;
     const items = sources.map((source) => {
       const t0 = performance.now();
@@ -186,7 +184,7 @@ export class InferenceService {
         const { image, tensor, transform } = await prepared;
         const outputs = await admission.infer({ [plan.input]: tensor });
         version.stats.recordRequest((performance.now() - t0) * 1000);
-        return { model, version, image, transform, plan, outputs };
+        return { model, version, files, image, transform, plan, outputs };
       } catch (e) {
         version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
         throw e;

@@ -1,18 +1,19 @@
-// Longer than most files here (~340 lines), on purpose: the admin operations (load by name, by path or from uploads,
-// unload, update) and the reconcile each of them ends with run under the model's lock and share the registry; kept
+// Longer than most files here, on purpose: the admin operations (load by name, by path or from uploads, unload,
+// update, delete) and the reconcile each of them ends with run under the model's lock and share the registry; kept
 // together, the locking protocol reads in one place.
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { Metrics } from '../metrics.ts';
+import type { Metrics, VersionMetrics } from '../metrics.ts';
 import type { Engine, LoadOptions, Session } from '../engine/types.ts';
 import { resolveUnderRoots } from '../paths.ts';
+import { editModelJson, type JsonMergePatch } from './edits.ts';
 import { parseModelConfig } from './model-config.ts';
-import { MODEL_NAME_RE, Model, selectVersions } from './model.ts';
-import { configMtime, discoverVersions, modelFileIn, readModelFiles, readRawModelJson, atomicWrite, writeModelJson } from './store.ts';
-import { planUpload, writeUpload, type UploadedFile } from './uploads.ts';
+import { MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.ts';
+import { discoverVersions, filesStamp, modelFileIn, readModelFiles, signatureOf, writeModelJson } from './store.ts';
+import { commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
 import { ModelVersion, type ModelStatusEvent } from './version.ts';
 import { Watcher } from './watcher.ts';
 
@@ -28,16 +29,23 @@ export interface ManagerOptions {
   /** Engine options for every session (threads, dynamic batch). */
   loadOptions?: LoadOptions;
   /**
-   * Does the model's configuration fit the loaded session (e.g. its preprocessing fits the image input)? Throws when
-   * not, and the load ends with that error. Supplied by the layer that knows what a task needs.
+   * Does a configuration fit the loaded session (the load-time warm-up)? Throws when not, and the load ends with that
+   * error; returns warnings. Supplied by the layer that knows what a task needs.
    */
-  checkModel?: (model: Model, session: Session) => void;
+  checkModel?: (files: ModelFiles, session: Session) => Promise<string[]> | string[];
 }
+
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 /**
  * The model manager (OpenVINO Model Server's manager -> model -> version): which models exist, which versions their
- * policies ask for, and the admin operations on them. Files are read and written by store.ts and uploads.ts; the
- * watcher rescans the repository; each version runs its own lifecycle (version.ts).
+ * policies ask for, and the admin operations on them. Files are read by store.ts and written by uploads.ts and
+ * edits.ts; the watcher rescans the repository; each version instance runs its own lifecycle with the configuration
+ * it was loaded with (version.ts).
  */
 export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
   readonly root: string;
@@ -49,6 +57,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
   private readonly checkModel: ManagerOptions['checkModel'];
   private readonly watcher: Watcher;
   private readonly byName = new Map<string, Model>();
+  /** One series per (model, version), shared by the instances that serve it one after another. */
+  private readonly versionMetrics = new Map<string, VersionMetrics>();
   private closed = false;
   private started = false;
 
@@ -65,9 +75,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     this.watcher = new Watcher(() => this.scan(), pollIntervalMs);
   }
 
-  /** Scan the repository, load what its policies ask for, and start watching. */
+  /** Scan the repository, load what its policies ask for, and start watching. The repository must exist. */
   async start(): Promise<void> {
-    await mkdir(this.root, { recursive: true });
+    const st = await stat(this.root).catch(() => null);
+    if (!st?.isDirectory())
+      throw new GatewayError(ErrorCode.INVALID_INPUT, `the model repository ${this.root} does not exist or is not a directory`);
+    await readdir(this.root); // unreadable: fail now, with the system's reason
     await this.watcher.tick();
     this.started = true;
     this.watcher.start();
@@ -108,21 +121,23 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     return { model, version: v };
   }
 
-  /** One pass of the watcher: new model folders and version folders are loaded, removed ones unloaded. */
+  /** One pass of the watcher: new model folders and version folders are loaded, removed ones unloaded and forgotten. */
   private async scan(): Promise<void> {
     try {
       const entries = await readdir(this.root, { withFileTypes: true }).catch(() => []);
-      const present = new Set<string>();
       for (const e of entries) {
-        if (!e.isDirectory() || e.name.startsWith('.') || !MODEL_NAME_RE.test(e.name)) continue;
-        present.add(e.name);
-        if (!this.byName.has(e.name)) this.byName.set(e.name, new Model(e.name, path.join(this.root, e.name), 'repository'));
+        if (!e.isDirectory() || e.name.startsWith('.') || !MODEL_NAME_RE.test(e.name) || this.byName.has(e.name)) continue;
+        this.byName.set(e.name, new Model(e.name, path.join(this.root, e.name), 'repository'));
       }
       await Promise.all(
         this.models().map((m) =>
           m.exclusive(async () => {
-            if (m.source === 'repository' && !present.has(m.name)) return this.reconcile(m, []);
-            if (!m.file && (await configMtime(m.dir)) !== m.configMtimeMs) await this.reread(m);
+            // checked under the lock: an upload may have created the folder meanwhile
+            if (!m.file && !(await exists(m.dir))) {
+              if (m.source === 'repository' || m.versions.size > 0) return this.forget(m);
+              return;
+            }
+            if (!m.file && (await filesStamp(m.dir, m.files?.config ?? null)) !== m.filesStamp) await this.reread(m);
             return this.reconcile(m);
           }),
         ),
@@ -132,9 +147,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     }
   }
 
-  /** (Re)read model.json, labels and mean file. On error the previous configuration stays, with configError set. */
+  /** (Re)read model.json, labels and mean file. On error the versions keep what they loaded, with configError set. */
   private async reread(model: Model): Promise<void> {
-    model.configMtimeMs = await configMtime(model.dir);
+    model.filesStamp = await filesStamp(model.dir, model.files?.config ?? null);
     try {
       model.setFiles(await readModelFiles(model.name, model.dir));
     } catch (e) {
@@ -148,12 +163,46 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     return model.file ? new Map([[1, model.file]]) : discoverVersions(model.dir, this.engine.modelFiles);
   }
 
-  /** Bring the loaded versions in line with the policy and what is on disk. */
-  private async reconcile(model: Model, onDiskOverride?: number[]): Promise<void> {
+  private newVersion(model: Model, version: number, file: string, files: ModelFiles | null): ModelVersion {
+    const key = `${model.name}\u0000${version}`;
+    let metrics = this.versionMetrics.get(key);
+    if (!metrics && this.metrics) this.versionMetrics.set(key, (metrics = this.metrics.forVersion(model.name, version)));
+    return new ModelVersion(model.name, version, file, files, {
+      logger: this.logger,
+      publish: (e) => this.emit('status', e),
+      openSession: (p, options) => this.engine.load(p, options),
+      check: this.checkModel,
+      metrics,
+    });
+  }
+
+  /** A version leaves the list (its folder is gone, or it failed and is not wanted): its metrics go with it. */
+  private dropVersion(model: Model, version: number): void {
+    model.versions.delete(version);
+    const key = `${model.name}\u0000${version}`;
+    this.versionMetrics.get(key)?.remove();
+    this.versionMetrics.delete(key);
+  }
+
+  /** Unload everything of a model and take it off the list (its folder was removed, or it was deleted). */
+  private async forget(model: Model): Promise<void> {
+    await Promise.all([...model.versions.values()].map((v) => v.unload()));
+    for (const v of [...model.versions.keys()]) this.dropVersion(model, v);
+    if (this.byName.get(model.name) === model) this.byName.delete(model.name);
+  }
+
+  /**
+   * Bring the loaded versions in line with the policy, what is on disk and the configuration: load what is wanted and
+   * not loaded (or failed, once its file or configuration changed, or when `retry` says so), reload with a new
+   * configuration without a gap (the old instance serves until the new one is AVAILABLE), unload what is not wanted,
+   * and drop from the list what is gone.
+   */
+  private async reconcile(model: Model, { retry = false }: { retry?: boolean } = {}): Promise<void> {
     if (this.closed) return;
-    const files = onDiskOverride ? new Map<number, string>() : await this.discover(model);
-    const onDisk = onDiskOverride ?? [...files.keys()];
-    const wanted = model.disabled ? [] : selectVersions(model.config.versionPolicy, onDisk).filter((v) => !model.disabledVersions.has(v));
+    const files = await this.discover(model);
+    const onDisk = [...files.keys()];
+    const policy = model.files?.config.versionPolicy ?? { latest: 1 };
+    const wanted = model.disabled ? [] : selectVersions(policy, onDisk).filter((v) => !model.disabledVersions.has(v));
     const loads: Promise<void>[] = [];
     for (const v of wanted) {
       const file = files.get(v)!;
@@ -161,24 +210,14 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
         (s) => s.mtimeMs,
         () => 0,
       );
-      let mv = model.versions.get(v);
-      if (!mv) {
-        mv = new ModelVersion(model.name, v, file, {
-          logger: this.logger,
-          publish: (e) => this.emit('status', e),
-          openSession: (p, options) => this.engine.load(p, options),
-          check: this.checkModel && ((session) => this.checkModel!(model, session)),
-          metrics: this.metrics?.forVersion(model.name, v),
-        });
-        model.versions.set(v, mv);
-      }
-      // Load what never loaded, and retry a failed load once its file changes.
-      const retry = mv.state === 'END' && (mv.errorCode === null || mv.loadedMtimeMs !== mtime);
-      if (mv.state === 'START' || retry) {
-        mv.modelPath = file;
-        mv.loadedMtimeMs = mtime;
-        loads.push(mv.load(model.config.batching, this.loadOptions, model.configError ?? undefined));
-      }
+      const mv = model.versions.get(v);
+      const configChanged = model.files !== null && mv?.files?.signature !== model.files.signature;
+      if (!mv || (mv.state === 'END' && (mv.errorCode === null || retry || configChanged || mv.loadedMtimeMs !== mtime))) {
+        const fresh = this.newVersion(model, v, file, model.files);
+        fresh.loadedMtimeMs = mtime;
+        model.versions.set(v, fresh);
+        loads.push(fresh.load(this.loadOptions, model.files ? undefined : (model.configError ?? undefined)));
+      } else if (mv.state === 'AVAILABLE' && configChanged) loads.push(this.replace(model, mv));
     }
     await Promise.all(loads);
     // Availability first (TensorFlow Serving's availability-preserving policy): a version that is still on disk keeps
@@ -195,14 +234,39 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       } else unloads.push(mv.unload());
     }
     await Promise.all(unloads);
+    for (const mv of [...model.versions.values()]) {
+      const gone = !onDisk.includes(mv.version) && mv.state === 'END';
+      const failedAndUnwanted =
+        mv.state === 'END' && mv.errorCode !== null && !wanted.includes(mv.version) && !model.disabledVersions.has(mv.version);
+      if (gone || failedAndUnwanted) this.dropVersion(model, mv.version);
+    }
   }
 
-  /** The end of every loadModel: the model is wanted again, its files (re)read, its versions reconciled. */
-  private async enable(model: Model, reread: boolean): Promise<void> {
-    if (reread) await this.reread(model);
+  /** A new configuration for a serving version: a new instance loads beside it and takes over once AVAILABLE. */
+  private async replace(model: Model, old: ModelVersion): Promise<void> {
+    const fresh = this.newVersion(model, old.version, old.modelPath, model.files);
+    fresh.loadedMtimeMs = old.loadedMtimeMs;
+    await fresh.load(this.loadOptions);
+    if (fresh.state !== 'AVAILABLE') {
+      model.configError = new GatewayError(
+        (fresh.errorCode as ErrorCode) ?? ErrorCode.INVALID_MODEL_CONFIG,
+        fresh.errorMessage ?? 'the new configuration did not load',
+      );
+      this.logger.warn(
+        { model: model.name, version: old.version, error: fresh.errorMessage },
+        'the new configuration did not load; the version keeps serving with the previous one',
+      );
+      return;
+    }
+    model.versions.set(old.version, fresh);
+    await old.unload(undefined, { replaced: true });
+  }
+
+  /** The end of every loadModel: the model is wanted again, failed versions are retried. */
+  private async enable(model: Model): Promise<void> {
     model.disabled = false;
     model.disabledVersions.clear();
-    await this.reconcile(model);
+    await this.reconcile(model, { retry: true });
   }
 
   /**
@@ -220,22 +284,23 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     let model = this.byName.get(name);
     if (!model) {
       const dir = path.join(this.root, name);
-      const isDir = await stat(dir).then(
-        (s) => s.isDirectory(),
-        () => false,
-      );
-      if (!isDir) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)} in the repository`);
-      model = new Model(name, dir, 'repository');
+      if (
+        !(await stat(dir).then(
+          (s) => s.isDirectory(),
+          () => false,
+        ))
+      ) {
+        throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)} in the repository`);
+      }
+      model = this.byName.get(name) ?? new Model(name, dir, 'repository');
       this.byName.set(name, model);
     }
     const m = model;
     await m.exclusive(async () => {
-      if (opts.config !== undefined && opts.config !== null) {
-        await writeModelJson(m.dir, opts.config, `${m.name} config`);
-        await this.reread(m);
-        if (m.configError) throw m.configError;
-      }
-      await this.enable(m, opts.config === undefined || opts.config === null);
+      if (opts.config !== undefined && opts.config !== null) await writeModelJson(m.dir, opts.config, `${m.name} config`);
+      await this.reread(m);
+      if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
+      await this.enable(m);
     });
     return m;
   }
@@ -268,26 +333,69 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     this.byName.set(name, model);
     await model.exclusive(async () => {
       if (model !== existing || model.disabled) await this.reread(model);
-      if (config !== undefined && config !== null)
-        model.setFiles({ config: parseModelConfig(config, `${model.name} config`), labels: model.labels, mean: model.mean });
-      await this.enable(model, false);
+      if (config !== undefined && config !== null) {
+        const c = parseModelConfig(config, `${model.name} config`);
+        const labels = model.files?.labels ?? null;
+        const mean = model.files?.mean ?? null;
+        model.setFiles({ config: c, labels, mean, signature: signatureOf(c, labels, mean) });
+      }
+      await this.enable(model);
     });
     return model;
   }
 
-  private async loadFromFiles(name: string, files: UploadedFile[], config: unknown): Promise<Model> {
+  /**
+   * An upload is all or nothing: it is staged beside the repository, its version is loaded from there with the
+   * configuration it brings, and only once that version is AVAILABLE are its files moved into the model folder. A
+   * failed upload throws (with the version's error) and leaves nothing behind; the serving versions never see it.
+   * Uploads of one model name run one after another (the model's lock, taken before anything is awaited).
+   */
+  private async loadFromFiles(name: string, uploads: UploadedFile[], config: unknown): Promise<Model> {
     const existing = this.byName.get(name);
     if (existing && existing.source !== 'repository')
       throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${name} is served from a path; choose another name for uploads`);
-    const plan = planUpload(files, config);
+    const plan = planUpload(uploads, config);
     if (!plan.modelFile && !existing) throw new GatewayError(ErrorCode.INVALID_INPUT, 'no model file among the uploads');
     const model = existing ?? new Model(name, path.join(this.root, name), 'repository');
-    await model.exclusive(async () => {
-      const onDisk = [...(await this.discover(model)).keys(), ...model.versions.keys()];
-      await writeUpload(model.dir, plan, plan.modelFile ? Math.max(0, ...onDisk) + 1 : null);
-      this.byName.set(name, model);
-      await this.enable(model, true);
-    });
+    this.byName.set(name, model);
+    try {
+      await model.exclusive(async () => {
+        const onDisk = [...(await this.discover(model)).keys(), ...model.versions.keys()];
+        const staged = await stageUpload(this.root, model.dir, plan, plan.modelFile ? Math.max(0, ...onDisk) + 1 : null);
+        try {
+          const files = await readModelFiles(name, staged.dir);
+          const target = staged.modelPath ? null : model.servingVersion();
+          const candidate = staged.modelPath
+            ? this.newVersion(model, staged.version!, staged.modelPath, files)
+            : target && this.newVersion(model, target.version, target.modelPath, files);
+          if (candidate) {
+            await candidate.load(this.loadOptions);
+            if (candidate.state !== 'AVAILABLE') {
+              if (staged.version !== null) this.dropVersion(model, staged.version);
+              throw new GatewayError(
+                (candidate.errorCode as ErrorCode) ?? ErrorCode.MODEL_LOAD_FAILED,
+                `the upload was not loaded: ${candidate.errorMessage}`,
+              );
+            }
+          }
+          const modelPath = await commitUpload(staged, model.dir, plan);
+          if (candidate && modelPath) candidate.modelPath = modelPath;
+          model.setFiles(files);
+          model.filesStamp = await filesStamp(model.dir, files.config);
+          if (candidate) {
+            const previous = model.versions.get(candidate.version);
+            model.versions.set(candidate.version, candidate);
+            await previous?.unload(undefined, { replaced: true });
+          }
+          await this.enable(model);
+        } finally {
+          await discardUpload(staged);
+        }
+      });
+    } catch (e) {
+      if (!existing && model.versions.size === 0 && !(await exists(model.dir)) && this.byName.get(name) === model) this.byName.delete(name);
+      throw e;
+    }
     return model;
   }
 
@@ -309,28 +417,38 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     return model;
   }
 
-  /** updateModel: only description and metadata; persisted to model.json when the model lives in the repository. */
-  async update(name: string, changes: { description?: string | null; metadata?: unknown }): Promise<Model> {
+  /**
+   * updateModel: description, and metadata as a JSON Merge Patch (RFC 7396: named keys set, null deletes, the others
+   * kept). For a repository model, model.json is edited in place (the rest of the file, its formatting included, is
+   * kept) and written before anything changes in memory.
+   */
+  async update(name: string, changes: { description?: string | null; metadata?: JsonMergePatch | null }): Promise<Model> {
     const model = this.require(name);
-    if (
-      changes.metadata !== undefined &&
-      changes.metadata !== null &&
-      (typeof changes.metadata !== 'object' || Array.isArray(changes.metadata))
-    ) {
-      throw new GatewayError(ErrorCode.INVALID_INPUT, 'metadata must be a JSON object');
-    }
     await model.exclusive(async () => {
-      if (changes.description !== undefined && changes.description !== null) model.config.description = changes.description;
-      if (changes.metadata !== undefined && changes.metadata !== null) model.config.metadata = changes.metadata as Record<string, unknown>;
-      model.configUpdatedAt = new Date();
-      if (model.source === 'repository' && !model.file) {
-        const raw = await readRawModelJson(model.dir);
-        raw.description = model.config.description;
-        raw.metadata = model.config.metadata;
-        await atomicWrite(path.join(model.dir, 'model.json'), JSON.stringify(raw, null, 2) + '\n');
+      const { description, metadata } = await editModelJson(model, changes);
+      const files = model.files;
+      if (files) {
+        files.config.description = description;
+        files.config.metadata = metadata;
       }
+      model.configUpdatedAt = new Date();
+      if (!model.file) model.filesStamp = await filesStamp(model.dir, files?.config ?? null);
     });
     return model;
+  }
+
+  /**
+   * deleteModel: unload every version and take the model off the list; a model of the repository loses its folder
+   * (its files), a model loaded by path keeps its files (they are not the repository's).
+   */
+  async delete(name: string): Promise<boolean> {
+    const model = this.require(name);
+    await model.exclusive(async () => {
+      await Promise.all([...model.versions.values()].map((v) => v.unload()));
+      if (model.source === 'repository') await rm(model.dir, { recursive: true, force: true });
+      await this.forget(model);
+    });
+    return true;
   }
 
   /** Stop watching and unload everything (each unload waits for its requests in flight). */

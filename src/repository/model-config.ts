@@ -1,321 +1,316 @@
+import { z } from 'zod';
 import { ErrorCode, GatewayError } from '../errors.ts';
 
 /**
- * model.json: everything the gateway needs to serve a model without code. Parsed and validated here; every error
- * names the field (`INVALID_MODEL_CONFIG: preprocessing.mean: expected 3 numbers`).
+ * model.json: everything the gateway needs to serve a model without code, as one zod schema. Objects are strict
+ * (an unknown key is an error with its path and a did-you-mean), `postprocessing` depends on `task` (a discriminated
+ * union), the types below are inferred from the schema, and `npm run schema` publishes it as model.schema.json for
+ * editors. Every error names the field: `INVALID_MODEL_CONFIG: mobilenet/model.json: batching.maxBatchsize: unknown
+ * field; did you mean "maxBatchSize"?`.
  */
-export type Task = 'classification' | 'detection' | 'segmentation' | 'raw';
-export type ResizeType = 'SQUASH' | 'CROP' | 'FILL' | 'NETWORK';
-export type Activation = 'softmax' | 'sigmoid' | 'none';
 
-export type VersionPolicy = { latest: number } | { all: true } | { specific: number[] };
+const size = z
+  .string()
+  .regex(/^\d{1,5}x\d{1,5}$/, 'expected "WxH" such as "224x224"')
+  .transform((s) => {
+    const [width, height] = s.split('x').map(Number);
+    return { width, height };
+  })
+  .refine((s) => s.width >= 1 && s.height >= 1, 'width and height must be at least 1');
+const fileName = (what: string, ext = '') =>
+  z.string().regex(new RegExp(`^(?!\\.)[\\w.-]+${ext.replace('.', '\\.')}$`), `expected ${what}: a plain file name beside model.json`);
+const activation = z.enum(['softmax', 'sigmoid', 'none']);
+const layout = z.enum(['NCHW', 'NHWC']);
+const versionNumber = z.int().min(1);
 
-export interface BatchingConfig {
-  maxBatchSize: number;
-  maxDelayMs: number;
-  maxQueueSize: number;
-  /** Engine calls that may run at once for one version. */
-  maxConcurrentBatches: number;
-  /** How long a request may wait for its batch to start; 0 = no deadline. */
-  timeoutMs: number;
-}
+const versionPolicy = z
+  .union(
+    [
+      z.strictObject({ latest: z.int().min(1) }),
+      z.strictObject({ all: z.literal(true) }),
+      z.strictObject({ specific: z.array(versionNumber).min(1) }),
+    ],
+    { error: 'expected exactly one of {"latest": N}, {"all": true}, {"specific": [versions]}' },
+  )
+  .default({ latest: 1 })
+  .describe('Which versions to serve: {"latest": N} (default 1), {"all": true} or {"specific": [1, 3]}.');
 
-export interface PreprocessingConfig {
-  input?: string;
-  dimensionOrder?: 'NCHW' | 'NHWC';
-  targetSize?: { width: number; height: number };
-  resizeType: ResizeType;
-  fillColor: [number, number, number];
-  fillAlign: 'center' | 'topLeft';
-  /** CROP: fraction of the shorter side kept by the center crop (0.875 = resize 256, crop 224). */
-  cropFraction: number;
-  /** NETWORK: each side becomes a multiple of this, plus sizeOffset (bodypix wants 16k+1). */
-  sizeMultiple: number;
-  sizeOffset: number;
-  colorChannels: 'RGB' | 'BGR' | 'L';
-  pixelScaling: number;
-  mean?: number[];
-  meanFile?: string;
-  std?: number[];
-  dataType?: 'FLOAT32' | 'FLOAT16' | 'UINT8';
-}
+const batching = z
+  .strictObject({
+    maxBatchSize: z.int().min(1).max(1024).default(16).describe('Items per engine call; 1 turns batching off.'),
+    maxDelayMs: z.number().min(0).max(10_000).default(2).describe('How long the first item of a batch waits for company.'),
+    maxQueueSize: z.int().min(1).max(1_000_000).default(256).describe('Requests admitted at once; past it, QUEUE_FULL.'),
+    maxConcurrentBatches: z.int().min(1).max(64).default(1).describe('Engine calls at once for one version.'),
+    timeoutMs: z.number().min(0).max(3_600_000).default(30_000).describe('How long a request may wait for the engine; 0 = no limit.'),
+  })
+  .prefault({});
 
-export type DetectionFormat = 'boxes_scores' | 'ssd' | 'tf' | 'yolox' | 'anchors';
+const preprocessing = z
+  .strictObject({
+    input: z.string().optional().describe('The image input tensor; default the first input.'),
+    dimensionOrder: layout.optional().describe('NCHW or NHWC; default guessed from the input shape.'),
+    targetSize: size.optional().describe('"WxH"; default from the input shape (for NETWORK: the largest size).'),
+    resizeType: z.enum(['SQUASH', 'CROP', 'FILL', 'NETWORK']).default('SQUASH'),
+    fillColor: z.tuple([z.int().min(0).max(255), z.int().min(0).max(255), z.int().min(0).max(255)]).default([0, 0, 0]),
+    fillAlign: z.enum(['center', 'topLeft']).default('center'),
+    cropFraction: z.number().min(0.05).max(1).default(1).describe('CROP: share of the shorter side kept (0.875 = resize 256, crop 224).'),
+    sizeMultiple: z.int().min(1).max(1024).default(1).describe('NETWORK: each side a multiple of this, plus sizeOffset.'),
+    sizeOffset: z.int().min(0).max(1024).default(0),
+    colorChannels: z.enum(['RGB', 'BGR', 'L']).default('RGB'),
+    pixelScaling: z.number().positive().default(255).describe('Pixels are scaled to 0..pixelScaling, then (x - mean) / std.'),
+    mean: z.array(z.number()).optional().describe('Per channel, in colorChannels order and in pixelScaling units.'),
+    meanFile: fileName('a .npy file', '.npy').optional(),
+    std: z.array(z.number().refine((v) => v !== 0, 'must not be 0 (values are divided by std)')).optional(),
+    dataType: z.enum(['FLOAT32', 'FLOAT16', 'UINT8']).optional().describe("Default: the model input's type."),
+  })
+  .superRefine((p, ctx) => {
+    const channels = p.colorChannels === 'L' ? 1 : 3;
+    for (const key of ['mean', 'std'] as const) {
+      const v = p[key];
+      if (v && v.length !== channels)
+        ctx.addIssue({ code: 'custom', path: [key], message: `expected ${channels} numbers (${p.colorChannels}), got ${v.length}` });
+    }
+    if (p.mean && p.meanFile) ctx.addIssue({ code: 'custom', path: ['meanFile'], message: 'give mean or meanFile, not both' });
+  })
+  .prefault({});
 
-export interface AnchorLayer {
-  scores: string;
-  boxes: string;
-  grid: number;
-  anchorsPerCell: number;
-}
+const labels = z
+  .union([
+    fileName('a labels file (.txt, .json or .pbtxt)'),
+    z.array(z.string()),
+    z.record(z.string().regex(/^\d+$/, 'expected a class id'), z.string()),
+  ])
+  .optional()
+  .describe('A labels file beside model.json, a list by class id, or {"id": "name"}; default labels.txt/.json/.pbtxt if present.');
 
-export interface DetectionConfig {
-  format: DetectionFormat;
-  minConfidence: number;
-  iouThreshold: number;
-  maxDetections: number;
-  /** boxes_scores */
-  boxes?: string;
-  scores?: string;
-  backgroundClass?: number;
-  /** ssd / yolox: the single output */
-  output?: string;
-  /** tf */
-  classes?: string;
-  numDetections?: string;
-  /** tf label maps are 1-based: class id = value - labelOffset */
-  labelOffset: number;
-  /** yolox */
-  strides: number[];
-  /** yolox / anchors: activation of raw scores */
-  activation: Activation;
-  /** anchors */
-  layers?: AnchorLayer[];
-  boxScale?: number;
-}
-
-export interface ClassificationConfig {
-  output?: string;
-  activation: Activation;
-}
-export interface SegmentationConfig {
-  output?: string;
-  activation: Activation;
-  threshold: number;
-  layout?: 'NCHW' | 'NHWC';
-}
-
-export interface ModelConfig {
-  task: Task;
-  description: string;
-  metadata: Record<string, unknown>;
-  labels?: string | string[] | Record<string, string>;
-  versionPolicy: VersionPolicy;
-  batching: BatchingConfig;
-  preprocessing: PreprocessingConfig;
-  classification: ClassificationConfig;
-  detection: DetectionConfig;
-  segmentation: SegmentationConfig;
-}
-
-export const TASKS: readonly Task[] = ['classification', 'detection', 'segmentation', 'raw'];
-
-export const defaultBatching: BatchingConfig = {
-  maxBatchSize: 16,
-  maxDelayMs: 2,
-  maxQueueSize: 256,
-  maxConcurrentBatches: 1,
-  timeoutMs: 30_000,
+const common = {
+  $schema: z.string().optional().describe('The JSON Schema of this file (model.schema.json), for editors.'),
+  description: z.string().default(''),
+  metadata: z.record(z.string(), z.unknown()).default({}).describe('Free-form; editable at run time with updateModel (JSON Merge Patch).'),
+  labels,
+  versionPolicy,
+  batching,
+  preprocessing,
 };
 
-class Reader {
-  constructor(private readonly source: string) {}
-  fail(field: string, message: string): never {
-    throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${this.source}: ${field}: ${message}`, { field });
-  }
-  object(v: unknown, field: string): Record<string, unknown> {
-    if (v === undefined || v === null) return {};
-    if (typeof v !== 'object' || Array.isArray(v)) this.fail(field, 'expected an object');
-    return v as Record<string, unknown>;
-  }
-  string(v: unknown, field: string): string | undefined {
-    if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'string') this.fail(field, 'expected a string');
-    return v;
-  }
-  oneOf<T extends string>(v: unknown, field: string, values: readonly T[], fallback: T): T;
-  oneOf<T extends string>(v: unknown, field: string, values: readonly T[]): T | undefined;
-  oneOf<T extends string>(v: unknown, field: string, values: readonly T[], fallback?: T): T | undefined {
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'string' || !values.includes(v as T))
-      this.fail(field, `expected one of ${values.join(', ')}, got ${JSON.stringify(v)}`);
-    return v as T;
-  }
-  number(v: unknown, field: string, fallback: number, opts: { min?: number; max?: number; integer?: boolean } = {}): number {
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'number' || !Number.isFinite(v)) this.fail(field, `expected a number, got ${JSON.stringify(v)}`);
-    if (opts.integer && !Number.isInteger(v)) this.fail(field, `expected an integer, got ${v}`);
-    if (opts.min !== undefined && v < opts.min) this.fail(field, `must be >= ${opts.min}, got ${v}`);
-    if (opts.max !== undefined && v > opts.max) this.fail(field, `must be <= ${opts.max}, got ${v}`);
-    return v;
-  }
-  numbers(v: unknown, field: string, length?: number): number[] | undefined {
-    if (v === undefined || v === null) return undefined;
-    if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isFinite(x))) this.fail(field, 'expected an array of numbers');
-    if (length !== undefined && v.length !== length) this.fail(field, `expected ${length} numbers, got ${v.length}`);
-    return v as number[];
-  }
-  size(v: unknown, field: string): { width: number; height: number } | undefined {
-    if (v === undefined || v === null) return undefined;
-    const m = typeof v === 'string' ? /^(\d{1,5})x(\d{1,5})$/.exec(v) : null;
-    if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) this.fail(field, `expected "WxH" such as "224x224", got ${JSON.stringify(v)}`);
-    return { width: Number(m[1]), height: Number(m[2]) };
-  }
-}
+const classificationPost = z
+  .strictObject({ output: z.string().optional(), activation: activation.default('softmax') })
+  .prefault({})
+  .describe('Outputs [N,C] or [N,C,1,1].');
 
-const versionOf = (r: Reader, v: unknown, field: string): number => r.number(v, field, 1, { min: 1, integer: true });
+const segmentationPost = z
+  .strictObject({
+    output: z.string().optional(),
+    activation: activation.default('none'),
+    threshold: z.number().min(0).max(1).default(0.5).describe('One channel: foreground at or above this (after activation).'),
+    layout: layout.optional().describe("The output's layout; default the input's."),
+  })
+  .prefault({});
 
-function parseVersionPolicy(r: Reader, v: unknown): VersionPolicy {
-  const o = r.object(v, 'versionPolicy');
-  const keys = Object.keys(o);
-  if (keys.length === 0) return { latest: 1 };
-  if (keys.length > 1) r.fail('versionPolicy', `expected exactly one of latest, all, specific; got ${keys.join(', ')}`);
-  if ('latest' in o) return { latest: r.number(o.latest, 'versionPolicy.latest', 1, { min: 1, integer: true }) };
-  if ('all' in o) {
-    if (o.all !== true) r.fail('versionPolicy.all', 'expected true');
-    return { all: true };
-  }
-  if ('specific' in o) {
-    if (!Array.isArray(o.specific) || o.specific.length === 0) r.fail('versionPolicy.specific', 'expected a non-empty array of versions');
-    return { specific: o.specific.map((x, i) => versionOf(r, x, `versionPolicy.specific[${i}]`)) };
-  }
-  return r.fail('versionPolicy', `unknown policy ${keys[0]}; expected latest, all or specific`);
-}
-
-function parseLabels(r: Reader, v: unknown): ModelConfig['labels'] {
-  if (v === undefined || v === null) return undefined;
-  if (typeof v === 'string') {
-    if (!/^[\w.-]+$/.test(v) || v.startsWith('.')) r.fail('labels', 'a labels file must be a plain file name beside model.json');
-    return v;
-  }
-  if (Array.isArray(v)) {
-    if (v.some((x) => typeof x !== 'string')) r.fail('labels', 'expected an array of strings');
-    return v as string[];
-  }
-  const o = r.object(v, 'labels');
-  for (const [k, name] of Object.entries(o)) {
-    if (!/^\d+$/.test(k) || typeof name !== 'string') r.fail(`labels.${k}`, 'expected class id -> name');
-  }
-  return o as Record<string, string>;
-}
-
-export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConfig {
-  const r: Reader = new Reader(source);
-  const o = r.object(raw, '(root)');
-  const known = ['task', 'description', 'metadata', 'labels', 'versionPolicy', 'batching', 'preprocessing', 'postprocessing'];
-  for (const k of Object.keys(o)) if (!known.includes(k)) r.fail(k, `unknown field; expected one of ${known.join(', ')}`);
-
-  const task = r.oneOf(o.task, 'task', TASKS, 'raw');
-  const b = r.object(o.batching, 'batching');
-  const batching: BatchingConfig = {
-    maxBatchSize: r.number(b.maxBatchSize, 'batching.maxBatchSize', defaultBatching.maxBatchSize, { min: 1, max: 1024, integer: true }),
-    maxDelayMs: r.number(b.maxDelayMs, 'batching.maxDelayMs', defaultBatching.maxDelayMs, { min: 0, max: 10_000 }),
-    maxQueueSize: r.number(b.maxQueueSize, 'batching.maxQueueSize', defaultBatching.maxQueueSize, {
-      min: 1,
-      max: 1_000_000,
-      integer: true,
+const detectionCommon = {
+  minConfidence: z.number().min(0).max(1).default(0.5),
+  iouThreshold: z.number().min(0).max(1).default(0.45),
+  maxDetections: z.int().min(1).max(10_000).default(100),
+  labelOffset: z.int().default(0).describe('Class id = model value - labelOffset (1 for 1-based label maps).'),
+};
+const anchorLayer = z.strictObject({
+  scores: z.string(),
+  boxes: z.string(),
+  grid: z.int().min(1),
+  anchorsPerCell: z.int().min(1).default(1),
+});
+const detectionPost = z.discriminatedUnion(
+  'format',
+  [
+    z
+      .strictObject({
+        format: z.literal('boxes_scores').describe('boxes [N,K,4] x1y1x2y2 normalized, scores [N,K,C]'),
+        ...detectionCommon,
+        boxes: z.string().optional(),
+        scores: z.string().optional(),
+        backgroundClass: z.int().min(0).optional(),
+      })
+      .refine((d) => !d.boxes === !d.scores, { path: ['boxes'], message: 'give both boxes and scores output names, or neither' }),
+    z.strictObject({ format: z.literal('ssd').describe('DetectionOutput [1,1,K,7]'), ...detectionCommon, output: z.string().optional() }),
+    z.strictObject({
+      format: z.literal('tf').describe('TensorFlow object detection API outputs'),
+      ...detectionCommon,
+      boxes: z.string().optional(),
+      scores: z.string().optional(),
+      classes: z.string().optional(),
+      numDetections: z.string().optional(),
     }),
-    maxConcurrentBatches: r.number(b.maxConcurrentBatches, 'batching.maxConcurrentBatches', 1, { min: 1, max: 64, integer: true }),
-    timeoutMs: r.number(b.timeoutMs, 'batching.timeoutMs', defaultBatching.timeoutMs, { min: 0, max: 3_600_000 }),
-  };
+    z.strictObject({
+      format: z.literal('yolox').describe('raw YOLOX grid predictions [N,A,5+C]'),
+      ...detectionCommon,
+      output: z.string().optional(),
+      strides: z.array(z.int().min(1)).min(1).default([8, 16, 32]),
+      activation: activation.default('none'),
+    }),
+    z.strictObject({
+      format: z.literal('anchors').describe('scores and center-size regressors against unit anchors on grids (MediaPipe SSD)'),
+      ...detectionCommon,
+      layers: z.array(anchorLayer).min(1),
+      boxScale: z.number().positive().optional(),
+      activation: activation.default('sigmoid'),
+    }),
+  ],
+  {
+    error: (iss) =>
+      iss.input === undefined
+        ? 'a detection model needs postprocessing with its format: boxes_scores, ssd, tf, yolox or anchors'
+        : undefined,
+  },
+);
 
-  const p = r.object(o.preprocessing, 'preprocessing');
-  const colorChannels = r.oneOf(p.colorChannels, 'preprocessing.colorChannels', ['RGB', 'BGR', 'L'] as const, 'RGB');
-  const channels = colorChannels === 'L' ? 1 : 3;
-  const mean = p.mean === undefined ? undefined : r.numbers(p.mean, 'preprocessing.mean', channels);
-  const meanFile = r.string(p.meanFile, 'preprocessing.meanFile');
-  if (mean && meanFile) r.fail('preprocessing.meanFile', 'give mean or meanFile, not both');
-  if (meanFile !== undefined && (!/^[\w.-]+\.npy$/.test(meanFile) || meanFile.startsWith('.')))
-    r.fail('preprocessing.meanFile', 'expected a .npy file name beside model.json');
-  const std = r.numbers(p.std, 'preprocessing.std', channels);
-  if (std?.some((s) => s === 0)) r.fail('preprocessing.std', 'must not contain 0');
-  const fill = r.numbers(p.fillColor, 'preprocessing.fillColor', 3) ?? [0, 0, 0];
-  if (fill.some((c) => c < 0 || c > 255)) r.fail('preprocessing.fillColor', 'expected 0..255');
-  const preprocessing: PreprocessingConfig = {
-    input: r.string(p.input, 'preprocessing.input'),
-    dimensionOrder: r.oneOf(p.dimensionOrder, 'preprocessing.dimensionOrder', ['NCHW', 'NHWC'] as const),
-    targetSize: r.size(p.targetSize, 'preprocessing.targetSize'),
-    resizeType: r.oneOf(p.resizeType, 'preprocessing.resizeType', ['SQUASH', 'CROP', 'FILL', 'NETWORK'] as const, 'SQUASH'),
-    fillColor: fill as [number, number, number],
-    fillAlign: r.oneOf(p.fillAlign, 'preprocessing.fillAlign', ['center', 'topLeft'] as const, 'center'),
-    cropFraction: r.number(p.cropFraction, 'preprocessing.cropFraction', 1, { min: 0.05, max: 1 }),
-    sizeMultiple: r.number(p.sizeMultiple, 'preprocessing.sizeMultiple', 1, { min: 1, max: 1024, integer: true }),
-    sizeOffset: r.number(p.sizeOffset, 'preprocessing.sizeOffset', 0, { min: 0, max: 1024, integer: true }),
-    colorChannels,
-    pixelScaling: r.number(p.pixelScaling, 'preprocessing.pixelScaling', 255, { min: 1e-6 }),
-    mean,
-    meanFile,
-    std,
-    dataType: r.oneOf(p.dataType, 'preprocessing.dataType', ['FLOAT32', 'FLOAT16', 'UINT8'] as const),
-  };
-  for (const k of Object.keys(p)) if (!(k in preprocessing)) r.fail(`preprocessing.${k}`, 'unknown field');
+export const modelConfigSchema = z.discriminatedUnion('task', [
+  z.strictObject({ task: z.literal('classification'), ...common, postprocessing: classificationPost }),
+  z.strictObject({ task: z.literal('detection'), ...common, postprocessing: detectionPost }),
+  z.strictObject({ task: z.literal('segmentation'), ...common, postprocessing: segmentationPost }),
+  z.strictObject({ task: z.literal('raw'), ...common, postprocessing: z.strictObject({}).optional() }),
+]);
 
-  const post = r.object(o.postprocessing, 'postprocessing');
-  const activations = ['softmax', 'sigmoid', 'none'] as const;
-  const classification: ClassificationConfig = {
-    output: r.string(post.output, 'postprocessing.output'),
-    activation: r.oneOf(post.activation, 'postprocessing.activation', activations, 'softmax'),
-  };
-  const segmentation: SegmentationConfig = {
-    output: r.string(post.output, 'postprocessing.output'),
-    activation: r.oneOf(post.activation, 'postprocessing.activation', activations, 'none'),
-    threshold: r.number(post.threshold, 'postprocessing.threshold', 0.5),
-    layout: r.oneOf(post.layout, 'postprocessing.layout', ['NCHW', 'NHWC'] as const),
-  };
-  const formats = ['boxes_scores', 'ssd', 'tf', 'yolox', 'anchors'] as const;
-  const detection: DetectionConfig = {
-    format: r.oneOf(post.format, 'postprocessing.format', formats, 'boxes_scores'),
-    minConfidence: r.number(post.minConfidence, 'postprocessing.minConfidence', 0.5, { min: 0, max: 1 }),
-    iouThreshold: r.number(post.iouThreshold, 'postprocessing.iouThreshold', 0.45, { min: 0, max: 1 }),
-    maxDetections: r.number(post.maxDetections, 'postprocessing.maxDetections', 100, { min: 1, max: 10_000, integer: true }),
-    boxes: r.string(post.boxes, 'postprocessing.boxes'),
-    scores: r.string(post.scores, 'postprocessing.scores'),
-    backgroundClass:
-      post.backgroundClass === undefined
-        ? undefined
-        : r.number(post.backgroundClass, 'postprocessing.backgroundClass', 0, { min: 0, integer: true }),
-    output: r.string(post.output, 'postprocessing.output'),
-    classes: r.string(post.classes, 'postprocessing.classes'),
-    numDetections: r.string(post.numDetections, 'postprocessing.numDetections'),
-    labelOffset: r.number(post.labelOffset, 'postprocessing.labelOffset', 0, { integer: true }),
-    strides: r.numbers(post.strides, 'postprocessing.strides') ?? [8, 16, 32],
-    activation: r.oneOf(
-      post.activation,
-      'postprocessing.activation',
-      activations,
-      task === 'detection' && post.format === 'anchors' ? 'sigmoid' : 'none',
-    ),
-    boxScale: post.boxScale === undefined ? undefined : r.number(post.boxScale, 'postprocessing.boxScale', 1, { min: 1e-6 }),
-  };
-  if (detection.strides.some((s) => !Number.isInteger(s) || s < 1)) r.fail('postprocessing.strides', 'expected positive integers');
-  if (post.layers !== undefined) {
-    if (!Array.isArray(post.layers) || post.layers.length === 0) r.fail('postprocessing.layers', 'expected a non-empty array');
-    detection.layers = post.layers.map((l, i) => {
-      const f = `postprocessing.layers[${i}]`;
-      const lo = r.object(l, f);
-      const scores = r.string(lo.scores, `${f}.scores`);
-      const boxes = r.string(lo.boxes, `${f}.boxes`);
-      if (!scores || !boxes) r.fail(f, 'needs scores and boxes output names');
-      return {
-        scores,
-        boxes,
-        grid: r.number(lo.grid, `${f}.grid`, 0, { min: 1, integer: true }),
-        anchorsPerCell: r.number(lo.anchorsPerCell, `${f}.anchorsPerCell`, 1, { min: 1, integer: true }),
-      };
-    });
-  }
-  if (task === 'detection') {
-    if (detection.format === 'anchors' && !detection.layers) r.fail('postprocessing.layers', 'the anchors format needs layers');
-    if (detection.format === 'boxes_scores' && !detection.boxes !== !detection.scores)
-      r.fail('postprocessing.boxes', 'give both boxes and scores output names, or neither');
-  }
-  if (task === 'segmentation' && post.threshold !== undefined && (segmentation.threshold < 0 || segmentation.threshold > 1))
-    r.fail('postprocessing.threshold', 'expected 0..1');
+export type ModelConfig = z.output<typeof modelConfigSchema>;
+export type Task = ModelConfig['task'];
+export type VersionPolicy = ModelConfig['versionPolicy'];
+export type BatchingConfig = ModelConfig['batching'];
+export type PreprocessingConfig = ModelConfig['preprocessing'];
+export type ResizeType = PreprocessingConfig['resizeType'];
+export type Activation = z.output<typeof activation>;
+export type ClassificationConfig = z.output<typeof classificationPost>;
+export type SegmentationConfig = z.output<typeof segmentationPost>;
+export type DetectionConfig = z.output<typeof detectionPost>;
+export type DetectionFormat = DetectionConfig['format'];
+export type AnchorLayer = z.output<typeof anchorLayer>;
+/** The postprocessing of a task. */
+export type PostprocessingOf<T extends Task> = Extract<ModelConfig, { task: T }>['postprocessing'];
 
-  const description = r.string(o.description, 'description') ?? '';
-  const metadata = r.object(o.metadata, 'metadata');
+export const TASKS = ['classification', 'detection', 'segmentation', 'raw'] as const satisfies readonly Task[];
+
+/** model.json's JSON Schema (draft 2020-12), as published in model.schema.json. */
+export function modelJsonSchema(): Record<string, unknown> {
   return {
-    task,
-    description,
-    metadata,
-    labels: parseLabels(r, o.labels),
-    versionPolicy: parseVersionPolicy(r, o.versionPolicy),
-    batching,
-    preprocessing,
-    classification,
-    detection,
-    segmentation,
+    ...z.toJSONSchema(modelConfigSchema, { io: 'input', target: 'draft-2020-12', unrepresentable: 'any' }),
+    $id: 'https://github.com/graphql-inference-gateway/model.schema.json',
+    title: 'model.json of the GraphQL inference gateway',
   };
+}
+
+/** The postprocessing of a model of that task (a config of another task is a bug of the caller). */
+export function postprocessingOf<T extends Task>(config: ModelConfig, task: T): PostprocessingOf<T> {
+  if (config.task !== task) throw new Error(`bug: a ${config.task} configuration asked for ${task} postprocessing`);
+  return config.postprocessing as PostprocessingOf<T>;
+}
+
+// ---- errors that name the field ----
+
+/** Edit distance, for did-you-mean suggestions. */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++)
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+  }
+  return d[a.length][b.length];
+}
+
+/** The keys a JSON-Schema object at `path` may have (across the branches of unions). */
+function keysAt(schema: unknown, path: readonly PropertyKey[]): string[] {
+  const found = new Set<string>();
+  const walk = (node: unknown, rest: readonly PropertyKey[]) => {
+    if (!node || typeof node !== 'object') return;
+    const n = node as Record<string, unknown>;
+    for (const k of ['anyOf', 'oneOf', 'allOf'] as const) if (Array.isArray(n[k])) for (const b of n[k] as unknown[]) walk(b, rest);
+    const props = n.properties as Record<string, unknown> | undefined;
+    if (rest.length === 0) {
+      if (props) for (const k of Object.keys(props)) found.add(k);
+      return;
+    }
+    const [head, ...tail] = rest;
+    if (typeof head === 'number') walk(n.items ?? n.prefixItems, tail);
+    else if (props && typeof head === 'string' && head in props) walk(props[head], tail);
+    else if (n.additionalProperties && typeof n.additionalProperties === 'object') walk(n.additionalProperties, tail);
+  };
+  walk(schema, path);
+  return [...found];
+}
+
+let jsonSchema: Record<string, unknown> | null = null;
+
+function suggestion(key: string, path: readonly PropertyKey[]): string {
+  jsonSchema ??= modelJsonSchema();
+  const candidates = keysAt(jsonSchema, path);
+  let best: string | null = null;
+  let bestDistance = Infinity;
+  for (const c of candidates) {
+    const d = c.toLowerCase() === key.toLowerCase() ? 0 : distance(key.toLowerCase(), c.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [c, d];
+  }
+  if (best && bestDistance <= Math.max(2, Math.floor(key.length / 4))) return `; did you mean ${JSON.stringify(best)}?`;
+  return candidates.length ? `; expected one of ${candidates.join(', ')}` : '';
+}
+
+const fieldPath = (path: readonly PropertyKey[]) =>
+  path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('') || '(root)';
+
+function describeIssue(issue: z.core.$ZodIssue, input: unknown): { field: string; message: string } {
+  const path = issue.path;
+  switch (issue.code) {
+    case 'unrecognized_keys': {
+      const key = issue.keys[0];
+      return { field: fieldPath([...path, key]), message: `unknown field${suggestion(key, path)}` };
+    }
+    case 'invalid_union':
+      if ('discriminator' in issue && typeof issue.discriminator === 'string') {
+        const at = path.at(-1) === issue.discriminator ? path : [...path, issue.discriminator];
+        const value = valueAt(input, at);
+        const options = 'options' in issue && Array.isArray(issue.options) ? `; expected one of ${issue.options.join(', ')}` : '';
+        return {
+          field: fieldPath(at),
+          message: `${value === undefined ? 'required' : `unknown value ${JSON.stringify(value)}`}${options}`,
+        };
+      }
+      return { field: fieldPath(path), message: issue.message };
+    case 'invalid_value':
+      return { field: fieldPath(path), message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}` };
+    case 'invalid_type':
+      if (issue.message && !issue.message.startsWith('Invalid input')) return { field: fieldPath(path), message: issue.message };
+      return {
+        field: fieldPath(path),
+        message: valueAt(input, path) === undefined ? `required (${issue.expected})` : `expected ${issue.expected}`,
+      };
+    case 'too_small':
+    case 'too_big': {
+      const bound = issue.code === 'too_small' ? issue.minimum : issue.maximum;
+      const op = issue.code === 'too_small' ? (issue.inclusive === false ? '>' : '>=') : issue.inclusive === false ? '<' : '<=';
+      if (issue.origin === 'array' || issue.origin === 'string')
+        return {
+          field: fieldPath(path),
+          message: `${issue.code === 'too_small' ? 'at least' : 'at most'} ${bound} ${issue.origin === 'array' ? 'items' : 'characters'}`,
+        };
+      return { field: fieldPath(path), message: `must be ${op} ${bound}, got ${JSON.stringify(valueAt(input, path))}` };
+    }
+    default:
+      return { field: fieldPath(path), message: issue.message };
+  }
+}
+
+/** The value of the (raw) input at a path, or undefined. */
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let v = input;
+  for (const k of path) v = v && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined;
+  return v;
+}
+
+/** Validate model.json content (`task` defaults to raw). Throws INVALID_MODEL_CONFIG naming the field(s). */
+export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConfig {
+  const input = raw && typeof raw === 'object' && !Array.isArray(raw) && !('task' in raw) ? { task: 'raw', ...raw } : raw;
+  const r = modelConfigSchema.safeParse(input ?? {});
+  if (r.success) return r.data;
+  const described = r.error.issues.slice(0, 5).map((issue) => describeIssue(issue, input));
+  const message = described.map((d) => `${d.field}: ${d.message}`).join('; ');
+  throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: ${message}`, { field: described[0].field });
 }
 
 /** Parse model.json text; bad JSON is an INVALID_MODEL_CONFIG error too. */

@@ -1,33 +1,34 @@
 import type { GatewayError } from '../errors.ts';
 import type { Labels } from './labels.ts';
+import type { ModelFiles } from './model-files.ts';
 import { parseModelConfig, type ModelConfig, type VersionPolicy } from './model-config.ts';
+
+const DEFAULT_CONFIG = parseModelConfig({});
 import type { ModelVersion } from './version.ts';
 
-export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+export type { ModelFiles };
 
-/** What a model reads from its folder: model.json, labels and a mean file. */
-export interface ModelFiles {
-  config: ModelConfig;
-  labels: Labels | null;
-  mean: { shape: number[]; data: Float32Array } | null;
-}
+export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 /**
  * A model of the repository: its configuration, labels and versions. Its files live in `dir` (repository layout:
  * `dir/<version>/model.onnx`), or at `file` (a single model file loaded by path, served as version 1).
  */
-export class Model implements ModelFiles {
-  config: ModelConfig = parseModelConfig({});
+export class Model {
+  /**
+   * The configuration read last that was valid. Versions load with it and keep their own snapshot; it is replaced (and
+   * versions reload) only when what serving depends on changes, so editing the description does not reload anything.
+   */
+  files: ModelFiles | null = null;
+  /** Why the model.json on disk is not in force (the versions keep serving with what they loaded). */
   configError: GatewayError | null = null;
-  labels: ModelFiles['labels'] = null;
-  mean: ModelFiles['mean'] = null;
   readonly versions = new Map<number, ModelVersion>();
   /** Unloaded by a client: the watcher leaves it alone until loadModel. */
   disabled = false;
   readonly disabledVersions = new Set<number>();
   configUpdatedAt = new Date();
-  /** mtime of model.json when last read (-1: never read). */
-  configMtimeMs = -1;
+  /** When the configuration files were last read (their mtimes; see store.filesStamp). */
+  filesStamp = '';
   /** Serializes load / unload / reconcile of this model. */
   private lock: Promise<unknown> = Promise.resolve();
 
@@ -44,16 +45,29 @@ export class Model implements ModelFiles {
     return next;
   }
 
+  /** model.json as read last (defaults before anything was read): task, description and metadata for clients. */
+  get config(): ModelConfig {
+    return this.files?.config ?? DEFAULT_CONFIG;
+  }
+
+  /** Labels of the serving version, else of the configuration read last. */
+  get labels(): Labels | null {
+    return this.servingVersion()?.files?.labels ?? this.files?.labels ?? null;
+  }
+
   /** Take what was read from the folder (or the error that reading it gave). */
   setFiles(files: ModelFiles | GatewayError): void {
-    if ('code' in files) this.configError = files;
-    else {
-      this.config = files.config;
-      this.labels = files.labels;
-      this.mean = files.mean;
-      this.configError = null;
-    }
     this.configUpdatedAt = new Date();
+    if ('code' in files) {
+      this.configError = files;
+      return;
+    }
+    this.configError = null;
+    if (this.files && this.files.signature === files.signature) {
+      // the same for serving: keep the snapshot the versions hold, take the new words
+      this.files.config.description = files.config.description;
+      this.files.config.metadata = files.config.metadata;
+    } else this.files = files;
   }
 
   get updatedAt(): Date {
@@ -74,7 +88,7 @@ export class Model implements ModelFiles {
     return this.servingVersion() ?? [...this.versions.values()].sort((a, b) => b.version - a.version)[0];
   }
 
-  /** Every version the policy asks for is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. */
+  /** Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. */
   get ready(): boolean {
     return (
       this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null))

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
 import { parseModelConfig, parseModelConfigText, type ModelConfig } from './model-config.ts';
-import type { ModelFiles } from './model.ts';
+import type { ModelFiles } from './model-files.ts';
 
 /**
  * The files of the repository: how a model folder is laid out (`model.json`, labels, a mean file, `<version>/model.*`),
@@ -11,12 +11,21 @@ import type { ModelFiles } from './model.ts';
  */
 const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
 
-/** mtime of a model's model.json (0 when there is none). */
-export function configMtime(dir: string): Promise<number> {
-  return stat(path.join(dir, 'model.json')).then(
+const mtimeOf = (p: string) =>
+  stat(p).then(
     (st) => st.mtimeMs,
     () => 0,
   );
+
+/**
+ * When the files a model's configuration comes from last changed: model.json, the labels files and the mean file. The
+ * watcher rereads a model when this changes.
+ */
+export async function filesStamp(dir: string, config: ModelConfig | null): Promise<string> {
+  const names = new Set(['model.json', ...LABEL_FILES]);
+  if (typeof config?.labels === 'string') names.add(config.labels);
+  if (config?.preprocessing.meanFile) names.add(config.preprocessing.meanFile);
+  return (await Promise.all([...names].map((n) => mtimeOf(path.join(dir, n))))).join(',');
 }
 
 /** Read model.json (defaults when absent), labels and the mean file of a model folder. Errors are typed. */
@@ -30,10 +39,16 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
     const labels = await readLabels(name, dir, config);
     const meanFile = config.preprocessing.meanFile;
     const mean = meanFile ? parseNpy(await readFile(path.join(dir, meanFile)), meanFile) : null;
-    return { config, labels, mean };
+    return { config, labels, mean, signature: signatureOf(config, labels, mean) };
   } catch (e) {
     throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${errorMessage(e)}`);
   }
+}
+
+/** What serving depends on, as a string: the configuration without description and metadata, labels, mean. */
+export function signatureOf(config: ModelConfig, labels: Labels | null, mean: ModelFiles['mean']): string {
+  const { description: _d, metadata: _m, ...serving } = config;
+  return JSON.stringify([serving, labels ? [...labels] : null, mean ? [mean.shape, Array.from(mean.data)] : null]);
 }
 
 async function readLabels(name: string, dir: string, config: ModelConfig): Promise<Labels | null> {

@@ -1,8 +1,7 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { parseModelConfig } from './model-config.ts';
-import { atomicWrite } from './store.ts';
 
 /** A file sent by a client to loadModel(files:). */
 export interface UploadedFile {
@@ -49,19 +48,54 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
   return plan;
 }
 
-/**
- * Write an upload into a model folder: side files and model.json beside the versions, the model file (and weights)
- * as version `version`, written into a hidden folder first and then renamed into place, so the watcher never sees
- * half a version.
- */
-export async function writeUpload(dir: string, plan: UploadPlan, version: number | null): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  for (const f of plan.sideFiles) await atomicWrite(path.join(dir, f.name), f.bytes);
-  if (plan.config !== undefined) await atomicWrite(path.join(dir, 'model.json'), JSON.stringify(plan.config, null, 2) + '\n');
-  if (!plan.modelFile || version === null) return;
-  const tmp = path.join(dir, `.upload-${version}-${process.pid}-${Date.now()}`);
-  await mkdir(tmp, { recursive: true });
-  await writeFile(path.join(tmp, plan.modelFile.name), plan.modelFile.bytes);
-  if (plan.weights) await writeFile(path.join(tmp, plan.weights.name), plan.weights.bytes);
-  await rename(tmp, path.join(dir, String(version)));
+/** An upload written beside the repository, not yet seen by anyone. */
+export interface StagedUpload {
+  /** A complete model folder: the upload's files over the model's current ones. */
+  dir: string;
+  /** The staged model file (in `dir/<version>/`), when the upload brings one. */
+  modelPath: string | null;
+  version: number | null;
 }
+
+/**
+ * Write an upload into a hidden staging folder of the repository (the watcher skips dot folders): the model's current
+ * model.json, labels and mean files, then the uploaded ones over them, and the model file as `<version>/model.*`. The
+ * staged folder is a complete model folder, so it can be read and loaded before anything of it is seen.
+ */
+export async function stageUpload(root: string, modelDir: string, plan: UploadPlan, version: number | null): Promise<StagedUpload> {
+  const dir = await mkdtemp(path.join(root, '.upload-'));
+  for (const e of await readdir(modelDir, { withFileTypes: true }).catch(() => [])) {
+    if (e.isFile() && SIDE_FILE_RE.test(e.name)) await copyFile(path.join(modelDir, e.name), path.join(dir, e.name));
+  }
+  for (const f of plan.sideFiles) await writeFile(path.join(dir, f.name), f.bytes);
+  if (plan.config !== undefined) await writeFile(path.join(dir, 'model.json'), JSON.stringify(plan.config, null, 2) + '\n');
+  if (!plan.modelFile || version === null) return { dir, modelPath: null, version: null };
+  await mkdir(path.join(dir, String(version)));
+  const modelPath = path.join(dir, String(version), plan.modelFile.name);
+  await writeFile(modelPath, plan.modelFile.bytes);
+  if (plan.weights) await writeFile(path.join(dir, String(version), plan.weights.name), plan.weights.bytes);
+  return { dir, modelPath, version };
+}
+
+/**
+ * Make a staged upload seen: its version folder renamed into the model folder (atomic: the watcher never sees half a
+ * version), then each side file it brought renamed over the old one. Returns the model file's final path.
+ */
+export async function commitUpload(staged: StagedUpload, modelDir: string, plan: UploadPlan): Promise<string | null> {
+  await mkdir(modelDir, { recursive: true });
+  let modelPath: string | null = null;
+  if (staged.version !== null && staged.modelPath) {
+    await rename(path.join(staged.dir, String(staged.version)), path.join(modelDir, String(staged.version)));
+    modelPath = path.join(modelDir, String(staged.version), path.basename(staged.modelPath));
+  }
+  const names = [...plan.sideFiles.map((f) => f.name), ...(plan.config !== undefined ? ['model.json'] : [])];
+  for (const name of names) await rename(path.join(staged.dir, name), path.join(modelDir, name));
+  return modelPath;
+}
+
+/** Remove a staging folder (whatever is left of it). */
+export function discardUpload(staged: StagedUpload): Promise<void> {
+  return rm(staged.dir, { recursive: true, force: true });
+}
+
+const SIDE_FILE_RE = /^(?!\.)[\w.-]+\.(json|txt|pbtxt|npy)$/;

@@ -5,7 +5,8 @@ import type { LoadOptions, Session, TensorInfo } from '../engine/types.ts';
 import { Admissions, type Ticket } from '../batching/admission.ts';
 import { Batcher, type Feeds } from '../batching/batcher.ts';
 import { VersionStats } from '../batching/stats.ts';
-import type { BatchingConfig } from './model-config.ts';
+import type { ModelConfig } from './model-config.ts';
+import type { ModelFiles } from './model-files.ts';
 
 /** The lifecycle of one model version, as in OpenVINO Model Server and TensorFlow Serving. */
 export type VersionState = 'START' | 'LOADING' | 'AVAILABLE' | 'UNLOADING' | 'END';
@@ -35,8 +36,11 @@ export interface VersionDeps {
   publish: (e: ModelStatusEvent) => void;
   /** Open a session on the engine (it decides whether the session can batch). */
   openSession: (modelPath: string, options: LoadOptions) => Promise<Session>;
-  /** Throws (a GatewayError names the field) when the model's configuration does not fit the loaded session. */
-  check?: (session: Session) => void;
+  /**
+   * Does the configuration fit the loaded session? Runs before AVAILABLE (a warm-up); throws a GatewayError naming the
+   * field when not, and returns warnings for settings that look inconsistent but cannot be proven wrong.
+   */
+  check?: (files: ModelFiles, session: Session) => Promise<string[]> | string[];
   /** This version's Prometheus series. */
   metrics?: VersionMetrics;
 }
@@ -64,15 +68,22 @@ export class ModelVersion {
   private batcher: Batcher | null = null;
   private admissions: Admissions | null = null;
   private unloading: Promise<void> | null = null;
-  private loadArgs: { batching: BatchingConfig; options: LoadOptions } | null = null;
+  /** Replaced by a newer instance: its last transitions are logged, not published. */
+  private quiet = false;
+  private loadOptions: LoadOptions | null = null;
   /** Engine failures in a row (reset once a reload has served a request). */
   private engineFailures = 0;
   static readonly MAX_ENGINE_RESTARTS = 3;
 
+  /**
+   * One instance per configuration: a version owns the model.json, labels and mean it was loaded with (`files`), so
+   * an edit never mixes old and new settings; a changed configuration loads a new instance.
+   */
   constructor(
     readonly model: string,
     readonly version: number,
     public modelPath: string,
+    readonly files: ModelFiles | null,
     private readonly deps: VersionDeps,
   ) {
     this.stats = new VersionStats(deps.metrics);
@@ -82,6 +93,11 @@ export class ModelVersion {
   /** Requests admitted and not yet answered. */
   get pending(): number {
     return this.admissions?.pending ?? 0;
+  }
+
+  /** The configuration this version was loaded with (null when its model.json was invalid). */
+  get config(): ModelConfig | null {
+    return this.files?.config ?? null;
   }
 
   /** The batching options in force (null unless AVAILABLE). */
@@ -105,6 +121,7 @@ export class ModelVersion {
     };
     if (error) this.deps.logger.warn(fields, 'model version state');
     else this.deps.logger.info(fields, 'model version state');
+    if (this.quiet) return;
     this.deps.metrics?.state(to);
     this.deps.publish({
       model: this.model,
@@ -118,26 +135,35 @@ export class ModelVersion {
   }
 
   /** START/END -> LOADING -> AVAILABLE, or -> END with an error code. Never throws. */
-  async load(batching: BatchingConfig, options: LoadOptions = {}, configError?: GatewayError): Promise<void> {
+  async load(options: LoadOptions = {}, configError?: GatewayError): Promise<void> {
     if (this.state === 'AVAILABLE' || this.state === 'LOADING' || this.state === 'UNLOADING') return;
     this.transition('LOADING');
-    if (configError) return this.transition('END', { code: configError.code, message: configError.message });
+    const files = this.files;
+    if (configError || !files) {
+      const e = configError ?? new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, 'no valid model.json');
+      return this.transition('END', { code: e.code, message: e.message });
+    }
+    const batching = files.config.batching;
     let session: Session;
     try {
       session = await this.deps.openSession(this.modelPath, options);
     } catch (e) {
       return this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: `cannot load ${this.modelPath}: ${errorMessage(e)}` });
     }
+    let warnings: string[] = [];
     try {
-      this.deps.check?.(session);
+      warnings = (await this.deps.check?.(files, session)) ?? [];
     } catch (e) {
       await session.close().catch(() => undefined);
-      return this.transition('END', { code: isGatewayError(e) ? e.code : ErrorCode.INVALID_MODEL_CONFIG, message: errorMessage(e) });
+      const code = isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
+      return this.transition('END', { code, message: `${this.model}/model.json does not fit the model: ${errorMessage(e)}` });
     }
-    this.loadArgs = { batching, options };
+    for (const w of warnings)
+      this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
+    this.loadOptions = options;
     session.onFailure?.((e) => void this.engineFailed(e));
     this.session = session;
-    this.notes = session.notes;
+    this.notes = warnings.length ? { ...session.notes, warnings } : session.notes;
     this.inputs = session.inputs;
     this.outputs = session.outputs;
     this.stats = new VersionStats(this.deps.metrics);
@@ -168,18 +194,23 @@ export class ModelVersion {
     if (this.state !== 'AVAILABLE') return;
     this.deps.logger.error({ model: this.model, version: this.version, error: error.message }, 'engine failed');
     await this.unload({ code: 'ENGINE_FAILED', message: `the engine stopped: ${error.message}` });
-    const args = this.loadArgs;
-    if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !args) return;
+    const options = this.loadOptions;
+    if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !options) return;
     const wait = 250 * 2 ** (this.engineFailures - 1);
     setTimeout(() => {
-      if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(args.batching, args.options);
+      if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(options);
     }, wait).unref();
   }
 
-  /** AVAILABLE -> UNLOADING (new requests refused) -> wait for requests in flight -> END (with an error, if given). */
-  unload(error?: { code: string; message: string }): Promise<void> {
+  /**
+   * AVAILABLE -> UNLOADING (new requests refused) -> wait for requests in flight -> END (with an error, if given).
+   * An instance `replaced` by a newer one of the same version (a new configuration) ends quietly: for clients the
+   * version stays AVAILABLE, so no event is published and the metrics keep the new instance's state.
+   */
+  unload(error?: { code: string; message: string }, { replaced = false }: { replaced?: boolean } = {}): Promise<void> {
     if (this.unloading) return this.unloading;
     if (this.state !== 'AVAILABLE') return Promise.resolve();
+    if (replaced) this.quiet = true;
     this.transition('UNLOADING');
     this.unloading = (async () => {
       await this.admissions?.drain();
@@ -195,11 +226,6 @@ export class ModelVersion {
       this.unloading = null;
     })();
     return this.unloading;
-  }
-
-  /** The version was removed from the repository: forget its metrics series. */
-  dispose(): void {
-    this.deps.metrics?.remove();
   }
 
   /**

@@ -34,11 +34,23 @@ export function classify(
 ): Prediction[] {
   const name = config.output ?? Object.keys(outputs)[0];
   const t = outputs[name];
-  if (!t) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `the model has no output ${name}`);
-  if (t.shape.slice(2).some((d) => d !== 1)) {
+  if (!t) {
+    const known = Object.keys(outputs).join(', ');
     throw new GatewayError(
-      ErrorCode.INFERENCE_FAILED,
-      `output ${name} has shape [${t.shape.join(',')}]; classification expects [N,C] or [N,C,1,1]`,
+      ErrorCode.INVALID_MODEL_CONFIG,
+      `postprocessing.output: the model has no output ${JSON.stringify(name)} (outputs: ${known})`,
+      {
+        field: 'postprocessing.output',
+      },
+    );
+  }
+  if (t.shape.length < 2 || t.shape.slice(2).some((d) => d !== 1)) {
+    throw new GatewayError(
+      ErrorCode.INVALID_MODEL_CONFIG,
+      `task: output ${name} has shape [${t.shape.join(',')}]; classification expects [N,C] or [N,C,1,1]`,
+      {
+        field: 'task',
+      },
     );
   }
   const scores = activate(toFloat32(t), config.activation);

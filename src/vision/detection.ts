@@ -2,6 +2,8 @@ import { ErrorCode, GatewayError } from '../errors.ts';
 import { readNumber, toFloat32, type Tensor } from '../engine/types.ts';
 import type { Labels } from '../repository/labels.ts';
 import type { DetectionConfig } from '../repository/model-config.ts';
+
+type Format<F extends DetectionConfig['format']> = Extract<DetectionConfig, { format: F }>;
 import { toOriginalNormalized, type ImageTransform } from './preprocess.ts';
 
 export interface Box {
@@ -33,12 +35,14 @@ export interface DecodeOptions {
   maxDetections: number;
 }
 
-const fail = (msg: string) => new GatewayError(ErrorCode.INFERENCE_FAILED, msg);
+/** model.json names (or implies) something this model does not have: a configuration error, caught at load. */
+const misfit = (field: string, msg: string) => new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${field}: ${msg}`, { field });
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
-function output(outputs: Record<string, Tensor>, name: string | undefined, what: string): Tensor {
+function output(outputs: Record<string, Tensor>, name: string | undefined, what: string, field: string): Tensor {
   const t = name ? outputs[name] : undefined;
-  if (!t) throw fail(`detection needs output ${what}${name ? ` (${name})` : ''}; the model gives ${Object.keys(outputs).join(', ')}`);
+  if (!t)
+    throw misfit(field, `detection needs output ${what}${name ? ` (${name})` : ''}; the model gives ${Object.keys(outputs).join(', ')}`);
   return t;
 }
 
@@ -64,7 +68,7 @@ export function nms(cands: Candidate[], iouThreshold: number, maxDetections: num
 }
 
 /** boxes [1,K,4] x1y1x2y2 normalized, scores [1,K,C]. */
-function decodeBoxesScores(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, minConf: number): Candidate[] {
+function decodeBoxesScores(outputs: Record<string, Tensor>, cfg: Format<'boxes_scores'>, t: ImageTransform, minConf: number): Candidate[] {
   let boxesName = cfg.boxes;
   let scoresName = cfg.scores;
   if (!boxesName || !scoresName) {
@@ -72,12 +76,15 @@ function decodeBoxesScores(outputs: Record<string, Tensor>, cfg: DetectionConfig
     boxesName = names.find((n) => outputs[n].shape.at(-1) === 4);
     scoresName = names.find((n) => n !== boxesName);
   }
-  const boxes = toFloat32(output(outputs, boxesName, 'boxes'));
-  const st = output(outputs, scoresName, 'scores');
+  const bt = output(outputs, boxesName, 'boxes', 'postprocessing.boxes');
+  if (bt.shape.at(-1) !== 4)
+    throw misfit('postprocessing.boxes', `boxes_scores boxes are [N,K,4]; output has shape [${bt.shape.join(',')}]`);
+  const boxes = toFloat32(bt);
+  const st = output(outputs, scoresName, 'scores', 'postprocessing.scores');
   const scores = toFloat32(st);
   const K = boxes.length / 4;
   const C = st.shape.length >= 3 ? st.shape[st.shape.length - 1] : 1;
-  if (scores.length !== K * C) throw fail(`scores hold ${scores.length} values for ${K} boxes`);
+  if (scores.length !== K * C) throw misfit('postprocessing.format', `boxes_scores: scores hold ${scores.length} values for ${K} boxes`);
   const out: Candidate[] = [];
   for (let k = 0; k < K; k++) {
     for (let c = 0; c < C; c++) {
@@ -98,8 +105,11 @@ function decodeBoxesScores(outputs: Record<string, Tensor>, cfg: DetectionConfig
 }
 
 /** DetectionOutput [1,1,K,7]: image_id, label, conf, x1, y1, x2, y2 (normalized), as OpenVINO and Caffe SSD give. */
-function decodeSsd(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, minConf: number): Candidate[] {
-  const o = toFloat32(output(outputs, cfg.output ?? Object.keys(outputs)[0], 'detection_out'));
+function decodeSsd(outputs: Record<string, Tensor>, cfg: Format<'ssd'>, t: ImageTransform, minConf: number): Candidate[] {
+  const ot = output(outputs, cfg.output ?? Object.keys(outputs)[0], 'detection_out', 'postprocessing.output');
+  if (ot.shape.at(-1) !== 7)
+    throw misfit('postprocessing.format', `ssd expects DetectionOutput [1,1,K,7]; output has shape [${ot.shape.join(',')}]`);
+  const o = toFloat32(ot);
   const out: Candidate[] = [];
   for (let i = 0; i + 7 <= o.length; i += 7) {
     if (o[i] < 0) break; // image_id -1 ends the list
@@ -118,10 +128,12 @@ function decodeSsd(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: Ima
 }
 
 /** TensorFlow object detection API: boxes [1,K,4] ymin,xmin,ymax,xmax normalized; scores, classes [1,K]; num [1]. */
-function decodeTf(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, minConf: number): Candidate[] {
-  const boxes = toFloat32(output(outputs, cfg.boxes ?? 'detection_boxes', 'boxes'));
-  const scores = toFloat32(output(outputs, cfg.scores ?? 'detection_scores', 'scores'));
-  const classes = output(outputs, cfg.classes ?? 'detection_classes', 'classes');
+function decodeTf(outputs: Record<string, Tensor>, cfg: Format<'tf'>, t: ImageTransform, minConf: number): Candidate[] {
+  const bt = output(outputs, cfg.boxes ?? 'detection_boxes', 'boxes', 'postprocessing.boxes');
+  if (bt.shape.at(-1) !== 4) throw misfit('postprocessing.boxes', `tf boxes are [N,K,4]; output has shape [${bt.shape.join(',')}]`);
+  const boxes = toFloat32(bt);
+  const scores = toFloat32(output(outputs, cfg.scores ?? 'detection_scores', 'scores', 'postprocessing.scores'));
+  const classes = output(outputs, cfg.classes ?? 'detection_classes', 'classes', 'postprocessing.classes');
   const numT = outputs[cfg.numDetections ?? 'num_detections'];
   const n = Math.min(scores.length, numT ? Math.round(readNumber(numT, 0)) : scores.length);
   const out: Candidate[] = [];
@@ -140,8 +152,8 @@ function decodeTf(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: Imag
 }
 
 /** YOLOX raw grid predictions [1,A,5+C]: per stride a row-major grid; (tx+gx)*s, exp(tw)*s; score = obj * cls. */
-function decodeYolox(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, minConf: number): Candidate[] {
-  const ot = output(outputs, cfg.output ?? Object.keys(outputs)[0], 'predictions');
+function decodeYolox(outputs: Record<string, Tensor>, cfg: Format<'yolox'>, t: ImageTransform, minConf: number): Candidate[] {
+  const ot = output(outputs, cfg.output ?? Object.keys(outputs)[0], 'predictions', 'postprocessing.output');
   const o = toFloat32(ot);
   const D = ot.shape[ot.shape.length - 1];
   const C = D - 5;
@@ -149,7 +161,10 @@ function decodeYolox(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: I
   let expected = 0;
   for (const s of cfg.strides) expected += Math.ceil(t.inputHeight / s) * Math.ceil(t.inputWidth / s);
   if (C < 1 || o.length !== expected * D)
-    throw fail(`yolox output [${ot.shape.join(',')}] does not match strides ${cfg.strides.join(',')} at ${t.inputWidth}x${t.inputHeight}`);
+    throw misfit(
+      'postprocessing.strides',
+      `yolox output [${ot.shape.join(',')}] does not match strides ${cfg.strides.join(',')} at ${t.inputWidth}x${t.inputHeight}`,
+    );
   const out: Candidate[] = [];
   let row = 0;
   for (const s of cfg.strides) {
@@ -185,19 +200,22 @@ function decodeYolox(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: I
  * row = (cy*grid + cx)*anchorsPerCell + a, anchor center ((cx+0.5)/grid, (cy+0.5)/grid),
  * box center = anchor + (dx,dy)/boxScale, size = (w,h)/boxScale. Scores are per class (last dimension).
  */
-function decodeAnchors(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, minConf: number): Candidate[] {
+function decodeAnchors(outputs: Record<string, Tensor>, cfg: Format<'anchors'>, t: ImageTransform, minConf: number): Candidate[] {
   const act = cfg.activation === 'sigmoid' ? sigmoid : (x: number) => x;
   const scale = cfg.boxScale ?? t.inputWidth;
   const out: Candidate[] = [];
   for (const layer of cfg.layers ?? []) {
-    const st = output(outputs, layer.scores, 'scores');
+    const st = output(outputs, layer.scores, 'scores', 'postprocessing.layers');
     const scores = toFloat32(st);
-    const boxes = toFloat32(output(outputs, layer.boxes, 'boxes'));
+    const boxes = toFloat32(output(outputs, layer.boxes, 'boxes', 'postprocessing.layers'));
     const rows = layer.grid * layer.grid * layer.anchorsPerCell;
     const C = scores.length / rows;
     const stride = boxes.length / rows;
     if (!Number.isInteger(C) || !Number.isInteger(stride) || stride < 4)
-      throw fail(`anchors layer ${layer.scores}: ${scores.length} scores / ${boxes.length} box values do not fit ${rows} anchors`);
+      throw misfit(
+        'postprocessing.layers',
+        `anchors layer ${layer.scores}: ${scores.length} scores / ${boxes.length} box values do not fit ${rows} anchors`,
+      );
     for (let r = 0; r < rows; r++) {
       const cell = Math.floor(r / layer.anchorsPerCell);
       const ax = ((cell % layer.grid) + 0.5) / layer.grid;
@@ -224,7 +242,20 @@ function decodeAnchors(outputs: Record<string, Tensor>, cfg: DetectionConfig, t:
   return out;
 }
 
-const decoders = { boxes_scores: decodeBoxesScores, ssd: decodeSsd, tf: decodeTf, yolox: decodeYolox, anchors: decodeAnchors };
+function decode(outputs: Record<string, Tensor>, cfg: DetectionConfig, t: ImageTransform, minConf: number): Candidate[] {
+  switch (cfg.format) {
+    case 'boxes_scores':
+      return decodeBoxesScores(outputs, cfg, t, minConf);
+    case 'ssd':
+      return decodeSsd(outputs, cfg, t, minConf);
+    case 'tf':
+      return decodeTf(outputs, cfg, t, minConf);
+    case 'yolox':
+      return decodeYolox(outputs, cfg, t, minConf);
+    case 'anchors':
+      return decodeAnchors(outputs, cfg, t, minConf);
+  }
+}
 
 /** Decode, suppress, and map boxes back to 0..1 of the original image. */
 export function detect(
@@ -234,7 +265,7 @@ export function detect(
   labels: Labels | null,
   opts: DecodeOptions,
 ): DetectedObject[] {
-  const cands = decoders[cfg.format](outputs, cfg, t, opts.minConfidence);
+  const cands = decode(outputs, cfg, t, opts.minConfidence);
   return nms(cands, opts.iouThreshold, opts.maxDetections)
     .map((c) => {
       const [xMin, yMin] = toOriginalNormalized(t, c.x1, c.y1);

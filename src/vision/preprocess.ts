@@ -56,14 +56,46 @@ export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], me
   if (info.shape.length !== 4)
     throw invalidConfig('input', `input ${info.name} has shape [${info.shape.join(',')}]; an image input has 4 dimensions`);
   const layout = pre.dimensionOrder ?? guessLayout(info.shape) ?? 'NCHW';
-  const [h, w, c] = layout === 'NCHW' ? [info.shape[2], info.shape[3], info.shape[1]] : [info.shape[1], info.shape[2], info.shape[3]];
+  const dims = (l: 'NCHW' | 'NHWC') =>
+    l === 'NCHW' ? [info.shape[2], info.shape[3], info.shape[1]] : [info.shape[1], info.shape[2], info.shape[3]];
+  const [h, w, c] = dims(layout);
   const channels = pre.colorChannels === 'L' ? 1 : 3;
-  if (c !== null && c !== channels)
-    throw invalidConfig('colorChannels', `${pre.colorChannels} gives ${channels} channel(s) but input ${info.name} has ${c}`);
+  const shape = `[${info.shape.map((d) => d ?? '?').join(',')}]`;
+  if (c !== null && c !== channels) {
+    const other = layout === 'NCHW' ? 'NHWC' : 'NCHW';
+    if (pre.dimensionOrder && dims(other)[2] === channels) {
+      throw invalidConfig(
+        'dimensionOrder',
+        `input ${info.name} has shape ${shape}, which is ${other} (channels ${other === 'NHWC' ? 'last' : 'first'}); dimensionOrder says ${layout}`,
+      );
+    }
+    throw invalidConfig(
+      'colorChannels',
+      `${pre.colorChannels} gives ${channels} channel(s) but input ${info.name} (${shape}, ${layout}) has ${c}`,
+    );
+  }
   const wanted = pre.dataType?.toLowerCase() as DType | undefined;
-  const dtype = wanted ?? info.dtype;
+  if (wanted && wanted !== info.dtype)
+    throw invalidConfig('dataType', `input ${info.name} is ${info.dtype.toUpperCase()}; dataType says ${pre.dataType}`);
+  const dtype = info.dtype;
   if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'uint8')
     throw invalidConfig('dataType', `input ${info.name} is ${info.dtype}; images feed FLOAT32, FLOAT16 or UINT8`);
+  if (
+    pre.resizeType !== 'NETWORK' &&
+    pre.targetSize &&
+    ((w !== null && w !== pre.targetSize.width) || (h !== null && h !== pre.targetSize.height))
+  ) {
+    throw invalidConfig(
+      'targetSize',
+      `input ${info.name} is fixed at ${w ?? '?'}x${h ?? '?'} (${shape}); targetSize says ${pre.targetSize.width}x${pre.targetSize.height} (remove it, or make it match)`,
+    );
+  }
+  if (pre.resizeType === 'NETWORK' && w !== null && h !== null) {
+    throw invalidConfig(
+      'resizeType',
+      `NETWORK sizes the input after each image, but input ${info.name} is fixed at ${w}x${h}: use SQUASH, CROP or FILL`,
+    );
+  }
   let width = pre.targetSize?.width ?? w;
   let height = pre.targetSize?.height ?? h;
   if (pre.resizeType !== 'NETWORK' && (width === null || height === null)) {

@@ -32,7 +32,13 @@ export interface Region {
 export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationConfig, inputLayout: 'NCHW' | 'NHWC'): ClassMap {
   const name = cfg.output ?? Object.keys(outputs)[0];
   const t = outputs[name];
-  if (!t) throw new GatewayError(ErrorCode.INFERENCE_FAILED, `the model has no output ${name}`);
+  if (!t) {
+    throw new GatewayError(
+      ErrorCode.INVALID_MODEL_CONFIG,
+      `postprocessing.output: the model has no output ${JSON.stringify(name)} (outputs: ${Object.keys(outputs).join(', ')})`,
+      { field: 'postprocessing.output' },
+    );
+  }
   const integer = t.dtype !== 'float32' && t.dtype !== 'float16';
   if (t.shape.length === 3 || (integer && t.shape.length === 4 && (t.shape[1] === 1 || t.shape[3] === 1))) {
     const [h, w] = t.shape.length === 3 ? [t.shape[1], t.shape[2]] : t.shape[1] === 1 ? [t.shape[2], t.shape[3]] : [t.shape[1], t.shape[2]];

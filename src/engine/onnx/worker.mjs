@@ -5,7 +5,9 @@
 import { parentPort } from 'node:worker_threads';
 import ort from 'onnxruntime-node';
 
-if (!parentPort) throw new Error('onnxruntime-worker.mjs must run in a worker thread');
+if (!parentPort) throw new Error('worker.mjs must run in a worker thread');
+// errors come back as exceptions (reported in the gateway's JSON log); ONNX Runtime's own log stays quiet
+ort.env.logLevel = 'fatal';
 const port = parentPort;
 
 /** @type {import('onnxruntime-node').InferenceSession | null} */
@@ -32,7 +34,7 @@ port.on('message', async (/** @type {any} */ msg) => {
       /** @type {Record<string, import('onnxruntime-node').Tensor>} */
       const feeds = {};
       for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = new ort.Tensor(t.type, t.data, t.dims);
-      const opts = { logSeverityLevel: /** @type {3} */ (3) };
+      const opts = { logSeverityLevel: /** @type {4} */ (4) };
       const result = await session.run(feeds, opts);
       /** @type {Record<string, {type: string, dims: readonly number[], data: any}>} */
       const out = {};

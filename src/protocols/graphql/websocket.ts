@@ -28,14 +28,22 @@ export function attachWebSocket(
 ): { close(): Promise<void> } {
   const clientAddress = (req: IncomingMessage) => req.socket.remoteAddress ?? 'unknown';
   const connections = new Map<string, number>();
+  // noServer: upgrades are taken from the HTTP server here, so the WebSocket server never sees (and never re-emits)
+  // the HTTP server's own errors, such as a port in use at start
   const wss = new WebSocketServer({
-    server,
-    path: '/graphql',
+    noServer: true,
     maxPayload: maxPayloadBytes,
     verifyClient: (info, done) => {
       if ((connections.get(clientAddress(info.req)) ?? 0) >= maxConnectionsPerClient) done(false, 429, 'Too many WebSocket connections');
       else done(true);
     },
+  });
+  server.on('upgrade', (req, socket, head) => {
+    if ((req.url ?? '').split('?')[0] !== '/graphql') {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+      return;
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
   });
   wss.on('connection', (socket, req) => {
     const addr = clientAddress(req);

@@ -121,6 +121,12 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
       },
     }),
     configuration: t.field({ type: 'JSON', description: 'The parsed model.json, defaults filled in.', resolve: (m) => m.config }),
+    configurationError: t.string({
+      nullable: true,
+      description:
+        'Why the model.json on disk is not in force (invalid, or its versions failed to load with it); the versions keep serving with what they loaded.',
+      resolve: (m) => m.configError?.message ?? null,
+    }),
     stats: t.field({ type: [StatsRef], resolve: (m) => [...m.versions.values()].map((v) => ({ version: v.version, stats: v.stats })) }),
   }),
 });
@@ -193,11 +199,31 @@ builder.mutationFields((t) => ({
   }),
   updateModel: t.field({
     type: ModelRef,
-    description: 'Change the editable fields (description, metadata), persisted to model.json. Preprocessing is immutable.',
-    args: { name: t.arg.string({ required: true }), description: t.arg.string(), metadata: t.arg({ type: 'JSON' }) },
+    description:
+      'Change the editable fields, persisted in model.json (edited in place: the rest of the file is kept). Everything else of model.json is changed by editing the file (versions reload).',
+    args: {
+      name: t.arg.string({ required: true }),
+      description: t.arg.string(),
+      metadata: t.arg({
+        type: 'JSON',
+        description: 'A JSON Merge Patch (RFC 7396) of the metadata: named keys are set, null deletes a key, the others are kept.',
+      }),
+    },
     resolve: (_, args, ctx) => {
       ctx.requireAdmin();
-      return ctx.models.update(args.name, { description: args.description, metadata: args.metadata });
+      return ctx.models.update(args.name, {
+        description: args.description,
+        metadata: args.metadata as Record<string, unknown> | null | undefined,
+      });
+    },
+  }),
+  deleteModel: t.boolean({
+    description:
+      'Unload every version of a model and remove it: a model of the repository loses its folder and files; a model loaded by path keeps its files.',
+    args: { name: t.arg.string({ required: true }) },
+    resolve: (_, args, ctx) => {
+      ctx.requireAdmin();
+      return ctx.models.delete(args.name);
     },
   }),
 }));

@@ -101,7 +101,7 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
     classes: t.field({
       type: [SegmentClassRef],
       description: 'Classes present, with their share of the image.',
-      resolve: (s) => classHistogram(fullMap(s), s.model.labels),
+      resolve: (s) => classHistogram(fullMap(s), s.labels),
     }),
     mask: t.string({
       description: 'Base64 PNG at the image size, one class id per pixel.',
@@ -114,7 +114,7 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
     regions: t.field({
       type: [RegionRef],
       args: { minPixels: t.arg.int({ description: 'Smallest region kept, in output pixels (default 16).' }) },
-      resolve: (s, args) => regions(s.map, s.transform, s.model.labels, Math.max(1, args.minPixels ?? 16)),
+      resolve: (s, args) => regions(s.map, s.transform, s.labels, Math.max(1, args.minPixels ?? 16)),
     }),
   }),
 });

@@ -1,0 +1,72 @@
+import sharp from 'sharp';
+import type { Session } from '../engine/types.ts';
+import { postprocessingOf } from '../repository/model-config.ts';
+import type { ModelFiles } from '../repository/model.ts';
+import { classify } from '../vision/classification.ts';
+import { detect } from '../vision/detection.ts';
+import { planInput, preprocess, probeImage, type InputPlan } from '../vision/preprocess.ts';
+import { toClassMap } from '../vision/segmentation.ts';
+
+/**
+ * The load-time check of an image model (TensorFlow Serving's warm-up, made mandatory): before a version is
+ * AVAILABLE, one synthetic image goes through the whole path (preprocess, engine, postprocess), so what would fail
+ * every request fails the load instead, with INVALID_MODEL_CONFIG naming the field. It also warms the session up.
+ * Raw models take tensors as they are and are not checked. Returns warnings for settings that look inconsistent but
+ * cannot be proven wrong.
+ */
+let synthetic: Promise<Buffer> | null = null;
+
+/** A 96x64 colour gradient: every channel varies, so no decoder sees a degenerate input. */
+function syntheticImage(): Promise<Buffer> {
+  synthetic ??= (() => {
+    const w = 96;
+    const h = 64;
+    const px = Buffer.alloc(w * h * 3);
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++) px.set([(x * 255) / w, (y * 255) / h, ((x + y) * 255) / (w + h)], (y * w + x) * 3);
+    return sharp(px, { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toBuffer();
+  })();
+  return synthetic;
+}
+
+export async function checkModel(files: ModelFiles, session: Session): Promise<string[]> {
+  const config = files.config;
+  if (config.task === 'raw') return [];
+  const plan = planInput(config, session.inputs, files.mean);
+  const image = await probeImage(await syntheticImage(), 1_000_000);
+  const { tensor, transform } = await preprocess(image, plan, 1_000_000);
+  const outputs = await session.run({ [plan.input]: tensor });
+  if (config.task === 'classification') classify(outputs, postprocessingOf(config, 'classification'), files.labels, 1);
+  else if (config.task === 'detection') {
+    const post = postprocessingOf(config, 'detection');
+    detect(outputs, post, transform, files.labels, post);
+  } else toClassMap(outputs, postprocessingOf(config, 'segmentation'), plan.layout);
+  return warnings(files, plan);
+}
+
+/** Settings that look inconsistent (each can be right for some model, so they are warnings, not errors). */
+function warnings({ config }: ModelFiles, plan: InputPlan): string[] {
+  const pre = config.preprocessing;
+  const out: string[] = [];
+  const small = (v: number[] | undefined) => v !== undefined && v.every((x) => Math.abs(x) <= 1.5);
+  const large = (v: number[] | undefined) => v !== undefined && v.some((x) => Math.abs(x) > 2);
+  if (plan.dtype !== 'uint8' && pre.pixelScaling > 2 && small(pre.mean) && (pre.std === undefined || small(pre.std))) {
+    out.push(
+      `preprocessing: mean and std look like 0..1 statistics but pixelScaling is ${pre.pixelScaling}, so the model sees values far outside them; ` +
+        'for 0..1 statistics set pixelScaling to 1 (or give mean and std in 0..255 units)',
+    );
+  }
+  if (plan.dtype !== 'uint8' && pre.pixelScaling <= 2 && (large(pre.mean) || large(pre.std))) {
+    out.push(
+      `preprocessing: mean or std look like 0..255 statistics but pixelScaling is ${pre.pixelScaling}; set pixelScaling to 255 (or give them in 0..1 units)`,
+    );
+  }
+  if (config.task === 'classification' && plan.dtype !== 'uint8' && !pre.mean && !pre.meanFile && !pre.std) {
+    out.push(
+      'preprocessing: no mean or std: the model gets pixels 0..pixelScaling as they are; most classifiers are trained on normalized input',
+    );
+  }
+  return out;
+}

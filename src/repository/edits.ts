@@ -1,0 +1,109 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { applyEdits, modify, type Edit } from 'jsonc-parser';
+import { ErrorCode, GatewayError } from '../errors.ts';
+import { parseModelConfigText } from './model-config.ts';
+import type { Model } from './model.ts';
+import { atomicWrite } from './store.ts';
+
+/** A JSON Merge Patch (RFC 7396): keys set, null deletes, objects merged key by key, anything else replaced. */
+export type JsonMergePatch = Record<string, unknown>;
+
+/** Bounds on client-supplied JSON (metadata): checked before anything changes. */
+export const MAX_METADATA_BYTES = 64 * 1024;
+export const MAX_METADATA_DEPTH = 16;
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** RFC 7396, section 2 (hand-written: the algorithm is ten lines and the spec's whole point). */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+/** Depth of a JSON value, iteratively (a hostile value 20,000 deep must not overflow the stack). */
+function depthOf(value: unknown, limit: number): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (d > max) max = d;
+    if (max > limit) return max;
+    if (v !== null && typeof v === 'object') for (const child of Object.values(v)) stack.push([child, d + 1]);
+  }
+  return max;
+}
+
+/** Check a metadata patch: an object, at most MAX_METADATA_DEPTH deep and MAX_METADATA_BYTES as JSON. */
+export function checkMetadataPatch(patch: unknown): asserts patch is JsonMergePatch {
+  if (!isObject(patch))
+    throw new GatewayError(ErrorCode.INVALID_INPUT, 'metadata must be a JSON object (a JSON Merge Patch: null deletes a key)');
+  if (depthOf(patch, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH)
+    throw new GatewayError(ErrorCode.INVALID_INPUT, `metadata is nested deeper than ${MAX_METADATA_DEPTH} levels`);
+  const size = Buffer.byteLength(JSON.stringify(patch));
+  if (size > MAX_METADATA_BYTES)
+    throw new GatewayError(ErrorCode.INVALID_INPUT, `metadata is ${size} bytes of JSON; the limit is ${MAX_METADATA_BYTES}`);
+}
+
+const FORMAT = { insertSpaces: true, tabSize: 2, eol: '\n' };
+/** A new top-level key goes after "task" (and "description"), where people look for it; the rest of the file stays. */
+const topLevelInsertion = (properties: string[]) => Math.max(0, properties.indexOf('task') + 1, properties.indexOf('description') + 1);
+
+/** The text edits that apply a merge patch at `at` of a JSON document whose current value there is `current`. */
+function patchEdits(text: string, at: (string | number)[], current: unknown, patch: JsonMergePatch): Edit[] {
+  const edits: Edit[] = [];
+  const options = { formattingOptions: FORMAT, getInsertionIndex: topLevelInsertion };
+  let doc = text;
+  const apply = (p: (string | number)[], value: unknown) => {
+    const e = modify(doc, p, value, options);
+    doc = applyEdits(doc, e);
+    edits.push(...e);
+  };
+  const walk = (base: (string | number)[], cur: unknown, p: JsonMergePatch) => {
+    for (const [k, v] of Object.entries(p)) {
+      const here = isObject(cur) ? cur[k] : undefined;
+      if (v === null) {
+        if (here !== undefined) apply([...base, k], undefined);
+      } else if (isObject(v) && isObject(here)) walk([...base, k], here, v);
+      else apply([...base, k], mergePatch(undefined, v));
+    }
+  };
+  if (!isObject(current)) apply(at, mergePatch(undefined, patch));
+  else walk(at, current, patch);
+  return [{ offset: 0, length: text.length, content: doc }];
+}
+
+/**
+ * Apply updateModel's changes: the new description and metadata, and, for a model with a model.json of the repository,
+ * that file edited in place (only the changed values; the rest of the file and its formatting stay) and written
+ * atomically, so memory changes only after the file is written.
+ */
+export async function editModelJson(
+  model: Model,
+  changes: { description?: string | null; metadata?: unknown },
+): Promise<{ description: string; metadata: Record<string, unknown> }> {
+  if (changes.metadata !== undefined && changes.metadata !== null) checkMetadataPatch(changes.metadata);
+  const description = changes.description ?? model.config.description;
+  const metadata = changes.metadata
+    ? (mergePatch(model.config.metadata, changes.metadata) as Record<string, unknown>)
+    : model.config.metadata;
+  if (model.source !== 'repository' || model.file) return { description, metadata };
+  const file = path.join(model.dir, 'model.json');
+  let text = await readFile(file, 'utf8').catch(() => '{}\n');
+  const parsed = JSON.parse(text) as Record<string, unknown>;
+  if (changes.description !== undefined && changes.description !== null) {
+    text = applyEdits(
+      text,
+      modify(text, ['description'], description, { formattingOptions: FORMAT, getInsertionIndex: topLevelInsertion }),
+    );
+  }
+  if (changes.metadata) text = applyEdits(text, patchEdits(text, ['metadata'], parsed.metadata, changes.metadata as JsonMergePatch));
+  parseModelConfigText(text, `${model.name}/model.json`); // never write a file that would not load
+  await atomicWrite(file, text);
+  return { description, metadata };
+}

@@ -1,0 +1,311 @@
+import { readFile, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { parse as parseJsonc } from 'jsonc-parser';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { modelJsonSchema, parseModelConfig } from '../src/repository/model-config.ts';
+import {
+  ROOT,
+  addModel,
+  errorCode,
+  fixture,
+  fixtureConfigs,
+  image,
+  modelAsset,
+  modelFile,
+  startGateway,
+  until,
+  type TestGateway,
+} from './helpers.ts';
+
+const IMAGENET: Record<string, string> = {
+  'airliner.jpeg': 'airliner',
+  'arctic-fox.jpeg': 'Arctic fox',
+  'bee.jpeg': 'bee',
+  'golden_retriever.jpeg': 'golden retriever',
+  'gorilla.jpeg': 'gorilla',
+  'magnetic_compass.jpeg': 'magnetic compass',
+  'peacock.jpeg': 'peacock',
+  'pelican.jpeg': 'pelican',
+  'snail.jpeg': 'snail',
+  'zebra.jpeg': 'zebra',
+};
+
+const VERSIONS = `query($n: String!) { model(name: $n) { configurationError versions { version state errorCode errorMessage notes } } }`;
+
+describe('model.schema.json', () => {
+  it('is fresh (run npm run schema after changing model-config.ts)', async () => {
+    expect(JSON.parse(await readFile(path.join(ROOT, 'model.schema.json'), 'utf8'))).toEqual(modelJsonSchema());
+  });
+
+  it('accepts every model.json in the project (checked by a JSON Schema validator, and by the gateway)', async () => {
+    const validate = new Ajv2020({ strict: false }).compile(JSON.parse(await readFile(path.join(ROOT, 'model.schema.json'), 'utf8')));
+    const dirs = (await readdir(path.join(ROOT, 'models'), { withFileTypes: true })).filter(
+      (d) => d.isDirectory() && !d.name.startsWith('.'),
+    );
+    expect(dirs.length).toBeGreaterThanOrEqual(6);
+    for (const d of dirs) {
+      const json = JSON.parse(await readFile(path.join(ROOT, 'models', d.name, 'model.json'), 'utf8'));
+      expect(validate(json), `${d.name}: ${JSON.stringify(validate.errors)}`).toBe(true);
+      expect(() => parseModelConfig(json)).not.toThrow();
+    }
+    expect(validate({ task: 'classification', batching: { maxBatchsize: 64 } })).toBe(false);
+  });
+});
+
+describe('the README model.json reference', () => {
+  let gw: TestGateway;
+  let reference: unknown;
+  beforeAll(async () => {
+    const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+    const block = /### model\.json reference[\s\S]*?```jsonc\n([\s\S]*?)\n```/.exec(readme)![1];
+    reference = parseJsonc(block);
+    gw = await startGateway({
+      models: {
+        reference: { onnx: modelFile('mobilenet'), config: reference, files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt') } },
+      },
+    });
+  });
+  afterAll(() => gw?.close());
+
+  it('is valid, complete, and right for mobilenet: 10 of 10 photos, no warnings', async () => {
+    expect(() => parseModelConfig(reference)).not.toThrow();
+    const r = await gw.gql(VERSIONS, { n: 'reference' });
+    expect(r.data.model.versions[0]).toMatchObject({ state: 'AVAILABLE', errorCode: null });
+    expect(r.data.model.versions[0].notes.warnings).toBeUndefined();
+    const files = Object.keys(IMAGENET);
+    const q = `mutation($images: [ImageInput!]!) { classifyBatch(model: "reference", images: $images, topK: 1) { predictions { label } } }`;
+    const c = await gw.gql(
+      q,
+      { images: files.map(() => ({ file: null })) },
+      { files: Object.fromEntries(files.map((f, i) => [`images.${i}.file`, image(f)])) },
+    );
+    expect(c.data.classifyBatch.map((x: any) => x.predictions[0].label.split(',')[0])).toEqual(files.map((f) => IMAGENET[f]));
+  });
+});
+
+describe('mistakes in model.json fail at load, naming the field', () => {
+  let gw: TestGateway;
+  const mobilenet = (config: Record<string, unknown>) => ({ ...fixture('mobilenet'), config: { ...fixtureConfigs.mobilenet, ...config } });
+  const bad: [string, Record<string, unknown>, RegExp][] = [
+    ['typo-batching', { batching: { maxBatchsize: 64 } }, /batching\.maxBatchsize: unknown field; did you mean "maxBatchSize"\?/],
+    [
+      'typo-threshold',
+      { task: 'segmentation', postprocessing: { treshold: 0.3 } },
+      /postprocessing\.treshold: unknown field; did you mean "threshold"\?/,
+    ],
+    [
+      'wrong-output',
+      { postprocessing: { output: 'logits', activation: 'softmax' } },
+      /postprocessing\.output: the model has no output "logits" \(outputs: output\)/,
+    ],
+    [
+      'detection-no-format',
+      { task: 'detection', postprocessing: undefined },
+      /postprocessing: a detection model needs postprocessing with its format/,
+    ],
+    [
+      'wrong-format',
+      { task: 'detection', postprocessing: { format: 'ssd' } },
+      /postprocessing\.format: ssd expects DetectionOutput \[1,1,K,7\]; output has shape \[1,1000\]/,
+    ],
+    [
+      'target-size',
+      { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), targetSize: '300x300' } },
+      /preprocessing\.targetSize: input input is fixed at 224x224/,
+    ],
+    [
+      'nhwc',
+      { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), dimensionOrder: 'NHWC' } },
+      /preprocessing\.dimensionOrder: input input has shape \[\?,3,224,224\], which is NCHW/,
+    ],
+  ];
+  beforeAll(async () => {
+    gw = await startGateway({ models: Object.fromEntries(bad.map(([name, config]) => [name, mobilenet(config)])), pollIntervalMs: 100 });
+  });
+  afterAll(() => gw?.close());
+
+  it.each(bad)('%s', async (name, _, message) => {
+    const r = await gw.gql(VERSIONS, { n: name });
+    const [v] = r.data.model.versions;
+    expect(v.state).toBe('END');
+    expect(v.errorCode).toBe('INVALID_MODEL_CONFIG');
+    expect(v.errorMessage).toMatch(message);
+    // and a request says the model is not ready, rather than a 500 per request
+    const c = await gw.gql(`mutation { classify(model: "${name}", image: { base64: "AAAA" }) { predictions { label } } }`);
+    expect(errorCode(c)).toBe('MODEL_NOT_READY');
+  });
+
+  it('settings that look inconsistent load, with a warning in notes and one log line', async () => {
+    await addModel(
+      gw.root,
+      'odd-scaling',
+      mobilenet({
+        preprocessing: {
+          resizeType: 'CROP',
+          cropFraction: 0.875,
+          pixelScaling: 255,
+          mean: [0.485, 0.456, 0.406],
+          std: [0.229, 0.224, 0.225],
+        },
+      }),
+    );
+    await until(
+      async () => (await gw.gql(VERSIONS, { n: 'odd-scaling' })).data.model?.versions[0]?.state === 'AVAILABLE',
+      15_000,
+      'odd-scaling loads',
+    );
+    const [v] = (await gw.gql(VERSIONS, { n: 'odd-scaling' })).data.model.versions;
+    expect(v.notes.warnings).toEqual([expect.stringMatching(/mean and std look like 0\.\.1 statistics but pixelScaling is 255/)]);
+    const lines = gw.logs.filter((l) => l.includes('"model":"odd-scaling"') && l.includes('looks inconsistent'));
+    expect(lines).toHaveLength(1);
+  });
+
+  it('the mistakes leave the server ready for the rest, and /ready says which model is not', async () => {
+    const body = await (await fetch(`${gw.url}/ready`)).json();
+    expect(body.models.find((m: any) => m.name === 'typo-batching').ready).toBe(false);
+  });
+
+  it('fixing model.json on disk brings the model back, without a restart', async () => {
+    await writeFile(
+      path.join(gw.root, 'typo-batching', 'model.json'),
+      JSON.stringify({ ...fixtureConfigs.mobilenet, batching: { maxBatchSize: 64 } }),
+    );
+    await until(
+      async () => (await gw.gql(VERSIONS, { n: 'typo-batching' })).data.model.versions[0].state === 'AVAILABLE',
+      15_000,
+      'reload',
+    );
+    const c = await gw.gql(
+      `mutation($f: File!) { classify(model: "typo-batching", image: { file: $f }, topK: 1) { predictions { label } } }`,
+      { f: null },
+      { files: { f: image('zebra.jpeg') } },
+    );
+    expect(c.data.classify.predictions[0].label).toBe('zebra');
+  });
+});
+
+describe('recovery and configuration owned by the version', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet'), broken: fixture('mobilenet', { postprocessing: { output: 'nope' } }) },
+    });
+  });
+  afterAll(() => gw?.close());
+  const classify = (model: string) =>
+    gw.gql(
+      `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { label confidence } } }`,
+      { f: null },
+      { files: { f: image('zebra.jpeg') } },
+    );
+
+  it('loadModel retries a failed model (here after its model.json was fixed, with the watcher off)', async () => {
+    expect((await gw.gql(VERSIONS, { n: 'broken' })).data.model.versions[0].errorCode).toBe('INVALID_MODEL_CONFIG');
+    await writeFile(path.join(gw.root, 'broken', 'model.json'), JSON.stringify(fixtureConfigs.mobilenet));
+    const r = await gw.gql(`mutation { loadModel(name: "broken") { versions { version state errorCode } } }`);
+    expect(r.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE', errorCode: null }]);
+  });
+
+  it('an edit of model.json reloads the version as a new instance; requests never see a mix, nor a gap', async () => {
+    expect((await classify('mobilenet')).data.classify.predictions[0].confidence).toBeLessThanOrEqual(1);
+    const traffic = Array.from({ length: 12 }, (_, i) => new Promise((r) => setTimeout(r, i * 20)).then(() => classify('mobilenet')));
+    await writeFile(
+      path.join(gw.root, 'mobilenet', 'model.json'),
+      JSON.stringify({ ...fixtureConfigs.mobilenet, postprocessing: { activation: 'none' } }),
+    );
+    await gw.gql(`mutation { loadModel(name: "mobilenet") { name } }`); // the watcher is off here: loadModel rereads
+    for (const r of await Promise.all(traffic)) {
+      expect(r.errors).toBeUndefined();
+      const p = r.data.classify.predictions[0];
+      expect(p.label).toBe('zebra');
+      // softmax (old instance) or raw logits (new instance): never a mix of the two configurations
+      expect(p.confidence <= 1 || p.confidence > 5).toBe(true);
+    }
+    expect((await classify('mobilenet')).data.classify.predictions[0].confidence).toBeGreaterThan(5);
+  });
+
+  it('an invalid edit keeps the version serving with what it loaded, and says why', async () => {
+    await writeFile(
+      path.join(gw.root, 'mobilenet', 'model.json'),
+      JSON.stringify({ ...fixtureConfigs.mobilenet, batching: { maxBatchsize: 1 } }),
+    );
+    const r = await gw.gql(`mutation { loadModel(name: "mobilenet") { configurationError versions { state } } }`);
+    expect(r.data.loadModel.configurationError).toMatch(/batching\.maxBatchsize: unknown field/);
+    expect(r.data.loadModel.versions).toEqual([{ state: 'AVAILABLE' }]);
+    expect((await classify('mobilenet')).data.classify.predictions[0].label).toBe('zebra');
+  });
+
+  it('updateModel patches metadata (RFC 7396) and edits model.json in place', async () => {
+    const file = path.join(gw.root, 'broken', 'model.json');
+    const before = `{\n  "task": "classification",\n  "metadata": { "license": "Apache-2.0", "source": "zoo", "team": "a" },\n  "labels": "labels.txt",\n  "preprocessing": {"resizeType": "CROP", "cropFraction": 0.875, "pixelScaling": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\n}\n`;
+    await writeFile(file, before);
+    await gw.gql(`mutation { loadModel(name: "broken") { name } }`);
+    const r = await gw.gql(
+      `mutation { updateModel(name: "broken", description: "words", metadata: { team: "b", source: null, extra: { k: 1 } }) { description metadata } }`,
+    );
+    expect(r.data.updateModel.description).toBe('words');
+    expect(r.data.updateModel.metadata).toMatchObject({ license: 'Apache-2.0', team: 'b', extra: { k: 1 } });
+    expect(r.data.updateModel.metadata.source).toBeUndefined();
+    const after = await readFile(file, 'utf8');
+    expect(JSON.parse(after).metadata).toEqual({ license: 'Apache-2.0', team: 'b', extra: { k: 1 } });
+    // the lines updateModel did not touch are byte for byte as they were
+    expect(after).toContain(
+      '  "preprocessing": {"resizeType": "CROP", "cropFraction": 0.875, "pixelScaling": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\n',
+    );
+    expect(after).toContain('  "labels": "labels.txt",\n');
+    // metadata nested deeper than the bound is refused, and nothing changed
+    let deep: unknown = 1;
+    for (let i = 0; i < 40; i++) deep = { d: deep };
+    const refused = await gw.gql(`mutation($m: JSON) { updateModel(name: "broken", metadata: $m) { name } }`, { m: deep });
+    expect(errorCode(refused)).toBe('INVALID_INPUT');
+    expect(await readFile(file, 'utf8')).toBe(after);
+  });
+
+  it('deleteModel unloads and removes a model and its files', async () => {
+    const r = await gw.gql(`mutation { deleteModel(name: "broken") }`);
+    expect(r.data.deleteModel).toBe(true);
+    expect((await gw.gql(`{ model(name: "broken") { name } }`)).data.model).toBeNull();
+    await expect(readdir(path.join(gw.root, 'broken'))).rejects.toThrow(/ENOENT/);
+    expect(errorCode(await gw.gql(`mutation { deleteModel(name: "broken") }`))).toBe('MODEL_NOT_FOUND');
+  });
+
+  it('a failed upload leaves nothing behind and never makes the server unready', async () => {
+    const before = (await readdir(gw.root)).sort();
+    const upload = (name: string, files: Record<string, { name: string; bytes: Uint8Array }>) =>
+      gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "${name}", files: $files) { versions { version state } } }`,
+        { files: Object.keys(files).map(() => null) },
+        { files },
+      );
+    // a new model whose file is not a model
+    const r1 = await upload('newcomer', { 'files.0': { name: 'model.onnx', bytes: Buffer.from('not onnx') } });
+    expect(errorCode(r1)).toBe('MODEL_LOAD_FAILED');
+    // a new version of a serving model, with labels and a model.json that do not fit
+    const r2 = await upload('mobilenet', {
+      'files.0': { name: 'model.onnx', bytes: await readFile(modelFile('mobilenet')) },
+      'files.1': { name: 'labels.txt', bytes: Buffer.from('only\nthree\nlabels\n') },
+      'files.2': { name: 'model.json', bytes: Buffer.from(JSON.stringify({ task: 'detection', postprocessing: { format: 'yolox' } })) },
+    });
+    expect(errorCode(r2)).toBe('INVALID_MODEL_CONFIG');
+    expect((await readdir(gw.root)).sort()).toEqual(before);
+    expect((await readdir(path.join(gw.root, 'mobilenet'))).sort()).toEqual(['1', 'labels.txt', 'model.json']);
+    expect((await gw.gql(`{ model(name: "newcomer") { name } }`)).data.model).toBeNull();
+    expect((await fetch(`${gw.url}/ready`)).status).toBe(200);
+    // the serving version answers as before: its labels, its task
+    expect((await classify('mobilenet')).data.classify.predictions[0].label).toBe('zebra');
+  });
+});
+
+describe('the repository folder', () => {
+  it('addModel helper sanity: a model added after start is found by loadModel', async () => {
+    const gw = await startGateway({});
+    try {
+      await addModel(gw.root, 'late', fixture('mobilenet'));
+      const r = await gw.gql(`mutation { loadModel(name: "late") { versions { state } } }`);
+      expect(r.data.loadModel.versions).toEqual([{ state: 'AVAILABLE' }]);
+    } finally {
+      await gw.close();
+    }
+  });
+});
