@@ -1,6 +1,6 @@
 /** Shared by the benchmark and the soak script: start the real server as a child process and talk HTTP to it. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { constants, copyFile, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -92,9 +92,9 @@ export async function startServer(
   const repo = await mkdtemp(path.join(os.tmpdir(), 'gw-bench-'));
   for (const [name, m] of Object.entries(models)) {
     await mkdir(path.join(repo, name, '1'), { recursive: true });
-    await symlink(m.onnx, path.join(repo, name, '1', 'model.onnx'));
+    await copyFile(m.onnx, path.join(repo, name, '1', 'model.onnx'), constants.COPYFILE_FICLONE); // links out of the repository are refused
     await writeFile(path.join(repo, name, 'model.json'), JSON.stringify(m.config));
-    for (const [f, src] of Object.entries(m.files ?? {})) await symlink(src, path.join(repo, name, f));
+    for (const [f, src] of Object.entries(m.files ?? {})) await copyFile(src, path.join(repo, name, f), constants.COPYFILE_FICLONE);
   }
   const port = await freePort();
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(root, 'src', 'main.ts')], {

@@ -29,10 +29,26 @@ export interface Config {
   maxSubscriptionsPerConnection: number;
   adminToken: string | null;
   apiTokens: string[];
-  corsOrigins: string[] | null;
+  corsOrigins: string[];
+  allowedHosts: string[];
   shutdownTimeoutMs: number;
   graphiql: boolean;
+  maxQueryBytes: number;
+  maxQueryTokens: number;
+  maxQueryCost: number;
+  maxResponseBytes: number;
+  maxRenderedImagesPerRequest: number;
+  imageFormats: string[];
+  decodeTimeoutMs: number;
+  requestTimeoutMs: number;
+  headersTimeoutMs: number;
+  maxConnections: number;
+  maxConnectionsPerClient: number;
+  maxSubscriptionsPerClient: number;
 }
+
+/** The raster formats a vision model needs; SVG (a vector format whose rendering can be made arbitrarily costly) only when configured. */
+export const IMAGE_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif', 'svg'] as const;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -71,6 +87,10 @@ const oneOf =
     if (!values.includes(raw as T)) throw new ConfigError(`${name}: expected one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
     return raw as T;
   };
+const listOf =
+  <T extends string>(values: readonly T[]) =>
+  (raw: string, name: string): T[] =>
+    list(',')(raw).map((v) => oneOf(values)(v.toLowerCase(), name));
 
 const s = <K extends keyof Config>(key: K, env: string, parse: Setting<K>['parse'], fallback: Config[K], help: string): Setting<K> => ({
   key,
@@ -123,12 +143,55 @@ export const SETTINGS = [
     'ADMIN_TOKEN',
     (raw) => raw || null,
     null,
-    'When set, loadModel/unloadModel/updateModel need Authorization: Bearer <token>',
+    'When set, admin operations (loadModel, unloadModel, updateModel, deleteModel) need Authorization: Bearer <token>; unset, they are allowed only from loopback and never from a browser page of another origin',
   ),
   s('apiTokens', 'API_TOKENS', list(','), [], 'Comma-separated tokens; when set, every GraphQL request needs one (or the admin token)'),
-  s('corsOrigins', 'CORS_ORIGINS', list(','), null, 'Comma-separated allowed origins (default: any origin)'),
+  s(
+    'corsOrigins',
+    'CORS_ORIGINS',
+    list(','),
+    [],
+    'Comma-separated origins allowed to call from a browser (default: none, same origin only)',
+  ),
+  s(
+    'allowedHosts',
+    'ALLOWED_HOSTS',
+    list(','),
+    [],
+    'Comma-separated host names the server answers to besides IP addresses and localhost (DNS rebinding protection); * for any',
+  ),
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),
+  s('maxQueryBytes', 'MAX_QUERY_BYTES', int(64), 100_000, 'Largest GraphQL document (the query text; variables are not counted)'),
+  s('maxQueryTokens', 'MAX_QUERY_TOKENS', int(16), 5_000, 'Most tokens in one GraphQL document'),
+  s('maxQueryCost', 'MAX_QUERY_COST', int(10), 5_000, 'Largest cost of one operation (graphql-armor cost limit, fragments expanded)'),
+  s('maxResponseBytes', 'MAX_RESPONSE_BYTES', int(1024), 64 * 1024 * 1024, 'Most bytes of tensors and images one response may carry'),
+  s(
+    'maxRenderedImagesPerRequest',
+    'MAX_RENDERED_IMAGES_PER_REQUEST',
+    int(1),
+    8,
+    'Costly image fields (mask, overlay, annotatedImage) computed for one request',
+  ),
+  s(
+    'imageFormats',
+    'IMAGE_FORMATS',
+    listOf(IMAGE_FORMATS),
+    ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif'],
+    'Image formats accepted (svg only when listed)',
+  ),
+  s('decodeTimeoutMs', 'DECODE_TIMEOUT_MS', int(100), 10_000, 'Longest time one image may take to decode and resize'),
+  s(
+    'requestTimeoutMs',
+    'REQUEST_TIMEOUT_MS',
+    int(1000),
+    120_000,
+    'Longest time a client may take to send a whole request (slow uploads are cut)',
+  ),
+  s('headersTimeoutMs', 'HEADERS_TIMEOUT_MS', int(1000), 15_000, 'Longest time a client may take to send the request headers'),
+  s('maxConnections', 'MAX_CONNECTIONS', int(1), 2048, 'Open HTTP connections in all'),
+  s('maxConnectionsPerClient', 'MAX_CONNECTIONS_PER_CLIENT', int(1), 256, 'Open HTTP connections per client address'),
+  s('maxSubscriptionsPerClient', 'MAX_SUBSCRIPTIONS_PER_CLIENT', int(1), 32, 'Open subscriptions (SSE and WebSocket) per client address'),
 ] as const;
 
 const flagName = (env: string) => '--' + env.toLowerCase().replace(/_/g, '-');

@@ -19,6 +19,8 @@ export const ErrorCode = {
   LIMIT_EXCEEDED: 'LIMIT_EXCEEDED',
   UNAUTHENTICATED: 'UNAUTHENTICATED',
   FORBIDDEN: 'FORBIDDEN',
+  STORAGE_FULL: 'STORAGE_FULL',
+  CANCELLED: 'CANCELLED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -38,6 +40,8 @@ const httpStatus: Record<ErrorCode, number> = {
   LIMIT_EXCEEDED: 400,
   UNAUTHENTICATED: 401,
   FORBIDDEN: 403,
+  STORAGE_FULL: 507,
+  CANCELLED: 499,
 };
 
 export class GatewayError extends Error {

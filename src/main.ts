@@ -56,9 +56,14 @@ async function main(): Promise<void> {
   } catch (e) {
     return fatal(logger, errorMessage(e), 1, { engine: config.engine });
   }
+  if (!isLoopback(config.host) && config.adminToken && config.apiTokens.length === 0) {
+    logger.warn(
+      `listening on ${config.host} with ADMIN_TOKEN but without API_TOKENS: anyone who can reach this port can run inference. Set API_TOKENS to guard it.`,
+    );
+  }
   if (!isLoopback(config.host) && !config.adminToken) {
     logger.warn(
-      `listening on ${config.host} without ADMIN_TOKEN: anyone who can reach this port can load, unload and update models. Set ADMIN_TOKEN (and API_TOKENS to guard inference).`,
+      `listening on ${config.host} without ADMIN_TOKEN: admin operations are refused to every client but this machine's own (loopback), and anyone who can reach this port can run inference. Set ADMIN_TOKEN to manage models remotely, and API_TOKENS to guard inference.`,
     );
   }
   const metrics = new Metrics();

@@ -180,6 +180,19 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(value(await p1)).toBe(2);
   });
 
+  it('drops an item whose client went away before its engine call (CANCELLED), and runs the rest', async () => {
+    const { calls, run } = recorder();
+    const b = new Batcher(run, options);
+    const gone = new AbortController();
+    const results = Promise.allSettled([b.infer(item(1)), b.infer(item(2), gone.signal), b.infer(item(3))]);
+    gone.abort();
+    await vi.advanceTimersByTimeAsync(1000);
+    const [r1, r2, r3] = await results;
+    expect(calls).toEqual([[1, 3]]);
+    expect([r1.status, r3.status]).toEqual(['fulfilled', 'fulfilled']);
+    expect((r2 as PromiseRejectedResult).reason).toMatchObject({ code: 'CANCELLED' });
+  });
+
   it('drain resolves when every admitted request has been answered', async () => {
     const a = new Admissions(10);
     const releases = [a.admit(), a.admit()].map((t) => t.release);

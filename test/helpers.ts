@@ -1,4 +1,4 @@
-import { mkdtemp, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { constants, copyFile, mkdtemp, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { encodeMultipart, type UploadFile } from '../src/client/multipart.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
@@ -25,13 +25,17 @@ for (const m of ['mobilenet', 'face-detection'] as const) {
 }
 
 export interface ModelSpec {
-  /** Path of an .onnx file to link as version 1 (or bytes to write). */
+  /** Path of an .onnx file to copy as version 1 (or bytes to write). */
   onnx?: string | Uint8Array;
   versions?: number[];
   config?: unknown;
-  /** Extra files beside model.json: name -> path to link, or text. */
+  /** Extra files beside model.json: name -> path to copy, or text. */
   files?: Record<string, string | { text: string }>;
 }
+
+/** Files are copied into test repositories (a copy-on-write clone where the file system can): the gateway refuses
+ * links that lead out of its repository. */
+const copy = (from: string, to: string) => copyFile(from, to, constants.COPYFILE_FICLONE);
 
 export async function makeRepository(models: Record<string, ModelSpec>, dir?: string): Promise<string> {
   const root = dir ?? (await mkdtemp(path.join(os.tmpdir(), 'gw-repo-')));
@@ -45,13 +49,13 @@ export async function addModel(root: string, name: string, spec: ModelSpec): Pro
   await mkdir(dir, { recursive: true });
   if (spec.config !== undefined) await writeFile(path.join(dir, 'model.json'), JSON.stringify(spec.config, null, 2));
   for (const [f, src] of Object.entries(spec.files ?? {})) {
-    if (typeof src === 'string') await symlink(src, path.join(dir, f));
+    if (typeof src === 'string') await copy(src, path.join(dir, f));
     else await writeFile(path.join(dir, f), src.text);
   }
   for (const v of spec.versions ?? (spec.onnx ? [1] : [])) {
     await mkdir(path.join(dir, String(v)), { recursive: true });
     const target = path.join(dir, String(v), 'model.onnx');
-    if (typeof spec.onnx === 'string') await symlink(spec.onnx, target);
+    if (typeof spec.onnx === 'string') await copy(spec.onnx, target);
     else if (spec.onnx) await writeFile(target, spec.onnx);
   }
   await rename(dir, path.join(root, name));
@@ -191,7 +195,7 @@ const FIXTURES = {
   ppocr: { dir: 'text-detection', labels: false },
 } as const;
 
-/** One fixture model as a ModelSpec (files linked, not copied); `config` is merged over its model.json. */
+/** One fixture model as a ModelSpec; `config` is merged over its model.json. */
 export function fixture(name: keyof typeof FIXTURES, config: Record<string, unknown> = {}): ModelSpec {
   const { dir, labels } = FIXTURES[name];
   return {

@@ -90,3 +90,47 @@ export function argmaxSegmenter(): Uint8Array {
     outputs: [{ name: 'classes', elemType: ElemType.INT64, shape: ['N', 'H', 'W'] }],
   });
 }
+
+/** A float32 initializer: bytes inline, or in an external file named `location` (relative to the model file). */
+function initializer(name: string, dims: number[], values: number[] | null, location?: string): Uint8Array {
+  const parts: Uint8Array[] = [...dims.map((d) => intField(1, d)), intField(2, ElemType.FLOAT), strField(8, name)];
+  if (location !== undefined) {
+    for (const [k, v] of [
+      ['location', location],
+      ['offset', '0'],
+      ['length', String(dims.reduce((a, b) => a * b, 1) * 4)],
+    ]) {
+      parts.push(bytesField(13, concat([strField(1, k), strField(2, v)])));
+    }
+    parts.push(intField(14, 1)); // data_location: EXTERNAL
+  } else parts.push(bytesField(9, new Uint8Array(Float32Array.from(values ?? []).buffer)));
+  return concat(parts);
+}
+
+/**
+ * y = x + w with w [4] float32 kept in an external data file at `location` (as models over 2 GB keep their weights).
+ * Write the 16 bytes of w to that file beside model.onnx for the model to load.
+ */
+export function externalDataModel(location: string): Uint8Array {
+  const graph = concat([
+    bytesField(1, node({ op: 'Add', inputs: ['x', 'w'], outputs: ['y'] }, 0)),
+    strField(2, 'external-data'),
+    bytesField(5, initializer('w', [4], null, location)),
+    bytesField(11, valueInfo({ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] })),
+    bytesField(12, valueInfo({ name: 'y', elemType: ElemType.FLOAT, shape: ['N', 4] })),
+  ]);
+  const opset = concat([strField(1, ''), intField(2, 13)]);
+  return concat([intField(1, 8), strField(2, 'gateway-tests'), bytesField(7, graph), bytesField(8, opset)]);
+}
+
+/** A one-channel (greyscale) classifier: image [N,1,8,8] -> its mean, [N,1]. */
+export function greyModel(): Uint8Array {
+  return buildModel({
+    nodes: [
+      { op: 'GlobalAveragePool', inputs: ['image'], outputs: ['pooled'] },
+      { op: 'Flatten', inputs: ['pooled'], outputs: ['scores'], attrs: { axis: 1 } },
+    ],
+    inputs: [{ name: 'image', elemType: ElemType.FLOAT, shape: ['N', 1, 8, 8] }],
+    outputs: [{ name: 'scores', elemType: ElemType.FLOAT, shape: ['N', 1] }],
+  });
+}

@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
@@ -199,6 +200,31 @@ describe('start-up: the server starts, or says why in one line', () => {
     expect(lines).toHaveLength(1);
     expect(lines[0].level).toBe('fatal');
     expect(lines[0].msg).toMatch(message);
+  });
+
+  it('a public bind with ADMIN_TOKEN but without API_TOKENS warns that inference is open', async () => {
+    const empty = await mkdtemp(path.join(os.tmpdir(), 'gw-empty-'));
+    const port = await freePort();
+    const p = start({ PORT: String(port), HOST: '0.0.0.0', ADMIN_TOKEN: 'secret', MODEL_REPOSITORY: empty });
+    try {
+      await until(
+        () =>
+          fetch(`http://127.0.0.1:${port}/ready`).then(
+            (r) => r.ok,
+            () => false,
+          ),
+        60_000,
+        'ready',
+      );
+    } finally {
+      p.child.kill('SIGTERM');
+    }
+    await p.exit;
+    const warnings = jsonLines(p.output()).filter((l) => l.level === 'warn');
+    expect(warnings.map((w) => w.msg)).toEqual([
+      expect.stringMatching(/with ADMIN_TOKEN but without API_TOKENS: anyone who can reach this port can run inference/),
+    ]);
+    await rm(empty, { recursive: true, force: true });
   });
 
   it('a port in use: exit 1, one JSON line saying so', async () => {

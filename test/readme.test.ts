@@ -78,3 +78,17 @@ describe('README examples, run against a live server', () => {
     for (const [pair] of expected.matchAll(/"\w+":("[^"]*"|-?\d+|null|true|false)/g)) expect(stdout, pair).toContain(pair);
   });
 });
+
+describe('README configuration table', () => {
+  it('lists every setting with its flag and default, as src/config.ts has them', async () => {
+    const { SETTINGS } = await import('../src/config.ts');
+    const rows = new Map(
+      [...readme.matchAll(/^\| `([A-Z_]+)` \| `(--[a-z-]+)` \| ([^|]+) \|/gm)].map((m) => [m[1], { flag: m[2], fallback: m[3].trim() }]),
+    );
+    const fmt = (v: unknown) =>
+      v === null ? '(unset)' : Array.isArray(v) ? (v.length ? '`' + v.join(',') + '`' : '(none)') : '`' + String(v) + '`';
+    for (const s of SETTINGS) {
+      expect(rows.get(s.env), s.env).toEqual({ flag: '--' + s.env.toLowerCase().replace(/_/g, '-'), fallback: fmt(s.fallback) });
+    }
+  });
+});

@@ -33,6 +33,8 @@ export function validateBatcherOptions(o: BatcherOptions): BatcherOptions {
 interface Item {
   feeds: Feeds;
   enqueuedAt: number;
+  /** Aborted when its client went away: dropped if it has not reached the engine. */
+  signal?: AbortSignal;
 }
 
 /** The key that decides which items may share an engine call: same input names, dtypes and per-item shapes. */
@@ -138,8 +140,8 @@ export class Batcher {
   }
 
   /** Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). */
-  infer(feeds: Feeds): Promise<Feeds> {
-    const result = this.loader.load({ feeds, enqueuedAt: performance.now() });
+  infer(feeds: Feeds, signal?: AbortSignal): Promise<Feeds> {
+    const result = this.loader.load({ feeds, enqueuedAt: performance.now(), signal });
     const batch = this.open!; // load() has just put the item in the open batch
     if (++batch.count >= this.options.maxBatchSize || this.nobodyComing()) batch.go();
     return result;
@@ -200,7 +202,8 @@ export class Batcher {
       for (const i of group) {
         const waited = start - items[i].enqueuedAt;
         this.hooks.stats?.recordQueue(waited * 1000);
-        if (timeout > 0 && waited > timeout) {
+        if (items[i].signal?.aborted) results[i] = new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+        else if (timeout > 0 && waited > timeout) {
           results[i] = new GatewayError(
             ErrorCode.DEADLINE_EXCEEDED,
             `waited ${Math.round(waited)} ms for the engine (timeout ${timeout} ms)`,

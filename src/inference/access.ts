@@ -19,8 +19,32 @@ export interface Tokens {
   apiTokens: readonly string[];
 }
 
-/** Who is calling, from the Authorization header (every protocol checks the same way). */
-export function accessFor(authorization: string | null | undefined, { adminToken, apiTokens }: Tokens) {
+/** Where a request comes from: its peer address, and for browser requests the page's origin and the Host it used. */
+export interface Caller {
+  remoteAddress?: string | null;
+  origin?: string | null;
+  host?: string | null;
+}
+
+export const isLoopbackAddress = (a: string | null | undefined) =>
+  !!a && (a === '::1' || a.startsWith('127.') || a.startsWith('::ffff:127.'));
+
+/** A browser page of another origin (a same-origin page, or a client that is no browser, sends no foreign Origin). */
+function foreignOrigin({ origin, host }: Caller): boolean {
+  if (!origin) return false;
+  try {
+    return new URL(origin).host !== host;
+  } catch {
+    return true; // "null" (sandboxed frames, file:) and garbage
+  }
+}
+
+/**
+ * Who is calling, from the Authorization header and where the request comes from (every protocol checks the same
+ * way). Without ADMIN_TOKEN, admin operations are allowed only from loopback and never from a browser page of another
+ * origin: a web page the user visits (or DNS rebinding) must not manage models.
+ */
+export function accessFor(authorization: string | null | undefined, { adminToken, apiTokens }: Tokens, caller: Caller = {}) {
   const token = bearer(authorization);
   const isAdmin = adminToken !== null && tokenMatches(token, adminToken);
   return {
@@ -30,9 +54,20 @@ export function accessFor(authorization: string | null | undefined, { adminToken
       if (token === null) throw new GatewayError(ErrorCode.UNAUTHENTICATED, 'this gateway needs Authorization: Bearer <token>');
       if (!apiTokens.some((t) => tokenMatches(token, t))) throw new GatewayError(ErrorCode.FORBIDDEN, 'the token is not valid');
     },
-    /** ADMIN_TOKEN set: loadModel, unloadModel and updateModel need it. */
+    /** ADMIN_TOKEN set: admin operations need it; unset: loopback only, never a page of another origin. */
     requireAdmin(): void {
-      if (adminToken === null || isAdmin) return;
+      if (isAdmin) return;
+      if (adminToken === null) {
+        if (!isLoopbackAddress(caller.remoteAddress)) {
+          throw new GatewayError(
+            ErrorCode.FORBIDDEN,
+            'admin operations without ADMIN_TOKEN are allowed only from this machine (loopback); set ADMIN_TOKEN to manage models remotely',
+          );
+        }
+        if (foreignOrigin(caller))
+          throw new GatewayError(ErrorCode.FORBIDDEN, `admin operations are not allowed from a page of another origin (${caller.origin})`);
+        return;
+      }
       if (token === null) throw new GatewayError(ErrorCode.UNAUTHENTICATED, 'this operation needs Authorization: Bearer <admin token>');
       throw new GatewayError(ErrorCode.FORBIDDEN, 'the admin token is not valid');
     },

@@ -1,17 +1,65 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
 
+export interface BudgetLimits {
+  /** Images (and raw inferences) per request. */
+  maxImages: number;
+  /** Costly renderings (masks, overlays, annotated images) per request. */
+  maxRendered?: number;
+  /** Bytes of tensors and images a response may carry. */
+  maxResponseBytes?: number;
+  /** Bytes of raw tensor input per request. */
+  maxInputBytes?: number;
+}
+
 /**
- * What one request may spend: images (and raw inferences) per request. Every protocol makes one per request and
- * takes from it before any work starts, so aliases, lists and nested pipelines are counted as they execute.
+ * What one request may spend, counted as it executes (every alias, list item, fragment spread and nested pipeline
+ * takes from it before its work starts): images, renderings, input and output bytes. Every protocol makes one per
+ * request. `signal` tells when the client has gone away, so work not yet started for it is skipped.
  */
 export class RequestBudget {
   private images = 0;
-  constructor(readonly maxImages: number) {}
+  private rendered = 0;
+  private responseBytes = 0;
+  private inputBytes = 0;
+
+  constructor(
+    readonly limits: BudgetLimits,
+    readonly signal?: AbortSignal,
+  ) {}
+
+  private static over(what: string, limit: number): GatewayError {
+    return new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${limit} ${what} in one request`);
+  }
 
   /** Take n images, or LIMIT_EXCEEDED (nothing taken) when they would go past the limit. */
   takeImages(n = 1): void {
-    if (this.images + n > this.maxImages)
-      throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${this.maxImages} images or inferences in one request`);
+    if (this.images + n > this.limits.maxImages) throw RequestBudget.over('images or inferences', this.limits.maxImages);
     this.images += n;
+  }
+
+  /** Take one costly rendering (a mask, overlay or annotated image). */
+  takeRendered(): void {
+    const max = this.limits.maxRendered ?? Infinity;
+    if (this.rendered + 1 > max) throw RequestBudget.over('rendered images (mask, overlay, annotatedImage)', max);
+    this.rendered++;
+  }
+
+  /** Take n bytes of the response (a tensor's or an image's encoded size). */
+  takeResponseBytes(n: number): void {
+    const max = this.limits.maxResponseBytes ?? Infinity;
+    if (this.responseBytes + n > max) throw RequestBudget.over('bytes of tensors and images (MAX_RESPONSE_BYTES)', max);
+    this.responseBytes += n;
+  }
+
+  /** Take n bytes of raw tensor input. */
+  takeInputBytes(n: number): void {
+    const max = this.limits.maxInputBytes ?? Infinity;
+    if (this.inputBytes + n > max) throw RequestBudget.over('bytes of tensor input', max);
+    this.inputBytes += n;
+  }
+
+  /** CANCELLED when the client has gone away (nobody will read the answer). */
+  checkAlive(): void {
+    if (this.signal?.aborted) throw new GatewayError(ErrorCode.CANCELLED, 'the client went away');
   }
 }

@@ -18,13 +18,24 @@ import { selectOutputs, tensorFeeds, type TensorInput } from './tensors.ts';
  */
 export interface InferenceLimits {
   maxImagePixels: number;
+  /** Image formats accepted (default: the raster formats). */
+  imageFormats?: readonly string[];
+  /** Longest decode and resize of one image, in ms. */
+  decodeTimeoutMs?: number;
 }
 
-export interface ClassifyOptions {
+/** A request's own: it stops the work not yet started when the client has gone away. */
+export interface RunOptions {
+  signal?: AbortSignal;
+}
+
+const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+
+export interface ClassifyOptions extends RunOptions {
   topK?: number | null;
   minConfidence?: number | null;
 }
-export interface DetectOptions {
+export interface DetectOptions extends RunOptions {
   minConfidence?: number | null;
   iouThreshold?: number | null;
   maxDetections?: number | null;
@@ -81,7 +92,7 @@ export class InferenceService {
     const topK = opts.topK ?? 5;
     const minConfidence = opts.minConfidence ?? 0;
     if (!Number.isInteger(topK) || topK < 1 || topK > 1000) throw bad('topK must be 1..1000');
-    return this.runImages('classification', name, version, sources).map(async (r) => {
+    return this.runImages('classification', name, version, sources, opts).map(async (r) => {
       const run = await r;
       return classify(run.outputs, postprocessingOf(run.files.config, 'classification'), run.files.labels, topK, minConfidence);
     });
@@ -101,7 +112,7 @@ export class InferenceService {
     inRange(opts.iouThreshold, 'iouThreshold');
     if (opts.maxDetections !== undefined && opts.maxDetections !== null && !(opts.maxDetections >= 1 && opts.maxDetections <= 10_000))
       throw bad('maxDetections must be 1..10000');
-    return this.runImages('detection', name, version, sources).map(async (r) => {
+    return this.runImages('detection', name, version, sources, opts).map(async (r) => {
       const run = await r;
       const cfg = postprocessingOf(run.files.config, 'detection');
       const objects = detect(run.outputs, cfg, run.transform, run.files.labels, {
@@ -114,8 +125,13 @@ export class InferenceService {
   }
 
   /** Segment images (one promise per image, see runImages). */
-  segment(name: string, version: number | null | undefined, sources: readonly ImageSource[]): Promise<SegmentationRun>[] {
-    return this.runImages('segmentation', name, version, sources).map(async (r) => {
+  segment(
+    name: string,
+    version: number | null | undefined,
+    sources: readonly ImageSource[],
+    opts: RunOptions = {},
+  ): Promise<SegmentationRun>[] {
+    return this.runImages('segmentation', name, version, sources, opts).map(async (r) => {
       const run = await r;
       return {
         image: run.image,
@@ -132,6 +148,7 @@ export class InferenceService {
     versionNo: number | null | undefined,
     inputs: readonly TensorInput[],
     outputNames?: readonly string[] | null,
+    { signal }: RunOptions = {},
   ): Promise<Record<string, Tensor>> {
     const { version } = this.models.resolve(name, versionNo);
     const feeds = tensorFeeds(name, version.inputs, inputs);
@@ -139,7 +156,8 @@ export class InferenceService {
     const admission = version.admit();
     const t0 = performance.now();
     try {
-      const outputs = await admission.infer(feeds);
+      if (signal?.aborted) throw cancelled();
+      const outputs = await admission.infer(feeds, signal);
       version.stats.recordRequest((performance.now() - t0) * 1000);
       return Object.fromEntries(wanted.map((n) => [n, outputs[n]]));
     } catch (e) {
@@ -156,12 +174,18 @@ export class InferenceService {
    * batcher in the same tick and share an engine call. One promise per image: a failing image fails alone. An unknown
    * model or a model of another task fails the call as a whole (it throws).
    */
-  runImages(task: Task, name: string, versionNo: number | null | undefined, sources: readonly ImageSource[]): Promise<ImageRun>[] {
+  runImages(
+    task: Task,
+    name: string,
+    versionNo: number | null | undefined,
+    sources: readonly ImageSource[],
+    { signal }: RunOptions = {},
+  ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
     if (config.task !== task) throw bad(`model ${model.name} is a ${config.task} model, not ${task}`);
     const { plan, files } = planFor(model, version);
-    const maxPixels = this.limits.maxImagePixels;
+    const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
     const items = sources.map((source) => {
       const t0 = performance.now();
       let admission: Admission;
@@ -171,8 +195,9 @@ export class InferenceService {
         return { t0, admission: null, prepared: Promise.reject(e) as Promise<never> };
       }
       const prepared = (async () => {
-        const image = await probeImage(await source(), maxPixels);
-        return { image, ...(await preprocess(image, plan, maxPixels)) };
+        if (signal?.aborted) throw cancelled();
+        const image = await probeImage(await source(), limits);
+        return { image, ...(await preprocess(image, plan, limits)) };
       })();
       return { t0, admission, prepared };
     });
@@ -182,7 +207,7 @@ export class InferenceService {
         if (!admission) return await prepared; // rethrows the admission error
         await allSettled;
         const { image, tensor, transform } = await prepared;
-        const outputs = await admission.infer({ [plan.input]: tensor });
+        const outputs = await admission.infer({ [plan.input]: tensor }, signal);
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return { model, version, files, image, transform, plan, outputs };
       } catch (e) {

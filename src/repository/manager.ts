@@ -2,13 +2,13 @@
 // update, delete) and the reconcile each of them ends with run under the model's lock and share the registry; kept
 // together, the locking protocol reads in one place.
 import { EventEmitter } from 'node:events';
-import { readdir, rm, stat } from 'node:fs/promises';
+import { readdir, realpath, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics, VersionMetrics } from '../metrics.ts';
 import type { Engine, LoadOptions, Session } from '../engine/types.ts';
-import { resolveUnderRoots } from '../paths.ts';
+import { isInside, resolveUnderRoots } from '../paths.ts';
 import { editModelJson, type JsonMergePatch } from './edits.ts';
 import { parseModelConfig } from './model-config.ts';
 import { MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.ts';
@@ -170,10 +170,26 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     return new ModelVersion(model.name, version, file, files, {
       logger: this.logger,
       publish: (e) => this.emit('status', e),
-      openSession: (p, options) => this.engine.load(p, options),
+      openSession: async (p, options) => this.engine.load(await this.confinedModelFile(model, p), options),
       check: this.checkModel,
       metrics,
     });
+  }
+
+  /**
+   * The model file a version loads, confined to the repository (or, for a model loaded by path, to the allowed roots):
+   * a symbolic link out of them is refused, as client-supplied paths are.
+   */
+  private async confinedModelFile(model: Model, file: string): Promise<string> {
+    const real = await realpath(file);
+    const roots = await Promise.all([this.root, ...this.modelRoots].map((r) => realpath(r).catch(() => r)));
+    if (!roots.some((r) => isInside(real, r))) {
+      throw new GatewayError(
+        ErrorCode.FORBIDDEN_PATH,
+        `the model file of ${model.name} is a link out of the model repository; model files must be inside it`,
+      );
+    }
+    return real;
   }
 
   /** A version leaves the list (its folder is gone, or it failed and is not wanted): its metrics go with it. */
@@ -291,6 +307,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
         ))
       ) {
         throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)} in the repository`);
+      }
+      if (!isInside(await realpath(dir), await realpath(this.root))) {
+        throw new GatewayError(ErrorCode.FORBIDDEN_PATH, `the model folder ${name} is a link out of the model repository`);
       }
       model = this.byName.get(name) ?? new Model(name, dir, 'repository');
       this.byName.set(name, model);

@@ -1,6 +1,7 @@
-import { mkdir, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
+import { isInside } from '../paths.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
 import { parseModelConfig, parseModelConfigText, type ModelConfig } from './model-config.ts';
 import type { ModelFiles } from './model-files.ts';
@@ -10,6 +11,30 @@ import type { ModelFiles } from './model-files.ts';
  * how it is read, and how it is written (atomically: a reader never sees half a file or half a version).
  */
 const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
+
+/**
+ * A file of a model folder, confined to it as client-supplied paths are to their roots: a symbolic link out of the
+ * folder (to /etc/passwd, to another model) is refused, not followed. ENOENT passes through (a file that is absent).
+ */
+export async function confined(dir: string, name: string): Promise<string> {
+  const [real, root] = await Promise.all([realpath(path.join(dir, name)), realpath(dir)]);
+  if (!isInside(real, root)) {
+    throw new GatewayError(
+      ErrorCode.FORBIDDEN_PATH,
+      `${name} is a link out of the model folder; files of a model must be inside its folder`,
+      { field: name },
+    );
+  }
+  return real;
+}
+
+/** A write that failed because the disk is full, as the typed error a client can act on (anything else unchanged). */
+export function storageError(e: unknown): unknown {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT')
+    return new GatewayError(ErrorCode.STORAGE_FULL, 'the model repository is full: nothing was changed');
+  return e;
+}
 
 const mtimeOf = (p: string) =>
   stat(p).then(
@@ -38,7 +63,7 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
     const config = text === null ? parseModelConfig({}) : parseModelConfigText(text, `${name}/model.json`);
     const labels = await readLabels(name, dir, config);
     const meanFile = config.preprocessing.meanFile;
-    const mean = meanFile ? parseNpy(await readFile(path.join(dir, meanFile)), meanFile) : null;
+    const mean = meanFile ? parseNpy(await readFile(await confined(dir, meanFile)), meanFile) : null;
     return { config, labels, mean, signature: signatureOf(config, labels, mean) };
   } catch (e) {
     throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${errorMessage(e)}`);
@@ -58,7 +83,7 @@ async function readLabels(name: string, dir: string, config: ModelConfig): Promi
   const candidates = typeof spec === 'string' ? [spec] : LABEL_FILES;
   for (const f of candidates) {
     try {
-      return parseLabelsFile(f, await readFile(path.join(dir, f), 'utf8'));
+      return parseLabelsFile(f, await readFile(await confined(dir, f), 'utf8'));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT' && typeof spec !== 'string') continue;
       if (isGatewayError(e)) throw e;
@@ -100,8 +125,13 @@ export async function modelFileIn(dir: string, modelFiles: readonly string[]): P
 /** Write a file atomically: a temporary file beside it, then a rename. */
 export async function atomicWrite(file: string, data: string | Uint8Array): Promise<void> {
   const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
-  await writeFile(tmp, data);
-  await rename(tmp, file);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, file);
+  } catch (e) {
+    await unlink(tmp).catch(() => undefined);
+    throw storageError(e);
+  }
 }
 
 /** Write model.json (validated first) into a model folder. */

@@ -2,6 +2,7 @@ import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:f
 import path from 'node:path';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { parseModelConfig } from './model-config.ts';
+import { storageError } from './store.ts';
 
 /** A file sent by a client to loadModel(files:). */
 export interface UploadedFile {
@@ -12,7 +13,8 @@ export interface UploadedFile {
 /** What an upload brings, sorted: the model file (if any), side files (labels, mean), and model.json. */
 export interface UploadPlan {
   modelFile: UploadedFile | null;
-  weights: UploadedFile | null;
+  /** Weights beside the model file: OpenVINO's model.bin, or ONNX external data (kept under their names). */
+  weights: UploadedFile[];
   sideFiles: UploadedFile[];
   config: unknown;
 }
@@ -21,7 +23,7 @@ const invalid = (message: string) => new GatewayError(ErrorCode.INVALID_INPUT, m
 
 /** Sort and check uploaded files before anything is written. File names are reduced to safe base names. */
 export function planUpload(files: readonly UploadedFile[], config: unknown): UploadPlan {
-  const plan: UploadPlan = { modelFile: null, weights: null, sideFiles: [], config: undefined };
+  const plan: UploadPlan = { modelFile: null, weights: [], sideFiles: [], config: undefined };
   let uploadedConfig: unknown;
   for (const f of files) {
     const base = path.basename(f.name || '');
@@ -35,14 +37,22 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
     } else if (base.endsWith('.onnx') || base.endsWith('.xml')) {
       if (plan.modelFile) throw invalid('upload exactly one model file (.onnx, or .xml with its .bin)');
       plan.modelFile = { name: base.endsWith('.onnx') ? 'model.onnx' : 'model.xml', bytes: f.bytes };
-    } else if (base.endsWith('.bin')) {
-      plan.weights = { name: 'model.bin', bytes: f.bytes };
+    } else if (/\.(bin|data|weights)$/.test(base)) {
+      plan.weights.push({ name: base, bytes: f.bytes });
     } else if (/\.(txt|json|pbtxt|npy)$/.test(base)) {
       plan.sideFiles.push({ name: base, bytes: f.bytes });
     } else {
-      throw invalid(`unexpected file ${base}: send a model (.onnx/.xml+.bin), labels (.txt/.json/.pbtxt), model.json or a .npy mean`);
+      throw invalid(
+        `unexpected file ${base}: send a model (.onnx with its external data .bin/.data, or .xml + .bin), labels (.txt/.json/.pbtxt), model.json or a .npy mean`,
+      );
     }
   }
+  // OpenVINO reads model.xml's weights from model.bin; ONNX external data keeps the names the model refers to
+  if (plan.modelFile?.name === 'model.xml') {
+    if (plan.weights.length !== 1) throw invalid('an OpenVINO model is model.xml and one .bin file');
+    plan.weights[0] = { name: 'model.bin', bytes: plan.weights[0].bytes };
+  }
+  if (plan.weights.length > 0 && !plan.modelFile) throw invalid('weights were uploaded without a model file');
   plan.config = config ?? uploadedConfig;
   if (plan.config !== undefined) parseModelConfig(plan.config, 'uploaded model.json');
   return plan;
@@ -63,7 +73,18 @@ export interface StagedUpload {
  * staged folder is a complete model folder, so it can be read and loaded before anything of it is seen.
  */
 export async function stageUpload(root: string, modelDir: string, plan: UploadPlan, version: number | null): Promise<StagedUpload> {
-  const dir = await mkdtemp(path.join(root, '.upload-'));
+  const dir = await mkdtemp(path.join(root, '.upload-')).catch((e: unknown) => {
+    throw storageError(e);
+  });
+  try {
+    return await writeStaged(dir, modelDir, plan, version);
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw storageError(e);
+  }
+}
+
+async function writeStaged(dir: string, modelDir: string, plan: UploadPlan, version: number | null): Promise<StagedUpload> {
   for (const e of await readdir(modelDir, { withFileTypes: true }).catch(() => [])) {
     if (e.isFile() && SIDE_FILE_RE.test(e.name)) await copyFile(path.join(modelDir, e.name), path.join(dir, e.name));
   }
@@ -73,7 +94,7 @@ export async function stageUpload(root: string, modelDir: string, plan: UploadPl
   await mkdir(path.join(dir, String(version)));
   const modelPath = path.join(dir, String(version), plan.modelFile.name);
   await writeFile(modelPath, plan.modelFile.bytes);
-  if (plan.weights) await writeFile(path.join(dir, String(version), plan.weights.name), plan.weights.bytes);
+  for (const w of plan.weights) await writeFile(path.join(dir, String(version), w.name), w.bytes);
   return { dir, modelPath, version };
 }
 

@@ -22,6 +22,14 @@ export interface ModelStatusEvent {
   at: Date;
 }
 
+/** An error message without absolute paths (and what follows them, such as file lengths): for clients. */
+export function withoutPaths(message: string): string {
+  return message
+    .replace(/(?:[A-Za-z]:)?(?:[\\/][^\s'"\\/:]+){2,}[\\/]?/g, (p) => `…/${p.split(/[\\/]/).filter(Boolean).pop() ?? ''}`)
+    .replace(/\b(?:file )?(?:length|size|offset)\s*[:=]?\s*\d+/gi, '')
+    .slice(0, 300);
+}
+
 /** Allowed transitions; anything else is a bug and throws. */
 const transitions: Record<VersionState, readonly VersionState[]> = {
   START: ['LOADING', 'END'],
@@ -47,7 +55,8 @@ export interface VersionDeps {
 
 /** One admitted request of a version: its single inference, then release(). */
 export interface Admission {
-  infer(feeds: Feeds): Promise<Feeds>;
+  /** The request's one inference; `signal` (the client went away) drops it if it has not reached the engine. */
+  infer(feeds: Feeds, signal?: AbortSignal): Promise<Feeds>;
   release(): void;
 }
 
@@ -148,7 +157,16 @@ export class ModelVersion {
     try {
       session = await this.deps.openSession(this.modelPath, options);
     } catch (e) {
-      return this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: `cannot load ${this.modelPath}: ${errorMessage(e)}` });
+      // the client sees what failed without the server's paths; the log keeps the engine's whole message
+      this.deps.logger.warn(
+        { model: this.model, version: this.version, file: this.modelPath, error: errorMessage(e) },
+        'model load failed',
+      );
+      const code = isGatewayError(e) ? e.code : ErrorCode.MODEL_LOAD_FAILED;
+      return this.transition('END', {
+        code,
+        message: `cannot load version ${this.version} of ${this.model}: ${withoutPaths(errorMessage(e))}`,
+      });
     }
     let warnings: string[] = [];
     try {
@@ -242,9 +260,9 @@ export class ModelVersion {
     if (this.engineFailures > 0 && this.stats.requests > 0) this.engineFailures = 0; // the reload served: start over
     const ticket: Ticket = this.admissions.admit();
     return {
-      infer: (feeds) => {
+      infer: (feeds, signal) => {
         ticket.markQueued();
-        return batcher.infer(feeds);
+        return batcher.infer(feeds, signal);
       },
       release: () => ticket.release(),
     };

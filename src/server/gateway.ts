@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import { InferenceService } from '../inference/service.ts';
 import { createGraphqlProtocol, type GraphqlProtocol } from '../protocols/graphql/index.ts';
+import { hostAllowed } from './hosts.ts';
 import { createHttpServer } from './http.ts';
 import { opsRoutes } from './ops.ts';
 
@@ -29,7 +30,11 @@ export function createGateway({
   logger: Logger;
   metrics: Metrics;
 }): Gateway {
-  const service = new InferenceService(models, { maxImagePixels: config.maxImagePixels });
+  const service = new InferenceService(models, {
+    maxImagePixels: config.maxImagePixels,
+    imageFormats: config.imageFormats,
+    decodeTimeoutMs: config.decodeTimeoutMs,
+  });
   const tokens = { adminToken: config.adminToken, apiTokens: config.apiTokens };
   const graphql = createGraphqlProtocol({
     service,
@@ -39,20 +44,33 @@ export function createGateway({
     maxImagesPerRequest: config.maxImagesPerRequest,
     maxUploadBytes: config.maxUploadBytes,
     maxFilesPerRequest: config.maxFilesPerRequest,
-    documentLimits: { maxDepth: config.maxQueryDepth, maxAliases: config.maxAliases },
+    budget: { maxRendered: config.maxRenderedImagesPerRequest, maxResponseBytes: config.maxResponseBytes },
+    documentLimits: {
+      maxBytes: config.maxQueryBytes,
+      maxTokens: config.maxQueryTokens,
+      maxCost: config.maxQueryCost,
+      maxDepth: config.maxQueryDepth,
+      maxAliases: config.maxAliases,
+    },
     webSocketLimits: {
       maxConnectionsPerClient: config.maxWsConnectionsPerClient,
       maxSubscriptionsPerConnection: config.maxSubscriptionsPerConnection,
     },
+    maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
     corsOrigins: config.corsOrigins,
+    allowUpgrade: (req) => hostAllowed(req.headers.host, config.allowedHosts),
     graphiql: config.graphiql,
   });
   const server = createHttpServer({
     logger,
     maxBodyBytes: config.maxUploadBytes,
+    allowedHosts: config.allowedHosts,
+    maxConnections: config.maxConnections,
+    maxConnectionsPerClient: config.maxConnectionsPerClient,
+    headersTimeoutMs: config.headersTimeoutMs,
+    requestTimeoutMs: config.requestTimeoutMs,
     routes: [...opsRoutes(models, metrics), { match: () => true, handle: graphql.handle }],
   });
-  server.requestTimeout = 0;
   graphql.attach(server);
 
   let closing: Promise<void> | null = null;

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { ErrorCode } from '../errors.ts';
 import { requestContext, type Logger } from '../log.ts';
+import { hostAllowed } from './hosts.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -17,6 +18,14 @@ export interface HttpOptions {
   routes: readonly Route[];
   /** Largest request body; refused from Content-Length before anything is read. */
   maxBodyBytes: number;
+  /** Host names answered besides IP addresses and localhost (see hosts.ts). */
+  allowedHosts?: readonly string[];
+  /** Open connections in all, and per client address: past them a new connection is closed at once. */
+  maxConnections?: number;
+  maxConnectionsPerClient?: number;
+  /** A client must send its headers, and its whole request, within these (slow bodies are cut). */
+  headersTimeoutMs?: number;
+  requestTimeoutMs?: number;
   /** Paths not worth a log line per request (probes and scrapes). */
   quietPaths?: readonly string[];
 }
@@ -34,30 +43,70 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
  * echoed in the response and carried by every log line written while it is handled; one log line per request; the
  * body limit; then the first route whose path matches.
  */
-export function createHttpServer({ logger, routes, maxBodyBytes, quietPaths = ['/health', '/metrics'] }: HttpOptions): Server {
-  return createServer((req, res) => {
-    const given = req.headers['x-request-id'];
-    const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
-    const pathname = (req.url ?? '/').split('?')[0];
-    const t0 = performance.now();
-    res.setHeader('x-request-id', requestId);
-    requestContext.run({ requestId }, () => {
-      if (!quietPaths.includes(pathname)) {
-        res.once('finish', () =>
-          logger.info(
-            { method: req.method, path: pathname, status: res.statusCode, ms: Math.round((performance.now() - t0) * 10) / 10 },
-            'request',
-          ),
-        );
-      }
-      const route = routes.find((r) => r.match(pathname));
-      const refuse = (status: number, code: string, message: string) =>
-        sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close' });
-      const length = Number(req.headers['content-length'] ?? 0);
-      if (length > maxBodyBytes)
-        return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
-      if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
-      route.handle(req, res);
+export function createHttpServer({
+  logger,
+  routes,
+  maxBodyBytes,
+  allowedHosts = [],
+  maxConnections = 2048,
+  maxConnectionsPerClient = 256,
+  headersTimeoutMs = 15_000,
+  requestTimeoutMs = 120_000,
+  quietPaths = ['/health', '/metrics'],
+}: HttpOptions): Server {
+  // requestTimeout and headersTimeout are enforced by a periodic check; Node checks every 30 s by default
+  const server = createServer(
+    {
+      connectionsCheckingInterval: Math.min(1000, headersTimeoutMs, requestTimeoutMs),
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: headersTimeoutMs,
+    },
+    (req, res) => {
+      const given = req.headers['x-request-id'];
+      const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+      const pathname = (req.url ?? '/').split('?')[0];
+      const t0 = performance.now();
+      res.setHeader('x-request-id', requestId);
+      requestContext.run({ requestId }, () => {
+        if (!quietPaths.includes(pathname)) {
+          res.once('finish', () =>
+            logger.info(
+              { method: req.method, path: pathname, status: res.statusCode, ms: Math.round((performance.now() - t0) * 10) / 10 },
+              'request',
+            ),
+          );
+        }
+        const route = routes.find((r) => r.match(pathname));
+        const refuse = (status: number, code: string, message: string) =>
+          sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close' });
+        if (!hostAllowed(req.headers.host, allowedHosts)) {
+          const message = `this server does not answer to the host ${JSON.stringify(req.headers.host)}; its operator can allow it with ALLOWED_HOSTS`;
+          return refuse(403, ErrorCode.FORBIDDEN, message);
+        }
+        const length = Number(req.headers['content-length'] ?? 0);
+        if (length > maxBodyBytes)
+          return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
+        if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
+        route.handle(req, res);
+      });
+    },
+  );
+  server.maxConnections = maxConnections;
+  const perClient = new Map<string, number>();
+  server.on('connection', (socket) => {
+    const addr = socket.remoteAddress ?? 'unknown';
+    const n = (perClient.get(addr) ?? 0) + 1;
+    if (n > maxConnectionsPerClient) {
+      logger.warn({ client: addr, limit: maxConnectionsPerClient }, 'too many connections from one client; closing the new one');
+      socket.destroy();
+      return;
+    }
+    perClient.set(addr, n);
+    socket.once('close', () => {
+      const left = (perClient.get(addr) ?? 1) - 1;
+      if (left <= 0) perClient.delete(addr);
+      else perClient.set(addr, left);
     });
   });
+  return server;
 }

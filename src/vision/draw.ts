@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import type { DetectedObject } from './detection.ts';
-import type { ClassMap } from './segmentation.ts';
+import { SLICE, yieldToEventLoop, type ClassMap } from './segmentation.ts';
 
 /** A fixed, distinct colour per class id (golden-angle hues). */
 export function classColor(id: number): [number, number, number] {
@@ -47,6 +47,7 @@ export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5)
   const a = Math.round(alpha * 255);
   const cache = new Map<number, [number, number, number]>();
   for (let i = 0; i < map.ids.length; i++) {
+    if ((i + 1) % SLICE === 0) await yieldToEventLoop(); // a whole photo: never hold the event loop for long
     const id = map.ids[i];
     if (id === 0) continue;
     let c = cache.get(id);

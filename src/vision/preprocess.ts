@@ -124,17 +124,48 @@ export interface DecodedImage {
   isSrgb: boolean;
 }
 
+/** How images may be read: the pixel limit (checked from the header), the formats accepted, a time limit. */
+export interface ImageLimits {
+  maxPixels: number;
+  /** Formats accepted (see imageFormat); default the raster formats, not SVG. */
+  formats?: readonly string[];
+  /** Longest decode and resize of one image, in ms (sharp's timeout has a granularity of one second). */
+  timeoutMs?: number;
+}
+
+const RASTER_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif'];
+const limitsOf = (l: number | ImageLimits): ImageLimits => (typeof l === 'number' ? { maxPixels: l } : l);
+
+/**
+ * The format of an image from its first bytes (magic numbers), before any decoder sees it, so that formats nobody
+ * asked for (SVG, whose rendering can be made arbitrarily costly by nested <use>) never reach one.
+ */
+export function imageFormat(b: Uint8Array): string | null {
+  const at = (i: number, s: string) => [...s].every((c, k) => b[i + k] === c.charCodeAt(0));
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b[0] === 0x89 && at(1, 'PNG')) return 'png';
+  if (at(0, 'GIF8')) return 'gif';
+  if (at(0, 'RIFF') && at(8, 'WEBP')) return 'webp';
+  if (at(0, 'II*\0') || at(0, 'MM\0*')) return 'tiff';
+  if (at(4, 'ftyp')) return at(8, 'avif') || at(8, 'avis') ? 'avif' : 'heif';
+  const head = Buffer.from(b.subarray(0, 256)).toString('utf8').trimStart().toLowerCase();
+  if (head.startsWith('<svg') || head.startsWith('<?xml')) return 'svg';
+  return null;
+}
+
 /** Read the header only: size and format, before anything is decoded. */
-export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<DecodedImage> {
+export async function probeImage(bytes: Uint8Array, limits: number | ImageLimits): Promise<DecodedImage> {
+  const { maxPixels, formats = RASTER_FORMATS } = limitsOf(limits);
+  const format = imageFormat(bytes);
+  if (!format) throw new GatewayError(ErrorCode.INVALID_IMAGE, `not an image this server reads (${formats.join(', ')})`);
+  if (!formats.includes(format))
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `${format} images are not accepted here (IMAGE_FORMATS: ${formats.join(', ')})`);
   let meta: Metadata;
   try {
     // metadata() reads the header only; the size check below is ours, with the real numbers in the message
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (e) {
-    const message = (e as Error).message;
-    if (/pixel limit/i.test(message))
-      throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `image exceeds the pixel limit of ${maxPixels}`, { maxPixels });
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable image: ${message}`);
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable ${format} image: ${firstSentence(e)}`);
   }
   if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
   const swap = (meta.orientation ?? 1) >= 5;
@@ -158,19 +189,37 @@ export async function probeImage(bytes: Uint8Array, maxPixels: number): Promise<
   };
 }
 
+/** A resize on the way to the model's size must stay a sane image (a 1x390000 strip cannot be center-cropped to 224x224). */
+function checkIntermediate(rw: number, rh: number, w: number, h: number, maxPixels: number): void {
+  if (rw > 65_535 || rh > 65_535 || rw * rh > Math.max(maxPixels, 1_000_000)) {
+    throw new GatewayError(
+      ErrorCode.INVALID_IMAGE,
+      `an image of ${w}x${h} has too extreme an aspect ratio for this model's resize (it would be ${rw}x${rh} before cropping)`,
+    );
+  }
+}
+
 function roundTo(v: number, multiple: number, offset: number): number {
   return Math.max(1, Math.round((v - offset) / multiple)) * multiple + offset;
+}
+
+/** The first sentence of an error, without paths or internals. */
+function firstSentence(e: unknown): string {
+  return String((e as Error)?.message ?? e)
+    .split(/[\n:]/)[0]
+    .slice(0, 120);
 }
 
 /** Resize as the plan says; returns raw interleaved pixels (HWC, 1 or 3 channels) and the transform. */
 export async function resizeImage(
   img: DecodedImage,
   plan: InputPlan,
-  maxPixels: number,
+  limits: number | ImageLimits,
 ): Promise<{ pixels: Buffer; transform: ImageTransform }> {
+  const { maxPixels, timeoutMs = 10_000 } = limitsOf(limits);
   const { width: W0, height: H0 } = img;
   const pre = plan.pre;
-  let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error' });
+  let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error' }).timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) });
   if (img.needsRotate) s = s.rotate();
   let tw: number;
   let th: number;
@@ -194,6 +243,7 @@ export async function resizeImage(
       const scale = Math.max(tw / W0, th / H0) / pre.cropFraction;
       const rw = Math.max(tw, Math.round(W0 * scale));
       const rh = Math.max(th, Math.round(H0 * scale));
+      checkIntermediate(rw, rh, W0, H0, maxPixels);
       const left = Math.floor((rw - tw) / 2);
       const top = Math.floor((rh - th) / 2);
       s = s.resize(rw, rh, { fit: 'fill' }).extract({ left, top, width: tw, height: th }); // extract after resize: one pipeline
@@ -228,16 +278,19 @@ export async function resizeImage(
       break;
     }
   }
-  // alpha is dropped (flattened on white); grey images become three channels where the model wants three
+  // alpha is dropped (flattened on white); grey images become three channels where the model wants three, and any
+  // image one channel where the model wants one (a grey image with alpha or a palette would otherwise come out 3)
   if (img.hasAlpha) s = s.flatten({ background: '#ffffff' });
-  if (plan.channels === 1) {
-    if (!img.isGrey) s = s.grayscale();
-  } else if (!img.isSrgb || img.hasAlpha) s = s.toColourspace('srgb');
+  if (plan.channels === 1) s = s.grayscale();
+  else if (!img.isSrgb || img.hasAlpha) s = s.toColourspace('srgb');
   let out: { data: Buffer; info: OutputInfo };
   try {
     out = await s.raw().toBuffer({ resolveWithObject: true });
   } catch (e) {
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `cannot decode the image: ${(e as Error).message}`);
+    if (/timeout/i.test(String((e as Error)?.message))) {
+      throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `decoding the image took longer than ${timeoutMs} ms (DECODE_TIMEOUT_MS)`);
+    }
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `cannot decode the image: ${firstSentence(e)}`);
   }
   if (out.info.channels !== plan.channels || out.info.width !== tw || out.info.height !== th) {
     throw new GatewayError(ErrorCode.INVALID_IMAGE, `unexpected decoded image ${out.info.width}x${out.info.height}x${out.info.channels}`);
@@ -285,8 +338,8 @@ export function pixelsToTensor(pixels: Uint8Array, width: number, height: number
 export async function preprocess(
   img: DecodedImage,
   plan: InputPlan,
-  maxPixels: number,
+  limits: number | ImageLimits,
 ): Promise<{ tensor: Tensor; transform: ImageTransform }> {
-  const { pixels, transform } = await resizeImage(img, plan, maxPixels);
+  const { pixels, transform } = await resizeImage(img, plan, limits);
   return { tensor: pixelsToTensor(pixels, transform.inputWidth, transform.inputHeight, plan), transform };
 }

@@ -75,32 +75,83 @@ export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationCon
   return { width: w, height: h, ids };
 }
 
+/** Per-pixel work over a whole photo yields to the event loop every this many pixels (about a millisecond each). */
+export const SLICE = 1 << 18;
+export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** For each original column (or row), the map column (row) it falls in; -1 outside the map (padding). */
+function axisMapping(size: number, scale: number, offset: number, f: number, mapSize: number): Int32Array {
+  const out = new Int32Array(size);
+  for (let x = 0; x < size; x++) {
+    const m = Math.floor(((x + 0.5) * scale + offset) * f);
+    out[x] = m >= 0 && m < mapSize ? m : -1;
+  }
+  return out;
+}
+
 /** Nearest-neighbour map at the original image size; areas outside the model input (padding) are class 0. */
 export function toOriginalSize(map: ClassMap, t: ImageTransform): ClassMap {
   const W = t.width;
   const H = t.height;
   const ids = new Uint16Array(W * H);
-  const fx = map.width / t.inputWidth;
-  const fy = map.height / t.inputHeight;
-  const xs = new Int32Array(W);
-  for (let x = 0; x < W; x++) xs[x] = Math.floor(((x + 0.5) * t.scaleX + t.offsetX) * fx);
+  const xs = axisMapping(W, t.scaleX, t.offsetX, map.width / t.inputWidth, map.width);
+  const ys = axisMapping(H, t.scaleY, t.offsetY, map.height / t.inputHeight, map.height);
+  for (let y = 0; y < H; y++) fillRow(ids, y, W, xs, ys[y], map);
+  return { width: W, height: H, ids };
+}
+
+function fillRow(ids: Uint16Array, y: number, W: number, xs: Int32Array, my: number, map: ClassMap): void {
+  if (my < 0) return;
+  const row = my * map.width;
+  const o = y * W;
+  for (let x = 0; x < W; x++) {
+    const mx = xs[x];
+    if (mx >= 0) ids[o + x] = map.ids[row + mx];
+  }
+}
+
+/**
+ * toOriginalSize for the request path: the same map, built a slice at a time so that a 36-megapixel photo never holds
+ * the event loop (and every other client) for more than about a millisecond at once.
+ */
+export async function toOriginalSizeAsync(map: ClassMap, t: ImageTransform): Promise<ClassMap> {
+  const W = t.width;
+  const H = t.height;
+  const ids = new Uint16Array(W * H);
+  const xs = axisMapping(W, t.scaleX, t.offsetX, map.width / t.inputWidth, map.width);
+  const ys = axisMapping(H, t.scaleY, t.offsetY, map.height / t.inputHeight, map.height);
+  const rowsPerSlice = Math.max(1, Math.floor(SLICE / Math.max(1, W)));
   for (let y = 0; y < H; y++) {
-    const my = Math.floor(((y + 0.5) * t.scaleY + t.offsetY) * fy);
-    if (my < 0 || my >= map.height) continue;
-    const row = my * map.width;
-    const o = y * W;
-    for (let x = 0; x < W; x++) {
-      const mx = xs[x];
-      if (mx >= 0 && mx < map.width) ids[o + x] = map.ids[row + mx];
-    }
+    fillRow(ids, y, W, xs, ys[y], map);
+    if ((y + 1) % rowsPerSlice === 0) await yieldToEventLoop();
   }
   return { width: W, height: H, ids };
 }
 
-export function classHistogram(map: ClassMap, labels: Labels | null): SegmentClass[] {
+/**
+ * The classes present and their share of the original image, exactly as toOriginalSize would count them but without
+ * building it: the mapping is separable, so each map cell covers (original columns on it) x (original rows on it)
+ * pixels, and the work is the size of the map plus the width and height of the photo.
+ */
+export function classHistogram(map: ClassMap, t: ImageTransform, labels: Labels | null): SegmentClass[] {
+  const colWeight = new Float64Array(map.width);
+  const rowWeight = new Float64Array(map.height);
+  for (const mx of axisMapping(t.width, t.scaleX, t.offsetX, map.width / t.inputWidth, map.width)) if (mx >= 0) colWeight[mx]++;
+  for (const my of axisMapping(t.height, t.scaleY, t.offsetY, map.height / t.inputHeight, map.height)) if (my >= 0) rowWeight[my]++;
   const counts = new Map<number, number>();
-  for (const id of map.ids) counts.set(id, (counts.get(id) ?? 0) + 1);
-  const total = map.ids.length;
+  let covered = 0;
+  for (let my = 0; my < map.height; my++) {
+    if (rowWeight[my] === 0) continue;
+    for (let mx = 0; mx < map.width; mx++) {
+      const n = rowWeight[my] * colWeight[mx];
+      if (n === 0) continue;
+      const id = map.ids[my * map.width + mx];
+      counts.set(id, (counts.get(id) ?? 0) + n);
+      covered += n;
+    }
+  }
+  const total = t.width * t.height;
+  if (covered < total) counts.set(0, (counts.get(0) ?? 0) + (total - covered)); // padding is background
   return [...counts.entries()]
     .sort((a, b) => a[0] - b[0])
     .map(([classId, n]) => ({ classId, label: labels?.get(classId) ?? null, pixelFraction: n / total }));
@@ -155,13 +206,16 @@ export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null,
   return out.sort((a, b) => a.box.yMin - b.box.yMin || a.box.xMin - b.box.xMin);
 }
 
-/** The mask as a PNG: one class id per pixel (8-bit grey, 16-bit when ids exceed 255). */
-export async function maskPng(map: ClassMap): Promise<Buffer> {
-  let max = 0;
-  for (const id of map.ids) if (id > max) max = id;
+/** The mask as a PNG: one class id per pixel (8-bit grey, 16-bit when ids exceed 255). Sliced like toOriginalSizeAsync. */
+export async function maskPng(map: ClassMap, maxId?: number): Promise<Buffer> {
+  let max = maxId ?? 0;
+  if (maxId === undefined) for (const id of map.ids) if (id > max) max = id;
   if (max <= 255) {
     const px = Buffer.alloc(map.ids.length);
-    for (let i = 0; i < px.length; i++) px[i] = map.ids[i];
+    for (let i = 0; i < px.length; i++) {
+      px[i] = map.ids[i];
+      if ((i + 1) % SLICE === 0) await yieldToEventLoop();
+    }
     return sharp(px, { raw: { width: map.width, height: map.height, channels: 1 } })
       .toColourspace('b-w')
       .png()

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import {
   DTYPES,
@@ -11,6 +12,7 @@ import {
   type TensorInfo,
 } from '../types.ts';
 import { withDynamicBatch } from './dynamic-batch.ts';
+import { checkExternalData, externalDataLocations } from './external-data.ts';
 
 /**
  * The default engine: ONNX Runtime on CPU (its binaries ship inside the npm package).
@@ -88,7 +90,8 @@ export class WorkerSession implements Session {
     });
   }
 
-  async load(source: Uint8Array, options: LoadOptions = {}): Promise<void> {
+  /** Load from bytes, or from a file path (a model with external data: onnxruntime reads it beside the file). */
+  async load(source: Uint8Array | string, options: LoadOptions = {}): Promise<void> {
     const sessionOptions = {
       executionProviders: ['cpu'],
       graphOptimizationLevel: 'all',
@@ -102,7 +105,11 @@ export class WorkerSession implements Session {
       // on 2 cores, see bench/). Threads sleep instead.
       extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
     };
-    const r = await this.request<{ inputs: OrtMeta[]; outputs: OrtMeta[] }>({ type: 'load', bytes: source, options: sessionOptions });
+    const message =
+      typeof source === 'string'
+        ? { type: 'load', path: source, options: sessionOptions }
+        : { type: 'load', bytes: source, options: sessionOptions };
+    const r = await this.request<{ inputs: OrtMeta[]; outputs: OrtMeta[] }>(message);
     this.inputs = r.inputs.map(toInfo);
     this.outputs = r.outputs.map(toInfo);
   }
@@ -140,7 +147,7 @@ export class WorkerSession implements Session {
   }
 }
 
-async function open(source: Uint8Array, options?: LoadOptions): Promise<WorkerSession> {
+async function open(source: Uint8Array | string, options?: LoadOptions): Promise<WorkerSession> {
   const worker = new Worker(new URL('./worker.mjs', import.meta.url));
   worker.unref();
   const session = new WorkerSession(worker);
@@ -160,7 +167,19 @@ export function createOnnxRuntimeEngine(): Engine {
     dtypes: DTYPES,
     async load(modelPath, options = {}) {
       const bytes = new Uint8Array(await readFile(modelPath));
-      return withDynamicBatch(bytes, (b) => open(b, options), options.dynamicBatch ?? true);
+      const external = externalDataLocations(bytes);
+      if (external.length === 0) return withDynamicBatch(bytes, (b) => open(b, options), options.dynamicBatch ?? true);
+      // Weights in files beside the model (models over 2 GB): every location must be a file of the version folder,
+      // checked before onnxruntime sees the model, which then loads it from its path (so it resolves them there, not
+      // against the server's working directory). The graph is served as it is: no dynamic-batch rewrite.
+      await checkExternalData(external, path.dirname(modelPath));
+      const session = await open(modelPath, options);
+      session.batchable = session.inputs.length > 0 && [...session.inputs, ...session.outputs].every((i) => i.shape[0] === null);
+      session.notes = {
+        externalData: external,
+        dynamicBatch: session.batchable ? undefined : 'not rewritten: the model keeps its weights in external data',
+      };
+      return session;
     },
   };
 }

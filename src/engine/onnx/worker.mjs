@@ -27,7 +27,7 @@ function transferable(data) {
 port.on('message', async (/** @type {any} */ msg) => {
   try {
     if (msg.type === 'load') {
-      session = await ort.InferenceSession.create(msg.bytes, msg.options);
+      session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
       port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
     } else if (msg.type === 'run') {
       if (!session) throw new Error('no session loaded');

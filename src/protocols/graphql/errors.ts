@@ -1,4 +1,5 @@
-import { GraphQLError } from 'graphql';
+import { GraphQLError, type ExecutionResult } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
 import { ErrorCode, GatewayError, isGatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 
@@ -28,11 +29,38 @@ export function limitError(message: string): GraphQLError {
  * The multipart parser (busboy, inside yoga's fetch API) reports its limits as plain errors whose only distinguishing
  * mark is their text ("File size limit exceeded", "Files limit exceeded", ...); this is the one place that reads it.
  */
-function multipartLimit(message: string): GatewayError | null {
+function multipartLimit(message: string, code?: unknown): GatewayError | null {
+  // yoga's own body limit (MAX_UPLOAD_BYTES, for bodies sent without Content-Length) says REQUEST_ENTITY_TOO_LARGE,
+  // or, inside the multipart parser, "... invalid multipart data: Request body too large"
+  if (code === 'REQUEST_ENTITY_TOO_LARGE' || /request body too large/i.test(message)) {
+    return new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `the request body is larger than MAX_UPLOAD_BYTES`);
+  }
   if (!/limit exceeded/i.test(message)) return null;
   return /size/i.test(message)
     ? new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, message)
     : new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
+}
+
+/**
+ * Errors yoga raises before execution (parsing the request body) do not pass maskError: they get the same typed codes
+ * here, as the response is made.
+ */
+export function useRequestErrorCodes(): Plugin {
+  return {
+    onResultProcess({ result, setResult }) {
+      if (!result || Array.isArray(result) || Symbol.asyncIterator in (result as object)) return;
+      const r = result as ExecutionResult;
+      if (!r.errors?.length || r.data !== undefined) return;
+      let changed = false;
+      const errors = r.errors.map((e) => {
+        const limit = multipartLimit(e.message, e.extensions?.code);
+        if (!limit) return e;
+        changed = true;
+        return toGraphQLError(limit, { requestLevel: true });
+      });
+      if (changed) setResult({ ...r, errors });
+    },
+  };
 }
 
 const isGraphQLError = (e: unknown): e is GraphQLError => e instanceof Error && e.name === 'GraphQLError';
@@ -44,7 +72,7 @@ export function maskError(logger: Logger) {
     const path = isGraphQLError(error) ? error.path : undefined;
     if (isGatewayError(original)) return toGraphQLError(original, { path });
     if (isGraphQLError(error) && (original === error || isGraphQLError(original))) {
-      const limit = multipartLimit(error.message);
+      const limit = multipartLimit(error.message, error.extensions?.code);
       if (limit) return toGraphQLError(limit, { requestLevel: true });
       // graphql-js's own request errors (a variable of the wrong type, ...) come without a code: give them one
       if (error.extensions?.code === undefined && !error.path)

@@ -13,6 +13,8 @@ export function statusEvents(
   filter: (e: ModelStatusEvent) => boolean,
   signal: AbortSignal,
   maxQueued = 1000,
+  /** Called once when the stream ends, however it ends. */
+  onEnd: () => void = () => {},
 ): AsyncIterableIterator<ModelStatusEvent> {
   return new Repeater<ModelStatusEvent>(async (push, stop) => {
     let behind = 0;
@@ -31,5 +33,6 @@ export function statusEvents(
     await stop;
     source.off('status', onEvent);
     signal.removeEventListener('abort', onAbort);
+    onEnd();
   });
 }

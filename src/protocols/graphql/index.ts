@@ -5,11 +5,15 @@ import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createFetch } from '@whatwg-node/fetch';
 import type { Logger } from '../../log.ts';
 import { accessFor, type Tokens } from '../../inference/access.ts';
-import { RequestBudget } from '../../inference/budget.ts';
+import { LRUCache } from 'lru-cache';
+import type { DocumentNode } from 'graphql';
+import { ErrorCode, GatewayError } from '../../errors.ts';
+import { RequestBudget, type BudgetLimits } from '../../inference/budget.ts';
+import type { ModelStatusEvent } from '../../repository/version.ts';
 import type { ImageReadLimits } from '../../inference/images.ts';
 import type { InferenceService } from '../../inference/service.ts';
 import type { Context } from './context.ts';
-import { maskError } from './errors.ts';
+import { maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
@@ -22,11 +26,18 @@ export interface GraphqlOptions {
   tokens: Tokens;
   imageLimits: ImageReadLimits;
   maxImagesPerRequest?: number;
+  /** What one request may spend (images, renderings, bytes in and out). */
+  budget?: Omit<BudgetLimits, 'maxImages'>;
   maxUploadBytes?: number;
   maxFilesPerRequest?: number;
   documentLimits?: DocumentLimits;
   webSocketLimits?: WebSocketLimits;
-  corsOrigins?: readonly string[] | null;
+  /** Open subscriptions (SSE and WebSocket) per client address. */
+  maxSubscriptionsPerClient?: number;
+  /** Origins allowed to call from a browser; none by default (same origin only). */
+  corsOrigins?: readonly string[];
+  /** Is a WebSocket upgrade answered at all (the host check of HTTP requests)? */
+  allowUpgrade?: (req: IncomingMessage) => boolean;
   graphiql?: boolean;
 }
 
@@ -57,6 +68,13 @@ query Models {
 }
 `;
 
+/** Caches of parsed and validated documents, bounded by the total size of the documents' text (4 MB each). */
+function documentCaches() {
+  const bounded = <T extends object>() =>
+    new LRUCache<string, T>({ max: 1000, maxSize: 4 * 1024 * 1024, sizeCalculation: (_, key) => Math.max(1, key.length) });
+  return { documentCache: bounded<DocumentNode>(), errorCache: bounded<Error>() };
+}
+
 /** GraphQL over HTTP (yoga: JSON, multipart uploads, SSE, GraphiQL) and WebSocket (graphql-ws), as small plugins. */
 export function createGraphqlProtocol({
   service,
@@ -67,12 +85,30 @@ export function createGraphqlProtocol({
   maxUploadBytes = 50 * 1024 * 1024,
   maxFilesPerRequest = 16,
   documentLimits = {},
+  budget = {},
   webSocketLimits = {},
-  corsOrigins = null,
+  maxSubscriptionsPerClient = 32,
+  corsOrigins = [],
+  allowUpgrade = () => true,
   graphiql = true,
 }: GraphqlOptions): GraphqlProtocol {
   const shutdown = new AbortController();
   let ws: { close(): Promise<void> } | null = null;
+  const subscriptionsByClient = new Map<string, number>();
+
+  /** A status stream for one client, within its share of subscriptions. */
+  const clientStatusEvents = (client: string, filter: (e: ModelStatusEvent) => boolean): AsyncIterable<ModelStatusEvent> => {
+    const open = subscriptionsByClient.get(client) ?? 0;
+    if (open >= maxSubscriptionsPerClient) {
+      throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${maxSubscriptionsPerClient} open subscriptions from one client`);
+    }
+    subscriptionsByClient.set(client, open + 1);
+    return statusEvents(service.models, filter, shutdown.signal, 1000, () => {
+      const left = (subscriptionsByClient.get(client) ?? 1) - 1;
+      if (left <= 0) subscriptionsByClient.delete(client);
+      else subscriptionsByClient.set(client, left);
+    });
+  };
 
   const yoga = createYoga<Record<string, unknown>, Context>({
     schema,
@@ -83,13 +119,20 @@ export function createGraphqlProtocol({
     // GraphiQL served from the package itself: yoga's default page loads its scripts from a CDN, which a gateway on a
     // closed network cannot reach
     renderGraphiQL,
-    cors: corsOrigins
-      ? {
-          origin: [...corsOrigins],
-          credentials: true,
-          allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'],
-        }
-      : undefined,
+    // no cross-origin access unless CORS_ORIGINS names origins (yoga's default would answer any origin)
+    cors:
+      corsOrigins.length > 0
+        ? {
+            origin: [...corsOrigins],
+            credentials: true,
+            allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'],
+          }
+        : false,
+    // the configured upload limit is the one that applies (yoga's own default is 25 MB)
+    maxRequestBodySize: maxUploadBytes,
+    // parsed documents are cached by their text: bounded by the text's size, not only by count, so large distinct
+    // documents cannot fill the heap (an AST takes many times the memory of its text)
+    parserAndValidationCache: documentCaches(),
     fetchAPI: createFetch({
       formDataLimits: {
         fileSize: maxUploadBytes,
@@ -107,23 +150,39 @@ export function createGraphqlProtocol({
       warn: (...a: unknown[]) => logger.debug(String(a[0])),
       error: (...a: unknown[]) => logger.debug(String(a[0])),
     },
-    context: ({ request }): Context => ({
-      service,
-      models: service.models,
-      imageLimits,
-      budget: new RequestBudget(maxImagesPerRequest),
-      requireAdmin: accessFor(request.headers.get('authorization'), tokens).requireAdmin,
-      statusEvents: (filter) => statusEvents(service.models, filter, shutdown.signal),
-    }),
+    context: (initial): Context => {
+      const { request } = initial;
+      // over HTTP yoga gives the node request (req); over WebSocket, websocket.ts passes graphql-ws's (extra.request)
+      const node = (initial as { req?: IncomingMessage }).req ?? (initial as { extra?: { request?: IncomingMessage } }).extra?.request;
+      const client = node?.socket.remoteAddress ?? 'unknown';
+      const caller = {
+        remoteAddress: node?.socket.remoteAddress,
+        origin: request.headers.get('origin'),
+        host: request.headers.get('host') ?? node?.headers.host,
+      };
+      return {
+        service,
+        models: service.models,
+        imageLimits,
+        budget: new RequestBudget({ maxImages: maxImagesPerRequest, maxInputBytes: maxUploadBytes, ...budget }, request.signal),
+        requireAdmin: accessFor(request.headers.get('authorization'), tokens, caller).requireAdmin,
+        statusEvents: (filter) => clientStatusEvents(client, filter),
+      };
+    },
     maskedErrors: { maskError: maskError(logger) },
-    plugins: [useCSRFPrevention({ requestHeaders: ['x-graphql-yoga-csrf'] }), useApiTokens(tokens), useDocumentLimits(documentLimits)],
+    plugins: [
+      useCSRFPrevention({ requestHeaders: ['x-graphql-yoga-csrf'] }),
+      useApiTokens(tokens),
+      useDocumentLimits(documentLimits),
+      useRequestErrorCodes(),
+    ],
   });
 
   return {
     yoga,
     handle: (req, res) => void yoga(req, res),
     attach(server) {
-      ws = attachWebSocket(server, yoga, tokens, webSocketLimits);
+      ws = attachWebSocket(server, yoga, tokens, { ...webSocketLimits, allowUpgrade });
     },
     async close() {
       shutdown.abort(); // ends every subscription stream (SSE and WebSocket) with "complete"

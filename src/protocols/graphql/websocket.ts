@@ -9,6 +9,8 @@ import type { Context } from './context.ts';
 import { toGraphQLError } from './errors.ts';
 
 export interface WebSocketLimits {
+  /** Is an upgrade answered at all (the HTTP server's host check)? */
+  allowUpgrade?: (req: IncomingMessage) => boolean;
   maxConnectionsPerClient?: number;
   maxSubscriptionsPerConnection?: number;
   maxPayloadBytes?: number;
@@ -24,7 +26,12 @@ export function attachWebSocket(
   server: Server,
   yoga: YogaServerInstance<Record<string, unknown>, Context>,
   tokens: Tokens,
-  { maxConnectionsPerClient = 16, maxSubscriptionsPerConnection = 32, maxPayloadBytes = 1024 * 1024 }: WebSocketLimits = {},
+  {
+    maxConnectionsPerClient = 16,
+    maxSubscriptionsPerConnection = 32,
+    maxPayloadBytes = 1024 * 1024,
+    allowUpgrade = () => true,
+  }: WebSocketLimits = {},
 ): { close(): Promise<void> } {
   const clientAddress = (req: IncomingMessage) => req.socket.remoteAddress ?? 'unknown';
   const connections = new Map<string, number>();
@@ -39,6 +46,10 @@ export function attachWebSocket(
     },
   });
   server.on('upgrade', (req, socket, head) => {
+    if (!allowUpgrade(req)) {
+      socket.end('HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n');
+      return;
+    }
     if ((req.url ?? '').split('?')[0] !== '/graphql') {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
       return;
@@ -80,9 +91,11 @@ export function attachWebSocket(
           ];
         }
         const auth = authOf(ctx);
+        const { origin, host } = ctx.extra.request.headers;
+        const headers = new Headers({ ...(auth ? { authorization: auth } : {}), ...(origin ? { origin } : {}), ...(host ? { host } : {}) });
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
-          request: { headers: new Headers(auth ? { authorization: auth } : {}) },
+          request: { headers },
           params: payload,
         });
         let document;

@@ -8,6 +8,8 @@ import { maxTokensPlugin } from '@escape.tech/graphql-armor-max-tokens';
 import { limitError } from '../errors.ts';
 
 export interface DocumentLimits {
+  /** Largest document text (variables are not counted: base64 images may be large). */
+  maxBytes?: number;
   maxDepth?: number;
   maxAliases?: number;
   maxTokens?: number;
@@ -21,9 +23,10 @@ export interface DocumentLimits {
  * query is deeper than any limit a server would set, and cheap). A refused document is HTTP 400 LIMIT_EXCEEDED.
  */
 export function useDocumentLimits({
+  maxBytes = 100_000,
   maxDepth = 12,
   maxAliases = 64,
-  maxTokens = 2000,
+  maxTokens = 5000,
   maxCost = 5000,
   maxDirectives = 50,
 }: DocumentLimits = {}): Plugin {
@@ -43,6 +46,11 @@ export function useDocumentLimits({
     ],
   });
   return {
+    // before the document is parsed (or looked up in the parse cache)
+    onParams({ params }) {
+      const size = typeof params.query === 'string' ? Buffer.byteLength(params.query) : 0;
+      if (size > maxBytes) throw limitError(`the GraphQL document is ${size} bytes; the limit is ${maxBytes} (MAX_QUERY_BYTES)`);
+    },
     onParse: tokens.onParse as Plugin['onParse'],
     onValidate({ addValidationRule }) {
       addValidationRule(maxDepthRule({ n: maxDepth, flattenFragments: true, ...report }));

@@ -68,7 +68,10 @@ builder.mutationFields((t) => ({
     nullable: true,
     args: { ...imageArgs(t.arg), ...classifyArgs(t.arg) },
     resolve: async (_, args, ctx) => {
-      const [predictions] = ctx.service.classify(args.model, args.version, imageSources([args.image], ctx), args);
+      const [predictions] = ctx.service.classify(args.model, args.version, imageSources([args.image], ctx), {
+        ...args,
+        signal: ctx.budget.signal,
+      });
       return { predictions: await predictions };
     },
   }),
@@ -79,15 +82,16 @@ builder.mutationFields((t) => ({
       'Classify several images in one call (they share engine calls). A failing image is null with its own error (path [field, index]); a failure of the whole call (unknown model, wrong task) is the error of every item.',
     args: { ...imagesArgs(t.arg), ...classifyArgs(t.arg) },
     resolve: (_, args, ctx) =>
-      perItem(args.images.length, () => ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), args)).map(
-        async (p) => ({ predictions: await p }),
-      ),
+      perItem(args.images.length, () =>
+        ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), { ...args, signal: ctx.budget.signal }),
+      ).map(async (p) => ({ predictions: await p })),
   }),
   detect: t.field({
     type: DetectionRef,
     nullable: true,
     args: { ...imageArgs(t.arg), ...detectArgs(t.arg) },
-    resolve: (_, args, ctx) => ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), args)[0],
+    resolve: (_, args, ctx) =>
+      ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), { ...args, signal: ctx.budget.signal })[0],
   }),
   detectBatch: t.field({
     type: [DetectionRef],
@@ -95,13 +99,16 @@ builder.mutationFields((t) => ({
     description: 'Detect objects in several images in one call; a failing image is null with its own error.',
     args: { ...imagesArgs(t.arg), ...detectArgs(t.arg) },
     resolve: (_, args, ctx) =>
-      perItem(args.images.length, () => ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), args)),
+      perItem(args.images.length, () =>
+        ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), { ...args, signal: ctx.budget.signal }),
+      ),
   }),
   segment: t.field({
     type: SegmentationRef,
     nullable: true,
     args: imageArgs(t.arg),
-    resolve: (_, args, ctx) => ctx.service.segment(args.model, args.version, imageSources([args.image], ctx))[0],
+    resolve: (_, args, ctx) =>
+      ctx.service.segment(args.model, args.version, imageSources([args.image], ctx), { signal: ctx.budget.signal })[0],
   }),
   segmentBatch: t.field({
     type: [SegmentationRef],
@@ -109,7 +116,9 @@ builder.mutationFields((t) => ({
     description: 'Segment several images in one call; a failing image is null with its own error.',
     args: imagesArgs(t.arg),
     resolve: (_, args, ctx) =>
-      perItem(args.images.length, () => ctx.service.segment(args.model, args.version, imageSources(args.images, ctx))),
+      perItem(args.images.length, () =>
+        ctx.service.segment(args.model, args.version, imageSources(args.images, ctx), { signal: ctx.budget.signal }),
+      ),
   }),
   infer: t.field({
     type: InferResultRef,
@@ -123,9 +132,13 @@ builder.mutationFields((t) => ({
     },
     resolve: async (_, args, ctx) => {
       ctx.budget.takeImages(1);
+      // counted before anything is decoded: aliases sharing one large variable each take their share
+      ctx.budget.takeInputBytes(args.inputs.reduce((n, i) => n + Math.floor((i.data.length * 3) / 4), 0));
       const inputs = args.inputs.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: decodeBase64(i.data, i.name) }));
-      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs);
-      return { outputs: Object.entries(outputs).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: toBytes(t.data) })) };
+      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs, { signal: ctx.budget.signal });
+      const tensors = Object.entries(outputs).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: toBytes(t.data) }));
+      ctx.budget.takeResponseBytes(tensors.reduce((n, o) => n + Math.ceil(o.data.length / 3) * 4, 0));
+      return { outputs: tensors };
     },
   }),
 }));

@@ -5,7 +5,7 @@ import {
   classHistogram,
   maskPng,
   regions,
-  toOriginalSize,
+  toOriginalSizeAsync,
   type ClassMap,
   type Region,
   type SegmentClass,
@@ -14,6 +14,7 @@ import { cropImage, drawDetections, drawOverlay } from '../../../vision/draw.ts'
 import type { DecodedImage } from '../../../vision/preprocess.ts';
 import { DTYPES } from '../../../engine/types.ts';
 import { builder } from './builder.ts';
+import type { Context } from '../context.ts';
 
 // The types inference answers with (images: classification, detection, segmentation; raw tensors). The mutations that
 // produce them are in inference.ts.
@@ -50,7 +51,7 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       resolve: async (o, args, ctx) => {
         ctx.budget.takeImages(1);
         const crop = () => cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
-        const [predictions] = ctx.service.classify(args.model, args.version, [crop], args);
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, signal: ctx.budget.signal });
         return { predictions: await predictions };
       },
     }),
@@ -68,7 +69,10 @@ export const DetectionRef = builder.objectRef<{ image: DecodedImage; objects: De
     }),
     annotatedImage: t.string({
       description: 'The photo with labelled boxes: base64 PNG (computed only when selected).',
-      resolve: async (d) => (await drawDetections(d.image.bytes, d.image.width, d.image.height, d.objects)).toString('base64'),
+      resolve: async (d, _, ctx) => {
+        ctx.budget.takeRendered();
+        return base64Within(ctx, await drawDetections(d.image.bytes, d.image.width, d.image.height, d.objects));
+      },
     }),
   }),
 });
@@ -91,8 +95,16 @@ const RegionRef = builder.objectRef<Region>('Region').implement({
   }),
 });
 
-type SegSource = SegmentationRun & { full?: ClassMap };
-const fullMap = (s: SegSource) => (s.full ??= toOriginalSize(s.map, s.transform));
+type SegSource = SegmentationRun & { full?: Promise<ClassMap> };
+/** The class map at the photo's size, built once per answer (and a slice at a time), for mask and overlay. */
+const fullMap = (s: SegSource) => (s.full ??= toOriginalSizeAsync(s.map, s.transform));
+const maxId = (s: SegSource) => s.map.ids.reduce((m, id) => (id > m ? id : m), 0);
+
+/** A rendered image as base64, counted against the response size the request may have. */
+function base64Within(ctx: Context, png: Buffer): string {
+  ctx.budget.takeResponseBytes(Math.ceil(png.length / 3) * 4);
+  return png.toString('base64');
+}
 
 export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').implement({
   fields: (t) => ({
@@ -101,15 +113,21 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
     classes: t.field({
       type: [SegmentClassRef],
       description: 'Classes present, with their share of the image.',
-      resolve: (s) => classHistogram(fullMap(s), s.labels),
+      resolve: (s) => classHistogram(s.map, s.transform, s.labels),
     }),
     mask: t.string({
       description: 'Base64 PNG at the image size, one class id per pixel.',
-      resolve: async (s) => (await maskPng(fullMap(s))).toString('base64'),
+      resolve: async (s, _, ctx) => {
+        ctx.budget.takeRendered();
+        return base64Within(ctx, await maskPng(await fullMap(s), maxId(s)));
+      },
     }),
     overlay: t.string({
       description: 'The mask in colour over the photo: base64 PNG (computed only when selected).',
-      resolve: async (s) => (await drawOverlay(s.image.bytes, fullMap(s))).toString('base64'),
+      resolve: async (s, _, ctx) => {
+        ctx.budget.takeRendered();
+        return base64Within(ctx, await drawOverlay(s.image.bytes, await fullMap(s)));
+      },
     }),
     regions: t.field({
       type: [RegionRef],

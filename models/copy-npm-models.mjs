@@ -1,6 +1,7 @@
 // postinstall: the default models are ONNX files shipped inside npm packages (see npm-models.json and the README's
-// licenses). Link each as <name>/1/model.onnx so the repository serves them; nothing is downloaded or copied.
-import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+// licenses). Copy each to <name>/1/model.onnx so the repository serves them; nothing is downloaded. A copy, not a
+// link: the gateway refuses links that lead out of its repository (a link is how a file outside could be read).
+import { constants, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,5 +21,5 @@ for (const [name, file] of Object.entries(map)) {
   } catch {
     // no link yet
   }
-  symlinkSync(path.relative(path.dirname(link), target), link);
+  copyFileSync(target, link, constants.COPYFILE_FICLONE);
 }
