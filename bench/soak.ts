@@ -1,12 +1,15 @@
 /**
  * npm run soak: a long run at high concurrency against the real server (default 10 minutes at concurrency 64),
  * reporting requests served, errors by code, and the server's resident memory from start to end.
- * The traffic mixes classification, detection and bad input; one model has a small queue so overload is exercised.
+ * The traffic mixes classification, detection, segmentation with masks of large photos, and hostile input (junk
+ * bytes, truncated and SVG images, decompression-bomb headers, oversized and deep documents, alias amplification); one
+ * model has a small queue so overload is exercised. A probe asks /health every second and records its latency.
  * Only talks to 127.0.0.1; stops by itself. SOAK_SECONDS and SOAK_CONCURRENCY override the defaults.
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import sharp from 'sharp';
 import { IMAGES, ROOT, modelAsset, modelFile, multipartBody, post, rssMiB, startServer } from './lib.ts';
 
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 600);
@@ -40,6 +43,7 @@ async function main() {
         postprocessing: { format: 'yolox', minConfidence: 0.3 },
       },
     },
+    bodypix: { onnx: modelFile('bodypix'), config: JSON.parse(await readFile(modelAsset('bodypix', 'model.json'), 'utf8')) },
   });
   const pid = server.child.pid!;
   const photo = (p: string) => readFile(path.join(IMAGES, p));
@@ -57,8 +61,39 @@ async function main() {
     multipartBody(detect, await photo('dog.jpg'), 'dog.jpg'),
     multipartBody(classify('mobilenet'), Buffer.from('this is not an image'), 'junk.bin'),
     multipartBody(classify('mobilenet'), (await photo('coco.jpg')).subarray(0, 30_000), 'truncated.jpg'),
+    // hostile: an SVG, a PNG whose header claims 100000 x 100000, a 12-megapixel photo masked and overlaid twice
+    multipartBody(
+      classify('mobilenet'),
+      Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect width="9" height="9"/></svg>'),
+      'x.svg',
+    ),
+    multipartBody(classify('mobilenet'), pngClaiming(100_000, 100_000), 'bomb.png'),
+    multipartBody(
+      `mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { classes { label pixelFraction } mask overlay a: mask b: overlay } }`,
+      await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#806040' } })
+        .jpeg()
+        .toBuffer(),
+      'large.jpg',
+    ),
+    json(`{ models { name } } # ${'x'.repeat(300_000)}`),
+    json(`{ ${Array.from({ length: 100 }, (_, k) => `a${k}: models { name }`).join(' ')} }`),
+    json('{ models { versions { stats { batchSizes { size count } } } } } '.repeat(1)),
   ];
   const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY * 2 });
+  // /health every second on its own connection: the server must answer it promptly whatever the load
+  const healthMs: number[] = [];
+  let probing = true;
+  const probe = (async () => {
+    while (probing) {
+      const h0 = performance.now();
+      const ok = await fetch(`http://127.0.0.1:${server.port}/health`).then(
+        (r) => r.ok,
+        () => false,
+      );
+      healthMs.push(ok ? performance.now() - h0 : Infinity);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
   const byCode = new Map<string, number>();
   let served = 0;
   let transportErrors = 0;
@@ -94,6 +129,8 @@ async function main() {
   );
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   clearInterval(sampler);
+  probing = false;
+  await probe;
   rss.push({ t: Math.round((Date.now() - t0) / 1000), mib: await rssMiB(pid) });
   const health = await fetch(`http://127.0.0.1:${server.port}/health`).then(
     (r) => r.status,
@@ -116,6 +153,7 @@ async function main() {
       secondHalfMin: Math.min(...half),
       secondHalfMax: Math.max(...half),
     },
+    healthChecks: { count: healthMs.length, maxMs: Math.round(Math.max(...healthMs)), over1s: healthMs.filter((ms) => ms > 1000).length },
     healthAfter: health,
     exitCodeAfterSigterm: exitCode,
     samples: rss,
@@ -123,6 +161,30 @@ async function main() {
   console.log(JSON.stringify({ ...result, samples: undefined }, null, 2));
   await writeFile(path.join(ROOT, 'bench', 'soak-results.json'), JSON.stringify(result, null, 2) + '\n');
   console.log('wrote bench/soak-results.json');
+}
+
+/** A JSON GraphQL request body. */
+function json(query: string): { body: Uint8Array; type: string } {
+  return { body: Buffer.from(JSON.stringify({ query })), type: 'application/json' };
+}
+
+/** A real PNG whose header claims width x height (a decompression bomb, refused from the header). */
+function pngClaiming(width: number, height: number): Buffer {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (b: Uint8Array) => {
+    let c = 0xffffffff;
+    for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==', 'base64');
+  png.writeUInt32BE(width, 16);
+  png.writeUInt32BE(height, 20);
+  png.writeUInt32BE(crc(png.subarray(12, 29)), 29);
+  return png;
 }
 
 main().catch((e) => {

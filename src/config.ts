@@ -19,6 +19,7 @@ export interface Config {
   logLevel: LogLevel;
   pollIntervalMs: number;
   dynamicBatch: boolean;
+  fusedPreprocessing: boolean;
   maxImagePixels: number;
   maxUploadBytes: number;
   maxFilesPerRequest: number;
@@ -124,6 +125,13 @@ export const SETTINGS = [
     'How often the repository is rescanned for new or removed versions (0: never)',
   ),
   s('dynamicBatch', 'DYNAMIC_BATCH', bool, true, 'Make a batch dimension fixed at 1 dynamic where a trial run shows it is safe'),
+  s(
+    'fusedPreprocessing',
+    'FUSED_PREPROCESSING',
+    bool,
+    true,
+    'Let the engine do the per-pixel preprocessing (ONNX: prepended to the graph); false keeps it on the main thread',
+  ),
   s(
     'maxImagePixels',
     'MAX_IMAGE_PIXELS',

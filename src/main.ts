@@ -75,7 +75,7 @@ async function main(): Promise<void> {
     modelRoots: config.modelRoots,
     pollIntervalMs: config.pollIntervalMs,
     loadOptions: { intraOpThreads: config.engineThreads, dynamicBatch: config.dynamicBatch },
-    checkModel,
+    checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
   });
   const gateway = createGateway({ config, models, logger, metrics });
   let url: string;

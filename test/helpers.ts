@@ -101,7 +101,7 @@ export async function startGateway(
     modelRoots: config.modelRoots,
     pollIntervalMs: opts.pollIntervalMs ?? 0,
     loadOptions: { dynamicBatch: config.dynamicBatch },
-    checkModel,
+    checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });
   const { url } = await gateway.listen();

@@ -3,46 +3,16 @@
  * of ModelProto, GraphProto, NodeProto, ValueInfoProto and AttributeProto that these graphs use.
  */
 import { concat, lengthDelimited, varintField } from '../src/engine/onnx/protobuf.ts';
+import { ElemType, encodeNode, encodeValueInfo, type NodeSpec, type ValueInfo } from '../src/engine/onnx/onnx-proto.ts';
 
-export const ElemType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+export { ElemType, type NodeSpec, type ValueInfo };
 
 const enc = new TextEncoder();
 const bytesField = lengthDelimited;
 const strField = (no: number, str: string) => lengthDelimited(no, enc.encode(str));
 const intField = varintField;
-
-export interface ValueInfo {
-  name: string;
-  elemType: number;
-  shape: (number | string)[];
-}
-export interface NodeSpec {
-  op: string;
-  inputs: string[];
-  outputs: string[];
-  attrs?: Record<string, number | number[]>;
-}
-
-function valueInfo(v: ValueInfo): Uint8Array {
-  const dims = v.shape.map((d) => bytesField(1, typeof d === 'number' ? intField(1, d) : strField(2, d)));
-  const shape = concat(dims);
-  const tensorType = concat([intField(1, v.elemType), bytesField(2, shape)]);
-  return concat([strField(1, v.name), bytesField(2, bytesField(1, tensorType))]);
-}
-
-function node(n: NodeSpec, i: number): Uint8Array {
-  const parts: Uint8Array[] = [];
-  for (const x of n.inputs) parts.push(strField(1, x));
-  for (const x of n.outputs) parts.push(strField(2, x));
-  parts.push(strField(3, `n${i}`), strField(4, n.op));
-  for (const [name, v] of Object.entries(n.attrs ?? {})) {
-    const attr = Array.isArray(v)
-      ? concat([strField(1, name), ...v.map((x) => intField(8, x)), intField(20, 7)]) // INTS
-      : concat([strField(1, name), intField(3, v), intField(20, 2)]); // INT
-    parts.push(bytesField(5, attr));
-  }
-  return concat(parts);
-}
+const valueInfo = encodeValueInfo;
+const node = (n: NodeSpec, i: number) => encodeNode(n, `n${i}`);
 
 export function buildModel(spec: { nodes: NodeSpec[]; inputs: ValueInfo[]; outputs: ValueInfo[]; opset?: number }): Uint8Array {
   const graph = concat([

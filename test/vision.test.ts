@@ -1,5 +1,7 @@
+import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import sharp from 'sharp';
+import sharp, { type Sharp } from 'sharp';
+import { image } from './helpers.ts';
 import { detect, nms, type Candidate } from '../src/vision/detection.ts';
 import { classify } from '../src/vision/classification.ts';
 import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
@@ -353,6 +355,57 @@ describe('decoding only does what the header asks for', () => {
   const rgbPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x8', resizeType: 'SQUASH' } }), [
     { name: 'x', dtype: 'float32', shape: [1, 3, 8, 4], layout: null },
   ]);
+  it('applies each EXIF orientation after the resize, with the geometry of turning first', async () => {
+    // an asymmetric gradient photo, stored turned each of the 8 ways; the reference turns it upright first
+    const w = 320;
+    const h = 200;
+    const px = Buffer.alloc(w * h * 3);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) px.set([(x * 255) / w, (y * 255) / h, x < w / 3 ? 255 : 0], (y * w + x) * 3);
+    const upright = await sharp(px, { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toBuffer();
+    const plans = ['SQUASH', 'CROP', 'FILL'].map((resizeType) =>
+      planInput(parseModelConfig({ task: 'raw', preprocessing: { resizeType, targetSize: '64x48', cropFraction: 0.875 } }), [
+        { name: 'x', dtype: 'float32', shape: [1, 3, 48, 64], layout: null },
+      ]),
+    );
+    // the inverse of each orientation: store the upright photo so that orientation o shows it upright
+    const store: Record<number, (s: Sharp) => Sharp> = {
+      1: (s) => s,
+      2: (s) => s.flop(),
+      3: (s) => s.rotate(180),
+      4: (s) => s.flip(),
+      5: (s) => s.rotate(90).flip(),
+      6: (s) => s.rotate(270),
+      7: (s) => s.rotate(270).flip(),
+      8: (s) => s.rotate(90),
+    };
+    for (let o = 1; o <= 8; o++) {
+      const stored = await store[o](sharp(upright)).png().toBuffer();
+      const tagged = await sharp(stored).jpeg({ quality: 95 }).withMetadata({ orientation: o }).toBuffer();
+      const reference = await sharp(upright).jpeg({ quality: 95 }).toBuffer();
+      const img = await probeImage(tagged, 1e6);
+      expect([img.width, img.height, img.orientation], `orientation ${o}`).toEqual([w, h, o]);
+      for (const plan of plans) {
+        const got = await resizeImage(img, plan, 1e6);
+        const want = await resizeImage(await probeImage(reference, 1e6), plan, 1e6);
+        expect(got.transform).toEqual(want.transform);
+        let sum = 0;
+        for (let i = 0; i < want.pixels.length; i++) sum += Math.abs(got.pixels[i] - want.pixels[i]);
+        expect(sum / want.pixels.length, `orientation ${o}, ${plan.pre.resizeType}`).toBeLessThan(3);
+      }
+    }
+  });
+
+  it('skips the colour transform of an embedded sRGB profile, and keeps that of another profile', async () => {
+    const photo = await readFile(image('zebra.jpeg'));
+    const srgb = await sharp(photo).withIccProfile('srgb').jpeg().toBuffer();
+    const p3 = await sharp(photo).withIccProfile('p3').jpeg().toBuffer();
+    expect((await probeImage(srgb, 1e6)).srgbProfile).toBe(true);
+    expect((await probeImage(p3, 1e6)).srgbProfile).toBe(false);
+    expect((await probeImage(photo, 1e6)).srgbProfile).toBe(false);
+  });
+
   it('applies EXIF orientation', async () => {
     // stored 40x20, white on the left; orientation 6 shows it turned 90 degrees clockwise: 20x40, white on top
     const white = await sharp({ create: { width: 20, height: 20, channels: 3, background: '#fff' } })
@@ -364,7 +417,7 @@ describe('decoding only does what the header asks for', () => {
       .withMetadata({ orientation: 6 })
       .toBuffer();
     const img = await probeImage(stored, 1e6);
-    expect([img.width, img.height, img.needsRotate]).toEqual([20, 40, true]);
+    expect([img.width, img.height, img.orientation]).toEqual([20, 40, 6]);
     const { pixels, transform } = await resizeImage(img, rgbPlan, 1e6);
     expect([transform.inputWidth, transform.inputHeight]).toEqual([4, 8]);
     expect(pixels[0]).toBeGreaterThan(200); // top row white

@@ -22,6 +22,22 @@ export interface TensorInfo {
   layout: string | null;
 }
 
+/**
+ * Preprocessing an engine may take over (fuse.ts for ONNX): the image input is then fed the decoded pixels as they
+ * come (uint8, NHWC, RGB or grey) and the engine computes `pixel * scale[c] + bias[c]` per model channel, the channel
+ * order, the layout and the data type of `input`.
+ */
+export interface PixelInput {
+  input: string;
+  layout: 'NCHW' | 'NHWC';
+  channels: 1 | 3;
+  /** The model wants BGR: channels are reversed before anything else. */
+  bgr: boolean;
+  scale: number[];
+  bias: number[];
+  dtype: 'float32' | 'float16' | 'uint8';
+}
+
 export interface Session {
   readonly inputs: TensorInfo[];
   readonly outputs: TensorInfo[];
@@ -33,6 +49,11 @@ export interface Session {
   /** What loading found or changed, for clients to read (e.g. how the batch dimension was decided). */
   readonly notes: Record<string, unknown>;
   run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>>;
+  /**
+   * Take over an image input's preprocessing (see PixelInput), where the engine can: resolves to the name of the new
+   * input that takes uint8 NHWC pixels (the original input still takes tensors, for raw inference), or null.
+   */
+  fusePixels?(spec: PixelInput): Promise<string | null>;
   close(): Promise<void>;
   /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
   onFailure?(listener: (error: Error) => void): void;

@@ -1,11 +1,12 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
-import type { Session, Tensor } from '../engine/types.ts';
+import type { Tensor } from '../engine/types.ts';
 import type { Feeds } from '../batching/batcher.ts';
 import { postprocessingOf, type Task } from '../repository/model-config.ts';
 import type { Model, ModelFiles } from '../repository/model.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import type { Admission, ModelVersion } from '../repository/version.ts';
-import { planInput, preprocess, probeImage, type DecodedImage, type ImageTransform, type InputPlan } from '../vision/preprocess.ts';
+import { preprocess, probeImage, type DecodedImage, type ImageTransform, type InputPlan } from '../vision/preprocess.ts';
+import { planFor } from './plans.ts';
 import { classify, type Prediction } from '../vision/classification.ts';
 import { detect, type DetectedObject } from '../vision/detection.ts';
 import { toClassMap, type ClassMap } from '../vision/segmentation.ts';
@@ -59,19 +60,6 @@ export interface ImageRun {
   transform: ImageTransform;
   plan: InputPlan;
   outputs: Feeds;
-}
-
-const plans = new WeakMap<Session, InputPlan>();
-
-/** The preprocessing plan of a version: from the configuration it was loaded with and its session's inputs. */
-function planFor(model: Model, version: ModelVersion): { plan: InputPlan; files: ModelFiles } {
-  const session = version.session;
-  const files = version.files;
-  if (!session || !files)
-    throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${model.name} version ${version.version} is ${version.state}`);
-  let plan = plans.get(session);
-  if (!plan) plans.set(session, (plan = planInput(files.config, session.inputs, files.mean)));
-  return { plan, files };
 }
 
 const bad = (msg: string) => new GatewayError(ErrorCode.INVALID_INPUT, msg);
@@ -206,8 +194,8 @@ export class InferenceService {
       try {
         if (!admission) return await prepared; // rethrows the admission error
         await allSettled;
-        const { image, tensor, transform } = await prepared;
-        const outputs = await admission.infer({ [plan.input]: tensor }, signal);
+        const { image, tensor, transform, input } = await prepared;
+        const outputs = await admission.infer({ [input]: tensor }, signal);
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return { model, version, files, image, transform, plan, outputs };
       } catch (e) {

@@ -4,7 +4,8 @@ import { postprocessingOf } from '../repository/model-config.ts';
 import type { ModelFiles } from '../repository/model.ts';
 import { classify } from '../vision/classification.ts';
 import { detect } from '../vision/detection.ts';
-import { planInput, preprocess, probeImage, type InputPlan } from '../vision/preprocess.ts';
+import { preprocess, probeImage, type InputPlan } from '../vision/preprocess.ts';
+import { prepareImageInput } from './plans.ts';
 import { toClassMap } from '../vision/segmentation.ts';
 
 /**
@@ -31,13 +32,13 @@ function syntheticImage(): Promise<Buffer> {
   return synthetic;
 }
 
-export async function checkModel(files: ModelFiles, session: Session): Promise<string[]> {
+export async function checkModel(files: ModelFiles, session: Session, options: { fusePreprocessing?: boolean } = {}): Promise<string[]> {
   const config = files.config;
   if (config.task === 'raw') return [];
-  const plan = planInput(config, session.inputs, files.mean);
+  const plan = await prepareImageInput(files, session, { fuse: options.fusePreprocessing });
   const image = await probeImage(await syntheticImage(), 1_000_000);
-  const { tensor, transform } = await preprocess(image, plan, 1_000_000);
-  const outputs = await session.run({ [plan.input]: tensor });
+  const { tensor, transform, input } = await preprocess(image, plan, 1_000_000);
+  const outputs = await session.run({ [input]: tensor });
   if (config.task === 'classification') classify(outputs, postprocessingOf(config, 'classification'), files.labels, 1);
   else if (config.task === 'detection') {
     const post = postprocessingOf(config, 'detection');

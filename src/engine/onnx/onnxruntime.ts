@@ -4,6 +4,7 @@ import { Worker } from 'node:worker_threads';
 import {
   DTYPES,
   type DType,
+  type PixelInput,
   type Engine,
   type LoadOptions,
   type Session,
@@ -13,6 +14,7 @@ import {
 } from '../types.ts';
 import { withDynamicBatch } from './dynamic-batch.ts';
 import { checkExternalData, externalDataLocations } from './external-data.ts';
+import { PIXELS_INPUT, fusePreprocessing } from './fuse.ts';
 
 /**
  * The default engine: ONNX Runtime on CPU (its binaries ship inside the npm package).
@@ -56,6 +58,9 @@ export class WorkerSession implements Session {
   outputs: TensorInfo[] = [];
   batchable = false;
   notes: Record<string, unknown> = {};
+  /** The graph this session was loaded from (for a second graph with fused preprocessing), and how. */
+  private source: Uint8Array | null = null;
+  private sessionOptions: Record<string, unknown> = {};
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private dead: Error | null = null;
@@ -105,6 +110,8 @@ export class WorkerSession implements Session {
       // on 2 cores, see bench/). Threads sleep instead.
       extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
     };
+    this.source = typeof source === 'string' ? null : source;
+    this.sessionOptions = sessionOptions;
     const message =
       typeof source === 'string'
         ? { type: 'load', path: source, options: sessionOptions }
@@ -134,6 +141,17 @@ export class WorkerSession implements Session {
       out[name] = { dtype, shape: [...t.dims], data: t.data };
     }
     return out;
+  }
+
+  /**
+   * A second graph in the same worker, with the image input's preprocessing prepended (fuse.ts); runs whose feeds name
+   * the pixel input go to it, the others (raw inference) to the original graph.
+   */
+  async fusePixels(spec: PixelInput): Promise<string | null> {
+    if (!this.source) return null; // loaded from its path (external data): served as it is
+    await this.request({ type: 'fuse', bytes: fusePreprocessing(this.source, spec), pixelInput: PIXELS_INPUT, options: this.sessionOptions });
+    this.notes = { ...this.notes, preprocessing: 'fused into the graph: the engine takes the decoded pixels' };
+    return PIXELS_INPUT;
   }
 
   onFailure(listener: (error: Error) => void): void {

@@ -12,6 +12,10 @@ const port = parentPort;
 
 /** @type {import('onnxruntime-node').InferenceSession | null} */
 let session = null;
+/** The same graph with its image preprocessing prepended (fuse.ts), and the name of its pixel input. */
+/** @type {import('onnxruntime-node').InferenceSession | null} */
+let fused = null;
+let pixelInput = '';
 
 /** @param {any} m */
 function meta(m) {
@@ -29,13 +33,18 @@ port.on('message', async (/** @type {any} */ msg) => {
     if (msg.type === 'load') {
       session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
       port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
+    } else if (msg.type === 'fuse') {
+      fused = await ort.InferenceSession.create(msg.bytes, msg.options);
+      pixelInput = msg.pixelInput;
+      port.postMessage({ id: msg.id, ok: true });
     } else if (msg.type === 'run') {
-      if (!session) throw new Error('no session loaded');
+      const target = fused && pixelInput in msg.feeds ? fused : session;
+      if (!target) throw new Error('no session loaded');
       /** @type {Record<string, import('onnxruntime-node').Tensor>} */
       const feeds = {};
       for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = new ort.Tensor(t.type, t.data, t.dims);
       const opts = { logSeverityLevel: /** @type {4} */ (4) };
-      const result = await session.run(feeds, opts);
+      const result = await target.run(feeds, opts);
       /** @type {Record<string, {type: string, dims: readonly number[], data: any}>} */
       const out = {};
       /** @type {ArrayBuffer[]} */
@@ -47,7 +56,9 @@ port.on('message', async (/** @type {any} */ msg) => {
       port.postMessage({ id: msg.id, ok: true, outputs: out }, transfer);
     } else if (msg.type === 'close') {
       await session?.release();
+      await fused?.release();
       session = null;
+      fused = null;
       port.postMessage({ id: msg.id, ok: true });
     }
   } catch (e) {
