@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
 
@@ -16,6 +17,8 @@ export interface Config {
   imageRoots: string[];
   engine: EngineName;
   engineThreads: number;
+  decodeThreads: number;
+  vipsConcurrency: number;
   logLevel: LogLevel;
   pollIntervalMs: number;
   dynamicBatch: boolean;
@@ -48,6 +51,14 @@ export interface Config {
   maxSubscriptionsPerClient: number;
 }
 
+/**
+ * Threads that fit the machine: the engine and the decoders share the cores, so by default their threads add up to
+ * about the core count (measured on 2 cores, bench/README: one intra-op thread per engine call and two decoders).
+ */
+const cores = () => Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+export const defaultEngineThreads = () => Math.max(1, Math.floor(cores() / 2));
+export const defaultDecodeThreads = () => Math.max(2, cores() - defaultEngineThreads() + 1);
+
 /** The raster formats a vision model needs; SVG (a vector format whose rendering can be made arbitrarily costly) only when configured. */
 export const IMAGE_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif', 'svg'] as const;
 
@@ -61,6 +72,8 @@ interface Setting<K extends keyof Config> {
   parse: (raw: string, name: string) => Config[K];
   fallback: Config[K];
   help: string;
+  /** How the default reads in the README when it depends on the machine. */
+  shown?: string;
 }
 
 const int =
@@ -93,13 +106,14 @@ const listOf =
   (raw: string, name: string): T[] =>
     list(',')(raw).map((v) => oneOf(values)(v.toLowerCase(), name));
 
-const s = <K extends keyof Config>(key: K, env: string, parse: Setting<K>['parse'], fallback: Config[K], help: string): Setting<K> => ({
-  key,
-  env,
-  parse,
-  fallback,
-  help,
-});
+const s = <K extends keyof Config>(
+  key: K,
+  env: string,
+  parse: Setting<K>['parse'],
+  fallback: Config[K],
+  help: string,
+  shown?: string,
+): Setting<K> => ({ key, env, parse, fallback, help, shown });
 
 /** Every setting, its default and its meaning: the README's configuration table is generated from the same words. */
 export const SETTINGS = [
@@ -109,7 +123,29 @@ export const SETTINGS = [
   s('modelRoots', 'MODEL_ROOTS', list(':'), [], 'Colon-separated directories loadModel(path:) may read besides the repository'),
   s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read (none by default)'),
   s('engine', 'ENGINE', oneOf(ENGINE_NAMES), 'onnxruntime', 'Inference engine: onnxruntime or openvino (optional package)'),
-  s('engineThreads', 'ENGINE_THREADS', int(0, 256), 0, 'Threads per inference (0: one per core, the engine default)'),
+  s(
+    'engineThreads',
+    'ENGINE_THREADS',
+    int(0, 256),
+    defaultEngineThreads(),
+    'Threads per engine call (intra-op); 0 lets the engine choose (one per core)',
+    'cores / 2, at least 1',
+  ),
+  s(
+    'decodeThreads',
+    'DECODE_THREADS',
+    int(1, 1024),
+    defaultDecodeThreads(),
+    'Images decoded and resized at once (the libuv thread pool, UV_THREADPOOL_SIZE)',
+    'cores - ENGINE_THREADS + 1, at least 2',
+  ),
+  s(
+    'vipsConcurrency',
+    'VIPS_CONCURRENCY',
+    int(0, 1024),
+    1,
+    'Threads libvips uses for one image (0: one per core); images run in parallel already',
+  ),
   s(
     'logLevel',
     'LOG_LEVEL',

@@ -1,5 +1,6 @@
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import sharp from 'sharp';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { errorMessage } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -36,6 +37,9 @@ async function main(): Promise<void> {
       hint: 'npm start -- --help lists the settings',
     });
   }
+  // before anything runs on the libuv thread pool (image decoding): its size is read when it first starts
+  process.env.UV_THREADPOOL_SIZE = String(config.decodeThreads);
+  sharp.concurrency(config.vipsConcurrency);
   const logger = createLogger(config.logLevel, { service: 'inference-gateway' });
   const repository = path.resolve(config.modelRepository);
   const st = await stat(repository).catch(() => null);

@@ -88,7 +88,11 @@ describe('README configuration table', () => {
     const fmt = (v: unknown) =>
       v === null ? '(unset)' : Array.isArray(v) ? (v.length ? '`' + v.join(',') + '`' : '(none)') : '`' + String(v) + '`';
     for (const s of SETTINGS) {
-      expect(rows.get(s.env), s.env).toEqual({ flag: '--' + s.env.toLowerCase().replace(/_/g, '-'), fallback: fmt(s.fallback) });
+      const shown = (s as { shown?: string }).shown;
+      expect(rows.get(s.env), s.env).toEqual({
+        flag: '--' + s.env.toLowerCase().replace(/_/g, '-'),
+        fallback: shown ? `(${shown})` : fmt(s.fallback),
+      });
     }
   });
 });

@@ -24,7 +24,8 @@ export async function prepareImageInput(files: ModelFiles, session: Session, { f
 export function planFor(model: Model, version: ModelVersion): { plan: InputPlan; files: ModelFiles } {
   const session = version.session;
   const files = version.files;
-  if (!session || !files) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${model.name} version ${version.version} is ${version.state}`);
+  if (!session || !files)
+    throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${model.name} version ${version.version} is ${version.state}`);
   let plan = plans.get(session);
   if (!plan) plans.set(session, (plan = planInput(files.config, session.inputs, files.mean)));
   return { plan, files };

@@ -212,7 +212,8 @@ export function isSrgbProfile(icc: Uint8Array): boolean {
     const tag = icc.subarray(offset, offset + size);
     const type = String.fromCharCode(...tag.subarray(0, 4));
     // 'desc': ASCII after an 8-byte type header and a 4-byte count; 'mluc': UTF-16BE records
-    const text = type === 'mluc' ? Buffer.from(tag.subarray(16)).swap16().toString('utf16le') : Buffer.from(tag.subarray(12)).toString('latin1');
+    const text =
+      type === 'mluc' ? Buffer.from(tag.subarray(16)).swap16().toString('utf16le') : Buffer.from(tag.subarray(12)).toString('latin1');
     return /\bsRGB\b/.test(text.replace(/\0/g, ''));
   }
   return false;
@@ -371,7 +372,15 @@ export function pixelInputSpec(plan: InputPlan): PixelInput | null {
   const scale = std.map((s) => k / s);
   const bias = mean.map((m, c) => -m / std[c]);
   if (plan.dtype === 'uint8' && (scale.some((s) => s !== 1) || bias.some((b) => b !== 0))) return null;
-  return { input: plan.input, layout: plan.layout, channels: plan.channels, bgr: pre.colorChannels === 'BGR', scale, bias, dtype: plan.dtype };
+  return {
+    input: plan.input,
+    layout: plan.layout,
+    channels: plan.channels,
+    bgr: pre.colorChannels === 'BGR',
+    scale,
+    bias,
+    dtype: plan.dtype,
+  };
 }
 
 /** Interleaved 8-bit pixels -> the model's tensor (batch 1): channel order, scaling, mean/std, layout, dtype. */
@@ -420,7 +429,11 @@ export async function preprocess(
   if (plan.pixelInput) {
     // no per-pixel work here: the decoder's buffer goes to the engine as it is
     const data = new Uint8Array(pixels.buffer, pixels.byteOffset, pixels.byteLength);
-    return { tensor: { dtype: 'uint8', shape: [1, transform.inputHeight, transform.inputWidth, plan.channels], data }, transform, input: plan.pixelInput };
+    return {
+      tensor: { dtype: 'uint8', shape: [1, transform.inputHeight, transform.inputWidth, plan.channels], data },
+      transform,
+      input: plan.pixelInput,
+    };
   }
   return { tensor: pixelsToTensor(pixels, transform.inputWidth, transform.inputHeight, plan), transform, input: plan.input };
 }

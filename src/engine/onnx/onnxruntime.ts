@@ -149,7 +149,12 @@ export class WorkerSession implements Session {
    */
   async fusePixels(spec: PixelInput): Promise<string | null> {
     if (!this.source) return null; // loaded from its path (external data): served as it is
-    await this.request({ type: 'fuse', bytes: fusePreprocessing(this.source, spec), pixelInput: PIXELS_INPUT, options: this.sessionOptions });
+    await this.request({
+      type: 'fuse',
+      bytes: fusePreprocessing(this.source, spec),
+      pixelInput: PIXELS_INPUT,
+      options: this.sessionOptions,
+    });
     this.notes = { ...this.notes, preprocessing: 'fused into the graph: the engine takes the decoded pixels' };
     return PIXELS_INPUT;
   }
