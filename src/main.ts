@@ -45,8 +45,8 @@ async function main(): Promise<void> {
     checkModel: checkImageInput,
   });
   const gateway = createGateway({ config, models, logger, metrics });
-  const { url } = await gateway.listen();
-  logger.info({ url: `${url}/graphql`, engine: engine.name, repository: models.root }, 'listening');
+  const { url, grpcPort } = await gateway.listen();
+  logger.info({ url: `${url}/graphql`, kserve: `${url}/v2`, grpcPort, engine: engine.name, repository: models.root }, 'listening');
   await models.start();
   logger.info(
     { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
