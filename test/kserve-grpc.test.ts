@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { ElemType, identityModel } from './onnx-builder.ts';
 import { fixture, image, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
@@ -228,6 +229,59 @@ describe('KServe v2 over gRPC', () => {
     await client.RepositoryModelLoad({ model_name: 'id-f16' });
     expect(await client.ModelReady({ name: 'id-f16' })).toEqual({ ready: true });
     expect((await client.ModelInfer({ model_name: 'id-f32', inputs: [x], raw_input_contents: six })).model_name).toBe('id-f32');
+  });
+
+  it('property: random ModelInfer requests get a typed status or an answer, never INTERNAL', async () => {
+    const input = fc.record({
+      name: fc.constantFrom('x', 'input', 'z'),
+      datatype: fc.constantFrom('FP32', 'FP16', 'INT64', 'BOOL', 'BYTES', 'UINT32', 'junk'),
+      shape: fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 4 }),
+      contents: fc.option(
+        fc.record(
+          {
+            fp32_contents: fc.array(fc.float(), { maxLength: 8 }),
+            int64_contents: fc.array(fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map(String), { maxLength: 8 }),
+            bool_contents: fc.array(fc.boolean(), { maxLength: 8 }),
+            bytes_contents: fc.array(
+              fc.uint8Array({ maxLength: 16 }).map((b) => Buffer.from(b)),
+              { maxLength: 3 },
+            ),
+          },
+          { requiredKeys: [] },
+        ),
+      ),
+    });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom('id-f32', 'id-f16', 'id-i64', 'mobilenet', 'nope'),
+        fc.array(input, { maxLength: 2 }),
+        fc.option(
+          fc.array(
+            fc.uint8Array({ maxLength: 32 }).map((b) => Buffer.from(b)),
+            { maxLength: 2 },
+          ),
+        ),
+        fc.option(
+          fc.array(
+            fc.record({ name: fc.constantFrom('y', 'output', 'q'), parameters: fc.constant({ classification: { int64_param: '2' } }) }),
+            { maxLength: 1 },
+          ),
+        ),
+        async (model, inputs, raw, outputs) => {
+          try {
+            await client.ModelInfer({ model_name: model, inputs, raw_input_contents: raw ?? [], outputs: outputs ?? [] });
+          } catch (e) {
+            const [code, gatewayCode] = [status[(e as { code: number }).code], errorCodeOf(e)];
+            expect(['NOT_FOUND', 'INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED', 'UNAVAILABLE'], `${code} ${(e as Error).message}`).toContain(
+              code,
+            );
+            expect(gatewayCode).toBeDefined();
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    expect(await client.ServerReady()).toEqual({ ready: true });
   });
 
   it('repository RPCs: index (all, ready only), unload, load, load from files with a config', async () => {

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { ElemType, identityModel } from './onnx-builder.ts';
 import { fixture, image, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
@@ -352,6 +353,66 @@ describe('KServe v2 over REST', () => {
     expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'POST']);
     // healthy afterwards
     expect((await infer('id-f32', x())).status).toBe(200);
+    expect((await json(get('/health/ready'))).status).toBe(200);
+  });
+
+  it('property: random requests (mutated JSON, binary headers and bodies) get a typed 4xx or an answer, never a 500', async () => {
+    const datatype = fc.constantFrom('FP32', 'FP16', 'INT64', 'UINT8', 'BOOL', 'BYTES', 'FP64', 'junk', '');
+    const value = fc.oneof(
+      fc.double(),
+      fc.integer(),
+      fc.boolean(),
+      fc.string({ maxLength: 4 }),
+      fc.constant(null),
+      fc.record({ b64: fc.base64String() }),
+    );
+    const input = fc.record(
+      {
+        name: fc.constantFrom('x', 'y', ''),
+        datatype,
+        shape: fc.array(fc.oneof(fc.integer({ min: -1, max: 4 }), fc.constant('2')), { maxLength: 4 }),
+        data: fc.oneof(fc.array(value, { maxLength: 8 }), fc.array(fc.array(value, { maxLength: 3 }), { maxLength: 3 }), value),
+        parameters: fc.oneof(
+          fc.constant(undefined),
+          fc.record({ binary_data_size: fc.oneof(fc.integer({ min: -2, max: 64 }), fc.string()) }),
+        ),
+      },
+      { requiredKeys: ['name'] },
+    );
+    const request = fc.record(
+      {
+        id: fc.oneof(fc.string(), fc.integer()),
+        inputs: fc.oneof(fc.array(input, { maxLength: 2 }), fc.constant('nope')),
+        outputs: fc.oneof(
+          fc.constant(undefined),
+          fc.array(fc.record({ name: fc.constantFrom('y', 'z'), parameters: fc.anything() }), { maxLength: 2 }),
+        ),
+        parameters: fc.anything(),
+      },
+      { requiredKeys: [] },
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        request,
+        fc.option(fc.uint8Array({ maxLength: 64 })),
+        fc.option(fc.integer({ min: -1, max: 400 })),
+        fc.constantFrom('id-f32', 'id-f16', 'mobilenet', 'nope'),
+        async (doc, binary, headerLength, model) => {
+          const text = Buffer.from(JSON.stringify(doc) ?? '');
+          const headers: Record<string, string> = {};
+          let body: Buffer = text;
+          if (binary) {
+            body = Buffer.concat([text, binary]);
+            headers['inference-header-content-length'] = String(headerLength ?? text.length);
+          }
+          const res = await post(`/models/${model}/infer`, body, headers);
+          const answer = await res.json();
+          expect([200, 400, 404, 413, 503], JSON.stringify(answer)).toContain(res.status);
+          if (res.status !== 200) expect(answer).toEqual({ error: expect.any(String) });
+        },
+      ),
+      { numRuns: 300 },
+    );
     expect((await json(get('/health/ready'))).status).toBe(200);
   });
 
