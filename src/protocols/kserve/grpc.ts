@@ -107,7 +107,7 @@ export interface GrpcServerOptions {
   core: KserveCore;
   logger: Logger;
   /** Largest message received (the gateway's MAX_UPLOAD_BYTES, not gRPC's 4 MiB default). */
-  maxMessageBytes: number;
+  maxMessageBytes?: number;
 }
 
 export interface KserveGrpcServer {
@@ -125,7 +125,7 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
   return pkg.inference.GRPCInferenceService.service;
 }
 
-export function createGrpcServer({ core, logger, maxMessageBytes }: GrpcServerOptions): KserveGrpcServer {
+export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1024 }: GrpcServerOptions): KserveGrpcServer {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': -1,

@@ -19,7 +19,8 @@ import { invalid, mapError } from './errors.ts';
  * The Open Inference Protocol over HTTP/REST, under /v2 on the gateway's HTTP port, with Triton's binary tensor data
  * extension (`Inference-Header-Content-Length`: a JSON header, then each binary tensor's bytes in order), the
  * classification extension and the model repository extension. Errors are `{"error": "<message>"}` with the status of
- * errors.ts (and the gateway's code in `x-error-code`).
+ * errors.ts (and the gateway's code in `x-error-code`). Hand-written on node:http: this adapter is the product (no
+ * maintained Node library serves the protocol), and it is small: routing by path, JSON, and one binary layout.
  */
 export interface RestRoute {
   match(pathname: string): boolean;
@@ -201,7 +202,15 @@ function loadOptions(doc: unknown): { config?: unknown; files: { name: string; b
   return { config, files };
 }
 
-export function createRestRoute({ core, logger, maxBodyBytes }: { core: KserveCore; logger: Logger; maxBodyBytes: number }): RestRoute {
+export function createRestRoute({
+  core,
+  logger,
+  maxBodyBytes = 50 * 1024 * 1024,
+}: {
+  core: KserveCore;
+  logger: Logger;
+  maxBodyBytes?: number;
+}): RestRoute {
   const fail = (res: ServerResponse, e: unknown) => {
     const m = mapError(e);
     if (!m.expected) logger.error({ err: e }, 'unexpected error (kserve rest)');
