@@ -6,7 +6,7 @@ interface P {
   p95: number;
 }
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd'];
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
 
 function panel(points: P[], xs: number[], key: 'throughput' | 'p95', title: string, unit: string, ox: number): string {
   const W = 420,
@@ -50,10 +50,10 @@ export function renderChart(points: P[], xs: number[]): string {
   const legend = modes
     .map(
       (m, i) =>
-        `<rect x="${80 + i * 200}" y="312" width="12" height="12" fill="${COLORS[i % COLORS.length]}"/><text x="${96 + i * 200}" y="322" font-size="12">${m}</text>`,
+        `<rect x="${80 + (i % 4) * 200}" y="${312 + Math.floor(i / 4) * 18}" width="12" height="12" fill="${COLORS[i % COLORS.length]}"/><text x="${96 + (i % 4) * 200}" y="${322 + Math.floor(i / 4) * 18}" font-size="12">${m}</text>`,
     )
     .join('\n');
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="860" height="335" font-family="sans-serif">
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="860" height="${335 + Math.floor((modes.length - 1) / 4) * 18}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>
 ${panel(points, xs, 'throughput', 'Throughput (mobilenetv2-12-int8)', 'requests / s', 0)}
 ${panel(points, xs, 'p95', 'p95 latency', 'ms', 430)}

@@ -74,6 +74,8 @@ export function post(agent: http.Agent, port: number, body: Uint8Array, type: st
 
 export interface RunningServer {
   port: number;
+  /** The KServe v2 gRPC port. */
+  grpcPort: number;
   child: ChildProcess;
   stop(): Promise<number | null>;
 }
@@ -97,11 +99,13 @@ export async function startServer(
     for (const [f, src] of Object.entries(m.files ?? {})) await copyFile(src, path.join(repo, name, f), constants.COPYFILE_FICLONE);
   }
   const port = await freePort();
+  const grpcPort = await freePort();
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(root, 'src', 'main.ts')], {
     cwd: root,
     env: {
       ...process.env,
       PORT: String(port),
+      GRPC_PORT: String(grpcPort),
       HOST: '127.0.0.1',
       MODEL_REPOSITORY: repo,
       LOG_LEVEL: 'warn',
@@ -137,7 +141,7 @@ export async function startServer(
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { port, child, stop };
+  return { port, grpcPort, child, stop };
 }
 
 /** Resident set size of a process, in MiB (Linux /proc). */

@@ -1,6 +1,7 @@
 /**
- * npm run bench: throughput and latency of the gateway against the in-process limit, with batching on and off,
- * at concurrency 1, 4, 16 and 64, all measured side by side in one run. Writes bench/results.json and
+ * npm run bench: throughput and latency of the gateway against the in-process limit, with batching on and off, and
+ * of its protocols (GraphQL multipart, KServe v2 gRPC with the JPEG as BYTES or with the preprocessed tensor), at
+ * concurrency 1, 4, 16 and 64, all measured side by side in one run. Writes bench/results.json and
  * bench/chart.svg. Uses the project's own model (models/mobilenet) and photos (test/fixtures/images). Only talks to
  * 127.0.0.1; the server it starts is stopped however the run ends.
  */
@@ -14,6 +15,7 @@ import { Batcher } from '../src/batching/batcher.ts';
 import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
 import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { classify } from '../src/vision/classification.ts';
+import { createKserveGrpcClient, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import { renderChart } from './chart.ts';
 import { IMAGES, ROOT, modelFile, multipartBody, post, startServer } from './lib.ts';
 
@@ -199,6 +201,7 @@ async function main() {
     ? await startServer({ mobilenet: { onnx: MODEL, config: config(BATCHING) } }, {}, [], path.resolve(process.env.BENCH_BASELINE))
     : null;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  let grpcClient: KserveGrpcClient | null = null;
   const points: Point[] = [];
   try {
     const stats =
@@ -225,8 +228,35 @@ async function main() {
         },
       };
     };
+    // KServe v2 gRPC on the same server and model: the preprocessed tensor of each photo (decode and resize done here,
+    // once, so the server does no image work), and the JPEG as BYTES (the same server work as the multipart mode)
+    const grpc = (grpcClient = createKserveGrpcClient(`127.0.0.1:${server.grpcPort}`));
+    const tensors = await Promise.all(
+      photos.map(async (p) => {
+        const { tensor } = await preprocess(await probeImage(p, MAX_PIXELS), plan, MAX_PIXELS);
+        const f = tensor.data as Float32Array;
+        return Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+      }),
+    );
+    const grpcMode = (mode: string, request: (i: number) => object): Runner => ({
+      mode,
+      stats: stats('mobilenet'),
+      run: async (i) => {
+        const r = await grpc.ModelInfer(request(i));
+        if (r.outputs[0]?.shape[1] !== '1000') throw new Error(JSON.stringify(r).slice(0, 200));
+      },
+    });
+    const grpcRaw = grpcMode('grpc raw tensor', (i) => ({
+      model_name: 'mobilenet',
+      inputs: [{ name: plan.input, datatype: 'FP32', shape: [1, 3, 224, 224] }],
+      raw_input_contents: [tensors[i % tensors.length]],
+    }));
+    const grpcJpeg = grpcMode('grpc jpeg', (i) => ({
+      model_name: 'mobilenet',
+      inputs: [{ name: plan.input, datatype: 'BYTES', shape: [1], contents: { bytes_contents: [photos[i % photos.length]] } }],
+    }));
     const modes = process.env.BENCH_MODES?.split(',');
-    const all = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch')];
+    const all = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch'), grpcJpeg, grpcRaw];
     if (baseline) all.push(gateway('baseline gateway', 'mobilenet', baseline.port));
     const runners = all.filter((r) => !modes || modes.includes(r.mode));
     for (const c of CONCURRENCY) {
@@ -244,6 +274,7 @@ async function main() {
     }
   } finally {
     agent.destroy();
+    grpcClient?.close();
     await server.stop();
     await baseline?.stop();
     await session.close();
@@ -260,6 +291,11 @@ async function main() {
     ratios[`c${c} gateway / in-process throughput`] = r2(g.throughput / i.throughput);
     ratios[`c${c} batching on / off throughput`] = r2(g.throughput / off.throughput);
     ratios[`c${c} gateway p50 - in-process p50 (ms)`] = r2(g.p50 - i.p50);
+    // the protocols side by side on the same server: the gateway mode is GraphQL multipart with the JPEG
+    const jpeg = at('grpc jpeg', c);
+    const raw = at('grpc raw tensor', c);
+    if (jpeg) ratios[`c${c} grpc jpeg / graphql multipart throughput`] = r2(jpeg.throughput / g.throughput);
+    if (raw) ratios[`c${c} grpc raw tensor / graphql multipart throughput`] = r2(raw.throughput / g.throughput);
   }
   console.log('\nratios (measured side by side in this run):');
   for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(40)} ${v}`);

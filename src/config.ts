@@ -9,6 +9,8 @@ import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
  */
 export interface Config {
   port: number;
+  /** gRPC port of the KServe v2 service; null: no gRPC. */
+  grpcPort: number | null;
   host: string;
   modelRepository: string;
   /** Extra directories loadModel(path:) may read. */
@@ -85,6 +87,7 @@ const int =
     return n;
   };
 const str = (raw: string) => raw;
+const portOrOff = (raw: string, name: string): number | null => (/^off$/i.test(raw.trim()) ? null : int(0, 65535)(raw, name));
 const list = (sep: string) => (raw: string) =>
   raw
     .split(sep)
@@ -118,6 +121,13 @@ const s = <K extends keyof Config>(
 /** Every setting, its default and its meaning: the README's configuration table is generated from the same words. */
 export const SETTINGS = [
   s('port', 'PORT', int(0, 65535), 4000, 'HTTP port (GraphQL, GraphiQL, SSE, WebSocket, /health, /ready, /metrics)'),
+  s(
+    'grpcPort',
+    'GRPC_PORT',
+    portOrOff,
+    8001,
+    'gRPC port of the KServe v2 (Open Inference Protocol) service; 0 picks a free port, off turns gRPC off',
+  ),
   s('host', 'HOST', str, '127.0.0.1', 'Address to bind; 0.0.0.0 for every interface'),
   s('modelRepository', 'MODEL_REPOSITORY', str, './models', 'The model repository: <name>/model.json and <name>/<version>/model.onnx'),
   s('modelRoots', 'MODEL_ROOTS', list(':'), [], 'Colon-separated directories loadModel(path:) may read besides the repository'),

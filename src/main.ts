@@ -83,8 +83,9 @@ async function main(): Promise<void> {
   });
   const gateway = createGateway({ config, models, logger, metrics });
   let url: string;
+  let grpcPort: number | null;
   try {
-    ({ url } = await gateway.listen());
+    ({ url, grpcPort } = await gateway.listen());
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE')
@@ -98,7 +99,7 @@ async function main(): Promise<void> {
     if (code === 'EADDRNOTAVAIL') return fatal(logger, `HOST ${config.host} is not an address of this machine: set HOST`, 1);
     return fatal(logger, `cannot listen on ${config.host}:${config.port}: ${errorMessage(e)}`, 1);
   }
-  logger.info({ url: `${url}/graphql`, engine: engine.name, repository: models.root }, 'listening');
+  logger.info({ url: `${url}/graphql`, kserve: `${url}/v2`, grpcPort, engine: engine.name, repository: models.root }, 'listening');
   try {
     await models.start();
   } catch (e) {

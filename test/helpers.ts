@@ -63,6 +63,8 @@ export async function addModel(root: string, name: string, spec: ModelSpec): Pro
 
 export interface TestGateway {
   url: string;
+  /** The KServe v2 gRPC port (127.0.0.1), null when GRPC_PORT=off. */
+  grpcPort: number | null;
   config: Config;
   repository: ModelManager;
   metrics: Metrics;
@@ -89,7 +91,7 @@ export async function startGateway(
   opts: { models?: Record<string, ModelSpec>; root?: string; env?: Record<string, string>; pollIntervalMs?: number } = {},
 ): Promise<TestGateway> {
   const root = opts.root ?? (await makeRepository(opts.models ?? {}));
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', MODEL_REPOSITORY: root, LOG_LEVEL: 'info', ...opts.env }, []);
+  const config = loadConfig({ PORT: '0', GRPC_PORT: '0', HOST: '127.0.0.1', MODEL_REPOSITORY: root, LOG_LEVEL: 'info', ...opts.env }, []);
   const logs: string[] = [];
   const logger = createLogger(config.logLevel, {}, (line) => logs.push(line));
   const metrics = new Metrics();
@@ -104,7 +106,7 @@ export async function startGateway(
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });
-  const { url } = await gateway.listen();
+  const { url, grpcPort } = await gateway.listen();
   await repository.start();
   const gql = async <T>(query: string, variables: Record<string, unknown> = {}, o: GqlOptions = {}): Promise<GqlResult<T>> => {
     let res: Response;
@@ -133,6 +135,7 @@ export async function startGateway(
   };
   return {
     url,
+    grpcPort,
     config,
     repository,
     metrics,

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { createKserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import net from 'node:net';
 import path from 'node:path';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -20,11 +21,13 @@ const freePort = () =>
 describe('the server process (as npm start runs it)', () => {
   it('warns on a public bind without ADMIN_TOKEN; on SIGTERM finishes requests, completes subscriptions and exits 0', async () => {
     const port = await freePort();
+    const grpcPort = await freePort();
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
       cwd: ROOT,
       env: {
         ...process.env,
         PORT: String(port),
+        GRPC_PORT: String(grpcPort),
         HOST: '0.0.0.0',
         MODEL_REPOSITORY: path.join(ROOT, 'models'),
         MODEL_POLL_INTERVAL_MS: '0',
@@ -88,6 +91,12 @@ describe('the server process (as npm start runs it)', () => {
           headers: { 'content-type': upload.contentType, 'x-graphql-yoga-csrf': '1' },
         }).then((r) => r.json());
       const inflight = Array.from({ length: 4 }, segment);
+      // and one over KServe v2 gRPC (npm start serves it on GRPC_PORT): SIGTERM drains it too
+      const grpc = createKserveGrpcClient(`127.0.0.1:${grpcPort}`);
+      const grpcInflight = grpc.ModelInfer({
+        model_name: 'text-detection',
+        inputs: [{ name: 'x', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [page] } }],
+      });
       await new Promise((r) => setTimeout(r, 150));
       const t0 = Date.now();
       child.kill('SIGTERM');
@@ -97,7 +106,11 @@ describe('the server process (as npm start runs it)', () => {
         expect(a.errors).toBeUndefined();
         expect(a.data.segment.regions).toHaveLength(8);
       }
+      const grpcAnswer = await grpcInflight;
+      expect(grpcAnswer.outputs[0]).toMatchObject({ datatype: 'FP32' });
       expect(await exited).toBe(0);
+      await expect(grpc.ServerLive()).rejects.toMatchObject({ code: 14 }); // UNAVAILABLE: the port is closed
+      grpc.close();
       expect(Date.now() - t0).toBeLessThan(10_000);
       expect(await sseDone).toMatch(/event: complete/);
       expect(await wsDone).toMatch(/complete|error 1001/);

@@ -33,7 +33,10 @@ function codeBlocks(markdown: string): Block[] {
 const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
 const blocks = codeBlocks(readme);
 const graphqlBlocks = blocks.filter((b) => b.lang === 'graphql');
-const curlBlocks = blocks.filter((b) => b.lang === 'sh' && b.code.includes('http://127.0.0.1:4000/graphql'));
+// shell examples that talk to the server: GraphQL, KServe v2 REST, or KServe v2 gRPC on its default port
+const curlBlocks = blocks.filter(
+  (b) => b.lang === 'sh' && ['http://127.0.0.1:4000/graphql', 'http://127.0.0.1:4000/v2', '127.0.0.1:8001'].some((u) => b.code.includes(u)),
+);
 
 describe('README examples, run against a live server', () => {
   let gw: TestGateway;
@@ -70,10 +73,10 @@ describe('README examples, run against a live server', () => {
   });
 
   it.each(curlBlocks.map((b) => [`line ${b.line}`, b] as const))('curl example at README %s', async (_, block) => {
-    const command = block.code.replaceAll('http://127.0.0.1:4000', gw.url);
+    const command = block.code.replaceAll('http://127.0.0.1:4000', gw.url).replaceAll('127.0.0.1:8001', `127.0.0.1:${gw.grpcPort}`);
     const { stdout } = await run('bash', ['-c', `set -o pipefail\n${command}`], { cwd: ROOT, maxBuffer: 64 * 1024 * 1024 });
     const answer = JSON.parse(stdout);
-    expect(answer.errors, stdout.slice(0, 500)).toBeUndefined();
+    expect(answer.errors ?? answer.error, stdout.slice(0, 500)).toBeUndefined();
     const expected = /^# (\{.*)$/m.exec(block.code)?.[1] ?? '';
     for (const [pair] of expected.matchAll(/"\w+":("[^"]*"|-?\d+|null|true|false)/g)) expect(stdout, pair).toContain(pair);
   });

@@ -1,6 +1,6 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
-import type { Tensor } from '../engine/types.ts';
-import type { Feeds } from '../batching/batcher.ts';
+import { bytesPerElement, elementCount, type Tensor } from '../engine/types.ts';
+import { concatBatch, type Feeds } from '../batching/batcher.ts';
 import { postprocessingOf, type Task } from '../repository/model-config.ts';
 import type { Model, ModelFiles } from '../repository/model.ts';
 import type { ModelManager } from '../repository/manager.ts';
@@ -60,6 +60,13 @@ export interface ImageRun {
   transform: ImageTransform;
   plan: InputPlan;
   outputs: Feeds;
+}
+
+/** A whole batch answered: the version that ran it and the outputs asked for, joined along dimension 0. */
+export interface BatchResult {
+  model: Model;
+  version: ModelVersion;
+  outputs: Record<string, Tensor>;
 }
 
 const bad = (msg: string) => new GatewayError(ErrorCode.INVALID_INPUT, msg);
@@ -157,13 +164,105 @@ export class InferenceService {
   }
 
   /**
+   * Raw tensors whose dimension 0 is a batch of any size (all inputs the same): each item is admitted and batched like
+   * any other request (they reach the batcher in the same tick and share engine calls), and the outputs are joined
+   * back along dimension 0. The batch fails as a whole when an item fails (after every item has settled).
+   */
+  async inferBatch(
+    name: string,
+    versionNo: number | null | undefined,
+    inputs: readonly TensorInput[],
+    outputNames?: readonly string[] | null,
+  ): Promise<BatchResult> {
+    const { model, version } = this.models.resolve(name, versionNo);
+    const wanted = selectOutputs(name, version.outputs, outputNames);
+    const ranked = inputs.filter((i) => i.shape.length > 0);
+    const n = ranked.length ? ranked[0].shape[0] : 1;
+    if (ranked.some((i) => i.shape[0] !== n)) throw bad('every input must have the same batch size (dimension 0)');
+    if (!Number.isInteger(n) || n < 1) throw bad(`batch size (dimension 0) must be at least 1, got ${n}`);
+    if (n > 1 && ranked.length !== inputs.length) throw bad('a batch of several items needs a batch dimension on every input');
+    for (const i of inputs) {
+      const dtype = i.dtype.toLowerCase() as keyof typeof bytesPerElement;
+      const size = bytesPerElement[dtype];
+      if (size === undefined || i.shape.some((d) => !Number.isInteger(d) || d < 0)) continue; // tensorFeeds says why
+      const expected = elementCount(i.shape) * size;
+      if (i.data.length !== expected)
+        throw bad(`input ${i.name}: ${i.data.length} bytes of data for shape [${i.shape.join(',')}] ${i.dtype} (expected ${expected})`);
+    }
+    const items = Array.from({ length: n }, (_, k) =>
+      tensorFeeds(
+        name,
+        version.inputs,
+        inputs.map((i) => {
+          if (n === 1) return i;
+          const per = i.data.length / n;
+          return { ...i, shape: [1, ...i.shape.slice(1)], data: i.data.subarray(k * per, (k + 1) * per) };
+        }),
+      ),
+    );
+    const admissions: Admission[] = [];
+    try {
+      for (let k = 0; k < n; k++) admissions.push(version.admit());
+    } catch (e) {
+      for (const a of admissions) a.release();
+      version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+      throw e;
+    }
+    // every item is admitted before the first reaches the batcher, so the batcher waits for the rest of them
+    const runs = admissions.map(async (admission, k) => {
+      const t0 = performance.now();
+      try {
+        const outputs = await admission.infer(items[k]);
+        version.stats.recordRequest((performance.now() - t0) * 1000);
+        return outputs;
+      } catch (e) {
+        version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+        throw e;
+      } finally {
+        admission.release();
+      }
+    });
+    return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
+  }
+
+  /**
+   * Encoded images (JPEG, PNG, ...) through the model's own preprocessing (its model.json), whatever its task, and its
+   * raw outputs back, joined along dimension 0 (as OpenVINO Model Server does with binary inputs). `inputName`, when
+   * given, must be the model's image input. Fails as a whole when an image fails (after every image has settled).
+   */
+  async inferImages(
+    name: string,
+    versionNo: number | null | undefined,
+    sources: readonly ImageSource[],
+    opts: { inputName?: string | null; outputNames?: readonly string[] | null } = {},
+  ): Promise<BatchResult> {
+    const { model, version } = this.models.resolve(name, versionNo);
+    const wanted = selectOutputs(name, version.outputs, opts.outputNames);
+    let plan: InputPlan;
+    try {
+      plan = planFor(model, version).plan;
+    } catch (e) {
+      if (e instanceof GatewayError && e.code === ErrorCode.INVALID_MODEL_CONFIG)
+        throw bad(`model ${name} does not take encoded images: ${e.message}`);
+      throw e;
+    }
+    if (opts.inputName && opts.inputName !== plan.input)
+      throw bad(
+        `encoded images go to the image input of model ${name}, ${JSON.stringify(plan.input)}, not ${JSON.stringify(opts.inputName)}`,
+      );
+    if (sources.length === 0) throw bad('no images');
+    const runs = this.runImages(null, name, versionNo, sources).map(async (r) => (await r).outputs);
+    return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
+  }
+
+  /**
    * Several images of one request, run together: each is admitted at once (so the batcher knows they are coming),
    * then read, decoded and preprocessed in parallel; once every one is ready or has failed, the ready ones reach the
    * batcher in the same tick and share an engine call. One promise per image: a failing image fails alone. An unknown
-   * model or a model of another task fails the call as a whole (it throws).
+   * model or a model of another task (when `task` is given) fails the call as a whole (it throws).
    */
   runImages(
-    task: Task,
+    task: Task | null,
     name: string,
     versionNo: number | null | undefined,
     sources: readonly ImageSource[],
@@ -171,7 +270,7 @@ export class InferenceService {
   ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
-    if (config.task !== task) throw bad(`model ${model.name} is a ${config.task} model, not ${task}`);
+    if (task !== null && config.task !== task) throw bad(`model ${model.name} is a ${config.task} model, not ${task}`);
     const { plan, files } = planFor(model, version);
     const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
     const items = sources.map((source) => {
@@ -206,4 +305,23 @@ export class InferenceService {
       }
     });
   }
+}
+
+/** Wait for every item; then the first failure, if any, is the answer. */
+async function settleAll<T>(runs: Promise<T>[]): Promise<T[]> {
+  const settled = await Promise.allSettled(runs);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
+/** Per-item outputs (batch dimension 1) joined along dimension 0; only the outputs wanted. */
+function joinItems(items: Feeds[], wanted: readonly string[]): Record<string, Tensor> {
+  const picked = items.map((o) => Object.fromEntries(wanted.map((n) => [n, o[n]])));
+  for (const n of wanted) {
+    const shape = picked[0][n].shape.slice(1).join('x');
+    if (picked.some((o) => o[n].shape.slice(1).join('x') !== shape))
+      throw bad(`output ${n} has a different shape for each item (images of different sizes?): send them one per request`);
+  }
+  return concatBatch(picked);
 }

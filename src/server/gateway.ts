@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import { InferenceService } from '../inference/service.ts';
 import { createGraphqlProtocol, type GraphqlProtocol } from '../protocols/graphql/index.ts';
+import { createKserveProtocol } from '../protocols/kserve/index.ts';
 import { hostAllowed } from './hosts.ts';
 import { createHttpServer } from './http.ts';
 import { opsRoutes } from './ops.ts';
@@ -13,7 +14,8 @@ import { opsRoutes } from './ops.ts';
 export interface Gateway {
   server: Server;
   graphql: GraphqlProtocol;
-  listen(): Promise<{ port: number; host: string; url: string }>;
+  /** HTTP (and gRPC, unless GRPC_PORT=off) listening; grpcPort is null without gRPC. */
+  listen(): Promise<{ port: number; host: string; url: string; grpcPort: number | null }>;
   /** Stop accepting, end subscriptions, finish requests in flight (bounded by shutdownTimeoutMs). */
   close(): Promise<void>;
 }
@@ -61,6 +63,14 @@ export function createGateway({
     allowUpgrade: (req) => hostAllowed(req.headers.host, config.allowedHosts),
     graphiql: config.graphiql,
   });
+  const kserve = createKserveProtocol({
+    service,
+    logger,
+    tokens,
+    maxImagesPerRequest: config.maxImagesPerRequest,
+    maxUploadBytes: config.maxUploadBytes,
+  });
+  const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({
     logger,
     maxBodyBytes: config.maxUploadBytes,
@@ -69,7 +79,7 @@ export function createGateway({
     maxConnectionsPerClient: config.maxConnectionsPerClient,
     headersTimeoutMs: config.headersTimeoutMs,
     requestTimeoutMs: config.requestTimeoutMs,
-    routes: [...opsRoutes(models, metrics), { match: () => true, handle: graphql.handle }],
+    routes: [...opsRoutes(models, metrics), kserve.route, { match: () => true, handle: graphql.handle }],
   });
   graphql.attach(server);
 
@@ -77,8 +87,8 @@ export function createGateway({
   return {
     server,
     graphql,
-    listen: () =>
-      new Promise((resolve, reject) => {
+    async listen() {
+      const http = await new Promise<{ port: number; host: string; url: string }>((resolve, reject) => {
         server.once('error', reject);
         server.listen(config.port, config.host, () => {
           server.off('error', reject);
@@ -86,15 +96,25 @@ export function createGateway({
           const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
           resolve({ port: a.port, host: a.address, url: `http://${host}:${a.port}` });
         });
-      }),
+      });
+      try {
+        const grpcPort = grpc && config.grpcPort !== null ? await grpc.listen(config.host, config.grpcPort) : null;
+        return { ...http, grpcPort };
+      } catch (e) {
+        await new Promise((resolve) => server.close(resolve));
+        throw e;
+      }
+    },
     close() {
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
+        const grpcClosed = grpc?.close(config.shutdownTimeoutMs);
         await graphql.close();
         const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
         const idle = setInterval(() => server.closeIdleConnections(), 100);
         await closed;
+        await grpcClosed;
         clearTimeout(timer);
         clearInterval(idle);
       })();

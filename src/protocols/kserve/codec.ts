@@ -1,0 +1,228 @@
+import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tensor, type TensorData } from '../../engine/types.ts';
+import { invalid } from './errors.ts';
+
+/**
+ * Tensor data of the Open Inference Protocol: the v2 data type names, JSON element lists, the length-prefixed layout
+ * of BYTES elements, and gRPC's typed `contents`. Shared by the REST and gRPC adapters. The engine carries data as
+ * little-endian bytes (float16 as raw half bits), so raw and binary data pass through without conversion.
+ */
+
+/** v2 data type names of the engine's data types. */
+export const V2_DATATYPE: Record<DType, string> = {
+  float32: 'FP32',
+  float16: 'FP16',
+  int64: 'INT64',
+  int32: 'INT32',
+  int8: 'INT8',
+  uint8: 'UINT8',
+  bool: 'BOOL',
+};
+const FROM_V2 = new Map(Object.entries(V2_DATATYPE).map(([d, v]) => [v, d as DType]));
+/** v2 types the spec has and the engines here do not carry (named in the error, so a client knows it is not a typo). */
+const UNSUPPORTED = ['UINT16', 'UINT32', 'UINT64', 'INT16', 'FP64', 'BF16'];
+
+/** The engine data type of a v2 name (BYTES is not one: it is handled as encoded images). */
+export function engineDtype(datatype: string, name: string): DType {
+  const d = FROM_V2.get(datatype);
+  if (d) return d;
+  if (UNSUPPORTED.includes(datatype)) throw invalid(`input ${name}: datatype ${datatype} is not supported by this gateway's engines`);
+  throw invalid(`input ${name}: unknown datatype ${JSON.stringify(datatype)} (use ${[...FROM_V2.keys(), 'BYTES'].join(', ')})`);
+}
+
+/** A shape as clients send it (JSON numbers, or gRPC int64 as strings): non-negative safe integers. */
+export function parseShape(shape: unknown, name: string): number[] {
+  if (!Array.isArray(shape)) throw invalid(`input ${name}: shape must be an array`);
+  return shape.map((d) => {
+    const n = typeof d === 'string' && /^\d+$/.test(d) ? Number(d) : d;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
+      throw invalid(`input ${name}: shape must hold non-negative integers, got ${JSON.stringify(shape)}`);
+    return n;
+  });
+}
+
+const INT_RANGE: Partial<Record<DType, [number, number]>> = {
+  int32: [-(2 ** 31), 2 ** 31 - 1],
+  int8: [-128, 127],
+  uint8: [0, 255],
+};
+
+/**
+ * Element values (from JSON `data`, flattened, or gRPC `contents`) as little-endian bytes of the engine type. INT64
+ * elements may be numbers or decimal strings (gRPC's int64 and JSON numbers past 2^53).
+ */
+export function valuesToBytes(dtype: DType, values: readonly unknown[], name: string): Uint8Array {
+  const bad = (v: unknown) => invalid(`input ${name}: ${JSON.stringify(v)} is not a ${V2_DATATYPE[dtype]} value`);
+  const n = values.length;
+  let out: TensorData;
+  switch (dtype) {
+    case 'float32':
+    case 'float16': {
+      const f = dtype === 'float32' ? new Float32Array(n) : new Uint16Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        if (typeof v !== 'number') throw bad(v);
+        f[i] = dtype === 'float32' ? v : floatToHalf(v);
+      }
+      out = f;
+      break;
+    }
+    case 'int64': {
+      const b = new BigInt64Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        if (typeof v === 'number' && Number.isSafeInteger(v)) b[i] = BigInt(v);
+        else if (typeof v === 'string' && /^-?\d{1,19}$/.test(v) && BigInt.asIntN(64, BigInt(v)) === BigInt(v)) b[i] = BigInt(v);
+        else throw bad(v);
+      }
+      out = b;
+      break;
+    }
+    case 'bool': {
+      const b = new Uint8Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        if (typeof v === 'boolean') b[i] = v ? 1 : 0;
+        else if (v === 0 || v === 1) b[i] = v;
+        else throw bad(v);
+      }
+      out = b;
+      break;
+    }
+    default: {
+      const [lo, hi] = INT_RANGE[dtype]!;
+      const t = dtype === 'int32' ? new Int32Array(n) : dtype === 'int8' ? new Int8Array(n) : new Uint8Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) throw bad(v);
+        t[i] = v;
+      }
+      out = t;
+    }
+  }
+  return toBytes(out);
+}
+
+/** A tensor's elements as JSON values: numbers (float16 decoded, int64 as numbers), booleans for BOOL. */
+export function tensorToValues(t: Tensor): (number | boolean)[] {
+  const d = t.data;
+  const out = new Array<number | boolean>(d.length);
+  if (t.dtype === 'float16') for (let i = 0; i < d.length; i++) out[i] = halfToFloat(d[i] as number);
+  else if (t.dtype === 'bool') for (let i = 0; i < d.length; i++) out[i] = d[i] !== 0;
+  else for (let i = 0; i < d.length; i++) out[i] = Number(d[i]);
+  return out;
+}
+
+/** Element count of a shape, with the data's count checked against it. */
+export function checkCount(name: string, shape: readonly number[], count: number): void {
+  const expected = elementCount(shape);
+  if (count !== expected) throw invalid(`input ${name}: ${count} elements for shape [${shape.join(',')}] (expected ${expected})`);
+}
+
+// ---- BYTES ----
+
+/** BYTES elements in their binary layout: each a 4-byte little-endian length, then its bytes. */
+export function serializeBytes(elements: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(elements.reduce((n, e) => n + 4 + e.length, 0));
+  const view = new DataView(out.buffer);
+  let at = 0;
+  for (const e of elements) {
+    view.setUint32(at, e.length, true);
+    out.set(e, at + 4);
+    at += 4 + e.length;
+  }
+  return out;
+}
+
+/**
+ * BYTES elements from their binary layout. A single element may also come as the bare bytes (OpenVINO Model Server
+ * accepts one image without its length prefix): a buffer that does not parse as length-prefixed elements, when one
+ * element is expected, is that element. An encoded image never parses as one (its first four bytes make a length
+ * far past the end).
+ */
+export function parseBytes(buf: Uint8Array, expected: number, name: string): Uint8Array[] {
+  const elements: Uint8Array[] = [];
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let at = 0;
+  while (at + 4 <= buf.length) {
+    const len = view.getUint32(at, true);
+    if (at + 4 + len > buf.length) break;
+    elements.push(buf.subarray(at + 4, at + 4 + len));
+    at += 4 + len;
+  }
+  if (at === buf.length && elements.length === expected) return elements;
+  if (expected === 1 && buf.length > 0) return [buf];
+  throw invalid(`input ${name}: BYTES data does not hold ${expected} length-prefixed elements`);
+}
+
+/** BYTES elements from JSON: strings (their UTF-8 bytes) or `{"b64": "<base64>"}` (for binary data such as photos). */
+export function jsonBytesElement(v: unknown, name: string): Uint8Array {
+  if (typeof v === 'string') return new TextEncoder().encode(v);
+  if (v && typeof v === 'object' && typeof (v as { b64?: unknown }).b64 === 'string') {
+    const s = (v as { b64: string }).b64;
+    if (!/^[A-Za-z0-9+/\r\n]*={0,2}$/.test(s)) throw invalid(`input ${name}: b64 is not base64`);
+    const b = Buffer.from(s, 'base64');
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  }
+  throw invalid(`input ${name}: a BYTES element is a string or {"b64": "..."}`);
+}
+
+// ---- gRPC typed contents ----
+
+/** The field of InferTensorContents that carries each type. */
+const CONTENTS_FIELD: Record<DType, string | null> = {
+  float32: 'fp32_contents',
+  float16: null, // no 16-bit field: FP16 travels as raw contents only
+  int64: 'int64_contents',
+  int32: 'int_contents',
+  int8: 'int_contents',
+  uint8: 'uint_contents',
+  bool: 'bool_contents',
+};
+
+export type Contents = Partial<Record<string, unknown[]>>;
+
+/** Element values of an input's typed contents. */
+export function contentsValues(dtype: DType, contents: Contents | null | undefined, name: string): unknown[] {
+  const field = CONTENTS_FIELD[dtype];
+  if (!field) throw invalid(`input ${name}: FP16 has no typed contents field; send it in raw_input_contents`);
+  return contents?.[field] ?? [];
+}
+
+/** A tensor as typed contents, or null when its type has no field (FP16: the response goes raw). */
+export function tensorToContents(t: Tensor): Contents | null {
+  const field = CONTENTS_FIELD[t.dtype];
+  if (!field) return null;
+  if (t.dtype === 'int64') return { [field]: Array.from(t.data as BigInt64Array, String) };
+  if (t.dtype === 'bool') return { [field]: Array.from(t.data as Uint8Array, (v) => v !== 0) };
+  return { [field]: Array.from(t.data as ArrayLike<number>) };
+}
+
+// ---- classification extension ----
+
+/**
+ * The classification extension (Triton): the top `count` elements of each batch item of an output, by value, as
+ * `"<value>:<index>[:<label>]"` strings (value with six decimals, as Triton prints it); shape [batch, count].
+ */
+export function classifyOutput(
+  t: Tensor,
+  count: number,
+  labels: ReadonlyMap<number, string> | null,
+): { shape: number[]; elements: Uint8Array[] } {
+  const rows = t.shape.length ? t.shape[0] : 1;
+  const per = rows ? t.data.length / rows : 0;
+  const k = Math.min(count, per);
+  const enc = new TextEncoder();
+  const value = (i: number) => (t.dtype === 'float16' ? halfToFloat(t.data[i] as number) : Number(t.data[i]));
+  const isFloat = t.dtype === 'float32' || t.dtype === 'float16';
+  const elements: Uint8Array[] = [];
+  for (let r = 0; r < rows; r++) {
+    const base = r * per;
+    const order = Array.from({ length: per }, (_, i) => i).sort((a, b) => value(base + b) - value(base + a) || a - b);
+    for (const idx of order.slice(0, k)) {
+      const v = value(base + idx);
+      const label = labels?.get(idx);
+      elements.push(enc.encode(`${isFloat ? v.toFixed(6) : v}:${idx}${label ? `:${label}` : ''}`));
+    }
+  }
+  return { shape: [rows, k], elements };
+}

@@ -1,0 +1,253 @@
+import { readFileSync } from 'node:fs';
+import { ErrorCode, GatewayError } from '../../errors.ts';
+import { type Tensor, type TensorInfo } from '../../engine/types.ts';
+import { accessFor, type Caller, type Tokens } from '../../inference/access.ts';
+
+/** Who calls: the token it sent and where the call comes from (admin operations without ADMIN_TOKEN: loopback only). */
+export interface Who {
+  authorization: string | null | undefined;
+  caller: Caller;
+}
+import { RequestBudget } from '../../inference/budget.ts';
+import type { InferenceService } from '../../inference/service.ts';
+import type { Model } from '../../repository/model.ts';
+import type { ModelVersion } from '../../repository/version.ts';
+import { V2_DATATYPE, checkCount, classifyOutput, engineDtype } from './codec.ts';
+import { invalid } from './errors.ts';
+
+/**
+ * The Open Inference Protocol's operations, whatever the transport: REST (rest.ts) and gRPC (grpc.ts) decode their
+ * requests into these shapes, call these functions, and encode what they return. Every call goes through the
+ * InferenceService (admission, limits, batcher, metrics) with the caller's tokens and a RequestBudget.
+ */
+
+/** A decoded input tensor: raw little-endian bytes, or the elements of a BYTES tensor (encoded images). */
+export interface V2Input {
+  name: string;
+  datatype: string;
+  shape: number[];
+  data: Uint8Array | Uint8Array[];
+}
+export interface V2RequestedOutput {
+  name: string;
+  /** The classification extension: the top N as strings instead of the tensor. */
+  classification: number | null;
+}
+export interface V2InferRequest {
+  id: string | null;
+  inputs: V2Input[];
+  /** null: every output of the model. */
+  outputs: V2RequestedOutput[] | null;
+}
+/** An output: a tensor, or BYTES elements (classification). */
+export interface V2Output {
+  name: string;
+  datatype: string;
+  shape: number[];
+  tensor: Tensor | null;
+  elements: Uint8Array[] | null;
+}
+export interface V2InferResponse {
+  model_name: string;
+  model_version: string;
+  id: string | null;
+  outputs: V2Output[];
+}
+export interface V2TensorMetadata {
+  name: string;
+  datatype: string;
+  shape: number[];
+}
+export interface V2ModelMetadata {
+  name: string;
+  versions: string[];
+  platform: string;
+  inputs: V2TensorMetadata[];
+  outputs: V2TensorMetadata[];
+}
+export interface V2IndexEntry {
+  name: string;
+  version: string;
+  state: 'READY' | 'LOADING' | 'UNLOADING' | 'UNAVAILABLE';
+  reason: string;
+}
+
+/** What this server reports in its metadata: the extensions it implements (Triton's names). */
+export const EXTENSIONS = ['binary_tensor_data', 'classification', 'model_repository'];
+const PACKAGE = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { name: string; version: string };
+/** Platform names as Triton reports them. */
+const PLATFORMS: Record<string, string> = { onnxruntime: 'onnxruntime_onnx', openvino: 'openvino' };
+
+export interface KserveCoreOptions {
+  service: InferenceService;
+  tokens: Tokens;
+  /** Items (batch entries, images) in one request, as MAX_IMAGES_PER_REQUEST. */
+  maxImagesPerRequest?: number;
+}
+
+export type KserveCore = ReturnType<typeof createKserveCore>;
+
+/** A version as clients write it ("" or absent: the server's choice); anything but a positive integer is unknown. */
+export function parseVersion(model: string, version: string | null | undefined): number | null {
+  if (version === undefined || version === null || version === '') return null;
+  if (!/^[1-9]\d{0,9}$/.test(version)) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${model} has no version ${version}`);
+  return Number(version);
+}
+
+const tensorMetadata = (i: TensorInfo): V2TensorMetadata => ({
+  name: i.name,
+  datatype: V2_DATATYPE[i.dtype],
+  shape: i.shape.map((d) => d ?? -1),
+});
+
+function indexEntries(model: Model): V2IndexEntry[] {
+  const versions = [...model.versions.values()].sort((a, b) => a.version - b.version);
+  if (versions.length === 0) return [{ name: model.name, version: '', state: 'UNAVAILABLE', reason: 'no version loaded' }];
+  return versions.map((v) => ({ name: model.name, version: String(v.version), ...indexState(v) }));
+}
+
+function indexState(v: ModelVersion): Pick<V2IndexEntry, 'state' | 'reason'> {
+  switch (v.state) {
+    case 'AVAILABLE':
+      return { state: 'READY', reason: '' };
+    case 'START':
+    case 'LOADING':
+      return { state: 'LOADING', reason: '' };
+    case 'UNLOADING':
+      return { state: 'UNLOADING', reason: '' };
+    case 'END':
+      return { state: 'UNAVAILABLE', reason: v.errorMessage ?? 'unloaded' };
+  }
+}
+
+export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: KserveCoreOptions) {
+  const models = service.models;
+  const access = (who: Who) => accessFor(who.authorization, tokens, who.caller);
+
+  function resolveDescribed(name: string, version: string | null | undefined): { model: Model; version: ModelVersion | undefined } {
+    const model = models.require(name);
+    const v = parseVersion(name, version);
+    if (v === null) return { model, version: model.describedVersion() };
+    const mv = model.versions.get(v);
+    if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
+    return { model, version: mv };
+  }
+
+  return {
+    /** Liveness: the process answers (open to probes, like /health). */
+    live: () => true,
+    /** Readiness: every model the repository asks for is AVAILABLE (open to probes, like /ready). */
+    ready: () => models.ready,
+
+    serverMetadata(who: Who) {
+      access(who).checkApi();
+      return { name: PACKAGE.name, version: PACKAGE.version, extensions: EXTENSIONS };
+    },
+
+    /** Metadata of a version (default: the serving one, else the newest), as GraphQL's Model.inputs/outputs say. */
+    modelMetadata(who: Who, name: string, version?: string | null): V2ModelMetadata {
+      access(who).checkApi();
+      const { model, version: v } = resolveDescribed(name, version);
+      return {
+        name: model.name,
+        versions: [...model.versions.values()]
+          .filter((x) => x.state === 'AVAILABLE')
+          .map((x) => x.version)
+          .sort((a, b) => a - b)
+          .map(String),
+        platform: PLATFORMS[models.engine.name] ?? models.engine.name,
+        inputs: (v?.inputs ?? []).map(tensorMetadata),
+        outputs: (v?.outputs ?? []).map(tensorMetadata),
+      };
+    },
+
+    /** Is that version (default: the serving one) AVAILABLE? MODEL_NOT_FOUND for unknown models and versions. */
+    modelReady(who: Who, name: string, version?: string | null): boolean {
+      access(who).checkApi();
+      const model = models.require(name);
+      const v = parseVersion(name, version);
+      if (v === null) return model.servingVersion() !== undefined;
+      const mv = model.versions.get(v);
+      if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
+      return mv.state === 'AVAILABLE';
+    },
+
+    /**
+     * One inference. Raw tensors: dimension 0 is the batch (each item is batched with other requests, of any protocol).
+     * A BYTES input holds encoded images, one per element, decoded and preprocessed by the model's model.json.
+     */
+    async infer(who: Who, name: string, version: string | null | undefined, req: V2InferRequest): Promise<V2InferResponse> {
+      access(who).checkApi();
+      const versionNo = parseVersion(name, version);
+      if (req.inputs.length === 0) throw invalid('no inputs');
+      const budget = new RequestBudget({ maxImages: maxImagesPerRequest });
+      for (const o of req.outputs ?? [])
+        if (o.classification !== null && !(Number.isInteger(o.classification) && o.classification >= 1))
+          throw invalid(`output ${o.name}: classification must be a positive integer`);
+      const outputNames = req.outputs?.map((o) => o.name) ?? null;
+      const images = req.inputs.find((i) => i.datatype === 'BYTES');
+      let result;
+      if (images) {
+        if (req.inputs.length !== 1) throw invalid(`BYTES input ${images.name} holds encoded images: it must be the only input`);
+        const elements = images.data as Uint8Array[];
+        if (images.shape.length < 1 || images.shape.length > 2 || (images.shape.length === 2 && images.shape[1] !== 1))
+          throw invalid(`BYTES input ${images.name}: shape [N] (or [N,1]) for N encoded images, got [${images.shape.join(',')}]`);
+        checkCount(images.name, images.shape, elements.length);
+        budget.takeImages(elements.length);
+        result = await service.inferImages(
+          name,
+          versionNo,
+          elements.map((e) => () => Promise.resolve(e)),
+          { inputName: images.name, outputNames },
+        );
+      } else {
+        const inputs = req.inputs.map((i) => {
+          const dtype = engineDtype(i.datatype, i.name);
+          return { name: i.name, dtype, shape: i.shape, data: i.data as Uint8Array };
+        });
+        budget.takeImages(inputs[0].shape.length ? Math.max(1, inputs[0].shape[0]) : 1);
+        result = await service.inferBatch(name, versionNo, inputs, outputNames);
+      }
+      const wanted = req.outputs ?? Object.keys(result.outputs).map((n) => ({ name: n, classification: null }));
+      const outputs = wanted.map(({ name: n, classification }): V2Output => {
+        const t = result.outputs[n];
+        if (classification === null) return { name: n, datatype: V2_DATATYPE[t.dtype], shape: t.shape, tensor: t, elements: null };
+        const c = classifyOutput(t, classification, result.model.labels);
+        return { name: n, datatype: 'BYTES', shape: c.shape, tensor: null, elements: c.elements };
+      });
+      return { model_name: result.model.name, model_version: String(result.version.version), id: req.id, outputs };
+    },
+
+    /** Model repository extension: every model and version the repository knows, with its state. */
+    repositoryIndex(who: Who, readyOnly = false): V2IndexEntry[] {
+      const a = access(who);
+      a.checkApi();
+      a.requireAdmin();
+      const entries = models.models().flatMap(indexEntries);
+      return readyOnly ? entries.filter((e) => e.state === 'READY') : entries;
+    },
+
+    /**
+     * Load (or reload) a model: by name from the repository, or with a new model.json (`config`) and files to install
+     * as its next version (`files`). Resolves once a version is AVAILABLE; a failed load is an error.
+     */
+    async load(who: Who, name: string, opts: { config?: unknown; files?: { name: string; bytes: Uint8Array }[] } = {}): Promise<void> {
+      const a = access(who);
+      a.checkApi();
+      a.requireAdmin();
+      const model = await models.load(name, { config: opts.config, files: opts.files?.length ? opts.files : null });
+      if (model.servingVersion()) return;
+      const failed = [...model.versions.values()].sort((x, y) => y.version - x.version)[0];
+      const code = failed?.errorCode === ErrorCode.INVALID_MODEL_CONFIG ? ErrorCode.INVALID_MODEL_CONFIG : ErrorCode.MODEL_LOAD_FAILED;
+      throw new GatewayError(code, `model ${name} did not load: ${failed?.errorMessage ?? 'no version to load'}`);
+    },
+
+    /** Unload every version of a model; waits for its requests in flight. It stays unloaded until a load. */
+    async unload(who: Who, name: string): Promise<void> {
+      const a = access(who);
+      a.checkApi();
+      a.requireAdmin();
+      await models.unload(name);
+    },
+  };
+}

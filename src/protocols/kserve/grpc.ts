@@ -1,0 +1,232 @@
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { toBytes } from '../../engine/types.ts';
+import { requestContext, type Logger } from '../../log.ts';
+import {
+  checkCount,
+  contentsValues,
+  engineDtype,
+  parseBytes,
+  parseShape,
+  serializeBytes,
+  tensorToContents,
+  valuesToBytes,
+  type Contents,
+} from './codec.ts';
+import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from './core.ts';
+import { invalid, mapError } from './errors.ts';
+
+/**
+ * The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` from proto/open_inference_grpc.proto, served
+ * with @grpc/grpc-js on its own port. Tokens come in the `authorization` metadata; errors are gRPC status codes from
+ * errors.ts (the gateway's code in the `error-code` trailer). Requests may carry tensors in `raw_input_contents` or in
+ * typed `contents`; the response answers in the same form (raw when an output has no typed field, as FP16).
+ */
+export const PROTO_PATH = fileURLToPath(new URL('./proto/open_inference_grpc.proto', import.meta.url));
+/** keepCase: the proto's snake_case names; longs as strings: int64 values past 2^53 survive. */
+export const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
+
+interface Parameter {
+  parameter_choice?: string;
+  [k: string]: unknown;
+}
+type ParameterMap = Record<string, Parameter> | undefined;
+
+const paramValue = (p: Parameter | undefined): unknown => (p?.parameter_choice ? p[p.parameter_choice] : undefined);
+
+interface InferRequestMessage {
+  model_name: string;
+  model_version: string;
+  id: string;
+  parameters: ParameterMap;
+  inputs: { name: string; datatype: string; shape: string[]; parameters: ParameterMap; contents: Contents | null }[];
+  outputs: { name: string; parameters: ParameterMap }[];
+  raw_input_contents: Buffer[];
+}
+
+/** Decode ModelInferRequest; `raw` says whether it used raw_input_contents (the response mirrors it). */
+export function decodeInferRequest(msg: InferRequestMessage): { request: V2InferRequest; raw: boolean } {
+  const raw = msg.raw_input_contents.length > 0;
+  if (raw && msg.raw_input_contents.length !== msg.inputs.length)
+    throw invalid(`raw_input_contents holds ${msg.raw_input_contents.length} entries for ${msg.inputs.length} inputs`);
+  const inputs = msg.inputs.map((i, k): V2Input => {
+    const name = i.name;
+    const shape = parseShape(i.shape, name);
+    const count = shape.reduce((a, b) => a * b, 1);
+    if (raw) {
+      const b = msg.raw_input_contents[k];
+      const bytes = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      if (i.datatype === 'BYTES') return { name, datatype: i.datatype, shape, data: parseBytes(bytes, count, name) };
+      engineDtype(i.datatype, name);
+      return { name, datatype: i.datatype, shape, data: bytes };
+    }
+    if (i.datatype === 'BYTES') {
+      const elements = (i.contents?.bytes_contents ?? []) as Buffer[];
+      checkCount(name, shape, elements.length);
+      return { name, datatype: i.datatype, shape, data: elements.map((e) => new Uint8Array(e.buffer, e.byteOffset, e.byteLength)) };
+    }
+    const dtype = engineDtype(i.datatype, name);
+    const values = contentsValues(dtype, i.contents, name);
+    checkCount(name, shape, values.length);
+    return { name, datatype: i.datatype, shape, data: valuesToBytes(dtype, values, name) };
+  });
+  const outputs = msg.outputs.length
+    ? msg.outputs.map((o) => {
+        const c = paramValue(o.parameters?.classification);
+        const n = c === undefined ? null : Number(c);
+        if (n !== null && !Number.isFinite(n)) throw invalid(`output ${o.name}: classification must be a positive integer`);
+        return { name: o.name, classification: n };
+      })
+    : null;
+  return { request: { id: msg.id || null, inputs, outputs }, raw };
+}
+
+/** Encode ModelInferResponse in the request's form (raw, or typed contents where every output has a field). */
+export function encodeInferResponse(r: V2InferResponse, raw: boolean) {
+  const contents = raw ? null : r.outputs.map((o) => (o.elements ? { bytes_contents: o.elements } : tensorToContents(o.tensor!)));
+  const useRaw = !contents || contents.some((c) => c === null);
+  return {
+    model_name: r.model_name,
+    model_version: r.model_version,
+    id: r.id ?? '',
+    outputs: r.outputs.map((o, k) => ({
+      name: o.name,
+      datatype: o.datatype,
+      shape: o.shape,
+      contents: useRaw ? null : contents![k],
+    })),
+    raw_output_contents: useRaw ? r.outputs.map((o) => (o.elements ? serializeBytes(o.elements) : toBytes(o.tensor!.data))) : [],
+  };
+}
+
+type Handler = (request: never, who: Who) => unknown;
+
+/** The peer address of a call ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") as a plain address. */
+const peerAddress = (peer: string) => /^ipv[46]:\[?([^\]]+?)\]?:\d+$/.exec(peer)?.[1] ?? peer;
+
+export interface GrpcServerOptions {
+  core: KserveCore;
+  logger: Logger;
+  /** Largest message received (the gateway's MAX_UPLOAD_BYTES, not gRPC's 4 MiB default). */
+  maxMessageBytes?: number;
+}
+
+export interface KserveGrpcServer {
+  server: grpc.Server;
+  /** Bind and serve; resolves to the port (a free one when `port` is 0). */
+  listen(host: string, port: number): Promise<number>;
+  /** Stop accepting, let calls in flight finish (at most timeoutMs, then they are cancelled). */
+  close(timeoutMs: number): Promise<void>;
+}
+
+export function loadServiceDefinition(): grpc.ServiceDefinition {
+  const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(PROTO_PATH, LOADER_OPTIONS)) as unknown as {
+    inference: { GRPCInferenceService: { service: grpc.ServiceDefinition } };
+  };
+  return pkg.inference.GRPCInferenceService.service;
+}
+
+export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1024 }: GrpcServerOptions): KserveGrpcServer {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': -1,
+  });
+  const quiet = new Set(['ServerLive', 'ServerReady']);
+
+  const unary =
+    (rpc: string, fn: Handler): grpc.handleUnaryCall<unknown, unknown> =>
+    (call, callback) => {
+      const given = call.metadata.get('x-request-id')[0];
+      const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+      const t0 = performance.now();
+      const auth = call.metadata.get('authorization')[0];
+      requestContext.run({ requestId }, () => {
+        const done = (code: grpc.status) => {
+          if (!quiet.has(rpc)) logger.info({ rpc, code: grpc.status[code], ms: Math.round((performance.now() - t0) * 10) / 10 }, 'grpc');
+        };
+        Promise.resolve()
+          .then(() =>
+            fn(call.request as never, {
+              authorization: auth === undefined ? null : String(auth),
+              caller: { remoteAddress: peerAddress(call.getPeer()) },
+            }),
+          )
+          .then(
+            (response) => {
+              done(grpc.status.OK);
+              callback(null, response);
+            },
+            (e: unknown) => {
+              const m = mapError(e);
+              if (!m.expected) logger.error({ err: e, rpc }, 'unexpected error (kserve grpc)');
+              done(m.grpc);
+              const trailer = new grpc.Metadata();
+              trailer.set('error-code', m.code);
+              callback({ code: m.grpc, details: m.message, metadata: trailer });
+            },
+          );
+      });
+    };
+
+  const loadParams = (parameters: ParameterMap) => {
+    const files: { name: string; bytes: Uint8Array }[] = [];
+    let config: unknown;
+    for (const [k, p] of Object.entries(parameters ?? {})) {
+      const v = paramValue(p);
+      if (k === 'config') {
+        try {
+          config = typeof v === 'string' ? JSON.parse(v) : v;
+        } catch (e) {
+          throw invalid(`parameter config is not valid JSON: ${(e as Error).message}`);
+        }
+      } else if (k.startsWith('file:')) {
+        if (!(v instanceof Uint8Array)) throw invalid(`parameter ${k} must be bytes_param`);
+        files.push({ name: k.slice(5), bytes: v });
+      }
+    }
+    return { config, files };
+  };
+
+  server.addService(loadServiceDefinition(), {
+    ServerLive: unary('ServerLive', () => ({ live: core.live() })),
+    ServerReady: unary('ServerReady', () => ({ ready: core.ready() })),
+    ModelReady: unary('ModelReady', (r: { name: string; version: string }, auth) => ({ ready: core.modelReady(auth, r.name, r.version) })),
+    ServerMetadata: unary('ServerMetadata', (_r, auth) => core.serverMetadata(auth)),
+    ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
+    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage, auth) => {
+      const { request, raw } = decodeInferRequest(r);
+      return encodeInferResponse(await core.infer(auth, r.model_name, r.model_version, request), raw);
+    }),
+    RepositoryIndex: unary('RepositoryIndex', (r: { ready: boolean }, auth) => ({ models: core.repositoryIndex(auth, r.ready) })),
+    RepositoryModelLoad: unary('RepositoryModelLoad', async (r: { model_name: string; parameters: ParameterMap }, auth) => {
+      await core.load(auth, r.model_name, loadParams(r.parameters));
+      return {};
+    }),
+    RepositoryModelUnload: unary('RepositoryModelUnload', async (r: { model_name: string }, auth) => {
+      await core.unload(auth, r.model_name);
+      return {};
+    }),
+  });
+
+  return {
+    server,
+    listen: (host, port) =>
+      new Promise((resolve, reject) => {
+        const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+        server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+      }),
+    close: (timeoutMs) =>
+      new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, timeoutMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      }),
+  };
+}

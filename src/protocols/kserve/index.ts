@@ -1,0 +1,38 @@
+import type { Logger } from '../../log.ts';
+import type { Tokens } from '../../inference/access.ts';
+import type { InferenceService } from '../../inference/service.ts';
+import { createKserveCore } from './core.ts';
+import { createGrpcServer, type KserveGrpcServer } from './grpc.ts';
+import { createRestRoute, type RestRoute } from './rest.ts';
+
+export interface KserveOptions {
+  service: InferenceService;
+  logger: Logger;
+  tokens: Tokens;
+  /** Items (batch entries, images) in one request. */
+  maxImagesPerRequest?: number;
+  /** Largest REST body and gRPC message received. */
+  maxUploadBytes?: number;
+}
+
+export interface KserveProtocol {
+  /** REST under /v2, mounted on the gateway's HTTP port. */
+  route: RestRoute;
+  /** The gRPC service, on its own port (GRPC_PORT). */
+  grpc: KserveGrpcServer;
+}
+
+/** The Open Inference Protocol (KServe v2): REST on the HTTP port and gRPC on its own, over one InferenceService. */
+export function createKserveProtocol({
+  service,
+  logger,
+  tokens,
+  maxImagesPerRequest = 64,
+  maxUploadBytes = 50 * 1024 * 1024,
+}: KserveOptions): KserveProtocol {
+  const core = createKserveCore({ service, tokens, maxImagesPerRequest });
+  return {
+    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes }),
+    grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes }),
+  };
+}

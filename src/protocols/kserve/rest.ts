@@ -1,0 +1,296 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ErrorCode, GatewayError } from '../../errors.ts';
+import type { Logger } from '../../log.ts';
+import { toBytes } from '../../engine/types.ts';
+import {
+  checkCount,
+  engineDtype,
+  jsonBytesElement,
+  parseBytes,
+  parseShape,
+  serializeBytes,
+  tensorToValues,
+  valuesToBytes,
+} from './codec.ts';
+import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
+import { invalid, mapError } from './errors.ts';
+
+/**
+ * The Open Inference Protocol over HTTP/REST, under /v2 on the gateway's HTTP port, with Triton's binary tensor data
+ * extension (`Inference-Header-Content-Length`: a JSON header, then each binary tensor's bytes in order), the
+ * classification extension and the model repository extension. Errors are `{"error": "<message>"}` with the status of
+ * errors.ts (and the gateway's code in `x-error-code`). Hand-written on node:http: this adapter is the product (no
+ * maintained Node library serves the protocol), and it is small: routing by path, JSON, and one binary layout.
+ */
+export interface RestRoute {
+  match(pathname: string): boolean;
+  handle(req: IncomingMessage, res: ServerResponse): void;
+  errorBody(code: string, message: string): unknown;
+}
+
+const MODEL_PATH = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(?:\/(ready|infer))?$/;
+const REPOSITORY_PATH = /^\/v2\/repository\/models\/([^/]+)\/(load|unload)$/;
+const HEADER_LENGTH = 'inference-header-content-length';
+
+type Params = Record<string, unknown>;
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** A path this protocol does not serve (404) or a method it does not take there (405). */
+class Refusal {
+  constructor(
+    readonly status: number,
+    readonly message: string,
+  ) {}
+}
+
+const params = (v: unknown, where: string): Params => {
+  if (v === undefined || v === null) return {};
+  if (!isObject(v)) throw invalid(`${where}: parameters must be an object`);
+  return v;
+};
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The whole body, refused past `limit` bytes (a Content-Length past it is refused by the HTTP server before this). */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.pause(); // the answer closes the connection: the rest is never read
+        reject(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `request body exceeds the limit of ${limit} bytes`));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function parseJson(text: Buffer | string, what: string): unknown {
+  if (text.length === 0) return {};
+  try {
+    return JSON.parse(text.toString());
+  } catch (e) {
+    throw invalid(`${what} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+interface RestInfer {
+  request: V2InferRequest;
+  /** Names of the outputs to send as binary data. */
+  binary: Set<string>;
+  /** Every output binary when not named (request parameter binary_data_output). */
+  allBinary: boolean;
+}
+
+/** Decode an infer request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length). */
+export function parseInferRequest(body: Buffer, headerLength: string | undefined): RestInfer {
+  let json: Buffer = body;
+  let binary: Buffer | null = null;
+  if (headerLength !== undefined) {
+    const n = Number(headerLength);
+    if (!/^\d+$/.test(headerLength) || n > body.length)
+      throw invalid(`Inference-Header-Content-Length ${JSON.stringify(headerLength)} does not fit a body of ${body.length} bytes`);
+    json = body.subarray(0, n);
+    binary = body.subarray(n);
+  }
+  const doc = parseJson(json, 'the inference request');
+  if (!isObject(doc)) throw invalid('the inference request must be a JSON object');
+  if (!Array.isArray(doc.inputs)) throw invalid('the inference request needs "inputs": [...]');
+  if (doc.id !== undefined && typeof doc.id !== 'string') throw invalid('"id" must be a string');
+  const reqParams = params(doc.parameters, 'request');
+  let at = 0;
+  const inputs = doc.inputs.map((raw: unknown, k: number): V2Input => {
+    if (!isObject(raw) || typeof raw.name !== 'string') throw invalid(`inputs[${k}] needs a "name"`);
+    const name = raw.name;
+    if (typeof raw.datatype !== 'string') throw invalid(`input ${name} needs a "datatype"`);
+    const shape = parseShape(raw.shape, name);
+    const p = params(raw.parameters, `input ${name}`);
+    const datatype = raw.datatype;
+    if (p.binary_data_size !== undefined) {
+      const size = p.binary_data_size;
+      if (!binary) throw invalid(`input ${name}: binary_data_size needs the Inference-Header-Content-Length header`);
+      if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || at + size > binary.length)
+        throw invalid(`input ${name}: binary_data_size ${JSON.stringify(size)} goes past the end of the body`);
+      const bytes = new Uint8Array(binary.buffer, binary.byteOffset + at, size);
+      at += size;
+      if (datatype === 'BYTES')
+        return {
+          name,
+          datatype,
+          shape,
+          data: parseBytes(
+            bytes,
+            shape.reduce((a, b) => a * b, 1),
+            name,
+          ),
+        };
+      engineDtype(datatype, name);
+      return { name, datatype, shape, data: bytes };
+    }
+    if (raw.data === undefined) throw invalid(`input ${name} has no "data" (nor binary_data_size)`);
+    const values = Array.isArray(raw.data) ? raw.data.flat(Infinity) : [raw.data];
+    checkCount(name, shape, values.length);
+    if (datatype === 'BYTES') return { name, datatype, shape, data: values.map((v) => jsonBytesElement(v, name)) };
+    return { name, datatype, shape, data: valuesToBytes(engineDtype(datatype, name), values, name) };
+  });
+  if (binary && at !== binary.length) throw invalid(`${binary.length - at} bytes of binary data after the last binary input`);
+  const outputs = doc.outputs === undefined || doc.outputs === null ? null : doc.outputs;
+  if (outputs !== null && !Array.isArray(outputs)) throw invalid('"outputs" must be an array');
+  const binaryOutputs = new Set<string>();
+  const requested = outputs?.map((raw: unknown, k: number) => {
+    if (!isObject(raw) || typeof raw.name !== 'string') throw invalid(`outputs[${k}] needs a "name"`);
+    const p = params(raw.parameters, `output ${raw.name}`);
+    const c = p.classification;
+    if (c !== undefined && typeof c !== 'number') throw invalid(`output ${raw.name}: classification must be a positive integer`);
+    if (p.binary_data === true || (p.binary_data === undefined && reqParams.binary_data_output === true)) binaryOutputs.add(raw.name);
+    return { name: raw.name, classification: c ?? null };
+  });
+  return {
+    request: { id: (doc.id as string | undefined) ?? null, inputs, outputs: requested ?? null },
+    binary: binaryOutputs,
+    allBinary: requested === undefined && reqParams.binary_data_output === true,
+  };
+}
+
+/** Encode a response: JSON, or JSON then the binary outputs (with Inference-Header-Content-Length). */
+function sendInferResponse(res: ServerResponse, r: Awaited<ReturnType<KserveCore['infer']>>, parsed: RestInfer): void {
+  const parts: Uint8Array[] = [];
+  const outputs = r.outputs.map((o: V2Output) => {
+    const head = { name: o.name, datatype: o.datatype, shape: o.shape };
+    const bytes = () => (o.elements ? serializeBytes(o.elements) : toBytes(o.tensor!.data));
+    if (parsed.allBinary || parsed.binary.has(o.name)) {
+      const b = bytes();
+      parts.push(b);
+      return { ...head, parameters: { binary_data_size: b.length } };
+    }
+    return { ...head, data: o.elements ? o.elements.map((e) => Buffer.from(e).toString('utf8')) : tensorToValues(o.tensor!) };
+  });
+  const doc = { model_name: r.model_name, model_version: r.model_version, ...(r.id !== null ? { id: r.id } : {}), outputs };
+  if (parts.length === 0) return sendJson(res, 200, doc);
+  const header = Buffer.from(JSON.stringify(doc));
+  const body = Buffer.concat([header, ...parts]);
+  res.writeHead(200, {
+    'content-type': 'application/octet-stream',
+    'content-length': body.length,
+    'inference-header-content-length': header.length,
+  });
+  res.end(body);
+}
+
+/** Files of a load request: `"file:<path>": "<base64>"` parameters, installed under their base names. */
+function loadOptions(doc: unknown): { config?: unknown; files: { name: string; bytes: Uint8Array }[] } {
+  if (!isObject(doc)) throw invalid('the load request must be a JSON object');
+  const p = params(doc.parameters, 'load');
+  const files: { name: string; bytes: Uint8Array }[] = [];
+  let config: unknown;
+  for (const [k, v] of Object.entries(p)) {
+    if (k === 'config') config = typeof v === 'string' ? parseJson(v, 'parameter config') : v;
+    else if (k.startsWith('file:')) {
+      if (typeof v !== 'string' || !/^[A-Za-z0-9+/\r\n]*={0,2}$/.test(v)) throw invalid(`parameter ${k} must be base64`);
+      files.push({ name: k.slice(5), bytes: new Uint8Array(Buffer.from(v, 'base64')) });
+    }
+  }
+  return { config, files };
+}
+
+export function createRestRoute({
+  core,
+  logger,
+  maxBodyBytes = 50 * 1024 * 1024,
+}: {
+  core: KserveCore;
+  logger: Logger;
+  maxBodyBytes?: number;
+}): RestRoute {
+  const fail = (res: ServerResponse, e: unknown) => {
+    const m = mapError(e);
+    if (!m.expected) logger.error({ err: e }, 'unexpected error (kserve rest)');
+    if (res.headersSent) return void res.destroy();
+    res.setHeader('x-error-code', m.code);
+    if (m.code === ErrorCode.PAYLOAD_TOO_LARGE) res.setHeader('connection', 'close');
+    sendJson(res, m.http, { error: m.message });
+  };
+
+  async function route(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    const method = req.method ?? 'GET';
+    const auth: Who = {
+      authorization: req.headers.authorization,
+      caller: { remoteAddress: req.socket.remoteAddress, origin: req.headers.origin, host: req.headers.host },
+    };
+    const expect = (wanted: 'GET' | 'POST') => {
+      if (method !== wanted && !(wanted === 'GET' && method === 'HEAD')) {
+        res.setHeader('allow', wanted === 'GET' ? 'GET, HEAD' : wanted);
+        throw new Refusal(405, `${method} is not allowed on ${path}`);
+      }
+    };
+    if (path === '/v2' || path === '/v2/') {
+      expect('GET');
+      return sendJson(res, 200, core.serverMetadata(auth));
+    }
+    if (path === '/v2/health/live') {
+      expect('GET');
+      return sendJson(res, 200, { live: core.live() });
+    }
+    if (path === '/v2/health/ready') {
+      expect('GET');
+      const ready = core.ready();
+      return sendJson(res, ready ? 200 : 503, { ready });
+    }
+    const m = MODEL_PATH.exec(path);
+    if (m) {
+      const name = decodeURIComponent(m[1]);
+      const version = m[2] === undefined ? null : decodeURIComponent(m[2]);
+      if (m[3] === 'ready') {
+        expect('GET');
+        const ready = core.modelReady(auth, name, version);
+        return sendJson(res, ready ? 200 : 503, { name, ready });
+      }
+      if (m[3] === 'infer') {
+        expect('POST');
+        const body = await readBody(req, maxBodyBytes);
+        const header = req.headers[HEADER_LENGTH];
+        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header);
+        return sendInferResponse(res, await core.infer(auth, name, version, parsed.request), parsed);
+      }
+      expect('GET');
+      return sendJson(res, 200, core.modelMetadata(auth, name, version));
+    }
+    if (path === '/v2/repository/index') {
+      expect('POST');
+      const doc = parseJson(await readBody(req, maxBodyBytes), 'the index request');
+      const ready = isObject(doc) && doc.ready === true;
+      return sendJson(res, 200, core.repositoryIndex(auth, ready));
+    }
+    const r = REPOSITORY_PATH.exec(path);
+    if (r) {
+      expect('POST');
+      const name = decodeURIComponent(r[1]);
+      const doc = parseJson(await readBody(req, maxBodyBytes), `the ${r[2]} request`);
+      if (r[2] === 'load') await core.load(auth, name, loadOptions(doc));
+      else await core.unload(auth, name);
+      return sendJson(res, 200, {});
+    }
+    throw new Refusal(404, `nothing at ${path}`);
+  }
+
+  return {
+    match: (p) => p === '/v2' || p.startsWith('/v2/'),
+    errorBody: (_code, message) => ({ error: message }),
+    handle(req, res) {
+      const path = (req.url ?? '/').split('?')[0];
+      route(req, res, path).catch((e: unknown) => {
+        if (e instanceof Refusal) return sendJson(res, e.status, { error: e.message });
+        fail(res, e);
+      });
+    },
+  };
+}

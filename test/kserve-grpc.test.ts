@@ -1,0 +1,488 @@
+import { readFile } from 'node:fs/promises';
+import { status } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { ElemType, identityModel } from './onnx-builder.ts';
+import { fixture, image, startGateway, type TestGateway } from './helpers.ts';
+import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
+import { createKserveGrpcClient, errorCodeOf, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
+
+/**
+ * The Open Inference Protocol over gRPC, with a client built from the proto file (@grpc/grpc-js + proto-loader):
+ * every RPC, raw and typed contents, encoded images, classification, the repository RPCs, status codes, tokens and
+ * message sizes. And the protocols side by side: the same tensor gives the same bytes through GraphQL `infer`, REST
+ * JSON, REST binary and gRPC, and requests of two protocols share one engine call.
+ */
+
+/** A deterministic pseudo-random generator (tests must not depend on luck). */
+function random(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+/** The gRPC status of a failed call, with the gateway's code. */
+async function failure(p: Promise<unknown>): Promise<[string, string | undefined]> {
+  try {
+    await p;
+  } catch (e) {
+    return [status[(e as { code: number }).code], errorCodeOf(e)];
+  }
+  throw new Error('expected the call to fail');
+}
+
+const rawBytes = (b: Buffer | Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+
+describe('KServe v2 over gRPC', () => {
+  let gw: TestGateway;
+  let client: KserveGrpcClient;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        mobilenet: fixture('mobilenet'),
+        'id-f32': { onnx: identityModel(ElemType.FLOAT, ['N', 2, 3]), config: { task: 'raw' } },
+        'id-f16': { onnx: identityModel(ElemType.FLOAT16, ['N', 2, 3]), config: { task: 'raw' } },
+        'id-i64': { onnx: identityModel(ElemType.INT64, ['N', 3]), config: { task: 'raw' } },
+        'id-bool': { onnx: identityModel(ElemType.BOOL, ['N', 3]), config: { task: 'raw' } },
+        big: { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } },
+        // holds a batch open until two requests are in it (see 'a batch holds requests of two protocols')
+        shared: {
+          onnx: identityModel(ElemType.FLOAT, ['N', 2, 3]),
+          config: { task: 'raw', batching: { maxBatchSize: 2, maxDelayMs: 10_000, timeoutMs: 0 } },
+        },
+      },
+      env: { MAX_IMAGES_PER_REQUEST: '8' },
+    });
+    client = createKserveGrpcClient(`127.0.0.1:${gw.grpcPort}`);
+  });
+  afterAll(async () => {
+    client?.close();
+    await gw?.close();
+  });
+
+  it('ServerLive, ServerReady, ServerMetadata', async () => {
+    expect(await client.ServerLive()).toEqual({ live: true });
+    expect(await client.ServerReady()).toEqual({ ready: true });
+    expect(await client.ServerMetadata()).toEqual({
+      name: 'graphql-inference-gateway',
+      version: expect.any(String),
+      extensions: ['binary_tensor_data', 'classification', 'model_repository'],
+    });
+  });
+
+  it('ModelMetadata equals REST and GraphQL; ModelReady; NOT_FOUND for unknown models and versions', async () => {
+    const r = await gw.gql(`{ models { name inputs { name dtype shape } outputs { name dtype shape } } }`);
+    const v2 = { FLOAT32: 'FP32', FLOAT16: 'FP16', INT64: 'INT64', BOOL: 'BOOL' } as Record<string, string>;
+    for (const m of r.data.models) {
+      const meta = await client.ModelMetadata({ name: m.name });
+      const asV2 = (t: any) => ({ name: t.name, datatype: v2[t.dtype], shape: t.shape.map((d: number | null) => String(d ?? -1)) });
+      expect(meta, m.name).toEqual({
+        name: m.name,
+        versions: ['1'],
+        platform: 'onnxruntime_onnx',
+        inputs: m.inputs.map(asV2),
+        outputs: m.outputs.map(asV2),
+      });
+      const rest = await (await fetch(`${gw.url}/v2/models/${m.name}/versions/1`)).json();
+      const grpcForm = (t: any) => ({ ...t, shape: t.shape.map(String) });
+      expect(meta, m.name).toEqual({ ...rest, inputs: rest.inputs.map(grpcForm), outputs: rest.outputs.map(grpcForm) });
+    }
+    expect(await client.ModelReady({ name: 'mobilenet' })).toEqual({ ready: true });
+    expect(await client.ModelReady({ name: 'mobilenet', version: '1' })).toEqual({ ready: true });
+    expect(await failure(client.ModelReady({ name: 'nope' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+    expect(await failure(client.ModelMetadata({ name: 'mobilenet', version: '3' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+  });
+
+  it('ModelInfer with raw_input_contents answers raw; with typed contents answers in contents (INT64 past 2^53 exact)', async () => {
+    const x = new Float32Array([1.5, -2, 3.25, 0, 1e30, -1e-30]);
+    const raw = await client.ModelInfer({
+      model_name: 'id-f32',
+      id: 'r1',
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3] }],
+      raw_input_contents: [Buffer.from(x.buffer)],
+    });
+    expect(raw).toMatchObject({
+      model_name: 'id-f32',
+      model_version: '1',
+      id: 'r1',
+      outputs: [{ name: 'y', datatype: 'FP32', shape: ['1', '2', '3'] }],
+    });
+    expect(raw.outputs[0].contents).toBeNull();
+    expect(raw.raw_output_contents[0].equals(Buffer.from(x.buffer))).toBe(true);
+
+    const typed = await client.ModelInfer({
+      model_name: 'id-f32',
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], contents: { fp32_contents: Array.from(x) } }],
+    });
+    expect(typed.raw_output_contents).toEqual([]);
+    expect(typed.outputs[0].contents.fp32_contents).toEqual(Array.from(x));
+
+    const big = ['-9223372036854775808', '9007199254740993', '9223372036854775807'];
+    const i64 = await client.ModelInfer({
+      model_name: 'id-i64',
+      inputs: [{ name: 'x', datatype: 'INT64', shape: [1, 3], contents: { int64_contents: big } }],
+    });
+    expect(i64.outputs[0].contents.int64_contents).toEqual(big);
+    const bools = await client.ModelInfer({
+      model_name: 'id-bool',
+      inputs: [{ name: 'x', datatype: 'BOOL', shape: [1, 3], contents: { bool_contents: [true, false, true] } }],
+    });
+    expect(bools.outputs[0].contents.bool_contents).toEqual([true, false, true]);
+  });
+
+  it('FP16 travels raw only: typed contents are refused, and a typed request for an FP16 output is answered raw', async () => {
+    expect(
+      await failure(
+        client.ModelInfer({
+          model_name: 'id-f16',
+          inputs: [{ name: 'x', datatype: 'FP16', shape: [1, 2, 3], contents: { fp32_contents: [1, 2, 3, 4, 5, 6] } }],
+        }),
+      ),
+    ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    const half = new Uint16Array([0x3c00, 0xc000, 0x7bff, 0x0001, 0x8000, 0x3555]);
+    const r = await client.ModelInfer({
+      model_name: 'id-f16',
+      inputs: [{ name: 'x', datatype: 'FP16', shape: [1, 2, 3] }],
+      raw_input_contents: [Buffer.from(half.buffer)],
+    });
+    expect(r.raw_output_contents[0].equals(Buffer.from(half.buffer))).toBe(true);
+  });
+
+  it('a JPEG as BYTES (bytes_contents, or raw length-prefixed) gives the same top-1 as GraphQL classify; classification parameter', async () => {
+    const photos = ['zebra.jpeg', 'snail.jpeg'];
+    const jpegs = await Promise.all(photos.map((p) => readFile(image(p))));
+    const expected = [];
+    for (const p of photos) {
+      const g = await gw.gql(
+        `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId label } } }`,
+        { f: null },
+        { files: { f: image(p) } },
+      );
+      const top = g.data.classify.predictions[0];
+      expected.push(`${top.classId}:${top.label}`);
+    }
+    expect(expected).toEqual(['340:zebra', '113:snail']);
+    const strip = (s: Buffer) => s.toString().split(':').slice(1).join(':'); // drop the value
+
+    const typed = await client.ModelInfer({
+      model_name: 'mobilenet',
+      inputs: [{ name: 'input', datatype: 'BYTES', shape: [2], contents: { bytes_contents: jpegs } }],
+      outputs: [{ name: 'output', parameters: { classification: { int64_param: 1 } } }],
+    });
+    expect(typed.outputs[0]).toMatchObject({ datatype: 'BYTES', shape: ['2', '1'] });
+    expect(typed.outputs[0].contents.bytes_contents.map(strip)).toEqual(expected);
+
+    const prefixed = Buffer.concat(
+      jpegs.flatMap((j) => {
+        const len = Buffer.alloc(4);
+        len.writeUInt32LE(j.length);
+        return [len, j];
+      }),
+    );
+    const raw = await client.ModelInfer({
+      model_name: 'mobilenet',
+      inputs: [{ name: 'input', datatype: 'BYTES', shape: [2] }],
+      outputs: [{ name: 'output' }],
+      raw_input_contents: [prefixed],
+    });
+    expect(raw.outputs[0]).toMatchObject({ datatype: 'FP32', shape: ['2', '1000'] });
+    const logits = new Float32Array(new Uint8Array(raw.raw_output_contents[0]).buffer);
+    const argmax = (a: Float32Array) => a.indexOf(Math.max(...a));
+    expect([argmax(logits.subarray(0, 1000)), argmax(logits.subarray(1000))]).toEqual([340, 113]);
+  });
+
+  it('status codes from the error table, the error-code trailer, and the server keeps serving', async () => {
+    const infer = (req: object) => failure(client.ModelInfer(req));
+    const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };
+    const six = [Buffer.alloc(24)];
+    expect(await infer({ model_name: 'nope', inputs: [x], raw_input_contents: six })).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+    expect(await infer({ model_name: 'id-f32', inputs: [{ ...x, shape: [1, 3, 2] }], raw_input_contents: six })).toEqual([
+      'INVALID_ARGUMENT',
+      'INVALID_INPUT',
+    ]);
+    expect(await infer({ model_name: 'id-f32', inputs: [x], raw_input_contents: [Buffer.alloc(20)] })).toEqual([
+      'INVALID_ARGUMENT',
+      'INVALID_INPUT',
+    ]);
+    expect(await infer({ model_name: 'id-f32', inputs: [x, x], raw_input_contents: six })).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    expect(await infer({ model_name: 'id-f32', inputs: [{ ...x, datatype: 'BF16' }], raw_input_contents: six })).toEqual([
+      'INVALID_ARGUMENT',
+      'INVALID_INPUT',
+    ]);
+    expect(
+      await infer({
+        model_name: 'mobilenet',
+        inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [Buffer.from('junk')] } }],
+      }),
+    ).toEqual(['INVALID_ARGUMENT', 'INVALID_IMAGE']);
+    expect(await infer({ model_name: 'id-f32', inputs: [{ ...x, shape: [9, 2, 3] }], raw_input_contents: [Buffer.alloc(9 * 24)] })).toEqual(
+      ['RESOURCE_EXHAUSTED', 'LIMIT_EXCEEDED'],
+    );
+    await client.RepositoryModelUnload({ model_name: 'id-f16' });
+    expect(await infer({ model_name: 'id-f16', inputs: [{ ...x, datatype: 'FP16' }], raw_input_contents: [Buffer.alloc(12)] })).toEqual([
+      'UNAVAILABLE',
+      'MODEL_NOT_READY',
+    ]);
+    expect(await client.ModelReady({ name: 'id-f16' })).toEqual({ ready: false });
+    await client.RepositoryModelLoad({ model_name: 'id-f16' });
+    expect(await client.ModelReady({ name: 'id-f16' })).toEqual({ ready: true });
+    expect((await client.ModelInfer({ model_name: 'id-f32', inputs: [x], raw_input_contents: six })).model_name).toBe('id-f32');
+  });
+
+  it('property: random ModelInfer requests get a typed status or an answer, never INTERNAL', async () => {
+    const input = fc.record({
+      name: fc.constantFrom('x', 'input', 'z'),
+      datatype: fc.constantFrom('FP32', 'FP16', 'INT64', 'BOOL', 'BYTES', 'UINT32', 'junk'),
+      shape: fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 4 }),
+      contents: fc.option(
+        fc.record(
+          {
+            fp32_contents: fc.array(fc.float(), { maxLength: 8 }),
+            int64_contents: fc.array(fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map(String), { maxLength: 8 }),
+            bool_contents: fc.array(fc.boolean(), { maxLength: 8 }),
+            bytes_contents: fc.array(
+              fc.uint8Array({ maxLength: 16 }).map((b) => Buffer.from(b)),
+              { maxLength: 3 },
+            ),
+          },
+          { requiredKeys: [] },
+        ),
+      ),
+    });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom('id-f32', 'id-f16', 'id-i64', 'mobilenet', 'nope'),
+        fc.array(input, { maxLength: 2 }),
+        fc.option(
+          fc.array(
+            fc.uint8Array({ maxLength: 32 }).map((b) => Buffer.from(b)),
+            { maxLength: 2 },
+          ),
+        ),
+        fc.option(
+          fc.array(
+            fc.record({ name: fc.constantFrom('y', 'output', 'q'), parameters: fc.constant({ classification: { int64_param: '2' } }) }),
+            { maxLength: 1 },
+          ),
+        ),
+        async (model, inputs, raw, outputs) => {
+          try {
+            await client.ModelInfer({ model_name: model, inputs, raw_input_contents: raw ?? [], outputs: outputs ?? [] });
+          } catch (e) {
+            const [code, gatewayCode] = [status[(e as { code: number }).code], errorCodeOf(e)];
+            expect(['NOT_FOUND', 'INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED', 'UNAVAILABLE'], `${code} ${(e as Error).message}`).toContain(
+              code,
+            );
+            expect(gatewayCode).toBeDefined();
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    expect(await client.ServerReady()).toEqual({ ready: true });
+  });
+
+  it('repository RPCs: index (all, ready only), unload, load, load from files with a config', async () => {
+    const index = await client.RepositoryIndex({});
+    expect(index.models).toContainEqual({ name: 'mobilenet', version: '1', state: 'READY', reason: '' });
+    await client.RepositoryModelUnload({ model_name: 'id-bool' });
+    expect((await client.RepositoryIndex({})).models).toContainEqual({
+      name: 'id-bool',
+      version: '1',
+      state: 'UNAVAILABLE',
+      reason: 'unloaded',
+    });
+    expect((await client.RepositoryIndex({ ready: true })).models.map((m: any) => m.name)).not.toContain('id-bool');
+    await client.RepositoryModelLoad({ model_name: 'id-bool' });
+    expect((await client.RepositoryIndex({ ready: true })).models.map((m: any) => m.name)).toContain('id-bool');
+    await client.RepositoryModelLoad({
+      model_name: 'from-grpc',
+      parameters: {
+        config: { string_param: JSON.stringify({ task: 'raw' }) },
+        'file:1/model.onnx': { bytes_param: Buffer.from(identityModel(ElemType.INT64, ['N', 2])) },
+      },
+    });
+    expect((await client.ModelMetadata({ name: 'from-grpc' })).inputs).toEqual([{ name: 'x', datatype: 'INT64', shape: ['-1', '2'] }]);
+    expect(await failure(client.RepositoryModelLoad({ model_name: 'nope' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+    expect(
+      await failure(
+        client.RepositoryModelLoad({ model_name: 'bad', parameters: { 'file:1/model.onnx': { bytes_param: Buffer.from('no') } } }),
+      ),
+    ).toEqual(['FAILED_PRECONDITION', 'MODEL_LOAD_FAILED']);
+  });
+
+  it('messages past gRPC’s 4 MiB default are accepted (the limit is MAX_UPLOAD_BYTES)', async () => {
+    const k = 1_500_000; // 6 MB of FP32
+    const data = new Float32Array(k).map((_, i) => i % 977);
+    const r = await client.ModelInfer({
+      model_name: 'big',
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, k] }],
+      raw_input_contents: [Buffer.from(data.buffer)],
+    });
+    expect(r.raw_output_contents[0].equals(Buffer.from(data.buffer))).toBe(true);
+  });
+
+  it('the same tensor gives the same bytes through GraphQL infer, REST JSON, REST binary and gRPC (raw and typed): FP32 and FP16', async () => {
+    const rnd = random(42);
+    const cases = [
+      // mobilenet: a real graph, float32
+      { model: 'mobilenet', input: 'input', output: 'output', v2: 'FP32', gql: 'FLOAT32', shape: [1, 3, 224, 224] },
+      // float16: random finite half values
+      { model: 'id-f16', input: 'x', output: 'y', v2: 'FP16', gql: 'FLOAT16', shape: [1, 2, 3] },
+    ];
+    for (const c of cases) {
+      const n = c.shape.reduce((a, b) => a * b, 1);
+      let bytes: Buffer;
+      let values: number[];
+      if (c.v2 === 'FP32') {
+        const f = Float32Array.from({ length: n }, () => (rnd() - 0.5) * 6);
+        bytes = Buffer.from(f.buffer);
+        values = Array.from(f);
+      } else {
+        const h = Uint16Array.from({ length: n }, () => {
+          const bits = Math.floor(rnd() * 0x10000);
+          return (bits & 0x7c00) === 0x7c00 ? bits & 0xbfff : bits; // no Inf/NaN
+        });
+        bytes = Buffer.from(h.buffer);
+        values = Array.from(h, halfToFloat);
+      }
+      const results: Record<string, Buffer> = {};
+
+      const g = await gw.gql(
+        `mutation($d: String!) { infer(model: "${c.model}", inputs: [{ name: "${c.input}", dtype: ${c.gql}, shape: ${JSON.stringify(c.shape)}, data: $d }]) { outputs { name data } } }`,
+        { d: bytes.toString('base64') },
+      );
+      results['graphql'] = Buffer.from(g.data.infer.outputs[0].data, 'base64');
+
+      const restJson = await (
+        await fetch(`${gw.url}/v2/models/${c.model}/infer`, {
+          method: 'POST',
+          body: JSON.stringify({ inputs: [{ name: c.input, datatype: c.v2, shape: c.shape, data: values }] }),
+        })
+      ).json();
+      const out = restJson.outputs[0].data as number[];
+      results['rest json'] =
+        c.v2 === 'FP32'
+          ? Buffer.from(Float32Array.from(out).buffer)
+          : rawBytes(new Uint8Array(new Uint16Array(out.map(floatToHalf)).buffer));
+
+      const header = Buffer.from(
+        JSON.stringify({
+          inputs: [{ name: c.input, datatype: c.v2, shape: c.shape, parameters: { binary_data_size: bytes.length } }],
+          outputs: [{ name: c.output, parameters: { binary_data: true } }],
+        }),
+      );
+      const res = await fetch(`${gw.url}/v2/models/${c.model}/infer`, {
+        method: 'POST',
+        body: new Uint8Array(Buffer.concat([header, bytes])),
+        headers: { 'inference-header-content-length': String(header.length) },
+      });
+      const body = Buffer.from(await res.arrayBuffer());
+      results['rest binary'] = body.subarray(Number(res.headers.get('inference-header-content-length')));
+
+      const raw = await client.ModelInfer({
+        model_name: c.model,
+        inputs: [{ name: c.input, datatype: c.v2, shape: c.shape }],
+        raw_input_contents: [bytes],
+      });
+      results['grpc raw'] = raw.raw_output_contents[0];
+      if (c.v2 === 'FP32') {
+        const typed = await client.ModelInfer({
+          model_name: c.model,
+          inputs: [{ name: c.input, datatype: c.v2, shape: c.shape, contents: { fp32_contents: values } }],
+        });
+        results['grpc contents'] = Buffer.from(Float32Array.from(typed.outputs[0].contents.fp32_contents as number[]).buffer);
+      }
+
+      const reference = results['graphql'];
+      expect(reference.length, c.model).toBe(c.model === 'mobilenet' ? 4000 : 12);
+      if (c.model === 'id-f16') expect(reference.equals(bytes)).toBe(true); // identity: what went in
+      for (const [protocol, b] of Object.entries(results)) expect(b.equals(reference), `${c.model} ${protocol}`).toBe(true);
+    }
+  });
+
+  it('a batch holds requests of two protocols: REST and gRPC share one engine call (Model.stats and /metrics say so)', async () => {
+    const version = gw.repository.get('shared')!.versions.get(1)!;
+    const stats = async () =>
+      (await gw.gql(`{ model(name: "shared") { stats { requests batches batchSizes { size count } } } }`)).data.model.stats[0];
+    const before = await stats();
+    // A third client has been admitted and is still preparing its input: the open batch waits for company (it goes
+    // when full, at maxBatchSize 2), so the REST and the gRPC request below must share it, however they are timed.
+    const preparing = version.admit();
+    try {
+      const a = [1, 2, 3, 4, 5, 6];
+      const b = [-1, -2, -3, -4, -5, -6];
+      const [rest, grpc] = await Promise.all([
+        fetch(`${gw.url}/v2/models/shared/infer`, {
+          method: 'POST',
+          body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: a }] }),
+        }).then((r) => r.json()),
+        client.ModelInfer({
+          model_name: 'shared',
+          inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3] }],
+          raw_input_contents: [Buffer.from(Float32Array.from(b).buffer)],
+        }),
+      ]);
+      // each got its own item back from the shared call
+      expect(rest.outputs[0].data).toEqual(a);
+      expect(Array.from(new Float32Array(new Uint8Array(grpc.raw_output_contents[0]).buffer))).toEqual(b);
+    } finally {
+      preparing.release();
+    }
+    const after = await stats();
+    expect(after.requests - before.requests).toBe(2);
+    expect(after.batches - before.batches).toBe(1);
+    expect(after.batchSizes).toContainEqual({ size: 2, count: 1 });
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).toMatch(/gateway_inference_batch_size_total\{model="shared",version="1",batch_size="2"\} 1/);
+    expect(metrics).toMatch(/gateway_inference_request_success_total\{model="shared",version="1"\} 2/);
+  });
+});
+
+describe('KServe v2 over gRPC with tokens and a small message limit', () => {
+  let gw: TestGateway;
+  let client: KserveGrpcClient;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { big: { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } } },
+      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(1024 * 1024) },
+    });
+    client = createKserveGrpcClient(`127.0.0.1:${gw.grpcPort}`);
+  });
+  afterAll(async () => {
+    client?.close();
+    await gw?.close();
+  });
+  const user = { authorization: 'Bearer user-token' };
+  const admin = { authorization: 'Bearer admin-token' };
+
+  it('authorization metadata: probes open, API token for the rest (UNAUTHENTICATED / PERMISSION_DENIED), admin token for the repository', async () => {
+    expect(await client.ServerLive()).toEqual({ live: true });
+    expect(await client.ServerReady()).toEqual({ ready: true });
+    expect(await failure(client.ServerMetadata())).toEqual(['UNAUTHENTICATED', 'UNAUTHENTICATED']);
+    expect(await failure(client.ModelMetadata({ name: 'big' }, { authorization: 'Bearer nope' }))).toEqual([
+      'PERMISSION_DENIED',
+      'FORBIDDEN',
+    ]);
+    expect((await client.ModelMetadata({ name: 'big' }, user)).name).toBe('big');
+    const req = { model_name: 'big', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2] }], raw_input_contents: [Buffer.alloc(8)] };
+    expect(await failure(client.ModelInfer(req))).toEqual(['UNAUTHENTICATED', 'UNAUTHENTICATED']);
+    expect((await client.ModelInfer(req, user)).model_name).toBe('big');
+    expect(await failure(client.RepositoryIndex({}, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
+    expect(await failure(client.RepositoryModelUnload({ model_name: 'big' }, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
+    expect((await client.RepositoryIndex({}, admin)).models).toEqual([{ name: 'big', version: '1', state: 'READY', reason: '' }]);
+  });
+
+  it('a message past MAX_UPLOAD_BYTES is RESOURCE_EXHAUSTED; smaller ones are served', async () => {
+    const k = 300_000; // 1.2 MB
+    const req = (n: number) => ({
+      model_name: 'big',
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, n] }],
+      raw_input_contents: [Buffer.alloc(4 * n)],
+    });
+    expect((await failure(client.ModelInfer(req(k), user)))[0]).toBe('RESOURCE_EXHAUSTED');
+    expect((await client.ModelInfer(req(100_000), user)).raw_output_contents[0].length).toBe(400_000);
+  });
+});

@@ -1,0 +1,514 @@
+import { readFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { ElemType, identityModel } from './onnx-builder.ts';
+import { fixture, image, startGateway, type TestGateway } from './helpers.ts';
+import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
+
+/**
+ * The Open Inference Protocol (KServe v2) over REST on the gateway's HTTP port, driven with plain fetch: every
+ * endpoint, JSON and binary tensor data, encoded images as BYTES, the classification and model repository extensions,
+ * the error statuses, and tokens. Cross-protocol checks (GraphQL, REST, gRPC) are in kserve-grpc.test.ts.
+ */
+
+const GRAPHQL_TO_V2: Record<string, string> = {
+  FLOAT32: 'FP32',
+  FLOAT16: 'FP16',
+  INT64: 'INT64',
+  INT32: 'INT32',
+  INT8: 'INT8',
+  UINT8: 'UINT8',
+  BOOL: 'BOOL',
+};
+
+const identities = {
+  'id-f32': ElemType.FLOAT,
+  'id-f16': ElemType.FLOAT16,
+  'id-i64': ElemType.INT64,
+  'id-i32': ElemType.INT32,
+  'id-i8': ElemType.INT8,
+  'id-u8': ElemType.UINT8,
+  'id-bool': ElemType.BOOL,
+} as const;
+
+/** A request body in the binary tensor data extension: the JSON header, then the tensors' bytes. */
+function binaryBody(header: unknown, parts: Uint8Array[]): { body: Buffer; headers: Record<string, string> } {
+  const json = Buffer.from(JSON.stringify(header));
+  return {
+    body: Buffer.concat([json, ...parts]),
+    headers: { 'inference-header-content-length': String(json.length), 'content-type': 'application/octet-stream' },
+  };
+}
+
+/** A binary response split into its JSON header and the bytes of each binary output. */
+async function readBinary(res: Response): Promise<{ json: any; parts: Record<string, Buffer> }> {
+  const body = Buffer.from(await res.arrayBuffer());
+  const n = Number(res.headers.get('inference-header-content-length'));
+  const json = JSON.parse(body.subarray(0, n).toString());
+  const parts: Record<string, Buffer> = {};
+  let at = n;
+  for (const o of json.outputs) {
+    const size = o.parameters?.binary_data_size;
+    if (size === undefined) continue;
+    parts[o.name] = body.subarray(at, at + size);
+    at += size;
+  }
+  expect(at).toBe(body.length);
+  return { json, parts };
+}
+
+/** BYTES elements in their binary layout (4-byte little-endian length, then the bytes). */
+const lengthPrefixed = (elements: Uint8Array[]) =>
+  Buffer.concat(
+    elements.flatMap((e) => {
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(e.length);
+      return [len, Buffer.from(e)];
+    }),
+  );
+
+describe('KServe v2 over REST', () => {
+  let gw: TestGateway;
+  let v2: string;
+  const get = (path: string, headers: Record<string, string> = {}) => fetch(`${v2}${path}`, { headers });
+  const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${v2}${path}`, {
+      method: 'POST',
+      body: Buffer.isBuffer(body) ? new Uint8Array(body) : JSON.stringify(body),
+      headers: { 'content-type': 'application/json', ...headers },
+    });
+  const json = async (r: Response | Promise<Response>) => {
+    const res = await r;
+    return { status: res.status, body: await res.json(), code: res.headers.get('x-error-code') };
+  };
+
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        mobilenet: fixture('mobilenet'),
+        yolox: fixture('yolox'),
+        ...Object.fromEntries(
+          Object.entries(identities).map(([name, t]) => [name, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }]),
+        ),
+        tiny: { onnx: identityModel(ElemType.FLOAT, ['N', 2]), config: { task: 'raw', batching: { maxQueueSize: 2 } } },
+      },
+      env: { MAX_IMAGES_PER_REQUEST: '8' },
+    });
+    v2 = `${gw.url}/v2`;
+  });
+  afterAll(() => gw?.close());
+
+  it('server metadata, liveness and readiness', async () => {
+    expect(await json(get(''))).toMatchObject({
+      status: 200,
+      body: {
+        name: 'graphql-inference-gateway',
+        version: expect.any(String),
+        extensions: ['binary_tensor_data', 'classification', 'model_repository'],
+      },
+    });
+    expect(await json(get('/health/live'))).toMatchObject({ status: 200, body: { live: true } });
+    expect(await json(get('/health/ready'))).toMatchObject({ status: 200, body: { ready: true } });
+  });
+
+  it('model metadata equals what GraphQL says of Model.inputs/outputs (with and without /versions/1)', async () => {
+    const r = await gw.gql(`{ models { name inputs { name dtype shape } outputs { name dtype shape } } }`);
+    expect(r.data.models.length).toBeGreaterThan(5);
+    const asV2 = (t: { name: string; dtype: string; shape: (number | null)[] }) => ({
+      name: t.name,
+      datatype: GRAPHQL_TO_V2[t.dtype],
+      shape: t.shape.map((d) => d ?? -1),
+    });
+    for (const m of r.data.models) {
+      const expected = {
+        name: m.name,
+        versions: ['1'],
+        platform: 'onnxruntime_onnx',
+        inputs: m.inputs.map(asV2),
+        outputs: m.outputs.map(asV2),
+      };
+      expect((await json(get(`/models/${m.name}`))).body, m.name).toEqual(expected);
+      expect((await json(get(`/models/${m.name}/versions/1`))).body, m.name).toEqual(expected);
+    }
+    expect((await json(get('/models/mobilenet'))).body.inputs).toEqual([{ name: 'input', datatype: 'FP32', shape: [-1, 3, 224, 224] }]);
+  });
+
+  it('model readiness, and 404 for unknown models and versions', async () => {
+    expect(await json(get('/models/mobilenet/ready'))).toMatchObject({ status: 200, body: { name: 'mobilenet', ready: true } });
+    expect(await json(get('/models/mobilenet/versions/1/ready'))).toMatchObject({ status: 200, body: { ready: true } });
+    for (const path of ['/models/nope/ready', '/models/mobilenet/versions/2/ready', '/models/mobilenet/versions/v1', '/models/nope']) {
+      const r = await json(get(path));
+      expect(r.status, path).toBe(404);
+      expect(r.body.error, path).toMatch(/no model|no version/);
+      expect(r.code, path).toBe('MODEL_NOT_FOUND');
+    }
+  });
+
+  it('infer with JSON tensors: every data type round-trips exactly; nested data; only the outputs asked for; the id comes back', async () => {
+    const cases: [string, string, unknown[]][] = [
+      ['id-f32', 'FP32', [1.5, -2.25, 3.4028234663852886e38, Math.fround(1e-45), 0, Math.fround(0.1)]],
+      ['id-f16', 'FP16', [1, -2, 0.5, 65504, halfToFloat(1), halfToFloat(floatToHalf(0.3))]],
+      ['id-i64', 'INT64', [-(2 ** 53) + 1, -1, 0, 1, 2 ** 40, 2 ** 53 - 1]],
+      ['id-i32', 'INT32', [-2147483648, -1, 0, 1, 7, 2147483647]],
+      ['id-i8', 'INT8', [-128, -1, 0, 1, 64, 127]],
+      ['id-u8', 'UINT8', [0, 1, 127, 128, 254, 255]],
+      ['id-bool', 'BOOL', [true, false, false, true, true, false]],
+    ];
+    for (const [model, datatype, data] of cases) {
+      const r = await json(
+        post(`/models/${model}/infer`, {
+          id: `req-${model}`,
+          inputs: [{ name: 'x', datatype, shape: [1, 2, 3], data: [data.slice(0, 3), data.slice(3)] }],
+          outputs: [{ name: 'y' }],
+        }),
+      );
+      expect(r.status, model).toBe(200);
+      expect(r.body, model).toEqual({
+        model_name: model,
+        model_version: '1',
+        id: `req-${model}`,
+        outputs: [{ name: 'y', datatype, shape: [1, 2, 3], data }],
+      });
+    }
+  });
+
+  it('a batch (dimension 0 > 1) is split into items, batched, and joined back in order', async () => {
+    const data = Array.from({ length: 4 * 6 }, (_, i) => i - 7.5);
+    const before = gw.repository.get('id-f32')!.versions.get(1)!.stats.requests;
+    const r = await json(post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [4, 2, 3], data }] }));
+    expect(r.status).toBe(200);
+    expect(r.body.outputs).toEqual([{ name: 'y', datatype: 'FP32', shape: [4, 2, 3], data }]);
+    expect(gw.repository.get('id-f32')!.versions.get(1)!.stats.requests - before).toBe(4);
+  });
+
+  it('binary tensor data extension: binary inputs, binary outputs (per output and for all), mixed with JSON', async () => {
+    const values = Float32Array.from({ length: 6 }, (_, i) => Math.sin(i) * 1000);
+    const bytes = new Uint8Array(values.buffer);
+    const header = {
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], parameters: { binary_data_size: bytes.length } }],
+      outputs: [{ name: 'y', parameters: { binary_data: true } }],
+    };
+    const { body, headers } = binaryBody(header, [bytes]);
+    const res = await post('/models/id-f32/infer', body, headers);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('application/octet-stream');
+    const { json: head, parts } = await readBinary(res);
+    expect(head.outputs).toEqual([{ name: 'y', datatype: 'FP32', shape: [1, 2, 3], parameters: { binary_data_size: 24 } }]);
+    expect(parts.y.equals(Buffer.from(bytes))).toBe(true);
+
+    // all outputs binary by the request parameter, no outputs named
+    const all = binaryBody({ ...header, outputs: undefined, parameters: { binary_data_output: true } }, [bytes]);
+    const { parts: p2 } = await readBinary(await post('/models/id-f32/infer', all.body, all.headers));
+    expect(p2.y.equals(Buffer.from(bytes))).toBe(true);
+
+    // binary in, JSON out
+    const mixed = binaryBody({ ...header, outputs: [{ name: 'y' }] }, [bytes]);
+    const r = await json(post('/models/id-f32/infer', mixed.body, mixed.headers));
+    expect(r.body.outputs[0].data).toEqual(Array.from(values));
+
+    // FP16 has no JSON type of its own: binary carries the half bits as they are
+    const half = new Uint16Array([0x3c00, 0xc000, 0x7bff, 0x0001, 0x8000, 0x3555]);
+    const h = binaryBody(
+      {
+        inputs: [{ name: 'x', datatype: 'FP16', shape: [1, 2, 3], parameters: { binary_data_size: 12 } }],
+        outputs: [{ name: 'y', parameters: { binary_data: true } }],
+      },
+      [new Uint8Array(half.buffer)],
+    );
+    const { parts: p3 } = await readBinary(await post('/models/id-f16/infer', h.body, h.headers));
+    expect(p3.y.equals(Buffer.from(half.buffer))).toBe(true);
+  });
+
+  it('a JPEG as BYTES is decoded and preprocessed by the model.json: the same top-1 as GraphQL classify', async () => {
+    const photos = ['zebra.jpeg', 'bee.jpeg', 'pelican.jpeg'];
+    const jpegs = await Promise.all(photos.map((p) => readFile(image(p))));
+    const graphqlTop = [];
+    for (const p of photos) {
+      const r = await gw.gql(
+        `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId label } } }`,
+        { f: null },
+        { files: { f: image(p) } },
+      );
+      graphqlTop.push(r.data.classify.predictions[0]);
+    }
+    expect(graphqlTop.map((p) => p.classId)).toEqual([340, 309, 144]);
+
+    // JSON: {"b64": ...} elements, classification extension
+    const r = await json(
+      post('/models/mobilenet/infer', {
+        inputs: [{ name: 'input', datatype: 'BYTES', shape: [3], data: jpegs.map((j) => ({ b64: j.toString('base64') })) }],
+        outputs: [{ name: 'output', parameters: { classification: 1 } }],
+      }),
+    );
+    expect(r.status).toBe(200);
+    expect(r.body.outputs[0]).toMatchObject({ name: 'output', datatype: 'BYTES', shape: [3, 1] });
+    const top = r.body.outputs[0].data.map((s: string) => s.split(':'));
+    expect(top.map((t: string[]) => Number(t[1]))).toEqual(graphqlTop.map((p) => p.classId));
+    expect(top.map((t: string[]) => t.slice(2).join(':'))).toEqual(graphqlTop.map((p) => p.label));
+
+    // binary: one photo as its bare bytes (as OpenVINO Model Server takes it), raw output tensor
+    const one = binaryBody(
+      {
+        inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], parameters: { binary_data_size: jpegs[0].length } }],
+        outputs: [{ name: 'output', parameters: { binary_data: true } }],
+      },
+      [jpegs[0]],
+    );
+    const { json: head, parts } = await readBinary(await post('/models/mobilenet/infer', one.body, one.headers));
+    expect(head.outputs[0]).toMatchObject({ datatype: 'FP32', shape: [1, 1000] });
+    const logits = new Float32Array(new Uint8Array(parts.output).buffer);
+    expect(logits.indexOf(Math.max(...logits))).toBe(340);
+
+    // binary: three photos, length-prefixed
+    const three = lengthPrefixed(jpegs);
+    const b = binaryBody(
+      {
+        inputs: [{ name: 'input', datatype: 'BYTES', shape: [3], parameters: { binary_data_size: three.length } }],
+        outputs: [{ name: 'output', parameters: { classification: 2 } }],
+      },
+      [three],
+    );
+    const r3 = await json(post('/models/mobilenet/infer', b.body, b.headers));
+    expect(r3.body.outputs[0].shape).toEqual([3, 2]);
+    expect(r3.body.outputs[0].data.filter((_: string, i: number) => i % 2 === 0).map((s: string) => Number(s.split(':')[1]))).toEqual([
+      340, 309, 144,
+    ]);
+  });
+
+  it('classification extension: "<value>:<index>[:<label>]", highest first, no label where the model has none (labels: the JPEG test)', async () => {
+    const r = await json(
+      post('/models/id-f32/infer', {
+        inputs: [{ name: 'x', datatype: 'FP32', shape: [2, 2, 3], data: [0.5, 3, -1, 2, 2, 0, 9, 8, 7, 6, 5, 4] }],
+        outputs: [{ name: 'y', parameters: { classification: 3 } }],
+      }),
+    );
+    expect(r.body.outputs).toEqual([
+      {
+        name: 'y',
+        datatype: 'BYTES',
+        shape: [2, 3],
+        data: ['3.000000:1', '2.000000:3', '2.000000:4', '9.000000:0', '8.000000:1', '7.000000:2'],
+      },
+    ]);
+  });
+
+  it('errors: {"error": ...} with the status of the table, and the server keeps serving', async () => {
+    const infer = (model: string, body: unknown) => json(post(`/models/${model}/infer`, body));
+    const x = (over: object = {}) => ({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6], ...over }] });
+    const cases: [string, Promise<{ status: number; body: any; code: string | null }>, number, string][] = [
+      ['unknown model', infer('nope', x()), 404, 'MODEL_NOT_FOUND'],
+      ['unknown version', json(post('/models/id-f32/versions/7/infer', x())), 404, 'MODEL_NOT_FOUND'],
+      ['wrong datatype', infer('id-f32', x({ datatype: 'INT32' })), 400, 'INVALID_INPUT'],
+      ['unknown datatype', infer('id-f32', x({ datatype: 'FLOAT' })), 400, 'INVALID_INPUT'],
+      ['unsupported datatype', infer('id-f32', x({ datatype: 'FP64' })), 400, 'INVALID_INPUT'],
+      ['wrong shape', infer('id-f32', x({ shape: [1, 3, 2] })), 400, 'INVALID_INPUT'],
+      ['too little data', infer('id-f32', x({ data: [1, 2] })), 400, 'INVALID_INPUT'],
+      ['not a number', infer('id-f32', x({ data: [1, 2, 3, 4, 5, 'six'] })), 400, 'INVALID_INPUT'],
+      ['out of range', infer('id-u8', x({ datatype: 'UINT8', data: [1, 2, 3, 4, 5, 256] })), 400, 'INVALID_INPUT'],
+      ['unknown input', infer('id-f32', x({ name: 'z' })), 400, 'INVALID_INPUT'],
+      ['unknown output', infer('id-f32', { ...x(), outputs: [{ name: 'nope' }] }), 400, 'INVALID_INPUT'],
+      [
+        'bad classification',
+        infer('id-f32', { ...x(), outputs: [{ name: 'y', parameters: { classification: 0 } }] }),
+        400,
+        'INVALID_INPUT',
+      ],
+      ['not JSON', json(post('/models/id-f32/infer', Buffer.from('{"inputs": ['))), 400, 'INVALID_INPUT'],
+      ['no inputs', infer('id-f32', {}), 400, 'INVALID_INPUT'],
+      [
+        'not an image',
+        infer('mobilenet', { inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: ['hello'] }] }),
+        400,
+        'INVALID_IMAGE',
+      ],
+      [
+        'image to a model without image preprocessing',
+        infer('id-f32', { inputs: [{ name: 'x', datatype: 'BYTES', shape: [1], data: ['hi'] }] }),
+        400,
+        'INVALID_INPUT',
+      ],
+      ['batch past MAX_IMAGES_PER_REQUEST', infer('id-f32', x({ shape: [9, 2, 3], data: new Array(54).fill(0) })), 400, 'LIMIT_EXCEEDED'],
+      [
+        'batch past maxQueueSize',
+        infer('tiny', { inputs: [{ name: 'x', datatype: 'FP32', shape: [3, 2], data: [1, 2, 3, 4, 5, 6] }] }),
+        503,
+        'QUEUE_FULL',
+      ],
+    ];
+    for (const [what, p, status, code] of cases) {
+      const r = await p;
+      expect([r.status, r.code], what).toEqual([status, code]);
+      expect(r.body, what).toEqual({ error: expect.any(String) });
+    }
+    const bad = binaryBody({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], parameters: { binary_data_size: 48 } }] }, [
+      new Uint8Array(24),
+    ]);
+    expect((await json(post('/models/id-f32/infer', bad.body, bad.headers))).status).toBe(400);
+    const extra = binaryBody({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], parameters: { binary_data_size: 24 } }] }, [
+      new Uint8Array(30),
+    ]);
+    expect((await json(post('/models/id-f32/infer', extra.body, extra.headers))).body.error).toMatch(/6 bytes of binary data after/);
+    expect((await json(get('/nothing/here'))).status).toBe(404);
+    const wrongMethod = await get('/models/id-f32/infer');
+    expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'POST']);
+    // healthy afterwards
+    expect((await infer('id-f32', x())).status).toBe(200);
+    expect((await json(get('/health/ready'))).status).toBe(200);
+  });
+
+  it('property: random requests (mutated JSON, binary headers and bodies) get a typed 4xx or an answer, never a 500', async () => {
+    const datatype = fc.constantFrom('FP32', 'FP16', 'INT64', 'UINT8', 'BOOL', 'BYTES', 'FP64', 'junk', '');
+    const value = fc.oneof(
+      fc.double(),
+      fc.integer(),
+      fc.boolean(),
+      fc.string({ maxLength: 4 }),
+      fc.constant(null),
+      fc.record({ b64: fc.base64String() }),
+    );
+    const input = fc.record(
+      {
+        name: fc.constantFrom('x', 'y', ''),
+        datatype,
+        shape: fc.array(fc.oneof(fc.integer({ min: -1, max: 4 }), fc.constant('2')), { maxLength: 4 }),
+        data: fc.oneof(fc.array(value, { maxLength: 8 }), fc.array(fc.array(value, { maxLength: 3 }), { maxLength: 3 }), value),
+        parameters: fc.oneof(
+          fc.constant(undefined),
+          fc.record({ binary_data_size: fc.oneof(fc.integer({ min: -2, max: 64 }), fc.string()) }),
+        ),
+      },
+      { requiredKeys: ['name'] },
+    );
+    const request = fc.record(
+      {
+        id: fc.oneof(fc.string(), fc.integer()),
+        inputs: fc.oneof(fc.array(input, { maxLength: 2 }), fc.constant('nope')),
+        outputs: fc.oneof(
+          fc.constant(undefined),
+          fc.array(fc.record({ name: fc.constantFrom('y', 'z'), parameters: fc.anything() }), { maxLength: 2 }),
+        ),
+        parameters: fc.anything(),
+      },
+      { requiredKeys: [] },
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        request,
+        fc.option(fc.uint8Array({ maxLength: 64 })),
+        fc.option(fc.integer({ min: -1, max: 400 })),
+        fc.constantFrom('id-f32', 'id-f16', 'mobilenet', 'nope'),
+        async (doc, binary, headerLength, model) => {
+          const text = Buffer.from(JSON.stringify(doc) ?? '');
+          const headers: Record<string, string> = {};
+          let body: Buffer = text;
+          if (binary) {
+            body = Buffer.concat([text, binary]);
+            headers['inference-header-content-length'] = String(headerLength ?? text.length);
+          }
+          const res = await post(`/models/${model}/infer`, body, headers);
+          const answer = await res.json();
+          expect([200, 400, 404, 413, 503], JSON.stringify(answer)).toContain(res.status);
+          if (res.status !== 200) expect(answer).toEqual({ error: expect.any(String) });
+        },
+      ),
+      { numRuns: 300 },
+    );
+    expect((await json(get('/health/ready'))).status).toBe(200);
+  });
+
+  it('model repository extension: index, unload (503 while unloaded), load; upload a new model as files', async () => {
+    const index = (await json(post('/repository/index', {}))).body;
+    expect(index).toContainEqual({ name: 'mobilenet', version: '1', state: 'READY', reason: '' });
+    expect(await json(post('/repository/models/id-i8/unload', {}))).toMatchObject({ status: 200, body: {} });
+    expect((await json(post('/repository/index', {}))).body).toContainEqual({
+      name: 'id-i8',
+      version: '1',
+      state: 'UNAVAILABLE',
+      reason: 'unloaded',
+    });
+    expect((await json(post('/repository/index', { ready: true }))).body.map((e: any) => e.name)).not.toContain('id-i8');
+    expect(await json(get('/models/id-i8/ready'))).toMatchObject({ status: 503, body: { name: 'id-i8', ready: false } });
+    expect((await json(get('/health/ready'))).status).toBe(200); // unloaded on purpose: the server is still ready
+    const r = await json(
+      post('/models/id-i8/infer', { inputs: [{ name: 'x', datatype: 'INT8', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6] }] }),
+    );
+    expect([r.status, r.code]).toEqual([503, 'MODEL_NOT_READY']);
+    expect(await json(post('/repository/models/id-i8/load', {}))).toMatchObject({ status: 200, body: {} });
+    expect((await json(get('/models/id-i8/ready'))).body.ready).toBe(true);
+
+    // a new model from files (Triton's "file:<path>" parameters, base64) and a config (model.json)
+    const onnx = Buffer.from(identityModel(ElemType.FLOAT, ['N', 4])).toString('base64');
+    const load = await json(
+      post('/repository/models/uploaded/load', { parameters: { config: JSON.stringify({ task: 'raw' }), 'file:1/model.onnx': onnx } }),
+    );
+    expect(load.status).toBe(200);
+    expect((await json(get('/models/uploaded'))).body.inputs).toEqual([{ name: 'x', datatype: 'FP32', shape: [-1, 4] }]);
+    const broken = await json(
+      post('/repository/models/broken/load', { parameters: { 'file:1/model.onnx': Buffer.from('not onnx').toString('base64') } }),
+    );
+    expect([broken.status, broken.code]).toEqual([400, 'MODEL_LOAD_FAILED']);
+    expect(broken.body.error).toMatch(/(was not|did not) load/);
+    expect([(await json(post('/repository/models/nope/load', {}))).status]).toEqual([404]);
+  });
+});
+
+describe('KServe v2 over REST with tokens and small limits', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { 'id-f32': { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } } },
+      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(64 * 1024) },
+    });
+  });
+  afterAll(() => gw?.close());
+  const call = async (method: string, path: string, token?: string, body?: BodyInit, headers: Record<string, string> = {}) => {
+    const res = await fetch(`${gw.url}/v2${path}`, {
+      method,
+      body,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
+    });
+    return { status: res.status, code: res.headers.get('x-error-code'), body: await res.json() };
+  };
+
+  it('probes are open; everything else needs an API token (401 without, 403 wrong); the repository needs the admin token', async () => {
+    expect((await call('GET', '/health/live')).status).toBe(200);
+    expect((await call('GET', '/health/ready')).status).toBe(200);
+    for (const path of ['', '/models/id-f32', '/models/id-f32/ready']) {
+      expect(await call('GET', path), path).toMatchObject({ status: 401, code: 'UNAUTHENTICATED', body: { error: expect.any(String) } });
+      expect(await call('GET', path, 'wrong'), path).toMatchObject({ status: 403, code: 'FORBIDDEN' });
+      expect((await call('GET', path, 'user-token')).status, path).toBe(200);
+      expect((await call('GET', path, 'admin-token')).status, path).toBe(200);
+    }
+    const body = JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2], data: [1, 2] }] });
+    expect((await call('POST', '/models/id-f32/infer', undefined, body)).status).toBe(401);
+    expect((await call('POST', '/models/id-f32/infer', 'user-token', body)).body.outputs[0].data).toEqual([1, 2]);
+    expect((await call('POST', '/repository/index')).status).toBe(401);
+    expect(await call('POST', '/repository/index', 'user-token')).toMatchObject({ status: 403, code: 'FORBIDDEN' });
+    expect(await call('POST', '/repository/models/id-f32/unload', 'user-token')).toMatchObject({ status: 403 });
+    expect((await call('POST', '/repository/index', 'admin-token')).body).toEqual([
+      { name: 'id-f32', version: '1', state: 'READY', reason: '' },
+    ]);
+  });
+
+  it('a body past MAX_UPLOAD_BYTES is 413, with or without Content-Length', async () => {
+    const big = Buffer.alloc(100 * 1024, 32);
+    expect(await call('POST', '/models/id-f32/infer', 'user-token', big)).toMatchObject({
+      status: 413,
+      body: { error: expect.any(String) },
+    });
+    const chunked = new ReadableStream({
+      start(c) {
+        c.enqueue(new Uint8Array(big));
+        c.close();
+      },
+    });
+    const res = await fetch(`${gw.url}/v2/models/id-f32/infer`, {
+      method: 'POST',
+      body: chunked,
+      headers: { authorization: 'Bearer user-token' },
+      duplex: 'half',
+    } as RequestInit);
+    expect([res.status, res.headers.get('x-error-code')]).toEqual([413, 'PAYLOAD_TOO_LARGE']);
+    expect((await call('GET', '/health/live')).status).toBe(200);
+  });
+});
