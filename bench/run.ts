@@ -1,26 +1,45 @@
 /**
- * npm run bench: throughput and latency of the gateway against the in-process limit, with batching on and off, and
- * of its protocols (GraphQL multipart, KServe v2 gRPC with the JPEG as BYTES or with the preprocessed tensor), at
- * concurrency 1, 4, 16 and 64, all measured side by side in one run. Writes bench/results.json and
- * bench/chart.svg. Uses the project's own model (models/mobilenet) and photos (test/fixtures/images). Only talks to
- * 127.0.0.1; the server it starts is stopped however the run ends.
+ * npm run bench: the gateway against the in-process limit and a naive server, side by side in one interleaved run.
+ *
+ * Modes (each a separate process but the in-process one, all on 127.0.0.1):
+ * - in-process: the limit without a server: decode, preprocess, the same batcher and engine, in this process;
+ * - gateway: the real server as `npm start` runs it, GraphQL multipart uploads, batching on;
+ * - gateway, batching off: the same server, a copy of the model with maxBatchSize 1;
+ * - naive: bench/naive.ts, the server a user writes in an afternoon (one image per call on the main thread);
+ * - grpc jpeg / grpc raw tensor: the gateway's KServe v2 gRPC, the photo as BYTES / the preprocessed tensor.
+ * Photo sets: the ten small ImageNet photos, and large photos (1920x1080 and 4000x3000 JPEGs made here). Reported per
+ * point: req/s, latency percentiles, mean batch, and CPU time per image (the serving process's CPU time over the
+ * images it answered: steadier than throughput on a shared machine). Stage costs measured alone give the CPU limit of
+ * this machine. Writes bench/results.json and bench/chart.svg; talks only to 127.0.0.1; every server it starts is
+ * stopped however the run ends.
+ *
+ * BENCH_CONCURRENCY (1,4,16,64), BENCH_LARGE_CONCURRENCY (1,16), BENCH_ROUNDS (5), BENCH_SECONDS (3),
+ * BENCH_WARMUP_SECONDS (1), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, one more mode).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
+import { defaultDecodeThreads, defaultEngineThreads } from '../src/config.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher } from '../src/batching/batcher.ts';
 import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
-import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
+import { signatureOf } from '../src/repository/store.ts';
+import { prepareImageInput } from '../src/inference/plans.ts';
+import { preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { classify } from '../src/vision/classification.ts';
 import { createKserveGrpcClient, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import { renderChart } from './chart.ts';
-import { IMAGES, ROOT, modelFile, multipartBody, post, startServer } from './lib.ts';
+import { IMAGES, ROOT, cpuSeconds, modelFile, multipartBody, post, postRaw, startNaive, startServer } from './lib.ts';
+
+// the same threads as the server (src/main.ts), for the in-process mode and the stage costs
+process.env.UV_THREADPOOL_SIZE = String(defaultDecodeThreads());
+sharp.concurrency(1);
 
 const MODEL = modelFile('mobilenet');
-const PHOTOS = [
+const SMALL = [
   'airliner.jpeg',
   'arctic-fox.jpeg',
   'bee.jpeg',
@@ -32,12 +51,15 @@ const PHOTOS = [
   'snail.jpeg',
   'zebra.jpeg',
 ];
-const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? '1,4,16,64').split(',').map(Number);
+const list = (v: string | undefined, fallback: string) => (v ?? fallback).split(',').filter(Boolean).map(Number);
+const CONCURRENCY = list(process.env.BENCH_CONCURRENCY, '1,4,16,64');
+const LARGE_CONCURRENCY = list(process.env.BENCH_LARGE_CONCURRENCY, '1,16');
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
 /** Modes run interleaved, round after round, so drift on a shared machine hits them alike; medians are reported. */
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const MAX_PIXELS = 40_000_000;
+const CORES = os.availableParallelism?.() ?? os.cpus().length;
 
 const BATCHING = { maxBatchSize: 16, maxDelayMs: Number(process.env.BENCH_DELAY_MS ?? 2), maxQueueSize: 1024 };
 const config = (batching: object) => ({
@@ -55,6 +77,7 @@ const config = (batching: object) => ({
 });
 
 interface Point {
+  set: string;
   mode: string;
   concurrency: number;
   requests: number;
@@ -65,17 +88,24 @@ interface Point {
   p95: number;
   p99: number;
   meanBatchSize: number | null;
+  /** CPU time of the serving process per image answered, in ms. */
+  cpuPerImageMs: number | null;
+}
+
+interface Runner {
+  mode: string;
+  run: (i: number) => Promise<void>;
+  stats?: () => Promise<{ items: number; batches: number }>;
+  /** CPU seconds the serving process has used so far. */
+  cpu: () => Promise<number>;
 }
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Run `task` from `concurrency` workers for a warm-up and then SECONDS; latency in ms. */
-async function drive(
-  mode: string,
-  concurrency: number,
-  task: (i: number) => Promise<void>,
-  batchStats?: () => Promise<{ items: number; batches: number }>,
-): Promise<Point> {
+/** Run `runner` from `concurrency` workers for a warm-up and then SECONDS. */
+async function drive(set: string, runner: Runner, concurrency: number): Promise<Point> {
   let stop = false;
   let counter = 0;
   const latencies: number[] = [];
@@ -86,31 +116,32 @@ async function drive(
       const i = counter++;
       const t0 = performance.now();
       try {
-        await task(i);
+        await runner.run(i);
         if (recording) latencies.push(performance.now() - t0);
       } catch (e) {
-        if (recording) errors++;
-        if (errors === 1 && recording) console.error(`${mode}: ${(e as Error).message}`);
+        if (recording && errors++ === 0) console.error(`${runner.mode}: ${(e as Error).message}`);
       }
     }
   };
   const workers = Array.from({ length: concurrency }, worker);
-  await new Promise((r) => setTimeout(r, WARMUP_SECONDS * 1000));
-  const before = await batchStats?.();
+  await sleep(WARMUP_SECONDS * 1000);
+  const before = await runner.stats?.();
+  const cpu0 = await runner.cpu();
   recording = true;
   const t0 = performance.now();
-  await new Promise((r) => setTimeout(r, SECONDS * 1000));
+  await sleep(SECONDS * 1000);
   recording = false;
   const seconds = (performance.now() - t0) / 1000;
-  const after = await batchStats?.();
+  const cpu1 = await runner.cpu();
+  const after = await runner.stats?.();
   stop = true;
   await Promise.all(workers);
   latencies.sort((a, b) => a - b);
-  const round = (x: number) => Math.round(x * 100) / 100;
   const meanBatchSize =
     before && after && after.batches > before.batches ? round((after.items - before.items) / (after.batches - before.batches)) : null;
-  const point = {
-    mode,
+  const point: Point = {
+    set,
+    mode: runner.mode,
     concurrency,
     requests: latencies.length,
     errors,
@@ -120,71 +151,145 @@ async function drive(
     p95: round(percentile(latencies, 95)),
     p99: round(percentile(latencies, 99)),
     meanBatchSize,
+    cpuPerImageMs: latencies.length ? round(((cpu1 - cpu0) * 1000) / latencies.length) : null,
   };
   console.log(
-    `${mode.padEnd(22)} c=${String(concurrency).padStart(2)}  ${String(point.throughput).padStart(7)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  p99 ${String(point.p99).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  errors ${errors}`,
+    `${set.padEnd(6)} ${runner.mode.padEnd(22)} c=${String(concurrency).padStart(2)} ${String(point.throughput).padStart(8)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  cpu/img ${point.cpuPerImageMs} ms  errors ${errors}`,
   );
   return point;
 }
 
-type Runner = { mode: string; run: (i: number) => Promise<void>; stats: () => Promise<{ items: number; batches: number }> };
-
 function median(points: Point[]): Point {
-  const by = (k: keyof Point) => [...points].sort((a, b) => (a[k] as number) - (b[k] as number))[Math.floor(points.length / 2)];
-  const m = by('throughput');
-  const med = (k: 'p50' | 'p95' | 'p99') => by(k)[k];
+  const mid = <K extends keyof Point>(k: K) =>
+    [...points].sort((a, b) => (a[k] as number) - (b[k] as number))[Math.floor(points.length / 2)][k];
   return {
-    ...m,
-    p50: med('p50'),
-    p95: med('p95'),
-    p99: med('p99'),
+    ...points[0],
+    throughput: mid('throughput'),
+    p50: mid('p50'),
+    p95: mid('p95'),
+    p99: mid('p99'),
+    meanBatchSize: mid('meanBatchSize'),
+    cpuPerImageMs: mid('cpuPerImageMs'),
     requests: points.reduce((n, p) => n + p.requests, 0),
     errors: points.reduce((n, p) => n + p.errors, 0),
   };
 }
 
+/** The spread of a ratio over the rounds: [min, max] of per-round ratios (rounds are paired by index). */
+function spread(a: Point[], b: Point[], key: 'throughput' | 'cpuPerImageMs'): [number, number] {
+  const r = a.map((p, i) => (p[key] ?? NaN) / (b[i][key] ?? NaN)).filter(Number.isFinite);
+  return [round(Math.min(...r), 3), round(Math.max(...r), 3)];
+}
+
+/** Large photos made from the fixtures: two at 1920x1080 and two at 4000x3000 (JPEG, as cameras write them). */
+async function largePhotos(): Promise<{ name: string; bytes: Buffer }[]> {
+  const out: { name: string; bytes: Buffer }[] = [];
+  for (const [name, w, h] of [
+    ['zebra.jpeg', 1920, 1080],
+    ['peacock.jpeg', 1920, 1080],
+    ['gorilla.jpeg', 4000, 3000],
+    ['pelican.jpeg', 4000, 3000],
+  ] as const) {
+    const bytes = await sharp(path.join(IMAGES, name)).resize(w, h, { fit: 'fill' }).jpeg({ quality: 90 }).toBuffer();
+    out.push({ name: `${w}x${h}-${name}`, bytes });
+  }
+  return out;
+}
+
+/** Mean CPU ms of `fn` over `n` runs in this process (all threads), after two warm-up runs. */
+async function cpuMs(n: number, fn: (i: number) => Promise<unknown>): Promise<number> {
+  await fn(0);
+  await fn(1);
+  const c0 = process.cpuUsage();
+  for (let i = 0; i < n; i++) await fn(i);
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1000 / n;
+}
+
 async function main() {
-  const photos = await Promise.all(PHOTOS.map((p) => readFile(path.join(IMAGES, p))));
+  const small = await Promise.all(SMALL.map(async (name) => ({ name, bytes: await readFile(path.join(IMAGES, name)) })));
+  const large = await largePhotos();
   console.log(
-    `machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved`,
+    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved; engine threads ${defaultEngineThreads()}, decode threads ${defaultDecodeThreads()}`,
   );
 
-  // --- in-process limit: the same decode, preprocess, batcher and engine; no HTTP, no GraphQL ---
+  // --- the in-process pipeline: the gateway's own code, fused preprocessing included, without HTTP or GraphQL ---
   const engine = createOnnxRuntimeEngine();
-  const session = await engine.load(MODEL);
+  const session = await engine.load(MODEL, { intraOpThreads: defaultEngineThreads() });
   const cfg = parseModelConfig(config(BATCHING));
-  const plan = planInput(cfg, session.inputs);
+  const plan = await prepareImageInput({ config: cfg, labels: null, mean: null, signature: signatureOf(cfg, null, null) }, session);
+  const post1 = postprocessingOf(cfg, 'classification');
   let items = 0;
   let batches = 0;
   const admissions = new Admissions(1_000_000);
   const local = new Batcher(
     async (f) => {
       batches++;
-      items += f[plan.input].shape[0];
+      items += Object.values(f)[0].shape[0];
       return session.run(f);
     },
     { ...cfg.batching, timeoutMs: 0 },
     { othersComing: () => admissions.preparingCount > 0 },
   );
-  const inProcess: Runner = {
+  const inProcess = (photos: { bytes: Buffer }[]): Runner => ({
     mode: 'in-process',
     stats: async () => ({ items, batches }),
+    cpu: async () => {
+      const c = process.cpuUsage();
+      return (c.user + c.system) / 1e6;
+    },
     run: async (i) => {
       const ticket = admissions.admit();
       try {
-        const img = await probeImage(photos[i % photos.length], MAX_PIXELS);
-        const { tensor } = await preprocess(img, plan, MAX_PIXELS);
+        const img = await probeImage(photos[i % photos.length].bytes, MAX_PIXELS);
+        const { tensor, input } = await preprocess(img, plan, MAX_PIXELS);
         ticket.markQueued();
-        const out = await local.infer({ [plan.input]: tensor });
-        classify(out, postprocessingOf(cfg, 'classification'), null, 1);
+        classify(await local.infer({ [input]: tensor }), post1, null, 1);
       } finally {
         ticket.release();
       }
     },
-  };
+  });
 
-  // --- the gateway, a separate process as `npm start` runs it, over 127.0.0.1 ---
-  // BENCH_PROFILE=1: a V8 CPU profile of the server process in bench/profile/ (summarized by bench/profile.ts)
+  // --- stage costs, each alone: what one image costs the CPU, and so what two cores can do at best ---
+  const stages: Record<string, number> = {};
+  for (const [set, photos] of [
+    ['small', small],
+    ['large', large],
+  ] as const) {
+    stages[`${set}: decode and resize (ms CPU per photo)`] = round(
+      await cpuMs(photos.length * 4, async (i) =>
+        preprocess(await probeImage(photos[i % photos.length].bytes, MAX_PIXELS), plan, MAX_PIXELS),
+      ),
+    );
+  }
+  const tensors = await Promise.all(
+    small.map(async (p) => (await preprocess(await probeImage(p.bytes, MAX_PIXELS), plan, MAX_PIXELS)).tensor),
+  );
+  for (const b of [1, 8]) {
+    const feeds = () => {
+      const t = tensors[0];
+      const data = new Uint8Array(t.data.length * b);
+      for (let k = 0; k < b; k++) data.set(tensors[k % tensors.length].data as Uint8Array, k * t.data.length);
+      return { [plan.pixelInput ?? plan.input]: { ...t, shape: [b, ...t.shape.slice(1)], data } };
+    };
+    stages[`engine at batch ${b} (ms CPU per image)`] = round((await cpuMs(40, () => session.run(feeds()))) / b);
+  }
+  // the trap a phone photo sets: EXIF-rotated 12 megapixels, against the same photo stored upright
+  const upright = large.find((p) => p.name.startsWith('4000x3000'))!.bytes;
+  const rotated = await sharp(upright).withMetadata({ orientation: 6 }).jpeg({ quality: 90 }).toBuffer();
+  stages['4000x3000 JPEG upright: decode and resize (ms CPU)'] = round(
+    await cpuMs(6, async () => preprocess(await probeImage(upright, MAX_PIXELS), plan, MAX_PIXELS)),
+  );
+  stages['4000x3000 JPEG EXIF-rotated: decode and resize (ms CPU)'] = round(
+    await cpuMs(6, async () => preprocess(await probeImage(rotated, MAX_PIXELS), plan, MAX_PIXELS)),
+  );
+  const perImage = (set: 'small' | 'large') =>
+    stages[`${set}: decode and resize (ms CPU per photo)`] + stages['engine at batch 8 (ms CPU per image)'];
+  const limits = { small: round((CORES * 1000) / perImage('small'), 1), large: round((CORES * 1000) / perImage('large'), 1) };
+  console.log('stage costs:', stages, '-> CPU limit (images/s):', limits);
+
+  // --- the servers ---
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`] : [];
   const server = await startServer(
     {
@@ -194,33 +299,37 @@ async function main() {
     {},
     profile,
   );
-  const port = server.port;
-  // BENCH_BASELINE=<another checkout>: the same gateway from that checkout (e.g. the previous commit's worktree), as
-  // one more mode in the same interleaved run, for A/B comparisons of a change
+  const naive = await startNaive(MODEL);
   const baseline = process.env.BENCH_BASELINE
     ? await startServer({ mobilenet: { onnx: MODEL, config: config(BATCHING) } }, {}, [], path.resolve(process.env.BENCH_BASELINE))
     : null;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   let grpcClient: KserveGrpcClient | null = null;
   const points: Point[] = [];
+  const rounds = new Map<string, Point[]>();
   try {
-    const stats =
-      (model: string, at = port) =>
-      async () => {
-        const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
-        const r = JSON.parse(await post(agent, at, Buffer.from(body), 'application/json'));
-        const st = r.data.model.stats[0];
-        return {
-          batches: st.batches,
-          items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0),
-        };
+    const stats = (model: string, at: number) => async () => {
+      const body = JSON.stringify({ query: `{ model(name: "${model}") { stats { batches batchSizes { size count } } } }` });
+      const st = JSON.parse(await post(agent, at, Buffer.from(body), 'application/json')).data.model.stats[0];
+      return {
+        batches: st.batches,
+        items: st.batchSizes.reduce((n: number, b: { size: number; count: number }) => n + b.size * b.count, 0),
       };
-    const gateway = (mode: string, model: string, at = port): Runner => {
+    };
+    const serverCpu = (pid: number) => () => cpuSeconds(pid);
+    const gateway = (
+      photos: { name: string; bytes: Buffer }[],
+      mode: string,
+      model: string,
+      at = server.port,
+      pid = server.child.pid!,
+    ): Runner => {
       const query = `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 1) { predictions { classId } } }`;
-      const bodies = photos.map((p, i) => multipartBody(query, p, PHOTOS[i]));
+      const bodies = photos.map((p) => multipartBody(query, p.bytes, p.name));
       return {
         mode,
         stats: stats(model, at),
+        cpu: serverCpu(pid),
         run: async (i) => {
           const { body, type } = bodies[i % bodies.length];
           const text = await post(agent, at, body, type);
@@ -228,98 +337,160 @@ async function main() {
         },
       };
     };
-    // KServe v2 gRPC on the same server and model: the preprocessed tensor of each photo (decode and resize done here,
-    // once, so the server does no image work), and the JPEG as BYTES (the same server work as the multipart mode)
+    const naiveMode = (photos: { bytes: Buffer }[]): Runner => ({
+      mode: 'naive',
+      cpu: serverCpu(naive.child.pid!),
+      run: async (i) => {
+        const text = await postRaw(agent, naive.port, photos[i % photos.length].bytes);
+        if (!text.includes('classId')) throw new Error(text.slice(0, 200));
+      },
+    });
     const grpc = (grpcClient = createKserveGrpcClient(`127.0.0.1:${server.grpcPort}`));
-    const tensors = await Promise.all(
-      photos.map(async (p) => {
-        const { tensor } = await preprocess(await probeImage(p, MAX_PIXELS), plan, MAX_PIXELS);
+    const floatTensors = await Promise.all(
+      small.map(async (p) => {
+        const { tensor } = await preprocess(await probeImage(p.bytes, MAX_PIXELS), { ...plan, pixelInput: null }, MAX_PIXELS);
         const f = tensor.data as Float32Array;
         return Buffer.from(f.buffer, f.byteOffset, f.byteLength);
       }),
     );
     const grpcMode = (mode: string, request: (i: number) => object): Runner => ({
       mode,
-      stats: stats('mobilenet'),
+      stats: stats('mobilenet', server.port),
+      cpu: serverCpu(server.child.pid!),
       run: async (i) => {
         const r = await grpc.ModelInfer(request(i));
         if (r.outputs[0]?.shape[1] !== '1000') throw new Error(JSON.stringify(r).slice(0, 200));
       },
     });
-    const grpcRaw = grpcMode('grpc raw tensor', (i) => ({
-      model_name: 'mobilenet',
-      inputs: [{ name: plan.input, datatype: 'FP32', shape: [1, 3, 224, 224] }],
-      raw_input_contents: [tensors[i % tensors.length]],
-    }));
-    const grpcJpeg = grpcMode('grpc jpeg', (i) => ({
-      model_name: 'mobilenet',
-      inputs: [{ name: plan.input, datatype: 'BYTES', shape: [1], contents: { bytes_contents: [photos[i % photos.length]] } }],
-    }));
-    const modes = process.env.BENCH_MODES?.split(',');
-    const all = [inProcess, gateway('gateway', 'mobilenet'), gateway('gateway, batching off', 'mobilenet-nobatch'), grpcJpeg, grpcRaw];
-    if (baseline) all.push(gateway('baseline gateway', 'mobilenet', baseline.port));
-    const runners = all.filter((r) => !modes || modes.includes(r.mode));
-    for (const c of CONCURRENCY) {
-      const rounds = new Map<string, Point[]>(runners.map((r) => [r.mode, []]));
-      for (let round = 0; round < ROUNDS; round++) {
-        for (const r of round % 2 ? [...runners].reverse() : runners) rounds.get(r.mode)!.push(await drive(r.mode, c, r.run, r.stats));
-      }
-      for (const r of runners) {
-        const m = median(rounds.get(r.mode)!);
-        points.push(m);
-        console.log(
-          `  median ${r.mode.padEnd(22)} c=${String(c).padStart(2)}  ${m.throughput} req/s  p50 ${m.p50} ms  p95 ${m.p95} ms  batch ${m.meanBatchSize ?? '-'}`,
-        );
+    const selected = process.env.BENCH_MODES?.split(',');
+    const sets = [
+      {
+        set: 'small',
+        concurrency: CONCURRENCY,
+        runners: [
+          inProcess(small),
+          gateway(small, 'gateway', 'mobilenet'),
+          gateway(small, 'gateway, batching off', 'mobilenet-nobatch'),
+          naiveMode(small),
+          grpcMode('grpc jpeg', (i) => ({
+            model_name: 'mobilenet',
+            inputs: [{ name: plan.input, datatype: 'BYTES', shape: [1], contents: { bytes_contents: [small[i % small.length].bytes] } }],
+          })),
+          grpcMode('grpc raw tensor', (i) => ({
+            model_name: 'mobilenet',
+            inputs: [{ name: plan.input, datatype: 'FP32', shape: [1, 3, 224, 224] }],
+            raw_input_contents: [floatTensors[i % floatTensors.length]],
+          })),
+          ...(baseline ? [gateway(small, 'baseline gateway', 'mobilenet', baseline.port, baseline.child.pid!)] : []),
+        ],
+      },
+      {
+        set: 'large',
+        concurrency: LARGE_CONCURRENCY,
+        runners: [inProcess(large), gateway(large, 'gateway', 'mobilenet'), naiveMode(large)],
+      },
+    ];
+    for (const { set, concurrency, runners: all } of sets) {
+      const runners = all.filter((r) => !selected || selected.includes(r.mode));
+      if (!runners.length || !concurrency.length) continue;
+      for (const c of concurrency) {
+        for (const r of runners) rounds.set(`${set}|${r.mode}|${c}`, []);
+        for (let k = 0; k < ROUNDS; k++) {
+          for (const r of k % 2 ? [...runners].reverse() : runners) rounds.get(`${set}|${r.mode}|${c}`)!.push(await drive(set, r, c));
+        }
+        for (const r of runners) {
+          const m = median(rounds.get(`${set}|${r.mode}|${c}`)!);
+          points.push(m);
+          console.log(
+            `  median ${set} ${r.mode} c=${c}: ${m.throughput} req/s, p50 ${m.p50} ms, batch ${m.meanBatchSize ?? '-'}, cpu/img ${m.cpuPerImageMs} ms`,
+          );
+        }
       }
     }
   } finally {
     agent.destroy();
     grpcClient?.close();
     await server.stop();
+    await naive.stop();
     await baseline?.stop();
     await session.close();
   }
 
   if (process.env.BENCH_MODES) return; // a partial run (for profiling) writes no results
-  const at = (mode: string, c: number) => points.find((p) => p.mode === mode && p.concurrency === c);
-  const ratios: Record<string, number | null> = {};
-  const r2 = (x: number) => Math.round(x * 1000) / 1000;
-  for (const c of CONCURRENCY) {
-    const g = at('gateway', c)!;
-    const i = at('in-process', c)!;
-    const off = at('gateway, batching off', c)!;
-    ratios[`c${c} gateway / in-process throughput`] = r2(g.throughput / i.throughput);
-    ratios[`c${c} batching on / off throughput`] = r2(g.throughput / off.throughput);
-    ratios[`c${c} gateway p50 - in-process p50 (ms)`] = r2(g.p50 - i.p50);
-    // the protocols side by side on the same server: the gateway mode is GraphQL multipart with the JPEG
-    const jpeg = at('grpc jpeg', c);
-    const raw = at('grpc raw tensor', c);
-    if (jpeg) ratios[`c${c} grpc jpeg / graphql multipart throughput`] = r2(jpeg.throughput / g.throughput);
-    if (raw) ratios[`c${c} grpc raw tensor / graphql multipart throughput`] = r2(raw.throughput / g.throughput);
+  const at = (set: string, mode: string, c: number) => points.find((p) => p.set === set && p.mode === mode && p.concurrency === c);
+  const all = (set: string, mode: string, c: number) => rounds.get(`${set}|${mode}|${c}`) ?? [];
+  const ratios: Record<string, { median: number; spread: [number, number] } | number> = {};
+  for (const [set, cs] of [
+    ['small', CONCURRENCY],
+    ['large', LARGE_CONCURRENCY],
+  ] as const) {
+    for (const c of cs) {
+      const g = at(set, 'gateway', c);
+      const i = at(set, 'in-process', c);
+      const n = at(set, 'naive', c);
+      if (!g || !i || !n) continue;
+      const ratio = (a: string, b: string, key: 'throughput' | 'cpuPerImageMs') => ({
+        median: round((at(set, a, c)![key] ?? NaN) / (at(set, b, c)![key] ?? NaN), 3),
+        spread: spread(all(set, a, c), all(set, b, c), key),
+      });
+      ratios[`${set} c${c} gateway / naive req/s`] = ratio('gateway', 'naive', 'throughput');
+      ratios[`${set} c${c} gateway / in-process req/s`] = ratio('gateway', 'in-process', 'throughput');
+      ratios[`${set} c${c} gateway / in-process CPU per image`] = ratio('gateway', 'in-process', 'cpuPerImageMs');
+      ratios[`${set} c${c} gateway p50 - naive p50 (ms)`] = round(g.p50 - n.p50);
+      ratios[`${set} c${c} in-process / CPU limit`] = round(i.throughput / limits[set], 3);
+      if (set === 'small') {
+        ratios[`small c${c} batching on / off req/s`] = ratio('gateway', 'gateway, batching off', 'throughput');
+        if (at(set, 'grpc jpeg', c))
+          ratios[`small c${c} grpc jpeg / graphql multipart req/s`] = ratio('grpc jpeg', 'gateway', 'throughput');
+        if (at(set, 'grpc raw tensor', c))
+          ratios[`small c${c} grpc raw tensor / graphql multipart req/s`] = ratio('grpc raw tensor', 'gateway', 'throughput');
+      }
+    }
   }
-  console.log('\nratios (measured side by side in this run):');
-  for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(40)} ${v}`);
+  console.log('\nratios (median over the rounds, and the spread of the per-round ratios):');
+  for (const [k, v] of Object.entries(ratios))
+    console.log(`  ${k.padEnd(52)} ${typeof v === 'number' ? v : `${v.median} [${v.spread[0]}-${v.spread[1]}]`}`);
+  const value = (k: string) => {
+    const v = ratios[k];
+    return typeof v === 'number' ? v : (v?.median ?? NaN);
+  };
   const targets = {
-    'c16 gateway / in-process >= 0.85': (ratios['c16 gateway / in-process throughput'] ?? 0) >= 0.85,
-    'c16 batching on / off >= 1.10': (ratios['c16 batching on / off throughput'] ?? 0) >= 1.1,
-    'c1 p50 within 3 ms of in-process': (ratios['c1 gateway p50 - in-process p50 (ms)'] ?? Infinity) <= 3,
+    'c16: gateway >= 1.5 x naive req/s': value('small c16 gateway / naive req/s') >= 1.5,
+    'c16: gateway >= 0.95 x in-process req/s': value('small c16 gateway / in-process req/s') >= 0.95,
+    'c16: gateway CPU per image <= 1.1 x in-process': value('small c16 gateway / in-process CPU per image') <= 1.1,
+    'c1: gateway p50 no worse than naive': value('small c1 gateway p50 - naive p50 (ms)') <= 0,
+    'in-process >= 0.8 x the CPU limit (c16)': value('small c16 in-process / CPU limit') >= 0.8,
   };
   console.log('\ntargets:');
   for (const [k, v] of Object.entries(targets)) console.log(`  ${v ? 'met    ' : 'MISSED '} ${k}`);
   const result = {
     date: new Date().toISOString(),
-    machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
+    machine: {
+      cores: CORES,
+      cpu: os.cpus()[0]?.model,
+      node: process.version,
+      engineThreads: defaultEngineThreads(),
+      decodeThreads: defaultDecodeThreads(),
+    },
     model: 'mobilenetv2-12-int8',
     batching: BATCHING,
     rounds: ROUNDS,
     secondsPerRound: SECONDS,
-    note: 'each point is the median of the rounds; modes were interleaved',
+    note: 'each point is the median of its rounds; modes were interleaved; cpuPerImageMs is the serving process CPU time per image',
+    stages,
+    cpuLimitImagesPerSecond: limits,
     points,
     ratios,
     targets,
   };
   await writeFile(path.join(ROOT, 'bench', 'results.json'), JSON.stringify(result, null, 2) + '\n');
-  await writeFile(path.join(ROOT, 'bench', 'chart.svg'), renderChart(points, CONCURRENCY));
+  await writeFile(
+    path.join(ROOT, 'bench', 'chart.svg'),
+    renderChart(
+      points.filter((p) => p.set === 'small'),
+      CONCURRENCY,
+    ),
+  );
   console.log('\nwrote bench/results.json and bench/chart.svg');
 }
 

@@ -32,7 +32,7 @@ export function limitError(message: string): GraphQLError {
 function multipartLimit(message: string, code?: unknown): GatewayError | null {
   // yoga's own body limit (MAX_UPLOAD_BYTES, for bodies sent without Content-Length) says REQUEST_ENTITY_TOO_LARGE,
   // or, inside the multipart parser, "... invalid multipart data: Request body too large"
-  if (code === 'REQUEST_ENTITY_TOO_LARGE' || /request body too large/i.test(message)) {
+  if (code === 'REQUEST_ENTITY_TOO_LARGE' || /request body (too large|is larger than)/i.test(message)) {
     return new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `the request body is larger than MAX_UPLOAD_BYTES`);
   }
   if (!/limit exceeded/i.test(message)) return null;

@@ -16,6 +16,7 @@ import type { Context } from './context.ts';
 import { maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
+import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
@@ -128,8 +129,9 @@ export function createGraphqlProtocol({
             allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'],
           }
         : false,
-    // the configured upload limit is the one that applies (yoga's own default is 25 MB)
-    maxRequestBodySize: maxUploadBytes,
+    // the configured upload limit is the one that applies (yoga's own default is 25 MB): checked from Content-Length by
+    // the HTTP server, and for chunked bodies by useChunkedBodyLimit
+    maxRequestBodySize: false,
     // parsed documents are cached by their text: bounded by the text's size, not only by count, so large distinct
     // documents cannot fill the heap (an AST takes many times the memory of its text)
     parserAndValidationCache: documentCaches(),
@@ -175,6 +177,7 @@ export function createGraphqlProtocol({
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
       useRequestErrorCodes(),
+      useChunkedBodyLimit(maxUploadBytes),
     ],
   });
 
