@@ -13,14 +13,14 @@ function sourceFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = path.join(dir, e.name);
     if (e.isDirectory()) return sourceFiles(p);
-    return /\.(ts|mjs)$/.test(e.name) && !e.name.endsWith('.d.ts') ? [p] : [];
+    return /\.(tsx?|mjs)$/.test(e.name) && !e.name.endsWith('.d.ts') ? [p] : [];
   });
 }
 
 /** file (relative to src) -> what it imports: relative imports resolved to files (relative to src), packages by name. */
-function importGraph(): Map<string, string[]> {
+function importGraph(root = SRC): Map<string, string[]> {
   const graph = new Map<string, string[]>();
-  for (const file of sourceFiles(SRC)) {
+  for (const file of sourceFiles(root)) {
     const text = readFileSync(file, 'utf8');
     const specs = [
       ...text.matchAll(/(?:^|\n)\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|import\(\s*'([^']+)'\s*\)|(?:^|\n)\s*import\s+'([^']+)'/g),
@@ -92,5 +92,20 @@ describe('architecture', () => {
       }
     }
     expect(crossing).toEqual([]);
+  });
+
+  it('the client (src/client/) imports nothing of the server: only its own files and client-side packages', () => {
+    const SERVER_PACKAGES = /^(onnxruntime-node|openvino-node|sharp|pino|prom-client|dataloader|sirv|@repeaterjs\/)/;
+    const offenders: string[] = [];
+    for (const [file, deps] of graph) {
+      if (!file.startsWith('client/')) continue;
+      for (const d of deps) {
+        const ownFile = d.startsWith('client/');
+        const otherFile = !ownFile && /\.(tsx?|mjs)$/.test(d);
+        if (otherFile || PROTOCOL_PACKAGES.test(d) || SERVER_PACKAGES.test(d)) offenders.push(`${file} imports ${d}`);
+      }
+    }
+    expect([...graph.keys()].filter((f) => f.startsWith('client/')).length).toBeGreaterThanOrEqual(3);
+    expect(offenders).toEqual([]);
   });
 });
