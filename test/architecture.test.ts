@@ -34,6 +34,8 @@ function importGraph(root = SRC): Map<string, string[]> {
 }
 
 const graph = importGraph();
+/** The page's sources (ui/src), relative to src like the rest: "../ui/src/app.tsx". */
+const uiGraph = importGraph(path.join(ROOT, 'ui', 'src'));
 const PROTOCOL_PACKAGES = /^(graphql|graphql-yoga|graphql-ws|graphql-scalars|@graphql-yoga\/|@pothos\/|@escape\.tech\/|@grpc\/|ws$)/;
 
 describe('architecture', () => {
@@ -106,6 +108,19 @@ describe('architecture', () => {
       }
     }
     expect([...graph.keys()].filter((f) => f.startsWith('client/')).length).toBeGreaterThanOrEqual(3);
+    expect(offenders).toEqual([]);
+  });
+
+  it('the page (ui/src/) talks to the gateway over HTTP only: it imports none of src/, and only browser packages', () => {
+    const BROWSER_PACKAGES = /^(preact|preact\/hooks|graphql-ws)$/;
+    const offenders: string[] = [];
+    for (const [file, deps] of uiGraph) {
+      for (const d of deps) {
+        if (d.startsWith('../ui/src/') || BROWSER_PACKAGES.test(d)) continue;
+        offenders.push(`${file} imports ${d}`);
+      }
+    }
+    expect(uiGraph.size).toBeGreaterThanOrEqual(3);
     expect(offenders).toEqual([]);
   });
 });

@@ -8,6 +8,7 @@ import { InferenceService } from '../inference/service.ts';
 import { createGraphqlProtocol, type GraphqlProtocol } from '../protocols/graphql/index.ts';
 import { createHttpServer } from './http.ts';
 import { opsRoutes } from './ops.ts';
+import { uiRoute } from './ui.ts';
 
 export interface Gateway {
   server: Server;
@@ -50,7 +51,7 @@ export function createGateway({
   const server = createHttpServer({
     logger,
     maxBodyBytes: config.maxUploadBytes,
-    routes: [...opsRoutes(models, metrics), { match: () => true, handle: graphql.handle }],
+    routes: [...opsRoutes(models, metrics), uiRoute(), { match: () => true, handle: graphql.handle }],
   });
   server.requestTimeout = 0;
   graphql.attach(server);
