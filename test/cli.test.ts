@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,6 +32,7 @@ function gateway(args: string[], env: Record<string, string> = {}): Promise<Ran>
 }
 
 const ADMIN = 'cli-admin-token';
+const run = promisify(execFile);
 
 describe('gateway (command-line client)', () => {
   let gw: TestGateway;
@@ -219,6 +222,44 @@ describe('gateway (command-line client)', () => {
     );
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).length).toBe(3);
+  });
+});
+
+describe("the README's command-line examples, run as written against the default repository", () => {
+  const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+  const section = readme.slice(
+    readme.indexOf('## Command-line client'),
+    readme.indexOf('\n## ', readme.indexOf('## Command-line client') + 3),
+  );
+  // each ```sh block, with the ```text block that shows its output (if one follows)
+  const examples = [...section.matchAll(/```sh\n([\s\S]*?)```\n(?:\n```text\n([\s\S]*?)```)?/g)].map((m) => ({
+    code: m[1],
+    output: m[2] ?? '',
+  }));
+  let gw: TestGateway;
+  let tmp: string;
+  beforeAll(async () => {
+    gw = await startGateway({ root: path.join(ROOT, 'models') }); // read-only: the examples load nothing
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'gw-cli-readme-'));
+  });
+  afterAll(async () => {
+    await gw?.close();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('has an example of every command', () => {
+    for (const c of ['models', 'classify', 'detect', 'segment', 'eval']) expect(section).toMatch(new RegExp(`npx gateway ${c} `));
+    expect(examples.length).toBeGreaterThanOrEqual(3);
+  });
+
+  it.each(examples.map((e, i) => [i + 1, e] as const))('example %i', async (_, { code, output }) => {
+    expect(code).toContain('--url http://127.0.0.1:4000');
+    // the test's server, and /tmp paths in a folder of the test's own
+    const command = code.replaceAll('http://127.0.0.1:4000', gw.url).replaceAll('/tmp/', `${tmp}/`);
+    const { stdout } = await run('bash', ['-c', `set -eo pipefail\n${command}`], { cwd: ROOT, maxBuffer: 16 * 1024 * 1024 });
+    // every line of the output shown, but those that vary (times, rates) or are cut (...)
+    const steady = output.split('\n').filter((l) => l.trim() && !/\d ms|images\/s|\.\.\./.test(l));
+    for (const line of steady) expect(stdout.replaceAll(`${tmp}/`, '/tmp/'), line).toContain(line);
   });
 });
 
