@@ -14,6 +14,8 @@ import {
 import { Classification, Detection, Segmentation } from './results.tsx';
 
 interface Picture {
+  /** Tells two choices of the same file apart. */
+  serial: number;
   file: Blob;
   name: string;
   url: string;
@@ -22,6 +24,7 @@ interface Picture {
 interface Shown {
   result: Result;
   model: string;
+  picture: string;
   ms: number;
 }
 
@@ -52,9 +55,14 @@ export function App() {
   const [busyModel, setBusyModel] = useState<string | null>(null);
   const [dragging, setDragging] = useState(false);
   const runs = useRef(0);
+  const pictures = useRef(0);
+  // the model and picture whose run is over (answered or failed): the page is busy until that is the current pair
+  const [settled, setSettled] = useState('');
   const fileInput = useRef<HTMLInputElement>(null);
 
-  // the model list, re-read whenever the subscription says something changed (coalesced)
+  // the model list, re-read whenever the subscription says something changed (coalesced), with the current token
+  const tokenNow = useRef(token);
+  tokenNow.current = token;
   const refreshing = useRef<Promise<void> | null>(null);
   const again = useRef(false);
   const refresh = useCallback(() => {
@@ -62,7 +70,7 @@ export function App() {
       again.current = true;
       return;
     }
-    refreshing.current = listModels(token)
+    refreshing.current = listModels(tokenNow.current)
       .then((list) => {
         setModels(list);
         setError((e) => (e?.code === 'UNAUTHENTICATED' || e?.code === 'NETWORK_ERROR' ? null : e));
@@ -75,7 +83,7 @@ export function App() {
           refresh();
         }
       });
-  }, [token]);
+  }, []);
 
   useEffect(() => {
     refresh();
@@ -100,13 +108,17 @@ export function App() {
     setError(null);
     const t0 = performance.now();
     run(m.task, m.name, picture.file, picture.name, token)
-      .then((result) => id === runs.current && setShown({ result, model: m.name, ms: performance.now() - t0 }))
+      .then((result) => id === runs.current && setShown({ result, model: m.name, picture: picture.name, ms: performance.now() - t0 }))
       .catch((e) => {
         if (id !== runs.current) return;
         setShown(null);
         setError(asError(e));
       })
-      .finally(() => id === runs.current && setRunning(false));
+      .finally(() => {
+        if (id !== runs.current) return;
+        setRunning(false);
+        setSettled(`${m.name}:${picture.serial}`);
+      });
   }, [picture, selected, ready]);
 
   const choose = (file: Blob | null | undefined, name?: string) => {
@@ -114,7 +126,12 @@ export function App() {
     // whatever the type, it is sent: the server decides what is an image, and says so readably when it is not
     if (picture) URL.revokeObjectURL(picture.url);
     setShown(null);
-    setPicture({ file, name: name ?? (file instanceof File ? file.name : 'pasted.png'), url: URL.createObjectURL(file) });
+    setPicture({
+      serial: ++pictures.current,
+      file,
+      name: name ?? (file instanceof File ? file.name : 'pasted.png'),
+      url: URL.createObjectURL(file),
+    });
   };
 
   const select = (name: string) => {
@@ -264,6 +281,11 @@ export function App() {
           </label>
         </section>
 
+        {ready && selected && !model && (
+          <p class="notice">
+            The gateway has no model named <code>{selected}</code>: pick one from the list.
+          </p>
+        )}
         {model && !isTask(model.task) && (
           <p class="notice">
             {model.name} is a <code>{model.task}</code> model: it takes tensors, not photos. Use the <code>infer</code> mutation in{' '}
@@ -277,7 +299,12 @@ export function App() {
         )}
 
         {picture && (
-          <section class="output">
+          <section
+            class="output"
+            data-picture={picture.name}
+            data-busy={String(settled !== `${selected}:${picture.serial}`)}
+            data-result={shown ? `${shown.model}:${shown.picture}` : ''}
+          >
             <div class="status">
               {running ? (
                 <span class="running">running {selected}…</span>
