@@ -13,14 +13,14 @@ function sourceFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = path.join(dir, e.name);
     if (e.isDirectory()) return sourceFiles(p);
-    return /\.(ts|mjs)$/.test(e.name) && !e.name.endsWith('.d.ts') ? [p] : [];
+    return /\.(tsx?|mjs)$/.test(e.name) && !e.name.endsWith('.d.ts') ? [p] : [];
   });
 }
 
 /** file (relative to src) -> what it imports: relative imports resolved to files (relative to src), packages by name. */
-function importGraph(): Map<string, string[]> {
+function importGraph(root = SRC): Map<string, string[]> {
   const graph = new Map<string, string[]>();
-  for (const file of sourceFiles(SRC)) {
+  for (const file of sourceFiles(root)) {
     const text = readFileSync(file, 'utf8');
     const specs = [
       ...text.matchAll(/(?:^|\n)\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|import\(\s*'([^']+)'\s*\)|(?:^|\n)\s*import\s+'([^']+)'/g),
@@ -34,6 +34,8 @@ function importGraph(): Map<string, string[]> {
 }
 
 const graph = importGraph();
+/** The page's sources (ui/src), relative to src like the rest: "../ui/src/app.tsx". */
+const uiGraph = importGraph(path.join(ROOT, 'ui', 'src'));
 const PROTOCOL_PACKAGES = /^(graphql|graphql-yoga|graphql-ws|graphql-scalars|@graphql-yoga\/|@pothos\/|@escape\.tech\/|@grpc\/|ws$)/;
 
 describe('architecture', () => {
@@ -92,5 +94,40 @@ describe('architecture', () => {
       }
     }
     expect(crossing).toEqual([]);
+  });
+
+  it('the client (src/client/) imports nothing of the server: only its own files and client-side packages', () => {
+    // what only a server uses (client libraries such as graphql-ws or @grpc/grpc-js are fine)
+    const SERVER_PACKAGES =
+      /^(graphql-yoga|@graphql-yoga\/|@pothos\/|@escape\.tech\/|graphql-scalars|@whatwg-node\/|onnxruntime-node|openvino-node|sharp|pino|prom-client|dataloader|sirv|@repeaterjs\/)/;
+    const offenders: string[] = [];
+    for (const [file, deps] of graph) {
+      if (!file.startsWith('client/')) continue;
+      for (const d of deps) {
+        // the proto contract (src/protocols/kserve/proto/) is shared by both sides and imports nothing of the server
+        const shared = d.startsWith('protocols/kserve/proto/');
+        const otherFile = !d.startsWith('client/') && !shared && /\.(tsx?|mjs)$/.test(d);
+        if (otherFile || SERVER_PACKAGES.test(d)) offenders.push(`${file} imports ${d}`);
+      }
+    }
+    for (const [file, deps] of graph) {
+      if (file.startsWith('protocols/kserve/proto/'))
+        for (const d of deps) if (/\.(tsx?|mjs)$/.test(d)) offenders.push(`${file} imports ${d}`);
+    }
+    expect([...graph.keys()].filter((f) => f.startsWith('client/')).length).toBeGreaterThanOrEqual(3);
+    expect(offenders).toEqual([]);
+  });
+
+  it('the page (ui/src/) talks to the gateway over HTTP only: it imports none of src/, and only browser packages', () => {
+    const BROWSER_PACKAGES = /^(preact|preact\/hooks|graphql-ws)$/;
+    const offenders: string[] = [];
+    for (const [file, deps] of uiGraph) {
+      for (const d of deps) {
+        if (d.startsWith('../ui/src/') || BROWSER_PACKAGES.test(d)) continue;
+        offenders.push(`${file} imports ${d}`);
+      }
+    }
+    expect(uiGraph.size).toBeGreaterThanOrEqual(3);
+    expect(offenders).toEqual([]);
   });
 });

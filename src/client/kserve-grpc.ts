@@ -5,7 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { LOADER_OPTIONS, PROTO_PATH } from '../protocols/kserve/grpc.ts';
+import { LOADER_OPTIONS, PROTO_PATH } from '../protocols/kserve/proto/index.ts';
 
 export const RPCS = [
   'ServerLive',

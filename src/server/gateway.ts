@@ -10,6 +10,7 @@ import { createKserveProtocol } from '../protocols/kserve/index.ts';
 import { hostAllowed } from './hosts.ts';
 import { createHttpServer } from './http.ts';
 import { opsRoutes } from './ops.ts';
+import { uiRoute } from './ui.ts';
 
 export interface Gateway {
   server: Server;
@@ -79,7 +80,7 @@ export function createGateway({
     maxConnectionsPerClient: config.maxConnectionsPerClient,
     headersTimeoutMs: config.headersTimeoutMs,
     requestTimeoutMs: config.requestTimeoutMs,
-    routes: [...opsRoutes(models, metrics), kserve.route, { match: () => true, handle: graphql.handle }],
+    routes: [...opsRoutes(models, metrics), kserve.route, uiRoute(), { match: () => true, handle: graphql.handle }],
   });
   graphql.attach(server);
 

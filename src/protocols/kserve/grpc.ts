@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { toBytes } from '../../engine/types.ts';
@@ -17,6 +16,7 @@ import {
 } from './codec.ts';
 import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
+import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 
 /**
  * The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` from proto/open_inference_grpc.proto, served
@@ -24,9 +24,6 @@ import { invalid, mapError } from './errors.ts';
  * errors.ts (the gateway's code in the `error-code` trailer). Requests may carry tensors in `raw_input_contents` or in
  * typed `contents`; the response answers in the same form (raw when an output has no typed field, as FP16).
  */
-export const PROTO_PATH = fileURLToPath(new URL('./proto/open_inference_grpc.proto', import.meta.url));
-/** keepCase: the proto's snake_case names; longs as strings: int64 values past 2^53 survive. */
-export const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 
 interface Parameter {
   parameter_choice?: string;

@@ -1,0 +1,340 @@
+/**
+ * `gateway`, the command-line client (package.json "bin"; `npx gateway --help`): runs models on files, lists models,
+ * evaluates a classifier over a labelled folder. Everything goes through GatewayClient, over the GraphQL API on HTTP.
+ * Argument parsing is commander's, the progress bar cli-progress's.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Presets, SingleBar } from 'cli-progress';
+import {
+  DEFAULT_URL,
+  GatewayClient,
+  GatewayClientError,
+  type Classification,
+  type Detection,
+  type ModelSummary,
+  type Segmentation,
+} from './client.ts';
+import { evaluate, type EvalReport } from './eval.ts';
+
+interface Io {
+  out(text: string): void;
+  err(text: string): void;
+  /** Whether stderr is a terminal (the progress bar is drawn only there). */
+  tty: boolean;
+}
+
+const defaultIo: Io = {
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+  tty: Boolean(process.stderr.isTTY),
+};
+
+const positiveInt = (v: string) => {
+  if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('expected a positive integer');
+  return Number(v);
+};
+const fraction = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('expected a number from 0 to 1');
+  return n;
+};
+
+/** Where --out wrote the picture (it then stays out of the JSON). */
+interface Written {
+  written?: string;
+}
+
+interface Common {
+  url: string;
+  token?: string;
+  json?: boolean;
+}
+
+/** --url, --token and --json, on every command. */
+function common(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--url <url>', 'the gateway').env('GATEWAY_URL').default(DEFAULT_URL))
+    .addOption(new Option('--token <token>', 'sent as Authorization: Bearer <token>').env('GATEWAY_TOKEN'))
+    .option('--json', 'print JSON instead of text');
+}
+
+const pct = (x: number) => `${(x * 100).toFixed(1)}%`.padStart(6);
+const ms = (x: number) => `${x < 10 ? x.toFixed(1) : Math.round(x)} ms`;
+const name = (p: { classId: number; label: string | null }) => p.label || `class ${p.classId}`;
+
+/** Runs `task` on every file, `concurrency` at a time, and reports each in the order given as soon as it can. */
+async function eachFile<T>(
+  files: string[],
+  concurrency: number,
+  task: (file: string) => Promise<T>,
+  report: (file: string, outcome: { value: T; ms: number } | { error: GatewayClientError }) => void,
+): Promise<number> {
+  const outcomes: ({ value: T; ms: number } | { error: GatewayClientError } | undefined)[] = [];
+  let next = 0;
+  let shown = 0;
+  let failed = 0;
+  const flush = () => {
+    while (shown < files.length && outcomes[shown]) report(files[shown], outcomes[shown++]!);
+  };
+  const worker = async () => {
+    while (next < files.length) {
+      const i = next++;
+      const t0 = performance.now();
+      try {
+        outcomes[i] = { value: await task(files[i]), ms: performance.now() - t0 };
+      } catch (e) {
+        failed++;
+        outcomes[i] = { error: e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message) };
+      }
+      flush();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, worker));
+  return failed;
+}
+
+function stateOf(m: ModelSummary): string {
+  if (!m.versions.length) return 'no version';
+  return m.versions
+    .map((v) => `v${v.version} ${v.state === 'END' && !v.errorCode ? 'UNLOADED' : v.state}${v.errorCode ? ` ${v.errorCode}` : ''}`)
+    .join(', ');
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ')).join('\n') + '\n';
+}
+
+export function formatEval(r: EvalReport): string {
+  const lines = [
+    `model       ${r.model}`,
+    `images      ${r.images} in ${r.classes.length} classes (${r.dir})`,
+    `top-1       ${pct(r.top1).trim()} (${r.top1Correct}/${r.images})`,
+    `top-5       ${pct(r.top5).trim()} (${r.top5Correct}/${r.images})`,
+    `throughput  ${r.imagesPerSecond.toFixed(1)} images/s at concurrency ${r.concurrency} (${r.seconds.toFixed(2)} s)`,
+    `latency     p50 ${ms(r.latencyMs.p50)}, p90 ${ms(r.latencyMs.p90)}, p95 ${ms(r.latencyMs.p95)}, p99 ${ms(r.latencyMs.p99)}, max ${ms(r.latencyMs.max)}, mean ${ms(r.latencyMs.mean)}`,
+    `errors      ${r.errors.length ? r.errors.map((e) => `${e.code} x${e.count} (e.g. ${e.example})`).join('; ') : 'none'}`,
+    '',
+  ];
+  const rows = [['class', 'id', 'images', 'top-1', 'top-5']].concat(
+    r.classes.map((c) => [c.folder, String(c.classId), String(c.images), pct(c.top1 / c.images), pct(c.top5 / c.images)]),
+  );
+  return lines.join('\n') + table(rows);
+}
+
+/** Builds the program; `io` lets a test catch what it prints. */
+export function program(io: Io = defaultIo, setExitCode: (code: number) => void = (c) => (process.exitCode = c)): Command {
+  const cli = new Command('gateway')
+    .description('Command-line client of the GraphQL inference gateway (talks to its GraphQL API over HTTP).')
+    .showHelpAfterError('(gateway <command> --help for usage)')
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .exitOverride();
+  const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token });
+  const fail = (e: unknown) => {
+    const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message);
+    io.err(`error: ${err.code}: ${err.message}\n`);
+    setExitCode(1);
+  };
+
+  common(cli.command('models').description('list the models and the state of their versions')).action(async (o: Common) => {
+    try {
+      const models = await client(o).listModels();
+      if (o.json) return io.out(JSON.stringify(models, null, 2) + '\n');
+      io.out(table([['model', 'task', 'ready', 'versions'], ...models.map((m) => [m.name, m.task, m.ready ? 'yes' : 'no', stateOf(m)])]));
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+  const fileCommand = <T>(
+    command: string,
+    description: string,
+    extra: (cmd: Command) => Command,
+    run: (gw: GatewayClient, file: string, o: Common & Record<string, unknown>) => Promise<T>,
+    print: (file: string, value: T, ms: number) => string,
+  ) =>
+    extra(
+      common(
+        cli
+          .command(command)
+          .description(description)
+          .argument('<files...>', 'image files')
+          .requiredOption('-m, --model <name>', 'the model')
+          .option('--version <n>', 'model version (default: the newest available)', positiveInt)
+          .option('-c, --concurrency <n>', 'requests in flight at once', positiveInt, 4),
+      ),
+    ).action(async (files: string[], o: Common & { model: string; concurrency: number } & Record<string, unknown>) => {
+      const gw = client(o);
+      const json: unknown[] = [];
+      const failed = await eachFile(
+        files,
+        o.concurrency,
+        (f) => run(gw, f, o),
+        (file, outcome) => {
+          if ('error' in outcome) {
+            if (o.json) json.push({ file, error: { code: outcome.error.code, message: outcome.error.message } });
+            else io.err(`${file}: ${outcome.error.code}: ${outcome.error.message}\n`);
+            return;
+          }
+          if (o.json) json.push({ file, ms: Math.round(outcome.ms * 10) / 10, result: outcome.value });
+          else io.out(print(file, outcome.value, outcome.ms));
+        },
+      );
+      if (o.json) io.out(JSON.stringify(json, null, 2) + '\n');
+      if (failed) setExitCode(1);
+    });
+
+  const outFile = async (dir: string, file: string, suffix: string, base64: string) => {
+    await mkdir(dir, { recursive: true });
+    const target = path.join(dir, `${path.parse(file).name}.${suffix}.png`);
+    await writeFile(target, Buffer.from(base64, 'base64'));
+    return target;
+  };
+
+  fileCommand<Classification>(
+    'classify',
+    'classify images: the top classes with their confidence',
+    (cmd) =>
+      cmd.option('-k, --top-k <n>', 'classes per image', positiveInt, 5).option('--min-confidence <x>', 'drop classes below', fraction),
+    (gw, f, o) =>
+      gw.classify(o.model as string, f, {
+        topK: o.topK as number,
+        minConfidence: (o.minConfidence as number | undefined) ?? null,
+        version: (o.version as number | undefined) ?? null,
+      }),
+    (file, r, t) =>
+      `${file}  (${ms(t)})\n${r.predictions.map((p) => `  ${pct(p.confidence)}  ${name(p)}\n`).join('') || '  nothing above the threshold\n'}`,
+  );
+
+  fileCommand<Detection & Written>(
+    'detect',
+    'detect objects: label, confidence and box (pixels) of each',
+    (cmd) =>
+      cmd
+        .option('--min-confidence <x>', 'drop objects below (default: the model’s)', fraction)
+        .option('--iou-threshold <x>', 'non-maximum suppression overlap', fraction)
+        .option('--max-detections <n>', 'objects per image', positiveInt)
+        .option('-o, --out <dir>', 'also write each photo with its boxes drawn, as <dir>/<name>.detected.png'),
+    async (gw, f, o) => {
+      const { annotatedImage, ...d } = await gw.detect(o.model as string, f, {
+        minConfidence: (o.minConfidence as number | undefined) ?? null,
+        iouThreshold: (o.iouThreshold as number | undefined) ?? null,
+        maxDetections: (o.maxDetections as number | undefined) ?? null,
+        version: (o.version as number | undefined) ?? null,
+        annotated: Boolean(o.out),
+      });
+      return annotatedImage ? { ...d, written: await outFile(o.out as string, f, 'detected', annotatedImage) } : d;
+    },
+    (file, d, t) => {
+      const px = (x: number, size: number) => String(Math.round(x * size));
+      const rows = d.objects.map((b) => [
+        `  ${pct(b.confidence)}`,
+        name(b),
+        `${px(b.box.xMin, d.imageWidth)},${px(b.box.yMin, d.imageHeight)} - ${px(b.box.xMax, d.imageWidth)},${px(b.box.yMax, d.imageHeight)}`,
+      ]);
+      return (
+        `${file}  ${d.imageWidth}x${d.imageHeight}, ${d.objects.length} object${d.objects.length === 1 ? '' : 's'} (${ms(t)})\n` +
+        (rows.length ? table(rows) : '') +
+        (d.written ? `  -> ${d.written}\n` : '')
+      );
+    },
+  );
+
+  fileCommand<Segmentation & Written>(
+    'segment',
+    'segment images: the classes present and their share of the pixels',
+    (cmd) => cmd.option('-o, --out <dir>', 'also write each mask over its photo, as <dir>/<name>.segmented.png'),
+    async (gw, f, o) => {
+      const { overlay, ...seg } = await gw.segment(o.model as string, f, {
+        version: (o.version as number | undefined) ?? null,
+        overlay: Boolean(o.out),
+      });
+      return overlay ? { ...seg, written: await outFile(o.out as string, f, 'segmented', overlay) } : seg;
+    },
+    (file, seg, t) =>
+      `${file}  ${seg.width}x${seg.height} (${ms(t)})\n${seg.classes.map((c) => `  ${pct(c.pixelFraction)}  ${name(c)}\n`).join('')}` +
+      (seg.written ? `  -> ${seg.written}\n` : ''),
+  );
+
+  common(
+    cli
+      .command('eval')
+      .description('accuracy (top-1, top-5), images/s and latency of a classifier over DIR/<label>/*.jpg (ImageFolder)')
+      .requiredOption('-m, --model <name>', 'a classification model')
+      .requiredOption('-d, --dir <dir>', 'folder of <label>/ folders; a label is a class id, a label of the model or one of its names')
+      .option('-c, --concurrency <n>', 'requests in flight at once', positiveInt, 4)
+      .option('--limit <n>', 'stop after this many images', positiveInt)
+      .option('--version <n>', 'model version (default: the newest available)', positiveInt),
+  ).action(async (o: Common & { model: string; dir: string; concurrency: number; limit?: number; version?: number }) => {
+    const bar = new SingleBar(
+      {
+        format: 'eval {bar} {value}/{total} images | {rate} images/s | top-1 {top1}',
+        stream: process.stderr,
+        hideCursor: true,
+        clearOnComplete: true,
+        noTTYOutput: false,
+      },
+      Presets.shades_classic,
+    );
+    let started = 0;
+    try {
+      const report = await evaluate(client(o), {
+        model: o.model,
+        dir: o.dir,
+        concurrency: o.concurrency,
+        limit: o.limit,
+        version: o.version ?? null,
+        onProgress: (done, total, top1) => {
+          if (!io.tty) return;
+          if (!started) {
+            started = performance.now();
+            bar.start(total, 0, { rate: '-', top1: '-' });
+          }
+          const s = (performance.now() - started) / 1000;
+          bar.update(done, { rate: s > 0 ? (done / s).toFixed(1) : '-', top1: pct(top1 / done).trim() });
+        },
+      });
+      if (started) bar.stop();
+      io.out(o.json ? JSON.stringify(report, null, 2) + '\n' : formatEval(report));
+      if (report.errors.length) setExitCode(1);
+    } catch (e) {
+      if (started) bar.stop();
+      fail(e);
+    }
+  });
+
+  for (const [command, load] of [
+    ['load', true],
+    ['unload', false],
+  ] as const) {
+    common(
+      cli
+        .command(command)
+        .description(`${command} a model (admin: needs the admin token when the gateway has one)`)
+        .argument('<model>', 'model name'),
+    ).action(async (model: string, o: Common) => {
+      try {
+        const gw = client(o);
+        const m = load ? await gw.loadModel(model) : await gw.unloadModel(model);
+        io.out(o.json ? JSON.stringify(m, null, 2) + '\n' : `${m.name}: ${stateOf(m)}\n`);
+      } catch (e) {
+        fail(e);
+      }
+    });
+  }
+  return cli;
+}
+
+/** Runs the command line; resolves to the exit code. */
+export async function main(argv: readonly string[] = process.argv, io: Io = defaultIo): Promise<number> {
+  let code = 0;
+  try {
+    await program(io, (c) => (code = c)).parseAsync([...argv]);
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    throw e;
+  }
+  return code;
+}

@@ -1,0 +1,393 @@
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixture, image, ROOT, startGateway, type TestGateway } from './helpers.ts';
+
+/**
+ * The page at / (ui/), served by the gateway: first over plain HTTP (what is served, how), then driven in a real
+ * headless Chromium (Debian's /usr/bin/chromium, with puppeteer-core) against a live gateway with the real models and
+ * photos. The screenshots it takes are the README's pictures (docs/*.jpg).
+ */
+const CHROMIUM = '/usr/bin/chromium';
+const DOCS = path.join(ROOT, 'docs');
+const ADMIN = 'browser-admin-token';
+const run = promisify(execFile);
+
+interface Rect {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/** The share of pixels that differ clearly between two pictures, outside `ignore` (1 when their sizes differ). */
+async function changedShare(a: Buffer, b: Buffer, ignore: Rect | null): Promise<number> {
+  const [x, y] = await Promise.all([a, b].map((p) => sharp(p).removeAlpha().raw().toBuffer({ resolveWithObject: true })));
+  const { width, height } = x.info;
+  if (width !== y.info.width || height !== y.info.height) return 1;
+  const inside = (px: number, py: number) =>
+    ignore !== null && px >= ignore.x && px < ignore.x + ignore.width && py >= ignore.y && py < ignore.y + ignore.height;
+  let changed = 0;
+  for (let p = 0; p < width * height; p++) {
+    const i = p * 3;
+    const diff = Math.max(
+      Math.abs(x.data[i] - y.data[i]),
+      Math.abs(x.data[i + 1] - y.data[i + 1]),
+      Math.abs(x.data[i + 2] - y.data[i + 2]),
+    );
+    if (diff > 48 && !inside(p % width, Math.floor(p / width))) changed++;
+  }
+  return changed / (width * height);
+}
+
+// test what ui/src says now, not an older build
+beforeAll(async () => {
+  await run(process.execPath, [path.join(ROOT, 'ui', 'build.mjs')], { cwd: ROOT });
+});
+
+describe('the page at / over HTTP', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway();
+  });
+  afterAll(() => gw?.close());
+
+  it('serves index.html and its bundles with their types, caching and compression', async () => {
+    const page = await fetch(`${gw.url}/?model=mobilenet`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toBe('text/html;charset=utf-8');
+    expect(page.headers.get('cache-control')).toBe('no-cache');
+    expect(page.headers.get('content-security-policy')).toContain("default-src 'self'");
+    expect(page.headers.get('content-security-policy')).toContain("connect-src 'self'");
+    const html = await page.text();
+    const js = /src="(\/assets\/app-\w+\.js)"/.exec(html)?.[1];
+    const css = /href="(\/assets\/app-\w+\.css)"/.exec(html)?.[1];
+    expect(js && css).toBeTruthy();
+
+    const script = await fetch(`${gw.url}${js}`, { headers: { 'accept-encoding': 'br' } });
+    expect(script.headers.get('content-type')).toBe('text/javascript');
+    expect(script.headers.get('content-encoding')).toBe('br');
+    expect(script.headers.get('cache-control')).toContain('immutable');
+    expect((await script.text()).length).toBeGreaterThan(10_000); // fetch decodes brotli
+    const style = await fetch(`${gw.url}${css}`);
+    expect(style.headers.get('content-type')).toBe('text/css');
+    expect(await style.text()).toContain('.box');
+
+    const plain = await fetch(`${gw.url}/`, { headers: { 'accept-encoding': 'identity' } });
+    expect(plain.headers.get('content-encoding')).toBeNull();
+    const etag = plain.headers.get('etag')!;
+    expect((await fetch(`${gw.url}/`, { headers: { 'if-none-match': etag, 'accept-encoding': 'identity' } })).status).toBe(304);
+  });
+
+  it('the bundle is self-contained: no URL in it but XML namespaces, and it is small', async () => {
+    const dist = path.join(ROOT, 'ui', 'dist');
+    const files = [path.join(dist, 'index.html'), ...(await readdir(path.join(dist, 'assets'))).map((f) => path.join(dist, 'assets', f))];
+    let bytes = 0;
+    for (const f of files.filter((f) => /\.(html|js|css)$/.test(f))) {
+      const text = await readFile(f, 'utf8');
+      bytes += Buffer.byteLength(text);
+      const urls = [...text.matchAll(/\b(?:https?|wss?):\/\/[^\s"'`)]+/g)].map((m) => m[0]);
+      expect(
+        urls.filter((u) => !u.startsWith('http://www.w3.org/')),
+        f,
+      ).toEqual([]);
+    }
+    expect(bytes).toBeLessThan(100 * 1024);
+  });
+
+  it('refuses other methods, unknown assets and paths out of the folder; GraphiQL stays at /graphql', async () => {
+    expect((await fetch(`${gw.url}/`, { method: 'POST', body: 'x' })).status).toBe(405);
+    expect((await fetch(`${gw.url}/assets/nope.js`)).status).toBe(404);
+    for (const p of ['/assets/../../package.json', '/assets/%2e%2e/%2e%2e/package.json', '/assets/..%2f..%2fpackage.json']) {
+      const res = await new Promise<number>((resolve, reject) => {
+        // fetch() normalizes dot segments away: send the path as written
+        import('node:http').then(({ get }) => get(`${gw.url}${p}`, (r) => resolve(r.statusCode!)).on('error', reject));
+      });
+      expect(res, p).toBe(404);
+    }
+    const graphiql = await fetch(`${gw.url}/graphql`, { headers: { accept: 'text/html' } });
+    expect(graphiql.status).toBe(200);
+    expect(await graphiql.text()).toMatch(/graphiql/i);
+  });
+});
+
+const HAS_CHROMIUM = existsSync(CHROMIUM);
+const inChromium = HAS_CHROMIUM
+  ? 'the page in headless Chromium'
+  : `the page in headless Chromium: SKIPPED, ${CHROMIUM} is not installed (apt-get install chromium; .ci/run installs it)`;
+
+describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
+  let gw: TestGateway;
+  let browser: Browser;
+  let page: Page;
+  let profile: string;
+  /** Every URL the page asked for (HTTP and WebSocket), and those refused for leaving 127.0.0.1. */
+  const requested: string[] = [];
+  const leaving: string[] = [];
+  const problems: string[] = [];
+
+  const text = (selector: string) => page.$$eval(selector, (els) => els.map((e) => (e.textContent ?? '').trim()));
+  const stateOf = (model: string) => page.$eval(`.model[data-name="${model}"]`, (e) => e.getAttribute('data-state'));
+  const waitForState = (model: string, state: string) =>
+    page.waitForFunction((m, s) => document.querySelector(`.model[data-name="${m}"]`)?.getAttribute('data-state') === s, {}, model, state);
+  const upload = async (file: string) => (await page.$('input[type=file]'))!.uploadFile(file);
+  const firstPrediction = (label: string) =>
+    page.waitForFunction((l) => document.querySelector('.prediction .label')?.textContent === l, {}, label);
+  /** Until the page shows what `model` made of `picture` (earlier answers, e.g. on switching models, are not it). */
+  const resultOf = (model: string, picture: string) => page.waitForSelector(`.output[data-result="${model}:${picture}"]`);
+  /** Until the run of `picture` is over (answered or failed). */
+  const settled = (picture: string) => page.waitForSelector(`.output[data-picture="${picture}"][data-busy="false"]`);
+  /** A File made in the page from these bytes, then dropped or pasted as a user would. */
+  const give = async (how: 'drop' | 'paste', file: string) => {
+    const b64 = (await readFile(file)).toString('base64');
+    await page.evaluate(
+      (data, name, kind) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, { type: 'image/jpeg' }));
+        const target = document.querySelector('main')!;
+        if (kind === 'drop') target.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        else target.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+      },
+      b64,
+      path.basename(file),
+      how,
+    );
+  };
+  /**
+   * The README's pictures (JPEG: a tenth of a PNG's size for photos). A picture that differs from the one in docs/
+   * only in its status line (the round-trip time) is left as it is, so a test run does not touch the committed files.
+   */
+  const shoot = async (name: string) => {
+    const file = path.join(DOCS, `${name}.jpg`);
+    const fresh = await sharp(await page.screenshot({ type: 'png' }))
+      .jpeg({ quality: 85, mozjpeg: true })
+      .toBuffer();
+    const status = await page.$eval('.status', (e) => {
+      const r = e.getBoundingClientRect();
+      return { x: Math.floor(r.x) - 4, y: Math.floor(r.y) - 4, width: Math.ceil(r.width) + 8, height: Math.ceil(r.height) + 8 };
+    });
+    if (existsSync(file) && (await changedShare(await readFile(file), fresh, status)) < 0.0005) return;
+    await writeFile(file, fresh);
+  };
+  const setToken = async (token: string) => {
+    await page.click('input[name=token]', { count: 3 });
+    await page.keyboard.press('Backspace');
+    if (token) await page.type('input[name=token]', token);
+    await page.keyboard.press('Tab'); // the token applies when the field is left (change event)
+  };
+
+  /** A tab that lists every URL it asks for, refuses (and lists) any leaving 127.0.0.1, and collects its errors. */
+  const open = async (): Promise<Page> => {
+    const tab = await browser.newPage();
+    await tab.setViewport({ width: 1200, height: 760, deviceScaleFactor: 1 });
+    // what the page asks for, as the network sees it (HTTP and WebSocket)...
+    const cdp = await tab.createCDPSession();
+    await cdp.send('Network.enable');
+    cdp.on('Network.requestWillBeSent', (e) => requested.push(e.request.url));
+    cdp.on('Network.webSocketCreated', (e) => requested.push(e.url));
+    // ...and nothing may leave 127.0.0.1: such a request is refused, and listed
+    await tab.setRequestInterception(true);
+    tab.on('request', (r) => {
+      const u = new URL(r.url());
+      if (u.protocol === 'data:' || u.protocol === 'blob:' || u.hostname === '127.0.0.1') return void r.continue();
+      leaving.push(r.url());
+      void r.abort();
+    });
+    tab.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+    tab.on('pageerror', (e) => problems.push(`page error: ${(e as Error).message}`));
+    return tab;
+  };
+
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet'), yolox: fixture('yolox'), bodypix: fixture('bodypix') },
+      env: { ADMIN_TOKEN: ADMIN },
+    });
+    profile = await mkdtemp(path.join(os.tmpdir(), 'gw-chromium-'));
+    browser = await puppeteer.launch({
+      executablePath: CHROMIUM,
+      headless: true, // --headless
+      userDataDir: profile, // a fresh --user-data-dir
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+    page = await open();
+    await mkdir(DOCS, { recursive: true });
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await gw?.close();
+    if (profile) await rm(profile, { recursive: true, force: true });
+  });
+
+  it('lists the models live, preselects ?model=, and classifies a chosen photo at once: zebra.jpeg is a zebra', async () => {
+    await page.goto(`${gw.url}/?model=mobilenet`);
+    await waitForState('mobilenet', 'AVAILABLE');
+    expect((await text('.model .name')).sort()).toEqual(['bodypix', 'mobilenet', 'yolox']);
+    expect(await page.$eval('.model.selected .name', (e) => e.textContent)).toBe('mobilenet');
+    await page.waitForFunction(() => document.querySelector('.connection')?.textContent === 'live');
+    await page.evaluate(() => ((window as unknown as { loadedOnce: boolean }).loadedOnce = true));
+
+    await upload(image('zebra.jpeg'));
+    await firstPrediction('zebra');
+    const predictions = await text('.prediction');
+    expect(predictions).toHaveLength(5);
+    expect(predictions[0]).toMatch(/^zebra\s*\d+\.\d%$/);
+    expect(await page.$eval('.latency', (e) => e.textContent)).toMatch(/^mobilenet · \d+ ms round trip$/);
+    await shoot('screenshot-classify');
+  });
+
+  it('takes a dropped photo and a pasted one', async () => {
+    await give('drop', image('bee.jpeg'));
+    await firstPrediction('bee');
+    await give('paste', image('snail.jpeg'));
+    await firstPrediction('snail');
+  });
+
+  it('detects on dog.jpg with yolox: boxes labelled dog and bicycle, over the photo where they are', async () => {
+    await page.click('.model[data-name="yolox"] .pick');
+    expect(new URL(page.url()).search).toBe('?model=yolox');
+    await upload(image('dog.jpg'));
+    await resultOf('yolox', 'dog.jpg');
+    await page.waitForFunction(() => {
+      const labels = [...document.querySelectorAll('.box-label')].map((e) => e.textContent ?? '');
+      return labels.some((l) => l.startsWith('dog ')) && labels.some((l) => l.startsWith('bicycle '));
+    });
+    const geometry = await page.$$eval('.box', (boxes) => {
+      const photo = document.querySelector('.viewer img')!.getBoundingClientRect();
+      return boxes.map((b) => {
+        const r = b.getBoundingClientRect();
+        return {
+          label: b.querySelector('.box-label')!.textContent!.split(' ')[0],
+          // the box's centre, as a fraction of the photo
+          x: (r.left + r.width / 2 - photo.left) / photo.width,
+          y: (r.top + r.height / 2 - photo.top) / photo.height,
+        };
+      });
+    });
+    const dog = geometry.find((g) => g.label === 'dog')!;
+    const bike = geometry.find((g) => g.label === 'bicycle')!;
+    // dog.jpg (768x576): the dog sits lower left (box 133,205 - 323,543), the bicycle spans the middle (61,133 - 572,428)
+    expect(dog.x).toBeGreaterThan(0.2);
+    expect(dog.x).toBeLessThan(0.4);
+    expect(dog.y).toBeGreaterThan(0.55);
+    expect(bike.y).toBeLessThan(dog.y);
+    expect(await text('.objects li')).toEqual(expect.arrayContaining([expect.stringMatching(/^dog \d+%$/)]));
+    await shoot('screenshot');
+  });
+
+  it('segments people1.jpeg with bodypix: the mask over the photo covers the people', async () => {
+    await page.click('.model[data-name="bodypix"] .pick');
+    await upload(image('people1.jpeg'));
+    await resultOf('bodypix', 'people1.jpeg');
+    expect(await text('.segment-class .label')).toEqual(['background', 'person']);
+    // the mask is drawn once its PNG is decoded: the share of coloured pixels is the person share (~0.47)
+    const covered = await page.waitForFunction(() => {
+      const c = document.querySelector('canvas.mask') as HTMLCanvasElement | null;
+      if (!c || c.width < 2) return 0;
+      const px = c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+      return n ? n / (c.width * c.height) : 0;
+    });
+    const share = (await covered.jsonValue()) as number;
+    expect(share).toBeGreaterThan(0.35);
+    expect(share).toBeLessThan(0.6);
+    await shoot('screenshot-segment');
+  });
+
+  it('shows an unload made through the API without a reload, and the server errors readably', async () => {
+    const r = await gw.gql(`mutation { unloadModel(name: "mobilenet") { name } }`, {}, { headers: { authorization: `Bearer ${ADMIN}` } });
+    expect(r.errors).toBeUndefined();
+    await waitForState('mobilenet', 'UNLOADED');
+    expect(await page.evaluate(() => (window as unknown as { loadedOnce?: boolean }).loadedOnce)).toBe(true); // the same page
+
+    await page.click('.model[data-name="mobilenet"] .pick');
+    await upload(image('zebra.jpeg'));
+    await settled('zebra.jpeg');
+    expect(await page.$eval('.error', (e) => e.textContent)).toMatch(/^MODEL_NOT_READY .*mobilenet/);
+    expect(await page.$('.output[data-result=""]')).not.toBeNull();
+
+    await page.click('.model[data-name="yolox"] .pick');
+    await give('drop', path.join(ROOT, 'package.json'));
+    await settled('package.json');
+    expect(await page.$eval('.error', (e) => e.textContent)).toMatch(/^INVALID_IMAGE /);
+  });
+
+  it('with a token, offers load and unload: a wrong one is refused (FORBIDDEN), the admin token loads the model', async () => {
+    expect(await page.$('.model .admin')).toBeNull();
+    await setToken('not-the-token');
+    await page.waitForSelector('.model[data-name="mobilenet"] .admin');
+    expect(await page.$eval('.model[data-name="mobilenet"] .admin', (e) => e.textContent)).toBe('Load');
+    await page.click('.model[data-name="yolox"] .admin');
+    await page.waitForFunction(() => document.querySelector('.error')?.textContent?.startsWith('FORBIDDEN'));
+    expect(await stateOf('yolox')).toBe('AVAILABLE');
+
+    await setToken(ADMIN);
+    await page.click('.model[data-name="mobilenet"] .admin');
+    await waitForState('mobilenet', 'AVAILABLE');
+    expect(await page.$('.error')).toBeNull();
+    await page.click('.model[data-name="mobilenet"] .pick');
+    await upload(image('zebra.jpeg'));
+    await firstPrediction('zebra');
+  });
+
+  it('on a gateway with API tokens: says UNAUTHENTICATED readably, and works once the token is entered', async () => {
+    const guarded = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { API_TOKENS: 'reader-token' } });
+    const tab = await open();
+    try {
+      await tab.goto(`${guarded.url}/`);
+      await tab.waitForFunction(() => document.querySelector('.error')?.textContent?.startsWith('UNAUTHENTICATED'));
+      expect(await tab.$$('.model')).toHaveLength(0);
+      await tab.type('input[name=token]', 'reader-token');
+      await tab.keyboard.press('Tab');
+      await tab.waitForFunction(() => document.querySelector('.model[data-name="mobilenet"]')?.getAttribute('data-state') === 'AVAILABLE');
+      await tab.waitForFunction(() => document.querySelector('.connection')?.textContent === 'live');
+      expect(await tab.$('.error')).toBeNull();
+      await (await tab.$('input[type=file]'))!.uploadFile(image('zebra.jpeg'));
+      await tab.waitForFunction(() => document.querySelector('.prediction .label')?.textContent === 'zebra');
+    } finally {
+      await tab.close();
+      await guarded.close();
+    }
+  });
+
+  it('asked for nothing outside 127.0.0.1, and logged no error (no CSP violation either)', async () => {
+    expect(leaving).toEqual([]);
+    const origin = new URL(gw.url);
+    const outside = requested.filter((u) => {
+      const p = new URL(u);
+      return !['data:', 'blob:'].includes(p.protocol) && p.hostname !== '127.0.0.1';
+    });
+    expect(outside).toEqual([]);
+    // what it did ask for: the page, its bundles, GraphQL over HTTP and the subscription over WebSocket
+    expect(requested).toEqual(
+      expect.arrayContaining([
+        `${gw.url}/?model=mobilenet`,
+        expect.stringMatching(/\/assets\/app-\w+\.js$/),
+        expect.stringMatching(/\/assets\/app-\w+\.css$/),
+        `${gw.url}/graphql`,
+        `ws://${origin.host}/graphql`,
+      ]),
+    );
+    // the page loaded once: the unload showed through the subscription, not a reload
+    expect(requested.filter((u) => u.startsWith(`${gw.url}/?`))).toHaveLength(1);
+    // the refused admin action and the bad uploads are answered (HTTP 200 or 4xx) and shown, not thrown
+    expect(problems.filter((p) => !/Failed to load resource: the server responded with a status of 4\d\d/.test(p))).toEqual([]);
+  });
+});

@@ -1,0 +1,305 @@
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GatewayClient, GatewayClientError } from '../src/client/client.ts';
+import { matchLabel, percentile } from '../src/client/eval.ts';
+import { fixture, image, ROOT, startGateway, type TestGateway } from './helpers.ts';
+
+/**
+ * The command-line client (`gateway`, package.json "bin") as a user runs it: the real bin/gateway.mjs in a child
+ * process, against a live gateway with the real models, on the fixture photos.
+ */
+interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function gateway(args: string[], env: Record<string, string> = {}): Promise<Ran> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [path.join(ROOT, 'bin', 'gateway.mjs'), ...args],
+      { cwd: ROOT, env: { ...process.env, GATEWAY_URL: '', GATEWAY_TOKEN: '', ...env }, maxBuffer: 16 * 1024 * 1024 },
+      (error, stdout, stderr) => resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+const ADMIN = 'cli-admin-token';
+const run = promisify(execFile);
+
+describe('gateway (command-line client)', () => {
+  let gw: TestGateway;
+  let tmp: string;
+  let evalDir: string;
+  let url: string[];
+
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet'), yolox: fixture('yolox'), bodypix: fixture('bodypix') },
+      env: { ADMIN_TOKEN: ADMIN },
+    });
+    url = ['--url', gw.url];
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'gw-cli-'));
+    // ImageFolder: four photos in the folders of their own classes, one (the pelican) filed as a zebra, and one
+    // folder named by class id; expected: top-1 4/5
+    evalDir = path.join(tmp, 'eval');
+    const place = async (folder: string, photo: string) => {
+      await mkdir(path.join(evalDir, folder), { recursive: true });
+      await copyFile(image(photo), path.join(evalDir, folder, photo));
+    };
+    await place('zebra', 'zebra.jpeg');
+    await place('zebra', 'pelican.jpeg');
+    await place('bee', 'bee.jpeg');
+    await place('snail', 'snail.jpeg');
+    await place('144', 'pelican.jpeg');
+    await writeFile(path.join(evalDir, 'bee', 'notes.txt'), 'not an image: skipped by extension');
+  });
+  afterAll(async () => {
+    await gw?.close();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('models: lists the models and the state of their versions', async () => {
+    const text = await gateway(['models', ...url]);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/^mobilenet\s+classification\s+yes\s+v1 AVAILABLE$/m);
+    expect(text.stdout).toMatch(/^yolox\s+detection\s+yes\s+v1 AVAILABLE$/m);
+    const json = await gateway(['models', '--json'], { GATEWAY_URL: gw.url });
+    expect(json.code, json.stderr).toBe(0);
+    const models = JSON.parse(json.stdout) as { name: string; task: string; versions: { state: string }[] }[];
+    expect(models.map((m) => m.name).sort()).toEqual(['bodypix', 'mobilenet', 'yolox']);
+    expect(models.find((m) => m.name === 'bodypix')?.task).toBe('segmentation');
+  });
+
+  it('classify: the top classes of each photo, in the order given; --json', async () => {
+    const text = await gateway(['classify', '--model', 'mobilenet', '-k', '3', ...url, image('zebra.jpeg'), image('bee.jpeg')]);
+    expect(text.code, text.stderr).toBe(0);
+    const blocks = text.stdout.split(/\n(?=\S)/);
+    expect(blocks[0]).toContain('zebra.jpeg');
+    expect(blocks[0].split('\n')[1]).toMatch(/^\s+\d+\.\d%\s+zebra$/);
+    expect(blocks[1]).toContain('bee.jpeg');
+    expect(blocks[1].split('\n')[1]).toMatch(/%\s+bee$/);
+    expect(blocks[1].trim().split('\n')).toHaveLength(4); // the file and its top 3
+
+    const json = await gateway(['classify', '-m', 'mobilenet', '--json', ...url, image('snail.jpeg'), image('pelican.jpeg')]);
+    expect(json.code, json.stderr).toBe(0);
+    const answers = JSON.parse(json.stdout);
+    expect(answers.map((a: any) => [path.basename(a.file), a.result.predictions[0].label, a.result.predictions[0].classId])).toEqual([
+      ['snail.jpeg', 'snail', 113],
+      ['pelican.jpeg', 'pelican', 144],
+    ]);
+    expect(answers[0].result.predictions).toHaveLength(5);
+  });
+
+  it('classify: a file that is not an image fails alone, with the server code, and the exit code says so', async () => {
+    const r = await gateway(['classify', '-m', 'mobilenet', ...url, path.join(ROOT, 'package.json'), image('zebra.jpeg'), 'missing.jpg']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('package.json: INVALID_IMAGE');
+    expect(r.stderr).toContain('missing.jpg: UNREADABLE_FILE');
+    expect(r.stdout).toMatch(/zebra\.jpeg.*\n\s+\d+\.\d%\s+zebra\n/);
+    const json = await gateway(['classify', '-m', 'nope', '--json', ...url, image('zebra.jpeg')]);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)[0].error.code).toBe('MODEL_NOT_FOUND');
+  });
+
+  it('detect: labelled boxes in pixels; --out writes the photo with its boxes', async () => {
+    const out = path.join(tmp, 'detected');
+    const r = await gateway(['detect', '-m', 'yolox', '--out', out, ...url, image('dog.jpg')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/dog\.jpg\s+768x576, \d+ objects/);
+    expect(r.stdout).toMatch(/^\s+\d+\.\d%\s+dog\s+\d+,\d+ - \d+,\d+$/m);
+    expect(r.stdout).toMatch(/^\s+\d+\.\d%\s+bicycle\s+/m);
+    const written = path.join(out, 'dog.detected.png');
+    expect(r.stdout).toContain(`-> ${written}`);
+    const meta = await sharp(await readFile(written)).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(['png', 768, 576]);
+
+    const json = await gateway(['detect', '-m', 'yolox', '--json', '--min-confidence', '0.6', ...url, image('dog.jpg')]);
+    const [answer] = JSON.parse(json.stdout);
+    expect(answer.result.objects.map((o: any) => o.label).sort()).toEqual(['bicycle', 'car', 'dog']);
+    expect(answer.result.objects.every((o: any) => o.confidence >= 0.6)).toBe(true);
+    expect(answer.result.annotatedImage).toBeUndefined();
+  });
+
+  it('segment: the classes present and their share; --out writes the mask over the photo', async () => {
+    const out = path.join(tmp, 'segmented');
+    const r = await gateway(['segment', '-m', 'bodypix', '--json', '--out', out, ...url, image('people1.jpeg')]);
+    expect(r.code, r.stderr).toBe(0);
+    const [answer] = JSON.parse(r.stdout);
+    expect([answer.result.width, answer.result.height]).toEqual([1200, 800]);
+    const person = answer.result.classes.find((c: any) => c.label === 'person');
+    expect(person.pixelFraction).toBeGreaterThan(0.3);
+    expect(person.pixelFraction).toBeLessThan(0.6);
+    expect(answer.result.written).toBe(path.join(out, 'people1.segmented.png'));
+    expect((await sharp(await readFile(answer.result.written)).metadata()).width).toBe(1200);
+    const text = await gateway(['segment', '-m', 'bodypix', ...url, image('people1.jpeg')]);
+    expect(text.stdout).toMatch(/^\s+\d+\.\d%\s+person$/m);
+  });
+
+  it('eval: top-1 and top-5 accuracy, images/s and latency percentiles over an ImageFolder', async () => {
+    const r = await gateway(['eval', '--model', 'mobilenet', '--dir', evalDir, '--concurrency', '3', ...url]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^images\s+5 in 4 classes/m);
+    expect(r.stdout).toMatch(/^top-1\s+80\.0% \(4\/5\)$/m);
+    expect(r.stdout).toMatch(/^top-5\s+80\.0% \(4\/5\)$/m);
+    expect(r.stdout).toMatch(/^throughput\s+\d+\.\d images\/s at concurrency 3/m);
+    expect(r.stdout).toMatch(/^latency\s+p50 [\d.]+ ms, p90 [\d.]+ ms, p95 [\d.]+ ms, p99 [\d.]+ ms/m);
+    expect(r.stdout).toMatch(/^zebra\s+340\s+2\s+50\.0%\s+50\.0%$/m);
+    expect(r.stdout).toMatch(/^144\s+144\s+1\s+100\.0%\s+100\.0%$/m);
+
+    const json = await gateway(['eval', '-m', 'mobilenet', '-d', evalDir, '--json', ...url]);
+    const report = JSON.parse(json.stdout);
+    expect(report).toMatchObject({ images: 5, answered: 5, top1Correct: 4, top5Correct: 4, top1: 0.8, errors: [] });
+    expect(report.imagesPerSecond).toBeGreaterThan(0);
+    const l = report.latencyMs;
+    expect(0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p95 && l.p95 <= l.p99 && l.p99 <= l.max).toBe(true);
+    expect(report.classes.find((c: any) => c.folder === 'bee')).toMatchObject({ classId: 309, label: 'bee', images: 1, top1: 1 });
+    // what the gateway counted: every image answered by the model
+    const stats = await gw.gql(`{ model(name: "mobilenet") { stats { requests } } }`);
+    expect(stats.data.model.stats[0].requests).toBeGreaterThanOrEqual(10);
+  });
+
+  it('eval: folders that match no label, or two, are refused by name; a detector is refused', async () => {
+    await mkdir(path.join(evalDir, 'unicorn'));
+    await mkdir(path.join(evalDir, 'crane'));
+    try {
+      const r = await gateway(['eval', '-m', 'mobilenet', '-d', evalDir, ...url]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('folder unicorn matches none');
+      expect(r.stderr).toMatch(/folder crane matches classes 134, 517/);
+    } finally {
+      await rm(path.join(evalDir, 'unicorn'), { recursive: true });
+      await rm(path.join(evalDir, 'crane'), { recursive: true });
+    }
+    const d = await gateway(['eval', '-m', 'yolox', '-d', evalDir, ...url]);
+    expect(d.code).toBe(1);
+    expect(d.stderr).toContain('yolox is a detection model');
+  });
+
+  it('load and unload: the admin token is needed, and inference answers MODEL_NOT_READY while unloaded', async () => {
+    const anonymous = await gateway(['unload', 'mobilenet', ...url]);
+    expect(anonymous.code).toBe(1);
+    expect(anonymous.stderr).toContain('UNAUTHENTICATED');
+    const unloaded = await gateway(['unload', 'mobilenet', ...url], { GATEWAY_TOKEN: ADMIN });
+    expect(unloaded.code, unloaded.stderr).toBe(0);
+    expect(unloaded.stdout).toBe('mobilenet: v1 UNLOADED\n');
+    const refused = await gateway(['classify', '-m', 'mobilenet', ...url, image('zebra.jpeg')]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('MODEL_NOT_READY');
+    const loaded = await gateway(['load', 'mobilenet', '--token', ADMIN, ...url]);
+    expect(loaded.stdout).toBe('mobilenet: v1 AVAILABLE\n');
+  });
+
+  it('usage errors and an unreachable gateway are reported plainly', async () => {
+    const noModel = await gateway(['classify', image('zebra.jpeg')]);
+    expect(noModel.code).toBe(1);
+    expect(noModel.stderr).toContain("required option '-m, --model <name>' not specified");
+    const badK = await gateway(['classify', '-m', 'mobilenet', '-k', '0', image('zebra.jpeg')]);
+    expect(badK.stderr).toContain('expected a positive integer');
+    const help = await gateway(['--help']);
+    expect(help.code).toBe(0);
+    for (const c of ['models', 'classify', 'detect', 'segment', 'eval']) expect(help.stdout).toContain(`  ${c} `);
+    // a port nothing listens on (the gateway's, once it is closed)
+    const closed = await startGateway();
+    await closed.close();
+    const down = await gateway(['models', '--url', closed.url]);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:\d+\/graphql: ECONNREFUSED/);
+  });
+
+  it('npx gateway runs the package bin in the project', async () => {
+    const r = await new Promise<Ran>((resolve) =>
+      execFile('npx', ['--no-install', 'gateway', 'models', '--json', '--url', gw.url], { cwd: ROOT }, (error, stdout, stderr) =>
+        resolve({ code: error ? 1 : 0, stdout, stderr }),
+      ),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).length).toBe(3);
+  });
+});
+
+describe("the README's command-line examples, run as written against the default repository", () => {
+  const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+  const section = readme.slice(
+    readme.indexOf('## Command-line client'),
+    readme.indexOf('\n## ', readme.indexOf('## Command-line client') + 3),
+  );
+  // each ```sh block, with the ```text block that shows its output (if one follows)
+  const examples = [...section.matchAll(/```sh\n([\s\S]*?)```\n(?:\n```text\n([\s\S]*?)```)?/g)].map((m) => ({
+    code: m[1],
+    output: m[2] ?? '',
+  }));
+  let gw: TestGateway;
+  let tmp: string;
+  beforeAll(async () => {
+    gw = await startGateway({ root: path.join(ROOT, 'models') }); // read-only: the examples load nothing
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'gw-cli-readme-'));
+  });
+  afterAll(async () => {
+    await gw?.close();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('has an example of every command', () => {
+    for (const c of ['models', 'classify', 'detect', 'segment', 'eval']) expect(section).toMatch(new RegExp(`npx gateway ${c} `));
+    expect(examples.length).toBeGreaterThanOrEqual(3);
+  });
+
+  it.each(examples.map((e, i) => [i + 1, e] as const))('example %i', async (_, { code, output }) => {
+    expect(code).toContain('--url http://127.0.0.1:4000');
+    // the test's server, and /tmp paths in a folder of the test's own
+    const command = code.replaceAll('http://127.0.0.1:4000', gw.url).replaceAll('/tmp/', `${tmp}/`);
+    const { stdout } = await run('bash', ['-c', `set -eo pipefail\n${command}`], { cwd: ROOT, maxBuffer: 16 * 1024 * 1024 });
+    // every line of the output shown, but those that vary (times, rates) or are cut (...)
+    const steady = output.split('\n').filter((l) => l.trim() && !/\d ms|images\/s|\.\.\./.test(l));
+    for (const line of steady) expect(stdout.replaceAll(`${tmp}/`, '/tmp/'), line).toContain(line);
+  });
+});
+
+describe('GatewayClient and eval helpers (typed, importable)', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+  });
+  afterAll(() => gw?.close());
+
+  it('classify takes a path or bytes; errors carry the server code', async () => {
+    const client = new GatewayClient({ url: `${gw.url}/graphql` });
+    expect((await client.classify('mobilenet', image('zebra.jpeg'), { topK: 1 })).predictions).toEqual([
+      expect.objectContaining({ classId: 340, label: 'zebra' }),
+    ]);
+    const bytes = await readFile(image('bee.jpeg'));
+    expect((await client.classify('mobilenet', { name: 'b.jpeg', bytes })).predictions[0].label).toBe('bee');
+    const err = await client.detect('mobilenet', image('zebra.jpeg')).catch((e) => e);
+    expect(err).toBeInstanceOf(GatewayClientError);
+    expect(err.code).toBe('INVALID_INPUT');
+    expect((await client.model('mobilenet'))?.labels?.[340]).toBe('zebra');
+    expect(await client.model('nope')).toBeNull();
+  });
+
+  it('matches folder names to labels: id, whole label, one of its names, any case and separator', () => {
+    const labels = ['tench, Tinca tinca', 'great white shark, white shark', 'crane', 'tiger cat', 'crane'];
+    expect(matchLabel('1', labels)).toBe(1);
+    expect(matchLabel('tench', labels)).toBe(0);
+    expect(matchLabel('Great_White-Shark', labels)).toBe(1);
+    expect(matchLabel('white_shark', labels)).toBe(1);
+    expect(matchLabel('tiger_cat', labels)).toBe(3);
+    expect(() => matchLabel('crane', labels)).toThrow(/matches classes 2, 4/);
+    expect(() => matchLabel('tiger', labels)).toThrow(/matches none/);
+    expect(() => matchLabel('9', labels)).toThrow(/no class 9/);
+  });
+
+  it('percentile is nearest-rank', () => {
+    const v = Array.from({ length: 100 }, (_, i) => i + 1);
+    expect([percentile(v, 50), percentile(v, 90), percentile(v, 99), percentile(v, 100)]).toEqual([50, 90, 99, 100]);
+    expect(percentile([7], 99)).toBe(7);
+    expect(percentile([], 50)).toBe(0);
+  });
+});

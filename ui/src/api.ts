@@ -1,0 +1,191 @@
+/**
+ * What the page says to the gateway: GraphQL only, on the page's own origin. Queries and admin mutations are JSON
+ * POSTs; an image goes as a GraphQL multipart request (the browser's FormData is the encoder here: it is the
+ * platform's, so the page needs none of its own); model status streams over the `modelStatus` subscription with
+ * graphql-ws, which reconnects by itself.
+ */
+import { createClient } from 'graphql-ws';
+
+export interface VersionInfo {
+  version: number;
+  state: 'START' | 'LOADING' | 'AVAILABLE' | 'UNLOADING' | 'END';
+  errorCode: string | null;
+  errorMessage: string | null;
+}
+
+export interface ModelInfo {
+  name: string;
+  task: string;
+  description: string;
+  ready: boolean;
+  versions: VersionInfo[];
+}
+
+export interface Box {
+  xMin: number;
+  yMin: number;
+  xMax: number;
+  yMax: number;
+}
+
+export interface Prediction {
+  classId: number;
+  label: string | null;
+  confidence: number;
+}
+
+export interface DetectedObject extends Prediction {
+  box: Box;
+}
+
+export interface SegmentClass {
+  classId: number;
+  label: string | null;
+  pixelFraction: number;
+}
+
+export type Result =
+  | { task: 'classification'; predictions: Prediction[] }
+  | { task: 'detection'; imageWidth: number; imageHeight: number; objects: DetectedObject[] }
+  | { task: 'segmentation'; width: number; height: number; classes: SegmentClass[]; mask: string };
+
+/** The tasks the page can show; `raw` models take tensors, which a photo is not. */
+export const TASKS = ['classification', 'detection', 'segmentation'] as const;
+
+/** An error the server answered (its `extensions.code` and message), or NETWORK_ERROR when it did not answer. */
+export class RequestError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface GraphqlResponse {
+  data?: Record<string, unknown> | null;
+  errors?: { message: string; extensions?: { code?: string } }[];
+}
+
+async function post(body: BodyInit, headers: Record<string, string>, token: string): Promise<Record<string, unknown>> {
+  let res: Response;
+  try {
+    res = await fetch('/graphql', {
+      method: 'POST',
+      body,
+      headers: { accept: 'application/json', ...headers, ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    });
+  } catch (e) {
+    throw new RequestError('NETWORK_ERROR', `the gateway did not answer (${(e as Error).message})`);
+  }
+  const text = await res.text();
+  let answer: GraphqlResponse;
+  try {
+    answer = JSON.parse(text) as GraphqlResponse;
+  } catch {
+    throw new RequestError(`HTTP_${res.status}`, text.slice(0, 300) || res.statusText);
+  }
+  const data = answer.data ?? null;
+  // an error is the answer when a field it concerns has no data (GraphQL partial results keep the rest)
+  const missing = !data || Object.values(data).some((v) => v === null);
+  if (missing) {
+    const e = answer.errors?.[0];
+    throw new RequestError(e?.extensions?.code ?? `HTTP_${res.status}`, e?.message ?? `empty answer (HTTP ${res.status})`);
+  }
+  return data!;
+}
+
+export const gql = (query: string, variables: Record<string, unknown>, token: string) =>
+  post(JSON.stringify({ query, variables }), { 'content-type': 'application/json' }, token);
+
+/** A GraphQL multipart request with one file in variable `image.file`. */
+function upload(query: string, variables: Record<string, unknown>, file: Blob, fileName: string, token: string) {
+  const form = new FormData();
+  form.append('operations', JSON.stringify({ query, variables: { ...variables, image: { file: null } } }));
+  form.append('map', JSON.stringify({ 0: ['variables.image.file'] }));
+  form.append('0', file, fileName);
+  // yoga's CSRF prevention: a multipart request must carry a header a cross-site form cannot send
+  return post(form, { 'x-graphql-yoga-csrf': '1' }, token);
+}
+
+const MODELS = `query Models { models { name task description ready versions { version state errorCode errorMessage } } }`;
+
+export async function listModels(token: string): Promise<ModelInfo[]> {
+  return (await gql(MODELS, {}, token)).models as ModelInfo[];
+}
+
+const RUN: Record<(typeof TASKS)[number], string> = {
+  classification: `mutation Classify($model: String!, $image: ImageInput!) {
+    classify(model: $model, image: $image, topK: 5) { predictions { classId label confidence } } }`,
+  detection: `mutation Detect($model: String!, $image: ImageInput!) {
+    detect(model: $model, image: $image) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`,
+  segmentation: `mutation Segment($model: String!, $image: ImageInput!) {
+    segment(model: $model, image: $image) { width height classes { classId label pixelFraction } mask } }`,
+};
+
+/** Runs the model of that task on the image. */
+export async function run(task: (typeof TASKS)[number], model: string, file: Blob, fileName: string, token: string): Promise<Result> {
+  const data = await upload(RUN[task], { model }, file, fileName, token);
+  const [value] = Object.values(data) as [Record<string, unknown>];
+  return { task, ...value } as Result;
+}
+
+export async function setLoaded(model: string, loaded: boolean, token: string): Promise<void> {
+  const query = loaded
+    ? `mutation Load($name: String!) { loadModel(name: $name) { name } }`
+    : `mutation Unload($name: String!) { unloadModel(name: $name) { name } }`;
+  await gql(query, { name: model }, token);
+}
+
+export type Connection = 'connecting' | 'live' | 'offline';
+
+/**
+ * Follows `modelStatus` over WebSocket: `changed()` after every event and after every (re)connection (events missed
+ * while away are caught up by re-reading the list). A stream the server ends (shutdown) is subscribed again. Returns
+ * a function that stops it all.
+ */
+export function followStatus(token: string, on: { changed(): void; connection(c: Connection, why?: string): void }): () => void {
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/graphql`;
+  const client = createClient({
+    url,
+    connectionParams: token ? { authorization: `Bearer ${token}` } : {},
+    retryAttempts: Infinity,
+    shouldRetry: () => true,
+    retryWait: (n) => new Promise((r) => setTimeout(r, Math.min(500 * 2 ** n, 5000))),
+    on: {
+      connecting: () => on.connection('connecting'),
+      connected: () => {
+        on.connection('live');
+        on.changed();
+      },
+      closed: (e) => on.connection('offline', (e as CloseEvent | undefined)?.reason || undefined),
+    },
+  });
+  let stopped = false;
+  let stop: () => void = () => {};
+  const subscribe = () => {
+    stop = client.subscribe(
+      { query: 'subscription Status { modelStatus { model version state } }' },
+      {
+        next: (r) => {
+          if (r.errors?.length) on.connection('offline', `${r.errors[0].extensions?.code ?? ''} ${r.errors[0].message}`.trim());
+          else on.changed();
+        },
+        error: (e) => {
+          const why = Array.isArray(e) ? e.map((x: { message: string }) => x.message).join('; ') : (e as CloseEvent).reason;
+          on.connection('offline', why || undefined);
+          if (!stopped) setTimeout(() => !stopped && subscribe(), 2000);
+        },
+        complete: () => {
+          if (!stopped) setTimeout(() => !stopped && subscribe(), 1000);
+        },
+      },
+    );
+  };
+  subscribe();
+  return () => {
+    stopped = true;
+    stop();
+    void client.dispose();
+  };
+}

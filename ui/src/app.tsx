@@ -1,0 +1,332 @@
+import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
+import {
+  followStatus,
+  listModels,
+  RequestError,
+  run,
+  setLoaded,
+  TASKS,
+  type Connection,
+  type ModelInfo,
+  type Result,
+  type VersionInfo,
+} from './api.ts';
+import { Classification, Detection, Segmentation } from './results.tsx';
+
+interface Picture {
+  /** Tells two choices of the same file apart. */
+  serial: number;
+  file: Blob;
+  name: string;
+  url: string;
+}
+
+interface Shown {
+  result: Result;
+  model: string;
+  picture: string;
+  ms: number;
+}
+
+const TOKEN_KEY = 'gateway-token';
+const isTask = (t: string): t is (typeof TASKS)[number] => (TASKS as readonly string[]).includes(t);
+const asError = (e: unknown) => (e instanceof RequestError ? e : new RequestError('CLIENT_ERROR', (e as Error).message ?? String(e)));
+
+/** The state a model is in, for people: the serving version's, else the newest version's. */
+export function modelState(m: ModelInfo): { text: string; kind: 'ok' | 'busy' | 'off' | 'failed'; version?: VersionInfo } {
+  const serving = m.versions.filter((v) => v.state === 'AVAILABLE').sort((a, b) => b.version - a.version)[0];
+  if (serving) return { text: 'AVAILABLE', kind: 'ok', version: serving };
+  const newest = [...m.versions].sort((a, b) => b.version - a.version)[0];
+  if (!newest) return { text: 'NO VERSION', kind: 'off' };
+  if (newest.state === 'END')
+    return newest.errorCode ? { text: newest.errorCode, kind: 'failed', version: newest } : { text: 'UNLOADED', kind: 'off' };
+  return { text: newest.state, kind: 'busy', version: newest };
+}
+
+export function App() {
+  const [models, setModels] = useState<ModelInfo[] | null>(null);
+  const [selected, setSelected] = useState<string | null>(() => new URLSearchParams(location.search).get('model'));
+  const [token, setToken] = useState(() => sessionStorage.getItem(TOKEN_KEY) ?? '');
+  const [connection, setConnection] = useState<{ state: Connection; why?: string }>({ state: 'connecting' });
+  const [picture, setPicture] = useState<Picture | null>(null);
+  const [shown, setShown] = useState<Shown | null>(null);
+  const [error, setError] = useState<RequestError | null>(null);
+  const [running, setRunning] = useState(false);
+  const [busyModel, setBusyModel] = useState<string | null>(null);
+  const [dragging, setDragging] = useState(false);
+  const runs = useRef(0);
+  const pictures = useRef(0);
+  // the model and picture whose run is over (answered or failed): the page is busy until that is the current pair
+  const [settled, setSettled] = useState('');
+  const fileInput = useRef<HTMLInputElement>(null);
+
+  // the model list, re-read whenever the subscription says something changed (coalesced), with the current token
+  const tokenNow = useRef(token);
+  tokenNow.current = token;
+  const refreshing = useRef<Promise<void> | null>(null);
+  const again = useRef(false);
+  const refresh = useCallback(() => {
+    if (refreshing.current) {
+      again.current = true;
+      return;
+    }
+    refreshing.current = listModels(tokenNow.current)
+      .then((list) => {
+        setModels(list);
+        setError((e) => (e?.code === 'UNAUTHENTICATED' || e?.code === 'NETWORK_ERROR' ? null : e));
+      })
+      .catch((e) => setError(asError(e)))
+      .finally(() => {
+        refreshing.current = null;
+        if (again.current) {
+          again.current = false;
+          refresh();
+        }
+      });
+  }, []);
+
+  useEffect(() => {
+    refresh();
+    return followStatus(token, { changed: refresh, connection: (state, why) => setConnection({ state, why }) });
+  }, [token, refresh]);
+
+  const model = models?.find((m) => m.name === selected) ?? null;
+  const ready = models !== null;
+
+  // with no model asked for, start on the first one the page can run
+  useEffect(() => {
+    if (ready && selected === null) setSelected(models.find((m) => isTask(m.task))?.name ?? null);
+  }, [ready]);
+
+  // a new picture, or another model with a picture chosen: run it at once
+  useEffect(() => {
+    if (!picture || !ready || !selected) return;
+    const m = models.find((x) => x.name === selected);
+    if (!m || !isTask(m.task)) return;
+    const id = ++runs.current;
+    setRunning(true);
+    setError(null);
+    const t0 = performance.now();
+    run(m.task, m.name, picture.file, picture.name, token)
+      .then((result) => id === runs.current && setShown({ result, model: m.name, picture: picture.name, ms: performance.now() - t0 }))
+      .catch((e) => {
+        if (id !== runs.current) return;
+        setShown(null);
+        setError(asError(e));
+      })
+      .finally(() => {
+        if (id !== runs.current) return;
+        setRunning(false);
+        setSettled(`${m.name}:${picture.serial}`);
+      });
+  }, [picture, selected, ready]);
+
+  const choose = (file: Blob | null | undefined, name?: string) => {
+    if (!file) return;
+    // whatever the type, it is sent: the server decides what is an image, and says so readably when it is not
+    if (picture) URL.revokeObjectURL(picture.url);
+    setShown(null);
+    setPicture({
+      serial: ++pictures.current,
+      file,
+      name: name ?? (file instanceof File ? file.name : 'pasted.png'),
+      url: URL.createObjectURL(file),
+    });
+  };
+
+  const select = (name: string) => {
+    setSelected(name);
+    history.replaceState(null, '', `?model=${encodeURIComponent(name)}`);
+  };
+
+  // drop anywhere on the page, paste anywhere
+  useEffect(() => {
+    const over = (e: DragEvent) => {
+      if (!e.dataTransfer?.types.includes('Files')) return;
+      e.preventDefault();
+      setDragging(true);
+    };
+    const leave = (e: DragEvent) => {
+      if (e.relatedTarget === null) setDragging(false);
+    };
+    const drop = (e: DragEvent) => {
+      e.preventDefault();
+      setDragging(false);
+      const f = e.dataTransfer?.files[0];
+      if (f) choose(f);
+    };
+    const paste = (e: ClipboardEvent) => {
+      const target = e.target as HTMLElement | null;
+      if (target?.tagName === 'INPUT') return;
+      const item = [...(e.clipboardData?.items ?? [])].find((i) => i.kind === 'file');
+      const f = item?.getAsFile();
+      if (f) {
+        e.preventDefault();
+        choose(f, f.name || 'pasted.png');
+      }
+    };
+    window.addEventListener('dragover', over);
+    window.addEventListener('dragleave', leave);
+    window.addEventListener('drop', drop);
+    window.addEventListener('paste', paste);
+    return () => {
+      window.removeEventListener('dragover', over);
+      window.removeEventListener('dragleave', leave);
+      window.removeEventListener('drop', drop);
+      window.removeEventListener('paste', paste);
+    };
+  });
+
+  const toggle = async (m: ModelInfo) => {
+    setBusyModel(m.name);
+    setError(null);
+    try {
+      await setLoaded(m.name, modelState(m).kind !== 'ok', token);
+    } catch (e) {
+      setError(asError(e));
+    } finally {
+      setBusyModel(null);
+      refresh();
+    }
+  };
+
+  const saveToken = (value: string) => {
+    const t = value.trim();
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    setToken(t);
+  };
+
+  return (
+    <div class={`layout${dragging ? ' dragging' : ''}`}>
+      <header>
+        <h1>GraphQL inference gateway</h1>
+        <span class={`connection ${connection.state}`} title={connection.why ?? ''}>
+          {connection.state === 'live' ? 'live' : connection.state === 'connecting' ? 'connecting…' : 'offline'}
+        </span>
+        <nav>
+          <a href="/graphql">GraphiQL</a>
+        </nav>
+        <form class="token" onSubmit={(e) => e.preventDefault()}>
+          <label>
+            Token{' '}
+            <input
+              type="password"
+              name="token"
+              autocomplete="off"
+              placeholder="admin or API token"
+              value={token}
+              onChange={(e) => saveToken((e.target as HTMLInputElement).value)}
+            />
+          </label>
+        </form>
+      </header>
+
+      <aside>
+        <h2>Models</h2>
+        {models === null && !error && <p class="muted">loading…</p>}
+        <ul class="models">
+          {models?.map((m) => {
+            const st = modelState(m);
+            return (
+              <li
+                key={m.name}
+                class={`model${m.name === selected ? ' selected' : ''}`}
+                data-name={m.name}
+                data-state={st.text}
+                title={st.version?.errorMessage ?? m.description}
+              >
+                <button class="pick" onClick={() => select(m.name)} aria-pressed={m.name === selected}>
+                  <span class="name">{m.name}</span>
+                  <span class="task">{m.task}</span>
+                  <span class={`state ${st.kind}`}>{st.text}</span>
+                </button>
+                {token && (
+                  <button class="admin" disabled={busyModel === m.name} onClick={() => void toggle(m)}>
+                    {busyModel === m.name ? '…' : st.kind === 'ok' ? 'Unload' : 'Load'}
+                  </button>
+                )}
+              </li>
+            );
+          })}
+        </ul>
+        {token ? (
+          <p class="muted small">Load and unload need the admin token when the gateway has one.</p>
+        ) : (
+          <p class="muted small">Enter the admin token above to load and unload models.</p>
+        )}
+      </aside>
+
+      <main>
+        <section class="input">
+          <div class="chooser">
+            <strong>{model ? model.name : selected ? `${selected} (not in the repository)` : 'pick a model'}</strong>
+            {model && <span class="muted">{model.description}</span>}
+          </div>
+          <label class="drop" onClick={() => fileInput.current?.click()}>
+            <input
+              ref={fileInput}
+              type="file"
+              accept="image/*"
+              hidden
+              onChange={(e) => {
+                const input = e.target as HTMLInputElement;
+                choose(input.files?.[0]);
+                input.value = '';
+              }}
+            />
+            <span>
+              <b>Choose an image</b>, drop it here, or paste it
+            </span>
+          </label>
+        </section>
+
+        {ready && selected && !model && (
+          <p class="notice">
+            The gateway has no model named <code>{selected}</code>: pick one from the list.
+          </p>
+        )}
+        {model && !isTask(model.task) && (
+          <p class="notice">
+            {model.name} is a <code>{model.task}</code> model: it takes tensors, not photos. Use the <code>infer</code> mutation in{' '}
+            <a href="/graphql">GraphiQL</a>.
+          </p>
+        )}
+        {error && (
+          <div class="error" role="alert">
+            <code>{error.code}</code> {error.message}
+          </div>
+        )}
+
+        {picture && (
+          <section
+            class="output"
+            data-picture={picture.name}
+            data-busy={String(settled !== `${selected}:${picture.serial}`)}
+            data-result={shown ? `${shown.model}:${shown.picture}` : ''}
+          >
+            <div class="status">
+              {running ? (
+                <span class="running">running {selected}…</span>
+              ) : shown ? (
+                <span class="latency">
+                  {shown.model} · <b>{Math.round(shown.ms)} ms</b> round trip
+                </span>
+              ) : null}
+            </div>
+            {shown?.result.task === 'detection' ? (
+              <Detection picture={picture.url} result={shown.result} />
+            ) : shown?.result.task === 'segmentation' ? (
+              <Segmentation picture={picture.url} result={shown.result} />
+            ) : (
+              <div class="viewer">
+                <img src={picture.url} alt={picture.name} />
+              </div>
+            )}
+            {shown?.result.task === 'classification' && <Classification result={shown.result} />}
+          </section>
+        )}
+      </main>
+    </div>
+  );
+}
