@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
 
@@ -32,6 +33,11 @@ export interface Config {
   corsOrigins: string[] | null;
   shutdownTimeoutMs: number;
   graphiql: boolean;
+  /** Scale out (src/cluster): the Redis bus, this replica's name, the drain before a shutdown. */
+  redisUrl: string | null;
+  redisKeyPrefix: string;
+  replicaName: string;
+  drainDelayMs: number;
 }
 
 export class ConfigError extends Error {
@@ -71,6 +77,22 @@ const oneOf =
     if (!values.includes(raw as T)) throw new ConfigError(`${name}: expected one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
     return raw as T;
   };
+
+const redisUrl = (raw: string, name: string): string => {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
+    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+  return raw;
+};
+const token = (raw: string, name: string): string => {
+  if (!/^[\w.:@-]{1,128}$/.test(raw)) throw new ConfigError(`${name}: letters, digits and . _ : @ - only (at most 128), got ${JSON.stringify(raw)}`);
+  return raw;
+};
 
 const s = <K extends keyof Config>(key: K, env: string, parse: Setting<K>['parse'], fallback: Config[K], help: string): Setting<K> => ({
   key,
@@ -129,6 +151,28 @@ export const SETTINGS = [
   s('corsOrigins', 'CORS_ORIGINS', list(','), null, 'Comma-separated allowed origins (default: any origin)'),
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),
+  s(
+    'redisUrl',
+    'REDIS_URL',
+    redisUrl,
+    null,
+    'Redis shared by the replicas (redis://host:6379/0): status events and admin changes reach every replica; unset: one process, no Redis',
+  ),
+  s('redisKeyPrefix', 'REDIS_KEY_PREFIX', token, 'gateway', 'Prefix of the Redis channels and keys, so several deployments can share one Redis'),
+  s(
+    'replicaName',
+    'REPLICA_NAME',
+    token,
+    `${os.hostname()}-${process.pid}`,
+    'This replica in status events (ModelStatusEvent.replica), logs and /ready; the pod name on Kubernetes',
+  ),
+  s(
+    'drainDelayMs',
+    'DRAIN_DELAY_MS',
+    int(0),
+    5000,
+    'On SIGTERM, /ready answers 503 at once and the server keeps serving this long (so a load balancer stops sending), then shuts down',
+  ),
 ] as const;
 
 const flagName = (env: string) => '--' + env.toLowerCase().replace(/_/g, '-');

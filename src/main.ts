@@ -8,6 +8,7 @@ import { createEngine } from './engine/index.ts';
 import { ModelManager } from './repository/manager.ts';
 import { checkModel } from './inference/warmup.ts';
 import { createGateway } from './server/gateway.ts';
+import { Cluster } from './cluster/index.ts';
 
 const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
 
@@ -71,8 +72,13 @@ async function main(): Promise<void> {
     pollIntervalMs: config.pollIntervalMs,
     loadOptions: { intraOpThreads: config.engineThreads, dynamicBatch: config.dynamicBatch },
     checkModel,
+    replica: config.replicaName,
   });
-  const gateway = createGateway({ config, models, logger, metrics });
+  // with REDIS_URL: events and admin changes shared with the other replicas (connects in the background; never blocks)
+  const cluster = config.redisUrl
+    ? new Cluster({ url: config.redisUrl, prefix: config.redisKeyPrefix, replica: config.replicaName, manager: models, logger, metrics })
+    : null;
+  const gateway = createGateway({ config, models, logger, metrics, cluster });
   let url: string;
   try {
     ({ url } = await gateway.listen());
@@ -89,7 +95,10 @@ async function main(): Promise<void> {
     if (code === 'EADDRNOTAVAIL') return fatal(logger, `HOST ${config.host} is not an address of this machine: set HOST`, 1);
     return fatal(logger, `cannot listen on ${config.host}:${config.port}: ${errorMessage(e)}`, 1);
   }
-  logger.info({ url: `${url}/graphql`, engine: engine.name, repository: models.root }, 'listening');
+  logger.info(
+    { url: `${url}/graphql`, engine: engine.name, repository: models.root, replica: config.replicaName, cluster: cluster ? 'redis' : 'none' },
+    'listening',
+  );
   try {
     await models.start();
   } catch (e) {
@@ -99,20 +108,28 @@ async function main(): Promise<void> {
     { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
     'repository loaded',
   );
+  await cluster?.join();
 
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'shutting down');
+    // Drain (rolling restarts): /ready turns 503 now, and the server goes on serving for DRAIN_DELAY_MS, long enough
+    // for a load balancer's health checks (or Kubernetes' endpoint removal) to stop sending; then it stops accepting,
+    // finishes what is in flight and unloads.
+    gateway.drain();
+    logger.info({ signal, drainDelayMs: config.drainDelayMs }, 'draining');
     const force = setTimeout(() => {
       logger.error('shutdown timed out');
       logger.flush();
       process.exit(1);
-    }, config.shutdownTimeoutMs + 5000);
+    }, config.drainDelayMs + config.shutdownTimeoutMs + 5000);
     force.unref();
+    await new Promise((r) => setTimeout(r, config.drainDelayMs));
+    logger.info('shutting down');
     await gateway.close();
     await models.close();
+    await cluster?.close();
     logger.info('stopped');
     logger.flush();
     process.exit(0);

@@ -10,7 +10,7 @@ import type { ImageReadLimits } from '../../inference/images.ts';
 import type { InferenceService } from '../../inference/service.ts';
 import type { Context } from './context.ts';
 import { maskError } from './errors.ts';
-import { statusEvents } from './events.ts';
+import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
@@ -28,6 +28,8 @@ export interface GraphqlOptions {
   webSocketLimits?: WebSocketLimits;
   corsOrigins?: readonly string[] | null;
   graphiql?: boolean;
+  /** What modelStatus subscribers see (default: this process's model manager). */
+  statusSource?: StatusSource;
 }
 
 export interface GraphqlProtocol {
@@ -70,6 +72,7 @@ export function createGraphqlProtocol({
   webSocketLimits = {},
   corsOrigins = null,
   graphiql = true,
+  statusSource = service.models,
 }: GraphqlOptions): GraphqlProtocol {
   const shutdown = new AbortController();
   let ws: { close(): Promise<void> } | null = null;
@@ -113,7 +116,7 @@ export function createGraphqlProtocol({
       imageLimits,
       budget: new RequestBudget(maxImagesPerRequest),
       requireAdmin: accessFor(request.headers.get('authorization'), tokens).requireAdmin,
-      statusEvents: (filter) => statusEvents(service.models, filter, shutdown.signal),
+      statusEvents: (filter) => statusEvents(statusSource, filter, shutdown.signal),
     }),
     maskedErrors: { maskError: maskError(logger) },
     plugins: [useCSRFPrevention({ requestHeaders: ['x-graphql-yoga-csrf'] }), useApiTokens(tokens), useDocumentLimits(documentLimits)],
