@@ -84,9 +84,13 @@ export async function startRedis(): Promise<RedisServer> {
   let child: ChildProcess | null = null;
   let exited: Promise<number | null> = Promise.resolve(null);
   const start = async () => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning'], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
+    child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning'],
+      {
+        stdio: ['ignore', 'ignore', 'inherit'],
+      },
+    );
     exited = track(child);
     await until(() => pingRedis(port), 10_000, 'redis-server');
   };
@@ -197,15 +201,20 @@ export interface Haproxy {
 
 /**
  * HAProxy in front of the replicas: round robin, health checks on GET /ready every `checkMs` (one failed check takes a
- * server out, one good one brings it back), connection failures retried on another server (`retry-on conn-failure`,
- * `option redispatch`: a request that was never sent can go elsewhere; one that was sent is not replayed).
+ * server out, one good one brings it back). With `redispatch`, a connection refused by one server is retried on
+ * another (`option redispatch`: a request that was never sent can go elsewhere; one that was sent is not replayed);
+ * without it (the test's choice), HAProxy behaves like a plain load balancer that does not retry, and only the
+ * replicas' drain keeps requests from failing during a rolling restart.
  */
-export async function startHaproxy(backends: { name: string; port: number }[], { checkMs = 200 } = {}): Promise<Haproxy> {
+export async function startHaproxy(
+  backends: { name: string; port: number }[],
+  { checkMs = 200, redispatch = true }: { checkMs?: number; redispatch?: boolean } = {},
+): Promise<Haproxy> {
   const port = await freePort();
   const statsPort = await freePort();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-haproxy-'));
   const cfg = path.join(dir, 'haproxy.cfg');
-  await writeFile(cfg, haproxyConfig({ port, statsPort, backends, checkMs }));
+  await writeFile(cfg, haproxyConfig({ port, statsPort, backends, checkMs, redispatch }));
   const child = spawn('haproxy', ['-db', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
@@ -247,11 +256,13 @@ export function haproxyConfig({
   statsPort,
   backends,
   checkMs,
+  redispatch,
 }: {
   port: number;
   statsPort: number;
   backends: { name: string; port: number }[];
   checkMs: number;
+  redispatch: boolean;
 }): string {
   return `global
   nbthread 1
@@ -263,9 +274,7 @@ defaults
   timeout client 60s
   timeout server 60s
   retries 3
-  option redispatch
-  retry-on conn-failure
-
+${redispatch ? '  option redispatch\n  retry-on conn-failure\n' : '  no option redispatch\n'}
 frontend gateway
   bind 127.0.0.1:${port}
   default_backend replicas

@@ -90,7 +90,8 @@ const redisUrl = (raw: string, name: string): string => {
   return raw;
 };
 const token = (raw: string, name: string): string => {
-  if (!/^[\w.:@-]{1,128}$/.test(raw)) throw new ConfigError(`${name}: letters, digits and . _ : @ - only (at most 128), got ${JSON.stringify(raw)}`);
+  if (!/^[\w.:@-]{1,128}$/.test(raw))
+    throw new ConfigError(`${name}: letters, digits and . _ : @ - only (at most 128), got ${JSON.stringify(raw)}`);
   return raw;
 };
 
@@ -158,7 +159,13 @@ export const SETTINGS = [
     null,
     'Redis shared by the replicas (redis://host:6379/0): status events and admin changes reach every replica; unset: one process, no Redis',
   ),
-  s('redisKeyPrefix', 'REDIS_KEY_PREFIX', token, 'gateway', 'Prefix of the Redis channels and keys, so several deployments can share one Redis'),
+  s(
+    'redisKeyPrefix',
+    'REDIS_KEY_PREFIX',
+    token,
+    'gateway',
+    'Prefix of the Redis channels and keys, so several deployments can share one Redis',
+  ),
   s(
     'replicaName',
     'REPLICA_NAME',

@@ -96,7 +96,13 @@ async function main(): Promise<void> {
     return fatal(logger, `cannot listen on ${config.host}:${config.port}: ${errorMessage(e)}`, 1);
   }
   logger.info(
-    { url: `${url}/graphql`, engine: engine.name, repository: models.root, replica: config.replicaName, cluster: cluster ? 'redis' : 'none' },
+    {
+      url: `${url}/graphql`,
+      engine: engine.name,
+      repository: models.root,
+      replica: config.replicaName,
+      cluster: cluster ? 'redis' : 'none',
+    },
     'listening',
   );
   try {
@@ -117,15 +123,20 @@ async function main(): Promise<void> {
     // Drain (rolling restarts): /ready turns 503 now, and the server goes on serving for DRAIN_DELAY_MS, long enough
     // for a load balancer's health checks (or Kubernetes' endpoint removal) to stop sending; then it stops accepting,
     // finishes what is in flight and unloads.
+    // Ctrl-C (SIGINT) is someone at a terminal, not an orchestrator: no delay
+    const drainDelayMs = signal === 'SIGINT' ? 0 : config.drainDelayMs;
     gateway.drain();
-    logger.info({ signal, drainDelayMs: config.drainDelayMs }, 'draining');
-    const force = setTimeout(() => {
-      logger.error('shutdown timed out');
-      logger.flush();
-      process.exit(1);
-    }, config.drainDelayMs + config.shutdownTimeoutMs + 5000);
+    logger.info({ signal, drainDelayMs }, 'draining');
+    const force = setTimeout(
+      () => {
+        logger.error('shutdown timed out');
+        logger.flush();
+        process.exit(1);
+      },
+      drainDelayMs + config.shutdownTimeoutMs + 5000,
+    );
     force.unref();
-    await new Promise((r) => setTimeout(r, config.drainDelayMs));
+    await new Promise((r) => setTimeout(r, drainDelayMs));
     logger.info('shutting down');
     await gateway.close();
     await models.close();

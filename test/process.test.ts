@@ -28,6 +28,7 @@ describe('the server process (as npm start runs it)', () => {
         MODEL_REPOSITORY: path.join(ROOT, 'models'),
         MODEL_POLL_INTERVAL_MS: '0',
         SHUTDOWN_TIMEOUT_MS: '5000',
+        DRAIN_DELAY_MS: '200',
         LOG_LEVEL: 'info',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -167,7 +168,7 @@ describe('start-up: the server starts, or says why in one line', () => {
   const start = (env: Record<string, string>, args: string[] = []) => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts'), ...args], {
       cwd: ROOT,
-      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', ...env },
+      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', DRAIN_DELAY_MS: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -53,7 +53,9 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
       conn.on('end', () => this.update(logger));
     }
     this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
-    void this.subscriber.subscribe(...channels).catch((e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'));
+    void this.subscriber
+      .subscribe(...channels)
+      .catch((e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'));
   }
 
   /** Both connections are ready. */

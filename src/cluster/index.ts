@@ -42,6 +42,8 @@ export interface ClusterOptions {
 
 export interface ClusterStatus {
   replica: string;
+  /** Not ready before: a replica that starts applies the cluster's unloaded models before it takes requests. */
+  joined: boolean;
   bus: 'redis';
   connected: boolean;
   since: string;
@@ -76,6 +78,8 @@ export class Cluster {
   /** Remote admin changes run one after another per model, in the order they were published. */
   private readonly chains = new Map<string, Promise<void>>();
   private synced = false;
+  /** join() is done: this replica has the cluster's unloaded state (or the bus was down and it could not wait). */
+  joined = false;
   private syncing: Promise<void> | null = null;
   private closed = false;
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
@@ -108,6 +112,7 @@ export class Cluster {
   status(): ClusterStatus {
     return {
       replica: this.replica,
+      joined: this.joined,
       bus: 'redis',
       connected: this.bus.connected,
       since: this.bus.since.toISOString(),
@@ -119,9 +124,14 @@ export class Cluster {
    * The first repository scan is done: bring this replica in line with the cluster's unloaded state (now, and after
    * every reconnection from here on).
    */
-  async join(): Promise<void> {
+  async join({ timeoutMs = 10_000 }: { timeoutMs?: number } = {}): Promise<void> {
     this.synced = true;
-    if (this.bus.connected) await this.catchUp();
+    if (this.bus.connected) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.catchUp(), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+      clearTimeout(timer);
+    }
+    this.joined = true;
   }
 
   private wire(): Wire {

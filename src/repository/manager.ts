@@ -309,7 +309,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (opts.path && opts.files?.length) throw new GatewayError(ErrorCode.INVALID_INPUT, 'give path or files, not both');
     if (opts.config !== undefined && opts.config !== null) parseModelConfig(opts.config, 'config'); // validate early
     if (opts.files?.length) return this.announce({ op: 'load', name }, this.loadFromFiles(name, opts.files, opts.config));
-    if (opts.path) return this.announce({ op: 'load', name, path: opts.path, config: opts.config }, this.loadFromPath(name, opts.path, opts.config));
+    if (opts.path)
+      return this.announce({ op: 'load', name, path: opts.path, config: opts.config }, this.loadFromPath(name, opts.path, opts.config));
 
     let model = this.byName.get(name);
     if (!model) {

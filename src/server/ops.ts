@@ -6,8 +6,11 @@ import { sendJson, type Route } from './http.ts';
 export interface ReadyState {
   /** SIGTERM was received: /ready is 503 so the load balancer stops sending, while requests are still served. */
   draining?: () => boolean;
-  /** The Redis bus (src/cluster); its loss is reported but does not make the replica unready: local inference works. */
-  cluster?: () => unknown;
+  /**
+   * The Redis bus (src/cluster). Its loss is reported but does not make the replica unready (local inference works);
+   * a replica that starts is ready once it has joined (applied the cluster's unloaded models).
+   */
+  cluster?: () => { joined: boolean } | undefined;
 }
 
 /**
@@ -26,8 +29,8 @@ export function opsRoutes(models: ModelManager, metrics: Metrics, state: ReadySt
           versions: [...m.versions.values()].map((v) => ({ version: v.version, state: v.state, errorCode: v.errorCode })),
         }));
         const draining = state.draining?.() ?? false;
-        const ready = models.ready && !draining;
         const cluster = state.cluster?.();
+        const ready = models.ready && !draining && (cluster?.joined ?? true);
         sendJson(res, ready ? 200 : 503, {
           ready,
           replica: models.replica,
