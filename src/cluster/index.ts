@@ -127,6 +127,7 @@ export class Cluster {
   async join({ timeoutMs = 10_000 }: { timeoutMs?: number } = {}): Promise<void> {
     this.synced = true;
     if (this.bus.connected) {
+      await this.syncing; // a catch-up begun before join() may have skipped the state; run one of our own
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([this.catchUp(), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
       clearTimeout(timer);
