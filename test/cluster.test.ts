@@ -14,6 +14,8 @@ import {
   type RedisServer,
   type Replica,
 } from '../bench/cluster-lib.ts';
+import os from 'node:os';
+import { ConfigError, loadConfig } from '../src/config.ts';
 import { ROOT, image } from './helpers.ts';
 
 /**
@@ -61,6 +63,20 @@ const allStates = async (replicas: Replica[], name: string) =>
   Promise.all(replicas.map(async (r) => (await versionsOf(r, name))?.versions.map((v: any) => v.state).join(',') ?? 'none'));
 
 const readyBody = async (r: Replica) => (await fetch(`${r.url}/ready`)).json() as Promise<any>;
+
+describe('scale-out settings', () => {
+  it('REDIS_URL must be a redis URL, names are checked, and the defaults need no Redis', () => {
+    const config = loadConfig({}, []);
+    expect(config.redisUrl).toBeNull();
+    expect(config.replicaName).toBe(`${os.hostname()}-${process.pid}`);
+    expect(config.drainDelayMs).toBe(5000);
+    expect(loadConfig({ REDIS_URL: 'rediss://user:pw@cache:6380/2' }, []).redisUrl).toBe('rediss://user:pw@cache:6380/2');
+    expect(() => loadConfig({ REDIS_URL: 'http://cache:6379' }, [])).toThrow(/REDIS_URL: expected a redis:\/\/ or rediss:\/\/ URL/);
+    expect(() => loadConfig({}, ['--replica-name', 'a b'])).toThrow(ConfigError);
+    expect(() => loadConfig({ DRAIN_DELAY_MS: '-1' }, [])).toThrow(/DRAIN_DELAY_MS/);
+    expect(loadConfig({}, ['--drain-delay-ms', '250']).drainDelayMs).toBe(250);
+  });
+});
 
 describe.skipIf(missing.length > 0)('three replicas, one Redis, HAProxy in front', () => {
   let redis: RedisServer;
