@@ -13,7 +13,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { have, killAll, sharedRepository, startHaproxy, startRedis, startReplica, type Replica } from './cluster-lib.ts';
-import { IMAGES, ROOT, multipartBody, post } from './lib.ts';
+import { IMAGES, ROOT, multipartBody, post, rssMiB } from './lib.ts';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
@@ -125,6 +125,9 @@ async function main() {
         errors: rs.reduce((a, r) => a + r.errors, 0),
       };
     });
+    // each replica is a whole process: its own model sessions, arenas and caches
+    const rss = Object.fromEntries(await Promise.all(replicas.map(async (r) => [r.name, await rssMiB(r.pid()!)] as const)));
+    console.log(`resident memory after the run (MiB): ${JSON.stringify(rss)}`);
     const base = points.find((p) => p.setup.startsWith('1 replica behind'))!.throughput;
     console.log('\n| setup | req/s | vs 1 replica behind HAProxy | p50 ms | p95 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: |');
     for (const p of points)
@@ -142,6 +145,7 @@ async function main() {
           rounds: ROUNDS,
           seconds: SECONDS,
           points,
+          replicaRssMiB: rss,
         },
         null,
         2,
