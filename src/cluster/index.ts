@@ -153,8 +153,10 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
-    if (!this.bus.connected) {
+    if (!this.bus.connected || this.pendingAdmin.length > 0) {
+      // behind the changes still waiting, in order
       this.keep(op);
+      if (this.bus.connected) void this.catchUp();
       return;
     }
     try {
@@ -234,6 +236,7 @@ export class Cluster {
   private catchUp(): Promise<void> {
     this.syncing ??= (async () => {
       await Promise.resolve(); // so that the finally below runs after this promise is stored
+      let failed = false;
       try {
         while (this.pendingAdmin.length && this.bus.connected) {
           await this.publishAdmin(this.pendingAdmin[0]);
@@ -241,9 +244,12 @@ export class Cluster {
         }
         if (this.synced && this.bus.connected) await this.applyUnloadedState();
       } catch (e) {
+        failed = true;
         this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; retried on the next reconnection');
       } finally {
         this.syncing = null;
+        // a change made here while the state was being applied
+        if (!failed && this.pendingAdmin.length && this.bus.connected) void this.catchUp();
       }
     })();
     return this.syncing;
