@@ -110,6 +110,7 @@ export async function startServer(
       MODEL_REPOSITORY: repo,
       LOG_LEVEL: 'warn',
       MODEL_POLL_INTERVAL_MS: '0',
+      DRAIN_DELAY_MS: '0',
       ...env,
     },
     stdio: ['ignore', 'inherit', 'inherit'],

@@ -51,6 +51,11 @@ export interface Config {
   maxConnections: number;
   maxConnectionsPerClient: number;
   maxSubscriptionsPerClient: number;
+  /** Scale out (src/cluster): the Redis bus, this replica's name, the drain before a shutdown. */
+  redisUrl: string | null;
+  redisKeyPrefix: string;
+  replicaName: string;
+  drainDelayMs: number;
 }
 
 /**
@@ -108,6 +113,23 @@ const listOf =
   <T extends string>(values: readonly T[]) =>
   (raw: string, name: string): T[] =>
     list(',')(raw).map((v) => oneOf(values)(v.toLowerCase(), name));
+
+const redisUrl = (raw: string, name: string): string => {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
+    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+  return raw;
+};
+const token = (raw: string, name: string): string => {
+  if (!/^[\w.:@-]{1,128}$/.test(raw))
+    throw new ConfigError(`${name}: letters, digits and . _ : @ - only (at most 128), got ${JSON.stringify(raw)}`);
+  return raw;
+};
 
 const s = <K extends keyof Config>(
   key: K,
@@ -246,6 +268,35 @@ export const SETTINGS = [
   s('maxConnections', 'MAX_CONNECTIONS', int(1), 2048, 'Open HTTP connections in all'),
   s('maxConnectionsPerClient', 'MAX_CONNECTIONS_PER_CLIENT', int(1), 256, 'Open HTTP connections per client address'),
   s('maxSubscriptionsPerClient', 'MAX_SUBSCRIPTIONS_PER_CLIENT', int(1), 32, 'Open subscriptions (SSE and WebSocket) per client address'),
+  s(
+    'redisUrl',
+    'REDIS_URL',
+    redisUrl,
+    null,
+    'Redis shared by the replicas (redis://host:6379/0): status events and admin changes reach every replica; unset: one process, no Redis',
+  ),
+  s(
+    'redisKeyPrefix',
+    'REDIS_KEY_PREFIX',
+    token,
+    'gateway',
+    'Prefix of the Redis channels and keys, so several deployments can share one Redis',
+  ),
+  s(
+    'replicaName',
+    'REPLICA_NAME',
+    token,
+    `${os.hostname()}-${process.pid}`,
+    'This replica in status events (ModelStatusEvent.replica), logs and /ready; the pod name on Kubernetes',
+    '<host name>-<pid>',
+  ),
+  s(
+    'drainDelayMs',
+    'DRAIN_DELAY_MS',
+    int(0),
+    5000,
+    'On SIGTERM, /ready answers 503 at once and the server keeps serving this long (so a load balancer stops sending), then shuts down',
+  ),
 ] as const;
 
 const flagName = (env: string) => '--' + env.toLowerCase().replace(/_/g, '-');

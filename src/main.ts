@@ -9,6 +9,7 @@ import { createEngine } from './engine/index.ts';
 import { ModelManager } from './repository/manager.ts';
 import { checkModel } from './inference/warmup.ts';
 import { createGateway } from './server/gateway.ts';
+import { Cluster } from './cluster/index.ts';
 
 const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
 
@@ -80,26 +81,44 @@ async function main(): Promise<void> {
     pollIntervalMs: config.pollIntervalMs,
     loadOptions: { intraOpThreads: config.engineThreads, dynamicBatch: config.dynamicBatch },
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
+    replica: config.replicaName,
   });
-  const gateway = createGateway({ config, models, logger, metrics });
+  // with REDIS_URL: events and admin changes shared with the other replicas (connects in the background; never blocks)
+  const cluster = config.redisUrl
+    ? new Cluster({ url: config.redisUrl, prefix: config.redisKeyPrefix, replica: config.replicaName, manager: models, logger, metrics })
+    : null;
+  const gateway = createGateway({ config, models, logger, metrics, cluster });
   let url: string;
   let grpcPort: number | null;
   try {
     ({ url, grpcPort } = await gateway.listen());
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
+    // the HTTP port, or the gRPC one (gateway.listen says which)
+    const { code, port = config.port, setting = 'PORT' } = e as NodeJS.ErrnoException & { port?: number; setting?: string };
+    const flag = '--' + setting.toLowerCase().replace(/_/g, '-');
     if (code === 'EADDRINUSE')
       return fatal(
         logger,
-        `port ${config.port} on ${config.host} is in use: stop what uses it, or set PORT (or --port) to another port`,
+        `port ${port} on ${config.host} is in use: stop what uses it, or set ${setting} (or ${flag}) to another port`,
         1,
       );
     if (code === 'EACCES')
-      return fatal(logger, `port ${config.port} on ${config.host} needs privileges this process does not have: set PORT above 1023`, 1);
+      return fatal(logger, `port ${port} on ${config.host} needs privileges this process does not have: set ${setting} above 1023`, 1);
     if (code === 'EADDRNOTAVAIL') return fatal(logger, `HOST ${config.host} is not an address of this machine: set HOST`, 1);
-    return fatal(logger, `cannot listen on ${config.host}:${config.port}: ${errorMessage(e)}`, 1);
+    return fatal(logger, `cannot listen on ${config.host}:${port} (${setting}): ${errorMessage(e)}`, 1);
   }
-  logger.info({ url: `${url}/graphql`, kserve: `${url}/v2`, grpcPort, engine: engine.name, repository: models.root }, 'listening');
+  logger.info(
+    {
+      url: `${url}/graphql`,
+      kserve: `${url}/v2`,
+      grpcPort,
+      engine: engine.name,
+      repository: models.root,
+      replica: config.replicaName,
+      cluster: cluster ? 'redis' : 'none',
+    },
+    'listening',
+  );
   try {
     await models.start();
   } catch (e) {
@@ -109,20 +128,33 @@ async function main(): Promise<void> {
     { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
     'repository loaded',
   );
+  await cluster?.join();
 
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'shutting down');
-    const force = setTimeout(() => {
-      logger.error('shutdown timed out');
-      logger.flush();
-      process.exit(1);
-    }, config.shutdownTimeoutMs + 5000);
+    // Drain (rolling restarts): /ready turns 503 now, and the server goes on serving for DRAIN_DELAY_MS, long enough
+    // for a load balancer's health checks (or Kubernetes' endpoint removal) to stop sending; then it stops accepting,
+    // finishes what is in flight and unloads.
+    // Ctrl-C (SIGINT) is someone at a terminal, not an orchestrator: no delay
+    const drainDelayMs = signal === 'SIGINT' ? 0 : config.drainDelayMs;
+    gateway.drain();
+    logger.info({ signal, drainDelayMs }, 'draining');
+    const force = setTimeout(
+      () => {
+        logger.error('shutdown timed out');
+        logger.flush();
+        process.exit(1);
+      },
+      drainDelayMs + config.shutdownTimeoutMs + 5000,
+    );
     force.unref();
+    await new Promise((r) => setTimeout(r, drainDelayMs));
+    logger.info('shutting down');
     await gateway.close();
     await models.close();
+    await cluster?.close();
     logger.info('stopped');
     logger.flush();
     process.exit(0);

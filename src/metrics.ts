@@ -128,3 +128,36 @@ export class VersionMetrics {
     for (const state of VERSION_STATE_NAMES) this.m.state.remove({ ...l, state });
   }
 }
+
+/** Metrics of the Redis bus between replicas (src/cluster); registered only when REDIS_URL is set. */
+export class ClusterMetrics {
+  readonly connected: Gauge;
+  readonly messages: Counter;
+  readonly dropped: Counter;
+  readonly disconnects: Counter;
+  constructor(m: Metrics) {
+    const registers = [m.registry];
+    this.connected = new Gauge({
+      name: 'gateway_cluster_bus_connected',
+      help: '1 while this replica is connected to the Redis bus, else 0 (local inference goes on either way).',
+      registers,
+    });
+    this.messages = new Counter({
+      name: 'gateway_cluster_messages_total',
+      help: 'Bus messages, by direction (in, out) and kind (status, admin).',
+      labelNames: ['direction', 'kind'],
+      registers,
+    });
+    this.dropped = new Counter({
+      name: 'gateway_cluster_messages_dropped_total',
+      help: 'Status events not published because the bus was down (admin changes are kept and sent on reconnect).',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.disconnects = new Counter({
+      name: 'gateway_cluster_bus_disconnects_total',
+      help: 'Times the connection to the Redis bus was lost.',
+      registers,
+    });
+  }
+}

@@ -83,6 +83,19 @@ describe('architecture', () => {
     expect(upward).toEqual([]);
   });
 
+  it('the cluster bus (src/cluster) sits beside server/: it imports no protocol or inference, and only server/ and main.ts import it', () => {
+    const wrong: string[] = [];
+    for (const [file, deps] of graph) {
+      if (file.startsWith('cluster/'))
+        for (const d of deps)
+          if (PROTOCOL_PACKAGES.test(d) || /^(protocols|inference|server)\//.test(d)) wrong.push(`${file} imports ${d}`);
+      if (!file.startsWith('cluster/') && !file.startsWith('server/') && file !== 'main.ts')
+        for (const d of deps) if (d.startsWith('cluster/')) wrong.push(`${file} imports ${d}`);
+    }
+    expect(graph.has('cluster/index.ts')).toBe(true);
+    expect(wrong).toEqual([]);
+  });
+
   it('protocol adapters import nothing of each other', () => {
     const crossing: string[] = [];
     for (const [file, deps] of graph) {

@@ -32,6 +32,7 @@ describe('the server process (as npm start runs it)', () => {
         MODEL_REPOSITORY: path.join(ROOT, 'models'),
         MODEL_POLL_INTERVAL_MS: '0',
         SHUTDOWN_TIMEOUT_MS: '5000',
+        DRAIN_DELAY_MS: '200',
         LOG_LEVEL: 'info',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -181,7 +182,7 @@ describe('start-up: the server starts, or says why in one line', () => {
   const start = (env: Record<string, string>, args: string[] = []) => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts'), ...args], {
       cwd: ROOT,
-      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', ...env },
+      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', DRAIN_DELAY_MS: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -250,6 +251,22 @@ describe('start-up: the server starts, or says why in one line', () => {
       const lines = jsonLines(p.output());
       expect(lines.at(-1)!.msg).toMatch(new RegExp(`port ${port} on 127.0.0.1 is in use`));
       expect(lines.every((l) => typeof l.level === 'string')).toBe(true);
+    } finally {
+      busy.close();
+    }
+  });
+
+  it('a gRPC port in use: exit 1, and the message names GRPC_PORT, not the HTTP port', async () => {
+    const busy = net.createServer().listen(0, '127.0.0.1');
+    await new Promise((r) => busy.once('listening', r));
+    const grpcPort = (busy.address() as net.AddressInfo).port;
+    try {
+      const p = start({ PORT: String(await freePort()), GRPC_PORT: String(grpcPort), MODEL_REPOSITORY: path.join(ROOT, 'models') });
+      expect(await p.exit).toBe(1);
+      const lines = jsonLines(p.output());
+      expect(lines.at(-1)!.msg).toBe(
+        `port ${grpcPort} on 127.0.0.1 is in use: stop what uses it, or set GRPC_PORT (or --grpc-port) to another port`,
+      );
     } finally {
       busy.close();
     }

@@ -1,7 +1,9 @@
 // Longer than most files here, on purpose: the admin operations (load by name, by path or from uploads, unload,
 // update, delete) and the reconcile each of them ends with run under the model's lock and share the registry; kept
 // together, the locking protocol reads in one place.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
+import os from 'node:os';
 import { readdir, realpath, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
@@ -33,7 +35,23 @@ export interface ManagerOptions {
    * error; returns warnings. Supplied by the layer that knows what a task needs.
    */
   checkModel?: (files: ModelFiles, session: Session) => Promise<string[]> | string[];
+  /** This replica's name, in every status event (several replicas may share one event stream). */
+  replica?: string;
 }
+
+/**
+ * An admin operation that succeeded on this replica, as other replicas apply it (the manager emits it as 'admin'; the
+ * optional cluster bus carries it). Files are not in it: uploads and model.json edits are written once to the shared
+ * repository, and the other replicas read them from there.
+ */
+export type AdminOp =
+  | { op: 'load'; name: string; path?: string | null; config?: unknown }
+  | { op: 'unload'; name: string; version?: number | null }
+  | { op: 'update'; name: string; changes: { description?: string | null; metadata?: JsonMergePatch | null } }
+  | { op: 'delete'; name: string };
+
+/** Set while an admin operation of another replica is applied: it is not announced again. */
+const applyingRemote = new AsyncLocalStorage<boolean>();
 
 const exists = (p: string) =>
   stat(p).then(
@@ -47,8 +65,9 @@ const exists = (p: string) =>
  * edits.ts; the watcher rescans the repository; each version instance runs its own lifecycle with the configuration
  * it was loaded with (version.ts).
  */
-export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
+export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; admin: [AdminOp] }> {
   readonly root: string;
+  readonly replica: string;
   readonly engine: Engine;
   private readonly logger: Logger;
   private readonly metrics: Metrics | undefined;
@@ -62,8 +81,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
   private closed = false;
   private started = false;
 
-  constructor({ root, engine, logger, metrics, modelRoots = [], pollIntervalMs = 1000, loadOptions = {}, checkModel }: ManagerOptions) {
+  constructor({
+    root,
+    engine,
+    logger,
+    metrics,
+    modelRoots = [],
+    pollIntervalMs = 1000,
+    loadOptions = {},
+    checkModel,
+    replica = os.hostname(),
+  }: ManagerOptions) {
     super();
+    this.replica = replica;
     this.setMaxListeners(0);
     this.root = path.resolve(root);
     this.engine = engine;
@@ -169,7 +199,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
     if (!metrics && this.metrics) this.versionMetrics.set(key, (metrics = this.metrics.forVersion(model.name, version)));
     return new ModelVersion(model.name, version, file, files, {
       logger: this.logger,
-      publish: (e) => this.emit('status', e),
+      publish: (e) => this.emit('status', { ...e, replica: this.replica }),
       openSession: async (p, options) => this.engine.load(await this.confinedModelFile(model, p), options),
       check: this.checkModel,
       metrics,
@@ -294,8 +324,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       throw new GatewayError(ErrorCode.INVALID_INPUT, `invalid model name ${JSON.stringify(name)}: use letters, digits, '_', '.', '-'`);
     if (opts.path && opts.files?.length) throw new GatewayError(ErrorCode.INVALID_INPUT, 'give path or files, not both');
     if (opts.config !== undefined && opts.config !== null) parseModelConfig(opts.config, 'config'); // validate early
-    if (opts.files?.length) return this.loadFromFiles(name, opts.files, opts.config);
-    if (opts.path) return this.loadFromPath(name, opts.path, opts.config);
+    if (opts.files?.length) return this.announce({ op: 'load', name }, this.loadFromFiles(name, opts.files, opts.config));
+    if (opts.path)
+      return this.announce({ op: 'load', name, path: opts.path, config: opts.config }, this.loadFromPath(name, opts.path, opts.config));
 
     let model = this.byName.get(name);
     if (!model) {
@@ -321,7 +352,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
       await this.enable(m);
     });
-    return m;
+    return this.announce({ op: 'load', name }, m);
   }
 
   private async loadFromPath(name: string, requested: string, config: unknown): Promise<Model> {
@@ -433,7 +464,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
         await model.versions.get(version)!.unload();
       }
     });
-    return model;
+    return this.announce({ op: 'unload', name, version }, model);
   }
 
   /**
@@ -453,7 +484,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       model.configUpdatedAt = new Date();
       if (!model.file) model.filesStamp = await filesStamp(model.dir, files?.config ?? null);
     });
-    return model;
+    return this.announce({ op: 'update', name, changes }, model);
   }
 
   /**
@@ -467,7 +498,47 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent] }> {
       if (model.source === 'repository') await rm(model.dir, { recursive: true, force: true });
       await this.forget(model);
     });
-    return true;
+    return this.announce({ op: 'delete', name }, true);
+  }
+
+  // ---- Replicas (src/cluster carries AdminOps between them; without it, nothing below is used) ----
+
+  /** Tell other replicas about an admin operation that succeeded here, unless it came from one of them. */
+  private async announce<T>(op: AdminOp, result: T | Promise<T>): Promise<T> {
+    const value = await result;
+    if (!applyingRemote.getStore()) this.emit('admin', op);
+    return value;
+  }
+
+  /**
+   * Apply an admin operation made on another replica, without announcing it again. Files were written once to the
+   * shared repository by that replica: here a load reads them, an update re-reads model.json, and a delete forgets the
+   * model without touching its folder (a new upload of the same name may already be there).
+   */
+  async applyRemote(op: AdminOp): Promise<void> {
+    await applyingRemote.run(true, async () => {
+      const model = this.byName.get(op.name);
+      switch (op.op) {
+        case 'load':
+          await this.load(op.name, op.path ? { path: op.path, config: op.config } : {});
+          return;
+        case 'unload':
+          if (model) await this.unload(op.name, op.version);
+          return;
+        case 'update':
+          if (!model) return;
+          if (model.source === 'repository' && !model.file)
+            await model.exclusive(async () => {
+              await this.reread(model);
+              await this.reconcile(model);
+            });
+          else await this.update(op.name, op.changes);
+          return;
+        case 'delete':
+          if (model) await model.exclusive(() => this.forget(model));
+          return;
+      }
+    });
   }
 
   /** Stop watching and unload everything (each unload waits for its requests in flight). */

@@ -20,6 +20,8 @@ export interface ModelStatusEvent {
   errorCode: string | null;
   errorMessage: string | null;
   at: Date;
+  /** The replica (process, pod) whose version changed; with several replicas, events of all of them reach a subscriber. */
+  replica: string;
 }
 
 /** An error message without absolute paths (and what follows them, such as file lengths): for clients. */
@@ -41,7 +43,8 @@ const transitions: Record<VersionState, readonly VersionState[]> = {
 
 export interface VersionDeps {
   logger: Logger;
-  publish: (e: ModelStatusEvent) => void;
+  /** The manager adds which replica it is. */
+  publish: (e: Omit<ModelStatusEvent, 'replica'>) => void;
   /** Open a session on the engine (it decides whether the session can batch). */
   openSession: (modelPath: string, options: LoadOptions) => Promise<Session>;
   /**

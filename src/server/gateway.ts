@@ -1,9 +1,11 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Config } from '../config.ts';
+import { errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
+import type { Cluster } from '../cluster/index.ts';
 import { InferenceService } from '../inference/service.ts';
 import { createGraphqlProtocol, type GraphqlProtocol } from '../protocols/graphql/index.ts';
 import { createKserveProtocol } from '../protocols/kserve/index.ts';
@@ -17,6 +19,11 @@ export interface Gateway {
   graphql: GraphqlProtocol;
   /** HTTP (and gRPC, unless GRPC_PORT=off) listening; grpcPort is null without gRPC. */
   listen(): Promise<{ port: number; host: string; url: string; grpcPort: number | null }>;
+  /**
+   * The start of a rolling restart's drain: /ready answers 503 from now on and every response closes its connection
+   * (clients and load balancers reconnect elsewhere), while requests are still accepted and served. close() follows.
+   */
+  drain(): void;
   /** Stop accepting, end subscriptions, finish requests in flight (bounded by shutdownTimeoutMs). */
   close(): Promise<void>;
 }
@@ -27,12 +34,16 @@ export function createGateway({
   models,
   logger,
   metrics,
+  cluster = null,
 }: {
   config: Config;
   models: ModelManager;
   logger: Logger;
   metrics: Metrics;
+  /** The Redis bus between replicas (REDIS_URL); null for one process. */
+  cluster?: Cluster | null;
 }): Gateway {
+  let draining = false;
   const service = new InferenceService(models, {
     maxImagePixels: config.maxImagePixels,
     imageFormats: config.imageFormats,
@@ -63,6 +74,7 @@ export function createGateway({
     corsOrigins: config.corsOrigins,
     allowUpgrade: (req) => hostAllowed(req.headers.host, config.allowedHosts),
     graphiql: config.graphiql,
+    statusSource: cluster?.feed ?? models,
   });
   const kserve = createKserveProtocol({
     service,
@@ -80,7 +92,16 @@ export function createGateway({
     maxConnectionsPerClient: config.maxConnectionsPerClient,
     headersTimeoutMs: config.headersTimeoutMs,
     requestTimeoutMs: config.requestTimeoutMs,
-    routes: [...opsRoutes(models, metrics), kserve.route, uiRoute(), { match: () => true, handle: graphql.handle }],
+    routes: [
+      ...opsRoutes(models, metrics, { draining: () => draining, cluster: () => cluster?.status() }),
+      kserve.route,
+      uiRoute(),
+      { match: () => true, handle: graphql.handle },
+    ],
+  });
+  // before the routes answer: while draining, no connection is kept alive for a next request
+  server.prependListener('request', (_req, res) => {
+    if (draining) res.setHeader('connection', 'close');
   });
   graphql.attach(server);
 
@@ -103,10 +124,20 @@ export function createGateway({
         return { ...http, grpcPort };
       } catch (e) {
         await new Promise((resolve) => server.close(resolve));
-        throw e;
+        // grpc-js reports a bind failure as text only: keep the errno code, and say which port it was
+        const message = errorMessage(e);
+        throw Object.assign(new Error(message), {
+          code: /EADDRINUSE|EACCES|EADDRNOTAVAIL/.exec(message)?.[0],
+          port: config.grpcPort,
+          setting: 'GRPC_PORT',
+        });
       }
     },
+    drain() {
+      draining = true;
+    },
     close() {
+      draining = true;
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();

@@ -2,11 +2,22 @@ import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import { sendJson, type Route } from './http.ts';
 
+/** What /ready says besides the models: a drain in progress, and the bus between replicas (when there is one). */
+export interface ReadyState {
+  /** SIGTERM was received: /ready is 503 so the load balancer stops sending, while requests are still served. */
+  draining?: () => boolean;
+  /**
+   * The Redis bus (src/cluster). Its loss is reported but does not make the replica unready (local inference works);
+   * a replica that starts is ready once it has joined (applied the cluster's unloaded models).
+   */
+  cluster?: () => { joined: boolean } | undefined;
+}
+
 /**
  * The operations endpoints, open to probes whatever the tokens: /health (the process answers), /ready (every model
  * the repository asks for is AVAILABLE, with per-model detail) and /metrics (Prometheus text).
  */
-export function opsRoutes(models: ModelManager, metrics: Metrics): Route[] {
+export function opsRoutes(models: ModelManager, metrics: Metrics, state: ReadyState = {}): Route[] {
   return [
     { match: (p) => p === '/health', handle: (_, res) => sendJson(res, 200, { status: 'ok' }) },
     {
@@ -17,7 +28,16 @@ export function opsRoutes(models: ModelManager, metrics: Metrics): Route[] {
           ready: m.ready,
           versions: [...m.versions.values()].map((v) => ({ version: v.version, state: v.state, errorCode: v.errorCode })),
         }));
-        sendJson(res, models.ready ? 200 : 503, { ready: models.ready, models: detail });
+        const draining = state.draining?.() ?? false;
+        const cluster = state.cluster?.();
+        const ready = models.ready && !draining && (cluster?.joined ?? true);
+        sendJson(res, ready ? 200 : 503, {
+          ready,
+          replica: models.replica,
+          ...(draining ? { draining } : {}),
+          ...(cluster ? { cluster } : {}),
+          models: detail,
+        });
       },
     },
     {

@@ -1,7 +1,12 @@
-import type { EventEmitter } from 'node:events';
 import { Repeater } from '@repeaterjs/repeater';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { ModelStatusEvent } from '../../repository/version.ts';
+
+/** Where status events come from: the model manager, or with several replicas a feed of all of theirs (src/cluster). */
+export interface StatusSource {
+  on(event: 'status', listener: (e: ModelStatusEvent) => void): unknown;
+  off(event: 'status', listener: (e: ModelStatusEvent) => void): unknown;
+}
 
 /**
  * Status events for one subscriber, as an async iterator (a Repeater) that ends cleanly: when the client leaves
@@ -9,7 +14,7 @@ import type { ModelStatusEvent } from '../../repository/version.ts';
  * ended with an error saying so, rather than losing events silently.
  */
 export function statusEvents(
-  source: EventEmitter<{ status: [ModelStatusEvent] }>,
+  source: StatusSource,
   filter: (e: ModelStatusEvent) => boolean,
   signal: AbortSignal,
   maxQueued = 1000,

@@ -14,7 +14,7 @@ import type { ImageReadLimits } from '../../inference/images.ts';
 import type { InferenceService } from '../../inference/service.ts';
 import type { Context } from './context.ts';
 import { maskError, useRequestErrorCodes } from './errors.ts';
-import { statusEvents } from './events.ts';
+import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
@@ -40,6 +40,8 @@ export interface GraphqlOptions {
   /** Is a WebSocket upgrade answered at all (the host check of HTTP requests)? */
   allowUpgrade?: (req: IncomingMessage) => boolean;
   graphiql?: boolean;
+  /** What modelStatus subscribers see (default: this process's model manager). */
+  statusSource?: StatusSource;
 }
 
 export interface GraphqlProtocol {
@@ -92,6 +94,7 @@ export function createGraphqlProtocol({
   corsOrigins = [],
   allowUpgrade = () => true,
   graphiql = true,
+  statusSource = service.models,
 }: GraphqlOptions): GraphqlProtocol {
   const shutdown = new AbortController();
   let ws: { close(): Promise<void> } | null = null;
@@ -104,7 +107,7 @@ export function createGraphqlProtocol({
       throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${maxSubscriptionsPerClient} open subscriptions from one client`);
     }
     subscriptionsByClient.set(client, open + 1);
-    return statusEvents(service.models, filter, shutdown.signal, 1000, () => {
+    return statusEvents(statusSource, filter, shutdown.signal, 1000, () => {
       const left = (subscriptionsByClient.get(client) ?? 1) - 1;
       if (left <= 0) subscriptionsByClient.delete(client);
       else subscriptionsByClient.set(client, left);

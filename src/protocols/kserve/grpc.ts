@@ -126,6 +126,10 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
 }
 
 export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1024 }: GrpcServerOptions): KserveGrpcServer {
+  // grpc-js writes its own diagnostics to stderr as plain text; the gateway's output is JSON lines only (what matters,
+  // a bind failure, reaches the caller of listen())
+  const grpcLog = (...a: unknown[]) => logger.debug({ component: 'grpc-js' }, a.map(String).join(' '));
+  grpc.setLogger({ error: grpcLog, info: grpcLog, debug: grpcLog });
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': -1,

@@ -140,6 +140,9 @@ const StatusEventRef = builder.objectRef<ModelStatusEvent>('ModelStatusEvent').i
     errorCode: t.string({ nullable: true, resolve: (e) => e.errorCode }),
     errorMessage: t.string({ nullable: true, resolve: (e) => e.errorMessage }),
     at: t.field({ type: 'DateTime', resolve: (e) => e.at }),
+    replica: t.exposeString('replica', {
+      description: 'The replica (process, pod: REPLICA_NAME) whose version changed; with REDIS_URL set, events of every replica arrive.',
+    }),
   }),
 });
 

@@ -1,0 +1,94 @@
+import { EventEmitter } from 'node:events';
+import { Redis, type RedisOptions } from 'ioredis';
+import { errorMessage } from '../errors.ts';
+import type { Logger } from '../log.ts';
+
+/**
+ * The Redis connections of one replica: one for publishing and commands, one in subscriber mode (Redis wants a
+ * connection of its own for SUBSCRIBE). ioredis reconnects with the backoff below and resubscribes by itself; this
+ * class turns its connection events into one `connected` state, logged on each change (not on every failed retry).
+ *
+ * Commands are not queued while disconnected (enableOfflineQueue off on the publisher): a publish fails at once and
+ * the caller decides what to keep (the cluster keeps admin changes, drops status events and counts them).
+ */
+export interface BusOptions {
+  url: string;
+  logger: Logger;
+  /** Channels to subscribe to. */
+  channels: readonly string[];
+  /** Name of the connections in CLIENT LIST (the replica's name). */
+  name?: string;
+  /** Longest pause between reconnection attempts. */
+  maxBackoffMs?: number;
+}
+
+/** Backoff between reconnection attempts: 100 ms doubling, capped (ioredis calls it with the attempt number). */
+export const backoff = (attempt: number, maxMs = 2000): number => Math.min(100 * 2 ** Math.min(attempt - 1, 10), maxMs);
+
+export class RedisBus extends EventEmitter<{ message: [channel: string, text: string]; connected: []; disconnected: [] }> {
+  readonly publisher: Redis;
+  readonly subscriber: Redis;
+  private up = false;
+  private closed = false;
+  private lastError: string | null = null;
+  /** When the state last changed. */
+  since = new Date();
+
+  constructor({ url, logger, channels, name, maxBackoffMs = 2000 }: BusOptions) {
+    super();
+    const common: RedisOptions = {
+      retryStrategy: (attempt) => backoff(attempt, maxBackoffMs),
+      connectionName: name ? `gateway:${name}` : undefined,
+      connectTimeout: 5000,
+    };
+    this.publisher = new Redis(url, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+    this.subscriber = new Redis(url, { ...common, autoResubscribe: true, maxRetriesPerRequest: null });
+    for (const conn of [this.publisher, this.subscriber]) {
+      conn.on('error', (e: Error) => {
+        this.lastError = errorMessage(e);
+        if (this.up) logger.debug({ error: this.lastError }, 'cluster bus error');
+      });
+      conn.on('ready', () => this.update(logger));
+      conn.on('close', () => this.update(logger));
+      conn.on('end', () => this.update(logger));
+    }
+    this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
+    void this.subscriber
+      .subscribe(...channels)
+      .catch((e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'));
+  }
+
+  /** Both connections are ready. */
+  get connected(): boolean {
+    return this.up;
+  }
+
+  get error(): string | null {
+    return this.up ? null : this.lastError;
+  }
+
+  private update(logger: Logger): void {
+    const up = !this.closed && this.publisher.status === 'ready' && this.subscriber.status === 'ready';
+    if (up === this.up) return;
+    this.up = up;
+    this.since = new Date();
+    if (up) {
+      this.lastError = null;
+      logger.info('cluster bus connected');
+      this.emit('connected');
+    } else {
+      this.lastError ??= 'the connection to Redis was closed';
+      if (!this.closed) logger.warn({ error: this.lastError }, 'cluster bus disconnected; retrying, local inference goes on');
+      this.emit('disconnected');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(
+      [this.publisher, this.subscriber].map((c) =>
+        c.status === 'ready' ? c.quit().then(undefined, () => c.disconnect()) : Promise.resolve(c.disconnect()),
+      ),
+    );
+  }
+}

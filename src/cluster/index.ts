@@ -1,0 +1,304 @@
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { errorMessage, isGatewayError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { ClusterMetrics, type Metrics } from '../metrics.ts';
+import type { AdminOp, ModelManager } from '../repository/manager.ts';
+import type { ModelStatusEvent } from '../repository/version.ts';
+import { RedisBus } from './bus.ts';
+
+/**
+ * Many replicas behind a load balancer, one Redis between them (used only when REDIS_URL is set):
+ *
+ * - **Status events.** Every local `ModelStatusEvent` goes to this replica's `feed` at once and is published on
+ *   `<prefix>:status`; events of the other replicas arrive from there. A message carries the id of the process that
+ *   sent it and its own come back from Redis, so those are dropped: each event reaches the feed exactly once.
+ * - **Admin changes.** The manager emits an `AdminOp` after each successful loadModel, unloadModel, updateModel and
+ *   deleteModel; it is published on `<prefix>:admin` and the other replicas apply it (`ModelManager.applyRemote`),
+ *   in order for each model. Files are not sent: uploads and model.json edits are written once to the shared
+ *   repository. The resulting unloaded state of each model is also kept in the hash `<prefix>:unloaded`, which a
+ *   replica applies when it joins and after each reconnection (so a replica restarted during a rolling restart, or cut
+ *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), the
+ *   replicas write their own state back into it rather than read an empty one.
+ * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
+ *   backoff by ioredis. Local inference never waits for Redis. While down, status events are dropped (counted) and
+ *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect.
+ *
+ * Plain ioredis pub/sub rather than `@graphql-yoga/redis-event-target`: the admin channel and the unloaded-state hash
+ * are no GraphQL concern (every protocol shares them, and this module must not import a protocol), and the status
+ * feed is the EventEmitter the GraphQL adapter already reads, so the event target would add a second event model for
+ * one channel.
+ */
+export interface ClusterOptions {
+  url: string;
+  replica: string;
+  manager: ModelManager;
+  logger: Logger;
+  metrics?: Metrics;
+  prefix?: string;
+  maxPendingAdmin?: number;
+  maxBackoffMs?: number;
+}
+
+export interface ClusterStatus {
+  replica: string;
+  /** Not ready before: a replica that starts applies the cluster's unloaded models before it takes requests. */
+  joined: boolean;
+  bus: 'redis';
+  connected: boolean;
+  since: string;
+  error: string | null;
+}
+
+interface Wire {
+  v: 1;
+  /** The process that sent it (a fresh id per start; the replica name may be shared by mistake). */
+  from: string;
+  replica: string;
+}
+type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string } };
+type AdminMessage = Wire & { op: AdminOp };
+
+/** Local and remote status events, each once: what modelStatus subscribers read. */
+export type StatusFeed = EventEmitter<{ status: [ModelStatusEvent] }>;
+
+export class Cluster {
+  readonly feed: StatusFeed = new EventEmitter<{ status: [ModelStatusEvent] }>();
+  readonly replica: string;
+  private readonly id = randomUUID();
+  private readonly bus: RedisBus;
+  private readonly manager: ModelManager;
+  private readonly logger: Logger;
+  private readonly metrics: ClusterMetrics | null;
+  private readonly channels: { status: string; admin: string };
+  private readonly unloadedKey: string;
+  private readonly maxPendingAdmin: number;
+  /** Admin changes made here while the bus was down, published on reconnect. */
+  private readonly pendingAdmin: AdminOp[] = [];
+  /** Remote admin changes run one after another per model, in the order they were published. */
+  private readonly chains = new Map<string, Promise<void>>();
+  private synced = false;
+  /** join() is done: this replica has the cluster's unloaded state (or the bus was down and it could not wait). */
+  joined = false;
+  private syncing: Promise<void> | null = null;
+  private closed = false;
+  private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
+  private readonly onAdmin = (op: AdminOp) => void this.localAdmin(op);
+
+  constructor({ url, replica, manager, logger, metrics, prefix = 'gateway', maxPendingAdmin = 1000, maxBackoffMs }: ClusterOptions) {
+    this.feed.setMaxListeners(0);
+    this.replica = replica;
+    this.manager = manager;
+    this.logger = logger.child({ replica });
+    this.metrics = metrics ? new ClusterMetrics(metrics) : null;
+    this.metrics?.connected.set(0);
+    this.channels = { status: `${prefix}:status`, admin: `${prefix}:admin` };
+    this.unloadedKey = `${prefix}:unloaded`;
+    this.maxPendingAdmin = maxPendingAdmin;
+    this.bus = new RedisBus({ url, logger: this.logger, channels: Object.values(this.channels), name: replica, maxBackoffMs });
+    this.bus.on('message', (channel, text) => this.remote(channel, text));
+    this.bus.on('connected', () => {
+      this.metrics?.connected.set(1);
+      void this.catchUp();
+    });
+    this.bus.on('disconnected', () => {
+      this.metrics?.connected.set(0);
+      if (!this.closed) this.metrics?.disconnects.inc();
+    });
+    manager.on('status', this.onStatus);
+    manager.on('admin', this.onAdmin);
+  }
+
+  status(): ClusterStatus {
+    return {
+      replica: this.replica,
+      joined: this.joined,
+      bus: 'redis',
+      connected: this.bus.connected,
+      since: this.bus.since.toISOString(),
+      error: this.bus.error,
+    };
+  }
+
+  /**
+   * The first repository scan is done: bring this replica in line with the cluster's unloaded state (now, and after
+   * every reconnection from here on).
+   */
+  async join({ timeoutMs = 10_000 }: { timeoutMs?: number } = {}): Promise<void> {
+    this.synced = true;
+    if (this.bus.connected) {
+      await this.syncing; // a catch-up begun before join() may have skipped the state; run one of our own
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.catchUp(), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+      clearTimeout(timer);
+    }
+    this.joined = true;
+  }
+
+  private wire(): Wire {
+    return { v: 1, from: this.id, replica: this.replica };
+  }
+
+  private localStatus(e: ModelStatusEvent): void {
+    this.feed.emit('status', e);
+    if (!this.bus.connected) {
+      this.metrics?.dropped.inc({ kind: 'status' });
+      return;
+    }
+    const message: StatusMessage = { ...this.wire(), event: { ...e, at: e.at.toISOString() } };
+    this.bus.publisher.publish(this.channels.status, JSON.stringify(message)).then(
+      () => this.metrics?.messages.inc({ direction: 'out', kind: 'status' }),
+      () => this.metrics?.dropped.inc({ kind: 'status' }),
+    );
+  }
+
+  private async localAdmin(op: AdminOp): Promise<void> {
+    if (!this.bus.connected || this.pendingAdmin.length > 0) {
+      // behind the changes still waiting, in order
+      this.keep(op);
+      if (this.bus.connected) void this.catchUp();
+      return;
+    }
+    try {
+      await this.publishAdmin(op);
+    } catch (e) {
+      this.logger.warn({ error: errorMessage(e), op: op.op, model: op.name }, 'admin change not published yet; kept for the reconnection');
+      this.keep(op);
+    }
+  }
+
+  private keep(op: AdminOp): void {
+    if (this.pendingAdmin.length >= this.maxPendingAdmin) {
+      this.pendingAdmin.shift();
+      this.metrics?.dropped.inc({ kind: 'admin' });
+    }
+    this.pendingAdmin.push(op);
+  }
+
+  /** The unloaded state of a model on this replica, as kept in the hash (null: nothing unloaded). */
+  private unloadedState(name: string): { all: boolean; versions: number[] } | null {
+    const m = this.manager.get(name);
+    if (!m || (!m.disabled && m.disabledVersions.size === 0)) return null;
+    return { all: m.disabled, versions: [...m.disabledVersions].sort((a, b) => a - b) };
+  }
+
+  /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
+  private async publishAdmin(op: AdminOp): Promise<void> {
+    const state = this.unloadedState(op.name);
+    const tx = this.bus.publisher.multi();
+    if (op.op !== 'update') {
+      if (state) tx.hset(this.unloadedKey, op.name, JSON.stringify(state));
+      else tx.hdel(this.unloadedKey, op.name);
+    }
+    tx.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op } satisfies AdminMessage));
+    const result = await tx.exec();
+    const failed = result?.find(([e]) => e);
+    if (!result || failed) throw failed?.[0] ?? new Error('transaction aborted');
+    this.metrics?.messages.inc({ direction: 'out', kind: 'admin' });
+  }
+
+  private remote(channel: string, text: string): void {
+    let message: (StatusMessage & { op?: undefined }) | (AdminMessage & { event?: undefined });
+    try {
+      message = JSON.parse(text);
+    } catch {
+      this.logger.warn({ channel }, 'cluster bus: a message that is not JSON was ignored');
+      return;
+    }
+    if (message?.v !== 1 || message.from === this.id) return; // our own, back from Redis
+    if (channel === this.channels.status && message.event) {
+      this.metrics?.messages.inc({ direction: 'in', kind: 'status' });
+      this.feed.emit('status', { ...message.event, at: new Date(message.event.at) });
+    } else if (channel === this.channels.admin && message.op) {
+      this.metrics?.messages.inc({ direction: 'in', kind: 'admin' });
+      const op = message.op;
+      this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
+      this.serialize(op.name, () => this.manager.applyRemote(op));
+    }
+  }
+
+  /** Run fn after the previous remote change of the same model; failures are logged (this replica may lack the model). */
+  private serialize(name: string, fn: () => Promise<void>): Promise<void> {
+    const next = (this.chains.get(name) ?? Promise.resolve())
+      .then(fn)
+      .catch((e: unknown) => {
+        const level = isGatewayError(e) ? 'info' : 'warn';
+        this.logger[level]({ model: name, error: errorMessage(e) }, 'an admin change of another replica did not apply here');
+      })
+      .finally(() => {
+        if (this.chains.get(name) === next) this.chains.delete(name);
+      });
+    this.chains.set(name, next);
+    return next;
+  }
+
+  /** After a (re)connection: publish what was kept, then apply the cluster's unloaded state. */
+  private catchUp(): Promise<void> {
+    this.syncing ??= (async () => {
+      await Promise.resolve(); // so that the finally below runs after this promise is stored
+      let failed = false;
+      try {
+        while (this.pendingAdmin.length && this.bus.connected) {
+          await this.publishAdmin(this.pendingAdmin[0]);
+          this.pendingAdmin.shift();
+        }
+        if (this.synced && this.bus.connected) await this.applyUnloadedState();
+      } catch (e) {
+        failed = true;
+        this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; retried on the next reconnection');
+      } finally {
+        this.syncing = null;
+        // a change made here while the state was being applied
+        if (!failed && this.pendingAdmin.length && this.bus.connected) void this.catchUp();
+      }
+    })();
+    return this.syncing;
+  }
+
+  private async applyUnloadedState(): Promise<void> {
+    const redis = this.bus.publisher;
+    // "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data
+    if (!(await redis.hexists(this.unloadedKey, '.'))) {
+      const tx = redis.multi().hset(this.unloadedKey, '.', '1');
+      for (const m of this.manager.models()) {
+        const state = this.unloadedState(m.name);
+        if (state) tx.hsetnx(this.unloadedKey, m.name, JSON.stringify(state));
+      }
+      await tx.exec();
+      this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state into it');
+      return;
+    }
+    const wanted = new Map(
+      Object.entries(await redis.hgetall(this.unloadedKey))
+        .filter(([name]) => name !== '.')
+        .map(([name, json]) => [name, JSON.parse(json) as { all: boolean; versions: number[] }]),
+    );
+    const work: Promise<void>[] = [];
+    for (const m of this.manager.models()) {
+      const want = wanted.get(m.name);
+      const mine = this.unloadedState(m.name);
+      if (JSON.stringify(want ?? null) === JSON.stringify(mine)) continue;
+      const ops: AdminOp[] = [];
+      if (!want) ops.push({ op: 'load', name: m.name });
+      else if (want.all) ops.push({ op: 'unload', name: m.name });
+      else {
+        // some versions unloaded: everything back (loadModel), then those versions out
+        ops.push({ op: 'load', name: m.name });
+        for (const v of want.versions) if (m.versions.has(v)) ops.push({ op: 'unload', name: m.name, version: v });
+      }
+      this.logger.info({ model: m.name, wanted: want ?? 'loaded' }, 'bringing a model in line with the cluster');
+      for (const op of ops) work.push(this.serialize(m.name, () => this.manager.applyRemote(op)));
+    }
+    await Promise.all(work);
+  }
+
+  /** Stop listening and close the connections (after the manager has unloaded, so those events went out). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.manager.off('status', this.onStatus);
+    this.manager.off('admin', this.onAdmin);
+    await Promise.allSettled([...this.chains.values()]);
+    await this.bus.close();
+    this.metrics?.connected.set(0);
+  }
+}

@@ -1,0 +1,268 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeMultipart } from '../src/client/multipart.ts';
+import {
+  have,
+  killAll,
+  sharedRepository,
+  startHaproxy,
+  startRedis,
+  startReplica,
+  until,
+  type Haproxy,
+  type RedisServer,
+  type Replica,
+} from '../bench/cluster-lib.ts';
+import os from 'node:os';
+import { ConfigError, loadConfig } from '../src/config.ts';
+import { ROOT, image } from './helpers.ts';
+
+/**
+ * Scale out, tested as it runs: a real redis-server, three replica processes sharing one model repository (a copy of
+ * models/mobilenet in a temporary folder), HAProxy health-checking /ready in front. Nothing is stubbed. Needs the
+ * Debian packages redis-server and haproxy (.ci/run installs them); without them this file is skipped and says why.
+ */
+const missing = ['redis-server', 'haproxy'].filter((p) => !have(p));
+if (missing.length)
+  console.warn(`test/cluster.test.ts skipped: ${missing.join(' and ')} not installed (apt-get install redis-server haproxy)`);
+
+const DRAIN_DELAY_MS = 1000;
+const HAPROXY_CHECK_MS = 200;
+
+const classifyZebra = async () => {
+  const bytes = await readFile(image('zebra.jpeg'));
+  return encodeMultipart(
+    { query: 'mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { label } } }' },
+    { f: { name: 'zebra.jpeg', bytes } },
+  );
+};
+
+/** Post the zebra through a URL; 'zebra' or what went wrong. */
+async function classifyVia(url: string, body: { body: Uint8Array<ArrayBuffer>; contentType: string }): Promise<string> {
+  try {
+    const res = await fetch(`${url}/graphql`, {
+      method: 'POST',
+      body: body.body,
+      headers: { 'content-type': body.contentType, 'x-graphql-yoga-csrf': '1' },
+    });
+    const text = await res.text();
+    if (res.status !== 200) return `HTTP ${res.status}: ${text.slice(0, 200)}`;
+    const json = JSON.parse(text);
+    return json.data?.classify?.predictions?.[0]?.label ?? `errors: ${JSON.stringify(json.errors)}`;
+  } catch (e) {
+    return `network: ${(e as Error).message} ${String((e as any).cause ?? '')}`;
+  }
+}
+
+const versionsOf = async (r: Replica, name: string) => {
+  const res = await r.gql(`query($n: String!) { model(name: $n) { description versions { version state } } }`, { n: name });
+  return res.data?.model ?? null;
+};
+const allStates = async (replicas: Replica[], name: string) =>
+  Promise.all(replicas.map(async (r) => (await versionsOf(r, name))?.versions.map((v: any) => v.state).join(',') ?? 'none'));
+
+const readyBody = async (r: Replica) => (await fetch(`${r.url}/ready`)).json() as Promise<any>;
+
+describe('scale-out settings', () => {
+  it('REDIS_URL must be a redis URL, names are checked, and the defaults need no Redis', () => {
+    const config = loadConfig({}, []);
+    expect(config.redisUrl).toBeNull();
+    expect(config.replicaName).toBe(`${os.hostname()}-${process.pid}`);
+    expect(config.drainDelayMs).toBe(5000);
+    expect(loadConfig({ REDIS_URL: 'rediss://user:pw@cache:6380/2' }, []).redisUrl).toBe('rediss://user:pw@cache:6380/2');
+    expect(() => loadConfig({ REDIS_URL: 'http://cache:6379' }, [])).toThrow(/REDIS_URL: expected a redis:\/\/ or rediss:\/\/ URL/);
+    expect(() => loadConfig({}, ['--replica-name', 'a b'])).toThrow(ConfigError);
+    expect(() => loadConfig({ DRAIN_DELAY_MS: '-1' }, [])).toThrow(/DRAIN_DELAY_MS/);
+    expect(loadConfig({}, ['--drain-delay-ms', '250']).drainDelayMs).toBe(250);
+  });
+});
+
+describe.skipIf(missing.length > 0)('three replicas, one Redis, HAProxy in front', () => {
+  let redis: RedisServer;
+  let repo: Awaited<ReturnType<typeof sharedRepository>>;
+  let replicas: Replica[];
+  let lb: Haproxy;
+  let zebra: { body: Uint8Array<ArrayBuffer>; contentType: string };
+
+  beforeAll(async () => {
+    zebra = await classifyZebra();
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    const names = ['r1', 'r2', 'r3'];
+    replicas = await Promise.all(
+      names.map((name) =>
+        startReplica({ name, repository: repo.dir, redisUrl: redis.url, env: { DRAIN_DELAY_MS: String(DRAIN_DELAY_MS) } }),
+      ),
+    );
+    lb = await startHaproxy(
+      replicas.map((r) => ({ name: r.name, port: r.port })),
+      // no retries elsewhere: HAProxy does what a plain load balancer (or a Kubernetes Service) does, so a request lost in
+      // a restart would show; only the drain keeps them
+      { checkMs: HAPROXY_CHECK_MS, redispatch: false },
+    );
+    await until(async () => Object.values(await lb.states()).every((s) => s === 'UP'), 20_000, 'HAProxy to see three replicas UP');
+  }, 180_000);
+
+  afterAll(async () => {
+    await Promise.allSettled((replicas ?? []).map((r) => r.stop('SIGKILL')));
+    await lb?.stop();
+    await redis?.stop();
+    await repo?.remove();
+    killAll();
+  });
+
+  it('every replica is ready, connected to the bus, and says which replica it is', async () => {
+    for (const r of replicas) {
+      const body = await readyBody(r);
+      expect(body).toMatchObject({ ready: true, replica: r.name, cluster: { replica: r.name, bus: 'redis', connected: true } });
+      const metrics = await (await fetch(`${r.url}/metrics`)).text();
+      expect(metrics).toMatch(/^gateway_cluster_bus_connected 1$/m);
+    }
+    expect(await classifyVia(lb.url, zebra)).toBe('zebra');
+  });
+
+  it('a subscriber on replica 3 sees the events of all three; an unload on replica 1 and a load on replica 2 take effect on all', async () => {
+    const [r1, r2, r3] = replicas;
+    const abort = new AbortController();
+    const sse = await fetch(`${r3.url}/graphql`, {
+      signal: abort.signal,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify({ query: 'subscription { modelStatus(name: "mobilenet") { model version state previousState replica } }' }),
+    });
+    expect(sse.status).toBe(200);
+    const events: { replica: string; state: string; previousState: string }[] = [];
+    const reader = (async () => {
+      let buffer = '';
+      for await (const chunk of sse.body as unknown as AsyncIterable<Uint8Array>) {
+        buffer += Buffer.from(chunk).toString();
+        for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
+          const block = buffer.slice(0, i);
+          buffer = buffer.slice(i + 2);
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          const e = data && JSON.parse(data).data?.modelStatus;
+          if (e) events.push(e);
+        }
+      }
+    })().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 300)); // the subscription is registered
+
+    const unloaded = await r1.gql('mutation { unloadModel(name: "mobilenet") { versions { state } } }');
+    expect(unloaded.errors).toBeUndefined();
+    await until(async () => (await allStates(replicas, 'mobilenet')).every((s) => s === 'END'), 20_000, 'mobilenet END on all three');
+    for (const r of replicas) expect((await r.gql('{ model(name: "mobilenet") { ready } }')).data.model.ready).toBe(true); // unloaded on purpose
+
+    const loaded = await r2.gql('mutation { loadModel(name: "mobilenet") { versions { state } } }');
+    expect(loaded.data.loadModel.versions[0].state).toBe('AVAILABLE');
+    await until(async () => (await allStates(replicas, 'mobilenet')).every((s) => s === 'AVAILABLE'), 30_000, 'mobilenet AVAILABLE on all');
+    for (const r of replicas) expect(await classifyVia(r.url, zebra)).toBe('zebra');
+
+    // every replica's four transitions, each exactly once, with its name (loading again is a new instance: START)
+    const want = ['AVAILABLE>UNLOADING', 'UNLOADING>END', 'START>LOADING', 'LOADING>AVAILABLE'];
+    await until(() => events.length >= 12, 10_000, 'twelve events on replica 3');
+    for (const name of ['r1', 'r2', 'r3']) {
+      const mine = events.filter((e) => e.replica === name).map((e) => `${e.previousState}>${e.state}`);
+      expect(mine, `events of ${name}`).toEqual(want);
+    }
+    expect(events).toHaveLength(12);
+    abort.abort();
+    await reader;
+  });
+
+  it('an upload on replica 2 is written once to the shared repository and served by all; update and delete follow', async () => {
+    const [r1, r2, r3] = replicas;
+    const files = ['1/model.onnx', 'labels.txt', 'model.json'].map((f) => path.join(ROOT, 'models', 'mobilenet', f));
+    const { body, contentType } = encodeMultipart(
+      {
+        query: 'mutation($files: [File!]!) { loadModel(name: "zebra-finder", files: $files) { versions { version state } } }',
+        variables: { files: [null, null, null] },
+      },
+      Object.fromEntries(
+        await Promise.all(files.map(async (f, i) => [`files.${i}`, { name: path.basename(f), bytes: await readFile(f) }])),
+      ),
+    );
+    const res = await (
+      await fetch(`${r2.url}/graphql`, { method: 'POST', body, headers: { 'content-type': contentType, 'x-graphql-yoga-csrf': '1' } })
+    ).json();
+    expect(res.data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+    await until(async () => (await allStates(replicas, 'zebra-finder')).every((s) => s === 'AVAILABLE'), 30_000, 'the upload on all');
+
+    const updated = await r3.gql('mutation { updateModel(name: "zebra-finder", description: "stripes") { description } }');
+    expect(updated.data.updateModel.description).toBe('stripes');
+    await until(
+      async () => (await Promise.all(replicas.map((r) => versionsOf(r, 'zebra-finder')))).every((m) => m?.description === 'stripes'),
+      20_000,
+      'the description on all',
+    );
+
+    expect((await r1.gql('mutation { deleteModel(name: "zebra-finder") }')).data.deleteModel).toBe(true);
+    await until(async () => (await allStates(replicas, 'zebra-finder')).every((s) => s === 'none'), 20_000, 'the model gone from all');
+  });
+
+  it('Redis stopped mid-test: inference goes on, /ready and /metrics say the bus is down; restarted: the bus recovers', async () => {
+    const [r1, r2, r3] = replicas;
+    await redis.stop();
+    await until(async () => (await Promise.all(replicas.map(readyBody))).every((b) => b.cluster.connected === false), 20_000, 'bus down');
+    for (const r of replicas) {
+      const res = await fetch(`${r.url}/ready`);
+      expect(res.status).toBe(200); // local inference works: the replica stays in the load balancer
+      expect((await res.json()).cluster.error).toBeTruthy();
+      expect(await (await fetch(`${r.url}/metrics`)).text()).toMatch(/^gateway_cluster_bus_connected 0$/m);
+    }
+    const answers = await Promise.all(Array.from({ length: 6 }, () => classifyVia(lb.url, zebra)));
+    expect(answers).toEqual(Array(6).fill('zebra'));
+    // an admin change made while the bus is down is applied here, and sent to the others on reconnection
+    expect((await r1.gql('mutation { unloadModel(name: "mobilenet", version: 1) { name } }')).errors).toBeUndefined();
+    expect(await allStates([r2, r3], 'mobilenet')).toEqual(['AVAILABLE', 'AVAILABLE']);
+
+    await redis.start();
+    await until(async () => (await Promise.all(replicas.map(readyBody))).every((b) => b.cluster.connected), 30_000, 'bus back');
+    await until(async () => (await allStates(replicas, 'mobilenet')).every((s) => s === 'END'), 20_000, 'the kept change applied');
+    for (const r of replicas)
+      expect(await (await fetch(`${r.url}/metrics`)).text()).toMatch(/^gateway_cluster_bus_disconnects_total [1-9]/m);
+
+    // and the bus carries new changes again
+    expect((await r3.gql('mutation { loadModel(name: "mobilenet") { name } }')).errors).toBeUndefined();
+    await until(async () => (await allStates(replicas, 'mobilenet')).every((s) => s === 'AVAILABLE'), 30_000, 'mobilenet back on all');
+  });
+
+  it('a rolling restart of all three under concurrent load through HAProxy answers every request', async () => {
+    // a model unloaded cluster-wide stays unloaded on a replica that restarts (it applies the cluster's state on joining)
+    const { body, contentType } = encodeMultipart(
+      { query: 'mutation($f: File!) { loadModel(name: "spare", files: [$f]) { name } }', variables: { f: null } },
+      { f: { name: 'model.onnx', bytes: await readFile(path.join(ROOT, 'models', 'mobilenet', '1', 'model.onnx')) } },
+    );
+    await fetch(`${replicas[0].url}/graphql`, {
+      method: 'POST',
+      body,
+      headers: { 'content-type': contentType, 'x-graphql-yoga-csrf': '1' },
+    });
+    await until(async () => (await allStates(replicas, 'spare')).every((s) => s === 'AVAILABLE'), 30_000, 'spare on all');
+    expect((await replicas[0].gql('mutation { unloadModel(name: "spare") { name } }')).errors).toBeUndefined();
+    await until(async () => (await allStates(replicas, 'spare')).every((s) => s === 'END'), 20_000, 'spare unloaded on all');
+
+    let stop = false;
+    const results: string[] = [];
+    const worker = async () => {
+      while (!stop) results.push(await classifyVia(lb.url, zebra));
+    };
+    const load = Array.from({ length: 4 }, worker);
+    await until(() => results.length >= 10, 30_000, 'load running');
+
+    for (const r of replicas) {
+      const before = results.length;
+      const code = await r.stop('SIGTERM');
+      expect(code, `${r.name} exit code`).toBe(0);
+      await r.start();
+      await until(async () => (await lb.states())[r.name] === 'UP', 20_000, `HAProxy to see ${r.name} UP again`);
+      await until(() => results.length >= before + 10, 30_000, 'requests answered after the restart');
+      expect(await allStates([r], 'spare')).toEqual(['END']);
+    }
+    stop = true;
+    await Promise.all(load);
+    const failed = results.filter((a) => a !== 'zebra');
+    expect(failed).toEqual([]);
+    expect(results.length).toBeGreaterThan(30);
+  }, 240_000);
+});

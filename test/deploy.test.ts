@@ -1,0 +1,206 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { SETTINGS, loadConfig, type Config } from '../src/config.ts';
+import { have } from '../bench/cluster-lib.ts';
+import { hostAllowed } from '../src/server/hosts.ts';
+import { ROOT } from './helpers.ts';
+
+/**
+ * No container runtime or cluster here: the deployment files under deploy/ are checked by reading them. Their ports,
+ * probe paths, environment (names and values, through the server's own loadConfig), signals and drain timings must
+ * agree with the server's settings (src/config.ts) and with each other.
+ */
+const DEPLOY = path.join(ROOT, 'deploy');
+const read = (f: string) => readFileSync(path.join(DEPLOY, f), 'utf8');
+
+type Doc = Record<string, any>;
+function docs(dir: string): Doc[] {
+  return readdirSync(path.join(DEPLOY, dir))
+    .filter((f) => f.endsWith('.yaml'))
+    .flatMap((f) =>
+      parseAllDocuments(read(path.join(dir, f))).map((d) => {
+        expect(d.errors, `${dir}/${f}`).toEqual([]);
+        return d.toJS() as Doc;
+      }),
+    );
+}
+const kube = docs('kubernetes');
+const kserve = docs('kserve');
+const find = (list: Doc[], kind: string, name?: string) => {
+  const d = list.find((x) => x.kind === kind && (!name || x.metadata?.name === name));
+  expect(d, `${kind} ${name ?? ''}`).toBeDefined();
+  return d!;
+};
+
+const ENV_NAMES = new Set<string>(SETTINGS.map((s) => s.env));
+const fallback = <K extends keyof Config>(key: K): Config[K] => SETTINGS.find((s) => s.key === key)!.fallback as Config[K];
+
+/** The container's env as the server reads it: plain values as given, values from the pod or a secret as a sane stand-in. */
+function containerConfig(container: Doc): { env: Record<string, string>; config: Config } {
+  const env: Record<string, string> = {};
+  for (const e of container.env ?? []) {
+    expect(ENV_NAMES, `${e.name} is a setting of src/config.ts`).toContain(e.name);
+    env[e.name] = 'value' in e ? String(e.value) : e.name === 'REDIS_URL' ? 'redis://redis:6379' : 'from-the-pod';
+  }
+  return { env, config: loadConfig(env, []) }; // throws, naming the setting, on a value the server would refuse
+}
+
+const probePort = (container: Doc, port: string | number) =>
+  typeof port === 'number' ? port : container.ports.find((p: Doc) => p.name === port)?.containerPort;
+
+describe('deploy/kubernetes', () => {
+  const deployment = find(kube, 'Deployment', 'inference-gateway');
+  const pod = deployment.spec.template.spec;
+  const gateway = pod.containers.find((c: Doc) => c.name === 'gateway');
+  const { config } = containerConfig(gateway);
+
+  it('every env name is a setting and every value is one the server accepts', () => {
+    expect(config.port).toBe(4000);
+    expect(config.host).toBe('0.0.0.0');
+    expect(config.redisUrl).toMatch(/^redis:\/\//);
+    expect(gateway.env.find((e: Doc) => e.name === 'REPLICA_NAME').valueFrom.fieldRef.fieldPath).toBe('metadata.name');
+  });
+
+  it('readiness on /ready and liveness on /health, on the HTTP port the server listens on', () => {
+    expect(gateway.readinessProbe.httpGet.path).toBe('/ready');
+    expect(gateway.livenessProbe.httpGet.path).toBe('/health');
+    expect(probePort(gateway, gateway.readinessProbe.httpGet.port)).toBe(config.port);
+    expect(probePort(gateway, gateway.livenessProbe.httpGet.port)).toBe(config.port);
+    expect(gateway.ports.find((p: Doc) => p.name === 'http').containerPort).toBe(config.port);
+    expect(gateway.ports.find((p: Doc) => p.name === 'grpc').containerPort).toBe(config.grpcPort);
+    // the Service's names pass the Host check (names not listed are refused)
+    for (const name of ['inference-gateway', 'inference-gateway.default.svc.cluster.local'])
+      expect(hostAllowed(`${name}:4000`, config.allowedHosts)).toBe(true);
+  });
+
+  it('preStop, the drain and terminationGracePeriodSeconds fit together', () => {
+    const preStopMs = Number(gateway.lifecycle.preStop.exec.command.at(-1)) * 1000;
+    expect(gateway.lifecycle.preStop.exec.command[0]).toBe('sleep');
+    const probe = gateway.readinessProbe;
+    // the readiness probe fails within the drain, so the pod leaves the endpoints while it still serves
+    expect(probe.periodSeconds * probe.failureThreshold * 1000).toBeLessThan(config.drainDelayMs);
+    // the whole shutdown (preStop, drain, requests in flight, the process's own 5 s margin) ends before SIGKILL
+    expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThanOrEqual(
+      preStopMs + config.drainDelayMs + config.shutdownTimeoutMs + 5000,
+    );
+    expect(deployment.spec.strategy.rollingUpdate.maxUnavailable).toBe(0);
+    // SIGTERM is what Kubernetes sends and what src/main.ts drains on
+    expect(readFileSync(path.join(ROOT, 'src', 'main.ts'), 'utf8')).toMatch(/process\.on\('SIGTERM'/);
+  });
+
+  it('one shared repository volume at MODEL_REPOSITORY, ReadWriteMany', () => {
+    const pvc = find(kube, 'PersistentVolumeClaim');
+    expect(pvc.spec.accessModes).toEqual(['ReadWriteMany']);
+    const volume = pod.volumes.find((v: Doc) => v.persistentVolumeClaim?.claimName === pvc.metadata.name);
+    expect(gateway.volumeMounts.find((m: Doc) => m.name === volume.name).mountPath).toBe(config.modelRepository);
+    for (const init of pod.initContainers) expect(init.volumeMounts.find((m: Doc) => m.name === volume.name)).toBeDefined();
+  });
+
+  it('REDIS_URL names the Redis Service and its port', () => {
+    const redisService = find(kube, 'Service', 'redis');
+    const url = new URL(config.redisUrl!);
+    expect(url.hostname).toBe(redisService.metadata.name);
+    expect(Number(url.port)).toBe(redisService.spec.ports[0].port);
+    const redis = find(kube, 'Deployment', 'redis').spec.template.spec.containers[0];
+    expect(redis.ports[0].containerPort).toBe(redisService.spec.ports[0].port);
+  });
+
+  it('the Service, the HorizontalPodAutoscaler and the PodDisruptionBudget point at the gateway', () => {
+    const service = find(kube, 'Service', 'inference-gateway');
+    const labels = deployment.spec.template.metadata.labels;
+    for (const [k, v] of Object.entries(service.spec.selector)) expect(labels[k]).toBe(v);
+    for (const p of service.spec.ports) expect(gateway.ports.map((c: Doc) => c.name)).toContain(p.targetPort);
+    const hpa = find(kube, 'HorizontalPodAutoscaler');
+    expect(hpa.spec.scaleTargetRef).toMatchObject({ kind: 'Deployment', name: deployment.metadata.name });
+    expect(gateway.resources.requests.cpu).toBeDefined(); // CPU utilization needs a request
+    const pdb = find(kube, 'PodDisruptionBudget');
+    for (const [k, v] of Object.entries(pdb.spec.selector.matchLabels)) expect(labels[k]).toBe(v);
+    const kustomization = find(kube, 'Kustomization');
+    expect([...kustomization.resources].sort()).toEqual(
+      readdirSync(path.join(DEPLOY, 'kubernetes'))
+        .filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml')
+        .sort(),
+    );
+  });
+});
+
+describe('deploy/kserve', () => {
+  const runtime = find(kserve, 'ServingRuntime', 'inference-gateway');
+  const container = runtime.spec.containers[0];
+  const { config } = containerConfig(container);
+
+  it('a v2 serving runtime whose port, paths and repository are the server configuration', () => {
+    expect(runtime.spec.protocolVersions).toContain('v2');
+    expect(container.ports[0].containerPort).toBe(config.port);
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/ready', port: config.port });
+    expect(container.livenessProbe.httpGet).toEqual({ path: '/health', port: config.port });
+    expect(config.modelRepository).toBe('/mnt/models'); // where KServe's storage initializer puts storageUri
+    expect(Number(runtime.spec.annotations['prometheus.kserve.io/port'])).toBe(config.port);
+    // one port per container under Knative: REST here, no gRPC server; the ingress's host names are answered
+    expect(config.grpcPort).toBeNull();
+    expect(hostAllowed('vision-predictor.default.example.com', config.allowedHosts)).toBe(true);
+  });
+
+  it('the InferenceService uses the runtime, a format it supports, and the v2 protocol', () => {
+    const isvc = find(kserve, 'InferenceService');
+    const model = isvc.spec.predictor.model;
+    expect(model.runtime).toBe(runtime.metadata.name);
+    expect(model.protocolVersion).toBe('v2');
+    expect(runtime.spec.supportedModelFormats.map((f: Doc) => f.name)).toContain(model.modelFormat.name);
+    // the same PVC as the Kubernetes manifests
+    expect(model.storageUri).toBe(`pvc://${find(kube, 'PersistentVolumeClaim').metadata.name}/`);
+  });
+});
+
+describe('deploy/Dockerfile and deploy/haproxy', () => {
+  const dockerfile = read('Dockerfile');
+  const instructions = dockerfile
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .filter((l) => /^[A-Z]+\s/.test(l));
+
+  it('multi-stage, non-root, dependencies and models inside, a healthcheck on /health, SIGTERM to stop', () => {
+    expect(instructions.filter((l) => l.startsWith('FROM ')).length).toBeGreaterThanOrEqual(2);
+    const user = instructions.filter((l) => l.startsWith('USER ')).at(-1);
+    expect(user).toBeDefined();
+    expect(user).not.toMatch(/root|\b0\b/);
+    // .npmrc is copied before npm ci (it skips onnxruntime-node's CUDA download)
+    const npmrc = instructions.findIndex((l) => l.startsWith('COPY ') && l.includes('.npmrc'));
+    const ci = instructions.findIndex((l) => l.startsWith('RUN ') && l.includes('npm ci'));
+    expect(npmrc).toBeGreaterThanOrEqual(0);
+    expect(npmrc).toBeLessThan(ci);
+    // models/ is there before npm ci, whose postinstall links the npm-provided models into it
+    expect(instructions.findIndex((l) => l.startsWith('COPY models'))).toBeLessThan(ci);
+    expect(instructions.find((l) => l.startsWith('HEALTHCHECK '))).toMatch(/\/health/);
+    expect(instructions).toContain('STOPSIGNAL SIGTERM');
+    const exposed = instructions
+      .find((l) => l.startsWith('EXPOSE '))!
+      .split(/\s+/)
+      .slice(1)
+      .map(Number);
+    expect(exposed).toContain(fallback('port'));
+    // the ENV it sets are settings, with values the server accepts
+    const env = Object.fromEntries(
+      [...instructions.find((l) => l.startsWith('ENV '))!.matchAll(/(\w+)=(\S+)/g)].map((m) => [m[1], m[2]] as [string, string]),
+    );
+    const known = [...Object.keys(env)].filter((k) => k !== 'NODE_ENV');
+    for (const k of known) expect(ENV_NAMES).toContain(k);
+    expect(loadConfig(env, []).drainDelayMs).toBeGreaterThan(0);
+    expect(readFileSync(path.join(ROOT, '.dockerignore'), 'utf8')).toMatch(/^node_modules$/m);
+  });
+
+  it('the HAProxy example checks /ready often enough for the drain, and HAProxy accepts it', () => {
+    const cfg = read('haproxy/haproxy.cfg');
+    expect(cfg).toMatch(/http-check send meth GET uri \/ready/);
+    const inter = Number(/inter (\d+)s/.exec(cfg)![1]) * 1000;
+    const fall = Number(/fall (\d+)/.exec(cfg)![1]);
+    expect(inter * fall).toBeLessThan(fallback('drainDelayMs'));
+    if (have('haproxy')) {
+      const check = spawnSync('haproxy', ['-c', '-f', path.join(DEPLOY, 'haproxy', 'haproxy.cfg')], { encoding: 'utf8' });
+      expect(check.status, check.stderr + check.stdout).toBe(0);
+    }
+  });
+});
