@@ -31,12 +31,23 @@ export function fusePreprocessing(model: Uint8Array, spec: PixelInput): Uint8Arr
   }
   if (nchw) step('Transpose', [], { perm: [0, 3, 1, 2] }); // on uint8: a quarter of the bytes of floats to move
   if (spec.dtype !== 'uint8') {
-    const dims = nchw ? [C, 1, 1] : [C];
+    const dims = [C];
     initializers.push(encodeTensor(`${PIXELS_INPUT}_scale`, ElemType.FLOAT, dims, f32(spec.scale)));
     initializers.push(encodeTensor(`${PIXELS_INPUT}_bias`, ElemType.FLOAT, dims, f32(spec.bias)));
     step('Cast', [], { to: ElemType.FLOAT });
-    step('Mul', [`${PIXELS_INPUT}_scale`]);
-    step('Add', [`${PIXELS_INPUT}_bias`]);
+    if (nchw) {
+      // the per-channel affine as BatchNormalization (mean 0, variance 1, epsilon 0): onnxruntime runs it plane by
+      // plane, where Mul and Add with a [C,1,1] broadcast took 0.45 ms each per 224x224 image (measured with its
+      // profiler: the fused graph then cost 0.8 ms more per image than the float one; with this, 0.05 ms)
+      initializers.push(encodeTensor(`${PIXELS_INPUT}_zero`, ElemType.FLOAT, [C], f32(new Array(C).fill(0))));
+      initializers.push(encodeTensor(`${PIXELS_INPUT}_one`, ElemType.FLOAT, [C], f32(new Array(C).fill(1))));
+      step('BatchNormalization', [`${PIXELS_INPUT}_scale`, `${PIXELS_INPUT}_bias`, `${PIXELS_INPUT}_zero`, `${PIXELS_INPUT}_one`], {
+        epsilon: { float: 0 },
+      });
+    } else {
+      step('Mul', [`${PIXELS_INPUT}_scale`]);
+      step('Add', [`${PIXELS_INPUT}_bias`]);
+    }
     if (spec.dtype === 'float16') step('Cast', [], { to: ElemType.FLOAT16 });
   }
   if (nodes.length === 0) step('Identity', []);

@@ -21,7 +21,8 @@ export interface NodeSpec {
   op: string;
   inputs: string[];
   outputs: string[];
-  attrs?: Record<string, number | number[]>;
+  /** Integers (INT), integer lists (INTS), or { float } (FLOAT). */
+  attrs?: Record<string, number | number[] | { float: number }>;
 }
 
 export function encodeValueInfo(v: ValueInfo): Uint8Array {
@@ -38,10 +39,20 @@ export function encodeNode(n: NodeSpec, name: string): Uint8Array {
   for (const [attr, v] of Object.entries(n.attrs ?? {})) {
     const body = Array.isArray(v)
       ? concat([strField(1, attr), ...v.map((x) => varintField(8, x)), varintField(20, 7)]) // INTS
-      : concat([strField(1, attr), varintField(3, v), varintField(20, 2)]); // INT
+      : typeof v === 'number'
+        ? concat([strField(1, attr), varintField(3, v), varintField(20, 2)]) // INT
+        : concat([strField(1, attr), fixed32Field(2, v.float), varintField(20, 1)]); // FLOAT
     parts.push(lengthDelimited(5, body));
   }
   return concat(parts);
+}
+
+/** A float field (wire type 5: four little-endian bytes). */
+function fixed32Field(no: number, value: number): Uint8Array {
+  const out = new Uint8Array(5);
+  out[0] = (no << 3) | 5;
+  new DataView(out.buffer).setFloat32(1, value, true);
+  return out;
 }
 
 /** A TensorProto with its bytes inline (raw_data, little-endian). */
