@@ -66,6 +66,7 @@ const config = (batching: object) => ({
   task: 'classification',
   preprocessing: {
     resizeType: 'CROP',
+    interpolation: 'LINEAR', // as models/mobilenet/model.json (bilinear, as torchvision trains it)
     cropFraction: 0.875,
     colorChannels: 'RGB',
     pixelScaling: 1,

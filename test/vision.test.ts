@@ -397,6 +397,34 @@ describe('decoding only does what the header asks for', () => {
     }
   });
 
+  it('resizes with the interpolation model.json names: the same geometry, each its own filter', async () => {
+    // a checkerboard of 3-pixel squares made smaller by 2.6: every filter averages it differently
+    const w = 312;
+    const px = Buffer.alloc(w * w * 3);
+    for (let y = 0; y < w; y++)
+      for (let x = 0; x < w; x++) px.fill((Math.floor(x / 3) + Math.floor(y / 3)) % 2 ? 255 : 0, (y * w + x) * 3, (y * w + x) * 3 + 3);
+    const img = await probeImage(
+      await sharp(px, { raw: { width: w, height: w, channels: 3 } })
+        .png()
+        .toBuffer(),
+      1e6,
+    );
+    const run = async (interpolation?: string) => {
+      const config = parseModelConfig({
+        task: 'raw',
+        preprocessing: { targetSize: '120x120', ...(interpolation ? { interpolation } : {}) },
+      });
+      const plan = planInput(config, [{ name: 'x', dtype: 'float32', shape: [1, 3, 120, 120], layout: null }]);
+      return resizeImage(img, plan, 1e6);
+    };
+    const [byDefault, lanczos, linear, cubic, nearest] = await Promise.all([undefined, 'LANCZOS3', 'LINEAR', 'CUBIC', 'NEAREST'].map(run));
+    expect(byDefault.pixels.equals(lanczos.pixels)).toBe(true); // sharp's own default
+    const outputs = [lanczos, linear, cubic, nearest];
+    for (const o of outputs) expect(o.transform).toEqual(lanczos.transform);
+    expect(new Set(outputs.map((o) => o.pixels.toString('base64'))).size).toBe(4);
+    expect(() => parseModelConfig({ task: 'raw', preprocessing: { interpolation: 'BILINEAR' } })).toThrow(/preprocessing\.interpolation/);
+  });
+
   it('skips the colour transform of an embedded sRGB profile, and keeps that of another profile', async () => {
     const photo = await readFile(image('zebra.jpeg'));
     const srgb = await sharp(photo).withIccProfile('srgb').jpeg().toBuffer();

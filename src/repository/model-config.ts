@@ -51,6 +51,12 @@ const preprocessing = z
     dimensionOrder: layout.optional().describe('NCHW or NHWC; default guessed from the input shape.'),
     targetSize: size.optional().describe('"WxH"; default from the input shape (for NETWORK: the largest size).'),
     resizeType: z.enum(['SQUASH', 'CROP', 'FILL', 'NETWORK']).default('SQUASH'),
+    interpolation: z
+      .enum(['LINEAR', 'CUBIC', 'LANCZOS3', 'NEAREST'])
+      .default('LANCZOS3')
+      .describe(
+        "The resize filter: LANCZOS3 (sharp's default), LINEAR (bilinear, cheaper; what many models were trained with), CUBIC, NEAREST.",
+      ),
     fillColor: z.tuple([z.int().min(0).max(255), z.int().min(0).max(255), z.int().min(0).max(255)]).default([0, 0, 0]),
     fillAlign: z.enum(['center', 'topLeft']).default('center'),
     cropFraction: z.number().min(0.05).max(1).default(1).describe('CROP: share of the shorter side kept (0.875 = resize 256, crop 224).'),

@@ -267,6 +267,14 @@ function firstSentence(e: unknown): string {
 }
 
 /** Resize as the plan says; returns raw interleaved pixels (HWC, 1 or 3 channels) and the transform. */
+/**
+ * model.json's interpolation as sharp's resize kernel. libvips shrinks by whole factors with a box filter first, so
+ * LINEAR on a large photo still averages every source pixel (no aliasing). The default is sharp's own (lanczos3);
+ * LINEAR is what torchvision's and Keras's Resize, OpenCV's default and OpenVINO's PrePostProcessor use, and costs
+ * less: 2.5 against 3.4 ms CPU per small photo here (bench/).
+ */
+const KERNELS = { LINEAR: 'linear', CUBIC: 'cubic', LANCZOS3: 'lanczos3', NEAREST: 'nearest' } as const;
+
 export async function resizeImage(
   img: DecodedImage,
   plan: InputPlan,
@@ -280,7 +288,8 @@ export async function resizeImage(
   });
   // geometry is computed in the displayed orientation; the resize runs in the stored one, then the result is turned
   const swap = img.orientation >= 5;
-  const resize = (w: number, h: number) => orient(s.resize(swap ? h : w, swap ? w : h, { fit: 'fill' }), img.orientation);
+  const kernel = KERNELS[pre.interpolation];
+  const resize = (w: number, h: number) => orient(s.resize(swap ? h : w, swap ? w : h, { fit: 'fill', kernel }), img.orientation);
   let tw: number;
   let th: number;
   let scaleX: number;
