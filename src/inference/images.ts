@@ -7,9 +7,27 @@ export type ImageSource = () => Promise<Uint8Array>;
 
 /** An image as a client gives it: exactly one of uploaded file, base64 bytes, or a server path under IMAGE_ROOTS. */
 export interface ImageInput {
-  file?: { arrayBuffer(): Promise<ArrayBuffer> } | null;
+  file?: UploadedFile | null;
   base64?: string | null;
   path?: string | null;
+}
+
+/** An uploaded file (the fetch API's File): bytes() where it has it, which needs no copy. */
+export interface UploadedFile {
+  arrayBuffer(): Promise<ArrayBuffer>;
+  bytes?(): Promise<Uint8Array>;
+}
+
+/**
+ * The bytes of an upload. bytes() hands over the buffer the multipart parser filled; `new Uint8Array(arrayBuffer())`
+ * copied it once more, and on large photos those copies were what drove V8's major collections (external memory).
+ */
+export async function uploadedBytes(file: UploadedFile): Promise<Uint8Array> {
+  if (typeof file.bytes === 'function') return file.bytes();
+  const data = await file.arrayBuffer();
+  // some implementations hand a Buffer (a view) for an ArrayBuffer: wrap it, do not copy it
+  const view = data as ArrayBuffer | ArrayBufferView;
+  return ArrayBuffer.isView(view) ? new Uint8Array(view.buffer, view.byteOffset, view.byteLength) : new Uint8Array(view);
 }
 
 export interface ImageReadLimits {
@@ -28,7 +46,7 @@ export function imageSource(image: ImageInput, limits: ImageReadLimits): ImageSo
 }
 
 async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Uint8Array> {
-  if (image.file) return new Uint8Array(await image.file.arrayBuffer());
+  if (image.file) return uploadedBytes(image.file);
   if (image.base64 !== undefined && image.base64 !== null) {
     const s = image.base64.replace(/^data:[^,]*;base64,/, '');
     if (!BASE64_RE.test(s)) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');

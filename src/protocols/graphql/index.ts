@@ -1,7 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createYoga, type YogaServerInstance } from 'graphql-yoga';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
-import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createFetch } from '@whatwg-node/fetch';
 import type { Logger } from '../../log.ts';
 import { accessFor, type Tokens } from '../../inference/access.ts';
@@ -122,7 +121,9 @@ export function createGraphqlProtocol({
     graphiql: graphiql ? { title: 'GraphQL inference gateway', defaultQuery: DEFAULT_QUERY, subscriptionsProtocol: 'WS' } : false,
     // GraphiQL served from the package itself: yoga's default page loads its scripts from a CDN, which a gateway on a
     // closed network cannot reach
-    renderGraphiQL,
+    // loaded on the first GraphiQL page: its bundle is ~30 MB of strings on the heap, which a server that never
+    // shows it (API clients only, GRAPHIQL=false) should not carry
+    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     // no cross-origin access unless CORS_ORIGINS names origins (yoga's default would answer any origin)
     cors:
       corsOrigins.length > 0

@@ -4,6 +4,7 @@ import type { Model } from '../../../repository/model.ts';
 import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../../../repository/version.ts';
 import type { VersionStats } from '../../../batching/stats.ts';
 import { guessLayout } from '../../../vision/preprocess.ts';
+import { uploadedBytes } from '../../../inference/images.ts';
 import { builder } from './builder.ts';
 
 export const VersionStateEnum = builder.enumType('ModelVersionState', {
@@ -185,9 +186,7 @@ builder.mutationFields((t) => ({
     },
     resolve: async (_, args, ctx) => {
       ctx.requireAdmin();
-      const files = args.files
-        ? await Promise.all(args.files.map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) })))
-        : null;
+      const files = args.files ? await Promise.all(args.files.map(async (f) => ({ name: f.name, bytes: await uploadedBytes(f) }))) : null;
       return ctx.models.load(args.name, { path: args.path, files, config: args.config ?? undefined });
     },
   }),
