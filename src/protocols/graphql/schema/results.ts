@@ -95,7 +95,7 @@ const RegionRef = builder.objectRef<Region>('Region').implement({
   }),
 });
 
-type SegSource = SegmentationRun & { full?: Promise<ClassMap> };
+type SegSource = SegmentationRun & { full?: Promise<ClassMap>; maskPng?: Promise<Buffer>; overlayPng?: Promise<Buffer> };
 /** The class map at the photo's size, built once per answer (and a slice at a time), for mask and overlay. */
 const fullMap = (s: SegSource) => (s.full ??= toOriginalSizeAsync(s.map, s.transform));
 const maxId = (s: SegSource) => s.map.ids.reduce((m, id) => (id > m ? id : m), 0);
@@ -119,14 +119,15 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
       description: 'Base64 PNG at the image size, one class id per pixel.',
       resolve: async (s, _, ctx) => {
         ctx.budget.takeRendered();
-        return base64Within(ctx, await maskPng(await fullMap(s), maxId(s)));
+        // rendered once per answer: an alias asking again (a: mask) gets the same picture, not a second 12-megapixel one
+        return base64Within(ctx, await (s.maskPng ??= fullMap(s).then((m) => maskPng(m, maxId(s)))));
       },
     }),
     overlay: t.string({
       description: 'The mask in colour over the photo: base64 PNG (computed only when selected).',
       resolve: async (s, _, ctx) => {
         ctx.budget.takeRendered();
-        return base64Within(ctx, await drawOverlay(s.image.bytes, await fullMap(s)));
+        return base64Within(ctx, await (s.overlayPng ??= fullMap(s).then((m) => drawOverlay(s.image.bytes, m))));
       },
     }),
     regions: t.field({
