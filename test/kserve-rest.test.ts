@@ -314,6 +314,8 @@ describe('KServe v2 over REST', () => {
         'INVALID_INPUT',
       ],
       ['not JSON', json(post('/models/id-f32/infer', Buffer.from('{"inputs": ['))), 400, 'INVALID_INPUT'],
+      ['a broken escape in the model name', json(get('/models/%E0/ready')), 400, 'INVALID_INPUT'],
+      ['a broken escape in an infer path', infer('%E0%A4%A', x()), 400, 'INVALID_INPUT'],
       ['no inputs', infer('id-f32', {}), 400, 'INVALID_INPUT'],
       [
         'not an image',

@@ -170,6 +170,55 @@ describe('safe defaults: no cross-origin access, no foreign Host, admin only fro
   });
 });
 
+describe('behind a proxy and over WebSocket: the same rules', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+  });
+  afterAll(() => gw?.close());
+  const upgrade = (headers: string) =>
+    new Promise<string>((resolve) => {
+      const s = net.connect(Number(new URL(gw.url).port), '127.0.0.1', () =>
+        s.write(
+          `GET /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\n${headers}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n`,
+        ),
+      );
+      s.on('data', (d) => {
+        resolve(d.toString().split('\r\n')[0]);
+        s.destroy();
+      });
+    });
+
+  it('a request a proxy forwarded is not "from this machine": admin needs ADMIN_TOKEN', async () => {
+    // a load balancer on this host (HAProxy, nginx) connects from 127.0.0.1 for every remote client
+    const m = '{"query":"mutation { updateModel(name: \\"mobilenet\\", description: \\"y\\") { description } }"}';
+    for (const header of [{ 'x-forwarded-for': '203.0.113.9' }, { forwarded: 'for=203.0.113.9' }, { 'x-real-ip': '203.0.113.9' }] as Record<
+      string,
+      string
+    >[]) {
+      const r = await raw(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...header }, body: m });
+      const body = JSON.parse(r.body);
+      expect(body.errors?.[0].extensions.code, JSON.stringify(header)).toBe('FORBIDDEN');
+      expect(body.errors[0].message).toMatch(/proxy.*ADMIN_TOKEN/);
+    }
+    // the KServe repository extension checks the same way
+    const unload = await raw(`${gw.url}/v2/repository/models/mobilenet/unload`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-forwarded-for': '203.0.113.9' },
+      body: '{}',
+    });
+    expect(unload.status).toBe(403);
+    expect(JSON.parse(unload.body).error).toMatch(/proxy/);
+  });
+
+  it('a WebSocket from a page of another origin is refused, as cross-origin HTTP requests are', async () => {
+    expect(await upgrade('Origin: https://evil.example\r\n')).toMatch(/403/);
+    expect(await upgrade('Origin: null\r\n')).toMatch(/403/);
+    expect(await upgrade(`Origin: http://127.0.0.1\r\n`)).toMatch(/101/); // the same origin (the page at /)
+    expect(await upgrade('')).toMatch(/101/); // no browser: no Origin
+  });
+});
+
 describe('the server cannot be taken down', () => {
   let gw: TestGateway;
   beforeAll(async () => {

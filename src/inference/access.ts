@@ -24,13 +24,21 @@ export interface Caller {
   remoteAddress?: string | null;
   origin?: string | null;
   host?: string | null;
+  /** The request came through a proxy (it carries Forwarded, X-Forwarded-For or X-Real-IP). */
+  forwarded?: boolean;
 }
+
+/** Headers a proxy adds: a request with one of them was relayed, whatever the peer address says. */
+export const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-real-ip'] as const;
+
+/** Whether a request's headers say a proxy relayed it (get: the header's value, or null/undefined). */
+export const wasForwarded = (get: (name: string) => unknown) => FORWARDING_HEADERS.some((h) => get(h) != null);
 
 export const isLoopbackAddress = (a: string | null | undefined) =>
   !!a && (a === '::1' || a.startsWith('127.') || a.startsWith('::ffff:127.'));
 
 /** A browser page of another origin (a same-origin page, or a client that is no browser, sends no foreign Origin). */
-function foreignOrigin({ origin, host }: Caller): boolean {
+export function foreignOrigin({ origin, host }: Pick<Caller, 'origin' | 'host'>): boolean {
   if (!origin) return false;
   try {
     return new URL(origin).host !== host;
@@ -64,6 +72,12 @@ export function accessFor(authorization: string | null | undefined, { adminToken
             'admin operations without ADMIN_TOKEN are allowed only from this machine (loopback); set ADMIN_TOKEN to manage models remotely',
           );
         }
+        // a load balancer on this machine connects from loopback for every remote client it relays
+        if (caller.forwarded)
+          throw new GatewayError(
+            ErrorCode.FORBIDDEN,
+            'admin operations without ADMIN_TOKEN are not allowed through a proxy (the request carries forwarding headers); set ADMIN_TOKEN',
+          );
         if (foreignOrigin(caller))
           throw new GatewayError(ErrorCode.FORBIDDEN, `admin operations are not allowed from a page of another origin (${caller.origin})`);
         return;

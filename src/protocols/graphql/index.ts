@@ -3,7 +3,7 @@ import { createYoga, type YogaServerInstance } from 'graphql-yoga';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { createFetch } from '@whatwg-node/fetch';
 import type { Logger } from '../../log.ts';
-import { accessFor, type Tokens } from '../../inference/access.ts';
+import { accessFor, foreignOrigin, wasForwarded, type Tokens } from '../../inference/access.ts';
 import { LRUCache } from 'lru-cache';
 import type { DocumentNode } from 'graphql';
 import { ErrorCode, GatewayError } from '../../errors.ts';
@@ -165,6 +165,7 @@ export function createGraphqlProtocol({
         remoteAddress: node?.socket.remoteAddress,
         origin: request.headers.get('origin'),
         host: request.headers.get('host') ?? node?.headers.host,
+        forwarded: wasForwarded((h) => request.headers.get(h)),
       };
       return {
         service,
@@ -189,7 +190,16 @@ export function createGraphqlProtocol({
     yoga,
     handle: (req, res) => void yoga(req, res),
     attach(server) {
-      ws = attachWebSocket(server, yoga, tokens, { ...webSocketLimits, allowUpgrade });
+      // browsers send no CORS preflight for a WebSocket: a page of another origin is refused here unless
+      // CORS_ORIGINS names it, as its HTTP requests are
+      const sameOriginOrAllowed = (req: IncomingMessage) => {
+        const origin = req.headers.origin;
+        return !foreignOrigin({ origin, host: req.headers.host }) || (origin !== undefined && corsOrigins.includes(origin));
+      };
+      ws = attachWebSocket(server, yoga, tokens, {
+        ...webSocketLimits,
+        allowUpgrade: (req) => allowUpgrade(req) && sameOriginOrAllowed(req),
+      });
     },
     async close() {
       shutdown.abort(); // ends every subscription stream (SSE and WebSocket) with "complete"

@@ -17,6 +17,7 @@ import {
 import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
+import { wasForwarded } from '../../inference/access.ts';
 
 /**
  * The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` from proto/open_inference_grpc.proto, served
@@ -151,7 +152,7 @@ export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1
           .then(() =>
             fn(call.request as never, {
               authorization: auth === undefined ? null : String(auth),
-              caller: { remoteAddress: peerAddress(call.getPeer()) },
+              caller: { remoteAddress: peerAddress(call.getPeer()), forwarded: wasForwarded((h) => call.metadata.get(h)[0]) },
             }),
           )
           .then(

@@ -14,7 +14,16 @@ import {
 } from './codec.ts';
 import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
+import { wasForwarded } from '../../inference/access.ts';
 
+/** A path segment, %-decoded; a broken escape (%E0) is the client's mistake, not a server error. */
+function pathPart(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw invalid(`the URL path segment ${JSON.stringify(segment)} is not valid percent-encoding`);
+  }
+}
 /**
  * The Open Inference Protocol over HTTP/REST, under /v2 on the gateway's HTTP port, with Triton's binary tensor data
  * extension (`Inference-Header-Content-Length`: a JSON header, then each binary tensor's bytes in order), the
@@ -224,7 +233,12 @@ export function createRestRoute({
     const method = req.method ?? 'GET';
     const auth: Who = {
       authorization: req.headers.authorization,
-      caller: { remoteAddress: req.socket.remoteAddress, origin: req.headers.origin, host: req.headers.host },
+      caller: {
+        remoteAddress: req.socket.remoteAddress,
+        origin: req.headers.origin,
+        host: req.headers.host,
+        forwarded: wasForwarded((h) => req.headers[h]),
+      },
     };
     const expect = (wanted: 'GET' | 'POST') => {
       if (method !== wanted && !(wanted === 'GET' && method === 'HEAD')) {
@@ -247,8 +261,8 @@ export function createRestRoute({
     }
     const m = MODEL_PATH.exec(path);
     if (m) {
-      const name = decodeURIComponent(m[1]);
-      const version = m[2] === undefined ? null : decodeURIComponent(m[2]);
+      const name = pathPart(m[1]);
+      const version = m[2] === undefined ? null : pathPart(m[2]);
       if (m[3] === 'ready') {
         expect('GET');
         const ready = core.modelReady(auth, name, version);
@@ -273,7 +287,7 @@ export function createRestRoute({
     const r = REPOSITORY_PATH.exec(path);
     if (r) {
       expect('POST');
-      const name = decodeURIComponent(r[1]);
+      const name = pathPart(r[1]);
       const doc = parseJson(await readBody(req, maxBodyBytes), `the ${r[2]} request`);
       if (r[2] === 'load') await core.load(auth, name, loadOptions(doc));
       else await core.unload(auth, name);
