@@ -50,12 +50,12 @@ async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Ui
   if (image.base64 !== undefined && image.base64 !== null) {
     const s = image.base64.replace(/^data:[^,]*;base64,/, '');
     if (!BASE64_RE.test(s)) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
-    return new Uint8Array(Buffer.from(s, 'base64'));
+    return Buffer.from(s, 'base64'); // a Buffer is a Uint8Array: no copy
   }
   const real = await resolveUnderRoots(image.path!, limits.imageRoots, 'image path');
   const st = await stat(real);
   if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
   if (st.size > limits.maxImageBytes)
     throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
-  return new Uint8Array(await readFile(real));
+  return readFile(real);
 }

@@ -251,7 +251,8 @@ export class InferenceService {
         `encoded images go to the image input of model ${name}, ${JSON.stringify(plan.input)}, not ${JSON.stringify(opts.inputName)}`,
       );
     if (sources.length === 0) throw bad('no images');
-    const runs = this.runImages(null, name, versionNo, sources).map(async (r) => (await r).outputs);
+    // the version checked above, not whichever is latest by the time the images run (a reload in between)
+    const runs = this.runImages(null, name, version.version, sources).map(async (r) => (await r).outputs);
     return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
   }
 

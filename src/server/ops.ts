@@ -1,3 +1,4 @@
+import { errorMessage } from '../errors.ts';
 import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import { sendJson, type Route } from './http.ts';
@@ -43,10 +44,14 @@ export function opsRoutes(models: ModelManager, metrics: Metrics, state: ReadySt
     {
       match: (p) => p === '/metrics',
       handle: (_, res) => {
-        void metrics.render().then((text) => {
-          res.writeHead(200, { 'content-type': metrics.contentType });
-          res.end(text);
-        });
+        metrics.render().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': metrics.contentType });
+            res.end(text);
+          },
+          // a failing collector: an answer, not an unhandled rejection
+          (e: unknown) => sendJson(res, 500, { error: { code: 'INTERNAL', message: `metrics: ${errorMessage(e)}` } }),
+        );
       },
     },
   ];

@@ -57,12 +57,10 @@ export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5)
     rgba[i * 4 + 2] = c[2];
     rgba[i * 4 + 3] = a;
   }
-  const layer = await sharp(rgba, { raw: { width: map.width, height: map.height, channels: 4 } })
-    .png()
-    .toBuffer();
+  // the layer goes in raw: encoding it as PNG only for composite() to decode it again cost a full-size PNG per overlay
   return sharp(image)
     .rotate()
-    .composite([{ input: layer, top: 0, left: 0 }])
+    .composite([{ input: rgba, raw: { width: map.width, height: map.height, channels: 4 }, top: 0, left: 0 }])
     .png()
     .toBuffer();
 }
