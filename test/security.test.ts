@@ -1,3 +1,5 @@
+import { EventEmitter } from 'node:events';
+import { statusEvents } from '../src/protocols/graphql/events.ts';
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile, copyFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -597,5 +599,35 @@ describe('README: the security section lists the defaults', () => {
       'REQUEST_TIMEOUT_MS',
     ])
       expect(section).toContain(s);
+  });
+});
+
+describe('subscription slots', () => {
+  it('a status stream ended before its first event still gives its slot back (onEnd runs once)', async () => {
+    const source = new EventEmitter();
+    let ended = 0;
+    const never = statusEvents(
+      source,
+      () => true,
+      new AbortController().signal,
+      10,
+      () => ended++,
+    );
+    await never.return?.(); // a client gone between subscribing and its first next()
+    await never.return?.();
+    expect(ended).toBe(1);
+    const started = statusEvents(
+      source,
+      () => true,
+      new AbortController().signal,
+      10,
+      () => ended++,
+    );
+    const first = started.next();
+    source.emit('status', { model: 'm', version: 1, state: 'AVAILABLE' });
+    await first;
+    await started.return?.();
+    expect(ended).toBe(2);
+    expect(source.listenerCount('status')).toBe(0);
   });
 });

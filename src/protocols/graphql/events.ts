@@ -21,7 +21,13 @@ export function statusEvents(
   /** Called once when the stream ends, however it ends. */
   onEnd: () => void = () => {},
 ): AsyncIterableIterator<ModelStatusEvent> {
-  return new Repeater<ModelStatusEvent>(async (push, stop) => {
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    onEnd();
+  };
+  const events = new Repeater<ModelStatusEvent>(async (push, stop) => {
     let behind = 0;
     const onEvent = (e: ModelStatusEvent) => {
       if (!filter(e)) return;
@@ -38,6 +44,13 @@ export function statusEvents(
     await stop;
     source.off('status', onEvent);
     signal.removeEventListener('abort', onAbort);
-    onEnd();
+    end();
   });
+  // a Repeater starts on its first next(): one returned before that never runs the code above, so end here too
+  const finish = events.return.bind(events);
+  events.return = (value?: PromiseLike<unknown> | unknown) => {
+    end();
+    return finish(value as never);
+  };
+  return events;
 }
