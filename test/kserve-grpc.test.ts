@@ -48,7 +48,7 @@ describe('KServe v2 over gRPC', () => {
         'id-bool': { onnx: identityModel(ElemType.BOOL, ['N', 3]), config: { task: 'raw' } },
         big: { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } },
         // holds a batch open until two requests are in it (see 'a batch holds requests of two protocols')
-        shared: {
+        joint: {
           onnx: identityModel(ElemType.FLOAT, ['N', 2, 3]),
           config: { task: 'raw', batching: { maxBatchSize: 2, maxDelayMs: 10_000, timeoutMs: 0 } },
         },
@@ -404,9 +404,9 @@ describe('KServe v2 over gRPC', () => {
   });
 
   it('a batch holds requests of two protocols: REST and gRPC share one engine call (Model.stats and /metrics say so)', async () => {
-    const version = gw.repository.get('shared')!.versions.get(1)!;
+    const version = gw.repository.get('joint')!.versions.get(1)!;
     const stats = async () =>
-      (await gw.gql(`{ model(name: "shared") { stats { requests batches batchSizes { size count } } } }`)).data.model.stats[0];
+      (await gw.gql(`{ model(name: "joint") { stats { requests batches batchSizes { size count } } } }`)).data.model.stats[0];
     const before = await stats();
     // A third client has been admitted and is still preparing its input: the open batch waits for company (it goes
     // when full, at maxBatchSize 2), so the REST and the gRPC request below must share it, however they are timed.
@@ -415,12 +415,12 @@ describe('KServe v2 over gRPC', () => {
       const a = [1, 2, 3, 4, 5, 6];
       const b = [-1, -2, -3, -4, -5, -6];
       const [rest, grpc] = await Promise.all([
-        fetch(`${gw.url}/v2/models/shared/infer`, {
+        fetch(`${gw.url}/v2/models/joint/infer`, {
           method: 'POST',
           body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: a }] }),
         }).then((r) => r.json()),
         client.ModelInfer({
-          model_name: 'shared',
+          model_name: 'joint',
           inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3] }],
           raw_input_contents: [Buffer.from(Float32Array.from(b).buffer)],
         }),
@@ -436,8 +436,8 @@ describe('KServe v2 over gRPC', () => {
     expect(after.batches - before.batches).toBe(1);
     expect(after.batchSizes).toContainEqual({ size: 2, count: 1 });
     const metrics = await (await fetch(`${gw.url}/metrics`)).text();
-    expect(metrics).toMatch(/gateway_inference_batch_size_total\{model="shared",version="1",batch_size="2"\} 1/);
-    expect(metrics).toMatch(/gateway_inference_request_success_total\{model="shared",version="1"\} 2/);
+    expect(metrics).toMatch(/gateway_inference_batch_size_total\{model="joint",version="1",batch_size="2"\} 1/);
+    expect(metrics).toMatch(/gateway_inference_request_success_total\{model="joint",version="1"\} 2/);
   });
 });
 
