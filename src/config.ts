@@ -1,3 +1,5 @@
+// Over 250 lines on purpose: every setting with its parser, default and help text in one table (the README's
+// configuration table and --help are generated from it), and the one place that reads env and flags.
 import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';

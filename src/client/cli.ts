@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: every command of `npx gateway` with its options and output, side by side.
 /**
  * `gateway`, the command-line client (package.json "bin"; `npx gateway --help`): runs models on files, lists models,
  * evaluates a classifier over a labelled folder. Everything goes through GatewayClient, over the GraphQL API on HTTP.

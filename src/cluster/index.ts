@@ -1,3 +1,5 @@
+// Over 250 lines on purpose: the status feed, the admin channel, the unloaded-models hash and the catch-up share
+// one ordering, which reads in one place.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { errorMessage, isGatewayError } from '../errors.ts';

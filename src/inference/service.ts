@@ -1,3 +1,5 @@
+// Over 250 lines on purpose: the one service every protocol calls; its tensor, batch and image entry points share
+// admission, budgets and the joining of results.
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { bytesPerElement, elementCount, type Tensor } from '../engine/types.ts';
 import { concatBatch, type Feeds } from '../batching/batcher.ts';

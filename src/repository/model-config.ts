@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: the whole model.json schema in one place (model.schema.json is generated from it).
 import { z } from 'zod';
 import { ErrorCode, GatewayError } from '../errors.ts';
 

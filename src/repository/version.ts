@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: the version state machine and what it owns (files snapshot, session, batcher, metrics).
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { VersionMetrics } from '../metrics.ts';

@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: the detection output formats (boxes_scores, ssd, tf, yolox, anchors) and NMS side by side.
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { readNumber, toFloat32, type Tensor } from '../engine/types.ts';
 import type { Labels } from '../repository/labels.ts';

@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: the page is one component tree (model list, picture, results, token), kept together.
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import {
   followStatus,

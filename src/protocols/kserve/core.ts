@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: the protocol-neutral part of KServe v2 that REST and gRPC share.
 import { readFileSync } from 'node:fs';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import { type Tensor, type TensorInfo } from '../../engine/types.ts';

@@ -1,3 +1,4 @@
+// Over 250 lines on purpose: the whole /v2 REST mapping (routes, JSON and binary-extension bodies, errors) in one file.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
