@@ -18,6 +18,7 @@ describe('drain on SIGTERM', () => {
         ...process.env,
         PORT: String(port),
         HOST: '127.0.0.1',
+        GRPC_PORT: 'off',
         MODEL_REPOSITORY: repo.dir,
         MODEL_POLL_INTERVAL_MS: '0',
         DRAIN_DELAY_MS: '4000',

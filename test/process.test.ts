@@ -182,14 +182,34 @@ describe('start-up: the server starts, or says why in one line', () => {
   const start = (env: Record<string, string>, args: string[] = []) => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts'), ...args], {
       cwd: ROOT,
-      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', DRAIN_DELAY_MS: '0', ...env },
+      // gRPC off unless a test names a port: the default (8001) may be taken by another test file's server
+      env: { ...process.env, HOST: '127.0.0.1', MODEL_POLL_INTERVAL_MS: '0', DRAIN_DELAY_MS: '0', GRPC_PORT: 'off', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
-    const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    return { child, exit, output: () => out };
+    let exited = false;
+    const exit = new Promise<number | null>((resolve) =>
+      child.once('exit', (code) => {
+        exited = true;
+        resolve(code);
+      }),
+    );
+    /** Resolves when /ready answers 200; fails at once, with the output, if the process ends first. */
+    const ready = (port: number) =>
+      until(
+        () => {
+          if (exited) throw new Error(`the server exited before it was ready:\n${out}`);
+          return fetch(`http://127.0.0.1:${port}/ready`).then(
+            (r) => r.ok,
+            () => false,
+          );
+        },
+        50_000,
+        'ready',
+      );
+    return { child, exit, ready, output: () => out };
   };
   const jsonLines = (text: string) =>
     text
@@ -221,15 +241,7 @@ describe('start-up: the server starts, or says why in one line', () => {
     const port = await freePort();
     const p = start({ PORT: String(port), HOST: '0.0.0.0', ADMIN_TOKEN: 'secret', MODEL_REPOSITORY: empty });
     try {
-      await until(
-        () =>
-          fetch(`http://127.0.0.1:${port}/ready`).then(
-            (r) => r.ok,
-            () => false,
-          ),
-        60_000,
-        'ready',
-      );
+      await p.ready(port);
     } finally {
       p.child.kill('SIGTERM');
     }
@@ -274,17 +286,10 @@ describe('start-up: the server starts, or says why in one line', () => {
 
   it('a start of the default repository prints nothing but JSON lines (onnxruntime included)', async () => {
     const port = await freePort();
-    const p = start({ PORT: String(port), MODEL_REPOSITORY: path.join(ROOT, 'models') });
+    const grpcPort = await freePort();
+    const p = start({ PORT: String(port), GRPC_PORT: String(grpcPort), MODEL_REPOSITORY: path.join(ROOT, 'models') });
     try {
-      await until(
-        () =>
-          fetch(`http://127.0.0.1:${port}/ready`).then(
-            (r) => r.ok,
-            () => false,
-          ),
-        60_000,
-        'ready',
-      );
+      await p.ready(port);
     } finally {
       p.child.kill('SIGTERM');
     }
