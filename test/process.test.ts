@@ -31,7 +31,8 @@ describe('the server process (as npm start runs it)', () => {
         HOST: '0.0.0.0',
         MODEL_REPOSITORY: path.join(ROOT, 'models'),
         MODEL_POLL_INTERVAL_MS: '0',
-        SHUTDOWN_TIMEOUT_MS: '5000',
+        // long enough for the work in flight on a busy CI machine; what is measured is that nothing waits for it
+        SHUTDOWN_TIMEOUT_MS: '30000',
         DRAIN_DELAY_MS: '200',
         LOG_LEVEL: 'info',
       },
@@ -112,7 +113,9 @@ describe('the server process (as npm start runs it)', () => {
       expect(await exited).toBe(0);
       await expect(grpc.ServerLive()).rejects.toMatchObject({ code: 14 }); // UNAVAILABLE: the port is closed
       grpc.close();
-      expect(Date.now() - t0).toBeLessThan(10_000);
+      // the subscriptions and idle connections did not hold the exit until the shutdown timeout forced it
+      expect(Date.now() - t0).toBeLessThan(30_000);
+      expect(stderr).not.toMatch(/shutdown timed out/);
       expect(await sseDone).toMatch(/event: complete/);
       expect(await wsDone).toMatch(/complete|error 1001/);
       await ws.dispose();
@@ -123,7 +126,7 @@ describe('the server process (as npm start runs it)', () => {
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
     }
-  });
+  }, 120_000);
 
   it('ENGINE=openvino where the addon cannot load stops the start with a clear message', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
