@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import sharp from 'sharp';
+import { readJpegHeader } from '../src/vision/jpeg-header.ts';
 import { GatewayError } from '../src/errors.ts';
 import { parseModelConfig, parseModelConfigText } from '../src/repository/model-config.ts';
 import { parseLabelsFile, parseNpy } from '../src/repository/labels.ts';
@@ -27,6 +29,44 @@ const plan = planInput(parseModelConfig({ task: 'classification', preprocessing:
 ]);
 
 describe('property: image bytes', () => {
+  it('JPEG headers with bytes flipped: the header reader never throws, and what it reads libvips reads alike', async () => {
+    const bee = await readFile(image('bee.jpeg'));
+    const photos = [
+      bee,
+      await readFile(image('face1.jpg')),
+      await sharp(bee).jpeg().withMetadata({ orientation: 6 }).withIccProfile('p3').toBuffer(),
+    ];
+    // flips inside the header (up to the start of scan), where the reader looks
+    const mutated = fc
+      .tuple(fc.constantFrom(...photos), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }))
+      .map(([photo, flips]) => {
+        const b = Buffer.from(photo);
+        const sos = b.indexOf(Buffer.from([0xff, 0xda]));
+        for (const [at, v] of flips) b[at % sos] = v;
+        return b;
+      });
+    let compared = 0;
+    await fc.assert(
+      fc.asyncProperty(mutated, async (bytes) => {
+        const read = readJpegHeader(bytes);
+        if (!read) return;
+        const meta = await sharp(bytes)
+          .metadata()
+          .catch(() => null);
+        if (!meta) return;
+        compared++;
+        expect([read.width, read.height, read.components, read.orientation]).toEqual([
+          meta.width,
+          meta.height,
+          meta.channels,
+          meta.orientation ?? 1,
+        ]);
+      }),
+      { numRuns: 400 },
+    );
+    expect(compared).toBeGreaterThan(100);
+  });
+
   it('random bytes give a tensor or INVALID_IMAGE / IMAGE_TOO_LARGE', async () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ maxLength: 4096 }), async (bytes) => {

@@ -6,6 +6,7 @@ import { detect, nms, type Candidate } from '../src/vision/detection.ts';
 import { classify } from '../src/vision/classification.ts';
 import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
+import { readJpegHeader } from '../src/vision/jpeg-header.ts';
 import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
 import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
 import type { Tensor } from '../src/engine/types.ts';
@@ -496,5 +497,93 @@ describe('allowed roots', () => {
     await expect(resolveUnderRoots(path.join(root, '..', '..', 'nothing-here'), [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
     await expect(resolveUnderRoots('/etc/passwd', [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
     await expect(resolveUnderRoots('a.jpg', [])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
+  });
+});
+
+describe('the JPEG header reader (the probe without a libvips round trip) agrees with libvips', () => {
+  /** What sharp's metadata() says, in the reader's terms. */
+  const bySharp = async (b: Uint8Array) => {
+    const m = await sharp(b).metadata();
+    return { width: m.width, height: m.height, components: m.channels, orientation: m.orientation ?? 1, icc: m.icc ? [...m.icc] : null };
+  };
+  const byReader = (b: Uint8Array) => {
+    const h = readJpegHeader(b);
+    return h && { ...h, icc: h.icc ? [...h.icc] : null };
+  };
+
+  /** The JPEG with its one ICC_PROFILE APP2 segment cut into two chunks (sequence 1 and 2 of 2). */
+  const splitIcc = (jpeg: Buffer) => {
+    const at = jpeg.indexOf(Buffer.from('ICC_PROFILE\0')) - 4;
+    const length = jpeg.readUInt16BE(at + 2);
+    const profile = jpeg.subarray(at + 4 + 14, at + 2 + length);
+    const half = Math.floor(profile.length / 2);
+    const chunk = (seq: number, data: Buffer) => {
+      const head = Buffer.alloc(4 + 14);
+      head.writeUInt16BE(0xffe2, 0);
+      head.writeUInt16BE(2 + 14 + data.length, 2);
+      head.write('ICC_PROFILE\0', 4, 'latin1');
+      head[16] = seq;
+      head[17] = 2;
+      return Buffer.concat([head, data]);
+    };
+    const out = Buffer.concat([
+      jpeg.subarray(0, at),
+      chunk(1, profile.subarray(0, half)),
+      chunk(2, profile.subarray(half)),
+      jpeg.subarray(at + 2 + length),
+    ]);
+    expect(out.length).toBe(jpeg.length + 18);
+    return out;
+  };
+
+  it('on every fixture photo and on made ones: orientations, grey, progressive, ICC profiles of one and several chunks', async () => {
+    const photos = await Promise.all(
+      ['bee.jpeg', 'dog.jpg', 'face1.jpg', 'east_ocr_input.jpg', 'people1.jpeg', 'road1.jpg', 'coco.jpg', 'zebra.jpeg'].map((p) =>
+        readFile(image(p)),
+      ),
+    );
+    const base = sharp(photos[0]);
+    const made = [
+      ...(await Promise.all([1, 2, 3, 4, 5, 6, 7, 8].map((o) => base.clone().jpeg().withMetadata({ orientation: o }).toBuffer()))),
+      await base.clone().grayscale().jpeg().toBuffer(),
+      await base.clone().jpeg({ progressive: true }).toBuffer(),
+      await base.clone().jpeg().withIccProfile('srgb').toBuffer(),
+      await base.clone().jpeg().withIccProfile('p3').toBuffer(),
+      // a profile over 64 kB travels in several APP2 chunks: the same profile split in two
+      splitIcc(await base.clone().jpeg().withIccProfile('p3').toBuffer()),
+    ];
+    for (const [i, b] of [...photos, ...made].entries()) {
+      const read = byReader(b);
+      expect(read, `image ${i}`).not.toBeNull();
+      expect(read, `image ${i}`).toEqual(await bySharp(b));
+    }
+  });
+
+  it('leaves what it does not read plainly to libvips (CMYK, not a JPEG, cut short, a second frame header)', async () => {
+    const cmyk = await sharp(await readFile(image('bee.jpeg')))
+      .toColourspace('cmyk')
+      .jpeg()
+      .toBuffer();
+    expect((await sharp(cmyk).metadata()).channels).toBe(4);
+    expect(readJpegHeader(cmyk)).toBeNull();
+    const photo = await readFile(image('bee.jpeg'));
+    expect(readJpegHeader(photo.subarray(0, 100))).toBeNull();
+    expect(readJpegHeader(Buffer.from('not a jpeg'))).toBeNull();
+    // a second start of frame
+    const sof = photo.indexOf(Buffer.from([0xff, 0xc0]));
+    const length = photo.readUInt16BE(sof + 2);
+    const twice = Buffer.concat([photo.subarray(0, sof + 2 + length), photo.subarray(sof)]);
+    expect(readJpegHeader(twice)).toBeNull();
+  });
+
+  it('probeImage gives the same answer by either path', async () => {
+    for (const p of ['bee.jpeg', 'face1.jpg', 'east_ocr_input.jpg']) {
+      const b = await readFile(image(p));
+      const fast = await probeImage(b, 1e8);
+      // the same photo in a PNG goes through sharp's metadata()
+      const png = await sharp(b).png().toBuffer();
+      const slow = await probeImage(png, 1e8);
+      expect({ ...fast, bytes: null }).toEqual({ ...slow, bytes: null });
+    }
   });
 });

@@ -5,6 +5,7 @@ import type { Metadata, OutputInfo, Sharp } from 'sharp';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { floatToHalf, type DType, type PixelInput, type Tensor, type TensorInfo } from '../engine/types.ts';
 import type { ModelConfig, PreprocessingConfig } from '../repository/model-config.ts';
+import { readJpegHeader, type JpegHeader } from './jpeg-header.ts';
 
 /** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
 export interface ImageTransform {
@@ -165,17 +166,9 @@ export async function probeImage(bytes: Uint8Array, limits: number | ImageLimits
   if (!format) throw new GatewayError(ErrorCode.INVALID_IMAGE, `not an image this server reads (${formats.join(', ')})`);
   if (!formats.includes(format))
     throw new GatewayError(ErrorCode.INVALID_IMAGE, `${format} images are not accepted here (IMAGE_FORMATS: ${formats.join(', ')})`);
-  let meta: Metadata;
-  try {
-    // metadata() reads the header only; the size check below is ours, with the real numbers in the message
-    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
-  } catch (e) {
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable ${format} image: ${firstSentence(e)}`);
-  }
-  if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
-  const swap = (meta.orientation ?? 1) >= 5;
-  const width = swap ? meta.height : meta.width;
-  const height = swap ? meta.width : meta.height;
+  const header = format === 'jpeg' ? readJpegHeader(bytes) : null;
+  const probed = header ? fromJpegHeader(header) : await probeWithSharp(bytes, format);
+  const { width, height } = probed;
   if (width * height > maxPixels) {
     throw new GatewayError(
       ErrorCode.IMAGE_TOO_LARGE,
@@ -183,11 +176,37 @@ export async function probeImage(bytes: Uint8Array, limits: number | ImageLimits
       { width, height, maxPixels },
     );
   }
+  return { bytes, ...probed };
+}
+
+/** Size after orientation: 5 to 8 turn the picture a quarter. */
+const oriented = (w: number, h: number, orientation: number | undefined) => {
+  const o = orientation && orientation >= 1 && orientation <= 8 ? orientation : 1;
+  return o >= 5 ? { width: h, height: w, orientation: o } : { width: w, height: h, orientation: o };
+};
+
+function fromJpegHeader(h: JpegHeader): Omit<DecodedImage, 'bytes'> {
   return {
-    bytes,
-    width,
-    height,
-    orientation: meta.orientation && meta.orientation >= 1 && meta.orientation <= 8 ? meta.orientation : 1,
+    ...oriented(h.width, h.height, h.orientation),
+    srgbProfile: h.icc ? isSrgbProfile(h.icc) : false,
+    hasAlpha: false,
+    isGrey: h.components === 1,
+    isSrgb: h.components === 3,
+  };
+}
+
+/** Every other format, and JPEGs the header reader leaves to libvips: sharp's metadata() (the header only). */
+async function probeWithSharp(bytes: Uint8Array, format: string): Promise<Omit<DecodedImage, 'bytes'>> {
+  let meta: Metadata;
+  try {
+    // the size check is the caller's, with the real numbers in the message
+    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+  } catch (e) {
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `not a readable ${format} image: ${firstSentence(e)}`);
+  }
+  if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
+  return {
+    ...oriented(meta.width, meta.height, meta.orientation),
     srgbProfile: meta.icc ? isSrgbProfile(meta.icc) : false,
     hasAlpha: meta.hasAlpha === true,
     isGrey: meta.space === 'b-w' || meta.space === 'grey16' || meta.channels === 1 || (meta.channels === 2 && meta.hasAlpha === true),
