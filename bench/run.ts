@@ -31,12 +31,13 @@ import { prepareImageInput } from '../src/inference/plans.ts';
 import { preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { classify } from '../src/vision/classification.ts';
 import { createKserveGrpcClient, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
+import pLimit from 'p-limit';
 import { renderChart } from './chart.ts';
 import { IMAGES, ROOT, cpuSeconds, modelFile, multipartBody, post, postRaw, startNaive, startServer } from './lib.ts';
 
-// the same threads as the server (src/main.ts), for the in-process mode and the stage costs
-process.env.UV_THREADPOOL_SIZE = String(defaultDecodeThreads());
+// the same threads as the server (src/main.ts and the inference service), for the in-process mode and the stage costs
 sharp.concurrency(1);
+const decodes = pLimit(defaultDecodeThreads());
 
 const MODEL = modelFile('mobilenet');
 const SMALL = [
@@ -243,7 +244,7 @@ async function main() {
       const ticket = admissions.admit();
       try {
         const img = await probeImage(photos[i % photos.length].bytes, MAX_PIXELS);
-        const { tensor, input } = await preprocess(img, plan, MAX_PIXELS);
+        const { tensor, input } = await decodes(() => preprocess(img, plan, MAX_PIXELS));
         ticket.markQueued();
         classify(await local.infer({ [input]: tensor }), post1, null, 1);
       } finally {

@@ -170,7 +170,7 @@ export const SETTINGS = [
     'DECODE_THREADS',
     int(1, 1024),
     defaultDecodeThreads(),
-    'Images decoded and resized at once (the libuv thread pool, UV_THREADPOOL_SIZE)',
+    'Images decoded and resized at once; the others wait their turn (on the libuv pool: UV_THREADPOOL_SIZE, 4 by default, must be at least this)',
     'cores - ENGINE_THREADS + 1, at least 2',
   ),
   s(

@@ -39,8 +39,6 @@ async function main(): Promise<void> {
       hint: 'npm start -- --help lists the settings',
     });
   }
-  // before anything runs on the libuv thread pool (image decoding): its size is read when it first starts
-  process.env.UV_THREADPOOL_SIZE = String(config.decodeThreads);
   sharp.concurrency(config.vipsConcurrency);
   // V8 sizes the old generation from how fast its collections run; this heap is mostly large strings (GraphiQL's
   // bundle) that are cheap to mark, so it grew by ~2 MB between full collections and, with uploads promoting their
@@ -49,6 +47,14 @@ async function main(): Promise<void> {
   v8.setFlagsFromString('--heap-growing-percent=100');
   const logger = createLogger(config.logLevel, { service: 'inference-gateway' });
   const repository = path.resolve(config.modelRepository);
+  // Node sizes its libuv pool once, at start, from the environment: decodes beyond it would wait there instead
+  const uvEnv = process.env.UV_THREADPOOL_SIZE;
+  const uvPool = uvEnv === undefined ? 4 : Math.min(1024, Math.max(1, Number.parseInt(uvEnv, 10) || 0)); // as libuv reads it
+  if (config.decodeThreads > uvPool)
+    logger.warn(
+      { decodeThreads: config.decodeThreads, uvThreadpoolSize: uvPool },
+      `DECODE_THREADS is ${config.decodeThreads} but the libuv pool has ${uvPool} threads: start the process with UV_THREADPOOL_SIZE=${config.decodeThreads} or more`,
+    );
   const st = await stat(repository).catch(() => null);
   if (!st?.isDirectory())
     return fatal(

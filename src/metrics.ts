@@ -40,6 +40,20 @@ export class Metrics {
     labelNames: ['model', 'version'],
     registers: [this.registry],
   });
+  /** Set by the server once the inference service exists: its decoding threads, read at each scrape. */
+  decoding: () => { running: number; waiting: number } = () => ({ running: 0, waiting: 0 });
+  readonly decodesRunning: Gauge = new Gauge({
+    name: 'gateway_image_decodes_running',
+    help: 'Images being decoded and resized now (at most DECODE_THREADS).',
+    registers: [this.registry],
+    collect: (): void => this.decodesRunning.set(this.decoding().running),
+  });
+  readonly decodesWaiting: Gauge = new Gauge({
+    name: 'gateway_image_decodes_waiting',
+    help: 'Images waiting for a decoding thread.',
+    registers: [this.registry],
+    collect: (): void => this.decodesWaiting.set(this.decoding().waiting),
+  });
   readonly state = new Gauge({
     name: 'gateway_model_version_state',
     help: 'Model version state (1 for the current one).',

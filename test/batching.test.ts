@@ -3,6 +3,7 @@ import { Admissions } from '../src/batching/admission.ts';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
 import { errorCode, image, startGateway, type TestGateway, fixture } from './helpers.ts';
+import sharp from 'sharp';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -360,5 +361,37 @@ describe('batching over HTTP with a real model', () => {
     expect(answers.filter((r) => !r.errors).length).toBeGreaterThan(0);
     expect((await unload).data.unloadModel.versions).toEqual([{ state: 'END' }]);
     expect(errorCode(await classify('mobilenet', image('zebra.jpeg')))).toBe('MODEL_NOT_READY');
+  });
+});
+
+describe('decoding threads', () => {
+  it('DECODE_THREADS bounds the images decoded at once; /metrics shows them running and waiting', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { DECODE_THREADS: '1' } });
+    try {
+      const big = await sharp(image('bee.jpeg')).resize(4000, 3000).jpeg().toBuffer();
+      const files = Array.from({ length: 8 }, () => big);
+      const query = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
+      let done = false;
+      const answer = gw.gql(
+        query,
+        { images: files.map(() => ({ file: null })) },
+        { files: Object.fromEntries(files.map((f, i) => [`images.${i}.file`, f])) },
+      );
+      void answer.finally(() => (done = true));
+      const seen = { running: 0, waiting: 0 };
+      while (!done) {
+        const text = await (await fetch(`${gw.url}/metrics`)).text();
+        const value = (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+        seen.running = Math.max(seen.running, value('gateway_image_decodes_running'));
+        seen.waiting = Math.max(seen.waiting, value('gateway_image_decodes_waiting'));
+      }
+      const r = await answer;
+      expect(r.errors).toBeUndefined();
+      expect(r.data.classifyBatch.map((c: any) => c.predictions[0].classId)).toEqual(files.map(() => 309));
+      expect(seen.running).toBe(1);
+      expect(seen.waiting).toBeGreaterThan(0);
+    } finally {
+      await gw.close();
+    }
   });
 });

@@ -256,6 +256,28 @@ describe('start-up: the server starts, or says why in one line', () => {
     await rm(empty, { recursive: true, force: true });
   });
 
+  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE; with the pool sized, no warning', async () => {
+    const empty = await mkdtemp(path.join(os.tmpdir(), 'gw-empty-'));
+    const warningsOf = async (env: Record<string, string>) => {
+      const port = await freePort();
+      const p = start({ PORT: String(port), MODEL_REPOSITORY: empty, DECODE_THREADS: '8', ...env });
+      try {
+        await p.ready(port);
+      } finally {
+        p.child.kill('SIGTERM');
+      }
+      await p.exit;
+      return jsonLines(p.output())
+        .filter((l) => l.level === 'warn')
+        .map((l) => l.msg);
+    };
+    expect(await warningsOf({ UV_THREADPOOL_SIZE: '4' })).toEqual([
+      'DECODE_THREADS is 8 but the libuv pool has 4 threads: start the process with UV_THREADPOOL_SIZE=8 or more',
+    ]);
+    expect(await warningsOf({ UV_THREADPOOL_SIZE: '8' })).toEqual([]);
+    await rm(empty, { recursive: true, force: true });
+  });
+
   it('a port in use: exit 1, one JSON line saying so', async () => {
     const busy = net.createServer().listen(0, '127.0.0.1');
     await new Promise((r) => busy.once('listening', r));

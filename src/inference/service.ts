@@ -12,6 +12,8 @@ import { planFor } from './plans.ts';
 import { classify, type Prediction } from '../vision/classification.ts';
 import { detect, type DetectedObject } from '../vision/detection.ts';
 import { toClassMap, type ClassMap } from '../vision/segmentation.ts';
+import os from 'node:os';
+import pLimit, { type LimitFunction } from 'p-limit';
 import type { ImageSource } from './images.ts';
 import { selectOutputs, tensorFeeds, type TensorInput } from './tensors.ts';
 
@@ -25,6 +27,8 @@ export interface InferenceLimits {
   imageFormats?: readonly string[];
   /** Longest decode and resize of one image, in ms. */
   decodeTimeoutMs?: number;
+  /** Images decoded and resized at once (DECODE_THREADS); the others wait their turn. Default: the cores. */
+  decodeThreads?: number;
 }
 
 /** A request's own: it stops the work not yet started when the client has gone away. */
@@ -74,10 +78,23 @@ export interface BatchResult {
 const bad = (msg: string) => new GatewayError(ErrorCode.INVALID_INPUT, msg);
 
 export class InferenceService {
+  /**
+   * Decoding is the other half of the CPU beside the engine: bounded here, not by the size of the libuv pool, which
+   * Node reads once when the process starts (before any of our code runs) and which fs and dns share.
+   */
+  private readonly decodes: LimitFunction;
+
   constructor(
     readonly models: ModelManager,
     readonly limits: InferenceLimits,
-  ) {}
+  ) {
+    this.decodes = pLimit(limits.decodeThreads ?? os.availableParallelism());
+  }
+
+  /** Images being decoded, and images waiting for a decoding thread. */
+  get decoding(): { running: number; waiting: number } {
+    return { running: this.decodes.activeCount, waiting: this.decodes.pendingCount };
+  }
 
   /** Classify images (one promise per image, see runImages). */
   classify(
@@ -287,7 +304,10 @@ export class InferenceService {
       const prepared = (async () => {
         if (signal?.aborted) throw cancelled();
         const image = await probeImage(await source(), limits);
-        return { image, ...(await preprocess(image, plan, limits)) };
+        return this.decodes(async () => {
+          if (signal?.aborted) throw cancelled();
+          return { image, ...(await preprocess(image, plan, limits)) };
+        });
       })();
       return { t0, admission, prepared };
     });

@@ -48,7 +48,9 @@ export function createGateway({
     maxImagePixels: config.maxImagePixels,
     imageFormats: config.imageFormats,
     decodeTimeoutMs: config.decodeTimeoutMs,
+    decodeThreads: config.decodeThreads,
   });
+  metrics.decoding = () => service.decoding;
   const tokens = { adminToken: config.adminToken, apiTokens: config.apiTokens };
   const graphql = createGraphqlProtocol({
     service,
