@@ -2,7 +2,10 @@ import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ElemType, identityModel } from './onnx-builder.ts';
-import { fixture, image, startGateway, type TestGateway } from './helpers.ts';
+import sharp from 'sharp';
+import { encodeMultipart } from '../src/client/multipart.ts';
+import { createKserveGrpcClient } from '../src/client/kserve-grpc.ts';
+import { fixture, image, startGateway, until, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 
 /**
@@ -512,5 +515,113 @@ describe('KServe v2 over REST with tokens and small limits', () => {
     } as RequestInit);
     expect([res.status, res.headers.get('x-error-code')]).toEqual([413, 'PAYLOAD_TOO_LARGE']);
     expect((await call('GET', '/health/live')).status).toBe(200);
+  });
+});
+
+describe('KServe v2: the work of a client that left is dropped (REST and gRPC), as for GraphQL', () => {
+  let gw: TestGateway;
+  let big: Buffer;
+  const N = 24;
+  beforeAll(async () => {
+    // one decoding thread: the images of a request wait their turn, so there is queued work to drop
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { DECODE_THREADS: '1' } });
+    big = await sharp(image('bee.jpeg')).resize(4000, 3000).jpeg().toBuffer();
+  });
+  afterAll(() => gw?.close());
+  const stats = async () =>
+    (await gw.gql(`{ model(name: "mobilenet") { stats { requests errorsByCode { code count } } } }`)).data.model.stats[0] as {
+      requests: number;
+      errorsByCode: { code: string; count: number }[];
+    };
+  const cancelled = (s: Awaited<ReturnType<typeof stats>>) => s.errorsByCode.find((e) => e.code === 'CANCELLED')?.count ?? 0;
+  /** Resolves once images of the request wait for the decoding thread: work that a client leaving can spare. */
+  const decodesQueued = () =>
+    until(
+      async () => /^gateway_image_decodes_waiting [1-9]/m.test(await (await fetch(`${gw.url}/metrics`)).text()),
+      30_000,
+      'images waiting to be decoded',
+    );
+  /** Waits until every image of the request is accounted for (answered or dropped), and returns how. */
+  const settled = async (before: Awaited<ReturnType<typeof stats>>, n = N) =>
+    until(
+      async () => {
+        const s = await stats();
+        const answered = s.requests - before.requests;
+        const dropped = cancelled(s) - cancelled(before);
+        return answered + dropped === n ? { answered, dropped } : null;
+      },
+      30_000,
+      'every image answered or dropped',
+    );
+
+  it('REST: a client that hangs up mid-request', async () => {
+    const before = await stats();
+    const body = JSON.stringify({
+      inputs: [{ name: 'input', datatype: 'BYTES', shape: [N], data: Array.from({ length: N }, () => ({ b64: big.toString('base64') })) }],
+    });
+    const leaving = new AbortController();
+    const answer = fetch(`${gw.url}/v2/models/mobilenet/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+      signal: leaving.signal,
+    }).catch((e: Error) => e.name);
+    await decodesQueued();
+    leaving.abort();
+    expect(await answer).toBe('AbortError');
+    const { answered, dropped } = await settled(before);
+    expect(dropped).toBeGreaterThan(0);
+    expect(answered).toBeLessThan(N);
+    // and the server answers the next client
+    expect((await fetch(`${gw.url}/v2/health/ready`)).status).toBe(200);
+  });
+
+  it('GraphQL: a client that hangs up during classifyBatch (the same service, for comparison)', async () => {
+    const before = await stats();
+    const files = Array.from({ length: 12 }, () => big);
+    const upload = encodeMultipart(
+      {
+        query: 'mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images) { predictions { classId } } }',
+        variables: { images: files.map(() => ({ file: null })) },
+      },
+      Object.fromEntries(files.map((bytes, i) => [`images.${i}.file`, { name: `${i}.jpg`, bytes }])),
+    );
+    const leaving = new AbortController();
+    const answer = fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': upload.contentType, 'x-graphql-yoga-csrf': '1' },
+      body: upload.body,
+      signal: leaving.signal,
+    }).catch((e: Error) => e.name);
+    await decodesQueued();
+    leaving.abort();
+    expect(await answer).toBe('AbortError');
+    const { answered, dropped } = await settled(before, files.length);
+    expect(dropped).toBeGreaterThan(0);
+    expect(answered).toBeLessThan(files.length);
+  });
+
+  it('gRPC: a call the client cancels', async () => {
+    const before = await stats();
+    const client = createKserveGrpcClient(`127.0.0.1:${gw.grpcPort}`);
+    try {
+      const leaving = new AbortController();
+      const call = client.ModelInfer(
+        {
+          model_name: 'mobilenet',
+          inputs: [{ name: 'input', datatype: 'BYTES', shape: [N], contents: { bytes_contents: Array.from({ length: N }, () => big) } }],
+        },
+        {},
+        { signal: leaving.signal },
+      );
+      await decodesQueued();
+      leaving.abort();
+      await expect(call).rejects.toMatchObject({ code: 1 }); // CANCELLED
+      const { answered, dropped } = await settled(before);
+      expect(dropped).toBeGreaterThan(0);
+      expect(answered).toBeLessThan(N);
+    } finally {
+      client.close();
+    }
   });
 });

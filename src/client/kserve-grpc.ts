@@ -31,7 +31,10 @@ export interface KserveGrpcError extends Error {
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Message = Record<string, any>;
 
-export type KserveGrpcClient = { [R in Rpc]: (request?: object, metadata?: Record<string, string>) => Promise<Message> } & {
+/** `signal` cancels the call (the server then drops the work it has not started). */
+export type KserveGrpcClient = {
+  [R in Rpc]: (request?: object, metadata?: Record<string, string>, options?: { signal?: AbortSignal }) => Promise<Message>;
+} & {
   raw: grpc.Client;
   close(): void;
 };
@@ -47,12 +50,23 @@ export function createKserveGrpcClient(address: string, options: grpc.ClientOpti
   });
   const call =
     (rpc: Rpc) =>
-    (request: object = {}, metadata: Record<string, string> = {}) =>
+    (request: object = {}, metadata: Record<string, string> = {}, { signal }: { signal?: AbortSignal } = {}) =>
       new Promise<Message>((resolve, reject) => {
         const md = new grpc.Metadata();
         for (const [k, v] of Object.entries(metadata)) md.set(k, v);
-        const method = client[rpc] as (req: object, md: grpc.Metadata, cb: (err: KserveGrpcError | null, res: Message) => void) => void;
-        method.call(client, request, md, (err, response) => (err ? reject(err) : resolve(response)));
+        const method = client[rpc] as (
+          req: object,
+          md: grpc.Metadata,
+          cb: (err: KserveGrpcError | null, res: Message) => void,
+        ) => grpc.ClientUnaryCall;
+        const cancel = () => pending.cancel();
+        const pending = method.call(client, request, md, (err, response) => {
+          signal?.removeEventListener('abort', cancel);
+          if (err) reject(err);
+          else resolve(response);
+        });
+        if (signal?.aborted) cancel();
+        else signal?.addEventListener('abort', cancel, { once: true });
       });
   return {
     ...(Object.fromEntries(RPCS.map((r) => [r, call(r)])) as { [R in Rpc]: ReturnType<typeof call> }),

@@ -192,6 +192,7 @@ export class InferenceService {
     versionNo: number | null | undefined,
     inputs: readonly TensorInput[],
     outputNames?: readonly string[] | null,
+    { signal }: RunOptions = {},
   ): Promise<BatchResult> {
     const { model, version } = this.models.resolve(name, versionNo);
     const wanted = selectOutputs(name, version.outputs, outputNames);
@@ -231,7 +232,8 @@ export class InferenceService {
     const runs = admissions.map(async (admission, k) => {
       const t0 = performance.now();
       try {
-        const outputs = await admission.infer(items[k]);
+        if (signal?.aborted) throw cancelled();
+        const outputs = await admission.infer(items[k], signal);
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return outputs;
       } catch (e) {
@@ -253,7 +255,7 @@ export class InferenceService {
     name: string,
     versionNo: number | null | undefined,
     sources: readonly ImageSource[],
-    opts: { inputName?: string | null; outputNames?: readonly string[] | null } = {},
+    opts: { inputName?: string | null; outputNames?: readonly string[] | null } & RunOptions = {},
   ): Promise<BatchResult> {
     const { model, version } = this.models.resolve(name, versionNo);
     const wanted = selectOutputs(name, version.outputs, opts.outputNames);
@@ -271,7 +273,7 @@ export class InferenceService {
       );
     if (sources.length === 0) throw bad('no images');
     // the version checked above, not whichever is latest by the time the images run (a reload in between)
-    const runs = this.runImages(null, name, version.version, sources).map(async (r) => (await r).outputs);
+    const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal }).map(async (r) => (await r).outputs);
     return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
   }
 

@@ -10,7 +10,7 @@ export interface Who {
   caller: Caller;
 }
 import { RequestBudget } from '../../inference/budget.ts';
-import type { InferenceService } from '../../inference/service.ts';
+import type { InferenceService, RunOptions } from '../../inference/service.ts';
 import type { Model } from '../../repository/model.ts';
 import type { ModelVersion } from '../../repository/version.ts';
 import { V2_DATATYPE, checkCount, classifyOutput, engineDtype } from './codec.ts';
@@ -177,7 +177,13 @@ export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: 
      * One inference. Raw tensors: dimension 0 is the batch (each item is batched with other requests, of any protocol).
      * A BYTES input holds encoded images, one per element, decoded and preprocessed by the model's model.json.
      */
-    async infer(who: Who, name: string, version: string | null | undefined, req: V2InferRequest): Promise<V2InferResponse> {
+    async infer(
+      who: Who,
+      name: string,
+      version: string | null | undefined,
+      req: V2InferRequest,
+      { signal }: RunOptions = {},
+    ): Promise<V2InferResponse> {
       access(who).checkApi();
       const versionNo = parseVersion(name, version);
       if (req.inputs.length === 0) throw invalid('no inputs');
@@ -199,7 +205,7 @@ export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: 
           name,
           versionNo,
           elements.map((e) => () => Promise.resolve(e)),
-          { inputName: images.name, outputNames },
+          { inputName: images.name, outputNames, signal },
         );
       } else {
         const inputs = req.inputs.map((i) => {
@@ -207,7 +213,7 @@ export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: 
           return { name: i.name, dtype, shape: i.shape, data: i.data as Uint8Array };
         });
         budget.takeImages(inputs[0].shape.length ? Math.max(1, inputs[0].shape[0]) : 1);
-        result = await service.inferBatch(name, versionNo, inputs, outputNames);
+        result = await service.inferBatch(name, versionNo, inputs, outputNames, { signal });
       }
       const wanted = req.outputs ?? Object.keys(result.outputs).map((n) => ({ name: n, classification: null }));
       const outputs = wanted.map(({ name: n, classification }): V2Output => {

@@ -99,7 +99,7 @@ export function encodeInferResponse(r: V2InferResponse, raw: boolean) {
   };
 }
 
-type Handler = (request: never, who: Who) => unknown;
+type Handler = (request: never, who: Who, call: grpc.ServerUnaryCall<unknown, unknown>) => unknown;
 
 /** The peer address of a call ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") as a plain address. */
 const peerAddress = (peer: string) => /^ipv[46]:\[?([^\]]+?)\]?:\d+$/.exec(peer)?.[1] ?? peer;
@@ -150,10 +150,14 @@ export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1
         };
         Promise.resolve()
           .then(() =>
-            fn(call.request as never, {
-              authorization: auth === undefined ? null : String(auth),
-              caller: { remoteAddress: peerAddress(call.getPeer()), forwarded: wasForwarded((h) => call.metadata.get(h)[0]) },
-            }),
+            fn(
+              call.request as never,
+              {
+                authorization: auth === undefined ? null : String(auth),
+                caller: { remoteAddress: peerAddress(call.getPeer()), forwarded: wasForwarded((h) => call.metadata.get(h)[0]) },
+              },
+              call,
+            ),
           )
           .then(
             (response) => {
@@ -197,9 +201,17 @@ export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1
     ModelReady: unary('ModelReady', (r: { name: string; version: string }, auth) => ({ ready: core.modelReady(auth, r.name, r.version) })),
     ServerMetadata: unary('ServerMetadata', (_r, auth) => core.serverMetadata(auth)),
     ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
-    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage, auth) => {
+    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage, auth, call) => {
       const { request, raw } = decodeInferRequest(r);
-      return encodeInferResponse(await core.infer(auth, r.model_name, r.model_version, request), raw);
+      // a call the client cancels (or whose deadline passes): the work not yet started for it is dropped
+      const leaving = new AbortController();
+      const left = () => leaving.abort();
+      call.once('cancelled', left);
+      try {
+        return encodeInferResponse(await core.infer(auth, r.model_name, r.model_version, request, { signal: leaving.signal }), raw);
+      } finally {
+        call.off('cancelled', left);
+      }
     }),
     RepositoryIndex: unary('RepositoryIndex', (r: { ready: boolean }, auth) => ({ models: core.repositoryIndex(auth, r.ready) })),
     RepositoryModelLoad: unary('RepositoryModelLoad', async (r: { model_name: string; parameters: ParameterMap }, auth) => {

@@ -274,7 +274,17 @@ export function createRestRoute({
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
         const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header);
-        return sendInferResponse(res, await core.infer(auth, name, version, parsed.request), parsed);
+        // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
+        const leaving = new AbortController();
+        const left = () => {
+          if (!res.writableFinished) leaving.abort();
+        };
+        res.once('close', left);
+        try {
+          return sendInferResponse(res, await core.infer(auth, name, version, parsed.request, { signal: leaving.signal }), parsed);
+        } finally {
+          res.off('close', left);
+        }
       }
       expect('GET');
       return sendJson(res, 200, core.modelMetadata(auth, name, version));
