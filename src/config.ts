@@ -267,7 +267,7 @@ export const SETTINGS = [
     'MAX_RENDERED_IMAGES_PER_REQUEST',
     int(1),
     8,
-    'Costly image fields (mask, overlay, annotatedImage) computed for one request',
+    'Costly image fields (mask, overlay, annotatedImage, the decoded photo behind objects.classify) computed for one request',
   ),
   s(
     'imageFormats',

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import ort from 'onnxruntime-node';
 import { ElemType, argmaxSegmenter, identityModel, meanColourModel } from './onnx-builder.ts';
-import { IMAGES, errorCode, fixtureModels, image, modelFile, startGateway, type TestGateway } from './helpers.ts';
+import { IMAGES, errorCode, fixture, fixtureModels, image, modelFile, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 
 const IMAGENET = {
@@ -353,5 +353,46 @@ describe('inference over GraphQL with real models and photos', () => {
     for (const [q, v, code] of cases) expect(errorCode(await gw.gql(q, v)), q).toBe(code);
     const ok = await classify('mobilenet', image('bee.jpeg'));
     expect(ok.data.classify.predictions[0].classId).toBe(309);
+  });
+});
+
+describe('a pipeline over crops, on a server that accepts JPEG uploads only', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { yolox: fixture('yolox'), mobilenet: fixture('mobilenet') }, env: { IMAGE_FORMATS: 'jpeg' } });
+  });
+  afterAll(() => gw?.close());
+
+  it('classifies each detected box from the decoded photo (crops are not re-encoded, so IMAGE_FORMATS does not apply to them)', async () => {
+    const r = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.5) { objects { label box { xMin yMin xMax yMax } classify(model: "mobilenet", topK: 1) { predictions { classId } } } } }`,
+      { f: null },
+      { files: { f: image('dog.jpg') } },
+    );
+    expect(r.errors).toBeUndefined();
+    const objects = r.data.detect.objects as {
+      label: string;
+      box: Record<string, number>;
+      classify: { predictions: { classId: number }[] };
+    }[];
+    expect(objects.length).toBeGreaterThan(1);
+    // each answer is that of the same box cut from the photo by hand and sent as a JPEG of its own
+    const photo = sharp(image('dog.jpg'));
+    const { width, height } = await photo.metadata();
+    for (const o of objects) {
+      const left = Math.floor(o.box.xMin * width!);
+      const top = Math.floor(o.box.yMin * height!);
+      const crop = await photo
+        .clone()
+        .extract({ left, top, width: Math.ceil(o.box.xMax * width!) - left, height: Math.ceil(o.box.yMax * height!) - top })
+        .jpeg({ quality: 100 })
+        .toBuffer();
+      const alone = await gw.gql(
+        `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`,
+        { f: null },
+        { files: { f: crop } },
+      );
+      expect(o.classify.predictions[0].classId, o.label).toBe(alone.data.classify.predictions[0].classId);
+    }
   });
 });

@@ -1,9 +1,13 @@
 import { readFile, stat } from 'node:fs/promises';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { resolveUnderRoots } from '../paths.ts';
+import type { RawImage } from '../vision/preprocess.ts';
 
-/** Where an image's bytes come from: called once, after the image has been admitted. */
-export type ImageSource = () => Promise<Uint8Array>;
+/**
+ * Where an image's bytes come from: called once, after the image has been admitted. An encoded file (checked against
+ * IMAGE_FORMATS), or pixels the server decoded itself (a crop of a photo it was sent).
+ */
+export type ImageSource = () => Promise<Uint8Array | RawImage>;
 
 /** An image as a client gives it: exactly one of uploaded file, base64 bytes, or a server path under IMAGE_ROOTS. */
 export interface ImageInput {

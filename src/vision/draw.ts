@@ -1,5 +1,6 @@
 import sharp from 'sharp';
 import type { DetectedObject } from './detection.ts';
+import type { DecodedImage, RawImage } from './preprocess.ts';
 import { SLICE, yieldToEventLoop, type ClassMap } from './segmentation.ts';
 
 /** A fixed, distinct colour per class id (golden-angle hues). */
@@ -65,20 +66,30 @@ export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5)
     .toBuffer();
 }
 
-/** Crop a normalized box out of the (EXIF-rotated) photo. */
-export async function cropImage(
-  image: Uint8Array,
-  width: number,
-  height: number,
-  box: { xMin: number; yMin: number; xMax: number; yMax: number },
-): Promise<Buffer> {
+/**
+ * The photo decoded once, EXIF orientation applied and colour in sRGB, for crops: a detection answer whose boxes are
+ * each classified decodes its photo once, not once per box.
+ */
+export async function decodeOriented(image: DecodedImage): Promise<RawImage> {
+  if (image.raw) return { pixels: image.bytes, ...image.raw };
+  const { data, info } = await sharp(image.bytes).rotate().raw().toBuffer({ resolveWithObject: true });
+  return { pixels: data, width: info.width, height: info.height, channels: info.channels as RawImage['channels'] };
+}
+
+/** A normalized box cut out of decoded pixels, as pixels (at least one pixel, inside the picture). */
+export function cropRaw(image: RawImage, box: { xMin: number; yMin: number; xMax: number; yMax: number }): RawImage {
+  const { width, height, channels } = image;
   const left = Math.max(0, Math.min(width - 1, Math.floor(box.xMin * width)));
   const top = Math.max(0, Math.min(height - 1, Math.floor(box.yMin * height)));
   const right = Math.max(left + 1, Math.min(width, Math.ceil(box.xMax * width)));
   const bottom = Math.max(top + 1, Math.min(height, Math.ceil(box.yMax * height)));
-  return sharp(image)
-    .rotate()
-    .extract({ left, top, width: right - left, height: bottom - top })
-    .png()
-    .toBuffer();
+  const w = right - left;
+  const h = bottom - top;
+  const pixels = Buffer.allocUnsafe(w * h * channels);
+  const src = Buffer.from(image.pixels.buffer, image.pixels.byteOffset, image.pixels.byteLength);
+  for (let y = 0; y < h; y++) {
+    const from = ((top + y) * width + left) * channels;
+    src.copy(pixels, y * w * channels, from, from + w * channels);
+  }
+  return { pixels, width: w, height: h, channels };
 }

@@ -114,9 +114,21 @@ export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], me
   return { input: info.name, layout, channels, dtype, width, height, pre, mean };
 }
 
+/** Pixels already decoded and oriented (a crop of a photo the server decoded itself): 1 to 4 interleaved 8-bit channels. */
+export interface RawImage {
+  pixels: Uint8Array;
+  width: number;
+  height: number;
+  channels: 1 | 2 | 3 | 4;
+}
+
+export const isRawImage = (v: Uint8Array | RawImage): v is RawImage => !(v instanceof Uint8Array);
+
 export interface DecodedImage {
-  /** The original bytes (crops and drawings start from them). */
+  /** The original bytes (crops and drawings start from them), or the pixels when `raw` says their layout. */
   bytes: Uint8Array;
+  /** Set when `bytes` are decoded pixels (a RawImage) rather than an encoded file. */
+  raw?: { width: number; height: number; channels: 1 | 2 | 3 | 4 };
   /** Size after EXIF orientation. */
   width: number;
   height: number;
@@ -159,9 +171,14 @@ export function imageFormat(b: Uint8Array): string | null {
   return null;
 }
 
-/** Read the header only: size and format, before anything is decoded. */
-export async function probeImage(bytes: Uint8Array, limits: number | ImageLimits): Promise<DecodedImage> {
+/**
+ * Read the header only: size and format, before anything is decoded. Pixels the server decoded itself (RawImage) have
+ * no header and no format to check; their size is checked all the same.
+ */
+export async function probeImage(input: Uint8Array | RawImage, limits: number | ImageLimits): Promise<DecodedImage> {
   const { maxPixels, formats = RASTER_FORMATS } = limitsOf(limits);
+  if (isRawImage(input)) return fromRaw(input, maxPixels);
+  const bytes = input;
   const format = imageFormat(bytes);
   if (!format) throw new GatewayError(ErrorCode.INVALID_IMAGE, `not an image this server reads (${formats.join(', ')})`);
   if (!formats.includes(format))
@@ -177,6 +194,28 @@ export async function probeImage(bytes: Uint8Array, limits: number | ImageLimits
     );
   }
   return { bytes, ...probed };
+}
+
+function fromRaw({ pixels, width, height, channels }: RawImage, maxPixels: number): DecodedImage {
+  if (!(Number.isInteger(width) && Number.isInteger(height) && width > 0 && height > 0) || pixels.length !== width * height * channels)
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `raw pixels: ${pixels.length} bytes for ${width}x${height}x${channels}`);
+  if (width * height > maxPixels)
+    throw new GatewayError(
+      ErrorCode.IMAGE_TOO_LARGE,
+      `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`,
+      { width, height, maxPixels },
+    );
+  return {
+    bytes: pixels,
+    raw: { width, height, channels },
+    width,
+    height,
+    orientation: 1,
+    srgbProfile: false,
+    hasAlpha: channels === 2 || channels === 4,
+    isGrey: channels <= 2,
+    isSrgb: channels >= 3,
+  };
 }
 
 /** Size after orientation: 5 to 8 turn the picture a quarter. */
@@ -302,7 +341,12 @@ export async function resizeImage(
   const { maxPixels, timeoutMs = 10_000 } = limitsOf(limits);
   const { width: W0, height: H0 } = img;
   const pre = plan.pre;
-  let s = sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error', ignoreIcc: img.srgbProfile }).timeout({
+  let s = sharp(img.bytes, {
+    limitInputPixels: maxPixels,
+    failOn: 'error',
+    ignoreIcc: img.srgbProfile,
+    ...(img.raw ? { raw: img.raw } : {}),
+  }).timeout({
     seconds: Math.max(1, Math.ceil(timeoutMs / 1000)),
   });
   // geometry is computed in the displayed orientation; the resize runs in the stored one, then the result is turned

@@ -10,8 +10,8 @@ import {
   type Region,
   type SegmentClass,
 } from '../../../vision/segmentation.ts';
-import { cropImage, drawDetections, drawOverlay } from '../../../vision/draw.ts';
-import type { DecodedImage } from '../../../vision/preprocess.ts';
+import { cropRaw, decodeOriented, drawDetections, drawOverlay } from '../../../vision/draw.ts';
+import type { DecodedImage, RawImage } from '../../../vision/preprocess.ts';
 import { DTYPES } from '../../../engine/types.ts';
 import { builder } from './builder.ts';
 import type { Context } from '../context.ts';
@@ -36,7 +36,8 @@ export const ClassificationRef = builder.objectRef<{ predictions: Prediction[] }
   fields: (t) => ({ predictions: t.field({ type: [PredictionRef], description: 'Best first.', resolve: (c) => c.predictions }) }),
 });
 
-type ObjectSource = { object: DetectedObject; image: DecodedImage };
+/** One detected object, and what its answer's objects share: the photo, decoded once for their crops. */
+type ObjectSource = { object: DetectedObject; image: DecodedImage; shared: { decoded?: Promise<RawImage> } };
 
 const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').implement({
   fields: (t) => ({
@@ -50,7 +51,9 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx) => {
         ctx.budget.takeImages(1);
-        const crop = () => cropImage(o.image.bytes, o.image.width, o.image.height, o.object.box);
+        // the decoded photo is held for the request like a rendering, and counted as one
+        const decoded = () => (o.shared.decoded ??= (ctx.budget.takeRendered(), decodeOriented(o.image)));
+        const crop = async () => cropRaw(await decoded(), o.object.box);
         const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, signal: ctx.budget.signal });
         return { predictions: await predictions };
       },
@@ -65,7 +68,10 @@ export const DetectionRef = builder.objectRef<{ image: DecodedImage; objects: De
     objects: t.field({
       type: [DetectedObjectRef],
       description: 'Best first.',
-      resolve: (d) => d.objects.map((object) => ({ object, image: d.image })),
+      resolve: (d) => {
+        const shared = {};
+        return d.objects.map((object) => ({ object, image: d.image, shared }));
+      },
     }),
     annotatedImage: t.string({
       description: 'The photo with labelled boxes: base64 PNG (computed only when selected).',
