@@ -2,7 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import v8 from 'node:v8';
 import sharp from 'sharp';
-import { ConfigError, loadConfig, type Config } from './config.ts';
+import { ConfigError, loadConfig, uvThreadpoolSize, type Config } from './config.ts';
 import { errorMessage } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -48,8 +48,7 @@ async function main(): Promise<void> {
   const logger = createLogger(config.logLevel, { service: 'inference-gateway' });
   const repository = path.resolve(config.modelRepository);
   // Node sizes its libuv pool once, at start, from the environment: decodes beyond it would wait there instead
-  const uvEnv = process.env.UV_THREADPOOL_SIZE;
-  const uvPool = uvEnv === undefined ? 4 : Math.min(1024, Math.max(1, Number.parseInt(uvEnv, 10) || 0)); // as libuv reads it
+  const uvPool = uvThreadpoolSize();
   if (config.decodeThreads > uvPool)
     logger.warn(
       { decodeThreads: config.decodeThreads, uvThreadpoolSize: uvPool },
