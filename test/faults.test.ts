@@ -1,4 +1,4 @@
-import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
@@ -54,11 +54,17 @@ describe('faults while serving', () => {
     const listener = (e: { version: number; state: string; errorCode: string | null }) =>
       e.version === serving.version && events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`);
     gw.repository.on('status', listener);
+    // the file's time differs from the one the version was loaded with (a copy finishing after the watcher looked, say):
+    // the watcher must not load a second instance while the failed one restarts itself
+    const file = path.join(gw.root, 'mobilenet', String(serving.version), 'model.onnx');
+    await utimes(file, new Date(), new Date(Date.now() + 60_000));
     // simulate a native crash of ONNX Runtime: the session's worker thread goes away
     await (serving.session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
     await until(() => events.includes('AVAILABLE'), 15_000, 'the version came back');
+    await new Promise((r) => setTimeout(r, 500)); // several polls of the watcher
     gw.repository.off('status', listener);
     expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
+    expect(gw.repository.get('mobilenet')!.servingVersion()!.state).toBe('AVAILABLE');
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
     expect(gw.logs.some((l) => l.includes('"msg":"engine failed"'))).toBe(true);
   });

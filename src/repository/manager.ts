@@ -258,7 +258,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       );
       const mv = model.versions.get(v);
       const configChanged = model.files !== null && mv?.files?.signature !== model.files.signature;
-      if (!mv || (mv.state === 'END' && (mv.errorCode === null || retry || configChanged || mv.loadedMtimeMs !== mtime))) {
+      // (a version that restarts itself after an engine failure is left to it: a second instance would be an orphan)
+      if (
+        !mv ||
+        (mv.state === 'END' && !mv.restarting && (mv.errorCode === null || retry || configChanged || mv.loadedMtimeMs !== mtime))
+      ) {
         const fresh = this.newVersion(model, v, file, model.files);
         fresh.loadedMtimeMs = mtime;
         model.versions.set(v, fresh);

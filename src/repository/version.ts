@@ -86,6 +86,8 @@ export class ModelVersion {
   private loadOptions: LoadOptions | null = null;
   /** Engine failures in a row (reset once a reload has served a request). */
   private engineFailures = 0;
+  /** Ended by an engine failure and about to load itself again: nobody else should load this version meanwhile. */
+  restarting = false;
   static readonly MAX_ENGINE_RESTARTS = 3;
 
   /**
@@ -219,7 +221,9 @@ export class ModelVersion {
     const options = this.loadOptions;
     if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !options) return;
     const wait = 250 * 2 ** (this.engineFailures - 1);
+    this.restarting = true;
     setTimeout(() => {
+      this.restarting = false;
       if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(options);
     }, wait).unref();
   }
