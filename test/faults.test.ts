@@ -69,6 +69,24 @@ describe('faults while serving', () => {
     expect(gw.logs.some((l) => l.includes('"msg":"engine failed"'))).toBe(true);
   });
 
+  it('an unload while a failed engine waits to restart calls the restart off (no session comes back)', async () => {
+    const serving = gw.repository.get('mobilenet')!.servingVersion()!;
+    const events: string[] = [];
+    const listener = (e: { version: number; state: string }) => e.version === serving.version && events.push(e.state);
+    gw.repository.on('status', listener);
+    await (serving.session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await until(() => events.includes('END'), 15_000, 'the version ended');
+    await gw.repository.unload('mobilenet'); // within the restart's pause (250 ms or more)
+    await new Promise((r) => setTimeout(r, 1500));
+    gw.repository.off('status', listener);
+    expect(events).toEqual(['UNLOADING', 'END']);
+    expect(serving.session).toBeNull();
+    expect([...gw.repository.get('mobilenet')!.versions.values()].every((v) => v.state === 'END' && v.session === null)).toBe(true);
+    // and a load brings it back
+    await gw.repository.load('mobilenet');
+    expect((await classify()).data.classify.predictions[0].classId).toBe(340);
+  });
+
   it('a model file corrupted on disk while loaded keeps serving from memory', async () => {
     await writeFile(path.join(gw.root, 'mobilenet', '2', 'model.onnx'), 'overwritten'); // version 2 is the one serving
     await new Promise((r) => setTimeout(r, 300)); // the watcher has looked

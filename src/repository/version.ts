@@ -86,8 +86,8 @@ export class ModelVersion {
   private loadOptions: LoadOptions | null = null;
   /** Engine failures in a row (reset once a reload has served a request). */
   private engineFailures = 0;
-  /** Ended by an engine failure and about to load itself again: nobody else should load this version meanwhile. */
-  restarting = false;
+  /** The pending self-restart after an engine failure (see engineFailed). */
+  private restartTimer: NodeJS.Timeout | null = null;
   static readonly MAX_ENGINE_RESTARTS = 3;
 
   /**
@@ -221,11 +221,22 @@ export class ModelVersion {
     const options = this.loadOptions;
     if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !options) return;
     const wait = 250 * 2 ** (this.engineFailures - 1);
-    this.restarting = true;
-    setTimeout(() => {
-      this.restarting = false;
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
       if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(options);
-    }, wait).unref();
+    }, wait);
+    this.restartTimer.unref();
+  }
+
+  /** Ended by an engine failure and about to load itself again: nobody else should load this version meanwhile. */
+  get restarting(): boolean {
+    return this.restartTimer !== null;
+  }
+
+  /** Call off a pending self-restart: the version was unloaded, dropped or replaced in the meantime. */
+  cancelRestart(): void {
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    this.restartTimer = null;
   }
 
   /**
@@ -234,6 +245,7 @@ export class ModelVersion {
    * version stays AVAILABLE, so no event is published and the metrics keep the new instance's state.
    */
   unload(error?: { code: string; message: string }, { replaced = false }: { replaced?: boolean } = {}): Promise<void> {
+    this.cancelRestart();
     if (this.unloading) return this.unloading;
     if (this.state !== 'AVAILABLE') return Promise.resolve();
     if (replaced) this.quiet = true;
