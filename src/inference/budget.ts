@@ -37,10 +37,11 @@ export class RequestBudget {
     this.images += n;
   }
 
-  /** Take one costly rendering (a mask, overlay or annotated image). */
+  /** Take one costly rendering (a mask, overlay or annotated image, or a photo decoded whole for its crops). */
   takeRendered(): void {
     const max = this.limits.maxRendered ?? Infinity;
-    if (this.rendered + 1 > max) throw RequestBudget.over('rendered images (mask, overlay, annotatedImage)', max);
+    if (this.rendered + 1 > max)
+      throw RequestBudget.over('rendered images (mask, overlay, annotatedImage, photos decoded for objects.classify)', max);
     this.rendered++;
   }
 

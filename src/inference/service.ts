@@ -7,7 +7,8 @@ import { postprocessingOf, type Task } from '../repository/model-config.ts';
 import type { Model, ModelFiles } from '../repository/model.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import type { Admission, ModelVersion } from '../repository/version.ts';
-import { preprocess, probeImage, type DecodedImage, type ImageTransform, type InputPlan } from '../vision/preprocess.ts';
+import { preprocess, probeImage, type DecodedImage, type ImageTransform, type InputPlan, type RawImage } from '../vision/preprocess.ts';
+import { decodeOriented } from '../vision/draw.ts';
 import { planFor } from './plans.ts';
 import { classify, type Prediction } from '../vision/classification.ts';
 import { detect, type DetectedObject } from '../vision/detection.ts';
@@ -89,6 +90,17 @@ export class InferenceService {
     readonly limits: InferenceLimits,
   ) {
     this.decodes = pLimit(limits.decodeThreads ?? os.availableParallelism());
+  }
+
+  /**
+   * A photo decoded whole and oriented, to cut boxes from (objects { classify }): on a decoding thread like any image,
+   * within the decode time limit; a damaged file is INVALID_IMAGE.
+   */
+  decodeForCrops(image: DecodedImage, { signal }: RunOptions = {}): Promise<RawImage> {
+    return this.decodes(async () => {
+      if (signal?.aborted) throw cancelled();
+      return decodeOriented(image, { timeoutMs: this.limits.decodeTimeoutMs });
+    });
   }
 
   /** Images being decoded, and images waiting for a decoding thread. */
@@ -306,10 +318,15 @@ export class InferenceService {
       const prepared = (async () => {
         if (signal?.aborted) throw cancelled();
         const image = await probeImage(await source(), limits);
-        return this.decodes(async () => {
-          if (signal?.aborted) throw cancelled();
-          return { image, ...(await preprocess(image, plan, limits)) };
-        });
+        // a client that leaves while its images wait for a decoding thread lets go of them (and of their admissions) at
+        // once; the queued task then ends as soon as it starts
+        return abortable(
+          this.decodes(async () => {
+            if (signal?.aborted) throw cancelled();
+            return { image, ...(await preprocess(image, plan, limits)) };
+          }),
+          signal,
+        );
       })();
       return { t0, admission, prepared };
     });
@@ -330,6 +347,17 @@ export class InferenceService {
       }
     });
   }
+}
+
+/** The promise, or CANCELLED as soon as the signal fires. */
+function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const leave = () => reject(cancelled());
+    if (signal.aborted) leave();
+    else signal.addEventListener('abort', leave, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', leave));
+  });
 }
 
 /** Wait for every item; then the first failure, if any, is the answer. */

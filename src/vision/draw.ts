@@ -1,4 +1,5 @@
 import sharp from 'sharp';
+import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { DetectedObject } from './detection.ts';
 import type { DecodedImage, RawImage } from './preprocess.ts';
 import { SLICE, yieldToEventLoop, type ClassMap } from './segmentation.ts';
@@ -70,10 +71,19 @@ export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5)
  * The photo decoded once, EXIF orientation applied and colour in sRGB, for crops: a detection answer whose boxes are
  * each classified decodes its photo once, not once per box.
  */
-export async function decodeOriented(image: DecodedImage): Promise<RawImage> {
+export async function decodeOriented(image: DecodedImage, { timeoutMs = 10_000 }: { timeoutMs?: number } = {}): Promise<RawImage> {
   if (image.raw) return { pixels: image.bytes, ...image.raw };
-  const { data, info } = await sharp(image.bytes).rotate().raw().toBuffer({ resolveWithObject: true });
-  return { pixels: data, width: info.width, height: info.height, channels: info.channels as RawImage['channels'] };
+  try {
+    // the size was checked when the image was probed; the same decode rules as the resize (a damaged file is an error)
+    const { data, info } = await sharp(image.bytes, { limitInputPixels: false, failOn: 'error' })
+      .timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) })
+      .rotate()
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    return { pixels: data, width: info.width, height: info.height, channels: info.channels as RawImage['channels'] };
+  } catch (e) {
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `the photo could not be decoded for its crops: ${errorMessage(e).split('\n')[0]}`);
+  }
 }
 
 /** A normalized box cut out of decoded pixels, as pixels (at least one pixel, inside the picture). */

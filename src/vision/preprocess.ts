@@ -122,7 +122,9 @@ export interface RawImage {
   channels: 1 | 2 | 3 | 4;
 }
 
-export const isRawImage = (v: Uint8Array | RawImage): v is RawImage => !(v instanceof Uint8Array);
+/** Only an object that carries its pixels counts as raw: anything else is read as a file (and its format checked). */
+export const isRawImage = (v: unknown): v is RawImage =>
+  typeof v === 'object' && v !== null && !(v instanceof Uint8Array) && (v as RawImage).pixels instanceof Uint8Array;
 
 export interface DecodedImage {
   /** The original bytes (crops and drawings start from them), or the pixels when `raw` says their layout. */

@@ -207,6 +207,7 @@ export function createGrpcServer({ core, logger, maxMessageBytes = 50 * 1024 * 1
       const leaving = new AbortController();
       const left = () => leaving.abort();
       call.once('cancelled', left);
+      if (call.cancelled) leaving.abort(); // gone before the handler ran
       try {
         return encodeInferResponse(await core.infer(auth, r.model_name, r.model_version, request, { signal: leaving.signal }), raw);
       } finally {

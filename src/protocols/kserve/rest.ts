@@ -280,6 +280,7 @@ export function createRestRoute({
           if (!res.writableFinished) leaving.abort();
         };
         res.once('close', left);
+        if (res.socket?.destroyed) leaving.abort(); // gone while the body was read
         try {
           return sendInferResponse(res, await core.infer(auth, name, version, parsed.request, { signal: leaving.signal }), parsed);
         } finally {

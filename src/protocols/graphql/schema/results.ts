@@ -10,7 +10,7 @@ import {
   type Region,
   type SegmentClass,
 } from '../../../vision/segmentation.ts';
-import { cropRaw, decodeOriented, drawDetections, drawOverlay } from '../../../vision/draw.ts';
+import { cropRaw, drawDetections, drawOverlay } from '../../../vision/draw.ts';
 import type { DecodedImage, RawImage } from '../../../vision/preprocess.ts';
 import { DTYPES } from '../../../engine/types.ts';
 import { builder } from './builder.ts';
@@ -51,9 +51,18 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx) => {
         ctx.budget.takeImages(1);
-        // the decoded photo is held for the request like a rendering, and counted as one
-        const decoded = () => (o.shared.decoded ??= (ctx.budget.takeRendered(), decodeOriented(o.image)));
-        const crop = async () => cropRaw(await decoded(), o.object.box);
+        // the decoded photo counts as a rendering; the boxes of this answer are cut from it in the same turn, then it goes
+        const crop = async () => {
+          const pending = (o.shared.decoded ??=
+            (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, { signal: ctx.budget.signal })));
+          try {
+            return cropRaw(await pending, o.object.box);
+          } finally {
+            setImmediate(() => {
+              if (o.shared.decoded === pending) o.shared.decoded = undefined;
+            });
+          }
+        };
         const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, signal: ctx.budget.signal });
         return { predictions: await predictions };
       },
