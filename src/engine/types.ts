@@ -54,6 +54,8 @@ export interface Session {
    * input that takes uint8 NHWC pixels (the original input still takes tensors, for raw inference), or null.
    */
   fusePixels?(spec: PixelInput): Promise<string | null>;
+  /** Loading is done (fusePixels will not be asked again): let go of what only loading needed, such as the model bytes. */
+  loaded?(): void;
   close(): Promise<void>;
   /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
   onFailure?(listener: (error: Error) => void): void;

@@ -185,6 +185,7 @@ export class ModelVersion {
     for (const w of warnings)
       this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
     this.loadOptions = options;
+    session.loaded?.();
     session.onFailure?.((e) => void this.engineFailed(e));
     this.session = session;
     this.notes = warnings.length ? { ...session.notes, warnings } : session.notes;

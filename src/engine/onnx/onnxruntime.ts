@@ -159,6 +159,10 @@ export class WorkerSession implements Session {
     return PIXELS_INPUT;
   }
 
+  loaded(): void {
+    this.source = null; // the model's bytes: the worker holds its sessions, and fusing is over
+  }
+
   onFailure(listener: (error: Error) => void): void {
     this.failureListeners.push(listener);
   }
