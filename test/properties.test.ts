@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import sharp from 'sharp';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
+import { decodeBase64 } from '../src/base64.ts';
 import { GatewayError } from '../src/errors.ts';
 import { parseModelConfig, parseModelConfigText } from '../src/repository/model-config.ts';
 import { parseLabelsFile, parseNpy } from '../src/repository/labels.ts';
@@ -222,5 +223,19 @@ describe('property: raw tensors against a real engine', () => {
       { numRuns: 200, examples: [[[{ name: 'x', dtype: 'INT32', shape: [1, 2, 3], data: Buffer.alloc(24).toString('base64') }], null]] },
     );
     expect(ran).toBeGreaterThan(0);
+  });
+});
+
+describe('property: base64 from clients', () => {
+  it('round-trips any bytes (with or without padding and line breaks); anything outside the alphabet is refused, not skipped', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.boolean(), fc.boolean(), (bytes, pad, wrap) => {
+        let text = Buffer.from(bytes).toString('base64');
+        if (!pad) text = text.replace(/=+$/, '');
+        if (wrap) text = text.replace(/(.{76})/g, '$1\r\n');
+        expect(Buffer.from(decodeBase64(text)!)).toEqual(Buffer.from(bytes));
+      }),
+    );
+    for (const bad of ['ab$c', 'abc d', 'a', 'abcde', '=abc', 'ab==cd', '-_-_']) expect(decodeBase64(bad), bad).toBeNull();
   });
 });

@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { resolveUnderRoots } from '../paths.ts';
+import { decodeBase64 } from '../base64.ts';
 import type { RawImage } from '../vision/preprocess.ts';
 
 /**
@@ -39,8 +40,6 @@ export interface ImageReadLimits {
   maxImageBytes: number;
 }
 
-const BASE64_RE = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
-
 /** The source of an ImageInput (the choice is checked now, the bytes are read later). */
 export function imageSource(image: ImageInput, limits: ImageReadLimits): ImageSource {
   const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
@@ -52,9 +51,9 @@ export function imageSource(image: ImageInput, limits: ImageReadLimits): ImageSo
 async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Uint8Array> {
   if (image.file) return uploadedBytes(image.file);
   if (image.base64 !== undefined && image.base64 !== null) {
-    const s = image.base64.replace(/^data:[^,]*;base64,/, '');
-    if (!BASE64_RE.test(s)) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
-    return Buffer.from(s, 'base64'); // a Buffer is a Uint8Array: no copy
+    const bytes = decodeBase64(image.base64.replace(/^data:[^,]*;base64,/, ''));
+    if (!bytes) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
+    return bytes;
   }
   const real = await resolveUnderRoots(image.path!, limits.imageRoots, 'image path');
   const st = await stat(real);

@@ -1,4 +1,5 @@
 import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tensor, type TensorData } from '../../engine/types.ts';
+import { decodeBase64 } from '../../base64.ts';
 import { invalid } from './errors.ts';
 
 /**
@@ -158,10 +159,9 @@ export function parseBytes(buf: Uint8Array, expected: number, name: string): Uin
 export function jsonBytesElement(v: unknown, name: string): Uint8Array {
   if (typeof v === 'string') return new TextEncoder().encode(v);
   if (v && typeof v === 'object' && typeof (v as { b64?: unknown }).b64 === 'string') {
-    const s = (v as { b64: string }).b64;
-    if (!/^[A-Za-z0-9+/\r\n]*={0,2}$/.test(s)) throw invalid(`input ${name}: b64 is not base64`);
-    const b = Buffer.from(s, 'base64');
-    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    const bytes = decodeBase64((v as { b64: string }).b64);
+    if (!bytes) throw invalid(`input ${name}: b64 is not base64`);
+    return bytes;
   }
   throw invalid(`input ${name}: a BYTES element is a string or {"b64": "..."}`);
 }

@@ -1,5 +1,6 @@
 // Over 250 lines on purpose: the whole /v2 REST mapping (routes, JSON and binary-extension bodies, errors) in one file.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
@@ -205,8 +206,9 @@ function loadOptions(doc: unknown): { config?: unknown; files: { name: string; b
   for (const [k, v] of Object.entries(p)) {
     if (k === 'config') config = typeof v === 'string' ? parseJson(v, 'parameter config') : v;
     else if (k.startsWith('file:')) {
-      if (typeof v !== 'string' || !/^[A-Za-z0-9+/\r\n]*={0,2}$/.test(v)) throw invalid(`parameter ${k} must be base64`);
-      files.push({ name: k.slice(5), bytes: new Uint8Array(Buffer.from(v, 'base64')) });
+      const bytes = typeof v === 'string' ? decodeBase64(v) : null;
+      if (!bytes) throw invalid(`parameter ${k} must be base64`);
+      files.push({ name: k.slice(5), bytes });
     }
   }
   return { config, files };

@@ -1,3 +1,4 @@
+import { decodeBase64 } from '../../../base64.ts';
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import { toBytes } from '../../../engine/types.ts';
 import { imageSource, type ImageInput as ImageArg, type ImageSource } from '../../../inference/images.ts';
@@ -51,12 +52,10 @@ function perItem<T>(count: number, run: () => Promise<T>[]): Promise<T>[] {
   }
 }
 
-const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
-
-function decodeBase64(data: string, name: string): Uint8Array {
-  if (!BASE64_RE.test(data) || data.length % 4 === 1) throw new GatewayError(ErrorCode.INVALID_INPUT, `input ${name}: data is not base64`);
-  const b = Buffer.from(data, 'base64');
-  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+function tensorBytes(data: string, name: string): Uint8Array {
+  const bytes = decodeBase64(data);
+  if (!bytes) throw new GatewayError(ErrorCode.INVALID_INPUT, `input ${name}: data is not base64`);
+  return bytes;
 }
 
 // Inference runs as mutations (the product's API contract: load, unload, classify, detect, segment, infer). Top-level
@@ -134,7 +133,7 @@ builder.mutationFields((t) => ({
       ctx.budget.takeImages(1);
       // counted before anything is decoded: aliases sharing one large variable each take their share
       ctx.budget.takeInputBytes(args.inputs.reduce((n, i) => n + Math.floor((i.data.length * 3) / 4), 0));
-      const inputs = args.inputs.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: decodeBase64(i.data, i.name) }));
+      const inputs = args.inputs.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: tensorBytes(i.data, i.name) }));
       const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs, { signal: ctx.budget.signal });
       const tensors = Object.entries(outputs).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: toBytes(t.data) }));
       ctx.budget.takeResponseBytes(tensors.reduce((n, o) => n + Math.ceil(o.data.length / 3) * 4, 0));

@@ -1,0 +1,12 @@
+/**
+ * Strict base64 for what clients send (images, BYTES elements, model files): the standard alphabet, padding optional,
+ * line breaks allowed. The bytes, without a copy, or null when the text is not base64: Node's
+ * `Buffer.from(s, 'base64')` skips what it cannot read instead of failing, which would turn a typo into other bytes.
+ */
+const BASE64 = /^[A-Za-z0-9+/\r\n]*={0,2}$/;
+
+export function decodeBase64(text: string): Uint8Array | null {
+  if (!BASE64.test(text) || (!text.includes('\n') && text.replace(/=+$/, '').length % 4 === 1)) return null;
+  const b = Buffer.from(text, 'base64');
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
