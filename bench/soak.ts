@@ -75,6 +75,15 @@ async function main() {
         .toBuffer(),
       'large.jpg',
     ),
+    // a pipeline on a 12-megapixel photo: every box classified three times over (the photo is decoded once per answer)
+    multipartBody(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.1) { objects { a: classify(model: "mobilenet") { predictions { classId } } b: classify(model: "mobilenet") { predictions { classId } } c: classify(model: "mobilenet") { predictions { classId } } } } }`,
+      await sharp(await photo('dog.jpg'))
+        .resize(4000, 3000)
+        .jpeg()
+        .toBuffer(),
+      'dog-12mp.jpg',
+    ),
     json(`{ models { name } } # ${'x'.repeat(300_000)}`),
     json(`{ ${Array.from({ length: 100 }, (_, k) => `a${k}: models { name }`).join(' ')} }`),
     json('{ models { versions { stats { batchSizes { size count } } } } } '.repeat(1)),
