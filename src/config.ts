@@ -73,8 +73,11 @@ export const uvThreadpoolSize = () => {
   const v = process.env.UV_THREADPOOL_SIZE;
   return v === undefined ? 4 : Math.min(1024, Math.max(1, Number.parseInt(v, 10) || 0));
 };
-/** Decodes run on the libuv pool: more at once than it has threads would only wait there. */
-export const defaultDecodeThreads = () => Math.max(1, Math.min(2 * cores(), uvThreadpoolSize()));
+/**
+ * Decodes run on the libuv pool: more at once than it has threads would only wait there, and one of its threads is
+ * left to file and DNS work (image paths, uploads, the watcher), which would otherwise queue behind a slow decode.
+ */
+export const defaultDecodeThreads = () => Math.max(1, Math.min(2 * cores(), uvThreadpoolSize() - 1));
 
 /** The raster formats a vision model needs; SVG (a vector format whose rendering can be made arbitrarily costly) only when configured. */
 export const IMAGE_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif', 'svg'] as const;
@@ -179,7 +182,7 @@ export const SETTINGS = [
     int(1, 1024),
     defaultDecodeThreads(),
     'Images decoded and resized at once; the others wait their turn (on the libuv pool: UV_THREADPOOL_SIZE, 4 by default, must be at least this)',
-    'twice the cores, at most the libuv pool (UV_THREADPOOL_SIZE, 4 unless set)',
+    'twice the cores, at most the libuv pool (UV_THREADPOOL_SIZE, 4 unless set) less one',
   ),
   s(
     'vipsConcurrency',
