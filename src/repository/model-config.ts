@@ -41,7 +41,14 @@ const batching = z
     maxBatchSize: z.int().min(1).max(1024).default(16).describe('Items per engine call; 1 turns batching off.'),
     maxDelayMs: z.number().min(0).max(10_000).default(2).describe('How long the first item of a batch waits for company.'),
     maxQueueSize: z.int().min(1).max(1_000_000).default(256).describe('Requests admitted at once; past it, QUEUE_FULL.'),
-    maxConcurrentBatches: z.int().min(1).max(64).default(1).describe('Engine calls at once for one version.'),
+    // 2: the next batch waits inside the engine while one runs, so the engine never idles between them, and batches
+    // stay smaller (cheaper per image here): +11% req/s and -8% CPU per image at c16 on 2 cores (bench/, A/B run)
+    maxConcurrentBatches: z
+      .int()
+      .min(1)
+      .max(64)
+      .default(2)
+      .describe('Engine calls handed to the engine at once for one version (the next one waits there while one runs).'),
     timeoutMs: z.number().min(0).max(3_600_000).default(30_000).describe('How long a request may wait for the engine; 0 = no limit.'),
   })
   .prefault({});
