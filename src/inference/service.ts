@@ -97,10 +97,21 @@ export class InferenceService {
    * within the decode time limit; a damaged file is INVALID_IMAGE.
    */
   decodeForCrops(image: DecodedImage, { signal }: RunOptions = {}): Promise<RawImage> {
-    return this.decodes(async () => {
-      if (signal?.aborted) throw cancelled();
-      return decodeOriented(image, { timeoutMs: this.limits.decodeTimeoutMs });
-    });
+    return this.onDecodeThread(() => decodeOriented(image, { timeoutMs: this.limits.decodeTimeoutMs }), signal);
+  }
+
+  /**
+   * Work on a decoding thread (at most DECODE_THREADS at once). A client that leaves while it waits for one lets go at
+   * once (CANCELLED), and so of its admissions; the queued task then ends as soon as it starts.
+   */
+  private onDecodeThread<T>(work: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    return abortable(
+      this.decodes(async () => {
+        if (signal?.aborted) throw cancelled();
+        return work();
+      }),
+      signal,
+    );
   }
 
   /** Images being decoded, and images waiting for a decoding thread. */
@@ -318,15 +329,7 @@ export class InferenceService {
       const prepared = (async () => {
         if (signal?.aborted) throw cancelled();
         const image = await probeImage(await source(), limits);
-        // a client that leaves while its images wait for a decoding thread lets go of them (and of their admissions) at
-        // once; the queued task then ends as soon as it starts
-        return abortable(
-          this.decodes(async () => {
-            if (signal?.aborted) throw cancelled();
-            return { image, ...(await preprocess(image, plan, limits)) };
-          }),
-          signal,
-        );
+        return this.onDecodeThread(async () => ({ image, ...(await preprocess(image, plan, limits)) }), signal);
       })();
       return { t0, admission, prepared };
     });
