@@ -1,7 +1,6 @@
 import sharp from 'sharp';
-import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { DetectedObject } from './detection.ts';
-import type { DecodedImage, RawImage } from './preprocess.ts';
+import { decodeError, type DecodedImage, type RawImage } from './preprocess.ts';
 import { SLICE, yieldToEventLoop, type ClassMap } from './segmentation.ts';
 
 /** A fixed, distinct colour per class id (golden-angle hues). */
@@ -82,7 +81,7 @@ export async function decodeOriented(image: DecodedImage, { timeoutMs = 10_000 }
       .toBuffer({ resolveWithObject: true });
     return { pixels: data, width: info.width, height: info.height, channels: info.channels as RawImage['channels'] };
   } catch (e) {
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `the photo could not be decoded for its crops: ${errorMessage(e).split('\n')[0]}`);
+    throw decodeError(e, timeoutMs);
   }
 }
 

@@ -188,25 +188,31 @@ export async function probeImage(input: Uint8Array | RawImage, limits: number | 
   const header = format === 'jpeg' ? readJpegHeader(bytes) : null;
   const probed = header ? fromJpegHeader(header) : await probeWithSharp(bytes, format);
   const { width, height } = probed;
-  if (width * height > maxPixels) {
-    throw new GatewayError(
-      ErrorCode.IMAGE_TOO_LARGE,
-      `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`,
-      { width, height, maxPixels },
-    );
-  }
+  checkPixels(width, height, maxPixels);
   return { bytes, ...probed };
 }
 
-function fromRaw({ pixels, width, height, channels }: RawImage, maxPixels: number): DecodedImage {
-  if (!(Number.isInteger(width) && Number.isInteger(height) && width > 0 && height > 0) || pixels.length !== width * height * channels)
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `raw pixels: ${pixels.length} bytes for ${width}x${height}x${channels}`);
+/** The pixel limit, checked from the header's (or the pixels') size before anything is decoded. */
+function checkPixels(width: number, height: number, maxPixels: number): void {
   if (width * height > maxPixels)
     throw new GatewayError(
       ErrorCode.IMAGE_TOO_LARGE,
       `image is ${width}x${height} (${width * height} pixels); the limit is ${maxPixels} pixels`,
       { width, height, maxPixels },
     );
+}
+
+/** What a failed decode tells the client: past DECODE_TIMEOUT_MS the image is too costly, otherwise it is unreadable. */
+export function decodeError(e: unknown, timeoutMs: number): GatewayError {
+  if (/timeout/i.test(String((e as Error)?.message)))
+    return new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `decoding the image took longer than ${timeoutMs} ms (DECODE_TIMEOUT_MS)`);
+  return new GatewayError(ErrorCode.INVALID_IMAGE, `cannot decode the image: ${firstSentence(e)}`);
+}
+
+function fromRaw({ pixels, width, height, channels }: RawImage, maxPixels: number): DecodedImage {
+  if (!(Number.isInteger(width) && Number.isInteger(height) && width > 0 && height > 0) || pixels.length !== width * height * channels)
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `raw pixels: ${pixels.length} bytes for ${width}x${height}x${channels}`);
+  checkPixels(width, height, maxPixels);
   return {
     bytes: pixels,
     raw: { width, height, channels },
@@ -421,10 +427,7 @@ export async function resizeImage(
   try {
     out = await s.raw().toBuffer({ resolveWithObject: true });
   } catch (e) {
-    if (/timeout/i.test(String((e as Error)?.message))) {
-      throw new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `decoding the image took longer than ${timeoutMs} ms (DECODE_TIMEOUT_MS)`);
-    }
-    throw new GatewayError(ErrorCode.INVALID_IMAGE, `cannot decode the image: ${firstSentence(e)}`);
+    throw decodeError(e, timeoutMs);
   }
   if (out.info.channels !== plan.channels || out.info.width !== tw || out.info.height !== th) {
     throw new GatewayError(ErrorCode.INVALID_IMAGE, `unexpected decoded image ${out.info.width}x${out.info.height}x${out.info.channels}`);
