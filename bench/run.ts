@@ -14,14 +14,15 @@
  * stopped however the run ends.
  *
  * BENCH_CONCURRENCY (1,4,16,64), BENCH_LARGE_CONCURRENCY (1,16), BENCH_ROUNDS (5), BENCH_SECONDS (3),
- * BENCH_WARMUP_SECONDS (1), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, one more mode).
+ * BENCH_WARMUP_SECONDS (1), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, or `.`, one more
+ * mode: "baseline gateway"), BENCH_BASELINE_ENV (K=V,K=V: settings for that server, to compare settings in one run).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { defaultDecodeThreads, defaultEngineThreads } from '../src/config.ts';
+import { defaultAloneThreads, defaultDecodeThreads, defaultEngineThreads } from '../src/config.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher } from '../src/batching/batcher.ts';
@@ -62,7 +63,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const MAX_PIXELS = 40_000_000;
 const CORES = os.availableParallelism?.() ?? os.cpus().length;
 
-const BATCHING = { maxBatchSize: 16, maxDelayMs: Number(process.env.BENCH_DELAY_MS ?? 2), maxQueueSize: 1024 };
+const BATCHING = { maxBatchSize: 16, maxDelayMs: Number(process.env.BENCH_DELAY_MS ?? 0), maxQueueSize: 1024 };
 const config = (batching: object) => ({
   task: 'classification',
   preprocessing: {
@@ -217,18 +218,19 @@ async function main() {
 
   // --- the in-process pipeline: the gateway's own code, fused preprocessing included, without HTTP or GraphQL ---
   const engine = createOnnxRuntimeEngine();
-  const session = await engine.load(MODEL, { intraOpThreads: defaultEngineThreads() });
+  const session = await engine.load(MODEL, { intraOpThreads: defaultEngineThreads(), aloneThreads: defaultAloneThreads() });
   const cfg = parseModelConfig(config(BATCHING));
   const plan = await prepareImageInput({ config: cfg, labels: null, mean: null, signature: signatureOf(cfg, null, null) }, session);
+  await session.loaded?.();
   const post1 = postprocessingOf(cfg, 'classification');
   let items = 0;
   let batches = 0;
   const admissions = new Admissions(1_000_000);
   const local = new Batcher(
-    async (f) => {
+    async (f, options) => {
       batches++;
       items += Object.values(f)[0].shape[0];
-      return session.run(f);
+      return session.run(f, options);
     },
     { ...cfg.batching, timeoutMs: 0 },
     { othersComing: () => admissions.preparingCount > 0 },
@@ -303,7 +305,17 @@ async function main() {
   );
   const naive = await startNaive(MODEL);
   const baseline = process.env.BENCH_BASELINE
-    ? await startServer({ mobilenet: { onnx: MODEL, config: config(BATCHING) } }, {}, [], path.resolve(process.env.BENCH_BASELINE))
+    ? await startServer(
+        { mobilenet: { onnx: MODEL, config: config(BATCHING) } },
+        Object.fromEntries(
+          (process.env.BENCH_BASELINE_ENV ?? '')
+            .split(',')
+            .filter(Boolean)
+            .map((kv) => kv.split('=', 2)),
+        ),
+        [],
+        path.resolve(process.env.BENCH_BASELINE),
+      )
     : null;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   let grpcClient: KserveGrpcClient | null = null;

@@ -90,7 +90,7 @@ async function main(): Promise<void> {
     metrics,
     modelRoots: config.modelRoots,
     pollIntervalMs: config.pollIntervalMs,
-    loadOptions: { intraOpThreads: config.engineThreads, dynamicBatch: config.dynamicBatch },
+    loadOptions: { intraOpThreads: config.engineThreads, aloneThreads: config.engineAloneThreads, dynamicBatch: config.dynamicBatch },
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
     replica: config.replicaName,
   });

@@ -52,6 +52,30 @@ describe('batcher (deterministic, fake timers)', () => {
     expect([value(await first), value(await second)]).toEqual([2, 3]);
   });
 
+  it('maxDelayMs 0 (the default): the items of one tick go together at its end; while the engine is busy, the next batch fills', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { calls, run } = recorder({ hold: () => gate });
+    const b = new Batcher(run, { ...options, maxDelayMs: 0 });
+    const first = Promise.all([1, 2].map((v) => b.infer(item(v))));
+    await Promise.resolve();
+    expect(calls).toEqual([]); // not before the end of the tick: others of the same request may still come
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1, 2]]);
+    const second = [b.infer(item(3))];
+    await vi.advanceTimersByTimeAsync(5000);
+    second.push(b.infer(item(4)));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1, 2]]); // the engine is busy: the next batch keeps filling
+    release();
+    expect((await first).map(value)).toEqual([2, 3]);
+    expect((await Promise.all(second)).map(value)).toEqual([4, 5]);
+    expect(calls).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
+  });
+
   it('keeps order across batches and splits at maxBatchSize', async () => {
     const { calls, run } = recorder();
     const b = new Batcher(run, options);
@@ -179,6 +203,31 @@ describe('batcher (deterministic, fake timers)', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(calls).toEqual([[1]]);
     expect(value(await p1)).toBe(2);
+  });
+
+  it('tells the engine when a call runs alone: one item, no other call, nobody waiting or coming', async () => {
+    const seen: (boolean | undefined)[] = [];
+    const { run } = recorder();
+    const admissions = new Admissions(10);
+    const b = new Batcher(
+      (feeds, o) => {
+        seen.push(o?.alone);
+        return run(feeds);
+      },
+      { ...options, maxDelayMs: 0 },
+      { othersComing: () => admissions.preparingCount > 0 },
+    );
+    const lone = admissions.admit();
+    lone.markQueued();
+    await Promise.all([b.infer(item(1)), vi.advanceTimersByTimeAsync(0)]);
+    lone.release();
+    const [a1] = [admissions.admit(), admissions.admit()]; // a second request is still being prepared
+    a1.markQueued();
+    await Promise.all([b.infer(item(2)), vi.advanceTimersByTimeAsync(0)]);
+    const a3 = admissions.admit();
+    a3.markQueued();
+    await Promise.all([b.infer(item(3)), b.infer(item(4)), vi.advanceTimersByTimeAsync(0)]); // two items: a batch
+    expect(seen).toEqual([true, undefined, undefined]);
   });
 
   it('drops an item whose client went away before its engine call (CANCELLED), and runs the rest', async () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createEngine } from '../src/engine/index.ts';
+import type { PixelInput } from '../src/engine/types.ts';
 import { modelFile } from './helpers.ts';
 import { ConfigError, loadConfig } from '../src/config.ts';
 
@@ -17,6 +18,37 @@ describe('engines', () => {
     expect(session.inputs).toEqual([{ name: 'input', dtype: 'float32', shape: [null, 3, 224, 224], layout: null }]);
     expect(session.outputs).toEqual([{ name: 'output', dtype: 'float32', shape: [null, 1000], layout: null }]);
     await session.close();
+  });
+
+  it('onnxruntime: a lone call runs on a second session of the image graph (more threads), with the same answers', async () => {
+    const engine = await createEngine('onnxruntime');
+    const pixels = new Uint8Array(224 * 224 * 3).map((_, i) => (i * 37) % 256);
+    const spec: PixelInput = {
+      input: 'input',
+      layout: 'NCHW',
+      channels: 3,
+      bgr: false,
+      scale: [0.02, 0.02, 0.02],
+      bias: [-2, -2, -2],
+      dtype: 'float32',
+    };
+    const answers: Float32Array[] = [];
+    for (const aloneThreads of [2, 0]) {
+      const session = await engine.load(modelFile('mobilenet'), { intraOpThreads: 1, aloneThreads });
+      const input = await session.fusePixels!(spec);
+      await session.loaded!();
+      expect(session.notes.aloneThreads).toBe(aloneThreads || undefined);
+      const feeds = () => ({ [input!]: { dtype: 'uint8' as const, shape: [1, 224, 224, 3], data: pixels.slice() } });
+      for (const alone of [true, false]) answers.push((await session.run(feeds(), { alone })).output.data as Float32Array);
+      // raw tensors take the original graph, alone or not
+      const raw = await session.run(
+        { input: { dtype: 'float32', shape: [1, 3, 224, 224], data: new Float32Array(3 * 224 * 224) } },
+        { alone: true },
+      );
+      expect(raw.output.shape).toEqual([1, 1000]);
+      await session.close();
+    }
+    for (const a of answers.slice(1)) for (let i = 0; i < 1000; i++) expect(a[i]).toBeCloseTo(answers[0][i], 4);
   });
 
   it.skipIf(openvinoLoads)('ENGINE=openvino where the addon cannot load fails at start with a clear message', async () => {

@@ -337,7 +337,7 @@ describe('model.json validation names the field', () => {
     const c = parseModelConfig({});
     expect(c.task).toBe('raw');
     expect(c.versionPolicy).toEqual({ latest: 1 });
-    expect(c.batching).toMatchObject({ maxBatchSize: 16, maxDelayMs: 2, maxQueueSize: 256 });
+    expect(c.batching).toMatchObject({ maxBatchSize: 16, maxDelayMs: 0, maxQueueSize: 256 });
   });
 });
 

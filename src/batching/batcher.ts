@@ -1,10 +1,10 @@
 import DataLoader from 'dataloader';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
-import { allocate, elementCount, type Tensor, type TensorData } from '../engine/types.ts';
+import { allocate, elementCount, type RunOptions, type Tensor, type TensorData } from '../engine/types.ts';
 import type { VersionStats } from './stats.ts';
 
 export type Feeds = Record<string, Tensor>;
-export type RunFn = (feeds: Feeds) => Promise<Feeds>;
+export type RunFn = (feeds: Feeds, options?: RunOptions) => Promise<Feeds>;
 
 export interface BatcherOptions {
   /** Items per engine call; 1 turns batching off. */
@@ -73,6 +73,11 @@ export function splitBatch(outputs: Feeds, n: number): Feeds[] {
   return result;
 }
 
+/** After the promise jobs of this tick, as DataLoader schedules its batches. */
+function afterThisTick(fn: () => void): void {
+  void Promise.resolve().then(() => process.nextTick(fn));
+}
+
 /** At most n engine calls at once; when a permit frees and nobody waits, onFree runs. */
 class Semaphore {
   private running = 0;
@@ -112,13 +117,16 @@ interface OpenBatch {
  * - a full batch (maxBatchSize) goes at once;
  * - otherwise it goes maxDelayMs after its first item, or later: while the engine is busy the batch stays open and
  *   keeps filling, and goes when the engine frees up (as Triton's dynamic batcher forms batches when an instance is
- *   free);
+ *   free). With maxDelayMs 0 (the default, as Triton's), "after" is the end of the tick in which it opened: the items
+ *   of one request arrive in one tick, and a free engine never waits for company that may not come;
  * - when nobody else can join (othersComing() says every admitted request is already here), it goes at once;
  *   without that hook, anyone may still come.
  * A batch holding items of different shapes (NETWORK resizing) makes one engine call per shape. A failing engine
  * call is retried item by item, so one bad item fails alone.
  */
 export class Batcher {
+  /** Engine calls in flight in this process, all models: a call is alone when it is the only one. */
+  private static inEngine = 0;
   readonly options: BatcherOptions;
   private readonly loader: DataLoader<Item, Feeds>;
   private readonly engine: Semaphore;
@@ -167,7 +175,11 @@ export class Batcher {
         this.due.push(batch);
       }
     };
-    const timer = setTimeout(onDelay, this.options.maxDelayMs);
+    // maxDelayMs 0: no wait beyond this tick, so the items that arrive together (the images of one request, queued in
+    // the same tick) still share the batch. A timer of 0 would wait for the next turn of the event loop (about 1 ms).
+    const delay = this.options.maxDelayMs;
+    const timer = delay > 0 ? setTimeout(onDelay, delay) : undefined;
+    if (delay === 0) afterThisTick(onDelay);
     batch.go = () => {
       if (gone) return;
       gone = true;
@@ -210,16 +222,23 @@ export class Batcher {
           );
         } else live.push(i);
       }
-      if (live.length > 0) await this.runLive(items, live, results);
+      if (live.length > 0) {
+        Batcher.inEngine++;
+        await this.runLive(items, live, results).finally(() => Batcher.inEngine--);
+      }
     } finally {
       this.engine.release();
     }
   }
 
   private async runLive(items: readonly Item[], live: number[], results: (Feeds | Error)[]): Promise<void> {
+    // Alone: one item, no other engine call in the process, nobody waiting in this batcher or about to come. The
+    // engine may then spend more threads on it (a lone request is answered sooner; a busy server keeps its threads).
+    const alone =
+      live.length === 1 && Batcher.inEngine === 1 && !(this.open && this.open.count > 0) && !(this.hooks.othersComing?.() ?? true);
     try {
       const t0 = performance.now();
-      const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds)));
+      const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds)), alone ? { alone } : undefined);
       this.hooks.stats?.recordBatch(live.length, (performance.now() - t0) * 1000);
       const split = live.length === 1 ? [outputs] : splitBatch(outputs, live.length);
       live.forEach((idx, k) => (results[idx] = split[k]));

@@ -48,22 +48,39 @@ export interface Session {
   readonly batchable: boolean;
   /** What loading found or changed, for clients to read (e.g. how the batch dimension was decided). */
   readonly notes: Record<string, unknown>;
-  run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>>;
+  run(feeds: Record<string, Tensor>, options?: RunOptions): Promise<Record<string, Tensor>>;
   /**
    * Take over an image input's preprocessing (see PixelInput), where the engine can: resolves to the name of the new
    * input that takes uint8 NHWC pixels (the original input still takes tensors, for raw inference), or null.
    */
   fusePixels?(spec: PixelInput): Promise<string | null>;
-  /** Loading is done (fusePixels will not be asked again): let go of what only loading needed, such as the model bytes. */
-  loaded?(): void;
+  /**
+   * Loading is done (fusePixels will not be asked again): let go of what only loading needed, such as the model bytes,
+   * and build what serving needs beside (the session for lone calls). Resolves before the version is AVAILABLE.
+   */
+  loaded?(): Promise<void>;
   close(): Promise<void>;
   /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
   onFailure?(listener: (error: Error) => void): void;
 }
 
+/** What the caller knows about the moment of a call. */
+export interface RunOptions {
+  /**
+   * Nothing else runs or waits: the engine may spend more threads on this call to answer it sooner (see
+   * LoadOptions.aloneThreads).
+   */
+  alone?: boolean;
+}
+
 export interface LoadOptions {
   /** Threads for one inference; 0 or unset lets the engine decide (one per core). */
   intraOpThreads?: number;
+  /**
+   * Threads for a call that runs alone (RunOptions.alone), in a second session of the graph whose threads spin while
+   * they wait for work between operators; 0 or unset: no such session.
+   */
+  aloneThreads?: number;
   /** Make a batch dimension fixed at 1 dynamic where the engine can prove it safe (default true). */
   dynamicBatch?: boolean;
 }

@@ -185,7 +185,7 @@ export class ModelVersion {
     for (const w of warnings)
       this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
     this.loadOptions = options;
-    session.loaded?.();
+    await session.loaded?.();
     session.onFailure?.((e) => void this.engineFailed(e));
     this.session = session;
     this.notes = warnings.length ? { ...session.notes, warnings } : session.notes;
@@ -193,7 +193,7 @@ export class ModelVersion {
     this.outputs = session.outputs;
     this.stats = new VersionStats(this.deps.metrics);
     const batcher = new Batcher(
-      (feeds) => session.run(feeds),
+      (feeds, runOptions) => session.run(feeds, runOptions),
       {
         maxBatchSize: session.batchable ? batching.maxBatchSize : 1,
         maxDelayMs: session.batchable ? batching.maxDelayMs : 0,

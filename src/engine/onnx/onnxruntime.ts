@@ -6,6 +6,7 @@ import {
   type DType,
   type PixelInput,
   type Engine,
+  type RunOptions,
   type LoadOptions,
   type Session,
   type Tensor,
@@ -61,6 +62,7 @@ export class WorkerSession implements Session {
   /** The graph this session was loaded from (for a second graph with fused preprocessing), and how. */
   private source: Uint8Array | null = null;
   private sessionOptions: Record<string, unknown> = {};
+  private aloneThreads = 0;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private dead: Error | null = null;
@@ -112,6 +114,7 @@ export class WorkerSession implements Session {
     };
     this.source = typeof source === 'string' ? null : source;
     this.sessionOptions = sessionOptions;
+    this.aloneThreads = options.aloneThreads ?? 0;
     const message =
       typeof source === 'string'
         ? { type: 'load', path: source, options: sessionOptions }
@@ -121,7 +124,7 @@ export class WorkerSession implements Session {
     this.outputs = r.outputs.map(toInfo);
   }
 
-  async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+  async run(feeds: Record<string, Tensor>, options: RunOptions = {}): Promise<Record<string, Tensor>> {
     const msgFeeds: Record<string, { type: string; dims: number[]; data: TensorData }> = {};
     const transfer: ArrayBuffer[] = [];
     for (const [name, t] of Object.entries(feeds)) {
@@ -131,7 +134,7 @@ export class WorkerSession implements Session {
       if (owns(t.data) && !transfer.includes(t.data.buffer as ArrayBuffer)) transfer.push(t.data.buffer as ArrayBuffer);
     }
     const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }> }>(
-      { type: 'run', feeds: msgFeeds },
+      { type: 'run', feeds: msgFeeds, alone: options.alone === true },
       transfer,
     );
     const out: Record<string, Tensor> = {};
@@ -159,8 +162,22 @@ export class WorkerSession implements Session {
     return PIXELS_INPUT;
   }
 
-  loaded(): void {
+  async loaded(): Promise<void> {
     this.source = null; // the model's bytes: the worker holds its sessions, and fusing is over
+    // The session for lone calls: the graph that serves images, more threads, which spin between operators (ONNX
+    // Runtime's default, as a naive server has it) and stop when the call returns, so they take nothing from the
+    // decoders afterwards. Built in the worker from the bytes it kept, which it then lets go.
+    const threads = this.aloneThreads;
+    const options =
+      threads > 1
+        ? {
+            ...this.sessionOptions,
+            intraOpNumThreads: threads,
+            extra: { session: { intra_op: { allow_spinning: '1' }, inter_op: { allow_spinning: '0' }, force_spinning_stop: '1' } },
+          }
+        : null;
+    const r = await this.request<{ built: boolean }>({ type: 'alone', options });
+    if (r.built) this.notes = { ...this.notes, aloneThreads: threads };
   }
 
   onFailure(listener: (error: Error) => void): void {

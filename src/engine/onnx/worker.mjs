@@ -16,6 +16,12 @@ let session = null;
 /** @type {import('onnxruntime-node').InferenceSession | null} */
 let fused = null;
 let pixelInput = '';
+/** The graph that serves images (bytes or path), kept until the session for lone calls is built from it. */
+/** @type {Uint8Array | string | null} */
+let imageGraph = null;
+/** That graph again with more threads, which spin while it runs: for calls that run alone. */
+/** @type {import('onnxruntime-node').InferenceSession | null} */
+let alone = null;
 
 /** @param {any} m */
 function meta(m) {
@@ -32,13 +38,23 @@ port.on('message', async (/** @type {any} */ msg) => {
   try {
     if (msg.type === 'load') {
       session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
+      imageGraph = msg.bytes ?? msg.path;
       port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
     } else if (msg.type === 'fuse') {
       fused = await ort.InferenceSession.create(msg.bytes, msg.options);
       pixelInput = msg.pixelInput;
+      imageGraph = msg.bytes;
       port.postMessage({ id: msg.id, ok: true });
+    } else if (msg.type === 'alone') {
+      const graph = imageGraph;
+      imageGraph = null;
+      // without it, lone calls take the ordinary session: a failure here (memory) costs latency, not service
+      if (msg.options && graph) alone = await ort.InferenceSession.create(graph, msg.options).catch(() => null);
+      port.postMessage({ id: msg.id, ok: true, built: alone !== null });
     } else if (msg.type === 'run') {
-      const target = fused && pixelInput in msg.feeds ? fused : session;
+      const images = fused !== null && pixelInput in msg.feeds;
+      // the session for lone calls copies the graph that serves images: the fused one when there is one, else the only one
+      const target = msg.alone && alone && images === (fused !== null) ? alone : images ? fused : session;
       if (!target) throw new Error('no session loaded');
       /** @type {Record<string, import('onnxruntime-node').Tensor>} */
       const feeds = {};
@@ -57,8 +73,10 @@ port.on('message', async (/** @type {any} */ msg) => {
     } else if (msg.type === 'close') {
       await session?.release();
       await fused?.release();
+      await alone?.release();
       session = null;
       fused = null;
+      alone = null;
       port.postMessage({ id: msg.id, ok: true });
     }
   } catch (e) {
