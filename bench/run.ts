@@ -271,7 +271,10 @@ async function main() {
   // pipeline's set-up, the hand-offs between the libuv thread and the libvips worker), not part of the limit
   stages['small: an 8x8 corner through sharp (ms CPU per call)'] = round(
     await cpuMs(small.length * 4, (i) =>
-      sharp(small[i % small.length].bytes).extract({ left: 0, top: 0, width: 8, height: 8 }).raw().toBuffer(),
+      sharp(small[i % small.length].bytes)
+        .extract({ left: 0, top: 0, width: 8, height: 8 })
+        .raw()
+        .toBuffer(),
     ),
   );
   const tensors = await Promise.all(
