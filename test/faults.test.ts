@@ -1,7 +1,9 @@
 import { mkdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { errorCode, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import { errorCode, fixture, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import type { Engine } from '../src/engine/types.ts';
 
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
@@ -121,5 +123,32 @@ describe('faults while serving', () => {
     expect(ready.status).toBe(200);
     expect((await ready.json()).models).toEqual([]);
     expect(await (await fetch(`${gw.url}/metrics`)).text()).not.toMatch(/model="mobilenet"/);
+  });
+});
+
+describe('an engine that fails while a version finishes loading', () => {
+  it('the version ends with MODEL_LOAD_FAILED instead of serving a session that cannot run', async () => {
+    const base = createOnnxRuntimeEngine();
+    const engine: Engine = {
+      ...base,
+      load: async (modelPath, options) => {
+        const session = await base.load(modelPath, options);
+        // as if the engine's thread died while it built the session for lone calls
+        session.loaded = async () => {
+          throw new Error('engine worker exited (1)');
+        };
+        return session;
+      },
+    };
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine });
+    try {
+      const [v] = (await gw.gql(`{ model(name: "mobilenet") { versions { state errorCode errorMessage } } }`)).data.model.versions;
+      expect(v).toMatchObject({ state: 'END', errorCode: 'MODEL_LOAD_FAILED' });
+      expect(v.errorMessage).toMatch(/engine worker exited/);
+      expect(errorCode(await gw.gql(CLASSIFY, { f: null }, { files: { f: image('zebra.jpeg') } }))).toBe('MODEL_NOT_READY');
+      expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+    } finally {
+      await gw.close();
+    }
   });
 });

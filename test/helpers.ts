@@ -8,6 +8,7 @@ import { loadConfig, type Config } from '../src/config.ts';
 import { createLogger } from '../src/log.ts';
 import { Metrics } from '../src/metrics.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import type { Engine } from '../src/engine/types.ts';
 import { ModelManager } from '../src/repository/manager.ts';
 import { createGateway, type Gateway } from '../src/server/gateway.ts';
 import { checkModel } from '../src/inference/warmup.ts';
@@ -88,7 +89,7 @@ export interface GqlResult<T> {
 }
 
 export async function startGateway(
-  opts: { models?: Record<string, ModelSpec>; root?: string; env?: Record<string, string>; pollIntervalMs?: number } = {},
+  opts: { models?: Record<string, ModelSpec>; root?: string; env?: Record<string, string>; pollIntervalMs?: number; engine?: Engine } = {},
 ): Promise<TestGateway> {
   const root = opts.root ?? (await makeRepository(opts.models ?? {}));
   const config = loadConfig({ PORT: '0', GRPC_PORT: '0', HOST: '127.0.0.1', MODEL_REPOSITORY: root, LOG_LEVEL: 'info', ...opts.env }, []);
@@ -97,12 +98,13 @@ export async function startGateway(
   const metrics = new Metrics();
   const repository = new ModelManager({
     root,
-    engine: createOnnxRuntimeEngine(),
+    engine: opts.engine ?? createOnnxRuntimeEngine(),
     logger,
     metrics,
     modelRoots: config.modelRoots,
     pollIntervalMs: opts.pollIntervalMs ?? 0,
-    loadOptions: { dynamicBatch: config.dynamicBatch },
+    // as src/main.ts loads models
+    loadOptions: { intraOpThreads: config.engineThreads, aloneThreads: config.engineAloneThreads, dynamicBatch: config.dynamicBatch },
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });

@@ -184,8 +184,18 @@ export class ModelVersion {
     }
     for (const w of warnings)
       this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
+    try {
+      await session.loaded?.();
+    } catch (e) {
+      // the engine could not finish (its thread died): a version must not serve a session that cannot run
+      await session.close().catch(() => undefined);
+      this.deps.logger.warn({ model: this.model, version: this.version, error: errorMessage(e) }, 'model load failed');
+      return this.transition('END', {
+        code: ErrorCode.MODEL_LOAD_FAILED,
+        message: `cannot load version ${this.version} of ${this.model}: ${withoutPaths(errorMessage(e))}`,
+      });
+    }
     this.loadOptions = options;
-    await session.loaded?.();
     session.onFailure?.((e) => void this.engineFailed(e));
     this.session = session;
     this.notes = warnings.length ? { ...session.notes, warnings } : session.notes;
