@@ -1,5 +1,6 @@
 // Over 250 lines on purpose: every setting with its parser, default and help text in one table (the README's
 // configuration table and --help are generated from it), and the one place that reads env and flags.
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
@@ -67,7 +68,24 @@ export interface Config {
  * libuv thread and a libvips worker, so two per core keep the cores busy: with one per core, 1920x1080 and 4000x3000
  * photos served 5-10% fewer requests (and batched 1.4 instead of 4.5 at c16); small photos did not care.
  */
-const cores = () => Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+const cores = () => Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, cgroupCpus()));
+
+/**
+ * The CPUs a cgroup v2 quota allows (`cpu.max`: "<quota> <period>" or "max <period>"), rounded up: a container limited
+ * to 2 CPUs on a 64-core node must not size its threads for 64, and Node 20 reports the node's cores.
+ */
+export function cpusFromCgroup(cpuMax: string): number {
+  const [quota, period] = cpuMax.trim().split(/\s+/);
+  const n = Number(quota) / Number(period);
+  return quota !== 'max' && Number.isFinite(n) && n > 0 ? Math.max(1, Math.ceil(n)) : Infinity;
+}
+function cgroupCpus(): number {
+  try {
+    return cpusFromCgroup(readFileSync('/sys/fs/cgroup/cpu.max', 'utf8'));
+  } catch {
+    return Infinity; // no cgroup v2 quota here
+  }
+}
 export const defaultEngineThreads = () => Math.max(1, Math.floor(cores() / 2));
 /**
  * A lone request (nothing else running or waiting) gets every core, in a second session whose threads spin between

@@ -24,6 +24,10 @@ function recorder(opts: { fail?: (values: number[]) => boolean; hold?: () => Pro
 }
 
 const options = { maxBatchSize: 4, maxDelayMs: 1000, maxConcurrentBatches: 1, timeoutMs: 0 };
+/** Let the promise jobs and process.nextTick callbacks of this turn run, without any timer. */
+const ticks = async () => {
+  for (let i = 0; i < 10; i++) await new Promise<void>((r) => process.nextTick(r));
+};
 
 describe('batcher (deterministic, fake timers)', () => {
   beforeAll(() => vi.useFakeTimers());
@@ -60,7 +64,7 @@ describe('batcher (deterministic, fake timers)', () => {
     const first = Promise.all([1, 2].map((v) => b.infer(item(v))));
     await Promise.resolve();
     expect(calls).toEqual([]); // not before the end of the tick: others of the same request may still come
-    await vi.advanceTimersByTimeAsync(0);
+    await ticks(); // no timer: not even one of 0 ms, which waits for the next turn of the event loop
     expect(calls).toEqual([[1, 2]]);
     const second = [b.infer(item(3))];
     await vi.advanceTimersByTimeAsync(5000);
@@ -227,7 +231,46 @@ describe('batcher (deterministic, fake timers)', () => {
     const a3 = admissions.admit();
     a3.markQueued();
     await Promise.all([b.infer(item(3)), b.infer(item(4)), vi.advanceTimersByTimeAsync(0)]); // two items: a batch
+    a3.release();
+    a1.release();
     expect(seen).toEqual([true, undefined, undefined]);
+  });
+
+  it('a call is not alone beside another engine call, of another model or of another shape in the same batch', async () => {
+    const seen: [number, boolean | undefined][] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const watch = (hold: boolean) => (feeds: Feeds, o?: { alone?: boolean }) => {
+      seen.push([(feeds.x.data as Float32Array)[0], o?.alone]);
+      return recorder(hold ? { hold: () => gate } : {}).run(feeds);
+    };
+    const nobody = { othersComing: () => false };
+    // two batchers (two models): each has one item, dispatched in the same tick
+    const a = new Batcher(watch(true), { ...options, maxDelayMs: 0 }, nobody);
+    const b = new Batcher(watch(false), { ...options, maxDelayMs: 0 }, nobody);
+    const pa = a.infer(item(1));
+    const pb = b.infer(item(2));
+    await ticks();
+    const pc = b.infer(item(3)); // the first model's call still holds the engine
+    await ticks();
+    release();
+    await Promise.all([pa, pb, pc]);
+    // one batch holding two shapes (NETWORK resizing) is two engine calls: neither is alone
+    const admissions = new Admissions(10);
+    const c = new Batcher(
+      watch(false),
+      { ...options, maxDelayMs: 0, maxConcurrentBatches: 2 },
+      {
+        othersComing: () => admissions.preparingCount > 0,
+      },
+    );
+    const [t4, t5] = [admissions.admit(), admissions.admit()]; // one request of two images
+    t4.markQueued();
+    const p4 = c.infer(item(4, 2));
+    t5.markQueued();
+    await Promise.all([p4, c.infer(item(5, 3))]);
+    expect(seen.filter(([, alone]) => alone)).toEqual([[1, true]]);
+    expect(seen.map(([v]) => v).sort()).toEqual([1, 2, 3, 4, 5]);
   });
 
   it('drops an item whose client went away before its engine call (CANCELLED), and runs the rest', async () => {

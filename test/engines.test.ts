@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createEngine } from '../src/engine/index.ts';
 import type { PixelInput } from '../src/engine/types.ts';
 import { modelFile } from './helpers.ts';
-import { ConfigError, loadConfig } from '../src/config.ts';
+import { ConfigError, cpusFromCgroup, loadConfig } from '../src/config.ts';
 
 const openvinoLoads = await import('openvino-node').then(
   () => true,
@@ -39,13 +39,16 @@ describe('engines', () => {
       await session.loaded!();
       expect(session.notes.aloneThreads).toBe(aloneThreads || undefined);
       const feeds = () => ({ [input!]: { dtype: 'uint8' as const, shape: [1, 224, 224, 3], data: pixels.slice() } });
+      const ran = () => (session as unknown as { aloneRuns: number }).aloneRuns;
       for (const alone of [true, false]) answers.push((await session.run(feeds(), { alone })).output.data as Float32Array);
+      expect(ran()).toBe(aloneThreads ? 1 : 0); // the lone call, and only it, ran on the second session
       // raw tensors take the original graph, alone or not
       const raw = await session.run(
         { input: { dtype: 'float32', shape: [1, 3, 224, 224], data: new Float32Array(3 * 224 * 224) } },
         { alone: true },
       );
       expect(raw.output.shape).toEqual([1, 1000]);
+      expect(ran()).toBe(aloneThreads ? 1 : 0);
       await session.close();
     }
     for (const a of answers.slice(1)) for (let i = 0; i < 1000; i++) expect(a[i]).toBeCloseTo(answers[0][i], 4);
@@ -65,6 +68,14 @@ describe('engines', () => {
 });
 
 describe('configuration', () => {
+  it('sizes threads for a container CPU quota (cgroup v2 cpu.max), not for the node it runs on', () => {
+    expect(cpusFromCgroup('200000 100000\n')).toBe(2);
+    expect(cpusFromCgroup('150000 100000')).toBe(2);
+    expect(cpusFromCgroup('50000 100000')).toBe(1);
+    expect(cpusFromCgroup('max 100000')).toBe(Infinity);
+    expect(cpusFromCgroup('garbage')).toBe(Infinity);
+  });
+
   it('reads env and flags (flags win) and names a bad setting', () => {
     const c = loadConfig({ PORT: '5000', ENGINE: 'onnxruntime', IMAGE_ROOTS: '/a:/b' }, ['--port', '6000', '--log-level=warn']);
     expect(c).toMatchObject({

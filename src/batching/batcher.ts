@@ -125,8 +125,8 @@ interface OpenBatch {
  * call is retried item by item, so one bad item fails alone.
  */
 export class Batcher {
-  /** Engine calls in flight in this process, all models: a call is alone when it is the only one. */
-  private static inEngine = 0;
+  /** Engine calls dispatched and not finished in this process (all models, waiting or running). */
+  private static inFlight = 0;
   readonly options: BatcherOptions;
   private readonly loader: DataLoader<Item, Feeds>;
   private readonly engine: Semaphore;
@@ -200,12 +200,17 @@ export class Batcher {
       if (g) g.push(i);
       else groups.set(key, [i]);
     });
-    await Promise.all([...groups.values()].map((group) => this.runGroup(items, group, results)));
+    // Alone: one item, no other engine call dispatched in the process (any model, running or waiting), nobody about
+    // to come. Decided here, before anything awaits, so two calls dispatched in one tick cannot both be alone. The
+    // engine may then spend more threads on it: a lone request is answered sooner, a busy server keeps its threads.
+    const alone = items.length === 1 && Batcher.inFlight === 0 && !(this.hooks.othersComing?.() ?? true);
+    Batcher.inFlight += groups.size;
+    await Promise.all([...groups.values()].map((group) => this.runGroup(items, group, results, alone).finally(() => Batcher.inFlight--)));
     return results;
   }
 
   /** One engine call for items of one shape (after their deadlines are checked). */
-  private async runGroup(items: readonly Item[], group: number[], results: (Feeds | Error)[]): Promise<void> {
+  private async runGroup(items: readonly Item[], group: number[], results: (Feeds | Error)[], alone: boolean): Promise<void> {
     await this.engine.acquire();
     try {
       const start = performance.now();
@@ -222,20 +227,13 @@ export class Batcher {
           );
         } else live.push(i);
       }
-      if (live.length > 0) {
-        Batcher.inEngine++;
-        await this.runLive(items, live, results).finally(() => Batcher.inEngine--);
-      }
+      if (live.length > 0) await this.runLive(items, live, results, alone);
     } finally {
       this.engine.release();
     }
   }
 
-  private async runLive(items: readonly Item[], live: number[], results: (Feeds | Error)[]): Promise<void> {
-    // Alone: one item, no other engine call in the process, nobody waiting in this batcher or about to come. The
-    // engine may then spend more threads on it (a lone request is answered sooner; a busy server keeps its threads).
-    const alone =
-      live.length === 1 && Batcher.inEngine === 1 && !(this.open && this.open.count > 0) && !(this.hooks.othersComing?.() ?? true);
+  private async runLive(items: readonly Item[], live: number[], results: (Feeds | Error)[], alone = false): Promise<void> {
     try {
       const t0 = performance.now();
       const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds)), alone ? { alone } : undefined);

@@ -63,6 +63,8 @@ export class WorkerSession implements Session {
   private source: Uint8Array | null = null;
   private sessionOptions: Record<string, unknown> = {};
   private aloneThreads = 0;
+  /** Calls that ran on the session for lone calls. */
+  aloneRuns = 0;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private dead: Error | null = null;
@@ -133,10 +135,11 @@ export class WorkerSession implements Session {
       // memory are copied by structured clone instead.
       if (owns(t.data) && !transfer.includes(t.data.buffer as ArrayBuffer)) transfer.push(t.data.buffer as ArrayBuffer);
     }
-    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }> }>(
+    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }>; alone: boolean }>(
       { type: 'run', feeds: msgFeeds, alone: options.alone === true },
       transfer,
     );
+    if (r.alone) this.aloneRuns++;
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(r.outputs)) {
       const dtype = fromOrtType[t.type];

@@ -16,8 +16,8 @@ let session = null;
 /** @type {import('onnxruntime-node').InferenceSession | null} */
 let fused = null;
 let pixelInput = '';
-/** The graph that serves images (bytes or path), kept until the session for lone calls is built from it. */
-/** @type {Uint8Array | string | null} */
+/** The graph that serves images, kept until the session for lone calls is built from it. */
+/** @type {Uint8Array | null} */
 let imageGraph = null;
 /** That graph again with more threads, which spin while it runs: for calls that run alone. */
 /** @type {import('onnxruntime-node').InferenceSession | null} */
@@ -38,7 +38,8 @@ port.on('message', async (/** @type {any} */ msg) => {
   try {
     if (msg.type === 'load') {
       session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
-      imageGraph = msg.bytes ?? msg.path;
+      // a model loaded from its path keeps its weights in external data (over 2 GB): no second copy of it
+      imageGraph = msg.bytes ?? null;
       port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
     } else if (msg.type === 'fuse') {
       fused = await ort.InferenceSession.create(msg.bytes, msg.options);
@@ -69,7 +70,7 @@ port.on('message', async (/** @type {any} */ msg) => {
         out[name] = { type: t.type, dims: t.dims, data: t.data };
         transfer.push(.../** @type {ArrayBuffer[]} */ (transferable(/** @type {ArrayBufferView} */ (t.data))));
       }
-      port.postMessage({ id: msg.id, ok: true, outputs: out }, transfer);
+      port.postMessage({ id: msg.id, ok: true, outputs: out, alone: target === alone }, transfer);
     } else if (msg.type === 'close') {
       await session?.release();
       await fused?.release();
