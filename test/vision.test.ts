@@ -574,6 +574,11 @@ describe('the JPEG header reader (the probe without a libvips round trip) agrees
     const length = photo.readUInt16BE(sof + 2);
     const twice = Buffer.concat([photo.subarray(0, sof + 2 + length), photo.subarray(sof)]);
     expect(readJpegHeader(twice)).toBeNull();
+    // a frame header whose length does not fit its component count (3 components need 8 + 3 x 3 bytes)
+    const padded = Buffer.concat([photo.subarray(0, sof + 2 + length), Buffer.alloc(3), photo.subarray(sof + 2 + length)]);
+    padded.writeUInt16BE(length + 3, sof + 2);
+    expect(readJpegHeader(padded)).toBeNull();
+    await expect(sharp(padded).raw().toBuffer()).rejects.toThrow(); // libjpeg refuses it too
   });
 
   it('probeImage gives the same answer by either path', async () => {

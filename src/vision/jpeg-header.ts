@@ -72,7 +72,8 @@ export function readJpegHeader(b: Uint8Array): JpegHeader | null {
     if (marker === 0xda) break; // start of scan: the header is complete
     if (marker === 0xc0 || marker === 0xc1 || marker === 0xc2) {
       // baseline, extended or progressive Huffman: precision, height, width, components
-      if (sof || length < 8 || b[start] !== 8) return null;
+      // one frame header, 8-bit, and a length that fits its component count (libjpeg refuses any other)
+      if (sof || length < 8 || b[start] !== 8 || length !== 8 + 3 * b[start + 5]) return null;
       sof = { height: (b[start + 1] << 8) | b[start + 2], width: (b[start + 3] << 8) | b[start + 4], components: b[start + 5] };
     } else if (marker >= 0xc3 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
       return null; // lossless, hierarchical or arithmetic coding: libvips decides
