@@ -163,16 +163,7 @@ export class ModelVersion {
     try {
       session = await this.deps.openSession(this.modelPath, options);
     } catch (e) {
-      // the client sees what failed without the server's paths; the log keeps the engine's whole message
-      this.deps.logger.warn(
-        { model: this.model, version: this.version, file: this.modelPath, error: errorMessage(e) },
-        'model load failed',
-      );
-      const code = isGatewayError(e) ? e.code : ErrorCode.MODEL_LOAD_FAILED;
-      return this.transition('END', {
-        code,
-        message: `cannot load version ${this.version} of ${this.model}: ${withoutPaths(errorMessage(e))}`,
-      });
+      return this.loadFailed(e);
     }
     let warnings: string[] = [];
     try {
@@ -189,11 +180,7 @@ export class ModelVersion {
     } catch (e) {
       // the engine could not finish (its thread died): a version must not serve a session that cannot run
       await session.close().catch(() => undefined);
-      this.deps.logger.warn({ model: this.model, version: this.version, error: errorMessage(e) }, 'model load failed');
-      return this.transition('END', {
-        code: ErrorCode.MODEL_LOAD_FAILED,
-        message: `cannot load version ${this.version} of ${this.model}: ${withoutPaths(errorMessage(e))}`,
-      });
+      return this.loadFailed(e);
     }
     this.loadOptions = options;
     session.onFailure?.((e) => void this.engineFailed(e));
@@ -219,6 +206,15 @@ export class ModelVersion {
     });
     this.batcher = batcher;
     this.transition('AVAILABLE');
+  }
+
+  /** The engine could not load this version: END with its code; the client sees no server paths, the log does. */
+  private loadFailed(e: unknown): void {
+    this.deps.logger.warn({ model: this.model, version: this.version, file: this.modelPath, error: errorMessage(e) }, 'model load failed');
+    this.transition('END', {
+      code: isGatewayError(e) ? e.code : ErrorCode.MODEL_LOAD_FAILED,
+      message: `cannot load version ${this.version} of ${this.model}: ${withoutPaths(errorMessage(e))}`,
+    });
   }
 
   /**

@@ -63,8 +63,7 @@ export class WorkerSession implements Session {
   private source: Uint8Array | null = null;
   private sessionOptions: Record<string, unknown> = {};
   private aloneThreads = 0;
-  /** Calls that ran on the session for lone calls. */
-  aloneRuns = 0;
+  private ranAlone = 0;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private dead: Error | null = null;
@@ -139,7 +138,7 @@ export class WorkerSession implements Session {
       { type: 'run', feeds: msgFeeds, alone: options.alone === true },
       transfer,
     );
-    if (r.alone) this.aloneRuns++;
+    if (r.alone) this.ranAlone++;
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(r.outputs)) {
       const dtype = fromOrtType[t.type];
@@ -163,6 +162,11 @@ export class WorkerSession implements Session {
     });
     this.notes = { ...this.notes, preprocessing: 'fused into the graph: the engine takes the decoded pixels' };
     return PIXELS_INPUT;
+  }
+
+  /** Calls that ran on the session for lone calls (loaded()). */
+  get aloneRuns(): number {
+    return this.ranAlone;
   }
 
   async loaded(): Promise<void> {
