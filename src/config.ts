@@ -4,6 +4,9 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
+import type { LoadOptions } from './engine/types.ts';
+
+type ExactInt8 = NonNullable<LoadOptions['exactInt8']>;
 
 /**
  * The only place that reads the environment and the command line. Every setting has an env name and a flag
@@ -28,6 +31,7 @@ export interface Config {
   logLevel: LogLevel;
   pollIntervalMs: number;
   dynamicBatch: boolean;
+  exactInt8: ExactInt8;
   fusedPreprocessing: boolean;
   maxImagePixels: number;
   maxUploadBytes: number;
@@ -238,6 +242,13 @@ export const SETTINGS = [
     'How often the repository is rescanned for new or removed versions (0: never)',
   ),
   s('dynamicBatch', 'DYNAMIC_BATCH', bool, true, 'Make a batch dimension fixed at 1 dynamic where a trial run shows it is safe'),
+  s(
+    'exactInt8',
+    'ENGINE_EXACT_INT8',
+    oneOf(['auto', 'on', 'off'] as const),
+    'auto',
+    'Quantized ONNX models: store int8 weights as uint8 so that every CPU computes their products exactly. auto: on x86-64 CPUs without VNNI, whose int8 kernel saturates (a quantized model answers differently there, often much worse) and costs less; on: always; off: never (faster on those CPUs, answers that depend on the CPU)',
+  ),
   s(
     'fusedPreprocessing',
     'FUSED_PREPROCESSING',

@@ -90,7 +90,12 @@ async function main(): Promise<void> {
     metrics,
     modelRoots: config.modelRoots,
     pollIntervalMs: config.pollIntervalMs,
-    loadOptions: { intraOpThreads: config.engineThreads, aloneThreads: config.engineAloneThreads, dynamicBatch: config.dynamicBatch },
+    loadOptions: {
+      intraOpThreads: config.engineThreads,
+      aloneThreads: config.engineAloneThreads,
+      dynamicBatch: config.dynamicBatch,
+      exactInt8: config.exactInt8,
+    },
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
     replica: config.replicaName,
   });

@@ -104,7 +104,12 @@ export async function startGateway(
     modelRoots: config.modelRoots,
     pollIntervalMs: opts.pollIntervalMs ?? 0,
     // as src/main.ts loads models
-    loadOptions: { intraOpThreads: config.engineThreads, aloneThreads: config.engineAloneThreads, dynamicBatch: config.dynamicBatch },
+    loadOptions: {
+      intraOpThreads: config.engineThreads,
+      aloneThreads: config.engineAloneThreads,
+      dynamicBatch: config.dynamicBatch,
+      exactInt8: config.exactInt8,
+    },
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });

@@ -86,7 +86,10 @@ describe('README configuration table', () => {
   it('lists every setting with its flag and default, as src/config.ts has them', async () => {
     const { SETTINGS } = await import('../src/config.ts');
     const rows = new Map(
-      [...readme.matchAll(/^\| `([A-Z_]+)` \| `(--[a-z-]+)` \| ([^|]+) \|/gm)].map((m) => [m[1], { flag: m[2], fallback: m[3].trim() }]),
+      [...readme.matchAll(/^\| `([A-Z0-9_]+)` \| `(--[a-z0-9-]+)` \| ([^|]+) \|/gm)].map((m) => [
+        m[1],
+        { flag: m[2], fallback: m[3].trim() },
+      ]),
     );
     const fmt = (v: unknown) =>
       v === null ? '(unset)' : Array.isArray(v) ? (v.length ? '`' + v.join(',') + '`' : '(none)') : '`' + String(v) + '`';

@@ -83,6 +83,11 @@ export interface LoadOptions {
   aloneThreads?: number;
   /** Make a batch dimension fixed at 1 dynamic where the engine can prove it safe (default true). */
   dynamicBatch?: boolean;
+  /**
+   * Quantized models: compute int8 products exactly on CPUs whose int8 kernel saturates (ONNX Runtime on x86-64
+   * without VNNI); 'on' on every CPU, 'off' never. Default 'auto'.
+   */
+  exactInt8?: 'auto' | 'on' | 'off';
 }
 
 export interface Engine {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import {
   DTYPES,
+  elementCount,
   type DType,
   type PixelInput,
   type Engine,
@@ -16,6 +17,7 @@ import {
 import { withDynamicBatch } from './dynamic-batch.ts';
 import { checkExternalData, externalDataLocations } from './external-data.ts';
 import { PIXELS_INPUT, fusePreprocessing } from './fuse.ts';
+import { cpuSaturatesInt8, unsignedInt8Weights } from './exact-int8.ts';
 
 /**
  * The default engine: ONNX Runtime on CPU (its binaries ship inside the npm package).
@@ -129,6 +131,10 @@ export class WorkerSession implements Session {
     const msgFeeds: Record<string, { type: string; dims: number[]; data: TensorData }> = {};
     const transfer: ArrayBuffer[] = [];
     for (const [name, t] of Object.entries(feeds)) {
+      // a buffer handed over already (a tensor run twice) reads as empty; posted again, the message would be lost and
+      // the call never answered
+      if (t.data.length !== elementCount(t.shape))
+        throw new Error(`${name}: ${t.data.length} values for shape [${t.shape.join(',')}] (${elementCount(t.shape)})`);
       msgFeeds[name] = { type: t.dtype, dims: t.shape, data: t.data };
       // A batch tensor (or a preprocessed image) owns its buffer: hand it over. Views into shared or pooled
       // memory are copied by structured clone instead.
@@ -217,9 +223,20 @@ export function createOnnxRuntimeEngine(): Engine {
     modelFiles: ['model.onnx'],
     dtypes: DTYPES,
     async load(modelPath, options = {}) {
-      const bytes = new Uint8Array(await readFile(modelPath));
-      const external = externalDataLocations(bytes);
-      if (external.length === 0) return withDynamicBatch(bytes, (b) => open(b, options), options.dynamicBatch ?? true);
+      const file = new Uint8Array(await readFile(modelPath));
+      const external = externalDataLocations(file);
+      if (external.length === 0) {
+        const exact = options.exactInt8 ?? 'auto';
+        const { model: bytes, tensors } =
+          exact === 'on' || (exact === 'auto' && cpuSaturatesInt8()) ? unsignedInt8Weights(file) : { model: file, tensors: 0 };
+        const session = await withDynamicBatch(bytes, (b) => open(b, options), options.dynamicBatch ?? true);
+        if (tensors > 0)
+          session.notes = {
+            ...session.notes,
+            int8: `${tensors} int8 weight tensors stored as uint8, so that this CPU computes their products exactly (ENGINE_EXACT_INT8)`,
+          };
+        return session;
+      }
       // Weights in files beside the model (models over 2 GB): every location must be a file of the version folder,
       // checked before onnxruntime sees the model, which then loads it from its path (so it resolves them there, not
       // against the server's working directory). The graph is served as it is: no dynamic-batch rewrite.
