@@ -277,6 +277,17 @@ async function main() {
         .toBuffer(),
     ),
   );
+  // a photo as a phone tags it (Display P3): the colour transform done here on the resized pixels, against Little CMS
+  // building a new transform in libvips for every photo
+  const p3 = await Promise.all(small.map((p) => sharp(p.bytes).withIccProfile('p3').jpeg({ quality: 90 }).toBuffer()));
+  stages['small, Display P3: decode and resize (ms CPU per photo)'] = round(
+    await cpuMs(small.length * 4, async (i) => preprocess(await probeImage(p3[i % p3.length], MAX_PIXELS), plan, MAX_PIXELS)),
+  );
+  stages['small, Display P3 through Little CMS: decode and resize (ms CPU per photo)'] = round(
+    await cpuMs(small.length * 4, async (i) =>
+      preprocess({ ...(await probeImage(p3[i % p3.length], MAX_PIXELS)), rgbProfile: null }, plan, MAX_PIXELS),
+    ),
+  );
   const tensors = await Promise.all(
     small.map(async (p) => (await preprocess(await probeImage(p.bytes, MAX_PIXELS), plan, MAX_PIXELS)).tensor),
   );

@@ -7,6 +7,7 @@ import { classify } from '../src/vision/classification.ts';
 import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
+import { applyRgbTransform, rgbTransformOf } from '../src/vision/icc.ts';
 import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
 import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
 import type { Tensor } from '../src/engine/types.ts';
@@ -435,6 +436,64 @@ describe('decoding only does what the header asks for', () => {
     expect((await probeImage(photo, 1e6)).srgbProfile).toBe(false);
   });
 
+  it('converts a matrix/shaper profile (Generic RGB, Display P3) to sRGB itself, as libvips would', async () => {
+    const zebra = await readFile(image('zebra.jpeg')); // Apple's Generic RGB profile (gamma 1.8)
+    const dog = await readFile(image('dog.jpg'));
+    const plan = (resizeType: string) =>
+      planInput(parseModelConfig({ preprocessing: { targetSize: '224x224', resizeType, fillColor: [114, 114, 114] } }), [
+        { name: 'x', dtype: 'float32', shape: [1, 3, 224, 224], layout: null },
+      ]);
+    for (const photo of [zebra, await sharp(dog).withIccProfile('p3').jpeg({ quality: 95 }).toBuffer()]) {
+      const img = await probeImage(photo, 1e8);
+      expect(img.srgbProfile).toBe(false);
+      expect(img.rgbProfile).not.toBeNull();
+      // the whole photo: within one level of what Little CMS makes of it
+      const theirs = await sharp(photo).raw().toBuffer();
+      const ours = await sharp(photo, { ignoreIcc: true }).raw().toBuffer();
+      applyRgbTransform(img.rgbProfile!, ours);
+      expect(maxDifference(ours, theirs)).toBeLessThanOrEqual(1);
+      for (const resizeType of ['CROP', 'FILL']) {
+        const own = await resizeImage(img, plan(resizeType), 1e8);
+        const byLibvips = await resizeImage({ ...img, rgbProfile: null }, plan(resizeType), 1e8);
+        // the transform is ours (after the resize: a few pixels differ), the colours are libvips'
+        expect(own.pixels.equals(byLibvips.pixels)).toBe(false);
+        expect(meanDifference(own.pixels, byLibvips.pixels)).toBeLessThan(1.5);
+        expect(own.transform).toEqual(byLibvips.transform);
+        if (resizeType === 'FILL') {
+          // the padding is the model's fill colour, untouched by the photo's profile
+          expect(own.transform.offsetY).toBeGreaterThan(0); // landscape photos: bands above and below
+          expect([...own.pixels.subarray(0, 3)]).toEqual([114, 114, 114]);
+        }
+      }
+    }
+  });
+
+  it('leaves every other profile to libvips, and survives a damaged one', async () => {
+    const p3 = (await sharp(await readFile(image('bee.jpeg')))
+      .withIccProfile('p3')
+      .jpeg()
+      .toBuffer()) as Buffer;
+    const icc = (await sharp(p3).metadata()).icc!;
+    expect(rgbTransformOf(icc)).not.toBeNull();
+    const cmyk = (await sharp(p3).toColourspace('cmyk').withIccProfile('cmyk').jpeg().toBuffer()) as Buffer;
+    expect(rgbTransformOf((await sharp(cmyk).metadata()).icc!)).toBeNull();
+    // a LUT-based RGB profile (an A2B0 tag): Little CMS would use the LUT
+    const lut = Buffer.from(icc);
+    lut.write('A2B0', lut.indexOf('desc', 128, 'latin1'), 'latin1');
+    expect(rgbTransformOf(lut)).toBeNull();
+    expect(rgbTransformOf(icc.subarray(0, 200))).toBeNull();
+    expect(rgbTransformOf(Buffer.concat([icc, Buffer.alloc(70_000)]))).toBeNull(); // larger than any matrix/shaper profile
+    // damaged profiles never throw, and what they give is finite
+    let seed = 7;
+    const random = () => ((seed = (seed * 1103515245 + 12345) >>> 0) % 1_000_000) / 1_000_000;
+    for (let k = 0; k < 300; k++) {
+      const bad = Buffer.from(icc);
+      for (let j = 0; j < 4; j++) bad[Math.floor(random() * bad.length)] = Math.floor(random() * 256);
+      const t = rgbTransformOf(bad);
+      if (t) expect([...t.curves, ...t.matrix].every(Number.isFinite)).toBe(true);
+    }
+  });
+
   it('applies EXIF orientation', async () => {
     // stored 40x20, white on the left; orientation 6 shows it turned 90 degrees clockwise: 20x40, white on top
     const white = await sharp({ create: { width: 20, height: 20, channels: 3, background: '#fff' } })
@@ -585,10 +644,22 @@ describe('the JPEG header reader (the probe without a libvips round trip) agrees
     for (const p of ['bee.jpeg', 'face1.jpg', 'east_ocr_input.jpg']) {
       const b = await readFile(image(p));
       const fast = await probeImage(b, 1e8);
-      // the same photo in a PNG goes through sharp's metadata()
-      const png = await sharp(b).png().toBuffer();
+      // the same photo in a PNG (its ICC profile kept) goes through sharp's metadata()
+      const png = await sharp(b).keepIccProfile().png().toBuffer();
       const slow = await probeImage(png, 1e8);
       expect({ ...fast, bytes: null }).toEqual({ ...slow, bytes: null });
     }
   });
 });
+
+function maxDifference(a: Uint8Array, b: Uint8Array): number {
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+function meanDifference(a: Uint8Array, b: Uint8Array): number {
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) sum += Math.abs(a[i] - b[i]);
+  return sum / a.length;
+}

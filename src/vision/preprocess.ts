@@ -5,6 +5,7 @@ import type { Metadata, OutputInfo, Sharp } from 'sharp';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { floatToHalf, type DType, type PixelInput, type Tensor, type TensorInfo } from '../engine/types.ts';
 import type { ModelConfig, PreprocessingConfig } from '../repository/model-config.ts';
+import { applyRgbTransform, rgbTransformOf, type RgbTransform } from './icc.ts';
 import { readJpegHeader, type JpegHeader } from './jpeg-header.ts';
 
 /** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
@@ -139,6 +140,11 @@ export interface DecodedImage {
   orientation: number;
   /** The embedded ICC profile is sRGB: its colour transform would change nothing, so it is skipped. */
   srgbProfile: boolean;
+  /**
+   * The embedded profile is another RGB matrix/shaper profile (Display P3, Adobe RGB...): its transform to sRGB,
+   * applied here to the resized pixels instead of by libvips (see icc.ts). Null for every other image.
+   */
+  rgbProfile: RgbTransform | null;
   hasAlpha: boolean;
   isGrey: boolean;
   isSrgb: boolean;
@@ -220,6 +226,7 @@ function fromRaw({ pixels, width, height, channels }: RawImage, maxPixels: numbe
     height,
     orientation: 1,
     srgbProfile: false,
+    rgbProfile: null,
     hasAlpha: channels === 2 || channels === 4,
     isGrey: channels <= 2,
     isSrgb: channels >= 3,
@@ -235,7 +242,7 @@ const oriented = (w: number, h: number, orientation: number | undefined) => {
 function fromJpegHeader(h: JpegHeader): Omit<DecodedImage, 'bytes'> {
   return {
     ...oriented(h.width, h.height, h.orientation),
-    srgbProfile: h.icc ? isSrgbProfile(h.icc) : false,
+    ...profileOf(h.icc),
     hasAlpha: false,
     isGrey: h.components === 1,
     isSrgb: h.components === 3,
@@ -254,11 +261,16 @@ async function probeWithSharp(bytes: Uint8Array, format: string): Promise<Omit<D
   if (!meta.width || !meta.height) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'the image has no size');
   return {
     ...oriented(meta.width, meta.height, meta.orientation),
-    srgbProfile: meta.icc ? isSrgbProfile(meta.icc) : false,
+    ...profileOf(meta.icc),
     hasAlpha: meta.hasAlpha === true,
     isGrey: meta.space === 'b-w' || meta.space === 'grey16' || meta.channels === 1 || (meta.channels === 2 && meta.hasAlpha === true),
     isSrgb: meta.space === 'srgb' && (meta.channels === 3 || meta.channels === 4),
   };
+}
+
+function profileOf(icc: Uint8Array | null | undefined): Pick<DecodedImage, 'srgbProfile' | 'rgbProfile'> {
+  const srgbProfile = icc ? isSrgbProfile(icc) : false;
+  return { srgbProfile, rgbProfile: icc && !srgbProfile ? rgbTransformOf(icc) : null };
 }
 
 /**
@@ -349,10 +361,12 @@ export async function resizeImage(
   const { maxPixels, timeoutMs = 10_000 } = limitsOf(limits);
   const { width: W0, height: H0 } = img;
   const pre = plan.pre;
+  // a matrix/shaper profile's transform is ours, on the resized pixels (an RGB result without alpha only)
+  const ownTransform = img.rgbProfile && img.isSrgb && !img.hasAlpha && plan.channels === 3 ? img.rgbProfile : null;
   let s = sharp(img.bytes, {
     limitInputPixels: maxPixels,
     failOn: 'error',
-    ignoreIcc: img.srgbProfile,
+    ignoreIcc: img.srgbProfile || ownTransform !== null,
     ...(img.raw ? { raw: img.raw } : {}),
   }).timeout({
     seconds: Math.max(1, Math.ceil(timeoutMs / 1000)),
@@ -363,6 +377,8 @@ export async function resizeImage(
   const resize = (w: number, h: number) => orient(s.resize(swap ? h : w, swap ? w : h, { fit: 'fill', kernel }), img.orientation);
   let tw: number;
   let th: number;
+  /** Where the image lies in the result (FILL pads it with a colour that is sRGB already). */
+  let region: { left: number; top: number; width: number; height: number } | undefined;
   let scaleX: number;
   let scaleY: number;
   let offsetX = 0;
@@ -402,6 +418,7 @@ export async function resizeImage(
       const left = pre.fillAlign === 'center' ? Math.floor((tw - rw) / 2) : 0;
       const top = pre.fillAlign === 'center' ? Math.floor((th - rh) / 2) : 0;
       s = resize(rw, rh).extend({ top, left, bottom: th - rh - top, right: tw - rw - left, background });
+      region = { left, top, width: rw, height: rh };
       scaleX = rw / W0;
       scaleY = rh / H0;
       offsetX = left;
@@ -432,6 +449,7 @@ export async function resizeImage(
   if (out.info.channels !== plan.channels || out.info.width !== tw || out.info.height !== th) {
     throw new GatewayError(ErrorCode.INVALID_IMAGE, `unexpected decoded image ${out.info.width}x${out.info.height}x${out.info.channels}`);
   }
+  if (ownTransform) applyRgbTransform(ownTransform, out.data, tw, region);
   return { pixels: out.data, transform: { width: W0, height: H0, inputWidth: tw, inputHeight: th, scaleX, scaleY, offsetX, offsetY } };
 }
 
