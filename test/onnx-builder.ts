@@ -3,7 +3,7 @@
  * of ModelProto, GraphProto, NodeProto, ValueInfoProto and AttributeProto that these graphs use.
  */
 import { concat, lengthDelimited, varintField } from '../src/engine/onnx/protobuf.ts';
-import { ElemType, encodeNode, encodeValueInfo, type NodeSpec, type ValueInfo } from '../src/engine/onnx/onnx-proto.ts';
+import { ElemType, encodeNode, encodeTensor, encodeValueInfo, type NodeSpec, type ValueInfo } from '../src/engine/onnx/onnx-proto.ts';
 
 export { ElemType, type NodeSpec, type ValueInfo };
 
@@ -14,15 +14,32 @@ const intField = varintField;
 const valueInfo = encodeValueInfo;
 const node = (n: NodeSpec, i: number) => encodeNode(n, `n${i}`);
 
-export function buildModel(spec: { nodes: NodeSpec[]; inputs: ValueInfo[]; outputs: ValueInfo[]; opset?: number }): Uint8Array {
+export interface Initializer {
+  name: string;
+  elemType: number;
+  dims: number[];
+  /** raw_data, little-endian */
+  raw: Uint8Array;
+}
+
+export function buildModel(spec: {
+  nodes: NodeSpec[];
+  inputs: ValueInfo[];
+  outputs: ValueInfo[];
+  opset?: number;
+  initializers?: Initializer[];
+  /** IR version (default 8); old exports (IR 3) also list every initializer among the graph's inputs. */
+  ir?: number;
+}): Uint8Array {
   const graph = concat([
     ...spec.nodes.map((n, i) => bytesField(1, node(n, i))),
     strField(2, 'test-graph'),
+    ...(spec.initializers ?? []).map((t) => bytesField(5, encodeTensor(t.name, t.elemType, t.dims, t.raw))),
     ...spec.inputs.map((v) => bytesField(11, valueInfo(v))),
     ...spec.outputs.map((v) => bytesField(12, valueInfo(v))),
   ]);
   const opset = concat([strField(1, ''), intField(2, spec.opset ?? 13)]);
-  return concat([intField(1, 8), strField(2, 'gateway-tests'), bytesField(7, graph), bytesField(8, opset)]);
+  return concat([intField(1, spec.ir ?? 8), strField(2, 'gateway-tests'), bytesField(7, graph), bytesField(8, opset)]);
 }
 
 /** Mean colour classifier: image [N,3,8,8] -> [N,3] channel means. Input/output types as given. */

@@ -11,15 +11,19 @@ import { ElemType } from './onnx-proto.ts';
  *
  * The same model with its int8 weights stored as uint8 (each value + 128, and its zero point + 128) computes exactly
  * the same numbers, and ONNX Runtime runs uint8 x uint8 products with a kernel that widens to 16 bits before adding,
- * so nothing saturates. The rewrite takes the weights of QLinearConv and QLinearMatMul whose activations are uint8,
- * and those of DequantizeLinear (QDQ models) when every QuantizeLinear of the graph is uint8; a weight shared with any
- * other use, or stored other than as raw bytes, is left as it is. Applied at load, only where the CPU needs it.
+ * so nothing saturates. The rewrite takes the weights of QLinearConv, QLinearMatMul and MatMulInteger whose
+ * activations are uint8 (a uint8 zero point, or DynamicQuantizeLinear's), and those of DequantizeLinear (QDQ models)
+ * when every QuantizeLinear of the graph is uint8, each with its zero point; a weight with any other use (another
+ * node, a graph input or output), in external data, or without a zero point is left as it is, and a model with
+ * subgraphs is left whole. Applied at load, only where the CPU needs it; if the rewritten graph does not open, the
+ * original is served.
  */
 
 /** Graph inputs that are int8 weights (input index -> its zero point's index), per operator. */
 const WEIGHT_SLOTS: Record<string, [weight: number, zeroPoint: number, activationZeroPoint: number | null]> = {
   QLinearConv: [3, 5, 2],
   QLinearMatMul: [3, 5, 2],
+  MatMulInteger: [1, 3, 2],
   DequantizeLinear: [0, 2, null],
 };
 
@@ -27,6 +31,9 @@ interface Node {
   op: string;
   domain: string;
   inputs: string[];
+  outputs: string[];
+  /** It holds a subgraph (If, Loop, Scan): names used inside are not listed as its inputs. */
+  subgraph: boolean;
 }
 
 interface Initializer {
@@ -63,16 +70,24 @@ export function unsignedInt8Weights(model: Uint8Array): { model: Uint8Array; ten
   const graph = model.subarray(graphField.valueStart, graphField.end);
   const nodes: Node[] = [];
   const inits = new Map<string, Initializer>();
+  /** Graph inputs and outputs: an initializer listed there (old exports list them all) keeps its type. */
+  const declared = new Set<string>();
   for (const f of fields(graph)) {
     if (f.wire !== 2) continue;
     const body = graph.subarray(f.valueStart, f.end);
     if (f.no === 1) nodes.push(readNode(body));
+    else if (f.no === 11 || f.no === 12) declared.add(readName(body));
     else if (f.no === 5) {
       const t = readTensor(body);
       if (t) inits.set(t.name, { start: f.start, end: f.end, body, dataType: t.dataType, inline: t.inline });
     }
   }
-  const typeOf = (name: string | undefined) => (name === undefined ? undefined : inits.get(name)?.dataType);
+  // names read inside a subgraph are not listed anywhere at the top: such a model is left as it is
+  if (nodes.some((n) => n.subgraph)) return { model, tensors: 0 };
+  // DynamicQuantizeLinear quantizes to uint8: its zero point output is uint8
+  const dynamicZeroPoints = new Set(nodes.filter((n) => n.op === 'DynamicQuantizeLinear').map((n) => n.outputs[2]));
+  const typeOf = (name: string | undefined) =>
+    name === undefined ? undefined : dynamicZeroPoints.has(name) ? ElemType.UINT8 : inits.get(name)?.dataType;
   const qdqUnsigned = nodes.filter((n) => n.op === 'QuantizeLinear').every((n) => typeOf(n.inputs[2]) === ElemType.UINT8);
   // candidates: nodes whose weight and zero point are raw int8 initializers, with uint8 activations
   let candidates = nodes.filter((n) => {
@@ -80,7 +95,7 @@ export function unsignedInt8Weights(model: Uint8Array): { model: Uint8Array; ten
     if (!slots) return false;
     const [w, zp, azp] = slots;
     const rawInt8 = (name: string | undefined) =>
-      name !== undefined && inits.get(name)?.dataType === ElemType.INT8 && inits.get(name)!.inline;
+      name !== undefined && inits.get(name)?.dataType === ElemType.INT8 && inits.get(name)!.inline && !declared.has(name);
     const unsignedActivations = azp === null ? qdqUnsigned : typeOf(n.inputs[azp]) === ElemType.UINT8;
     return rawInt8(n.inputs[w]) && rawInt8(n.inputs[zp]) && unsignedActivations;
   });
@@ -114,15 +129,28 @@ function inc(m: Map<string, number>, k: string): void {
 }
 
 function readNode(body: Uint8Array): Node {
-  const node: Node = { op: '', domain: '', inputs: [] };
+  const node: Node = { op: '', domain: '', inputs: [], outputs: [], subgraph: false };
   for (const f of fields(body)) {
     if (f.wire !== 2) continue;
-    const s = utf8.decode(body.subarray(f.valueStart, f.end));
+    const value = body.subarray(f.valueStart, f.end);
+    if (f.no === 5) {
+      // AttributeProto: g (6) or graphs (11)
+      if (fields(value).some((a) => (a.no === 6 || a.no === 11) && a.wire === 2)) node.subgraph = true;
+      continue;
+    }
+    const s = utf8.decode(value);
     if (f.no === 1) node.inputs.push(s);
+    else if (f.no === 2) node.outputs.push(s);
     else if (f.no === 4) node.op = s;
     else if (f.no === 7) node.domain = s === 'ai.onnx' ? '' : s;
   }
   return node;
+}
+
+/** The name of a ValueInfoProto. */
+function readName(body: Uint8Array): string {
+  const f = fields(body).find((x) => x.no === 1 && x.wire === 2);
+  return f ? utf8.decode(body.subarray(f.valueStart, f.end)) : '';
 }
 
 function readTensor(body: Uint8Array): { name: string; dataType: number; inline: boolean } | null {

@@ -96,7 +96,12 @@ export class WorkerSession implements Session {
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: (v) => resolve(v as T), reject });
-      this.worker.postMessage({ ...msg, id }, transfer);
+      try {
+        this.worker.postMessage({ ...msg, id }, transfer);
+      } catch (e) {
+        this.pending.delete(id);
+        reject(e);
+      }
     });
   }
 
@@ -137,8 +142,10 @@ export class WorkerSession implements Session {
         throw new Error(`${name}: ${t.data.length} values for shape [${t.shape.join(',')}] (${elementCount(t.shape)})`);
       msgFeeds[name] = { type: t.dtype, dims: t.shape, data: t.data };
       // A batch tensor (or a preprocessed image) owns its buffer: hand it over. Views into shared or pooled
-      // memory are copied by structured clone instead.
-      if (owns(t.data) && !transfer.includes(t.data.buffer as ArrayBuffer)) transfer.push(t.data.buffer as ArrayBuffer);
+      // memory are copied by structured clone instead. An empty buffer is never handed over: a detached one in the
+      // transfer list makes postMessage drop the message without a word.
+      if (owns(t.data) && t.data.byteLength > 0 && !transfer.includes(t.data.buffer as ArrayBuffer))
+        transfer.push(t.data.buffer as ArrayBuffer);
     }
     const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }>; alone: boolean }>(
       { type: 'run', feeds: msgFeeds, alone: options.alone === true },
@@ -229,12 +236,20 @@ export function createOnnxRuntimeEngine(): Engine {
         const exact = options.exactInt8 ?? 'auto';
         const { model: bytes, tensors } =
           exact === 'on' || (exact === 'auto' && cpuSaturatesInt8()) ? unsignedInt8Weights(file) : { model: file, tensors: 0 };
-        const session = await withDynamicBatch(bytes, (b) => open(b, options), options.dynamicBatch ?? true);
-        if (tensors > 0)
-          session.notes = {
-            ...session.notes,
-            int8: `${tensors} int8 weight tensors stored as uint8, so that this CPU computes their products exactly (ENGINE_EXACT_INT8)`,
-          };
+        const serve = (b: Uint8Array) => withDynamicBatch(b, (x) => open(x, options), options.dynamicBatch ?? true);
+        if (tensors === 0) return serve(file);
+        let session: Awaited<ReturnType<typeof serve>>;
+        let int8: string;
+        try {
+          session = await serve(bytes);
+          int8 = `${tensors} int8 weight tensors stored as uint8, so that this CPU computes their products exactly (ENGINE_EXACT_INT8)`;
+        } catch (e) {
+          // a graph the rewrite made unloadable (it should not happen) is served as it came, and says so; a model that
+          // does not load either way fails with the original's error
+          session = await serve(file);
+          int8 = `served as it came: with its int8 weights as uint8 it did not load (${(e as Error).message.slice(0, 200)})`;
+        }
+        session.notes = { ...session.notes, int8 };
         return session;
       }
       // Weights in files beside the model (models over 2 GB): every location must be a file of the version folder,
