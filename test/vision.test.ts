@@ -483,6 +483,25 @@ describe('decoding only does what the header asks for', () => {
     expect(rgbTransformOf(lut)).toBeNull();
     expect(rgbTransformOf(icc.subarray(0, 200))).toBeNull();
     expect(rgbTransformOf(Buffer.concat([icc, Buffer.alloc(70_000)]))).toBeNull(); // larger than any matrix/shaper profile
+    // a tag twice (Little CMS reads the first): the second rXYZ points at gXYZ's data
+    const view = new DataView(icc.buffer, icc.byteOffset, icc.byteLength);
+    const tagAt = (name: string) => {
+      for (let i = 0; i < view.getUint32(128); i++)
+        if (Buffer.from(icc.subarray(132 + 12 * i, 136 + 12 * i)).toString('latin1') === name) return 132 + 12 * i;
+      throw new Error(name);
+    };
+    const twice = Buffer.from(icc);
+    twice.write('rXYZ', tagAt('cprt'), 'latin1');
+    twice.writeUInt32BE(view.getUint32(tagAt('gXYZ') + 4), tagAt('cprt') + 4);
+    twice.writeUInt32BE(20, tagAt('cprt') + 8);
+    expect(rgbTransformOf(twice)).toBeNull();
+    // black above 0 (P3's parametric curve given c = 0.05, type 2): Little CMS compensates the black point on v4
+    const grey = Buffer.from(icc);
+    const trc = view.getUint32(tagAt('rTRC') + 4);
+    expect(grey.toString('latin1', trc, trc + 4)).toBe('para');
+    grey.writeUInt16BE(2, trc + 8);
+    grey.writeInt32BE(Math.round(0.05 * 65536), trc + 24);
+    expect(rgbTransformOf(grey)).toBeNull();
     // damaged profiles never throw, and what they give is finite
     let seed = 7;
     const random = () => ((seed = (seed * 1103515245 + 12345) >>> 0) % 1_000_000) / 1_000_000;

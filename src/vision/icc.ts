@@ -7,9 +7,10 @@
  * the resize. Profiles of any other kind (LUT-based, grey, CMYK, Lab) and any that does not parse cleanly return null
  * and keep libvips' transform.
  *
- * Relative colorimetric, no black point compensation: what libvips asks of Little CMS for a matrix/shaper profile
- * (its perceptual intent falls back to the colorimetric matrix, and such a profile's black point is 0, so BPC changes
- * nothing). Tests compare the result with libvips' on P3 and Generic RGB photos.
+ * sharp asks Little CMS for the perceptual intent, which a matrix/shaper profile serves with its colorimetric matrix;
+ * Little CMS adds black point compensation for v4 profiles, which changes nothing when the profile's black is 0 (its
+ * curves start at 0). A profile whose black is not 0, or that is odd in any way (a tag twice), stays with libvips.
+ * Tests compare the result with libvips' on P3 and Generic RGB photos.
  */
 
 /** An RGB -> sRGB transform: three input curves (8-bit code -> linear light), a matrix, sRGB's output curve. */
@@ -103,7 +104,9 @@ function parse(icc: Uint8Array): RgbTransform | null {
     const offset = view.getUint32(at + 4);
     const size = view.getUint32(at + 8);
     if (offset + size > icc.length || size < 8) return null;
-    tags.set(tagName(icc, at), icc.subarray(offset, offset + size));
+    const name = tagName(icc, at);
+    if (tags.has(name)) return null; // Little CMS reads the first of two; leave such a profile to it
+    tags.set(name, icc.subarray(offset, offset + size));
   }
   // a LUT-based profile is what Little CMS would use for it: leave it to libvips
   for (const lut of ['A2B0', 'A2B1', 'A2B2', 'D2B0', 'D2B1', 'D2B2']) if (tags.has(lut)) return null;
@@ -119,6 +122,7 @@ function parse(icc: Uint8Array): RgbTransform | null {
       if (!Number.isFinite(y)) return null;
       curves[ch * 256 + v] = Math.min(1, Math.max(0, y));
     }
+    if (curves[ch * 256] > 0) return null; // black is not 0: Little CMS would compensate (v4), leave it to libvips
   }
   // source RGB -> XYZ: the colorants are the columns
   const src = [0, 1, 2].flatMap((row) => [0, 1, 2].map((col) => colorants[col]![row]));
@@ -151,11 +155,12 @@ function toneCurve(tag: Uint8Array): ((x: number) => number) | null {
       const gamma = view.getUint16(12) / 256;
       return gamma > 0 ? (x) => Math.pow(x, gamma) : null;
     }
-    const table = Array.from({ length: n }, (_, i) => view.getUint16(12 + 2 * i) / 65535);
+    // read only the two entries each sample needs (a crafted table of 32K entries costs no more than a real one)
+    const at = (i: number) => view.getUint16(12 + 2 * i) / 65535;
     return (x) => {
       const p = x * (n - 1);
       const i = Math.min(n - 2, Math.floor(p));
-      return table[i] + (table[i + 1] - table[i]) * (p - i);
+      return at(i) + (at(i + 1) - at(i)) * (p - i);
     };
   }
   if (type === 'para') {
