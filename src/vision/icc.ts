@@ -91,23 +91,47 @@ function clampStep(v: number): number {
 
 const tagName = (b: Uint8Array, at: number) => String.fromCharCode(b[at], b[at + 1], b[at + 2], b[at + 3]);
 
-function parse(icc: Uint8Array): RgbTransform | null {
+/**
+ * Is an ICC profile sRGB? Read from its description tag ('desc' in ICC v2, 'mluc' in v4): the profiles cameras and
+ * editors embed say "sRGB IEC61966-2.1" (or a variant). Anything else keeps its colour transform.
+ */
+export function isSrgbProfile(icc: Uint8Array): boolean {
+  const tag = readTags(icc)?.get('desc');
+  if (!tag) return false;
+  // 'desc': ASCII after an 8-byte type header and a 4-byte count; 'mluc': UTF-16BE records
+  const text =
+    tagName(tag, 0) === 'mluc'
+      ? Buffer.from(tag.subarray(16)).swap16().toString('utf16le')
+      : Buffer.from(tag.subarray(12)).toString('latin1');
+  return /\bsRGB\b/.test(text.replace(/\0/g, ''));
+}
+
+/** The tag table (signature -> its bytes), or null if it is malformed or names a tag twice (Little CMS reads the first). */
+function readTags(icc: Uint8Array): Map<string, Uint8Array> | null {
   if (icc.length < 132) return null;
   const view = new DataView(icc.buffer, icc.byteOffset, icc.byteLength);
-  if (view.getUint32(0) > icc.length) return null; // cut short
-  if (tagName(icc, 16) !== 'RGB ' || tagName(icc, 20) !== 'XYZ ' || tagName(icc, 36) !== 'acsp') return null;
-  const tags = new Map<string, Uint8Array>();
   const count = view.getUint32(128);
   if (count > 100 || 132 + count * 12 > icc.length) return null;
+  const tags = new Map<string, Uint8Array>();
   for (let i = 0; i < count; i++) {
     const at = 132 + i * 12;
     const offset = view.getUint32(at + 4);
     const size = view.getUint32(at + 8);
     if (offset + size > icc.length || size < 8) return null;
     const name = tagName(icc, at);
-    if (tags.has(name)) return null; // Little CMS reads the first of two; leave such a profile to it
+    if (tags.has(name)) return null;
     tags.set(name, icc.subarray(offset, offset + size));
   }
+  return tags;
+}
+
+function parse(icc: Uint8Array): RgbTransform | null {
+  if (icc.length < 132) return null;
+  const view = new DataView(icc.buffer, icc.byteOffset, icc.byteLength);
+  if (view.getUint32(0) > icc.length) return null; // cut short
+  if (tagName(icc, 16) !== 'RGB ' || tagName(icc, 20) !== 'XYZ ' || tagName(icc, 36) !== 'acsp') return null;
+  const tags = readTags(icc);
+  if (!tags) return null;
   // a LUT-based profile is what Little CMS would use for it: leave it to libvips
   for (const lut of ['A2B0', 'A2B1', 'A2B2', 'D2B0', 'D2B1', 'D2B2']) if (tags.has(lut)) return null;
   const colorants = ['rXYZ', 'gXYZ', 'bXYZ'].map((n) => xyz(tags.get(n)));

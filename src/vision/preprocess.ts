@@ -5,7 +5,7 @@ import type { Metadata, OutputInfo, Sharp } from 'sharp';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { floatToHalf, type DType, type PixelInput, type Tensor, type TensorInfo } from '../engine/types.ts';
 import type { ModelConfig, PreprocessingConfig } from '../repository/model-config.ts';
-import { applyRgbTransform, rgbTransformOf, type RgbTransform } from './icc.ts';
+import { applyRgbTransform, isSrgbProfile, rgbTransformOf, type RgbTransform } from './icc.ts';
 import { readJpegHeader, type JpegHeader } from './jpeg-header.ts';
 
 /** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
@@ -271,30 +271,6 @@ async function probeWithSharp(bytes: Uint8Array, format: string): Promise<Omit<D
 function profileOf(icc: Uint8Array | null | undefined): Pick<DecodedImage, 'srgbProfile' | 'rgbProfile'> {
   const srgbProfile = icc ? isSrgbProfile(icc) : false;
   return { srgbProfile, rgbProfile: icc && !srgbProfile ? rgbTransformOf(icc) : null };
-}
-
-/**
- * Is an ICC profile sRGB? Read from its description tag ('desc' in ICC v2, 'mluc' in v4): the profiles cameras and
- * editors embed say "sRGB IEC61966-2.1" (or a variant). Anything else keeps its colour transform.
- */
-export function isSrgbProfile(icc: Uint8Array): boolean {
-  if (icc.length < 132) return false;
-  const view = new DataView(icc.buffer, icc.byteOffset, icc.byteLength);
-  const count = view.getUint32(128);
-  for (let i = 0; i < count && 132 + i * 12 + 12 <= icc.length; i++) {
-    const at = 132 + i * 12;
-    if (String.fromCharCode(...icc.subarray(at, at + 4)) !== 'desc') continue;
-    const offset = view.getUint32(at + 4);
-    const size = view.getUint32(at + 8);
-    if (offset + size > icc.length) return false;
-    const tag = icc.subarray(offset, offset + size);
-    const type = String.fromCharCode(...tag.subarray(0, 4));
-    // 'desc': ASCII after an 8-byte type header and a 4-byte count; 'mluc': UTF-16BE records
-    const text =
-      type === 'mluc' ? Buffer.from(tag.subarray(16)).swap16().toString('utf16le') : Buffer.from(tag.subarray(12)).toString('latin1');
-    return /\bsRGB\b/.test(text.replace(/\0/g, ''));
-  }
-  return false;
 }
 
 /**

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { concat, fields, lengthDelimited, readVarint } from './protobuf.ts';
-import { ElemType } from './onnx-proto.ts';
+import { ElemType, readValueInfo } from './onnx-proto.ts';
 
 /**
  * Exact int8 arithmetic on x86-64 CPUs without VNNI. There, ONNX Runtime multiplies uint8 activations by int8 weights
@@ -76,7 +76,7 @@ export function unsignedInt8Weights(model: Uint8Array): { model: Uint8Array; ten
     if (f.wire !== 2) continue;
     const body = graph.subarray(f.valueStart, f.end);
     if (f.no === 1) nodes.push(readNode(body));
-    else if (f.no === 11 || f.no === 12) declared.add(readName(body));
+    else if (f.no === 11 || f.no === 12) declared.add(readValueInfo(body).name);
     else if (f.no === 5) {
       const t = readTensor(body);
       if (t) inits.set(t.name, { start: f.start, end: f.end, body, dataType: t.dataType, inline: t.inline });
@@ -145,12 +145,6 @@ function readNode(body: Uint8Array): Node {
     else if (f.no === 7) node.domain = s === 'ai.onnx' ? '' : s;
   }
   return node;
-}
-
-/** The name of a ValueInfoProto. */
-function readName(body: Uint8Array): string {
-  const f = fields(body).find((x) => x.no === 1 && x.wire === 2);
-  return f ? utf8.decode(body.subarray(f.valueStart, f.end)) : '';
 }
 
 function readTensor(body: Uint8Array): { name: string; dataType: number; inline: boolean } | null {
