@@ -32,6 +32,7 @@ export interface Config {
   pollIntervalMs: number;
   dynamicBatch: boolean;
   exactInt8: ExactInt8;
+  engineLoadTimeoutMs: number;
   fusedPreprocessing: boolean;
   maxImagePixels: number;
   maxUploadBytes: number;
@@ -243,6 +244,13 @@ export const SETTINGS = [
   ),
   s('dynamicBatch', 'DYNAMIC_BATCH', bool, true, 'Make a batch dimension fixed at 1 dynamic where a trial run shows it is safe'),
   s(
+    'engineLoadTimeoutMs',
+    'ENGINE_LOAD_TIMEOUT_MS',
+    int(0),
+    600_000,
+    'Longest time loading one model version may take (reading, optimizing, the warm-up run); past it the engine is stopped and the version ends with MODEL_LOAD_FAILED; 0: no limit',
+  ),
+  s(
     'exactInt8',
     'ENGINE_EXACT_INT8',
     oneOf(['auto', 'on', 'off'] as const),
@@ -405,4 +413,15 @@ export function usage(): string {
       '\n',
     )
   );
+}
+
+/** How models are loaded (src/main.ts, and the tests' gateways, load them alike). */
+export function loadOptionsOf(config: Config): LoadOptions {
+  return {
+    intraOpThreads: config.engineThreads,
+    aloneThreads: config.engineAloneThreads,
+    dynamicBatch: config.dynamicBatch,
+    exactInt8: config.exactInt8,
+    timeoutMs: config.engineLoadTimeoutMs,
+  };
 }

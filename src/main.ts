@@ -2,7 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import v8 from 'node:v8';
 import sharp from 'sharp';
-import { ConfigError, loadConfig, uvThreadpoolSize, type Config } from './config.ts';
+import { ConfigError, loadConfig, loadOptionsOf, uvThreadpoolSize, type Config } from './config.ts';
 import { errorMessage } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -90,12 +90,7 @@ async function main(): Promise<void> {
     metrics,
     modelRoots: config.modelRoots,
     pollIntervalMs: config.pollIntervalMs,
-    loadOptions: {
-      intraOpThreads: config.engineThreads,
-      aloneThreads: config.engineAloneThreads,
-      dynamicBatch: config.dynamicBatch,
-      exactInt8: config.exactInt8,
-    },
+    loadOptions: loadOptionsOf(config),
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
     replica: config.replicaName,
   });

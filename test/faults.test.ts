@@ -126,6 +126,43 @@ describe('faults while serving', () => {
   });
 });
 
+describe('an engine that never answers while a version loads', () => {
+  it('the version ends with MODEL_LOAD_FAILED after ENGINE_LOAD_TIMEOUT_MS instead of LOADING for ever', async () => {
+    const base = createOnnxRuntimeEngine();
+    const closed: string[] = [];
+    const hangAt = (where: 'open' | 'loaded'): Engine => ({
+      ...base,
+      load: async (modelPath, options) => {
+        if (where === 'open') return new Promise(() => {}); // a worker that never replies, deaf to the signal too
+        const session = await base.load(modelPath, options);
+        session.loaded = () => new Promise(() => {});
+        const close = session.close.bind(session);
+        session.close = async () => {
+          closed.push(where);
+          await close();
+        };
+        return session;
+      },
+    });
+    for (const where of ['open', 'loaded'] as const) {
+      const gw = await startGateway({
+        models: { mobilenet: fixture('mobilenet') },
+        engine: hangAt(where),
+        env: { ENGINE_LOAD_TIMEOUT_MS: '1500' },
+      });
+      try {
+        const [v] = (await gw.gql(`{ model(name: "mobilenet") { versions { state errorCode errorMessage } } }`)).data.model.versions;
+        expect(v, where).toMatchObject({ state: 'END', errorCode: 'MODEL_LOAD_FAILED' });
+        expect(v.errorMessage).toMatch(/took longer than 1500 ms \(ENGINE_LOAD_TIMEOUT_MS\)/);
+        expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+      } finally {
+        await gw.close();
+      }
+    }
+    expect(closed).toEqual(['loaded']); // the session that did arrive was closed, its worker with it
+  });
+});
+
 describe('an engine that fails while a version finishes loading', () => {
   it('the version ends with MODEL_LOAD_FAILED instead of serving a session that cannot run', async () => {
     const base = createOnnxRuntimeEngine();

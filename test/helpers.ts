@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig, type Config } from '../src/config.ts';
+import { loadConfig, loadOptionsOf, type Config } from '../src/config.ts';
 import { createLogger } from '../src/log.ts';
 import { Metrics } from '../src/metrics.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
@@ -104,12 +104,7 @@ export async function startGateway(
     modelRoots: config.modelRoots,
     pollIntervalMs: opts.pollIntervalMs ?? 0,
     // as src/main.ts loads models
-    loadOptions: {
-      intraOpThreads: config.engineThreads,
-      aloneThreads: config.engineAloneThreads,
-      dynamicBatch: config.dynamicBatch,
-      exactInt8: config.exactInt8,
-    },
+    loadOptions: loadOptionsOf(config),
     checkModel: (files, session) => checkModel(files, session, { fusePreprocessing: config.fusedPreprocessing }),
   });
   const gateway = createGateway({ config, models: repository, logger, metrics });

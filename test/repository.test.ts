@@ -348,6 +348,34 @@ describe('model repository over GraphQL', () => {
   });
 });
 
+describe('a load that takes longer than ENGINE_LOAD_TIMEOUT_MS', () => {
+  it('ends with MODEL_LOAD_FAILED, stops its engine worker, and the server keeps serving', async () => {
+    const threads = async () => Number(/^Threads:\s+(\d+)/m.exec(await readFile('/proc/self/status', 'utf8'))![1]);
+    // 1 ms: shorter than any real load (reading the file alone takes longer)
+    const gw = await startGateway({ models: { mobilenet: mobilenet() }, env: { ENGINE_LOAD_TIMEOUT_MS: '1' } });
+    try {
+      const r = await gw.gql(`{ model(name: "mobilenet") { versions { state errorCode errorMessage } } }`);
+      expect(r.data.model.versions).toEqual([
+        {
+          state: 'END',
+          errorCode: 'MODEL_LOAD_FAILED',
+          errorMessage: expect.stringMatching(/took longer than 1 ms \(ENGINE_LOAD_TIMEOUT_MS\)/),
+        },
+      ]);
+      // each try starts an engine worker (a thread, and ONNX Runtime's); a given-up load must not leave it behind
+      const before = await threads();
+      for (let i = 0; i < 4; i++) {
+        const again = await gw.gql(`mutation { loadModel(name: "mobilenet") { name versions { state errorCode } } }`);
+        expect(again.data.loadModel.versions).toEqual([{ state: 'END', errorCode: 'MODEL_LOAD_FAILED' }]);
+      }
+      await until(async () => (await threads()) <= before + 1, 10_000, 'the workers of the given-up loads to end');
+      expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
 describe('schema.graphql', () => {
   it('is fresh (run npm run schema after changing the schema)', async () => {
     const committed = await readFile(path.join(ROOT, 'schema.graphql'), 'utf8');

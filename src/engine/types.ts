@@ -88,6 +88,10 @@ export interface LoadOptions {
    * without VNNI); 'on' on every CPU, 'off' never. Default 'auto'.
    */
   exactInt8?: 'auto' | 'on' | 'off';
+  /** The longest a version's load may take (the version's own limit, ENGINE_LOAD_TIMEOUT_MS); 0 or unset: none. */
+  timeoutMs?: number;
+  /** Aborted when the load is given up: the engine stops what it started for it (its threads, its workers). */
+  signal?: AbortSignal;
 }
 
 export interface Engine {

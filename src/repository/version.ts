@@ -159,29 +159,60 @@ export class ModelVersion {
       return this.transition('END', { code: e.code, message: e.message });
     }
     const batching = files.config.batching;
-    let session: Session;
+    // a load that takes longer than ENGINE_LOAD_TIMEOUT_MS is given up, whatever the engine does: the engine is told
+    // to stop (its workers end), and a session that still arrives later is closed
+    const giveUp = new AbortController();
+    const limit = options.timeoutMs ?? 0;
+    const timer =
+      limit > 0
+        ? setTimeout(
+            () =>
+              giveUp.abort(new GatewayError(ErrorCode.MODEL_LOAD_FAILED, `loading took longer than ${limit} ms (ENGINE_LOAD_TIMEOUT_MS)`)),
+            limit,
+          )
+        : null;
+    const gaveUp = new Promise<never>((_, reject) =>
+      giveUp.signal.addEventListener('abort', () => reject(giveUp.signal.reason), { once: true }),
+    );
+    gaveUp.catch(() => undefined);
+    const inTime = <T>(p: Promise<T>): Promise<T> => Promise.race([p, gaveUp]);
+    const why = (e: unknown) => (giveUp.signal.aborted ? giveUp.signal.reason : e);
     try {
-      session = await this.deps.openSession(this.modelPath, options);
-    } catch (e) {
-      return this.loadFailed(e);
+      const opening = this.deps.openSession(this.modelPath, { ...options, signal: giveUp.signal });
+      let session: Session;
+      try {
+        session = await inTime(opening);
+      } catch (e) {
+        void opening.then((late) => late.close()).catch(() => undefined);
+        return this.loadFailed(why(e));
+      }
+      let warnings: string[] = [];
+      try {
+        warnings = (await inTime(Promise.resolve(this.deps.check?.(files, session)))) ?? [];
+      } catch (e) {
+        await session.close().catch(() => undefined);
+        if (giveUp.signal.aborted) return this.loadFailed(why(e));
+        const code = isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
+        return this.transition('END', { code, message: `${this.model}/model.json does not fit the model: ${errorMessage(e)}` });
+      }
+      for (const w of warnings)
+        this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
+      try {
+        await inTime(Promise.resolve(session.loaded?.()));
+      } catch (e) {
+        // the engine could not finish (its thread died, or the load took too long): a version must not serve a
+        // session that cannot run
+        await session.close().catch(() => undefined);
+        return this.loadFailed(why(e));
+      }
+      this.serve(session, warnings, options, batching);
+    } finally {
+      if (timer) clearTimeout(timer);
     }
-    let warnings: string[] = [];
-    try {
-      warnings = (await this.deps.check?.(files, session)) ?? [];
-    } catch (e) {
-      await session.close().catch(() => undefined);
-      const code = isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
-      return this.transition('END', { code, message: `${this.model}/model.json does not fit the model: ${errorMessage(e)}` });
-    }
-    for (const w of warnings)
-      this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
-    try {
-      await session.loaded?.();
-    } catch (e) {
-      // the engine could not finish (its thread died): a version must not serve a session that cannot run
-      await session.close().catch(() => undefined);
-      return this.loadFailed(e);
-    }
+  }
+
+  /** The loaded session goes into service: its batcher and admissions, and AVAILABLE. */
+  private serve(session: Session, warnings: string[], options: LoadOptions, batching: ModelConfig['batching']): void {
     this.loadOptions = options;
     session.onFailure?.((e) => void this.engineFailed(e));
     this.session = session;

@@ -215,6 +215,10 @@ async function open(source: Uint8Array | string, options?: LoadOptions): Promise
   const worker = new Worker(new URL('./worker.mjs', import.meta.url));
   worker.unref();
   const session = new WorkerSession(worker);
+  // a load given up (ENGINE_LOAD_TIMEOUT_MS) ends the worker, whatever it is doing: every call it owes fails
+  const signal = options?.signal;
+  if (signal?.aborted) void worker.terminate();
+  else signal?.addEventListener('abort', () => void worker.terminate(), { once: true });
   try {
     await session.load(source, options);
   } catch (e) {
