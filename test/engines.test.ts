@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { createEngine } from '../src/engine/index.ts';
 import type { PixelInput, Tensor } from '../src/engine/types.ts';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { ElemType, identityModel } from './onnx-builder.ts';
 import sharp from 'sharp';
 import { image, modelFile } from './helpers.ts';
 import { ConfigError, cpusFromCgroup, loadConfig } from '../src/config.ts';
@@ -79,6 +82,22 @@ describe('engines', () => {
     expect(await Promise.race([second, hung])).toMatch(/input: 0 values for shape \[1,3,224,224\] \(150528\)/);
     // and the session still serves
     expect((await session.run({ input: { ...input, data: new Float32Array(3 * 224 * 224) } })).output.shape).toEqual([1, 1000]);
+    await session.close();
+  });
+
+  it('onnxruntime: an empty tensor whose buffer was handed over already fails at once too', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'identity-'));
+    await writeFile(path.join(dir, 'model.onnx'), identityModel(ElemType.FLOAT, ['n', 3]));
+    const session = await (await createEngine('onnxruntime')).load(path.join(dir, 'model.onnx'), { dynamicBatch: false });
+    const data = new Float32Array(3);
+    await session.run({ x: { dtype: 'float32', shape: [1, 3], data } }); // hands the buffer over
+    const empty = session.run({ x: { dtype: 'float32', shape: [0, 3], data } }).then(
+      () => 'ran',
+      (e: Error) => e.name,
+    );
+    const hung = new Promise((resolve) => setTimeout(() => resolve('no answer after 5 s'), 5000));
+    expect(await Promise.race([empty, hung])).toBe('DataCloneError');
+    expect((await session.run({ x: { dtype: 'float32', shape: [0, 3], data: new Float32Array(0) } })).y.shape).toEqual([0, 3]);
     await session.close();
   });
 
