@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorCode, fixture, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
-import type { Engine } from '../src/engine/types.ts';
+import type { Engine, Session } from '../src/engine/types.ts';
 
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
@@ -160,6 +160,93 @@ describe('an engine that never answers while a version loads', () => {
       }
     }
     expect(closed).toEqual(['loaded']); // the session that did arrive was closed, its worker with it
+  });
+});
+
+describe('ENGINE_LOAD_TIMEOUT_MS, step by step', () => {
+  const base = createOnnxRuntimeEngine();
+  const env = { ENGINE_LOAD_TIMEOUT_MS: '1500' };
+  const state = async (gw: TestGateway) =>
+    (await gw.gql(`{ model(name: "mobilenet") { versions { state errorCode errorMessage } } }`)).data.model.versions[0];
+
+  it('stops the engine worker of a load it gives up, even when the engine keeps its session', async () => {
+    let kept: Session | null = null;
+    const engine: Engine = {
+      ...base,
+      load: async (modelPath, options) => {
+        kept = await base.load(modelPath, options);
+        return new Promise(() => {}); // loaded, but never handed over
+      },
+    };
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine, env });
+    try {
+      expect(await state(gw)).toMatchObject({ state: 'END', errorCode: 'MODEL_LOAD_FAILED' });
+      // the worker was terminated when the load was given up: the session it served can no longer run
+      const input = { dtype: 'float32', shape: [1, 3, 224, 224], data: new Float32Array(3 * 224 * 224) } as const;
+      await expect(kept!.run({ input: { ...input, shape: [...input.shape] } })).rejects.toThrow(/engine worker exited/);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('closes a session that arrives after the load was given up', async () => {
+    let closed = false;
+    const engine: Engine = {
+      ...base,
+      load: async (modelPath, options) => {
+        const session = await base.load(modelPath, { ...options, signal: undefined }); // deaf to the signal
+        await new Promise((r) => setTimeout(r, 2000));
+        const close = session.close.bind(session);
+        session.close = async () => {
+          closed = true;
+          await close();
+        };
+        return session;
+      },
+    };
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine, env });
+    try {
+      expect(await state(gw)).toMatchObject({ state: 'END', errorCode: 'MODEL_LOAD_FAILED' });
+      await until(() => closed, 5000, 'the late session to be closed');
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('a warm-up run that never ends is a load that took too long, not a model.json that does not fit', async () => {
+    const engine: Engine = {
+      ...base,
+      load: async (modelPath, options) => {
+        const session = await base.load(modelPath, options);
+        session.run = () => new Promise(() => {});
+        return session;
+      },
+    };
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine, env });
+    try {
+      expect(await state(gw)).toMatchObject({
+        state: 'END',
+        errorCode: 'MODEL_LOAD_FAILED',
+        errorMessage: expect.stringMatching(/^cannot load version 1 of mobilenet: loading took longer than 1500 ms/),
+      });
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('a load that finished in time keeps serving after the limit has passed', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env });
+    try {
+      expect(await state(gw)).toMatchObject({ state: 'AVAILABLE' });
+      await new Promise((r) => setTimeout(r, 2000));
+      const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('zebra.jpeg') } });
+      expect(r.errors).toBeUndefined();
+      expect(await state(gw)).toMatchObject({ state: 'AVAILABLE' });
+      // the same session all along: no engine stopped and reloaded behind it
+      expect(gw.logs.filter((l) => /engine failed|"state":"LOADING"|"to":"LOADING"/.test(l))).toHaveLength(1);
+    } finally {
+      await gw.close();
+    }
   });
 });
 

@@ -90,7 +90,10 @@ export interface LoadOptions {
   exactInt8?: 'auto' | 'on' | 'off';
   /** The longest a version's load may take (the version's own limit, ENGINE_LOAD_TIMEOUT_MS); 0 or unset: none. */
   timeoutMs?: number;
-  /** Aborted when the load is given up: the engine stops what it started for it (its threads, its workers). */
+  /**
+   * Aborted when the load is given up: the engine stops what it started for it (ONNX Runtime: its workers; an engine
+   * that cannot stop, as OpenVINO's compile, finishes, and the version closes the session it then gets).
+   */
   signal?: AbortSignal;
 }
 

@@ -212,13 +212,13 @@ export class WorkerSession implements Session {
 }
 
 async function open(source: Uint8Array | string, options?: LoadOptions): Promise<WorkerSession> {
+  options?.signal?.throwIfAborted(); // a load given up starts no worker
   const worker = new Worker(new URL('./worker.mjs', import.meta.url));
   worker.unref();
   const session = new WorkerSession(worker);
-  // a load given up (ENGINE_LOAD_TIMEOUT_MS) ends the worker, whatever it is doing: every call it owes fails
-  const signal = options?.signal;
-  if (signal?.aborted) void worker.terminate();
-  else signal?.addEventListener('abort', () => void worker.terminate(), { once: true });
+  // a load given up (ENGINE_LOAD_TIMEOUT_MS) ends the worker, whatever it is doing: every call it owes fails. The
+  // signal belongs to one load, and the version never aborts it once the load is done.
+  options?.signal?.addEventListener('abort', () => void worker.terminate(), { once: true });
   try {
     await session.load(source, options);
   } catch (e) {
@@ -248,6 +248,7 @@ export function createOnnxRuntimeEngine(): Engine {
           session = await serve(bytes);
           int8 = `${tensors} int8 weight tensors stored as uint8, so that this CPU computes their products exactly (ENGINE_EXACT_INT8)`;
         } catch (e) {
+          options.signal?.throwIfAborted(); // given up (ENGINE_LOAD_TIMEOUT_MS), not unloadable
           // a graph the rewrite made unloadable (it should not happen) is served as it came, and says so; a model that
           // does not load either way fails with the original's error
           session = await serve(file);
