@@ -36,14 +36,22 @@ const SRGB_ENCODE = (() => {
   return t;
 })();
 
-const cache = new Map<string, RgbTransform | null>();
+/** What an embedded profile asks of the decoder: nothing (sRGB), our transform, or libvips' (neither). */
+export interface EmbeddedProfile {
+  /** sRGB: its transform would change nothing, so it is skipped. */
+  srgbProfile: boolean;
+  /** Another matrix/shaper RGB profile: its transform, applied by the gateway after the resize. */
+  rgbProfile: RgbTransform | null;
+}
+
+const cache = new Map<string, EmbeddedProfile>();
 const CACHE_SIZE = 32;
 /** Matrix/shaper profiles take 0.5 to a few KB (a curve table of 4096 entries: 8 KB); a larger one goes to libvips. */
 const MAX_PROFILE_BYTES = 64 * 1024;
 
-/** The transform for this profile, or null when libvips must do it (built once per distinct profile). */
-export function rgbTransformOf(icc: Uint8Array): RgbTransform | null {
-  if (icc.length > MAX_PROFILE_BYTES) return null; // the cache holds at most 32 x 64 KB of keys
+/** Worked out once per distinct profile (the 32 most recent kept): an image's profile costs a lookup. */
+export function embeddedProfile(icc: Uint8Array): EmbeddedProfile {
+  if (icc.length > MAX_PROFILE_BYTES) return { srgbProfile: isSrgbProfile(icc), rgbProfile: null }; // keys stay small
   const key = Buffer.from(icc.buffer, icc.byteOffset, icc.byteLength).toString('latin1');
   const hit = cache.get(key);
   if (hit !== undefined) {
@@ -51,15 +59,21 @@ export function rgbTransformOf(icc: Uint8Array): RgbTransform | null {
     cache.set(key, hit);
     return hit;
   }
-  let t: RgbTransform | null;
-  try {
-    t = parse(icc);
-  } catch {
-    t = null;
-  }
-  cache.set(key, t);
+  const srgbProfile = isSrgbProfile(icc);
+  const found = { srgbProfile, rgbProfile: srgbProfile ? null : rgbTransformOf(icc) };
+  cache.set(key, found);
   if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value!);
-  return t;
+  return found;
+}
+
+/** The transform for this profile, or null when libvips must do it. */
+export function rgbTransformOf(icc: Uint8Array): RgbTransform | null {
+  if (icc.length > MAX_PROFILE_BYTES) return null;
+  try {
+    return parse(icc);
+  } catch {
+    return null;
+  }
 }
 
 /** Converts interleaved 8-bit RGB pixels in place: all of them, or a rectangle of an image `width` pixels wide. */
@@ -95,7 +109,7 @@ const tagName = (b: Uint8Array, at: number) => String.fromCharCode(b[at], b[at +
  * Is an ICC profile sRGB? Read from its description tag ('desc' in ICC v2, 'mluc' in v4): the profiles cameras and
  * editors embed say "sRGB IEC61966-2.1" (or a variant). Anything else keeps its colour transform.
  */
-export function isSrgbProfile(icc: Uint8Array): boolean {
+function isSrgbProfile(icc: Uint8Array): boolean {
   const tag = readTags(icc)?.get('desc');
   if (!tag) return false;
   // 'desc': ASCII after an 8-byte type header and a 4-byte count; 'mluc': UTF-16BE records

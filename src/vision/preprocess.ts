@@ -5,7 +5,7 @@ import type { Metadata, OutputInfo, Sharp } from 'sharp';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { floatToHalf, type DType, type PixelInput, type Tensor, type TensorInfo } from '../engine/types.ts';
 import type { ModelConfig, PreprocessingConfig } from '../repository/model-config.ts';
-import { applyRgbTransform, isSrgbProfile, rgbTransformOf, type RgbTransform } from './icc.ts';
+import { applyRgbTransform, embeddedProfile, type EmbeddedProfile, type RgbTransform } from './icc.ts';
 import { readJpegHeader, type JpegHeader } from './jpeg-header.ts';
 
 /** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
@@ -268,10 +268,8 @@ async function probeWithSharp(bytes: Uint8Array, format: string): Promise<Omit<D
   };
 }
 
-function profileOf(icc: Uint8Array | null | undefined): Pick<DecodedImage, 'srgbProfile' | 'rgbProfile'> {
-  const srgbProfile = icc ? isSrgbProfile(icc) : false;
-  return { srgbProfile, rgbProfile: icc && !srgbProfile ? rgbTransformOf(icc) : null };
-}
+const profileOf = (icc: Uint8Array | null | undefined): EmbeddedProfile =>
+  icc ? embeddedProfile(icc) : { srgbProfile: false, rgbProfile: null };
 
 /**
  * The EXIF orientation applied after the resize (and before any crop or padding), so that a JPEG still shrinks on
