@@ -186,6 +186,8 @@ export function followStatus(token: string, on: { changed(): void; connection(c:
   return () => {
     stopped = true;
     stop();
-    void client.dispose();
+    // dropped while it waits to reconnect, the client rejects its pending connection ({code: 1000, "All
+    // Subscriptions Gone"}) and dispose() with it: expected here, not an error of the page
+    void Promise.resolve(client.dispose()).catch(() => {});
   };
 }
