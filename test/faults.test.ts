@@ -276,3 +276,62 @@ describe('an engine that fails while a version finishes loading', () => {
     }
   });
 });
+
+describe('an admin action while a failed engine reloads itself', () => {
+  const base = createOnnxRuntimeEngine();
+  /** An engine whose loads after the first wait until `release()`: the self-restart is held in LOADING. */
+  const heldEngine = () => {
+    let loads = 0;
+    let release = () => {};
+    const gate = new Promise<void>((r) => (release = r));
+    const sessions: Session[] = [];
+    const engine: Engine = {
+      ...base,
+      load: async (modelPath, options) => {
+        if (loads++ > 0) await gate;
+        const s = await base.load(modelPath, options);
+        sessions.push(s);
+        return s;
+      },
+    };
+    return { engine, sessions, release: () => release(), loads: () => loads };
+  };
+  const crash = (s: Session) => (s as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+
+  for (const action of ['unloadModel', 'deleteModel'] as const) {
+    it(`${action} during the reload wins: no session comes back, none is left open`, async () => {
+      const held = heldEngine();
+      const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine: held.engine });
+      try {
+        const serving = gw.repository.get('mobilenet')!.servingVersion()!;
+        const events: string[] = [];
+        gw.repository.on('status', (e: { state: string; errorCode: string | null }) =>
+          events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`),
+        );
+        await crash(serving.session!);
+        await until(() => events.includes('LOADING') && held.loads() === 2, 15_000, 'the reload to reach the engine');
+        const acting =
+          action === 'unloadModel' ? gw.repository.unload('mobilenet') : gw.repository.delete('mobilenet').then(() => undefined);
+        await new Promise((r) => setTimeout(r, 100));
+        held.release(); // the reload's engine answers now, after the admin action was asked for
+        await acting;
+        await new Promise((r) => setTimeout(r, 500));
+        const model = gw.repository.get('mobilenet');
+        if (action === 'unloadModel') {
+          expect([...model!.versions.values()].map((v) => [v.state, v.session])).toEqual([['END', null]]);
+          expect(errorCode(await gw.gql(CLASSIFY, { f: null }, { files: { f: image('zebra.jpeg') } }))).toBe('MODEL_NOT_READY');
+        } else {
+          expect(model).toBeUndefined();
+        }
+        expect(events.at(-1)).toBe('END');
+        // the reloaded session was closed: its worker is gone
+        expect(held.sessions).toHaveLength(2);
+        const input = { dtype: 'float32', shape: [1, 3, 224, 224], data: new Float32Array(3 * 224 * 224) } as const;
+        await expect(held.sessions[1].run({ input: { ...input, shape: [...input.shape] } })).rejects.toThrow();
+      } finally {
+        held.release();
+        await gw.close();
+      }
+    });
+  }
+});

@@ -203,6 +203,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       openSession: async (p, options) => this.engine.load(await this.confinedModelFile(model, p), options),
       check: this.checkModel,
       metrics,
+      exclusive: (fn) => model.exclusive(async () => (this.closed ? undefined : fn())),
     });
   }
 

@@ -55,6 +55,11 @@ export interface VersionDeps {
   check?: (files: ModelFiles, session: Session) => Promise<string[]> | string[];
   /** This version's Prometheus series. */
   metrics?: VersionMetrics;
+  /**
+   * Runs `fn` under the model's lock (what loadModel, unloadModel and the watcher hold): a self-restart after an engine
+   * failure runs there, so an admin action asked for during it waits for it, then wins.
+   */
+  exclusive?: (fn: () => Promise<void>) => Promise<void>;
 }
 
 /** One admitted request of a version: its single inference, then release(). */
@@ -86,8 +91,9 @@ export class ModelVersion {
   private loadOptions: LoadOptions | null = null;
   /** Engine failures in a row (reset once a reload has served a request). */
   private engineFailures = 0;
-  /** The pending self-restart after an engine failure (see engineFailed). */
+  /** The pending self-restart after an engine failure (see engineFailed): its pause, then its turn of the lock. */
   private restartTimer: NodeJS.Timeout | null = null;
+  private restartPending = false;
   static readonly MAX_ENGINE_RESTARTS = 3;
 
   /**
@@ -259,22 +265,30 @@ export class ModelVersion {
     const options = this.loadOptions;
     if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !options) return;
     const wait = 250 * 2 ** (this.engineFailures - 1);
+    const exclusive = this.deps.exclusive ?? ((fn) => fn());
+    this.restartPending = true;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
-      if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') void this.load(options);
+      void exclusive(async () => {
+        // an unload, a delete or a replacement that came first called it off (cancelRestart) while it waited its turn
+        if (!this.restartPending) return;
+        this.restartPending = false;
+        if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') await this.load(options);
+      });
     }, wait);
     this.restartTimer.unref();
   }
 
   /** Ended by an engine failure and about to load itself again: nobody else should load this version meanwhile. */
   get restarting(): boolean {
-    return this.restartTimer !== null;
+    return this.restartPending;
   }
 
   /** Call off a pending self-restart: the version was unloaded, dropped or replaced in the meantime. */
   cancelRestart(): void {
     if (this.restartTimer) clearTimeout(this.restartTimer);
     this.restartTimer = null;
+    this.restartPending = false;
   }
 
   /**
