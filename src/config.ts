@@ -255,7 +255,7 @@ export const SETTINGS = [
     'ENGINE_EXACT_INT8',
     oneOf(['auto', 'on', 'off'] as const),
     'auto',
-    'Quantized ONNX models: store int8 weights as uint8 so that every CPU computes their products exactly. auto: on x86-64 CPUs without VNNI, whose int8 kernel saturates (a quantized model answers differently there, often much worse) and costs less; on: always; off: never (faster on those CPUs, answers that depend on the CPU)',
+    'Quantized ONNX models: compute int8 products exactly on every CPU (ONNX Runtime session option x64quantprecision: int8 weights stored as uint8). auto: on x86-64 CPUs without VNNI, whose int8 kernel saturates (a quantized model answers differently there, often much worse) and costs less; on: always; off: never (faster on those CPUs, answers that depend on the CPU)',
   ),
   s(
     'fusedPreprocessing',

@@ -17,7 +17,7 @@ import {
 import { withDynamicBatch } from './dynamic-batch.ts';
 import { checkExternalData, externalDataLocations } from './external-data.ts';
 import { PIXELS_INPUT, fusePreprocessing } from './fuse.ts';
-import { cpuSaturatesInt8, unsignedInt8Weights } from './exact-int8.ts';
+import { exactInt8Here, int8Initializers } from './exact-int8.ts';
 
 /**
  * The default engine: ONNX Runtime on CPU (its binaries ship inside the npm package).
@@ -118,7 +118,14 @@ export class WorkerSession implements Session {
       // ONNX Runtime's threads spin while they wait for work by default. The gateway decodes and resizes images on
       // the same cores while a batch runs, so spinning steals their CPU (measured: -29% throughput at concurrency 16
       // on 2 cores, see bench/). Threads sleep instead.
-      extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
+      extra: {
+        session: {
+          intra_op: { allow_spinning: '0' },
+          inter_op: { allow_spinning: '0' },
+          // int8 products computed exactly where the CPU's int8 kernel saturates (exact-int8.ts, ENGINE_EXACT_INT8)
+          ...(exactInt8Here(options.exactInt8) ? { x64quantprecision: '1' } : {}),
+        },
+      },
     };
     this.source = typeof source === 'string' ? null : source;
     this.sessionOptions = sessionOptions;
@@ -193,7 +200,13 @@ export class WorkerSession implements Session {
         ? {
             ...this.sessionOptions,
             intraOpNumThreads: threads,
-            extra: { session: { intra_op: { allow_spinning: '1' }, inter_op: { allow_spinning: '0' }, force_spinning_stop: '1' } },
+            extra: {
+              session: {
+                ...(this.sessionOptions.extra as { session: object }).session,
+                intra_op: { allow_spinning: '1' },
+                force_spinning_stop: '1',
+              },
+            },
           }
         : null;
     const r = await this.request<{ built: boolean }>({ type: 'alone', options });
@@ -236,25 +249,13 @@ export function createOnnxRuntimeEngine(): Engine {
     async load(modelPath, options = {}) {
       const file = new Uint8Array(await readFile(modelPath));
       const external = externalDataLocations(file);
+      const int8 =
+        exactInt8Here(options.exactInt8) && int8Initializers(file) > 0
+          ? { int8: 'products computed exactly on this CPU: ONNX Runtime stores the int8 weights as uint8 (ENGINE_EXACT_INT8)' }
+          : {};
       if (external.length === 0) {
-        const exact = options.exactInt8 ?? 'auto';
-        const { model: bytes, tensors } =
-          exact === 'on' || (exact === 'auto' && cpuSaturatesInt8()) ? unsignedInt8Weights(file) : { model: file, tensors: 0 };
-        const serve = (b: Uint8Array) => withDynamicBatch(b, (x) => open(x, options), options.dynamicBatch ?? true);
-        if (tensors === 0) return serve(file);
-        let session: Awaited<ReturnType<typeof serve>>;
-        let int8: string;
-        try {
-          session = await serve(bytes);
-          int8 = `${tensors} int8 weight tensors stored as uint8, so that this CPU computes their products exactly (ENGINE_EXACT_INT8)`;
-        } catch (e) {
-          options.signal?.throwIfAborted(); // given up (ENGINE_LOAD_TIMEOUT_MS), not unloadable
-          // a graph the rewrite made unloadable (it should not happen) is served as it came, and says so; a model that
-          // does not load either way fails with the original's error
-          session = await serve(file);
-          int8 = `served as it came: with its int8 weights as uint8 it did not load (${(e as Error).message.slice(0, 200)})`;
-        }
-        session.notes = { ...session.notes, int8 };
+        const session = await withDynamicBatch(file, (x) => open(x, options), options.dynamicBatch ?? true);
+        session.notes = { ...session.notes, ...int8 };
         return session;
       }
       // Weights in files beside the model (models over 2 GB): every location must be a file of the version folder,
@@ -264,6 +265,7 @@ export function createOnnxRuntimeEngine(): Engine {
       const session = await open(modelPath, options);
       session.batchable = session.inputs.length > 0 && [...session.inputs, ...session.outputs].every((i) => i.shape[0] === null);
       session.notes = {
+        ...int8,
         externalData: external,
         dynamicBatch: session.batchable ? undefined : 'not rewritten: the model keeps its weights in external data',
       };
