@@ -162,9 +162,13 @@ export async function cpuSeconds(pid: number): Promise<number> {
 }
 
 /** The naive baseline server (bench/naive.ts) as a separate process; the photo is the request body. */
-export async function startNaive(model: string): Promise<{ port: number; child: ChildProcess; stop(): Promise<void> }> {
+export async function startNaive(
+  model: string,
+  { exactInt8 = false }: { exactInt8?: boolean } = {},
+): Promise<{ port: number; child: ChildProcess; stop(): Promise<void> }> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench', 'naive.ts'), String(port), model], {
+  const args = [path.join(ROOT, 'bench', 'naive.ts'), String(port), model, ...(exactInt8 ? ['exact'] : [])];
+  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
   });

@@ -4,14 +4,21 @@
  * tensor on the main thread, runs onnxruntime on the main thread (its defaults), one image per call, no batching, and
  * answers the top class as JSON. It is clearly not the product: it exists to be measured against.
  *
- * Usage: node --import tsx bench/naive.ts <port> <model.onnx>
+ * Usage: node --import tsx bench/naive.ts <port> <model.onnx> [exact]
+ *
+ * `exact`: the same int8 arithmetic as the gateway where its CPU saturates int8 products (ENGINE_EXACT_INT8, ONNX
+ * Runtime's session option x64quantprecision), so that the two are compared on serving, not on what they compute. On a
+ * CPU with VNNI it changes nothing; the bench passes it when the gateway's default sets it.
  */
 import http from 'node:http';
 import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 
-const [port, modelPath] = process.argv.slice(2);
-const session = await ort.InferenceSession.create(modelPath);
+const [port, modelPath, exact] = process.argv.slice(2);
+const session = await ort.InferenceSession.create(
+  modelPath,
+  exact === 'exact' ? ({ extra: { session: { x64quantprecision: '1' } } } as ort.InferenceSession.SessionOptions) : {},
+);
 const MEAN = [0.485, 0.456, 0.406];
 const STD = [0.229, 0.224, 0.225];
 

@@ -24,6 +24,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { defaultAloneThreads, defaultDecodeThreads, defaultEngineThreads } from '../src/config.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import { exactInt8Here } from '../src/engine/onnx/exact-int8.ts';
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher } from '../src/batching/batcher.ts';
 import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
@@ -213,7 +214,7 @@ async function main() {
   const small = await Promise.all(SMALL.map(async (name) => ({ name, bytes: await readFile(path.join(IMAGES, name)) })));
   const large = await largePhotos();
   console.log(
-    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved; engine threads ${defaultEngineThreads()}, decode threads ${defaultDecodeThreads()}`,
+    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved; engine threads ${defaultEngineThreads()}, decode threads ${defaultDecodeThreads()}; int8 products ${exactInt8Here() ? 'exact (this CPU saturates them; the naive server too)' : 'as the CPU computes them'}`,
   );
 
   // --- the in-process pipeline: the gateway's own code, fused preprocessing included, without HTTP or GraphQL ---
@@ -324,7 +325,8 @@ async function main() {
     {},
     profile,
   );
-  const naive = await startNaive(MODEL);
+  // the same int8 arithmetic as the gateway's default (exact where this CPU saturates): serving is compared, not kernels
+  const naive = await startNaive(MODEL, { exactInt8: exactInt8Here() });
   const baseline = process.env.BENCH_BASELINE
     ? await startServer(
         { mobilenet: { onnx: MODEL, config: config(BATCHING) } },
@@ -506,6 +508,7 @@ async function main() {
       node: process.version,
       engineThreads: defaultEngineThreads(),
       decodeThreads: defaultDecodeThreads(),
+      exactInt8: exactInt8Here(),
     },
     model: 'mobilenetv2-12-int8',
     batching: BATCHING,
