@@ -22,7 +22,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { defaultAloneThreads, defaultDecodeThreads, defaultEngineThreads } from '../src/config.ts';
+import { defaultAloneThreads, defaultDecodeThreads, defaultEngineInstances, defaultEngineThreads } from '../src/config.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { exactInt8Here } from '../src/engine/onnx/exact-int8.ts';
 import { Admissions } from '../src/batching/admission.ts';
@@ -214,12 +214,16 @@ async function main() {
   const small = await Promise.all(SMALL.map(async (name) => ({ name, bytes: await readFile(path.join(IMAGES, name)) })));
   const large = await largePhotos();
   console.log(
-    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved; engine threads ${defaultEngineThreads()}, decode threads ${defaultDecodeThreads()}; int8 products ${exactInt8Here() ? 'exact (this CPU saturates them; the naive server too)' : 'as the CPU computes them'}`,
+    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved; engine threads ${defaultEngineThreads()} x ${defaultEngineInstances()} instances, decode threads ${defaultDecodeThreads()}; int8 products ${exactInt8Here() ? 'exact (this CPU saturates them; the naive server too)' : 'as the CPU computes them'}`,
   );
 
   // --- the in-process pipeline: the gateway's own code, fused preprocessing included, without HTTP or GraphQL ---
   const engine = createOnnxRuntimeEngine();
-  const session = await engine.load(MODEL, { intraOpThreads: defaultEngineThreads(), aloneThreads: defaultAloneThreads() });
+  const session = await engine.load(MODEL, {
+    intraOpThreads: defaultEngineThreads(),
+    aloneThreads: defaultAloneThreads(),
+    instances: defaultEngineInstances(),
+  });
   const cfg = parseModelConfig(config(BATCHING));
   const plan = await prepareImageInput({ config: cfg, labels: null, mean: null, signature: signatureOf(cfg, null, null) }, session);
   await session.loaded?.();
@@ -233,7 +237,8 @@ async function main() {
       items += Object.values(f)[0].shape[0];
       return session.run(f, options);
     },
-    { ...cfg.batching, timeoutMs: 0 },
+    // as a version does: batches handed to the engine per instance
+    { ...cfg.batching, maxConcurrentBatches: cfg.batching.maxConcurrentBatches * (session.instances ?? 1), timeoutMs: 0 },
     { othersComing: () => admissions.preparingCount > 0 },
   );
   const inProcess = (photos: { bytes: Buffer }[]): Runner => ({
@@ -507,6 +512,7 @@ async function main() {
       cpu: os.cpus()[0]?.model,
       node: process.version,
       engineThreads: defaultEngineThreads(),
+      engineInstances: defaultEngineInstances(),
       decodeThreads: defaultDecodeThreads(),
       exactInt8: exactInt8Here(),
     },

@@ -1,7 +1,7 @@
 import { mkdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { errorCode, fixture, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import { engineWorkers, errorCode, fixture, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine, Session } from '../src/engine/types.ts';
 
@@ -61,7 +61,7 @@ describe('faults while serving', () => {
     const file = path.join(gw.root, 'mobilenet', String(serving.version), 'model.onnx');
     await utimes(file, new Date(), new Date(Date.now() + 60_000));
     // simulate a native crash of ONNX Runtime: the session's worker thread goes away
-    await (serving.session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await engineWorkers(serving.session)[0].terminate();
     await until(() => events.includes('AVAILABLE'), 15_000, 'the version came back');
     await new Promise((r) => setTimeout(r, 500)); // several polls of the watcher
     gw.repository.off('status', listener);
@@ -76,7 +76,7 @@ describe('faults while serving', () => {
     const events: string[] = [];
     const listener = (e: { version: number; state: string }) => e.version === serving.version && events.push(e.state);
     gw.repository.on('status', listener);
-    await (serving.session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await engineWorkers(serving.session)[0].terminate();
     await until(() => events.includes('END'), 15_000, 'the version ended');
     await gw.repository.unload('mobilenet'); // within the restart's pause (250 ms or more)
     await new Promise((r) => setTimeout(r, 1500));
@@ -296,7 +296,7 @@ describe('an admin action while a failed engine reloads itself', () => {
     };
     return { engine, sessions, release: () => release(), loads: () => loads };
   };
-  const crash = (s: Session) => (s as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+  const crash = (s: Session) => engineWorkers(s)[0].terminate();
 
   for (const action of ['unloadModel', 'deleteModel'] as const) {
     it(`${action} during the reload wins: no session comes back, none is left open`, async () => {

@@ -217,3 +217,9 @@ export const fixtureModels = (): Record<string, ModelSpec> => ({
   bodypix: fixture('bodypix'),
   ppocr: fixture('ppocr'),
 });
+
+/** The engine worker threads behind a session (one per engine instance), to end them as a native crash would. */
+export function engineWorkers(session: unknown): { terminate(): Promise<number> }[] {
+  const s = session as { members?: unknown[]; worker?: { terminate(): Promise<number> } };
+  return s.members ? s.members.flatMap(engineWorkers) : s.worker ? [s.worker] : [];
+}

@@ -48,6 +48,8 @@ export interface Session {
   readonly batchable: boolean;
   /** What loading found or changed, for clients to read (e.g. how the batch dimension was decided). */
   readonly notes: Record<string, unknown>;
+  /** Calls it runs side by side (LoadOptions.instances); unset: one. */
+  readonly instances?: number;
   run(feeds: Record<string, Tensor>, options?: RunOptions): Promise<Record<string, Tensor>>;
   /**
    * Take over an image input's preprocessing (see PixelInput), where the engine can: resolves to the name of the new
@@ -76,6 +78,11 @@ export interface RunOptions {
 export interface LoadOptions {
   /** Threads for one inference; 0 or unset lets the engine decide (one per core). */
   intraOpThreads?: number;
+  /**
+   * Copies of the model that run calls side by side (one call at a time each); 1 or unset: one. An engine that cannot
+   * (or a model it will not copy) serves one and says so in its notes.
+   */
+  instances?: number;
   /**
    * Threads for a call that runs alone (RunOptions.alone), in a second session of the graph whose threads spin while
    * they wait for work between operators; 0 or unset: no such session.

@@ -111,6 +111,14 @@ const common = {
   labels,
   versionPolicy,
   batching,
+  instances: z
+    .int()
+    .min(1)
+    .max(64)
+    .optional()
+    .describe(
+      'Engine instances of each version: copies of the model that compute batches side by side (Triton instance_group count); default ENGINE_INSTANCES. Each holds the model in memory.',
+    ),
   preprocessing,
 };
 

@@ -184,7 +184,8 @@ export class ModelVersion {
     const inTime = <T>(p: Promise<T>): Promise<T> => Promise.race([p, gaveUp]);
     const why = (e: unknown) => (giveUp.signal.aborted ? giveUp.signal.reason : e);
     try {
-      const opening = this.deps.openSession(this.modelPath, { ...options, signal: giveUp.signal });
+      const instances = files.config.instances ?? options.instances;
+      const opening = this.deps.openSession(this.modelPath, { ...options, instances, signal: giveUp.signal });
       let session: Session;
       try {
         session = await inTime(opening);
@@ -231,7 +232,8 @@ export class ModelVersion {
       {
         maxBatchSize: session.batchable ? batching.maxBatchSize : 1,
         maxDelayMs: session.batchable ? batching.maxDelayMs : 0,
-        maxConcurrentBatches: batching.maxConcurrentBatches,
+        // per engine instance: each has one batch running and the next waiting
+        maxConcurrentBatches: batching.maxConcurrentBatches * (session.instances ?? 1),
         timeoutMs: batching.timeoutMs,
       },
       { stats: this.stats, othersComing: () => (this.admissions?.preparingCount ?? 0) > 0 },

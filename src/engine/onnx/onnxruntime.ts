@@ -18,6 +18,7 @@ import { withDynamicBatch } from './dynamic-batch.ts';
 import { checkExternalData, externalDataLocations } from './external-data.ts';
 import { PIXELS_INPUT, fusePreprocessing } from './fuse.ts';
 import { exactInt8Here, int8Initializers } from './exact-int8.ts';
+import { SessionInstances } from '../instances.ts';
 
 /**
  * The default engine: ONNX Runtime on CPU (its binaries ship inside the npm package).
@@ -241,6 +242,27 @@ async function open(source: Uint8Array | string, options?: LoadOptions): Promise
   return session;
 }
 
+/**
+ * The first instance and `instances - 1` copies of the graph it settled on (without a session for lone calls: the
+ * first one has it). One instance is served as it is.
+ */
+async function instancesOf(first: WorkerSession, graph: Uint8Array, options: LoadOptions): Promise<Session> {
+  const n = Math.max(1, options.instances ?? 1);
+  if (n === 1) return first;
+  const copies: WorkerSession[] = [];
+  try {
+    for (let i = 1; i < n; i++) {
+      const copy = await open(graph, { ...options, aloneThreads: 0 });
+      copy.batchable = first.batchable;
+      copies.push(copy);
+    }
+  } catch (e) {
+    await Promise.all([first, ...copies].map((s) => s.close().catch(() => undefined)));
+    throw e;
+  }
+  return new SessionInstances([first, ...copies]);
+}
+
 export function createOnnxRuntimeEngine(): Engine {
   return {
     name: 'onnxruntime',
@@ -254,9 +276,18 @@ export function createOnnxRuntimeEngine(): Engine {
           ? { int8: 'products computed exactly on this CPU: ONNX Runtime stores the int8 weights as uint8 (ENGINE_EXACT_INT8)' }
           : {};
       if (external.length === 0) {
-        const session = await withDynamicBatch(file, (x) => open(x, options), options.dynamicBatch ?? true);
-        session.notes = { ...session.notes, ...int8 };
-        return session;
+        const opened = new WeakMap<WorkerSession, Uint8Array>();
+        const first = await withDynamicBatch(
+          file,
+          async (x) => {
+            const s = await open(x, options);
+            opened.set(s, x);
+            return s;
+          },
+          options.dynamicBatch ?? true,
+        );
+        first.notes = { ...first.notes, ...int8 };
+        return instancesOf(first, opened.get(first)!, options);
       }
       // Weights in files beside the model (models over 2 GB): every location must be a file of the version folder,
       // checked before onnxruntime sees the model, which then loads it from its path (so it resolves them there, not

@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { engineWorkers, errorCode, fixture, image, startGateway, until } from './helpers.ts';
+import type { SessionInstances } from '../src/engine/instances.ts';
+
+/**
+ * Engine instances (ENGINE_INSTANCES, model.json "instances"): copies of a model that compute batches side by side.
+ * Through the gateway: the answers are those of one instance, every instance takes calls, a crash of any one of them
+ * takes the version down and back up whole, and a bad count is refused at load, naming the field.
+ */
+const CLASSIFY = (model: string) =>
+  `mutation($f: File!) { classify(model: "${model}", image: { file: $f }, topK: 3) { predictions { classId confidence } } }`;
+const PHOTOS = ['zebra.jpeg', 'bee.jpeg', 'snail.jpeg', 'pelican.jpeg', 'gorilla.jpeg', 'peacock.jpeg'];
+
+describe('engine instances', () => {
+  it('two instances answer as one does, and both take calls under concurrent load', async () => {
+    const gw = await startGateway({
+      models: { two: fixture('mobilenet'), one: fixture('mobilenet', { instances: 1 }) },
+      env: { ENGINE_INSTANCES: '2' },
+    });
+    try {
+      const notes = async (m: string) => (await gw.gql(`{ model(name: "${m}") { versions { notes } } }`)).data.model.versions[0].notes;
+      expect((await notes('two')).instances).toBe(2);
+      expect((await notes('one')).instances).toBeUndefined();
+      const run = (m: string) =>
+        Promise.all(
+          Array.from({ length: 24 }, (_, i) => gw.gql(CLASSIFY(m), { f: null }, { files: { f: image(PHOTOS[i % PHOTOS.length]) } })),
+        );
+      const [two, one] = [await run('two'), await run('one')];
+      for (const r of [...two, ...one]) expect(r.errors).toBeUndefined();
+      expect(two.map((r) => r.data)).toEqual(one.map((r) => r.data));
+      const session = gw.repository.get('two')!.servingVersion()!.session as unknown as SessionInstances;
+      expect(session.calls).toHaveLength(2);
+      expect(session.calls.every((n) => n > 0)).toBe(true);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('a crash of the second instance takes the version down, and it reloads with all its instances', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { ENGINE_INSTANCES: '2' } });
+    try {
+      const serving = gw.repository.get('mobilenet')!.servingVersion()!;
+      const events: string[] = [];
+      gw.repository.on('status', (e: { state: string; errorCode: string | null }) =>
+        events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`),
+      );
+      const workers = engineWorkers(serving.session);
+      expect(workers).toHaveLength(2);
+      await workers[1].terminate();
+      await until(() => events.includes('AVAILABLE'), 15_000, 'the version back');
+      expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
+      expect(engineWorkers(gw.repository.get('mobilenet')!.servingVersion()!.session)).toHaveLength(2);
+      const r = await gw.gql(CLASSIFY('mobilenet'), { f: null }, { files: { f: image('zebra.jpeg') } });
+      expect(r.data.classify.predictions[0].classId).toBe(340);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('model.json "instances": 0 is refused at load, naming the field', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet', { instances: 0 }) } });
+    try {
+      const [v] = (await gw.gql(`{ model(name: "mobilenet") { versions { state errorCode errorMessage } } }`)).data.model.versions;
+      expect(v).toMatchObject({ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' });
+      expect(v.errorMessage).toMatch(/instances/);
+      expect(errorCode(await gw.gql(CLASSIFY('mobilenet'), { f: null }, { files: { f: image('zebra.jpeg') } }))).toBe('MODEL_NOT_READY');
+    } finally {
+      await gw.close();
+    }
+  });
+});
