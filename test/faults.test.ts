@@ -1,7 +1,18 @@
 import { mkdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { engineWorkers, errorCode, fixture, fixtureConfigs, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import {
+  engineWorkers,
+  errorCode,
+  fixture,
+  fixtureConfigs,
+  image,
+  modelAsset,
+  modelFile,
+  startGateway,
+  until,
+  type TestGateway,
+} from './helpers.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine, Session } from '../src/engine/types.ts';
 
