@@ -53,7 +53,7 @@ describe('engines', () => {
       return { p: Math.exp(logits[309] - max) / sum, top: logits.indexOf(max), notes };
     };
     const on = await beeProbability('on');
-    expect(on.notes).toMatch(/^products computed exactly on this CPU/);
+    expect(on.notes).toMatch(/^exact products asked of ONNX Runtime/);
     expect(on.top).toBe(309);
     expect(on.p).toBeCloseTo(0.905, 2); // this float path; the pipeline's fused uint8 input gives 91.4% (README)
     const off = await beeProbability('off');

@@ -346,3 +346,50 @@ describe('an admin action while a failed engine reloads itself', () => {
     });
   }
 });
+
+describe('an unload while a crashed version still drains its requests', () => {
+  it('wins: the restart is called off, the version stays unloaded', async () => {
+    const base = createOnnxRuntimeEngine();
+    let hold = false;
+    let release = () => {};
+    const gate = new Promise<void>((r) => (release = r));
+    const engine: Engine = {
+      ...base,
+      load: async (modelPath, options) => {
+        const session = await base.load(modelPath, options);
+        const run = session.run.bind(session);
+        // once serving, a call waits at the gate: its request keeps the version UNLOADING after the crash
+        session.run = async (feeds, o) => {
+          if (hold) await gate;
+          return run(feeds, o);
+        };
+        return session;
+      },
+    };
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine, env: { ENGINE_INSTANCES: '2' } });
+    try {
+      const serving = gw.repository.get('mobilenet')!.servingVersion()!;
+      const events: string[] = [];
+      gw.repository.on('status', (e: { state: string; errorCode: string | null }) =>
+        events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`),
+      );
+      hold = true;
+      const inFlight = gw.gql(CLASSIFY, { f: null }, { files: { f: image('zebra.jpeg') } });
+      await until(() => serving.pending > 0, 10_000, 'a request in flight');
+      await new Promise((r) => setTimeout(r, 200)); // at the gate
+      await engineWorkers(serving.session)[0].terminate();
+      await until(() => events.includes('UNLOADING'), 10_000, 'the crash noticed');
+      const unloading = gw.repository.unload('mobilenet'); // while the crashed version waits for its request
+      await new Promise((r) => setTimeout(r, 100));
+      release();
+      await inFlight;
+      await unloading;
+      await new Promise((r) => setTimeout(r, 1500)); // past the restart's pause (250 ms)
+      expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED']);
+      expect([...gw.repository.get('mobilenet')!.versions.values()].map((v) => [v.state, v.session])).toEqual([['END', null]]);
+    } finally {
+      release();
+      await gw.close();
+    }
+  });
+});

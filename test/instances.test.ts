@@ -20,6 +20,9 @@ describe('engine instances', () => {
     try {
       const notes = async (m: string) => (await gw.gql(`{ model(name: "${m}") { versions { notes } } }`)).data.model.versions[0].notes;
       expect((await notes('two')).instances).toBe(2);
+      // the load's warm-up ran once on each copy, before any request
+      const session = gw.repository.get('two')!.servingVersion()!.session as unknown as SessionInstances;
+      expect(session.calls).toEqual([1, 1]);
       expect((await notes('one')).instances).toBeUndefined();
       const run = (m: string) =>
         Promise.all(
@@ -28,7 +31,6 @@ describe('engine instances', () => {
       const [two, one] = [await run('two'), await run('one')];
       for (const r of [...two, ...one]) expect(r.errors).toBeUndefined();
       expect(two.map((r) => r.data)).toEqual(one.map((r) => r.data));
-      const session = gw.repository.get('two')!.servingVersion()!.session as unknown as SessionInstances;
       expect(session.calls).toHaveLength(2);
       expect(session.calls.every((n) => n > 0)).toBe(true);
     } finally {

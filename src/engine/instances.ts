@@ -12,11 +12,24 @@ export class SessionInstances implements Session {
   /** Calls each instance has run (for tests and curious operators). */
   readonly calls: number[];
   private failed = false;
+  private readonly dead: boolean[];
+  private readonly listeners: ((error: Error) => void)[] = [];
 
   constructor(private readonly members: readonly Session[]) {
     if (members.length === 0) throw new Error('bug: no instances');
     this.inHand = members.map(() => 0);
     this.calls = members.map(() => 0);
+    this.dead = members.map(() => false);
+    // an instance that died takes no more calls (the others finish theirs while the version unloads), and its death
+    // is reported once for all
+    members.forEach((s, k) =>
+      s.onFailure?.((e) => {
+        this.dead[k] = true;
+        if (this.failed) return;
+        this.failed = true;
+        for (const l of this.listeners) l(e);
+      }),
+    );
   }
 
   get inputs() {
@@ -38,7 +51,8 @@ export class SessionInstances implements Session {
   async run(feeds: Record<string, Tensor>, options: RunOptions = {}): Promise<Record<string, Tensor>> {
     // a lone call goes to the first instance, which holds the session for lone calls
     let k = 0;
-    if (!options.alone) for (let i = 1; i < this.inHand.length; i++) if (this.inHand[i] < this.inHand[k]) k = i;
+    if (!options.alone || this.dead[0])
+      for (let i = 1; i < this.inHand.length; i++) if (this.dead[k] || (!this.dead[i] && this.inHand[i] < this.inHand[k])) k = i;
     this.inHand[k]++;
     this.calls[k]++;
     try {
@@ -63,11 +77,6 @@ export class SessionInstances implements Session {
   }
 
   onFailure(listener: (error: Error) => void): void {
-    for (const s of this.members)
-      s.onFailure?.((e) => {
-        if (this.failed) return;
-        this.failed = true;
-        listener(e);
-      });
+    this.listeners.push(listener);
   }
 }

@@ -80,7 +80,7 @@ export interface LoadOptions {
   intraOpThreads?: number;
   /**
    * Copies of the model that run calls side by side (one call at a time each); 1 or unset: one. An engine that cannot
-   * (or a model it will not copy) serves one and says so in its notes.
+   * (OpenVINO here), or a model it will not copy (ONNX with external data), serves one.
    */
   instances?: number;
   /**

@@ -38,7 +38,10 @@ export async function checkModel(files: ModelFiles, session: Session, options: {
   const plan = await prepareImageInput(files, session, { fuse: options.fusePreprocessing });
   const image = await probeImage(await syntheticImage(), 1_000_000);
   const { tensor, transform, input } = await preprocess(image, plan, 1_000_000);
-  const outputs = await session.run({ [input]: tensor });
+  // one call per engine instance, side by side (each takes the one with the fewest in hand): every copy has run once
+  // before the version serves, and a copy that cannot run fails the load here
+  const copies = Array.from({ length: Math.max(1, session.instances ?? 1) - 1 }, () => ({ ...tensor, data: tensor.data.slice() }));
+  const [outputs] = await Promise.all([tensor, ...copies].map((t) => session.run({ [input]: t })));
   if (config.task === 'classification') classify(outputs, postprocessingOf(config, 'classification'), files.labels, 1);
   else if (config.task === 'detection') {
     const post = postprocessingOf(config, 'detection');

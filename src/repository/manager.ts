@@ -197,14 +197,21 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const key = `${model.name}\u0000${version}`;
     let metrics = this.versionMetrics.get(key);
     if (!metrics && this.metrics) this.versionMetrics.set(key, (metrics = this.metrics.forVersion(model.name, version)));
-    return new ModelVersion(model.name, version, file, files, {
+    const created: ModelVersion = new ModelVersion(model.name, version, file, files, {
       logger: this.logger,
       publish: (e) => this.emit('status', { ...e, replica: this.replica }),
       openSession: async (p, options) => this.engine.load(await this.confinedModelFile(model, p), options),
       check: this.checkModel,
       metrics,
-      exclusive: (fn) => model.exclusive(async () => (this.closed ? undefined : fn())),
+      // a self-restart runs only while this instance is still the model's version and wanted (not replaced, unloaded,
+      // deleted, nor the server closing)
+      exclusive: (fn) =>
+        model.exclusive(async () => {
+          if (this.closed || model.disabled || model.disabledVersions.has(version) || model.versions.get(version) !== created) return;
+          return fn();
+        }),
     });
+    return created;
   }
 
   /**

@@ -55,7 +55,7 @@ const batching = z
       .min(1)
       .max(64)
       .default(2)
-      .describe('Engine calls handed to the engine at once for one version (the next one waits there while one runs).'),
+      .describe('Engine calls handed at once to each engine instance of a version (the next one waits there while one runs).'),
     timeoutMs: z.number().min(0).max(3_600_000).default(30_000).describe('How long a request may wait for the engine; 0 = no limit.'),
   })
   .prefault({});

@@ -94,6 +94,7 @@ export class ModelVersion {
   /** The pending self-restart after an engine failure (see engineFailed): its pause, then its turn of the lock. */
   private restartTimer: NodeJS.Timeout | null = null;
   private restartPending = false;
+  private restartAttempts = 0;
   static readonly MAX_ENGINE_RESTARTS = 3;
 
   /**
@@ -263,19 +264,26 @@ export class ModelVersion {
   private async engineFailed(error: Error): Promise<void> {
     if (this.state !== 'AVAILABLE') return;
     this.deps.logger.error({ model: this.model, version: this.version, error: error.message }, 'engine failed');
-    await this.unload({ code: 'ENGINE_FAILED', message: `the engine stopped: ${error.message}` });
+    // the restart is claimed before the shutdown: an unload, a delete or a replacement asked for while requests in
+    // flight drain calls it off (cancelRestart), instead of being undone by it afterwards
     const options = this.loadOptions;
-    if (++this.engineFailures > ModelVersion.MAX_ENGINE_RESTARTS || !options) return;
+    const restart = ++this.engineFailures <= ModelVersion.MAX_ENGINE_RESTARTS && options !== null;
+    const attempt = ++this.restartAttempts;
+    this.restartPending = restart;
+    await this.unload({ code: 'ENGINE_FAILED', message: `the engine stopped: ${error.message}` }, { keepRestart: true });
+    if (!restart || !this.restartPending) return;
     const wait = 250 * 2 ** (this.engineFailures - 1);
     const exclusive = this.deps.exclusive ?? ((fn) => fn());
-    this.restartPending = true;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
       void exclusive(async () => {
         // an unload, a delete or a replacement that came first called it off (cancelRestart) while it waited its turn
         if (!this.restartPending) return;
         this.restartPending = false;
-        if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') await this.load(options);
+        if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') await this.load(options!);
+      }).finally(() => {
+        // not run (the model's lock said it is no longer wanted): nothing is pending any more
+        if (this.restartAttempts === attempt) this.restartPending = false;
       });
     }, wait);
     this.restartTimer.unref();
@@ -298,8 +306,11 @@ export class ModelVersion {
    * An instance `replaced` by a newer one of the same version (a new configuration) ends quietly: for clients the
    * version stays AVAILABLE, so no event is published and the metrics keep the new instance's state.
    */
-  unload(error?: { code: string; message: string }, { replaced = false }: { replaced?: boolean } = {}): Promise<void> {
-    this.cancelRestart();
+  unload(
+    error?: { code: string; message: string },
+    { replaced = false, keepRestart = false }: { replaced?: boolean; keepRestart?: boolean } = {},
+  ): Promise<void> {
+    if (!keepRestart) this.cancelRestart();
     if (this.unloading) return this.unloading;
     if (this.state !== 'AVAILABLE') return Promise.resolve();
     if (replaced) this.quiet = true;

@@ -273,7 +273,9 @@ export function createOnnxRuntimeEngine(): Engine {
       const external = externalDataLocations(file);
       const int8 =
         exactInt8Here(options.exactInt8) && int8Initializers(file) > 0
-          ? { int8: 'products computed exactly on this CPU: ONNX Runtime stores the int8 weights as uint8 (ENGINE_EXACT_INT8)' }
+          ? {
+              int8: 'exact products asked of ONNX Runtime (session.x64quantprecision, ENGINE_EXACT_INT8): it stores constant int8 weights as uint8',
+            }
           : {};
       if (external.length === 0) {
         const opened = new WeakMap<WorkerSession, Uint8Array>();
