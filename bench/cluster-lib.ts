@@ -152,6 +152,8 @@ export async function startReplica(opts: {
         REPLICA_NAME: opts.name,
         MODEL_POLL_INTERVAL_MS: '0',
         ENGINE_THREADS: '1',
+        // several replicas share this machine's cores: one engine instance each
+        ENGINE_INSTANCES: '1',
         GRPC_PORT: 'off',
         LOG_LEVEL: 'info',
         ...(opts.redisUrl ? { REDIS_URL: opts.redisUrl } : {}),

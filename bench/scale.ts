@@ -88,7 +88,7 @@ async function main() {
           repository: repo.dir,
           redisUrl: redis.url,
           quiet: true,
-          env: { ENGINE_THREADS, LOG_LEVEL: 'warn', DRAIN_DELAY_MS: '0' },
+          env: { ENGINE_THREADS, ENGINE_INSTANCES: '1', LOG_LEVEL: 'warn', DRAIN_DELAY_MS: '0' },
         }),
       );
     const proxies = await Promise.all(

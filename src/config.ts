@@ -74,7 +74,8 @@ export interface Config {
  * libuv thread and a libvips worker, so two per core keep the cores busy: with one per core, 1920x1080 and 4000x3000
  * photos served 5-10% fewer requests (and batched 1.4 instead of 4.5 at c16); small photos did not care.
  */
-const cores = () => Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, cgroupCpus()));
+/** The cores this process may use (a cgroup's CPU quota included). */
+export const cores = () => Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, cgroupCpus()));
 
 /**
  * The CPUs a cgroup v2 quota allows (`cpu.max`: "<quota> <period>" or "max <period>"), rounded up: a container limited

@@ -2,7 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import v8 from 'node:v8';
 import sharp from 'sharp';
-import { ConfigError, loadConfig, loadOptionsOf, uvThreadpoolSize, type Config } from './config.ts';
+import { ConfigError, cores, loadConfig, loadOptionsOf, uvThreadpoolSize, type Config } from './config.ts';
 import { errorMessage } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -53,6 +53,13 @@ async function main(): Promise<void> {
     logger.warn(
       { decodeThreads: config.decodeThreads, uvThreadpoolSize: uvPool },
       `DECODE_THREADS is ${config.decodeThreads} but the libuv pool has ${uvPool} threads: start the process with UV_THREADPOOL_SIZE=${config.decodeThreads} or more`,
+    );
+  // each engine instance computes a batch at once with ENGINE_THREADS threads (0: one per core)
+  const engineThreads = config.engineInstances * (config.engineThreads || cores());
+  if (engineThreads > cores())
+    logger.warn(
+      { engineInstances: config.engineInstances, engineThreads: config.engineThreads, cores: cores() },
+      `ENGINE_INSTANCES x ENGINE_THREADS is ${config.engineInstances} x ${config.engineThreads || `${cores()} (0: one per core)`} = ${engineThreads} engine threads for ${cores()} cores: batches on the instances will compete for the cores; set ENGINE_THREADS to ${Math.max(1, Math.floor(cores() / config.engineInstances))} or lower ENGINE_INSTANCES`,
     );
   const st = await stat(repository).catch(() => null);
   if (!st?.isDirectory())

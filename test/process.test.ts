@@ -256,7 +256,7 @@ describe('start-up: the server starts, or says why in one line', () => {
     await rm(empty, { recursive: true, force: true });
   });
 
-  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE; with the pool sized, no warning', async () => {
+  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE, engine threads above the cores name their settings; sized right, no warning', async () => {
     const empty = await mkdtemp(path.join(os.tmpdir(), 'gw-empty-'));
     const warningsOf = async (env: Record<string, string>) => {
       const port = await freePort();
@@ -275,6 +275,10 @@ describe('start-up: the server starts, or says why in one line', () => {
       'DECODE_THREADS is 8 but the libuv pool has 4 threads: start the process with UV_THREADPOOL_SIZE=8 or more',
     ]);
     expect(await warningsOf({ UV_THREADPOOL_SIZE: '8' })).toEqual([]);
+    // engine threads beyond the cores: batches on the instances compete for them (64 x 2 is more than any test machine)
+    const [engine] = await warningsOf({ UV_THREADPOOL_SIZE: '8', ENGINE_INSTANCES: '2', ENGINE_THREADS: '64' });
+    expect(engine).toMatch(/^ENGINE_INSTANCES x ENGINE_THREADS is 2 x 64 = 128 engine threads for \d+ cores: .*ENGINE_THREADS/);
+    expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', ENGINE_INSTANCES: '1', ENGINE_THREADS: '1' })).toEqual([]);
     await rm(empty, { recursive: true, force: true });
   });
 
