@@ -393,3 +393,24 @@ describe('an unload while a crashed version still drains its requests', () => {
     }
   });
 });
+
+describe('loadModel while a crashed version waits to restart', () => {
+  it('loads it at once (the pending restart is called off, not run after)', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+    try {
+      const serving = gw.repository.get('mobilenet')!.servingVersion()!;
+      const events: string[] = [];
+      gw.repository.on('status', (e: { state: string; errorCode: string | null }) =>
+        events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`),
+      );
+      await engineWorkers(serving.session)[0].terminate();
+      await until(() => events.includes('END:ENGINE_FAILED'), 10_000, 'the crash noticed');
+      await gw.repository.load('mobilenet'); // within the restart's pause (250 ms)
+      expect(gw.repository.get('mobilenet')!.servingVersion()?.state).toBe('AVAILABLE');
+      await new Promise((r) => setTimeout(r, 1000)); // past the pause: no second load
+      expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
+    } finally {
+      await gw.close();
+    }
+  });
+});

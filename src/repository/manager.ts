@@ -267,11 +267,13 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       );
       const mv = model.versions.get(v);
       const configChanged = model.files !== null && mv?.files?.signature !== model.files.signature;
-      // (a version that restarts itself after an engine failure is left to it: a second instance would be an orphan)
+      // (a version that restarts itself after an engine failure is left to it, unless loadModel asks now: then its
+      // restart is called off and a new instance loads at once)
       if (
         !mv ||
-        (mv.state === 'END' && !mv.restarting && (mv.errorCode === null || retry || configChanged || mv.loadedMtimeMs !== mtime))
+        (mv.state === 'END' && (!mv.restarting || retry) && (mv.errorCode === null || retry || configChanged || mv.loadedMtimeMs !== mtime))
       ) {
+        mv?.cancelRestart();
         const fresh = this.newVersion(model, v, file, model.files);
         fresh.loadedMtimeMs = mtime;
         model.versions.set(v, fresh);
