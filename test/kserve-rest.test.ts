@@ -625,3 +625,30 @@ describe('KServe v2: the work of a client that left is dropped (REST and gRPC), 
     }
   });
 });
+
+describe('KServe v2 over REST, a request of many images (default limits)', () => {
+  it('twelve JPEGs in one request: answered, and no listener-leak warning from Node (a non-JSON line on stderr)', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      const jpegs = await Promise.all(Array.from({ length: 12 }, (_, i) => readFile(image(i % 2 ? 'bee.jpeg' : 'zebra.jpeg'))));
+      const res = await fetch(`${gw.url}/v2/models/mobilenet/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          inputs: [{ name: 'input', datatype: 'BYTES', shape: [12], data: jpegs.map((j) => ({ b64: j.toString('base64') })) }],
+          outputs: [{ name: 'output', parameters: { classification: 1 } }],
+        }),
+      });
+      expect(res.status).toBe(200);
+      expect((await res.json()).outputs[0].shape).toEqual([12, 1]);
+      await new Promise((resolve) => setImmediate(resolve)); // warnings are emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+      await gw.close();
+    }
+    expect(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning'))).toEqual([]);
+  });
+});

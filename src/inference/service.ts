@@ -1,5 +1,6 @@
 // Over 250 lines on purpose: the one service every protocol calls; its tensor, batch and image entry points share
 // admission, budgets and the joining of results.
+import { setMaxListeners } from 'node:events';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { bytesPerElement, elementCount, type Tensor } from '../engine/types.ts';
 import { concatBatch, type Feeds } from '../batching/batcher.ts';
@@ -355,6 +356,9 @@ export class InferenceService {
 /** The promise, or CANCELLED as soon as the signal fires. */
 function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return p;
+  // every image of one request waits on the request's signal at once (up to MAX_IMAGES_PER_REQUEST): not a leak, each
+  // listener leaves with its wait; past 10 Node would print a warning (a non-JSON line) on stderr
+  setMaxListeners(0, signal);
   return new Promise<T>((resolve, reject) => {
     const leave = () => reject(cancelled());
     if (signal.aborted) leave();
