@@ -29,6 +29,8 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
   readonly publisher: Redis;
   readonly subscriber: Redis;
   private up = false;
+  /** Redis confirmed the subscription on the subscriber's current connection. */
+  private subscribed = false;
   private closed = false;
   private lastError: string | null = null;
   /** When the state last changed. */
@@ -42,20 +44,30 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
       connectTimeout: 5000,
     };
     this.publisher = new Redis(url, { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 1 });
-    this.subscriber = new Redis(url, { ...common, autoResubscribe: true, maxRetriesPerRequest: null });
+    // subscribed by us on every (re)connection, and the bus is up only once Redis has confirmed it: a replica that
+    // catches up (reads the cluster's state) before its subscription is active could miss a change published in
+    // between, neither in the state it read nor among the messages it receives
+    this.subscriber = new Redis(url, { ...common, autoResubscribe: false, maxRetriesPerRequest: null });
     for (const conn of [this.publisher, this.subscriber]) {
       conn.on('error', (e: Error) => {
         this.lastError = errorMessage(e);
         if (this.up) logger.debug({ error: this.lastError }, 'cluster bus error');
       });
-      conn.on('ready', () => this.update(logger));
       conn.on('close', () => this.update(logger));
       conn.on('end', () => this.update(logger));
     }
+    this.publisher.on('ready', () => this.update(logger));
+    this.subscriber.on('ready', () => {
+      this.subscriber.subscribe(...channels).then(
+        () => {
+          this.subscribed = this.subscriber.status === 'ready';
+          this.update(logger);
+        },
+        (e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'),
+      );
+    });
+    for (const event of ['close', 'end'] as const) this.subscriber.on(event, () => (this.subscribed = false));
     this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
-    void this.subscriber
-      .subscribe(...channels)
-      .catch((e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'));
   }
 
   /** Both connections are ready. */
@@ -68,7 +80,7 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
   }
 
   private update(logger: Logger): void {
-    const up = !this.closed && this.publisher.status === 'ready' && this.subscriber.status === 'ready';
+    const up = !this.closed && this.publisher.status === 'ready' && this.subscriber.status === 'ready' && this.subscribed;
     if (up === this.up) return;
     this.up = up;
     this.since = new Date();
