@@ -5,8 +5,9 @@ import type { Logger } from '../log.ts';
 
 /**
  * The Redis connections of one replica: one for publishing and commands, one in subscriber mode (Redis wants a
- * connection of its own for SUBSCRIBE). ioredis reconnects with the backoff below and resubscribes by itself; this
- * class turns its connection events into one `connected` state, logged on each change (not on every failed retry).
+ * connection of its own for SUBSCRIBE). ioredis reconnects with the backoff below; this class subscribes again on
+ * each connection and turns the connection events and that confirmed subscription into one `connected` state, logged
+ * on each change (not on every failed retry).
  *
  * Commands are not queued while disconnected (enableOfflineQueue off on the publisher): a publish fails at once and
  * the caller decides what to keep (the cluster keeps admin changes, drops status events and counts them).
