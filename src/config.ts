@@ -74,7 +74,6 @@ export interface Config {
  * libuv thread and a libvips worker, so two per core keep the cores busy: with one per core, 1920x1080 and 4000x3000
  * photos served 5-10% fewer requests (and batched 1.4 instead of 4.5 at c16); small photos did not care.
  */
-/** The cores this process may use (a cgroup's CPU quota included). */
 export const cores = () => Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, cgroupCpus()));
 
 /**

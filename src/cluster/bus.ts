@@ -54,8 +54,11 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
         this.lastError = errorMessage(e);
         if (this.up) logger.debug({ error: this.lastError }, 'cluster bus error');
       });
-      conn.on('close', () => this.update(logger));
-      conn.on('end', () => this.update(logger));
+      for (const event of ['close', 'end'] as const)
+        conn.on(event, () => {
+          if (conn === this.subscriber) this.subscribed = false;
+          this.update(logger);
+        });
     }
     this.publisher.on('ready', () => this.update(logger));
     this.subscriber.on('ready', () => {
@@ -67,11 +70,10 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
         (e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'),
       );
     });
-    for (const event of ['close', 'end'] as const) this.subscriber.on(event, () => (this.subscribed = false));
     this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
   }
 
-  /** Both connections are ready. */
+  /** Both connections are ready, and Redis confirmed the subscription. */
   get connected(): boolean {
     return this.up;
   }

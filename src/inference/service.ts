@@ -356,13 +356,15 @@ export class InferenceService {
 /** The promise, or CANCELLED as soon as the signal fires. */
 function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return p;
-  // every image of one request waits on the request's signal at once (up to MAX_IMAGES_PER_REQUEST): not a leak, each
-  // listener leaves with its wait; past 10 Node would print a warning (a non-JSON line) on stderr
-  setMaxListeners(0, signal);
   return new Promise<T>((resolve, reject) => {
     const leave = () => reject(cancelled());
     if (signal.aborted) leave();
-    else signal.addEventListener('abort', leave, { once: true });
+    else {
+      // every image of one request waits on the request's signal at once (up to MAX_IMAGES_PER_REQUEST): not a leak,
+      // each listener leaves with its wait; past 10 Node would print a warning (a non-JSON line) on stderr
+      setMaxListeners(0, signal);
+      signal.addEventListener('abort', leave, { once: true });
+    }
     p.then(resolve, reject).finally(() => signal.removeEventListener('abort', leave));
   });
 }
