@@ -14,6 +14,7 @@ import {
   type RedisServer,
   type Replica,
 } from '../bench/cluster-lib.ts';
+import { Redis } from 'ioredis';
 import os from 'node:os';
 import { ConfigError, loadConfig } from '../src/config.ts';
 import { ROOT, image } from './helpers.ts';
@@ -265,4 +266,36 @@ describe.skipIf(missing.length > 0)('three replicas, one Redis, HAProxy in front
     expect(failed).toEqual([]);
     expect(results.length).toBeGreaterThan(30);
   }, 240_000);
+});
+
+describe.skipIf(missing.length > 0)('a replica joining a Redis that restarted empty', () => {
+  let redis: RedisServer;
+  let repo: Awaited<ReturnType<typeof sharedRepository>>;
+  let replica: Replica | undefined;
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+  }, 60_000);
+
+  afterAll(async () => {
+    await replica?.stop('SIGKILL');
+    await redis?.stop();
+    await repo?.remove();
+  });
+
+  it('applies the change another replica kept while Redis was down and published first, before the state was rebuilt', async () => {
+    // After Redis comes back empty, the replica that kept a change publishes it (writing its entry) before any replica
+    // has rebuilt the state (the "." marker). A replica that reconnects then, too late for the publish, must still
+    // apply that entry rather than take the state for lost and write its own over the top.
+    const client = new Redis(redis.url);
+    try {
+      await client.hset('gateway:unloaded', 'mobilenet', JSON.stringify({ all: false, versions: [1] }));
+      replica = await startReplica({ name: 'late', repository: repo.dir, redisUrl: redis.url });
+      await until(async () => (await allStates([replica!], 'mobilenet'))[0] === 'END', 20_000, 'the kept change applied');
+      expect(await client.hexists('gateway:unloaded', '.')).toBe(1); // and the state is marked as rebuilt
+    } finally {
+      client.disconnect();
+    }
+  });
 });

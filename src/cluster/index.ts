@@ -20,8 +20,8 @@ import { RedisBus } from './bus.ts';
  *   in order for each model. Files are not sent: uploads and model.json edits are written once to the shared
  *   repository. The resulting unloaded state of each model is also kept in the hash `<prefix>:unloaded`, which a
  *   replica applies when it joins and after each reconnection (so a replica restarted during a rolling restart, or cut
- *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), the
- *   replicas write their own state back into it rather than read an empty one.
+ *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), each
+ *   replica writes its own state back where the hash has none, then applies the hash like a joining replica.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
  *   backoff by ioredis. Local inference never waits for Redis. While down, status events are dropped (counted) and
  *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect.
@@ -259,7 +259,10 @@ export class Cluster {
 
   private async applyUnloadedState(): Promise<void> {
     const redis = this.bus.publisher;
-    // "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data
+    // "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data. This replica
+    // writes its state where the hash has none, then applies what the hash holds like any other replica: an entry
+    // may already be there, written by a replica that published a change it kept while Redis was down before this
+    // one was subscribed (newer than this replica's state, and never received here)
     if (!(await redis.hexists(this.unloadedKey, '.'))) {
       const tx = redis.multi().hset(this.unloadedKey, '.', '1');
       for (const m of this.manager.models()) {
@@ -267,8 +270,7 @@ export class Cluster {
         if (state) tx.hsetnx(this.unloadedKey, m.name, JSON.stringify(state));
       }
       await tx.exec();
-      this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state into it');
-      return;
+      this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state where it had none');
     }
     const wanted = new Map(
       Object.entries(await redis.hgetall(this.unloadedKey))
