@@ -94,6 +94,8 @@ interface Point {
   meanBatchSize: number | null;
   /** CPU time of the serving process per image answered, in ms. */
   cpuPerImageMs: number | null;
+  /** CPU time of the load generator (this process) per request, in ms: it shares the machine with the server. */
+  clientCpuPerRequestMs: number | null;
 }
 
 interface Runner {
@@ -102,6 +104,8 @@ interface Runner {
   stats?: () => Promise<{ items: number; batches: number }>;
   /** CPU seconds the serving process has used so far. */
   cpu: () => Promise<number>;
+  /** The serving process is this one (in-process): there is no separate load generator to measure. */
+  selfServed?: boolean;
 }
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -131,11 +135,13 @@ async function drive(set: string, runner: Runner, concurrency: number): Promise<
   await sleep(WARMUP_SECONDS * 1000);
   const before = await runner.stats?.();
   const cpu0 = await runner.cpu();
+  const client0 = process.cpuUsage();
   recording = true;
   const t0 = performance.now();
   await sleep(SECONDS * 1000);
   recording = false;
   const seconds = (performance.now() - t0) / 1000;
+  const client = process.cpuUsage(client0);
   const cpu1 = await runner.cpu();
   const after = await runner.stats?.();
   stop = true;
@@ -156,9 +162,10 @@ async function drive(set: string, runner: Runner, concurrency: number): Promise<
     p99: round(percentile(latencies, 99)),
     meanBatchSize,
     cpuPerImageMs: latencies.length ? round(((cpu1 - cpu0) * 1000) / latencies.length) : null,
+    clientCpuPerRequestMs: latencies.length && !runner.selfServed ? round((client.user + client.system) / 1000 / latencies.length) : null,
   };
   console.log(
-    `${set.padEnd(6)} ${runner.mode.padEnd(22)} c=${String(concurrency).padStart(2)} ${String(point.throughput).padStart(8)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  cpu/img ${point.cpuPerImageMs} ms  errors ${errors}`,
+    `${set.padEnd(6)} ${runner.mode.padEnd(22)} c=${String(concurrency).padStart(2)} ${String(point.throughput).padStart(8)} req/s  p50 ${String(point.p50).padStart(7)} ms  p95 ${String(point.p95).padStart(7)} ms  batch ${point.meanBatchSize ?? '-'}  cpu/img ${point.cpuPerImageMs} ms  client cpu/req ${point.clientCpuPerRequestMs} ms  errors ${errors}`,
   );
   return point;
 }
@@ -243,6 +250,7 @@ async function main() {
   );
   const inProcess = (photos: { bytes: Buffer }[]): Runner => ({
     mode: 'in-process',
+    selfServed: true,
     stats: async () => ({ items, batches }),
     cpu: async () => {
       const c = process.cpuUsage();
@@ -321,7 +329,13 @@ async function main() {
   console.log('stage costs:', stages, '-> CPU limit (images/s):', limits);
 
   // --- the servers ---
-  const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`] : [];
+  // BENCH_PROFILE=1: a V8 CPU profile of the server (bench/profile); =perf: JIT symbols for `perf record -g -p <pid>`
+  const profile =
+    process.env.BENCH_PROFILE === 'perf'
+      ? ['--perf-basic-prof']
+      : process.env.BENCH_PROFILE
+        ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`]
+        : [];
   const server = await startServer(
     {
       mobilenet: { onnx: MODEL, config: config(BATCHING) },
@@ -448,6 +462,27 @@ async function main() {
           );
         }
       }
+    }
+    // what the protocol alone costs: the same multipart photo upload through the same server, answered without
+    // inference (a query that reads no model): HTTP, multipart, yoga and our plugins, the GraphQL execution and answer;
+    // measured last, on the server warmed up by the rounds
+    if (!selected || selected.includes('gateway')) {
+      const { body, type } = multipartBody('{ __typename }', small[0].bytes, small[0].name);
+      const alone = await drive(
+        'small',
+        {
+          mode: 'protocol alone',
+          cpu: serverCpu(server.child.pid!),
+          run: async () => {
+            const text = await post(agent, server.port, body, type);
+            if (!text.includes('"__typename"')) throw new Error(text.slice(0, 200));
+          },
+        },
+        16,
+      );
+      stages['gateway, protocol alone: a multipart photo upload answered without inference, c16 (ms CPU per request)'] =
+        alone.cpuPerImageMs ?? NaN;
+      stages['load generator: its HTTP client per request, c16 (ms CPU)'] = alone.clientCpuPerRequestMs ?? NaN;
     }
   } finally {
     agent.destroy();
