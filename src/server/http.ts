@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { ErrorCode } from '../errors.ts';
 import { requestContext, type Logger } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
+import { sendJson } from '../send-json.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -31,12 +32,6 @@ export interface HttpOptions {
 }
 
 const graphqlErrorBody = (code: string, message: string) => ({ errors: [{ message, extensions: { code } }] });
-
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
 
 /**
  * The one HTTP listener: each request gets a request id (a sane `x-request-id` from the client, else a new one),

@@ -1,7 +1,8 @@
 import { errorMessage } from '../errors.ts';
 import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
-import { sendJson, type Route } from './http.ts';
+import { type Route } from './http.ts';
+import { sendJson } from '../send-json.ts';
 
 /** What /ready says besides the models: a drain in progress, and the bus between replicas (when there is one). */
 export interface ReadyState {

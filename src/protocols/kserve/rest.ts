@@ -17,6 +17,7 @@ import {
 import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { wasForwarded } from '../../inference/access.ts';
+import { sendJson } from '../../send-json.ts';
 
 /** A path segment, %-decoded; a broken escape (%E0) is the client's mistake, not a server error. */
 function pathPart(segment: string): string {
@@ -58,12 +59,6 @@ const params = (v: unknown, where: string): Params => {
   if (!isObject(v)) throw invalid(`${where}: parameters must be an object`);
   return v;
 };
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
 
 /** The whole body, refused past `limit` bytes (a Content-Length past it is refused by the HTTP server before this). */
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
