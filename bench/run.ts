@@ -15,7 +15,8 @@
  *
  * BENCH_CONCURRENCY (1,2,4,16,64), BENCH_LARGE_CONCURRENCY (1,16), BENCH_ROUNDS (5), BENCH_SECONDS (3),
  * BENCH_WARMUP_SECONDS (1), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, or `.`, one more
- * mode: "baseline gateway"), BENCH_BASELINE_ENV (K=V,K=V: settings for that server, to compare settings in one run).
+ * mode: "baseline gateway"), BENCH_BASELINE_ENV (K=V,K=V: settings for that server, to compare settings in one run),
+ * BENCH_BASELINE_NODE_ARGS (node flags for that server, space-separated: V8 flags are not allowed in NODE_OPTIONS).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -355,7 +356,7 @@ async function main() {
             .filter(Boolean)
             .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
         ),
-        [],
+        (process.env.BENCH_BASELINE_NODE_ARGS ?? '').split(' ').filter(Boolean),
         path.resolve(process.env.BENCH_BASELINE),
       )
     : null;
