@@ -17,6 +17,10 @@ import {
 import { Redis } from 'ioredis';
 import os from 'node:os';
 import { ConfigError, loadConfig } from '../src/config.ts';
+import { Cluster } from '../src/cluster/index.ts';
+import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import { createLogger } from '../src/log.ts';
+import { ModelManager } from '../src/repository/manager.ts';
 import { ROOT, image } from './helpers.ts';
 
 /**
@@ -284,10 +288,10 @@ describe.skipIf(missing.length > 0)('a replica joining a Redis that restarted em
     await repo?.remove();
   });
 
-  it('applies the change another replica kept while Redis was down and published first, before the state was rebuilt', async () => {
-    // After Redis comes back empty, the replica that kept a change publishes it (writing its entry) before any replica
-    // has rebuilt the state (the "." marker). A replica that reconnects then, too late for the publish, must still
-    // apply that entry rather than take the state for lost and write its own over the top.
+  it('applies a change published into the emptied Redis before any replica wrote its state back', async () => {
+    // An entry without the "." marker: a change published into an emptied Redis before any replica wrote its state
+    // back (one made on a replica at the moment it reconnects, before its catch-up). A replica that reconnects then,
+    // too late for the publish, must still apply that entry rather than take the state for lost and ignore it.
     const client = new Redis(redis.url);
     try {
       await client.hset('gateway:unloaded', 'mobilenet', JSON.stringify({ all: false, versions: [1] }));
@@ -298,4 +302,69 @@ describe.skipIf(missing.length > 0)('a replica joining a Redis that restarted em
       client.disconnect();
     }
   });
+});
+
+describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted empty, their catch-ups interleaved', () => {
+  it('the change a replica kept while Redis was down wins over the older state another replica writes back', async () => {
+    // In process, so that the order can be forced: replica 1's catch-up is held at its first read of the cluster state
+    // until replica 2 has joined (a gate on that one Redis command); everything else is real (Redis, models, managers).
+    const redis = await startRedis();
+    const repo = await sharedRepository(['mobilenet']);
+    const logger = createLogger('warn', {}, () => undefined);
+    const manager = () =>
+      new ModelManager({ root: repo.dir, engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0, loadOptions: { instances: 1 } });
+    const [m1, m2] = [manager(), manager()];
+    const clusters: Cluster[] = [];
+    const cluster = (replica: string, m: ModelManager) => {
+      const c = new Cluster({ url: redis.url, replica, manager: m, logger, maxBackoffMs: 100 });
+      clusters.push(c);
+      return c;
+    };
+    const state = (m: ModelManager) => m.get('mobilenet')!.versions.get(1)!.state;
+    try {
+      await Promise.all([m1.start(), m2.start()]);
+      const c1 = cluster('r1', m1);
+      await c1.join();
+      // before the outage the cluster agreed: mobilenet unloaded (replica 2, not on the bus yet, did the same locally)
+      await m1.unload('mobilenet');
+      await m2.unload('mobilenet');
+      await redis.stop();
+      await until(() => !c1.status().connected, 10_000, 'replica 1 to see Redis gone');
+      await m1.load('mobilenet'); // kept: published on reconnection
+      expect(state(m1)).toBe('AVAILABLE');
+
+      let reached!: () => void;
+      const atGate = new Promise<void>((r) => (reached = r));
+      let open!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      const publisher = (c1 as unknown as { bus: { publisher: { hexists: (...a: unknown[]) => Promise<number> } } }).bus.publisher;
+      const hexists = publisher.hexists.bind(publisher);
+      publisher.hexists = async (...a: unknown[]) => {
+        reached();
+        await gate;
+        return hexists(...a);
+      };
+      await redis.start(); // empty
+      await atGate;
+      const c2 = cluster('r2', m2);
+      await c2.join();
+      // on connection it finds no state and writes back its own (mobilenet unloaded: older than replica 1's load)
+      await until(() => c2.status().connected && !(c2 as unknown as { syncing: unknown }).syncing, 10_000, 'replica 2 caught up');
+      open();
+      await until(
+        () => state(m1) === 'AVAILABLE' && state(m2) === 'AVAILABLE' && !(c1 as unknown as { syncing: unknown }).syncing,
+        20_000,
+        'the load on both',
+      ).catch((e) => {
+        throw new Error(`${(e as Error).message}: replica 1 ${state(m1)}, replica 2 ${state(m2)}`);
+      });
+      await new Promise((r) => setTimeout(r, 500)); // and it stays so
+      expect([state(m1), state(m2)]).toEqual(['AVAILABLE', 'AVAILABLE']);
+    } finally {
+      await Promise.allSettled(clusters.map((c) => c.close()));
+      await Promise.allSettled([m1.close(), m2.close()]);
+      await redis.stop();
+      await repo.remove();
+    }
+  }, 60_000);
 });

@@ -21,7 +21,7 @@ import { RedisBus } from './bus.ts';
  *   repository. The resulting unloaded state of each model is also kept in the hash `<prefix>:unloaded`, which a
  *   replica applies when it joins and after each reconnection (so a replica restarted during a rolling restart, or cut
  *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), each
- *   replica writes its own state back where the hash has none, then applies the hash like a joining replica.
+ *   replica writes its own state back where the hash has none, then publishes what it kept, then applies the hash.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
  *   backoff by ioredis. Local inference never waits for Redis. While down, status events are dropped (counted) and
  *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect.
@@ -234,12 +234,17 @@ export class Cluster {
     return next;
   }
 
-  /** After a (re)connection: publish what was kept, then apply the cluster's unloaded state. */
+  /**
+   * After a (re)connection: write this replica's state back if Redis lost it, publish what was kept, then apply the
+   * cluster's unloaded state. In that order: a change kept here is newer than the state before it, so it must land
+   * after any replica (this one included) writes that older state back into an emptied Redis, not before.
+   */
   private catchUp(): Promise<void> {
     this.syncing ??= (async () => {
       await Promise.resolve(); // so that the finally below runs after this promise is stored
       let failed = false;
       try {
+        if (this.synced && this.bus.connected) await this.restoreLostState();
         while (this.pendingAdmin.length && this.bus.connected) {
           await this.publishAdmin(this.pendingAdmin[0]);
           this.pendingAdmin.shift();
@@ -257,21 +262,25 @@ export class Cluster {
     return this.syncing;
   }
 
+  /**
+   * "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data, and this replica
+   * writes its state back where the hash has none. An entry may be there already, written by a change published since
+   * (newer than this replica's state): it is kept, and applied here next like any other.
+   */
+  private async restoreLostState(): Promise<void> {
+    const redis = this.bus.publisher;
+    if (await redis.hexists(this.unloadedKey, '.')) return;
+    const tx = redis.multi().hset(this.unloadedKey, '.', '1');
+    for (const m of this.manager.models()) {
+      const state = this.unloadedState(m.name);
+      if (state) tx.hsetnx(this.unloadedKey, m.name, JSON.stringify(state));
+    }
+    await tx.exec();
+    this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state where it had none');
+  }
+
   private async applyUnloadedState(): Promise<void> {
     const redis = this.bus.publisher;
-    // "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data. This replica
-    // writes its state where the hash has none, then applies what the hash holds like any other replica: an entry
-    // may already be there, written by a replica that published a change it kept while Redis was down before this
-    // one was subscribed (newer than this replica's state, and never received here)
-    if (!(await redis.hexists(this.unloadedKey, '.'))) {
-      const tx = redis.multi().hset(this.unloadedKey, '.', '1');
-      for (const m of this.manager.models()) {
-        const state = this.unloadedState(m.name);
-        if (state) tx.hsetnx(this.unloadedKey, m.name, JSON.stringify(state));
-      }
-      await tx.exec();
-      this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state where it had none');
-    }
     const wanted = new Map(
       Object.entries(await redis.hgetall(this.unloadedKey))
         .filter(([name]) => name !== '.')
