@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import {
   have,
@@ -304,67 +304,144 @@ describe.skipIf(missing.length > 0)('a replica joining a Redis that restarted em
   });
 });
 
-describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted empty, their catch-ups interleaved', () => {
-  it('the change a replica kept while Redis was down wins over the older state another replica writes back', async () => {
-    // In process, so that the order can be forced: replica 1's catch-up is held at its first read of the cluster state
-    // until replica 2 has joined (a gate on that one Redis command); everything else is real (Redis, models, managers).
-    const redis = await startRedis();
-    const repo = await sharedRepository(['mobilenet']);
-    const logger = createLogger('warn', {}, () => undefined);
-    const manager = () =>
-      new ModelManager({ root: repo.dir, engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0, loadOptions: { instances: 1 } });
-    const [m1, m2] = [manager(), manager()];
-    const clusters: Cluster[] = [];
-    const cluster = (replica: string, m: ModelManager) => {
-      const c = new Cluster({ url: redis.url, replica, manager: m, logger, maxBackoffMs: 100 });
-      clusters.push(c);
-      return c;
+/**
+ * Hold a replica's Redis connection at the first command named one of `names` (sent only once `open()` is called), or
+ * at the first transaction's EXEC when `transactions` is set: to force an order between replicas' catch-ups.
+ */
+function holdFirst(cluster: Cluster, names: string[], { transactions = false } = {}) {
+  const conn = (cluster as unknown as { bus: { publisher: any } }).bus.publisher;
+  let reached!: () => void;
+  const atGate = new Promise<void>((r) => (reached = r));
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  let held = false;
+  const hold = () => {
+    if (held) return false;
+    held = true;
+    reached();
+    return true;
+  };
+  const send = conn.sendCommand.bind(conn);
+  conn.sendCommand = (command: { name: string; promise: Promise<unknown> }, ...rest: unknown[]) => {
+    if (!names.includes(command.name) || !hold()) return send(command, ...rest);
+    void gate.then(() => send(command, ...rest));
+    return command.promise;
+  };
+  if (transactions) {
+    const multi = conn.multi.bind(conn);
+    conn.multi = (...a: unknown[]) => {
+      const tx = multi(...a);
+      const exec = tx.exec.bind(tx);
+      tx.exec = async (...b: unknown[]) => (hold() ? gate.then(() => exec(...b)) : exec(...b));
+      return tx;
     };
-    const state = (m: ModelManager) => m.get('mobilenet')!.versions.get(1)!.state;
-    try {
-      await Promise.all([m1.start(), m2.start()]);
-      const c1 = cluster('r1', m1);
-      await c1.join();
-      // before the outage the cluster agreed: mobilenet unloaded (replica 2, not on the bus yet, did the same locally)
-      await m1.unload('mobilenet');
-      await m2.unload('mobilenet');
-      await redis.stop();
-      await until(() => !c1.status().connected, 10_000, 'replica 1 to see Redis gone');
-      await m1.load('mobilenet'); // kept: published on reconnection
-      expect(state(m1)).toBe('AVAILABLE');
+  }
+  return { atGate: Promise.race([atGate, sleep(15_000).then(() => Promise.reject(new Error('the gate was never reached')))]), open };
+}
 
-      let reached!: () => void;
-      const atGate = new Promise<void>((r) => (reached = r));
-      let open!: () => void;
-      const gate = new Promise<void>((r) => (open = r));
-      const publisher = (c1 as unknown as { bus: { publisher: { hexists: (...a: unknown[]) => Promise<number> } } }).bus.publisher;
-      const hexists = publisher.hexists.bind(publisher);
-      publisher.hexists = async (...a: unknown[]) => {
-        reached();
-        await gate;
-        return hexists(...a);
-      };
-      await redis.start(); // empty
-      await atGate;
-      const c2 = cluster('r2', m2);
-      await c2.join();
-      // on connection it finds no state and writes back its own (mobilenet unloaded: older than replica 1's load)
-      await until(() => c2.status().connected && !(c2 as unknown as { syncing: unknown }).syncing, 10_000, 'replica 2 caught up');
-      open();
-      await until(
-        () => state(m1) === 'AVAILABLE' && state(m2) === 'AVAILABLE' && !(c1 as unknown as { syncing: unknown }).syncing,
-        20_000,
-        'the load on both',
-      ).catch((e) => {
-        throw new Error(`${(e as Error).message}: replica 1 ${state(m1)}, replica 2 ${state(m2)}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted empty, their catch-ups interleaved', () => {
+  // In process, so that the order of the replicas' catch-ups can be forced (holdFirst); everything else is real: Redis,
+  // models, managers. Before the outage the cluster agreed on mobilenet unloaded; replica 2 joins only after Redis
+  // came back empty, with that older state.
+  let redis: RedisServer | undefined;
+  let repo: Awaited<ReturnType<typeof sharedRepository>> | undefined;
+  const clusters: Cluster[] = [];
+  const managers: ModelManager[] = [];
+  const logger = createLogger('warn', {}, () => undefined);
+
+  afterEach(async () => {
+    await Promise.allSettled(clusters.splice(0).map((c) => c.close()));
+    await Promise.allSettled(managers.splice(0).map((m) => m.close()));
+    await Promise.allSettled([redis?.stop(), repo?.remove()]);
+  });
+
+  const state = (m: ModelManager) => m.get('mobilenet')!.versions.get(1)!.state;
+  const syncing = (c: Cluster) => (c as unknown as { syncing: unknown }).syncing !== null;
+  const cluster = (replica: string, m: ModelManager) => {
+    const c = new Cluster({ url: redis!.url, replica, manager: m, logger, maxBackoffMs: 100 });
+    clusters.push(c);
+    return c;
+  };
+  /** Two managers, replica 1 on the bus; mobilenet unloaded on both; Redis stopped. */
+  async function outage() {
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    const manager = () => {
+      const m = new ModelManager({
+        root: repo!.dir,
+        engine: createOnnxRuntimeEngine(),
+        logger,
+        pollIntervalMs: 0,
+        loadOptions: { instances: 1 },
       });
-      await new Promise((r) => setTimeout(r, 500)); // and it stays so
-      expect([state(m1), state(m2)]).toEqual(['AVAILABLE', 'AVAILABLE']);
-    } finally {
-      await Promise.allSettled(clusters.map((c) => c.close()));
-      await Promise.allSettled([m1.close(), m2.close()]);
-      await redis.stop();
-      await repo.remove();
-    }
+      managers.push(m);
+      return m;
+    };
+    const [m1, m2] = [manager(), manager()];
+    await Promise.all([m1.start(), m2.start()]);
+    const c1 = cluster('r1', m1);
+    await c1.join();
+    await m1.unload('mobilenet');
+    await m2.unload('mobilenet');
+    await redis.stop();
+    await until(() => !c1.status().connected, 10_000, 'replica 1 to see Redis gone');
+    return { m1, m2, c1 };
+  }
+  /** Replica 2 joins the emptied Redis and finishes its catch-up. */
+  async function joinSecond(m2: ModelManager, hold?: (c: Cluster) => void) {
+    const c2 = cluster('r2', m2);
+    hold?.(c2);
+    await c2.join();
+    return c2;
+  }
+  const both = async (m1: ModelManager, m2: ModelManager, c1: Cluster, c2: Cluster) => {
+    await until(() => c1.status().connected && c2.status().connected && !syncing(c1) && !syncing(c2), 20_000, 'both caught up');
+    await sleep(500); // and remote changes applied
+    return [state(m1), state(m2)];
+  };
+
+  it('a change kept while Redis was down wins over the older state another replica writes back first', async () => {
+    const { m1, m2, c1 } = await outage();
+    await m1.load('mobilenet'); // kept: published on reconnection
+    // replica 1 held at its first read or write of the cluster state, until replica 2 has written its own back
+    const r1 = holdFirst(c1, ['hexists', 'eval', 'evalsha']);
+    await redis!.start();
+    await r1.atGate;
+    const c2 = await joinSecond(m2);
+    await until(() => c2.status().connected && !syncing(c2), 10_000, 'replica 2 caught up');
+    r1.open();
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+  }, 60_000);
+
+  it('a replica that checked the state missing does not write its older state over one written and changed since', async () => {
+    const { m1, m2, c1 } = await outage();
+    await m1.load('mobilenet'); // kept
+    const r1 = holdFirst(c1, ['hexists', 'eval', 'evalsha']);
+    await redis!.start();
+    await r1.atGate;
+    // replica 2 held at its first write (after it found the state missing), while replica 1 writes its state back and
+    // publishes its load
+    let r2!: ReturnType<typeof holdFirst>;
+    const c2p = joinSecond(m2, (c) => (r2 = holdFirst(c, ['eval', 'evalsha'], { transactions: true })));
+    await r2.atGate;
+    r1.open();
+    await until(() => !syncing(c1), 10_000, 'replica 1 caught up');
+    r2.open();
+    const c2 = await c2p;
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+  }, 60_000);
+
+  it('a change made on a replica during its catch-up is published after its state is written back', async () => {
+    const { m1, m2, c1 } = await outage();
+    const r1 = holdFirst(c1, ['hexists', 'eval', 'evalsha']);
+    await redis!.start();
+    await r1.atGate;
+    await m1.load('mobilenet'); // during replica 1's catch-up
+    const c2 = await joinSecond(m2);
+    await until(() => c2.status().connected && !syncing(c2), 10_000, 'replica 2 caught up');
+    r1.open();
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 });

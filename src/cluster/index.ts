@@ -20,8 +20,9 @@ import { RedisBus } from './bus.ts';
  *   in order for each model. Files are not sent: uploads and model.json edits are written once to the shared
  *   repository. The resulting unloaded state of each model is also kept in the hash `<prefix>:unloaded`, which a
  *   replica applies when it joins and after each reconnection (so a replica restarted during a rolling restart, or cut
- *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), each
- *   replica writes its own state back where the hash has none, then publishes what it kept, then applies the hash.
+ *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), the
+ *   first replica to reconnect writes its state back; then each publishes the changes it kept (newer) and applies the
+ *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
  *   backoff by ioredis. Local inference never waits for Redis. While down, status events are dropped (counted) and
  *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect.
@@ -64,6 +65,16 @@ type AdminMessage = Wire & { op: AdminOp };
 /** Local and remote status events, each once: what modelStatus subscribers read. */
 export type StatusFeed = EventEmitter<{ status: [ModelStatusEvent] }>;
 
+/**
+ * KEYS[1]: the unloaded-models hash; ARGV: name, state, name, state... Unless the hash is marked: marks it and writes
+ * each state where it has none (an entry there was published since Redis came back: newer).
+ */
+const RESTORE_SCRIPT = `
+if redis.call('HEXISTS', KEYS[1], '.') == 1 then return 0 end
+redis.call('HSET', KEYS[1], '.', '1')
+for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1`;
+
 export class Cluster {
   readonly feed: StatusFeed = new EventEmitter<{ status: [ModelStatusEvent] }>();
   readonly replica: string;
@@ -83,6 +94,8 @@ export class Cluster {
   /** join() is done: this replica has the cluster's unloaded state (or the bus was down and it could not wait). */
   joined = false;
   private syncing: Promise<void> | null = null;
+  /** A catch-up was asked for while one ran (a reconnection during it): run again once it ends. */
+  private syncAgain = false;
   private closed = false;
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
   private readonly onAdmin = (op: AdminOp) => void this.localAdmin(op);
@@ -155,8 +168,9 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
-    if (!this.bus.connected || this.pendingAdmin.length > 0) {
-      // behind the changes still waiting, in order
+    if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
+      // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
+      // published before that could be overwritten by an older state another replica writes back)
       this.keep(op);
       if (this.bus.connected) void this.catchUp();
       return;
@@ -240,6 +254,7 @@ export class Cluster {
    * after any replica (this one included) writes that older state back into an emptied Redis, not before.
    */
   private catchUp(): Promise<void> {
+    if (this.syncing) this.syncAgain = true;
     this.syncing ??= (async () => {
       await Promise.resolve(); // so that the finally below runs after this promise is stored
       let failed = false;
@@ -255,28 +270,29 @@ export class Cluster {
         this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; retried on the next reconnection');
       } finally {
         this.syncing = null;
-        // a change made here while the state was being applied
-        if (!failed && this.pendingAdmin.length && this.bus.connected) void this.catchUp();
+        // a reconnection during this catch-up, or a change made here while it ran
+        const again = this.syncAgain || (!failed && this.pendingAdmin.length > 0);
+        this.syncAgain = false;
+        if (again && this.bus.connected) void this.catchUp();
       }
     })();
     return this.syncing;
   }
 
   /**
-   * "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data, and this replica
-   * writes its state back where the hash has none. An entry may be there already, written by a change published since
-   * (newer than this replica's state): it is kept, and applied here next like any other.
+   * "." marks a hash that exists (no model name starts with a dot): without it, Redis lost its data, and the first
+   * replica to find it so writes its state back (the others find the mark and adopt that state). Checked and written
+   * in one script: a replica that wrote between the check and the write would otherwise have its state, or a change
+   * published since, overwritten by an older one.
    */
   private async restoreLostState(): Promise<void> {
-    const redis = this.bus.publisher;
-    if (await redis.hexists(this.unloadedKey, '.')) return;
-    const tx = redis.multi().hset(this.unloadedKey, '.', '1');
+    const args: string[] = [];
     for (const m of this.manager.models()) {
       const state = this.unloadedState(m.name);
-      if (state) tx.hsetnx(this.unloadedKey, m.name, JSON.stringify(state));
+      if (state) args.push(m.name, JSON.stringify(state));
     }
-    await tx.exec();
-    this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state where it had none');
+    const wrote = await this.bus.publisher.eval(RESTORE_SCRIPT, 1, this.unloadedKey, ...args);
+    if (wrote === 1) this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state back');
   }
 
   private async applyUnloadedState(): Promise<void> {
