@@ -181,6 +181,7 @@ function median(points: Point[]): Point {
     p95: mid('p95'),
     p99: mid('p99'),
     meanBatchSize: mid('meanBatchSize'),
+    clientCpuPerRequestMs: mid('clientCpuPerRequestMs'),
     cpuPerImageMs: mid('cpuPerImageMs'),
     requests: points.reduce((n, p) => n + p.requests, 0),
     errors: points.reduce((n, p) => n + p.errors, 0),
@@ -333,7 +334,7 @@ async function main() {
   // BENCH_PROFILE=1: a V8 CPU profile of the server (bench/profile); =perf: JIT symbols for `perf record -g -p <pid>`
   const profile =
     process.env.BENCH_PROFILE === 'perf'
-      ? ['--perf-basic-prof']
+      ? ['--perf-basic-prof', '--interpreted-frames-native-stack']
       : process.env.BENCH_PROFILE
         ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`]
         : [];
@@ -345,6 +346,7 @@ async function main() {
     {},
     profile,
   );
+  if (profile.length) console.log(`gateway server pid ${server.child.pid} (profile: ${profile.join(' ')})`);
   // the same int8 arithmetic as the gateway's default (exact where this CPU saturates): serving is compared, not kernels
   const naive = await startNaive(MODEL, { exactInt8: exactInt8Here() });
   const baseline = process.env.BENCH_BASELINE
