@@ -297,8 +297,16 @@ export class Cluster {
 
   private async applyUnloadedState(): Promise<void> {
     const redis = this.bus.publisher;
+    let hash = await redis.hgetall(this.unloadedKey);
+    // lost again since it was written back (Redis restarted in between): an empty hash is no state ("every model
+    // loaded" would undo every unload), so it is written back again first
+    for (let attempt = 1; !('.' in hash); attempt++) {
+      if (attempt > 3) throw new Error('the cluster state in Redis keeps disappearing');
+      await this.restoreLostState();
+      hash = await redis.hgetall(this.unloadedKey);
+    }
     const wanted = new Map(
-      Object.entries(await redis.hgetall(this.unloadedKey))
+      Object.entries(hash)
         .filter(([name]) => name !== '.')
         .map(([name, json]) => [name, JSON.parse(json) as { all: boolean; versions: number[] }]),
     );
