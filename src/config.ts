@@ -34,6 +34,7 @@ export interface Config {
   dynamicBatch: boolean;
   exactInt8: ExactInt8;
   engineLoadTimeoutMs: number;
+  engineCallTimeoutMs: number;
   fusedPreprocessing: boolean;
   maxImagePixels: number;
   maxUploadBytes: number;
@@ -265,6 +266,13 @@ export const SETTINGS = [
     'Longest time loading one model version may take (reading, optimizing, the warm-up run); past it the engine is stopped and the version ends with MODEL_LOAD_FAILED; 0: no limit',
   ),
   s(
+    'engineCallTimeoutMs',
+    'ENGINE_CALL_TIMEOUT_MS',
+    int(0),
+    120_000,
+    'Longest time one engine call may take; past it its requests fail with DEADLINE_EXCEEDED and the version restarts its engine (a hung engine would otherwise hold its requests, and every one queued behind them, for ever); 0: no limit',
+  ),
+  s(
     'exactInt8',
     'ENGINE_EXACT_INT8',
     oneOf(['auto', 'on', 'off'] as const),
@@ -438,5 +446,6 @@ export function loadOptionsOf(config: Config): LoadOptions {
     dynamicBatch: config.dynamicBatch,
     exactInt8: config.exactInt8,
     timeoutMs: config.engineLoadTimeoutMs,
+    callTimeoutMs: config.engineCallTimeoutMs,
   };
 }

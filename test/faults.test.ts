@@ -15,6 +15,7 @@ import {
 } from './helpers.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine, Session } from '../src/engine/types.ts';
+import { slowModel } from './onnx-builder.ts';
 
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
@@ -409,6 +410,42 @@ describe('loadModel while a crashed version waits to restart', () => {
       expect(gw.repository.get('mobilenet')!.servingVersion()?.state).toBe('AVAILABLE');
       await new Promise((r) => setTimeout(r, 1000)); // past the pause: no second load
       expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
+describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time', () => {
+  it('its request fails with DEADLINE_EXCEEDED, the version restarts its engine, and the other models serve on', async () => {
+    const gw = await startGateway({
+      models: { slow: { onnx: slowModel(), config: { task: 'raw' } }, mobilenet: fixture('mobilenet') },
+      env: { ENGINE_CALL_TIMEOUT_MS: '400', ENGINE_INSTANCES: '1' },
+    });
+    const events: string[] = [];
+    gw.repository.on('status', (e: { model: string; state: string; errorCode: string | null }) => {
+      if (e.model === 'slow') events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`);
+    });
+    const infer = (rows: number) =>
+      gw.gql(
+        `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
+        {
+          d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64'),
+        },
+      );
+    try {
+      const first = await infer(10);
+      expect(first.errors, JSON.stringify(first.errors)).toBeUndefined();
+      // seconds of compute: the limit ends the call long before it would finish (before, it answered when it did)
+      const r = await infer(30000);
+      expect(errorCode(r)).toBe('DEADLINE_EXCEEDED');
+      expect(r.errors![0].message).toMatch(/took longer than 400 ms \(ENGINE_CALL_TIMEOUT_MS\)/);
+      // other clients are not held: another model answers meanwhile
+      const c = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('zebra.jpeg') } });
+      expect(c.data.classify.predictions[0].classId).toBe(340);
+      await until(() => events.includes('AVAILABLE'), 30_000, 'the version back');
+      expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
+      expect((await infer(10)).errors).toBeUndefined();
     } finally {
       await gw.close();
     }

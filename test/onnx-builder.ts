@@ -121,3 +121,29 @@ export function greyModel(): Uint8Array {
     outputs: [{ name: 'scores', elemType: ElemType.FLOAT, shape: ['N', 1] }],
   });
 }
+
+/**
+ * A model whose cost is set by its input's values, not its shape: ConstantOfShape(shape [1, 2]) makes a [rows, 512]
+ * float tensor, which goes through twelve 512x512 MatMuls, summed to y [1, 1]. shape [[0, 512]] (the warm-up's zeros) costs
+ * nothing; [[30000, 512]] keeps one CPU thread busy for seconds: an engine call that does not come back in time.
+ */
+export function slowModel(): Uint8Array {
+  const K = 12;
+  const D = 512;
+  const w = new Float32Array(D * D).fill(1 / D);
+  return buildModel({
+    nodes: [
+      { op: 'Reshape', inputs: ['shape', 'flat'], outputs: ['dims'] },
+      { op: 'ConstantOfShape', inputs: ['dims'], outputs: ['a0'] },
+      ...Array.from({ length: K }, (_, i) => ({ op: 'MatMul', inputs: [`a${i}`, 'w'], outputs: [`a${i + 1}`] })),
+      { op: 'ReduceSum', inputs: [`a${K}`], outputs: ['y'] },
+    ],
+    inputs: [{ name: 'shape', elemType: ElemType.INT64, shape: [1, 2] }],
+    outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: [1, 1] }],
+    initializers: [
+      { name: 'w', elemType: ElemType.FLOAT, dims: [D, D], raw: new Uint8Array(w.buffer) },
+      { name: 'flat', elemType: ElemType.INT64, dims: [1], raw: new Uint8Array(BigInt64Array.from([-1n]).buffer) },
+    ],
+    opset: 13,
+  });
+}

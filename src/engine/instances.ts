@@ -79,4 +79,8 @@ export class SessionInstances implements Session {
   onFailure(listener: (error: Error) => void): void {
     this.listeners.push(listener);
   }
+
+  kill(reason: Error): void {
+    for (const s of this.members) s.kill?.(reason);
+  }
 }

@@ -64,6 +64,11 @@ export interface Session {
   close(): Promise<void>;
   /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
   onFailure?(listener: (error: Error) => void): void;
+  /**
+   * Stop it now, whatever the engine is doing (a call that does not return): the calls in hand fail with `reason`, the
+   * failure listeners hear it, and close() then ends it without waiting for the engine.
+   */
+  kill?(reason: Error): void;
 }
 
 /** What the caller knows about the moment of a call. */
@@ -97,6 +102,11 @@ export interface LoadOptions {
   exactInt8?: 'auto' | 'on' | 'off';
   /** The longest a version's load may take (the version's own limit, ENGINE_LOAD_TIMEOUT_MS); 0 or unset: none. */
   timeoutMs?: number;
+  /**
+   * The longest one engine call may take while serving (the version's own limit, ENGINE_CALL_TIMEOUT_MS): past it the
+   * version kills the session and loads the version again; 0 or unset: none.
+   */
+  callTimeoutMs?: number;
   /**
    * Aborted when the load is given up: the engine stops what it started for it (ONNX Runtime: its workers; an engine
    * that cannot stop, as OpenVINO's compile, finishes, and the version closes the session it then gets).

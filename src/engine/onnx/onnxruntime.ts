@@ -72,22 +72,28 @@ export class WorkerSession implements Session {
   private dead: Error | null = null;
   private closing = false;
   private failureListeners: ((e: Error) => void)[] = [];
+  private readonly fail: (e: Error) => void;
+  /** Requests the worker has not answered yet (still counted after a kill: the worker may still be computing them). */
+  private inWorker = 0;
+  /** Closed while the worker still computed: it is ended once it has answered everything. */
+  private retiring = false;
 
   constructor(private readonly worker: Worker) {
     worker.on('message', (msg: { id: number; ok: boolean; error?: string }) => {
+      if (--this.inWorker === 0 && this.retiring) void worker.terminate();
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
       if (msg.ok) p.resolve(msg);
       else p.reject(new Error(msg.error));
     });
-    const fail = (e: Error) => {
+    const fail = (this.fail = (e: Error) => {
       if (this.dead) return;
       this.dead = e;
       for (const p of this.pending.values()) p.reject(e);
       this.pending.clear();
       if (!this.closing) for (const l of this.failureListeners) l(e);
-    };
+    });
     worker.on('error', (e) => fail(new Error(`engine worker failed: ${e.message}`)));
     worker.on('exit', (code) => fail(new Error(`engine worker exited (${code})`)));
   }
@@ -99,6 +105,7 @@ export class WorkerSession implements Session {
       this.pending.set(id, { resolve: (v) => resolve(v as T), reject });
       try {
         this.worker.postMessage({ ...msg, id }, transfer);
+        this.inWorker++;
       } catch (e) {
         this.pending.delete(id);
         reject(e);
@@ -218,10 +225,28 @@ export class WorkerSession implements Session {
     this.failureListeners.push(listener);
   }
 
+  /**
+   * The calls in hand fail at once; the worker is not stopped while it computes: ending a worker inside an ONNX
+   * Runtime call aborts the whole process when the call returns (seen: "terminate called after throwing an instance
+   * of 'Napi::Error'"). close() ends it once it has answered.
+   */
+  kill(reason: Error): void {
+    this.fail(reason);
+    this.retiring = true;
+    if (this.inWorker === 0) void this.worker.terminate();
+  }
+
+  /** Is the worker computing something (a load, a run)? */
+  get busy(): boolean {
+    return this.inWorker > 0;
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     if (!this.dead) await this.request({ type: 'close' }).catch(() => undefined);
-    await this.worker.terminate();
+    // still computing (killed during a call): ended when it answers; a call that never returns keeps its thread
+    if (this.inWorker > 0) this.retiring = true;
+    else await this.worker.terminate();
   }
 }
 
@@ -230,13 +255,17 @@ async function open(source: Uint8Array | string, options?: LoadOptions): Promise
   const worker = new Worker(new URL('./worker.mjs', import.meta.url));
   worker.unref();
   const session = new WorkerSession(worker);
-  // a load given up (ENGINE_LOAD_TIMEOUT_MS) ends the worker, whatever it is doing: every call it owes fails. The
-  // signal belongs to one load, and the version never aborts it once the load is done.
-  options?.signal?.addEventListener('abort', () => void worker.terminate(), { once: true });
+  // a load given up (ENGINE_LOAD_TIMEOUT_MS) ends the worker: every call it owes fails; one that is computing is ended
+  // once it answers (see kill()). The signal belongs to one load, and the version never aborts it once it is done.
+  options?.signal?.addEventListener(
+    'abort',
+    () => (session.busy ? session.kill(options.signal!.reason ?? new Error('the load was given up')) : void worker.terminate()),
+    { once: true },
+  );
   try {
     await session.load(source, options);
   } catch (e) {
-    await worker.terminate();
+    await session.close();
     throw e;
   }
   return session;
