@@ -124,8 +124,8 @@ export function greyModel(): Uint8Array {
 
 /**
  * A model whose cost is set by its input's values, not its shape: ConstantOfShape(shape [1, 2]) makes a [rows, 512]
- * float tensor, which goes through twelve 512x512 MatMuls, summed to y [1, 1]. shape [[0, 512]] (the warm-up's zeros) costs
- * nothing; [[30000, 512]] keeps one CPU thread busy for seconds: an engine call that does not come back in time.
+ * float tensor, which goes through twelve 512x512 MatMuls, summed to y [1, 1]. shape [[10, 512]] costs
+ * nothing; [[10000, 512]] keeps one CPU thread busy for seconds: an engine call that does not come back in time.
  */
 export function slowModel(): Uint8Array {
   const K = 12;

@@ -241,8 +241,13 @@ export class Batcher {
       const split = live.length === 1 ? [outputs] : splitBatch(outputs, live.length);
       live.forEach((idx, k) => (results[idx] = split[k]));
     } catch (e) {
+      // a typed error is about the engine, not an item (a call given up after ENGINE_CALL_TIMEOUT_MS): every item gets it
+      if (isGatewayError(e)) {
+        for (const idx of live) results[idx] = e;
+        return;
+      }
       if (live.length === 1) {
-        results[live[0]] = isGatewayError(e) ? e : new GatewayError(ErrorCode.INFERENCE_FAILED, `inference failed: ${errorMessage(e)}`);
+        results[live[0]] = new GatewayError(ErrorCode.INFERENCE_FAILED, `inference failed: ${errorMessage(e)}`);
         return;
       }
       // One bad item must not fail its neighbours: run them one by one so each gets its own answer.

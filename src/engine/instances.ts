@@ -79,8 +79,4 @@ export class SessionInstances implements Session {
   onFailure(listener: (error: Error) => void): void {
     this.listeners.push(listener);
   }
-
-  kill(reason: Error): void {
-    for (const s of this.members) s.kill?.(reason);
-  }
 }

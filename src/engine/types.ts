@@ -64,11 +64,6 @@ export interface Session {
   close(): Promise<void>;
   /** Called once if the session dies on its own (e.g. its engine thread crashed); it cannot run after that. */
   onFailure?(listener: (error: Error) => void): void;
-  /**
-   * Stop it now, whatever the engine is doing (a call that does not return): the calls in hand fail with `reason`, the
-   * failure listeners hear it, and close() then ends it without waiting for the engine.
-   */
-  kill?(reason: Error): void;
 }
 
 /** What the caller knows about the moment of a call. */
@@ -103,8 +98,9 @@ export interface LoadOptions {
   /** The longest a version's load may take (the version's own limit, ENGINE_LOAD_TIMEOUT_MS); 0 or unset: none. */
   timeoutMs?: number;
   /**
-   * The longest one engine call may take while serving (the version's own limit, ENGINE_CALL_TIMEOUT_MS): past it the
-   * version kills the session and loads the version again; 0 or unset: none.
+   * The longest one call may take while serving (ENGINE_CALL_TIMEOUT_MS): past it the engine gives the session up
+   * (its calls fail with DEADLINE_EXCEEDED, onFailure listeners hear it, so the version reloads); 0 or unset: none.
+   * An engine that cannot give a session up (OpenVINO here) ignores it.
    */
   callTimeoutMs?: number;
   /**

@@ -229,7 +229,7 @@ export class ModelVersion {
     this.outputs = session.outputs;
     this.stats = new VersionStats(this.deps.metrics);
     const batcher = new Batcher(
-      (feeds, runOptions) => this.watched(session, session.run(feeds, runOptions), options.callTimeoutMs ?? 0),
+      (feeds, runOptions) => session.run(feeds, runOptions),
       {
         maxBatchSize: session.batchable ? batching.maxBatchSize : 1,
         maxDelayMs: session.batchable ? batching.maxDelayMs : 0,
@@ -246,28 +246,6 @@ export class ModelVersion {
     });
     this.batcher = batcher;
     this.transition('AVAILABLE');
-  }
-
-  /**
-   * An engine call that takes longer than ENGINE_CALL_TIMEOUT_MS: its requests fail with DEADLINE_EXCEEDED and the
-   * session is killed, which takes the version down and loads it again as after a crash (engineFailed); without that a
-   * hung engine would hold its requests, and every one queued behind them, for ever. An engine that cannot be killed
-   * (no kill()) only has the call failed.
-   */
-  private watched<T>(session: Session, call: Promise<T>, limitMs: number): Promise<T> {
-    if (limitMs <= 0) return call;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const e = new GatewayError(
-          ErrorCode.DEADLINE_EXCEEDED,
-          `an engine call of ${this.model} took longer than ${limitMs} ms (ENGINE_CALL_TIMEOUT_MS); its engine is restarted`,
-        );
-        reject(e);
-        session.kill?.(e);
-      }, limitMs);
-    });
-    return Promise.race([call, expired]).finally(() => clearTimeout(timer));
   }
 
   /** The engine could not load this version: END with its code; the client sees no server paths, the log does. */

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { ErrorCode, GatewayError } from '../../errors.ts';
 import {
   DTYPES,
   elementCount,
@@ -75,12 +76,18 @@ export class WorkerSession implements Session {
   private readonly fail: (e: Error) => void;
   /** Requests the worker has not answered yet (still counted after a kill: the worker may still be computing them). */
   private inWorker = 0;
-  /** Closed while the worker still computed: it is ended once it has answered everything. */
-  private retiring = false;
+  /** Resolved each time the worker has answered everything it was sent. */
+  private idle: (() => void)[] = [];
+  /** The longest one call may take (LoadOptions.callTimeoutMs); 0: no limit. */
+  private callTimeoutMs = 0;
 
-  constructor(private readonly worker: Worker) {
+  constructor(
+    private readonly worker: Worker,
+    /** Set to 1 when the worker is given up: it answers what is still queued with an error instead of computing it. */
+    private readonly cancelled: Int32Array,
+  ) {
     worker.on('message', (msg: { id: number; ok: boolean; error?: string }) => {
-      if (--this.inWorker === 0 && this.retiring) void worker.terminate();
+      if (--this.inWorker === 0) for (const resolve of this.idle.splice(0)) resolve();
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
@@ -95,7 +102,12 @@ export class WorkerSession implements Session {
       if (!this.closing) for (const l of this.failureListeners) l(e);
     });
     worker.on('error', (e) => fail(new Error(`engine worker failed: ${e.message}`)));
-    worker.on('exit', (code) => fail(new Error(`engine worker exited (${code})`)));
+    worker.on('exit', (code) => {
+      fail(new Error(`engine worker exited (${code})`));
+      // it will answer nothing more: close() has nothing to wait for
+      this.inWorker = 0;
+      for (const resolve of this.idle.splice(0)) resolve();
+    });
   }
 
   request<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<T> {
@@ -138,6 +150,7 @@ export class WorkerSession implements Session {
     this.source = typeof source === 'string' ? null : source;
     this.sessionOptions = sessionOptions;
     this.aloneThreads = options.aloneThreads ?? 0;
+    this.callTimeoutMs = options.callTimeoutMs ?? 0;
     const message =
       typeof source === 'string'
         ? { type: 'load', path: source, options: sessionOptions }
@@ -162,10 +175,11 @@ export class WorkerSession implements Session {
       if (owns(t.data) && t.data.byteLength > 0 && !transfer.includes(t.data.buffer as ArrayBuffer))
         transfer.push(t.data.buffer as ArrayBuffer);
     }
-    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }>; alone: boolean }>(
+    const call = this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }>; alone: boolean }>(
       { type: 'run', feeds: msgFeeds, alone: options.alone === true },
       transfer,
     );
+    const r = this.callTimeoutMs > 0 ? await this.watched(call, this.callTimeoutMs) : await call;
     if (r.alone) this.ranAlone++;
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(r.outputs)) {
@@ -226,14 +240,33 @@ export class WorkerSession implements Session {
   }
 
   /**
-   * The calls in hand fail at once; the worker is not stopped while it computes: ending a worker inside an ONNX
-   * Runtime call aborts the whole process when the call returns (seen: "terminate called after throwing an instance
-   * of 'Napi::Error'"). close() ends it once it has answered.
+   * A call that takes longer than the limit gives the session up (kill): it and every call queued behind it fail with
+   * DEADLINE_EXCEEDED, and the failure listeners hear it (the version goes down and loads itself again once this
+   * worker has ended, see close()).
+   */
+  private watched<T>(call: Promise<T>, limitMs: number): Promise<T> {
+    const timer = setTimeout(
+      () =>
+        this.kill(
+          new GatewayError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            `an engine call took longer than ${limitMs} ms (ENGINE_CALL_TIMEOUT_MS); the model's engine is restarted`,
+          ),
+        ),
+      limitMs,
+    );
+    return call.finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Give the session up now: the calls in hand fail with `reason`, what is queued in the worker is answered with an
+   * error instead of computed, and the failure listeners hear it. The worker is not stopped while it computes: ending
+   * a worker inside an ONNX Runtime call aborts the whole process when the call returns (seen: "terminate called after
+   * throwing an instance of 'Napi::Error'"); close() ends it once it has answered.
    */
   kill(reason: Error): void {
+    Atomics.store(this.cancelled, 0, 1);
     this.fail(reason);
-    this.retiring = true;
-    if (this.inWorker === 0) void this.worker.terminate();
   }
 
   /** Is the worker computing something (a load, a run)? */
@@ -241,22 +274,23 @@ export class WorkerSession implements Session {
     return this.inWorker > 0;
   }
 
+  /** Ends the worker once it has answered everything it was sent (a call in progress is never cut short). */
   async close(): Promise<void> {
     this.closing = true;
     if (!this.dead) await this.request({ type: 'close' }).catch(() => undefined);
-    // still computing (killed during a call): ended when it answers; a call that never returns keeps its thread
-    if (this.inWorker > 0) this.retiring = true;
-    else await this.worker.terminate();
+    if (this.inWorker > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
+    await this.worker.terminate();
   }
 }
 
 async function open(source: Uint8Array | string, options?: LoadOptions): Promise<WorkerSession> {
   options?.signal?.throwIfAborted(); // a load given up starts no worker
-  const worker = new Worker(new URL('./worker.mjs', import.meta.url));
+  const cancelled = new SharedArrayBuffer(4);
+  const worker = new Worker(new URL('./worker.mjs', import.meta.url), { workerData: { cancelled } });
   worker.unref();
-  const session = new WorkerSession(worker);
+  const session = new WorkerSession(worker, new Int32Array(cancelled));
   // a load given up (ENGINE_LOAD_TIMEOUT_MS) ends the worker: every call it owes fails; one that is computing is ended
-  // once it answers (see kill()). The signal belongs to one load, and the version never aborts it once it is done.
+  // once it answers (see kill(), close()). The signal belongs to one load, and the version never aborts it once done.
   options?.signal?.addEventListener(
     'abort',
     () => (session.busy ? session.kill(options.signal!.reason ?? new Error('the load was given up')) : void worker.terminate()),

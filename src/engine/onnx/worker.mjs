@@ -2,13 +2,15 @@
 // One ONNX Runtime session per worker thread. onnxruntime-node runs inference synchronously on the calling JS
 // thread, so the gateway keeps it off the main event loop: HTTP, multipart parsing, GraphQL and image decoding go on
 // while a batch computes. Tensors cross the thread boundary as transferred ArrayBuffers (no copies).
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import ort from 'onnxruntime-node';
 
 if (!parentPort) throw new Error('worker.mjs must run in a worker thread');
 // errors come back as exceptions (reported in the gateway's JSON log); ONNX Runtime's own log stays quiet
 ort.env.logLevel = 'fatal';
 const port = parentPort;
+/** Set by the gateway when it gave up on this worker (a call took too long): what is still queued is not computed. */
+const cancelled = new Int32Array(/** @type {SharedArrayBuffer} */ (workerData.cancelled));
 
 /** @type {import('onnxruntime-node').InferenceSession | null} */
 let session = null;
@@ -36,6 +38,7 @@ function transferable(data) {
 
 port.on('message', async (/** @type {any} */ msg) => {
   try {
+    if (Atomics.load(cancelled, 0) === 1 && msg.type !== 'close') throw new Error('cancelled: the engine was given up');
     if (msg.type === 'load') {
       session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
       // a model loaded from its path keeps its weights in external data (over 2 GB): no second copy of it
