@@ -396,9 +396,13 @@ describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted emp
     await c2.join();
     return c2;
   }
+  /** Both caught up and both models settled (AVAILABLE or END: a remote change may still be loading), and still so a moment later. */
   const both = async (m1: ModelManager, m2: ModelManager, c1: Cluster, c2: Cluster) => {
+    const settled = () => [m1, m2].every((m) => ['AVAILABLE', 'END'].includes(state(m)));
     await until(() => c1.status().connected && c2.status().connected && !syncing(c1) && !syncing(c2), 20_000, 'both caught up');
-    await sleep(500); // and remote changes applied
+    await until(settled, 30_000, 'both models settled');
+    await sleep(500);
+    await until(settled, 30_000, 'both models settled');
     return [state(m1), state(m2)];
   };
 
@@ -443,9 +447,7 @@ describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted emp
     await client.del('gateway:unloaded'); // Redis lost it again (a restart between the two)
     client.disconnect();
     read.open();
-    await until(() => c1.status().connected && !syncing(c1) && !syncing(c2), 20_000, 'both caught up');
-    await sleep(500);
-    expect([state(m1), state(m2)]).toEqual(['END', 'END']);
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
   }, 60_000);
 
   it('a change made on a replica during its catch-up is published after its state is written back', async () => {
