@@ -87,7 +87,8 @@ export class WorkerSession implements Session {
     private readonly cancelled: Int32Array,
   ) {
     worker.on('message', (msg: { id: number; ok: boolean; error?: string }) => {
-      if (--this.inWorker === 0) for (const resolve of this.idle.splice(0)) resolve();
+      // close() waiting for the worker to finish: rare, so nothing is allocated per answer otherwise
+      if (--this.inWorker === 0 && this.idle.length > 0) for (const resolve of this.idle.splice(0)) resolve();
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
