@@ -305,10 +305,10 @@ describe.skipIf(missing.length > 0)('a replica joining a Redis that restarted em
 });
 
 /**
- * Hold a replica's Redis connection at the first command named one of `names` (sent only once `open()` is called), or
- * at the first transaction's EXEC when `transactions` is set: to force an order between replicas' catch-ups.
+ * Hold a replica's Redis connection at the first command named one of `names` (sent only once `open()` is called): to
+ * force an order between replicas' catch-ups (its admin changes are published by a script too, EVAL).
  */
-function holdFirst(cluster: Cluster, names: string[], { transactions = false } = {}) {
+function holdFirst(cluster: Cluster, names: string[]) {
   const conn = (cluster as unknown as { bus: { publisher: any } }).bus.publisher;
   let reached!: () => void;
   const atGate = new Promise<void>((r) => (reached = r));
@@ -327,24 +327,72 @@ function holdFirst(cluster: Cluster, names: string[], { transactions = false } =
     void gate.then(() => send(command, ...rest));
     return command.promise;
   };
-  if (transactions) {
-    const multi = conn.multi.bind(conn);
-    conn.multi = (...a: unknown[]) => {
-      const tx = multi(...a);
-      const exec = tx.exec.bind(tx);
-      tx.exec = async (...b: unknown[]) => (hold() ? gate.then(() => exec(...b)) : exec(...b));
-      return tx;
-    };
-  }
   return { atGate: Promise.race([atGate, sleep(15_000).then(() => Promise.reject(new Error('the gate was never reached')))]), open };
+}
+
+/**
+ * Let a replica's first command named `name` run, but hand its reply over only once `open()` is called (`atGate`: the
+ * reply has come): a read of the cluster state taken now and used later.
+ */
+function holdReply(cluster: Cluster, name: string) {
+  const conn = (cluster as unknown as { bus: { publisher: any } }).bus.publisher;
+  let reached!: () => void;
+  const atGate = new Promise<void>((r) => (reached = r));
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  let held = false;
+  const send = conn.sendCommand.bind(conn);
+  conn.sendCommand = (command: { name: string }, ...rest: unknown[]) => {
+    const reply = send(command, ...rest);
+    if (command.name !== name || held) return reply;
+    held = true;
+    return reply.then(
+      (v: unknown) => (reached(), gate.then(() => v)),
+      (e: unknown) => (reached(), gate.then(() => Promise.reject(e))),
+    );
+  };
+  return { atGate: Promise.race([atGate, sleep(15_000).then(() => Promise.reject(new Error('the reply never came')))]), open };
+}
+
+/** Hold back the first message a replica receives on `channel`, until `deliver()`. */
+function holdFirstMessage(cluster: Cluster, channel: string) {
+  const bus = (cluster as unknown as { bus: { emit: (event: string, ...a: unknown[]) => boolean } }).bus;
+  const emit = bus.emit.bind(bus);
+  let held: unknown[] | null = null;
+  bus.emit = (event: string, ...a: unknown[]) => {
+    if (event !== 'message' || a[0] !== channel || held) return emit(event, ...a);
+    held = a;
+    return true;
+  };
+  return {
+    deliver: () => {
+      if (!held) throw new Error(`no message on ${channel} was held`);
+      emit('message', ...held);
+    },
+  };
+}
+
+/** Cut a replica's subscriber connection (its bus goes down and reconnects, then catches up). */
+async function cutSubscriber(redisUrl: string, replica: string) {
+  const client = new Redis(redisUrl);
+  try {
+    const list = (await client.client('LIST')) as string;
+    const line = list
+      .split('\n')
+      .find((l) => l.includes(` name=gateway:${replica} `) && / cmd=(p?subscribe|ping)/.test(l) && / sub=[1-9]/.test(l));
+    if (!line) throw new Error(`no subscriber connection of ${replica} in\n${list}`);
+    await client.client('KILL', 'ID', /\bid=(\d+)/.exec(line)![1]);
+  } finally {
+    client.disconnect();
+  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted empty, their catch-ups interleaved', () => {
+describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave with other changes', () => {
   // In process, so that the order of the replicas' catch-ups can be forced (holdFirst); everything else is real: Redis,
-  // models, managers. Before the outage the cluster agreed on mobilenet unloaded; replica 2 joins only after Redis
-  // came back empty, with that older state.
+  // models, managers. In the outage() tests, before the outage the cluster agreed on mobilenet unloaded; replica 2 joins
+  // only after Redis came back empty, with that older state.
   let redis: RedisServer | undefined;
   let repo: Awaited<ReturnType<typeof sharedRepository>> | undefined;
   const clusters: Cluster[] = [];
@@ -364,21 +412,21 @@ describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted emp
     clusters.push(c);
     return c;
   };
+  const manager = () => {
+    const m = new ModelManager({
+      root: repo!.dir,
+      engine: createOnnxRuntimeEngine(),
+      logger,
+      pollIntervalMs: 0,
+      loadOptions: { instances: 1 },
+    });
+    managers.push(m);
+    return m;
+  };
   /** Two managers, replica 1 on the bus; mobilenet unloaded on both; Redis stopped. */
   async function outage() {
     redis = await startRedis();
     repo = await sharedRepository(['mobilenet']);
-    const manager = () => {
-      const m = new ModelManager({
-        root: repo!.dir,
-        engine: createOnnxRuntimeEngine(),
-        logger,
-        pollIntervalMs: 0,
-        loadOptions: { instances: 1 },
-      });
-      managers.push(m);
-      return m;
-    };
     const [m1, m2] = [manager(), manager()];
     await Promise.all([m1.start(), m2.start()]);
     const c1 = cluster('r1', m1);
@@ -428,7 +476,7 @@ describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted emp
     // replica 2 held at its first write (after it found the state missing), while replica 1 writes its state back and
     // publishes its load
     let r2!: ReturnType<typeof holdFirst>;
-    const c2p = joinSecond(m2, (c) => (r2 = holdFirst(c, ['eval', 'evalsha'], { transactions: true })));
+    const c2p = joinSecond(m2, (c) => (r2 = holdFirst(c, ['eval', 'evalsha'])));
     await r2.atGate;
     r1.open();
     await until(() => !syncing(c1), 10_000, 'replica 1 caught up');
@@ -448,6 +496,60 @@ describe.skipIf(missing.length > 0)('two replicas and a Redis that restarted emp
     client.disconnect();
     read.open();
     expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+  }, 60_000);
+
+  it('a change published while a replica reads the cluster state is not undone by what it read', async () => {
+    // Redis keeps its state here: replica 2 reconnects (its subscriber cut) and reads the state while mobilenet is
+    // loaded; replica 1 unloads it before replica 2 has used what it read, and replica 2 applies that unload first.
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    const [m1, m2] = [manager(), manager()];
+    await Promise.all([m1.start(), m2.start()]);
+    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
+    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
+    await Promise.all([c1.join(), c2.join()]);
+    const read = holdReply(c2, 'hgetall');
+    await cutSubscriber(redis.url, 'r2');
+    await read.atGate;
+    await m1.unload('mobilenet');
+    await until(() => state(m2) === 'END', 20_000, 'replica 2 applied the unload');
+    read.open();
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+  }, 60_000);
+
+  it('a change made on a replica while it reads the cluster state is not undone by what it read', async () => {
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    const [m1, m2] = [manager(), manager()];
+    await Promise.all([m1.start(), m2.start()]);
+    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
+    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
+    await Promise.all([c1.join(), c2.join()]);
+    const read = holdReply(c2, 'hgetall');
+    await cutSubscriber(redis.url, 'r2');
+    await read.atGate;
+    await m2.unload('mobilenet'); // kept until the catch-up ends, then published
+    read.open();
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+  }, 60_000);
+
+  it('a change that reaches a replica after the cluster state it read, which holds it already, is not applied again', async () => {
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    const [m1, m2] = [manager(), manager()];
+    await Promise.all([m1.start(), m2.start()]);
+    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
+    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
+    await Promise.all([c1.join(), c2.join()]);
+    // replica 2 receives replica 1's unload late: after the load that followed it, and after reading the state
+    const late = holdFirstMessage(c2, 'gateway:admin');
+    await m1.unload('mobilenet');
+    await m1.load('mobilenet');
+    await cutSubscriber(redis.url, 'r2');
+    await until(() => !c2.status().connected, 10_000, 'replica 2 disconnected');
+    await until(() => c2.status().connected && !syncing(c2), 10_000, 'replica 2 caught up');
+    late.deliver();
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 
   it('a change made on a replica during its catch-up is published after its state is written back', async () => {

@@ -55,6 +55,11 @@ export interface ClusterStatus {
 
 interface Wire {
   v: 1;
+  /**
+   * Admin messages: the change's place in the order of changes to the unloaded-models hash (its "#" counter, set by
+   * the same script that publishes). Absent from older replicas' messages.
+   */
+  seq?: number;
   /** The process that sent it (a fresh id per start; the replica name may be shared by mistake). */
   from: string;
   replica: string;
@@ -74,6 +79,21 @@ if redis.call('HEXISTS', KEYS[1], '.') == 1 then return 0 end
 redis.call('HSET', KEYS[1], '.', '1')
 for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1`;
+
+/**
+ * KEYS[1]: the unloaded-models hash, KEYS[2]: the admin channel; ARGV: "set" or "del" or "", name, state, message.
+ * Counts the change ("#"), writes the model's resulting state and publishes the message with that count as its `seq`,
+ * at once: a replica reading the hash knows which changes it already holds (those up to its "#").
+ */
+const PUBLISH_SCRIPT = `
+local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
+if ARGV[1] == 'set' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+elseif ARGV[1] == 'del' then redis.call('HDEL', KEYS[1], ARGV[2]) end
+redis.call('PUBLISH', KEYS[2], string.sub(ARGV[4], 1, -2) .. ',"seq":' .. seq .. '}')
+return seq`;
+
+/** Reads of the cluster state before one is used although changes keep arriving past it. */
+const STATE_READS = 5;
 
 export class Cluster {
   readonly feed: StatusFeed = new EventEmitter<{ status: [ModelStatusEvent] }>();
@@ -97,6 +117,14 @@ export class Cluster {
   /** A catch-up was asked for while one ran (a reconnection during it): run again once it ends. */
   private syncAgain = false;
   private closed = false;
+  /**
+   * Since the bus (re)connected: the highest `seq` of the admin messages received, per model, and the `seq` of the
+   * state last applied (changes up to it are in that state: one arriving late is not applied again over it).
+   */
+  private readonly seenSeq = new Map<string, number>();
+  private appliedSeq = 0;
+  /** Models changed here (admin operations) since the cluster state was last read. */
+  private readonly changedHere = new Set<string>();
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
   private readonly onAdmin = (op: AdminOp) => void this.localAdmin(op);
 
@@ -114,6 +142,9 @@ export class Cluster {
     this.bus.on('message', (channel, text) => this.remote(channel, text));
     this.bus.on('connected', () => {
       this.metrics?.connected.set(1);
+      // a new connection, perhaps to a Redis that restarted and counts from 0 again
+      this.seenSeq.clear();
+      this.appliedSeq = 0;
       void this.catchUp();
     });
     this.bus.on('disconnected', () => {
@@ -168,6 +199,7 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
+    this.changedHere.add(op.name);
     if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
       // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
       // published before that could be overwritten by an older state another replica writes back)
@@ -201,15 +233,10 @@ export class Cluster {
   /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
   private async publishAdmin(op: AdminOp): Promise<void> {
     const state = this.unloadedState(op.name);
-    const tx = this.bus.publisher.multi();
-    if (op.op !== 'update') {
-      if (state) tx.hset(this.unloadedKey, op.name, JSON.stringify(state));
-      else tx.hdel(this.unloadedKey, op.name);
-    }
-    tx.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op } satisfies AdminMessage));
-    const result = await tx.exec();
-    const failed = result?.find(([e]) => e);
-    if (!result || failed) throw failed?.[0] ?? new Error('transaction aborted');
+    const write = op.op === 'update' ? '' : state ? 'set' : 'del';
+    const message = JSON.stringify({ ...this.wire(), op } satisfies AdminMessage);
+    const { unloadedKey, channels } = this;
+    await this.bus.publisher.eval(PUBLISH_SCRIPT, 2, unloadedKey, channels.admin, write, op.name, JSON.stringify(state), message);
     this.metrics?.messages.inc({ direction: 'out', kind: 'admin' });
   }
 
@@ -228,6 +255,10 @@ export class Cluster {
     } else if (channel === this.channels.admin && message.op) {
       this.metrics?.messages.inc({ direction: 'in', kind: 'admin' });
       const op = message.op;
+      if (typeof message.seq === 'number') {
+        if (message.seq <= this.appliedSeq) return; // in the cluster state this replica applied since it was sent
+        this.seenSeq.set(op.name, Math.max(message.seq, this.seenSeq.get(op.name) ?? 0));
+      }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
       this.serialize(op.name, () => this.manager.applyRemote(op));
     }
@@ -295,23 +326,41 @@ export class Cluster {
     if (wrote === 1) this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state back');
   }
 
+  /**
+   * Read the cluster's unloaded state and bring this replica in line with it. The read is a snapshot, and changes
+   * keep arriving on the other connection: a change received before the snapshot is used but made after it (a `seq`
+   * past the hash's "#") would be undone by it, so the state is read again; a change made here meanwhile is newer and
+   * is published after this catch-up, so its model is left as it is.
+   */
   private async applyUnloadedState(): Promise<void> {
     const redis = this.bus.publisher;
-    let hash = await redis.hgetall(this.unloadedKey);
-    // lost again since it was written back (Redis restarted in between): an empty hash is no state ("every model
-    // loaded" would undo every unload), so it is written back again first
-    for (let attempt = 1; !('.' in hash); attempt++) {
-      if (attempt > 3) throw new Error('the cluster state in Redis keeps disappearing');
-      await this.restoreLostState();
+    let hash: Record<string, string> = {};
+    let seq = 0;
+    let racing: string[] = [];
+    for (let read = 1, lost = 0; ; read++) {
+      this.changedHere.clear();
       hash = await redis.hgetall(this.unloadedKey);
+      if (!('.' in hash)) {
+        // lost again since it was written back (Redis restarted in between): an empty hash is no state ("every model
+        // loaded" would undo every unload), so it is written back again first
+        if (++lost > 3) throw new Error('the cluster state in Redis keeps disappearing');
+        await this.restoreLostState();
+        continue;
+      }
+      seq = Number(hash['#'] ?? 0);
+      racing = [...this.seenSeq].filter(([, s]) => s > seq).map(([name]) => name);
+      if (racing.length === 0 || read >= STATE_READS) break;
     }
+    this.appliedSeq = Math.max(this.appliedSeq, seq);
     const wanted = new Map(
       Object.entries(hash)
-        .filter(([name]) => name !== '.')
+        .filter(([name]) => name !== '.' && name !== '#')
         .map(([name, json]) => [name, JSON.parse(json) as { all: boolean; versions: number[] }]),
     );
     const work: Promise<void>[] = [];
     for (const m of this.manager.models()) {
+      // still changing after every read: that model's newest change, received, is what it gets
+      if (this.changedHere.has(m.name) || racing.includes(m.name)) continue;
       const want = wanted.get(m.name);
       const mine = this.unloadedState(m.name);
       if (JSON.stringify(want ?? null) === JSON.stringify(mine)) continue;
