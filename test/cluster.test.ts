@@ -18,6 +18,7 @@ import { Redis } from 'ioredis';
 import os from 'node:os';
 import { ConfigError, loadConfig } from '../src/config.ts';
 import { Cluster } from '../src/cluster/index.ts';
+import { backoff } from '../src/cluster/bus.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { createLogger } from '../src/log.ts';
 import { ModelManager } from '../src/repository/manager.ts';
@@ -563,4 +564,17 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     r1.open();
     expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
+});
+
+describe('the bus reconnection backoff', () => {
+  it('doubles from 100 ms up to its ceiling, each wait between half and all of it at random', () => {
+    const ceilings = [100, 200, 400, 800, 1600, 2000, 2000];
+    ceilings.forEach((ceiling, i) => {
+      expect(backoff(i + 1, 2000, () => 0)).toBe(ceiling / 2);
+      expect(backoff(i + 1, 2000, () => 0.999999)).toBe(ceiling);
+    });
+    const waits = new Set(Array.from({ length: 20 }, () => backoff(8)));
+    expect(waits.size).toBeGreaterThan(1); // replicas cut off together spread out
+    for (const w of waits) expect(w >= 1000 && w <= 2000).toBe(true);
+  });
 });

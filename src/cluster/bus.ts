@@ -24,7 +24,15 @@ export interface BusOptions {
 }
 
 /** Backoff between reconnection attempts: 100 ms doubling, capped (ioredis calls it with the attempt number). */
-export const backoff = (attempt: number, maxMs = 2000): number => Math.min(100 * 2 ** Math.min(attempt - 1, 10), maxMs);
+/**
+ * The wait before reconnection attempt `attempt` (1, 2, ...): 100 ms doubling up to `maxMs`, each wait drawn between
+ * half and all of that ("equal jitter"), so that replicas cut off by the same Redis restart do not all come back at the
+ * same moment and keep doing so.
+ */
+export const backoff = (attempt: number, maxMs = 2000, random: () => number = Math.random): number => {
+  const ceiling = Math.min(100 * 2 ** Math.min(attempt - 1, 10), maxMs);
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+};
 
 export class RedisBus extends EventEmitter<{ message: [channel: string, text: string]; connected: []; disconnected: [] }> {
   readonly publisher: Redis;
