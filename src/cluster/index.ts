@@ -18,9 +18,11 @@ import { RedisBus } from './bus.ts';
  * - **Admin changes.** The manager emits an `AdminOp` after each successful loadModel, unloadModel, updateModel and
  *   deleteModel; it is published on `<prefix>:admin` and the other replicas apply it (`ModelManager.applyRemote`),
  *   in order for each model. Files are not sent: uploads and model.json edits are written once to the shared
- *   repository. The resulting unloaded state of each model is also kept in the hash `<prefix>:unloaded`, which a
- *   replica applies when it joins and after each reconnection (so a replica restarted during a rolling restart, or cut
- *   off from Redis for a while, comes back in line). If Redis lost that hash (restarted without persistence), the
+ *   repository. A load or unload also carries the model's resulting unloaded state, which the others adopt after
+ *   applying it (a change one of them missed is made up for with the next). That state of each model is also kept in
+ *   the hash `<prefix>:unloaded`, which a replica applies when it joins and after each reconnection (so a replica
+ *   restarted during a rolling restart, or cut off from Redis for a while, comes back in line); changes are counted
+ *   there, so that a read of the hash older than a change already received does not undo it. If Redis lost that hash (restarted without persistence), the
  *   first replica to reconnect writes its state back; then each publishes the changes it kept (newer) and applies the
  *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
@@ -56,41 +58,52 @@ export interface ClusterStatus {
 interface Wire {
   v: 1;
   /**
-   * Admin messages: the change's place in the order of changes to the unloaded-models hash (its "#" counter, set by
-   * the same script that publishes). Absent from older replicas' messages.
+   * Admin messages that wrote the unloaded-models hash: the change's place in the order of its changes (the "#"
+   * counter) and the hash's epoch (its "." marker, new each time the hash is written back after Redis lost it). Set
+   * by the script that writes and publishes; absent from older replicas' messages.
    */
   seq?: number;
+  epoch?: string;
   /** The process that sent it (a fresh id per start; the replica name may be shared by mistake). */
   from: string;
   replica: string;
 }
 type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string } };
-type AdminMessage = Wire & { op: AdminOp };
+/** `state`: the model's unloaded state on the sender after the change (load and unload), which receivers adopt. */
+type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState };
+/** Which versions of a model are unloaded (null: none), as kept in the hash. */
+type UnloadedState = { all: boolean; versions: number[] } | null;
 
 /** Local and remote status events, each once: what modelStatus subscribers read. */
 export type StatusFeed = EventEmitter<{ status: [ModelStatusEvent] }>;
 
 /**
- * KEYS[1]: the unloaded-models hash; ARGV: name, state, name, state... Unless the hash is marked: marks it and writes
- * each state where it has none (an entry there was published since Redis came back: newer).
+ * KEYS[1]: the unloaded-models hash; ARGV: a new epoch, then name, state, name, state... Unless the hash is marked:
+ * marks it with the epoch and writes each state where it has none (an entry there was published since Redis came
+ * back: newer).
  */
 const RESTORE_SCRIPT = `
 if redis.call('HEXISTS', KEYS[1], '.') == 1 then return 0 end
-redis.call('HSET', KEYS[1], '.', '1')
-for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], '.', ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1`;
 
 /**
- * KEYS[1]: the unloaded-models hash, KEYS[2]: the admin channel; ARGV: "set" or "del" or "", name, state, message.
- * Counts the change ("#"), writes the model's resulting state and publishes the message with that count as its `seq`,
- * at once: a replica reading the hash knows which changes it already holds (those up to its "#").
+ * KEYS[1]: the unloaded-models hash; ARGV: the admin channel, model name, its state (JSON, "null": none unloaded),
+ * message (a JSON object). Counts the change ("#"), writes the model's state and publishes the message with that count
+ * and the hash's epoch added, at once: a replica that reads the hash knows which changes it holds (those up to "#").
  */
 const PUBLISH_SCRIPT = `
 local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
-if ARGV[1] == 'set' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-elseif ARGV[1] == 'del' then redis.call('HDEL', KEYS[1], ARGV[2]) end
-redis.call('PUBLISH', KEYS[2], string.sub(ARGV[4], 1, -2) .. ',"seq":' .. seq .. '}')
+local epoch = redis.call('HGET', KEYS[1], '.') or ''
+if ARGV[3] == 'null' then redis.call('HDEL', KEYS[1], ARGV[2]) else redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('PUBLISH', ARGV[1], string.sub(ARGV[4], 1, -2) .. ',"seq":' .. seq .. ',"epoch":' .. cjson.encode(epoch) .. '}')
 return seq`;
+
+type ScriptCommands = {
+  gatewayRestore(key: string, ...args: string[]): Promise<number>;
+  gatewayPublish(key: string, channel: string, name: string, state: string, message: string): Promise<number>;
+};
 
 /** Reads of the cluster state before one is used although changes keep arriving past it. */
 const STATE_READS = 5;
@@ -117,14 +130,8 @@ export class Cluster {
   /** A catch-up was asked for while one ran (a reconnection during it): run again once it ends. */
   private syncAgain = false;
   private closed = false;
-  /**
-   * Since the bus (re)connected: the highest `seq` of the admin messages received, per model, and the `seq` of the
-   * state last applied (changes up to it are in that state: one arriving late is not applied again over it).
-   */
-  private readonly seenSeq = new Map<string, number>();
-  private appliedSeq = 0;
-  /** Models changed here (admin operations) since the cluster state was last read. */
-  private readonly changedHere = new Set<string>();
+  /** The newest counted change received for each model (see Wire.seq). */
+  private readonly seen = new Map<string, { epoch: string; seq: number }>();
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
   private readonly onAdmin = (op: AdminOp) => void this.localAdmin(op);
 
@@ -139,12 +146,12 @@ export class Cluster {
     this.unloadedKey = `${prefix}:unloaded`;
     this.maxPendingAdmin = maxPendingAdmin;
     this.bus = new RedisBus({ url, logger: this.logger, channels: Object.values(this.channels), name: replica, maxBackoffMs });
+    // EVALSHA, with EVAL when Redis does not have the script (yet, or again after a restart)
+    this.bus.publisher.defineCommand('gatewayRestore', { numberOfKeys: 1, lua: RESTORE_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayPublish', { numberOfKeys: 1, lua: PUBLISH_SCRIPT });
     this.bus.on('message', (channel, text) => this.remote(channel, text));
     this.bus.on('connected', () => {
       this.metrics?.connected.set(1);
-      // a new connection, perhaps to a Redis that restarted and counts from 0 again
-      this.seenSeq.clear();
-      this.appliedSeq = 0;
       void this.catchUp();
     });
     this.bus.on('disconnected', () => {
@@ -199,7 +206,6 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
-    this.changedHere.add(op.name);
     if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
       // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
       // published before that could be overwritten by an older state another replica writes back)
@@ -224,7 +230,7 @@ export class Cluster {
   }
 
   /** The unloaded state of a model on this replica, as kept in the hash (null: nothing unloaded). */
-  private unloadedState(name: string): { all: boolean; versions: number[] } | null {
+  private unloadedState(name: string): UnloadedState {
     const m = this.manager.get(name);
     if (!m || (!m.disabled && m.disabledVersions.size === 0)) return null;
     return { all: m.disabled, versions: [...m.disabledVersions].sort((a, b) => a - b) };
@@ -232,11 +238,20 @@ export class Cluster {
 
   /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
   private async publishAdmin(op: AdminOp): Promise<void> {
-    const state = this.unloadedState(op.name);
-    const write = op.op === 'update' ? '' : state ? 'set' : 'del';
-    const message = JSON.stringify({ ...this.wire(), op } satisfies AdminMessage);
-    const { unloadedKey, channels } = this;
-    await this.bus.publisher.eval(PUBLISH_SCRIPT, 2, unloadedKey, channels.admin, write, op.name, JSON.stringify(state), message);
+    if (op.op === 'update') {
+      // model.json edits: nothing in the hash changes
+      await this.bus.publisher.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op } satisfies AdminMessage));
+    } else {
+      const state = op.op === 'delete' ? null : this.unloadedState(op.name);
+      const message = JSON.stringify({ ...this.wire(), op, ...(op.op === 'delete' ? {} : { state }) } satisfies AdminMessage);
+      await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
+        this.unloadedKey,
+        this.channels.admin,
+        op.name,
+        JSON.stringify(state),
+        message,
+      );
+    }
     this.metrics?.messages.inc({ direction: 'out', kind: 'admin' });
   }
 
@@ -254,13 +269,16 @@ export class Cluster {
       this.feed.emit('status', { ...message.event, at: new Date(message.event.at) });
     } else if (channel === this.channels.admin && message.op) {
       this.metrics?.messages.inc({ direction: 'in', kind: 'admin' });
-      const op = message.op;
-      if (typeof message.seq === 'number') {
-        if (message.seq <= this.appliedSeq) return; // in the cluster state this replica applied since it was sent
-        this.seenSeq.set(op.name, Math.max(message.seq, this.seenSeq.get(op.name) ?? 0));
+      const { op, seq, epoch, state } = message;
+      if (typeof seq === 'number' && typeof epoch === 'string') {
+        const before = this.seen.get(op.name);
+        if (!before || before.epoch !== epoch || before.seq < seq) this.seen.set(op.name, { epoch, seq });
       }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
       this.serialize(op.name, () => this.manager.applyRemote(op));
+      // then the sender's resulting state: a change this replica missed (a catch-up that left the model as it was)
+      // is made up for with the next one
+      if (state !== undefined) this.serialize(op.name, () => this.lineUp(op.name, state));
     }
   }
 
@@ -322,60 +340,64 @@ export class Cluster {
       const state = this.unloadedState(m.name);
       if (state) args.push(m.name, JSON.stringify(state));
     }
-    const wrote = await this.bus.publisher.eval(RESTORE_SCRIPT, 1, this.unloadedKey, ...args);
+    const wrote = await (this.bus.publisher as unknown as ScriptCommands).gatewayRestore(this.unloadedKey, randomUUID(), ...args);
     if (wrote === 1) this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state back');
   }
 
   /**
-   * Read the cluster's unloaded state and bring this replica in line with it. The read is a snapshot, and changes
-   * keep arriving on the other connection: a change received before the snapshot is used but made after it (a `seq`
-   * past the hash's "#") would be undone by it, so the state is read again; a change made here meanwhile is newer and
-   * is published after this catch-up, so its model is left as it is.
+   * Read the cluster's unloaded state and bring this replica in line with it. The read is a snapshot while changes
+   * keep arriving on the other connection: a change received before the snapshot is used but counted after it (a `seq`
+   * past the hash's "#", same epoch) would be undone by it, so the state is read again (a model still changing after
+   * STATE_READS reads is left to its newest change, which carries its state). A model with a change made here and
+   * not published yet (kept during the catch-up) is left as it is: that change is newer and goes out next.
    */
   private async applyUnloadedState(): Promise<void> {
     const redis = this.bus.publisher;
     let hash: Record<string, string> = {};
-    let seq = 0;
     let racing: string[] = [];
-    for (let read = 1, lost = 0; ; read++) {
-      this.changedHere.clear();
+    for (let reads = 0, restores = 0; ;) {
       hash = await redis.hgetall(this.unloadedKey);
       if (!('.' in hash)) {
         // lost again since it was written back (Redis restarted in between): an empty hash is no state ("every model
         // loaded" would undo every unload), so it is written back again first
-        if (++lost > 3) throw new Error('the cluster state in Redis keeps disappearing');
+        if (++restores > 3) throw new Error('the cluster state in Redis keeps disappearing');
         await this.restoreLostState();
         continue;
       }
-      seq = Number(hash['#'] ?? 0);
-      racing = [...this.seenSeq].filter(([, s]) => s > seq).map(([name]) => name);
-      if (racing.length === 0 || read >= STATE_READS) break;
+      const count = Number(hash['#'] ?? 0);
+      racing = [...this.seen].filter(([, s]) => s.epoch === hash['.'] && s.seq > count).map(([name]) => name);
+      if (racing.length === 0 || ++reads >= STATE_READS) break;
     }
-    this.appliedSeq = Math.max(this.appliedSeq, seq);
+    const kept = new Set(this.pendingAdmin.map((op) => op.name));
     const wanted = new Map(
       Object.entries(hash)
         .filter(([name]) => name !== '.' && name !== '#')
-        .map(([name, json]) => [name, JSON.parse(json) as { all: boolean; versions: number[] }]),
+        .map(([name, json]) => [name, JSON.parse(json) as UnloadedState]),
     );
-    const work: Promise<void>[] = [];
-    for (const m of this.manager.models()) {
-      // still changing after every read: that model's newest change, received, is what it gets
-      if (this.changedHere.has(m.name) || racing.includes(m.name)) continue;
-      const want = wanted.get(m.name);
-      const mine = this.unloadedState(m.name);
-      if (JSON.stringify(want ?? null) === JSON.stringify(mine)) continue;
-      const ops: AdminOp[] = [];
-      if (!want) ops.push({ op: 'load', name: m.name });
-      else if (want.all) ops.push({ op: 'unload', name: m.name });
-      else {
-        // some versions unloaded: everything back (loadModel), then those versions out
-        ops.push({ op: 'load', name: m.name });
-        for (const v of want.versions) if (m.versions.has(v)) ops.push({ op: 'unload', name: m.name, version: v });
-      }
-      this.logger.info({ model: m.name, wanted: want ?? 'loaded' }, 'bringing a model in line with the cluster');
-      for (const op of ops) work.push(this.serialize(m.name, () => this.manager.applyRemote(op)));
-    }
+    const work = this.manager
+      .models()
+      .filter((m) => !kept.has(m.name) && !racing.includes(m.name))
+      .map((m) => this.serialize(m.name, () => this.lineUp(m.name, wanted.get(m.name) ?? null)));
     await Promise.all(work);
+  }
+
+  /** Bring one model's unloaded versions to `want` (in its turn among the remote changes of that model). */
+  private async lineUp(name: string, want: UnloadedState): Promise<void> {
+    const m = this.manager.get(name);
+    const mine = this.unloadedState(name);
+    if (!m || JSON.stringify(want) === JSON.stringify(mine)) return;
+    const ops: AdminOp[] = [];
+    if (!want) ops.push({ op: 'load', name });
+    else if (want.all) ops.push({ op: 'unload', name });
+    else {
+      // some versions unloaded: those out; first everything back (loadModel) if one of them should be loaded
+      const back = mine !== null && (mine.all || mine.versions.some((v) => !want.versions.includes(v)));
+      if (back) ops.push({ op: 'load', name });
+      for (const v of want.versions)
+        if (m.versions.has(v) && (back || !mine?.versions.includes(v))) ops.push({ op: 'unload', name, version: v });
+    }
+    this.logger.info({ model: name, wanted: want ?? 'loaded' }, 'bringing a model in line with the cluster');
+    for (const op of ops) await this.manager.applyRemote(op);
   }
 
   /** Stop listening and close the connections (after the manager has unloaded, so those events went out). */
