@@ -305,30 +305,32 @@ describe.skipIf(missing.length > 0)('a replica joining a Redis that restarted em
   });
 });
 
-/**
- * Hold a replica's Redis connection at the first command named one of `names` (sent only once `open()` is called): to
- * force an order between replicas' catch-ups (its admin changes are published by a script too, EVAL).
- */
-function holdFirst(cluster: Cluster, names: string[]) {
+/** A replica's Redis command connection, and a gate: `reached()` once there, `atGate` for the test, `open()` to go on. */
+function gateOn(cluster: Cluster, what: string) {
   const conn = (cluster as unknown as { bus: { publisher: any } }).bus.publisher;
   let reached!: () => void;
   const atGate = new Promise<void>((r) => (reached = r));
   let open!: () => void;
   const gate = new Promise<void>((r) => (open = r));
+  const timeout = sleep(15_000).then(() => Promise.reject(new Error(`${what} never came`)));
+  return { conn, send: conn.sendCommand.bind(conn), reached, gate, open, atGate: Promise.race([atGate, timeout]) };
+}
+
+/**
+ * Hold a replica's Redis connection at the first command named one of `names` (sent only once `open()` is called): to
+ * force an order between replicas' catch-ups (its admin changes are published by a script too, EVALSHA).
+ */
+function holdFirst(cluster: Cluster, names: string[]) {
+  const { conn, send, reached, gate, open, atGate } = gateOn(cluster, `a command of ${names.join(', ')}`);
   let held = false;
-  const hold = () => {
-    if (held) return false;
+  conn.sendCommand = (command: { name: string; promise: Promise<unknown> }, ...rest: unknown[]) => {
+    if (!names.includes(command.name) || held) return send(command, ...rest);
     held = true;
     reached();
-    return true;
-  };
-  const send = conn.sendCommand.bind(conn);
-  conn.sendCommand = (command: { name: string; promise: Promise<unknown> }, ...rest: unknown[]) => {
-    if (!names.includes(command.name) || !hold()) return send(command, ...rest);
     void gate.then(() => send(command, ...rest));
     return command.promise;
   };
-  return { atGate: Promise.race([atGate, sleep(15_000).then(() => Promise.reject(new Error('the gate was never reached')))]), open };
+  return { atGate, open };
 }
 
 /**
@@ -336,13 +338,8 @@ function holdFirst(cluster: Cluster, names: string[]) {
  * reply has come): a read of the cluster state taken now and used later.
  */
 function holdReply(cluster: Cluster, name: string) {
-  const conn = (cluster as unknown as { bus: { publisher: any } }).bus.publisher;
-  let reached!: () => void;
-  const atGate = new Promise<void>((r) => (reached = r));
-  let open!: () => void;
-  const gate = new Promise<void>((r) => (open = r));
+  const { conn, send, reached, gate, open, atGate } = gateOn(cluster, `the reply to ${name}`);
   let held = false;
-  const send = conn.sendCommand.bind(conn);
   conn.sendCommand = (command: { name: string }, ...rest: unknown[]) => {
     const reply = send(command, ...rest);
     if (command.name !== name || held) return reply;
@@ -352,7 +349,7 @@ function holdReply(cluster: Cluster, name: string) {
       (e: unknown) => (reached(), gate.then(() => Promise.reject(e))),
     );
   };
-  return { atGate: Promise.race([atGate, sleep(15_000).then(() => Promise.reject(new Error('the reply never came')))]), open };
+  return { atGate, open };
 }
 
 /** The first message a replica receives on `channel` is lost. */
@@ -432,6 +429,18 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await until(() => !c1.status().connected, 10_000, 'replica 1 to see Redis gone');
     return { m1, m2, c1 };
   }
+  /** Redis up, mobilenet loaded on two managers, both replicas joined (`prepare`: the model's folder, before). */
+  async function twoJoined(prepare?: (dir: string) => Promise<void>) {
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    await prepare?.(path.join(repo.dir, 'mobilenet'));
+    const [m1, m2] = [manager(), manager()];
+    await Promise.all([m1.start(), m2.start()]);
+    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
+    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
+    await Promise.all([c1.join(), c2.join()]);
+    return { m1, m2, c1, c2 };
+  }
   /** Replica 2 joins the emptied Redis and finishes its catch-up. */
   async function joinSecond(m2: ModelManager, hold?: (c: Cluster) => void) {
     const c2 = cluster('r2', m2);
@@ -493,55 +502,37 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
   }, 60_000);
 
-  it('a change published while a replica reads the cluster state is not undone by what it read', async () => {
-    // Redis keeps its state here: replica 2 reconnects (its subscriber cut) and reads the state while mobilenet is
-    // loaded; replica 1 unloads it before replica 2 has used what it read, and replica 2 applies that unload first.
-    redis = await startRedis();
-    repo = await sharedRepository(['mobilenet']);
-    const [m1, m2] = [manager(), manager()];
-    await Promise.all([m1.start(), m2.start()]);
-    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
-    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
-    await Promise.all([c1.join(), c2.join()]);
-    const read = holdReply(c2, 'hgetall');
-    await cutSubscriber(redis.url, 'r2');
-    await read.atGate;
-    await m1.unload('mobilenet');
-    await until(() => state(m2) === 'END', 20_000, 'replica 2 applied the unload');
-    read.open();
-    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
-  }, 60_000);
-
-  it('a change made on a replica while it reads the cluster state is not undone by what it read', async () => {
-    redis = await startRedis();
-    repo = await sharedRepository(['mobilenet']);
-    const [m1, m2] = [manager(), manager()];
-    await Promise.all([m1.start(), m2.start()]);
-    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
-    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
-    await Promise.all([c1.join(), c2.join()]);
-    const read = holdReply(c2, 'hgetall');
-    await cutSubscriber(redis.url, 'r2');
-    await read.atGate;
-    await m2.unload('mobilenet'); // kept until the catch-up ends, then published
-    read.open();
-    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
-  }, 60_000);
+  // Redis keeps its state here: replica 2 reconnects (its subscriber cut) and reads the state while mobilenet is loaded;
+  // before it has used what it read, mobilenet is unloaded: by replica 1 (replica 2 applies that unload first), or on
+  // replica 2 itself (kept until its catch-up ends, then published)
+  it.each([
+    ['published', 'applies'],
+    ['made on a replica', 'makes'],
+  ])(
+    'a change %s while it reads the cluster state is not undone by what it read',
+    async (_, where) => {
+      const { m1, m2, c1, c2 } = await twoJoined();
+      const read = holdReply(c2, 'hgetall');
+      await cutSubscriber(redis!.url, 'r2');
+      await read.atGate;
+      if (where === 'applies') {
+        await m1.unload('mobilenet');
+        await until(() => state(m2) === 'END', 20_000, 'replica 2 applied the unload');
+      } else await m2.unload('mobilenet');
+      read.open();
+      expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+    },
+    60_000,
+  );
 
   it('a replica that missed a change is brought in line by the state the next change carries', async () => {
     // two versions served; replica 2 never gets replica 1's first unload (as if a catch-up had left that model as it
     // was), then gets the second one, which says what replica 1 has unloaded in all
-    redis = await startRedis();
-    repo = await sharedRepository(['mobilenet']);
-    const dir = path.join(repo.dir, 'mobilenet');
-    await cp(path.join(dir, '1'), path.join(dir, '2'), { recursive: true });
-    const json = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
-    await writeFile(path.join(dir, 'model.json'), JSON.stringify({ ...json, versionPolicy: { all: true } }));
-    const [m1, m2] = [manager(), manager()];
-    await Promise.all([m1.start(), m2.start()]);
-    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
-    await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
-    await Promise.all([c1.join(), c2.join()]);
+    const { m1, m2, c2 } = await twoJoined(async (dir) => {
+      await cp(path.join(dir, '1'), path.join(dir, '2'), { recursive: true });
+      const json = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
+      await writeFile(path.join(dir, 'model.json'), JSON.stringify({ ...json, versionPolicy: { all: true } }));
+    });
     const versions = (m: ModelManager) => [1, 2].map((v) => m.get('mobilenet')!.versions.get(v)!.state);
     expect([versions(m1), versions(m2)]).toEqual([
       ['AVAILABLE', 'AVAILABLE'],
