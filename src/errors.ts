@@ -63,3 +63,11 @@ export const isGatewayError = (e: unknown): e is GatewayError => e instanceof Ga
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/** An error message without absolute paths (and what follows them, such as file lengths): for clients. */
+export function withoutPaths(message: string): string {
+  return message
+    .replace(/(?:[A-Za-z]:)?(?:[\\/][^\s'"\\/:]+){2,}[\\/]?/g, (p) => `…/${p.split(/[\\/]/).filter(Boolean).pop() ?? ''}`)
+    .replace(/\b(?:file )?(?:length|size|offset)\s*[:=]?\s*\d+/gi, '')
+    .slice(0, 300);
+}

@@ -1,5 +1,5 @@
 // Over 250 lines on purpose: the version state machine and what it owns (files snapshot, session, batcher, metrics).
-import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { VersionMetrics } from '../metrics.ts';
 import type { LoadOptions, Session, TensorInfo } from '../engine/types.ts';
@@ -23,14 +23,6 @@ export interface ModelStatusEvent {
   at: Date;
   /** The replica (process, pod) whose version changed; with several replicas, events of all of them reach a subscriber. */
   replica: string;
-}
-
-/** An error message without absolute paths (and what follows them, such as file lengths): for clients. */
-export function withoutPaths(message: string): string {
-  return message
-    .replace(/(?:[A-Za-z]:)?(?:[\\/][^\s'"\\/:]+){2,}[\\/]?/g, (p) => `…/${p.split(/[\\/]/).filter(Boolean).pop() ?? ''}`)
-    .replace(/\b(?:file )?(?:length|size|offset)\s*[:=]?\s*\d+/gi, '')
-    .slice(0, 300);
 }
 
 /** Allowed transitions; anything else is a bug and throws. */
