@@ -511,6 +511,27 @@ describe('uploads: concurrent, confined, and a full disk', () => {
     expect(r.errors![0].message).not.toContain(os.tmpdir());
     expect(gw.logs.some((l) => l.includes('model load failed') && l.includes(gw.root))).toBe(true);
   });
+
+  it('a labels or mean file that is missing is named with what to do, without the server paths', async () => {
+    await addModel(gw.root, 'lost-labels', fixture('mobilenet', { labels: 'labels2.txt' }));
+    await addModel(gw.root, 'lost-mean', fixture('mobilenet', { preprocessing: { meanFile: 'mean.npy' } }));
+    for (const [name, file, field] of [
+      ['lost-labels', 'labels2.txt', 'labels'],
+      ['lost-mean', 'mean.npy', 'preprocessing.meanFile'],
+    ]) {
+      await gw.gql(`mutation { loadModel(name: "${name}") { name } }`);
+      const { configurationError, versions } = (
+        await gw.gql(`{ model(name: "${name}") { configurationError versions { errorCode errorMessage } } }`)
+      ).data.model;
+      expect(versions[0].errorCode, name).toBe('INVALID_MODEL_CONFIG');
+      for (const message of [versions[0].errorMessage, configurationError]) {
+        expect(message, name).not.toContain(gw.root);
+        expect(message, name).not.toMatch(/ENOENT|realpath/);
+        expect(message, name).toContain(`${file} is not in the model folder`);
+        expect(message, name).toContain(`"${field}"`);
+      }
+    }
+  });
 });
 
 describe('a full disk', () => {

@@ -1,6 +1,6 @@
 import { mkdir, readFile, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import { isInside } from '../paths.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
 import { parseModelConfig, parseModelConfigText, type ModelConfig } from './model-config.ts';
@@ -53,6 +53,23 @@ export async function filesStamp(dir: string, config: ModelConfig | null): Promi
   return (await Promise.all([...names].map((n) => mtimeOf(path.join(dir, n))))).join(',');
 }
 
+/**
+ * A file of a model folder that could not be read, as the client sees it: which file, which setting names it, what to
+ * do; never the server's path (the log keeps the original error).
+ */
+function fileError(name: string, file: string, field: string, e: unknown): GatewayError {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const why =
+    code === 'ENOENT'
+      ? `${file} is not in the model folder: add it beside model.json, or change "${field}" in model.json`
+      : code === 'EACCES' || code === 'EPERM'
+        ? `${file} cannot be read (permission denied): let the server read it`
+        : code === 'EISDIR'
+          ? `${file} is a folder, not a file: change "${field}" in model.json`
+          : `${file} ("${field}"): ${withoutPaths(errorMessage(e))}`;
+  return new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${why}`, { field });
+}
+
 /** Read model.json (defaults when absent), labels and the mean file of a model folder. Errors are typed. */
 export async function readModelFiles(name: string, dir: string): Promise<ModelFiles> {
   try {
@@ -63,10 +80,10 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
     const config = text === null ? parseModelConfig({}) : parseModelConfigText(text, `${name}/model.json`);
     const labels = await readLabels(name, dir, config);
     const meanFile = config.preprocessing.meanFile;
-    const mean = meanFile ? parseNpy(await readFile(await confined(dir, meanFile)), meanFile) : null;
+    const mean = meanFile ? await readMean(name, dir, meanFile) : null;
     return { config, labels, mean, signature: signatureOf(config, labels, mean) };
   } catch (e) {
-    throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${errorMessage(e)}`);
+    throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${withoutPaths(errorMessage(e))}`);
   }
 }
 
@@ -74,6 +91,16 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
 export function signatureOf(config: ModelConfig, labels: Labels | null, mean: ModelFiles['mean']): string {
   const { description: _d, metadata: _m, ...serving } = config;
   return JSON.stringify([serving, labels ? [...labels] : null, mean ? [mean.shape, Array.from(mean.data)] : null]);
+}
+
+async function readMean(name: string, dir: string, meanFile: string): Promise<ModelFiles['mean']> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(await confined(dir, meanFile));
+  } catch (e) {
+    throw isGatewayError(e) ? e : fileError(name, meanFile, 'preprocessing.meanFile', e);
+  }
+  return parseNpy(bytes, meanFile);
 }
 
 async function readLabels(name: string, dir: string, config: ModelConfig): Promise<Labels | null> {
@@ -87,7 +114,7 @@ async function readLabels(name: string, dir: string, config: ModelConfig): Promi
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT' && typeof spec !== 'string') continue;
       if (isGatewayError(e)) throw e;
-      throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: labels file ${f}: ${errorMessage(e)}`, { field: 'labels' });
+      throw fileError(name, f, 'labels', e);
     }
   }
   return null;
