@@ -141,7 +141,13 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const model = this.require(name);
     if (version === undefined || version === null) {
       const v = model.servingVersion();
-      if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} has no AVAILABLE version`);
+      if (!v) {
+        const hint =
+          model.versions.size === 0 && !model.disabled
+            ? `: its folder has no version folder; put the model file at ${name}/1/${this.engine.modelFiles[0]}`
+            : '';
+        throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} has no AVAILABLE version${hint}`);
+      }
       return { model, version: v };
     }
     const v = model.versions.get(version);

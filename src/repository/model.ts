@@ -88,11 +88,14 @@ export class Model {
     return this.servingVersion() ?? [...this.versions.values()].sort((a, b) => b.version - a.version)[0];
   }
 
-  /** Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. */
+  /**
+   * Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. A model with no
+   * version at all (no version folder) serves nothing: not ready.
+   */
   get ready(): boolean {
-    return (
-      this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null))
-    );
+    if (this.disabled) return true;
+    const versions = [...this.versions.values()];
+    return versions.length > 0 && versions.every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null));
   }
 }
 

@@ -126,21 +126,38 @@ const isFile = (p: string) =>
     () => false,
   );
 
-/** Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. */
+/**
+ * Version folders (positive integers) of a model folder: version -> its model file, the first of `modelFiles` it holds,
+ * or where the first would be when it holds none (that version then fails to load and says so, as in Triton and
+ * OpenVINO Model Server, rather than being passed over without a word).
+ */
 export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
   const found = new Map<number, string>();
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   for (const e of entries) {
     if (!e.isDirectory() || !/^[1-9]\d{0,8}$/.test(e.name)) continue;
-    for (const f of modelFiles) {
-      const p = path.join(dir, e.name, f);
+    const candidates = modelFiles.map((f) => path.join(dir, e.name, f));
+    let file = candidates[0];
+    for (const p of candidates) {
       if (await isFile(p)) {
-        found.set(Number(e.name), p);
+        file = p;
         break;
       }
     }
+    found.set(Number(e.name), file);
   }
   return found;
+}
+
+/** Why a version's model file cannot be loaded, or null when it is there: where it goes, and what the folder holds. */
+export async function missingModelFile(model: string, version: number, file: string): Promise<string | null> {
+  if (await isFile(file)) return null;
+  const held = (await readdir(path.dirname(file)).catch(() => [])).filter((f) => !f.startsWith('.'));
+  const shown = held.slice(0, 5).map((f) => (f.length > 60 ? `${f.slice(0, 57)}...` : f));
+  return (
+    `version ${version} of ${model} has no ${path.basename(file)}: the model file goes at ${model}/${version}/${path.basename(file)}` +
+    (held.length ? ` (the folder holds ${shown.join(', ')}${held.length > 5 ? ', ...' : ''})` : ' (the folder is empty)')
+  );
 }
 
 /** The model file directly in a folder (a model loaded by path without version folders), or null. */

@@ -8,6 +8,7 @@ import { Batcher, type Feeds } from '../batching/batcher.ts';
 import { VersionStats } from '../batching/stats.ts';
 import type { ModelConfig } from './model-config.ts';
 import type { ModelFiles } from './model-files.ts';
+import { missingModelFile } from './store.ts';
 
 /** The lifecycle of one model version, as in OpenVINO Model Server and TensorFlow Serving. */
 export type VersionState = 'START' | 'LOADING' | 'AVAILABLE' | 'UNLOADING' | 'END';
@@ -157,6 +158,8 @@ export class ModelVersion {
       const e = configError ?? new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, 'no valid model.json');
       return this.transition('END', { code: e.code, message: e.message });
     }
+    const missing = await missingModelFile(this.model, this.version, this.modelPath);
+    if (missing) return this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: missing });
     const batching = files.config.batching;
     // a load that takes longer than ENGINE_LOAD_TIMEOUT_MS is given up, whatever the engine does: the engine is told
     // to stop (its workers end), and a session that still arrives later is closed
