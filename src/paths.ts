@@ -10,10 +10,15 @@ export function isInside(p: string, root: string): boolean {
 
 /**
  * Resolve a client-supplied path against allowed roots: `..` and symlinks are resolved first, and the real path must
- * lie under one of the (real) roots. Anything else is FORBIDDEN_PATH; the message never says whether the file exists.
+ * lie under one of the (real) roots. Anything else is FORBIDDEN_PATH; the message never says whether the file exists,
+ * nor what the roots are, but names the setting that lists them (`setting`).
  */
-export async function resolveUnderRoots(requested: string, roots: readonly string[], what = 'path'): Promise<string> {
-  const deny = () => new GatewayError(ErrorCode.FORBIDDEN_PATH, `${what} ${JSON.stringify(requested)} is not under an allowed root`);
+export async function resolveUnderRoots(requested: string, roots: readonly string[], what = 'path', setting = ''): Promise<string> {
+  const deny = () =>
+    new GatewayError(
+      ErrorCode.FORBIDDEN_PATH,
+      `${what} ${JSON.stringify(requested)} is not under an allowed root${setting ? `: ${setting}` : ''}`,
+    );
   if (roots.length === 0 || typeof requested !== 'string' || requested === '' || requested.includes('\0')) throw deny();
   const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => path.resolve(r))));
   const lexical = path.resolve(realRoots[0], requested);

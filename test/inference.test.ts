@@ -237,6 +237,7 @@ describe('inference over GraphQL with real models and photos', () => {
         p,
       });
       expect(errorCode(r), p).toBe('FORBIDDEN_PATH');
+      expect(r.errors![0].message, p).toMatch(/not under an allowed root: IMAGE_ROOTS names the folders images may be read from/);
     }
   });
 

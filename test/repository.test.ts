@@ -111,6 +111,7 @@ describe('model repository over GraphQL', () => {
     for (const p of [path.join(ROOT, 'models', 'mobilenet'), '/etc', `${extraRoot}/../..`, `${gw.root}/../../etc/passwd`]) {
       const denied = await gw.gql(`mutation($p: String!) { loadModel(name: "evil", path: $p) { name } }`, { p });
       expect(errorCode(denied), p).toBe('FORBIDDEN_PATH');
+      expect(denied.errors![0].message, p).toMatch(/not under an allowed root: MODEL_ROOTS names the folders models may be loaded from/);
     }
     // a symlink inside an allowed root that points outside it is refused too
     await symlink(path.join(ROOT, 'models', 'mobilenet'), path.join(extraRoot, 'sneaky'));

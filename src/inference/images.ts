@@ -55,7 +55,12 @@ async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Ui
     if (!bytes) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
     return bytes;
   }
-  const real = await resolveUnderRoots(image.path!, limits.imageRoots, 'image path');
+  const real = await resolveUnderRoots(
+    image.path!,
+    limits.imageRoots,
+    'image path',
+    'IMAGE_ROOTS names the folders images may be read from (none by default)',
+  );
   const st = await stat(real);
   if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
   if (st.size > limits.maxImageBytes)

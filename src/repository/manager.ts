@@ -377,7 +377,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   private async loadFromPath(name: string, requested: string, config: unknown): Promise<Model> {
-    const real = await resolveUnderRoots(requested, [this.root, ...this.modelRoots], 'model path');
+    const real = await resolveUnderRoots(
+      requested,
+      [this.root, ...this.modelRoots],
+      'model path',
+      'MODEL_ROOTS names the folders models may be loaded from, besides the repository',
+    );
     const st = await stat(real);
     const existing = this.byName.get(name);
     let dir = real;
