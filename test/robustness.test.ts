@@ -309,7 +309,9 @@ describe('access', () => {
       headers: { 'content-type': upload.contentType, ...bearer('client-a') },
     });
     expect(r.status).toBe(403);
-    expect(await r.text()).toMatch(/CSRF/);
+    const refused = await r.json();
+    expect(refused.errors[0].extensions.code).toBe('FORBIDDEN');
+    expect(refused.errors[0].message).toMatch(/needs the header x-graphql-yoga-csrf .*CSRF/);
     const pre = await fetch(`${gw.url}/graphql`, {
       method: 'OPTIONS',
       headers: {

@@ -65,6 +65,18 @@ export function useRequestErrorCodes(): Plugin {
 
 const isGraphQLError = (e: unknown): e is GraphQLError => e instanceof Error && e.name === 'GraphQLError';
 
+/** The header useCSRFPrevention asks of GET and multipart requests. */
+export const CSRF_HEADER = 'x-graphql-yoga-csrf';
+
+/** useCSRFPrevention's refusal says only "Required CSRF header(s) not present": this one says which and why. */
+const csrfRefusal = (message: string) =>
+  /^Required CSRF header/.test(message)
+    ? new GatewayError(
+        ErrorCode.FORBIDDEN,
+        `this request needs the header ${CSRF_HEADER} (any value): a page of another site cannot add it, so GET and multipart requests without it are refused (CSRF prevention)`,
+      )
+    : null;
+
 /** yoga's maskError: typed errors through, multipart limits typed, the unexpected logged and masked. */
 export function maskError(logger: Logger) {
   return (error: unknown): Error => {
@@ -72,8 +84,8 @@ export function maskError(logger: Logger) {
     const path = isGraphQLError(error) ? error.path : undefined;
     if (isGatewayError(original)) return toGraphQLError(original, { path });
     if (isGraphQLError(error) && (original === error || isGraphQLError(original))) {
-      const limit = multipartLimit(error.message, error.extensions?.code);
-      if (limit) return toGraphQLError(limit, { requestLevel: true });
+      const refused = multipartLimit(error.message, error.extensions?.code) ?? csrfRefusal(error.message);
+      if (refused) return toGraphQLError(refused, { requestLevel: true });
       // graphql-js's own request errors (a variable of the wrong type, ...) come without a code: give them one
       if (error.extensions?.code === undefined && !error.path)
         return new GraphQLError(error.message, { nodes: error.nodes, extensions: { ...error.extensions, code: 'BAD_USER_INPUT' } });

@@ -12,7 +12,7 @@ import type { ModelStatusEvent } from '../../repository/version.ts';
 import type { ImageReadLimits } from '../../inference/images.ts';
 import type { InferenceService } from '../../inference/service.ts';
 import type { Context } from './context.ts';
-import { maskError, useRequestErrorCodes } from './errors.ts';
+import { CSRF_HEADER, maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
@@ -130,7 +130,7 @@ export function createGraphqlProtocol({
         ? {
             origin: [...corsOrigins],
             credentials: true,
-            allowedHeaders: ['content-type', 'authorization', 'x-graphql-yoga-csrf', 'x-request-id'],
+            allowedHeaders: ['content-type', 'authorization', CSRF_HEADER, 'x-request-id'],
           }
         : false,
     // the configured upload limit is the one that applies (yoga's own default is 25 MB): checked from Content-Length by
@@ -178,7 +178,7 @@ export function createGraphqlProtocol({
     },
     maskedErrors: { maskError: maskError(logger) },
     plugins: [
-      useCSRFPrevention({ requestHeaders: ['x-graphql-yoga-csrf'] }),
+      useCSRFPrevention({ requestHeaders: [CSRF_HEADER] }),
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
       useRequestErrorCodes(),
