@@ -174,6 +174,14 @@ const redisUrl = (raw: string, name: string): string => {
     throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
   return raw;
 };
+/** A secret sent as "Authorization: Bearer <token>": printable, no spaces (never echoed in the error). */
+const bearerToken = (raw: string, name: string): string => {
+  if (!/^[\x21-\x7e]{1,4096}$/.test(raw))
+    throw new ConfigError(
+      `${name}: a token travels as "Authorization: Bearer <token>", so it must be printable ASCII with no spaces (at most 4096 characters); the value given is not`,
+    );
+  return raw;
+};
 const token = (raw: string, name: string): string => {
   if (!/^[\w.:@-]{1,128}$/.test(raw))
     throw new ConfigError(`${name}: letters, digits and . _ : @ - only (at most 128), got ${JSON.stringify(raw)}`);
@@ -315,14 +323,14 @@ export const SETTINGS = [
   s(
     'adminToken',
     'ADMIN_TOKEN',
-    (raw) => raw || null,
+    (raw, name) => (raw ? bearerToken(raw, name) : null),
     null,
     'When set, admin operations (loadModel, unloadModel, updateModel, deleteModel) need Authorization: Bearer <token>; unset, they are allowed only from loopback and never from a browser page of another origin',
   ),
   s(
     'apiTokens',
     'API_TOKENS',
-    list(','),
+    (raw, name) => list(',')(raw).map((t) => bearerToken(t, name)),
     [],
     'Comma-separated tokens; when set, every GraphQL and KServe v2 request needs one (or the admin token); /health, /ready, /metrics and the v2 health probes stay open',
   ),

@@ -179,5 +179,13 @@ describe('configuration', () => {
     expect(() => loadConfig({ PORT: 'http' }, [])).toThrow(/PORT: expected an integer/);
     expect(() => loadConfig({ ENGINE: 'tensorrt' }, [])).toThrow(/ENGINE: expected one of onnxruntime, openvino/);
     expect(() => loadConfig({}, ['--prot', '1'])).toThrow(ConfigError);
+    // a token that cannot travel in "Authorization: Bearer <token>" is refused at start, without echoing it
+    expect(() => loadConfig({ ADMIN_TOKEN: 'my secret' }, [])).toThrow(/ADMIN_TOKEN: .*Bearer.*no spaces/);
+    expect(() => loadConfig({ ADMIN_TOKEN: 'my secret' }, [])).not.toThrow(/my secret/);
+    expect(() => loadConfig({ API_TOKENS: 'good,bad token' }, [])).toThrow(/API_TOKENS: .*Bearer.*no spaces/);
+    expect(loadConfig({ ADMIN_TOKEN: 'a-b.c_d~e+f/g=', API_TOKENS: 'x1, y2' }, [])).toMatchObject({
+      adminToken: 'a-b.c_d~e+f/g=',
+      apiTokens: ['x1', 'y2'],
+    });
   });
 });

@@ -284,8 +284,10 @@ describe('access', () => {
       `mutation { unloadModel(name: "mobilenet") { name } }`,
       `mutation { updateModel(name: "mobilenet", description: "x") { name } }`,
     ]) {
-      // a valid API token is not the admin token
-      expect(errorCode(await gw.gql(m, {}, { headers: bearer('client-a') })), m).toBe('FORBIDDEN');
+      // a valid API token is not the admin token, and the answer says so
+      const r = await gw.gql(m, {}, { headers: bearer('client-a') });
+      expect(errorCode(r), m).toBe('FORBIDDEN');
+      expect(r.errors![0].message, m).toMatch(/needs the admin token \(ADMIN_TOKEN\); the token sent is an API token/);
     }
     const noToken = await gw.gql(
       `mutation { updateModel(name: "mobilenet", description: "x") { name } }`,

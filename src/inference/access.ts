@@ -83,7 +83,12 @@ export function accessFor(authorization: string | null | undefined, { adminToken
         return;
       }
       if (token === null) throw new GatewayError(ErrorCode.UNAUTHENTICATED, 'this operation needs Authorization: Bearer <admin token>');
-      throw new GatewayError(ErrorCode.FORBIDDEN, 'the admin token is not valid');
+      if (apiTokens.some((t) => tokenMatches(token, t)))
+        throw new GatewayError(
+          ErrorCode.FORBIDDEN,
+          'this operation needs the admin token (ADMIN_TOKEN); the token sent is an API token, which runs inference and reads models only',
+        );
+      throw new GatewayError(ErrorCode.FORBIDDEN, 'the token sent is not the admin token (ADMIN_TOKEN), which this operation needs');
     },
   };
 }
