@@ -159,6 +159,22 @@ describe('model repository over GraphQL', () => {
     ]);
   });
 
+  it('an upload says what is wrong with its model.json: under another name, or not JSON (where)', async () => {
+    const upload = (name: string, text: string) =>
+      gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "misnamed-config", files: $files) { name } }`,
+        { files: [null, null] },
+        { files: { 'files.0': modelFile('mobilenet'), 'files.1': { name, bytes: Buffer.from(text) } } },
+      );
+    const renamed = await upload('my-config.json', JSON.stringify({ task: 'classification' }));
+    expect(errorCode(renamed)).toBe('INVALID_INPUT');
+    expect(renamed.errors![0].message).toMatch(/my-config\.json looks like a model configuration: upload it under the name model\.json/);
+    const broken = await upload('model.json', '{\n  "task": "classification",\n}');
+    expect(errorCode(broken)).toBe('INVALID_MODEL_CONFIG');
+    expect(broken.errors![0].message).toMatch(/uploaded model\.json: not valid JSON at line 3, column 1/);
+    expect((await gw.gql(`{ model(name: "misnamed-config") { name } }`)).data.model).toBeNull(); // nothing written
+  });
+
   it('unloads one version and updates the editable fields (persisted)', async () => {
     let r = await gw.gql(
       `mutation { updateModel(name: "yolox", description: "new words", metadata: { owner: "vision-team" }) { description metadata } }`,

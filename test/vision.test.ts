@@ -8,7 +8,7 @@ import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTenso
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
 import { applyRgbTransform, rgbTransformOf } from '../src/vision/icc.ts';
-import { parseModelConfig, postprocessingOf } from '../src/repository/model-config.ts';
+import { parseModelConfig, parseModelConfigText, postprocessingOf } from '../src/repository/model-config.ts';
 import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
 import type { Tensor } from '../src/engine/types.ts';
 
@@ -331,8 +331,17 @@ describe('model.json validation names the field', () => {
     [{ task: 'detection', postprocessing: { format: 'yolo9000' } }, /postprocessing\.format: unknown value "yolo9000"/],
     [{ task: 'classification', postprocessing: { format: 'yolox' } }, /postprocessing\.format: unknown field/],
     [[1, 2], /\(root\): expected object/],
+    // the value given is shown beside what was expected
+    [{ preprocessing: { resizeType: 'STRETCH' } }, /preprocessing\.resizeType: expected one of "SQUASH", .*; got "STRETCH"/],
+    [{ instances: 'two' }, /instances: expected number; got "two"/],
   ];
   for (const [raw, re] of bad) it(JSON.stringify(raw), () => expect(() => parseModelConfig(raw)).toThrow(re));
+
+  it('bad JSON: says where (line and column)', () => {
+    expect(() => parseModelConfigText('{\n  "task": "classification"\n  "labels": "labels.txt"\n}', 'm/model.json')).toThrow(
+      /m\/model\.json: not valid JSON at line 3, column 3/,
+    );
+  });
 
   it('fills defaults', () => {
     const c = parseModelConfig({});

@@ -283,6 +283,13 @@ function suggestion(key: string, path: readonly PropertyKey[]): string {
 const fieldPath = (path: readonly PropertyKey[]) =>
   path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('') || '(root)';
 
+/** "; got <the value>" for a message, shortened. */
+function got(value: unknown): string {
+  if (value === undefined) return '';
+  const text = JSON.stringify(value) ?? String(value);
+  return `; got ${text.length > 60 ? `${text.slice(0, 57)}...` : text}`;
+}
+
 function describeIssue(issue: z.core.$ZodIssue, input: unknown): { field: string; message: string } {
   const path = issue.path;
   switch (issue.code) {
@@ -302,13 +309,18 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): { field: string
       }
       return { field: fieldPath(path), message: issue.message };
     case 'invalid_value':
-      return { field: fieldPath(path), message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}` };
-    case 'invalid_type':
-      if (issue.message && !issue.message.startsWith('Invalid input')) return { field: fieldPath(path), message: issue.message };
       return {
         field: fieldPath(path),
-        message: valueAt(input, path) === undefined ? `required (${issue.expected})` : `expected ${issue.expected}`,
+        message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}${got(valueAt(input, path))}`,
       };
+    case 'invalid_type': {
+      if (issue.message && !issue.message.startsWith('Invalid input')) return { field: fieldPath(path), message: issue.message };
+      const value = valueAt(input, path);
+      return {
+        field: fieldPath(path),
+        message: value === undefined ? `required (${issue.expected})` : `expected ${issue.expected}${got(value)}`,
+      };
+    }
     case 'too_small':
     case 'too_big': {
       const bound = issue.code === 'too_small' ? issue.minimum : issue.maximum;
@@ -342,13 +354,20 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
   throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: ${message}`, { field: described[0].field });
 }
 
+/** JSON text of a model.json; bad JSON is an INVALID_MODEL_CONFIG error that says where (line and column). */
+export function modelJsonOf(text: string, source = 'model.json'): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    // JSON.parse says where as a character position: a line and column is what an editor shows
+    const at = /at position (\d+)/.exec((e as Error).message);
+    const before = at ? text.slice(0, Number(at[1])).split('\n') : null;
+    const where = before ? ` at line ${before.length}, column ${before[before.length - 1].length + 1}` : '';
+    throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: not valid JSON${where} (${(e as Error).message})`);
+  }
+}
+
 /** Parse model.json text; bad JSON is an INVALID_MODEL_CONFIG error too. */
 export function parseModelConfigText(text: string, source = 'model.json'): ModelConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: not valid JSON (${(e as Error).message})`);
-  }
-  return parseModelConfig(raw, source);
+  return parseModelConfig(modelJsonOf(text, source), source);
 }

@@ -1,7 +1,7 @@
 import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError } from '../errors.ts';
-import { parseModelConfig } from './model-config.ts';
+import { modelJsonOf, parseModelConfig } from './model-config.ts';
 import { storageError } from './store.ts';
 
 /** A file sent by a client to loadModel(files:). */
@@ -21,6 +21,19 @@ export interface UploadPlan {
 
 const invalid = (message: string) => new GatewayError(ErrorCode.INVALID_INPUT, message);
 
+/**
+ * A .json upload that is a model.json under another name (an object with "task"), which would otherwise be stored as a
+ * side file while the model loads without it. Labels in JSON are a list, or an object keyed by class id.
+ */
+function looksLikeModelConfig(bytes: Uint8Array): boolean {
+  try {
+    const v: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    return typeof v === 'object' && v !== null && !Array.isArray(v) && 'task' in v;
+  } catch {
+    return false;
+  }
+}
+
 /** Sort and check uploaded files before anything is written. File names are reduced to safe base names. */
 export function planUpload(files: readonly UploadedFile[], config: unknown): UploadPlan {
   const plan: UploadPlan = { modelFile: null, weights: [], sideFiles: [], config: undefined };
@@ -29,17 +42,15 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
     const base = path.basename(f.name || '');
     if (!/^[\w.-]{1,128}$/.test(base) || base.startsWith('.')) throw invalid(`unacceptable file name ${JSON.stringify(f.name)}`);
     if (base === 'model.json') {
-      try {
-        uploadedConfig = JSON.parse(new TextDecoder().decode(f.bytes));
-      } catch (e) {
-        throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `uploaded model.json: not valid JSON (${(e as Error).message})`);
-      }
+      uploadedConfig = modelJsonOf(new TextDecoder().decode(f.bytes), 'uploaded model.json');
     } else if (base.endsWith('.onnx') || base.endsWith('.xml')) {
       if (plan.modelFile) throw invalid('upload exactly one model file (.onnx, or .xml with its .bin)');
       plan.modelFile = { name: base.endsWith('.onnx') ? 'model.onnx' : 'model.xml', bytes: f.bytes };
     } else if (/\.(bin|data|weights)$/.test(base)) {
       plan.weights.push({ name: base, bytes: f.bytes });
     } else if (/\.(txt|json|pbtxt|npy)$/.test(base)) {
+      if (base.endsWith('.json') && looksLikeModelConfig(f.bytes))
+        throw invalid(`${base} looks like a model configuration: upload it under the name model.json (a file's name says what it is)`);
       plan.sideFiles.push({ name: base, bytes: f.bytes });
     } else {
       throw invalid(
