@@ -244,6 +244,14 @@ describe('segmentation postprocessing', () => {
 });
 
 describe('labels', () => {
+  it('refuses class ids past 999999 (a list of labels is built up to the largest id)', () => {
+    const tooFar = /class id 130000000 .*at most 999999/;
+    expect(() => parseLabelsJson('{"0":"a","130000000":"b"}')).toThrow(tooFar);
+    expect(() => parseLabelsPbtxt('item { id: 130000000 name: "b" }')).toThrow(tooFar);
+    expect(() => parseModelConfig({ labels: { '0': 'a', '130000000': 'b' } })).toThrow(/labels/);
+    expect(parseLabelsJson('{"999999":"last"}').get(999999)).toBe('last');
+  });
+
   it('reads .txt, JSON arrays and objects, and TensorFlow .pbtxt label maps', () => {
     expect([...parseLabelsTxt('cat\ndog\r\nhot dog\n\n').entries()]).toEqual([
       [0, 'cat'],

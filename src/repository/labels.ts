@@ -5,14 +5,23 @@ export type Labels = ReadonlyMap<number, string>;
 
 const invalid = (source: string, msg: string) => new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: ${msg}`, { field: 'labels' });
 
-export function labelsFromList(list: readonly string[]): Labels {
+export function labelsFromList(list: readonly string[], source = 'labels'): Labels {
+  checkId(list.length - 1, source);
   return new Map(list.map((l, i) => [i, l]));
 }
+
+/** The largest class id a labels map may name: clients read labels as a list up to the largest id. */
+export const MAX_CLASS_ID = 999_999;
+
+const checkId = (id: number, source: string) => {
+  if (id > MAX_CLASS_ID) throw invalid(source, `class id ${id} is too large: ids go from 0 to at most ${MAX_CLASS_ID}`);
+};
 
 export function labelsFromObject(o: Record<string, unknown>, source: string): Labels {
   const m = new Map<number, string>();
   for (const [k, v] of Object.entries(o)) {
     if (!/^\d+$/.test(k) || typeof v !== 'string') throw invalid(source, `expected "id": "name" pairs, got ${JSON.stringify(k)}`);
+    checkId(Number(k), source);
     m.set(Number(k), v);
   }
   return m;
@@ -116,6 +125,7 @@ export function parseLabelsPbtxt(text: string, source = 'labels.pbtxt'): Labels 
     const id = get('id');
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0)
       throw invalid(source, `an item has no id (or a bad one): ${JSON.stringify(item.fields.slice(0, 3))}`);
+    checkId(id, source);
     const label = get('display_name') ?? get('name');
     if (typeof label !== 'string') throw invalid(source, `item ${id} has neither display_name nor name`);
     m.set(id, label);

@@ -1,6 +1,7 @@
 // Over 250 lines on purpose: the whole model.json schema in one place (model.schema.json is generated from it).
 import { z } from 'zod';
 import { ErrorCode, GatewayError } from '../errors.ts';
+import { MAX_CLASS_ID } from './labels.ts';
 
 /**
  * model.json: everything the gateway needs to serve a model without code, as one zod schema. Objects are strict
@@ -98,8 +99,14 @@ const preprocessing = z
 const labels = z
   .union([
     fileName('a labels file (.txt, .json or .pbtxt)'),
-    z.array(z.string()),
-    z.record(z.string().regex(/^\d+$/, 'expected a class id'), z.string()),
+    z.array(z.string()).max(MAX_CLASS_ID + 1),
+    z.record(
+      z
+        .string()
+        .regex(/^\d+$/, 'expected a class id')
+        .refine((k) => Number(k) <= MAX_CLASS_ID, `class ids go from 0 to at most ${MAX_CLASS_ID}`),
+      z.string(),
+    ),
   ])
   .optional()
   .describe('A labels file beside model.json, a list by class id, or {"id": "name"}; default labels.txt/.json/.pbtxt if present.');
