@@ -8,6 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import sharp from 'sharp';
+import { createClient } from 'graphql-ws';
+import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { accessFor } from '../src/inference/access.ts';
 import { ROOT, addModel, errorCode, fixture, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
@@ -211,6 +213,28 @@ describe('behind a proxy and over WebSocket: the same rules', () => {
     });
     expect(unload.status).toBe(403);
     expect(JSON.parse(unload.body).error).toMatch(/proxy/);
+    // and over WebSocket, whose upgrade request the proxy forwarded
+    const Forwarded = class extends WebSocket {
+      constructor(url: string, protocols?: string | string[]) {
+        super(url, protocols, { headers: { 'x-forwarded-for': '203.0.113.9' } });
+      }
+    };
+    const client = createClient({ url: gw.url.replace('http', 'ws') + '/graphql', webSocketImpl: Forwarded, retryAttempts: 0 });
+    try {
+      const result = await new Promise<any>((resolve, reject) => {
+        let got: unknown;
+        client.subscribe(
+          { query: 'mutation { unloadModel(name: "mobilenet") { name } }' },
+          { next: (v) => (got = v), error: reject, complete: () => resolve(got) },
+        );
+      });
+      expect(result.errors?.[0].extensions.code).toBe('FORBIDDEN');
+      expect(result.errors[0].message).toMatch(/proxy.*ADMIN_TOKEN/);
+    } finally {
+      await client.dispose();
+    }
+    const { versions } = (await gw.gql(`{ model(name: "mobilenet") { versions { state } } }`)).data.model;
+    expect(versions[0].state).toBe('AVAILABLE');
   });
 
   it('a WebSocket from a page of another origin is refused, as cross-origin HTTP requests are', async () => {

@@ -4,7 +4,7 @@ import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocketServer } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { ErrorCode, GatewayError } from '../../errors.ts';
-import { accessFor, type Tokens } from '../../inference/access.ts';
+import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
 import { toGraphQLError } from './errors.ts';
 
@@ -91,8 +91,14 @@ export function attachWebSocket(
           ];
         }
         const auth = authOf(ctx);
-        const { origin, host } = ctx.extra.request.headers;
-        const headers = new Headers({ ...(auth ? { authorization: auth } : {}), ...(origin ? { origin } : {}), ...(host ? { host } : {}) });
+        // what the access rules read: the token, where a browser page comes from, and whether a proxy relayed the
+        // upgrade (admin without ADMIN_TOKEN is refused through a proxy, as over HTTP)
+        const upgrade = ctx.extra.request.headers;
+        const headers = new Headers(auth ? { authorization: auth } : {});
+        for (const name of ['origin', 'host', ...FORWARDING_HEADERS]) {
+          const value = upgrade[name];
+          if (value !== undefined) headers.set(name, Array.isArray(value) ? value.join(', ') : value);
+        }
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
           request: { headers },
