@@ -674,6 +674,30 @@ describe('the JPEG header reader (the probe without a libvips round trip) agrees
     padded.writeUInt16BE(length + 3, sof + 2);
     expect(readJpegHeader(padded)).toBeNull();
     await expect(sharp(padded).raw().toBuffer()).rejects.toThrow(); // libjpeg refuses it too
+    // an EXIF directory that names the orientation twice (1, then 6): libvips reads the first; the reader leaves it
+    // to libvips rather than pick one (a different pick turned the boxes and not the crops)
+    for (const [first, second] of [
+      [1, 6],
+      [6, 1],
+    ]) {
+      const entries = [first, second];
+      const tiff = Buffer.alloc(8 + 2 + entries.length * 12 + 4);
+      tiff.write('II*\0', 0, 'latin1');
+      tiff.writeUInt32LE(8, 4);
+      tiff.writeUInt16LE(entries.length, 8);
+      entries.forEach((v, i) => {
+        tiff.writeUInt16LE(0x0112, 10 + i * 12);
+        tiff.writeUInt16LE(3, 12 + i * 12);
+        tiff.writeUInt32LE(1, 14 + i * 12);
+        tiff.writeUInt16LE(v, 18 + i * 12);
+      });
+      const payload = Buffer.concat([Buffer.from('Exif\0\0', 'latin1'), tiff]);
+      const app1 = Buffer.from([0xff, 0xe1, (payload.length + 2) >> 8, (payload.length + 2) & 0xff]);
+      const doubled = Buffer.concat([photo.subarray(0, 2), app1, payload, photo.subarray(2)]);
+      expect(readJpegHeader(doubled), `${first},${second}`).toBeNull();
+      const probed = await probeImage(doubled, 1e8);
+      expect(probed.orientation, `${first},${second}`).toBe((await sharp(doubled).metadata()).orientation ?? 1);
+    }
   });
 
   it('probeImage gives the same answer by either path', async () => {

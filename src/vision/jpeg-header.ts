@@ -4,7 +4,7 @@
  * pool (0.2 ms of CPU and of latency per image, as much as the rest of the main thread's work on a small photo).
  *
  * Hand-written because it is part of the product's preprocessing and no maintained library reads all four (image-size
- * has no ICC). It answers only when the file is unambiguous; anything unusual (a second SOF or EXIF block, CMYK,
+ * has no ICC). It answers only when the file is unambiguous; anything unusual (a second SOF, EXIF block or orientation, CMYK,
  * lossless or 12-bit coding, ICC chunks out of order, a malformed EXIF directory, a marker running past the end) returns
  * null and the caller asks libvips, so a strange file is judged by the decoder that will decode it. The decode itself
  * still checks the pixel limit from its own reading of the header (limitInputPixels).
@@ -39,11 +39,13 @@ function exifOrientation(b: Uint8Array, start: number, end: number): number | nu
   const count = u16(ifd);
   if (ifd + 2 + count * 12 > end) return null;
   let orientation = 1;
+  let seen = false;
   for (let i = 0; i < count; i++) {
     const entry = ifd + 2 + i * 12;
     if (u16(entry) !== 0x0112) continue;
-    // SHORT, one value, stored in the entry itself
-    if (u16(entry + 2) !== 3 || u32(entry + 4) !== 1) return null;
+    // SHORT, one value, stored in the entry itself; named once (twice: libvips decides which counts)
+    if (seen || u16(entry + 2) !== 3 || u32(entry + 4) !== 1) return null;
+    seen = true;
     orientation = u16(entry + 8);
   }
   return orientation >= 1 && orientation <= 8 ? orientation : 1;
