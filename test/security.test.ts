@@ -269,6 +269,46 @@ describe('the server cannot be taken down', () => {
   afterAll(() => gw?.close());
   const healthy = async () => expect((await fetch(`${gw.url}/health`)).status).toBe(200);
 
+  it('one image sent once and named by many items counts its bytes for each: past MAX_UPLOAD_BYTES, refused before any is read', async () => {
+    const bytes = Buffer.alloc(300 * 1024, 7); // 300 kB; eight times is past this server's 1 MB
+    const items = (field: string) => Array.from({ length: 8 }, () => `{ ${field} }`).join(', ');
+    const viaBase64 = await gw.gql(
+      `mutation($b: String!) { classifyBatch(model: "mobilenet", images: [${items('base64: $b')}]) { predictions { classId } } }`,
+      { b: bytes.toString('base64') },
+    );
+    expect(viaBase64.errors?.map((e: any) => e.extensions.code)).toEqual(Array(8).fill('LIMIT_EXCEEDED'));
+    expect(viaBase64.errors![0].message).toMatch(/bytes of input/);
+    // one uploaded file mapped to every item
+    const boundary = 'x-boundary-x';
+    const operations = JSON.stringify({
+      query: `mutation($i: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $i) { predictions { classId } } }`,
+      variables: { i: Array.from({ length: 8 }, () => ({ file: null })) },
+    });
+    const map = JSON.stringify({ 0: Array.from({ length: 8 }, (_, k) => `variables.i.${k}.file`) });
+    const part = (name: string, body: Buffer | string, file = false) =>
+      Buffer.concat([
+        Buffer.from(
+          `--${boundary}\r\nContent-Disposition: form-data; name="${name}"${file ? '; filename="x.jpg"\r\nContent-Type: image/jpeg' : ''}\r\n\r\n`,
+        ),
+        Buffer.from(body),
+        Buffer.from('\r\n'),
+      ]);
+    const body = Buffer.concat([
+      part('operations', operations),
+      part('map', map),
+      part('0', bytes, true),
+      Buffer.from(`--${boundary}--\r\n`),
+    ]);
+    const r = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      body,
+      headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'x-graphql-yoga-csrf': '1' },
+    });
+    const viaUpload = await r.json();
+    expect(viaUpload.errors?.map((e: any) => e.extensions.code)).toEqual(Array(8).fill('LIMIT_EXCEEDED'));
+    await healthy();
+  });
+
   it('a large document is refused before it is parsed; so is one with too many tokens', async () => {
     const big = `{ models { name } } # ${'x'.repeat(200_000)}`;
     for (let i = 0; i < 5; i++) {

@@ -7,7 +7,7 @@ export interface BudgetLimits {
   maxRendered?: number;
   /** Bytes of tensors and images a response may carry. */
   maxResponseBytes?: number;
-  /** Bytes of raw tensor input per request. */
+  /** Bytes of input per request: raw tensors, and images (uploaded or base64) once for each item that names them. */
   maxInputBytes?: number;
 }
 
@@ -52,10 +52,10 @@ export class RequestBudget {
     this.responseBytes += n;
   }
 
-  /** Take n bytes of raw tensor input. */
+  /** Take n bytes of input (tensors, images). */
   takeInputBytes(n: number): void {
     const max = this.limits.maxInputBytes ?? Infinity;
-    if (this.inputBytes + n > max) throw RequestBudget.over('bytes of tensor input', max);
+    if (this.inputBytes + n > max) throw RequestBudget.over('bytes of input, images and tensors (MAX_UPLOAD_BYTES)', max);
     this.inputBytes += n;
   }
 
