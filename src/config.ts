@@ -241,7 +241,7 @@ export const SETTINGS = [
     'DECODE_THREADS',
     int(1, 1024),
     defaultDecodeThreads(),
-    'Images decoded and resized at once; the others wait their turn (on the libuv pool: UV_THREADPOOL_SIZE, 4 by default, must be at least this)',
+    'Images decoded and resized at once; the others wait their turn, taken in turn between requests (on the libuv pool: UV_THREADPOOL_SIZE, 4 by default, must be at least this)',
     'twice the cores, at most the libuv pool (UV_THREADPOOL_SIZE, 4 unless set) less one',
   ),
   s(

@@ -2,8 +2,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
-import { errorCode, image, startGateway, type TestGateway, fixture } from './helpers.ts';
+import { errorCode, image, startGateway, until, type TestGateway, fixture } from './helpers.ts';
 import sharp from 'sharp';
+import { FairQueue } from '../src/inference/fair-queue.ts';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -457,6 +458,33 @@ describe('batching over HTTP with a real model', () => {
 });
 
 describe('decoding threads', () => {
+  it('FairQueue: at most its concurrency at once; a freed slot goes to the request with the fewest running, in turn', async () => {
+    const q = new FairQueue(1);
+    const order: string[] = [];
+    const gates = new Map<string, () => void>();
+    const task = (name: string) => () =>
+      new Promise<void>((resolve) => {
+        order.push(name);
+        gates.set(name, resolve);
+      });
+    const [big, small] = [{}, {}];
+    const all = [
+      ...['a1', 'a2', 'a3'].map((n) => q.run(big, task(n))),
+      ...['b1', 'b2'].map((n) => q.run(small, task(n))), // queued after all of a's
+    ];
+    const settle = () => new Promise((r) => setImmediate(r));
+    for (const next of ['a1', 'b1', 'a2', 'b2', 'a3']) {
+      await settle();
+      expect(order.at(-1)).toBe(next);
+      expect(q.activeCount).toBe(1);
+      gates.get(next)!();
+    }
+    await Promise.all(all);
+    expect([q.activeCount, q.pendingCount]).toEqual([0, 0]);
+    await expect(q.run(big, () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+    expect(() => new FairQueue(0)).toThrow(/concurrency must be an integer >= 1/);
+  });
+
   it('DECODE_THREADS bounds the images decoded at once; /metrics shows them running and waiting', async () => {
     const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { DECODE_THREADS: '1' } });
     try {
@@ -486,4 +514,37 @@ describe('decoding threads', () => {
       await gw.close();
     }
   });
+
+  it('a request with many costly images does not hold the other clients behind all of them: decoding threads are shared fairly', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { DECODE_THREADS: '1' } });
+    try {
+      // 36 megapixels each, in a small PNG (one colour): cheap to send, slow to decode (no shrink-on-load)
+      const heavy = await sharp({ create: { width: 6000, height: 6000, channels: 3, background: '#808080' } })
+        .png({ compressionLevel: 9 })
+        .toBuffer();
+      const query = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
+      const t0 = performance.now();
+      const many = gw
+        .gql(
+          query,
+          { images: Array.from({ length: 16 }, () => ({ file: null })) },
+          {
+            files: Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`images.${i}.file`, heavy])),
+          },
+        )
+        .then((r) => ({ r, ms: performance.now() - t0 }));
+      // once its images are being decoded, another client sends one small photo
+      await until(async () => /^gateway_image_decodes_waiting [1-9]/m.test(await (await fetch(`${gw.url}/metrics`)).text()), 20_000);
+      const t1 = performance.now();
+      const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
+      const oneMs = performance.now() - t1;
+      const { r, ms } = await many;
+      expect(one.errors).toBeUndefined();
+      expect(r.errors).toBeUndefined();
+      // it waited for a decode or two of the other request, not for all sixteen of them
+      expect(oneMs, `lone ${oneMs.toFixed(0)} ms, batch ${ms.toFixed(0)} ms`).toBeLessThan((ms - (t1 - t0)) / 2);
+    } finally {
+      await gw.close();
+    }
+  }, 60_000);
 });

@@ -15,7 +15,7 @@ import { classify, type Prediction } from '../vision/classification.ts';
 import { detect, type DetectedObject } from '../vision/detection.ts';
 import { toClassMap, type ClassMap } from '../vision/segmentation.ts';
 import os from 'node:os';
-import pLimit, { type LimitFunction } from 'p-limit';
+import { FairQueue } from './fair-queue.ts';
 import type { ImageSource } from './images.ts';
 import { selectOutputs, tensorFeeds, type TensorInput } from './tensors.ts';
 
@@ -84,13 +84,15 @@ export class InferenceService {
    * Decoding is the other half of the CPU beside the engine: bounded here, not by the size of the libuv pool, which
    * Node reads once when the process starts (before any of our code runs) and which fs and dns share.
    */
-  private readonly decodes: LimitFunction;
+  private readonly decodes: FairQueue;
+  /** The request of decodes that came without one (no signal). */
+  private readonly anonymous = {};
 
   constructor(
     readonly models: ModelManager,
     readonly limits: InferenceLimits,
   ) {
-    this.decodes = pLimit(limits.decodeThreads ?? os.availableParallelism());
+    this.decodes = new FairQueue(limits.decodeThreads ?? os.availableParallelism());
   }
 
   /**
@@ -102,12 +104,13 @@ export class InferenceService {
   }
 
   /**
-   * Work on a decoding thread (at most DECODE_THREADS at once). A client that leaves while it waits for one lets go at
-   * once (CANCELLED), and so of its admissions; the queued task then ends as soon as it starts.
+   * Work on a decoding thread (at most DECODE_THREADS at once, shared fairly between requests: a request is known by
+   * its signal). A client that leaves while it waits for one lets go at once (CANCELLED), and so of its admissions;
+   * the queued task then ends as soon as it starts.
    */
   private onDecodeThread<T>(work: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     return abortable(
-      this.decodes(async () => {
+      this.decodes.run(signal ?? this.anonymous, async () => {
         if (signal?.aborted) throw cancelled();
         return work();
       }),
