@@ -309,6 +309,27 @@ describe('the server cannot be taken down', () => {
     await healthy();
   });
 
+  it('aliases of a segmentation list compute it once per answer; past four different minPixels, LIMIT_EXCEEDED', async () => {
+    const aliases = Array.from({ length: 20 }, (_, i) => `c${i}: classes { classId pixelFraction }`).join(' ');
+    const same = await gw.gql(
+      `mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { ${aliases} r1: regions { classId } r2: regions { classId } } }`,
+      { f: null },
+      { files: { f: image('people1.jpeg') } },
+    );
+    expect(same.errors).toBeUndefined();
+    const seg = same.data.segment;
+    for (let i = 1; i < 20; i++) expect(seg[`c${i}`]).toEqual(seg.c0);
+    expect(seg.r2).toEqual(seg.r1);
+    const many = Array.from({ length: 6 }, (_, i) => `m${i}: regions(minPixels: ${i + 1}) { classId }`).join(' ');
+    const varied = await gw.gql(
+      `mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { ${many} } }`,
+      { f: null },
+      { files: { f: image('people1.jpeg') } },
+    );
+    expect(varied.errors?.[0].path.at(-1)).toBe('m4'); // the fifth
+    expect(varied.errors?.[0].extensions.code).toBe('LIMIT_EXCEEDED');
+  });
+
   it('a large document is refused before it is parsed; so is one with too many tokens', async () => {
     const big = `{ models { name } } # ${'x'.repeat(200_000)}`;
     for (let i = 0; i < 5; i++) {

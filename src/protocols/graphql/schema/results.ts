@@ -1,4 +1,5 @@
 import type { SegmentationRun } from '../../../inference/service.ts';
+import { ErrorCode, GatewayError } from '../../../errors.ts';
 import type { Prediction } from '../../../vision/classification.ts';
 import type { Box, DetectedObject } from '../../../vision/detection.ts';
 import {
@@ -110,7 +111,17 @@ const RegionRef = builder.objectRef<Region>('Region').implement({
   }),
 });
 
-type SegSource = SegmentationRun & { full?: Promise<ClassMap>; maskPng?: Promise<Buffer>; overlayPng?: Promise<Buffer> };
+type SegSource = SegmentationRun & {
+  full?: Promise<ClassMap>;
+  maskPng?: Promise<Buffer>;
+  overlayPng?: Promise<Buffer>;
+  classes?: SegmentClass[];
+  /** regions by minPixels */
+  regions?: Map<number, Region[]>;
+};
+
+/** Distinct `regions(minPixels:)` asked of one answer: each is a pass over the class map. */
+const MAX_REGION_QUERIES = 4;
 /** The class map at the photo's size, built once per answer (and a slice at a time), for mask and overlay. */
 const fullMap = (s: SegSource) => (s.full ??= toOriginalSizeAsync(s.map, s.transform));
 const maxId = (s: SegSource) => s.map.ids.reduce((m, id) => (id > m ? id : m), 0);
@@ -128,7 +139,8 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
     classes: t.field({
       type: [SegmentClassRef],
       description: 'Classes present, with their share of the image.',
-      resolve: (s) => classHistogram(s.map, s.transform, s.labels),
+      // computed once per answer: aliases asking again (a: classes, b: classes ...) get the same list
+      resolve: (s) => (s.classes ??= classHistogram(s.map, s.transform, s.labels)),
     }),
     mask: t.string({
       description: 'Base64 PNG at the image size, one class id per pixel.',
@@ -148,7 +160,17 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
     regions: t.field({
       type: [RegionRef],
       args: { minPixels: t.arg.int({ description: 'Smallest region kept, in output pixels (default 16).' }) },
-      resolve: (s, args) => regions(s.map, s.transform, s.labels, Math.max(1, args.minPixels ?? 16)),
+      resolve: (s, args) => {
+        const minPixels = Math.max(1, args.minPixels ?? 16);
+        const known = (s.regions ??= new Map());
+        const done = known.get(minPixels);
+        if (done) return done;
+        if (known.size >= MAX_REGION_QUERIES)
+          throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${MAX_REGION_QUERIES} different minPixels asked of one segmentation`);
+        const found = regions(s.map, s.transform, s.labels, minPixels);
+        known.set(minPixels, found);
+        return found;
+      },
     }),
   }),
 });
