@@ -128,6 +128,39 @@ describe('the server process (as npm start runs it)', () => {
     }
   }, 120_000);
 
+  it('npm start itself: SIGTERM to npm reaches the server, which drains and exits 0 (no server left behind)', async () => {
+    const port = await freePort();
+    const empty = await mkdtemp(path.join(os.tmpdir(), 'gw-npm-start-'));
+    const npm = spawn('npm', ['start', '--silent'], {
+      cwd: ROOT,
+      env: { ...process.env, PORT: String(port), GRPC_PORT: '0', MODEL_REPOSITORY: empty, DRAIN_DELAY_MS: '300', LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    npm.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      await until(
+        () =>
+          fetch(`${url}/health`).then(
+            (r) => r.ok,
+            () => false,
+          ),
+        60_000,
+        'server up',
+      );
+      npm.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(stderr).toMatch(/"msg":"draining"/);
+      expect(stderr).toMatch(/"msg":"stopped"/);
+      await expect(fetch(`${url}/health`)).rejects.toThrow(); // nothing still listening
+    } finally {
+      if (npm.exitCode === null) npm.kill('SIGKILL');
+      await rm(empty, { recursive: true, force: true });
+    }
+  }, 90_000);
+
   it('ENGINE=openvino where the addon cannot load stops the start with a clear message', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
       cwd: ROOT,
