@@ -56,6 +56,18 @@ function toInfo(meta: OrtMeta): TensorInfo {
   };
 }
 
+/**
+ * ONNX Runtime's message without where in its own sources it was raised ("/onnxruntime_src/.../element_wise_ops.h:563
+ * void onnxruntime::BroadcastIterator::Init(ptrdiff_t, ptrdiff_t)"), which says nothing to a client; the node and the
+ * reason stay. The whole text is kept as the error's cause.
+ */
+export function engineWords(message: string): string {
+  return message
+    .replace(/\S*\.(?:h|hpp|cc|cpp):\d+\s*/g, '')
+    .replace(/(?:[\w:<>*&]+\s+)?onnxruntime::[\w:<>~]+\([^)]*\)\s*(?:const\s*)?/g, '')
+    .trim();
+}
+
 const owns = (d: ArrayBufferView) => d.byteOffset === 0 && d.byteLength === d.buffer.byteLength && !(d.buffer instanceof SharedArrayBuffer);
 
 export class WorkerSession implements Session {
@@ -93,7 +105,7 @@ export class WorkerSession implements Session {
       if (!p) return;
       this.pending.delete(msg.id);
       if (msg.ok) p.resolve(msg);
-      else p.reject(new Error(msg.error));
+      else p.reject(new Error(engineWords(msg.error ?? 'engine error'), { cause: msg.error }));
     });
     const fail = (this.fail = (e: Error) => {
       if (this.dead) return;
