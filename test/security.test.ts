@@ -330,6 +330,36 @@ describe('the server cannot be taken down', () => {
     expect(varied.errors?.[0]?.extensions?.code).toBe('LIMIT_EXCEEDED');
   });
 
+  it("a multipart request of the wrong shape is the client's mistake: 400 INVALID_INPUT, not a masked 500", async () => {
+    const send = async (operations: string, map: string) => {
+      const boundary = 'shape-boundary';
+      const part = (name: string, body: string) => `--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${body}\r\n`;
+      const file = `--${boundary}\r\nContent-Disposition: form-data; name="0"; filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\nxx\r\n`;
+      const r = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        body: part('operations', operations) + part('map', map) + file + `--${boundary}--\r\n`,
+        headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'x-graphql-yoga-csrf': '1' },
+      });
+      return { status: r.status, body: await r.json() };
+    };
+    const ops = JSON.stringify({
+      query: 'mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }',
+      variables: { f: null },
+    });
+    for (const [operations, map] of [
+      [ops, '{"0":5}'],
+      [ops, '{"0":[5]}'],
+      ['5', '{"0":["variables.f"]}'],
+      ['null', '{}'],
+    ]) {
+      const { status, body } = await send(operations, map);
+      expect(status, `${operations} ${map}`).toBe(400);
+      expect(body.errors[0].extensions.code, `${operations} ${map}`).toBe('INVALID_INPUT');
+      expect(body.errors[0].message).toMatch(/GraphQL multipart request spec/);
+    }
+    await healthy();
+  });
+
   it('a large document is refused before it is parsed; so is one with too many tokens', async () => {
     const big = `{ models { name } } # ${'x'.repeat(200_000)}`;
     for (let i = 0; i < 5; i++) {

@@ -63,7 +63,7 @@ export function useRequestErrorCodes(): Plugin {
   };
 }
 
-const isGraphQLError = (e: unknown): e is GraphQLError => e instanceof Error && e.name === 'GraphQLError';
+export const isGraphQLError = (e: unknown): e is GraphQLError => e instanceof Error && e.name === 'GraphQLError';
 
 /** The header useCSRFPrevention asks of GET and multipart requests. */
 export const CSRF_HEADER = 'x-graphql-yoga-csrf';

@@ -16,6 +16,7 @@ import { CSRF_HEADER, maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
+import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
@@ -183,6 +184,7 @@ export function createGraphqlProtocol({
       useDocumentLimits(documentLimits),
       useRequestErrorCodes(),
       useChunkedBodyLimit(maxUploadBytes),
+      useMultipartShape(),
     ],
   });
 

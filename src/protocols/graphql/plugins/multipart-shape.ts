@@ -1,0 +1,33 @@
+import type { Plugin } from 'graphql-yoga';
+import { ErrorCode, GatewayError } from '../../../errors.ts';
+import { isGraphQLError, toGraphQLError } from '../errors.ts';
+
+const SPEC =
+  'the GraphQL multipart request spec wants "operations" as a JSON object (or a list of them) and "map" as a JSON object of part name to a list of paths such as ["variables.file"]';
+
+/**
+ * A multipart request whose `operations` or `map` parse as JSON but have the wrong shape (a number, a path that is no
+ * string): yoga's parser then fails with a plain TypeError, which would be masked as a 500. It is the client's
+ * mistake: 400 INVALID_INPUT, saying what the spec wants.
+ */
+export function useMultipartShape(): Plugin {
+  const refuse = (what: string) => toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, `${what}: ${SPEC}`), { requestLevel: true });
+  return {
+    onRequestParse({ request, requestParser, setRequestParser }) {
+      if (!requestParser || !request.headers.get('content-type')?.toLowerCase().startsWith('multipart/form-data')) return;
+      setRequestParser(async (req) => {
+        let params: unknown;
+        try {
+          params = await requestParser(req);
+        } catch (e) {
+          if (e instanceof Error && !isGraphQLError(e) && e.name !== 'AbortError') throw refuse('a malformed multipart request');
+          throw e;
+        }
+        const operations = Array.isArray(params) ? params : [params];
+        if (operations.length === 0 || operations.some((o) => typeof o !== 'object' || o === null || Array.isArray(o)))
+          throw refuse('"operations" is not a JSON object');
+        return params as never;
+      });
+    },
+  };
+}
