@@ -137,17 +137,6 @@ async function main(): Promise<void> {
     },
     'listening',
   );
-  try {
-    await models.start();
-  } catch (e) {
-    return fatal(logger, errorMessage(e), 1);
-  }
-  logger.info(
-    { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
-    'repository loaded',
-  );
-  await cluster?.join();
-
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -177,8 +166,21 @@ async function main(): Promise<void> {
     logger.flush();
     process.exit(0);
   };
+  // from the moment the port is open: a SIGTERM while the repository still loads (a rolling restart, a scale-down)
+  // drains like any other, instead of killing the process with requests in flight
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+
+  try {
+    await models.start();
+  } catch (e) {
+    return fatal(logger, errorMessage(e), 1);
+  }
+  logger.info(
+    { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
+    'repository loaded',
+  );
+  await cluster?.join();
 }
 
 void main();

@@ -161,6 +161,35 @@ describe('the server process (as npm start runs it)', () => {
     }
   }, 90_000);
 
+  it('SIGTERM while the repository still loads (listening already) drains and exits 0, not killed by the signal', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        PORT: String(port),
+        GRPC_PORT: '0',
+        MODEL_REPOSITORY: path.join(ROOT, 'models'),
+        DRAIN_DELAY_MS: '0',
+        LOG_LEVEL: 'info',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+    try {
+      await until(() => /"msg":"listening"/.test(stderr), 60_000, 'listening');
+      expect(stderr).not.toMatch(/"msg":"repository loaded"/); // six models: still loading
+      child.kill('SIGTERM');
+      expect(await exited).toEqual([0, null]);
+      expect(stderr).toMatch(/"msg":"draining"/);
+      expect(stderr).toMatch(/"msg":"stopped"/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  }, 120_000);
+
   it('ENGINE=openvino where the addon cannot load stops the start with a clear message', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
       cwd: ROOT,
