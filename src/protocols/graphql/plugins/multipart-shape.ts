@@ -23,9 +23,8 @@ export function useMultipartShape(): Plugin {
           if (e instanceof Error && !isGraphQLError(e) && e.name !== 'AbortError') throw refuse('a malformed multipart request');
           throw e;
         }
-        const operations = Array.isArray(params) ? params : [params];
-        if (operations.length === 0 || operations.some((o) => typeof o !== 'object' || o === null || Array.isArray(o)))
-          throw refuse('"operations" is not a JSON object');
+        // a list is batching, which yoga refuses itself (and a list's length is the client's: never walked here)
+        if (!Array.isArray(params) && (typeof params !== 'object' || params === null)) throw refuse('"operations" is not a JSON object');
         return params as never;
       });
     },
