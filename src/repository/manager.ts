@@ -14,7 +14,7 @@ import { isInside, resolveUnderRoots } from '../paths.ts';
 import { editModelJson, type JsonMergePatch } from './edits.ts';
 import { parseModelConfig } from './model-config.ts';
 import { MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.ts';
-import { discoverVersions, filesStamp, modelFileIn, readModelFiles, signatureOf, writeModelJson } from './store.ts';
+import { discoverVersions, filesStamp, layoutProblem, modelFileIn, readModelFiles, signatureOf, writeModelJson } from './store.ts';
 import { commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
 import { ModelVersion, type ModelStatusEvent } from './version.ts';
 import { Watcher } from './watcher.ts';
@@ -112,6 +112,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       throw new GatewayError(ErrorCode.INVALID_INPUT, `the model repository ${this.root} does not exist or is not a directory`);
     await readdir(this.root); // unreadable: fail now, with the system's reason
     await this.watcher.tick();
+    if (this.closed) return; // shut down while the first scan loaded: nothing more to watch
     this.started = true;
     this.watcher.start();
   }
@@ -142,10 +143,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (version === undefined || version === null) {
       const v = model.servingVersion();
       if (!v) {
-        const hint =
-          model.versions.size === 0 && !model.disabled
-            ? `: its folder has no version folder; put the model file at ${name}/1/${this.engine.modelFiles[0]}`
-            : '';
+        const hint = model.versions.size === 0 && !model.disabled && model.layoutProblem ? `: ${model.layoutProblem}` : '';
         throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} has no AVAILABLE version${hint}`);
       }
       return { model, version: v };
@@ -262,10 +260,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (this.closed) return;
     const files = await this.discover(model);
     const onDisk = [...files.keys()];
+    model.layoutProblem = onDisk.length === 0 && !model.file ? await layoutProblem(model.name, model.dir, this.engine.modelFiles) : null;
     const policy = model.files?.config.versionPolicy ?? { latest: 1 };
     const wanted = model.disabled ? [] : selectVersions(policy, onDisk).filter((v) => !model.disabledVersions.has(v));
     const loads: Promise<void>[] = [];
     for (const v of wanted) {
+      if (this.closed) break; // shutting down: nothing new loads
       const file = files.get(v)!;
       const mtime = await stat(file).then(
         (s) => s.mtimeMs,
@@ -373,6 +373,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
       await this.enable(m);
     });
+    // asked to load a model that has nothing to load (the file under another name, or no version folder): say so
+    if (m.versions.size === 0 && m.layoutProblem) throw new GatewayError(ErrorCode.MODEL_LOAD_FAILED, `model ${name}: ${m.layoutProblem}`);
     return this.announce({ op: 'load', name }, m);
   }
 
@@ -569,8 +571,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 
   /** Stop watching and unload everything (each unload waits for its requests in flight). */
   async close(): Promise<void> {
-    await this.watcher.stop();
+    // loads in progress (the first scan, a loadModel) are given up rather than waited for: a shutdown during start-up
+    // ends in seconds, not after the slowest model
     this.closed = true;
+    for (const m of this.models()) for (const v of m.versions.values()) v.abortLoad('the server is shutting down');
+    await this.watcher.stop();
     await Promise.all(this.models().map((m) => m.exclusive(() => Promise.all([...m.versions.values()].map((v) => v.unload())))));
   }
 }

@@ -22,6 +22,8 @@ export class Model {
   files: ModelFiles | null = null;
   /** Why the model.json on disk is not in force (the versions keep serving with what they loaded). */
   configError: GatewayError | null = null;
+  /** Why the folder has no version to serve (no version folder, or none with the model file), else null. */
+  layoutProblem: string | null = null;
   readonly versions = new Map<number, ModelVersion>();
   /** Unloaded by a client: the watcher leaves it alone until loadModel. */
   disabled = false;
@@ -88,14 +90,11 @@ export class Model {
     return this.servingVersion() ?? [...this.versions.values()].sort((a, b) => b.version - a.version)[0];
   }
 
-  /**
-   * Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. A model with no
-   * version at all (no version folder) serves nothing: not ready.
-   */
+  /** Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. */
   get ready(): boolean {
-    if (this.disabled) return true;
-    const versions = [...this.versions.values()];
-    return versions.length > 0 && versions.every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null));
+    return (
+      this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null))
+    );
   }
 }
 

@@ -126,27 +126,35 @@ const isFile = (p: string) =>
     () => false,
   );
 
-/**
- * Version folders (positive integers) of a model folder: version -> its model file, the first of `modelFiles` it holds,
- * or where the first would be when it holds none (that version then fails to load and says so, as in Triton and
- * OpenVINO Model Server, rather than being passed over without a word).
- */
+/** Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. */
 export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
   const found = new Map<number, string>();
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   for (const e of entries) {
     if (!e.isDirectory() || !/^[1-9]\d{0,8}$/.test(e.name)) continue;
-    const candidates = modelFiles.map((f) => path.join(dir, e.name, f));
-    let file = candidates[0];
-    for (const p of candidates) {
+    for (const f of modelFiles) {
+      const p = path.join(dir, e.name, f);
       if (await isFile(p)) {
-        file = p;
+        found.set(Number(e.name), p);
         break;
       }
     }
-    found.set(Number(e.name), file);
   }
   return found;
+}
+
+/**
+ * Why a model folder has no version to serve, for the one who put it there: its version folders without the model
+ * file (and what they hold instead), or none at all. Folders being filled (a version folder made before its file is
+ * copied in) are not an error: this is said when a request or loadModel finds nothing to serve, not on a schedule.
+ */
+export async function layoutProblem(name: string, dir: string, modelFiles: readonly string[]): Promise<string> {
+  const expected = modelFiles[0];
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const versionDir = entries.find((e) => e.isDirectory() && /^[1-9]\d{0,8}$/.test(e.name));
+  if (!versionDir) return `its folder has no version folder: put the model file at ${name}/1/${expected}`;
+  const missing = await missingModelFile(name, Number(versionDir.name), path.join(dir, versionDir.name, expected));
+  return missing ?? `put the model file at ${name}/<version>/${expected}`;
 }
 
 /** Why a version's model file cannot be loaded, or null when it is there: where it goes, and what the folder holds. */
