@@ -174,8 +174,10 @@ async function main(): Promise<void> {
   try {
     await models.start();
   } catch (e) {
+    if (stopping) return; // shut down during start-up: stop() ends the process
     return fatal(logger, errorMessage(e), 1);
   }
+  if (stopping) return;
   logger.info(
     { models: models.models().map((m) => `${m.name}:${[...m.versions.values()].map((v) => `${v.version}=${v.state}`).join(',')}`) },
     'repository loaded',

@@ -82,6 +82,8 @@ export class ModelVersion {
   /** Replaced by a newer instance: its last transitions are logged, not published. */
   private quiet = false;
   private loadOptions: LoadOptions | null = null;
+  /** The load in progress, to give it up (abortLoad). */
+  private loadGiveUp: AbortController | null = null;
   /** Engine failures in a row (reset once a reload has served a request). */
   private engineFailures = 0;
   /** The pending self-restart after an engine failure (see engineFailed): its pause, then its turn of the lock. */
@@ -164,6 +166,7 @@ export class ModelVersion {
     // a load that takes longer than ENGINE_LOAD_TIMEOUT_MS is given up, whatever the engine does: the engine is told
     // to stop (its workers end), and a session that still arrives later is closed
     const giveUp = new AbortController();
+    this.loadGiveUp = giveUp;
     const limit = options.timeoutMs ?? 0;
     const timer =
       limit > 0
@@ -211,7 +214,13 @@ export class ModelVersion {
       this.serve(session, warnings, options, batching);
     } finally {
       if (timer) clearTimeout(timer);
+      this.loadGiveUp = null;
     }
+  }
+
+  /** Give up a load in progress (the server shuts down): it ends as a load past ENGINE_LOAD_TIMEOUT_MS does. */
+  abortLoad(reason: string): void {
+    this.loadGiveUp?.abort(new GatewayError(ErrorCode.MODEL_LOAD_FAILED, reason));
   }
 
   /** The loaded session goes into service: its batcher and admissions, and AVAILABLE. */
