@@ -5,6 +5,9 @@ import { VersionStats } from '../src/batching/stats.ts';
 import { errorCode, image, startGateway, until, type TestGateway, fixture } from './helpers.ts';
 import sharp from 'sharp';
 import { FairQueue } from '../src/inference/fair-queue.ts';
+import { createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { readFile } from 'node:fs/promises';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -473,7 +476,8 @@ describe('decoding threads', () => {
       ...['b1', 'b2'].map((n) => q.run(small, task(n))), // queued after all of a's
     ];
     const settle = () => new Promise((r) => setImmediate(r));
-    for (const next of ['a1', 'b1', 'a2', 'b2', 'a3']) {
+    // b came after a was first served: a goes once more, then they alternate (and a stream of b's could not starve a)
+    for (const next of ['a1', 'a2', 'b1', 'a3', 'b2']) {
       await settle();
       expect(order.at(-1)).toBe(next);
       expect(q.activeCount).toBe(1);
@@ -543,6 +547,37 @@ describe('decoding threads', () => {
       expect(r.errors).toBeUndefined();
       // it waited for a decode or two of the other request, not for all sixteen of them
       expect(oneMs, `lone ${oneMs.toFixed(0)} ms, batch ${ms.toFixed(0)} ms`).toBeLessThan((ms - (t1 - t0)) / 2);
+
+      // the same over WebSocket, where each operation is a request of its own (two connections, base64 images)
+      const ws = (n: number, b64: string) => {
+        const client = createClient({ url: gw.url.replace('http', 'ws') + '/graphql', webSocketImpl: WebSocket, retryAttempts: 0 });
+        const started = performance.now();
+        return new Promise<{ result: any; ms: number }>((resolve, reject) => {
+          let result: unknown;
+          // one variable named by every item: the message stays small
+          const items = Array.from({ length: n }, () => '{ base64: $b }').join(', ');
+          client.subscribe(
+            {
+              query: `mutation($b: String!) { classifyBatch(model: "mobilenet", images: [${items}], topK: 1) { predictions { classId } } }`,
+              variables: { b: b64 },
+            },
+            {
+              next: (v) => (result = v),
+              error: reject,
+              complete: () => resolve({ result, ms: performance.now() - started }),
+            },
+          );
+        }).finally(() => client.dispose());
+      };
+      const t2 = performance.now();
+      const manyWs = ws(16, heavy.toString('base64'));
+      await until(async () => /^gateway_image_decodes_waiting [1-9]/m.test(await (await fetch(`${gw.url}/metrics`)).text()), 20_000);
+      const t3 = performance.now();
+      const oneWs = await ws(1, (await readFile(image('bee.jpeg'))).toString('base64'));
+      const manyDone = await manyWs;
+      expect(oneWs.result.errors).toBeUndefined();
+      expect(manyDone.result.errors).toBeUndefined();
+      expect(oneWs.ms, `lone ${oneWs.ms.toFixed(0)} ms, batch ${manyDone.ms.toFixed(0)} ms`).toBeLessThan((manyDone.ms - (t3 - t2)) / 2);
     } finally {
       await gw.close();
     }

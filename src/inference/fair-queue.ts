@@ -1,6 +1,7 @@
 /**
  * At most `concurrency` tasks at once, shared fairly between the requests that wait: when a slot frees, it goes to
- * the waiting request with the fewest tasks running (in turn among equals), not to whichever task was queued first. So a request with sixty-four costly images takes every slot only while nobody else waits, and
+ * the waiting request with the fewest tasks running (among equals, the one served or come longest ago), not to
+ * whichever task was queued first. So a request with sixty-four costly images takes every slot only while nobody else waits, and
  * another client's one photo waits for one task to end, not for all of them (p-limit, which this replaces for image
  * decoding, is first come, first served). Work-conserving: a slot never stays idle while anything waits.
  */
@@ -54,19 +55,22 @@ export class FairQueue {
       const queue = this.waiting.get(key);
       if (queue) queue.push(start);
       else this.waiting.set(key, [start]);
+      // a request that comes counts as served now: it goes before requests served since, not before every request
+      // (a stream of one-image requests would otherwise keep a many-image one waiting for ever)
+      if (!this.servedAt.has(key)) this.servedAt.set(key, this.turn++);
       this.next();
     });
   }
 
   private next(): void {
     while (this.running < this.concurrency && this.waiting.size > 0) {
-      // the fewest running; among those, the one served longest ago (never: first), so that turns go round
+      // the fewest running; among those, the one served (or come) longest ago, so that turns go round
       let pick: object | null = null;
       let fewest = Infinity;
       let servedAt = Infinity;
       for (const key of this.waiting.keys()) {
         const n = this.runningBy.get(key) ?? 0;
-        const at = this.servedAt.get(key) ?? -1;
+        const at = this.servedAt.get(key)!;
         if (n < fewest || (n === fewest && at < servedAt)) [pick, fewest, servedAt] = [key, n, at];
       }
       const queue = this.waiting.get(pick!)!;

@@ -65,7 +65,17 @@ export function attachWebSocket(
       else connections.set(addr, n);
     });
   });
-  const operations = new WeakMap<object, Set<string>>();
+  /**
+   * Operations in progress per connection, each with its own signal (the request's signal over HTTP): it ends when
+   * the operation completes or the connection closes, so work queued for a client that left is dropped, and each
+   * operation is a request of its own for what is shared between requests (decoding threads).
+   */
+  const operations = new WeakMap<object, Map<string, AbortController>>();
+  const end = (socket: object, id: string) => {
+    const ops = operations.get(socket);
+    ops?.get(id)?.abort();
+    ops?.delete(id);
+  };
   const authOf = (ctx: { connectionParams?: Record<string, unknown>; extra: { request: IncomingMessage } }) =>
     (ctx.connectionParams?.authorization as string | undefined) ?? ctx.extra.request.headers.authorization ?? null;
   useServer(
@@ -82,7 +92,14 @@ export function attachWebSocket(
       },
       onSubscribe: async (ctx, id, payload) => {
         let ops = operations.get(ctx.extra.socket);
-        if (!ops) operations.set(ctx.extra.socket, (ops = new Set()));
+        if (!ops) {
+          const mine = (ops = new Map());
+          operations.set(ctx.extra.socket, mine);
+          ctx.extra.socket.once('close', () => {
+            for (const a of mine.values()) a.abort();
+            mine.clear();
+          });
+        }
         if (ops.size >= maxSubscriptionsPerConnection) {
           return [
             toGraphQLError(
@@ -99,9 +116,10 @@ export function attachWebSocket(
           const value = upgrade[name];
           if (value !== undefined) headers.set(name, Array.isArray(value) ? value.join(', ') : value);
         }
+        const abort = new AbortController();
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
-          request: { headers },
+          request: { headers, signal: abort.signal },
           params: payload,
         });
         let document;
@@ -112,7 +130,7 @@ export function attachWebSocket(
         }
         const errors = validate(schema, document);
         if (errors.length) return errors;
-        ops.add(id);
+        ops.set(id, abort);
         return {
           schema,
           operationName: payload.operationName,
@@ -122,8 +140,8 @@ export function attachWebSocket(
           rootValue: { execute, subscribe } satisfies Root,
         };
       },
-      onComplete: (ctx, id) => void operations.get(ctx.extra.socket)?.delete(id),
-      onError: (ctx, id) => void operations.get(ctx.extra.socket)?.delete(id),
+      onComplete: (ctx, id) => end(ctx.extra.socket, id),
+      onError: (ctx, id) => end(ctx.extra.socket, id),
     },
     wss,
   );
