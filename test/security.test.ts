@@ -360,6 +360,15 @@ describe('the server cannot be taken down', () => {
     await healthy();
   });
 
+  it('labels read as a list are counted toward the response bytes (a sparse map up to id 999999, many aliases)', async () => {
+    await addModel(gw.root, 'sparse-labels', fixture('mobilenet', { labels: { '0': 'first', '999999': 'last' } }));
+    await gw.gql(`mutation { loadModel(name: "sparse-labels") { name } }`);
+    const r = await gw.gql(`{ a: model(name: "sparse-labels") { labels } b: model(name: "sparse-labels") { labels } }`);
+    expect(r.errors?.[0]?.extensions?.code).toBe('LIMIT_EXCEEDED');
+    expect(r.errors?.[0]?.message).toMatch(/MAX_RESPONSE_BYTES/);
+    await healthy();
+  });
+
   it('a large document is refused before it is parsed; so is one with too many tokens', async () => {
     const big = `{ models { name } } # ${'x'.repeat(200_000)}`;
     for (let i = 0; i < 5; i++) {

@@ -1,6 +1,7 @@
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import type { TensorInfo } from '../../../engine/types.ts';
 import type { Model } from '../../../repository/model.ts';
+import type { Labels } from '../../../repository/labels.ts';
 import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../../../repository/version.ts';
 import type { VersionStats } from '../../../batching/stats.ts';
 import { guessLayout } from '../../../vision/preprocess.ts';
@@ -84,6 +85,20 @@ function describe(model: Model, infos: (v: ModelVersion) => TensorInfo[], isInpu
   });
 }
 
+/** A labels map as the list clients read (by class id, gaps empty), built once per map, and its size in a response. */
+const labelLists = new WeakMap<Labels, { list: string[]; bytes: number }>();
+function labelList(labels: Labels): { list: string[]; bytes: number } {
+  let known = labelLists.get(labels);
+  if (!known) {
+    let max = -1;
+    for (const id of labels.keys()) if (id > max) max = id; // not Math.max(...ids): a million arguments overflow the stack
+    const list = Array.from({ length: max + 1 }, (_, i) => labels.get(i) ?? '');
+    known = { list, bytes: list.reduce((n, l) => n + l.length + 3, 0) };
+    labelLists.set(labels, known);
+  }
+  return known;
+}
+
 export const ModelRef = builder.objectRef<Model>('Model').implement({
   description: 'A model of the repository and its versions.',
   fields: (t) => ({
@@ -115,10 +130,11 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
       type: ['String'],
       nullable: true,
       description: 'Class labels by class id (gaps are empty strings).',
-      resolve: (m) => {
+      resolve: (m, _, ctx) => {
         if (!m.labels) return null;
-        const max = Math.max(-1, ...m.labels.keys());
-        return Array.from({ length: max + 1 }, (_, i) => m.labels!.get(i) ?? '');
+        const { list, bytes } = labelList(m.labels);
+        ctx.budget.takeResponseBytes(bytes); // up to a million labels, asked for by any number of aliases
+        return list;
       },
     }),
     configuration: t.field({ type: 'JSON', description: 'The parsed model.json, defaults filled in.', resolve: (m) => m.config }),
