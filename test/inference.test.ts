@@ -368,6 +368,7 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(errorCode(odd)).toBe('INFERENCE_FAILED');
     expect(odd.errors![0].message).toMatch(/^inference failed: /);
     expect(odd.errors![0].message).not.toMatch(/onnxruntime_src|\.(h|cc):\d+/);
+    expect(gw.logs.some((l) => l.includes('engine call failed') && l.includes('onnxruntime_src'))).toBe(true); // the log has it all
   });
 });
 

@@ -233,7 +233,16 @@ export class ModelVersion {
     this.outputs = session.outputs;
     this.stats = new VersionStats(this.deps.metrics);
     const batcher = new Batcher(
-      (feeds, runOptions) => session.run(feeds, runOptions),
+      (feeds, runOptions) =>
+        session.run(feeds, runOptions).catch((e: unknown) => {
+          // clients get the engine's words without its internals (engineWords); the log keeps all of it
+          const cause = (e as { cause?: unknown })?.cause;
+          this.deps.logger.warn(
+            { model: this.model, version: this.version, error: errorMessage(e), ...(typeof cause === 'string' ? { engine: cause } : {}) },
+            'engine call failed',
+          );
+          throw e;
+        }),
       {
         maxBatchSize: session.batchable ? batching.maxBatchSize : 1,
         maxDelayMs: session.batchable ? batching.maxDelayMs : 0,
