@@ -287,6 +287,16 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       } else if (mv.state === 'AVAILABLE' && configChanged) loads.push(this.replace(model, mv));
     }
     await Promise.all(loads);
+    // a model.json that parses but does not fit the model (found by the load's check): the model says so too, as for
+    // one that does not parse (reread clears it when model.json changes)
+    if (!model.configError)
+      for (const v of wanted) {
+        const mv = model.versions.get(v);
+        if (mv?.state === 'END' && mv.errorCode === ErrorCode.INVALID_MODEL_CONFIG && mv.errorMessage) {
+          model.configError = new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, mv.errorMessage);
+          break;
+        }
+      }
     // Availability first (TensorFlow Serving's availability-preserving policy): a version that is still on disk keeps
     // serving until one the policy wants is AVAILABLE, so a corrupt new version never takes the model down.
     const replacementUp = wanted.some((v) => model.versions.get(v)?.state === 'AVAILABLE');
