@@ -4,7 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import { freePort, sharedRepository } from '../bench/cluster-lib.ts';
-import { ROOT, image, until } from './helpers.ts';
+import { ROOT, image, until, untilAnswers } from './helpers.ts';
 
 /** The drain of a rolling restart, on one process (no Redis, no load balancer needed). */
 describe('drain on SIGTERM', () => {
@@ -30,15 +30,7 @@ describe('drain on SIGTERM', () => {
     child.stderr.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     try {
-      await until(
-        () =>
-          fetch(`${url}/ready`).then(
-            (r) => r.ok,
-            () => false,
-          ),
-        60_000,
-        'ready',
-      );
+      await untilAnswers(`${url}/ready`, 'ready');
       const ready = await (await fetch(`${url}/ready`)).json();
       expect(ready).toMatchObject({ ready: true, replica: 'solo' });
       expect(ready.cluster).toBeUndefined(); // no REDIS_URL: no bus

@@ -182,6 +182,18 @@ export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, wha
   }
 }
 
+/** Wait until `url` answers with a 2xx status (a server that is starting: refused connections count as not yet). */
+export const untilAnswers = (url: string, what: string, timeoutMs = 60_000) =>
+  until(
+    () =>
+      fetch(url).then(
+        (r) => r.ok,
+        () => false,
+      ),
+    timeoutMs,
+    what,
+  );
+
 const readConfig = (name: FixtureModel) =>
   JSON.parse(readFileSync(modelAsset(name, 'model.json'), 'utf8')) as Record<string, unknown> & { batching?: object };
 

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
 import { encodeMultipart } from '../src/client/multipart.ts';
-import { ROOT, image, until } from './helpers.ts';
+import { ROOT, image, until, untilAnswers } from './helpers.ts';
 
 const freePort = () =>
   new Promise<number>((resolve) => {
@@ -43,15 +43,7 @@ describe('the server process (as npm start runs it)', () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     const url = `http://127.0.0.1:${port}`;
     try {
-      await until(
-        () =>
-          fetch(`${url}/ready`).then(
-            (r) => r.ok,
-            () => false,
-          ),
-        60_000,
-        'server ready',
-      );
+      await untilAnswers(`${url}/ready`, 'server ready');
       expect(stderr).toMatch(/without ADMIN_TOKEN/);
       const lines = stderr
         .trim()
@@ -141,15 +133,7 @@ describe('the server process (as npm start runs it)', () => {
     const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
     const url = `http://127.0.0.1:${port}`;
     try {
-      await until(
-        () =>
-          fetch(`${url}/health`).then(
-            (r) => r.ok,
-            () => false,
-          ),
-        60_000,
-        'server up',
-      );
+      await untilAnswers(`${url}/health`, 'server up');
       npm.kill('SIGTERM');
       expect(await exited).toBe(0);
       expect(stderr).toMatch(/"msg":"draining"/);
