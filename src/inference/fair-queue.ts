@@ -1,9 +1,9 @@
 /**
- * At most `concurrency` tasks at once, shared fairly between the requests that wait: when a slot frees, it goes to
- * the waiting request with the fewest tasks running (among equals, the one served or come longest ago), not to
- * whichever task was queued first. So a request with sixty-four costly images takes every slot only while nobody else waits, and
- * another client's one photo waits for one task to end, not for all of them (p-limit, which this replaces for image
- * decoding, is first come, first served). Work-conserving: a slot never stays idle while anything waits.
+ * At most `concurrency` tasks at once, shared fairly between the requests that wait: when a slot frees, it goes to the
+ * waiting request with the fewest tasks running (among equals, the one served or come longest ago), not to whichever
+ * task was queued first. So a request with sixty-four costly images takes every slot only while nobody else waits, and
+ * another client's one photo waits for a task or two to end, not for all of them (p-limit, which this replaces for
+ * image decoding, is first come, first served). Work-conserving: a slot never stays idle while anything waits.
  */
 export class FairQueue {
   private running = 0;
