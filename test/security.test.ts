@@ -351,6 +351,9 @@ describe('the server cannot be taken down', () => {
       [ops, '{"0":[5]}'],
       ['5', '{"0":["variables.f"]}'],
       ['null', '{}'],
+      ['{not json', '{"0":["variables.f"]}'],
+      [ops, '{not json'],
+      ['', '{}'], // read as missing
     ]) {
       const { status, body } = await send(operations, map);
       expect(status, `${operations} ${map}`).toBe(400);

@@ -7,8 +7,9 @@ const SPEC =
 
 /**
  * A multipart request whose `operations` or `map` parse as JSON but have the wrong shape (a number, a path that is no
- * string): yoga's parser then fails with a plain TypeError, which would be masked as a 500. It is the client's
- * mistake: 400 INVALID_INPUT, saying what the spec wants.
+ * string): yoga's parser then fails with a plain TypeError, which would be masked as a 500; when they are not JSON at
+ * all (or missing), yoga answers 200 with an error without a code. Both are the client's mistake: 400 INVALID_INPUT,
+ * saying what the spec wants.
  */
 export function useMultipartShape(): Plugin {
   const refuse = (what: string) => toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, `${what}: ${SPEC}`), { requestLevel: true });
@@ -21,6 +22,9 @@ export function useMultipartShape(): Plugin {
           params = await requestParser(req);
         } catch (e) {
           if (e instanceof Error && !isGraphQLError(e) && e.name !== 'AbortError') throw refuse('a malformed multipart request');
+          // yoga's own words for a field that is missing or not JSON ("Multipart form field "map" must be a valid JSON
+          // string"), which come without a code or status; limits and other typed errors pass as they are
+          if (isGraphQLError(e) && e.extensions?.code === undefined && /multipart form field/i.test(e.message)) throw refuse(e.message);
           throw e;
         }
         // a list is batching, which yoga refuses itself (and a list's length is the client's: never walked here)
