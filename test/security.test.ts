@@ -12,7 +12,19 @@ import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { accessFor } from '../src/inference/access.ts';
-import { ROOT, addModel, errorCode, fixture, image, modelAsset, modelFile, startGateway, until, type TestGateway } from './helpers.ts';
+import {
+  IMAGES,
+  ROOT,
+  addModel,
+  errorCode,
+  fixture,
+  image,
+  modelAsset,
+  modelFile,
+  startGateway,
+  until,
+  type TestGateway,
+} from './helpers.ts';
 import { ElemType, externalDataModel, greyModel, identityModel } from './onnx-builder.ts';
 
 /** Probed from the outside, as an attacker would: each test here failed on the gateway before these fixes. */
@@ -257,6 +269,7 @@ describe('the server cannot be taken down', () => {
       },
       env: {
         MAX_UPLOAD_BYTES: String(1024 * 1024),
+        IMAGE_ROOTS: IMAGES,
         MAX_RESPONSE_BYTES: String(400 * 1024),
         MAX_RENDERED_IMAGES_PER_REQUEST: '2',
         MAX_CONNECTIONS_PER_CLIENT: '40',
@@ -328,6 +341,18 @@ describe('the server cannot be taken down', () => {
     );
     expect(varied.errors?.[0]?.path?.at(-1)).toBe('m4'); // the fifth
     expect(varied.errors?.[0]?.extensions?.code).toBe('LIMIT_EXCEEDED');
+  });
+
+  it('images read from IMAGE_ROOTS count their bytes toward the input bytes too (MAX_UPLOAD_BYTES)', async () => {
+    // people1.jpeg is 206 kB: four fit in this server's 1 MB, the fifth and sixth do not
+    const items = Array.from({ length: 6 }, () => `{ path: $p }`).join(', ');
+    const r = await gw.gql(`mutation($p: String!) { classifyBatch(model: "mobilenet", images: [${items}]) { predictions { classId } } }`, {
+      p: path.join(IMAGES, 'people1.jpeg'),
+    });
+    expect(r.data.classifyBatch.filter((x: unknown) => x !== null)).toHaveLength(4);
+    expect(r.errors?.map((e: any) => e.extensions.code)).toEqual(['LIMIT_EXCEEDED', 'LIMIT_EXCEEDED']);
+    expect(r.errors![0].message).toMatch(/bytes of input.*MAX_UPLOAD_BYTES/);
+    await healthy();
   });
 
   it("a multipart request of the wrong shape is the client's mistake: 400 INVALID_INPUT, not a masked 500", async () => {

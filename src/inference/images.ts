@@ -40,15 +40,19 @@ export interface ImageReadLimits {
   maxImageBytes: number;
 }
 
-/** The source of an ImageInput (the choice is checked now, the bytes are read later). */
-export function imageSource(image: ImageInput, limits: ImageReadLimits): ImageSource {
+/**
+ * The source of an ImageInput (the choice is checked now, the bytes are read later). Uploads and base64 were counted
+ * toward the request's input bytes before any was read; a file under IMAGE_ROOTS is counted by `takeBytes` when its
+ * size is known, before it is read.
+ */
+export function imageSource(image: ImageInput, limits: ImageReadLimits, takeBytes: (n: number) => void): ImageSource {
   const given = [image.file, image.base64, image.path].filter((v) => v !== undefined && v !== null).length;
   if (given !== 1)
     return () => Promise.reject(new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput: give exactly one of file, base64, path'));
-  return () => readImage(image, limits);
+  return () => readImage(image, limits, takeBytes);
 }
 
-async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Uint8Array> {
+async function readImage(image: ImageInput, limits: ImageReadLimits, takeBytes: (n: number) => void): Promise<Uint8Array> {
   if (image.file) return uploadedBytes(image.file);
   if (image.base64 !== undefined && image.base64 !== null) {
     const bytes = decodeBase64(image.base64.replace(/^data:[^,]*;base64,/, ''));
@@ -65,5 +69,6 @@ async function readImage(image: ImageInput, limits: ImageReadLimits): Promise<Ui
   if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
   if (st.size > limits.maxImageBytes)
     throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
+  takeBytes(st.size);
   return readFile(real);
 }

@@ -21,14 +21,16 @@ const ImageInput = builder.inputType('ImageInput', {
 
 /**
  * The sources of images; they count toward the request's image limit, and their bytes toward its input bytes, before
- * any is read. An upload or a base64 variable named by several items counts once for each item: each is decoded.
+ * any is read (a file under IMAGE_ROOTS when its size is known). An upload or a base64 variable named by several items
+ * counts once for each item: each is decoded.
  */
 function imageSources(images: readonly ArgImage[], ctx: Context): ImageSource[] {
   ctx.budget.takeImages(images.length);
   ctx.budget.takeInputBytes(
     images.reduce((n, image) => n + (image.file?.size ?? 0) + Math.floor(((image.base64?.length ?? 0) * 3) / 4), 0),
   );
-  return images.map((image) => imageSource(image, ctx.imageLimits));
+  const takeBytes = (n: number) => ctx.budget.takeInputBytes(n);
+  return images.map((image) => imageSource(image, ctx.imageLimits, takeBytes));
 }
 type ArgImage = ArgImageShape & ImageArg;
 type ArgImageShape = { file?: File | null; base64?: string | null; path?: string | null };
