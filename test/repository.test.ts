@@ -11,6 +11,7 @@ import {
   addModel,
   errorCode,
   fixtureConfigs,
+  image,
   modelAsset,
   modelFile,
   startGateway,
@@ -234,6 +235,23 @@ describe('model repository over GraphQL', () => {
     expect(misfit.data.loadModel.versions[0].errorMessage).toMatch(
       /preprocessing\.colorChannels: L gives 1 channel\(s\) but input input \(\[\?,3,224,224\], NCHW\) has 3/,
     );
+    // given with loadModel, such a model.json is refused naming the field, as one that does not parse is; a version
+    // that serves keeps serving with the configuration it had
+    await addModel(gw.root, 'misfit-given', fixture('mobilenet'));
+    const loaded = await gw.gql(`mutation { loadModel(name: "misfit-given") { versions { state } } }`);
+    expect(loaded.data.loadModel.versions).toEqual([{ state: 'AVAILABLE' }]);
+    const given = await gw.gql(`mutation($c: JSON!) { loadModel(name: "misfit-given", config: $c) { versions { state } } }`, {
+      c: { ...(fixture('mobilenet').config as object), preprocessing: { colorChannels: 'L' } },
+    });
+    expect(errorCode(given)).toBe('INVALID_MODEL_CONFIG');
+    expect(given.errors![0].extensions?.field).toBe('preprocessing.colorChannels');
+    const served = await gw.gql(
+      `mutation($f: File!) { classify(model: "misfit-given", image: { file: $f }, topK: 1) { predictions { label } } }`,
+      { f: null },
+      { files: { f: image('zebra.jpeg') } },
+    );
+    expect(served.data.classify.predictions[0].label).toBe('zebra');
+    await rm(path.join(gw.root, 'misfit-given'), { recursive: true });
     await rm(path.join(gw.root, 'misfit'), { recursive: true });
     await rm(path.join(gw.root, 'corrupt'), { recursive: true });
     await rm(path.join(gw.root, 'badconfig'), { recursive: true });

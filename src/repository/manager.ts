@@ -53,6 +53,10 @@ export type AdminOp =
 /** Set while an admin operation of another replica is applied: it is not announced again. */
 const applyingRemote = new AsyncLocalStorage<boolean>();
 
+/** A version's failure as an error: its code and message, and the model.json field it names (if any). */
+const versionError = (mv: ModelVersion, fallback: ErrorCode, message = mv.errorMessage ?? 'the version did not load'): GatewayError =>
+  new GatewayError((mv.errorCode as ErrorCode | null) ?? fallback, message, mv.errorField ? { field: mv.errorField } : undefined);
+
 const exists = (p: string) =>
   stat(p).then(
     () => true,
@@ -293,7 +297,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       for (const v of wanted) {
         const mv = model.versions.get(v);
         if (mv?.state === 'END' && mv.errorCode === ErrorCode.INVALID_MODEL_CONFIG && mv.errorMessage) {
-          model.configError = new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, mv.errorMessage);
+          model.configError = versionError(mv, ErrorCode.INVALID_MODEL_CONFIG);
           break;
         }
       }
@@ -325,10 +329,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     fresh.loadedMtimeMs = old.loadedMtimeMs;
     await fresh.load(this.loadOptions);
     if (fresh.state !== 'AVAILABLE') {
-      model.configError = new GatewayError(
-        (fresh.errorCode as ErrorCode) ?? ErrorCode.INVALID_MODEL_CONFIG,
-        fresh.errorMessage ?? 'the new configuration did not load',
-      );
+      model.configError = versionError(fresh, ErrorCode.INVALID_MODEL_CONFIG, 'the new configuration did not load');
       this.logger.warn(
         { model: model.name, version: old.version, error: fresh.errorMessage },
         'the new configuration did not load; the version keeps serving with the previous one',
@@ -382,6 +383,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       await this.reread(m);
       if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
       await this.enable(m);
+      // a configuration given here that parses but does not fit the model (found by the load's check) is refused as
+      // one that does not parse, naming the field (the versions that served keep serving with the previous one)
+      if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
     });
     // asked to load a model that has nothing to load (the file under another name, or no version folder): say so
     if (m.versions.size === 0 && m.layoutProblem) throw new GatewayError(ErrorCode.MODEL_LOAD_FAILED, `model ${name}: ${m.layoutProblem}`);
@@ -460,10 +464,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             await candidate.load(this.loadOptions);
             if (candidate.state !== 'AVAILABLE') {
               if (staged.version !== null) this.dropVersion(model, staged.version);
-              throw new GatewayError(
-                (candidate.errorCode as ErrorCode) ?? ErrorCode.MODEL_LOAD_FAILED,
-                `the upload was not loaded: ${candidate.errorMessage}`,
-              );
+              throw versionError(candidate, ErrorCode.MODEL_LOAD_FAILED, `the upload was not loaded: ${candidate.errorMessage}`);
             }
           }
           const modelPath = await commitUpload(staged, model.dir, plan);

@@ -66,6 +66,8 @@ export class ModelVersion {
   state: VersionState = 'START';
   errorCode: string | null = null;
   errorMessage: string | null = null;
+  /** The model.json field the error is about, when it is about one (a model.json that does not fit the model). */
+  errorField: string | null = null;
   updatedAt = new Date();
   session: Session | null = null;
   stats: VersionStats;
@@ -122,12 +124,13 @@ export class ModelVersion {
     return this.batcher?.options ?? null;
   }
 
-  private transition(to: VersionState, error?: { code: string; message: string }): void {
+  private transition(to: VersionState, error?: { code: string; message: string; field?: string }): void {
     const from = this.state;
     if (!transitions[from].includes(to)) throw new Error(`bug: ${this.model}/${this.version} cannot go ${from} -> ${to}`);
     this.state = to;
     this.errorCode = error?.code ?? null;
     this.errorMessage = error?.message ?? null;
+    this.errorField = error?.field ?? null;
     this.updatedAt = new Date();
     const fields = {
       model: this.model,
@@ -158,7 +161,7 @@ export class ModelVersion {
     const files = this.files;
     if (configError || !files) {
       const e = configError ?? new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, 'no valid model.json');
-      return this.transition('END', { code: e.code, message: e.message });
+      return this.transition('END', { code: e.code, message: e.message, field: fieldOf(e) });
     }
     const missing = await missingModelFile(this.model, this.version, this.modelPath);
     if (missing) return this.transition('END', { code: ErrorCode.MODEL_LOAD_FAILED, message: missing });
@@ -199,7 +202,11 @@ export class ModelVersion {
         await session.close().catch(() => undefined);
         if (giveUp.signal.aborted) return this.loadFailed(why(e));
         const code = isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
-        return this.transition('END', { code, message: `${this.model}/model.json does not fit the model: ${errorMessage(e)}` });
+        return this.transition('END', {
+          code,
+          message: `${this.model}/model.json does not fit the model: ${errorMessage(e)}`,
+          field: fieldOf(e),
+        });
       }
       for (const w of warnings)
         this.deps.logger.warn({ model: this.model, version: this.version, warning: w }, 'model configuration looks inconsistent');
@@ -365,4 +372,10 @@ export class ModelVersion {
       release: () => ticket.release(),
     };
   }
+}
+
+/** The model.json field a configuration error names (details.field), if any. */
+function fieldOf(e: unknown): string | undefined {
+  const field = isGatewayError(e) ? e.details?.field : undefined;
+  return typeof field === 'string' ? field : undefined;
 }
