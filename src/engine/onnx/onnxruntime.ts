@@ -211,7 +211,7 @@ export class WorkerSession implements Session {
     if (!this.source) return null; // loaded from its path (external data): served as it is
     await this.request({
       type: 'fuse',
-      bytes: fusePreprocessing(this.source, spec),
+      bytes: fusedGraph(this.source, spec),
       pixelInput: PIXELS_INPUT,
       options: this.sessionOptions,
     });
@@ -294,6 +294,21 @@ export class WorkerSession implements Session {
     if (this.inWorker > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
     await this.worker.terminate();
   }
+}
+
+/**
+ * The graph with the preprocessing fused in, made once for all the instances of a version: they load from the same
+ * bytes, and rewriting the graph runs on the main thread (10-45 ms for the default models). The worker gets a copy
+ * (the message is cloned), so sharing it is safe; it goes with the model's bytes once loading is over.
+ */
+const fusedGraphs = new WeakMap<Uint8Array, { spec: string; graph: Uint8Array }>();
+function fusedGraph(source: Uint8Array, spec: PixelInput): Uint8Array {
+  const key = JSON.stringify(spec);
+  const made = fusedGraphs.get(source);
+  if (made?.spec === key) return made.graph;
+  const graph = fusePreprocessing(source, spec);
+  fusedGraphs.set(source, { spec: key, graph });
+  return graph;
 }
 
 async function open(source: Uint8Array | string, options?: LoadOptions): Promise<WorkerSession> {
