@@ -211,6 +211,24 @@ describe('KServe v2 over gRPC', () => {
       'INVALID_ARGUMENT',
       'INVALID_INPUT',
     ]);
+    // typed contents beside raw_input_contents were ignored without a word (Triton refuses them); so were typed values in
+    // another type's field; an output asked twice was encoded twice (a crash with many copies)
+    const nine = { fp32_contents: [9, 9, 9, 9, 9, 9] };
+    for (const [what, req] of [
+      ['typed and raw', { model_name: 'id-f32', inputs: [{ ...x, contents: nine }], raw_input_contents: six }],
+      ["another type's field", { model_name: 'id-f32', inputs: [{ ...x, contents: { int_contents: [1, 2, 3, 4, 5, 6] } }] }],
+      ['an output asked twice', { model_name: 'id-f32', inputs: [x], raw_input_contents: six, outputs: [{ name: 'y' }, { name: 'y' }] }],
+      [
+        'classification as a boolean',
+        {
+          model_name: 'id-f32',
+          inputs: [x],
+          raw_input_contents: six,
+          outputs: [{ name: 'y', parameters: { classification: { bool_param: true } } }],
+        },
+      ],
+    ] as const)
+      expect(await infer(req), what).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
     expect(
       await infer({
         model_name: 'mobilenet',

@@ -175,6 +175,29 @@ describe('KServe v2 over REST', () => {
     }
   });
 
+  it('INT64 past 2^53 comes back exact in JSON (as digits, not rounded); NaN and infinities as strings, both ways', async () => {
+    const big = ['9223372036854775807', '-9223372036854775808', '9007199254740993', '-1', '0', '42'];
+    const res = await post('/models/id-i64/infer', { inputs: [{ name: 'x', datatype: 'INT64', shape: [1, 2, 3], data: big }] });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).toContain(`"data":[${big.join(',')}]`);
+    // non-finite floats: JSON has no numbers for them; binary in, JSON out
+    const odd = new Float32Array([NaN, Infinity, -Infinity, 1.5, -0, 2]);
+    const b = binaryBody({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], parameters: { binary_data_size: 24 } }] }, [
+      new Uint8Array(odd.buffer),
+    ]);
+    const r = await json(post('/models/id-f32/infer', b.body, b.headers));
+    expect(r.body.outputs[0].data).toEqual(['NaN', 'Infinity', '-Infinity', 1.5, 0, 2]);
+    // and the same strings are taken in
+    const back = await readBinary(
+      await post('/models/id-f32/infer', {
+        inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: ['NaN', 'Infinity', '-Infinity', 1.5, 0, 2] }],
+        outputs: [{ name: 'y', parameters: { binary_data: true } }],
+      }),
+    );
+    expect(Array.from(new Float32Array(new Uint8Array(back.parts.y).buffer))).toEqual([NaN, Infinity, -Infinity, 1.5, 0, 2]);
+  });
+
   it('a batch (dimension 0 > 1) is split into items, batched, and joined back in order', async () => {
     const data = Array.from({ length: 4 * 6 }, (_, i) => i - 7.5);
     const before = gw.repository.get('id-f32')!.versions.get(1)!.stats.requests;
@@ -293,10 +316,21 @@ describe('KServe v2 over REST', () => {
         data: ['3.000000:1', '2.000000:3', '2.000000:4', '9.000000:0', '8.000000:1', '7.000000:2'],
       },
     ]);
+    // ties by index, NaN after everything, infinities in their place
+    const odd = await json(
+      post('/models/id-f32/infer', {
+        inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: [3, 'NaN', 5, 5, '-Infinity', 'Infinity'] }],
+        outputs: [{ name: 'y', parameters: { classification: 6 } }],
+      }),
+    );
+    expect(odd.body.outputs[0].data).toEqual(['Infinity:5', '5.000000:2', '5.000000:3', '3.000000:0', '-Infinity:4', 'NaN:1']);
   });
 
   it('errors: {"error": ...} with the status of the table, and the server keeps serving', async () => {
     const infer = (model: string, body: unknown) => json(post(`/models/${model}/infer`, body));
+    /** A body whose JSON text has `mark` replaced by raw text (what JSON.stringify cannot write). */
+    const rawInfer = (model: string, body: unknown, mark: string, raw: string) =>
+      json(post(`/models/${model}/infer`, Buffer.from(JSON.stringify(body).replace(mark.startsWith('"') ? mark : `"${mark}"`, raw))));
     const x = (over: object = {}) => ({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6], ...over }] });
     const cases: [string, Promise<{ status: number; body: any; code: string | null }>, number, string][] = [
       ['unknown model', infer('nope', x()), 404, 'MODEL_NOT_FOUND'],
@@ -310,6 +344,24 @@ describe('KServe v2 over REST', () => {
       ['out of range', infer('id-u8', x({ datatype: 'UINT8', data: [1, 2, 3, 4, 5, 256] })), 400, 'INVALID_INPUT'],
       ['unknown input', infer('id-f32', x({ name: 'z' })), 400, 'INVALID_INPUT'],
       ['unknown output', infer('id-f32', { ...x(), outputs: [{ name: 'nope' }] }), 400, 'INVALID_INPUT'],
+      // each copy of an output was encoded again: 600,000 copies in an 11 MB request ran the heap out (a crash)
+      ['an output asked twice', infer('id-f32', { ...x(), outputs: [{ name: 'y' }, { name: 'y' }] }), 400, 'INVALID_INPUT'],
+      // flattening 20,000 levels overflowed the stack (a 500)
+      [
+        'data nested deeper than the shape',
+        rawInfer('id-f32', x({ data: '@DEEP@' }), '@DEEP@', '['.repeat(20000) + '1' + ']'.repeat(20000)),
+        400,
+        'INVALID_INPUT',
+      ],
+      ['FP32 past its range', infer('id-f32', x({ data: [1, 2, 3, 4, 5, 1e39] })), 400, 'INVALID_INPUT'],
+      ['FP16 past its range', infer('id-f16', x({ datatype: 'FP16', data: [1, 2, 3, 4, 5, 70000] })), 400, 'INVALID_INPUT'],
+      // JSON.parse has already rounded it: refused, saying how to send it
+      [
+        'INT64 past 2^53 as a JSON number',
+        rawInfer('id-i64', x({ datatype: 'INT64', data: [1, 2, 3, 4, 5, '@BIG@'] }), '"@BIG@"', '9007199254740993'),
+        400,
+        'INVALID_INPUT',
+      ],
       [
         'bad classification',
         infer('id-f32', { ...x(), outputs: [{ name: 'y', parameters: { classification: 0 } }] }),
@@ -353,6 +405,22 @@ describe('KServe v2 over REST', () => {
       new Uint8Array(30),
     ]);
     expect((await json(post('/models/id-f32/infer', extra.body, extra.headers))).body.error).toMatch(/6 bytes of binary data after/);
+    // messages say what was sent and what the model has
+    expect((await infer('id-f32', x({ shape: [6] }))).body.error).toMatch(/has shape \[-1,2,3\], got \[6\]/);
+    const notImage = await infer('id-f32', { inputs: [{ name: 'x', datatype: 'BYTES', shape: [1], data: ['hi'] }] });
+    expect(notImage.body.error).toMatch(/shape \[\?,2,3\]/);
+    const both = binaryBody(
+      { inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: [9, 9, 9, 9, 9, 9], parameters: { binary_data_size: 24 } }] },
+      [new Uint8Array(24)],
+    );
+    expect((await json(post('/models/id-f32/infer', both.body, both.headers))).body.error).toMatch(/both "data" and binary_data_size/);
+    const big = await json(
+      post(
+        '/models/id-i64/infer',
+        Buffer.from('{"inputs":[{"name":"x","datatype":"INT64","shape":[1,2,3],"data":[1,2,3,4,5,9007199254740993]}]}'),
+      ),
+    );
+    expect(big.body.error).toMatch(/past 2\^53.*as a string/);
     expect((await json(get('/nothing/here'))).status).toBe(404);
     const wrongMethod = await get('/models/id-f32/infer');
     expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'POST']);
@@ -462,7 +530,7 @@ describe('KServe v2 over REST with tokens and small limits', () => {
   beforeAll(async () => {
     gw = await startGateway({
       models: { 'id-f32': { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } } },
-      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(64 * 1024) },
+      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(64 * 1024), MAX_RESPONSE_BYTES: '8192' },
     });
   });
   afterAll(() => gw?.close());
@@ -493,6 +561,19 @@ describe('KServe v2 over REST with tokens and small limits', () => {
     expect((await call('POST', '/repository/index', 'admin-token')).body).toEqual([
       { name: 'id-f32', version: '1', state: 'READY', reason: '' },
     ]);
+  });
+
+  it('a response past MAX_RESPONSE_BYTES is refused (LIMIT_EXCEEDED), as in GraphQL', async () => {
+    const data = new Array(3000).fill(1); // 12 kB of FP32 out, past this server's 8 kB
+    const r = await call(
+      'POST',
+      '/models/id-f32/infer',
+      'user-token',
+      JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 3000], data }] }),
+    );
+    expect(r).toMatchObject({ status: 400, code: 'LIMIT_EXCEEDED', body: { error: expect.stringMatching(/MAX_RESPONSE_BYTES/) } });
+    const small = JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 1000], data: data.slice(0, 1000) }] });
+    expect((await call('POST', '/models/id-f32/infer', 'user-token', small)).status).toBe(200);
   });
 
   it('a body past MAX_UPLOAD_BYTES is 413, with or without Content-Length', async () => {

@@ -223,6 +223,12 @@ export class InferenceService {
   ): Promise<BatchResult> {
     const { model, version } = this.models.resolve(name, versionNo);
     const wanted = selectOutputs(name, version.outputs, outputNames);
+    // a rank that does not fit is said of the shape sent, before it is split into items of batch 1
+    for (const i of inputs) {
+      const info = version.inputs.find((x) => x.name === i.name);
+      if (info && info.shape.length !== i.shape.length)
+        throw bad(`input ${i.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${i.shape.join(',')}]`);
+    }
     const ranked = inputs.filter((i) => i.shape.length > 0);
     const n = ranked.length ? ranked[0].shape[0] : 1;
     if (ranked.some((i) => i.shape[0] !== n)) throw bad('every input must have the same batch size (dimension 0)');

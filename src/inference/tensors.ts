@@ -49,10 +49,15 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
   return feeds;
 }
 
-/** The outputs asked for (all when none are named), or INVALID_INPUT naming an unknown one. */
+/** The outputs asked for (all when none are named), or INVALID_INPUT naming an unknown one or one asked twice. */
 export function selectOutputs(model: string, infos: readonly TensorInfo[], names: readonly string[] | null | undefined): string[] {
   const known = infos.map((o) => o.name);
-  for (const o of names ?? [])
+  const seen = new Set<string>();
+  for (const o of names ?? []) {
     if (!known.includes(o)) throw bad(`model ${model} has no output ${JSON.stringify(o)} (outputs: ${known.join(', ')})`);
+    // each copy would be encoded again (Triton refuses it too)
+    if (seen.has(o)) throw bad(`output ${JSON.stringify(o)} is asked for twice`);
+    seen.add(o);
+  }
   return names?.length ? [...names] : known;
 }

@@ -84,6 +84,7 @@ export function createGateway({
     tokens,
     maxImagesPerRequest: config.maxImagesPerRequest,
     maxUploadBytes: config.maxUploadBytes,
+    maxResponseBytes: config.maxResponseBytes,
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({

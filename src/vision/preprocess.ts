@@ -57,14 +57,13 @@ export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], me
   const info = pre.input ? inputs.find((i) => i.name === pre.input) : inputs[0];
   if (!info)
     throw invalidConfig('input', `the model has no input ${JSON.stringify(pre.input)} (inputs: ${inputs.map((i) => i.name).join(', ')})`);
-  if (info.shape.length !== 4)
-    throw invalidConfig('input', `input ${info.name} has shape [${info.shape.join(',')}]; an image input has 4 dimensions`);
+  const shape = `[${info.shape.map((d) => d ?? '?').join(',')}]`;
+  if (info.shape.length !== 4) throw invalidConfig('input', `input ${info.name} has shape ${shape}; an image input has 4 dimensions`);
   const layout = pre.dimensionOrder ?? guessLayout(info.shape) ?? 'NCHW';
   const dims = (l: 'NCHW' | 'NHWC') =>
     l === 'NCHW' ? [info.shape[2], info.shape[3], info.shape[1]] : [info.shape[1], info.shape[2], info.shape[3]];
   const [h, w, c] = dims(layout);
   const channels = pre.colorChannels === 'L' ? 1 : 3;
-  const shape = `[${info.shape.map((d) => d ?? '?').join(',')}]`;
   if (c !== null && c !== channels) {
     const other = layout === 'NCHW' ? 'NHWC' : 'NCHW';
     if (pre.dimensionOrder && dims(other)[2] === channels) {

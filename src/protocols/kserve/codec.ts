@@ -47,22 +47,36 @@ const INT_RANGE: Partial<Record<DType, [number, number]>> = {
   uint8: [0, 255],
 };
 
+/** Non-finite floats, which JSON has no number for: written and read as these strings (numpy reads them too). */
+const NON_FINITE: Record<string, number> = { NaN: NaN, Infinity: Infinity, '-Infinity': -Infinity };
+
+/** A float element: a number within the type's range, or one of the non-finite strings. */
+function floatValue(v: unknown, half: boolean): number | null {
+  if (typeof v === 'string') return NON_FINITE[v] ?? null;
+  if (typeof v !== 'number') return null;
+  // a finite number the type cannot hold would silently become an infinity
+  const stored = half ? halfToFloat(floatToHalf(v)) : Math.fround(v);
+  return Number.isFinite(stored) ? v : null;
+}
+
 /**
  * Element values (from JSON `data`, flattened, or gRPC `contents`) as little-endian bytes of the engine type. INT64
- * elements may be numbers or decimal strings (gRPC's int64 and JSON numbers past 2^53).
+ * elements may be numbers (up to 2^53, where JSON numbers stay exact) or decimal strings (gRPC's int64, and any
+ * value in JSON); float elements may be "NaN", "Infinity" or "-Infinity".
  */
 export function valuesToBytes(dtype: DType, values: readonly unknown[], name: string): Uint8Array {
-  const bad = (v: unknown) => invalid(`input ${name}: ${JSON.stringify(v)} is not a ${V2_DATATYPE[dtype]} value`);
+  const bad = (v: unknown, why = '') => invalid(`input ${name}: ${JSON.stringify(v)} is not a ${V2_DATATYPE[dtype]} value${why}`);
   const n = values.length;
   let out: TensorData;
   switch (dtype) {
     case 'float32':
     case 'float16': {
-      const f = dtype === 'float32' ? new Float32Array(n) : new Uint16Array(n);
+      const half = dtype === 'float16';
+      const f = half ? new Uint16Array(n) : new Float32Array(n);
       for (let i = 0; i < n; i++) {
-        const v = values[i];
-        if (typeof v !== 'number') throw bad(v);
-        f[i] = dtype === 'float32' ? v : floatToHalf(v);
+        const v = floatValue(values[i], half);
+        if (v === null) throw bad(values[i], typeof values[i] === 'number' ? ' (past the range of the type)' : '');
+        f[i] = half ? floatToHalf(v) : v;
       }
       out = f;
       break;
@@ -73,6 +87,12 @@ export function valuesToBytes(dtype: DType, values: readonly unknown[], name: st
         const v = values[i];
         if (typeof v === 'number' && Number.isSafeInteger(v)) b[i] = BigInt(v);
         else if (typeof v === 'string' && /^-?\d{1,19}$/.test(v) && BigInt.asIntN(64, BigInt(v)) === BigInt(v)) b[i] = BigInt(v);
+        else if (typeof v === 'number' && Number.isInteger(v))
+          // JSON.parse has already rounded it: the number read is not the one sent
+          throw bad(
+            v,
+            ' exactly: a JSON number past 2^53 loses its last digits; send INT64 values past 2^53 as a string ("9007199254740993") or in binary',
+          );
         else throw bad(v);
       }
       out = b;
@@ -103,14 +123,24 @@ export function valuesToBytes(dtype: DType, values: readonly unknown[], name: st
   return toBytes(out);
 }
 
-/** A tensor's elements as JSON values: numbers (float16 decoded, int64 as numbers), booleans for BOOL. */
-export function tensorToValues(t: Tensor): (number | boolean)[] {
+/**
+ * A tensor's elements as JSON text: numbers (float16 decoded; int64 as its exact digits, which no JavaScript number
+ * could carry past 2^53, as Triton writes them), "NaN" / "Infinity" / "-Infinity" for non-finite floats, booleans for
+ * BOOL.
+ */
+export function tensorToJson(t: Tensor): string {
   const d = t.data;
-  const out = new Array<number | boolean>(d.length);
-  if (t.dtype === 'float16') for (let i = 0; i < d.length; i++) out[i] = halfToFloat(d[i] as number);
-  else if (t.dtype === 'bool') for (let i = 0; i < d.length; i++) out[i] = d[i] !== 0;
-  else for (let i = 0; i < d.length; i++) out[i] = Number(d[i]);
-  return out;
+  if (t.dtype === 'int64') return `[${(d as BigInt64Array).join(',')}]`;
+  if (t.dtype === 'bool') return `[${Array.from(d as Uint8Array, (v) => v !== 0).join(',')}]`;
+  if (t.dtype !== 'float32' && t.dtype !== 'float16') return `[${(d as ArrayLike<number> & { join(s: string): string }).join(',')}]`;
+  const half = t.dtype === 'float16';
+  const out = new Array<string | number>(d.length);
+  for (let i = 0; i < d.length; i++) {
+    const v = half ? halfToFloat(d[i] as number) : (d[i] as number);
+    // -0 is written 0, as JSON.stringify does
+    out[i] = Number.isFinite(v) ? v + 0 : `"${v}"`;
+  }
+  return `[${out.join(',')}]`;
 }
 
 /** Element count of a shape, with the data's count checked against it. */
@@ -181,6 +211,9 @@ const CONTENTS_FIELD: Record<DType, string | null> = {
 
 export type Contents = Partial<Record<string, unknown[]>>;
 
+/** The typed contents field of a data type (null: none, FP16). */
+export const contentsField = (dtype: DType): string | null => CONTENTS_FIELD[dtype];
+
 /** Element values of an input's typed contents. */
 export function contentsValues(dtype: DType, contents: Contents | null | undefined, name: string): unknown[] {
   const field = CONTENTS_FIELD[dtype];
@@ -217,12 +250,61 @@ export function classifyOutput(
   const elements: Uint8Array[] = [];
   for (let r = 0; r < rows; r++) {
     const base = r * per;
-    const order = Array.from({ length: per }, (_, i) => i).sort((a, b) => value(base + b) - value(base + a) || a - b);
-    for (const idx of order.slice(0, k)) {
+    for (const idx of topIndices(per, k, (i) => value(base + i))) {
       const v = value(base + idx);
       const label = labels?.get(idx);
       elements.push(enc.encode(`${isFloat ? v.toFixed(6) : v}:${idx}${label ? `:${label}` : ''}`));
     }
   }
   return { shape: [rows, k], elements };
+}
+
+/**
+ * The indices of the k largest values of 0..n-1, highest first (ties: lower index first), NaN last. A bounded heap:
+ * O(n log k), not a sort of the whole row (a row of millions of values asked for its top 5 sorted them all on the
+ * event loop).
+ */
+export function topIndices(n: number, k: number, value: (i: number) => number): number[] {
+  /** Does i come before j in the answer? */
+  const before = (i: number, j: number) => {
+    const a = value(i);
+    const b = value(j);
+    const aNaN = Number.isNaN(a);
+    const bNaN = Number.isNaN(b);
+    if (aNaN !== bNaN) return bNaN;
+    if (!aNaN && a !== b) return a > b;
+    return i < j;
+  };
+  const heap: number[] = []; // a min-heap by "before": its root is the one that would leave first
+  const worse = (a: number, b: number) => before(b, a);
+  const up = (i: number) => {
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!worse(heap[i], heap[p])) break;
+      [heap[i], heap[p]] = [heap[p], heap[i]];
+      i = p;
+    }
+  };
+  const down = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < heap.length && worse(heap[l], heap[m])) m = l;
+      if (r < heap.length && worse(heap[r], heap[m])) m = r;
+      if (m === i) return;
+      [heap[i], heap[m]] = [heap[m], heap[i]];
+      i = m;
+    }
+  };
+  for (let i = 0; i < n && k > 0; i++) {
+    if (heap.length < k) {
+      heap.push(i);
+      up(heap.length - 1);
+    } else if (before(i, heap[0])) {
+      heap[0] = i;
+      down(0);
+    }
+  }
+  return heap.sort((a, b) => (before(a, b) ? -1 : 1));
 }

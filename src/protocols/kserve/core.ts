@@ -84,6 +84,8 @@ export interface KserveCoreOptions {
   tokens: Tokens;
   /** Items (batch entries, images) in one request, as MAX_IMAGES_PER_REQUEST. */
   maxImagesPerRequest?: number;
+  /** Bytes of tensors one response may carry (MAX_RESPONSE_BYTES), counted before anything is encoded. */
+  maxResponseBytes?: number;
 }
 
 export type KserveCore = ReturnType<typeof createKserveCore>;
@@ -121,7 +123,7 @@ function indexState(v: ModelVersion): Pick<V2IndexEntry, 'state' | 'reason'> {
   }
 }
 
-export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: KserveCoreOptions) {
+export function createKserveCore({ service, tokens, maxImagesPerRequest = 64, maxResponseBytes = 64 * 1024 * 1024 }: KserveCoreOptions) {
   const models = service.models;
   const access = (who: Who) => accessFor(who.authorization, tokens, who.caller);
 
@@ -187,7 +189,7 @@ export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: 
       access(who).checkApi();
       const versionNo = parseVersion(name, version);
       if (req.inputs.length === 0) throw invalid('no inputs');
-      const budget = new RequestBudget({ maxImages: maxImagesPerRequest });
+      const budget = new RequestBudget({ maxImages: maxImagesPerRequest, maxResponseBytes });
       for (const o of req.outputs ?? [])
         if (o.classification !== null && !(Number.isInteger(o.classification) && o.classification >= 1))
           throw invalid(`output ${o.name}: classification must be a positive integer`);
@@ -218,7 +220,14 @@ export function createKserveCore({ service, tokens, maxImagesPerRequest = 64 }: 
       const wanted = req.outputs ?? Object.keys(result.outputs).map((n) => ({ name: n, classification: null }));
       const outputs = wanted.map(({ name: n, classification }): V2Output => {
         const t = result.outputs[n];
-        if (classification === null) return { name: n, datatype: V2_DATATYPE[t.dtype], shape: t.shape, tensor: t, elements: null };
+        if (classification === null) {
+          // as bytes (binary data, gRPC raw); JSON text takes a few times more
+          budget.takeResponseBytes(t.data.byteLength);
+          return { name: n, datatype: V2_DATATYPE[t.dtype], shape: t.shape, tensor: t, elements: null };
+        }
+        // each element is at least "0.000000:0" (10 bytes): counted before the top k are picked
+        const rows = t.shape.length ? t.shape[0] : 1;
+        budget.takeResponseBytes(rows * Math.min(classification, rows ? t.data.length / rows : 0) * 10);
         const c = classifyOutput(t, classification, result.model.labels);
         return { name: n, datatype: 'BYTES', shape: c.shape, tensor: null, elements: c.elements };
       });

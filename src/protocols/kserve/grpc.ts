@@ -5,6 +5,7 @@ import { toBytes } from '../../engine/types.ts';
 import { requestContext, type Logger } from '../../log.ts';
 import {
   checkCount,
+  contentsField,
   contentsValues,
   engineDtype,
   parseBytes,
@@ -53,6 +54,12 @@ export function decodeInferRequest(msg: InferRequestMessage): { request: V2Infer
     const name = i.name;
     const shape = parseShape(i.shape, name);
     const count = shape.reduce((a, b) => a * b, 1);
+    const typed = Object.entries(i.contents ?? {})
+      .filter(([, v]) => Array.isArray(v) && v.length > 0)
+      .map(([field]) => field);
+    // values that would be ignored without a word (Triton refuses them too)
+    if (raw && typed.length > 0)
+      throw invalid(`input ${name}: typed contents (${typed.join(', ')}) beside raw_input_contents: send one of them`);
     if (raw) {
       const b = msg.raw_input_contents[k];
       const bytes = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
@@ -67,13 +74,17 @@ export function decodeInferRequest(msg: InferRequestMessage): { request: V2Infer
     }
     const dtype = engineDtype(i.datatype, name);
     const values = contentsValues(dtype, i.contents, name);
+    const field = contentsField(dtype);
+    const stray = typed.filter((f) => f !== field);
+    if (stray.length > 0) throw invalid(`input ${name}: ${i.datatype} values go in ${field}, not ${stray.join(', ')}`);
     checkCount(name, shape, values.length);
     return { name, datatype: i.datatype, shape, data: valuesToBytes(dtype, values, name) };
   });
   const outputs = msg.outputs.length
     ? msg.outputs.map((o) => {
         const c = paramValue(o.parameters?.classification);
-        const n = c === undefined ? null : Number(c);
+        // int64_param (a string, as the loader gives int64) or a number; a boolean is not a count
+        const n = c === undefined ? null : typeof c === 'number' || typeof c === 'string' ? Number(c) : NaN;
         if (n !== null && !Number.isFinite(n)) throw invalid(`output ${o.name}: classification must be a positive integer`);
         return { name: o.name, classification: n };
       })

@@ -13,6 +13,8 @@ export interface KserveOptions {
   maxImagesPerRequest?: number;
   /** Largest REST body and gRPC message received. */
   maxUploadBytes?: number;
+  /** Bytes of tensors one response may carry. */
+  maxResponseBytes?: number;
 }
 
 export interface KserveProtocol {
@@ -29,8 +31,9 @@ export function createKserveProtocol({
   tokens,
   maxImagesPerRequest = 64,
   maxUploadBytes = 50 * 1024 * 1024,
+  maxResponseBytes = 64 * 1024 * 1024,
 }: KserveOptions): KserveProtocol {
-  const core = createKserveCore({ service, tokens, maxImagesPerRequest });
+  const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes });
   return {
     route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes }),
     grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes }),

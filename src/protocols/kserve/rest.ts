@@ -4,20 +4,11 @@ import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
-import {
-  checkCount,
-  engineDtype,
-  jsonBytesElement,
-  parseBytes,
-  parseShape,
-  serializeBytes,
-  tensorToValues,
-  valuesToBytes,
-} from './codec.ts';
+import { checkCount, engineDtype, jsonBytesElement, parseBytes, parseShape, serializeBytes, tensorToJson, valuesToBytes } from './codec.ts';
 import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { wasForwarded } from '../../inference/access.ts';
-import { sendJson } from '../../send-json.ts';
+import { sendJson, sendJsonText } from '../../send-json.ts';
 
 /** A path segment, %-decoded; a broken escape (%E0) is the client's mistake, not a server error. */
 function pathPart(segment: string): string {
@@ -97,6 +88,30 @@ interface RestInfer {
   allBinary: boolean;
 }
 
+/**
+ * The elements of JSON `data`, flat or nested (as Triton, any nesting whose elements add up; the count is checked
+ * against the shape after). Nested no deeper than the shape has dimensions: walked without recursion, so a body of
+ * many thousand brackets is a clear 400, not a stack overflow.
+ */
+function flatData(data: unknown, rank: number, name: string): unknown[] {
+  if (!Array.isArray(data)) return [data];
+  const maxDepth = Math.max(1, rank);
+  const out: unknown[] = [];
+  const stack: { list: unknown[]; at: number }[] = [{ list: data, at: 0 }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.at === top.list.length) {
+      stack.pop();
+      continue;
+    }
+    const v = top.list[top.at++];
+    if (!Array.isArray(v)) out.push(v);
+    else if (stack.length >= maxDepth) throw invalid(`input ${name}: data is nested deeper than its shape's ${rank} dimension(s)`);
+    else stack.push({ list: v, at: 0 });
+  }
+  return out;
+}
+
 /** Decode an infer request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length). */
 export function parseInferRequest(body: Buffer, headerLength: string | undefined): RestInfer {
   let json: Buffer = body;
@@ -122,6 +137,7 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
     const p = params(raw.parameters, `input ${name}`);
     const datatype = raw.datatype;
     if (p.binary_data_size !== undefined) {
+      if (raw.data !== undefined) throw invalid(`input ${name} has both "data" and binary_data_size: send one of them`);
       const size = p.binary_data_size;
       if (!binary) throw invalid(`input ${name}: binary_data_size needs the Inference-Header-Content-Length header`);
       if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || at + size > binary.length)
@@ -143,7 +159,7 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
       return { name, datatype, shape, data: bytes };
     }
     if (raw.data === undefined) throw invalid(`input ${name} has no "data" (nor binary_data_size)`);
-    const values = Array.isArray(raw.data) ? raw.data.flat(Infinity) : [raw.data];
+    const values = flatData(raw.data, shape.length, name);
     checkCount(name, shape, values.length);
     if (datatype === 'BYTES') return { name, datatype, shape, data: values.map((v) => jsonBytesElement(v, name)) };
     return { name, datatype, shape, data: valuesToBytes(engineDtype(datatype, name), values, name) };
@@ -170,19 +186,22 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
 /** Encode a response: JSON, or JSON then the binary outputs (with Inference-Header-Content-Length). */
 function sendInferResponse(res: ServerResponse, r: Awaited<ReturnType<KserveCore['infer']>>, parsed: RestInfer): void {
   const parts: Uint8Array[] = [];
+  // written as text: a tensor's data is JSON no JavaScript value gives (int64 digits past 2^53)
   const outputs = r.outputs.map((o: V2Output) => {
     const head = { name: o.name, datatype: o.datatype, shape: o.shape };
     const bytes = () => (o.elements ? serializeBytes(o.elements) : toBytes(o.tensor!.data));
     if (parsed.allBinary || parsed.binary.has(o.name)) {
       const b = bytes();
       parts.push(b);
-      return { ...head, parameters: { binary_data_size: b.length } };
+      return JSON.stringify({ ...head, parameters: { binary_data_size: b.length } });
     }
-    return { ...head, data: o.elements ? o.elements.map((e) => Buffer.from(e).toString('utf8')) : tensorToValues(o.tensor!) };
+    const data = o.elements ? JSON.stringify(o.elements.map((e) => Buffer.from(e).toString('utf8'))) : tensorToJson(o.tensor!);
+    return `${JSON.stringify(head).slice(0, -1)},"data":${data}}`;
   });
-  const doc = { model_name: r.model_name, model_version: r.model_version, ...(r.id !== null ? { id: r.id } : {}), outputs };
-  if (parts.length === 0) return sendJson(res, 200, doc);
-  const header = Buffer.from(JSON.stringify(doc));
+  const top = JSON.stringify({ model_name: r.model_name, model_version: r.model_version, ...(r.id !== null ? { id: r.id } : {}) });
+  const doc = `${top.slice(0, -1)},"outputs":[${outputs.join(',')}]}`;
+  if (parts.length === 0) return sendJsonText(res, 200, doc);
+  const header = Buffer.from(doc);
   const body = Buffer.concat([header, ...parts]);
   res.writeHead(200, {
     'content-type': 'application/octet-stream',
