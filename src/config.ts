@@ -54,6 +54,7 @@ export interface Config {
   maxQueryTokens: number;
   maxQueryCost: number;
   maxResponseBytes: number;
+  maxJsonValues: number;
   maxRenderedImagesPerRequest: number;
   imageFormats: string[];
   decodeTimeoutMs: number;
@@ -354,6 +355,13 @@ export const SETTINGS = [
   s('maxQueryTokens', 'MAX_QUERY_TOKENS', int(16), 5_000, 'Most tokens in one GraphQL document'),
   s('maxQueryCost', 'MAX_QUERY_COST', int(10), 5_000, 'Largest cost of one operation (graphql-armor cost limit, fragments expanded)'),
   s('maxResponseBytes', 'MAX_RESPONSE_BYTES', int(1024), 64 * 1024 * 1024, 'Most bytes of tensors and images one response may carry'),
+  s(
+    'maxJsonValues',
+    'MAX_JSON_VALUES',
+    int(1),
+    524_288,
+    'Most tensor values a KServe request or answer carries as JSON (REST) or gRPC typed contents; past it: binary data or raw contents',
+  ),
   s(
     'maxRenderedImagesPerRequest',
     'MAX_RENDERED_IMAGES_PER_REQUEST',

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { ElemType, identityModel } from './onnx-builder.ts';
+import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
 import { fixture, image, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 import { createKserveGrpcClient, errorCodeOf, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
@@ -464,8 +464,25 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
   let client: KserveGrpcClient;
   beforeAll(async () => {
     gw = await startGateway({
-      models: { big: { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } } },
-      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(1024 * 1024) },
+      models: {
+        big: { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } },
+        // two outputs of the input: twice its values out
+        twice: {
+          onnx: buildModel({
+            nodes: [
+              { op: 'Identity', inputs: ['x'], outputs: ['y'] },
+              { op: 'Identity', inputs: ['x'], outputs: ['z'] },
+            ],
+            inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 'K'] }],
+            outputs: [
+              { name: 'y', elemType: ElemType.FLOAT, shape: ['N', 'K'] },
+              { name: 'z', elemType: ElemType.FLOAT, shape: ['N', 'K'] },
+            ],
+          }),
+          config: { task: 'raw' },
+        },
+      },
+      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(1024 * 1024), MAX_JSON_VALUES: '1000' },
     });
     client = createKserveGrpcClient(`127.0.0.1:${gw.grpcPort}`);
   });
@@ -490,7 +507,10 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     expect((await client.ModelInfer(req, user)).model_name).toBe('big');
     expect(await failure(client.RepositoryIndex({}, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
     expect(await failure(client.RepositoryModelUnload({ model_name: 'big' }, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
-    expect((await client.RepositoryIndex({}, admin)).models).toEqual([{ name: 'big', version: '1', state: 'READY', reason: '' }]);
+    expect((await client.RepositoryIndex({}, admin)).models).toEqual([
+      { name: 'big', version: '1', state: 'READY', reason: '' },
+      { name: 'twice', version: '1', state: 'READY', reason: '' },
+    ]);
   });
 
   it('a message past MAX_UPLOAD_BYTES is RESOURCE_EXHAUSTED; smaller ones are served', async () => {
@@ -502,5 +522,25 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     });
     expect((await failure(client.ModelInfer(req(k), user)))[0]).toBe('RESOURCE_EXHAUSTED');
     expect((await client.ModelInfer(req(100_000), user)).raw_output_contents[0].length).toBe(400_000);
+  });
+
+  it('typed contents past MAX_JSON_VALUES are refused (decoded value by value); an answer that would hold more comes raw', async () => {
+    const typed = (model: string, n: number) => ({
+      model_name: model,
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, n], contents: { fp32_contents: Array.from({ length: n }, (_, i) => i) } }],
+    });
+    expect(await failure(client.ModelInfer(typed('big', 5000), user))).toEqual(['RESOURCE_EXHAUSTED', 'LIMIT_EXCEEDED']);
+    const raw = await client.ModelInfer(
+      { model_name: 'big', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 5000] }], raw_input_contents: [Buffer.alloc(20_000)] },
+      user,
+    );
+    expect(raw.raw_output_contents[0].length).toBe(20_000);
+    // 600 values in, 1200 out: the answer comes raw
+    const twice = await client.ModelInfer(typed('twice', 600), user);
+    expect(twice.raw_output_contents.length).toBe(2);
+    expect(Array.from(new Float32Array(new Uint8Array(twice.raw_output_contents[1]).buffer)).slice(0, 3)).toEqual([0, 1, 2]);
+    const small = await client.ModelInfer(typed('twice', 100), user);
+    expect(small.raw_output_contents).toEqual([]);
+    expect(small.outputs[1].contents.fp32_contents.slice(0, 3)).toEqual([0, 1, 2]);
   });
 });

@@ -530,7 +530,13 @@ describe('KServe v2 over REST with tokens and small limits', () => {
   beforeAll(async () => {
     gw = await startGateway({
       models: { 'id-f32': { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } } },
-      env: { API_TOKENS: 'user-token', ADMIN_TOKEN: 'admin-token', MAX_UPLOAD_BYTES: String(64 * 1024), MAX_RESPONSE_BYTES: '8192' },
+      env: {
+        API_TOKENS: 'user-token',
+        ADMIN_TOKEN: 'admin-token',
+        MAX_UPLOAD_BYTES: String(64 * 1024),
+        MAX_RESPONSE_BYTES: '8192',
+        MAX_JSON_VALUES: '1000',
+      },
     });
   });
   afterAll(() => gw?.close());
@@ -563,17 +569,41 @@ describe('KServe v2 over REST with tokens and small limits', () => {
     ]);
   });
 
-  it('a response past MAX_RESPONSE_BYTES is refused (LIMIT_EXCEEDED), as in GraphQL', async () => {
-    const data = new Array(3000).fill(1); // 12 kB of FP32 out, past this server's 8 kB
-    const r = await call(
-      'POST',
-      '/models/id-f32/infer',
-      'user-token',
-      JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 3000], data }] }),
+  const asBinary = (values: number[], outputs: object = {}) => {
+    const bytes = new Uint8Array(Float32Array.from(values).buffer);
+    const b = binaryBody(
+      { inputs: [{ name: 'x', datatype: 'FP32', shape: [1, values.length], parameters: { binary_data_size: bytes.length } }], ...outputs },
+      [bytes],
     );
-    expect(r).toMatchObject({ status: 400, code: 'LIMIT_EXCEEDED', body: { error: expect.stringMatching(/MAX_RESPONSE_BYTES/) } });
-    const small = JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 1000], data: data.slice(0, 1000) }] });
+    return fetch(`${gw.url}/v2/models/id-f32/infer`, {
+      method: 'POST',
+      body: new Uint8Array(b.body),
+      headers: { ...b.headers, authorization: 'Bearer user-token' },
+    });
+  };
+
+  it('a response past MAX_RESPONSE_BYTES is refused (LIMIT_EXCEEDED), as in GraphQL', async () => {
+    const big = await asBinary(new Array(3000).fill(1), { parameters: { binary_data_output: true } }); // 12 kB out, past 8 kB
+    expect([big.status, big.headers.get('x-error-code')]).toEqual([400, 'LIMIT_EXCEEDED']);
+    expect((await big.json()).error).toMatch(/MAX_RESPONSE_BYTES/);
+    const small = JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 500], data: new Array(500).fill(1) }] });
     expect((await call('POST', '/models/id-f32/infer', 'user-token', small)).status).toBe(200);
+  });
+
+  it('tensors as JSON past MAX_JSON_VALUES (parsed and written value by value on the event loop) are refused both ways; binary data is not', async () => {
+    const values = Array.from({ length: 2000 }, (_, i) => i + 0.5);
+    const inJson = JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2000], data: values }] });
+    expect(await call('POST', '/models/id-f32/infer', 'user-token', inJson)).toMatchObject({
+      status: 400,
+      code: 'LIMIT_EXCEEDED',
+      body: { error: expect.stringMatching(/MAX_JSON_VALUES.*binary data/) },
+    });
+    const binary = await readBinary(await asBinary(values, { parameters: { binary_data_output: true } }));
+    expect(Array.from(new Float32Array(new Uint8Array(binary.parts.y).buffer))).toEqual(values);
+    // an answer that would hold more values as JSON: asked again as binary data
+    const jsonOut = await asBinary(values.slice(0, 1500));
+    expect([jsonOut.status, jsonOut.headers.get('x-error-code')]).toEqual([400, 'LIMIT_EXCEEDED']);
+    expect((await jsonOut.json()).error).toMatch(/MAX_JSON_VALUES.*binary_data/);
   });
 
   it('a body past MAX_UPLOAD_BYTES is 413, with or without Content-Length', async () => {

@@ -85,6 +85,7 @@ export function createGateway({
     maxImagesPerRequest: config.maxImagesPerRequest,
     maxUploadBytes: config.maxUploadBytes,
     maxResponseBytes: config.maxResponseBytes,
+    maxJsonValues: config.maxJsonValues,
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({

@@ -1,6 +1,7 @@
 import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tensor, type TensorData } from '../../engine/types.ts';
 import { decodeBase64 } from '../../base64.ts';
 import { invalid } from './errors.ts';
+import { ErrorCode, GatewayError } from '../../errors.ts';
 
 /**
  * Tensor data of the Open Inference Protocol: the v2 data type names, JSON element lists, the length-prefixed layout
@@ -121,6 +122,18 @@ export function valuesToBytes(dtype: DType, values: readonly unknown[], name: st
     }
   }
   return toBytes(out);
+}
+
+/**
+ * The MAX_JSON_VALUES refusal. Tensor values as JSON (REST) or gRPC typed contents are decoded and encoded one by one
+ * on the event loop (0.1-0.5 us a value here), where every other client waits; binary data and raw contents are copied
+ * as they are.
+ */
+export function tooManyValues(what: string, values: number, max: number, instead: string): GatewayError {
+  return new GatewayError(
+    ErrorCode.LIMIT_EXCEEDED,
+    `${what} holds about ${values} values, past MAX_JSON_VALUES (${max}): such values are decoded and encoded one by one on the server's event loop; ${instead}`,
+  );
 }
 
 /**

@@ -15,6 +15,8 @@ export interface KserveOptions {
   maxUploadBytes?: number;
   /** Bytes of tensors one response may carry. */
   maxResponseBytes?: number;
+  /** Tensor values decoded or encoded one by one (REST JSON, gRPC typed contents), in and out. */
+  maxJsonValues?: number;
 }
 
 export interface KserveProtocol {
@@ -32,10 +34,11 @@ export function createKserveProtocol({
   maxImagesPerRequest = 64,
   maxUploadBytes = 50 * 1024 * 1024,
   maxResponseBytes = 64 * 1024 * 1024,
+  maxJsonValues = 524_288,
 }: KserveOptions): KserveProtocol {
   const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes });
   return {
-    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes }),
-    grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes }),
+    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues }),
+    grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes, maxJsonValues }),
   };
 }

@@ -4,7 +4,17 @@ import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
-import { checkCount, engineDtype, jsonBytesElement, parseBytes, parseShape, serializeBytes, tensorToJson, valuesToBytes } from './codec.ts';
+import {
+  checkCount,
+  engineDtype,
+  jsonBytesElement,
+  parseBytes,
+  parseShape,
+  serializeBytes,
+  tensorToJson,
+  tooManyValues,
+  valuesToBytes,
+} from './codec.ts';
 import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { wasForwarded } from '../../inference/access.ts';
@@ -112,8 +122,21 @@ function flatData(data: unknown, rank: number, name: string): unknown[] {
   return out;
 }
 
-/** Decode an infer request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length). */
-export function parseInferRequest(body: Buffer, headerLength: string | undefined): RestInfer {
+/**
+ * How many values a JSON text holds at most: its commas, plus one (a base64 string holds none). Counted before the
+ * text is parsed, up to `max` + 1.
+ */
+function jsonValues(json: Buffer, max: number): number {
+  let n = 1;
+  for (let at = json.indexOf(44); at !== -1 && n <= max; at = json.indexOf(44, at + 1)) n++;
+  return n;
+}
+
+/**
+ * Decode an infer request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length). JSON is
+ * parsed on the event loop, value by value: past `maxJsonValues` it is refused before parsing.
+ */
+export function parseInferRequest(body: Buffer, headerLength: string | undefined, maxJsonValues = Infinity): RestInfer {
   let json: Buffer = body;
   let binary: Buffer | null = null;
   if (headerLength !== undefined) {
@@ -123,6 +146,14 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
     json = body.subarray(0, n);
     binary = body.subarray(n);
   }
+  const values = jsonValues(json, maxJsonValues);
+  if (values > maxJsonValues)
+    throw tooManyValues(
+      binary ? 'the JSON header' : 'the JSON of this request',
+      values,
+      maxJsonValues,
+      'send large tensors as binary data (Inference-Header-Content-Length, "binary_data_size")',
+    );
   const doc = parseJson(json, 'the inference request');
   if (!isObject(doc)) throw invalid('the inference request must be a JSON object');
   if (!Array.isArray(doc.inputs)) throw invalid('the inference request needs "inputs": [...]');
@@ -183,8 +214,25 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
   };
 }
 
-/** Encode a response: JSON, or JSON then the binary outputs (with Inference-Header-Content-Length). */
-function sendInferResponse(res: ServerResponse, r: Awaited<ReturnType<KserveCore['infer']>>, parsed: RestInfer): void {
+/**
+ * Encode a response: JSON, or JSON then the binary outputs (with Inference-Header-Content-Length). The values of the
+ * outputs written as JSON are counted first: past `maxJsonValues`, LIMIT_EXCEEDED says to ask for binary data.
+ */
+function sendInferResponse(
+  res: ServerResponse,
+  r: Awaited<ReturnType<KserveCore['infer']>>,
+  parsed: RestInfer,
+  maxJsonValues: number,
+): void {
+  const asJson = r.outputs.filter((o) => o.tensor && !(parsed.allBinary || parsed.binary.has(o.name)));
+  const values = asJson.reduce((n, o) => n + o.tensor!.data.length, 0);
+  if (values > maxJsonValues)
+    throw tooManyValues(
+      `the answer's JSON (${asJson.map((o) => o.name).join(', ')})`,
+      values,
+      maxJsonValues,
+      'ask for it as binary data ("binary_data_output": true, or "binary_data": true on the output)',
+    );
   const parts: Uint8Array[] = [];
   // written as text: a tensor's data is JSON no JavaScript value gives (int64 digits past 2^53)
   const outputs = r.outputs.map((o: V2Output) => {
@@ -232,10 +280,13 @@ export function createRestRoute({
   core,
   logger,
   maxBodyBytes = 50 * 1024 * 1024,
+  maxJsonValues = 524_288,
 }: {
   core: KserveCore;
   logger: Logger;
   maxBodyBytes?: number;
+  /** Values of JSON parsed from a request, and of tensors written as JSON in its answer (MAX_JSON_VALUES). */
+  maxJsonValues?: number;
 }): RestRoute {
   const fail = (res: ServerResponse, e: unknown) => {
     const m = mapError(e);
@@ -289,7 +340,7 @@ export function createRestRoute({
         expect('POST');
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
-        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header);
+        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, maxJsonValues);
         // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
         const leaving = new AbortController();
         const left = () => {
@@ -298,7 +349,12 @@ export function createRestRoute({
         res.once('close', left);
         if (res.socket?.destroyed) leaving.abort(); // gone while the body was read
         try {
-          return sendInferResponse(res, await core.infer(auth, name, version, parsed.request, { signal: leaving.signal }), parsed);
+          return sendInferResponse(
+            res,
+            await core.infer(auth, name, version, parsed.request, { signal: leaving.signal }),
+            parsed,
+            maxJsonValues,
+          );
         } finally {
           res.off('close', left);
         }
