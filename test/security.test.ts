@@ -3,6 +3,7 @@ import { statusEvents } from '../src/protocols/graphql/events.ts';
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile, copyFile } from 'node:fs/promises';
 import http from 'node:http';
+import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -444,6 +445,26 @@ describe('the server cannot be taken down', () => {
     expect(r.errors![0].message).toMatch(/svg images are not accepted here \(IMAGE_FORMATS/);
   });
 
+  it("gRPC: a call whose message stops half-way is cut (REQUEST_TIMEOUT_MS bounds a connection's age, then its grace)", async () => {
+    const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
+    session.on('error', () => undefined);
+    const t0 = Date.now();
+    const closed = new Promise<number>((resolve) => session.on('close', () => resolve(Date.now() - t0)));
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': '/inference.GRPCInferenceService/ModelInfer',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+    });
+    stream.on('error', () => undefined);
+    const frame = Buffer.alloc(5 + 100);
+    frame.writeUInt32BE(1_000_000, 1); // a 1 MB message, of which 100 bytes come
+    stream.write(frame);
+    // age (2 s, with jitter) + grace (2 s): well under 15 s, where before it was never cut
+    expect(await closed).toBeLessThan(15_000);
+    await healthy();
+  });
+
   it('a slow body is cut after REQUEST_TIMEOUT_MS; connections per client are capped', async () => {
     const port = Number(new URL(gw.url).port);
     const closedAfter = await new Promise<number>((resolve) => {
@@ -473,6 +494,21 @@ describe('the server cannot be taken down', () => {
     const open = sockets.filter((s) => !s.destroyed && s.readyState === 'open').length;
     for (const s of sockets) s.destroy();
     expect(open).toBeLessThanOrEqual(40);
+    // the gRPC port too (it had no cap)
+    const grpcSockets = await Promise.all(
+      Array.from(
+        { length: 45 },
+        () =>
+          new Promise<net.Socket>((resolve) => {
+            const s = net.connect(gw.grpcPort!, '127.0.0.1', () => resolve(s));
+            s.on('error', () => undefined);
+          }),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const grpcOpen = grpcSockets.filter((s) => !s.destroyed && s.readyState === 'open').length;
+    for (const s of grpcSockets) s.destroy();
+    expect(grpcOpen).toBeLessThanOrEqual(40);
     await until(
       () =>
         fetch(`${gw.url}/health`).then(

@@ -86,6 +86,11 @@ export function createGateway({
     maxUploadBytes: config.maxUploadBytes,
     maxResponseBytes: config.maxResponseBytes,
     maxJsonValues: config.maxJsonValues,
+    grpcConnections: {
+      maxConnections: config.maxConnections,
+      maxConnectionsPerClient: config.maxConnectionsPerClient,
+      requestTimeoutMs: config.requestTimeoutMs,
+    },
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({

@@ -4,6 +4,7 @@ import { ErrorCode } from '../errors.ts';
 import { requestContext, type Logger } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
+import { capConnections } from '../connections.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -86,22 +87,6 @@ export function createHttpServer({
       });
     },
   );
-  server.maxConnections = maxConnections;
-  const perClient = new Map<string, number>();
-  server.on('connection', (socket) => {
-    const addr = socket.remoteAddress ?? 'unknown';
-    const n = (perClient.get(addr) ?? 0) + 1;
-    if (n > maxConnectionsPerClient) {
-      logger.warn({ client: addr, limit: maxConnectionsPerClient }, 'too many connections from one client; closing the new one');
-      socket.destroy();
-      return;
-    }
-    perClient.set(addr, n);
-    socket.once('close', () => {
-      const left = (perClient.get(addr) ?? 1) - 1;
-      if (left <= 0) perClient.delete(addr);
-      else perClient.set(addr, left);
-    });
-  });
+  capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http' });
   return server;
 }

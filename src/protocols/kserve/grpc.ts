@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { toBytes } from '../../engine/types.ts';
@@ -21,6 +22,7 @@ import { invalid, mapError } from './errors.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { typedContentsBytes } from './wire.ts';
 import { wasForwarded } from '../../inference/access.ts';
+import { capConnections } from '../../connections.ts';
 
 /**
  * The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` from proto/open_inference_grpc.proto, served
@@ -130,6 +132,14 @@ export interface GrpcServerOptions {
   maxMessageBytes?: number;
   /** Values of typed contents in a request, and in an answer before it goes raw instead (MAX_JSON_VALUES). */
   maxJsonValues?: number;
+  /** Open connections in all and per client address (as the HTTP port's, counted apart). */
+  maxConnections?: number;
+  maxConnectionsPerClient?: number;
+  /**
+   * A connection's age before it is asked to go (GOAWAY: a gRPC client reconnects), then the grace its calls have to
+   * end: a call whose message stops coming is cut by then (REQUEST_TIMEOUT_MS).
+   */
+  requestTimeoutMs?: number;
 }
 
 export interface KserveGrpcServer {
@@ -155,6 +165,9 @@ export function createGrpcServer({
   logger,
   maxMessageBytes = 50 * 1024 * 1024,
   maxJsonValues = 524_288,
+  maxConnections = 2048,
+  maxConnectionsPerClient = 256,
+  requestTimeoutMs = 120_000,
 }: GrpcServerOptions): KserveGrpcServer {
   // grpc-js writes its own diagnostics to stderr as plain text; the gateway's output is JSON lines only (what matters,
   // a bind failure, reaches the caller of listen())
@@ -163,6 +176,16 @@ export function createGrpcServer({
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': -1,
+    'grpc.max_connection_age_ms': requestTimeoutMs,
+    'grpc.max_connection_age_grace_ms': requestTimeoutMs,
+  });
+  // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
+  // no such limit of its own)
+  const listener = net.createServer();
+  capConnections(listener, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'grpc' });
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  listener.on('connection', (socket) => {
+    if (!socket.destroyed) injector.injectConnection(socket);
   });
   const quiet = new Set(['ServerLive', 'ServerReady']);
 
@@ -279,11 +302,15 @@ export function createGrpcServer({
     server,
     listen: (host, port) =>
       new Promise((resolve, reject) => {
-        const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
-        server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+        listener.once('error', reject);
+        listener.listen(port, host.replace(/^\[(.*)\]$/, '$1'), () => {
+          listener.off('error', reject);
+          resolve((listener.address() as net.AddressInfo).port);
+        });
       }),
     close: (timeoutMs) =>
       new Promise((resolve) => {
+        listener.close();
         const timer = setTimeout(() => {
           server.forceShutdown();
           resolve();

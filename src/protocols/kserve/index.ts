@@ -2,7 +2,7 @@ import type { Logger } from '../../log.ts';
 import type { Tokens } from '../../inference/access.ts';
 import type { InferenceService } from '../../inference/service.ts';
 import { createKserveCore } from './core.ts';
-import { createGrpcServer, type KserveGrpcServer } from './grpc.ts';
+import { createGrpcServer, type GrpcServerOptions, type KserveGrpcServer } from './grpc.ts';
 import { createRestRoute, type RestRoute } from './rest.ts';
 
 export interface KserveOptions {
@@ -17,6 +17,8 @@ export interface KserveOptions {
   maxResponseBytes?: number;
   /** Tensor values decoded or encoded one by one (REST JSON, gRPC typed contents), in and out. */
   maxJsonValues?: number;
+  /** The gRPC port's connections, in all and per client, and how long a call may take to arrive. */
+  grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs'>;
 }
 
 export interface KserveProtocol {
@@ -35,10 +37,11 @@ export function createKserveProtocol({
   maxUploadBytes = 50 * 1024 * 1024,
   maxResponseBytes = 64 * 1024 * 1024,
   maxJsonValues = 524_288,
+  grpcConnections = {},
 }: KserveOptions): KserveProtocol {
   const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes });
   return {
     route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues }),
-    grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes, maxJsonValues }),
+    grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes, maxJsonValues, ...grpcConnections }),
   };
 }
