@@ -1,5 +1,7 @@
 import { readFile } from 'node:fs/promises';
+import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
+import { loadServiceDefinition } from '../src/protocols/kserve/grpc.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
@@ -96,7 +98,8 @@ describe('KServe v2 over gRPC', () => {
   });
 
   it('ModelInfer with raw_input_contents answers raw; with typed contents answers in contents (INT64 past 2^53 exact)', async () => {
-    const x = new Float32Array([1.5, -2, 3.25, 0, 1e30, -1e-30]);
+    // NaN and the infinities are plain floats in protobuf
+    const x = new Float32Array([1.5, NaN, 3.25, Infinity, -Infinity, -1e-30]);
     const raw = await client.ModelInfer({
       model_name: 'id-f32',
       id: 'r1',
@@ -217,6 +220,13 @@ describe('KServe v2 over gRPC', () => {
     for (const [what, req] of [
       ['typed and raw', { model_name: 'id-f32', inputs: [{ ...x, contents: nine }], raw_input_contents: six }],
       ["another type's field", { model_name: 'id-f32', inputs: [{ ...x, contents: { int_contents: [1, 2, 3, 4, 5, 6] } }] }],
+      [
+        'values beside BYTES elements',
+        {
+          model_name: 'mobilenet',
+          inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [Buffer.from('x')], fp32_contents: [1] } }],
+        },
+      ],
       ['an output asked twice', { model_name: 'id-f32', inputs: [x], raw_input_contents: six, outputs: [{ name: 'y' }, { name: 'y' }] }],
       [
         'classification as a boolean',
@@ -539,6 +549,50 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     const twice = await client.ModelInfer(typed('twice', 600), user);
     expect(twice.raw_output_contents.length).toBe(2);
     expect(Array.from(new Float32Array(new Uint8Array(twice.raw_output_contents[1]).buffer)).slice(0, 3)).toEqual([0, 1, 2]);
+    // every element of the message counts, whatever its field, and a message that does not parse is refused before
+    // protobufjs reads it (it skips what it does not know, such as groups)
+    const infer = loadServiceDefinition().ModelInfer;
+    const encoded = Buffer.from(infer.requestSerialize(typed('big', 5000)));
+    const call = (bytes: Buffer) =>
+      new Promise<[string, string | undefined]>((resolve) => {
+        const c = new grpc.Client(`127.0.0.1:${gw.grpcPort}`, grpc.credentials.createInsecure());
+        const md = new grpc.Metadata();
+        md.set('authorization', 'Bearer user-token');
+        c.makeUnaryRequest(
+          infer.path,
+          (b: Buffer) => b,
+          infer.responseDeserialize,
+          bytes,
+          md,
+          (e) => {
+            c.close();
+            resolve([grpc.status[e?.code ?? 0], e?.metadata.get('error-code')[0]?.toString()]);
+          },
+        );
+      });
+    expect(await call(Buffer.concat([Buffer.from([0x7b, 0x7c]), encoded]))).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    const many = (field: 'inputs' | 'bytes' | 'bools', n: number) =>
+      Buffer.from(
+        infer.requestSerialize({
+          model_name: 'big',
+          inputs:
+            field === 'inputs'
+              ? Array.from({ length: n }, () => ({}))
+              : [
+                  {
+                    name: 'x',
+                    datatype: field === 'bytes' ? 'BYTES' : 'BOOL',
+                    shape: [1, n],
+                    contents:
+                      field === 'bytes'
+                        ? { bytes_contents: Array.from({ length: n }, () => Buffer.alloc(0)) }
+                        : { bool_contents: new Array(n).fill(true) },
+                  },
+                ],
+        }),
+      );
+    for (const field of ['inputs', 'bytes', 'bools'] as const)
+      expect(await call(many(field, 2000)), field).toEqual(['RESOURCE_EXHAUSTED', 'LIMIT_EXCEEDED']);
     const small = await client.ModelInfer(typed('twice', 100), user);
     expect(small.raw_output_contents).toEqual([]);
     expect(small.outputs[1].contents.fp32_contents.slice(0, 3)).toEqual([0, 1, 2]);

@@ -598,8 +598,17 @@ describe('KServe v2 over REST with tokens and small limits', () => {
       code: 'LIMIT_EXCEEDED',
       body: { error: expect.stringMatching(/MAX_JSON_VALUES.*binary data/) },
     });
+    // brackets are values too (each one a list JSON.parse builds): counted before parsing, not after
+    const deep = `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":${'['.repeat(5000)}1${']'.repeat(5000)}}]}`;
+    expect(await call('POST', '/models/id-f32/infer', 'user-token', deep)).toMatchObject({ status: 400, code: 'LIMIT_EXCEEDED' });
     const binary = await readBinary(await asBinary(values, { parameters: { binary_data_output: true } }));
     expect(Array.from(new Float32Array(new Uint8Array(binary.parts.y).buffer))).toEqual(values);
+    // classification strings are made one by one too: at most MAX_JSON_VALUES of them
+    const top = await asBinary(values, { outputs: [{ name: 'y', parameters: { classification: 2000 } }] });
+    expect([top.status, top.headers.get('x-error-code')]).toEqual([400, 'LIMIT_EXCEEDED']);
+    expect(
+      (await (await asBinary(values, { outputs: [{ name: 'y', parameters: { classification: 5 } }] })).json()).outputs[0].data,
+    ).toHaveLength(5);
     // an answer that would hold more values as JSON: asked again as binary data
     const jsonOut = await asBinary(values.slice(0, 1500));
     expect([jsonOut.status, jsonOut.headers.get('x-error-code')]).toEqual([400, 'LIMIT_EXCEEDED']);

@@ -49,12 +49,17 @@ const INT_RANGE: Partial<Record<DType, [number, number]>> = {
 };
 
 /** Non-finite floats, which JSON has no number for: written and read as these strings (numpy reads them too). */
-const NON_FINITE: Record<string, number> = { NaN: NaN, Infinity: Infinity, '-Infinity': -Infinity };
+const NON_FINITE = new Map([
+  ['NaN', NaN],
+  ['Infinity', Infinity],
+  ['-Infinity', -Infinity],
+]);
 
-/** A float element: a number within the type's range, or one of the non-finite strings. */
+/** A float element: a number within the type's range (or NaN, an infinity: gRPC carries them), or a non-finite string. */
 function floatValue(v: unknown, half: boolean): number | null {
-  if (typeof v === 'string') return NON_FINITE[v] ?? null;
+  if (typeof v === 'string') return NON_FINITE.get(v) ?? null;
   if (typeof v !== 'number') return null;
+  if (!Number.isFinite(v)) return v;
   // a finite number the type cannot hold would silently become an infinity
   const stored = half ? halfToFloat(floatToHalf(v)) : Math.fround(v);
   return Number.isFinite(stored) ? v : null;
@@ -66,7 +71,8 @@ function floatValue(v: unknown, half: boolean): number | null {
  * value in JSON); float elements may be "NaN", "Infinity" or "-Infinity".
  */
 export function valuesToBytes(dtype: DType, values: readonly unknown[], name: string): Uint8Array {
-  const bad = (v: unknown, why = '') => invalid(`input ${name}: ${JSON.stringify(v)} is not a ${V2_DATATYPE[dtype]} value${why}`);
+  const shown = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v));
+  const bad = (v: unknown, why = '') => invalid(`input ${name}: ${shown(v)} is not a ${V2_DATATYPE[dtype]} value${why}`);
   const n = values.length;
   let out: TensorData;
   switch (dtype) {
@@ -129,10 +135,10 @@ export function valuesToBytes(dtype: DType, values: readonly unknown[], name: st
  * on the event loop (0.1-0.5 us a value here), where every other client waits; binary data and raw contents are copied
  * as they are.
  */
-export function tooManyValues(what: string, values: number, max: number, instead: string): GatewayError {
+export function tooManyValues(what: string, max: number, instead: string): GatewayError {
   return new GatewayError(
     ErrorCode.LIMIT_EXCEEDED,
-    `${what} holds about ${values} values, past MAX_JSON_VALUES (${max}): such values are decoded and encoded one by one on the server's event loop; ${instead}`,
+    `${what} holds more than ${max} values (MAX_JSON_VALUES): values as JSON or gRPC typed contents are decoded and encoded one by one on the server's event loop; ${instead}`,
   );
 }
 

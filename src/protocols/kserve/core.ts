@@ -13,7 +13,7 @@ import { RequestBudget } from '../../inference/budget.ts';
 import type { InferenceService, RunOptions } from '../../inference/service.ts';
 import type { Model } from '../../repository/model.ts';
 import type { ModelVersion } from '../../repository/version.ts';
-import { V2_DATATYPE, checkCount, classifyOutput, engineDtype } from './codec.ts';
+import { V2_DATATYPE, checkCount, classifyOutput, engineDtype, tooManyValues } from './codec.ts';
 import { invalid } from './errors.ts';
 
 /**
@@ -86,6 +86,8 @@ export interface KserveCoreOptions {
   maxImagesPerRequest?: number;
   /** Bytes of tensors one response may carry (MAX_RESPONSE_BYTES), counted before anything is encoded. */
   maxResponseBytes?: number;
+  /** Classification strings one answer may carry (MAX_JSON_VALUES): each is made one by one on the event loop. */
+  maxJsonValues?: number;
 }
 
 export type KserveCore = ReturnType<typeof createKserveCore>;
@@ -123,7 +125,13 @@ function indexState(v: ModelVersion): Pick<V2IndexEntry, 'state' | 'reason'> {
   }
 }
 
-export function createKserveCore({ service, tokens, maxImagesPerRequest = 64, maxResponseBytes = 64 * 1024 * 1024 }: KserveCoreOptions) {
+export function createKserveCore({
+  service,
+  tokens,
+  maxImagesPerRequest = 64,
+  maxResponseBytes = 64 * 1024 * 1024,
+  maxJsonValues = 524_288,
+}: KserveCoreOptions) {
   const models = service.models;
   const access = (who: Who) => accessFor(who.authorization, tokens, who.caller);
 
@@ -225,9 +233,12 @@ export function createKserveCore({ service, tokens, maxImagesPerRequest = 64, ma
           budget.takeResponseBytes(t.data.byteLength);
           return { name: n, datatype: V2_DATATYPE[t.dtype], shape: t.shape, tensor: t, elements: null };
         }
-        // each element is at least "0.000000:0" (10 bytes): counted before the top k are picked
+        // each element is at least "0.000000:0" (10 bytes), and a string made on the event loop: counted before the top
+        // k are picked
         const rows = t.shape.length ? t.shape[0] : 1;
-        budget.takeResponseBytes(rows * Math.min(classification, rows ? t.data.length / rows : 0) * 10);
+        const strings = rows * Math.min(classification, rows ? t.data.length / rows : 0);
+        if (strings > maxJsonValues) throw tooManyValues(`classification of output ${n}`, maxJsonValues, 'ask for fewer classes');
+        budget.takeResponseBytes(strings * 10);
         const c = classifyOutput(t, classification, result.model.labels);
         return { name: n, datatype: 'BYTES', shape: c.shape, tensor: null, elements: c.elements };
       });

@@ -20,7 +20,7 @@ import {
 import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
-import { typedContentsBytes } from './wire.ts';
+import { messageElements } from './wire.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { capConnections } from '../../connections.ts';
 
@@ -72,6 +72,8 @@ export function decodeInferRequest(msg: InferRequestMessage): { request: V2Infer
       return { name, datatype: i.datatype, shape, data: bytes };
     }
     if (i.datatype === 'BYTES') {
+      const stray = typed.filter((f) => f !== 'bytes_contents');
+      if (stray.length > 0) throw invalid(`input ${name}: BYTES elements go in bytes_contents, not ${stray.join(', ')}`);
       const elements = (i.contents?.bytes_contents ?? []) as Buffer[];
       checkCount(name, shape, elements.length);
       return { name, datatype: i.datatype, shape, data: elements.map((e) => new Uint8Array(e.buffer, e.byteOffset, e.byteLength)) };
@@ -157,8 +159,8 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
   return pkg.inference.GRPCInferenceService.service;
 }
 
-/** Set on a request whose typed contents were too large to decode: about how many values it carried. */
-const TYPED_TOO_LARGE = Symbol('typed contents too large');
+/** Set on a request refused before it was decoded (too many elements, or not a message): the error to answer. */
+const REFUSED = Symbol('refused before decoding');
 
 export function createGrpcServer({
   core,
@@ -247,7 +249,7 @@ export function createGrpcServer({
     return { config, files };
   };
 
-  // ModelInfer's typed contents are measured on the wire before they are decoded (wire.ts)
+  // ModelInfer's elements are counted on the wire before they are decoded (wire.ts)
   const definition = loadServiceDefinition();
   const infer = definition.ModelInfer;
   const measured: grpc.ServiceDefinition = {
@@ -255,9 +257,12 @@ export function createGrpcServer({
     ModelInfer: {
       ...infer,
       requestDeserialize: (buf: Buffer) => {
-        // a typed value takes 1 to 10 bytes on the wire: counted as 4 (a float)
-        const values = Math.ceil(typedContentsBytes(buf) / 4);
-        return values > maxJsonValues ? { [TYPED_TOO_LARGE]: values } : infer.requestDeserialize(buf);
+        const elements = messageElements(buf, maxJsonValues);
+        if (elements === null)
+          return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads (proto3, no groups)') };
+        if (elements > maxJsonValues)
+          return { [REFUSED]: tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents') };
+        return infer.requestDeserialize(buf);
       },
     },
   };
@@ -267,10 +272,8 @@ export function createGrpcServer({
     ModelReady: unary('ModelReady', (r: { name: string; version: string }, auth) => ({ ready: core.modelReady(auth, r.name, r.version) })),
     ServerMetadata: unary('ServerMetadata', (_r, auth) => core.serverMetadata(auth)),
     ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
-    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage & { [TYPED_TOO_LARGE]?: number }, auth, call) => {
-      const typed = r[TYPED_TOO_LARGE];
-      if (typed !== undefined)
-        throw tooManyValues('the typed contents of this request', typed, maxJsonValues, 'send large tensors in raw_input_contents');
+    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage & { [REFUSED]?: Error }, auth, call) => {
+      if (r[REFUSED]) throw r[REFUSED];
       const { request, raw } = decodeInferRequest(r);
       // a call the client cancels (or whose deadline passes): the work not yet started for it is dropped
       const leaving = new AbortController();

@@ -39,7 +39,7 @@ export function createKserveProtocol({
   maxJsonValues = 524_288,
   grpcConnections = {},
 }: KserveOptions): KserveProtocol {
-  const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes });
+  const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes, maxJsonValues });
   return {
     route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues }),
     grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes, maxJsonValues, ...grpcConnections }),

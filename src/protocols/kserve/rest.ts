@@ -123,12 +123,14 @@ function flatData(data: unknown, rank: number, name: string): unknown[] {
 }
 
 /**
- * How many values a JSON text holds at most: its commas, plus one (a base64 string holds none). Counted before the
- * text is parsed, up to `max` + 1.
+ * How many values a JSON text holds at most, counted before it is parsed (up to `max` + 1): its commas, plus one, and
+ * its opening brackets (each a list or an object JSON.parse builds). A base64 string holds none of them.
  */
 function jsonValues(json: Buffer, max: number): number {
   let n = 1;
-  for (let at = json.indexOf(44); at !== -1 && n <= max; at = json.indexOf(44, at + 1)) n++;
+  for (const c of [44, 91, 123])
+    // , [ {
+    for (let at = json.indexOf(c); at !== -1 && n <= max; at = json.indexOf(c, at + 1)) n++;
   return n;
 }
 
@@ -150,7 +152,6 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
   if (values > maxJsonValues)
     throw tooManyValues(
       binary ? 'the JSON header' : 'the JSON of this request',
-      values,
       maxJsonValues,
       'send large tensors as binary data (Inference-Header-Content-Length, "binary_data_size")',
     );
@@ -229,7 +230,6 @@ function sendInferResponse(
   if (values > maxJsonValues)
     throw tooManyValues(
       `the answer's JSON (${asJson.map((o) => o.name).join(', ')})`,
-      values,
       maxJsonValues,
       'ask for it as binary data ("binary_data_output": true, or "binary_data": true on the output)',
     );
