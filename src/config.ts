@@ -382,7 +382,7 @@ export const SETTINGS = [
     'REQUEST_TIMEOUT_MS',
     int(1000),
     120_000,
-    'Longest time a client may take to send a whole request (slow uploads are cut); on gRPC, the age of a connection and then the grace of its calls',
+    "Longest time a client may take to send a whole request (slow uploads are cut); on gRPC, how long a call's message may take to arrive",
   ),
   s('headersTimeoutMs', 'HEADERS_TIMEOUT_MS', int(1000), 15_000, 'Longest time a client may take to send the request headers'),
   s(

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import http2 from 'node:http2';
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -137,11 +138,10 @@ export interface GrpcServerOptions {
   /** Open connections in all and per client address (as the HTTP port's, counted apart). */
   maxConnections?: number;
   maxConnectionsPerClient?: number;
-  /**
-   * A connection's age before it is asked to go (GOAWAY: a gRPC client reconnects), then the grace its calls have to
-   * end: a call whose message stops coming is cut by then (REQUEST_TIMEOUT_MS).
-   */
+  /** How long a call's message may take to arrive (REQUEST_TIMEOUT_MS, as a REST body): then the call is ended. */
   requestTimeoutMs?: number;
+  /** Calls open at once on one connection (HTTP/2 streams). */
+  maxStreamsPerConnection?: number;
 }
 
 export interface KserveGrpcServer {
@@ -159,6 +159,47 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
   return pkg.inference.GRPCInferenceService.service;
 }
 
+/**
+ * A call whose message has not arrived within `ms` is ended (DEADLINE_EXCEEDED), as a slow REST body is cut, and its
+ * HTTP/2 stream is reset, so that the part of the message received is let go (after a status alone the stream stays
+ * half open for as long as the client keeps it). The time the call then takes to compute is not bounded here.
+ */
+function receiveWithin(ms: number): grpc.ServerInterceptor {
+  return (_method, call) => {
+    let timer: NodeJS.Timeout | undefined;
+    const stop = () => clearTimeout(timer);
+    return new grpc.ServerInterceptingCall(call, {
+      start: (next) => {
+        timer = setTimeout(() => {
+          call.sendStatus({
+            code: grpc.status.DEADLINE_EXCEEDED,
+            details: `the request message did not arrive within ${ms} ms (REQUEST_TIMEOUT_MS)`,
+          });
+          // grpc-js keeps the stream to itself (the first interceptor is handed its own call, which holds it): tested
+          // in security.test.ts, so an upgrade that moves it fails there
+          const stream = (call as unknown as { stream?: http2.ServerHttp2Stream }).stream;
+          setImmediate(() => stream?.close(http2.constants.NGHTTP2_CANCEL));
+        }, ms);
+        next({
+          onReceiveMessage: (message, nextMessage) => {
+            stop();
+            nextMessage(message);
+          },
+          onReceiveHalfClose: (nextHalfClose) => {
+            stop();
+            nextHalfClose();
+          },
+          onCancel: stop,
+        });
+      },
+      sendStatus: (status, nextStatus) => {
+        stop();
+        nextStatus(status);
+      },
+    });
+  };
+}
+
 /** Set on a request refused before it was decoded (too many elements, or not a message): the error to answer. */
 const REFUSED = Symbol('refused before decoding');
 
@@ -170,6 +211,7 @@ export function createGrpcServer({
   maxConnections = 2048,
   maxConnectionsPerClient = 256,
   requestTimeoutMs = 120_000,
+  maxStreamsPerConnection = 100,
 }: GrpcServerOptions): KserveGrpcServer {
   // grpc-js writes its own diagnostics to stderr as plain text; the gateway's output is JSON lines only (what matters,
   // a bind failure, reaches the caller of listen())
@@ -178,8 +220,8 @@ export function createGrpcServer({
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': -1,
-    'grpc.max_connection_age_ms': requestTimeoutMs,
-    'grpc.max_connection_age_grace_ms': requestTimeoutMs,
+    'grpc.max_concurrent_streams': maxStreamsPerConnection,
+    interceptors: [receiveWithin(requestTimeoutMs)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
   // no such limit of its own)
