@@ -251,6 +251,10 @@ describe('model repository over GraphQL', () => {
       { files: { f: image('zebra.jpeg') } },
     );
     expect(served.data.classify.predictions[0].label).toBe('zebra');
+    // and the refused configuration is not left on disk, where a restart would find it
+    const onDisk = JSON.parse(await readFile(path.join(gw.root, 'misfit-given', 'model.json'), 'utf8'));
+    expect(onDisk).toEqual(fixture('mobilenet').config);
+    expect((await gw.gql(`{ model(name: "misfit-given") { configurationError } }`)).data.model.configurationError).toBeNull();
     await rm(path.join(gw.root, 'misfit-given'), { recursive: true });
     await rm(path.join(gw.root, 'misfit'), { recursive: true });
     await rm(path.join(gw.root, 'corrupt'), { recursive: true });

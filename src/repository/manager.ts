@@ -4,7 +4,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
 import os from 'node:os';
-import { readdir, realpath, rm, stat } from 'node:fs/promises';
+import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -14,7 +14,16 @@ import { isInside, resolveUnderRoots } from '../paths.ts';
 import { editModelJson, type JsonMergePatch } from './edits.ts';
 import { parseModelConfig } from './model-config.ts';
 import { MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.ts';
-import { discoverVersions, filesStamp, layoutProblem, modelFileIn, readModelFiles, signatureOf, writeModelJson } from './store.ts';
+import {
+  atomicWrite,
+  discoverVersions,
+  filesStamp,
+  layoutProblem,
+  modelFileIn,
+  readModelFiles,
+  signatureOf,
+  writeModelJson,
+} from './store.ts';
 import { commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
 import { ModelVersion, type ModelStatusEvent } from './version.ts';
 import { Watcher } from './watcher.ts';
@@ -379,13 +388,22 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     }
     const m = model;
     await m.exclusive(async () => {
-      if (opts.config !== undefined && opts.config !== null) await writeModelJson(m.dir, opts.config, `${m.name} config`);
+      const given = opts.config !== undefined && opts.config !== null;
+      const previous = given ? await readFile(path.join(m.dir, 'model.json'), 'utf8').catch(() => null) : null;
+      if (given) await writeModelJson(m.dir, opts.config, `${m.name} config`);
       await this.reread(m);
-      if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
+      if (given && m.configError) throw m.configError;
       await this.enable(m);
       // a configuration given here that parses but does not fit the model (found by the load's check) is refused as
-      // one that does not parse, naming the field (the versions that served keep serving with the previous one)
-      if (opts.config !== undefined && opts.config !== null && m.configError) throw m.configError;
+      // one that does not parse, naming the field: the previous model.json goes back (the versions that served keep
+      // serving with it; a restart finds it, not the refused one)
+      if (given && m.configError) {
+        const refused = m.configError;
+        if (previous === null) await rm(path.join(m.dir, 'model.json'), { force: true });
+        else await atomicWrite(path.join(m.dir, 'model.json'), previous);
+        await this.reread(m);
+        throw refused;
+      }
     });
     // asked to load a model that has nothing to load (the file under another name, or no version folder): say so
     if (m.versions.size === 0 && m.layoutProblem) throw new GatewayError(ErrorCode.MODEL_LOAD_FAILED, `model ${name}: ${m.layoutProblem}`);
