@@ -514,6 +514,23 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     expect((await client.ModelMetadata({ name: 'big' }, user)).name).toBe('big');
     const req = { model_name: 'big', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2] }], raw_input_contents: [Buffer.alloc(8)] };
     expect(await failure(client.ModelInfer(req))).toEqual(['UNAUTHENTICATED', 'UNAUTHENTICATED']);
+    // refused at the call's metadata, before its message is decoded: a message that does not parse gets UNAUTHENTICATED
+    const infer = loadServiceDefinition().ModelInfer;
+    const garbage = await new Promise<string>((resolve) => {
+      const c = new grpc.Client(`127.0.0.1:${gw.grpcPort}`, grpc.credentials.createInsecure());
+      c.makeUnaryRequest(
+        infer.path,
+        (b: Buffer) => b,
+        infer.responseDeserialize,
+        Buffer.from([0x7b, 0x7c]),
+        new grpc.Metadata(),
+        (e) => {
+          c.close();
+          resolve(grpc.status[e?.code ?? 0]);
+        },
+      );
+    });
+    expect(garbage).toBe('UNAUTHENTICATED');
     expect((await client.ModelInfer(req, user)).model_name).toBe('big');
     expect(await failure(client.RepositoryIndex({}, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
     expect(await failure(client.RepositoryModelUnload({ model_name: 'big' }, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);

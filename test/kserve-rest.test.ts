@@ -560,6 +560,9 @@ describe('KServe v2 over REST with tokens and small limits', () => {
     }
     const body = JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2], data: [1, 2] }] });
     expect((await call('POST', '/models/id-f32/infer', undefined, body)).status).toBe(401);
+    // refused before the body is parsed: a body that is not even JSON gets 401, not 400
+    expect(await call('POST', '/models/id-f32/infer', undefined, '{not json')).toMatchObject({ status: 401, code: 'UNAUTHENTICATED' });
+    expect(await call('POST', '/repository/models/id-f32/load', 'wrong', '{not json')).toMatchObject({ status: 403, code: 'FORBIDDEN' });
     expect((await call('POST', '/models/id-f32/infer', 'user-token', body)).body.outputs[0].data).toEqual([1, 2]);
     expect((await call('POST', '/repository/index')).status).toBe(401);
     expect(await call('POST', '/repository/index', 'user-token')).toMatchObject({ status: 403, code: 'FORBIDDEN' });

@@ -150,6 +150,11 @@ export function createKserveCore({
     /** Readiness: every model the repository asks for is AVAILABLE (open to probes, like /ready). */
     ready: () => models.ready,
 
+    /** The token check alone: made before a request's body is read or decoded, so that nobody without one costs that. */
+    checkApi(who: Who): void {
+      access(who).checkApi();
+    },
+
     serverMetadata(who: Who) {
       access(who).checkApi();
       return { name: PACKAGE.name, version: PACKAGE.version, extensions: EXTENSIONS };

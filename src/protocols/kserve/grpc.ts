@@ -200,6 +200,46 @@ function receiveWithin(ms: number): grpc.ServerInterceptor {
   };
 }
 
+/** Who calls: the token of the call's metadata, and where it comes from. */
+function whoOf(metadata: grpc.Metadata, peer: string): Who {
+  const auth = metadata.get('authorization')[0];
+  return {
+    authorization: auth === undefined ? null : String(auth),
+    caller: { remoteAddress: peerAddress(peer), forwarded: wasForwarded((h) => metadata.get(h)[0]) },
+  };
+}
+
+/** RPCs open to probes without a token. */
+const PROBES = new Set(['ServerLive', 'ServerReady']);
+
+/**
+ * The token is checked at the call's metadata, before its message is read and decoded: a caller without one costs
+ * no decoding (the handlers check again, with the admin rules).
+ */
+function tokensFirst(core: KserveCore, logger: Logger): grpc.ServerInterceptor {
+  return (method, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      start: (next) =>
+        next({
+          onReceiveMetadata: (metadata, nextMetadata) => {
+            const rpc = method.path.split('/').pop() ?? '';
+            if (!PROBES.has(rpc)) {
+              try {
+                core.checkApi(whoOf(metadata, call.getPeer()));
+              } catch (e) {
+                const m = mapError(e);
+                logger.info({ rpc, code: grpc.status[m.grpc] }, 'grpc');
+                const trailer = new grpc.Metadata();
+                trailer.set('error-code', m.code);
+                return call.sendStatus({ code: m.grpc, details: m.message, metadata: trailer });
+              }
+            }
+            nextMetadata(metadata);
+          },
+        }),
+    });
+}
+
 /** Set on a request refused before it was decoded (too many elements, or not a message): the error to answer. */
 const REFUSED = Symbol('refused before decoding');
 
@@ -221,7 +261,8 @@ export function createGrpcServer({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': -1,
     'grpc.max_concurrent_streams': maxStreamsPerConnection,
-    interceptors: [receiveWithin(requestTimeoutMs)],
+    // the first interceptor is handed grpc-js's own call (receiveWithin reaches its stream)
+    interceptors: [receiveWithin(requestTimeoutMs), tokensFirst(core, logger)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
   // no such limit of its own)
@@ -231,7 +272,6 @@ export function createGrpcServer({
   listener.on('connection', (socket) => {
     if (!socket.destroyed) injector.injectConnection(socket);
   });
-  const quiet = new Set(['ServerLive', 'ServerReady']);
 
   const unary =
     (rpc: string, fn: Handler): grpc.handleUnaryCall<unknown, unknown> =>
@@ -239,22 +279,12 @@ export function createGrpcServer({
       const given = call.metadata.get('x-request-id')[0];
       const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
       const t0 = performance.now();
-      const auth = call.metadata.get('authorization')[0];
       requestContext.run({ requestId }, () => {
         const done = (code: grpc.status) => {
-          if (!quiet.has(rpc)) logger.info({ rpc, code: grpc.status[code], ms: Math.round((performance.now() - t0) * 10) / 10 }, 'grpc');
+          if (!PROBES.has(rpc)) logger.info({ rpc, code: grpc.status[code], ms: Math.round((performance.now() - t0) * 10) / 10 }, 'grpc');
         };
         Promise.resolve()
-          .then(() =>
-            fn(
-              call.request as never,
-              {
-                authorization: auth === undefined ? null : String(auth),
-                caller: { remoteAddress: peerAddress(call.getPeer()), forwarded: wasForwarded((h) => call.metadata.get(h)[0]) },
-              },
-              call,
-            ),
-          )
+          .then(() => fn(call.request as never, whoOf(call.metadata, call.getPeer()), call))
           .then(
             (response) => {
               done(grpc.status.OK);

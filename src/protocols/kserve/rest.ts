@@ -338,6 +338,7 @@ export function createRestRoute({
       }
       if (m[3] === 'infer') {
         expect('POST');
+        core.checkApi(auth);
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
         const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, maxJsonValues);
@@ -364,6 +365,7 @@ export function createRestRoute({
     }
     if (path === '/v2/repository/index') {
       expect('POST');
+      core.checkApi(auth);
       const doc = parseJson(await readBody(req, maxBodyBytes), 'the index request');
       const ready = isObject(doc) && doc.ready === true;
       return sendJson(res, 200, core.repositoryIndex(auth, ready));
@@ -371,6 +373,7 @@ export function createRestRoute({
     const r = REPOSITORY_PATH.exec(path);
     if (r) {
       expect('POST');
+      core.checkApi(auth);
       const name = pathPart(r[1]);
       const doc = parseJson(await readBody(req, maxBodyBytes), `the ${r[2]} request`);
       if (r[2] === 'load') await core.load(auth, name, loadOptions(doc));
