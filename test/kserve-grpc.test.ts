@@ -615,3 +615,20 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     expect(small.outputs[1].contents.fp32_contents.slice(0, 3)).toEqual([0, 1, 2]);
   });
 });
+
+describe('KServe v2 over gRPC on IPv6 loopback', () => {
+  it('admin RPCs without ADMIN_TOKEN are allowed from ::1 (loopback), as over HTTP', async () => {
+    const gw = await startGateway({
+      models: { 'id-f32': { onnx: identityModel(ElemType.FLOAT, ['N', 2]), config: { task: 'raw' } } },
+      env: { HOST: '::1' },
+    });
+    const client = createKserveGrpcClient(`[::1]:${gw.grpcPort}`);
+    try {
+      expect(await client.RepositoryModelUnload({ model_name: 'id-f32' })).toEqual({});
+      expect(await client.ModelReady({ name: 'id-f32' })).toEqual({ ready: false });
+    } finally {
+      client.close();
+      await gw.close();
+    }
+  });
+});

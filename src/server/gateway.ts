@@ -133,10 +133,10 @@ export function createGateway({
         return { ...http, grpcPort };
       } catch (e) {
         await new Promise((resolve) => server.close(resolve));
-        // grpc-js reports a bind failure as text only: keep the errno code, and say which port it was
+        // a bind failure of the gRPC port: its errno code, and which port it was
         const message = errorMessage(e);
         throw Object.assign(new Error(message), {
-          code: /EADDRINUSE|EACCES|EADDRNOTAVAIL/.exec(message)?.[0],
+          code: (e as NodeJS.ErrnoException).code ?? /EADDRINUSE|EACCES|EADDRNOTAVAIL/.exec(message)?.[0],
           port: config.grpcPort,
           setting: 'GRPC_PORT',
         });

@@ -125,8 +125,11 @@ export function encodeInferResponse(r: V2InferResponse, raw: boolean, maxJsonVal
 
 type Handler = (request: never, who: Who, call: grpc.ServerUnaryCall<unknown, unknown>) => unknown;
 
-/** The peer address of a call ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") as a plain address. */
-const peerAddress = (peer: string) => /^ipv[46]:\[?([^\]]+?)\]?:\d+$/.exec(peer)?.[1] ?? peer;
+/**
+ * The peer address of a call as a plain address: grpc-js gives "127.0.0.1:5000" or "::1:5000" (older versions
+ * "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000").
+ */
+const peerAddress = (peer: string) => /^(?:ipv[46]:)?\[?(.+?)\]?:\d+$/.exec(peer)?.[1] ?? peer;
 
 export interface GrpcServerOptions {
   core: KserveCore;
