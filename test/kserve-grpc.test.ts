@@ -502,6 +502,25 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
   });
   const user = { authorization: 'Bearer user-token' };
   const admin = { authorization: 'Bearer admin-token' };
+  /** ModelInfer with the message's bytes as they are (what a client library would never send): its status and error code. */
+  const modelInferBytes = (bytes: Buffer, metadata: Record<string, string>) =>
+    new Promise<[string, string | undefined]>((resolve) => {
+      const infer = loadServiceDefinition().ModelInfer;
+      const c = new grpc.Client(`127.0.0.1:${gw.grpcPort}`, grpc.credentials.createInsecure());
+      const md = new grpc.Metadata();
+      for (const [k, v] of Object.entries(metadata)) md.set(k, v);
+      c.makeUnaryRequest(
+        infer.path,
+        (b: Buffer) => b,
+        infer.responseDeserialize,
+        bytes,
+        md,
+        (e) => {
+          c.close();
+          resolve([grpc.status[e?.code ?? 0], e?.metadata.get('error-code')[0]?.toString()]);
+        },
+      );
+    });
 
   it('authorization metadata: probes open, API token for the rest (UNAUTHENTICATED / PERMISSION_DENIED), admin token for the repository', async () => {
     expect(await client.ServerLive()).toEqual({ live: true });
@@ -515,22 +534,7 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     const req = { model_name: 'big', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2] }], raw_input_contents: [Buffer.alloc(8)] };
     expect(await failure(client.ModelInfer(req))).toEqual(['UNAUTHENTICATED', 'UNAUTHENTICATED']);
     // refused at the call's metadata, before its message is decoded: a message that does not parse gets UNAUTHENTICATED
-    const infer = loadServiceDefinition().ModelInfer;
-    const garbage = await new Promise<string>((resolve) => {
-      const c = new grpc.Client(`127.0.0.1:${gw.grpcPort}`, grpc.credentials.createInsecure());
-      c.makeUnaryRequest(
-        infer.path,
-        (b: Buffer) => b,
-        infer.responseDeserialize,
-        Buffer.from([0x7b, 0x7c]),
-        new grpc.Metadata(),
-        (e) => {
-          c.close();
-          resolve(grpc.status[e?.code ?? 0]);
-        },
-      );
-    });
-    expect(garbage).toBe('UNAUTHENTICATED');
+    expect((await modelInferBytes(Buffer.from([0x7b, 0x7c]), {}))[0]).toBe('UNAUTHENTICATED');
     expect((await client.ModelInfer(req, user)).model_name).toBe('big');
     expect(await failure(client.RepositoryIndex({}, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
     expect(await failure(client.RepositoryModelUnload({ model_name: 'big' }, user))).toEqual(['PERMISSION_DENIED', 'FORBIDDEN']);
@@ -570,23 +574,7 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     // protobufjs reads it (it skips what it does not know, such as groups)
     const infer = loadServiceDefinition().ModelInfer;
     const encoded = Buffer.from(infer.requestSerialize(typed('big', 5000)));
-    const call = (bytes: Buffer) =>
-      new Promise<[string, string | undefined]>((resolve) => {
-        const c = new grpc.Client(`127.0.0.1:${gw.grpcPort}`, grpc.credentials.createInsecure());
-        const md = new grpc.Metadata();
-        md.set('authorization', 'Bearer user-token');
-        c.makeUnaryRequest(
-          infer.path,
-          (b: Buffer) => b,
-          infer.responseDeserialize,
-          bytes,
-          md,
-          (e) => {
-            c.close();
-            resolve([grpc.status[e?.code ?? 0], e?.metadata.get('error-code')[0]?.toString()]);
-          },
-        );
-      });
+    const call = (bytes: Buffer) => modelInferBytes(bytes, user);
     expect(await call(Buffer.concat([Buffer.from([0x7b, 0x7c]), encoded]))).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
     const many = (field: 'inputs' | 'bytes' | 'bools', n: number) =>
       Buffer.from(
