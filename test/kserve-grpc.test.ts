@@ -576,6 +576,12 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
     const encoded = Buffer.from(infer.requestSerialize(typed('big', 5000)));
     const call = (bytes: Buffer) => modelInferBytes(bytes, user);
     expect(await call(Buffer.concat([Buffer.from([0x7b, 0x7c]), encoded]))).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    // a known field with another wire type: protobufjs reads a message field's bytes whatever the wire type says
+    expect(await call(Buffer.from([0x28, 0x7f]))).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    // what is inside a requested output counts too (2000 empty names in one output)
+    const names = Buffer.from(Array.from({ length: 2000 }, () => [0x0a, 0x00]).flat());
+    const output = Buffer.concat([Buffer.from([0x32, 0xa0, 0x1f]), names]); // field 6, length 4000
+    expect(await call(output)).toEqual(['RESOURCE_EXHAUSTED', 'LIMIT_EXCEEDED']);
     const many = (field: 'inputs' | 'bytes' | 'bools', n: number) =>
       Buffer.from(
         infer.requestSerialize({

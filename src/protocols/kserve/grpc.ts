@@ -337,7 +337,11 @@ export function createGrpcServer({
           return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads (proto3, no groups)') };
         if (elements > maxJsonValues)
           return { [REFUSED]: tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents') };
-        return infer.requestDeserialize(buf);
+        try {
+          return infer.requestDeserialize(buf);
+        } catch {
+          return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads') };
+        }
       },
     },
   };

@@ -1,18 +1,17 @@
 /**
  * How many elements a ModelInferRequest holds, read off the wire before @grpc/proto-loader (protobufjs) decodes it:
  * protobufjs builds a JavaScript value for each one on the event loop (a typed value, an input, a shape dimension, a
- * parameter, a bytes_contents entry: 8 MB of fp32_contents took 0.2 s here, 1M empty inputs in 2 MB took 1.1 s), while
- * raw contents are one buffer each. One pass, nothing allocated, stopped once past `max`. Field numbers are those of
- * open_inference_grpc.proto: ModelInferRequest.inputs = 5, InferInputTensor.shape = 3 and .contents = 5,
- * InferTensorContents 1-5 (varints), 6 (fixed32), 7 (fixed64), 8 (bytes).
+ * parameter, a name: 8 MB of fp32_contents took 0.2 s here, 1M empty inputs in 2 MB took 1.1 s), while raw contents
+ * are one buffer each. One pass over the message and everything in it, nothing allocated, stopped once past `max`.
  *
- * Returns the count (up to `max` + 1), or null when the message does not parse: protobufjs would skip what it does not
- * know (groups, say) without counting it, so such a message is refused rather than decoded.
+ * Returns the count (up to `max` + 1), or null when the message is not one protobufjs would read as this server
+ * counts it: a known field with another wire type (protobufjs reads a message field's bytes whatever its wire type
+ * says, so `inputs` sent as a number hid a million shape values), a group, a truncated value. Such a message is refused.
  */
 export function messageElements(buf: Uint8Array, max: number): number | null {
   const scan = new Scan(buf, max);
   try {
-    scan.message(0, buf.length, 'request');
+    scan.message(0, buf.length, REQUEST);
     return scan.count;
   } catch (e) {
     if (e === PAST) return scan.count;
@@ -20,7 +19,33 @@ export function messageElements(buf: Uint8Array, max: number): number | null {
   }
 }
 
-type Level = 'request' | 'input' | 'contents' | 'leaf';
+/**
+ * What a field holds, for the fields of open_inference_grpc.proto: a message (read into), bytes or a string, one
+ * varint, one fixed 64-bit value, or repeated scalars (packed, or one by one).
+ */
+type Kind = Schema | 'bytes' | 'varint' | 'fixed64' | 'varints' | 'fixed32s' | 'fixed64s';
+interface Schema {
+  [field: number]: Kind;
+}
+// InferParameter: bool, int64, string, double, uint64
+const PARAMETER: Schema = { 1: 'varint', 2: 'varint', 3: 'bytes', 4: 'fixed64', 5: 'varint' };
+// a map<string, InferParameter> entry
+const PARAMETERS: Schema = { 1: 'bytes', 2: PARAMETER };
+const CONTENTS: Schema = { 1: 'varints', 2: 'varints', 3: 'varints', 4: 'varints', 5: 'varints', 6: 'fixed32s', 7: 'fixed64s', 8: 'bytes' };
+const INPUT: Schema = { 1: 'bytes', 2: 'bytes', 3: 'varints', 4: PARAMETERS, 5: CONTENTS };
+const OUTPUT: Schema = { 1: 'bytes', 2: PARAMETERS };
+const REQUEST: Schema = { 1: 'bytes', 2: 'bytes', 3: 'bytes', 4: PARAMETERS, 5: INPUT, 6: OUTPUT, 7: 'bytes' };
+
+/** The wire types a kind may come with (repeated scalars: one by one, or packed). */
+function wireFits(kind: Kind, wire: number): boolean {
+  if (typeof kind === 'object' || kind === 'bytes') return wire === 2;
+  if (kind === 'varint') return wire === 0;
+  if (kind === 'fixed64') return wire === 1;
+  if (kind === 'varints') return wire === 0 || wire === 2;
+  if (kind === 'fixed32s') return wire === 5 || wire === 2;
+  return wire === 1 || wire === 2; // fixed64s
+}
+
 /** Thrown once the count is past the limit: the rest is not read. */
 const PAST = Symbol('past the limit');
 
@@ -50,14 +75,16 @@ class Scan {
     throw new Error('varint too long');
   }
 
-  /** The fields between start and end, each counted; the messages that hold elements are read into. */
-  message(start: number, end: number, level: Level): void {
+  /** Every field between start and end counts (each is a value protobufjs reads); packed values each count. */
+  message(start: number, end: number, schema: Schema): void {
     this.pos = start;
     while (this.pos < end) {
       const key = this.varint(end);
       const field = Math.floor(key / 8);
       const wire = key % 8;
-      if (field === 0) throw new Error('field 0');
+      const kind: Kind | undefined = schema[field];
+      if (field === 0 || (kind !== undefined && !wireFits(kind, wire))) throw new Error(`field ${field}: wire type ${wire}`);
+      this.add(1);
       if (wire === 0) this.varint(end);
       else if (wire === 1 || wire === 5) {
         this.pos += wire === 1 ? 8 : 4;
@@ -67,32 +94,22 @@ class Scan {
         const from = this.pos;
         const to = from + len;
         if (to > end) throw new Error('truncated');
-        this.lengthDelimited(level, field, from, to);
+        if (typeof kind === 'object') this.message(from, to, kind);
+        else if (kind === 'varints') this.add(this.varintsIn(from, to));
+        else if (kind === 'fixed32s' || kind === 'fixed64s') {
+          const size = kind === 'fixed32s' ? 4 : 8;
+          if ((to - from) % size !== 0) throw new Error('packed fixed values of a broken length');
+          this.add((to - from) / size);
+        }
         this.pos = to;
-        continue;
       } else throw new Error(`wire type ${wire}`); // groups (3, 4) and anything else
-      this.add(1);
     }
   }
 
-  private lengthDelimited(level: Level, field: number, from: number, to: number): void {
-    // a message is a value itself, empty or not, and so is each of its parts
-    if ((level === 'request' || level === 'input') && field === 5) {
-      this.add(1);
-      return this.message(from, to, level === 'request' ? 'input' : 'contents');
-    }
-    const packedVarints = (level === 'input' && field === 3) || (level === 'contents' && field >= 1 && field <= 5);
-    if (packedVarints) {
-      // one value per byte below 0x80 (the last byte of each varint)
-      let n = 0;
-      for (let i = from; i < to; i++) if (this.buf[i] < 0x80) n++;
-      return this.add(n);
-    }
-    if (level === 'contents' && (field === 6 || field === 7)) {
-      const size = field === 6 ? 4 : 8;
-      if ((to - from) % size !== 0) throw new Error('packed fixed values of a broken length');
-      return this.add((to - from) / size);
-    }
-    this.add(1); // a string, bytes, or a message whose parts are few (parameters, outputs)
+  /** Packed varints: one value per byte below 0x80 (the last byte of each). */
+  private varintsIn(from: number, to: number): number {
+    let n = 0;
+    for (let i = from; i < to; i++) if (this.buf[i] < 0x80) n++;
+    return n;
   }
 }
