@@ -472,6 +472,10 @@ describe('the server cannot be taken down', () => {
     expect(status).toBe(String(grpcStatus.DEADLINE_EXCEEDED));
     expect(ms).toBeGreaterThanOrEqual(1900);
     expect(ms).toBeLessThan(10_000);
+    // a whole message without its end of stream: the call starts only then, so it is ended too (a unary handler waits)
+    const unended = call('/inference.GRPCInferenceService/ServerMetadata', Buffer.alloc(5));
+    const late = await Promise.race([unended.ended, new Promise<null>((r) => setTimeout(() => r(null), 8000))]);
+    expect(late?.status).toBe(String(grpcStatus.DEADLINE_EXCEEDED));
     // the connection stays, and serves (no GOAWAY by age: calls that compute longer than REQUEST_TIMEOUT_MS are not cut)
     await new Promise((r) => setTimeout(r, 2500));
     const live = call('/inference.GRPCInferenceService/ServerLive', Buffer.alloc(5));

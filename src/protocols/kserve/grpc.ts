@@ -163,7 +163,8 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
 }
 
 /**
- * A call whose message has not arrived within `ms` is ended (DEADLINE_EXCEEDED), as a slow REST body is cut, and its
+ * A call whose message (and end of stream) has not arrived within `ms` is ended (DEADLINE_EXCEEDED), as a slow REST
+ * body is cut, and its
  * HTTP/2 stream is reset, so that the part of the message received is let go (after a status alone the stream stays
  * half open for as long as the client keeps it). The time the call then takes to compute is not bounded here.
  */
@@ -183,11 +184,8 @@ function receiveWithin(ms: number): grpc.ServerInterceptor {
           const stream = (call as unknown as { stream?: http2.ServerHttp2Stream }).stream;
           setImmediate(() => stream?.close(http2.constants.NGHTTP2_CANCEL));
         }, ms);
+        // a unary call starts when the client ends its stream, not when the message is in: kept until then
         next({
-          onReceiveMessage: (message, nextMessage) => {
-            stop();
-            nextMessage(message);
-          },
           onReceiveHalfClose: (nextHalfClose) => {
             stop();
             nextHalfClose();
