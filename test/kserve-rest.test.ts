@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ElemType, identityModel } from './onnx-builder.ts';
@@ -196,6 +197,26 @@ describe('KServe v2 over REST', () => {
       }),
     );
     expect(Array.from(new Float32Array(new Uint8Array(back.parts.y).buffer))).toEqual([NaN, Infinity, -Infinity, 1.5, 0, 2]);
+  });
+
+  it('BYTES binary data is split into no more elements than the shape says (8 MB of zeros were 2M empty elements)', async () => {
+    const zeros = new Uint8Array(8 * 1024 * 1024);
+    const b = binaryBody({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], parameters: { binary_data_size: zeros.length } }] }, [
+      zeros,
+    ]);
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    const r = await json(post('/models/mobilenet/infer', b.body, b.headers));
+    expect([r.status, r.code]).toEqual([400, 'INVALID_IMAGE']);
+    // and a shape past MAX_IMAGES_PER_REQUEST (8 here) is refused before the data is split
+    const many = binaryBody(
+      { inputs: [{ name: 'input', datatype: 'BYTES', shape: [2_000_000], parameters: { binary_data_size: zeros.length } }] },
+      [zeros],
+    );
+    const m = await json(post('/models/mobilenet/infer', many.body, many.headers));
+    delay.disable();
+    expect([m.status, m.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    expect(delay.max / 1e6).toBeLessThan(500);
   });
 
   it('a batch (dimension 0 > 1) is split into items, batched, and joined back in order', async () => {

@@ -193,7 +193,8 @@ export function parseBytes(buf: Uint8Array, expected: number, name: string): Uin
   const elements: Uint8Array[] = [];
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let at = 0;
-  while (at + 4 <= buf.length) {
+  // no more than the shape says: a buffer of zeros is as many empty elements as it has 4-byte groups
+  while (at + 4 <= buf.length && elements.length <= expected) {
     const len = view.getUint32(at, true);
     if (at + 4 + len > buf.length) break;
     elements.push(buf.subarray(at + 4, at + 4 + len));
@@ -202,6 +203,20 @@ export function parseBytes(buf: Uint8Array, expected: number, name: string): Uin
   if (at === buf.length && elements.length === expected) return elements;
   if (expected === 1 && buf.length > 0) return [buf];
   throw invalid(`input ${name}: BYTES data does not hold ${expected} length-prefixed elements`);
+}
+
+/**
+ * The count of BYTES elements a shape says, refused past the items one request may carry (MAX_IMAGES_PER_REQUEST)
+ * before any element is read.
+ */
+export function bytesCount(shape: readonly number[], name: string, maxItems: number): number {
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (n > maxItems)
+    throw new GatewayError(
+      ErrorCode.LIMIT_EXCEEDED,
+      `input ${name}: ${n} BYTES elements, more than ${maxItems} images or inferences in one request (MAX_IMAGES_PER_REQUEST)`,
+    );
+  return n;
 }
 
 /** BYTES elements from JSON: strings (their UTF-8 bytes) or `{"b64": "<base64>"}` (for binary data such as photos). */

@@ -6,6 +6,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { toBytes } from '../../engine/types.ts';
 import { requestContext, type Logger } from '../../log.ts';
 import {
+  bytesCount,
   checkCount,
   contentsField,
   contentsValues,
@@ -51,14 +52,13 @@ interface InferRequestMessage {
 }
 
 /** Decode ModelInferRequest; `raw` says whether it used raw_input_contents (the response mirrors it). */
-export function decodeInferRequest(msg: InferRequestMessage): { request: V2InferRequest; raw: boolean } {
+export function decodeInferRequest(msg: InferRequestMessage, maxItems = Infinity): { request: V2InferRequest; raw: boolean } {
   const raw = msg.raw_input_contents.length > 0;
   if (raw && msg.raw_input_contents.length !== msg.inputs.length)
     throw invalid(`raw_input_contents holds ${msg.raw_input_contents.length} entries for ${msg.inputs.length} inputs`);
   const inputs = msg.inputs.map((i, k): V2Input => {
     const name = i.name;
     const shape = parseShape(i.shape, name);
-    const count = shape.reduce((a, b) => a * b, 1);
     const typed = Object.entries(i.contents ?? {})
       .filter(([, v]) => Array.isArray(v) && v.length > 0)
       .map(([field]) => field);
@@ -68,7 +68,8 @@ export function decodeInferRequest(msg: InferRequestMessage): { request: V2Infer
     if (raw) {
       const b = msg.raw_input_contents[k];
       const bytes = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
-      if (i.datatype === 'BYTES') return { name, datatype: i.datatype, shape, data: parseBytes(bytes, count, name) };
+      if (i.datatype === 'BYTES')
+        return { name, datatype: i.datatype, shape, data: parseBytes(bytes, bytesCount(shape, name, maxItems), name) };
       engineDtype(i.datatype, name);
       return { name, datatype: i.datatype, shape, data: bytes };
     }
@@ -145,6 +146,8 @@ export interface GrpcServerOptions {
   requestTimeoutMs?: number;
   /** Calls open at once on one connection (HTTP/2 streams). */
   maxStreamsPerConnection?: number;
+  /** Images (BYTES elements) one request may carry (MAX_IMAGES_PER_REQUEST), checked before they are split. */
+  maxItems?: number;
 }
 
 export interface KserveGrpcServer {
@@ -253,6 +256,7 @@ export function createGrpcServer({
   maxConnectionsPerClient = 256,
   requestTimeoutMs = 120_000,
   maxStreamsPerConnection = 100,
+  maxItems = 64,
 }: GrpcServerOptions): KserveGrpcServer {
   // grpc-js writes its own diagnostics to stderr as plain text; the gateway's output is JSON lines only (what matters,
   // a bind failure, reaches the caller of listen())
@@ -351,7 +355,7 @@ export function createGrpcServer({
     ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
     ModelInfer: unary('ModelInfer', async (r: InferRequestMessage & { [REFUSED]?: Error }, auth, call) => {
       if (r[REFUSED]) throw r[REFUSED];
-      const { request, raw } = decodeInferRequest(r);
+      const { request, raw } = decodeInferRequest(r, maxItems);
       // a call the client cancels (or whose deadline passes): the work not yet started for it is dropped
       const leaving = new AbortController();
       const left = () => leaving.abort();

@@ -41,7 +41,14 @@ export function createKserveProtocol({
 }: KserveOptions): KserveProtocol {
   const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes, maxJsonValues });
   return {
-    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues }),
-    grpc: createGrpcServer({ core, logger, maxMessageBytes: maxUploadBytes, maxJsonValues, ...grpcConnections }),
+    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues, maxItems: maxImagesPerRequest }),
+    grpc: createGrpcServer({
+      core,
+      logger,
+      maxMessageBytes: maxUploadBytes,
+      maxJsonValues,
+      maxItems: maxImagesPerRequest,
+      ...grpcConnections,
+    }),
   };
 }

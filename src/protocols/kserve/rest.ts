@@ -5,6 +5,7 @@ import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
 import {
+  bytesCount,
   checkCount,
   engineDtype,
   jsonBytesElement,
@@ -138,7 +139,11 @@ function jsonValues(json: Buffer, max: number): number {
  * Decode an infer request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length). JSON is
  * parsed on the event loop, value by value: past `maxJsonValues` it is refused before parsing.
  */
-export function parseInferRequest(body: Buffer, headerLength: string | undefined, maxJsonValues = Infinity): RestInfer {
+export function parseInferRequest(
+  body: Buffer,
+  headerLength: string | undefined,
+  { maxJsonValues = Infinity, maxItems = Infinity }: { maxJsonValues?: number; maxItems?: number } = {},
+): RestInfer {
   let json: Buffer = body;
   let binary: Buffer | null = null;
   if (headerLength !== undefined) {
@@ -181,11 +186,7 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
           name,
           datatype,
           shape,
-          data: parseBytes(
-            bytes,
-            shape.reduce((a, b) => a * b, 1),
-            name,
-          ),
+          data: parseBytes(bytes, bytesCount(shape, name, maxItems), name),
         };
       engineDtype(datatype, name);
       return { name, datatype, shape, data: bytes };
@@ -193,7 +194,10 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
     if (raw.data === undefined) throw invalid(`input ${name} has no "data" (nor binary_data_size)`);
     const values = flatData(raw.data, shape.length, name);
     checkCount(name, shape, values.length);
-    if (datatype === 'BYTES') return { name, datatype, shape, data: values.map((v) => jsonBytesElement(v, name)) };
+    if (datatype === 'BYTES') {
+      bytesCount(shape, name, maxItems);
+      return { name, datatype, shape, data: values.map((v) => jsonBytesElement(v, name)) };
+    }
     return { name, datatype, shape, data: valuesToBytes(engineDtype(datatype, name), values, name) };
   });
   if (binary && at !== binary.length) throw invalid(`${binary.length - at} bytes of binary data after the last binary input`);
@@ -281,12 +285,15 @@ export function createRestRoute({
   logger,
   maxBodyBytes = 50 * 1024 * 1024,
   maxJsonValues = 524_288,
+  maxItems = 64,
 }: {
   core: KserveCore;
   logger: Logger;
   maxBodyBytes?: number;
   /** Values of JSON parsed from a request, and of tensors written as JSON in its answer (MAX_JSON_VALUES). */
   maxJsonValues?: number;
+  /** Images (BYTES elements) one request may carry (MAX_IMAGES_PER_REQUEST), checked before they are read. */
+  maxItems?: number;
 }): RestRoute {
   const fail = (res: ServerResponse, e: unknown) => {
     const m = mapError(e);
@@ -341,7 +348,7 @@ export function createRestRoute({
         core.checkApi(auth);
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
-        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, maxJsonValues);
+        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, { maxJsonValues, maxItems });
         // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
         const leaving = new AbortController();
         const left = () => {
