@@ -453,7 +453,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const name = flag !== undefined ? flagName(st.env) : st.env;
     config[st.key] = raw === undefined || raw === '' ? st.fallback : st.parse(raw, name);
   }
-  return config as unknown as Config;
+  const c = config as unknown as Config;
+  // Node's HTTP server refuses this pair when it starts listening, with a stack trace that names neither setting
+  if (c.requestTimeoutMs < c.headersTimeoutMs)
+    throw new ConfigError(
+      `REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) is below HEADERS_TIMEOUT_MS (${c.headersTimeoutMs}): the whole request cannot take less time than its headers; lower HEADERS_TIMEOUT_MS too`,
+    );
+  return c;
 }
 
 export function usage(): string {

@@ -80,6 +80,9 @@ describe('scale-out settings', () => {
     expect(() => loadConfig({ REDIS_URL: 'http://cache:6379' }, [])).toThrow(/REDIS_URL: expected a redis:\/\/ or rediss:\/\/ URL/);
     expect(() => loadConfig({}, ['--replica-name', 'a b'])).toThrow(ConfigError);
     expect(() => loadConfig({ DRAIN_DELAY_MS: '-1' }, [])).toThrow(/DRAIN_DELAY_MS/);
+    // Node refuses a request timeout below the headers timeout with its own stack trace at listen: said here instead
+    expect(() => loadConfig({ REQUEST_TIMEOUT_MS: '3000' }, [])).toThrow(/REQUEST_TIMEOUT_MS \(3000\).*HEADERS_TIMEOUT_MS \(15000\)/);
+    expect(loadConfig({ REQUEST_TIMEOUT_MS: '3000', HEADERS_TIMEOUT_MS: '2000' }, []).requestTimeoutMs).toBe(3000);
     expect(loadConfig({}, ['--drain-delay-ms', '250']).drainDelayMs).toBe(250);
   });
 });
