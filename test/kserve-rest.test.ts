@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -199,6 +200,25 @@ describe('KServe v2 over REST', () => {
     expect(Array.from(new Float32Array(new Uint8Array(back.parts.y).buffer))).toEqual([NaN, Infinity, -Infinity, 1.5, 0, 2]);
   });
 
+  it('a client that hangs up while sending its body is no server error (no "unexpected error" in the log)', async () => {
+    const port = Number(new URL(gw.url).port);
+    await new Promise<void>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.write(
+          'POST /v2/models/id-f32/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs"',
+        );
+        setTimeout(() => {
+          s.destroy();
+          resolve();
+        }, 200);
+      });
+      s.on('error', () => undefined);
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(gw.logs.filter((l) => l.includes('unexpected error'))).toEqual([]);
+    expect((await json(get('/health/ready'))).status).toBe(200);
+  });
+
   it('BYTES binary data is split into no more elements than the shape says (8 MB of zeros were 2M empty elements)', async () => {
     const zeros = new Uint8Array(8 * 1024 * 1024);
     const b = binaryBody({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], parameters: { binary_data_size: zeros.length } }] }, [
@@ -217,6 +237,13 @@ describe('KServe v2 over REST', () => {
     delay.disable();
     expect([m.status, m.code]).toEqual([400, 'LIMIT_EXCEEDED']);
     expect(delay.max / 1e6).toBeLessThan(500);
+  });
+
+  it('"outputs": [] asks for every output, as no "outputs" does (and as gRPC does)', async () => {
+    const r = await json(
+      post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6] }], outputs: [] }),
+    );
+    expect(r.body.outputs).toEqual([{ name: 'y', datatype: 'FP32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6] }]);
   });
 
   it('a batch (dimension 0 > 1) is split into items, batched, and joined back in order', async () => {

@@ -78,7 +78,10 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       chunks.push(c);
     });
     req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
+    // a client that hangs up mid-body ("aborted", ECONNRESET): its leaving, not a server error
+    req.on('error', (e: NodeJS.ErrnoException) =>
+      reject(req.destroyed || e.code === 'ECONNRESET' ? new GatewayError(ErrorCode.CANCELLED, 'the client went away') : e),
+    );
   });
 }
 
@@ -212,10 +215,12 @@ export function parseInferRequest(
     if (p.binary_data === true || (p.binary_data === undefined && reqParams.binary_data_output === true)) binaryOutputs.add(raw.name);
     return { name: raw.name, classification: c ?? null };
   });
+  // an empty list asks for every output, as no list does (and as gRPC reads it)
+  const named = requested?.length ? requested : null;
   return {
-    request: { id: (doc.id as string | undefined) ?? null, inputs, outputs: requested ?? null },
+    request: { id: (doc.id as string | undefined) ?? null, inputs, outputs: named },
     binary: binaryOutputs,
-    allBinary: requested === undefined && reqParams.binary_data_output === true,
+    allBinary: named === null && reqParams.binary_data_output === true,
   };
 }
 
