@@ -131,10 +131,11 @@ function flatData(data: unknown, rank: number, name: string): unknown[] {
  * its opening brackets (each a list or an object JSON.parse builds). A base64 string holds none of them.
  */
 function jsonValues(json: Buffer, max: number): number {
+  const COMMA = 44;
+  const BRACKET = 91;
+  const BRACE = 123;
   let n = 1;
-  for (const c of [44, 91, 123])
-    // , [ {
-    for (let at = json.indexOf(c); at !== -1 && n <= max; at = json.indexOf(c, at + 1)) n++;
+  for (const c of [COMMA, BRACKET, BRACE]) for (let at = json.indexOf(c); at !== -1 && n <= max; at = json.indexOf(c, at + 1)) n++;
   return n;
 }
 
