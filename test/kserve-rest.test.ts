@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
+import { deflateSync, gzipSync } from 'node:zlib';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -632,6 +633,32 @@ describe('KServe v2 over REST with tokens and small limits', () => {
       headers: { ...b.headers, authorization: 'Bearer user-token' },
     });
   };
+
+  it('a gzip or deflate body (tritonclient request_compression_algorithm) is read; decompressed past MAX_UPLOAD_BYTES it is 413', async () => {
+    const body = Buffer.from(JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2], data: [1.5, -2] }] }));
+    for (const [encoding, packed] of [
+      ['gzip', gzipSync(body)],
+      ['deflate', deflateSync(body)],
+    ] as const) {
+      const r = await call('POST', '/models/id-f32/infer', 'user-token', new Uint8Array(packed), { 'content-encoding': encoding });
+      expect(r.body.outputs?.[0].data, encoding).toEqual([1.5, -2]);
+    }
+    const bomb = gzipSync(Buffer.alloc(1024 * 1024, 32)); // 1 MB of spaces in 1 kB, past this server's 64 kB
+    expect(bomb.length).toBeLessThan(4096);
+    expect(await call('POST', '/models/id-f32/infer', 'user-token', new Uint8Array(bomb), { 'content-encoding': 'gzip' })).toMatchObject({
+      status: 413,
+      code: 'PAYLOAD_TOO_LARGE',
+    });
+    expect(
+      await call('POST', '/models/id-f32/infer', 'user-token', new Uint8Array(body), { 'content-encoding': 'compress' }),
+    ).toMatchObject({
+      status: 415,
+    });
+    expect(await call('POST', '/models/id-f32/infer', 'user-token', new Uint8Array(body), { 'content-encoding': 'gzip' })).toMatchObject({
+      status: 400,
+      code: 'INVALID_INPUT',
+    });
+  });
 
   it('a response past MAX_RESPONSE_BYTES is refused (LIMIT_EXCEEDED), as in GraphQL', async () => {
     const big = await asBinary(new Array(3000).fill(1), { parameters: { binary_data_output: true } }); // 12 kB out, past 8 kB

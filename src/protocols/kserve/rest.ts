@@ -1,5 +1,7 @@
 // Over 250 lines on purpose: the whole /v2 REST mapping (routes, JSON and binary-extension bodies, errors) in one file.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { promisify } from 'node:util';
+import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
@@ -20,6 +22,9 @@ import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.
 import { invalid, mapError } from './errors.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { sendJson, sendJsonText } from '../../send-json.ts';
+
+const gunzipAsync = promisify(gunzip);
+const inflateAsync = promisify(inflate);
 
 /** A path segment, %-decoded; a broken escape (%E0) is the client's mistake, not a server error. */
 function pathPart(segment: string): string {
@@ -62,8 +67,28 @@ const params = (v: unknown, where: string): Params => {
   return v;
 };
 
-/** The whole body, refused past `limit` bytes (a Content-Length past it is refused by the HTTP server before this). */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * The whole body, refused past `limit` bytes, inflated when it comes compressed (Content-Encoding gzip or deflate, as
+ * tritonclient's request_compression_algorithm sends it): on the libuv pool, and no larger than `limit` once inflated
+ * (a small bomb is refused as it inflates, not inflated whole).
+ */
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const body = await readRaw(req, limit);
+  const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+  if (encoding === 'identity' || encoding === '') return body;
+  const inflate = encoding === 'gzip' || encoding === 'x-gzip' ? gunzipAsync : encoding === 'deflate' ? inflateAsync : null;
+  if (!inflate) throw new Refusal(415, `Content-Encoding ${encoding} is not read here: send gzip, deflate or an uncompressed body`);
+  try {
+    return await inflate(body, { maxOutputLength: limit });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE')
+      throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `the request body inflates past ${limit} bytes (MAX_UPLOAD_BYTES)`);
+    throw invalid(`the request body is not valid ${encoding} data (Content-Encoding)`);
+  }
+}
+
+/** The body as sent, refused past `limit` bytes (a Content-Length past it is refused by the HTTP server before this). */
+function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
