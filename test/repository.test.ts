@@ -245,6 +245,7 @@ describe('model repository over GraphQL', () => {
     });
     expect(errorCode(given)).toBe('INVALID_MODEL_CONFIG');
     expect(given.errors![0].extensions?.field).toBe('preprocessing.colorChannels');
+    expect(given.errors![0].message).toMatch(/preprocessing\.colorChannels: L gives 1 channel/);
     const served = await gw.gql(
       `mutation($f: File!) { classify(model: "misfit-given", image: { file: $f }, topK: 1) { predictions { label } } }`,
       { f: null },

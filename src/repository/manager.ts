@@ -62,9 +62,16 @@ export type AdminOp =
 /** Set while an admin operation of another replica is applied: it is not announced again. */
 const applyingRemote = new AsyncLocalStorage<boolean>();
 
-/** A version's failure as an error: its code and message, and the model.json field it names (if any). */
-const versionError = (mv: ModelVersion, fallback: ErrorCode, message = mv.errorMessage ?? 'the version did not load'): GatewayError =>
-  new GatewayError((mv.errorCode as ErrorCode | null) ?? fallback, message, mv.errorField ? { field: mv.errorField } : undefined);
+/**
+ * A version's failure as an error: its code, its message (`prefix` before it, or `fallback` when it has none), and the
+ * model.json field it names (if any).
+ */
+const versionError = (mv: ModelVersion, code: ErrorCode, { prefix = '', fallback = 'the version did not load' } = {}): GatewayError =>
+  new GatewayError(
+    (mv.errorCode as ErrorCode | null) ?? code,
+    prefix + (mv.errorMessage ?? fallback),
+    mv.errorField ? { field: mv.errorField } : undefined,
+  );
 
 const exists = (p: string) =>
   stat(p).then(
@@ -338,7 +345,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     fresh.loadedMtimeMs = old.loadedMtimeMs;
     await fresh.load(this.loadOptions);
     if (fresh.state !== 'AVAILABLE') {
-      model.configError = versionError(fresh, ErrorCode.INVALID_MODEL_CONFIG, 'the new configuration did not load');
+      model.configError = versionError(fresh, ErrorCode.INVALID_MODEL_CONFIG, { fallback: 'the new configuration did not load' });
       this.logger.warn(
         { model: model.name, version: old.version, error: fresh.errorMessage },
         'the new configuration did not load; the version keeps serving with the previous one',
@@ -482,7 +489,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             await candidate.load(this.loadOptions);
             if (candidate.state !== 'AVAILABLE') {
               if (staged.version !== null) this.dropVersion(model, staged.version);
-              throw versionError(candidate, ErrorCode.MODEL_LOAD_FAILED, `the upload was not loaded: ${candidate.errorMessage}`);
+              throw versionError(candidate, ErrorCode.MODEL_LOAD_FAILED, { prefix: 'the upload was not loaded: ' });
             }
           }
           const modelPath = await commitUpload(staged, model.dir, plan);
