@@ -298,7 +298,7 @@ export function classifyOutput(
  * O(n log k), not a sort of the whole row (a row of millions of values asked for its top 5 sorted them all on the
  * event loop).
  */
-export function topIndices(n: number, k: number, value: (i: number) => number): number[] {
+function topIndices(n: number, k: number, value: (i: number) => number): number[] {
   /** Does i come before j in the answer? */
   const before = (i: number, j: number) => {
     const a = value(i);
