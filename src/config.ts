@@ -38,6 +38,7 @@ export interface Config {
   fusedPreprocessing: boolean;
   maxImagePixels: number;
   maxUploadBytes: number;
+  maxBytesInFlight: number;
   maxFilesPerRequest: number;
   maxImagesPerRequest: number;
   maxQueryDepth: number;
@@ -105,6 +106,16 @@ export const defaultEngineInstances = () => (cores() > 1 ? 2 : 1);
  * operators: mobilenet answers in 1.9 ms instead of 3.0 on 2 cores. One core has nothing to add.
  */
 export const defaultAloneThreads = () => (cores() > 1 ? cores() : 0);
+/**
+ * An eighth of the memory the process may use (a container's cgroup limit, else the machine's): 3 GB on a 24 GB
+ * machine, room for 60 of the largest requests at once, while what a request becomes (tensors, base64 decoded, the
+ * answer) and the models keep the rest.
+ */
+export const defaultBytesInFlight = () => {
+  const limit = process.constrainedMemory?.() ?? 0;
+  const memory = limit > 0 && limit < os.totalmem() ? limit : os.totalmem();
+  return Math.floor(memory / 8);
+};
 /** The libuv pool as Node sized it when the process started: UV_THREADPOOL_SIZE as libuv reads it, 4 when unset. */
 export const uvThreadpoolSize = () => {
   const v = process.env.UV_THREADPOOL_SIZE;
@@ -309,6 +320,14 @@ export const SETTINGS = [
     50 * 1024 * 1024,
     'Largest request body and uploaded file, in bytes (also the largest gRPC message)',
   ),
+  s(
+    'maxBytesInFlight',
+    'MAX_BYTES_IN_FLIGHT',
+    int(1),
+    defaultBytesInFlight(),
+    'Bytes of requests held at once, on every port: an HTTP body from its headers until its answer (a chunked or compressed one counts as MAX_UPLOAD_BYTES), a gRPC message from its first byte; past it a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE) before it is read. At least MAX_UPLOAD_BYTES',
+    'an eighth of the memory or of the cgroup limit, at least twice MAX_UPLOAD_BYTES',
+  ),
   s('maxFilesPerRequest', 'MAX_FILES_PER_REQUEST', int(1), 16, 'Files in one multipart request'),
   s(
     'maxImagesPerRequest',
@@ -458,6 +477,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (c.requestTimeoutMs < c.headersTimeoutMs)
     throw new ConfigError(
       `REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) is below HEADERS_TIMEOUT_MS (${c.headersTimeoutMs}): the whole request cannot take less time than its headers; lower HEADERS_TIMEOUT_MS too`,
+    );
+  // the default follows a larger MAX_UPLOAD_BYTES; a value given that cannot hold one request of the largest size is a mistake
+  if (!flags.has(flagName('MAX_BYTES_IN_FLIGHT')) && !env.MAX_BYTES_IN_FLIGHT)
+    c.maxBytesInFlight = Math.max(c.maxBytesInFlight, 2 * c.maxUploadBytes);
+  else if (c.maxBytesInFlight < c.maxUploadBytes)
+    throw new ConfigError(
+      `MAX_BYTES_IN_FLIGHT (${c.maxBytesInFlight}) is below MAX_UPLOAD_BYTES (${c.maxUploadBytes}): no request of the largest size could ever be read; raise MAX_BYTES_IN_FLIGHT or lower MAX_UPLOAD_BYTES`,
     );
   return c;
 }

@@ -54,6 +54,14 @@ export class Metrics {
     registers: [this.registry],
     collect: (): void => this.decodesWaiting.set(this.decoding().waiting),
   });
+  /** Set by the server: the request bytes it holds (MAX_BYTES_IN_FLIGHT's count), read at each scrape. */
+  bytesInFlight: () => number = () => 0;
+  readonly requestBytes: Gauge = new Gauge({
+    name: 'gateway_request_bytes_in_flight',
+    help: 'Bytes of requests held now (HTTP bodies until answered, gRPC messages until their call ends), against MAX_BYTES_IN_FLIGHT.',
+    registers: [this.registry],
+    collect: (): void => this.requestBytes.set(this.bytesInFlight()),
+  });
   readonly state = new Gauge({
     name: 'gateway_model_version_state',
     help: 'Model version state (1 for the current one).',

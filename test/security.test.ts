@@ -9,11 +9,13 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { gzipSync } from 'node:zlib';
 import sharp from 'sharp';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { accessFor } from '../src/inference/access.ts';
+import { loadConfig } from '../src/config.ts';
 import {
   IMAGES,
   ROOT,
@@ -859,5 +861,131 @@ describe('subscription slots', () => {
     await started.return?.();
     expect(ended).toBe(2);
     expect(source.listenerCount('status')).toBe(0);
+  });
+});
+
+describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
+  const MB = 1024 * 1024;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet') },
+      env: { MAX_UPLOAD_BYTES: String(MB), MAX_BYTES_IN_FLIGHT: String(2.5 * MB), REQUEST_TIMEOUT_MS: '30000' },
+    });
+  });
+  afterAll(() => gw?.close());
+  const port = () => Number(new URL(gw.url).port);
+  /** A request whose headers and a little of its body have come; the rest never does (until the socket is closed). */
+  const holding = (head: string) =>
+    new Promise<net.Socket>((resolve) => {
+      const s = net.connect(port(), '127.0.0.1', () => s.write(head + '{', () => setTimeout(() => resolve(s), 100)));
+      s.on('error', () => undefined);
+    });
+  const declared = (n: number) =>
+    holding(
+      `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${n}\r\n\r\n`,
+    );
+  const chunked = () =>
+    holding('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n');
+  const heldGauge = async () => {
+    const text = await (await fetch(`${gw.url}/metrics`)).text();
+    return Number(/^gateway_request_bytes_in_flight (\d+)/m.exec(text)?.[1]);
+  };
+  const bigJson = (n: number) => JSON.stringify({ query: '{ __typename }', variables: { pad: 'x'.repeat(n - 60) } });
+  const photo = () =>
+    gw.gql(
+      `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }`,
+      { f: null },
+      {
+        files: { f: image('zebra.jpeg') },
+      },
+    );
+
+  it('past the budget a request is refused from its Content-Length (503 QUEUE_FULL, Retry-After), over GraphQL and KServe REST; smaller ones and the server go on', async () => {
+    const held = [await declared(MB), await declared(MB)];
+    expect(await heldGauge()).toBe(2 * MB);
+    const graphql = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: bigJson(MB - 1000),
+    });
+    expect(graphql.status).toBe(503);
+    expect(graphql.headers.get('retry-after')).toBe('1');
+    const body = (await graphql.json()) as any;
+    expect(body.errors[0].extensions.code).toBe('QUEUE_FULL');
+    expect(body.errors[0].message).toMatch(/MAX_BYTES_IN_FLIGHT/);
+    const rest = await fetch(`${gw.url}/v2/models/mobilenet/infer`, { method: 'POST', body: bigJson(MB - 1000) });
+    expect(rest.status).toBe(503);
+    expect(((await rest.json()) as any).error).toMatch(/MAX_BYTES_IN_FLIGHT/);
+    // a photo fits in what is left, and is answered
+    expect((await photo()).data?.classify.predictions[0].label).toBeTruthy();
+    for (const s of held) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back when the clients leave');
+    const after = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: bigJson(MB - 1000),
+    });
+    expect(after.status).toBe(200);
+  });
+
+  it('a chunked body holds MAX_UPLOAD_BYTES of the budget while it is handled (its size is not known before it ends)', async () => {
+    const held = [await chunked(), await chunked()];
+    expect(await heldGauge()).toBe(2 * MB);
+    const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: bigJson(600_000) });
+    expect(r.status).toBe(503);
+    expect((await photo()).data?.classify.predictions[0].label).toBeTruthy();
+    for (const s of held) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
+  it('gRPC messages take from the same budget as they arrive (UNAVAILABLE, error-code QUEUE_FULL); a compressed call holds the largest message', async () => {
+    const held = [await declared(MB), await declared(MB)];
+    const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
+    session.on('error', () => undefined);
+    const call = (path: string, body: Buffer, headers: Record<string, string> = {}) => {
+      const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+      stream.on('error', () => undefined);
+      const ended = new Promise<{ status?: string; code?: string; message?: string }>((resolve) => {
+        const out: { status?: string; code?: string; message?: string } = {};
+        const read = (h: http2.IncomingHttpHeaders) => {
+          if (h['grpc-status'] !== undefined) out.status = String(h['grpc-status']);
+          if (h['error-code'] !== undefined) out.code = String(h['error-code']);
+          if (h['grpc-message'] !== undefined) out.message = decodeURIComponent(String(h['grpc-message']));
+        };
+        stream.on('response', read);
+        stream.on('trailers', read);
+        stream.on('close', () => resolve(out));
+        stream.resume();
+      });
+      stream.end(body);
+      return ended;
+    };
+    const frame = Buffer.alloc(5 + 700_000);
+    frame.writeUInt32BE(700_000, 1); // a 700 kB message: 0.5 MB are left
+    const big = await call('/inference.GRPCInferenceService/ModelInfer', frame);
+    expect(big.status).toBe(String(grpcStatus.UNAVAILABLE));
+    expect(big.code).toBe('QUEUE_FULL');
+    expect(big.message).toMatch(/MAX_BYTES_IN_FLIGHT/);
+    // a compressed message (its first byte 1) may inflate to the largest message: it holds that much at once
+    const gz = gzipSync(Buffer.alloc(0));
+    const zipped = Buffer.concat([Buffer.from([1, 0, 0, 0, gz.length]), gz]);
+    const compressed = await call('/inference.GRPCInferenceService/ServerMetadata', zipped, { 'grpc-encoding': 'gzip' });
+    expect(compressed.status).toBe(String(grpcStatus.UNAVAILABLE));
+    expect(compressed.code).toBe('QUEUE_FULL');
+    expect((await call('/inference.GRPCInferenceService/ServerLive', Buffer.alloc(5))).status).toBe('0');
+    for (const s of held) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    expect((await call('/inference.GRPCInferenceService/ServerMetadata', zipped, { 'grpc-encoding': 'gzip' })).status).toBe('0');
+    session.close();
+  });
+
+  it('MAX_BYTES_IN_FLIGHT below MAX_UPLOAD_BYTES is refused at start, naming both', () => {
+    expect(() => loadConfig({ MAX_UPLOAD_BYTES: String(2 * MB), MAX_BYTES_IN_FLIGHT: String(MB) }, [])).toThrow(
+      /MAX_BYTES_IN_FLIGHT \(1048576\) is below MAX_UPLOAD_BYTES \(2097152\)/,
+    );
+    // the default: an eighth of the memory, never below two of the largest request
+    const c = loadConfig({ MAX_UPLOAD_BYTES: String(2 * MB) }, []);
+    expect(c.maxBytesInFlight).toBeGreaterThanOrEqual(4 * MB);
   });
 });

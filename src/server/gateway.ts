@@ -11,6 +11,7 @@ import { createGraphqlProtocol, type GraphqlProtocol } from '../protocols/graphq
 import { createKserveProtocol } from '../protocols/kserve/index.ts';
 import { hostAllowed } from './hosts.ts';
 import { createHttpServer } from './http.ts';
+import { BytesInFlight } from '../bytes-in-flight.ts';
 import { opsRoutes } from './ops.ts';
 import { uiRoute } from './ui.ts';
 
@@ -51,6 +52,8 @@ export function createGateway({
     decodeThreads: config.decodeThreads,
   });
   metrics.decoding = () => service.decoding;
+  const bytesInFlight = new BytesInFlight(config.maxBytesInFlight);
+  metrics.bytesInFlight = () => bytesInFlight.bytes;
   const tokens = { adminToken: config.adminToken, apiTokens: config.apiTokens };
   const graphql = createGraphqlProtocol({
     service,
@@ -90,6 +93,7 @@ export function createGateway({
       maxConnections: config.maxConnections,
       maxConnectionsPerClient: config.maxConnectionsPerClient,
       requestTimeoutMs: config.requestTimeoutMs,
+      bytesInFlight,
     },
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
@@ -101,6 +105,7 @@ export function createGateway({
     maxConnectionsPerClient: config.maxConnectionsPerClient,
     headersTimeoutMs: config.headersTimeoutMs,
     requestTimeoutMs: config.requestTimeoutMs,
+    bytesInFlight,
     routes: [
       ...opsRoutes(models, metrics, { draining: () => draining, cluster: () => cluster?.status() }),
       kserve.route,

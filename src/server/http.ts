@@ -5,6 +5,7 @@ import { requestContext, type Logger } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
+import type { BytesInFlight } from '../bytes-in-flight.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -30,6 +31,12 @@ export interface HttpOptions {
   requestTimeoutMs?: number;
   /** Paths not worth a log line per request (probes and scrapes). */
   quietPaths?: readonly string[];
+  /**
+   * The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): a body holds its Content-Length, or `maxBodyBytes`
+   * when its size is not known before it ends (chunked) or it comes compressed (it may inflate to that), until its
+   * answer is sent.
+   */
+  bytesInFlight?: BytesInFlight;
 }
 
 const graphqlErrorBody = (code: string, message: string) => ({ errors: [{ message, extensions: { code } }] });
@@ -49,6 +56,7 @@ export function createHttpServer({
   headersTimeoutMs = 15_000,
   requestTimeoutMs = 120_000,
   quietPaths = ['/health', '/metrics'],
+  bytesInFlight,
 }: HttpOptions): Server {
   // requestTimeout and headersTimeout are enforced by a periodic check; Node checks every 30 s by default
   const server = createServer(
@@ -73,8 +81,8 @@ export function createHttpServer({
           );
         }
         const route = routes.find((r) => r.match(pathname));
-        const refuse = (status: number, code: string, message: string) =>
-          sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close' });
+        const refuse = (status: number, code: string, message: string, headers: Record<string, string> = {}) =>
+          sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close', ...headers });
         if (!hostAllowed(req.headers.host, allowedHosts)) {
           const message = `this server does not answer to the host ${JSON.stringify(req.headers.host)}; its operator can allow it with ALLOWED_HOSTS`;
           return refuse(403, ErrorCode.FORBIDDEN, message);
@@ -83,10 +91,31 @@ export function createHttpServer({
         if (length > maxBodyBytes)
           return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
+        const hold = bytesInFlight ? bodyHold(req, length, maxBodyBytes) : 0;
+        if (hold > 0) {
+          if (!bytesInFlight!.take(hold)) {
+            const e = bytesInFlight!.refusal(hold);
+            return refuse(e.status, e.code, e.message, { 'retry-after': '1' });
+          }
+          res.once('close', () => bytesInFlight!.give(hold));
+        }
         route.handle(req, res);
       });
     },
   );
   capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http' });
   return server;
+}
+
+/**
+ * What a request's body may come to hold: its Content-Length when it comes as sent; the largest body allowed when its
+ * size is known only at its end (chunked) or it comes compressed (KServe REST inflates it, up to that size); 0 without
+ * a body.
+ */
+function bodyHold(req: IncomingMessage, length: number, maxBodyBytes: number): number {
+  const declared = req.headers['content-length'] !== undefined;
+  if (!declared && req.headers['transfer-encoding'] === undefined) return 0;
+  const encoding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
+  if (encoding !== '' && encoding !== 'identity') return maxBodyBytes;
+  return declared ? length : maxBodyBytes;
 }

@@ -25,6 +25,7 @@ import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { messageElements } from './wire.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { capConnections } from '../../connections.ts';
+import type { BytesInFlight } from '../../bytes-in-flight.ts';
 
 /**
  * The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` from proto/open_inference_grpc.proto, served
@@ -148,6 +149,8 @@ export interface GrpcServerOptions {
   maxStreamsPerConnection?: number;
   /** Images (BYTES elements) one request may carry (MAX_IMAGES_PER_REQUEST), checked before they are split. */
   maxItems?: number;
+  /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT), shared with the HTTP port. */
+  bytesInFlight?: BytesInFlight;
 }
 
 export interface KserveGrpcServer {
@@ -167,14 +170,47 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
 
 /**
  * A call whose message (and end of stream) has not arrived within `ms` is ended (DEADLINE_EXCEEDED), as a slow REST
- * body is cut, and its
- * HTTP/2 stream is reset, so that the part of the message received is let go (after a status alone the stream stays
- * half open for as long as the client keeps it). The time the call then takes to compute is not bounded here.
+ * body is cut, and its HTTP/2 stream is reset, so that the part of the message received is let go (after a status alone
+ * the stream stays half open for as long as the client keeps it). The time the call then takes to compute is not
+ * bounded here.
+ *
+ * Its bytes take from the process's budget (MAX_BYTES_IN_FLIGHT) as they arrive, and a compressed message the largest
+ * message besides (it may inflate to that), until the call ends; past the budget the call is refused (UNAVAILABLE,
+ * QUEUE_FULL) and its stream reset, as the HTTP port refuses a body.
  */
-function receiveWithin(ms: number): grpc.ServerInterceptor {
+function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessageBytes: number): grpc.ServerInterceptor {
   return (_method, call) => {
+    // grpc-js keeps the stream to itself (the first interceptor is handed its own call, which holds it): tested in
+    // security.test.ts, so an upgrade that moves it fails there
+    const stream = (call as unknown as { stream?: http2.ServerHttp2Stream }).stream;
+    const reset = () => setImmediate(() => stream?.close(http2.constants.NGHTTP2_CANCEL));
     let timer: NodeJS.Timeout | undefined;
     const stop = () => clearTimeout(timer);
+    if (budget && stream) {
+      let held = 0;
+      let first = true;
+      const onData = (chunk: Buffer) => {
+        // a message's first byte says whether it is compressed
+        const n = chunk.length + (first && chunk[0] === 1 ? maxMessageBytes : 0);
+        first = false;
+        if (budget.take(n)) {
+          held += n;
+          return;
+        }
+        stream.off('data', onData);
+        stop();
+        const m = mapError(budget.refusal(n));
+        const trailer = new grpc.Metadata();
+        trailer.set('error-code', m.code);
+        call.sendStatus({ code: m.grpc, details: m.message, metadata: trailer });
+        reset();
+      };
+      stream.on('data', onData);
+      stream.once('close', () => {
+        budget.give(held);
+        held = 0;
+      });
+    }
     return new grpc.ServerInterceptingCall(call, {
       start: (next) => {
         timer = setTimeout(() => {
@@ -182,10 +218,7 @@ function receiveWithin(ms: number): grpc.ServerInterceptor {
             code: grpc.status.DEADLINE_EXCEEDED,
             details: `the request message did not arrive within ${ms} ms (REQUEST_TIMEOUT_MS)`,
           });
-          // grpc-js keeps the stream to itself (the first interceptor is handed its own call, which holds it): tested
-          // in security.test.ts, so an upgrade that moves it fails there
-          const stream = (call as unknown as { stream?: http2.ServerHttp2Stream }).stream;
-          setImmediate(() => stream?.close(http2.constants.NGHTTP2_CANCEL));
+          reset();
         }, ms);
         // a unary call starts when the client ends its stream, not when the message is in: kept until then
         next({
@@ -257,6 +290,7 @@ export function createGrpcServer({
   requestTimeoutMs = 120_000,
   maxStreamsPerConnection = 100,
   maxItems = 64,
+  bytesInFlight,
 }: GrpcServerOptions): KserveGrpcServer {
   // grpc-js writes its own diagnostics to stderr as plain text; the gateway's output is JSON lines only (what matters,
   // a bind failure, reaches the caller of listen())
@@ -267,7 +301,7 @@ export function createGrpcServer({
     'grpc.max_send_message_length': -1,
     'grpc.max_concurrent_streams': maxStreamsPerConnection,
     // the first interceptor is handed grpc-js's own call (receiveWithin reaches its stream)
-    interceptors: [receiveWithin(requestTimeoutMs), tokensFirst(core, logger)],
+    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes), tokensFirst(core, logger)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
   // no such limit of its own)

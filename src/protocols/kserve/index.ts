@@ -17,8 +17,8 @@ export interface KserveOptions {
   maxResponseBytes?: number;
   /** Tensor values decoded or encoded one by one (REST JSON, gRPC typed contents), in and out. */
   maxJsonValues?: number;
-  /** The gRPC port's connections, in all and per client, and how long a call may take to arrive. */
-  grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs'>;
+  /** The gRPC port's connections, in all and per client, how long a call may take to arrive, and the process's budget of request bytes. */
+  grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight'>;
 }
 
 export interface KserveProtocol {
