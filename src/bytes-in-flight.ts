@@ -1,14 +1,16 @@
 import { ErrorCode, GatewayError } from './errors.ts';
 
 /**
- * Bytes of requests the process holds at once, on every port: an HTTP body (GraphQL, KServe REST) from its headers
- * until its answer is sent, a gRPC message from its first byte until its call ends. Each body is bounded by
- * MAX_UPLOAD_BYTES and connections per client by MAX_CONNECTIONS_PER_CLIENT, but their product is not (256 connections
- * x 50 MB from one address): past this budget a new request is refused (QUEUE_FULL, which clients retry) instead of
- * read, so memory stays bounded whatever clients send.
+ * Bytes of requests the process holds at once, on both ports: an HTTP body (GraphQL, KServe REST) from its headers
+ * until its answer is sent or its client leaves, a gRPC message from its first byte until its call ends. Each body is
+ * bounded by MAX_UPLOAD_BYTES and connections per client by MAX_CONNECTIONS_PER_CLIENT, but their product is not (256
+ * connections x 50 MB from one address): past this budget a new request is refused (QUEUE_FULL, which clients retry)
+ * instead of read, so memory stays bounded whatever clients send. One client address holding bytes already may hold
+ * at most half of it, so that one client alone cannot refuse everyone else (as connections per client are capped).
  */
 export class BytesInFlight {
   private held = 0;
+  private readonly perClient = new Map<string, number>();
 
   constructor(
     /** MAX_BYTES_IN_FLIGHT */
@@ -20,22 +22,37 @@ export class BytesInFlight {
     return this.held;
   }
 
-  /** Take n bytes, or false (nothing taken) when they would go past the limit. */
-  take(n: number): boolean {
-    if (this.held + n > this.limit) return false;
+  /**
+   * Take n bytes for a client, or the error to answer (nothing taken). `own`: what the same request holds already (a
+   * gRPC message is taken as it arrives): a client's one request may fill the whole budget, only its others count
+   * toward its half.
+   */
+  take(n: number, client: string, own = 0): GatewayError | null {
+    if (own + n > this.limit)
+      return new GatewayError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        `this request needs ${own + n} bytes, more than MAX_BYTES_IN_FLIGHT (${this.limit}) allows at all; send it uncompressed or smaller`,
+      );
+    const mine = this.perClient.get(client) ?? 0;
+    if (this.held + n > this.limit)
+      return new GatewayError(
+        ErrorCode.QUEUE_FULL,
+        `the server holds ${this.held} bytes of requests already and this one needs ${n} more, past MAX_BYTES_IN_FLIGHT (${this.limit}); retry shortly`,
+      );
+    if (mine > own && mine + n > this.limit / 2)
+      return new GatewayError(
+        ErrorCode.QUEUE_FULL,
+        `this client holds ${mine} bytes of requests already and this one needs ${n} more, past half of MAX_BYTES_IN_FLIGHT (${this.limit}); retry when they are answered`,
+      );
     this.held += n;
-    return true;
+    this.perClient.set(client, mine + n);
+    return null;
   }
 
-  give(n: number): void {
+  give(n: number, client: string): void {
     this.held = Math.max(0, this.held - n);
-  }
-
-  /** The error of a request that does not fit. */
-  refusal(n: number): GatewayError {
-    return new GatewayError(
-      ErrorCode.QUEUE_FULL,
-      `the server holds ${this.held} bytes of requests already and this one needs ${n} more, past MAX_BYTES_IN_FLIGHT (${this.limit}); retry shortly`,
-    );
+    const left = (this.perClient.get(client) ?? 0) - n;
+    if (left > 0) this.perClient.set(client, left);
+    else this.perClient.delete(client);
   }
 }

@@ -325,7 +325,7 @@ export const SETTINGS = [
     'MAX_BYTES_IN_FLIGHT',
     int(1),
     defaultBytesInFlight(),
-    'Bytes of requests held at once, on every port: an HTTP body from its headers until its answer (a chunked or compressed one counts as MAX_UPLOAD_BYTES), a gRPC message from its first byte; past it a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE) before it is read. At least MAX_UPLOAD_BYTES',
+    'Bytes of requests held at once: an HTTP body from its headers until its answer (a chunked one counts as MAX_UPLOAD_BYTES, a compressed one twice that), a gRPC message as it arrives (a compressed one MAX_UPLOAD_BYTES more); past it a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE), and a client holding bytes already may hold half of it. At least twice MAX_UPLOAD_BYTES',
     'an eighth of the memory or of the cgroup limit, at least twice MAX_UPLOAD_BYTES',
   ),
   s('maxFilesPerRequest', 'MAX_FILES_PER_REQUEST', int(1), 16, 'Files in one multipart request'),
@@ -481,9 +481,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   // the default follows a larger MAX_UPLOAD_BYTES; a value given that cannot hold one request of the largest size is a mistake
   if (!flags.has(flagName('MAX_BYTES_IN_FLIGHT')) && !env.MAX_BYTES_IN_FLIGHT)
     c.maxBytesInFlight = Math.max(c.maxBytesInFlight, 2 * c.maxUploadBytes);
-  else if (c.maxBytesInFlight < c.maxUploadBytes)
+  else if (c.maxBytesInFlight < 2 * c.maxUploadBytes)
     throw new ConfigError(
-      `MAX_BYTES_IN_FLIGHT (${c.maxBytesInFlight}) is below MAX_UPLOAD_BYTES (${c.maxUploadBytes}): no request of the largest size could ever be read; raise MAX_BYTES_IN_FLIGHT or lower MAX_UPLOAD_BYTES`,
+      `MAX_BYTES_IN_FLIGHT (${c.maxBytesInFlight}) is below twice MAX_UPLOAD_BYTES (${c.maxUploadBytes}): a compressed request of the largest size, which holds its inflated size besides, could never be read; raise MAX_BYTES_IN_FLIGHT or lower MAX_UPLOAD_BYTES`,
     );
   return c;
 }

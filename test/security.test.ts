@@ -875,18 +875,23 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
   });
   afterAll(() => gw?.close());
   const port = () => Number(new URL(gw.url).port);
-  /** A request whose headers and a little of its body have come; the rest never does (until the socket is closed). */
-  const holding = (head: string) =>
+  /**
+   * A request whose headers and a little of its body have come; the rest never does (until the socket is closed). From
+   * another loopback address than the test's own requests (127.0.0.1): a client holding bytes already may hold only
+   * half of the budget.
+   */
+  const holding = (head: string, from: string) =>
     new Promise<net.Socket>((resolve) => {
-      const s = net.connect(port(), '127.0.0.1', () => s.write(head + '{', () => setTimeout(() => resolve(s), 100)));
+      const s = net.connect({ port: port(), host: '127.0.0.1', localAddress: from }, () =>
+        s.write(head + '{', () => setTimeout(() => resolve(s), 100)),
+      );
       s.on('error', () => undefined);
     });
-  const declared = (n: number) =>
-    holding(
-      `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${n}\r\n\r\n`,
-    );
-  const chunked = () =>
-    holding('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n');
+  const declaredHead = (n: number) =>
+    `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${n}\r\n\r\n`;
+  const declared = (n: number, from: string) => holding(declaredHead(n), from);
+  const chunked = (from: string) =>
+    holding('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n', from);
   const heldGauge = async () => {
     const text = await (await fetch(`${gw.url}/metrics`)).text();
     return Number(/^gateway_request_bytes_in_flight (\d+)/m.exec(text)?.[1]);
@@ -902,7 +907,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     );
 
   it('past the budget a request is refused from its Content-Length (503 QUEUE_FULL, Retry-After), over GraphQL and KServe REST; smaller ones and the server go on', async () => {
-    const held = [await declared(MB), await declared(MB)];
+    const held = [await declared(MB, '127.0.0.2'), await declared(MB, '127.0.0.3')];
     expect(await heldGauge()).toBe(2 * MB);
     const graphql = await fetch(`${gw.url}/graphql`, {
       method: 'POST',
@@ -930,7 +935,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
   });
 
   it('a chunked body holds MAX_UPLOAD_BYTES of the budget while it is handled (its size is not known before it ends)', async () => {
-    const held = [await chunked(), await chunked()];
+    const held = [await chunked('127.0.0.2'), await chunked('127.0.0.3')];
     expect(await heldGauge()).toBe(2 * MB);
     const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: bigJson(600_000) });
     expect(r.status).toBe(503);
@@ -940,7 +945,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
   });
 
   it('gRPC messages take from the same budget as they arrive (UNAVAILABLE, error-code QUEUE_FULL); a compressed call holds the largest message', async () => {
-    const held = [await declared(MB), await declared(MB)];
+    const held = [await declared(MB, '127.0.0.2'), await declared(MB, '127.0.0.3')];
     const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
     session.on('error', () => undefined);
     const call = (path: string, body: Buffer, headers: Record<string, string> = {}) => {
@@ -971,6 +976,12 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     const gz = gzipSync(Buffer.alloc(0));
     const zipped = Buffer.concat([Buffer.from([1, 0, 0, 0, gz.length]), gz]);
     const compressed = await call('/inference.GRPCInferenceService/ServerMetadata', zipped, { 'grpc-encoding': 'gzip' });
+    // and so does a compressed message behind an uncompressed one (grpc-js inflates it before it refuses a second message)
+    const behind = await call('/inference.GRPCInferenceService/ServerMetadata', Buffer.concat([Buffer.alloc(5), zipped]), {
+      'grpc-encoding': 'gzip',
+    });
+    expect(behind.status).toBe(String(grpcStatus.UNAVAILABLE));
+    expect(behind.code).toBe('QUEUE_FULL');
     expect(compressed.status).toBe(String(grpcStatus.UNAVAILABLE));
     expect(compressed.code).toBe('QUEUE_FULL');
     expect((await call('/inference.GRPCInferenceService/ServerLive', Buffer.alloc(5))).status).toBe('0');
@@ -980,9 +991,68 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     session.close();
   });
 
-  it('MAX_BYTES_IN_FLIGHT below MAX_UPLOAD_BYTES is refused at start, naming both', () => {
-    expect(() => loadConfig({ MAX_UPLOAD_BYTES: String(2 * MB), MAX_BYTES_IN_FLIGHT: String(MB) }, [])).toThrow(
-      /MAX_BYTES_IN_FLIGHT \(1048576\) is below MAX_UPLOAD_BYTES \(2097152\)/,
+  it('a client that holds bytes already may hold half of the budget; another client is not refused for it', async () => {
+    const first = await declared(MB, '127.0.0.2');
+    const second = await new Promise<string>((resolve) => {
+      const s = net.connect({ port: port(), host: '127.0.0.1', localAddress: '127.0.0.2' }, () => s.write(declaredHead(MB)));
+      let text = '';
+      s.on('data', (d) => (text += d));
+      s.on('close', () => resolve(text));
+      s.on('error', () => undefined);
+    });
+    expect(second).toMatch(/^HTTP\/1.1 503/);
+    expect(second).toMatch(/this client holds 1048576 bytes/);
+    const other = await declared(MB, '127.0.0.3'); // 2 MB in all: within the budget
+    expect(await heldGauge()).toBe(2 * MB);
+    for (const s of [first, other]) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
+  it('a pipelined request whose answer never got the connection gives its bytes back when the connection closes', async () => {
+    const classify = JSON.stringify({
+      query: `mutation($b: String!) { classify(model: "mobilenet", image: { base64: $b }) { predictions { label } } }`,
+      variables: { b: (await readFile(image('zebra.jpeg'))).toString('base64') },
+    });
+    for (let round = 0; round < 2; round++) {
+      await new Promise<void>((resolve) => {
+        const s = net.connect(port(), '127.0.0.1', () => {
+          s.write(
+            `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(classify)}\r\n\r\n${classify}` +
+              declaredHead(MB),
+            () => setTimeout(() => (s.destroy(), resolve()), 20),
+          );
+        });
+        s.on('error', () => undefined);
+      });
+    }
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes of the pipelined requests given back');
+  });
+
+  it('Expect: 100-continue: a request past the budget is refused before the client is told to send its body', async () => {
+    const held = [await declared(MB, '127.0.0.2'), await declared(MB, '127.0.0.3')];
+    const answer = (head: string) =>
+      new Promise<string>((resolve) => {
+        const s = net.connect(port(), '127.0.0.1', () => s.write(head));
+        let text = '';
+        s.on('data', (d) => {
+          text += d;
+          if (text.includes('\r\n\r\n')) s.destroy();
+        });
+        s.on('close', () => resolve(text));
+        s.on('error', () => undefined);
+      });
+    const refused = await answer(declaredHead(MB).replace('\r\n\r\n', '\r\nExpect: 100-continue\r\n\r\n'));
+    expect(refused).toMatch(/^HTTP\/1.1 503/);
+    for (const s of held) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    // accepted: told to go on
+    expect(await answer(declaredHead(MB).replace('\r\n\r\n', '\r\nExpect: 100-continue\r\n\r\n'))).toMatch(/^HTTP\/1.1 100 Continue/);
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
+  it('MAX_BYTES_IN_FLIGHT below twice MAX_UPLOAD_BYTES is refused at start, naming both', () => {
+    expect(() => loadConfig({ MAX_UPLOAD_BYTES: String(2 * MB), MAX_BYTES_IN_FLIGHT: String(3 * MB) }, [])).toThrow(
+      /MAX_BYTES_IN_FLIGHT \(3145728\) is below twice MAX_UPLOAD_BYTES \(2097152\)/,
     );
     // the default: an eighth of the memory, never below two of the largest request
     const c = loadConfig({ MAX_UPLOAD_BYTES: String(2 * MB) }, []);

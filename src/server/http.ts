@@ -93,29 +93,44 @@ export function createHttpServer({
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         const hold = bytesInFlight ? bodyHold(req, length, maxBodyBytes) : 0;
         if (hold > 0) {
-          if (!bytesInFlight!.take(hold)) {
-            const e = bytesInFlight!.refusal(hold);
-            return refuse(e.status, e.code, e.message, { 'retry-after': '1' });
-          }
-          res.once('close', () => bytesInFlight!.give(hold));
+          const client = req.socket.remoteAddress ?? 'unknown';
+          const refused = bytesInFlight!.take(hold, client);
+          if (refused) return refuse(refused.status, refused.code, refused.message, refused.status === 503 ? { 'retry-after': '1' } : {});
+          // given back once: when the answer is sent, or when the connection goes first (a pipelined request whose
+          // answer never got the socket emits no 'close' of its own)
+          const socket = req.socket;
+          const giveBack = () => {
+            res.off('close', giveBack);
+            socket.off('close', giveBack);
+            bytesInFlight!.give(hold, client);
+          };
+          res.once('close', giveBack);
+          socket.once('close', giveBack);
         }
+        // the client waits for this before it sends its body (Expect: 100-continue): only once the request is accepted
+        if (expectsContinue(req)) res.writeContinue();
         route.handle(req, res);
       });
     },
   );
+  // a request with Expect: 100-continue is handled as any other, and its client told to send the body only once it is
+  // accepted (Node would answer 100 Continue before any check)
+  server.on('checkContinue', (req, res) => server.emit('request', req, res));
   capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http' });
   return server;
 }
 
+const expectsContinue = (req: IncomingMessage) => /^\s*100-continue\s*$/i.test(req.headers.expect ?? '');
+
 /**
  * What a request's body may come to hold: its Content-Length when it comes as sent; the largest body allowed when its
- * size is known only at its end (chunked) or it comes compressed (KServe REST inflates it, up to that size); 0 without
- * a body.
+ * size is known only at its end (chunked); twice that when it comes compressed (KServe REST inflates it, up to that
+ * size, beside the body as sent); 0 without a body.
  */
 function bodyHold(req: IncomingMessage, length: number, maxBodyBytes: number): number {
   const declared = req.headers['content-length'] !== undefined;
   if (!declared && req.headers['transfer-encoding'] === undefined) return 0;
   const encoding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
-  if (encoding !== '' && encoding !== 'identity') return maxBodyBytes;
+  if (encoding !== '' && encoding !== 'identity') return 2 * maxBodyBytes;
   return declared ? length : maxBodyBytes;
 }

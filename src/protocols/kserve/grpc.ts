@@ -22,7 +22,7 @@ import {
 import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
-import { messageElements } from './wire.ts';
+import { MessageFrames, messageElements } from './wire.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { capConnections } from '../../connections.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
@@ -187,27 +187,30 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
     let timer: NodeJS.Timeout | undefined;
     const stop = () => clearTimeout(timer);
     if (budget && stream) {
+      const client = peerAddress(call.getPeer());
+      const frames = new MessageFrames();
       let held = 0;
-      let first = true;
       const onData = (chunk: Buffer) => {
-        // a message's first byte says whether it is compressed
-        const n = chunk.length + (first && chunk[0] === 1 ? maxMessageBytes : 0);
-        first = false;
-        if (budget.take(n)) {
+        // a compressed message may inflate to the largest message (grpc-js inflates each as it comes, a second message
+        // of a unary call included)
+        const n = chunk.length + frames.compressedIn(chunk) * maxMessageBytes;
+        const refused = budget.take(n, client, held);
+        if (!refused) {
           held += n;
           return;
         }
         stream.off('data', onData);
         stop();
-        const m = mapError(budget.refusal(n));
+        const m = mapError(refused);
         const trailer = new grpc.Metadata();
         trailer.set('error-code', m.code);
         call.sendStatus({ code: m.grpc, details: m.message, metadata: trailer });
         reset();
       };
-      stream.on('data', onData);
+      // before grpc-js's own listener, so that a refused chunk is counted before grpc-js reads it
+      stream.prependListener('data', onData);
       stream.once('close', () => {
-        budget.give(held);
+        budget.give(held, client);
         held = 0;
       });
     }

@@ -113,3 +113,34 @@ class Scan {
     return n;
   }
 }
+
+/**
+ * The messages of a gRPC stream, each behind a 5-byte prefix (a compressed flag, a 32-bit length), followed across
+ * the stream's chunks without copying them: how many compressed messages begin in each chunk.
+ */
+export class MessageFrames {
+  /** Bytes of the current message still to come. */
+  private body = 0;
+  private readonly prefix = new Uint8Array(5);
+  private have = 0;
+
+  compressedIn(chunk: Uint8Array): number {
+    let compressed = 0;
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.body > 0) {
+        const k = Math.min(this.body, chunk.length - i);
+        this.body -= k;
+        i += k;
+        continue;
+      }
+      this.prefix[this.have++] = chunk[i++];
+      if (this.have === 5) {
+        if (this.prefix[0] === 1) compressed++;
+        this.body = ((this.prefix[1] << 24) >>> 0) + (this.prefix[2] << 16) + (this.prefix[3] << 8) + this.prefix[4];
+        this.have = 0;
+      }
+    }
+    return compressed;
+  }
+}
