@@ -15,7 +15,7 @@
  *
  * BENCH_CONCURRENCY (1,2,4,16,64), BENCH_LARGE_CONCURRENCY (1,16), BENCH_ROUNDS (5), BENCH_SECONDS (3),
  * BENCH_WARMUP_SECONDS (1), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, or `.`, one more
- * mode: "baseline gateway"), BENCH_BASELINE_ENV (K=V,K=V: settings for that server, to compare settings in one run),
+ * mode: "baseline gateway", with the same repository, and its protocol alone beside the gateway's), BENCH_BASELINE_ENV (K=V,K=V: settings for that server, to compare settings in one run),
  * BENCH_BASELINE_NODE_ARGS (node flags for that server, space-separated: V8 flags are not allowed in NODE_OPTIONS).
  */
 import { readFile, writeFile } from 'node:fs/promises';
@@ -338,20 +338,20 @@ async function main() {
       : process.env.BENCH_PROFILE
         ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench', 'profile')}`]
         : [];
-  const server = await startServer(
-    {
-      mobilenet: { onnx: MODEL, config: config(BATCHING) },
-      'mobilenet-nobatch': { onnx: MODEL, config: config({ ...BATCHING, maxBatchSize: 1 }) },
-    },
-    {},
-    profile,
-  );
+  // the baseline server (BENCH_BASELINE) gets the same repository, so that the two differ in their code alone (with one
+  // model fewer, an A/A run of the same code found the baseline 0.13 ms of CPU cheaper per protocol-alone request in
+  // 6 rounds of 6; with the same repository, 3 of 6)
+  const repository = {
+    mobilenet: { onnx: MODEL, config: config(BATCHING) },
+    'mobilenet-nobatch': { onnx: MODEL, config: config({ ...BATCHING, maxBatchSize: 1 }) },
+  };
+  const server = await startServer(repository, {}, profile);
   if (profile.length) console.log(`gateway server pid ${server.child.pid} (profile: ${profile.join(' ')})`);
   // the same int8 arithmetic as the gateway's default (exact where this CPU saturates): serving is compared, not kernels
   const naive = await startNaive(MODEL, { exactInt8: exactInt8Here() });
   const baseline = process.env.BENCH_BASELINE
     ? await startServer(
-        { mobilenet: { onnx: MODEL, config: config(BATCHING) } },
+        repository,
         Object.fromEntries(
           (process.env.BENCH_BASELINE_ENV ?? '')
             .split(',')
@@ -469,20 +469,29 @@ async function main() {
     // what the protocol alone costs: the same multipart photo upload through the same server, answered without
     // inference (a query that reads no model): HTTP, multipart, yoga and our plugins, the GraphQL execution and answer;
     // measured last, on the server warmed up by the rounds
+    // (with BENCH_BASELINE, the baseline server's too, interleaved: an A/B of the protocol's own cost)
     if (!selected || selected.includes('gateway')) {
       const { body, type } = multipartBody('{ __typename }', small[0].bytes, small[0].name);
-      const alone = await drive(
-        'small',
-        {
-          mode: 'protocol alone',
-          cpu: serverCpu(server.child.pid!),
-          run: async () => {
-            const text = await post(agent, server.port, body, type);
-            if (!text.includes('"__typename"')) throw new Error(text.slice(0, 200));
-          },
+      const protocolAlone = (mode: string, port: number, pid: number) => ({
+        mode,
+        cpu: serverCpu(pid),
+        run: async () => {
+          const text = await post(agent, port, body, type);
+          if (!text.includes('"__typename"')) throw new Error(text.slice(0, 200));
         },
-        16,
-      );
+      });
+      const subjects = [
+        protocolAlone('protocol alone', server.port, server.child.pid!),
+        ...(baseline ? [protocolAlone('baseline protocol alone', baseline.port, baseline.child.pid!)] : []),
+      ];
+      const runs = new Map<string, Awaited<ReturnType<typeof drive>>[]>(subjects.map((r) => [r.mode, []]));
+      for (let k = 0; k < (baseline ? ROUNDS : 1); k++)
+        for (const r of k % 2 ? [...subjects].reverse() : subjects) runs.get(r.mode)!.push(await drive('small', r, 16));
+      const alone = median(runs.get('protocol alone')!);
+      if (baseline) {
+        const b = median(runs.get('baseline protocol alone')!);
+        console.log(`  median protocol alone c=16: ${alone.cpuPerImageMs} ms CPU per request; baseline ${b.cpuPerImageMs} ms`);
+      }
       stages['gateway, protocol alone: a multipart photo upload answered without inference, c16 (ms CPU per request)'] =
         alone.cpuPerImageMs ?? NaN;
       stages['load generator: its HTTP client per request, c16 (ms CPU)'] = alone.clientCpuPerRequestMs ?? NaN;
