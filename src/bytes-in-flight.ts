@@ -5,8 +5,8 @@ import { ErrorCode, GatewayError } from './errors.ts';
  * until its answer is sent or its client leaves, a gRPC message from its first byte until its call ends. Each body is
  * bounded by MAX_UPLOAD_BYTES and connections per client by MAX_CONNECTIONS_PER_CLIENT, but their product is not (256
  * connections x 50 MB from one address): past this budget a new request is refused (QUEUE_FULL, which clients retry)
- * instead of read, so memory stays bounded whatever clients send. One client address holding bytes already may hold
- * at most half of it, so that one client alone cannot refuse everyone else (as connections per client are capped).
+ * instead of read, so memory stays bounded whatever clients send. One client address may hold at most half of it, so
+ * that one client alone cannot refuse everyone else (as connections per client are capped).
  */
 export class BytesInFlight {
   private held = 0;
@@ -24,22 +24,23 @@ export class BytesInFlight {
 
   /**
    * Take n bytes for a client, or the error to answer (nothing taken). `own`: what the same request holds already (a
-   * gRPC message is taken as it arrives): a client's one request may fill the whole budget, only its others count
-   * toward its half.
+   * gRPC message is taken as it arrives). A request that alone needs more than a client may ever hold is refused for
+   * good (PAYLOAD_TOO_LARGE); otherwise past the budget, or past the client's half of it, it may be retried.
    */
   take(n: number, client: string, own = 0): GatewayError | null {
-    if (own + n > this.limit)
+    const share = this.limit / 2;
+    if (own + n > share)
       return new GatewayError(
         ErrorCode.PAYLOAD_TOO_LARGE,
-        `this request needs ${own + n} bytes, more than MAX_BYTES_IN_FLIGHT (${this.limit}) allows at all; send it uncompressed or smaller`,
+        `this request needs ${own + n} bytes, more than one client may hold at once (half of MAX_BYTES_IN_FLIGHT, ${this.limit}); send it uncompressed or smaller`,
       );
-    const mine = this.perClient.get(client) ?? 0;
     if (this.held + n > this.limit)
       return new GatewayError(
         ErrorCode.QUEUE_FULL,
         `the server holds ${this.held} bytes of requests already and this one needs ${n} more, past MAX_BYTES_IN_FLIGHT (${this.limit}); retry shortly`,
       );
-    if (mine > own && mine + n > this.limit / 2)
+    const mine = this.perClient.get(client) ?? 0;
+    if (mine + n > share)
       return new GatewayError(
         ErrorCode.QUEUE_FULL,
         `this client holds ${mine} bytes of requests already and this one needs ${n} more, past half of MAX_BYTES_IN_FLIGHT (${this.limit}); retry when they are answered`,

@@ -325,8 +325,8 @@ export const SETTINGS = [
     'MAX_BYTES_IN_FLIGHT',
     int(1),
     defaultBytesInFlight(),
-    'Bytes of requests held at once: an HTTP body from its headers until its answer (a chunked one counts as MAX_UPLOAD_BYTES, a compressed one twice that), a gRPC message as it arrives (a compressed one MAX_UPLOAD_BYTES more); past it a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE), and a client holding bytes already may hold half of it. At least twice MAX_UPLOAD_BYTES',
-    'an eighth of the memory or of the cgroup limit, at least twice MAX_UPLOAD_BYTES',
+    'Bytes of requests held at once: an HTTP body from its headers until its answer (a chunked one counts as MAX_UPLOAD_BYTES; a compressed one MAX_UPLOAD_BYTES more), a gRPC message as it arrives (a compressed one MAX_UPLOAD_BYTES more); past it, or past half of it for one client address, a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE). At least four times MAX_UPLOAD_BYTES',
+    'an eighth of the memory or of the cgroup limit, at least four times MAX_UPLOAD_BYTES',
   ),
   s('maxFilesPerRequest', 'MAX_FILES_PER_REQUEST', int(1), 16, 'Files in one multipart request'),
   s(
@@ -480,10 +480,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     );
   // the default follows a larger MAX_UPLOAD_BYTES; a value given that cannot hold one request of the largest size is a mistake
   if (!flags.has(flagName('MAX_BYTES_IN_FLIGHT')) && !env.MAX_BYTES_IN_FLIGHT)
-    c.maxBytesInFlight = Math.max(c.maxBytesInFlight, 2 * c.maxUploadBytes);
-  else if (c.maxBytesInFlight < 2 * c.maxUploadBytes)
+    c.maxBytesInFlight = Math.max(c.maxBytesInFlight, 4 * c.maxUploadBytes);
+  else if (c.maxBytesInFlight < 4 * c.maxUploadBytes)
     throw new ConfigError(
-      `MAX_BYTES_IN_FLIGHT (${c.maxBytesInFlight}) is below twice MAX_UPLOAD_BYTES (${c.maxUploadBytes}): a compressed request of the largest size, which holds its inflated size besides, could never be read; raise MAX_BYTES_IN_FLIGHT or lower MAX_UPLOAD_BYTES`,
+      `MAX_BYTES_IN_FLIGHT (${c.maxBytesInFlight}) is below four times MAX_UPLOAD_BYTES (${c.maxUploadBytes}): one client may hold half of it, and a compressed request of the largest size holds twice MAX_UPLOAD_BYTES (its inflated size besides); raise MAX_BYTES_IN_FLIGHT or lower MAX_UPLOAD_BYTES`,
     );
   return c;
 }

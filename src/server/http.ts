@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { ErrorCode } from '../errors.ts';
 import { requestContext, type Logger } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
@@ -96,41 +97,61 @@ export function createHttpServer({
           const client = req.socket.remoteAddress ?? 'unknown';
           const refused = bytesInFlight!.take(hold, client);
           if (refused) return refuse(refused.status, refused.code, refused.message, refused.status === 503 ? { 'retry-after': '1' } : {});
-          // given back once: when the answer is sent, or when the connection goes first (a pipelined request whose
-          // answer never got the socket emits no 'close' of its own)
-          const socket = req.socket;
-          const giveBack = () => {
-            res.off('close', giveBack);
-            socket.off('close', giveBack);
-            bytesInFlight!.give(hold, client);
-          };
-          res.once('close', giveBack);
-          socket.once('close', giveBack);
+          giveBackOnce(req, res, () => bytesInFlight!.give(hold, client));
         }
         // the client waits for this before it sends its body (Expect: 100-continue): only once the request is accepted
-        if (expectsContinue(req)) res.writeContinue();
+        if (continues.has(req)) res.writeContinue();
         route.handle(req, res);
       });
     },
   );
   // a request with Expect: 100-continue is handled as any other, and its client told to send the body only once it is
   // accepted (Node would answer 100 Continue before any check)
-  server.on('checkContinue', (req, res) => server.emit('request', req, res));
+  server.on('checkContinue', (req, res) => {
+    continues.add(req);
+    server.emit('request', req, res);
+  });
   capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http' });
   return server;
 }
 
-const expectsContinue = (req: IncomingMessage) => /^\s*100-continue\s*$/i.test(req.headers.expect ?? '');
+/** Requests whose client waits for 100 Continue before it sends the body (as Node decided: it emitted checkContinue). */
+const continues = new WeakSet<IncomingMessage>();
+
+/**
+ * Run `give` once: when the answer is sent, or when the connection closes first (a pipelined request whose answer
+ * never got the socket emits no 'close' of its own). One 'close' listener per connection, however deep the pipeline.
+ */
+const pending = new WeakMap<Socket, Set<() => void>>();
+function giveBackOnce(req: IncomingMessage, res: ServerResponse, give: () => void): void {
+  const socket = req.socket;
+  let gives = pending.get(socket);
+  if (!gives) {
+    const all = (gives = new Set());
+    pending.set(socket, all);
+    socket.once('close', () => {
+      for (const g of all) g();
+    });
+  }
+  const mine = gives;
+  const once = () => {
+    if (!mine.delete(once)) return;
+    res.off('close', once);
+    give();
+  };
+  mine.add(once);
+  res.once('close', once);
+}
 
 /**
  * What a request's body may come to hold: its Content-Length when it comes as sent; the largest body allowed when its
- * size is known only at its end (chunked); twice that when it comes compressed (KServe REST inflates it, up to that
- * size, beside the body as sent); 0 without a body.
+ * size is known only at its end (chunked); when it comes compressed, that much more (KServe REST inflates it, up to
+ * that size, beside the body as sent); 0 without a body.
  */
 function bodyHold(req: IncomingMessage, length: number, maxBodyBytes: number): number {
   const declared = req.headers['content-length'] !== undefined;
   if (!declared && req.headers['transfer-encoding'] === undefined) return 0;
   const encoding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
-  if (encoding !== '' && encoding !== 'identity') return 2 * maxBodyBytes;
-  return declared ? length : maxBodyBytes;
+  const sent = declared ? length : maxBodyBytes;
+  return encoding !== '' && encoding !== 'identity' ? sent + maxBodyBytes : sent;
 }
