@@ -111,10 +111,11 @@ export const defaultAloneThreads = () => (cores() > 1 ? cores() : 0);
  * machine, room for 60 of the largest requests at once, while what a request becomes (tensors, base64 decoded, the
  * answer) and the models keep the rest.
  */
-export const defaultBytesInFlight = () => {
+export const defaultBytesInFlight = () => Math.floor(processMemory() / 8);
+/** The memory this process may use: its cgroup limit (a container's), else the machine's. */
+export const processMemory = () => {
   const limit = process.constrainedMemory?.() ?? 0;
-  const memory = limit > 0 && limit < os.totalmem() ? limit : os.totalmem();
-  return Math.floor(memory / 8);
+  return limit > 0 && limit < os.totalmem() ? limit : os.totalmem();
 };
 /** The libuv pool as Node sized it when the process started: UV_THREADPOOL_SIZE as libuv reads it, 4 when unset. */
 export const uvThreadpoolSize = () => {

@@ -302,7 +302,7 @@ describe('start-up: the server starts, or says why in one line', () => {
     await rm(empty, { recursive: true, force: true });
   });
 
-  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE, engine threads above the cores name their settings; sized right, no warning', async () => {
+  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE, engine threads above the cores name their settings, MAX_BYTES_IN_FLIGHT past half the memory names it; sized right, no warning', async () => {
     const empty = await mkdtemp(path.join(os.tmpdir(), 'gw-empty-'));
     const warningsOf = async (env: Record<string, string>) => {
       const port = await freePort();
@@ -325,6 +325,11 @@ describe('start-up: the server starts, or says why in one line', () => {
     const [engine] = await warningsOf({ UV_THREADPOOL_SIZE: '8', ENGINE_INSTANCES: '2', ENGINE_THREADS: '64' });
     expect(engine).toMatch(/^ENGINE_INSTANCES x ENGINE_THREADS is 2 x 64 = 128 engine threads for \d+ cores: .*ENGINE_THREADS/);
     expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', ENGINE_INSTANCES: '1', ENGINE_THREADS: '1' })).toEqual([]);
+    // a budget of request bytes the memory cannot hold (a MAX_UPLOAD_BYTES too large for a small container does it)
+    const [memory] = await warningsOf({ UV_THREADPOOL_SIZE: '8', MAX_BYTES_IN_FLIGHT: String(2 ** 50) });
+    expect(memory).toMatch(
+      /^MAX_BYTES_IN_FLIGHT is 1125899906842624 bytes, more than half of the \d+ this process may use: .*MAX_UPLOAD_BYTES/,
+    );
     await rm(empty, { recursive: true, force: true });
   });
 
