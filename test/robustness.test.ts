@@ -44,7 +44,10 @@ describe('bad input gets a typed error and the server stays healthy', () => {
   let outside: string;
   beforeAll(async () => {
     outside = await mkdtemp(path.join(os.tmpdir(), 'gw-outside-'));
-    gw = await startGateway({ models: models(), env: { IMAGE_ROOTS: IMAGES, MAX_IMAGE_PIXELS: '4000000' } });
+    gw = await startGateway({
+      models: { ...models(), ppocr: fixture('ppocr') },
+      env: { IMAGE_ROOTS: IMAGES, MAX_IMAGE_PIXELS: '4000000' },
+    });
   });
   afterAll(async () => {
     await gw?.close();
@@ -113,6 +116,18 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     expect(errorCode(await q('FLOAT32', [100000, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
     expect(errorCode(await q('FLOAT32', [-1, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
     await good();
+  });
+
+  it("a zero-sized dimension the model cannot compute is the client's INVALID_INPUT naming the input, not a server error; others are served", async () => {
+    const q = (shape: number[], data: string) =>
+      gw.gql(
+        `mutation($s: [Int!]!, $d: String!) { infer(model: "ppocr", inputs: [{ name: "x", dtype: FLOAT32, shape: $s, data: $d }]) { outputs { shape } } }`,
+        { s: shape, d: data },
+      );
+    const [zero, ok] = await Promise.all([q([1, 3, 0, 0], ''), q([1, 3, 64, 64], Buffer.alloc(3 * 64 * 64 * 4).toString('base64'))]);
+    expect(errorCode(zero)).toBe('INVALID_INPUT');
+    expect(zero.errors![0].message).toMatch(/^input x has a zero-sized dimension \(shape \[1, 3, 0, 0\]\)/);
+    expect(ok.data.infer.outputs[0].shape).toEqual([1, 1, 64, 64]);
   });
 
   it('a broken model.json ends the load with an error that names the field', async () => {
