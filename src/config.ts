@@ -479,7 +479,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     throw new ConfigError(
       `REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) is below HEADERS_TIMEOUT_MS (${c.headersTimeoutMs}): the whole request cannot take less time than its headers; lower HEADERS_TIMEOUT_MS too`,
     );
-  // the default follows a larger MAX_UPLOAD_BYTES; a value given that cannot hold one request of the largest size is a mistake
+  // the default follows a larger MAX_UPLOAD_BYTES (a client may hold half, and a compressed body of the largest size
+  // holds twice it); a value given below that is a mistake
   if (!flags.has(flagName('MAX_BYTES_IN_FLIGHT')) && !env.MAX_BYTES_IN_FLIGHT)
     c.maxBytesInFlight = Math.max(c.maxBytesInFlight, 4 * c.maxUploadBytes);
   else if (c.maxBytesInFlight < 4 * c.maxUploadBytes)

@@ -32,11 +32,7 @@ export interface HttpOptions {
   requestTimeoutMs?: number;
   /** Paths not worth a log line per request (probes and scrapes). */
   quietPaths?: readonly string[];
-  /**
-   * The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): a body holds its Content-Length, or `maxBodyBytes`
-   * when its size is not known before it ends (chunked) or it comes compressed (it may inflate to that), until its
-   * answer is sent.
-   */
+  /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): what each body holds is bodyHold()'s, until answered. */
   bytesInFlight?: BytesInFlight;
 }
 

@@ -303,7 +303,7 @@ export function createGrpcServer({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': -1,
     'grpc.max_concurrent_streams': maxStreamsPerConnection,
-    // the first interceptor is handed grpc-js's own call (receiveWithin reaches its stream)
+    // the first interceptor is handed grpc-js's own call (receiveBounded reaches its stream)
     interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes), tokensFirst(core, logger)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
