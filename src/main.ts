@@ -62,10 +62,11 @@ async function main(): Promise<void> {
       `ENGINE_INSTANCES x ENGINE_THREADS is ${config.engineInstances} x ${config.engineThreads || `${cores()} (0: one per core)`} = ${engineThreads} engine threads for ${cores()} cores: batches on the instances will compete for the cores; set ENGINE_THREADS to ${Math.max(1, Math.floor(cores() / config.engineInstances))} or lower ENGINE_INSTANCES`,
     );
   // the budget of request bytes is at least four of the largest request, which may not fit a small container
-  if (config.maxBytesInFlight > processMemory() / 2)
+  const memory = processMemory();
+  if (config.maxBytesInFlight > memory / 2)
     logger.warn(
-      { maxBytesInFlight: config.maxBytesInFlight, memory: processMemory() },
-      `MAX_BYTES_IN_FLIGHT is ${config.maxBytesInFlight} bytes, more than half of the ${processMemory()} this process may use: requests held at once could exhaust its memory; lower MAX_BYTES_IN_FLIGHT, or MAX_UPLOAD_BYTES (the budget is at least four times it)`,
+      { maxBytesInFlight: config.maxBytesInFlight, memory },
+      `MAX_BYTES_IN_FLIGHT is ${config.maxBytesInFlight} bytes, more than half of the ${memory} this process may use: requests held at once could exhaust its memory; lower MAX_BYTES_IN_FLIGHT, or MAX_UPLOAD_BYTES (the budget is at least four times it)`,
     );
   const st = await stat(repository).catch(() => null);
   if (!st?.isDirectory())
