@@ -14,7 +14,7 @@
  * stopped however the run ends.
  *
  * BENCH_CONCURRENCY (1,2,4,16,64), BENCH_LARGE_CONCURRENCY (1,16), BENCH_ROUNDS (5), BENCH_SECONDS (3),
- * BENCH_WARMUP_SECONDS (1), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, or `.`, one more
+ * BENCH_WARMUP_SECONDS (1, before each point), BENCH_SERVER_WARMUP_SECONDS (10, each mode at c16 before the first round), BENCH_MODES (a subset; writes nothing), BENCH_BASELINE (another checkout, or `.`, one more
  * mode: "baseline gateway", with the same repository, and its protocol alone beside the gateway's), BENCH_BASELINE_ENV (K=V,K=V: settings for that server, to compare settings in one run),
  * BENCH_BASELINE_NODE_ARGS (node flags for that server, space-separated: V8 flags are not allowed in NODE_OPTIONS).
  */
@@ -60,6 +60,13 @@ const CONCURRENCY = list(process.env.BENCH_CONCURRENCY, '1,2,4,16,64');
 const LARGE_CONCURRENCY = list(process.env.BENCH_LARGE_CONCURRENCY, '1,16');
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
+/**
+ * Every mode serves this long at c16 before the first round, so that no point is measured on code V8 has not yet
+ * optimized. Without it c1, the first points, ran on a fresh server: the gateway's main thread spent 5.7 ms per request
+ * in its first 130 requests and 3.3-4.2 after 800 (V8 was still optimizing ~130 functions between its 470th and 920th
+ * request), where the naive server's few functions are hot within a few requests. Servers in production run warm.
+ */
+const SERVER_WARMUP_SECONDS = Number(process.env.BENCH_SERVER_WARMUP_SECONDS ?? 10);
 /** Modes run interleaved, round after round, so drift on a shared machine hits them alike; medians are reported. */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const MAX_PIXELS = 40_000_000;
@@ -112,6 +119,21 @@ interface Runner {
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Serve `runner` from `concurrency` workers for `seconds`, measuring nothing. */
+async function warmUp(runner: Runner, concurrency: number, seconds: number): Promise<void> {
+  let stop = false;
+  let counter = 0;
+  let errors = 0;
+  const worker = async () => {
+    while (!stop) await runner.run(counter++).catch(() => errors++);
+  };
+  const workers = Array.from({ length: concurrency }, worker);
+  await sleep(seconds * 1000);
+  stop = true;
+  await Promise.all(workers);
+  console.log(`warmed up ${runner.mode}: ${counter} requests at c=${concurrency}${errors ? `, ${errors} errors` : ''}`);
+}
 
 /** Run `runner` from `concurrency` workers for a warm-up and then SECONDS. */
 async function drive(set: string, runner: Runner, concurrency: number): Promise<Point> {
@@ -223,7 +245,7 @@ async function main() {
   const small = await Promise.all(SMALL.map(async (name) => ({ name, bytes: await readFile(path.join(IMAGES, name)) })));
   const large = await largePhotos();
   console.log(
-    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up), modes interleaved; engine threads ${defaultEngineThreads()} x ${defaultEngineInstances()} instances, decode threads ${defaultDecodeThreads()}; int8 products ${exactInt8Here() ? 'exact (this CPU saturates them; the naive server too)' : 'as the CPU computes them'}`,
+    `machine: ${CORES} cores, ${os.cpus()[0]?.model}; node ${process.version}; ${ROUNDS} rounds of ${SECONDS}s per point (after ${WARMUP_SECONDS}s warm-up; every mode warmed up ${SERVER_WARMUP_SECONDS}s at c16 first), modes interleaved; engine threads ${defaultEngineThreads()} x ${defaultEngineInstances()} instances, decode threads ${defaultDecodeThreads()}; int8 products ${exactInt8Here() ? 'exact (this CPU saturates them; the naive server too)' : 'as the CPU computes them'}`,
   );
 
   // --- the in-process pipeline: the gateway's own code, fused preprocessing included, without HTTP or GraphQL ---
@@ -452,6 +474,7 @@ async function main() {
     for (const { set, concurrency, runners: all } of sets) {
       const runners = all.filter((r) => !selected || selected.includes(r.mode));
       if (!runners.length || !concurrency.length) continue;
+      if (SERVER_WARMUP_SECONDS > 0) for (const r of runners) await warmUp(r, 16, SERVER_WARMUP_SECONDS);
       for (const c of concurrency) {
         for (const r of runners) rounds.set(`${set}|${r.mode}|${c}`, []);
         for (let k = 0; k < ROUNDS; k++) {
@@ -567,6 +590,7 @@ async function main() {
     batching: BATCHING,
     rounds: ROUNDS,
     secondsPerRound: SECONDS,
+    serverWarmUpSeconds: SERVER_WARMUP_SECONDS,
     note: 'each point is the median of its rounds; modes were interleaved; cpuPerImageMs is the serving process CPU time per image',
     stages,
     cpuLimitImagesPerSecond: limits,
