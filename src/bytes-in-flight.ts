@@ -1,12 +1,13 @@
 import { ErrorCode, GatewayError } from './errors.ts';
 
 /**
- * Bytes of requests the process holds at once, on both ports: an HTTP body (GraphQL, KServe REST) from its headers
- * until its answer is sent or its client leaves, a gRPC message from its first byte until its call ends. Each body is
+ * Bytes of requests the process holds at once, on both ports, counted as they arrive (an HTTP body, GraphQL or KServe
+ * REST, until its answer is sent or its client leaves; a gRPC message until its call ends). Each body is
  * bounded by MAX_UPLOAD_BYTES and connections per client by MAX_CONNECTIONS_PER_CLIENT, but their product is not (256
- * connections x 50 MB from one address): past this budget a new request is refused (QUEUE_FULL, which clients retry)
- * instead of read, so memory stays bounded whatever clients send. One client address may hold at most half of it, so
- * that one client alone cannot refuse everyone else (as connections per client are capped).
+ * connections x 50 MB from one address): past this budget a request is refused (QUEUE_FULL, which clients retry) and
+ * the rest of it is not read, so memory stays bounded whatever clients send. What is counted is what has come, not
+ * what a request says will come, so that promises alone hold nothing. One client address may hold at most half of it,
+ * so that one client alone cannot refuse everyone else (as connections per client are capped).
  */
 export class BytesInFlight {
   private held = 0;
@@ -28,6 +29,15 @@ export class BytesInFlight {
    * good (PAYLOAD_TOO_LARGE); otherwise past the budget, or past the client's half of it, it may be retried.
    */
   take(n: number, client: string, own = 0): GatewayError | null {
+    const refused = this.fits(n, client, own);
+    if (refused) return refused;
+    this.held += n;
+    this.perClient.set(client, (this.perClient.get(client) ?? 0) + n);
+    return null;
+  }
+
+  /** What take() would answer, taking nothing. */
+  fits(n: number, client: string, own = 0): GatewayError | null {
     const share = this.limit / 2;
     if (own + n > share)
       return new GatewayError(
@@ -45,8 +55,6 @@ export class BytesInFlight {
         ErrorCode.QUEUE_FULL,
         `this client holds ${mine} bytes of requests already and this one needs ${n} more, past half of MAX_BYTES_IN_FLIGHT (${this.limit}); retry when they are answered`,
       );
-    this.held += n;
-    this.perClient.set(client, mine + n);
     return null;
   }
 

@@ -889,20 +889,32 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     });
   const declaredHead = (n: number) =>
     `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${n}\r\n\r\n`;
-  const declared = (n: number, from: string) => holding(declaredHead(n), from);
-  /** 4 MB of the 4.5 held by two other clients, 2 MB each (a client may hold half). */
-  const fill = async () => [
-    await declared(MB, '127.0.0.2'),
-    await declared(MB, '127.0.0.2'),
-    await declared(MB, '127.0.0.3'),
-    await declared(MB, '127.0.0.3'),
-  ];
-  const chunked = (from: string) =>
-    holding('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n', from);
   const heldGauge = async () => {
     const text = await (await fetch(`${gw.url}/metrics`)).text();
     return Number(/^gateway_request_bytes_in_flight (\d+)/m.exec(text)?.[1]);
   };
+  /** A request that has sent all but the last byte of a body of the largest size: it holds that until it is closed. */
+  const ALMOST = MB - 1;
+  const sent = (from: string) => holding(declaredHead(MB) + ' '.repeat(ALMOST - 1), from);
+  /** Almost 4 MB of the 4.5 held by two other clients, 2 MB each (a client may hold half), sent and counted. */
+  const fill = async () => {
+    const held = [await sent('127.0.0.2'), await sent('127.0.0.2'), await sent('127.0.0.3'), await sent('127.0.0.3')];
+    await until(async () => (await heldGauge()) === 4 * ALMOST, 5000, 'the bytes sent counted');
+    return held;
+  };
+  const chunked = (from: string) =>
+    holding('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n', from);
+  /** A raw request: its socket, and everything answered on it so far. */
+  const open = (head: string, from = '127.0.0.1') =>
+    new Promise<{ socket: net.Socket; answer: () => string; closed: Promise<string> }>((resolve) => {
+      let text = '';
+      const socket = net.connect({ port: port(), host: '127.0.0.1', localAddress: from }, () =>
+        socket.write(head, () => setTimeout(() => resolve({ socket, answer: () => text, closed }), 100)),
+      );
+      const closed = new Promise<string>((done) => socket.on('close', () => done(text)));
+      socket.on('data', (d) => (text += d));
+      socket.on('error', () => undefined);
+    });
   const bigJson = (n: number) => JSON.stringify({ query: '{ __typename }', variables: { pad: 'x'.repeat(n - 60) } });
   const photo = () =>
     gw.gql(
@@ -915,7 +927,6 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
 
   it('past the budget a request is refused from its Content-Length (503 QUEUE_FULL, Retry-After), over GraphQL and KServe REST; smaller ones and the server go on', async () => {
     const held = await fill();
-    expect(await heldGauge()).toBe(4 * MB);
     const graphql = await fetch(`${gw.url}/graphql`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -941,22 +952,61 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     expect(after.status).toBe(200);
   });
 
-  it('a chunked body holds MAX_UPLOAD_BYTES of the budget while it is handled (its size is not known before it ends)', async () => {
-    const held = [await chunked('127.0.0.2'), await chunked('127.0.0.2'), await chunked('127.0.0.3'), await chunked('127.0.0.3')];
-    expect(await heldGauge()).toBe(4 * MB);
-    const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: bigJson(600_000) });
-    expect(r.status).toBe(503);
+  it('a body holds what has come, not what its headers promise: requests that send nothing more hold nothing, and others are served', async () => {
+    // each of these sends its headers and one byte of its body, and nothing after: declared, chunked, compressed
+    const idle: net.Socket[] = [];
+    for (let i = 0; i < 8; i++) idle.push(await holding(declaredHead(MB), '127.0.0.2'));
+    for (let i = 0; i < 4; i++) idle.push(await chunked('127.0.0.3'));
+    const gzipHead = (n: number) =>
+      `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\nContent-Length: ${n}\r\n\r\n`;
+    idle.push(await holding(gzipHead(10), '127.0.0.3'));
+    expect(await heldGauge()).toBe(13);
+    const r = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: bigJson(MB - 1000),
+    });
+    expect(r.status).toBe(200);
     expect((await photo()).data?.classify.predictions[0].label).toBeTruthy();
+    for (const s of idle) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    // a compressed body asks for MAX_UPLOAD_BYTES more than it sends (KServe REST inflates it up to that): refused from
+    // its headers when that is not left; and it takes it once it has all come, when it may no longer be there
+    const chunkedZip = await open(
+      `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n`,
+    );
+    const held = await fill();
+    const zipped = gzipSync(Buffer.from('{}'));
+    expect((await open(gzipHead(zipped.length))).answer()).toMatch(/^HTTP\/1.1 503[^]*MAX_BYTES_IN_FLIGHT/);
+    expect(chunkedZip.answer()).toBe('');
+    chunkedZip.socket.write(`${zipped.length.toString(16)}\r\n${zipped.toString('latin1')}\r\n0\r\n\r\n`, 'latin1');
+    expect(await chunkedZip.closed).toMatch(/^HTTP\/1.1 503[^]*MAX_BYTES_IN_FLIGHT/);
     for (const s of held) s.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
-    // a compressed body holds what it sends and MAX_UPLOAD_BYTES besides (KServe REST inflates it up to that)
-    const gzipped = await holding(
-      'POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n',
-      '127.0.0.2',
+  });
+
+  it('a body that fitted when its headers came and comes past the budget is refused as it comes (503 QUEUE_FULL); the server goes on', async () => {
+    const held = await fill(); // 0.5 MB left
+    // two requests that each fit when their headers come, not together
+    const first = await open(declaredHead(400_001), '127.0.0.4');
+    const secondBody = bigJson(300_000);
+    const second = await open(
+      `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${secondBody.length}\r\n\r\n`,
     );
-    expect(await heldGauge()).toBe(MB + 10);
-    gzipped.destroy();
+    expect(second.answer()).toBe('');
+    first.socket.write(' '.repeat(400_000));
+    await until(async () => (await heldGauge()) === 4 * ALMOST + 400_000, 5000, 'the first body counted');
+    second.socket.write(secondBody);
+    const answer = await second.closed;
+    expect(answer).toMatch(/^HTTP\/1.1 503/);
+    expect(answer).toMatch(/retry-after: 1/i);
+    const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4));
+    expect(body.errors[0].extensions.code).toBe('QUEUE_FULL');
+    expect(body.errors[0].message).toMatch(/MAX_BYTES_IN_FLIGHT/);
+    expect((await photo()).data?.classify.predictions[0].label).toBeTruthy();
+    for (const s of [...held, first.socket]) s.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
   it('gRPC messages take from the same budget as they arrive (UNAVAILABLE, error-code QUEUE_FULL); a compressed call holds the largest message', async () => {
@@ -1010,11 +1060,25 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     expect(three.status).toBe(String(grpcStatus.RESOURCE_EXHAUSTED));
     expect(three.code).toBe('PAYLOAD_TOO_LARGE');
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    // a compressed message that has not all come holds only what has come (a 1000-byte message, 10 bytes of it sent)
+    const partial = session.request({
+      ':method': 'POST',
+      ':path': '/inference.GRPCInferenceService/ServerMetadata',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'grpc-encoding': 'gzip',
+    });
+    partial.on('error', () => undefined);
+    partial.write(Buffer.concat([Buffer.from([1, 0, 0, 0x03, 0xe8]), Buffer.alloc(10)]));
+    await until(async () => (await heldGauge()) === 15, 5000, 'the bytes sent counted');
+    partial.close(http2.constants.NGHTTP2_CANCEL);
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
     session.close();
   });
 
   it('one client address may hold half of the budget; another client is not refused for it', async () => {
-    const mine = [await declared(MB, '127.0.0.2'), await declared(MB, '127.0.0.2')];
+    const mine = [await sent('127.0.0.2'), await sent('127.0.0.2')];
+    await until(async () => (await heldGauge()) === 2 * ALMOST, 5000, 'the bytes sent counted');
     const third = await new Promise<string>((resolve) => {
       const s = net.connect({ port: port(), host: '127.0.0.1', localAddress: '127.0.0.2' }, () => s.write(declaredHead(MB)));
       let text = '';
@@ -1023,9 +1087,9 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
       s.on('error', () => undefined);
     });
     expect(third).toMatch(/^HTTP\/1.1 503/);
-    expect(third).toMatch(/this client holds 2097152 bytes/);
-    const other = await declared(MB, '127.0.0.3'); // 3 MB in all: within the budget
-    expect(await heldGauge()).toBe(3 * MB);
+    expect(third).toMatch(/this client holds 2097150 bytes/);
+    const other = await sent('127.0.0.3'); // 3 MB in all: within the budget
+    await until(async () => (await heldGauge()) === 3 * ALMOST, 5000, 'the bytes sent counted');
     for (const s of [...mine, other]) s.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
   });

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { ErrorCode } from '../errors.ts';
+import { ErrorCode, type GatewayError } from '../errors.ts';
 import { requestContext, type Logger } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
@@ -32,7 +32,7 @@ export interface HttpOptions {
   requestTimeoutMs?: number;
   /** Paths not worth a log line per request (probes and scrapes). */
   quietPaths?: readonly string[];
-  /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): what each body holds is bodyHold()'s, until answered. */
+  /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): what each body holds is countBody()'s, until answered. */
   bytesInFlight?: BytesInFlight;
 }
 
@@ -88,12 +88,14 @@ export function createHttpServer({
         if (length > maxBodyBytes)
           return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
-        const hold = bytesInFlight ? bodyHold(req, length, maxBodyBytes) : 0;
-        if (hold > 0) {
+        if (bytesInFlight && hasBody(req)) {
           const client = req.socket.remoteAddress ?? 'unknown';
-          const refused = bytesInFlight!.take(hold, client);
-          if (refused) return refuse(refused.status, refused.code, refused.message, refused.status === 503 ? { 'retry-after': '1' } : {});
-          giveBackOnce(req, res, () => bytesInFlight!.give(hold, client));
+          const refuseFor = (e: GatewayError) => refuse(e.status, e.code, e.message, e.status === 503 ? { 'retry-after': '1' } : {});
+          // what it says it will send must fit in what is left now, or it is refused before its body is read; nothing is
+          // set aside for it (headers that promise a body and send none would hold the budget for nothing)
+          const refused = bytesInFlight.fits(bodyNeed(req, length, maxBodyBytes), client);
+          if (refused) return refuseFor(refused);
+          countBody(req, res, { client, budget: bytesInFlight, maxBodyBytes, refuse: refuseFor });
         }
         // the client waits for this before it sends its body (Expect: 100-continue): only once the request is accepted
         if (continues.has(req)) res.writeContinue();
@@ -139,15 +141,63 @@ function giveBackOnce(req: IncomingMessage, res: ServerResponse, give: () => voi
   res.once('close', once);
 }
 
-/**
- * What a request's body may come to hold: its Content-Length when it comes as sent; the largest body allowed when its
- * size is known only at its end (chunked); when it comes compressed, that much more (KServe REST inflates it, up to
- * that size, beside the body as sent); 0 without a body.
- */
-function bodyHold(req: IncomingMessage, length: number, maxBodyBytes: number): number {
-  const declared = req.headers['content-length'] !== undefined;
-  if (!declared && req.headers['transfer-encoding'] === undefined) return 0;
+const hasBody = (req: IncomingMessage) => req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+
+function isCompressed(req: IncomingMessage): boolean {
   const encoding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
-  const sent = declared ? length : maxBodyBytes;
-  return encoding !== '' && encoding !== 'identity' ? sent + maxBodyBytes : sent;
+  return encoding !== '' && encoding !== 'identity';
+}
+
+/**
+ * What a body says it will come to hold: its Content-Length (0 when chunked: its size is known only at its end), and
+ * when it comes compressed the largest body besides (KServe REST inflates it, up to that size, beside the body as sent).
+ */
+function bodyNeed(req: IncomingMessage, length: number, maxBodyBytes: number): number {
+  return (req.headers['content-length'] !== undefined ? length : 0) + (isCompressed(req) ? maxBodyBytes : 0);
+}
+
+/**
+ * What a body holds of the budget: the bytes that have come, counted as Node's HTTP parser hands them to the request
+ * (its push(), before any reader sees them), and for a compressed body, once it has all come, the largest body besides
+ * (before its route can inflate it); until its answer is sent or its client leaves. Past the budget (a body that fitted
+ * when its headers came, beside others that came since) it is answered 503 QUEUE_FULL as it comes, and the rest of it
+ * is not read; its route never sees its end, and its answer, once the connection closes, goes nowhere.
+ */
+function countBody(
+  req: IncomingMessage,
+  res: ServerResponse,
+  {
+    client,
+    budget,
+    maxBodyBytes,
+    refuse,
+  }: { client: string; budget: BytesInFlight; maxBodyBytes: number; refuse: (e: GatewayError) => void },
+): void {
+  let held = 0;
+  let answered = false;
+  let over = false;
+  const compressed = isCompressed(req);
+  const push = req.push;
+  req.push = function (chunk: unknown, encoding?: BufferEncoding): boolean {
+    // once answered, what still comes is Node's to discard (it dumps an unread body)
+    if (answered) return push.call(this, chunk, encoding);
+    if (over) return false;
+    const n = chunk === null ? (compressed ? maxBodyBytes : 0) : (chunk as Buffer).length;
+    if (n > 0) {
+      const refused = budget.take(n, client, held);
+      if (refused) {
+        over = true;
+        if (res.headersSent) req.socket.destroy();
+        else refuse(refused);
+        return false; // the parser stops reading the connection
+      }
+      held += n;
+    }
+    return push.call(this, chunk, encoding);
+  };
+  giveBackOnce(req, res, () => {
+    answered = true;
+    budget.give(held, client);
+    held = 0;
+  });
 }

@@ -174,9 +174,9 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
  * the stream stays half open for as long as the client keeps it). The time the call then takes to compute is not
  * bounded here.
  *
- * Its bytes take from the process's budget (MAX_BYTES_IN_FLIGHT) as they arrive, and a compressed message the largest
- * message besides (it may inflate to that), until the call ends; past the budget the call is refused (UNAVAILABLE,
- * QUEUE_FULL) and its stream reset, as the HTTP port refuses a body.
+ * Its bytes take from the process's budget (MAX_BYTES_IN_FLIGHT) as they arrive, and a compressed message, once it has
+ * all come, the largest message besides (it may inflate to that), until the call ends; past the budget the call is
+ * refused (UNAVAILABLE, QUEUE_FULL) and its stream reset, as the HTTP port refuses a body.
  */
 function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessageBytes: number): grpc.ServerInterceptor {
   return (_method, call) => {
@@ -191,8 +191,8 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
       const frames = new MessageFrames();
       let held = 0;
       const onData = (chunk: Buffer) => {
-        // a compressed message may inflate to the largest message (grpc-js inflates each as it comes, a second message
-        // of a unary call included)
+        // a compressed message may inflate to the largest message (grpc-js inflates each once it has come, a second
+        // message of a unary call included)
         const n = chunk.length + frames.compressedIn(chunk) * maxMessageBytes;
         const refused = budget.take(n, client, held);
         if (!refused) {

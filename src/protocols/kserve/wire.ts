@@ -116,31 +116,36 @@ class Scan {
 
 /**
  * The messages of a gRPC stream, each behind a 5-byte prefix (a compressed flag, a 32-bit length), followed across
- * the stream's chunks without copying them: how many compressed messages begin in each chunk.
+ * the stream's chunks without copying them: how many compressed messages end in each chunk (grpc-js inflates a
+ * message once it has all come).
  */
 export class MessageFrames {
   /** Bytes of the current message still to come. */
   private body = 0;
+  /** Is the current message compressed? */
+  private compressed = false;
   private readonly prefix = new Uint8Array(5);
   private have = 0;
 
   compressedIn(chunk: Uint8Array): number {
-    let compressed = 0;
+    let ended = 0;
     let i = 0;
     while (i < chunk.length) {
       if (this.body > 0) {
         const k = Math.min(this.body, chunk.length - i);
         this.body -= k;
         i += k;
+        if (this.body === 0 && this.compressed) ended++;
         continue;
       }
       this.prefix[this.have++] = chunk[i++];
       if (this.have === 5) {
-        if (this.prefix[0] === 1) compressed++;
+        this.compressed = this.prefix[0] === 1;
         this.body = ((this.prefix[1] << 24) >>> 0) + (this.prefix[2] << 16) + (this.prefix[3] << 8) + this.prefix[4];
         this.have = 0;
+        if (this.body === 0 && this.compressed) ended++;
       }
     }
-    return compressed;
+    return ended;
   }
 }
