@@ -65,3 +65,47 @@ export class BytesInFlight {
     else this.perClient.delete(client);
   }
 }
+
+/**
+ * What one HTTP request holds of the budget: its body as it comes, and what its route holds besides (KServe REST
+ * inflating a compressed body), all given back at once when it is answered or its client leaves (release()).
+ */
+export class RequestHold {
+  private held = 0;
+  private released = false;
+
+  constructor(
+    private readonly budget: BytesInFlight,
+    private readonly client: string,
+  ) {}
+
+  /** Answered, or its client gone: nothing is held any more, and nothing more may be. */
+  get done(): boolean {
+    return this.released;
+  }
+
+  /** Take n bytes more, or the error to answer (nothing taken); once released, CANCELLED: the work is for no one. */
+  take(n: number): GatewayError | null {
+    if (this.released) return new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+    const refused = this.budget.take(n, this.client, this.held);
+    if (!refused) this.held += n;
+    return refused;
+  }
+
+  /** Give back n of the bytes taken (at most what is held). */
+  give(n: number): void {
+    const k = Math.min(n, this.held);
+    this.held -= k;
+    this.budget.give(k, this.client);
+  }
+
+  release(): void {
+    this.give(this.held);
+    this.released = true;
+  }
+}
+
+const holds = new WeakMap<object, RequestHold>();
+/** The hold of an HTTP request (the HTTP server counts its body), for a route that holds more for it. */
+export const holdOf = (req: object): RequestHold | undefined => holds.get(req);
+export const setHold = (req: object, hold: RequestHold): void => void holds.set(req, hold);

@@ -7,8 +7,6 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 
 /** A JSON answer already written as text. */
 export function sendJsonText(res: ServerResponse, status: number, text: string, headers: Record<string, string> = {}): void {
-  // answered already (a body refused as it came, MAX_BYTES_IN_FLIGHT): its route's own answer goes nowhere
-  if (res.headersSent || res.destroyed) return;
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
   res.end(text);
 }

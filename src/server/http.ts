@@ -6,7 +6,7 @@ import { requestContext, type Logger } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
-import type { BytesInFlight } from '../bytes-in-flight.ts';
+import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -93,9 +93,9 @@ export function createHttpServer({
           const refuseFor = (e: GatewayError) => refuse(e.status, e.code, e.message, e.status === 503 ? { 'retry-after': '1' } : {});
           // what it says it will send must fit in what is left now, or it is refused before its body is read; nothing is
           // set aside for it (headers that promise a body and send none would hold the budget for nothing)
-          const refused = bytesInFlight.fits(bodyNeed(req, length, maxBodyBytes), client);
+          const refused = bytesInFlight.fits(req.headers['content-length'] !== undefined ? length : 0, client);
           if (refused) return refuseFor(refused);
-          countBody(req, res, { client, budget: bytesInFlight, maxBodyBytes, refuse: refuseFor });
+          countBody(req, res, { client, budget: bytesInFlight, refuse: refuseFor });
         }
         // the client waits for this before it sends its body (Expect: 100-continue): only once the request is accepted
         if (continues.has(req)) res.writeContinue();
@@ -143,61 +143,38 @@ function giveBackOnce(req: IncomingMessage, res: ServerResponse, give: () => voi
 
 const hasBody = (req: IncomingMessage) => req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
 
-function isCompressed(req: IncomingMessage): boolean {
-  const encoding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
-  return encoding !== '' && encoding !== 'identity';
-}
-
-/**
- * What a body says it will come to hold: its Content-Length (0 when chunked: its size is known only at its end), and
- * when it comes compressed the largest body besides (KServe REST inflates it, up to that size, beside the body as sent).
- */
-function bodyNeed(req: IncomingMessage, length: number, maxBodyBytes: number): number {
-  return (req.headers['content-length'] !== undefined ? length : 0) + (isCompressed(req) ? maxBodyBytes : 0);
-}
-
 /**
  * What a body holds of the budget: the bytes that have come, counted as Node's HTTP parser hands them to the request
- * (its push(), before any reader sees them), and for a compressed body, once it has all come, the largest body besides
- * (before its route can inflate it); until its answer is sent or its client leaves. Past the budget (a body that fitted
- * when its headers came, beside others that came since) it is answered 503 QUEUE_FULL as it comes, and the rest of it
- * is not read; its route never sees its end, and its answer, once the connection closes, goes nowhere.
+ * (its push(), before any reader sees them), until its answer is sent or its client leaves; a route may hold more for
+ * it (holdOf: KServe REST inflating it). Past the budget (a body that fitted when its headers came, beside others that
+ * came since) it is answered 503 QUEUE_FULL as it comes, nothing more of it reaches its route (what still comes is
+ * dropped), and once that answer is sent the request is destroyed, so that its route stops waiting for its end.
  */
 function countBody(
   req: IncomingMessage,
   res: ServerResponse,
-  {
-    client,
-    budget,
-    maxBodyBytes,
-    refuse,
-  }: { client: string; budget: BytesInFlight; maxBodyBytes: number; refuse: (e: GatewayError) => void },
+  { client, budget, refuse }: { client: string; budget: BytesInFlight; refuse: (e: GatewayError) => void },
 ): void {
-  let held = 0;
-  let answered = false;
+  const hold = new RequestHold(budget, client);
+  setHold(req, hold);
   let over = false;
-  const compressed = isCompressed(req);
   const push = req.push;
   req.push = function (chunk: unknown, encoding?: BufferEncoding): boolean {
-    // once answered, what still comes is Node's to discard (it dumps an unread body)
-    if (answered) return push.call(this, chunk, encoding);
     if (over) return false;
-    const n = chunk === null ? (compressed ? maxBodyBytes : 0) : (chunk as Buffer).length;
-    if (n > 0) {
-      const refused = budget.take(n, client, held);
-      if (refused) {
-        over = true;
-        if (res.headersSent) req.socket.destroy();
-        else refuse(refused);
-        return false; // the parser stops reading the connection
+    // once answered, what still comes is Node's to discard (it dumps an unread body)
+    if (hold.done || chunk === null) return push.call(this, chunk, encoding);
+    const refused = hold.take((chunk as Buffer).length);
+    if (refused) {
+      over = true;
+      const error = Object.assign(new Error('request body refused past MAX_BYTES_IN_FLIGHT'), { code: 'ECONNRESET' });
+      if (res.headersSent) req.destroy(error);
+      else {
+        refuse(refused);
+        res.once('finish', () => req.destroy(error));
       }
-      held += n;
+      return false;
     }
     return push.call(this, chunk, encoding);
   };
-  giveBackOnce(req, res, () => {
-    answered = true;
-    budget.give(held, client);
-    held = 0;
-  });
+  giveBackOnce(req, res, () => hold.release());
 }

@@ -174,9 +174,10 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
  * the stream stays half open for as long as the client keeps it). The time the call then takes to compute is not
  * bounded here.
  *
- * Its bytes take from the process's budget (MAX_BYTES_IN_FLIGHT) as they arrive, and a compressed message, once it has
- * all come, the largest message besides (it may inflate to that), until the call ends; past the budget the call is
- * refused (UNAVAILABLE, QUEUE_FULL) and its stream reset, as the HTTP port refuses a body.
+ * Its bytes take from the process's budget (MAX_BYTES_IN_FLIGHT) as they arrive, until the call ends; a compressed
+ * message, once it has all come and before grpc-js inflates it, the largest message besides (it may inflate to that),
+ * of which what it did not inflate to is given back when it is read. Past the budget the call is refused (UNAVAILABLE,
+ * QUEUE_FULL) and its stream reset, as the HTTP port refuses a body.
  */
 function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessageBytes: number): grpc.ServerInterceptor {
   return (_method, call) => {
@@ -186,10 +187,19 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
     const reset = () => setImmediate(() => stream?.close(http2.constants.NGHTTP2_CANCEL));
     let timer: NodeJS.Timeout | undefined;
     const stop = () => clearTimeout(timer);
+    /** A message is read: what a compressed one took to inflate and did not inflate to is given back. */
+    let received = (_message: unknown) => undefined as void;
     if (budget && stream) {
       const client = peerAddress(call.getPeer());
       const frames = new MessageFrames();
       let held = 0;
+      received = (message) => {
+        if (!frames.nextWasCompressed()) return;
+        const back = Math.min(held, maxMessageBytes - (wireBytes(message) ?? maxMessageBytes));
+        if (back <= 0) return;
+        held -= back;
+        budget.give(back, client);
+      };
       const onData = (chunk: Buffer) => {
         // a compressed message may inflate to the largest message (grpc-js inflates each once it has come, a second
         // message of a unary call included)
@@ -225,6 +235,10 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
         }, ms);
         // a unary call starts when the client ends its stream, not when the message is in: kept until then
         next({
+          onReceiveMessage: (message, nextMessage) => {
+            received(message);
+            nextMessage(message);
+          },
           onReceiveHalfClose: (nextHalfClose) => {
             stop();
             nextHalfClose();
@@ -239,6 +253,15 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
     });
   };
 }
+
+const WIRE_BYTES = Symbol('bytes as decoded');
+/** A decoded request with its size once inflated, for receiveBounded. */
+function withWireBytes<T>(message: T, n: number): T {
+  if (message !== null && typeof message === 'object') Object.defineProperty(message, WIRE_BYTES, { value: n });
+  return message;
+}
+const wireBytes = (message: unknown): number | undefined =>
+  message !== null && typeof message === 'object' ? (message as { [WIRE_BYTES]?: number })[WIRE_BYTES] : undefined;
 
 /** Who calls: the token of the call's metadata, and where it comes from. */
 function whoOf(metadata: grpc.Metadata, peer: string): Who {
@@ -363,25 +386,31 @@ export function createGrpcServer({
     return { config, files };
   };
 
+  // every request carries its size once inflated (receiveBounded gives back what a compressed one did not need), and
   // ModelInfer's elements are counted on the wire before they are decoded (wire.ts)
-  const definition = loadServiceDefinition();
+  const definition = Object.fromEntries(
+    Object.entries(loadServiceDefinition()).map(([name, m]) => [
+      name,
+      { ...m, requestDeserialize: (buf: Buffer) => withWireBytes(m.requestDeserialize(buf), buf.length) },
+    ]),
+  ) as grpc.ServiceDefinition;
   const infer = definition.ModelInfer;
+  const decodeInfer = (buf: Buffer): object => {
+    const elements = messageElements(buf, maxJsonValues);
+    if (elements === null) return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads (proto3, no groups)') };
+    if (elements > maxJsonValues)
+      return { [REFUSED]: tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents') };
+    try {
+      return infer.requestDeserialize(buf) as object;
+    } catch {
+      return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads') };
+    }
+  };
   const measured: grpc.ServiceDefinition = {
     ...definition,
     ModelInfer: {
       ...infer,
-      requestDeserialize: (buf: Buffer) => {
-        const elements = messageElements(buf, maxJsonValues);
-        if (elements === null)
-          return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads (proto3, no groups)') };
-        if (elements > maxJsonValues)
-          return { [REFUSED]: tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents') };
-        try {
-          return infer.requestDeserialize(buf);
-        } catch {
-          return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads') };
-        }
-      },
+      requestDeserialize: (buf: Buffer) => withWireBytes(decodeInfer(buf), buf.length),
     },
   };
   server.addService(measured, {

@@ -22,6 +22,7 @@ import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.
 import { invalid, mapError } from './errors.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { sendJson, sendJsonText } from '../../send-json.ts';
+import { holdOf } from '../../bytes-in-flight.ts';
 
 const gunzipAsync = promisify(gunzip);
 const inflateAsync = promisify(inflate);
@@ -70,7 +71,8 @@ const params = (v: unknown, where: string): Params => {
 /**
  * The whole body, refused past `limit` bytes, inflated when it comes compressed (Content-Encoding gzip or deflate, as
  * tritonclient's request_compression_algorithm sends it): on the libuv pool, and no larger than `limit` once inflated
- * (a small bomb is refused as it inflates, not inflated whole).
+ * (a small bomb is refused as it inflates, not inflated whole). Inflating takes `limit` more from the process's budget
+ * of request bytes (MAX_BYTES_IN_FLIGHT), what it did not inflate to given back after, the rest with the body.
  */
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const body = await readRaw(req, limit);
@@ -78,12 +80,20 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   if (encoding === 'identity' || encoding === '') return body;
   const inflate = encoding === 'gzip' || encoding === 'x-gzip' ? gunzipAsync : encoding === 'deflate' ? inflateAsync : null;
   if (!inflate) throw new Refusal(415, `Content-Encoding ${encoding} is not read here: send gzip, deflate or an uncompressed body`);
+  const hold = holdOf(req);
+  const refused = hold?.take(limit);
+  if (refused) throw refused;
+  let inflated = 0;
   try {
-    return await inflate(body, { maxOutputLength: limit });
+    const out = await inflate(body, { maxOutputLength: limit });
+    inflated = out.length;
+    return out;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE')
       throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `the request body inflates past ${limit} bytes (MAX_UPLOAD_BYTES)`);
     throw invalid(`the request body is not valid ${encoding} data (Content-Encoding)`);
+  } finally {
+    hold?.give(limit - inflated);
   }
 }
 

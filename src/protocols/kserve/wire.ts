@@ -126,6 +126,18 @@ export class MessageFrames {
   private compressed = false;
   private readonly prefix = new Uint8Array(5);
   private have = 0;
+  /** Were the messages that have ended compressed, in order (the first 16: a unary call reads one)? */
+  private readonly ended: boolean[] = [];
+
+  /** Was the next message to be read compressed (false when unknown)? */
+  nextWasCompressed(): boolean {
+    return this.ended.shift() ?? false;
+  }
+
+  private end(): number {
+    if (this.ended.length < 16) this.ended.push(this.compressed);
+    return this.compressed ? 1 : 0;
+  }
 
   compressedIn(chunk: Uint8Array): number {
     let ended = 0;
@@ -135,7 +147,7 @@ export class MessageFrames {
         const k = Math.min(this.body, chunk.length - i);
         this.body -= k;
         i += k;
-        if (this.body === 0 && this.compressed) ended++;
+        if (this.body === 0) ended += this.end();
         continue;
       }
       this.prefix[this.have++] = chunk[i++];
@@ -143,7 +155,7 @@ export class MessageFrames {
         this.compressed = this.prefix[0] === 1;
         this.body = ((this.prefix[1] << 24) >>> 0) + (this.prefix[2] << 16) + (this.prefix[3] << 8) + this.prefix[4];
         this.have = 0;
-        if (this.body === 0 && this.compressed) ended++;
+        if (this.body === 0) ended += this.end();
       }
     }
     return ended;
