@@ -177,6 +177,9 @@ async function main(): Promise<void> {
   // drains like any other, instead of killing the process with requests in flight
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+  // a promise rejected with no one to hear it is a bug of ours: logged, and the server goes on (Node would end the
+  // process, and every client's requests with it, whatever request led there)
+  process.on('unhandledRejection', (e) => logger.error({ err: e }, 'unhandled rejection (a bug in the gateway: please report it)'));
 
   try {
     await models.start();

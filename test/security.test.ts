@@ -979,6 +979,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     const held = await fill();
     const refused = await gzipped();
     expect(refused.status).toBe(503);
+    expect(refused.headers.get('retry-after')).toBe('1');
     expect(((await refused.json()) as any).error).toMatch(/MAX_BYTES_IN_FLIGHT/);
     for (const s of held) s.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
@@ -1038,6 +1039,48 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     for (const s of [...held, first.socket]) s.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+  });
+
+  it('a route that answers a request refused as its body came (without reading it) answers nowhere; the server lives', async () => {
+    // 127.0.0.9 holds all but a byte of its half of the budget
+    const share = (4.5 * MB) / 2;
+    const rest = share - 2 * ALMOST;
+    const held = [await sent('127.0.0.9'), await sent('127.0.0.9'), await holding(declaredHead(rest) + ' '.repeat(rest - 2), '127.0.0.9')];
+    await until(async () => (await heldGauge()) === share - 1, 5000, 'the bytes sent counted');
+    for (const path of ['/v2/health/live', '/metrics']) {
+      const r = await open(
+        `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n${'x'.repeat(16)}\r\n`,
+        '127.0.0.9',
+      );
+      expect(await r.closed).toMatch(/^HTTP\/1.1 503/);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+    for (const s of held) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
+  it('a gRPC call answered before its client ends its stream (a message that does not inflate) holds nothing after', async () => {
+    const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
+    session.on('error', () => undefined);
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': '/inference.GRPCInferenceService/ServerMetadata',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'grpc-encoding': 'gzip',
+    });
+    stream.on('error', () => undefined);
+    const status = new Promise<string>((resolve) => {
+      stream.on('trailers', (h) => resolve(String(h['grpc-status'])));
+      stream.on('response', (h) => h['grpc-status'] !== undefined && resolve(String(h['grpc-status'])));
+    });
+    stream.resume();
+    stream.write(Buffer.concat([Buffer.from([1, 0, 0, 0, 5]), Buffer.from('xxxxx')])); // not gzip
+    expect(await status).not.toBe('0');
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back while the connection stays open');
+    expect(session.closed).toBe(false);
+    session.close();
   });
 
   it('gRPC messages take from the same budget as they arrive (UNAVAILABLE, error-code QUEUE_FULL); a compressed message holds the largest message while it inflates', async () => {

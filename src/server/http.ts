@@ -141,6 +141,18 @@ function giveBackOnce(req: IncomingMessage, res: ServerResponse, give: () => voi
   res.once('close', once);
 }
 
+/**
+ * A response the server has given itself (a body refused as it came): its route, which may still answer (one that
+ * does not read the body, or on the error of its destroyed request), answers nowhere instead of writing headers
+ * twice (ERR_HTTP_HEADERS_SENT, thrown where the route does not expect it).
+ */
+function answeredHere(res: ServerResponse): void {
+  const nothing = function (this: ServerResponse) {
+    return this;
+  };
+  Object.assign(res, { writeHead: nothing, setHeader: nothing, removeHeader: () => undefined, write: () => true, end: nothing });
+}
+
 const hasBody = (req: IncomingMessage) => req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
 
 /**
@@ -170,6 +182,7 @@ function countBody(
       if (res.headersSent) req.destroy(error);
       else {
         refuse(refused);
+        answeredHere(res);
         res.once('finish', () => req.destroy(error));
       }
       return false;

@@ -171,8 +171,9 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
 /**
  * A call whose message (and end of stream) has not arrived within `ms` is ended (DEADLINE_EXCEEDED), as a slow REST
  * body is cut, and its HTTP/2 stream is reset, so that the part of the message received is let go (after a status alone
- * the stream stays half open for as long as the client keeps it). The time the call then takes to compute is not
- * bounded here.
+ * the stream stays half open for as long as the client keeps it); so is any call answered before its client ended its
+ * stream (refused, cancelled, a message that does not inflate or decode). The time the call then takes to compute is
+ * not bounded here.
  *
  * Its bytes take from the process's budget (MAX_BYTES_IN_FLIGHT) as they arrive, until the call ends; a compressed
  * message, once it has all come and before grpc-js inflates it, the largest message besides (it may inflate to that),
@@ -184,15 +185,31 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
     // grpc-js keeps the stream to itself (the first interceptor is handed its own call, which holds it): tested in
     // security.test.ts, so an upgrade that moves it fails there
     const stream = (call as unknown as { stream?: http2.ServerHttp2Stream }).stream;
-    const reset = () => setImmediate(() => stream?.close(http2.constants.NGHTTP2_CANCEL));
     let timer: NodeJS.Timeout | undefined;
-    const stop = () => clearTimeout(timer);
+    let halfClosed = false;
     /** A message is read: what a compressed one took to inflate and did not inflate to is given back. */
     let received = (_message: unknown) => undefined as void;
+    /** What the call holds, given back. */
+    let letGo = () => undefined as void;
+    /**
+     * The call is answered or cancelled: nothing more of it is read. A client that has not ended its stream is told to
+     * stop (RST_STREAM NO_ERROR after the answer, RFC 9113 8.1), or the stream would stay half open, and what it sent
+     * held, for as long as its connection lasts.
+     */
+    const stop = () => {
+      clearTimeout(timer);
+      letGo();
+      if (!halfClosed) setImmediate(() => stream?.close(http2.constants.NGHTTP2_NO_ERROR));
+    };
     if (budget && stream) {
       const client = peerAddress(call.getPeer());
       const frames = new MessageFrames();
       let held = 0;
+      letGo = () => {
+        stream.off('data', onData);
+        budget.give(held, client);
+        held = 0;
+      };
       received = (message) => {
         if (!frames.nextWasCompressed()) return;
         const back = Math.min(held, maxMessageBytes - (wireBytes(message) ?? maxMessageBytes));
@@ -209,29 +226,24 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
           held += n;
           return;
         }
-        stream.off('data', onData);
         stop();
         const m = mapError(refused);
         const trailer = new grpc.Metadata();
         trailer.set('error-code', m.code);
         call.sendStatus({ code: m.grpc, details: m.message, metadata: trailer });
-        reset();
       };
       // before grpc-js's own listener, so that a refused chunk is counted before grpc-js reads it
       stream.prependListener('data', onData);
-      stream.once('close', () => {
-        budget.give(held, client);
-        held = 0;
-      });
+      stream.once('close', () => letGo());
     }
     return new grpc.ServerInterceptingCall(call, {
       start: (next) => {
         timer = setTimeout(() => {
+          stop();
           call.sendStatus({
             code: grpc.status.DEADLINE_EXCEEDED,
             details: `the request message did not arrive within ${ms} ms (REQUEST_TIMEOUT_MS)`,
           });
-          reset();
         }, ms);
         // a unary call starts when the client ends its stream, not when the message is in: kept until then
         next({
@@ -240,7 +252,8 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
             nextMessage(message);
           },
           onReceiveHalfClose: (nextHalfClose) => {
-            stop();
+            halfClosed = true;
+            clearTimeout(timer);
             nextHalfClose();
           },
           onCancel: stop,

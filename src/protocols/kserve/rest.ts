@@ -342,6 +342,7 @@ export function createRestRoute({
     if (res.headersSent) return void res.destroy();
     res.setHeader('x-error-code', m.code);
     if (m.code === ErrorCode.PAYLOAD_TOO_LARGE) res.setHeader('connection', 'close');
+    if (m.http === 503) res.setHeader('retry-after', '1'); // as the HTTP server's own 503s (MAX_BYTES_IN_FLIGHT)
     sendJson(res, m.http, { error: m.message });
   };
 
