@@ -150,7 +150,25 @@ function answeredHere(res: ServerResponse): void {
   const nothing = function (this: ServerResponse) {
     return this;
   };
-  Object.assign(res, { writeHead: nothing, setHeader: nothing, removeHeader: () => undefined, write: () => true, end: nothing });
+  /** A write's callback, if any (its last argument), is still called: a route may wait for it. */
+  const written =
+    (result: unknown) =>
+    (...args: unknown[]) => {
+      const done = args.at(-1);
+      if (typeof done === 'function') process.nextTick(done as () => void);
+      return result;
+    };
+  Object.assign(res, {
+    writeHead: nothing,
+    setHeader: nothing,
+    setHeaders: nothing,
+    appendHeader: nothing,
+    removeHeader: () => undefined,
+    flushHeaders: () => undefined,
+    writeEarlyHints: () => undefined,
+    write: written(true),
+    end: written(res),
+  });
 }
 
 const hasBody = (req: IncomingMessage) => req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
