@@ -915,6 +915,12 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
       socket.on('data', (d) => (text += d));
       socket.on('error', () => undefined);
     });
+  /** A raw gRPC stream to the gateway, whatever it is sent (its errors, resets among them, are expected). */
+  const grpcStream = (session: http2.ClientHttp2Session, path: string, headers: Record<string, string> = {}) => {
+    const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+    stream.on('error', () => undefined);
+    return stream;
+  };
   const bigJson = (n: number) => JSON.stringify({ query: '{ __typename }', variables: { pad: 'x'.repeat(n - 60) } });
   const photo = () =>
     gw.gql(
@@ -1063,14 +1069,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
   it('a gRPC call answered before its client ends its stream (a message that does not inflate) holds nothing after', async () => {
     const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
     session.on('error', () => undefined);
-    const stream = session.request({
-      ':method': 'POST',
-      ':path': '/inference.GRPCInferenceService/ServerMetadata',
-      'content-type': 'application/grpc',
-      te: 'trailers',
-      'grpc-encoding': 'gzip',
-    });
-    stream.on('error', () => undefined);
+    const stream = grpcStream(session, '/inference.GRPCInferenceService/ServerMetadata', { 'grpc-encoding': 'gzip' });
     const status = new Promise<string>((resolve) => {
       stream.on('trailers', (h) => resolve(String(h['grpc-status'])));
       stream.on('response', (h) => h['grpc-status'] !== undefined && resolve(String(h['grpc-status'])));
@@ -1088,8 +1087,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
     session.on('error', () => undefined);
     const call = (path: string, body: Buffer, headers: Record<string, string> = {}) => {
-      const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
-      stream.on('error', () => undefined);
+      const stream = grpcStream(session, path, headers);
       const ended = new Promise<{ status?: string; code?: string; message?: string }>((resolve) => {
         const out: { status?: string; code?: string; message?: string } = {};
         const read = (h: http2.IncomingHttpHeaders) => {
@@ -1135,14 +1133,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     expect(three.code).toBe('PAYLOAD_TOO_LARGE');
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
     // a compressed message that has not all come holds only what has come (a 1000-byte message, 10 bytes of it sent)
-    const partial = session.request({
-      ':method': 'POST',
-      ':path': '/inference.GRPCInferenceService/ServerMetadata',
-      'content-type': 'application/grpc',
-      te: 'trailers',
-      'grpc-encoding': 'gzip',
-    });
-    partial.on('error', () => undefined);
+    const partial = grpcStream(session, '/inference.GRPCInferenceService/ServerMetadata', { 'grpc-encoding': 'gzip' });
     partial.write(Buffer.concat([Buffer.from([1, 0, 0, 0x03, 0xe8]), Buffer.alloc(10)]));
     await until(async () => (await heldGauge()) === 15, 5000, 'the bytes sent counted');
     partial.close(http2.constants.NGHTTP2_CANCEL);
@@ -1150,14 +1141,7 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     // compressed messages that have come, on calls never half-closed, keep only what they inflated to (here nothing)
     const unended = [];
     for (let i = 0; i < 4; i++) {
-      const stream = session.request({
-        ':method': 'POST',
-        ':path': '/inference.GRPCInferenceService/ServerMetadata',
-        'content-type': 'application/grpc',
-        te: 'trailers',
-        'grpc-encoding': 'gzip',
-      });
-      stream.on('error', () => undefined);
+      const stream = grpcStream(session, '/inference.GRPCInferenceService/ServerMetadata', { 'grpc-encoding': 'gzip' });
       stream.write(zipped);
       unended.push(stream);
       await until(async () => (await heldGauge()) === (i + 1) * zipped.length, 5000, 'the room to inflate given back');
