@@ -326,7 +326,7 @@ export const SETTINGS = [
     'MAX_BYTES_IN_FLIGHT',
     int(1),
     defaultBytesInFlight(),
-    'Bytes of requests held at once, counted as they arrive: an HTTP body until its answer, a gRPC message until its call ends, and MAX_UPLOAD_BYTES more while a compressed one inflates (what it does not inflate to given back); a request whose Content-Length does not fit in what is left is refused from its headers; past it, or past half of it for one client address, a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE). At least four times MAX_UPLOAD_BYTES',
+    'Bytes of requests held at once, counted as they arrive: an HTTP body until its answer, a gRPC message until its call ends, the message of a WebSocket operation until it ends, and MAX_UPLOAD_BYTES more while a compressed one inflates (what it does not inflate to given back); a request whose Content-Length does not fit in what is left is refused from its headers; past it, or past half of it for one client address, a request is refused (503 QUEUE_FULL, gRPC UNAVAILABLE). At least four times MAX_UPLOAD_BYTES',
     'an eighth of the memory or of the cgroup limit, at least four times MAX_UPLOAD_BYTES',
   ),
   s('maxFilesPerRequest', 'MAX_FILES_PER_REQUEST', int(1), 16, 'Files in one multipart request'),

@@ -74,6 +74,7 @@ export function createGateway({
     webSocketLimits: {
       maxConnectionsPerClient: config.maxWsConnectionsPerClient,
       maxSubscriptionsPerConnection: config.maxSubscriptionsPerConnection,
+      bytesInFlight,
     },
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
     corsOrigins: config.corsOrigins,

@@ -1,9 +1,10 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
-import { WebSocketServer } from 'ws';
+import { WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { ErrorCode, GatewayError } from '../../errors.ts';
+import type { BytesInFlight } from '../../bytes-in-flight.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
 import { toGraphQLError } from './errors.ts';
@@ -14,7 +15,12 @@ export interface WebSocketLimits {
   maxConnectionsPerClient?: number;
   maxSubscriptionsPerConnection?: number;
   maxPayloadBytes?: number;
+  /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): an operation holds its message until it ends. */
+  bytesInFlight?: BytesInFlight;
 }
+
+const rawBytes = (data: RawData): number =>
+  Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
 type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown };
 
@@ -31,6 +37,7 @@ export function attachWebSocket(
     maxSubscriptionsPerConnection = 32,
     maxPayloadBytes = 1024 * 1024,
     allowUpgrade = () => true,
+    bytesInFlight,
   }: WebSocketLimits = {},
 ): { close(): Promise<void> } {
   const clientAddress = (req: IncomingMessage) => req.socket.remoteAddress ?? 'unknown';
@@ -56,9 +63,12 @@ export function attachWebSocket(
     }
     wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
   });
+  /** The size of the message being handled on a connection (graphql-ws hands a subscribe to onSubscribe at once). */
+  const messageBytes = new WeakMap<object, number>();
   wss.on('connection', (socket, req) => {
     const addr = clientAddress(req);
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
+    if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
     socket.on('close', () => {
       const n = (connections.get(addr) ?? 1) - 1;
       if (n <= 0) connections.delete(addr);
@@ -68,12 +78,18 @@ export function attachWebSocket(
   /**
    * Operations in progress per connection, each with its own signal (the request's signal over HTTP): it ends when
    * the operation completes or the connection closes, so work queued for a client that left is dropped, and each
-   * operation is a request of its own for what is shared between requests (decoding threads).
+   * operation is a request of its own for what is shared between requests (decoding threads). Each holds its message's
+   * bytes of the budget (MAX_BYTES_IN_FLIGHT) until then: a subscription keeps its variables as long as it lasts.
    */
-  const operations = new WeakMap<object, Map<string, AbortController>>();
+  type Operation = { abort: AbortController; bytes: number; client: string };
+  const operations = new WeakMap<object, Map<string, Operation>>();
+  const endOperation = (op: Operation | undefined) => {
+    op?.abort.abort();
+    if (op && bytesInFlight) bytesInFlight.give(op.bytes, op.client);
+  };
   const end = (socket: object, id: string) => {
     const ops = operations.get(socket);
-    ops?.get(id)?.abort();
+    endOperation(ops?.get(id));
     ops?.delete(id);
   };
   const authOf = (ctx: { connectionParams?: Record<string, unknown>; extra: { request: IncomingMessage } }) =>
@@ -96,7 +112,7 @@ export function attachWebSocket(
           const mine = (ops = new Map());
           operations.set(ctx.extra.socket, mine);
           ctx.extra.socket.once('close', () => {
-            for (const a of mine.values()) a.abort();
+            for (const op of mine.values()) endOperation(op);
             mine.clear();
           });
         }
@@ -130,7 +146,12 @@ export function attachWebSocket(
         }
         const errors = validate(schema, document);
         if (errors.length) return errors;
-        ops.set(id, abort);
+        // the message's size, read before anything here waited (graphql-ws calls this as the message comes)
+        const client = clientAddress(ctx.extra.request);
+        const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
+        const refused = bytesInFlight?.take(bytes, client);
+        if (refused) return [toGraphQLError(refused)];
+        ops.set(id, { abort, bytes, client });
         return {
           schema,
           operationName: payload.operationName,
