@@ -1107,7 +1107,22 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     expect(await heldGauge()).toBe(2 * size);
     ws.send(JSON.stringify({ id: '1', type: 'complete' }));
     await until(async () => (await heldGauge()) === size, 5000, 'the completed subscription given back');
+    ws.send(JSON.stringify({ id: '2', type: 'complete' }));
+    await until(async () => (await heldGauge()) === 0, 5000, 'every subscription given back');
+    // an id used again at once, before the operation it named has finished ending (one read): each operation gives back
+    // its own (graphql-ws itself loses track of the second one, which then ends with its connection)
+    const small = JSON.stringify({ id: 'r', type: 'subscribe', payload: { query: 'subscription { modelStatus { model } }' } });
+    ws.send(small);
+    await until(async () => (await heldGauge()) === small.length, 5000, 'a small subscription counted');
+    const socket = (ws as unknown as { _socket: net.Socket })._socket;
+    socket.cork();
+    ws.send(JSON.stringify({ id: 'r', type: 'complete' }));
+    ws.send(small);
+    socket.uncork();
+    await new Promise((r) => setTimeout(r, 200));
+    ws.send(JSON.stringify({ id: 'r', type: 'complete' }));
     ws.close();
+    await new Promise((r) => ws.once('close', r));
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back when the connection closes');
   });
 

@@ -80,17 +80,20 @@ export function attachWebSocket(
    * the operation completes or the connection closes, so work queued for a client that left is dropped, and each
    * operation is a request of its own for what is shared between requests (decoding threads). Each holds its message's
    * bytes of the budget (MAX_BYTES_IN_FLIGHT) until then: a subscription keeps its variables as long as it lasts.
+   * Keyed by the message's payload, which graphql-ws hands to onSubscribe, onComplete and onError alike, not by its id:
+   * a client may use an id again as soon as it has completed it, before the operation it named has finished ending.
    */
   type Operation = { abort: AbortController; bytes: number; client: string };
-  const operations = new WeakMap<object, Map<string, Operation>>();
+  const operations = new WeakMap<object, Map<object, Operation>>();
   const endOperation = (op: Operation | undefined) => {
-    op?.abort.abort();
     if (op && bytesInFlight) bytesInFlight.give(op.bytes, op.client);
+    op?.abort.abort();
   };
-  const end = (socket: object, id: string) => {
+  const end = (socket: object, payload: object) => {
     const ops = operations.get(socket);
-    endOperation(ops?.get(id));
-    ops?.delete(id);
+    const op = ops?.get(payload);
+    ops?.delete(payload);
+    endOperation(op);
   };
   const authOf = (ctx: { connectionParams?: Record<string, unknown>; extra: { request: IncomingMessage } }) =>
     (ctx.connectionParams?.authorization as string | undefined) ?? ctx.extra.request.headers.authorization ?? null;
@@ -151,7 +154,7 @@ export function attachWebSocket(
         const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
         const refused = bytesInFlight?.take(bytes, client);
         if (refused) return [toGraphQLError(refused)];
-        ops.set(id, { abort, bytes, client });
+        ops.set(payload, { abort, bytes, client });
         return {
           schema,
           operationName: payload.operationName,
@@ -161,8 +164,8 @@ export function attachWebSocket(
           rootValue: { execute, subscribe } satisfies Root,
         };
       },
-      onComplete: (ctx, id) => end(ctx.extra.socket, id),
-      onError: (ctx, id) => end(ctx.extra.socket, id),
+      onComplete: (ctx, _id, payload) => end(ctx.extra.socket, payload),
+      onError: (ctx, _id, payload) => end(ctx.extra.socket, payload),
     },
     wss,
   );
