@@ -130,6 +130,28 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     expect(ok.data.infer.outputs[0].shape).toEqual([1, 1, 64, 64]);
   });
 
+  it('many open subscriptions print no listener-leak warning (each listens to the shutdown signal), and all end', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    const messages: { id?: string; type: string }[] = [];
+    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+    await new Promise((resolve) => ws.once('open', resolve));
+    ws.send(JSON.stringify({ type: 'connection_init' }));
+    await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+    for (let i = 0; i < 16; i++)
+      ws.send(JSON.stringify({ id: String(i), type: 'subscribe', payload: { query: 'subscription { modelStatus { model } }' } }));
+    await new Promise((r) => setTimeout(r, 500));
+    for (let i = 0; i < 16; i++) ws.send(JSON.stringify({ id: String(i), type: 'complete' }));
+    ws.close();
+    await new Promise((r) => ws.once('close', r));
+    await new Promise((r) => setTimeout(r, 50));
+    process.off('warning', onWarning);
+    expect(messages.filter((m) => m.type === 'error')).toEqual([]);
+    expect(warnings).not.toContain('MaxListenersExceededWarning');
+  });
+
   it('a broken model.json ends the load with an error that names the field', async () => {
     const r = await gw.gql(`mutation($c: JSON) { loadModel(name: "broken", path: $p, config: $c) { name } }`.replace('path: $p, ', ''), {
       c: { task: 'detection', postprocessing: { format: 'yolo9000' } },

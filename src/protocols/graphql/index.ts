@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createYoga, type YogaServerInstance } from 'graphql-yoga';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
@@ -97,6 +98,8 @@ export function createGraphqlProtocol({
   statusSource = service.models,
 }: GraphqlOptions): GraphqlProtocol {
   const shutdown = new AbortController();
+  // every open subscription listens to it (bounded by the subscriptions per client and connection, not by Node's 10)
+  setMaxListeners(0, shutdown.signal);
   let ws: { close(): Promise<void> } | null = null;
   const subscriptionsByClient = new Map<string, number>();
 
