@@ -93,7 +93,7 @@ export function createHttpServer({
           const refuseFor = (e: GatewayError) => refuse(e.status, e.code, e.message, e.status === 503 ? { 'retry-after': '1' } : {});
           // what it says it will send must fit in what is left now, or it is refused before its body is read; nothing is
           // set aside for it (headers that promise a body and send none would hold the budget for nothing)
-          const refused = bytesInFlight.fits(req.headers['content-length'] !== undefined ? length : 0, client);
+          const refused = bytesInFlight.fits(length, client);
           if (refused) return refuseFor(refused);
           countBody(req, res, { client, budget: bytesInFlight, refuse: refuseFor });
         }
