@@ -5,6 +5,7 @@ import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
 import type { LoadOptions } from './engine/types.ts';
+import { parseTrustedProxy } from './client-address.ts';
 
 type ExactInt8 = NonNullable<LoadOptions['exactInt8']>;
 
@@ -49,6 +50,8 @@ export interface Config {
   apiTokens: string[];
   corsOrigins: string[];
   allowedHosts: string[];
+  /** Proxies whose X-Forwarded-For names the client (addresses and CIDR blocks); none by default. */
+  trustedProxies: string[];
   shutdownTimeoutMs: number;
   graphiql: boolean;
   maxQueryBytes: number;
@@ -175,6 +178,16 @@ const listOf =
   <T extends string>(values: readonly T[]) =>
   (raw: string, name: string): T[] =>
     list(',')(raw).map((v) => oneOf(values)(v.toLowerCase(), name));
+
+const trustedProxies = (raw: string, name: string): string[] =>
+  list(',')(raw).map((entry) => {
+    try {
+      parseTrustedProxy(entry);
+    } catch (e) {
+      throw new ConfigError(`${name}: ${(e as Error).message}`);
+    }
+    return entry;
+  });
 
 const redisUrl = (raw: string, name: string): string => {
   let url: URL;
@@ -368,6 +381,13 @@ export const SETTINGS = [
     list(','),
     [],
     'Comma-separated host names the server answers to besides IP addresses and localhost (DNS rebinding protection); * for any',
+  ),
+  s(
+    'trustedProxies',
+    'TRUSTED_PROXIES',
+    trustedProxies,
+    [],
+    'Comma-separated proxies (addresses or CIDR blocks) whose X-Forwarded-For names the client: per-client limits then count each client behind them, and their own connections are not capped per client (default: none, every peer is the client)',
   ),
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),

@@ -1296,3 +1296,202 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     expect(loadConfig({ MAX_UPLOAD_BYTES: String(1024 * MB) }, []).maxBytesInFlight).toBeGreaterThanOrEqual(4096 * MB);
   });
 });
+
+describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
+  const MB = 1024 * 1024;
+  /** The proxy: a loopback address of its own, trusted; 127.0.0.2 is a client that connects straight to the server. */
+  const PROXY = '127.0.0.9';
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet') },
+      env: {
+        TRUSTED_PROXIES: `${PROXY},10.200.0.0/16`,
+        MAX_CONNECTIONS_PER_CLIENT: '3',
+        MAX_SUBSCRIPTIONS_PER_CLIENT: '1',
+        MAX_WS_CONNECTIONS_PER_CLIENT: '1',
+        MAX_UPLOAD_BYTES: String(MB),
+        MAX_BYTES_IN_FLIGHT: String(4.5 * MB),
+        REQUEST_TIMEOUT_MS: '30000',
+      },
+    });
+  });
+  afterAll(() => gw?.close());
+  const port = () => Number(new URL(gw.url).port);
+  const heldGauge = async () =>
+    Number(/^gateway_request_bytes_in_flight (\d+)/m.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1]);
+  /** A raw HTTP connection from `from`: everything answered on it so far, and when it closed. */
+  const connect = (from: string, head = '') =>
+    new Promise<{ socket: net.Socket; answer: () => string; closed: Promise<void> }>((resolve) => {
+      let text = '';
+      const socket = net.connect({ port: port(), host: '127.0.0.1', localAddress: from }, () =>
+        socket.write(head, () => setTimeout(() => resolve({ socket, answer: () => text, closed }), 100)),
+      );
+      const closed = new Promise<void>((done) => socket.on('close', () => done()));
+      socket.on('data', (d) => (text += d));
+      socket.on('error', () => undefined);
+    });
+  /** A KServe REST request that has sent all but the last byte of a 1 MB body, relayed for `forwardedFor`. */
+  const almostSent = (from: string, forwardedFor?: string) =>
+    connect(
+      from,
+      `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${MB}\r\n` +
+        (forwardedFor ? `X-Forwarded-For: ${forwardedFor}\r\n` : '') +
+        `\r\n{${' '.repeat(MB - 2)}`,
+    );
+  const sse = (from: string, forwardedFor: string) =>
+    new Promise<{ status: number; first: string; req: http.ClientRequest }>((resolve, reject) => {
+      const req = http.request(
+        {
+          host: '127.0.0.1',
+          port: port(),
+          localAddress: from,
+          path: '/graphql',
+          method: 'POST',
+          headers: { 'content-type': 'application/json', accept: 'text/event-stream', 'x-forwarded-for': forwardedFor },
+        },
+        (res) => {
+          // what it says in its first 300 ms: an error at once, or nothing but keep-alive comments
+          let text = '';
+          res.on('data', (d) => (text += d));
+          setTimeout(() => resolve({ status: res.statusCode!, first: text, req }), 300);
+        },
+      );
+      req.on('error', reject);
+      req.end(JSON.stringify({ query: 'subscription { modelStatus { model state } }' }));
+    });
+
+  it("a trusted proxy's connections are not capped per client; anyone else's are", async () => {
+    const viaProxy = await Promise.all(Array.from({ length: 5 }, () => connect(PROXY)));
+    const direct = await Promise.all(Array.from({ length: 4 }, () => connect('127.0.0.2')));
+    const open = (c: { socket: net.Socket }) => !c.socket.destroyed && c.socket.readyState === 'open';
+    expect(viaProxy.filter(open)).toHaveLength(5);
+    await direct[3].closed; // the fourth from one client is closed at once
+    expect(direct.slice(0, 3).filter(open)).toHaveLength(3);
+    for (const c of [...viaProxy, ...direct]) c.socket.destroy();
+  });
+
+  it('request bytes are counted per client behind the proxy, by the rightmost address it did not add itself; a client names no address of its own', async () => {
+    // one client behind the proxy holds its half (2 of 4.5 MB); its third request is refused, another client's fits
+    const a = [await almostSent(PROXY, '10.0.0.1'), await almostSent(PROXY, '10.0.0.1')];
+    await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, 'the two bodies counted');
+    const third = await almostSent(PROXY, '10.0.0.1');
+    expect(third.answer()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+    // the proxy appends the address it got the request from: what the client wrote to its left is not believed
+    const spoofed = await almostSent(PROXY, '10.0.0.77, 10.0.0.1');
+    expect(spoofed.answer()).toMatch(/^HTTP\/1.1 503/);
+    // a chain of trusted proxies (10.200.0.0/16) is walked past to the client
+    const chained = await almostSent(PROXY, '10.0.0.1, 10.200.3.4');
+    expect(chained.answer()).toMatch(/^HTTP\/1.1 503/);
+    const other = await almostSent(PROXY, '10.0.0.2');
+    await until(async () => (await heldGauge()) === 3 * (MB - 1), 5000, "another client's body counted");
+    expect(other.answer()).toBe('');
+    for (const c of [...a, third, spoofed, chained, other]) c.socket.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+
+    // a client that is no trusted proxy is itself, whatever X-Forwarded-For it sends
+    const direct = [await almostSent('127.0.0.2', '10.0.0.3'), await almostSent('127.0.0.2', '10.0.0.4')];
+    await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, 'the direct bodies counted');
+    const directThird = await almostSent('127.0.0.2', '10.0.0.5');
+    expect(directThird.answer()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+    for (const c of [...direct, directThird]) c.socket.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
+  it('gRPC calls through the proxy are counted per client from their x-forwarded-for metadata', async () => {
+    const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`, {
+      createConnection: () => net.connect({ port: gw.grpcPort!, host: '127.0.0.1', localAddress: PROXY }),
+    });
+    session.on('error', () => undefined);
+    /** A call whose message (1 MB declared) has all come but its last byte. */
+    const holding = (forwardedFor: string) => {
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/inference.GRPCInferenceService/ModelInfer',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+        'x-forwarded-for': forwardedFor,
+      });
+      let status: string | undefined;
+      stream.on('trailers', (h) => (status = String(h['grpc-status'])));
+      stream.on('response', (h) => h['grpc-status'] !== undefined && (status = String(h['grpc-status'])));
+      stream.on('error', () => undefined);
+      stream.resume();
+      const header = Buffer.from([0, 0, 0, 0, 0]);
+      header.writeUInt32BE(MB - 100, 1);
+      stream.write(Buffer.concat([header, Buffer.alloc(MB - 101)]));
+      return { stream, status: () => status };
+    };
+    const a = [holding('10.0.0.1'), holding('10.0.0.1')];
+    await until(async () => (await heldGauge()) === 2 * (MB - 96), 5000, 'the two calls counted');
+    const third = holding('10.0.0.1');
+    await until(async () => third.status() !== undefined, 5000, 'the third refused');
+    expect(third.status()).toBe(String(grpcStatus.UNAVAILABLE));
+    const other = holding('10.0.0.2');
+    await until(async () => (await heldGauge()) === 3 * (MB - 96), 5000, "another client's call counted");
+    expect(other.status()).toBeUndefined();
+    expect(a.every((c) => c.status() === undefined)).toBe(true);
+    session.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
+  it('subscriptions and WebSocket connections are counted per client behind the proxy', async () => {
+    const first = await sse(PROXY, '10.0.0.1');
+    expect(first.status).toBe(200);
+    const again = await sse(PROXY, '10.0.0.1'); // MAX_SUBSCRIPTIONS_PER_CLIENT is 1
+    expect(again.first).toMatch(/LIMIT_EXCEEDED/);
+    const other = await sse(PROXY, '10.0.0.2');
+    expect(other.first).not.toMatch(/LIMIT_EXCEEDED/);
+    for (const s of [first, again, other]) s.req.destroy();
+
+    const ws = (forwardedFor: string) =>
+      new Promise<number>((resolve) => {
+        const socket = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws', {
+          localAddress: PROXY,
+          headers: { 'x-forwarded-for': forwardedFor },
+        });
+        socket.on('open', () => resolve(101));
+        socket.on('unexpected-response', (_req, res) => resolve(res.statusCode!));
+        socket.on('error', () => undefined);
+        sockets.push(socket);
+      });
+    const sockets: WebSocket[] = [];
+    expect(await ws('10.0.0.1')).toBe(101);
+    expect(await ws('10.0.0.1')).toBe(429); // MAX_WS_CONNECTIONS_PER_CLIENT is 1
+    expect(await ws('10.0.0.2')).toBe(101);
+    for (const s of sockets) s.terminate();
+  });
+
+  it('admin operations relayed by a trusted proxy still need ADMIN_TOKEN, whatever address X-Forwarded-For names', async () => {
+    const r = await new Promise<string>((resolve, reject) => {
+      const req = http.request(
+        {
+          host: '127.0.0.1',
+          port: port(),
+          localAddress: PROXY,
+          path: '/graphql',
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-forwarded-for': '127.0.0.1' },
+        },
+        (res) => {
+          let text = '';
+          res.on('data', (d) => (text += d));
+          res.on('end', () => resolve(text));
+        },
+      );
+      req.on('error', reject);
+      req.end(JSON.stringify({ query: 'mutation { unloadModel(name: "mobilenet") { name } }' }));
+    });
+    expect(JSON.parse(r).errors[0].extensions.code).toBe('FORBIDDEN');
+  });
+
+  it('a TRUSTED_PROXIES entry that is no address or CIDR block stops the start, naming the setting and the entry', () => {
+    expect(() => loadConfig({ TRUSTED_PROXIES: '10.0.0.0/8, 10.0.0.0/33' }, [])).toThrow(
+      /TRUSTED_PROXIES: "10.0.0.0\/33": the prefix length of an IPv4 block is 0 to 32/,
+    );
+    expect(() => loadConfig({ TRUSTED_PROXIES: 'haproxy.local' }, [])).toThrow(
+      /TRUSTED_PROXIES: "haproxy.local" is not an IP address or a CIDR block/,
+    );
+    expect(loadConfig({ TRUSTED_PROXIES: '127.0.0.1, fd00::/8' }, []).trustedProxies).toEqual(['127.0.0.1', 'fd00::/8']);
+  });
+});

@@ -7,6 +7,7 @@ import type { Metrics } from '../metrics.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import type { Cluster } from '../cluster/index.ts';
 import { InferenceService } from '../inference/service.ts';
+import { ClientAddresses } from '../client-address.ts';
 import { createGraphqlProtocol, type GraphqlProtocol } from '../protocols/graphql/index.ts';
 import { createKserveProtocol } from '../protocols/kserve/index.ts';
 import { hostAllowed } from './hosts.ts';
@@ -55,6 +56,7 @@ export function createGateway({
   const bytesInFlight = new BytesInFlight(config.maxBytesInFlight);
   metrics.bytesInFlight = () => bytesInFlight.bytes;
   const tokens = { adminToken: config.adminToken, apiTokens: config.apiTokens };
+  const clients = new ClientAddresses(config.trustedProxies);
   const graphql = createGraphqlProtocol({
     service,
     logger,
@@ -77,6 +79,7 @@ export function createGateway({
       bytesInFlight,
     },
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
+    clients,
     corsOrigins: config.corsOrigins,
     allowUpgrade: (req) => hostAllowed(req.headers.host, config.allowedHosts),
     graphiql: config.graphiql,
@@ -95,6 +98,7 @@ export function createGateway({
       maxConnectionsPerClient: config.maxConnectionsPerClient,
       requestTimeoutMs: config.requestTimeoutMs,
       bytesInFlight,
+      clients,
     },
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
@@ -107,6 +111,7 @@ export function createGateway({
     headersTimeoutMs: config.headersTimeoutMs,
     requestTimeoutMs: config.requestTimeoutMs,
     bytesInFlight,
+    clients,
     routes: [
       ...opsRoutes(models, metrics, { draining: () => draining, cluster: () => cluster?.status() }),
       kserve.route,

@@ -7,6 +7,7 @@ import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
 import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
+import { ClientAddresses } from '../client-address.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -27,6 +28,8 @@ export interface HttpOptions {
   /** Open connections in all, and per client address: past them a new connection is closed at once. */
   maxConnections?: number;
   maxConnectionsPerClient?: number;
+  /** Who each request's client is (TRUSTED_PROXIES); default: its peer. */
+  clients?: ClientAddresses;
   /** A client must send its headers, and its whole request, within these (slow bodies are cut). */
   headersTimeoutMs?: number;
   requestTimeoutMs?: number;
@@ -54,6 +57,7 @@ export function createHttpServer({
   requestTimeoutMs = 120_000,
   quietPaths = ['/health', '/metrics'],
   bytesInFlight,
+  clients = new ClientAddresses(),
 }: HttpOptions): Server {
   // requestTimeout and headersTimeout are enforced by a periodic check; Node checks every 30 s by default
   const server = createServer(
@@ -89,7 +93,7 @@ export function createHttpServer({
           return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && hasBody(req)) {
-          const client = req.socket.remoteAddress ?? 'unknown';
+          const client = clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
           const refuseFor = (e: GatewayError) => refuse(e.status, e.code, e.message, e.status === 503 ? { 'retry-after': '1' } : {});
           // what it says it will send must fit in what is left now, or it is refused before its body is read; nothing is
           // set aside for it (headers that promise a body and send none would hold the budget for nothing)
@@ -109,7 +113,7 @@ export function createHttpServer({
     continues.add(req);
     server.emit('request', req, res);
   });
-  capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http' });
+  capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http', clients });
   return server;
 }
 

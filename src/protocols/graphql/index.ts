@@ -21,6 +21,7 @@ import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
+import { ClientAddresses } from '../../client-address.ts';
 
 export interface GraphqlOptions {
   service: InferenceService;
@@ -36,6 +37,8 @@ export interface GraphqlOptions {
   webSocketLimits?: WebSocketLimits;
   /** Open subscriptions (SSE and WebSocket) per client address. */
   maxSubscriptionsPerClient?: number;
+  /** Who each request's client is (TRUSTED_PROXIES); default: its peer. */
+  clients?: ClientAddresses;
   /** Origins allowed to call from a browser; none by default (same origin only). */
   corsOrigins?: readonly string[];
   /** Is a WebSocket upgrade answered at all (the host check of HTTP requests)? */
@@ -92,6 +95,7 @@ export function createGraphqlProtocol({
   budget = {},
   webSocketLimits = {},
   maxSubscriptionsPerClient = 32,
+  clients = new ClientAddresses(),
   corsOrigins = [],
   allowUpgrade = () => true,
   graphiql = true,
@@ -164,7 +168,7 @@ export function createGraphqlProtocol({
       const { request } = initial;
       // over HTTP yoga gives the node request (req); over WebSocket, websocket.ts passes graphql-ws's (extra.request)
       const node = (initial as { req?: IncomingMessage }).req ?? (initial as { extra?: { request?: IncomingMessage } }).extra?.request;
-      const client = node?.socket.remoteAddress ?? 'unknown';
+      const client = clients.of(node?.socket.remoteAddress, node?.headers['x-forwarded-for']);
       const caller = {
         remoteAddress: node?.socket.remoteAddress,
         origin: request.headers.get('origin'),
@@ -202,6 +206,7 @@ export function createGraphqlProtocol({
         return !foreignOrigin({ origin, host: req.headers.host }) || (origin !== undefined && corsOrigins.includes(origin));
       };
       ws = attachWebSocket(server, yoga, tokens, {
+        clients,
         ...webSocketLimits,
         allowUpgrade: (req) => allowUpgrade(req) && sameOriginOrAllowed(req),
       });

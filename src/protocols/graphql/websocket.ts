@@ -5,6 +5,7 @@ import { WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
+import { ClientAddresses } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
 import { toGraphQLError } from './errors.ts';
@@ -17,6 +18,8 @@ export interface WebSocketLimits {
   maxPayloadBytes?: number;
   /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): an operation holds its message until it ends. */
   bytesInFlight?: BytesInFlight;
+  /** Who each connection's client is (TRUSTED_PROXIES); default: its peer. */
+  clients?: ClientAddresses;
 }
 
 const rawBytes = (data: RawData): number =>
@@ -38,9 +41,10 @@ export function attachWebSocket(
     maxPayloadBytes = 1024 * 1024,
     allowUpgrade = () => true,
     bytesInFlight,
+    clients = new ClientAddresses(),
   }: WebSocketLimits = {},
 ): { close(): Promise<void> } {
-  const clientAddress = (req: IncomingMessage) => req.socket.remoteAddress ?? 'unknown';
+  const clientAddress = (req: IncomingMessage) => clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
   const connections = new Map<string, number>();
   // noServer: upgrades are taken from the HTTP server here, so the WebSocket server never sees (and never re-emits)
   // the HTTP server's own errors, such as a port in use at start

@@ -25,6 +25,7 @@ import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { MessageFrames, messageElements } from './wire.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { capConnections } from '../../connections.ts';
+import { ClientAddresses } from '../../client-address.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
 
 /**
@@ -151,6 +152,8 @@ export interface GrpcServerOptions {
   maxItems?: number;
   /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT), shared with the HTTP port. */
   bytesInFlight?: BytesInFlight;
+  /** Who each call's client is (TRUSTED_PROXIES: x-forwarded-for in the call's metadata); default: its peer. */
+  clients?: ClientAddresses;
 }
 
 export interface KserveGrpcServer {
@@ -180,7 +183,12 @@ export function loadServiceDefinition(): grpc.ServiceDefinition {
  * of which what it did not inflate to is given back when it is read. Past the budget the call is refused (UNAVAILABLE,
  * QUEUE_FULL) and its stream reset, as the HTTP port refuses a body.
  */
-function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessageBytes: number): grpc.ServerInterceptor {
+function receiveBounded(
+  ms: number,
+  budget: BytesInFlight | undefined,
+  maxMessageBytes: number,
+  clients: ClientAddresses,
+): grpc.ServerInterceptor {
   return (_method, call) => {
     // grpc-js keeps the stream to itself (the first interceptor is handed its own call, which holds it): tested in
     // security.test.ts, so an upgrade that moves it fails there
@@ -202,7 +210,9 @@ function receiveBounded(ms: number, budget: BytesInFlight | undefined, maxMessag
       if (!halfClosed) setImmediate(() => stream?.close(http2.constants.NGHTTP2_NO_ERROR));
     };
     if (budget && stream) {
-      const client = peerAddress(call.getPeer());
+      // grpc-js's own call also holds the metadata, read from the headers before any message (tested with the stream)
+      const metadata = (call as unknown as { metadata?: grpc.Metadata }).metadata;
+      const client = clients.of(peerAddress(call.getPeer()), metadata?.get('x-forwarded-for').map(String));
       const frames = new MessageFrames();
       let held = 0;
       letGo = () => {
@@ -330,6 +340,7 @@ export function createGrpcServer({
   maxStreamsPerConnection = 100,
   maxItems = 64,
   bytesInFlight,
+  clients = new ClientAddresses(),
 }: GrpcServerOptions): KserveGrpcServer {
   // grpc-js writes its own diagnostics to stderr as plain text; the gateway's output is JSON lines only (what matters,
   // a bind failure, reaches the caller of listen())
@@ -340,12 +351,12 @@ export function createGrpcServer({
     'grpc.max_send_message_length': -1,
     'grpc.max_concurrent_streams': maxStreamsPerConnection,
     // the first interceptor is handed grpc-js's own call (receiveBounded reaches its stream)
-    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes), tokensFirst(core, logger)],
+    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes, clients), tokensFirst(core, logger)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
   // no such limit of its own)
   const listener = net.createServer();
-  capConnections(listener, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'grpc' });
+  capConnections(listener, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'grpc', clients });
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   listener.on('connection', (socket) => {
     if (!socket.destroyed) injector.injectConnection(socket);

@@ -17,8 +17,14 @@ export interface KserveOptions {
   maxResponseBytes?: number;
   /** Tensor values decoded or encoded one by one (REST JSON, gRPC typed contents), in and out. */
   maxJsonValues?: number;
-  /** The gRPC port's connections, in all and per client, how long a call may take to arrive, and the process's budget of request bytes. */
-  grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight'>;
+  /**
+   * The gRPC port's connections, in all and per client, how long a call may take to arrive, the process's budget of
+   * request bytes, and who each call's client is.
+   */
+  grpcConnections?: Pick<
+    GrpcServerOptions,
+    'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight' | 'clients'
+  >;
 }
 
 export interface KserveProtocol {

@@ -1,0 +1,79 @@
+import { BlockList, isIP } from 'node:net';
+
+/**
+ * Who the client is, for the limits kept per client address (connections, request bytes, subscriptions, WebSocket
+ * connections). Behind a proxy or load balancer every client connects from the proxy's address, so together they
+ * would share one client's limits, and one of them could hold them all. The proxies named in TRUSTED_PROXIES
+ * (addresses or CIDR blocks) are believed: a request from one of them is the client's that its `X-Forwarded-For`
+ * names, read from the right (each proxy appends the address it got the request from) past every trusted proxy, as
+ * nginx's `real_ip_recursive` and Express's `trust proxy` read it. Nobody else is believed: a client that sends its
+ * own `X-Forwarded-For` straight to the server, or through a proxy, cannot choose the address it is counted under.
+ * A trusted proxy's own connections are not capped per client (it carries many clients); the total cap still holds.
+ */
+export class ClientAddresses {
+  private readonly trusted: BlockList | null;
+
+  /** `trusted`: addresses and CIDR blocks, checked by parseTrustedProxy (config.ts does, so that a typo stops the start). */
+  constructor(trusted: readonly string[] = []) {
+    if (trusted.length === 0) {
+      this.trusted = null;
+      return;
+    }
+    const list = new BlockList();
+    for (const entry of trusted) {
+      const { address, prefix, family } = parseTrustedProxy(entry);
+      if (prefix === null) list.addAddress(address, family);
+      else list.addSubnet(address, prefix, family);
+    }
+    this.trusted = list;
+  }
+
+  /** A peer address is one of TRUSTED_PROXIES. */
+  isProxy(address: string | null | undefined): boolean {
+    if (!this.trusted || !address) return false;
+    const family = isIP(address);
+    return family !== 0 && this.trusted.check(address, family === 4 ? 'ipv4' : 'ipv6');
+  }
+
+  /**
+   * The client's address: the peer's, or for a peer that is a trusted proxy the rightmost address of `X-Forwarded-For`
+   * that is not one (the leftmost, if all are). An entry that is not an address stops the walk: the request is the
+   * last trusted proxy's that named it, as nobody can say whose it is.
+   */
+  of(peer: string | null | undefined, forwardedFor: unknown): string {
+    let client = peer ?? 'unknown';
+    if (!this.isProxy(peer)) return client;
+    const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
+    if (typeof header !== 'string') return client;
+    const hops = header.split(',');
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = plainAddress(hops[i].trim());
+      if (hop === null) return client;
+      client = hop;
+      if (!this.isProxy(hop)) return client;
+    }
+    return client;
+  }
+}
+
+/** An X-Forwarded-For entry as an address: some proxies add a port ("1.2.3.4:5678", "[2001:db8::1]:443"); null if none. */
+function plainAddress(entry: string): string | null {
+  if (isIP(entry)) return entry;
+  const m = /^\[([^\]]+)\](?::\d+)?$/.exec(entry) ?? /^([\d.]+):\d+$/.exec(entry);
+  return m && isIP(m[1]) ? m[1] : null;
+}
+
+/** One TRUSTED_PROXIES entry: an IPv4 or IPv6 address, or a CIDR block (10.0.0.0/8, fd00::/8). Throws a message that says what is wrong. */
+export function parseTrustedProxy(entry: string): { address: string; prefix: number | null; family: 'ipv4' | 'ipv6' } {
+  const [address, prefixText, extra] = entry.trim().split('/');
+  const version = isIP(address);
+  const family = version === 4 ? 'ipv4' : 'ipv6';
+  if (version === 0 || extra !== undefined)
+    throw new Error(`${JSON.stringify(entry)} is not an IP address or a CIDR block (such as 10.0.0.0/8 or fd00::/8)`);
+  if (prefixText === undefined) return { address, prefix: null, family };
+  const prefix = /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN;
+  const max = version === 4 ? 32 : 128;
+  if (!(prefix >= 0 && prefix <= max))
+    throw new Error(`${JSON.stringify(entry)}: the prefix length of an ${family === 'ipv4' ? 'IPv4' : 'IPv6'} block is 0 to ${max}`);
+  return { address, prefix, family };
+}
