@@ -1,4 +1,5 @@
 import { BlockList, isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 
 /**
  * Who the client is, for the limits kept per client address (connections, request bytes, subscriptions, WebSocket
@@ -9,12 +10,24 @@ import { BlockList, isIP } from 'node:net';
  * nginx's `real_ip_recursive` and Express's `trust proxy` read it. Nobody else is believed: a client that sends its
  * own `X-Forwarded-For` straight to the server, or through a proxy, cannot choose the address it is counted under.
  * A trusted proxy's own connections are not capped per client (it carries many clients); the total cap still holds.
+ *
+ * An IPv6 client is its prefix (CLIENT_IPV6_PREFIX, a /64 by default), not its address: a host is usually given a whole
+ * /64 and can pick a new address from it for every connection, which would make every per-client limit moot (as
+ * express-rate-limit and Cloudflare's rate limiting count IPv6 clients). An IPv4-mapped address is its IPv4 address.
  */
 export class ClientAddresses {
   private readonly trusted: BlockList | null;
 
-  /** `trusted`: addresses and CIDR blocks, checked by parseTrustedProxy (config.ts does, so that a typo stops the start). */
-  constructor(trusted: readonly string[] = []) {
+  /**
+   * `trusted`: addresses and CIDR blocks, checked by parseTrustedProxy (config.ts does, so that a typo stops the start);
+   * `ipv6Prefix`: the bits of an IPv6 address that name its client (128: every address apart).
+   */
+  constructor(
+    trusted: readonly string[] = [],
+    private readonly ipv6Prefix = 64,
+  ) {
+    if (!Number.isInteger(ipv6Prefix) || ipv6Prefix < 1 || ipv6Prefix > 128)
+      throw new Error(`ClientAddresses: ipv6Prefix must be an integer 1..128, got ${ipv6Prefix}`);
     if (trusted.length === 0) {
       this.trusted = null;
       return;
@@ -42,17 +55,34 @@ export class ClientAddresses {
    */
   of(peer: string | null | undefined, forwardedFor: unknown): string {
     let client = peer ?? 'unknown';
-    if (!this.isProxy(peer)) return client;
     const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
-    if (typeof header !== 'string') return client;
-    const hops = header.split(',');
-    for (let i = hops.length - 1; i >= 0; i--) {
-      const hop = plainAddress(hops[i].trim());
-      if (hop === null) return client;
-      client = hop;
-      if (!this.isProxy(hop)) return client;
+    if (this.isProxy(peer) && typeof header === 'string') {
+      const hops = header.split(',');
+      for (let i = hops.length - 1; i >= 0; i--) {
+        const hop = plainAddress(hops[i].trim());
+        if (hop === null) break;
+        client = hop;
+        if (!this.isProxy(hop)) break;
+      }
     }
-    return client;
+    return this.key(client);
+  }
+
+  /** What a client address counts as: an IPv6 address's prefix ("2001:db8:1:2::/64"), an IPv4-mapped one's IPv4 address. */
+  key(address: string): string {
+    let parsed: ipaddr.IPv4 | ipaddr.IPv6;
+    try {
+      parsed = ipaddr.parse(address);
+    } catch {
+      return address; // not an address (a socket that is gone has none): kept as it is
+    }
+    if (parsed.kind() === 'ipv4') return parsed.toString();
+    const v6 = parsed as ipaddr.IPv6;
+    if (v6.isIPv4MappedAddress()) return v6.toIPv4Address().toString();
+    if (this.ipv6Prefix === 128) return ipaddr.fromByteArray(v6.toByteArray()).toString(); // without its zone
+    const bytes = v6.toByteArray();
+    for (let bit = this.ipv6Prefix; bit < 128; bit++) bytes[bit >> 3] &= ~(0x80 >> (bit & 7));
+    return `${ipaddr.fromByteArray(bytes).toString()}/${this.ipv6Prefix}`;
   }
 }
 

@@ -52,6 +52,8 @@ export interface Config {
   allowedHosts: string[];
   /** Proxies whose X-Forwarded-For names the client (addresses and CIDR blocks); none by default. */
   trustedProxies: string[];
+  /** The bits of an IPv6 address that name its client, for per-client limits. */
+  clientIpv6Prefix: number;
   shutdownTimeoutMs: number;
   graphiql: boolean;
   maxQueryBytes: number;
@@ -388,6 +390,13 @@ export const SETTINGS = [
     trustedProxies,
     [],
     'Comma-separated proxies (addresses or CIDR blocks) whose X-Forwarded-For names the client: per-client limits then count each client behind them, and their own connections are not capped per client (default: none, every peer is the client)',
+  ),
+  s(
+    'clientIpv6Prefix',
+    'CLIENT_IPV6_PREFIX',
+    int(1, 128),
+    64,
+    'IPv6 clients are counted by this prefix of their address in per-client limits (a host usually has a whole /64 to pick addresses from); 128 counts every address apart',
   ),
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),

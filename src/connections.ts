@@ -20,8 +20,8 @@ export function capConnections(
   server.maxConnections = maxConnections;
   const perClient = new Map<string, number>();
   server.on('connection', (socket) => {
-    const addr = socket.remoteAddress ?? 'unknown';
-    if (clients?.isProxy(addr)) return;
+    if (clients?.isProxy(socket.remoteAddress)) return;
+    const addr = clients ? clients.key(socket.remoteAddress ?? 'unknown') : (socket.remoteAddress ?? 'unknown');
     const n = (perClient.get(addr) ?? 0) + 1;
     if (n > maxPerClient) {
       logger.warn({ client: addr, limit: maxPerClient, port }, 'too many connections from one client; closing the new one');

@@ -1398,6 +1398,19 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
   });
 
+  it('an IPv6 client is its /64: addresses of one prefix share its limits, another prefix is another client', async () => {
+    const a = [await almostSent(PROXY, '2001:db8:1:2::a'), await almostSent(PROXY, '2001:db8:1:2:ffff::b')];
+    await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, 'the two bodies counted');
+    const third = await almostSent(PROXY, '2001:db8:1:2::c');
+    expect(third.answer()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+    const other = await almostSent(PROXY, '2001:db8:1:3::a');
+    await until(async () => (await heldGauge()) === 3 * (MB - 1), 5000, "another prefix's body counted");
+    expect(other.answer()).toBe('');
+    for (const c of [...a, third, other]) c.socket.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    expect(() => loadConfig({ CLIENT_IPV6_PREFIX: '129' }, [])).toThrow(/CLIENT_IPV6_PREFIX: expected an integer 1..128/);
+  });
+
   it('gRPC calls through the proxy are counted per client from their x-forwarded-for metadata', async () => {
     const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`, {
       createConnection: () => net.connect({ port: gw.grpcPort!, host: '127.0.0.1', localAddress: PROXY }),

@@ -56,7 +56,7 @@ export function createGateway({
   const bytesInFlight = new BytesInFlight(config.maxBytesInFlight);
   metrics.bytesInFlight = () => bytesInFlight.bytes;
   const tokens = { adminToken: config.adminToken, apiTokens: config.apiTokens };
-  const clients = new ClientAddresses(config.trustedProxies);
+  const clients = new ClientAddresses(config.trustedProxies, config.clientIpv6Prefix);
   const graphql = createGraphqlProtocol({
     service,
     logger,
