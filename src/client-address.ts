@@ -17,6 +17,8 @@ import ipaddr from 'ipaddr.js';
  */
 export class ClientAddresses {
   private readonly trusted: BlockList | null;
+  /** isProxy's answers, by address (at most 4096, then forgotten all at once). */
+  private readonly checked = new Map<string, boolean>();
 
   /**
    * `trusted`: addresses and CIDR blocks, checked by parseTrustedProxy (config.ts does, so that a typo stops the start);
@@ -44,8 +46,15 @@ export class ClientAddresses {
   /** A peer address is one of TRUSTED_PROXIES. */
   isProxy(address: string | null | undefined): boolean {
     if (!this.trusted || !address) return false;
-    const family = isIP(address);
-    return family !== 0 && this.trusted.check(address, family === 4 ? 'ipv4' : 'ipv6');
+    let known = this.checked.get(address);
+    if (known === undefined) {
+      const family = isIP(address);
+      known = family !== 0 && this.trusted.check(address, family === 4 ? 'ipv4' : 'ipv6');
+      // BlockList.check costs microseconds (a native address object each time); the same few peers ask every time
+      if (this.checked.size >= 4096) this.checked.clear();
+      this.checked.set(address, known);
+    }
+    return known;
   }
 
   /**
@@ -70,14 +79,15 @@ export class ClientAddresses {
 
   /** What a client address counts as: an IPv6 address's prefix ("2001:db8:1:2::/64"), an IPv4-mapped one's IPv4 address. */
   key(address: string): string {
-    let parsed: ipaddr.IPv4 | ipaddr.IPv6;
+    // an IPv4 address is itself (the common case, and per request: no parse), and so is what is no address at all (a
+    // socket that is gone has none)
+    if (isIP(address) !== 6) return address;
+    let v6: ipaddr.IPv6;
     try {
-      parsed = ipaddr.parse(address);
+      v6 = ipaddr.IPv6.parse(address);
     } catch {
-      return address; // not an address (a socket that is gone has none): kept as it is
+      return address;
     }
-    if (parsed.kind() === 'ipv4') return parsed.toString();
-    const v6 = parsed as ipaddr.IPv6;
     if (v6.isIPv4MappedAddress()) return v6.toIPv4Address().toString();
     if (this.ipv6Prefix === 128) return ipaddr.fromByteArray(v6.toByteArray()).toString(); // without its zone
     const bytes = v6.toByteArray();
