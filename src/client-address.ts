@@ -19,6 +19,8 @@ export class ClientAddresses {
   private readonly trusted: BlockList | null;
   /** isProxy's answers, by address (at most 4096, then forgotten all at once). */
   private readonly checked = new Map<string, boolean>();
+  /** IPv6 addresses' keys (a parse and a mask each), likewise. */
+  private readonly v6Keys = new Map<string, string>();
 
   /**
    * `trusted`: addresses and CIDR blocks, checked by parseTrustedProxy (config.ts does, so that a typo stops the start);
@@ -66,12 +68,15 @@ export class ClientAddresses {
     let client = peer ?? 'unknown';
     const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
     if (this.isProxy(peer) && typeof header === 'string') {
-      const hops = header.split(',');
-      for (let i = hops.length - 1; i >= 0; i--) {
-        const hop = plainAddress(hops[i].trim());
+      // from the right, one hop at a time, at most MAX_HOPS (a trusted peer's header could hold thousands)
+      let end = header.length;
+      for (let hops = 0; hops < MAX_HOPS && end > 0; hops++) {
+        const start = header.lastIndexOf(',', end - 1);
+        const hop = plainAddress(header.slice(start + 1, end).trim());
         if (hop === null) break;
         client = hop;
         if (!this.isProxy(hop)) break;
+        end = start;
       }
     }
     return this.key(client);
@@ -82,31 +87,47 @@ export class ClientAddresses {
     // an IPv4 address is itself (the common case, and per request: no parse), and so is what is no address at all (a
     // socket that is gone has none)
     if (isIP(address) !== 6) return address;
+    let key = this.v6Keys.get(address);
+    if (key === undefined) {
+      key = this.v6Key(address);
+      if (this.v6Keys.size >= 4096) this.v6Keys.clear();
+      this.v6Keys.set(address, key);
+    }
+    return key;
+  }
+
+  private v6Key(address: string): string {
     let v6: ipaddr.IPv6;
     try {
-      v6 = ipaddr.IPv6.parse(address);
+      v6 = ipaddr.IPv6.parse(address.split('%')[0]); // a zone (fe80::1%eth0) names an interface here, not a client
     } catch {
       return address;
     }
     if (v6.isIPv4MappedAddress()) return v6.toIPv4Address().toString();
-    if (this.ipv6Prefix === 128) return ipaddr.fromByteArray(v6.toByteArray()).toString(); // without its zone
     const bytes = v6.toByteArray();
+    if (this.ipv6Prefix === 128) return ipaddr.fromByteArray(bytes).toString();
     for (let bit = this.ipv6Prefix; bit < 128; bit++) bytes[bit >> 3] &= ~(0x80 >> (bit & 7));
     return `${ipaddr.fromByteArray(bytes).toString()}/${this.ipv6Prefix}`;
   }
 }
 
-/** An X-Forwarded-For entry as an address: some proxies add a port ("1.2.3.4:5678", "[2001:db8::1]:443"); null if none. */
+/** Hops of X-Forwarded-For read at most, from the right: no chain of proxies is that long. */
+const MAX_HOPS = 32;
+
+/**
+ * An X-Forwarded-For entry as an address: some proxies add a port ("1.2.3.4:5678", "[2001:db8::1]:443"), and a zone is
+ * dropped; null if it is none.
+ */
 function plainAddress(entry: string): string | null {
-  if (isIP(entry)) return entry;
   const m = /^\[([^\]]+)\](?::\d+)?$/.exec(entry) ?? /^([\d.]+):\d+$/.exec(entry);
-  return m && isIP(m[1]) ? m[1] : null;
+  const address = (m ? m[1] : entry).split('%')[0];
+  return isIP(address) ? address : null;
 }
 
 /** One TRUSTED_PROXIES entry: an IPv4 or IPv6 address, or a CIDR block (10.0.0.0/8, fd00::/8). Throws a message that says what is wrong. */
 export function parseTrustedProxy(entry: string): { address: string; prefix: number | null; family: 'ipv4' | 'ipv6' } {
   const [address, prefixText, extra] = entry.trim().split('/');
-  const version = isIP(address);
+  const version = address.includes('%') ? 0 : isIP(address);
   const family = version === 4 ? 'ipv4' : 'ipv6';
   if (version === 0 || extra !== undefined)
     throw new Error(`${JSON.stringify(entry)} is not an IP address or a CIDR block (such as 10.0.0.0/8 or fd00::/8)`);

@@ -68,6 +68,13 @@ async function main(): Promise<void> {
       { maxBytesInFlight: config.maxBytesInFlight, memory },
       `MAX_BYTES_IN_FLIGHT is ${config.maxBytesInFlight} bytes, more than half of the ${memory} this process may use: requests held at once could exhaust its memory; lower MAX_BYTES_IN_FLIGHT, or MAX_UPLOAD_BYTES (the budget is at least four times it)`,
     );
+  // a block of every address believes every peer's X-Forwarded-For: anyone could count itself as anyone else
+  const everyone = config.trustedProxies.filter((p) => /\/0$/.test(p.trim()));
+  if (everyone.length > 0)
+    logger.warn(
+      { trustedProxies: config.trustedProxies },
+      `TRUSTED_PROXIES has ${everyone.join(', ')}, which trusts every peer: any client can name the address it is counted as (and use up another's per-client limits) with X-Forwarded-For; name the proxies' own addresses`,
+    );
   const st = await stat(repository).catch(() => null);
   if (!st?.isDirectory())
     return fatal(

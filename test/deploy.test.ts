@@ -1,12 +1,15 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { SETTINGS, loadConfig, type Config } from '../src/config.ts';
-import { have } from '../bench/cluster-lib.ts';
+import { freePort, have } from '../bench/cluster-lib.ts';
 import { hostAllowed } from '../src/server/hosts.ts';
-import { ROOT } from './helpers.ts';
+import { ROOT, fixture, startGateway, until } from './helpers.ts';
 
 /**
  * No container runtime or cluster here: the deployment files under deploy/ are checked by reading them. Their ports,
@@ -206,4 +209,71 @@ describe('deploy/Dockerfile and deploy/haproxy', () => {
       expect(check.status, check.stderr + check.stdout).toBe(0);
     }
   });
+
+  it.skipIf(!have('haproxy'))(
+    'the HAProxy example in front of a gateway that trusts it (TRUSTED_PROXIES=127.0.0.2): each client it relays has its own share of the request bytes',
+    async () => {
+      const MB = 1024 * 1024;
+      const gw = await startGateway({
+        models: { mobilenet: fixture('mobilenet') },
+        env: {
+          TRUSTED_PROXIES: '127.0.0.2',
+          MAX_UPLOAD_BYTES: String(MB),
+          MAX_BYTES_IN_FLIGHT: String(4.5 * MB),
+          REQUEST_TIMEOUT_MS: '30000',
+        },
+      });
+      // the example as it is, but for its ports: one replica, the gateway above
+      const port = await freePort();
+      const cfg = read('haproxy/haproxy.cfg')
+        .replace(/^ {2}bind :8080$/m, `  bind 127.0.0.1:${port}`)
+        .replace(/(^ {2}server replica\d .*\n)+/m, `  server replica1 127.0.0.1:${new URL(gw.url).port} check\n`);
+      expect(cfg).toMatch(/source 127\.0\.0\.2/);
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-haproxy-'));
+      await writeFile(path.join(dir, 'haproxy.cfg'), cfg);
+      const lb = spawn('haproxy', ['-db', '-f', path.join(dir, 'haproxy.cfg')], { stdio: 'ignore' });
+      const sockets: net.Socket[] = [];
+      try {
+        await until(
+          () =>
+            fetch(`http://127.0.0.1:${port}/ready`).then(
+              (r) => r.ok,
+              () => false,
+            ),
+          10_000,
+          'HAProxy to relay',
+        );
+        const held = async () =>
+          Number(/^gateway_request_bytes_in_flight (\d+)/m.exec(await (await fetch(`${gw.url}/metrics`)).text())?.[1]);
+        /** A KServe REST request through HAProxy from `from`, all of its 1 MB body sent but the last byte. */
+        const almostSent = (from: string) =>
+          new Promise<() => string>((resolve) => {
+            let text = '';
+            const s = net.connect({ port, host: '127.0.0.1', localAddress: from }, () =>
+              s.write(
+                `POST /v2/models/mobilenet/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${MB}\r\n\r\n{${' '.repeat(MB - 2)}`,
+                () => setTimeout(() => resolve(() => text), 300),
+              ),
+            );
+            s.on('data', (d) => (text += d));
+            s.on('error', () => undefined);
+            sockets.push(s);
+          });
+        await almostSent('127.0.0.3');
+        await almostSent('127.0.0.3');
+        await until(async () => (await held()) === 2 * (MB - 1), 5000, "one client's half held");
+        const third = await almostSent('127.0.0.3');
+        await until(async () => third() !== '', 5000, 'its third request answered');
+        expect(third()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+        // another client behind the same proxy still fits (before TRUSTED_PROXIES, both were the proxy's address)
+        await almostSent('127.0.0.4');
+        await until(async () => (await held()) === 3 * (MB - 1), 5000, "another client's body held");
+      } finally {
+        for (const s of sockets) s.destroy();
+        lb.kill('SIGTERM');
+        await gw.close();
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

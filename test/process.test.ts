@@ -330,6 +330,9 @@ describe('start-up: the server starts, or says why in one line', () => {
     expect(memory).toMatch(
       /^MAX_BYTES_IN_FLIGHT is 1125899906842624 bytes, more than half of the \d+ this process may use: .*MAX_UPLOAD_BYTES/,
     );
+    // a proxy block of every address believes anyone's X-Forwarded-For
+    const [trust] = await warningsOf({ UV_THREADPOOL_SIZE: '8', TRUSTED_PROXIES: '127.0.0.1,0.0.0.0/0' });
+    expect(trust).toMatch(/^TRUSTED_PROXIES has 0.0.0.0\/0, which trusts every peer: .*X-Forwarded-For/);
     await rm(empty, { recursive: true, force: true });
   });
 

@@ -98,8 +98,8 @@ export function createGateway({
       maxConnectionsPerClient: config.maxConnectionsPerClient,
       requestTimeoutMs: config.requestTimeoutMs,
       bytesInFlight,
-      clients,
     },
+    clients,
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({

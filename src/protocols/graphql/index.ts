@@ -168,12 +168,12 @@ export function createGraphqlProtocol({
       const { request } = initial;
       // over HTTP yoga gives the node request (req); over WebSocket, websocket.ts passes graphql-ws's (extra.request)
       const node = (initial as { req?: IncomingMessage }).req ?? (initial as { extra?: { request?: IncomingMessage } }).extra?.request;
-      const client = clients.of(node?.socket.remoteAddress, node?.headers['x-forwarded-for']);
       const caller = {
         remoteAddress: node?.socket.remoteAddress,
         origin: request.headers.get('origin'),
         host: request.headers.get('host') ?? node?.headers.host,
-        forwarded: wasForwarded((h) => request.headers.get(h)),
+        // a trusted proxy relays, whatever headers it sends (one that adds none would otherwise pass for this machine)
+        forwarded: clients.isProxy(node?.socket.remoteAddress) || wasForwarded((h) => request.headers.get(h)),
       };
       return {
         service,
@@ -181,7 +181,8 @@ export function createGraphqlProtocol({
         imageLimits,
         budget: new RequestBudget({ maxImages: maxImagesPerRequest, maxInputBytes: maxUploadBytes, ...budget }, request.signal),
         requireAdmin: accessFor(request.headers.get('authorization'), tokens, caller).requireAdmin,
-        statusEvents: (filter) => clientStatusEvents(client, filter),
+        // the client's key is read only by subscriptions
+        statusEvents: (filter) => clientStatusEvents(clients.of(node?.socket.remoteAddress, node?.headers['x-forwarded-for']), filter),
       };
     },
     maskedErrors: { maskError: maskError(logger) },

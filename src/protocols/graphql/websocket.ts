@@ -69,8 +69,11 @@ export function attachWebSocket(
   });
   /** The size of the message being handled on a connection (graphql-ws hands a subscribe to onSubscribe at once). */
   const messageBytes = new WeakMap<object, number>();
+  /** Each connection's client, read once when it opens. */
+  const clientOf = new WeakMap<object, string>();
   wss.on('connection', (socket, req) => {
     const addr = clientAddress(req);
+    clientOf.set(socket, addr);
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
     if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
     socket.on('close', () => {
@@ -154,7 +157,7 @@ export function attachWebSocket(
         const errors = validate(schema, document);
         if (errors.length) return errors;
         // the message's size, read before anything here waited (graphql-ws calls this as the message comes)
-        const client = clientAddress(ctx.extra.request);
+        const client = clientOf.get(ctx.extra.socket) ?? clientAddress(ctx.extra.request);
         const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
         const refused = bytesInFlight?.take(bytes, client);
         if (refused) return [toGraphQLError(refused)];

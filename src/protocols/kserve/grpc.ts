@@ -209,10 +209,15 @@ function receiveBounded(
       letGo();
       if (!halfClosed) setImmediate(() => stream?.close(http2.constants.NGHTTP2_NO_ERROR));
     };
-    if (budget && stream) {
-      // grpc-js's own call also holds the metadata, read from the headers before any message (tested with the stream)
-      const metadata = (call as unknown as { metadata?: grpc.Metadata }).metadata;
-      const client = clients.of(peerAddress(call.getPeer()), metadata?.get('x-forwarded-for').map(String));
+    // grpc-js's own call also holds the metadata, read from the headers before any message (tested with the stream)
+    const peer = peerAddress(call.getPeer());
+    const forwardedFor = (call as unknown as { metadata?: grpc.Metadata }).metadata?.get('x-forwarded-for').map(String) ?? [];
+    // A call relayed by a trusted proxy must say whose it is. grpc-js drops a header value with a character it does
+    // not allow (a tab, say), so a client behind a proxy that appends to the header could make it vanish, and would
+    // then be counted as the proxy: a second client's share for the same client.
+    const unattributed = clients.isProxy(peer) && forwardedFor.length === 0;
+    if (budget && stream && !unattributed) {
+      const client = clients.of(peer, forwardedFor);
       const frames = new MessageFrames();
       let held = 0;
       letGo = () => {
@@ -248,6 +253,17 @@ function receiveBounded(
     }
     return new grpc.ServerInterceptingCall(call, {
       start: (next) => {
+        if (unattributed) {
+          stop();
+          const m = mapError(
+            invalid(
+              'this call came through a trusted proxy (TRUSTED_PROXIES) without an x-forwarded-for naming its client (or with one that is not valid metadata): the proxy must add it, or leave TRUSTED_PROXIES',
+            ),
+          );
+          const trailer = new grpc.Metadata();
+          trailer.set('error-code', m.code);
+          return call.sendStatus({ code: m.grpc, details: m.message, metadata: trailer });
+        }
         timer = setTimeout(() => {
           stop();
           call.sendStatus({
@@ -286,12 +302,13 @@ function withWireBytes<T>(message: T, n: number): T {
 const wireBytes = (message: unknown): number | undefined =>
   message !== null && typeof message === 'object' ? (message as { [WIRE_BYTES]?: number })[WIRE_BYTES] : undefined;
 
-/** Who calls: the token of the call's metadata, and where it comes from. */
-function whoOf(metadata: grpc.Metadata, peer: string): Who {
+/** Who calls: the token of the call's metadata, and where it comes from (a trusted proxy relays, whatever it says). */
+function whoOf(metadata: grpc.Metadata, peer: string, clients: ClientAddresses): Who {
   const auth = metadata.get('authorization')[0];
+  const remoteAddress = peerAddress(peer);
   return {
     authorization: auth === undefined ? null : String(auth),
-    caller: { remoteAddress: peerAddress(peer), forwarded: wasForwarded((h) => metadata.get(h)[0]) },
+    caller: { remoteAddress, forwarded: clients.isProxy(remoteAddress) || wasForwarded((h) => metadata.get(h)[0]) },
   };
 }
 
@@ -302,7 +319,7 @@ const PROBES = new Set(['ServerLive', 'ServerReady']);
  * The token is checked at the call's metadata, before its message is read and decoded: a caller without one costs
  * no decoding (the handlers check again, with the admin rules).
  */
-function tokensFirst(core: KserveCore, logger: Logger): grpc.ServerInterceptor {
+function tokensFirst(core: KserveCore, logger: Logger, clients: ClientAddresses): grpc.ServerInterceptor {
   return (method, call) =>
     new grpc.ServerInterceptingCall(call, {
       start: (next) =>
@@ -311,7 +328,7 @@ function tokensFirst(core: KserveCore, logger: Logger): grpc.ServerInterceptor {
             const rpc = method.path.split('/').pop() ?? '';
             if (!PROBES.has(rpc)) {
               try {
-                core.checkApi(whoOf(metadata, call.getPeer()));
+                core.checkApi(whoOf(metadata, call.getPeer(), clients));
               } catch (e) {
                 const m = mapError(e);
                 logger.info({ rpc, code: grpc.status[m.grpc] }, 'grpc');
@@ -351,7 +368,7 @@ export function createGrpcServer({
     'grpc.max_send_message_length': -1,
     'grpc.max_concurrent_streams': maxStreamsPerConnection,
     // the first interceptor is handed grpc-js's own call (receiveBounded reaches its stream)
-    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes, clients), tokensFirst(core, logger)],
+    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes, clients), tokensFirst(core, logger, clients)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
   // no such limit of its own)
@@ -373,7 +390,7 @@ export function createGrpcServer({
           if (!PROBES.has(rpc)) logger.info({ rpc, code: grpc.status[code], ms: Math.round((performance.now() - t0) * 10) / 10 }, 'grpc');
         };
         Promise.resolve()
-          .then(() => fn(call.request as never, whoOf(call.metadata, call.getPeer()), call))
+          .then(() => fn(call.request as never, whoOf(call.metadata, call.getPeer(), clients), call))
           .then(
             (response) => {
               done(grpc.status.OK);

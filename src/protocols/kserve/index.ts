@@ -1,6 +1,7 @@
 import type { Logger } from '../../log.ts';
 import type { Tokens } from '../../inference/access.ts';
 import type { InferenceService } from '../../inference/service.ts';
+import { ClientAddresses } from '../../client-address.ts';
 import { createKserveCore } from './core.ts';
 import { createGrpcServer, type GrpcServerOptions, type KserveGrpcServer } from './grpc.ts';
 import { createRestRoute, type RestRoute } from './rest.ts';
@@ -17,14 +18,10 @@ export interface KserveOptions {
   maxResponseBytes?: number;
   /** Tensor values decoded or encoded one by one (REST JSON, gRPC typed contents), in and out. */
   maxJsonValues?: number;
-  /**
-   * The gRPC port's connections, in all and per client, how long a call may take to arrive, the process's budget of
-   * request bytes, and who each call's client is.
-   */
-  grpcConnections?: Pick<
-    GrpcServerOptions,
-    'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight' | 'clients'
-  >;
+  /** The gRPC port's connections, in all and per client, how long a call may take to arrive, and the process's budget of request bytes. */
+  grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight'>;
+  /** Who each request's client is, and which peers are trusted proxies (TRUSTED_PROXIES); default: every peer is a client. */
+  clients?: ClientAddresses;
 }
 
 export interface KserveProtocol {
@@ -44,10 +41,11 @@ export function createKserveProtocol({
   maxResponseBytes = 64 * 1024 * 1024,
   maxJsonValues = 524_288,
   grpcConnections = {},
+  clients = new ClientAddresses(),
 }: KserveOptions): KserveProtocol {
   const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes, maxJsonValues });
   return {
-    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues, maxItems: maxImagesPerRequest }),
+    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues, maxItems: maxImagesPerRequest, clients }),
     grpc: createGrpcServer({
       core,
       logger,
@@ -55,6 +53,7 @@ export function createKserveProtocol({
       maxJsonValues,
       maxItems: maxImagesPerRequest,
       ...grpcConnections,
+      clients,
     }),
   };
 }

@@ -21,6 +21,7 @@ import {
 import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { wasForwarded } from '../../inference/access.ts';
+import { ClientAddresses } from '../../client-address.ts';
 import { sendJson, sendJsonText } from '../../send-json.ts';
 import { holdOf } from '../../bytes-in-flight.ts';
 
@@ -327,9 +328,12 @@ export function createRestRoute({
   maxBodyBytes = 50 * 1024 * 1024,
   maxJsonValues = 524_288,
   maxItems = 64,
+  clients = new ClientAddresses(),
 }: {
   core: KserveCore;
   logger: Logger;
+  /** Which peers are trusted proxies (TRUSTED_PROXIES): what they relay is never this machine's own. */
+  clients?: ClientAddresses;
   maxBodyBytes?: number;
   /** Values of JSON parsed from a request, and of tensors written as JSON in its answer (MAX_JSON_VALUES). */
   maxJsonValues?: number;
@@ -354,7 +358,7 @@ export function createRestRoute({
         remoteAddress: req.socket.remoteAddress,
         origin: req.headers.origin,
         host: req.headers.host,
-        forwarded: wasForwarded((h) => req.headers[h]),
+        forwarded: clients.isProxy(req.socket.remoteAddress) || wasForwarded((h) => req.headers[h]),
       },
     };
     const expect = (wanted: 'GET' | 'POST') => {
