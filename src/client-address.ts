@@ -11,9 +11,9 @@ import ipaddr from 'ipaddr.js';
  * own `X-Forwarded-For` straight to the server, or through a proxy, cannot choose the address it is counted under.
  * A trusted proxy's own connections are not capped per client (it carries many clients); the total cap still holds.
  *
- * An IPv6 client is its prefix (CLIENT_IPV6_PREFIX, a /64 by default), not its address: a host is usually given a whole
- * /64 and can pick a new address from it for every connection, which would make every per-client limit moot (as
- * express-rate-limit and Cloudflare's rate limiting count IPv6 clients). An IPv4-mapped address is its IPv4 address.
+ * A global IPv6 client is its prefix (CLIENT_IPV6_PREFIX, a /64 by default), not its address: a host on the internet is
+ * usually given a whole /64 and can pick a new address from it for every connection, which would make every per-client
+ * limit moot (as express-rate-limit and Cloudflare's rate limiting count IPv6 clients). See key().
  */
 export class ClientAddresses {
   private readonly trusted: BlockList | null;
@@ -60,29 +60,33 @@ export class ClientAddresses {
   }
 
   /**
-   * The client's address: the peer's, or for a peer that is a trusted proxy the rightmost address of `X-Forwarded-For`
-   * that is not one (the leftmost, if all are). An entry that is not an address stops the walk: the request is the
-   * last trusted proxy's that named it, as nobody can say whose it is.
+   * The client a request counts as: its peer, or for a peer that is a trusted proxy the rightmost address of
+   * `X-Forwarded-For` that is not one. Null when a trusted proxy names nobody the server can read (no header, an entry
+   * that is not an address, only trusted proxies, more than MAX_HOPS of them): counted as the proxy, such a request
+   * would give whoever can make its address unreadable a second client's share, so where a per-client limit would
+   * count it, it is refused (UNATTRIBUTED).
    */
-  of(peer: string | null | undefined, forwardedFor: unknown): string {
-    let client = peer ?? 'unknown';
+  of(peer: string | null | undefined, forwardedFor: unknown): string | null {
+    if (!this.isProxy(peer)) return this.key(peer ?? 'unknown');
     const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
-    if (this.isProxy(peer) && typeof header === 'string') {
-      // from the right, one hop at a time, at most MAX_HOPS (a trusted peer's header could hold thousands)
-      let end = header.length;
-      for (let hops = 0; hops < MAX_HOPS && end > 0; hops++) {
-        const start = header.lastIndexOf(',', end - 1);
-        const hop = plainAddress(header.slice(start + 1, end).trim());
-        if (hop === null) break;
-        client = hop;
-        if (!this.isProxy(hop)) break;
-        end = start;
-      }
+    if (typeof header !== 'string') return null;
+    // from the right, one hop at a time, at most MAX_HOPS (a trusted peer's header could hold thousands)
+    let end = header.length;
+    for (let hops = 0; hops < MAX_HOPS && end > 0; hops++) {
+      const start = header.lastIndexOf(',', end - 1);
+      const hop = plainAddress(header.slice(start + 1, end).trim());
+      if (hop === null) return null;
+      if (!this.isProxy(hop)) return this.key(hop);
+      end = start;
     }
-    return this.key(client);
+    return null;
   }
 
-  /** What a client address counts as: an IPv6 address's prefix ("2001:db8:1:2::/64"), an IPv4-mapped one's IPv4 address. */
+  /**
+   * What a client address counts as: a global IPv6 address (2000::/3) its prefix ("2a01:4f8:1:2::/64"); an IPv4-mapped
+   * or NAT64 (64:ff9b::/96) one its IPv4 address; any other IPv6 address (link-local, unique local, loopback: hosts of
+   * one network segment, or one node's pods, share a /64 there) itself.
+   */
   key(address: string): string {
     // an IPv4 address is itself (the common case, and per request: no parse), and so is what is no address at all (a
     // socket that is gone has none)
@@ -103,13 +107,17 @@ export class ClientAddresses {
     } catch {
       return address;
     }
-    if (v6.isIPv4MappedAddress()) return v6.toIPv4Address().toString();
     const bytes = v6.toByteArray();
-    if (this.ipv6Prefix === 128) return ipaddr.fromByteArray(bytes).toString();
+    if (v6.isIPv4MappedAddress() || v6.range() === 'rfc6052') return bytes.slice(12).join('.');
+    if (this.ipv6Prefix === 128 || (bytes[0] & 0xe0) !== 0x20) return ipaddr.fromByteArray(bytes).toString();
     for (let bit = this.ipv6Prefix; bit < 128; bit++) bytes[bit >> 3] &= ~(0x80 >> (bit & 7));
     return `${ipaddr.fromByteArray(bytes).toString()}/${this.ipv6Prefix}`;
   }
 }
+
+/** What a request relayed by a trusted proxy that names no client is answered, where a per-client limit would count it. */
+export const UNATTRIBUTED =
+  'this request came through a trusted proxy (TRUSTED_PROXIES) without an X-Forwarded-For naming its client (none, or one whose last address cannot be read): the proxy must append the address it got the request from, or leave TRUSTED_PROXIES';
 
 /** Hops of X-Forwarded-For read at most, from the right: no chain of proxies is that long. */
 const MAX_HOPS = 32;

@@ -396,7 +396,7 @@ export const SETTINGS = [
     'CLIENT_IPV6_PREFIX',
     int(1, 128),
     64,
-    'IPv6 clients are counted by this prefix of their address in per-client limits (a host usually has a whole /64 to pick addresses from); 128 counts every address apart',
+    'Global IPv6 clients (2000::/3) are counted by this prefix of their address in per-client limits (a host usually has a whole /64 to pick addresses from); 128 counts every address apart',
   ),
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),

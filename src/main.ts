@@ -11,6 +11,7 @@ import { ModelManager } from './repository/manager.ts';
 import { checkModel } from './inference/warmup.ts';
 import { createGateway } from './server/gateway.ts';
 import { Cluster } from './cluster/index.ts';
+import { ClientAddresses } from './client-address.ts';
 
 const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
 
@@ -68,12 +69,17 @@ async function main(): Promise<void> {
       { maxBytesInFlight: config.maxBytesInFlight, memory },
       `MAX_BYTES_IN_FLIGHT is ${config.maxBytesInFlight} bytes, more than half of the ${memory} this process may use: requests held at once could exhaust its memory; lower MAX_BYTES_IN_FLIGHT, or MAX_UPLOAD_BYTES (the budget is at least four times it)`,
     );
-  // a block of every address believes every peer's X-Forwarded-For: anyone could count itself as anyone else
-  const everyone = config.trustedProxies.filter((p) => /\/0$/.test(p.trim()));
+  // blocks that hold unrelated public addresses (0.0.0.0/0, ::ffff:0:0/96, 0.0.0.0/1 with 128.0.0.0/1...) believe
+  // nearly every peer's X-Forwarded-For: anyone could count itself as anyone else
+  const trusted = new ClientAddresses(config.trustedProxies);
+  const everyone = [
+    ['8.8.8.8', '1.1.1.1'],
+    ['2001:4860:4860::8888', '2606:4700:4700::1111'],
+  ].filter((pair) => pair.every((a) => trusted.isProxy(a)));
   if (everyone.length > 0)
     logger.warn(
       { trustedProxies: config.trustedProxies },
-      `TRUSTED_PROXIES has ${everyone.join(', ')}, which trusts every peer: any client can name the address it is counted as (and use up another's per-client limits) with X-Forwarded-For; name the proxies' own addresses`,
+      `TRUSTED_PROXIES trusts addresses all over the internet (${everyone[0].join(' and ')} among them): any client can name the address it is counted as (and use up another's per-client limits) with X-Forwarded-For; name the proxies' own addresses`,
     );
   const st = await stat(repository).catch(() => null);
   if (!st?.isDirectory())

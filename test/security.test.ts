@@ -1408,6 +1408,14 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     expect(other.answer()).toBe('');
     for (const c of [...a, third, other]) c.socket.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    // not a global address (unique local: one node's pods, one network segment): each address is a client
+    const local = [await almostSent(PROXY, 'fd00:1:2:3::5'), await almostSent(PROXY, 'fd00:1:2:3::5')];
+    await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, "one unique-local client's half held");
+    const neighbour = await almostSent(PROXY, 'fd00:1:2:3::6');
+    await until(async () => (await heldGauge()) === 3 * (MB - 1), 5000, "its neighbour's body counted");
+    expect(neighbour.answer()).toBe('');
+    for (const c of [...local, neighbour]) c.socket.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
     expect(() => loadConfig({ CLIENT_IPV6_PREFIX: '129' }, [])).toThrow(/CLIENT_IPV6_PREFIX: expected an integer 1..128/);
   });
 
@@ -1446,9 +1454,11 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     expect(a.every((c) => c.status() === undefined)).toBe(true);
     // grpc-js drops a metadata value with a tab: a client that sent "x<TAB>y" to a proxy that appends to the header
     // would reach the server with none, and be counted as the proxy (a second share): refused instead, holding nothing
-    const spoiled = holding('x\ty, 10.0.0.1');
-    await until(async () => spoiled.status() !== undefined, 5000, 'the call without a usable x-forwarded-for refused');
-    expect(spoiled.status()).toBe(String(grpcStatus.INVALID_ARGUMENT));
+    for (const value of ['x\ty, 10.0.0.1', 'garbage', '10.0.0.1, unknown']) {
+      const spoiled = holding(value);
+      await until(async () => spoiled.status() !== undefined, 5000, `the call with x-forwarded-for ${JSON.stringify(value)} refused`);
+      expect(spoiled.status()).toBe(String(grpcStatus.INVALID_ARGUMENT));
+    }
     expect(await heldGauge()).toBe(3 * (MB - 96));
     session.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
@@ -1481,6 +1491,31 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     for (const s of sockets) s.terminate();
   });
 
+  it('a request from a trusted proxy that names no client it can read is refused where a per-client limit counts it (a body, a subscription, a WebSocket)', async () => {
+    for (const forwardedFor of [undefined, 'garbage', '10.0.0.1, unknown', '10.0.0.1,']) {
+      const c = await almostSent(PROXY, forwardedFor);
+      await until(async () => c.answer() !== '', 5000, 'the answer');
+      expect(c.answer()).toMatch(/^HTTP\/1.1 400[\s\S]*without an X-Forwarded-For naming its client/);
+      c.socket.destroy();
+    }
+    expect(await heldGauge()).toBe(0);
+    // a request without a body, as the proxy's own health checks, is answered
+    const health = await connect(PROXY, 'GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await until(async () => health.answer() !== '', 5000, 'the health check answered');
+    expect(health.answer()).toMatch(/^HTTP\/1.1 200/);
+    health.socket.destroy();
+    const sub = await sse(PROXY, 'unknown');
+    expect(sub.first).toMatch(/INVALID_INPUT/);
+    sub.req.destroy();
+    const upgrade = await new Promise<number>((resolve) => {
+      const socket = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws', { localAddress: PROXY });
+      socket.on('open', () => resolve(101));
+      socket.on('unexpected-response', (_req, res) => resolve(res.statusCode!));
+      socket.on('error', () => undefined);
+    });
+    expect(upgrade).toBe(400);
+  });
+
   it('admin operations relayed by a trusted proxy still need ADMIN_TOKEN, whatever address X-Forwarded-For names, or with none', async () => {
     const viaProxy = (path: string, body: string, headers: Record<string, string>) =>
       new Promise<{ status: number; text: string }>((resolve, reject) => {
@@ -1504,11 +1539,13 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
       });
     const unload = JSON.stringify({ query: 'mutation { unloadModel(name: "mobilenet") { name } }' });
     // the proxy is on loopback, as this machine's own clients are: what it relays is not theirs
-    for (const headers of [{ 'x-forwarded-for': '127.0.0.1' }, {}] as Record<string, string>[]) {
-      const r = await viaProxy('/graphql', unload, headers);
-      expect(JSON.parse(r.text).errors[0].extensions.code).toBe('FORBIDDEN');
-      expect((await viaProxy('/v2/repository/models/mobilenet/unload', '{}', headers)).status).toBe(403);
-    }
+    const r = await viaProxy('/graphql', unload, { 'x-forwarded-for': '127.0.0.1' });
+    expect(JSON.parse(r.text).errors[0].extensions.code).toBe('FORBIDDEN');
+    expect((await viaProxy('/v2/repository/models/mobilenet/unload', '{}', { 'x-forwarded-for': '127.0.0.1' })).status).toBe(403);
+    // without X-Forwarded-For: a body that names no client is refused (below); one without a body still is the proxy's
+    expect((await viaProxy('/v2/repository/models/mobilenet/unload', '', { 'content-length': '0' })).status).toBe(403);
+    const bare = await viaProxy('/graphql', unload, {});
+    expect([bare.status, JSON.parse(bare.text).errors[0].extensions.code]).toEqual([400, 'INVALID_INPUT']);
     const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`, {
       createConnection: () => net.connect({ port: gw.grpcPort!, host: '127.0.0.1', localAddress: PROXY }),
     });

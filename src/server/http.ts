@@ -7,7 +7,7 @@ import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
 import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
-import { ClientAddresses } from '../client-address.ts';
+import { ClientAddresses, UNATTRIBUTED } from '../client-address.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -94,6 +94,7 @@ export function createHttpServer({
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && hasBody(req)) {
           const client = clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
+          if (client === null) return refuse(400, ErrorCode.INVALID_INPUT, UNATTRIBUTED);
           const refuseFor = (e: GatewayError) => refuse(e.status, e.code, e.message, e.status === 503 ? { 'retry-after': '1' } : {});
           // what it says it will send must fit in what is left now, or it is refused before its body is read; nothing is
           // set aside for it (headers that promise a body and send none would hold the budget for nothing)
@@ -175,7 +176,7 @@ function answeredHere(res: ServerResponse): void {
   });
 }
 
-const hasBody = (req: IncomingMessage) => req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+const hasBody = (req: IncomingMessage) => Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
 
 /**
  * What a body holds of the budget: the bytes that have come, counted as Node's HTTP parser hands them to the request

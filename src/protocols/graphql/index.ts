@@ -21,7 +21,7 @@ import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
-import { ClientAddresses } from '../../client-address.ts';
+import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 
 export interface GraphqlOptions {
   service: InferenceService;
@@ -182,7 +182,11 @@ export function createGraphqlProtocol({
         budget: new RequestBudget({ maxImages: maxImagesPerRequest, maxInputBytes: maxUploadBytes, ...budget }, request.signal),
         requireAdmin: accessFor(request.headers.get('authorization'), tokens, caller).requireAdmin,
         // the client's key is read only by subscriptions
-        statusEvents: (filter) => clientStatusEvents(clients.of(node?.socket.remoteAddress, node?.headers['x-forwarded-for']), filter),
+        statusEvents: (filter) => {
+          const client = clients.of(node?.socket.remoteAddress, node?.headers['x-forwarded-for']);
+          if (client === null) throw new GatewayError(ErrorCode.INVALID_INPUT, UNATTRIBUTED);
+          return clientStatusEvents(client, filter);
+        },
       };
     },
     maskedErrors: { maskError: maskError(logger) },

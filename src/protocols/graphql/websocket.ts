@@ -5,7 +5,7 @@ import { WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
-import { ClientAddresses } from '../../client-address.ts';
+import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
 import { toGraphQLError } from './errors.ts';
@@ -52,7 +52,9 @@ export function attachWebSocket(
     noServer: true,
     maxPayload: maxPayloadBytes,
     verifyClient: (info, done) => {
-      if ((connections.get(clientAddress(info.req)) ?? 0) >= maxConnectionsPerClient) done(false, 429, 'Too many WebSocket connections');
+      const client = clientAddress(info.req);
+      if (client === null) done(false, 400, UNATTRIBUTED);
+      else if ((connections.get(client) ?? 0) >= maxConnectionsPerClient) done(false, 429, 'Too many WebSocket connections');
       else done(true);
     },
   });
@@ -72,7 +74,7 @@ export function attachWebSocket(
   /** Each connection's client, read once when it opens. */
   const clientOf = new WeakMap<object, string>();
   wss.on('connection', (socket, req) => {
-    const addr = clientAddress(req);
+    const addr = clientAddress(req) ?? 'unknown'; // verifyClient refused a connection that names no client
     clientOf.set(socket, addr);
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
     if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
@@ -157,7 +159,7 @@ export function attachWebSocket(
         const errors = validate(schema, document);
         if (errors.length) return errors;
         // the message's size, read before anything here waited (graphql-ws calls this as the message comes)
-        const client = clientOf.get(ctx.extra.socket) ?? clientAddress(ctx.extra.request);
+        const client = clientOf.get(ctx.extra.socket) ?? 'unknown';
         const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
         const refused = bytesInFlight?.take(bytes, client);
         if (refused) return [toGraphQLError(refused)];

@@ -25,7 +25,7 @@ import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { MessageFrames, messageElements } from './wire.ts';
 import { wasForwarded } from '../../inference/access.ts';
 import { capConnections } from '../../connections.ts';
-import { ClientAddresses } from '../../client-address.ts';
+import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
 
 /**
@@ -188,8 +188,9 @@ function receiveBounded(
   budget: BytesInFlight | undefined,
   maxMessageBytes: number,
   clients: ClientAddresses,
+  logger: Logger,
 ): grpc.ServerInterceptor {
-  return (_method, call) => {
+  return (method, call) => {
     // grpc-js keeps the stream to itself (the first interceptor is handed its own call, which holds it): tested in
     // security.test.ts, so an upgrade that moves it fails there
     const stream = (call as unknown as { stream?: http2.ServerHttp2Stream }).stream;
@@ -212,12 +213,11 @@ function receiveBounded(
     // grpc-js's own call also holds the metadata, read from the headers before any message (tested with the stream)
     const peer = peerAddress(call.getPeer());
     const forwardedFor = (call as unknown as { metadata?: grpc.Metadata }).metadata?.get('x-forwarded-for').map(String) ?? [];
-    // A call relayed by a trusted proxy must say whose it is. grpc-js drops a header value with a character it does
-    // not allow (a tab, say), so a client behind a proxy that appends to the header could make it vanish, and would
-    // then be counted as the proxy: a second client's share for the same client.
-    const unattributed = clients.isProxy(peer) && forwardedFor.length === 0;
-    if (budget && stream && !unattributed) {
-      const client = clients.of(peer, forwardedFor);
+    // A call relayed by a trusted proxy must say whose it is (see ClientAddresses.of). grpc-js drops a header value with
+    // a character it does not allow (a tab, say), so a client behind a proxy that appends to the header could even make
+    // it vanish.
+    const client = clients.of(peer, forwardedFor);
+    if (budget && stream && client !== null) {
       const frames = new MessageFrames();
       let held = 0;
       letGo = () => {
@@ -253,13 +253,10 @@ function receiveBounded(
     }
     return new grpc.ServerInterceptingCall(call, {
       start: (next) => {
-        if (unattributed) {
+        if (client === null) {
           stop();
-          const m = mapError(
-            invalid(
-              'this call came through a trusted proxy (TRUSTED_PROXIES) without an x-forwarded-for naming its client (or with one that is not valid metadata): the proxy must add it, or leave TRUSTED_PROXIES',
-            ),
-          );
+          const m = mapError(invalid(UNATTRIBUTED));
+          logger.info({ rpc: method.path.split('/').pop(), code: grpc.status[m.grpc] }, 'grpc');
           const trailer = new grpc.Metadata();
           trailer.set('error-code', m.code);
           return call.sendStatus({ code: m.grpc, details: m.message, metadata: trailer });
@@ -368,7 +365,7 @@ export function createGrpcServer({
     'grpc.max_send_message_length': -1,
     'grpc.max_concurrent_streams': maxStreamsPerConnection,
     // the first interceptor is handed grpc-js's own call (receiveBounded reaches its stream)
-    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes, clients), tokensFirst(core, logger, clients)],
+    interceptors: [receiveBounded(requestTimeoutMs, bytesInFlight, maxMessageBytes, clients, logger), tokensFirst(core, logger, clients)],
   });
   // connections are accepted here and handed to grpc-js, so that they are counted as the HTTP port's are (grpc-js has
   // no such limit of its own)
