@@ -1,5 +1,6 @@
 import { BlockList, isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { wasForwarded } from './inference/access.ts';
 
 /**
  * Who the client is, for the limits kept per client address (connections, request bytes, subscriptions, WebSocket
@@ -57,6 +58,14 @@ export class ClientAddresses {
       this.checked.set(address, known);
     }
     return known;
+  }
+
+  /**
+   * A request was relayed: its peer is a trusted proxy (whatever headers it sends: one that adds none would otherwise
+   * pass for this machine), or it carries a forwarding header. Admin access reads it (access.ts).
+   */
+  relayed(peer: string | null | undefined, header: (name: string) => unknown): boolean {
+    return this.isProxy(peer) || wasForwarded(header);
   }
 
   /**

@@ -15,13 +15,13 @@ export function capConnections(
     logger,
     port,
     clients,
-  }: { maxConnections: number; maxPerClient: number; logger: Logger; port: string; clients?: ClientAddresses },
+  }: { maxConnections: number; maxPerClient: number; logger: Logger; port: string; clients: ClientAddresses },
 ): void {
   server.maxConnections = maxConnections;
   const perClient = new Map<string, number>();
   server.on('connection', (socket) => {
-    if (clients?.isProxy(socket.remoteAddress)) return;
-    const addr = clients ? clients.key(socket.remoteAddress ?? 'unknown') : (socket.remoteAddress ?? 'unknown');
+    if (clients.isProxy(socket.remoteAddress)) return;
+    const addr = clients.key(socket.remoteAddress ?? 'unknown');
     const n = (perClient.get(addr) ?? 0) + 1;
     if (n > maxPerClient) {
       logger.warn({ client: addr, limit: maxPerClient, port }, 'too many connections from one client; closing the new one');

@@ -4,7 +4,7 @@ import { createYoga, type YogaServerInstance } from 'graphql-yoga';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { createFetch } from '@whatwg-node/fetch';
 import type { Logger } from '../../log.ts';
-import { accessFor, foreignOrigin, wasForwarded, type Tokens } from '../../inference/access.ts';
+import { accessFor, foreignOrigin, type Tokens } from '../../inference/access.ts';
 import { LRUCache } from 'lru-cache';
 import type { DocumentNode } from 'graphql';
 import { ErrorCode, GatewayError } from '../../errors.ts';
@@ -172,8 +172,7 @@ export function createGraphqlProtocol({
         remoteAddress: node?.socket.remoteAddress,
         origin: request.headers.get('origin'),
         host: request.headers.get('host') ?? node?.headers.host,
-        // a trusted proxy relays, whatever headers it sends (one that adds none would otherwise pass for this machine)
-        forwarded: clients.isProxy(node?.socket.remoteAddress) || wasForwarded((h) => request.headers.get(h)),
+        forwarded: clients.relayed(node?.socket.remoteAddress, (h) => request.headers.get(h)),
       };
       return {
         service,

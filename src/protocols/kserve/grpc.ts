@@ -23,7 +23,6 @@ import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from '
 import { invalid, mapError } from './errors.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { MessageFrames, messageElements } from './wire.ts';
-import { wasForwarded } from '../../inference/access.ts';
 import { capConnections } from '../../connections.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
@@ -305,7 +304,7 @@ function whoOf(metadata: grpc.Metadata, peer: string, clients: ClientAddresses):
   const remoteAddress = peerAddress(peer);
   return {
     authorization: auth === undefined ? null : String(auth),
-    caller: { remoteAddress, forwarded: clients.isProxy(remoteAddress) || wasForwarded((h) => metadata.get(h)[0]) },
+    caller: { remoteAddress, forwarded: clients.relayed(remoteAddress, (h) => metadata.get(h)[0]) },
   };
 }
 

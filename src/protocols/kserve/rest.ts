@@ -20,7 +20,6 @@ import {
 } from './codec.ts';
 import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
 import { invalid, mapError } from './errors.ts';
-import { wasForwarded } from '../../inference/access.ts';
 import { ClientAddresses } from '../../client-address.ts';
 import { sendJson, sendJsonText } from '../../send-json.ts';
 import { holdOf } from '../../bytes-in-flight.ts';
@@ -358,7 +357,7 @@ export function createRestRoute({
         remoteAddress: req.socket.remoteAddress,
         origin: req.headers.origin,
         host: req.headers.host,
-        forwarded: clients.isProxy(req.socket.remoteAddress) || wasForwarded((h) => req.headers[h]),
+        forwarded: clients.relayed(req.socket.remoteAddress, (h) => req.headers[h]),
       },
     };
     const expect = (wanted: 'GET' | 'POST') => {
