@@ -24,7 +24,7 @@ export interface Caller {
   remoteAddress?: string | null;
   origin?: string | null;
   host?: string | null;
-  /** The request came through a proxy (it carries Forwarded, X-Forwarded-For or X-Real-IP). */
+  /** The request came through a proxy: it carries Forwarded, X-Forwarded-For or X-Real-IP, or its peer is a trusted proxy. */
   forwarded?: boolean;
 }
 

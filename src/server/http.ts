@@ -92,7 +92,7 @@ export function createHttpServer({
         if (length > maxBodyBytes)
           return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
-        if (bytesInFlight && hasBody(req)) {
+        if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
           const client = clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
           if (client === null) return refuse(400, ErrorCode.INVALID_INPUT, UNATTRIBUTED);
           const refuseFor = (e: GatewayError) => refuse(e.status, e.code, e.message, e.status === 503 ? { 'retry-after': '1' } : {});
@@ -175,8 +175,6 @@ function answeredHere(res: ServerResponse): void {
     end: written(res),
   });
 }
-
-const hasBody = (req: IncomingMessage) => Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
 
 /**
  * What a body holds of the budget: the bytes that have come, counted as Node's HTTP parser hands them to the request
