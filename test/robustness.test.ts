@@ -1,5 +1,6 @@
 import { readFile, rm, mkdtemp, symlink } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -218,6 +219,72 @@ describe('limits', () => {
     expect(JSON.parse(text).errors[0].extensions.code).toBe('PAYLOAD_TOO_LARGE');
   });
 
+  it('a refused request is answered to a client still sending its body: the connection lingers, reading, until the client is done (GraphQL and KServe REST)', async () => {
+    // a client that sends a body far over MAX_UPLOAD_BYTES as fast as it can, reading as it goes: without a lingering
+    // close the server closes with bytes unread, the kernel resets the connection and the answer is lost with it
+    const port = Number(new URL(gw.url).port);
+    for (const target of ['/graphql', '/v2/models/mobilenet/infer'])
+      for (const framing of ['Content-Length: 20000000', 'Transfer-Encoding: chunked'])
+        for (let i = 0; i < 5; i++) {
+          const head = `POST ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n${framing}\r\n\r\n`;
+          const { answer, error } = await sendingAll(port, head, 20_000_000, { chunked: framing.startsWith('Transfer') });
+          expect([answer.slice(0, 12), error], `${target}, ${framing}`).toEqual(['HTTP/1.1 413', null]);
+          expect(answer, target).toMatch(/PAYLOAD_TOO_LARGE/);
+        }
+    // a client that stops sending and keeps its side open is not kept for long: read while it sends, closed once silent
+    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    let text = '';
+    let failed: string | null = null;
+    socket.on('data', (d) => (text += d));
+    socket.on('error', (e: NodeJS.ErrnoException) => (failed = e.code ?? e.message));
+    socket.write('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 20000000\r\n\r\n{');
+    await until(async () => text.includes('PAYLOAD_TOO_LARGE'), 5000, 'the answer');
+    await new Promise((r) => setTimeout(r, 1000));
+    socket.write('x'); // still read: no reset
+    await new Promise((r) => setTimeout(r, 300));
+    expect(failed).toBeNull();
+    await new Promise((r) => setTimeout(r, 4500)); // silent past the lingering's 2 to 4 s
+    // the first byte written to a closed connection is answered with a reset, the next one fails
+    await until(
+      async () => {
+        if (!socket.destroyed) socket.write('x');
+        return failed !== null;
+      },
+      3000,
+      'the connection reset: closed while the client was silent',
+    );
+    socket.destroy();
+    expect((await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') } })).data.classify.predictions[0].classId).toBe(309);
+  });
+
+  it('a request pipelined behind one refused for its size, sent while the connection lingers, is not run', async () => {
+    const port = Number(new URL(gw.url).port);
+    const inferences = async () => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      return Number(/^gateway_inference_request_success_total\{model="mobilenet"[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
+    };
+    const before = await inferences();
+    const b64 = (await readFile(image('bee.jpeg'))).toString('base64');
+    const classify = JSON.stringify({
+      query: `mutation { classify(model: "mobilenet", image: { base64: "${b64}" }) { predictions { classId } } }`,
+    });
+    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    let text = '';
+    socket.on('data', (d) => (text += d));
+    socket.on('error', () => undefined);
+    socket.write('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 300000\r\n\r\n');
+    await until(async () => text.includes('PAYLOAD_TOO_LARGE'), 5000, 'the answer');
+    // the refused body, then a request after it on the same connection
+    socket.write(Buffer.alloc(300_000, 32));
+    socket.write(
+      `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${classify.length}\r\n\r\n${classify}`,
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await inferences()).toBe(before);
+    expect(text.match(/HTTP\/1.1/g)).toHaveLength(1);
+    socket.destroy();
+  });
+
   it('refuses more files than MAX_FILES_PER_REQUEST', async () => {
     const q = `mutation($a: File!, $b: File!, $c: File!) { a: classify(model: "mobilenet", image: { file: $a }) { predictions { classId } } }`;
     const r = await gw.gql(
@@ -384,3 +451,39 @@ describe('access', () => {
     expect(other.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
   });
 });
+
+/**
+ * A raw request whose body the client sends as fast as it can (up to `total` bytes, in chunks of 64 KiB, framed as
+ * chunked if told, then ends its side), reading whatever comes meanwhile, as curl, Go or undici do:
+ * what was answered, and how the connection ended.
+ */
+function sendingAll(
+  port: number,
+  head: string,
+  total: number,
+  { chunked = false } = {},
+): Promise<{ answer: string; error: string | null; ms: number }> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    let answer = '';
+    let error: string | null = null;
+    // half-open as curl or Python: the server's end of its side does not end the client's, which goes on sending
+    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.on('data', (d) => (answer += d));
+    socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+    socket.on('close', () => resolve({ answer, error, ms: performance.now() - t0 }));
+    socket.write(head);
+    const chunk = Buffer.alloc(64 * 1024, 32);
+    let sent = 0;
+    const pump = () => {
+      while (!socket.destroyed && sent < total) {
+        const piece = chunk.subarray(0, Math.min(chunk.length, total - sent));
+        sent += piece.length;
+        const framed = chunked ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')]) : piece;
+        if (!socket.write(framed)) return void socket.once('drain', pump);
+      }
+      if (!socket.destroyed) socket.end(chunked ? '0\r\n\r\n' : '');
+    };
+    pump();
+  });
+}

@@ -1047,6 +1047,38 @@ describe('request bytes held at once (MAX_BYTES_IN_FLIGHT)', () => {
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
+  it('a body refused as it comes is answered to a client that goes on sending it (the connection lingers, reading)', async () => {
+    const held = await fill(); // 0.5 MB left
+    for (let i = 0; i < 5; i++) {
+      // chunked: nothing is refused from the headers; 20 MB sent as fast as the client can, reading as it goes
+      const answer = await new Promise<{ text: string; error: string | null }>((resolve) => {
+        let text = '';
+        let error: string | null = null;
+        const socket = net.connect({ port: port(), host: '127.0.0.1', allowHalfOpen: true });
+        socket.on('data', (d) => (text += d));
+        socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+        socket.on('close', () => resolve({ text, error }));
+        socket.write('POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n');
+        const chunk = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(0x10000, 32), Buffer.from('\r\n')]);
+        let sent = 0;
+        const pump = () => {
+          while (!socket.destroyed && sent < 300) {
+            sent++;
+            if (!socket.write(chunk)) return void socket.once('drain', pump);
+          }
+          if (!socket.destroyed) socket.end('0\r\n\r\n');
+        };
+        pump();
+      });
+      expect([answer.text.slice(0, 12), answer.error]).toEqual(['HTTP/1.1 503', null]);
+      expect(answer.text).toMatch(/QUEUE_FULL/);
+      await until(async () => (await heldGauge()) === 4 * ALMOST, 5000, 'the refused bytes given back');
+    }
+    expect((await photo()).data?.classify.predictions[0].label).toBeTruthy();
+    for (const s of held) s.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+  });
+
   it('a route that answers a request refused as its body came (without reading it) answers nowhere; the server lives', async () => {
     // 127.0.0.9 holds all but a byte of its half of the budget
     const share = (4.5 * MB) / 2;

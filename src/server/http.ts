@@ -8,6 +8,7 @@ import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
 import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../client-address.ts';
+import { lingerOnClose } from './linger.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -67,6 +68,9 @@ export function createHttpServer({
       headersTimeout: headersTimeoutMs,
     },
     (req, res) => {
+      // a request that comes on a connection the server has closed its side of (lingering after an answer that closed
+      // it): its answer could not be sent, so it is not run; its body is read and dropped as the lingering goes on
+      if (!req.socket.writable) return void req.resume();
       const given = req.headers['x-request-id'];
       const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
       const pathname = (req.url ?? '/').split('?')[0];
@@ -83,14 +87,22 @@ export function createHttpServer({
         }
         const route = routes.find((r) => r.match(pathname));
         const refuse = (status: number, code: string, message: string, headers: Record<string, string> = {}) =>
-          sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), { connection: 'close', ...headers });
+          sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), {
+            connection: 'close',
+            'x-error-code': code,
+            ...headers,
+          });
         if (!hostAllowed(req.headers.host, allowedHosts)) {
           const message = `this server does not answer to the host ${JSON.stringify(req.headers.host)}; its operator can allow it with ALLOWED_HOSTS`;
           return refuse(403, ErrorCode.FORBIDDEN, message);
         }
         const length = Number(req.headers['content-length'] ?? 0);
         if (length > maxBodyBytes)
-          return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`);
+          return refuse(
+            413,
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            `request body of ${length} bytes exceeds the limit of ${maxBodyBytes} bytes (MAX_UPLOAD_BYTES)`,
+          );
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
           const client = clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
@@ -115,6 +127,7 @@ export function createHttpServer({
     server.emit('request', req, res);
   });
   capConnections(server, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'http', clients });
+  lingerOnClose(server);
   return server;
 }
 
@@ -144,6 +157,18 @@ function giveBackOnce(req: IncomingMessage, res: ServerResponse, give: () => voi
   };
   mine.add(once);
   res.once('close', once);
+}
+
+/**
+ * Its route stops waiting for the rest of a request's body (its stream ends with `error`), while its connection stays
+ * open to close as answered: lingering, reading what the client still sends (IncomingMessage's own destroy would
+ * destroy the socket too, and the kernel would reset the connection under the answer).
+ */
+function abandon(req: IncomingMessage, error: Error): void {
+  // as IncomingMessage's: the error is emitted only to a route that listens for it (else it would be uncaught)
+  (req as unknown as { _destroy(e: Error | null, done: (e: Error | null) => void): void })._destroy = (e, done) =>
+    process.nextTick(() => done(req.listenerCount('error') > 0 ? e : null));
+  req.destroy(error);
 }
 
 /**
@@ -181,7 +206,8 @@ function answeredHere(res: ServerResponse): void {
  * (its push(), before any reader sees them), until its answer is sent or its client leaves; a route may hold more for
  * it (holdOf: KServe REST inflating it). Past the budget (a body that fitted when its headers came, beside others that
  * came since) it is answered 503 QUEUE_FULL as it comes, nothing more of it reaches its route (what still comes is
- * dropped), and once that answer is sent the request is destroyed, so that its route stops waiting for its end.
+ * read and dropped), and once that answer is sent its route is told the body ends there with an error, so that it stops
+ * waiting for the rest; the connection closes as lingerOnClose closes it.
  */
 function countBody(
   req: IncomingMessage,
@@ -193,9 +219,13 @@ function countBody(
   let over = false;
   const push = req.push;
   req.push = function (chunk: unknown, encoding?: BufferEncoding): boolean {
-    if (over) return false;
-    // once answered, what still comes is Node's to discard (it dumps an unread body)
-    if (hold.done || chunk === null) return push.call(this, chunk, encoding);
+    // dropped; and read on (true: Node's parser does not pause the connection), so that the client can finish sending
+    // and read its answer before the connection closes (lingerOnClose)
+    if (over) return true;
+    // once answered, what still comes is dropped here, read on whoever stopped reading (a route that answered before
+    // the body's end): the next request on the connection, or its lingering close, must not wait behind it
+    if (hold.done) return chunk === null ? push.call(this, chunk, encoding) : true;
+    if (chunk === null) return push.call(this, chunk, encoding);
     const refused = hold.take((chunk as Buffer).length);
     if (refused) {
       over = true;
@@ -204,9 +234,9 @@ function countBody(
       else {
         refuse(refused);
         answeredHere(res);
-        res.once('finish', () => req.destroy(error));
+        res.once('finish', () => abandon(req, error));
       }
-      return false;
+      return true;
     }
     return push.call(this, chunk, encoding);
   };

@@ -11,9 +11,14 @@ import type { Logger } from '../../log.ts';
  */
 export function toGraphQLError(e: GatewayError, opts: { path?: readonly (string | number)[]; requestLevel?: boolean } = {}): GraphQLError {
   const withStatus = opts.requestLevel ?? (e.code === ErrorCode.UNAUTHENTICATED || e.code === ErrorCode.FORBIDDEN);
+  // a body refused for its size is not read to its end: the connection closes after the answer (lingering, so that a
+  // client still sending reads it), as the HTTP server's own 413 and KServe REST's do
+  const http = withStatus
+    ? { status: e.status, ...(e.code === ErrorCode.PAYLOAD_TOO_LARGE ? { headers: { connection: 'close' } } : {}) }
+    : undefined;
   return new GraphQLError(e.message, {
     path: opts.path,
-    extensions: { code: e.code, ...(withStatus ? { http: { status: e.status } } : {}), ...(e.details ?? {}) },
+    extensions: { code: e.code, ...(http ? { http } : {}), ...(e.details ?? {}) },
   });
 }
 

@@ -105,9 +105,9 @@ function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > limit) {
+        // the rest is dropped as it comes (the answer closes the connection, lingering: a client still sending reads it)
         req.removeAllListeners('data');
-        req.pause(); // the answer closes the connection: the rest is never read
-        reject(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `request body exceeds the limit of ${limit} bytes`));
+        reject(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `request body exceeds the limit of ${limit} bytes (MAX_UPLOAD_BYTES)`));
         return;
       }
       chunks.push(c);

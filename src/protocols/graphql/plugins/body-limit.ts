@@ -25,6 +25,9 @@ export function useChunkedBodyLimit(maxBytes: number): Plugin {
             else controller.enqueue(chunk);
           },
         }),
+        // past the limit the request is not destroyed (its connection would be reset under the 413): its answer closes
+        // the connection, which lingers, reading the rest (server/linger.ts)
+        { preventCancel: true },
       );
       const next = new fetchAPI.Request(request.url, {
         method: request.method,
