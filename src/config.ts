@@ -6,6 +6,7 @@ import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
 import type { LoadOptions } from './engine/types.ts';
 import { parseTrustedProxy } from './client-address.ts';
+import { DEFAULT_IMAGE_FORMATS } from './vision/formats.ts';
 
 type ExactInt8 = NonNullable<LoadOptions['exactInt8']>;
 
@@ -133,7 +134,12 @@ export const uvThreadpoolSize = () => {
  */
 export const defaultDecodeThreads = () => Math.max(1, Math.min(2 * cores(), uvThreadpoolSize() - 1));
 
-/** The raster formats a vision model needs; SVG (a vector format whose rendering can be made arbitrarily costly) only when configured. */
+/**
+ * The formats the server can read. By default the raster formats whose decoding is cheap or can be cut short
+ * (DEFAULT_IMAGE_FORMATS in vision/formats.ts); AVIF and HEIF (AV1: a flat 40 MP AVIF of 2 KB takes 1.8 s to decode
+ * here, a noisy one 5 s, and libheif cannot be interrupted by DECODE_TIMEOUT_MS) and SVG (a vector format whose
+ * rendering can be made arbitrarily costly) only when configured.
+ */
 export const IMAGE_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif', 'svg'] as const;
 
 export class ConfigError extends Error {
@@ -422,8 +428,8 @@ export const SETTINGS = [
     'imageFormats',
     'IMAGE_FORMATS',
     listOf(IMAGE_FORMATS),
-    ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif'],
-    'Image formats accepted (svg only when listed)',
+    [...DEFAULT_IMAGE_FORMATS],
+    'Image formats accepted; avif, heif and svg only when listed (their decoding is costly and cannot be cut short)',
   ),
   s('decodeTimeoutMs', 'DECODE_TIMEOUT_MS', int(100), 10_000, 'Longest time one image may take to decode and resize'),
   s(

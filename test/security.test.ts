@@ -448,6 +448,40 @@ describe('the server cannot be taken down', () => {
     expect(r.errors![0].message).toMatch(/svg images are not accepted here \(IMAGE_FORMATS/);
   });
 
+  it('AVIF and HEIF are not decoded unless IMAGE_FORMATS allows them (a 40 MP one holds a decoding thread for seconds, and cannot be cut short)', async () => {
+    // a flat AVIF of 12 MP is a few kilobytes and takes half a second to decode (40 MP: 1.8 s); by default it is refused
+    // from its first bytes
+    const avif = await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#808080' } })
+      .avif({ effort: 0 })
+      .toBuffer();
+    expect(avif.length).toBeLessThan(50_000);
+    // a HEIF container of another brand than AVIF's (sharp writes AV1 in HEIF as "avif")
+    const heif = await sharp(image('bee.jpeg')).heif({ compression: 'av1', effort: 0 }).toBuffer();
+    heif.write('mif1', 8, 'latin1');
+    const CLASSIFY_FILE = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
+    for (const [format, bytes] of [
+      ['avif', avif],
+      ['heif', heif],
+    ] as const) {
+      const t0 = performance.now();
+      const r = await gw.gql(CLASSIFY_FILE, { f: null }, { files: { f: bytes } });
+      expect(errorCode(r), format).toBe('INVALID_IMAGE');
+      expect(r.errors![0].message).toMatch(
+        new RegExp(`${format} images are not accepted here \\(IMAGE_FORMATS: jpeg, png, webp, gif, tiff\\)`),
+      );
+      expect(performance.now() - t0).toBeLessThan(1000);
+    }
+    // allowed by its operator, an AVIF is read
+    const allowing = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { IMAGE_FORMATS: 'jpeg,avif' } });
+    try {
+      const small = await sharp(image('bee.jpeg')).avif({ quality: 80, effort: 0 }).toBuffer();
+      const r = await allowing.gql(CLASSIFY_FILE, { f: null }, { files: { f: small } });
+      expect(r.data?.classify.predictions[0].classId).toBe(309);
+    } finally {
+      await allowing.close();
+    }
+  });
+
   it('gRPC: a call whose message stops half-way is ended after REQUEST_TIMEOUT_MS; the connection and other calls go on', async () => {
     const session = http2.connect(`http://127.0.0.1:${gw.grpcPort}`);
     session.on('error', () => undefined);

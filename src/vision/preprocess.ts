@@ -7,6 +7,7 @@ import { floatToHalf, type DType, type PixelInput, type Tensor, type TensorInfo 
 import type { ModelConfig, PreprocessingConfig } from '../repository/model-config.ts';
 import { applyRgbTransform, embeddedProfile, type EmbeddedProfile, type RgbTransform } from './icc.ts';
 import { readJpegHeader, type JpegHeader } from './jpeg-header.ts';
+import { DEFAULT_IMAGE_FORMATS } from './formats.ts';
 
 /** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
 export interface ImageTransform {
@@ -152,13 +153,12 @@ export interface DecodedImage {
 /** How images may be read: the pixel limit (checked from the header), the formats accepted, a time limit. */
 export interface ImageLimits {
   maxPixels: number;
-  /** Formats accepted (see imageFormat); default the raster formats, not SVG. */
+  /** Formats accepted (see imageFormat); default DEFAULT_IMAGE_FORMATS. */
   formats?: readonly string[];
   /** Longest decode and resize of one image, in ms (sharp's timeout has a granularity of one second). */
   timeoutMs?: number;
 }
 
-const RASTER_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif'];
 const limitsOf = (l: number | ImageLimits): ImageLimits => (typeof l === 'number' ? { maxPixels: l } : l);
 
 /**
@@ -183,7 +183,7 @@ export function imageFormat(b: Uint8Array): string | null {
  * no header and no format to check; their size is checked all the same.
  */
 export async function probeImage(input: Uint8Array | RawImage, limits: number | ImageLimits): Promise<DecodedImage> {
-  const { maxPixels, formats = RASTER_FORMATS } = limitsOf(limits);
+  const { maxPixels, formats = DEFAULT_IMAGE_FORMATS } = limitsOf(limits);
   if (isRawImage(input)) return fromRaw(input, maxPixels);
   const bytes = input;
   const format = imageFormat(bytes);
