@@ -1,4 +1,5 @@
-import { realpath } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError } from './errors.ts';
 
@@ -26,6 +27,55 @@ export async function resolveUnderRoots(requested: string, roots: readonly strin
   if (!realRoots.some((r) => isInside(real, r))) throw deny();
   if (!exists) throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} does not exist`);
   return real;
+}
+
+/**
+ * Open a client-supplied path under the allowed roots for reading, safe against a folder under them that others write
+ * to: resolveUnderRoots checks the path, and between that check and the open the file (or a folder on its way) may be
+ * swapped for a symlink out of the roots, or for a FIFO whose open would block a thread of libuv's pool for ever.
+ * So the last component is opened without following a symlink and without blocking (O_NOFOLLOW, O_NONBLOCK), and what
+ * was opened is checked again: its real path from /proc/self/fd (Linux), or elsewhere the same file (device and inode)
+ * as the path resolves to now. The caller checks the kind of file (fstat) and closes the handle.
+ */
+export async function openUnderRoots(requested: string, roots: readonly string[], what = 'path', setting = ''): Promise<FileHandle> {
+  const real = await resolveUnderRoots(requested, roots, what, setting);
+  const deny = () =>
+    new GatewayError(
+      ErrorCode.FORBIDDEN_PATH,
+      `${what} ${JSON.stringify(requested)} is not under an allowed root${setting ? `: ${setting}` : ''}`,
+    );
+  let handle: FileHandle;
+  try {
+    handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') throw deny(); // a symlink now, where the check saw a file
+    if (code === 'ENOENT') throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} does not exist`);
+    throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} cannot be read`);
+  }
+  try {
+    if (!(await stillUnderRoots(handle, real, roots))) throw deny();
+    return handle;
+  } catch (e) {
+    await handle.close();
+    throw e;
+  }
+}
+
+async function stillUnderRoots(handle: FileHandle, real: string, roots: readonly string[]): Promise<boolean> {
+  const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => path.resolve(r))));
+  let opened: string | null = null;
+  try {
+    opened = await readlink(`/proc/self/fd/${handle.fd}`);
+  } catch {
+    opened = null; // no /proc: the same file as the path resolves to now
+  }
+  if (opened !== null) return path.isAbsolute(opened) && realRoots.some((r) => isInside(opened, r));
+  const [mine, now] = await Promise.all([
+    handle.stat(),
+    realpath(real).then((p) => (realRoots.some((r) => isInside(p, r)) ? stat(p) : null)),
+  ]);
+  return now !== null && now.dev === mine.dev && now.ino === mine.ino;
 }
 
 /** The real path of p; for a path that does not exist, the real path of its deepest existing ancestor plus the rest. */

@@ -1,4 +1,5 @@
-import { readFile, rm, mkdtemp, symlink } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, mkdtemp, symlink } from 'node:fs/promises';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -355,6 +356,116 @@ describe('limits', () => {
     await until(() => results.length > 0, 5000, 'third subscription refused');
     expect(results[0]).toMatch(/LIMIT_EXCEEDED/);
     await client.dispose();
+  });
+});
+
+describe('an image path swapped while the server reads it (a folder under IMAGE_ROOTS that others write to)', () => {
+  let gw: TestGateway;
+  let dir: string;
+  let root: string;
+  let swapper: ChildProcess | undefined;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'swap-'));
+    root = path.join(dir, 'root');
+    await mkdir(root);
+    await copyFile(image('bee.jpeg'), path.join(root, 'good.jpeg'));
+    await copyFile(image('zebra.jpeg'), path.join(dir, 'secret.jpeg')); // outside the root
+    execFileSync('mkfifo', [path.join(root, 'fifo')]);
+    await mkdir(path.join(root, 'in'));
+    await mkdir(path.join(dir, 'out'));
+    await copyFile(image('bee.jpeg'), path.join(root, 'in', 'a.jpeg'));
+    await copyFile(image('zebra.jpeg'), path.join(dir, 'out', 'a.jpeg'));
+    gw = await startGateway({ models: models(), env: { IMAGE_ROOTS: root } });
+  });
+  afterAll(async () => {
+    swapper?.kill('SIGKILL');
+    // a reader blocked on the FIFO (the defect) is let go: a writer opens it and closes it
+    await new Promise<void>((resolve) => {
+      const w = spawn('sh', ['-c', `exec 3>"${path.join(root, 'fifo')}"`], { stdio: 'ignore' });
+      const t = setTimeout(() => (w.kill('SIGKILL'), resolve()), 1000);
+      w.on('exit', () => (clearTimeout(t), resolve()));
+    });
+    await gw?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  /**
+   * A process that keeps renaming over `a.jpeg`, in turn, the photo (a hard link to good.jpeg) and `other`, and puts
+   * in place of the folder `in` a symlink to a folder outside the root for a moment, while requests read `a.jpeg` or
+   * `in/a.jpeg`: each request's check sees one, its read may see the other.
+   */
+  const swap = (other: string) => {
+    const code = `
+      const fs = require('node:fs');
+      const [root, other] = process.argv.slice(1);
+      const a = root + '/a.jpeg';
+      for (;;) {
+        try {
+          fs.rmSync(root + '/f.tmp', { force: true });
+          fs.linkSync(root + '/good.jpeg', root + '/f.tmp');
+          fs.renameSync(root + '/f.tmp', a);
+          fs.rmSync(root + '/o.tmp', { force: true });
+          if (other === 'fifo') fs.linkSync(root + '/fifo', root + '/o.tmp');
+          else fs.symlinkSync(other, root + '/o.tmp');
+          fs.renameSync(root + '/o.tmp', a);
+          // a folder on the way: in/ is moved aside and a symlink to a folder outside the root put in its place
+          fs.renameSync(root + '/in', root + '/in.aside');
+          fs.symlinkSync(root + '/../out', root + '/in');
+          fs.rmSync(root + '/in');
+          fs.renameSync(root + '/in.aside', root + '/in');
+        } catch {}
+      }`;
+    swapper = spawn(process.execPath, ['-e', code, root, other], { stdio: 'ignore' });
+  };
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (!swapper || swapper.exitCode !== null) return resolve();
+      swapper.once('exit', () => resolve());
+      swapper.kill('SIGKILL');
+    });
+  const q = `mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }, topK: 1) { predictions { classId } } }`;
+  /** `n` classifications of `p`, four at a time: the classes answered, and the error codes. */
+  const classifyMany = async (n: number, p = 'a.jpeg') => {
+    const seen: Record<string, number> = {};
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (next++ < n && !seen['no answer in 10 s']) {
+          const r = await Promise.race([gw.gql<any>(q, { p }), new Promise<null>((resolve) => setTimeout(() => resolve(null), 10_000))]);
+          const key = r === null ? 'no answer in 10 s' : (errorCode(r) ?? String(r.data?.classify.predictions[0].classId));
+          seen[key] = (seen[key] ?? 0) + 1;
+        }
+      }),
+    );
+    return seen;
+  };
+
+  it('swapped for a symlink out of the roots between the check and the read: never read', async () => {
+    swap(path.join(dir, 'secret.jpeg'));
+    const seen = await classifyMany(200);
+    await stop();
+    expect(seen['340'], JSON.stringify(seen)).toBeUndefined(); // the zebra outside the root
+    expect(seen['309'], JSON.stringify(seen)).toBeGreaterThan(0);
+    expect(seen['INTERNAL_SERVER_ERROR'], JSON.stringify(seen)).toBeUndefined(); // a typed error for every other
+  });
+
+  it('a folder on the way swapped for a symlink out of the roots between the check and the read: never read', async () => {
+    swap(path.join(dir, 'secret.jpeg'));
+    const seen = await classifyMany(200, 'in/a.jpeg');
+    await stop();
+    expect(seen['340'], JSON.stringify(seen)).toBeUndefined(); // dir/out/a.jpeg, the zebra outside the root
+    expect(seen['309'], JSON.stringify(seen)).toBeGreaterThan(0);
+    expect(seen['INTERNAL_SERVER_ERROR'], JSON.stringify(seen)).toBeUndefined(); // a typed error for every other
+  });
+
+  it('swapped for a FIFO between the check and the read: refused, no decoding thread waits on it for ever', async () => {
+    swap('fifo');
+    const seen = await classifyMany(200);
+    await stop();
+    expect(seen['no answer in 10 s'], JSON.stringify(seen)).toBeUndefined();
+    expect(seen['309'], JSON.stringify(seen)).toBeGreaterThan(0);
+    expect(seen['INTERNAL_SERVER_ERROR'], JSON.stringify(seen)).toBeUndefined(); // a typed error for every other
+    await copyFile(image('bee.jpeg'), path.join(root, 'b.jpeg'));
+    expect((await gw.gql<any>(q, { p: 'b.jpeg' })).data?.classify.predictions[0].classId).toBe(309);
   });
 });
 

@@ -1,6 +1,5 @@
-import { readFile, stat } from 'node:fs/promises';
 import { ErrorCode, GatewayError } from '../errors.ts';
-import { resolveUnderRoots } from '../paths.ts';
+import { openUnderRoots } from '../paths.ts';
 import { decodeBase64 } from '../base64.ts';
 import type { RawImage } from '../vision/preprocess.ts';
 
@@ -59,16 +58,28 @@ async function readImage(image: ImageInput, limits: ImageReadLimits, takeBytes: 
     if (!bytes) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
     return bytes;
   }
-  const real = await resolveUnderRoots(
+  const file = await openUnderRoots(
     image.path!,
     limits.imageRoots,
     'image path',
     'IMAGE_ROOTS names the folders images may be read from (none by default)',
   );
-  const st = await stat(real);
-  if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
-  if (st.size > limits.maxImageBytes)
-    throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
-  takeBytes(st.size);
-  return readFile(real);
+  try {
+    const st = await file.stat();
+    if (!st.isFile()) throw new GatewayError(ErrorCode.INVALID_INPUT, 'ImageInput.path is not a file');
+    if (st.size > limits.maxImageBytes)
+      throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, `image file is ${st.size} bytes; the limit is ${limits.maxImageBytes}`);
+    takeBytes(st.size);
+    // the size counted, and no more: a file that grows meanwhile is read as it was
+    const bytes = Buffer.allocUnsafe(st.size);
+    let read = 0;
+    while (read < st.size) {
+      const { bytesRead } = await file.read(bytes, read, st.size - read, read);
+      if (bytesRead === 0) break;
+      read += bytesRead;
+    }
+    return bytes.subarray(0, read);
+  } finally {
+    await file.close();
+  }
 }
