@@ -1,4 +1,4 @@
-import { concat, fields, lengthDelimited } from './protobuf.ts';
+import { Rope, delimited, fields, lengthDelimited, materialize } from './protobuf.ts';
 import { allocate, elementCount, type Session, type Tensor, type TensorInfo } from '../types.ts';
 
 /**
@@ -7,27 +7,33 @@ import { allocate, elementCount, type Session, type Tensor, type TensorInfo } fr
  * what two single runs give. Only then is the rewritten graph served; otherwise the original, with batch size 1.
  */
 
-/** Rewrite (or drop, with null) length-delimited fields of a message, keeping everything else byte for byte. */
-function rewrite(buf: Uint8Array, fn: (no: number, body: Uint8Array) => Uint8Array | null | undefined): Uint8Array {
-  const parts: Uint8Array[] = [];
+/**
+ * Rewrite (or drop, with null) length-delimited fields of a message, keeping everything else byte for byte: as views
+ * of `buf`, not copies (a Rope).
+ */
+function rewrite(buf: Uint8Array, fn: (no: number, body: Uint8Array) => Uint8Array | Rope | null | undefined): Rope {
+  const out = new Rope();
   for (const f of fields(buf)) {
     if (f.wire !== 2) {
-      parts.push(buf.subarray(f.start, f.end));
+      out.push(buf.subarray(f.start, f.end));
       continue;
     }
     const body = buf.subarray(f.valueStart, f.end);
     const next = fn(f.no, body);
     if (next === null) continue; // dropped
-    parts.push(next === undefined ? buf.subarray(f.start, f.end) : lengthDelimited(f.no, next));
+    out.push(next === undefined ? buf.subarray(f.start, f.end) : delimited(f.no, next));
   }
-  return concat(parts);
+  return out;
 }
 
 const utf8 = new TextDecoder();
 const BATCH_PARAM = new TextEncoder().encode('batch');
 
-/** Set the first dimension of the named graph inputs/outputs to the symbol "batch"; drop value_info hints. */
-export function makeBatchDynamic(model: Uint8Array, names: ReadonlySet<string>): Uint8Array {
+/**
+ * Set the first dimension of the named graph inputs/outputs to the symbol "batch"; drop value_info hints. The model
+ * is not copied here: what is new is spliced between views of it (see materialize).
+ */
+export function makeBatchDynamic(model: Uint8Array, names: ReadonlySet<string>): Rope {
   const firstDimDynamic = (shape: Uint8Array) => {
     let first = true;
     return rewrite(shape, (no) => {
@@ -137,7 +143,7 @@ export async function withDynamicBatch<S extends Decidable>(
   if (!dynamicBatch || !all.every((t) => dim0(t) === 1 || dim0(t) === null)) return decided(session, false);
   let candidate: S | null = null;
   try {
-    candidate = await open(makeBatchDynamic(bytes, new Set(all.map((t) => t.name))));
+    candidate = await open(await materialize(makeBatchDynamic(bytes, new Set(all.map((t) => t.name)))));
     if (await batchWorks(candidate, session)) {
       await session.close();
       return decided(candidate, true, 'rewritten: the batch dimension of this graph was fixed at 1 and was made dynamic after a trial run');

@@ -1,6 +1,6 @@
 import type { PixelInput } from '../types.ts';
 import { ElemType, encodeNode, encodeTensor, encodeValueInfo, readValueInfo, type NodeSpec } from './onnx-proto.ts';
-import { concat, fields, lengthDelimited } from './protobuf.ts';
+import { Rope, delimited, fields, lengthDelimited } from './protobuf.ts';
 
 /**
  * Preprocessing fused into the graph, as OpenVINO's PrePostProcessor does: a new graph input takes the decoded image
@@ -14,7 +14,7 @@ export const PIXELS_INPUT = '__gateway_pixels';
 const f32 = (values: readonly number[]) => new Uint8Array(Float32Array.from(values).buffer);
 const i64 = (values: readonly number[]) => new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer);
 
-export function fusePreprocessing(model: Uint8Array, spec: PixelInput): Uint8Array {
+export function fusePreprocessing(model: Uint8Array, spec: PixelInput): Rope {
   const C = spec.channels;
   const nchw = spec.layout === 'NCHW';
   const nodes: NodeSpec[] = [];
@@ -53,7 +53,7 @@ export function fusePreprocessing(model: Uint8Array, spec: PixelInput): Uint8Arr
   if (nodes.length === 0) step('Identity', []);
   nodes[nodes.length - 1].outputs = [spec.input]; // the last step computes the original input
 
-  const out: Uint8Array[] = [];
+  const out = new Rope();
   for (const f of fields(model)) {
     if (f.no !== 7 || f.wire !== 2) {
       out.push(model.subarray(f.start, f.end));
@@ -76,7 +76,7 @@ export function fusePreprocessing(model: Uint8Array, spec: PixelInput): Uint8Arr
     }
     if (!found) throw new Error(`the graph has no input ${spec.input}`);
     parts.push(...initializers.map((t) => lengthDelimited(5, t)));
-    out.push(lengthDelimited(7, concat(parts)));
+    out.push(delimited(7, new Rope(parts)));
   }
-  return concat(out);
+  return out; // the graph's own fields as views of the model: written out once, by materialize
 }

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { open as openFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode, GatewayError } from '../../errors.ts';
@@ -18,6 +18,7 @@ import {
 import { withDynamicBatch } from './dynamic-batch.ts';
 import { checkExternalData, externalDataLocations } from './external-data.ts';
 import { PIXELS_INPUT, fusePreprocessing } from './fuse.ts';
+import { materialize } from './protobuf.ts';
 import { exactInt8Here, int8Initializers } from './exact-int8.ts';
 import { SessionInstances } from '../instances.ts';
 
@@ -211,7 +212,7 @@ export class WorkerSession implements Session {
     if (!this.source) return null; // loaded from its path (external data): served as it is
     await this.request({
       type: 'fuse',
-      bytes: fusedGraph(this.source, spec),
+      bytes: await fusedGraph(this.source, spec),
       pixelInput: PIXELS_INPUT,
       options: this.sessionOptions,
     });
@@ -298,17 +299,40 @@ export class WorkerSession implements Session {
 
 /**
  * The graph with the preprocessing fused in, made once for all the instances of a version: they load from the same
- * bytes, and rewriting the graph runs on the main thread (10-45 ms for the default models). The worker gets a copy
- * (the message is cloned), so sharing it is safe; it goes with the model's bytes once loading is over.
+ * bytes. Rewriting the graph runs on the main thread, but copies nothing of the model until it is written out once,
+ * in slices, into shared memory (materialize), which the workers share: a 300 MB model held the event loop for
+ * seconds when each rewrite copied it and each worker was sent a clone. It goes with the model's bytes once loading
+ * is over.
  */
-const fusedGraphs = new WeakMap<Uint8Array, { spec: string; graph: Uint8Array }>();
-function fusedGraph(source: Uint8Array, spec: PixelInput): Uint8Array {
+const fusedGraphs = new WeakMap<Uint8Array, { spec: string; graph: Promise<Uint8Array> }>();
+function fusedGraph(source: Uint8Array, spec: PixelInput): Promise<Uint8Array> {
   const key = JSON.stringify(spec);
   const made = fusedGraphs.get(source);
   if (made?.spec === key) return made.graph;
-  const graph = fusePreprocessing(source, spec);
+  const graph = materialize(fusePreprocessing(source, spec));
   fusedGraphs.set(source, { spec: key, graph });
   return graph;
+}
+
+/**
+ * A model file read straight into shared memory: each engine worker it is posted to shares it (structured clone of a
+ * SharedArrayBuffer copies nothing), and nothing of it is copied on the main thread.
+ */
+async function readShared(file: string): Promise<Uint8Array> {
+  const handle = await openFile(file, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    const bytes = new Uint8Array(new SharedArrayBuffer(size));
+    let at = 0;
+    while (at < size) {
+      const { bytesRead } = await handle.read(bytes, at, Math.min(size - at, 64 * 1024 * 1024), at);
+      if (bytesRead === 0) break;
+      at += bytesRead;
+    }
+    return at === size ? bytes : bytes.subarray(0, at);
+  } finally {
+    await handle.close();
+  }
 }
 
 async function open(source: Uint8Array | string, options?: LoadOptions): Promise<WorkerSession> {
@@ -360,7 +384,7 @@ export function createOnnxRuntimeEngine(): Engine {
     modelFiles: ['model.onnx'],
     dtypes: DTYPES,
     async load(modelPath, options = {}) {
-      const file = new Uint8Array(await readFile(modelPath));
+      const file = await readShared(modelPath);
       const external = externalDataLocations(file);
       const int8 =
         exactInt8Here(options.exactInt8) && int8Initializers(file) > 0

@@ -80,3 +80,57 @@ export function concat(parts: (Uint8Array | number[])[]): Uint8Array {
 export function varintField(no: number, v: number): Uint8Array {
   return Uint8Array.from([...varint(no * 8), ...varint(v)]);
 }
+
+/**
+ * Bytes as a list of pieces, for rewriting a large model without copying it: a rewrite keeps the fields it does not
+ * change as views of the original (a 300 MB model is almost all initializers, left as they are) and adds small new
+ * pieces; nothing is copied until `materialize` writes the whole once, in slices, into shared memory.
+ */
+export class Rope {
+  readonly parts: Uint8Array[] = [];
+  length = 0;
+  constructor(pieces: readonly (Uint8Array | Rope | number[])[] = []) {
+    for (const p of pieces) this.push(p);
+  }
+  push(p: Uint8Array | Rope | number[]): void {
+    if (p instanceof Rope) {
+      for (const q of p.parts) this.push(q);
+      return;
+    }
+    const bytes = p instanceof Uint8Array ? p : Uint8Array.from(p);
+    if (bytes.length === 0) return;
+    this.parts.push(bytes);
+    this.length += bytes.length;
+  }
+}
+
+/** A length-delimited field whose body is a rope: its head, then the body's pieces (not copied). */
+export function delimited(no: number, body: Uint8Array | Rope): Rope {
+  return new Rope([[...varint(no * 8 + 2), ...varint(body.length)], body]);
+}
+
+/**
+ * The rope written out once into a SharedArrayBuffer: a worker it is posted to shares it instead of receiving a copy
+ * made by structured clone on this thread. Written in slices of `sliceBytes` with a turn of the event loop between
+ * them, so that a large model (its first write touches every page: ~0.8 ms per MB here) never holds the loop for
+ * more than a few milliseconds.
+ */
+export async function materialize(rope: Rope, sliceBytes = 8 * 1024 * 1024): Promise<Uint8Array> {
+  const out = new Uint8Array(new SharedArrayBuffer(rope.length));
+  let at = 0;
+  let sinceYield = 0;
+  for (const part of rope.parts) {
+    for (let o = 0; o < part.length;) {
+      const n = Math.min(part.length - o, sliceBytes - sinceYield);
+      out.set(part.subarray(o, o + n), at);
+      at += n;
+      o += n;
+      sinceYield += n;
+      if (sinceYield >= sliceBytes) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        sinceYield = 0;
+      }
+    }
+  }
+  return out;
+}

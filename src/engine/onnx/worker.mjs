@@ -36,16 +36,25 @@ function transferable(data) {
   return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? [data.buffer] : [];
 }
 
+/**
+ * Model bytes as onnxruntime takes them: the main thread sends them in shared memory (no clone made on its thread),
+ * which onnxruntime-node does not accept (it wants an ArrayBuffer): copied here, on this thread.
+ * @param {Uint8Array} bytes
+ */
+function own(bytes) {
+  return bytes.buffer instanceof SharedArrayBuffer ? new Uint8Array(bytes) : bytes;
+}
+
 port.on('message', async (/** @type {any} */ msg) => {
   try {
     if (Atomics.load(cancelled, 0) === 1 && msg.type !== 'close') throw new Error('cancelled: the engine was given up');
     if (msg.type === 'load') {
-      session = await ort.InferenceSession.create(msg.bytes ?? msg.path, msg.options);
+      session = await ort.InferenceSession.create(msg.bytes ? own(msg.bytes) : msg.path, msg.options);
       // a model loaded from its path keeps its weights in external data (over 2 GB): no second copy of it
       imageGraph = msg.bytes ?? null;
       port.postMessage({ id: msg.id, ok: true, inputs: session.inputMetadata.map(meta), outputs: session.outputMetadata.map(meta) });
     } else if (msg.type === 'fuse') {
-      fused = await ort.InferenceSession.create(msg.bytes, msg.options);
+      fused = await ort.InferenceSession.create(own(msg.bytes), msg.options);
       pixelInput = msg.pixelInput;
       imageGraph = msg.bytes;
       port.postMessage({ id: msg.id, ok: true });
@@ -53,7 +62,7 @@ port.on('message', async (/** @type {any} */ msg) => {
       const graph = imageGraph;
       imageGraph = null;
       // without it, lone calls take the ordinary session: a failure here (memory) costs latency, not service
-      if (msg.options && graph) alone = await ort.InferenceSession.create(graph, msg.options).catch(() => null);
+      if (msg.options && graph) alone = await ort.InferenceSession.create(own(graph), msg.options).catch(() => null);
       port.postMessage({ id: msg.id, ok: true, built: alone !== null });
     } else if (msg.type === 'run') {
       const images = fused !== null && pixelInput in msg.feeds;
