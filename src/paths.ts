@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError } from './errors.ts';
 
@@ -37,24 +37,38 @@ export async function resolveUnderRoots(requested: string, roots: readonly strin
  * was opened is checked again: its real path from /proc/self/fd (Linux), or elsewhere the same file (device and inode)
  * as the path resolves to now. The caller checks the kind of file (fstat) and closes the handle.
  */
-export async function openUnderRoots(requested: string, roots: readonly string[], what = 'path', setting = ''): Promise<FileHandle> {
+export async function openUnderRoots(
+  requested: string,
+  roots: readonly string[],
+  what = 'path',
+  setting = '',
+  { openedFiles = '/proc/self/fd' }: { openedFiles?: string } = {},
+): Promise<FileHandle> {
   const real = await resolveUnderRoots(requested, roots, what, setting);
-  const deny = () =>
-    new GatewayError(
-      ErrorCode.FORBIDDEN_PATH,
-      `${what} ${JSON.stringify(requested)} is not under an allowed root${setting ? `: ${setting}` : ''}`,
-    );
+  const named = `${what} ${JSON.stringify(requested)}`;
+  const deny = () => new GatewayError(ErrorCode.FORBIDDEN_PATH, `${named} is not under an allowed root${setting ? `: ${setting}` : ''}`);
+  const gone = () => new GatewayError(ErrorCode.INVALID_INPUT, `${named} does not exist`);
+  const notAFile = () => new GatewayError(ErrorCode.INVALID_INPUT, `${named} is not a file`);
+  // anything but a regular file is refused before it is opened (a device's open may do something); one swapped in
+  // after this is opened without blocking and without becoming a terminal, and refused by its caller's fstat
+  const st = await lstat(real).catch(() => null);
+  if (!st) throw gone();
+  if (!st.isFile()) throw notAFile();
   let handle: FileHandle;
   try {
-    handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ELOOP') throw deny(); // a symlink now, where the check saw a file
-    if (code === 'ENOENT') throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} does not exist`);
-    throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} cannot be read`);
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw gone();
+    if (code === 'EMFILE' || code === 'ENFILE')
+      throw new GatewayError(ErrorCode.QUEUE_FULL, 'the server has too many files open right now; try again');
+    throw new GatewayError(ErrorCode.INVALID_INPUT, `${named} cannot be read`);
   }
   try {
-    if (!(await stillUnderRoots(handle, real, roots))) throw deny();
+    const where = await stillUnderRoots(handle, real, roots, openedFiles);
+    if (where === 'outside') throw deny();
+    if (where === 'changed') throw new GatewayError(ErrorCode.INVALID_INPUT, `${named} changed while it was opened; try again`);
     return handle;
   } catch (e) {
     await handle.close();
@@ -62,20 +76,29 @@ export async function openUnderRoots(requested: string, roots: readonly string[]
   }
 }
 
-async function stillUnderRoots(handle: FileHandle, real: string, roots: readonly string[]): Promise<boolean> {
+/**
+ * Is what the handle opened still under the roots? Its real path from /proc/self/fd where there is one; elsewhere the
+ * path is resolved again and must be the same file (device and inode): a file replaced meanwhile is 'changed', one
+ * gone or now outside the roots 'outside' (nothing of it is read either way).
+ */
+async function stillUnderRoots(
+  handle: FileHandle,
+  real: string,
+  roots: readonly string[],
+  openedFiles: string,
+): Promise<'inside' | 'outside' | 'changed'> {
   const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => path.resolve(r))));
-  let opened: string | null = null;
+  const under = (p: string) => path.isAbsolute(p) && realRoots.some((r) => isInside(p, r));
+  const opened = await readlink(`${openedFiles}/${handle.fd}`).catch(() => null);
+  if (opened !== null) return under(opened) ? 'inside' : 'outside';
   try {
-    opened = await readlink(`/proc/self/fd/${handle.fd}`);
+    const now = await realpath(real);
+    if (!under(now)) return 'outside';
+    const [mine, theirs] = await Promise.all([handle.stat(), stat(now)]);
+    return mine.dev === theirs.dev && mine.ino === theirs.ino ? 'inside' : 'changed';
   } catch {
-    opened = null; // no /proc: the same file as the path resolves to now
+    return 'changed'; // gone (or unreadable) since it was opened
   }
-  if (opened !== null) return path.isAbsolute(opened) && realRoots.some((r) => isInside(opened, r));
-  const [mine, now] = await Promise.all([
-    handle.stat(),
-    realpath(real).then((p) => (realRoots.some((r) => isInside(p, r)) ? stat(p) : null)),
-  ]);
-  return now !== null && now.dev === mine.dev && now.ino === mine.ino;
 }
 
 /** The real path of p; for a path that does not exist, the real path of its deepest existing ancestor plus the rest. */

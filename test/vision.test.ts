@@ -595,6 +595,50 @@ describe('allowed roots', () => {
   });
 });
 
+describe('opening a file under the allowed roots', () => {
+  it('without /proc (the check by device and inode): a file that comes and goes meanwhile gets a typed error, never a raw one', async () => {
+    const { mkdtemp, writeFile, rm } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { spawn } = await import('node:child_process');
+    const { openUnderRoots } = await import('../src/paths.ts');
+    const { GatewayError } = await import('../src/errors.ts');
+    const root = await mkdtemp(path.join(os.tmpdir(), 'gw-open-'));
+    await writeFile(path.join(root, 'a.jpg'), 'x');
+    // a process that keeps removing the file and writing it again
+    const churn = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('node:fs'); for (;;) { try { fs.rmSync(process.argv[1]); fs.writeFileSync(process.argv[1], 'x'); } catch {} }`,
+        path.join(root, 'a.jpg'),
+      ],
+      { stdio: 'ignore' },
+    );
+    const seen: Record<string, number> = {};
+    try {
+      for (let i = 0; i < 3000; i++) {
+        try {
+          const file = await openUnderRoots('a.jpg', [root], 'image path', '', { openedFiles: path.join(root, 'no-proc') });
+          await file.close();
+          seen.opened = (seen.opened ?? 0) + 1;
+        } catch (e) {
+          const key = e instanceof GatewayError ? e.code : `raw ${(e as Error).message}`;
+          seen[key] = (seen[key] ?? 0) + 1;
+        }
+      }
+    } finally {
+      churn.kill('SIGKILL');
+      await rm(root, { recursive: true, force: true });
+    }
+    expect(
+      Object.keys(seen).filter((k) => k.startsWith('raw')),
+      JSON.stringify(seen),
+    ).toEqual([]);
+    expect(seen.opened, JSON.stringify(seen)).toBeGreaterThan(0);
+  });
+});
+
 describe('the JPEG header reader (the probe without a libvips round trip) agrees with libvips', () => {
   /** What sharp's metadata() says, in the reader's terms. */
   const bySharp = async (b: Uint8Array) => {
