@@ -171,6 +171,26 @@ export function errorCode(r: GqlResult<unknown>): string | undefined {
   return r.errors?.[0]?.extensions?.code;
 }
 
+/**
+ * Watch this process's event loop (the gateway under test runs in it): stop() gives the longest it went without running
+ * a 5 ms timer. Counted by hand: perf_hooks' monitorEventLoopDelay recorded no sample at all in some of these tests.
+ */
+export function watchStalls(): { stop(): number } {
+  let last = performance.now();
+  let worst = 0;
+  const tick = setInterval(() => {
+    const now = performance.now();
+    worst = Math.max(worst, now - last);
+    last = now;
+  }, 5);
+  return {
+    stop() {
+      clearInterval(tick);
+      return Math.max(worst, performance.now() - last);
+    },
+  };
+}
+
 /** Wait until fn() is truthy (polling), or fail after timeoutMs. */
 export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<NonNullable<T>> {
   const t0 = Date.now();

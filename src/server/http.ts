@@ -9,6 +9,7 @@ import { capConnections } from '../connections.ts';
 import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../client-address.ts';
 import { lingerOnClose } from './linger.ts';
+import { isClosing, markClosing } from '../closing-connections.ts';
 
 /** A protocol (or the operations endpoints) mounted on the HTTP port. */
 export interface Route {
@@ -68,9 +69,9 @@ export function createHttpServer({
       headersTimeout: headersTimeoutMs,
     },
     (req, res) => {
-      // a request that comes on a connection the server has closed its side of (lingering after an answer that closed
-      // it): its answer could not be sent, so it is not run; its body is read and dropped as the lingering goes on
-      if (!req.socket.writable) return void req.resume();
+      // a request that comes on a connection whose closing answer has begun (one the server gave itself, below, sent in
+      // the same packet; or after it): its answer could not be sent, so it is not run
+      if (isClosing(req.socket)) return void req.resume();
       const given = req.headers['x-request-id'];
       const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
       const pathname = (req.url ?? '/').split('?')[0];
@@ -86,12 +87,14 @@ export function createHttpServer({
           );
         }
         const route = routes.find((r) => r.match(pathname));
-        const refuse = (status: number, code: string, message: string, headers: Record<string, string> = {}) =>
+        const refuse = (status: number, code: string, message: string, headers: Record<string, string> = {}) => {
+          markClosing(req.socket);
           sendJson(res, status, (route?.errorBody ?? graphqlErrorBody)(code, message), {
             connection: 'close',
             'x-error-code': code,
             ...headers,
           });
+        };
         if (!hostAllowed(req.headers.host, allowedHosts)) {
           const message = `this server does not answer to the host ${JSON.stringify(req.headers.host)}; its operator can allow it with ALLOWED_HOSTS`;
           return refuse(403, ErrorCode.FORBIDDEN, message);

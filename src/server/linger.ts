@@ -1,5 +1,6 @@
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
+import { markClosing } from '../closing-connections.ts';
 
 export interface LingerOptions {
   /** Close once the client has sent nothing for this long (checked at this interval: 1-2 times it). */
@@ -17,13 +18,21 @@ export interface LingerOptions {
  * instead of the 413 that says what to do).
  *
  * Node closes such a connection with `socket.destroySoon()` once the answer is written: that is what is replaced, on
- * each connection of this server. The body still coming goes through Node's HTTP parser to the request, which Node
- * dumps once it is answered (a route that read part of it is stopped by its own code).
+ * each connection of this server. From then on what comes is read as raw bytes and dropped, not parsed as requests.
+ * Lingering costs no more than the reading: at most `maxMs` of a client's sending (a client could keep a connection
+ * as busy with requests), on a connection that still counts toward the connection limits.
  */
 export function lingerOnClose(server: Server, { idleMs = 2_000, maxMs = 30_000 }: LingerOptions = {}): void {
   const linger = function (this: Socket): void {
     if (this.destroyed) return;
+    markClosing(this);
     if (this.writable) this.end();
+    // what still comes is dropped as raw bytes, never parsed: a request or an upgrade sent after the answer would be
+    // handed to the server with a socket it can no longer answer on (requests parked without bound, an upgrade
+    // answered on an ended socket). Listening for 'data' takes the connection from Node's HTTP parser (it reads the
+    // socket itself until someone listens); the server's own listener goes first.
+    this.removeAllListeners('data');
+    this.on('data', drop);
     // the client has closed its side already: nothing more can come
     if (this.readableEnded) {
       if (this.writableFinished) this.destroy();
@@ -43,10 +52,19 @@ export function lingerOnClose(server: Server, { idleMs = 2_000, maxMs = 30_000 }
     const cap = setTimeout(close, maxMs).unref();
     this.once('end', close);
     this.once('close', close);
-    // whatever paused it (a route that stopped reading): what comes must be read, or the client cannot finish sending
+    // whatever paused it (a route that stopped reading): what comes must be read, or the client cannot finish sending.
+    // Node's HTTP server stops a socket it parses by stopping its handle, behind the stream's back (the stream still
+    // counts a read in progress, so resume() alone starts nothing): started again as Node itself does on 'resume'.
     this.resume();
+    const handle = (this as unknown as { _handle?: { reading: boolean; readStart(): number } })._handle;
+    if (handle && !handle.reading) {
+      handle.reading = true;
+      handle.readStart();
+    }
   };
   server.on('connection', (socket: Socket) => {
     socket.destroySoon = linger;
   });
 }
+
+const drop = () => undefined;

@@ -1,4 +1,5 @@
 import type { IncomingMessage, Server } from 'node:http';
+import type { Socket } from 'node:net';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocketServer, type RawData } from 'ws';
@@ -8,6 +9,7 @@ import type { BytesInFlight } from '../../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
+import { isClosing } from '../../closing-connections.ts';
 import { toGraphQLError } from './errors.ts';
 
 export interface WebSocketLimits {
@@ -59,6 +61,10 @@ export function attachWebSocket(
     },
   });
   server.on('upgrade', (req, socket, head) => {
+    // Node takes its own error listener off an upgraded socket: a write that fails must not throw where nobody listens
+    socket.on('error', () => socket.destroy());
+    // sent behind an answer that closes the connection (the server's side may have ended already): not upgraded
+    if (isClosing(socket as Socket)) return void socket.destroy();
     if (!allowUpgrade(req)) {
       socket.end('HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n');
       return;
