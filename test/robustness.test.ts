@@ -183,6 +183,17 @@ describe('limits', () => {
   });
   afterAll(() => gw?.close());
 
+  /** Classifications answered so far (the metric): a request that ran shows here, whether or not its answer went out. */
+  const inferences = async () => {
+    const text = await (await fetch(`${gw.url}/metrics`)).text();
+    return Number(/^gateway_inference_request_success_total\{model="mobilenet"[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
+  };
+  /** A classification of the bee photo as a JSON body (base64), to send raw. */
+  const classifyJson = async () =>
+    JSON.stringify({
+      query: `mutation { classify(model: "mobilenet", image: { base64: "${(await readFile(image('bee.jpeg'))).toString('base64')}" }) { predictions { classId } } }`,
+    });
+
   it('refuses a body over MAX_UPLOAD_BYTES with 413 and PAYLOAD_TOO_LARGE', async () => {
     const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: new Uint8Array(300_000) } });
     expect(r.status).toBe(413);
@@ -261,15 +272,8 @@ describe('limits', () => {
 
   it('a request pipelined behind one refused for its size, sent while the connection lingers, is not run', async () => {
     const port = Number(new URL(gw.url).port);
-    const inferences = async () => {
-      const text = await (await fetch(`${gw.url}/metrics`)).text();
-      return Number(/^gateway_inference_request_success_total\{model="mobilenet"[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
-    };
     const before = await inferences();
-    const b64 = (await readFile(image('bee.jpeg'))).toString('base64');
-    const classify = JSON.stringify({
-      query: `mutation { classify(model: "mobilenet", image: { base64: "${b64}" }) { predictions { classId } } }`,
-    });
+    const classify = await classifyJson();
     const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
     let text = '';
     socket.on('data', (d) => (text += d));
@@ -327,15 +331,8 @@ describe('limits', () => {
 
   it('requests sent in the same write as one refused with an answer that closes the connection are not run', async () => {
     const port = Number(new URL(gw.url).port);
-    const inferences = async () => {
-      const text = await (await fetch(`${gw.url}/metrics`)).text();
-      return Number(/^gateway_inference_request_success_total\{model="mobilenet"[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
-    };
     const before = await inferences();
-    const b64 = (await readFile(image('bee.jpeg'))).toString('base64');
-    const body = JSON.stringify({
-      query: `mutation { classify(model: "mobilenet", image: { base64: "${b64}" }) { predictions { classId } } }`,
-    });
+    const body = await classifyJson();
     const classify = `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
     const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
     let text = '';
