@@ -329,6 +329,33 @@ describe('limits', () => {
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
+  it('requests behind a refusal that waits its turn (an open subscription ahead of it) are not parked without bound', async () => {
+    const port = Number(new URL(gw.url).port);
+    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    let text = '';
+    socket.on('data', (d) => (text += d));
+    socket.on('error', () => undefined);
+    // a subscription answered as a stream, which stays open; behind it a request the server refuses (403, closing)
+    socket.write(
+      'GET /graphql?query=subscription%7BmodelStatus%7B__typename%7D%7D HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nx-graphql-yoga-csrf: 1\r\n\r\n',
+    );
+    await until(async () => text.startsWith('HTTP/1.1 200'), 5000, 'the subscription');
+    socket.write('GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n');
+    // then requests as fast as the server takes them, for 1.5 s: skipped, they were parsed and kept for nothing, with no
+    // backpressure (they answer nothing), and the connection's close then ended them one by one
+    const batch = Buffer.from('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(1000));
+    const until15 = Date.now() + 1500;
+    while (Date.now() < until15 && !socket.destroyed) {
+      if (!socket.write(batch)) await Promise.race([new Promise((r) => socket.once('drain', r)), new Promise((r) => setTimeout(r, 100))]);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    const stalls = watchStalls();
+    socket.destroy();
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(stalls.stop()).toBeLessThan(300);
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+  });
+
   it('requests sent in the same write as one refused with an answer that closes the connection are not run', async () => {
     const port = Number(new URL(gw.url).port);
     const before = await inferences();

@@ -69,8 +69,9 @@ export function createHttpServer({
       headersTimeout: headersTimeoutMs,
     },
     (req, res) => {
-      // a request that comes on a connection whose closing answer has begun (one the server gave itself, below, sent in
-      // the same packet; or after it): its answer could not be sent, so it is not run
+      // a request that comes on a connection whose closing answer has begun (one the server gave itself, below, and
+      // the requests parsed with it before markClosing takes the connection from the parser): its answer could never
+      // be sent, so it is not run
       if (isClosing(req.socket)) return void req.resume();
       const given = req.headers['x-request-id'];
       const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();

@@ -1,6 +1,6 @@
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { markClosing } from '../closing-connections.ts';
+import { stopParsing } from '../closing-connections.ts';
 
 export interface LingerOptions {
   /** Close once the client has sent nothing for this long (checked at this interval: 1-2 times it). */
@@ -25,14 +25,11 @@ export interface LingerOptions {
 export function lingerOnClose(server: Server, { idleMs = 2_000, maxMs = 30_000 }: LingerOptions = {}): void {
   const linger = function (this: Socket): void {
     if (this.destroyed) return;
-    markClosing(this);
     if (this.writable) this.end();
     // what still comes is dropped as raw bytes, never parsed: a request or an upgrade sent after the answer would be
     // handed to the server with a socket it can no longer answer on (requests parked without bound, an upgrade
-    // answered on an ended socket). Listening for 'data' takes the connection from Node's HTTP parser (it reads the
-    // socket itself until someone listens); the server's own listener goes first.
-    this.removeAllListeners('data');
-    this.on('data', drop);
+    // answered on an ended socket)
+    stopParsing(this);
     // the client has closed its side already: nothing more can come
     if (this.readableEnded) {
       if (this.writableFinished) this.destroy();
@@ -66,5 +63,3 @@ export function lingerOnClose(server: Server, { idleMs = 2_000, maxMs = 30_000 }
     socket.destroySoon = linger;
   });
 }
-
-const drop = () => undefined;
