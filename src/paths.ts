@@ -15,11 +15,7 @@ export function isInside(p: string, root: string): boolean {
  * nor what the roots are, but names the setting that lists them (`setting`).
  */
 export async function resolveUnderRoots(requested: string, roots: readonly string[], what = 'path', setting = ''): Promise<string> {
-  const deny = () =>
-    new GatewayError(
-      ErrorCode.FORBIDDEN_PATH,
-      `${what} ${JSON.stringify(requested)} is not under an allowed root${setting ? `: ${setting}` : ''}`,
-    );
+  const deny = () => notUnder(what, requested, setting);
   if (roots.length === 0 || typeof requested !== 'string' || requested === '' || requested.includes('\0')) throw deny();
   const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => path.resolve(r))));
   const lexical = path.resolve(realRoots[0], requested);
@@ -27,6 +23,14 @@ export async function resolveUnderRoots(requested: string, roots: readonly strin
   if (!realRoots.some((r) => isInside(real, r))) throw deny();
   if (!exists) throw new GatewayError(ErrorCode.INVALID_INPUT, `${what} ${JSON.stringify(requested)} does not exist`);
   return real;
+}
+
+/** FORBIDDEN_PATH for a path not under the roots: names the setting that lists them, never the roots themselves. */
+function notUnder(what: string, requested: string, setting: string): GatewayError {
+  return new GatewayError(
+    ErrorCode.FORBIDDEN_PATH,
+    `${what} ${JSON.stringify(requested)} is not under an allowed root${setting ? `: ${setting}` : ''}`,
+  );
 }
 
 /**
@@ -46,7 +50,7 @@ export async function openUnderRoots(
 ): Promise<FileHandle> {
   const real = await resolveUnderRoots(requested, roots, what, setting);
   const named = `${what} ${JSON.stringify(requested)}`;
-  const deny = () => new GatewayError(ErrorCode.FORBIDDEN_PATH, `${named} is not under an allowed root${setting ? `: ${setting}` : ''}`);
+  const deny = () => notUnder(what, requested, setting);
   const gone = () => new GatewayError(ErrorCode.INVALID_INPUT, `${named} does not exist`);
   const notAFile = () => new GatewayError(ErrorCode.INVALID_INPUT, `${named} is not a file`);
   // anything but a regular file is refused before it is opened (a device's open may do something); one swapped in

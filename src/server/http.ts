@@ -228,8 +228,8 @@ function countBody(
     if (over) return true;
     // once answered, what still comes is dropped here, read on whoever stopped reading (a route that answered before
     // the body's end): the next request on the connection, or its lingering close, must not wait behind it
-    if (hold.done) return chunk === null ? push.call(this, chunk, encoding) : true;
     if (chunk === null) return push.call(this, chunk, encoding);
+    if (hold.done) return true;
     const refused = hold.take((chunk as Buffer).length);
     if (refused) {
       over = true;
