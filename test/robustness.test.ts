@@ -10,6 +10,7 @@ import { createClient } from 'graphql-ws';
 import sharp from 'sharp';
 import { IMAGES, errorCode, image, startGateway, until, uploadFiles, type TestGateway, fixture, watchStalls } from './helpers.ts';
 import { encodeMultipart } from '../src/client/multipart.ts';
+import { startReplica } from '../bench/cluster-lib.ts';
 import { buildModel, ElemType } from './onnx-builder.ts';
 
 /**
@@ -560,9 +561,12 @@ describe('an image path swapped while the server reads it (a folder under IMAGE_
 });
 
 describe('a large model loads without holding the event loop', () => {
-  it('loading a 150 MB model (dynamic batch and preprocessing rewritten into its graph, two engine instances): other clients are answered meanwhile', async () => {
+  it('loading a 150 MB model (dynamic batch and preprocessing rewritten into its graph, two engine instances): /health is answered meanwhile', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'large-model-'));
-    const gw = await startGateway({ models: models(), env: { MODEL_ROOTS: dir } });
+    const repo = await mkdtemp(path.join(os.tmpdir(), 'large-repo-'));
+    // a server process, as npm start runs it: what is measured is what a liveness probe sees of it, not the heap of
+    // this test process (vitest's, with the 300 MB this test builds the model from)
+    const server = await startReplica({ name: 'large', repository: repo, env: { MODEL_ROOTS: dir, ENGINE_INSTANCES: '2' } });
     try {
       await mkdir(path.join(dir, 'large', '1'), { recursive: true });
       // a classifier of channel means, fixed at batch 1 (made dynamic at load), with 150 MB of weights it never uses
@@ -579,26 +583,56 @@ describe('a large model loads without holding the event loop', () => {
       });
       await writeFile(path.join(dir, 'large', '1', 'model.onnx'), model);
       await writeFile(path.join(dir, 'large', 'model.json'), JSON.stringify({ task: 'classification', instances: 2 }));
-      const stalls = watchStalls();
-      const r = await gw.gql<any>(`mutation($p: String!) { loadModel(name: "large", path: $p) { versions { state } } }`, {
-        p: path.join(dir, 'large'),
-      });
-      const worst = stalls.stop();
+      let loading = true;
+      const loaded = server
+        .gql<any>(`mutation($p: String!) { loadModel(name: "large", path: $p) { versions { state } } }`, { p: path.join(dir, 'large') })
+        .finally(() => (loading = false));
+      // /health asked back to back on one keep-alive connection while the model loads
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      let worst = 0;
+      let asked = 0;
+      try {
+        while (loading) {
+          const t = performance.now();
+          const status = await new Promise<number>((resolve, reject) =>
+            http
+              .get(`${server.url}/health`, { agent }, (res) => res.resume().on('end', () => resolve(res.statusCode!)))
+              .on('error', reject),
+          );
+          expect(status).toBe(200);
+          worst = Math.max(worst, performance.now() - t);
+          asked++;
+        }
+      } finally {
+        agent.destroy();
+      }
+      const r = await loaded;
       expect(r.errors).toBeUndefined();
       expect(r.data.loadModel.versions[0].state).toBe('AVAILABLE');
-      // the server runs in this process: no stretch of the load held its event loop for long (seconds before: the
-      // model's bytes copied on the main thread for each rewrite and cloned into each engine worker)
-      expect(worst).toBeLessThan(300);
-      const c = await gw.gql<any>(
-        `mutation($f: File!) { classify(model: "large", image: { file: $f }, topK: 3) { predictions { classId } } }`,
-        { f: null },
-        { files: { f: image('bee.jpeg') } },
+      expect(asked).toBeGreaterThan(20);
+      // no stretch of the load held the server's event loop for long: 0.7-2.4 s here before, when the model's bytes were
+      // copied on the main thread for each rewrite and cloned into each engine worker; 45-85 ms after (90-120 ms with
+      // three busy processes beside it on the two cores)
+      expect(worst).toBeLessThan(500);
+      const form = new FormData();
+      form.set(
+        'operations',
+        JSON.stringify({
+          query: `mutation($f: File!) { classify(model: "large", image: { file: $f }, topK: 3) { predictions { classId } } }`,
+          variables: { f: null },
+        }),
       );
+      form.set('map', JSON.stringify({ 0: ['variables.f'] }));
+      form.set('0', new Blob([await readFile(image('bee.jpeg'))]), 'bee.jpeg');
+      const c = (await (
+        await fetch(`${server.url}/graphql`, { method: 'POST', body: form, headers: { 'x-graphql-yoga-csrf': '1' } })
+      ).json()) as any;
       expect(c.errors).toBeUndefined();
       expect(c.data.classify.predictions).toHaveLength(3);
     } finally {
-      await gw.close();
+      await server.stop();
       await rm(dir, { recursive: true, force: true });
+      await rm(repo, { recursive: true, force: true });
     }
   });
 });
