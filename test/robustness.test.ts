@@ -326,7 +326,9 @@ describe('limits', () => {
     const stalls = watchStalls();
     c.socket.destroy();
     await new Promise((r) => setTimeout(r, 1000));
-    expect(stalls.stop()).toBeLessThan(300);
+    // 1.5 s and more before (Node ended each parked request in turn); the bound leaves room for a GC of vitest's heap
+    // on a busy machine
+    expect(stalls.stop()).toBeLessThan(600);
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
@@ -353,7 +355,9 @@ describe('limits', () => {
     const stalls = watchStalls();
     socket.destroy();
     await new Promise((r) => setTimeout(r, 1000));
-    expect(stalls.stop()).toBeLessThan(300);
+    // 1.5 s and more before (Node ended each parked request in turn); the bound leaves room for a GC of vitest's heap
+    // on a busy machine
+    expect(stalls.stop()).toBeLessThan(600);
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
