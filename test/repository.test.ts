@@ -280,6 +280,11 @@ describe('model repository over GraphQL', () => {
     const asked = await gw.gql(`mutation { classify(model: "flat", image: { base64: "AAAA" }) { predictions { label } } }`);
     expect(errorCode(asked)).toBe('MODEL_NOT_READY');
     expect(asked.errors![0].message).toMatch(/no version folder: put the model file at flat\/1\/model\.onnx/);
+    // neither model can serve: not ready, over GraphQL as over KServe (it said ready: true with no version)
+    for (const name of ['misnamed', 'flat']) {
+      expect((await gw.gql(`{ model(name: "${name}") { ready versions { version } } }`)).data.model).toEqual({ ready: false, versions: [] });
+      expect((await fetch(`${gw.url}/v2/models/${name}/ready`)).status).toBe(503);
+    }
     // a folder still being filled, or left empty, is no reason to take the server out of its load balancer (waited
     // for: the watcher may still be forgetting the folders an earlier test removed)
     await until(async () => (await fetch(`${gw.url}/ready`)).status === 200, 10_000, '/ready 200 with these folders present');

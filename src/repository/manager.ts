@@ -147,7 +147,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 
   /** The first scan has finished and every model the repository asks for is AVAILABLE (for /ready). */
   get ready(): boolean {
-    return this.started && this.models().every((m) => m.ready);
+    return this.started && this.models().every((m) => m.settled);
   }
 
   /** The model of that name, or MODEL_NOT_FOUND. */

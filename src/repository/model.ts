@@ -90,8 +90,20 @@ export class Model {
     return this.servingVersion() ?? [...this.versions.values()].sort((a, b) => b.version - a.version)[0];
   }
 
-  /** Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. */
+  /**
+   * Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. A folder with no
+   * version to serve (none yet, or the model file under another name) is not ready: it can answer nothing.
+   */
   get ready(): boolean {
+    return this.disabled || (this.versions.size > 0 && this.settled);
+  }
+
+  /**
+   * Nothing of this model keeps the server from being ready: every version it lists is AVAILABLE or ended on purpose
+   * (a folder with no version asks for nothing: one still being filled, or left empty, is no reason to take the
+   * server out of its load balancer).
+   */
+  get settled(): boolean {
     return (
       this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null))
     );

@@ -116,7 +116,8 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
     }),
     updatedAt: t.field({ type: 'DateTime', resolve: (m) => m.updatedAt }),
     ready: t.boolean({
-      description: 'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose).',
+      description:
+        'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose); false while the model has no version to serve.',
       resolve: (m) => m.ready,
     }),
     versions: t.field({ type: [VersionRef], resolve: (m) => [...m.versions.values()].sort((a, b) => a.version - b.version) }),
