@@ -370,6 +370,29 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(odd.errors![0].message).not.toMatch(/onnxruntime_src|\.(h|cc):\d+/);
     expect(gw.logs.some((l) => l.includes('engine call failed') && l.includes('onnxruntime_src'))).toBe(true); // the log has it all
   });
+
+  it("a newcomer's slips are answered with what to write instead", async () => {
+    const message = async (q: string, v: Record<string, unknown> = {}) => (await gw.gql(q, v)).errors?.[0]?.message ?? '';
+    // the upload scalar most clients know by another name
+    expect(await message('mutation($f: Upload!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }')).toMatch(
+      /Unknown type "Upload".*this schema's upload scalar is File: write \$f: File!/,
+    );
+    // an inference field asked in a query
+    expect(await message('{ classify(model: "mobilenet", image: { base64: "AAAA" }) { predictions { label } } }')).toMatch(
+      /Cannot query field "classify" on type "Query".*classify is a mutation: write mutation \{ classify\(/,
+    );
+    // a File variable left null (no file part bound to it)
+    expect(
+      await message('mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }', { f: null }),
+    ).toMatch(/must not be null.*a file is sent as a part of a multipart request, bound to "variables\.f" by its "map"/);
+    // an image sent as base64 text in a File variable: the answer names image: { base64 } and does not echo 50 KB
+    const b64 = (await readFile(image('zebra.jpeg'))).toString('base64');
+    const echoed = await message('mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }', {
+      f: b64,
+    });
+    expect(echoed).toMatch(/image: \{ base64: /);
+    expect(echoed.length).toBeLessThan(600);
+  });
 });
 
 describe('a pipeline over crops, on a server that accepts JPEG uploads only', () => {

@@ -701,6 +701,14 @@ describe('access', () => {
     const refused = await r.json();
     expect(refused.errors[0].extensions.code).toBe('FORBIDDEN');
     expect(refused.errors[0].message).toMatch(/needs the header x-graphql-yoga-csrf .*CSRF/);
+    // curl --data sends a form (application/x-www-form-urlencoded): the answer says to send JSON
+    const form = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      body: JSON.stringify({ query: '{ models { name } }' }),
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...bearer('client-a') },
+    });
+    expect(form.status).toBe(403);
+    expect(((await form.json()) as any).errors[0].message).toMatch(/content-type: application\/json/);
     const pre = await fetch(`${gw.url}/graphql`, {
       method: 'OPTIONS',
       headers: {

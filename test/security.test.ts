@@ -389,6 +389,21 @@ describe('the server cannot be taken down', () => {
       expect(body.errors[0].extensions.code, `${operations} ${map}`).toBe('INVALID_INPUT');
       expect(body.errors[0].message).toMatch(/GraphQL multipart request spec/);
     }
+    // a newcomer's slips: a path as a string (yoga read it letter by letter: "Unexpected parameter "v""), a path
+    // outside the variables, the map as a list, a map naming a part the request does not have, a file part the map
+    // does not bind (both answered "Variable "$f" of non-null type "File!" must not be null")
+    for (const [map, says] of [
+      ['{"0":"variables.f"}', /"map" entry "0" is not a list of paths: write \["variables\.f"\]/],
+      ['{"0":["f"]}', /"map" path "f" does not point into the variables: write "variables\.f"/],
+      ['["variables.f"]', /"map" is not a JSON object/],
+      ['{"file":["variables.f"]}', /"map" names the part "file", which the request does not have \(its parts: operations, map, 0\)/],
+      ['{}', /the part "0" is not bound to a variable by "map": for example \{"0": \["variables\.f"\]\}/],
+    ] as const) {
+      const { status, body } = await send(ops, map);
+      expect(status, map).toBe(400);
+      expect(body.errors[0].extensions.code, map).toBe('INVALID_INPUT');
+      expect(body.errors[0].message, map).toMatch(says);
+    }
     await healthy();
   });
 

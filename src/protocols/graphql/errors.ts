@@ -47,10 +47,11 @@ function multipartLimit(message: string, code?: unknown): GatewayError | null {
 }
 
 /**
- * Errors yoga raises before execution (parsing the request body) do not pass maskError: they get the same typed codes
- * here, as the response is made.
+ * Errors yoga raises before execution (parsing the request body, validating the document) do not pass maskError:
+ * they get the same typed codes here, as the response is made, and graphql-js's words for a newcomer's slips their
+ * hint (withHint).
  */
-export function useRequestErrorCodes(): Plugin {
+export function useRequestErrorCodes(mutations: ReadonlySet<string> = new Set()): Plugin {
   return {
     onResultProcess({ result, setResult }) {
       if (!result || Array.isArray(result) || Symbol.asyncIterator in (result as object)) return;
@@ -59,9 +60,14 @@ export function useRequestErrorCodes(): Plugin {
       let changed = false;
       const errors = r.errors.map((e) => {
         const limit = multipartLimit(e.message, e.extensions?.code);
-        if (!limit) return e;
+        if (limit) {
+          changed = true;
+          return toGraphQLError(limit, { requestLevel: true });
+        }
+        const message = withHint(e.message, mutations);
+        if (message === e.message) return e;
         changed = true;
-        return toGraphQLError(limit, { requestLevel: true });
+        return new GraphQLError(message, { nodes: e.nodes, extensions: e.extensions });
       });
       if (changed) setResult({ ...r, errors });
     },
@@ -78,9 +84,26 @@ const csrfRefusal = (message: string) =>
   /^Required CSRF header/.test(message)
     ? new GatewayError(
         ErrorCode.FORBIDDEN,
-        `this request needs the header ${CSRF_HEADER} (any value): a page of another site cannot add it, so GET and multipart requests without it are refused (CSRF prevention)`,
+        `this request needs the header ${CSRF_HEADER} (any value), or, for a POST of a JSON body, content-type: application/json: a page of another site can send neither without asking, so GET, form and multipart requests without the header are refused (CSRF prevention)`,
       )
     : null;
+
+/**
+ * graphql-js's words for a newcomer's slips, with what to write instead: the upload scalar under the name most
+ * clients know (Upload), an inference field asked in a query, a File variable left null; and a value echoed back in
+ * full (an image sent as base64 text in a File variable came back as 50 KB of message) cut short.
+ */
+export function withHint(message: string, mutations: ReadonlySet<string>): string {
+  if (/^Unknown type "Upload"/.test(message)) return `${message} (this schema's upload scalar is File: write $f: File!)`;
+  const field = /^Cannot query field "(\w+)" on type "Query"/.exec(message)?.[1];
+  if (field && mutations.has(field)) return `${message} (${field} is a mutation: write mutation { ${field}(...) { ... } })`;
+  const variable = /^Variable "\$(\w+)" of non-null type "\[?File!?\]?!?" must not be null/.exec(message)?.[1];
+  if (variable)
+    return `${message} (a file is sent as a part of a multipart request, bound to "variables.${variable}" by its "map": see the README's curl examples)`;
+  const echoed = /^(Variable "\$\w+" got invalid value )(.*?)(; [^;]*)$/s.exec(message);
+  if (echoed && echoed[2]!.length > 200) return `${echoed[1]}${echoed[2]!.slice(0, 60)}... (${echoed[2]!.length} characters)${echoed[3]}`;
+  return message;
+}
 
 /** yoga's maskError: typed errors through, multipart limits typed, the unexpected logged and masked. */
 export function maskError(logger: Logger) {

@@ -193,9 +193,10 @@ export function createGraphqlProtocol({
       useCSRFPrevention({ requestHeaders: [CSRF_HEADER] }),
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
-      useRequestErrorCodes(),
-      useChunkedBodyLimit(maxUploadBytes),
+      useRequestErrorCodes(new Set(Object.keys(schema.getMutationType()?.getFields() ?? {}))),
+      // before the chunked-body limit, which hands on the request it reads through: the map check reads its form again
       useMultipartShape(),
+      useChunkedBodyLimit(maxUploadBytes),
     ],
   });
 

@@ -29,8 +29,56 @@ export function useMultipartShape(): Plugin {
         }
         // a list is batching, which yoga refuses itself (and a list's length is the client's: never walked here)
         if (!Array.isArray(params) && (typeof params !== 'object' || params === null)) throw refuse('"operations" is not a JSON object');
+        if (!Array.isArray(params)) await checkMap(req, refuse);
         return params as never;
       });
     },
   };
+}
+
+/**
+ * The map, read again from the form yoga parsed (a request parses its body once and keeps the form), where yoga
+ * applies whatever it finds: a path written as a string was read letter by letter (answered "Unexpected parameter
+ * "v""), a part the map names but the request lacks, or a file part the map does not bind, left the variable null
+ * ("Variable "$f" of non-null type "File!" must not be null"). Said here in the spec's terms. A form that cannot be
+ * read again is left to yoga's answers.
+ */
+async function checkMap(req: Request, refuse: (what: string) => Error): Promise<void> {
+  const form = await Promise.resolve()
+    .then(() => req.formData())
+    .catch(() => null);
+  if (!form) return;
+  const text = form.get('map');
+  const parts = [...new Set([...form.keys()])];
+  const files = parts.filter((p) => p !== 'operations' && p !== 'map' && typeof form.get(p) !== 'string');
+  let map: unknown = {};
+  if (typeof text === 'string') {
+    try {
+      map = JSON.parse(text);
+    } catch {
+      return; // refused by yoga already
+    }
+  }
+  if (typeof map !== 'object' || map === null || Array.isArray(map)) throw refuse('"map" is not a JSON object');
+  const bound = new Set<string>();
+  for (const [part, paths] of Object.entries(map)) {
+    if (!Array.isArray(paths) || !paths.every((p) => typeof p === 'string')) {
+      const example = typeof paths === 'string' ? paths : 'variables.file';
+      throw refuse(`"map" entry ${JSON.stringify(part)} is not a list of paths: write [${JSON.stringify(example)}]`);
+    }
+    for (const p of paths as string[]) {
+      if (!p.startsWith('variables.'))
+        throw refuse(`"map" path ${JSON.stringify(p)} does not point into the variables: write "variables.${p}"`);
+    }
+    if (!form.has(part)) {
+      throw refuse(`"map" names the part ${JSON.stringify(part)}, which the request does not have (its parts: ${parts.join(', ')})`);
+    }
+    bound.add(part);
+  }
+  const loose = files.find((p) => !bound.has(p));
+  if (loose !== undefined && bound.size === 0) {
+    throw refuse(
+      `the part ${JSON.stringify(loose)} is not bound to a variable by "map": for example {${JSON.stringify(loose)}: ["variables.f"]}`,
+    );
+  }
 }

@@ -14,7 +14,9 @@ builder.scalarType('File', {
     // yoga hands over its own File implementation (not always the global class): check the shape
     const f = v as { arrayBuffer?: unknown } | null;
     if (!f || typeof f !== 'object' || typeof f.arrayBuffer !== 'function')
-      throw new GraphQLError('File: expected an uploaded file (GraphQL multipart request)');
+      throw new GraphQLError(
+        'File: expected an uploaded file (a part of a GraphQL multipart request); an image sent as text goes in image: { base64: "..." } instead',
+      );
     return v as File;
   },
 });
