@@ -165,7 +165,11 @@ const int =
     return n;
   };
 const str = (raw: string) => raw;
-const portOrOff = (raw: string, name: string): number | null => (/^off$/i.test(raw.trim()) ? null : int(0, 65535)(raw, name));
+const portOrOff = (raw: string, name: string): number | null => {
+  if (/^off$/i.test(raw.trim())) return null;
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(`${name}: expected an integer 0..65535 or off, got ${JSON.stringify(raw)}`);
+  return int(0, 65535)(raw, name);
+};
 const list = (sep: string) => (raw: string) =>
   raw
     .split(sep)
@@ -182,10 +186,12 @@ const oneOf =
     if (!values.includes(raw as T)) throw new ConfigError(`${name}: expected one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
     return raw as T;
   };
+/** The names people write for a format (its file extension) read as the format's own. */
+const ALIASES: Record<string, string> = { jpg: 'jpeg', tif: 'tiff', heic: 'heif' };
 const listOf =
   <T extends string>(values: readonly T[]) =>
   (raw: string, name: string): T[] =>
-    list(',')(raw).map((v) => oneOf(values)(v.toLowerCase(), name));
+    list(',')(raw).map((v) => oneOf(values)(ALIASES[v.toLowerCase()] ?? v.toLowerCase(), name));
 
 const trustedProxies = (raw: string, name: string): string[] =>
   list(',')(raw).map((entry) => {

@@ -178,6 +178,9 @@ describe('configuration', () => {
     });
     expect(() => loadConfig({ PORT: 'http' }, [])).toThrow(/PORT: expected an integer/);
     expect(() => loadConfig({ ENGINE: 'tensorrt' }, [])).toThrow(/ENGINE: expected one of onnxruntime, openvino/);
+    // a port setting that may be off says so; the file extensions people write are the formats' names
+    expect(() => loadConfig({ GRPC_PORT: 'of' }, [])).toThrow(/GRPC_PORT: expected an integer 0\.\.65535 or off, got "of"/);
+    expect(loadConfig({ IMAGE_FORMATS: 'jpg,PNG,tif' }, []).imageFormats).toEqual(['jpeg', 'png', 'tiff']);
     expect(() => loadConfig({}, ['--prot', '1'])).toThrow(ConfigError);
     // a token that cannot travel in "Authorization: Bearer <token>" is refused at start, without echoing it
     expect(() => loadConfig({ ADMIN_TOKEN: 'my secret' }, [])).toThrow(/ADMIN_TOKEN: .*Bearer.*no spaces/);
