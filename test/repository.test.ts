@@ -209,6 +209,8 @@ describe('model repository over GraphQL', () => {
     expect(v.state).toBe('END');
     expect(v.errorCode).toBe('MODEL_LOAD_FAILED');
     expect(v.errorMessage).toMatch(/cannot load/);
+    // said plainly, not in the protobuf parser's words ("unsupported wire type 3")
+    expect(v.errorMessage).toMatch(/model\.onnx is not an ONNX model: it does not read as ONNX's protobuf format/);
     const ready = await fetch(`${gw.url}/ready`);
     expect(ready.status).toBe(503);
     const health = await fetch(`${gw.url}/health`);

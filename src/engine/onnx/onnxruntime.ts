@@ -385,7 +385,15 @@ export function createOnnxRuntimeEngine(): Engine {
     dtypes: DTYPES,
     async load(modelPath, options = {}) {
       const file = await readShared(modelPath);
-      const external = externalDataLocations(file);
+      let external: string[];
+      try {
+        external = externalDataLocations(file);
+      } catch (e) {
+        // the first read of its fields: a file that is no protobuf at all (a README uploaded as model.onnx)
+        throw new Error(
+          `${path.basename(modelPath)} is not an ONNX model: it does not read as ONNX's protobuf format (${(e as Error).message})`,
+        );
+      }
       const int8 =
         exactInt8Here(options.exactInt8) && int8Initializers(file) > 0
           ? {
