@@ -259,6 +259,70 @@ describe('KServe v2 over gRPC', () => {
     expect((await client.ModelInfer({ model_name: 'id-f32', inputs: [x], raw_input_contents: six })).model_name).toBe('id-f32');
   });
 
+  /** The gRPC status, the gateway's code and the message of a failed call. */
+  const failed = async (p: Promise<unknown>): Promise<[string, string | undefined, string]> => {
+    try {
+      await p;
+    } catch (e) {
+      return [status[(e as { code: number }).code], errorCodeOf(e), (e as { details: string }).details];
+    }
+    throw new Error('expected the call to fail');
+  };
+
+  it('bytes_contents holding base64 text of a JPEG: INVALID_IMAGE says to send the bytes themselves, and echoes none of it', async () => {
+    const b64 = (await readFile(image('zebra.jpeg'))).toString('base64');
+    const [code, gateway, message] = await failed(
+      client.ModelInfer({
+        model_name: 'mobilenet',
+        inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [Buffer.from(b64)] } }],
+      }),
+    );
+    expect([code, gateway]).toEqual(['INVALID_ARGUMENT', 'INVALID_IMAGE']);
+    expect(message).toMatch(/the element is base64 text of a JPEG image; send the image's bytes themselves in bytes_contents/);
+    expect(message).not.toContain(b64.slice(0, 12));
+  });
+
+  it('datatype errors use the v2 names the client used: input "x" takes FP32, got INT64', async () => {
+    expect(
+      await failed(
+        client.ModelInfer({
+          model_name: 'id-f32',
+          inputs: [{ name: 'x', datatype: 'INT64', shape: [1, 2, 3] }],
+          raw_input_contents: [Buffer.alloc(48)],
+        }),
+      ),
+    ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT', 'input "x" takes FP32, got INT64']);
+    expect(
+      await failed(
+        client.ModelInfer({
+          model_name: 'id-f32',
+          inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3] }],
+          raw_input_contents: [Buffer.alloc(20)],
+        }),
+      ),
+    ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT', 'input "x": 20 bytes of data for shape [1,2,3] FP32 (expected 24)']);
+  });
+
+  it('an unknown model is NOT_FOUND whatever the message; an unknown input is said before its data, naming the inputs', async () => {
+    for (const req of [
+      { model_name: 'mobilenett', inputs: [] },
+      {
+        model_name: 'mobilenett',
+        inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 3, 224, 224], contents: { fp32_contents: [0] } }],
+      },
+      { model_name: 'mobilenet', model_version: '7', inputs: [] },
+    ])
+      expect((await failed(client.ModelInfer(req))).slice(0, 2), req.model_name).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+    expect(
+      await failed(
+        client.ModelInfer({
+          model_name: 'mobilenet',
+          inputs: [{ name: 'inputt', datatype: 'FP32', shape: [1, 3, 224, 224], contents: { fp32_contents: [0] } }],
+        }),
+      ),
+    ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT', 'model mobilenet has no input "inputt" (inputs: input)']);
+  });
+
   it('property: random ModelInfer requests get a typed status or an answer, never INTERNAL', async () => {
     const input = fc.record({
       name: fc.constantFrom('x', 'input', 'z'),

@@ -476,6 +476,104 @@ describe('KServe v2 over REST', () => {
     expect((await json(get('/health/ready'))).status).toBe(200);
   });
 
+  it('a BYTES element of base64 text (a JPEG not wrapped in {"b64": ...}): INVALID_IMAGE says how to send it, and echoes none of it', async () => {
+    const b64 = (await readFile(image('zebra.jpeg'))).toString('base64');
+    const bytes = (data: unknown[]) =>
+      json(post('/models/mobilenet/infer', { inputs: [{ name: 'input', datatype: 'BYTES', shape: [data.length], data }] }));
+    const jpeg = await bytes([b64]);
+    expect([jpeg.status, jpeg.code]).toEqual([400, 'INVALID_IMAGE']);
+    expect(jpeg.body.error).toMatch(
+      /^not an image this server reads \(.*\): the element is base64 text of a JPEG image; send it as \{"b64": "\.\.\."\}/,
+    );
+    expect(jpeg.body.error).toMatch(/binary data extension/);
+    expect(jpeg.body.error).not.toContain(b64.slice(0, 12));
+    expect(jpeg.body.error.length).toBeLessThan(300);
+    // which element, when there are several; base64 of something else still looks like base64; a data: URL is named
+    const second = await bytes([{ b64 }, Buffer.from('some bytes that are no image at all').toString('base64')]);
+    expect([second.code, second.body.error]).toEqual([
+      'INVALID_IMAGE',
+      expect.stringMatching(/element 1 looks like base64 text; send it as/),
+    ]);
+    const url = await bytes([`data:image/jpeg;base64,${b64}`]);
+    expect([url.code, url.body.error]).toEqual(['INVALID_IMAGE', expect.stringMatching(/the element is a data: URL/)]);
+    // text that is not base64 is only not an image
+    const text = await bytes(['hello, world']);
+    expect([text.code, text.body.error]).toEqual(['INVALID_IMAGE', expect.not.stringMatching(/base64/)]);
+    expect((await bytes([{ b64 }])).status).toBe(200);
+  });
+
+  it('a multipart form or a raw image body: the error says what /infer takes and where uploads go, and echoes none of the body', async () => {
+    const jpeg = await readFile(image('zebra.jpeg'));
+    const form = new FormData();
+    form.append('file', new Blob([new Uint8Array(jpeg)], { type: 'image/jpeg' }), 'zebra.jpeg');
+    const send = (body: BodyInit, headers: Record<string, string> = {}) =>
+      json(fetch(`${v2}/models/mobilenet/infer`, { method: 'POST', body, headers }));
+    const takes = /takes a v2 inference request as JSON.*Inference-Header-Content-Length/;
+    for (const [what, r] of [
+      ['multipart', await send(form)],
+      ['image/jpeg', await send(new Uint8Array(jpeg), { 'content-type': 'image/jpeg' })],
+      // curl --data-binary without a content-type: the bytes say it is an image
+      ['a raw JPEG as a form', await send(new Uint8Array(jpeg), { 'content-type': 'application/x-www-form-urlencoded' })],
+    ] as const) {
+      expect([r.status, r.code], what).toEqual([400, 'INVALID_INPUT']);
+      expect(r.body.error, what).toMatch(
+        /^this endpoint does not take (a multipart\/form-data form|an image\/jpeg body|a raw image \(JPEG\)): it takes/,
+      );
+      expect(r.body.error, what).toMatch(takes);
+      expect(r.body.error, what).toMatch(/upload.*\/graphql/);
+      expect(r.body.error, what).not.toMatch(/JFIF|zebra|minus sign|token/);
+    }
+    const text = await send('secret words, not JSON', { 'content-type': 'application/json' });
+    expect([text.status, text.code]).toEqual([400, 'INVALID_INPUT']);
+    expect(text.body.error).toMatch(/^the inference request is not valid JSON/);
+    expect(text.body.error).toMatch(takes);
+    expect(text.body.error).not.toMatch(/secret|graphql/);
+  });
+
+  it('datatype errors use the v2 names the client used: input "input" takes FP32, got INT64', async () => {
+    const int64 = await json(
+      post('/models/mobilenet/infer', {
+        inputs: [{ name: 'input', datatype: 'INT64', shape: [1, 3, 224, 224], data: new Array(150528).fill(0) }],
+      }),
+    );
+    expect([int64.status, int64.code, int64.body.error]).toEqual([400, 'INVALID_INPUT', 'input "input" takes FP32, got INT64']);
+    const i32 = await json(
+      post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'INT32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6] }] }),
+    );
+    expect(i32.body.error).toBe('input "x" takes FP32, got INT32');
+    // binary data of the wrong length: said in v2 names too
+    const short = binaryBody({ inputs: [{ name: 'x', datatype: 'FP16', shape: [1, 2, 3], parameters: { binary_data_size: 10 } }] }, [
+      new Uint8Array(10),
+    ]);
+    const r = await json(post('/models/id-f16/infer', short.body, short.headers));
+    expect([r.status, r.body.error]).toEqual([400, 'input "x": 10 bytes of data for shape [1,2,3] FP16 (expected 12)']);
+  });
+
+  it('an unknown model is 404 whatever the body; an unknown input is said before its data, naming the inputs', async () => {
+    for (const [what, body] of [
+      ['no inputs', { inputs: [] }],
+      ['no body', Buffer.alloc(0)],
+      ['not JSON', Buffer.from('not json')],
+      ['a wrong count', { inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 3, 224, 224], data: [0] }] }],
+    ] as const) {
+      const r = await json(post('/models/mobilenett/infer', body));
+      expect([r.status, r.code], what).toEqual([404, 'MODEL_NOT_FOUND']);
+      expect(r.body.error, what).toMatch(/mobilenett/);
+      expect((await json(post('/models/mobilenet/versions/7/infer', body))).status, what).toBe(404);
+    }
+    const empty = await json(post('/models/mobilenet/infer', { inputs: [] }));
+    expect([empty.status, empty.body.error]).toEqual([400, expect.stringMatching(/no inputs.*"input" FP32 \[-1,3,224,224\]/)]);
+    const wrong = await json(
+      post('/models/mobilenet/infer', { inputs: [{ name: 'inputt', datatype: 'FP32', shape: [1, 3, 224, 224], data: [0] }] }),
+    );
+    expect([wrong.status, wrong.body.error]).toEqual([400, 'model mobilenet has no input "inputt" (inputs: input)']);
+    // also before a wrong datatype, and in binary data
+    const bin = binaryBody({ inputs: [{ name: 'z', datatype: 'INT8', shape: [1], parameters: { binary_data_size: 3 } }] }, [
+      new Uint8Array(3),
+    ]);
+    expect((await json(post('/models/id-f32/infer', bin.body, bin.headers))).body.error).toBe('model id-f32 has no input "z" (inputs: x)');
+  });
+
   it('property: random requests (mutated JSON, binary headers and bodies) get a typed 4xx or an answer, never a 500', async () => {
     const datatype = fc.constantFrom('FP32', 'FP16', 'INT64', 'UINT8', 'BOOL', 'BYTES', 'FP64', 'junk', '');
     const value = fc.oneof(

@@ -2,6 +2,7 @@ import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tenso
 import { decodeBase64 } from '../../base64.ts';
 import { invalid } from './errors.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
+import { imageFormat } from '../../vision/preprocess.ts';
 
 /**
  * Tensor data of the Open Inference Protocol: the v2 data type names, JSON element lists, the length-prefixed layout
@@ -228,6 +229,28 @@ export function jsonBytesElement(v: unknown, name: string): Uint8Array {
     return bytes;
   }
   throw invalid(`input ${name}: a BYTES element is a string or {"b64": "..."}`);
+}
+
+/** A base64 character (the standard alphabet, as decodeBase64 reads it), or a line break. */
+const isBase64Char = (c: number) =>
+  (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c === 43 || c === 47 || c === 10 || c === 13;
+
+/**
+ * What a BYTES element that is no image is, when it is an image as text (the JSON string of a photo's base64 not
+ * wrapped in {"b64": ...}, or base64 sent where the bytes go): "is a data: URL ...", "is base64 text of a JPEG image"
+ * (the first bytes it decodes to are an image's), "looks like base64 text"; null for anything else. Only its first
+ * characters are decoded, and nothing of it is returned (messages never repeat data).
+ */
+export function imageAsText(e: Uint8Array): string | null {
+  if (imageFormat(e)) return null;
+  const head = Buffer.from(e.subarray(0, 256)).toString('latin1');
+  if (/^data:[^,]*;base64,/i.test(head)) return 'is a data: URL (the image is the base64 after its comma)';
+  let end = e.length;
+  while (end > 0 && e[end - 1] === 61 /* = */) end--;
+  if (end < 16 || e.length - end > 2) return null;
+  for (let i = 0; i < end; i++) if (!isBase64Char(e[i])) return null;
+  const format = imageFormat(Buffer.from(head.slice(0, 64), 'base64'));
+  return format ? `is base64 text of a ${format.toUpperCase()} image` : 'looks like base64 text';
 }
 
 // ---- gRPC typed contents ----

@@ -1,7 +1,7 @@
 // Over 250 lines on purpose: the protocol-neutral part of KServe v2 that REST and gRPC share.
 import { readFileSync } from 'node:fs';
 import { ErrorCode, GatewayError } from '../../errors.ts';
-import { type Tensor, type TensorInfo } from '../../engine/types.ts';
+import { bytesPerElement, elementCount, type Tensor, type TensorInfo } from '../../engine/types.ts';
 import { accessFor, type Caller, type Tokens } from '../../inference/access.ts';
 
 /** Who calls: the token it sent and where the call comes from (admin operations without ADMIN_TOKEN: loopback only). */
@@ -13,7 +13,7 @@ import { RequestBudget } from '../../inference/budget.ts';
 import type { InferenceService, RunOptions } from '../../inference/service.ts';
 import type { Model } from '../../repository/model.ts';
 import type { ModelVersion } from '../../repository/version.ts';
-import { V2_DATATYPE, checkCount, classifyOutput, engineDtype, tooManyValues } from './codec.ts';
+import { V2_DATATYPE, checkCount, classifyOutput, engineDtype, imageAsText, tooManyValues } from './codec.ts';
 import { invalid } from './errors.ts';
 
 /**
@@ -71,6 +71,62 @@ export interface V2IndexEntry {
   version: string;
   state: 'READY' | 'LOADING' | 'UNLOADING' | 'UNAVAILABLE';
   reason: string;
+}
+
+/**
+ * The model version an inference goes to, looked up (inferTarget) before its request is read or decoded: a missing
+ * model is NOT_FOUND whatever the body says, and the inputs are checked against the model's as they are decoded.
+ */
+export interface InferTarget {
+  model: string;
+  /** null: the serving version. */
+  version: number | null;
+  inputs: readonly TensorInfo[];
+}
+
+/** The options of an inference: how this protocol carries an image's own bytes, said when a BYTES element is base64 text. */
+export interface InferOptions extends RunOptions {
+  sendBytes: string;
+}
+
+const describeInput = (i: TensorInfo) => `${JSON.stringify(i.name)} ${V2_DATATYPE[i.dtype]} [${i.shape.map((d) => d ?? -1).join(',')}]`;
+
+/**
+ * Every input named is one of the model's: said first, before anything else of the inputs is read, naming the model's
+ * inputs. Names that are not strings are left to the decoder, which says where they are.
+ */
+export function checkInputNames(target: InferTarget, names: readonly unknown[]): void {
+  for (const name of names) {
+    if (typeof name !== 'string' || target.inputs.some((i) => i.name === name)) continue;
+    const known = target.inputs.map((i) => i.name).join(', ');
+    throw invalid(`model ${target.model} has no input ${JSON.stringify(name)} (inputs: ${known})`);
+  }
+}
+
+/**
+ * The datatype of an input, checked before its data is read: a v2 name this server carries, and the one the model's
+ * input takes, said in v2 names. BYTES (encoded images) is checked against the model's preprocessing when it runs.
+ */
+export function checkInputType(target: InferTarget, name: string, datatype: string): void {
+  if (datatype === 'BYTES') return;
+  const dtype = engineDtype(datatype, name);
+  const info = target.inputs.find((i) => i.name === name);
+  if (info && info.dtype !== dtype) throw invalid(`input ${JSON.stringify(name)} takes ${V2_DATATYPE[info.dtype]}, got ${datatype}`);
+}
+
+/**
+ * An INVALID_IMAGE of a request whose BYTES element is an image as text (base64, a data: URL), with what that element
+ * is and how to send it instead (`sendBytes`, the protocol's way); nothing of the element is repeated.
+ */
+function withImageAsText(e: unknown, elements: readonly Uint8Array[], sendBytes: string): unknown {
+  if (!(e instanceof GatewayError) || e.code !== ErrorCode.INVALID_IMAGE) return e;
+  for (let k = 0; k < elements.length; k++) {
+    const what = imageAsText(elements[k]);
+    if (!what) continue;
+    const which = elements.length === 1 ? 'the element' : `element ${k}`;
+    return new GatewayError(e.code, `${e.message}: ${which} ${what}; ${sendBytes}`, e.details, { cause: e });
+  }
+  return e;
 }
 
 /** What this server reports in its metadata: the extensions it implements (Triton's names). */
@@ -189,19 +245,29 @@ export function createKserveCore({
     },
 
     /**
+     * The version an inference goes to (MODEL_NOT_FOUND, MODEL_NOT_READY): looked up before the request's body is read
+     * or decoded, whose inputs are then checked against it (checkInputNames, checkInputType).
+     */
+    inferTarget(who: Who, name: string, version: string | null | undefined): InferTarget {
+      access(who).checkApi();
+      const versionNo = parseVersion(name, version);
+      const { version: v } = models.resolve(name, versionNo);
+      return { model: name, version: versionNo, inputs: v.inputs };
+    },
+
+    /**
      * One inference. Raw tensors: dimension 0 is the batch (each item is batched with other requests, of any protocol).
      * A BYTES input holds encoded images, one per element, decoded and preprocessed by the model's model.json.
      */
-    async infer(
-      who: Who,
-      name: string,
-      version: string | null | undefined,
-      req: V2InferRequest,
-      { signal }: RunOptions = {},
-    ): Promise<V2InferResponse> {
+    async infer(who: Who, target: InferTarget, req: V2InferRequest, { signal, sendBytes }: InferOptions): Promise<V2InferResponse> {
       access(who).checkApi();
-      const versionNo = parseVersion(name, version);
-      if (req.inputs.length === 0) throw invalid('no inputs');
+      const { model: name, version: versionNo } = target;
+      if (req.inputs.length === 0)
+        throw invalid(`the request has no inputs: model ${name} takes ${target.inputs.map(describeInput).join(', ')}`);
+      checkInputNames(
+        target,
+        req.inputs.map((i) => i.name),
+      );
       const budget = new RequestBudget({ maxImages: maxImagesPerRequest, maxResponseBytes });
       for (const o of req.outputs ?? [])
         if (o.classification !== null && !(Number.isInteger(o.classification) && o.classification >= 1))
@@ -216,16 +282,29 @@ export function createKserveCore({
           throw invalid(`BYTES input ${images.name}: shape [N] (or [N,1]) for N encoded images, got [${images.shape.join(',')}]`);
         checkCount(images.name, images.shape, elements.length);
         budget.takeImages(elements.length);
-        result = await service.inferImages(
-          name,
-          versionNo,
-          elements.map((e) => () => Promise.resolve(e)),
-          { inputName: images.name, outputNames, signal },
-        );
+        try {
+          result = await service.inferImages(
+            name,
+            versionNo,
+            elements.map((e) => () => Promise.resolve(e)),
+            { inputName: images.name, outputNames, signal },
+          );
+        } catch (e) {
+          throw withImageAsText(e, elements, sendBytes);
+        }
       } else {
         const inputs = req.inputs.map((i) => {
+          checkInputType(target, i.name, i.datatype);
           const dtype = engineDtype(i.datatype, i.name);
-          return { name: i.name, dtype, shape: i.shape, data: i.data as Uint8Array };
+          const data = i.data as Uint8Array;
+          // said here in v2 names (a shape of another rank: the service says so first)
+          const info = target.inputs.find((x) => x.name === i.name);
+          const expected = elementCount(i.shape) * bytesPerElement[dtype];
+          if (info?.shape.length === i.shape.length && data.length !== expected)
+            throw invalid(
+              `input ${JSON.stringify(i.name)}: ${data.length} bytes of data for shape [${i.shape.join(',')}] ${i.datatype} (expected ${expected})`,
+            );
+          return { name: i.name, dtype, shape: i.shape, data };
         });
         budget.takeImages(inputs[0].shape.length ? Math.max(1, inputs[0].shape[0]) : 1);
         result = await service.inferBatch(name, versionNo, inputs, outputNames, { signal });

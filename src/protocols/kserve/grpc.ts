@@ -19,7 +19,16 @@ import {
   valuesToBytes,
   type Contents,
 } from './codec.ts';
-import type { KserveCore, V2InferRequest, V2InferResponse, V2Input, Who } from './core.ts';
+import {
+  checkInputNames,
+  checkInputType,
+  type InferTarget,
+  type KserveCore,
+  type V2InferRequest,
+  type V2InferResponse,
+  type V2Input,
+  type Who,
+} from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { MessageFrames, messageElements } from './wire.ts';
@@ -52,13 +61,29 @@ interface InferRequestMessage {
   raw_input_contents: Buffer[];
 }
 
-/** Decode ModelInferRequest; `raw` says whether it used raw_input_contents (the response mirrors it). */
-export function decodeInferRequest(msg: InferRequestMessage, maxItems = Infinity): { request: V2InferRequest; raw: boolean } {
+/** How an image's bytes are sent here, said when a BYTES element is an image as text (base64). */
+const SEND_BYTES = "send the image's bytes themselves in bytes_contents (or raw_input_contents), not as text";
+
+/**
+ * Decode ModelInferRequest, its inputs checked against the model's (`target`) before their data is read; `raw` says
+ * whether it used raw_input_contents (the response mirrors it).
+ */
+export function decodeInferRequest(
+  msg: InferRequestMessage,
+  target: InferTarget,
+  maxItems = Infinity,
+): { request: V2InferRequest; raw: boolean } {
+  // an unknown input name is said before anything else of the inputs
+  checkInputNames(
+    target,
+    msg.inputs.map((i) => i.name),
+  );
   const raw = msg.raw_input_contents.length > 0;
   if (raw && msg.raw_input_contents.length !== msg.inputs.length)
     throw invalid(`raw_input_contents holds ${msg.raw_input_contents.length} entries for ${msg.inputs.length} inputs`);
   const inputs = msg.inputs.map((i, k): V2Input => {
     const name = i.name;
+    checkInputType(target, name, i.datatype);
     const shape = parseShape(i.shape, name);
     const typed = Object.entries(i.contents ?? {})
       .filter(([, v]) => Array.isArray(v) && v.length > 0)
@@ -458,7 +483,9 @@ export function createGrpcServer({
     ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
     ModelInfer: unary('ModelInfer', async (r: InferRequestMessage & { [REFUSED]?: Error }, auth, call) => {
       if (r[REFUSED]) throw r[REFUSED];
-      const { request, raw } = decodeInferRequest(r, maxItems);
+      // the model first: a missing one is NOT_FOUND whatever the message holds
+      const target = core.inferTarget(auth, r.model_name, r.model_version);
+      const { request, raw } = decodeInferRequest(r, target, maxItems);
       // a call the client cancels (or whose deadline passes): the work not yet started for it is dropped
       const leaving = new AbortController();
       const left = () => leaving.abort();
@@ -466,7 +493,7 @@ export function createGrpcServer({
       if (call.cancelled) leaving.abort(); // gone before the handler ran
       try {
         return encodeInferResponse(
-          await core.infer(auth, r.model_name, r.model_version, request, { signal: leaving.signal }),
+          await core.infer(auth, target, request, { signal: leaving.signal, sendBytes: SEND_BYTES }),
           raw,
           maxJsonValues,
         );

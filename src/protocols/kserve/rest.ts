@@ -18,11 +18,21 @@ import {
   tooManyValues,
   valuesToBytes,
 } from './codec.ts';
-import type { KserveCore, V2InferRequest, V2Input, V2Output, Who } from './core.ts';
+import {
+  checkInputNames,
+  checkInputType,
+  type InferTarget,
+  type KserveCore,
+  type V2InferRequest,
+  type V2Input,
+  type V2Output,
+  type Who,
+} from './core.ts';
 import { invalid, mapError } from './errors.ts';
 import { ClientAddresses } from '../../client-address.ts';
 import { sendJson, sendJsonText } from '../../send-json.ts';
 import { holdOf } from '../../bytes-in-flight.ts';
+import { imageFormat } from '../../vision/preprocess.ts';
 
 const gunzipAsync = promisify(gunzip);
 const inflateAsync = promisify(inflate);
@@ -51,6 +61,8 @@ export interface RestRoute {
 const MODEL_PATH = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(?:\/(ready|infer))?$/;
 const REPOSITORY_PATH = /^\/v2\/repository\/models\/([^/]+)\/(load|unload)$/;
 const HEADER_LENGTH = 'inference-header-content-length';
+/** How an image's bytes are sent here, said when a BYTES element is an image as text (base64 not in {"b64": ...}). */
+const SEND_BYTES = 'send it as {"b64": "..."} (or the raw bytes with the binary data extension)';
 
 type Params = Record<string, unknown>;
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -120,13 +132,39 @@ function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
-function parseJson(text: Buffer | string, what: string): unknown {
+/** Where JSON.parse stopped, without the text its message quotes: a message never repeats the body. */
+function jsonWhere(e: unknown): string {
+  const message = e instanceof Error ? e.message : '';
+  const at = /at position (\d+)/.exec(message);
+  if (at) return ` (at position ${at[1]})`;
+  return /end of JSON input/.test(message) ? ' (it ends too early)' : '';
+}
+
+function parseJson(text: Buffer | string, what: string, takes = ''): unknown {
   if (text.length === 0) return {};
   try {
     return JSON.parse(text.toString());
   } catch (e) {
-    throw invalid(`${what} is not valid JSON: ${(e as Error).message}`);
+    throw invalid(`${what} is not valid JSON${jsonWhere(e)}${takes}`);
   }
+}
+
+/** What the infer endpoint takes, said when a body is not that. */
+const TAKES =
+  "takes a v2 inference request as JSON, or the binary data extension (a JSON header then the tensors' bytes, Inference-Header-Content-Length header)";
+
+/**
+ * An upload sent to the infer endpoint (curl -F, or an image as the whole body), by its Content-Type or by its first
+ * bytes, when it does not start as JSON does: what it is, or null.
+ */
+function uploadOf(body: Buffer, contentType: string | undefined): string | null {
+  const start = body.subarray(0, 64).toString('latin1').trimStart();
+  if (start.startsWith('{')) return null;
+  const type = (contentType ?? '').split(';')[0].trim().toLowerCase();
+  if (type === 'multipart/form-data') return 'a multipart/form-data form';
+  if (/^image\/[\w.+-]+$/.test(type)) return `an ${type} body`;
+  const format = imageFormat(body);
+  return format && format !== 'svg' ? `a raw image (${format.toUpperCase()})` : null;
 }
 
 interface RestInfer {
@@ -181,8 +219,14 @@ function jsonValues(json: Buffer, max: number): number {
 export function parseInferRequest(
   body: Buffer,
   headerLength: string | undefined,
-  { maxJsonValues = Infinity, maxItems = Infinity }: { maxJsonValues?: number; maxItems?: number } = {},
+  target: InferTarget,
+  { maxJsonValues = Infinity, maxItems = Infinity, contentType }: { maxJsonValues?: number; maxItems?: number; contentType?: string } = {},
 ): RestInfer {
+  const upload = uploadOf(body, contentType);
+  if (upload)
+    throw invalid(
+      `this endpoint does not take ${upload}: it ${TAKES}; upload image files to the GraphQL endpoint (/graphql, multipart), or send an image here as a BYTES input ({"b64": "..."})`,
+    );
   let json: Buffer = body;
   let binary: Buffer | null = null;
   if (headerLength !== undefined) {
@@ -199,9 +243,14 @@ export function parseInferRequest(
       maxJsonValues,
       'send large tensors as binary data (Inference-Header-Content-Length, "binary_data_size")',
     );
-  const doc = parseJson(json, 'the inference request');
+  const doc = parseJson(json, binary ? 'the JSON header of the inference request' : 'the inference request', `: this endpoint ${TAKES}`);
   if (!isObject(doc)) throw invalid('the inference request must be a JSON object');
   if (!Array.isArray(doc.inputs)) throw invalid('the inference request needs "inputs": [...]');
+  // an unknown input name is said before anything else of the inputs
+  checkInputNames(
+    target,
+    doc.inputs.map((raw: unknown) => (isObject(raw) ? raw.name : undefined)),
+  );
   if (doc.id !== undefined && typeof doc.id !== 'string') throw invalid('"id" must be a string');
   const reqParams = params(doc.parameters, 'request');
   let at = 0;
@@ -209,6 +258,7 @@ export function parseInferRequest(
     if (!isObject(raw) || typeof raw.name !== 'string') throw invalid(`inputs[${k}] needs a "name"`);
     const name = raw.name;
     if (typeof raw.datatype !== 'string') throw invalid(`input ${name} needs a "datatype"`);
+    checkInputType(target, name, raw.datatype);
     const shape = parseShape(raw.shape, name);
     const p = params(raw.parameters, `input ${name}`);
     const datatype = raw.datatype;
@@ -390,10 +440,15 @@ export function createRestRoute({
       }
       if (m[3] === 'infer') {
         expect('POST');
-        core.checkApi(auth);
+        // the token, then the model: a missing one is NOT_FOUND whatever the body (which is not read)
+        const target = core.inferTarget(auth, name, version);
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
-        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, { maxJsonValues, maxItems });
+        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, target, {
+          maxJsonValues,
+          maxItems,
+          contentType: req.headers['content-type'],
+        });
         // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
         const leaving = new AbortController();
         const left = () => {
@@ -404,7 +459,7 @@ export function createRestRoute({
         try {
           return sendInferResponse(
             res,
-            await core.infer(auth, name, version, parsed.request, { signal: leaving.signal }),
+            await core.infer(auth, target, parsed.request, { signal: leaving.signal, sendBytes: SEND_BYTES }),
             parsed,
             maxJsonValues,
           );
