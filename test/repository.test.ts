@@ -284,7 +284,10 @@ describe('model repository over GraphQL', () => {
     expect(asked.errors![0].message).toMatch(/no version folder: put the model file at flat\/1\/model\.onnx/);
     // neither model can serve: not ready, over GraphQL as over KServe (it said ready: true with no version)
     for (const name of ['misnamed', 'flat']) {
-      expect((await gw.gql(`{ model(name: "${name}") { ready versions { version } } }`)).data.model).toEqual({ ready: false, versions: [] });
+      expect((await gw.gql(`{ model(name: "${name}") { ready versions { version } } }`)).data.model).toEqual({
+        ready: false,
+        versions: [],
+      });
       expect((await fetch(`${gw.url}/v2/models/${name}/ready`)).status).toBe(503);
     }
     // a folder still being filled, or left empty, is no reason to take the server out of its load balancer (waited
