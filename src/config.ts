@@ -534,10 +534,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 export function usage(): string {
   return (
     'Usage: npm start -- [flags]\n\n' +
-    SETTINGS.map((st) => `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help} (default: ${JSON.stringify(st.fallback)})`).join(
-      '\n',
-    )
+    SETTINGS.map((st) => {
+      // a help text that says its default already is not told it twice
+      const fallback = /by default/.test(st.help) ? '' : ` (default: ${shownDefault(st)})`;
+      return `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help}${fallback}`;
+    }).join('\n')
   );
+}
+
+/** A setting's default as people read it (--help, the README's table): its words where it depends on the machine. */
+export function shownDefault(st: { fallback: unknown; shown?: string }): string {
+  if (st.shown) return st.shown;
+  const v = st.fallback;
+  return v === null ? 'unset' : Array.isArray(v) ? (v.length ? v.join(',') : 'none') : String(v);
 }
 
 /** How models are loaded (src/main.ts, and the tests' gateways, load them alike). */

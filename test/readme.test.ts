@@ -84,21 +84,24 @@ describe('README examples, run against a live server', () => {
 
 describe('README configuration table', () => {
   it('lists every setting with its flag and default, as src/config.ts has them', async () => {
-    const { SETTINGS } = await import('../src/config.ts');
+    const { SETTINGS, shownDefault, usage } = await import('../src/config.ts');
     const rows = new Map(
       [...readme.matchAll(/^\| `([A-Z0-9_]+)` \| `(--[a-z0-9-]+)` \| ([^|]+) \|/gm)].map((m) => [
         m[1],
         { flag: m[2], fallback: m[3].trim() },
       ]),
     );
-    const fmt = (v: unknown) =>
-      v === null ? '(unset)' : Array.isArray(v) ? (v.length ? '`' + v.join(',') + '`' : '(none)') : '`' + String(v) + '`';
     for (const s of SETTINGS) {
-      const shown = (s as { shown?: string }).shown;
+      const shown = shownDefault(s);
+      const plain = !(s as { shown?: string }).shown && s.fallback !== null && !(Array.isArray(s.fallback) && s.fallback.length === 0);
       expect(rows.get(s.env), s.env).toEqual({
         flag: '--' + s.env.toLowerCase().replace(/_/g, '-'),
-        fallback: shown ? `(${shown})` : fmt(s.fallback),
+        fallback: plain ? '`' + shown + '`' : `(${shown})`,
       });
     }
+    // --help says each default once, in the same words (it said "(none by default) (default: [])")
+    const help = usage();
+    expect(help).not.toMatch(/default: \[\]|default: "|by default\) \(default/);
+    expect(help).toMatch(/--image-formats +IMAGE_FORMATS .*\(default: jpeg,png,webp,gif,tiff\)/);
   });
 });
