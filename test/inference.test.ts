@@ -385,6 +385,10 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(
       await message('mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }', { f: null }),
     ).toMatch(/must not be null.*a file is sent as a part of a multipart request, bound to "variables\.f" by its "map"/);
+    // a model name one letter off
+    expect(await message('mutation { classify(model: "mobilenett", image: { base64: "AAAA" }) { predictions { label } } }')).toMatch(
+      /no model named "mobilenett"; did you mean "mobilenet"\?/,
+    );
     // an image sent as base64 text in a File variable: the answer names image: { base64 } and does not echo 50 KB
     const b64 = (await readFile(image('zebra.jpeg'))).toString('base64');
     const echoed = await message('mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }', {

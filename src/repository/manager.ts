@@ -2,6 +2,7 @@
 // update, delete) and the reconcile each of them ends with run under the model's lock and share the registry; kept
 // together, the locking protocol reads in one place.
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { closest } from '../did-you-mean.ts';
 import { EventEmitter } from 'node:events';
 import os from 'node:os';
 import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
@@ -153,7 +154,13 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   /** The model of that name, or MODEL_NOT_FOUND. */
   require(name: string): Model {
     const model = this.byName.get(name);
-    if (!model) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)}`);
+    if (!model) {
+      const meant = closest(name, this.byName.keys());
+      throw new GatewayError(
+        ErrorCode.MODEL_NOT_FOUND,
+        `no model named ${JSON.stringify(name)}${meant ? `; did you mean ${JSON.stringify(meant)}?` : ''}`,
+      );
+    }
     return model;
   }
 

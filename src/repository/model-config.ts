@@ -1,5 +1,6 @@
 // Over 250 lines on purpose: the whole model.json schema in one place (model.schema.json is generated from it).
 import { z } from 'zod';
+import { closest } from '../did-you-mean.ts';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { MAX_CLASS_ID } from './labels.ts';
 
@@ -241,16 +242,6 @@ export function postprocessingOf<T extends Task>(config: ModelConfig, task: T): 
 // ---- errors that name the field ----
 
 /** Edit distance, for did-you-mean suggestions. */
-function distance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
-  for (let j = 1; j <= b.length; j++) d[0][j] = j;
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++)
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-  }
-  return d[a.length][b.length];
-}
-
 /** The keys a JSON-Schema object at `path` may have (across the branches of unions). */
 function keysAt(schema: unknown, path: readonly PropertyKey[]): string[] {
   const found = new Set<string>();
@@ -277,13 +268,8 @@ let jsonSchema: Record<string, unknown> | null = null;
 function suggestion(key: string, path: readonly PropertyKey[]): string {
   jsonSchema ??= modelJsonSchema();
   const candidates = keysAt(jsonSchema, path);
-  let best: string | null = null;
-  let bestDistance = Infinity;
-  for (const c of candidates) {
-    const d = c.toLowerCase() === key.toLowerCase() ? 0 : distance(key.toLowerCase(), c.toLowerCase());
-    if (d < bestDistance) [best, bestDistance] = [c, d];
-  }
-  if (best && bestDistance <= Math.max(2, Math.floor(key.length / 4))) return `; did you mean ${JSON.stringify(best)}?`;
+  const best = closest(key, candidates);
+  if (best) return `; did you mean ${JSON.stringify(best)}?`;
   return candidates.length ? `; expected one of ${candidates.join(', ')}` : '';
 }
 
