@@ -187,6 +187,7 @@ describe('gateway (command-line client)', () => {
     const anonymous = await gateway(['unload', 'mobilenet', ...url]);
     expect(anonymous.code).toBe(1);
     expect(anonymous.stderr).toContain('UNAUTHENTICATED');
+    expect(anonymous.stderr).toMatch(/--token <token> or GATEWAY_TOKEN/); // what to do about it
     const unloaded = await gateway(['unload', 'mobilenet', ...url], { GATEWAY_TOKEN: ADMIN });
     expect(unloaded.code, unloaded.stderr).toBe(0);
     expect(unloaded.stdout).toBe('mobilenet: v1 UNLOADED\n');
@@ -212,6 +213,9 @@ describe('gateway (command-line client)', () => {
     const down = await gateway(['models', '--url', closed.url]);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:\d+\/graphql: ECONNREFUSED/);
+    // an address without its scheme is read as http://, as curl reads it (it was ERR_INVALID_URL)
+    const bare = await gateway(['models', '--json', '--url', gw.url.replace(/^http:\/\//, '')]);
+    expect(bare.code, bare.stderr).toBe(0);
   });
 
   it('npx gateway runs the package bin in the project', async () => {

@@ -56,7 +56,13 @@ interface Common {
 /** --url, --token and --json, on every command. */
 function common(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--url <url>', 'the gateway').env('GATEWAY_URL').default(DEFAULT_URL))
+    .addOption(
+      new Option('--url <url>', 'the gateway')
+        .env('GATEWAY_URL')
+        .default(DEFAULT_URL)
+        // an address without its scheme (127.0.0.1:4000) is read as http://, as curl reads it
+        .argParser((u: string) => (/^[a-z][a-z0-9+.-]*:\/\//i.test(u) ? u : `http://${u}`)),
+    )
     .addOption(new Option('--token <token>', 'sent as Authorization: Bearer <token>').env('GATEWAY_TOKEN'))
     .option('--json', 'print JSON instead of text');
 }
@@ -135,7 +141,9 @@ export function program(io: Io = defaultIo, setExitCode: (code: number) => void 
   const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token });
   const fail = (e: unknown) => {
     const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message);
-    io.err(`error: ${err.code}: ${err.message}\n`);
+    // what to do about a missing or refused token
+    const hint = err.code === 'UNAUTHENTICATED' || err.code === 'FORBIDDEN' ? ' (give a token with --token <token> or GATEWAY_TOKEN)' : '';
+    io.err(`error: ${err.code}: ${err.message}${hint}\n`);
     setExitCode(1);
   };
 
