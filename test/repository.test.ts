@@ -1,6 +1,8 @@
 import { copyFile, readFile, rm, mkdir, symlink, writeFile, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
+import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
@@ -420,6 +422,25 @@ describe('model repository over GraphQL', () => {
     const html = await page.text();
     expect(html).toMatch(/GraphQL inference gateway/);
     expect(html).not.toMatch(/unpkg\.com|cdn\.jsdelivr/); // self-contained: works on a closed network
+    // ~9 MB of HTML: sent gzipped to a browser that takes it (as every browser does), as it is to one that does not
+    const raw = (encoding?: string) =>
+      new Promise<{ encoding: string | undefined; vary: string | undefined; bytes: Buffer }>((resolve, reject) =>
+        http
+          .get(`${gw.url}/graphql`, { headers: { accept: 'text/html', ...(encoding ? { 'accept-encoding': encoding } : {}) } }, (r) => {
+            const chunks: Buffer[] = [];
+            r.on('data', (c) => chunks.push(c));
+            r.on('end', () => resolve({ encoding: r.headers['content-encoding'], vary: r.headers.vary, bytes: Buffer.concat(chunks) }));
+          })
+          .on('error', reject),
+      );
+    const zipped = await raw('gzip, deflate, br');
+    expect(zipped.encoding).toBe('gzip');
+    expect(zipped.vary).toMatch(/accept-encoding/i);
+    expect(zipped.bytes.length).toBeLessThan(html.length / 3);
+    expect(gunzipSync(zipped.bytes).toString()).toBe(html);
+    const plain = await raw();
+    expect(plain.encoding).toBeUndefined();
+    expect(plain.bytes.toString()).toBe(html);
     const health = await fetch(`${gw.url}/health`);
     expect(await health.json()).toEqual({ status: 'ok' });
   });

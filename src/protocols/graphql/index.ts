@@ -18,6 +18,7 @@ import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useMultipartShape } from './plugins/multipart-shape.ts';
+import { useGraphiQLPage } from './plugins/graphiql-page.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
@@ -126,12 +127,8 @@ export function createGraphqlProtocol({
     graphqlEndpoint: '/graphql',
     landingPage: false,
     healthCheckEndpoint: '/yoga/health', // /health is the server's own (JSON)
-    graphiql: graphiql ? { title: 'GraphQL inference gateway', defaultQuery: DEFAULT_QUERY, subscriptionsProtocol: 'WS' } : false,
-    // GraphiQL served from the package itself: yoga's default page loads its scripts from a CDN, which a gateway on a
-    // closed network cannot reach
-    // loaded on the first GraphiQL page: its bundle is ~30 MB of strings on the heap, which a server that never
-    // shows it (API clients only, GRAPHIQL=false) should not carry
-    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
+    // GraphiQL: served by useGraphiQLPage (from the package itself, rendered once, gzipped)
+    graphiql: false,
     // no cross-origin access unless CORS_ORIGINS names origins (yoga's default would answer any origin)
     cors:
       corsOrigins.length > 0
@@ -191,6 +188,9 @@ export function createGraphqlProtocol({
     maskedErrors: { maskError: maskError(logger) },
     plugins: [
       useCSRFPrevention({ requestHeaders: [CSRF_HEADER] }),
+      ...(graphiql
+        ? [useGraphiQLPage('/graphql', { title: 'GraphQL inference gateway', defaultQuery: DEFAULT_QUERY, subscriptionsProtocol: 'WS' })]
+        : []),
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
       useRequestErrorCodes(new Set(Object.keys(schema.getMutationType()?.getFields() ?? {}))),

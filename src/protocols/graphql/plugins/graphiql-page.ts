@@ -1,0 +1,40 @@
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
+import type { GraphiQLOptions, Plugin } from 'graphql-yoga';
+
+const gzipAsync = promisify(gzip);
+
+/**
+ * GraphiQL, for a GET of the GraphQL endpoint that accepts HTML (yoga's own rule), served here rather than by yoga:
+ * from the package itself (yoga's default page loads its scripts from a CDN, which a gateway on a closed network
+ * cannot reach); rendered once, on the first request for it (its bundle is ~30 MB of strings on the heap, which a
+ * server that never shows it should not carry); ~9 MB of HTML, sent gzipped (~2 MB) to a browser that takes it (every
+ * browser does), compressed once, off the main thread.
+ */
+export function useGraphiQLPage(endpoint: string, options: GraphiQLOptions): Plugin {
+  let page: Promise<{ html: string; gzipped: Uint8Array<ArrayBuffer> }> | null = null;
+  const render = async () => {
+    const html = (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options);
+    return { html, gzipped: new Uint8Array(await gzipAsync(html)) }; // the one copy: a body of its own buffer
+  };
+  return {
+    onRequest({ request, url, endResponse, fetchAPI }) {
+      // a POST returns at the first check
+      if (request.method !== 'GET' || !request.headers.get('accept')?.includes('text/html')) return;
+      if (url.pathname !== endpoint && url.pathname !== `${endpoint}/`) return;
+      page ??= render().catch((e: unknown) => {
+        page = null; // tried again on the next request
+        throw e;
+      });
+      const gzipped = /\bgzip\b/.test(request.headers.get('accept-encoding') ?? '');
+      return page.then((p) =>
+        endResponse(
+          new fetchAPI.Response(gzipped ? p.gzipped : p.html, {
+            status: 200,
+            headers: { 'content-type': 'text/html', vary: 'accept-encoding', ...(gzipped ? { 'content-encoding': 'gzip' } : {}) },
+          }),
+        ),
+      );
+    },
+  };
+}
