@@ -11,7 +11,23 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 export type Logger = PinoLogger;
 
 /** What is known about the request being handled, for logs (set by the HTTP server for each request). */
-export const requestContext = new AsyncLocalStorage<{ requestId: string }>();
+export const requestContext = new AsyncLocalStorage<RequestContext>();
+
+/** What a request's log lines carry: its id, and the codes of the errors its answer holds (noted as it is made). */
+export interface RequestContext {
+  requestId: string;
+  errorCodes?: string[];
+}
+
+/** Note the codes of errors an answer holds, for its request's log line (an answer with errors may be HTTP 200). */
+export function noteErrorCodes(codes: Iterable<unknown>): void {
+  const store = requestContext.getStore();
+  if (!store) return;
+  for (const c of codes) {
+    const code = typeof c === 'string' ? c : 'INTERNAL_SERVER_ERROR';
+    if (!(store.errorCodes ??= []).includes(code)) store.errorCodes.push(code);
+  }
+}
 
 export function createLogger(
   level: LogLevel = 'info',

@@ -148,6 +148,8 @@ async function main(): Promise<void> {
   logger.info(
     {
       url: `${url}/graphql`,
+      // the browser page (GraphiQL at url, for a browser)
+      page: `${url}/`,
       kserve: `${url}/v2`,
       grpcPort,
       engine: engine.name,

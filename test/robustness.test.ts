@@ -740,6 +740,19 @@ describe('access', () => {
       body: '{"query":"{ models { name } }"}',
     });
     expect(other.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    // an answer with errors says their codes in its log line (a GraphQL error is HTTP 200: the status alone hid it)
+    await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'trace-43', ...bearer('client-a') },
+      body: JSON.stringify({ query: 'mutation { classify(model: "nope", image: { base64: "AAAA" }) { predictions { label } } }' }),
+    });
+    const failed = gw.logs.map((l) => JSON.parse(l)).find((l) => l.requestId === 'trace-43');
+    expect(failed).toMatchObject({ msg: 'request', status: 200, errors: ['MODEL_NOT_FOUND'] });
+    expect(line.errors).toBeUndefined();
+    // probes are not logged: a readiness probe every few seconds would fill the log
+    const before = gw.logs.length;
+    for (const p of ['/ready', '/health']) await fetch(`${gw.url}${p}`);
+    expect(gw.logs.slice(before).filter((l) => /"msg":"request"/.test(l))).toEqual([]);
   });
 });
 

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { ErrorCode, type GatewayError } from '../errors.ts';
-import { requestContext, type Logger } from '../log.ts';
+import { requestContext, type Logger, type RequestContext } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
@@ -57,7 +57,7 @@ export function createHttpServer({
   maxConnectionsPerClient = 256,
   headersTimeoutMs = 15_000,
   requestTimeoutMs = 120_000,
-  quietPaths = ['/health', '/metrics'],
+  quietPaths = ['/health', '/ready', '/metrics'],
   bytesInFlight,
   clients = new ClientAddresses(),
 }: HttpOptions): Server {
@@ -78,14 +78,24 @@ export function createHttpServer({
       const pathname = (req.url ?? '/').split('?')[0];
       const t0 = performance.now();
       res.setHeader('x-request-id', requestId);
-      requestContext.run({ requestId }, () => {
+      const context: RequestContext = { requestId };
+      requestContext.run(context, () => {
         if (!quietPaths.includes(pathname)) {
-          res.once('finish', () =>
+          res.once('finish', () => {
+            // the server's own refusals and KServe's errors say their code in a header
+            const refused = res.getHeader('x-error-code');
+            if (typeof refused === 'string' && !context.errorCodes?.includes(refused)) (context.errorCodes ??= []).push(refused);
             logger.info(
-              { method: req.method, path: pathname, status: res.statusCode, ms: Math.round((performance.now() - t0) * 10) / 10 },
+              {
+                method: req.method,
+                path: pathname,
+                status: res.statusCode,
+                ms: Math.round((performance.now() - t0) * 10) / 10,
+                ...(context.errorCodes ? { errors: context.errorCodes } : {}),
+              },
               'request',
-            ),
-          );
+            );
+          });
         }
         const route = routes.find((r) => r.match(pathname));
         const refuse = (status: number, code: string, message: string, headers: Record<string, string> = {}) => {

@@ -1,7 +1,7 @@
 import { GraphQLError, type ExecutionResult } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { ErrorCode, GatewayError, isGatewayError } from '../../errors.ts';
-import type { Logger } from '../../log.ts';
+import { noteErrorCodes, type Logger } from '../../log.ts';
 
 /**
  * The one place where the gateway's errors become GraphQL errors. A GatewayError keeps its code in
@@ -56,6 +56,8 @@ export function useRequestErrorCodes(mutations: ReadonlySet<string> = new Set())
     onResultProcess({ result, setResult }) {
       if (!result || Array.isArray(result) || Symbol.asyncIterator in (result as object)) return;
       const r = result as ExecutionResult;
+      // for the request's log line: an answer with errors may be HTTP 200
+      if (r.errors?.length) noteErrorCodes(r.errors.map((e) => e.extensions?.code));
       if (!r.errors?.length || r.data !== undefined) return;
       let changed = false;
       const errors = r.errors.map((e) => {
