@@ -266,6 +266,17 @@ describe('model repository over GraphQL', () => {
     await rm(path.join(gw.root, 'badconfig'), { recursive: true });
   });
 
+  it('a model without model.json is served as raw tensors, and its load says so (and how to classify with it)', async () => {
+    await addModel(gw.root, 'bare', { onnx: modelFile('mobilenet') });
+    const r = await gw.gql(`mutation { loadModel(name: "bare") { task versions { state notes } } }`);
+    expect(r.errors).toBeUndefined();
+    expect(r.data.loadModel.task).toBe('raw');
+    const [v] = r.data.loadModel.versions;
+    expect(v.state).toBe('AVAILABLE');
+    expect(v.notes.warnings).toEqual([expect.stringMatching(/no model\.json: served as task "raw".*"task": "classification"/)]);
+    await rm(path.join(gw.root, 'bare'), { recursive: true });
+  });
+
   it('a model file under another name, or not in a version folder, is an error that says where it goes', async () => {
     // a newcomer's first model: the file under its own name, or straight in the model folder
     await addModel(gw.root, 'misnamed', { config: { task: 'classification' } });

@@ -34,7 +34,13 @@ function syntheticImage(): Promise<Buffer> {
 
 export async function checkModel(files: ModelFiles, session: Session, options: { fusePreprocessing?: boolean } = {}): Promise<string[]> {
   const config = files.config;
-  if (config.task === 'raw') return [];
+  // a model put in the repository without its model.json (a first upload of model.onnx alone): said at load
+  if (config.task === 'raw')
+    return files.defaults
+      ? [
+          'no model.json: served as task "raw" (infer takes and gives tensors); for classify, detect or segment add a model.json with its "task" (for example {"task": "classification"}) and the preprocessing it was trained with',
+        ]
+      : [];
   const plan = await prepareImageInput(files, session, { fuse: options.fusePreprocessing });
   const image = await probeImage(await syntheticImage(), 1_000_000);
   const { tensor, transform, input } = await preprocess(image, plan, 1_000_000);

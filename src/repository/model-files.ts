@@ -8,4 +8,6 @@ export interface ModelFiles {
   mean: { shape: number[]; data: Float32Array } | null;
   /** What serving depends on (everything but description and metadata): equal signatures serve alike. */
   signature: string;
+  /** The folder has no model.json: the configuration is the defaults (task raw). */
+  defaults?: boolean;
 }

@@ -81,7 +81,7 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
     const labels = await readLabels(name, dir, config);
     const meanFile = config.preprocessing.meanFile;
     const mean = meanFile ? await readMean(name, dir, meanFile) : null;
-    return { config, labels, mean, signature: signatureOf(config, labels, mean) };
+    return { config, labels, mean, signature: signatureOf(config, labels, mean), ...(text === null ? { defaults: true } : {}) };
   } catch (e) {
     throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${withoutPaths(errorMessage(e))}`);
   }
