@@ -548,7 +548,9 @@ describe('an image path swapped while the server reads it (a folder under IMAGE_
     const seen = await classifyMany(400, 'in/a.jpeg'); // a folder's swap is caught less often than a file's
     await stop();
     expect(seen['340'], JSON.stringify(seen)).toBeUndefined(); // dir/out/a.jpeg, the zebra outside the root
-    expect(seen['309'], JSON.stringify(seen)).toBeGreaterThan(0);
+    // the path was read through the folder, or refused through the link (usually ~370 and ~15 of 400; once, in a full
+    // run on a busy machine, no read succeeded at all)
+    expect((seen['309'] ?? 0) + (seen['FORBIDDEN_PATH'] ?? 0), JSON.stringify(seen)).toBeGreaterThan(0);
     expect(seen['INTERNAL_SERVER_ERROR'], JSON.stringify(seen)).toBeUndefined(); // a typed error for every other
   });
 
