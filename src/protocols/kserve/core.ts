@@ -99,7 +99,9 @@ export function checkInputNames(target: InferTarget, names: readonly unknown[]):
   for (const name of names) {
     if (typeof name !== 'string' || target.inputs.some((i) => i.name === name)) continue;
     const known = target.inputs.map((i) => i.name).join(', ');
-    throw invalid(`model ${target.model} has no input ${JSON.stringify(name)} (inputs: ${known})`);
+    // the client's name quoted back a line long at most (a JSON string may be megabytes)
+    const quoted = JSON.stringify(name.length > 80 ? `${name.slice(0, 60)}...` : name);
+    throw invalid(`model ${target.model} has no input ${quoted} (inputs: ${known})`);
   }
 }
 

@@ -44,6 +44,8 @@ export function useMultipartShape(): Plugin {
  * read again is left to yoga's answers.
  */
 async function checkMap(req: Request, refuse: (what: string) => Error): Promise<void> {
+  // what the client wrote, quoted back no longer than a line (a map is a field of up to MAX_UPLOAD_BYTES)
+  const quote = (s: string) => JSON.stringify(s.length > 80 ? `${s.slice(0, 60)}...` : s);
   const form = await Promise.resolve()
     .then(() => req.formData())
     .catch(() => null);
@@ -64,21 +66,19 @@ async function checkMap(req: Request, refuse: (what: string) => Error): Promise<
   for (const [part, paths] of Object.entries(map)) {
     if (!Array.isArray(paths) || !paths.every((p) => typeof p === 'string')) {
       const example = typeof paths === 'string' ? paths : 'variables.file';
-      throw refuse(`"map" entry ${JSON.stringify(part)} is not a list of paths: write [${JSON.stringify(example)}]`);
+      throw refuse(`"map" entry ${quote(part)} is not a list of paths: write [${quote(example)}]`);
     }
     for (const p of paths as string[]) {
       if (!p.startsWith('variables.'))
-        throw refuse(`"map" path ${JSON.stringify(p)} does not point into the variables: write "variables.${p}"`);
+        throw refuse(`"map" path ${quote(p)} does not point into the variables: write ${quote(`variables.${p}`)}`);
     }
     if (!form.has(part)) {
-      throw refuse(`"map" names the part ${JSON.stringify(part)}, which the request does not have (its parts: ${parts.join(', ')})`);
+      throw refuse(`"map" names the part ${quote(part)}, which the request does not have (its parts: ${parts.map(quote).join(', ')})`);
     }
     bound.add(part);
   }
   const loose = files.find((p) => !bound.has(p));
   if (loose !== undefined && bound.size === 0) {
-    throw refuse(
-      `the part ${JSON.stringify(loose)} is not bound to a variable by "map": for example {${JSON.stringify(loose)}: ["variables.f"]}`,
-    );
+    throw refuse(`the part ${quote(loose)} is not bound to a variable by "map": for example {${quote(loose)}: ["variables.f"]}`);
   }
 }
