@@ -321,6 +321,9 @@ describe('KServe v2 over gRPC', () => {
         }),
       ),
     ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT', 'model mobilenet has no input "inputt" (inputs: input)']);
+    // the call's log line says the gateway's code, as an HTTP request's does
+    const lines = gw.logs.map((l) => JSON.parse(l)).filter((l) => l.msg === 'grpc' && l.rpc === 'ModelInfer');
+    expect(lines.at(-1)).toMatchObject({ code: 'INVALID_ARGUMENT', errors: ['INVALID_INPUT'] });
   });
 
   it('property: random ModelInfer requests get a typed status or an answer, never INTERNAL', async () => {

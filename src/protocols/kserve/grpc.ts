@@ -407,8 +407,13 @@ export function createGrpcServer({
       const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
       const t0 = performance.now();
       requestContext.run({ requestId }, () => {
-        const done = (code: grpc.status) => {
-          if (!PROBES.has(rpc)) logger.info({ rpc, code: grpc.status[code], ms: Math.round((performance.now() - t0) * 10) / 10 }, 'grpc');
+        // one line per call, as an HTTP request has, with the gateway's code of its error (as the error-code trailer)
+        const done = (code: grpc.status, error?: string) => {
+          if (!PROBES.has(rpc))
+            logger.info(
+              { rpc, code: grpc.status[code], ms: Math.round((performance.now() - t0) * 10) / 10, ...(error ? { errors: [error] } : {}) },
+              'grpc',
+            );
         };
         Promise.resolve()
           .then(() => fn(call.request as never, whoOf(call.metadata, call.getPeer(), clients), call))
@@ -420,7 +425,7 @@ export function createGrpcServer({
             (e: unknown) => {
               const m = mapError(e);
               if (!m.expected) logger.error({ err: e, rpc }, 'unexpected error (kserve grpc)');
-              done(m.grpc);
+              done(m.grpc, m.code);
               const trailer = new grpc.Metadata();
               trailer.set('error-code', m.code);
               callback({ code: m.grpc, details: m.message, metadata: trailer });
