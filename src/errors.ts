@@ -71,3 +71,27 @@ export function withoutPaths(message: string): string {
     .replace(/\b(?:file )?(?:length|size|offset)\s*[:=]?\s*\d+/gi, '')
     .slice(0, 300);
 }
+
+/** A client's text quoted back in a message a line long at most (a JSON string or a name may be megabytes). */
+export function quoted(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 60)}... (${text.length} characters)` : text);
+}
+
+/**
+ * A message that repeats a client's values in double quotes (graphql-js's words) with each longer than a line cut
+ * short, every sentence kept (past 100 characters: what quoted() leaves is not cut again). One pass over the
+ * message: a quoted value ends at its first unescaped quote.
+ */
+export function cutQuotedValues(message: string, max = 100): string {
+  let out = '';
+  let at = 0;
+  for (let open = message.indexOf('"'); open !== -1; open = message.indexOf('"', at)) {
+    let close = open + 1;
+    while (close < message.length && message[close] !== '"') close += message[close] === '\\' ? 2 : 1;
+    if (close >= message.length) break; // no closing quote: left as it is
+    const inner = message.slice(open + 1, close);
+    out += message.slice(at, open + 1) + (inner.length > max ? `${inner.slice(0, 60)}... (${inner.length} characters)` : inner) + '"';
+    at = close + 1;
+  }
+  return out + message.slice(at);
+}

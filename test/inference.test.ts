@@ -389,6 +389,11 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(await message('mutation { classify(model: "mobilenett", image: { base64: "AAAA" }) { predictions { label } } }')).toMatch(
       /no model named "mobilenett"; did you mean "mobilenet"\?/,
     );
+    // a model name a megabyte long: no suggestion sought, and quoted back a line long
+    const long = await message('mutation($m: String!) { classify(model: $m, image: { base64: "AAAA" }) { predictions { label } } }', {
+      m: 'm'.repeat(1_000_000),
+    });
+    expect(long).toMatch(/^no model named "m{60}\.\.\. \(1000000 characters\)"$/);
     // an image sent as base64 text in a File variable: the answer names image: { base64 } and does not echo 50 KB
     const b64 = (await readFile(image('zebra.jpeg'))).toString('base64');
     const echoed = await message('mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }', {

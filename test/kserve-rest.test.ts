@@ -541,6 +541,12 @@ describe('KServe v2 over REST', () => {
       post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'INT32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6] }] }),
     );
     expect(i32.body.error).toBe('input "x" takes FP32, got INT32');
+    // a datatype no server has, a megabyte long: named, a line long
+    const unknown = await json(
+      post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'Q'.repeat(1_000_000), shape: [1], data: [1] }] }),
+    );
+    expect([unknown.status, unknown.code]).toEqual([400, 'INVALID_INPUT']);
+    expect(unknown.body.error).toMatch(/unknown datatype "Q{60}\.\.\. \(1000000 characters\)"/);
     // binary data of the wrong length: said in v2 names too
     const short = binaryBody({ inputs: [{ name: 'x', datatype: 'FP16', shape: [1, 2, 3], parameters: { binary_data_size: 10 } }] }, [
       new Uint8Array(10),

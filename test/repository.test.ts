@@ -452,6 +452,10 @@ describe('model repository over GraphQL', () => {
     const plain = await raw();
     expect(plain.encoding).toBeUndefined();
     expect(plain.bytes.toString()).toBe(html);
+    // gzip refused by weight (RFC 9110): the page as it is
+    expect((await raw('gzip;q=0, identity')).encoding).toBeUndefined();
+    expect((await raw('br, GZIP;q=0.5')).encoding).toBe('gzip');
+    expect((await raw('*, gzip;q=0')).encoding).toBeUndefined();
     const health = await fetch(`${gw.url}/health`);
     expect(await health.json()).toEqual({ status: 'ok' });
   });

@@ -399,7 +399,7 @@ describe('the server cannot be taken down', () => {
       ['{"file":["variables.f"]}', /"map" names the part "file", which the request does not have \(its parts: "operations", "map", "0"\)/],
       ['{}', /the part "0" is not bound to a variable by "map": for example \{"0": \["variables\.f"\]\}/],
       // what the client wrote is quoted back a line long at most
-      [`{"0":"${'x'.repeat(100_000)}"}`, /is not a list of paths: write \["x{60}\.\.\."\]: /],
+      [`{"0":"${'x'.repeat(100_000)}"}`, /is not a list of paths: write \["x{60}\.\.\. \(100000 characters\)"\]: /],
     ] as const) {
       const { status, body } = await send(ops, map);
       const label = map.slice(0, 40);
@@ -1664,5 +1664,40 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
       /TRUSTED_PROXIES: "haproxy.local" is not an IP address or a CIDR block/,
     );
     expect(loadConfig({ TRUSTED_PROXIES: '127.0.0.1, fd00::/8' }, []).trustedProxies).toEqual(['127.0.0.1', 'fd00::/8']);
+  });
+});
+
+describe('suggestions and quotes cost little and stay short, whatever the client sends', () => {
+  it('"did you mean" over a thousand model names: bounded work per lookup (30 ms each before), and the right suggestion', async () => {
+    const { closest } = await import('../src/did-you-mean.ts');
+    const names = Array.from({ length: 1000 }, (_, i) => `customer-model-number-${String(i).padStart(4, '0')}-production-v2`);
+    expect(closest('customer-model-number-0042-productoin-v2', names)).toBe('customer-model-number-0042-production-v2');
+    expect(closest('mobilenett', ['mobilenet', 'yolox', 'bodypix'])).toBe('mobilenet');
+    expect(closest('q'.repeat(200), names)).toBeNull();
+    const t0 = performance.now();
+    for (let i = 0; i < 20; i++) expect(closest(`${'q'.repeat(60)}${i}`, names)).toBeNull();
+    // 20 lookups of 1000 candidates each: 3.3 s of full tables before (165 ms a lookup)
+    expect(performance.now() - t0).toBeLessThan(400);
+  });
+
+  it('graphql-js messages that repeat a client value keep it a line long, every sentence kept', async () => {
+    const { withHint } = await import('../src/protocols/graphql/errors.ts');
+    const big = 'A'.repeat(1_000_000);
+    const cut = withHint(`Variable "$v" got invalid value "${big}"; Int cannot represent non-integer value: "${big}"`, new Set());
+    expect(cut.length).toBeLessThan(400);
+    expect(cut).toMatch(
+      /^Variable "\$v" got invalid value "A{60}\.\.\. \(1000000 characters\)"; Int cannot represent non-integer value: "A{60}/,
+    );
+    const file = withHint(
+      `Variable "$f" got invalid value "${'B'.repeat(300)}"; File: expected an uploaded file (a part of a GraphQL multipart request); an image sent as text goes in image: { base64: "..." } instead`,
+      new Set(),
+    );
+    expect(file).toMatch(
+      /"B{60}\.\.\. \(300 characters\)"; File: expected an uploaded file .*; an image sent as text goes in image: \{ base64: "\.\.\." \} instead$/,
+    );
+    // an escaped quote inside a value does not end it
+    expect(withHint(`Field "${'x\\"'.repeat(100)}" is not defined`, new Set())).toMatch(
+      /^Field "(x\\"){20}.*\.\.\. \(300 characters\)" is not defined$/,
+    );
   });
 });

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import os from 'node:os';
 import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ErrorCode, GatewayError, errorMessage } from '../errors.ts';
+import { ErrorCode, GatewayError, errorMessage, quoted } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics, VersionMetrics } from '../metrics.ts';
 import type { Engine, LoadOptions, Session } from '../engine/types.ts';
@@ -158,7 +158,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       const meant = closest(name, this.byName.keys());
       throw new GatewayError(
         ErrorCode.MODEL_NOT_FOUND,
-        `no model named ${JSON.stringify(name)}${meant ? `; did you mean ${JSON.stringify(meant)}?` : ''}`,
+        `no model named ${quoted(name)}${meant ? `; did you mean ${JSON.stringify(meant)}?` : ''}`,
       );
     }
     return model;
@@ -392,7 +392,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           () => false,
         ))
       ) {
-        throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${JSON.stringify(name)} in the repository`);
+        throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `no model named ${quoted(name)} in the repository`);
       }
       if (!isInside(await realpath(dir), await realpath(this.root))) {
         throw new GatewayError(ErrorCode.FORBIDDEN_PATH, `the model folder ${name} is a link out of the model repository`);

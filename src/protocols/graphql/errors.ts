@@ -1,6 +1,6 @@
 import { GraphQLError, type ExecutionResult } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { ErrorCode, GatewayError, isGatewayError } from '../../errors.ts';
+import { ErrorCode, GatewayError, cutQuotedValues, isGatewayError } from '../../errors.ts';
 import { noteErrorCodes, type Logger } from '../../log.ts';
 
 /**
@@ -92,8 +92,8 @@ const csrfRefusal = (message: string) =>
 
 /**
  * graphql-js's words for a newcomer's slips, with what to write instead: the upload scalar under the name most
- * clients know (Upload), an inference field asked in a query, a File variable left null; and a value echoed back in
- * full (an image sent as base64 text in a File variable came back as 50 KB of message) cut short.
+ * clients know (Upload), an inference field asked in a query, a File variable left null; and values echoed back in
+ * full (an image sent as base64 text in a File variable came back as 50 KB of message) cut short (cutQuotedValues).
  */
 export function withHint(message: string, mutations: ReadonlySet<string>): string {
   if (/^Unknown type "Upload"/.test(message)) return `${message} (this schema's upload scalar is File: write $f: File!)`;
@@ -102,9 +102,7 @@ export function withHint(message: string, mutations: ReadonlySet<string>): strin
   const variable = /^Variable "\$(\w+)" of non-null type "\[?File!?\]?!?" must not be null/.exec(message)?.[1];
   if (variable)
     return `${message} (a file is sent as a part of a multipart request, bound to "variables.${variable}" by its "map": see the README's curl examples)`;
-  const echoed = /^(Variable "\$\w+" got invalid value )(.*?)(; [^;]*)$/s.exec(message);
-  if (echoed && echoed[2]!.length > 200) return `${echoed[1]}${echoed[2]!.slice(0, 60)}... (${echoed[2]!.length} characters)${echoed[3]}`;
-  return message;
+  return message.length > 200 ? cutQuotedValues(message) : message;
 }
 
 /** yoga's maskError: typed errors through, multipart limits typed, the unexpected logged and masked. */

@@ -1,7 +1,7 @@
 import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tensor, type TensorData } from '../../engine/types.ts';
 import { decodeBase64 } from '../../base64.ts';
 import { invalid } from './errors.ts';
-import { ErrorCode, GatewayError } from '../../errors.ts';
+import { ErrorCode, GatewayError, quoted } from '../../errors.ts';
 import { imageFormat } from '../../vision/preprocess.ts';
 
 /**
@@ -29,7 +29,7 @@ export function engineDtype(datatype: string, name: string): DType {
   const d = FROM_V2.get(datatype);
   if (d) return d;
   if (UNSUPPORTED.includes(datatype)) throw invalid(`input ${name}: datatype ${datatype} is not supported by this gateway's engines`);
-  throw invalid(`input ${name}: unknown datatype ${JSON.stringify(datatype)} (use ${[...FROM_V2.keys(), 'BYTES'].join(', ')})`);
+  throw invalid(`input ${name}: unknown datatype ${quoted(datatype)} (use ${[...FROM_V2.keys(), 'BYTES'].join(', ')})`);
 }
 
 /** A shape as clients send it (JSON numbers, or gRPC int64 as strings): non-negative safe integers. */

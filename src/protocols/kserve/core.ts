@@ -1,6 +1,6 @@
 // Over 250 lines on purpose: the protocol-neutral part of KServe v2 that REST and gRPC share.
 import { readFileSync } from 'node:fs';
-import { ErrorCode, GatewayError } from '../../errors.ts';
+import { ErrorCode, GatewayError, quoted } from '../../errors.ts';
 import { bytesPerElement, elementCount, type Tensor, type TensorInfo } from '../../engine/types.ts';
 import { accessFor, type Caller, type Tokens } from '../../inference/access.ts';
 
@@ -99,9 +99,7 @@ export function checkInputNames(target: InferTarget, names: readonly unknown[]):
   for (const name of names) {
     if (typeof name !== 'string' || target.inputs.some((i) => i.name === name)) continue;
     const known = target.inputs.map((i) => i.name).join(', ');
-    // the client's name quoted back a line long at most (a JSON string may be megabytes)
-    const quoted = JSON.stringify(name.length > 80 ? `${name.slice(0, 60)}...` : name);
-    throw invalid(`model ${target.model} has no input ${quoted} (inputs: ${known})`);
+    throw invalid(`model ${target.model} has no input ${quoted(name)} (inputs: ${known})`);
   }
 }
 

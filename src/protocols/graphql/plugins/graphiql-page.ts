@@ -12,9 +12,11 @@ const gzipAsync = promisify(gzip);
  * browser does), compressed once, off the main thread.
  */
 export function useGraphiQLPage(endpoint: string, options: GraphiQLOptions): Plugin {
-  let page: Promise<{ html: string; gzipped: Uint8Array<ArrayBuffer> }> | null = null;
+  let page: Promise<{ html: Uint8Array<ArrayBuffer>; gzipped: Uint8Array<ArrayBuffer> }> | null = null;
   const render = async () => {
-    const html = (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options);
+    const text = (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options);
+    // both encoded once: a body is not a 9 MB string encoded again for each request
+    const html = new TextEncoder().encode(text) as Uint8Array<ArrayBuffer>;
     return { html, gzipped: new Uint8Array(await gzipAsync(html)) }; // the one copy: a body of its own buffer
   };
   return {
@@ -26,7 +28,7 @@ export function useGraphiQLPage(endpoint: string, options: GraphiQLOptions): Plu
         page = null; // tried again on the next request
         throw e;
       });
-      const gzipped = /\bgzip\b/.test(request.headers.get('accept-encoding') ?? '');
+      const gzipped = acceptsGzip(request.headers.get('accept-encoding'));
       return page.then((p) =>
         endResponse(
           new fetchAPI.Response(gzipped ? p.gzipped : p.html, {
@@ -37,4 +39,19 @@ export function useGraphiQLPage(endpoint: string, options: GraphiQLOptions): Plu
       );
     },
   };
+}
+
+/** Accept-Encoding takes gzip: named (or x-gzip), else by "*", with a weight above 0 (RFC 9110 12.5.3). */
+export function acceptsGzip(header: string | null): boolean {
+  if (!header) return false;
+  let named: boolean | null = null;
+  let any = false;
+  for (const entry of header.split(',')) {
+    const [name, ...params] = entry.split(';').map((p) => p.trim().toLowerCase());
+    const q = params.find((p) => p.startsWith('q='));
+    const weighted = q === undefined || Number(q.slice(2)) > 0;
+    if (name === 'gzip' || name === 'x-gzip') named = weighted;
+    else if (name === '*') any = weighted;
+  }
+  return named ?? any;
 }

@@ -1,5 +1,5 @@
 import type { Plugin } from 'graphql-yoga';
-import { ErrorCode, GatewayError } from '../../../errors.ts';
+import { ErrorCode, GatewayError, quoted } from '../../../errors.ts';
 import { isGraphQLError, toGraphQLError } from '../errors.ts';
 
 const SPEC =
@@ -45,7 +45,7 @@ export function useMultipartShape(): Plugin {
  */
 async function checkMap(req: Request, refuse: (what: string) => Error): Promise<void> {
   // what the client wrote, quoted back no longer than a line (a map is a field of up to MAX_UPLOAD_BYTES)
-  const quote = (s: string) => JSON.stringify(s.length > 80 ? `${s.slice(0, 60)}...` : s);
+  const quote = quoted;
   const form = await Promise.resolve()
     .then(() => req.formData())
     .catch(() => null);
