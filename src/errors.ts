@@ -72,9 +72,12 @@ export function withoutPaths(message: string): string {
     .slice(0, 300);
 }
 
-/** A client's text quoted back in a message a line long at most (a JSON string or a name may be megabytes). */
+/** A client's text past `max` characters as its first 60 and its length (a JSON string or a name may be megabytes). */
+const shortened = (text: string, max: number) => (text.length > max ? `${text.slice(0, 60)}... (${text.length} characters)` : text);
+
+/** A client's text quoted back in a message a line long at most. */
 export function quoted(text: string): string {
-  return JSON.stringify(text.length > 80 ? `${text.slice(0, 60)}... (${text.length} characters)` : text);
+  return JSON.stringify(shortened(text, 80));
 }
 
 /**
@@ -89,8 +92,7 @@ export function cutQuotedValues(message: string, max = 100): string {
     let close = open + 1;
     while (close < message.length && message[close] !== '"') close += message[close] === '\\' ? 2 : 1;
     if (close >= message.length) break; // no closing quote: left as it is
-    const inner = message.slice(open + 1, close);
-    out += message.slice(at, open + 1) + (inner.length > max ? `${inner.slice(0, 60)}... (${inner.length} characters)` : inner) + '"';
+    out += message.slice(at, open + 1) + shortened(message.slice(open + 1, close), max) + '"';
     at = close + 1;
   }
   return out + message.slice(at);

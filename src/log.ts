@@ -20,12 +20,11 @@ export interface RequestContext {
 }
 
 /** Note the codes of errors an answer holds, for its request's log line (an answer with errors may be HTTP 200). */
-export function noteErrorCodes(codes: Iterable<unknown>): void {
-  const store = requestContext.getStore();
-  if (!store) return;
+export function noteErrorCodes(codes: Iterable<unknown>, context = requestContext.getStore()): void {
+  if (!context) return;
   for (const c of codes) {
     const code = typeof c === 'string' ? c : 'INTERNAL_SERVER_ERROR';
-    if (!(store.errorCodes ??= []).includes(code)) store.errorCodes.push(code);
+    if (!(context.errorCodes ??= []).includes(code)) context.errorCodes.push(code);
   }
 }
 

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { ErrorCode, type GatewayError } from '../errors.ts';
-import { requestContext, type Logger, type RequestContext } from '../log.ts';
+import { noteErrorCodes, requestContext, type Logger, type RequestContext } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
 import { capConnections } from '../connections.ts';
@@ -84,7 +84,7 @@ export function createHttpServer({
           res.once('finish', () => {
             // the server's own refusals and KServe's errors say their code in a header
             const refused = res.getHeader('x-error-code');
-            if (typeof refused === 'string' && !context.errorCodes?.includes(refused)) (context.errorCodes ??= []).push(refused);
+            if (typeof refused === 'string') noteErrorCodes([refused], context);
             logger.info(
               {
                 method: req.method,

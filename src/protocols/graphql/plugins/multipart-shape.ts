@@ -44,8 +44,6 @@ export function useMultipartShape(): Plugin {
  * read again is left to yoga's answers.
  */
 async function checkMap(req: Request, refuse: (what: string) => Error): Promise<void> {
-  // what the client wrote, quoted back no longer than a line (a map is a field of up to MAX_UPLOAD_BYTES)
-  const quote = quoted;
   const form = await Promise.resolve()
     .then(() => req.formData())
     .catch(() => null);
@@ -66,19 +64,19 @@ async function checkMap(req: Request, refuse: (what: string) => Error): Promise<
   for (const [part, paths] of Object.entries(map)) {
     if (!Array.isArray(paths) || !paths.every((p) => typeof p === 'string')) {
       const example = typeof paths === 'string' ? paths : 'variables.file';
-      throw refuse(`"map" entry ${quote(part)} is not a list of paths: write [${quote(example)}]`);
+      throw refuse(`"map" entry ${quoted(part)} is not a list of paths: write [${quoted(example)}]`);
     }
     for (const p of paths as string[]) {
       if (!p.startsWith('variables.'))
-        throw refuse(`"map" path ${quote(p)} does not point into the variables: write ${quote(`variables.${p}`)}`);
+        throw refuse(`"map" path ${quoted(p)} does not point into the variables: write ${quoted(`variables.${p}`)}`);
     }
     if (!form.has(part)) {
-      throw refuse(`"map" names the part ${quote(part)}, which the request does not have (its parts: ${parts.map(quote).join(', ')})`);
+      throw refuse(`"map" names the part ${quoted(part)}, which the request does not have (its parts: ${parts.map(quoted).join(', ')})`);
     }
     bound.add(part);
   }
   const loose = files.find((p) => !bound.has(p));
   if (loose !== undefined && bound.size === 0) {
-    throw refuse(`the part ${quote(loose)} is not bound to a variable by "map": for example {${quote(loose)}: ["variables.f"]}`);
+    throw refuse(`the part ${quoted(loose)} is not bound to a variable by "map": for example {${quoted(loose)}: ["variables.f"]}`);
   }
 }
