@@ -528,6 +528,20 @@ describe('KServe v2 over REST', () => {
     expect(text.body.error).toMatch(/^the inference request is not valid JSON/);
     expect(text.body.error).toMatch(takes);
     expect(text.body.error).not.toMatch(/secret|graphql/);
+    // where, also for the mistakes for which Node 20's JSON.parse names no position (NaN, a trailing comma)
+    for (const [body, where] of [
+      ['{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[NaN]}]}', 'at position 65 (line 1, column 66)'],
+      [
+        '{\n  "inputs": [\n    {"name": "input", "shape": [1], "datatype": "FP32", "data": [1,]}\n  ]\n}',
+        'at position 83 (line 3, column 68)',
+      ],
+    ]) {
+      const r = await send(body, { 'content-type': 'application/json' });
+      expect([r.status, r.code], body).toEqual([400, 'INVALID_INPUT']);
+      expect(r.body.error, body).toMatch(
+        new RegExp(`^the inference request is not valid JSON ${where.replace(/[()]/g, '\\$&')}: Unexpected token`),
+      );
+    }
   });
 
   it('datatype errors use the v2 names the client used: input "input" takes FP32, got INT64', async () => {

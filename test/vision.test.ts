@@ -273,6 +273,9 @@ describe('labels', () => {
     ]);
     expect(parseLabelsFile('x.pbtxt', pbtxt).get(2)).toBe('bicycle');
     expect(() => parseLabelsJson('{"a": 1}')).toThrow(/id/);
+    expect(() => parseLabelsJson('[\n  "cat",\n  "dog",\n]', 'm/labels.json')).toThrow(
+      /m\/labels\.json: not valid JSON at line 4, column 1 \(Unexpected token '\]'\)$/,
+    );
     expect(() => parseLabelsPbtxt('item { name: "x" }')).toThrow(/no id/);
   });
 
@@ -349,6 +352,25 @@ describe('model.json validation names the field', () => {
     expect(() => parseModelConfigText('{\n  "task": "classification"\n  "labels": "labels.txt"\n}', 'm/model.json')).toThrow(
       /m\/model\.json: not valid JSON at line 3, column 3/,
     );
+    // the mistakes for which Node 20's JSON.parse names no position (an unexpected token): a trailing comma in a list,
+    // a bare word, NaN; said where all the same, with what was wrong and without the text around it
+    for (const [text, where, reason] of [
+      [
+        '{\n  "task": "classification",\n  "preprocessing": { "mean": [0.485, 0.456, 0.406,] }\n}',
+        'line 3, column 51',
+        "Unexpected token ']'",
+      ],
+      ['{\n  "task": classification\n}', 'line 2, column 11', "Unexpected token 'c'"],
+      ['{"preprocessing": {"std": NaN}}', 'line 1, column 27', "Unexpected token 'N'"],
+    ] as const) {
+      let message = '';
+      try {
+        parseModelConfigText(text, 'm/model.json');
+      } catch (e) {
+        message = (e as Error).message;
+      }
+      expect(message, text).toBe(`m/model.json: not valid JSON at line ${where.slice(5)} (${reason})`);
+    }
   });
 
   it('fills defaults', () => {

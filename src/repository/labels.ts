@@ -1,4 +1,5 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
+import { notValidJsonFile } from '../json-text.ts';
 
 /** Class id -> label. Sparse maps (pbtxt ids, JSON objects) keep their ids. */
 export type Labels = ReadonlyMap<number, string>;
@@ -139,7 +140,7 @@ export function parseLabelsJson(text: string, source = 'labels.json'): Labels {
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw invalid(source, `not valid JSON (${(e as Error).message})`);
+    throw invalid(source, notValidJsonFile(text, e));
   }
   if (Array.isArray(v)) {
     if (v.some((x) => typeof x !== 'string')) throw invalid(source, 'expected an array of strings');

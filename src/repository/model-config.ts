@@ -1,6 +1,7 @@
 // Over 250 lines on purpose: the whole model.json schema in one place (model.schema.json is generated from it).
 import { z } from 'zod';
 import { closest } from '../did-you-mean.ts';
+import { notValidJsonFile } from '../json-text.ts';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { MAX_CLASS_ID } from './labels.ts';
 
@@ -352,11 +353,7 @@ export function modelJsonOf(text: string, source = 'model.json'): unknown {
   try {
     return JSON.parse(text);
   } catch (e) {
-    // JSON.parse says where as a character position: a line and column is what an editor shows
-    const at = /at position (\d+)/.exec((e as Error).message);
-    const before = at ? text.slice(0, Number(at[1])).split('\n') : null;
-    const where = before ? ` at line ${before.length}, column ${before[before.length - 1].length + 1}` : '';
-    throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: not valid JSON${where} (${(e as Error).message})`);
+    throw new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: ${notValidJsonFile(text, e)}`);
   }
 }
 

@@ -30,6 +30,7 @@ import {
   type Who,
 } from './core.ts';
 import { invalid, mapError } from './errors.ts';
+import { notValidJsonText } from '../../json-text.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
 import { MessageFrames, messageElements } from './wire.ts';
 import { capConnections } from '../../connections.ts';
@@ -443,7 +444,7 @@ export function createGrpcServer({
         try {
           config = typeof v === 'string' ? JSON.parse(v) : v;
         } catch (e) {
-          throw invalid(`parameter config is not valid JSON: ${(e as Error).message}`);
+          throw invalid(`parameter config is ${notValidJsonText(v as string, e)}`);
         }
       } else if (k.startsWith('file:')) {
         if (!(v instanceof Uint8Array)) throw invalid(`parameter ${k} must be bytes_param`);

@@ -4,6 +4,7 @@ import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
+import { notValidJsonText } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
 import {
@@ -133,19 +134,13 @@ function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 /** Where JSON.parse stopped, without the text its message quotes: a message never repeats the body. */
-function jsonWhere(e: unknown): string {
-  const message = e instanceof Error ? e.message : '';
-  const at = /at position (\d+)/.exec(message);
-  if (at) return ` (at position ${at[1]})`;
-  return /end of JSON input/.test(message) ? ' (it ends too early)' : '';
-}
-
-function parseJson(text: Buffer | string, what: string, takes = ''): unknown {
-  if (text.length === 0) return {};
+function parseJson(bytes: Buffer | string, what: string, takes = ''): unknown {
+  if (bytes.length === 0) return {};
+  const text = bytes.toString();
   try {
-    return JSON.parse(text.toString());
+    return JSON.parse(text);
   } catch (e) {
-    throw invalid(`${what} is not valid JSON${jsonWhere(e)}${takes}`);
+    throw invalid(`${what} is ${notValidJsonText(text, e)}${takes}`);
   }
 }
 
@@ -243,7 +238,7 @@ export function parseInferRequest(
       maxJsonValues,
       'send large tensors as binary data (Inference-Header-Content-Length, "binary_data_size")',
     );
-  const doc = parseJson(json, binary ? 'the JSON header of the inference request' : 'the inference request', `: this endpoint ${TAKES}`);
+  const doc = parseJson(json, binary ? 'the JSON header of the inference request' : 'the inference request', `; this endpoint ${TAKES}`);
   if (!isObject(doc)) throw invalid('the inference request must be a JSON object');
   if (!Array.isArray(doc.inputs)) throw invalid('the inference request needs "inputs": [...]');
   // an unknown input name is said before anything else of the inputs
