@@ -262,6 +262,23 @@ describe('recovery and configuration owned by the version', () => {
     expect(await readFile(file, 'utf8')).toBe(after);
   });
 
+  it('model.json and labels.txt saved with a byte order mark (as Windows Notepad saves UTF-8) load, the first label without it, and updateModel edits such a file', async () => {
+    const dir = path.join(gw.root, 'broken');
+    const labels = await readFile(path.join(dir, 'labels.txt'), 'utf8');
+    await writeFile(path.join(dir, 'labels.txt'), `\ufeff${labels}`);
+    await writeFile(
+      path.join(dir, 'model.json'),
+      `\ufeff${JSON.stringify({ ...fixtureConfigs.mobilenet, labels: 'labels.txt' }, null, 2)}\n`,
+    );
+    const r = await gw.gql(`mutation { loadModel(name: "broken") { configurationError labels versions { state } } }`);
+    expect(r.data.loadModel.configurationError).toBeNull();
+    expect(r.data.loadModel.versions).toEqual([{ state: 'AVAILABLE' }]);
+    expect(r.data.loadModel.labels[0]).toBe(labels.split('\n')[0]);
+    const u = await gw.gql(`mutation { updateModel(name: "broken", description: "saved by Notepad") { description } }`);
+    expect(u.errors).toBeUndefined();
+    expect(JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8')).description).toBe('saved by Notepad');
+  });
+
   it('deleteModel unloads and removes a model and its files', async () => {
     const r = await gw.gql(`mutation { deleteModel(name: "broken") }`);
     expect(r.data.deleteModel).toBe(true);

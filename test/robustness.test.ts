@@ -75,6 +75,64 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
+  it('a body that is not JSON says where (also where Node 20 gives no position), and is not echoed back', async () => {
+    const post = async (body: string) => {
+      const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const text = await r.text();
+      return { status: r.status, size: text.length, error: JSON.parse(text).errors[0] };
+    };
+    for (const [body, where, reason] of [
+      // a trailing comma after the last member: Node 20 names the position itself
+      ['{"query": "{ models { name } }",}', 'at position 32 (line 1, column 33)', 'Expected double-quoted property name'],
+      // a trailing comma in a list, a bare word: Node 20 gives no position for an unexpected token
+      [
+        '{\n  "query": "{ models { name } }",\n  "variables": {"ids": [1, 2,]}\n}',
+        'at position 65 (line 3, column 30)',
+        "Unexpected token ']'",
+      ],
+      ['{"query": models}', 'at position 10 (line 1, column 11)', "Unexpected token 'm'"],
+    ]) {
+      const r = await post(body);
+      expect([r.status, r.error.extensions.code], body).toEqual([400, 'BAD_REQUEST']);
+      expect(r.error.message, body).toBe(`the request body is not valid JSON ${where}: ${reason}`);
+    }
+    // a megabyte of it: the answer was the megabyte again (the parse error's message, which quotes the whole text, in
+    // extensions.originalError)
+    const big = await post(`{"query": "{ models { name } }", "variables": {"x": "${'A'.repeat(1_000_000)}"},}`);
+    expect([big.status, big.error.extensions.code]).toEqual([400, 'BAD_REQUEST']);
+    expect(big.size).toBeLessThan(1000);
+    expect(big.error.message).toMatch(/^the request body is not valid JSON at position 1000056 \(line 1, column 1000057\)/);
+    await good();
+  });
+
+  it("a GET or a form whose variables or extensions are not JSON is the client's 400 naming the parameter, not a 500", async () => {
+    const headers = { 'x-graphql-yoga-csrf': '1', accept: 'application/json' };
+    const errorsBefore = gw.logs.filter((l) => l.includes('unexpected error')).length;
+    for (const [param, value] of [
+      ['variables', '{"a": 1,}'],
+      ['extensions', '{"persistedQuery": NaN}'],
+    ]) {
+      const search = new URLSearchParams({ query: '{ __typename }', [param]: value });
+      for (const r of [
+        await fetch(`${gw.url}/graphql?${search}`, { headers }),
+        await fetch(`${gw.url}/graphql`, {
+          method: 'POST',
+          headers: { ...headers, 'content-type': 'application/x-www-form-urlencoded' },
+          body: search.toString(),
+        }),
+      ]) {
+        const error = (await r.json()).errors[0];
+        expect([r.status, error.extensions.code], `${param} ${value}`).toEqual([400, 'BAD_REQUEST']);
+        expect(error.message).toMatch(
+          new RegExp(`^the "${param}" parameter is not valid JSON at position \\d+ \\(line 1, column \\d+\\): `),
+        );
+      }
+    }
+    // the client's mistake, not the server's: no "unexpected error" logged for it
+    expect(gw.logs.filter((l) => l.includes('unexpected error')).length).toBe(errorsBefore);
+    await good();
+  });
+
   it('unknown models and versions, a model that is not ready', async () => {
     expect(errorCode(await gw.gql(CLASSIFY.replace('"mobilenet"', '"nope"'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe(
       'MODEL_NOT_FOUND',

@@ -362,6 +362,7 @@ describe('model.json validation names the field', () => {
       ],
       ['{\n  "task": classification\n}', 'line 2, column 11', "Unexpected token 'c'"],
       ['{"preprocessing": {"std": NaN}}', 'line 1, column 27', "Unexpected token 'N'"],
+      ['{"task": "raw"}\n// a note\n', 'line 2, column 1', 'Unexpected non-whitespace character after JSON'],
     ] as const) {
       let message = '';
       try {

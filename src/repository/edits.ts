@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { withoutBom } from '../json-text.ts';
 import path from 'node:path';
 import { applyEdits, modify, type Edit } from 'jsonc-parser';
 import { ErrorCode, GatewayError } from '../errors.ts';
@@ -94,7 +95,7 @@ export async function editModelJson(
     : model.config.metadata;
   if (model.source !== 'repository' || model.file) return { description, metadata };
   const file = path.join(model.dir, 'model.json');
-  let text = await readFile(file, 'utf8').catch(() => '{}\n');
+  let text = withoutBom(await readFile(file, 'utf8').catch(() => '{}\n'));
   const parsed = JSON.parse(text) as Record<string, unknown>;
   if (changes.description !== undefined && changes.description !== null) {
     text = applyEdits(

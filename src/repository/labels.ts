@@ -1,5 +1,5 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
-import { notValidJsonFile } from '../json-text.ts';
+import { notValidJsonFile, withoutBom } from '../json-text.ts';
 
 /** Class id -> label. Sparse maps (pbtxt ids, JSON objects) keep their ids. */
 export type Labels = ReadonlyMap<number, string>;
@@ -151,7 +151,8 @@ export function parseLabelsJson(text: string, source = 'labels.json'): Labels {
 }
 
 /** Parse a labels file by its extension. */
-export function parseLabelsFile(fileName: string, text: string): Labels {
+export function parseLabelsFile(fileName: string, file: string): Labels {
+  const text = withoutBom(file);
   if (fileName.endsWith('.pbtxt')) return parseLabelsPbtxt(text, fileName);
   if (fileName.endsWith('.json')) return parseLabelsJson(text, fileName);
   return parseLabelsTxt(text);

@@ -1,7 +1,7 @@
 // Over 250 lines on purpose: the whole model.json schema in one place (model.schema.json is generated from it).
 import { z } from 'zod';
 import { closest } from '../did-you-mean.ts';
-import { notValidJsonFile } from '../json-text.ts';
+import { notValidJsonFile, withoutBom } from '../json-text.ts';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { MAX_CLASS_ID } from './labels.ts';
 
@@ -349,7 +349,8 @@ export function parseModelConfig(raw: unknown, source = 'model.json'): ModelConf
 }
 
 /** JSON text of a model.json; bad JSON is an INVALID_MODEL_CONFIG error that says where (line and column). */
-export function modelJsonOf(text: string, source = 'model.json'): unknown {
+export function modelJsonOf(file: string, source = 'model.json'): unknown {
+  const text = withoutBom(file);
   try {
     return JSON.parse(text);
   } catch (e) {

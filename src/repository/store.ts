@@ -192,11 +192,3 @@ export async function writeModelJson(dir: string, config: unknown, source: strin
   await mkdir(dir, { recursive: true });
   await atomicWrite(path.join(dir, 'model.json'), JSON.stringify(config, null, 2) + '\n');
 }
-
-/** model.json as raw JSON (an empty object when absent or unreadable), for edits that keep the rest of the file. */
-export async function readRawModelJson(dir: string): Promise<Record<string, unknown>> {
-  return readFile(path.join(dir, 'model.json'), 'utf8').then(
-    (t) => JSON.parse(t) as Record<string, unknown>,
-    () => ({}),
-  );
-}

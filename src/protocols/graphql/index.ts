@@ -17,6 +17,7 @@ import { CSRF_HEADER, maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
+import { useJsonErrors } from './plugins/json-errors.ts';
 import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useGraphiQLPage } from './plugins/graphiql-page.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
@@ -194,8 +195,10 @@ export function createGraphqlProtocol({
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
       useRequestErrorCodes(new Set(Object.keys(schema.getMutationType()?.getFields() ?? {}))),
-      // before the chunked-body limit, which hands on the request it reads through: the map check reads its form again
+      // before the chunked-body limit, which hands on the request it reads through: the map check reads its form again,
+      // and an error about JSON in a body reads its text again
       useMultipartShape(),
+      useJsonErrors(),
       useChunkedBodyLimit(maxUploadBytes),
     ],
   });
