@@ -58,6 +58,7 @@ export interface Config {
   shutdownTimeoutMs: number;
   graphiql: boolean;
   maxQueryBytes: number;
+  maxVariableValues: number;
   maxQueryTokens: number;
   maxQueryCost: number;
   maxResponseBytes: number;
@@ -413,6 +414,13 @@ export const SETTINGS = [
   s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),
   s('maxQueryBytes', 'MAX_QUERY_BYTES', int(64), 100_000, 'Largest GraphQL document (the query text; variables are not counted)'),
+  s(
+    'maxVariableValues',
+    'MAX_VARIABLE_VALUES',
+    int(16),
+    65_536,
+    "Most JSON values (list items, objects' members) one GraphQL request's body or WebSocket message holds: they are parsed and coerced one by one on the event loop (images and tensors are base64: one value)",
+  ),
   s('maxQueryTokens', 'MAX_QUERY_TOKENS', int(16), 5_000, 'Most tokens in one GraphQL document'),
   s('maxQueryCost', 'MAX_QUERY_COST', int(10), 5_000, 'Largest cost of one operation (graphql-armor cost limit, fragments expanded)'),
   s('maxResponseBytes', 'MAX_RESPONSE_BYTES', int(1024), 64 * 1024 * 1024, 'Most bytes of tensors and images one response may carry'),

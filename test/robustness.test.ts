@@ -133,6 +133,48 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
+  it('variables holding more values than MAX_VARIABLE_VALUES are refused before they are parsed or coerced, over HTTP (JSON, multipart) and WebSocket', async () => {
+    // graphql-js coerces a list value by value on the event loop: 1M items held it about a second, 25M (a 50 MB body)
+    // over 20 s
+    const query = 'mutation($x: [String!]) { infer(model: "nope", inputs: [], outputs: $x) { __typename } }';
+    const many = { x: Array.from({ length: 70_000 }, (_, i) => `o${i}`) };
+    const json = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ query, variables: many }),
+    });
+    const jsonError = (await json.json()).errors[0];
+    expect([json.status, jsonError.extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    expect(jsonError.message).toMatch(/more than 65536 values \(MAX_VARIABLE_VALUES\)/);
+    const { body, contentType } = encodeMultipart(
+      { query: query.replace('$x:', '$f: File, $x:'), variables: { f: null, ...many } },
+      {
+        f: { name: 'bee.jpeg', bytes: await readFile(image('bee.jpeg')) },
+      },
+    );
+    const multipart = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': contentType, 'x-graphql-yoga-csrf': '1' },
+      body,
+    });
+    const multipartError = (await multipart.json()).errors[0];
+    expect([multipart.status, multipartError.extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    const ws = createClient({ url: `${gw.url.replace('http', 'ws')}/graphql`, webSocketImpl: WebSocket, retryAttempts: 0 });
+    const over = await new Promise<unknown>((resolve) =>
+      ws.subscribe({ query, variables: many }, { next: resolve, error: resolve, complete: () => undefined }),
+    );
+    expect(JSON.stringify(over)).toMatch(/LIMIT_EXCEEDED.*MAX_VARIABLE_VALUES|MAX_VARIABLE_VALUES.*LIMIT_EXCEEDED/);
+    // under the limit, all three are served
+    const few = { x: ['a', 'b'] };
+    const under = await new Promise<unknown>((resolve) =>
+      ws.subscribe({ query, variables: few }, { next: resolve, error: resolve, complete: () => undefined }),
+    );
+    expect(JSON.stringify(under)).toMatch(/MODEL_NOT_FOUND/);
+    await ws.dispose();
+    expect(errorCode(await gw.gql(query, few))).toBe('MODEL_NOT_FOUND');
+    await good();
+  });
+
   it('unknown models and versions, a model that is not ready', async () => {
     expect(errorCode(await gw.gql(CLASSIFY.replace('"mobilenet"', '"nope"'), { f: null }, { files: { f: image('bee.jpeg') } }))).toBe(
       'MODEL_NOT_FOUND',
@@ -212,6 +254,35 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     process.off('warning', onWarning);
     expect(messages.filter((m) => m.type === 'error')).toEqual([]);
     expect(warnings).not.toContain('MaxListenersExceededWarning');
+  });
+
+  it('a WebSocket client that does not read its answers is not read either: what the server holds for it stays bounded, and nothing is lost', async () => {
+    // graphql-ws answers a ping with a pong carrying its payload: a client that sent 1 MB pings and read nothing had the
+    // server read on and keep every pong (250 MB of pings: 2.6 GB more RSS, /health at 0.4 s)
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    const pongs: number[] = [];
+    let acked = false;
+    ws.on('message', (d) => {
+      const m = JSON.parse(String(d));
+      if (m.type === 'connection_ack') acked = true;
+      if (m.type === 'pong') pongs.push(m.payload.n);
+    });
+    await new Promise((resolve) => ws.once('open', resolve));
+    ws.send(JSON.stringify({ type: 'connection_init' }));
+    await until(async () => acked, 5000, 'the connection acknowledged');
+    const raw = (ws as unknown as { _socket: net.Socket })._socket;
+    raw.pause(); // this client reads nothing more
+    const filler = 'x'.repeat(900_000);
+    for (let n = 0; n < 128; n++) ws.send(JSON.stringify({ type: 'ping', payload: { n, filler } }));
+    await new Promise((r) => setTimeout(r, 4000)); // the server, reading on, had read it all after 1.5-2 s
+    // the server stopped reading the client once it held about a message of answers for it: the rest of what the client
+    // sent waits on its side (less what the kernel's buffers hold, a few MB each way)
+    expect(ws.bufferedAmount).toBeGreaterThan(64 * 900_000);
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+    raw.resume();
+    await until(async () => pongs.length === 128, 30_000, 'every pong');
+    expect(pongs).toEqual([...Array(128).keys()]);
+    ws.close();
   });
 
   it('a broken model.json ends the load with an error that names the field', async () => {

@@ -64,6 +64,7 @@ export function createGateway({
     imageLimits: { imageRoots: config.imageRoots, maxImageBytes: config.maxUploadBytes },
     maxImagesPerRequest: config.maxImagesPerRequest,
     maxUploadBytes: config.maxUploadBytes,
+    maxVariableValues: config.maxVariableValues,
     maxFilesPerRequest: config.maxFilesPerRequest,
     budget: { maxRendered: config.maxRenderedImagesPerRequest, maxResponseBytes: config.maxResponseBytes },
     documentLimits: {

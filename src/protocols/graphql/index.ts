@@ -18,6 +18,7 @@ import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useJsonErrors } from './plugins/json-errors.ts';
+import { useVariableValueLimit } from './plugins/variable-values.ts';
 import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useGraphiQLPage } from './plugins/graphiql-page.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
@@ -34,6 +35,8 @@ export interface GraphqlOptions {
   /** What one request may spend (images, renderings, bytes in and out). */
   budget?: Omit<BudgetLimits, 'maxImages'>;
   maxUploadBytes?: number;
+  /** Most JSON values a request's body or WebSocket message holds (MAX_VARIABLE_VALUES). */
+  maxVariableValues?: number;
   maxFilesPerRequest?: number;
   documentLimits?: DocumentLimits;
   webSocketLimits?: WebSocketLimits;
@@ -92,6 +95,7 @@ export function createGraphqlProtocol({
   imageLimits,
   maxImagesPerRequest = 64,
   maxUploadBytes = 50 * 1024 * 1024,
+  maxVariableValues = 65_536,
   maxFilesPerRequest = 16,
   documentLimits = {},
   budget = {},
@@ -199,6 +203,7 @@ export function createGraphqlProtocol({
       // and an error about JSON in a body reads its text again
       useMultipartShape(),
       useJsonErrors(),
+      useVariableValueLimit(maxVariableValues),
       useChunkedBodyLimit(maxUploadBytes),
     ],
   });
@@ -215,6 +220,7 @@ export function createGraphqlProtocol({
       };
       ws = attachWebSocket(server, yoga, tokens, {
         clients,
+        maxVariableValues,
         ...webSocketLimits,
         allowUpgrade: (req) => allowUpgrade(req) && sameOriginOrAllowed(req),
       });

@@ -2,7 +2,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
-import { WebSocketServer, type RawData } from 'ws';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { ErrorCode, GatewayError } from '../../errors.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
@@ -11,6 +11,8 @@ import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/acce
 import type { Context } from './context.ts';
 import { isClosing } from '../../closing-connections.ts';
 import { toGraphQLError } from './errors.ts';
+import { jsonValueCount } from '../../json-text.ts';
+import { tooManyVariableValues } from './plugins/variable-values.ts';
 
 export interface WebSocketLimits {
   /** Is an upgrade answered at all (the HTTP server's host check)? */
@@ -18,6 +20,8 @@ export interface WebSocketLimits {
   maxConnectionsPerClient?: number;
   maxSubscriptionsPerConnection?: number;
   maxPayloadBytes?: number;
+  /** Most JSON values one message holds (MAX_VARIABLE_VALUES): an operation in a message past it is refused. */
+  maxVariableValues?: number;
   /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): an operation holds its message until it ends. */
   bytesInFlight?: BytesInFlight;
   /** Who each connection's client is (TRUSTED_PROXIES); default: its peer. */
@@ -28,6 +32,22 @@ const rawBytes = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
 type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown };
+
+/**
+ * Stop reading a connection until what the server has to send it is down to `resumeAt` bytes (checked every 20 ms
+ * while held: ws tells no drain). What the client sends meanwhile waits in the kernel's buffers, then on its side.
+ */
+function holdReading(socket: WebSocket, resumeAt: number): void {
+  if (socket.isPaused) return;
+  socket.pause();
+  const check = setInterval(() => {
+    if (socket.readyState !== WebSocket.OPEN) clearInterval(check);
+    else if (socket.bufferedAmount <= resumeAt) {
+      clearInterval(check);
+      socket.resume();
+    }
+  }, 20);
+}
 
 /**
  * graphql-ws (the graphql-transport-ws protocol) on the same port and path as HTTP, through yoga's envelop: the same
@@ -41,6 +61,7 @@ export function attachWebSocket(
     maxConnectionsPerClient = 16,
     maxSubscriptionsPerConnection = 32,
     maxPayloadBytes = 1024 * 1024,
+    maxVariableValues = 65_536,
     allowUpgrade = () => true,
     bytesInFlight,
     clients = new ClientAddresses(),
@@ -77,6 +98,8 @@ export function attachWebSocket(
   });
   /** The size of the message being handled on a connection (graphql-ws hands a subscribe to onSubscribe at once). */
   const messageBytes = new WeakMap<object, number>();
+  /** Connections whose message being handled holds more than maxVariableValues values (counted from its bytes). */
+  const overValues = new WeakSet<object>();
   /** Each connection's client, read once when it opens. */
   const clientOf = new WeakMap<object, string>();
   wss.on('connection', (socket, req) => {
@@ -84,6 +107,21 @@ export function attachWebSocket(
     clientOf.set(socket, addr);
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
     if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
+    // a client that does not read its answers is not read either, as over TCP: graphql-ws answers a ping with its
+    // payload, and a client that sent 1 MB pings and read nothing had the server read on and keep every pong (250 MB
+    // of pings: 2.6 GB of RSS). Past a message's worth of answers held for it, its next message is the last read until
+    // they are sent (its subscriptions' events still go out)
+    const holdIfBehind = () => {
+      if (socket.bufferedAmount > maxPayloadBytes) holdReading(socket, maxPayloadBytes / 2);
+    };
+    socket.prependListener('message', holdIfBehind);
+    // its values counted before graphql-ws parses it; an operation in it is refused before its variables are coerced
+    socket.prependListener('message', (data: RawData) => {
+      const bytes = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+      if (jsonValueCount(bytes, maxVariableValues) > maxVariableValues) overValues.add(socket);
+      else overValues.delete(socket);
+    });
+    socket.prependListener('ping', holdIfBehind);
     socket.on('close', () => {
       const n = (connections.get(addr) ?? 1) - 1;
       if (n <= 0) connections.delete(addr);
@@ -134,6 +172,7 @@ export function attachWebSocket(
             mine.clear();
           });
         }
+        if (overValues.has(ctx.extra.socket)) return [tooManyVariableValues(maxVariableValues)];
         if (ops.size >= maxSubscriptionsPerConnection) {
           return [
             toGraphQLError(

@@ -4,7 +4,7 @@ import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
-import { notValidJsonText } from '../../json-text.ts';
+import { jsonValueCount, notValidJsonText } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
 import {
@@ -195,19 +195,6 @@ function flatData(data: unknown, rank: number, name: string): unknown[] {
 }
 
 /**
- * How many values a JSON text holds at most, counted before it is parsed (up to `max` + 1): its commas, plus one, and
- * its opening brackets (each a list or an object JSON.parse builds). A base64 string holds none of them.
- */
-function jsonValues(json: Buffer, max: number): number {
-  const COMMA = 44;
-  const BRACKET = 91;
-  const BRACE = 123;
-  let n = 1;
-  for (const c of [COMMA, BRACKET, BRACE]) for (let at = json.indexOf(c); at !== -1 && n <= max; at = json.indexOf(c, at + 1)) n++;
-  return n;
-}
-
-/**
  * Decode an infer request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length). JSON is
  * parsed on the event loop, value by value: past `maxJsonValues` it is refused before parsing.
  */
@@ -231,7 +218,7 @@ export function parseInferRequest(
     json = body.subarray(0, n);
     binary = body.subarray(n);
   }
-  const values = jsonValues(json, maxJsonValues);
+  const values = jsonValueCount(json, maxJsonValues);
   if (values > maxJsonValues)
     throw tooManyValues(
       binary ? 'the JSON header' : 'the JSON of this request',
