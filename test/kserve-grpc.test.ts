@@ -569,10 +569,10 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
   });
   const user = { authorization: 'Bearer user-token' };
   const admin = { authorization: 'Bearer admin-token' };
-  /** ModelInfer with the message's bytes as they are (what a client library would never send): its status and error code. */
-  const modelInferBytes = (bytes: Buffer, metadata: Record<string, string>) =>
+  /** A call with the message's bytes as they are (what a client library would never send): its status and error code. */
+  const modelInferBytes = (bytes: Buffer, metadata: Record<string, string>, method = 'ModelInfer') =>
     new Promise<[string, string | undefined]>((resolve) => {
-      const infer = loadServiceDefinition().ModelInfer;
+      const infer = loadServiceDefinition()[method];
       const c = new grpc.Client(`127.0.0.1:${gw.grpcPort}`, grpc.credentials.createInsecure());
       const md = new grpc.Metadata();
       for (const [k, v] of Object.entries(metadata)) md.set(k, v);
@@ -609,6 +609,25 @@ describe('KServe v2 over gRPC with tokens and a small message limit', () => {
       { name: 'big', version: '1', state: 'READY', reason: '' },
       { name: 'twice', version: '1', state: 'READY', reason: '' },
     ]);
+  });
+
+  it('every method reads its message off the wire before decoding it: too many elements, or bytes that are not its message, are refused typed', async () => {
+    // a RepositoryModelLoad of 50k parameters, sent with an API token only: protobufjs decoded all of them (4M held the
+    // event loop 10-16 s) before the call was refused for want of the admin token
+    const entry = (i: number) => {
+      const key = Buffer.from(`k${i}`);
+      const inner = Buffer.concat([Buffer.from([0x0a, key.length]), key, Buffer.from([0x12, 0x03, 0x1a, 0x01, 0x76])]);
+      return Buffer.concat([Buffer.from([0x1a, inner.length]), inner]);
+    };
+    const load = Buffer.concat([Buffer.from([0x12, 0x03]), Buffer.from('big'), ...Array.from({ length: 50_000 }, (_, i) => entry(i))]);
+    expect(await modelInferBytes(load, user, 'RepositoryModelLoad')).toEqual(['RESOURCE_EXHAUSTED', 'LIMIT_EXCEEDED']);
+    // bytes that are no message, and a string cut short, were INTERNAL without a code (or, cut short, read anyway)
+    expect(await modelInferBytes(Buffer.from([0x7b, 0x7c]), user, 'ModelMetadata')).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    expect(await modelInferBytes(Buffer.from([0x0a, 0x10, 0x62]), user, 'ModelMetadata')).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    expect(await modelInferBytes(Buffer.from([0x7b, 0x7c]), admin, 'RepositoryIndex')).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+    // a well-formed message is served as before
+    expect((await client.ModelMetadata({ name: 'big' }, user)).name).toBe('big');
+    expect((await client.RepositoryIndex({}, admin)).models).toHaveLength(2);
   });
 
   it('a message past MAX_UPLOAD_BYTES is RESOURCE_EXHAUSTED; smaller ones are served', async () => {

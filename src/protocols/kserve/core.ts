@@ -211,6 +211,13 @@ export function createKserveCore({
       access(who).checkApi();
     },
 
+    /** The repository extension's rights (the admin token), checked before its request's body is read. */
+    checkAdmin(who: Who): void {
+      const a = access(who);
+      a.checkApi();
+      a.requireAdmin();
+    },
+
     serverMetadata(who: Who) {
       access(who).checkApi();
       return { name: PACKAGE.name, version: PACKAGE.version, extensions: EXTENSIONS };

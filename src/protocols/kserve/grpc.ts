@@ -32,7 +32,8 @@ import {
 import { invalid, mapError } from './errors.ts';
 import { notValidJsonText } from '../../json-text.ts';
 import { LOADER_OPTIONS, PROTO_PATH } from './proto/index.ts';
-import { MessageFrames, messageElements } from './wire.ts';
+import { MessageFrames, REQUESTS, messageElements } from './wire.ts';
+import { ErrorCode, GatewayError } from '../../errors.ts';
 import { capConnections } from '../../connections.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
@@ -368,6 +369,9 @@ function tokensFirst(core: KserveCore, logger: Logger, clients: ClientAddresses)
 /** Set on a request refused before it was decoded (too many elements, or not a message): the error to answer. */
 const REFUSED = Symbol('refused before decoding');
 
+/** Fields (map entries, names) a message other than ModelInfer's may hold: a load's config and files are a few. */
+const MAX_OTHER_ELEMENTS = 1024;
+
 export function createGrpcServer({
   core,
   logger,
@@ -417,7 +421,12 @@ export function createGrpcServer({
             );
         };
         Promise.resolve()
-          .then(() => fn(call.request as never, whoOf(call.metadata, call.getPeer(), clients), call))
+          .then(() => {
+            // a message refused as it was read (above)
+            const refused = (call.request as { [REFUSED]?: Error } | null)?.[REFUSED];
+            if (refused) throw refused;
+            return fn(call.request as never, whoOf(call.metadata, call.getPeer(), clients), call);
+          })
           .then(
             (response) => {
               done(grpc.status.OK);
@@ -455,40 +464,39 @@ export function createGrpcServer({
   };
 
   // every request carries its size once inflated (receiveBounded gives back what a compressed one did not need), and
-  // ModelInfer's elements are counted on the wire before they are decoded (wire.ts)
-  const definition = Object.fromEntries(
-    Object.entries(loadServiceDefinition()).map(([name, m]) => [
-      name,
-      { ...m, requestDeserialize: (buf: Buffer) => withWireBytes(m.requestDeserialize(buf), buf.length) },
-    ]),
+  // its elements are counted on the wire before it is decoded (wire.ts): protobufjs builds each on the event loop,
+  // before a handler can check who is calling (4M parameters of a RepositoryModelLoad held it 10-16 s). ModelInfer's
+  // typed contents may be many (MAX_JSON_VALUES); the other messages hold a few names and parameters.
+  const measured = Object.fromEntries(
+    Object.entries(loadServiceDefinition()).map(([name, m]) => {
+      const max = name === 'ModelInfer' ? maxJsonValues : MAX_OTHER_ELEMENTS;
+      const type = `a ${name}Request`;
+      const decode = (buf: Buffer): object => {
+        const elements = messageElements(buf, max, REQUESTS[name] ?? {});
+        if (elements === null) return { [REFUSED]: invalid(`the message is not ${type} this server reads (proto3, no groups)`) };
+        if (elements > max)
+          return {
+            [REFUSED]:
+              name === 'ModelInfer'
+                ? tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents')
+                : new GatewayError(ErrorCode.LIMIT_EXCEEDED, `${type} holds more than ${max} fields and parameters`),
+          };
+        try {
+          return m.requestDeserialize(buf) as object;
+        } catch {
+          return { [REFUSED]: invalid(`the message is not ${type} this server reads`) };
+        }
+      };
+      return [name, { ...m, requestDeserialize: (buf: Buffer) => withWireBytes(decode(buf), buf.length) }];
+    }),
   ) as grpc.ServiceDefinition;
-  const infer = definition.ModelInfer;
-  const decodeInfer = (buf: Buffer): object => {
-    const elements = messageElements(buf, maxJsonValues);
-    if (elements === null) return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads (proto3, no groups)') };
-    if (elements > maxJsonValues)
-      return { [REFUSED]: tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents') };
-    try {
-      return infer.requestDeserialize(buf) as object;
-    } catch {
-      return { [REFUSED]: invalid('the message is not a ModelInferRequest this server reads') };
-    }
-  };
-  const measured: grpc.ServiceDefinition = {
-    ...definition,
-    ModelInfer: {
-      ...infer,
-      requestDeserialize: (buf: Buffer) => withWireBytes(decodeInfer(buf), buf.length),
-    },
-  };
   server.addService(measured, {
     ServerLive: unary('ServerLive', () => ({ live: core.live() })),
     ServerReady: unary('ServerReady', () => ({ ready: core.ready() })),
     ModelReady: unary('ModelReady', (r: { name: string; version: string }, auth) => ({ ready: core.modelReady(auth, r.name, r.version) })),
     ServerMetadata: unary('ServerMetadata', (_r, auth) => core.serverMetadata(auth)),
     ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
-    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage & { [REFUSED]?: Error }, auth, call) => {
-      if (r[REFUSED]) throw r[REFUSED];
+    ModelInfer: unary('ModelInfer', async (r: InferRequestMessage, auth, call) => {
       // the model first: a missing one is NOT_FOUND whatever the message holds
       const target = core.inferTarget(auth, r.model_name, r.model_version);
       const { request, raw } = decodeInferRequest(r, target, maxItems);

@@ -454,7 +454,7 @@ export function createRestRoute({
     }
     if (path === '/v2/repository/index') {
       expect('POST');
-      core.checkApi(auth);
+      core.checkAdmin(auth); // before the body is read and parsed
       const doc = parseJson(await readBody(req, maxBodyBytes), 'the index request');
       const ready = isObject(doc) && doc.ready === true;
       return sendJson(res, 200, core.repositoryIndex(auth, ready));
@@ -462,7 +462,7 @@ export function createRestRoute({
     const r = REPOSITORY_PATH.exec(path);
     if (r) {
       expect('POST');
-      core.checkApi(auth);
+      core.checkAdmin(auth); // before the body is read and parsed
       const name = pathPart(r[1]);
       const doc = parseJson(await readBody(req, maxBodyBytes), `the ${r[2]} request`);
       if (r[2] === 'load') await core.load(auth, name, loadOptions(doc));

@@ -1,5 +1,5 @@
 /**
- * How many elements a ModelInferRequest holds, read off the wire before @grpc/proto-loader (protobufjs) decodes it:
+ * How many elements a request (by default a ModelInferRequest; REQUESTS has every method's) holds, read off the wire before @grpc/proto-loader (protobufjs) decodes it:
  * protobufjs builds a JavaScript value for each one on the event loop (a typed value, an input, a shape dimension, a
  * parameter, a name: 8 MB of fp32_contents took 0.2 s here, 1M empty inputs in 2 MB took 1.1 s), while raw contents
  * are one buffer each. One pass over the message and everything in it, nothing allocated, stopped once past `max`.
@@ -8,10 +8,10 @@
  * counts it: a known field with another wire type (protobufjs reads a message field's bytes whatever its wire type
  * says, so `inputs` sent as a number hid a million shape values), a group, a truncated value. Such a message is refused.
  */
-export function messageElements(buf: Uint8Array, max: number): number | null {
+export function messageElements(buf: Uint8Array, max: number, schema: Schema = REQUEST): number | null {
   const scan = new Scan(buf, max);
   try {
-    scan.message(0, buf.length, REQUEST);
+    scan.message(0, buf.length, schema);
     return scan.count;
   } catch (e) {
     if (e === PAST) return scan.count;
@@ -23,8 +23,8 @@ export function messageElements(buf: Uint8Array, max: number): number | null {
  * What a field holds, for the fields of open_inference_grpc.proto: a message (read into), bytes or a string, one
  * varint, one fixed 64-bit value, or repeated scalars (packed, or one by one).
  */
-type Kind = Schema | 'bytes' | 'varint' | 'fixed64' | 'varints' | 'fixed32s' | 'fixed64s';
-interface Schema {
+export type Kind = Schema | 'bytes' | 'varint' | 'fixed64' | 'varints' | 'fixed32s' | 'fixed64s';
+export interface Schema {
   [field: number]: Kind;
 }
 // InferParameter: bool, int64, string, double, uint64
@@ -35,6 +35,22 @@ const CONTENTS: Schema = { 1: 'varints', 2: 'varints', 3: 'varints', 4: 'varints
 const INPUT: Schema = { 1: 'bytes', 2: 'bytes', 3: 'varints', 4: PARAMETERS, 5: CONTENTS };
 const OUTPUT: Schema = { 1: 'bytes', 2: PARAMETERS };
 const REQUEST: Schema = { 1: 'bytes', 2: 'bytes', 3: 'bytes', 4: PARAMETERS, 5: INPUT, 6: OUTPUT, 7: 'bytes' };
+// ModelRepositoryParameter: bool, int64, string, bytes; in a map<string, ModelRepositoryParameter>
+const REPOSITORY_PARAMETERS: Schema = { 1: 'bytes', 2: { 1: 'varint', 2: 'varint', 3: 'bytes', 4: 'bytes' } };
+const NAME_VERSION: Schema = { 1: 'bytes', 2: 'bytes' };
+
+/** The request message of each method of GRPCInferenceService, as the scan reads it. */
+export const REQUESTS: Record<string, Schema> = {
+  ServerLive: {},
+  ServerReady: {},
+  ServerMetadata: {},
+  ModelReady: NAME_VERSION,
+  ModelMetadata: NAME_VERSION,
+  ModelInfer: REQUEST,
+  RepositoryIndex: { 1: 'bytes', 2: 'varint' },
+  RepositoryModelLoad: { 1: 'bytes', 2: 'bytes', 3: REPOSITORY_PARAMETERS },
+  RepositoryModelUnload: { 1: 'bytes', 2: 'bytes', 3: REPOSITORY_PARAMETERS },
+};
 
 /** The wire types a kind may come with (repeated scalars: one by one, or packed). */
 function wireFits(kind: Kind, wire: number): boolean {
