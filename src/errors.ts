@@ -44,12 +44,26 @@ const httpStatus: Record<ErrorCode, number> = {
   CANCELLED: 499,
 };
 
+/**
+ * Longest message an error carries to a client. Messages repeat what the client sent (a shape, a name, a value):
+ * past this, each quoted value is cut (cutQuotedValues), then the middle of what is left. gRPC carries the message in
+ * a trailer: 200k characters there and the client got no status at all, and its channel stopped answering.
+ */
+const MAX_MESSAGE = 1000;
+
+function capped(message: string): string {
+  if (message.length <= MAX_MESSAGE) return message;
+  const cut = cutQuotedValues(message);
+  if (cut.length <= MAX_MESSAGE) return cut;
+  return `${cut.slice(0, 600)} ... (${cut.length - 900} characters left out) ... ${cut.slice(-300)}`;
+}
+
 export class GatewayError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
   readonly details: Record<string, unknown> | undefined;
   constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
-    super(message, options);
+    super(capped(message), options);
     this.name = 'GatewayError';
     this.code = code;
     this.status = httpStatus[code];

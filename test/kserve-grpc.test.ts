@@ -282,6 +282,35 @@ describe('KServe v2 over gRPC', () => {
     expect(message).not.toContain(b64.slice(0, 12));
   });
 
+  it('an error that would repeat a long client value (an output name of 200k characters, a shape of 100k dimensions) arrives typed and a line long, and the channel keeps serving', async () => {
+    // the message went whole into the grpc-message trailer: the client got no status at all, only its own deadline, and
+    // the next call on the same channel timed out too
+    const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };
+    const long = 'o'.repeat(200_000);
+    let error: { code: number; details: string } | null = null;
+    await client
+      .ModelInfer(
+        { model_name: 'id-f32', inputs: [x], outputs: [{ name: long }], raw_input_contents: [Buffer.alloc(24)] },
+        {},
+        { signal: AbortSignal.timeout(10_000) },
+      )
+      .catch((e: { code: number; details: string }) => (error = e));
+    expect(status[error!.code]).toBe('INVALID_ARGUMENT');
+    expect(error!.details.length).toBeLessThan(1200);
+    error = null;
+    const dims = Array.from({ length: 100_000 }, () => 1);
+    await client
+      .ModelInfer(
+        { model_name: 'id-f32', inputs: [{ ...x, shape: dims }], raw_input_contents: [Buffer.alloc(4)] },
+        {},
+        { signal: AbortSignal.timeout(10_000) },
+      )
+      .catch((e: { code: number; details: string }) => (error = e));
+    expect(status[error!.code]).toBe('INVALID_ARGUMENT');
+    expect(error!.details.length).toBeLessThan(1200);
+    expect((await client.ModelReady({ name: 'id-f32' })).ready).toBe(true);
+  });
+
   it('datatype errors use the v2 names the client used: input "x" takes FP32, got INT64', async () => {
     expect(
       await failed(
