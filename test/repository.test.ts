@@ -260,6 +260,14 @@ describe('model repository over GraphQL', () => {
     const onDisk = JSON.parse(await readFile(path.join(gw.root, 'misfit-given', 'model.json'), 'utf8'));
     expect(onDisk).toEqual(fixture('mobilenet').config);
     expect((await gw.gql(`{ model(name: "misfit-given") { configurationError } }`)).data.model.configurationError).toBeNull();
+    // nor is one refused when the model's folder is read with it (a labels file that is not there): it stayed, and the
+    // next start found the model broken
+    const missing = await gw.gql(`mutation($c: JSON!) { loadModel(name: "misfit-given", config: $c) { name } }`, {
+      c: { ...(fixture('mobilenet').config as object), labels: 'nope.txt' },
+    });
+    expect(errorCode(missing)).toBe('INVALID_MODEL_CONFIG');
+    expect(JSON.parse(await readFile(path.join(gw.root, 'misfit-given', 'model.json'), 'utf8'))).toEqual(fixture('mobilenet').config);
+    expect((await gw.gql(`{ model(name: "misfit-given") { configurationError } }`)).data.model.configurationError).toBeNull();
     await rm(path.join(gw.root, 'misfit-given'), { recursive: true });
     await rm(path.join(gw.root, 'misfit'), { recursive: true });
     await rm(path.join(gw.root, 'corrupt'), { recursive: true });

@@ -404,20 +404,21 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     await m.exclusive(async () => {
       const given = opts.config !== undefined && opts.config !== null;
       const previous = given ? await readFile(path.join(m.dir, 'model.json'), 'utf8').catch(() => null) : null;
-      if (given) await writeModelJson(m.dir, opts.config, `${m.name} config`);
-      await this.reread(m);
-      if (given && m.configError) throw m.configError;
-      await this.enable(m);
-      // a configuration given here that parses but does not fit the model (found by the load's check) is refused as
-      // one that does not parse, naming the field: the previous model.json goes back (the versions that served keep
-      // serving with it; a restart finds it, not the refused one)
-      if (given && m.configError) {
-        const refused = m.configError;
+      // a configuration given here that is refused, when the folder is read with it (a labels file that is not there)
+      // or by the load's check (it parses but does not fit the model), is refused as one that does not parse, naming
+      // the field: the previous model.json goes back (the versions that served keep serving with it; a restart finds
+      // it, not the refused one)
+      const refuse = async (refused: Error) => {
         if (previous === null) await rm(path.join(m.dir, 'model.json'), { force: true });
         else await atomicWrite(path.join(m.dir, 'model.json'), previous);
         await this.reread(m);
         throw refused;
-      }
+      };
+      if (given) await writeModelJson(m.dir, opts.config, `${m.name} config`);
+      await this.reread(m);
+      if (given && m.configError) await refuse(m.configError);
+      await this.enable(m);
+      if (given && m.configError) await refuse(m.configError);
     });
     // asked to load a model that has nothing to load (the file under another name, or no version folder): say so
     if (m.versions.size === 0 && m.layoutProblem) throw new GatewayError(ErrorCode.MODEL_LOAD_FAILED, `model ${name}: ${m.layoutProblem}`);
