@@ -15,6 +15,7 @@ import {
   modelFile,
   startGateway,
   until,
+  watchStalls,
   type TestGateway,
 } from './helpers.ts';
 
@@ -260,6 +261,15 @@ describe('recovery and configuration owned by the version', () => {
     const refused = await gw.gql(`mutation($m: JSON) { updateModel(name: "broken", metadata: $m) { name } }`, { m: deep });
     expect(errorCode(refused)).toBe('INVALID_INPUT');
     expect(await readFile(file, 'utf8')).toBe(after);
+    // a patch of 5000 small keys (within the 64 KB bound): edited key by key, each edit reparsing the whole file, it held
+    // the event loop 27 s; past a few dozen the metadata is written whole
+    const many = Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`k${i}`, i]));
+    const stalls = watchStalls();
+    const big = await gw.gql(`mutation($m: JSON) { updateModel(name: "broken", metadata: $m) { name } }`, { m: many });
+    expect(stalls.stop()).toBeLessThan(1000);
+    expect(big.errors).toBeUndefined();
+    expect(JSON.parse(await readFile(file, 'utf8')).metadata).toEqual({ license: 'Apache-2.0', team: 'b', extra: { k: 1 }, ...many });
+    expect(await readFile(file, 'utf8')).toContain('  "labels": "labels.txt",\n');
   });
 
   it('model.json and labels.txt saved with a byte order mark (as Windows Notepad saves UTF-8) load, the first label without it, and updateModel edits such a file', async () => {

@@ -55,27 +55,30 @@ const FORMAT = { insertSpaces: true, tabSize: 2, eol: '\n' };
 /** A new top-level key goes after "task" (and "description"), where people look for it; the rest of the file stays. */
 const topLevelInsertion = (properties: string[]) => Math.max(0, properties.indexOf('task') + 1, properties.indexOf('description') + 1);
 
+/**
+ * Past this many values changed, the value at `at` is written whole (formatted anew) instead of edited value by value:
+ * each edit parses and rewrites the whole document (a patch of 5000 small keys, within MAX_METADATA_BYTES, took 27 s).
+ */
+const MAX_EDITS = 32;
+
 /** The text edits that apply a merge patch at `at` of a JSON document whose current value there is `current`. */
 function patchEdits(text: string, at: (string | number)[], current: unknown, patch: JsonMergePatch): Edit[] {
-  const edits: Edit[] = [];
-  const options = { formattingOptions: FORMAT, getInsertionIndex: topLevelInsertion };
-  let doc = text;
-  const apply = (p: (string | number)[], value: unknown) => {
-    const e = modify(doc, p, value, options);
-    doc = applyEdits(doc, e);
-    edits.push(...e);
-  };
+  const changes: [(string | number)[], unknown][] = [];
   const walk = (base: (string | number)[], cur: unknown, p: JsonMergePatch) => {
     for (const [k, v] of Object.entries(p)) {
+      if (changes.length > MAX_EDITS) return;
       const here = isObject(cur) ? cur[k] : undefined;
       if (v === null) {
-        if (here !== undefined) apply([...base, k], undefined);
+        if (here !== undefined) changes.push([[...base, k], undefined]);
       } else if (isObject(v) && isObject(here)) walk([...base, k], here, v);
-      else apply([...base, k], mergePatch(undefined, v));
+      else changes.push([[...base, k], mergePatch(undefined, v)]);
     }
   };
-  if (!isObject(current)) apply(at, mergePatch(undefined, patch));
-  else walk(at, current, patch);
+  if (isObject(current)) walk(at, current, patch);
+  if (!isObject(current) || changes.length > MAX_EDITS) changes.splice(0, changes.length, [at, mergePatch(current, patch)]);
+  const options = { formattingOptions: FORMAT, getInsertionIndex: topLevelInsertion };
+  let doc = text;
+  for (const [p, value] of changes) doc = applyEdits(doc, modify(doc, p, value, options));
   return [{ offset: 0, length: text.length, content: doc }];
 }
 
