@@ -164,6 +164,11 @@ describe('bad input gets a typed error and the server stays healthy', () => {
       ws.subscribe({ query, variables: many }, { next: resolve, error: resolve, complete: () => undefined }),
     );
     expect(JSON.stringify(over)).toMatch(/LIMIT_EXCEEDED.*MAX_VARIABLE_VALUES|MAX_VARIABLE_VALUES.*LIMIT_EXCEEDED/);
+    // and the document's own bound, MAX_QUERY_BYTES, as over HTTP (a 200 kB comment ran over WebSocket)
+    const longDocument = await new Promise<unknown>((resolve) =>
+      ws.subscribe({ query: `# ${'x'.repeat(200_000)}\n{ __typename }` }, { next: resolve, error: resolve, complete: () => undefined }),
+    );
+    expect(JSON.stringify(longDocument)).toMatch(/LIMIT_EXCEEDED.*MAX_QUERY_BYTES|MAX_QUERY_BYTES.*LIMIT_EXCEEDED/);
     // under the limit, all three are served
     const few = { x: ['a', 'b'] };
     const under = await new Promise<unknown>((resolve) =>
@@ -283,6 +288,38 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await until(async () => pongs.length === 128, 30_000, 'every pong');
     expect(pongs).toEqual([...Array(128).keys()]);
     ws.close();
+  });
+
+  it("a WebSocket client's mistakes and departures print nothing on stderr (graphql-ws wrote a plain-text stack for each)", async () => {
+    const printed: unknown[] = [];
+    const error = console.error;
+    console.error = (...a: unknown[]) => void printed.push(a[0]);
+    try {
+      const url = `${gw.url.replace('http', 'ws')}/graphql`;
+      const open = async () => {
+        const ws = new WebSocket(url, 'graphql-transport-ws');
+        await new Promise((resolve) => ws.once('open', resolve));
+        ws.on('error', () => undefined);
+        return ws;
+      };
+      // a frame past the message limit: closed 1009 by ws, then "Internal error emitted on a WebSocket socket"
+      const big = await open();
+      const closed = new Promise<number>((resolve) => big.once('close', resolve));
+      big.send('x'.repeat(2 * 1024 * 1024));
+      expect(await closed).toBe(1009);
+      // pings whose pongs are written after the client has gone: "Internal error occurred during message handling"
+      for (let i = 0; i < 5; i++) {
+        const ws = await open();
+        ws.send(JSON.stringify({ type: 'connection_init' }));
+        for (let n = 0; n < 20; n++) ws.send(JSON.stringify({ type: 'ping', payload: { filler: 'x'.repeat(200_000) } }));
+        ws.terminate();
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    } finally {
+      console.error = error;
+    }
+    expect(printed).toEqual([]);
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
   it('a broken model.json ends the load with an error that names the field', async () => {

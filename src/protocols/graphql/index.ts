@@ -220,7 +220,9 @@ export function createGraphqlProtocol({
       };
       ws = attachWebSocket(server, yoga, tokens, {
         clients,
+        logger,
         maxVariableValues,
+        maxQueryBytes: documentLimits.maxBytes,
         ...webSocketLimits,
         allowUpgrade: (req) => allowUpgrade(req) && sameOriginOrAllowed(req),
       });

@@ -4,15 +4,17 @@ import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
-import { ErrorCode, GatewayError } from '../../errors.ts';
+import { ErrorCode, GatewayError, errorMessage } from '../../errors.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
+import type { Logger } from '../../log.ts';
 import { isClosing } from '../../closing-connections.ts';
 import { toGraphQLError } from './errors.ts';
 import { jsonValueCount } from '../../json-text.ts';
 import { tooManyVariableValues } from './plugins/variable-values.ts';
+import { documentTooLarge } from './plugins/limits.ts';
 
 export interface WebSocketLimits {
   /** Is an upgrade answered at all (the HTTP server's host check)? */
@@ -22,16 +24,47 @@ export interface WebSocketLimits {
   maxPayloadBytes?: number;
   /** Most JSON values one message holds (MAX_VARIABLE_VALUES): an operation in a message past it is refused. */
   maxVariableValues?: number;
+  /** Largest document (MAX_QUERY_BYTES), as over HTTP. */
+  maxQueryBytes?: number;
   /** The process's budget of request bytes (MAX_BYTES_IN_FLIGHT): an operation holds its message until it ends. */
   bytesInFlight?: BytesInFlight;
   /** Who each connection's client is (TRUSTED_PROXIES); default: its peer. */
   clients?: ClientAddresses;
+  /** Where a connection's protocol errors go (debug: they are the client's). */
+  logger?: Logger;
 }
 
 const rawBytes = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
 type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown };
+
+/**
+ * A connection's failures are the client's, and said as such (a debug line) instead of graphql-ws's plain-text stack on
+ * stderr, one per failure: a frame past the message limit (ws closes the connection 1009 itself, then emits the error),
+ * and an answer written after the client has gone (graphql-ws's send rejects, and its message handler prints it).
+ * Registered before graphql-ws's own connection listener, which adds its listeners to the same socket.
+ */
+function quietFailures(socket: WebSocket, log: (err: unknown) => void): void {
+  const emit = socket.emit.bind(socket);
+  socket.emit = ((event: string | symbol, ...args: unknown[]) => {
+    if (event !== 'error') return emit(event, ...args);
+    log(args[0]);
+    return true;
+  }) as typeof socket.emit;
+  const send = socket.send.bind(socket);
+  socket.send = ((data: unknown, ...rest: unknown[]) => {
+    const done = rest.at(-1);
+    if (typeof done !== 'function') return send(data as never, ...(rest as []));
+    const options = rest.length > 1 ? rest[0] : {};
+    return send(data as never, options as never, (err?: Error) => {
+      if (err && socket.readyState !== WebSocket.OPEN) {
+        log(err);
+        done();
+      } else done(err);
+    });
+  }) as typeof socket.send;
+}
 
 /**
  * Stop reading a connection until what the server has to send it is down to `resumeAt` bytes (checked every 20 ms
@@ -62,9 +95,11 @@ export function attachWebSocket(
     maxSubscriptionsPerConnection = 32,
     maxPayloadBytes = 1024 * 1024,
     maxVariableValues = 65_536,
+    maxQueryBytes = 100_000,
     allowUpgrade = () => true,
     bytesInFlight,
     clients = new ClientAddresses(),
+    logger,
   }: WebSocketLimits = {},
 ): { close(): Promise<void> } {
   const clientAddress = (req: IncomingMessage) => clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
@@ -105,6 +140,7 @@ export function attachWebSocket(
   wss.on('connection', (socket, req) => {
     const addr = clientAddress(req) ?? 'unknown'; // verifyClient refused a connection that names no client
     clientOf.set(socket, addr);
+    quietFailures(socket, (err) => logger?.debug({ err: errorMessage(err), client: addr }, 'websocket connection error'));
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
     if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
     // a client that does not read its answers is not read either, as over TCP: graphql-ws answers a ping with its
@@ -195,6 +231,8 @@ export function attachWebSocket(
           request: { headers, signal: abort.signal },
           params: payload,
         });
+        const tooLarge = documentTooLarge(payload.query, maxQueryBytes);
+        if (tooLarge) return [tooLarge];
         let document;
         try {
           document = parse(payload.query);

@@ -7,6 +7,12 @@ import { maxDirectivesRule } from '@escape.tech/graphql-armor-max-directives';
 import { maxTokensPlugin } from '@escape.tech/graphql-armor-max-tokens';
 import { limitError } from '../errors.ts';
 
+/** A document past MAX_QUERY_BYTES, checked before it is parsed (over HTTP here, over WebSocket in websocket.ts). */
+export function documentTooLarge(query: unknown, maxBytes: number): GraphQLError | null {
+  const size = typeof query === 'string' ? Buffer.byteLength(query) : 0;
+  return size > maxBytes ? limitError(`the GraphQL document is ${size} bytes; the limit is ${maxBytes} (MAX_QUERY_BYTES)`) : null;
+}
+
 export interface DocumentLimits {
   /** Largest document text (variables are not counted: base64 images may be large). */
   maxBytes?: number;
@@ -48,8 +54,8 @@ export function useDocumentLimits({
   return {
     // before the document is parsed (or looked up in the parse cache)
     onParams({ params }) {
-      const size = typeof params.query === 'string' ? Buffer.byteLength(params.query) : 0;
-      if (size > maxBytes) throw limitError(`the GraphQL document is ${size} bytes; the limit is ${maxBytes} (MAX_QUERY_BYTES)`);
+      const tooLarge = documentTooLarge(params.query, maxBytes);
+      if (tooLarge) throw tooLarge;
     },
     onParse: tokens.onParse as Plugin['onParse'],
     onValidate({ addValidationRule }) {
