@@ -47,6 +47,7 @@ export interface Config {
   maxAliases: number;
   maxWsConnectionsPerClient: number;
   maxSubscriptionsPerConnection: number;
+  wsKeepAliveMs: number;
   adminToken: string | null;
   apiTokens: string[];
   corsOrigins: string[];
@@ -369,6 +370,13 @@ export const SETTINGS = [
   s('maxAliases', 'MAX_ALIASES', int(1), 64, 'Aliased fields in one operation'),
   s('maxWsConnectionsPerClient', 'MAX_WS_CONNECTIONS_PER_CLIENT', int(1), 16, 'Open WebSocket connections per client address'),
   s('maxSubscriptionsPerConnection', 'MAX_SUBSCRIPTIONS_PER_CONNECTION', int(1), 32, 'Subscriptions per WebSocket connection'),
+  s(
+    'wsKeepAliveMs',
+    'WS_KEEPALIVE_MS',
+    int(100),
+    12_000,
+    'A WebSocket client is pinged this often and closed if it has not answered by the next ping, or, while the server has stopped reading it for its unread answers, if it read none of them since the last',
+  ),
   s(
     'adminToken',
     'ADMIN_TOKEN',

@@ -77,6 +77,7 @@ export function createGateway({
     webSocketLimits: {
       maxConnectionsPerClient: config.maxWsConnectionsPerClient,
       maxSubscriptionsPerConnection: config.maxSubscriptionsPerConnection,
+      keepAliveMs: config.wsKeepAliveMs,
       bytesInFlight,
     },
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,

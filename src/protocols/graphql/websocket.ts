@@ -32,6 +32,11 @@ export interface WebSocketLimits {
   clients?: ClientAddresses;
   /** Where a connection's protocol errors go (debug: they are the client's). */
   logger?: Logger;
+  /**
+   * A connection whose client answers no ping within this, or, while its reading is held (holdReading), reads none of
+   * what it is sent, is closed (WS_KEEPALIVE_MS; graphql-ws's own keep-alive, 12 s, is replaced).
+   */
+  keepAliveMs?: number;
 }
 
 const rawBytes = (data: RawData): number =>
@@ -64,6 +69,32 @@ function quietFailures(socket: WebSocket, log: (err: unknown) => void): void {
       } else done(err);
     });
   }) as typeof socket.send;
+}
+
+/**
+ * Is the client there? Every `ms`, a ping whose pong must come before the next (graphql-ws's rule); but while the
+ * connection's reading is held (holdReading) its pong cannot be read: then it is there while it reads what it is sent
+ * (what the server holds for it goes down from one check to the next). A client that reads nothing is closed after one
+ * to two periods, with what the server held for it.
+ */
+function keepAlive(socket: WebSocket, ms: number): void {
+  let answered = true;
+  let held = Infinity;
+  socket.on('pong', () => (answered = true));
+  const check = setInterval(() => {
+    if (socket.readyState !== WebSocket.OPEN) return;
+    if (socket.isPaused) {
+      const left = socket.bufferedAmount;
+      if (left >= held) return void socket.terminate();
+      held = left;
+      return;
+    }
+    held = Infinity;
+    if (!answered) return void socket.terminate();
+    answered = false;
+    socket.ping();
+  }, ms);
+  socket.once('close', () => clearInterval(check));
 }
 
 /**
@@ -100,6 +131,7 @@ export function attachWebSocket(
     bytesInFlight,
     clients = new ClientAddresses(),
     logger,
+    keepAliveMs = 12_000,
   }: WebSocketLimits = {},
 ): { close(): Promise<void> } {
   const clientAddress = (req: IncomingMessage) => clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
@@ -158,6 +190,7 @@ export function attachWebSocket(
       else overValues.delete(socket);
     });
     socket.prependListener('ping', holdIfBehind);
+    keepAlive(socket, keepAliveMs);
     socket.on('close', () => {
       const n = (connections.get(addr) ?? 1) - 1;
       if (n <= 0) connections.delete(addr);
@@ -260,6 +293,7 @@ export function attachWebSocket(
       onError: (ctx, _id, payload) => end(ctx.extra.socket, payload),
     },
     wss,
+    0, // keepAlive below instead: graphql-ws's would close a client that reads, slowly, while its reading is held
   );
   return {
     async close() {
