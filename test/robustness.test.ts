@@ -133,7 +133,7 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
-  it('variables holding more values than MAX_VARIABLE_VALUES are refused before they are parsed or coerced, over HTTP (JSON, multipart) and WebSocket', async () => {
+  it('variables holding more values than MAX_VARIABLE_VALUES are refused before they are parsed or coerced, over HTTP (JSON, multipart, a form) and WebSocket', async () => {
     // graphql-js coerces a list value by value on the event loop: 1M items held it about a second, 25M (a 50 MB body)
     // over 20 s
     const query = 'mutation($x: [String!]) { infer(model: "nope", inputs: [], outputs: $x) { __typename } }';
@@ -159,6 +159,14 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     });
     const multipartError = (await multipart.json()).errors[0];
     expect([multipart.status, multipartError.extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    // a form (application/x-www-form-urlencoded, as a GET's query string but without its size bound)
+    const form = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-graphql-yoga-csrf': '1' },
+      body: new URLSearchParams({ query, variables: JSON.stringify(many) }).toString(),
+    });
+    const formError = (await form.json()).errors[0];
+    expect([form.status, formError.extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
     const ws = createClient({ url: `${gw.url.replace('http', 'ws')}/graphql`, webSocketImpl: WebSocket, retryAttempts: 0 });
     const over = await new Promise<unknown>((resolve) =>
       ws.subscribe({ query, variables: many }, { next: resolve, error: resolve, complete: () => undefined }),
