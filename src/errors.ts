@@ -52,11 +52,17 @@ const httpStatus: Record<ErrorCode, number> = {
 const MAX_MESSAGE = 1000;
 
 function capped(message: string): string {
-  if (message.length <= MAX_MESSAGE) return message;
+  if (message.length <= MAX_MESSAGE) return wellFormed(message);
   const cut = cutQuotedValues(message);
-  if (cut.length <= MAX_MESSAGE) return cut;
-  return `${cut.slice(0, 600)} ... (${cut.length - 900} characters left out) ... ${cut.slice(-300)}`;
+  if (cut.length <= MAX_MESSAGE) return wellFormed(cut);
+  return wellFormed(`${cut.slice(0, 600)} ... (${cut.length - 900} characters left out) ... ${cut.slice(-300)}`);
 }
+
+/**
+ * Half of a character pair (an emoji) left alone, by a cut here or in JSON.parse's own words, as U+FFFD: grpc-js cannot
+ * encode a status message holding one (URIError), and the call was never answered.
+ */
+const wellFormed = (text: string): string => (text as string & { toWellFormed(): string }).toWellFormed();
 
 export class GatewayError extends Error {
   readonly code: ErrorCode;

@@ -309,6 +309,18 @@ describe('KServe v2 over gRPC', () => {
     expect(status[error!.code]).toBe('INVALID_ARGUMENT');
     expect(error!.details.length).toBeLessThan(1200);
     expect((await client.ModelReady({ name: 'id-f32' })).ready).toBe(true);
+    // half of a character pair in a message (JSON.parse's words for a config of one emoji name half of it): grpc-js
+    // could not encode the status (URIError) and the call was never answered
+    error = null;
+    await client
+      .RepositoryModelLoad(
+        { model_name: 'id-f32', parameters: { config: { string_param: '[😀]' } } },
+        {},
+        { signal: AbortSignal.timeout(10_000) },
+      )
+      .catch((e: { code: number; details: string }) => (error = e));
+    expect(status[error!.code]).toBe('INVALID_ARGUMENT');
+    expect(error!.details).toMatch(/^parameter config is not valid JSON at position 1/);
   });
 
   it('datatype errors use the v2 names the client used: input "x" takes FP32, got INT64', async () => {

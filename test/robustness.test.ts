@@ -167,6 +167,29 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     });
     const formError = (await form.json()).errors[0];
     expect([form.status, formError.extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    // a form's extensions, and a multipart request's map, are JSON yoga parses too
+    const formExtensions = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-graphql-yoga-csrf': '1' },
+      body: new URLSearchParams({ query: '{ __typename }', extensions: JSON.stringify(many) }).toString(),
+    });
+    expect([formExtensions.status, (await formExtensions.json()).errors[0].extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    const bigMap = Object.fromEntries(many.x.map((name) => [name, ['variables.f']]));
+    const mapped = new FormData();
+    mapped.set('operations', JSON.stringify({ query: 'query($f: File) { __typename }', variables: { f: null } }));
+    mapped.set('map', JSON.stringify(bigMap));
+    const mappedAnswer = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'x-graphql-yoga-csrf': '1' }, body: mapped });
+    expect([mappedAnswer.status, (await mappedAnswer.json()).errors[0].extensions.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+    // a multipart body cut short, or without its boundary, is still the client's 400 (reading the form to count its
+    // values made it a 500)
+    for (const type of ['multipart/form-data; boundary=XX', 'multipart/form-data']) {
+      const cut = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': type, 'x-graphql-yoga-csrf': '1' },
+        body: '--XX\r\nContent-Disposition: form-data; name="operations"\r\n\r\n{"query":"{__typename}"}\r\n--XX\r\nContent-Disposition: form-data; name="map"\r\n\r\n{}\r\n',
+      });
+      expect([cut.status, (await cut.json()).errors[0].extensions.code], type).toEqual([400, 'BAD_REQUEST']);
+    }
     const ws = createClient({ url: `${gw.url.replace('http', 'ws')}/graphql`, webSocketImpl: WebSocket, retryAttempts: 0 });
     const over = await new Promise<unknown>((resolve) =>
       ws.subscribe({ query, variables: many }, { next: resolve, error: resolve, complete: () => undefined }),

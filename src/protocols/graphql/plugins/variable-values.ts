@@ -15,7 +15,8 @@ export const tooManyVariableValues = (max: number) =>
 
 /**
  * The document is bounded before it is parsed (MAX_QUERY_BYTES, tokens, depth...); this bounds the rest of a request:
- * a JSON body, a multipart request's `operations` or a form's `variables`, holding more than `max` values is refused
+ * a JSON body, a multipart request's `operations` or `map`, or a form's `variables` or `extensions`, holding more than
+ * `max` values is refused
  * from its text, before JSON.parse builds it and graphql-js coerces its variables value by value (a list of 1M items
  * held the event loop about a second; a 50 MB body of 25M, over 20 s). Counted by jsonValueCount, an over-count
  * (commas in strings count).
@@ -29,11 +30,36 @@ export function useVariableValueLimit(max: number): Plugin {
       const multipart = type.startsWith('multipart/form-data');
       if (!requestParser || (!type.includes('json') && !form && !multipart)) return;
       setRequestParser(async (req) => {
-        // read once: the request keeps its body, and its form, for the parser (whatwg-node's)
-        let json: unknown = multipart ? (await req.formData()).get('operations') : await req.text();
-        if (form && typeof json === 'string') json = new URLSearchParams(json).get('variables');
-        if (typeof json === 'string' && jsonValueCount(json, max) > max) throw tooManyVariableValues(max);
-        return requestParser(req);
+        const check = (texts: unknown[]) => {
+          for (const text of texts) if (typeof text === 'string' && jsonValueCount(text, max) > max) throw tooManyVariableValues(max);
+        };
+        if (!multipart) {
+          // read once: the request keeps its body for the parser (whatwg-node's)
+          if (!form) check([await req.text()]);
+          else {
+            const params = new URLSearchParams(await req.text());
+            check([params.get('variables'), params.get('extensions')]);
+          }
+          return requestParser(req);
+        }
+        // a form is checked as yoga's parser reads it, between busboy and JSON.parse: read here first, a form that
+        // fails (cut short, no boundary) would be kept half-read by the request and served as if whole
+        let refused: unknown = null;
+        const read = req.formData.bind(req);
+        req.formData = ((...a: Parameters<typeof read>) =>
+          read(...a).then((parts) => {
+            try {
+              check([parts.get('operations'), parts.get('map')]);
+            } catch (e) {
+              throw (refused = e);
+            }
+            return parts;
+          })) as typeof req.formData;
+        try {
+          return await requestParser(req);
+        } catch (e) {
+          throw refused ?? e; // yoga's parser words any error of the form as invalid multipart data
+        }
       });
     },
   };
