@@ -15,8 +15,10 @@ import { isGraphQLError } from '../errors.ts';
  */
 export function useJsonErrors(): Plugin {
   return {
-    onRequestParse({ requestParser, setRequestParser }) {
-      if (!requestParser) return;
+    onRequestParse({ request, requestParser, setRequestParser }) {
+      // what parses JSON: a GET, a JSON body, a form (a multipart request's fields are useMultipartShape's)
+      const type = request.method === 'GET' ? 'get' : (request.headers.get('content-type')?.toLowerCase() ?? '');
+      if (!requestParser || !(type === 'get' || type.includes('json') || type.startsWith('application/x-www-form-urlencoded'))) return;
       setRequestParser(async (req) => {
         try {
           return await requestParser(req);
