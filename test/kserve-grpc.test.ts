@@ -287,40 +287,26 @@ describe('KServe v2 over gRPC', () => {
     // the next call on the same channel timed out too
     const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };
     const long = 'o'.repeat(200_000);
-    let error: { code: number; details: string } | null = null;
-    await client
-      .ModelInfer(
-        { model_name: 'id-f32', inputs: [x], outputs: [{ name: long }], raw_input_contents: [Buffer.alloc(24)] },
-        {},
-        { signal: AbortSignal.timeout(10_000) },
-      )
-      .catch((e: { code: number; details: string }) => (error = e));
-    expect(status[error!.code]).toBe('INVALID_ARGUMENT');
-    expect(error!.details.length).toBeLessThan(1200);
-    error = null;
+    const soon = { signal: AbortSignal.timeout(10_000) };
+    const named = await failed(
+      client.ModelInfer({ model_name: 'id-f32', inputs: [x], outputs: [{ name: long }], raw_input_contents: [Buffer.alloc(24)] }, {}, soon),
+    );
+    expect(named[0]).toBe('INVALID_ARGUMENT');
+    expect(named[2].length).toBeLessThan(1200);
     const dims = Array.from({ length: 100_000 }, () => 1);
-    await client
-      .ModelInfer(
-        { model_name: 'id-f32', inputs: [{ ...x, shape: dims }], raw_input_contents: [Buffer.alloc(4)] },
-        {},
-        { signal: AbortSignal.timeout(10_000) },
-      )
-      .catch((e: { code: number; details: string }) => (error = e));
-    expect(status[error!.code]).toBe('INVALID_ARGUMENT');
-    expect(error!.details.length).toBeLessThan(1200);
+    const shaped = await failed(
+      client.ModelInfer({ model_name: 'id-f32', inputs: [{ ...x, shape: dims }], raw_input_contents: [Buffer.alloc(4)] }, {}, soon),
+    );
+    expect(shaped[0]).toBe('INVALID_ARGUMENT');
+    expect(shaped[2].length).toBeLessThan(1200);
     expect((await client.ModelReady({ name: 'id-f32' })).ready).toBe(true);
     // half of a character pair in a message (JSON.parse's words for a config of one emoji name half of it): grpc-js
     // could not encode the status (URIError) and the call was never answered
-    error = null;
-    await client
-      .RepositoryModelLoad(
-        { model_name: 'id-f32', parameters: { config: { string_param: '[😀]' } } },
-        {},
-        { signal: AbortSignal.timeout(10_000) },
-      )
-      .catch((e: { code: number; details: string }) => (error = e));
-    expect(status[error!.code]).toBe('INVALID_ARGUMENT');
-    expect(error!.details).toMatch(/^parameter config is not valid JSON at position 1/);
+    const halved = await failed(
+      client.RepositoryModelLoad({ model_name: 'id-f32', parameters: { config: { string_param: '[😀]' } } }, {}, soon),
+    );
+    expect(halved[0]).toBe('INVALID_ARGUMENT');
+    expect(halved[2]).toMatch(/^parameter config is not valid JSON at position 1/);
   });
 
   it('datatype errors use the v2 names the client used: input "x" takes FP32, got INT64', async () => {

@@ -2,6 +2,7 @@ import { GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { notValidJsonText } from '../../../json-text.ts';
 import { isGraphQLError } from '../errors.ts';
+import { bodyKind } from './body-kind.ts';
 
 /**
  * JSON in a request that does not parse, said as the client's mistake and where:
@@ -17,8 +18,8 @@ export function useJsonErrors(): Plugin {
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
       // what parses JSON: a GET, a JSON body, a form (a multipart request's fields are useMultipartShape's)
-      const type = request.method === 'GET' ? 'get' : (request.headers.get('content-type')?.toLowerCase() ?? '');
-      if (!requestParser || !(type === 'get' || type.includes('json') || type.startsWith('application/x-www-form-urlencoded'))) return;
+      const kind = bodyKind(request);
+      if (!requestParser || kind === null || kind === 'multipart') return;
       setRequestParser(async (req) => {
         try {
           return await requestParser(req);

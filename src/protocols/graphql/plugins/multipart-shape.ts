@@ -1,6 +1,7 @@
 import type { Plugin } from 'graphql-yoga';
 import { ErrorCode, GatewayError, quoted } from '../../../errors.ts';
 import { isGraphQLError, toGraphQLError } from '../errors.ts';
+import { bodyKind } from './body-kind.ts';
 
 const SPEC =
   'the GraphQL multipart request spec wants "operations" as a JSON object (or a list of them) and "map" as a JSON object of part name to a list of paths such as ["variables.file"]';
@@ -15,7 +16,7 @@ export function useMultipartShape(): Plugin {
   const refuse = (what: string) => toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, `${what}: ${SPEC}`), { requestLevel: true });
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
-      if (!requestParser || !request.headers.get('content-type')?.toLowerCase().startsWith('multipart/form-data')) return;
+      if (!requestParser || bodyKind(request) !== 'multipart') return;
       setRequestParser(async (req) => {
         let params: unknown;
         try {

@@ -2,6 +2,7 @@ import type { Plugin } from 'graphql-yoga';
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import { jsonValueCount } from '../../../json-text.ts';
 import { toGraphQLError } from '../errors.ts';
+import { bodyKind } from './body-kind.ts';
 
 /** The refusal of a request or message holding more than `max` JSON values, said the same over HTTP and WebSocket. */
 export const tooManyVariableValues = (max: number) =>
@@ -25,10 +26,10 @@ export function useVariableValueLimit(max: number): Plugin {
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
       // a GET's variables are bounded by the size of its headers; a body by MAX_UPLOAD_BYTES only
-      const type = request.method === 'GET' ? '' : (request.headers.get('content-type')?.toLowerCase() ?? '');
-      const form = type.startsWith('application/x-www-form-urlencoded');
-      const multipart = type.startsWith('multipart/form-data');
-      if (!requestParser || (!type.includes('json') && !form && !multipart)) return;
+      const kind = bodyKind(request);
+      if (!requestParser || kind === null || kind === 'get') return;
+      const form = kind === 'form';
+      const multipart = kind === 'multipart';
       setRequestParser(async (req) => {
         const check = (texts: unknown[]) => {
           for (const text of texts) if (typeof text === 'string' && jsonValueCount(text, max) > max) throw tooManyVariableValues(max);
