@@ -382,39 +382,6 @@ describe('limits', () => {
   });
   afterAll(() => gw?.close());
 
-  it('WS_KEEPALIVE_MS: a WebSocket client that answers pings stays; one that reads none of what it is sent is closed, and its slot freed', async () => {
-    const url = gw.url.replace('http', 'ws') + '/graphql';
-    const open = async () => {
-      const ws = new WebSocket(url, 'graphql-transport-ws');
-      ws.on('error', () => undefined);
-      await new Promise((resolve, reject) => {
-        ws.once('open', resolve);
-        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
-      });
-      ws.send(JSON.stringify({ type: 'connection_init' }));
-      return ws;
-    };
-    const idle = await open();
-    const stuck = await open();
-    await new Promise((r) => setTimeout(r, 300));
-    (stuck as unknown as { _socket: net.Socket })._socket.pause();
-    for (let n = 0; n < 40; n++) stuck.send(JSON.stringify({ type: 'ping', payload: { filler: 'x'.repeat(900_000) } }));
-    // two connections per client here: a third is refused until the server has closed the one that reads nothing
-    await expect(open()).rejects.toThrow(/429/);
-    await until(
-      async () =>
-        open().then(
-          (ws) => (ws.close(), true),
-          () => false,
-        ),
-      8000,
-      'the stuck connection closed by the server (graphql-ws kept such a client 12-24 s)',
-    );
-    expect(idle.readyState).toBe(WebSocket.OPEN); // it answered every ping (ws answers them itself)
-    idle.close();
-    stuck.terminate();
-  });
-
   /** Classifications answered so far (the metric): a request that ran shows here, whether or not its answer went out. */
   const inferences = async () => {
     const text = await (await fetch(`${gw.url}/metrics`)).text();
@@ -678,6 +645,39 @@ describe('limits', () => {
     await until(() => results.length > 0, 5000, 'third subscription refused');
     expect(results[0]).toMatch(/LIMIT_EXCEEDED/);
     await client.dispose();
+  });
+
+  it('WS_KEEPALIVE_MS: a WebSocket client that answers pings stays; one that reads none of what it is sent is closed, and its slot freed', async () => {
+    const url = gw.url.replace('http', 'ws') + '/graphql';
+    const open = async () => {
+      const ws = new WebSocket(url, 'graphql-transport-ws');
+      ws.on('error', () => undefined);
+      await new Promise((resolve, reject) => {
+        ws.once('open', resolve);
+        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+      });
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      return ws;
+    };
+    const idle = await open();
+    const stuck = await open();
+    await new Promise((r) => setTimeout(r, 300));
+    (stuck as unknown as { _socket: net.Socket })._socket.pause();
+    for (let n = 0; n < 40; n++) stuck.send(JSON.stringify({ type: 'ping', payload: { filler: 'x'.repeat(900_000) } }));
+    // two connections per client here: a third is refused until the server has closed the one that reads nothing
+    await expect(open()).rejects.toThrow(/429/);
+    await until(
+      async () =>
+        open().then(
+          (ws) => (ws.close(), true),
+          () => false,
+        ),
+      8000,
+      'the stuck connection closed by the server (graphql-ws kept such a client 12-24 s)',
+    );
+    expect(idle.readyState).toBe(WebSocket.OPEN); // it answered every ping (ws answers them itself)
+    idle.close();
+    stuck.terminate();
   });
 });
 

@@ -90,12 +90,17 @@ function keepAlive(socket: WebSocket, ms: number): void {
       return;
     }
     held = Infinity;
-    if (!answered) return void socket.terminate();
+    // a pong held behind a hold since the ping (it may have ended just now, its pong not yet read) is not missing
+    if (!answered && !heldSincePing.has(socket)) return void socket.terminate();
+    heldSincePing.delete(socket);
     answered = false;
     socket.ping();
   }, ms);
   socket.once('close', () => clearInterval(check));
 }
+
+/** Connections whose reading was held since their last keep-alive ping. */
+const heldSincePing = new WeakSet<WebSocket>();
 
 /**
  * Stop reading a connection until what the server has to send it is down to `resumeAt` bytes (checked every 20 ms
@@ -104,6 +109,7 @@ function keepAlive(socket: WebSocket, ms: number): void {
 function holdReading(socket: WebSocket, resumeAt: number): void {
   if (socket.isPaused) return;
   socket.pause();
+  heldSincePing.add(socket);
   const check = setInterval(() => {
     if (socket.readyState !== WebSocket.OPEN) clearInterval(check);
     else if (socket.bufferedAmount <= resumeAt) {
