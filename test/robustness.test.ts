@@ -610,29 +610,34 @@ describe('limits', () => {
     expect([deep.status, viaFragment.status, aliases.status, spread.status]).toEqual([400, 400, 400, 400]);
   });
 
-  it('limits WebSocket connections per client and subscriptions per connection', async () => {
-    const url = gw.url.replace('http', 'ws') + '/graphql';
-    const open = () =>
-      new Promise<WebSocket>((resolve, reject) => {
-        const ws = new WebSocket(url, 'graphql-transport-ws');
-        ws.once('open', () => resolve(ws));
-        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
-        ws.once('error', reject);
-      });
-    const a = await open();
-    const b = await open();
-    await expect(open()).rejects.toThrow(/429/);
-    a.close();
-    b.close();
-    await until(
+  /** A WebSocket connection to this gateway once open (refused: an error naming the HTTP status of the upgrade). */
+  const openWs = () =>
+    new Promise<WebSocket>((resolve, reject) => {
+      const ws = new WebSocket(gw.url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
+      ws.on('error', reject);
+      ws.once('open', () => resolve(ws));
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    });
+  /** Wait until this client may open one more connection (a slot of MAX_WS_CONNECTIONS_PER_CLIENT is free). */
+  const slotFrees = (ms: number, what: string) =>
+    until(
       async () =>
-        open().then(
+        openWs().then(
           (ws) => (ws.close(), true),
           () => false,
         ),
-      5000,
-      'a slot frees up',
+      ms,
+      what,
     );
+
+  it('limits WebSocket connections per client and subscriptions per connection', async () => {
+    const url = gw.url.replace('http', 'ws') + '/graphql';
+    const a = await openWs();
+    const b = await openWs();
+    await expect(openWs()).rejects.toThrow(/429/);
+    a.close();
+    b.close();
+    await slotFrees(5000, 'a slot frees up');
 
     const client = createClient({ url, webSocketImpl: WebSocket, retryAttempts: 0 });
     const results: string[] = [];
@@ -648,14 +653,8 @@ describe('limits', () => {
   });
 
   it('WS_KEEPALIVE_MS: a WebSocket client that answers pings stays; one that reads none of what it is sent is closed, and its slot freed', async () => {
-    const url = gw.url.replace('http', 'ws') + '/graphql';
     const open = async () => {
-      const ws = new WebSocket(url, 'graphql-transport-ws');
-      ws.on('error', () => undefined);
-      await new Promise((resolve, reject) => {
-        ws.once('open', resolve);
-        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
-      });
+      const ws = await openWs();
       ws.send(JSON.stringify({ type: 'connection_init' }));
       return ws;
     };
@@ -665,16 +664,8 @@ describe('limits', () => {
     (stuck as unknown as { _socket: net.Socket })._socket.pause();
     for (let n = 0; n < 40; n++) stuck.send(JSON.stringify({ type: 'ping', payload: { filler: 'x'.repeat(900_000) } }));
     // two connections per client here: a third is refused until the server has closed the one that reads nothing
-    await expect(open()).rejects.toThrow(/429/);
-    await until(
-      async () =>
-        open().then(
-          (ws) => (ws.close(), true),
-          () => false,
-        ),
-      8000,
-      'the stuck connection closed by the server (graphql-ws kept such a client 12-24 s)',
-    );
+    await expect(openWs()).rejects.toThrow(/429/);
+    await slotFrees(8000, 'the stuck connection closed by the server (graphql-ws kept such a client 12-24 s)');
     expect(idle.readyState).toBe(WebSocket.OPEN); // it answered every ping (ws answers them itself)
     idle.close();
     stuck.terminate();
