@@ -85,6 +85,38 @@ describe('the page at / over HTTP', () => {
     expect((await fetch(`${gw.url}/`, { headers: { 'if-none-match': etag, 'accept-encoding': 'identity' } })).status).toBe(304);
   });
 
+  it('ignores a Range header, whatever it says (one reversed range crashed the server), and serves the whole file', async () => {
+    const { request } = await import('node:http');
+    const get = (range: string) =>
+      new Promise<{ status: number; bytes: number; contentRange: string | undefined }>((resolve, reject) => {
+        const req = request(`${gw.url}/`, { headers: { range, 'accept-encoding': 'identity' } }, (r) => {
+          let bytes = 0;
+          r.on('data', (c: Buffer) => (bytes += c.length));
+          r.on('end', () => resolve({ status: r.statusCode!, bytes, contentRange: r.headers['content-range'] }));
+          r.on('error', reject);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    const whole = (await get('')).bytes;
+    expect(whole).toBeGreaterThan(100);
+    // reversed, suffix (sirv served the first bytes for "the last 10"), several, past the end, nonsense
+    for (const range of [
+      'bytes=5-1',
+      'bytes=-10',
+      'bytes=0-0,5-10',
+      'bytes=0-5',
+      'bytes=99999999-',
+      'bytes=-',
+      'pages=1-2',
+      'bytes=1e3-2',
+    ]) {
+      const r = await get(range);
+      expect(r, range).toEqual({ status: 200, bytes: whole, contentRange: undefined });
+    }
+    expect((await fetch(`${gw.url}/health`)).status).toBe(200);
+  });
+
   it('the bundle is self-contained: no URL in it but XML namespaces, and it is small', async () => {
     const dist = path.join(ROOT, 'ui', 'dist');
     const files = [path.join(dist, 'index.html'), ...(await readdir(path.join(dist, 'assets'))).map((f) => path.join(dist, 'assets', f))];

@@ -1015,3 +1015,40 @@ function sendingAll(
     pump();
   });
 }
+
+describe('a route that throws', () => {
+  it('answers 500 with a masked message, logs the error once as the server’s, and the process serves on', async () => {
+    const { createHttpServer } = await import('../src/server/http.ts');
+    const { createLogger } = await import('../src/log.ts');
+    const lines: string[] = [];
+    const thrower = (sent: boolean) => ({
+      match: (p: string) => p === (sent ? '/after-headers' : '/before-headers'),
+      handle(_req: http.IncomingMessage, res: http.ServerResponse) {
+        if (sent) res.writeHead(200, { 'content-length': '10' });
+        throw new RangeError('a bug in a route');
+      },
+    });
+    const ok = { match: (p: string) => p === '/ok', handle: (_: http.IncomingMessage, res: http.ServerResponse) => void res.end('ok') };
+    const server = createHttpServer({
+      logger: createLogger('info', {}, (line) => lines.push(line)),
+      routes: [thrower(false), thrower(true), ok],
+      maxBodyBytes: 1024,
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    try {
+      const res = await fetch(`${url}/before-headers`);
+      expect(res.status).toBe(500);
+      expect(await res.json()).toEqual({ errors: [{ message: 'Unexpected error.', extensions: { code: 'INTERNAL_SERVER_ERROR' } }] });
+      // headers already sent: the connection is cut (the client sees the answer end short), nothing else
+      await expect(fetch(`${url}/after-headers`).then((r) => r.text())).rejects.toThrow();
+      expect(await (await fetch(`${url}/ok`)).text()).toBe('ok');
+      const errors = lines.map((l) => JSON.parse(l)).filter((l) => l.level === 'error');
+      expect(errors).toHaveLength(2);
+      expect(errors[0].err.message).toBe('a bug in a route');
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+});

@@ -130,7 +130,14 @@ export function createHttpServer({
         }
         // the client waits for this before it sends its body (Expect: 100-continue): only once the request is accepted
         if (continues.has(req)) res.writeContinue();
-        route.handle(req, res);
+        try {
+          route.handle(req, res);
+        } catch (e) {
+          // a bug in a route (a library's handler that throws): this request fails, the process serves on
+          logger.error({ err: e, path: pathname }, 'a route threw (a bug in the gateway: please report it)');
+          if (!res.headersSent) refuse(500, 'INTERNAL_SERVER_ERROR', 'Unexpected error.');
+          else res.destroy(); // part of an answer is out: the client must see it cut short, not complete
+        }
       });
     },
   );

@@ -29,7 +29,7 @@ const text = (res: ServerResponse, status: number, body: string, headers: Record
 
 /**
  * The page at `/` (index.html) and its bundles under `/assets/`, served by sirv (content types, ETag and 304,
- * precompressed brotli/gzip by Accept-Encoding, HEAD, no path escapes). It reads the folder on each request, so a
+ * precompressed brotli/gzip by Accept-Encoding, HEAD, no path escapes; Range ignored). It reads the folder on each request, so a
  * rebuild (`npm run build:ui`) shows without a restart. Bundle names carry a content hash, so browsers keep them for
  * good; index.html is revalidated every time.
  */
@@ -51,6 +51,11 @@ export function uiRoute(dir: string = UI_DIST): Route {
       res.setHeader('content-security-policy', CONTENT_SECURITY_POLICY);
       res.setHeader('x-content-type-options', 'nosniff');
       res.setHeader('referrer-policy', 'no-referrer');
+      // Range is not served: the files are small, and sirv's reading of it is not safe (a reversed range threw out of
+      // the handler: the process ended; "the last 10 bytes" gave the first 11; several ranges, one wrong one). A server
+      // may ignore Range (RFC 9110, 14.2): the whole file, 200.
+      delete req.headers.range;
+      delete req.headers['if-range'];
       serve(req, res, () => {
         const pathname = (req.url ?? '/').split('?')[0];
         if (pathname.startsWith('/assets/')) return text(res, 404, `nothing at ${pathname}\n`);
