@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
@@ -22,6 +24,22 @@ describe('default models (README examples)', () => {
       { name: 'text-direction', task: 'classification', versions: up },
       { name: 'yolox', task: 'detection', versions: up },
     ]);
+  });
+
+  it('each model folder has a PROVENANCE.md naming its model file by sha256 (where it comes from, its license)', async () => {
+    const dir = path.join(ROOT, 'models');
+    const names = (await readdir(dir, { withFileTypes: true }))
+      .filter((e) => e.isDirectory() && !e.name.startsWith('.'))
+      .map((e) => e.name); // dot folders are not models (the repository skips them)
+    expect(names.length).toBeGreaterThanOrEqual(6);
+    for (const name of names) {
+      const provenance = await readFile(path.join(dir, name, 'PROVENANCE.md'), 'utf8').catch(() => '');
+      const sha = createHash('sha256')
+        .update(await readFile(path.join(dir, name, '1', 'model.onnx')))
+        .digest('hex');
+      expect(provenance, name).toContain(sha);
+      expect(provenance, name).toMatch(/licen[cs]e|Apache-2\.0|\bMIT\b|BSD/i);
+    }
   });
 
   it('zebra.jpeg is a zebra, dog.jpg has a dog (and a bicycle), people1.jpeg is 40-50% person', async () => {
