@@ -591,6 +591,10 @@ describe('limits', () => {
     const three = `mutation($f: File!) { a: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } b: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } c: classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
     const r = await gw.gql(three, { f: null }, { files: { f: image('bee.jpeg') } });
     expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED']);
+    // the message names the setting and what to do
+    expect(r.errors![0].message).toBe(
+      'more than 2 images or inferences in one request (MAX_IMAGES_PER_REQUEST): send the others in another request',
+    );
     const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } } }`);
     expect(errorCode(deep)).toBe('LIMIT_EXCEEDED');
     expect(deep.errors![0].message).toMatch(/depth limit of 4 exceeded, found 5/);

@@ -27,13 +27,20 @@ export class RequestBudget {
     readonly signal?: AbortSignal,
   ) {}
 
-  private static over(what: string, limit: number): GatewayError {
-    return new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${limit} ${what} in one request`);
+  /** LIMIT_EXCEEDED naming the limit, its setting, and what the client can do. */
+  private static over(what: string, limit: number, setting: string, remedy: string): GatewayError {
+    return new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${limit} ${what} in one request (${setting}): ${remedy}`);
   }
 
   /** Take n images, or LIMIT_EXCEEDED (nothing taken) when they would go past the limit. */
   takeImages(n = 1): void {
-    if (this.images + n > this.limits.maxImages) throw RequestBudget.over('images or inferences', this.limits.maxImages);
+    if (this.images + n > this.limits.maxImages)
+      throw RequestBudget.over(
+        'images or inferences',
+        this.limits.maxImages,
+        'MAX_IMAGES_PER_REQUEST',
+        'send the others in another request',
+      );
     this.images += n;
   }
 
@@ -41,21 +48,38 @@ export class RequestBudget {
   takeRendered(): void {
     const max = this.limits.maxRendered ?? Infinity;
     if (this.rendered + 1 > max)
-      throw RequestBudget.over('rendered images (mask, overlay, annotatedImage, photos decoded for objects.classify)', max);
+      throw RequestBudget.over(
+        'rendered images (mask, overlay, annotatedImage, photos decoded for objects.classify)',
+        max,
+        'MAX_RENDERED_IMAGES_PER_REQUEST',
+        'ask for fewer of them, or for the others in another request',
+      );
     this.rendered++;
   }
 
   /** Take n bytes of the response (a tensor's or an image's encoded size). */
   takeResponseBytes(n: number): void {
     const max = this.limits.maxResponseBytes ?? Infinity;
-    if (this.responseBytes + n > max) throw RequestBudget.over('bytes of tensors and images (MAX_RESPONSE_BYTES)', max);
+    if (this.responseBytes + n > max)
+      throw RequestBudget.over(
+        'bytes of tensors and images',
+        max,
+        'MAX_RESPONSE_BYTES',
+        'ask for fewer or smaller outputs, or fewer images per request',
+      );
     this.responseBytes += n;
   }
 
   /** Take n bytes of input (tensors, images). */
   takeInputBytes(n: number): void {
     const max = this.limits.maxInputBytes ?? Infinity;
-    if (this.inputBytes + n > max) throw RequestBudget.over('bytes of input, images and tensors (MAX_UPLOAD_BYTES)', max);
+    if (this.inputBytes + n > max)
+      throw RequestBudget.over(
+        'bytes of input, images and tensors',
+        max,
+        'MAX_UPLOAD_BYTES',
+        'send fewer or smaller images or tensors per request',
+      );
     this.inputBytes += n;
   }
 

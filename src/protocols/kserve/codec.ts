@@ -215,7 +215,7 @@ export function bytesCount(shape: readonly number[], name: string, maxItems: num
   if (n > maxItems)
     throw new GatewayError(
       ErrorCode.LIMIT_EXCEEDED,
-      `input ${name}: ${n} BYTES elements, more than ${maxItems} images or inferences in one request (MAX_IMAGES_PER_REQUEST)`,
+      `input ${name}: ${n} BYTES elements, more than ${maxItems} images or inferences in one request (MAX_IMAGES_PER_REQUEST): send the others in another request`,
     );
   return n;
 }
