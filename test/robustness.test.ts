@@ -75,6 +75,42 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
+  it('a JPEG whose ICC profile has a description of an odd length (small, or past 64 KB) is decoded or refused as INVALID_IMAGE, never a 500', async () => {
+    /** An ICC profile holding one tag, `desc`, of type mluc and `size` bytes, in APP2 segments after the SOI. */
+    const withProfile = (jpeg: Buffer, size: number) => {
+      const desc = Buffer.alloc(size);
+      desc.write('mluc', 0, 'latin1');
+      const icc = Buffer.concat([Buffer.alloc(132), Buffer.alloc(12), desc]);
+      icc.writeUInt32BE(icc.length, 0);
+      icc.write('RGB XYZ ', 16, 'latin1');
+      icc.write('acsp', 36, 'latin1');
+      icc.writeUInt32BE(1, 128);
+      icc.write('desc', 132, 'latin1');
+      icc.writeUInt32BE(144, 136);
+      icc.writeUInt32BE(size, 140);
+      const parts: Buffer[] = [];
+      const n = Math.ceil(icc.length / 65519);
+      for (let i = 0; i < n; i++) {
+        const part = icc.subarray(i * 65519, (i + 1) * 65519);
+        const head = Buffer.alloc(18);
+        head.writeUInt16BE(0xffe2, 0);
+        head.writeUInt16BE(16 + part.length, 2);
+        head.write('ICC_PROFILE\0', 4, 'latin1');
+        head[16] = i + 1;
+        head[17] = n;
+        parts.push(head, part);
+      }
+      return Buffer.concat([jpeg.subarray(0, 2), ...parts, jpeg.subarray(2)]);
+    };
+    const photo = await readFile(image('airliner.jpeg'));
+    for (const size of [17, 200_001]) {
+      const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: withProfile(photo, size) } });
+      if (r.errors) expect(errorCode(r), String(size)).toBe('INVALID_IMAGE');
+      else expect(r.data?.classify.predictions).toHaveLength(1);
+    }
+    await good();
+  });
+
   it('a body that is not JSON says where (also where Node 20 gives no position), and is not echoed back', async () => {
     const post = async (body: string) => {
       const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });

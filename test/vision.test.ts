@@ -7,7 +7,7 @@ import { classify } from '../src/vision/classification.ts';
 import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
-import { applyRgbTransform, rgbTransformOf } from '../src/vision/icc.ts';
+import { applyRgbTransform, embeddedProfile, rgbTransformOf } from '../src/vision/icc.ts';
 import { parseModelConfig, parseModelConfigText, postprocessingOf } from '../src/repository/model-config.ts';
 import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
 import type { Tensor } from '../src/engine/types.ts';
@@ -550,6 +550,7 @@ describe('decoding only does what the header asks for', () => {
       for (let j = 0; j < 4; j++) bad[Math.floor(random() * bad.length)] = Math.floor(random() * 256);
       const t = rgbTransformOf(bad);
       if (t) expect([...t.curves, ...t.matrix].every(Number.isFinite)).toBe(true);
+      expect(() => embeddedProfile(bad)).not.toThrow(); // nor does telling sRGB from the rest
     }
   });
 

@@ -113,9 +113,12 @@ function isSrgbProfile(icc: Uint8Array): boolean {
   const tag = readTags(icc)?.get('desc');
   if (!tag) return false;
   // 'desc': ASCII after an 8-byte type header and a 4-byte count; 'mluc': UTF-16BE records
+  // (UTF-16 of an even length: an odd last byte, which a damaged profile may have, is no character)
   const text =
     tagName(tag, 0) === 'mluc'
-      ? Buffer.from(tag.subarray(16)).swap16().toString('utf16le')
+      ? Buffer.from(tag.subarray(16, tag.length - (tag.length % 2)))
+          .swap16()
+          .toString('utf16le')
       : Buffer.from(tag.subarray(12)).toString('latin1');
   return /\bsRGB\b/.test(text.replace(/\0/g, ''));
 }
