@@ -3,10 +3,10 @@ import { lstat, open, readlink, realpath, stat, type FileHandle } from 'node:fs/
 import path from 'node:path';
 import { ErrorCode, GatewayError } from './errors.ts';
 
-/** True when `p` is `root` or inside it (both absolute and normalized). */
+/** True when `p` is `root` or inside it (both absolute and normalized). A name that begins with `..` is inside. */
 export function isInside(p: string, root: string): boolean {
   const rel = path.relative(root, p);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }
 
 /**

@@ -273,6 +273,8 @@ describe('bad input gets a typed error and the server stays healthy', () => {
       expect(errorCode(await gw.gql(q, { p })), p).toBe('FORBIDDEN_PATH');
     }
     expect(errorCode(await gw.gql(q, { p: path.join(IMAGES, 'missing.jpg') }))).toBe('INVALID_INPUT');
+    // a name that begins with two dots is inside (it is not the parent folder): not there, not forbidden
+    expect(errorCode(await gw.gql(q, { p: path.join(IMAGES, '..missing.jpg') }))).toBe('INVALID_INPUT');
     const ok = await gw.gql(q, { p: path.join(IMAGES, '..', 'images', 'bee.jpeg') });
     expect(ok.data.classify.predictions[0].classId).toBe(309);
   });

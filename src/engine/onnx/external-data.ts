@@ -1,6 +1,7 @@
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fields } from './protobuf.ts';
+import { isInside } from '../../paths.ts';
 
 /**
  * ONNX external data: a tensor of the graph may keep its bytes in another file, named by a `location` relative to
@@ -70,11 +71,6 @@ export function externalDataLocations(model: Uint8Array): string[] {
   }
   return [...new Set(out)];
 }
-
-const isInside = (p: string, root: string) => {
-  const rel = path.relative(root, p);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
-};
 
 /**
  * Check that every location is a regular file inside `dir` (the version folder): no absolute paths, no `..`, no
