@@ -111,6 +111,18 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
+  it('/health, /ready and /metrics take GET and HEAD only: other methods are 405 with Allow', async () => {
+    for (const p of ['/health', '/ready', '/metrics']) {
+      expect((await fetch(`${gw.url}${p}`)).status, p).toBe(200);
+      const head = await fetch(`${gw.url}${p}`, { method: 'HEAD' });
+      expect([head.status, await head.text()], p).toEqual([200, '']);
+      for (const method of ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']) {
+        const r = await fetch(`${gw.url}${p}`, { method, ...(method === 'OPTIONS' ? {} : { body: '{}' }) });
+        expect([r.status, r.headers.get('allow')], `${method} ${p}`).toEqual([405, 'GET, HEAD']);
+      }
+    }
+  });
+
   it('a body that is not JSON says where (also where Node 20 gives no position), and is not echoed back', async () => {
     const post = async (body: string) => {
       const r = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });

@@ -20,7 +20,7 @@ export interface ReadyState {
  * the repository asks for is AVAILABLE, with per-model detail) and /metrics (Prometheus text).
  */
 export function opsRoutes(models: ModelManager, metrics: Metrics, state: ReadyState = {}): Route[] {
-  return [
+  return readOnly([
     { match: (p) => p === '/health', handle: (_, res) => sendJson(res, 200, { status: 'ok' }) },
     {
       match: (p) => p === '/ready',
@@ -55,5 +55,21 @@ export function opsRoutes(models: ModelManager, metrics: Metrics, state: ReadySt
         );
       },
     },
-  ];
+  ]);
+}
+
+/** Probes and scrapes read: GET and HEAD (Node leaves the body out); any other method is 405 with Allow. */
+function readOnly(routes: Route[]): Route[] {
+  return routes.map((r) => ({
+    ...r,
+    handle(req, res) {
+      if (req.method === 'GET' || req.method === 'HEAD') return r.handle(req, res);
+      sendJson(
+        res,
+        405,
+        { error: { code: 'METHOD_NOT_ALLOWED', message: `${req.method} is not allowed here: GET or HEAD` } },
+        { allow: 'GET, HEAD' },
+      );
+    },
+  }));
 }
