@@ -7,7 +7,9 @@ import sharp from 'sharp';
 import { FairQueue } from '../src/inference/fair-queue.ts';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -582,4 +584,40 @@ describe('decoding threads', () => {
       await gw.close();
     }
   }, 60_000);
+
+  it('reading an image header takes a decoding thread too: headers costly to read (a GIF of many frames) do not hold other clients behind all of them', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-frames-'));
+    // 1x1 pixels, 150k frames (3.5 MB): libvips reads every frame to tell the header, for metadata() as for the decode
+    const frame = Buffer.from([0x21, 0xf9, 4, 0, 1, 0, 0, 0, 0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x44, 0x01, 0]);
+    const head = Buffer.from([0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 1, 0, 1, 0, 0x80, 0, 0, 0, 0, 0, 255, 255, 255]);
+    await writeFile(
+      path.join(dir, 'frames.gif'),
+      Buffer.concat([head, ...Array.from({ length: 150_000 }, () => frame), Buffer.from([0x3b])]),
+    );
+    const gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet') },
+      env: { DECODE_THREADS: '1', IMAGE_ROOTS: dir, MAX_UPLOAD_BYTES: String(200e6) },
+    });
+    try {
+      const query = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
+      const gifs = (n: number) => gw.gql(query, { images: Array.from({ length: n }, () => ({ path: path.join(dir, 'frames.gif') })) });
+      await gifs(1);
+      const t = performance.now();
+      expect((await gifs(1)).errors).toBeUndefined();
+      const alone = performance.now() - t;
+      // a request of forty such GIFs (140 MB read from IMAGE_ROOTS); then another request sends one small photo
+      const many = [gifs(40)];
+      await new Promise((r) => setTimeout(r, alone / 4));
+      const t1 = performance.now();
+      const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
+      const oneMs = performance.now() - t1;
+      for (const r of await Promise.all(many)) expect(r.errors).toBeUndefined();
+      expect(one.errors).toBeUndefined();
+      // it waits for the GIF being read, not for the forty headers ahead of it in libuv's queue
+      expect(oneMs, `photo ${oneMs.toFixed(0)} ms, one GIF alone ${alone.toFixed(0)} ms`).toBeLessThan(3 * alone);
+    } finally {
+      await gw.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

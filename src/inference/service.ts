@@ -338,8 +338,13 @@ export class InferenceService {
       }
       const prepared = (async () => {
         if (signal?.aborted) throw cancelled();
-        const image = await probeImage(await source(), limits);
-        return this.onDecodeThread(async () => ({ image, ...(await preprocess(image, plan, limits)) }), signal);
+        const bytes = await source();
+        // the header is read on a decoding thread too: for most formats it is libvips' metadata(), which can cost as
+        // much as the decode (a GIF of a million frames is read whole), so it shares the threads, and the turns, with it
+        return this.onDecodeThread(async () => {
+          const image = await probeImage(bytes, limits);
+          return { image, ...(await preprocess(image, plan, limits)) };
+        }, signal);
       })();
       return { t0, admission, prepared };
     });
