@@ -1,5 +1,10 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
 
+/** A request's share of the process's memory budget: take n bytes more, or the error to answer (nothing taken). */
+export interface MemoryHold {
+  take(n: number): GatewayError | null;
+}
+
 export interface BudgetLimits {
   /** Images (and raw inferences) per request. */
   maxImages: number;
@@ -22,10 +27,19 @@ export class RequestBudget {
   private responseBytes = 0;
   private inputBytes = 0;
 
+  /**
+   * The process's memory budget for this request (MAX_BYTES_IN_FLIGHT), where its protocol keeps one: bytes the server
+   * reads for it besides what it sent (a file under IMAGE_ROOTS) are taken from it, and given back with the request's.
+   */
+  memory?: MemoryHold;
+
   constructor(
     readonly limits: BudgetLimits,
     readonly signal?: AbortSignal,
-  ) {}
+    memory?: MemoryHold,
+  ) {
+    this.memory = memory;
+  }
 
   /** LIMIT_EXCEEDED naming the limit, its setting, and what the client can do. */
   private static over(what: string, limit: number, setting: string, remedy: string): GatewayError {
@@ -81,6 +95,13 @@ export class RequestBudget {
         'send fewer or smaller images or tensors per request',
       );
     this.inputBytes += n;
+  }
+
+  /** Take n bytes of a file the server reads for the request: input bytes, and held memory until it is answered. */
+  takeFileBytes(n: number): void {
+    this.takeInputBytes(n);
+    const refused = this.memory?.take(n);
+    if (refused) throw refused;
   }
 
   /** CANCELLED when the client has gone away (nobody will read the answer). */

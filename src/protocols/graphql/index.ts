@@ -25,6 +25,7 @@ import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
+import { holdOf } from '../../bytes-in-flight.ts';
 
 export interface GraphqlOptions {
   service: InferenceService;
@@ -169,7 +170,8 @@ export function createGraphqlProtocol({
     context: (initial): Context => {
       const { request } = initial;
       // over HTTP yoga gives the node request (req); over WebSocket, websocket.ts passes graphql-ws's (extra.request)
-      const node = (initial as { req?: IncomingMessage }).req ?? (initial as { extra?: { request?: IncomingMessage } }).extra?.request;
+      const httpRequest = (initial as { req?: IncomingMessage }).req;
+      const node = httpRequest ?? (initial as { extra?: { request?: IncomingMessage } }).extra?.request;
       const caller = {
         remoteAddress: node?.socket.remoteAddress,
         origin: request.headers.get('origin'),
@@ -180,7 +182,13 @@ export function createGraphqlProtocol({
         service,
         models: service.models,
         imageLimits,
-        budget: new RequestBudget({ maxImages: maxImagesPerRequest, maxInputBytes: maxUploadBytes, ...budget }, request.signal),
+        // over HTTP the request's hold of MAX_BYTES_IN_FLIGHT (its body's, kept until it is answered); over WebSocket,
+        // websocket.ts gives each operation its own
+        budget: new RequestBudget(
+          { maxImages: maxImagesPerRequest, maxInputBytes: maxUploadBytes, ...budget },
+          request.signal,
+          httpRequest && holdOf(httpRequest),
+        ),
         requireAdmin: accessFor(request.headers.get('authorization'), tokens, caller).requireAdmin,
         // the client's key is read only by subscriptions
         statusEvents: (filter) => {

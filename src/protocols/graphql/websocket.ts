@@ -9,6 +9,7 @@ import type { BytesInFlight } from '../../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
+import type { RequestBudget } from '../../inference/budget.ts';
 import type { Logger } from '../../log.ts';
 import { isClosing } from '../../closing-connections.ts';
 import { toGraphQLError } from './errors.ts';
@@ -285,13 +286,26 @@ export function attachWebSocket(
         const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
         const refused = bytesInFlight?.take(bytes, client);
         if (refused) return [toGraphQLError(refused)];
-        ops.set(payload, { abort, bytes, client });
+        const op: Operation = { abort, bytes, client };
+        ops.set(payload, op);
+        const contextValue = await contextFactory();
+        const { budget } = contextValue as { budget?: RequestBudget }; // the server's context (index.ts)
+        // what the server reads for the operation (files under IMAGE_ROOTS) is held with its message, until it ends
+        if (bytesInFlight && budget)
+          budget.memory = {
+            take: (n: number) => {
+              if (abort.signal.aborted) return new GatewayError(ErrorCode.CANCELLED, 'the operation has ended');
+              const no = bytesInFlight.take(n, client, op.bytes);
+              if (!no) op.bytes += n;
+              return no;
+            },
+          };
         return {
           schema,
           operationName: payload.operationName,
           document,
           variableValues: payload.variables,
-          contextValue: await contextFactory(),
+          contextValue,
           rootValue: { execute, subscribe } satisfies Root,
         };
       },

@@ -29,7 +29,7 @@ function imageSources(images: readonly ArgImage[], ctx: Context): ImageSource[] 
   ctx.budget.takeInputBytes(
     images.reduce((n, image) => n + (image.file?.size ?? 0) + Math.floor(((image.base64?.length ?? 0) * 3) / 4), 0),
   );
-  const takeBytes = (n: number) => ctx.budget.takeInputBytes(n);
+  const takeBytes = (n: number) => ctx.budget.takeFileBytes(n);
   return images.map((image) => imageSource(image, ctx.imageLimits, takeBytes));
 }
 type ArgImage = ArgImageShape & ImageArg;
