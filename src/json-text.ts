@@ -39,9 +39,11 @@ export function jsonMistake(text: string, error: unknown): JsonMistake {
   const reason =
     position === 0 && text.charCodeAt(0) === 0xfeff
       ? 'a byte order mark (U+FEFF) comes before the JSON' // JSON.parse names it as an invisible "Unexpected token"
-      : at
-        ? words.slice(0, at.index).replace(/ (in JSON )?$/, '')
-        : words;
+      : position !== null && /^\/[/*]/.test(text.slice(position, position + 2))
+        ? 'a comment: JSON has none, remove it' // JSONC, as editors allow and annotated examples have
+        : at
+          ? words.slice(0, at.index).replace(/ (in JSON )?$/, '')
+          : words;
   return { position, line: before.split('\n').length, column: (position ?? 0) - lineStart + 1, reason };
 }
 

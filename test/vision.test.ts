@@ -362,7 +362,10 @@ describe('model.json validation names the field', () => {
       ],
       ['{\n  "task": classification\n}', 'line 2, column 11', "Unexpected token 'c'"],
       ['{"preprocessing": {"std": NaN}}', 'line 1, column 27', "Unexpected token 'N'"],
-      ['{"task": "raw"}\n// a note\n', 'line 2, column 1', 'Unexpected non-whitespace character after JSON'],
+      // comments (as the README's annotated example has them): said to be what they are
+      ['{"task": "raw"}\n// a note\n', 'line 2, column 1', 'a comment: JSON has none, remove it'],
+      ['{\n  "task": "raw", // the task\n  "labels": "labels.txt"\n}', 'line 2, column 18', 'a comment: JSON has none, remove it'],
+      ['{ /* the task */ "task": "raw" }', 'line 1, column 3', 'a comment: JSON has none, remove it'],
     ] as const) {
       let message = '';
       try {
