@@ -333,6 +333,15 @@ describe('model.json validation names the field', () => {
     [{ versionPolicy: { latest: 1, all: true } }, /versionPolicy: expected exactly one/],
     [{ versionPolicy: { specific: [] } }, /versionPolicy\.specific/],
     [{ task: 'detection', postprocessing: { format: 'anchors' } }, /postprocessing\.layers/],
+    // a field of another format (a yolox config switched to ssd): said whose it is, not "did you mean" itself
+    [
+      { task: 'detection', postprocessing: { format: 'ssd', strides: [8, 16, 32] } },
+      /postprocessing\.strides: not a field of postprocessing\.format "ssd": it belongs to postprocessing\.format "yolox"; remove it, or set postprocessing\.format to "yolox"$/,
+    ],
+    [
+      { task: 'classification', postprocessing: { format: 'yolox' } },
+      /postprocessing\.format: not a field of task "classification": it belongs to task "detection"/,
+    ],
     [{ labels: '../etc/passwd' }, /labels: expected a labels file .* a plain file name/],
     [{ preprocessing: { meanFile: '/etc/x.npy' } }, /preprocessing\.meanFile/],
     [{ colour: 1 }, /colour: unknown field/],
@@ -340,7 +349,6 @@ describe('model.json validation names the field', () => {
     [{ task: 'segmentation', postprocessing: { treshold: 0.3 } }, /postprocessing\.treshold: unknown field; did you mean "threshold"\?/],
     [{ task: 'detection' }, /postprocessing: a detection model needs postprocessing with its format/],
     [{ task: 'detection', postprocessing: { format: 'yolo9000' } }, /postprocessing\.format: unknown value "yolo9000"/],
-    [{ task: 'classification', postprocessing: { format: 'yolox' } }, /postprocessing\.format: unknown field/],
     [[1, 2], /\(root\): expected object/],
     // the value given is shown beside what was expected
     [{ preprocessing: { resizeType: 'STRETCH' } }, /preprocessing\.resizeType: expected one of "SQUASH", .*; got "STRETCH"/],

@@ -243,35 +243,80 @@ export function postprocessingOf<T extends Task>(config: ModelConfig, task: T): 
 // ---- errors that name the field ----
 
 /** Edit distance, for did-you-mean suggestions. */
-/** The keys a JSON-Schema object at `path` may have (across the branches of unions). */
-function keysAt(schema: unknown, path: readonly PropertyKey[]): string[] {
-  const found = new Set<string>();
-  const walk = (node: unknown, rest: readonly PropertyKey[]) => {
+/** A branch of a union and the value that chose it: the `const` property `name` of the object at `at`. */
+interface Choice {
+  at: readonly PropertyKey[];
+  name: string;
+  value: unknown;
+}
+
+/**
+ * The JSON-Schema objects found at `path` (one per branch of the unions on the way), each with the choices that led to
+ * it: the `const` properties of the branches taken (`task: "detection"` at the root, `format: "yolox"` below it).
+ */
+function objectsAt(schema: unknown, path: readonly PropertyKey[]): { props: Record<string, unknown>; chosenBy: Choice[] }[] {
+  const found: { props: Record<string, unknown>; chosenBy: Choice[] }[] = [];
+  const walk = (node: unknown, rest: readonly PropertyKey[], chosenBy: Choice[]) => {
     if (!node || typeof node !== 'object') return;
     const n = node as Record<string, unknown>;
-    for (const k of ['anyOf', 'oneOf', 'allOf'] as const) if (Array.isArray(n[k])) for (const b of n[k] as unknown[]) walk(b, rest);
     const props = n.properties as Record<string, unknown> | undefined;
+    const at = path.slice(0, path.length - rest.length);
+    const by = [
+      ...chosenBy,
+      ...Object.entries(props ?? {})
+        .filter(([, v]) => v && typeof v === 'object' && 'const' in v)
+        .map(([name, v]) => ({ at, name, value: (v as { const: unknown }).const })),
+    ];
+    for (const k of ['anyOf', 'oneOf', 'allOf'] as const) if (Array.isArray(n[k])) for (const b of n[k] as unknown[]) walk(b, rest, by);
     if (rest.length === 0) {
-      if (props) for (const k of Object.keys(props)) found.add(k);
+      if (props) found.push({ props, chosenBy: by });
       return;
     }
     const [head, ...tail] = rest;
-    if (typeof head === 'number') walk(n.items ?? n.prefixItems, tail);
-    else if (props && typeof head === 'string' && head in props) walk(props[head], tail);
-    else if (n.additionalProperties && typeof n.additionalProperties === 'object') walk(n.additionalProperties, tail);
+    if (typeof head === 'number') walk(n.items ?? n.prefixItems, tail, by);
+    else if (props && typeof head === 'string' && head in props) walk(props[head], tail, by);
+    else if (n.additionalProperties && typeof n.additionalProperties === 'object') walk(n.additionalProperties, tail, by);
   };
-  walk(schema, path);
-  return [...found];
+  walk(schema, path, []);
+  return found;
 }
+
+/** The keys a JSON-Schema object at `path` may have (across the branches of unions). */
+const keysAt = (schema: unknown, path: readonly PropertyKey[]) => [
+  ...new Set(objectsAt(schema, path).flatMap((o) => Object.keys(o.props))),
+];
 
 let jsonSchema: Record<string, unknown> | null = null;
 
-function suggestion(key: string, path: readonly PropertyKey[]): string {
+/** What to say of an unknown key: the field it is likely a misspelling of, or, for a field of another branch, whose. */
+function unknownField(key: string, path: readonly PropertyKey[], input: unknown): string {
   jsonSchema ??= modelJsonSchema();
+  const owners = objectsAt(jsonSchema, path).filter((o) => key in o.props);
+  if (owners.length) {
+    // a field of another task or format (a yolox config switched to ssd): the first choice this file makes otherwise
+    const differs = owners
+      .flatMap((o) => o.chosenBy)
+      .find((c) => {
+        const here = valueAt(input, [...c.at, c.name]);
+        return here !== undefined && here !== c.value;
+      });
+    if (differs) {
+      const here = valueAt(input, [...differs.at, differs.name]);
+      const field = fieldPath([...differs.at, differs.name]);
+      const theirs = [
+        ...new Set(
+          owners.flatMap((o) =>
+            o.chosenBy.filter((c) => c.name === differs.name && c.at.join('.') === differs.at.join('.')).map((c) => c.value),
+          ),
+        ),
+      ].map((v) => JSON.stringify(v));
+      return `not a field of ${field} ${JSON.stringify(here)}: it belongs to ${field} ${theirs.join(' or ')}; remove it, or set ${field} to ${theirs[0]}`;
+    }
+  }
   const candidates = keysAt(jsonSchema, path);
   const best = closest(key, candidates);
-  if (best) return `; did you mean ${JSON.stringify(best)}?`;
-  return candidates.length ? `; expected one of ${candidates.join(', ')}` : '';
+  if (best) return `unknown field; did you mean ${JSON.stringify(best)}?`;
+  return `unknown field${candidates.length ? `; expected one of ${candidates.join(', ')}` : ''}`;
 }
 
 const fieldPath = (path: readonly PropertyKey[]) =>
@@ -289,7 +334,7 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): { field: string
   switch (issue.code) {
     case 'unrecognized_keys': {
       const key = issue.keys[0];
-      return { field: fieldPath([...path, key]), message: `unknown field${suggestion(key, path)}` };
+      return { field: fieldPath([...path, key]), message: unknownField(key, path, input) };
     }
     case 'invalid_union':
       if ('discriminator' in issue && typeof issue.discriminator === 'string') {
