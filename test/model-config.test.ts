@@ -162,6 +162,36 @@ describe('mistakes in model.json fail at load, naming the field', () => {
     expect(lines).toHaveLength(1);
   });
 
+  it('a labels file of the wrong length loads, with a warning that says so (labels for classes the model has not, or classes without a label)', async () => {
+    const ten = (await readFile(modelAsset('mobilenet', 'labels.txt'), 'utf8')).split('\n').slice(0, 10).join('\n');
+    await addModel(gw.root, 'short-labels', {
+      onnx: fixture('mobilenet').onnx,
+      config: fixtureConfigs.mobilenet,
+      files: { 'labels.txt': { text: ten } },
+    });
+    await addModel(gw.root, 'long-labels', mobilenet({ labels: Array.from({ length: 1001 }, (_, i) => `class ${i}`) }));
+    await addModel(gw.root, 'yolox-labels', {
+      ...fixture('yolox'),
+      files: { 'labels.txt': { text: 'person\nbicycle\ncar\nmotorcycle\nairplane' } },
+    });
+    for (const [name, warning] of [
+      [
+        'short-labels',
+        /^labels: 10 labels for the 1000 classes of output "output": classes 10 to 999 have no label .*is it this model's labels file\?$/,
+      ],
+      ['long-labels', /^labels: class 1000 is named, but output "output" has 1000 classes \(0 to 999\).*is it this model's labels file\?$/],
+      ['yolox-labels', /^labels: 5 labels for the 80 classes of output "output": classes 5 to 79 have no label/],
+    ] as const) {
+      await until(
+        async () => (await gw.gql(VERSIONS, { n: name })).data.model?.versions[0]?.state === 'AVAILABLE',
+        15_000,
+        `${name} loads`,
+      );
+      const [v] = (await gw.gql(VERSIONS, { n: name })).data.model.versions;
+      expect(v.notes.warnings, name).toEqual([expect.stringMatching(warning)]);
+    }
+  });
+
   it('the mistakes leave the server ready for the rest, and /ready says which model is not', async () => {
     const body = await (await fetch(`${gw.url}/ready`)).json();
     expect(body.models.find((m: any) => m.name === 'typo-batching').ready).toBe(false);

@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import type { Session } from '../engine/types.ts';
+import type { Session, Tensor } from '../engine/types.ts';
 import { postprocessingOf } from '../repository/model-config.ts';
 import type { ModelFiles } from '../repository/model.ts';
 import { classify } from '../vision/classification.ts';
@@ -53,7 +53,37 @@ export async function checkModel(files: ModelFiles, session: Session, options: {
     const post = postprocessingOf(config, 'detection');
     detect(outputs, post, transform, files.labels, post);
   } else toClassMap(outputs, postprocessingOf(config, 'segmentation'), plan.layout);
-  return warnings(files, plan);
+  return [...warnings(files, plan), ...labelWarnings(files, outputs)];
+}
+
+/**
+ * A labels file that does not fit the classes the model computes: the wrong file (another model's, a shortened one)
+ * gives answers with `label: null`, or names classes that never come. Told from the warm-up's outputs, where their
+ * shape says the number of classes: a classifier's [N,C], YOLOX's [N,A,5+C]. Labels with ids (a label map) may leave
+ * gaps; a list names every class from 0.
+ */
+function labelWarnings({ config, labels }: ModelFiles, outputs: Record<string, Tensor>): string[] {
+  if (!labels || labels.size === 0) return [];
+  let name: string;
+  let classes: number;
+  if (config.task === 'classification') {
+    name = postprocessingOf(config, 'classification').output ?? Object.keys(outputs)[0];
+    classes = outputs[name]?.shape[1] ?? 0;
+  } else if (config.task === 'detection' && postprocessingOf(config, 'detection').format === 'yolox') {
+    const post = postprocessingOf(config, 'detection') as { output?: string };
+    name = post.output ?? Object.keys(outputs)[0];
+    classes = (outputs[name]?.shape.at(-1) ?? 0) - 5;
+  } else return [];
+  if (!(classes > 0)) return [];
+  const ask = "is it this model's labels file?";
+  const largest = Math.max(...labels.keys());
+  if (largest >= classes)
+    return [`labels: class ${largest} is named, but output ${JSON.stringify(name)} has ${classes} classes (0 to ${classes - 1}): ${ask}`];
+  if (labels.size === largest + 1 && labels.size < classes)
+    return [
+      `labels: ${labels.size} labels for the ${classes} classes of output ${JSON.stringify(name)}: classes ${labels.size} to ${classes - 1} have no label (null in answers); ${ask}`,
+    ];
+  return [];
 }
 
 /** Settings that look inconsistent (each can be right for some model, so they are warnings, not errors). */
