@@ -601,20 +601,20 @@ describe('decoding threads', () => {
     try {
       const query = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
       const gifs = (n: number) => gw.gql(query, { images: Array.from({ length: n }, () => ({ path: path.join(dir, 'frames.gif') })) });
-      await gifs(1);
-      const t = performance.now();
       expect((await gifs(1)).errors).toBeUndefined();
-      const alone = performance.now() - t;
       // a request of forty such GIFs (140 MB read from IMAGE_ROOTS); then another request sends one small photo
-      const many = [gifs(40)];
-      await new Promise((r) => setTimeout(r, alone / 4));
+      const t0 = performance.now();
+      const many = gifs(40).then((r) => ({ r, ms: performance.now() - t0 }));
+      await new Promise((r) => setTimeout(r, 100));
       const t1 = performance.now();
       const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
       const oneMs = performance.now() - t1;
-      for (const r of await Promise.all(many)) expect(r.errors).toBeUndefined();
+      const { r, ms } = await many;
+      expect(r.errors).toBeUndefined();
       expect(one.errors).toBeUndefined();
-      // it waits for the GIF being read, not for the forty headers ahead of it in libuv's queue
-      expect(oneMs, `photo ${oneMs.toFixed(0)} ms, one GIF alone ${alone.toFixed(0)} ms`).toBeLessThan(3 * alone);
+      // it waits for a GIF or two being read, not for the forty headers ahead of it in libuv's queue (measured: an
+      // eighth of what is left of the forty, against a half when the headers were read outside the turns)
+      expect(oneMs, `photo ${oneMs.toFixed(0)} ms, the forty ${ms.toFixed(0)} ms`).toBeLessThan((ms - (t1 - t0)) / 4);
     } finally {
       await gw.close();
       await rm(dir, { recursive: true, force: true });
