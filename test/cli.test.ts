@@ -194,6 +194,8 @@ describe('gateway (command-line client)', () => {
     const refused = await gateway(['classify', '-m', 'mobilenet', ...url, image('zebra.jpeg')]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain('MODEL_NOT_READY');
+    // the list says it is not ready to serve (it said "yes": nothing of it kept the server from being ready)
+    expect((await gateway(['models', ...url])).stdout).toMatch(/^mobilenet\s+classification\s+no\s+v1 UNLOADED$/m);
     const loaded = await gateway(['load', 'mobilenet', '--token', ADMIN, ...url]);
     expect(loaded.stdout).toBe('mobilenet: v1 AVAILABLE\n');
   });

@@ -151,7 +151,10 @@ export function program(io: Io = defaultIo, setExitCode: (code: number) => void 
     try {
       const models = await client(o).listModels();
       if (o.json) return io.out(JSON.stringify(models, null, 2) + '\n');
-      io.out(table([['model', 'task', 'ready', 'versions'], ...models.map((m) => [m.name, m.task, m.ready ? 'yes' : 'no', stateOf(m)])]));
+      // ready: it serves now (a version AVAILABLE, the rest settled); Model.ready alone is also true for a model unloaded
+      // on purpose, which keeps the server ready but serves nothing
+      const serves = (m: ModelSummary) => m.ready && m.versions.some((v) => v.state === 'AVAILABLE');
+      io.out(table([['model', 'task', 'ready', 'versions'], ...models.map((m) => [m.name, m.task, serves(m) ? 'yes' : 'no', stateOf(m)])]));
     } catch (e) {
       fail(e);
     }

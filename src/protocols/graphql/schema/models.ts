@@ -117,7 +117,7 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
     updatedAt: t.field({ type: 'DateTime', resolve: (m) => m.updatedAt }),
     ready: t.boolean({
       description:
-        'Every version the policy asks for is AVAILABLE (or the model was unloaded on purpose); false while the model has no version to serve.',
+        'Nothing of this model keeps the server from being ready (what /ready sums up): every version the policy asks for is AVAILABLE, or the model was unloaded on purpose (then true, though it serves nothing: a version AVAILABLE in versions says it serves). False while a version it asks for loads or has failed, or while it has none.',
       resolve: (m) => m.ready,
     }),
     versions: t.field({ type: [VersionRef], resolve: (m) => [...m.versions.values()].sort((a, b) => a.version - b.version) }),
