@@ -40,6 +40,7 @@ export interface Config {
   fusedPreprocessing: boolean;
   maxImagePixels: number;
   maxUploadBytes: number;
+  maxJsonBodyBytes: number;
   maxBytesInFlight: number;
   maxFilesPerRequest: number;
   maxImagesPerRequest: number;
@@ -349,6 +350,13 @@ export const SETTINGS = [
     int(1),
     50 * 1024 * 1024,
     'Largest request body and uploaded file, in bytes (also the largest gRPC message)',
+  ),
+  s(
+    'maxJsonBodyBytes',
+    'MAX_JSON_BODY_BYTES',
+    int(1024),
+    8 * 1024 * 1024,
+    'Largest JSON request body (GraphQL, KServe v2 REST): JSON is parsed on the event loop (50 MB of it held every other client about a second), so larger images go as multipart uploads or KServe binary data',
   ),
   s(
     'maxBytesInFlight',

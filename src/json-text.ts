@@ -103,3 +103,8 @@ export function jsonValueCount(json: Uint8Array | string, max: number): number {
   for (const c of [0x2c, 0x5b, 0x7b]) for (let at = bytes.indexOf(c); at !== -1 && n <= max; at = bytes.indexOf(c, at + 1)) n++;
   return n;
 }
+
+/** PAYLOAD_TOO_LARGE's words for a JSON body past MAX_JSON_BODY_BYTES (its size, where known), with what to send instead. */
+export function jsonTooLarge(size: number | null, max: number): string {
+  return `a JSON body${size === null ? '' : ` of ${size} bytes`} is past MAX_JSON_BODY_BYTES (${max}): JSON is parsed on the server's event loop; send images as multipart uploads (GraphQL) or binary data (KServe v2's binary extension)`;
+}

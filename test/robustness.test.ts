@@ -4,6 +4,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
@@ -420,6 +421,7 @@ describe('limits', () => {
       models: models(),
       env: {
         MAX_UPLOAD_BYTES: '200000',
+        MAX_JSON_BODY_BYTES: '100000',
         MAX_FILES_PER_REQUEST: '2',
         MAX_IMAGES_PER_REQUEST: '2',
         MAX_QUERY_DEPTH: '4',
@@ -442,6 +444,48 @@ describe('limits', () => {
     JSON.stringify({
       query: `mutation { classify(model: "mobilenet", image: { base64: "${(await readFile(image('bee.jpeg'))).toString('base64')}" }) { predictions { classId } } }`,
     });
+
+  it('refuses a JSON body over MAX_JSON_BODY_BYTES (parsed on the event loop) with 413, saying what to send instead; the same bytes as a multipart upload are taken', async () => {
+    const json = JSON.stringify({ query: '{ __typename }', variables: { pad: 'x'.repeat(150_000) } });
+    const graphql = await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: json });
+    expect(graphql.status).toBe(413);
+    const body = (await graphql.json()) as any;
+    expect(body.errors[0].extensions.code).toBe('PAYLOAD_TOO_LARGE');
+    expect(body.errors[0].message).toMatch(/JSON body of 150\d+ bytes .*MAX_JSON_BODY_BYTES \(100000\).*multipart/);
+    // sent chunked (no Content-Length): refused as it comes
+    const chunked = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = http.request(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode!, text }));
+      });
+      req.on('error', reject);
+      for (let i = 0; i < json.length; i += 16_384) req.write(json.slice(i, i + 16_384));
+      req.end();
+    });
+    expect(chunked.status).toBe(413);
+    expect(chunked.text).toMatch(/MAX_JSON_BODY_BYTES/);
+    // KServe v2 REST's JSON too
+    const rest = await fetch(`${gw.url}/v2/models/mobilenet/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: json,
+    });
+    expect(rest.status).toBe(413);
+    expect(((await rest.json()) as any).error).toMatch(/MAX_JSON_BODY_BYTES/);
+    // compressed for KServe REST (a few hundred bytes sent): refused once inflated, before it is parsed
+    const gz = await fetch(`${gw.url}/v2/models/mobilenet/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
+      body: gzipSync(json),
+    });
+    expect(gz.status).toBe(413);
+    expect(((await gz.json()) as any).error).toMatch(/JSON body of 150\d+ bytes is past MAX_JSON_BODY_BYTES/);
+    // a multipart upload of 150 kB is not parsed as JSON: taken (the bytes are no image: INVALID_IMAGE, HTTP 200)
+    const upload = await gw.gql(CLASSIFY, { f: null }, { files: { f: Buffer.alloc(150_000, 7) } });
+    expect(upload.status).toBe(200);
+    expect(errorCode(upload)).toBe('INVALID_IMAGE');
+  });
 
   it('refuses a body over MAX_UPLOAD_BYTES with 413 and PAYLOAD_TOO_LARGE', async () => {
     const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: new Uint8Array(300_000) } });

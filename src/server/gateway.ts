@@ -65,6 +65,7 @@ export function createGateway({
     maxImagesPerRequest: config.maxImagesPerRequest,
     maxUploadBytes: config.maxUploadBytes,
     maxVariableValues: config.maxVariableValues,
+    maxJsonBodyBytes: config.maxJsonBodyBytes,
     maxFilesPerRequest: config.maxFilesPerRequest,
     budget: { maxRendered: config.maxRenderedImagesPerRequest, maxResponseBytes: config.maxResponseBytes },
     documentLimits: {
@@ -95,6 +96,7 @@ export function createGateway({
     maxUploadBytes: config.maxUploadBytes,
     maxResponseBytes: config.maxResponseBytes,
     maxJsonValues: config.maxJsonValues,
+    maxJsonBodyBytes: config.maxJsonBodyBytes,
     grpcConnections: {
       maxConnections: config.maxConnections,
       maxConnectionsPerClient: config.maxConnectionsPerClient,
@@ -107,6 +109,7 @@ export function createGateway({
   const server = createHttpServer({
     logger,
     maxBodyBytes: config.maxUploadBytes,
+    maxJsonBodyBytes: config.maxJsonBodyBytes,
     allowedHosts: config.allowedHosts,
     maxConnections: config.maxConnections,
     maxConnectionsPerClient: config.maxConnectionsPerClient,

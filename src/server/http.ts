@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { ErrorCode, type GatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError } from '../errors.ts';
 import { noteErrorCodes, requestContext, type Logger, type RequestContext } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
+import { jsonTooLarge } from '../json-text.ts';
 import { capConnections } from '../connections.ts';
 import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../client-address.ts';
@@ -25,6 +26,8 @@ export interface HttpOptions {
   routes: readonly Route[];
   /** Largest request body; refused from Content-Length before anything is read. */
   maxBodyBytes: number;
+  /** Largest JSON body (parsed on the event loop), refused the same way, or as it comes when sent chunked. */
+  maxJsonBodyBytes?: number;
   /** Host names answered besides IP addresses and localhost (see hosts.ts). */
   allowedHosts?: readonly string[];
   /** Open connections in all, and per client address: past them a new connection is closed at once. */
@@ -52,6 +55,7 @@ export function createHttpServer({
   logger,
   routes,
   maxBodyBytes,
+  maxJsonBodyBytes = Infinity,
   allowedHosts = [],
   maxConnections = 2048,
   maxConnectionsPerClient = 256,
@@ -117,6 +121,8 @@ export function createHttpServer({
             ErrorCode.PAYLOAD_TOO_LARGE,
             `request body of ${length} bytes exceeds the limit of ${maxBodyBytes} bytes (MAX_UPLOAD_BYTES)`,
           );
+        const maxJson = isJson(req) ? maxJsonBodyBytes : Infinity;
+        if (length > maxJson) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(length, maxJson));
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
           const client = clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
@@ -126,7 +132,7 @@ export function createHttpServer({
           // set aside for it (headers that promise a body and send none would hold the budget for nothing)
           const refused = bytesInFlight.fits(length, client);
           if (refused) return refuseFor(refused);
-          countBody(req, res, { client, budget: bytesInFlight, refuse: refuseFor });
+          countBody(req, res, { client, budget: bytesInFlight, refuse: refuseFor, max: maxJson });
         }
         // the client waits for this before it sends its body (Expect: 100-continue): only once the request is accepted
         if (continues.has(req)) res.writeContinue();
@@ -233,11 +239,12 @@ function answeredHere(res: ServerResponse): void {
 function countBody(
   req: IncomingMessage,
   res: ServerResponse,
-  { client, budget, refuse }: { client: string; budget: BytesInFlight; refuse: (e: GatewayError) => void },
+  { client, budget, refuse, max = Infinity }: { client: string; budget: BytesInFlight; refuse: (e: GatewayError) => void; max?: number },
 ): void {
   const hold = new RequestHold(budget, client);
   setHold(req, hold);
   let over = false;
+  let came = 0;
   const push = req.push;
   req.push = function (chunk: unknown, encoding?: BufferEncoding): boolean {
     // dropped; and read on (true: Node's parser does not pause the connection), so that the client can finish sending
@@ -247,7 +254,9 @@ function countBody(
     // the body's end): the next request on the connection, or its lingering close, must not wait behind it
     if (chunk === null) return push.call(this, chunk, encoding);
     if (hold.done) return true;
-    const refused = hold.take((chunk as Buffer).length);
+    came += (chunk as Buffer).length;
+    const refused =
+      came > max ? new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(null, max)) : hold.take((chunk as Buffer).length);
     if (refused) {
       over = true;
       const error = Object.assign(new Error('request body refused past MAX_BYTES_IN_FLIGHT'), { code: 'ECONNRESET' });
@@ -262,4 +271,10 @@ function countBody(
     return push.call(this, chunk, encoding);
   };
   giveBackOnce(req, res, () => hold.release());
+}
+
+/** A JSON body (GraphQL's application/json and application/graphql+json, KServe REST's): parsed on the event loop. */
+export function isJson(req: IncomingMessage): boolean {
+  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
 }

@@ -38,6 +38,8 @@ export interface GraphqlOptions {
   maxUploadBytes?: number;
   /** Most JSON values a request's body or WebSocket message holds (MAX_VARIABLE_VALUES). */
   maxVariableValues?: number;
+  /** Largest JSON body once inflated (MAX_JSON_BODY_BYTES; HTTP refuses a larger one before it is read). */
+  maxJsonBodyBytes?: number;
   maxFilesPerRequest?: number;
   documentLimits?: DocumentLimits;
   webSocketLimits?: WebSocketLimits;
@@ -97,6 +99,7 @@ export function createGraphqlProtocol({
   maxImagesPerRequest = 64,
   maxUploadBytes = 50 * 1024 * 1024,
   maxVariableValues = 65_536,
+  maxJsonBodyBytes = 8 * 1024 * 1024,
   maxFilesPerRequest = 16,
   documentLimits = {},
   budget = {},
@@ -211,7 +214,7 @@ export function createGraphqlProtocol({
       // and an error about JSON in a body reads its text again
       useMultipartShape(),
       useJsonErrors(),
-      useVariableValueLimit(maxVariableValues),
+      useVariableValueLimit(maxVariableValues, maxJsonBodyBytes),
       useChunkedBodyLimit(maxUploadBytes),
     ],
   });

@@ -18,6 +18,8 @@ export interface KserveOptions {
   maxResponseBytes?: number;
   /** Tensor values decoded or encoded one by one (REST JSON, gRPC typed contents), in and out. */
   maxJsonValues?: number;
+  /** Largest REST JSON (a body, or the JSON header of binary data), once inflated: parsed on the event loop. */
+  maxJsonBodyBytes?: number;
   /** The gRPC port's connections, in all and per client, how long a call may take to arrive, and the process's budget of request bytes. */
   grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight'>;
   /** Who each request's client is, and which peers are trusted proxies (TRUSTED_PROXIES); default: every peer is a client. */
@@ -40,12 +42,21 @@ export function createKserveProtocol({
   maxUploadBytes = 50 * 1024 * 1024,
   maxResponseBytes = 64 * 1024 * 1024,
   maxJsonValues = 524_288,
+  maxJsonBodyBytes = 8 * 1024 * 1024,
   grpcConnections = {},
   clients = new ClientAddresses(),
 }: KserveOptions): KserveProtocol {
   const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes, maxJsonValues });
   return {
-    route: createRestRoute({ core, logger, maxBodyBytes: maxUploadBytes, maxJsonValues, maxItems: maxImagesPerRequest, clients }),
+    route: createRestRoute({
+      core,
+      logger,
+      maxBodyBytes: maxUploadBytes,
+      maxJsonBytes: maxJsonBodyBytes,
+      maxJsonValues,
+      maxItems: maxImagesPerRequest,
+      clients,
+    }),
     grpc: createGrpcServer({
       core,
       logger,

@@ -4,7 +4,7 @@ import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
-import { jsonValueCount, notValidJsonText } from '../../json-text.ts';
+import { jsonTooLarge, jsonValueCount, notValidJsonText } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
 import {
@@ -202,7 +202,12 @@ export function parseInferRequest(
   body: Buffer,
   headerLength: string | undefined,
   target: InferTarget,
-  { maxJsonValues = Infinity, maxItems = Infinity, contentType }: { maxJsonValues?: number; maxItems?: number; contentType?: string } = {},
+  {
+    maxJsonBytes = Infinity,
+    maxJsonValues = Infinity,
+    maxItems = Infinity,
+    contentType,
+  }: { maxJsonBytes?: number; maxJsonValues?: number; maxItems?: number; contentType?: string } = {},
 ): RestInfer {
   const upload = uploadOf(body, contentType);
   if (upload)
@@ -218,6 +223,8 @@ export function parseInferRequest(
     json = body.subarray(0, n);
     binary = body.subarray(n);
   }
+  // (HTTP refuses a JSON body past it from its headers; this is for a compressed one, and the JSON header of binary data)
+  if (json.length > maxJsonBytes) throw new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(json.length, maxJsonBytes));
   const values = jsonValueCount(json, maxJsonValues);
   if (values > maxJsonValues)
     throw tooManyValues(
@@ -357,6 +364,7 @@ export function createRestRoute({
   core,
   logger,
   maxBodyBytes = 50 * 1024 * 1024,
+  maxJsonBytes = 8 * 1024 * 1024,
   maxJsonValues = 524_288,
   maxItems = 64,
   clients = new ClientAddresses(),
@@ -366,6 +374,8 @@ export function createRestRoute({
   /** Which peers are trusted proxies (TRUSTED_PROXIES): what they relay is never this machine's own. */
   clients?: ClientAddresses;
   maxBodyBytes?: number;
+  /** Largest JSON parsed from a request, once inflated (MAX_JSON_BODY_BYTES). */
+  maxJsonBytes?: number;
   /** Values of JSON parsed from a request, and of tensors written as JSON in its answer (MAX_JSON_VALUES). */
   maxJsonValues?: number;
   /** Images (BYTES elements) one request may carry (MAX_IMAGES_PER_REQUEST), checked before they are read. */
@@ -427,6 +437,7 @@ export function createRestRoute({
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
         const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, target, {
+          maxJsonBytes,
           maxJsonValues,
           maxItems,
           contentType: req.headers['content-type'],

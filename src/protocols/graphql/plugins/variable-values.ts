@@ -1,6 +1,6 @@
 import type { Plugin } from 'graphql-yoga';
 import { ErrorCode, GatewayError } from '../../../errors.ts';
-import { jsonValueCount } from '../../../json-text.ts';
+import { jsonTooLarge, jsonValueCount } from '../../../json-text.ts';
 import { toGraphQLError } from '../errors.ts';
 import { bodyKind } from './body-kind.ts';
 
@@ -22,7 +22,7 @@ export const tooManyVariableValues = (max: number) =>
  * held the event loop about a second; a 50 MB body of 25M, over 20 s). Counted by jsonValueCount, an over-count
  * (commas in strings count).
  */
-export function useVariableValueLimit(max: number): Plugin {
+export function useVariableValueLimit(max: number, maxJsonBytes = Infinity): Plugin {
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
       // a GET's variables are bounded by the size of its headers; a body by MAX_UPLOAD_BYTES only
@@ -36,8 +36,16 @@ export function useVariableValueLimit(max: number): Plugin {
         };
         if (!multipart) {
           // read once: the request keeps its body for the parser (whatwg-node's)
-          if (!form) check([await req.text()]);
-          else {
+          if (!form) {
+            const text = await req.text();
+            // HTTP refuses a JSON body past MAX_JSON_BODY_BYTES from its headers, or as it comes where the process counts
+            // request bytes (MAX_BYTES_IN_FLIGHT): this holds where it does not
+            if (text.length > maxJsonBytes)
+              throw toGraphQLError(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(text.length, maxJsonBytes)), {
+                requestLevel: true,
+              });
+            check([text]);
+          } else {
             const params = new URLSearchParams(await req.text());
             check([params.get('variables'), params.get('extensions')]);
           }
