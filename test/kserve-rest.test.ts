@@ -841,8 +841,12 @@ describe('KServe v2: the work of a client that left is dropped (REST and gRPC), 
   let big: Buffer;
   const N = 24;
   beforeAll(async () => {
-    // one decoding thread: the images of a request wait their turn, so there is queued work to drop
-    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { DECODE_THREADS: '1' } });
+    // one decoding thread: the images of a request wait their turn, so there is queued work to drop (a JSON body of
+    // 24 large photos in base64, past the default MAX_JSON_BODY_BYTES)
+    gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet') },
+      env: { DECODE_THREADS: '1', MAX_JSON_BODY_BYTES: String(50 * 1024 * 1024) },
+    });
     big = await sharp(image('bee.jpeg')).resize(4000, 3000).jpeg().toBuffer();
   });
   afterAll(() => gw?.close());
