@@ -78,6 +78,9 @@ describe('the page at / over HTTP', () => {
     const style = await fetch(`${gw.url}${css}`);
     expect(style.headers.get('content-type')).toBe('text/css');
     expect(await style.text()).toContain('.box');
+    // the compressed copies are served for the file they compress (by Accept-Encoding), not as files of their own (they
+    // came as text/javascript without a Content-Encoding)
+    for (const copy of [`${js}.gz`, `${js}.br`, `${css}.gz`]) expect((await fetch(`${gw.url}${copy}`)).status, copy).toBe(404);
 
     const plain = await fetch(`${gw.url}/`, { headers: { 'accept-encoding': 'identity' } });
     expect(plain.headers.get('content-encoding')).toBeNull();

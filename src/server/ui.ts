@@ -56,6 +56,16 @@ export function uiRoute(dir: string = UI_DIST): Route {
       // may ignore Range (RFC 9110, 14.2): the whole file, 200.
       delete req.headers.range;
       delete req.headers['if-range'];
+      // the precompressed copies (.gz, .br) are sirv's to send for the file they compress, by Accept-Encoding; asked for
+      // by name it sent them as that file's type without a Content-Encoding
+      const asked = (req.url ?? '/').split('?')[0];
+      let decoded = asked;
+      try {
+        decoded = decodeURIComponent(asked);
+      } catch {
+        // not a path sirv can serve either
+      }
+      if (/\.(gz|br)$/i.test(decoded)) return text(res, 404, `nothing at ${asked}\n`);
       serve(req, res, () => {
         const pathname = (req.url ?? '/').split('?')[0];
         if (pathname.startsWith('/assets/')) return text(res, 404, `nothing at ${pathname}\n`);
