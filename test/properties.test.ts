@@ -242,6 +242,12 @@ describe('property: base64 from clients', () => {
         },
       ),
     );
-    for (const bad of ['ab$c', 'abc d', 'a', 'abcde', '=abc', 'ab==cd', '-_-_']) expect(decodeBase64(bad), bad).toBeNull();
+    for (const bad of ['ab$c', 'abc d', 'a', 'abcde', '=abc', 'ab==cd', '-_-_', 'QQ=\n=']) expect(decodeBase64(bad), bad).toBeNull();
+    // refused in linear time: a long run of line breaks before a character that is not base64 (a pattern with two ways
+    // to match a line break took the square of the run: 40k of them, 1.5 s of the event loop)
+    const t0 = performance.now();
+    expect(decodeBase64('\n'.repeat(200_000) + '!')).toBeNull();
+    expect(decodeBase64('QUJD' + '\r\n'.repeat(100_000) + '$')).toBeNull();
+    expect(performance.now() - t0).toBeLessThan(500);
   });
 });
