@@ -169,7 +169,12 @@ describe('mistakes in model.json fail at load, naming the field', () => {
       config: fixtureConfigs.mobilenet,
       files: { 'labels.txt': { text: ten } },
     });
-    await addModel(gw.root, 'long-labels', mobilenet({ labels: Array.from({ length: 1001 }, (_, i) => `class ${i}`) }));
+    // 200k labels (the largest id a labels file may name is 999999): counted without a spread of 200k arguments
+    await addModel(gw.root, 'long-labels', {
+      onnx: fixture('mobilenet').onnx,
+      config: fixtureConfigs.mobilenet,
+      files: { 'labels.txt': { text: Array.from({ length: 200_000 }, (_, i) => `class ${i}`).join('\n') } },
+    });
     await addModel(gw.root, 'yolox-labels', {
       ...fixture('yolox'),
       files: { 'labels.txt': { text: 'person\nbicycle\ncar\nmotorcycle\nairplane' } },
@@ -179,7 +184,10 @@ describe('mistakes in model.json fail at load, naming the field', () => {
         'short-labels',
         /^labels: 10 labels for the 1000 classes of output "output": classes 10 to 999 have no label .*is it this model's labels file\?$/,
       ],
-      ['long-labels', /^labels: class 1000 is named, but output "output" has 1000 classes \(0 to 999\).*is it this model's labels file\?$/],
+      [
+        'long-labels',
+        /^labels: class 199999 is named, but output "output" has 1000 classes \(0 to 999\).*is it this model's labels file\?$/,
+      ],
       ['yolox-labels', /^labels: 5 labels for the 80 classes of output "output": classes 5 to 79 have no label/],
     ] as const) {
       await until(

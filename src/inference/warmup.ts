@@ -2,6 +2,7 @@ import sharp from 'sharp';
 import type { Session, Tensor } from '../engine/types.ts';
 import { postprocessingOf } from '../repository/model-config.ts';
 import type { ModelFiles } from '../repository/model.ts';
+import { largestId } from '../repository/labels.ts';
 import { classify } from '../vision/classification.ts';
 import { detect } from '../vision/detection.ts';
 import { preprocess, probeImage, type InputPlan } from '../vision/preprocess.ts';
@@ -76,7 +77,7 @@ function labelWarnings({ config, labels }: ModelFiles, outputs: Record<string, T
   } else return [];
   if (!(classes > 0)) return [];
   const ask = "is it this model's labels file?";
-  const largest = Math.max(...labels.keys());
+  const largest = largestId(labels);
   if (largest >= classes)
     return [`labels: class ${largest} is named, but output ${JSON.stringify(name)} has ${classes} classes (0 to ${classes - 1}): ${ask}`];
   if (labels.size === largest + 1 && labels.size < classes)

@@ -4,6 +4,13 @@ import { notValidJsonFile, withoutBom } from '../json-text.ts';
 /** Class id -> label. Sparse maps (pbtxt ids, JSON objects) keep their ids. */
 export type Labels = ReadonlyMap<number, string>;
 
+/** The largest class id a labels map names (-1 for none); not Math.max(...ids): a million arguments overflow the stack. */
+export function largestId(labels: Labels): number {
+  let max = -1;
+  for (const id of labels.keys()) if (id > max) max = id;
+  return max;
+}
+
 const invalid = (source: string, msg: string) => new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${source}: ${msg}`, { field: 'labels' });
 
 export function labelsFromList(list: readonly string[], source = 'labels'): Labels {

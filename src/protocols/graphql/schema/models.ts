@@ -1,7 +1,7 @@
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import type { TensorInfo } from '../../../engine/types.ts';
 import type { Model } from '../../../repository/model.ts';
-import type { Labels } from '../../../repository/labels.ts';
+import { largestId, type Labels } from '../../../repository/labels.ts';
 import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../../../repository/version.ts';
 import type { VersionStats } from '../../../batching/stats.ts';
 import { guessLayout } from '../../../vision/preprocess.ts';
@@ -90,8 +90,7 @@ const labelLists = new WeakMap<Labels, { list: string[]; bytes: number }>();
 function labelList(labels: Labels): { list: string[]; bytes: number } {
   let known = labelLists.get(labels);
   if (!known) {
-    let max = -1;
-    for (const id of labels.keys()) if (id > max) max = id; // not Math.max(...ids): a million arguments overflow the stack
+    const max = largestId(labels);
     const list = Array.from({ length: max + 1 }, (_, i) => labels.get(i) ?? '');
     known = { list, bytes: list.reduce((n, l) => n + l.length + 3, 0) };
     labelLists.set(labels, known);
