@@ -481,6 +481,40 @@ describe('limits', () => {
     });
     expect(gz.status).toBe(413);
     expect(((await gz.json()) as any).error).toMatch(/JSON body of 150\d+ bytes is past MAX_JSON_BODY_BYTES/);
+    // the same JSON as a form's variables, or as a multipart request's operations, is parsed all the same: refused
+    const form = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-graphql-yoga-csrf': '1' },
+      body: new URLSearchParams({ query: '{ __typename }', variables: JSON.stringify({ pad: 'x'.repeat(150_000) }) }).toString(),
+    });
+    expect(form.status).toBe(413);
+    expect(await form.text()).toMatch(/MAX_JSON_BODY_BYTES/);
+    const boundary = 'json-limit';
+    const operations = JSON.stringify({ query: CLASSIFY, variables: { f: null, pad: 'x'.repeat(150_000) } });
+    const multipart = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'x-graphql-yoga-csrf': '1' },
+      body:
+        `--${boundary}\r\nContent-Disposition: form-data; name="operations"\r\n\r\n${operations}\r\n` +
+        `--${boundary}\r\nContent-Disposition: form-data; name="map"\r\n\r\n{"0":["variables.f"]}\r\n` +
+        `--${boundary}\r\nContent-Disposition: form-data; name="0"; filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\nxx\r\n--${boundary}--\r\n`,
+    });
+    expect(multipart.status).toBe(413);
+    expect(await multipart.text()).toMatch(/multipart field operations: .*MAX_JSON_BODY_BYTES/);
+    // KServe binary data sent as application/json: only its JSON header is JSON (a photo of 160 kB after 200 bytes)
+    const photo = await readFile(image('dog.jpg'));
+    const header = JSON.stringify({
+      inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], parameters: { binary_data_size: photo.length + 4 } }],
+      outputs: [{ name: 'output', parameters: { classification: 1 } }],
+    });
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(photo.length);
+    const binary = await fetch(`${gw.url}/v2/models/mobilenet/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'inference-header-content-length': String(header.length) },
+      body: Buffer.concat([Buffer.from(header), length, photo]),
+    });
+    expect(binary.status, await binary.clone().text()).toBe(200);
     // a multipart upload of 150 kB is not parsed as JSON: taken (the bytes are no image: INVALID_IMAGE, HTTP 200)
     const upload = await gw.gql(CLASSIFY, { f: null }, { files: { f: Buffer.alloc(150_000, 7) } });
     expect(upload.status).toBe(200);

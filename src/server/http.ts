@@ -121,7 +121,7 @@ export function createHttpServer({
             ErrorCode.PAYLOAD_TOO_LARGE,
             `request body of ${length} bytes exceeds the limit of ${maxBodyBytes} bytes (MAX_UPLOAD_BYTES)`,
           );
-        const maxJson = isJson(req) ? maxJsonBodyBytes : Infinity;
+        const maxJson = parsedAsJson(req) ? maxJsonBodyBytes : Infinity;
         if (length > maxJson) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(length, maxJson));
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
@@ -232,9 +232,10 @@ function answeredHere(res: ServerResponse): void {
  * What a body holds of the budget: the bytes that have come, counted as Node's HTTP parser hands them to the request
  * (its push(), before any reader sees them), until its answer is sent or its client leaves; a route may hold more for
  * it (holdOf: KServe REST inflating it). Past the budget (a body that fitted when its headers came, beside others that
- * came since) it is answered 503 QUEUE_FULL as it comes, nothing more of it reaches its route (what still comes is
- * read and dropped), and once that answer is sent its route is told the body ends there with an error, so that it stops
- * waiting for the rest; the connection closes as lingerOnClose closes it.
+ * came since) it is answered 503 QUEUE_FULL as it comes, and past `max` (MAX_JSON_BODY_BYTES, for a JSON body sent
+ * without its length) 413 PAYLOAD_TOO_LARGE; nothing more of it reaches its route (what still comes is read and
+ * dropped), and once that answer is sent its route is told the body ends there with an error, so that it stops waiting
+ * for the rest; the connection closes as lingerOnClose closes it.
  */
 function countBody(
   req: IncomingMessage,
@@ -259,7 +260,7 @@ function countBody(
       came > max ? new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(null, max)) : hold.take((chunk as Buffer).length);
     if (refused) {
       over = true;
-      const error = Object.assign(new Error('request body refused past MAX_BYTES_IN_FLIGHT'), { code: 'ECONNRESET' });
+      const error = Object.assign(new Error(`request body refused as it came: ${refused.message}`), { code: 'ECONNRESET' });
       if (res.headersSent) req.destroy(error);
       else {
         refuse(refused);
@@ -273,8 +274,17 @@ function countBody(
   giveBackOnce(req, res, () => hold.release());
 }
 
-/** A JSON body (GraphQL's application/json and application/graphql+json, KServe REST's): parsed on the event loop. */
-export function isJson(req: IncomingMessage): boolean {
+/**
+ * A body parsed whole as text on the event loop: JSON (GraphQL's application/json and application/graphql+json, KServe
+ * REST's) and a form (GraphQL's variables in it are JSON). Not KServe's binary data, whatever its type says: only its
+ * JSON header is parsed (bounded where it is read); nor multipart (its JSON fields are bounded where they are read).
+ */
+function parsedAsJson(req: IncomingMessage): boolean {
+  if (req.headers['inference-header-content-length'] !== undefined) return false;
   const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
+  return (
+    type === 'application/json' ||
+    type === 'application/x-www-form-urlencoded' ||
+    (type.startsWith('application/') && type.endsWith('+json'))
+  );
 }

@@ -30,23 +30,27 @@ export function useVariableValueLimit(max: number, maxJsonBytes = Infinity): Plu
       if (!requestParser || kind === null || kind === 'get') return;
       const form = kind === 'form';
       const multipart = kind === 'multipart';
+      const tooLarge = (field: string | null, size: number) =>
+        toGraphQLError(
+          new GatewayError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            field === null ? jsonTooLarge(size, maxJsonBytes) : `the multipart field ${field}: ${jsonTooLarge(size, maxJsonBytes)}`,
+          ),
+          { requestLevel: true },
+        );
       setRequestParser(async (req) => {
         const check = (texts: unknown[]) => {
           for (const text of texts) if (typeof text === 'string' && jsonValueCount(text, max) > max) throw tooManyVariableValues(max);
         };
         if (!multipart) {
           // read once: the request keeps its body for the parser (whatwg-node's)
-          if (!form) {
-            const text = await req.text();
-            // HTTP refuses a JSON body past MAX_JSON_BODY_BYTES from its headers, or as it comes where the process counts
-            // request bytes (MAX_BYTES_IN_FLIGHT): this holds where it does not
-            if (text.length > maxJsonBytes)
-              throw toGraphQLError(new GatewayError(ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(text.length, maxJsonBytes)), {
-                requestLevel: true,
-              });
-            check([text]);
-          } else {
-            const params = new URLSearchParams(await req.text());
+          const text = await req.text();
+          // HTTP refuses a JSON or form body past MAX_JSON_BODY_BYTES from its headers, or as it comes where the process
+          // counts request bytes (MAX_BYTES_IN_FLIGHT): this holds where it does not (characters, at most its bytes)
+          if (text.length > maxJsonBytes) throw tooLarge(null, text.length);
+          if (!form) check([text]);
+          else {
+            const params = new URLSearchParams(text);
             check([params.get('variables'), params.get('extensions')]);
           }
           return requestParser(req);
@@ -58,6 +62,11 @@ export function useVariableValueLimit(max: number, maxJsonBytes = Infinity): Plu
         req.formData = ((...a: Parameters<typeof read>) =>
           read(...a).then((parts) => {
             try {
+              // its JSON fields are parsed as a JSON body is, and bounded the same (the files are parts of their own)
+              for (const name of ['operations', 'map']) {
+                const field = parts.get(name);
+                if (typeof field === 'string' && field.length > maxJsonBytes) throw tooLarge(name, field.length);
+              }
               check([parts.get('operations'), parts.get('map')]);
             } catch (e) {
               throw (refused = e);
