@@ -338,6 +338,9 @@ describe('model.json validation names the field', () => {
       { task: 'detection', postprocessing: { format: 'ssd', strides: [8, 16, 32] } },
       /postprocessing\.strides: not a field of postprocessing\.format "ssd": it belongs to postprocessing\.format "yolox"; remove it, or set postprocessing\.format to "yolox"$/,
     ],
+    // a name every object has (not a field of any branch), and a field of this very branch beside one it excludes
+    [{ task: 'detection', postprocessing: { format: 'ssd', constructor: 1 } }, /postprocessing\.constructor: unknown field(; |$)/],
+    [{ task: 'raw', versionPolicy: { all: false, latest: 1 } }, /versionPolicy\.all: not expected beside "latest"/],
     [
       { task: 'classification', postprocessing: { format: 'yolox' } },
       /postprocessing\.format: not a field of task "classification": it belongs to task "detection"/,

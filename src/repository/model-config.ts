@@ -291,27 +291,30 @@ let jsonSchema: Record<string, unknown> | null = null;
 /** What to say of an unknown key: the field it is likely a misspelling of, or, for a field of another branch, whose. */
 function unknownField(key: string, path: readonly PropertyKey[], input: unknown): string {
   jsonSchema ??= modelJsonSchema();
-  const owners = objectsAt(jsonSchema, path).filter((o) => key in o.props);
+  const owners = objectsAt(jsonSchema, path).filter((o) => Object.hasOwn(o.props, key));
+  // the key's own value chooses nothing here (versionPolicy's "all": true is a const of its branch)
+  const own = (c: Choice) => c.name === key && c.at.length === path.length && c.at.every((p, i) => p === path[i]);
+  const differing = (o: (typeof owners)[number]) =>
+    o.chosenBy.filter((c) => {
+      if (own(c)) return false;
+      const here = valueAt(input, [...c.at, c.name]);
+      return here !== undefined && here !== c.value;
+    });
+  if (owners.length && !owners.some((o) => differing(o).length === 0)) {
+    // a field of another task or format (a yolox config switched to ssd): the choice this file makes otherwise, in the
+    // branch that differs least from the file
+    const nearest = owners.reduce((a, b) => (differing(b).length < differing(a).length ? b : a));
+    const differs = differing(nearest)[0];
+    const here = valueAt(input, [...differs.at, differs.name]);
+    const field = fieldPath([...differs.at, differs.name]);
+    const same = (c: Choice) => c.name === differs.name && c.at.join('.') === differs.at.join('.');
+    const theirs = [...new Set(owners.flatMap((o) => o.chosenBy.filter(same).map((c) => c.value)))].map((v) => JSON.stringify(v));
+    return `not a field of ${field} ${JSON.stringify(here)}: it belongs to ${field} ${theirs.join(' or ')}; remove it, or set ${field} to ${theirs[0]}`;
+  }
   if (owners.length) {
-    // a field of another task or format (a yolox config switched to ssd): the first choice this file makes otherwise
-    const differs = owners
-      .flatMap((o) => o.chosenBy)
-      .find((c) => {
-        const here = valueAt(input, [...c.at, c.name]);
-        return here !== undefined && here !== c.value;
-      });
-    if (differs) {
-      const here = valueAt(input, [...differs.at, differs.name]);
-      const field = fieldPath([...differs.at, differs.name]);
-      const theirs = [
-        ...new Set(
-          owners.flatMap((o) =>
-            o.chosenBy.filter((c) => c.name === differs.name && c.at.join('.') === differs.at.join('.')).map((c) => c.value),
-          ),
-        ),
-      ].map((v) => JSON.stringify(v));
-      return `not a field of ${field} ${JSON.stringify(here)}: it belongs to ${field} ${theirs.join(' or ')}; remove it, or set ${field} to ${theirs[0]}`;
-    }
+    // a field of this very object, refused beside another it excludes (versionPolicy: one of latest, all, specific)
+    const beside = Object.keys((valueAt(input, path) as object | undefined) ?? {}).filter((k) => k !== key);
+    return `not expected beside ${beside.map((k) => JSON.stringify(k)).join(', ')}; give one of them`;
   }
   const candidates = keysAt(jsonSchema, path);
   const best = closest(key, candidates);
