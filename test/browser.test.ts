@@ -80,7 +80,8 @@ describe('the page at / over HTTP', () => {
     expect(await style.text()).toContain('.box');
     // the compressed copies are served for the file they compress (by Accept-Encoding), not as files of their own (they
     // came as text/javascript without a Content-Encoding)
-    for (const copy of [`${js}.gz`, `${js}.br`, `${css}.gz`]) expect((await fetch(`${gw.url}${copy}`)).status, copy).toBe(404);
+    for (const copy of [`${js}.gz`, `${js}.br`, `${css}.gz`, `${js}.gz/`, `${js}.br//`])
+      expect((await fetch(`${gw.url}${copy}`)).status, copy).toBe(404);
 
     const plain = await fetch(`${gw.url}/`, { headers: { 'accept-encoding': 'identity' } });
     expect(plain.headers.get('content-encoding')).toBeNull();

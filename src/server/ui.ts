@@ -65,7 +65,7 @@ export function uiRoute(dir: string = UI_DIST): Route {
       } catch {
         // not a path sirv can serve either
       }
-      if (/\.(gz|br)$/i.test(decoded)) return text(res, 404, `nothing at ${asked}\n`);
+      if (/\.(gz|br)\/*$/i.test(decoded)) return text(res, 404, `nothing at ${asked}\n`); // sirv drops trailing slashes
       serve(req, res, () => {
         const pathname = (req.url ?? '/').split('?')[0];
         if (pathname.startsWith('/assets/')) return text(res, 404, `nothing at ${pathname}\n`);
