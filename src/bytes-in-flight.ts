@@ -3,7 +3,7 @@ import { ErrorCode, GatewayError } from './errors.ts';
 /**
  * Bytes of requests the process holds at once, on both ports, counted as they arrive (an HTTP body, GraphQL or KServe
  * REST, until its answer is sent or its client leaves; a gRPC message until its call ends; a WebSocket operation's
- * message until the operation ends). Each body is
+ * message until the operation ends; an image the server reads from IMAGE_ROOTS for a request, with that request). Each body is
  * bounded by MAX_UPLOAD_BYTES and connections per client by MAX_CONNECTIONS_PER_CLIENT, but their product is not (256
  * connections x 50 MB from one address): past this budget a request is refused (QUEUE_FULL, which clients retry) and
  * the rest of it is not read, so memory stays bounded whatever clients send. What is counted is what has come, not

@@ -58,7 +58,7 @@ export class Metrics {
   bytesInFlight: () => number = () => 0;
   readonly requestBytes: Gauge = new Gauge({
     name: 'gateway_request_bytes_in_flight',
-    help: 'Bytes of requests held now (HTTP bodies until answered, gRPC messages until their call ends), against MAX_BYTES_IN_FLIGHT.',
+    help: 'Bytes of requests held now (HTTP bodies until answered, gRPC messages until their call ends, WebSocket operations until they end, images read from IMAGE_ROOTS until their request is answered), against MAX_BYTES_IN_FLIGHT.',
     registers: [this.registry],
     collect: (): void => this.requestBytes.set(this.bytesInFlight()),
   });

@@ -251,3 +251,30 @@ describe('property: base64 from clients', () => {
     expect(performance.now() - t0).toBeLessThan(500);
   });
 });
+
+describe("property: a request's budget", () => {
+  it('a file refused by the memory budget takes none of the input bytes: what a request may still read is unchanged', async () => {
+    const { RequestBudget } = await import('../src/inference/budget.ts');
+    const { ErrorCode } = await import('../src/errors.ts');
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.integer({ min: 1, max: 400 }), fc.boolean()), { maxLength: 20 }), (files) => {
+        const budget = new RequestBudget({ maxImages: 64, maxInputBytes: 1000 });
+        let memoryRefuses = false;
+        budget.memory = { take: () => (memoryRefuses ? new GatewayError(ErrorCode.QUEUE_FULL, 'full') : null) };
+        let taken = 0;
+        for (const [n, refused] of files) {
+          memoryRefuses = refused;
+          const fits = taken + n <= 1000;
+          let ok = true;
+          try {
+            budget.takeFileBytes(n);
+          } catch {
+            ok = false;
+          }
+          expect(ok).toBe(fits && !refused);
+          if (ok) taken += n;
+        }
+      }),
+    );
+  });
+});

@@ -101,7 +101,10 @@ export class RequestBudget {
   takeFileBytes(n: number): void {
     this.takeInputBytes(n);
     const refused = this.memory?.take(n);
-    if (refused) throw refused;
+    if (refused) {
+      this.inputBytes -= n; // not read: the rest of the request may still read what it would have
+      throw refused;
+    }
   }
 
   /** CANCELLED when the client has gone away (nobody will read the answer). */
