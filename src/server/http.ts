@@ -121,7 +121,7 @@ export function createHttpServer({
             ErrorCode.PAYLOAD_TOO_LARGE,
             `request body of ${length} bytes exceeds the limit of ${maxBodyBytes} bytes (MAX_UPLOAD_BYTES)`,
           );
-        const maxJson = parsedAsJson(req) ? maxJsonBodyBytes : Infinity;
+        const maxJson = parsedAsJson(req, pathname) ? maxJsonBodyBytes : Infinity;
         if (length > maxJson) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(length, maxJson));
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
@@ -279,8 +279,8 @@ function countBody(
  * REST's) and a form (GraphQL's variables in it are JSON). Not KServe's binary data, whatever its type says: only its
  * JSON header is parsed (bounded where it is read); nor multipart (its JSON fields are bounded where they are read).
  */
-function parsedAsJson(req: IncomingMessage): boolean {
-  if (req.headers['inference-header-content-length'] !== undefined) return false;
+function parsedAsJson(req: IncomingMessage, pathname: string): boolean {
+  if (pathname.startsWith('/v2/') && req.headers['inference-header-content-length'] !== undefined) return false;
   const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
   return (
     type === 'application/json' ||
