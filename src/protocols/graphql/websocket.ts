@@ -5,7 +5,7 @@ import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { ErrorCode, GatewayError, errorMessage } from '../../errors.ts';
-import type { BytesInFlight } from '../../bytes-in-flight.ts';
+import { RequestHold, type BytesInFlight } from '../../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
@@ -212,10 +212,10 @@ export function attachWebSocket(
    * Keyed by the message's payload, which graphql-ws hands to onSubscribe, onComplete and onError alike, not by its id:
    * a client may use an id again as soon as it has completed it, before the operation it named has finished ending.
    */
-  type Operation = { abort: AbortController; bytes: number; client: string };
+  type Operation = { abort: AbortController; hold: RequestHold | null };
   const operations = new WeakMap<object, Map<object, Operation>>();
   const endOperation = (op: Operation | undefined) => {
-    if (op && bytesInFlight) bytesInFlight.give(op.bytes, op.client);
+    op?.hold?.release();
     op?.abort.abort();
   };
   const end = (socket: object, payload: object) => {
@@ -284,22 +284,14 @@ export function attachWebSocket(
         // the message's size, read before anything here waited (graphql-ws calls this as the message comes)
         const client = clientOf.get(ctx.extra.socket) ?? 'unknown';
         const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
-        const refused = bytesInFlight?.take(bytes, client);
+        // held as an HTTP request's body is (RequestHold), with what the server reads for it (files under IMAGE_ROOTS)
+        const hold = bytesInFlight ? new RequestHold(bytesInFlight, client) : null;
+        const refused = hold?.take(bytes);
         if (refused) return [toGraphQLError(refused)];
-        const op: Operation = { abort, bytes, client };
-        ops.set(payload, op);
+        ops.set(payload, { abort, hold });
         const contextValue = await contextFactory();
         const { budget } = contextValue as { budget?: RequestBudget }; // the server's context (index.ts)
-        // what the server reads for the operation (files under IMAGE_ROOTS) is held with its message, until it ends
-        if (bytesInFlight && budget)
-          budget.memory = {
-            take: (n: number) => {
-              if (abort.signal.aborted) return new GatewayError(ErrorCode.CANCELLED, 'the operation has ended');
-              const no = bytesInFlight.take(n, client, op.bytes);
-              if (!no) op.bytes += n;
-              return no;
-            },
-          };
+        if (hold && budget) budget.memory = hold;
         return {
           schema,
           operationName: payload.operationName,
