@@ -104,6 +104,20 @@ export function jsonValueCount(json: Uint8Array | string, max: number): number {
   return n;
 }
 
+/**
+ * A body its route parses whole as text on the event loop, by its content type: JSON (GraphQL's application/json and
+ * application/graphql+json, KServe REST's) and a form (GraphQL's variables in it are JSON). Multipart is not: its JSON
+ * fields are bounded where they are read.
+ */
+export function parsedAsJson(contentType: string | undefined): boolean {
+  const type = (contentType ?? '').split(';')[0].trim().toLowerCase();
+  return (
+    type === 'application/json' ||
+    type === 'application/x-www-form-urlencoded' ||
+    (type.startsWith('application/') && type.endsWith('+json'))
+  );
+}
+
 /** PAYLOAD_TOO_LARGE's words for a JSON body past MAX_JSON_BODY_BYTES (its size, where known), with what to send instead. */
 export function jsonTooLarge(size: number | null, max: number): string {
   return `a JSON body${size === null ? '' : ` of ${size} bytes`} is past MAX_JSON_BODY_BYTES (${max}): JSON is parsed on the server's event loop; send images as multipart uploads (GraphQL) or binary data (KServe v2's binary extension)`;

@@ -242,7 +242,6 @@ export function postprocessingOf<T extends Task>(config: ModelConfig, task: T): 
 
 // ---- errors that name the field ----
 
-/** Edit distance, for did-you-mean suggestions. */
 /** A branch of a union and the value that chose it: the `const` property `name` of the object at `at`. */
 interface Choice {
   at: readonly PropertyKey[];

@@ -5,7 +5,7 @@ import { ErrorCode, GatewayError } from '../errors.ts';
 import { noteErrorCodes, requestContext, type Logger, type RequestContext } from '../log.ts';
 import { hostAllowed } from './hosts.ts';
 import { sendJson } from '../send-json.ts';
-import { jsonTooLarge } from '../json-text.ts';
+import { jsonTooLarge, parsedAsJson } from '../json-text.ts';
 import { capConnections } from '../connections.ts';
 import { RequestHold, setHold, type BytesInFlight } from '../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../client-address.ts';
@@ -17,6 +17,11 @@ export interface Route {
   /** Does this route answer that path? */
   match(pathname: string): boolean;
   handle(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * Is this request's body parsed whole as JSON text (bounded by MAX_JSON_BODY_BYTES)? Default: by its content type
+   * (parsedAsJson); a route whose bodies say otherwise (KServe's binary data) answers for itself.
+   */
+  parsesJson?(req: IncomingMessage): boolean;
   /** The error body this route's clients expect (default: GraphQL's `{"errors":[...]}`). */
   errorBody?(code: string, message: string): unknown;
 }
@@ -121,7 +126,8 @@ export function createHttpServer({
             ErrorCode.PAYLOAD_TOO_LARGE,
             `request body of ${length} bytes exceeds the limit of ${maxBodyBytes} bytes (MAX_UPLOAD_BYTES)`,
           );
-        const maxJson = parsedAsJson(req, pathname) ? maxJsonBodyBytes : Infinity;
+        const json = route?.parsesJson ? route.parsesJson(req) : parsedAsJson(req.headers['content-type']);
+        const maxJson = json ? maxJsonBodyBytes : Infinity;
         if (length > maxJson) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(length, maxJson));
         if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
         if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
@@ -272,19 +278,4 @@ function countBody(
     return push.call(this, chunk, encoding);
   };
   giveBackOnce(req, res, () => hold.release());
-}
-
-/**
- * A body parsed whole as text on the event loop: JSON (GraphQL's application/json and application/graphql+json, KServe
- * REST's) and a form (GraphQL's variables in it are JSON). Not KServe's binary data, whatever its type says: only its
- * JSON header is parsed (bounded where it is read); nor multipart (its JSON fields are bounded where they are read).
- */
-function parsedAsJson(req: IncomingMessage, pathname: string): boolean {
-  if (pathname.startsWith('/v2/') && req.headers['inference-header-content-length'] !== undefined) return false;
-  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-  return (
-    type === 'application/json' ||
-    type === 'application/x-www-form-urlencoded' ||
-    (type.startsWith('application/') && type.endsWith('+json'))
-  );
 }

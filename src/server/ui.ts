@@ -29,8 +29,8 @@ const text = (res: ServerResponse, status: number, body: string, headers: Record
 
 /**
  * The page at `/` (index.html) and its bundles under `/assets/`, served by sirv (content types, ETag and 304,
- * precompressed brotli/gzip by Accept-Encoding, HEAD, no path escapes; Range ignored). It reads the folder on each request, so a
- * rebuild (`npm run build:ui`) shows without a restart. Bundle names carry a content hash, so browsers keep them for
+ * precompressed brotli/gzip by Accept-Encoding, HEAD, no path escapes; Range ignored). It reads the folder on each
+ * request, so a rebuild (`npm run build:ui`) shows without a restart. Bundle names carry a content hash, so browsers keep them for
  * good; index.html is revalidated every time.
  */
 export function uiRoute(dir: string = UI_DIST): Route {

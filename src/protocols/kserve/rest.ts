@@ -4,7 +4,7 @@ import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError } from '../../errors.ts';
-import { jsonTooLarge, jsonValueCount, notValidJsonText } from '../../json-text.ts';
+import { jsonTooLarge, jsonValueCount, notValidJsonText, parsedAsJson } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
 import {
@@ -57,6 +57,7 @@ export interface RestRoute {
   match(pathname: string): boolean;
   handle(req: IncomingMessage, res: ServerResponse): void;
   errorBody(code: string, message: string): unknown;
+  parsesJson(req: IncomingMessage): boolean;
 }
 
 const MODEL_PATH = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(?:\/(ready|infer))?$/;
@@ -486,6 +487,8 @@ export function createRestRoute({
   return {
     match: (p) => p === '/v2' || p.startsWith('/v2/'),
     errorBody: (_code, message) => ({ error: message }),
+    // binary data, whatever its content type says: only its JSON header is parsed (bounded in parseInferRequest)
+    parsesJson: (req) => req.headers[HEADER_LENGTH] === undefined && parsedAsJson(req.headers['content-type']),
     handle(req, res) {
       const path = (req.url ?? '/').split('?')[0];
       route(req, res, path).catch((e: unknown) => {

@@ -23,6 +23,15 @@ export const tooManyVariableValues = (max: number) =>
  * (commas in strings count).
  */
 export function useVariableValueLimit(max: number, maxJsonBytes = Infinity): Plugin {
+  // PAYLOAD_TOO_LARGE for a body, or a multipart field, of JSON past MAX_JSON_BODY_BYTES
+  const tooLarge = (field: string | null, size: number) =>
+    toGraphQLError(
+      new GatewayError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        field === null ? jsonTooLarge(size, maxJsonBytes) : `the multipart field ${field}: ${jsonTooLarge(size, maxJsonBytes)}`,
+      ),
+      { requestLevel: true },
+    );
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
       // a GET's variables are bounded by the size of its headers; a body by MAX_UPLOAD_BYTES only
@@ -30,14 +39,6 @@ export function useVariableValueLimit(max: number, maxJsonBytes = Infinity): Plu
       if (!requestParser || kind === null || kind === 'get') return;
       const form = kind === 'form';
       const multipart = kind === 'multipart';
-      const tooLarge = (field: string | null, size: number) =>
-        toGraphQLError(
-          new GatewayError(
-            ErrorCode.PAYLOAD_TOO_LARGE,
-            field === null ? jsonTooLarge(size, maxJsonBytes) : `the multipart field ${field}: ${jsonTooLarge(size, maxJsonBytes)}`,
-          ),
-          { requestLevel: true },
-        );
       setRequestParser(async (req) => {
         const check = (texts: unknown[]) => {
           for (const text of texts) if (typeof text === 'string' && jsonValueCount(text, max) > max) throw tooManyVariableValues(max);
