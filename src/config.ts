@@ -321,7 +321,7 @@ export const SETTINGS = [
     'ENGINE_CALL_TIMEOUT_MS',
     int(0),
     120_000,
-    'Longest time one ONNX Runtime call may take; past it the call and those queued behind it fail with DEADLINE_EXCEEDED, and the version goes down and reloads its engine once that call has ended (a hung engine would otherwise hold its requests, and every one queued behind them, for ever); 0: no limit',
+    'Longest time one ONNX Runtime call may take, from when its engine starts it; past it the call and those queued behind it fail with DEADLINE_EXCEEDED, and the version goes down and reloads its engine once that call has ended (a hung engine would otherwise hold its requests, and every one queued behind them, for ever); 0: no limit',
   ),
   s(
     'exactInt8',

@@ -462,4 +462,36 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
       await gw.close();
     }
   }, 90_000);
+
+  it('times each call from when the engine starts it, not from when it was handed over behind another', async () => {
+    const LIMIT = 1500;
+    const gw = await startGateway({
+      models: { slow: { onnx: slowModel(), config: { task: 'raw' } } },
+      // one instance, so the second call waits in the engine while the first computes (maxConcurrentBatches 2)
+      env: { ENGINE_CALL_TIMEOUT_MS: String(LIMIT), ENGINE_INSTANCES: '1', ENGINE_THREADS: '1', ENGINE_ALONE_THREADS: '0' },
+    });
+    const infer = (rows: number) =>
+      gw.gql(
+        `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
+        { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+      );
+    try {
+      // calibrated here (the cost is linear in rows, past a fixed cost): two calls of about 0.65 of the limit each,
+      // together 1.3 of it
+      await infer(10);
+      const timed = async (rows: number) => {
+        const t0 = performance.now();
+        expect((await infer(rows)).errors).toBeUndefined();
+        return performance.now() - t0;
+      };
+      const [t1, t2] = [await timed(2000), await timed(6000)];
+      const rows = Math.round(2000 + ((0.65 * LIMIT - t1) * 4000) / Math.max(1, t2 - t1));
+      const [a, b] = await Promise.all([infer(rows), new Promise((r) => setTimeout(r, 30)).then(() => infer(rows))]);
+      expect(a.errors, JSON.stringify(a.errors)).toBeUndefined();
+      expect(b.errors, JSON.stringify(b.errors)).toBeUndefined();
+      expect((await gw.gql(`{ model(name: "slow") { versions { state } } }`)).data.model.versions[0].state).toBe('AVAILABLE');
+    } finally {
+      await gw.close();
+    }
+  }, 60_000);
 });

@@ -93,6 +93,12 @@ export class WorkerSession implements Session {
   private idle: (() => void)[] = [];
   /** The longest one call may take (LoadOptions.callTimeoutMs); 0: no limit. */
   private callTimeoutMs = 0;
+  /** Requests posted and not answered, in the order the worker takes them (one at a time, each answered in turn). */
+  private readonly order: number[] = [];
+  /** Runs with a time limit, by id: each is timed from when the worker starts it (everything before it answered). */
+  private readonly limits = new Map<number, number>();
+  /** The timer of the run the worker is computing, if it has a limit. */
+  private timer: { id: number; handle: NodeJS.Timeout } | null = null;
 
   constructor(
     private readonly worker: Worker,
@@ -102,6 +108,7 @@ export class WorkerSession implements Session {
     worker.on('message', (msg: { id: number; ok: boolean; error?: string }) => {
       // close() waiting for the worker to finish: rare, so nothing is allocated per answer otherwise
       if (--this.inWorker === 0 && this.idle.length > 0) for (const resolve of this.idle.splice(0)) resolve();
+      this.answered(msg.id);
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
@@ -111,6 +118,9 @@ export class WorkerSession implements Session {
     const fail = (this.fail = (e: Error) => {
       if (this.dead) return;
       this.dead = e;
+      this.limits.clear();
+      if (this.timer) clearTimeout(this.timer.handle);
+      this.timer = null;
       for (const p of this.pending.values()) p.reject(e);
       this.pending.clear();
       if (!this.closing) for (const l of this.failureListeners) l(e);
@@ -120,11 +130,13 @@ export class WorkerSession implements Session {
       fail(new Error(`engine worker exited (${code})`));
       // it will answer nothing more: close() has nothing to wait for
       this.inWorker = 0;
+      this.order.length = 0;
       for (const resolve of this.idle.splice(0)) resolve();
     });
   }
 
-  request<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<T> {
+  /** Post a request; limitMs > 0 (a run): it fails the session if the worker computes it longer (see timeNext). */
+  request<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[] = [], limitMs = 0): Promise<T> {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
@@ -132,11 +144,55 @@ export class WorkerSession implements Session {
       try {
         this.worker.postMessage({ ...msg, id }, transfer);
         this.inWorker++;
+        this.order.push(id);
+        if (limitMs > 0) {
+          this.limits.set(id, limitMs);
+          if (this.order.length === 1) this.timeNext();
+        }
       } catch (e) {
         this.pending.delete(id);
         reject(e);
       }
     });
+  }
+
+  /** The worker answered `id`: the request after it is the one it computes now. */
+  private answered(id: number): void {
+    if (this.order[0] === id) this.order.shift();
+    else {
+      const at = this.order.indexOf(id);
+      if (at >= 0) this.order.splice(at, 1);
+    }
+    this.limits.delete(id);
+    if (this.timer?.id === id) {
+      clearTimeout(this.timer.handle);
+      this.timer = null;
+    }
+    if (this.order.length > 0) this.timeNext();
+  }
+
+  /**
+   * Arm the time limit of the request the worker computes now, if it has one: a run is timed from when the worker
+   * starts it, not from when it was posted, so a call waiting behind another (maxConcurrentBatches) is not charged
+   * for the one before it. Past its limit the session is given up (kill): it and every call queued behind it fail with
+   * DEADLINE_EXCEEDED, and the failure listeners hear it (the version goes down and loads itself again once this
+   * worker has ended, see close()).
+   */
+  private timeNext(): void {
+    const id = this.order[0];
+    const limitMs = this.limits.get(id);
+    if (limitMs === undefined || this.timer?.id === id) return;
+    const handle = setTimeout(
+      () =>
+        this.kill(
+          new GatewayError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            `an engine call took longer than ${limitMs} ms (ENGINE_CALL_TIMEOUT_MS); the model's engine is restarted`,
+          ),
+        ),
+      limitMs,
+    );
+    this.timer = { id, handle };
   }
 
   /** Load from bytes, or from a file path (a model with external data: onnxruntime reads it beside the file). */
@@ -189,11 +245,11 @@ export class WorkerSession implements Session {
       if (owns(t.data) && t.data.byteLength > 0 && !transfer.includes(t.data.buffer as ArrayBuffer))
         transfer.push(t.data.buffer as ArrayBuffer);
     }
-    const call = this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }>; alone: boolean }>(
+    const r = await this.request<{ outputs: Record<string, { type: string; dims: number[]; data: TensorData }>; alone: boolean }>(
       { type: 'run', feeds: msgFeeds, alone: options.alone === true },
       transfer,
+      this.callTimeoutMs,
     );
-    const r = this.callTimeoutMs > 0 ? await this.watched(call, this.callTimeoutMs) : await call;
     if (r.alone) this.ranAlone++;
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(r.outputs)) {
@@ -251,25 +307,6 @@ export class WorkerSession implements Session {
 
   onFailure(listener: (error: Error) => void): void {
     this.failureListeners.push(listener);
-  }
-
-  /**
-   * A call that takes longer than the limit gives the session up (kill): it and every call queued behind it fail with
-   * DEADLINE_EXCEEDED, and the failure listeners hear it (the version goes down and loads itself again once this
-   * worker has ended, see close()).
-   */
-  private watched<T>(call: Promise<T>, limitMs: number): Promise<T> {
-    const timer = setTimeout(
-      () =>
-        this.kill(
-          new GatewayError(
-            ErrorCode.DEADLINE_EXCEEDED,
-            `an engine call took longer than ${limitMs} ms (ENGINE_CALL_TIMEOUT_MS); the model's engine is restarted`,
-          ),
-        ),
-      limitMs,
-    );
-    return call.finally(() => clearTimeout(timer));
   }
 
   /**
