@@ -292,6 +292,58 @@ describe('batcher (deterministic, fake timers)', () => {
     expect((r2 as PromiseRejectedResult).reason).toMatchObject({ code: 'CANCELLED' });
   });
 
+  it('answers an item waiting for a busy engine when its timeoutMs passes or its client goes away, not when the engine frees', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { calls, run } = recorder({ hold: () => gate });
+    const b = new Batcher(run, { ...options, maxBatchSize: 1, maxDelayMs: 0, timeoutMs: 50 });
+    const first = b.infer(item(1));
+    await vi.advanceTimersByTimeAsync(0);
+    const settled: string[] = [];
+    const late = b.infer(item(2)).catch((e) => (settled.push(`late ${e.code}`), e));
+    const gone = new AbortController();
+    const left = b.infer(item(3), gone.signal).catch((e) => (settled.push(`left ${e.code}`), e));
+    await vi.advanceTimersByTimeAsync(10);
+    gone.abort();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(settled).toEqual(['left CANCELLED']);
+    await vi.advanceTimersByTimeAsync(50);
+    expect(settled).toEqual(['left CANCELLED', 'late DEADLINE_EXCEEDED']); // the engine is still busy with the first
+    expect((await late).message).toMatch(/waited 5\d ms for the engine \(timeout 50 ms\)/);
+    await left;
+    release();
+    expect(value(await first)).toBe(2);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1]]); // neither reached the engine afterwards
+  });
+
+  it('a call started in time is not cut by timeoutMs (it bounds the wait for the engine, not the call)', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { run } = recorder({ hold: () => gate });
+    const b = new Batcher(run, { ...options, maxBatchSize: 1, maxDelayMs: 0, timeoutMs: 50 });
+    const first = b.infer(item(1));
+    await vi.advanceTimersByTimeAsync(500);
+    release();
+    expect(value(await first)).toBe(2);
+  });
+
+  it('after a failed batch call, the one-by-one retry skips an item whose client went away meanwhile', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { calls, run } = recorder({ hold: () => (calls.length === 1 ? gate : Promise.resolve()), fail: (v) => v.length > 1 });
+    const b = new Batcher(run, { ...options, maxDelayMs: 0 });
+    const gone = new AbortController();
+    const results = Promise.allSettled([b.infer(item(1)), b.infer(item(2), gone.signal)]);
+    await vi.advanceTimersByTimeAsync(0);
+    gone.abort(); // during the batch call
+    release();
+    const [r1, r2] = await results;
+    expect(calls).toEqual([[1, 2], [1]]);
+    expect(r1.status).toBe('fulfilled');
+    expect((r2 as PromiseRejectedResult).reason).toMatchObject({ code: 'CANCELLED' });
+  });
+
   it('drain resolves when every admitted request has been answered', async () => {
     const a = new Admissions(10);
     const releases = [a.admit(), a.admit()].map((t) => t.release);

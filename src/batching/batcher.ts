@@ -33,9 +33,17 @@ export function validateBatcherOptions(o: BatcherOptions): BatcherOptions {
 interface Item {
   feeds: Feeds;
   enqueuedAt: number;
-  /** Aborted when its client went away: dropped if it has not reached the engine. */
+  /** Aborted when its client went away: answered at once and dropped if it has not reached the engine. */
   signal?: AbortSignal;
+  /** Answered already, before its engine call (its client went away, or its wait passed timeoutMs): skipped. */
+  gone?: GatewayError;
+  /** Its engine call starts: the wait, and what watched it, are over. */
+  started?: () => void;
 }
+
+const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+const waitedTooLong = (waited: number, timeoutMs: number) =>
+  new GatewayError(ErrorCode.DEADLINE_EXCEEDED, `waited ${Math.round(waited)} ms for the engine (timeout ${timeoutMs} ms)`);
 
 /** The key that decides which items may share an engine call: same input names, dtypes and per-item shapes. */
 function shapeKey(feeds: Feeds): string {
@@ -147,12 +155,42 @@ export class Batcher {
     });
   }
 
-  /** Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). */
+  /**
+   * Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). While it waits for its
+   * engine call, it is answered at once when its client goes away (CANCELLED) or when it has waited timeoutMs
+   * (DEADLINE_EXCEEDED), however long the engine stays busy, and is then dropped from its batch; a call that has
+   * started is never cut short here (ENGINE_CALL_TIMEOUT_MS bounds it).
+   */
   infer(feeds: Feeds, signal?: AbortSignal): Promise<Feeds> {
-    const result = this.loader.load({ feeds, enqueuedAt: performance.now(), signal });
+    const item: Item = { feeds, enqueuedAt: performance.now(), signal };
+    const result = this.loader.load(item);
     const batch = this.open!; // load() has just put the item in the open batch
     if (++batch.count >= this.options.maxBatchSize || this.nobodyComing()) batch.go();
-    return result;
+    const timeoutMs = this.options.timeoutMs;
+    if (!signal && timeoutMs === 0) return result;
+    return new Promise<Feeds>((resolve, reject) => {
+      const leave = (e: GatewayError) => {
+        if (item.gone || !item.started) return; // answered, or its call has started
+        item.gone = e;
+        end();
+        reject(e);
+      };
+      const onAbort = () => leave(cancelled());
+      const timer =
+        timeoutMs > 0 ? setTimeout(() => leave(waitedTooLong(performance.now() - item.enqueuedAt, timeoutMs)), timeoutMs) : undefined;
+      const end = () => {
+        item.started = undefined;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      item.started = end;
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal?.aborted) onAbort();
+      result.then(
+        (v) => (end(), resolve(v)),
+        (e: unknown) => (end(), reject(e)),
+      );
+    });
   }
 
   /** Something changed outside (a request left before reaching the batcher): send the open batch if nobody else can join. */
@@ -217,15 +255,17 @@ export class Batcher {
       const timeout = this.options.timeoutMs;
       const live: number[] = [];
       for (const i of group) {
-        const waited = start - items[i].enqueuedAt;
+        const item = items[i];
+        if (item.gone) {
+          results[i] = item.gone; // answered already
+          continue;
+        }
+        item.started?.();
+        const waited = start - item.enqueuedAt;
         this.hooks.stats?.recordQueue(waited * 1000);
-        if (items[i].signal?.aborted) results[i] = new GatewayError(ErrorCode.CANCELLED, 'the client went away');
-        else if (timeout > 0 && waited > timeout) {
-          results[i] = new GatewayError(
-            ErrorCode.DEADLINE_EXCEEDED,
-            `waited ${Math.round(waited)} ms for the engine (timeout ${timeout} ms)`,
-          );
-        } else live.push(i);
+        if (item.signal?.aborted) results[i] = cancelled();
+        else if (timeout > 0 && waited > timeout) results[i] = waitedTooLong(waited, timeout);
+        else live.push(i);
       }
       if (live.length > 0) await this.runLive(items, live, results, alone);
     } finally {
@@ -258,8 +298,12 @@ export class Batcher {
           : new GatewayError(ErrorCode.INFERENCE_FAILED, `inference failed: ${errorMessage(e)}`);
         return;
       }
-      // One bad item must not fail its neighbours: run them one by one so each gets its own answer.
-      for (const idx of live) await this.runLive(items, [idx], results);
+      // One bad item must not fail its neighbours: run them one by one so each gets its own answer (but not for a
+      // client that went away meanwhile).
+      for (const idx of live) {
+        if (items[idx].signal?.aborted) results[idx] = cancelled();
+        else await this.runLive(items, [idx], results);
+      }
     }
   }
 }
