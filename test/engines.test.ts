@@ -4,7 +4,7 @@ import type { PixelInput, Tensor } from '../src/engine/types.ts';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { ElemType, identityModel } from './onnx-builder.ts';
+import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
 import sharp from 'sharp';
 import { image, modelFile } from './helpers.ts';
 import { ConfigError, cpusFromCgroup, loadConfig } from '../src/config.ts';
@@ -64,6 +64,43 @@ describe('engines', () => {
     if (cpuSaturatesInt8())
       expect(off.p).toBeLessThan(0.8); // what the rewrite is for
     else expect(off.p).toBeCloseTo(on.p, 4); // VNNI: the same numbers either way
+  });
+
+  it('onnxruntime: a graph fixed at batch 1 is made dynamic only when its items do not mix, whatever the input type', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'mixing-'));
+    const types = {
+      FLOAT: ElemType.FLOAT,
+      FLOAT16: ElemType.FLOAT16,
+      UINT8: ElemType.UINT8,
+      INT8: ElemType.INT8,
+      INT32: ElemType.INT32,
+      INT64: ElemType.INT64,
+    };
+    for (const [name, elemType] of Object.entries(types)) {
+      // y = x - max(x) over the whole tensor: harmless at batch 1, one item's answer depends on the other's in a batch
+      const mixing = buildModel({
+        nodes: [
+          { op: 'Cast', inputs: ['x'], outputs: ['f'], attrs: { to: ElemType.FLOAT } },
+          { op: 'ReduceMax', inputs: ['f'], outputs: ['m'] },
+          { op: 'Sub', inputs: ['f', 'm'], outputs: ['y'] },
+        ],
+        inputs: [{ name: 'x', elemType, shape: [1, 4] }],
+        outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: [1, 4] }],
+      });
+      for (const [model, batchable] of [
+        [mixing, false],
+        [identityModel(elemType, [1, 4]), true],
+      ] as const) {
+        await writeFile(path.join(dir, 'model.onnx'), model);
+        const session = await (await createEngine('onnxruntime')).load(path.join(dir, 'model.onnx'));
+        expect([name, session.batchable, session.notes]).toEqual([
+          name,
+          batchable,
+          { dynamicBatch: expect.stringMatching(batchable ? /^rewritten/ : /^fixed at 1/) },
+        ]);
+        await session.close();
+      }
+    }
   });
 
   it('onnxruntime: a run whose input was already handed to the engine fails at once instead of waiting for ever', async () => {
