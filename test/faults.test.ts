@@ -16,6 +16,7 @@ import {
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine, Session } from '../src/engine/types.ts';
 import { slowModel } from './onnx-builder.ts';
+import WebSocket from 'ws';
 
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
 
@@ -494,4 +495,53 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
       await gw.close();
     }
   }, 60_000);
+});
+
+describe('graphql-ws: an operation the client completes while it runs', () => {
+  it('is let go if it has not reached the engine, and its id used again never gets its answer', async () => {
+    const gw = await startGateway({
+      models: { slow: { onnx: slowModel(), config: { task: 'raw' } } },
+      env: { ENGINE_INSTANCES: '1', ENGINE_THREADS: '1', ENGINE_ALONE_THREADS: '0' },
+    });
+    const op = (alias: string, rows: number) => ({
+      query: `mutation($d: String!) { ${alias}: infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
+      variables: { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+    });
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    const messages: { id?: string; type: string; payload?: { data?: Record<string, unknown> } & object }[] = [];
+    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+    try {
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+      // "busy" holds the engine for a while (seconds on any machine); "first" waits behind it (2 calls at once per
+      // instance: it is handed over, so it waits in the engine), "queued" behind both in the batcher
+      ws.send(JSON.stringify({ id: 'busy', type: 'subscribe', payload: op('busy', 40_000) }));
+      await new Promise((r) => setTimeout(r, 100));
+      ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: op('first', 10) }));
+      ws.send(JSON.stringify({ id: 'q', type: 'subscribe', payload: op('queued', 10) }));
+      await new Promise((r) => setTimeout(r, 100));
+      ws.send(JSON.stringify({ id: 'q', type: 'complete' })); // given up while it waits: let go now
+      ws.send(JSON.stringify({ id: '1', type: 'complete' }));
+      ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: op('second', 10) })); // the same id, at once
+      const stats = async () =>
+        (await gw.gql(`{ model(name: "slow") { versions { stats { errorsByCode { code count } } } } }`)).data.model.versions[0].stats
+          .errorsByCode as { code: string; count: number }[];
+      await until(async () => (await stats()).some((e) => e.code === 'CANCELLED'), 5000, 'the queued operation let go');
+      await until(async () => messages.some((m) => m.id === 'busy' && m.type === 'complete'), 60_000, 'the busy call');
+      await new Promise((r) => setTimeout(r, 500));
+      const forOne = messages.filter((m) => m.id === '1');
+      // never the first operation's answer under the id the second took; the second is answered (or refused, named)
+      expect(
+        forOne.some((m) => m.payload?.data && 'first' in m.payload.data),
+        JSON.stringify(forOne),
+      ).toBe(false);
+      const second = forOne.find((m) => m.type === 'next' || m.type === 'error');
+      expect(JSON.stringify(second)).toMatch(/"second"|operation id \\"1\\" is still in use/);
+      expect(messages.filter((m) => m.id === 'q')).toEqual([]);
+    } finally {
+      ws.close();
+      await gw.close();
+    }
+  }, 90_000);
 });

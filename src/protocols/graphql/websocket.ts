@@ -211,8 +211,23 @@ export function attachWebSocket(
    * bytes of the budget (MAX_BYTES_IN_FLIGHT) until then: a subscription keeps its variables as long as it lasts.
    * Keyed by the message's payload, which graphql-ws hands to onSubscribe, onComplete and onError alike, not by its id:
    * a client may use an id again as soon as it has completed it, before the operation it named has finished ending.
+   * A client's `complete` for a query or mutation that runs lets its work go at once (graphql-ws itself only forgets
+   * the id, and calls onComplete when the work has ended); until that operation has ended its id is refused for a new
+   * one, since graphql-ws would send the old operation's answer under it and then forget the new one.
    */
-  type Operation = { abort: AbortController; hold: RequestHold | null };
+  type Operation = { abort: AbortController; hold: RequestHold | null; id: string };
+  const completedByClient = (socket: object, data: RawData) => {
+    const bytes = rawBytes(data);
+    if (bytes > 512) return; // a complete message is small: nothing larger is parsed twice
+    let message: { type?: unknown; id?: unknown };
+    try {
+      message = JSON.parse(String(Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)));
+    } catch {
+      return; // graphql-ws answers it
+    }
+    if (message?.type !== 'complete') return;
+    for (const op of operations.get(socket)?.values() ?? []) if (op.id === message.id) op.abort.abort();
+  };
   const operations = new WeakMap<object, Map<object, Operation>>();
   const endOperation = (op: Operation | undefined) => {
     op?.hold?.release();
@@ -243,12 +258,18 @@ export function attachWebSocket(
         if (!ops) {
           const mine = (ops = new Map());
           operations.set(ctx.extra.socket, mine);
+          ctx.extra.socket.prependListener('message', (data: RawData) => completedByClient(ctx.extra.socket, data));
           ctx.extra.socket.once('close', () => {
             for (const op of mine.values()) endOperation(op);
             mine.clear();
           });
         }
         if (overValues.has(ctx.extra.socket)) return [tooManyVariableValues(maxVariableValues)];
+        for (const op of ops.values()) {
+          if (op.id !== id) continue;
+          const message = `operation id "${id}" is still in use: the operation completed under it has not ended yet; use a new id for each operation`;
+          return [toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, message))];
+        }
         if (ops.size >= maxSubscriptionsPerConnection) {
           return [
             toGraphQLError(
@@ -288,7 +309,7 @@ export function attachWebSocket(
         const hold = bytesInFlight ? new RequestHold(bytesInFlight, client) : null;
         const refused = hold?.take(bytes);
         if (refused) return [toGraphQLError(refused)];
-        ops.set(payload, { abort, hold });
+        ops.set(payload, { abort, hold, id });
         const contextValue = await contextFactory();
         const { budget } = contextValue as { budget?: RequestBudget }; // the server's context (index.ts)
         if (hold && budget) budget.memory = hold;
