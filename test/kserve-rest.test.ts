@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import net from 'node:net';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -973,4 +974,48 @@ describe('KServe v2 over REST, a request of many images (default limits)', () =>
     }
     expect(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning'))).toEqual([]);
   });
+});
+
+describe('KServe classification names classes with the labels of the version that ran', () => {
+  it('a request for an older version still serving its own labels gets those, not the newest version’s', async () => {
+    const labels = (prefix: string) => ({ text: Array.from({ length: 1000 }, (_, i) => `${prefix}${i}`).join('\n') });
+    const spec = fixture('mobilenet', { versionPolicy: { all: true } });
+    const gw = await startGateway({ models: { lab: { ...spec, versions: [1, 2], files: { 'labels.txt': labels('old-') } } } });
+    try {
+      // version 1's file goes bad, then the labels change: version 2 reloads with the new labels; version 1's reload
+      // fails, so its old instance serves on with the labels it was loaded with (availability first)
+      await writeFile(path.join(gw.root, 'lab', '1', 'model.onnx'), 'not a model');
+      await writeFile(path.join(gw.root, 'lab', 'labels.txt'), labels('new-').text);
+      await gw.gql(`mutation { loadModel(name: "lab") { name } }`);
+      const v = await gw.gql(`{ model(name: "lab") { versions { version state } } }`);
+      expect(v.data.model.versions).toEqual([
+        { version: 1, state: 'AVAILABLE' },
+        { version: 2, state: 'AVAILABLE' },
+      ]);
+      const zebra = (await readFile(image('zebra.jpeg'))).toString('base64');
+      const ask = async (version: number) => {
+        const r = await fetch(`${gw.url}/v2/models/lab/versions/${version}/infer`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [{ b64: zebra }] }],
+            outputs: [{ name: 'output', parameters: { classification: 1 } }],
+          }),
+        });
+        return ((await r.json()) as { outputs: { data: string[] }[] }).outputs[0].data[0];
+      };
+      const graphql = async (version: number) =>
+        (
+          await gw.gql(
+            `mutation($f: File!) { classify(model: "lab", version: ${version}, image: { file: $f }, topK: 1) { predictions { label } } }`,
+            { f: null },
+            { files: { f: image('zebra.jpeg') } },
+          )
+        ).data.classify.predictions[0].label;
+      expect([await graphql(1), await graphql(2)]).toEqual(['old-340', 'new-340']);
+      expect([await ask(1), await ask(2)]).toEqual([expect.stringMatching(/:340:old-340$/), expect.stringMatching(/:340:new-340$/)]);
+    } finally {
+      await gw.close();
+    }
+  }, 60_000);
 });

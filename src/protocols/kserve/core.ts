@@ -330,7 +330,7 @@ export function createKserveCore({
         const strings = rows * Math.min(classification, rows ? t.data.length / rows : 0);
         if (strings > maxJsonValues) throw tooManyValues(`classification of output ${n}`, maxJsonValues, 'ask for fewer classes');
         budget.takeResponseBytes(strings * 10);
-        const c = classifyOutput(t, classification, result.model.labels);
+        const c = classifyOutput(t, classification, result.version.files?.labels ?? null); // the labels of the version that ran
         return { name: n, datatype: 'BYTES', shape: c.shape, tensor: null, elements: c.elements };
       });
       return { model_name: result.model.name, model_version: String(result.version.version), id: req.id, outputs };
