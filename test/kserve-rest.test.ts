@@ -1019,3 +1019,25 @@ describe('KServe classification names classes with the labels of the version tha
     }
   }, 60_000);
 });
+
+describe('KServe: a batch larger than the model’s queue', () => {
+  it('is refused as a mistake (400 LIMIT_EXCEEDED, naming maxQueueSize), not as a full queue to retry', async () => {
+    const gw = await startGateway({
+      models: { small: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw', batching: { maxQueueSize: 4 } } } },
+    });
+    try {
+      const infer = (n: number) =>
+        fetch(`${gw.url}/v2/models/small/infer`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [n, 3], data: new Array(n * 3).fill(1) }] }),
+        });
+      expect((await infer(4)).status).toBe(200);
+      const r = await infer(5);
+      expect([r.status, r.headers.get('retry-after')]).toEqual([400, null]);
+      expect(((await r.json()) as { error: string }).error).toMatch(/5 items.*maxQueueSize 4/);
+    } finally {
+      await gw.close();
+    }
+  });
+});

@@ -253,6 +253,13 @@ export class InferenceService {
         }),
       ),
     );
+    const queue = version.config?.batching.maxQueueSize ?? Infinity;
+    if (n > queue) {
+      // it could never be admitted, however long the client waited: a mistake to correct, not a full queue to retry
+      const message = `a batch of ${n} items cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
+      version.stats.recordError(ErrorCode.LIMIT_EXCEEDED);
+      throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
+    }
     const admissions: Admission[] = [];
     try {
       for (let k = 0; k < n; k++) admissions.push(version.admit());
