@@ -1,4 +1,4 @@
-import { copyFile, readFile, rm, mkdir, symlink, writeFile, mkdtemp } from 'node:fs/promises';
+import { copyFile, readFile, rename, rm, mkdir, symlink, writeFile, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
@@ -466,6 +466,34 @@ describe('model repository over GraphQL', () => {
     expect((await raw('*, gzip;q=0')).encoding).toBeUndefined();
     const health = await fetch(`${gw.url}/health`);
     expect(await health.json()).toEqual({ status: 'ok' });
+  });
+
+  it('a model.json that does not fit the serving model is tried once per change, unpublished: the version serves and says AVAILABLE', async () => {
+    await addModel(extraRoot, 'refit', mobilenet());
+    await gw.repository.load('refit', { path: path.join(extraRoot, 'refit') });
+    const dir = gw.repository.get('refit')!.dir;
+    const events: string[] = [];
+    const onStatus = (e: { model: string; state: string }) => e.model === 'refit' && events.push(e.state);
+    gw.repository.on('status', onStatus);
+    const loads = () => gw.metrics.registry.getSingleMetricAsString('gateway_model_version_state');
+    try {
+      const config = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
+      const misfit = { ...config, postprocessing: { ...config.postprocessing, output: 'no-such-output' } };
+      await writeFile(path.join(dir, 'model.json.tmp'), JSON.stringify(misfit));
+      await rename(path.join(dir, 'model.json.tmp'), path.join(dir, 'model.json'));
+      const error = async () => (await gw.gql(`{ model(name: "refit") { configurationError } }`)).data.model.configurationError;
+      await until(async () => /postprocessing\.output/.test((await error()) ?? ''), 10_000, 'the configuration refused');
+      await new Promise((r) => setTimeout(r, 1500)); // 15 scans at 100 ms: each reloaded the model and failed again
+      expect(gw.repository.get('refit')!.versions.get(1)!.state).toBe('AVAILABLE');
+      expect(events).toEqual([]); // for clients the version never stopped serving
+      const tries = gw.logs.filter((l) => l.includes('refit') && l.includes('the new configuration did not load'));
+      expect(tries).toHaveLength(1);
+      expect(await loads()).toMatch(/gateway_model_version_state\{model="refit",version="1",state="AVAILABLE"\} 1/);
+      expect(await error()).toMatch(/postprocessing\.output/);
+    } finally {
+      gw.repository.off('status', onStatus);
+      await gw.gql(`mutation { unloadModel(name: "refit") { name } }`);
+    }
   });
 });
 

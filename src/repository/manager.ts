@@ -224,24 +224,31 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     return model.file ? new Map([[1, model.file]]) : discoverVersions(model.dir, this.engine.modelFiles);
   }
 
-  private newVersion(model: Model, version: number, file: string, files: ModelFiles | null): ModelVersion {
+  private newVersion(model: Model, version: number, file: string, files: ModelFiles | null, publish = true): ModelVersion {
     const key = `${model.name}\u0000${version}`;
     let metrics = this.versionMetrics.get(key);
     if (!metrics && this.metrics) this.versionMetrics.set(key, (metrics = this.metrics.forVersion(model.name, version)));
-    const created: ModelVersion = new ModelVersion(model.name, version, file, files, {
-      logger: this.logger,
-      publish: (e) => this.emit('status', { ...e, replica: this.replica }),
-      openSession: async (p, options) => this.engine.load(await this.confinedModelFile(model, p), options),
-      check: this.checkModel,
-      metrics,
-      // a self-restart runs only while this instance is still the model's version and wanted (not replaced, unloaded,
-      // deleted, nor the server closing)
-      exclusive: (fn) =>
-        model.exclusive(async () => {
-          if (this.closed || model.disabled || model.disabledVersions.has(version) || model.versions.get(version) !== created) return;
-          return fn();
-        }),
-    });
+    const created: ModelVersion = new ModelVersion(
+      model.name,
+      version,
+      file,
+      files,
+      {
+        logger: this.logger,
+        publish: (e) => this.emit('status', { ...e, replica: this.replica }),
+        openSession: async (p, options) => this.engine.load(await this.confinedModelFile(model, p), options),
+        check: this.checkModel,
+        metrics,
+        // a self-restart runs only while this instance is still the model's version and wanted (not replaced, unloaded,
+        // deleted, nor the server closing)
+        exclusive: (fn) =>
+          model.exclusive(async () => {
+            if (this.closed || model.disabled || model.disabledVersions.has(version) || model.versions.get(version) !== created) return;
+            return fn();
+          }),
+      },
+      publish,
+    );
     return created;
   }
 
@@ -311,7 +318,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         fresh.loadedMtimeMs = mtime;
         model.versions.set(v, fresh);
         loads.push(fresh.load(this.loadOptions, model.files ? undefined : (model.configError ?? undefined)));
-      } else if (mv.state === 'AVAILABLE' && configChanged) loads.push(this.replace(model, mv));
+      } else if (mv.state === 'AVAILABLE' && configChanged && (retry || mv.refusedSignature !== model.files!.signature))
+        loads.push(this.replace(model, mv)); // once per new configuration (a misfit one was reloaded at every scan)
     }
     await Promise.all(loads);
     // a model.json that parses but does not fit the model (found by the load's check): the model says so too, as for
@@ -348,10 +356,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 
   /** A new configuration for a serving version: a new instance loads beside it and takes over once AVAILABLE. */
   private async replace(model: Model, old: ModelVersion): Promise<void> {
-    const fresh = this.newVersion(model, old.version, old.modelPath, model.files);
+    // unpublished while it loads: for clients the version stays AVAILABLE, whether or not it takes over
+    const fresh = this.newVersion(model, old.version, old.modelPath, model.files, false);
     fresh.loadedMtimeMs = old.loadedMtimeMs;
     await fresh.load(this.loadOptions);
     if (fresh.state !== 'AVAILABLE') {
+      old.refusedSignature = model.files?.signature ?? null;
       model.configError = versionError(fresh, ErrorCode.INVALID_MODEL_CONFIG, { fallback: 'the new configuration did not load' });
       this.logger.warn(
         { model: model.name, version: old.version, error: fresh.errorMessage },
@@ -360,6 +370,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       return;
     }
     model.versions.set(old.version, fresh);
+    fresh.publishing(true);
     await old.unload(undefined, { replaced: true });
   }
 

@@ -104,9 +104,12 @@ export class ModelVersion {
     public modelPath: string,
     readonly files: ModelFiles | null,
     private readonly deps: VersionDeps,
+    /** False for a candidate to replace a serving instance (see publishing()). */
+    publish = true,
   ) {
     this.stats = new VersionStats(deps.metrics);
-    deps.metrics?.state(this.state);
+    this.quiet = !publish;
+    if (publish) deps.metrics?.state(this.state);
   }
 
   /** Requests admitted and not yet answered. */
@@ -313,6 +316,19 @@ export class ModelVersion {
   get restarting(): boolean {
     return this.restartPending;
   }
+
+  /**
+   * Publish this instance's transitions (events, the state metric) or only log them: a candidate for a version that
+   * serves (a new configuration) loads unpublished, since for clients the version stays AVAILABLE whether or not the
+   * candidate takes over.
+   */
+  publishing(on: boolean): void {
+    this.quiet = !on;
+    if (on) this.deps.metrics?.state(this.state);
+  }
+
+  /** A replacement with this configuration (its signature) failed to load: not tried again until it changes. */
+  refusedSignature: string | null = null;
 
   /** Call off a pending self-restart: the version was unloaded, dropped or replaced in the meantime. */
   cancelRestart(): void {
