@@ -434,10 +434,10 @@ describe('KServe v2 over REST', () => {
       ],
       ['batch past MAX_IMAGES_PER_REQUEST', infer('id-f32', x({ shape: [9, 2, 3], data: new Array(54).fill(0) })), 400, 'LIMIT_EXCEEDED'],
       [
-        'batch past maxQueueSize',
+        'batch past maxQueueSize (it could never be admitted: not a full queue to retry)',
         infer('tiny', { inputs: [{ name: 'x', datatype: 'FP32', shape: [3, 2], data: [1, 2, 3, 4, 5, 6] }] }),
-        503,
-        'QUEUE_FULL',
+        400,
+        'LIMIT_EXCEEDED',
       ],
     ];
     for (const [what, p, status, code] of cases) {
