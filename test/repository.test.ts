@@ -468,6 +468,34 @@ describe('model repository over GraphQL', () => {
     expect(await health.json()).toEqual({ status: 'ok' });
   });
 
+  it('a new version that loads or fails beside a serving one keeps the server ready (every replica would leave its load balancer at once)', async () => {
+    await addModel(extraRoot, 'steady', { ...mobilenet(), config: { ...(mobilenet().config as object), versionPolicy: { latest: 1 } } });
+    await gw.repository.load('steady', { path: path.join(extraRoot, 'steady') });
+    const dir = gw.repository.get('steady')!.dir;
+    try {
+      expect((await fetch(`${gw.url}/ready`)).status).toBe(200);
+      await mkdir(path.join(dir, '.v2'));
+      await writeFile(path.join(dir, '.v2', 'model.onnx'), 'not a model');
+      await rename(path.join(dir, '.v2'), path.join(dir, '2')); // a corrupt new version, put in place the safe way
+      const versions = async () => (await gw.gql(`{ model(name: "steady") { ready versions { version state errorCode } } }`)).data.model;
+      await until(
+        async () => (await versions()).versions.some((v: { errorCode: string }) => v.errorCode === 'MODEL_LOAD_FAILED'),
+        10_000,
+        'v2 failed',
+      );
+      expect(await versions()).toEqual({
+        ready: true,
+        versions: [
+          { version: 1, state: 'AVAILABLE', errorCode: null },
+          { version: 2, state: 'END', errorCode: 'MODEL_LOAD_FAILED' },
+        ],
+      });
+      expect((await fetch(`${gw.url}/ready`)).status).toBe(200);
+    } finally {
+      await gw.gql(`mutation { unloadModel(name: "steady") { name } }`);
+    }
+  });
+
   it('a model.json that does not fit the serving model is tried once per change, unpublished: the version serves and says AVAILABLE', async () => {
     await addModel(extraRoot, 'refit', mobilenet());
     await gw.repository.load('refit', { path: path.join(extraRoot, 'refit') });

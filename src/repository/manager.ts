@@ -346,6 +346,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       } else unloads.push(mv.unload());
     }
     await Promise.all(unloads);
+    if (!model.disabled && model.allSettled && model.servingVersion()) model.hasSettled = true;
     for (const mv of [...model.versions.values()]) {
       const gone = !onDisk.includes(mv.version) && mv.state === 'END';
       const failedAndUnwanted =
@@ -541,6 +542,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     await model.exclusive(async () => {
       if (version === undefined || version === null) {
         model.disabled = true;
+        model.hasSettled = false;
         await Promise.all([...model.versions.values()].map((v) => v.unload()));
       } else {
         model.disabledVersions.add(version);

@@ -91,8 +91,9 @@ export class Model {
   }
 
   /**
-   * Every version listed is AVAILABLE (or ended on purpose), or the model was unloaded on purpose. A folder with no
-   * version to serve (none yet, or the model file under another name) is not ready: it can answer nothing.
+   * Every version listed is AVAILABLE (or ended on purpose), or one serves beside versions that load or failed since it
+   * settled (see settled), or the model was unloaded on purpose. A folder with no version to serve (none yet, or the
+   * model file under another name) is not ready: it can answer nothing.
    */
   get ready(): boolean {
     return this.disabled || (this.versions.size > 0 && this.settled);
@@ -104,10 +105,23 @@ export class Model {
    * server out of its load balancer).
    */
   get settled(): boolean {
-    return (
-      this.disabled || [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null))
-    );
+    if (this.disabled || this.allSettled) return true;
+    // once it has served settled, a version that loads or fails beside a serving one keeps nothing from being ready:
+    // the model serves, and a new version's load (seconds) or failure (for as long as its folder stays) would take
+    // every replica reading the same repository out of its load balancer at once
+    return this.hasSettled && this.servingVersion() !== undefined;
   }
+
+  /** Every version listed is AVAILABLE or ended on purpose. */
+  get allSettled(): boolean {
+    return [...this.versions.values()].every((v) => v.state === 'AVAILABLE' || (v.state === 'END' && v.errorCode === null));
+  }
+
+  /**
+   * It has been settled with a version serving since it was last loaded (see settled): set by the repository after
+   * each scan of it, cleared when it is unloaded, so a model loaded again is not ready until it has settled again.
+   */
+  hasSettled = false;
 }
 
 /** The versions a policy asks for, newest first. */

@@ -116,7 +116,7 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
     updatedAt: t.field({ type: 'DateTime', resolve: (m) => m.updatedAt }),
     ready: t.boolean({
       description:
-        'Nothing of this model keeps the server from being ready (what /ready sums up): every version the policy asks for is AVAILABLE, or the model was unloaded on purpose (then true, though it serves nothing: a version AVAILABLE in versions says it serves). False while a version it asks for loads or has failed, or while it has none.',
+        'Nothing of this model keeps the server from being ready (what /ready sums up): every version the policy asks for is AVAILABLE, or the model was unloaded on purpose (then true, though it serves nothing: a version AVAILABLE in versions says it serves). False while a version it asks for loads or has failed, or while it has none; once it has been AVAILABLE in full since it was loaded, it stays true while a version serves beside one that loads or has failed.',
       resolve: (m) => m.ready,
     }),
     versions: t.field({ type: [VersionRef], resolve: (m) => [...m.versions.values()].sort((a, b) => a.version - b.version) }),
