@@ -275,6 +275,20 @@ describe('recovery and configuration owned by the version', () => {
     expect((await classify('mobilenet')).data.classify.predictions[0].label).toBe('zebra');
   });
 
+  it('updateModel on a model.json that does not parse on disk names the line and column (it was a masked 500)', async () => {
+    const file = path.join(gw.root, 'broken', 'model.json');
+    const good = await readFile(file, 'utf8');
+    try {
+      await writeFile(file, '{\n  "task": "classification",\n}\n'); // a trailing comma, as an editor leaves it
+      const r = await gw.gql(`mutation { updateModel(name: "broken", description: "x") { name } }`);
+      expect(errorCode(r)).toBe('INVALID_MODEL_CONFIG');
+      expect(r.errors![0].message).toMatch(/broken\/model\.json: not valid JSON at line 3, column 1/);
+      expect(await readFile(file, 'utf8')).toBe('{\n  "task": "classification",\n}\n');
+    } finally {
+      await writeFile(file, good);
+    }
+  });
+
   it('updateModel patches metadata (RFC 7396) and edits model.json in place', async () => {
     const file = path.join(gw.root, 'broken', 'model.json');
     const before = `{\n  "task": "classification",\n  "metadata": { "license": "Apache-2.0", "source": "zoo", "team": "a" },\n  "labels": "labels.txt",\n  "preprocessing": {"resizeType": "CROP", "cropFraction": 0.875, "pixelScaling": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\n}\n`;

@@ -99,7 +99,14 @@ export async function editModelJson(
   if (model.source !== 'repository' || model.file) return { description, metadata };
   const file = path.join(model.dir, 'model.json');
   let text = withoutBom(await readFile(file, 'utf8').catch(() => '{}\n'));
-  const parsed = JSON.parse(text) as Record<string, unknown>;
+  const source = `${model.name}/model.json`;
+  let parsed: Record<string, unknown>;
+  try {
+    parsed = JSON.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    parseModelConfigText(text, source); // its error names the line and column (and comments), as at load
+    throw e;
+  }
   if (changes.description !== undefined && changes.description !== null) {
     text = applyEdits(
       text,
@@ -107,7 +114,7 @@ export async function editModelJson(
     );
   }
   if (changes.metadata) text = applyEdits(text, patchEdits(text, ['metadata'], parsed.metadata, changes.metadata as JsonMergePatch));
-  parseModelConfigText(text, `${model.name}/model.json`); // never write a file that would not load
+  parseModelConfigText(text, source); // never write a file that would not load
   await atomicWrite(file, text);
   return { description, metadata };
 }
