@@ -496,6 +496,31 @@ describe('model repository over GraphQL', () => {
     }
   });
 
+  it('unloadModel of a version that leaves the list while it waits for the model (a rescan found its folder gone) is MODEL_NOT_FOUND', async () => {
+    await addModel(extraRoot, 'rotate', {
+      ...mobilenet(),
+      versions: [1, 2],
+      config: { ...(mobilenet().config as object), versionPolicy: { all: true } },
+    });
+    await gw.repository.load('rotate', { path: path.join(extraRoot, 'rotate') });
+    try {
+      await gw.gql(`mutation { unloadModel(name: "rotate") { name } }`);
+      await rm(path.join(extraRoot, 'rotate', '2'), { recursive: true });
+      // the load takes the model (version 1 loads: hundreds of ms) and drops version 2, gone from disk; the unload of
+      // version 2 waits for it
+      const load = gw.gql(`mutation { loadModel(name: "rotate") { name } }`);
+      await new Promise((r) => setTimeout(r, 50));
+      const unload = await gw.gql(`mutation { unloadModel(name: "rotate", version: 2) { name } }`);
+      expect((await load).errors).toBeUndefined();
+      expect([errorCode(unload), unload.errors?.[0].message]).toEqual(['MODEL_NOT_FOUND', 'model rotate has no version 2']);
+      expect((await gw.gql(`{ model(name: "rotate") { versions { version state } } }`)).data.model.versions).toEqual([
+        { version: 1, state: 'AVAILABLE' },
+      ]);
+    } finally {
+      await gw.gql(`mutation { unloadModel(name: "rotate") { name } }`);
+    }
+  });
+
   it('a model.json that does not fit the serving model is tried once per change, unpublished: the version serves and says AVAILABLE', async () => {
     await addModel(extraRoot, 'refit', mobilenet());
     await gw.repository.load('refit', { path: path.join(extraRoot, 'refit') });

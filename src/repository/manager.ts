@@ -536,17 +536,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   /** unloadModel: one version, or the whole model. The watcher leaves it unloaded until loadModel. */
   async unload(name: string, version?: number | null): Promise<Model> {
     const model = this.require(name);
-    if (version !== undefined && version !== null && !model.versions.has(version)) {
-      throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
-    }
+    const noSuchVersion = () => new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
+    if (version !== undefined && version !== null && !model.versions.has(version)) throw noSuchVersion();
     await model.exclusive(async () => {
       if (version === undefined || version === null) {
         model.disabled = true;
         model.hasSettled = false;
         await Promise.all([...model.versions.values()].map((v) => v.unload()));
       } else {
+        // again: what held the model meanwhile (a rescan, a load) may have dropped it
+        const mv = model.versions.get(version);
+        if (!mv) throw noSuchVersion();
         model.disabledVersions.add(version);
-        await model.versions.get(version)!.unload();
+        await mv.unload();
       }
     });
     return this.announce({ op: 'unload', name, version }, model);
