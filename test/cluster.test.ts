@@ -367,6 +367,28 @@ function dropFirstMessage(cluster: Cluster, channel: string) {
   };
 }
 
+/** Hold the messages a replica receives on a channel (its own included, in order) until released, as a slow link would. */
+function holdMessages(cluster: Cluster, channel: string) {
+  const bus = (cluster as unknown as { bus: { emit: (event: string, ...a: unknown[]) => boolean } }).bus;
+  const emit = bus.emit.bind(bus);
+  const held: unknown[][] = [];
+  let holding = true;
+  bus.emit = (event: string, ...a: unknown[]) => {
+    if (!holding || event !== 'message' || a[0] !== channel) return emit(event, ...a);
+    held.push(a);
+    return true;
+  };
+  return {
+    get count() {
+      return held.length;
+    },
+    release() {
+      holding = false;
+      for (const a of held.splice(0)) emit('message', ...a);
+    },
+  };
+}
+
 /** Cut a replica's subscriber connection (its bus goes down and reconnects, then catches up). */
 async function cutSubscriber(redisUrl: string, replica: string) {
   const client = new Redis(redisUrl);
@@ -550,6 +572,17 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
       ['END', 'END'],
       ['END', 'END'],
     ]);
+  }, 60_000);
+
+  it('a change made here after another replica published one, before it arrived, stays: the last change published wins everywhere', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    const link = holdMessages(c2, 'gateway:admin');
+    await m1.unload('mobilenet'); // published first
+    await until(() => link.count === 1, 10_000, 'replica 2 to have the unload, held');
+    await m2.load('mobilenet'); // made on replica 2 before the unload reached it, published after it
+    await until(() => link.count === 2, 10_000, 'replica 2 to have its own load back, held behind the unload');
+    link.release();
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 
   it('a change made on a replica during its catch-up is published after its state is written back', async () => {

@@ -134,6 +134,13 @@ export class Cluster {
   private readonly seen = new Map<string, { epoch: string; seq: number }>();
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
   private readonly onAdmin = (op: AdminOp) => void this.localAdmin(op);
+  /**
+   * Per model, the changes made here whose message has not come back from Redis yet (published or still to be). A
+   * change of another replica that arrives meanwhile was published before them: every other replica applies it first
+   * and then ours, which carries our resulting state, so it is not applied here after ours (this replica was left
+   * alone in that older state, for good).
+   */
+  private readonly unechoed = new Map<string, number>();
 
   constructor({ url, replica, manager, logger, metrics, prefix = 'gateway', maxPendingAdmin = 1000, maxBackoffMs }: ClusterOptions) {
     this.feed.setMaxListeners(0);
@@ -156,6 +163,9 @@ export class Cluster {
     });
     this.bus.on('disconnected', () => {
       this.metrics?.connected.set(0);
+      // what was published and not back yet may never come back: only the changes still kept are awaited
+      this.unechoed.clear();
+      for (const op of this.pendingAdmin) this.unechoed.set(op.name, (this.unechoed.get(op.name) ?? 0) + 1);
       if (!this.closed) this.metrics?.disconnects.inc();
     });
     manager.on('status', this.onStatus);
@@ -206,6 +216,7 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
+    this.unechoed.set(op.name, (this.unechoed.get(op.name) ?? 0) + 1);
     if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
       // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
       // published before that could be overwritten by an older state another replica writes back)
@@ -223,7 +234,7 @@ export class Cluster {
 
   private keep(op: AdminOp): void {
     if (this.pendingAdmin.length >= this.maxPendingAdmin) {
-      this.pendingAdmin.shift();
+      this.echoed(this.pendingAdmin.shift()!.name); // never published: nothing to await
       this.metrics?.dropped.inc({ kind: 'admin' });
     }
     this.pendingAdmin.push(op);
@@ -263,7 +274,11 @@ export class Cluster {
       this.logger.warn({ channel }, 'cluster bus: a message that is not JSON was ignored');
       return;
     }
-    if (message?.v !== 1 || message.from === this.id) return; // our own, back from Redis
+    if (message?.v !== 1) return;
+    if (message.from === this.id) {
+      if (channel === this.channels.admin && message.op) this.echoed(message.op.name); // our own, back from Redis
+      return;
+    }
     if (channel === this.channels.status && message.event) {
       this.metrics?.messages.inc({ direction: 'in', kind: 'status' });
       this.feed.emit('status', { ...message.event, at: new Date(message.event.at) });
@@ -274,12 +289,25 @@ export class Cluster {
         const before = this.seen.get(op.name);
         if (!before || before.epoch !== epoch || before.seq < seq) this.seen.set(op.name, { epoch, seq });
       }
+      if (this.unechoed.has(op.name)) {
+        this.logger.info(
+          { op: op.op, model: op.name, from: message.replica },
+          'an admin change of another replica left aside: a change of that model made here follows it',
+        );
+        return;
+      }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
       this.serialize(op.name, () => this.manager.applyRemote(op));
       // then the sender's resulting state: a change this replica missed (a catch-up that left the model as it was)
       // is made up for with the next one
       if (state !== undefined) this.serialize(op.name, () => this.lineUp(op.name, state));
     }
+  }
+
+  private echoed(name: string): void {
+    const n = (this.unechoed.get(name) ?? 0) - 1;
+    if (n > 0) this.unechoed.set(name, n);
+    else this.unechoed.delete(name);
   }
 
   /** Run fn after the previous remote change of the same model; failures are logged (this replica may lack the model). */
