@@ -585,6 +585,17 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 
+  it('a change of another replica that arrives while this one changes the same model is published before it: the later one wins everywhere', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    await m1.unload('mobilenet');
+    await until(() => state(m2) === 'END', 10_000, 'replica 2 to unload it too');
+    const loading = m2.load('mobilenet'); // hundreds of ms: the model loads
+    await sleep(20);
+    await m1.unload('mobilenet'); // published while replica 2 loads, so before replica 2's load
+    expect((await loading).versions.get(1)!.state).toBe('AVAILABLE');
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+  }, 60_000);
+
   it('a change made on a replica during its catch-up is published after its state is written back', async () => {
     const { m1, m2, c1 } = await outage();
     const r1 = holdFirst(c1, ['hexists', 'eval', 'evalsha']);

@@ -141,6 +141,16 @@ export class Cluster {
    * alone in that older state, for good).
    */
   private readonly unechoed = new Map<string, number>();
+  /** Per model, the admin operations asked of this replica that have not ended (their change is published after). */
+  private readonly inProgress = new Map<string, number>();
+  /** Models with a change of another replica left aside (see unechoed): lined up with the hash once ours are out. */
+  private readonly leftAside = new Set<string>();
+  private readonly onChanging = (name: string, delta: number) => {
+    const n = (this.inProgress.get(name) ?? 0) + delta;
+    if (n > 0) this.inProgress.set(name, n);
+    else this.inProgress.delete(name);
+    this.settle(name);
+  };
 
   constructor({ url, replica, manager, logger, metrics, prefix = 'gateway', maxPendingAdmin = 1000, maxBackoffMs }: ClusterOptions) {
     this.feed.setMaxListeners(0);
@@ -170,6 +180,7 @@ export class Cluster {
     });
     manager.on('status', this.onStatus);
     manager.on('admin', this.onAdmin);
+    manager.on('changing', this.onChanging);
   }
 
   status(): ClusterStatus {
@@ -253,8 +264,11 @@ export class Cluster {
       // model.json edits: nothing in the hash changes
       await this.bus.publisher.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op } satisfies AdminMessage));
     } else {
-      const state = op.op === 'delete' ? null : this.unloadedState(op.name);
-      const message = JSON.stringify({ ...this.wire(), op, ...(op.op === 'delete' ? {} : { state }) } satisfies AdminMessage);
+      // the state the change left, as the manager saw it then (a load leaves nothing unloaded): read now, it may
+      // already include a change of another replica applied since, which would go out under this change's name
+      const state = op.op === 'delete' || op.op === 'load' ? null : op.unloaded !== undefined ? op.unloaded : this.unloadedState(op.name);
+      const wireOp = op.op === 'unload' ? { op: op.op, name: op.name, version: op.version } : op;
+      const message = JSON.stringify({ ...this.wire(), op: wireOp, ...(op.op === 'delete' ? {} : { state }) } satisfies AdminMessage);
       await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
         this.unloadedKey,
         this.channels.admin,
@@ -289,11 +303,12 @@ export class Cluster {
         const before = this.seen.get(op.name);
         if (!before || before.epoch !== epoch || before.seq < seq) this.seen.set(op.name, { epoch, seq });
       }
-      if (this.unechoed.has(op.name)) {
+      if (this.unechoed.has(op.name) || this.inProgress.has(op.name)) {
         this.logger.info(
           { op: op.op, model: op.name, from: message.replica },
           'an admin change of another replica left aside: a change of that model made here follows it',
         );
+        this.leftAside.add(op.name);
         return;
       }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
@@ -308,6 +323,21 @@ export class Cluster {
     const n = (this.unechoed.get(name) ?? 0) - 1;
     if (n > 0) this.unechoed.set(name, n);
     else this.unechoed.delete(name);
+    this.settle(name);
+  }
+
+  /**
+   * Once this replica's own changes of a model are out (ended and back from Redis), a change of another replica left
+   * aside meanwhile is made up for from the hash, which holds the state of the last change published: ours when ours
+   * came last (nothing to do), the other one's when ours failed and was never published.
+   */
+  private settle(name: string): void {
+    if (!this.leftAside.has(name) || this.inProgress.has(name) || this.unechoed.has(name) || !this.bus.connected) return;
+    this.leftAside.delete(name);
+    void this.serialize(name, async () => {
+      const [mark, json] = await this.bus.publisher.hmget(this.unloadedKey, '.', name);
+      if (mark !== null) await this.lineUp(name, json ? (JSON.parse(json) as UnloadedState) : null); // not a lost hash
+    });
   }
 
   /** Run fn after the previous remote change of the same model; failures are logged (this replica may lack the model). */
@@ -433,6 +463,7 @@ export class Cluster {
     this.closed = true;
     this.manager.off('status', this.onStatus);
     this.manager.off('admin', this.onAdmin);
+    this.manager.off('changing', this.onChanging);
     await Promise.allSettled([...this.chains.values()]);
     await this.bus.close();
     this.metrics?.connected.set(0);

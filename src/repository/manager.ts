@@ -54,9 +54,18 @@ export interface ManagerOptions {
  * optional cluster bus carries it). Files are not in it: uploads and model.json edits are written once to the shared
  * repository, and the other replicas read them from there.
  */
+/** Which of a model's versions are unloaded on purpose (null: none). */
+export type UnloadedVersions = { all: boolean; versions: number[] } | null;
+
+export function unloadedOf(model: Model): UnloadedVersions {
+  if (!model.disabled && model.disabledVersions.size === 0) return null;
+  return { all: model.disabled, versions: [...model.disabledVersions].sort((a, b) => a - b) };
+}
+
 export type AdminOp =
   | { op: 'load'; name: string; path?: string | null; config?: unknown }
-  | { op: 'unload'; name: string; version?: number | null }
+  /** unloaded: the model's unloaded versions right after this change (a load leaves none) */
+  | { op: 'unload'; name: string; version?: number | null; unloaded?: UnloadedVersions }
   | { op: 'update'; name: string; changes: { description?: string | null; metadata?: JsonMergePatch | null } }
   | { op: 'delete'; name: string };
 
@@ -86,7 +95,7 @@ const exists = (p: string) =>
  * edits.ts; the watcher rescans the repository; each version instance runs its own lifecycle with the configuration
  * it was loaded with (version.ts).
  */
-export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; admin: [AdminOp] }> {
+export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; admin: [AdminOp]; changing: [string, number] }> {
   readonly root: string;
   readonly replica: string;
   readonly engine: Engine;
@@ -386,7 +395,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
    * loadModel: from the repository (by name), from a server path under the allowed roots, or from uploaded files
    * written into the repository as a new version. Resolves once the version is AVAILABLE or has failed.
    */
-  async load(name: string, opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown } = {}): Promise<Model> {
+  load(name: string, opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown } = {}): Promise<Model> {
+    return this.changing(name, () => this.loadHere(name, opts));
+  }
+
+  private async loadHere(name: string, opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown }): Promise<Model> {
     if (!MODEL_NAME_RE.test(name))
       throw new GatewayError(ErrorCode.INVALID_INPUT, `invalid model name ${JSON.stringify(name)}: use letters, digits, '_', '.', '-'`);
     if (opts.path && opts.files?.length) throw new GatewayError(ErrorCode.INVALID_INPUT, 'give path or files, not both');
@@ -534,9 +547,14 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** unloadModel: one version, or the whole model. The watcher leaves it unloaded until loadModel. */
-  async unload(name: string, version?: number | null): Promise<Model> {
+  unload(name: string, version?: number | null): Promise<Model> {
+    return this.changing(name, () => this.unloadHere(name, version));
+  }
+
+  private async unloadHere(name: string, version?: number | null): Promise<Model> {
     const model = this.require(name);
     const noSuchVersion = () => new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
+    let unloaded: UnloadedVersions = null;
     if (version !== undefined && version !== null && !model.versions.has(version)) throw noSuchVersion();
     await model.exclusive(async () => {
       if (version === undefined || version === null) {
@@ -550,8 +568,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         model.disabledVersions.add(version);
         await mv.unload();
       }
+      unloaded = unloadedOf(model); // what this change left, before anything queued on the model changes it again
     });
-    return this.announce({ op: 'unload', name, version }, model);
+    return this.announce({ op: 'unload', name, version, unloaded }, model);
   }
 
   /**
@@ -559,7 +578,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
    * kept). For a repository model, model.json is edited in place (the rest of the file, its formatting included, is
    * kept) and written before anything changes in memory.
    */
-  async update(name: string, changes: { description?: string | null; metadata?: JsonMergePatch | null }): Promise<Model> {
+  update(name: string, changes: { description?: string | null; metadata?: JsonMergePatch | null }): Promise<Model> {
+    return this.changing(name, () => this.updateHere(name, changes));
+  }
+
+  private async updateHere(name: string, changes: { description?: string | null; metadata?: JsonMergePatch | null }): Promise<Model> {
     const model = this.require(name);
     await model.exclusive(async () => {
       const { description, metadata } = await editModelJson(model, changes);
@@ -578,7 +601,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
    * deleteModel: unload every version and take the model off the list; a model of the repository loses its folder
    * (its files), a model loaded by path keeps its files (they are not the repository's).
    */
-  async delete(name: string): Promise<boolean> {
+  delete(name: string): Promise<boolean> {
+    return this.changing(name, () => this.deleteHere(name));
+  }
+
+  private async deleteHere(name: string): Promise<boolean> {
     const model = this.require(name);
     await model.exclusive(async () => {
       await Promise.all([...model.versions.values()].map((v) => v.unload()));
@@ -589,6 +616,21 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   // ---- Replicas (src/cluster carries AdminOps between them; without it, nothing below is used) ----
+
+  /**
+   * An admin operation asked of this replica (not one applied for another): 'changing' +1 as it begins and -1 once it
+   * has ended (after its 'admin' announcement when it succeeded), so the cluster knows a change of the model made here
+   * will be published after anything it receives meanwhile.
+   */
+  private async changing<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    if (applyingRemote.getStore()) return fn();
+    this.emit('changing', name, 1);
+    try {
+      return await fn();
+    } finally {
+      this.emit('changing', name, -1);
+    }
+  }
 
   /** Tell other replicas about an admin operation that succeeded here, unless it came from one of them. */
   private async announce<T>(op: AdminOp, result: T | Promise<T>): Promise<T> {
