@@ -596,6 +596,44 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 
+  it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {
+    const { m1, c1 } = await twoJoined();
+    const seen: unknown[] = [];
+    const feed = (e: unknown) => seen.push(e);
+    c1.feed.on('status', feed);
+    const rogue = new Redis(redis!.url);
+    try {
+      const wire = { v: 1, from: 'rogue', replica: 'rogue' };
+      const at = new Date().toISOString();
+      const good = {
+        model: 'mobilenet',
+        version: 1,
+        state: 'AVAILABLE',
+        previousState: 'LOADING',
+        errorCode: null,
+        errorMessage: null,
+        at,
+        replica: 'rogue',
+      };
+      for (const event of [
+        { ...good, state: 'BOGUS' },
+        { ...good, at: 'yesterday' },
+        { ...good, version: 'one' },
+        'hello',
+        { ...good, model: 42 },
+        good,
+      ])
+        await rogue.publish('gateway:status', JSON.stringify({ ...wire, event }));
+      await until(() => seen.length > 0, 10_000, 'the good event');
+      await sleep(300);
+      expect(seen).toEqual([{ ...good, at: new Date(at) }]);
+      expect(m1.get('mobilenet')!.versions.get(1)!.state).toBe('AVAILABLE');
+    } finally {
+      c1.feed.off('status', feed);
+      rogue.disconnect();
+    }
+  }, 60_000);
+
   it('a change made on a replica during its catch-up is published after its state is written back', async () => {
     const { m1, m2, c1 } = await outage();
     const r1 = holdFirst(c1, ['hexists', 'eval', 'evalsha']);

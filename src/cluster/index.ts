@@ -6,7 +6,8 @@ import { errorMessage, isGatewayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { ClusterMetrics, type Metrics } from '../metrics.ts';
 import type { AdminOp, ModelManager } from '../repository/manager.ts';
-import type { ModelStatusEvent } from '../repository/version.ts';
+import { VERSION_STATES, type ModelStatusEvent, type VersionState } from '../repository/version.ts';
+import { z } from 'zod';
 import { RedisBus } from './bus.ts';
 
 /**
@@ -73,6 +74,24 @@ type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string
 type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState };
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
 type UnloadedState = { all: boolean; versions: number[] } | null;
+
+const STATE = z.enum(VERSION_STATES as [VersionState, ...VersionState[]]);
+const STATUS_EVENT = z.object({
+  model: z.string(),
+  version: z.number().int(),
+  state: STATE,
+  previousState: STATE.nullable(),
+  errorCode: z.string().nullable(),
+  errorMessage: z.string().nullable(),
+  at: z.string().refine((at) => !Number.isNaN(Date.parse(at))),
+  replica: z.string(),
+});
+
+/** A model status event as a replica publishes it, or null. */
+function statusEvent(wire: unknown): ModelStatusEvent | null {
+  const r = STATUS_EVENT.safeParse(wire);
+  return r.success ? { ...r.data, at: new Date(r.data.at) } : null;
+}
 
 /** Local and remote status events, each once: what modelStatus subscribers read. */
 export type StatusFeed = EventEmitter<{ status: [ModelStatusEvent] }>;
@@ -294,8 +313,16 @@ export class Cluster {
       return;
     }
     if (channel === this.channels.status && message.event) {
+      const event = statusEvent(message.event);
+      if (!event) {
+        // not one a replica sends (another program on the channel, or a newer gateway's): dropped here, once, rather
+        // than handed to every subscriber as an error
+        this.logger.warn({ channel, from: message.replica }, 'cluster bus: a status message that is not a model status event was dropped');
+        this.metrics?.dropped.inc({ kind: 'status' });
+        return;
+      }
       this.metrics?.messages.inc({ direction: 'in', kind: 'status' });
-      this.feed.emit('status', { ...message.event, at: new Date(message.event.at) });
+      this.feed.emit('status', event);
     } else if (channel === this.channels.admin && message.op) {
       this.metrics?.messages.inc({ direction: 'in', kind: 'admin' });
       const { op, seq, epoch, state } = message;
