@@ -465,7 +465,7 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
   }, 90_000);
 
   it('times each call from when the engine starts it, not from when it was handed over behind another', async () => {
-    const LIMIT = 1500;
+    const LIMIT = 2000;
     const gw = await startGateway({
       models: { slow: { onnx: slowModel(), config: { task: 'raw' } } },
       // one instance, so the second call waits in the engine while the first computes (maxConcurrentBatches 2)
@@ -476,25 +476,37 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
         `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
         { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
       );
+    const state = async () => (await gw.gql(`{ model(name: "slow") { versions { state } } }`)).data.model.versions[0].state;
     try {
-      // calibrated here (the cost is linear in rows, past a fixed cost): two calls of about 0.65 of the limit each,
-      // together 1.3 of it
-      await infer(10);
-      const timed = async (rows: number) => {
+      // two calls of about 0.6 of the limit each (calibrated here: the cost is linear in rows, past a fixed cost), the
+      // second handed over 30 ms after the first: together 1.2 of the limit. On a machine so busy that the first call
+      // itself took more than 0.8 of the limit, the attempt says nothing and is made again.
+      let counted = 0;
+      for (let attempt = 0; attempt < 4 && counted === 0; attempt++) {
+        await until(async () => (await state()) === 'AVAILABLE', 60_000, 'the version available');
+        await infer(10);
+        const timed = async (rows: number) => {
+          const t0 = performance.now();
+          expect((await infer(rows)).errors).toBeUndefined();
+          return performance.now() - t0;
+        };
+        const [t1, t2] = [await timed(2000), await timed(6000)];
+        const rows = Math.round(2000 + ((0.6 * LIMIT - t1) * 4000) / Math.max(1, t2 - t1));
         const t0 = performance.now();
-        expect((await infer(rows)).errors).toBeUndefined();
-        return performance.now() - t0;
-      };
-      const [t1, t2] = [await timed(2000), await timed(6000)];
-      const rows = Math.round(2000 + ((0.65 * LIMIT - t1) * 4000) / Math.max(1, t2 - t1));
-      const [a, b] = await Promise.all([infer(rows), new Promise((r) => setTimeout(r, 30)).then(() => infer(rows))]);
-      expect(a.errors, JSON.stringify(a.errors)).toBeUndefined();
-      expect(b.errors, JSON.stringify(b.errors)).toBeUndefined();
-      expect((await gw.gql(`{ model(name: "slow") { versions { state } } }`)).data.model.versions[0].state).toBe('AVAILABLE');
+        const [a, b] = await Promise.all([
+          infer(rows).then((r) => ({ r, ms: performance.now() - t0 })),
+          new Promise((r) => setTimeout(r, 30)).then(() => infer(rows)),
+        ]);
+        if (a.r.errors || a.ms > 0.8 * LIMIT) continue;
+        counted++;
+        expect(b.errors, JSON.stringify(b.errors)).toBeUndefined();
+        expect(await state()).toBe('AVAILABLE');
+      }
+      expect(counted).toBe(1);
     } finally {
       await gw.close();
     }
-  }, 60_000);
+  }, 120_000);
 });
 
 describe('graphql-ws: an operation the client completes while it runs', () => {
