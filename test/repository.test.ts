@@ -521,6 +521,47 @@ describe('model repository over GraphQL', () => {
     }
   });
 
+  it('an upload queued behind a deleteModel of the same name lands in the model the list holds, not in the one deleted', async () => {
+    const onnx = new Uint8Array(await readFile(modelFile('mobilenet')));
+    const upload = () => gw.repository.load('churn', { files: [{ name: 'model.onnx', bytes: onnx }] });
+    expect((await upload()).versions.get(1)!.state).toBe('AVAILABLE');
+    const deleted = gw.repository.delete('churn'); // takes the model first
+    const again = upload(); // waits for it
+    expect(await deleted).toBe(true);
+    const model = await again;
+    try {
+      expect(gw.repository.get('churn')).toBe(model); // was: the upload answered AVAILABLE into a model no list held
+      expect((await gw.gql(`{ model(name: "churn") { versions { version state } } }`)).data.model.versions).toEqual([
+        { version: 1, state: 'AVAILABLE' },
+      ]);
+    } finally {
+      await gw.repository.delete('churn');
+    }
+  });
+
+  it('a versionPolicy that names no version on disk keeps the serving version and says so (it unloaded it without a word)', async () => {
+    await addModel(extraRoot, 'typo', mobilenet());
+    await gw.repository.load('typo', { path: path.join(extraRoot, 'typo') });
+    const dir = gw.repository.get('typo')!.dir;
+    try {
+      const config = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
+      await writeFile(path.join(dir, 'model.json.tmp'), JSON.stringify({ ...config, versionPolicy: { specific: [5] } }));
+      await rename(path.join(dir, 'model.json.tmp'), path.join(dir, 'model.json'));
+      const model = async () => (await gw.gql(`{ model(name: "typo") { configurationError versions { version state } } }`)).data.model;
+      await until(async () => (await model()).configurationError !== null, 10_000, 'the policy named');
+      await new Promise((r) => setTimeout(r, 300)); // a few more scans
+      expect(await model()).toEqual({
+        configurationError: 'typo/model.json: versionPolicy selects none of the versions on disk (1); the versions serving keep serving',
+        versions: [{ version: 1, state: 'AVAILABLE' }],
+      });
+      await writeFile(path.join(dir, 'model.json.tmp'), JSON.stringify(config));
+      await rename(path.join(dir, 'model.json.tmp'), path.join(dir, 'model.json'));
+      await until(async () => (await model()).configurationError === null, 10_000, 'the error gone with the fix');
+    } finally {
+      await gw.gql(`mutation { unloadModel(name: "typo") { name } }`);
+    }
+  });
+
   it('a model.json that does not fit the serving model is tried once per change, unpublished: the version serves and says AVAILABLE', async () => {
     await addModel(extraRoot, 'refit', mobilenet());
     await gw.repository.load('refit', { path: path.join(extraRoot, 'refit') });

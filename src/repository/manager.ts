@@ -305,7 +305,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const onDisk = [...files.keys()];
     model.layoutProblem = onDisk.length === 0 && !model.file ? await layoutProblem(model.name, model.dir, this.engine.modelFiles) : null;
     const policy = model.files?.config.versionPolicy ?? { latest: 1 };
-    const wanted = model.disabled ? [] : selectVersions(policy, onDisk).filter((v) => !model.disabledVersions.has(v));
+    const selected = selectVersions(policy, onDisk);
+    const wanted = model.disabled ? [] : selected.filter((v) => !model.disabledVersions.has(v));
+    // a policy that names no version there is (a typo in versionPolicy.specific): the serving versions keep serving,
+    // as for a new version that does not load, and the model says why
+    const selectsNothing = !model.disabled && onDisk.length > 0 && selected.length === 0;
+    if (model.configError && model.configError === model.policyError) model.configError = null;
+    model.policyError = selectsNothing
+      ? new GatewayError(
+          ErrorCode.INVALID_MODEL_CONFIG,
+          `${model.name}/model.json: versionPolicy selects none of the versions on disk (${[...onDisk].sort((a, b) => a - b).join(', ')}); the versions serving keep serving`,
+        )
+      : null;
+    if (model.policyError && !model.configError) model.configError = model.policyError;
     const loads: Promise<void>[] = [];
     for (const v of wanted) {
       if (this.closed) break; // shutting down: nothing new loads
@@ -347,7 +359,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const unloads: Promise<void>[] = [];
     for (const mv of model.versions.values()) {
       if (wanted.includes(mv.version)) continue;
-      const keep = wanted.length > 0 && !replacementUp && mv.state === 'AVAILABLE' && onDisk.includes(mv.version);
+      const keep = (wanted.length > 0 || selectsNothing) && !replacementUp && mv.state === 'AVAILABLE' && onDisk.includes(mv.version);
       if (keep) {
         if (!mv.notes.keptServing)
           this.logger.warn({ model: model.name, version: mv.version, wanted }, 'keeping the previous version until its replacement loads');
@@ -427,6 +439,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     }
     const m = model;
     await m.exclusive(async () => {
+      // deleteModel held it while this waited: its folder is gone (nothing is written into it again)
+      if (this.byName.get(name) !== m) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${quoted(name)} was deleted meanwhile`);
       const given = opts.config !== undefined && opts.config !== null;
       const previous = given ? await readFile(path.join(m.dir, 'model.json'), 'utf8').catch(() => null) : null;
       // a configuration given here that is refused, when the folder is read with it (a labels file that is not there)
@@ -481,7 +495,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     }
     const model = same ? existing : new Model(name, dir, 'path', file);
     this.byName.set(name, model);
+    let deleted = false;
     await model.exclusive(async () => {
+      if (this.byName.get(name) !== model) {
+        deleted = true; // deleteModel held it while this waited: start over with a model the list holds
+        return;
+      }
       if (model !== existing || model.disabled) await this.reread(model);
       if (config !== undefined && config !== null) {
         const c = parseModelConfig(config, `${model.name} config`);
@@ -491,7 +510,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       }
       await this.enable(model);
     });
-    return model;
+    return deleted ? this.loadFromPath(name, requested, config) : model;
   }
 
   /**
@@ -508,8 +527,15 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (!plan.modelFile && !existing) throw new GatewayError(ErrorCode.INVALID_INPUT, 'no model file among the uploads');
     const model = existing ?? new Model(name, path.join(this.root, name), 'repository');
     this.byName.set(name, model);
+    let deleted = false;
     try {
       await model.exclusive(async () => {
+        // deleteModel held the model while this waited: it is in no list now, so the upload starts over (a model of
+        // its own), instead of loading into one nothing can reach any more (its session never to be unloaded)
+        if (this.byName.get(name) !== model) {
+          deleted = true;
+          return;
+        }
         const onDisk = [...(await this.discover(model)).keys(), ...model.versions.keys()];
         const staged = await stageUpload(this.root, model.dir, plan, plan.modelFile ? Math.max(0, ...onDisk) + 1 : null);
         try {
@@ -543,7 +569,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       if (!existing && model.versions.size === 0 && !(await exists(model.dir)) && this.byName.get(name) === model) this.byName.delete(name);
       throw e;
     }
-    return model;
+    return deleted ? this.loadFromFiles(name, uploads, config) : model;
   }
 
   /** unloadModel: one version, or the whole model. The watcher leaves it unloaded until loadModel. */

@@ -24,6 +24,8 @@ export class Model {
   configError: GatewayError | null = null;
   /** Why the folder has no version to serve (no version folder, or none with the model file), else null. */
   layoutProblem: string | null = null;
+  /** The versionPolicy names no version on disk (set by each scan; shown as configError while there is no other). */
+  policyError: GatewayError | null = null;
   readonly versions = new Map<number, ModelVersion>();
   /** Unloaded by a client: the watcher leaves it alone until loadModel. */
   disabled = false;
