@@ -675,7 +675,13 @@ describe('limits', () => {
     const batch = Buffer.from('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(1000));
     const until15 = Date.now() + 1500;
     while (Date.now() < until15 && !socket.destroyed) {
-      if (!socket.write(batch)) await Promise.race([new Promise((r) => socket.once('drain', r)), new Promise((r) => setTimeout(r, 100))]);
+      if (!socket.write(batch))
+        await new Promise<void>((resolve) => {
+          // drained, or 100 ms: the listener goes either way (left behind, they piled up past ten on this socket)
+          const done = () => (clearTimeout(timer), socket.off('drain', done), resolve());
+          const timer = setTimeout(done, 100);
+          socket.once('drain', done);
+        });
     }
     await new Promise((r) => setTimeout(r, 500));
     const stalls = watchStalls();
