@@ -29,6 +29,13 @@ function recorder(opts: { fail?: (values: number[]) => boolean; hold?: () => Pro
   return { calls, run };
 }
 
+/** A recorder whose calls wait until release(): the engine busy. */
+function heldRecorder() {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  return { ...recorder({ hold: () => gate }), release: () => release() };
+}
+
 const options = { maxBatchSize: 4, maxDelayMs: 1000, maxConcurrentBatches: 1, timeoutMs: 0 };
 /** Let the promise jobs and process.nextTick callbacks of this turn run, without any timer. */
 const ticks = async () => {
@@ -63,9 +70,7 @@ describe('batcher (deterministic, fake timers)', () => {
   });
 
   it('maxDelayMs 0 (the default): the items of one tick go together at its end; while the engine is busy, the next batch fills', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const { calls, run } = recorder({ hold: () => gate });
+    const { calls, run, release } = heldRecorder();
     const b = new Batcher(run, { ...options, maxDelayMs: 0 });
     const first = Promise.all([1, 2].map((v) => b.infer(item(v))));
     await Promise.resolve();
@@ -144,9 +149,7 @@ describe('batcher (deterministic, fake timers)', () => {
   });
 
   it('runs one engine call at a time and gives DEADLINE_EXCEEDED to items that waited too long', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const { calls, run } = recorder({ hold: () => gate });
+    const { calls, run, release } = heldRecorder();
     const b = new Batcher(run, { ...options, maxBatchSize: 1, maxDelayMs: 0, timeoutMs: 50 });
     const first = b.infer(item(1));
     await vi.advanceTimersByTimeAsync(0);
@@ -293,9 +296,7 @@ describe('batcher (deterministic, fake timers)', () => {
   });
 
   it('answers an item waiting for a busy engine when its timeoutMs passes or its client goes away, not when the engine frees', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const { calls, run } = recorder({ hold: () => gate });
+    const { calls, run, release } = heldRecorder();
     const b = new Batcher(run, { ...options, maxBatchSize: 1, maxDelayMs: 0, timeoutMs: 50 });
     const first = b.infer(item(1));
     await vi.advanceTimersByTimeAsync(0);
@@ -318,9 +319,7 @@ describe('batcher (deterministic, fake timers)', () => {
   });
 
   it('a call started in time is not cut by timeoutMs (it bounds the wait for the engine, not the call)', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const { run } = recorder({ hold: () => gate });
+    const { run, release } = heldRecorder();
     const b = new Batcher(run, { ...options, maxBatchSize: 1, maxDelayMs: 0, timeoutMs: 50 });
     const first = b.infer(item(1));
     await vi.advanceTimersByTimeAsync(500);

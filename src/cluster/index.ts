@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { errorMessage, isGatewayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { ClusterMetrics, type Metrics } from '../metrics.ts';
-import type { AdminOp, ModelManager } from '../repository/manager.ts';
+import { unloadedOf, type AdminOp, type ModelManager, type UnloadedVersions } from '../repository/manager.ts';
 import { VERSION_STATES, type ModelStatusEvent, type VersionState } from '../repository/version.ts';
 import { z } from 'zod';
 import { RedisBus } from './bus.ts';
@@ -73,7 +73,14 @@ type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string
 /** `state`: the model's unloaded state on the sender after the change (load and unload), which receivers adopt. */
 type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState };
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
-type UnloadedState = { all: boolean; versions: number[] } | null;
+type UnloadedState = UnloadedVersions;
+
+/** Add `by` to a per-model count, dropping it at 0. */
+function count(counts: Map<string, number>, name: string, by: number): void {
+  const n = (counts.get(name) ?? 0) + by;
+  if (n > 0) counts.set(name, n);
+  else counts.delete(name);
+}
 
 const STATE = z.enum(VERSION_STATES as [VersionState, ...VersionState[]]);
 const STATUS_EVENT = z.object({
@@ -165,9 +172,7 @@ export class Cluster {
   /** Models with a change of another replica left aside (see unechoed): lined up with the hash once ours are out. */
   private readonly leftAside = new Set<string>();
   private readonly onChanging = (name: string, delta: number) => {
-    const n = (this.inProgress.get(name) ?? 0) + delta;
-    if (n > 0) this.inProgress.set(name, n);
-    else this.inProgress.delete(name);
+    count(this.inProgress, name, delta);
     this.settle(name);
   };
 
@@ -194,7 +199,7 @@ export class Cluster {
       this.metrics?.connected.set(0);
       // what was published and not back yet may never come back: only the changes still kept are awaited
       this.unechoed.clear();
-      for (const op of this.pendingAdmin) this.unechoed.set(op.name, (this.unechoed.get(op.name) ?? 0) + 1);
+      for (const op of this.pendingAdmin) count(this.unechoed, op.name, 1);
       if (!this.closed) this.metrics?.disconnects.inc();
     });
     manager.on('status', this.onStatus);
@@ -246,7 +251,7 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
-    this.unechoed.set(op.name, (this.unechoed.get(op.name) ?? 0) + 1);
+    count(this.unechoed, op.name, 1);
     if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
       // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
       // published before that could be overwritten by an older state another replica writes back)
@@ -273,8 +278,7 @@ export class Cluster {
   /** The unloaded state of a model on this replica, as kept in the hash (null: nothing unloaded). */
   private unloadedState(name: string): UnloadedState {
     const m = this.manager.get(name);
-    if (!m || (!m.disabled && m.disabledVersions.size === 0)) return null;
-    return { all: m.disabled, versions: [...m.disabledVersions].sort((a, b) => a - b) };
+    return m ? unloadedOf(m) : null;
   }
 
   /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
@@ -347,9 +351,7 @@ export class Cluster {
   }
 
   private echoed(name: string): void {
-    const n = (this.unechoed.get(name) ?? 0) - 1;
-    if (n > 0) this.unechoed.set(name, n);
-    else this.unechoed.delete(name);
+    count(this.unechoed, name, -1);
     this.settle(name);
   }
 
