@@ -260,11 +260,11 @@ export class Batcher {
           results[i] = item.gone; // answered already
           continue;
         }
-        item.started?.();
+        item.started?.(); // (a client that left has been answered already: its abort listener set `gone`)
         const waited = start - item.enqueuedAt;
         this.hooks.stats?.recordQueue(waited * 1000);
-        if (item.signal?.aborted) results[i] = cancelled();
-        else if (timeout > 0 && waited > timeout) results[i] = waitedTooLong(waited, timeout);
+        // its timer may be due and not yet run (a busy event loop)
+        if (timeout > 0 && waited > timeout) results[i] = waitedTooLong(waited, timeout);
         else live.push(i);
       }
       if (live.length > 0) await this.runLive(items, live, results, alone);

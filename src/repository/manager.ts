@@ -287,6 +287,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** Unload everything of a model and take it off the list (its folder was removed, or it was deleted). */
+  /** Is this the model the list holds under its name? Not once a deleteModel that held it first has forgotten it. */
+  private listed(model: Model): boolean {
+    return this.byName.get(model.name) === model;
+  }
+
   private async forget(model: Model): Promise<void> {
     await Promise.all([...model.versions.values()].map((v) => v.unload()));
     for (const v of [...model.versions.keys()]) this.dropVersion(model, v);
@@ -392,7 +397,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       return;
     }
     model.versions.set(old.version, fresh);
-    fresh.publishing(true);
+    fresh.inService();
     await old.unload(undefined, { replaced: true });
   }
 
@@ -440,7 +445,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const m = model;
     await m.exclusive(async () => {
       // deleteModel held it while this waited: its folder is gone (nothing is written into it again)
-      if (this.byName.get(name) !== m) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${quoted(name)} was deleted meanwhile`);
+      if (!this.listed(m)) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${quoted(name)} was deleted meanwhile`);
       const given = opts.config !== undefined && opts.config !== null;
       const previous = given ? await readFile(path.join(m.dir, 'model.json'), 'utf8').catch(() => null) : null;
       // a configuration given here that is refused, when the folder is read with it (a labels file that is not there)
@@ -497,7 +502,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     this.byName.set(name, model);
     let deleted = false;
     await model.exclusive(async () => {
-      if (this.byName.get(name) !== model) {
+      if (!this.listed(model)) {
         deleted = true; // deleteModel held it while this waited: start over with a model the list holds
         return;
       }
@@ -532,7 +537,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       await model.exclusive(async () => {
         // deleteModel held the model while this waited: it is in no list now, so the upload starts over (a model of
         // its own), instead of loading into one nothing can reach any more (its session never to be unloaded)
-        if (this.byName.get(name) !== model) {
+        if (!this.listed(model)) {
           deleted = true;
           return;
         }

@@ -104,7 +104,7 @@ export class ModelVersion {
     public modelPath: string,
     readonly files: ModelFiles | null,
     private readonly deps: VersionDeps,
-    /** False for a candidate to replace a serving instance (see publishing()). */
+    /** False for a candidate to replace a serving instance: its transitions are only logged until inService(). */
     publish = true,
   ) {
     this.stats = new VersionStats(deps.metrics);
@@ -318,13 +318,13 @@ export class ModelVersion {
   }
 
   /**
-   * Publish this instance's transitions (events, the state metric) or only log them: a candidate for a version that
-   * serves (a new configuration) loads unpublished, since for clients the version stays AVAILABLE whether or not the
-   * candidate takes over.
+   * A candidate (made with `publish` false) takes over the version it was loaded to replace: from now on its
+   * transitions are published, and the state metric is its own. Until then they were only logged, since for clients
+   * the version stayed AVAILABLE whether or not the candidate took over.
    */
-  publishing(on: boolean): void {
-    this.quiet = !on;
-    if (on) this.deps.metrics?.state(this.state);
+  inService(): void {
+    this.quiet = false;
+    this.deps.metrics?.state(this.state);
   }
 
   /** A replacement with this configuration (its signature) failed to load: not tried again until it changes. */

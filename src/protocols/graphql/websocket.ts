@@ -40,6 +40,10 @@ export interface WebSocketLimits {
   keepAliveMs?: number;
 }
 
+/** A message's bytes in one piece (a fragmented message comes as a list). */
+const bytesOf = (data: RawData): Uint8Array =>
+  Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+
 const rawBytes = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
@@ -192,8 +196,7 @@ export function attachWebSocket(
     socket.prependListener('message', holdIfBehind);
     // its values counted before graphql-ws parses it; an operation in it is refused before its variables are coerced
     socket.prependListener('message', (data: RawData) => {
-      const bytes = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
-      if (jsonValueCount(bytes, maxVariableValues) > maxVariableValues) overValues.add(socket);
+      if (jsonValueCount(bytesOf(data), maxVariableValues) > maxVariableValues) overValues.add(socket);
       else overValues.delete(socket);
     });
     socket.prependListener('ping', holdIfBehind);
@@ -217,11 +220,10 @@ export function attachWebSocket(
    */
   type Operation = { abort: AbortController; hold: RequestHold | null; id: string };
   const completedByClient = (socket: object, data: RawData) => {
-    const bytes = rawBytes(data);
-    if (bytes > 512) return; // a complete message is small: nothing larger is parsed twice
+    if (rawBytes(data) > 512) return; // a complete message is small: nothing larger is parsed twice
     let message: { type?: unknown; id?: unknown };
     try {
-      message = JSON.parse(String(Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)));
+      message = JSON.parse(new TextDecoder().decode(bytesOf(data)));
     } catch {
       return; // graphql-ws answers it
     }
