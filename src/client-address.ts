@@ -92,6 +92,14 @@ export class ClientAddresses {
   }
 
   /**
+   * The client a request counts as for a limit that shares places out rather than refuses (a model's queue): of(), and
+   * the requests that name nobody all count as one client together (none gets a share of its own).
+   */
+  shareOf(peer: string | null | undefined, forwardedFor: unknown): string {
+    return this.of(peer, forwardedFor) ?? '(unattributed)';
+  }
+
+  /**
    * What a client address counts as: a global IPv6 address (2000::/3) its prefix ("2a01:4f8:1:2::/64"); an IPv4-mapped
    * or NAT64 (64:ff9b::/96) one its IPv4 address; any other IPv6 address (link-local, unique local, loopback: hosts of
    * one network segment, or one node's pods, share a /64 there) itself.

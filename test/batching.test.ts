@@ -10,6 +10,8 @@ import WebSocket from 'ws';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
+import { slowModel } from './onnx-builder.ts';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -121,6 +123,24 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
     expect((r[1] as PromiseRejectedResult).reason).toMatchObject({ code: 'INFERENCE_FAILED' });
     expect(calls).toEqual([[1, 13, 3, 4], [1], [13], [3], [4]]);
+  });
+
+  it('admissions: one client may hold half of maxQueueSize (rounded up); requests that name none are not counted per client', () => {
+    const a = new Admissions(5);
+    expect(a.clientShare).toBe(3);
+    const mine = [a.admit('a'), a.admit('a'), a.admit('a')];
+    expect(() => a.admit('a')).toThrow(
+      expect.objectContaining({ code: 'QUEUE_FULL', message: expect.stringMatching(/this client has 3 .*half of maxQueueSize 5/) }),
+    );
+    const theirs = a.admit('b');
+    a.admit(); // the server's own (a warm-up)
+    expect(() => a.admit('c')).toThrow(expect.objectContaining({ code: 'QUEUE_FULL', message: expect.stringMatching(/^queue full/) }));
+    mine[0].release();
+    mine[0].release(); // releasing twice gives back one place, once
+    expect(a.admit('a')).toBeDefined();
+    expect(() => a.admit('a')).toThrow(expect.objectContaining({ code: 'QUEUE_FULL' }));
+    theirs.release();
+    expect(a.admit('c')).toBeDefined();
   });
 
   it('admissions: QUEUE_FULL at once when maxQueueSize requests are admitted', () => {
@@ -380,7 +400,7 @@ describe('batching over HTTP with a real model', () => {
     gw = await startGateway({
       models: {
         mobilenet: fixture('mobilenet', { batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } }),
-        tiny: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 2 } }),
+        tiny: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 4 } }),
       },
     });
   });
@@ -481,7 +501,8 @@ describe('batching over HTTP with a real model', () => {
     expect(new Set(codes)).toEqual(new Set(['OK', 'QUEUE_FULL']));
     const after = await classify('tiny', image('bee.jpeg'));
     expect(after.data.classify.predictions[0].classId).toBe(309);
-    // in one request: the items past the bound get QUEUE_FULL, the others are answered, and the response is HTTP 200
+    // in one request: the items past the client's share (half of the four places) get QUEUE_FULL, the others are
+    // answered, and the response is HTTP 200
     const r = await gw.gql(
       BATCH.replace('"mobilenet"', '"tiny"'),
       { images: photos.slice(0, 4).map(() => ({ file: null })) },
@@ -493,6 +514,7 @@ describe('batching over HTTP with a real model', () => {
       [['classifyBatch', 2], 'QUEUE_FULL'],
       [['classifyBatch', 3], 'QUEUE_FULL'],
     ]);
+    expect(r.errors![0].message).toMatch(/this client has 2 requests admitted already, its share \(half of maxQueueSize 4/);
   });
 
   it('unloading lets the requests in flight finish, then refuses new ones', async () => {
@@ -671,4 +693,63 @@ describe('decoding threads', () => {
       await rm(dir, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+describe('a model’s queue shared between clients', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      // one request per engine call, one call at a time, on one thread: a slow call holds every request behind it
+      models: {
+        slow: { onnx: slowModel(), config: { task: 'raw', batching: { maxBatchSize: 1, maxQueueSize: 4, maxConcurrentBatches: 1 } } },
+      },
+      env: { ENGINE_INSTANCES: '1', ENGINE_THREADS: '1', ENGINE_ALONE_THREADS: '0' },
+    });
+  });
+  afterAll(() => gw?.close());
+
+  /** An infer mutation of the slow model from a loopback address of its own (each address is a client). */
+  const infer = (rows: number, from: string) =>
+    new Promise<{ code: string | null }>((resolve, reject) => {
+      const body = JSON.stringify({
+        query: `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
+        variables: { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+      });
+      const url = new URL(`${gw.url}/graphql`);
+      const req = http.request(
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method: 'POST',
+          localAddress: from,
+          headers: { 'content-type': 'application/json' },
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (c) => (text += c));
+          res.on('end', () => {
+            const r = JSON.parse(text) as { errors?: { extensions?: { code?: string } }[] };
+            resolve({ code: r.errors ? (r.errors[0].extensions?.code ?? 'NONE') : null });
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  const pending = () => gw.repository.get('slow')!.versions.get(1)!.pending;
+
+  it('one client cannot take every place: past half of maxQueueSize its requests are QUEUE_FULL, another client’s are admitted', async () => {
+    // seconds of compute from 127.0.0.2, and one more of its requests queued behind it: half of the four places
+    const slow = infer(20_000, '127.0.0.2');
+    await until(() => pending() === 1, 10_000, 'the slow call admitted');
+    const queued = infer(10, '127.0.0.2');
+    await until(() => pending() === 2, 10_000, 'the second admitted');
+    // its third and fourth would fill the queue: refused, as its share is taken; another client's is admitted
+    const answers = await Promise.all([slow, queued, infer(10, '127.0.0.2'), infer(10, '127.0.0.2'), infer(10, '127.0.0.3')]);
+    expect(answers.map((a) => a.code)).toEqual([null, null, 'QUEUE_FULL', 'QUEUE_FULL', null]);
+    expect(pending()).toBe(0);
+    // its places are its own again once answered
+    expect(await Promise.all([infer(10, '127.0.0.2'), infer(10, '127.0.0.2')])).toEqual([{ code: null }, { code: null }]);
+  }, 60_000);
 });

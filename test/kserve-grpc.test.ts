@@ -49,6 +49,8 @@ describe('KServe v2 over gRPC', () => {
         'id-i64': { onnx: identityModel(ElemType.INT64, ['N', 3]), config: { task: 'raw' } },
         'id-bool': { onnx: identityModel(ElemType.BOOL, ['N', 3]), config: { task: 'raw' } },
         big: { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw' } },
+        // one client may have one of its two places
+        pair: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw', batching: { maxQueueSize: 2 } } },
         // holds a batch open until two requests are in it (see 'a batch holds requests of two protocols')
         joint: {
           onnx: identityModel(ElemType.FLOAT, ['N', 2, 3]),
@@ -194,6 +196,16 @@ describe('KServe v2 over gRPC', () => {
     const logits = new Float32Array(new Uint8Array(raw.raw_output_contents[0]).buffer);
     const argmax = (a: Float32Array) => a.indexOf(Math.max(...a));
     expect([argmax(logits.subarray(0, 1000)), argmax(logits.subarray(1000))]).toEqual([340, 113]);
+  });
+
+  it('a batch past a client’s share of the model’s queue (half of maxQueueSize) is refused as a mistake', async () => {
+    const x = (n: number) => ({
+      model_name: 'pair',
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [n, 3] }],
+      raw_input_contents: [Buffer.alloc(n * 12)],
+    });
+    expect((await client.ModelInfer(x(1))).outputs[0]).toMatchObject({ shape: ['1', '3'] });
+    expect(await failure(client.ModelInfer(x(2)))).toEqual(['RESOURCE_EXHAUSTED', 'LIMIT_EXCEEDED']);
   });
 
   it('status codes from the error table, the error-code trailer, and the server keeps serving', async () => {

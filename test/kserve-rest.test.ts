@@ -1021,9 +1021,10 @@ describe('KServe classification names classes with the labels of the version tha
 });
 
 describe('KServe: a batch larger than the model’s queue', () => {
-  it('is refused as a mistake (400 LIMIT_EXCEEDED, naming maxQueueSize), not as a full queue to retry', async () => {
+  it('is refused as a mistake (400 LIMIT_EXCEEDED, naming a client’s share of maxQueueSize), not as a full queue to retry', async () => {
     const gw = await startGateway({
-      models: { small: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw', batching: { maxQueueSize: 4 } } } },
+      // one client may hold half of the eight places
+      models: { small: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw', batching: { maxQueueSize: 8 } } } },
     });
     try {
       const infer = (n: number) =>
@@ -1035,7 +1036,9 @@ describe('KServe: a batch larger than the model’s queue', () => {
       expect((await infer(4)).status).toBe(200);
       const r = await infer(5);
       expect([r.status, r.headers.get('retry-after')]).toEqual([400, null]);
-      expect(((await r.json()) as { error: string }).error).toMatch(/5 items.*maxQueueSize 4/);
+      expect(((await r.json()) as { error: string }).error).toMatch(
+        /a batch of 5 items cannot be admitted: one client may have at most 4 requests of model small admitted at once \(half of its maxQueueSize 8.*send at most 4 items per request, or raise maxQueueSize/,
+      );
     } finally {
       await gw.close();
     }

@@ -16,6 +16,8 @@ export class Admissions {
   private admitted = 0;
   private preparing = 0;
   private idleWaiters: (() => void)[] = [];
+  /** Requests admitted and not yet answered, by client (those that named one). */
+  private readonly byClient = new Map<string, number>();
 
   constructor(
     readonly maxQueueSize: number,
@@ -36,14 +38,31 @@ export class Admissions {
     return this.preparing;
   }
 
-  /** Admit one request (before its preprocessing). Throws QUEUE_FULL at the bound. */
-  admit(): Ticket {
+  /**
+   * What one client may hold: half of maxQueueSize (rounded up), so that one client, however many requests or images it
+   * sends at once, cannot take every place and have everyone else refused (as MAX_BYTES_IN_FLIGHT gives one client
+   * half of it). Requests that name no client (the server's own, such as a warm-up) are not counted per client.
+   */
+  get clientShare(): number {
+    return Math.ceil(this.maxQueueSize / 2);
+  }
+
+  /** Admit one request (before its preprocessing) of `client`, if known. Throws QUEUE_FULL at either bound. */
+  admit(client?: string): Ticket {
     if (this.admitted >= this.maxQueueSize) {
       throw new GatewayError(
         ErrorCode.QUEUE_FULL,
         `queue full: ${this.admitted} requests already admitted (maxQueueSize ${this.maxQueueSize})`,
       );
     }
+    const mine = client === undefined ? 0 : (this.byClient.get(client) ?? 0);
+    if (client !== undefined && mine >= this.clientShare) {
+      throw new GatewayError(
+        ErrorCode.QUEUE_FULL,
+        `this client has ${mine} requests admitted already, its share (half of maxQueueSize ${this.maxQueueSize}, so that other clients are served too): retry when they are answered`,
+      );
+    }
+    if (client !== undefined) this.byClient.set(client, mine + 1);
     this.admitted++;
     this.preparing++;
     this.onChange(this, 'admitted');
@@ -61,6 +80,11 @@ export class Admissions {
         if (early) this.preparing--;
         stage = 'released';
         this.admitted--;
+        if (client !== undefined) {
+          const left = this.byClient.get(client)! - 1;
+          if (left > 0) this.byClient.set(client, left);
+          else this.byClient.delete(client);
+        }
         this.onChange(this, early ? 'released-early' : 'released');
         if (this.admitted === 0) {
           const waiters = this.idleWaiters;

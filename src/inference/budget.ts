@@ -1,4 +1,5 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
+import type { RunOptions } from './service.ts';
 
 /** A request's share of the process's memory budget: take n bytes more, or the error to answer (nothing taken). */
 export interface MemoryHold {
@@ -19,7 +20,8 @@ export interface BudgetLimits {
 /**
  * What one request may spend, counted as it executes (every alias, list item, fragment spread and nested pipeline
  * takes from it before its work starts): images, renderings, input and output bytes. Every protocol makes one per
- * request. `signal` tells when the client has gone away, so work not yet started for it is skipped.
+ * request. `signal` tells when the client has gone away, so work not yet started for it is skipped; `client` is who
+ * sent it, for the limits kept per client (a model's queue).
  */
 export class RequestBudget {
   private images = 0;
@@ -37,8 +39,14 @@ export class RequestBudget {
     readonly limits: BudgetLimits,
     readonly signal?: AbortSignal,
     memory?: MemoryHold,
+    readonly client?: string,
   ) {
     this.memory = memory;
+  }
+
+  /** What the inference service is told of the request: its signal and its client. */
+  get runOptions(): RunOptions {
+    return { signal: this.signal, client: this.client };
   }
 
   /** LIMIT_EXCEEDED naming the limit, its setting, and what the client can do. */

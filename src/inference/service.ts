@@ -36,6 +36,11 @@ export interface InferenceLimits {
 /** A request's own: it stops the work not yet started when the client has gone away. */
 export interface RunOptions {
   signal?: AbortSignal;
+  /**
+   * Who sent it (the protocol's client key, see ClientAddresses): one client may have at most half of a version's
+   * maxQueueSize admitted at once. None for the server's own requests.
+   */
+  client?: string;
 }
 
 const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
@@ -189,12 +194,12 @@ export class InferenceService {
     versionNo: number | null | undefined,
     inputs: readonly TensorInput[],
     outputNames?: readonly string[] | null,
-    { signal }: RunOptions = {},
+    { signal, client }: RunOptions = {},
   ): Promise<Record<string, Tensor>> {
     const { version } = this.models.resolve(name, versionNo);
     const feeds = tensorFeeds(name, version.inputs, inputs);
     const wanted = selectOutputs(name, version.outputs, outputNames);
-    const admission = version.admit();
+    const admission = version.admit(client);
     const t0 = performance.now();
     try {
       if (signal?.aborted) throw cancelled();
@@ -219,7 +224,7 @@ export class InferenceService {
     versionNo: number | null | undefined,
     inputs: readonly TensorInput[],
     outputNames?: readonly string[] | null,
-    { signal }: RunOptions = {},
+    { signal, client }: RunOptions = {},
   ): Promise<BatchResult> {
     const { model, version } = this.models.resolve(name, versionNo);
     const wanted = selectOutputs(name, version.outputs, outputNames);
@@ -254,15 +259,19 @@ export class InferenceService {
       ),
     );
     const queue = version.config?.batching.maxQueueSize ?? Infinity;
-    if (n > queue) {
+    const most = version.admissible(client);
+    if (n > most) {
       // it could never be admitted, however long the client waited: a mistake to correct, not a full queue to retry
-      const message = `a batch of ${n} items cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
+      const message =
+        most < queue
+          ? `a batch of ${n} items cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
+          : `a batch of ${n} items cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
       version.stats.recordError(ErrorCode.LIMIT_EXCEEDED);
       throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
     }
     const admissions: Admission[] = [];
     try {
-      for (let k = 0; k < n; k++) admissions.push(version.admit());
+      for (let k = 0; k < n; k++) admissions.push(version.admit(client));
     } catch (e) {
       for (const a of admissions) a.release();
       version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
@@ -313,7 +322,9 @@ export class InferenceService {
       );
     if (sources.length === 0) throw bad('no images');
     // the version checked above, not whichever is latest by the time the images run (a reload in between)
-    const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal }).map(async (r) => (await r).outputs);
+    const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal, client: opts.client }).map(
+      async (r) => (await r).outputs,
+    );
     return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
   }
 
@@ -328,7 +339,7 @@ export class InferenceService {
     name: string,
     versionNo: number | null | undefined,
     sources: readonly ImageSource[],
-    { signal }: RunOptions = {},
+    { signal, client }: RunOptions = {},
   ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
@@ -339,7 +350,7 @@ export class InferenceService {
       const t0 = performance.now();
       let admission: Admission;
       try {
-        admission = version.admit();
+        admission = version.admit(client);
       } catch (e) {
         return { t0, admission: null, prepared: Promise.reject(e) as Promise<never> };
       }

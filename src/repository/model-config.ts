@@ -50,7 +50,12 @@ const batching = z
       .describe(
         'How long the first item of a batch waits for company; 0: none beyond the tick in which it came (the engine takes it when free).',
       ),
-    maxQueueSize: z.int().min(1).max(1_000_000).default(256).describe('Requests admitted at once; past it, QUEUE_FULL.'),
+    maxQueueSize: z
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .default(256)
+      .describe('Requests admitted at once (one client address: half of them); past it, QUEUE_FULL.'),
     // 2: the next batch waits inside the engine while one runs, so the engine never idles between them, and batches
     // stay smaller (cheaper per image here): +11% req/s and -8% CPU per image at c16 on 2 cores (bench/, A/B run)
     maxConcurrentBatches: z

@@ -367,11 +367,19 @@ export class ModelVersion {
     return this.unloading;
   }
 
+  /** The most requests one caller may have admitted at once: the client's share when it names one (see Admissions). */
+  admissible(client?: string): number {
+    const a = this.admissions;
+    if (!a) return Infinity;
+    return client === undefined ? a.maxQueueSize : a.clientShare;
+  }
+
   /**
-   * Admit a request before its preprocessing: MODEL_NOT_READY unless AVAILABLE, QUEUE_FULL at the bound.
-   * Its one inference goes through the admission; unloading waits until every admission is released.
+   * Admit a request of `client` (if known) before its preprocessing: MODEL_NOT_READY unless AVAILABLE, QUEUE_FULL at
+   * the bound or at the client's share of it. Its one inference goes through the admission; unloading waits until every
+   * admission is released.
    */
-  admit(): Admission {
+  admit(client?: string): Admission {
     const batcher = this.batcher;
     if (this.state !== 'AVAILABLE' || !batcher || !this.admissions) {
       throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${this.model} version ${this.version} is ${this.state}`, {
@@ -379,7 +387,7 @@ export class ModelVersion {
       });
     }
     if (this.engineFailures > 0 && this.stats.requests > 0) this.engineFailures = 0; // the reload served: start over
-    const ticket: Ticket = this.admissions.admit();
+    const ticket: Ticket = this.admissions.admit(client);
     return {
       infer: (feeds, signal) => {
         ticket.markQueued();

@@ -191,6 +191,7 @@ export function createGraphqlProtocol({
           { maxImages: maxImagesPerRequest, maxInputBytes: maxUploadBytes, ...budget },
           request.signal,
           httpRequest && holdOf(httpRequest),
+          clients.shareOf(node?.socket.remoteAddress, node?.headers['x-forwarded-for']),
         ),
         requireAdmin: accessFor(request.headers.get('authorization'), tokens, caller).requireAdmin,
         // the client's key is read only by subscriptions

@@ -266,7 +266,7 @@ export function createKserveCore({
      * One inference. Raw tensors: dimension 0 is the batch (each item is batched with other requests, of any protocol).
      * A BYTES input holds encoded images, one per element, decoded and preprocessed by the model's model.json.
      */
-    async infer(who: Who, target: InferTarget, req: V2InferRequest, { signal, sendBytes }: InferOptions): Promise<V2InferResponse> {
+    async infer(who: Who, target: InferTarget, req: V2InferRequest, { signal, client, sendBytes }: InferOptions): Promise<V2InferResponse> {
       access(who).checkApi();
       const { model: name, version: versionNo } = target;
       if (req.inputs.length === 0)
@@ -294,7 +294,7 @@ export function createKserveCore({
             name,
             versionNo,
             elements.map((e) => () => Promise.resolve(e)),
-            { inputName: images.name, outputNames, signal },
+            { inputName: images.name, outputNames, signal, client },
           );
         } catch (e) {
           throw withImageAsText(e, elements, sendBytes);
@@ -314,7 +314,7 @@ export function createKserveCore({
           return { name: i.name, dtype, shape: i.shape, data };
         });
         budget.takeImages(inputs[0].shape.length ? Math.max(1, inputs[0].shape[0]) : 1);
-        result = await service.inferBatch(name, versionNo, inputs, outputNames, { signal });
+        result = await service.inferBatch(name, versionNo, inputs, outputNames, { signal, client });
       }
       const wanted = req.outputs ?? Object.keys(result.outputs).map((n) => ({ name: n, classification: null }));
       const outputs = wanted.map(({ name: n, classification }): V2Output => {

@@ -507,7 +507,11 @@ export function createGrpcServer({
       if (call.cancelled) leaving.abort(); // gone before the handler ran
       try {
         return encodeInferResponse(
-          await core.infer(auth, target, request, { signal: leaving.signal, sendBytes: SEND_BYTES }),
+          await core.infer(auth, target, request, {
+            signal: leaving.signal,
+            client: clients.shareOf(peerAddress(call.getPeer()), call.metadata.get('x-forwarded-for').map(String)),
+            sendBytes: SEND_BYTES,
+          }),
           raw,
           maxJsonValues,
         );

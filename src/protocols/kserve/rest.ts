@@ -453,7 +453,11 @@ export function createRestRoute({
         try {
           return sendInferResponse(
             res,
-            await core.infer(auth, target, parsed.request, { signal: leaving.signal, sendBytes: SEND_BYTES }),
+            await core.infer(auth, target, parsed.request, {
+              signal: leaving.signal,
+              client: clients.shareOf(req.socket.remoteAddress, req.headers['x-forwarded-for']),
+              sendBytes: SEND_BYTES,
+            }),
             parsed,
             maxJsonValues,
           );

@@ -77,7 +77,7 @@ builder.mutationFields((t) => ({
     resolve: async (_, args, ctx) => {
       const [predictions] = ctx.service.classify(args.model, args.version, imageSources([args.image], ctx), {
         ...args,
-        signal: ctx.budget.signal,
+        ...ctx.budget.runOptions,
       });
       return { predictions: await predictions };
     },
@@ -90,7 +90,7 @@ builder.mutationFields((t) => ({
     args: { ...imagesArgs(t.arg), ...classifyArgs(t.arg) },
     resolve: (_, args, ctx) =>
       perItem(args.images.length, () =>
-        ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), { ...args, signal: ctx.budget.signal }),
+        ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), { ...args, ...ctx.budget.runOptions }),
       ).map(async (p) => ({ predictions: await p })),
   }),
   detect: t.field({
@@ -98,7 +98,7 @@ builder.mutationFields((t) => ({
     nullable: true,
     args: { ...imageArgs(t.arg), ...detectArgs(t.arg) },
     resolve: (_, args, ctx) =>
-      ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), { ...args, signal: ctx.budget.signal })[0],
+      ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), { ...args, ...ctx.budget.runOptions })[0],
   }),
   detectBatch: t.field({
     type: [DetectionRef],
@@ -107,15 +107,14 @@ builder.mutationFields((t) => ({
     args: { ...imagesArgs(t.arg), ...detectArgs(t.arg) },
     resolve: (_, args, ctx) =>
       perItem(args.images.length, () =>
-        ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), { ...args, signal: ctx.budget.signal }),
+        ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), { ...args, ...ctx.budget.runOptions }),
       ),
   }),
   segment: t.field({
     type: SegmentationRef,
     nullable: true,
     args: imageArgs(t.arg),
-    resolve: (_, args, ctx) =>
-      ctx.service.segment(args.model, args.version, imageSources([args.image], ctx), { signal: ctx.budget.signal })[0],
+    resolve: (_, args, ctx) => ctx.service.segment(args.model, args.version, imageSources([args.image], ctx), ctx.budget.runOptions)[0],
   }),
   segmentBatch: t.field({
     type: [SegmentationRef],
@@ -124,7 +123,7 @@ builder.mutationFields((t) => ({
     args: imagesArgs(t.arg),
     resolve: (_, args, ctx) =>
       perItem(args.images.length, () =>
-        ctx.service.segment(args.model, args.version, imageSources(args.images, ctx), { signal: ctx.budget.signal }),
+        ctx.service.segment(args.model, args.version, imageSources(args.images, ctx), ctx.budget.runOptions),
       ),
   }),
   infer: t.field({
@@ -142,7 +141,7 @@ builder.mutationFields((t) => ({
       // counted before anything is decoded: aliases sharing one large variable each take their share
       ctx.budget.takeInputBytes(args.inputs.reduce((n, i) => n + Math.floor((i.data.length * 3) / 4), 0));
       const inputs = args.inputs.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: tensorBytes(i.data, i.name) }));
-      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs, { signal: ctx.budget.signal });
+      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs, ctx.budget.runOptions);
       const tensors = Object.entries(outputs).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: toBytes(t.data) }));
       ctx.budget.takeResponseBytes(tensors.reduce((n, o) => n + Math.ceil(o.data.length / 3) * 4, 0));
       return { outputs: tensors };

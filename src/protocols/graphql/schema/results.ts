@@ -54,8 +54,7 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
         ctx.budget.takeImages(1);
         // the decoded photo counts as a rendering; the boxes of this answer are cut from it in the same turn, then it goes
         const crop = async () => {
-          const pending = (o.shared.decoded ??=
-            (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, { signal: ctx.budget.signal })));
+          const pending = (o.shared.decoded ??= (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, ctx.budget.runOptions)));
           try {
             return cropRaw(await pending, o.object.box);
           } finally {
@@ -64,7 +63,7 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
             });
           }
         };
-        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, signal: ctx.budget.signal });
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, ...ctx.budget.runOptions });
         return { predictions: await predictions };
       },
     }),
