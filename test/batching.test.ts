@@ -12,6 +12,9 @@ import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
 import { slowModel } from './onnx-builder.ts';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import type { GatewayError } from '../src/errors.ts';
 
 const item = (v: number, len = 2): Feeds => ({ x: { dtype: 'float32', shape: [1, len], data: new Float32Array(len).fill(v) } });
 const value = (f: Feeds) => (f.y.data as Float32Array)[0];
@@ -336,6 +339,40 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(value(await first)).toBe(2);
     await vi.advanceTimersByTimeAsync(0);
     expect(calls).toEqual([[1]]); // neither reached the engine afterwards
+  });
+
+  it('an item answered before its engine call lets go of its tensors at once, while the engine stays busy', async () => {
+    // a GC on demand (as --expose-gc gives), to see whether anything still holds the tensors of the items that left
+    v8.setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const { calls, run, release } = heldRecorder();
+    const b = new Batcher(run, { ...options, maxBatchSize: 2, maxDelayMs: 0, timeoutMs: 50 });
+    const first = b.infer(item(1));
+    await vi.advanceTimersByTimeAsync(0);
+    // while the engine is busy: items that wait too long, and items whose client leaves, again and again (as clients
+    // that retry do); each is answered at once, and its place in maxQueueSize given back
+    const held: WeakRef<object>[] = [];
+    // (made in a function of its own: the test's async frame would keep the last one alive)
+    const send = (k: number) => {
+      const feeds = item(10 + k, 1 << 16);
+      held.push(new WeakRef(feeds.x.data));
+      const gone = new AbortController();
+      const answer = b.infer(feeds, k % 2 ? gone.signal : undefined).catch((e: GatewayError) => e.code);
+      if (k % 2) gone.abort();
+      return answer;
+    };
+    const answers: Promise<unknown>[] = [];
+    for (let round = 0; round < 5; round++) {
+      for (let k = 0; k < 4; k++) answers.push(send(k));
+      await vi.advanceTimersByTimeAsync(60);
+    }
+    expect(new Set(await Promise.all(answers))).toEqual(new Set(['CANCELLED', 'DEADLINE_EXCEEDED']));
+    gc();
+    expect(held.map((r, i) => (r.deref() !== undefined ? i : -1)).filter((i) => i >= 0)).toEqual([]);
+    release();
+    expect(value(await first)).toBe(2);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toEqual([[1]]); // none of them reached the engine
   });
 
   it('a call started in time is not cut by timeoutMs (it bounds the wait for the engine, not the call)', async () => {

@@ -31,7 +31,8 @@ export function validateBatcherOptions(o: BatcherOptions): BatcherOptions {
 }
 
 interface Item {
-  feeds: Feeds;
+  /** Its tensors; let go (null) when it is answered before its engine call, as nothing will read them. */
+  feeds: Feeds | null;
   enqueuedAt: number;
   /** Aborted when its client went away: answered at once and dropped if it has not reached the engine. */
   signal?: AbortSignal;
@@ -172,6 +173,9 @@ export class Batcher {
       const leave = (e: GatewayError) => {
         if (item.gone || !item.started) return; // answered, or its call has started
         item.gone = e;
+        // the item stays in its batch until the engine is free (DataLoader holds it), but its tensors need not: its
+        // place in maxQueueSize is given back now, and a new request may take it while the engine is still busy
+        item.feeds = null;
         end();
         reject(e);
       };
@@ -233,7 +237,11 @@ export class Batcher {
     const results: (Feeds | Error)[] = new Array(items.length);
     const groups = new Map<string, number[]>();
     items.forEach((item, i) => {
-      const key = shapeKey(item.feeds);
+      if (item.gone) {
+        results[i] = item.gone; // answered already, while the batch waited: no engine call for it
+        return;
+      }
+      const key = shapeKey(item.feeds!);
       const g = groups.get(key);
       if (g) g.push(i);
       else groups.set(key, [i]);
@@ -276,7 +284,7 @@ export class Batcher {
   private async runLive(items: readonly Item[], live: number[], results: (Feeds | Error)[], alone = false): Promise<void> {
     try {
       const t0 = performance.now();
-      const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds)), alone ? { alone } : undefined);
+      const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds!)), alone ? { alone } : undefined);
       this.hooks.stats?.recordBatch(live.length, (performance.now() - t0) * 1000);
       const split = live.length === 1 ? [outputs] : splitBatch(outputs, live.length);
       live.forEach((idx, k) => (results[idx] = split[k]));
@@ -289,7 +297,7 @@ export class Batcher {
       if (live.length === 1) {
         // a zero-sized dimension that a model's operator cannot take (a convolution over no pixels) is the client's
         // input, not the server's failure: an identity model answers it, so it is not refused before the run
-        const empty = Object.entries(items[live[0]].feeds).find(([, t]) => t.shape.includes(0));
+        const empty = Object.entries(items[live[0]].feeds!).find(([, t]) => t.shape.includes(0));
         results[live[0]] = empty
           ? new GatewayError(
               ErrorCode.INVALID_INPUT,
