@@ -539,6 +539,32 @@ describe('model repository over GraphQL', () => {
     }
   });
 
+  it('an unload, an update or a delete queued behind a deleteModel of the same name is MODEL_NOT_FOUND, and nothing is announced', async () => {
+    const onnx = new Uint8Array(await readFile(modelFile('mobilenet')));
+    const announced: string[] = [];
+    const onAdmin = (op: { op: string; name: string }) => op.name === 'gone' && announced.push(op.op);
+    gw.repository.on('admin', onAdmin);
+    try {
+      for (const [what, queued] of [
+        ['unloadModel', () => gw.gql(`mutation { unloadModel(name: "gone") { name } }`)],
+        ['updateModel', () => gw.gql(`mutation { updateModel(name: "gone", description: "d") { name } }`)],
+        ['deleteModel', () => gw.gql(`mutation { deleteModel(name: "gone") }`)],
+      ] as const) {
+        await gw.repository.load('gone', { files: [{ name: 'model.onnx', bytes: onnx }] });
+        announced.length = 0;
+        const deleted = gw.repository.delete('gone'); // takes the model first
+        const r = await queued(); // waits for it
+        expect(await deleted).toBe(true);
+        // was: a masked 500 (the update wrote into the removed folder), or success for a model no list holds
+        expect([errorCode(r), r.errors?.[0].message], what).toEqual(['MODEL_NOT_FOUND', expect.stringMatching(/"gone"/)]);
+        expect(announced, what).toEqual(['delete']);
+        expect(gw.repository.get('gone'), what).toBeUndefined();
+      }
+    } finally {
+      gw.repository.off('admin', onAdmin);
+    }
+  });
+
   it('a versionPolicy that names no version on disk keeps the serving version and says so (it unloaded it without a word)', async () => {
     await addModel(extraRoot, 'typo', mobilenet());
     await gw.repository.load('typo', { path: path.join(extraRoot, 'typo') });

@@ -292,6 +292,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     return this.byName.get(model.name) === model;
   }
 
+  /** At the start of a change that waited for the model: MODEL_NOT_FOUND if a deleteModel that held it first forgot it. */
+  private stillListed(model: Model): void {
+    if (!this.listed(model)) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${quoted(model.name)} was deleted meanwhile`);
+  }
+
   private async forget(model: Model): Promise<void> {
     await Promise.all([...model.versions.values()].map((v) => v.unload()));
     for (const v of [...model.versions.keys()]) this.dropVersion(model, v);
@@ -444,8 +449,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     }
     const m = model;
     await m.exclusive(async () => {
-      // deleteModel held it while this waited: its folder is gone (nothing is written into it again)
-      if (!this.listed(m)) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${quoted(name)} was deleted meanwhile`);
+      this.stillListed(m); // its folder is gone (nothing is written into it again)
       const given = opts.config !== undefined && opts.config !== null;
       const previous = given ? await readFile(path.join(m.dir, 'model.json'), 'utf8').catch(() => null) : null;
       // a configuration given here that is refused, when the folder is read with it (a labels file that is not there)
@@ -588,6 +592,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     let unloaded: UnloadedVersions = null;
     if (version !== undefined && version !== null && !model.versions.has(version)) throw noSuchVersion();
     await model.exclusive(async () => {
+      this.stillListed(model); // (what it would unload, or announce, is no one's)
       if (version === undefined || version === null) {
         model.disabled = true;
         model.hasSettled = false;
@@ -616,6 +621,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   private async updateHere(name: string, changes: { description?: string | null; metadata?: JsonMergePatch | null }): Promise<Model> {
     const model = this.require(name);
     await model.exclusive(async () => {
+      this.stillListed(model); // (its folder, and the model.json it would edit, are gone)
       const { description, metadata } = await editModelJson(model, changes);
       const files = model.files;
       if (files) {
@@ -639,6 +645,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   private async deleteHere(name: string): Promise<boolean> {
     const model = this.require(name);
     await model.exclusive(async () => {
+      this.stillListed(model);
       await Promise.all([...model.versions.values()].map((v) => v.unload()));
       if (model.source === 'repository') await rm(model.dir, { recursive: true, force: true });
       await this.forget(model);
