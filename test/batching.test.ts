@@ -530,7 +530,7 @@ describe('batching over HTTP with a real model', () => {
     expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([[['bad'], 'MODEL_NOT_FOUND']]);
   });
 
-  it('answers QUEUE_FULL past maxQueueSize and keeps serving', async () => {
+  it('answers QUEUE_FULL past maxQueueSize and keeps serving; a request of more images than a client may have admitted is LIMIT_EXCEEDED', async () => {
     const results = await Promise.all(Array.from({ length: 24 }, () => classify('tiny', image('bee.jpeg'))));
     const codes = results.map((r) => (r.errors ? errorCode(r) : 'OK'));
     expect(codes).toContain('QUEUE_FULL');
@@ -538,20 +538,17 @@ describe('batching over HTTP with a real model', () => {
     expect(new Set(codes)).toEqual(new Set(['OK', 'QUEUE_FULL']));
     const after = await classify('tiny', image('bee.jpeg'));
     expect(after.data.classify.predictions[0].classId).toBe(309);
-    // in one request: the items past the client's share (half of the four places) get QUEUE_FULL, the others are
-    // answered, and the response is HTTP 200
+    // a request of more images than the client may have admitted (half of the four places) could never be answered in
+    // full: every item is LIMIT_EXCEEDED, not QUEUE_FULL to retry for ever, and the response is HTTP 200
     const r = await gw.gql(
       BATCH.replace('"mobilenet"', '"tiny"'),
-      { images: photos.slice(0, 4).map(() => ({ file: null })) },
-      batchFiles(photos.slice(0, 4).map(([p]) => image(p))),
+      { images: photos.slice(0, 3).map(() => ({ file: null })) },
+      batchFiles(photos.slice(0, 3).map(([p]) => image(p))),
     );
     expect(r.status).toBe(200);
-    expect(r.data.classifyBatch.map((c: any) => c?.predictions[0].classId ?? null)).toEqual([309, 113, null, null]);
-    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([
-      [['classifyBatch', 2], 'QUEUE_FULL'],
-      [['classifyBatch', 3], 'QUEUE_FULL'],
-    ]);
-    expect(r.errors![0].message).toMatch(/this client has 2 requests admitted already, its share \(half of maxQueueSize 4/);
+    expect(r.data.classifyBatch).toEqual([null, null, null]);
+    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual([0, 1, 2].map((i) => [['classifyBatch', i], 'LIMIT_EXCEEDED']));
+    expect(r.errors![0].message).toMatch(/a batch of 3 items cannot be admitted: one client may have at most 2 requests of model tiny/);
   });
 
   it('unloading lets the requests in flight finish, then refuses new ones', async () => {

@@ -1024,7 +1024,10 @@ describe('KServe: a batch larger than the model’s queue', () => {
   it('is refused as a mistake (400 LIMIT_EXCEEDED, naming a client’s share of maxQueueSize), not as a full queue to retry', async () => {
     const gw = await startGateway({
       // one client may hold half of the eight places
-      models: { small: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw', batching: { maxQueueSize: 8 } } } },
+      models: {
+        small: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw', batching: { maxQueueSize: 8 } } },
+        photos: fixture('mobilenet', { batching: { maxQueueSize: 4 } }),
+      },
     });
     try {
       const infer = (n: number) =>
@@ -1039,6 +1042,19 @@ describe('KServe: a batch larger than the model’s queue', () => {
       expect(((await r.json()) as { error: string }).error).toMatch(
         /a batch of 5 items cannot be admitted: one client may have at most 4 requests of model small admitted at once \(half of its maxQueueSize 8.*send at most 4 items per request, or raise maxQueueSize/,
       );
+      // so are encoded images (BYTES): each is a request of the queue (was: 503 QUEUE_FULL on an idle server, for ever)
+      const photos = async (n: number) => {
+        const jpeg = (await readFile(image('zebra.jpeg'))).toString('base64');
+        return fetch(`${gw.url}/v2/models/photos/infer`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [n], data: new Array(n).fill({ b64: jpeg }) }] }),
+        });
+      };
+      expect((await photos(2)).status).toBe(200);
+      const p = await photos(3);
+      expect([p.status, p.headers.get('x-error-code')]).toEqual([400, 'LIMIT_EXCEEDED']);
+      expect(((await p.json()) as { error: string }).error).toMatch(/a batch of 3 items cannot be admitted: one client may have at most 2/);
     } finally {
       await gw.close();
     }

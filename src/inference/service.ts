@@ -258,17 +258,7 @@ export class InferenceService {
         }),
       ),
     );
-    const queue = version.config?.batching.maxQueueSize ?? Infinity;
-    const most = version.admissible(client);
-    if (n > most) {
-      // it could never be admitted, however long the client waited: a mistake to correct, not a full queue to retry
-      const message =
-        most < queue
-          ? `a batch of ${n} items cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
-          : `a batch of ${n} items cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
-      version.stats.recordError(ErrorCode.LIMIT_EXCEEDED);
-      throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
-    }
+    checkAdmissible(name, version, n, client);
     const admissions: Admission[] = [];
     try {
       for (let k = 0; k < n; k++) admissions.push(version.admit(client));
@@ -345,6 +335,7 @@ export class InferenceService {
     const config = version.config ?? model.config;
     if (task !== null && config.task !== task) throw bad(`model ${model.name} is a ${config.task} model, not ${task}`);
     const { plan, files } = planFor(model, version);
+    checkAdmissible(name, version, sources.length, client);
     const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
     const items = sources.map((source) => {
       const t0 = performance.now();
@@ -383,6 +374,22 @@ export class InferenceService {
       }
     });
   }
+}
+
+/**
+ * A request of n items (a raw batch, or images) that could never be admitted in full, however long its client waited:
+ * LIMIT_EXCEEDED, a mistake to correct, not QUEUE_FULL to retry for ever.
+ */
+function checkAdmissible(name: string, version: ModelVersion, n: number, client: string | undefined): void {
+  const queue = version.config?.batching.maxQueueSize ?? Infinity;
+  const most = version.admissible(client);
+  if (n <= most) return;
+  const message =
+    most < queue
+      ? `a batch of ${n} items cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
+      : `a batch of ${n} items cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
+  version.stats.recordError(ErrorCode.LIMIT_EXCEEDED);
+  throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
 }
 
 /** The promise, or CANCELLED as soon as the signal fires. */
