@@ -284,6 +284,17 @@ describe('recovery and configuration owned by the version', () => {
       expect(errorCode(r)).toBe('INVALID_MODEL_CONFIG');
       expect(r.errors![0].message).toMatch(/broken\/model\.json: not valid JSON at line 3, column 1/);
       expect(await readFile(file, 'utf8')).toBe('{\n  "task": "classification",\n}\n');
+      // JSON, but not an object: said as at load (these were masked 500s too)
+      for (const text of ['[]\n', 'null\n', '"task"\n'])
+        for (const change of ['description: "x"', 'metadata: { team: "b" }']) {
+          await writeFile(file, text);
+          const u = await gw.gql(`mutation { updateModel(name: "broken", ${change}) { name } }`);
+          expect([errorCode(u), u.errors![0].message], `${text.trim()} ${change}`).toEqual([
+            'INVALID_MODEL_CONFIG',
+            expect.stringMatching(/^broken\/model\.json: /),
+          ]);
+          expect(await readFile(file, 'utf8')).toBe(text);
+        }
     } finally {
       await writeFile(file, good);
     }

@@ -100,13 +100,9 @@ export async function editModelJson(
   const file = path.join(model.dir, 'model.json');
   let text = withoutBom(await readFile(file, 'utf8').catch(() => '{}\n'));
   const source = `${model.name}/model.json`;
-  let parsed: Record<string, unknown>;
-  try {
-    parsed = JSON.parse(text) as Record<string, unknown>;
-  } catch (e) {
-    parseModelConfigText(text, source); // its error names the line and column (and comments), as at load
-    throw e;
-  }
+  // the file as it is must load: its error says what is wrong as at load (line and column, a root that is no object)
+  parseModelConfigText(text, source);
+  const parsed = JSON.parse(text) as Record<string, unknown>;
   if (changes.description !== undefined && changes.description !== null) {
     text = applyEdits(
       text,
