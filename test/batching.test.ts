@@ -341,6 +341,24 @@ describe('batcher (deterministic, fake timers)', () => {
     expect(calls).toEqual([[1]]); // neither reached the engine afterwards
   });
 
+  it('many items of one request (one signal) add no MaxListenersExceededWarning (a line that is not JSON on stderr)', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const { run } = recorder();
+      const b = new Batcher(run, { ...options, maxBatchSize: 64, maxDelayMs: 0 });
+      const request = new AbortController();
+      const answers = Promise.all(Array.from({ length: 16 }, (_, i) => b.infer(item(i), request.signal)));
+      await vi.advanceTimersByTimeAsync(0);
+      expect((await answers).map(value)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+      await ticks();
+      expect(warnings).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('an item answered before its engine call lets go of its tensors at once, while the engine stays busy', async () => {
     // a GC on demand (as --expose-gc gives), to see whether anything still holds the tensors of the items that left
     v8.setFlagsFromString('--expose-gc');

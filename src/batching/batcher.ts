@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import DataLoader from 'dataloader';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import { allocate, elementCount, type RunOptions, type Tensor, type TensorData } from '../engine/types.ts';
@@ -188,7 +189,12 @@ export class Batcher {
         signal?.removeEventListener('abort', onAbort);
       };
       item.started = end;
-      signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal) {
+        // every item of one request (a raw batch, aliases) listens to the request's signal: not a leak, each listener
+        // leaves with its item; past 10 Node would print a warning (a line that is not JSON) on stderr
+        setMaxListeners(0, signal);
+        signal.addEventListener('abort', onAbort, { once: true });
+      }
       if (signal?.aborted) onAbort();
       result.then(
         (v) => (end(), resolve(v)),
