@@ -220,10 +220,12 @@ export function attachWebSocket(
    */
   type Operation = { abort: AbortController; hold: RequestHold | null; id: string };
   const completedByClient = (socket: object, data: RawData) => {
-    if (rawBytes(data) > 512) return; // a complete message is small: nothing larger is parsed twice
+    // a complete message is small, but whitespace may pad it: a larger message is parsed twice only if it could be one
+    const bytes = bytesOf(data);
+    if (bytes.length > 512 && Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).indexOf('"complete"') < 0) return;
     let message: { type?: unknown; id?: unknown };
     try {
-      message = JSON.parse(new TextDecoder().decode(bytesOf(data)));
+      message = JSON.parse(new TextDecoder().decode(bytes));
     } catch {
       return; // graphql-ws answers it
     }
