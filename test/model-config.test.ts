@@ -126,15 +126,21 @@ describe('mistakes in model.json fail at load, naming the field', () => {
   });
   afterAll(() => gw?.close());
 
-  it.each(bad)('%s', async (name, _, message) => {
+  it.each(bad)('%s', async (name, config, message) => {
     const r = await gw.gql(VERSIONS, { n: name });
     const [v] = r.data.model.versions;
     expect(v.state).toBe('END');
     expect(v.errorCode).toBe('INVALID_MODEL_CONFIG');
     expect(v.errorMessage).toMatch(message);
-    // and a request says the model is not ready, rather than a 500 per request
+    // and a request says the model is not ready, and why, rather than a 500 per request
     const c = await gw.gql(`mutation { classify(model: "${name}", image: { base64: "AAAA" }) { predictions { label } } }`);
     expect(errorCode(c)).toBe('MODEL_NOT_READY');
+    expect(c.errors![0].message).toMatch(new RegExp(`^model ${name} has no AVAILABLE version: version 1: `));
+    expect(c.errors![0].message).toMatch(message);
+    // the task its model.json names, though the file did not load (it said "raw", the default)
+    expect((await gw.gql(`{ model(name: "${name}") { task } }`)).data.model.task).toBe(
+      (config.task as string | undefined) ?? 'classification',
+    );
   });
 
   it('settings that look inconsistent load, with a warning in notes and one log line', async () => {

@@ -178,10 +178,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const model = this.require(name);
     if (version === undefined || version === null) {
       const v = model.servingVersion();
-      if (!v) {
-        const hint = model.versions.size === 0 && !model.disabled && model.layoutProblem ? `: ${model.layoutProblem}` : '';
-        throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} has no AVAILABLE version${hint}`);
-      }
+      if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} has no AVAILABLE version${whyNotServing(model)}`);
       return { model, version: v };
     }
     const v = model.versions.get(version);
@@ -717,4 +714,15 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     await this.watcher.stop();
     await Promise.all(this.models().map((m) => m.exclusive(() => Promise.all([...m.versions.values()].map((v) => v.unload())))));
   }
+}
+
+/** Why a model has no version to serve, for the MODEL_NOT_READY its requests get (what a client can act on). */
+function whyNotServing(model: Model): string {
+  if (model.disabled) return ': it was unloaded (loadModel serves it again)';
+  if (model.versions.size === 0) return model.layoutProblem ? `: ${model.layoutProblem}` : '';
+  const versions = [...model.versions.values()].sort((a, b) => b.version - a.version);
+  const loading = versions.find((mv) => mv.state === 'LOADING' || mv.state === 'START');
+  if (loading) return `: version ${loading.version} is ${loading.state}`;
+  const failed = versions.find((mv) => mv.errorMessage);
+  return failed ? `: version ${failed.version}: ${failed.errorMessage}` : '';
 }

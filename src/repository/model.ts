@@ -1,7 +1,7 @@
 import type { GatewayError } from '../errors.ts';
 import type { Labels } from './labels.ts';
 import type { ModelFiles } from './model-files.ts';
-import { parseModelConfig, type ModelConfig, type VersionPolicy } from './model-config.ts';
+import { parseModelConfig, type ModelConfig, type Task, type VersionPolicy } from './model-config.ts';
 
 const DEFAULT_CONFIG = parseModelConfig({});
 import type { ModelVersion } from './version.ts';
@@ -52,6 +52,11 @@ export class Model {
   /** model.json as read last (defaults before anything was read): task, description and metadata for clients. */
   get config(): ModelConfig {
     return this.files?.config ?? DEFAULT_CONFIG;
+  }
+
+  /** The task of model.json: a file that did not load still names it, if it says one (else the default, raw). */
+  get task(): Task {
+    return this.files?.config.task ?? (this.configError?.details?.task as Task | undefined) ?? DEFAULT_CONFIG.task;
   }
 
   /** Labels of the serving version, else of the configuration read last. */

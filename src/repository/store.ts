@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import { isInside } from '../paths.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
-import { parseModelConfig, parseModelConfigText, type ModelConfig } from './model-config.ts';
+import { TASKS, parseModelConfig, parseModelConfigText, type ModelConfig, type Task } from './model-config.ts';
 import type { ModelFiles } from './model-files.ts';
 
 /**
@@ -72,8 +72,9 @@ function fileError(name: string, file: string, field: string, e: unknown): Gatew
 
 /** Read model.json (defaults when absent), labels and the mean file of a model folder. Errors are typed. */
 export async function readModelFiles(name: string, dir: string): Promise<ModelFiles> {
+  let text: string | null = null;
   try {
-    const text = await readFile(path.join(dir, 'model.json'), 'utf8').catch((e: NodeJS.ErrnoException) => {
+    text = await readFile(path.join(dir, 'model.json'), 'utf8').catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return null;
       throw e;
     });
@@ -83,7 +84,20 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
     const mean = meanFile ? await readMean(name, dir, meanFile) : null;
     return { config, labels, mean, signature: signatureOf(config, labels, mean), ...(text === null ? { defaults: true } : {}) };
   } catch (e) {
-    throw isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${withoutPaths(errorMessage(e))}`);
+    const error = isGatewayError(e) ? e : new GatewayError(ErrorCode.INVALID_MODEL_CONFIG, `${name}: ${withoutPaths(errorMessage(e))}`);
+    // the task the file names, for clients, though the file did not load (the model's task is not the default "raw")
+    const task = declaredTask(text);
+    throw task ? new GatewayError(error.code, error.message, { ...error.details, task }) : error;
+  }
+}
+
+/** The task a model.json names, if it is JSON with a known task. */
+function declaredTask(text: string | null): Task | null {
+  try {
+    const task = (JSON.parse(text ?? '') as { task?: unknown } | null)?.task;
+    return TASKS.find((t) => t === task) ?? null;
+  } catch {
+    return null;
   }
 }
 

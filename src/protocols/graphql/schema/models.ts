@@ -102,7 +102,7 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
   description: 'A model of the repository and its versions.',
   fields: (t) => ({
     name: t.exposeString('name'),
-    task: t.string({ description: 'classification, detection, segmentation or raw (as in model.json).', resolve: (m) => m.config.task }),
+    task: t.string({ description: 'classification, detection, segmentation or raw (as in model.json).', resolve: (m) => m.task }),
     description: t.string({ resolve: (m) => m.config.description }),
     metadata: t.field({
       type: 'JSON',
