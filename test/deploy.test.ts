@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { lstatSync, readFileSync, readdirSync } from 'node:fs';
+import { cp, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -178,7 +178,7 @@ describe('deploy/Dockerfile and deploy/haproxy', () => {
     const ci = instructions.findIndex((l) => l.startsWith('RUN ') && l.includes('npm ci'));
     expect(npmrc).toBeGreaterThanOrEqual(0);
     expect(npmrc).toBeLessThan(ci);
-    // models/ is there before npm ci, whose postinstall links the npm-provided models into it
+    // models/ is there before npm ci, whose postinstall copies the npm-provided models into it
     expect(instructions.findIndex((l) => l.startsWith('COPY models'))).toBeLessThan(ci);
     expect(instructions.find((l) => l.startsWith('HEALTHCHECK '))).toMatch(/\/health/);
     expect(instructions).toContain('STOPSIGNAL SIGTERM');
@@ -197,6 +197,55 @@ describe('deploy/Dockerfile and deploy/haproxy', () => {
     expect(loadConfig(env, []).drainDelayMs).toBeGreaterThan(0);
     expect(readFileSync(path.join(ROOT, '.dockerignore'), 'utf8')).toMatch(/^node_modules$/m);
   });
+
+  // npm ci runs the root package's postinstall: whatever it runs must be in the build stage by then, or the build
+  // stops there (and without ui/, the image would have no page at /)
+  const postinstall: string = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).scripts.postinstall;
+  const ci = instructions.findIndex((l) => l.startsWith('RUN ') && l.includes('npm ci'));
+  /** [source, destination] of each COPY from the build context before npm ci */
+  const copiedBeforeCi = instructions
+    .slice(0, ci)
+    .filter((l) => l.startsWith('COPY ') && !l.includes('--from'))
+    .flatMap((l) => {
+      const args = l
+        .split(/\s+/)
+        .slice(1)
+        .filter((a) => !a.startsWith('--'));
+      const dest = args.at(-1)!;
+      return args.slice(0, -1).map((src) => [src, dest.endsWith('/') ? path.posix.join(dest, src) : dest] as const);
+    });
+
+  it("every file the postinstall script runs is COPY'd before npm ci", () => {
+    const named = [...postinstall.matchAll(/\bnode\s+(\S+)/g)].map((m) => m[1]);
+    expect(named).toEqual(expect.arrayContaining(['models/copy-npm-models.mjs', 'ui/build.mjs']));
+    for (const file of named)
+      expect(
+        copiedBeforeCi.some(([src]) => file === src || file.startsWith(`${src.replace(/\/$/, '')}/`)),
+        `${file} (the postinstall runs it) is COPY'd before npm ci`,
+      ).toBe(true);
+  });
+
+  it("the build stage's postinstall, replayed on what it COPYs before npm ci, builds the page and copies the models", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-docker-build-'));
+    try {
+      // a fresh clone's files: not what an earlier `npm install` here produced (ui/dist, the copied npm models)
+      const npmModels = Object.keys(JSON.parse(readFileSync(path.join(ROOT, 'models', 'npm-models.json'), 'utf8')));
+      const generated = new Set(['ui/dist', 'node_modules', ...npmModels.map((m) => `models/${m}/1`)]);
+      for (const [src, dest] of copiedBeforeCi)
+        await cp(path.join(ROOT, src), path.join(dir, dest), {
+          recursive: true,
+          filter: (from) => !generated.has(path.relative(ROOT, from).split(path.sep).join('/')),
+        });
+      await symlink(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'), 'dir');
+      const run = spawnSync('sh', ['-c', postinstall], { cwd: dir, encoding: 'utf8' });
+      expect(run.status, run.stderr).toBe(0);
+      expect(readFileSync(path.join(dir, 'ui', 'dist', 'index.html'), 'utf8')).toMatch(/<script type="module" src="\/assets\//);
+      // plain files, not links: the image's models/ can be copied anywhere as it is (the init container seeds from it)
+      for (const m of npmModels) expect(lstatSync(path.join(dir, 'models', m, '1', 'model.onnx')).isFile(), m).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   it('the HAProxy example checks /ready often enough for the drain, and HAProxy accepts it', () => {
     const cfg = read('haproxy/haproxy.cfg');
