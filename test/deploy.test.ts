@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { lstatSync, readFileSync, readdirSync } from 'node:fs';
-import { cp, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { existsSync, lstatSync, readFileSync, readdirSync } from 'node:fs';
+import { cp, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -103,6 +103,75 @@ describe('deploy/kubernetes', () => {
     const volume = pod.volumes.find((v: Doc) => v.persistentVolumeClaim?.claimName === pvc.metadata.name);
     expect(gateway.volumeMounts.find((m: Doc) => m.name === volume.name).mountPath).toBe(config.modelRepository);
     for (const init of pod.initContainers) expect(init.volumeMounts.find((m: Doc) => m.name === volume.name)).toBeDefined();
+  });
+
+  it('the engine threads fit the CPUs the pod requests, one per instance (README, Benchmark)', () => {
+    const cpus = Number(gateway.resources.requests.cpu);
+    // set in the manifest, not left to defaults that follow the node's cores
+    for (const name of ['ENGINE_INSTANCES', 'ENGINE_THREADS'])
+      expect(
+        gateway.env.map((e: Doc) => e.name),
+        name,
+      ).toContain(name);
+    expect(config.engineThreads).toBe(1);
+    expect(config.engineInstances * config.engineThreads).toBe(cpus);
+    expect(config.engineAloneThreads).toBeLessThanOrEqual(cpus);
+  });
+
+  it("the memory limit allows what the README's Soak says a replica serving 12-megapixel renderings needs", async () => {
+    const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const gb = Number(/should allow ~([\d.]+) GB\s+per replica/.exec(readme)?.[1]);
+    expect(gb).toBeGreaterThan(0);
+    const units: Record<string, number> = { Mi: 2 ** 20, Gi: 2 ** 30, M: 1e6, G: 1e9 };
+    const [, n, unit] = /^([\d.]+)(Mi|Gi|M|G)$/.exec(gateway.resources.limits.memory)!;
+    expect(Number(n) * units[unit]).toBeGreaterThanOrEqual(gb * 1e9);
+  });
+
+  describe('the init container seeds the repository volume once, with the default models', () => {
+    const seed = pod.initContainers.find((c: Doc) => c.name === 'seed-repository');
+    /** Its command, run with `volume` as the repository volume and `image` (a small stand-in) as the image's models/. */
+    function seedOnce(volume: string, image: string) {
+      const script = seed.command.at(-1).replaceAll('/app/models', image).replaceAll('/models', volume);
+      expect(seed.command.slice(0, 2)).toEqual(['sh', '-c']);
+      const r = spawnSync('sh', ['-c', script], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+    }
+    async function setUp() {
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-seed-'));
+      const image = path.join(dir, 'image');
+      await mkdir(path.join(image, 'mobilenet', '1'), { recursive: true });
+      await writeFile(path.join(image, 'mobilenet', 'model.json'), '{}');
+      await writeFile(path.join(image, 'mobilenet', '1', 'model.onnx'), 'onnx');
+      const volume = path.join(dir, 'volume');
+      await mkdir(volume);
+      return { dir, image, volume, seeded: () => existsSync(path.join(volume, 'mobilenet', 'model.json')) };
+    }
+
+    it('a new volume that holds lost+found (ext4) is seeded', async () => {
+      const { dir, image, volume, seeded } = await setUp();
+      try {
+        await mkdir(path.join(volume, 'lost+found'));
+        seedOnce(volume, image);
+        expect(seeded()).toBe(true);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('a volume that has models is left as it is, and one whose models were all deleted is not seeded again', async () => {
+      const { dir, image, volume, seeded } = await setUp();
+      try {
+        await mkdir(path.join(volume, 'mine', '1'), { recursive: true });
+        await writeFile(path.join(volume, 'mine', 'model.json'), '{}');
+        seedOnce(volume, image);
+        expect(seeded()).toBe(false);
+        await rm(path.join(volume, 'mine'), { recursive: true });
+        seedOnce(volume, image); // the next pod's start
+        expect(seeded()).toBe(false);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
   });
 
   it('REDIS_URL names the Redis Service and its port', () => {
