@@ -140,6 +140,16 @@ export async function setLoaded(model: string, loaded: boolean, token: string): 
 export type Connection = 'connecting' | 'live' | 'offline';
 
 /**
+ * Why the WebSocket closed, for people. The server refuses a connection without a valid token (API_TOKENS) with
+ * graphql-ws's 4403 "Forbidden", whether no token was given or a wrong one: the page knows which.
+ */
+function closedBecause(e: unknown, token: string): string | undefined {
+  const close = e as CloseEvent | undefined;
+  if (close?.code === 4403) return token ? 'FORBIDDEN the token is not valid' : 'UNAUTHENTICATED this gateway needs a token: type it above';
+  return close?.reason || undefined;
+}
+
+/**
  * Follows `modelStatus` over WebSocket: `changed()` after every event and after every (re)connection (events missed
  * while away are caught up by re-reading the list). A stream the server ends (shutdown) is subscribed again. Returns
  * a function that stops it all.
@@ -158,7 +168,7 @@ export function followStatus(token: string, on: { changed(): void; connection(c:
         on.connection('live');
         on.changed();
       },
-      closed: (e) => on.connection('offline', (e as CloseEvent | undefined)?.reason || undefined),
+      closed: (e) => on.connection('offline', closedBecause(e, token)),
     },
   });
   let stopped = false;
@@ -172,7 +182,7 @@ export function followStatus(token: string, on: { changed(): void; connection(c:
           else on.changed();
         },
         error: (e) => {
-          const why = Array.isArray(e) ? e.map((x: { message: string }) => x.message).join('; ') : (e as CloseEvent).reason;
+          const why = Array.isArray(e) ? e.map((x: { message: string }) => x.message).join('; ') : closedBecause(e, token);
           on.connection('offline', why || undefined);
           if (!stopped) setTimeout(() => !stopped && subscribe(), 2000);
         },

@@ -252,9 +252,14 @@ export function App() {
           })}
         </ul>
         {token ? (
-          <p class="muted small">Load and unload need the admin token when the gateway has one.</p>
+          <p class="muted small">
+            Load and unload need the admin token if the gateway sets ADMIN_TOKEN; without one, they work from this machine only.
+          </p>
         ) : (
-          <p class="muted small">Enter the admin token above to load and unload models.</p>
+          <p class="muted small">
+            Type a token above to get Load / Unload: the admin token if the gateway sets ADMIN_TOKEN; without one, admin works from this
+            machine only.
+          </p>
         )}
       </aside>
 
