@@ -105,3 +105,42 @@ describe('README configuration table', () => {
     expect(help).toMatch(/--image-formats +IMAGE_FORMATS .*\(default: jpeg,png,webp,gif,tiff\)/);
   });
 });
+
+describe('README error tables', () => {
+  /** The rows of the table whose header line is `header`: each row's cells, the codes of its first cell apart. */
+  function table(header: string): { codes: string[]; cells: string[] }[] {
+    const start = readme.indexOf(`${header}\n`);
+    expect(start, header).toBeGreaterThan(0);
+    const rows = readme.slice(start).split('\n').slice(2);
+    return rows
+      .slice(
+        0,
+        rows.findIndex((l) => !l.startsWith('|')),
+      )
+      .map((l) =>
+        l
+          .split('|')
+          .slice(1, -1)
+          .map((c) => c.trim()),
+      )
+      .map((cells) => ({ codes: [...cells[0].matchAll(/`([A-Z_]+)`/g)].map((m) => m[1]), cells }));
+  }
+
+  it('the KServe table gives every gateway error code its HTTP and gRPC status, as src/protocols/kserve/errors.ts maps them', async () => {
+    const { KSERVE_STATUS } = await import('../src/protocols/kserve/errors.ts');
+    const { status } = await import('@grpc/grpc-js');
+    const rows = table('| code | HTTP | gRPC |');
+    for (const [code, { http, grpc }] of Object.entries(KSERVE_STATUS)) {
+      const row = rows.find((r) => r.codes.includes(code));
+      expect(row, `${code} in the KServe table`).toBeDefined();
+      expect(Number(row!.cells[1]), code).toBe(http);
+      expect(row!.cells[2], code).toMatch(new RegExp(`^\`${status[grpc]}\``));
+    }
+  });
+
+  it('the Errors table names every gateway error code', async () => {
+    const { ErrorCode } = await import('../src/errors.ts');
+    const listed = table('| code | when |').flatMap((r) => r.codes);
+    for (const code of Object.values(ErrorCode)) expect(listed, code).toContain(code);
+  });
+});
