@@ -7,6 +7,7 @@ import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
 import type { LoadOptions } from './engine/types.ts';
 import { parseTrustedProxy } from './client-address.ts';
 import { DEFAULT_IMAGE_FORMATS } from './vision/formats.ts';
+import { closest } from './did-you-mean.ts';
 
 type ExactInt8 = NonNullable<LoadOptions['exactInt8']>;
 
@@ -253,7 +254,7 @@ export const SETTINGS = [
   s('host', 'HOST', str, '127.0.0.1', 'Address to bind; 0.0.0.0 for every interface'),
   s('modelRepository', 'MODEL_REPOSITORY', str, './models', 'The model repository: <name>/model.json and <name>/<version>/model.onnx'),
   s('modelRoots', 'MODEL_ROOTS', list(':'), [], 'Colon-separated directories loadModel(path:) may read besides the repository'),
-  s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read (none by default)'),
+  s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read'),
   s('engine', 'ENGINE', oneOf(ENGINE_NAMES), 'onnxruntime', 'Inference engine: onnxruntime or openvino (optional package)'),
   s(
     'engineThreads',
@@ -284,7 +285,7 @@ export const SETTINGS = [
     'DECODE_THREADS',
     int(1, 1024),
     defaultDecodeThreads(),
-    'Images decoded and resized at once; the others wait their turn, taken in turn between requests (on the libuv pool: UV_THREADPOOL_SIZE, 4 by default, must be at least this)',
+    'Images decoded and resized at once; the others wait their turn, taken in turn between requests (on the libuv pool: UV_THREADPOOL_SIZE, 4 unless set, must be at least this)',
     'twice the cores, at most the libuv pool (UV_THREADPOOL_SIZE, 4 unless set) less one',
   ),
   s(
@@ -399,13 +400,7 @@ export const SETTINGS = [
     [],
     'Comma-separated tokens; when set, every GraphQL and KServe v2 request needs one (or the admin token); /health, /ready, /metrics and the v2 health probes stay open',
   ),
-  s(
-    'corsOrigins',
-    'CORS_ORIGINS',
-    list(','),
-    [],
-    'Comma-separated origins allowed to call from a browser (default: none, same origin only)',
-  ),
+  s('corsOrigins', 'CORS_ORIGINS', list(','), [], 'Comma-separated origins allowed to call from a browser; none: same origin only'),
   s(
     'allowedHosts',
     'ALLOWED_HOSTS',
@@ -418,7 +413,7 @@ export const SETTINGS = [
     'TRUSTED_PROXIES',
     trustedProxies,
     [],
-    'Comma-separated proxies (addresses or CIDR blocks) whose X-Forwarded-For names the client: per-client limits then count each client behind them, and their own connections are not capped per client (default: none, every peer is the client)',
+    'Comma-separated proxies (addresses or CIDR blocks) whose X-Forwarded-For names the client: per-client limits then count each client behind them, and their own connections are not capped per client; none: every peer is the client',
   ),
   s(
     'clientIpv6Prefix',
@@ -527,7 +522,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const eq = a.indexOf('=');
     const name = eq > 0 ? a.slice(0, eq) : a;
     const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
-    if (!SETTINGS.some((st) => flagName(st.env) === name)) throw new ConfigError(`unknown flag ${name}\n\n${usage()}`);
+    if (!SETTINGS.some((st) => flagName(st.env) === name)) {
+      const meant = closest(
+        name,
+        SETTINGS.map((st) => flagName(st.env)),
+      );
+      throw new ConfigError(`unknown flag ${name}${meant ? `: did you mean ${meant}?` : ''}\n\n${usage()}`);
+    }
     if (value === undefined) throw new ConfigError(`${name} needs a value`);
     flags.set(name, value);
   }
@@ -558,11 +559,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 export function usage(): string {
   return (
     'Usage: npm start -- [flags]\n\n' +
-    SETTINGS.map((st) => {
-      // a help text that says its default already is not told it twice
-      const fallback = /by default/.test(st.help) ? '' : ` (default: ${shownDefault(st)})`;
-      return `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help}${fallback}`;
-    }).join('\n')
+    // each help text ends with its default, said once (the help texts do not say it)
+    SETTINGS.map((st) => `  ${flagName(st.env).padEnd(36)} ${st.env.padEnd(32)} ${st.help} (default: ${shownDefault(st)})`).join('\n')
   );
 }
 

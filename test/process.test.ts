@@ -275,7 +275,7 @@ describe('start-up: the server starts, or says why in one line', () => {
       /MODEL_REPOSITORY \/no\/such\/repository does not exist/,
     ],
     ['a bad flag', {}, ['--port', 'eighty'], 2, /--port: expected an integer/],
-    ['an unknown flag', {}, ['--prot', '80'], 2, /unknown flag --prot/],
+    ['an unknown flag', {}, ['--prot', '80'], 2, /unknown flag --prot: did you mean --port\?/],
   ])('%s: exit %#, one JSON line naming it, no stack trace', async (_, env, args, code, message) => {
     const p = start({ PORT: '0', ...env }, args);
     expect(await p.exit).toBe(code);

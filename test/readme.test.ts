@@ -102,6 +102,15 @@ describe('README configuration table', () => {
     // --help says each default once, in the same words (it said "(none by default) (default: [])")
     const help = usage();
     expect(help).not.toMatch(/default: \[\]|default: "|by default\) \(default/);
+    // each setting's line ends with its default, and says no other (CORS_ORIGINS said "(default: none)" twice, and
+    // DECODE_THREADS none: its "4 by default" was about the libuv pool)
+    const lines = help.split('\n').slice(2);
+    expect(lines).toHaveLength(SETTINGS.length);
+    SETTINGS.forEach((s, i) => {
+      expect(lines[i], s.env).toContain(` ${s.env} `);
+      expect(lines[i].endsWith(` (default: ${shownDefault(s)})`), lines[i]).toBe(true);
+      expect(lines[i].match(/default/g), lines[i]).toHaveLength(1);
+    });
     expect(help).toMatch(/--image-formats +IMAGE_FORMATS .*\(default: jpeg,png,webp,gif,tiff\)/);
   });
 });
