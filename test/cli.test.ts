@@ -109,6 +109,14 @@ describe('gateway (command-line client)', () => {
     expect(JSON.parse(json.stdout)[0].error.code).toBe('MODEL_NOT_FOUND');
   });
 
+  it('classify on a model of another task says which command runs it', async () => {
+    const r = await gateway(['classify', '-m', 'yolox', ...url, image('zebra.jpeg')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/INVALID_INPUT.*model yolox is a detection model, not classification: use detect for it/);
+    const s = await gateway(['detect', '-m', 'bodypix', ...url, image('zebra.jpeg')]);
+    expect(s.stderr).toMatch(/model bodypix is a segmentation model, not detection: use segment for it/);
+  });
+
   it('detect: labelled boxes in pixels; --out writes the photo with its boxes', async () => {
     const out = path.join(tmp, 'detected');
     const r = await gateway(['detect', '-m', 'yolox', '--out', out, ...url, image('dog.jpg')]);

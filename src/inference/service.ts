@@ -44,6 +44,13 @@ export interface RunOptions {
 }
 
 const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+/** What runs a model of each task: the GraphQL mutation, which the command-line client's command is named after. */
+const RUNS_TASK: Record<Task, string> = {
+  classification: 'classify',
+  detection: 'detect',
+  segmentation: 'segment',
+  raw: 'infer (tensors in and out, or KServe v2)',
+};
 
 export interface ClassifyOptions extends RunOptions {
   topK?: number | null;
@@ -333,7 +340,8 @@ export class InferenceService {
   ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
-    if (task !== null && config.task !== task) throw bad(`model ${model.name} is a ${config.task} model, not ${task}`);
+    if (task !== null && config.task !== task)
+      throw bad(`model ${model.name} is a ${config.task} model, not ${task}: use ${RUNS_TASK[config.task]} for it`);
     const { plan, files } = planFor(model, version);
     checkAdmissible(name, version, sources.length, client);
     const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
