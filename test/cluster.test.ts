@@ -425,7 +425,7 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
   const state = (m: ModelManager) => m.get('mobilenet')!.versions.get(1)!.state;
   const syncing = (c: Cluster) => (c as unknown as { syncing: unknown }).syncing !== null;
   const cluster = (replica: string, m: ModelManager) => {
-    const c = new Cluster({ url: redis!.url, replica, manager: m, logger, maxBackoffMs: 100 });
+    const c = new Cluster({ url: redis!.url, replica, manager: m, logger, maxBackoffMs: 100, echoTimeoutMs: 2000 });
     clusters.push(c);
     return c;
   };
@@ -473,6 +473,13 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await c2.join();
     return c2;
   }
+  /** mobilenet with a second version (a copy of the first), both served. */
+  const twoVersions = async (dir: string) => {
+    await cp(path.join(dir, '1'), path.join(dir, '2'), { recursive: true });
+    const json = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
+    await writeFile(path.join(dir, 'model.json'), JSON.stringify({ ...json, versionPolicy: { all: true } }));
+  };
+  const versions = (m: ModelManager) => [1, 2].map((v) => m.get('mobilenet')!.versions.get(v)!.state);
   /** Both caught up and both models settled (AVAILABLE or END: a remote change may still be loading), and still so a moment later. */
   const both = async (m1: ModelManager, m2: ModelManager, c1: Cluster, c2: Cluster) => {
     const settled = () => [m1, m2].every((m) => ['AVAILABLE', 'END'].includes(state(m)));
@@ -553,12 +560,7 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
   it('a replica that missed a change is brought in line by the state the next change carries', async () => {
     // two versions served; replica 2 never gets replica 1's first unload (as if a catch-up had left that model as it
     // was), then gets the second one, which says what replica 1 has unloaded in all
-    const { m1, m2, c2 } = await twoJoined(async (dir) => {
-      await cp(path.join(dir, '1'), path.join(dir, '2'), { recursive: true });
-      const json = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
-      await writeFile(path.join(dir, 'model.json'), JSON.stringify({ ...json, versionPolicy: { all: true } }));
-    });
-    const versions = (m: ModelManager) => [1, 2].map((v) => m.get('mobilenet')!.versions.get(v)!.state);
+    const { m1, m2, c2 } = await twoJoined(twoVersions);
     expect([versions(m1), versions(m2)]).toEqual([
       ['AVAILABLE', 'AVAILABLE'],
       ['AVAILABLE', 'AVAILABLE'],
@@ -593,6 +595,36 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await sleep(20);
     await m1.unload('mobilenet'); // published while replica 2 loads, so before replica 2's load
     expect((await loading).versions.get(1)!.state).toBe('AVAILABLE');
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+  }, 60_000);
+
+  it('a change Redis refuses while the bus stays up (out of memory) is published again once it can be; later changes of the others still apply here', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    const kept = (c: Cluster) => (c as unknown as { pendingAdmin: unknown[] }).pendingAdmin.length;
+    const admin = new Redis(redis!.url);
+    try {
+      await admin.config('SET', 'maxmemory', '1'); // every write refused (noeviction), the connections stay up
+      await m1.unload('mobilenet');
+      await until(() => kept(c1) === 1, 10_000, 'replica 1 to have its unload refused, and kept');
+      await sleep(300);
+      expect(c1.status().connected).toBe(true);
+      await admin.config('SET', 'maxmemory', '0');
+      await until(() => state(m2) === 'END', 10_000, 'replica 2 to get the kept unload, with no reconnection');
+      await m2.load('mobilenet'); // not left aside on replica 1: its unload is out
+      expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+    } finally {
+      await admin.config('SET', 'maxmemory', '0').catch(() => undefined);
+      admin.disconnect();
+    }
+  }, 60_000);
+
+  it("a change made here whose message never comes back from Redis does not have the others' later changes left aside for good", async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    dropFirstMessage(c1, 'gateway:admin'); // replica 1's own unload, lost on its way back
+    await m1.unload('mobilenet');
+    await until(() => state(m2) === 'END', 10_000, 'replica 2 to unload it too');
+    await m2.load('mobilenet'); // arrives on replica 1 while it still awaits its unload
+    await until(() => state(m1) === 'AVAILABLE', 20_000, 'replica 1 to load it again');
     expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 

@@ -8,7 +8,7 @@ import { ClusterMetrics, type Metrics } from '../metrics.ts';
 import { unloadedOf, type AdminOp, type ModelManager, type UnloadedVersions } from '../repository/manager.ts';
 import { VERSION_STATES, type ModelStatusEvent, type VersionState } from '../repository/version.ts';
 import { z } from 'zod';
-import { RedisBus } from './bus.ts';
+import { RedisBus, backoff } from './bus.ts';
 
 /**
  * Many replicas behind a load balancer, one Redis between them (used only when REDIS_URL is set):
@@ -28,7 +28,9 @@ import { RedisBus } from './bus.ts';
  *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
  *   backoff by ioredis. Local inference never waits for Redis. While down, status events are dropped (counted) and
- *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect.
+ *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect. A change (or a catch-up)
+ *   Redis refuses while connected (out of memory, READONLY during a failover, a timeout) is kept too, and tried again
+ *   with the same backoff: no reconnection may come to publish it.
  *
  * Plain ioredis pub/sub rather than `@graphql-yoga/redis-event-target`: the admin channel and the unloaded-state hash
  * are no GraphQL concern (every protocol shares them, and this module must not import a protocol), and the status
@@ -44,6 +46,8 @@ export interface ClusterOptions {
   prefix?: string;
   maxPendingAdmin?: number;
   maxBackoffMs?: number;
+  /** How long a change published here is awaited back from Redis before it is taken for lost (see settle). */
+  echoTimeoutMs?: number;
 }
 
 export interface ClusterStatus {
@@ -145,8 +149,13 @@ export class Cluster {
   private readonly channels: { status: string; admin: string };
   private readonly unloadedKey: string;
   private readonly maxPendingAdmin: number;
-  /** Admin changes made here while the bus was down, published on reconnect. */
+  /** Admin changes made here and not published yet (the bus down, Redis refused them, a catch-up running), in order. */
   private readonly pendingAdmin: AdminOp[] = [];
+  private readonly echoTimeoutMs: number;
+  /** A catch-up that failed while connected, tried again after a backoff (no reconnection would run it). */
+  private retry: NodeJS.Timeout | null = null;
+  private retries = 0;
+  private readonly maxBackoffMs: number | undefined;
   /** Remote admin changes run one after another per model, in the order they were published. */
   private readonly chains = new Map<string, Promise<void>>();
   private synced = false;
@@ -161,12 +170,14 @@ export class Cluster {
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
   private readonly onAdmin = (op: AdminOp) => void this.localAdmin(op);
   /**
-   * Per model, the changes made here whose message has not come back from Redis yet (published or still to be). A
-   * change of another replica that arrives meanwhile was published before them: every other replica applies it first
-   * and then ours, which carries our resulting state, so it is not applied here after ours (this replica was left
-   * alone in that older state, for good).
+   * Per model, the changes made here that were sent to Redis and whose message has not come back yet, each with a
+   * timer that takes it for lost after `echoTimeoutMs` (its message dropped, or a reply that timed out after all):
+   * one lost echo must not leave the others' changes of that model aside for good. A change of another replica that
+   * arrives meanwhile was published before them: every other replica applies it first and then ours, which carries
+   * our resulting state, so it is not applied here after ours (this replica was left alone in that older state, for
+   * good). Changes not sent yet are in pendingAdmin (kept), not here: nothing comes back for them.
    */
-  private readonly unechoed = new Map<string, number>();
+  private readonly unechoed = new Map<string, NodeJS.Timeout[]>();
   /** Per model, the admin operations asked of this replica that have not ended (their change is published after). */
   private readonly inProgress = new Map<string, number>();
   /** Models with a change of another replica left aside (see unechoed): lined up with the hash once ours are out. */
@@ -176,7 +187,17 @@ export class Cluster {
     this.settle(name);
   };
 
-  constructor({ url, replica, manager, logger, metrics, prefix = 'gateway', maxPendingAdmin = 1000, maxBackoffMs }: ClusterOptions) {
+  constructor({
+    url,
+    replica,
+    manager,
+    logger,
+    metrics,
+    prefix = 'gateway',
+    maxPendingAdmin = 1000,
+    maxBackoffMs,
+    echoTimeoutMs = 10_000,
+  }: ClusterOptions) {
     this.feed.setMaxListeners(0);
     this.replica = replica;
     this.manager = manager;
@@ -186,6 +207,8 @@ export class Cluster {
     this.channels = { status: `${prefix}:status`, admin: `${prefix}:admin` };
     this.unloadedKey = `${prefix}:unloaded`;
     this.maxPendingAdmin = maxPendingAdmin;
+    this.maxBackoffMs = maxBackoffMs;
+    this.echoTimeoutMs = echoTimeoutMs;
     this.bus = new RedisBus({ url, logger: this.logger, channels: Object.values(this.channels), name: replica, maxBackoffMs });
     // EVALSHA, with EVAL when Redis does not have the script (yet, or again after a restart)
     this.bus.publisher.defineCommand('gatewayRestore', { numberOfKeys: 1, lua: RESTORE_SCRIPT });
@@ -197,9 +220,10 @@ export class Cluster {
     });
     this.bus.on('disconnected', () => {
       this.metrics?.connected.set(0);
-      // what was published and not back yet may never come back: only the changes still kept are awaited
+      // what was published and not back yet may never come back: only the changes still kept are awaited (the
+      // catch-up on reconnection lines every other model up with the hash)
+      for (const timers of this.unechoed.values()) for (const t of timers) clearTimeout(t);
       this.unechoed.clear();
-      for (const op of this.pendingAdmin) count(this.unechoed, op.name, 1);
       if (!this.closed) this.metrics?.disconnects.inc();
     });
     manager.on('status', this.onStatus);
@@ -251,28 +275,62 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
-    count(this.unechoed, op.name, 1);
     if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
       // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
       // published before that could be overwritten by an older state another replica writes back)
       this.keep(op);
-      if (this.bus.connected) void this.catchUp();
+      if (this.bus.connected && !this.retry) void this.catchUp();
       return;
     }
     try {
+      await this.send(op, () => this.keep(op));
+    } catch (e) {
+      this.logger.warn({ error: errorMessage(e), op: op.op, model: op.name }, 'admin change not published yet; kept and tried again');
+      this.retryLater();
+    }
+  }
+
+  /**
+   * Publish a change made here, awaited back from the moment it is sent (its message may come back before the reply).
+   * Refused: `unsent` runs (the change is kept) before it stops being awaited, so that the model is never free for
+   * a moment to be lined up with a hash that lacks it.
+   */
+  private async send(op: AdminOp, unsent: () => void = () => undefined): Promise<void> {
+    const timer = this.awaitEcho(op.name);
+    try {
       await this.publishAdmin(op);
     } catch (e) {
-      this.logger.warn({ error: errorMessage(e), op: op.op, model: op.name }, 'admin change not published yet; kept for the reconnection');
-      this.keep(op);
+      unsent();
+      this.echoed(op.name, timer);
+      throw e;
     }
   }
 
   private keep(op: AdminOp): void {
     if (this.pendingAdmin.length >= this.maxPendingAdmin) {
-      this.echoed(this.pendingAdmin.shift()!.name); // never published: nothing to await
+      const dropped = this.pendingAdmin.shift()!;
       this.metrics?.dropped.inc({ kind: 'admin' });
+      this.settle(dropped.name); // never published: nothing to await
     }
     this.pendingAdmin.push(op);
+  }
+
+  /** A change of this model made here and not published yet. */
+  private kept(name: string): boolean {
+    return this.pendingAdmin.some((op) => op.name === name);
+  }
+
+  /** Try the catch-up again after a backoff (it failed, or a change was refused, while the bus stayed up). */
+  private retryLater(): void {
+    if (this.retry || this.closed || !this.bus.connected) return; // a reconnection runs one
+    this.retry = setTimeout(
+      () => {
+        this.retry = null;
+        if (this.bus.connected && !this.closed) void this.catchUp();
+      },
+      backoff(++this.retries, this.maxBackoffMs),
+    );
+    this.retry.unref();
   }
 
   /** The unloaded state of a model on this replica, as kept in the hash (null: nothing unloaded). */
@@ -334,7 +392,7 @@ export class Cluster {
         const before = this.seen.get(op.name);
         if (!before || before.epoch !== epoch || before.seq < seq) this.seen.set(op.name, { epoch, seq });
       }
-      if (this.unechoed.has(op.name) || this.inProgress.has(op.name)) {
+      if (this.unechoed.has(op.name) || this.inProgress.has(op.name) || this.kept(op.name)) {
         this.logger.info(
           { op: op.op, model: op.name, from: message.replica },
           'an admin change of another replica left aside: a change of that model made here follows it',
@@ -350,8 +408,26 @@ export class Cluster {
     }
   }
 
-  private echoed(name: string): void {
-    count(this.unechoed, name, -1);
+  /** Await the message of a change of this model published here (see unechoed). */
+  private awaitEcho(name: string): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      this.logger.warn({ model: name }, 'an admin change published here did not come back from Redis: taken for lost');
+      this.echoed(name, timer);
+    }, this.echoTimeoutMs);
+    timer.unref();
+    this.unechoed.set(name, [...(this.unechoed.get(name) ?? []), timer]);
+    return timer;
+  }
+
+  /** A change of this model published here came back (the oldest awaited), or `timer`'s is no longer awaited. */
+  private echoed(name: string, timer?: NodeJS.Timeout): void {
+    const timers = this.unechoed.get(name) ?? [];
+    const i = timer ? timers.indexOf(timer) : 0;
+    if (i >= 0 && i < timers.length) {
+      clearTimeout(timers[i]);
+      timers.splice(i, 1);
+    }
+    if (timers.length === 0) this.unechoed.delete(name);
     this.settle(name);
   }
 
@@ -361,7 +437,7 @@ export class Cluster {
    * came last (nothing to do), the other one's when ours failed and was never published.
    */
   private settle(name: string): void {
-    if (!this.leftAside.has(name) || this.inProgress.has(name) || this.unechoed.has(name) || !this.bus.connected) return;
+    if (!this.leftAside.has(name) || this.inProgress.has(name) || this.unechoed.has(name) || this.kept(name) || !this.bus.connected) return;
     this.leftAside.delete(name);
     void this.serialize(name, async () => {
       const [mark, json] = await this.bus.publisher.hmget(this.unloadedKey, '.', name);
@@ -397,19 +473,24 @@ export class Cluster {
       try {
         if (this.synced && this.bus.connected) await this.restoreLostState();
         while (this.pendingAdmin.length && this.bus.connected) {
-          await this.publishAdmin(this.pendingAdmin[0]);
+          const op = this.pendingAdmin[0];
+          await this.send(op); // refused: still first in pendingAdmin
           this.pendingAdmin.shift();
+          this.settle(op.name); // its message may have come back already
         }
         if (this.synced && this.bus.connected) await this.applyUnloadedState();
+        this.retries = 0;
+        for (const name of [...this.leftAside]) this.settle(name); // those whose echoes a disconnection gave up on
       } catch (e) {
         failed = true;
-        this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; retried on the next reconnection');
+        this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; tried again shortly');
       } finally {
         this.syncing = null;
         // a reconnection during this catch-up, or a change made here while it ran
         const again = this.syncAgain || (!failed && this.pendingAdmin.length > 0);
         this.syncAgain = false;
         if (again && this.bus.connected) void this.catchUp();
+        else if (failed) this.retryLater();
       }
     })();
     return this.syncing;
@@ -490,6 +571,8 @@ export class Cluster {
   /** Stop listening and close the connections (after the manager has unloaded, so those events went out). */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.retry) clearTimeout(this.retry);
+    for (const timers of this.unechoed.values()) for (const t of timers) clearTimeout(t);
     this.manager.off('status', this.onStatus);
     this.manager.off('admin', this.onAdmin);
     this.manager.off('changing', this.onChanging);
