@@ -628,6 +628,56 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
 
+  it('an update of another replica that arrives while this one changes the same model is not lost', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    const link = holdMessages(c1, 'gateway:admin');
+    await m2.update('mobilenet', { description: 'stripes' }); // published first
+    await until(() => link.count === 1, 10_000, 'replica 1 to have the update, held');
+    await m1.unload('mobilenet'); // made on replica 1 before the update reached it, published after it
+    await until(() => link.count === 2, 10_000, 'replica 1 to have its own unload back, held behind the update');
+    link.release();
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+    await until(() => m1.get('mobilenet')!.config.description === 'stripes', 10_000, 'the description on replica 1');
+  }, 60_000);
+
+  it('two updates of a model loaded by path, at once on two replicas: both end as every replica applied them, in the order published', async () => {
+    const { m1, m2, c1 } = await twoJoined();
+    await m1.load('bypath', { path: path.join(repo!.dir, 'mobilenet') });
+    await until(() => m2.get('bypath')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it by path too');
+    const link = holdMessages(c1, 'gateway:admin');
+    await m2.update('bypath', { description: 'two', metadata: { by: 'r2', r2: true } }); // published first
+    await until(() => link.count === 1, 10_000, 'replica 1 to have the update, held');
+    await m1.update('bypath', { description: 'one', metadata: { by: 'r1' } }); // published after it
+    await until(() => link.count === 2, 10_000, 'replica 1 to have its own update back, held behind the other');
+    link.release();
+    const seen = (m: ModelManager) => {
+      const { description, metadata } = m.get('bypath')!.config;
+      return { description, by: metadata.by, r2: metadata.r2 };
+    };
+    const want = { description: 'one', by: 'r1', r2: true };
+    await until(() => JSON.stringify(seen(m1)) === JSON.stringify(want), 10_000, 'replica 1 to have both updates').catch(() => undefined);
+    await sleep(500);
+    expect([seen(m1), seen(m2)]).toEqual([want, want]);
+  }, 60_000);
+
+  it('a new version uploaded on another replica while this one unloads another version of that model is served here too', async () => {
+    const { m1, m2, c1 } = await twoJoined(twoVersions);
+    const bytes = await readFile(path.join(repo!.dir, 'mobilenet', '1', 'model.onnx'));
+    const link = holdMessages(c1, 'gateway:admin');
+    await m2.load('mobilenet', { files: [{ name: 'model.onnx', bytes }] }); // version 3, published first
+    await until(() => link.count === 1, 10_000, 'replica 1 to have the load, held');
+    await m1.unload('mobilenet', 1); // made on replica 1 before the load reached it, published after it
+    await until(() => link.count === 2, 10_000, 'replica 1 to have its own unload back, held behind the load');
+    link.release();
+    const states = (m: ModelManager) => [1, 2, 3].map((v) => m.get('mobilenet')!.versions.get(v)?.state ?? 'none');
+    await until(() => states(m1)[2] === 'AVAILABLE', 20_000, 'replica 1 to serve version 3').catch(() => undefined);
+    await sleep(500);
+    expect([states(m1), states(m2)]).toEqual([
+      ['END', 'AVAILABLE', 'AVAILABLE'],
+      ['END', 'AVAILABLE', 'AVAILABLE'],
+    ]);
+  }, 60_000);
+
   it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {
     const { m1, c1 } = await twoJoined();
     const seen: unknown[] = [];

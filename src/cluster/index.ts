@@ -79,6 +79,12 @@ type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState };
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
 type UnloadedState = UnloadedVersions;
 
+/**
+ * A change whose effect the unloaded-models hash cannot say, so that settle() cannot make it up for from there: an
+ * update (description, metadata), a load (a path and its configuration; the new version of an upload).
+ */
+const unsaid = (op: AdminOp): boolean => op.op === 'update' || op.op === 'load';
+
 /** Add `by` to a per-model count, dropping it at 0. */
 function count(counts: Map<string, number>, name: string, by: number): void {
   const n = (counts.get(name) ?? 0) + by;
@@ -180,8 +186,12 @@ export class Cluster {
   private readonly unechoed = new Map<string, NodeJS.Timeout[]>();
   /** Per model, the admin operations asked of this replica that have not ended (their change is published after). */
   private readonly inProgress = new Map<string, number>();
-  /** Models with a change of another replica left aside (see unechoed): lined up with the hash once ours are out. */
-  private readonly leftAside = new Set<string>();
+  /**
+   * Models with a change of another replica left aside (see unechoed): lined up with the hash once ours are out. With
+   * each, in the order the bus delivered them, the changes that the hash cannot say (see unsaid), the others' left
+   * aside and ours that came back since: replayed then, in the order every other replica applied them.
+   */
+  private readonly leftAside = new Map<string, AdminOp[]>();
   private readonly onChanging = (name: string, delta: number) => {
     count(this.inProgress, name, delta);
     this.settle(name);
@@ -371,7 +381,11 @@ export class Cluster {
     }
     if (message?.v !== 1) return;
     if (message.from === this.id) {
-      if (channel === this.channels.admin && message.op) this.echoed(message.op.name); // our own, back from Redis
+      if (channel === this.channels.admin && message.op) {
+        // our own, back from Redis; after one of another replica left aside, replayed after it as everywhere else
+        if (unsaid(message.op)) this.leftAside.get(message.op.name)?.push(message.op);
+        this.echoed(message.op.name);
+      }
       return;
     }
     if (channel === this.channels.status && message.event) {
@@ -397,7 +411,7 @@ export class Cluster {
           { op: op.op, model: op.name, from: message.replica },
           'an admin change of another replica left aside: a change of that model made here follows it',
         );
-        this.leftAside.add(op.name);
+        this.leftAside.set(op.name, [...(this.leftAside.get(op.name) ?? []), ...(unsaid(op) ? [op] : [])]);
         return;
       }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
@@ -434,12 +448,24 @@ export class Cluster {
   /**
    * Once this replica's own changes of a model are out (ended and back from Redis), a change of another replica left
    * aside meanwhile is made up for from the hash, which holds the state of the last change published: ours when ours
-   * came last (nothing to do), the other one's when ours failed and was never published.
+   * came last (nothing to do), the other one's when ours failed and was never published. What the hash cannot say (a
+   * description, metadata, a path, the new version of an upload) is replayed first, ours among the others' in the order
+   * published: an update of a model loaded by path is applied in memory, where the last one published must win.
    */
   private settle(name: string): void {
     if (!this.leftAside.has(name) || this.inProgress.has(name) || this.unechoed.has(name) || this.kept(name) || !this.bus.connected) return;
+    const ops = this.leftAside.get(name)!;
     this.leftAside.delete(name);
     void this.serialize(name, async () => {
+      for (const op of ops) {
+        // a load of a repository model served here is a re-read (model.json, the version of an upload), not made
+        // again: it would load what a later change has unloaded, for the hash to unload it again
+        const m = this.manager.get(name);
+        const reread = op.op === 'load' && !op.path && m?.source === 'repository';
+        await this.manager.applyRemote(reread ? { op: 'update', name, changes: {} } : op).catch((e: unknown) => {
+          this.logger.info({ model: name, op: op.op, error: errorMessage(e) }, 'an admin change left aside did not apply here');
+        });
+      }
       const [mark, json] = await this.bus.publisher.hmget(this.unloadedKey, '.', name);
       if (mark !== null) await this.lineUp(name, json ? (JSON.parse(json) as UnloadedState) : null); // not a lost hash
     });
@@ -480,7 +506,7 @@ export class Cluster {
         }
         if (this.synced && this.bus.connected) await this.applyUnloadedState();
         this.retries = 0;
-        for (const name of [...this.leftAside]) this.settle(name); // those whose echoes a disconnection gave up on
+        for (const name of [...this.leftAside.keys()]) this.settle(name); // those whose echoes a disconnection gave up on
       } catch (e) {
         failed = true;
         this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; tried again shortly');
