@@ -678,6 +678,28 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     ]);
   }, 60_000);
 
+  it('two versions unloaded at once on two replicas: both stay unloaded everywhere', async () => {
+    const { m1, m2, c1 } = await twoJoined(twoVersions);
+    const link = holdMessages(c1, 'gateway:admin');
+    await m2.unload('mobilenet', 2); // published first
+    await until(() => link.count === 1, 10_000, 'replica 1 to have the unload of version 2, held');
+    await m1.unload('mobilenet', 1); // made on replica 1 before that reached it, published after it
+    await until(() => link.count === 2, 10_000, 'replica 1 to have its own unload back, held');
+    link.release();
+    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
+    await until(() => versions(m1).every((s) => s === 'END'), 10_000, 'replica 1 to unload version 2 too').catch(() => undefined);
+    await until(settled, 30_000, 'both settled');
+    await sleep(500);
+    await until(settled, 30_000, 'both settled');
+    expect([versions(m1), versions(m2)]).toEqual([
+      ['END', 'END'],
+      ['END', 'END'],
+    ]);
+    const client = new Redis(redis!.url);
+    expect(JSON.parse((await client.hget('gateway:unloaded', 'mobilenet'))!)).toEqual({ all: false, versions: [1, 2] });
+    client.disconnect();
+  }, 60_000);
+
   it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {
     const { m1, c1 } = await twoJoined();
     const seen: unknown[] = [];

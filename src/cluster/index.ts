@@ -19,7 +19,8 @@ import { RedisBus, backoff } from './bus.ts';
  * - **Admin changes.** The manager emits an `AdminOp` after each successful loadModel, unloadModel, updateModel and
  *   deleteModel; it is published on `<prefix>:admin` and the other replicas apply it (`ModelManager.applyRemote`),
  *   in order for each model. Files are not sent: uploads and model.json edits are written once to the shared
- *   repository. A load or unload also carries the model's resulting unloaded state, which the others adopt after
+ *   repository. A load or unload also carries the model's resulting unloaded state (the change applied in Redis to
+ *   the state held there, so that changes of different versions made at once all stay), which the others adopt after
  *   applying it (a change one of them missed is made up for with the next). That state of each model is also kept in
  *   the hash `<prefix>:unloaded`, which a replica applies when it joins and after each reconnection (so a replica
  *   restarted during a rolling restart, or cut off from Redis for a while, comes back in line); changes are counted
@@ -74,7 +75,10 @@ interface Wire {
   replica: string;
 }
 type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string } };
-/** `state`: the model's unloaded state on the sender after the change (load and unload), which receivers adopt. */
+/**
+ * `state` (load and unload): the model's unloaded state in the cluster after the change, the one held in the hash with
+ * the change applied (see PUBLISH_SCRIPT), which receivers adopt.
+ */
 type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState };
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
 type UnloadedState = UnloadedVersions;
@@ -125,20 +129,45 @@ for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1`;
 
 /**
- * KEYS[1]: the unloaded-models hash; ARGV: the admin channel, model name, its state (JSON, "null": none unloaded),
- * message (a JSON object). Counts the change ("#"), writes the model's state and publishes the message with that count
- * and the hash's epoch added, at once: a replica that reads the hash knows which changes it holds (those up to "#").
+ * KEYS[1]: the unloaded-models hash; ARGV: the admin channel, model name, the change ("load", "unload", "delete"), the
+ * version an unload names ("" for the whole model), the sender's state of the model after it (JSON, "null": none
+ * unloaded), message (a JSON object). Counts the change ("#"), applies it to the model's state held in the hash and
+ * publishes the message with that state, the count and the hash's epoch added, at once: a replica that reads the hash
+ * knows which changes it holds (those up to "#"). Applied to the state held, not the sender's: two unloads of different
+ * versions at once on two replicas are both kept, where the second one's state would undo the first. The sender's
+ * state is used only when the hash was lost (no "." yet): the held state is then no one's.
  */
 const PUBLISH_SCRIPT = `
 local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
-local epoch = redis.call('HGET', KEYS[1], '.') or ''
-if ARGV[3] == 'null' then redis.call('HDEL', KEYS[1], ARGV[2]) else redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
-redis.call('PUBLISH', ARGV[1], string.sub(ARGV[4], 1, -2) .. ',"seq":' .. seq .. ',"epoch":' .. cjson.encode(epoch) .. '}')
+local epoch = redis.call('HGET', KEYS[1], '.')
+local state = ARGV[5]
+if ARGV[3] == 'load' then
+  state = 'null'
+elseif ARGV[3] == 'unload' and epoch then
+  local held = redis.call('HGET', KEYS[1], ARGV[2])
+  local s = held and cjson.decode(held) or {}
+  local versions, has = {}, {}
+  for _, v in ipairs(type(s.versions) == 'table' and s.versions or {}) do
+    if not has[v] then has[v] = true; table.insert(versions, v) end
+  end
+  local v = tonumber(ARGV[4])
+  if v and not has[v] then table.insert(versions, v) end
+  table.sort(versions)
+  state = '{"all":' .. tostring(s.all == true or ARGV[4] == '') .. ',"versions":[' .. table.concat(versions, ',') .. ']}'
+end
+local message = string.sub(ARGV[6], 1, -2)
+if ARGV[3] == 'delete' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+else
+  if state == 'null' then redis.call('HDEL', KEYS[1], ARGV[2]) else redis.call('HSET', KEYS[1], ARGV[2], state) end
+  message = message .. ',"state":' .. state
+end
+redis.call('PUBLISH', ARGV[1], message .. ',"seq":' .. seq .. ',"epoch":' .. cjson.encode(epoch or '') .. '}')
 return seq`;
 
 type ScriptCommands = {
   gatewayRestore(key: string, ...args: string[]): Promise<number>;
-  gatewayPublish(key: string, channel: string, name: string, state: string, message: string): Promise<number>;
+  gatewayPublish(key: string, channel: string, name: string, op: string, version: string, state: string, message: string): Promise<number>;
 };
 
 /** Reads of the cluster state before one is used although changes keep arriving past it. */
@@ -355,15 +384,19 @@ export class Cluster {
       // model.json edits: nothing in the hash changes
       await this.bus.publisher.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op } satisfies AdminMessage));
     } else {
-      // the state the change left, as the manager saw it then (a load leaves nothing unloaded): read now, it may
-      // already include a change of another replica applied since, which would go out under this change's name
+      // the state the change left, as the manager saw it then (a load leaves nothing unloaded), for a lost hash only
+      // (the script applies the change to the state held there): read now, it may already include a change of another
+      // replica applied since, which would go out under this change's name
       const state = op.op === 'delete' || op.op === 'load' ? null : op.unloaded !== undefined ? op.unloaded : this.unloadedState(op.name);
       const wireOp = op.op === 'unload' ? { op: op.op, name: op.name, version: op.version } : op;
-      const message = JSON.stringify({ ...this.wire(), op: wireOp, ...(op.op === 'delete' ? {} : { state }) } satisfies AdminMessage);
+      const version = op.op === 'unload' && typeof op.version === 'number' ? String(op.version) : '';
+      const message = JSON.stringify({ ...this.wire(), op: wireOp } satisfies AdminMessage); // the script adds the state
       await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
         this.unloadedKey,
         this.channels.admin,
         op.name,
+        op.op,
+        version,
         JSON.stringify(state),
         message,
       );
