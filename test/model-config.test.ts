@@ -1,4 +1,4 @@
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { parse as parseJsonc } from 'jsonc-parser';
@@ -279,6 +279,27 @@ describe('recovery and configuration owned by the version', () => {
     expect(r.data.loadModel.configurationError).toMatch(/batching\.maxBatchsize: unknown field/);
     expect(r.data.loadModel.versions).toEqual([{ state: 'AVAILABLE' }]);
     expect((await classify('mobilenet')).data.classify.predictions[0].label).toBe('zebra');
+  });
+
+  it('a model.json that does not load still names its task, with a byte-order mark too; unloaded versions say so', async () => {
+    // a model whose model.json never loaded (with one that did, the task is that one's: its versions serve with it)
+    await mkdir(path.join(gw.root, 'bom', '1'), { recursive: true });
+    await copyFile(modelFile('mobilenet'), path.join(gw.root, 'bom', '1', 'model.onnx'));
+    await writeFile(path.join(gw.root, 'bom', 'model.json'), '\uFEFF{ "task": "detection", "batching": { "maxBatchsize": 1 } }\n');
+    const r = await gw.gql(`mutation { loadModel(name: "bom") { task configurationError } }`);
+    expect(r.data.loadModel).toEqual({ task: 'detection', configurationError: expect.stringMatching(/maxBatchsize/) });
+    expect((await gw.gql(`mutation { deleteModel(name: "bom") }`)).data.deleteModel).toBe(true);
+    // its only version unloaded by number: a request says so (it said nothing)
+    await gw.gql(`mutation { unloadModel(name: "broken", version: 1) { name } }`);
+    try {
+      const c = await classify('broken');
+      expect([errorCode(c), c.errors![0].message]).toEqual([
+        'MODEL_NOT_READY',
+        'model broken has no AVAILABLE version: its versions were unloaded (loadModel serves them again)',
+      ]);
+    } finally {
+      await gw.gql(`mutation { loadModel(name: "broken") { name } }`);
+    }
   });
 
   it('updateModel on a model.json that does not parse on disk names the line and column (it was a masked 500)', async () => {

@@ -724,5 +724,6 @@ function whyNotServing(model: Model): string {
   const loading = versions.find((mv) => mv.state === 'LOADING' || mv.state === 'START');
   if (loading) return `: version ${loading.version} is ${loading.state}`;
   const failed = versions.find((mv) => mv.errorMessage);
-  return failed ? `: version ${failed.version}: ${failed.errorMessage}` : '';
+  if (failed) return `: version ${failed.version}: ${failed.errorMessage}`;
+  return versions.every((mv) => model.disabledVersions.has(mv.version)) ? ': its versions were unloaded (loadModel serves them again)' : '';
 }

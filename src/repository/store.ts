@@ -2,6 +2,7 @@ import { mkdir, readFile, readdir, realpath, rename, stat, unlink, writeFile } f
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import { isInside } from '../paths.ts';
+import { withoutBom } from '../json-text.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
 import { TASKS, parseModelConfig, parseModelConfigText, type ModelConfig, type Task } from './model-config.ts';
 import type { ModelFiles } from './model-files.ts';
@@ -94,7 +95,7 @@ export async function readModelFiles(name: string, dir: string): Promise<ModelFi
 /** The task a model.json names, if it is JSON with a known task. */
 function declaredTask(text: string | null): Task | null {
   try {
-    const task = (JSON.parse(text ?? '') as { task?: unknown } | null)?.task;
+    const task = (JSON.parse(withoutBom(text ?? '')) as { task?: unknown } | null)?.task;
     return TASKS.find((t) => t === task) ?? null;
   } catch {
     return null;
