@@ -17,7 +17,7 @@ import {
 import { Redis } from 'ioredis';
 import os from 'node:os';
 import { ConfigError, loadConfig } from '../src/config.ts';
-import { Cluster } from '../src/cluster/index.ts';
+import { Cluster, type ClusterOptions } from '../src/cluster/index.ts';
 import { backoff } from '../src/cluster/bus.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { createLogger } from '../src/log.ts';
@@ -424,8 +424,8 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
 
   const state = (m: ModelManager) => m.get('mobilenet')!.versions.get(1)!.state;
   const syncing = (c: Cluster) => (c as unknown as { syncing: unknown }).syncing !== null;
-  const cluster = (replica: string, m: ModelManager) => {
-    const c = new Cluster({ url: redis!.url, replica, manager: m, logger, maxBackoffMs: 100, echoTimeoutMs: 2000 });
+  const cluster = (replica: string, m: ModelManager, options: Partial<ClusterOptions> = {}) => {
+    const c = new Cluster({ url: redis!.url, replica, manager: m, logger, maxBackoffMs: 100, echoTimeoutMs: 2000, ...options });
     clusters.push(c);
     return c;
   };
@@ -455,13 +455,13 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     return { m1, m2, c1 };
   }
   /** Redis up, mobilenet loaded on two managers, both replicas joined (`prepare`: the model's folder, before). */
-  async function twoJoined(prepare?: (dir: string) => Promise<void>) {
+  async function twoJoined(prepare?: (dir: string) => Promise<void>, options: Partial<ClusterOptions> = {}) {
     redis = await startRedis();
     repo = await sharedRepository(['mobilenet']);
     await prepare?.(path.join(repo.dir, 'mobilenet'));
     const [m1, m2] = [manager(), manager()];
     await Promise.all([m1.start(), m2.start()]);
-    const [c1, c2] = [cluster('r1', m1), cluster('r2', m2)];
+    const [c1, c2] = [cluster('r1', m1, options), cluster('r2', m2, options)];
     await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
     await Promise.all([c1.join(), c2.join()]);
     return { m1, m2, c1, c2 };
@@ -698,6 +698,31 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     const client = new Redis(redis!.url);
     expect(JSON.parse((await client.hget('gateway:unloaded', 'mobilenet'))!)).toEqual({ all: false, versions: [1, 2] });
     client.disconnect();
+  }, 60_000);
+
+  it('a change made here while Redis holds writes (a failover) is awaited until Redis has answered it: an older change of another replica does not undo it here', async () => {
+    // echoTimeoutMs 300 stands for the default 10 s, a pause of 1.5 s for a failover that holds writes longer
+    const { m1, m2 } = await twoJoined(twoVersions, { echoTimeoutMs: 300 });
+    const admin = new Redis(redis!.url);
+    try {
+      await admin.call('CLIENT', 'PAUSE', '1500', 'WRITE');
+      const second = m2.unload('mobilenet', 2); // its publish waits in Redis, first
+      await sleep(50);
+      await m1.unload('mobilenet', 1); // published second
+      await second;
+      const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
+      await sleep(2000); // the pause is over, both published
+      await until(settled, 30_000, 'both settled');
+      await sleep(500);
+      await until(settled, 30_000, 'both settled');
+      expect([versions(m1), versions(m2)]).toEqual([
+        ['END', 'END'],
+        ['END', 'END'],
+      ]);
+      expect(JSON.parse((await admin.hget('gateway:unloaded', 'mobilenet'))!)).toEqual({ all: false, versions: [1, 2] });
+    } finally {
+      admin.disconnect();
+    }
   }, 60_000);
 
   it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {

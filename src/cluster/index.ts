@@ -77,9 +77,10 @@ interface Wire {
 type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string } };
 /**
  * `state` (load and unload): the model's unloaded state in the cluster after the change, the one held in the hash with
- * the change applied (see PUBLISH_SCRIPT), which receivers adopt.
+ * the change applied (see PUBLISH_SCRIPT), which receivers adopt. `n`: the change's number among those this process
+ * published, so that the sender knows which of its changes came back (see unechoed).
  */
-type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState };
+type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState; n?: number };
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
 type UnloadedState = UnloadedVersions;
 
@@ -88,6 +89,16 @@ type UnloadedState = UnloadedVersions;
  * update (description, metadata), a load (a path and its configuration; the new version of an upload).
  */
 const unsaid = (op: AdminOp): boolean => op.op === 'update' || op.op === 'load';
+
+/**
+ * A change published here, awaited back (see Cluster.unechoed): its number in its message, and the timer that takes it
+ * for lost, armed only once Redis has answered the publish (null before: Redis may hold writes for longer than the
+ * timeout, in a failover, and then the change still goes out in its place).
+ */
+interface Echo {
+  n: number;
+  timer: NodeJS.Timeout | null;
+}
 
 /** Add `by` to a per-model count, dropping it at 0. */
 function count(counts: Map<string, number>, name: string, by: number): void {
@@ -212,7 +223,9 @@ export class Cluster {
    * our resulting state, so it is not applied here after ours (this replica was left alone in that older state, for
    * good). Changes not sent yet are in pendingAdmin (kept), not here: nothing comes back for them.
    */
-  private readonly unechoed = new Map<string, NodeJS.Timeout[]>();
+  private readonly unechoed = new Map<string, Echo[]>();
+  /** The number of the last admin change published here (see AdminMessage.n). */
+  private sent = 0;
   /** Per model, the admin operations asked of this replica that have not ended (their change is published after). */
   private readonly inProgress = new Map<string, number>();
   /**
@@ -261,7 +274,7 @@ export class Cluster {
       this.metrics?.connected.set(0);
       // what was published and not back yet may never come back: only the changes still kept are awaited (the
       // catch-up on reconnection lines every other model up with the hash)
-      for (const timers of this.unechoed.values()) for (const t of timers) clearTimeout(t);
+      for (const echoes of this.unechoed.values()) for (const e of echoes) clearTimeout(e.timer ?? undefined);
       this.unechoed.clear();
       if (!this.closed) this.metrics?.disconnects.inc();
     });
@@ -330,19 +343,22 @@ export class Cluster {
   }
 
   /**
-   * Publish a change made here, awaited back from the moment it is sent (its message may come back before the reply).
-   * Refused: `unsent` runs (the change is kept) before it stops being awaited, so that the model is never free for
-   * a moment to be lined up with a hash that lacks it.
+   * Publish a change made here, awaited back from the moment it is sent (its message may come back before the reply),
+   * taken for lost only `echoTimeoutMs` after Redis answered: until then it has not gone out, and whatever another
+   * replica publishes meanwhile comes before it. Refused: `unsent` runs (the change is kept) before it stops being
+   * awaited, so that the model is never free for a moment to be lined up with a hash that lacks it.
    */
   private async send(op: AdminOp, unsent: () => void = () => undefined): Promise<void> {
-    const timer = this.awaitEcho(op.name);
+    const echo: Echo = { n: ++this.sent, timer: null };
+    this.unechoed.set(op.name, [...(this.unechoed.get(op.name) ?? []), echo]);
     try {
-      await this.publishAdmin(op);
+      await this.publishAdmin(op, echo.n);
     } catch (e) {
       unsent();
-      this.echoed(op.name, timer);
+      this.echoed(op.name, echo.n);
       throw e;
     }
+    if (this.unechoed.get(op.name)?.includes(echo)) this.awaitEcho(op.name, echo); // not back yet
   }
 
   private keep(op: AdminOp): void {
@@ -379,10 +395,10 @@ export class Cluster {
   }
 
   /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
-  private async publishAdmin(op: AdminOp): Promise<void> {
+  private async publishAdmin(op: AdminOp, n: number): Promise<void> {
     if (op.op === 'update') {
       // model.json edits: nothing in the hash changes
-      await this.bus.publisher.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op } satisfies AdminMessage));
+      await this.bus.publisher.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op, n } satisfies AdminMessage));
     } else {
       // the state the change left, as the manager saw it then (a load leaves nothing unloaded), for a lost hash only
       // (the script applies the change to the state held there): read now, it may already include a change of another
@@ -390,7 +406,7 @@ export class Cluster {
       const state = op.op === 'delete' || op.op === 'load' ? null : op.unloaded !== undefined ? op.unloaded : this.unloadedState(op.name);
       const wireOp = op.op === 'unload' ? { op: op.op, name: op.name, version: op.version } : op;
       const version = op.op === 'unload' && typeof op.version === 'number' ? String(op.version) : '';
-      const message = JSON.stringify({ ...this.wire(), op: wireOp } satisfies AdminMessage); // the script adds the state
+      const message = JSON.stringify({ ...this.wire(), op: wireOp, n } satisfies AdminMessage); // the script adds the state
       await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
         this.unloadedKey,
         this.channels.admin,
@@ -416,8 +432,16 @@ export class Cluster {
     if (message.from === this.id) {
       if (channel === this.channels.admin && message.op) {
         // our own, back from Redis; after one of another replica left aside, replayed after it as everywhere else
-        if (unsaid(message.op)) this.leftAside.get(message.op.name)?.push(message.op);
-        this.echoed(message.op.name);
+        const { op, state, n } = message;
+        if (unsaid(op)) this.leftAside.get(op.name)?.push(op);
+        if (!this.echoed(op.name, n) && state !== undefined) {
+          // back after it was taken for lost: changes of the others published before it may have been applied here
+          // since, so the model is lined up with the state it left (after its other changes made here, if any)
+          this.logger.info({ op: op.op, model: op.name }, 'an admin change published here came back after it was taken for lost');
+          if (this.unechoed.has(op.name) || this.inProgress.has(op.name) || this.kept(op.name))
+            this.leftAside.set(op.name, this.leftAside.get(op.name) ?? []);
+          else this.serialize(op.name, () => this.lineUp(op.name, state));
+        }
       }
       return;
     }
@@ -455,27 +479,30 @@ export class Cluster {
     }
   }
 
-  /** Await the message of a change of this model published here (see unechoed). */
-  private awaitEcho(name: string): NodeJS.Timeout {
-    const timer = setTimeout(() => {
+  /** Redis answered the publish of `echo`: from now on, its message is awaited for `echoTimeoutMs` (see unechoed). */
+  private awaitEcho(name: string, echo: Echo): void {
+    echo.timer = setTimeout(() => {
       this.logger.warn({ model: name }, 'an admin change published here did not come back from Redis: taken for lost');
-      this.echoed(name, timer);
+      this.echoed(name, echo.n);
     }, this.echoTimeoutMs);
-    timer.unref();
-    this.unechoed.set(name, [...(this.unechoed.get(name) ?? []), timer]);
-    return timer;
+    echo.timer.unref();
   }
 
-  /** A change of this model published here came back (the oldest awaited), or `timer`'s is no longer awaited. */
-  private echoed(name: string, timer?: NodeJS.Timeout): void {
-    const timers = this.unechoed.get(name) ?? [];
-    const i = timer ? timers.indexOf(timer) : 0;
-    if (i >= 0 && i < timers.length) {
-      clearTimeout(timers[i]);
-      timers.splice(i, 1);
+  /**
+   * Change `n` of this model published here came back, or is no longer awaited; false if it was not awaited (any more).
+   * A message without a number (none is sent so) stands for the oldest awaited.
+   */
+  private echoed(name: string, n: number | undefined): boolean {
+    const echoes = this.unechoed.get(name) ?? [];
+    const i = typeof n === 'number' ? echoes.findIndex((e) => e.n === n) : 0;
+    const found = i >= 0 && i < echoes.length;
+    if (found) {
+      clearTimeout(echoes[i].timer ?? undefined);
+      echoes.splice(i, 1);
     }
-    if (timers.length === 0) this.unechoed.delete(name);
+    if (echoes.length === 0) this.unechoed.delete(name);
     this.settle(name);
+    return found;
   }
 
   /**
@@ -631,7 +658,7 @@ export class Cluster {
   async close(): Promise<void> {
     this.closed = true;
     if (this.retry) clearTimeout(this.retry);
-    for (const timers of this.unechoed.values()) for (const t of timers) clearTimeout(t);
+    for (const echoes of this.unechoed.values()) for (const e of echoes) clearTimeout(e.timer ?? undefined);
     this.manager.off('status', this.onStatus);
     this.manager.off('admin', this.onAdmin);
     this.manager.off('changing', this.onChanging);
