@@ -725,6 +725,25 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     }
   }, 60_000);
 
+  it('a model deleted here after another replica loaded it again by path, before that load arrived, stays deleted here', async () => {
+    const { m1, m2 } = await twoJoined();
+    const dir = path.join(repo!.dir, 'mobilenet');
+    await m1.load('bypath', { path: dir });
+    await until(() => m2.get('bypath')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it by path too');
+    const admin = new Redis(redis!.url);
+    try {
+      // Redis holds writes (a failover) so that the two publishes are answered in the order they were sent
+      await admin.call('CLIENT', 'PAUSE', '2500', 'WRITE');
+      await m2.load('bypath', { path: dir }); // loaded again by path: its publish waits in Redis, first
+      await m1.delete('bypath'); // published second: the model is gone everywhere
+      await until(() => !m2.get('bypath'), 20_000, 'replica 2 to delete it');
+      await sleep(1000);
+      expect([!!m1.get('bypath'), !!m2.get('bypath')]).toEqual([false, false]);
+    } finally {
+      admin.disconnect();
+    }
+  }, 60_000);
+
   it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {
     const { m1, c1 } = await twoJoined();
     const seen: unknown[] = [];

@@ -230,8 +230,9 @@ export class Cluster {
   private readonly inProgress = new Map<string, number>();
   /**
    * Models with a change of another replica left aside (see unechoed): lined up with the hash once ours are out. With
-   * each, in the order the bus delivered them, the changes that the hash cannot say (see unsaid), the others' left
-   * aside and ours that came back since: replayed then, in the order every other replica applied them.
+   * each, in the order the bus delivered them, the changes that the hash cannot say (see unsaid) of the others, left
+   * aside, and all of ours that came back since: replayed then, in the order every other replica applied them (ours
+   * too, so that one of ours that came later overrides theirs here as it does there: a delete after a load by path).
    */
   private readonly leftAside = new Map<string, AdminOp[]>();
   private readonly onChanging = (name: string, delta: number) => {
@@ -433,7 +434,7 @@ export class Cluster {
       if (channel === this.channels.admin && message.op) {
         // our own, back from Redis; after one of another replica left aside, replayed after it as everywhere else
         const { op, state, n } = message;
-        if (unsaid(op)) this.leftAside.get(op.name)?.push(op);
+        this.leftAside.get(op.name)?.push(op);
         if (!this.echoed(op.name, n) && state !== undefined) {
           // back after it was taken for lost: changes of the others published before it may have been applied here
           // since, so the model is lined up with the state it left (after its other changes made here, if any)
@@ -517,10 +518,14 @@ export class Cluster {
     const ops = this.leftAside.get(name)!;
     this.leftAside.delete(name);
     void this.serialize(name, async () => {
-      for (const op of ops) {
+      // a delete wipes out what came before it (a model loaded again by path, its description): only what follows it
+      // is made again, and it is made only when the model is still here
+      const last = ops.map((op) => op.op).lastIndexOf('delete');
+      for (const op of last >= 0 ? ops.slice(last) : ops) {
         // a load of a repository model served here is a re-read (model.json, the version of an upload), not made
         // again: it would load what a later change has unloaded, for the hash to unload it again
         const m = this.manager.get(name);
+        if (op.op === 'delete' && !m) continue;
         const reread = op.op === 'load' && !op.path && m?.source === 'repository';
         await this.manager.applyRemote(reread ? { op: 'update', name, changes: {} } : op).catch((e: unknown) => {
           this.logger.info({ model: name, op: op.op, error: errorMessage(e) }, 'an admin change left aside did not apply here');
