@@ -744,6 +744,52 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     }
   }, 60_000);
 
+  // the gateway writes {all, versions: number[]}; another program on the prefix, or an operator, may write anything
+  it.each([
+    ['versions as strings', '{"all":false,"versions":["1"]}'],
+    ['text that is not JSON', 'notjson'],
+    ['a bare number', '5'],
+  ])(
+    'a model state of another shape in Redis (%s) does not keep this replica from publishing its changes',
+    async (_, entry) => {
+      const { m1, m2, c1 } = await twoJoined(twoVersions);
+      const admin = new Redis(redis!.url);
+      try {
+        await admin.hset('gateway:unloaded', 'mobilenet', entry);
+        const count = Number((await admin.hget('gateway:unloaded', '#')) ?? 0);
+        await m1.unload('mobilenet', 2);
+        await until(() => versions(m2)[1] === 'END', 10_000, 'replica 2 to unload version 2 too');
+        await sleep(500);
+        expect([versions(m1), versions(m2)]).toEqual([
+          ['AVAILABLE', 'END'],
+          ['AVAILABLE', 'END'],
+        ]);
+        expect((c1 as unknown as { pendingAdmin: unknown[] }).pendingAdmin).toEqual([]);
+        expect(JSON.parse((await admin.hget('gateway:unloaded', 'mobilenet'))!)).toEqual({ all: false, versions: [2] });
+        expect(Number(await admin.hget('gateway:unloaded', '#'))).toBe(count + 1); // counted once
+      } finally {
+        admin.disconnect();
+      }
+    },
+    60_000,
+  );
+
+  it('a change the publish script fails on whatever the try (its count in Redis is not a number) is published without it, not retried for good', async () => {
+    const { m1, m2, c1 } = await twoJoined(twoVersions);
+    const admin = new Redis(redis!.url);
+    try {
+      await admin.hset('gateway:unloaded', '#', 'x');
+      await m1.unload('mobilenet', 2);
+      await until(() => versions(m2)[1] === 'END', 10_000, 'replica 2 to unload version 2 too');
+      await m1.unload('mobilenet', 1); // and the next one is not held behind it
+      await until(() => versions(m2)[0] === 'END', 10_000, 'replica 2 to unload version 1 too');
+      expect((c1 as unknown as { pendingAdmin: unknown[] }).pendingAdmin).toEqual([]);
+      expect(versions(m1)).toEqual(['END', 'END']);
+    } finally {
+      admin.disconnect();
+    }
+  }, 60_000);
+
   it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {
     const { m1, c1 } = await twoJoined();
     const seen: unknown[] = [];

@@ -146,26 +146,32 @@ return 1`;
  * publishes the message with that state, the count and the hash's epoch added, at once: a replica that reads the hash
  * knows which changes it holds (those up to "#"). Applied to the state held, not the sender's: two unloads of different
  * versions at once on two replicas are both kept, where the second one's state would undo the first. The sender's
- * state is used only when the hash was lost (no "." yet): the held state is then no one's.
+ * state is used only when the hash was lost (no "." yet): the held state is then no one's, or when the state held is
+ * not one a gateway writes (not JSON, not an object; versions that are not numbers are dropped): another program's on
+ * the prefix, or an operator's, must not make every publish fail. Counted ("#") only once nothing before can fail
+ * (Redis does not undo what a failing script wrote).
  */
 const PUBLISH_SCRIPT = `
-local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
 local epoch = redis.call('HGET', KEYS[1], '.')
 local state = ARGV[5]
 if ARGV[3] == 'load' then
   state = 'null'
 elseif ARGV[3] == 'unload' and epoch then
   local held = redis.call('HGET', KEYS[1], ARGV[2])
-  local s = held and cjson.decode(held) or {}
-  local versions, has = {}, {}
-  for _, v in ipairs(type(s.versions) == 'table' and s.versions or {}) do
-    if not has[v] then has[v] = true; table.insert(versions, v) end
+  local ok, s = true, {}
+  if held then ok, s = pcall(cjson.decode, held) end
+  if ok and type(s) == 'table' then
+    local versions, has = {}, {}
+    for _, v in ipairs(type(s.versions) == 'table' and s.versions or {}) do
+      if type(v) == 'number' and v == math.floor(v) and not has[v] then has[v] = true; table.insert(versions, v) end
+    end
+    local v = tonumber(ARGV[4])
+    if v and not has[v] then table.insert(versions, v) end
+    table.sort(versions)
+    state = '{"all":' .. tostring(s.all == true or ARGV[4] == '') .. ',"versions":[' .. table.concat(versions, ',') .. ']}'
   end
-  local v = tonumber(ARGV[4])
-  if v and not has[v] then table.insert(versions, v) end
-  table.sort(versions)
-  state = '{"all":' .. tostring(s.all == true or ARGV[4] == '') .. ',"versions":[' .. table.concat(versions, ',') .. ']}'
 end
+local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
 local message = string.sub(ARGV[6], 1, -2)
 if ARGV[3] == 'delete' then
   redis.call('HDEL', KEYS[1], ARGV[2])
@@ -180,6 +186,13 @@ type ScriptCommands = {
   gatewayRestore(key: string, ...args: string[]): Promise<number>;
   gatewayPublish(key: string, channel: string, name: string, op: string, version: string, state: string, message: string): Promise<number>;
 };
+
+/**
+ * An error of the publish script itself, or of a command it ran on data of an unexpected shape: the same on every try.
+ * Not one of the passing refusals (OOM, READONLY, BUSY, LOADING, a timeout), which are tried again.
+ */
+const scriptError = (e: unknown): boolean =>
+  e instanceof Error && e.name === 'ReplyError' && /^(ERR|WRONGTYPE) /.test(e.message) && / script: /.test(e.message);
 
 /** Reads of the cluster state before one is used although changes keep arriving past it. */
 const STATE_READS = 5;
@@ -408,15 +421,28 @@ export class Cluster {
       const wireOp = op.op === 'unload' ? { op: op.op, name: op.name, version: op.version } : op;
       const version = op.op === 'unload' && typeof op.version === 'number' ? String(op.version) : '';
       const message = JSON.stringify({ ...this.wire(), op: wireOp, n } satisfies AdminMessage); // the script adds the state
-      await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
-        this.unloadedKey,
-        this.channels.admin,
-        op.name,
-        op.op,
-        version,
-        JSON.stringify(state),
-        message,
-      );
+      try {
+        await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
+          this.unloadedKey,
+          this.channels.admin,
+          op.name,
+          op.op,
+          version,
+          JSON.stringify(state),
+          message,
+        );
+      } catch (e) {
+        if (!scriptError(e)) throw e;
+        // the script fails whatever the try (the hash holds what no gateway writes: "#" not a number, another type of
+        // key): tried again, it would hold every later change of this replica behind it for good. Published without
+        // it, with this replica's state and uncounted (receivers adopt that state), the hash left as it is.
+        this.logger.warn(
+          { error: errorMessage(e), op: op.op, model: op.name },
+          'the cluster state in Redis could not be updated: the admin change is published without it',
+        );
+        const plain: AdminMessage = { ...this.wire(), op: wireOp, n, ...(op.op === 'delete' ? {} : { state }) };
+        await this.bus.publisher.publish(this.channels.admin, JSON.stringify(plain));
+      }
     }
     this.metrics?.messages.inc({ direction: 'out', kind: 'admin' });
   }
