@@ -429,10 +429,13 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     clusters.push(c);
     return c;
   };
-  const manager = () => {
+  /** Each model load on a manager made with `slowable` waits this long first (a large model's load), while set. */
+  let slowLoadMs = 0;
+  const manager = (slowable = false) => {
+    const engine = createOnnxRuntimeEngine();
     const m = new ModelManager({
       root: repo!.dir,
-      engine: createOnnxRuntimeEngine(),
+      engine: slowable ? { ...engine, load: async (...a) => (await sleep(slowLoadMs), engine.load(...a)) } : engine,
       logger,
       pollIntervalMs: 0,
       loadOptions: { instances: 1 },
@@ -456,10 +459,11 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
   }
   /** Redis up, mobilenet loaded on two managers, both replicas joined (`prepare`: the model's folder, before). */
   async function twoJoined(prepare?: (dir: string) => Promise<void>, options: Partial<ClusterOptions> = {}) {
+    slowLoadMs = 0;
     redis = await startRedis();
     repo = await sharedRepository(['mobilenet']);
     await prepare?.(path.join(repo.dir, 'mobilenet'));
-    const [m1, m2] = [manager(), manager()];
+    const [m1, m2] = [manager(true), manager()];
     await Promise.all([m1.start(), m2.start()]);
     const [c1, c2] = [cluster('r1', m1, options), cluster('r2', m2, options)];
     await until(() => c1.status().connected && c2.status().connected, 10_000, 'both connected');
@@ -788,6 +792,28 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     } finally {
       admin.disconnect();
     }
+  }, 60_000);
+
+  it('a change of another replica still queued here behind a slow one is not applied after a newer change made here', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined(twoVersions);
+    await m2.unload('mobilenet');
+    await until(() => versions(m1).every((s) => s === 'END'), 10_000, 'replica 1 to unload it too');
+    slowLoadMs = 800; // replica 1 loads slowly (a large model)
+    await m2.load('mobilenet'); // replica 1 applies it, slowly
+    await m2.unload('mobilenet', 2); // reaches replica 1 while it still loads: queued behind the load
+    await sleep(200);
+    await m1.load('mobilenet'); // made on replica 1 while the unload waits there, published after it
+    slowLoadMs = 0;
+    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
+    await until(() => c1.status().connected && c2.status().connected && !syncing(c1) && !syncing(c2), 20_000, 'both caught up');
+    await sleep(2000);
+    await until(settled, 30_000, 'both settled');
+    await sleep(500);
+    await until(settled, 30_000, 'both settled');
+    expect([versions(m1), versions(m2)]).toEqual([
+      ['AVAILABLE', 'AVAILABLE'],
+      ['AVAILABLE', 'AVAILABLE'],
+    ]);
   }, 60_000);
 
   it('a status message on the bus that is not a model status event is dropped once, never handed to subscribers', async () => {

@@ -249,6 +249,9 @@ export class Cluster {
    */
   private readonly leftAside = new Map<string, AdminOp[]>();
   private readonly onChanging = (name: string, delta: number) => {
+    // changes of another replica that arrived before this one began but still wait their turn here (behind a slow
+    // load) were published before it, yet run after it: once it is out, the model is lined up with the hash, after them
+    if (delta > 0 && this.chains.has(name)) this.leftAside.set(name, this.leftAside.get(name) ?? []);
     count(this.inProgress, name, delta);
     this.settle(name);
   };
