@@ -729,6 +729,26 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     }
   }, 60_000);
 
+  it('a change made here whose message comes back only after it was taken for lost lines the model up with the state it carries', async () => {
+    const { m1, m2, c1 } = await twoJoined(twoVersions, { echoTimeoutMs: 300 });
+    const link = holdMessages(c1, 'gateway:admin'); // a slow link to replica 1, longer than the timeout
+    await m2.unload('mobilenet', 2); // published first
+    await until(() => link.count === 1, 10_000, 'replica 1 to have the unload of version 2, held');
+    await m1.unload('mobilenet', 1); // published second
+    await until(() => link.count === 2, 10_000, 'replica 1 to have its own unload back, held');
+    await sleep(800); // taken for lost: the unload of version 2 is applied here, with its older state
+    link.release();
+    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
+    await sleep(500);
+    await until(settled, 30_000, 'both settled');
+    await sleep(500);
+    await until(settled, 30_000, 'both settled');
+    expect([versions(m1), versions(m2)]).toEqual([
+      ['END', 'END'],
+      ['END', 'END'],
+    ]);
+  }, 60_000);
+
   it('a model deleted here after another replica loaded it again by path, before that load arrived, stays deleted here', async () => {
     const { m1, m2 } = await twoJoined();
     const dir = path.join(repo!.dir, 'mobilenet');
