@@ -484,6 +484,14 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await writeFile(path.join(dir, 'model.json'), JSON.stringify({ ...json, versionPolicy: { all: true } }));
   };
   const versions = (m: ModelManager) => [1, 2].map((v) => m.get('mobilenet')!.versions.get(v)!.state);
+  /** Both replicas' versions once neither loads nor unloads, twice 500 ms apart (a line-up may follow a change). */
+  const settledVersions = async (m1: ModelManager, m2: ModelManager) => {
+    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
+    await until(settled, 30_000, 'both settled');
+    await sleep(500);
+    await until(settled, 30_000, 'both settled');
+    return [versions(m1), versions(m2)];
+  };
   /** Both caught up and both models settled (AVAILABLE or END: a remote change may still be loading), and still so a moment later. */
   const both = async (m1: ModelManager, m2: ModelManager, c1: Cluster, c2: Cluster) => {
     const settled = () => [m1, m2].every((m) => ['AVAILABLE', 'END'].includes(state(m)));
@@ -690,12 +698,8 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await m1.unload('mobilenet', 1); // made on replica 1 before that reached it, published after it
     await until(() => link.count === 2, 10_000, 'replica 1 to have its own unload back, held');
     link.release();
-    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
     await until(() => versions(m1).every((s) => s === 'END'), 10_000, 'replica 1 to unload version 2 too').catch(() => undefined);
-    await until(settled, 30_000, 'both settled');
-    await sleep(500);
-    await until(settled, 30_000, 'both settled');
-    expect([versions(m1), versions(m2)]).toEqual([
+    expect(await settledVersions(m1, m2)).toEqual([
       ['END', 'END'],
       ['END', 'END'],
     ]);
@@ -714,12 +718,8 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
       await sleep(50);
       await m1.unload('mobilenet', 1); // published second
       await second;
-      const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
       await sleep(2000); // the pause is over, both published
-      await until(settled, 30_000, 'both settled');
-      await sleep(500);
-      await until(settled, 30_000, 'both settled');
-      expect([versions(m1), versions(m2)]).toEqual([
+      expect(await settledVersions(m1, m2)).toEqual([
         ['END', 'END'],
         ['END', 'END'],
       ]);
@@ -738,12 +738,8 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await until(() => link.count === 2, 10_000, 'replica 1 to have its own unload back, held');
     await sleep(800); // taken for lost: the unload of version 2 is applied here, with its older state
     link.release();
-    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
     await sleep(500);
-    await until(settled, 30_000, 'both settled');
-    await sleep(500);
-    await until(settled, 30_000, 'both settled');
-    expect([versions(m1), versions(m2)]).toEqual([
+    expect(await settledVersions(m1, m2)).toEqual([
       ['END', 'END'],
       ['END', 'END'],
     ]);
@@ -824,13 +820,9 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await sleep(200);
     await m1.load('mobilenet'); // made on replica 1 while the unload waits there, published after it
     slowLoadMs = 0;
-    const settled = () => [m1, m2].every((m) => versions(m).every((s) => ['AVAILABLE', 'END'].includes(s)));
     await until(() => c1.status().connected && c2.status().connected && !syncing(c1) && !syncing(c2), 20_000, 'both caught up');
     await sleep(2000);
-    await until(settled, 30_000, 'both settled');
-    await sleep(500);
-    await until(settled, 30_000, 'both settled');
-    expect([versions(m1), versions(m2)]).toEqual([
+    expect(await settledVersions(m1, m2)).toEqual([
       ['AVAILABLE', 'AVAILABLE'],
       ['AVAILABLE', 'AVAILABLE'],
     ]);
