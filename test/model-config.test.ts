@@ -1,4 +1,4 @@
-import { copyFile, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { parse as parseJsonc } from 'jsonc-parser';
@@ -415,6 +415,32 @@ describe('recovery and configuration owned by the version', () => {
 });
 
 describe('the repository folder', () => {
+  it('a model.json missing at one scan (an editor saving by unlink and write) reloads nothing; missing at the next, the defaults apply', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } }); // the watcher off: scans run here
+    const scan = () => (gw.repository as unknown as { watcher: { tick(): Promise<void> } }).watcher.tick();
+    const events: string[] = [];
+    gw.repository.on('status', (e: { state: string }) => events.push(e.state));
+    const file = path.join(gw.root, 'mobilenet', 'model.json');
+    const task = async () => (await gw.gql(`{ model(name: "mobilenet") { task } }`)).data.model.task;
+    try {
+      const text = await readFile(file, 'utf8');
+      const serving = gw.repository.get('mobilenet')!.versions.get(1);
+      await rm(file);
+      await scan(); // it was reloaded with the defaults (task raw) here, and again when the file came back
+      await writeFile(file, text);
+      await scan();
+      expect([await task(), gw.repository.get('mobilenet')!.versions.get(1) === serving, events]).toEqual(['classification', true, []]);
+      // gone for good: at the next scan that still finds none
+      await rm(file);
+      await scan();
+      expect(await task()).toBe('classification');
+      await scan();
+      await until(async () => (await task()) === 'raw', 10_000, 'the defaults in force');
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('addModel helper sanity: a model added after start is found by loadModel', async () => {
     const gw = await startGateway({});
     try {

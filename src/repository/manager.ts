@@ -204,7 +204,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
               if (m.source === 'repository' || m.versions.size > 0) return this.forget(m);
               return;
             }
-            if (!m.file && (await filesStamp(m.dir, m.files?.config ?? null)) !== m.filesStamp) await this.reread(m);
+            if (!m.file && (await filesStamp(m.dir, m.files?.config ?? null)) !== m.filesStamp) await this.reread(m, { scan: true });
             return this.reconcile(m);
           }),
         ),
@@ -215,14 +215,26 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** (Re)read model.json, labels and mean file. On error the versions keep what they loaded, with configError set. */
-  private async reread(model: Model): Promise<void> {
-    model.filesStamp = await filesStamp(model.dir, model.files?.config ?? null);
+  private async reread(model: Model, { scan = false }: { scan?: boolean } = {}): Promise<void> {
+    const stamp = await filesStamp(model.dir, model.files?.config ?? null);
+    let files: ModelFiles | GatewayError;
     try {
-      model.setFiles(await readModelFiles(model.name, model.dir));
+      files = await readModelFiles(model.name, model.dir);
     } catch (e) {
-      model.setFiles(e as GatewayError);
+      files = e as GatewayError;
       this.logger.warn({ model: model.name, error: errorMessage(e) }, 'model configuration invalid');
     }
+    // a model.json gone from a model that had one is taken for gone when the next scan still finds none: an editor that
+    // saves by unlinking and writing leaves none for a moment, and every version would reload with the defaults (and
+    // again once it is back). Meanwhile nothing changes, and the stamp is left as it was, so the next scan reads again.
+    const missing = !('code' in files) && files.defaults === true && model.files !== null && !model.files.defaults;
+    if (scan && missing && !model.configMissing) {
+      model.configMissing = true;
+      return;
+    }
+    model.configMissing = false;
+    model.filesStamp = stamp;
+    model.setFiles(files);
   }
 
   /** Version files of a model: its version folders, or its single file (served as version 1). */

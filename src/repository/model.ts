@@ -31,6 +31,8 @@ export class Model {
   disabled = false;
   readonly disabledVersions = new Set<number>();
   configUpdatedAt = new Date();
+  /** A scan found no model.json where there was one: the next that still finds none takes it for gone (see reread). */
+  configMissing = false;
   /** When the configuration files were last read (their mtimes; see store.filesStamp). */
   filesStamp = '';
   /** Serializes load / unload / reconcile of this model. */
