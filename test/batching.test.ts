@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
-import { slowModel } from './onnx-builder.ts';
+import { slowModel, slowModelInput } from './onnx-builder.ts';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { GatewayError } from '../src/errors.ts';
@@ -765,7 +765,7 @@ describe('a model’s queue shared between clients', () => {
     new Promise<{ code: string | null }>((resolve, reject) => {
       const body = JSON.stringify({
         query: `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
-        variables: { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+        variables: { d: slowModelInput(rows) },
       });
       const url = new URL(`${gw.url}/graphql`);
       const req = http.request(

@@ -15,7 +15,7 @@ import {
 } from './helpers.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine, Session } from '../src/engine/types.ts';
-import { slowModel } from './onnx-builder.ts';
+import { slowModel, slowModelInput } from './onnx-builder.ts';
 import WebSocket from 'ws';
 
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
@@ -440,7 +440,7 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
     const infer = (rows: number) =>
       gw.gql(
         `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
-        { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+        { d: slowModelInput(rows) },
       );
     try {
       const first = await infer(10);
@@ -474,7 +474,7 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
     const infer = (rows: number) =>
       gw.gql(
         `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
-        { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+        { d: slowModelInput(rows) },
       );
     const state = async () => (await gw.gql(`{ model(name: "slow") { versions { state } } }`)).data.model.versions[0].state;
     try {
@@ -517,7 +517,7 @@ describe('graphql-ws: an operation the client completes while it runs', () => {
     });
     const op = (alias: string, rows: number) => ({
       query: `mutation($d: String!) { ${alias}: infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
-      variables: { d: Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64') },
+      variables: { d: slowModelInput(rows) },
     });
     const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
     const messages: { id?: string; type: string; payload?: { data?: Record<string, unknown> } & object }[] = [];

@@ -127,6 +127,9 @@ export function greyModel(): Uint8Array {
  * float tensor, which goes through twelve 512x512 MatMuls, summed to y [1, 1]. shape [[10, 512]] costs
  * nothing; [[10000, 512]] keeps one CPU thread busy for seconds: an engine call that does not come back in time.
  */
+/** slowModel's input for a [rows, 512] tensor, as the base64 of its int64 shape (the data of an infer mutation). */
+export const slowModelInput = (rows: number): string => Buffer.from(BigInt64Array.from([BigInt(rows), 512n]).buffer).toString('base64');
+
 export function slowModel(): Uint8Array {
   const K = 12;
   const D = 512;

@@ -389,7 +389,7 @@ export class InferenceService {
  * LIMIT_EXCEEDED, a mistake to correct, not QUEUE_FULL to retry for ever.
  */
 function checkAdmissible(name: string, version: ModelVersion, n: number, client: string | undefined): void {
-  const queue = version.config?.batching.maxQueueSize ?? Infinity;
+  const queue = version.admissible(); // maxQueueSize
   const most = version.admissible(client);
   if (n <= most) return;
   const message =
