@@ -151,6 +151,20 @@ describe('the page at / over HTTP', () => {
     expect(graphiql.status).toBe(200);
     expect(await graphiql.text()).toMatch(/graphiql/i);
   });
+
+  it('GraphiQL cannot be framed by another page (it was: a page of any origin framed it with a mutation in ?query= and one click ran it, as this machine)', async () => {
+    for (const encoding of ['gzip', 'identity']) {
+      const graphiql = await fetch(`${gw.url}/graphql?query=${encodeURIComponent('mutation { unloadModel(name: "m") { name } }')}`, {
+        headers: { accept: 'text/html', 'accept-encoding': encoding },
+      });
+      expect(graphiql.status).toBe(200);
+      expect(graphiql.headers.get('content-security-policy'), encoding).toMatch(/frame-ancestors 'none'/);
+      expect(graphiql.headers.get('x-frame-options'), encoding).toBe('DENY');
+      expect(graphiql.headers.get('x-content-type-options'), encoding).toBe('nosniff');
+      expect(graphiql.headers.get('referrer-policy'), encoding).toBe('no-referrer');
+      await graphiql.arrayBuffer();
+    }
+  });
 });
 
 const HAS_CHROMIUM = existsSync(CHROMIUM);

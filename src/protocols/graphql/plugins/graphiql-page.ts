@@ -5,6 +5,19 @@ import type { GraphiQLOptions, Plugin } from 'graphql-yoga';
 const gzipAsync = promisify(gzip);
 
 /**
+ * GraphiQL runs what its editor holds, as this origin (and from this machine: admin without ADMIN_TOKEN), and it fills
+ * the editor from `?query=`: framed by a page of another origin with a mutation there, one click on its run button
+ * (under a decoy) ran it. It may be shown in no frame, as the page at / may not. Its inline scripts rule out a
+ * script-src here; the rest says what the page at / says.
+ */
+const GRAPHIQL_HEADERS = {
+  'content-security-policy': "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
+  'x-frame-options': 'DENY',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+};
+
+/**
  * GraphiQL, for a GET of the GraphQL endpoint that accepts HTML (yoga's own rule), served here rather than by yoga:
  * from the package itself (yoga's default page loads its scripts from a CDN, which a gateway on a closed network
  * cannot reach); rendered once, on the first request for it (its bundle is ~30 MB of strings on the heap, which a
@@ -33,7 +46,12 @@ export function useGraphiQLPage(endpoint: string, options: GraphiQLOptions): Plu
         endResponse(
           new fetchAPI.Response(gzipped ? p.gzipped : p.html, {
             status: 200,
-            headers: { 'content-type': 'text/html', vary: 'accept-encoding', ...(gzipped ? { 'content-encoding': 'gzip' } : {}) },
+            headers: {
+              'content-type': 'text/html',
+              vary: 'accept-encoding',
+              ...GRAPHIQL_HEADERS,
+              ...(gzipped ? { 'content-encoding': 'gzip' } : {}),
+            },
           }),
         ),
       );
