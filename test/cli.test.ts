@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -236,6 +238,101 @@ describe('gateway (command-line client)', () => {
     );
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).length).toBe(3);
+  });
+});
+
+/**
+ * A gateway that is not one: answers each request with what `answer` returns for it (the operation's name), to see what
+ * the client does with answers a real gateway would not give (a compromised server, or one in the way).
+ */
+async function fakeGateway(
+  answer: (operation: string, req: http.IncomingMessage, res: http.ServerResponse) => void,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    const body: Buffer[] = [];
+    req.on('data', (c: Buffer) => body.push(c));
+    req.on('end', () => answer(/(?:query|mutation) (\w+)/.exec(Buffer.concat(body).toString('latin1'))?.[1] ?? '', req, res));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+const sendJson = (res: http.ServerResponse, value: unknown) => {
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(value));
+};
+
+describe('gateway (command-line client) against a server that is not a gateway', () => {
+  // what a terminal acts on: clear the screen, set the clipboard (OSC 52), a disguised link (OSC 8), the window title,
+  // move the cursor up over earlier lines, CSI in its 8-bit form (U+009B), a carriage return; and a right-to-left override
+  const HOSTILE =
+    '\x1b[2J\x1b[H\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07\x1b]8;;https://evil.example/\x07link\x1b]8;;\x07\x1b]0;title\x07\x1b[1A\x9b2J\rzebra\u202egpj.exe';
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point
+  const TERMINAL_CONTROLS = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
+
+  it('prints no terminal control from its answers (labels, model names, states, error codes and messages) but shows them escaped; --json keeps them exact', async () => {
+    const fake = await fakeGateway((op, _req, res) => {
+      if (op === 'Models')
+        return sendJson(res, {
+          data: {
+            models: [
+              {
+                name: `m${HOSTILE}`,
+                task: 'classification',
+                description: '',
+                ready: true,
+                versions: [{ version: 1, state: `END${HOSTILE}`, errorCode: `E${HOSTILE}`, errorMessage: null }],
+              },
+            ],
+          },
+        });
+      if (op === 'Classify')
+        return sendJson(res, { data: { classify: { predictions: [{ classId: 1, label: HOSTILE, confidence: 0.9 }] } } });
+      if (op === 'Detect')
+        return sendJson(res, {
+          data: {
+            detect: {
+              imageWidth: 2,
+              imageHeight: 2,
+              objects: [{ classId: 1, label: HOSTILE, confidence: 0.9, box: { xMin: 0, yMin: 0, xMax: 1, yMax: 1 } }],
+            },
+          },
+        });
+      if (op === 'Segment') {
+        res.writeHead(502, { 'content-type': 'text/html' });
+        return res.end(`<h1>bad gateway</h1>${HOSTILE}`);
+      }
+      sendJson(res, { errors: [{ message: `refused ${HOSTILE}`, extensions: { code: `CODE${HOSTILE}` } }] });
+    });
+    try {
+      const url = ['--url', fake.url];
+      const runs = [
+        await gateway(['models', ...url]),
+        await gateway(['classify', '-m', 'x', ...url, image('zebra.jpeg')]),
+        await gateway(['detect', '-m', 'x', ...url, image('dog.jpg')]),
+        await gateway(['segment', '-m', 'x', ...url, image('people1.jpeg')]),
+        await gateway(['load', 'x', ...url]),
+      ];
+      for (const r of runs) {
+        expect(r.stdout + r.stderr).not.toMatch(TERMINAL_CONTROLS);
+        expect(r.stdout + r.stderr).toContain('\\u001b]52;c;'); // shown, escaped
+      }
+      expect(runs[1].stdout).toMatch(/^\s+90\.0%\s+\\u001b\[2J.*\\u000dzebra\\u202egpj\.exe$/m);
+      expect(runs[3].stderr).toContain('HTTP_502');
+      expect(runs[4].stderr).toMatch(/^error: CODE\\u001b\[2J.*: refused \\u001b\[2J/);
+      // JSON says the same strings, escaped the JSON way: parsed, they are what the server sent
+      const json = await gateway(['classify', '-m', 'x', '--json', ...url, image('zebra.jpeg')]);
+      expect(json.stdout).not.toMatch(TERMINAL_CONTROLS);
+      expect(JSON.parse(json.stdout)[0].result.predictions[0].label).toBe(HOSTILE);
+    } finally {
+      await fake.close();
+    }
   });
 });
 

@@ -67,6 +67,19 @@ function common(cmd: Command): Command {
     .option('--json', 'print JSON instead of text');
 }
 
+/**
+ * What a terminal would act on rather than show: C0 controls but tab and newline (ESC starts the sequences that clear
+ * the screen, move the cursor over earlier lines, set the clipboard (OSC 52), the window title or a link (OSC 8); CR
+ * rewrites a line), DEL, the C1 controls (U+009B is CSI too), and the bidirectional overrides and isolates (a label
+ * that reads backwards). Labels, model names and error messages come from the gateway (a model's labels file is its
+ * author's), folder and file names from wherever the files came from.
+ */
+// eslint-disable-next-line no-control-regex -- finding control characters is the point
+const TERMINAL_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+/** Text as it may reach a terminal: each such character written as a `\uXXXX` escape (in JSON, the same string). */
+export const printable = (text: string) => text.replace(TERMINAL_CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`.padStart(6);
 const ms = (x: number) => `${x < 10 ? x.toFixed(1) : Math.round(x)} ms`;
 const name = (p: { classId: number; label: string | null }) => p.label || `class ${p.classId}`;
@@ -109,7 +122,9 @@ function stateOf(m: ModelSummary): string {
     .join(', ');
 }
 
-function table(rows: string[][]): string {
+function table(cells: string[][]): string {
+  // escaped first, so that the columns line up as printed
+  const rows = cells.map((r) => r.map(printable));
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ')).join('\n') + '\n';
 }
@@ -132,7 +147,9 @@ export function formatEval(r: EvalReport): string {
 }
 
 /** Builds the program; `io` lets a test catch what it prints. */
-export function program(io: Io = defaultIo, setExitCode: (code: number) => void = (c) => (process.exitCode = c)): Command {
+export function program(output: Io = defaultIo, setExitCode: (code: number) => void = (c) => (process.exitCode = c)): Command {
+  // everything printed, --json and commander's own messages (which quote the arguments) included
+  const io: Io = { out: (t) => output.out(printable(t)), err: (t) => output.err(printable(t)), tty: output.tty };
   const cli = new Command('gateway')
     .description('Command-line client of the GraphQL inference gateway (talks to its GraphQL API over HTTP).')
     .showHelpAfterError('(gateway <command> --help for usage)')
