@@ -334,6 +334,44 @@ describe('gateway (command-line client) against a server that is not a gateway',
       await fake.close();
     }
   });
+
+  it('reads no more of an answer than its limit (an endless one held 7.9 GB after a minute), whether announced or not', async () => {
+    let sent = 0;
+    const fake = await fakeGateway((op, _req, res) => {
+      if (op === 'Models') {
+        // announced: ten gigabytes (none of which comes)
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(10 * 1024 ** 3) });
+        return res.write('{"data":');
+      }
+      // not announced: a string without end, as fast as it is read
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('{"data":{"classify":{"predictions":[{"label":"');
+      const chunk = Buffer.alloc(1024 * 1024, 'a');
+      const pump = () => {
+        while (!res.destroyed && res.write(chunk)) sent += chunk.length;
+        if (!res.destroyed) res.once('drain', pump);
+      };
+      res.on('close', () => res.removeAllListeners('drain'));
+      pump();
+    });
+    try {
+      const announced = await gateway(['models', '--url', fake.url]);
+      expect(announced.code).toBe(1);
+      expect(announced.stderr).toMatch(/RESPONSE_TOO_LARGE: .* answered 10737418240 bytes, more than the 268435456 this client reads/);
+      const endless = await gateway(['classify', '-m', 'x', '--url', fake.url, image('zebra.jpeg')]);
+      expect(endless.code).toBe(1);
+      expect(endless.stderr).toMatch(/RESPONSE_TOO_LARGE: .* answered over 268435456 bytes/);
+      // the importable client takes its own limit
+      const client = new GatewayClient({ url: fake.url, maxResponseBytes: 1024 * 1024 });
+      sent = 0;
+      const err = await client.classify('x', image('zebra.jpeg')).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'RESPONSE_TOO_LARGE' });
+      await new Promise((r) => setTimeout(r, 200));
+      expect(sent).toBeLessThan(64 * 1024 * 1024); // the connection was dropped, not read to the end
+    } finally {
+      await fake.close();
+    }
+  });
 });
 
 describe("the README's command-line examples, run as written against the default repository", () => {

@@ -94,6 +94,36 @@ export interface ClientOptions {
   url?: string;
   /** Sent as `Authorization: Bearer <token>` (API token, or the admin token for load/unload). */
   token?: string | null;
+  /** The longest answer read, in bytes (default 256 MiB), past which the request fails with RESPONSE_TOO_LARGE. */
+  maxResponseBytes?: number;
+}
+
+/**
+ * A gateway's largest answer is a few images of MAX_RESPONSE_BYTES (64 MB by default) in base64 with their JSON: this
+ * leaves room for a gateway that raised it, and keeps a server that sends without end (a compromised one, or something
+ * else at that address) from taking all of this machine's memory (an endless answer held 7.9 GB after a minute).
+ */
+export const DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
+
+/** The body as text, read up to `limit` bytes (as they come, after any Content-Encoding is undone). */
+async function readBounded(res: Response, limit: number, endpoint: string): Promise<string> {
+  const tooLarge = (bytes: string) =>
+    new GatewayClientError('RESPONSE_TOO_LARGE', `${endpoint} answered ${bytes} bytes, more than the ${limit} this client reads`);
+  const declared = Number(res.headers.get('content-length') ?? NaN);
+  if (declared > limit) {
+    await res.body?.cancel().catch(() => {});
+    throw tooLarge(String(declared));
+  }
+  if (!res.body) return '';
+  const decoder = new TextDecoder();
+  let text = '';
+  let bytes = 0;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    bytes += chunk.byteLength;
+    if (bytes > limit) throw tooLarge(`over ${limit}`); // leaving the loop cancels the stream, and with it the connection
+    text += decoder.decode(chunk, { stream: true });
+  }
+  return text + decoder.decode();
 }
 
 interface GraphqlAnswer<T> {
@@ -114,11 +144,13 @@ const MODEL_FIELDS = 'name task description ready versions { version state error
 export class GatewayClient {
   readonly endpoint: string;
   readonly token: string | null;
+  readonly maxResponseBytes: number;
 
-  constructor({ url = DEFAULT_URL, token = null }: ClientOptions = {}) {
+  constructor({ url = DEFAULT_URL, token = null, maxResponseBytes = DEFAULT_MAX_RESPONSE_BYTES }: ClientOptions = {}) {
     const base = url.replace(/\/+$/, '');
     this.endpoint = /\/graphql$/.test(base) ? base : `${base}/graphql`;
     this.token = token || null;
+    this.maxResponseBytes = maxResponseBytes;
   }
 
   /**
@@ -145,7 +177,7 @@ export class GatewayClient {
         `cannot reach ${this.endpoint}: ${cause?.code ?? cause?.message ?? (e as Error).message}`,
       );
     }
-    const text = await res.text();
+    const text = await readBounded(res, this.maxResponseBytes, this.endpoint);
     let answer: GraphqlAnswer<T>;
     try {
       answer = JSON.parse(text) as GraphqlAnswer<T>;
