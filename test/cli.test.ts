@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -136,6 +136,48 @@ describe('gateway (command-line client)', () => {
     expect(answer.result.objects.map((o: any) => o.label).sort()).toEqual(['bicycle', 'car', 'dog']);
     expect(answer.result.objects.every((o: any) => o.confidence >= 0.6)).toBe(true);
     expect(answer.result.annotatedImage).toBeUndefined();
+  });
+
+  it('--out writes a file of its own for each photo, follows no link planted where it writes, and waits on no FIFO', async () => {
+    // two photos of one name in different folders (one file was written, twice, the first photo's lost), and a folder
+    // another user could have made (the README's /tmp/detected) with a link where the picture goes (it was written
+    // through: the linked file was overwritten with the server's bytes) and a FIFO (the CLI waited on it for good)
+    const dir = path.join(tmp, 'out-safety');
+    const out = path.join(dir, 'out');
+    await mkdir(path.join(dir, 'a'), { recursive: true });
+    await mkdir(path.join(dir, 'b'), { recursive: true });
+    await mkdir(out, { recursive: true });
+    await copyFile(image('dog.jpg'), path.join(dir, 'a', 'dog.jpg'));
+    await copyFile(image('zebra.jpeg'), path.join(dir, 'b', 'dog.jpg'));
+    const victim = path.join(dir, 'precious.txt');
+    await writeFile(victim, 'precious');
+    await symlink(victim, path.join(out, 'dog.detected.png'));
+    await run('mkfifo', [path.join(out, 'people1.segmented.png')]);
+
+    const r = await gateway([
+      'detect',
+      '-m',
+      'yolox',
+      '--out',
+      out,
+      ...url,
+      path.join(dir, 'a', 'dog.jpg'),
+      path.join(dir, 'b', 'dog.jpg'),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await readFile(victim, 'utf8')).toBe('precious');
+    const first = path.join(out, 'dog.detected.png');
+    const second = path.join(out, 'dog-2.detected.png');
+    expect(r.stdout).toContain(`-> ${first}\n`);
+    expect(r.stdout).toContain(`-> ${second}\n`);
+    expect((await lstat(first)).isFile()).toBe(true); // the link itself was replaced
+    expect((await sharp(await readFile(first)).metadata()).width).toBe(768); // a/dog.jpg is dog.jpg
+    expect((await sharp(await readFile(second)).metadata()).width).not.toBe(768); // b/dog.jpg is the zebra
+    expect((await readdir(out)).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+
+    const s = await gateway(['segment', '-m', 'bodypix', '--out', out, ...url, image('people1.jpeg')]);
+    expect(s.code, s.stderr).toBe(0);
+    expect((await lstat(path.join(out, 'people1.segmented.png'))).isFile()).toBe(true);
   });
 
   it('segment: the classes present and their share; --out writes the mask over the photo', async () => {
@@ -301,6 +343,8 @@ describe('gateway (command-line client) against a server that is not a gateway',
               imageWidth: 2,
               imageHeight: 2,
               objects: [{ classId: 1, label: HOSTILE, confidence: 0.9, box: { xMin: 0, yMin: 0, xMax: 1, yMax: 1 } }],
+              // not asked for (no --out): ignored (it was taken for one, and failed the photo)
+              annotatedImage: 'iVBORw0KGgo=',
             },
           },
         });
@@ -324,6 +368,7 @@ describe('gateway (command-line client) against a server that is not a gateway',
         expect(r.stdout + r.stderr).toContain('\\u001b]52;c;'); // shown, escaped
       }
       expect(runs[1].stdout).toMatch(/^\s+90\.0%\s+\\u001b\[2J.*\\u000dzebra\\u202egpj\.exe$/m);
+      expect(runs[2].code, runs[2].stderr).toBe(0);
       expect(runs[3].stderr).toContain('HTTP_502');
       expect(runs[4].stderr).toMatch(/^error: CODE\\u001b\[2J.*: refused \\u001b\[2J/);
       // JSON says the same strings, escaped the JSON way: parsed, they are what the server sent

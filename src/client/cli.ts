@@ -4,7 +4,8 @@
  * evaluates a classifier over a labelled folder. Everything goes through GatewayClient, over the GraphQL API on HTTP.
  * Argument parsing is commander's, the progress bar cli-progress's.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { Presets, SingleBar } from 'cli-progress';
@@ -215,12 +216,47 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
       if (failed) setExitCode(1);
     });
 
-  const outFile = async (dir: string, file: string, suffix: string, base64: string) => {
-    await mkdir(dir, { recursive: true });
-    const target = path.join(dir, `${path.parse(file).name}.${suffix}.png`);
-    await writeFile(target, Buffer.from(base64, 'base64'));
+  /**
+   * The file --out writes for each photo: <dir>/<name>.<suffix>.png, taken by the first photo of that name in the order
+   * given, <name>-2, -3... by the next ones (photos of one name in two folders wrote one file, the first one's lost).
+   * Names are taken when a photo's run starts, so in the order given whatever the concurrency.
+   */
+  const outNames = (suffix: string) => {
+    const byFile = new Map<string, string>();
+    const taken = new Set<string>(); // lower case: one file on a file system that ignores case
+    return (dir: string, file: string) => {
+      const key = path.resolve(file);
+      let name = byFile.get(key);
+      if (name === undefined) {
+        const stem = path.parse(file).name;
+        name = `${stem}.${suffix}.png`;
+        for (let n = 2; taken.has(name.toLowerCase()); n++) name = `${stem}-${n}.${suffix}.png`;
+        taken.add(name.toLowerCase());
+        byFile.set(key, name);
+      }
+      return path.join(dir, name);
+    };
+  };
+
+  /**
+   * Writes a new file beside the target and renames it into place: whatever was there (a link another user planted in
+   * a shared folder such as /tmp/detected, a FIFO) is replaced, never written through or waited on; created exclusively,
+   * the new file follows no link either.
+   */
+  const outFile = async (target: string, base64: string) => {
+    await mkdir(path.dirname(target), { recursive: true });
+    const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
+    await writeFile(temp, Buffer.from(base64, 'base64'), { flag: 'wx' });
+    try {
+      await rename(temp, target);
+    } catch (e) {
+      await rm(temp, { force: true });
+      throw e;
+    }
     return target;
   };
+  const detectedName = outNames('detected');
+  const segmentedName = outNames('segmented');
 
   fileCommand<Classification>(
     'classify',
@@ -247,6 +283,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         .option('--max-detections <n>', 'objects per image', positiveInt)
         .option('-o, --out <dir>', 'also write each photo with its boxes drawn, as <dir>/<name>.detected.png'),
     async (gw, f, o) => {
+      const target = o.out ? detectedName(o.out as string, f) : null;
       const { annotatedImage, ...d } = await gw.detect(o.model as string, f, {
         minConfidence: (o.minConfidence as number | undefined) ?? null,
         iouThreshold: (o.iouThreshold as number | undefined) ?? null,
@@ -254,7 +291,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         version: (o.version as number | undefined) ?? null,
         annotated: Boolean(o.out),
       });
-      return annotatedImage ? { ...d, written: await outFile(o.out as string, f, 'detected', annotatedImage) } : d;
+      return annotatedImage && target ? { ...d, written: await outFile(target, annotatedImage) } : d;
     },
     (file, d, t) => {
       const px = (x: number, size: number) => String(Math.round(x * size));
@@ -276,11 +313,12 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     'segment images: the classes present and their share of the pixels',
     (cmd) => cmd.option('-o, --out <dir>', 'also write each mask over its photo, as <dir>/<name>.segmented.png'),
     async (gw, f, o) => {
+      const target = o.out ? segmentedName(o.out as string, f) : null;
       const { overlay, ...seg } = await gw.segment(o.model as string, f, {
         version: (o.version as number | undefined) ?? null,
         overlay: Boolean(o.out),
       });
-      return overlay ? { ...seg, written: await outFile(o.out as string, f, 'segmented', overlay) } : seg;
+      return overlay && target ? { ...seg, written: await outFile(target, overlay) } : seg;
     },
     (file, seg, t) =>
       `${file}  ${seg.width}x${seg.height} (${ms(t)})\n${seg.classes.map((c) => `  ${pct(c.pixelFraction)}  ${name(c)}\n`).join('')}` +
