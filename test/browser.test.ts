@@ -434,6 +434,62 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it("a model's text cannot hide the results, widen the page or turn a confidence around", async () => {
+    // a description of 300 KB (it pushed the results 136 000 px down), labels of 20 000 letters without a space (the page
+    // grew 297 000 px wide), and labels that open a right-to-left override and do not close it ("85%" read "%58")
+    const labels = Array.from({ length: 80 }, (_, i) => (i % 2 ? 'W'.repeat(20_000) : `\u202elabel${i}`)).join('\n');
+    const hostile = await startGateway({
+      models: {
+        wordy: fixture('yolox', { description: 'lorem ipsum '.repeat(25_000) }),
+        spoof: { ...fixture('yolox', { description: 'W'.repeat(20_000) }), files: { 'labels.txt': { text: labels } } },
+      },
+    });
+    const tab = await open();
+    try {
+      for (const model of ['wordy', 'spoof']) {
+        await tab.goto(`${hostile.url}/?model=${model}`);
+        await tab.waitForFunction(
+          (m) => document.querySelector(`.model[data-name="${m}"]`)?.getAttribute('data-state') === 'AVAILABLE',
+          {},
+          model,
+        );
+        await (await tab.$('input[type=file]'))!.uploadFile(image('dog.jpg'));
+        await tab.waitForSelector(`.output[data-result="${model}:dog.jpg"]`);
+        const layout = await tab.evaluate(() => ({
+          width: document.documentElement.scrollWidth,
+          viewport: document.documentElement.clientWidth,
+          photoTop: document.querySelector('.output .viewer')!.getBoundingClientRect().top,
+        }));
+        expect(layout.width, model).toBeLessThanOrEqual(layout.viewport);
+        expect(layout.photoTop, model).toBeLessThan(400); // in sight, under the description
+      }
+      // each object's confidence reads as a number, after its label (in the list and over the photo): the label's text is
+      // laid out on its own
+      const order = await tab.$$eval('.objects li, .box-label', (items) =>
+        items.map((item) => {
+          const left = (node: Node) => {
+            const range = document.createRange();
+            range.selectNodeContents(node);
+            return range.getBoundingClientRect().left;
+          };
+          const nodes = [...item.childNodes];
+          const label = nodes.find((n) => (n.textContent ?? '').includes('label'));
+          const percent = nodes.find((n) => /\d%$/.test(n.textContent ?? ''));
+          const onPhoto = item.classList.contains('box-label');
+          return { label: label && left(label), percent: percent && left(percent), onPhoto, width: item.getBoundingClientRect().width };
+        }),
+      );
+      expect(order.length).toBeGreaterThan(0);
+      for (const o of order) {
+        if (o.label !== undefined) expect(o.percent).toBeGreaterThan(o.label);
+        if (o.onPhoto) expect(o.width).toBeLessThan(400);
+      }
+    } finally {
+      await tab.close();
+      await hostile.close();
+    }
+  });
+
   it('asked for nothing outside 127.0.0.1, and logged no error (no CSP violation either)', async () => {
     expect(leaving).toEqual([]);
     const origin = new URL(gw.url);

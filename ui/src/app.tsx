@@ -267,7 +267,11 @@ export function App() {
         <section class="input">
           <div class="chooser">
             <strong>{model ? model.name : selected ? `${selected} (not in the repository)` : 'pick a model'}</strong>
-            {model && <span class="muted">{model.description}</span>}
+            {model && (
+              <bdi class="muted description" title={model.description}>
+                {model.description}
+              </bdi>
+            )}
           </div>
           <label class="drop" onClick={() => fileInput.current?.click()}>
             <input

@@ -54,8 +54,8 @@ export function Detection({ picture, result }: { picture: string; result: Of<'de
                 borderColor: css(o.classId),
               }}
             >
-              <span class="box-label" style={{ background: css(o.classId) }}>
-                {name(o)} {percent(o.confidence)}
+              <span class="box-label" style={{ background: css(o.classId) }} title={name(o)}>
+                <bdi>{name(o)}</bdi> {percent(o.confidence)}
               </span>
             </div>
           ))}
@@ -63,8 +63,9 @@ export function Detection({ picture, result }: { picture: string; result: Of<'de
       </div>
       <ul class="objects">
         {result.objects.map((o, i) => (
-          <li key={i}>
-            <i class="swatch" style={{ background: css(o.classId) }} /> {name(o)} <span class="muted">{percent(o.confidence)}</span>
+          <li key={i} title={name(o)}>
+            <i class="swatch" style={{ background: css(o.classId) }} /> <bdi>{name(o)}</bdi>{' '}
+            <span class="muted">{percent(o.confidence)}</span>
           </li>
         ))}
         {result.objects.length === 0 && <li class="muted">no objects found</li>}
