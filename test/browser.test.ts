@@ -490,6 +490,33 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it('GraphiQL stores no token typed in its Headers tab (it kept it in localStorage for good)', async () => {
+    const tab = await open();
+    try {
+      const sent: string[] = [];
+      tab.on('request', (r) => r.method() === 'POST' && sent.push(r.headers().authorization ?? ''));
+      await tab.goto(`${gw.url}/graphql`);
+      await tab.waitForSelector('.graphiql-execute-button');
+      const [headersTab] = await tab.$$("xpath/.//button[normalize-space()='Headers']");
+      await headersTab.click();
+      // the headers editor is the one shown in the tools pane (the variables editor is hidden)
+      const editors = await tab.$$('.graphiql-editor-tool .graphiql-editor');
+      const shown = [];
+      for (const e of editors) if (await e.evaluate((el) => !el.closest('.hidden') && el.getBoundingClientRect().height > 0)) shown.push(e);
+      expect(shown).toHaveLength(1);
+      await shown[0].click();
+      await tab.keyboard.type(`{"authorization": "Bearer ${ADMIN}"}`);
+      await tab.click('.graphiql-execute-button');
+      await tab.waitForFunction(() => document.querySelector('.graphiql-response')?.textContent?.includes('"models"'));
+      expect(sent).toContain(`Bearer ${ADMIN}`); // it was typed where GraphiQL reads it
+      await new Promise((r) => setTimeout(r, 1500)); // GraphiQL writes its storage 500 ms after a change
+      const kept = await tab.evaluate((t) => Object.keys(localStorage).filter((k) => localStorage.getItem(k)!.includes(t)), ADMIN);
+      expect(kept).toEqual([]);
+    } finally {
+      await tab.close();
+    }
+  });
+
   it('asked for nothing outside 127.0.0.1, and logged no error (no CSP violation either)', async () => {
     expect(leaving).toEqual([]);
     const origin = new URL(gw.url);

@@ -206,7 +206,16 @@ export function createGraphqlProtocol({
     plugins: [
       useCSRFPrevention({ requestHeaders: [CSRF_HEADER] }),
       ...(graphiql
-        ? [useGraphiQLPage('/graphql', { title: 'GraphQL inference gateway', defaultQuery: DEFAULT_QUERY, subscriptionsProtocol: 'WS' })]
+        ? [
+            useGraphiQLPage('/graphql', {
+              title: 'GraphQL inference gateway',
+              defaultQuery: DEFAULT_QUERY,
+              subscriptionsProtocol: 'WS',
+              // yoga's GraphiQL kept its Headers tab (an admin token typed there) in localStorage for good, unsaid: now
+              // held by the open page only (typed again after a reload)
+              shouldPersistHeaders: false,
+            }),
+          ]
         : []),
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
