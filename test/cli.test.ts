@@ -380,6 +380,32 @@ describe('gateway (command-line client) against a server that is not a gateway',
     }
   });
 
+  it('follows no redirect: says where it points (the query went on to the other host, a photo failed as UNREACHABLE)', async () => {
+    const reached: string[] = [];
+    const elsewhere = await fakeGateway((op, req, res) => {
+      reached.push(`${req.method} ${op} ${req.headers.authorization ?? ''}`);
+      sendJson(res, { errors: [{ message: 'elsewhere', extensions: { code: 'ELSEWHERE' } }] });
+    });
+    const target = `${elsewhere.url.replace('127.0.0.1', 'localhost')}/graphql`;
+    const redirecting = await fakeGateway((_op, _req, res) => {
+      res.writeHead(307, { location: target });
+      res.end();
+    });
+    try {
+      for (const args of [['models'], ['classify', '-m', 'x', image('zebra.jpeg')]]) {
+        const r = await gateway([...args, '--url', redirecting.url, '--token', 'secret']);
+        expect(r.code).toBe(1);
+        expect(r.stderr, args[0]).toContain(
+          `REDIRECTED: ${redirecting.url}/graphql redirects (307) to ${target}: give that address instead`,
+        );
+      }
+      expect(reached).toEqual([]);
+    } finally {
+      await redirecting.close();
+      await elsewhere.close();
+    }
+  });
+
   it('reads no more of an answer than its limit (an endless one held 7.9 GB after a minute), whether announced or not', async () => {
     let sent = 0;
     const fake = await fakeGateway((op, _req, res) => {

@@ -169,13 +169,20 @@ export class GatewayClient {
     }
     let res: Response;
     try {
-      res = await fetch(this.endpoint, { ...init, headers: { accept: 'application/json', ...init.headers } });
+      // a redirect is not followed: fetch sent the query (and a 307's body) on to wherever it pointed, another host
+      // included (without the token), and failed a photo's upload there as UNREACHABLE; the user is told where instead
+      res = await fetch(this.endpoint, { ...init, redirect: 'manual', headers: { accept: 'application/json', ...init.headers } });
     } catch (e) {
       const cause = (e as { cause?: { code?: string; message?: string } }).cause;
       throw new GatewayClientError(
         'UNREACHABLE',
         `cannot reach ${this.endpoint}: ${cause?.code ?? cause?.message ?? (e as Error).message}`,
       );
+    }
+    if (res.status >= 300 && res.status < 400 && res.headers.has('location')) {
+      await res.body?.cancel().catch(() => {});
+      const to = new URL(res.headers.get('location')!, this.endpoint).href;
+      throw new GatewayClientError('REDIRECTED', `${this.endpoint} redirects (${res.status}) to ${to}: give that address instead`);
     }
     const text = await readBounded(res, this.maxResponseBytes, this.endpoint);
     let answer: GraphqlAnswer<T>;
