@@ -123,6 +123,13 @@ describe('detection decoders', () => {
     ]);
     expect(nms([c(0, 0.9, 0), c(0, 0.8, 100)], 0.5, 1)).toHaveLength(1);
   });
+
+  it('nms suppresses a box only when its overlap is above iouThreshold: at the threshold exactly it is kept', () => {
+    const box = (score: number, y2: number): Candidate => ({ classId: 0, score, x1: 0, y1: 0, x2: 10, y2 });
+    // [0,0,10,5] inside [0,0,10,10]: IoU 50 / 100 = 0.5
+    expect(nms([box(0.9, 10), box(0.8, 5)], 0.5, 10).map((k) => k.score)).toEqual([0.9, 0.8]);
+    expect(nms([box(0.9, 10), box(0.8, 5)], 0.49, 10).map((k) => k.score)).toEqual([0.9]);
+  });
 });
 
 describe('classification postprocessing', () => {
