@@ -130,6 +130,17 @@ describe('detection decoders', () => {
     expect(nms([box(0.9, 10), box(0.8, 5)], 0.5, 10).map((k) => k.score)).toEqual([0.9, 0.8]);
     expect(nms([box(0.9, 10), box(0.8, 5)], 0.49, 10).map((k) => k.score)).toEqual([0.9]);
   });
+
+  it('a box that falls wholly in the letterbox padding is no object (it would have no area in the image)', () => {
+    // a 100x50 photo letterboxed into a 100x100 input: rows 0..25 and 75..100 are padding
+    const t: ImageTransform = { width: 100, height: 50, inputWidth: 100, inputHeight: 100, scaleX: 1, scaleY: 1, offsetX: 0, offsetY: 25 };
+    const boxes = f32([1, 2, 4], [0.1, 0.02, 0.5, 0.2, 0.1, 0.3, 0.5, 0.6]); // the first in the top padding
+    const scores = f32([1, 2, 1], [0.9, 0.8]);
+    const out = detect({ boxes, scores }, det({ format: 'boxes_scores', boxes: 'boxes', scores: 'scores' }), t, null, opts);
+    expect(out.map((o) => [o.confidence, o.box])).toEqual([
+      [expect.closeTo(0.8), { xMin: expect.closeTo(0.1), yMin: expect.closeTo(0.1), xMax: expect.closeTo(0.5), yMax: expect.closeTo(0.7) }],
+    ]);
+  });
 });
 
 describe('classification postprocessing', () => {
