@@ -422,6 +422,8 @@ describe('top classes', () => {
     expect(topClasses(scores, 5)).toEqual(sorted.slice(0, 5));
     expect(topClasses(Float32Array.from([0.2, 0.5, 0.5, 0.1]), 3)).toEqual([1, 2, 0]);
     expect(topClasses(Float32Array.from([0.2, 0.5]), 5, 0.3)).toEqual([1]);
+    // minConfidence is a floor: a class scoring exactly it is kept
+    expect(topClasses(Float32Array.from([0.25, 0.5, 0.125]), 5, 0.25)).toEqual([1, 0]);
   });
 });
 
