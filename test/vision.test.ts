@@ -259,6 +259,17 @@ describe('segmentation postprocessing', () => {
       ['b', 2],
     ]);
   });
+
+  it('regions: pixels that touch at a corner are one region (8-neighbour); a region of exactly minPixels is kept', () => {
+    // class 1 on a diagonal (three pixels touching at corners), class 2 a column of two
+    const map = { width: 4, height: 3, ids: Uint16Array.from([1, 0, 0, 2, 0, 1, 0, 2, 0, 0, 1, 0]) };
+    const at = (minPixels: number) => regions(map, identity(4, 3), null, minPixels).map((r) => [r.classId, r.pixels, r.box]);
+    expect(at(3)).toEqual([[1, 3, { xMin: 0, yMin: 0, xMax: 0.75, yMax: 1 }]]);
+    expect(at(2)).toEqual([
+      [1, 3, { xMin: 0, yMin: 0, xMax: 0.75, yMax: 1 }],
+      [2, 2, { xMin: 0.75, yMin: 0, xMax: 1, yMax: expect.closeTo(2 / 3) }],
+    ]);
+  });
 });
 
 describe('labels', () => {
