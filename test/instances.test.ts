@@ -37,8 +37,9 @@ describe('engine instances', () => {
         expect(a.map((p: { classId: number }) => p.classId)).toEqual(b.map((p: { classId: number }) => p.classId));
         a.forEach((p: { confidence: number }, k: number) => expect(p.confidence).toBeCloseTo(b[k].confidence, 5));
       });
+      // each copy took requests, not only its warm-up call (one call at a time would leave the second copy idle)
       expect(session.calls).toHaveLength(2);
-      expect(session.calls.every((n) => n > 0)).toBe(true);
+      expect(Math.min(...session.calls), `calls per instance ${session.calls}`).toBeGreaterThan(1);
     } finally {
       await gw.close();
     }
