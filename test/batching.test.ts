@@ -834,3 +834,34 @@ describe('a model’s queue shared between clients', () => {
     expect(await Promise.all([infer(10, '127.0.0.2'), infer(10, '127.0.0.2')])).toEqual([{ code: null }, { code: null }]);
   }, 60_000);
 });
+
+describe('batching as a version is configured: the defaults', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        // maxDelayMs 0, the default: no time for the images of a request to come together but the tick they reach the batcher in
+        prompt: fixture('mobilenet'),
+      },
+    });
+  });
+  afterAll(() => gw?.close());
+
+  const stats = async (model: string) =>
+    (await gw.gql(`{ model(name: "${model}") { stats { requests batches batchSizes { size count } } } }`)).data.model.stats[0];
+  const photos = ['bee.jpeg', 'snail.jpeg', 'zebra.jpeg', 'pelican.jpeg', 'gorilla.jpeg', 'peacock.jpeg'];
+
+  it('maxDelayMs 0: the photos of one classifyBatch, decoded at different times, still share one engine call', async () => {
+    const before = await stats('prompt');
+    const r = await gw.gql(
+      `mutation($images: [ImageInput!]!) { classifyBatch(model: "prompt", images: $images, topK: 1) { predictions { classId } } }`,
+      { images: photos.map(() => ({ file: null })) },
+      { files: Object.fromEntries(photos.map((p, i) => [`images.${i}.file`, image(p)])) },
+    );
+    expect(r.errors).toBeUndefined();
+    expect(r.data.classifyBatch.map((c: any) => c.predictions[0].classId)).toEqual([309, 113, 340, 144, 366, 84]);
+    const after = await stats('prompt');
+    expect(after.requests - before.requests).toBe(6);
+    expect(after.batches - before.batches).toBe(1);
+  });
+});
