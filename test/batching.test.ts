@@ -835,13 +835,14 @@ describe('a model’s queue shared between clients', () => {
   }, 60_000);
 });
 
-describe('batching as a version is configured: the defaults', () => {
+describe('batching as a version is configured: the defaults, and a long maxDelayMs', () => {
   let gw: TestGateway;
   beforeAll(async () => {
     gw = await startGateway({
       models: {
         // maxDelayMs 0, the default: no time for the images of a request to come together but the tick they reach the batcher in
         prompt: fixture('mobilenet'),
+        patient: fixture('mobilenet', { batching: { maxDelayMs: 5000 } }),
       },
     });
   });
@@ -863,5 +864,20 @@ describe('batching as a version is configured: the defaults', () => {
     const after = await stats('prompt');
     expect(after.requests - before.requests).toBe(6);
     expect(after.batches - before.batches).toBe(1);
+  });
+
+  it('a lone request does not wait out maxDelayMs: nobody else is admitted, so its batch goes at once', async () => {
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<'waited'>((r) => (timer = setTimeout(() => r('waited'), 2500)));
+    const r = await Promise.race([
+      gw.gql(
+        `mutation($f: File!) { classify(model: "patient", image: { file: $f }, topK: 1) { predictions { classId } } }`,
+        { f: null },
+        { files: { f: image('zebra.jpeg') } },
+      ),
+      waited,
+    ]);
+    clearTimeout(timer);
+    expect(r === 'waited' ? r : r.data.classify.predictions[0].classId).toBe(340);
   });
 });
