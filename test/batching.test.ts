@@ -880,4 +880,23 @@ describe('batching as a version is configured: the defaults, and a long maxDelay
     clearTimeout(timer);
     expect(r === 'waited' ? r : r.data.classify.predictions[0].classId).toBe(340);
   });
+
+  it('an image that fails before it reaches the batcher lets the batch that waited for it go at once', async () => {
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<'waited'>((r) => (timer = setTimeout(() => r('waited'), 2500)));
+    const files = [image('zebra.jpeg'), Buffer.from('not an image at all')];
+    const r = await Promise.race([
+      gw.gql(
+        `mutation($images: [ImageInput!]!) { classifyBatch(model: "patient", images: $images, topK: 1) { predictions { classId } } }`,
+        { images: files.map(() => ({ file: null })) },
+        { files: Object.fromEntries(files.map((f, i) => [`images.${i}.file`, f])) },
+      ),
+      waited,
+    ]);
+    clearTimeout(timer);
+    expect(r === 'waited' ? r : [r.data.classifyBatch[0].predictions[0].classId, r.errors?.map((e) => e.extensions?.code)]).toEqual([
+      340,
+      ['INVALID_IMAGE'],
+    ]);
+  });
 });
