@@ -245,8 +245,8 @@ describe('segmentation postprocessing', () => {
     );
     const one = toClassMap({ s: f32([1, 2, 3, 1], [-1, 2, 3, -4, 5, 0.1]) }, cfg, 'NHWC');
     expect([...one.ids]).toEqual([0, 1, 1, 0, 1, 1]);
-    const multi = toClassMap({ s: f32([1, 3, 1, 2], [0, 9, 1, 0, 2, 5]) }, { ...cfg, activation: 'none' }, 'NCHW');
-    expect([...multi.ids]).toEqual([2, 0]);
+    const multi = toClassMap({ s: f32([1, 3, 1, 3], [0, 9, 1, 1, 0, 7, 2, 5, 3]) }, { ...cfg, activation: 'none' }, 'NCHW');
+    expect([...multi.ids]).toEqual([2, 0, 1]);
     const rs = regions(
       { width: 5, height: 3, ids: Uint16Array.from([1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 2, 2, 0, 0, 0]) },
       identity(5, 3),
