@@ -661,6 +661,12 @@ describe('allowed roots', () => {
     await expect(resolveUnderRoots(path.join(root, '..', '..', 'nothing-here'), [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
     await expect(resolveUnderRoots('/etc/passwd', [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
     await expect(resolveUnderRoots('a.jpg', [])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
+    // a path under any of several roots is allowed, not only under the first
+    const other = path.join(base, 'other');
+    await mkdir(other);
+    await writeFile(path.join(other, 'b.jpg'), 'x');
+    expect(await resolveUnderRoots(path.join(other, 'b.jpg'), [root, other])).toBe(path.join(other, 'b.jpg'));
+    await expect(resolveUnderRoots(path.join(other, 'b.jpg'), [root])).rejects.toMatchObject({ code: 'FORBIDDEN_PATH' });
   });
 });
 
