@@ -454,6 +454,14 @@ describe('the server cannot be taken down', () => {
     expect(r.status).toBe(200);
     expect(r.data.segment).toBeNull(); // the non-null string fields that went over the limit null their parent
     expect(r.errors!.map((e) => e.extensions?.code)).toContain('LIMIT_EXCEEDED');
+    // the limit is exact: MAX_RENDERED_IMAGES_PER_REQUEST (2 here) renderings are answered, the third is refused
+    const small = await sharp(image('people1.jpeg')).resize(64, 48).jpeg().toBuffer();
+    const rendered = (fields: string) =>
+      gw.gql(`mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { ${fields} } }`, { f: null }, { files: { f: small } });
+    const two = await rendered('mask overlay');
+    expect(two.errors).toBeUndefined();
+    expect([typeof two.data.segment.mask, typeof two.data.segment.overlay]).toEqual(['string', 'string']);
+    expect((await rendered('mask overlay m2: mask')).errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED']);
   });
 
   it('SVG is not decoded unless IMAGE_FORMATS allows it; unknown bytes are INVALID_IMAGE', async () => {
