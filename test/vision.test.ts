@@ -233,6 +233,12 @@ describe('resize types map boxes back to the original image', () => {
       .jpeg()
       .toBuffer();
     await expect(probeImage(big, 1_000_000)).rejects.toMatchObject({ code: 'IMAGE_TOO_LARGE' });
+    // the limit is inclusive: an image of exactly the limit is taken, one pixel more is not
+    const small = await sharp({ create: { width: 40, height: 25, channels: 3, background: '#000' } })
+      .png()
+      .toBuffer();
+    await expect(probeImage(small, 1000)).resolves.toMatchObject({ width: 40, height: 25 });
+    await expect(probeImage(small, 999)).rejects.toMatchObject({ code: 'IMAGE_TOO_LARGE' });
     await expect(probeImage(Uint8Array.from([0xff, 0xd8, 0xff, 0x00, 1, 2]), 1e6)).rejects.toMatchObject({ code: 'INVALID_IMAGE' });
   });
 });
