@@ -1035,7 +1035,7 @@ describe('access', () => {
     ]) {
       // a valid API token is not the admin token, and the answer says so
       const r = await gw.gql(m, {}, { headers: bearer('client-a') });
-      expect(errorCode(r), m).toBe('FORBIDDEN');
+      expect([r.status, errorCode(r)], m).toEqual([403, 'FORBIDDEN']); // an error of who is calling: the request's status
       expect(r.errors![0].message, m).toMatch(/needs the admin token \(ADMIN_TOKEN\); the token sent is an API token/);
     }
     const noToken = await gw.gql(
@@ -1043,7 +1043,7 @@ describe('access', () => {
       {},
       { headers: { authorization: '' } },
     );
-    expect(errorCode(noToken)).toBe('UNAUTHENTICATED');
+    expect([noToken.status, errorCode(noToken)]).toEqual([401, 'UNAUTHENTICATED']);
     const ok = await gw.gql(
       `mutation { updateModel(name: "mobilenet", description: "by admin") { description } }`,
       {},
