@@ -1,6 +1,6 @@
 import { mkdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   engineWorkers,
   errorCode,
@@ -15,7 +15,7 @@ import {
 } from './helpers.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine, Session } from '../src/engine/types.ts';
-import { slowModel, slowModelInput } from './onnx-builder.ts';
+import { ElemType, identityModel, slowModel, slowModelInput } from './onnx-builder.ts';
 import WebSocket from 'ws';
 
 const CLASSIFY = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { classId } } }`;
@@ -558,4 +558,44 @@ describe('graphql-ws: an operation the client completes while it runs', () => {
       await gw.close();
     }
   }, 90_000);
+});
+
+describe('an engine that keeps dying', () => {
+  let gw: TestGateway;
+  const events: string[] = [];
+  beforeEach(async () => {
+    gw = await startGateway({
+      models: { id: { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw' } } },
+      env: { ENGINE_INSTANCES: '1' },
+    });
+    events.length = 0;
+    gw.repository.on('status', (e: { state: string; errorCode: string | null }) =>
+      events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`),
+    );
+  });
+  afterEach(() => gw?.close());
+
+  const infer = () =>
+    gw.gql(
+      `mutation($d: String!) { infer(model: "id", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 3], data: $d }]) { outputs { shape } } }`,
+      {
+        d: Buffer.alloc(12).toString('base64'),
+      },
+    );
+  const availableCount = () => events.filter((e) => e === 'AVAILABLE').length;
+  /** The engine thread dies; resolves once the version is back (or at once when `back` is false). */
+  const crash = async (what: string, back = true) => {
+    const before = availableCount();
+    await engineWorkers(gw.repository.get('id')!.versions.get(1)!.session)[0].terminate();
+    if (back) await until(() => availableCount() > before, 15_000, what);
+  };
+
+  it('restarts at most MAX_ENGINE_RESTARTS (3) times in a row, then stays down', async () => {
+    for (let i = 1; i <= 3; i++) await crash(`restart ${i}`); // after pauses of 250, 500 and 1000 ms
+    events.length = 0;
+    await crash('a fourth crash', false);
+    await new Promise((r) => setTimeout(r, 3000)); // past the pause a fourth restart would take (2000 ms)
+    expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED']);
+    expect(errorCode(await infer())).toBe('MODEL_NOT_READY');
+  }, 60_000);
 });
