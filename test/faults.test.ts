@@ -598,4 +598,11 @@ describe('an engine that keeps dying', () => {
     expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED']);
     expect(errorCode(await infer())).toBe('MODEL_NOT_READY');
   }, 60_000);
+
+  it('a reload that served a request starts the count over: a crash after it is restarted, however many came before', async () => {
+    for (let i = 1; i <= 5; i++) {
+      await crash(`restart ${i}, after ${i - 1} reloads that each served a request`);
+      expect((await infer()).errors).toBeUndefined();
+    }
+  }, 60_000);
 });
