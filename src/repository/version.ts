@@ -290,6 +290,7 @@ export class ModelVersion {
     // the restart is claimed before the shutdown: an unload, a delete or a replacement asked for while requests in
     // flight drain calls it off (cancelRestart), instead of being undone by it afterwards
     const options = this.loadOptions;
+    if (this.stats.requests > 0) this.engineFailures = 0; // the reload served before it failed: start over
     const restart = ++this.engineFailures <= ModelVersion.MAX_ENGINE_RESTARTS && options !== null;
     const attempt = ++this.restartAttempts;
     this.restartPending = restart;
@@ -386,7 +387,6 @@ export class ModelVersion {
         state: this.state,
       });
     }
-    if (this.engineFailures > 0 && this.stats.requests > 0) this.engineFailures = 0; // the reload served: start over
     const ticket: Ticket = this.admissions.admit(client);
     return {
       infer: (feeds, signal) => {
