@@ -1540,6 +1540,13 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     expect(neighbour.answer()).toBe('');
     for (const c of [...local, neighbour]) c.socket.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
+    // an IPv4-mapped or NAT64 address is its IPv4 address: the three forms of one address are one client
+    const mapped = [await almostSent(PROXY, '::ffff:10.9.8.7'), await almostSent(PROXY, '10.9.8.7')];
+    await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, 'the two bodies counted');
+    const nat64 = await almostSent(PROXY, '64:ff9b::a09:807');
+    expect(nat64.answer()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+    for (const c of [...mapped, nat64]) c.socket.destroy();
+    await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
     expect(() => loadConfig({ CLIENT_IPV6_PREFIX: '129' }, [])).toThrow(/CLIENT_IPV6_PREFIX: expected an integer 1..128/);
   });
 
