@@ -1060,3 +1060,28 @@ describe('KServe: a batch larger than the model’s queue', () => {
     }
   });
 });
+
+describe('KServe: a request that names no version', () => {
+  it('goes to the highest AVAILABLE version', async () => {
+    const gw = await startGateway({
+      models: {
+        versions: {
+          onnx: identityModel(ElemType.FLOAT, ['N', 3]),
+          versions: [1, 2, 3],
+          config: { task: 'raw', versionPolicy: { all: true } },
+        },
+      },
+    });
+    try {
+      const r = await fetch(`${gw.url}/v2/models/versions/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 3], data: [1, 2, 3] }] }),
+      });
+      expect(r.status).toBe(200);
+      expect(((await r.json()) as { model_version: string }).model_version).toBe('3');
+    } finally {
+      await gw.close();
+    }
+  });
+});
