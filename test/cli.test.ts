@@ -406,6 +406,33 @@ describe('gateway (command-line client) against a server that is not a gateway',
     }
   });
 
+  it('--timeout (or GATEWAY_TIMEOUT) gives up on an answer that does not come in full: headers never sent, or the answer a byte at a time', async () => {
+    const timers: NodeJS.Timeout[] = [];
+    const fake = await fakeGateway((op, _req, res) => {
+      if (op === 'Models') return; // no answer at all
+      // headers at once, then a byte every 200 ms for ever: undici's own body timeout restarts with each
+      res.writeHead(200, { 'content-type': 'application/json' });
+      timers.push(setInterval(() => res.write(' '), 200));
+    });
+    try {
+      for (const args of [['models'], ['classify', '-m', 'x', image('zebra.jpeg')]]) {
+        const t0 = performance.now();
+        const r = await gateway([...args, '--url', fake.url, '--timeout', '1.5']);
+        expect(r.code, args[0]).toBe(1);
+        expect(r.stderr, args[0]).toContain(`TIMEOUT: ${fake.url}/graphql did not answer in full within 1.5 s (--timeout)`);
+        expect(performance.now() - t0, args[0]).toBeLessThan(10_000);
+      }
+      const env = await gateway(['models', '--url', fake.url], { GATEWAY_TIMEOUT: '1' });
+      expect(env.stderr).toContain('within 1 s (--timeout)');
+      const bad = await gateway(['models', '--url', fake.url, '--timeout', '0']);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toContain('expected a number of seconds > 0');
+    } finally {
+      timers.forEach(clearInterval);
+      await fake.close();
+    }
+  });
+
   it('reads no more of an answer than its limit (an endless one held 7.9 GB after a minute), whether announced or not', async () => {
     let sent = 0;
     const fake = await fakeGateway((op, _req, res) => {

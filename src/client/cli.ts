@@ -37,6 +37,11 @@ const positiveInt = (v: string) => {
   if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('expected a positive integer');
   return Number(v);
 };
+const seconds = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a number of seconds > 0');
+  return n;
+};
 const fraction = (v: string) => {
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('expected a number from 0 to 1');
@@ -51,6 +56,7 @@ interface Written {
 interface Common {
   url: string;
   token?: string;
+  timeout?: number;
   json?: boolean;
 }
 
@@ -65,6 +71,11 @@ function common(cmd: Command): Command {
         .argParser((u: string) => (/^[a-z][a-z0-9+.-]*:\/\//i.test(u) ? u : `http://${u}`)),
     )
     .addOption(new Option('--token <token>', 'sent as Authorization: Bearer <token>').env('GATEWAY_TOKEN'))
+    .addOption(
+      new Option('--timeout <seconds>', 'give up on an answer not in full after this long (default: wait; load waits for the model)')
+        .env('GATEWAY_TIMEOUT')
+        .argParser(seconds),
+    )
     .option('--json', 'print JSON instead of text');
 }
 
@@ -156,7 +167,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     .showHelpAfterError('(gateway <command> --help for usage)')
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .exitOverride();
-  const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token });
+  const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token, timeoutMs: o.timeout ? o.timeout * 1000 : null });
   const fail = (e: unknown) => {
     const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message);
     // what to do about a missing or refused token

@@ -96,6 +96,11 @@ export interface ClientOptions {
   token?: string | null;
   /** The longest answer read, in bytes (default 256 MiB), past which the request fails with RESPONSE_TOO_LARGE. */
   maxResponseBytes?: number;
+  /**
+   * The longest a request may take, answer included, in ms, past which it fails with TIMEOUT (default: none; a load
+   * waits until the model has loaded, and a server that trickles its answer keeps the connection's own timeouts at bay).
+   */
+  timeoutMs?: number | null;
 }
 
 /**
@@ -145,19 +150,40 @@ export class GatewayClient {
   readonly endpoint: string;
   readonly token: string | null;
   readonly maxResponseBytes: number;
+  readonly timeoutMs: number | null;
 
-  constructor({ url = DEFAULT_URL, token = null, maxResponseBytes = DEFAULT_MAX_RESPONSE_BYTES }: ClientOptions = {}) {
+  constructor({ url = DEFAULT_URL, token = null, maxResponseBytes = DEFAULT_MAX_RESPONSE_BYTES, timeoutMs = null }: ClientOptions = {}) {
     const base = url.replace(/\/+$/, '');
     this.endpoint = /\/graphql$/.test(base) ? base : `${base}/graphql`;
     this.token = token || null;
     this.maxResponseBytes = maxResponseBytes;
+    if (timeoutMs !== null && !(Number.isFinite(timeoutMs) && timeoutMs > 0))
+      throw new TypeError('timeoutMs must be a number > 0, or null');
+    this.timeoutMs = timeoutMs;
+  }
+
+  /** The request as a whole, answer included, with this client's time limit. */
+  async request<T>(query: string, variables: Record<string, unknown> = {}, files: Record<string, UploadFile> = {}): Promise<T> {
+    if (this.timeoutMs === null) return this.send<T>(query, variables, files);
+    const signal = AbortSignal.timeout(this.timeoutMs);
+    try {
+      return await this.send<T>(query, variables, files, signal);
+    } catch (e) {
+      if (!signal.aborted) throw e;
+      throw new GatewayClientError('TIMEOUT', `${this.endpoint} did not answer in full within ${this.timeoutMs / 1000} s (--timeout)`);
+    }
   }
 
   /**
    * One GraphQL operation; `files` maps variable paths ("image.file") to uploads, which makes it a multipart request.
    * Resolves to `data` when no error came back, else rejects with the first error's code and message.
    */
-  async request<T>(query: string, variables: Record<string, unknown> = {}, files: Record<string, UploadFile> = {}): Promise<T> {
+  private async send<T>(
+    query: string,
+    variables: Record<string, unknown>,
+    files: Record<string, UploadFile>,
+    signal?: AbortSignal,
+  ): Promise<T> {
     const auth: Record<string, string> = this.token ? { authorization: `Bearer ${this.token}` } : {};
     let init: RequestInit;
     if (Object.keys(files).length) {
@@ -171,7 +197,7 @@ export class GatewayClient {
     try {
       // a redirect is not followed: fetch sent the query (and a 307's body) on to wherever it pointed, another host
       // included (without the token), and failed a photo's upload there as UNREACHABLE; the user is told where instead
-      res = await fetch(this.endpoint, { ...init, redirect: 'manual', headers: { accept: 'application/json', ...init.headers } });
+      res = await fetch(this.endpoint, { ...init, signal, redirect: 'manual', headers: { accept: 'application/json', ...init.headers } });
     } catch (e) {
       const cause = (e as { cause?: { code?: string; message?: string } }).cause;
       throw new GatewayClientError(
