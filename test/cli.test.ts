@@ -289,13 +289,14 @@ describe('gateway (command-line client)', () => {
  */
 async function fakeGateway(
   answer: (operation: string, req: http.IncomingMessage, res: http.ServerResponse) => void,
+  port = 0,
 ): Promise<{ url: string; close(): Promise<void> }> {
   const server = http.createServer((req, res) => {
     const body: Buffer[] = [];
     req.on('data', (c: Buffer) => body.push(c));
     req.on('end', () => answer(/(?:query|mutation) (\w+)/.exec(Buffer.concat(body).toString('latin1'))?.[1] ?? '', req, res));
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     close: () => {
@@ -549,4 +550,61 @@ describe('GatewayClient and eval helpers (typed, importable)', () => {
     expect(percentile([7], 99)).toBe(7);
     expect(percentile([], 50)).toBe(0);
   });
+});
+
+describe('gateway (command-line client): limits of --timeout and what --out leaves behind', () => {
+  it('--timeout past what a timer can wait (24.8 days) is refused as an argument, not a TIMEOUT at once or a CLIENT_ERROR', async () => {
+    // answers after 300 ms: a 25-day timeout must not give up first (Node runs a timer past 2^31-1 ms after 1 ms)
+    const fake = await fakeGateway((_op, _req, res) => void setTimeout(() => sendJson(res, { data: { models: [] } }), 300), 4931);
+    try {
+      for (const timeout of ['2200000', '5000000']) {
+        const r = await gateway(['models', '--url', fake.url, '--timeout', timeout]);
+        expect(r.code, timeout).toBe(1);
+        expect(r.stderr, timeout).not.toMatch(/TIMEOUT|CLIENT_ERROR|TimeoutOverflowWarning/);
+        expect(r.stderr, timeout).toContain('expected a number of seconds > 0, at most 2147483');
+      }
+      const most = await gateway(['models', '--url', fake.url, '--timeout', '2147483']);
+      expect(most.code, most.stderr).toBe(0);
+      expect(() => new GatewayClient({ timeoutMs: 2 ** 31 })).toThrow(TypeError);
+      expect(new GatewayClient({ timeoutMs: 2 ** 31 - 1 }).timeoutMs).toBe(2 ** 31 - 1);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it.skipIf(process.platform === 'win32')(
+    '--out leaves no temporary file behind when writing it fails (a full disk, a file size limit)',
+    async () => {
+      const fake = await fakeGateway(
+        (_op, _req, res) =>
+          sendJson(res, {
+            data: { detect: { imageWidth: 2, imageHeight: 2, objects: [], annotatedImage: Buffer.alloc(2_000_000, 7).toString('base64') } },
+          }),
+        4932,
+      );
+      const out = await mkdtemp(path.join(os.tmpdir(), 'cli-out-fail-'));
+      try {
+        // a file size limit of 100 KiB: the 2 MB picture's write fails part-way (EFBIG; Node ignores SIGXFSZ)
+        const r = await run('sh', [
+          '-c',
+          'ulimit -f 200; exec "$0" "$@"; ',
+          process.execPath,
+          path.join(ROOT, 'bin', 'gateway.mjs'),
+          'detect',
+          '-m',
+          'x',
+          '--url',
+          fake.url,
+          '--out',
+          out,
+          image('dog.jpg'),
+        ]).catch((e: { code: number; stderr: string }) => e);
+        expect(r.stderr).toContain('EFBIG');
+        expect(await readdir(out)).toEqual([]);
+      } finally {
+        await rm(out, { recursive: true, force: true });
+        await fake.close();
+      }
+    },
+  );
 });

@@ -11,6 +11,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { Presets, SingleBar } from 'cli-progress';
 import {
   DEFAULT_URL,
+  MAX_TIMEOUT_MS,
   GatewayClient,
   GatewayClientError,
   type Classification,
@@ -37,9 +38,12 @@ const positiveInt = (v: string) => {
   if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('expected a positive integer');
   return Number(v);
 };
+/** The longest --timeout, in seconds: a timer waits at most 2^31-1 ms (24.8 days); past it Node fires it after 1 ms. */
+const MAX_TIMEOUT_SECONDS = Math.floor(MAX_TIMEOUT_MS / 1000);
 const seconds = (v: string) => {
   const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a number of seconds > 0');
+  if (v.trim() === '' || !Number.isFinite(n) || n <= 0 || n > MAX_TIMEOUT_SECONDS)
+    throw new InvalidArgumentError(`expected a number of seconds > 0, at most ${MAX_TIMEOUT_SECONDS} (24.8 days)`);
   return n;
 };
 const fraction = (v: string) => {
@@ -257,7 +261,13 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
   const outFile = async (target: string, base64: string) => {
     await mkdir(path.dirname(target), { recursive: true });
     const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
-    await writeFile(temp, Buffer.from(base64, 'base64'), { flag: 'wx' });
+    try {
+      await writeFile(temp, Buffer.from(base64, 'base64'), { flag: 'wx' });
+    } catch (e) {
+      // a write that failed part-way (a full disk, a file size limit) left what it wrote; EEXIST: not ours to remove
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') await rm(temp, { force: true });
+      throw e;
+    }
     try {
       await rename(temp, target);
     } catch (e) {

@@ -110,6 +110,9 @@ export interface ClientOptions {
  */
 export const DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
 
+/** The longest timeoutMs: what a Node timer can wait (2^31-1 ms, 24.8 days); past it, it fires after 1 ms. */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
 /** The body as text, read up to `limit` bytes (as they come, after any Content-Encoding is undone). */
 async function readBounded(res: Response, limit: number, endpoint: string): Promise<string> {
   const tooLarge = (bytes: string) =>
@@ -157,8 +160,8 @@ export class GatewayClient {
     this.endpoint = /\/graphql$/.test(base) ? base : `${base}/graphql`;
     this.token = token || null;
     this.maxResponseBytes = maxResponseBytes;
-    if (timeoutMs !== null && !(Number.isFinite(timeoutMs) && timeoutMs > 0))
-      throw new TypeError('timeoutMs must be a number > 0, or null');
+    if (timeoutMs !== null && !(Number.isFinite(timeoutMs) && timeoutMs > 0 && timeoutMs <= MAX_TIMEOUT_MS))
+      throw new TypeError(`timeoutMs must be a number > 0 and at most ${MAX_TIMEOUT_MS} (24.8 days), or null`);
     this.timeoutMs = timeoutMs;
   }
 
