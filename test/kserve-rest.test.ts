@@ -1062,7 +1062,7 @@ describe('KServe: a batch larger than the model’s queue', () => {
 });
 
 describe('KServe: a request that names no version', () => {
-  it('goes to the highest AVAILABLE version', async () => {
+  it('goes to the highest AVAILABLE version (not the highest one: an unloaded version 3 is passed over)', async () => {
     const gw = await startGateway({
       models: {
         versions: {
@@ -1073,13 +1073,18 @@ describe('KServe: a request that names no version', () => {
       },
     });
     try {
-      const r = await fetch(`${gw.url}/v2/models/versions/infer`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 3], data: [1, 2, 3] }] }),
-      });
-      expect(r.status).toBe(200);
-      expect(((await r.json()) as { model_version: string }).model_version).toBe('3');
+      const infer = async () => {
+        const r = await fetch(`${gw.url}/v2/models/versions/infer`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 3], data: [1, 2, 3] }] }),
+        });
+        expect(r.status).toBe(200);
+        return ((await r.json()) as { model_version: string }).model_version;
+      };
+      expect(await infer()).toBe('3');
+      expect((await gw.gql('mutation { unloadModel(name: "versions", version: 3) { name } }')).errors).toBeUndefined();
+      expect(await infer()).toBe('2');
     } finally {
       await gw.close();
     }
