@@ -456,8 +456,6 @@ describe('batching over HTTP with a real model', () => {
       models: {
         mobilenet: fixture('mobilenet', { batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } }),
         tiny: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 4 } }),
-        quick: fixture('mobilenet', { batching: { maxBatchSize: 8, maxDelayMs: 0 } }),
-        yolox: fixture('yolox'),
       },
     });
   });
@@ -539,33 +537,6 @@ describe('batching over HTTP with a real model', () => {
     const after = await stats();
     expect(after.requests - before.requests).toBe(12);
     expect(after.batches - before.batches).toBeLessThan(12);
-  });
-
-  it("a detection's crops are one classify call: one engine call, and more crops than the classifier's client share is LIMIT_EXCEEDED", async () => {
-    const detect = (classifier: string) =>
-      gw.gql(
-        `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.3) { objects { label classify(model: "${classifier}", topK: 1) { predictions { classId } } } } }`,
-        { f: null },
-        { files: { f: image('dog.jpg') } },
-      );
-    const before = await stats('quick');
-    const r = await detect('quick');
-    expect(r.errors).toBeUndefined();
-    const n = r.data.detect.objects.length;
-    expect(n).toBeGreaterThan(2);
-    const after = await stats('quick');
-    expect(after.requests - before.requests).toBe(n);
-    // maxDelayMs 0: crops classified one by one went as they were cut, in as many engine calls as were free
-    expect(after.batches - before.batches).toBe(1);
-    // tiny's client share is 2 places: the crops of this answer could never all be admitted, on an idle server too
-    // (classify is non-null, so the detection is null with the error of its crops: it was QUEUE_FULL, to retry in vain)
-    const small = await detect('tiny');
-    expect(small.status).toBe(200);
-    expect(small.data.detect).toBeNull();
-    expect(small.errors!.map((e) => [e.path?.slice(0, 2), e.path?.at(-1), e.extensions?.code])).toEqual([
-      [['detect', 'objects'], 'classify', 'LIMIT_EXCEEDED'],
-    ]);
-    expect(small.errors![0].message).toMatch(/maxQueueSize/);
   });
 
   it('two aliases, one failing: HTTP 200 with the data of the other and one error', async () => {

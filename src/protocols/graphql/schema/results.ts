@@ -1,7 +1,4 @@
-import DataLoader from 'dataloader';
 import type { SegmentationRun } from '../../../inference/service.ts';
-import type { RequestBudget } from '../../../inference/budget.ts';
-import type { ImageSource } from '../../../inference/images.ts';
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import type { Prediction } from '../../../vision/classification.ts';
 import type { Box, DetectedObject } from '../../../vision/detection.ts';
@@ -40,32 +37,6 @@ export const ClassificationRef = builder.objectRef<{ predictions: Prediction[] }
   fields: (t) => ({ predictions: t.field({ type: [PredictionRef], description: 'Best first.', resolve: (c) => c.predictions }) }),
 });
 
-type ClassifyArgs = { model: string; version?: number | null; topK?: number | null; minConfidence?: number | null };
-
-/**
- * The crops one request classifies with the same arguments, gathered into one classify call per tick (DataLoader):
- * admitted together (more than the classifier's client share is LIMIT_EXCEEDED for each, not QUEUE_FULL for some) and
- * answered by one engine call. By request: its budget is its own.
- */
-const cropClassifiers = new WeakMap<RequestBudget, Map<string, DataLoader<ImageSource, Prediction[]>>>();
-
-function cropClassifier(ctx: Context, args: ClassifyArgs): DataLoader<ImageSource, Prediction[]> {
-  let byArgs = cropClassifiers.get(ctx.budget);
-  if (!byArgs) cropClassifiers.set(ctx.budget, (byArgs = new Map()));
-  const key = JSON.stringify([args.model, args.version ?? null, args.topK ?? null, args.minConfidence ?? null]);
-  let loader = byArgs.get(key);
-  if (!loader) {
-    const run = async (crops: readonly ImageSource[]) =>
-      Promise.all(
-        ctx.service
-          .classify(args.model, args.version, crops, { ...args, ...ctx.budget.runOptions })
-          .map((p) => p.catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))))),
-      );
-    byArgs.set(key, (loader = new DataLoader(run, { cache: false })));
-  }
-  return loader;
-}
-
 /** One detected object, and what its answer's objects share: the photo, decoded once for their crops. */
 type ObjectSource = { object: DetectedObject; image: DecodedImage; shared: { decoded?: Promise<RawImage> } };
 
@@ -92,7 +63,8 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
             });
           }
         };
-        return { predictions: await cropClassifier(ctx, args).load(crop) };
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, ...ctx.budget.runOptions });
+        return { predictions: await predictions };
       },
     }),
   }),
