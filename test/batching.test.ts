@@ -456,6 +456,7 @@ describe('batching over HTTP with a real model', () => {
       models: {
         mobilenet: fixture('mobilenet', { batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } }),
         tiny: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 4 } }),
+        yolox: fixture('yolox'),
       },
     });
   });
@@ -537,6 +538,30 @@ describe('batching over HTTP with a real model', () => {
     const after = await stats();
     expect(after.requests - before.requests).toBe(12);
     expect(after.batches - before.batches).toBeLessThan(12);
+  });
+
+  it("a detection's crops past the classifier's client share are LIMIT_EXCEEDED (they could never all be admitted), not QUEUE_FULL", async () => {
+    const detect = (classifier: string) =>
+      gw.gql(
+        `mutation($f: File!) { detect(model: "yolox", image: { file: $f }, minConfidence: 0.3) { objects { label classify(model: "${classifier}", topK: 1) { predictions { classId } } } } }`,
+        { f: null },
+        { files: { f: image('dog.jpg') } },
+      );
+    const ok = await detect('mobilenet');
+    expect(ok.errors).toBeUndefined();
+    expect(ok.data.detect.objects.length).toBeGreaterThan(2);
+    // tiny's client share is 2 places, on an idle server too; classify is non-null, so the detection is null with the
+    // error of its crops (it was QUEUE_FULL, to retry in vain)
+    const small = await detect('tiny');
+    expect(small.status).toBe(200);
+    expect(small.data.detect).toBeNull();
+    expect(small.errors!.map((e) => [e.path?.slice(0, 2), e.path?.at(-1), e.extensions?.code])).toEqual([
+      [['detect', 'objects'], 'classify', 'LIMIT_EXCEEDED'],
+    ]);
+    expect(small.errors![0].message).toMatch(/2 already admitted for it.*raise maxQueueSize/);
+    // the places the admitted crops took are given back once they are answered (after the response): the model answers
+    const after = await until(async () => (await classify('tiny', image('bee.jpeg'))).data?.classify, 10_000, 'tiny answers');
+    expect(after.predictions[0].classId).toBe(309);
   });
 
   it('two aliases, one failing: HTTP 200 with the data of the other and one error', async () => {

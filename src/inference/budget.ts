@@ -44,9 +44,12 @@ export class RequestBudget {
     this.memory = memory;
   }
 
-  /** What the inference service is told of the request: its signal and its client. */
+  /** What this request has admitted per model version and not yet released (RunOptions.held). */
+  private readonly held: NonNullable<RunOptions['held']> = new Map();
+
+  /** What the inference service is told of the request: its signal, its client, and what it holds. */
   get runOptions(): RunOptions {
-    return { signal: this.signal, client: this.client };
+    return { signal: this.signal, client: this.client, held: this.held };
   }
 
   /** LIMIT_EXCEEDED naming the limit, its setting, and what the client can do. */

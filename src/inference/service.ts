@@ -41,6 +41,12 @@ export interface RunOptions {
    * maxQueueSize admitted at once. None for the server's own requests.
    */
   client?: string;
+  /**
+   * What this request has admitted per version and not yet released, when it runs several calls at once (a detection's
+   * crops, each its own classify): counted with each call's items against the client's share, so that a request that
+   * could never be admitted in full is LIMIT_EXCEEDED, not QUEUE_FULL on an idle server.
+   */
+  held?: Map<ModelVersion, number>;
 }
 
 const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
@@ -336,14 +342,14 @@ export class InferenceService {
     name: string,
     versionNo: number | null | undefined,
     sources: readonly ImageSource[],
-    { signal, client }: RunOptions = {},
+    { signal, client, held }: RunOptions = {},
   ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
     if (task !== null && config.task !== task)
       throw bad(`model ${model.name} is a ${config.task} model, not ${task}: use ${RUNS_TASK[config.task]} for it`);
     const { plan, files } = planFor(model, version);
-    checkAdmissible(name, version, sources.length, client);
+    checkAdmissible(name, version, sources.length, client, held?.get(version) ?? 0);
     const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
     const items = sources.map((source) => {
       const t0 = performance.now();
@@ -353,6 +359,7 @@ export class InferenceService {
       } catch (e) {
         return { t0, admission: null, prepared: Promise.reject(e) as Promise<never> };
       }
+      held?.set(version, (held.get(version) ?? 0) + 1);
       const prepared = (async () => {
         if (signal?.aborted) throw cancelled();
         const bytes = await source();
@@ -378,7 +385,12 @@ export class InferenceService {
         version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
         throw e;
       } finally {
-        admission?.release();
+        if (admission) {
+          admission.release();
+          const left = (held?.get(version) ?? 1) - 1;
+          if (left > 0) held?.set(version, left);
+          else held?.delete(version);
+        }
       }
     });
   }
@@ -388,14 +400,15 @@ export class InferenceService {
  * A request of n items (a raw batch, or images) that could never be admitted in full, however long its client waited:
  * LIMIT_EXCEEDED, a mistake to correct, not QUEUE_FULL to retry for ever.
  */
-function checkAdmissible(name: string, version: ModelVersion, n: number, client: string | undefined): void {
+function checkAdmissible(name: string, version: ModelVersion, n: number, client: string | undefined, already = 0): void {
   const queue = version.admissible(); // maxQueueSize
   const most = version.admissible(client);
-  if (n <= most) return;
+  if (already + n <= most) return;
+  const what = already > 0 ? `${n} more items of a request with ${already} already admitted for it` : `a batch of ${n} items`;
   const message =
     most < queue
-      ? `a batch of ${n} items cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
-      : `a batch of ${n} items cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
+      ? `${what} cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
+      : `${what} cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
   version.stats.recordError(ErrorCode.LIMIT_EXCEEDED);
   throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
 }
