@@ -270,7 +270,7 @@ async function main() {
     },
     // as a version does: batches handed to the engine per instance
     { ...cfg.batching, maxConcurrentBatches: cfg.batching.maxConcurrentBatches * (session.instances ?? 1), timeoutMs: 0 },
-    { othersComing: () => admissions.preparingCount > 0 },
+    { othersComing: () => admissions.preparingCount > 0, instances: session.instances ?? 1 },
   );
   const inProcess = (photos: { bytes: Buffer }[]): Runner => ({
     mode: 'in-process',

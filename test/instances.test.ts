@@ -45,6 +45,47 @@ describe('engine instances', () => {
     }
   });
 
+  it('on an idle server, the images of one request are spread over the instances: two calls of four, the answers of one call', async () => {
+    const gw = await startGateway({
+      models: { two: fixture('mobilenet'), one: fixture('mobilenet', { instances: 1 }) },
+      env: { ENGINE_INSTANCES: '2' },
+    });
+    try {
+      const photos = [...PHOTOS, 'airliner.jpeg', 'arctic-fox.jpeg'];
+      const batch = (m: string, some = photos) =>
+        gw.gql(
+          `mutation($images: [ImageInput!]!) { classifyBatch(model: "${m}", images: $images, topK: 3) { predictions { classId confidence } } }`,
+          { images: some.map(() => ({ file: null })) },
+          { files: Object.fromEntries(some.map((p, i) => [`images.${i}.file`, image(p)])) },
+        );
+      const sizes = async (m: string) =>
+        (await gw.gql(`{ model(name: "${m}") { stats { batchSizes { size count } } } }`)).data.model.stats[0].batchSizes;
+      const session = gw.repository.get('two')!.servingVersion()!.session as unknown as SessionInstances;
+      const before = [...session.calls];
+      const [two, one] = [await batch('two'), await batch('one')];
+      expect(two.errors).toBeUndefined();
+      expect(one.errors).toBeUndefined();
+      // both copies computed half of it, side by side; one instance computes all eight in one call
+      expect(session.calls.map((c, k) => c - before[k])).toEqual([1, 1]);
+      expect(await sizes('two')).toContainEqual({ size: 4, count: 2 });
+      expect((await sizes('two')).find((b: { size: number }) => b.size === 8)).toBeUndefined();
+      expect(await sizes('one')).toContainEqual({ size: 8, count: 1 });
+      // in order, and what one call of eight answers
+      two.data.classifyBatch.forEach((r: { predictions: { classId: number; confidence: number }[] }, i: number) => {
+        const b = one.data.classifyBatch[i].predictions;
+        expect(r.predictions.map((p) => p.classId)).toEqual(b.map((p: { classId: number }) => p.classId));
+        r.predictions.forEach((p, k) => expect(p.confidence).toBeCloseTo(b[k].confidence, 5));
+      });
+      expect(two.data.classifyBatch[0].predictions[0].classId).toBe(340); // zebra
+      // a call keeps two items at least: two photos stay one call (two calls of one cost more CPU than they save)
+      const pair = await batch('two', photos.slice(0, 2));
+      expect(pair.errors).toBeUndefined();
+      expect(await sizes('two')).toContainEqual({ size: 2, count: 1 });
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('a crash of the second instance takes the version down, and it reloads with all its instances', async () => {
     const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { ENGINE_INSTANCES: '2' } });
     try {

@@ -88,6 +88,19 @@ function afterThisTick(fn: () => void): void {
   void Promise.resolve().then(() => process.nextTick(fn));
 }
 
+/** The items cut into at most n calls of nearly equal size and at least two items each, in order. */
+function spread(group: number[], n: number): number[][] {
+  const k = Math.min(n, Math.floor(group.length / 2));
+  if (k <= 1) return [group];
+  const calls: number[][] = [];
+  for (let c = 0, from = 0; c < k; c++) {
+    const size = Math.ceil((group.length - from) / (k - c));
+    calls.push(group.slice(from, from + size));
+    from += size;
+  }
+  return calls;
+}
+
 /** At most n engine calls at once; when a permit frees and nobody waits, onFree runs. */
 class Semaphore {
   private running = 0;
@@ -146,7 +159,12 @@ export class Batcher {
   constructor(
     private readonly run: RunFn,
     options: BatcherOptions,
-    private readonly hooks: { stats?: VersionStats; othersComing?: () => boolean } = {},
+    private readonly hooks: {
+      stats?: VersionStats;
+      othersComing?: () => boolean;
+      /** Engine instances the run function spreads its calls over (default 1). */
+      instances?: number;
+    } = {},
   ) {
     this.options = validateBatcherOptions({ ...options });
     this.engine = new Semaphore(this.options.maxConcurrentBatches, () => this.due[0]?.go());
@@ -255,9 +273,16 @@ export class Batcher {
     // Alone: one item, no other engine call dispatched in the process (any model, running or waiting), nobody about
     // to come. Decided here, before anything awaits, so two calls dispatched in one tick cannot both be alone. The
     // engine may then spend more threads on it: a lone request is answered sooner, a busy server keeps its threads.
-    const alone = items.length === 1 && Batcher.inFlight === 0 && !(this.hooks.othersComing?.() ?? true);
-    Batcher.inFlight += groups.size;
-    await Promise.all([...groups.values()].map((group) => this.runGroup(items, group, results, alone).finally(() => Batcher.inFlight--)));
+    const idle = Batcher.inFlight === 0 && !(this.hooks.othersComing?.() ?? true);
+    const alone = items.length === 1 && idle;
+    // Spread: on an idle engine, a batch of one shape (the images of one request) is cut into one call per engine
+    // instance, which compute side by side on their own threads instead of one after another on one instance's: the
+    // request is answered sooner (mobilenet, 8 photos on 2 cores: p50 36 against 43-46 ms; 16: 70 against 88), for
+    // 0-5% more CPU per image. Each call keeps at least two items: two calls of one cost 10% more CPU for 3% of
+    // latency. Under load every instance has batches of its own, and nothing is cut.
+    const calls = idle && groups.size === 1 ? spread([...groups.values()][0], this.hooks.instances ?? 1) : [...groups.values()];
+    Batcher.inFlight += calls.length;
+    await Promise.all(calls.map((group) => this.runGroup(items, group, results, alone).finally(() => Batcher.inFlight--)));
     return results;
   }
 

@@ -260,7 +260,7 @@ export class ModelVersion {
         maxConcurrentBatches: batching.maxConcurrentBatches * (session.instances ?? 1),
         timeoutMs: batching.timeoutMs,
       },
-      { stats: this.stats, othersComing: () => (this.admissions?.preparingCount ?? 0) > 0 },
+      { stats: this.stats, othersComing: () => (this.admissions?.preparingCount ?? 0) > 0, instances: session.instances ?? 1 },
     );
     this.admissions = new Admissions(batching.maxQueueSize, (a, reason) => {
       this.deps.metrics?.pending(a.pending);
