@@ -44,12 +44,18 @@ export class RequestBudget {
     this.memory = memory;
   }
 
-  /** What this request has admitted per model version and not yet released (RunOptions.held). */
-  private readonly held: NonNullable<RunOptions['held']> = new Map();
+  /** What each part of this request has admitted per model version and not yet released (RunOptions.held). */
+  private readonly held = new Map<string, NonNullable<RunOptions['held']>>();
 
-  /** What the inference service is told of the request: its signal, its client, and what it holds. */
-  get runOptions(): RunOptions {
-    return { signal: this.signal, client: this.client, held: this.held };
+  /**
+   * What the inference service is told of one part of the request (`scope`: a GraphQL root field with all it nests, whose
+   * calls run at once): its signal, its client, and what that part holds. Parts that run one after another count apart:
+   * what an earlier part that failed early still has running is given back soon, and is not this part's to wait for.
+   */
+  runOptionsFor(scope: string): RunOptions {
+    let held = this.held.get(scope);
+    if (!held) this.held.set(scope, (held = new Map()));
+    return { signal: this.signal, client: this.client, held };
   }
 
   /** LIMIT_EXCEEDED naming the limit, its setting, and what the client can do. */

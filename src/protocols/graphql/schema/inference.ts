@@ -4,7 +4,7 @@ import { toBytes } from '../../../engine/types.ts';
 import { imageSource, type ImageInput as ImageArg, type ImageSource } from '../../../inference/images.ts';
 import { builder } from './builder.ts';
 import { ClassificationRef, DetectionRef, InferResultRef, SegmentationRef, TensorInput } from './results.ts';
-import type { Context } from '../context.ts';
+import { runOptions, type Context } from '../context.ts';
 
 type ArgBuilder = Parameters<Parameters<typeof builder.mutationFields>[0]>[0]['arg'];
 
@@ -74,10 +74,10 @@ builder.mutationFields((t) => ({
     type: ClassificationRef,
     nullable: true,
     args: { ...imageArgs(t.arg), ...classifyArgs(t.arg) },
-    resolve: async (_, args, ctx) => {
+    resolve: async (_, args, ctx, info) => {
       const [predictions] = ctx.service.classify(args.model, args.version, imageSources([args.image], ctx), {
         ...args,
-        ...ctx.budget.runOptions,
+        ...runOptions(ctx, info),
       });
       return { predictions: await predictions };
     },
@@ -88,42 +88,43 @@ builder.mutationFields((t) => ({
     description:
       'Classify several images in one call (they share engine calls). A failing image is null with its own error (path [field, index]); a failure of the whole call (unknown model, wrong task) is the error of every item.',
     args: { ...imagesArgs(t.arg), ...classifyArgs(t.arg) },
-    resolve: (_, args, ctx) =>
+    resolve: (_, args, ctx, info) =>
       perItem(args.images.length, () =>
-        ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), { ...args, ...ctx.budget.runOptions }),
+        ctx.service.classify(args.model, args.version, imageSources(args.images, ctx), { ...args, ...runOptions(ctx, info) }),
       ).map(async (p) => ({ predictions: await p })),
   }),
   detect: t.field({
     type: DetectionRef,
     nullable: true,
     args: { ...imageArgs(t.arg), ...detectArgs(t.arg) },
-    resolve: (_, args, ctx) =>
-      ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), { ...args, ...ctx.budget.runOptions })[0],
+    resolve: (_, args, ctx, info) =>
+      ctx.service.detect(args.model, args.version, imageSources([args.image], ctx), { ...args, ...runOptions(ctx, info) })[0],
   }),
   detectBatch: t.field({
     type: [DetectionRef],
     nullable: { list: false, items: true },
     description: 'Detect objects in several images in one call; a failing image is null with its own error.',
     args: { ...imagesArgs(t.arg), ...detectArgs(t.arg) },
-    resolve: (_, args, ctx) =>
+    resolve: (_, args, ctx, info) =>
       perItem(args.images.length, () =>
-        ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), { ...args, ...ctx.budget.runOptions }),
+        ctx.service.detect(args.model, args.version, imageSources(args.images, ctx), { ...args, ...runOptions(ctx, info) }),
       ),
   }),
   segment: t.field({
     type: SegmentationRef,
     nullable: true,
     args: imageArgs(t.arg),
-    resolve: (_, args, ctx) => ctx.service.segment(args.model, args.version, imageSources([args.image], ctx), ctx.budget.runOptions)[0],
+    resolve: (_, args, ctx, info) =>
+      ctx.service.segment(args.model, args.version, imageSources([args.image], ctx), runOptions(ctx, info))[0],
   }),
   segmentBatch: t.field({
     type: [SegmentationRef],
     nullable: { list: false, items: true },
     description: 'Segment several images in one call; a failing image is null with its own error.',
     args: imagesArgs(t.arg),
-    resolve: (_, args, ctx) =>
+    resolve: (_, args, ctx, info) =>
       perItem(args.images.length, () =>
-        ctx.service.segment(args.model, args.version, imageSources(args.images, ctx), ctx.budget.runOptions),
+        ctx.service.segment(args.model, args.version, imageSources(args.images, ctx), runOptions(ctx, info)),
       ),
   }),
   infer: t.field({
@@ -136,12 +137,12 @@ builder.mutationFields((t) => ({
       inputs: t.arg({ type: [TensorInput], required: true }),
       outputs: t.arg.stringList(),
     },
-    resolve: async (_, args, ctx) => {
+    resolve: async (_, args, ctx, info) => {
       ctx.budget.takeImages(1);
       // counted before anything is decoded: aliases sharing one large variable each take their share
       ctx.budget.takeInputBytes(args.inputs.reduce((n, i) => n + Math.floor((i.data.length * 3) / 4), 0));
       const inputs = args.inputs.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: tensorBytes(i.data, i.name) }));
-      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs, ctx.budget.runOptions);
+      const outputs = await ctx.service.infer(args.model, args.version, inputs, args.outputs, runOptions(ctx, info));
       const tensors = Object.entries(outputs).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: toBytes(t.data) }));
       ctx.budget.takeResponseBytes(tensors.reduce((n, o) => n + Math.ceil(o.data.length / 3) * 4, 0));
       return { outputs: tensors };

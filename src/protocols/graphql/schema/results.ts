@@ -15,7 +15,7 @@ import { cropRaw, drawDetections, drawOverlay } from '../../../vision/draw.ts';
 import type { DecodedImage, RawImage } from '../../../vision/preprocess.ts';
 import { DTYPES } from '../../../engine/types.ts';
 import { builder } from './builder.ts';
-import type { Context } from '../context.ts';
+import { runOptions, type Context } from '../context.ts';
 
 // The types inference answers with (images: classification, detection, segmentation; raw tensors). The mutations that
 // produce them are in inference.ts.
@@ -50,11 +50,11 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       type: ClassificationRef,
       description: 'Crop this box from the original photo and classify it: a pipeline in one query.',
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
-      resolve: async (o, args, ctx) => {
+      resolve: async (o, args, ctx, info) => {
         ctx.budget.takeImages(1);
         // the decoded photo counts as a rendering; the boxes of this answer are cut from it in the same turn, then it goes
         const crop = async () => {
-          const pending = (o.shared.decoded ??= (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, ctx.budget.runOptions)));
+          const pending = (o.shared.decoded ??= (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, runOptions(ctx, info))));
           try {
             return cropRaw(await pending, o.object.box);
           } finally {
@@ -63,7 +63,7 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
             });
           }
         };
-        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, ...ctx.budget.runOptions });
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, ...runOptions(ctx, info) });
         return { predictions: await predictions };
       },
     }),
