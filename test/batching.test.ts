@@ -2,6 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { Admissions } from '../src/batching/admission.ts';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
+import { SessionInstances } from '../src/engine/instances.ts';
 import { errorCode, image, startGateway, until, type TestGateway, fixture } from './helpers.ts';
 import sharp from 'sharp';
 import { FairQueue } from '../src/inference/fair-queue.ts';
@@ -303,6 +304,145 @@ describe('batcher (deterministic, fake timers)', () => {
     await Promise.all([p4, c.infer(item(5, 3))]);
     expect(seen.filter(([, alone]) => alone)).toEqual([[1, true]]);
     expect(seen.map(([v]) => v).sort()).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  /** A Batcher over `instances` engine instances whose version admits its requests as a version does. */
+  const spreading = (run: (feeds: Feeds, o?: { alone?: boolean }) => Promise<Feeds>, instances?: number) => {
+    const admissions = new Admissions(64);
+    const b = new Batcher(
+      run,
+      { ...options, maxBatchSize: 16, maxDelayMs: 0, maxConcurrentBatches: 2 * (instances ?? 1) },
+      { othersComing: () => admissions.preparingCount > 0, instances },
+    );
+    /** The items of one request: all admitted first, then each reaches the batcher (the last one sends the batch). */
+    const request = (values: number[], feeds = (v: number) => item(v), signal?: (v: number) => AbortSignal | undefined) => {
+      const tickets = values.map(() => admissions.admit());
+      return values.map((v, k) => {
+        tickets[k].markQueued();
+        return b.infer(feeds(v), signal?.(v)).finally(() => tickets[k].release());
+      });
+    };
+    return { b, admissions, request };
+  };
+
+  it('on an idle engine, a batch of one shape is cut into one call per instance, of two items at least, in order', async () => {
+    const { calls, run } = recorder();
+    const send = async (instances: number | undefined, values: number[]) => {
+      calls.length = 0;
+      const answers = Promise.all(spreading(run, instances).request(values));
+      await ticks();
+      expect((await answers).map(value)).toEqual(values.map((v) => v + 1)); // each answer in its own slot
+      return calls.map((c) => [...c]);
+    };
+    expect(await send(2, [1, 2, 3, 4, 5])).toEqual([
+      [1, 2, 3],
+      [4, 5],
+    ]);
+    expect(await send(2, [1, 2, 3, 4])).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
+    expect(await send(2, [1, 2, 3])).toEqual([[1, 2, 3]]); // two calls would leave one of them a single item
+    expect(await send(2, [1, 2])).toEqual([[1, 2]]);
+    expect(await send(3, [1, 2, 3, 4, 5, 6, 7])).toEqual([
+      [1, 2, 3],
+      [4, 5],
+      [6, 7],
+    ]);
+    expect(await send(3, [1, 2, 3, 4, 5])).toEqual([
+      [1, 2, 3],
+      [4, 5],
+    ]);
+    expect(await send(1, [1, 2, 3, 4, 5])).toEqual([[1, 2, 3, 4, 5]]);
+    expect(await send(undefined, [1, 2, 3, 4])).toEqual([[1, 2, 3, 4]]); // no instances given: one
+    // an item answered before its batch goes (its client left) is not counted: five live items of six
+    calls.length = 0;
+    const settled = Promise.allSettled(
+      spreading(run, 2).request([1, 2, 3, 4, 5, 6], undefined, (v) => (v === 2 ? AbortSignal.abort() : undefined)),
+    );
+    await ticks();
+    expect((await settled).map((r) => (r.status === 'fulfilled' ? value(r.value) : r.reason.code))).toEqual([2, 'CANCELLED', 4, 5, 6, 7]);
+    expect(calls).toEqual([
+      [1, 3, 4],
+      [5, 6],
+    ]);
+  });
+
+  it('is not cut on an engine that is not idle: somebody coming, another engine call in flight, items of two shapes', async () => {
+    const { calls, run } = recorder();
+    // the batch goes full while another request is still being prepared
+    const { b, admissions } = spreading(run, 2);
+    const later = admissions.admit();
+    await Promise.all([...[1, 2, 3, 4].map((v) => b.infer(item(v))), ticks()]);
+    expect(calls).toEqual([[1, 2, 3, 4]]);
+    later.release();
+    // without the hook, anyone may still come
+    calls.length = 0;
+    const unknown = new Batcher(run, { ...options, maxDelayMs: 0, maxConcurrentBatches: 4 }, { instances: 2 });
+    await Promise.all([...[1, 2, 3, 4].map((v) => unknown.infer(item(v))), ticks()]);
+    expect(calls).toEqual([[1, 2, 3, 4]]);
+    // another engine call (of another model) is in flight
+    calls.length = 0;
+    const busy = heldRecorder();
+    const held = new Batcher(busy.run, { ...options, maxDelayMs: 0 }, { othersComing: () => false }).infer(item(9));
+    await ticks();
+    const { request } = spreading(run, 2);
+    await Promise.all([...request([1, 2, 3, 4]), ticks()]);
+    expect(calls).toEqual([[1, 2, 3, 4]]);
+    busy.release();
+    await held;
+    // two shapes in one batch: one call per shape, neither cut
+    calls.length = 0;
+    const shapes = Promise.all(request([1, 2, 3, 4, 5, 6, 7, 8], (v) => item(v, v % 2 ? 2 : 3)));
+    await ticks();
+    expect((await shapes).map(value)).toEqual([2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(calls.sort()).toEqual([
+      [1, 3, 5, 7],
+      [2, 4, 6, 8],
+    ]);
+    // and once everything has finished, the engine is idle again: cut
+    calls.length = 0;
+    await Promise.all([...request([1, 2, 3, 4]), ticks()]);
+    expect(calls).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
+  });
+
+  it('a failing part is retried item by item on its own; the other part keeps the answers of its call', async () => {
+    const { calls, run } = recorder({ fail: (values) => values.includes(13) && values.length > 1 });
+    const answers = Promise.all(spreading(run, 2).request([1, 13, 3, 4, 5, 6]));
+    await ticks();
+    expect((await answers).map(value)).toEqual([2, 14, 4, 5, 6, 7]);
+    expect(calls).toEqual([[1, 13, 3], [4, 5, 6], [1], [13], [3]]);
+  });
+
+  it('the parts of a cut batch compute on different engine instances, side by side', async () => {
+    const gates: (() => void)[] = [];
+    const ran: [number, number[]][] = [];
+    const member = (k: number) => ({
+      inputs: [],
+      outputs: [],
+      batchable: true,
+      notes: {},
+      close: async () => {},
+      run: async (feeds: Feeds) => {
+        ran.push([k, [...(feeds.x.data as Float32Array)].filter((_, i) => i % 2 === 0)]);
+        await new Promise<void>((r) => gates.push(r));
+        return recorder().run(feeds);
+      },
+    });
+    const session = new SessionInstances([member(0), member(1)]);
+    const answers = Promise.all(spreading((feeds, o) => session.run(feeds, o), session.instances).request([1, 2, 3, 4, 5, 6, 7, 8]));
+    await ticks();
+    // both calls are running at once (neither has been let go), one on each instance
+    expect(ran).toEqual([
+      [0, [1, 2, 3, 4]],
+      [1, [5, 6, 7, 8]],
+    ]);
+    gates.forEach((g) => g());
+    expect((await answers).map(value)).toEqual([2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(session.calls).toEqual([1, 1]);
   });
 
   it('drops an item whose client went away before its engine call (CANCELLED), and runs the rest', async () => {
