@@ -225,18 +225,23 @@ describe('KServe v2 over REST', () => {
     const b = binaryBody({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], parameters: { binary_data_size: zeros.length } }] }, [
       zeros,
     ]);
-    const stalls = watchStalls();
-    const r = await json(post('/models/mobilenet/infer', b.body, b.headers));
-    expect([r.status, r.code]).toEqual([400, 'INVALID_IMAGE']);
     // and a shape past MAX_IMAGES_PER_REQUEST (8 here) is refused before the data is split
     const many = binaryBody(
       { inputs: [{ name: 'input', datatype: 'BYTES', shape: [2_000_000], parameters: { binary_data_size: zeros.length } }] },
       [zeros],
     );
-    const m = await json(post('/models/mobilenet/infer', many.body, many.headers));
-    const worst = stalls.stop();
-    expect([m.status, m.code]).toEqual([400, 'LIMIT_EXCEEDED']);
-    expect(worst).toBeLessThan(500);
+    // the event loop's longest stall over the two (the split was a 0.9 s stall): the least of three tries, since the
+    // other test files' processes share the cores and can hold this one off the CPU for a while (a 520 ms "stall" once)
+    const stalled: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const stalls = watchStalls();
+      const r = await json(post('/models/mobilenet/infer', b.body, b.headers));
+      expect([r.status, r.code]).toEqual([400, 'INVALID_IMAGE']);
+      const m = await json(post('/models/mobilenet/infer', many.body, many.headers));
+      expect([m.status, m.code]).toEqual([400, 'LIMIT_EXCEEDED']);
+      stalled.push(stalls.stop());
+    }
+    expect(Math.min(...stalled), `stalls ${stalled.map(Math.round)} ms`).toBeLessThan(500);
   });
 
   it('"outputs": [] asks for every output, as no "outputs" does (and as gRPC does)', async () => {
