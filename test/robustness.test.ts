@@ -76,6 +76,25 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
+  it("a broken image's message says what is wrong with it, not only libvips' name for its decoder", async () => {
+    const photo = await readFile(image('zebra.jpeg'));
+    const cut = async (b: Buffer | Promise<Buffer>) => (await b).subarray(0, 2000);
+    const cases: [string, Buffer, RegExp][] = [
+      ['jpeg', photo.subarray(0, 3000), /premature end of JPEG image/],
+      ['png', await cut(sharp(photo).png().toBuffer()), /read error/],
+      ['webp', await cut(sharp(photo).webp().toBuffer()), /unable to parse image/],
+      ['gif', await cut(sharp(photo).gif().toBuffer()), /end of GIF/],
+    ];
+    for (const [format, bytes, reason] of cases) {
+      const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: bytes } });
+      expect(errorCode(r), format).toBe('INVALID_IMAGE');
+      const message = r.errors![0].message;
+      expect(message, format).toMatch(reason);
+      expect(message, format).not.toMatch(/vips|gifload|webp:/i);
+    }
+    await good();
+  });
+
   it('a JPEG whose ICC profile has a description of an odd length (small, or past 64 KB) is decoded or refused as INVALID_IMAGE, never a 500', async () => {
     /** An ICC profile holding one tag, `desc`, of type mluc and `size` bytes, in APP2 segments after the SOI. */
     const withProfile = (jpeg: Buffer, size: number) => {

@@ -310,10 +310,19 @@ function roundTo(v: number, multiple: number, offset: number): number {
   return Math.max(1, Math.round((v - offset) / multiple)) * multiple + offset;
 }
 
-/** The first sentence of an error, without paths or internals. */
+/**
+ * The first line of a libvips error, without the names of its decoders ("VipsJpeg: premature end of JPEG image" ->
+ * "premature end of JPEG image"; "Input buffer has corrupt header: webp: unable to parse image" -> "Input buffer has
+ * corrupt header: unable to parse image") and without paths.
+ */
 function firstSentence(e: unknown): string {
-  return String((e as Error)?.message ?? e)
-    .split(/[\n:]/)[0]
+  const parts = String((e as Error)?.message ?? e)
+    .split('\n')[0]
+    .split(': ')
+    .filter((p, i, all) => i === all.length - 1 || /\s/.test(p)); // a part without a space is a decoder's name
+  return parts
+    .join(': ')
+    .replace(/(^|\s)\/\S*/g, '$1<path>')
     .slice(0, 120);
 }
 
