@@ -1,6 +1,7 @@
 // Over 250 lines on purpose: every setting with its parser, default and help text in one table (the README's
 // configuration table and --help are generated from it), and the one place that reads env and flags.
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import type { LogLevel } from './log.ts';
 import { ENGINE_NAMES, type EngineName } from './engine/index.ts';
@@ -218,6 +219,17 @@ const redisUrl = (raw: string, name: string): string => {
     throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
   return raw;
 };
+/** An address to bind: an IP address, or a host name this machine resolves (a mistyped address fails here, not at listen). */
+const host = (raw: string, name: string): string => {
+  const h = raw.trim();
+  if (net.isIP(h)) return h;
+  const label = '[a-z\\d]([a-z\\d-]{0,61}[a-z\\d])?';
+  if (/^[\d.]+$/.test(h) || !new RegExp(`^${label}(\\.${label})*\\.?$`, 'i').test(h) || h.length > 253)
+    throw new ConfigError(
+      `${name}: expected an address of this machine (127.0.0.1, 0.0.0.0 for every interface, ::, or a host name), got ${JSON.stringify(raw)}`,
+    );
+  return h;
+};
 /** A secret sent as "Authorization: Bearer <token>": printable, no spaces (never echoed in the error). */
 const bearerToken = (raw: string, name: string): string => {
   if (!/^[\x21-\x7e]{1,4096}$/.test(raw))
@@ -251,7 +263,7 @@ export const SETTINGS = [
     8001,
     'gRPC port of the KServe v2 (Open Inference Protocol) service; 0 picks a free port, off turns gRPC off',
   ),
-  s('host', 'HOST', str, '127.0.0.1', 'Address to bind; 0.0.0.0 for every interface'),
+  s('host', 'HOST', host, '127.0.0.1', 'Address to bind; 0.0.0.0 for every interface'),
   s('modelRepository', 'MODEL_REPOSITORY', str, './models', 'The model repository: <name>/model.json and <name>/<version>/model.onnx'),
   s('modelRoots', 'MODEL_ROOTS', list(':'), [], 'Colon-separated directories loadModel(path:) may read besides the repository'),
   s('imageRoots', 'IMAGE_ROOTS', list(':'), [], 'Colon-separated directories ImageInput.path may read'),
@@ -396,7 +408,14 @@ export const SETTINGS = [
   s(
     'apiTokens',
     'API_TOKENS',
-    (raw, name) => list(',')(raw).map((t) => bearerToken(t, name)),
+    (raw, name) => {
+      const tokens = list(',')(raw).map((t) => bearerToken(t, name));
+      if (tokens.length === 0)
+        throw new ConfigError(
+          `${name}: names no token (${JSON.stringify(raw)}): give comma-separated tokens, or unset it to let anyone run inference`,
+        );
+      return tokens;
+    },
     [],
     'Comma-separated tokens; when set, every GraphQL and KServe v2 request needs one (or the admin token); /health, /ready, /metrics and the v2 health probes stay open',
   ),

@@ -143,6 +143,8 @@ async function main(): Promise<void> {
     if (code === 'EACCES')
       return fatal(logger, `port ${port} on ${config.host} needs privileges this process does not have: set ${setting} above 1023`, 1);
     if (code === 'EADDRNOTAVAIL') return fatal(logger, `HOST ${config.host} is not an address of this machine: set HOST`, 1);
+    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
+      return fatal(logger, `HOST ${config.host} does not resolve to an address of this machine: set HOST to one`, 1);
     return fatal(logger, `cannot listen on ${config.host}:${port} (${setting}): ${errorMessage(e)}`, 1);
   }
   logger.info(

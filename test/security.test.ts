@@ -1712,6 +1712,17 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     );
     expect(loadConfig({ TRUSTED_PROXIES: '127.0.0.1, fd00::/8' }, []).trustedProxies).toEqual(['127.0.0.1', 'fd00::/8']);
   });
+
+  it('a HOST that is no address stops the start naming HOST; an API_TOKENS that names no token stops it too, never turning the token check off', () => {
+    for (const bad of ['999.1.1.1', '10.0.0', 'my host', 'fe80::zz'])
+      expect(() => loadConfig({ HOST: bad }, []), bad).toThrow(new RegExp(`^HOST: expected an address of this machine .*, got "${bad}"`));
+    for (const good of ['0.0.0.0', '::', '::1', 'localhost', 'gateway.internal']) expect(loadConfig({ HOST: good }, []).host).toBe(good);
+    // a comma alone (a list whose entries were left out) would otherwise mean "no tokens": anyone runs inference
+    for (const bad of [',', ' , ,'])
+      expect(() => loadConfig({ API_TOKENS: bad }, []), bad).toThrow(/^API_TOKENS: names no token.*unset it/);
+    expect(loadConfig({ API_TOKENS: 'a,b' }, []).apiTokens).toEqual(['a', 'b']);
+    expect(loadConfig({ API_TOKENS: '' }, []).apiTokens).toEqual([]);
+  });
 });
 
 describe('suggestions and quotes cost little and stay short, whatever the client sends', () => {
