@@ -779,6 +779,7 @@ describe('KServe v2 over REST with tokens and small limits', () => {
       await call('POST', '/models/id-f32/infer', 'user-token', new Uint8Array(body), { 'content-encoding': 'compress' }),
     ).toMatchObject({
       status: 415,
+      code: 'INVALID_INPUT', // every error of the API carries its code, this one too
     });
     expect(await call('POST', '/models/id-f32/infer', 'user-token', new Uint8Array(body), { 'content-encoding': 'gzip' })).toMatchObject({
       status: 400,

@@ -68,11 +68,15 @@ const SEND_BYTES = 'send it as {"b64": "..."} (or the raw bytes with the binary 
 
 type Params = Record<string, unknown>;
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-/** A path this protocol does not serve (404) or a method it does not take there (405). */
+/**
+ * A path this protocol does not serve (404) or a method it does not take there (405), answered without a gateway code;
+ * or a body it cannot read (415), with one.
+ */
 class Refusal {
   constructor(
     readonly status: number,
     readonly message: string,
+    readonly code?: ErrorCode,
   ) {}
 }
 
@@ -93,7 +97,12 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
   if (encoding === 'identity' || encoding === '') return body;
   const inflate = encoding === 'gzip' || encoding === 'x-gzip' ? gunzipAsync : encoding === 'deflate' ? inflateAsync : null;
-  if (!inflate) throw new Refusal(415, `Content-Encoding ${encoding} is not read here: send gzip, deflate or an uncompressed body`);
+  if (!inflate)
+    throw new Refusal(
+      415,
+      `Content-Encoding ${encoding} is not read here: send gzip, deflate or an uncompressed body`,
+      ErrorCode.INVALID_INPUT,
+    );
   const hold = holdOf(req);
   const refused = hold?.take(limit);
   if (refused) throw refused;
@@ -496,7 +505,10 @@ export function createRestRoute({
     handle(req, res) {
       const path = (req.url ?? '/').split('?')[0];
       route(req, res, path).catch((e: unknown) => {
-        if (e instanceof Refusal) return sendJson(res, e.status, { error: e.message });
+        if (e instanceof Refusal) {
+          if (e.code) res.setHeader('x-error-code', e.code);
+          return sendJson(res, e.status, { error: e.message });
+        }
         fail(res, e);
       });
     },
