@@ -261,12 +261,19 @@ describe('gateway (command-line client)', () => {
     const help = await gateway(['--help']);
     expect(help.code).toBe(0);
     for (const c of ['models', 'classify', 'detect', 'segment', 'eval']) expect(help.stdout).toContain(`  ${c} `);
-    // a port nothing listens on (the gateway's, once it is closed)
-    const closed = await startGateway();
+    // a photo refused for its token says what to do, as the admin commands do
+    const closed = await startGateway({ env: { API_TOKENS: 'cli-user-token' } });
+    const noToken = await gateway(['classify', '-m', 'mobilenet', '--url', closed.url, image('zebra.jpeg')]);
+    expect(noToken.stderr).toMatch(/zebra\.jpeg: UNAUTHENTICATED: .*\(give a token with --token <token> or GATEWAY_TOKEN\)\n$/);
+    // a port nothing listens on (that gateway's, once it is closed)
     await closed.close();
     const down = await gateway(['models', '--url', closed.url]);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:\d+\/graphql: ECONNREFUSED/);
+    // and what to do about it, for a photo's error too
+    expect(down.stderr).toMatch(/ \(is the gateway running\? npm start starts it; --url or GATEWAY_URL gives its address\)\n$/);
+    const downPhoto = await gateway(['classify', '-m', 'mobilenet', '--url', closed.url, image('zebra.jpeg')]);
+    expect(downPhoto.stderr).toMatch(/zebra\.jpeg: UNREACHABLE: .* \(is the gateway running\? npm start starts it/);
     // an address without its scheme is read as http://, as curl reads it (it was ERR_INVALID_URL)
     const bare = await gateway(['models', '--json', '--url', gw.url.replace(/^http:\/\//, '')]);
     expect(bare.code, bare.stderr).toBe(0);

@@ -131,6 +131,13 @@ async function eachFile<T>(
   return failed;
 }
 
+/** What to do about an error whose fix is the client's: a missing or refused token, a gateway not running. */
+function hintFor(code: string): string {
+  if (code === 'UNAUTHENTICATED' || code === 'FORBIDDEN') return ' (give a token with --token <token> or GATEWAY_TOKEN)';
+  if (code === 'UNREACHABLE') return ' (is the gateway running? npm start starts it; --url or GATEWAY_URL gives its address)';
+  return '';
+}
+
 function stateOf(m: ModelSummary): string {
   if (!m.versions.length) return 'no version';
   return m.versions
@@ -174,9 +181,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
   const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token, timeoutMs: o.timeout ? o.timeout * 1000 : null });
   const fail = (e: unknown) => {
     const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message);
-    // what to do about a missing or refused token
-    const hint = err.code === 'UNAUTHENTICATED' || err.code === 'FORBIDDEN' ? ' (give a token with --token <token> or GATEWAY_TOKEN)' : '';
-    io.err(`error: ${err.code}: ${err.message}${hint}\n`);
+    io.err(`error: ${err.code}: ${err.message}${hintFor(err.code)}\n`);
     setExitCode(1);
   };
 
@@ -220,7 +225,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         (file, outcome) => {
           if ('error' in outcome) {
             if (o.json) json.push({ file, error: { code: outcome.error.code, message: outcome.error.message } });
-            else io.err(`${file}: ${outcome.error.code}: ${outcome.error.message}\n`);
+            else io.err(`${file}: ${outcome.error.code}: ${outcome.error.message}${hintFor(outcome.error.code)}\n`);
             return;
           }
           if (o.json) json.push({ file, ms: Math.round(outcome.ms * 10) / 10, result: outcome.value });
