@@ -560,6 +560,64 @@ describe('graphql-ws: an operation the client completes while it runs', () => {
   }, 90_000);
 });
 
+describe('graphql-ws: an id used again at once after its operation was cut short', () => {
+  it("never carries the cut operation's answer, whether the new one is refused (still in use) or answered", async () => {
+    // read before the connection opens (its 'open' must not come while this waits)
+    const big = await Promise.all(
+      ['people1.jpeg', 'road1.jpg', 'dog.jpg', 'coco.jpg'].map(async (f) => (await readFile(image(f))).toString('base64')),
+    );
+    const zebra = (await readFile(image('zebra.jpeg'))).toString('base64');
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    type Message = { id?: string; type: string; payload?: { data?: Record<string, unknown>; errors?: unknown[] } | unknown[] };
+    const messages: Message[] = [];
+    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+    const op = (alias: string, photos: string[]) => ({
+      query: `mutation($images: [ImageInput!]!) { ${alias}: classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`,
+      variables: { images: photos.map((base64) => ({ base64 })) },
+    });
+    try {
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+      for (let t = 0; t < 8; t++) {
+        const id = `x${t}`;
+        ws.send(JSON.stringify({ id, type: 'subscribe', payload: op('old', [...big.slice(t % 4), ...big.slice(0, t % 4)]) }));
+        await new Promise((r) => setTimeout(r, 15 + (t % 4) * 5)); // its photos decoding, or in the engine
+        ws.send(JSON.stringify({ id, type: 'complete' }));
+        ws.send(JSON.stringify({ id, type: 'subscribe', payload: op('fresh', [zebra]) })); // the same id, at once
+        // refused while the cut operation ends: tried again on each refusal, as the message says to
+        const mine = () => messages.filter((m) => m.id === id);
+        let retried = 0;
+        await until(
+          async () => {
+            const refusals = mine().filter((m) => m.type === 'error').length;
+            if (refusals > retried && ++retried) ws.send(JSON.stringify({ id, type: 'subscribe', payload: op('fresh', [zebra]) }));
+            return mine().some((m) => m.type === 'next' && JSON.stringify(m.payload).includes('"fresh"'));
+          },
+          10_000,
+          'the new operation answered',
+        );
+        await new Promise((r) => setTimeout(r, 200));
+        const seen = mine().map((m) => (m.type === 'next' ? `next:${Object.keys((m.payload as { data?: object }).data ?? {})}` : m.type));
+        const cut = mine().filter((m) => m.type === 'next' && JSON.stringify(m.payload).includes('"old"'));
+        // the cut operation's answer: only if it was answered in full before the client's complete, never after a
+        // refusal of the new one, never with items the complete cancelled
+        for (const m of cut) expect(JSON.stringify(m.payload), seen.join(' ')).not.toMatch(/CANCELLED/);
+        const refused = seen.indexOf('error');
+        if (refused >= 0) expect(seen.slice(refused + 1), seen.join(' ')).not.toContain('next:old');
+        expect(
+          seen.filter((s) => s === 'next:fresh'),
+          seen.join(' '),
+        ).toHaveLength(1);
+      }
+    } finally {
+      ws.close();
+      await gw.close();
+    }
+  }, 120_000);
+});
+
 describe('an engine that keeps dying', () => {
   let gw: TestGateway;
   const events: string[] = [];

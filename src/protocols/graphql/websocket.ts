@@ -283,7 +283,14 @@ export function attachWebSocket(
         for (const op of ops.values()) {
           if (op.id !== id) continue;
           const message = `operation id "${id}" is still in use: the operation completed under it has not ended yet; use a new id for each operation`;
-          return [toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, message))];
+          const refusal = toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, message));
+          // graphql-ws holds the id for this subscribe already, and would send the refusal under it while the old
+          // operation ends: that one, finding its id held, sent its (cancelled) answer after the refusal, where a
+          // client that tried again took it for the new operation's. The id is let go here, before anything waits,
+          // and the refusal sent from here: graphql-ws sends nothing for an id it does not hold, nor does the old one.
+          delete (ctx.subscriptions as Record<string, unknown>)[id];
+          ctx.extra.socket.send(JSON.stringify({ id, type: 'error', payload: [refusal.toJSON()] }));
+          return [refusal];
         }
         if (ops.size >= maxSubscriptionsPerConnection) {
           return [
