@@ -448,12 +448,16 @@ describe('decoding only does what the header asks for', () => {
   const rgbPlan = planInput(parseModelConfig({ preprocessing: { targetSize: '4x8', resizeType: 'SQUASH' } }), [
     { name: 'x', dtype: 'float32', shape: [1, 3, 8, 4], layout: null },
   ]);
-  it('applies each EXIF orientation after the resize, with the geometry of turning first', async () => {
-    // an asymmetric gradient photo, stored turned each of the 8 ways; the reference turns it upright first
-    const w = 320;
-    const h = 200;
+  it.each([
+    // an asymmetric gradient, made smaller: turned after the resize (a JPEG still shrinks on load)
+    ['made smaller', 320, 200, (x: number, y: number, w: number, h: number) => [(x * 255) / w, (y * 255) / h, x < w / 3 ? 255 : 0]],
+    // stripes two pixels wide, made larger: libvips enlarges with pixel positions that are not mirror-symmetric, so
+    // turning after would put every stripe a pixel off (a mean difference of 15-20 levels on a zebra's)
+    ['made larger', 48, 30, (x: number, y: number) => [x % 4 < 2 ? 255 : 0, y % 4 < 2 ? 255 : 0, (x + y) % 6 < 3 ? 255 : 0]],
+  ])('applies each EXIF orientation with the pixels of turning first: %s', async (_, w, h, pixel) => {
+    // the photo stored turned each of the 8 ways; the reference is the upright photo
     const px = Buffer.alloc(w * h * 3);
-    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) px.set([(x * 255) / w, (y * 255) / h, x < w / 3 ? 255 : 0], (y * w + x) * 3);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) px.set(pixel(x, y, w, h), (y * w + x) * 3);
     const upright = await sharp(px, { raw: { width: w, height: h, channels: 3 } })
       .png()
       .toBuffer();
@@ -475,8 +479,10 @@ describe('decoding only does what the header asks for', () => {
     };
     for (let o = 1; o <= 8; o++) {
       const stored = await store[o](sharp(upright)).png().toBuffer();
-      const tagged = await sharp(stored).jpeg({ quality: 95 }).withMetadata({ orientation: o }).toBuffer();
-      const reference = await sharp(upright).jpeg({ quality: 95 }).toBuffer();
+      // as near lossless as JPEG goes, so that the stored and the upright photo differ in their turn alone
+      const jpeg = { quality: 100, chromaSubsampling: '4:4:4' } as const;
+      const tagged = await sharp(stored).jpeg(jpeg).withMetadata({ orientation: o }).toBuffer();
+      const reference = await sharp(upright).jpeg(jpeg).toBuffer();
       const img = await probeImage(tagged, 1e6);
       expect([img.width, img.height, img.orientation], `orientation ${o}`).toEqual([w, h, o]);
       for (const plan of plans) {

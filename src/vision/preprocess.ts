@@ -271,9 +271,10 @@ const profileOf = (icc: Uint8Array | null | undefined): EmbeddedProfile =>
   icc ? embeddedProfile(icc) : { srgbProfile: false, rgbProfile: null };
 
 /**
- * The EXIF orientation applied after the resize (and before any crop or padding), so that a JPEG still shrinks on
- * load: resizing first in the stored orientation, then turning the small result, gives the same pixels as turning the
- * full photo first (which decodes it whole: 7x the CPU for a 12-megapixel phone photo taken sideways).
+ * The EXIF orientation applied after a reduction (and before any crop or padding), so that a JPEG still shrinks on
+ * load: reducing first in the stored orientation, then turning the small result, gives the same pixels as turning the
+ * full photo first (which decodes it whole: 7x the CPU for a 12-megapixel phone photo taken sideways). Not so for an
+ * enlargement, which turns first (resizeImage).
  */
 function orient(s: Sharp, orientation: number): Sharp {
   switch (orientation) {
@@ -294,6 +295,40 @@ function orient(s: Sharp, orientation: number): Sharp {
     default:
       return s;
   }
+}
+
+/**
+ * The photo turned upright, as 8-bit sRGB pixels (alpha kept), with the colour as resizeImage would have read it: its
+ * own profile transform still to come when `ignoreIcc` kept libvips from applying it.
+ */
+async function upright(img: DecodedImage, ignoreIcc: boolean, maxPixels: number, timeoutMs: number): Promise<DecodedImage> {
+  let out: { data: Buffer; info: OutputInfo };
+  try {
+    out = await sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error', ignoreIcc })
+      .timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) })
+      .autoOrient()
+      .toColourspace('srgb')
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+  } catch (e) {
+    throw decodeError(e, timeoutMs);
+  }
+  const { width, height, channels } = out.info;
+  if (width !== img.width || height !== img.height || (channels !== 3 && channels !== 4)) {
+    throw new GatewayError(ErrorCode.INVALID_IMAGE, `unexpected decoded image ${width}x${height}x${channels}`);
+  }
+  return {
+    bytes: out.data,
+    raw: { width, height, channels },
+    width,
+    height,
+    orientation: 1,
+    srgbProfile: ignoreIcc && img.srgbProfile,
+    rgbProfile: ignoreIcc ? img.rgbProfile : null,
+    hasAlpha: channels === 4,
+    isGrey: false,
+    isSrgb: true,
+  };
 }
 
 /** A resize on the way to the model's size must stay a sane image (a 1x390000 strip cannot be center-cropped to 224x224). */
@@ -345,18 +380,14 @@ export async function resizeImage(
   const pre = plan.pre;
   // a matrix/shaper profile's transform is ours, on the resized pixels (an RGB result without alpha only)
   const ownTransform = img.rgbProfile && img.isSrgb && !img.hasAlpha && plan.channels === 3 ? img.rgbProfile : null;
-  let s = sharp(img.bytes, {
-    limitInputPixels: maxPixels,
-    failOn: 'error',
-    ignoreIcc: img.srgbProfile || ownTransform !== null,
-    ...(img.raw ? { raw: img.raw } : {}),
-  }).timeout({
-    seconds: Math.max(1, Math.ceil(timeoutMs / 1000)),
-  });
-  // geometry is computed in the displayed orientation; the resize runs in the stored one, then the result is turned
-  const swap = img.orientation >= 5;
-  const kernel = KERNELS[pre.interpolation];
-  const resize = (w: number, h: number) => orient(s.resize(swap ? h : w, swap ? w : h, { fit: 'fill', kernel }), img.orientation);
+  const ignoreIcc = img.srgbProfile || ownTransform !== null;
+  /** The resize to (w, h) in the displayed orientation, and what follows it (a crop or padding), done below. */
+  let resized: [number, number] = [0, 0];
+  let finish = (p: Sharp) => p;
+  const resize = (w: number, h: number, after: (p: Sharp) => Sharp = (p) => p) => {
+    resized = [w, h];
+    finish = after;
+  };
   let tw: number;
   let th: number;
   /** Where the image lies in the result (FILL pads it with a colour that is sRGB already). */
@@ -370,7 +401,7 @@ export async function resizeImage(
     case 'SQUASH': {
       tw = plan.width!;
       th = plan.height!;
-      s = resize(tw, th);
+      resize(tw, th);
       scaleX = tw / W0;
       scaleY = th / H0;
       break;
@@ -384,7 +415,7 @@ export async function resizeImage(
       checkIntermediate(rw, rh, W0, H0, maxPixels);
       const left = Math.floor((rw - tw) / 2);
       const top = Math.floor((rh - th) / 2);
-      s = resize(rw, rh).extract({ left, top, width: tw, height: th }); // extract after resize: one pipeline
+      resize(rw, rh, (p) => p.extract({ left, top, width: tw, height: th })); // extract after resize: one pipeline
       scaleX = rw / W0;
       scaleY = rh / H0;
       offsetX = -left;
@@ -399,7 +430,7 @@ export async function resizeImage(
       const rh = Math.max(1, Math.min(th, Math.round(H0 * scale)));
       const left = pre.fillAlign === 'center' ? Math.floor((tw - rw) / 2) : 0;
       const top = pre.fillAlign === 'center' ? Math.floor((th - rh) / 2) : 0;
-      s = resize(rw, rh).extend({ top, left, bottom: th - rh - top, right: tw - rw - left, background });
+      resize(rw, rh, (p) => p.extend({ top, left, bottom: th - rh - top, right: tw - rw - left, background }));
       region = { left, top, width: rw, height: rh };
       scaleX = rw / W0;
       scaleY = rh / H0;
@@ -411,12 +442,29 @@ export async function resizeImage(
       const limit = Math.min(1, (plan.width ?? Infinity) / W0, (plan.height ?? Infinity) / H0);
       tw = roundTo(W0 * limit, pre.sizeMultiple, pre.sizeOffset);
       th = roundTo(H0 * limit, pre.sizeMultiple, pre.sizeOffset);
-      s = resize(tw, th);
+      resize(tw, th);
       scaleX = tw / W0;
       scaleY = th / H0;
       break;
     }
   }
+  const [rw, rh] = resized;
+  // geometry is computed in the displayed orientation; a reduction runs in the stored one, then the result is turned
+  // (see orient); an enlargement (on either axis) starts from the photo turned upright: libvips enlarges with pixel
+  // positions that are not mirror-symmetric, so a turned enlargement put every detail a pixel off (stripes 15-20
+  // levels apart on average), and sharp mirrors after resizing whatever the order of the calls. One more sharp call,
+  // on a photo small enough to be made larger.
+  if (img.orientation !== 1 && (rw > W0 || rh > H0)) return resizeImage(await upright(img, ignoreIcc, maxPixels, timeoutMs), plan, limits);
+  const swap = img.orientation >= 5;
+  let s = sharp(img.bytes, {
+    limitInputPixels: maxPixels,
+    failOn: 'error',
+    ignoreIcc,
+    ...(img.raw ? { raw: img.raw } : {}),
+  }).timeout({
+    seconds: Math.max(1, Math.ceil(timeoutMs / 1000)),
+  });
+  s = finish(orient(s.resize(swap ? rh : rw, swap ? rw : rh, { fit: 'fill', kernel: KERNELS[pre.interpolation] }), img.orientation));
   // alpha is dropped (flattened on white); grey images become three channels where the model wants three, and any
   // image one channel where the model wants one (a grey image with alpha or a palette would otherwise come out 3)
   if (img.hasAlpha) s = s.flatten({ background: '#ffffff' });
