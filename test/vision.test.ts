@@ -4,7 +4,15 @@ import sharp, { type Sharp } from 'sharp';
 import { image } from './helpers.ts';
 import { detect, nms, type Candidate } from '../src/vision/detection.ts';
 import { classify } from '../src/vision/classification.ts';
-import { planInput, probeImage, resizeImage, toOriginalNormalized, pixelsToTensor, type ImageTransform } from '../src/vision/preprocess.ts';
+import {
+  decodeError,
+  planInput,
+  probeImage,
+  resizeImage,
+  toOriginalNormalized,
+  pixelsToTensor,
+  type ImageTransform,
+} from '../src/vision/preprocess.ts';
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
 import { applyRgbTransform, embeddedProfile, rgbTransformOf } from '../src/vision/icc.ts';
@@ -441,6 +449,22 @@ describe('top classes', () => {
     expect(topClasses(Float32Array.from([0.2, 0.5]), 5, 0.3)).toEqual([1]);
     // minConfidence is a floor: a class scoring exactly it is kept
     expect(topClasses(Float32Array.from([0.25, 0.5, 0.125]), 5, 0.25)).toEqual([1, 0]);
+  });
+});
+
+describe('why a decode failed', () => {
+  it("says what libvips said without its decoders' names, and something a client can act on when libvips lost its reason", () => {
+    // libvips keeps one error buffer for all threads: under concurrent failures sharp can find it emptied ("Unknown error")
+    expect(decodeError(new Error('VipsJpeg: premature end of JPEG image'), 10_000).message).toBe(
+      'cannot decode the image: premature end of JPEG image',
+    );
+    for (const lost of ['Unknown error', '', 'VipsJpeg:']) {
+      const e = decodeError(new Error(lost), 10_000);
+      expect([e.code, e.message], JSON.stringify(lost)).toEqual([
+        'INVALID_IMAGE',
+        'cannot decode the image: it is damaged, truncated, or not the format its first bytes say',
+      ]);
+    }
   });
 });
 

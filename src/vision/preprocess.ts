@@ -211,7 +211,12 @@ function checkPixels(width: number, height: number, maxPixels: number): void {
 export function decodeError(e: unknown, timeoutMs: number): GatewayError {
   if (/timeout/i.test(String((e as Error)?.message)))
     return new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `decoding the image took longer than ${timeoutMs} ms (DECODE_TIMEOUT_MS)`);
-  return new GatewayError(ErrorCode.INVALID_IMAGE, `cannot decode the image: ${firstSentence(e)}`);
+  // libvips keeps one error buffer for all threads: under concurrent failures sharp can find it emptied
+  const reason = firstSentence(e).replace(/:$/, '').trim();
+  return new GatewayError(
+    ErrorCode.INVALID_IMAGE,
+    `cannot decode the image: ${!reason || /^unknown error$|^\S+$/i.test(reason) ? 'it is damaged, truncated, or not the format its first bytes say' : reason}`,
+  );
 }
 
 function fromRaw({ pixels, width, height, channels }: RawImage, maxPixels: number): DecodedImage {
