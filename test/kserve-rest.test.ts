@@ -500,6 +500,14 @@ describe('KServe v2 over REST', () => {
       'INVALID_IMAGE',
       expect.stringMatching(/element 1 looks like base64 text; send it as/),
     ]);
+    // an image that is no image among good ones: which one, counted from 0 as the elements are
+    const cut = (await readFile(image('zebra.jpeg'))).subarray(0, 3000).toString('base64');
+    const middle = await bytes([{ b64 }, { b64: cut }, { b64 }]);
+    // (libvips' reason, or ours when its one error buffer was emptied by the good photos' decodes beside it)
+    expect([middle.code, middle.body.error]).toEqual([
+      'INVALID_IMAGE',
+      expect.stringMatching(/^the image at index 1 of 3: cannot decode the image: (premature end of JPEG image|it is damaged, truncated)/),
+    ]);
     const url = await bytes([`data:image/jpeg;base64,${b64}`]);
     expect([url.code, url.body.error]).toEqual(['INVALID_IMAGE', expect.stringMatching(/the element is a data: URL/)]);
     // text that is not base64 is only not an image

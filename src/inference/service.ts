@@ -1,7 +1,7 @@
 // Over 250 lines on purpose: the one service every protocol calls; its tensor, batch and image entry points share
 // admission, budgets and the joining of results.
 import { setMaxListeners } from 'node:events';
-import { ErrorCode, GatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError, isGatewayError } from '../errors.ts';
 import { bytesPerElement, elementCount, type Tensor } from '../engine/types.ts';
 import { concatBatch, type Feeds } from '../batching/batcher.ts';
 import { postprocessingOf, type Task } from '../repository/model-config.ts';
@@ -328,7 +328,23 @@ export class InferenceService {
     const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal, client: opts.client }).map(
       async (r) => (await r).outputs,
     );
-    return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
+    const settled = await Promise.allSettled(runs);
+    const k = settled.findIndex((r) => r.status === 'rejected');
+    if (k >= 0) {
+      const e = (settled[k] as PromiseRejectedResult).reason as unknown;
+      // one image of several fails the request: which one
+      if (sources.length > 1 && isGatewayError(e) && IMAGE_ERRORS.has(e.code))
+        throw new GatewayError(e.code, `the image at index ${k} of ${sources.length}: ${e.message}`, e.details, { cause: e });
+      throw e;
+    }
+    return {
+      model,
+      version,
+      outputs: joinItems(
+        settled.map((r) => (r as PromiseFulfilledResult<Feeds>).value),
+        wanted,
+      ),
+    };
   }
 
   /**
@@ -430,6 +446,9 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T
 }
 
 /** Wait for every item; then the first failure, if any, is the answer. */
+/** Errors of one image itself (its bytes, size or path), as opposed to the request's or the model's. */
+const IMAGE_ERRORS: ReadonlySet<ErrorCode> = new Set([ErrorCode.INVALID_IMAGE, ErrorCode.IMAGE_TOO_LARGE, ErrorCode.FORBIDDEN_PATH]);
+
 async function settleAll<T>(runs: Promise<T>[]): Promise<T[]> {
   const settled = await Promise.allSettled(runs);
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
