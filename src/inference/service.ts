@@ -445,10 +445,10 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T
   });
 }
 
-/** Wait for every item; then the first failure, if any, is the answer. */
 /** Errors of one image itself (its bytes, size or path), as opposed to the request's or the model's. */
 const IMAGE_ERRORS: ReadonlySet<ErrorCode> = new Set([ErrorCode.INVALID_IMAGE, ErrorCode.IMAGE_TOO_LARGE, ErrorCode.FORBIDDEN_PATH]);
 
+/** Wait for every item; then the first failure, if any, is the answer. */
 async function settleAll<T>(runs: Promise<T>[]): Promise<T[]> {
   const settled = await Promise.allSettled(runs);
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
