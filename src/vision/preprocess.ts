@@ -302,6 +302,12 @@ function orient(s: Sharp, orientation: number): Sharp {
   }
 }
 
+/** sharp on an image, with what every decode here keeps to: its pixel limit, errors as errors, a time limit. */
+const open = (img: DecodedImage, ignoreIcc: boolean, maxPixels: number, timeoutMs: number): Sharp =>
+  sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error', ignoreIcc, ...(img.raw ? { raw: img.raw } : {}) }).timeout({
+    seconds: Math.max(1, Math.ceil(timeoutMs / 1000)),
+  });
+
 /**
  * The photo turned upright, as 8-bit sRGB pixels (alpha kept), with the colour as resizeImage would have read it: its
  * own profile transform still to come when `ignoreIcc` kept libvips from applying it.
@@ -309,12 +315,7 @@ function orient(s: Sharp, orientation: number): Sharp {
 async function upright(img: DecodedImage, ignoreIcc: boolean, maxPixels: number, timeoutMs: number): Promise<DecodedImage> {
   let out: { data: Buffer; info: OutputInfo };
   try {
-    out = await sharp(img.bytes, { limitInputPixels: maxPixels, failOn: 'error', ignoreIcc })
-      .timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) })
-      .autoOrient()
-      .toColourspace('srgb')
-      .raw()
-      .toBuffer({ resolveWithObject: true });
+    out = await open(img, ignoreIcc, maxPixels, timeoutMs).autoOrient().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   } catch (e) {
     throw decodeError(e, timeoutMs);
   }
@@ -461,15 +462,15 @@ export async function resizeImage(
   // on a photo small enough to be made larger.
   if (img.orientation !== 1 && (rw > W0 || rh > H0)) return resizeImage(await upright(img, ignoreIcc, maxPixels, timeoutMs), plan, limits);
   const swap = img.orientation >= 5;
-  let s = sharp(img.bytes, {
-    limitInputPixels: maxPixels,
-    failOn: 'error',
-    ignoreIcc,
-    ...(img.raw ? { raw: img.raw } : {}),
-  }).timeout({
-    seconds: Math.max(1, Math.ceil(timeoutMs / 1000)),
-  });
-  s = finish(orient(s.resize(swap ? rh : rw, swap ? rw : rh, { fit: 'fill', kernel: KERNELS[pre.interpolation] }), img.orientation));
+  let s = finish(
+    orient(
+      open(img, ignoreIcc, maxPixels, timeoutMs).resize(swap ? rh : rw, swap ? rw : rh, {
+        fit: 'fill',
+        kernel: KERNELS[pre.interpolation],
+      }),
+      img.orientation,
+    ),
+  );
   // alpha is dropped (flattened on white); grey images become three channels where the model wants three, and any
   // image one channel where the model wants one (a grey image with alpha or a palette would otherwise come out 3)
   if (img.hasAlpha) s = s.flatten({ background: '#ffffff' });
