@@ -242,6 +242,7 @@ export class ModelVersion {
     this.inputs = session.inputs;
     this.outputs = session.outputs;
     this.stats = new VersionStats(this.deps.metrics);
+    const instances = session.instances ?? 1;
     const batcher = new Batcher(
       (feeds, runOptions) =>
         session.run(feeds, runOptions).catch((e: unknown) => {
@@ -257,10 +258,10 @@ export class ModelVersion {
         maxBatchSize: session.batchable ? batching.maxBatchSize : 1,
         maxDelayMs: session.batchable ? batching.maxDelayMs : 0,
         // per engine instance: each has one batch running and the next waiting
-        maxConcurrentBatches: batching.maxConcurrentBatches * (session.instances ?? 1),
+        maxConcurrentBatches: batching.maxConcurrentBatches * instances,
         timeoutMs: batching.timeoutMs,
       },
-      { stats: this.stats, othersComing: () => (this.admissions?.preparingCount ?? 0) > 0, instances: session.instances ?? 1 },
+      { stats: this.stats, othersComing: () => (this.admissions?.preparingCount ?? 0) > 0, instances },
     );
     this.admissions = new Admissions(batching.maxQueueSize, (a, reason) => {
       this.deps.metrics?.pending(a.pending);

@@ -52,9 +52,10 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx, info) => {
         ctx.budget.takeImages(1);
+        const run = runOptions(ctx, info);
         // the decoded photo counts as a rendering; the boxes of this answer are cut from it in the same turn, then it goes
         const crop = async () => {
-          const pending = (o.shared.decoded ??= (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, runOptions(ctx, info))));
+          const pending = (o.shared.decoded ??= (ctx.budget.takeRendered(), ctx.service.decodeForCrops(o.image, run)));
           try {
             return cropRaw(await pending, o.object.box);
           } finally {
@@ -63,7 +64,7 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
             });
           }
         };
-        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, ...runOptions(ctx, info) });
+        const [predictions] = ctx.service.classify(args.model, args.version, [crop], { ...args, ...run });
         return { predictions: await predictions };
       },
     }),
