@@ -172,7 +172,7 @@ export class ClusterMetrics {
     });
     this.dropped = new Counter({
       name: 'gateway_cluster_messages_dropped_total',
-      help: 'Status events not published because the bus was down (admin changes are kept and sent on reconnect).',
+      help: 'Status events dropped: the oldest beyond the 1000 kept while the bus is down, or received and not a model status event.',
       labelNames: ['kind'],
       registers,
     });

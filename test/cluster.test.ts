@@ -502,6 +502,23 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     return [state(m1), state(m2)];
   };
 
+  it("a replica's status events made while Redis was down reach the other replica's subscribers once it is back, each once and in order", async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    // the events replica 2's feed hands on that are not its own (the managers here share one process's replica name)
+    const own = new WeakSet<object>();
+    m2.prependListener('status', (e) => own.add(e));
+    const seen: string[] = [];
+    c2.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    await redis!.stop();
+    await until(() => !c1.status().connected && !c2.status().connected, 10_000, 'both to see Redis gone');
+    await m1.unload('mobilenet'); // two events on replica 1 while Redis is down
+    await redis!.start();
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']); // the unload kept, published, applied on replica 2
+    await until(() => seen.length >= 2, 10_000, "replica 1's events on replica 2");
+    await sleep(500);
+    expect(seen).toEqual(['1 UNLOADING', '1 END']);
+  }, 60_000);
+
   it('a change kept while Redis was down wins over the older state another replica writes back first', async () => {
     const { m1, m2, c1 } = await outage();
     await m1.load('mobilenet'); // kept: published on reconnection

@@ -5,9 +5,11 @@ import type { Logger } from '../log.ts';
 
 /**
  * The Redis connections of one replica: one for publishing and commands, one in subscriber mode (Redis wants a
- * connection of its own for SUBSCRIBE). ioredis reconnects with the backoff below; this class subscribes again on
- * each connection and turns the connection events and that confirmed subscription into one `connected` state, logged
- * on each change (not on every failed retry).
+ * connection of its own for SUBSCRIBE), and, with `stream`, one that reads that stream (a blocking XREAD holds its
+ * connection). ioredis reconnects with the backoff below; this class subscribes again on each connection and turns the
+ * connection events and that confirmed subscription into one `connected` state, logged on each change (not on every
+ * failed retry). The stream is read on from the last entry read, whatever happened to the connection in between: what
+ * was added while it was down arrives once it is back, which a channel (no history) cannot do.
  *
  * Commands are not queued while disconnected (enableOfflineQueue off on the publisher): a publish fails at once and
  * the caller decides what to keep (the cluster keeps admin changes, drops status events and counts them).
@@ -17,6 +19,8 @@ export interface BusOptions {
   logger: Logger;
   /** Channels to subscribe to. */
   channels: readonly string[];
+  /** A stream to read, from its end when the bus starts (entries: `entry` events, their field `m`). */
+  stream?: string;
   /** Name of the connections in CLIENT LIST (the replica's name). */
   name?: string;
   /** Longest pause between reconnection attempts. */
@@ -34,9 +38,15 @@ export const backoff = (attempt: number, maxMs = 2000, random: () => number = Ma
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 };
 
-export class RedisBus extends EventEmitter<{ message: [channel: string, text: string]; connected: []; disconnected: [] }> {
+export class RedisBus extends EventEmitter<{
+  message: [channel: string, text: string];
+  entry: [text: string];
+  connected: [];
+  disconnected: [];
+}> {
   readonly publisher: Redis;
   readonly subscriber: Redis;
+  readonly reader: Redis | null = null;
   private up = false;
   /** Redis confirmed the subscription on the subscriber's current connection. */
   private subscribed = false;
@@ -45,7 +55,7 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
   /** When the state last changed. */
   since = new Date();
 
-  constructor({ url, logger, channels, name, maxBackoffMs = 2000 }: BusOptions) {
+  constructor({ url, logger, channels, stream, name, maxBackoffMs = 2000 }: BusOptions) {
     super();
     const common: RedisOptions = {
       retryStrategy: (attempt) => backoff(attempt, maxBackoffMs),
@@ -79,6 +89,36 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
       );
     });
     this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
+    if (stream !== undefined) {
+      // its commands wait for the connection (offline queue, no retry limit), and one it was waiting on when the
+      // connection went is sent again on the next (ioredis' autoResendUnfulfilledCommands)
+      this.reader = new Redis(url, { ...common, maxRetriesPerRequest: null });
+      this.reader.on('error', () => undefined); // the other two connections report Redis' state
+      void this.read(this.reader, stream, logger, maxBackoffMs);
+    }
+  }
+
+  /** Read `stream` from its end when called, entry after entry, until closed. */
+  private async read(reader: Redis, stream: string, logger: Logger, maxBackoffMs: number): Promise<void> {
+    let last: string | null = null;
+    for (let failures = 0; !this.closed;) {
+      try {
+        last ??= (await reader.xrevrange(stream, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
+        const reply: [string, [string, string[]][]][] | null = await reader.xread('COUNT', 256, 'BLOCK', 10_000, 'STREAMS', stream, last);
+        failures = 0;
+        for (const [, entries] of reply ?? [])
+          for (const [id, fields] of entries) {
+            last = id;
+            const at = fields.indexOf('m');
+            if (at % 2 === 0 && at + 1 < fields.length) this.emit('entry', fields[at + 1]);
+          }
+      } catch (e) {
+        if (this.closed) return;
+        // not a lost connection (commands wait for the next one): Redis refused the read (the key is not a stream)
+        if (++failures === 1) logger.warn({ error: errorMessage(e), stream }, 'cluster bus: reading the stream failed; retrying');
+        await new Promise((r) => setTimeout(r, backoff(failures, maxBackoffMs)));
+      }
+    }
   }
 
   /** Both connections are ready, and Redis confirmed the subscription. */
@@ -108,6 +148,7 @@ export class RedisBus extends EventEmitter<{ message: [channel: string, text: st
 
   async close(): Promise<void> {
     this.closed = true;
+    this.reader?.disconnect(); // its read blocks: a QUIT would wait behind it
     await Promise.all(
       [this.publisher, this.subscriber].map((c) =>
         c.status === 'ready' ? c.quit().then(undefined, () => c.disconnect()) : Promise.resolve(c.disconnect()),

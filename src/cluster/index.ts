@@ -13,9 +13,13 @@ import { RedisBus, backoff } from './bus.ts';
 /**
  * Many replicas behind a load balancer, one Redis between them (used only when REDIS_URL is set):
  *
- * - **Status events.** Every local `ModelStatusEvent` goes to this replica's `feed` at once and is published on
- *   `<prefix>:status`; events of the other replicas arrive from there. A message carries the id of the process that
- *   sent it and its own come back from Redis, so those are dropped: each event reaches the feed exactly once.
+ * - **Status events.** Every local `ModelStatusEvent` goes to this replica's `feed` at once and is added to the
+ *   stream `<prefix>:events` (its last `STATUS_HISTORY` entries kept); events of the other replicas are read from
+ *   there, from the last one read, so that none is lost while a connection is down or comes back later than another
+ *   replica's (a channel keeps no history). A message carries the id of the process that sent it and its own come back
+ *   from Redis, so those are dropped: each event reaches the feed exactly once. Events made here while the bus is down
+ *   are kept (at most `maxPendingStatus`) and added, in order, once it is back. Events on the channel
+ *   `<prefix>:status`, where replicas of an older version publish them, are handed on too (a rolling upgrade).
  * - **Admin changes.** The manager emits an `AdminOp` after each successful loadModel, unloadModel, updateModel and
  *   deleteModel; it is published on `<prefix>:admin` and the other replicas apply it (`ModelManager.applyRemote`),
  *   in order for each model. Files are not sent: uploads and model.json edits are written once to the shared
@@ -28,15 +32,15 @@ import { RedisBus, backoff } from './bus.ts';
  *   first replica to reconnect writes its state back; then each publishes the changes it kept (newer) and applies the
  *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
- *   backoff by ioredis. Local inference never waits for Redis. While down, status events are dropped (counted) and
- *   admin changes made here are kept (at most `maxPendingAdmin`) and published on reconnect. A change (or a catch-up)
+ *   backoff by ioredis. Local inference never waits for Redis. While down, status events and admin changes made here
+ *   are kept (at most `maxPendingStatus` and `maxPendingAdmin`) and published on reconnect. A change (or a catch-up)
  *   Redis refuses while connected (out of memory, READONLY during a failover, a timeout) is kept too, and tried again
  *   with the same backoff: no reconnection may come to publish it.
  *
- * Plain ioredis pub/sub rather than `@graphql-yoga/redis-event-target`: the admin channel and the unloaded-state hash
- * are no GraphQL concern (every protocol shares them, and this module must not import a protocol), and the status
- * feed is the EventEmitter the GraphQL adapter already reads, so the event target would add a second event model for
- * one channel.
+ * Plain ioredis rather than `@graphql-yoga/redis-event-target`: the admin channel and the unloaded-state hash are no
+ * GraphQL concern (every protocol shares them, and this module must not import a protocol), the status feed is the
+ * EventEmitter the GraphQL adapter already reads, and the event target's pub/sub channel keeps no history for a
+ * replica that comes back.
  */
 export interface ClusterOptions {
   url: string;
@@ -46,6 +50,8 @@ export interface ClusterOptions {
   metrics?: Metrics;
   prefix?: string;
   maxPendingAdmin?: number;
+  /** Status events made here kept while they cannot be published (the oldest dropped and counted beyond). */
+  maxPendingStatus?: number;
   maxBackoffMs?: number;
   /** How long a change published here is awaited back from Redis before it is taken for lost (see settle). */
   echoTimeoutMs?: number;
@@ -194,6 +200,12 @@ type ScriptCommands = {
 const scriptError = (e: unknown): boolean =>
   e instanceof Error && e.name === 'ReplyError' && /^(ERR|WRONGTYPE) /.test(e.message) && / script: /.test(e.message);
 
+/**
+ * Status events the stream keeps (about: trimmed as Redis can, `MAXLEN ~`): a replica cut off from Redis for longer
+ * than it takes the cluster to make this many misses the oldest of them.
+ */
+const STATUS_HISTORY = 10_000;
+
 /** Reads of the cluster state before one is used although changes keep arriving past it. */
 const STATE_READS = 5;
 
@@ -206,6 +218,13 @@ export class Cluster {
   private readonly logger: Logger;
   private readonly metrics: ClusterMetrics | null;
   private readonly channels: { status: string; admin: string };
+  private readonly stream: string;
+  /** Status events made here and not added to the stream yet (the bus down, Redis refused them), in order. */
+  private readonly pendingStatus: string[] = [];
+  private readonly maxPendingStatus: number;
+  /** The loop adding pendingStatus to the stream, while it runs. */
+  private flushing: Promise<void> | null = null;
+  private statusRetry: NodeJS.Timeout | null = null;
   private readonly unloadedKey: string;
   private readonly maxPendingAdmin: number;
   /** Admin changes made here and not published yet (the bus down, Redis refused them, a catch-up running), in order. */
@@ -264,6 +283,7 @@ export class Cluster {
     metrics,
     prefix = 'gateway',
     maxPendingAdmin = 1000,
+    maxPendingStatus = 1000,
     maxBackoffMs,
     echoTimeoutMs = 10_000,
   }: ClusterOptions) {
@@ -274,17 +294,28 @@ export class Cluster {
     this.metrics = metrics ? new ClusterMetrics(metrics) : null;
     this.metrics?.connected.set(0);
     this.channels = { status: `${prefix}:status`, admin: `${prefix}:admin` };
+    this.stream = `${prefix}:events`;
     this.unloadedKey = `${prefix}:unloaded`;
     this.maxPendingAdmin = maxPendingAdmin;
+    this.maxPendingStatus = maxPendingStatus;
     this.maxBackoffMs = maxBackoffMs;
     this.echoTimeoutMs = echoTimeoutMs;
-    this.bus = new RedisBus({ url, logger: this.logger, channels: Object.values(this.channels), name: replica, maxBackoffMs });
+    this.bus = new RedisBus({
+      url,
+      logger: this.logger,
+      channels: Object.values(this.channels),
+      stream: this.stream,
+      name: replica,
+      maxBackoffMs,
+    });
     // EVALSHA, with EVAL when Redis does not have the script (yet, or again after a restart)
     this.bus.publisher.defineCommand('gatewayRestore', { numberOfKeys: 1, lua: RESTORE_SCRIPT });
     this.bus.publisher.defineCommand('gatewayPublish', { numberOfKeys: 1, lua: PUBLISH_SCRIPT });
     this.bus.on('message', (channel, text) => this.remote(channel, text));
+    this.bus.on('entry', (text) => this.remote(this.channels.status, text));
     this.bus.on('connected', () => {
       this.metrics?.connected.set(1);
+      this.flushStatus();
       void this.catchUp();
     });
     this.bus.on('disconnected', () => {
@@ -332,15 +363,45 @@ export class Cluster {
 
   private localStatus(e: ModelStatusEvent): void {
     this.feed.emit('status', e);
-    if (!this.bus.connected) {
-      this.metrics?.dropped.inc({ kind: 'status' });
-      return;
-    }
     const message: StatusMessage = { ...this.wire(), event: { ...e, at: e.at.toISOString() } };
-    this.bus.publisher.publish(this.channels.status, JSON.stringify(message)).then(
-      () => this.metrics?.messages.inc({ direction: 'out', kind: 'status' }),
-      () => this.metrics?.dropped.inc({ kind: 'status' }),
-    );
+    this.pendingStatus.push(JSON.stringify(message));
+    if (this.pendingStatus.length > this.maxPendingStatus) {
+      this.pendingStatus.shift();
+      this.metrics?.dropped.inc({ kind: 'status' });
+    }
+    this.flushStatus();
+  }
+
+  /**
+   * Add the status events kept here to the stream, in order, one after another (a later one never ahead of one that
+   * failed); what Redis refuses while connected is tried again after a backoff, what a lost connection stops waits for
+   * the next.
+   */
+  private flushStatus(failures = 0): void {
+    if (this.flushing || this.statusRetry || !this.bus.connected || this.pendingStatus.length === 0) return;
+    // the loop's first step awaits Redis, so its `finally` runs after this assignment
+    this.flushing = (async () => {
+      try {
+        while (this.pendingStatus.length > 0 && this.bus.connected) {
+          await this.bus.publisher.xadd(this.stream, 'MAXLEN', '~', STATUS_HISTORY, '*', 'm', this.pendingStatus[0]);
+          this.pendingStatus.shift();
+          this.metrics?.messages.inc({ direction: 'out', kind: 'status' });
+          failures = 0;
+        }
+      } catch (e) {
+        if (this.closed || !this.bus.connected) return; // the next connection flushes
+        if (failures === 0) this.logger.warn({ error: errorMessage(e) }, 'cluster bus: a status event not published; retrying');
+        this.statusRetry = setTimeout(
+          () => {
+            this.statusRetry = null;
+            this.flushStatus(failures + 1);
+          },
+          backoff(failures + 1, this.maxBackoffMs),
+        );
+      } finally {
+        this.flushing = null;
+      }
+    })();
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
@@ -692,11 +753,16 @@ export class Cluster {
   async close(): Promise<void> {
     this.closed = true;
     if (this.retry) clearTimeout(this.retry);
+    if (this.statusRetry) clearTimeout(this.statusRetry);
     for (const echoes of this.unechoed.values()) for (const e of echoes) clearTimeout(e.timer ?? undefined);
     this.manager.off('status', this.onStatus);
     this.manager.off('admin', this.onAdmin);
     this.manager.off('changing', this.onChanging);
     await Promise.allSettled([...this.chains.values()]);
+    // the last events (the unloads) out before the connections close, unless Redis holds writes (a failover)
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.flushing, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
     await this.bus.close();
     this.metrics?.connected.set(0);
   }
