@@ -475,7 +475,13 @@ export const SETTINGS = [
     [...DEFAULT_IMAGE_FORMATS],
     'Image formats accepted; avif, heif and svg only when listed (their decoding is costly and cannot be cut short)',
   ),
-  s('decodeTimeoutMs', 'DECODE_TIMEOUT_MS', int(100), 10_000, 'Longest time one image may take to decode and resize'),
+  s(
+    'decodeTimeoutMs',
+    'DECODE_TIMEOUT_MS',
+    int(100),
+    10_000,
+    'Longest time one image may take to decode and resize (or to be drawn: annotatedImage, overlay)',
+  ),
   s(
     'requestTimeoutMs',
     'REQUEST_TIMEOUT_MS',

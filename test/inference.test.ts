@@ -1,10 +1,14 @@
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import ort from 'onnxruntime-node';
 import { ElemType, argmaxSegmenter, identityModel, meanColourModel } from './onnx-builder.ts';
-import { IMAGES, errorCode, fixture, fixtureModels, image, modelFile, startGateway, type TestGateway } from './helpers.ts';
+import { IMAGES, errorCode, fixture, fixtureModels, image, modelAsset, modelFile, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
+import { GraphQLError } from 'graphql';
+import { maskError } from '../src/protocols/graphql/errors.ts';
+import { createLogger } from '../src/log.ts';
 import { cpuSaturatesInt8 } from '../src/engine/onnx/exact-int8.ts';
 
 const IMAGENET = {
@@ -38,6 +42,19 @@ describe('inference over GraphQL with real models and photos', () => {
     gw = await startGateway({
       models: {
         ...fixtureModels(),
+        // every label with characters XML cannot hold, and one of 20,000 characters
+        'yolox-odd': {
+          ...fixture('yolox'),
+          files: {
+            'labels.txt': {
+              text: readFileSync(modelAsset('yolox', 'labels.txt'), 'utf8')
+                .trim()
+                .split('\n')
+                .map((l, i) => (i === 16 ? l.repeat(5000) : `${l}\u0001\u000b\u001b\u0000\ufffe<&>`))
+                .join('\n'),
+            },
+          },
+        },
         'colour-f16': { onnx: meanColourModel(ElemType.FLOAT16, ElemType.FLOAT16), config: colourConfig() },
         'colour-u8': { onnx: meanColourModel(ElemType.UINT8, ElemType.UINT8), config: colourConfig() },
         'argmax-seg': {
@@ -213,6 +230,64 @@ describe('inference over GraphQL with real models and photos', () => {
     );
     const m2 = await sharp(Buffer.from(seg.data.segment.overlay, 'base64')).metadata();
     expect([m2.format, m2.width, m2.height]).toEqual(['png', 1200, 800]);
+  });
+
+  it('draws a photo with a damaged scan as it was decoded to detect and segment it; an answer with data is HTTP 200', async () => {
+    // libvips warns of such a file ("Corrupt JPEG data: extraneous bytes before marker") and decodes it
+    const dog = await readFile(image('dog.jpg'));
+    const damaged = Buffer.from(dog);
+    for (let i = 0; i < 40; i++) damaged[Math.floor(dog.length * 0.6) + i * 13] ^= 0x55;
+    const files = { files: { f: { name: 'damaged.jpg', bytes: damaged } } };
+    const det = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { objects { label } annotatedImage } }`,
+      { f: null },
+      files,
+    );
+    expect([det.status, det.errors]).toEqual([200, undefined]);
+    expect(det.data.detect.objects.map((o: any) => o.label)).toContain('dog');
+    const meta = await sharp(Buffer.from(det.data.detect.annotatedImage, 'base64')).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(['png', 768, 576]);
+    const seg = await gw.gql(`mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { overlay } }`, { f: null }, files);
+    expect([seg.status, seg.errors]).toEqual([200, undefined]);
+    expect((await sharp(Buffer.from(seg.data.segment.overlay, 'base64')).metadata()).width).toBe(768);
+  });
+
+  it('draws labels whatever characters they hold (control characters, markup, 20,000 characters)', async () => {
+    const det = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox-odd", image: { file: $f }) { objects { classId label } annotatedImage } }`,
+      { f: null },
+      { files: { f: image('dog.jpg') } },
+    );
+    expect([det.status, det.errors]).toEqual([200, undefined]);
+    expect(det.data.detect.objects.map((o: any) => o.classId)).toContain(16); // the dog, with the longest label
+    expect(det.data.detect.objects.find((o: any) => o.classId === 1).label).toBe('bicycle\u0001\u000b\u001b\u0000\ufffe<&>');
+    const meta = await sharp(Buffer.from(det.data.detect.annotatedImage, 'base64')).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(['png', 768, 576]);
+  });
+
+  it("a box whose classification fails is null with its own error: the detection and the box's other answers stay", async () => {
+    const r = await gw.gql(
+      `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) {
+        objects { label a: classify(model: "mobilenet", topK: 1) { predictions { classId } } b: classify(model: "nope") { predictions { classId } } }
+      } }`,
+      { f: null },
+      { files: { f: image('dog.jpg') } },
+    );
+    expect(r.status).toBe(200);
+    const objects = r.data.detect.objects;
+    expect(objects.length).toBeGreaterThan(1);
+    expect(objects.every((o: any) => o.a.predictions.length === 1 && o.b === null)).toBe(true);
+    expect(r.errors!.map((e) => [e.path, e.extensions?.code])).toEqual(
+      objects.map((_: unknown, i: number) => [['detect', 'objects', i, 'b'], 'MODEL_NOT_FOUND']),
+    );
+  });
+
+  it('an unexpected error of one field is masked and leaves an answer with data HTTP 200; one of the whole request is 500', () => {
+    const mask = maskError(createLogger('error', {}, () => undefined));
+    const field = mask(new GraphQLError('boom', { path: ['detect', 'annotatedImage'], originalError: new Error('/srv/secret: boom') }));
+    expect([field.message, (field as GraphQLError).extensions]).toEqual(['Unexpected error.', { code: 'INTERNAL_SERVER_ERROR' }]);
+    const request = mask(new Error('boom'));
+    expect((request as GraphQLError).extensions).toEqual({ code: 'INTERNAL_SERVER_ERROR', http: { status: 500 } });
   });
 
   it('takes several images in one request (aliases and lists), by file, base64 and path', async () => {

@@ -15,6 +15,7 @@ import {
 } from '../src/vision/preprocess.ts';
 import { toClassMap, toOriginalSize, regions } from '../src/vision/segmentation.ts';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
+import { svgText } from '../src/vision/draw.ts';
 import { applyRgbTransform, embeddedProfile, rgbTransformOf } from '../src/vision/icc.ts';
 import { parseModelConfig, parseModelConfigText, postprocessingOf } from '../src/repository/model-config.ts';
 import { labelsFromList, parseLabelsFile, parseLabelsJson, parseLabelsPbtxt, parseLabelsTxt, parseNpy } from '../src/repository/labels.ts';
@@ -148,6 +149,15 @@ describe('detection decoders', () => {
     expect(out.map((o) => [o.confidence, o.box])).toEqual([
       [expect.closeTo(0.8), { xMin: expect.closeTo(0.1), yMin: expect.closeTo(0.1), xMax: expect.closeTo(0.5), yMax: expect.closeTo(0.7) }],
     ]);
+  });
+});
+
+describe('labels drawn on a picture', () => {
+  it('characters XML cannot hold are written as escapes, markup is escaped, a long label is cut', () => {
+    expect(svgText('car\u0001\u001b\u0000\ufffe\ud800 <b>&"\'')).toBe('car\\u0001\\u001b\\u0000\\ufffe\\ud800 &#60;b&#62;&#38;&#34;&#39;');
+    expect(svgText('🐕 dog\tté')).toBe('🐕 dog\tté');
+    const long = svgText('x'.repeat(20_000));
+    expect([long.length, long.endsWith('…')]).toEqual([64, true]);
   });
 });
 

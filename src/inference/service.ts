@@ -9,7 +9,7 @@ import type { Model, ModelFiles } from '../repository/model.ts';
 import type { ModelManager } from '../repository/manager.ts';
 import type { Admission, ModelVersion } from '../repository/version.ts';
 import { preprocess, probeImage, type DecodedImage, type ImageTransform, type InputPlan, type RawImage } from '../vision/preprocess.ts';
-import { decodeOriented } from '../vision/draw.ts';
+import { decodeOriented, drawDetections, drawOverlay } from '../vision/draw.ts';
 import { planFor } from './plans.ts';
 import { classify, type Prediction } from '../vision/classification.ts';
 import { detect, type DetectedObject } from '../vision/detection.ts';
@@ -119,6 +119,19 @@ export class InferenceService {
    */
   decodeForCrops(image: DecodedImage, { signal }: RunOptions = {}): Promise<RawImage> {
     return this.onDecodeThread(() => decodeOriented(image, { timeoutMs: this.limits.decodeTimeoutMs }), signal);
+  }
+
+  /**
+   * The photo with its detections drawn (PNG), on a decoding thread like any image: a photo of tens of megapixels
+   * takes seconds to draw and encode, and waits its turn with the decodes rather than take threads from them.
+   */
+  drawDetections(image: DecodedImage, objects: DetectedObject[], { signal }: RunOptions = {}): Promise<Buffer> {
+    return this.onDecodeThread(() => drawDetections(image, objects, { timeoutMs: this.limits.decodeTimeoutMs }), signal);
+  }
+
+  /** The class map in colour over the photo (PNG), on a decoding thread (see drawDetections). */
+  drawOverlay(image: DecodedImage, map: ClassMap, { signal }: RunOptions = {}): Promise<Buffer> {
+    return this.onDecodeThread(() => drawOverlay(image, map, { timeoutMs: this.limits.decodeTimeoutMs }), signal);
   }
 
   /**

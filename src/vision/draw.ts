@@ -15,10 +15,46 @@ export function classColor(id: number): [number, number, number] {
   return [f(0), f(8), f(4)];
 }
 
-const escapeXml = (s: string) => s.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
+/** Longest label drawn (in characters); the rest is cut, with an ellipsis. */
+const MAX_LABEL_CHARS = 64;
+
+/**
+ * A label as SVG text: characters XML cannot hold (control characters, lone surrogates, U+FFFE/U+FFFF) written as
+ * `\u001b`-style escapes, markup escaped, cut at MAX_LABEL_CHARS (librsvg lays out every character it is given).
+ */
+export function svgText(label: string): string {
+  const chars = [...label];
+  const text = chars.length > MAX_LABEL_CHARS ? `${chars.slice(0, MAX_LABEL_CHARS - 1).join('')}…` : label;
+  return text
+    .replace(/[^\t\n\r\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/gu, (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`)
+    .replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/**
+ * sharp on the photo as it was decoded for inference (a damaged file that decoded then draws, rather than fail on
+ * libvips' warning), EXIF orientation applied, within the decode time limit. Its size was checked when it was probed.
+ */
+const openOriented = (image: DecodedImage, timeoutMs: number) =>
+  sharp(image.bytes, { limitInputPixels: false, failOn: 'error', ...(image.raw ? { raw: image.raw } : {}) })
+    .timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) })
+    .rotate();
+
+/** What a drawing's libvips call threw, as the decode's errors are told (INVALID_IMAGE, DECODE_TIMEOUT...). */
+async function drawn(draw: () => Promise<Buffer>, timeoutMs: number): Promise<Buffer> {
+  try {
+    return await draw();
+  } catch (e) {
+    throw decodeError(e, timeoutMs);
+  }
+}
 
 /** The photo (EXIF-rotated) with labelled boxes, as PNG. */
-export async function drawDetections(image: Uint8Array, width: number, height: number, objects: DetectedObject[]): Promise<Buffer> {
+export async function drawDetections(
+  image: DecodedImage,
+  objects: DetectedObject[],
+  { timeoutMs = 10_000 }: { timeoutMs?: number } = {},
+): Promise<Buffer> {
+  const { width, height } = image;
   const stroke = Math.max(2, Math.round(Math.min(width, height) / 200));
   const font = Math.max(12, Math.round(Math.min(width, height) / 30));
   const parts = objects.map((o) => {
@@ -27,7 +63,7 @@ export async function drawDetections(image: Uint8Array, width: number, height: n
     const y = o.box.yMin * height;
     const w = (o.box.xMax - o.box.xMin) * width;
     const h = (o.box.yMax - o.box.yMin) * height;
-    const text = escapeXml(`${o.label ?? o.classId} ${(o.confidence * 100).toFixed(0)}%`);
+    const text = `${svgText(o.label ?? String(o.classId))} ${(o.confidence * 100).toFixed(0)}%`;
     const ty = y > font + 4 ? y - 4 : y + font + 2;
     return (
       `<rect x="${x}" y="${y}" width="${w}" height="${h}" fill="none" stroke="rgb(${r},${g},${b})" stroke-width="${stroke}"/>` +
@@ -35,15 +71,22 @@ export async function drawDetections(image: Uint8Array, width: number, height: n
     );
   });
   const svg = Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">${parts.join('')}</svg>`);
-  return sharp(image)
-    .rotate()
-    .composite([{ input: svg, top: 0, left: 0 }])
-    .png()
-    .toBuffer();
+  return drawn(
+    () =>
+      openOriented(image, timeoutMs)
+        .composite([{ input: svg, top: 0, left: 0 }])
+        .png()
+        .toBuffer(),
+    timeoutMs,
+  );
 }
 
 /** The class map in colour (background transparent) over the photo, as PNG. */
-export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5): Promise<Buffer> {
+export async function drawOverlay(
+  image: DecodedImage,
+  map: ClassMap,
+  { alpha = 0.5, timeoutMs = 10_000 }: { alpha?: number; timeoutMs?: number } = {},
+): Promise<Buffer> {
   const rgba = Buffer.alloc(map.width * map.height * 4);
   const a = Math.round(alpha * 255);
   const cache = new Map<number, [number, number, number]>();
@@ -59,11 +102,8 @@ export async function drawOverlay(image: Uint8Array, map: ClassMap, alpha = 0.5)
     rgba[i * 4 + 3] = a;
   }
   // the layer goes in raw: encoding it as PNG only for composite() to decode it again cost a full-size PNG per overlay
-  return sharp(image)
-    .rotate()
-    .composite([{ input: rgba, raw: { width: map.width, height: map.height, channels: 4 }, top: 0, left: 0 }])
-    .png()
-    .toBuffer();
+  const layer = { input: rgba, raw: { width: map.width, height: map.height, channels: 4 as const }, top: 0, left: 0 };
+  return drawn(() => openOriented(image, timeoutMs).composite([layer]).png().toBuffer(), timeoutMs);
 }
 
 /**
@@ -74,11 +114,7 @@ export async function decodeOriented(image: DecodedImage, { timeoutMs = 10_000 }
   if (image.raw) return { pixels: image.bytes, ...image.raw };
   try {
     // the size was checked when the image was probed; the same decode rules as the resize (a damaged file is an error)
-    const { data, info } = await sharp(image.bytes, { limitInputPixels: false, failOn: 'error' })
-      .timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) })
-      .rotate()
-      .raw()
-      .toBuffer({ resolveWithObject: true });
+    const { data, info } = await openOriented(image, timeoutMs).raw().toBuffer({ resolveWithObject: true });
     return { pixels: data, width: info.width, height: info.height, channels: info.channels as RawImage['channels'] };
   } catch (e) {
     throw decodeError(e, timeoutMs);

@@ -123,6 +123,8 @@ export function maskError(logger: Logger) {
     const limit = multipartLimit(message);
     if (limit) return toGraphQLError(limit, { requestLevel: true });
     logger.error({ err: original }, 'unexpected error');
-    return new GraphQLError('Unexpected error.', { path, extensions: { code: 'INTERNAL_SERVER_ERROR', http: { status: 500 } } });
+    // a field's error leaves the answer's other data, HTTP 200 (yoga would make the whole response a 500)
+    const extensions = path ? { code: 'INTERNAL_SERVER_ERROR' } : { code: 'INTERNAL_SERVER_ERROR', http: { status: 500 } };
+    return new GraphQLError('Unexpected error.', { path, extensions });
   };
 }

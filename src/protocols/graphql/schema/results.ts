@@ -11,7 +11,7 @@ import {
   type Region,
   type SegmentClass,
 } from '../../../vision/segmentation.ts';
-import { cropRaw, drawDetections, drawOverlay } from '../../../vision/draw.ts';
+import { cropRaw } from '../../../vision/draw.ts';
 import type { DecodedImage, RawImage } from '../../../vision/preprocess.ts';
 import { DTYPES } from '../../../engine/types.ts';
 import { builder } from './builder.ts';
@@ -48,7 +48,10 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
     box: t.field({ type: BoxRef, resolve: (o) => o.object.box }),
     classify: t.field({
       type: ClassificationRef,
-      description: 'Crop this box from the original photo and classify it: a pipeline in one query.',
+      // a box whose classification fails is null with its own error; the detection and its other boxes stay
+      nullable: true,
+      description:
+        'Crop this box from the original photo and classify it: a pipeline in one query. Null, with its own error, when that fails (the detection stays).',
       args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
       resolve: async (o, args, ctx, info) => {
         ctx.budget.takeImages(1);
@@ -84,10 +87,11 @@ export const DetectionRef = builder.objectRef<{ image: DecodedImage; objects: De
       },
     }),
     annotatedImage: t.string({
-      description: 'The photo with labelled boxes: base64 PNG (computed only when selected).',
-      resolve: async (d, _, ctx) => {
+      nullable: true,
+      description: 'The photo with labelled boxes: base64 PNG (computed only when selected). Null, with its own error, past a limit.',
+      resolve: async (d, _, ctx, info) => {
         ctx.budget.takeRendered();
-        return base64Within(ctx, await drawDetections(d.image.bytes, d.image.width, d.image.height, d.objects));
+        return base64Within(ctx, await ctx.service.drawDetections(d.image, d.objects, runOptions(ctx, info)));
       },
     }),
   }),
@@ -143,7 +147,8 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
       resolve: (s) => (s.classes ??= classHistogram(s.map, s.transform, s.labels)),
     }),
     mask: t.string({
-      description: 'Base64 PNG at the image size, one class id per pixel.',
+      nullable: true,
+      description: 'Base64 PNG at the image size, one class id per pixel. Null, with its own error, past a limit.',
       resolve: async (s, _, ctx) => {
         ctx.budget.takeRendered();
         // rendered once per answer: an alias asking again (a: mask) gets the same picture, not a second 12-megapixel one
@@ -151,10 +156,12 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
       },
     }),
     overlay: t.string({
-      description: 'The mask in colour over the photo: base64 PNG (computed only when selected).',
-      resolve: async (s, _, ctx) => {
+      nullable: true,
+      description: 'The mask in colour over the photo: base64 PNG (computed only when selected). Null, with its own error, past a limit.',
+      resolve: async (s, _, ctx, info) => {
         ctx.budget.takeRendered();
-        return base64Within(ctx, await (s.overlayPng ??= fullMap(s).then((m) => drawOverlay(s.image.bytes, m))));
+        const run = runOptions(ctx, info);
+        return base64Within(ctx, await (s.overlayPng ??= fullMap(s).then((m) => ctx.service.drawOverlay(s.image, m, run))));
       },
     }),
     regions: t.field({
