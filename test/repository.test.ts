@@ -162,6 +162,56 @@ describe('model repository over GraphQL', () => {
     ]);
   });
 
+  it('a model.json uploaded alone loads beside the serving version unseen: no status event, its state metric stays AVAILABLE', async () => {
+    const config = { task: 'classification', preprocessing: fixtureConfigs.mobilenet.preprocessing };
+    const upload = (json: object) =>
+      gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "config-only", files: $files) { description versions { version state } } }`,
+        { files: json === config ? [null, null] : [null] },
+        {
+          files: {
+            'files.0': { name: 'model.json', bytes: Buffer.from(JSON.stringify(json)) },
+            ...(json === config ? { 'files.1': modelFile('mobilenet') } : {}),
+          },
+        },
+      );
+    expect((await upload(config)).data.loadModel.versions).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+    const events: string[] = [];
+    const listen = (e: { model: string; version: number; state: string }) =>
+      e.model === 'config-only' && events.push(`${e.version} ${e.state}`);
+    gw.repository.on('status', listen);
+    const stateMetric = async () =>
+      (await (await fetch(`${gw.url}/metrics`)).text())
+        .split('\n')
+        .filter((l) => l.startsWith('gateway_model_version_state{model="config-only"') && l.endsWith(' 1'));
+    try {
+      const bad = await upload({ ...config, postprocessing: { output: 'nope' } });
+      expect(errorCode(bad)).toBe('INVALID_MODEL_CONFIG');
+      expect(await stateMetric()).toEqual(['gateway_model_version_state{model="config-only",version="1",state="AVAILABLE"} 1']);
+      const good = await upload({ ...config, description: 'configured again' });
+      expect(good.data.loadModel).toEqual({ description: 'configured again', versions: [{ version: 1, state: 'AVAILABLE' }] });
+      expect(await stateMetric()).toEqual(['gateway_model_version_state{model="config-only",version="1",state="AVAILABLE"} 1']);
+      expect(events).toEqual([]);
+    } finally {
+      gw.repository.off('status', listen);
+    }
+  });
+
+  it('a version loaded again goes on from the state its clients last saw (END -> LOADING), not from a new START', async () => {
+    const events: string[] = [];
+    const listen = (e: { model: string; state: string; previousState: string | null }) =>
+      e.model === 'config-only' && events.push(`${e.previousState} -> ${e.state}`);
+    gw.repository.on('status', listen);
+    try {
+      expect((await gw.gql(`mutation { unloadModel(name: "config-only") { name } }`)).errors).toBeUndefined();
+      const r = await gw.gql(`mutation { loadModel(name: "config-only") { versions { state } } }`);
+      expect(r.data.loadModel.versions).toEqual([{ state: 'AVAILABLE' }]);
+      expect(events).toEqual(['AVAILABLE -> UNLOADING', 'UNLOADING -> END', 'END -> LOADING', 'LOADING -> AVAILABLE']);
+    } finally {
+      gw.repository.off('status', listen);
+    }
+  });
+
   it('an upload says what is wrong with its model.json: under another name, or not JSON (where)', async () => {
     const upload = (name: string, text: string) =>
       gw.gql(

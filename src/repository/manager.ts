@@ -355,6 +355,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       ) {
         mv?.cancelRestart();
         const fresh = this.newVersion(model, v, file, model.files);
+        if (mv) fresh.continues(mv);
         fresh.loadedMtimeMs = mtime;
         model.versions.set(v, fresh);
         loads.push(fresh.load(this.loadOptions, model.files ? undefined : (model.configError ?? undefined)));
@@ -559,9 +560,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         try {
           const files = await readModelFiles(name, staged.dir);
           const target = staged.modelPath ? null : model.servingVersion();
+          // a configuration alone loads a new instance of the serving version, unpublished (as replace() does): for
+          // clients the version stays AVAILABLE, whether or not it takes over
           const candidate = staged.modelPath
             ? this.newVersion(model, staged.version!, staged.modelPath, files)
-            : target && this.newVersion(model, target.version, target.modelPath, files);
+            : target && this.newVersion(model, target.version, target.modelPath, files, false);
           if (candidate) {
             await candidate.load(this.loadOptions);
             if (candidate.state !== 'AVAILABLE') {
@@ -576,6 +579,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           if (candidate) {
             const previous = model.versions.get(candidate.version);
             model.versions.set(candidate.version, candidate);
+            if (!staged.modelPath) candidate.inService();
             await previous?.unload(undefined, { replaced: true });
           }
           await this.enable(model);

@@ -146,11 +146,13 @@ export class ModelVersion {
     else this.deps.logger.info(fields, 'model version state');
     if (this.quiet) return;
     this.deps.metrics?.state(to);
+    const previous = this.lastPublished ?? from;
+    this.lastPublished = null;
     this.deps.publish({
       model: this.model,
       version: this.version,
       state: to,
-      previousState: from,
+      previousState: previous,
       errorCode: this.errorCode,
       errorMessage: this.errorMessage,
       at: this.updatedAt,
@@ -324,6 +326,16 @@ export class ModelVersion {
    * transitions are published, and the state metric is its own. Until then they were only logged, since for clients
    * the version stayed AVAILABLE whether or not the candidate took over.
    */
+  /**
+   * A new instance of a version whose last instance ended (loaded again, retried): its first event goes on from the
+   * state clients last saw (END -> LOADING), not from this instance's START, which was never published.
+   */
+  continues(previous: ModelVersion): void {
+    this.lastPublished = previous.state;
+  }
+
+  private lastPublished: VersionState | null = null;
+
   inService(): void {
     this.quiet = false;
     this.deps.metrics?.state(this.state);
