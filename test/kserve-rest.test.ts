@@ -4,7 +4,7 @@ import net from 'node:net';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { ElemType, identityModel } from './onnx-builder.ts';
+import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
 import sharp from 'sharp';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import { createKserveGrpcClient } from '../src/client/kserve-grpc.ts';
@@ -97,12 +97,36 @@ describe('KServe v2 over REST', () => {
           Object.entries(identities).map(([name, t]) => [name, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }]),
         ),
         tiny: { onnx: identityModel(ElemType.FLOAT, ['N', 2]), config: { task: 'raw', batching: { maxQueueSize: 2 } } },
+        // x [N,4] -> t [4,N]: its output has no batch on dimension 0, so it runs one item at a time
+        transposed: {
+          onnx: buildModel({
+            nodes: [{ op: 'Transpose', inputs: ['x'], outputs: ['t'], attrs: { perm: [1, 0] } }],
+            inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+            outputs: [{ name: 't', elemType: ElemType.FLOAT, shape: [4, 'N'] }],
+          }),
+          config: { task: 'raw' },
+        },
       },
       env: { MAX_IMAGES_PER_REQUEST: '8' },
     });
     v2 = `${gw.url}/v2`;
   });
   afterAll(() => gw?.close());
+
+  it('a batch for a model whose output has no batch on dimension 0 is refused, naming the output; one item is answered', async () => {
+    const infer = (rows: number) =>
+      json(
+        post('/models/transposed/infer', {
+          inputs: [{ name: 'x', datatype: 'FP32', shape: [rows, 4], data: Array.from({ length: rows * 4 }, (_, i) => i + 1) }],
+        }),
+      );
+    const one = await infer(1);
+    expect(one.status).toBe(200);
+    expect(one.body.outputs[0]).toMatchObject({ name: 't', shape: [4, 1], data: [1, 2, 3, 4] });
+    const two = await infer(2);
+    expect([two.status, two.code]).toEqual([400, 'INVALID_INPUT']);
+    expect(two.body.error).toMatch(/output t .*dimension 0.*one item per request/);
+  });
 
   it('server metadata, liveness and readiness', async () => {
     expect(await json(get(''))).toMatchObject({

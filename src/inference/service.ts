@@ -473,6 +473,11 @@ async function settleAll<T>(runs: Promise<T>[]): Promise<T[]> {
 function joinItems(items: Feeds[], wanted: readonly string[]): Record<string, Tensor> {
   const picked = items.map((o) => Object.fromEntries(wanted.map((n) => [n, o[n]])));
   for (const n of wanted) {
+    // an output whose dimension 0 is not the item's batch of one (a transposed or reduced output) cannot be joined
+    if (items.length > 1 && picked.some((o) => o[n].shape[0] !== 1))
+      throw bad(
+        `output ${n} has no batch on dimension 0 (shape [${picked[0][n].shape.join(',')}] for one item): send one item per request`,
+      );
     const shape = picked[0][n].shape.slice(1).join('x');
     if (picked.some((o) => o[n].shape.slice(1).join('x') !== shape))
       throw bad(`output ${n} has a different shape for each item (images of different sizes?): send them one per request`);
