@@ -21,6 +21,7 @@ import {
   type TestGateway,
   fixture,
 } from './helpers.ts';
+import { ElemType, buildModel } from './onnx-builder.ts';
 
 const MODEL_FIELDS = `name task description metadata updatedAt labels versions { version state errorCode errorMessage } inputs { name dtype shape layout } outputs { name dtype shape }`;
 const mobilenet = () => fixture('mobilenet');
@@ -195,6 +196,30 @@ describe('model repository over GraphQL', () => {
     } finally {
       gw.repository.off('status', listen);
     }
+  });
+
+  it('a model with an output of a type the gateway does not carry fails its load, naming the output (not every request later)', async () => {
+    const onnx = buildModel({
+      nodes: [
+        { op: 'Identity', inputs: ['x'], outputs: ['y'] },
+        { op: 'Cast', inputs: ['x'], outputs: ['d'], attrs: { to: 11 } }, // DOUBLE
+      ],
+      inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+      outputs: [
+        { name: 'y', elemType: ElemType.FLOAT, shape: ['N', 4] },
+        { name: 'd', elemType: 11, shape: ['N', 4] },
+      ],
+    });
+    await addModel(gw.root, 'float64-out', { onnx, config: { task: 'raw' } });
+    const r = await gw.gql(`mutation { loadModel(name: "float64-out") { versions { state errorCode errorMessage } } }`);
+    expect(r.data.loadModel.versions).toEqual([
+      {
+        state: 'END',
+        errorCode: 'MODEL_LOAD_FAILED',
+        errorMessage: expect.stringMatching(/output d has type float64, which the gateway does not carry \(float32, float16, .*\)/),
+      },
+    ]);
+    expect((await gw.gql(`mutation { deleteModel(name: "float64-out") }`)).data.deleteModel).toBe(true); // /ready again
   });
 
   it('a version loaded again goes on from the state its clients last saw (END -> LOADING), not from a new START', async () => {

@@ -2,7 +2,7 @@
 import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { VersionMetrics } from '../metrics.ts';
-import type { LoadOptions, Session, TensorInfo } from '../engine/types.ts';
+import { DTYPES, type LoadOptions, type Session, type TensorInfo } from '../engine/types.ts';
 import { Admissions, type Ticket } from '../batching/admission.ts';
 import { Batcher, type Feeds } from '../batching/batcher.ts';
 import { VersionStats } from '../batching/stats.ts';
@@ -199,6 +199,20 @@ export class ModelVersion {
       } catch (e) {
         void opening.then((late) => late.close()).catch(() => undefined);
         return this.loadFailed(why(e));
+      }
+      // a tensor of a type no protocol here carries (float64, string...) would fail every request: said now, at load
+      const uncarried = [...session.inputs.map((t) => ['input', t] as const), ...session.outputs.map((t) => ['output', t] as const)].find(
+        ([, t]) => !(DTYPES as readonly string[]).includes(t.dtype),
+      );
+      if (uncarried) {
+        await session.close().catch(() => undefined);
+        const [kind, t] = uncarried;
+        return this.loadFailed(
+          new GatewayError(
+            ErrorCode.MODEL_LOAD_FAILED,
+            `its ${kind} ${t.name} has type ${t.dtype}, which the gateway does not carry (${DTYPES.join(', ')}): export the model with one of those`,
+          ),
+        );
       }
       let warnings: string[] = [];
       try {
