@@ -173,6 +173,16 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(r.errors).toBeUndefined();
     const regions = r.data.segment.regions;
     expect(regions).toHaveLength(8);
+    const negative = await gw.gql(
+      `mutation($f: File!) { segment(model: "ppocr", image: { file: $f }) { width regions(minPixels: -5) { pixels } } }`,
+      { f: null },
+      { files: { f: image('east_ocr_input.jpg') } },
+    );
+    expect([negative.data.segment, errorCode(negative), negative.errors![0].message]).toEqual([
+      null, // regions is a non-null list: its error nulls the answer
+      'INVALID_INPUT',
+      'regions: minPixels must be 0 or more, got -5',
+    ]);
     for (const g of regions) {
       expect(g.label).toBe('text');
       expect(g.box.xMax).toBeGreaterThan(g.box.xMin);
@@ -312,7 +322,7 @@ describe('inference over GraphQL with real models and photos', () => {
         p,
       });
       expect(errorCode(r), p).toBe('FORBIDDEN_PATH');
-      expect(r.errors![0].message, p).toMatch(/not under an allowed root: IMAGE_ROOTS names the folders images may be read from/);
+      expect(r.errors![0].message, p).toMatch(/not under an allowed root: IMAGE_ROOTS names the folders images may be read from$/); // (it said "none by default" with roots set)
     }
   });
 

@@ -62,7 +62,9 @@ async function readImage(image: ImageInput, limits: ImageReadLimits, takeBytes: 
     image.path!,
     limits.imageRoots,
     'image path',
-    'IMAGE_ROOTS names the folders images may be read from (none by default)',
+    limits.imageRoots.length > 0
+      ? 'IMAGE_ROOTS names the folders images may be read from'
+      : 'IMAGE_ROOTS names the folders images may be read from, and names none here (none by default)',
   );
   try {
     const st = await file.stat();

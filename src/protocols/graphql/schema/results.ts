@@ -168,7 +168,9 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
       type: [RegionRef],
       args: { minPixels: t.arg.int({ description: 'Smallest region kept, in output pixels (default 16).' }) },
       resolve: (s, args) => {
-        const minPixels = Math.max(1, args.minPixels ?? 16);
+        if ((args.minPixels ?? 0) < 0)
+          throw new GatewayError(ErrorCode.INVALID_INPUT, `regions: minPixels must be 0 or more, got ${args.minPixels}`);
+        const minPixels = Math.max(1, args.minPixels ?? 16); // (every region has a pixel: 0 is 1)
         const known = (s.regions ??= new Map());
         const done = known.get(minPixels);
         if (done) return done;
