@@ -444,14 +444,16 @@ describe('inference over GraphQL with real models and photos', () => {
     for (const [q, v, code] of cases) expect(errorCode(await gw.gql(q, v)), q).toBe(code);
     const ok = await classify('mobilenet', image('bee.jpeg'));
     expect(ok.data.classify.predictions[0].classId).toBe(309);
-    // a size the graph accepts at its inputs but cannot compute (ppocr needs multiples of 32): the engine's own words,
-    // without the paths of its sources
+    // a size the graph accepts at its inputs but cannot compute (ppocr needs multiples of 32): the client's input, in the
+    // engine's own words, without the paths of its sources
     const odd = await gw.gql(
       `mutation($d: String!) { infer(model: "ppocr", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 3, 30, 14], data: $d }]) { outputs { name } } }`,
       { d: Buffer.alloc(4 * 3 * 30 * 14).toString('base64') },
     );
-    expect(errorCode(odd)).toBe('INFERENCE_FAILED');
-    expect(odd.errors![0].message).toMatch(/^inference failed: /);
+    expect(errorCode(odd)).toBe('INVALID_INPUT');
+    expect(odd.errors![0].message).toMatch(
+      /^model ppocr cannot compute input x of shape \[1,3,30,14\] \(the model's is \[-1,3,-1,-1\]\): /,
+    );
     expect(odd.errors![0].message).not.toMatch(/onnxruntime_src|\.(h|cc):\d+/);
     expect(gw.logs.some((l) => l.includes('engine call failed') && l.includes('onnxruntime_src'))).toBe(true); // the log has it all
   });

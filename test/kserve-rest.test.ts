@@ -97,6 +97,18 @@ describe('KServe v2 over REST', () => {
           Object.entries(identities).map(([name, t]) => [name, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }]),
         ),
         tiny: { onnx: identityModel(ElemType.FLOAT, ['N', 2]), config: { task: 'raw', batching: { maxQueueSize: 2 } } },
+        // x [N,H,W] -> x + its transpose: only square sizes compute
+        'square-only': {
+          onnx: buildModel({
+            nodes: [
+              { op: 'Transpose', inputs: ['x'], outputs: ['xt'], attrs: { perm: [0, 2, 1] } },
+              { op: 'Add', inputs: ['x', 'xt'], outputs: ['y'] },
+            ],
+            inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 'H', 'W'] }],
+            outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: ['N', 'H', 'W'] }],
+          }),
+          config: { task: 'raw' },
+        },
         // x [N,4] -> t [4,N]: its output has no batch on dimension 0, so it runs one item at a time
         transposed: {
           onnx: buildModel({
@@ -112,6 +124,26 @@ describe('KServe v2 over REST', () => {
     v2 = `${gw.url}/v2`;
   });
   afterAll(() => gw?.close());
+
+  it('a size the client chose that the model cannot compute is INVALID_INPUT (400), not a server failure', async () => {
+    const infer = (h: number, w: number) =>
+      json(
+        post('/models/square-only/infer', {
+          inputs: [{ name: 'x', datatype: 'FP32', shape: [1, h, w], data: Array.from({ length: h * w }, (_, i) => i) }],
+        }),
+      );
+    expect((await infer(2, 2)).body.outputs[0]).toMatchObject({ shape: [1, 2, 2], data: [0, 3, 3, 6] });
+    const odd = await infer(3, 4);
+    expect([odd.status, odd.code]).toEqual([400, 'INVALID_INPUT']);
+    expect(odd.body.error).toMatch(/^model square-only cannot compute input x of shape \[1,3,4\] \(the model's is \[-1,-1,-1\]\): /);
+    const gql = await gw.gql(
+      `mutation($d: String!) { infer(model: "square-only", inputs: [{ name: "x", dtype: FLOAT32, shape: [1, 3, 4], data: $d }]) { outputs { name } } }`,
+      {
+        d: Buffer.alloc(48).toString('base64'),
+      },
+    );
+    expect(gql.errors![0].extensions?.code).toBe('INVALID_INPUT');
+  });
 
   it('a batch for a model whose output has no batch on dimension 0 is refused, naming the output; one item is answered', async () => {
     const infer = (rows: number) =>

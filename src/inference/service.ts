@@ -2,7 +2,7 @@
 // admission, budgets and the joining of results.
 import { setMaxListeners } from 'node:events';
 import { ErrorCode, GatewayError, isGatewayError } from '../errors.ts';
-import { bytesPerElement, elementCount, type Tensor } from '../engine/types.ts';
+import { bytesPerElement, elementCount, type Tensor, type TensorInfo } from '../engine/types.ts';
 import { concatBatch, type Feeds } from '../batching/batcher.ts';
 import { postprocessingOf, type Task } from '../repository/model-config.ts';
 import type { Model, ModelFiles } from '../repository/model.ts';
@@ -233,8 +233,9 @@ export class InferenceService {
       version.stats.recordRequest((performance.now() - t0) * 1000);
       return Object.fromEntries(wanted.map((n) => [n, outputs[n]]));
     } catch (e) {
-      version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
-      throw e;
+      const err = notComputable(name, e, version.inputs, feeds);
+      version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED);
+      throw err;
     } finally {
       admission.release();
     }
@@ -302,8 +303,9 @@ export class InferenceService {
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return outputs;
       } catch (e) {
-        version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
-        throw e;
+        const err = n === 1 ? notComputable(name, e, version.inputs, items[k], inputs) : notComputable(name, e, version.inputs, items[k]);
+        version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED);
+        throw err;
       } finally {
         admission.release();
       }
@@ -467,6 +469,31 @@ async function settleAll<T>(runs: Promise<T>[]): Promise<T[]> {
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
   return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
+/**
+ * A run that failed on raw tensors whose dynamic dimensions (beyond the batch) the client chose: the model cannot
+ * compute that size (33 where its layers need a multiple of 32, a height that must equal the width). That is the
+ * client's input, INVALID_INPUT naming it, not the server's failure; image requests, whose sizes the gateway picks,
+ * keep INFERENCE_FAILED. `sent`: the tensors as the client sent them, for the message (default: the item's).
+ */
+function notComputable(
+  model: string,
+  e: unknown,
+  infos: readonly TensorInfo[],
+  feeds: Feeds,
+  sent: readonly { name: string; shape: readonly number[] }[] = [],
+): unknown {
+  if (!isGatewayError(e) || e.code !== ErrorCode.INFERENCE_FAILED) return e;
+  const chosen = infos.find((info) => feeds[info.name] && info.shape.some((d, k) => k > 0 && d === null));
+  if (!chosen) return e;
+  const shape = sent.find((t) => t.name === chosen.name)?.shape ?? feeds[chosen.name].shape;
+  return new GatewayError(
+    ErrorCode.INVALID_INPUT,
+    `model ${model} cannot compute input ${chosen.name} of shape [${shape.join(',')}] (the model's is [${chosen.shape.map((d) => d ?? -1).join(',')}]): ${e.message.replace(/^inference failed: /, '')}; it may take only some sizes there (multiples of its stride, for example)`,
+    undefined,
+    { cause: e },
+  );
 }
 
 /** Per-item outputs (batch dimension 1) joined along dimension 0; only the outputs wanted. */
