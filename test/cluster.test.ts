@@ -167,8 +167,8 @@ describe.skipIf(missing.length > 0)('three replicas, one Redis, HAProxy in front
     await until(async () => (await allStates(replicas, 'mobilenet')).every((s) => s === 'AVAILABLE'), 30_000, 'mobilenet AVAILABLE on all');
     for (const r of replicas) expect(await classifyVia(r.url, zebra)).toBe('zebra');
 
-    // every replica's four transitions, each exactly once, with its name (loading again is a new instance: START)
-    const want = ['AVAILABLE>UNLOADING', 'UNLOADING>END', 'START>LOADING', 'LOADING>AVAILABLE'];
+    // every replica's four transitions, each exactly once, with its name (loading again goes on from END)
+    const want = ['AVAILABLE>UNLOADING', 'UNLOADING>END', 'END>LOADING', 'LOADING>AVAILABLE'];
     await until(() => events.length >= 12, 10_000, 'twelve events on replica 3');
     for (const name of ['r1', 'r2', 'r3']) {
       const mine = events.filter((e) => e.replica === name).map((e) => `${e.previousState}>${e.state}`);
