@@ -97,6 +97,18 @@ describe('KServe v2 over REST', () => {
           Object.entries(identities).map(([name, t]) => [name, { onnx: identityModel(t, ['N', 2, 3]), config: { task: 'raw' } }]),
         ),
         tiny: { onnx: identityModel(ElemType.FLOAT, ['N', 2]), config: { task: 'raw', batching: { maxQueueSize: 2 } } },
+        // no batch dimension at all: x [3,4] + v [4] (broadcast) -> y [3,4]
+        'no-batch': {
+          onnx: buildModel({
+            nodes: [{ op: 'Add', inputs: ['x', 'v'], outputs: ['y'] }],
+            inputs: [
+              { name: 'x', elemType: ElemType.FLOAT, shape: [3, 4] },
+              { name: 'v', elemType: ElemType.FLOAT, shape: [4] },
+            ],
+            outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: [3, 4] }],
+          }),
+          config: { task: 'raw' },
+        },
         // x [N,H,W] -> x + its transpose: only square sizes compute
         'square-only': {
           onnx: buildModel({
@@ -124,6 +136,39 @@ describe('KServe v2 over REST', () => {
     v2 = `${gw.url}/v2`;
   });
   afterAll(() => gw?.close());
+
+  it('a model without a batch dimension takes its tensors as its metadata gives them, over REST and GraphQL', async () => {
+    const x = Array.from({ length: 12 }, (_, i) => i);
+    const v = [100, 200, 300, 400];
+    const want = x.map((e, i) => e + v[i % 4]);
+    const rest = await json(
+      post('/models/no-batch/infer', {
+        inputs: [
+          { name: 'x', datatype: 'FP32', shape: [3, 4], data: x },
+          { name: 'v', datatype: 'FP32', shape: [4], data: v },
+        ],
+      }),
+    );
+    expect(rest.status).toBe(200);
+    expect(rest.body.outputs[0]).toMatchObject({ name: 'y', shape: [3, 4], data: want });
+    const f32 = (a: number[]) => Buffer.from(Float32Array.from(a).buffer).toString('base64');
+    const gql = await gw.gql(
+      `mutation($x: String!, $v: String!) { infer(model: "no-batch", inputs: [{ name: "x", dtype: FLOAT32, shape: [3, 4], data: $x }, { name: "v", dtype: FLOAT32, shape: [4], data: $v }]) { outputs { name shape data } } }`,
+      { x: f32(x), v: f32(v) },
+    );
+    expect(gql.errors).toBeUndefined();
+    expect(gql.data.infer.outputs[0]).toEqual({ name: 'y', shape: [3, 4], data: f32(want) });
+    // a shape other than the model's is refused, naming both
+    const wrong = await json(
+      post('/models/no-batch/infer', {
+        inputs: [
+          { name: 'x', datatype: 'FP32', shape: [1, 4], data: x.slice(0, 4) },
+          { name: 'v', datatype: 'FP32', shape: [4], data: v },
+        ],
+      }),
+    );
+    expect([wrong.status, wrong.body.error]).toEqual([400, 'input x has shape [3,4], got [1,4]']);
+  });
 
   it('a size the client chose that the model cannot compute is INVALID_INPUT (400), not a server failure', async () => {
     const infer = (h: number, w: number) =>

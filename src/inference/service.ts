@@ -17,7 +17,7 @@ import { toClassMap, type ClassMap } from '../vision/segmentation.ts';
 import os from 'node:os';
 import { FairQueue } from './fair-queue.ts';
 import type { ImageSource } from './images.ts';
-import { selectOutputs, tensorFeeds, type TensorInput } from './tensors.ts';
+import { hasBatchDimension, selectOutputs, tensorFeeds, type TensorInput } from './tensors.ts';
 
 /**
  * The inference service every protocol calls: admit -> preprocess -> batched engine call -> postprocess. It knows no
@@ -261,9 +261,11 @@ export class InferenceService {
       if (info && info.shape.length !== i.shape.length)
         throw bad(`input ${i.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${i.shape.join(',')}]`);
     }
+    // a model without a batch dimension takes the request whole, as one item
+    const batched = hasBatchDimension(version.inputs);
     const ranked = inputs.filter((i) => i.shape.length > 0);
-    const n = ranked.length ? ranked[0].shape[0] : 1;
-    if (ranked.some((i) => i.shape[0] !== n)) throw bad('every input must have the same batch size (dimension 0)');
+    const n = ranked.length && batched ? ranked[0].shape[0] : 1;
+    if (batched && ranked.some((i) => i.shape[0] !== n)) throw bad('every input must have the same batch size (dimension 0)');
     if (!Number.isInteger(n) || n < 1) throw bad(`batch size (dimension 0) must be at least 1, got ${n}`);
     if (n > 1 && ranked.length !== inputs.length) throw bad('a batch of several items needs a batch dimension on every input');
     for (const i of inputs) {

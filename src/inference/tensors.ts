@@ -16,8 +16,16 @@ export const MAX_TENSOR_BYTES = 256 * 1024 * 1024;
 const bad = (msg: string) => new GatewayError(ErrorCode.INVALID_INPUT, msg);
 
 /**
- * Check raw tensors against a model's inputs (names, dtypes, shapes with batch dimension 1, byte lengths) and turn
- * them into engine feeds. Every input must be given once.
+ * Does dimension 0 of every input hold a batch (dynamic, or 1)? A model with an input of another kind (`[3,4]`, a
+ * vector `[4]`, a scalar) has none: it takes its tensors as its metadata gives them, one request per engine call, as
+ * Triton serves a model with `max_batch_size: 0`.
+ */
+export const hasBatchDimension = (infos: readonly TensorInfo[]): boolean =>
+  infos.every((i) => i.shape.length > 0 && (i.shape[0] === null || i.shape[0] === 1));
+
+/**
+ * Check raw tensors against a model's inputs (names, dtypes, shapes with batch dimension 1 where the model has one,
+ * byte lengths) and turn them into engine feeds. Every input must be given once.
  */
 export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs: readonly TensorInput[]): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
@@ -35,7 +43,7 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
     ) {
       throw bad(`input ${input.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${shape.join(',')}]`);
     }
-    if (shape[0] !== 1 && shape.length > 0)
+    if (shape[0] !== 1 && shape.length > 0 && hasBatchDimension(infos))
       throw bad(`input ${input.name}: send one item (batch dimension 1) per tensor; the gateway batches requests itself`);
     const expected = elementCount(shape) * bytesPerElement[dtype];
     if (expected > MAX_TENSOR_BYTES) throw bad(`input ${input.name} would be ${expected} bytes`);
