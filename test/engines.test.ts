@@ -103,6 +103,35 @@ describe('engines', () => {
     }
   });
 
+  it("onnxruntime: a dynamic dimension 0 of an output that is not its inputs' batch (non-maximum suppression) is batched only if a trial shows it", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'dim0-'));
+    const scalar = (name: string, elemType: number, v: bigint | number) => ({
+      name,
+      elemType,
+      dims: [1],
+      raw: new Uint8Array((typeof v === 'bigint' ? BigInt64Array.from([v]) : Float32Array.from([v])).buffer),
+    });
+    // selected [S,3]: (batch, class, box) rows of every item together; S equals the batch by chance only
+    const nms = buildModel({
+      nodes: [{ op: 'NonMaxSuppression', inputs: ['boxes', 'scores', 'max', 'iou', 'threshold'], outputs: ['selected'] }],
+      inputs: [
+        { name: 'boxes', elemType: ElemType.FLOAT, shape: ['N', 2, 4] },
+        { name: 'scores', elemType: ElemType.FLOAT, shape: ['N', 1, 2] },
+      ],
+      outputs: [{ name: 'selected', elemType: ElemType.INT64, shape: ['S', 3] }],
+      initializers: [scalar('max', ElemType.INT64, 10n), scalar('iou', ElemType.FLOAT, 0.5), scalar('threshold', ElemType.FLOAT, 0)],
+    });
+    for (const [model, batchable, note] of [
+      [nms, false, /^items mix in a batch/],
+      [identityModel(ElemType.FLOAT, ['N', 4]), true, undefined],
+    ] as const) {
+      await writeFile(path.join(dir, 'model.onnx'), model);
+      const session = await (await createEngine('onnxruntime')).load(path.join(dir, 'model.onnx'), { instances: 1 });
+      expect([session.batchable, session.notes?.dynamicBatch]).toEqual([batchable, note ? expect.stringMatching(note) : undefined]);
+      await session.close();
+    }
+  });
+
   it('onnxruntime: a run whose input was already handed to the engine fails at once instead of waiting for ever', async () => {
     const engine = await createEngine('onnxruntime');
     const session = await engine.load(modelFile('mobilenet'), { intraOpThreads: 1 });

@@ -130,6 +130,8 @@ const dim0 = (t: TensorInfo) => t.shape[0];
 interface Decidable extends Session {
   batchable: boolean;
   notes: Record<string, unknown>;
+  /** The names the graph gives dimension 0 of its tensors, where it names it. */
+  dim0Names?: ReadonlyMap<string, string | null>;
 }
 
 /**
@@ -148,7 +150,28 @@ export async function withDynamicBatch<S extends Decidable>(
     if (note) s.notes = { ...s.notes, dynamicBatch: note };
     return s;
   };
-  if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) return decided(session, true);
+  if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) {
+    // every dimension 0 dynamic: the batch, when the graph gives them all one name. An output whose dynamic dimension 0
+    // is another (non-maximum suppression's selected boxes of every item together) would split across clients at
+    // random, so a batch of two is tried against two single runs, where a trial can be built (no other dynamic
+    // dimension); where it cannot, the model batches as before (exporters name one batch differently per tensor).
+    const names = new Set(all.map((t) => session.dim0Names?.get(t.name) ?? null));
+    if (names.size === 1 && !names.has(null)) return decided(session, true);
+    if (session.inputs.some((t) => t.shape.slice(1).some((d) => d === null))) return decided(session, true);
+    let mixes = true;
+    try {
+      mixes = !(await batchWorks(session, session));
+    } catch {
+      // a batch of two that does not run: it does not batch
+    }
+    return mixes
+      ? decided(
+          session,
+          false,
+          'items mix in a batch (a trial run): dimension 0 of an output is not the batch; items run one after another',
+        )
+      : decided(session, true);
+  }
   if (!dynamicBatch || !all.every((t) => dim0(t) === 1 || dim0(t) === null)) return decided(session, false);
   let candidate: S | null = null;
   try {

@@ -76,6 +76,8 @@ export class WorkerSession implements Session {
   outputs: TensorInfo[] = [];
   batchable = false;
   notes: Record<string, unknown> = {};
+  /** The names the graph gives dimension 0 of its inputs and outputs, by tensor (null: a number, or unnamed). */
+  dim0Names = new Map<string, string | null>();
   /** The graph this session was loaded from (for a second graph with fused preprocessing), and how. */
   private source: Uint8Array | null = null;
   private sessionOptions: Record<string, unknown> = {};
@@ -228,6 +230,8 @@ export class WorkerSession implements Session {
     const r = await this.request<{ inputs: OrtMeta[]; outputs: OrtMeta[] }>(message);
     this.inputs = r.inputs.map(toInfo);
     this.outputs = r.outputs.map(toInfo);
+    for (const m of [...r.inputs, ...r.outputs])
+      this.dim0Names.set(m.name, typeof m.shape?.[0] === 'string' && m.shape[0] ? m.shape[0] : null);
   }
 
   async run(feeds: Record<string, Tensor>, options: RunOptions = {}): Promise<Record<string, Tensor>> {
