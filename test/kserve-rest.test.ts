@@ -279,6 +279,18 @@ describe('KServe v2 over REST', () => {
     }
   });
 
+  it('FP16 from JSON numbers is rounded once, to the nearest half (not to a float first, then to a half)', async () => {
+    // each just above a point halfway between two halves, and rounded onto it by a float32 first
+    const r = await json(
+      post('/models/id-f16/infer', {
+        inputs: [
+          { name: 'x', datatype: 'FP16', shape: [1, 2, 3], data: [1.0004882812500009, 2049.0000000000005, -1.0004882812500009, 1, 0.5, 2] },
+        ],
+      }),
+    );
+    expect(r.body.outputs[0].data).toEqual([1.0009765625, 2050, -1.0009765625, 1, 0.5, 2]);
+  });
+
   it('INT64 past 2^53 comes back exact in JSON (as digits, not rounded); NaN and infinities as strings, both ways', async () => {
     const big = ['9223372036854775807', '-9223372036854775808', '9007199254740993', '-1', '0', '42'];
     const res = await post('/models/id-i64/infer', { inputs: [{ name: 'x', datatype: 'INT64', shape: [1, 2, 3], data: big }] });

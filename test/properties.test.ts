@@ -9,6 +9,7 @@ import { parseModelConfig, parseModelConfigText } from '../src/repository/model-
 import { parseLabelsFile, parseNpy } from '../src/repository/labels.ts';
 import { planInput, preprocess, probeImage } from '../src/vision/preprocess.ts';
 import { ElemType, identityModel } from './onnx-builder.ts';
+import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 import { image, startGateway, type TestGateway } from './helpers.ts';
 
 /** Runs fn; passes when it returns or throws a GatewayError with one of the codes. Anything else fails. */
@@ -28,6 +29,28 @@ async function onlyTyped(codes: string[], fn: () => unknown | Promise<unknown>, 
 const plan = planInput(parseModelConfig({ task: 'classification', preprocessing: { resizeType: 'FILL', targetSize: '32x32' } }), [
   { name: 'x', dtype: 'float32', shape: [1, 3, 32, 32], layout: null },
 ]);
+
+describe('property: float16', () => {
+  it('a double becomes the nearest half (ties to even), as a correctly rounded conversion gives', () => {
+    // the reference: of the halves on either side (by their bits), the nearer; on a tie the even one
+    const nearest = (v: number): number => {
+      const h = floatToHalf(v);
+      let best = h;
+      for (const c of [h - 1, h + 1]) {
+        if (c < 0 || c > 0xffff || (c & 0x7c00) === 0x7c00 || (c ^ h) & 0x8000) continue; // out of range, infinite, other sign
+        const [dc, db] = [Math.abs(halfToFloat(c) - v), Math.abs(halfToFloat(best) - v)];
+        if (dc < db || (dc === db && (c & 1) === 0)) best = c;
+      }
+      return best;
+    };
+    fc.assert(
+      fc.property(fc.double({ min: -65000, max: 65000, noNaN: true }), (v) => floatToHalf(v) === nearest(v)),
+      { numRuns: 20_000 },
+    );
+    for (const v of [1.0004882812500009, 2049.0000000000005, 2049, 1 + 2 ** -11, 6e-8, 3e-8, -0, 0])
+      expect(floatToHalf(v)).toBe(nearest(v));
+  });
+});
 
 describe('property: image bytes', () => {
   it('JPEG headers with bytes flipped: the header reader never throws, and what it reads libvips reads alike', async () => {

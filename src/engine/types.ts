@@ -206,6 +206,9 @@ const u32 = new Uint32Array(f32.buffer);
 /** IEEE 754 half bits from a float (round to nearest even). */
 export function floatToHalf(value: number): number {
   f32[0] = value;
+  // a double is rounded once: to a float32 by rounding to odd (an inexact result keeps its last bit set), which the
+  // 13 bits dropped below leave exact enough that the half's own rounding is the double's (no double rounding)
+  if (f32[0] !== value && Number.isFinite(f32[0]) && (u32[0] & 1) === 0) u32[0] += Math.abs(f32[0]) < Math.abs(value) ? 1 : -1;
   const x = u32[0];
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
