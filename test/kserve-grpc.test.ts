@@ -137,6 +137,19 @@ describe('KServe v2 over gRPC', () => {
     expect(bools.outputs[0].contents.bool_contents).toEqual([true, false, true]);
   });
 
+  it('shared memory (not implemented) is refused on an input and an output, not ignored', async () => {
+    const shm = { shared_memory_region: { string_param: 'r0' }, shared_memory_byte_size: { int64_param: 24 } };
+    const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };
+    expect(await failure(client.ModelInfer({ model_name: 'id-f32', inputs: [{ ...x, parameters: shm }] }))).toEqual([
+      'INVALID_ARGUMENT',
+      'INVALID_INPUT',
+    ]);
+    const withData = { ...x, contents: { fp32_contents: [1, 2, 3, 4, 5, 6] } };
+    expect(
+      await failure(client.ModelInfer({ model_name: 'id-f32', inputs: [withData], outputs: [{ name: 'y', parameters: shm }] })),
+    ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT']);
+  });
+
   it('FP16 travels raw only: typed contents are refused, and a typed request for an FP16 output is answered raw', async () => {
     expect(
       await failure(

@@ -279,6 +279,24 @@ describe('KServe v2 over REST', () => {
     }
   });
 
+  it('shared memory (the extension this server does not implement) is refused on an input and an output, not ignored', async () => {
+    const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };
+    const shm = { shared_memory_region: 'r0', shared_memory_byte_size: 24 };
+    const input = await json(post('/models/id-f32/infer', { inputs: [{ ...x, parameters: shm }] }));
+    expect([input.status, input.code, input.body.error]).toEqual([
+      400,
+      'INVALID_INPUT',
+      'input x: shared memory (shared_memory_region) is not supported here: send "data", or binary data (binary_data_size)',
+    ]);
+    const output = await json(
+      post('/models/id-f32/infer', { inputs: [{ ...x, data: [1, 2, 3, 4, 5, 6] }], outputs: [{ name: 'y', parameters: shm }] }),
+    );
+    expect([output.status, output.body.error]).toEqual([
+      400,
+      'output y: shared memory (shared_memory_region) is not supported here: ask for JSON or binary data ("binary_data": true)',
+    ]);
+  });
+
   it('FP16 from JSON numbers is rounded once, to the nearest half (not to a float first, then to a half)', async () => {
     // each just above a point halfway between two halves, and rounded onto it by a float32 first
     const r = await json(

@@ -11,6 +11,9 @@ import { imageFormat } from '../../vision/preprocess.ts';
  */
 
 /** v2 data type names of the engine's data types. */
+/** Triton's shared-memory extension (its regions are registered with calls this server does not have): refused, not ignored. */
+export const NO_SHARED_MEMORY = 'shared memory (shared_memory_region) is not supported here';
+
 export const V2_DATATYPE: Record<DType, string> = {
   float32: 'FP32',
   float16: 'FP16',

@@ -11,6 +11,7 @@ import {
   contentsField,
   contentsValues,
   engineDtype,
+  NO_SHARED_MEMORY,
   parseBytes,
   parseShape,
   serializeBytes,
@@ -86,6 +87,8 @@ export function decodeInferRequest(
   const inputs = msg.inputs.map((i, k): V2Input => {
     const name = i.name;
     checkInputType(target, name, i.datatype);
+    if (i.parameters?.shared_memory_region !== undefined)
+      throw invalid(`input ${name}: ${NO_SHARED_MEMORY}: send typed contents or raw_input_contents`);
     const shape = parseShape(i.shape, name);
     const typed = Object.entries(i.contents ?? {})
       .filter(([, v]) => Array.isArray(v) && v.length > 0)
@@ -118,6 +121,7 @@ export function decodeInferRequest(
   });
   const outputs = msg.outputs.length
     ? msg.outputs.map((o) => {
+        if (o.parameters?.shared_memory_region !== undefined) throw invalid(`output ${o.name}: ${NO_SHARED_MEMORY}`);
         const c = paramValue(o.parameters?.classification);
         // int64_param (a string, as the loader gives int64) or a number; a boolean is not a count
         const n = c === undefined ? null : typeof c === 'number' || typeof c === 'string' ? Number(c) : NaN;

@@ -12,6 +12,7 @@ import {
   checkCount,
   engineDtype,
   jsonBytesElement,
+  NO_SHARED_MEMORY,
   parseBytes,
   parseShape,
   serializeBytes,
@@ -260,6 +261,8 @@ export function parseInferRequest(
     checkInputType(target, name, raw.datatype);
     const shape = parseShape(raw.shape, name);
     const p = params(raw.parameters, `input ${name}`);
+    if (p.shared_memory_region !== undefined)
+      throw invalid(`input ${name}: ${NO_SHARED_MEMORY}: send "data", or binary data (binary_data_size)`);
     const datatype = raw.datatype;
     if (p.binary_data_size !== undefined) {
       if (raw.data !== undefined) throw invalid(`input ${name} has both "data" and binary_data_size: send one of them`);
@@ -295,6 +298,8 @@ export function parseInferRequest(
   const requested = outputs?.map((raw: unknown, k: number) => {
     if (!isObject(raw) || typeof raw.name !== 'string') throw invalid(`outputs[${k}] needs a "name"`);
     const p = params(raw.parameters, `output ${raw.name}`);
+    if (p.shared_memory_region !== undefined)
+      throw invalid(`output ${raw.name}: ${NO_SHARED_MEMORY}: ask for JSON or binary data ("binary_data": true)`);
     const c = p.classification;
     if (c !== undefined && typeof c !== 'number') throw invalid(`output ${raw.name}: classification must be a positive integer`);
     if (p.binary_data === true || (p.binary_data === undefined && reqParams.binary_data_output === true)) binaryOutputs.add(raw.name);
