@@ -297,6 +297,26 @@ describe('KServe v2 over REST', () => {
     ]);
   });
 
+  it('BOOL bytes other than 0 and 1 are true, whatever the transport: binary answers 1, as JSON says true', async () => {
+    const bytes = new Uint8Array([2, 255, 0, 1, 0, 128]);
+    const header = {
+      inputs: [{ name: 'x', datatype: 'BOOL', shape: [1, 2, 3], parameters: { binary_data_size: 6 } }],
+      outputs: [{ name: 'y', parameters: { binary_data: true } }],
+    };
+    const { body, headers } = binaryBody(header, [bytes]);
+    const { parts } = await readBinary(await post('/models/id-bool/infer', body, headers));
+    expect([...parts.y]).toEqual([1, 1, 0, 1, 0, 1]);
+    const asJson = binaryBody({ ...header, outputs: [{ name: 'y' }] }, [bytes]);
+    expect((await json(post('/models/id-bool/infer', asJson.body, asJson.headers))).body.outputs[0].data).toEqual([
+      true,
+      true,
+      false,
+      true,
+      false,
+      true,
+    ]);
+  });
+
   it('FP16 from JSON numbers is rounded once, to the nearest half (not to a float first, then to a half)', async () => {
     // each just above a point halfway between two halves, and rounded onto it by a float32 first
     const r = await json(

@@ -51,7 +51,9 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
       throw bad(
         `input ${input.name}: ${input.data.length} bytes of data for shape [${shape.join(',')}] ${dtype.toUpperCase()} (expected ${expected})`,
       );
-    feeds[input.name] = { dtype, shape, data: fromBytes(dtype, input.data) };
+    // a byte of a BOOL is true when it is not 0 (one protocol writes true, another 2): the model is given 0 or 1
+    const data = dtype === 'bool' && input.data.some((b) => b > 1) ? input.data.map((b) => (b ? 1 : 0)) : input.data;
+    feeds[input.name] = { dtype, shape, data: fromBytes(dtype, data) };
   }
   for (const info of infos) if (!feeds[info.name]) throw bad(`input ${info.name} is missing`);
   return feeds;
