@@ -160,8 +160,9 @@ export function tensorToJson(t: Tensor): string {
   const out = new Array<string | number>(d.length);
   for (let i = 0; i < d.length; i++) {
     const v = half ? halfToFloat(d[i] as number) : (d[i] as number);
-    // -0 is written 0, as JSON.stringify does
-    out[i] = Number.isFinite(v) ? v + 0 : `"${v}"`;
+    // -0 keeps its sign, as the binary forms do: "-0.0", a float to every reader (JSON.stringify writes 0, and Python
+    // reads "-0" as the integer 0)
+    out[i] = Object.is(v, -0) ? '-0.0' : Number.isFinite(v) ? v : `"${v}"`;
   }
   return `[${out.join(',')}]`;
 }
