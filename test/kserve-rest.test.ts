@@ -168,6 +168,11 @@ describe('KServe v2 over REST', () => {
       }),
     );
     expect([wrong.status, wrong.body.error]).toEqual([400, 'input x has shape [3,4], got [1,4]']);
+    // of a batch, the shape sent is named, not one item's
+    const batch = await json(
+      post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [2, 2, 4], data: Array(16).fill(0) }] }),
+    );
+    expect([batch.status, batch.body.error]).toEqual([400, 'input x has shape [-1,2,3], got [2,2,4]']);
   });
 
   it('a size the client chose that the model cannot compute is INVALID_INPUT (400), not a server failure', async () => {

@@ -255,10 +255,10 @@ export class InferenceService {
   ): Promise<BatchResult> {
     const { model, version } = this.models.resolve(name, versionNo);
     const wanted = selectOutputs(name, version.outputs, outputNames);
-    // a rank that does not fit is said of the shape sent, before it is split into items of batch 1
+    // a rank or a fixed dimension that does not fit is said of the shape sent, before it is split into items of batch 1
     for (const i of inputs) {
       const info = version.inputs.find((x) => x.name === i.name);
-      if (info && info.shape.length !== i.shape.length)
+      if (info && (info.shape.length !== i.shape.length || i.shape.some((d, k) => k > 0 && info.shape[k] !== null && info.shape[k] !== d)))
         throw bad(`input ${i.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${i.shape.join(',')}]`);
     }
     // a model without a batch dimension takes the request whole, as one item
