@@ -12,7 +12,7 @@ import type { Logger } from '../log.ts';
  * was added while it was down arrives once it is back, which a channel (no history) cannot do.
  *
  * Commands are not queued while disconnected (enableOfflineQueue off on the publisher): a publish fails at once and
- * the caller decides what to keep (the cluster keeps admin changes, drops status events and counts them).
+ * the caller decides what to keep (the cluster keeps admin changes and status events, up to a bound each).
  */
 export interface BusOptions {
   url: string;
