@@ -486,7 +486,9 @@ function notComputable(
   feeds: Feeds,
   sent: readonly { name: string; shape: readonly number[] }[] = [],
 ): unknown {
-  if (!isGatewayError(e) || e.code !== ErrorCode.INFERENCE_FAILED) return e;
+  // (an operator of the graph that failed, in ONNX Runtime's words; not an engine that died under it)
+  if (!isGatewayError(e) || e.code !== ErrorCode.INFERENCE_FAILED || !/Non-zero status code returned while running/.test(e.message))
+    return e;
   const chosen = infos.find((info) => feeds[info.name] && info.shape.some((d, k) => k > 0 && d === null));
   if (!chosen) return e;
   const shape = sent.find((t) => t.name === chosen.name)?.shape ?? feeds[chosen.name].shape;
