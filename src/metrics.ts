@@ -172,7 +172,7 @@ export class ClusterMetrics {
     });
     this.dropped = new Counter({
       name: 'gateway_cluster_messages_dropped_total',
-      help: 'Status events dropped: the oldest beyond the 1000 kept while the bus is down, or received and not a model status event.',
+      help: 'Bus messages dropped, by kind: status events past those kept while the bus is down, or received and not a model status event; status events and admin changes still kept when the process ends with the bus down.',
       labelNames: ['kind'],
       registers,
     });

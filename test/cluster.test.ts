@@ -519,6 +519,46 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect(seen).toEqual(['1 UNLOADING', '1 END']);
   }, 60_000);
 
+  it('a status event added to the stream twice (a write resent after its reply was lost) reaches the other replica once', async () => {
+    const { m1, m2, c2 } = await twoJoined();
+    const own = new WeakSet<object>();
+    m2.prependListener('status', (e) => own.add(e));
+    const seen: string[] = [];
+    c2.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    await m1.unload('mobilenet');
+    await until(() => seen.length >= 2, 10_000, "replica 1's events on replica 2");
+    const client = new Redis(redis!.url);
+    try {
+      const entries = await client.xrange('gateway:events', '-', '+');
+      const [end] = entries.map(([, f]) => f).filter((f) => JSON.parse(f[1]).replica === 'r1' && JSON.parse(f[1]).event.state === 'END');
+      await client.xadd('gateway:events', '*', ...end); // again, as ioredis resends a write whose reply the connection lost
+    } finally {
+      client.disconnect();
+    }
+    await sleep(500);
+    expect(seen).toEqual(['1 UNLOADING', '1 END']);
+  }, 60_000);
+
+  it('status events reach the other replica after Redis restarted empty with a clock behind the ids read before', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    const own = new WeakSet<object>();
+    m2.prependListener('status', (e) => own.add(e));
+    const seen: string[] = [];
+    c2.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    // an entry far ahead of the clock (another program's, or a Redis whose clock ran ahead): both readers are past it
+    const client = new Redis(redis!.url);
+    await client.xadd('gateway:events', '9999999999999-0', 'm', 'not an event');
+    client.disconnect();
+    await sleep(300);
+    await redis!.stop();
+    await until(() => !c1.status().connected && !c2.status().connected, 10_000, 'both to see Redis gone');
+    await m1.unload('mobilenet');
+    await redis!.start(); // empty: its new ids are far behind the one read
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+    await until(() => seen.length >= 2, 10_000, "replica 1's events on replica 2");
+    expect(seen).toEqual(['1 UNLOADING', '1 END']);
+  }, 60_000);
+
   it('a change kept while Redis was down wins over the older state another replica writes back first', async () => {
     const { m1, m2, c1 } = await outage();
     await m1.load('mobilenet'); // kept: published on reconnection

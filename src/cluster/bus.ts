@@ -38,6 +38,13 @@ export const backoff = (attempt: number, maxMs = 2000, random: () => number = Ma
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 };
 
+/** Is stream id `a` before `b` (ms-seq, compared as numbers)? */
+export function idBefore(a: string, b: string): boolean {
+  const [am, as = '0'] = a.split('-');
+  const [bm, bs = '0'] = b.split('-');
+  return BigInt(am) < BigInt(bm) || (am === bm && BigInt(as) < BigInt(bs));
+}
+
 export class RedisBus extends EventEmitter<{
   message: [channel: string, text: string];
   entry: [text: string];
@@ -90,22 +97,37 @@ export class RedisBus extends EventEmitter<{
     });
     this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
     if (stream !== undefined) {
-      // its commands wait for the connection (offline queue, no retry limit), and one it was waiting on when the
-      // connection went is sent again on the next (ioredis' autoResendUnfulfilledCommands)
+      // its commands wait for the connection (offline queue, no retry limit)
       this.reader = new Redis(url, { ...common, maxRetriesPerRequest: null });
       this.reader.on('error', () => undefined); // the other two connections report Redis' state
       void this.read(this.reader, stream, logger, maxBackoffMs);
     }
   }
 
-  /** Read `stream` from its end when called, entry after entry, until closed. */
+  /**
+   * Read `stream` entry after entry until closed, from where it ended when this process started (or from its end when
+   * first reached, if that is earlier): a replica started while Redis is down still gets what the others add once it
+   * is back. It reads on from the last entry read, and looks where the stream stands after a lost connection and after
+   * each quiet read: a stream that is gone, or ends before the last entry read (deleted, or a Redis that restarted
+   * empty, whose clock, which its new ids come from, may be behind the old one's), is read from its start.
+   */
   private async read(reader: Redis, stream: string, logger: Logger, maxBackoffMs: number): Promise<void> {
+    const started = `${Date.now()}-0`;
     let last: string | null = null;
+    let look = true;
+    // (a read it was waiting on when the connection went is sent again as it was; the next one looks first)
+    reader.on('ready', () => (look = true));
     for (let failures = 0; !this.closed;) {
       try {
-        last ??= (await reader.xrevrange(stream, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
-        const reply: [string, [string, string[]][]][] | null = await reader.xread('COUNT', 256, 'BLOCK', 10_000, 'STREAMS', stream, last);
+        if (look || last === null) {
+          look = false;
+          const end = (await reader.xrevrange(stream, '+', '-', 'COUNT', 1))[0]?.[0] ?? null;
+          if (last === null) last = end === null ? '0-0' : idBefore(end, started) ? end : started;
+          else if (end === null || idBefore(end, last)) last = '0-0';
+        }
+        const reply: [string, [string, string[]][]][] | null = await reader.xread('COUNT', 256, 'BLOCK', 5000, 'STREAMS', stream, last);
         failures = 0;
+        if (!reply) look = true;
         for (const [, entries] of reply ?? [])
           for (const [id, fields] of entries) {
             last = id;
@@ -114,7 +136,8 @@ export class RedisBus extends EventEmitter<{
           }
       } catch (e) {
         if (this.closed) return;
-        // not a lost connection (commands wait for the next one): Redis refused the read (the key is not a stream)
+        look = true;
+        // Redis refused the read (the key is not a stream): tried again after a backoff
         if (++failures === 1) logger.warn({ error: errorMessage(e), stream }, 'cluster bus: reading the stream failed; retrying');
         await new Promise((r) => setTimeout(r, backoff(failures, maxBackoffMs)));
       }
@@ -146,13 +169,22 @@ export class RedisBus extends EventEmitter<{
     }
   }
 
-  async close(): Promise<void> {
+  /** QUIT each connection (after its commands' replies), or cut it after `timeoutMs` (a Redis that holds writes). */
+  async close({ timeoutMs = 2000 }: { timeoutMs?: number } = {}): Promise<void> {
     this.closed = true;
     this.reader?.disconnect(); // its read blocks: a QUIT would wait behind it
     await Promise.all(
-      [this.publisher, this.subscriber].map((c) =>
-        c.status === 'ready' ? c.quit().then(undefined, () => c.disconnect()) : Promise.resolve(c.disconnect()),
-      ),
+      [this.publisher, this.subscriber].map(async (c) => {
+        if (c.status !== 'ready') return c.disconnect();
+        let timer: NodeJS.Timeout | undefined;
+        const quit = c.quit().then(
+          () => true,
+          () => false,
+        );
+        const done = await Promise.race([quit, new Promise<false>((r) => (timer = setTimeout(() => r(false), timeoutMs)))]);
+        clearTimeout(timer);
+        if (!done) c.disconnect();
+      }),
     );
   }
 }

@@ -80,7 +80,14 @@ interface Wire {
   from: string;
   replica: string;
 }
-type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string } };
+/**
+ * `k`: the event's number among those this process added, so that one added twice (ioredis sends a write again when
+ * the connection was lost before its reply, which Redis may have applied) reaches subscribers once.
+ */
+type StatusMessage = Wire & { event: Omit<ModelStatusEvent, 'at'> & { at: string }; k?: number };
+
+/** Senders whose last status event number is remembered (the oldest forgotten past it: a process started again is new). */
+const MAX_STATUS_SENDERS = 1000;
 /**
  * `state` (load and unload): the model's unloaded state in the cluster after the change, the one held in the hash with
  * the change applied (see PUBLISH_SCRIPT), which receivers adopt. `n`: the change's number among those this process
@@ -221,6 +228,9 @@ export class Cluster {
   private readonly stream: string;
   /** Status events made here and not added to the stream yet (the bus down, Redis refused them), in order. */
   private readonly pendingStatus: string[] = [];
+  /** The number of the last status event made here (StatusMessage.k), and of the last received from each process. */
+  private statusCount = 0;
+  private readonly statusSeen = new Map<string, number>();
   private readonly maxPendingStatus: number;
   /** The loop adding pendingStatus to the stream, while it runs. */
   private flushing: Promise<void> | null = null;
@@ -363,7 +373,7 @@ export class Cluster {
 
   private localStatus(e: ModelStatusEvent): void {
     this.feed.emit('status', e);
-    const message: StatusMessage = { ...this.wire(), event: { ...e, at: e.at.toISOString() } };
+    const message: StatusMessage = { ...this.wire(), event: { ...e, at: e.at.toISOString() }, k: ++this.statusCount };
     this.pendingStatus.push(JSON.stringify(message));
     if (this.pendingStatus.length > this.maxPendingStatus) {
       this.pendingStatus.shift();
@@ -397,7 +407,7 @@ export class Cluster {
             this.flushStatus(failures + 1);
           },
           backoff(failures + 1, this.maxBackoffMs),
-        );
+        ).unref();
       } finally {
         this.flushing = null;
       }
@@ -544,6 +554,13 @@ export class Cluster {
         this.logger.warn({ channel, from: message.replica }, 'cluster bus: a status message that is not a model status event was dropped');
         this.metrics?.dropped.inc({ kind: 'status' });
         return;
+      }
+      if (typeof message.k === 'number') {
+        const before = this.statusSeen.get(message.from);
+        if (before !== undefined && message.k <= before) return; // added twice: handed on once
+        this.statusSeen.delete(message.from); // (kept in the order last heard from, the oldest forgotten first)
+        this.statusSeen.set(message.from, message.k);
+        if (this.statusSeen.size > MAX_STATUS_SENDERS) this.statusSeen.delete(this.statusSeen.keys().next().value!);
       }
       this.metrics?.messages.inc({ direction: 'in', kind: 'status' });
       this.feed.emit('status', event);
@@ -763,6 +780,15 @@ export class Cluster {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.flushing, new Promise((r) => (timer = setTimeout(r, 2000)))]);
     clearTimeout(timer);
+    // what Redis never got (it was down until the end) goes with this process: said, and counted
+    if (this.pendingStatus.length > 0 || this.pendingAdmin.length > 0) {
+      this.logger.warn(
+        { statusEvents: this.pendingStatus.length, adminChanges: this.pendingAdmin.length },
+        'cluster bus: status events and admin changes kept while Redis was down are lost with this process (the others will not see them)',
+      );
+      if (this.pendingStatus.length) this.metrics?.dropped.inc({ kind: 'status' }, this.pendingStatus.length);
+      if (this.pendingAdmin.length) this.metrics?.dropped.inc({ kind: 'admin' }, this.pendingAdmin.length);
+    }
     await this.bus.close();
     this.metrics?.connected.set(0);
   }
