@@ -336,11 +336,6 @@ export class ModelVersion {
   }
 
   /**
-   * A candidate (made with `publish` false) takes over the version it was loaded to replace: from now on its
-   * transitions are published, and the state metric is its own. Until then they were only logged, since for clients
-   * the version stayed AVAILABLE whether or not the candidate took over.
-   */
-  /**
    * A new instance of a version whose last instance ended (loaded again, retried): its first event goes on from the
    * state clients last saw (END -> LOADING), not from this instance's START, which was never published.
    */
@@ -350,6 +345,11 @@ export class ModelVersion {
 
   private lastPublished: VersionState | null = null;
 
+  /**
+   * A candidate (made with `publish` false) takes over the version it was loaded to replace: from now on its
+   * transitions are published, and the state metric is its own. Until then they were only logged, since for clients
+   * the version stayed AVAILABLE whether or not the candidate took over.
+   */
   inService(): void {
     this.quiet = false;
     this.deps.metrics?.state(this.state);
