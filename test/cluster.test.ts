@@ -502,13 +502,21 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     return [state(m1), state(m2)];
   };
 
+  /**
+   * "version state" of the events a replica's feed hands on that are not its own (the managers here share one process's
+   * replica name, so they are told apart by the manager's own events).
+   */
+  const othersEvents = (m: ModelManager, c: Cluster): string[] => {
+    const own = new WeakSet<object>();
+    m.prependListener('status', (e) => own.add(e));
+    const seen: string[] = [];
+    c.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    return seen;
+  };
+
   it("a replica's status events made while Redis was down reach the other replica's subscribers once it is back, each once and in order", async () => {
     const { m1, m2, c1, c2 } = await twoJoined();
-    // the events replica 2's feed hands on that are not its own (the managers here share one process's replica name)
-    const own = new WeakSet<object>();
-    m2.prependListener('status', (e) => own.add(e));
-    const seen: string[] = [];
-    c2.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    const seen = othersEvents(m2, c2);
     await redis!.stop();
     await until(() => !c1.status().connected && !c2.status().connected, 10_000, 'both to see Redis gone');
     await m1.unload('mobilenet'); // two events on replica 1 while Redis is down
@@ -521,10 +529,7 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
 
   it('a status event added to the stream twice (a write resent after its reply was lost) reaches the other replica once', async () => {
     const { m1, m2, c2 } = await twoJoined();
-    const own = new WeakSet<object>();
-    m2.prependListener('status', (e) => own.add(e));
-    const seen: string[] = [];
-    c2.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    const seen = othersEvents(m2, c2);
     await m1.unload('mobilenet');
     await until(() => seen.length >= 2, 10_000, "replica 1's events on replica 2");
     const client = new Redis(redis!.url);
@@ -541,10 +546,7 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
 
   it('status events reach the other replica after Redis restarted empty with a clock behind the ids read before', async () => {
     const { m1, m2, c1, c2 } = await twoJoined();
-    const own = new WeakSet<object>();
-    m2.prependListener('status', (e) => own.add(e));
-    const seen: string[] = [];
-    c2.feed.on('status', (e) => !own.has(e) && seen.push(`${e.version} ${e.state}`));
+    const seen = othersEvents(m2, c2);
     // an entry far ahead of the clock (another program's, or a Redis whose clock ran ahead): both readers are past it
     const client = new Redis(redis!.url);
     await client.xadd('gateway:events', '9999999999999-0', 'm', 'not an event');
