@@ -327,15 +327,9 @@ export class Batcher {
         return;
       }
       if (live.length === 1) {
-        // a zero-sized dimension that a model's operator cannot take (a convolution over no pixels) is the client's
-        // input, not the server's failure: an identity model answers it, so it is not refused before the run
-        const empty = Object.entries(items[live[0]].feeds!).find(([, t]) => t.shape.includes(0));
-        results[live[0]] = empty
-          ? new GatewayError(
-              ErrorCode.INVALID_INPUT,
-              `input ${empty[0]} has a zero-sized dimension (shape [${empty[1].shape.join(', ')}]), which this model cannot compute: ${errorMessage(e)}`,
-            )
-          : new GatewayError(ErrorCode.INFERENCE_FAILED, `inference failed: ${errorMessage(e)}`);
+        // (whether the item's tensors were what the model cannot compute is the service's to say: it knows whose sizes
+        // they are)
+        results[live[0]] = new GatewayError(ErrorCode.INFERENCE_FAILED, `inference failed: ${errorMessage(e)}`);
         return;
       }
       // One bad item must not fail its neighbours: run them one by one so each gets its own answer (but not for a

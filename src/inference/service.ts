@@ -475,9 +475,11 @@ async function settleAll<T>(runs: Promise<T>[]): Promise<T[]> {
 
 /**
  * A run that failed on raw tensors whose dynamic dimensions (beyond the batch) the client chose: the model cannot
- * compute that size (33 where its layers need a multiple of 32, a height that must equal the width). That is the
- * client's input, INVALID_INPUT naming it, not the server's failure; image requests, whose sizes the gateway picks,
- * keep INFERENCE_FAILED. `sent`: the tensors as the client sent them, for the message (default: the item's).
+ * compute that size (a zero-sized dimension, a convolution over no pixels; 33 where its layers need a multiple of 32; a
+ * height that must equal the width). That is the client's input, INVALID_INPUT naming it, not the server's failure
+ * (an identity model answers the same tensors, so they are not refused before the run); image requests, whose sizes
+ * the gateway picks, keep INFERENCE_FAILED. `sent`: the tensors as the client sent them, for the message (default: the
+ * item's).
  */
 function notComputable(
   model: string,
@@ -489,12 +491,21 @@ function notComputable(
   // (an operator of the graph that failed, in ONNX Runtime's words; not an engine that died under it)
   if (!isGatewayError(e) || e.code !== ErrorCode.INFERENCE_FAILED || !/Non-zero status code returned while running/.test(e.message))
     return e;
+  const reason = e.message.replace(/^inference failed: /, '');
+  const empty = Object.entries(feeds).find(([, t]) => t.shape.includes(0));
+  if (empty)
+    return new GatewayError(
+      ErrorCode.INVALID_INPUT,
+      `input ${empty[0]} has a zero-sized dimension (shape [${empty[1].shape.join(', ')}]), which this model cannot compute: ${reason}`,
+      undefined,
+      { cause: e },
+    );
   const chosen = infos.find((info) => feeds[info.name] && info.shape.some((d, k) => k > 0 && d === null));
   if (!chosen) return e;
   const shape = sent.find((t) => t.name === chosen.name)?.shape ?? feeds[chosen.name].shape;
   return new GatewayError(
     ErrorCode.INVALID_INPUT,
-    `model ${model} cannot compute input ${chosen.name} of shape [${shape.join(',')}] (the model's is [${chosen.shape.map((d) => d ?? -1).join(',')}]): ${e.message.replace(/^inference failed: /, '')}; it may take only some sizes there (multiples of its stride, for example)`,
+    `model ${model} cannot compute input ${chosen.name} of shape [${shape.join(',')}] (the model's is [${chosen.shape.map((d) => d ?? -1).join(',')}]): ${reason}; it may take only some sizes there (multiples of its stride, for example)`,
     undefined,
     { cause: e },
   );

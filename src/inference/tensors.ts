@@ -29,6 +29,7 @@ export const hasBatchDimension = (infos: readonly TensorInfo[]): boolean =>
  */
 export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs: readonly TensorInput[]): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
+  const batched = hasBatchDimension(infos);
   for (const input of inputs) {
     const info = infos.find((i) => i.name === input.name);
     if (!info) throw bad(`model ${model} has no input ${JSON.stringify(input.name)} (inputs: ${infos.map((i) => i.name).join(', ')})`);
@@ -43,7 +44,7 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
     ) {
       throw bad(`input ${input.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${shape.join(',')}]`);
     }
-    if (shape[0] !== 1 && shape.length > 0 && hasBatchDimension(infos))
+    if (shape[0] !== 1 && shape.length > 0 && batched)
       throw bad(`input ${input.name}: send one item (batch dimension 1) per tensor; the gateway batches requests itself`);
     const expected = elementCount(shape) * bytesPerElement[dtype];
     if (expected > MAX_TENSOR_BYTES) throw bad(`input ${input.name} would be ${expected} bytes`);
