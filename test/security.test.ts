@@ -710,6 +710,28 @@ describe('heavy postprocessing', () => {
     // the server runs in this process: no single stretch of its work held the loop for long (it took seconds before)
     expect(worst).toBeLessThan(400);
   });
+
+  it('a drawing past DECODE_TIMEOUT_MS nulls its field and says drawing, not decoding', async () => {
+    const slow = await startGateway({ models: { bodypix: fixture('bodypix') }, env: { DECODE_TIMEOUT_MS: '1000' } });
+    try {
+      const huge = await sharp({ create: { width: 6000, height: 6000, channels: 3, background: '#7090b0' } })
+        .jpeg()
+        .toBuffer();
+      const r = await slow.gql(
+        `mutation($f: File!) { segment(model: "bodypix", image: { file: $f }) { width overlay } }`,
+        { f: null },
+        { files: { f: huge } },
+      );
+      // the photo decoded for inference in time (shrink-on-load); drawing it whole over 36 megapixels did not
+      expect(r.data.segment.width).toBe(6000);
+      expect(r.data.segment.overlay).toBeNull();
+      expect(r.errors?.map((e) => [e.extensions?.code, e.path?.join('.'), e.message])).toEqual([
+        ['IMAGE_TOO_LARGE', 'segment.overlay', 'drawing the image took longer than 1000 ms (DECODE_TIMEOUT_MS)'],
+      ]);
+    } finally {
+      await slow.close();
+    }
+  });
 });
 
 describe('uploads: concurrent, confined, and a full disk', () => {

@@ -39,12 +39,12 @@ const openOriented = (image: DecodedImage, timeoutMs: number) =>
     .timeout({ seconds: Math.max(1, Math.ceil(timeoutMs / 1000)) })
     .rotate();
 
-/** What a drawing's libvips call threw, as the decode's errors are told (INVALID_IMAGE, DECODE_TIMEOUT...). */
+/** What a drawing's libvips call threw, as the decode's errors are told (INVALID_IMAGE; past DECODE_TIMEOUT_MS, drawing). */
 async function drawn(draw: () => Promise<Buffer>, timeoutMs: number): Promise<Buffer> {
   try {
     return await draw();
   } catch (e) {
-    throw decodeError(e, timeoutMs);
+    throw decodeError(e, timeoutMs, 'drawing the image');
   }
 }
 

@@ -207,10 +207,13 @@ function checkPixels(width: number, height: number, maxPixels: number): void {
     );
 }
 
-/** What a failed decode tells the client: past DECODE_TIMEOUT_MS the image is too costly, otherwise it is unreadable. */
-export function decodeError(e: unknown, timeoutMs: number): GatewayError {
+/**
+ * What a failed decode (or drawing: `doing`) tells the client: past DECODE_TIMEOUT_MS the image is too costly,
+ * otherwise it is unreadable.
+ */
+export function decodeError(e: unknown, timeoutMs: number, doing = 'decoding the image'): GatewayError {
   if (/timeout/i.test(String((e as Error)?.message)))
-    return new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `decoding the image took longer than ${timeoutMs} ms (DECODE_TIMEOUT_MS)`);
+    return new GatewayError(ErrorCode.IMAGE_TOO_LARGE, `${doing} took longer than ${timeoutMs} ms (DECODE_TIMEOUT_MS)`);
   // libvips keeps one error buffer for all threads: under concurrent failures sharp can find it emptied
   const reason = firstSentence(e).replace(/:$/, '').trim();
   return new GatewayError(
