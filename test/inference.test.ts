@@ -109,6 +109,29 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(topK.data.classify.predictions.length).toBeLessThanOrEqual(2);
   });
 
+  it('minConfidence is a probability for a model that gives probabilities, any score for one that gives raw scores', async () => {
+    for (const [m, code] of [
+      ['1.5', 'INVALID_INPUT'],
+      ['-0.1', 'INVALID_INPUT'],
+    ]) {
+      const r = await classify('mobilenet', image('zebra.jpeg'), `, minConfidence: ${m}`);
+      expect(r.errors?.map((e) => [e.extensions?.code, e.message])).toEqual([
+        [code, 'minConfidence must be 0..1: mobilenet gives probabilities (postprocessing.activation softmax)'],
+      ]);
+    }
+    // activation "none": the scores are the model's own (here a photo's mean colour, 0..255), any bound goes
+    const all = await classify('colour-f16', await solid(255, 0, 0), ', topK: 3, minConfidence: -1');
+    expect(all.errors).toBeUndefined();
+    expect(all.data.classify.predictions.map((p: any) => [p.label, p.confidence])).toEqual([
+      ['red', 255],
+      [expect.any(String), 0],
+      [expect.any(String), 0],
+    ]);
+    const above = await classify('colour-f16', await solid(255, 0, 0), ', minConfidence: 2');
+    expect(above.errors).toBeUndefined();
+    expect(above.data.classify.predictions.map((p: any) => p.label)).toEqual(['red']);
+  });
+
   it('yolox-nano finds the dog, the bicycle and the truck in dog.jpg, in the right places', async () => {
     const r = await gw.gql(
       `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) { imageWidth imageHeight objects { classId label confidence box { xMin yMin xMax yMax } } } }`,

@@ -164,10 +164,24 @@ export class InferenceService {
     const topK = opts.topK ?? 5;
     const minConfidence = opts.minConfidence ?? 0;
     if (!Number.isInteger(topK) || topK < 1 || topK > 1000) throw bad('topK must be 1..1000');
+    if (!(minConfidence >= 0 && minConfidence <= 1)) this.checkScoreBound(name, version);
     return this.runImages('classification', name, version, sources, opts).map(async (r) => {
       const run = await r;
       return classify(run.outputs, postprocessingOf(run.files.config, 'classification'), run.files.labels, topK, minConfidence);
     });
+  }
+
+  /**
+   * A minConfidence outside 0..1 is a mistake for a model whose scores are probabilities (softmax, sigmoid: it would
+   * keep every class or none), and a bound like any other for one that gives its raw scores (activation "none").
+   */
+  private checkScoreBound(name: string, versionNo: number | null | undefined): void {
+    const { model, version } = this.models.resolve(name, versionNo);
+    const config = version.config ?? model.config;
+    if (config.task !== 'classification') return; // runImages says which mutation the model takes
+    const { activation } = postprocessingOf(config, 'classification');
+    if (activation !== 'none')
+      throw bad(`minConfidence must be 0..1: ${model.name} gives probabilities (postprocessing.activation ${activation})`);
   }
 
   /** Detect objects in images (one promise per image, see runImages). */

@@ -3,7 +3,7 @@ import { ErrorCode, GatewayError } from '../../../errors.ts';
 import { toBytes } from '../../../engine/types.ts';
 import { imageSource, type ImageInput as ImageArg, type ImageSource } from '../../../inference/images.ts';
 import { builder } from './builder.ts';
-import { ClassificationRef, DetectionRef, InferResultRef, SegmentationRef, TensorInput } from './results.ts';
+import { ClassificationRef, DetectionRef, InferResultRef, MIN_CONFIDENCE_DOC, SegmentationRef, TensorInput } from './results.ts';
 import { runOptions, type Context } from '../context.ts';
 
 type ArgBuilder = Parameters<Parameters<typeof builder.mutationFields>[0]>[0]['arg'];
@@ -45,7 +45,10 @@ const imagesArgs = (t: ArgBuilder) => ({
   version: t.int({ description: 'Default: the highest AVAILABLE version.' }),
   images: t({ type: [ImageInput], required: true, description: 'Run together: they share engine calls.' }),
 });
-const classifyArgs = (t: ArgBuilder) => ({ topK: t.int({ description: 'Default 5.' }), minConfidence: t.float() });
+const classifyArgs = (t: ArgBuilder) => ({
+  topK: t.int({ description: 'Default 5.' }),
+  minConfidence: t.float({ description: MIN_CONFIDENCE_DOC }),
+});
 const detectArgs = (t: ArgBuilder) => ({ minConfidence: t.float(), iouThreshold: t.float(), maxDetections: t.int() });
 
 /**

@@ -17,6 +17,10 @@ import { DTYPES } from '../../../engine/types.ts';
 import { builder } from './builder.ts';
 import { runOptions, type Context } from '../context.ts';
 
+/** classify's minConfidence, on the mutation and on a detected box. */
+export const MIN_CONFIDENCE_DOC =
+  'Only classes scoring at least this. Default 0. A probability (0..1) unless the model gives raw scores (postprocessing.activation none).';
+
 // The types inference answers with (images: classification, detection, segmentation; raw tensors). The mutations that
 // produce them are in inference.ts.
 
@@ -52,7 +56,12 @@ const DetectedObjectRef = builder.objectRef<ObjectSource>('DetectedObject').impl
       nullable: true,
       description:
         'Crop this box from the original photo and classify it: a pipeline in one query. Null, with its own error, when that fails (the detection stays).',
-      args: { model: t.arg.string({ required: true }), version: t.arg.int(), topK: t.arg.int(), minConfidence: t.arg.float() },
+      args: {
+        model: t.arg.string({ required: true }),
+        version: t.arg.int(),
+        topK: t.arg.int(),
+        minConfidence: t.arg.float({ description: MIN_CONFIDENCE_DOC }),
+      },
       resolve: async (o, args, ctx, info) => {
         ctx.budget.takeImages(1);
         const run = runOptions(ctx, info);
