@@ -561,6 +561,23 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect(seen).toEqual(['1 UNLOADING', '1 END']);
   }, 60_000);
 
+  it('status events reach the other replica after the stream was deleted behind the ids it read (after a quiet read)', async () => {
+    const { m1, m2, c2 } = await twoJoined();
+    const seen = othersEvents(m2, c2);
+    const client = new Redis(redis!.url);
+    try {
+      await client.xadd('gateway:events', '9999999999999-0', 'm', 'not an event'); // both readers are past it
+      await sleep(300);
+      await client.del('gateway:events'); // an operator's cleanup: the new entries' ids are far behind the one read
+    } finally {
+      client.disconnect();
+    }
+    await m1.unload('mobilenet');
+    // the reader waits past the ids it read until its read finds nothing (5 s), then looks where the stream ends
+    await until(() => seen.length >= 2, 15_000, "replica 1's events on replica 2");
+    expect(seen).toEqual(['1 UNLOADING', '1 END']);
+  }, 60_000);
+
   it('a change kept while Redis was down wins over the older state another replica writes back first', async () => {
     const { m1, m2, c1 } = await outage();
     await m1.load('mobilenet'); // kept: published on reconnection
