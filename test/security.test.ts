@@ -633,6 +633,30 @@ describe('the server cannot be taken down', () => {
     for (const o of open) await o.body!.cancel();
   });
 
+  it('a subscription refused for its Accept header (406) gives its slot back', async () => {
+    for (const accept of ['application/json', 'application/graphql-response+json', 'text/html']) {
+      for (let i = 0; i < 3; i++) {
+        const r = await fetch(`${gw.url}/graphql`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', accept },
+          body: JSON.stringify({ query: 'subscription { modelStatus { model } }' }),
+        });
+        expect(r.status, `${accept}: ${await r.clone().text()}`).toBe(406);
+        await r.body?.cancel();
+      }
+    }
+    // nine refused, the limit is two: the client can still subscribe
+    const open = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify({ query: 'subscription { modelStatus { model } }' }),
+    });
+    const reader = open.body!.getReader();
+    const first = await Promise.race([reader.read(), new Promise((r) => setTimeout(() => r(null), 500))]);
+    await reader.cancel();
+    expect(first === null ? '' : Buffer.from((first as { value: Uint8Array }).value).toString()).not.toMatch(/LIMIT_EXCEEDED/);
+  });
+
   it('a greyscale model takes greyscale PNG and JPEG (and colour) photos', async () => {
     await addModel(gw.root, 'grey', {
       onnx: greyModel(),

@@ -16,6 +16,7 @@ import type { Context } from './context.ts';
 import { CSRF_HEADER, maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
+import { useUnansweredStreams } from './plugins/unanswered-streams.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useJsonErrors } from './plugins/json-errors.ts';
 import { useVariableValueLimit } from './plugins/variable-values.ts';
@@ -226,6 +227,7 @@ export function createGraphqlProtocol({
       useJsonErrors(),
       useVariableValueLimit(maxVariableValues, maxJsonBodyBytes),
       useChunkedBodyLimit(maxUploadBytes),
+      useUnansweredStreams(),
     ],
   });
 
