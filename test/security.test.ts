@@ -657,6 +657,37 @@ describe('the server cannot be taken down', () => {
     expect(first === null ? '' : Buffer.from((first as { value: Uint8Array }).value).toString()).not.toMatch(/LIMIT_EXCEEDED/);
   });
 
+  it('a subscription whose root field is skipped is a validation error, not a 500 and a logged bug', async () => {
+    const before = gw.logs.length;
+    for (const query of [
+      'subscription { modelStatus @skip(if: true) { model } }',
+      'subscription S { modelStatus @include(if: false) { model } }',
+      'subscription { ... on Subscription @skip(if: true) { modelStatus { model } } }',
+      'subscription { ...F } fragment F on Subscription { modelStatus @include(if: true) { model } }',
+    ]) {
+      const r = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json' },
+        body: JSON.stringify({ query }),
+      });
+      const body = await r.json();
+      expect([r.status, body.errors?.map((e: any) => e.extensions?.code)], query).toEqual([400, ['GRAPHQL_VALIDATION_FAILED']]);
+      expect(body.errors[0].message, query).toMatch(/must not use `@skip` or `@include` directives in the top level selection/);
+    }
+    expect(gw.logs.slice(before).filter((l) => JSON.parse(l).level === 'error')).toEqual([]);
+    // below the root field they are as anywhere else
+    const deeper = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify({ query: 'subscription { modelStatus { model version @skip(if: true) } }' }),
+    });
+    const reader = deeper.body!.getReader();
+    const first = await Promise.race([reader.read(), new Promise((r) => setTimeout(() => r(null), 300))]);
+    await reader.cancel();
+    expect(deeper.status).toBe(200);
+    expect(first === null ? '' : Buffer.from((first as { value: Uint8Array }).value).toString()).not.toMatch(/errors/);
+  });
+
   it('a greyscale model takes greyscale PNG and JPEG (and colour) photos', async () => {
     await addModel(gw.root, 'grey', {
       onnx: greyModel(),

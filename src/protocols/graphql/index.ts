@@ -17,6 +17,7 @@ import { CSRF_HEADER, maskError, useRequestErrorCodes } from './errors.ts';
 import { statusEvents, type StatusSource } from './events.ts';
 import { useApiTokens } from './plugins/api-tokens.ts';
 import { useUnansweredStreams } from './plugins/unanswered-streams.ts';
+import { useSubscriptionRootRule } from './plugins/subscription-root.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useJsonErrors } from './plugins/json-errors.ts';
 import { useVariableValueLimit } from './plugins/variable-values.ts';
@@ -220,6 +221,7 @@ export function createGraphqlProtocol({
         : []),
       useApiTokens(tokens),
       useDocumentLimits(documentLimits),
+      useSubscriptionRootRule(),
       useRequestErrorCodes(new Set(Object.keys(schema.getMutationType()?.getFields() ?? {}))),
       // before the chunked-body limit, which hands on the request it reads through: the map check reads its form again,
       // and an error about JSON in a body reads its text again
