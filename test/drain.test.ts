@@ -1,7 +1,9 @@
 import { spawn } from 'node:child_process';
+import type { Socket } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import { freePort, sharedRepository } from '../bench/cluster-lib.ts';
 import { ROOT, image, until, untilAnswers } from './helpers.ts';
@@ -71,4 +73,47 @@ describe('drain on SIGTERM', () => {
       await repo.remove();
     }
   });
+
+  it('a WebSocket subscriber that stops reading holds the shutdown no longer than SHUTDOWN_TIMEOUT_MS: the process still exits 0', async () => {
+    const repo = await sharedRepository(['mobilenet']);
+    const port = await freePort();
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        GRPC_PORT: 'off',
+        MODEL_REPOSITORY: repo.dir,
+        MODEL_POLL_INTERVAL_MS: '0',
+        DRAIN_DELAY_MS: '200',
+        SHUTDOWN_TIMEOUT_MS: '1000',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    let socket: WebSocket | undefined;
+    try {
+      await untilAnswers(`http://127.0.0.1:${port}/ready`, 'ready');
+      socket = new WebSocket(`ws://127.0.0.1:${port}/graphql`, 'graphql-transport-ws');
+      const ws = socket;
+      await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await new Promise((resolve) => ws.once('message', resolve)); // connection_ack
+      ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query: 'subscription { modelStatus { model } }' } }));
+      await new Promise((r) => setTimeout(r, 300));
+      (ws as unknown as { _socket: Socket })._socket.pause(); // it reads nothing more, the close frame neither
+      child.kill('SIGTERM');
+      // past DRAIN_DELAY_MS + SHUTDOWN_TIMEOUT_MS + 5 s the process gives up: "shutdown timed out", exit 1 (ws waits 30 s
+      // for a close frame's answer)
+      expect(await exited, stderr.slice(-2000)).toBe(0);
+      expect(stderr).toMatch(/"msg":"stopped"/);
+    } finally {
+      socket?.terminate();
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await repo.remove();
+    }
+  }, 30_000);
 });

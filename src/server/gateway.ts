@@ -166,9 +166,10 @@ export function createGateway({
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
-        const grpcClosed = grpc?.close(config.shutdownTimeoutMs);
-        await graphql.close();
+        // SHUTDOWN_TIMEOUT_MS counts from here, for HTTP requests, WebSocket connections and gRPC calls alike
         const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
+        const grpcClosed = grpc?.close(config.shutdownTimeoutMs);
+        await graphql.close(config.shutdownTimeoutMs);
         const idle = setInterval(() => server.closeIdleConnections(), 100);
         await closed;
         await grpcClosed;

@@ -64,8 +64,11 @@ export interface GraphqlProtocol {
   handle(req: IncomingMessage, res: ServerResponse): void;
   /** graphql-ws on the same server and path. */
   attach(server: Server): void;
-  /** End every subscription (SSE and WebSocket) and close WebSocket connections. */
-  close(): Promise<void>;
+  /**
+   * End every subscription (SSE and WebSocket) and close WebSocket connections: those that have not answered the close
+   * within `timeoutMs` (a client that stopped reading) are cut.
+   */
+  close(timeoutMs?: number): Promise<void>;
 }
 
 const DEFAULT_QUERY = `# Welcome to the GraphQL inference gateway.
@@ -116,7 +119,7 @@ export function createGraphqlProtocol({
   const shutdown = new AbortController();
   // every open subscription listens to it (bounded by the subscriptions per client and connection, not by Node's 10)
   setMaxListeners(0, shutdown.signal);
-  let ws: { close(): Promise<void> } | null = null;
+  let ws: { close(timeoutMs: number): Promise<void> } | null = null;
   const subscriptionsByClient = new Map<string, number>();
 
   /** A status stream for one client, within its share of subscriptions. */
@@ -252,10 +255,10 @@ export function createGraphqlProtocol({
         allowUpgrade: (req) => allowUpgrade(req) && sameOriginOrAllowed(req),
       });
     },
-    async close() {
+    async close(timeoutMs = 10_000) {
       shutdown.abort(); // ends every subscription stream (SSE and WebSocket) with "complete"
       await new Promise((r) => setTimeout(r, 50)); // let the completes flush
-      await ws?.close();
+      await ws?.close(timeoutMs);
     },
   };
 }

@@ -154,7 +154,7 @@ export function attachWebSocket(
     logger,
     keepAliveMs = 12_000,
   }: WebSocketLimits = {},
-): { close(): Promise<void> } {
+): { close(timeoutMs: number): Promise<void> } {
   const clientAddress = (req: IncomingMessage) => clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
   const connections = new Map<string, number>();
   // noServer: upgrades are taken from the HTTP server here, so the WebSocket server never sees (and never re-emits)
@@ -351,9 +351,15 @@ export function attachWebSocket(
     0, // keepAlive below instead: graphql-ws's would close a client that reads, slowly, while its reading is held
   );
   return {
-    async close() {
+    /** Close every connection (1001); one that has not answered within `timeoutMs` is cut (ws would wait 30 s). */
+    async close(timeoutMs: number) {
       for (const c of wss.clients) c.close(1001, 'server shutting down');
-      await new Promise<void>((resolve) => wss.close(() => resolve()));
+      const closed = new Promise<void>((resolve) => wss.close(() => resolve()));
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+      clearTimeout(timer);
+      for (const c of wss.clients) c.terminate();
+      await closed;
     },
   };
 }
