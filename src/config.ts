@@ -169,6 +169,9 @@ const int =
       throw new ConfigError(`${name}: expected an integer ${min}..${max}, got ${JSON.stringify(raw)}`);
     return n;
   };
+/** A duration in milliseconds: Node runs a timer set past 2^31-1 ms (24.8 days) after 1 ms, so none is taken. */
+const MAX_TIMER_MS = 2_147_483_647;
+const ms = (min: number) => int(min, MAX_TIMER_MS);
 const str = (raw: string) => raw;
 const portOrOff = (raw: string, name: string): number | null => {
   if (/^off$/i.test(raw.trim())) return null;
@@ -195,8 +198,41 @@ const oneOf =
 const ALIASES: Record<string, string> = { jpg: 'jpeg', tif: 'tiff', heic: 'heif' };
 const listOf =
   <T extends string>(values: readonly T[]) =>
-  (raw: string, name: string): T[] =>
-    list(',')(raw).map((v) => oneOf(values)(ALIASES[v.toLowerCase()] ?? v.toLowerCase(), name));
+  (raw: string, name: string): T[] => {
+    const given = list(',')(raw).map((v) => oneOf(values)(ALIASES[v.toLowerCase()] ?? v.toLowerCase(), name));
+    if (given.length === 0)
+      throw new ConfigError(
+        `${name}: names no format (${JSON.stringify(raw)}): give comma-separated formats (${values.join(', ')}), or unset it`,
+      );
+    return given;
+  };
+
+/** Origins as a browser sends them (scheme://host[:port], nothing after): any other spelling never matches one. */
+const origins = (raw: string, name: string): string[] =>
+  list(',')(raw).map((entry) => {
+    let url: URL | null = null;
+    try {
+      url = new URL(entry);
+    } catch {
+      // said below
+    }
+    if (!url || !/^https?:$/.test(url.protocol) || url.origin !== entry)
+      throw new ConfigError(
+        `${name}: ${JSON.stringify(entry)} is not an origin as a browser sends it: scheme, host and port only (https://app.example.com, http://localhost:8080), no path or trailing slash${entry === '*' ? "; * is not accepted (any page on the web could call with its visitors' credentials): name the origins" : ''}`,
+      );
+    return entry;
+  });
+
+/** Host names as the Host header names them, without port or scheme (the port is the server's); * for any. */
+const hostNames = (raw: string, name: string): string[] =>
+  list(',')(raw).map((entry) => {
+    const label = '[a-z\\d_]([a-z\\d_-]{0,61}[a-z\\d_])?';
+    if (entry !== '*' && !new RegExp(`^${label}(\\.${label})*\\.?$`, 'i').test(entry))
+      throw new ConfigError(
+        `${name}: ${JSON.stringify(entry)} is not a host name: name hosts without scheme, port or path (gateway.example.com), or * for any`,
+      );
+    return entry;
+  });
 
 const trustedProxies = (raw: string, name: string): string[] =>
   list(',')(raw).map((entry) => {
@@ -217,6 +253,10 @@ const redisUrl = (raw: string, name: string): string => {
   }
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
     throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+  // ioredis would take a URL without a host as localhost, and a database that is not a number as 0
+  if (!url.hostname) throw new ConfigError(`${name}: the URL names no host (redis://host:6379/0)`);
+  if (!/^(\/\d*)?$/.test(url.pathname))
+    throw new ConfigError(`${name}: the URL's path is the database number (redis://host:6379/0), got ${JSON.stringify(url.pathname)}`);
   return raw;
 };
 /** An address to bind: an IP address, or a host name this machine resolves (a mistyped address fails here, not at listen). */
@@ -317,7 +357,7 @@ export const SETTINGS = [
   s(
     'pollIntervalMs',
     'MODEL_POLL_INTERVAL_MS',
-    int(0),
+    ms(0),
     1000,
     'How often the repository is rescanned for new or removed versions (0: never)',
   ),
@@ -325,14 +365,14 @@ export const SETTINGS = [
   s(
     'engineLoadTimeoutMs',
     'ENGINE_LOAD_TIMEOUT_MS',
-    int(0),
+    ms(0),
     600_000,
     'Longest time loading one model version may take (reading, optimizing, the warm-up run); past it the engine is stopped and the version ends with MODEL_LOAD_FAILED; 0: no limit',
   ),
   s(
     'engineCallTimeoutMs',
     'ENGINE_CALL_TIMEOUT_MS',
-    int(0),
+    ms(0),
     120_000,
     'Longest time one ONNX Runtime call may take, from when its engine starts it; past it the call and those queued behind it fail with DEADLINE_EXCEEDED, and the version goes down and reloads its engine once that call has ended (a hung engine would otherwise hold its requests, and every one queued behind them, for ever); 0: no limit',
   ),
@@ -394,7 +434,7 @@ export const SETTINGS = [
   s(
     'wsKeepAliveMs',
     'WS_KEEPALIVE_MS',
-    int(100),
+    ms(100),
     12_000,
     'A WebSocket client is pinged this often and closed if it has not answered by the next ping, or, while the server has stopped reading it for its unread answers, if it read none of them since the last',
   ),
@@ -419,11 +459,11 @@ export const SETTINGS = [
     [],
     'Comma-separated tokens; when set, every GraphQL and KServe v2 request needs one (or the admin token); /health, /ready, /metrics and the v2 health probes stay open',
   ),
-  s('corsOrigins', 'CORS_ORIGINS', list(','), [], 'Comma-separated origins allowed to call from a browser; none: same origin only'),
+  s('corsOrigins', 'CORS_ORIGINS', origins, [], 'Comma-separated origins allowed to call from a browser; none: same origin only'),
   s(
     'allowedHosts',
     'ALLOWED_HOSTS',
-    list(','),
+    hostNames,
     [],
     'Comma-separated host names the server answers to besides IP addresses and localhost (DNS rebinding protection); * for any',
   ),
@@ -441,7 +481,7 @@ export const SETTINGS = [
     64,
     'Global IPv6 clients (2000::/3) are counted by this prefix of their address in per-client limits (a host usually has a whole /64 to pick addresses from); 128 counts every address apart',
   ),
-  s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', int(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
+  s('shutdownTimeoutMs', 'SHUTDOWN_TIMEOUT_MS', ms(0), 10_000, 'How long SIGTERM waits for requests in flight before closing connections'),
   s('graphiql', 'GRAPHIQL', bool, true, 'Serve GraphiQL at /graphql to browsers'),
   s('maxQueryBytes', 'MAX_QUERY_BYTES', int(64), 100_000, 'Largest GraphQL document (the query text; variables are not counted)'),
   s(
@@ -478,18 +518,18 @@ export const SETTINGS = [
   s(
     'decodeTimeoutMs',
     'DECODE_TIMEOUT_MS',
-    int(100),
+    ms(100),
     10_000,
     'Longest time one image may take to decode and resize (or to be drawn: annotatedImage, overlay)',
   ),
   s(
     'requestTimeoutMs',
     'REQUEST_TIMEOUT_MS',
-    int(1000),
+    ms(1000),
     120_000,
     "Longest time a client may take to send a whole request (slow uploads are cut); on gRPC, how long a call's message may take to arrive",
   ),
-  s('headersTimeoutMs', 'HEADERS_TIMEOUT_MS', int(1000), 15_000, 'Longest time a client may take to send the request headers'),
+  s('headersTimeoutMs', 'HEADERS_TIMEOUT_MS', ms(1000), 15_000, 'Longest time a client may take to send the request headers'),
   s(
     'maxConnections',
     'MAX_CONNECTIONS',
@@ -530,7 +570,7 @@ export const SETTINGS = [
   s(
     'drainDelayMs',
     'DRAIN_DELAY_MS',
-    int(0),
+    ms(0),
     5000,
     'On SIGTERM, /ready answers 503 at once and the server keeps serving this long (so a load balancer stops sending), then shuts down',
   ),
@@ -546,7 +586,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     if (!a.startsWith('--')) throw new ConfigError(`unexpected argument ${JSON.stringify(a)}\n\n${usage()}`);
     const eq = a.indexOf('=');
     const name = eq > 0 ? a.slice(0, eq) : a;
-    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    // "--flag --other": the flag's value is missing (--flag=--x gives one that starts so)
+    const value = eq > 0 ? a.slice(eq + 1) : argv[i + 1]?.startsWith('--') ? undefined : argv[++i];
     if (!SETTINGS.some((st) => flagName(st.env) === name)) {
       const meant = closest(
         name,
@@ -554,7 +595,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       );
       throw new ConfigError(`unknown flag ${name}${meant ? `: did you mean ${meant}?` : ''}\n\n${usage()}`);
     }
-    if (value === undefined) throw new ConfigError(`${name} needs a value`);
+    // an empty one would fall back to the default over the environment's value (--api-tokens= turned tokens off)
+    if (value === undefined || value.trim() === '') throw new ConfigError(`${name} needs a value (leave the flag out for the default)`);
     flags.set(name, value);
   }
   const config = {} as Record<string, unknown>;

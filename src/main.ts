@@ -178,7 +178,8 @@ async function main(): Promise<void> {
         logger.flush();
         process.exit(1);
       },
-      drainDelayMs + config.shutdownTimeoutMs + 5000,
+      // (a timer past 2^31-1 ms would fire at once: each setting is at most that, not their sum)
+      Math.min(drainDelayMs + config.shutdownTimeoutMs + 5000, 2_147_483_647),
     );
     force.unref();
     await new Promise((r) => setTimeout(r, drainDelayMs));

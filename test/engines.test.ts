@@ -257,4 +257,51 @@ describe('configuration', () => {
       apiTokens: ['x1', 'y2'],
     });
   });
+
+  it('refuses values it would not use as given, naming the setting (from a configuration probe)', () => {
+    // Node runs a timer past 2^31-1 ms after 1 ms: every model failed to load, SIGTERM exited at once
+    for (const name of [
+      'ENGINE_LOAD_TIMEOUT_MS',
+      'ENGINE_CALL_TIMEOUT_MS',
+      'DECODE_TIMEOUT_MS',
+      'REQUEST_TIMEOUT_MS',
+      'HEADERS_TIMEOUT_MS',
+      'SHUTDOWN_TIMEOUT_MS',
+      'DRAIN_DELAY_MS',
+      'WS_KEEPALIVE_MS',
+      'MODEL_POLL_INTERVAL_MS',
+    ]) {
+      expect(() => loadConfig({ [name]: '2147483648' }, []), name).toThrow(
+        new RegExp(`^${name}: expected an integer \\d+\\.\\.2147483647`),
+      );
+      expect(
+        () => loadConfig({ [name]: '2147483647', ...(name === 'HEADERS_TIMEOUT_MS' ? { REQUEST_TIMEOUT_MS: '2147483647' } : {}) }, []),
+        name,
+      ).not.toThrow();
+    }
+    // an empty flag fell back to the default over the environment's value (--api-tokens= turned authentication off)
+    expect(() => loadConfig({ API_TOKENS: 'secret' }, ['--api-tokens='])).toThrow(/^--api-tokens needs a value/);
+    expect(() => loadConfig({ PORT: '5000' }, ['--port='])).toThrow(/^--port needs a value/);
+    // a flag without its value took the next flag as its value
+    expect(() => loadConfig({}, ['--admin-token', '--port=5000'])).toThrow(/^--admin-token needs a value/);
+    expect(() => loadConfig({}, ['--port', '--host', '127.0.0.1'])).toThrow(/^--port needs a value/);
+    expect(loadConfig({}, ['--admin-token=--odd-but-given']).adminToken).toBe('--odd-but-given');
+    // a list that names nothing refused every image
+    for (const bad of [',', ' ', ' , '])
+      expect(() => loadConfig({ IMAGE_FORMATS: bad }, []), JSON.stringify(bad)).toThrow(/^IMAGE_FORMATS: names no format/);
+    // origins as browsers send them, host names as Host headers name them
+    for (const bad of ['*', 'https://app.example.com/', 'app.example.com', 'https://app.example.com/path', 'ftp://x.example'])
+      expect(() => loadConfig({ CORS_ORIGINS: bad }, []), bad).toThrow(/^CORS_ORIGINS: /);
+    expect(loadConfig({ CORS_ORIGINS: 'https://app.example.com, http://localhost:8080' }, []).corsOrigins).toEqual([
+      'https://app.example.com',
+      'http://localhost:8080',
+    ]);
+    for (const bad of ['gw.example:19852', 'https://gw.example', 'gw.example/'])
+      expect(() => loadConfig({ ALLOWED_HOSTS: bad }, []), bad).toThrow(/^ALLOWED_HOSTS: /);
+    expect(loadConfig({ ALLOWED_HOSTS: 'gw.example, *' }, []).allowedHosts).toEqual(['gw.example', '*']);
+    // a Redis URL without a host, or with a database that is not a number
+    for (const bad of ['redis://', 'redis://localhost/zero', 'redis://localhost:6379/0/x'])
+      expect(() => loadConfig({ REDIS_URL: bad }, []), bad).toThrow(/^REDIS_URL: /);
+    expect(loadConfig({ REDIS_URL: 'redis://:pw@redis.internal:6380/2' }, []).redisUrl).toBe('redis://:pw@redis.internal:6380/2');
+  });
 });
