@@ -93,6 +93,18 @@ async function main(): Promise<void> {
   } catch (e) {
     return fatal(logger, `MODEL_REPOSITORY ${repository} cannot be read: ${errorMessage(e)}`, 1);
   }
+  // a root that is not there would refuse every path under it, request after request, as outside the roots
+  for (const [setting, roots] of [
+    ['IMAGE_ROOTS', config.imageRoots],
+    ['MODEL_ROOTS', config.modelRoots],
+  ] as const)
+    for (const root of roots)
+      if (!(await stat(root).catch(() => null))?.isDirectory())
+        return fatal(
+          logger,
+          `${setting} names ${root}, which does not exist or is not a directory: ${setting} lists directories (colon-separated); create it, or leave it out`,
+          1,
+        );
   let engine;
   try {
     engine = await createEngine(config.engine);

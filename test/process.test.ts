@@ -274,6 +274,20 @@ describe('start-up: the server starts, or says why in one line', () => {
       1,
       /MODEL_REPOSITORY \/no\/such\/repository does not exist/,
     ],
+    [
+      'a missing IMAGE_ROOTS directory',
+      { IMAGE_ROOTS: `${ROOT}/test/fixtures/images:/no/such/images` },
+      [],
+      1,
+      /^IMAGE_ROOTS names \/no\/such\/images, which does not exist or is not a directory/,
+    ],
+    [
+      'a file as MODEL_ROOTS',
+      { MODEL_ROOTS: `${ROOT}/package.json` },
+      [],
+      1,
+      /^MODEL_ROOTS names .*package\.json, which does not exist or is not a directory/,
+    ],
     ['a bad flag', {}, ['--port', 'eighty'], 2, /--port: expected an integer/],
     ['an unknown flag', {}, ['--prot', '80'], 2, /unknown flag --prot: did you mean --port\?/],
   ])('%s: exit %#, one JSON line naming it, no stack trace', async (_, env, args, code, message) => {
