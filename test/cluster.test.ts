@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import {
+  freePort,
   have,
   killAll,
   sharedRepository,
@@ -84,6 +85,28 @@ describe('scale-out settings', () => {
     expect(() => loadConfig({ REQUEST_TIMEOUT_MS: '3000' }, [])).toThrow(/REQUEST_TIMEOUT_MS \(3000\).*HEADERS_TIMEOUT_MS \(15000\)/);
     expect(loadConfig({ REQUEST_TIMEOUT_MS: '3000', HEADERS_TIMEOUT_MS: '2000' }, []).requestTimeoutMs).toBe(3000);
     expect(loadConfig({}, ['--drain-delay-ms', '250']).drainDelayMs).toBe(250);
+  });
+});
+
+describe('a Redis that cannot be reached at start', () => {
+  it('is said once in the log (where, not the password), while local inference goes on', async () => {
+    const lines: string[] = [];
+    const logger = createLogger('info', {}, (l) => lines.push(l));
+    const port = await freePort(); // nothing listens there
+    const manager = new ModelManager({ root: path.join(ROOT, 'models'), engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0 });
+    const c = new Cluster({ url: `redis://:hunter2@127.0.0.1:${port}/0`, replica: 'r1', manager, logger, maxBackoffMs: 100 });
+    try {
+      await until(() => lines.some((l) => /cannot reach Redis/.test(l)), 5000, 'the warning');
+      await sleep(500); // retried several times meanwhile: still one line
+      const said = lines.filter((l) => /cannot reach Redis/.test(l)).map((l) => JSON.parse(l));
+      expect(said).toHaveLength(1);
+      expect(said[0]).toMatchObject({ level: 'warn', redis: `127.0.0.1:${port}` });
+      expect(said[0].msg).toMatch(/retrying; local inference goes on/);
+      expect(lines.join('\n')).not.toContain('hunter2');
+    } finally {
+      await c.close();
+      await manager.close();
+    }
   });
 });
 

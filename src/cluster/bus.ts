@@ -74,10 +74,22 @@ export class RedisBus extends EventEmitter<{
     // catches up (reads the cluster's state) before its subscription is active could miss a change published in
     // between, neither in the state it read nor among the messages it receives
     this.subscriber = new Redis(url, { ...common, autoResubscribe: false, maxRetriesPerRequest: null });
+    // where Redis is, for the log (the URL may carry a password)
+    const where = (() => {
+      const u = new URL(url);
+      return `${u.hostname}:${u.port || 6379}`;
+    })();
+    let told = false; // reached once, or said it cannot be
     for (const conn of [this.publisher, this.subscriber]) {
+      conn.on('ready', () => (told = true));
       conn.on('error', (e: Error) => {
         this.lastError = errorMessage(e);
         if (this.up) logger.debug({ error: this.lastError }, 'cluster bus error');
+        // at start nothing else says so: /ready and gateway_cluster_bus_connected only (a lost one is logged in update)
+        else if (!told && !this.closed) {
+          told = true;
+          logger.warn({ error: this.lastError, redis: where }, 'cluster bus: cannot reach Redis; retrying; local inference goes on');
+        }
       });
       for (const event of ['close', 'end'] as const)
         conn.on(event, () => {
