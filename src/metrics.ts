@@ -12,13 +12,13 @@ export class Metrics {
   readonly registry = new Registry();
   readonly success = new Counter({
     name: 'gateway_inference_request_success_total',
-    help: 'Requests answered successfully.',
+    help: 'Items answered: an image, or one item of a raw batch (a request of several counts each).',
     labelNames: ['model', 'version'],
     registers: [this.registry],
   });
   readonly failure = new Counter({
     name: 'gateway_inference_request_failure_total',
-    help: 'Requests that failed, by error code.',
+    help: "Items that failed, or were refused at the version's queue (QUEUE_FULL, LIMIT_EXCEEDED), by error code.",
     labelNames: ['model', 'version', 'code'],
     registers: [this.registry],
   });

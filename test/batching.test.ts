@@ -673,6 +673,38 @@ describe('batching over HTTP with a real model', () => {
     ]);
   });
 
+  it('/metrics counts every item refused at admission, once per item the client is told of (from a metrics probe)', async () => {
+    const failures = async (code: string) => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      const m = new RegExp(`^gateway_inference_request_failure_total\\{model="tiny",version="1",code="${code}"\\} (\\d+)`, 'm').exec(text);
+      return Number(m?.[1] ?? 0);
+    };
+    // raw tensors over GraphQL: tiny admits 2 of one client's requests at once (half of maxQueueSize 4)
+    const [input] = (await gw.gql(`{ model(name: "tiny") { inputs { name dtype shape } } }`)).data.model.inputs;
+    const shape = input.shape.map((d: number | null) => d ?? 1);
+    const bytes = shape.reduce((a: number, b: number) => a * b, 1) * ({ FLOAT32: 4, UINT8: 1 } as Record<string, number>)[input.dtype];
+    const data = Buffer.alloc(bytes).toString('base64');
+    const before = await failures('QUEUE_FULL');
+    const infers = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        gw.gql(
+          `mutation($d: String!) { infer(model: "tiny", inputs: [{ name: "${input.name}", dtype: ${input.dtype}, shape: [${shape}], data: $d }]) { outputs { name } } }`,
+          { d: data },
+        ),
+      ),
+    );
+    const refused = infers.filter((r) => r.errors?.[0]?.extensions?.code === 'QUEUE_FULL').length;
+    expect(refused).toBeGreaterThan(0);
+    expect(infers.every((r) => r.errors === undefined || r.errors[0].extensions?.code === 'QUEUE_FULL')).toBe(true);
+    expect((await failures('QUEUE_FULL')) - before).toBe(refused);
+    // a batch that could never be admitted: each of its items is told LIMIT_EXCEEDED, and counted
+    const limited = await failures('LIMIT_EXCEEDED');
+    const three = [image('bee.jpeg'), image('zebra.jpeg'), image('snail.jpeg')];
+    const r = await gw.gql(BATCH.replace('"mobilenet"', '"tiny"'), { images: three.map(() => ({ file: null })) }, batchFiles(three));
+    expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED', 'LIMIT_EXCEEDED', 'LIMIT_EXCEEDED']);
+    expect((await failures('LIMIT_EXCEEDED')) - limited).toBe(3);
+  });
+
   it('concurrent single-image mutations from separate requests are still batched', async () => {
     const before = await stats();
     const results = await Promise.all(Array.from({ length: 12 }, (_, i) => classify('mobilenet', image(photos[i % 6][0]))));

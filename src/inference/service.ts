@@ -239,7 +239,13 @@ export class InferenceService {
     const { version } = this.models.resolve(name, versionNo);
     const feeds = tensorFeeds(name, version.inputs, inputs);
     const wanted = selectOutputs(name, version.outputs, outputNames);
-    const admission = version.admit(client);
+    let admission: Admission;
+    try {
+      admission = version.admit(client);
+    } catch (e) {
+      version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED); // QUEUE_FULL, as for images
+      throw e;
+    }
     const t0 = performance.now();
     try {
       if (signal?.aborted) throw cancelled();
@@ -456,7 +462,7 @@ function checkAdmissible(name: string, version: ModelVersion, n: number, client:
     most < queue
       ? `${what} cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
       : `${what} cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
-  version.stats.recordError(ErrorCode.LIMIT_EXCEEDED);
+  for (let k = 0; k < n; k++) version.stats.recordError(ErrorCode.LIMIT_EXCEEDED); // items, as the counters count
   throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
 }
 
