@@ -1058,7 +1058,7 @@ describe('KServe v2: the work of a client that left is dropped (REST and gRPC), 
     const leaving = new AbortController();
     const answer = fetch(`${gw.url}/v2/models/mobilenet/infer`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', 'x-request-id': 'hung-up-1' },
       body,
       signal: leaving.signal,
     }).catch((e: Error) => e.name);
@@ -1068,6 +1068,13 @@ describe('KServe v2: the work of a client that left is dropped (REST and gRPC), 
     const { answered, dropped } = await settled(before);
     expect(dropped).toBeGreaterThan(0);
     expect(answered).toBeLessThan(N);
+    // in the log, as every request is (it was logged only when an answer was sent): 499, as nginx says of it
+    const line = await until(
+      () => gw.logs.map((l) => JSON.parse(l)).find((l) => l.requestId === 'hung-up-1' && l.msg === 'request'),
+      5000,
+      'the request in the log',
+    );
+    expect(line).toMatchObject({ method: 'POST', path: '/v2/models/mobilenet/infer', status: 499, errors: ['CANCELLED'] });
     // and the server answers the next client
     expect((await fetch(`${gw.url}/v2/health/ready`)).status).toBe(200);
   });

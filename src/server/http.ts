@@ -90,19 +90,26 @@ export function createHttpServer({
       const context: RequestContext = { requestId };
       requestContext.run(context, () => {
         if (!quietPaths.includes(pathname)) {
-          res.once('finish', () => {
+          // once the answer is sent, or the connection is gone before it was: a client that left before its answer
+          // began is 499 CANCELLED (as nginx logs it); one that left during it (an SSE stream it closed) is cut short
+          res.once('close', () => {
+            const answered = res.writableFinished;
             // the server's own refusals and KServe's errors say their code in a header
             const refused = res.getHeader('x-error-code');
-            if (typeof refused === 'string') noteErrorCodes([refused], context);
-            logger.info(
-              {
-                method: req.method,
-                path: pathname,
-                status: res.statusCode,
-                ms: Math.round((performance.now() - t0) * 10) / 10,
-                ...(context.errorCodes ? { errors: context.errorCodes } : {}),
-              },
-              'request',
+            if (answered && typeof refused === 'string') noteErrorCodes([refused], context);
+            if (!res.headersSent && !context.errorCodes) noteErrorCodes([ErrorCode.CANCELLED], context);
+            requestContext.run(context, () =>
+              logger.info(
+                {
+                  method: req.method,
+                  path: pathname,
+                  status: res.headersSent ? res.statusCode : 499,
+                  ...(res.headersSent && !answered ? { cutShort: true } : {}),
+                  ms: Math.round((performance.now() - t0) * 10) / 10,
+                  ...(context.errorCodes ? { errors: context.errorCodes } : {}),
+                },
+                'request',
+              ),
             );
           });
         }
