@@ -688,6 +688,24 @@ describe('the server cannot be taken down', () => {
     expect(first === null ? '' : Buffer.from((first as { value: Uint8Array }).value).toString()).not.toMatch(/errors/);
   });
 
+  it('a WebSocket whose connectionParams.authorization is not a header value is refused at connection_init (4400), naming it', async () => {
+    for (const authorization of ['Bearer \u0000\n', 123, { a: 1 }]) {
+      const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+      const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, reason) => resolve([code, String(reason)])));
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization } }));
+      // it was acknowledged, then the first operation closed the connection with 4500 (an internal error)
+      await Promise.race([new Promise((resolve) => ws.once('message', resolve)), closed]);
+      if (ws.readyState === WebSocket.OPEN)
+        ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query: '{ models { name } }' } }));
+      expect(await closed, JSON.stringify(authorization)).toEqual([
+        4400,
+        expect.stringMatching(/^connectionParams\.authorization must be/),
+      ]);
+    }
+    await healthy();
+  });
+
   it('a greyscale model takes greyscale PNG and JPEG (and colour) photos', async () => {
     await addModel(gw.root, 'grey', {
       onnx: greyModel(),

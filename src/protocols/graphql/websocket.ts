@@ -261,6 +261,13 @@ export function attachWebSocket(
       execute: (args) => (args.rootValue as Root).execute(args) as never,
       subscribe: (args) => (args.rootValue as Root).subscribe(args) as never,
       onConnect: (ctx) => {
+        // the token of the connection, as a header would carry it: anything else would fail each operation later (a
+        // 4500 "internal error" at its first)
+        const given = ctx.connectionParams?.authorization;
+        if (given !== undefined && given !== null && (typeof given !== 'string' || !/^[\t\x20-\x7e\x80-\xff]*$/.test(given))) {
+          ctx.extra.socket.close(4400, 'connectionParams.authorization must be a string, as the header: "Bearer <token>"');
+          return false;
+        }
         try {
           accessFor(authOf(ctx), tokens).checkApi();
           return true;
