@@ -430,7 +430,13 @@ export const SETTINGS = [
   s('maxQueryDepth', 'MAX_QUERY_DEPTH', int(1), 12, 'Deepest selection in one operation'),
   s('maxAliases', 'MAX_ALIASES', int(1), 64, 'Aliased fields in one operation'),
   s('maxWsConnectionsPerClient', 'MAX_WS_CONNECTIONS_PER_CLIENT', int(1), 16, 'Open WebSocket connections per client address'),
-  s('maxSubscriptionsPerConnection', 'MAX_SUBSCRIPTIONS_PER_CONNECTION', int(1), 32, 'Subscriptions per WebSocket connection'),
+  s(
+    'maxSubscriptionsPerConnection',
+    'MAX_SUBSCRIPTIONS_PER_CONNECTION',
+    int(1),
+    32,
+    'Operations in progress (subscriptions, and queries or mutations sent over it) per WebSocket connection',
+  ),
   s(
     'wsKeepAliveMs',
     'WS_KEEPALIVE_MS',
