@@ -62,6 +62,20 @@ export class Metrics {
     registers: [this.registry],
     collect: (): void => this.requestBytes.set(this.bytesInFlight()),
   });
+  /** Set by the server: its open subscriptions and WebSocket connections, read at each scrape. */
+  streams: () => { subscriptions: number; webSockets: number } = () => ({ subscriptions: 0, webSockets: 0 });
+  readonly subscriptions: Gauge = new Gauge({
+    name: 'gateway_subscriptions_open',
+    help: 'Subscriptions open now (SSE and WebSocket), against MAX_SUBSCRIPTIONS_PER_CLIENT per client.',
+    registers: [this.registry],
+    collect: (): void => this.subscriptions.set(this.streams().subscriptions),
+  });
+  readonly webSockets: Gauge = new Gauge({
+    name: 'gateway_websocket_connections_open',
+    help: 'WebSocket connections open now, against MAX_WS_CONNECTIONS_PER_CLIENT per client.',
+    registers: [this.registry],
+    collect: (): void => this.webSockets.set(this.streams().webSockets),
+  });
   readonly state = new Gauge({
     name: 'gateway_model_version_state',
     help: 'Model version state (1 for the current one).',

@@ -706,6 +706,29 @@ describe('the server cannot be taken down', () => {
     await healthy();
   });
 
+  it('/metrics tells the subscriptions and WebSocket connections open now', async () => {
+    const gauges = async () => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(text)?.[1]);
+      return [value('gateway_subscriptions_open'), value('gateway_websocket_connections_open')];
+    };
+    const [subs, sockets] = await gauges();
+    const sse = await fetch(`${gw.url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify({ query: 'subscription { modelStatus { model } }' }),
+    });
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    await new Promise((resolve) => ws.once('open', resolve));
+    ws.send(JSON.stringify({ type: 'connection_init' }));
+    await new Promise((resolve) => ws.once('message', resolve));
+    ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query: 'subscription { modelStatus { model } }' } }));
+    await until(async () => (await gauges()).join() === [subs + 2, sockets + 1].join(), 5000, 'two subscriptions, one WebSocket');
+    ws.close();
+    await sse.body!.cancel();
+    await until(async () => (await gauges()).join() === [subs, sockets].join(), 5000, 'both gone');
+  });
+
   it('a greyscale model takes greyscale PNG and JPEG (and colour) photos', async () => {
     await addModel(gw.root, 'grey', {
       onnx: greyModel(),

@@ -88,6 +88,7 @@ export function createGateway({
     graphiql: config.graphiql,
     statusSource: cluster?.feed ?? models,
   });
+  metrics.streams = () => graphql.open();
   const kserve = createKserveProtocol({
     service,
     logger,

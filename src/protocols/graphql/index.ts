@@ -69,6 +69,8 @@ export interface GraphqlProtocol {
    * within `timeoutMs` (a client that stopped reading) are cut.
    */
   close(timeoutMs?: number): Promise<void>;
+  /** Subscriptions (SSE and WebSocket) and WebSocket connections open now. */
+  open(): { subscriptions: number; webSockets: number };
 }
 
 const DEFAULT_QUERY = `# Welcome to the GraphQL inference gateway.
@@ -119,7 +121,7 @@ export function createGraphqlProtocol({
   const shutdown = new AbortController();
   // every open subscription listens to it (bounded by the subscriptions per client and connection, not by Node's 10)
   setMaxListeners(0, shutdown.signal);
-  let ws: { close(timeoutMs: number): Promise<void> } | null = null;
+  let ws: { close(timeoutMs: number): Promise<void>; readonly connections: number } | null = null;
   const subscriptionsByClient = new Map<string, number>();
 
   /** A status stream for one client, within its share of subscriptions. */
@@ -254,6 +256,11 @@ export function createGraphqlProtocol({
         ...webSocketLimits,
         allowUpgrade: (req) => allowUpgrade(req) && sameOriginOrAllowed(req),
       });
+    },
+    open() {
+      let subscriptions = 0;
+      for (const n of subscriptionsByClient.values()) subscriptions += n;
+      return { subscriptions, webSockets: ws?.connections ?? 0 };
     },
     async close(timeoutMs = 10_000) {
       shutdown.abort(); // ends every subscription stream (SSE and WebSocket) with "complete"

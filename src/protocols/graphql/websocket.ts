@@ -154,7 +154,7 @@ export function attachWebSocket(
     logger,
     keepAliveMs = 12_000,
   }: WebSocketLimits = {},
-): { close(timeoutMs: number): Promise<void> } {
+): { close(timeoutMs: number): Promise<void>; readonly connections: number } {
   const clientAddress = (req: IncomingMessage) => clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
   const connections = new Map<string, number>();
   // noServer: upgrades are taken from the HTTP server here, so the WebSocket server never sees (and never re-emits)
@@ -358,6 +358,9 @@ export function attachWebSocket(
     0, // keepAlive below instead: graphql-ws's would close a client that reads, slowly, while its reading is held
   );
   return {
+    get connections() {
+      return wss.clients.size;
+    },
     /** Close every connection (1001); one that has not answered within `timeoutMs` is cut (ws would wait 30 s). */
     async close(timeoutMs: number) {
       for (const c of wss.clients) c.close(1001, 'server shutting down');
