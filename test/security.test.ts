@@ -810,7 +810,8 @@ describe('heavy postprocessing', () => {
   it('a drawing past DECODE_TIMEOUT_MS nulls its field and says drawing, not decoding', async () => {
     const slow = await startGateway({ models: { bodypix: fixture('bodypix') }, env: { DECODE_TIMEOUT_MS: '1000' } });
     try {
-      const huge = await sharp({ create: { width: 6000, height: 6000, channels: 3, background: '#7090b0' } })
+      // noise: a flat photo of this size may be drawn within the second (its PNG is quick), this one never
+      const huge = await sharp({ create: { width: 6000, height: 6000, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
         .jpeg()
         .toBuffer();
       const r = await slow.gql(
