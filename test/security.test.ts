@@ -811,7 +811,9 @@ describe('heavy postprocessing', () => {
     const slow = await startGateway({ models: { bodypix: fixture('bodypix') }, env: { DECODE_TIMEOUT_MS: '1000' } });
     try {
       // noise: a flat photo of this size may be drawn within the second (its PNG is quick), this one never
-      const huge = await sharp({ create: { width: 6000, height: 6000, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
+      const huge = await sharp({
+        create: { width: 6000, height: 6000, channels: 3, background: '#000', noise: { type: 'gaussian', mean: 128, sigma: 40 } },
+      })
         .jpeg()
         .toBuffer();
       const r = await slow.gql(
