@@ -87,14 +87,16 @@ describe('faults while serving', () => {
   it('an unload while a failed engine waits to restart calls the restart off (no session comes back)', async () => {
     const serving = gw.repository.get('mobilenet')!.servingVersion()!;
     const events: string[] = [];
-    const listener = (e: { version: number; state: string }) => e.version === serving.version && events.push(e.state);
+    const listener = (e: { version: number; state: string; removed?: boolean }) =>
+      e.version === serving.version && events.push(e.removed ? 'removed' : e.state);
     gw.repository.on('status', listener);
     await engineWorkers(serving.session)[0].terminate();
     await until(() => events.includes('END'), 15_000, 'the version ended');
     await gw.repository.unload('mobilenet'); // within the restart's pause (250 ms or more)
     await new Promise((r) => setTimeout(r, 1500));
     gw.repository.off('status', listener);
-    expect(events).toEqual(['UNLOADING', 'END']);
+    // no LOADING: the failed version, no longer wanted, leaves the list instead
+    expect(events).toEqual(['UNLOADING', 'END', 'removed']);
     expect(serving.session).toBeNull();
     expect([...gw.repository.get('mobilenet')!.versions.values()].every((v) => v.state === 'END' && v.session === null)).toBe(true);
     // and a load brings it back

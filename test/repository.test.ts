@@ -422,6 +422,31 @@ describe('model repository over GraphQL', () => {
     );
   });
 
+  it('a failed version whose folder is removed leaves the list with an event (subscribers re-read what is gone)', async () => {
+    const client = createClient({ url: gw.url.replace('http', 'ws') + '/graphql', webSocketImpl: WebSocket, retryAttempts: 0 });
+    const events: any[] = [];
+    const listeners = gw.repository.listenerCount('status');
+    const unsubscribe = client.subscribe(
+      { query: `subscription { modelStatus(name: "gone-broken") { version state previousState errorCode removed } }` },
+      { next: (msg: any) => msg.data?.modelStatus && events.push(msg.data.modelStatus), error: () => {}, complete: () => {} },
+    );
+    try {
+      await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscribed');
+      await addModel(gw.root, 'gone-broken', { onnx: Buffer.from('not an onnx model'), config: { task: 'raw' } });
+      await until(() => events.some((e) => e.errorCode === 'MODEL_LOAD_FAILED'), 15_000, 'the load failed');
+      await rm(path.join(gw.root, 'gone-broken'), { recursive: true });
+      // it was dropped without a word: a page that re-reads its list on events kept showing it
+      await until(() => events.some((e) => e.removed), 15_000, 'the removal said');
+      expect(events.at(-1)).toEqual({ version: 1, state: 'END', previousState: 'END', errorCode: null, removed: true });
+      expect(events.slice(0, -1).every((e) => e.removed === false)).toBe(true);
+      expect((await gw.gql(`{ model(name: "gone-broken") { name } }`)).data.model).toBeNull();
+    } finally {
+      unsubscribe();
+      await client.dispose();
+      await until(() => gw.repository.listenerCount('status') === listeners, 5000, 'subscription released');
+    }
+  });
+
   async function lifecycle(subscribe: (events: any[]) => Promise<() => void>, name: string) {
     const events: any[] = [];
     const listeners = gw.repository.listenerCount('status');

@@ -130,6 +130,7 @@ const STATUS_EVENT = z.object({
   errorMessage: z.string().nullable(),
   at: z.string().refine((at) => !Number.isNaN(Date.parse(at))),
   replica: z.string(),
+  removed: z.boolean().optional(),
 });
 
 /** A model status event as a replica publishes it, or null. */

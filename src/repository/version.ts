@@ -24,6 +24,8 @@ export interface ModelStatusEvent {
   at: Date;
   /** The replica (process, pod) whose version changed; with several replicas, events of all of them reach a subscriber. */
   replica: string;
+  /** The version left the list (its folder was removed, the model deleted, or it failed and is not wanted any more). */
+  removed?: boolean;
 }
 
 /** Allowed transitions; anything else is a bug and throws. */
@@ -83,6 +85,8 @@ export class ModelVersion {
   private unloading: Promise<void> | null = null;
   /** Replaced by a newer instance: its last transitions are logged, not published. */
   private quiet = false;
+  /** Its removal was said (removed()). */
+  private gone = false;
   private loadOptions: LoadOptions | null = null;
   /** The load in progress, to give it up (abortLoad). */
   private loadGiveUp: AbortController | null = null;
@@ -156,6 +160,26 @@ export class ModelVersion {
       errorCode: this.errorCode,
       errorMessage: this.errorMessage,
       at: this.updatedAt,
+    });
+  }
+
+  /**
+   * The version leaves the list (it is END): said once to subscribers, as its last event. Without it a version that
+   * had failed left without a word, and a client that re-reads its list on events (the page) kept showing it.
+   */
+  removed(): void {
+    if (this.quiet || this.gone) return;
+    this.gone = true;
+    this.deps.logger.info({ model: this.model, version: this.version, state: this.state }, 'model version removed');
+    this.deps.publish({
+      model: this.model,
+      version: this.version,
+      state: this.state,
+      previousState: this.state,
+      errorCode: null,
+      errorMessage: null,
+      at: new Date(),
+      removed: true,
     });
   }
 

@@ -160,6 +160,11 @@ const StatusEventRef = builder.objectRef<ModelStatusEvent>('ModelStatusEvent').i
     replica: t.exposeString('replica', {
       description: 'The replica (process, pod: REPLICA_NAME) whose version changed; with REDIS_URL set, events of every replica arrive.',
     }),
+    removed: t.boolean({
+      description:
+        'The version left the list (its folder was removed, the model deleted, or it failed and is no longer wanted): its last event, state END.',
+      resolve: (e) => e.removed ?? false,
+    }),
   }),
 });
 
