@@ -8,29 +8,37 @@ import { encodeMultipart } from '../src/client/multipart.ts';
 import { freePort, sharedRepository } from '../bench/cluster-lib.ts';
 import { ROOT, image, until, untilAnswers } from './helpers.ts';
 
+/** The server as `npm start` runs it, on a repository of mobilenet: its URL, its stderr so far, and its exit code. */
+async function startServer(env: Record<string, string>) {
+  const repo = await sharedRepository(['mobilenet']);
+  const port = await freePort();
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      GRPC_PORT: 'off',
+      MODEL_REPOSITORY: repo.dir,
+      MODEL_POLL_INTERVAL_MS: '0',
+      ...env,
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const stop = async () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await repo.remove();
+  };
+  return { child, port, url: `http://127.0.0.1:${port}`, exited, stderr: () => stderr, stop };
+}
+
 /** The drain of a rolling restart, on one process (no Redis, no load balancer needed). */
 describe('drain on SIGTERM', () => {
   it('/ready turns 503 at once, requests are still served (connection: close) for DRAIN_DELAY_MS, then the process exits 0', async () => {
-    const repo = await sharedRepository(['mobilenet']);
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        GRPC_PORT: 'off',
-        MODEL_REPOSITORY: repo.dir,
-        MODEL_POLL_INTERVAL_MS: '0',
-        DRAIN_DELAY_MS: '4000',
-        REPLICA_NAME: 'solo',
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const { child, url, exited, stderr, stop } = await startServer({ DRAIN_DELAY_MS: '4000', REPLICA_NAME: 'solo' });
     try {
       await untilAnswers(`${url}/ready`, 'ready');
       const ready = await (await fetch(`${url}/ready`)).json();
@@ -62,38 +70,19 @@ describe('drain on SIGTERM', () => {
       expect(child.exitCode).toBeNull(); // still serving
 
       expect(await exited).toBe(0);
-      const lines = stderr
+      const lines = stderr()
         .split('\n')
         .filter((l) => l.startsWith('{'))
         .map((l) => JSON.parse(l));
       expect(lines.find((l) => l.msg === 'draining')).toMatchObject({ signal: 'SIGTERM', drainDelayMs: 4000 });
       expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['draining', 'shutting down', 'stopped']));
     } finally {
-      if (child.exitCode === null) child.kill('SIGKILL');
-      await repo.remove();
+      await stop();
     }
   });
 
   it('a WebSocket subscriber that stops reading holds the shutdown no longer than SHUTDOWN_TIMEOUT_MS: the process still exits 0', async () => {
-    const repo = await sharedRepository(['mobilenet']);
-    const port = await freePort();
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        GRPC_PORT: 'off',
-        MODEL_REPOSITORY: repo.dir,
-        MODEL_POLL_INTERVAL_MS: '0',
-        DRAIN_DELAY_MS: '200',
-        SHUTDOWN_TIMEOUT_MS: '1000',
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const { child, port, exited, stderr, stop } = await startServer({ DRAIN_DELAY_MS: '200', SHUTDOWN_TIMEOUT_MS: '1000' });
     let socket: WebSocket | undefined;
     try {
       await untilAnswers(`http://127.0.0.1:${port}/ready`, 'ready');
@@ -108,12 +97,11 @@ describe('drain on SIGTERM', () => {
       child.kill('SIGTERM');
       // past DRAIN_DELAY_MS + SHUTDOWN_TIMEOUT_MS + 5 s the process gives up: "shutdown timed out", exit 1 (ws waits 30 s
       // for a close frame's answer)
-      expect(await exited, stderr.slice(-2000)).toBe(0);
-      expect(stderr).toMatch(/"msg":"stopped"/);
+      expect(await exited, stderr().slice(-2000)).toBe(0);
+      expect(stderr()).toMatch(/"msg":"stopped"/);
     } finally {
       socket?.terminate();
-      if (child.exitCode === null) child.kill('SIGKILL');
-      await repo.remove();
+      await stop();
     }
   }, 30_000);
 });
