@@ -434,6 +434,24 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it('a partial answer shows the data it got and each error, code first, naming the part (the mask missing said nothing)', async () => {
+    // past MAX_RESPONSE_BYTES the mask is left out (null) with LIMIT_EXCEEDED at segment.mask; the classes still come
+    const small = await startGateway({ models: { bodypix: fixture('bodypix') }, env: { MAX_RESPONSE_BYTES: '1024' } });
+    const tab = await open();
+    try {
+      await tab.goto(`${small.url}/?model=bodypix`);
+      await (await tab.$('input[type=file]'))!.uploadFile(image('people1.jpeg'));
+      await tab.waitForSelector('.output[data-result="bodypix:people1.jpeg"]');
+      expect(await tab.$$eval('.segment-class .label', (e) => e.map((x) => x.textContent))).toEqual(['background', 'person']);
+      expect(await tab.$$eval('.error', (e) => e.map((x) => x.textContent))).toEqual([
+        expect.stringMatching(/^LIMIT_EXCEEDED mask: .*1024/),
+      ]);
+    } finally {
+      await tab.close();
+      await small.close();
+    }
+  });
+
   it("a model's text cannot hide the results, widen the page or turn a confidence around", async () => {
     // a description of 300 KB (it pushed the results 136 000 px down), labels of 20 000 letters without a space (the page
     // grew 297 000 px wide), and labels that open a right-to-left override and do not close it ("85%" read "%58")

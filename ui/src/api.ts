@@ -47,16 +47,20 @@ export interface SegmentClass {
 export type Result =
   | { task: 'classification'; predictions: Prediction[] }
   | { task: 'detection'; imageWidth: number; imageHeight: number; objects: DetectedObject[] }
-  | { task: 'segmentation'; width: number; height: number; classes: SegmentClass[]; mask: string };
+  | { task: 'segmentation'; width: number; height: number; classes: SegmentClass[]; mask: string | null };
 
 /** The tasks the page can show; `raw` models take tensors, which a photo is not. */
 export const TASKS = ['classification', 'detection', 'segmentation'] as const;
 
-/** An error the server answered (its `extensions.code` and message), or NETWORK_ERROR when it did not answer. */
+/**
+ * An error the server answered (its `extensions.code` and message), or NETWORK_ERROR when it did not answer. `part` is
+ * the field of an answer that came without it (its path under the operation's field, `mask`), the rest having come.
+ */
 export class RequestError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    readonly part?: string,
   ) {
     super(message);
   }
@@ -64,10 +68,16 @@ export class RequestError extends Error {
 
 interface GraphqlResponse {
   data?: Record<string, unknown> | null;
-  errors?: { message: string; extensions?: { code?: string } }[];
+  errors?: { message: string; path?: (string | number)[]; extensions?: { code?: string } }[];
 }
 
-async function post(body: BodyInit, headers: Record<string, string>, token: string): Promise<Record<string, unknown>> {
+/** What an answer with data holds: the data, and the errors of the fields it lacks (a GraphQL partial result). */
+interface Answer {
+  data: Record<string, unknown>;
+  errors: RequestError[];
+}
+
+async function post(body: BodyInit, headers: Record<string, string>, token: string): Promise<Answer> {
   let res: Response;
   try {
     res = await fetch('/graphql', {
@@ -92,11 +102,15 @@ async function post(body: BodyInit, headers: Record<string, string>, token: stri
     const e = answer.errors?.[0];
     throw new RequestError(e?.extensions?.code ?? `HTTP_${res.status}`, e?.message ?? `empty answer (HTTP ${res.status})`);
   }
-  return data!;
+  // the other errors are of parts of it: shown beside what came, each saying which part it concerns
+  const errors = (answer.errors ?? []).map(
+    (e) => new RequestError(e.extensions?.code ?? `HTTP_${res.status}`, e.message, e.path?.slice(1).join('.') || undefined),
+  );
+  return { data: data!, errors };
 }
 
-export const gql = (query: string, variables: Record<string, unknown>, token: string) =>
-  post(JSON.stringify({ query, variables }), { 'content-type': 'application/json' }, token);
+export const gql = async (query: string, variables: Record<string, unknown>, token: string) =>
+  (await post(JSON.stringify({ query, variables }), { 'content-type': 'application/json' }, token)).data;
 
 /** A GraphQL multipart request with one file in variable `image.file`. */
 function upload(query: string, variables: Record<string, unknown>, file: Blob, fileName: string, token: string) {
@@ -123,11 +137,17 @@ const RUN: Record<(typeof TASKS)[number], string> = {
     segment(model: $model, image: $image) { width height classes { classId label pixelFraction } mask } }`,
 };
 
-/** Runs the model of that task on the image. */
-export async function run(task: (typeof TASKS)[number], model: string, file: Blob, fileName: string, token: string): Promise<Result> {
-  const data = await upload(RUN[task], { model }, file, fileName, token);
+/** Runs the model of that task on the image: its result, and the errors of the parts of it that did not come. */
+export async function run(
+  task: (typeof TASKS)[number],
+  model: string,
+  file: Blob,
+  fileName: string,
+  token: string,
+): Promise<{ result: Result; errors: RequestError[] }> {
+  const { data, errors } = await upload(RUN[task], { model }, file, fileName, token);
   const [value] = Object.values(data) as [Record<string, unknown>];
-  return { task, ...value } as Result;
+  return { result: { task, ...value } as Result, errors };
 }
 
 export async function setLoaded(model: string, loaded: boolean, token: string): Promise<void> {

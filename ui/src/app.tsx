@@ -24,6 +24,8 @@ interface Picture {
 
 interface Shown {
   result: Result;
+  /** The parts of the answer that did not come, and why. */
+  errors: RequestError[];
   model: string;
   picture: string;
   ms: number;
@@ -42,6 +44,16 @@ export function modelState(m: ModelInfo): { text: string; kind: 'ok' | 'busy' | 
   if (newest.state === 'END')
     return newest.errorCode ? { text: newest.errorCode, kind: 'failed', version: newest } : { text: 'UNLOADED', kind: 'off' };
   return { text: newest.state, kind: 'busy', version: newest };
+}
+
+/** An error as the server gave it, code first; for a part of an answer, the part that did not come. */
+function ErrorLine({ error }: { error: RequestError }) {
+  return (
+    <div class="error" role="alert">
+      <code>{error.code}</code> {error.part && `${error.part}: `}
+      {error.message}
+    </div>
+  );
 }
 
 export function App() {
@@ -109,7 +121,10 @@ export function App() {
     setError(null);
     const t0 = performance.now();
     run(m.task, m.name, picture.file, picture.name, token)
-      .then((result) => id === runs.current && setShown({ result, model: m.name, picture: picture.name, ms: performance.now() - t0 }))
+      .then(
+        ({ result, errors }) =>
+          id === runs.current && setShown({ result, errors, model: m.name, picture: picture.name, ms: performance.now() - t0 }),
+      )
       .catch((e) => {
         if (id !== runs.current) return;
         setShown(null);
@@ -302,11 +317,7 @@ export function App() {
             <a href="/graphql">GraphiQL</a>.
           </p>
         )}
-        {error && (
-          <div class="error" role="alert">
-            <code>{error.code}</code> {error.message}
-          </div>
-        )}
+        {error && <ErrorLine error={error} />}
 
         {picture && (
           <section
@@ -324,6 +335,9 @@ export function App() {
                 </span>
               ) : null}
             </div>
+            {shown?.errors.map((e, i) => (
+              <ErrorLine key={i} error={e} />
+            ))}
             {shown?.result.task === 'detection' ? (
               <Detection picture={picture.url} result={shown.result} />
             ) : shown?.result.task === 'segmentation' ? (

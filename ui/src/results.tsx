@@ -82,6 +82,8 @@ export function Detection({ picture, result }: { picture: string; result: Of<'de
 export function Segmentation({ picture, result }: { picture: string; result: Of<'segmentation'> }) {
   const canvas = useRef<HTMLCanvasElement>(null);
   useEffect(() => {
+    // no mask in a partial answer (its error says why): the photo shows without one, not with the one before
+    if (result.mask === null) return;
     const mask = new Image();
     let live = true;
     mask.onload = () => {
@@ -118,7 +120,7 @@ export function Segmentation({ picture, result }: { picture: string; result: Of<
     <>
       <div class="viewer">
         <img src={picture} alt="" />
-        <canvas class="mask overlay" ref={canvas} />
+        {result.mask !== null && <canvas class="mask overlay" ref={canvas} />}
       </div>
       <ul class="classes">
         {result.classes.map((c) => (
