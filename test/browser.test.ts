@@ -8,6 +8,7 @@ import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixture, image, ROOT, startGateway, type TestGateway } from './helpers.ts';
+import { ElemType, identityModel } from './onnx-builder.ts';
 
 /**
  * The page at / (ui/), served by the gateway: first over plain HTTP (what is served, how), then driven in a real
@@ -17,6 +18,8 @@ import { fixture, image, ROOT, startGateway, type TestGateway } from './helpers.
 const CHROMIUM = '/usr/bin/chromium';
 const DOCS = path.join(ROOT, 'docs');
 const ADMIN = 'browser-admin-token';
+/** A model of tensors, which the page cannot run on a photo (and which loads at once). */
+const RAW = { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw' } };
 const run = promisify(execFile);
 
 interface Rect {
@@ -393,6 +396,7 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     expect(await stateOf('yolox')).toBe('AVAILABLE');
 
     await setToken(ADMIN);
+    expect(await page.$('.error')).toBeNull(); // the refusal was of the token before
     await page.click('.model[data-name="mobilenet"] .admin');
     await waitForState('mobilenet', 'AVAILABLE');
     expect(await page.$('.error')).toBeNull();
@@ -428,6 +432,25 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
       await tab.click('.model[data-name="mobilenet"] .admin');
       await tab.waitForFunction(() => document.querySelector('.model[data-name="mobilenet"]')?.getAttribute('data-state') === 'UNLOADED');
       expect(await tab.$('.error')).toBeNull();
+    } finally {
+      await tab.close();
+      await guarded.close();
+    }
+  });
+
+  it("a wrong token's FORBIDDEN goes once a valid token lists the models (it stayed on screen)", async () => {
+    const guarded = await startGateway({ models: { tensors: RAW }, env: { API_TOKENS: 'reader-token' } });
+    const tab = await open();
+    try {
+      await tab.goto(`${guarded.url}/`);
+      await tab.type('input[name=token]', 'wrong');
+      await tab.keyboard.press('Tab');
+      await tab.waitForFunction(() => document.querySelector('.error')?.textContent?.startsWith('FORBIDDEN'));
+      await tab.click('input[name=token]', { count: 3 });
+      await tab.type('input[name=token]', 'reader-token');
+      await tab.keyboard.press('Tab');
+      await tab.waitForSelector('.model[data-name="tensors"]');
+      expect(await tab.$$eval('.error', (e) => e.map((x) => x.textContent))).toEqual([]);
     } finally {
       await tab.close();
       await guarded.close();

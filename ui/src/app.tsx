@@ -78,6 +78,8 @@ export function App() {
   tokenNow.current = token;
   const refreshing = useRef<Promise<void> | null>(null);
   const again = useRef(false);
+  // the error a failed read of the list put on screen: a read that succeeds takes it away, whatever its code
+  const listFailure = useRef<RequestError | null>(null);
   const refresh = useCallback(() => {
     if (refreshing.current) {
       again.current = true;
@@ -86,9 +88,9 @@ export function App() {
     refreshing.current = listModels(tokenNow.current)
       .then((list) => {
         setModels(list);
-        setError((e) => (e?.code === 'UNAUTHENTICATED' || e?.code === 'NETWORK_ERROR' ? null : e));
+        setError((e) => (e === listFailure.current || e?.code === 'UNAUTHENTICATED' || e?.code === 'NETWORK_ERROR' ? null : e));
       })
-      .catch((e) => setError(asError(e)))
+      .catch((e) => setError((listFailure.current = asError(e))))
       .finally(() => {
         refreshing.current = null;
         if (again.current) {
@@ -208,6 +210,8 @@ export function App() {
 
   const saveToken = (value: string) => {
     const t = value.trim();
+    // a refusal of the token before (FORBIDDEN, UNAUTHENTICATED) is not about this one
+    if (t !== token) setError((e) => (e?.code === 'FORBIDDEN' || e?.code === 'UNAUTHENTICATED' ? null : e));
     if (t) sessionStorage.setItem(TOKEN_KEY, t);
     else sessionStorage.removeItem(TOKEN_KEY);
     setToken(t);
