@@ -457,6 +457,20 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it('refuses a token a header cannot carry, naming the Token field (it said NETWORK_ERROR, the gateway did not answer)', async () => {
+    const tab = await open();
+    try {
+      await tab.goto(`${gw.url}/`);
+      await tab.type('input[name=token]', 'ключ');
+      await tab.keyboard.press('Tab');
+      await tab.waitForSelector('.error');
+      expect(await tab.$eval('.error', (e) => e.textContent)).toMatch(/^INVALID_TOKEN the Token field /);
+      await tab.waitForFunction(() => document.querySelector('.connection')?.getAttribute('title')?.startsWith('INVALID_TOKEN'));
+    } finally {
+      await tab.close();
+    }
+  });
+
   it('a partial answer shows the data it got and each error, code first, naming the part (the mask missing said nothing)', async () => {
     // past MAX_RESPONSE_BYTES the mask is left out (null) with LIMIT_EXCEEDED at segment.mask; the classes still come
     const small = await startGateway({ models: { bodypix: fixture('bodypix') }, env: { MAX_RESPONSE_BYTES: '1024' } });

@@ -77,7 +77,22 @@ interface Answer {
   errors: RequestError[];
 }
 
+/**
+ * A token goes as a header (and as the WebSocket's `authorization`, which the gateway checks as one): one with a
+ * control character or a letter past U+00FF cannot, and fetch() would throw as if the gateway had not answered.
+ */
+function tokenError(token: string): RequestError | null {
+  return /^[\t\x20-\x7e\x80-\xff]*$/.test(token)
+    ? null
+    : new RequestError(
+        'INVALID_TOKEN',
+        'the Token field holds a character a header cannot carry (a control character, or a letter past ISO-8859-1): nothing was sent with it',
+      );
+}
+
 async function post(body: BodyInit, headers: Record<string, string>, token: string): Promise<Answer> {
+  const refused = tokenError(token);
+  if (refused) throw refused;
   let res: Response;
   try {
     res = await fetch('/graphql', {
@@ -175,6 +190,12 @@ function closedBecause(e: unknown, token: string): string | undefined {
  * a function that stops it all.
  */
 export function followStatus(token: string, on: { changed(): void; connection(c: Connection, why?: string): void }): () => void {
+  const refused = tokenError(token);
+  if (refused) {
+    on.connection('offline', `${refused.code} ${refused.message}`);
+    return () => {};
+  }
+  let stopped = false;
   const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/graphql`;
   const client = createClient({
     url,
@@ -188,10 +209,10 @@ export function followStatus(token: string, on: { changed(): void; connection(c:
         on.connection('live');
         on.changed();
       },
-      closed: (e) => on.connection('offline', closedBecause(e, token)),
+      // the close of a client stopped (the token changed) comes after the next one has said how it is: not its to say
+      closed: (e) => !stopped && on.connection('offline', closedBecause(e, token)),
     },
   });
-  let stopped = false;
   let stop: () => void = () => {};
   const subscribe = () => {
     stop = client.subscribe(
