@@ -489,6 +489,30 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it("a model of tensors picked while a photo runs shows no answer, not the model before's, and is not busy", async () => {
+    const gwRaw = await startGateway({ models: { mobilenet: fixture('mobilenet'), tensors: RAW } });
+    const tab = await open();
+    try {
+      await tab.goto(`${gwRaw.url}/?model=mobilenet`);
+      await tab.waitForSelector('.model[data-name="mobilenet"][data-state="AVAILABLE"]');
+      // the answer takes a second to come back: time to pick the other model while it runs
+      const cdp = await tab.createCDPSession();
+      await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 1000, downloadThroughput: -1, uploadThroughput: -1 });
+      const answered = tab.waitForResponse((r) => r.url().endsWith('/graphql') && r.request().method() === 'POST');
+      await (await tab.$('input[type=file]'))!.uploadFile(image('zebra.jpeg'));
+      await tab.waitForSelector('.running');
+      await tab.click('.model[data-name="tensors"] .pick');
+      await (await answered).text();
+      await new Promise((r) => setTimeout(r, 300)); // the page has read it
+      expect(await tab.$('.notice')).not.toBeNull();
+      expect(await tab.$$('.prediction')).toHaveLength(0);
+      expect(await tab.$eval('.output', (e) => e.getAttribute('data-busy'))).toBe('false');
+    } finally {
+      await tab.close();
+      await gwRaw.close();
+    }
+  });
+
   it("a model's text cannot hide the results, widen the page or turn a confidence around", async () => {
     // a description of 300 KB (it pushed the results 136 000 px down), labels of 20 000 letters without a space (the page
     // grew 297 000 px wide), and labels that open a right-to-left override and do not close it ("85%" read "%58")

@@ -117,7 +117,14 @@ export function App() {
   useEffect(() => {
     if (!picture || !ready || !selected) return;
     const m = models.find((x) => x.name === selected);
-    if (!m || !isTask(m.task)) return;
+    if (!m || !isTask(m.task)) {
+      // nothing runs for this model: a run still going is of the model before, and its answer is not this one's
+      runs.current++;
+      setRunning(false);
+      setShown(null);
+      setSettled(`${selected}:${picture.serial}`);
+      return;
+    }
     const id = ++runs.current;
     setRunning(true);
     setError(null);
