@@ -22,12 +22,13 @@ interface Ran {
   stderr: string;
 }
 
-function gateway(args: string[], env: Record<string, string> = {}): Promise<Ran> {
+/** `timeout`: ms after which the CLI is killed (0: none). */
+function gateway(args: string[], env: Record<string, string> = {}, timeout = 0): Promise<Ran> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       [path.join(ROOT, 'bin', 'gateway.mjs'), ...args],
-      { cwd: ROOT, env: { ...process.env, GATEWAY_URL: '', GATEWAY_TOKEN: '', ...env }, maxBuffer: 16 * 1024 * 1024 },
+      { cwd: ROOT, env: { ...process.env, GATEWAY_URL: '', GATEWAY_TOKEN: '', ...env }, maxBuffer: 16 * 1024 * 1024, timeout },
       (error, stdout, stderr) => resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });
@@ -477,6 +478,183 @@ describe('gateway (command-line client) against a server that is not a gateway',
     } finally {
       await fake.close();
     }
+  });
+});
+
+describe('gateway (command-line client): answers that are wrong, partial or refused', () => {
+  // each answer by the first segment of the URL's path (the CLI posts to <url>/graphql)
+  const MODEL = { name: 'm', task: 'classification', description: '', ready: true, versions: [] };
+  const OBJECTS = [{ classId: 1, label: 'dog', confidence: 0.9, box: { xMin: 0, yMin: 0, xMax: 1, yMax: 1 } }];
+  const deep = (n: number) => '['.repeat(n) + ']'.repeat(n);
+  const answers: Record<string, (op: string, res: http.ServerResponse) => void> = {
+    wrongtypes: (op, res) =>
+      sendJson(res, {
+        data: {
+          Models: { models: 'not a list' },
+          Classify: { classify: { predictions: 'not a list' } },
+          Detect: { detect: { imageWidth: 1, imageHeight: 1, objects: [{ ...OBJECTS[0], box: null }] } },
+          Segment: { segment: { width: 1, height: 1, classes: [{ classId: 1, label: { toString: 1 }, pixelFraction: 1 }] } },
+          Load: { loadModel: { name: 'm', versions: 'x' } },
+        }[op],
+      }),
+    deep: (op, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(`{"data":{"classify":{"predictions":[{"classId":1,"confidence":0.5,"label":${deep(200_000)}}]}}}`);
+    },
+    null: (_op, res) => sendJson(res, null),
+    errors: (_op, res) => sendJson(res, { errors: 'not a list', data: null }),
+    loadfailed: (_op, res) =>
+      sendJson(res, {
+        data: {
+          loadModel: {
+            ...MODEL,
+            ready: false,
+            versions: [{ version: 1, state: 'END', errorCode: 'MODEL_LOAD_FAILED', errorMessage: 'no' }],
+          },
+        },
+      }),
+    // what a gateway with MAX_RESPONSE_BYTES too small for the picture answers (HTTP 200)
+    partial: (op, res) =>
+      op === 'Detect'
+        ? sendJson(res, {
+            data: { detect: { imageWidth: 768, imageHeight: 576, objects: OBJECTS, annotatedImage: null } },
+            errors: [{ message: 'more than 1024 bytes', path: ['detect', 'annotatedImage'], extensions: { code: 'LIMIT_EXCEEDED' } }],
+          })
+        : sendJson(res, {
+            data: { segment: { width: 2, height: 2, classes: [{ classId: 1, label: 'person', pixelFraction: 1 }], overlay: null } },
+            errors: [{ message: 'more than 1024 bytes', path: ['segment', 'overlay'], extensions: { code: 'LIMIT_EXCEEDED' } }],
+          }),
+    picture: (_op, res) =>
+      sendJson(res, { data: { detect: { imageWidth: 768, imageHeight: 576, objects: OBJECTS, annotatedImage: 'iVBORw0KGgo=' } } }),
+    evalfails: (op, res) =>
+      op === 'Model'
+        ? sendJson(res, { data: { model: { ...MODEL, labels: ['zebra'] } } })
+        : sendJson(res, {
+            data: { classify: null },
+            errors: [{ message: 'not an image', path: ['classify'], extensions: { code: 'INVALID_IMAGE' } }],
+          }),
+  };
+  let fake: { url: string; close(): Promise<void> };
+  let tmp: string;
+  const at = (mode: string) => ['--url', `${fake.url}/${mode}`];
+  beforeAll(async () => {
+    fake = await fakeGateway((op, req, res) => answers[req.url!.split('/')[1]](op, res));
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'gw-cli-answers-'));
+  });
+  afterAll(async () => {
+    await fake?.close();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+  const noStack = (r: Ran) => {
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).not.toMatch(/^\s+at |TypeError|RangeError|node:internal/m);
+    expect(r.stderr.trim().split('\n'), r.stderr).toHaveLength(1);
+  };
+
+  it('an answer of the wrong types, nested 200000 deep or null is one error line and exit 1, not a stack trace', async () => {
+    for (const args of [
+      ['classify', '-m', 'x', image('zebra.jpeg'), ...at('wrongtypes')],
+      ['detect', '-m', 'x', image('zebra.jpeg'), ...at('wrongtypes')],
+      ['segment', '-m', 'x', image('zebra.jpeg'), ...at('wrongtypes')],
+      ['segment', '-m', 'x', '--json', image('zebra.jpeg'), ...at('wrongtypes')],
+      ['classify', '-m', 'x', image('zebra.jpeg'), ...at('deep')],
+      ['classify', '-m', 'x', '--json', image('zebra.jpeg'), ...at('deep')],
+      ['models', ...at('wrongtypes')],
+      ['load', 'm', ...at('wrongtypes')],
+      ['models', ...at('null')],
+      ['models', ...at('errors')],
+    ]) {
+      const r = await gateway(args);
+      noStack(r);
+      if (!args.includes('--json')) expect(r.stderr, args.join(' ')).toMatch(/^(error|.*zebra\.jpeg): (MALFORMED_ANSWER|HTTP_200): /);
+    }
+    const text = await gateway(['classify', '-m', 'x', image('zebra.jpeg'), ...at('wrongtypes')]);
+    expect(text.stderr).toContain(
+      `MALFORMED_ANSWER: ${fake.url}/wrongtypes/graphql answered a string for classify.predictions, not a list`,
+    );
+    const json = await gateway(['classify', '-m', 'x', '--json', image('zebra.jpeg'), ...at('deep')]);
+    expect(JSON.parse(json.stdout)[0].error.code).toBe('MALFORMED_ANSWER');
+  });
+
+  it('load exits 1 when the model did not load (errorCode on a version), printing what became of it', async () => {
+    const r = await gateway(['load', 'm', ...at('loadfailed')]);
+    expect(r.stdout).toBe('m: v1 END MODEL_LOAD_FAILED\n');
+    expect(r.code).toBe(1);
+  });
+
+  it('a partial answer (the picture null, LIMIT_EXCEEDED at its path) prints what came and each error with its field; exit 1', async () => {
+    const d = await gateway(['detect', '-m', 'x', '--out', path.join(tmp, 'partial'), image('dog.jpg'), ...at('partial')]);
+    expect(d.code).toBe(1);
+    expect(d.stdout).toMatch(/dog\.jpg\s+768x576, 1 object .*\n\s+90\.0%\s+dog\s+0,0 - 768,576\n$/);
+    expect(d.stderr).toMatch(/dog\.jpg: detect\.annotatedImage: LIMIT_EXCEEDED: more than 1024 bytes\n$/);
+    const s = await gateway(['segment', '-m', 'x', '--out', path.join(tmp, 'partial'), '--json', image('people1.jpeg'), ...at('partial')]);
+    expect(s.code).toBe(1);
+    const [answer] = JSON.parse(s.stdout);
+    expect(answer.result.classes[0].label).toBe('person');
+    expect(answer.errors).toEqual([{ code: 'LIMIT_EXCEEDED', message: 'more than 1024 bytes', path: 'segment.overlay' }]);
+  });
+
+  it('--out that cannot be written names --out and still prints the results; under /proc it fails, not spins', async () => {
+    const file = path.join(tmp, 'a-file');
+    await writeFile(file, 'x');
+    for (const out of [file, '/proc/gw-cli-nope/x']) {
+      if (out.startsWith('/proc') && process.platform !== 'linux') continue;
+      const t0 = performance.now();
+      const r = await gateway(['detect', '-m', 'x', '--out', out, image('dog.jpg'), ...at('picture')], {}, 15_000);
+      expect(performance.now() - t0).toBeLessThan(10_000);
+      expect(r.code, out).toBe(1);
+      expect(r.stdout).toMatch(/^\s+90\.0%\s+dog\s+/m);
+      expect(r.stderr, out).toMatch(/dog\.jpg: --out: OUT_NOT_WRITTEN: cannot write .*: E[A-Z]+ \(give --out a folder/);
+    }
+  }, 30_000);
+
+  it('a --token an HTTP header cannot carry, or a --url that is not http(s), is refused naming the option (not UNREACHABLE)', async () => {
+    for (const [args, env] of [
+      [['--token', 'ключ'], {}],
+      [['--token', 'api one'], {}],
+      [[], { GATEWAY_TOKEN: 'api-one\nsecret' }],
+    ] as const) {
+      const r = await gateway(['models', ...at('null'), ...args], env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('--token');
+      expect(r.stderr).not.toMatch(/ключ|api one|secret|UNREACHABLE|is the gateway running/);
+    }
+    for (const url of ['ftp://127.0.0.1:19930', 'file:///etc/passwd', 'http://[::1']) {
+      const r = await gateway(['models', '--url', url]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("option '--url <url>'");
+      expect(r.stderr).toContain('expected the gateway’s http:// or https:// address');
+      expect(r.stderr).not.toMatch(/UNREACHABLE|is the gateway running/);
+    }
+  });
+
+  it('--top-k, --max-detections and --version past what the gateway takes are refused naming them', async () => {
+    for (const [option, value] of [
+      ['--top-k', '99999999999'],
+      ['--top-k', '1001'],
+      ['--max-detections', '10001'],
+      ['--version', '2147483648'],
+    ]) {
+      const command = option === '--max-detections' ? 'detect' : 'classify';
+      const r = await gateway([command, '-m', 'x', option, value, image('zebra.jpeg'), ...at('null')]);
+      expect(r.code).toBe(1);
+      expect(r.stderr, option).toMatch(
+        new RegExp(`option '.*${option} <n>' argument '${value}' is invalid. expected a positive integer, at most`),
+      );
+    }
+  });
+
+  it('eval where every image failed gives no rate nor 0.0 ms latencies', async () => {
+    const dir = path.join(tmp, 'eval', 'zebra');
+    await mkdir(dir, { recursive: true });
+    await copyFile(image('zebra.jpeg'), path.join(dir, 'a.jpeg'));
+    const r = await gateway(['eval', '-m', 'x', '-d', path.dirname(dir), ...at('evalfails')]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/^throughput\s+none: no image answered/m);
+    expect(r.stdout).toMatch(/^latency\s+none: no image answered$/m);
+    expect(r.stdout).toMatch(/^errors\s+INVALID_IMAGE x1/m);
+    const json = JSON.parse((await gateway(['eval', '-m', 'x', '-d', path.dirname(dir), '--json', ...at('evalfails')])).stdout);
+    expect(json).toMatchObject({ answered: 0, imagesPerSecond: 0, latencyMs: null });
   });
 });
 

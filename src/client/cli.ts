@@ -16,6 +16,7 @@ import {
   GatewayClientError,
   type Classification,
   type Detection,
+  type FieldError,
   type ModelSummary,
   type Segmentation,
 } from './client.ts';
@@ -38,6 +39,16 @@ const positiveInt = (v: string) => {
   if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError('expected a positive integer');
   return Number(v);
 };
+/**
+ * A positive integer the gateway takes: at most `max` (its own limit: topK 1..1000, maxDetections 1..10000; a GraphQL
+ * Int is at most 2^31-1). Past it every image failed with the server's words about a variable the user never named.
+ */
+const positiveIntUpTo = (max: number, why: string) => (v: string) => {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > max)
+    throw new InvalidArgumentError(`expected a positive integer, at most ${max} (${why})`);
+  return Number(v);
+};
+const version = positiveIntUpTo(2 ** 31 - 1, 'a GraphQL Int');
 /** The longest --timeout, in seconds: a timer waits at most 2^31-1 ms (24.8 days); past it Node fires it after 1 ms. */
 const MAX_TIMEOUT_SECONDS = Math.floor(MAX_TIMEOUT_MS / 1000);
 const seconds = (v: string) => {
@@ -64,16 +75,30 @@ interface Common {
   json?: boolean;
 }
 
+/** A --url as fetch takes it, or refused naming --url (it failed as UNREACHABLE, "is the gateway running?"). */
+const gatewayUrl = (u: string) => {
+  if (u === '') return DEFAULT_URL; // GATEWAY_URL= set empty: not set
+  // an address without its scheme (127.0.0.1:4000) is read as http://, as curl reads it
+  const url = /^[a-z][a-z0-9+.-]*:\/\//i.test(u) ? u : `http://${u}`;
+  if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
+    throw new InvalidArgumentError('expected the gateway’s http:// or https:// address, as http://127.0.0.1:4000');
+  return url;
+};
+
+/**
+ * What an Authorization header can carry: visible ASCII (a token with a space, a control character or a letter past
+ * ASCII failed as UNREACHABLE, "is the gateway running?", and fetch's message quoted the token on stderr). Checked before
+ * a command runs, not as commander's argument check, whose message quotes the value.
+ */
+function checkToken(token: string | undefined): string | null {
+  if (!token || /^[\x21-\x7e]+$/.test(token)) return null;
+  return 'error: --token (or GATEWAY_TOKEN) holds a character an HTTP header cannot carry (a space, a control character or one past ASCII): give the token as the gateway has it';
+}
+
 /** --url, --token and --json, on every command. */
 function common(cmd: Command): Command {
   return cmd
-    .addOption(
-      new Option('--url <url>', 'the gateway')
-        .env('GATEWAY_URL')
-        .default(DEFAULT_URL)
-        // an address without its scheme (127.0.0.1:4000) is read as http://, as curl reads it
-        .argParser((u: string) => (/^[a-z][a-z0-9+.-]*:\/\//i.test(u) ? u : `http://${u}`)),
-    )
+    .addOption(new Option('--url <url>', 'the gateway').env('GATEWAY_URL').default(DEFAULT_URL).argParser(gatewayUrl))
     .addOption(new Option('--token <token>', 'sent as Authorization: Bearer <token>').env('GATEWAY_TOKEN'))
     .addOption(
       new Option('--timeout <seconds>', 'give up on an answer not in full after this long (default: wait; load waits for the model)')
@@ -100,14 +125,38 @@ const pct = (x: number) => `${(x * 100).toFixed(1)}%`.padStart(6);
 const ms = (x: number) => `${x < 10 ? x.toFixed(1) : Math.round(x)} ms`;
 const name = (p: { classId: number; label: string | null }) => p.label || `class ${p.classId}`;
 
-/** Runs `task` on every file, `concurrency` at a time, and reports each in the order given as soon as it can. */
+/**
+ * mkdir -p, one level at a time: Node's recursive mkdir loops for ever where a file system answers ENOENT to a mkdir
+ * under a folder that is there (/proc/x spun at 100% CPU, --timeout or not).
+ */
+async function makeDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return; // a file there fails the write after, naming it
+    if (code !== 'ENOENT' || path.dirname(dir) === dir) throw e;
+    await makeDir(path.dirname(dir));
+    await mkdir(dir).catch((again: NodeJS.ErrnoException) => {
+      if (again.code !== 'EEXIST') throw again;
+    });
+  }
+}
+
+/** What became of a file: its result (with the errors of the fields that did not come, for a partial one), or an error. */
+type Outcome<T> = { value: T; ms: number; errors?: FieldError[] } | { error: GatewayClientError };
+
+/**
+ * Runs `task` on every file, `concurrency` at a time, and reports each in the order given as soon as it can. A partial
+ * answer (a GatewayClientError with the result that came) is reported with its errors, and counts as failed.
+ */
 async function eachFile<T>(
   files: string[],
   concurrency: number,
   task: (file: string) => Promise<T>,
-  report: (file: string, outcome: { value: T; ms: number } | { error: GatewayClientError }) => void,
+  report: (file: string, outcome: Outcome<T>) => void,
 ): Promise<number> {
-  const outcomes: ({ value: T; ms: number } | { error: GatewayClientError } | undefined)[] = [];
+  const outcomes: (Outcome<T> | undefined)[] = [];
   let next = 0;
   let shown = 0;
   let failed = 0;
@@ -122,7 +171,9 @@ async function eachFile<T>(
         outcomes[i] = { value: await task(files[i]), ms: performance.now() - t0 };
       } catch (e) {
         failed++;
-        outcomes[i] = { error: e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message) };
+        if (e instanceof GatewayClientError && e.partial)
+          outcomes[i] = { value: e.partial.data as T, ms: performance.now() - t0, errors: e.partial.errors };
+        else outcomes[i] = { error: e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message) };
       }
       flush();
     }
@@ -158,8 +209,13 @@ export function formatEval(r: EvalReport): string {
     `images      ${r.images} in ${r.classes.length} classes (${r.dir})`,
     `top-1       ${pct(r.top1).trim()} (${r.top1Correct}/${r.images})`,
     `top-5       ${pct(r.top5).trim()} (${r.top5Correct}/${r.images})`,
-    `throughput  ${r.imagesPerSecond.toFixed(1)} images/s at concurrency ${r.concurrency} (${r.seconds.toFixed(2)} s)`,
-    `latency     p50 ${ms(r.latencyMs.p50)}, p90 ${ms(r.latencyMs.p90)}, p95 ${ms(r.latencyMs.p95)}, p99 ${ms(r.latencyMs.p99)}, max ${ms(r.latencyMs.max)}, mean ${ms(r.latencyMs.mean)}`,
+    // of the images answered: a rate and times of failures said nothing of the model (0.0 ms with none answered)
+    r.latencyMs
+      ? `throughput  ${r.imagesPerSecond.toFixed(1)} images/s at concurrency ${r.concurrency} (${r.seconds.toFixed(2)} s)`
+      : `throughput  none: no image answered (${r.seconds.toFixed(2)} s)`,
+    r.latencyMs
+      ? `latency     p50 ${ms(r.latencyMs.p50)}, p90 ${ms(r.latencyMs.p90)}, p95 ${ms(r.latencyMs.p95)}, p99 ${ms(r.latencyMs.p99)}, max ${ms(r.latencyMs.max)}, mean ${ms(r.latencyMs.mean)}`
+      : 'latency     none: no image answered',
     `errors      ${r.errors.length ? r.errors.map((e) => `${e.code} x${e.count} (e.g. ${e.example})`).join('; ') : 'none'}`,
     '',
   ];
@@ -177,7 +233,11 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     .description('Command-line client of the GraphQL inference gateway (talks to its GraphQL API over HTTP).')
     .showHelpAfterError('(gateway <command> --help for usage)')
     .configureOutput({ writeOut: io.out, writeErr: io.err })
-    .exitOverride();
+    .exitOverride()
+    .hook('preAction', (_, command) => {
+      const wrong = checkToken((command.opts() as Common).token);
+      if (wrong) command.error(wrong);
+    });
   const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token, timeoutMs: o.timeout ? o.timeout * 1000 : null });
   const fail = (e: unknown) => {
     const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message);
@@ -212,7 +272,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
           .description(description)
           .argument('<files...>', 'image files')
           .requiredOption('-m, --model <name>', 'the model')
-          .option('--version <n>', 'model version (default: the newest available)', positiveInt)
+          .option('--version <n>', 'model version (default: the newest available)', version)
           .option('-c, --concurrency <n>', 'requests in flight at once', positiveInt, 4),
       ),
     ).action(async (files: string[], o: Common & { model: string; concurrency: number } & Record<string, unknown>) => {
@@ -228,8 +288,13 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
             else io.err(`${file}: ${outcome.error.code}: ${outcome.error.message}${hintFor(outcome.error.code)}\n`);
             return;
           }
-          if (o.json) json.push({ file, ms: Math.round(outcome.ms * 10) / 10, result: outcome.value });
-          else io.out(print(file, outcome.value, outcome.ms));
+          const { errors } = outcome;
+          if (o.json) json.push({ file, ms: Math.round(outcome.ms * 10) / 10, result: outcome.value, ...(errors ? { errors } : {}) });
+          else {
+            io.out(print(file, outcome.value, outcome.ms));
+            // what did not come, each with the field it concerns (detect.annotatedImage: the picture, not the photo, failed)
+            for (const e of errors ?? []) io.err(`${file}: ${e.path ? `${e.path}: ` : ''}${e.code}: ${e.message}${hintFor(e.code)}\n`);
+          }
         },
       );
       if (o.json) io.out(JSON.stringify(json, null, 2) + '\n');
@@ -264,7 +329,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
    * the new file follows no link either.
    */
   const outFile = async (target: string, base64: string) => {
-    await mkdir(path.dirname(target), { recursive: true });
+    await makeDir(path.dirname(target));
     const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
     try {
       await writeFile(temp, Buffer.from(base64, 'base64'), { flag: 'wx' });
@@ -281,6 +346,22 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     }
     return target;
   };
+  /**
+   * The result with the picture written, or, when writing it failed, the result with an error naming --out (the
+   * result is still printed: it was thrown away with the picture).
+   */
+  const withPicture = async <T extends object>(value: T, target: string | null, base64: string | null | undefined) => {
+    if (!target || !base64) return value;
+    try {
+      return { ...value, written: await outFile(target, base64) };
+    } catch (e) {
+      const message = `cannot write ${target}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (give --out a folder this user can write to)`;
+      throw new GatewayClientError('OUT_NOT_WRITTEN', message, {
+        data: value,
+        errors: [{ code: 'OUT_NOT_WRITTEN', message, path: '--out' }],
+      });
+    }
+  };
   const detectedName = outNames('detected');
   const segmentedName = outNames('segmented');
 
@@ -288,7 +369,9 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     'classify',
     'classify images: the top classes with their confidence',
     (cmd) =>
-      cmd.option('-k, --top-k <n>', 'classes per image', positiveInt, 5).option('--min-confidence <x>', 'drop classes below', fraction),
+      cmd
+        .option('-k, --top-k <n>', 'classes per image', positiveIntUpTo(1000, 'the gateway gives at most 1000'), 5)
+        .option('--min-confidence <x>', 'drop classes below', fraction),
     (gw, f, o) =>
       gw.classify(o.model as string, f, {
         topK: o.topK as number,
@@ -306,7 +389,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
       cmd
         .option('--min-confidence <x>', 'drop objects below (default: the model’s)', fraction)
         .option('--iou-threshold <x>', 'non-maximum suppression overlap', fraction)
-        .option('--max-detections <n>', 'objects per image', positiveInt)
+        .option('--max-detections <n>', 'objects per image', positiveIntUpTo(10_000, 'the gateway gives at most 10000'))
         .option('-o, --out <dir>', 'also write each photo with its boxes drawn, as <dir>/<name>.detected.png'),
     async (gw, f, o) => {
       const target = o.out ? detectedName(o.out as string, f) : null;
@@ -317,7 +400,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         version: (o.version as number | undefined) ?? null,
         annotated: Boolean(o.out),
       });
-      return annotatedImage && target ? { ...d, written: await outFile(target, annotatedImage) } : d;
+      return withPicture(d, target, annotatedImage);
     },
     (file, d, t) => {
       const px = (x: number, size: number) => String(Math.round(x * size));
@@ -344,7 +427,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         version: (o.version as number | undefined) ?? null,
         overlay: Boolean(o.out),
       });
-      return overlay && target ? { ...seg, written: await outFile(target, overlay) } : seg;
+      return withPicture(seg, target, overlay);
     },
     (file, seg, t) =>
       `${file}  ${seg.width}x${seg.height} (${ms(t)})\n${seg.classes.map((c) => `  ${pct(c.pixelFraction)}  ${name(c)}\n`).join('')}` +
@@ -359,7 +442,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
       .requiredOption('-d, --dir <dir>', 'folder of <label>/ folders; a label is a class id, a label of the model or one of its names')
       .option('-c, --concurrency <n>', 'requests in flight at once', positiveInt, 4)
       .option('--limit <n>', 'stop after this many images', positiveInt)
-      .option('--version <n>', 'model version (default: the newest available)', positiveInt),
+      .option('--version <n>', 'model version (default: the newest available)', version),
   ).action(async (o: Common & { model: string; dir: string; concurrency: number; limit?: number; version?: number }) => {
     const bar = new SingleBar(
       {
@@ -412,6 +495,8 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         const gw = client(o);
         const m = load ? await gw.loadModel(model) : await gw.unloadModel(model);
         io.out(o.json ? JSON.stringify(m, null, 2) + '\n' : `${m.name}: ${stateOf(m)}\n`);
+        // the mutation answers a model that failed to load as it is (errorCode on its version), not with an error
+        if (load && m.versions.some((v) => v.errorCode)) setExitCode(1);
       } catch (e) {
         fail(e);
       }
@@ -427,7 +512,10 @@ export async function main(argv: readonly string[] = process.argv, io: Io = defa
     await program(io, (c) => (code = c)).parseAsync([...argv]);
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
-    throw e;
+    // one line, never a stack trace, whatever went wrong
+    const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error)?.message ?? String(e));
+    io.err(printable(`error: ${err.code}: ${err.message}\n`));
+    return 1;
   }
   return code;
 }

@@ -56,7 +56,7 @@ export interface Detection {
   imageHeight: number;
   objects: DetectedObject[];
   /** Base64 PNG with the boxes drawn, when asked for. */
-  annotatedImage?: string;
+  annotatedImage?: string | null;
 }
 
 export interface SegmentClass {
@@ -70,13 +70,21 @@ export interface Segmentation {
   height: number;
   classes: SegmentClass[];
   /** Base64 PNG, one class id per pixel, when asked for. */
-  mask?: string;
+  mask?: string | null;
   /** Base64 PNG of the mask in colour over the photo, when asked for. */
-  overlay?: string;
+  overlay?: string | null;
 }
 
 /** A photo: a file path, or bytes with the name the server should see. */
 export type ImageSource = string | UploadFile;
+
+/** An error of an answer: its code, its message and the field it concerns (its GraphQL path, as detect.annotatedImage). */
+export interface FieldError {
+  code: string;
+  message: string;
+  /** '' when the error concerns no field. */
+  path: string;
+}
 
 /** What the gateway answered with an error (`code` is its `extensions.code`), or UNREACHABLE / HTTP_<status>. */
 export class GatewayClientError extends Error {
@@ -84,6 +92,11 @@ export class GatewayClientError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    /**
+     * A partial answer (HTTP 200, data beside the errors of fields that came back null, as annotatedImage past
+     * MAX_RESPONSE_BYTES): what came back (the data of `request`; the result of classify, detect, segment) and every error.
+     */
+    readonly partial?: { data: unknown; errors: FieldError[] },
   ) {
     super(message);
   }
@@ -138,6 +151,69 @@ interface GraphqlAnswer<T> {
   data?: T | null;
   errors?: { message: string; extensions?: { code?: string } }[];
 }
+
+/**
+ * What an answer must hold: a type ('string', 'number', 'boolean'; with '?', or null), [shape] for a list of it, or an
+ * object's fields. A gateway's answer is checked against it before anything reads it (a list that was a string, a box
+ * that was null, a label nested 200000 deep crashed the CLI with a stack trace), and only the fields named are kept.
+ */
+type Shape = string | [Shape] | { [field: string]: Shape };
+
+function checked(value: unknown, shape: Shape, where: string, endpoint: string): unknown {
+  const malformed = (expected: string) => {
+    const got = value === undefined ? 'nothing' : value === null ? 'null' : Array.isArray(value) ? 'a list' : `a ${typeof value}`;
+    return new GatewayClientError('MALFORMED_ANSWER', `${endpoint} answered ${got} for ${where}, not ${expected} (is it a gateway?)`);
+  };
+  if (typeof shape === 'string') {
+    if (value === null && shape.endsWith('?')) return null;
+    const type = shape.replace(/\?$/, '');
+    if (typeof value !== type) throw malformed(`a ${type}`);
+    return value;
+  }
+  if (Array.isArray(shape)) {
+    if (!Array.isArray(value)) throw malformed('a list');
+    return value.map((v, i) => checked(v, shape[0], `${where}[${i}]`, endpoint));
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw malformed('an object');
+  const picked: Record<string, unknown> = {};
+  for (const [field, s] of Object.entries(shape)) {
+    // a field left out is one not asked for (annotatedImage without --out)
+    const v = (value as Record<string, unknown>)[field];
+    if (v !== undefined || !(typeof s === 'string' && s.endsWith('?'))) picked[field] = checked(v, s, `${where}.${field}`, endpoint);
+  }
+  return picked;
+}
+
+/** The errors of an answer, checked as its data is, each with its code and the path of the field it concerns. */
+function fieldErrors(errors: unknown, status: number, endpoint: string): FieldError[] {
+  if (errors === undefined || errors === null) return [];
+  checked(errors, [{ message: 'string' }], 'errors', endpoint);
+  return (errors as { message: string; extensions?: unknown; path?: unknown }[]).map(({ message, extensions, path }) => {
+    const code = (extensions as { code?: unknown } | null | undefined)?.code;
+    const steps = Array.isArray(path) && path.every((p) => typeof p === 'string' || typeof p === 'number') ? path : [];
+    return {
+      code: typeof code === 'string' ? code : `HTTP_${status}`,
+      message,
+      path: steps.map((p, i) => (typeof p === 'number' ? `[${p}]` : i ? `.${p}` : p)).join(''),
+    };
+  });
+}
+
+const VERSION_SHAPE: Shape = { version: 'number', state: 'string', errorCode: 'string?', errorMessage: 'string?' };
+const MODEL_SHAPE: Shape = { name: 'string', task: 'string', description: 'string', ready: 'boolean', versions: [VERSION_SHAPE] };
+const PREDICTION_SHAPE = { classId: 'number', label: 'string?', confidence: 'number' };
+const BOX_SHAPE: Shape = { xMin: 'number', yMin: 'number', xMax: 'number', yMax: 'number' };
+const SHAPES: Record<string, Shape> = {
+  classify: { predictions: [PREDICTION_SHAPE] },
+  detect: { imageWidth: 'number', imageHeight: 'number', objects: [{ ...PREDICTION_SHAPE, box: BOX_SHAPE }], annotatedImage: 'string?' },
+  segment: {
+    width: 'number',
+    height: 'number',
+    classes: [{ classId: 'number', label: 'string?', pixelFraction: 'number' }],
+    mask: 'string?',
+    overlay: 'string?',
+  },
+};
 
 async function readImage(file: string): Promise<Uint8Array> {
   try {
@@ -220,20 +296,33 @@ export class GatewayClient {
     } catch {
       throw new GatewayClientError(`HTTP_${res.status}`, `${this.endpoint} answered ${res.status} ${text.slice(0, 200)}`);
     }
-    const error = answer.errors?.[0];
-    if (error) throw new GatewayClientError(error.extensions?.code ?? `HTTP_${res.status}`, error.message);
-    if (!answer.data) throw new GatewayClientError(`HTTP_${res.status}`, `${this.endpoint} answered ${res.status} without data`);
-    return answer.data;
+    if (typeof answer !== 'object' || answer === null || Array.isArray(answer))
+      throw new GatewayClientError(
+        `HTTP_${res.status}`,
+        `${this.endpoint} answered ${res.status} ${text.slice(0, 200)}, not a GraphQL answer`,
+      );
+    const errors = fieldErrors(answer.errors, res.status, this.endpoint);
+    const data = typeof answer.data === 'object' && !Array.isArray(answer.data) ? answer.data : null;
+    if (errors.length) throw new GatewayClientError(errors[0].code, errors[0].message, data ? { data, errors } : undefined);
+    if (!data) throw new GatewayClientError(`HTTP_${res.status}`, `${this.endpoint} answered ${res.status} without data`);
+    return data;
   }
 
   async listModels(): Promise<ModelSummary[]> {
-    return (await this.request<{ models: ModelSummary[] }>(`query Models { models { ${MODEL_FIELDS} } }`)).models;
+    const { models } = await this.request<{ models: unknown }>(`query Models { models { ${MODEL_FIELDS} } }`);
+    return checked(models, [MODEL_SHAPE], 'models', this.endpoint) as ModelSummary[];
   }
 
   /** One model with its class labels (null when the repository has no such model). */
   async model(name: string): Promise<(ModelSummary & { labels: string[] | null }) | null> {
     const q = `query Model($name: String!) { model(name: $name) { ${MODEL_FIELDS} labels } }`;
-    return (await this.request<{ model: (ModelSummary & { labels: string[] | null }) | null }>(q, { name })).model;
+    const { model } = await this.request<{ model: unknown }>(q, { name });
+    if (model === null) return null;
+    const labels = (model as { labels?: unknown }).labels ?? null;
+    return {
+      ...(checked(model, MODEL_SHAPE, 'model', this.endpoint) as ModelSummary),
+      labels: labels === null ? null : (checked(labels, ['string'], 'model.labels', this.endpoint) as string[]),
+    };
   }
 
   async classify(
@@ -285,20 +374,39 @@ export class GatewayClient {
   /** Admin: load a repository model (or reload an unloaded one); resolves once it is AVAILABLE or has failed. */
   async loadModel(name: string): Promise<ModelSummary> {
     const q = `mutation Load($name: String!) { loadModel(name: $name) { ${MODEL_FIELDS} } }`;
-    return (await this.request<{ loadModel: ModelSummary }>(q, { name })).loadModel;
+    return checked(
+      (await this.request<{ loadModel: unknown }>(q, { name })).loadModel,
+      MODEL_SHAPE,
+      'loadModel',
+      this.endpoint,
+    ) as ModelSummary;
   }
 
   /** Admin: unload every version of a model (it stays unloaded until loadModel). */
   async unloadModel(name: string): Promise<ModelSummary> {
     const q = `mutation Unload($name: String!) { unloadModel(name: $name) { ${MODEL_FIELDS} } }`;
-    return (await this.request<{ unloadModel: ModelSummary }>(q, { name })).unloadModel;
+    const { unloadModel } = await this.request<{ unloadModel: unknown }>(q, { name });
+    return checked(unloadModel, MODEL_SHAPE, 'unloadModel', this.endpoint) as ModelSummary;
   }
 
   private async run<T>(field: string, query: string, variables: Record<string, unknown>, image: ImageSource): Promise<T> {
     const file: UploadFile = typeof image === 'string' ? { name: path.basename(image), bytes: await readImage(image) } : image;
-    const data = await this.request<Record<string, T | null>>(query, { ...variables, image: { file: null } }, { 'image.file': file });
+    let data: Record<string, unknown>;
+    try {
+      data = await this.request<Record<string, unknown>>(query, { ...variables, image: { file: null } }, { 'image.file': file });
+    } catch (e) {
+      const value = e instanceof GatewayClientError ? (e.partial?.data as Record<string, unknown> | undefined)?.[field] : null;
+      if (!(e instanceof GatewayClientError)) throw e;
+      // the result itself failed (null beside its error): nothing of it came
+      if (value === null || value === undefined) throw new GatewayClientError(e.code, e.message);
+      // the result came back without some of its fields (an image too large to send): the caller gets what did come
+      throw new GatewayClientError(e.code, e.message, {
+        data: checked(value, SHAPES[field], field, this.endpoint),
+        errors: e.partial!.errors,
+      });
+    }
     const value = data[field];
-    if (!value) throw new GatewayClientError('EMPTY_ANSWER', `${field} answered null without an error`);
-    return value;
+    if (value === null || value === undefined) throw new GatewayClientError('EMPTY_ANSWER', `${field} answered null without an error`);
+    return checked(value, SHAPES[field], field, this.endpoint) as T;
   }
 }

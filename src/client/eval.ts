@@ -37,9 +37,10 @@ export interface EvalReport {
   top5Correct: number;
   concurrency: number;
   seconds: number;
+  /** Images answered per second (failures are not counted). */
   imagesPerSecond: number;
-  /** Round-trip time per request as the client sees it, in milliseconds. */
-  latencyMs: { mean: number; p50: number; p90: number; p95: number; p99: number; max: number };
+  /** Round-trip time per request answered as the client sees it, in milliseconds; null when none was answered. */
+  latencyMs: { mean: number; p50: number; p90: number; p95: number; p99: number; max: number } | null;
   errors: { code: string; count: number; example: string }[];
   classes: ClassReport[];
 }
@@ -198,15 +199,17 @@ export async function evaluate(
     top5Correct: top5,
     concurrency,
     seconds: round(seconds),
-    imagesPerSecond: round(images.length / seconds),
-    latencyMs: {
-      mean: round(sorted.reduce((a, b) => a + b, 0) / (sorted.length || 1)),
-      p50: round(percentile(sorted, 50)),
-      p90: round(percentile(sorted, 90)),
-      p95: round(percentile(sorted, 95)),
-      p99: round(percentile(sorted, 99)),
-      max: round(sorted.at(-1) ?? 0),
-    },
+    imagesPerSecond: round(latencies.length / seconds),
+    latencyMs:
+      (sorted.length && {
+        mean: round(sorted.reduce((a, b) => a + b, 0) / sorted.length),
+        p50: round(percentile(sorted, 50)),
+        p90: round(percentile(sorted, 90)),
+        p95: round(percentile(sorted, 95)),
+        p99: round(percentile(sorted, 99)),
+        max: round(sorted.at(-1)!),
+      }) ||
+      null,
     errors: [...errors].map(([code, e]) => ({ code, ...e })),
     classes: [...classes.values()],
   };
