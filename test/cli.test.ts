@@ -526,6 +526,11 @@ describe('gateway (command-line client): answers that are wrong, partial or refu
           }),
     picture: (_op, res) =>
       sendJson(res, { data: { detect: { imageWidth: 768, imageHeight: 576, objects: OBJECTS, annotatedImage: 'iVBORw0KGgo=' } } }),
+    // 16 MB of valid JSON, [{},{},...]: JSON.parse made it some 590 MB of heap
+    dense: (_op, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(`{"data":{"models":[${'{},'.repeat(16 << 18)}{}]}}`);
+    },
     evalfails: (op, res) =>
       op === 'Model'
         ? sendJson(res, { data: { model: { ...MODEL, labels: ['zebra'] } } })
@@ -574,6 +579,12 @@ describe('gateway (command-line client): answers that are wrong, partial or refu
     );
     const json = await gateway(['classify', '-m', 'x', '--json', image('zebra.jpeg'), ...at('deep')]);
     expect(JSON.parse(json.stdout)[0].error.code).toBe('MALFORMED_ANSWER');
+  });
+
+  it('an answer of too many values is refused before it is parsed (16 MB of [{},...] ran a 256 MB heap out: exit 134)', async () => {
+    const r = await gateway(['models', ...at('dense')], { NODE_OPTIONS: '--max-old-space-size=256' });
+    noStack(r);
+    expect(r.stderr).toMatch(/^error: RESPONSE_TOO_LARGE: .* answered more than 1000000 values/);
   });
 
   it('load exits 1 when the model did not load (errorCode on a version), printing what became of it', async () => {

@@ -123,6 +123,21 @@ export interface ClientOptions {
  */
 export const DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
 
+/**
+ * The most values (counted by the commas, objects and lists of its text) an answer may hold to be parsed. JSON.parse
+ * makes each {} an object of some 60 bytes of heap: 16 MB of [{},{},...] held 590 MB, 240 MB (under the byte limit)
+ * more than 6.4 GB, whatever the byte limit said. A gateway's answers are a few hundred values and base64 strings
+ * (which cost what they weigh); a million values is some 70 MB of heap.
+ */
+export const MAX_RESPONSE_VALUES = 1_000_000;
+
+/** How many of `chars` the text holds, counting no further than `limit` + 1. */
+function countChars(text: string, chars: string, limit: number): number {
+  let n = 0;
+  for (const c of chars) for (let i = text.indexOf(c); i !== -1 && n <= limit; i = text.indexOf(c, i + 1)) n++;
+  return n;
+}
+
 /** The longest timeoutMs: what a Node timer can wait (2^31-1 ms, 24.8 days); past it, it fires after 1 ms. */
 export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
@@ -161,7 +176,14 @@ type Shape = string | [Shape] | { [field: string]: Shape };
 
 function checked(value: unknown, shape: Shape, where: string, endpoint: string): unknown {
   const malformed = (expected: string) => {
-    const got = value === undefined ? 'nothing' : value === null ? 'null' : Array.isArray(value) ? 'a list' : `a ${typeof value}`;
+    const got =
+      value === undefined
+        ? 'nothing'
+        : value === null
+          ? 'null'
+          : Array.isArray(value)
+            ? 'a list'
+            : `a ${typeof value}`.replace(/^a o/, 'an o');
     return new GatewayClientError('MALFORMED_ANSWER', `${endpoint} answered ${got} for ${where}, not ${expected} (is it a gateway?)`);
   };
   if (typeof shape === 'string') {
@@ -290,6 +312,11 @@ export class GatewayClient {
       throw new GatewayClientError('REDIRECTED', `${this.endpoint} redirects (${res.status}) to ${to}: give that address instead`);
     }
     const text = await readBounded(res, this.maxResponseBytes, this.endpoint);
+    if (countChars(text, ',{[', MAX_RESPONSE_VALUES) > MAX_RESPONSE_VALUES)
+      throw new GatewayClientError(
+        'RESPONSE_TOO_LARGE',
+        `${this.endpoint} answered more than ${MAX_RESPONSE_VALUES} values (commas, objects and lists), more than this client parses`,
+      );
     let answer: GraphqlAnswer<T>;
     try {
       answer = JSON.parse(text) as GraphqlAnswer<T>;
