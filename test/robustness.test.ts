@@ -1040,6 +1040,14 @@ describe('access', () => {
     expect(errorCode(await gw.gql(q, {}, { headers: bearer('nope') }))).toBe('FORBIDDEN');
     expect((await gw.gql(q, {}, { headers: bearer('client-b') })).data.models).toHaveLength(1);
     expect((await gw.gql(q, {}, { headers: bearer('admin-secret') })).data.models).toHaveLength(1);
+    // a header sent in another form is told as such (it was "needs Authorization: Bearer <token>", as if none was sent)
+    for (const authorization of ['Bearer client a', 'client-a', 'Basic Y2xpZW50LWE6']) {
+      const odd = await gw.gql(q, {}, { headers: { authorization } });
+      expect([errorCode(odd), odd.errors![0].message], authorization).toEqual([
+        'UNAUTHENTICATED',
+        'the Authorization header is not of the form "Bearer <token>" (one token, no spaces)',
+      ]);
+    }
     const r = await gw.gql(CLASSIFY, { f: null }, { files: { f: image('bee.jpeg') }, headers: bearer('client-a') });
     expect(r.data.classify.predictions[0].classId).toBe(309);
     // /health stays open for probes

@@ -55,11 +55,17 @@ export function foreignOrigin({ origin, host }: Pick<Caller, 'origin' | 'host'>)
 export function accessFor(authorization: string | null | undefined, { adminToken, apiTokens }: Tokens, caller: Caller = {}) {
   const token = bearer(authorization);
   const isAdmin = adminToken !== null && tokenMatches(token, adminToken);
+  // a header was sent, in another form: said as such, not as if none had been
+  const noToken = (needs: string) =>
+    new GatewayError(
+      ErrorCode.UNAUTHENTICATED,
+      authorization?.trim() ? 'the Authorization header is not of the form "Bearer <token>" (one token, no spaces)' : needs,
+    );
   return {
     /** API_TOKENS set: every request needs one of them (or the admin token). */
     checkApi(): void {
       if (apiTokens.length === 0 || isAdmin) return;
-      if (token === null) throw new GatewayError(ErrorCode.UNAUTHENTICATED, 'this gateway needs Authorization: Bearer <token>');
+      if (token === null) throw noToken('this gateway needs Authorization: Bearer <token>');
       if (!apiTokens.some((t) => tokenMatches(token, t))) throw new GatewayError(ErrorCode.FORBIDDEN, 'the token is not valid');
     },
     /** ADMIN_TOKEN set: admin operations need it; unset: loopback only, never a page of another origin. */
@@ -82,7 +88,7 @@ export function accessFor(authorization: string | null | undefined, { adminToken
           throw new GatewayError(ErrorCode.FORBIDDEN, `admin operations are not allowed from a page of another origin (${caller.origin})`);
         return;
       }
-      if (token === null) throw new GatewayError(ErrorCode.UNAUTHENTICATED, 'this operation needs Authorization: Bearer <admin token>');
+      if (token === null) throw noToken('this operation needs Authorization: Bearer <admin token>');
       if (apiTokens.some((t) => tokenMatches(token, t)))
         throw new GatewayError(
           ErrorCode.FORBIDDEN,
