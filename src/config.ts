@@ -170,7 +170,7 @@ const int =
     return n;
   };
 /** A duration in milliseconds: Node runs a timer set past 2^31-1 ms (24.8 days) after 1 ms, so none is taken. */
-const MAX_TIMER_MS = 2_147_483_647;
+export const MAX_TIMER_MS = 2_147_483_647;
 const ms = (min: number) => int(min, MAX_TIMER_MS);
 const str = (raw: string) => raw;
 const portOrOff = (raw: string, name: string): number | null => {
@@ -524,7 +524,7 @@ export const SETTINGS = [
   s(
     'decodeTimeoutMs',
     'DECODE_TIMEOUT_MS',
-    ms(100),
+    int(100, 3_600_000), // libvips' timeout, in whole seconds, is at most an hour (sharp refuses more on every call)
     10_000,
     'Longest time one image may take to decode and resize (or to be drawn: annotatedImage, overlay)',
   ),
@@ -593,7 +593,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const eq = a.indexOf('=');
     const name = eq > 0 ? a.slice(0, eq) : a;
     // "--flag --other": the flag's value is missing (--flag=--x gives one that starts so)
-    const value = eq > 0 ? a.slice(eq + 1) : argv[i + 1]?.startsWith('--') ? undefined : argv[++i];
+    const next = eq > 0 ? undefined : argv[i + 1];
+    if (next?.startsWith('--')) throw new ConfigError(`${a} needs a value (write ${a}=<value> for a value that starts with --)`);
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
     if (!SETTINGS.some((st) => flagName(st.env) === name)) {
       const meant = closest(
         name,

@@ -2,7 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import v8 from 'node:v8';
 import sharp from 'sharp';
-import { ConfigError, cores, loadConfig, loadOptionsOf, processMemory, uvThreadpoolSize, type Config } from './config.ts';
+import { ConfigError, MAX_TIMER_MS, cores, loadConfig, loadOptionsOf, processMemory, uvThreadpoolSize, type Config } from './config.ts';
 import { errorMessage } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -191,7 +191,7 @@ async function main(): Promise<void> {
         process.exit(1);
       },
       // (a timer past 2^31-1 ms would fire at once: each setting is at most that, not their sum)
-      Math.min(drainDelayMs + config.shutdownTimeoutMs + 5000, 2_147_483_647),
+      Math.min(drainDelayMs + config.shutdownTimeoutMs + 5000, MAX_TIMER_MS),
     );
     force.unref();
     await new Promise((r) => setTimeout(r, drainDelayMs));

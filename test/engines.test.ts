@@ -263,7 +263,6 @@ describe('configuration', () => {
     for (const name of [
       'ENGINE_LOAD_TIMEOUT_MS',
       'ENGINE_CALL_TIMEOUT_MS',
-      'DECODE_TIMEOUT_MS',
       'REQUEST_TIMEOUT_MS',
       'HEADERS_TIMEOUT_MS',
       'SHUTDOWN_TIMEOUT_MS',
@@ -279,11 +278,14 @@ describe('configuration', () => {
         name,
       ).not.toThrow();
     }
+    // sharp takes a time limit of an hour at most: past it every decode failed as INVALID_IMAGE
+    expect(() => loadConfig({ DECODE_TIMEOUT_MS: '3600001' }, [])).toThrow(/^DECODE_TIMEOUT_MS: expected an integer 100\.\.3600000/);
+    expect(loadConfig({ DECODE_TIMEOUT_MS: '3600000' }, []).decodeTimeoutMs).toBe(3_600_000);
     // an empty flag fell back to the default over the environment's value (--api-tokens= turned authentication off)
     expect(() => loadConfig({ API_TOKENS: 'secret' }, ['--api-tokens='])).toThrow(/^--api-tokens needs a value/);
     expect(() => loadConfig({ PORT: '5000' }, ['--port='])).toThrow(/^--port needs a value/);
     // a flag without its value took the next flag as its value
-    expect(() => loadConfig({}, ['--admin-token', '--port=5000'])).toThrow(/^--admin-token needs a value/);
+    expect(() => loadConfig({}, ['--admin-token', '--port=5000'])).toThrow(/^--admin-token needs a value \(write --admin-token=<value>/);
     expect(() => loadConfig({}, ['--port', '--host', '127.0.0.1'])).toThrow(/^--port needs a value/);
     expect(loadConfig({}, ['--admin-token=--odd-but-given']).adminToken).toBe('--odd-but-given');
     // a list that names nothing refused every image
