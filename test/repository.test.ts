@@ -163,6 +163,31 @@ describe('model repository over GraphQL', () => {
     ]);
   });
 
+  it('an uploaded version that fails to load is announced removed after its END (it is not kept in the list)', async () => {
+    const events: string[] = [];
+    const listen = (e: { model: string; version: number; state: string; removed?: boolean }) =>
+      e.model === 'uploaded-broken' && events.push(`${e.version} ${e.removed ? 'removed' : e.state}`);
+    gw.repository.on('status', listen);
+    try {
+      const r = await gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "uploaded-broken", files: $files) { name } }`,
+        { files: [null, null] },
+        {
+          files: {
+            'files.0': { name: 'model.onnx', bytes: Buffer.from('not an onnx model') },
+            'files.1': { name: 'model.json', bytes: Buffer.from(JSON.stringify({ task: 'raw' })) },
+          },
+        },
+      );
+      expect(errorCode(r)).toBe('MODEL_LOAD_FAILED');
+      // the list kept from these events showed a version 1 that no query would show
+      expect(events).toEqual(['1 LOADING', '1 END', '1 removed']);
+    } finally {
+      gw.repository.off('status', listen);
+      await gw.gql(`mutation { deleteModel(name: "uploaded-broken") }`);
+    }
+  });
+
   it('a model.json uploaded alone loads beside the serving version unseen: no status event, its state metric stays AVAILABLE', async () => {
     const config = { task: 'classification', preprocessing: fixtureConfigs.mobilenet.preprocessing };
     const upload = (json: object) =>

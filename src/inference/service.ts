@@ -313,7 +313,8 @@ export class InferenceService {
       for (let k = 0; k < n; k++) admissions.push(version.admit(client));
     } catch (e) {
       for (const a of admissions) a.release();
-      version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+      // QUEUE_FULL for the batch: each of its items is refused (the counters count items, as checkAdmissible does)
+      for (let k = 0; k < n; k++) version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
       throw e;
     }
     // every item is admitted before the first reaches the batcher, so the batcher waits for the rest of them

@@ -569,6 +569,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           if (candidate) {
             await candidate.load(this.loadOptions);
             if (candidate.state !== 'AVAILABLE') {
+              candidate.removed(); // it was never in the list, but its LOADING and END were published
               if (staged.version !== null) this.dropVersion(model, staged.version);
               throw versionError(candidate, ErrorCode.MODEL_LOAD_FAILED, { prefix: 'the upload was not loaded: ' });
             }
