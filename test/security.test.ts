@@ -26,9 +26,11 @@ import {
   modelFile,
   startGateway,
   until,
+  uploadFiles,
   type TestGateway,
   watchStalls,
 } from './helpers.ts';
+import { encodeMultipart } from '../src/client/multipart.ts';
 import { ElemType, externalDataModel, greyModel, identityModel } from './onnx-builder.ts';
 
 /** Probed from the outside, as an attacker would: each test here failed on the gateway before these fixes. */
@@ -727,6 +729,31 @@ describe('the server cannot be taken down', () => {
     ws.close();
     await sse.body!.cancel();
     await until(async () => (await gauges()).join() === [subs, sockets].join(), 5000, 'both gone');
+  });
+
+  it('a pipelined request whose client left before its turn is logged too (its answer cut short)', async () => {
+    const photo = await sharp(image('bee.jpeg')).resize(3000, 2000).jpeg().toBuffer();
+    const { body, contentType } = encodeMultipart(
+      { query: 'mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }' },
+      await uploadFiles({ f: photo }),
+    );
+    const port = Number(new URL(gw.url).port);
+    const socket = net.connect(port, '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write(
+      `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: ${contentType}\r\nx-graphql-yoga-csrf: 1\r\nContent-Length: ${body.length}\r\n\r\n`,
+    );
+    socket.write(body);
+    socket.write('GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nx-request-id: pipelined-2\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    socket.destroy(); // before the first is answered: the second never had its turn
+    const line = await until(
+      () => gw.logs.map((l) => JSON.parse(l)).find((l) => l.requestId === 'pipelined-2'),
+      5000,
+      'the pipelined request in the log',
+    );
+    // its answer was ready, queued behind the first's, and never reached the client
+    expect(line).toMatchObject({ msg: 'request', path: '/v2/health/live', status: 200, cutShort: true });
   });
 
   it('a greyscale model takes greyscale PNG and JPEG (and colour) photos', async () => {

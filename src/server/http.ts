@@ -92,7 +92,8 @@ export function createHttpServer({
         if (!quietPaths.includes(pathname)) {
           // once the answer is sent, or the connection is gone before it was: a client that left before its answer
           // began is 499 CANCELLED (as nginx logs it); one that left during it (an SSE stream it closed) is cut short
-          res.once('close', () => {
+          // (giveBackOnce: a pipelined request whose turn never came has no 'close' of its own, only its socket's)
+          giveBackOnce(req, res, () => {
             const answered = res.writableFinished;
             // the server's own refusals and KServe's errors say their code in a header
             const refused = res.getHeader('x-error-code');
