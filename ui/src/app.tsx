@@ -217,8 +217,8 @@ export function App() {
 
   const saveToken = (value: string) => {
     const t = value.trim();
-    // a refusal of the token before (FORBIDDEN, UNAUTHENTICATED) is not about this one
-    if (t !== token) setError((e) => (e?.code === 'FORBIDDEN' || e?.code === 'UNAUTHENTICATED' ? null : e));
+    // a refusal of the token before (FORBIDDEN, UNAUTHENTICATED, INVALID_TOKEN) is not about this one
+    if (t !== token) setError((e) => (e && ['FORBIDDEN', 'UNAUTHENTICATED', 'INVALID_TOKEN'].includes(e.code) ? null : e));
     if (t) sessionStorage.setItem(TOKEN_KEY, t);
     else sessionStorage.removeItem(TOKEN_KEY);
     setToken(t);
