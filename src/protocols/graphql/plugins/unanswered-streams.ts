@@ -1,4 +1,4 @@
-import type { Plugin } from 'graphql-yoga';
+import { isAsyncIterable, type Plugin } from 'graphql-yoga';
 
 /**
  * A subscription's stream that no answer will read is ended: yoga subscribes before it looks for a way to answer, and
@@ -16,6 +16,3 @@ export function useUnansweredStreams(): Plugin {
     },
   };
 }
-
-const isAsyncIterable = (x: unknown): x is AsyncIterable<unknown> =>
-  typeof x === 'object' && x !== null && typeof (x as Record<symbol, unknown>)[Symbol.asyncIterator] === 'function';
