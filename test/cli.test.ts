@@ -714,6 +714,22 @@ describe('GatewayClient and eval helpers (typed, importable)', () => {
   });
   afterAll(() => gw?.close());
 
+  it('a token no header can carry, or an address that is not http(s), is refused when the client is made, the token not quoted', async () => {
+    for (const token of ['ключ', 'api one', 'a\nsecret'])
+      expect(() => new GatewayClient({ url: gw.url, token }), token).toThrow(
+        expect.objectContaining({ message: expect.not.stringMatching(/ключ|api one|secret/) }),
+      );
+    expect(() => new GatewayClient({ url: gw.url, token: 'ключ' })).toThrow(/^token: /);
+    for (const url of ['ftp://127.0.0.1:1', 'not a url']) expect(() => new GatewayClient({ url }), url).toThrow(/^url: /);
+  });
+
+  it("classify's --min-confidence takes any number (a model giving raw scores takes any bound; the gateway judges)", async () => {
+    const r = await gateway(['classify', '-m', 'mobilenet', '--min-confidence', '-1', '--url', gw.url, image('zebra.jpeg')]);
+    expect(r.stderr).toMatch(/INVALID_INPUT: minConfidence must be 0\.\.1: mobilenet gives probabilities/);
+    const bad = await gateway(['classify', '-m', 'mobilenet', '--min-confidence', 'much', '--url', gw.url, image('zebra.jpeg')]);
+    expect(bad.stderr).toMatch(/--min-confidence.*expected a number/);
+  });
+
   it('classify takes a path or bytes; errors carry the server code', async () => {
     const client = new GatewayClient({ url: `${gw.url}/graphql` });
     expect((await client.classify('mobilenet', image('zebra.jpeg'), { topK: 1 })).predictions).toEqual([

@@ -14,6 +14,8 @@ import {
   MAX_TIMEOUT_MS,
   GatewayClient,
   GatewayClientError,
+  isGatewayUrl,
+  isHeaderToken,
   type Classification,
   type Detection,
   type FieldError,
@@ -57,6 +59,12 @@ const seconds = (v: string) => {
     throw new InvalidArgumentError(`expected a number of seconds > 0, at most ${MAX_TIMEOUT_SECONDS} (24.8 days)`);
   return n;
 };
+/** A bound on scores: a probability for most models, any number for one that gives raw scores (the gateway says which). */
+const score = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError('expected a number');
+  return n;
+};
 const fraction = (v: string) => {
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('expected a number from 0 to 1');
@@ -80,8 +88,7 @@ const gatewayUrl = (u: string) => {
   if (u === '') return DEFAULT_URL; // GATEWAY_URL= set empty: not set
   // an address without its scheme (127.0.0.1:4000) is read as http://, as curl reads it
   const url = /^[a-z][a-z0-9+.-]*:\/\//i.test(u) ? u : `http://${u}`;
-  if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
-    throw new InvalidArgumentError('expected the gateway’s http:// or https:// address, as http://127.0.0.1:4000');
+  if (!isGatewayUrl(url)) throw new InvalidArgumentError('expected the gateway’s http:// or https:// address, as http://127.0.0.1:4000');
   return url;
 };
 
@@ -91,7 +98,7 @@ const gatewayUrl = (u: string) => {
  * a command runs, not as commander's argument check, whose message quotes the value.
  */
 function checkToken(token: string | undefined): string | null {
-  if (!token || /^[\x21-\x7e]+$/.test(token)) return null;
+  if (!token || isHeaderToken(token)) return null;
   return 'error: --token (or GATEWAY_TOKEN) holds a character an HTTP header cannot carry (a space, a control character or one past ASCII): give the token as the gateway has it';
 }
 
@@ -371,7 +378,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     (cmd) =>
       cmd
         .option('-k, --top-k <n>', 'classes per image', positiveIntUpTo(1000, 'the gateway gives at most 1000'), 5)
-        .option('--min-confidence <x>', 'drop classes below', fraction),
+        .option('--min-confidence <x>', 'drop classes below (0..1, or any score for a model giving raw scores)', score),
     (gw, f, o) =>
       gw.classify(o.model as string, f, {
         topK: o.topK as number,

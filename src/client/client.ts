@@ -102,6 +102,18 @@ export class GatewayClientError extends Error {
   }
 }
 
+/** What `Authorization: Bearer <token>` can carry: visible ASCII, one word. */
+export const isHeaderToken = (token: string): boolean => /^[\x21-\x7e]+$/.test(token);
+
+/** An http(s) address that parses. */
+export function isGatewayUrl(url: string): boolean {
+  try {
+    return /^https?:$/.test(new URL(url).protocol);
+  } catch {
+    return false;
+  }
+}
+
 export interface ClientOptions {
   /** The gateway, e.g. http://127.0.0.1:4000 (a URL ending in /graphql is taken as the endpoint). */
   url?: string;
@@ -254,6 +266,12 @@ export class GatewayClient {
   readonly timeoutMs: number | null;
 
   constructor({ url = DEFAULT_URL, token = null, maxResponseBytes = DEFAULT_MAX_RESPONSE_BYTES, timeoutMs = null }: ClientOptions = {}) {
+    // said here, not as UNREACHABLE at the first request (whose message, fetch's, quoted the token)
+    if (token && !isHeaderToken(token))
+      throw new TypeError(
+        'token: it holds a character an HTTP header cannot carry (a space, a control character or one past ASCII): give the token as the gateway has it',
+      );
+    if (!isGatewayUrl(url)) throw new TypeError(`url: expected the gateway's http:// or https:// address, got ${JSON.stringify(url)}`);
     const base = url.replace(/\/+$/, '');
     this.endpoint = /\/graphql$/.test(base) ? base : `${base}/graphql`;
     this.token = token || null;
