@@ -26,11 +26,9 @@ import {
   modelFile,
   startGateway,
   until,
-  uploadFiles,
   type TestGateway,
   watchStalls,
 } from './helpers.ts';
-import { encodeMultipart } from '../src/client/multipart.ts';
 import { ElemType, externalDataModel, greyModel, identityModel } from './onnx-builder.ts';
 
 /** Probed from the outside, as an attacker would: each test here failed on the gateway before these fixes. */
@@ -742,21 +740,18 @@ describe('the server cannot be taken down', () => {
   });
 
   it('a pipelined request whose client left before its turn is logged too (its answer cut short)', async () => {
-    const photo = await sharp(image('bee.jpeg')).resize(3000, 2000).jpeg().toBuffer();
-    const { body, contentType } = encodeMultipart(
-      { query: 'mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }' },
-      await uploadFiles({ f: photo }),
-    );
+    await noSubscriptions();
     const port = Number(new URL(gw.url).port);
     const socket = net.connect(port, '127.0.0.1');
     await new Promise((resolve) => socket.once('connect', resolve));
+    // the first never ends (a subscription's stream): the second's answer waits behind it for good
+    const subscribe = JSON.stringify({ query: 'subscription { modelStatus { model } }' });
     socket.write(
-      `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: ${contentType}\r\nx-graphql-yoga-csrf: 1\r\nContent-Length: ${body.length}\r\n\r\n`,
+      `POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: ${Buffer.byteLength(subscribe)}\r\n\r\n${subscribe}`,
     );
-    socket.write(body);
     socket.write('GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nx-request-id: pipelined-2\r\n\r\n');
-    await new Promise((r) => setTimeout(r, 50));
-    socket.destroy(); // before the first is answered: the second never had its turn
+    await new Promise((resolve) => socket.once('data', resolve)); // the stream began
+    socket.destroy();
     const line = await until(
       () => gw.logs.map((l) => JSON.parse(l)).find((l) => l.requestId === 'pipelined-2'),
       5000,
