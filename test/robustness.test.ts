@@ -1054,6 +1054,20 @@ describe('access', () => {
     expect((await fetch(`${gw.url}/health`)).status).toBe(200);
   });
 
+  it('a WebSocket refused for its token is told why, as HTTP says it (graphql-ws said only "Forbidden")', async () => {
+    for (const [authorization, reason] of [
+      [undefined, 'UNAUTHENTICATED: this gateway needs Authorization: Bearer <token>'],
+      ['Bearer nope', 'FORBIDDEN: the token is not valid'],
+      ['Bearer client a', 'UNAUTHENTICATED: the Authorization header is not of the form "Bearer <token>" (one token, no spaces)'],
+    ] as const) {
+      const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+      const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, why) => resolve([code, String(why)])));
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init', payload: authorization ? { authorization } : {} }));
+      expect(await closed, authorization).toEqual([4403, reason]);
+    }
+  });
+
   it('ADMIN_TOKEN guards loadModel, unloadModel and updateModel', async () => {
     for (const m of [
       `mutation { loadModel(name: "mobilenet") { name } }`,

@@ -271,8 +271,12 @@ export function attachWebSocket(
         try {
           accessFor(authOf(ctx), tokens).checkApi();
           return true;
-        } catch {
-          return false; // graphql-ws closes with 4403 Forbidden
+        } catch (e) {
+          // 4403, as graphql-ws closes a refused connection, with the reason HTTP gives (it said only "Forbidden"); a
+          // close reason holds at most 123 bytes
+          const why = e instanceof GatewayError ? `${e.code}: ${e.message}` : 'FORBIDDEN';
+          ctx.extra.socket.close(4403, Buffer.from(why).subarray(0, 123).toString());
+          return false;
         }
       },
       onSubscribe: async (ctx, id, payload) => {
