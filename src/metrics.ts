@@ -135,9 +135,10 @@ export class VersionMetrics {
     this.m.success.inc(this.labels);
     this.m.requestTime.observe(this.labels, requestSeconds);
   }
-  failure(code: string): void {
+  /** `items` failed with `code` (the counters count items: a refused batch of n is n). */
+  failure(code: string, items = 1): void {
     this.codes.add(code);
-    this.m.failure.inc({ ...this.labels, code });
+    this.m.failure.inc({ ...this.labels, code }, items);
   }
   batch(size: number, computeSeconds: number): void {
     const batch_size = String(size);

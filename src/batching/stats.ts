@@ -34,9 +34,10 @@ export class VersionStats {
     this.requestTime.observe(requestUs);
     this.metrics?.success(requestUs / 1e6);
   }
-  recordError(code: string): void {
-    this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
-    this.metrics?.failure(code);
+  /** `items` failed with `code` (a batch refused as a whole counts each of its items). */
+  recordError(code: string, items = 1): void {
+    this.errors.set(code, (this.errors.get(code) ?? 0) + items);
+    this.metrics?.failure(code, items);
   }
   recordQueue(waitedUs: number): void {
     this.queueTime.observe(waitedUs);

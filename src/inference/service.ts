@@ -313,8 +313,7 @@ export class InferenceService {
       for (let k = 0; k < n; k++) admissions.push(version.admit(client));
     } catch (e) {
       for (const a of admissions) a.release();
-      // QUEUE_FULL for the batch: each of its items is refused (the counters count items, as checkAdmissible does)
-      for (let k = 0; k < n; k++) version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+      version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED, n); // QUEUE_FULL: each item
       throw e;
     }
     // every item is admitted before the first reaches the batcher, so the batcher waits for the rest of them
@@ -463,7 +462,7 @@ function checkAdmissible(name: string, version: ModelVersion, n: number, client:
     most < queue
       ? `${what} cannot be admitted: one client may have at most ${most} requests of model ${name} admitted at once (half of its maxQueueSize ${queue}, model.json batching.maxQueueSize); send at most ${most} items per request, or raise maxQueueSize`
       : `${what} cannot be admitted: model ${name} takes at most maxQueueSize ${queue} requests at once (model.json batching.maxQueueSize); send at most ${queue} items per request`;
-  for (let k = 0; k < n; k++) version.stats.recordError(ErrorCode.LIMIT_EXCEEDED); // items, as the counters count
+  version.stats.recordError(ErrorCode.LIMIT_EXCEEDED, n);
   throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, message);
 }
 

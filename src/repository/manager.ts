@@ -288,8 +288,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 
   /** A version leaves the list (its folder is gone, or it failed and is not wanted): its metrics go with it. */
   private dropVersion(model: Model, version: number): void {
-    model.versions.get(version)?.cancelRestart();
-    model.versions.get(version)?.removed();
+    const mv = model.versions.get(version);
+    mv?.cancelRestart();
+    mv?.removed();
     model.versions.delete(version);
     const key = `${model.name}\u0000${version}`;
     this.versionMetrics.get(key)?.remove();
