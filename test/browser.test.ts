@@ -524,6 +524,24 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it("a model of tensors picked after a failed run shows no error of the model before's (its INVALID_IMAGE stayed)", async () => {
+    const gwRaw = await startGateway({ models: { mobilenet: fixture('mobilenet'), tensors: RAW } });
+    const tab = await open();
+    try {
+      await tab.goto(`${gwRaw.url}/?model=mobilenet`);
+      await tab.waitForSelector('.model[data-name="mobilenet"][data-state="AVAILABLE"]');
+      await (await tab.$('input[type=file]'))!.uploadFile(path.join(ROOT, 'package.json'));
+      await tab.waitForSelector('.output[data-picture="package.json"][data-busy="false"]');
+      expect(await tab.$eval('.error', (e) => e.textContent)).toMatch(/^INVALID_IMAGE /);
+      await tab.click('.model[data-name="tensors"] .pick');
+      await tab.waitForSelector('.notice');
+      expect(await tab.$('.error')).toBeNull();
+    } finally {
+      await tab.close();
+      await gwRaw.close();
+    }
+  });
+
   it("a model's text cannot hide the results, widen the page or turn a confidence around", async () => {
     // a description of 300 KB (it pushed the results 136 000 px down), labels of 20 000 letters without a space (the page
     // grew 297 000 px wide), and labels that open a right-to-left override and do not close it ("85%" read "%58")

@@ -80,6 +80,8 @@ export function App() {
   const again = useRef(false);
   // the error a failed read of the list put on screen: a read that succeeds takes it away, whatever its code
   const listFailure = useRef<RequestError | null>(null);
+  // the error a failed run put on screen: it is of that run's model, and goes when a model that runs nothing is picked
+  const runFailure = useRef<RequestError | null>(null);
   const refresh = useCallback(() => {
     if (refreshing.current) {
       again.current = true;
@@ -122,6 +124,7 @@ export function App() {
       runs.current++;
       setRunning(false);
       setShown(null);
+      setError((e) => (e === runFailure.current ? null : e));
       setSettled(`${selected}:${picture.serial}`);
       return;
     }
@@ -137,7 +140,7 @@ export function App() {
       .catch((e) => {
         if (id !== runs.current) return;
         setShown(null);
-        setError(asError(e));
+        setError((runFailure.current = asError(e)));
       })
       .finally(() => {
         if (id !== runs.current) return;
