@@ -675,6 +675,27 @@ describe('KServe v2 over REST', () => {
     expect((await bytes([{ b64 }])).status).toBe(200);
   });
 
+  it('a request of images that fails as a whole for one of them runs none of the others (they were inferred, counted as answered, and thrown away)', async () => {
+    const b64 = (await readFile(image('zebra.jpeg'))).toString('base64');
+    const counted = async () => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      const value = (name: string) => Number(new RegExp(`^${name}\\{model="mobilenet"[^}]*\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+      return { answered: value('gateway_inference_request_success_total'), calls: value('gateway_inference_exec_count_total') };
+    };
+    const before = await counted();
+    const data = [{ b64 }, { b64 }, { b64: Buffer.from('no image at all').toString('base64') }, { b64 }];
+    const r = await json(post('/models/mobilenet/infer', { inputs: [{ name: 'input', datatype: 'BYTES', shape: [4], data }] }));
+    expect([r.status, r.code]).toEqual([400, 'INVALID_IMAGE']);
+    expect(r.body.error).toMatch(/^the image at index 2 of 4: /);
+    expect(await counted()).toEqual(before);
+    // the same request without the bad image runs, and counts, all three
+    const ok = await json(
+      post('/models/mobilenet/infer', { inputs: [{ name: 'input', datatype: 'BYTES', shape: [3], data: [{ b64 }, { b64 }, { b64 }] }] }),
+    );
+    expect(ok.status).toBe(200);
+    expect((await counted()).answered).toBe(before.answered + 3);
+  });
+
   it('a multipart form or a raw image body: the error says what /infer takes and where uploads go, and echoes none of the body', async () => {
     const jpeg = await readFile(image('zebra.jpeg'));
     const form = new FormData();

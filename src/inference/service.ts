@@ -50,6 +50,10 @@ export interface RunOptions {
 }
 
 const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+/** Marks an image of an all-or-none request left unrun because another failed (see runImages). */
+const NOT_RUN = Symbol('not run');
+const notRun = () =>
+  Object.assign(new GatewayError(ErrorCode.CANCELLED, 'not run: another image of the request failed'), { [NOT_RUN]: true });
 /** What runs a model of each task: the GraphQL mutation, which the command-line client's command is named after. */
 const RUNS_TASK: Record<Task, string> = {
   classification: 'classify',
@@ -362,11 +366,15 @@ export class InferenceService {
       );
     if (sources.length === 0) throw bad('no images');
     // the version checked above, not whichever is latest by the time the images run (a reload in between)
-    const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal, client: opts.client }).map(
+    // the request fails as a whole when one image fails: the others are not run (nor counted) once one has failed
+    const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal, client: opts.client }, true).map(
       async (r) => (await r).outputs,
     );
     const settled = await Promise.allSettled(runs);
-    const k = settled.findIndex((r) => r.status === 'rejected');
+    // the image that failed by itself (the others it stopped are marked NOT_RUN)
+    const rejected = (r: PromiseSettledResult<Feeds>): r is PromiseRejectedResult => r.status === 'rejected';
+    const own = settled.findIndex((r) => rejected(r) && !(r.reason as { [NOT_RUN]?: boolean })?.[NOT_RUN]);
+    const k = own >= 0 ? own : settled.findIndex(rejected);
     if (k >= 0) {
       const e = (settled[k] as PromiseRejectedResult).reason as unknown;
       // one image of several fails the request: which one
@@ -389,6 +397,9 @@ export class InferenceService {
    * then read, decoded and preprocessed in parallel; once every one is ready or has failed, the ready ones reach the
    * batcher in the same tick and share an engine call. One promise per image: a failing image fails alone. An unknown
    * model or a model of another task (when `task` is given) fails the call as a whole (it throws).
+   *
+   * `allOrNone`: the caller answers all the images or none (KServe): once one fails, the decodes of the others stop and
+   * none of them is run; they reject with an error marked NOT_RUN, counted nowhere (the failing one is counted).
    */
   runImages(
     task: Task | null,
@@ -396,6 +407,7 @@ export class InferenceService {
     versionNo: number | null | undefined,
     sources: readonly ImageSource[],
     { signal, client, held }: RunOptions = {},
+    allOrNone = false,
   ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
@@ -404,38 +416,52 @@ export class InferenceService {
     const { plan, files } = planFor(model, version);
     checkAdmissible(name, version, sources.length, client, held?.get(version) ?? 0);
     const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
-    const items = sources.map((source) => {
+    // allOrNone: which image failed first by itself (not as its client went away), and the signal that stops the rest
+    let failedAt = -1;
+    const whole = allOrNone && sources.length > 1 ? new AbortController() : null;
+    const decoding = whole ? (signal ? AbortSignal.any([signal, whole.signal]) : whole.signal) : signal;
+    const stopOthers = (i: number) => {
+      if (!whole || failedAt >= 0 || signal?.aborted) return;
+      failedAt = i;
+      whole.abort();
+    };
+    const items = sources.map((source, i) => {
       const t0 = performance.now();
       let admission: Admission;
       try {
         admission = version.admit(client);
       } catch (e) {
+        stopOthers(i);
         return { t0, admission: null, prepared: Promise.reject(e) as Promise<never> };
       }
       held?.set(version, (held.get(version) ?? 0) + 1);
       const prepared = (async () => {
-        if (signal?.aborted) throw cancelled();
+        if (decoding?.aborted) throw cancelled();
         const bytes = await source();
         // the header is read on a decoding thread too: for most formats it is libvips' metadata(), which can cost as
         // much as the decode (a GIF of a million frames is read whole), so it shares the threads, and the turns, with it
         return this.onDecodeThread(async () => {
           const image = await probeImage(bytes, limits);
           return { image, ...(await preprocess(image, plan, limits)) };
-        }, signal);
+        }, decoding);
       })();
+      // (attached before the wait for all below, so that it has run when that wait is over)
+      if (whole) prepared.catch(() => stopOthers(i));
       return { t0, admission, prepared };
     });
     const allSettled = Promise.allSettled(items.map((i) => i.prepared));
-    return items.map(async ({ t0, admission, prepared }) => {
+    return items.map(async ({ t0, admission, prepared }, i) => {
       try {
         if (!admission) return await prepared; // rethrows the admission error
         await allSettled;
+        if (failedAt >= 0 && failedAt !== i) throw notRun();
         const { image, tensor, transform, input } = await prepared;
         const outputs = await admission.infer({ [input]: tensor }, signal);
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return { model, version, files, image, transform, plan, outputs };
       } catch (e) {
-        version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+        if (!(e as { [NOT_RUN]?: boolean })?.[NOT_RUN])
+          version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
         throw e;
       } finally {
         if (admission) {
