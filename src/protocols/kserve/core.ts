@@ -10,6 +10,7 @@ export interface Who {
   caller: Caller;
 }
 import { RequestBudget } from '../../inference/budget.ts';
+import { hasBatchDimension } from '../../inference/tensors.ts';
 import type { InferenceService, RunOptions } from '../../inference/service.ts';
 import type { Model } from '../../repository/model.ts';
 import type { ModelVersion } from '../../repository/version.ts';
@@ -313,7 +314,8 @@ export function createKserveCore({
             );
           return { name: i.name, dtype, shape: i.shape, data };
         });
-        budget.takeImages(inputs[0].shape.length ? Math.max(1, inputs[0].shape[0]) : 1);
+        // dimension 0 is a batch only where the model has one (a model without takes the request whole, as one item)
+        budget.takeImages(hasBatchDimension(target.inputs) && inputs[0].shape.length ? Math.max(1, inputs[0].shape[0]) : 1);
         result = await service.inferBatch(name, versionNo, inputs, outputNames, { signal, client });
       }
       const wanted = req.outputs ?? Object.keys(result.outputs).map((n) => ({ name: n, classification: null }));
