@@ -306,7 +306,9 @@ export function classifyOutput(
   const per = rows ? t.data.length / rows : 0;
   const k = Math.min(count, per);
   const enc = new TextEncoder();
-  const value = (i: number) => (t.dtype === 'float16' ? halfToFloat(t.data[i] as number) : Number(t.data[i]));
+  // INT64 values stay bigints: as numbers, values past 2^53 would be ordered and written rounded
+  const value = (i: number): number | bigint =>
+    t.dtype === 'float16' ? halfToFloat(t.data[i] as number) : t.dtype === 'int64' ? (t.data[i] as bigint) : Number(t.data[i]);
   const isFloat = t.dtype === 'float32' || t.dtype === 'float16';
   const elements: Uint8Array[] = [];
   for (let r = 0; r < rows; r++) {
@@ -314,7 +316,7 @@ export function classifyOutput(
     for (const idx of topIndices(per, k, (i) => value(base + i))) {
       const v = value(base + idx);
       const label = labels?.get(idx);
-      elements.push(enc.encode(`${isFloat ? v.toFixed(6) : v}:${idx}${label ? `:${label}` : ''}`));
+      elements.push(enc.encode(`${isFloat ? (v as number).toFixed(6) : v}:${idx}${label ? `:${label}` : ''}`));
     }
   }
   return { shape: [rows, k], elements };
@@ -325,13 +327,13 @@ export function classifyOutput(
  * O(n log k), not a sort of the whole row (a row of millions of values asked for its top 5 sorted them all on the
  * event loop).
  */
-function topIndices(n: number, k: number, value: (i: number) => number): number[] {
+function topIndices(n: number, k: number, value: (i: number) => number | bigint): number[] {
   /** Does i come before j in the answer? */
   const before = (i: number, j: number) => {
     const a = value(i);
     const b = value(j);
-    const aNaN = Number.isNaN(a);
-    const bNaN = Number.isNaN(b);
+    const aNaN = typeof a === 'number' && Number.isNaN(a);
+    const bNaN = typeof b === 'number' && Number.isNaN(b);
     if (aNaN !== bNaN) return bNaN;
     if (!aNaN && a !== b) return a > b;
     return i < j;
