@@ -145,13 +145,20 @@ export function createGraphqlProtocol({
     healthCheckEndpoint: '/yoga/health', // /health is the server's own (JSON)
     // GraphiQL: served by useGraphiQLPage (from the package itself, rendered once, gzipped)
     graphiql: false,
-    // no cross-origin access unless CORS_ORIGINS names origins (yoga's default would answer any origin)
+    // no cross-origin access unless CORS_ORIGINS names origins (yoga's default would answer any origin); an origin
+    // not listed gets no CORS header at all: given the list, whatwg-node answers it "null" with credentials, which is
+    // the origin of every sandboxed frame (any page can make one), and with one origin it names that one to anyone
     cors:
       corsOrigins.length > 0
-        ? {
-            origin: [...corsOrigins],
-            credentials: true,
-            allowedHeaders: ['content-type', 'authorization', CSRF_HEADER, 'x-request-id'],
+        ? (request) => {
+            const origin = request.headers.get('origin');
+            return origin !== null && corsOrigins.includes(origin)
+              ? {
+                  origin: [...corsOrigins],
+                  credentials: true,
+                  allowedHeaders: ['content-type', 'authorization', CSRF_HEADER, 'x-request-id'],
+                }
+              : false;
           }
         : false,
     // the configured upload limit is the one that applies (yoga's own default is 25 MB): checked from Content-Length by
