@@ -219,6 +219,14 @@ describe('deploy/kserve', () => {
     expect(hostAllowed('vision-predictor.default.example.com', config.allowedHosts)).toBe(true);
   });
 
+  // Knative Serving (KServe's default, Serverless mode) refuses a revision whose container sets one of these
+  // ("\"PORT\" is a reserved environment variable"): it sets PORT itself, to the container's port
+  it('sets no environment variable Knative reserves for itself', () => {
+    const reserved = ['PORT', 'K_SERVICE', 'K_CONFIGURATION', 'K_REVISION'];
+    for (const c of runtime.spec.containers as Doc[])
+      for (const e of c.env ?? []) expect(reserved, `${c.name}: env ${e.name}`).not.toContain(e.name);
+  });
+
   it('the InferenceService uses the runtime, a format it supports, and the v2 protocol', () => {
     const isvc = find(kserve, 'InferenceService');
     const model = isvc.spec.predictor.model;
