@@ -51,7 +51,11 @@ function containerConfig(container: Doc): { env: Record<string, string>; config:
     expect(ENV_NAMES, `${e.name} is a setting of src/config.ts`).toContain(e.name);
     env[e.name] = 'value' in e ? String(e.value) : e.name === 'REDIS_URL' ? 'redis://redis:6379' : 'from-the-pod';
   }
-  return { env, config: loadConfig(env, []) }; // throws, naming the setting, on a value the server would refuse
+  // flags given after the entry point (they win over the environment), as the image's CMD would be replaced
+  const argv: string[] = [...(container.command ?? []), ...(container.args ?? [])];
+  const main = argv.indexOf('src/main.ts');
+  if (argv.length) expect(main, 'the command runs src/main.ts').toBeGreaterThanOrEqual(0);
+  return { env, config: loadConfig(env, argv.slice(main + 1)) }; // throws, naming the setting, on a value the server would refuse
 }
 
 const probePort = (container: Doc, port: string | number) =>
@@ -225,6 +229,9 @@ describe('deploy/kserve', () => {
     const reserved = ['PORT', 'K_SERVICE', 'K_CONFIGURATION', 'K_REVISION'];
     for (const c of runtime.spec.containers as Doc[])
       for (const e of c.env ?? []) expect(reserved, `${c.name}: env ${e.name}`).not.toContain(e.name);
+    // its port comes as a flag instead, after the image's own command
+    const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(read('Dockerfile'))![1]) as string[];
+    expect(container.command.slice(0, cmd.length)).toEqual(cmd);
   });
 
   it('the InferenceService uses the runtime, a format it supports, and the v2 protocol', () => {
