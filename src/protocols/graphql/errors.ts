@@ -66,6 +66,13 @@ export function useRequestErrorCodes(mutations: ReadonlySet<string> = new Set())
           changed = true;
           return toGraphQLError(limit, { requestLevel: true });
         }
+        // a document refused for a limit while it was parsed (MAX_QUERY_TOKENS): yoga marks every parse error as the
+        // GraphQL over HTTP spec's (HTTP 200 for application/json), over the 400 limitError gave it
+        const http = e.extensions?.http as { spec?: boolean } | undefined;
+        if (e.extensions?.code === ErrorCode.LIMIT_EXCEEDED && http?.spec) {
+          changed = true;
+          return limitError(e.message);
+        }
         const message = withHint(e.message, mutations);
         if (message === e.message) return e;
         changed = true;
