@@ -38,6 +38,7 @@ import { ErrorCode, GatewayError } from '../../errors.ts';
 import { capConnections } from '../../connections.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import type { BytesInFlight } from '../../bytes-in-flight.ts';
+import { inTurn, LONG_VALUES } from '../../turns.ts';
 
 /**
  * The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` from proto/open_inference_grpc.proto, served
@@ -372,6 +373,8 @@ function tokensFirst(core: KserveCore, logger: Logger, clients: ClientAddresses)
 
 /** Set on a request refused before it was decoded (too many elements, or not a message): the error to answer. */
 const REFUSED = Symbol('refused before decoding');
+/** Set on a request of many elements, decoded in a turn of its own when its handler runs (turns.ts): how to decode it. */
+const DEFERRED = Symbol('decoded in its turn');
 
 /** Fields (map entries, names) a message other than ModelInfer's may hold: a load's config and files are a few. */
 const MAX_OTHER_ELEMENTS = 1024;
@@ -425,11 +428,13 @@ export function createGrpcServer({
             );
         };
         Promise.resolve()
-          .then(() => {
+          .then(async () => {
+            const deferred = (call.request as { [DEFERRED]?: () => object } | null)?.[DEFERRED];
+            const request = deferred ? await inTurn(deferred) : call.request;
             // a message refused as it was read (above)
-            const refused = (call.request as { [REFUSED]?: Error } | null)?.[REFUSED];
+            const refused = (request as { [REFUSED]?: Error } | null)?.[REFUSED];
             if (refused) throw refused;
-            return fn(call.request as never, whoOf(call.metadata, call.getPeer(), clients), call);
+            return fn(request as never, whoOf(call.metadata, call.getPeer(), clients), call);
           })
           .then(
             (response) => {
@@ -471,10 +476,19 @@ export function createGrpcServer({
   // its elements are counted on the wire before it is decoded (wire.ts): protobufjs builds each on the event loop,
   // before a handler can check who is calling (4M parameters of a RepositoryModelLoad held it 10-16 s). ModelInfer's
   // typed contents may be many (MAX_JSON_VALUES); the other messages hold a few names and parameters.
+  const definition = loadServiceDefinition();
+  const serializeInferResponse = definition.ModelInfer.responseSerialize;
   const measured = Object.fromEntries(
-    Object.entries(loadServiceDefinition()).map(([name, m]) => {
+    Object.entries(definition).map(([name, m]) => {
       const max = name === 'ModelInfer' ? maxJsonValues : MAX_OTHER_ELEMENTS;
       const type = `a ${name}Request`;
+      const decodeNow = (buf: Buffer): object => {
+        try {
+          return m.requestDeserialize(buf) as object;
+        } catch {
+          return { [REFUSED]: invalid(`the message is not ${type} this server reads`) };
+        }
+      };
       const decode = (buf: Buffer): object => {
         const elements = messageElements(buf, max, REQUESTS[name] ?? {});
         if (elements === null) return { [REFUSED]: invalid(`the message is not ${type} this server reads (proto3, no groups)`) };
@@ -485,13 +499,19 @@ export function createGrpcServer({
                 ? tooManyValues('this request', maxJsonValues, 'send large tensors in raw_input_contents')
                 : new GatewayError(ErrorCode.LIMIT_EXCEEDED, `${type} holds more than ${max} fields and parameters`),
           };
-        try {
-          return m.requestDeserialize(buf) as object;
-        } catch {
-          return { [REFUSED]: invalid(`the message is not ${type} this server reads`) };
-        }
+        // protobufjs builds typed values one by one (0.1-0.3 s for MAX_JSON_VALUES): several such messages that came
+        // together were decoded back to back, holding the event loop for all of them
+        return elements > LONG_VALUES ? { [DEFERRED]: () => decodeNow(buf) } : decodeNow(buf);
       };
-      return [name, { ...m, requestDeserialize: (buf: Buffer) => withWireBytes(decode(buf), buf.length) }];
+      return [
+        name,
+        {
+          ...m,
+          requestDeserialize: (buf: Buffer) => withWireBytes(decode(buf), buf.length),
+          // an answer encoded in a turn of its own (ModelInfer) comes as its bytes
+          responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : m.responseSerialize(value)),
+        },
+      ];
     }),
   ) as grpc.ServiceDefinition;
   server.addService(measured, {
@@ -510,15 +530,15 @@ export function createGrpcServer({
       call.once('cancelled', left);
       if (call.cancelled) leaving.abort(); // gone before the handler ran
       try {
-        return encodeInferResponse(
-          await core.infer(auth, target, request, {
-            signal: leaving.signal,
-            client: clients.shareOf(peerAddress(call.getPeer()), call.metadata.get('x-forwarded-for').map(String)),
-            sendBytes: SEND_BYTES,
-          }),
-          raw,
-          maxJsonValues,
-        );
+        const result = await core.infer(auth, target, request, {
+          signal: leaving.signal,
+          client: clients.shareOf(peerAddress(call.getPeer()), call.metadata.get('x-forwarded-for').map(String)),
+          sendBytes: SEND_BYTES,
+        });
+        const encode = () => encodeInferResponse(result, raw, maxJsonValues);
+        // typed values are encoded one by one: a long answer is made into its bytes in a turn of its own
+        const values = result.outputs.reduce((n, o) => n + (o.tensor?.data.length ?? 0), 0);
+        return !raw && values > LONG_VALUES ? await inTurn(() => serializeInferResponse(encode())) : encode();
       } finally {
         call.off('cancelled', left);
       }

@@ -35,6 +35,7 @@ import { ClientAddresses } from '../../client-address.ts';
 import { sendJson, sendJsonText } from '../../send-json.ts';
 import { holdOf } from '../../bytes-in-flight.ts';
 import { imageFormat } from '../../vision/preprocess.ts';
+import { inTurn, LONG_JSON_BYTES, LONG_VALUES } from '../../turns.ts';
 
 const gunzipAsync = promisify(gunzip);
 const inflateAsync = promisify(inflate);
@@ -451,12 +452,15 @@ export function createRestRoute({
         const target = core.inferTarget(auth, name, version);
         const body = await readBody(req, maxBodyBytes);
         const header = req.headers[HEADER_LENGTH];
-        const parsed = parseInferRequest(body, Array.isArray(header) ? header[0] : header, target, {
-          maxJsonBytes,
-          maxJsonValues,
-          maxItems,
-          contentType: req.headers['content-type'],
-        });
+        const parse = () =>
+          parseInferRequest(body, Array.isArray(header) ? header[0] : header, target, {
+            maxJsonBytes,
+            maxJsonValues,
+            maxItems,
+            contentType: req.headers['content-type'],
+          });
+        // a long parse waits for its own turn of the event loop: several at once no longer hold it for all of theirs
+        const parsed = body.length > LONG_JSON_BYTES ? await inTurn(parse) : parse();
         // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
         const leaving = new AbortController();
         const left = () => {
@@ -465,16 +469,14 @@ export function createRestRoute({
         res.once('close', left);
         if (res.socket?.destroyed) leaving.abort(); // gone while the body was read
         try {
-          return sendInferResponse(
-            res,
-            await core.infer(auth, target, parsed.request, {
-              signal: leaving.signal,
-              client: clients.shareOf(req.socket.remoteAddress, req.headers['x-forwarded-for']),
-              sendBytes: SEND_BYTES,
-            }),
-            parsed,
-            maxJsonValues,
-          );
+          const result = await core.infer(auth, target, parsed.request, {
+            signal: leaving.signal,
+            client: clients.shareOf(req.socket.remoteAddress, req.headers['x-forwarded-for']),
+            sendBytes: SEND_BYTES,
+          });
+          const send = () => sendInferResponse(res, result, parsed, maxJsonValues);
+          // so is a long answer's writing (the answers of one batch are ready together)
+          return result.outputs.reduce((n, o) => n + (o.tensor?.data.length ?? 0), 0) > LONG_VALUES ? await inTurn(send) : send();
         } finally {
           res.off('close', left);
         }
