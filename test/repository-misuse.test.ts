@@ -1,0 +1,183 @@
+import { constants } from 'node:fs';
+import { mkdtemp, open, readdir, rm, symlink, writeFile, rename } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseModelConfig } from '../src/repository/model-config.ts';
+import {
+  ROOT,
+  addModel,
+  errorCode,
+  fixture,
+  fixtureConfigs,
+  modelFile,
+  startGateway,
+  until,
+  watchStalls,
+  type TestGateway,
+} from './helpers.ts';
+
+/**
+ * The model repository and model.json as an operator (or whoever writes the repository's shared volume) and an outsider
+ * would misuse them: each test here failed on the gateway when it was written.
+ */
+
+const VERSIONS = `query($n: String!) { model(name: $n) { versions { version state errorCode errorMessage } configurationError } }`;
+const deepObject = (depth: number) => {
+  let s = '{}';
+  for (let i = 0; i < depth; i++) s = `{"a":${s}}`;
+  return s;
+};
+
+describe('the model repository, misused', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, pollIntervalMs: 100 });
+  });
+  afterAll(() => gw?.close());
+
+  it('a labels file that is a FIFO neither hangs the repository scan nor loadModel', async () => {
+    await addModel(gw.root, 'piped', fixture('mobilenet'));
+    const fifo = path.join(gw.root, 'piped', 'labels.txt');
+    await rm(fifo);
+    execFileSync('mkfifo', [fifo]);
+    // whatever was opened on the FIFO is let go at the end (a reader blocked in open() gets EOF), so the process can end
+    const release = await open(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    try {
+      await new Promise((r) => setTimeout(r, 500)); // a scan or two meets the FIFO
+      // the watcher goes on: a model added after it is loaded
+      await addModel(gw.root, 'later', fixture('mobilenet'));
+      await until(
+        async () => (await gw.gql(VERSIONS, { n: 'later' })).data?.model?.versions?.[0]?.state === 'AVAILABLE',
+        8000,
+        'the model added after the FIFO to load',
+      );
+      // and loadModel answers, naming the file, instead of waiting for a writer that never comes
+      const loaded = await Promise.race([
+        gw.gql(`mutation { loadModel(name: "piped") { versions { state errorCode } } }`),
+        new Promise<'hung'>((r) => setTimeout(() => r('hung'), 5000)),
+      ]);
+      expect(loaded).not.toBe('hung');
+      const [v] = (await gw.gql(VERSIONS, { n: 'piped' })).data.model.versions;
+      expect(v.state).toBe('END');
+      expect(v.errorMessage).toMatch(/labels\.txt/);
+    } finally {
+      await writeFile(path.join(gw.root, 'piped', 'labels.tmp'), 'x\n');
+      await rename(path.join(gw.root, 'piped', 'labels.tmp'), fifo);
+      await release.close();
+    }
+  });
+
+  it('a model.json that is a link out of the repository is refused, as a labels file is', async () => {
+    const outside = await mkdtemp(path.join(os.tmpdir(), 'gw-outside-'));
+    try {
+      await writeFile(path.join(outside, 'model.json'), JSON.stringify({ ...fixtureConfigs.mobilenet, description: 'read from outside' }));
+      await addModel(gw.root, 'linked-config', { onnx: modelFile('mobilenet'), files: { 'labels.txt': { text: 'a\n' } } });
+      await symlink(path.join(outside, 'model.json'), path.join(gw.root, 'linked-config', 'model.json'));
+      await gw.gql(`mutation { loadModel(name: "linked-config") { name } }`);
+      const m = (await gw.gql(`{ model(name: "linked-config") { description versions { state errorCode } } }`)).data.model;
+      expect(m.description).not.toBe('read from outside');
+      expect(m.versions[0].errorCode).toBe('FORBIDDEN_PATH');
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
+  });
+
+  it('an upload past the highest version folder the repository reads is refused, not lost', async () => {
+    await addModel(gw.root, 'last-version', { ...fixture('mobilenet'), versions: [999_999_999] });
+    await until(async () => (await gw.gql(VERSIONS, { n: 'last-version' })).data?.model?.versions?.[0]?.state === 'AVAILABLE', 8000);
+    const r = await gw.gql(
+      `mutation($files: [File!]!) { loadModel(name: "last-version", files: $files) { versions { version state } } }`,
+      { files: [null] },
+      { files: { 'files.0': modelFile('mobilenet') } },
+    );
+    await new Promise((res) => setTimeout(res, 500));
+    const versions = (await gw.gql(VERSIONS, { n: 'last-version' })).data.model.versions.map((v: any) => v.version);
+    // either the upload is served as the next version, or it is refused and leaves nothing behind
+    if (!r.errors) expect(versions).toContain(1_000_000_000);
+    else expect(await readdir(path.join(gw.root, 'last-version'))).not.toContain('1000000000');
+    expect(r.errors?.[0]?.extensions?.code ?? 'served', JSON.stringify(r)).not.toBe('INTERNAL_SERVER_ERROR');
+  });
+
+  it('metadata nested deeper than updateModel allows is refused at load, and never breaks the model list', async () => {
+    const config = JSON.stringify({ ...fixtureConfigs.mobilenet, metadata: {} }).replace(
+      '"metadata":{}',
+      `"metadata":${deepObject(20_000)}`,
+    );
+    await addModel(gw.root, 'deep-metadata', { onnx: modelFile('mobilenet'), files: { 'labels.txt': { text: 'a\n' } } });
+    await writeFile(path.join(gw.root, 'deep-metadata', 'model.json'), config);
+    await gw.gql(`mutation { loadModel(name: "deep-metadata") { name } }`);
+    const list = await gw.gql(`{ models { name metadata } }`);
+    expect(list.errors, JSON.stringify(list.errors)).toBeUndefined();
+    expect(list.data.models.find((m: any) => m.name === 'mobilenet').metadata).toEqual(fixtureConfigs.mobilenet.metadata);
+    const [v] = (await gw.gql(VERSIONS, { n: 'deep-metadata' })).data.model.versions;
+    expect(v.errorCode).toBe('INVALID_MODEL_CONFIG');
+    // through loadModel(config:) too: a typed error, not INTERNAL_SERVER_ERROR, and no model.json deeper than 16 levels
+    const body = `{"query":"mutation($c: JSON!) { loadModel(name: \\"mobilenet\\", config: $c) { name } }","variables":{"c":${config}}}`;
+    const res = await (await fetch(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body })).json();
+    expect(res.errors?.[0]?.extensions?.code).toMatch(/^(INVALID_INPUT|INVALID_MODEL_CONFIG)$/);
+    const shallow = { ...fixtureConfigs.mobilenet, metadata: JSON.parse(deepObject(30)) };
+    const accepted = await gw.gql(`mutation($c: JSON!) { loadModel(name: "mobilenet", config: $c) { name } }`, { c: shallow });
+    expect(errorCode(accepted), 'metadata 30 levels deep (updateModel refuses past 16)').toMatch(/^(INVALID_INPUT|INVALID_MODEL_CONFIG)$/);
+  });
+
+  it('loadModel(path:) naming a FIFO under MODEL_ROOTS answers a typed error', async () => {
+    const roots = await mkdtemp(path.join(os.tmpdir(), 'gw-roots-'));
+    const local = await startGateway({ models: {}, env: { MODEL_ROOTS: roots } });
+    try {
+      execFileSync('mkfifo', [path.join(roots, 'pipe')]);
+      const r = await local.gql(`mutation($p: String!) { loadModel(name: "piped", path: $p) { name } }`, { p: path.join(roots, 'pipe') });
+      expect(errorCode(r), JSON.stringify(r)).toBe('INVALID_INPUT');
+    } finally {
+      await local.close();
+      await rm(roots, { recursive: true, force: true });
+    }
+  });
+
+  it('segmentation over an output that is no class map (YOLOX raw predictions) fails the load', async () => {
+    await addModel(gw.root, 'yolox-as-segmenter', { onnx: modelFile('yolox'), config: { task: 'segmentation' } });
+    await gw.gql(`mutation { loadModel(name: "yolox-as-segmenter") { name } }`);
+    const [v] = (await gw.gql(VERSIONS, { n: 'yolox-as-segmenter' })).data.model.versions;
+    expect(v.state, 'float logits [1,3549,85] are read as class ids').toBe('END');
+    expect(v.errorCode).toBe('INVALID_MODEL_CONFIG');
+  });
+
+  it('a sparse labels map does not let one query hold the event loop for seconds', async () => {
+    await addModel(gw.root, 'sparse-labels', {
+      onnx: modelFile('mobilenet'),
+      config: { ...fixtureConfigs.mobilenet, labels: { '999999': 'the last class' } },
+    });
+    await until(async () => (await gw.gql(VERSIONS, { n: 'sparse-labels' })).data?.model?.versions?.[0]?.state === 'AVAILABLE', 8000);
+    const aliases = Array.from({ length: 60 }, (_, i) => `a${i}: model(name: "sparse-labels") { labels }`).join(' ');
+    const stalls = watchStalls();
+    const r = await gw.gql(`{ ${aliases} }`);
+    const worst = stalls.stop();
+    // refused (a limit) or answered, but without holding every other client for seconds (MAX_RESPONSE_BYTES refuses
+    // labels past 64 MB, by then some 22 million strings were built and written)
+    expect(r.status).toBe(200);
+    expect(worst, 'ms the event loop was held by one query').toBeLessThan(1000);
+  });
+});
+
+describe('model.json fields that do nothing', () => {
+  it('labelOffset is refused where the format does not apply it (yolox, anchors), as README lists it for ssd and tf', () => {
+    for (const format of ['yolox', 'anchors'] as const) {
+      const post =
+        format === 'yolox' ? { format, labelOffset: 1000 } : { format, labelOffset: 1000, layers: [{ scores: 's', boxes: 'b', grid: 16 }] };
+      expect(() => parseModelConfig({ task: 'detection', postprocessing: post }), format).toThrow(/labelOffset/);
+    }
+    // where it applies it stays
+    expect(() => parseModelConfig({ task: 'detection', postprocessing: { format: 'ssd', labelOffset: 1 } })).not.toThrow();
+  });
+
+  it('model.schema.json accepts a model.json without "task", as the server does (task defaults to raw)', async () => {
+    const Ajv = createRequire(import.meta.url)('ajv/dist/2020').default;
+    const schema = JSON.parse(readFileSync(path.join(ROOT, 'model.schema.json'), 'utf8'));
+    const validate = new Ajv({ strict: false }).compile(schema);
+    expect(() => parseModelConfig({ description: 'a raw model' })).not.toThrow();
+    expect(validate({ description: 'a raw model' }), JSON.stringify(validate.errors)).toBe(true);
+  });
+});
