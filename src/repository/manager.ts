@@ -16,6 +16,7 @@ import { editModelJson, type JsonMergePatch } from './edits.ts';
 import { parseModelConfig } from './model-config.ts';
 import { MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.ts';
 import {
+  MAX_VERSION,
   atomicWrite,
   discoverVersions,
   filesStamp,
@@ -493,6 +494,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       'MODEL_ROOTS names the folders models may be loaded from, besides the repository',
     );
     const st = await stat(real);
+    if (!st.isFile() && !st.isDirectory())
+      throw new GatewayError(
+        ErrorCode.INVALID_INPUT,
+        `model path ${JSON.stringify(requested)} is neither a model file nor a folder (a FIFO, a socket or a device)`,
+      );
     const existing = this.byName.get(name);
     let dir = real;
     let file: string | null = null;
@@ -558,7 +564,15 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           return;
         }
         const onDisk = [...(await this.discover(model)).keys(), ...model.versions.keys()];
-        const staged = await stageUpload(this.root, model.dir, plan, plan.modelFile ? Math.max(0, ...onDisk) + 1 : null);
+        const next = Math.max(0, ...onDisk) + 1;
+        // a version folder past the highest the repository reads would be written, loaded, and then dropped by the
+        // reconcile that follows as gone from disk (the upload answered without it, its folder left behind)
+        if (plan.modelFile && next > MAX_VERSION)
+          throw new GatewayError(
+            ErrorCode.INVALID_INPUT,
+            `model ${name} already has version ${next - 1}, the highest there can be (${MAX_VERSION}): delete the model, or upload under another name`,
+          );
+        const staged = await stageUpload(this.root, model.dir, plan, plan.modelFile ? next : null);
         try {
           const files = await readModelFiles(name, staged.dir);
           const target = staged.modelPath ? null : model.servingVersion();

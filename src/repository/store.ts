@@ -1,4 +1,5 @@
-import { mkdir, readFile, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { mkdir, open, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import { isInside } from '../paths.ts';
@@ -35,6 +36,33 @@ export function storageError(e: unknown): unknown {
   if (code === 'ENOSPC' || code === 'EDQUOT')
     return new GatewayError(ErrorCode.STORAGE_FULL, 'the model repository is full: nothing was changed');
   return e;
+}
+
+/**
+ * The bytes of a file of a model folder (model.json, labels, a mean file): confined to the folder (see confined), and
+ * only a regular file. A FIFO there would block a thread of libuv's pool for ever on open() or read(), and the
+ * repository scan with it (the server never ready, the watcher stopped, loadModel of that model never answering, and
+ * with four of them every decode and file read of the process waiting): anything else is refused before it is opened,
+ * and what was opened (without blocking, without following a link) is checked again. ENOENT passes through.
+ */
+export async function readModelFolderFile(dir: string, name: string): Promise<Buffer> {
+  const real = await confined(dir, name);
+  const notAFile = () =>
+    new GatewayError(
+      ErrorCode.INVALID_MODEL_CONFIG,
+      `${name} is not a regular file (a FIFO, a socket or a device): put a file there, or change model.json to name another`,
+      { field: name === 'model.json' ? '(root)' : name },
+    );
+  const st = await stat(real);
+  if (st.isDirectory()) throw Object.assign(new Error(`${name} is a folder`), { code: 'EISDIR' });
+  if (!st.isFile()) throw notAFile();
+  const handle = await open(real, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW | constants.O_NOCTTY);
+  try {
+    if (!(await handle.stat()).isFile()) throw notAFile();
+    return await handle.readFile();
+  } finally {
+    await handle.close();
+  }
 }
 
 const mtimeOf = (p: string) =>
@@ -75,10 +103,14 @@ function fileError(name: string, file: string, field: string, e: unknown): Gatew
 export async function readModelFiles(name: string, dir: string): Promise<ModelFiles> {
   let text: string | null = null;
   try {
-    text = await readFile(path.join(dir, 'model.json'), 'utf8').catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return null;
-      throw e;
-    });
+    // confined as labels and mean files are: a model.json that is a link out of the folder is refused, not followed
+    text = await readModelFolderFile(dir, 'model.json').then(
+      (b) => b.toString('utf8'),
+      (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return null;
+        throw e;
+      },
+    );
     const config = text === null ? parseModelConfig({}) : parseModelConfigText(text, `${name}/model.json`);
     const labels = await readLabels(name, dir, config);
     const meanFile = config.preprocessing.meanFile;
@@ -111,7 +143,7 @@ export function signatureOf(config: ModelConfig, labels: Labels | null, mean: Mo
 async function readMean(name: string, dir: string, meanFile: string): Promise<ModelFiles['mean']> {
   let bytes: Buffer;
   try {
-    bytes = await readFile(await confined(dir, meanFile));
+    bytes = await readModelFolderFile(dir, meanFile);
   } catch (e) {
     throw isGatewayError(e) ? e : fileError(name, meanFile, 'preprocessing.meanFile', e);
   }
@@ -125,7 +157,7 @@ async function readLabels(name: string, dir: string, config: ModelConfig): Promi
   const candidates = typeof spec === 'string' ? [spec] : LABEL_FILES;
   for (const f of candidates) {
     try {
-      return parseLabelsFile(f, await readFile(await confined(dir, f), 'utf8'));
+      return parseLabelsFile(f, (await readModelFolderFile(dir, f)).toString('utf8'));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT' && typeof spec !== 'string') continue;
       if (isGatewayError(e)) throw e;
@@ -140,6 +172,9 @@ const isFile = (p: string) =>
     (s) => s.isFile(),
     () => false,
   );
+
+/** The highest version a folder name can give (the folders read are 1 to 9 digits, without a leading zero). */
+export const MAX_VERSION = 999_999_999;
 
 /** Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. */
 export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
