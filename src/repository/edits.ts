@@ -3,16 +3,15 @@ import { withoutBom } from '../json-text.ts';
 import path from 'node:path';
 import { applyEdits, modify, type Edit } from 'jsonc-parser';
 import { ErrorCode, GatewayError } from '../errors.ts';
-import { parseModelConfigText } from './model-config.ts';
+import { MAX_METADATA_BYTES, MAX_METADATA_DEPTH, depthOf, parseModelConfigText } from './model-config.ts';
 import type { Model } from './model.ts';
 import { atomicWrite } from './store.ts';
 
+/** Bounds on client-supplied JSON (metadata): checked before anything changes (model.json is held to them too). */
+export { MAX_METADATA_BYTES, MAX_METADATA_DEPTH };
+
 /** A JSON Merge Patch (RFC 7396): keys set, null deletes, objects merged key by key, anything else replaced. */
 export type JsonMergePatch = Record<string, unknown>;
-
-/** Bounds on client-supplied JSON (metadata): checked before anything changes. */
-export const MAX_METADATA_BYTES = 64 * 1024;
-export const MAX_METADATA_DEPTH = 16;
 
 const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 
@@ -25,19 +24,6 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
     else out[k] = mergePatch(out[k], v);
   }
   return out;
-}
-
-/** Depth of a JSON value, iteratively (a hostile value 20,000 deep must not overflow the stack). */
-function depthOf(value: unknown, limit: number): number {
-  let max = 0;
-  const stack: [unknown, number][] = [[value, 1]];
-  while (stack.length) {
-    const [v, d] = stack.pop()!;
-    if (d > max) max = d;
-    if (max > limit) return max;
-    if (v !== null && typeof v === 'object') for (const child of Object.values(v)) stack.push([child, d + 1]);
-  }
-  return max;
 }
 
 /** Check a metadata patch: an object, at most MAX_METADATA_DEPTH deep and MAX_METADATA_BYTES as JSON. */

@@ -118,10 +118,39 @@ const labels = z
   .optional()
   .describe('A labels file beside model.json, a list by class id, or {"id": "name"}; default labels.txt/.json/.pbtxt if present.');
 
+/** Bounds on metadata (free-form JSON that every `models { metadata }` answer carries): model.json and updateModel alike. */
+export const MAX_METADATA_BYTES = 64 * 1024;
+export const MAX_METADATA_DEPTH = 16;
+
+/** Depth of a JSON value, iteratively (a hostile value 20,000 deep must not overflow the stack); stops past `limit`. */
+export function depthOf(value: unknown, limit: number): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (d > max) max = d;
+    if (max > limit) return max;
+    if (v !== null && typeof v === 'object') for (const child of Object.values(v)) stack.push([child, d + 1]);
+  }
+  return max;
+}
+
+const metadata = z
+  .record(z.string(), z.unknown())
+  .superRefine((m, ctx) => {
+    // a model.json (or loadModel's config) 20,000 levels deep loaded, and then every `models { metadata }` answer failed
+    if (depthOf(m, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH)
+      ctx.addIssue({ code: 'custom', message: `nested deeper than ${MAX_METADATA_DEPTH} levels` });
+    else if (Buffer.byteLength(JSON.stringify(m)) > MAX_METADATA_BYTES)
+      ctx.addIssue({ code: 'custom', message: `more than ${MAX_METADATA_BYTES} bytes of JSON` });
+  })
+  .default({})
+  .describe('Free-form; editable at run time with updateModel (JSON Merge Patch).');
+
 const common = {
   $schema: z.string().optional().describe('The JSON Schema of this file (model.schema.json), for editors.'),
   description: z.string().default(''),
-  metadata: z.record(z.string(), z.unknown()).default({}).describe('Free-form; editable at run time with updateModel (JSON Merge Patch).'),
+  metadata,
   labels,
   versionPolicy,
   batching,
@@ -154,8 +183,10 @@ const detectionCommon = {
   minConfidence: z.number().min(0).max(1).default(0.5),
   iouThreshold: z.number().min(0).max(1).default(0.45),
   maxDetections: z.int().min(1).max(10_000).default(100),
-  labelOffset: z.int().default(0).describe('Class id = model value - labelOffset (1 for 1-based label maps).'),
 };
+// only the formats whose decoders apply it (yolox and anchors number their classes from 0 themselves: there it was
+// accepted and did nothing)
+const labelOffset = z.int().default(0).describe('Class id = model value - labelOffset (1 for 1-based label maps).');
 const anchorLayer = z.strictObject({
   scores: z.string(),
   boxes: z.string(),
@@ -169,15 +200,22 @@ const detectionPost = z.discriminatedUnion(
       .strictObject({
         format: z.literal('boxes_scores').describe('boxes [N,K,4] x1y1x2y2 normalized, scores [N,K,C]'),
         ...detectionCommon,
+        labelOffset,
         boxes: z.string().optional(),
         scores: z.string().optional(),
         backgroundClass: z.int().min(0).optional(),
       })
       .refine((d) => !d.boxes === !d.scores, { path: ['boxes'], message: 'give both boxes and scores output names, or neither' }),
-    z.strictObject({ format: z.literal('ssd').describe('DetectionOutput [1,1,K,7]'), ...detectionCommon, output: z.string().optional() }),
+    z.strictObject({
+      format: z.literal('ssd').describe('DetectionOutput [1,1,K,7]'),
+      ...detectionCommon,
+      labelOffset,
+      output: z.string().optional(),
+    }),
     z.strictObject({
       format: z.literal('tf').describe('TensorFlow object detection API outputs'),
       ...detectionCommon,
+      labelOffset,
       boxes: z.string().optional(),
       scores: z.string().optional(),
       classes: z.string().optional(),
@@ -232,8 +270,16 @@ export const TASKS = ['classification', 'detection', 'segmentation', 'raw'] as c
 
 /** model.json's JSON Schema (draft 2020-12), as published in model.schema.json. */
 export function modelJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(modelConfigSchema, { io: 'input', target: 'draft-2020-12', unrepresentable: 'any' });
+  // "task" defaults to raw (parseModelConfig): a file without it is the raw branch's, as the server reads it, not an
+  // error in editors
+  for (const branch of (schema.oneOf ?? []) as { properties?: { task?: { const?: unknown } }; required?: string[] }[])
+    if (branch.properties?.task?.const === 'raw' && branch.required) {
+      branch.required = branch.required.filter((k) => k !== 'task');
+      if (branch.required.length === 0) delete branch.required;
+    }
   return {
-    ...z.toJSONSchema(modelConfigSchema, { io: 'input', target: 'draft-2020-12', unrepresentable: 'any' }),
+    ...schema,
     $id: 'https://github.com/graphql-inference-gateway/model.schema.json',
     title: 'model.json of the GraphQL inference gateway',
   };
