@@ -1,5 +1,6 @@
 import sharp from 'sharp';
-import type { Session, Tensor } from '../engine/types.ts';
+import { toFloat32, type Session, type Tensor } from '../engine/types.ts';
+import { ErrorCode, GatewayError } from '../errors.ts';
 import { postprocessingOf } from '../repository/model-config.ts';
 import type { ModelFiles } from '../repository/model.ts';
 import { largestId } from '../repository/labels.ts';
@@ -53,8 +54,30 @@ export async function checkModel(files: ModelFiles, session: Session, options: {
   else if (config.task === 'detection') {
     const post = postprocessingOf(config, 'detection');
     detect(outputs, post, transform, files.labels, post);
-  } else toClassMap(outputs, postprocessingOf(config, 'segmentation'), plan.layout);
+  } else {
+    const post = postprocessingOf(config, 'segmentation');
+    checkClassMap(outputs, post.output ?? Object.keys(outputs)[0]);
+    toClassMap(outputs, post, plan.layout);
+  }
   return [...warnings(files, plan), ...labelWarnings(files, outputs)];
+}
+
+/**
+ * Segmentation reads a 3-D output ([N,H,W]) as class ids. A float one that holds other numbers than whole ones is no
+ * class map (YOLOX's raw predictions [1,3549,85], BlazeFace's scores [1,512,1], a probability map without its channel
+ * dimension): read as ids, every answer would be made-up classes, so the load says so.
+ */
+function checkClassMap(outputs: Record<string, Tensor>, name: string): void {
+  const t = outputs[name];
+  if (!t || t.shape.length !== 3 || (t.dtype !== 'float32' && t.dtype !== 'float16')) return;
+  const v = toFloat32(t);
+  const odd = v.findIndex((x) => !Number.isInteger(x));
+  if (odd >= 0)
+    throw new GatewayError(
+      ErrorCode.INVALID_MODEL_CONFIG,
+      `task: output ${name} has shape [${t.shape.join(',')}], which segmentation reads as class ids, but holds ${v[odd]}: it is no class map; segmentation takes scores [N,C,H,W] / [N,H,W,C] or a map of class ids [N,H,W]`,
+      { field: 'task' },
+    );
 }
 
 /**
