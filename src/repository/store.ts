@@ -50,7 +50,7 @@ export async function readModelFolderFile(dir: string, name: string): Promise<Bu
   const notAFile = () =>
     new GatewayError(
       ErrorCode.INVALID_MODEL_CONFIG,
-      `${name} is not a regular file (a FIFO, a socket or a device): put a file there, or change model.json to name another`,
+      `${name} of the model folder is not a regular file (a FIFO, a socket or a device): put a file there${name === 'model.json' ? '' : ', or change model.json to name another'}`,
       { field: name === 'model.json' ? '(root)' : name },
     );
   const st = await stat(real);
