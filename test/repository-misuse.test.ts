@@ -159,6 +159,12 @@ describe('the model repository, misused', () => {
     // labels past 64 MB, by then some 22 million strings were built and written)
     expect(r.status).toBe(200);
     expect(worst, 'ms the event loop was held by one query').toBeLessThan(1000);
+    // the first alias has its million labels; the others are refused, naming the limit
+    expect(r.data.a0.labels).toHaveLength(1_000_000);
+    expect(r.data.a0.labels[999_999]).toBe('the last class');
+    expect(r.errors).toHaveLength(59);
+    expect(r.errors[0].extensions.code).toBe('LIMIT_EXCEEDED');
+    expect(r.errors[0].message).toMatch(/^more than 1000000 labels in one answer/);
   });
 });
 

@@ -24,7 +24,14 @@ export interface BudgetLimits {
  * sent it, for the limits kept per client (a model's queue).
  */
 export class RequestBudget {
+  /**
+   * Labels (model.json's classes, listed by class id) one answer may list: the largest map's, once (ids go up to
+   * 999,999). Each is a list item graphql-js completes and writes one by one on the event loop, 0.2-0.35 us each: 60
+   * aliases of a million labels held it 4-8 s, every other client waiting, before MAX_RESPONSE_BYTES stopped them.
+   */
+  static readonly MAX_LABELS = 1_000_000;
   private images = 0;
+  private labels = 0;
   private rendered = 0;
   private responseBytes = 0;
   private inputBytes = 0;
@@ -86,6 +93,16 @@ export class RequestBudget {
         'ask for fewer of them, or for the others in another request',
       );
     this.rendered++;
+  }
+
+  /** Take n labels of the answer (a model's list of them), or LIMIT_EXCEEDED when they would go past MAX_LABELS. */
+  takeLabels(n: number): void {
+    if (this.labels + n > RequestBudget.MAX_LABELS)
+      throw new GatewayError(
+        ErrorCode.LIMIT_EXCEEDED,
+        `more than ${RequestBudget.MAX_LABELS} labels in one answer (the largest labels map, once): ask for the labels of fewer models, or in another request`,
+      );
+    this.labels += n;
   }
 
   /** Take n bytes of the response (a tensor's or an image's encoded size). */

@@ -133,7 +133,10 @@ export const ModelRef = builder.objectRef<Model>('Model').implement({
       resolve: (m, _, ctx) => {
         if (!m.labels) return null;
         const { list, bytes } = labelList(m.labels);
-        ctx.budget.takeResponseBytes(bytes); // up to a million labels, asked for by any number of aliases
+        // up to a million labels, asked for by any number of aliases: bounded in number (each is a list item to
+        // complete on the event loop) and in bytes
+        ctx.budget.takeLabels(list.length);
+        ctx.budget.takeResponseBytes(bytes);
         return list;
       },
     }),
