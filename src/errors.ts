@@ -20,6 +20,7 @@ export const ErrorCode = {
   UNAUTHENTICATED: 'UNAUTHENTICATED',
   FORBIDDEN: 'FORBIDDEN',
   STORAGE_FULL: 'STORAGE_FULL',
+  STORAGE_NOT_WRITABLE: 'STORAGE_NOT_WRITABLE',
   CANCELLED: 'CANCELLED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -41,6 +42,7 @@ const httpStatus: Record<ErrorCode, number> = {
   UNAUTHENTICATED: 401,
   FORBIDDEN: 403,
   STORAGE_FULL: 507,
+  STORAGE_NOT_WRITABLE: 507,
   CANCELLED: 499,
 };
 

@@ -163,8 +163,8 @@ describe('the model repository, misused', () => {
     expect(r.data.a0.labels).toHaveLength(1_000_000);
     expect(r.data.a0.labels[999_999]).toBe('the last class');
     expect(r.errors).toHaveLength(59);
-    expect(r.errors[0].extensions.code).toBe('LIMIT_EXCEEDED');
-    expect(r.errors[0].message).toMatch(/^more than 1000000 labels in one answer/);
+    expect(r.errors![0].extensions?.code).toBe('LIMIT_EXCEEDED');
+    expect(r.errors![0].message).toMatch(/^more than 1000000 labels in one answer/);
   });
 });
 

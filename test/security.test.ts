@@ -1014,6 +1014,56 @@ describe('a full disk', () => {
   });
 });
 
+describe('a read-only repository', () => {
+  let gw: TestGateway | null = null;
+  let mount: string | null = null;
+  beforeAll(async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-ro-'));
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir], { stdio: 'ignore' });
+      mount = dir;
+    } catch {
+      return; // not permitted here: the test below says so
+    }
+    await addModel(mount, 'mobilenet', fixture('mobilenet'));
+    // as KServe mounts a pvc:// storageUri, or a volume the server's user cannot write
+    execFileSync('mount', ['-o', 'remount,ro', mount]);
+    gw = await startGateway({ root: mount });
+  });
+  afterAll(async () => {
+    await gw?.close();
+    if (mount) execFileSync('umount', [mount]);
+  });
+
+  it('updateModel, loadModel with files and deleteModel answer STORAGE_NOT_WRITABLE (they were masked INTERNAL_SERVER_ERROR), and the model keeps serving', async (ctx) => {
+    if (!gw || !mount) return ctx.skip(); // needs a real read-only file system (tmpfs, mounted as root)
+    const refusals = [
+      await gw.gql(`mutation { updateModel(name: "mobilenet", description: "new") { description } }`),
+      await gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "mobilenet", files: $files) { name } }`,
+        { files: [null] },
+        { files: { 'files.0': modelFile('mobilenet') } },
+      ),
+      await gw.gql(`mutation { loadModel(name: "mobilenet", config: { task: "classification" }) { name } }`),
+      await gw.gql(`mutation { deleteModel(name: "mobilenet") }`),
+    ];
+    for (const r of refusals) {
+      expect(r.status).toBe(200);
+      expect(errorCode(r)).toBe('STORAGE_NOT_WRITABLE');
+      expect(r.errors![0].message).toMatch(/^the model repository cannot be written \(EROFS\): nothing was changed/);
+      expect(r.errors![0].message).not.toContain(mount);
+    }
+    const m = await gw.gql(`{ model(name: "mobilenet") { description versions { state } } }`);
+    expect(m.data.model.versions).toEqual([{ state: 'AVAILABLE' }]);
+    const c = await gw.gql(
+      `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { label } } }`,
+      { f: null },
+      { files: { f: image('zebra.jpeg') } },
+    );
+    expect(c.data.classify.predictions[0].label).toBe('zebra');
+  });
+});
+
 describe('the configured upload limit is the one that applies', () => {
   it("MAX_UPLOAD_BYTES (50 MB by default) and not yoga's 25 MB; beyond it PAYLOAD_TOO_LARGE", async () => {
     const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });

@@ -18,12 +18,14 @@ import { MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.t
 import {
   MAX_VERSION,
   atomicWrite,
+  checkRemovable,
   discoverVersions,
   filesStamp,
   layoutProblem,
   modelFileIn,
   readModelFiles,
   signatureOf,
+  storageError,
   writeModelJson,
 } from './store.ts';
 import { commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
@@ -676,8 +678,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const model = this.require(name);
     await model.exclusive(async () => {
       this.stillListed(model);
+      if (model.source === 'repository') await checkRemovable(model.dir);
       await Promise.all([...model.versions.values()].map((v) => v.unload()));
-      if (model.source === 'repository') await rm(model.dir, { recursive: true, force: true });
+      if (model.source === 'repository')
+        await rm(model.dir, { recursive: true, force: true }).catch((e: unknown) => {
+          throw storageError(e);
+        });
       await this.forget(model);
     });
     return this.announce({ op: 'delete', name }, true);

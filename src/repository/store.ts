@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
 import { isInside } from '../paths.ts';
@@ -30,11 +30,20 @@ export async function confined(dir: string, name: string): Promise<string> {
   return real;
 }
 
-/** A write that failed because the disk is full, as the typed error a client can act on (anything else unchanged). */
+/**
+ * A write that failed because the disk is full, or the repository cannot be written (a read-only mount, as KServe
+ * mounts a pvc:// storageUri; a volume the server's user may not write), as the typed error a client can act on
+ * (anything else unchanged).
+ */
 export function storageError(e: unknown): unknown {
   const code = (e as NodeJS.ErrnoException)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT')
     return new GatewayError(ErrorCode.STORAGE_FULL, 'the model repository is full: nothing was changed');
+  if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM')
+    return new GatewayError(
+      ErrorCode.STORAGE_NOT_WRITABLE,
+      `the model repository cannot be written (${code}): nothing was changed; ${code === 'EROFS' ? 'it is mounted read-only' : "the server's user may not write it"}, so models change only where it comes from (or mount it writable)`,
+    );
   return e;
 }
 
@@ -62,6 +71,18 @@ export async function readModelFolderFile(dir: string, name: string): Promise<Bu
     return await handle.readFile();
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Whether a model's folder can be removed (it and the repository writable), as storageError's error: asked before
+ * anything is unloaded, so that a read-only repository refuses deleteModel with nothing changed.
+ */
+export async function checkRemovable(dir: string): Promise<void> {
+  try {
+    await Promise.all([access(dir, constants.W_OK), access(path.dirname(dir), constants.W_OK)]);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException)?.code !== 'ENOENT') throw storageError(e);
   }
 }
 

@@ -24,6 +24,7 @@ export const KSERVE_STATUS: Record<ErrorCode, { http: number; grpc: GrpcStatus }
   UNAUTHENTICATED: { http: 401, grpc: GrpcStatus.UNAUTHENTICATED },
   FORBIDDEN: { http: 403, grpc: GrpcStatus.PERMISSION_DENIED },
   STORAGE_FULL: { http: 507, grpc: GrpcStatus.RESOURCE_EXHAUSTED },
+  STORAGE_NOT_WRITABLE: { http: 507, grpc: GrpcStatus.FAILED_PRECONDITION },
   CANCELLED: { http: 499, grpc: GrpcStatus.CANCELLED },
 };
 
