@@ -166,6 +166,24 @@ describe('safe defaults: no cross-origin access, no foreign Host, admin only fro
     expect(upgrade).toMatch(/403/);
   });
 
+  it("a host name's trailing dot (the fully qualified form) names the same host, in ALLOWED_HOSTS and in Host (either way it was refused)", async () => {
+    const named = await startGateway({ models: {}, env: { ALLOWED_HOSTS: 'gw.example.,other.example' } });
+    try {
+      const ask = (host: string) =>
+        raw(`${named.url}/graphql`, {
+          method: 'POST',
+          body: '{"query":"{ __typename }"}',
+          headers: { host, 'content-type': 'application/json' },
+        });
+      const p = new URL(named.url).port;
+      for (const host of [`gw.example:${p}`, `gw.example.:${p}`, `other.example.:${p}`, `localhost.:${p}`, 'GW.EXAMPLE.'])
+        expect((await ask(host)).status, host).toBe(200);
+      for (const host of [`gw.example..:${p}`, `evil.example.:${p}`]) expect((await ask(host)).status, host).toBe(403);
+    } finally {
+      await named.close();
+    }
+  });
+
   it('admin operations without ADMIN_TOKEN: from this machine yes, from a page of another origin no', async () => {
     const m = '{"query":"mutation { updateModel(name: \\"mobilenet\\", description: \\"x\\") { description } }"}';
     const own = await raw(`${gw.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: m });

@@ -9,8 +9,13 @@ import { isIP } from 'node:net';
 export function hostAllowed(host: string | undefined, allowedHosts: readonly string[]): boolean {
   if (!host) return true; // HTTP/1.0 without Host: no browser sends that
   if (allowedHosts.includes('*')) return true;
-  const name = (host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d+$/, '')).toLowerCase();
+  const name = fullName(host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d+$/, ''));
   if (isIP(name)) return true;
   if (name === 'localhost' || name.endsWith('.localhost')) return true;
-  return allowedHosts.some((h) => h.toLowerCase() === name);
+  return allowedHosts.some((h) => fullName(h) === name);
+}
+
+/** A host name as compared: lower case, and without the one trailing dot of its fully qualified form (gw.example.). */
+function fullName(name: string): string {
+  return name.toLowerCase().replace(/(?<!\.)\.$/, '');
 }
