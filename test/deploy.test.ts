@@ -9,6 +9,7 @@ import { parseAllDocuments } from 'yaml';
 import { SETTINGS, loadConfig, type Config } from '../src/config.ts';
 import { freePort, have } from '../bench/cluster-lib.ts';
 import { hostAllowed } from '../src/server/hosts.ts';
+import { createKserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import { ROOT, fixture, startGateway, until } from './helpers.ts';
 
 /**
@@ -344,7 +345,7 @@ describe('deploy/Dockerfile and deploy/haproxy', () => {
   });
 
   it.skipIf(!have('haproxy'))(
-    'the HAProxy example in front of a gateway that trusts it (TRUSTED_PROXIES=127.0.0.2): each client it relays has its own share of the request bytes',
+    'the HAProxy example in front of a gateway that trusts it (TRUSTED_PROXIES=127.0.0.2): each client it relays has its own share of the request bytes; gRPC goes through it too',
     async () => {
       const MB = 1024 * 1024;
       const gw = await startGateway({
@@ -364,10 +365,17 @@ describe('deploy/Dockerfile and deploy/haproxy', () => {
         // the example as it is, but for its ports (one replica: the gateway above) and a health check that a busy
         // machine's one slow /ready does not fail
         const port = await freePort();
+        const grpcPort = await freePort();
         const cfg = read('haproxy/haproxy.cfg')
           .replace(/^ {2}bind :8080$/m, `  bind 127.0.0.1:${port}`)
           .replace(/(^ {2}server replica\d .*\n)+/m, `  server replica1 127.0.0.1:${new URL(gw.url).port} check\n`)
-          .replace(/ fall 1 /, ' fall 3 ');
+          .replace(/^ {2}bind :8081 proto h2$/m, `  bind 127.0.0.1:${grpcPort} proto h2`)
+          .replace(
+            /(^ {2}server replica\d .*proto h2.*\n)+/m,
+            `  server replica1 127.0.0.1:${gw.grpcPort} proto h2 check port ${new URL(gw.url).port} check-proto h1\n`,
+          )
+          .replaceAll(/ fall 1 /g, ' fall 3 ');
+        expect(cfg).not.toMatch(/:80(80|81)\b|:500\d/);
         expect(cfg).toMatch(/source 127\.0\.0\.2/);
         await writeFile(path.join(dir, 'haproxy.cfg'), cfg);
         lb = spawn('haproxy', ['-db', '-f', path.join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -408,6 +416,21 @@ describe('deploy/Dockerfile and deploy/haproxy', () => {
         // another client behind the same proxy still fits (before TRUSTED_PROXIES, both were the proxy's address)
         await almostSent('127.0.0.4');
         await until(async () => (await held()) === 3 * (MB - 1), 5000, "another client's body held");
+        // KServe gRPC through the proxy (HTTP/2 both ways), once its health check on the HTTP port has passed
+        const grpcClient = createKserveGrpcClient(`127.0.0.1:${grpcPort}`);
+        try {
+          await until(
+            () =>
+              grpcClient.ModelReady({ name: 'mobilenet', version: '' }).then(
+                (r) => r.ready,
+                () => false,
+              ),
+            10_000,
+            'gRPC through HAProxy',
+          );
+        } finally {
+          grpcClient.close();
+        }
       } finally {
         for (const s of sockets) s.destroy();
         lb?.kill('SIGTERM');
