@@ -460,7 +460,10 @@ export function createRestRoute({
             contentType: req.headers['content-type'],
           });
         // a long parse waits for its own turn of the event loop: several at once no longer hold it for all of theirs
-        const parsed = body.length > LONG_JSON_BYTES ? await inTurn(parse) : parse();
+        // (the JSON is what is long to parse: with binary data, its header only)
+        const given = Number(Array.isArray(header) ? header[0] : header);
+        const jsonBytes = header !== undefined && Number.isFinite(given) ? Math.min(given, body.length) : body.length;
+        const parsed = jsonBytes > LONG_JSON_BYTES ? await inTurn(parse) : parse();
         // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
         const leaving = new AbortController();
         const left = () => {
@@ -475,8 +478,12 @@ export function createRestRoute({
             sendBytes: SEND_BYTES,
           });
           const send = () => sendInferResponse(res, result, parsed, maxJsonValues);
-          // so is a long answer's writing (the answers of one batch are ready together)
-          return result.outputs.reduce((n, o) => n + (o.tensor?.data.length ?? 0), 0) > LONG_VALUES ? await inTurn(send) : send();
+          // so is a long answer's writing, of values as JSON (the answers of one batch are ready together)
+          const asJson = result.outputs.reduce(
+            (n, o) => n + (o.tensor && !(parsed.allBinary || parsed.binary.has(o.name)) ? o.tensor.data.length : 0),
+            0,
+          );
+          return asJson > LONG_VALUES ? await inTurn(send) : send();
         } finally {
           res.off('close', left);
         }
