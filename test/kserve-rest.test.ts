@@ -302,6 +302,48 @@ describe('KServe v2 over REST', () => {
     ]);
   });
 
+  it('a parameter of the wrong type is refused, naming it and what it takes, not ignored (as Triton refuses it)', async () => {
+    const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3], data: [1, 2, 3, 4, 5, 6] };
+    const refused = async (r: Promise<Response>, error: string) =>
+      expect(await json(r), error).toEqual({ status: 400, code: 'INVALID_INPUT', body: { error } });
+    // each was answered in JSON, as if it had not been sent
+    await refused(
+      post('/models/id-f32/infer', { inputs: [x], parameters: { binary_data_output: 'true' } }),
+      'request: binary_data_output must be true or false, got "true"',
+    );
+    await refused(
+      post('/models/id-f32/infer', { inputs: [x], outputs: [{ name: 'y', parameters: { binary_data: 'yes' } }] }),
+      'output y: binary_data must be true or false, got "yes"',
+    );
+    await refused(
+      post('/models/id-f32/infer', { inputs: [x], outputs: [{ name: 'y', parameters: { binary_data: 1 } }] }),
+      'output y: binary_data must be true or false, got 1',
+    );
+    // a byte count as text was said to go past the end of the body
+    const text = binaryBody({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2, 3], parameters: { binary_data_size: '24' } }] }, [
+      new Uint8Array(24),
+    ]);
+    await refused(
+      post('/models/id-f32/infer', text.body, text.headers),
+      'input x: binary_data_size must be the byte count of its data in the body (a non-negative integer), got "24"',
+    );
+    // the repository index listed every model, ready or not
+    await refused(post('/repository/index', { ready: 'true' }), 'the index request: "ready" must be true or false, got "true"');
+    // false is taken as false
+    const asJson = await json(
+      post('/models/id-f32/infer', {
+        inputs: [x],
+        parameters: { binary_data_output: true },
+        outputs: [{ name: 'y', parameters: { binary_data: false } }],
+      }),
+    );
+    expect(asJson.body.outputs).toEqual([{ ...x, name: 'y' }]);
+    expect((await json(post('/models/id-f32/infer', { inputs: [x], parameters: { binary_data_output: false } }))).body.outputs).toEqual([
+      { ...x, name: 'y' },
+    ]);
+    expect((await json(post('/repository/index', { ready: false }))).status).toBe(200);
+  });
+
   it('BOOL bytes other than 0 and 1 are true, whatever the transport: binary answers 1, as JSON says true', async () => {
     const bytes = new Uint8Array([2, 255, 0, 1, 0, 128]);
     const header = {
