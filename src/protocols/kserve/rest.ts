@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
-import { ErrorCode, GatewayError } from '../../errors.ts';
+import { ErrorCode, GatewayError, quoted } from '../../errors.ts';
 import { jsonTooLarge, jsonValueCount, notValidJsonText, parsedAsJson } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
@@ -87,6 +87,17 @@ const params = (v: unknown, where: string): Params => {
   if (!isObject(v)) throw invalid(`${where}: parameters must be an object`);
   return v;
 };
+
+/** A client's JSON value as a message repeats it: a string quoted (a line at most), an object or an array by its kind. */
+const shown = (v: unknown): string =>
+  typeof v === 'string' ? quoted(v) : Array.isArray(v) ? 'an array' : isObject(v) ? 'an object' : String(v);
+
+/** A boolean parameter, or undefined when absent: any other value is refused (as Triton refuses it), not taken as false. */
+function flag(p: Params, key: string, where: string): boolean | undefined {
+  const v = p[key];
+  if (v === undefined || typeof v === 'boolean') return v;
+  throw invalid(`${where}: ${key} must be true or false, got ${shown(v)}`);
+}
 
 /**
  * The whole body, refused past `limit` bytes, inflated when it comes compressed (Content-Encoding gzip or deflate, as
@@ -253,7 +264,7 @@ export function parseInferRequest(
     doc.inputs.map((raw: unknown) => (isObject(raw) ? raw.name : undefined)),
   );
   if (doc.id !== undefined && typeof doc.id !== 'string') throw invalid('"id" must be a string');
-  const reqParams = params(doc.parameters, 'request');
+  const binaryOutput = flag(params(doc.parameters, 'request'), 'binary_data_output', 'request');
   let at = 0;
   const inputs = doc.inputs.map((raw: unknown, k: number): V2Input => {
     if (!isObject(raw) || typeof raw.name !== 'string') throw invalid(`inputs[${k}] needs a "name"`);
@@ -269,8 +280,11 @@ export function parseInferRequest(
       if (raw.data !== undefined) throw invalid(`input ${name} has both "data" and binary_data_size: send one of them`);
       const size = p.binary_data_size;
       if (!binary) throw invalid(`input ${name}: binary_data_size needs the Inference-Header-Content-Length header`);
-      if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || at + size > binary.length)
-        throw invalid(`input ${name}: binary_data_size ${JSON.stringify(size)} goes past the end of the body`);
+      if (typeof size !== 'number' || !Number.isInteger(size) || size < 0)
+        throw invalid(
+          `input ${name}: binary_data_size must be the byte count of its data in the body (a non-negative integer), got ${shown(size)}`,
+        );
+      if (at + size > binary.length) throw invalid(`input ${name}: binary_data_size ${size} goes past the end of the body`);
       const bytes = new Uint8Array(binary.buffer, binary.byteOffset + at, size);
       at += size;
       if (datatype === 'BYTES')
@@ -303,7 +317,7 @@ export function parseInferRequest(
       throw invalid(`output ${raw.name}: ${NO_SHARED_MEMORY}: ask for JSON or binary data ("binary_data": true)`);
     const c = p.classification;
     if (c !== undefined && typeof c !== 'number') throw invalid(`output ${raw.name}: classification must be a positive integer`);
-    if (p.binary_data === true || (p.binary_data === undefined && reqParams.binary_data_output === true)) binaryOutputs.add(raw.name);
+    if (flag(p, 'binary_data', `output ${raw.name}`) ?? binaryOutput) binaryOutputs.add(raw.name);
     return { name: raw.name, classification: c ?? null };
   });
   // an empty list asks for every output, as no list does (and as gRPC reads it)
@@ -311,7 +325,7 @@ export function parseInferRequest(
   return {
     request: { id: (doc.id as string | undefined) ?? null, inputs, outputs: named },
     binary: binaryOutputs,
-    allBinary: named === null && reqParams.binary_data_output === true,
+    allBinary: named === null && binaryOutput === true,
   };
 }
 
@@ -495,8 +509,10 @@ export function createRestRoute({
       expect('POST');
       core.checkAdmin(auth); // before the body is read and parsed
       const doc = parseJson(await readBody(req, maxBodyBytes), 'the index request');
-      const ready = isObject(doc) && doc.ready === true;
-      return sendJson(res, 200, core.repositoryIndex(auth, ready));
+      if (!isObject(doc)) throw invalid('the index request must be a JSON object');
+      if (doc.ready !== undefined && typeof doc.ready !== 'boolean')
+        throw invalid(`the index request: "ready" must be true or false, got ${shown(doc.ready)}`);
+      return sendJson(res, 200, core.repositoryIndex(auth, doc.ready === true));
     }
     const r = REPOSITORY_PATH.exec(path);
     if (r) {
