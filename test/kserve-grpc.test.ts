@@ -460,6 +460,25 @@ describe('KServe v2 over gRPC', () => {
     ).toEqual(['FAILED_PRECONDITION', 'MODEL_LOAD_FAILED']);
   });
 
+  it('a load parameter config not in string_param is refused, naming it and what it takes (model.json as JSON text)', async () => {
+    const onnx = { bytes_param: Buffer.from(identityModel(ElemType.INT64, ['N', 2])) };
+    // as bytes it was read as an object of numbered fields ("config: 0: unknown field"), and empty bytes as no config at all
+    for (const config of [
+      { bytes_param: Buffer.from(JSON.stringify({ task: 'raw' })) },
+      { bytes_param: Buffer.alloc(0) },
+      { bool_param: true },
+    ])
+      expect(
+        await failed(client.RepositoryModelLoad({ model_name: 'config-typed', parameters: { config, 'file:1/model.onnx': onnx } })),
+        Object.keys(config)[0],
+      ).toEqual([
+        'INVALID_ARGUMENT',
+        'INVALID_INPUT',
+        `parameter config must be string_param (model.json as JSON text), got ${Object.keys(config)[0]}`,
+      ]);
+    expect(await failure(client.ModelReady({ name: 'config-typed' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+  });
+
   it('messages past gRPC’s 4 MiB default are accepted (the limit is MAX_UPLOAD_BYTES)', async () => {
     const k = 1_500_000; // 6 MB of FP32
     const data = new Float32Array(k).map((_, i) => i % 977);
