@@ -459,10 +459,13 @@ export function createGrpcServer({
     for (const [k, p] of Object.entries(parameters ?? {})) {
       const v = paramValue(p);
       if (k === 'config') {
+        // as Triton: model.json as JSON text (bytes were read as an object of numbered fields, empty ones as no config)
+        if (p?.parameter_choice !== 'string_param' || typeof v !== 'string')
+          throw invalid(`parameter config must be string_param (model.json as JSON text), got ${p?.parameter_choice || 'no value'}`);
         try {
-          config = typeof v === 'string' ? JSON.parse(v) : v;
+          config = JSON.parse(v);
         } catch (e) {
-          throw invalid(`parameter config is ${notValidJsonText(v as string, e)}`);
+          throw invalid(`parameter config is ${notValidJsonText(v, e)}`);
         }
       } else if (k.startsWith('file:')) {
         if (!(v instanceof Uint8Array)) throw invalid(`parameter ${k} must be bytes_param`);
