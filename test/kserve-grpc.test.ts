@@ -355,6 +355,45 @@ describe('KServe v2 over gRPC', () => {
     ).toEqual(['INVALID_ARGUMENT', 'INVALID_INPUT', 'input "x": 20 bytes of data for shape [1,2,3] FP32 (expected 24)']);
   });
 
+  it('classification is an integer count over REST and gRPC alike (a JSON number, int64_param): a string or a double is refused on both', async () => {
+    const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };
+    const values = [1, 5, 3, 2, 6, 4];
+    const rest = async (classification: unknown) => {
+      const res = await fetch(`${gw.url}/v2/models/id-f32/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ inputs: [{ ...x, data: values }], outputs: [{ name: 'y', parameters: { classification } }] }),
+      });
+      return [res.status, res.headers.get('x-error-code'), await res.json()];
+    };
+    const grpcCall = (classification: object) =>
+      client.ModelInfer({
+        model_name: 'id-f32',
+        inputs: [x],
+        raw_input_contents: [Buffer.from(new Float32Array(values).buffer)],
+        outputs: [{ name: 'y', parameters: { classification } }],
+      });
+    const top2 = ['6.000000:4', '5.000000:1'];
+    expect(await rest(2)).toEqual([200, null, expect.objectContaining({ outputs: [expect.objectContaining({ data: top2 })] })]);
+    expect((await grpcCall({ int64_param: 2 })).raw_output_contents.length).toBe(1);
+    // gRPC took the text "2" and the double 2.0 as a count, where REST refuses the text
+    for (const [field, value] of [
+      ['string_param', '2'],
+      ['double_param', 2],
+      ['bool_param', true],
+    ] as const)
+      expect(await failed(grpcCall({ [field]: value })), field).toEqual([
+        'INVALID_ARGUMENT',
+        'INVALID_INPUT',
+        `output y: classification must be a positive integer in int64_param, got ${field}`,
+      ]);
+    expect(await rest('2')).toEqual([
+      400,
+      'INVALID_INPUT',
+      { error: 'output y: classification must be a positive integer (a JSON number: "classification": 3), got "2"' },
+    ]);
+  });
+
   it('an unknown model is NOT_FOUND whatever the message; an unknown input is said before its data, naming the inputs', async () => {
     for (const req of [
       { model_name: 'mobilenett', inputs: [] },
