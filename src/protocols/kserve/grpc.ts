@@ -123,11 +123,14 @@ export function decodeInferRequest(
   const outputs = msg.outputs.length
     ? msg.outputs.map((o) => {
         if (o.parameters?.shared_memory_region !== undefined) throw invalid(`output ${o.name}: ${NO_SHARED_MEMORY}`);
-        const c = paramValue(o.parameters?.classification);
-        // int64_param (a string, as the loader gives int64) or a number; a boolean is not a count
-        const n = c === undefined ? null : typeof c === 'number' || typeof c === 'string' ? Number(c) : NaN;
-        if (n !== null && !Number.isFinite(n)) throw invalid(`output ${o.name}: classification must be a positive integer`);
-        return { name: o.name, classification: n };
+        const c = o.parameters?.classification;
+        // a count in int64_param (a string of digits, as the loader gives int64), as Triton takes it: text or a double is
+        // not one (REST takes a JSON number, the same rule), and was read as one here
+        if (c !== undefined && c.parameter_choice !== 'int64_param')
+          throw invalid(
+            `output ${o.name}: classification must be a positive integer in int64_param, got ${c.parameter_choice || 'no value'}`,
+          );
+        return { name: o.name, classification: c === undefined ? null : Number(paramValue(c)) };
       })
     : null;
   return { request: { id: msg.id || null, inputs, outputs }, raw };

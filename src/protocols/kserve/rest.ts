@@ -316,7 +316,9 @@ export function parseInferRequest(
     if (p.shared_memory_region !== undefined)
       throw invalid(`output ${raw.name}: ${NO_SHARED_MEMORY}: ask for JSON or binary data ("binary_data": true)`);
     const c = p.classification;
-    if (c !== undefined && typeof c !== 'number') throw invalid(`output ${raw.name}: classification must be a positive integer`);
+    // a count is a JSON number, as Triton takes it (gRPC: int64_param, the same rule); text is not one
+    if (c !== undefined && typeof c !== 'number')
+      throw invalid(`output ${raw.name}: classification must be a positive integer (a JSON number: "classification": 3), got ${shown(c)}`);
     if (flag(p, 'binary_data', `output ${raw.name}`) ?? binaryOutput) binaryOutputs.add(raw.name);
     return { name: raw.name, classification: c ?? null };
   });
