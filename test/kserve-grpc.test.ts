@@ -394,6 +394,27 @@ describe('KServe v2 over gRPC', () => {
     ]);
   });
 
+  it('a shape dimension too large is said to be too large, with the bound (not to be a negative one)', async () => {
+    const shaped = (shape: string[]) =>
+      failed(
+        client.ModelInfer({
+          model_name: 'id-f32',
+          inputs: [{ name: 'x', datatype: 'FP32', shape }],
+          raw_input_contents: [Buffer.alloc(24)],
+        }),
+      );
+    expect(await shaped(['1', '9223372036854775807', '3'])).toEqual([
+      'INVALID_ARGUMENT',
+      'INVALID_INPUT',
+      'input x: a shape dimension is too large (9223372036854775807): at most 9007199254740991 (2^53 - 1)',
+    ]);
+    expect(await shaped(['1', '-2', '3'])).toEqual([
+      'INVALID_ARGUMENT',
+      'INVALID_INPUT',
+      'input x: shape must hold non-negative integers, got ["1","-2","3"]',
+    ]);
+  });
+
   it('an unknown model is NOT_FOUND whatever the message; an unknown input is said before its data, naming the inputs', async () => {
     for (const req of [
       { model_name: 'mobilenett', inputs: [] },

@@ -344,6 +344,20 @@ describe('KServe v2 over REST', () => {
     expect((await json(post('/repository/index', { ready: false }))).status).toBe(200);
   });
 
+  it('a shape dimension too large is said to be too large, with the bound (not to be a negative one)', async () => {
+    const x = { name: 'x', datatype: 'FP32', data: [1, 2, 3, 4, 5, 6] };
+    const shaped = async (shape: string) =>
+      json(post('/models/id-f32/infer', Buffer.from(JSON.stringify({ inputs: [{ ...x, shape: '@SHAPE@' }] }).replace('"@SHAPE@"', shape))));
+    expect(await shaped('[1,1e20,3]')).toEqual({
+      status: 400,
+      code: 'INVALID_INPUT',
+      body: { error: 'input x: a shape dimension is too large (100000000000000000000): at most 9007199254740991 (2^53 - 1)' },
+    });
+    // past what a double holds: JSON.parse reads it as Infinity, which is not what was sent
+    expect((await shaped('[1,2,1e400]')).body.error).toBe('input x: a shape dimension is too large: at most 9007199254740991 (2^53 - 1)');
+    expect((await shaped('[1,-2,3]')).body.error).toBe('input x: shape must hold non-negative integers, got [1,-2,3]');
+  });
+
   it('BOOL bytes other than 0 and 1 are true, whatever the transport: binary answers 1, as JSON says true', async () => {
     const bytes = new Uint8Array([2, 255, 0, 1, 0, 128]);
     const header = {
