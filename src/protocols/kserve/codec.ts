@@ -40,6 +40,12 @@ export function parseShape(shape: unknown, name: string): number[] {
   if (!Array.isArray(shape)) throw invalid(`input ${name}: shape must be an array`);
   return shape.map((d) => {
     const n = typeof d === 'string' && /^\d+$/.test(d) ? Number(d) : d;
+    // past 2^53 - 1 a dimension is no exact number here (a JSON number past 1e308 is read as Infinity: not shown)
+    if (typeof n === 'number' && n > Number.MAX_SAFE_INTEGER) {
+      const text = typeof d === 'string' ? d : String(d);
+      const shown = text.length <= 24 && text !== 'Infinity' ? ` (${text})` : '';
+      throw invalid(`input ${name}: a shape dimension is too large${shown}: at most ${Number.MAX_SAFE_INTEGER} (2^53 - 1)`);
+    }
     if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
       throw invalid(`input ${name}: shape must hold non-negative integers, got ${JSON.stringify(shape)}`);
     return n;
