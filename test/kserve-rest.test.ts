@@ -513,6 +513,30 @@ describe('KServe v2 over REST', () => {
     expect(p3.y.equals(Buffer.from(half.buffer))).toBe(true);
   });
 
+  it('a BYTES input of no images (shape [0]) is refused naming the input and its shape, over REST and gRPC', async () => {
+    const error = (shape: string) =>
+      `BYTES input input: shape ${shape} holds no images: send at least one encoded image (shape [N] or [N,1], N >= 1)`;
+    // it said only "no images"
+    expect(await json(post('/models/mobilenet/infer', { inputs: [{ name: 'input', datatype: 'BYTES', shape: [0], data: [] }] }))).toEqual({
+      status: 400,
+      code: 'INVALID_INPUT',
+      body: { error: error('[0]') },
+    });
+    const empty = binaryBody({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [0, 1], parameters: { binary_data_size: 0 } }] }, []);
+    expect((await json(post('/models/mobilenet/infer', empty.body, empty.headers))).body).toEqual({ error: error('[0,1]') });
+    const client = createKserveGrpcClient(`127.0.0.1:${gw.grpcPort}`);
+    try {
+      await expect(
+        client.ModelInfer({
+          model_name: 'mobilenet',
+          inputs: [{ name: 'input', datatype: 'BYTES', shape: [0], contents: { bytes_contents: [] } }],
+        }),
+      ).rejects.toMatchObject({ code: 3, details: error('[0]') }); // INVALID_ARGUMENT
+    } finally {
+      client.close();
+    }
+  });
+
   it('a JPEG as BYTES is decoded and preprocessed by the model.json: the same top-1 as GraphQL classify', async () => {
     const photos = ['zebra.jpeg', 'bee.jpeg', 'pelican.jpeg'];
     const jpegs = await Promise.all(photos.map((p) => readFile(image(p))));
