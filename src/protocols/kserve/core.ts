@@ -288,6 +288,10 @@ export function createKserveCore({
         const elements = images.data as Uint8Array[];
         if (images.shape.length < 1 || images.shape.length > 2 || (images.shape.length === 2 && images.shape[1] !== 1))
           throw invalid(`BYTES input ${images.name}: shape [N] (or [N,1]) for N encoded images, got [${images.shape.join(',')}]`);
+        if (images.shape[0] === 0)
+          throw invalid(
+            `BYTES input ${images.name}: shape [${images.shape.join(',')}] holds no images: send at least one encoded image (shape [N] or [N,1], N >= 1)`,
+          );
         checkCount(images.name, images.shape, elements.length);
         budget.takeImages(elements.length);
         try {
