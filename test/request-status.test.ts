@@ -37,3 +37,53 @@ describe('a document refused for a limit is HTTP 400 whatever the Accept header'
     });
   }
 });
+
+/**
+ * README, Errors: every error carries `extensions.code` and says what to send; an error of the request as a whole is
+ * its 4xx. A request /graphql cannot read (its Content-Type) was answered by yoga with an empty body.
+ */
+describe('a request /graphql cannot read or answer is a 4xx with a JSON error that says what to send', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+  });
+  afterAll(() => gw?.close());
+
+  const CSRF = { 'x-graphql-yoga-csrf': '1' };
+  /** The answer's status, Content-Type and first error (null when its body is not JSON, or empty). */
+  const answer = async (res: Response) => {
+    const text = await res.text();
+    let error: { message: string; extensions?: { code?: string } } | null = null;
+    try {
+      error = JSON.parse(text).errors[0];
+    } catch {
+      // an empty body
+    }
+    return { status: res.status, type: res.headers.get('content-type'), error, text };
+  };
+
+  it('a POST of a body /graphql does not read (or of none) is 415 naming the content types it reads', async () => {
+    const cases: [string, RequestInit, string?][] = [
+      ['application/xml', { headers: { 'content-type': 'application/xml' }, body: '<query>{ __typename }</query>' }],
+      ['text/plain', { headers: { ...CSRF, 'content-type': 'text/plain' }, body: '{"query": "{ __typename }"}' }],
+      ['no body, the query in the URL', { headers: CSRF }, '?query=%7B__typename%7D'],
+    ];
+    for (const [what, init, search = ''] of cases) {
+      const r = await answer(await fetch(`${gw.url}/graphql${search}`, { method: 'POST', ...init }));
+      expect([r.status, r.error?.extensions?.code], `${what}: ${r.text}`).toEqual([415, 'BAD_REQUEST']);
+      expect(r.type, what).toMatch(/^application\/json/);
+      expect(r.error!.message, what).toMatch(/application\/json/);
+      expect(r.error!.message, what).toMatch(/multipart\/form-data/);
+    }
+    // yoga matches the type as written: the answer says how to write it
+    const upper = await answer(
+      await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'Application/JSON' },
+        body: '{"query": "{ __typename }"}',
+      }),
+    );
+    expect([upper.status, upper.error?.extensions?.code], upper.text).toEqual([415, 'BAD_REQUEST']);
+    expect(upper.error!.message).toMatch(/write "application\/json"/);
+  });
+});
