@@ -23,6 +23,7 @@ import { useJsonErrors } from './plugins/json-errors.ts';
 import { useVariableValueLimit } from './plugins/variable-values.ts';
 import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useGraphiQLPage } from './plugins/graphiql-page.ts';
+import { useUnsupportedBody } from './plugins/unsupported-body.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
@@ -242,6 +243,8 @@ export function createGraphqlProtocol({
       useVariableValueLimit(maxVariableValues, maxJsonBodyBytes),
       useChunkedBodyLimit(maxUploadBytes),
       useUnansweredStreams(),
+      // after every plugin that wraps the request's parser: a POST none reads is refused (415) without reading its body
+      useUnsupportedBody(),
     ],
   });
 
