@@ -86,4 +86,30 @@ describe('a request /graphql cannot read or answer is a 4xx with a JSON error th
     expect([upper.status, upper.error?.extensions?.code], upper.text).toEqual([415, 'BAD_REQUEST']);
     expect(upper.error!.message).toMatch(/write "application\/json"/);
   });
+
+  it('an Accept header naming no type /graphql answers in is 406 with a JSON error naming them, before anything runs', async () => {
+    const post = (query: string, accept: string) =>
+      fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept },
+        body: JSON.stringify({ query }),
+      });
+    for (const accept of ['application/xml', 'text/html', 'application/json; charset=iso-8859-1']) {
+      const r = await answer(await post('{ __typename }', accept));
+      expect([r.status, r.error?.extensions?.code], `${accept}: ${r.text}`).toEqual([406, 'BAD_REQUEST']);
+      expect(r.type, accept).toMatch(/^application\/json/);
+      for (const type of ['application/json', 'application/graphql-response+json', 'text/event-stream', 'multipart/mixed'])
+        expect(r.error!.message, accept).toContain(type);
+    }
+    // the GraphQL over HTTP spec: "respond with a 406 Not Acceptable status code and stop processing the request"; the
+    // mutation was run (the model unloaded), then answered 406
+    const refused = await answer(await post('mutation { unloadModel(name: "mobilenet") { name } }', 'application/xml'));
+    expect([refused.status, refused.error?.extensions?.code], refused.text).toEqual([406, 'BAD_REQUEST']);
+    const models = await gw.gql<{ models: { name: string; versions: { state: string }[] }[] }>('{ models { name versions { state } } }');
+    expect(models.data?.models.find((m) => m.name === 'mobilenet')?.versions[0].state).toBe('AVAILABLE');
+    // a subscription asked for as one JSON answer: said how to ask for its events
+    const subscription = await answer(await post('subscription { modelStatus { model } }', 'application/json'));
+    expect([subscription.status, subscription.error?.extensions?.code], subscription.text).toEqual([406, 'BAD_REQUEST']);
+    expect(subscription.error!.message).toMatch(/Accept: text\/event-stream/);
+  });
 });
