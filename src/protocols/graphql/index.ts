@@ -24,6 +24,7 @@ import { useVariableValueLimit } from './plugins/variable-values.ts';
 import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useGraphiQLPage } from './plugins/graphiql-page.ts';
 import { useUnsupportedBody } from './plugins/unsupported-body.ts';
+import { useNotAcceptable } from './plugins/not-acceptable.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
@@ -245,6 +246,9 @@ export function createGraphqlProtocol({
       useUnansweredStreams(),
       // after every plugin that wraps the request's parser: a POST none reads is refused (415) without reading its body
       useUnsupportedBody(),
+      // last: an Accept header naming no type it answers in is refused (406) before anything runs, or once a
+      // subscription's stream has been ended
+      useNotAcceptable(),
     ],
   });
 
