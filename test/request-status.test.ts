@@ -1,4 +1,6 @@
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeMultipart } from '../src/client/multipart.ts';
 import { fixture, startGateway, type TestGateway } from './helpers.ts';
 
 /**
@@ -111,5 +113,29 @@ describe('a request /graphql cannot read or answer is a 4xx with a JSON error th
     const subscription = await answer(await post('subscription { modelStatus { model } }', 'application/json'));
     expect([subscription.status, subscription.error?.extensions?.code], subscription.text).toEqual([406, 'BAD_REQUEST']);
     expect(subscription.error!.message).toMatch(/Accept: text\/event-stream/);
+  });
+
+  it('a compressed body (Content-Encoding) is 415 naming the encoding, not read as if it were JSON or a form', async () => {
+    const json = JSON.stringify({ query: '{ __typename }' });
+    const { body: form, contentType } = encodeMultipart({ query: '{ __typename }', variables: {} }, {});
+    const cases: [string, string, Uint8Array, Record<string, string>][] = [
+      ['gzip', 'application/json', gzipSync(json), {}],
+      ['deflate', 'application/json', deflateSync(json), {}],
+      ['br', 'application/json', brotliCompressSync(json), {}],
+      ['gzip', contentType, gzipSync(form), CSRF],
+    ];
+    for (const [encoding, type, body, headers] of cases) {
+      const res = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { ...headers, 'content-type': type, 'content-encoding': encoding },
+        body: new Uint8Array(body),
+      });
+      const r = await answer(res);
+      expect([r.status, r.error?.extensions?.code], `${encoding} ${type}: ${r.text}`).toEqual([415, 'BAD_REQUEST']);
+      expect(r.error!.message).toContain(`Content-Encoding: "${encoding}"`);
+      expect(r.error!.message).toMatch(/uncompressed/);
+      // RFC 9110: a 415 for a content coding says which codings are read
+      expect(res.headers.get('accept-encoding')).toBe('identity');
+    }
   });
 });
