@@ -25,15 +25,35 @@ function unsupportedType(contentType: string | null): GraphQLError {
 }
 
 /**
- * A POST whose body no parser of yoga's reads (its Content-Type, or none): yoga answered 415 with an empty body. The
- * refusal is an error of the request (415 BAD_REQUEST) saying what to send, as JSON like every other. Last of the
- * plugins that see the parser: the others leave a request without one alone, and its body is not read.
+ * A compressed body: yoga reads a body as it comes, so a gzip one was answered as JSON that does not parse. Refused
+ * rather than inflated (KServe REST inflates, for tritonclient): GraphQL clients send bodies uncompressed, and an
+ * inflater here would be one more bound to keep (MAX_JSON_BODY_BYTES, MAX_UPLOAD_BYTES for multipart and its files,
+ * MAX_BYTES_IN_FLIGHT while it inflates) on a body that yoga, busboy and the plugins before this one read as a stream.
+ */
+const compressed = (encoding: string) =>
+  new GraphQLError(
+    `/graphql does not read a compressed body (Content-Encoding: ${quoted(encoding)}): send it uncompressed (KServe v2 REST, /v2/..., inflates gzip and deflate)`,
+    // RFC 9110: a 415 for a content coding says, in Accept-Encoding, which codings are read
+    { extensions: { code: 'BAD_REQUEST', http: { status: 415, headers: { 'accept-encoding': 'identity' } } } },
+  );
+
+/**
+ * A POST whose body no parser of yoga's reads (its Content-Type, or none): yoga answered 415 with an empty body; or
+ * that comes compressed (Content-Encoding). Either is refused as an error of the request (415 BAD_REQUEST) saying what
+ * to send, as JSON like every other. Last of the plugins that see the parser: the others leave a request without one
+ * alone, the parser they wrap is dropped, and the body is not read.
  */
 export function useUnsupportedBody(): Plugin {
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
-      if (request.method !== 'POST' || requestParser) return;
-      const refused = unsupportedType(request.headers.get('content-type'));
+      if (request.method !== 'POST') return;
+      const encoding = request.headers.get('content-encoding')?.trim().toLowerCase() ?? '';
+      const refused = !requestParser
+        ? unsupportedType(request.headers.get('content-type'))
+        : encoding !== '' && encoding !== 'identity'
+          ? compressed(encoding)
+          : null;
+      if (!refused) return;
       setRequestParser(() => {
         throw refused;
       });
