@@ -138,4 +138,49 @@ describe('a request /graphql cannot read or answer is a 4xx with a JSON error th
       expect(res.headers.get('accept-encoding')).toBe('identity');
     }
   });
+
+  it('a request without a query, or with a parameter of the wrong type, is 400 whatever the Accept header', async () => {
+    const url = `${gw.url}/graphql`;
+    const json = (body: unknown, accept: Record<string, string>) =>
+      fetch(url, { method: 'POST', headers: { ...accept, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    for (const accept of [undefined, 'application/json', 'application/graphql-response+json']) {
+      const h: Record<string, string> = accept ? { accept } : {};
+      const { body: multipart, contentType } = encodeMultipart({ variables: {} } as never, {});
+      // yoga marked "Must provide query string." as the spec's: HTTP 200 for application/json
+      const missing: [string, () => Promise<Response>][] = [
+        ['a JSON body', () => json({ variables: {} }, h)],
+        ['a GET', () => fetch(`${url}?variables=%7B%7D`, { headers: { ...h, ...CSRF } })],
+        [
+          'a form',
+          () =>
+            fetch(url, {
+              method: 'POST',
+              headers: { ...h, ...CSRF, 'content-type': 'application/x-www-form-urlencoded' },
+              body: 'variables=%7B%7D',
+            }),
+        ],
+        [
+          'a multipart request',
+          () => fetch(url, { method: 'POST', headers: { ...h, ...CSRF, 'content-type': contentType }, body: multipart }),
+        ],
+      ];
+      for (const [what, send] of missing) {
+        const r = await answer(await send());
+        expect([r.status, r.error?.extensions?.code], `${what} without query, Accept: ${accept}: ${r.text}`).toEqual([400, 'BAD_REQUEST']);
+        expect(r.error!.message, what).toMatch(/Must provide query string.*"query"/);
+      }
+      // the other parameters of the wrong type already were 400: kept so
+      for (const body of [
+        { query: 1 },
+        { query: '{ __typename }', variables: 1 },
+        { query: '{ __typename }', variables: [] },
+        { query: '{ __typename }', operationName: 1 },
+        { query: '{ __typename }', extensions: 1 },
+      ]) {
+        const r = await answer(await json(body, h));
+        expect(r.status, `${JSON.stringify(body)}, Accept: ${accept}: ${r.text}`).toBe(400);
+        expect(r.error?.extensions?.code).toBeDefined();
+      }
+    }
+  });
 });
