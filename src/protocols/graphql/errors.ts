@@ -73,10 +73,14 @@ export function useRequestErrorCodes(mutations: ReadonlySet<string> = new Set())
           changed = true;
           return limitError(e.message);
         }
+        // a request that is not a well-formed GraphQL-over-HTTP request (no query): yoga marks its refusal as the spec's
+        // too (HTTP 200 for application/json), where the spec has 400 for it, as for every other malformed parameter
+        const malformed = e.extensions?.code === 'BAD_REQUEST' && http?.spec === true;
         const message = withHint(e.message, mutations);
-        if (message === e.message) return e;
+        if (message === e.message && !malformed) return e;
         changed = true;
-        return new GraphQLError(message, { nodes: e.nodes, extensions: e.extensions });
+        const extensions = malformed ? { ...e.extensions, http: { ...http, spec: false } } : e.extensions;
+        return new GraphQLError(message, { nodes: e.nodes, extensions });
       });
       if (changed) setResult({ ...r, errors });
     },
@@ -98,11 +102,14 @@ const csrfRefusal = (message: string) =>
     : null;
 
 /**
- * graphql-js's words for a newcomer's slips, with what to write instead: the upload scalar under the name most
- * clients know (Upload), an inference field asked in a query, a File variable left null; and values echoed back in
- * full (an image sent as base64 text in a File variable came back as 50 KB of message) cut short (cutQuotedValues).
+ * graphql-js's and yoga's words for a newcomer's slips, with what to write instead: a request without a query, the
+ * upload scalar under the name most clients know (Upload), an inference field asked in a query, a File variable left
+ * null; and values echoed back in full (an image sent as base64 text in a File variable came back as 50 KB of message)
+ * cut short (cutQuotedValues).
  */
 export function withHint(message: string, mutations: ReadonlySet<string>): string {
+  if (message === 'Must provide query string.')
+    return `${message} (send the document as "query": {"query": "{ models { name } }"} in a JSON body, or ?query= in a GET)`;
   if (/^Unknown type "Upload"/.test(message)) return `${message} (this schema's upload scalar is File: write $f: File!)`;
   const field = /^Cannot query field "(\w+)" on type "Query"/.exec(message)?.[1];
   if (field && mutations.has(field)) return `${message} (${field} is a mutation: write mutation { ${field}(...) { ... } })`;
