@@ -206,6 +206,36 @@ describe('mistakes in model.json fail at load, naming the field', () => {
     }
   });
 
+  it('a targetSize past 8192 a side, or one the model cannot take, fails the load naming preprocessing.targetSize', async () => {
+    // text-detection takes any size (dynamic input), in multiples of 32: 99999x99999 failed as INVALID_IMAGE "out of
+    // memory" naming nothing, and 100x100 with an engine message that does not say which setting made it
+    const ppocr = (targetSize: string) =>
+      fixture('ppocr', { preprocessing: { ...(fixtureConfigs.ppocr.preprocessing as object), resizeType: 'SQUASH', targetSize } });
+    await addModel(gw.root, 'huge-target', ppocr('99999x99999'));
+    await addModel(gw.root, 'odd-target', ppocr('100x100'));
+    for (const [name, message] of [
+      ['huge-target', /^huge-target\/model\.json: preprocessing\.targetSize: width and height must be at most 8192; got "99999x99999"$/],
+      ['odd-target', /preprocessing\.targetSize: the model did not run on the 100x100 input it gives: .*broadcast/],
+    ] as const) {
+      const r = await gw.gql(`mutation { loadModel(name: "${name}") { configurationError versions { state errorCode errorMessage } } }`);
+      const [v] = r.data.loadModel.versions;
+      expect([v.state, v.errorCode], JSON.stringify(v)).toEqual(['END', 'INVALID_MODEL_CONFIG']);
+      expect(v.errorMessage).toMatch(message);
+      expect(r.data.loadModel.configurationError).toMatch(message);
+    }
+    // what the model takes loads (a multiple of 32); CROP too, past a million pixels (its warm-up said INVALID_IMAGE "an
+    // image of 96x64 has too extreme an aspect ratio for this model's resize (it would be 1536x1024 before cropping)")
+    await addModel(gw.root, 'fitting-target', ppocr('320x320'));
+    const crop = fixture('ppocr', {
+      preprocessing: { ...(fixtureConfigs.ppocr.preprocessing as object), resizeType: 'CROP', targetSize: '1024x1024' },
+    });
+    await addModel(gw.root, 'fitting-crop', crop);
+    for (const name of ['fitting-target', 'fitting-crop']) {
+      const ok = await gw.gql(`mutation { loadModel(name: "${name}") { versions { state errorMessage } } }`);
+      expect(ok.data.loadModel.versions, name).toEqual([{ state: 'AVAILABLE', errorMessage: null }]);
+    }
+  });
+
   it('the mistakes leave the server ready for the rest, and /ready says which model is not', async () => {
     const body = await (await fetch(`${gw.url}/ready`)).json();
     expect(body.models.find((m: any) => m.name === 'typo-batching').ready).toBe(false);
