@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import { toFloat32, type Session, type Tensor } from '../engine/types.ts';
-import { ErrorCode, GatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import { postprocessingOf } from '../repository/model-config.ts';
 import type { ModelFiles } from '../repository/model.ts';
 import { largestId } from '../repository/labels.ts';
@@ -49,7 +49,9 @@ export async function checkModel(files: ModelFiles, session: Session, options: {
   // one call per engine instance, side by side (each takes the one with the fewest in hand): every copy has run once
   // before the version serves, and a copy that cannot run fails the load here
   const copies = Array.from({ length: Math.max(1, session.instances ?? 1) - 1 }, () => ({ ...tensor, data: tensor.data.slice() }));
-  const [outputs] = await Promise.all([tensor, ...copies].map((t) => session.run({ [input]: t })));
+  const [outputs] = await Promise.all([tensor, ...copies].map((t) => session.run({ [input]: t }))).catch((e: unknown) => {
+    throw sizeNotTaken(e, plan, session);
+  });
   if (config.task === 'classification') classify(outputs, postprocessingOf(config, 'classification'), files.labels, 1);
   else if (config.task === 'detection') {
     const post = postprocessingOf(config, 'detection');
@@ -60,6 +62,24 @@ export async function checkModel(files: ModelFiles, session: Session, options: {
     toClassMap(outputs, post, plan.layout);
   }
   return [...warnings(files, plan), ...labelWarnings(files, outputs)];
+}
+
+/**
+ * The engine's refusal of the input, when targetSize chose its size (a dynamic input, resized to it): said as a mistake
+ * of targetSize, with the engine's reason (text-detection takes multiples of 32; at 100x100 ONNX Runtime said only
+ * "Attempting to broadcast an axis by a dimension other than 1. 7 by 8"). Anything else as it is.
+ */
+function sizeNotTaken(e: unknown, plan: InputPlan, session: Session): unknown {
+  const size = plan.pre.targetSize;
+  const shape = session.inputs.find((i) => i.name === plan.input)?.shape ?? [];
+  const spatial = plan.layout === 'NCHW' ? shape.slice(2, 4) : shape.slice(1, 3);
+  const chosen = size && plan.pre.resizeType !== 'NETWORK' && spatial.some((d) => d === null);
+  if (!chosen || (isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED)) return e;
+  return new GatewayError(
+    ErrorCode.INVALID_MODEL_CONFIG,
+    `preprocessing.targetSize: the model did not run on the ${size.width}x${size.height} input it gives: ${errorMessage(e)}; give a size the model takes (many take multiples of 32)`,
+    { field: 'preprocessing.targetSize' },
+  );
 }
 
 /**

@@ -13,6 +13,13 @@ import { MAX_CLASS_ID } from './labels.ts';
  * field; did you mean "maxBatchSize"?`.
  */
 
+/**
+ * The largest side of targetSize. Every request's image is resized to it (SQUASH, CROP, FILL), so its memory is the
+ * model's input and more: a typo of one digit too many (9600x9600, 99999x99999) exhausted the machine at load or failed
+ * it as "out of memory". A fixed bound, not MAX_IMAGE_PIXELS: a model.json means the same on every server that reads
+ * it, and model.schema.json can say it. 8192 is past the sides models are made for (8K video is 7680 wide).
+ */
+export const MAX_TARGET_SIDE = 8192;
 const size = z
   .string()
   .regex(/^\d{1,5}x\d{1,5}$/, 'expected "WxH" such as "224x224"')
@@ -20,7 +27,11 @@ const size = z
     const [width, height] = s.split('x').map(Number);
     return { width, height };
   })
-  .refine((s) => s.width >= 1 && s.height >= 1, 'width and height must be at least 1');
+  .refine((s) => s.width >= 1 && s.height >= 1, 'width and height must be at least 1')
+  .superRefine((s, ctx) => {
+    if (s.width > MAX_TARGET_SIDE || s.height > MAX_TARGET_SIDE)
+      ctx.addIssue({ code: 'custom', message: `width and height must be at most ${MAX_TARGET_SIDE}; got "${s.width}x${s.height}"` });
+  });
 const fileName = (what: string, ext = '') =>
   z.string().regex(new RegExp(`^(?!\\.)[\\w.-]+${ext.replace('.', '\\.')}$`), `expected ${what}: a plain file name beside model.json`);
 const activation = z.enum(['softmax', 'sigmoid', 'none']);
@@ -72,7 +83,9 @@ const preprocessing = z
   .strictObject({
     input: z.string().optional().describe('The image input tensor; default the first input.'),
     dimensionOrder: layout.optional().describe('NCHW or NHWC; default guessed from the input shape.'),
-    targetSize: size.optional().describe('"WxH"; default from the input shape (for NETWORK: the largest size).'),
+    targetSize: size
+      .optional()
+      .describe(`"WxH", each side at most ${MAX_TARGET_SIDE}; default from the input shape (for NETWORK: the largest size).`),
     resizeType: z.enum(['SQUASH', 'CROP', 'FILL', 'NETWORK']).default('SQUASH'),
     interpolation: z
       .enum(['LINEAR', 'CUBIC', 'LANCZOS3', 'NEAREST'])

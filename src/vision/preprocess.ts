@@ -340,9 +340,13 @@ async function upright(img: DecodedImage, ignoreIcc: boolean, maxPixels: number,
   };
 }
 
-/** A resize on the way to the model's size must stay a sane image (a 1x390000 strip cannot be center-cropped to 224x224). */
-function checkIntermediate(rw: number, rh: number, w: number, h: number, maxPixels: number): void {
-  if (rw > 65_535 || rh > 65_535 || rw * rh > Math.max(maxPixels, 1_000_000)) {
+/**
+ * A resize on the way to the model's size must stay a sane image (a 1x390000 strip cannot be center-cropped to 224x224).
+ * Up to 4 times what is kept is sane whatever the limit: a CROP of 1024x1024 failed its load's warm-up (a 96x64 image,
+ * limit 1e6 pixels) as "too extreme an aspect ratio".
+ */
+function checkIntermediate(rw: number, rh: number, w: number, h: number, maxPixels: number, kept: number): void {
+  if (rw > 65_535 || rh > 65_535 || rw * rh > Math.max(maxPixels, 1_000_000, 4 * kept)) {
     throw new GatewayError(
       ErrorCode.INVALID_IMAGE,
       `an image of ${w}x${h} has too extreme an aspect ratio for this model's resize (it would be ${rw}x${rh} before cropping)`,
@@ -421,7 +425,7 @@ export async function resizeImage(
       const scale = Math.max(tw / W0, th / H0) / pre.cropFraction;
       const rw = Math.max(tw, Math.round(W0 * scale));
       const rh = Math.max(th, Math.round(H0 * scale));
-      checkIntermediate(rw, rh, W0, H0, maxPixels);
+      checkIntermediate(rw, rh, W0, H0, maxPixels, (tw * th) / pre.cropFraction ** 2);
       const left = Math.floor((rw - tw) / 2);
       const top = Math.floor((rh - th) / 2);
       resize(rw, rh, (p) => p.extract({ left, top, width: tw, height: th })); // extract after resize: one pipeline
