@@ -120,6 +120,27 @@ describe('mistakes in model.json fail at load, naming the field', () => {
       { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), dimensionOrder: 'NHWC' } },
       /preprocessing\.dimensionOrder: input input has shape \[\?,3,224,224\], which is NCHW/,
     ],
+    // numbers past float32 (the model's input type) loaded AVAILABLE, and the model saw Infinity
+    [
+      'float32-mean',
+      { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), mean: [1e300, 0, 0] } },
+      /preprocessing\.mean\[0\]: 1e\+300 is past float32's range/,
+    ],
+    [
+      'float32-scaling',
+      { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), pixelScaling: 1e300 } },
+      /preprocessing\.pixelScaling: 1e\+300 is past float32's range/,
+    ],
+    [
+      'float32-std',
+      { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), std: [1e-39, 0.224, 0.225] } },
+      /preprocessing\.std\[0\]: 1\/std is past float32's range/,
+    ],
+    [
+      'float32-normalized',
+      { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), mean: [3e38, 0.456, 0.406], std: [0.5, 0.224, 0.225] } },
+      /preprocessing\.std\[0\]: \(x - mean\) \/ std reaches -6e\+38, past float32's range/,
+    ],
   ];
   beforeAll(async () => {
     gw = await startGateway({ models: Object.fromEntries(bad.map(([name, config]) => [name, mobilenet(config)])), pollIntervalMs: 100 });
@@ -140,6 +161,18 @@ describe('mistakes in model.json fail at load, naming the field', () => {
     // the task its model.json names, though the file did not load (it said "raw", the default)
     expect((await gw.gql(`{ model(name: "${name}") { task } }`)).data.model.task).toBe(
       (config.task as string | undefined) ?? 'classification',
+    );
+  });
+
+  it('a number past what JSON text can hold (1e400) is said to be out of range (it read "expected number; got null")', async () => {
+    await addModel(gw.root, 'json-infinity', fixture('mobilenet'));
+    const text = JSON.stringify(fixtureConfigs.mobilenet).replace('"mean":[0.485,', '"mean":[1e400,');
+    expect(text).toContain('1e400');
+    await writeFile(path.join(gw.root, 'json-infinity', 'model.json'), text);
+    const r = await gw.gql(`mutation { loadModel(name: "json-infinity") { configurationError versions { state errorCode } } }`);
+    expect(r.data.loadModel.versions).toEqual([{ state: 'END', errorCode: 'INVALID_MODEL_CONFIG' }]);
+    expect(r.data.loadModel.configurationError).toMatch(
+      /preprocessing\.mean\[0\]: the number is out of range \(JSON text read as Infinity\)/,
     );
   });
 
