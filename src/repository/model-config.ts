@@ -34,6 +34,13 @@ const size = z
   });
 const fileName = (what: string, ext = '') =>
   z.string().regex(new RegExp(`^(?!\\.)[\\w.-]+${ext.replace('.', '\\.')}$`), `expected ${what}: a plain file name beside model.json`);
+/**
+ * A number the model's input is computed with (mean, std, pixelScaling): in float32, where past ±3.4e38 it is Infinity
+ * (mean 1e300 loaded, and the model saw Infinity for every pixel).
+ */
+const PAST_FLOAT32 = "past float32's range (±3.4e38): the model would see Infinity";
+const inFloat32 = (v: number) => Number.isFinite(Math.fround(v));
+const float32 = (n: z.ZodNumber) => n.refine(inFloat32, { error: (iss) => `${String(iss.input)} is ${PAST_FLOAT32}` });
 const activation = z.enum(['softmax', 'sigmoid', 'none']);
 const layout = z.enum(['NCHW', 'NHWC']);
 const versionNumber = z.int().min(1);
@@ -99,10 +106,19 @@ const preprocessing = z
     sizeMultiple: z.int().min(1).max(1024).default(1).describe('NETWORK: each side a multiple of this, plus sizeOffset.'),
     sizeOffset: z.int().min(0).max(1024).default(0),
     colorChannels: z.enum(['RGB', 'BGR', 'L']).default('RGB'),
-    pixelScaling: z.number().positive().default(255).describe('Pixels are scaled to 0..pixelScaling, then (x - mean) / std.'),
-    mean: z.array(z.number()).optional().describe('Per channel, in colorChannels order and in pixelScaling units.'),
+    pixelScaling: float32(z.number().positive()).default(255).describe('Pixels are scaled to 0..pixelScaling, then (x - mean) / std.'),
+    mean: z.array(float32(z.number())).optional().describe('Per channel, in colorChannels order and in pixelScaling units.'),
     meanFile: fileName('a .npy file', '.npy').optional(),
-    std: z.array(z.number().refine((v) => v !== 0, 'must not be 0 (values are divided by std)')).optional(),
+    std: z
+      .array(
+        z.number().superRefine((v, ctx) => {
+          if (v === 0) ctx.addIssue({ code: 'custom', message: 'must not be 0 (values are divided by std)' });
+          else if (!inFloat32(v)) ctx.addIssue({ code: 'custom', message: `${v} is ${PAST_FLOAT32}` });
+          else if (!inFloat32(1 / v))
+            ctx.addIssue({ code: 'custom', message: `1/std is ${PAST_FLOAT32} (std ${v}: at least 3e-39 in size)` });
+        }),
+      )
+      .optional(),
     dataType: z.enum(['FLOAT32', 'FLOAT16', 'UINT8']).optional().describe("Default: the model input's type."),
   })
   .superRefine((p, ctx) => {
@@ -113,6 +129,16 @@ const preprocessing = z
         ctx.addIssue({ code: 'custom', path: [key], message: `expected ${channels} numbers (${p.colorChannels}), got ${v.length}` });
     }
     if (p.mean && p.meanFile) ctx.addIssue({ code: 'custom', path: ['meanFile'], message: 'give mean or meanFile, not both' });
+    // what the model sees, (x - mean) / std for pixels x of 0..pixelScaling, each within float32 too
+    for (let c = 0; c < channels; c++) {
+      const mean = p.mean?.[c] ?? 0;
+      const std = p.std?.[c] ?? 1;
+      const worst = [(0 - mean) / std, (p.pixelScaling - mean) / std].find((v) => !inFloat32(v));
+      if (worst === undefined || !inFloat32(mean) || !inFloat32(std) || !inFloat32(1 / std) || !inFloat32(p.pixelScaling)) continue;
+      const path = p.std ? ['std', c] : p.mean ? ['mean', c] : ['pixelScaling'];
+      ctx.addIssue({ code: 'custom', path, message: `(x - mean) / std reaches ${worst}, ${PAST_FLOAT32}` });
+      break;
+    }
   })
   .prefault({});
 
@@ -391,7 +417,7 @@ const fieldPath = (path: readonly PropertyKey[]) =>
 /** "; got <the value>" for a message, shortened. */
 function got(value: unknown): string {
   if (value === undefined) return '';
-  const text = JSON.stringify(value) ?? String(value);
+  const text = typeof value === 'number' ? String(value) : (JSON.stringify(value) ?? String(value));
   return `; got ${text.length > 60 ? `${text.slice(0, 57)}...` : text}`;
 }
 
@@ -421,6 +447,9 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): { field: string
     case 'invalid_type': {
       if (issue.message && !issue.message.startsWith('Invalid input')) return { field: fieldPath(path), message: issue.message };
       const value = valueAt(input, path);
+      // JSON.parse reads a number past a double (1e400) as Infinity, which JSON.stringify writes null
+      if (typeof value === 'number' && !Number.isFinite(value))
+        return { field: fieldPath(path), message: `the number is out of range (JSON text read as ${value}): write one within ±1.7e308` };
       return {
         field: fieldPath(path),
         message: value === undefined ? `required (${issue.expected})` : `expected ${issue.expected}${got(value)}`,
