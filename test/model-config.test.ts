@@ -120,6 +120,19 @@ describe('mistakes in model.json fail at load, naming the field', () => {
       { preprocessing: { ...(fixtureConfigs.mobilenet.preprocessing as object), dimensionOrder: 'NHWC' } },
       /preprocessing\.dimensionOrder: input input has shape \[\?,3,224,224\], which is NCHW/,
     ],
+    // labels of the wrong shape said "labels: Invalid input"
+    [
+      'labels-number',
+      { labels: 5 },
+      /labels: expected a labels file name beside model\.json, a list of labels .* or \{"id": "name"\}; got 5/,
+    ],
+    ['labels-key', { labels: { a: 'cat' } }, /labels\.a: expected a class id \(the key "a"\)/],
+    [
+      'labels-id',
+      { labels: { '99999999999': 'cat' } },
+      /labels\.99999999999: class ids go from 0 to at most 999999 \(the key "99999999999"\)/,
+    ],
+    ['labels-items', { labels: ['cat', 2] }, /labels\[1\]: expected string; got 2/],
     // numbers past float32 (the model's input type) loaded AVAILABLE, and the model saw Infinity
     [
       'float32-mean',

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { mkdtemp, open, readdir, rm, symlink, writeFile, rename } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, rm, symlink, writeFile, rename } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
@@ -122,6 +122,30 @@ describe('the model repository, misused', () => {
     const shallow = { ...fixtureConfigs.mobilenet, metadata: JSON.parse(deepObject(30)) };
     const accepted = await gw.gql(`mutation($c: JSON!) { loadModel(name: "mobilenet", config: $c) { name } }`, { c: shallow });
     expect(errorCode(accepted), 'metadata 30 levels deep (updateModel refuses past 16)').toMatch(/^(INVALID_INPUT|INVALID_MODEL_CONFIG)$/);
+  });
+
+  it('a model folder whose folders are no version folders says which were passed over, and why', async () => {
+    // built beside the repository, then moved in (the watcher never sees half of it)
+    const dir = path.join(gw.root, '.odd-versions');
+    for (const v of ['01', 'abc', '1234567890', 'real']) {
+      await mkdir(path.join(dir, v), { recursive: true });
+      await writeFile(path.join(dir, v, 'model.onnx'), readFileSync(modelFile('mobilenet')));
+    }
+    await symlink('real', path.join(dir, '2'));
+    await rename(dir, path.join(gw.root, 'odd-versions'));
+    const r = await gw.gql(`mutation { loadModel(name: "odd-versions") { name } }`);
+    expect(errorCode(r)).toBe('MODEL_LOAD_FAILED');
+    expect(r.errors![0].message).toBe(
+      'model odd-versions: its folder has no version folder: put the model file at odd-versions/1/model.onnx; passed over: ' +
+        '01 (a version has no leading zero), 1234567890 (versions go from 1 to 999999999), 2 (a symbolic link: a version folder is a folder of its own), ' +
+        'abc (no version number), real (no version number)',
+    );
+  });
+
+  it('a model name past 128 characters is refused, saying the limit', async () => {
+    const r = await gw.gql(`mutation($n: String!) { loadModel(name: $n) { name } }`, { n: 'a'.repeat(129) });
+    expect(errorCode(r)).toBe('INVALID_INPUT');
+    expect(r.errors![0].message).toMatch(/: 129 characters; a model name has at most 128/);
   });
 
   it('loadModel(path:) naming a FIFO under MODEL_ROOTS answers a typed error', async () => {
