@@ -143,17 +143,20 @@ const preprocessing = z
   .prefault({});
 
 const labels = z
-  .union([
-    fileName('a labels file (.txt, .json or .pbtxt)'),
-    z.array(z.string()).max(MAX_CLASS_ID + 1),
-    z.record(
-      z
-        .string()
-        .regex(/^\d+$/, 'expected a class id')
-        .refine((k) => Number(k) <= MAX_CLASS_ID, `class ids go from 0 to at most ${MAX_CLASS_ID}`),
-      z.string(),
-    ),
-  ])
+  .union(
+    [
+      fileName('a labels file (.txt, .json or .pbtxt)'),
+      z.array(z.string()).max(MAX_CLASS_ID + 1),
+      z.record(
+        z
+          .string()
+          .regex(/^\d+$/, 'expected a class id')
+          .refine((k) => Number(k) <= MAX_CLASS_ID, `class ids go from 0 to at most ${MAX_CLASS_ID}`),
+        z.string(),
+      ),
+    ],
+    { error: 'expected a labels file name beside model.json, a list of labels ["cat", "dog"] or {"id": "name"}' },
+  )
   .optional()
   .describe('A labels file beside model.json, a list by class id, or {"id": "name"}; default labels.txt/.json/.pbtxt if present.');
 
@@ -438,7 +441,22 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): { field: string
           message: `${value === undefined ? 'required' : `unknown value ${JSON.stringify(value)}`}${options}`,
         };
       }
-      return { field: fieldPath(path), message: issue.message };
+      {
+        // the one branch of the value's own type (labels: a list, a map) says what is wrong in it; with none, what the
+        // union takes and what it got
+        const fitting = issue.errors.filter((errs) => !errs.every((e) => e.code === 'invalid_type' && e.path.length === 0));
+        if (fitting.length === 1) {
+          const inner = fitting[0][0];
+          return describeIssue({ ...inner, path: [...path, ...inner.path] } as z.core.$ZodIssue, input);
+        }
+        return { field: fieldPath(path), message: `${issue.message}${fitting.length === 0 ? got(valueAt(input, path)) : ''}` };
+      }
+    case 'invalid_key':
+      // a key of a map (labels: {"id": "name"}) that the map does not take: why, and that it is the key
+      return {
+        field: fieldPath(path),
+        message: `${issue.issues[0]?.message ?? issue.message} (the key ${JSON.stringify(String(path.at(-1)))})`,
+      };
     case 'invalid_value':
       return {
         field: fieldPath(path),

@@ -8,7 +8,9 @@ import type { ModelVersion } from './version.ts';
 
 export type { ModelFiles };
 
-export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+/** The longest model name (a folder name, a label of every metric). */
+export const MAX_MODEL_NAME = 128;
+export const MODEL_NAME_RE = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,${MAX_MODEL_NAME - 1}}$`);
 
 /**
  * A model of the repository: its configuration, labels and versions. Its files live in `dir` (repository layout:

@@ -1,4 +1,4 @@
-import { constants } from 'node:fs';
+import { constants, type Dirent } from 'node:fs';
 import { access, mkdir, open, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } from '../errors.ts';
@@ -223,9 +223,30 @@ export async function layoutProblem(name: string, dir: string, modelFiles: reado
   const expected = modelFiles[0];
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   const versionDir = entries.find((e) => e.isDirectory() && /^[1-9]\d{0,8}$/.test(e.name));
-  if (!versionDir) return `its folder has no version folder: put the model file at ${name}/1/${expected}`;
+  if (!versionDir) return `its folder has no version folder: put the model file at ${name}/1/${expected}${passedOver(entries)}`;
   const missing = await missingModelFile(name, Number(versionDir.name), path.join(dir, versionDir.name, expected));
   return missing ?? `put the model file at ${name}/<version>/${expected}`;
+}
+
+/**
+ * The folders of a model folder (and links named as versions) that are not read as version folders, and why:
+ * "; passed over: 01 (a version has no leading zero), ...", or nothing. (01 and 1 would be one version twice.)
+ */
+function passedOver(entries: Dirent[]): string {
+  const why = (e: Dirent) =>
+    e.isSymbolicLink()
+      ? 'a symbolic link: a version folder is a folder of its own'
+      : /^0\d+$/.test(e.name)
+        ? 'a version has no leading zero'
+        : /^\d+$/.test(e.name)
+          ? `versions go from 1 to ${MAX_VERSION}`
+          : 'no version number';
+  const skipped = entries
+    .filter((e) => (e.isDirectory() || (e.isSymbolicLink() && /^\d+$/.test(e.name))) && !e.name.startsWith('.'))
+    .sort((a, b) => (a.name < b.name ? -1 : 1));
+  if (!skipped.length) return '';
+  const shown = skipped.slice(0, 5).map((e) => `${e.name.length > 40 ? `${e.name.slice(0, 37)}...` : e.name} (${why(e)})`);
+  return `; passed over: ${shown.join(', ')}${skipped.length > 5 ? `, and ${skipped.length - 5} more` : ''}`;
 }
 
 /** Why a version's model file cannot be loaded, or null when it is there: where it goes, and what the folder holds. */
