@@ -148,6 +148,42 @@ describe('the model repository, misused', () => {
     expect(r.errors![0].message).toMatch(/: 129 characters; a model name has at most 128/);
   });
 
+  it('an upload that carries a file twice (two model.json, two labels files) is refused naming it, not the last one taken', async () => {
+    const onnx = { name: 'model.onnx', bytes: readFileSync(modelFile('mobilenet')) };
+    const json = (config: unknown) => ({ name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) });
+    const text = (name: string, t: string) => ({ name, bytes: Buffer.from(t) });
+    const upload = (files: { name: string; bytes: Uint8Array }[]) =>
+      gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "twice", files: $files) { task versions { state } } }`,
+        { files: files.map(() => null) },
+        { files: Object.fromEntries(files.map((f, i) => [`files.${i}`, f])) },
+      );
+    for (const [files, message] of [
+      [
+        [onnx, json(fixtureConfigs.mobilenet), json({ task: 'raw' })],
+        /^two files named model\.json among the uploads: send each file once$/,
+      ],
+      [
+        [onnx, text('labels.txt', 'a\n'), text('labels.txt', 'b\n')],
+        /^two files named labels\.txt among the uploads: send each file once$/,
+      ],
+      [[onnx, text('labels.txt', 'a\n'), text('labels.json', '["b"]')], /^labels\.txt and labels\.json were both uploaded: .*upload one/],
+      [[onnx, { ...onnx, name: 'other.onnx' }], /^upload exactly one model file/],
+    ] as const) {
+      const r = await upload([...files]);
+      expect([errorCode(r), r.errors?.[0]?.message], JSON.stringify(r)).toEqual(['INVALID_INPUT', expect.stringMatching(message)]);
+    }
+    expect((await gw.gql(`{ model(name: "twice") { name } }`)).data.model).toBeNull();
+    // labels named by model.json: the other labels file is a file like any other
+    const named = await upload([
+      onnx,
+      json({ ...fixtureConfigs.mobilenet, labels: 'labels.json' }),
+      text('labels.txt', 'a\n'),
+      text('labels.json', '["b"]'),
+    ]);
+    expect(named.data?.loadModel, JSON.stringify(named)).toEqual({ task: 'classification', versions: [{ state: 'AVAILABLE' }] });
+  });
+
   it('loadModel(path:) naming a FIFO under MODEL_ROOTS answers a typed error', async () => {
     const roots = await mkdtemp(path.join(os.tmpdir(), 'gw-roots-'));
     const local = await startGateway({ models: {}, env: { MODEL_ROOTS: roots } });
