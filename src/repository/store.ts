@@ -12,7 +12,7 @@ import type { ModelFiles } from './model-files.ts';
  * The files of the repository: how a model folder is laid out (`model.json`, labels, a mean file, `<version>/model.*`),
  * how it is read, and how it is written (atomically: a reader never sees half a file or half a version).
  */
-const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
+export const LABEL_FILES = ['labels.txt', 'labels.json', 'labels.pbtxt'];
 
 /**
  * A file of a model folder, confined to it as client-supplied paths are to their roots: a symbolic link out of the

@@ -2,7 +2,7 @@ import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:f
 import path from 'node:path';
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { modelJsonOf, parseModelConfig } from './model-config.ts';
-import { storageError } from './store.ts';
+import { LABEL_FILES, storageError } from './store.ts';
 
 /** A file sent by a client to loadModel(files:). */
 export interface UploadedFile {
@@ -38,9 +38,13 @@ function looksLikeModelConfig(bytes: Uint8Array): boolean {
 export function planUpload(files: readonly UploadedFile[], config: unknown): UploadPlan {
   const plan: UploadPlan = { modelFile: null, weights: [], sideFiles: [], config: undefined };
   let uploadedConfig: unknown;
+  const names = new Set<string>();
   for (const f of files) {
     const base = path.basename(f.name || '');
     if (!/^[\w.-]{1,128}$/.test(base) || base.startsWith('.')) throw invalid(`unacceptable file name ${JSON.stringify(f.name)}`);
+    // two of one name (two model.json): the last one was taken, silently
+    if (names.has(base)) throw invalid(`two files named ${base} among the uploads: send each file once`);
+    names.add(base);
     if (base === 'model.json') {
       uploadedConfig = modelJsonOf(new TextDecoder().decode(f.bytes), 'uploaded model.json');
     } else if (base.endsWith('.onnx') || base.endsWith('.xml')) {
@@ -66,6 +70,12 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
   if (plan.weights.length > 0 && !plan.modelFile) throw invalid('weights were uploaded without a model file');
   plan.config = config ?? uploadedConfig;
   if (plan.config !== undefined) parseModelConfig(plan.config, 'uploaded model.json');
+  // two labels files read by default: only the first is read (labels.txt before labels.json), unless model.json names one
+  const labels = LABEL_FILES.filter((n) => names.has(n));
+  if (labels.length > 1 && (plan.config as { labels?: unknown } | undefined)?.labels === undefined)
+    throw invalid(
+      `${labels.join(' and ')} were both uploaded: the model would read ${labels[0]} only (the first of ${LABEL_FILES.join(', ')}); upload one, or name it in model.json's "labels"`,
+    );
   return plan;
 }
 
