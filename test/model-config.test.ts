@@ -189,6 +189,32 @@ describe('mistakes in model.json fail at load, naming the field', () => {
     );
   });
 
+  it("a raw model's preprocessing, when written out, is checked against its input at load (KServe BYTES use it)", async () => {
+    // colorChannels L on a 3-channel input loaded AVAILABLE, and every encoded image sent to it failed
+    await addModel(gw.root, 'raw-grey', { onnx: modelFile('mobilenet'), config: { task: 'raw', preprocessing: { colorChannels: 'L' } } });
+    await addModel(gw.root, 'raw-fitting', {
+      onnx: modelFile('mobilenet'),
+      config: { task: 'raw', preprocessing: fixtureConfigs.mobilenet.preprocessing },
+    });
+    const load = (name: string) => gw.gql(`mutation { loadModel(name: "${name}") { versions { state errorCode errorMessage } } }`);
+    expect((await load('raw-grey')).data.loadModel.versions).toEqual([
+      {
+        state: 'END',
+        errorCode: 'INVALID_MODEL_CONFIG',
+        errorMessage: expect.stringMatching(/preprocessing\.colorChannels: L gives 1 channel\(s\) but input input .* has 3$/),
+      },
+    ]);
+    expect((await load('raw-fitting')).data.loadModel.versions).toEqual([{ state: 'AVAILABLE', errorCode: null, errorMessage: null }]);
+    const zebra = await readFile(image('zebra.jpeg'));
+    const res = await fetch(`${gw.url}/v2/models/raw-fitting/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [{ b64: zebra.toString('base64') }] }] }),
+    });
+    expect(res.status).toBe(200);
+    expect((await res.json()).outputs[0]).toMatchObject({ name: 'output', shape: [1, 1000] });
+  });
+
   it('settings that look inconsistent load, with a warning in notes and one log line', async () => {
     await addModel(
       gw.root,
