@@ -1,12 +1,12 @@
 import sharp from 'sharp';
 import { toFloat32, type Session, type Tensor } from '../engine/types.ts';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
-import { postprocessingOf } from '../repository/model-config.ts';
+import { parseModelConfig, postprocessingOf } from '../repository/model-config.ts';
 import type { ModelFiles } from '../repository/model.ts';
 import { largestId } from '../repository/labels.ts';
 import { classify } from '../vision/classification.ts';
 import { detect } from '../vision/detection.ts';
-import { preprocess, probeImage, type InputPlan } from '../vision/preprocess.ts';
+import { planInput, preprocess, probeImage, type InputPlan } from '../vision/preprocess.ts';
 import { prepareImageInput } from './plans.ts';
 import { toClassMap } from '../vision/segmentation.ts';
 
@@ -14,8 +14,8 @@ import { toClassMap } from '../vision/segmentation.ts';
  * The load-time check of an image model (TensorFlow Serving's warm-up, made mandatory): before a version is
  * AVAILABLE, one synthetic image goes through the whole path (preprocess, engine, postprocess), so what would fail
  * every request fails the load instead, with INVALID_MODEL_CONFIG naming the field. It also warms the session up.
- * Raw models take tensors as they are and are not checked. Returns warnings for settings that look inconsistent but
- * cannot be proven wrong.
+ * Raw models take tensors as they are: only a preprocessing written out for them is checked, against the input.
+ * Returns warnings for settings that look inconsistent but cannot be proven wrong.
  */
 let synthetic: Promise<Buffer> | null = null;
 
@@ -34,15 +34,23 @@ function syntheticImage(): Promise<Buffer> {
   return synthetic;
 }
 
+/** The preprocessing of a model.json that gives none, as JSON. */
+let defaultPreprocessing: string | null = null;
+
 export async function checkModel(files: ModelFiles, session: Session, options: { fusePreprocessing?: boolean } = {}): Promise<string[]> {
   const config = files.config;
-  // a model put in the repository without its model.json (a first upload of model.onnx alone): said at load
-  if (config.task === 'raw')
+  if (config.task === 'raw') {
+    // a raw model takes tensors, and encoded images (KServe BYTES) through its preprocessing: written out, that must fit
+    // the input as any task's does (colorChannels L on a 3-channel input loaded, and every image sent to it failed)
+    defaultPreprocessing ??= JSON.stringify(parseModelConfig({}).preprocessing);
+    if (JSON.stringify(config.preprocessing) !== defaultPreprocessing) planInput(config, session.inputs, files.mean);
+    // a model put in the repository without its model.json (a first upload of model.onnx alone): said at load
     return files.defaults
       ? [
           'no model.json: served as task "raw" (infer takes and gives tensors); for classify, detect or segment add a model.json with its "task" (for example {"task": "classification"}) and the preprocessing it was trained with',
         ]
       : [];
+  }
   const plan = await prepareImageInput(files, session, { fuse: options.fusePreprocessing });
   const image = await probeImage(await syntheticImage(), 1_000_000);
   const { tensor, transform, input } = await preprocess(image, plan, 1_000_000);
