@@ -102,14 +102,16 @@ const csrfRefusal = (message: string) =>
     : null;
 
 /**
- * graphql-js's and yoga's words for a newcomer's slips, with what to write instead: a request without a query, the
- * upload scalar under the name most clients know (Upload), an inference field asked in a query, a File variable left
- * null; and values echoed back in full (an image sent as base64 text in a File variable came back as 50 KB of message)
- * cut short (cutQuotedValues).
+ * graphql-js's and yoga's words for a newcomer's slips, with what to write instead: a request without a query, or
+ * without the operationName its document needs, the upload scalar under the name most clients know (Upload), an
+ * inference field asked in a query, a File variable left null; and values echoed back in full (an image sent as base64
+ * text in a File variable came back as 50 KB of message) cut short (cutQuotedValues).
  */
 export function withHint(message: string, mutations: ReadonlySet<string>): string {
   if (message === 'Must provide query string.')
     return `${message} (send the document as "query": {"query": "{ models { name } }"} in a JSON body, or ?query= in a GET)`;
+  if (message === 'Could not determine what operation to execute.')
+    return `${message} (a document of several operations runs one: send "operationName" with the name of one of them, as written in the document)`;
   if (/^Unknown type "Upload"/.test(message)) return `${message} (this schema's upload scalar is File: write $f: File!)`;
   const field = /^Cannot query field "(\w+)" on type "Query"/.exec(message)?.[1];
   if (field && mutations.has(field)) return `${message} (${field} is a mutation: write mutation { ${field}(...) { ... } })`;
