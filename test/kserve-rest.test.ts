@@ -962,6 +962,18 @@ describe('KServe v2 over REST', () => {
     expect(broken.body.error).toMatch(/(was not|did not) load/);
     expect([(await json(post('/repository/models/nope/load', {}))).status]).toEqual([404]);
   });
+
+  it('a load parameter config of empty text is refused as not JSON (as over gRPC), not read as {} replacing model.json', async () => {
+    const task = async () => (await gw.gql<{ model: { task: string } }>('{ model(name: "mobilenet") { task } }')).data?.model.task;
+    expect(await task()).toBe('classification');
+    expect(await json(post('/repository/models/mobilenet/load', { parameters: { config: '' } }))).toEqual({
+      status: 400,
+      code: 'INVALID_INPUT',
+      body: { error: 'parameter config is not valid JSON at position 0 (line 1, column 1): Unexpected end of JSON input' },
+    });
+    // the model.json on disk and the model served are as they were (the empty text was read as {}: a raw model)
+    expect(await task()).toBe('classification');
+  });
 });
 
 describe('KServe v2 over REST with tokens and small limits', () => {

@@ -157,8 +157,8 @@ function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 /** Where JSON.parse stopped, without the text its message quotes: a message never repeats the body. */
-function parseJson(bytes: Buffer | string, what: string, takes = ''): unknown {
-  if (bytes.length === 0) return {};
+function parseJson(bytes: Buffer | string, what: string, takes = '', emptyIsObject = true): unknown {
+  if (bytes.length === 0 && emptyIsObject) return {};
   const text = bytes.toString();
   try {
     return JSON.parse(text);
@@ -382,7 +382,8 @@ function loadOptions(doc: unknown): { config?: unknown; files: { name: string; b
   const files: { name: string; bytes: Uint8Array }[] = [];
   let config: unknown;
   for (const [k, v] of Object.entries(p)) {
-    if (k === 'config') config = typeof v === 'string' ? parseJson(v, 'parameter config') : v;
+    // JSON text, as over gRPC: empty text is none (parseJson reads an empty body as {}, and {} replaced model.json)
+    if (k === 'config') config = typeof v === 'string' ? parseJson(v, 'parameter config', '', false) : v;
     else if (k.startsWith('file:')) {
       const bytes = typeof v === 'string' ? decodeBase64(v) : null;
       if (!bytes) throw invalid(`parameter ${k} must be base64`);
