@@ -184,6 +184,36 @@ describe('the model repository, misused', () => {
     expect(named.data?.loadModel, JSON.stringify(named)).toEqual({ task: 'classification', versions: [{ state: 'AVAILABLE' }] });
   });
 
+  it('a labels file uploaded where the model folder has another read before it (labels.json over labels.txt) is refused, not left unread', async () => {
+    const { labels: _named, ...config } = fixtureConfigs.mobilenet as Record<string, unknown>;
+    const lines = (prefix: string) => Array.from({ length: 1000 }, (_, i) => `${prefix} ${i}`);
+    const upload = (files: { name: string; bytes: Uint8Array }[]) =>
+      gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "relabel", files: $files) { labels } }`,
+        { files: files.map(() => null) },
+        { files: Object.fromEntries(files.map((f, i) => [`files.${i}`, f])) },
+      );
+    const first = await upload([
+      { name: 'model.onnx', bytes: readFileSync(modelFile('mobilenet')) },
+      { name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) },
+      { name: 'labels.txt', bytes: Buffer.from(lines('old').join('\n')) },
+    ]);
+    expect(first.data?.loadModel?.labels?.[0], JSON.stringify(first.errors)).toBe('old 0');
+    // answered as if it had taken them, and labels.txt went on being read
+    const r = await upload([{ name: 'labels.json', bytes: Buffer.from(JSON.stringify(lines('new'))) }]);
+    expect([errorCode(r), r.errors?.[0]?.message], `labels[0]: ${r.data?.loadModel?.labels?.[0]}`).toEqual([
+      'INVALID_INPUT',
+      expect.stringMatching(/^labels\.json was uploaded, but the model folder has labels\.txt, which is read first/),
+    ]);
+    expect((await gw.gql(`{ model(name: "relabel") { labels } }`)).data.model.labels[0]).toBe('old 0');
+    // named in model.json, the uploaded one is read
+    const named = await upload([
+      { name: 'model.json', bytes: Buffer.from(JSON.stringify({ ...config, labels: 'labels.json' })) },
+      { name: 'labels.json', bytes: Buffer.from(JSON.stringify(lines('new'))) },
+    ]);
+    expect(named.data?.loadModel?.labels?.[0], JSON.stringify(named.errors)).toBe('new 0');
+  });
+
   it('loadModel(path:) naming a FIFO under MODEL_ROOTS answers a typed error', async () => {
     const roots = await mkdtemp(path.join(os.tmpdir(), 'gw-roots-'));
     const local = await startGateway({ models: {}, env: { MODEL_ROOTS: roots } });

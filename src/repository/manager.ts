@@ -28,7 +28,7 @@ import {
   storageError,
   writeModelJson,
 } from './store.ts';
-import { commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
+import { checkUploadedLabels, commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
 import { ModelVersion, type ModelStatusEvent } from './version.ts';
 import { Watcher } from './watcher.ts';
 
@@ -584,6 +584,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         const staged = await stageUpload(this.root, model.dir, plan, plan.modelFile ? next : null);
         try {
           const files = await readModelFiles(name, staged.dir);
+          checkUploadedLabels(plan, await readdir(staged.dir), files.config.labels !== undefined);
           const target = staged.modelPath ? null : model.servingVersion();
           // a configuration alone loads a new instance of the serving version, unpublished (as replace() does): for
           // clients the version stays AVAILABLE, whether or not it takes over

@@ -79,6 +79,21 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
   return plan;
 }
 
+/**
+ * A labels file read by default (labels.txt, .json, .pbtxt) uploaded into a model folder that holds another, read before
+ * it: the upload would be answered as taken, and the model go on reading the other one. Refused (as two of them in one
+ * upload are, planUpload), unless model.json's "labels" names the one to read. `staged`: the staged folder's file names.
+ */
+export function checkUploadedLabels(plan: UploadPlan, staged: readonly string[], labelsNamed: boolean): void {
+  if (labelsNamed) return;
+  const uploaded = plan.sideFiles.map((f) => f.name).filter((n) => LABEL_FILES.includes(n));
+  const read = LABEL_FILES.find((n) => staged.includes(n));
+  if (uploaded.length === 0 || read === undefined || uploaded.includes(read)) return;
+  throw invalid(
+    `${uploaded[0]} was uploaded, but the model folder has ${read}, which is read first (${LABEL_FILES.join(', ')}): name the one to read in model.json's "labels" (upload a model.json with "labels": "${uploaded[0]}" beside it)`,
+  );
+}
+
 /** An upload written beside the repository, not yet seen by anyone. */
 export interface StagedUpload {
   /** A complete model folder: the upload's files over the model's current ones. */
