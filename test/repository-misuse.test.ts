@@ -241,14 +241,20 @@ describe('the model repository, misused', () => {
       config: { ...fixtureConfigs.mobilenet, labels: { '999999': 'the last class' } },
     });
     await until(async () => (await gw.gql(VERSIONS, { n: 'sparse-labels' })).data?.model?.versions?.[0]?.state === 'AVAILABLE', 8000);
+    // what one alias holds it (a million labels, allowed), then sixty
+    let stalls = watchStalls();
+    await gw.gql(`{ model(name: "sparse-labels") { labels } }`);
+    const single = stalls.stop();
     const aliases = Array.from({ length: 60 }, (_, i) => `a${i}: model(name: "sparse-labels") { labels }`).join(' ');
-    const stalls = watchStalls();
+    stalls = watchStalls();
     const r = await gw.gql(`{ ${aliases} }`);
     const worst = stalls.stop();
     // refused (a limit) or answered, but without holding every other client for seconds (MAX_RESPONSE_BYTES refuses
     // labels past 64 MB, by then some 22 million strings were built and written)
     expect(r.status).toBe(200);
-    expect(worst, 'ms the event loop was held by one query').toBeLessThan(1000);
+    expect(worst, `ms the event loop was held by one query of sixty aliases (one alias: ${Math.round(single)} ms)`).toBeLessThan(
+      3 * single + 500,
+    );
     // the first alias has its million labels; the others are refused, naming the limit
     expect(r.data.a0.labels).toHaveLength(1_000_000);
     expect(r.data.a0.labels[999_999]).toBe('the last class');
