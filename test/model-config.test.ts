@@ -287,7 +287,10 @@ describe('mistakes in model.json fail at load, naming the field', () => {
     await addModel(gw.root, 'odd-target', ppocr('100x100'));
     for (const [name, message] of [
       ['huge-target', /^huge-target\/model\.json: preprocessing\.targetSize: width and height must be at most 8192; got "99999x99999"$/],
-      ['odd-target', /preprocessing\.targetSize: the model did not run on the 100x100 input it gives: .*broadcast/],
+      [
+        'odd-target',
+        /preprocessing\.targetSize: the model did not run on the 100x100 input it gives \(the size may be the cause\): .*broadcast/,
+      ],
     ] as const) {
       const r = await gw.gql(`mutation { loadModel(name: "${name}") { configurationError versions { state errorCode errorMessage } } }`);
       const [v] = r.data.loadModel.versions;

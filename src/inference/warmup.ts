@@ -85,7 +85,7 @@ function sizeNotTaken(e: unknown, plan: InputPlan, session: Session): unknown {
   if (!chosen || (isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED)) return e;
   return new GatewayError(
     ErrorCode.INVALID_MODEL_CONFIG,
-    `preprocessing.targetSize: the model did not run on the ${size.width}x${size.height} input it gives: ${errorMessage(e)}; give a size the model takes (many take multiples of 32)`,
+    `preprocessing.targetSize: the model did not run on the ${size.width}x${size.height} input it gives (the size may be the cause): ${errorMessage(e)}; give a size the model takes (many take multiples of 32)`,
     { field: 'preprocessing.targetSize' },
   );
 }

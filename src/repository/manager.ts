@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import os from 'node:os';
 import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ErrorCode, GatewayError, errorMessage, quoted } from '../errors.ts';
+import { ErrorCode, GatewayError, errorMessage, isGatewayError, quoted } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics, VersionMetrics } from '../metrics.ts';
 import type { Engine, LoadOptions, Session } from '../engine/types.ts';
@@ -690,7 +690,15 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       await Promise.all([...model.versions.values()].map((v) => v.unload()));
       if (model.source === 'repository')
         await rm(model.dir, { recursive: true, force: true }).catch((e: unknown) => {
-          throw storageError(e);
+          // past checkRemovable (a folder inside that cannot be removed): its versions are unloaded by now, and some
+          // of its files may be gone: said, not "nothing was changed"
+          const error = storageError(e);
+          throw isGatewayError(error)
+            ? new GatewayError(
+                error.code,
+                `${error.message.replace(/: nothing was changed/, '')}: model ${name} was unloaded and its folder is partly removed`,
+              )
+            : error;
         });
       await this.forget(model);
     });
