@@ -433,7 +433,13 @@ export function createGrpcServer({
         Promise.resolve()
           .then(async () => {
             const deferred = (call.request as { [DEFERRED]?: () => object } | null)?.[DEFERRED];
-            const request = deferred ? await inTurn(deferred) : call.request;
+            // (a call cancelled while it waited has its decoding skipped)
+            const request = deferred
+              ? await inTurn(() => {
+                  if (call.cancelled) throw new GatewayError(ErrorCode.CANCELLED, 'the call was cancelled');
+                  return deferred();
+                })
+              : call.request;
             // a message refused as it was read (above)
             const refused = (request as { [REFUSED]?: Error } | null)?.[REFUSED];
             if (refused) throw refused;

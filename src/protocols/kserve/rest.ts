@@ -480,7 +480,14 @@ export function createRestRoute({
         // (the JSON is what is long to parse: with binary data, its header only)
         const given = Number(Array.isArray(header) ? header[0] : header);
         const jsonBytes = header !== undefined && Number.isFinite(given) ? Math.min(given, body.length) : body.length;
-        const parsed = jsonBytes > LONG_JSON_BYTES ? await inTurn(parse) : parse();
+        // (a client gone while it waited has its parse skipped)
+        const parsed =
+          jsonBytes > LONG_JSON_BYTES
+            ? await inTurn(() => {
+                if (res.socket?.destroyed) throw new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+                return parse();
+              })
+            : parse();
         // a client that hangs up before its answer: the work not yet started for it is dropped (CANCELLED)
         const leaving = new AbortController();
         const left = () => {
