@@ -1085,6 +1085,16 @@ describe('CORS_ORIGINS with several origins', () => {
       expect((await post(origin)).headers.get('access-control-allow-origin'), origin).toBeNull();
     }
   });
+
+  it('every answer says it varies by Origin, allowed or not: a shared cache keeps one copy per origin (it served the unlisted copy, without the header, to a listed origin)', async () => {
+    for (const origin of ['https://evil.example', 'null', 'https://app.example']) {
+      expect((await post(origin)).headers.get('vary') ?? '', origin).toMatch(/\borigin\b/i);
+      const get = await fetch(`${gw.url}/graphql?query=%7B__typename%7D`, { headers: { origin } });
+      expect(get.headers.get('vary') ?? '', origin).toMatch(/\borigin\b/i);
+    }
+    const none = await fetch(`${gw.url}/graphql?query=%7B__typename%7D`);
+    expect(none.headers.get('vary') ?? '').toMatch(/\borigin\b/i);
+  });
 });
 
 describe('a read-only repository', () => {

@@ -25,6 +25,7 @@ import { useMultipartShape } from './plugins/multipart-shape.ts';
 import { useGraphiQLPage } from './plugins/graphiql-page.ts';
 import { useUnsupportedBody } from './plugins/unsupported-body.ts';
 import { useNotAcceptable } from './plugins/not-acceptable.ts';
+import { useVaryOrigin } from './plugins/vary-origin.ts';
 import { useDocumentLimits, type DocumentLimits } from './plugins/limits.ts';
 import { schema } from './schema/index.ts';
 import { attachWebSocket, type WebSocketLimits } from './websocket.ts';
@@ -220,6 +221,7 @@ export function createGraphqlProtocol({
     },
     maskedErrors: { maskError: maskError(logger) },
     plugins: [
+      ...(corsOrigins.length > 0 ? [useVaryOrigin()] : []),
       useCSRFPrevention({ requestHeaders: [CSRF_HEADER] }),
       ...(graphiql
         ? [
