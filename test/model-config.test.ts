@@ -52,6 +52,14 @@ describe('model.schema.json', () => {
     }
     expect(validate({ task: 'classification', batching: { maxBatchsize: 64 } })).toBe(false);
   });
+
+  it('versionPolicy.specific names only versions that can exist (a folder name of at most 9 digits), in the schema and at load', async () => {
+    const validate = new Ajv2020({ strict: false }).compile(JSON.parse(await readFile(path.join(ROOT, 'model.schema.json'), 'utf8')));
+    const past = { task: 'classification', versionPolicy: { specific: [1, 1_000_000_000] } };
+    expect(validate(past)).toBe(false);
+    expect(() => parseModelConfig(past)).toThrow(/versionPolicy\.specific\[1\]: .*999999999/);
+    expect(validate({ task: 'classification', versionPolicy: { specific: [999_999_999] } })).toBe(true);
+  });
 });
 
 describe('the README model.json reference', () => {

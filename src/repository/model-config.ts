@@ -43,7 +43,9 @@ const inFloat32 = (v: number) => Number.isFinite(Math.fround(v));
 const float32 = (n: z.ZodNumber) => n.refine(inFloat32, { error: (iss) => `${String(iss.input)} is ${PAST_FLOAT32}` });
 const activation = z.enum(['softmax', 'sigmoid', 'none']);
 const layout = z.enum(['NCHW', 'NHWC']);
-const versionNumber = z.int().min(1);
+/** The highest version a folder name can give (the folders read are 1 to 9 digits, without a leading zero). */
+export const MAX_VERSION = 999_999_999;
+const versionNumber = z.int().min(1).max(MAX_VERSION);
 
 const versionPolicy = z
   .union(

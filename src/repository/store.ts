@@ -5,7 +5,7 @@ import { ErrorCode, GatewayError, errorMessage, isGatewayError, withoutPaths } f
 import { isInside } from '../paths.ts';
 import { withoutBom } from '../json-text.ts';
 import { labelsFromList, labelsFromObject, parseLabelsFile, parseNpy, type Labels } from './labels.ts';
-import { TASKS, parseModelConfig, parseModelConfigText, type ModelConfig, type Task } from './model-config.ts';
+import { MAX_VERSION, TASKS, parseModelConfig, parseModelConfigText, type ModelConfig, type Task } from './model-config.ts';
 import type { ModelFiles } from './model-files.ts';
 
 /**
@@ -194,8 +194,7 @@ const isFile = (p: string) =>
     () => false,
   );
 
-/** The highest version a folder name can give (the folders read are 1 to 9 digits, without a leading zero). */
-export const MAX_VERSION = 999_999_999;
+export { MAX_VERSION };
 
 /** Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. */
 export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
