@@ -984,19 +984,27 @@ describe('uploads: concurrent, confined, and a full disk', () => {
   });
 });
 
+/**
+ * A small real file system (tmpfs) holding mobilenet, for a repository's disk troubles; null where mounting is not
+ * permitted (not root), and the tests that need it say so.
+ */
+async function tmpfsRepository(size: string): Promise<string | null> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-tmpfs-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'ignore' });
+  } catch {
+    return null;
+  }
+  await addModel(dir, 'mobilenet', fixture('mobilenet'));
+  return dir;
+}
+
 describe('a full disk', () => {
   let gw: TestGateway | null = null;
   let mount: string | null = null;
   beforeAll(async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-full-'));
-    try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', dir], { stdio: 'ignore' });
-      mount = dir;
-    } catch {
-      return; // not permitted here: the test below says so
-    }
-    await addModel(mount, 'mobilenet', fixture('mobilenet'));
-    gw = await startGateway({ root: mount });
+    mount = await tmpfsRepository('6m');
+    if (mount) gw = await startGateway({ root: mount });
   });
   afterAll(async () => {
     await gw?.close();
@@ -1101,14 +1109,8 @@ describe('a read-only repository', () => {
   let gw: TestGateway | null = null;
   let mount: string | null = null;
   beforeAll(async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-ro-'));
-    try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir], { stdio: 'ignore' });
-      mount = dir;
-    } catch {
-      return; // not permitted here: the test below says so
-    }
-    await addModel(mount, 'mobilenet', fixture('mobilenet'));
+    mount = await tmpfsRepository('64m');
+    if (!mount) return;
     // as KServe mounts a pvc:// storageUri, or a volume the server's user cannot write
     execFileSync('mount', ['-o', 'remount,ro', mount]);
     gw = await startGateway({ root: mount });
