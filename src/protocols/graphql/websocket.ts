@@ -244,6 +244,7 @@ export function attachWebSocket(
     for (const op of operations.get(socket)?.values() ?? []) if (op.id === message.id) op.abort.abort();
   };
   const operations = new WeakMap<object, Map<object, Operation>>();
+  let closing = false;
   const endOperation = (op: Operation | undefined) => {
     op?.hold?.release();
     op?.abort.abort();
@@ -291,6 +292,9 @@ export function attachWebSocket(
           });
         }
         if (overValues.has(ctx.extra.socket)) return [tooManyVariableValues(maxVariableValues)];
+        // shutting down: what is in flight is answered, nothing new starts (a client reconnects elsewhere)
+        if (closing)
+          return [toGraphQLError(new GatewayError(ErrorCode.QUEUE_FULL, 'the server is shutting down: send it again (another replica answers)'))];
         for (const op of ops.values()) {
           if (op.id !== id) continue;
           const message = `operation id "${id}" is still in use: the operation completed under it has not ended yet; use a new id for each operation`;
@@ -367,10 +371,15 @@ export function attachWebSocket(
     },
     /** Close every connection (1001); one that has not answered within `timeoutMs` is cut (ws would wait 30 s). */
     async close(timeoutMs: number) {
+      // the queries and mutations in flight are answered first, as HTTP requests are (subscriptions were completed)
+      closing = true;
+      const deadline = Date.now() + timeoutMs;
+      const inFlight = () => [...wss.clients].some((c) => (operations.get(c)?.size ?? 0) > 0);
+      while (inFlight() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       for (const c of wss.clients) c.close(1001, 'server shutting down');
       const closed = new Promise<void>((resolve) => wss.close(() => resolve()));
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+      await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
       clearTimeout(timer);
       for (const c of wss.clients) c.terminate();
       await closed;
