@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import { freePort, sharedRepository } from '../bench/cluster-lib.ts';
-import { ROOT, image, until, untilAnswers } from './helpers.ts';
+import { IMAGES, ROOT, image, until, untilAnswers } from './helpers.ts';
 
 /** The server as `npm start` runs it, on a repository of mobilenet: its URL, its stderr so far, and its exit code. */
 async function startServer(env: Record<string, string>) {
@@ -104,4 +104,37 @@ describe('drain on SIGTERM', () => {
       await stop();
     }
   }, 30_000);
+
+  // "Queries and mutations run over the WebSocket too" (README): SIGTERM answered them as HTTP requests, not cut them
+  it('answers every query or mutation in flight on a WebSocket before closing it (1001)', async () => {
+    const { child, port, exited, stop } = await startServer({ IMAGE_ROOTS: IMAGES, DRAIN_DELAY_MS: '0' });
+    try {
+      await untilAnswers(`http://127.0.0.1:${port}/ready`, 'ready');
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/graphql`, 'graphql-transport-ws');
+      const answers = new Map<string, any[]>();
+      const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
+      ws.on('message', (d) => {
+        const m = JSON.parse(String(d));
+        if (m.id) answers.set(m.id, [...(answers.get(m.id) ?? []), m]);
+      });
+      await new Promise((r) => ws.once('open', r));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await new Promise((r) => ws.once('message', r)); // connection_ack
+      const query = 'mutation($i: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $i, topK: 1) { predictions { label } } }';
+      const images = Array.from({ length: 16 }, () => ({ path: 'zebra.jpeg' }));
+      const ids = ['a', 'b', 'c', 'd', 'e', 'f'];
+      for (const id of ids) ws.send(JSON.stringify({ id, type: 'subscribe', payload: { query, variables: { i: images } } }));
+      await new Promise((r) => setTimeout(r, 250)); // every operation received, none answered yet
+      child.kill('SIGTERM');
+      expect(await closed).toBe(1001);
+      for (const id of ids) {
+        const got = answers.get(id) ?? [];
+        expect({ id, types: got.map((m) => m.type) }).toEqual({ id, types: ['next', 'complete'] });
+        expect(got[0].payload.data.classifyBatch.map((c: any) => c.predictions[0].label)).toEqual(images.map(() => 'zebra'));
+      }
+      expect(await exited).toBe(0);
+    } finally {
+      await stop();
+    }
+  }, 60_000);
 });

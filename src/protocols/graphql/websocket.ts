@@ -294,7 +294,9 @@ export function attachWebSocket(
         if (overValues.has(ctx.extra.socket)) return [tooManyVariableValues(maxVariableValues)];
         // shutting down: what is in flight is answered, nothing new starts (a client reconnects elsewhere)
         if (closing)
-          return [toGraphQLError(new GatewayError(ErrorCode.QUEUE_FULL, 'the server is shutting down: send it again (another replica answers)'))];
+          return [
+            toGraphQLError(new GatewayError(ErrorCode.QUEUE_FULL, 'the server is shutting down: send it again (another replica answers)')),
+          ];
         for (const op of ops.values()) {
           if (op.id !== id) continue;
           const message = `operation id "${id}" is still in use: the operation completed under it has not ended yet; use a new id for each operation`;
