@@ -511,6 +511,37 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
   }, 120_000);
 });
 
+describe('graphql-ws: errors as over HTTP', () => {
+  it("carry no extensions.http (yoga's hint for its HTTP answer), and an operation id too long to complete is refused", async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { MAX_ALIASES: '2' } });
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    const messages: { id?: string; type: string; payload?: unknown }[] = [];
+    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+    try {
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+      const long = 'x'.repeat(300);
+      const sent = {
+        invalid: '{ models { nme } }',
+        limit: '{ a: models { name } b: models { name } c: models { name } }',
+        [long]: '{ __typename }',
+      };
+      for (const [id, query] of Object.entries(sent)) ws.send(JSON.stringify({ id, type: 'subscribe', payload: { query } }));
+      await until(async () => Object.keys(sent).every((id) => messages.some((m) => m.id === id)), 5000, 'every answer');
+      const errorsOf = (id: string) => (messages.find((m) => m.id === id)?.payload ?? []) as { message: string; extensions?: object }[];
+      expect(errorsOf('invalid')[0].extensions).toEqual({ code: 'GRAPHQL_VALIDATION_FAILED' });
+      expect(errorsOf('limit')[0].extensions).toEqual({ code: 'LIMIT_EXCEEDED' });
+      // its complete could not let its work go (a complete message is read when small): refused when it comes
+      expect(errorsOf(long)[0]).toMatchObject({ extensions: { code: 'INVALID_INPUT' } });
+      expect(errorsOf(long)[0].message).toMatch(/^an operation id has at most 128 characters, got 300/);
+    } finally {
+      ws.close();
+      await gw.close();
+    }
+  });
+});
+
 describe('graphql-ws: an operation the client completes while it runs', () => {
   it('is let go if it has not reached the engine, and its id used again never gets its answer', async () => {
     const gw = await startGateway({

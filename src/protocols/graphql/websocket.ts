@@ -1,6 +1,6 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
-import type { ExecutionArgs, GraphQLError } from 'graphql';
+import type { ExecutionArgs, ExecutionResult, GraphQLError, GraphQLFormattedError } from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
@@ -229,6 +229,8 @@ export function attachWebSocket(
    * one, since graphql-ws would send the old operation's answer under it and then forget the new one.
    */
   type Operation = { abort: AbortController; hold: RequestHold | null; id: string };
+  /** Longest operation id: a complete message is read when small (below), so a longer id could not let its work go. */
+  const MAX_ID_LENGTH = 128;
   const completedByClient = (socket: object, data: RawData) => {
     // a complete message is small, but whitespace (which JSON allows anywhere between tokens) may pad it: parsed a
     // second time only if it is at most 512 bytes without it (a larger message stops being counted past that)
@@ -292,6 +294,15 @@ export function attachWebSocket(
           });
         }
         if (overValues.has(ctx.extra.socket)) return [tooManyVariableValues(maxVariableValues)];
+        if (id.length > MAX_ID_LENGTH)
+          return [
+            toGraphQLError(
+              new GatewayError(
+                ErrorCode.INVALID_INPUT,
+                `an operation id has at most ${MAX_ID_LENGTH} characters, got ${id.length}: use a shorter id (a counter, a UUID)`,
+              ),
+            ),
+          ];
         // shutting down: what is in flight is answered, nothing new starts (a client reconnects elsewhere)
         if (closing)
           return [
@@ -362,7 +373,13 @@ export function attachWebSocket(
         };
       },
       onComplete: (ctx, _id, payload) => end(ctx.extra.socket, payload),
-      onError: (ctx, _id, payload) => end(ctx.extra.socket, payload),
+      onError: (ctx, _id, payload, errors) => {
+        end(ctx.extra.socket, payload);
+        return errors.map(asOverHttp);
+      },
+      // (a result without yoga's HTTP hint goes as it is)
+      onNext: (_ctx, _id, _payload, _args, result: ExecutionResult) =>
+        result.errors?.some((e) => e.extensions?.http !== undefined) ? { ...result, errors: result.errors.map(asOverHttp) } : undefined,
     },
     wss,
     0, // keepAlive below instead: graphql-ws's would close a client that reads, slowly, while its reading is held
@@ -387,4 +404,16 @@ export function attachWebSocket(
       await closed;
     },
   };
+}
+
+/**
+ * An error as HTTP answers it: yoga's `extensions.http` (the status and headers of its HTTP answer, stripped there
+ * when it writes one) is no part of it over a WebSocket.
+ */
+function asOverHttp(error: GraphQLError): GraphQLFormattedError {
+  const formatted = error.toJSON();
+  if (!formatted.extensions || !('http' in formatted.extensions)) return formatted;
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars
+  const { http, ...extensions } = formatted.extensions;
+  return { ...formatted, extensions };
 }
