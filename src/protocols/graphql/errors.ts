@@ -22,6 +22,11 @@ export function toGraphQLError(e: GatewayError, opts: { path?: readonly (string 
   });
 }
 
+/** A request /graphql cannot take as sent (its body, its type, its Accept): BAD_REQUEST with its HTTP status. */
+export function badRequest(status: number, message: string, headers?: Record<string, string>): GraphQLError {
+  return new GraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status, ...(headers ? { headers } : {}) } } });
+}
+
 /**
  * A document refused for a limit: HTTP 400 LIMIT_EXCEEDED whatever the Accept header (yoga keeps validation errors at
  * 200 for application/json clients unless told the status is not the spec's choice).

@@ -142,7 +142,7 @@ export function decodeInferRequest(
  * raw otherwise, which the protocol allows whatever the request's form.
  */
 export function encodeInferResponse(r: V2InferResponse, raw: boolean, maxJsonValues = Infinity) {
-  const values = r.outputs.reduce((n, o) => n + (o.tensor ? o.tensor.data.length : 0), 0);
+  const values = tensorValues(r);
   const typed = !raw && values <= maxJsonValues;
   const contents = !typed ? null : r.outputs.map((o) => (o.elements ? { bytes_contents: o.elements } : tensorToContents(o.tensor!)));
   const useRaw = !contents || contents.some((c) => c === null);
@@ -159,6 +159,9 @@ export function encodeInferResponse(r: V2InferResponse, raw: boolean, maxJsonVal
     raw_output_contents: useRaw ? r.outputs.map((o) => (o.elements ? serializeBytes(o.elements) : toBytes(o.tensor!.data))) : [],
   };
 }
+
+/** Values of an answer's tensors (what typed contents would hold). */
+const tensorValues = (r: V2InferResponse) => r.outputs.reduce((n, o) => n + (o.tensor ? o.tensor.data.length : 0), 0);
 
 type Handler = (request: never, who: Who, call: grpc.ServerUnaryCall<unknown, unknown>) => unknown;
 
@@ -549,8 +552,7 @@ export function createGrpcServer({
         });
         const encode = () => encodeInferResponse(result, raw, maxJsonValues);
         // typed values are encoded one by one: a long answer is made into its bytes in a turn of its own
-        const values = result.outputs.reduce((n, o) => n + (o.tensor?.data.length ?? 0), 0);
-        return !raw && values > LONG_VALUES ? await inTurn(() => serializeInferResponse(encode())) : encode();
+        return !raw && tensorValues(result) > LONG_VALUES ? await inTurn(() => serializeInferResponse(encode())) : encode();
       } finally {
         call.off('cancelled', left);
       }

@@ -331,6 +331,12 @@ export function parseInferRequest(
   };
 }
 
+/** The outputs of an answer written as JSON (the others go as binary data), and how many values they hold. */
+function jsonOutputs(r: Awaited<ReturnType<KserveCore['infer']>>, parsed: RestInfer) {
+  const outputs = r.outputs.filter((o) => o.tensor && !(parsed.allBinary || parsed.binary.has(o.name)));
+  return { outputs, values: outputs.reduce((n, o) => n + o.tensor!.data.length, 0) };
+}
+
 /**
  * Encode a response: JSON, or JSON then the binary outputs (with Inference-Header-Content-Length). The values of the
  * outputs written as JSON are counted first: past `maxJsonValues`, LIMIT_EXCEEDED says to ask for binary data.
@@ -341,8 +347,7 @@ function sendInferResponse(
   parsed: RestInfer,
   maxJsonValues: number,
 ): void {
-  const asJson = r.outputs.filter((o) => o.tensor && !(parsed.allBinary || parsed.binary.has(o.name)));
-  const values = asJson.reduce((n, o) => n + o.tensor!.data.length, 0);
+  const { outputs: asJson, values } = jsonOutputs(r, parsed);
   if (values > maxJsonValues)
     throw tooManyValues(
       `the answer's JSON (${asJson.map((o) => o.name).join(', ')})`,
@@ -503,11 +508,7 @@ export function createRestRoute({
           });
           const send = () => sendInferResponse(res, result, parsed, maxJsonValues);
           // so is a long answer's writing, of values as JSON (the answers of one batch are ready together)
-          const asJson = result.outputs.reduce(
-            (n, o) => n + (o.tensor && !(parsed.allBinary || parsed.binary.has(o.name)) ? o.tensor.data.length : 0),
-            0,
-          );
-          return asJson > LONG_VALUES ? await inTurn(send) : send();
+          return jsonOutputs(result, parsed).values > LONG_VALUES ? await inTurn(send) : send();
         } finally {
           res.off('close', left);
         }

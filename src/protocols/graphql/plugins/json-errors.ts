@@ -1,7 +1,7 @@
-import { GraphQLError } from 'graphql';
+import type { GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { notValidJsonText } from '../../../json-text.ts';
-import { isGraphQLError } from '../errors.ts';
+import { badRequest, isGraphQLError } from '../errors.ts';
 import { bodyKind } from './body-kind.ts';
 
 /**
@@ -33,7 +33,7 @@ export function useJsonErrors(): Plugin {
   };
 }
 
-const refusal = (message: string) => new GraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status: 400 } } });
+const refusal = (message: string) => badRequest(400, message);
 
 async function jsonRefusal(req: Request, e: unknown): Promise<GraphQLError | null> {
   // the request keeps the text it parsed (whatwg-node's); a body that cannot be read again gives no position

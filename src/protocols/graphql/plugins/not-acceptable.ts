@@ -1,6 +1,7 @@
-import { GraphQLError, type ExecutionResult } from 'graphql';
+import type { ExecutionResult } from 'graphql';
 import { isAsyncIterable, processRegularResult, type Plugin } from 'graphql-yoga';
 import { quoted } from '../../../errors.ts';
+import { badRequest } from '../errors.ts';
 import { noteErrorCodes } from '../../../log.ts';
 
 /** The media types yoga's result processors answer in: a query or mutation in any of them, a subscription in a stream. */
@@ -24,7 +25,7 @@ const matches = (asked: string, type: string) => {
   return (askedType === '*' || askedType === mainType) && (askedSub === '*' || askedSub === subType);
 };
 
-const refusal = (message: string) => new GraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status: 406 } } });
+const refusal = (message: string) => badRequest(406, message);
 
 const notAcceptable = (accept: string | null) =>
   refusal(

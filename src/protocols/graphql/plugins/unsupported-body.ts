@@ -1,6 +1,7 @@
-import { GraphQLError } from 'graphql';
+import type { GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { quoted } from '../../../errors.ts';
+import { badRequest } from '../errors.ts';
 
 /** The Content-Types yoga's parsers read in a POST, matched as written (lower case, no space before a parameter). */
 const READ = [
@@ -14,7 +15,7 @@ const READ = [
 const TAKES =
   'send application/json ({"query": "...", "variables": {...}}), multipart/form-data to upload files (the GraphQL multipart request spec, see the README\'s curl examples), application/x-www-form-urlencoded, or application/graphql (the document alone); or a GET with ?query=...';
 
-const refusal = (message: string) => new GraphQLError(message, { extensions: { code: 'BAD_REQUEST', http: { status: 415 } } });
+const refusal = (message: string) => badRequest(415, message);
 
 /** What a POST's Content-Type (or its lack) is told: what /graphql reads, and how to write a type it reads but in other case. */
 function unsupportedType(contentType: string | null): GraphQLError {
@@ -31,10 +32,11 @@ function unsupportedType(contentType: string | null): GraphQLError {
  * MAX_BYTES_IN_FLIGHT while it inflates) on a body that yoga, busboy and the plugins before this one read as a stream.
  */
 const compressed = (encoding: string) =>
-  new GraphQLError(
+  badRequest(
+    415,
     `/graphql does not read a compressed body (Content-Encoding: ${quoted(encoding)}): send it uncompressed (KServe v2 REST, /v2/..., inflates gzip and deflate)`,
     // RFC 9110: a 415 for a content coding says, in Accept-Encoding, which codings are read
-    { extensions: { code: 'BAD_REQUEST', http: { status: 415, headers: { 'accept-encoding': 'identity' } } } },
+    { 'accept-encoding': 'identity' },
   );
 
 /**
