@@ -54,6 +54,7 @@ const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went a
 const NOT_RUN = Symbol('not run');
 const notRun = () =>
   Object.assign(new GatewayError(ErrorCode.CANCELLED, 'not run: another image of the request failed'), { [NOT_RUN]: true });
+const wasNotRun = (e: unknown) => (e as { [NOT_RUN]?: boolean } | null)?.[NOT_RUN] === true;
 /** What runs a model of each task: the GraphQL mutation, which the command-line client's command is named after. */
 const RUNS_TASK: Record<Task, string> = {
   classification: 'classify',
@@ -373,7 +374,7 @@ export class InferenceService {
     const settled = await Promise.allSettled(runs);
     // the image that failed by itself (the others it stopped are marked NOT_RUN)
     const rejected = (r: PromiseSettledResult<Feeds>): r is PromiseRejectedResult => r.status === 'rejected';
-    const own = settled.findIndex((r) => rejected(r) && !(r.reason as { [NOT_RUN]?: boolean })?.[NOT_RUN]);
+    const own = settled.findIndex((r) => rejected(r) && !wasNotRun(r.reason));
     const k = own >= 0 ? own : settled.findIndex(rejected);
     if (k >= 0) {
       const e = (settled[k] as PromiseRejectedResult).reason as unknown;
@@ -460,8 +461,7 @@ export class InferenceService {
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return { model, version, files, image, transform, plan, outputs };
       } catch (e) {
-        if (!(e as { [NOT_RUN]?: boolean })?.[NOT_RUN])
-          version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+        if (!wasNotRun(e)) version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
         throw e;
       } finally {
         if (admission) {
