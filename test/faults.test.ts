@@ -495,13 +495,20 @@ describe('ENGINE_CALL_TIMEOUT_MS: an engine call that does not come back in time
         const [t1, t2] = [await timed(2000), await timed(6000)];
         const rows = Math.round(2000 + ((0.6 * LIMIT - t1) * 4000) / Math.max(1, t2 - t1));
         const t0 = performance.now();
+        const answered = <R>(r: R) => ({ r, ms: performance.now() - t0 });
         const [a, b] = await Promise.all([
-          infer(rows).then((r) => ({ r, ms: performance.now() - t0 })),
-          new Promise((r) => setTimeout(r, 30)).then(() => infer(rows)),
+          infer(rows).then(answered),
+          new Promise((r) => setTimeout(r, 30)).then(() => infer(rows).then(answered)),
         ]);
         if (a.r.errors || a.ms > 0.8 * LIMIT) continue;
+        // Timed from when the engine starts it, the second call cannot fail before the first's answer plus the limit
+        // (less the few ms that answer takes to reach us); timed from its hand-over, it fails at about 30 ms plus the
+        // limit, about a second earlier. A failure at or past the first's answer plus the limit is a machine too busy
+        // for the second call's own compute to stay within the limit (seen in CI: 0.6 of the limit calibrated, more
+        // than the limit spent): that attempt says nothing.
+        if (b.r.errors && b.ms >= a.ms + LIMIT - 250) continue;
         counted++;
-        expect(b.errors, JSON.stringify(b.errors)).toBeUndefined();
+        expect(b.r.errors, JSON.stringify(b.r.errors)).toBeUndefined();
         expect(await state()).toBe('AVAILABLE');
       }
       expect(counted).toBe(1);
