@@ -549,6 +549,76 @@ describe('graphql-ws: errors as over HTTP', () => {
   });
 });
 
+describe('graphql-ws: the request log', () => {
+  it('has a line for each query, mutation and subscription, with its own id, its error codes, CANCELLED when the socket goes before its answer', async () => {
+    const gw = await startGateway({
+      models: { mobilenet: fixture('mobilenet'), slow: { onnx: slowModel(), config: { task: 'raw' } } },
+      env: { ENGINE_INSTANCES: '1', ENGINE_THREADS: '1', ENGINE_ALONE_THREADS: '0' },
+    });
+    const open = async () => {
+      const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+      const messages: { id?: string; type: string }[] = [];
+      ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+      return { ws, messages };
+    };
+    type Line = { msg: string; requestId?: string; transport?: string; operation?: string; errors?: string[]; ms?: number };
+    const lines = () => gw.logs.map((l) => JSON.parse(l) as Line).filter((l) => l.msg === 'request' && l.transport === 'websocket');
+    const a = await open();
+    const b = await open();
+    try {
+      const sent = {
+        models: { query: '{ models { name } }' },
+        nope: { query: 'mutation { classify(model: "nope", image: { base64: "AAAA" }) { predictions { label } } }' },
+        invalid: { query: '{ models { nme } }' },
+        events: { query: 'subscription { modelStatus { model } }' },
+      };
+      for (const [id, payload] of Object.entries(sent)) a.ws.send(JSON.stringify({ id, type: 'subscribe', payload }));
+      await until(
+        async () => ['models', 'nope', 'invalid'].every((id) => a.messages.some((m) => m.id === id && m.type !== 'next')),
+        5000,
+        'the answers',
+      );
+      a.ws.send(JSON.stringify({ id: 'events', type: 'complete' }));
+      await until(async () => lines().length >= 4, 5000, 'four lines');
+      const [query, mutation, invalid, subscription] = ['query', 'mutation', 'invalid', 'subscription'].map((kind) =>
+        lines().filter((l) =>
+          kind === 'invalid'
+            ? l.errors?.includes('GRAPHQL_VALIDATION_FAILED')
+            : l.operation === kind && !l.errors?.includes('GRAPHQL_VALIDATION_FAILED'),
+        ),
+      );
+      expect(query).toHaveLength(1);
+      expect(query[0]).toMatchObject({ path: '/graphql', operation: 'query' });
+      expect(query[0].errors).toBeUndefined();
+      expect(mutation).toHaveLength(1);
+      expect(mutation[0].errors).toEqual(['MODEL_NOT_FOUND']);
+      expect(invalid).toHaveLength(1);
+      expect(subscription).toHaveLength(1);
+      expect(subscription[0].errors).toBeUndefined();
+      const ids = lines().map((l) => l.requestId);
+      expect(new Set(ids).size).toBe(4);
+      ids.forEach((id) => expect(id).toMatch(/^[0-9a-f-]{36}$/));
+      // a mutation whose socket closes before its answer: CANCELLED, as an HTTP request whose client left (499)
+      const op = {
+        query: `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { shape } } }`,
+        variables: { d: slowModelInput(20_000) },
+      };
+      b.ws.send(JSON.stringify({ id: 'slow', type: 'subscribe', payload: op }));
+      await new Promise((r) => setTimeout(r, 200));
+      b.ws.close();
+      await until(async () => lines().length >= 5, 60_000, 'the line of the mutation cut short');
+      expect(lines()[4]).toMatchObject({ operation: 'mutation', errors: ['CANCELLED'] });
+    } finally {
+      a.ws.close();
+      b.ws.close();
+      await gw.close();
+    }
+  }, 90_000);
+});
+
 describe('graphql-ws: an operation the client completes while it runs', () => {
   it('is let go if it has not reached the engine, and its id used again never gets its answer', async () => {
     const gw = await startGateway({

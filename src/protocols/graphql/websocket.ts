@@ -1,6 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
-import type { ExecutionArgs, ExecutionResult, GraphQLError, GraphQLFormattedError } from 'graphql';
+import { getOperationAST, type ExecutionArgs, type ExecutionResult, type GraphQLError, type GraphQLFormattedError } from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
@@ -10,7 +11,7 @@ import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
 import type { Context } from './context.ts';
 import type { RequestBudget } from '../../inference/budget.ts';
-import type { Logger } from '../../log.ts';
+import { noteErrorCodes, requestContext, type Logger, type RequestContext } from '../../log.ts';
 import { isClosing } from '../../closing-connections.ts';
 import { toGraphQLError } from './errors.ts';
 import { jsonValueCount } from '../../json-text.ts';
@@ -31,7 +32,7 @@ export interface WebSocketLimits {
   bytesInFlight?: BytesInFlight;
   /** Who each connection's client is (TRUSTED_PROXIES); default: its peer. */
   clients?: ClientAddresses;
-  /** Where a connection's protocol errors go (debug: they are the client's). */
+  /** Where a connection's protocol errors go (debug: they are the client's), and each operation's request line. */
   logger?: Logger;
   /**
    * A connection whose client answers no ping within this, or, while its reading is held (holdReading), reads none of
@@ -57,7 +58,13 @@ function smallButForWhitespace(bytes: Uint8Array, max: number): boolean {
 const rawBytes = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
-type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown };
+type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown; log: RequestContext };
+
+/**
+ * An operation's line in the request log, as an HTTP request has: its own request id (the context its work logs under),
+ * the codes of the errors its answers held, when it began, and what it is once parsed.
+ */
+type Logged = { log: RequestContext; t0: number; operation?: string; answered: boolean; done: boolean };
 
 /**
  * A connection's failures are the client's, and said as such (a debug line) instead of graphql-ws's plain-text stack on
@@ -257,12 +264,38 @@ export function attachWebSocket(
     ops?.delete(payload);
     endOperation(op);
   };
+  /** Each operation's request line, by its message's payload (as operations are), written once when it ends. */
+  const requestLines = new WeakMap<object, Logged>();
+  const logLine = (logged: Logged | undefined) => {
+    if (!logged || logged.done) return;
+    logged.done = true;
+    const { log, t0, operation } = logged;
+    requestContext.run(log, () =>
+      logger?.info(
+        {
+          transport: 'websocket',
+          path: '/graphql',
+          ...(operation ? { operation } : {}),
+          ms: Math.round((performance.now() - t0) * 10) / 10,
+          ...(log.errorCodes ? { errors: log.errorCodes } : {}),
+        },
+        'request',
+      ),
+    );
+  };
   const authOf = (ctx: { connectionParams?: Record<string, unknown>; extra: { request: IncomingMessage } }) =>
     (ctx.connectionParams?.authorization as string | undefined) ?? ctx.extra.request.headers.authorization ?? null;
   useServer(
     {
-      execute: (args) => (args.rootValue as Root).execute(args) as never,
-      subscribe: (args) => (args.rootValue as Root).subscribe(args) as never,
+      // run in the operation's request context, as an HTTP request's work is: what is logged meanwhile carries its id
+      execute: (args) => {
+        const root = args.rootValue as Root;
+        return requestContext.run(root.log, () => root.execute(args)) as never;
+      },
+      subscribe: (args) => {
+        const root = args.rootValue as Root;
+        return requestContext.run(root.log, () => root.subscribe(args)) as never;
+      },
       onConnect: (ctx) => {
         // the token of the connection, as a header would carry it: anything else would fail each operation later (a
         // 4500 "internal error" at its first)
@@ -283,6 +316,8 @@ export function attachWebSocket(
         }
       },
       onSubscribe: async (ctx, id, payload) => {
+        const logged: Logged = { log: { requestId: randomUUID() }, t0: performance.now(), answered: false, done: false };
+        requestLines.set(payload, logged);
         let ops = operations.get(ctx.extra.socket);
         if (!ops) {
           const mine = (ops = new Map());
@@ -352,6 +387,7 @@ export function attachWebSocket(
         }
         const errors = validate(schema, document);
         if (errors.length) return errors;
+        logged.operation = getOperationAST(document, payload.operationName)?.operation;
         // the message's size, read before anything here waited (graphql-ws calls this as the message comes)
         const client = clientOf.get(ctx.extra.socket) ?? 'unknown';
         const bytes = bytesInFlight ? (messageBytes.get(ctx.extra.socket) ?? 0) : 0;
@@ -369,17 +405,42 @@ export function attachWebSocket(
           document,
           variableValues: payload.variables,
           contextValue,
-          rootValue: { execute, subscribe } satisfies Root,
+          rootValue: { execute, subscribe, log: logged.log } satisfies Root,
         };
       },
-      onComplete: (ctx, _id, payload) => end(ctx.extra.socket, payload),
+      onComplete: (ctx, _id, payload) => {
+        const logged = requestLines.get(payload);
+        // a query or mutation that ends unanswered: its client completed it, or its connection closed, before its answer
+        if (logged && !logged.answered && logged.operation !== 'subscription') noteErrorCodes([ErrorCode.CANCELLED], logged.log);
+        logLine(logged);
+        end(ctx.extra.socket, payload);
+      },
       onError: (ctx, _id, payload, errors) => {
+        const logged = requestLines.get(payload);
+        if (logged)
+          noteErrorCodes(
+            errors.map((e) => e.extensions?.code),
+            logged.log,
+          );
+        logLine(logged);
         end(ctx.extra.socket, payload);
         return errors.map(asOverHttp);
       },
       // (a result without yoga's HTTP hint goes as it is)
-      onNext: (_ctx, _id, _payload, _args, result: ExecutionResult) =>
-        result.errors?.some((e) => e.extensions?.http !== undefined) ? { ...result, errors: result.errors.map(asOverHttp) } : undefined,
+      onNext: (_ctx, _id, payload, _args, result: ExecutionResult) => {
+        const logged = requestLines.get(payload);
+        if (logged) {
+          logged.answered = true;
+          if (result.errors?.length)
+            noteErrorCodes(
+              result.errors.map((e) => e.extensions?.code),
+              logged.log,
+            );
+        }
+        return result.errors?.some((e) => e.extensions?.http !== undefined)
+          ? { ...result, errors: result.errors.map(asOverHttp) }
+          : undefined;
+      },
     },
     wss,
     0, // keepAlive below instead: graphql-ws's would close a client that reads, slowly, while its reading is held
