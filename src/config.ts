@@ -49,6 +49,7 @@ export interface Config {
   maxQueryDepth: number;
   maxAliases: number;
   maxWsConnectionsPerClient: number;
+  maxWsMessageBytes: number;
   maxSubscriptionsPerConnection: number;
   wsKeepAliveMs: number;
   adminToken: string | null;
@@ -431,6 +432,13 @@ export const SETTINGS = [
   s('maxAliases', 'MAX_ALIASES', int(1), 64, 'Aliased fields in one operation'),
   s('maxWsConnectionsPerClient', 'MAX_WS_CONNECTIONS_PER_CLIENT', int(1), 16, 'Open WebSocket connections per client address'),
   s(
+    'maxWsMessageBytes',
+    'MAX_WS_MESSAGE_BYTES',
+    int(1024),
+    1024 * 1024,
+    'Largest WebSocket message (a GraphQL operation with its variables), at most MAX_JSON_BODY_BYTES; a connection that sends a larger one is closed (1009) with the reason. Also how much of its answers a client may leave unread before the server stops reading it. Photos larger than this go as multipart uploads over HTTP',
+  ),
+  s(
     'maxSubscriptionsPerConnection',
     'MAX_SUBSCRIPTIONS_PER_CONNECTION',
     int(1),
@@ -619,6 +627,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (c.requestTimeoutMs < c.headersTimeoutMs)
     throw new ConfigError(
       `REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) is below HEADERS_TIMEOUT_MS (${c.headersTimeoutMs}): the whole request cannot take less time than its headers; lower HEADERS_TIMEOUT_MS too`,
+    );
+  if (c.maxWsMessageBytes > c.maxJsonBodyBytes)
+    throw new ConfigError(
+      `MAX_WS_MESSAGE_BYTES (${c.maxWsMessageBytes}) is above MAX_JSON_BODY_BYTES (${c.maxJsonBodyBytes}): a WebSocket message is JSON parsed on the event loop, as a JSON body is, and is bounded by the same; raise MAX_JSON_BODY_BYTES too`,
     );
   // the default follows a larger MAX_UPLOAD_BYTES (a client may hold half, and a compressed body of the largest size
   // holds twice it); a value given below that is a mistake

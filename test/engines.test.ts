@@ -281,6 +281,11 @@ describe('configuration', () => {
     // sharp takes a time limit of an hour at most: past it every decode failed as INVALID_IMAGE
     expect(() => loadConfig({ DECODE_TIMEOUT_MS: '3600001' }, [])).toThrow(/^DECODE_TIMEOUT_MS: expected an integer 100\.\.3600000/);
     expect(loadConfig({ DECODE_TIMEOUT_MS: '3600000' }, []).decodeTimeoutMs).toBe(3_600_000);
+    // a WebSocket message is JSON parsed on the event loop, as a JSON body is: bounded by the same
+    expect(() => loadConfig({ MAX_WS_MESSAGE_BYTES: String(9 * 1024 * 1024) }, [])).toThrow(
+      /^MAX_WS_MESSAGE_BYTES \(9437184\) is above MAX_JSON_BODY_BYTES \(8388608\)/,
+    );
+    expect(loadConfig({ MAX_WS_MESSAGE_BYTES: '9437184', MAX_JSON_BODY_BYTES: '9437184' }, []).maxWsMessageBytes).toBe(9437184);
     // an empty flag fell back to the default over the environment's value (--api-tokens= turned authentication off)
     expect(() => loadConfig({ API_TOKENS: 'secret' }, ['--api-tokens='])).toThrow(/^--api-tokens needs a value/);
     expect(() => loadConfig({ PORT: '5000' }, ['--port='])).toThrow(/^--port needs a value/);

@@ -619,6 +619,38 @@ describe('graphql-ws: the request log', () => {
   }, 90_000);
 });
 
+describe('graphql-ws: MAX_WS_MESSAGE_BYTES', () => {
+  it('takes a message up to the setting (a base64 photo past the 1 MB default), and closes past it saying why', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { MAX_WS_MESSAGE_BYTES: String(3 * 1024 * 1024) } });
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+    const messages: { id?: string; type: string; payload?: { data?: { classify?: { predictions: { classId: number }[] } } } }[] = [];
+    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+    const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, reason) => resolve([code, String(reason)])));
+    try {
+      await new Promise((resolve) => ws.once('open', resolve));
+      ws.send(JSON.stringify({ type: 'connection_init' }));
+      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+      const base64 = (await readFile(image('zebra.jpeg'))).toString('base64');
+      const query = 'mutation($i: ImageInput!) { classify(model: "mobilenet", image: $i, topK: 1) { predictions { classId } } }';
+      // the photo's message padded to 2 MB with whitespace, which JSON allows between tokens
+      const message = (pad: number) =>
+        `{"id": "z", "type": "subscribe", ${' '.repeat(pad)} "payload": ${JSON.stringify({ query, variables: { i: { base64 } } })}}`;
+      const two = message(2 * 1024 * 1024 - message(0).length);
+      expect(two.length).toBe(2 * 1024 * 1024);
+      ws.send(two);
+      await until(async () => messages.some((m) => m.id === 'z' && m.type === 'next'), 10_000, 'the answer');
+      expect(messages.find((m) => m.id === 'z' && m.type === 'next')?.payload?.data?.classify?.predictions[0].classId).toBe(340);
+      ws.send(message(4 * 1024 * 1024));
+      const [code, reason] = await closed;
+      expect(code).toBe(1009);
+      expect(reason).toMatch(/^a message is at most 3145728 bytes \(MAX_WS_MESSAGE_BYTES\)/);
+    } finally {
+      ws.close();
+      await gw.close();
+    }
+  });
+});
+
 describe('graphql-ws: an operation the client completes while it runs', () => {
   it('is let go if it has not reached the engine, and its id used again never gets its answer', async () => {
     const gw = await startGateway({

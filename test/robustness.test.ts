@@ -403,11 +403,15 @@ describe('bad input gets a typed error and the server stays healthy', () => {
         ws.on('error', () => undefined);
         return ws;
       };
-      // a frame past the message limit: closed 1009 by ws, then "Internal error emitted on a WebSocket socket"
+      // a frame past the message limit: closed 1009 by ws, then "Internal error emitted on a WebSocket socket"; the
+      // close says why (ws closed it with no reason)
       const big = await open();
-      const closed = new Promise<number>((resolve) => big.once('close', resolve));
+      const closed = new Promise<[number, string]>((resolve) => big.once('close', (code, reason) => resolve([code, String(reason)])));
       big.send('x'.repeat(2 * 1024 * 1024));
-      expect(await closed).toBe(1009);
+      const [code, reason] = await closed;
+      expect(code).toBe(1009);
+      expect(reason).toMatch(/^a message is at most 1048576 bytes \(MAX_WS_MESSAGE_BYTES\)/);
+      expect(Buffer.byteLength(reason)).toBeLessThanOrEqual(123);
       // pings whose pongs are written after the client has gone: "Internal error occurred during message handling"
       for (let i = 0; i < 5; i++) {
         const ws = await open();

@@ -78,6 +78,7 @@ export function createGateway({
     webSocketLimits: {
       maxConnectionsPerClient: config.maxWsConnectionsPerClient,
       maxSubscriptionsPerConnection: config.maxSubscriptionsPerConnection,
+      maxPayloadBytes: config.maxWsMessageBytes,
       keepAliveMs: config.wsKeepAliveMs,
       bytesInFlight,
     },

@@ -201,6 +201,7 @@ export function attachWebSocket(
     const addr = clientAddress(req) ?? 'unknown'; // verifyClient refused a connection that names no client
     clientOf.set(socket, addr);
     quietFailures(socket, (err) => logger?.debug({ err: errorMessage(err), client: addr }, 'websocket connection error'));
+    sayWhyTooLarge(socket, maxPayloadBytes);
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
     if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
     // a client that does not read its answers is not read either, as over TCP: graphql-ws answers a ping with its
@@ -465,6 +466,21 @@ export function attachWebSocket(
       await closed;
     },
   };
+}
+
+/**
+ * ws closes a connection whose message is past its limit with 1009 and no reason: the close says which limit, and what
+ * to do (at most 123 bytes, as a close reason may hold).
+ */
+function sayWhyTooLarge(socket: WebSocket, maxBytes: number): void {
+  const close = socket.close.bind(socket);
+  socket.close = (code?: number, reason?: string | Buffer) =>
+    close(
+      code,
+      code === 1009 && !reason?.length
+        ? `a message is at most ${maxBytes} bytes (MAX_WS_MESSAGE_BYTES); send large photos as multipart uploads over HTTP`
+        : reason,
+    );
 }
 
 /**
