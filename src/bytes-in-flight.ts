@@ -1,4 +1,4 @@
-import { ErrorCode, GatewayError } from './errors.ts';
+import { ErrorCode, GatewayError, clientGone } from './errors.ts';
 
 /**
  * Bytes of requests the process holds at once, on both ports, counted as they arrive (an HTTP body, GraphQL or KServe
@@ -87,7 +87,7 @@ export class RequestHold {
 
   /** Take n bytes more, or the error to answer (nothing taken); once released, CANCELLED: the work is for no one. */
   take(n: number): GatewayError | null {
-    if (this.released) return new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+    if (this.released) return clientGone();
     const refused = this.budget.take(n, this.client, this.held);
     if (!refused) this.held += n;
     return refused;

@@ -79,6 +79,9 @@ export class GatewayError extends Error {
   }
 }
 
+/** The error of work dropped because its client went away (HTTP 499 in the log; there is no one to answer). */
+export const clientGone = (): GatewayError => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+
 export const isGatewayError = (e: unknown): e is GatewayError => e instanceof GatewayError;
 
 /** Message of anything thrown, for logs and error states. */

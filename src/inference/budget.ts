@@ -1,4 +1,4 @@
-import { ErrorCode, GatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError, clientGone } from '../errors.ts';
 import type { RunOptions } from './service.ts';
 
 /** A request's share of the process's memory budget: take n bytes more, or the error to answer (nothing taken). */
@@ -143,6 +143,6 @@ export class RequestBudget {
 
   /** CANCELLED when the client has gone away (nobody will read the answer). */
   checkAlive(): void {
-    if (this.signal?.aborted) throw new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+    if (this.signal?.aborted) throw clientGone();
   }
 }

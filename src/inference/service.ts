@@ -1,7 +1,7 @@
 // Over 250 lines on purpose: the one service every protocol calls; its tensor, batch and image entry points share
 // admission, budgets and the joining of results.
 import { setMaxListeners } from 'node:events';
-import { ErrorCode, GatewayError, isGatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError, clientGone, isGatewayError } from '../errors.ts';
 import { bytesPerElement, elementCount, type Tensor, type TensorInfo } from '../engine/types.ts';
 import { concatBatch, type Feeds } from '../batching/batcher.ts';
 import { postprocessingOf, type Task } from '../repository/model-config.ts';
@@ -49,7 +49,6 @@ export interface RunOptions {
   held?: Map<ModelVersion, number>;
 }
 
-const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
 /** Marks an image of an all-or-none request left unrun because another failed (see runImages). */
 const NOT_RUN = Symbol('not run');
 const notRun = () =>
@@ -147,7 +146,7 @@ export class InferenceService {
   private onDecodeThread<T>(work: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     return abortable(
       this.decodes.run(signal ?? this.anonymous, async () => {
-        if (signal?.aborted) throw cancelled();
+        if (signal?.aborted) throw clientGone();
         return work();
       }),
       signal,
@@ -253,7 +252,7 @@ export class InferenceService {
     }
     const t0 = performance.now();
     try {
-      if (signal?.aborted) throw cancelled();
+      if (signal?.aborted) throw clientGone();
       const outputs = await admission.infer(feeds, signal);
       version.stats.recordRequest((performance.now() - t0) * 1000);
       return Object.fromEntries(wanted.map((n) => [n, outputs[n]]));
@@ -325,7 +324,7 @@ export class InferenceService {
     const runs = admissions.map(async (admission, k) => {
       const t0 = performance.now();
       try {
-        if (signal?.aborted) throw cancelled();
+        if (signal?.aborted) throw clientGone();
         const outputs = await admission.infer(items[k], signal);
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return outputs;
@@ -437,7 +436,7 @@ export class InferenceService {
       }
       held?.set(version, (held.get(version) ?? 0) + 1);
       const prepared = (async () => {
-        if (decoding?.aborted) throw cancelled();
+        if (decoding?.aborted) throw clientGone();
         const bytes = await source();
         // the header is read on a decoding thread too: for most formats it is libvips' metadata(), which can cost as
         // much as the decode (a GIF of a million frames is read whole), so it shares the threads, and the turns, with it
@@ -496,7 +495,7 @@ function checkAdmissible(name: string, version: ModelVersion, n: number, client:
 function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return p;
   return new Promise<T>((resolve, reject) => {
-    const leave = () => reject(cancelled());
+    const leave = () => reject(clientGone());
     if (signal.aborted) leave();
     else {
       // every image of one request waits on the request's signal at once (up to MAX_IMAGES_PER_REQUEST): not a leak,

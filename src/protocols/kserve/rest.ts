@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
 import { decodeBase64 } from '../../base64.ts';
-import { ErrorCode, GatewayError, quoted } from '../../errors.ts';
+import { ErrorCode, GatewayError, clientGone, quoted } from '../../errors.ts';
 import { jsonTooLarge, jsonValueCount, notValidJsonText, parsedAsJson } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
 import { toBytes } from '../../engine/types.ts';
@@ -150,9 +150,7 @@ function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
     });
     req.on('end', () => resolve(Buffer.concat(chunks)));
     // a client that hangs up mid-body ("aborted", ECONNRESET): its leaving, not a server error
-    req.on('error', (e: NodeJS.ErrnoException) =>
-      reject(req.destroyed || e.code === 'ECONNRESET' ? new GatewayError(ErrorCode.CANCELLED, 'the client went away') : e),
-    );
+    req.on('error', (e: NodeJS.ErrnoException) => reject(req.destroyed || e.code === 'ECONNRESET' ? clientGone() : e));
   });
 }
 
@@ -489,7 +487,7 @@ export function createRestRoute({
         const parsed =
           jsonBytes > LONG_JSON_BYTES
             ? await inTurn(() => {
-                if (res.socket?.destroyed) throw new GatewayError(ErrorCode.CANCELLED, 'the client went away');
+                if (res.socket?.destroyed) throw clientGone();
                 return parse();
               })
             : parse();
