@@ -300,7 +300,6 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     this.versionMetrics.delete(key);
   }
 
-  /** Unload everything of a model and take it off the list (its folder was removed, or it was deleted). */
   /** Is this the model the list holds under its name? Not once a deleteModel that held it first has forgotten it. */
   private listed(model: Model): boolean {
     return this.byName.get(model.name) === model;
@@ -311,6 +310,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (!this.listed(model)) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${quoted(model.name)} was deleted meanwhile`);
   }
 
+  /** Unload everything of a model and take it off the list (its folder was removed, or it was deleted). */
   private async forget(model: Model): Promise<void> {
     await Promise.all([...model.versions.values()].map((v) => v.unload()));
     for (const v of [...model.versions.keys()]) this.dropVersion(model, v);
