@@ -9,6 +9,7 @@ import {
   image,
   modelAsset,
   modelFile,
+  openGraphqlWs,
   startGateway,
   until,
   type TestGateway,
@@ -555,19 +556,10 @@ describe('graphql-ws: the request log', () => {
       models: { mobilenet: fixture('mobilenet'), slow: { onnx: slowModel(), config: { task: 'raw' } } },
       env: { ENGINE_INSTANCES: '1', ENGINE_THREADS: '1', ENGINE_ALONE_THREADS: '0' },
     });
-    const open = async () => {
-      const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
-      const messages: { id?: string; type: string }[] = [];
-      ws.on('message', (d) => messages.push(JSON.parse(String(d))));
-      await new Promise((resolve) => ws.once('open', resolve));
-      ws.send(JSON.stringify({ type: 'connection_init' }));
-      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
-      return { ws, messages };
-    };
     type Line = { msg: string; requestId?: string; transport?: string; operation?: string; errors?: string[]; ms?: number };
     const lines = () => gw.logs.map((l) => JSON.parse(l) as Line).filter((l) => l.msg === 'request' && l.transport === 'websocket');
-    const a = await open();
-    const b = await open();
+    const a = await openGraphqlWs(gw.url);
+    const b = await openGraphqlWs(gw.url);
     try {
       const sent = {
         models: { query: '{ models { name } }' },
@@ -622,14 +614,10 @@ describe('graphql-ws: the request log', () => {
 describe('graphql-ws: MAX_WS_MESSAGE_BYTES', () => {
   it('takes a message up to the setting (a base64 photo past the 1 MB default), and closes past it saying why', async () => {
     const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { MAX_WS_MESSAGE_BYTES: String(3 * 1024 * 1024) } });
-    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
-    const messages: { id?: string; type: string; payload?: { data?: { classify?: { predictions: { classId: number }[] } } } }[] = [];
-    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+    type Message = { id?: string; type: string; payload?: { data?: { classify?: { predictions: { classId: number }[] } } } };
+    const { ws, messages } = await openGraphqlWs<Message>(gw.url);
     const closed = new Promise<[number, string]>((resolve) => ws.once('close', (code, reason) => resolve([code, String(reason)])));
     try {
-      await new Promise((resolve) => ws.once('open', resolve));
-      ws.send(JSON.stringify({ type: 'connection_init' }));
-      await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
       const base64 = (await readFile(image('zebra.jpeg'))).toString('base64');
       const query = 'mutation($i: ImageInput!) { classify(model: "mobilenet", image: $i, topK: 1) { predictions { classId } } }';
       // the photo's message padded to 2 MB with whitespace, which JSON allows between tokens

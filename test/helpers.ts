@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
 import { loadConfig, loadOptionsOf, type Config } from '../src/config.ts';
 import { createLogger } from '../src/log.ts';
 import { Metrics } from '../src/metrics.ts';
@@ -200,6 +201,22 @@ export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, wha
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * A GraphQL-over-WebSocket connection (graphql-transport-ws) to a gateway, acknowledged, with every message it is
+ * sent, parsed, in `messages` (typed as the test reads them).
+ */
+export async function openGraphqlWs<M extends { type: string } = { id?: string; type: string }>(
+  gatewayUrl: string,
+): Promise<{ ws: WebSocket; messages: M[] }> {
+  const ws = new WebSocket(`${gatewayUrl.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
+  const messages: M[] = [];
+  ws.on('message', (d) => messages.push(JSON.parse(String(d))));
+  await new Promise((resolve) => ws.once('open', resolve));
+  ws.send(JSON.stringify({ type: 'connection_init' }));
+  await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+  return { ws, messages };
 }
 
 /** Wait until `url` answers with a 2xx status (a server that is starting: refused connections count as not yet). */

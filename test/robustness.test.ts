@@ -9,7 +9,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
 import sharp from 'sharp';
-import { IMAGES, errorCode, image, startGateway, until, uploadFiles, type TestGateway, fixture, watchStalls } from './helpers.ts';
+import {
+  IMAGES,
+  errorCode,
+  image,
+  openGraphqlWs,
+  startGateway,
+  until,
+  uploadFiles,
+  type TestGateway,
+  fixture,
+  watchStalls,
+} from './helpers.ts';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import { startReplica } from '../bench/cluster-lib.ts';
 import { buildModel, ElemType } from './onnx-builder.ts';
@@ -344,12 +355,7 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     const warnings: string[] = [];
     const onWarning = (w: Error) => warnings.push(w.name);
     process.on('warning', onWarning);
-    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, 'graphql-transport-ws');
-    const messages: { id?: string; type: string }[] = [];
-    ws.on('message', (d) => messages.push(JSON.parse(String(d))));
-    await new Promise((resolve) => ws.once('open', resolve));
-    ws.send(JSON.stringify({ type: 'connection_init' }));
-    await until(async () => messages.some((m) => m.type === 'connection_ack'), 5000, 'the connection acknowledged');
+    const { ws, messages } = await openGraphqlWs(gw.url);
     for (let i = 0; i < 16; i++)
       ws.send(JSON.stringify({ id: String(i), type: 'subscribe', payload: { query: 'subscription { modelStatus { model } }' } }));
     await new Promise((r) => setTimeout(r, 500));
