@@ -151,3 +151,127 @@ describe('KServe v2 at its edges', () => {
     );
   });
 });
+
+/**
+ * Triton's statistics and model configuration extensions, which its clients read (tritonclient's
+ * get_inference_statistics and get_model_config; perf_analyzer reads the configuration before it sends anything).
+ */
+describe("KServe v2: Triton's statistics and model configuration extensions", () => {
+  let gw: TestGateway;
+  let client: KserveGrpcClient;
+  const get = async (path: string) => {
+    const r = await fetch(`${gw.url}/v2${path}`);
+    return { status: r.status, code: r.headers.get('x-error-code'), body: await r.json() };
+  };
+
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        'id-any': { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw', batching: { maxDelayMs: 2 } } },
+        'no-batch': {
+          onnx: buildModel({
+            nodes: [{ op: 'Add', inputs: ['x', 'x'], outputs: ['y'] }],
+            inputs: [{ name: 'x', elemType: ElemType.INT64, shape: [10, 2] }],
+            outputs: [{ name: 'y', elemType: ElemType.INT64, shape: [10, 2] }],
+          }),
+          config: { task: 'raw' },
+        },
+      },
+      env: { MAX_IMAGES_PER_REQUEST: '8', ENGINE_INSTANCES: '2' },
+    });
+    client = createKserveGrpcClient(`127.0.0.1:${gw.grpcPort}`);
+  });
+  afterAll(async () => {
+    client?.close();
+    await gw?.close();
+  });
+
+  it('statistics: each version counts its inferences, engine calls, queue and compute time, as Triton reports them, over REST and gRPC', async () => {
+    expect((await get('')).body.extensions).toEqual(expect.arrayContaining(['statistics', 'model_configuration']));
+    const before = (await get('/models/id-any/stats')).body.model_stats[0];
+    expect(before).toMatchObject({ name: 'id-any', version: '1', inference_count: 0, execution_count: 0, last_inference: 0 });
+    const t0 = Date.now();
+    // three requests at once, of 3, 1 and 2 items: six inferences in one to six engine calls
+    const infer = (n: number) =>
+      fetch(`${gw.url}/v2/models/id-any/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          inputs: [{ name: 'x', datatype: 'FP32', shape: [n, 2], data: Array.from({ length: 2 * n }, (_, i) => i) }],
+        }),
+      }).then((r) => r.status);
+    expect(await Promise.all([infer(3), infer(1), infer(2)])).toEqual([200, 200, 200]);
+    const { body } = await get('/models/id-any/stats');
+    const s = body.model_stats[0];
+    expect(s.inference_count).toBe(6);
+    expect(s.last_inference).toBeGreaterThanOrEqual(t0);
+    expect(s.last_inference).toBeLessThanOrEqual(Date.now());
+    expect(s.execution_count).toBeGreaterThanOrEqual(1);
+    expect(s.execution_count).toBeLessThanOrEqual(6);
+    const i = s.inference_stats;
+    expect(i.success.count).toBe(6);
+    expect(i.success.ns).toBeGreaterThan(0);
+    expect(i.fail).toEqual({ count: 0, ns: 0 });
+    expect(i.queue.count).toBe(6);
+    // per item, as Triton counts it: each item is charged its engine call's time
+    expect(i.compute_infer.count).toBe(6);
+    expect(i.compute_infer.ns).toBeGreaterThan(0);
+    expect(i.compute_input).toEqual({ count: 0, ns: 0 }); // not timed apart: said so, not made up
+    // engine calls by size: as many as execution_count, their sizes summing to the six items
+    const calls = s.batch_stats.reduce((n: number, b: { compute_infer: { count: number } }) => n + b.compute_infer.count, 0);
+    const items = s.batch_stats.reduce(
+      (n: number, b: { batch_size: number; compute_infer: { count: number } }) => n + b.batch_size * b.compute_infer.count,
+      0,
+    );
+    expect([calls, items]).toEqual([s.execution_count, 6]);
+    // every model's versions, one model's, one version's; unknown ones are 404 / NOT_FOUND
+    expect((await get('/models/stats')).body.model_stats.map((x: { name: string }) => x.name).sort()).toEqual(['id-any', 'no-batch']);
+    expect((await get('/models/id-any/versions/1/stats')).body.model_stats).toEqual([s]);
+    expect(await get('/models/id-any/versions/7/stats')).toMatchObject({ status: 404, code: 'MODEL_NOT_FOUND' });
+    expect(await get('/models/nope/stats')).toMatchObject({ status: 404, code: 'MODEL_NOT_FOUND' });
+    // gRPC: the same figures (uint64 as strings, as protobuf's int64 mapping gives them)
+    const g = (await client.ModelStatistics({ name: 'id-any' })) as {
+      model_stats: { inference_count: string; inference_stats: { success: { count: string } } }[];
+    };
+    expect(g.model_stats).toHaveLength(1);
+    expect(g.model_stats[0].inference_count).toBe('6');
+    expect(g.model_stats[0].inference_stats.success.count).toBe('6');
+    const all = (await client.ModelStatistics({})) as { model_stats: unknown[] };
+    expect(all.model_stats).toHaveLength(2);
+    await expect(client.ModelStatistics({ name: 'nope' })).rejects.toMatchObject({ code: 5 }); // NOT_FOUND
+  });
+
+  it('model configuration: max_batch_size, inputs and outputs in model_config.proto terms, over REST and gRPC', async () => {
+    // a batch dimension: up to MAX_IMAGES_PER_REQUEST items in a request, dims without it, requests batched together
+    expect((await get('/models/id-any/config')).body).toEqual({
+      name: 'id-any',
+      platform: 'onnxruntime_onnx',
+      backend: 'onnxruntime',
+      max_batch_size: 8,
+      input: [{ name: 'x', data_type: 'TYPE_FP32', format: 'FORMAT_NONE', dims: [-1] }],
+      output: [{ name: 'y', data_type: 'TYPE_FP32', dims: [-1], label_filename: '' }],
+      instance_group: [{ name: 'id-any', kind: 'KIND_CPU', count: 2 }],
+      dynamic_batching: { preferred_batch_size: [], max_queue_delay_microseconds: 2000 },
+    });
+    // none: max_batch_size 0 and whole shapes, as Triton says of a model it does not batch
+    const noBatch = (await get('/models/no-batch/versions/1/config')).body;
+    expect(noBatch).toMatchObject({ max_batch_size: 0, input: [{ name: 'x', data_type: 'TYPE_INT64', dims: [10, 2] }] });
+    expect(noBatch.dynamic_batching).toBeUndefined();
+    expect(await get('/models/nope/config')).toMatchObject({ status: 404, code: 'MODEL_NOT_FOUND' });
+    const g = (await client.ModelConfig({ name: 'id-any' })) as {
+      config: {
+        max_batch_size: number;
+        input: { name: string; data_type: string; dims: string[] }[];
+        dynamic_batching: object;
+        scheduling_choice: string;
+      };
+    };
+    expect(g.config).toMatchObject({
+      max_batch_size: 8,
+      input: [{ name: 'x', data_type: 'TYPE_FP32', dims: ['-1'] }],
+      scheduling_choice: 'dynamic_batching',
+    });
+    expect(g.config.dynamic_batching).toEqual({ preferred_batch_size: [], max_queue_delay_microseconds: '2000' });
+    await expect(client.ModelConfig({ name: 'nope' })).rejects.toMatchObject({ code: 5 });
+  });
+});

@@ -72,7 +72,7 @@ describe('KServe v2 over gRPC', () => {
     expect(await client.ServerMetadata()).toEqual({
       name: 'graphql-inference-gateway',
       version: expect.any(String),
-      extensions: ['binary_tensor_data', 'classification', 'model_repository'],
+      extensions: ['binary_tensor_data', 'classification', 'model_repository', 'statistics', 'model_configuration'],
     });
   });
 

@@ -216,7 +216,7 @@ describe('KServe v2 over REST', () => {
       body: {
         name: 'graphql-inference-gateway',
         version: expect.any(String),
-        extensions: ['binary_tensor_data', 'classification', 'model_repository'],
+        extensions: ['binary_tensor_data', 'classification', 'model_repository', 'statistics', 'model_configuration'],
       },
     });
     expect(await json(get('/health/live'))).toMatchObject({ status: 200, body: { live: true } });

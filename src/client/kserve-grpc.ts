@@ -17,6 +17,8 @@ export const RPCS = [
   'RepositoryIndex',
   'RepositoryModelLoad',
   'RepositoryModelUnload',
+  'ModelStatistics',
+  'ModelConfig',
 ] as const;
 export type Rpc = (typeof RPCS)[number];
 

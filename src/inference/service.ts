@@ -258,7 +258,7 @@ export class InferenceService {
       return Object.fromEntries(wanted.map((n) => [n, outputs[n]]));
     } catch (e) {
       const err = notComputable(name, e, version.inputs, feeds);
-      version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED);
+      version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED, 1, (performance.now() - t0) * 1000);
       throw err;
     } finally {
       admission.release();
@@ -330,7 +330,7 @@ export class InferenceService {
         return outputs;
       } catch (e) {
         const err = n === 1 ? notComputable(name, e, version.inputs, items[k], inputs) : notComputable(name, e, version.inputs, items[k]);
-        version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED);
+        version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED, 1, (performance.now() - t0) * 1000);
         throw err;
       } finally {
         admission.release();
@@ -460,7 +460,8 @@ export class InferenceService {
         version.stats.recordRequest((performance.now() - t0) * 1000);
         return { model, version, files, image, transform, plan, outputs };
       } catch (e) {
-        if (!wasNotRun(e)) version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
+        if (!wasNotRun(e))
+          version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED, 1, (performance.now() - t0) * 1000);
         throw e;
       } finally {
         if (admission) {

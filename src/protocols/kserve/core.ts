@@ -131,8 +131,84 @@ function withImageAsText(e: unknown, elements: readonly Uint8Array[], sendBytes:
 }
 
 /** What this server reports in its metadata: the extensions it implements (Triton's names). */
-export const EXTENSIONS = ['binary_tensor_data', 'classification', 'model_repository'];
+export const EXTENSIONS = ['binary_tensor_data', 'classification', 'model_repository', 'statistics', 'model_configuration'];
 const PACKAGE = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { name: string; version: string };
+/** A count and a cumulative duration (Triton's statistics extension). */
+export interface V2Duration {
+  count: number;
+  ns: number;
+}
+
+/** One version's statistics, as Triton's statistics extension reports them (`$model_stat`). */
+export interface V2ModelStat {
+  name: string;
+  version: string;
+  last_inference: number;
+  inference_count: number;
+  execution_count: number;
+  inference_stats: Record<
+    'success' | 'fail' | 'queue' | 'compute_input' | 'compute_infer' | 'compute_output' | 'cache_hit' | 'cache_miss',
+    V2Duration
+  >;
+  batch_stats: { batch_size: number; compute_input: V2Duration; compute_infer: V2Duration; compute_output: V2Duration }[];
+  memory_usage: never[];
+  response_stats: Record<string, never>;
+}
+
+/** A model's configuration as Triton's model configuration extension reports it (model_config.proto's fields). */
+export interface V2ModelConfig {
+  name: string;
+  platform: string;
+  backend: string;
+  max_batch_size: number;
+  input: { name: string; data_type: string; format: 'FORMAT_NONE'; dims: number[] }[];
+  output: { name: string; data_type: string; dims: number[]; label_filename: string }[];
+  instance_group: { name: string; kind: 'KIND_CPU'; count: number }[];
+  dynamic_batching?: { preferred_batch_size: number[]; max_queue_delay_microseconds: number };
+}
+
+const NONE: V2Duration = { count: 0, ns: 0 };
+const duration = (count: number, us: number): V2Duration => ({ count, ns: Math.round(us * 1000) });
+
+/**
+ * A version's counters as Triton reports them. What the gateway does not time apart is reported as not measured
+ * (count 0): preparing inputs (decoding, preprocessing) and reading outputs, and a response cache it does not have.
+ * compute_infer is counted per item, as Triton does: an engine call of four items that took 10 ms counts 4 and 40 ms.
+ */
+function versionStat(model: string, v: ModelVersion): V2ModelStat {
+  const s = v.stats;
+  return {
+    name: model,
+    version: String(v.version),
+    last_inference: s.lastSuccessAt,
+    inference_count: s.requests,
+    execution_count: s.batches,
+    inference_stats: {
+      success: duration(s.requests, s.requestTime.sum),
+      fail: duration(s.errorCount, s.failedUs),
+      queue: duration(s.queueTime.count, s.queueTime.sum),
+      compute_input: NONE,
+      compute_infer: duration(s.computedItems, s.computedItemUs),
+      compute_output: NONE,
+      cache_hit: NONE,
+      cache_miss: NONE,
+    },
+    batch_stats: [...s.batchSizes.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .map(([size, calls]) => ({
+        batch_size: size,
+        compute_input: NONE,
+        compute_infer: duration(calls, s.batchSizeTime.get(size) ?? 0),
+        compute_output: NONE,
+      })),
+    memory_usage: [],
+    response_stats: {},
+  };
+}
+
+/** Triton's data type names (model_config.proto's DataType): BYTES is TYPE_STRING there. */
+const configType = (dtype: TensorInfo['dtype']): string => `TYPE_${V2_DATATYPE[dtype]}`;
+
 /** Platform names as Triton reports them. */
 const PLATFORMS: Record<string, string> = { onnxruntime: 'onnxruntime_onnx', openvino: 'openvino' };
 
@@ -238,6 +314,53 @@ export function createKserveCore({
         platform: PLATFORMS[models.engine.name] ?? models.engine.name,
         inputs: (v?.inputs ?? []).map(tensorMetadata),
         outputs: (v?.outputs ?? []).map(tensorMetadata),
+      };
+    },
+
+    /**
+     * Statistics extension (Triton): every version of every model, of one model, or one version of it. Each version
+     * counts from when it was loaded.
+     */
+    modelStatistics(who: Who, name?: string | null, version?: string | null): V2ModelStat[] {
+      access(who).checkApi();
+      if (!name) {
+        if (version) throw invalid('a version needs a model name');
+        return models.models().flatMap((m) => [...m.versions.values()].map((v) => versionStat(m.name, v)));
+      }
+      const model = models.require(name);
+      const v = parseVersion(name, version);
+      if (v === null) return [...model.versions.values()].sort((a, b) => a.version - b.version).map((x) => versionStat(name, x));
+      const mv = model.versions.get(v);
+      if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
+      return [versionStat(name, mv)];
+    },
+
+    /**
+     * Model configuration extension (Triton): what a client generated from model_config.proto reads (perf_analyzer
+     * reads max_batch_size and the inputs), derived from the version the metadata describes. A model whose inputs all
+     * have a batch dimension (dynamic, or 1) takes up to MAX_IMAGES_PER_REQUEST items in one request, which is its
+     * max_batch_size, and its dims leave that dimension out, as Triton's do; any other says 0 and its whole shapes.
+     * Dynamic dimensions are -1. Requests are batched together (dynamic_batching) unless the model's maxBatchSize is 1.
+     */
+    modelConfig(who: Who, name: string, version?: string | null): V2ModelConfig {
+      access(who).checkApi();
+      const { model, version: v } = resolveDescribed(name, version);
+      const inputs = v?.inputs ?? [];
+      const batched = inputs.length > 0 && hasBatchDimension(inputs);
+      const dims = (i: TensorInfo) => (batched ? i.shape.slice(1) : i.shape).map((d) => d ?? -1);
+      const batching = v?.batchingOptions ?? null;
+      const perCall = batching?.maxBatchSize ?? model.config?.batching.maxBatchSize ?? 1;
+      return {
+        name: model.name,
+        platform: PLATFORMS[models.engine.name] ?? models.engine.name,
+        backend: models.engine.name,
+        max_batch_size: batched ? maxImagesPerRequest : 0,
+        input: inputs.map((i) => ({ name: i.name, data_type: configType(i.dtype), format: 'FORMAT_NONE', dims: dims(i) })),
+        output: (v?.outputs ?? []).map((o) => ({ name: o.name, data_type: configType(o.dtype), dims: dims(o), label_filename: '' })),
+        instance_group: [{ name: model.name, kind: 'KIND_CPU', count: v?.session?.instances ?? 1 }],
+        ...(batched && perCall > 1
+          ? { dynamic_batching: { preferred_batch_size: [], max_queue_delay_microseconds: Math.round((batching?.maxDelayMs ?? 0) * 1000) } }
+          : {}),
       };
     },
 

@@ -557,6 +557,12 @@ export function createGrpcServer({
         call.off('cancelled', left);
       }
     }),
+    ModelStatistics: unary('ModelStatistics', (r: { name: string; version: string }, auth) => ({
+      model_stats: core.modelStatistics(auth, r.name, r.version),
+    })),
+    ModelConfig: unary('ModelConfig', (r: { name: string; version: string }, auth) => ({
+      config: core.modelConfig(auth, r.name, r.version),
+    })),
     RepositoryIndex: unary('RepositoryIndex', (r: { ready: boolean }, auth) => ({ models: core.repositoryIndex(auth, r.ready) })),
     RepositoryModelLoad: unary('RepositoryModelLoad', async (r: { model_name: string; parameters: ParameterMap }, auth) => {
       await core.load(auth, r.model_name, loadParams(r.parameters));

@@ -62,7 +62,7 @@ export interface RestRoute {
   parsesJson(req: IncomingMessage): boolean;
 }
 
-const MODEL_PATH = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(?:\/(ready|infer))?$/;
+const MODEL_PATH = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(?:\/(ready|infer|stats|config))?$/;
 const REPOSITORY_PATH = /^\/v2\/repository\/models\/([^/]+)\/(load|unload)$/;
 const HEADER_LENGTH = 'inference-header-content-length';
 /** How an image's bytes are sent here, said when a BYTES element is an image as text (base64 not in {"b64": ...}). */
@@ -457,10 +457,24 @@ export function createRestRoute({
       const ready = core.ready();
       return sendJson(res, ready ? 200 : 503, { ready });
     }
+    // Triton's statistics extension, every model's (before the model paths: as on Triton, a model named "stats" has its
+    // statistics at /v2/models/stats/stats)
+    if (path === '/v2/models/stats') {
+      expect('GET');
+      return sendJson(res, 200, { model_stats: core.modelStatistics(auth) });
+    }
     const m = MODEL_PATH.exec(path);
     if (m) {
       const name = pathPart(m[1]);
       const version = m[2] === undefined ? null : pathPart(m[2]);
+      if (m[3] === 'stats') {
+        expect('GET');
+        return sendJson(res, 200, { model_stats: core.modelStatistics(auth, name, version) });
+      }
+      if (m[3] === 'config') {
+        expect('GET');
+        return sendJson(res, 200, core.modelConfig(auth, name, version));
+      }
       if (m[3] === 'ready') {
         expect('GET');
         const ready = core.modelReady(auth, name, version);
