@@ -1,0 +1,169 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { freePort, have, sharedRepository, startRedis, until } from '../bench/cluster-lib.ts';
+import { Cluster, type ClusterOptions } from '../src/cluster/index.ts';
+import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import { createLogger } from '../src/log.ts';
+import { ModelManager } from '../src/repository/manager.ts';
+
+/**
+ * The cluster's unloaded-models hash (`<prefix>:unloaded`) when Redis loses it, goes back in time, or holds what no
+ * gateway wrote. As in test/cluster.test.ts: a real redis-server, real models, replicas in process (a ModelManager
+ * and its Cluster each), so that their logs can be read.
+ */
+const missing = !have('redis-server');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A redis-server that keeps an RDB file in its own folder (SAVE writes it; a crash loses what came after). */
+async function startRedisWithSnapshots() {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-redis-'));
+  const port = await freePort();
+  let child: ChildProcess | null = null;
+  const start = async () => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], {
+      stdio: 'ignore',
+    });
+    const c = new Redis(`redis://127.0.0.1:${port}`, { lazyConnect: true, retryStrategy: () => 50 });
+    c.on('error', () => undefined); // refused until it listens
+    await until(
+      () =>
+        c.ping().then(
+          () => true,
+          () => false,
+        ),
+      10_000,
+      'redis-server',
+    );
+    c.disconnect();
+  };
+  await start();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    start,
+    /** Redis dies (kill -9): what was written since the last SAVE is lost. */
+    async crash() {
+      const exited = new Promise((r) => child!.once('exit', r));
+      child!.kill('SIGKILL');
+      await exited;
+    },
+    async stop() {
+      if (child && child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child!.once('exit', r));
+        child.kill('SIGKILL');
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+describe.skipIf(missing)('the cluster state in Redis', () => {
+  const stops: (() => Promise<unknown>)[] = [];
+  const lines: string[] = [];
+  const logger = createLogger('info', {}, (l) => lines.push(l));
+
+  afterEach(async () => {
+    // clusters, then managers, then Redis and the repository
+    for (const stop of stops.splice(0).reverse()) await stop().catch(() => undefined);
+    lines.length = 0;
+  });
+
+  async function repository(models: string[]) {
+    const repo = await sharedRepository(models);
+    stops.push(() => repo.remove());
+    return repo.dir;
+  }
+  async function replica(name: string, url: string, dir: string, options: Partial<ClusterOptions> = {}) {
+    const m = new ModelManager({ root: dir, engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0, loadOptions: { instances: 1 } });
+    stops.push(() => m.close());
+    await m.start();
+    const c = new Cluster({ url, replica: name, manager: m, logger, maxBackoffMs: 100, ...options });
+    stops.push(() => c.close());
+    await until(() => c.status().connected, 10_000, `${name} connected`);
+    await c.join();
+    return { m, c };
+  }
+  const state = (m: ModelManager, model: string) => m.get(model)!.versions.get(1)!.state;
+  const settled = (m: ModelManager, model: string) => ['AVAILABLE', 'END'].includes(state(m, model));
+
+  it('lost while every replica stays connected (FLUSHALL, an eviction): a replica started afterwards still applies the unloads', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const r1 = await replica('r1', redis.url, dir);
+    const r2 = await replica('r2', redis.url, dir);
+    await r1.m.unload('mobilenet');
+    await until(() => state(r2.m, 'mobilenet') === 'END', 10_000, 'replica 2 to unload mobilenet too');
+
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    await admin.flushall(); // no connection is lost: no replica catches up
+    await sleep(8000); // longer than the stream's quiet read (5 s), after which a replica looks where the stream stands
+
+    // a rolling restart, or a new pod from the autoscaler
+    const r3 = await replica('r3', redis.url, dir);
+    await until(() => settled(r3.m, 'mobilenet'), 20_000, 'replica 3 settled');
+    expect([state(r1.m, 'mobilenet'), state(r2.m, 'mobilenet'), state(r3.m, 'mobilenet')]).toEqual(['END', 'END', 'END']);
+  }, 60_000);
+
+  it('an entry that is not JSON does not keep a replica from applying the state of every other model, nor fill the log', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet', 'text-direction']);
+    const r1 = await replica('r1', redis.url, dir);
+    await r1.m.unload('mobilenet');
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    // another program on the prefix, or an operator's hand: the README says such a state "is taken for the sender's"
+    await admin.hset('gateway:unloaded', 'text-direction', 'not json');
+
+    const r2 = await replica('r2', redis.url, dir); // joins: must apply mobilenet's unload
+    await until(() => settled(r2.m, 'mobilenet'), 20_000, 'replica 2 settled');
+    await sleep(4000);
+    expect(state(r2.m, 'mobilenet')).toBe('END');
+    const failed = lines.filter((l) => /catch-up failed/.test(l));
+    expect(failed.length).toBeLessThanOrEqual(2);
+  }, 60_000);
+
+  it('Redis restarted from an older snapshot: the replicas still agree, on the changes they all applied since', async () => {
+    const redis = await startRedisWithSnapshots();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet', 'text-direction']);
+    const r1 = await replica('r1', redis.url, dir);
+    const r2 = await replica('r2', redis.url, dir);
+    const both = (model: string, s: string) =>
+      until(() => state(r1.m, model) === s && state(r2.m, model) === s, 15_000, `${model} ${s} on both`);
+    await r1.m.unload('mobilenet');
+    await r2.m.unload('text-direction');
+    await both('mobilenet', 'END');
+    await both('text-direction', 'END');
+
+    const admin = new Redis(redis.url, { retryStrategy: () => 100 });
+    admin.on('error', () => undefined);
+    stops.push(async () => admin.disconnect());
+    await admin.save(); // a snapshot (RDB: Redis' default persistence)
+    await r2.m.load('mobilenet');
+    await r1.m.load('text-direction');
+    await both('mobilenet', 'AVAILABLE');
+    await both('text-direction', 'AVAILABLE');
+
+    await redis.crash(); // the two loads were not in the snapshot
+    await redis.start();
+    await until(() => !r1.c.status().connected || !r2.c.status().connected, 10_000, 'a replica to see Redis gone');
+    await until(() => r1.c.status().connected && r2.c.status().connected, 20_000, 'both reconnected');
+    await sleep(3000); // their catch-ups
+    await until(
+      () => ['mobilenet', 'text-direction'].every((model) => settled(r1.m, model) && settled(r2.m, model)),
+      20_000,
+      'both settled',
+    );
+    const seen = (m: ModelManager) => ({ mobilenet: state(m, 'mobilenet'), 'text-direction': state(m, 'text-direction') });
+    // every replica applied both loads; a snapshot older than them must not split the cluster
+    expect(seen(r1.m)).toEqual(seen(r2.m));
+    expect(seen(r1.m)).toEqual({ mobilenet: 'AVAILABLE', 'text-direction': 'AVAILABLE' });
+  }, 90_000);
+});
