@@ -133,6 +133,27 @@ const STATUS_EVENT = z.object({
   removed: z.boolean().optional(),
 });
 
+/**
+ * A model's unloaded state as the hash holds it or a message carries it, read as the publish script reads it (`all`
+ * true or not, the whole numbers among `versions`); undefined when it is none (not JSON, not an object): another
+ * program's on the prefix, or an operator's, which must not stop a replica from applying the others' states.
+ */
+function readUnloaded(value: unknown, json = false): UnloadedState | undefined {
+  if (json) {
+    try {
+      value = JSON.parse(value as string);
+    } catch {
+      return undefined;
+    }
+  }
+  if (value === null) return null;
+  if (typeof value !== 'object' || Array.isArray(value)) return undefined;
+  const { all, versions } = value as { all?: unknown; versions?: unknown };
+  const numbers = Array.isArray(versions) ? versions.filter((v): v is number => Number.isInteger(v)) : [];
+  const sorted = [...new Set(numbers)].sort((a, b) => a - b);
+  return all !== true && sorted.length === 0 ? null : { all: all === true, versions: sorted };
+}
+
 /** A model status event as a replica publishes it, or null. */
 function statusEvent(wire: unknown): ModelStatusEvent | null {
   const r = STATUS_EVENT.safeParse(wire);
@@ -584,7 +605,8 @@ export class Cluster {
       this.serialize(op.name, () => this.manager.applyRemote(op));
       // then the sender's resulting state: a change this replica missed (a catch-up that left the model as it was)
       // is made up for with the next one
-      if (state !== undefined) this.serialize(op.name, () => this.lineUp(op.name, state));
+      const want = readUnloaded(state);
+      if (state !== undefined && want !== undefined) this.serialize(op.name, () => this.lineUp(op.name, want));
     }
   }
 
@@ -640,7 +662,8 @@ export class Cluster {
         });
       }
       const [mark, json] = await this.bus.publisher.hmget(this.unloadedKey, '.', name);
-      if (mark !== null) await this.lineUp(name, json ? (JSON.parse(json) as UnloadedState) : null); // not a lost hash
+      const want = json === null ? null : readUnloaded(json, true);
+      if (mark !== null && want !== undefined) await this.lineUp(name, want); // not a lost hash, nor one no gateway wrote
     });
   }
 
@@ -682,7 +705,8 @@ export class Cluster {
         for (const name of [...this.leftAside.keys()]) this.settle(name); // those whose echoes a disconnection gave up on
       } catch (e) {
         failed = true;
-        this.logger.warn({ error: errorMessage(e) }, 'cluster catch-up failed; tried again shortly');
+        // said once, not at every try while Redis keeps refusing it (a key of another type on the prefix)
+        this.logger[this.retries === 0 ? 'warn' : 'debug']({ error: errorMessage(e) }, 'cluster catch-up failed; tried again shortly');
       } finally {
         this.syncing = null;
         // a reconnection during this catch-up, or a change made here while it ran
@@ -736,14 +760,23 @@ export class Cluster {
       if (racing.length === 0 || ++reads >= STATE_READS) break;
     }
     const kept = new Set(this.pendingAdmin.map((op) => op.name));
-    const wanted = new Map(
-      Object.entries(hash)
-        .filter(([name]) => name !== '.' && name !== '#')
-        .map(([name, json]) => [name, JSON.parse(json) as UnloadedState]),
-    );
+    const wanted = new Map<string, UnloadedState>();
+    const unreadable: string[] = [];
+    for (const [name, json] of Object.entries(hash)) {
+      if (name === '.' || name === '#') continue;
+      const want = readUnloaded(json, true);
+      if (want === undefined) unreadable.push(name);
+      else wanted.set(name, want);
+    }
+    // left as they are here (the next change of each writes its state again), the others lined up
+    if (unreadable.length)
+      this.logger.warn(
+        { models: unreadable },
+        'the cluster state in Redis holds what no gateway writes for these models: left as they are here',
+      );
     const work = this.manager
       .models()
-      .filter((m) => !kept.has(m.name) && !racing.includes(m.name))
+      .filter((m) => !kept.has(m.name) && !racing.includes(m.name) && !unreadable.includes(m.name))
       .map((m) => this.serialize(m.name, () => this.lineUp(m.name, wanted.get(m.name) ?? null)));
     await Promise.all(work);
   }
