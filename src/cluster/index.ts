@@ -55,6 +55,12 @@ export interface ClusterOptions {
   maxBackoffMs?: number;
   /** How long a change published here is awaited back from Redis before it is taken for lost (see settle). */
   echoTimeoutMs?: number;
+  /**
+   * How often a connected replica checks that the unloaded-models hash is still there (its "." marker): Redis may lose
+   * it with no connection lost (FLUSHALL, FLUSHDB, an eviction under maxmemory, a DEL), and no catch-up would then
+   * write it back before a replica that starts reads it as "every model loaded".
+   */
+  stateCheckMs?: number;
 }
 
 export interface ClusterStatus {
@@ -275,6 +281,7 @@ export class Cluster {
   /** A catch-up was asked for while one ran (a reconnection during it): run again once it ends. */
   private syncAgain = false;
   private closed = false;
+  private stateCheck: NodeJS.Timeout | null = null;
   /** The newest counted change received for each model (see Wire.seq). */
   private readonly seen = new Map<string, { epoch: string; seq: number }>();
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
@@ -318,6 +325,7 @@ export class Cluster {
     maxPendingStatus = 1000,
     maxBackoffMs,
     echoTimeoutMs = 10_000,
+    stateCheckMs = 2000,
   }: ClusterOptions) {
     this.feed.setMaxListeners(0);
     this.replica = replica;
@@ -361,6 +369,20 @@ export class Cluster {
     manager.on('status', this.onStatus);
     manager.on('admin', this.onAdmin);
     manager.on('changing', this.onChanging);
+    this.stateCheck = setInterval(() => void this.checkState(), stateCheckMs);
+    this.stateCheck.unref();
+  }
+
+  /** The hash lost while connected (see stateCheckMs): written back, as after a reconnection, by a catch-up. */
+  private async checkState(): Promise<void> {
+    if (!this.synced || this.syncing || this.retry || this.closed || !this.bus.connected) return;
+    try {
+      if ((await this.bus.publisher.hexists(this.unloadedKey, '.')) === 1 || this.syncing) return;
+    } catch {
+      return; // Redis refused the check: the next one tries again
+    }
+    this.logger.warn('the cluster state in Redis is gone (FLUSHALL, an eviction, a DEL) while connected: writing it back');
+    void this.catchUp();
   }
 
   status(): ClusterStatus {
@@ -803,6 +825,7 @@ export class Cluster {
   /** Stop listening and close the connections (after the manager has unloaded, so those events went out). */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.stateCheck) clearInterval(this.stateCheck);
     if (this.retry) clearTimeout(this.retry);
     if (this.statusRetry) clearTimeout(this.statusRetry);
     for (const echoes of this.unechoed.values()) for (const e of echoes) clearTimeout(e.timer ?? undefined);
