@@ -223,7 +223,20 @@ end
 redis.call('PUBLISH', ARGV[1], message .. ',"seq":' .. seq .. ',"epoch":' .. cjson.encode(epoch or '') .. '}')
 return seq`;
 
+/**
+ * KEYS[1]: the unloaded-models hash; ARGV: the epoch and count read ("" for none), a new epoch, then name, state, name,
+ * state... If the hash still has that epoch and count, replaces it: the new epoch, the count, those states.
+ */
+const REPLACE_SCRIPT = `
+if redis.call('HGET', KEYS[1], '.') ~= ARGV[1] or (redis.call('HGET', KEYS[1], '#') or '') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '.', ARGV[3])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], '#', ARGV[2]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1`;
+
 type ScriptCommands = {
+  gatewayReplace(key: string, epoch: string, count: string, ...args: string[]): Promise<number>;
   gatewayRestore(key: string, ...args: string[]): Promise<number>;
   gatewayPublish(key: string, channel: string, name: string, op: string, version: string, state: string, message: string): Promise<number>;
 };
@@ -351,6 +364,7 @@ export class Cluster {
     // EVALSHA, with EVAL when Redis does not have the script (yet, or again after a restart)
     this.bus.publisher.defineCommand('gatewayRestore', { numberOfKeys: 1, lua: RESTORE_SCRIPT });
     this.bus.publisher.defineCommand('gatewayPublish', { numberOfKeys: 1, lua: PUBLISH_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayReplace', { numberOfKeys: 1, lua: REPLACE_SCRIPT });
     this.bus.on('message', (channel, text) => this.remote(channel, text));
     this.bus.on('entry', (text) => this.remote(this.channels.status, text));
     this.bus.on('connected', () => {
@@ -578,6 +592,7 @@ export class Cluster {
       if (channel === this.channels.admin && message.op) {
         // our own, back from Redis; after one of another replica left aside, replayed after it as everywhere else
         const { op, state, n } = message;
+        this.see(op.name, message.seq, message.epoch); // (a hash read later that lacks it is older than it)
         this.leftAside.get(op.name)?.push(op);
         if (!this.echoed(op.name, n) && state !== undefined) {
           // back after it was taken for lost: changes of the others published before it may have been applied here
@@ -611,10 +626,7 @@ export class Cluster {
     } else if (channel === this.channels.admin && message.op) {
       this.metrics?.messages.inc({ direction: 'in', kind: 'admin' });
       const { op, seq, epoch, state } = message;
-      if (typeof seq === 'number' && typeof epoch === 'string') {
-        const before = this.seen.get(op.name);
-        if (!before || before.epoch !== epoch || before.seq < seq) this.seen.set(op.name, { epoch, seq });
-      }
+      this.see(op.name, seq, epoch);
       if (this.unechoed.has(op.name) || this.inProgress.has(op.name) || this.kept(op.name)) {
         this.logger.info(
           { op: op.op, model: op.name, from: message.replica },
@@ -630,6 +642,13 @@ export class Cluster {
       const want = readUnloaded(state);
       if (state !== undefined && want !== undefined) this.serialize(op.name, () => this.lineUp(op.name, want));
     }
+  }
+
+  /** A counted change of a model received (see Wire.seq): the newest of each model is remembered. */
+  private see(name: string, seq: unknown, epoch: unknown): void {
+    if (typeof seq !== 'number' || typeof epoch !== 'string') return;
+    const before = this.seen.get(name);
+    if (!before || before.epoch !== epoch || before.seq < seq) this.seen.set(name, { epoch, seq });
   }
 
   /** Redis answered the publish of `echo`: from now on, its message is awaited for `echoTimeoutMs` (see unechoed). */
@@ -758,6 +777,23 @@ export class Cluster {
   }
 
   /**
+   * Write this replica's state over a hash older than changes already received (see applyUnloadedState), with a new
+   * epoch, unless another replica has done so since the read (the others then find that epoch and adopt its state).
+   */
+  private async replaceOlderState(epoch: string, count: string): Promise<void> {
+    const args: string[] = [];
+    for (const m of this.manager.models()) {
+      const state = this.unloadedState(m.name);
+      if (state) args.push(m.name, JSON.stringify(state));
+    }
+    const commands = this.bus.publisher as unknown as ScriptCommands;
+    if ((await commands.gatewayReplace(this.unloadedKey, epoch, count, randomUUID(), ...args)) === 1)
+      this.logger.warn(
+        'cluster state in Redis older than changes already made (Redis lost its last writes): wrote this replica state over it',
+      );
+  }
+
+  /**
    * Read the cluster's unloaded state and bring this replica in line with it. The read is a snapshot while changes
    * keep arriving on the other connection: a change received before the snapshot is used but counted after it (a `seq`
    * past the hash's "#", same epoch) would be undone by it, so the state is read again (a model still changing after
@@ -769,6 +805,7 @@ export class Cluster {
     let hash: Record<string, string> = {};
     let racing: string[] = [];
     for (let reads = 0, restores = 0; ;) {
+      const received = [...this.seen.values()]; // changes Redis had made before the read below
       hash = await redis.hgetall(this.unloadedKey);
       if (!('.' in hash)) {
         // lost again since it was written back (Redis restarted in between): an empty hash is no state ("every model
@@ -778,6 +815,14 @@ export class Cluster {
         continue;
       }
       const count = Number(hash['#'] ?? 0);
+      if (received.some((s) => s.epoch === hash['.'] && s.seq > count)) {
+        // older than changes Redis had counted and published before this read: Redis lost its last writes (restarted
+        // from an older snapshot or AOF). Applied, it would undo them on some replicas and not on others (each leaves
+        // the models it saw change last); written over by this replica's state, which has them all, as a lost one is
+        if (++restores > 3) throw new Error('the cluster state in Redis keeps going back');
+        await this.replaceOlderState(hash['.'], hash['#'] ?? '');
+        continue;
+      }
       racing = [...this.seen].filter(([, s]) => s.epoch === hash['.'] && s.seq > count).map(([name]) => name);
       if (racing.length === 0 || ++reads >= STATE_READS) break;
     }
