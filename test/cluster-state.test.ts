@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -166,4 +167,44 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(seen(r1.m)).toEqual(seen(r2.m));
     expect(seen(r1.m)).toEqual({ mobilenet: 'AVAILABLE', 'text-direction': 'AVAILABLE' });
   }, 90_000);
+
+  it('a Redis that stops answering (a network partition: no reset, no reply) is shown as lost in the status', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    // a TCP proxy in front of Redis that can drop every byte both ways, sockets left open (as a partition does)
+    let dropping = false;
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      const upstream = net.connect(redis.port, '127.0.0.1');
+      for (const [from, to] of [
+        [client, upstream],
+        [upstream, client],
+      ] as const) {
+        sockets.add(from);
+        from.on('data', (d) => dropping || to.write(d));
+        from.on('error', () => undefined);
+        from.on('close', () => to.destroy());
+      }
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    stops.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => proxy.close(r));
+    });
+    const url = `redis://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    const dir = await repository(['mobilenet']);
+    const r1 = await replica('r1', url, dir);
+    const r2 = await replica('r2', redis.url, dir); // on the other side of the partition
+    expect(r1.c.status().connected).toBe(true);
+    dropping = true;
+    await r1.m.unload('mobilenet'); // its publish gets no answer
+    // /ready's cluster.connected and gateway_cluster_bus_connected come from this status
+    await until(() => !r1.c.status().connected, 30_000, 'the bus shown as lost');
+    expect(r1.c.status().error).toMatch(/did not answer a PING/);
+    // the partition heals: connected again
+    dropping = false;
+    await until(() => r1.c.status().connected, 30_000, 'the bus back');
+    // and the unload made meanwhile reaches the other replica, not lost with the cut connection
+    await until(() => r2.m.get('mobilenet')?.versions.get(1)?.state === 'END', 30_000, 'the unload applied on replica 2');
+  }, 60_000);
 });

@@ -25,6 +25,12 @@ export interface BusOptions {
   name?: string;
   /** Longest pause between reconnection attempts. */
   maxBackoffMs?: number;
+  /**
+   * Redis must answer a PING, sent this often while connected, within this long: a Redis cut off by a partition or
+   * frozen sends no reset and no reply, and its connections would stay "ready" for good. Past it they are cut and
+   * reconnected, and the bus is disconnected until Redis answers again.
+   */
+  pingTimeoutMs?: number;
 }
 
 /** Backoff between reconnection attempts: 100 ms doubling, capped (ioredis calls it with the attempt number). */
@@ -61,8 +67,10 @@ export class RedisBus extends EventEmitter<{
   private lastError: string | null = null;
   /** When the state last changed. */
   since = new Date();
+  private readonly watchdog: NodeJS.Timeout;
+  private pinging = false;
 
-  constructor({ url, logger, channels, stream, name, maxBackoffMs = 2000 }: BusOptions) {
+  constructor({ url, logger, channels, stream, name, maxBackoffMs = 2000, pingTimeoutMs = 5000 }: BusOptions) {
     super();
     const common: RedisOptions = {
       retryStrategy: (attempt) => backoff(attempt, maxBackoffMs),
@@ -113,6 +121,26 @@ export class RedisBus extends EventEmitter<{
       this.reader = new Redis(url, { ...common, maxRetriesPerRequest: null });
       this.reader.on('error', () => undefined); // the other two connections report Redis' state
       void this.read(this.reader, stream, logger, maxBackoffMs);
+    }
+    this.watchdog = setInterval(() => void this.ping(pingTimeoutMs), pingTimeoutMs);
+    this.watchdog.unref();
+  }
+
+  /** A PING unanswered within `timeoutMs` cuts the connections (see pingTimeoutMs); ioredis reconnects them. */
+  private async ping(timeoutMs: number): Promise<void> {
+    if (this.closed || !this.up || this.pinging) return;
+    this.pinging = true;
+    const timer = setTimeout(() => {
+      this.lastError = `Redis did not answer a PING within ${timeoutMs} ms (a partition, or a Redis that hangs)`;
+      for (const c of [this.publisher, this.subscriber, this.reader]) c?.disconnect(true);
+    }, timeoutMs);
+    try {
+      await this.publisher.ping();
+    } catch {
+      // refused, or the connection went: its own events say so
+    } finally {
+      clearTimeout(timer);
+      this.pinging = false;
     }
   }
 
@@ -184,6 +212,7 @@ export class RedisBus extends EventEmitter<{
   /** QUIT each connection (after its commands' replies), or cut it after `timeoutMs` (a Redis that holds writes). */
   async close({ timeoutMs = 2000 }: { timeoutMs?: number } = {}): Promise<void> {
     this.closed = true;
+    clearInterval(this.watchdog);
     this.reader?.disconnect(); // its read blocks: a QUIT would wait behind it
     await Promise.all(
       [this.publisher, this.subscriber].map(async (c) => {
