@@ -3,7 +3,7 @@ import { Admissions } from '../src/batching/admission.ts';
 import { Batcher, type Feeds } from '../src/batching/batcher.ts';
 import { VersionStats } from '../src/batching/stats.ts';
 import { SessionInstances } from '../src/engine/instances.ts';
-import { errorCode, image, startGateway, until, type TestGateway, fixture } from './helpers.ts';
+import { errorCode, image, startGateway, timedTries, until, type TestGateway, fixture } from './helpers.ts';
 import sharp from 'sharp';
 import { FairQueue } from '../src/inference/fair-queue.ts';
 import { createClient } from 'graphql-ws';
@@ -946,19 +946,25 @@ describe('decoding threads', () => {
       const query = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
       const gifs = (n: number) => gw.gql(query, { images: Array.from({ length: n }, () => ({ path: path.join(dir, 'frames.gif') })) });
       expect((await gifs(1)).errors).toBeUndefined();
-      // a request of forty such GIFs (140 MB read from IMAGE_ROOTS); then another request sends one small photo
-      const t0 = performance.now();
-      const many = gifs(40).then((r) => ({ r, ms: performance.now() - t0 }));
-      await new Promise((r) => setTimeout(r, 100));
-      const t1 = performance.now();
-      const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
-      const oneMs = performance.now() - t1;
-      const { r, ms } = await many;
-      expect(r.errors).toBeUndefined();
-      expect(one.errors).toBeUndefined();
       // it waits for a GIF or two being read, not for the forty headers ahead of it in libuv's queue (measured: an
-      // eighth of what is left of the forty, against a half when the headers were read outside the turns)
-      expect(oneMs, `photo ${oneMs.toFixed(0)} ms, the forty ${ms.toFixed(0)} ms`).toBeLessThan((ms - (t1 - t0)) / 4);
+      // eighth of what is left of the forty, against a half when the headers were read outside the turns). A loaded
+      // machine held the photo alone once for more than a quarter (724 ms of 2668, beside other test files): up to
+      // three tries, the fault is a half in each
+      const { best, all } = await timedTries(3, async () => {
+        // a request of forty such GIFs (140 MB read from IMAGE_ROOTS); then another request sends one small photo
+        const t0 = performance.now();
+        const many = gifs(40).then((r) => ({ r, ms: performance.now() - t0 }));
+        await new Promise((r) => setTimeout(r, 100));
+        const t1 = performance.now();
+        const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
+        const oneMs = performance.now() - t1;
+        const { r, ms } = await many;
+        expect(r.errors).toBeUndefined();
+        expect(one.errors).toBeUndefined();
+        return { value: oneMs, bound: (ms - (t1 - t0)) / 4, ms };
+      });
+      const tries = all.map((t) => `photo ${t.value.toFixed(0)} ms, the forty ${t.ms.toFixed(0)} ms`).join('; ');
+      expect(best.value, tries).toBeLessThan(best.bound);
     } finally {
       await gw.close();
       await rm(dir, { recursive: true, force: true });

@@ -192,6 +192,23 @@ export function watchStalls(): { stop(): number } {
   };
 }
 
+/**
+ * A timing on a machine that other processes share, tried up to `tries` times until one try is within its bound: what
+ * a loaded machine adds (other test files on the cores, a GC of vitest's heap) comes and goes, and a try clear of it
+ * comes soon; the fault a timing is there to catch is in every try. Each try gives what it measured (`value`) and the
+ * bound it is held to (fixed, or calibrated in the same try). Returns the try that came nearest its bound (within it,
+ * unless none was) and every try made, for the assertion's message.
+ */
+export async function timedTries<T extends { value: number; bound: number }>(
+  tries: number,
+  attempt: () => Promise<T>,
+): Promise<{ best: T; all: T[] }> {
+  const all: T[] = [];
+  while (all.length < tries && !all.some((t) => t.value < t.bound)) all.push(await attempt());
+  const best = all.reduce((a, t) => (t.value / t.bound < a.value / a.bound ? t : a));
+  return { best, all };
+}
+
 /** Wait until fn() is truthy (polling), or fail after timeoutMs. */
 export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<NonNullable<T>> {
   const t0 = Date.now();
