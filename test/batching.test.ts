@@ -873,26 +873,35 @@ describe('decoding threads', () => {
         .png({ compressionLevel: 9 })
         .toBuffer();
       const query = `mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { classId } } }`;
-      const t0 = performance.now();
-      const many = gw
-        .gql(
-          query,
-          { images: Array.from({ length: 16 }, () => ({ file: null })) },
-          {
-            files: Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`images.${i}.file`, heavy])),
-          },
-        )
-        .then((r) => ({ r, ms: performance.now() - t0 }));
-      // once its images are being decoded, another client sends one small photo
-      await until(async () => /^gateway_image_decodes_waiting [1-9]/m.test(await (await fetch(`${gw.url}/metrics`)).text()), 20_000);
-      const t1 = performance.now();
-      const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
-      const oneMs = performance.now() - t1;
-      const { r, ms } = await many;
-      expect(one.errors).toBeUndefined();
-      expect(r.errors).toBeUndefined();
-      // it waited for a decode or two of the other request, not for all sixteen of them
-      expect(oneMs, `lone ${oneMs.toFixed(0)} ms, batch ${ms.toFixed(0)} ms`).toBeLessThan((ms - (t1 - t0)) / 2);
+      const decodesWaiting = () =>
+        until(async () => /^gateway_image_decodes_waiting [1-9]/m.test(await (await fetch(`${gw.url}/metrics`)).text()), 20_000);
+      // the lone photo waits for a decode or two of the other request, not for all sixteen of them: under half of what
+      // is left of them (measured: a sixth to a third; nine tenths when the threads went first come, first served). Up
+      // to three tries: a loaded machine can hold the photo alone for a while, the fault holds it in every try
+      const tries = (all: { value: number; ms: number }[]) =>
+        all.map((t) => `lone ${t.value.toFixed(0)} ms, batch ${t.ms.toFixed(0)} ms`).join('; ');
+      const http = await timedTries(3, async () => {
+        const t0 = performance.now();
+        const many = gw
+          .gql(
+            query,
+            { images: Array.from({ length: 16 }, () => ({ file: null })) },
+            {
+              files: Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`images.${i}.file`, heavy])),
+            },
+          )
+          .then((r) => ({ r, ms: performance.now() - t0 }));
+        // once its images are being decoded, another client sends one small photo
+        await decodesWaiting();
+        const t1 = performance.now();
+        const one = await gw.gql(query, { images: [{ file: null }] }, { files: { 'images.0.file': image('bee.jpeg') } });
+        const oneMs = performance.now() - t1;
+        const { r, ms } = await many;
+        expect(one.errors).toBeUndefined();
+        expect(r.errors).toBeUndefined();
+        return { value: oneMs, bound: (ms - (t1 - t0)) / 2, ms };
+      });
+      expect(http.best.value, tries(http.all)).toBeLessThan(http.best.bound);
 
       // the same over WebSocket, where each operation is a request of its own (two connections, base64 images)
       const ws = (n: number, b64: string) => {
@@ -915,19 +924,23 @@ describe('decoding threads', () => {
           );
         }).finally(() => client.dispose());
       };
-      const t2 = performance.now();
-      const manyWs = ws(16, heavy.toString('base64'));
-      await until(async () => /^gateway_image_decodes_waiting [1-9]/m.test(await (await fetch(`${gw.url}/metrics`)).text()), 20_000);
-      const t3 = performance.now();
-      const oneWs = await ws(1, (await readFile(image('bee.jpeg'))).toString('base64'));
-      const manyDone = await manyWs;
-      expect(oneWs.result.errors).toBeUndefined();
-      expect(manyDone.result.errors).toBeUndefined();
-      expect(oneWs.ms, `lone ${oneWs.ms.toFixed(0)} ms, batch ${manyDone.ms.toFixed(0)} ms`).toBeLessThan((manyDone.ms - (t3 - t2)) / 2);
+      const [heavyB64, beeB64] = [heavy.toString('base64'), (await readFile(image('bee.jpeg'))).toString('base64')];
+      const overWs = await timedTries(3, async () => {
+        const t2 = performance.now();
+        const manyWs = ws(16, heavyB64);
+        await decodesWaiting();
+        const t3 = performance.now();
+        const oneWs = await ws(1, beeB64);
+        const manyDone = await manyWs;
+        expect(oneWs.result.errors).toBeUndefined();
+        expect(manyDone.result.errors).toBeUndefined();
+        return { value: oneWs.ms, bound: (manyDone.ms - (t3 - t2)) / 2, ms: manyDone.ms };
+      });
+      expect(overWs.best.value, tries(overWs.all)).toBeLessThan(overWs.best.bound);
     } finally {
       await gw.close();
     }
-  }, 60_000);
+  }, 120_000);
 
   it('reading an image header takes a decoding thread too: headers costly to read (a GIF of many frames) do not hold other clients behind all of them', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-frames-'));
