@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
-import { startGateway, type TestGateway, watchStalls } from './helpers.ts';
+import { startGateway, timedTries, type TestGateway, watchStalls } from './helpers.ts';
 import { createKserveGrpcClient, errorCodeOf, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import { PROTO_PATH } from '../src/protocols/kserve/proto/index.ts';
 import { ROOT } from './helpers.ts';
@@ -96,18 +96,19 @@ describe('KServe v2 at its edges', () => {
         worker.once('error', reject);
       });
     expect(await run(1)).toEqual([200]); // warm
-    let watch = watchStalls();
-    expect(await run(1)).toEqual([200]);
-    const single = watch.stop();
-    watch = watchStalls();
-    const statuses = await run(12);
-    const concurrent = watch.stop();
-    expect(statuses).toEqual(Array(12).fill(200));
-    // one client's twelve requests: every other client waited for all of them at once
-    expect(concurrent, `one request held the loop ${Math.round(single)} ms; twelve at once ${Math.round(concurrent)} ms`).toBeLessThan(
-      3 * single + 300,
-    );
-  });
+    // one client's twelve requests: every other client waited for all of them at once (twelve times what one holds).
+    // What one holds is the least of three, the twelve get up to three tries: a loaded machine holds this process off
+    // the cores now and then, and one measure of each can take that for the loop held (the fault is in every try)
+    const stall = async (count: number) => {
+      const watch = watchStalls();
+      expect(await run(count)).toEqual(Array(count).fill(200));
+      return watch.stop();
+    };
+    const single = Math.min(await stall(1), await stall(1), await stall(1));
+    const { best, all } = await timedTries(3, async () => ({ value: await stall(12), bound: 3 * single + 300 }));
+    const twelve = all.map((t) => Math.round(t.value)).join(', ');
+    expect(best.value, `one request held the loop ${Math.round(single)} ms; twelve at once ${twelve} ms`).toBeLessThan(best.bound);
+  }, 120_000);
 
   it('concurrent gRPC calls of typed contents, each within MAX_JSON_VALUES, hold the event loop no longer than one of them does', async () => {
     // as above, from a worker thread: 300k FP32 values as fp32_contents (protobufjs decodes and encodes them one by one)
@@ -139,17 +140,17 @@ describe('KServe v2 at its edges', () => {
         worker.once('error', reject);
       });
     expect(await run(1)).toEqual(['1x300000']); // warm
-    let watch = watchStalls();
-    expect(await run(1)).toEqual(['1x300000']);
-    const single = watch.stop();
-    watch = watchStalls();
-    const answers = await run(12);
-    const concurrent = watch.stop();
-    expect(answers).toEqual(Array(12).fill('1x300000'));
-    expect(concurrent, `one call held the loop ${Math.round(single)} ms; twelve at once ${Math.round(concurrent)} ms`).toBeLessThan(
-      3 * single + 300,
-    );
-  });
+    // as above: what one call holds is the least of three, the twelve get up to three tries
+    const stall = async (count: number) => {
+      const watch = watchStalls();
+      expect(await run(count)).toEqual(Array(count).fill('1x300000'));
+      return watch.stop();
+    };
+    const single = Math.min(await stall(1), await stall(1), await stall(1));
+    const { best, all } = await timedTries(3, async () => ({ value: await stall(12), bound: 3 * single + 300 }));
+    const twelve = all.map((t) => Math.round(t.value)).join(', ');
+    expect(best.value, `one call held the loop ${Math.round(single)} ms; twelve at once ${twelve} ms`).toBeLessThan(best.bound);
+  }, 120_000);
 });
 
 /**
