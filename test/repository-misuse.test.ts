@@ -15,6 +15,7 @@ import {
   fixtureConfigs,
   modelFile,
   startGateway,
+  timedTries,
   until,
   watchStalls,
   type TestGateway,
@@ -241,20 +242,29 @@ describe('the model repository, misused', () => {
       config: { ...fixtureConfigs.mobilenet, labels: { '999999': 'the last class' } },
     });
     await until(async () => (await gw.gql(VERSIONS, { n: 'sparse-labels' })).data?.model?.versions?.[0]?.state === 'AVAILABLE', 8000);
-    // what one alias holds it (a million labels, allowed), then sixty
-    let stalls = watchStalls();
-    await gw.gql(`{ model(name: "sparse-labels") { labels } }`);
-    const single = stalls.stop();
+    // what one alias holds it (a million labels, allowed: the least of three), then sixty
+    const stall = async (query: string) => {
+      const stalls = watchStalls();
+      const r = await gw.gql(query);
+      return { r, ms: stalls.stop() };
+    };
+    const one = () => stall(`{ model(name: "sparse-labels") { labels } }`).then((s) => s.ms);
+    const single = Math.min(await one(), await one(), await one());
     const aliases = Array.from({ length: 60 }, (_, i) => `a${i}: model(name: "sparse-labels") { labels }`).join(' ');
-    stalls = watchStalls();
-    const r = await gw.gql(`{ ${aliases} }`);
-    const worst = stalls.stop();
     // refused (a limit) or answered, but without holding every other client for seconds (MAX_RESPONSE_BYTES refuses
-    // labels past 64 MB, by then some 22 million strings were built and written)
-    expect(r.status).toBe(200);
-    expect(worst, `ms the event loop was held by one query of sixty aliases (one alias: ${Math.round(single)} ms)`).toBeLessThan(
-      3 * single + 500,
-    );
+    // labels past 64 MB, by then some 22 million strings were built and written). Up to three tries: a loaded machine
+    // can hold this process off the cores for a while, the fault holds the loop in every try
+    const { best, all } = await timedTries(3, async () => {
+      const { r, ms } = await stall(`{ ${aliases} }`);
+      expect(r.status).toBe(200);
+      return { value: ms, bound: 3 * single + 500, r };
+    });
+    const sixty = all.map((t) => Math.round(t.value)).join(', ');
+    expect(
+      best.value,
+      `ms the event loop was held by one query of sixty aliases: ${sixty} (one alias: ${Math.round(single)} ms)`,
+    ).toBeLessThan(best.bound);
+    const { r } = best;
     // the first alias has its million labels; the others are refused, naming the limit
     expect(r.data.a0.labels).toHaveLength(1_000_000);
     expect(r.data.a0.labels[999_999]).toBe('the last class');
