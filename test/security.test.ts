@@ -25,6 +25,7 @@ import {
   modelAsset,
   modelFile,
   startGateway,
+  timedTries,
   until,
   type TestGateway,
   watchStalls,
@@ -511,17 +512,35 @@ describe('the server cannot be taken down', () => {
     const heif = await sharp(image('bee.jpeg')).heif({ compression: 'av1', effort: 0 }).toBuffer();
     heif.write('mif1', 8, 'latin1');
     const CLASSIFY_FILE = `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { classId } } }`;
+    const refused = async (bytes: Buffer, format: string | null) => {
+      const t0 = performance.now();
+      const r = await gw.gql(CLASSIFY_FILE, { f: null }, { files: { f: bytes } });
+      const ms = performance.now() - t0;
+      expect(errorCode(r), format ?? 'no format').toBe('INVALID_IMAGE');
+      expect(r.errors![0].message).toMatch(
+        format
+          ? new RegExp(`${format} images are not accepted here \\(IMAGE_FORMATS: jpeg, png, webp, gif, tiff\\)`)
+          : /^not an image this server reads/,
+      );
+      return ms;
+    };
+    // refused from its first bytes: about as soon as the same upload is whose first bytes name no format (no decoder
+    // reads it), not after a decode (this AVIF: half a second on an idle machine, which the fixed bound of a second
+    // before let by). Each try measures both, back to back; up to three tries, as a loaded machine can hold one request
+    // for a while, a decode holds every try
+    const unknown = Buffer.from(avif);
+    unknown.write('none', 4, 'latin1'); // its "ftyp"
+    await refused(unknown, null); // the first request's own costs (compiling, first uploads) in no try
     for (const [format, bytes] of [
       ['avif', avif],
       ['heif', heif],
     ] as const) {
-      const t0 = performance.now();
-      const r = await gw.gql(CLASSIFY_FILE, { f: null }, { files: { f: bytes } });
-      expect(errorCode(r), format).toBe('INVALID_IMAGE');
-      expect(r.errors![0].message).toMatch(
-        new RegExp(`${format} images are not accepted here \\(IMAGE_FORMATS: jpeg, png, webp, gif, tiff\\)`),
-      );
-      expect(performance.now() - t0).toBeLessThan(1000);
+      const { best, all } = await timedTries(3, async () => {
+        const control = await refused(unknown, null);
+        return { value: await refused(bytes, format), bound: 2 * control + 150, control };
+      });
+      const tries = all.map((t) => `${format} ${Math.round(t.value)} ms, no format ${Math.round(t.control)} ms`).join('; ');
+      expect(best.value, tries).toBeLessThan(best.bound);
     }
     // allowed by its operator, an AVIF is read
     const allowing = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { IMAGE_FORMATS: 'jpeg,avif' } });
