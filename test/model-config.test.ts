@@ -14,6 +14,7 @@ import {
   modelAsset,
   modelFile,
   startGateway,
+  timedTries,
   until,
   watchStalls,
   type TestGateway,
@@ -465,15 +466,21 @@ describe('recovery and configuration owned by the version', () => {
     expect(errorCode(refused)).toBe('INVALID_INPUT');
     expect(await readFile(file, 'utf8')).toBe(after);
     // a patch of 5000 small keys (within the 64 KB bound): edited key by key, each edit reparsing the whole file, it held
-    // the event loop 27 s; past a few dozen the metadata is written whole
+    // the event loop 27 s (9 s on a faster machine); past a few dozen the metadata is written whole: 0.1 s, 0.5 s beside
+    // six busy processes. Up to three tries (the same patch again writes the same file): a loaded machine can hold this
+    // process off the cores for a while, the fault holds the loop for seconds in every try
     const many = Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`k${i}`, i]));
-    const stalls = watchStalls();
-    const big = await gw.gql(`mutation($m: JSON) { updateModel(name: "broken", metadata: $m) { name } }`, { m: many });
-    expect(stalls.stop()).toBeLessThan(1000);
-    expect(big.errors).toBeUndefined();
+    const { best, all } = await timedTries(3, async () => {
+      const stalls = watchStalls();
+      const big = await gw.gql(`mutation($m: JSON) { updateModel(name: "broken", metadata: $m) { name } }`, { m: many });
+      const value = stalls.stop();
+      expect(big.errors).toBeUndefined();
+      return { value, bound: 1000 };
+    });
+    expect(best.value, `the event loop held ${all.map((t) => Math.round(t.value)).join(', ')} ms`).toBeLessThan(best.bound);
     expect(JSON.parse(await readFile(file, 'utf8')).metadata).toEqual({ license: 'Apache-2.0', team: 'b', extra: { k: 1 }, ...many });
     expect(await readFile(file, 'utf8')).toContain('  "labels": "labels.txt",\n');
-  });
+  }, 120_000);
 
   it('model.json and labels.txt saved with a byte order mark (as Windows Notepad saves UTF-8) load, the first label without it, and updateModel edits such a file', async () => {
     const dir = path.join(gw.root, 'broken');
