@@ -15,6 +15,7 @@ import {
   image,
   openGraphqlWs,
   startGateway,
+  timedTries,
   until,
   uploadFiles,
   type TestGateway,
@@ -978,37 +979,50 @@ describe('a large model loads without holding the event loop', () => {
       });
       await writeFile(path.join(dir, 'large', '1', 'model.onnx'), model);
       await writeFile(path.join(dir, 'large', 'model.json'), JSON.stringify({ task: 'classification', instances: 2 }));
-      let loading = true;
-      const loaded = server
-        .gql<any>(`mutation($p: String!) { loadModel(name: "large", path: $p) { versions { state } } }`, { p: path.join(dir, 'large') })
-        .finally(() => (loading = false));
-      // /health asked back to back on one keep-alive connection while the model loads
-      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-      let worst = 0;
-      let asked = 0;
-      try {
-        while (loading) {
-          const t = performance.now();
-          const status = await new Promise<number>((resolve, reject) =>
-            http
-              .get(`${server.url}/health`, { agent }, (res) => res.resume().on('end', () => resolve(res.statusCode!)))
-              .on('error', reject),
-          );
-          expect(status).toBe(200);
-          worst = Math.max(worst, performance.now() - t);
-          asked++;
-        }
-      } finally {
-        agent.destroy();
-      }
-      const r = await loaded;
-      expect(r.errors).toBeUndefined();
-      expect(r.data.loadModel.versions[0].state).toBe('AVAILABLE');
-      expect(asked).toBeGreaterThan(20);
-      // no stretch of the load held the server's event loop for long: 0.7-2.4 s here before, when the model's bytes were
+      // no stretch of the load holds the server's event loop for long: 0.7-2.4 s here before, when the model's bytes were
       // copied on the main thread for each rewrite and cloned into each engine worker; 45-85 ms after (90-120 ms with
-      // three busy processes beside it on the two cores)
-      expect(worst).toBeLessThan(500);
+      // three busy processes beside it on the two cores). The worst of thousands of round trips over seconds, between two
+      // processes: up to three loads (unloaded between them), as a loaded machine can hold either process off the cores
+      // for a while; the fault holds the server's loop in every load
+      const load = async () => {
+        let loading = true;
+        const loaded = server
+          .gql<any>(`mutation($p: String!) { loadModel(name: "large", path: $p) { versions { state } } }`, { p: path.join(dir, 'large') })
+          .finally(() => (loading = false));
+        // /health asked back to back on one keep-alive connection while the model loads
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        let worst = 0;
+        let asked = 0;
+        try {
+          while (loading) {
+            const t = performance.now();
+            const status = await new Promise<number>((resolve, reject) =>
+              http
+                .get(`${server.url}/health`, { agent }, (res) => res.resume().on('end', () => resolve(res.statusCode!)))
+                .on('error', reject),
+            );
+            expect(status).toBe(200);
+            worst = Math.max(worst, performance.now() - t);
+            asked++;
+          }
+        } finally {
+          agent.destroy();
+        }
+        const r = await loaded;
+        expect(r.errors).toBeUndefined();
+        expect(r.data.loadModel.versions[0].state).toBe('AVAILABLE');
+        expect(asked).toBeGreaterThan(20);
+        return { value: worst, bound: 500 };
+      };
+      let loads = 0;
+      const { best, all } = await timedTries(3, async () => {
+        // another load after one past the bound: the model unloaded first, to be loaded anew
+        if (loads++ > 0) expect((await server.gql<any>(`mutation { unloadModel(name: "large") { name } }`)).errors).toBeUndefined();
+        return load();
+      });
+      expect(best.value, `the longest /health round trip of each load: ${all.map((t) => Math.round(t.value)).join(', ')} ms`).toBeLessThan(
+        best.bound,
+      );
       const form = new FormData();
       form.set(
         'operations',
@@ -1029,7 +1043,7 @@ describe('a large model loads without holding the event loop', () => {
       await rm(dir, { recursive: true, force: true });
       await rm(repo, { recursive: true, force: true });
     }
-  });
+  }, 180_000);
 });
 
 describe('access', () => {
