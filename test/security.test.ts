@@ -1853,7 +1853,7 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     const a = [await almostSent(PROXY, '2001:db8:1:2::a'), await almostSent(PROXY, '2001:db8:1:2:ffff::b')];
     await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, 'the two bodies counted');
     const third = await almostSent(PROXY, '2001:db8:1:2::c');
-    expect(third.answer()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+    expect(await answerOf(third)).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
     const other = await almostSent(PROXY, '2001:db8:1:3::a');
     await until(async () => (await heldGauge()) === 3 * (MB - 1), 5000, "another prefix's body counted");
     expect(other.answer()).toBe('');
@@ -1871,7 +1871,7 @@ describe('clients behind a proxy (TRUSTED_PROXIES)', () => {
     const mapped = [await almostSent(PROXY, '::ffff:10.9.8.7'), await almostSent(PROXY, '10.9.8.7')];
     await until(async () => (await heldGauge()) === 2 * (MB - 1), 5000, 'the two bodies counted');
     const nat64 = await almostSent(PROXY, '64:ff9b::a09:807');
-    expect(nat64.answer()).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
+    expect(await answerOf(nat64)).toMatch(/^HTTP\/1.1 503[\s\S]*this client holds/);
     for (const c of [...mapped, nat64]) c.socket.destroy();
     await until(async () => (await heldGauge()) === 0, 5000, 'the bytes given back');
     expect(() => loadConfig({ CLIENT_IPV6_PREFIX: '129' }, [])).toThrow(/CLIENT_IPV6_PREFIX: expected an integer 1..128/);
