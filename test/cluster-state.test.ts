@@ -207,4 +207,61 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     // and the unload made meanwhile reaches the other replica, not lost with the cut connection
     await until(() => r2.m.get('mobilenet')?.versions.get(1)?.state === 'END', 30_000, 'the unload applied on replica 2');
   }, 60_000);
+
+  it('replaced when older: a change published since Redis came back is not undone, and the other replicas adopt the state', async () => {
+    const redis = await startRedisWithSnapshots();
+    stops.push(() => redis.stop());
+    // a TCP proxy in front of Redis that can turn replica 1 away (as its reconnection backoff would, for a while)
+    let open = true;
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      if (!open) return void client.destroy();
+      const upstream = net.connect(Number(new URL(redis.url).port), '127.0.0.1');
+      for (const [from, to] of [
+        [client, upstream],
+        [upstream, client],
+      ] as const) {
+        sockets.add(from);
+        from.pipe(to);
+        from.on('error', () => undefined);
+        from.on('close', () => to.destroy());
+      }
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    stops.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => proxy.close(r));
+    });
+    const dir = await repository(['mobilenet', 'text-direction']);
+    const r1 = await replica('r1', `redis://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, dir);
+    const admin = new Redis(redis.url, { retryStrategy: () => 100 });
+    admin.on('error', () => undefined);
+    stops.push(async () => admin.disconnect());
+    const counted = (n: number) => until(async () => (await admin.hget('gateway:unloaded', '#')) === String(n), 10_000, `${n} changes`);
+    await admin.save(); // the snapshot: nothing unloaded
+    // four changes after it, on replica 1: both models unloaded
+    await r1.m.unload('mobilenet');
+    await r1.m.unload('text-direction');
+    await r1.m.load('text-direction');
+    await r1.m.unload('text-direction');
+    await counted(4);
+
+    open = false;
+    await redis.crash();
+    await redis.start(); // from the snapshot, which counts none of them
+    await until(() => !r1.c.status().connected, 10_000, 'replica 1 to see Redis gone');
+    // a replica that starts meanwhile (a rolling restart, the autoscaler), on which mobilenet is unloaded and loaded
+    // again: the newest change of the cluster
+    const r2 = await replica('r2', redis.url, dir);
+    await r2.m.unload('mobilenet');
+    await r2.m.load('mobilenet');
+    await counted(2);
+
+    open = true; // replica 1, back, has received change 4 of a hash that counts 2: older
+    await until(() => r1.c.status().connected, 20_000, 'replica 1 reconnected');
+    await sleep(6000); // its catch-up, then the state checks of both
+    const seen = (m: ModelManager) => ({ mobilenet: state(m, 'mobilenet'), 'text-direction': state(m, 'text-direction') });
+    expect(seen(r1.m)).toEqual(seen(r2.m));
+    expect(seen(r1.m)).toEqual({ mobilenet: 'AVAILABLE', 'text-direction': 'END' });
+  }, 120_000);
 });
