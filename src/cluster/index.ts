@@ -225,14 +225,15 @@ return seq`;
 
 /**
  * KEYS[1]: the unloaded-models hash; ARGV: the epoch and count read ("" for none), a new epoch, then name, state, name,
- * state... If the hash still has that epoch and count, replaces it: the new epoch, the count, those states.
+ * state... ("null": nothing unloaded). If the hash still has that epoch and count, gives it the new epoch and writes
+ * those states; the other models keep theirs (a change published since Redis came back is among them).
  */
 const REPLACE_SCRIPT = `
 if redis.call('HGET', KEYS[1], '.') ~= ARGV[1] or (redis.call('HGET', KEYS[1], '#') or '') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '.', ARGV[3])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], '#', ARGV[2]) end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
 return 1`;
 
 type ScriptCommands = {
@@ -295,6 +296,8 @@ export class Cluster {
   private syncAgain = false;
   private closed = false;
   private stateCheck: NodeJS.Timeout | null = null;
+  /** The epoch (".") of the hash this replica last lined up with: another one there was written since. */
+  private appliedEpoch: string | null = null;
   /** The newest counted change received for each model (see Wire.seq). */
   private readonly seen = new Map<string, { epoch: string; seq: number }>();
   private readonly onStatus = (e: ModelStatusEvent) => this.localStatus(e);
@@ -387,15 +390,22 @@ export class Cluster {
     this.stateCheck.unref();
   }
 
-  /** The hash lost while connected (see stateCheckMs): written back, as after a reconnection, by a catch-up. */
+  /**
+   * The hash lost while connected (see stateCheckMs): written back, as after a reconnection, by a catch-up; or written
+   * since this replica read it (another replica found it older and replaced it, or wrote a lost one back): adopted.
+   */
   private async checkState(): Promise<void> {
     if (!this.synced || this.syncing || this.retry || this.closed || !this.bus.connected) return;
+    let epoch: string | null;
     try {
-      if ((await this.bus.publisher.hexists(this.unloadedKey, '.')) === 1 || this.syncing) return;
+      epoch = await this.bus.publisher.hget(this.unloadedKey, '.');
     } catch {
       return; // Redis refused the check: the next one tries again
     }
-    this.logger.warn('the cluster state in Redis is gone (FLUSHALL, an eviction, a DEL) while connected: writing it back');
+    if (epoch === this.appliedEpoch || this.syncing) return;
+    if (epoch === null)
+      this.logger.warn('the cluster state in Redis is gone (FLUSHALL, an eviction, a DEL) while connected: writing it back');
+    else this.logger.info('the cluster state in Redis was written again by another replica: lining up with it');
     void this.catchUp();
   }
 
@@ -777,15 +787,15 @@ export class Cluster {
   }
 
   /**
-   * Write this replica's state over a hash older than changes already received (see applyUnloadedState), with a new
-   * epoch, unless another replica has done so since the read (the others then find that epoch and adopt its state).
+   * Write this replica's state of the models whose changes a hash older than them lost (see applyUnloadedState) over
+   * theirs, with a new epoch, unless another replica has done so since the read (the others then find that epoch and
+   * adopt its state). The other models keep what the hash holds: a change published since Redis came back, by a
+   * replica that did not know the hash older (one started since), is there and perhaps not here yet.
    */
   private async replaceOlderState(epoch: string, count: string): Promise<void> {
     const args: string[] = [];
-    for (const m of this.manager.models()) {
-      const state = this.unloadedState(m.name);
-      if (state) args.push(m.name, JSON.stringify(state));
-    }
+    for (const [name, s] of this.seen)
+      if (s.epoch === epoch && s.seq > Number(count || 0)) args.push(name, JSON.stringify(this.unloadedState(name)));
     const commands = this.bus.publisher as unknown as ScriptCommands;
     if ((await commands.gatewayReplace(this.unloadedKey, epoch, count, randomUUID(), ...args)) === 1)
       this.logger.warn(
@@ -826,6 +836,7 @@ export class Cluster {
       racing = [...this.seen].filter(([, s]) => s.epoch === hash['.'] && s.seq > count).map(([name]) => name);
       if (racing.length === 0 || ++reads >= STATE_READS) break;
     }
+    this.appliedEpoch = hash['.'];
     const kept = new Set(this.pendingAdmin.map((op) => op.name));
     const wanted = new Map<string, UnloadedState>();
     const unreadable: string[] = [];
