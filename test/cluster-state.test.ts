@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, have, sharedRepository, startRedis, until } from '../bench/cluster-lib.ts';
+import { RedisBus } from '../src/cluster/bus.ts';
 import { Cluster, type ClusterOptions } from '../src/cluster/index.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { createLogger } from '../src/log.ts';
@@ -264,4 +265,27 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(seen(r1.m)).toEqual(seen(r2.m));
     expect(seen(r1.m)).toEqual({ mobilenet: 'AVAILABLE', 'text-direction': 'END' });
   }, 120_000);
+
+  it('the PING watchdog does not cut a Redis that answered at once while this process was busy past the timeout', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const bus = new RedisBus({ url: redis.url, logger, channels: ['gateway:admin'], name: 'busy', pingTimeoutMs: 300 });
+    stops.push(() => bus.close());
+    await until(() => bus.connected, 10_000, 'the bus connected');
+    let cut = 0;
+    bus.on('disconnected', () => cut++);
+    // the event loop held for 600 ms by other work right after each PING is sent (a long synchronous task, a GC
+    // pause): the PONG has come when it is free again, and must be read before the watchdog takes Redis for gone
+    const ping = bus.publisher.ping.bind(bus.publisher) as () => Promise<string>;
+    bus.publisher.ping = (() => {
+      setImmediate(() => {
+        const until = Date.now() + 600;
+        while (Date.now() < until);
+      });
+      return ping();
+    }) as typeof bus.publisher.ping;
+    await sleep(2000);
+    expect(cut).toBe(0);
+    expect(bus.connected).toBe(true);
+  });
 });
