@@ -130,15 +130,25 @@ export class RedisBus extends EventEmitter<{
   private async ping(timeoutMs: number): Promise<void> {
     if (this.closed || !this.up || this.pinging) return;
     this.pinging = true;
-    const timer = setTimeout(() => {
-      this.lastError = `Redis did not answer a PING within ${timeoutMs} ms (a partition, or a Redis that hangs)`;
-      for (const c of [this.publisher, this.subscriber, this.reader]) c?.disconnect(true);
-    }, timeoutMs);
+    let answered = false;
+    // decided after the next read of the sockets (setImmediate runs after the poll phase): a PONG that came while this
+    // process was busy past the deadline (a long synchronous task, a GC pause) is read first, not taken for a Redis
+    // that hangs
+    const timer = setTimeout(
+      () =>
+        setImmediate(() => {
+          if (answered || this.closed) return;
+          this.lastError = `Redis did not answer a PING within ${timeoutMs} ms (a partition, or a Redis that hangs)`;
+          for (const c of [this.publisher, this.subscriber, this.reader]) c?.disconnect(true);
+        }),
+      timeoutMs,
+    );
     try {
       await this.publisher.ping();
     } catch {
       // refused, or the connection went: its own events say so
     } finally {
+      answered = true;
       clearTimeout(timer);
       this.pinging = false;
     }
