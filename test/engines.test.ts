@@ -286,6 +286,12 @@ describe('configuration', () => {
       /^MAX_WS_MESSAGE_BYTES \(9437184\) is above MAX_JSON_BODY_BYTES \(8388608\)/,
     );
     expect(loadConfig({ MAX_WS_MESSAGE_BYTES: '9437184', MAX_JSON_BODY_BYTES: '9437184' }, []).maxWsMessageBytes).toBe(9437184);
+    // a MAX_JSON_BODY_BYTES below 1 MB, valid before MAX_WS_MESSAGE_BYTES came, still starts: the default follows it;
+    // given, a message limit above it says what to do with either
+    expect(loadConfig({ MAX_JSON_BODY_BYTES: '524288' }, []).maxWsMessageBytes).toBe(524288);
+    expect(() => loadConfig({ MAX_JSON_BODY_BYTES: '524288', MAX_WS_MESSAGE_BYTES: '1048576' }, [])).toThrow(
+      /lower MAX_WS_MESSAGE_BYTES or raise MAX_JSON_BODY_BYTES$/,
+    );
     // an empty flag fell back to the default over the environment's value (--api-tokens= turned authentication off)
     expect(() => loadConfig({ API_TOKENS: 'secret' }, ['--api-tokens='])).toThrow(/^--api-tokens needs a value/);
     expect(() => loadConfig({ PORT: '5000' }, ['--port='])).toThrow(/^--port needs a value/);
