@@ -437,6 +437,7 @@ export const SETTINGS = [
     int(1024),
     1024 * 1024,
     'Largest WebSocket message (a GraphQL operation with its variables), at most MAX_JSON_BODY_BYTES; a connection that sends a larger one is closed (1009) with the reason. Also how much of its answers a client may leave unread before the server stops reading it. Photos larger than this go as multipart uploads over HTTP',
+    '1048576, or MAX_JSON_BODY_BYTES when smaller',
   ),
   s(
     'maxSubscriptionsPerConnection',
@@ -628,9 +629,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     throw new ConfigError(
       `REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) is below HEADERS_TIMEOUT_MS (${c.headersTimeoutMs}): the whole request cannot take less time than its headers; lower HEADERS_TIMEOUT_MS too`,
     );
-  if (c.maxWsMessageBytes > c.maxJsonBodyBytes)
+  // the default follows a smaller MAX_JSON_BODY_BYTES (set before this setting came, it must still start); a value
+  // given above it is a mistake
+  if (!flags.has(flagName('MAX_WS_MESSAGE_BYTES')) && !env.MAX_WS_MESSAGE_BYTES)
+    c.maxWsMessageBytes = Math.min(c.maxWsMessageBytes, c.maxJsonBodyBytes);
+  else if (c.maxWsMessageBytes > c.maxJsonBodyBytes)
     throw new ConfigError(
-      `MAX_WS_MESSAGE_BYTES (${c.maxWsMessageBytes}) is above MAX_JSON_BODY_BYTES (${c.maxJsonBodyBytes}): a WebSocket message is JSON parsed on the event loop, as a JSON body is, and is bounded by the same; raise MAX_JSON_BODY_BYTES too`,
+      `MAX_WS_MESSAGE_BYTES (${c.maxWsMessageBytes}) is above MAX_JSON_BODY_BYTES (${c.maxJsonBodyBytes}): a WebSocket message is JSON parsed on the event loop, as a JSON body is, and is bounded by the same; lower MAX_WS_MESSAGE_BYTES or raise MAX_JSON_BODY_BYTES`,
     );
   // the default follows a larger MAX_UPLOAD_BYTES (a client may hold half, and a compressed body of the largest size
   // holds twice it); a value given below that is a mistake
