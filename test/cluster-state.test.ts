@@ -154,8 +154,9 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await both('text-direction', 'AVAILABLE');
 
     await redis.crash(); // the two loads were not in the snapshot
-    await redis.start();
+    // seen gone before Redis is back (after it, a replica may have reconnected between two looks)
     await until(() => !r1.c.status().connected || !r2.c.status().connected, 10_000, 'a replica to see Redis gone');
+    await redis.start();
     await until(() => r1.c.status().connected && r2.c.status().connected, 20_000, 'both reconnected');
     await sleep(3000); // their catch-ups
     await until(
