@@ -169,6 +169,15 @@ describe("KServe v2: Triton's statistics and model configuration extensions", ()
     gw = await startGateway({
       models: {
         'id-any': { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw', batching: { maxDelayMs: 2 } } },
+        // a batch dimension on its input, none on its output (transposed): one item per request
+        transposed: {
+          onnx: buildModel({
+            nodes: [{ op: 'Transpose', inputs: ['x'], outputs: ['t'], attrs: { perm: [1, 0] } }],
+            inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+            outputs: [{ name: 't', elemType: ElemType.FLOAT, shape: [4, 'N'] }],
+          }),
+          config: { task: 'raw' },
+        },
         'no-batch': {
           onnx: buildModel({
             nodes: [{ op: 'Add', inputs: ['x', 'x'], outputs: ['y'] }],
@@ -226,7 +235,11 @@ describe("KServe v2: Triton's statistics and model configuration extensions", ()
     );
     expect([calls, items]).toEqual([s.execution_count, 6]);
     // every model's versions, one model's, one version's; unknown ones are 404 / NOT_FOUND
-    expect((await get('/models/stats')).body.model_stats.map((x: { name: string }) => x.name).sort()).toEqual(['id-any', 'no-batch']);
+    expect((await get('/models/stats')).body.model_stats.map((x: { name: string }) => x.name).sort()).toEqual([
+      'id-any',
+      'no-batch',
+      'transposed',
+    ]);
     expect((await get('/models/id-any/versions/1/stats')).body.model_stats).toEqual([s]);
     expect(await get('/models/id-any/versions/7/stats')).toMatchObject({ status: 404, code: 'MODEL_NOT_FOUND' });
     expect(await get('/models/nope/stats')).toMatchObject({ status: 404, code: 'MODEL_NOT_FOUND' });
@@ -238,7 +251,7 @@ describe("KServe v2: Triton's statistics and model configuration extensions", ()
     expect(g.model_stats[0].inference_count).toBe('6');
     expect(g.model_stats[0].inference_stats.success.count).toBe('6');
     const all = (await client.ModelStatistics({})) as { model_stats: unknown[] };
-    expect(all.model_stats).toHaveLength(2);
+    expect(all.model_stats).toHaveLength(3);
     await expect(client.ModelStatistics({ name: 'nope' })).rejects.toMatchObject({ code: 5 }); // NOT_FOUND
   });
 
@@ -258,6 +271,10 @@ describe("KServe v2: Triton's statistics and model configuration extensions", ()
     const noBatch = (await get('/models/no-batch/versions/1/config')).body;
     expect(noBatch).toMatchObject({ max_batch_size: 0, input: [{ name: 'x', data_type: 'TYPE_INT64', dims: [10, 2] }] });
     expect(noBatch.dynamic_batching).toBeUndefined();
+    // a batch dimension on the input only: its outputs cannot be split, so a request holds one item, as its dims say
+    const transposed = (await get('/models/transposed/config')).body;
+    expect(transposed).toMatchObject({ max_batch_size: 0, input: [{ name: 'x', dims: [1, 4] }], output: [{ name: 't', dims: [4, -1] }] });
+    expect(transposed.dynamic_batching).toBeUndefined();
     expect(await get('/models/nope/config')).toMatchObject({ status: 404, code: 'MODEL_NOT_FOUND' });
     const g = (await client.ModelConfig({ name: 'id-any' })) as {
       config: {

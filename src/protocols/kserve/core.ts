@@ -324,7 +324,10 @@ export function createKserveCore({
     modelStatistics(who: Who, name?: string | null, version?: string | null): V2ModelStat[] {
       access(who).checkApi();
       if (!name) {
-        if (version) throw invalid('a version needs a model name');
+        if (version)
+          throw invalid(
+            `version ${JSON.stringify(version)} given without a model name: name the model, or leave the version out for every model`,
+          );
         return models.models().flatMap((m) => [...m.versions.values()].map((v) => versionStat(m.name, v)));
       }
       const model = models.require(name);
@@ -340,14 +343,19 @@ export function createKserveCore({
      * reads max_batch_size and the inputs), derived from the version the metadata describes. A model whose inputs all
      * have a batch dimension (dynamic, or 1) takes up to MAX_IMAGES_PER_REQUEST items in one request, which is its
      * max_batch_size, and its dims leave that dimension out, as Triton's do; any other says 0 and its whole shapes.
-     * Dynamic dimensions are -1. Requests are batched together (dynamic_batching) unless the model's maxBatchSize is 1.
+     * Dynamic dimensions are -1. A model whose inputs have a batch dimension and an output none (a transposed or reduced
+     * output, which cannot be split between items) takes one item per request: 0, and 1 on its inputs' dimension 0.
+     * Requests are batched together (dynamic_batching) unless the engine takes one item per call.
      */
     modelConfig(who: Who, name: string, version?: string | null): V2ModelConfig {
       access(who).checkApi();
       const { model, version: v } = resolveDescribed(name, version);
       const inputs = v?.inputs ?? [];
-      const batched = inputs.length > 0 && hasBatchDimension(inputs);
-      const dims = (i: TensorInfo) => (batched ? i.shape.slice(1) : i.shape).map((d) => d ?? -1);
+      const outputs = v?.outputs ?? [];
+      const itemized = inputs.length > 0 && hasBatchDimension(inputs);
+      const batched = itemized && hasBatchDimension(outputs);
+      const dims = (shape: readonly (number | null)[]) => (batched ? shape.slice(1) : shape).map((d) => d ?? -1);
+      const inputDims = (i: TensorInfo) => (itemized && !batched ? [1, ...dims(i.shape.slice(1))] : dims(i.shape));
       const batching = v?.batchingOptions ?? null;
       const perCall = batching?.maxBatchSize ?? model.config?.batching.maxBatchSize ?? 1;
       return {
@@ -355,8 +363,8 @@ export function createKserveCore({
         platform: PLATFORMS[models.engine.name] ?? models.engine.name,
         backend: models.engine.name,
         max_batch_size: batched ? maxImagesPerRequest : 0,
-        input: inputs.map((i) => ({ name: i.name, data_type: configType(i.dtype), format: 'FORMAT_NONE', dims: dims(i) })),
-        output: (v?.outputs ?? []).map((o) => ({ name: o.name, data_type: configType(o.dtype), dims: dims(o), label_filename: '' })),
+        input: inputs.map((i) => ({ name: i.name, data_type: configType(i.dtype), format: 'FORMAT_NONE', dims: inputDims(i) })),
+        output: outputs.map((o) => ({ name: o.name, data_type: configType(o.dtype), dims: dims(o.shape), label_filename: '' })),
         instance_group: [{ name: model.name, kind: 'KIND_CPU', count: v?.session?.instances ?? 1 }],
         ...(batched && perCall > 1
           ? { dynamic_batching: { preferred_batch_size: [], max_queue_delay_microseconds: Math.round((batching?.maxDelayMs ?? 0) * 1000) } }
