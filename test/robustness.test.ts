@@ -830,7 +830,9 @@ describe('limits', () => {
     const stuck = await open();
     await new Promise((r) => setTimeout(r, 300));
     (stuck as unknown as { _socket: net.Socket })._socket.pause();
-    for (let n = 0; n < 40; n++) stuck.send(JSON.stringify({ type: 'ping', payload: { filler: 'x'.repeat(900_000) } }));
+    // each ping within the message limit here (MAX_WS_MESSAGE_BYTES follows MAX_JSON_BODY_BYTES, 100000: a larger one
+    // is closed 1009, a close the stuck client never reads, which ws then waits 30 s on)
+    for (let n = 0; n < 200; n++) stuck.send(JSON.stringify({ type: 'ping', payload: { filler: 'x'.repeat(90_000) } }));
     // two connections per client here: a third is refused until the server has closed the one that reads nothing
     await expect(openWs()).rejects.toThrow(/429/);
     await slotFrees(8000, 'the stuck connection closed by the server (graphql-ws kept such a client 12-24 s)');
