@@ -840,6 +840,21 @@ describe('limits', () => {
     idle.close();
     stuck.terminate();
   });
+
+  it('a client that sends a message past MAX_WS_MESSAGE_BYTES and reads nothing more frees its slot at once, not after 30 s', async () => {
+    // (the tests before may still hold their slots a moment)
+    const first = await until(() => openWs().catch(() => null), 5000, 'a slot');
+    const stuck = await until(() => openWs().catch(() => null), 5000, 'a second slot');
+    // (else graphql-ws closes them after 3 s for that, which frees a slot too)
+    for (const ws of [first, stuck]) ws.send(JSON.stringify({ type: 'connection_init' }));
+    await new Promise((r) => setTimeout(r, 300));
+    (stuck as unknown as { _socket: net.Socket })._socket.pause(); // never reads the server's close
+    stuck.send('x'.repeat(200_000)); // past this gateway's 100000
+    // ws waited 30 s for the close frame of a client that reads nothing, its slot held all along
+    await slotFrees(5000, 'the slot of the connection closed 1009');
+    first.close();
+    stuck.terminate();
+  });
 });
 
 describe('an image path swapped while the server reads it (a folder under IMAGE_ROOTS that others write to)', () => {

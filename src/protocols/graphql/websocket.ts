@@ -201,7 +201,7 @@ export function attachWebSocket(
     const addr = clientAddress(req) ?? 'unknown'; // verifyClient refused a connection that names no client
     clientOf.set(socket, addr);
     quietFailures(socket, (err) => logger?.debug({ err: errorMessage(err), client: addr }, 'websocket connection error'));
-    sayWhyTooLarge(socket, maxPayloadBytes);
+    closeFirmly(socket, maxPayloadBytes);
     connections.set(addr, (connections.get(addr) ?? 0) + 1);
     if (bytesInFlight) socket.prependListener('message', (data: RawData) => messageBytes.set(socket, rawBytes(data)));
     // a client that does not read its answers is not read either, as over TCP: graphql-ws answers a ping with its
@@ -468,19 +468,28 @@ export function attachWebSocket(
   };
 }
 
+/** How long a client has to answer a close the server sent before its connection is cut (ws waits 30 s). */
+const CLOSE_ANSWER_MS = 2000;
+
 /**
- * ws closes a connection whose message is past its limit with 1009 and no reason: the close says which limit, and what
- * to do (at most 123 bytes, as a close reason may hold).
+ * The server's closes of a connection. ws closes one whose message is past its limit with 1009 and no reason: the
+ * close says which limit, and what to do (at most 123 bytes, as a close reason may hold). And a client that does not
+ * read the close (nor anything: a client that sent a message too large and stopped reading) is cut after
+ * CLOSE_ANSWER_MS, where ws waited 30 s for its answer, the connection and its slot of MAX_WS_CONNECTIONS_PER_CLIENT
+ * held all along.
  */
-function sayWhyTooLarge(socket: WebSocket, maxBytes: number): void {
+function closeFirmly(socket: WebSocket, maxBytes: number): void {
   const close = socket.close.bind(socket);
-  socket.close = (code?: number, reason?: string | Buffer) =>
+  socket.close = (code?: number, reason?: string | Buffer) => {
     close(
       code,
       code === 1009 && !reason?.length
         ? `a message is at most ${maxBytes} bytes (MAX_WS_MESSAGE_BYTES); send large photos as multipart uploads over HTTP`
         : reason,
     );
+    const cut = setTimeout(() => socket.terminate(), CLOSE_ANSWER_MS);
+    socket.once('close', () => clearTimeout(cut));
+  };
 }
 
 /**
