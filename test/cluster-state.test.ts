@@ -79,6 +79,35 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     stops.push(() => repo.remove());
     return repo.dir;
   }
+  /**
+   * A TCP proxy in front of Redis (at `port`) for one test: `refusing` turns new connections away (as a replica's
+   * reconnection backoff would, for a while); `dropping` drops every byte both ways with the sockets left open (a
+   * partition: no reset, no reply).
+   */
+  async function redisProxy(port: number) {
+    const proxy = { url: '', refusing: false, dropping: false };
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((client) => {
+      if (proxy.refusing) return void client.destroy();
+      const upstream = net.connect(port, '127.0.0.1');
+      for (const [from, to] of [
+        [client, upstream],
+        [upstream, client],
+      ] as const) {
+        sockets.add(from);
+        from.on('data', (d) => proxy.dropping || to.write(d));
+        from.on('error', () => undefined);
+        from.on('close', () => to.destroy());
+      }
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    stops.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+    proxy.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    return proxy;
+  }
   async function replica(name: string, url: string, dir: string, options: Partial<ClusterOptions> = {}) {
     const m = new ModelManager({ root: dir, engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0, loadOptions: { instances: 1 } });
     stops.push(() => m.close());
@@ -173,38 +202,18 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   it('a Redis that stops answering (a network partition: no reset, no reply) is shown as lost in the status', async () => {
     const redis = await startRedis();
     stops.push(() => redis.stop());
-    // a TCP proxy in front of Redis that can drop every byte both ways, sockets left open (as a partition does)
-    let dropping = false;
-    const sockets = new Set<net.Socket>();
-    const proxy = net.createServer((client) => {
-      const upstream = net.connect(redis.port, '127.0.0.1');
-      for (const [from, to] of [
-        [client, upstream],
-        [upstream, client],
-      ] as const) {
-        sockets.add(from);
-        from.on('data', (d) => dropping || to.write(d));
-        from.on('error', () => undefined);
-        from.on('close', () => to.destroy());
-      }
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    stops.push(async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => proxy.close(r));
-    });
-    const url = `redis://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    const proxy = await redisProxy(redis.port);
     const dir = await repository(['mobilenet']);
-    const r1 = await replica('r1', url, dir);
+    const r1 = await replica('r1', proxy.url, dir);
     const r2 = await replica('r2', redis.url, dir); // on the other side of the partition
     expect(r1.c.status().connected).toBe(true);
-    dropping = true;
+    proxy.dropping = true;
     await r1.m.unload('mobilenet'); // its publish gets no answer
     // /ready's cluster.connected and gateway_cluster_bus_connected come from this status
     await until(() => !r1.c.status().connected, 30_000, 'the bus shown as lost');
     expect(r1.c.status().error).toMatch(/did not answer a PING/);
     // the partition heals: connected again
-    dropping = false;
+    proxy.dropping = false;
     await until(() => r1.c.status().connected, 30_000, 'the bus back');
     // and the unload made meanwhile reaches the other replica, not lost with the cut connection
     await until(() => r2.m.get('mobilenet')?.versions.get(1)?.state === 'END', 30_000, 'the unload applied on replica 2');
@@ -213,29 +222,9 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   it('replaced when older: a change published since Redis came back is not undone, and the other replicas adopt the state', async () => {
     const redis = await startRedisWithSnapshots();
     stops.push(() => redis.stop());
-    // a TCP proxy in front of Redis that can turn replica 1 away (as its reconnection backoff would, for a while)
-    let open = true;
-    const sockets = new Set<net.Socket>();
-    const proxy = net.createServer((client) => {
-      if (!open) return void client.destroy();
-      const upstream = net.connect(Number(new URL(redis.url).port), '127.0.0.1');
-      for (const [from, to] of [
-        [client, upstream],
-        [upstream, client],
-      ] as const) {
-        sockets.add(from);
-        from.pipe(to);
-        from.on('error', () => undefined);
-        from.on('close', () => to.destroy());
-      }
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    stops.push(async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => proxy.close(r));
-    });
+    const proxy = await redisProxy(Number(new URL(redis.url).port)); // turns replica 1 away for a while
     const dir = await repository(['mobilenet', 'text-direction']);
-    const r1 = await replica('r1', `redis://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, dir);
+    const r1 = await replica('r1', proxy.url, dir);
     const admin = new Redis(redis.url, { retryStrategy: () => 100 });
     admin.on('error', () => undefined);
     stops.push(async () => admin.disconnect());
@@ -248,7 +237,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await r1.m.unload('text-direction');
     await counted(4);
 
-    open = false;
+    proxy.refusing = true;
     await redis.crash();
     await redis.start(); // from the snapshot, which counts none of them
     await until(() => !r1.c.status().connected, 10_000, 'replica 1 to see Redis gone');
@@ -259,7 +248,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await r2.m.load('mobilenet');
     await counted(2);
 
-    open = true; // replica 1, back, has received change 4 of a hash that counts 2: older
+    proxy.refusing = false; // replica 1, back, has received change 4 of a hash that counts 2: older
     await until(() => r1.c.status().connected, 20_000, 'replica 1 reconnected');
     await sleep(6000); // its catch-up, then the state checks of both
     const seen = (m: ModelManager) => ({ mobilenet: state(m, 'mobilenet'), 'text-direction': state(m, 'text-direction') });
