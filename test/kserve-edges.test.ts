@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
+import { ElemType, buildModel, identityModel, transposedModel } from './onnx-builder.ts';
 import { startGateway, timedTries, type TestGateway, watchStalls } from './helpers.ts';
 import { createKserveGrpcClient, errorCodeOf, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import { PROTO_PATH } from '../src/protocols/kserve/proto/index.ts';
@@ -171,11 +171,7 @@ describe("KServe v2: Triton's statistics and model configuration extensions", ()
         'id-any': { onnx: identityModel(ElemType.FLOAT, ['N', 'K']), config: { task: 'raw', batching: { maxDelayMs: 2 } } },
         // a batch dimension on its input, none on its output (transposed): one item per request
         transposed: {
-          onnx: buildModel({
-            nodes: [{ op: 'Transpose', inputs: ['x'], outputs: ['t'], attrs: { perm: [1, 0] } }],
-            inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
-            outputs: [{ name: 't', elemType: ElemType.FLOAT, shape: [4, 'N'] }],
-          }),
+          onnx: transposedModel(),
           config: { task: 'raw' },
         },
         'no-batch': {

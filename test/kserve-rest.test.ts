@@ -4,7 +4,7 @@ import net from 'node:net';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
+import { ElemType, buildModel, identityModel, transposedModel } from './onnx-builder.ts';
 import sharp from 'sharp';
 import { encodeMultipart } from '../src/client/multipart.ts';
 import { createKserveGrpcClient } from '../src/client/kserve-grpc.ts';
@@ -123,11 +123,7 @@ describe('KServe v2 over REST', () => {
         },
         // x [N,4] -> t [4,N]: its output has no batch on dimension 0, so it runs one item at a time
         transposed: {
-          onnx: buildModel({
-            nodes: [{ op: 'Transpose', inputs: ['x'], outputs: ['t'], attrs: { perm: [1, 0] } }],
-            inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
-            outputs: [{ name: 't', elemType: ElemType.FLOAT, shape: [4, 'N'] }],
-          }),
+          onnx: transposedModel(),
           config: { task: 'raw' },
         },
       },

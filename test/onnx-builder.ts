@@ -69,6 +69,15 @@ export function identityModel(elemType: number, shape: (number | string)[]): Uin
   });
 }
 
+/** x [N,4] -> t [4,N]: a batch dimension on its input and none on its output, so it runs one item at a time. */
+export function transposedModel(): Uint8Array {
+  return buildModel({
+    nodes: [{ op: 'Transpose', inputs: ['x'], outputs: ['t'], attrs: { perm: [1, 0] } }],
+    inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+    outputs: [{ name: 't', elemType: ElemType.FLOAT, shape: [4, 'N'] }],
+  });
+}
+
 /** Per-pixel argmax over channels: image [N,3,H,W] float -> int64 class map [N,H,W]. */
 export function argmaxSegmenter(): Uint8Array {
   return buildModel({

@@ -268,13 +268,20 @@ export function createKserveCore({
   const models = service.models;
   const access = (who: Who) => accessFor(who.authorization, tokens, who.caller);
 
-  function resolveDescribed(name: string, version: string | null | undefined): { model: Model; version: ModelVersion | undefined } {
+  /** The model, and the version a client named (null: it named none); MODEL_NOT_FOUND for unknown ones. */
+  function resolveNamed(name: string, version: string | null | undefined): { model: Model; version: ModelVersion | null } {
     const model = models.require(name);
     const v = parseVersion(name, version);
-    if (v === null) return { model, version: model.describedVersion() };
+    if (v === null) return { model, version: null };
     const mv = model.versions.get(v);
     if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
     return { model, version: mv };
+  }
+
+  /** The version a client named, else the one the metadata describes (the serving one, else the newest). */
+  function resolveDescribed(name: string, version: string | null | undefined): { model: Model; version: ModelVersion | undefined } {
+    const { model, version: named } = resolveNamed(name, version);
+    return { model, version: named ?? model.describedVersion() };
   }
 
   return {
@@ -330,12 +337,9 @@ export function createKserveCore({
           );
         return models.models().flatMap((m) => [...m.versions.values()].map((v) => versionStat(m.name, v)));
       }
-      const model = models.require(name);
-      const v = parseVersion(name, version);
-      if (v === null) return [...model.versions.values()].sort((a, b) => a.version - b.version).map((x) => versionStat(name, x));
-      const mv = model.versions.get(v);
-      if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
-      return [versionStat(name, mv)];
+      const { model, version: named } = resolveNamed(name, version);
+      if (named) return [versionStat(name, named)];
+      return [...model.versions.values()].sort((a, b) => a.version - b.version).map((x) => versionStat(name, x));
     },
 
     /**
@@ -375,12 +379,8 @@ export function createKserveCore({
     /** Is that version (default: the serving one) AVAILABLE? MODEL_NOT_FOUND for unknown models and versions. */
     modelReady(who: Who, name: string, version?: string | null): boolean {
       access(who).checkApi();
-      const model = models.require(name);
-      const v = parseVersion(name, version);
-      if (v === null) return model.servingVersion() !== undefined;
-      const mv = model.versions.get(v);
-      if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
-      return mv.state === 'AVAILABLE';
+      const { model, version: named } = resolveNamed(name, version);
+      return named ? named.state === 'AVAILABLE' : model.servingVersion() !== undefined;
     },
 
     /**
