@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -108,8 +108,15 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     proxy.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
     return proxy;
   }
-  async function replica(name: string, url: string, dir: string, options: Partial<ClusterOptions> = {}) {
-    const m = new ModelManager({ root: dir, engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0, loadOptions: { instances: 1 } });
+  async function replica(name: string, url: string, dir: string, options: Partial<ClusterOptions> = {}, modelRoots: string[] = []) {
+    const m = new ModelManager({
+      root: dir,
+      engine: createOnnxRuntimeEngine(),
+      logger,
+      pollIntervalMs: 0,
+      loadOptions: { instances: 1 },
+      modelRoots,
+    });
     stops.push(() => m.close());
     await m.start();
     const c = new Cluster({ url, replica: name, manager: m, logger, maxBackoffMs: 100, ...options });
@@ -255,6 +262,101 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(seen(r1.m)).toEqual(seen(r2.m));
     expect(seen(r1.m)).toEqual({ mobilenet: 'AVAILABLE', 'text-direction': 'END' });
   }, 120_000);
+
+  /** A folder outside the repository (under MODEL_ROOTS) holding a copy of the text-direction model, and its model.json. */
+  async function outsideFolder() {
+    const { dir } = await sharedRepository(['text-direction']);
+    stops.push(() => rm(dir, { recursive: true, force: true }));
+    const config = JSON.parse(await readFile(path.join(dir, 'text-direction', 'model.json'), 'utf8')) as Record<string, unknown>;
+    delete config.$schema;
+    return { root: dir, model: path.join(dir, 'text-direction', '1', 'model.onnx'), config };
+  }
+  const described = (m: ModelManager, model: string) => {
+    const x = m.get(model);
+    return x && { source: x.source, state: state(m, model), description: x.config.description, metadata: x.config.metadata };
+  };
+
+  it('a model loaded by path is loaded by a replica that starts later, as the others serve it; unloaded, it starts unloaded; deleted, not at all', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
+    await r1.m.load('lines', { path: outside.model, config: { ...outside.config, description: 'given with the path' } });
+    await r1.m.update('lines', { metadata: { team: 'ocr', license: null } });
+    const expected = {
+      source: 'path',
+      state: 'AVAILABLE',
+      description: 'given with the path',
+      metadata: { source: (outside.config.metadata as Record<string, unknown>).source, upstream: 'PaddlePaddle/PaddleOCR', team: 'ocr' },
+    };
+    expect(described(r1.m, 'lines')).toEqual(expected);
+
+    // a rolling restart, or a new pod from the autoscaler
+    const r2 = await replica('r2', redis.url, dir, {}, [outside.root]);
+    await until(() => described(r2.m, 'lines')?.state === 'AVAILABLE', 20_000, 'replica 2 to load it');
+    expect(described(r2.m, 'lines')).toEqual(expected);
+    expect(r2.m.get('lines')!.config.labels).toEqual(['0', '180']); // the configuration given with the path
+
+    await r1.m.unload('lines');
+    await until(() => state(r2.m, 'lines') === 'END', 10_000, 'replica 2 to unload it');
+    const r3 = await replica('r3', redis.url, dir, {}, [outside.root]);
+    await until(() => state(r3.m, 'lines') === 'END', 20_000, 'replica 3 to hold it unloaded');
+
+    await r2.m.delete('lines');
+    await until(() => !r1.m.get('lines') && !r3.m.get('lines'), 10_000, 'the others to forget it');
+    const r4 = await replica('r4', redis.url, dir, {}, [outside.root]);
+    await sleep(1000);
+    expect(r4.m.get('lines')).toBeUndefined();
+    expect(r4.m.get('mobilenet')?.versions.get(1)?.state).toBe('AVAILABLE');
+  }, 90_000);
+
+  it('a model loaded by path while a replica was cut off from Redis is loaded there when it is back; one it cannot reach is said', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const proxy = await redisProxy(redis.port);
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
+    const r2 = await replica('r2', proxy.url, dir, { stateCheckMs: 500 }, [outside.root]);
+    const r3 = await replica('r3', redis.url, dir); // without that root
+    proxy.refusing = true;
+    proxy.dropping = true;
+    await until(() => !r2.c.status().connected, 30_000, 'replica 2 cut off');
+    await r1.m.load('lines', { path: outside.model });
+    await until(
+      () => r3.m.get('lines') === undefined && lines.some((l) => /could not be loaded here|did not apply here/.test(l)),
+      10_000,
+      'replica 3 to refuse it',
+    );
+    proxy.dropping = false;
+    proxy.refusing = false;
+    await until(() => r2.c.status().connected, 30_000, 'replica 2 back');
+    await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it');
+    expect(r2.m.get('lines')!.source).toBe('path');
+  }, 90_000);
+
+  it('a key of another type where the models loaded by path are kept stops neither changes nor catch-ups', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    await admin.set('gateway:paths', 'an operator wrote this');
+    const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
+    const r2 = await replica('r2', redis.url, dir, {}, [outside.root]);
+    await r1.m.load('lines', { path: outside.model });
+    await r1.m.update('lines', { description: 'edited' });
+    await r1.m.unload('mobilenet');
+    await until(() => r2.m.get('lines')?.config.description === 'edited', 10_000, 'replica 2 to apply the load and the update');
+    await until(() => state(r2.m, 'mobilenet') === 'END', 10_000, 'replica 2 to unload mobilenet');
+    const r3 = await replica('r3', redis.url, dir, {}, [outside.root]);
+    await until(() => state(r3.m, 'mobilenet') === 'END', 10_000, 'replica 3 to apply the unloaded state');
+    // said once by each replica as it joined
+    const said = lines.filter((l) => /models loaded by path in Redis cannot be read/.test(l));
+    expect(said.map((l) => (JSON.parse(l) as { replica: string }).replica).sort()).toEqual(['r1', 'r2', 'r3']);
+  }, 60_000);
 
   it('the PING watchdog does not cut a Redis that answered at once while this process was busy past the timeout', async () => {
     const redis = await startRedis();

@@ -30,7 +30,9 @@ import { RedisBus, backoff } from './bus.ts';
  *   restarted during a rolling restart, or cut off from Redis for a while, comes back in line); changes are counted
  *   there, so that a read of the hash older than a change already received does not undo it. If Redis lost that hash (restarted without persistence), the
  *   first replica to reconnect writes its state back; then each publishes the changes it kept (newer) and applies the
- *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write.
+ *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write. A model
+ *   loaded by path is kept in the hash `<prefix>:paths` (see PATH_RECORD), written by the same scripts, which a
+ *   replica that joins or catches up loads from before it applies the unloaded state.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
  *   backoff by ioredis. Local inference never waits for Redis. While down, status events and admin changes made here
  *   are kept (at most `maxPendingStatus` and `maxPendingAdmin`) and published on reconnect. A change (or a catch-up)
@@ -170,20 +172,24 @@ function statusEvent(wire: unknown): ModelStatusEvent | null {
 export type StatusFeed = EventEmitter<{ status: [ModelStatusEvent] }>;
 
 /**
- * KEYS[1]: the unloaded-models hash; ARGV: a new epoch, then name, state, name, state... Unless the hash is marked:
- * marks it with the epoch and writes each state where it has none (an entry there was published since Redis came
- * back: newer).
+ * KEYS[1]: the unloaded-models hash, KEYS[2]: the models-loaded-by-path hash; ARGV: a new epoch, the number of states
+ * n, then n times name, state, then name, record, name, record... Unless the hash is marked: marks it with the epoch
+ * and writes each state and record where there is none (an entry there was published since Redis came back: newer).
  */
 const RESTORE_SCRIPT = `
 if redis.call('HEXISTS', KEYS[1], '.') == 1 then return 0 end
 redis.call('HSET', KEYS[1], '.', ARGV[1])
-for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local states = 2 + 2 * tonumber(ARGV[2])
+for i = 3, states, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = states + 1, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1`;
 
 /**
- * KEYS[1]: the unloaded-models hash; ARGV: the admin channel, model name, the change ("load", "unload", "delete"), the
- * version an unload names ("" for the whole model), the sender's state of the model after it (JSON, "null": none
- * unloaded), message (a JSON object). Counts the change ("#"), applies it to the model's state held in the hash and
+ * KEYS[1]: the unloaded-models hash, KEYS[2]: the models-loaded-by-path hash; ARGV: the admin channel, model name, the
+ * change ("load", "unload", "delete"), the version an unload names ("" for the whole model), the sender's state of the
+ * model after it (JSON, "null": none unloaded), message (a JSON object), the model's record as the sender serves it
+ * after a load (JSON: a model loaded by path; "": none, one of the repository). A load writes or removes the record, a
+ * delete removes it. Counts the change ("#"), applies it to the model's state held in the hash and
  * publishes the message with that state, the count and the hash's epoch added, at once: a replica that reads the hash
  * knows which changes it holds (those up to "#"). Applied to the state held, not the sender's: two unloads of different
  * versions at once on two replicas are both kept, where the second one's state would undo the first. The sender's
@@ -212,6 +218,11 @@ elseif ARGV[3] == 'unload' and epoch then
     state = '{"all":' .. tostring(s.all == true or ARGV[4] == '') .. ',"versions":[' .. table.concat(versions, ',') .. ']}'
   end
 end
+if ARGV[3] == 'delete' or (ARGV[3] == 'load' and ARGV[7] == '') then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+elseif ARGV[3] == 'load' then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[7])
+end
 local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
 local message = string.sub(ARGV[6], 1, -2)
 if ARGV[3] == 'delete' then
@@ -224,23 +235,67 @@ redis.call('PUBLISH', ARGV[1], message .. ',"seq":' .. seq .. ',"epoch":' .. cjs
 return seq`;
 
 /**
- * KEYS[1]: the unloaded-models hash; ARGV: the epoch and count read ("" for none), a new epoch, then name, state, name,
- * state... ("null": nothing unloaded). If the hash still has that epoch and count, gives it the new epoch and writes
- * those states; the other models keep theirs (a change published since Redis came back is among them).
+ * KEYS[1]: the unloaded-models hash, KEYS[2]: the models-loaded-by-path hash; ARGV: the epoch and count read ("" for
+ * none), a new epoch, then name, state, record, name, state, record... ("null": nothing unloaded; "": no record). If the
+ * hash still has that epoch and count, gives it the new epoch and writes those states and records; the other models
+ * keep theirs (a change published since Redis came back is among them).
  */
 const REPLACE_SCRIPT = `
 if redis.call('HGET', KEYS[1], '.') ~= ARGV[1] or (redis.call('HGET', KEYS[1], '#') or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], '.', ARGV[3])
-for i = 4, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if ARGV[i + 2] == '' then redis.call('HDEL', KEYS[2], ARGV[i]) else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
 end
 return 1`;
 
+/**
+ * KEYS[1]: the models-loaded-by-path hash; ARGV: the admin channel, model name, its record after the update, message.
+ * An update (description, metadata) of a model loaded by path rewrites its record, if it still has one (a delete
+ * published before it removed it), and publishes the change.
+ */
+const UPDATE_SCRIPT = `
+if ARGV[3] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('PUBLISH', ARGV[1], ARGV[4])
+return 1`;
+
 type ScriptCommands = {
-  gatewayReplace(key: string, epoch: string, count: string, ...args: string[]): Promise<number>;
-  gatewayRestore(key: string, ...args: string[]): Promise<number>;
-  gatewayPublish(key: string, channel: string, name: string, op: string, version: string, state: string, message: string): Promise<number>;
+  gatewayReplace(key: string, paths: string, epoch: string, count: string, ...args: string[]): Promise<number>;
+  gatewayRestore(key: string, paths: string, epoch: string, states: number, ...args: string[]): Promise<number>;
+  gatewayPublish(
+    key: string,
+    paths: string,
+    channel: string,
+    name: string,
+    op: string,
+    version: string,
+    state: string,
+    message: string,
+    record: string,
+  ): Promise<number>;
+  gatewayUpdate(paths: string, channel: string, name: string, record: string, message: string): Promise<number>;
 };
+
+/**
+ * A model loaded by path as a replica serves it, kept in the hash `<prefix>:paths` so that a replica that starts later
+ * (or comes back) loads it too: the path as asked for, the configuration given with it, its description and metadata.
+ */
+const PATH_RECORD = z.object({
+  path: z.string().min(1),
+  config: z.unknown(),
+  description: z.string(),
+  metadata: z.record(z.string(), z.unknown()),
+});
+type PathRecord = z.infer<typeof PATH_RECORD>;
+
+function readRecord(json: string): PathRecord | undefined {
+  try {
+    const r = PATH_RECORD.safeParse(JSON.parse(json));
+    return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * An error of the publish script itself, or of a command it ran on data of an unexpected shape: the same on every try.
@@ -278,6 +333,8 @@ export class Cluster {
   private flushing: Promise<void> | null = null;
   private statusRetry: NodeJS.Timeout | null = null;
   private readonly unloadedKey: string;
+  /** The models loaded by path (see PATH_RECORD). */
+  private readonly pathsKey: string;
   private readonly maxPendingAdmin: number;
   /** Admin changes made here and not published yet (the bus down, Redis refused them, a catch-up running), in order. */
   private readonly pendingAdmin: AdminOp[] = [];
@@ -352,6 +409,7 @@ export class Cluster {
     this.channels = { status: `${prefix}:status`, admin: `${prefix}:admin` };
     this.stream = `${prefix}:events`;
     this.unloadedKey = `${prefix}:unloaded`;
+    this.pathsKey = `${prefix}:paths`;
     this.maxPendingAdmin = maxPendingAdmin;
     this.maxPendingStatus = maxPendingStatus;
     this.maxBackoffMs = maxBackoffMs;
@@ -365,9 +423,10 @@ export class Cluster {
       maxBackoffMs,
     });
     // EVALSHA, with EVAL when Redis does not have the script (yet, or again after a restart)
-    this.bus.publisher.defineCommand('gatewayRestore', { numberOfKeys: 1, lua: RESTORE_SCRIPT });
-    this.bus.publisher.defineCommand('gatewayPublish', { numberOfKeys: 1, lua: PUBLISH_SCRIPT });
-    this.bus.publisher.defineCommand('gatewayReplace', { numberOfKeys: 1, lua: REPLACE_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayRestore', { numberOfKeys: 2, lua: RESTORE_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayPublish', { numberOfKeys: 2, lua: PUBLISH_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayReplace', { numberOfKeys: 2, lua: REPLACE_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayUpdate', { numberOfKeys: 1, lua: UPDATE_SCRIPT });
     this.bus.on('message', (channel, text) => this.remote(channel, text));
     this.bus.on('entry', (text) => this.remote(this.channels.status, text));
     this.bus.on('connected', () => {
@@ -550,11 +609,34 @@ export class Cluster {
     return m ? unloadedOf(m) : null;
   }
 
+  /** A model loaded by path as this replica serves it now, as kept in Redis (see PATH_RECORD); "" for any other. */
+  private record(name: string): string {
+    const m = this.manager.get(name);
+    if (m?.source !== 'path' || !m.origin) return '';
+    const { description, metadata } = m.config;
+    return JSON.stringify({ ...m.origin, description, metadata } satisfies PathRecord);
+  }
+
   /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
   private async publishAdmin(op: AdminOp, n: number): Promise<void> {
     if (op.op === 'update') {
-      // model.json edits: nothing in the hash changes
-      await this.bus.publisher.publish(this.channels.admin, JSON.stringify({ ...this.wire(), op, n } satisfies AdminMessage));
+      // model.json edits: nothing in the unloaded-models hash changes; a model loaded by path keeps them in its record
+      const message = JSON.stringify({ ...this.wire(), op, n } satisfies AdminMessage);
+      const record = this.record(op.name);
+      let plain = record === '';
+      if (!plain)
+        await (this.bus.publisher as unknown as ScriptCommands)
+          .gatewayUpdate(this.pathsKey, this.channels.admin, op.name, record, message)
+          .catch((e: unknown) => {
+            if (!scriptError(e)) throw e;
+            // the paths hash is another type of key: the change still goes out (as the publish script's, below)
+            this.logger.warn(
+              { error: errorMessage(e), op: op.op, model: op.name },
+              'the cluster record of a model loaded by path could not be updated: the admin change is published without it',
+            );
+            plain = true;
+          });
+      if (plain) await this.bus.publisher.publish(this.channels.admin, message);
     } else {
       // the state the change left, as the manager saw it then (a load leaves nothing unloaded), for a lost hash only
       // (the script applies the change to the state held there): read now, it may already include a change of another
@@ -566,12 +648,14 @@ export class Cluster {
       try {
         await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
           this.unloadedKey,
+          this.pathsKey,
           this.channels.admin,
           op.name,
           op.op,
           version,
           JSON.stringify(state),
           message,
+          op.op === 'load' ? this.record(op.name) : '',
         );
       } catch (e) {
         if (!scriptError(e)) throw e;
@@ -777,12 +861,16 @@ export class Cluster {
    * published since, overwritten by an older one.
    */
   private async restoreLostState(): Promise<void> {
-    const args: string[] = [];
+    const states: string[] = [];
+    const records: string[] = [];
     for (const m of this.manager.models()) {
       const state = this.unloadedState(m.name);
-      if (state) args.push(m.name, JSON.stringify(state));
+      if (state) states.push(m.name, JSON.stringify(state));
+      const record = this.record(m.name);
+      if (record) records.push(m.name, record);
     }
-    const wrote = await (this.bus.publisher as unknown as ScriptCommands).gatewayRestore(this.unloadedKey, randomUUID(), ...args);
+    const commands = this.bus.publisher as unknown as ScriptCommands;
+    const wrote = await commands.gatewayRestore(this.unloadedKey, this.pathsKey, randomUUID(), states.length / 2, ...states, ...records);
     if (wrote === 1) this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state back');
   }
 
@@ -795,9 +883,9 @@ export class Cluster {
   private async replaceOlderState(epoch: string, count: string): Promise<void> {
     const args: string[] = [];
     for (const [name, s] of this.seen)
-      if (s.epoch === epoch && s.seq > Number(count || 0)) args.push(name, JSON.stringify(this.unloadedState(name)));
+      if (s.epoch === epoch && s.seq > Number(count || 0)) args.push(name, JSON.stringify(this.unloadedState(name)), this.record(name));
     const commands = this.bus.publisher as unknown as ScriptCommands;
-    if ((await commands.gatewayReplace(this.unloadedKey, epoch, count, randomUUID(), ...args)) === 1)
+    if ((await commands.gatewayReplace(this.unloadedKey, this.pathsKey, epoch, count, randomUUID(), ...args)) === 1)
       this.logger.warn(
         'cluster state in Redis older than changes already made (Redis lost its last writes): wrote this replica state over it',
       );
@@ -852,11 +940,71 @@ export class Cluster {
         { models: unreadable },
         'the cluster state in Redis holds what no gateway writes for these models: left as they are here',
       );
+    const adopted = await this.adoptPathModels(kept, racing);
     const work = this.manager
       .models()
-      .filter((m) => !kept.has(m.name) && !racing.includes(m.name) && !unreadable.includes(m.name))
+      .filter((m) => !kept.has(m.name) && !racing.includes(m.name) && !unreadable.includes(m.name) && !adopted.has(m.name))
       .map((m) => this.serialize(m.name, () => this.lineUp(m.name, wanted.get(m.name) ?? null)));
+    // a model loaded here from its record is lined up once it is (an unloaded one is loaded first, then unloaded)
+    for (const name of adopted)
+      if (!unreadable.includes(name))
+        work.push(this.serialize(name, async () => void (this.manager.get(name) && (await this.lineUp(name, wanted.get(name) ?? null)))));
     await Promise.all(work);
+  }
+
+  /**
+   * Load the models loaded by path elsewhere that this replica does not serve as their records say (it started later,
+   * or was cut off when they were loaded): each from the same path (under this replica's MODEL_ROOTS too) with the same
+   * configuration, description and metadata. A model with a change made here not published yet, or with changes
+   * arriving as the state is read, is left to them, and so is one that a change received after the records were read
+   * has changed since (a delete). Returns the models whose loads were lined up.
+   */
+  private async adoptPathModels(kept: Set<string>, racing: string[]): Promise<Set<string>> {
+    const read = await this.bus.publisher.multi().hget(this.unloadedKey, '.').hget(this.unloadedKey, '#').hgetall(this.pathsKey).exec();
+    if (!read) throw new Error('the models loaded by path could not be read');
+    const failed = read.find(([e]) => e)?.[0];
+    if (failed && !/^WRONGTYPE /.test(failed.message)) throw failed;
+    if (failed) {
+      // another program's key on the prefix: the unloaded state still applies (said at each catch-up, which is rare)
+      this.logger.warn(
+        { key: this.pathsKey, error: errorMessage(failed) },
+        'the models loaded by path in Redis cannot be read: none loaded from there',
+      );
+      return new Set();
+    }
+    const [epoch, count, records] = read.map(([, v]) => v) as [string | null, string | null, Record<string, string>];
+    const adopted = new Set<string>();
+    for (const [name, json] of Object.entries(records)) {
+      const record = readRecord(json);
+      if (!record) {
+        this.logger.warn({ model: name }, 'the cluster record of a model loaded by path is not one a gateway writes: left aside');
+        continue;
+      }
+      const m = this.manager.get(name);
+      if (kept.has(name) || racing.includes(name) || (m && m.source !== 'path')) continue;
+      const { path, config, description, metadata } = record;
+      if (
+        m?.origin &&
+        m.origin.path === path &&
+        JSON.stringify(m.origin.config) === JSON.stringify(config) &&
+        m.config.description === description &&
+        JSON.stringify(m.config.metadata) === JSON.stringify(metadata)
+      )
+        continue;
+      adopted.add(name);
+      void this.serialize(name, async () => {
+        const since = this.seen.get(name);
+        if (since && since.epoch === epoch && since.seq > Number(count ?? 0)) return; // changed since the read
+        this.logger.info({ model: name, path }, 'loading a model another replica loaded by path');
+        await this.manager.applyRemote({ op: 'load', name, path, config, described: { description, metadata } }).catch((e: unknown) => {
+          this.logger.warn(
+            { model: name, path, error: errorMessage(e) },
+            'a model another replica loaded by path could not be loaded here (its path must be under MODEL_ROOTS on every replica)',
+          );
+        });
+      });
+    }
+    return adopted;
   }
 
   /** Bring one model's unloaded versions to `want` (in its turn among the remote changes of that model). */

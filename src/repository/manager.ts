@@ -66,7 +66,14 @@ export function unloadedOf(model: Model): UnloadedVersions {
 }
 
 export type AdminOp =
-  | { op: 'load'; name: string; path?: string | null; config?: unknown }
+  | {
+      op: 'load';
+      name: string;
+      path?: string | null;
+      config?: unknown;
+      /** A model loaded by path as another replica serves it now (its description and metadata edited since). */
+      described?: { description: string; metadata: Record<string, unknown> };
+    }
   /** unloaded: the model's unloaded versions right after this change (a load leaves none) */
   | { op: 'unload'; name: string; version?: number | null; unloaded?: UnloadedVersions }
   | { op: 'update'; name: string; changes: { description?: string | null; metadata?: JsonMergePatch | null } }
@@ -537,7 +544,10 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         deleted = true; // deleteModel held it while this waited: start over with a model the list holds
         return;
       }
-      if (model !== existing || model.disabled) await this.reread(model);
+      const reread = model !== existing || model.disabled;
+      if (reread) await this.reread(model);
+      // (the configuration given with an earlier load of the same path stays when this one gives none and reads nothing)
+      model.origin = { path: requested, config: config ?? (reread ? null : (model.origin?.config ?? null)) };
       if (config !== undefined && config !== null) {
         const c = parseModelConfig(config, `${model.name} config`);
         const labels = model.files?.labels ?? null;
@@ -738,9 +748,16 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     await applyingRemote.run(true, async () => {
       const model = this.byName.get(op.name);
       switch (op.op) {
-        case 'load':
-          await this.load(op.name, op.path ? { path: op.path, config: op.config } : {});
+        case 'load': {
+          const m = await this.load(op.name, op.path ? { path: op.path, config: op.config } : {});
+          // a model loaded by path keeps its description and metadata in memory only (see editModelJson)
+          if (op.described && m.source === 'path' && m.files)
+            await m.exclusive(async () => {
+              Object.assign(m.files!.config, op.described);
+              m.configUpdatedAt = new Date();
+            });
           return;
+        }
         case 'unload':
           if (model) await this.unload(op.name, op.version);
           return;

@@ -37,6 +37,11 @@ export class Model {
   configMissing = false;
   /** When the configuration files were last read (their mtimes; see store.filesStamp). */
   filesStamp = '';
+  /**
+   * A model loaded by path: the path as it was asked for (which every replica resolves under its own roots) and the
+   * configuration given with it (null: its own model.json), so that a replica that starts later loads it the same way.
+   */
+  origin: { path: string; config: unknown } | null = null;
   /** Serializes load / unload / reconcile of this model. */
   private lock: Promise<unknown> = Promise.resolve();
 
