@@ -72,9 +72,10 @@ export function makeBatchDynamic(model: Uint8Array, names: ReadonlySet<string>):
  * harmless at batch 1) gives the first item another answer beside the second than alone. Item 0: [-1, 1] for floats
  * (1.0 for float16), 0 or 1 for integers (0 for int64); item 1: [1.5, 3.5], up to 3.0, 0 to 7, 1 to 4.
  */
-function trialInput(info: TensorInfo, batch: number, item: 0 | 1): Tensor | null {
-  if (info.shape.slice(1).some((d) => d === null)) return null; // other dynamic dims: no safe trial shape
-  const shape = [batch, ...(info.shape.slice(1) as number[])];
+function trialInput(info: TensorInfo, batch: number, item: 0 | 1, size?: number): Tensor | null {
+  // other dynamic dims: no safe trial shape, unless a size for them is given
+  if (size === undefined && info.shape.slice(1).some((d) => d === null)) return null;
+  const shape = [batch, ...info.shape.slice(1).map((d) => d ?? size!)];
   const data = allocate(info.dtype, elementCount(shape));
   let s = item === 0 ? 7 : 99;
   for (let i = 0; i < data.length; i++) {
@@ -101,13 +102,16 @@ const closeEnough = (a: Tensor, b: Tensor, offset: number): boolean => {
   return true;
 };
 
-/** Does a batch of two give what two single runs give? */
-async function batchWorks(session: Session, reference: Session): Promise<boolean> {
+/**
+ * Does a batch of two give what two single runs give? With `size` (the other dynamic dimensions of the inputs), null
+ * when the single runs do not run at that size: no trial there.
+ */
+async function batchWorks(session: Session, reference: Session, size?: number): Promise<boolean | null> {
   const one: Record<string, Tensor>[] = [{}, {}];
   const two: Record<string, Tensor> = {};
   for (const info of reference.inputs) {
-    const a = trialInput(info, 1, 0);
-    const b = trialInput(info, 1, 1);
+    const a = trialInput(info, 1, 0, size);
+    const b = trialInput(info, 1, 1, size);
     if (!a || !b) return false;
     one[0][info.name] = a;
     one[1][info.name] = b;
@@ -116,7 +120,14 @@ async function batchWorks(session: Session, reference: Session): Promise<boolean
     (data as Float32Array).set(b.data as Float32Array, a.data.length);
     two[info.name] = { dtype: info.dtype, shape: [2, ...a.shape.slice(1)], data };
   }
-  const [r0, r1, r2] = [await reference.run(one[0]), await reference.run(one[1]), await session.run(two)];
+  let r0: Record<string, Tensor>, r1: Record<string, Tensor>;
+  try {
+    [r0, r1] = [await reference.run(one[0]), await reference.run(one[1])];
+  } catch (e) {
+    if (size === undefined) throw e;
+    return null;
+  }
+  const r2 = await session.run(two);
   for (const name of Object.keys(r0)) {
     const t = r2[name];
     if (!t || t.shape[0] !== 2) return false;
@@ -126,6 +137,8 @@ async function batchWorks(session: Session, reference: Session): Promise<boolean
 }
 
 const dim0 = (t: TensorInfo) => t.shape[0];
+/** Sizes tried for the other dynamic dimensions of a trial (a stride of 32 takes the first two). */
+const TRIAL_SIZES = [32, 64, 16, 1];
 
 interface Decidable extends Session {
   batchable: boolean;
@@ -153,17 +166,24 @@ export async function withDynamicBatch<S extends Decidable>(
   if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) {
     // every dimension 0 dynamic: the batch, when the graph gives them all one name. An output whose dynamic dimension 0
     // is another (non-maximum suppression's selected boxes of every item together) would split across clients at
-    // random, so a batch of two is tried against two single runs, where a trial can be built (no other dynamic
-    // dimension); where it cannot, the model batches as before (exporters name one batch differently per tensor).
+    // random, so a batch of two is tried against two single runs.
     const names = new Set(all.map((t) => session.dim0Names?.get(t.name) ?? null));
     if (names.size === 1 && !names.has(null)) return decided(session, true);
-    if (session.inputs.some((t) => t.shape.slice(1).some((d) => d === null))) return decided(session, true);
-    let mixes = true;
-    try {
-      mixes = !(await batchWorks(session, session));
-    } catch {
-      // a batch of two that does not run: it does not batch
+    // other dynamic dimensions (a box count, an image size): tried at a few sizes for them, the first the model runs
+    // alone; where it runs none of them, the model batches as before (exporters name one batch differently per tensor)
+    const sized = session.inputs.some((t) => t.shape.slice(1).some((d) => d === null));
+    let mixes: boolean | null = null;
+    for (const size of sized ? TRIAL_SIZES : [undefined]) {
+      try {
+        const works = await batchWorks(session, session, size);
+        if (works === null) continue; // no single run at this size
+        mixes = !works;
+      } catch {
+        mixes = true; // a batch of two that does not run: it does not batch
+      }
+      break;
     }
+    if (mixes === null) return decided(session, true);
     return mixes
       ? decided(
           session,
