@@ -27,9 +27,22 @@ describe('batch integrity', () => {
     initializers: [scalar('max', ElemType.INT64, 100000n), scalar('iou', ElemType.FLOAT, 0.5), scalar('threshold', ElemType.FLOAT, 0.5)],
   });
 
+  // Dynamic quantization (onnxruntime's quantize_dynamic puts DynamicQuantizeLinear before each MatMulInteger): one
+  // scale and zero point for the whole tensor, so every item's values are quantized with the range of all the items of
+  // the engine call. Dimension 0 is named "N" on every tensor, so it batches as it is, without a trial.
+  const dynamicQuantized = buildModel({
+    nodes: [
+      { op: 'DynamicQuantizeLinear', inputs: ['x'], outputs: ['q', 's', 'z'] },
+      { op: 'DequantizeLinear', inputs: ['q', 's', 'z'], outputs: ['y'] },
+    ],
+    inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+    outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+  });
+
   beforeAll(async () => {
     gw = await startGateway({
       models: {
+        dq: { onnx: dynamicQuantized, config: { task: 'raw' } },
         // one engine call at a time, so that requests that come while one runs share the next call
         nms: { onnx: nms, config: { task: 'raw', instances: 1, batching: { maxBatchSize: 8, maxConcurrentBatches: 1 } } },
       },
@@ -61,6 +74,25 @@ describe('batch integrity', () => {
     const j = await r.json();
     return r.status === 200 ? { shape: j.outputs[0].shape, data: j.outputs[0].data } : { status: r.status, error: j.error };
   };
+
+  it("an item's answer does not depend on the other items of its engine call (dynamic quantization)", async () => {
+    const infer = async (data: number[][]) => {
+      const r = await fetch(`${gw.url}/v2/models/dq/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [data.length, 4], data }] }),
+      });
+      const j = await r.json();
+      return r.status === 200 ? j.outputs[0].data : { status: r.status, error: j.error };
+    };
+    const a = [0, 1, 2, 3];
+    const b = [0, 1000, 0, 0]; // another client's item, or another item of the same request
+    const aloneA = await infer([a]);
+    const aloneB = await infer([b]);
+    expect(aloneA).toEqual([0, 1, 2, 3]);
+    // a batch of two is two items for the batcher (one engine call): each must get its answer alone, not [0,0,3.92,3.92]
+    expect(await infer([a, b])).toEqual([...aloneA, ...aloneB]);
+  });
 
   it('an output whose dimension 0 is not the batch (NMS over a dynamic box count) is not split between clients', async () => {
     const a = request('A', [0.9, 0.9]); // both boxes selected: [[0,0,0],[0,0,1]]
