@@ -103,10 +103,10 @@ const closeEnough = (a: Tensor, b: Tensor, offset: number): boolean => {
 };
 
 /**
- * Does a batch of two give what two single runs give? With `size` (the other dynamic dimensions of the inputs), null
- * when the single runs do not run at that size: no trial there.
+ * Does a batch of two give what two single runs give? With `size` (the other dynamic dimensions of the inputs), or
+ * `tolerant`, null when the single runs do not run (at that size, or on the trial's values): no trial there.
  */
-async function batchWorks(session: Session, reference: Session, size?: number): Promise<boolean | null> {
+async function batchWorks(session: Session, reference: Session, size?: number, tolerant = false): Promise<boolean | null> {
   const one: Record<string, Tensor>[] = [{}, {}];
   const two: Record<string, Tensor> = {};
   for (const info of reference.inputs) {
@@ -124,7 +124,7 @@ async function batchWorks(session: Session, reference: Session, size?: number): 
   try {
     [r0, r1] = [await reference.run(one[0]), await reference.run(one[1])];
   } catch (e) {
-    if (size === undefined) throw e;
+    if (size === undefined && !tolerant) throw e;
     return null;
   }
   const r2 = await session.run(two);
@@ -164,18 +164,21 @@ export async function withDynamicBatch<S extends Decidable>(
     return s;
   };
   if (session.inputs.length > 0 && all.every((t) => dim0(t) === null)) {
-    // every dimension 0 dynamic: the batch, when the graph gives them all one name. An output whose dynamic dimension 0
-    // is another (non-maximum suppression's selected boxes of every item together) would split across clients at
-    // random, so a batch of two is tried against two single runs.
+    // every dimension 0 dynamic: the batch, as the graph says. But an output whose dynamic dimension 0 is another
+    // (non-maximum suppression's selected boxes of every item together) would split across clients at random, and a
+    // graph that computes over the whole batch (dynamic quantization: one scale for the whole tensor) gives each item an
+    // answer that depends on the others of its call, whatever the names say: a batch of two is tried against two
+    // single runs. A graph that names dimension 0 alike on every tensor, whose single runs do not run on the trial's
+    // values (an index past its range), batches as it is.
     const names = new Set(all.map((t) => session.dim0Names?.get(t.name) ?? null));
-    if (names.size === 1 && !names.has(null)) return decided(session, true);
+    const named = names.size === 1 && !names.has(null);
     // other dynamic dimensions (a box count, an image size): tried at a few sizes for them, the first the model runs
     // alone; where it runs none of them, the model batches as before (exporters name one batch differently per tensor)
     const sized = session.inputs.some((t) => t.shape.slice(1).some((d) => d === null));
     let mixes: boolean | null = null;
     for (const size of sized ? TRIAL_SIZES : [undefined]) {
       try {
-        const works = await batchWorks(session, session, size);
+        const works = await batchWorks(session, session, size, named);
         if (works === null) continue; // no single run at this size
         mixes = !works;
       } catch {
@@ -188,7 +191,7 @@ export async function withDynamicBatch<S extends Decidable>(
       ? decided(
           session,
           false,
-          'items mix in a batch (a trial run): dimension 0 of an output is not the batch; items run one after another',
+          "items mix in a batch (a trial run): an item's answer depends on the others of its call (dimension 0 of an output is not the batch, or a value is computed over the whole batch); items run one after another",
         )
       : decided(session, true);
   }
