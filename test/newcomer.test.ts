@@ -1,0 +1,60 @@
+import { execFile } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixture, modelFile, ROOT, startGateway, type TestGateway } from './helpers.ts';
+
+/**
+ * A newcomer's mistakes in the model repository, as the README tells them to lay it out: each one is told what went
+ * wrong where they look (the CLI they ran, the server's log), not left to guess.
+ */
+function gateway(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [path.join(ROOT, 'bin', 'gateway.mjs'), ...args],
+      { cwd: ROOT, env: { ...process.env, GATEWAY_URL: '', GATEWAY_TOKEN: '' } },
+      (error, stdout, stderr) => resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+describe("a newcomer's repository mistakes", () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      models: {
+        // a trailing comma: the server knows the line and column
+        typo: { onnx: modelFile('mobilenet'), files: { 'model.json': { text: '{\n  "task": "classification",\n}\n' } } },
+        mobilenet: fixture('mobilenet'),
+      },
+      pollIntervalMs: 100,
+    });
+  });
+  afterAll(async () => {
+    await gw?.close();
+  });
+
+  it('`gateway load` of a model that does not load says why (the message naming the line), not only its code', async () => {
+    const r = await gateway(['load', 'typo', '--url', gw.url]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('typo: v1 END INVALID_MODEL_CONFIG\n');
+    expect(r.stderr).toMatch(/typo: v1: INVALID_MODEL_CONFIG: .*not valid JSON at line 3, column 1/);
+  });
+
+  it('a model folder whose name the repository cannot serve (a space, a leading "_") is logged, not silently ignored', async () => {
+    for (const name of ['My Model', '_draft']) {
+      await mkdir(path.join(gw.root, name, '1'), { recursive: true });
+      await writeFile(path.join(gw.root, name, 'model.json'), '{"task": "classification"}');
+    }
+    const deadline = Date.now() + 5000;
+    const said = () => ['My Model', '_draft'].every((n) => gw.logs.some((l) => l.includes(JSON.stringify(n)) && /model name/.test(l)));
+    while (!said() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(said(), gw.logs.filter((l) => !/"request"/.test(l)).join('\n')).toBe(true);
+    // once per folder, not at every rescan
+    await new Promise((r) => setTimeout(r, 500));
+    expect(gw.logs.filter((l) => l.includes('"My Model"')).length).toBe(1);
+    const listed = await gw.gql<{ models: { name: string }[] }>('{ models { name } }');
+    expect(listed.data!.models.map((m) => m.name)).not.toContain('My Model');
+  });
+});
