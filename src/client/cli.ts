@@ -502,8 +502,14 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         const gw = client(o);
         const m = load ? await gw.loadModel(model) : await gw.unloadModel(model);
         io.out(o.json ? JSON.stringify(m, null, 2) + '\n' : `${m.name}: ${stateOf(m)}\n`);
-        // the mutation answers a model that failed to load as it is (errorCode on its version), not with an error
-        if (load && m.versions.some((v) => v.errorCode)) setExitCode(1);
+        // the mutation answers a model that failed to load as it is (errorCode on its version), not with an error;
+        // its message says what to fix (the field, the line and column of model.json, where the file goes)
+        if (load && m.versions.some((v) => v.errorCode)) {
+          if (!o.json)
+            for (const v of m.versions)
+              if (v.errorCode) io.err(`${m.name}: v${v.version}: ${v.errorCode}${v.errorMessage ? `: ${v.errorMessage}` : ''}\n`);
+          setExitCode(1);
+        }
       } catch (e) {
         fail(e);
       }
