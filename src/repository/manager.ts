@@ -116,6 +116,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   private readonly checkModel: ManagerOptions['checkModel'];
   private readonly watcher: Watcher;
   private readonly byName = new Map<string, Model>();
+  /** Folders of the repository skipped for their name, told once each. */
+  private readonly misnamed = new Set<string>();
   /** One series per (model, version), shared by the instances that serve it one after another. */
   private readonly versionMetrics = new Map<string, VersionMetrics>();
   private closed = false;
@@ -203,6 +205,16 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     try {
       const entries = await readdir(this.root, { withFileTypes: true }).catch(() => []);
       for (const e of entries) {
+        const misnamed = e.isDirectory() && !e.name.startsWith('.') && !MODEL_NAME_RE.test(e.name) && e.name !== 'lost+found';
+        if (misnamed && !this.misnamed.has(e.name)) {
+          // said once per folder: otherwise a folder named "My Model" is simply never served, and nothing says why (a
+          // new volume's lost+found is no one's mistake)
+          this.misnamed.add(e.name);
+          this.logger.warn(
+            { folder: e.name },
+            `model folder skipped: a model name has 1 to ${MAX_MODEL_NAME} letters, digits, '_', '.' and '-', a letter or digit first; rename the folder`,
+          );
+        }
         if (!e.isDirectory() || e.name.startsWith('.') || !MODEL_NAME_RE.test(e.name) || this.byName.has(e.name)) continue;
         this.byName.set(e.name, new Model(e.name, path.join(this.root, e.name), 'repository'));
       }
