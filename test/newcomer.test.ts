@@ -1,8 +1,9 @@
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fixture, modelFile, ROOT, startGateway, type TestGateway } from './helpers.ts';
+import { fixture, image, modelAsset, modelFile, ROOT, startGateway, type TestGateway } from './helpers.ts';
 
 /**
  * A newcomer's mistakes in the model repository, as the README tells them to lay it out: each one is told what went
@@ -19,6 +20,8 @@ function gateway(args: string[]): Promise<{ code: number; stdout: string; stderr
   });
 }
 
+const imagenet = readFileSync(modelAsset('mobilenet', 'labels.txt'), 'utf8').split('\n').filter(Boolean);
+
 describe("a newcomer's repository mistakes", () => {
   let gw: TestGateway;
   beforeAll(async () => {
@@ -27,6 +30,11 @@ describe("a newcomer's repository mistakes", () => {
         // a trailing comma: the server knows the line and column
         typo: { onnx: modelFile('mobilenet'), files: { 'model.json': { text: '{\n  "task": "classification",\n}\n' } } },
         mobilenet: fixture('mobilenet'),
+        // the ImageNet labels as a JSON list, in a file whose extension is written in capitals
+        shouting: {
+          ...fixture('mobilenet', { labels: 'Labels.JSON' }),
+          files: { 'Labels.JSON': { text: JSON.stringify(imagenet) } },
+        },
       },
       pollIntervalMs: 100,
     });
@@ -56,5 +64,15 @@ describe("a newcomer's repository mistakes", () => {
     expect(gw.logs.filter((l) => l.includes('"My Model"')).length).toBe(1);
     const listed = await gw.gql<{ models: { name: string }[] }>('{ models { name } }');
     expect(listed.data!.models.map((m) => m.name)).not.toContain('My Model');
+  });
+
+  it('a labels file named with its extension in capitals (Labels.JSON) is read as what it is, not one label per line', async () => {
+    const r = await gw.gql<{ classify: { predictions: { label: string }[] } }>(
+      'mutation($f: File!) { classify(model: "shouting", image: { file: $f }, topK: 1) { predictions { label } } }',
+      { f: null },
+      { files: { f: image('zebra.jpeg') } },
+    );
+    expect(r.errors).toBeUndefined();
+    expect(r.data!.classify.predictions[0].label).toBe('zebra');
   });
 });
