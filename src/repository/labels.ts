@@ -160,8 +160,10 @@ export function parseLabelsJson(text: string, source = 'labels.json'): Labels {
 /** Parse a labels file by its extension. */
 export function parseLabelsFile(fileName: string, file: string): Labels {
   const text = withoutBom(file);
-  if (fileName.endsWith('.pbtxt')) return parseLabelsPbtxt(text, fileName);
-  if (fileName.endsWith('.json')) return parseLabelsJson(text, fileName);
+  // by the extension whatever its case: Labels.JSON read one label per line gave every class a wrong label, no error
+  const ext = fileName.toLowerCase();
+  if (ext.endsWith('.pbtxt')) return parseLabelsPbtxt(text, fileName);
+  if (ext.endsWith('.json')) return parseLabelsJson(text, fileName);
   return parseLabelsTxt(text);
 }
 
