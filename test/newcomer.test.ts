@@ -76,3 +76,25 @@ describe("a newcomer's repository mistakes", () => {
     expect(r.data!.classify.predictions[0].label).toBe('zebra');
   });
 });
+
+describe('a warm-up run past ENGINE_CALL_TIMEOUT_MS (a busy machine, or the setting given in seconds)', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, env: { ENGINE_CALL_TIMEOUT_MS: '5' } });
+  });
+  afterAll(async () => {
+    await gw?.close();
+  });
+
+  it('fails the load naming the setting, not "model.json does not fit the model" (the configuration is right)', async () => {
+    const r = await gw.gql<{
+      model: { configurationError: string | null; versions: { state: string; errorCode: string; errorMessage: string }[] };
+    }>('{ model(name: "mobilenet") { configurationError versions { state errorCode errorMessage } } }');
+    const [v] = r.data!.model.versions;
+    expect(v.state).toBe('END');
+    expect(v.errorMessage).toMatch(/ENGINE_CALL_TIMEOUT_MS/);
+    expect(v.errorMessage).not.toMatch(/model\.json/);
+    expect(v.errorCode).toBe('MODEL_LOAD_FAILED');
+    expect(r.data!.model.configurationError).toBeNull();
+  });
+});
