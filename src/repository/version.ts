@@ -244,6 +244,15 @@ export class ModelVersion {
       } catch (e) {
         await session.close().catch(() => undefined);
         if (giveUp.signal.aborted) return this.loadFailed(why(e));
+        // the engine did not finish the warm-up run within ENGINE_CALL_TIMEOUT_MS (a busy machine, a large model, the
+        // setting given in seconds): the server's setting or the machine, not model.json
+        if (isGatewayError(e) && e.code === ErrorCode.DEADLINE_EXCEEDED)
+          return this.loadFailed(
+            new GatewayError(
+              ErrorCode.MODEL_LOAD_FAILED,
+              `the warm-up run did not finish in time: ${e.message.replace(/; the model's engine is restarted$/, '')}; raise ENGINE_CALL_TIMEOUT_MS, or loadModel to try again`,
+            ),
+          );
         const code = isGatewayError(e) && e.code !== ErrorCode.INFERENCE_FAILED ? e.code : ErrorCode.INVALID_MODEL_CONFIG;
         return this.transition('END', {
           code,
