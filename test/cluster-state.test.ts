@@ -108,7 +108,14 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     proxy.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
     return proxy;
   }
-  async function replica(name: string, url: string, dir: string, options: Partial<ClusterOptions> = {}, modelRoots: string[] = []) {
+  async function replica(
+    name: string,
+    url: string,
+    dir: string,
+    options: Partial<ClusterOptions> = {},
+    modelRoots: string[] = [],
+    beforeJoin: (c: Cluster) => void = () => undefined,
+  ) {
     const m = new ModelManager({
       root: dir,
       engine: createOnnxRuntimeEngine(),
@@ -122,6 +129,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const c = new Cluster({ url, replica: name, manager: m, logger, maxBackoffMs: 100, ...options });
     stops.push(() => c.close());
     await until(() => c.status().connected, 10_000, `${name} connected`);
+    beforeJoin(c);
     await c.join();
     return { m, c };
   }
@@ -380,4 +388,40 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(cut).toBe(0);
     expect(bus.connected).toBe(true);
   });
+
+  it('a change published while a joining replica reads the models loaded by path is not undone by the older unloaded state it read first', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const r1 = await replica('r1', redis.url, dir);
+    await r1.m.unload('mobilenet');
+    // replica 3 joins: it reads the unloaded state (mobilenet unloaded), then the models loaded by path; between the
+    // two reads, replica 1 loads mobilenet again, and that change reaches replica 3 before the second read answers
+    const r3 = await replica('r3', redis.url, dir, {}, [], (c) => {
+      const publisher = (c as unknown as { bus: { publisher: Redis } }).bus.publisher;
+      const multi = publisher.multi.bind(publisher) as () => ReturnType<Redis['multi']>;
+      let first = true;
+      publisher.multi = (() => {
+        const tx = multi();
+        if (!first) return tx;
+        first = false;
+        const exec = tx.exec.bind(tx);
+        tx.exec = (async () => {
+          await r1.m.load('mobilenet');
+          await until(
+            () => lines.some((l) => /applying an admin change of another replica/.test(l) && /"replica":"r3"/.test(l)),
+            10_000,
+            'replica 3 to receive the load',
+          );
+          return exec();
+        }) as typeof tx.exec;
+        return tx;
+      }) as typeof publisher.multi;
+    });
+    await sleep(2000);
+    await until(() => settled(r3.m, 'mobilenet'), 20_000, 'replica 3 settled');
+    // the load is the newest change of the cluster: every replica serves mobilenet
+    expect(state(r1.m, 'mobilenet')).toBe('AVAILABLE');
+    expect(state(r3.m, 'mobilenet')).toBe('AVAILABLE');
+  }, 60_000);
 });
