@@ -940,15 +940,27 @@ export class Cluster {
         { models: unreadable },
         'the cluster state in Redis holds what no gateway writes for these models: left as they are here',
       );
+    // a counted change received after the read above (during the read of the records below, or while a model waits
+    // its turn) carries its own state, newer than the one read: the model is left to it
+    const count = Number(hash['#'] ?? 0);
+    const changedSince = (name: string) => {
+      const s = this.seen.get(name);
+      return s !== undefined && s.epoch === hash['.'] && s.seq > count;
+    };
     const adopted = await this.adoptPathModels(kept, racing);
     const work = this.manager
       .models()
       .filter((m) => !kept.has(m.name) && !racing.includes(m.name) && !unreadable.includes(m.name) && !adopted.has(m.name))
-      .map((m) => this.serialize(m.name, () => this.lineUp(m.name, wanted.get(m.name) ?? null)));
+      .map((m) => this.serialize(m.name, async () => void (changedSince(m.name) || (await this.lineUp(m.name, wanted.get(m.name) ?? null)))));
     // a model loaded here from its record is lined up once it is (an unloaded one is loaded first, then unloaded)
     for (const name of adopted)
       if (!unreadable.includes(name))
-        work.push(this.serialize(name, async () => void (this.manager.get(name) && (await this.lineUp(name, wanted.get(name) ?? null)))));
+        work.push(
+          this.serialize(
+            name,
+            async () => void (this.manager.get(name) && !changedSince(name) && (await this.lineUp(name, wanted.get(name) ?? null))),
+          ),
+        );
     await Promise.all(work);
   }
 
