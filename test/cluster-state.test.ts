@@ -424,4 +424,21 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(state(r1.m, 'mobilenet')).toBe('AVAILABLE');
     expect(state(r3.m, 'mobilenet')).toBe('AVAILABLE');
   }, 60_000);
+
+  it('a model loaded by path with a configuration, then loaded again by name: a replica that starts later serves it as the others do', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
+    await r1.m.load('lines', { path: outside.model, config: { ...outside.config, description: 'given with the path' } });
+    await r1.m.unload('lines');
+    await r1.m.load('lines'); // loadModel(name): served again
+    expect(described(r1.m, 'lines')?.state).toBe('AVAILABLE');
+    const served = { ...described(r1.m, 'lines'), labels: r1.m.get('lines')!.config.labels };
+
+    const r2 = await replica('r2', redis.url, dir, {}, [outside.root]);
+    await until(() => described(r2.m, 'lines')?.state === 'AVAILABLE', 20_000, 'replica 2 to load it');
+    expect({ ...described(r2.m, 'lines'), labels: r2.m.get('lines')!.config.labels }).toEqual(served);
+  }, 60_000);
 });
