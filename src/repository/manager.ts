@@ -505,6 +505,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       };
       if (given) await writeModelJson(m.dir, opts.config, `${m.name} config`);
       await this.reread(m);
+      // a model loaded by path now serves its own model.json, not the configuration given with the path: so says the
+      // record a replica that starts later loads it from (see Model.origin)
+      if (m.origin) m.origin = { path: m.origin.path, config: null };
       if (given && m.configError) await refuse(m.configError);
       await this.enable(m);
       if (given && m.configError) await refuse(m.configError);
