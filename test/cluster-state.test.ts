@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -441,4 +441,29 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await until(() => described(r2.m, 'lines')?.state === 'AVAILABLE', 20_000, 'replica 2 to load it');
     expect({ ...described(r2.m, 'lines'), labels: r2.m.get('lines')!.config.labels }).toEqual(served);
   }, 60_000);
+
+  it('a replica cut off while the model it serves by path is loaded from another path comes back serving the new one', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const proxy = await redisProxy(redis.port);
+    const dir = await repository(['mobilenet']);
+    const a = await outsideFolder();
+    const b = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
+    const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
+    await r1.m.load('lines', { path: a.model });
+    await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
+    proxy.refusing = true;
+    proxy.dropping = true;
+    await until(() => !r2.c.status().connected, 30_000, 'replica 2 cut off');
+    // meanwhile the cluster moves the name to another file: unloadModel, then loadModel(name, path)
+    await r1.m.unload('lines');
+    await r1.m.load('lines', { path: b.model });
+    proxy.dropping = false;
+    proxy.refusing = false;
+    await until(() => r2.c.status().connected, 30_000, 'replica 2 back');
+    await sleep(3000); // its catch-up
+    expect(r1.m.get('lines')!.file).toBe(await realpath(b.model));
+    expect(r2.m.get('lines')?.file).toBe(await realpath(b.model));
+  }, 90_000);
 });
