@@ -466,4 +466,21 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(r1.m.get('lines')!.file).toBe(await realpath(b.model));
     expect(r2.m.get('lines')?.file).toBe(await realpath(b.model));
   }, 90_000);
+
+  it('two replicas loading one name from two paths at once end up serving the same file, the one of the load published last', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const a = await outsideFolder();
+    const b = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
+    const r2 = await replica('r2', redis.url, dir, {}, [a.root, b.root]);
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    await Promise.all([r1.m.load('lines', { path: a.model }), r2.m.load('lines', { path: b.model })]);
+    await sleep(3000); // each applies the other's load
+    const kept = JSON.parse((await admin.hget('gateway:paths', 'lines'))!) as { path: string };
+    const last = await realpath(kept.path); // the load published last, which a replica that starts later serves
+    expect([r1.m.get('lines')?.file, r2.m.get('lines')?.file]).toEqual([last, last]);
+  }, 60_000);
 });
