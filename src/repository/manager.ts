@@ -451,11 +451,17 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
    * loadModel: from the repository (by name), from a server path under the allowed roots, or from uploaded files
    * written into the repository as a new version. Resolves once the version is AVAILABLE or has failed.
    */
-  load(name: string, opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown } = {}): Promise<Model> {
+  load(
+    name: string,
+    opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown; replace?: boolean } = {},
+  ): Promise<Model> {
     return this.changing(name, () => this.loadHere(name, opts));
   }
 
-  private async loadHere(name: string, opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown }): Promise<Model> {
+  private async loadHere(
+    name: string,
+    opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown; replace?: boolean },
+  ): Promise<Model> {
     if (!MODEL_NAME_RE.test(name)) {
       const shown = JSON.stringify(name.length > 60 ? `${name.slice(0, 57)}...` : name);
       throw new GatewayError(
@@ -469,7 +475,10 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (opts.config !== undefined && opts.config !== null) parseModelConfig(opts.config, 'config'); // validate early
     if (opts.files?.length) return this.announce({ op: 'load', name }, this.loadFromFiles(name, opts.files, opts.config));
     if (opts.path)
-      return this.announce({ op: 'load', name, path: opts.path, config: opts.config }, this.loadFromPath(name, opts.path, opts.config));
+      return this.announce(
+        { op: 'load', name, path: opts.path, config: opts.config },
+        this.loadFromPath(name, opts.path, opts.config, opts.replace === true),
+      );
 
     let model = this.byName.get(name);
     if (!model) {
@@ -517,7 +526,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     return this.announce({ op: 'load', name }, m);
   }
 
-  private async loadFromPath(name: string, requested: string, config: unknown): Promise<Model> {
+  /** replace: a load of another replica, published after the one this replica serves, takes over a model by path. */
+  private async loadFromPath(name: string, requested: string, config: unknown, replace = false): Promise<Model> {
     const real = await resolveUnderRoots(
       requested,
       [this.root, ...this.modelRoots],
@@ -545,7 +555,14 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         );
     }
     const same = existing && existing.dir === dir && existing.file === file;
-    if (existing && !same && (existing.servingVersion() || existing.source === 'repository')) {
+    if (existing && !same && existing.source === 'path' && replace) {
+      // the last load published wins on every replica: the file served here (loaded here at the same moment, or
+      // before this replica was cut off) gives way
+      this.logger.info({ model: name, path: requested }, 'a model loaded by path is loaded from another path by another replica');
+      await existing.exclusive(async () => {
+        if (this.listed(existing)) await this.forget(existing);
+      });
+    } else if (existing && !same && (existing.servingVersion() || existing.source === 'repository')) {
       throw new GatewayError(
         ErrorCode.INVALID_INPUT,
         `a model named ${name} is already served from elsewhere; unload it or choose another name`,
@@ -571,7 +588,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       }
       await this.enable(model);
     });
-    return deleted ? this.loadFromPath(name, requested, config) : model;
+    return deleted ? this.loadFromPath(name, requested, config, replace) : model;
   }
 
   /**
@@ -764,7 +781,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       const model = this.byName.get(op.name);
       switch (op.op) {
         case 'load': {
-          const m = await this.load(op.name, op.path ? { path: op.path, config: op.config } : {});
+          const m = await this.load(op.name, op.path ? { path: op.path, config: op.config, replace: true } : {});
           // a model loaded by path keeps its description and metadata in memory only (see editModelJson)
           if (op.described && m.source === 'path' && m.files)
             await m.exclusive(async () => {
