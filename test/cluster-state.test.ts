@@ -510,4 +510,23 @@ return seq`;
     expect(r2.m.get('lines')).toBeUndefined();
     expect(r1.m.get('lines')).toBeUndefined();
   }, 60_000);
+
+  it('lost while connected (FLUSHALL) and written back first by a replica that cannot load a model loaded by path: a replica that starts later still loads it', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, { stateCheckMs: 3000 }, [outside.root]);
+    const r2 = await replica('r2', redis.url, dir, { stateCheckMs: 200 }); // without that root (README: "serves without it")
+    await r1.m.load('lines', { path: outside.model });
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    await admin.flushall();
+    await until(async () => (await admin.hget('gateway:unloaded', '.')) !== null, 10_000, 'the state written back');
+    await sleep(4000); // replica 1's check too
+    expect(r2.m.get('lines')).toBeUndefined();
+    const r3 = await replica('r3', redis.url, dir, {}, [outside.root]); // a rolling restart, or the autoscaler
+    await sleep(2000);
+    expect(r3.m.get('lines')?.versions.get(1)?.state).toBe('AVAILABLE');
+  }, 60_000);
 });
