@@ -529,4 +529,34 @@ return seq`;
     await sleep(2000);
     expect(r3.m.get('lines')?.versions.get(1)?.state).toBe('AVAILABLE');
   }, 60_000);
+
+  it('an update made on a replica cut off from Redis, published when it is back, does not write the path it served over the one loaded since', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const proxy = await redisProxy(redis.port);
+    const dir = await repository(['mobilenet']);
+    const a = await outsideFolder();
+    const b = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
+    const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
+    await r1.m.load('lines', { path: a.model });
+    await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
+    proxy.refusing = true;
+    proxy.dropping = true;
+    await until(() => !r2.c.status().connected, 30_000, 'replica 2 cut off');
+    await r1.m.unload('lines');
+    await r1.m.load('lines', { path: b.model }); // the cluster now serves the name from b
+    await r2.m.update('lines', { description: 'edited while cut off' }); // kept, published once back
+    proxy.dropping = false;
+    proxy.refusing = false;
+    await until(() => r2.c.status().connected, 30_000, 'replica 2 back');
+    await sleep(3000);
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    const kept = JSON.parse((await admin.hget('gateway:paths', 'lines'))!) as { path: string };
+    expect(kept.path).toBe(b.model); // what the last load published says, and replica 1 serves
+    const r3 = await replica('r3', redis.url, dir, {}, [a.root, b.root]);
+    await sleep(1000);
+    expect(r3.m.get('lines')?.file).toBe(r1.m.get('lines')!.file);
+  }, 90_000);
 });
