@@ -250,12 +250,15 @@ end
 return 1`;
 
 /**
- * KEYS[1]: the models-loaded-by-path hash; ARGV: the admin channel, model name, its record after the update, message.
- * An update (description, metadata) of a model loaded by path rewrites its record, if it still has one (a delete
- * published before it removed it), and publishes the change.
+ * KEYS[1]: the models-loaded-by-path hash; ARGV: the admin channel, model name, its record after the update, message,
+ * the record's beginning (its path and configuration). An update (description, metadata) of a model loaded by path
+ * rewrites its record, if it still has one of the same path and configuration (a delete published before it removed
+ * it; a load published before it, from another path or with another configuration, wrote its own), and publishes the
+ * change.
  */
 const UPDATE_SCRIPT = `
-if ARGV[3] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+local held = redis.call('HGET', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' and held and string.sub(held, 1, #ARGV[5]) == ARGV[5] then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
 redis.call('PUBLISH', ARGV[1], ARGV[4])
 return 1`;
 
@@ -273,7 +276,7 @@ type ScriptCommands = {
     message: string,
     record: string,
   ): Promise<number>;
-  gatewayUpdate(paths: string, channel: string, name: string, record: string, message: string): Promise<number>;
+  gatewayUpdate(paths: string, channel: string, name: string, record: string, message: string, origin: string): Promise<number>;
 };
 
 /**
@@ -626,7 +629,8 @@ export class Cluster {
       let plain = record === '';
       if (!plain)
         await (this.bus.publisher as unknown as ScriptCommands)
-          .gatewayUpdate(this.pathsKey, this.channels.admin, op.name, record, message)
+          // (the record's JSON begins with the path and configuration: see record())
+          .gatewayUpdate(this.pathsKey, this.channels.admin, op.name, record, message, `${JSON.stringify(this.manager.get(op.name)!.origin).slice(0, -1)},`)
           .catch((e: unknown) => {
             if (!scriptError(e)) throw e;
             // the paths hash is another type of key: the change still goes out (as the publish script's, below)
