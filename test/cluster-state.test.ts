@@ -559,4 +559,40 @@ return seq`;
     await sleep(1000);
     expect(r3.m.get('lines')?.file).toBe(r1.m.get('lines')!.file);
   }, 90_000);
+
+  it('a model loaded by path here while this replica catches up is not replaced by the older record the catch-up read', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const a = await outsideFolder();
+    const b = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
+    await r1.m.load('lines', { path: b.model });
+    // replica 3 joins; as its catch-up reads the models loaded by path, a client loads the name there from another path
+    let local: Promise<unknown> = Promise.resolve();
+    const r3 = await replica('r3', redis.url, dir, {}, [a.root, b.root], (c) => {
+      const { bus, manager } = c as unknown as { bus: { publisher: Redis }; manager: ModelManager };
+      const multi = bus.publisher.multi.bind(bus.publisher) as () => ReturnType<Redis['multi']>;
+      let first = true;
+      bus.publisher.multi = (() => {
+        const tx = multi();
+        if (!first) return tx;
+        first = false;
+        const exec = tx.exec.bind(tx);
+        tx.exec = (async () => {
+          local = manager.load('lines', { path: a.model });
+          await until(() => manager.get('lines'), 10_000, 'the load begun');
+          return exec();
+        }) as typeof tx.exec;
+        return tx;
+      }) as typeof bus.publisher.multi;
+    });
+    await local; // answered: the client's load is the newest change of the cluster
+    await sleep(3000);
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    const kept = JSON.parse((await admin.hget('gateway:paths', 'lines'))!) as { path: string };
+    expect(kept.path).toBe(a.model);
+    expect([r1.m.get('lines')?.file, r3.m.get('lines')?.file]).toEqual([await realpath(a.model), await realpath(a.model)]);
+  }, 60_000);
 });
