@@ -997,7 +997,9 @@ export class Cluster {
         continue;
       }
       const m = this.manager.get(name);
-      if (kept.has(name) || racing.includes(name) || (m && m.source !== 'path')) continue;
+      // (a change of it being made here, or published here and not back yet, is newer than the record: left to it)
+      const changing = this.inProgress.has(name) || this.unechoed.has(name);
+      if (kept.has(name) || racing.includes(name) || changing || (m && m.source !== 'path')) continue;
       const { path, config, description, metadata } = record;
       if (
         m?.origin &&
@@ -1011,6 +1013,7 @@ export class Cluster {
       void this.serialize(name, async () => {
         const since = this.seen.get(name);
         if (since && since.epoch === epoch && since.seq > Number(count ?? 0)) return; // changed since the read
+        if (this.inProgress.has(name) || this.unechoed.has(name) || this.kept(name)) return; // or being changed here
         this.logger.info({ model: name, path }, 'loading a model another replica loaded by path');
         await this.manager.applyRemote({ op: 'load', name, path, config, described: { description, metadata } }).catch((e: unknown) => {
           this.logger.warn(
