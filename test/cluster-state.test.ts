@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -626,4 +626,28 @@ return seq`;
     expect(await admin.hget('gateway:paths', 'lines')).toBeNull();
     expect([r1.m.get('lines'), r2.m.get('lines')]).toEqual([undefined, undefined]);
   }, 120_000);
+
+  it('a model loaded by path that no replica can load any more (its file gone) can be deleted, and is not loaded again when a file comes back there', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
+    await r1.m.load('lines', { path: outside.model });
+    await r1.c.close(); // the replicas that served it are gone (a rolling restart)
+    await r1.m.close();
+    const file = await readFile(outside.model);
+    await rm(outside.model); // and so is its file
+    const r2 = await replica('r2', redis.url, dir, {}, [outside.root]);
+    expect(r2.m.get('lines')).toBeUndefined(); // said in the log, at warn
+    // the operator deletes what the cluster lists nowhere but still keeps
+    const deleted = await r2.m.delete('lines').then(
+      () => 'deleted',
+      (e: Error) => e.message,
+    );
+    await writeFile(outside.model, file); // another file there, later
+    const r3 = await replica('r3', redis.url, dir, {}, [outside.root]);
+    await sleep(1000);
+    expect({ deleted, r3: r3.m.get('lines')?.versions.get(1)?.state ?? 'none' }).toEqual({ deleted: 'deleted', r3: 'none' });
+  }, 60_000);
 });
