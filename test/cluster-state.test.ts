@@ -650,4 +650,20 @@ return seq`;
     await sleep(1000);
     expect({ deleted, r3: r3.m.get('lines')?.versions.get(1)?.state ?? 'none' }).toEqual({ deleted: 'deleted', r3: 'none' });
   }, 60_000);
+
+  it('a replica that starts later and fails to load a model loaded by path (its file is no model any more) serves without it: ready', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const outside = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
+    await r1.m.load('lines', { path: outside.model });
+    await writeFile(outside.model, 'not a model any more'); // replica 1 serves the copy it loaded
+    expect(r1.m.ready).toBe(true);
+    const r2 = await replica('r2', redis.url, dir, {}, [outside.root]); // a rolling restart, or the autoscaler
+    await until(() => settled(r2.m, 'mobilenet') && r2.m.get('lines')?.versions.get(1)?.state !== 'LOADING', 20_000, 'replica 2 settled');
+    await sleep(500);
+    // README: "a replica that cannot load it says so in its log, at warn, and serves without it"; /ready sums up m.ready
+    expect(r2.c.status().joined && r2.m.ready).toBe(true);
+  }, 60_000);
 });
