@@ -1015,12 +1015,23 @@ export class Cluster {
         if (since && since.epoch === epoch && since.seq > Number(count ?? 0)) return; // changed since the read
         if (this.inProgress.has(name) || this.unechoed.has(name) || this.kept(name)) return; // or being changed here
         this.logger.info({ model: name, path }, 'loading a model another replica loaded by path');
-        await this.manager.applyRemote({ op: 'load', name, path, config, described: { description, metadata } }).catch((e: unknown) => {
-          this.logger.warn(
-            { model: name, path, error: errorMessage(e) },
-            'a model another replica loaded by path could not be loaded here (its path must be under MODEL_ROOTS on every replica)',
-          );
-        });
+        await this.manager
+          .applyRemote({ op: 'load', name, path, config, described: { description, metadata } })
+          .then(async () => {
+            // a load that failed (the file at that path is no model, or not this one any more) does not take this
+            // replica out of its load balancer for good: it serves without it, as without one it cannot reach
+            const m = this.manager.get(name);
+            if (!m || m.ready || m.servingVersion()) return;
+            const failed = [...m.versions.values()].find((v) => v.errorMessage)?.errorMessage ?? 'no version loaded';
+            await this.manager.applyRemote({ op: 'delete', name });
+            throw new Error(failed);
+          })
+          .catch((e: unknown) => {
+            this.logger.warn(
+              { model: name, path, error: errorMessage(e) },
+              'a model another replica loaded by path could not be loaded here (its path must be under MODEL_ROOTS on every replica)',
+            );
+          });
       });
     }
     return adopted;
