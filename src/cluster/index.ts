@@ -101,7 +101,19 @@ const MAX_STATUS_SENDERS = 1000;
  * the change applied (see PUBLISH_SCRIPT), which receivers adopt. `n`: the change's number among those this process
  * published, so that the sender knows which of its changes came back (see unechoed).
  */
-type AdminMessage = Wire & { op: AdminOp; state?: UnloadedState; n?: number };
+type AdminMessage = Wire & {
+  op: AdminOp;
+  state?: UnloadedState;
+  n?: number;
+  /**
+   * Sent by a replica that keeps the models loaded by path in Redis (PATH_RECORD): its delete removed the record. One of
+   * an earlier version removes none, so the first replica to receive its delete does, unless a change was counted
+   * since (see FORGET_RECORD_SCRIPT).
+   */
+  paths?: true;
+  /** A load by path: the record it wrote. */
+  record?: PathRecord;
+};
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
 type UnloadedState = UnloadedVersions;
 
@@ -256,6 +268,15 @@ return 1`;
  * it; a load published before it, from another path or with another configuration, wrote its own), and publishes the
  * change.
  */
+/**
+ * KEYS[1]: the unloaded-models hash, KEYS[2]: the models-loaded-by-path hash; ARGV: model name, the count of a delete
+ * published by a replica of an earlier version. Removes the model's record if no change was counted since the delete
+ * (one counted since may be a new load of that name, whose record stays).
+ */
+const FORGET_RECORD_SCRIPT = `
+if redis.call('HGET', KEYS[1], '#') == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1`;
+
 const UPDATE_SCRIPT = `
 local held = redis.call('HGET', KEYS[1], ARGV[2])
 if ARGV[3] ~= '' and held and string.sub(held, 1, #ARGV[5]) == ARGV[5] then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
@@ -277,6 +298,7 @@ type ScriptCommands = {
     record: string,
   ): Promise<number>;
   gatewayUpdate(paths: string, channel: string, name: string, record: string, message: string, origin: string): Promise<number>;
+  gatewayForgetRecord(key: string, paths: string, name: string, seq: string): Promise<number>;
 };
 
 /**
@@ -338,6 +360,11 @@ export class Cluster {
   private readonly unloadedKey: string;
   /** The models loaded by path (see PATH_RECORD). */
   private readonly pathsKey: string;
+  /**
+   * Records of models loaded by path that this replica read and could not load (outside its MODEL_ROOTS, a file gone):
+   * written back with its own if Redis loses them, and deletable here (deleteModel) though not served here.
+   */
+  private readonly foreign = new Map<string, string>();
   private readonly maxPendingAdmin: number;
   /** Admin changes made here and not published yet (the bus down, Redis refused them, a catch-up running), in order. */
   private readonly pendingAdmin: AdminOp[] = [];
@@ -430,6 +457,9 @@ export class Cluster {
     this.bus.publisher.defineCommand('gatewayPublish', { numberOfKeys: 2, lua: PUBLISH_SCRIPT });
     this.bus.publisher.defineCommand('gatewayReplace', { numberOfKeys: 2, lua: REPLACE_SCRIPT });
     this.bus.publisher.defineCommand('gatewayUpdate', { numberOfKeys: 1, lua: UPDATE_SCRIPT });
+    this.bus.publisher.defineCommand('gatewayForgetRecord', { numberOfKeys: 2, lua: FORGET_RECORD_SCRIPT });
+    // a model this replica could not load from its record can still be deleted here (see foreign)
+    manager.elsewhere = (name) => this.foreign.has(name);
     this.bus.on('message', (channel, text) => this.remote(channel, text));
     this.bus.on('entry', (text) => this.remote(this.channels.status, text));
     this.bus.on('connected', () => {
@@ -545,6 +575,7 @@ export class Cluster {
   }
 
   private async localAdmin(op: AdminOp): Promise<void> {
+    if (op.op === 'delete') this.foreign.delete(op.name);
     if (!this.bus.connected || this.pendingAdmin.length > 0 || this.syncing) {
       // behind the changes still waiting, in order; during a catch-up, after it has written the state back (a change
       // published before that could be overwritten by an older state another replica writes back)
@@ -630,7 +661,14 @@ export class Cluster {
       if (!plain)
         await (this.bus.publisher as unknown as ScriptCommands)
           // (the record's JSON begins with the path and configuration: see record())
-          .gatewayUpdate(this.pathsKey, this.channels.admin, op.name, record, message, `${JSON.stringify(this.manager.get(op.name)!.origin).slice(0, -1)},`)
+          .gatewayUpdate(
+            this.pathsKey,
+            this.channels.admin,
+            op.name,
+            record,
+            message,
+            `${JSON.stringify(this.manager.get(op.name)!.origin).slice(0, -1)},`,
+          )
           .catch((e: unknown) => {
             if (!scriptError(e)) throw e;
             // the paths hash is another type of key: the change still goes out (as the publish script's, below)
@@ -648,7 +686,15 @@ export class Cluster {
       const state = op.op === 'delete' || op.op === 'load' ? null : op.unloaded !== undefined ? op.unloaded : this.unloadedState(op.name);
       const wireOp = op.op === 'unload' ? { op: op.op, name: op.name, version: op.version } : op;
       const version = op.op === 'unload' && typeof op.version === 'number' ? String(op.version) : '';
-      const message = JSON.stringify({ ...this.wire(), op: wireOp, n } satisfies AdminMessage); // the script adds the state
+      const record = op.op === 'load' ? this.record(op.name) : '';
+      // (a load by path carries its record: a replica that cannot load it keeps it, see foreign)
+      const message = JSON.stringify({
+        ...this.wire(),
+        op: wireOp,
+        n,
+        paths: true,
+        ...(record ? { record: JSON.parse(record) as PathRecord } : {}),
+      } satisfies AdminMessage); // the script adds the state
       try {
         await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
           this.unloadedKey,
@@ -659,7 +705,7 @@ export class Cluster {
           version,
           JSON.stringify(state),
           message,
-          op.op === 'load' ? this.record(op.name) : '',
+          record,
         );
       } catch (e) {
         if (!scriptError(e)) throw e;
@@ -734,7 +780,20 @@ export class Cluster {
         return;
       }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
-      this.serialize(op.name, () => this.manager.applyRemote(op));
+      if (op.op === 'delete') {
+        this.foreign.delete(op.name);
+        if (!message.paths && typeof seq === 'number')
+          (this.bus.publisher as unknown as ScriptCommands)
+            .gatewayForgetRecord(this.unloadedKey, this.pathsKey, op.name, String(seq))
+            .catch(() => undefined); // (the record then stays, as it would without this replica)
+      }
+      const applied = this.serialize(op.name, () => this.manager.applyRemote(op));
+      const record = op.op === 'load' && op.path ? readRecord(JSON.stringify(message.record ?? null)) : undefined;
+      if (record)
+        void applied.then(() => {
+          if (this.manager.get(op.name)) this.foreign.delete(op.name);
+          else this.foreign.set(op.name, JSON.stringify(record)); // (refused here: not under MODEL_ROOTS)
+        });
       // then the sender's resulting state: a change this replica missed (a catch-up that left the model as it was)
       // is made up for with the next one
       const want = readUnloaded(state);
@@ -873,6 +932,7 @@ export class Cluster {
       const record = this.record(m.name);
       if (record) records.push(m.name, record);
     }
+    for (const [name, record] of this.foreign) if (!this.manager.get(name)) records.push(name, record);
     const commands = this.bus.publisher as unknown as ScriptCommands;
     const wrote = await commands.gatewayRestore(this.unloadedKey, this.pathsKey, randomUUID(), states.length / 2, ...states, ...records);
     if (wrote === 1) this.logger.info('cluster state was empty (a new or restarted Redis): wrote this replica state back');
@@ -955,7 +1015,9 @@ export class Cluster {
     const work = this.manager
       .models()
       .filter((m) => !kept.has(m.name) && !racing.includes(m.name) && !unreadable.includes(m.name) && !adopted.has(m.name))
-      .map((m) => this.serialize(m.name, async () => void (changedSince(m.name) || (await this.lineUp(m.name, wanted.get(m.name) ?? null)))));
+      .map((m) =>
+        this.serialize(m.name, async () => void (changedSince(m.name) || (await this.lineUp(m.name, wanted.get(m.name) ?? null)))),
+      );
     // a model loaded here from its record is lined up once it is (an unloaded one is loaded first, then unloaded)
     for (const name of adopted)
       if (!unreadable.includes(name))
@@ -989,6 +1051,7 @@ export class Cluster {
       return new Set();
     }
     const [epoch, count, records] = read.map(([, v]) => v) as [string | null, string | null, Record<string, string>];
+    for (const name of [...this.foreign.keys()]) if (records[name] !== this.foreign.get(name)) this.foreign.delete(name);
     const adopted = new Set<string>();
     for (const [name, json] of Object.entries(records)) {
       const record = readRecord(json);
@@ -1027,6 +1090,7 @@ export class Cluster {
             throw new Error(failed);
           })
           .catch((e: unknown) => {
+            if (!this.manager.get(name)) this.foreign.set(name, json);
             this.logger.warn(
               { model: name, path, error: errorMessage(e) },
               'a model another replica loaded by path could not be loaded here (its path must be under MODEL_ROOTS on every replica)',
@@ -1066,6 +1130,7 @@ export class Cluster {
     this.manager.off('status', this.onStatus);
     this.manager.off('admin', this.onAdmin);
     this.manager.off('changing', this.onChanging);
+    this.manager.elsewhere = null;
     await Promise.allSettled([...this.chains.values()]);
     // the last events (the unloads) out before the connections close, unless Redis holds writes (a failover)
     let timer: NodeJS.Timeout | undefined;

@@ -116,6 +116,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   private readonly checkModel: ManagerOptions['checkModel'];
   private readonly watcher: Watcher;
   private readonly byName = new Map<string, Model>();
+  /** Set by the cluster: a model not served here that another replica serves (deleteModel still deletes it there). */
+  elsewhere: ((name: string) => boolean) | null = null;
   /** Folders of the repository skipped for their name, told once each. */
   private readonly misnamed = new Set<string>();
   /** One series per (model, version), shared by the instances that serve it one after another. */
@@ -725,6 +727,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   private async deleteHere(name: string): Promise<boolean> {
+    // a model the cluster knows that this replica could not load (see Cluster.foreign): deleted for the others
+    if (!this.byName.has(name) && this.elsewhere?.(name)) return this.announce({ op: 'delete', name }, true);
     const model = this.require(name);
     await model.exclusive(async () => {
       this.stillListed(model);
