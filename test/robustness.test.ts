@@ -761,7 +761,7 @@ describe('limits', () => {
     );
     const deep = await gw.gql(`{ models { versions { stats { batchSizes { size } } } } }`);
     expect(errorCode(deep)).toBe('LIMIT_EXCEEDED');
-    expect(deep.errors![0].message).toMatch(/depth limit of 4 exceeded, found 5/);
+    expect(deep.errors![0].message).toMatch(/depth limit of 4 exceeded, found 5 \(MAX_QUERY_DEPTH\)$/);
     // through fragments too
     const viaFragment = await gw.gql(`query { models { ...M } } fragment M on Model { versions { stats { batchSizes { size } } } }`);
     expect(errorCode(viaFragment)).toBe('LIMIT_EXCEEDED');
@@ -770,6 +770,7 @@ describe('limits', () => {
     expect(introspection.errors).toBeUndefined();
     const aliases = await gw.gql(`{ a: models { name } b: models { name } c: models { name } d: models { name } }`);
     expect(errorCode(aliases)).toBe('LIMIT_EXCEEDED');
+    expect(aliases.errors![0].message).toMatch(/limit of 3 exceeded, found 4 \(MAX_ALIASES\)$/);
     expect((await gw.gql(`{ a: models { name } b: models { name } }`)).errors).toBeUndefined();
     // aliases inside a fragment count every time the fragment is spread
     const spread = await gw.gql(`{ models { ...A } m2: models { ...A } } fragment A on Model { x: name y: name }`);
@@ -784,7 +785,11 @@ describe('limits', () => {
       const ws = new WebSocket(gw.url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
       ws.on('error', reject);
       ws.once('open', () => resolve(ws));
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c));
+        res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${body}`)));
+      });
     });
   /** Wait until this client may open one more connection (a slot of MAX_WS_CONNECTIONS_PER_CLIENT is free). */
   const slotFrees = (ms: number, what: string) =>
@@ -802,7 +807,10 @@ describe('limits', () => {
     const url = gw.url.replace('http', 'ws') + '/graphql';
     const a = await openWs();
     const b = await openWs();
-    await expect(openWs()).rejects.toThrow(/429/);
+    // the refusal names the setting
+    await expect(openWs()).rejects.toThrow(
+      /^HTTP 429: more than 2 WebSocket connections from one client \(MAX_WS_CONNECTIONS_PER_CLIENT\)/,
+    );
     a.close();
     b.close();
     await slotFrees(5000, 'a slot frees up');

@@ -172,7 +172,12 @@ export function attachWebSocket(
     verifyClient: (info, done) => {
       const client = clientAddress(info.req);
       if (client === null) done(false, 400, UNATTRIBUTED);
-      else if ((connections.get(client) ?? 0) >= maxConnectionsPerClient) done(false, 429, 'Too many WebSocket connections');
+      else if ((connections.get(client) ?? 0) >= maxConnectionsPerClient)
+        done(
+          false,
+          429,
+          `more than ${maxConnectionsPerClient} WebSocket connections from one client (MAX_WS_CONNECTIONS_PER_CLIENT): close one, or share one connection between subscriptions`,
+        );
       else done(true);
     },
   });

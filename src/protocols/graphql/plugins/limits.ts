@@ -36,18 +36,20 @@ export function useDocumentLimits({
   maxCost = 5000,
   maxDirectives = 50,
 }: DocumentLimits = {}): Plugin {
-  const strip = (e: GraphQLError) => e.message.replace(/^Syntax Error: /, '');
+  // armor's words, and the setting that raises the limit ("Aliases limit of 64 exceeded, found 70." named none)
+  const strip = (e: GraphQLError, setting?: string) =>
+    setting ? `${e.message.replace(/^Syntax Error: /, '').replace(/\.$/, '')} (${setting})` : e.message.replace(/^Syntax Error: /, '');
   // armor's rules throw a GraphQLError without a code; report ours instead
-  const report = {
+  const report = (setting?: string) => ({
     propagateOnRejection: false,
-    onReject: [(ctx: ValidationContext | null, e: GraphQLError) => ctx?.reportError(limitError(strip(e)))],
-  };
+    onReject: [(ctx: ValidationContext | null, e: GraphQLError) => ctx?.reportError(limitError(strip(e, setting)))],
+  });
   const tokens = maxTokensPlugin({
     n: maxTokens,
     propagateOnRejection: true,
     onReject: [
       (_: unknown, e: GraphQLError) => {
-        throw limitError(strip(e));
+        throw limitError(strip(e, 'MAX_QUERY_TOKENS'));
       },
     ],
   });
@@ -59,10 +61,10 @@ export function useDocumentLimits({
     },
     onParse: tokens.onParse as Plugin['onParse'],
     onValidate({ addValidationRule }) {
-      addValidationRule(maxDepthRule({ n: maxDepth, flattenFragments: true, ...report }));
-      addValidationRule(maxAliasesRule({ n: maxAliases, ...report }));
-      addValidationRule(costLimitRule({ maxCost, ...report }));
-      addValidationRule(maxDirectivesRule({ n: maxDirectives, ...report }));
+      addValidationRule(maxDepthRule({ n: maxDepth, flattenFragments: true, ...report('MAX_QUERY_DEPTH') }));
+      addValidationRule(maxAliasesRule({ n: maxAliases, ...report('MAX_ALIASES') }));
+      addValidationRule(costLimitRule({ maxCost, ...report('MAX_QUERY_COST') }));
+      addValidationRule(maxDirectivesRule({ n: maxDirectives, ...report() }));
     },
   };
 }
