@@ -34,10 +34,18 @@ export function jsonMistake(text: string, error: unknown): JsonMistake {
   if (at) position = Number(at[1]);
   else if (/end of JSON input/.test(words)) position = text.length;
   else if (text.length <= MAX_SCANNED) position = firstMistake(text);
+  // a comma before } or ] (editors and JavaScript allow it), which JSON.parse reports at the bracket: said at the comma
+  let trailing = false;
+  if (position !== null && (text[position] === '}' || text[position] === ']')) {
+    let j = position - 1;
+    while (j >= 0 && /\s/.test(text[j])) j--;
+    if (text[j] === ',') [position, trailing] = [j, true];
+  }
   const before = position === null ? '' : text.slice(0, position);
   const lineStart = before.lastIndexOf('\n') + 1;
-  const reason =
-    position === 0 && text.charCodeAt(0) === 0xfeff
+  const reason = trailing
+    ? 'a trailing comma: JSON has none before } or ], remove it'
+    : position === 0 && text.charCodeAt(0) === 0xfeff
       ? 'a byte order mark (U+FEFF) comes before the JSON' // JSON.parse names it as an invisible "Unexpected token"
       : position !== null && /^\/[/*]/.test(text.slice(position, position + 2))
         ? 'a comment: JSON has none, remove it' // JSONC, as editors allow and annotated examples have

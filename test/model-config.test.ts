@@ -423,7 +423,9 @@ describe('recovery and configuration owned by the version', () => {
       await writeFile(file, '{\n  "task": "classification",\n}\n'); // a trailing comma, as an editor leaves it
       const r = await gw.gql(`mutation { updateModel(name: "broken", description: "x") { name } }`);
       expect(errorCode(r)).toBe('INVALID_MODEL_CONFIG');
-      expect(r.errors![0].message).toMatch(/broken\/model\.json: not valid JSON at line 3, column 1/);
+      expect(r.errors![0].message).toMatch(
+        /broken\/model\.json: not valid JSON at line 2, column 27 \(a trailing comma: JSON has none before \} or \], remove it\)/,
+      );
       expect(await readFile(file, 'utf8')).toBe('{\n  "task": "classification",\n}\n');
       // JSON, but not an object: said as at load (these were masked 500s too)
       for (const text of ['[]\n', 'null\n', '"task"\n'])

@@ -47,7 +47,7 @@ describe("a newcomer's repository mistakes", () => {
     const r = await gateway(['load', 'typo', '--url', gw.url]);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('typo: v1 END INVALID_MODEL_CONFIG\n');
-    expect(r.stderr).toMatch(/typo: v1: INVALID_MODEL_CONFIG: .*not valid JSON at line 3, column 1/);
+    expect(r.stderr).toMatch(/typo: v1: INVALID_MODEL_CONFIG: .*not valid JSON at line 2, column 27 \(a trailing comma/);
   });
 
   it('a model folder whose name the repository cannot serve (a space, a leading "_") is logged, not silently ignored', async () => {

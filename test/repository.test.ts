@@ -274,7 +274,7 @@ describe('model repository over GraphQL', () => {
     expect(renamed.errors![0].message).toMatch(/my-config\.json looks like a model configuration: upload it under the name model\.json/);
     const broken = await upload('model.json', '{\n  "task": "classification",\n}');
     expect(errorCode(broken)).toBe('INVALID_MODEL_CONFIG');
-    expect(broken.errors![0].message).toMatch(/uploaded model\.json: not valid JSON at line 3, column 1/);
+    expect(broken.errors![0].message).toMatch(/uploaded model\.json: not valid JSON at line 2, column 27 \(a trailing comma/);
     expect((await gw.gql(`{ model(name: "misnamed-config") { name } }`)).data.model).toBeNull(); // nothing written
   });
 

@@ -327,7 +327,7 @@ describe('labels', () => {
     expect(parseLabelsFile('x.pbtxt', pbtxt).get(2)).toBe('bicycle');
     expect(() => parseLabelsJson('{"a": 1}')).toThrow(/id/);
     expect(() => parseLabelsJson('[\n  "cat",\n  "dog",\n]', 'm/labels.json')).toThrow(
-      /m\/labels\.json: not valid JSON at line 4, column 1 \(Unexpected token '\]'\)$/,
+      /m\/labels\.json: not valid JSON at line 3, column 8 \(a trailing comma: JSON has none before \} or \], remove it\)$/,
     );
     expect(() => parseLabelsPbtxt('item { name: "x" }')).toThrow(/no id/);
   });
@@ -421,8 +421,8 @@ describe('model.json validation names the field', () => {
     for (const [text, where, reason] of [
       [
         '{\n  "task": "classification",\n  "preprocessing": { "mean": [0.485, 0.456, 0.406,] }\n}',
-        'line 3, column 51',
-        "Unexpected token ']'",
+        'line 3, column 50',
+        'a trailing comma: JSON has none before } or ], remove it',
       ],
       ['{\n  "task": classification\n}', 'line 2, column 11', "Unexpected token 'c'"],
       ['{"preprocessing": {"std": NaN}}', 'line 1, column 27', "Unexpected token 'N'"],
