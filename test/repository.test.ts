@@ -418,6 +418,29 @@ describe('model repository over GraphQL', () => {
     await rm(path.join(gw.root, 'flat'), { recursive: true });
   });
 
+  it('a request for a version that no longer serves says which one does, or how to serve it again', async () => {
+    await addModel(gw.root, 'replaced', { onnx: modelFile('mobilenet'), config: { task: 'raw', versionPolicy: { latest: 1 } } });
+    const versions = async () => (await gw.gql(`{ model(name: "replaced") { versions { version state } } }`)).data?.model?.versions;
+    await until(async () => JSON.stringify(await versions()) === '[{"version":1,"state":"AVAILABLE"}]', 15_000, 'version 1');
+    await mkdir(path.join(gw.root, 'replaced', '2'));
+    await copyFile(modelFile('mobilenet'), path.join(gw.root, 'replaced', '2', 'model.onnx'));
+    await until(
+      async () => JSON.stringify(await versions()) === '[{"version":1,"state":"END"},{"version":2,"state":"AVAILABLE"}]',
+      15_000,
+      'version 2 in place of 1',
+    );
+    const pinned = (v: number) => gw.gql(`mutation { infer(model: "replaced", version: ${v}, inputs: []) { outputs { name } } }`);
+    const replaced = await pinned(1);
+    expect(errorCode(replaced)).toBe('MODEL_NOT_READY');
+    // it said only "model replaced version 1 is END"
+    expect(replaced.errors![0].message).toBe(
+      'model replaced version 1 is END: version 2 serves now (model.json versionPolicy chooses the versions served); leave the version out for the newest',
+    );
+    await gw.gql(`mutation { unloadModel(name: "replaced", version: 2) { name } }`);
+    expect((await pinned(2)).errors![0].message).toBe('model replaced version 2 is END: it was unloaded (loadModel serves it again)');
+    await rm(path.join(gw.root, 'replaced'), { recursive: true });
+  });
+
   it('picks up a new version folder and drops a removed one (watcher)', async () => {
     await addModel(gw.root, 'watched', { onnx: modelFile('mobilenet'), config: { task: 'raw', versionPolicy: { all: true } } });
     const versions = async () => (await gw.gql(`{ model(name: "watched") { versions { version state } } }`)).data?.model?.versions;

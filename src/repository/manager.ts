@@ -198,7 +198,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const v = model.versions.get(version);
     if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
     if (v.state !== 'AVAILABLE')
-      throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} version ${version} is ${v.state}`, { state: v.state });
+      throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} version ${version} is ${v.state}${whyVersionNotServing(model, v)}`, {
+        state: v.state,
+      });
     return { model, version: v };
   }
 
@@ -822,6 +824,18 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     await this.watcher.stop();
     await Promise.all(this.models().map((m) => m.exclusive(() => Promise.all([...m.versions.values()].map((v) => v.unload())))));
   }
+}
+
+/** Why a version a request names does not serve, and what does (what its client can act on). */
+function whyVersionNotServing(model: Model, v: ModelVersion): string {
+  if (v.state === 'LOADING' || v.state === 'START') return ': try again once it is AVAILABLE';
+  if (v.errorMessage) return `: ${v.errorMessage}`;
+  const serving = model.servingVersion();
+  if (model.disabled || model.disabledVersions.has(v.version))
+    return `: it was unloaded (loadModel serves it again)${serving ? `; version ${serving.version} serves` : ''}`;
+  if (serving)
+    return `: version ${serving.version} serves now (model.json versionPolicy chooses the versions served); leave the version out for the newest`;
+  return '';
 }
 
 /** Why a model has no version to serve, for the MODEL_NOT_READY its requests get (what a client can act on). */
