@@ -155,7 +155,7 @@ describe('the page at / over HTTP', () => {
     expect(await graphiql.text()).toMatch(/graphiql/i);
   });
 
-  it('GraphiQL cannot be framed by another page (it was: a page of any origin framed it with a mutation in ?query= and one click ran it, as this machine)', async () => {
+  it('GraphiQL and the page cannot be framed by another page (GraphiQL was: a page of any origin framed it with a mutation in ?query= and one click ran it, as this machine)', async () => {
     for (const encoding of ['gzip', 'identity']) {
       const graphiql = await fetch(`${gw.url}/graphql?query=${encodeURIComponent('mutation { unloadModel(name: "m") { name } }')}`, {
         headers: { accept: 'text/html', 'accept-encoding': encoding },
@@ -167,6 +167,13 @@ describe('the page at / over HTTP', () => {
       expect(graphiql.headers.get('referrer-policy'), encoding).toBe('no-referrer');
       await graphiql.arrayBuffer();
     }
+    // the page at / too, as the README says
+    const page = await fetch(`${gw.url}/`);
+    expect([page.headers.get('content-security-policy'), page.headers.get('x-frame-options')]).toEqual([
+      expect.stringMatching(/frame-ancestors 'none'/),
+      'DENY',
+    ]);
+    await page.arrayBuffer();
   });
 });
 

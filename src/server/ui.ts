@@ -49,6 +49,7 @@ export function uiRoute(dir: string = UI_DIST): Route {
     handle(req, res) {
       if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, 'GET or HEAD\n', { allow: 'GET, HEAD' });
       res.setHeader('content-security-policy', CONTENT_SECURITY_POLICY);
+      res.setHeader('x-frame-options', 'DENY'); // frame-ancestors, for browsers that do not read it
       res.setHeader('x-content-type-options', 'nosniff');
       res.setHeader('referrer-policy', 'no-referrer');
       // Range is not served: the files are small, and sirv's reading of it is not safe (a reversed range threw out of
