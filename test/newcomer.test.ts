@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixture, image, modelAsset, modelFile, ROOT, startGateway, type TestGateway } from './helpers.ts';
@@ -64,6 +64,13 @@ describe("a newcomer's repository mistakes", () => {
     expect(gw.logs.filter((l) => l.includes('"My Model"')).length).toBe(1);
     const listed = await gw.gql<{ models: { name: string }[] }>('{ models { name } }');
     expect(listed.data!.models.map((m) => m.name)).not.toContain('My Model');
+    // a model folder that is a symbolic link is not followed: said too
+    await symlink(path.join(gw.root, 'mobilenet'), path.join(gw.root, 'linked'));
+    const linked = () => gw.logs.some((l) => l.includes('"linked"') && /symbolic link/.test(l));
+    const until = Date.now() + 5000;
+    while (!linked() && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(linked()).toBe(true);
+    await rm(path.join(gw.root, 'linked'));
   });
 
   it('a labels file named with its extension in capitals (Labels.JSON) is read as what it is, not one label per line', async () => {

@@ -219,6 +219,14 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             `model folder skipped: a model name has 1 to ${MAX_MODEL_NAME} letters, digits, '_', '.' and '-', a letter or digit first; rename the folder`,
           );
         }
+        if (e.isSymbolicLink() && MODEL_NAME_RE.test(e.name) && !this.byName.has(e.name) && !this.misnamed.has(e.name)) {
+          // not followed (it could lead out of the repository): said once, rather than never served without a word
+          this.misnamed.add(e.name);
+          this.logger.warn(
+            { folder: e.name },
+            'model folder skipped: it is a symbolic link, which the repository does not follow; put the folder itself there (or loadModel(path:) under MODEL_ROOTS)',
+          );
+        }
         if (!e.isDirectory() || e.name.startsWith('.') || !MODEL_NAME_RE.test(e.name) || this.byName.has(e.name)) continue;
         this.byName.set(e.name, new Model(e.name, path.join(this.root, e.name), 'repository'));
       }
