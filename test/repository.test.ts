@@ -262,6 +262,33 @@ describe('model repository over GraphQL', () => {
     }
   });
 
+  it("an upload of a model this engine does not load (OpenVINO model.xml) says so, not in the protobuf parser's words", async () => {
+    const r = await gw.gql(
+      `mutation($files: [File!]!) { loadModel(name: "openvino-ir", files: $files) { name } }`,
+      { files: [null, null] },
+      {
+        files: {
+          'files.0': { name: 'model.xml', bytes: Buffer.from('<?xml version="1.0"?><net name="m" version="11"></net>') },
+          'files.1': { name: 'model.bin', bytes: Buffer.alloc(16) },
+        },
+      },
+    );
+    expect(errorCode(r)).toBe('INVALID_INPUT');
+    expect(r.errors![0].message).toMatch(
+      /^the uploaded model is model\.xml, and this server's engine \(ENGINE=onnxruntime\) loads model\.onnx/,
+    );
+    const none = await gw.gql(
+      `mutation($files: [File!]!) { loadModel(name: "no-model", files: $files) { name } }`,
+      { files: [null] },
+      { files: { 'files.0': { name: 'labels.txt', bytes: Buffer.from('a\nb\n') } } },
+    );
+    expect(none.errors![0].message).toBe('no model file among the uploads: send the model as a .onnx file');
+    expect((await gw.gql(`{ a: model(name: "openvino-ir") { name } b: model(name: "no-model") { name } }`)).data).toEqual({
+      a: null,
+      b: null,
+    });
+  });
+
   it('an upload says what is wrong with its model.json: under another name, or not JSON (where)', async () => {
     const upload = (name: string, text: string) =>
       gw.gql(

@@ -614,7 +614,17 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     if (existing && existing.source !== 'repository')
       throw new GatewayError(ErrorCode.INVALID_INPUT, `model ${name} is served from a path; choose another name for uploads`);
     const plan = planUpload(uploads, config);
-    if (!plan.modelFile && !existing) throw new GatewayError(ErrorCode.INVALID_INPUT, 'no model file among the uploads');
+    if (!plan.modelFile && !existing)
+      throw new GatewayError(
+        ErrorCode.INVALID_INPUT,
+        `no model file among the uploads: send the model as ${this.engine.modelFiles.map((f) => `a ${path.extname(f)} file`).join(' or ')}`,
+      );
+    // an OpenVINO model.xml on a server that runs ONNX Runtime read as ONNX's protobuf ("unsupported wire type 4")
+    if (plan.modelFile && !this.engine.modelFiles.includes(plan.modelFile.name))
+      throw new GatewayError(
+        ErrorCode.INVALID_INPUT,
+        `the uploaded model is ${plan.modelFile.name}, and this server's engine (ENGINE=${this.engine.name}) loads ${this.engine.modelFiles.join(' or ')}: convert the model, or serve it from a server started with the engine it was made for`,
+      );
     const model = existing ?? new Model(name, path.join(this.root, name), 'repository');
     this.byName.set(name, model);
     let deleted = false;
