@@ -50,6 +50,14 @@ describe("a newcomer's repository mistakes", () => {
     expect(r.stderr).toMatch(/typo: v1: INVALID_MODEL_CONFIG: .*not valid JSON at line 2, column 27 \(a trailing comma/);
   });
 
+  it('`gateway models` says why a model.json is not in force, beside its table (it showed the state alone)', async () => {
+    const r = await gateway(['models', '--url', gw.url]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^typo +raw +no +v1 END INVALID_MODEL_CONFIG$/m);
+    expect(r.stderr).toMatch(/^typo: .*not valid JSON at line 2, column 27 \(a trailing comma/m);
+    expect(r.stderr).not.toMatch(/^mobilenet:/m);
+  });
+
   it('a model folder whose name the repository cannot serve (a space, a leading "_") is logged, not silently ignored', async () => {
     for (const name of ['My Model', '_draft']) {
       await mkdir(path.join(gw.root, name, '1'), { recursive: true });

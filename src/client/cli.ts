@@ -260,6 +260,8 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
       // on purpose, which keeps the server ready but serves nothing
       const serves = (m: ModelSummary) => m.ready && m.versions.some((v) => v.state === 'AVAILABLE');
       io.out(table([['model', 'task', 'ready', 'versions'], ...models.map((m) => [m.name, m.task, serves(m) ? 'yes' : 'no', stateOf(m)])]));
+      // a model.json edit that did not take (the versions serve with what they loaded): said, not hidden behind "yes"
+      for (const m of models) if (m.configurationError) io.err(printable(`${m.name}: ${m.configurationError}`) + '\n');
     } catch (e) {
       fail(e);
     }

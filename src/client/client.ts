@@ -26,6 +26,8 @@ export interface ModelSummary {
   description: string;
   ready: boolean;
   versions: ModelVersionInfo[];
+  /** Why the model.json on disk is not in force (the versions keep what they loaded), else null. */
+  configurationError: string | null;
 }
 
 export interface Box {
@@ -234,7 +236,14 @@ function fieldErrors(errors: unknown, status: number, endpoint: string): FieldEr
 }
 
 const VERSION_SHAPE: Shape = { version: 'number', state: 'string', errorCode: 'string?', errorMessage: 'string?' };
-const MODEL_SHAPE: Shape = { name: 'string', task: 'string', description: 'string', ready: 'boolean', versions: [VERSION_SHAPE] };
+const MODEL_SHAPE: Shape = {
+  name: 'string',
+  task: 'string',
+  description: 'string',
+  ready: 'boolean',
+  versions: [VERSION_SHAPE],
+  configurationError: 'string?',
+};
 const PREDICTION_SHAPE = { classId: 'number', label: 'string?', confidence: 'number' };
 const BOX_SHAPE: Shape = { xMin: 'number', yMin: 'number', xMax: 'number', yMax: 'number' };
 const SHAPES: Record<string, Shape> = {
@@ -257,7 +266,7 @@ async function readImage(file: string): Promise<Uint8Array> {
   }
 }
 
-const MODEL_FIELDS = 'name task description ready versions { version state errorCode errorMessage }';
+const MODEL_FIELDS = 'name task description ready versions { version state errorCode errorMessage } configurationError';
 
 export class GatewayClient {
   readonly endpoint: string;
