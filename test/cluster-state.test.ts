@@ -108,6 +108,12 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     proxy.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
     return proxy;
   }
+  /** Cut a replica behind `proxy` off from Redis (connections refused, bytes dropped) until it sees the bus lost. */
+  async function cutOff(proxy: { refusing: boolean; dropping: boolean }, c: Cluster, who: string) {
+    proxy.refusing = true;
+    proxy.dropping = true;
+    await until(() => !c.status().connected, 30_000, `${who} cut off`);
+  }
   async function replica(
     name: string,
     url: string,
@@ -328,9 +334,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     const r2 = await replica('r2', proxy.url, dir, { stateCheckMs: 500 }, [outside.root]);
     const r3 = await replica('r3', redis.url, dir); // without that root
-    proxy.refusing = true;
-    proxy.dropping = true;
-    await until(() => !r2.c.status().connected, 30_000, 'replica 2 cut off');
+    await cutOff(proxy, r2.c, 'replica 2');
     await r1.m.load('lines', { path: outside.model });
     await until(
       () => r3.m.get('lines') === undefined && lines.some((l) => /could not be loaded here|did not apply here/.test(l)),
@@ -453,9 +457,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
     await r1.m.load('lines', { path: a.model });
     await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
-    proxy.refusing = true;
-    proxy.dropping = true;
-    await until(() => !r2.c.status().connected, 30_000, 'replica 2 cut off');
+    await cutOff(proxy, r2.c, 'replica 2');
     // meanwhile the cluster moves the name to another file: unloadModel, then loadModel(name, path)
     await r1.m.unload('lines');
     await r1.m.load('lines', { path: b.model });
@@ -541,9 +543,7 @@ return seq`;
     const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
     await r1.m.load('lines', { path: a.model });
     await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
-    proxy.refusing = true;
-    proxy.dropping = true;
-    await until(() => !r2.c.status().connected, 30_000, 'replica 2 cut off');
+    await cutOff(proxy, r2.c, 'replica 2');
     await r1.m.unload('lines');
     await r1.m.load('lines', { path: b.model }); // the cluster now serves the name from b
     await r2.m.update('lines', { description: 'edited while cut off' }); // kept, published once back

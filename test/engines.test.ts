@@ -4,7 +4,7 @@ import type { PixelInput, Tensor } from '../src/engine/types.ts';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
+import { ElemType, buildModel, identityModel, scalarInitializer as scalar } from './onnx-builder.ts';
 import sharp from 'sharp';
 import { image, modelFile } from './helpers.ts';
 import { ConfigError, cpusFromCgroup, loadConfig } from '../src/config.ts';
@@ -105,12 +105,6 @@ describe('engines', () => {
 
   it("onnxruntime: a dynamic dimension 0 of an output that is not its inputs' batch (non-maximum suppression) is batched only if a trial shows it", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'dim0-'));
-    const scalar = (name: string, elemType: number, v: bigint | number) => ({
-      name,
-      elemType,
-      dims: [1],
-      raw: new Uint8Array((typeof v === 'bigint' ? BigInt64Array.from([v]) : Float32Array.from([v])).buffer),
-    });
     // selected [S,3]: (batch, class, box) rows of every item together; S equals the batch by chance only
     const nms = buildModel({
       nodes: [{ op: 'NonMaxSuppression', inputs: ['boxes', 'scores', 'max', 'iou', 'threshold'], outputs: ['selected'] }],

@@ -43,6 +43,14 @@ export function buildModel(spec: {
 }
 
 /** Mean colour classifier: image [N,3,8,8] -> [N,3] channel means. Input/output types as given. */
+/** A one-element initializer (an INT64 or FLOAT scalar operand of an operator, as NonMaxSuppression takes them). */
+export const scalarInitializer = (name: string, elemType: number, v: bigint | number): Initializer => ({
+  name,
+  elemType,
+  dims: [1],
+  raw: new Uint8Array((typeof v === 'bigint' ? BigInt64Array.from([v]) : Float32Array.from([v])).buffer),
+});
+
 export function meanColourModel(inType: number, outType: number): Uint8Array {
   const nodes: NodeSpec[] = [];
   let x = 'image';

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ElemType, buildModel } from './onnx-builder.ts';
+import { ElemType, buildModel, scalarInitializer as scalar } from './onnx-builder.ts';
 import { startGateway, type TestGateway } from './helpers.ts';
 
 /**
@@ -8,12 +8,6 @@ import { startGateway, type TestGateway } from './helpers.ts';
  */
 describe('batch integrity', () => {
   let gw: TestGateway;
-  const scalar = (name: string, elemType: number, v: bigint | number) => ({
-    name,
-    elemType,
-    dims: [1],
-    raw: new Uint8Array((typeof v === 'bigint' ? BigInt64Array.from([v]) : Float32Array.from([v])).buffer),
-  });
   // Non-maximum suppression over a dynamic number of boxes B: selected [S,3] holds (batch, class, box) rows of every
   // item of the call together; S is no batch, and equals it by chance only. The test in engines.test.ts has a fixed
   // B (a trial is run and the model runs one item at a time); with B dynamic no trial is made and the model batches.
