@@ -114,6 +114,24 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     proxy.dropping = true;
     await until(() => !c.status().connected, 30_000, `${who} cut off`);
   }
+  /**
+   * Two replicas serving the model "lines" loaded by path from folder a, the second behind a proxy and cut off from
+   * Redis; both may load from folder b too.
+   */
+  async function servedFromACutOff() {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const proxy = await redisProxy(redis.port);
+    const dir = await repository(['mobilenet']);
+    const a = await outsideFolder();
+    const b = await outsideFolder();
+    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
+    const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
+    await r1.m.load('lines', { path: a.model });
+    await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
+    await cutOff(proxy, r2.c, 'replica 2');
+    return { redis, proxy, dir, a, b, r1, r2 };
+  }
   async function replica(
     name: string,
     url: string,
@@ -447,17 +465,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   }, 60_000);
 
   it('a replica cut off while the model it serves by path is loaded from another path comes back serving the new one', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const proxy = await redisProxy(redis.port);
-    const dir = await repository(['mobilenet']);
-    const a = await outsideFolder();
-    const b = await outsideFolder();
-    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
-    const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
-    await r1.m.load('lines', { path: a.model });
-    await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
-    await cutOff(proxy, r2.c, 'replica 2');
+    const { proxy, b, r1, r2 } = await servedFromACutOff();
     // meanwhile the cluster moves the name to another file: unloadModel, then loadModel(name, path)
     await r1.m.unload('lines');
     await r1.m.load('lines', { path: b.model });
@@ -533,17 +541,7 @@ return seq`;
   }, 60_000);
 
   it('an update made on a replica cut off from Redis, published when it is back, does not write the path it served over the one loaded since', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const proxy = await redisProxy(redis.port);
-    const dir = await repository(['mobilenet']);
-    const a = await outsideFolder();
-    const b = await outsideFolder();
-    const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
-    const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
-    await r1.m.load('lines', { path: a.model });
-    await until(() => r2.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, 'replica 2 to load it from a');
-    await cutOff(proxy, r2.c, 'replica 2');
+    const { redis, proxy, dir, a, b, r1, r2 } = await servedFromACutOff();
     await r1.m.unload('lines');
     await r1.m.load('lines', { path: b.model }); // the cluster now serves the name from b
     await r2.m.update('lines', { description: 'edited while cut off' }); // kept, published once back
