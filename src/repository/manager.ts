@@ -24,9 +24,9 @@ import {
   layoutProblem,
   modelFileIn,
   readModelFiles,
-  signatureOf,
   storageError,
   writeModelJson,
+  readConfiguredFiles,
 } from './store.ts';
 import { checkUploadedLabels, commitUpload, discardUpload, planUpload, stageUpload, type UploadedFile } from './uploads.ts';
 import { ModelVersion, type ModelStatusEvent } from './version.ts';
@@ -594,9 +594,14 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       model.origin = { path: requested, config: config ?? (reread ? null : (model.origin?.config ?? null)) };
       if (config !== undefined && config !== null) {
         const c = parseModelConfig(config, `${model.name} config`);
-        const labels = model.files?.labels ?? null;
-        const mean = model.files?.mean ?? null;
-        model.setFiles({ config: c, labels, mean, signature: signatureOf(c, labels, mean) });
+        // the labels and mean files the given configuration names (not those of the folder's model.json), and the
+        // stamp of those files: otherwise the next scan reads the folder's model.json in its place
+        const files = await readConfiguredFiles(model.name, model.dir, c).catch((e: unknown) => {
+          if (!isGatewayError(e)) throw e;
+          return e;
+        });
+        model.setFiles(files);
+        if (!model.file) model.filesStamp = await filesStamp(model.dir, c);
       }
       await this.enable(model);
     });

@@ -161,6 +161,17 @@ export function signatureOf(config: ModelConfig, labels: Labels | null, mean: Mo
   return JSON.stringify([serving, labels ? [...labels] : null, mean ? [mean.shape, Array.from(mean.data)] : null]);
 }
 
+/**
+ * The labels and mean files a configuration names (or the default labels files), read from a model folder: those of a
+ * configuration given with loadModel(path:), which is not the folder's model.json.
+ */
+export async function readConfiguredFiles(name: string, dir: string, config: ModelConfig): Promise<ModelFiles> {
+  const labels = await readLabels(name, dir, config);
+  const meanFile = config.preprocessing.meanFile;
+  const mean = meanFile ? await readMean(name, dir, meanFile) : null;
+  return { config, labels, mean, signature: signatureOf(config, labels, mean) };
+}
+
 async function readMean(name: string, dir: string, meanFile: string): Promise<ModelFiles['mean']> {
   let bytes: Buffer;
   try {
