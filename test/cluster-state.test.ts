@@ -388,6 +388,24 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(said.map((l) => (JSON.parse(l) as { replica: string }).replica).sort()).toEqual(['r1', 'r2', 'r3']);
   }, 60_000);
 
+  it('a key of another type where the models loaded by path are kept does not leave a load uncounted: a model unloaded, then loaded again, is served by a replica that starts later', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const admin = new Redis(redis.url);
+    stops.push(async () => admin.disconnect());
+    await admin.set('gateway:paths', 'an operator wrote this');
+    const r1 = await replica('r1', redis.url, dir);
+    await r1.m.unload('mobilenet');
+    await until(async () => (await admin.hget('gateway:unloaded', 'mobilenet')) !== null, 10_000, 'the unload to be counted');
+    await r1.m.load('mobilenet'); // a model of the repository: nothing to do with the paths key
+    expect(state(r1.m, 'mobilenet')).toBe('AVAILABLE');
+    await until(async () => (await admin.hget('gateway:unloaded', 'mobilenet')) === null, 5_000, 'the load to be counted');
+    const r2 = await replica('r2', redis.url, dir);
+    await sleep(500);
+    expect(state(r2.m, 'mobilenet')).toBe('AVAILABLE');
+  }, 60_000);
+
   it('the PING watchdog does not cut a Redis that answered at once while this process was busy past the timeout', async () => {
     const redis = await startRedis();
     stops.push(() => redis.stop());
