@@ -193,7 +193,10 @@ if redis.call('HEXISTS', KEYS[1], '.') == 1 then return 0 end
 redis.call('HSET', KEYS[1], '.', ARGV[1])
 local states = 2 + 2 * tonumber(ARGV[2])
 for i = 3, states, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-for i = states + 1, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local paths = redis.call('TYPE', KEYS[2]).ok
+if paths == 'hash' or paths == 'none' then
+  for i = states + 1, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
 return 1`;
 
 /**
@@ -230,7 +233,10 @@ elseif ARGV[3] == 'unload' and epoch then
     state = '{"all":' .. tostring(s.all == true or ARGV[4] == '') .. ',"versions":[' .. table.concat(versions, ',') .. ']}'
   end
 end
-if ARGV[3] == 'delete' or (ARGV[3] == 'load' and ARGV[7] == '') then
+-- (the paths key of another type, another program's: the change is still counted and applied, without its record)
+local paths = redis.call('TYPE', KEYS[2]).ok
+if paths ~= 'hash' and paths ~= 'none' then
+elseif ARGV[3] == 'delete' or (ARGV[3] == 'load' and ARGV[7] == '') then
   redis.call('HDEL', KEYS[2], ARGV[2])
 elseif ARGV[3] == 'load' then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[7])
@@ -255,9 +261,12 @@ return seq`;
 const REPLACE_SCRIPT = `
 if redis.call('HGET', KEYS[1], '.') ~= ARGV[1] or (redis.call('HGET', KEYS[1], '#') or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], '.', ARGV[3])
+local paths = redis.call('TYPE', KEYS[2]).ok
+local records = paths == 'hash' or paths == 'none'
 for i = 4, #ARGV, 3 do
   if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-  if ARGV[i + 2] == '' then redis.call('HDEL', KEYS[2], ARGV[i]) else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
+  if not records then
+  elseif ARGV[i + 2] == '' then redis.call('HDEL', KEYS[2], ARGV[i]) else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
 end
 return 1`;
 
@@ -274,7 +283,7 @@ return 1`;
  * (one counted since may be a new load of that name, whose record stays).
  */
 const FORGET_RECORD_SCRIPT = `
-if redis.call('HGET', KEYS[1], '#') == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+if redis.call('HGET', KEYS[1], '#') == ARGV[2] and redis.call('TYPE', KEYS[2]).ok == 'hash' then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return 1`;
 
 const UPDATE_SCRIPT = `
