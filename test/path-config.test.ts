@@ -14,7 +14,7 @@ describe('a configuration given with loadModel(path:)', () => {
   let gw: TestGateway;
   let extraRoot: string;
   beforeAll(async () => {
-    extraRoot = await mkdtemp(path.join(os.tmpdir(), 'gw-h45-'));
+    extraRoot = await mkdtemp(path.join(os.tmpdir(), 'gw-path-config-'));
     await addModel(extraRoot, 'mob', {
       ...fixture('mobilenet'),
       files: { 'labels.txt': modelAsset('mobilenet', 'labels.txt'), 'other.txt': { text: 'first\nsecond\n' } },
