@@ -39,7 +39,10 @@ export function jsonMistake(text: string, error: unknown): JsonMistake {
   if (position !== null && (text[position] === '}' || text[position] === ']')) {
     let j = position - 1;
     while (j >= 0 && /\s/.test(text[j])) j--;
-    if (text[j] === ',') [position, trailing] = [j, true];
+    // (only before the bracket that closes what is open there: `[1, 2,}` lacks a bracket, which removing the comma
+    // would not mend; past MAX_SCANNED the text is not walked again)
+    if (text[j] === ',' && (position > MAX_SCANNED || innermost(text, j) === (text[position] === '}' ? '{' : '[')))
+      [position, trailing] = [j, true];
   }
   const before = position === null ? '' : text.slice(0, position);
   const lineStart = before.lastIndexOf('\n') + 1;
@@ -53,6 +56,21 @@ export function jsonMistake(text: string, error: unknown): JsonMistake {
           ? words.slice(0, at.index).replace(/ (in JSON )?$/, '')
           : words;
   return { position, line: before.split('\n').length, column: (position ?? 0) - lineStart + 1, reason };
+}
+
+/** The bracket ('{' or '[') open at `end` in `text` (strings skipped), or null. */
+function innermost(text: string, end: number): string | null {
+  const open: string[] = [];
+  for (let i = 0, inString = false; i < end; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === '{' || c === '[') open.push(c);
+    else if (c === '}' || c === ']') open.pop();
+  }
+  return open.at(-1) ?? null;
 }
 
 /** The offset of the first mistake, the scan stopped there (a visitor's error ends it). */

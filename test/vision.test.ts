@@ -425,6 +425,8 @@ describe('model.json validation names the field', () => {
         'a trailing comma: JSON has none before } or ], remove it',
       ],
       ['{\n  "task": classification\n}', 'line 2, column 11', "Unexpected token 'c'"],
+      // a comma before a bracket that closes nothing open there: a bracket missing, not a trailing comma
+      ['{"preprocessing": {"mean": [0.5, 0.5, 0.5,}}', 'line 1, column 43', "Unexpected token '}'"],
       ['{"preprocessing": {"std": NaN}}', 'line 1, column 27', "Unexpected token 'N'"],
       // comments (as the README's annotated example has them): said to be what they are
       ['{"task": "raw"}\n// a note\n', 'line 2, column 1', 'a comment: JSON has none, remove it'],
