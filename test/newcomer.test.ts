@@ -79,6 +79,13 @@ describe("a newcomer's repository mistakes", () => {
     while (!linked() && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
     expect(linked()).toBe(true);
     await rm(path.join(gw.root, 'linked'));
+    // a link to a file, or to nothing, is no model folder: not said to be one
+    await symlink(path.join(gw.root, 'mobilenet', 'model.json'), path.join(gw.root, 'notes'));
+    await symlink(path.join(gw.root, 'nowhere'), path.join(gw.root, 'dangling'));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(gw.logs.filter((l) => /"(notes|dangling)"/.test(l) && /symbolic link/.test(l))).toEqual([]);
+    await rm(path.join(gw.root, 'notes'));
+    await rm(path.join(gw.root, 'dangling'));
   });
 
   it('a labels file named with its extension in capitals (Labels.JSON) is read as what it is, not one label per line', async () => {

@@ -219,7 +219,16 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             `model folder skipped: a model name has 1 to ${MAX_MODEL_NAME} letters, digits, '_', '.' and '-', a letter or digit first; rename the folder`,
           );
         }
-        if (e.isSymbolicLink() && MODEL_NAME_RE.test(e.name) && !this.byName.has(e.name) && !this.misnamed.has(e.name)) {
+        if (
+          e.isSymbolicLink() &&
+          MODEL_NAME_RE.test(e.name) &&
+          !this.byName.has(e.name) &&
+          !this.misnamed.has(e.name) &&
+          (await stat(path.join(this.root, e.name)).then(
+            (st) => st.isDirectory(),
+            () => false, // (a link to a file, or to nothing, is no model folder: not ours to speak of)
+          ))
+        ) {
           // not followed (it could lead out of the repository): said once, rather than never served without a word
           this.misnamed.add(e.name);
           this.logger.warn(
