@@ -114,17 +114,19 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     proxy.dropping = true;
     await until(() => !c.status().connected, 30_000, `${who} cut off`);
   }
+  /** A Redis, a repository with mobilenet, and two folders outside it (a, b) that each hold a copy of text-direction. */
+  async function twoFolders() {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    return { redis, dir: await repository(['mobilenet']), a: await outsideFolder(), b: await outsideFolder() };
+  }
   /**
    * Two replicas serving the model "lines" loaded by path from folder a, the second behind a proxy and cut off from
    * Redis; both may load from folder b too.
    */
   async function servedFromACutOff() {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
+    const { redis, dir, a, b } = await twoFolders();
     const proxy = await redisProxy(redis.port);
-    const dir = await repository(['mobilenet']);
-    const a = await outsideFolder();
-    const b = await outsideFolder();
     const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
     const r2 = await replica('r2', proxy.url, dir, {}, [a.root, b.root]);
     await r1.m.load('lines', { path: a.model });
@@ -496,11 +498,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   }, 90_000);
 
   it('two replicas loading one name from two paths at once end up serving the same file, the one of the load published last', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const a = await outsideFolder();
-    const b = await outsideFolder();
+    const { redis, dir, a, b } = await twoFolders();
     const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
     const r2 = await replica('r2', redis.url, dir, {}, [a.root, b.root]);
     const admin = new Redis(redis.url);
@@ -577,11 +575,7 @@ return seq`;
   }, 90_000);
 
   it('a model loaded by path here while this replica catches up is not replaced by the older record the catch-up read', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const a = await outsideFolder();
-    const b = await outsideFolder();
+    const { redis, dir, a, b } = await twoFolders();
     const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
     await r1.m.load('lines', { path: b.model });
     // replica 3 joins; as its catch-up reads the models loaded by path, a client loads the name there from another path
