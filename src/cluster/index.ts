@@ -322,13 +322,17 @@ const PATH_RECORD = z.object({
 });
 type PathRecord = z.infer<typeof PATH_RECORD>;
 
-function readRecord(json: string): PathRecord | undefined {
-  try {
-    const r = PATH_RECORD.safeParse(JSON.parse(json));
-    return r.success ? r.data : undefined;
-  } catch {
-    return undefined;
+/** A record as a gateway writes it, or undefined (another program's, or none); `json`: given as the hash holds it. */
+function readRecord(value: unknown, json = false): PathRecord | undefined {
+  if (json) {
+    try {
+      value = JSON.parse(value as string);
+    } catch {
+      return undefined;
+    }
   }
+  const r = PATH_RECORD.safeParse(value);
+  return r.success ? r.data : undefined;
 }
 
 /**
@@ -797,7 +801,7 @@ export class Cluster {
             .catch(() => undefined); // (the record then stays, as it would without this replica)
       }
       const applied = this.serialize(op.name, () => this.manager.applyRemote(op));
-      const record = op.op === 'load' && op.path ? readRecord(JSON.stringify(message.record ?? null)) : undefined;
+      const record = op.op === 'load' && op.path ? readRecord(message.record) : undefined;
       if (record)
         void applied.then(() => {
           if (this.manager.get(op.name)) this.foreign.delete(op.name);
@@ -1063,7 +1067,7 @@ export class Cluster {
     for (const name of [...this.foreign.keys()]) if (records[name] !== this.foreign.get(name)) this.foreign.delete(name);
     const adopted = new Set<string>();
     for (const [name, json] of Object.entries(records)) {
-      const record = readRecord(json);
+      const record = readRecord(json, true);
       if (!record) {
         this.logger.warn({ model: name }, 'the cluster record of a model loaded by path is not one a gateway writes: left aside');
         continue;
