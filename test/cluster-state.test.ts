@@ -114,6 +114,23 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     proxy.dropping = true;
     await until(() => !c.status().connected, 30_000, `${who} cut off`);
   }
+  /** A Redis, a repository with mobilenet, and a folder outside it holding a copy of text-direction. */
+  async function oneFolder() {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    return { redis, dir: await repository(['mobilenet']), outside: await outsideFolder() };
+  }
+  /** A connection of the test's own to Redis, closed after the test. */
+  function adminOf(url: string) {
+    const admin = new Redis(url);
+    stops.push(async () => admin.disconnect());
+    return admin;
+  }
+  /** The record of a model loaded by path, as Redis keeps it (null: none). */
+  const recordOf = async (admin: Redis, name: string) => {
+    const json = await admin.hget('gateway:paths', name);
+    return json === null ? null : (JSON.parse(json) as { path: string });
+  };
   /** A Redis, a repository with mobilenet, and two folders outside it (a, b) that each hold a copy of text-direction. */
   async function twoFolders() {
     const redis = await startRedis();
@@ -171,8 +188,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await r1.m.unload('mobilenet');
     await until(() => state(r2.m, 'mobilenet') === 'END', 10_000, 'replica 2 to unload mobilenet too');
 
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const admin = adminOf(redis.url);
     await admin.flushall(); // no connection is lost: no replica catches up
     await sleep(8000); // longer than the stream's quiet read (5 s), after which a replica looks where the stream stands
 
@@ -188,8 +204,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const dir = await repository(['mobilenet', 'text-direction']);
     const r1 = await replica('r1', redis.url, dir);
     await r1.m.unload('mobilenet');
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const admin = adminOf(redis.url);
     // another program on the prefix, or an operator's hand: the README says such a state "is taken for the sender's"
     await admin.hset('gateway:unloaded', 'text-direction', 'not json');
 
@@ -311,10 +326,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   };
 
   it('a model loaded by path is loaded by a replica that starts later, as the others serve it; unloaded, it starts unloaded; deleted, not at all', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
+    const { redis, dir, outside } = await oneFolder();
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     await r1.m.load('lines', { path: outside.model, config: { ...outside.config, description: 'given with the path' } });
     await r1.m.update('lines', { metadata: { team: 'ocr', license: null } });
@@ -369,12 +381,8 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   }, 90_000);
 
   it('a key of another type where the models loaded by path are kept stops neither changes nor catch-ups', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const { redis, dir, outside } = await oneFolder();
+    const admin = adminOf(redis.url);
     await admin.set('gateway:paths', 'an operator wrote this');
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     const r2 = await replica('r2', redis.url, dir, {}, [outside.root]);
@@ -394,8 +402,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const redis = await startRedis();
     stops.push(() => redis.stop());
     const dir = await repository(['mobilenet']);
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const admin = adminOf(redis.url);
     await admin.set('gateway:paths', 'an operator wrote this');
     const r1 = await replica('r1', redis.url, dir);
     await r1.m.unload('mobilenet');
@@ -468,10 +475,7 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
   }, 60_000);
 
   it('a model loaded by path with a configuration, then loaded again by name: a replica that starts later serves it as the others do', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
+    const { redis, dir, outside } = await oneFolder();
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     await r1.m.load('lines', { path: outside.model, config: { ...outside.config, description: 'given with the path' } });
     await r1.m.unload('lines');
@@ -501,26 +505,21 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const { redis, dir, a, b } = await twoFolders();
     const r1 = await replica('r1', redis.url, dir, {}, [a.root, b.root]);
     const r2 = await replica('r2', redis.url, dir, {}, [a.root, b.root]);
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const admin = adminOf(redis.url);
     await Promise.all([r1.m.load('lines', { path: a.model }), r2.m.load('lines', { path: b.model })]);
     await sleep(3000); // each applies the other's load
-    const kept = JSON.parse((await admin.hget('gateway:paths', 'lines'))!) as { path: string };
+    const kept = (await recordOf(admin, 'lines'))!;
     const last = await realpath(kept.path); // the load published last, which a replica that starts later serves
     expect([r1.m.get('lines')?.file, r2.m.get('lines')?.file]).toEqual([last, last]);
   }, 60_000);
 
   it('a model loaded by path and deleted on a replica of the previous version (a rolling upgrade) is not loaded again by a replica that starts later', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
+    const { redis, dir, outside } = await oneFolder();
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     await r1.m.load('lines', { path: outside.model });
     // a replica of the version before <prefix>:paths deletes it: its publish script (as it was, for a delete) counts
     // the change, drops the model's unloaded state and publishes it; it knows nothing of the paths hash
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const admin = adminOf(redis.url);
     const previousDelete = `
 local epoch = redis.call('HGET', KEYS[1], '.')
 local seq = redis.call('HINCRBY', KEYS[1], '#', 1)
@@ -538,15 +537,11 @@ return seq`;
   }, 60_000);
 
   it('lost while connected (FLUSHALL) and written back first by a replica that cannot load a model loaded by path: a replica that starts later still loads it', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
+    const { redis, dir, outside } = await oneFolder();
     const r1 = await replica('r1', redis.url, dir, { stateCheckMs: 3000 }, [outside.root]);
     const r2 = await replica('r2', redis.url, dir, { stateCheckMs: 200 }); // without that root (README: "serves without it")
     await r1.m.load('lines', { path: outside.model });
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
+    const admin = adminOf(redis.url);
     await admin.flushall();
     await until(async () => (await admin.hget('gateway:unloaded', '.')) !== null, 10_000, 'the state written back');
     await sleep(4000); // replica 1's check too
@@ -565,9 +560,8 @@ return seq`;
     proxy.refusing = false;
     await until(() => r2.c.status().connected, 30_000, 'replica 2 back');
     await sleep(3000);
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
-    const kept = JSON.parse((await admin.hget('gateway:paths', 'lines'))!) as { path: string };
+    const admin = adminOf(redis.url);
+    const kept = (await recordOf(admin, 'lines'))!;
     expect(kept.path).toBe(b.model); // what the last load published says, and replica 1 serves
     const r3 = await replica('r3', redis.url, dir, {}, [a.root, b.root]);
     await sleep(1000);
@@ -599,18 +593,14 @@ return seq`;
     });
     await local; // answered: the client's load is the newest change of the cluster
     await sleep(3000);
-    const admin = new Redis(redis.url);
-    stops.push(async () => admin.disconnect());
-    const kept = JSON.parse((await admin.hget('gateway:paths', 'lines'))!) as { path: string };
+    const admin = adminOf(redis.url);
+    const kept = (await recordOf(admin, 'lines'))!;
     expect(kept.path).toBe(a.model);
     expect([r1.m.get('lines')?.file, r3.m.get('lines')?.file]).toEqual([await realpath(a.model), await realpath(a.model)]);
   }, 60_000);
 
   it('a model loaded by path that no replica can load any more (its file gone) can be deleted, and is not loaded again when a file comes back there', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
+    const { redis, dir, outside } = await oneFolder();
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     await r1.m.load('lines', { path: outside.model });
     await r1.c.close(); // the replicas that served it are gone (a rolling restart)
@@ -631,10 +621,7 @@ return seq`;
   }, 60_000);
 
   it('a replica that starts later and fails to load a model loaded by path (its file is no model any more) serves without it: ready', async () => {
-    const redis = await startRedis();
-    stops.push(() => redis.stop());
-    const dir = await repository(['mobilenet']);
-    const outside = await outsideFolder();
+    const { redis, dir, outside } = await oneFolder();
     const r1 = await replica('r1', redis.url, dir, {}, [outside.root]);
     await r1.m.load('lines', { path: outside.model });
     await writeFile(outside.model, 'not a model any more'); // replica 1 serves the copy it loaded
