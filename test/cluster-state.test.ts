@@ -85,17 +85,31 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
    * partition: no reset, no reply).
    */
   async function redisProxy(port: number) {
-    const proxy = { url: '', refusing: false, dropping: false };
+    const connections: { said: string; silent: boolean }[] = [];
+    const proxy = {
+      url: '',
+      refusing: false,
+      dropping: false,
+      /**
+       * Drop every byte, both ways, of the open connections whose client sent a command matching `command` (an idle
+       * flow forgotten by a NAT or a load balancer: the others go on). How many it silenced.
+       */
+      silence: (command: RegExp) => connections.filter((c) => command.test(c.said)).map((c) => (c.silent = true)).length,
+    };
     const sockets = new Set<net.Socket>();
     const server = net.createServer((client) => {
       if (proxy.refusing) return void client.destroy();
       const upstream = net.connect(port, '127.0.0.1');
+      const connection = { said: '', silent: false };
+      connections.push(connection);
+      client.on('data', (d) => connection.said.length < 4096 && (connection.said += d.toString('latin1')));
+      client.on('close', () => connections.splice(connections.indexOf(connection), 1));
       for (const [from, to] of [
         [client, upstream],
         [upstream, client],
       ] as const) {
         sockets.add(from);
-        from.on('data', (d) => proxy.dropping || to.write(d));
+        from.on('data', (d) => proxy.dropping || connection.silent || to.write(d));
         from.on('error', () => undefined);
         from.on('close', () => to.destroy());
       }
@@ -254,6 +268,31 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(seen(r1.m)).toEqual(seen(r2.m));
     expect(seen(r1.m)).toEqual({ mobilenet: 'AVAILABLE', 'text-direction': 'AVAILABLE' });
   }, 90_000);
+
+  it("a replica whose subscription's connection alone goes silent (an idle flow a NAT forgot) gets the others' changes again", async () => {
+    const { redis, dir } = await oneFolder();
+    const proxy = await redisProxy(redis.port);
+    const r1 = await replica('r1', redis.url, dir);
+    const r2 = await replica('r2', proxy.url, dir);
+    expect(proxy.silence(/subscribe/i)).toBe(1); // its publisher, pinged, and its stream reader go on
+    await r1.m.unload('mobilenet');
+    await until(() => state(r2.m, 'mobilenet') === 'END', 30_000, 'replica 2 to apply the unload');
+  }, 60_000);
+
+  it("a replica whose stream reader's connection alone goes silent gets the others' status events again", async () => {
+    const { redis, dir } = await oneFolder();
+    const proxy = await redisProxy(redis.port);
+    const r1 = await replica('r1', redis.url, dir);
+    const r2 = await replica('r2', proxy.url, dir);
+    // the events r2's feed hands on that r2's manager did not make (the replicas share this process's replica name)
+    const own = new WeakSet<object>();
+    r2.m.prependListener('status', (e) => own.add(e));
+    const seen: string[] = [];
+    r2.c.feed.on('status', (e) => !own.has(e) && seen.push(`${e.model} ${e.state}`));
+    expect(proxy.silence(/xread/i)).toBe(1);
+    await r1.m.unload('mobilenet');
+    await until(() => seen.includes('mobilenet END'), 30_000, "replica 1's events on replica 2");
+  }, 60_000);
 
   it('a Redis that stops answering (a network partition: no reset, no reply) is shown as lost in the status', async () => {
     const redis = await startRedis();

@@ -26,14 +26,16 @@ export interface BusOptions {
   /** Longest pause between reconnection attempts. */
   maxBackoffMs?: number;
   /**
-   * Redis must answer a PING, sent this often while connected, within this long: a Redis cut off by a partition or
-   * frozen sends no reset and no reply, and its connections would stay "ready" for good. Past it they are cut and
-   * reconnected, and the bus is disconnected until Redis answers again.
+   * Redis must answer a PING, sent this often while connected, within this long, on the publisher's connection and on
+   * the subscriber's: a Redis cut off by a partition or frozen sends no reset and no reply, and its connections would
+   * stay "ready" for good; so would a connection whose flow alone was forgotten by a NAT or a load balancer (the
+   * subscriber's, idle between messages, is the likeliest). Past it they are cut and reconnected, and the bus is
+   * disconnected until Redis answers again. The stream's reader, which blocks in XREAD, must have its answer within
+   * this long after the read's own block ends, or its connection alone is cut and made again.
    */
   pingTimeoutMs?: number;
 }
 
-/** Backoff between reconnection attempts: 100 ms doubling, capped (ioredis calls it with the attempt number). */
 /**
  * The wait before reconnection attempt `attempt` (1, 2, ...): 100 ms doubling up to `maxMs`, each wait drawn between
  * half and all of that ("equal jitter"), so that replicas cut off by the same Redis restart do not all come back at the
@@ -43,6 +45,9 @@ export const backoff = (attempt: number, maxMs = 2000, random: () => number = Ma
   const ceiling = Math.min(100 * 2 ** Math.min(attempt - 1, 10), maxMs);
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 };
+
+/** How long one XREAD waits for entries before it answers none (the reader then looks where the stream stands). */
+const READ_BLOCK_MS = 5000;
 
 /** Is stream id `a` before `b` (ms-seq, compared as numbers)? */
 export function idBefore(a: string, b: string): boolean {
@@ -69,6 +74,8 @@ export class RedisBus extends EventEmitter<{
   since = new Date();
   private readonly watchdog: NodeJS.Timeout;
   private pinging = false;
+  /** When the reader's command now awaited was sent (or sent again, on a new connection); null: none awaited. */
+  private readingSince: number | null = null;
 
   constructor({ url, logger, channels, stream, name, maxBackoffMs = 2000, pingTimeoutMs = 5000 }: BusOptions) {
     super();
@@ -120,9 +127,14 @@ export class RedisBus extends EventEmitter<{
       // its commands wait for the connection (offline queue, no retry limit)
       this.reader = new Redis(url, { ...common, maxRetriesPerRequest: null });
       this.reader.on('error', () => undefined); // the other two connections report Redis' state
+      // a command awaited when its connection went is sent again on the new one (ioredis resends it)
+      this.reader.on('ready', () => this.readingSince !== null && (this.readingSince = Date.now()));
       void this.read(this.reader, stream, logger, maxBackoffMs);
     }
-    this.watchdog = setInterval(() => void this.ping(pingTimeoutMs), pingTimeoutMs);
+    this.watchdog = setInterval(() => {
+      void this.ping(pingTimeoutMs);
+      this.checkReader(pingTimeoutMs, logger);
+    }, pingTimeoutMs);
     this.watchdog.unref();
   }
 
@@ -144,7 +156,7 @@ export class RedisBus extends EventEmitter<{
       timeoutMs,
     );
     try {
-      await this.publisher.ping();
+      await Promise.all([this.publisher.ping(), this.subscriber.ping()]);
     } catch {
       // refused, or the connection went: its own events say so
     } finally {
@@ -152,6 +164,22 @@ export class RedisBus extends EventEmitter<{
       clearTimeout(timer);
       this.pinging = false;
     }
+  }
+
+  /**
+   * The reader's connection cut and made again when its command has had no answer `timeoutMs` past what it may take
+   * (a read blocks for READ_BLOCK_MS): its flow went silent while the other connections answer their PINGs. Decided
+   * after the next read of the sockets, as the PING is.
+   */
+  private checkReader(timeoutMs: number, logger: Logger): void {
+    const since = this.readingSince;
+    if (this.closed || this.reader?.status !== 'ready' || since === null || Date.now() - since <= READ_BLOCK_MS + timeoutMs) return;
+    setImmediate(() => {
+      if (this.closed || this.readingSince !== since || this.reader?.status !== 'ready') return;
+      logger.warn({ waitedMs: Date.now() - since }, 'cluster bus: the stream reader stopped hearing from Redis; reconnecting it');
+      this.readingSince = Date.now();
+      this.reader.disconnect(true);
+    });
   }
 
   /**
@@ -171,11 +199,22 @@ export class RedisBus extends EventEmitter<{
       try {
         if (look || last === null) {
           look = false;
+          this.readingSince = Date.now();
           const end = (await reader.xrevrange(stream, '+', '-', 'COUNT', 1))[0]?.[0] ?? null;
           if (last === null) last = end === null ? '0-0' : idBefore(end, started) ? end : started;
           else if (end === null || idBefore(end, last)) last = '0-0';
         }
-        const reply: [string, [string, string[]][]][] | null = await reader.xread('COUNT', 256, 'BLOCK', 5000, 'STREAMS', stream, last);
+        this.readingSince = Date.now();
+        const reply: [string, [string, string[]][]][] | null = await reader.xread(
+          'COUNT',
+          256,
+          'BLOCK',
+          READ_BLOCK_MS,
+          'STREAMS',
+          stream,
+          last,
+        );
+        this.readingSince = null;
         failures = 0;
         if (!reply) look = true;
         for (const [, entries] of reply ?? [])
@@ -185,6 +224,7 @@ export class RedisBus extends EventEmitter<{
             if (at % 2 === 0 && at + 1 < fields.length) this.emit('entry', fields[at + 1]);
           }
       } catch (e) {
+        this.readingSince = null;
         if (this.closed) return;
         look = true;
         // Redis refused the read (the key is not a stream): tried again after a backoff
