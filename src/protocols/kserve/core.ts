@@ -345,8 +345,8 @@ export function createKserveCore({
     /**
      * Model configuration extension (Triton): what a client generated from model_config.proto reads (perf_analyzer
      * reads max_batch_size and the inputs), derived from the version the metadata describes. A model whose inputs all
-     * have a batch dimension (dynamic, or 1) takes up to MAX_IMAGES_PER_REQUEST items in one request, which is its
-     * max_batch_size, and its dims leave that dimension out, as Triton's do; any other says 0 and its whole shapes.
+     * have a batch dimension (dynamic, or 1) takes up to MAX_IMAGES_PER_REQUEST items in one request (no more than a
+     * client's share of its maxQueueSize), which is its max_batch_size, and its dims leave that dimension out, as Triton's do; any other says 0 and its whole shapes.
      * Dynamic dimensions are -1. A model whose inputs have a batch dimension and an output none (a transposed or reduced
      * output, which cannot be split between items) takes one item per request: 0, and 1 on its inputs' dimension 0.
      * Requests are batched together (dynamic_batching) unless the engine takes one item per call.
@@ -362,11 +362,14 @@ export function createKserveCore({
       const inputDims = (i: TensorInfo) => (itemized && !batched ? [1, ...dims(i.shape.slice(1))] : dims(i.shape));
       const batching = v?.batchingOptions ?? null;
       const perCall = batching?.maxBatchSize ?? model.config?.batching.maxBatchSize ?? 1;
+      // the items one request may carry: a client's share of maxQueueSize bounds it too (a larger batch is refused as a
+      // mistake, LIMIT_EXCEEDED), and every KServe request is a client's ('' stands for any one)
+      const perRequest = Math.min(maxImagesPerRequest, v?.admissible('') ?? Infinity);
       return {
         name: model.name,
         platform: PLATFORMS[models.engine.name] ?? models.engine.name,
         backend: models.engine.name,
-        max_batch_size: batched ? maxImagesPerRequest : 0,
+        max_batch_size: batched ? perRequest : 0,
         input: inputs.map((i) => ({ name: i.name, data_type: configType(i.dtype), format: 'FORMAT_NONE', dims: inputDims(i) })),
         output: outputs.map((o) => ({ name: o.name, data_type: configType(o.dtype), dims: dims(o.shape), label_filename: '' })),
         instance_group: [{ name: model.name, kind: 'KIND_CPU', count: v?.session?.instances ?? 1 }],
