@@ -56,4 +56,24 @@ describe('KServe v2 as Triton clients use it', () => {
     expect([r.status, r.code, r.body.error]).toEqual([200, null, undefined]);
     expect(r.body.outputs[0].shape).toEqual([n, 2]);
   });
+
+  it('classification of a model without a batch dimension ranks the whole output, as Triton does for max_batch_size 0', async () => {
+    expect((await get('/models/no-batch/config')).body.max_batch_size).toBe(0);
+    const x = Array.from({ length: 12 }, (_, i) => i + 1); // y = 2x: the largest are y[11] = 24, y[10] = 22
+    const r = await post('/models/no-batch/infer', {
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [3, 4], data: x }],
+      outputs: [{ name: 'y', parameters: { classification: 2 } }],
+    });
+    expect(r.status).toBe(200);
+    // Triton (http_server.cc, grpc infer handler): no batch dimension, one ranking of every element, shape [N]; here it
+    // was one ranking per row of dimension 0 with each row's own indices: [3,2] "8.000000:3","6.000000:2",...
+    expect(r.body.outputs[0]).toEqual({ name: 'y', datatype: 'BYTES', shape: [2], data: ['24.000000:11', '22.000000:10'] });
+    const g = (await client.ModelInfer({
+      model_name: 'no-batch',
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [3, 4], contents: { fp32_contents: x } }],
+      outputs: [{ name: 'y', parameters: { classification: { int64_param: 2 } } }],
+    })) as { outputs: { shape: string[]; contents: { bytes_contents: Buffer[] } }[] };
+    expect(g.outputs[0].shape).toEqual(['2']);
+    expect(g.outputs[0].contents.bytes_contents.map(String)).toEqual(['24.000000:11', '22.000000:10']);
+  });
 });
