@@ -301,14 +301,17 @@ export function tensorToContents(t: Tensor): Contents | null {
 
 /**
  * The classification extension (Triton): the top `count` elements of each batch item of an output, by value, as
- * `"<value>:<index>[:<label>]"` strings (value with six decimals, as Triton prints it); shape [batch, count].
+ * `"<value>:<index>[:<label>]"` strings (value with six decimals, as Triton prints it); shape [batch, count]. A model
+ * without a batch dimension (`batched` false: Triton's max_batch_size 0) has one ranking of the whole output, shape
+ * [count], as Triton gives it.
  */
 export function classifyOutput(
   t: Tensor,
   count: number,
   labels: ReadonlyMap<number, string> | null,
+  batched = true,
 ): { shape: number[]; elements: Uint8Array[] } {
-  const rows = t.shape.length ? t.shape[0] : 1;
+  const rows = batched && t.shape.length ? t.shape[0] : 1;
   const per = rows ? t.data.length / rows : 0;
   const k = Math.min(count, per);
   const enc = new TextEncoder();
@@ -325,7 +328,7 @@ export function classifyOutput(
       elements.push(enc.encode(`${isFloat ? (v as number).toFixed(6) : v}:${idx}${label ? `:${label}` : ''}`));
     }
   }
-  return { shape: [rows, k], elements };
+  return { shape: batched ? [rows, k] : [k], elements };
 }
 
 /**

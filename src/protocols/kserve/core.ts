@@ -464,13 +464,17 @@ export function createKserveCore({
           budget.takeResponseBytes(t.data.byteLength);
           return { name: n, datatype: V2_DATATYPE[t.dtype], shape: t.shape, tensor: t, elements: null };
         }
+        // a model Triton would not batch (max_batch_size 0 in modelConfig: an input or an output without a batch
+        // dimension) has one ranking of its whole output, as Triton gives it
+        const batched =
+          result.version.inputs.length > 0 && hasBatchDimension(result.version.inputs) && hasBatchDimension(result.version.outputs);
         // each element is at least "0.000000:0" (10 bytes), and a string made on the event loop: counted before the top
         // k are picked
-        const rows = t.shape.length ? t.shape[0] : 1;
+        const rows = batched && t.shape.length ? t.shape[0] : 1;
         const strings = rows * Math.min(classification, rows ? t.data.length / rows : 0);
         if (strings > maxJsonValues) throw tooManyValues(`classification of output ${n}`, maxJsonValues, 'ask for fewer classes');
         budget.takeResponseBytes(strings * 10);
-        const c = classifyOutput(t, classification, result.version.files?.labels ?? null); // the labels of the version that ran
+        const c = classifyOutput(t, classification, result.version.files?.labels ?? null, batched); // the labels of the version that ran
         return { name: n, datatype: 'BYTES', shape: c.shape, tensor: null, elements: c.elements };
       });
       return { model_name: result.model.name, model_version: String(result.version.version), id: req.id, outputs };
