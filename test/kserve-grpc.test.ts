@@ -76,7 +76,7 @@ describe('KServe v2 over gRPC', () => {
     });
   });
 
-  it('ModelMetadata equals REST and GraphQL; ModelReady; NOT_FOUND for unknown models and versions', async () => {
+  it('ModelMetadata equals REST and GraphQL; ModelReady (false for unknown models); NOT_FOUND for unknown versions', async () => {
     const r = await gw.gql(`{ models { name inputs { name dtype shape } outputs { name dtype shape } } }`);
     const v2 = { FLOAT32: 'FP32', FLOAT16: 'FP16', INT64: 'INT64', BOOL: 'BOOL' } as Record<string, string>;
     for (const m of r.data.models) {
@@ -95,7 +95,7 @@ describe('KServe v2 over gRPC', () => {
     }
     expect(await client.ModelReady({ name: 'mobilenet' })).toEqual({ ready: true });
     expect(await client.ModelReady({ name: 'mobilenet', version: '1' })).toEqual({ ready: true });
-    expect(await failure(client.ModelReady({ name: 'nope' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+    expect(await client.ModelReady({ name: 'nope' })).toEqual({ ready: false }); // as Triton answers it
     expect(await failure(client.ModelMetadata({ name: 'mobilenet', version: '3' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
   });
 
@@ -536,7 +536,7 @@ describe('KServe v2 over gRPC', () => {
         'INVALID_INPUT',
         `parameter config must be string_param (model.json as JSON text), got ${Object.keys(config)[0]}`,
       ]);
-    expect(await failure(client.ModelReady({ name: 'config-typed' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']);
+    expect(await failure(client.ModelMetadata({ name: 'config-typed' }))).toEqual(['NOT_FOUND', 'MODEL_NOT_FOUND']); // no model was made
   });
 
   it('messages past gRPC’s 4 MiB default are accepted (the limit is MAX_UPLOAD_BYTES)', async () => {

@@ -34,6 +34,8 @@ describe('KServe v2 as Triton clients use it', () => {
           }),
           config: { task: 'raw' },
         },
+        // its only version fails to load: nothing is known of its tensors
+        broken: { onnx: new TextEncoder().encode('not an onnx model'), config: { task: 'raw' } },
       },
       env: { MAX_IMAGES_PER_REQUEST: '8' },
     });
@@ -75,5 +77,32 @@ describe('KServe v2 as Triton clients use it', () => {
     })) as { outputs: { shape: string[]; contents: { bytes_contents: Buffer[] } }[] };
     expect(g.outputs[0].shape).toEqual(['2']);
     expect(g.outputs[0].contents.bytes_contents.map(String)).toEqual(['24.000000:11', '22.000000:10']);
+  });
+
+  it('gRPC ModelReady of an unknown model or version is ready: false, as Triton answers it (a client polls until it appears)', async () => {
+    // tritonclient.grpc's is_model_ready() raised on the NOT_FOUND this answered
+    expect(await client.ModelReady({ name: 'nope' })).toEqual({ ready: false });
+    expect(await client.ModelReady({ name: 'no-batch', version: '7' })).toEqual({ ready: false });
+    expect(await client.ModelReady({ name: 'broken' })).toEqual({ ready: false });
+    expect(await client.ModelReady({ name: 'no-batch' })).toEqual({ ready: true });
+    // nor is a version that is no number (Triton: no such version)
+    expect(await client.ModelReady({ name: 'no-batch', version: 'one' })).toEqual({ ready: false });
+    // a token is still required where one is set (tested in security.test.ts): only "not found" became "not ready"
+  });
+
+  it('metadata and configuration of a model with no version whose tensors are known are an error saying why, not empty', async () => {
+    // they were 200 with "inputs": [] and "input": [], max_batch_size 0: a client that builds its request from them
+    // sent no inputs and met another error later
+    for (const p of ['/models/broken', '/models/broken/config', '/models/broken/versions/1']) {
+      const r = await get(p);
+      expect([r.status, r.code], p).toEqual([503, 'MODEL_NOT_READY']);
+      expect(r.body.error, p).toMatch(/broken.*version 1.*not an ONNX model/);
+    }
+    const g = await client.ModelMetadata({ name: 'broken' }).then(
+      () => null,
+      (e: { code: number; details: string }) => [e.code, e.details],
+    );
+    expect(g?.[0]).toBe(14); // UNAVAILABLE
+    expect(g?.[1]).toMatch(/version 1.*not an ONNX model/);
   });
 });

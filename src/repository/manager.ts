@@ -187,6 +187,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     return model;
   }
 
+  /**
+   * Why a model (or the version a client named) cannot be described, as MODEL_NOT_READY: no version of it was ever
+   * loaded, so nothing is known of its tensors (metadata and configuration would be empty).
+   */
+  undescribed(model: Model, named: ModelVersion | null): GatewayError {
+    return new GatewayError(
+      ErrorCode.MODEL_NOT_READY,
+      named
+        ? `model ${model.name} version ${named.version} never loaded, so its inputs and outputs are not known${whyVersionNotServing(model, named)}`
+        : `model ${model.name} has no version that ever loaded, so its inputs and outputs are not known${whyNotServing(model)}`,
+    );
+  }
+
   /** The version a request runs on: MODEL_NOT_FOUND for unknown names or versions, MODEL_NOT_READY otherwise. */
   resolve(name: string, version?: number | null): { model: Model; version: ModelVersion } {
     const model = this.require(name);

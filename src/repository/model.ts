@@ -101,9 +101,13 @@ export class Model {
     return best;
   }
 
-  /** The serving version, else the newest version: what inputs and outputs describe. */
+  /**
+   * What inputs and outputs describe: the serving version, else the newest whose tensors are known (loaded once: an
+   * unloaded one), else the newest version.
+   */
   describedVersion(): ModelVersion | undefined {
-    return this.servingVersion() ?? [...this.versions.values()].sort((a, b) => b.version - a.version)[0];
+    const newest = [...this.versions.values()].sort((a, b) => b.version - a.version);
+    return this.servingVersion() ?? newest.find((v) => v.described) ?? newest[0];
   }
 
   /**

@@ -102,6 +102,11 @@ export class ModelVersion {
    * One instance per configuration: a version owns the model.json, labels and mean it was loaded with (`files`), so
    * an edit never mixes old and new settings; a changed configuration loads a new instance.
    */
+  /** Its tensors are known: it was loaded once (a graph has at least one output). */
+  get described(): boolean {
+    return this.outputs.length > 0;
+  }
+
   constructor(
     readonly model: string,
     readonly version: number,

@@ -278,10 +278,15 @@ export function createKserveCore({
     return { model, version: mv };
   }
 
-  /** The version a client named, else the one the metadata describes (the serving one, else the newest). */
-  function resolveDescribed(name: string, version: string | null | undefined): { model: Model; version: ModelVersion | undefined } {
+  /**
+   * The version a client named, else the one the metadata describes (the serving one, else the newest loaded once);
+   * MODEL_NOT_READY, saying why, when it never loaded: its metadata would say no inputs and no outputs.
+   */
+  function resolveDescribed(name: string, version: string | null | undefined): { model: Model; version: ModelVersion } {
     const { model, version: named } = resolveNamed(name, version);
-    return { model, version: named ?? model.describedVersion() };
+    const v = named ?? model.describedVersion();
+    if (!v?.described) throw models.undescribed(model, named);
+    return { model, version: v };
   }
 
   return {
@@ -379,11 +384,20 @@ export function createKserveCore({
       };
     },
 
-    /** Is that version (default: the serving one) AVAILABLE? MODEL_NOT_FOUND for unknown models and versions. */
-    modelReady(who: Who, name: string, version?: string | null): boolean {
+    /**
+     * Is that version (default: the serving one) AVAILABLE? MODEL_NOT_FOUND for unknown models and versions, or, with
+     * `unknown: false`, not ready, as Triton's gRPC ModelReady answers them (a client polls it until a model appears).
+     */
+    modelReady(who: Who, name: string, version?: string | null, { unknown = 'throw' }: { unknown?: 'throw' | false } = {}): boolean {
       access(who).checkApi();
-      const { model, version: named } = resolveNamed(name, version);
-      return named ? named.state === 'AVAILABLE' : model.servingVersion() !== undefined;
+      let found: ReturnType<typeof resolveNamed>;
+      try {
+        found = resolveNamed(name, version);
+      } catch (e) {
+        if (unknown === false && e instanceof GatewayError && e.code === ErrorCode.MODEL_NOT_FOUND) return false;
+        throw e;
+      }
+      return found.version ? found.version.state === 'AVAILABLE' : found.model.servingVersion() !== undefined;
     },
 
     /**

@@ -532,7 +532,10 @@ export function createGrpcServer({
   server.addService(measured, {
     ServerLive: unary('ServerLive', () => ({ live: core.live() })),
     ServerReady: unary('ServerReady', () => ({ ready: core.ready() })),
-    ModelReady: unary('ModelReady', (r: { name: string; version: string }, auth) => ({ ready: core.modelReady(auth, r.name, r.version) })),
+    // an unknown model or version is not ready, as Triton answers it (REST's 404 is a "false" there already)
+    ModelReady: unary('ModelReady', (r: { name: string; version: string }, auth) => ({
+      ready: core.modelReady(auth, r.name, r.version, { unknown: false }),
+    })),
     ServerMetadata: unary('ServerMetadata', (_r, auth) => core.serverMetadata(auth)),
     ModelMetadata: unary('ModelMetadata', (r: { name: string; version: string }, auth) => core.modelMetadata(auth, r.name, r.version)),
     ModelInfer: unary('ModelInfer', async (r: InferRequestMessage, auth, call) => {
