@@ -105,4 +105,55 @@ describe('KServe v2 as Triton clients use it', () => {
     expect(g?.[0]).toBe(14); // UNAVAILABLE
     expect(g?.[1]).toMatch(/version 1.*not an ONNX model/);
   });
+
+  describe('a load whose "file:" parameters name a version folder, as tritonclient\'s load_model(files=...) sends them', () => {
+    const identity = Buffer.from(identityModel(ElemType.FLOAT, ['N', 4])).toString('base64');
+    const doubling = Buffer.from(
+      buildModel({
+        nodes: [{ op: 'Add', inputs: ['x', 'x'], outputs: ['y'] }],
+        inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+        outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+      }),
+    ).toString('base64');
+    const config = JSON.stringify({ task: 'raw' });
+    const load = (name: string, files: Record<string, string>) =>
+      post(`/repository/models/${name}/load`, {
+        parameters: { config, ...Object.fromEntries(Object.entries(files).map(([k, v]) => [`file:${k}`, v])) },
+      });
+    const infer = async (name: string, version: string) =>
+      (
+        await post(`/models/${name}/versions/${version}/infer`, {
+          inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: [1, 2, 3, 4] }],
+        })
+      ).body.outputs?.[0]?.data;
+
+    it('a new model is served as the version its folder names', async () => {
+      // it was served as version 1: a client asking for version 5 was told there is none
+      expect((await load('named-five', { '5/model.onnx': identity })).status).toBe(200);
+      expect((await get('/models/named-five')).body.versions).toEqual(['5']);
+      expect(await infer('named-five', '5')).toEqual([1, 2, 3, 4]);
+    });
+
+    it('a version there is, named again ("file:1/model.onnx"), is replaced: the same version number answers with the new model', async () => {
+      expect((await load('replaced', { '1/model.onnx': identity })).status).toBe(200);
+      expect(await infer('replaced', '1')).toEqual([1, 2, 3, 4]);
+      // it was installed as version 2, and version 1 unloaded (latest 1): a client of version 1 was told it is not ready
+      expect((await load('replaced', { '1/model.onnx': doubling })).status).toBe(200);
+      expect((await get('/models/replaced')).body.versions).toEqual(['1']);
+      expect(await infer('replaced', '1')).toEqual([2, 4, 6, 8]);
+      const index = await post('/repository/index', {});
+      expect(index.body.filter((e: { name: string }) => e.name === 'replaced').map((e: { version: string }) => e.version)).toEqual(['1']);
+    });
+
+    it('a version the version policy would not serve, or a folder that is no version, is refused naming the file', async () => {
+      expect((await load('policy', { '3/model.onnx': identity })).status).toBe(200);
+      const below = await load('policy', { '2/model.onnx': doubling }); // latest 1: version 3 serves
+      expect([below.status, below.code]).toEqual([400, 'INVALID_INPUT']);
+      expect(below.body.error).toMatch(/version 2 .*"2\/model.onnx".*versionPolicy.*without a version folder \(the next version, 4\)/);
+      expect(await infer('policy', '3')).toEqual([1, 2, 3, 4]);
+      const odd = await load('odd', { 'models/model.onnx': identity });
+      expect([odd.status, odd.code]).toEqual([400, 'INVALID_INPUT']);
+      expect(odd.body.error).toMatch(/"models\/model.onnx".*version folder/);
+    });
+  });
 });

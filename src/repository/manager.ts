@@ -664,7 +664,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           return;
         }
         const onDisk = [...(await this.discover(model)).keys(), ...model.versions.keys()];
-        const next = Math.max(0, ...onDisk) + 1;
+        // the version the upload's folder names (Triton's "file:5/model.onnx"), a new one or one there is (replaced),
+        // else the next one
+        const next = plan.version ?? Math.max(0, ...onDisk) + 1;
         // a version folder past the highest the repository reads would be written, loaded, and then dropped by the
         // reconcile that follows as gone from disk (the upload answered without it, its folder left behind)
         if (plan.modelFile && next > MAX_VERSION)
@@ -676,6 +678,16 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         try {
           const files = await readModelFiles(name, staged.dir);
           checkUploadedLabels(plan, await readdir(staged.dir), files.config.labels !== undefined);
+          // a version named that the version policy would not serve would be loaded, answered as taken, and unloaded by
+          // the reconcile that follows
+          if (plan.version !== null && plan.modelFile) {
+            const policy = files.config.versionPolicy ?? { latest: 1 };
+            if (!selectVersions(policy, [...new Set([...onDisk, next])]).includes(next))
+              throw new GatewayError(
+                ErrorCode.INVALID_INPUT,
+                `the upload names version ${next} (its folder, "${next}/${plan.modelFile.name}"), which model.json's versionPolicy (${JSON.stringify(policy)}) would not serve beside versions ${[...new Set(onDisk)].sort((a, b) => a - b).join(', ')} of ${name}: send it without a version folder (the next version, ${Math.max(0, ...onDisk) + 1}), or change versionPolicy`,
+              );
+          }
           const target = staged.modelPath ? null : model.servingVersion();
           // a configuration alone loads a new instance of the serving version, unpublished (as replace() does): for
           // clients the version stays AVAILABLE, whether or not it takes over

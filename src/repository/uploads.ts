@@ -17,6 +17,11 @@ export interface UploadPlan {
   weights: UploadedFile[];
   sideFiles: UploadedFile[];
   config: unknown;
+  /**
+   * The version the model file's path names ("5/model.onnx", as Triton's repository extension sends an override
+   * folder: "file:5/model.onnx"); null: none named, the next version.
+   */
+  version: number | null;
 }
 
 const invalid = (message: string) => new GatewayError(ErrorCode.INVALID_INPUT, message);
@@ -36,9 +41,11 @@ function looksLikeModelConfig(bytes: Uint8Array): boolean {
 
 /** Sort and check uploaded files before anything is written. File names are reduced to safe base names. */
 export function planUpload(files: readonly UploadedFile[], config: unknown): UploadPlan {
-  const plan: UploadPlan = { modelFile: null, weights: [], sideFiles: [], config: undefined };
+  const plan: UploadPlan = { modelFile: null, weights: [], sideFiles: [], config: undefined, version: null };
   let uploadedConfig: unknown;
   const names = new Set<string>();
+  /** The version folder each model file or weights file was sent in (null: none). */
+  const folders = new Map<string, number | null>();
   for (const f of files) {
     const base = path.basename(f.name || '');
     if (!/^[\w.-]{1,128}$/.test(base) || base.startsWith('.')) throw invalid(`unacceptable file name ${JSON.stringify(f.name)}`);
@@ -50,8 +57,10 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
     } else if (base.endsWith('.onnx') || base.endsWith('.xml')) {
       if (plan.modelFile) throw invalid('upload exactly one model file (.onnx, or .xml with its .bin)');
       plan.modelFile = { name: base.endsWith('.onnx') ? 'model.onnx' : 'model.xml', bytes: f.bytes };
+      folders.set(f.name, versionFolder(f.name));
     } else if (/\.(bin|data|weights)$/.test(base)) {
       plan.weights.push({ name: base, bytes: f.bytes });
+      folders.set(f.name, versionFolder(f.name));
     } else if (/\.(txt|json|pbtxt|npy)$/.test(base)) {
       if (base.endsWith('.json') && looksLikeModelConfig(f.bytes))
         throw invalid(`${base} looks like a model configuration: upload it under the name model.json (a file's name says what it is)`);
@@ -68,6 +77,13 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
     plan.weights[0] = { name: 'model.bin', bytes: plan.weights[0].bytes };
   }
   if (plan.weights.length > 0 && !plan.modelFile) throw invalid('weights were uploaded without a model file');
+  // the model file and its weights in one version folder, or all in none
+  const named = [...new Set(folders.values())];
+  if (named.length > 1)
+    throw invalid(
+      `the model's files name different version folders (${[...folders.keys()].map((n) => JSON.stringify(n)).join(', ')}): send one version's files, all in its folder or all without one`,
+    );
+  plan.version = named[0] ?? null;
   plan.config = config ?? uploadedConfig;
   if (plan.config !== undefined) parseModelConfig(plan.config, 'uploaded model.json');
   // two labels files read by default: only the first is read (labels.txt before labels.json), unless model.json names one
@@ -77,6 +93,18 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
       `${labels.join(' and ')} were both uploaded: the model would read ${labels[0]} only (the first of ${LABEL_FILES.join(', ')}); upload one, or name it in model.json's "labels"`,
     );
   return plan;
+}
+
+/**
+ * The version folder a model file's name puts it in ("5/model.onnx": 5), as Triton's override folders do; null for a
+ * bare name. A folder that is not a version number (1 to 999999999) is refused: the file would be read from another
+ * place than the one named.
+ */
+function versionFolder(name: string): number | null {
+  const parts = name.split('/');
+  if (parts.length === 1) return null;
+  if (parts.length === 2 && /^[1-9]\d{0,8}$/.test(parts[0])) return Number(parts[0]);
+  throw invalid(`unacceptable file name ${JSON.stringify(name)}: a model file goes in a version folder ("1/model.onnx") or in none`);
 }
 
 /**
@@ -142,8 +170,20 @@ export async function commitUpload(staged: StagedUpload, modelDir: string, plan:
   await mkdir(modelDir, { recursive: true });
   let modelPath: string | null = null;
   if (staged.version !== null && staged.modelPath) {
-    await rename(path.join(staged.dir, String(staged.version)), path.join(modelDir, String(staged.version)));
-    modelPath = path.join(modelDir, String(staged.version), path.basename(staged.modelPath));
+    const target = path.join(modelDir, String(staged.version));
+    // a version there is, replaced (an upload that names it): its folder moved aside first (a rename does not replace
+    // a folder that holds files), then removed; the model's lock keeps this replica's scans out in between
+    const aside = path.join(modelDir, `.replaced-${staged.version}-${path.basename(staged.dir)}`);
+    const replaced = await rename(target, aside).then(
+      () => true,
+      (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return false;
+        throw e;
+      },
+    );
+    await rename(path.join(staged.dir, String(staged.version)), target);
+    if (replaced) await rm(aside, { recursive: true, force: true });
+    modelPath = path.join(target, path.basename(staged.modelPath));
   }
   const names = [...plan.sideFiles.map((f) => f.name), ...(plan.config !== undefined ? ['model.json'] : [])];
   for (const name of names) await rename(path.join(staged.dir, name), path.join(modelDir, name));
