@@ -1,0 +1,193 @@
+import { spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
+import type { Engine } from '../src/engine/types.ts';
+import { ROOT, addModel, errorCode, fixture, image, modelFile, startGateway, until, untilAnswers } from './helpers.ts';
+
+/** An ONNX Runtime engine that counts the sessions it opened and the ones closed since (`onLoad` runs before each). */
+function countingEngine(onLoad: (file: string) => Promise<void> = async () => {}): { engine: Engine; open: () => number } {
+  const inner = createOnnxRuntimeEngine();
+  let opened = 0;
+  let closed = 0;
+  const engine: Engine = Object.create(inner);
+  engine.load = async (p, options) => {
+    await onLoad(p);
+    const session = await inner.load(p, options);
+    opened++;
+    const close = session.close.bind(session);
+    session.close = async () => {
+      closed++;
+      return close();
+    };
+    return session;
+  };
+  return { engine, open: () => opened - closed };
+}
+
+const scanOf = (gw: { repository: unknown }) => () => (gw.repository as { watcher: { tick(): Promise<void> } }).watcher.tick();
+
+describe("the repository under an operator's hands", () => {
+  it('an upload whose next version folder is already there without a model file (being filled) is no internal error, and leaks no session', async () => {
+    const { engine, open } = countingEngine();
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine });
+    const events: string[] = [];
+    gw.repository.on('status', (e) => e.model === 'mobilenet' && events.push(`${e.version} ${e.removed ? 'removed' : e.state}`));
+    try {
+      expect(open()).toBe(1);
+      // an operator has made version folder 2 and not yet copied the model into it (a note is there already)
+      await mkdir(path.join(gw.root, 'mobilenet', '2'));
+      await writeFile(path.join(gw.root, 'mobilenet', '2', 'notes.txt'), 'copying...');
+      const r = await gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "mobilenet", files: $files) { versions { version state } } }`,
+        { files: [null] },
+        { files: { 'files.0': modelFile('mobilenet') } },
+      );
+      // it was INTERNAL_SERVER_ERROR (ENOTEMPTY renaming the staged version over the operator's folder)
+      expect(errorCode(r)).not.toBe('INTERNAL_SERVER_ERROR');
+      const listed = [...gw.repository.get('mobilenet')!.versions.values()].filter((v) => v.state === 'AVAILABLE').map((v) => v.version);
+      // every session opened is one that serves (the version loaded for the upload was left open, never to be closed)
+      expect(open()).toBe(listed.length);
+      // and what subscribers were told agrees with the list: a version announced AVAILABLE is listed, or was removed since
+      const last = new Map<string, string>();
+      for (const e of events) last.set(e.split(' ')[0], e.split(' ')[1]);
+      const announced = [...last].filter(([, s]) => s === 'AVAILABLE').map(([v]) => Number(v));
+      expect(announced.sort()).toEqual(listed.sort());
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('a version folder an operator makes while an upload of that number loads: a typed error, the loaded version closed and said gone', async () => {
+    let dir = '';
+    const { engine, open } = countingEngine(async (file) => {
+      // the upload's version is loading from its staging folder: the operator copies a version 2 in by hand meanwhile
+      if (file.includes('.upload-')) {
+        await mkdir(path.join(dir, '2'));
+        await writeFile(path.join(dir, '2', 'notes.txt'), 'copying...');
+      }
+    });
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine });
+    dir = path.join(gw.root, 'mobilenet');
+    const events: string[] = [];
+    gw.repository.on('status', (e) => e.model === 'mobilenet' && events.push(`${e.version} ${e.removed ? 'removed' : e.state}`));
+    try {
+      const r = await gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "mobilenet", files: $files) { versions { version state } } }`,
+        { files: [null] },
+        { files: { 'files.0': modelFile('mobilenet') } },
+      );
+      expect(errorCode(r)).not.toBe('INTERNAL_SERVER_ERROR');
+      expect(r.errors?.[0]?.message ?? '').not.toMatch(/ENOTEMPTY|\/work|\/tmp/);
+      const listed = [...gw.repository.get('mobilenet')!.versions.values()].filter((v) => v.state === 'AVAILABLE').map((v) => v.version);
+      expect(open()).toBe(listed.length);
+      const last = new Map<string, string>();
+      for (const e of events) last.set(e.split(' ')[0], e.split(' ')[1]);
+      // no version announced AVAILABLE that the list does not hold (subscribers would show it for good)
+      expect([...last].filter(([v, s]) => s === 'AVAILABLE' && !listed.includes(Number(v)))).toEqual([]);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('updateModel does not swallow an edit of model.json the watcher has not read yet (the server serving the old configuration for good)', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } }); // the watcher off: scans run here
+    const scan = scanOf(gw);
+    const file = path.join(gw.root, 'mobilenet', 'model.json');
+    const classify = async () =>
+      (
+        await gw.gql(
+          `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { label confidence } } }`,
+          {
+            f: null,
+          },
+          { files: { f: image('zebra.jpeg') } },
+        )
+      ).data.classify.predictions[0];
+    try {
+      expect((await classify()).confidence).toBeLessThanOrEqual(1);
+      // the operator edits model.json: raw scores, and a metadata key...
+      const config = JSON.parse(await readFile(file, 'utf8'));
+      config.postprocessing = { ...config.postprocessing, activation: 'none' };
+      config.metadata = { ...config.metadata, owner: 'ops' };
+      await writeFile(file, JSON.stringify(config, null, 2));
+      // ...and before the next scan, an automation sets the description
+      const u = await gw.gql(`mutation { updateModel(name: "mobilenet", description: "nightly") { description } }`);
+      expect(u.errors).toBeUndefined();
+      await scan();
+      await scan();
+      const onDisk = JSON.parse(await readFile(file, 'utf8'));
+      expect([onDisk.postprocessing.activation, onDisk.metadata.owner, onDisk.description]).toEqual(['none', 'ops', 'nightly']);
+      // the server must serve what the file says (it kept softmax and the old metadata until the file changed again)
+      const m = (await gw.gql(`{ model(name: "mobilenet") { description metadata } }`)).data.model;
+      expect([m.description, m.metadata.owner]).toEqual(['nightly', 'ops']);
+      await until(async () => (await classify()).confidence > 1, 10_000, 'activation "none" in force');
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+
+describe('a model folder the server cannot read for a moment', () => {
+  // the server must not run as root here (root reads whatever the mode says): as root, it runs as nobody
+  const asRoot = process.getuid?.() === 0;
+  it('keeps its serving version and says why, rather than unloading it and telling to put the model at <name>/1/model.onnx', async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), 'gw-perm-'));
+    await chmod(root, 0o755);
+    await addModel(root, 'mobilenet', fixture('mobilenet'));
+    const port = await freePort();
+    const node = [process.execPath, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')];
+    const [cmd, ...args] = asRoot ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...node] : node;
+    const child = spawn(cmd, args, {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        HOME: os.tmpdir(),
+        PORT: String(port),
+        GRPC_PORT: 'off',
+        MODEL_REPOSITORY: root,
+        MODEL_POLL_INTERVAL_MS: '100',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const url = `http://127.0.0.1:${port}`;
+    const gql = async (query: string) =>
+      (
+        await fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query }) })
+      ).json();
+    const versions = async () => (await gql(`{ model(name: "mobilenet") { versions { version state } } }`)).data.model.versions;
+    const dir = path.join(root, 'mobilenet');
+    try {
+      await untilAnswers(`${url}/ready`, 'server ready');
+      expect(await versions()).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+      await chmod(dir, 0o700); // a deploy step's chmod -R, a wrong umask, an NFS hiccup: the folder cannot be read
+      await new Promise((r) => setTimeout(r, 1000)); // several scans
+      const seen = await versions();
+      const r = await gql(`{ model(name: "mobilenet") { configurationError } }`);
+      await chmod(dir, 0o755);
+      // it was unloaded and left the list; requests and loadModel said "its folder has no version folder: put the
+      // model file at mobilenet/1/model.onnx"
+      expect(seen).toEqual([{ version: 1, state: 'AVAILABLE' }]);
+      expect(r.data.model.configurationError).toMatch(/permission denied/);
+    } finally {
+      await chmod(dir, 0o755).catch(() => undefined);
+      child.kill('SIGINT');
+      await new Promise((r) => child.once('exit', r));
+      await rm(root, { recursive: true, force: true });
+    }
+    expect(stderr).not.toMatch(/unhandled/);
+  }, 30_000);
+});
