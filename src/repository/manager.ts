@@ -25,6 +25,7 @@ import {
   modelFileIn,
   readModelFiles,
   storageError,
+  versionFolders,
   writeModelJson,
   readConfiguredFiles,
 } from './store.ts';
@@ -663,10 +664,18 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           deleted = true;
           return;
         }
-        const onDisk = [...(await this.discover(model)).keys(), ...model.versions.keys()];
+        // every version folder counts, with or without its model file yet: one an operator is filling is not free (the
+        // staged version was renamed over it: ENOTEMPTY, after its version had loaded and been announced AVAILABLE)
+        const versions = [...(await this.discover(model)).keys(), ...model.versions.keys()];
+        const onDisk = [...versions, ...(await versionFolders(model.dir))];
         // the version the upload's folder names (Triton's "file:5/model.onnx"), a new one or one there is (replaced),
         // else the next one
         const next = plan.version ?? Math.max(0, ...onDisk) + 1;
+        if (plan.version !== null && onDisk.includes(plan.version) && !versions.includes(plan.version))
+          throw new GatewayError(
+            ErrorCode.INVALID_INPUT,
+            `the upload names version ${plan.version}, whose folder ${name}/${plan.version} is there without a model file (being filled?): send it without a version folder (the next version, ${Math.max(0, ...onDisk) + 1}), or once that folder holds its model`,
+          );
         // a version folder past the highest the repository reads would be written, loaded, and then dropped by the
         // reconcile that follows as gone from disk (the upload answered without it, its folder left behind)
         if (plan.modelFile && next > MAX_VERSION)
@@ -702,7 +711,24 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
               throw versionError(candidate, ErrorCode.MODEL_LOAD_FAILED, { prefix: 'the upload was not loaded: ' });
             }
           }
-          const modelPath = await commitUpload(staged, model.dir, plan);
+          let modelPath: string | null;
+          try {
+            modelPath = await commitUpload(staged, model.dir, plan);
+          } catch (e) {
+            // the loaded candidate serves no one: closed (its session and engine workers), and a published one said gone
+            if (candidate && staged.modelPath) {
+              await candidate.unload();
+              candidate.removed();
+              if (staged.version !== null) this.dropVersion(model, staged.version);
+            } else await candidate?.unload(undefined, { replaced: true });
+            const code = (e as NodeJS.ErrnoException)?.code;
+            if (code === 'ENOTEMPTY' || code === 'EEXIST')
+              throw new GatewayError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                `the upload was not loaded: version folder ${name}/${staged.version} was made in the repository while it loaded; nothing was changed: send it again`,
+              );
+            throw storageError(e);
+          }
           if (candidate && modelPath) candidate.modelPath = modelPath;
           model.setFiles(files);
           model.filesStamp = await filesStamp(model.dir, files.config);

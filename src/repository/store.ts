@@ -225,6 +225,15 @@ export async function discoverVersions(dir: string, modelFiles: readonly string[
 }
 
 /**
+ * Every version folder of a model folder (a positive integer name), whether or not it holds a model file yet: a folder
+ * being filled is no free version number for an upload.
+ */
+export async function versionFolders(dir: string): Promise<number[]> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isDirectory() && /^[1-9]\d{0,8}$/.test(e.name)).map((e) => Number(e.name));
+}
+
+/**
  * Why a model folder has no version to serve, for the one who put it there: its version folders without the model
  * file (and what they hold instead), or none at all. Folders being filled (a version folder made before its file is
  * copied in) are not an error: this is said when a request or loadModel finds nothing to serve, not on a schedule.
