@@ -96,7 +96,8 @@ export async function editModelJson(
     );
   }
   if (changes.metadata) text = applyEdits(text, patchEdits(text, ['metadata'], parsed.metadata, changes.metadata as JsonMergePatch));
-  parseModelConfigText(text, source); // never write a file that would not load
+  const written = parseModelConfigText(text, source); // never write a file that would not load
   await atomicWrite(file, text);
-  return { description, metadata };
+  // what the file now says: the edit applied to the file as it is, which may hold changes not read yet (an operator's)
+  return { description: written.description, metadata: written.metadata };
 }

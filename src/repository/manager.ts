@@ -791,6 +791,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     const model = this.require(name);
     await model.exclusive(async () => {
       this.stillListed(model); // (its folder, and the model.json it would edit, are gone)
+      const before = model.file ? null : await filesStamp(model.dir, model.files?.config ?? null);
       const { description, metadata } = await editModelJson(model, changes);
       const files = model.files;
       if (files) {
@@ -798,7 +799,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         files.config.metadata = metadata;
       }
       model.configUpdatedAt = new Date();
-      if (!model.file) model.filesStamp = await filesStamp(model.dir, files?.config ?? null);
+      // the stamp moves past this write only when the files were as last read: an edit on disk not read yet (made
+      // since the last scan) is then left for the next scan to read, with this write, instead of being taken as read
+      if (!model.file && before === model.filesStamp) model.filesStamp = await filesStamp(model.dir, files?.config ?? null);
     });
     return this.announce({ op: 'update', name, changes }, model);
   }
