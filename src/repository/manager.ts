@@ -21,6 +21,7 @@ import {
   checkRemovable,
   discoverVersions,
   filesStamp,
+  isMissing,
   layoutProblem,
   modelFileIn,
   readModelFiles,
@@ -94,10 +95,11 @@ const versionError = (mv: ModelVersion, code: ErrorCode, { prefix = '', fallback
     mv.errorField ? { field: mv.errorField } : undefined,
   );
 
+/** Is it there? Only an error that says it is not (ENOENT) says no: one that cannot be read now is still there. */
 const exists = (p: string) =>
   stat(p).then(
     () => true,
-    () => false,
+    (e: unknown) => !isMissing(e),
   );
 
 /**
@@ -379,7 +381,26 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
    */
   private async reconcile(model: Model, { retry = false }: { retry?: boolean } = {}): Promise<void> {
     if (this.closed) return;
-    const files = await this.discover(model);
+    let files: Map<number, string>;
+    try {
+      files = await this.discover(model);
+    } catch (e) {
+      // nothing is known of the versions on disk: they are left as they are (unloading them said "put the model file
+      // at <name>/1/model.onnx"), and the model says why, once
+      const code = (e as NodeJS.ErrnoException)?.code ?? 'an error';
+      const message = `${model.name}: its folder cannot be read (${code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code}): let the server read it; the versions serving keep serving`;
+      if (model.readError?.message !== message) {
+        this.logger.warn({ model: model.name, error: errorMessage(e) }, 'model folder cannot be read');
+        if (model.configError === model.readError) model.configError = null;
+        model.readError = new GatewayError(ErrorCode.MODEL_LOAD_FAILED, message);
+        model.configError ??= model.readError;
+      }
+      return;
+    }
+    if (model.readError) {
+      if (model.configError === model.readError) model.configError = null;
+      model.readError = null;
+    }
     const onDisk = [...files.keys()];
     model.layoutProblem = onDisk.length === 0 && !model.file ? await layoutProblem(model.name, model.dir, this.engine.modelFiles) : null;
     const policy = model.files?.config.versionPolicy ?? { latest: 1 };

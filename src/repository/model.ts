@@ -28,6 +28,8 @@ export class Model {
   layoutProblem: string | null = null;
   /** The versionPolicy names no version on disk (set by each scan; shown as configError while there is no other). */
   policyError: GatewayError | null = null;
+  /** The folder could not be read at the last scan (permission denied, I/O): its versions were left as they were. */
+  readError: GatewayError | null = null;
   readonly versions = new Map<number, ModelVersion>();
   /** Unloaded by a client: the watcher leaves it alone until loadModel. */
   disabled = false;

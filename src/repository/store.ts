@@ -205,17 +205,36 @@ const isFile = (p: string) =>
     () => false,
   );
 
+/** A file system error that says a path is not there, as opposed to one that says it cannot be read now (EACCES, EIO). */
+export const isMissing = (e: unknown): boolean => ['ENOENT', 'ENOTDIR'].includes((e as NodeJS.ErrnoException)?.code ?? '');
+
+/** Is it a file? False when it is not there; an error that says nothing of that (permission denied, I/O) is thrown. */
+const fileThere = (p: string) =>
+  stat(p).then(
+    (s) => s.isFile(),
+    (e: unknown) => {
+      if (isMissing(e)) return false;
+      throw e;
+    },
+  );
+
 export { MAX_VERSION };
 
-/** Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. */
+/**
+ * Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. A folder that
+ * cannot be read now (permission denied, an I/O error) throws: that says nothing of which versions are there.
+ */
 export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
   const found = new Map<number, string>();
-  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const entries = await readdir(dir, { withFileTypes: true }).catch((e: unknown) => {
+    if (isMissing(e)) return [];
+    throw e;
+  });
   for (const e of entries) {
     if (!e.isDirectory() || !/^[1-9]\d{0,8}$/.test(e.name)) continue;
     for (const f of modelFiles) {
       const p = path.join(dir, e.name, f);
-      if (await isFile(p)) {
+      if (await fileThere(p)) {
         found.set(Number(e.name), p);
         break;
       }
