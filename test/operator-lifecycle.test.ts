@@ -191,3 +191,40 @@ describe('a model folder the server cannot read for a moment', () => {
     expect(stderr).not.toMatch(/unhandled/);
   }, 30_000);
 });
+
+describe('shutting down while a new configuration loads beside the serving version', () => {
+  it('gives that load up as it gives up the loads of listed versions, instead of waiting for it to end', async () => {
+    // a large model's load, which stops when its load is given up (ENGINE_LOAD_TIMEOUT_MS, or a shutdown), as ONNX
+    // Runtime's worker does
+    let slowMs = 0;
+    const inner = createOnnxRuntimeEngine();
+    const engine: Engine = Object.create(inner);
+    engine.load = async (p, options) => {
+      if (slowMs)
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(resolve, slowMs);
+          options?.signal?.addEventListener('abort', () => (clearTimeout(timer), reject(options.signal!.reason)), { once: true });
+        });
+      return inner.load(p, options);
+    };
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') }, engine });
+    let closed = false;
+    try {
+      slowMs = 20_000;
+      const file = path.join(gw.root, 'mobilenet', 'model.json');
+      const config = JSON.parse(await readFile(file, 'utf8'));
+      await writeFile(file, JSON.stringify({ ...config, postprocessing: { activation: 'sigmoid' } }, null, 2));
+      const scanning = scanOf(gw)(); // the watcher finds the edit: a new instance of version 1 loads beside it
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = Date.now();
+      await gw.close(); // SIGTERM's shutdown: the gateway, then every model
+      closed = true;
+      await scanning;
+      // it waited the whole 20 s load of an instance that could only be unloaded once loaded
+      expect(Date.now() - t0).toBeLessThan(5_000);
+    } finally {
+      slowMs = 0;
+      if (!closed) await gw.close();
+    }
+  }, 40_000);
+});
