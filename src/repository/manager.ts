@@ -127,6 +127,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   private readonly versionMetrics = new Map<string, VersionMetrics>();
   private closed = false;
   private started = false;
+  /**
+   * Instances loading beside the list (a new configuration's, an upload's), which close() gives up as it gives up the
+   * loads of listed versions: a shutdown waited for each of them to end (past SHUTDOWN_TIMEOUT_MS, an exit code 1).
+   */
+  private readonly candidates = new Set<ModelVersion>();
 
   constructor({
     root,
@@ -481,7 +486,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     // unpublished while it loads: for clients the version stays AVAILABLE, whether or not it takes over
     const fresh = this.newVersion(model, old.version, old.modelPath, model.files, false);
     fresh.loadedMtimeMs = old.loadedMtimeMs;
-    await fresh.load(this.loadOptions);
+    await this.loadCandidate(fresh);
     if (fresh.state !== 'AVAILABLE') {
       old.refusedSignature = model.files?.signature ?? null;
       model.configError = versionError(fresh, ErrorCode.INVALID_MODEL_CONFIG, { fallback: 'the new configuration did not load' });
@@ -494,6 +499,17 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     model.versions.set(old.version, fresh);
     fresh.inService();
     await old.unload(undefined, { replaced: true });
+  }
+
+  /** Load an instance that is not in the list yet (see candidates). */
+  private async loadCandidate(candidate: ModelVersion): Promise<void> {
+    this.candidates.add(candidate);
+    try {
+      if (this.closed) candidate.abortLoad('the server is shutting down');
+      await candidate.load(this.loadOptions);
+    } finally {
+      this.candidates.delete(candidate);
+    }
   }
 
   /** The end of every loadModel: the model is wanted again, failed versions are retried. */
@@ -725,7 +741,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             ? this.newVersion(model, staged.version!, staged.modelPath, files)
             : target && this.newVersion(model, target.version, target.modelPath, files, false);
           if (candidate) {
-            await candidate.load(this.loadOptions);
+            await this.loadCandidate(candidate);
             if (candidate.state !== 'AVAILABLE') {
               candidate.removed(); // it was never in the list, but its LOADING and END were published
               if (staged.version !== null) this.dropVersion(model, staged.version);
@@ -928,6 +944,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     // ends in seconds, not after the slowest model
     this.closed = true;
     for (const m of this.models()) for (const v of m.versions.values()) v.abortLoad('the server is shutting down');
+    for (const v of this.candidates) v.abortLoad('the server is shutting down');
     await this.watcher.stop();
     await Promise.all(this.models().map((m) => m.exclusive(() => Promise.all([...m.versions.values()].map((v) => v.unload())))));
   }

@@ -204,6 +204,8 @@ export class ModelVersion {
     // to stop (its workers end), and a session that still arrives later is closed
     const giveUp = new AbortController();
     this.loadGiveUp = giveUp;
+    // given up before this point (while the file was looked for): it starts no engine
+    if (this.givenUp !== null) giveUp.abort(new GatewayError(ErrorCode.MODEL_LOAD_FAILED, this.givenUp));
     const limit = options.timeoutMs ?? 0;
     const timer =
       limit > 0
@@ -284,8 +286,12 @@ export class ModelVersion {
 
   /** Give up a load in progress (the server shuts down): it ends as a load past ENGINE_LOAD_TIMEOUT_MS does. */
   abortLoad(reason: string): void {
+    this.givenUp = reason;
     this.loadGiveUp?.abort(new GatewayError(ErrorCode.MODEL_LOAD_FAILED, reason));
   }
+
+  /** Why its loads are given up (abortLoad), also one not started yet, or still looking for its file. */
+  private givenUp: string | null = null;
 
   /** The loaded session goes into service: its batcher and admissions, and AVAILABLE. */
   private serve(session: Session, warnings: string[], options: LoadOptions, batching: ModelConfig['batching']): void {
