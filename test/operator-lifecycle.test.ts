@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -139,44 +139,62 @@ const freePort = () =>
     });
   });
 
-describe('a model folder the server cannot read for a moment', () => {
-  // the server must not run as root here (root reads whatever the mode says): as root, it runs as nobody
-  const asRoot = process.getuid?.() === 0;
-  it('keeps its serving version and says why, rather than unloading it and telling to put the model at <name>/1/model.onnx', async () => {
-    const root = await mkdtemp(path.join(os.tmpdir(), 'gw-perm-'));
-    await chmod(root, 0o755);
-    await addModel(root, 'mobilenet', fixture('mobilenet'));
-    const port = await freePort();
-    const node = [process.execPath, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')];
-    const [cmd, ...args] = asRoot ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...node] : node;
-    const child = spawn(cmd, args, {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        HOME: os.tmpdir(),
-        PORT: String(port),
-        GRPC_PORT: 'off',
-        MODEL_REPOSITORY: root,
-        MODEL_POLL_INTERVAL_MS: '100',
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    const url = `http://127.0.0.1:${port}`;
-    const gql = async (query: string) =>
+/**
+ * The server as npm start runs it, on `root`: not as root, who reads whatever a file's mode says (as root, it runs as
+ * nobody). `gql` asks it a query; `stop` ends it (SIGINT) and gives what it logged.
+ */
+async function serverAsUser(root: string): Promise<{ gql: (query: string) => Promise<any>; stop: () => Promise<string> }> {
+  const port = await freePort();
+  const node = [process.execPath, '--import', 'tsx', path.join(ROOT, 'src', 'main.ts')];
+  const [cmd, ...args] = process.getuid?.() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...node] : node;
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { ...process.env, HOME: os.tmpdir(), PORT: String(port), GRPC_PORT: 'off', MODEL_REPOSITORY: root, MODEL_POLL_INTERVAL_MS: '100' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise((r) => child.once('exit', r));
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await untilAnswers(`${url}/ready`, 'server ready');
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw new Error(`${(e as Error).message}: ${stderr.slice(-500)}`);
+  }
+  return {
+    gql: async (query) =>
       (
         await fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query }) })
-      ).json();
-    const versions = async () => (await gql(`{ model(name: "mobilenet") { versions { version state } } }`)).data.model.versions;
+      ).json(),
+    stop: async () => {
+      child.kill('SIGINT');
+      await exited;
+      return stderr;
+    },
+  };
+}
+
+/** A repository others may read (mkdtemp makes it 0700), with mobilenet. */
+async function readableRepository(): Promise<string> {
+  const root = await mkdtemp(path.join(os.tmpdir(), 'gw-perm-'));
+  await chmod(root, 0o755);
+  await addModel(root, 'mobilenet', fixture('mobilenet'));
+  return root;
+}
+
+describe('a model folder the server cannot read for a moment', () => {
+  it('keeps its serving version and says why, rather than unloading it and telling to put the model at <name>/1/model.onnx', async () => {
+    const root = await readableRepository();
+    const server = await serverAsUser(root);
+    const versions = async () => (await server.gql(`{ model(name: "mobilenet") { versions { version state } } }`)).data.model.versions;
     const dir = path.join(root, 'mobilenet');
     try {
-      await untilAnswers(`${url}/ready`, 'server ready');
       expect(await versions()).toEqual([{ version: 1, state: 'AVAILABLE' }]);
       await chmod(dir, 0o700); // a deploy step's chmod -R, a wrong umask, an NFS hiccup: the folder cannot be read
       await new Promise((r) => setTimeout(r, 1000)); // several scans
       const seen = await versions();
-      const r = await gql(`{ model(name: "mobilenet") { configurationError } }`);
+      const r = await server.gql(`{ model(name: "mobilenet") { configurationError } }`);
       await chmod(dir, 0o755);
       // it was unloaded and left the list; requests and loadModel said "its folder has no version folder: put the
       // model file at mobilenet/1/model.onnx"
@@ -184,12 +202,51 @@ describe('a model folder the server cannot read for a moment', () => {
       expect(r.data.model.configurationError).toMatch(/permission denied/);
     } finally {
       await chmod(dir, 0o755).catch(() => undefined);
-      child.kill('SIGINT');
-      await new Promise((r) => child.once('exit', r));
+      expect(await server.stop()).not.toMatch(/unhandled/);
       await rm(root, { recursive: true, force: true });
     }
-    expect(stderr).not.toMatch(/unhandled/);
   }, 30_000);
+
+  it('a file that could not be read is read again once the server may read it ("let the server read it" is all it takes)', async () => {
+    const root = await readableRepository();
+    const server = await serverAsUser(root);
+    const model = async () =>
+      (await server.gql(`{ model(name: "mobilenet") { configurationError versions { version state } } }`)).data.model;
+    const dir = path.join(root, 'mobilenet');
+    try {
+      // a new labels file and a new version copied in by someone whose umask is 077: the server may not read them
+      const labels = await readFile(path.join(dir, 'labels.txt'));
+      await writeFile(path.join(dir, '.labels.txt.tmp'), labels, { mode: 0o600 });
+      await rename(path.join(dir, '.labels.txt.tmp'), path.join(dir, 'labels.txt'));
+      await mkdir(path.join(dir, '.2'));
+      await writeFile(path.join(dir, '.2', 'model.onnx'), await readFile(modelFile('mobilenet')), { mode: 0o600 });
+      await rename(path.join(dir, '.2'), path.join(dir, '2'));
+      await until(async () => /permission denied/.test((await model()).configurationError ?? ''), 10_000, 'labels.txt refused');
+      await until(
+        async () => (await model()).versions.some((v: { version: number; state: string }) => v.version === 2 && v.state === 'END'),
+        10_000,
+        'version 2 failed',
+      );
+      // as told: let the server read them
+      await chmod(path.join(dir, 'labels.txt'), 0o644);
+      await chmod(path.join(dir, '2', 'model.onnx'), 0o644);
+      // they stayed refused until a loadModel or a touch: a chmod changes no modification time
+      await until(
+        async () => {
+          const m = await model();
+          return (
+            m.configurationError === null &&
+            m.versions.some((v: { version: number; state: string }) => v.version === 2 && v.state === 'AVAILABLE')
+          );
+        },
+        10_000,
+        'labels.txt and version 2 read again',
+      );
+    } finally {
+      expect(await server.stop()).not.toMatch(/unhandled/);
+      await rm(root, { recursive: true, force: true });
+    }
+  }, 40_000);
 });
 
 describe('shutting down while a new configuration loads beside the serving version', () => {
