@@ -18,6 +18,7 @@ import { MAX_MODEL_NAME, MODEL_NAME_RE, Model, selectVersions, type ModelFiles }
 import {
   MAX_VERSION,
   atomicWrite,
+  changedAt,
   checkRemovable,
   discoverVersions,
   filesStamp,
@@ -426,10 +427,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     for (const v of wanted) {
       if (this.closed) break; // shutting down: nothing new loads
       const file = files.get(v)!;
-      const mtime = await stat(file).then(
-        (s) => s.mtimeMs,
-        () => 0,
-      );
+      const mtime = await changedAt(file); // (a chmod that lets the server read it retries a failed version too)
       const mv = model.versions.get(v);
       const configChanged = model.files !== null && mv?.files?.signature !== model.files.signature;
       // (a version that restarts itself after an engine failure is left to it, unless loadModel asks now: then its

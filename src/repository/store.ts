@@ -86,9 +86,14 @@ export async function checkRemovable(dir: string): Promise<void> {
   }
 }
 
-const mtimeOf = (p: string) =>
+/**
+ * When a file last changed, as its inode's change time: it moves with every write (as the modification time does) and
+ * also with a chmod or chown, so a file that could not be read is read again once it may be ("let the server read it"
+ * was all a message said to do, and nothing happened), and so is one copied in with its old modification time kept.
+ */
+export const changedAt = (p: string) =>
   stat(p).then(
-    (st) => st.mtimeMs,
+    (st) => st.ctimeMs,
     () => 0,
   );
 
@@ -100,7 +105,7 @@ export async function filesStamp(dir: string, config: ModelConfig | null): Promi
   const names = new Set(['model.json', ...LABEL_FILES]);
   if (typeof config?.labels === 'string') names.add(config.labels);
   if (config?.preprocessing.meanFile) names.add(config.preprocessing.meanFile);
-  return (await Promise.all([...names].map((n) => mtimeOf(path.join(dir, n))))).join(',');
+  return (await Promise.all([...names].map((n) => changedAt(path.join(dir, n))))).join(',');
 }
 
 /**

@@ -75,7 +75,7 @@ export class ModelVersion {
   stats: VersionStats;
   /** What loading found or changed (e.g. a batch dimension made dynamic). */
   notes: Record<string, unknown> = {};
-  /** mtime of the file that was loaded, to retry a failed load when the file changes. */
+  /** When the file that was loaded last changed (its ctime: store.changedAt), to retry a failed load when it changes. */
   loadedMtimeMs = 0;
   /** The model's inputs and outputs as last loaded (kept after unloading, for clients to read). */
   inputs: TensorInfo[] = [];
