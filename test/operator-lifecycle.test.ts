@@ -93,6 +93,24 @@ describe("the repository under an operator's hands", () => {
     }
   });
 
+  it('a model.json that does not fit the model leaves Model.task saying what the serving version runs (the page picks its mutation by it)', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } }); // the watcher off: scans run here
+    const file = path.join(gw.root, 'mobilenet', 'model.json');
+    try {
+      const config = JSON.parse(await readFile(file, 'utf8'));
+      await writeFile(file, JSON.stringify({ ...config, task: 'segmentation' }, null, 2)); // a slip: the file of another model
+      await scanOf(gw)();
+      const m = (await gw.gql(`{ model(name: "mobilenet") { task configurationError versions { state } } }`)).data.model;
+      expect(m.configurationError).toMatch(/does not fit/);
+      expect(m.versions).toEqual([{ state: 'AVAILABLE' }]);
+      // the version serves classification with the configuration it loaded; the list said "segmentation", and segment
+      // (what a client of the list sends) answers "model mobilenet is a classification model, not segmentation"
+      expect(m.task).toBe('classification');
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('updateModel does not swallow an edit of model.json the watcher has not read yet (the server serving the old configuration for good)', async () => {
     const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } }); // the watcher off: scans run here
     const scan = scanOf(gw);
