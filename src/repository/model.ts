@@ -65,9 +65,18 @@ export class Model {
     return this.files?.config ?? DEFAULT_CONFIG;
   }
 
-  /** The task of model.json: a file that did not load still names it, if it says one (else the default, raw). */
+  /**
+   * The task requests are run with: the serving version's (a model.json read since that does not fit the model leaves it
+   * serving with the one it loaded), else that of model.json; a file that did not load still names it, if it says one
+   * (else the default, raw).
+   */
   get task(): Task {
-    return this.files?.config.task ?? (this.configError?.details?.task as Task | undefined) ?? DEFAULT_CONFIG.task;
+    return (
+      this.servingVersion()?.files?.config.task ??
+      this.files?.config.task ??
+      (this.configError?.details?.task as Task | undefined) ??
+      DEFAULT_CONFIG.task
+    );
   }
 
   /** Labels of the serving version, else of the configuration read last. */
