@@ -111,6 +111,43 @@ describe("the repository under an operator's hands", () => {
     }
   });
 
+  it('a model.json edited while a newer version failed beside the serving one reaches the serving version (or says why not)', async () => {
+    const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } }); // the watcher off: scans run here
+    const scan = scanOf(gw);
+    const dir = path.join(gw.root, 'mobilenet');
+    const confidence = async () =>
+      (
+        await gw.gql(
+          `mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { confidence } } }`,
+          { f: null },
+          { files: { f: image('zebra.jpeg') } },
+        )
+      ).data.classify.predictions[0].confidence;
+    try {
+      // a version 2 that does not load (a copy cut short): version 1 keeps serving, as it should
+      await mkdir(path.join(dir, '.2'));
+      await writeFile(path.join(dir, '.2', 'model.onnx'), (await readFile(modelFile('mobilenet'))).subarray(0, 100_000));
+      await rename(path.join(dir, '.2'), path.join(dir, '2'));
+      await scan();
+      const versions = async () =>
+        (await gw.gql(`{ model(name: "mobilenet") { configurationError versions { version state } } }`)).data.model;
+      expect((await versions()).versions).toEqual([
+        { version: 1, state: 'AVAILABLE' },
+        { version: 2, state: 'END' },
+      ]);
+      // meanwhile the operator changes the configuration: raw scores
+      const config = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8'));
+      await writeFile(path.join(dir, 'model.json'), JSON.stringify({ ...config, postprocessing: { activation: 'none' } }, null, 2));
+      await scan();
+      await scan();
+      // version 1 went on with softmax for good, and configurationError said nothing
+      const m = await versions();
+      expect({ scores: (await confidence()) > 1 || m.configurationError }).toEqual({ scores: true });
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('updateModel does not swallow an edit of model.json the watcher has not read yet (the server serving the old configuration for good)', async () => {
     const gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } }); // the watcher off: scans run here
     const scan = scanOf(gw);
