@@ -467,6 +467,10 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         if (!mv.notes.keptServing)
           this.logger.warn({ model: model.name, version: mv.version, wanted }, 'keeping the previous version until its replacement loads');
         mv.notes = { ...mv.notes, keptServing: true };
+        // it serves: a new configuration reaches it as it reaches a wanted version (it went on with the old one for
+        // good, configurationError saying nothing, while a newer version that does not load stood beside it)
+        const configChanged = model.files !== null && mv.files?.signature !== model.files.signature;
+        if (configChanged && (retry || mv.refusedSignature !== model.files!.signature)) unloads.push(this.replace(model, mv));
       } else unloads.push(mv.unload());
     }
     await Promise.all(unloads);
