@@ -1,3 +1,5 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
 import { startGateway, type TestGateway } from './helpers.ts';
@@ -151,6 +153,13 @@ describe('KServe v2 as Triton clients use it', () => {
       expect([below.status, below.code]).toEqual([400, 'INVALID_INPUT']);
       expect(below.body.error).toMatch(/version 2 .*"2\/model.onnx".*versionPolicy.*without a version folder \(the next version, 4\)/);
       expect(await infer('policy', '3')).toEqual([1, 2, 3, 4]);
+      // a version folder an operator is filling (no model file yet) is not replaced
+      await mkdir(path.join(gw.root, 'policy', '5'));
+      await writeFile(path.join(gw.root, 'policy', '5', 'notes.txt'), 'wip');
+      const filling = await load('policy', { '5/model.onnx': identity });
+      expect([filling.status, filling.code]).toEqual([400, 'INVALID_INPUT']);
+      expect(filling.body.error).toMatch(/policy\/5 is there without a model file/);
+      expect(await readFile(path.join(gw.root, 'policy', '5', 'notes.txt'), 'utf8')).toBe('wip');
       const odd = await load('odd', { 'models/model.onnx': identity });
       expect([odd.status, odd.code]).toEqual([400, 'INVALID_INPUT']);
       expect(odd.body.error).toMatch(/"models\/model.onnx".*version folder/);

@@ -730,10 +730,10 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           // the reconcile that follows
           if (plan.version !== null && plan.modelFile) {
             const policy = files.config.versionPolicy ?? { latest: 1 };
-            if (!selectVersions(policy, [...new Set([...onDisk, next])]).includes(next))
+            if (!selectVersions(policy, [...new Set([...versions, next])]).includes(next))
               throw new GatewayError(
                 ErrorCode.INVALID_INPUT,
-                `the upload names version ${next} (its folder, "${next}/${plan.modelFile.name}"), which model.json's versionPolicy (${JSON.stringify(policy)}) would not serve beside versions ${[...new Set(onDisk)].sort((a, b) => a - b).join(', ')} of ${name}: send it without a version folder (the next version, ${Math.max(0, ...onDisk) + 1}), or change versionPolicy`,
+                `the upload names version ${next} (its folder, "${next}/${plan.modelFile.name}"), which model.json's versionPolicy (${JSON.stringify(policy)}) would not serve beside versions ${[...new Set(versions)].sort((a, b) => a - b).join(', ')} of ${name}: send it without a version folder (the next version, ${Math.max(0, ...onDisk) + 1}), or change versionPolicy`,
               );
           }
           const target = staged.modelPath ? null : model.servingVersion();
