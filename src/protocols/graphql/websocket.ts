@@ -85,7 +85,9 @@ function quietFailures(socket: WebSocket, log: (err: unknown) => void): void {
     if (typeof done !== 'function') return send(data as never, ...(rest as []));
     const options = rest.length > 1 ? rest[0] : {};
     return send(data as never, options as never, (err?: Error) => {
-      if (err && socket.readyState !== WebSocket.OPEN) {
+      // gone: closed, or reset while its answers were written (the write fails before ws sees the close)
+      const code = (err as NodeJS.ErrnoException | undefined)?.code;
+      if (err && (socket.readyState !== WebSocket.OPEN || code === 'ECONNRESET' || code === 'EPIPE')) {
         log(err);
         done();
       } else done(err);
