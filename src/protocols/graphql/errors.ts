@@ -1,6 +1,6 @@
 import { GraphQLError, type ExecutionResult } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import { ErrorCode, GatewayError, cutQuotedValues, isGatewayError } from '../../errors.ts';
+import { ErrorCode, GatewayError, clientGone, cutQuotedValues, isGatewayError } from '../../errors.ts';
 import { noteErrorCodes, type Logger } from '../../log.ts';
 
 /**
@@ -143,6 +143,10 @@ export function maskError(logger: Logger) {
     const message = original instanceof Error ? original.message : String(original);
     const limit = multipartLimit(message);
     if (limit) return toGraphQLError(limit, { requestLevel: true });
+    // a body its client stopped sending and left (Node's "aborted", read by the JSON body's parser): the client's
+    // doing, answered to no one, and logged as the request's CANCELLED line, not as a bug with a stack
+    if (message === 'aborted' && (original as NodeJS.ErrnoException).code === 'ECONNRESET')
+      return toGraphQLError(clientGone(), { path, requestLevel: !path });
     logger.error({ err: original }, 'unexpected error');
     // a field's error leaves the answer's other data, HTTP 200 (yoga would make the whole response a 500)
     const extensions = path ? { code: 'INTERNAL_SERVER_ERROR' } : { code: 'INTERNAL_SERVER_ERROR', http: { status: 500 } };
