@@ -171,6 +171,11 @@ export function attachWebSocket(
   const wss = new WebSocketServer({
     noServer: true,
     maxPayload: maxPayloadBytes,
+    // each message in a turn of the event loop of its own: ws handed every message of what it read to graphql-ws at
+    // once, and libuv reads up to 2 MB from a socket in one go, so 20,000 small operations in one write (each refused
+    // past MAX_SUBSCRIPTIONS_PER_CONNECTION) held every other client 2-3 s; a connection behind on its messages is not
+    // read meanwhile
+    allowSynchronousEvents: false,
     verifyClient: (info, done) => {
       const client = clientAddress(info.req);
       if (client === null) done(false, 400, UNATTRIBUTED);
