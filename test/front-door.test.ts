@@ -156,10 +156,48 @@ describe('a hostile client cannot stall the server from within the limits', () =
     await new Promise((r) => setTimeout(r, 500));
     const lines = gw.logs.slice(before).map((l) => JSON.parse(l));
     // each is its request line, 499 CANCELLED; "unexpected error" (level error, with a stack) is for the gateway's bugs
-    expect(lines.filter((l) => l.msg === 'request').map((l) => [l.status, l.errors])).toEqual([
+    // (HTTP requests' lines: the WebSocket operations of the test before may still be logged meanwhile)
+    expect(lines.filter((l) => l.msg === 'request' && l.method === 'POST').map((l) => [l.status, l.errors])).toEqual([
       [499, ['CANCELLED']],
       [499, ['CANCELLED']],
     ]);
     expect(lines.filter((l) => l.level === 'error' || l.level === 50)).toEqual([]);
+  });
+
+  it('an operationName that names no operation, or is no string, is told as such (not as a document of several operations)', async () => {
+    const send = async (body: unknown) => {
+      const r = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      return { status: r.status, error: ((await r.json()) as { errors: { message: string }[] }).errors[0].message };
+    };
+    // each was "Could not determine what operation to execute. (a document of several operations runs one: ...)", for a
+    // document of one operation too
+    const named = await send({ query: '{ models { name } }', operationName: 'Foo' });
+    expect(named.status).toBe(400);
+    expect(named.error).toMatch(/"operationName" is "Foo", which names no operation of the document/);
+    const typed = await send({ query: '{ models { name } }', operationName: { a: 1 } });
+    expect(typed.status).toBe(400);
+    expect(typed.error).toMatch(/"operationName" must be a string/);
+    const several = await send({ query: 'query A { models { name } } query B { models { name } }' });
+    expect(several.error).toMatch(/a document of several operations runs one/);
+  });
+
+  it('a path nothing serves is a typed 404 saying so, not an empty answer', async () => {
+    for (const p of ['/foo', '/graphql/x', '/v1/graphql']) {
+      const r = await fetch(gw.url + p);
+      expect(r.status, p).toBe(404);
+      const body = (await r.json()) as { errors: { message: string; extensions: { code: string } }[] };
+      expect(body.errors[0].extensions.code, p).toBe('NOT_FOUND');
+      expect(body.errors[0].message, p).toMatch(/nothing at/);
+    }
+    // the endpoint itself, with or without its slash
+    for (const p of ['/graphql', '/graphql/'])
+      expect(
+        (await fetch(`${gw.url}${p}?query=${encodeURIComponent('{ __typename }')}`, { headers: { 'x-graphql-yoga-csrf': '1' } })).status,
+        p,
+      ).toBe(200);
   });
 });

@@ -123,7 +123,9 @@ export function createGateway({
       ...opsRoutes(models, metrics, { draining: () => draining, cluster: () => cluster?.status() }),
       kserve.route,
       uiRoute(),
-      { match: () => true, handle: graphql.handle },
+      // yoga's endpoint (it would also serve any path ending in /graphql, and answer others an empty 404: they get the
+      // HTTP server's typed NOT_FOUND)
+      { match: (p) => p === '/graphql' || p === '/graphql/', handle: graphql.handle },
     ],
   });
   // before the routes answer: while draining, no connection is kept alive for a next request

@@ -57,8 +57,13 @@ function multipartLimit(message: string, code?: unknown): GatewayError | null {
  * hint (withHint).
  */
 export function useRequestErrorCodes(mutations: ReadonlySet<string> = new Set()): Plugin {
+  // the operationName each request sent, for the hint of an operation that cannot be resolved
+  const operationNames = new WeakMap<Request, unknown>();
   return {
-    onResultProcess({ result, setResult }) {
+    onParams({ params, request }) {
+      operationNames.set(request, (params as { operationName?: unknown }).operationName);
+    },
+    onResultProcess({ result, setResult, request }) {
       if (!result || Array.isArray(result) || Symbol.asyncIterator in (result as object)) return;
       const r = result as ExecutionResult;
       // for the request's log line: an answer with errors may be HTTP 200
@@ -81,7 +86,7 @@ export function useRequestErrorCodes(mutations: ReadonlySet<string> = new Set())
         // a request that is not a well-formed GraphQL-over-HTTP request (no query): yoga marks its refusal as the spec's
         // too (HTTP 200 for application/json), where the spec has 400 for it, as for every other malformed parameter
         const malformed = e.extensions?.code === 'BAD_REQUEST' && http?.spec === true;
-        const message = withHint(e.message, mutations);
+        const message = withHint(e.message, mutations, operationNames.get(request));
         if (message === e.message && !malformed) return e;
         changed = true;
         const extensions = malformed ? { ...e.extensions, http: { ...http, spec: false } } : e.extensions;
@@ -112,11 +117,16 @@ const csrfRefusal = (message: string) =>
  * inference field asked in a query, a File variable left null; and values echoed back in full (an image sent as base64
  * text in a File variable came back as 50 KB of message) cut short (cutQuotedValues).
  */
-export function withHint(message: string, mutations: ReadonlySet<string>): string {
+export function withHint(message: string, mutations: ReadonlySet<string>, operationName?: unknown): string {
   if (message === 'Must provide query string.')
     return `${message} (send the document as "query": {"query": "{ models { name } }"} in a JSON body, or ?query= in a GET)`;
-  if (message === 'Could not determine what operation to execute.')
+  if (message === 'Could not determine what operation to execute.') {
+    if (operationName !== undefined && operationName !== null && typeof operationName !== 'string')
+      return `${message} ("operationName" must be a string: the name of one of the document's operations, as written there; leave it out for a document of one operation)`;
+    if (typeof operationName === 'string' && operationName !== '')
+      return `${message} ("operationName" is ${cutQuotedValues(JSON.stringify(operationName))}, which names no operation of the document: send the name of one of its operations, as written after query, mutation or subscription, or leave it out for a document of one operation)`;
     return `${message} (a document of several operations runs one: send "operationName" with the name of one of them, as written in the document)`;
+  }
   if (/^Unknown type "Upload"/.test(message)) return `${message} (this schema's upload scalar is File: write $f: File!)`;
   const field = /^Cannot query field "(\w+)" on type "Query"/.exec(message)?.[1];
   if (field && mutations.has(field)) return `${message} (${field} is a mutation: write mutation { ${field}(...) { ... } })`;
