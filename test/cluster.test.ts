@@ -24,6 +24,7 @@ import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import { createLogger } from '../src/log.ts';
 import { ModelManager } from '../src/repository/manager.ts';
 import { ROOT, image } from './helpers.ts';
+import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
 
 /**
  * Scale out, tested as it runs: a real redis-server, three replica processes sharing one model repository (a copy of
@@ -548,6 +549,26 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     await until(() => seen.length >= 2, 10_000, "replica 1's events on replica 2");
     await sleep(500);
     expect(seen).toEqual(['1 UNLOADING', '1 END']);
+  }, 60_000);
+
+  it('a version replaced by an upload that names it (tritonclient: "file:1/model.onnx") is replaced on the other replica too', async () => {
+    const { m1, m2 } = await twoJoined();
+    const renamed = (output: string) =>
+      buildModel({
+        nodes: [{ op: 'Identity', inputs: ['x'], outputs: [output] }],
+        inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+        outputs: [{ name: output, elemType: ElemType.FLOAT, shape: ['N', 4] }],
+      });
+    const output = (m: ModelManager) => {
+      const v = m.get('ident')?.versions.get(1);
+      return v?.state === 'AVAILABLE' ? v.outputs[0]?.name : v?.state;
+    };
+    await m1.load('ident', { files: [{ name: '1/model.onnx', bytes: identityModel(ElemType.FLOAT, ['N', 4]) }], config: { task: 'raw' } });
+    await until(() => output(m2) === 'y', 20_000, 'replica 2 to serve the upload');
+    await m1.load('ident', { files: [{ name: '1/model.onnx', bytes: renamed('replaced') }] });
+    expect(output(m1)).toBe('replaced');
+    // replica 2 went on serving the file it had loaded, from a folder that holds another: the cluster split
+    await until(() => output(m2) === 'replaced', 20_000, 'replica 2 to serve the replaced version 1');
   }, 60_000);
 
   it('a status event added to the stream twice (a write resent after its reply was lost) reaches the other replica once', async () => {

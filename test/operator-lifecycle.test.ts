@@ -6,6 +6,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine } from '../src/engine/types.ts';
+import { ElemType, buildModel, identityModel } from './onnx-builder.ts';
 import { ROOT, addModel, errorCode, fixture, image, modelFile, startGateway, until, untilAnswers } from './helpers.ts';
 
 /** An ONNX Runtime engine that counts the sessions it opened and the ones closed since (`onLoad` runs before each). */
@@ -237,6 +238,51 @@ async function readableRepository(): Promise<string> {
   await addModel(root, 'mobilenet', fixture('mobilenet'));
   return root;
 }
+
+describe('a model file replaced in place under a serving version', () => {
+  it('is loaded beside it and takes over with no gap; one that does not load leaves it serving and says why, until fixed', async () => {
+    // how another replica sees a version replaced by an upload that names it (tritonclient's "file:1/model.onnx"), and
+    // how an operator replaces a version's file: it went on serving the file it had loaded, for good
+    const doubling = buildModel({
+      nodes: [{ op: 'Add', inputs: ['x', 'x'], outputs: ['y'] }],
+      inputs: [{ name: 'x', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+      outputs: [{ name: 'y', elemType: ElemType.FLOAT, shape: ['N', 4] }],
+    });
+    const gw = await startGateway({ models: { ident: { onnx: identityModel(ElemType.FLOAT, ['N', 4]), config: { task: 'raw' } } } });
+    const scan = scanOf(gw);
+    const file = path.join(gw.root, 'ident', '1', 'model.onnx');
+    const answer = async () => {
+      const r = await fetch(`${gw.url}/v2/models/ident/versions/1/infer`, {
+        method: 'POST',
+        body: JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: [1, 2, 3, 4] }] }),
+      });
+      return ((await r.json()) as { outputs?: { data: number[] }[] }).outputs?.[0].data ?? r.status;
+    };
+    const put = async (bytes: Uint8Array) => {
+      await writeFile(`${file}.new`, bytes);
+      await rename(`${file}.new`, file); // the safe way: never half a file
+    };
+    const error = async () => (await gw.gql(`{ model(name: "ident") { configurationError } }`)).data.model.configurationError;
+    try {
+      expect(await answer()).toEqual([1, 2, 3, 4]);
+      await put(doubling);
+      await scan();
+      expect(await answer()).toEqual([2, 4, 6, 8]);
+      // one that does not load: the version serves on with the file it loaded, and the model says why
+      await put(doubling.subarray(0, 40));
+      await scan();
+      await scan(); // tried once, not at every scan
+      expect(await answer()).toEqual([2, 4, 6, 8]);
+      expect(await error()).toMatch(/ident: the model file of version 1 changed and does not load.*keeps serving the file it loaded/);
+      await put(identityModel(ElemType.FLOAT, ['N', 4]));
+      await scan();
+      expect(await answer()).toEqual([1, 2, 3, 4]);
+      expect(await error()).toBeNull();
+    } finally {
+      await gw.close();
+    }
+  });
+});
 
 describe('a model folder the server cannot read for a moment', () => {
   it('keeps its serving version and says why, rather than unloading it and telling to put the model at <name>/1/model.onnx', async () => {

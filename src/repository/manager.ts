@@ -442,8 +442,15 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         fresh.loadedMtimeMs = mtime;
         model.versions.set(v, fresh);
         loads.push(fresh.load(this.loadOptions, model.files ? undefined : (model.configError ?? undefined)));
-      } else if (mv.state === 'AVAILABLE' && configChanged && (retry || mv.refusedSignature !== model.files!.signature))
-        loads.push(this.replace(model, mv)); // once per new configuration (a misfit one was reloaded at every scan)
+      } else if (mv.state === 'AVAILABLE') {
+        // a version whose file's change time was not recorded (loaded from an upload or a path) takes the file's now
+        if (mv.loadedMtimeMs === 0) mv.loadedMtimeMs = mtime;
+        // its file replaced under it (an upload that names the version, on this replica or another; an operator's
+        // rename over it), once per change, as a new configuration is (a misfit one was reloaded at every scan)
+        const fileChanged = mtime !== 0 && mtime !== mv.loadedMtimeMs && (retry || mv.refusedMtimeMs !== mtime);
+        if (fileChanged || (configChanged && (retry || mv.refusedSignature !== model.files!.signature)))
+          loads.push(this.replace(model, mv, fileChanged ? mtime : undefined));
+      }
     }
     await Promise.all(loads);
     // a model.json that parses but does not fit the model (found by the load's check): the model says so too, as for
@@ -484,19 +491,37 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** A new configuration for a serving version: a new instance loads beside it and takes over once AVAILABLE. */
-  private async replace(model: Model, old: ModelVersion): Promise<void> {
+  private async replace(model: Model, old: ModelVersion, changedFile?: number): Promise<void> {
     // unpublished while it loads: for clients the version stays AVAILABLE, whether or not it takes over
     const fresh = this.newVersion(model, old.version, old.modelPath, model.files, false);
-    fresh.loadedMtimeMs = old.loadedMtimeMs;
+    fresh.loadedMtimeMs = changedFile ?? old.loadedMtimeMs;
     await this.loadCandidate(fresh);
     if (fresh.state !== 'AVAILABLE') {
       old.refusedSignature = model.files?.signature ?? null;
+      if (changedFile !== undefined) {
+        old.refusedMtimeMs = changedFile;
+        if (model.configError === model.fileError) model.configError = null;
+        model.fileError = new GatewayError(
+          ErrorCode.MODEL_LOAD_FAILED,
+          `${model.name}: the model file of version ${old.version} changed and does not load (${fresh.errorMessage ?? 'no reason given'}); the version keeps serving the file it loaded, until one that loads replaces it`,
+        );
+        model.configError ??= model.fileError;
+        this.logger.warn(
+          { model: model.name, version: old.version, error: fresh.errorMessage },
+          'the new model file did not load; the version keeps serving the one it loaded',
+        );
+        return;
+      }
       model.configError = versionError(fresh, ErrorCode.INVALID_MODEL_CONFIG, { fallback: 'the new configuration did not load' });
       this.logger.warn(
         { model: model.name, version: old.version, error: fresh.errorMessage },
         'the new configuration did not load; the version keeps serving with the previous one',
       );
       return;
+    }
+    if (model.fileError) {
+      if (model.configError === model.fileError) model.configError = null;
+      model.fileError = null;
     }
     model.versions.set(old.version, fresh);
     fresh.inService();

@@ -30,6 +30,8 @@ export class Model {
   policyError: GatewayError | null = null;
   /** The folder could not be read at the last scan (permission denied, I/O): its versions were left as they were. */
   readError: GatewayError | null = null;
+  /** A serving version's model file was replaced by one that does not load (it serves on with the one it loaded). */
+  fileError: GatewayError | null = null;
   readonly versions = new Map<number, ModelVersion>();
   /** Unloaded by a client: the watcher leaves it alone until loadModel. */
   disabled = false;

@@ -401,6 +401,8 @@ export class ModelVersion {
 
   /** A replacement with this configuration (its signature) failed to load: not tried again until it changes. */
   refusedSignature: string | null = null;
+  /** The change time of a replacement of its model file that did not load (tried once per change, see refusedSignature). */
+  refusedMtimeMs: number | null = null;
 
   /** Call off a pending self-restart: the version was unloaded, dropped or replaced in the meantime. */
   cancelRestart(): void {
