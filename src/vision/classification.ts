@@ -62,7 +62,8 @@ export function topClasses(scores: Float32Array, k: number, minScore = -Infinity
   const best: number[] = [];
   for (let c = 0; c < scores.length; c++) {
     const v = scores[c];
-    if (v < minScore || (best.length === k && v <= scores[best[k - 1]])) continue;
+    // NaN and the infinities are no score (a GraphQL Float cannot carry them): such a class is left out, not the answer
+    if (!Number.isFinite(v) || v < minScore || (best.length === k && v <= scores[best[k - 1]])) continue;
     let i = best.length === k ? k - 1 : best.length;
     while (i > 0 && scores[best[i - 1]] < v) {
       best[i] = best[i - 1];

@@ -266,7 +266,9 @@ export function detect(
   labels: Labels | null,
   opts: DecodeOptions,
 ): DetectedObject[] {
-  const cands = decode(outputs, cfg, t, opts.minConfidence);
+  // a score that is not a number (NaN, from a model whose arithmetic overflowed) passes no threshold: it is no object,
+  // and the answer keeps the others (a NaN confidence cannot be written as a GraphQL Float and nulled the whole answer)
+  const cands = decode(outputs, cfg, t, opts.minConfidence).filter((c) => Number.isFinite(c.score));
   return nms(cands, opts.iouThreshold, opts.maxDetections)
     .map((c) => {
       const [xMin, yMin] = toOriginalNormalized(t, c.x1, c.y1);

@@ -201,6 +201,8 @@ export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null,
     if (n < minPixels) continue;
     const [xMin, yMin] = toOriginalNormalized(t, x0 * sx, y0 * sy);
     const [xMax, yMax] = toOriginalNormalized(t, (x1 + 1) * sx, (y1 + 1) * sy);
+    // a region wholly in the padding (FILL) has no area in the photo: no region, as classes and detections say
+    if (!(xMax > xMin && yMax > yMin)) continue;
     out.push({ classId: cls, label: labels?.get(cls) ?? null, pixels: n, box: { xMin, yMin, xMax, yMax } });
   }
   return out.sort((a, b) => a.box.yMin - b.box.yMin || a.box.xMin - b.box.xMin);
