@@ -73,8 +73,16 @@ function decodeBoxesScores(outputs: Record<string, Tensor>, cfg: Format<'boxes_s
   let boxesName = cfg.boxes;
   let scoresName = cfg.scores;
   if (!boxesName || !scoresName) {
+    // told apart by shape: only when one output ends in 4 and one other is left (a model of four classes has scores
+    // [N,K,4] too, and its scores were read as boxes)
     const names = Object.keys(outputs);
-    boxesName = names.find((n) => outputs[n].shape.at(-1) === 4);
+    const fours = names.filter((n) => outputs[n].shape.at(-1) === 4);
+    if (fours.length !== 1 || names.length !== 2)
+      throw misfit(
+        'postprocessing.boxes',
+        `boxes_scores cannot tell the boxes from the scores among outputs ${names.map((n) => `${n} [${outputs[n].shape.join(',')}]`).join(', ')}: name them (postprocessing.boxes and postprocessing.scores)`,
+      );
+    boxesName = fours[0];
     scoresName = names.find((n) => n !== boxesName);
   }
   const bt = output(outputs, boxesName, 'boxes', 'postprocessing.boxes');

@@ -112,6 +112,17 @@ export function planInput(config: ModelConfig, inputs: readonly TensorInfo[], me
   if (mean && !(mean.data.length === channels || mean.data.length === channels * (width ?? 0) * (height ?? 0))) {
     throw invalidConfig('meanFile', `holds ${mean.data.length} values; expected ${channels} or ${channels}x${height}x${width}`);
   }
+  // a mean image is read channel by channel, [C,H,W]: one written channels-last ([H,W,C], as numpy keeps images) holds
+  // as many values and was read as scrambled channels
+  if (mean && channels > 1 && mean.data.length !== channels) {
+    let dims = mean.shape;
+    while (dims.length > 3 && dims[0] === 1) dims = dims.slice(1);
+    if (dims.join('x') !== `${channels}x${height}x${width}`)
+      throw invalidConfig(
+        'meanFile',
+        `has shape [${mean.shape.join(',')}]; a mean image is [${channels},${height},${width}] (channels first${dims.at(-1) === channels ? ': transpose a channels-last [H,W,C] array to [C,H,W]' : ''})`,
+      );
+  }
   return { input: info.name, layout, channels, dtype, width, height, pre, mean };
 }
 
