@@ -60,9 +60,15 @@ export function iou(a: Candidate, b: Candidate): number {
 export function nms(cands: Candidate[], iouThreshold: number, maxDetections: number): Candidate[] {
   const sorted = [...cands].sort((a, b) => b.score - a.score);
   const kept: Candidate[] = [];
+  // each candidate is held against the kept boxes of its own class only: against every kept box, a model of many
+  // boxes and classes (1917 x 91) at maxDetections 10000 and iouThreshold 1 took 0.5 s of the event loop per image
+  const keptOf = new Map<number, Candidate[]>();
   for (const c of sorted) {
     if (kept.length >= maxDetections) break;
-    if (kept.some((k) => k.classId === c.classId && iou(k, c) > iouThreshold)) continue;
+    let same = keptOf.get(c.classId);
+    if (same?.some((k) => iou(k, c) > iouThreshold)) continue;
+    if (!same) keptOf.set(c.classId, (same = []));
+    same.push(c);
     kept.push(c);
   }
   return kept;
