@@ -81,6 +81,8 @@ export interface SegmentationRun {
   transform: ImageTransform;
   map: ClassMap;
   labels: ModelFiles['labels'];
+  /** Each region's box grown by this (postprocessing.unclipRatio; 0: as found). */
+  unclipRatio: number;
 }
 export interface ImageRun {
   model: Model;
@@ -229,11 +231,13 @@ export class InferenceService {
   ): Promise<SegmentationRun>[] {
     return this.runImages('segmentation', name, version, sources, opts).map(async (r) => {
       const run = await r;
+      const cfg = postprocessingOf(run.files.config, 'segmentation');
       return {
         image: run.image,
         transform: run.transform,
-        map: toClassMap(run.outputs, postprocessingOf(run.files.config, 'segmentation'), run.plan.layout),
+        map: toClassMap(run.outputs, cfg, run.plan.layout),
         labels: run.files.labels,
+        unclipRatio: cfg.unclipRatio,
       };
     });
   }

@@ -220,6 +220,14 @@ const segmentationPost = z
     activation: activation.default('none'),
     threshold: z.number().min(0).max(1).default(0.5).describe('One channel: foreground at or above this (after activation).'),
     layout: layout.optional().describe("The output's layout; default the input's."),
+    unclipRatio: z
+      .number()
+      .min(0)
+      .max(10)
+      .default(0)
+      .describe(
+        "Each region's box grown on every side by its area x unclipRatio / its perimeter, as DB text detectors unclip their shrunk kernels (PaddleOCR: 1.5); 0: the region's own box.",
+      ),
   })
   .prefault({});
 

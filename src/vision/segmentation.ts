@@ -158,7 +158,7 @@ export function classHistogram(map: ClassMap, t: ImageTransform, labels: Labels 
 }
 
 /** Connected regions (8-neighbour) of each non-background class, at the model's output resolution. */
-export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null, minPixels: number): Region[] {
+export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null, minPixels: number, unclipRatio = 0): Region[] {
   const { width: w, height: h, ids } = map;
   const seen = new Uint8Array(w * h);
   const stack: number[] = [];
@@ -199,8 +199,17 @@ export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null,
       }
     }
     if (n < minPixels) continue;
-    const [xMin, yMin] = toOriginalNormalized(t, x0 * sx, y0 * sy);
-    const [xMax, yMax] = toOriginalNormalized(t, (x1 + 1) * sx, (y1 + 1) * sy);
+    // a DB text detector's map marks a shrunk kernel of each word: its box grown by area x ratio / perimeter on every
+    // side (PaddleOCR's unclip, on the box rather than the contour's rotated rectangle), in the model's input pixels
+    const bw = (x1 + 1 - x0) * sx;
+    const bh = (y1 + 1 - y0) * sy;
+    const grow = unclipRatio > 0 ? (bw * bh * unclipRatio) / (2 * (bw + bh)) : 0;
+    const [xMin, yMin] = toOriginalNormalized(t, Math.max(0, x0 * sx - grow), Math.max(0, y0 * sy - grow));
+    const [xMax, yMax] = toOriginalNormalized(
+      t,
+      Math.min(t.inputWidth, (x1 + 1) * sx + grow),
+      Math.min(t.inputHeight, (y1 + 1) * sy + grow),
+    );
     // a region wholly in the padding (FILL) has no area in the photo: no region, as classes and detections say
     if (!(xMax > xMin && yMax > yMin)) continue;
     out.push({ classId: cls, label: labels?.get(cls) ?? null, pixels: n, box: { xMin, yMin, xMax, yMax } });

@@ -185,7 +185,7 @@ export const SegmentationRef = builder.objectRef<SegSource>('Segmentation').impl
         if (done) return done;
         if (known.size >= MAX_REGION_QUERIES)
           throw new GatewayError(ErrorCode.LIMIT_EXCEEDED, `more than ${MAX_REGION_QUERIES} different minPixels asked of one segmentation`);
-        const found = regions(s.map, s.transform, s.labels, minPixels);
+        const found = regions(s.map, s.transform, s.labels, minPixels, s.unclipRatio);
         known.set(minPixels, found);
         return found;
       },
