@@ -100,3 +100,34 @@ export function readJpegHeader(b: Uint8Array): JpegHeader | null {
   const profile = icc.length === 0 ? null : icc.length === 1 ? icc[0] : Buffer.concat(icc);
   return { width: sof.width, height: sof.height, components: sof.components, orientation, icc: profile };
 }
+
+/**
+ * The scans of a JPEG, counted up to `limit + 1` from its first start of scan on: a progressive JPEG can hold any
+ * number, and libjpeg reads every one over every block of the photo before libvips can stop it (DECODE_TIMEOUT_MS is
+ * checked once they are read). An empty AC scan takes a few dozen bytes and ~4 ms at 36 MP: 300 KB of them held a
+ * decoding thread 13-40 s. Entropy-coded data holds no 0xFF 0xDA (a 0xFF there is followed by 0x00 or a restart
+ * marker), so each one past the first start of scan is another scan (or, by chance, two bytes of a table segment
+ * between scans: an over-count, never an under-count). Real photos have 1 (baseline) to about 10 (progressive).
+ */
+export function jpegScans(b: Uint8Array, limit: number): number {
+  const buffer = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  const sos = Buffer.from([0xff, 0xda]);
+  // the header segments first, by their lengths (an APP segment may hold anything, an EXIF thumbnail's scans too)
+  let first = -1;
+  for (let at = 2; at + 1 < b.length && b[at] === 0xff; ) {
+    while (at + 2 < b.length && b[at + 1] === 0xff) at++; // fill bytes
+    const marker = b[at + 1];
+    if (marker === 0xda) {
+      first = at;
+      break;
+    }
+    if ((marker >= 0xd0 && marker <= 0xd7) || marker === 0x01) at += 2; // no payload
+    else if (at + 4 > b.length) break;
+    else at += 2 + ((b[at + 2] << 8) | b[at + 3]);
+  }
+  // a header that does not walk plainly (libjpeg skips bytes between markers): every 0xFF 0xDA counts
+  if (first < 0) first = buffer.indexOf(sos, 2);
+  let scans = 0;
+  for (let at = first; at >= 0 && scans <= limit; at = buffer.indexOf(sos, at + 2)) scans++;
+  return scans;
+}
