@@ -1,7 +1,54 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
+import { readJpegHeader } from '../src/vision/jpeg-header.ts';
 import { errorCode, fixture, image, startGateway, type TestGateway } from './helpers.ts';
+
+/** A marker segment: 0xFF, the marker, its length (itself included), the payload. */
+const segment = (marker: number, payload: Buffer) =>
+  Buffer.concat([Buffer.from([0xff, marker, (payload.length + 2) >> 8, (payload.length + 2) & 0xff]), payload]);
+
+/** The JPEG without its APPn segments (so that what a test adds is all there is). */
+function withoutApp(jpeg: Buffer): Buffer {
+  const out = [jpeg.subarray(0, 2)];
+  for (let at = 2; ; ) {
+    const marker = jpeg[at + 1];
+    if (marker === 0xda) return Buffer.concat([...out, jpeg.subarray(at)]);
+    const end = at + 2 + jpeg.readUInt16BE(at + 2);
+    if (!(marker >= 0xe0 && marker <= 0xef)) out.push(jpeg.subarray(at, end));
+    at = end;
+  }
+}
+
+const afterSoi = (jpeg: Buffer, ...segments: Buffer[]) => Buffer.concat([jpeg.subarray(0, 2), ...segments, jpeg.subarray(2)]);
+
+/** An APP1 EXIF segment (little-endian TIFF, IFD0 holding the orientation), after `prefix` ("Exif\0\0" in a real one). */
+function exif(orientation: number, prefix = 'Exif\0\0'): Buffer {
+  const tiff = Buffer.alloc(8 + 2 + 12 + 4);
+  tiff.write('II*\0', 0, 'latin1');
+  tiff.writeUInt32LE(8, 4);
+  tiff.writeUInt16LE(1, 8);
+  tiff.writeUInt16LE(0x0112, 10);
+  tiff.writeUInt16LE(3, 12);
+  tiff.writeUInt32LE(1, 14);
+  tiff.writeUInt16LE(orientation, 18);
+  return segment(0xe1, Buffer.concat([Buffer.from(prefix, 'latin1'), tiff]));
+}
+
+/** APP2 ICC_PROFILE chunks of a profile (sequence 1 to n of n), after `prefix` ("ICC_PROFILE\0" in a real one). */
+function iccSegments(icc: Buffer, prefix = 'ICC_PROFILE\0'): Buffer[] {
+  const n = Math.ceil(icc.length / 65519);
+  return Array.from({ length: n }, (_, i) =>
+    segment(0xe2, Buffer.concat([Buffer.from(prefix, 'latin1'), Buffer.from([i + 1, n]), icc.subarray(i * 65519, (i + 1) * 65519)])),
+  );
+}
+
+/** One of libvips' built-in profiles ('srgb', 'p3'), as sharp embeds it. */
+const builtinProfile = async (name: string) =>
+  Buffer.from(
+    (await sharp(await sharp({ create: { width: 8, height: 8, channels: 3, background: '#888' } }).withIccProfile(name).jpeg().toBuffer()).metadata())
+      .icc!,
+  );
 
 /**
  * A progressive JPEG of size x size whose real scans are followed by `scans` AC scans of the first component that hold
@@ -59,6 +106,45 @@ describe('hostile images against the decoding path', () => {
     expect(ms, `attack answered after ${Math.round(ms)} ms: ${JSON.stringify(r.errors ?? r.data)}`).toBeLessThan(3000);
     expect(otherMs).toBeLessThan(3000);
     if (r.errors) expect(['INVALID_IMAGE', 'IMAGE_TOO_LARGE']).toContain(errorCode(r));
+  });
+
+  it('an APP1 that libvips reads as the EXIF block ("Exif" and two other bytes) before a real one: boxes, crops and the drawing agree on the orientation', async () => {
+    const dog = withoutApp(await readFile(image('dog.jpg')));
+    // libvips takes the first APP1 that starts with "Exif" (which holds no orientation it can read): orientation 1
+    const photo = afterSoi(dog, exif(1, 'Exif\0\x01'), exif(6));
+    const libvips = await sharp(photo).metadata();
+    const DETECT = `mutation($f: File!) { detect(model: "yolox", image: { file: $f }) {
+      imageWidth imageHeight objects { label classify(model: "mobilenet", topK: 1) { predictions { label } } } annotatedImage } }`;
+    const r = await gw.gql(DETECT, { f: null }, { files: { f: photo } });
+    expect(r.errors, JSON.stringify(r.errors)).toBeUndefined();
+    const { imageWidth, imageHeight, annotatedImage } = r.data.detect;
+    expect([imageWidth, imageHeight]).toEqual([libvips.autoOrient.width, libvips.autoOrient.height]);
+    const drawn = await sharp(Buffer.from(annotatedImage, 'base64')).metadata();
+    expect([drawn.width, drawn.height]).toEqual([imageWidth, imageHeight]);
+    // the crops are cut where the boxes are: the same labels as on the photo without the EXIF blocks
+    const plain = await gw.gql(DETECT, { f: null }, { files: { f: dog } });
+    const labels = (d: any) => d.detect.objects.map((o: any) => `${o.label}: ${o.classify.predictions[0].label}`);
+    expect(labels(r.data)).toEqual(labels(plain.data));
+  });
+
+  it('the JPEG header reader reads the ICC profile libvips reads, or leaves it to libvips (APP2 chunks libvips takes and it did not)', async () => {
+    const bee = withoutApp(await readFile(image('bee.jpeg')));
+    const [srgb, p3] = await Promise.all([builtinProfile('srgb'), builtinProfile('p3')]);
+    const half = Math.floor(p3.length / 2);
+    const chunk = (seq: number, count: number, data: Buffer, prefix = 'ICC_PROFILE\0') =>
+      segment(0xe2, Buffer.concat([Buffer.from(prefix, 'latin1'), Buffer.from([seq, count]), data]));
+    const photos = {
+      // "ICC_PROFILE" and another byte: libvips reads it as a chunk (the later sequence 1 wins)
+      'a second sequence 1 after "ICC_PROFILE\\x01"': afterSoi(bee, ...iccSegments(srgb), ...iccSegments(p3, 'ICC_PROFILE\x01')),
+      // a chunk of no data: libvips ignores it, and joins the chunks before the gap
+      'an empty chunk 2 of 3': afterSoi(bee, chunk(1, 3, p3.subarray(0, half)), chunk(2, 3, Buffer.alloc(0)), chunk(3, 3, p3.subarray(half))),
+    };
+    for (const [name, photo] of Object.entries(photos)) {
+      const read = readJpegHeader(photo);
+      if (!read) continue; // left to libvips
+      const theirs = (await sharp(photo).metadata()).icc;
+      expect(read.icc ? Buffer.from(read.icc).toString('hex') : null, name).toEqual(theirs ? theirs.toString('hex') : null);
+    }
   });
 
 });
