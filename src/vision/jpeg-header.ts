@@ -79,13 +79,18 @@ export function readJpegHeader(b: Uint8Array): JpegHeader | null {
       sof = { height: (b[start + 1] << 8) | b[start + 2], width: (b[start + 3] << 8) | b[start + 4], components: b[start + 5] };
     } else if (marker >= 0xc3 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
       return null; // lossless, hierarchical or arithmetic coding: libvips decides
-    } else if (marker === 0xe1 && ascii(b, start, 'Exif\0\0')) {
-      if (exifSeen) return null;
+    } else if (marker === 0xe1 && length > 6 && ascii(b, start, 'Exif')) {
+      // libvips takes the first APP1 of more than 4 bytes that starts with "Exif" as the EXIF block, whatever the two
+      // bytes after it: one that is not "Exif\0\0" (libexif then reads no orientation) is libvips' to judge, or the
+      // boxes would be turned one way and the crops and drawings, which libvips turns, the other
+      if (exifSeen || !ascii(b, start, 'Exif\0\0')) return null;
       exifSeen = true;
       orientation = exifOrientation(b, start, end);
       if (orientation === null) return null;
-    } else if (marker === 0xe2 && ascii(b, start, 'ICC_PROFILE\0')) {
-      if (length < 16) return null;
+    } else if (marker === 0xe2 && ascii(b, start, 'ICC_PROFILE')) {
+      // libvips takes every APP2 that starts with "ICC_PROFILE" and holds more than 14 bytes as a chunk (by its sequence
+      // number, a later one replacing an earlier one) and ignores a shorter one: anything but a plain chunk is its to judge
+      if (length <= 16 || b[start + 11] !== 0) return null;
       const seq = b[start + 12];
       const count = b[start + 13];
       if (count === 0 || (iccCount !== 0 && count !== iccCount) || seq !== icc.length + 1) return null;
