@@ -147,4 +147,45 @@ describe('hostile images against the decoding path', () => {
     }
   });
 
+  it('a linear-light profile whose name says sRGB ("GIMP built-in Linear sRGB") is converted like the same profile of another name', async () => {
+    // libvips' sRGB profile with a tone curve of gamma 1.0 (linear light), under a name of our choice
+    const srgb = await builtinProfile('srgb');
+    const linearProfile = (description: string) => {
+      const text = Buffer.from(description, 'utf16le').swap16();
+      const desc = Buffer.alloc(28 + text.length + ((4 - (text.length % 4)) % 4));
+      desc.write('mluc', 0, 'latin1');
+      desc.writeUInt32BE(1, 8);
+      desc.writeUInt32BE(12, 12);
+      desc.write('enUS', 16, 'latin1');
+      desc.writeUInt32BE(text.length, 20);
+      desc.writeUInt32BE(28, 24);
+      text.copy(desc, 28);
+      const icc = Buffer.concat([srgb, desc]);
+      expect(icc.toString('latin1', 132, 136)).toBe('desc');
+      icc.writeUInt32BE(srgb.length, 136);
+      icc.writeUInt32BE(28 + text.length, 140);
+      icc.writeUInt32BE(icc.length, 0);
+      const trc = icc.indexOf('para', 128, 'latin1');
+      icc.writeUInt16BE(0, trc + 8); // function 0: y = x^g
+      icc.writeInt32BE(65536, trc + 12); // g = 1.0
+      return icc;
+    };
+    // the photo's pixels in linear light, as an editor working in linear light exports them
+    const { data, info } = await sharp(await readFile(image('peacock.jpeg')))
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    const toLinear = (v: number) => Math.round(255 * (v / 255 <= 0.04045 ? v / 255 / 12.92 : ((v / 255 + 0.055) / 1.055) ** 2.4));
+    const linear = await sharp(Buffer.from(data.map(toLinear)), { raw: { width: info.width, height: info.height, channels: 3 } })
+      .jpeg({ quality: 95 })
+      .toBuffer();
+    const tagged = (name: string) => afterSoi(withoutApp(linear), ...iccSegments(linearProfile(name)));
+    const other = await top1(tagged('Linear RGB'));
+    expect(other.label).toBe('peacock');
+    for (const name of ['GIMP built-in Linear sRGB', 'sRGB-elle-V4-g10.icc']) {
+      const got = await top1(tagged(name));
+      expect(got.label, name).toBe(other.label);
+      expect(Math.abs(got.confidence - other.confidence), `${name}: ${got.confidence} against ${other.confidence}`).toBeLessThan(0.02);
+    }
+  });
+
 });
