@@ -59,8 +59,12 @@ export function embeddedProfile(icc: Uint8Array): EmbeddedProfile {
     cache.set(key, hit);
     return hit;
   }
-  const srgbProfile = isSrgbProfile(icc);
-  const found = { srgbProfile, rgbProfile: srgbProfile ? null : rgbTransformOf(icc) };
+  // a name that says sRGB is not enough: "GIMP built-in Linear sRGB" or Elle Stone's "sRGB-elle-V4-g10" are sRGB's
+  // primaries in linear light, whose transform changes every level; a profile we can read is skipped only when its
+  // transform changes nothing (one that does not parse, a LUT-based sRGB profile, is taken at its name as before)
+  const transform = rgbTransformOf(icc);
+  const srgbProfile = isSrgbProfile(icc) && (transform === null || changesNothing(transform));
+  const found = { srgbProfile, rgbProfile: srgbProfile ? null : transform };
   cache.set(key, found);
   if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value!);
   return found;
@@ -97,6 +101,17 @@ export function applyRgbTransform(
       pixels[i + 2] = enc[clampStep(m6 * r + m7 * g + m8 * b)];
     }
   }
+}
+
+/** Does the transform leave 8-bit colours as they are (within one level), on a grid through the RGB cube? */
+function changesNothing(t: RgbTransform): boolean {
+  const levels = Array.from({ length: 18 }, (_, i) => i * 15);
+  const px = new Uint8Array(levels.length ** 3 * 3);
+  let i = 0;
+  for (const r of levels) for (const g of levels) for (const b of levels) px.set([r, g, b], (i++) * 3);
+  const out = px.slice();
+  applyRgbTransform(t, out);
+  return out.every((v, k) => Math.abs(v - px[k]) <= 1);
 }
 
 function clampStep(v: number): number {
