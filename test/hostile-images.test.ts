@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { deflateSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import { readJpegHeader } from '../src/vision/jpeg-header.ts';
@@ -188,4 +189,40 @@ describe('hostile images against the decoding path', () => {
     }
   });
 
+  it('PNGs of 140 KB whose iCCP chunk inflates to a 52 MB profile do not leave gigabytes of memory held', async () => {
+    const png = await sharp(await readFile(image('bee.jpeg')))
+      .png()
+      .toBuffer();
+    const p3 = await builtinProfile('p3');
+    const crcTable = Array.from({ length: 256 }, (_, n) => {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      return c >>> 0;
+    });
+    const crc = (b: Uint8Array) => {
+      let c = 0xffffffff;
+      for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
+      return (c ^ 0xffffffff) >>> 0;
+    };
+    // Display P3, padded with zeros to 52 MB (its size field says so), compressed: what libspng still inflates
+    const profile = Buffer.alloc(52_000_000);
+    p3.copy(profile);
+    profile.writeUInt32BE(profile.length, 0);
+    const body = Buffer.concat([Buffer.from('iCCPx\0\0', 'latin1'), deflateSync(profile, { level: 9 })]);
+    const iccp = Buffer.alloc(body.length + 8);
+    iccp.writeUInt32BE(body.length - 4, 0);
+    body.copy(iccp, 4);
+    iccp.writeUInt32BE(crc(body), body.length + 4);
+    const bomb = Buffer.concat([png.subarray(0, 33), iccp, png.subarray(33)]); // after IHDR
+    expect(bomb.length).toBeLessThan(160_000);
+    expect((await sharp(bomb).metadata()).icc?.length).toBe(52_000_000);
+    const before = process.memoryUsage().rss;
+    for (let round = 0; round < 4; round++) {
+      const answers = await Promise.all([0, 1, 2].map(() => gw.gql(CLASSIFY, { f: null }, { files: { f: bomb } })));
+      for (const r of answers) expect(r.data?.classify?.predictions[0].label ?? errorCode(r)).toBe('bee');
+    }
+    const grown = (process.memoryUsage().rss - before) / 1e6;
+    // 12 requests, 1.7 MB sent in all
+    expect(grown, `RSS grew ${Math.round(grown)} MB`).toBeLessThan(600);
+  }, 60_000);
 });
