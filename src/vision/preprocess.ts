@@ -9,6 +9,12 @@ import { applyRgbTransform, embeddedProfile, type EmbeddedProfile, type RgbTrans
 import { jpegScans, readJpegHeader, type JpegHeader } from './jpeg-header.ts';
 import { DEFAULT_IMAGE_FORMATS } from './formats.ts';
 
+// libvips' operation cache (sharp's default: 100 operations, "50 MB") keeps what it has loaded with its metadata, which
+// its memory limit does not count: a PNG of 140 KB whose iCCP chunk inflates to a 52 MB profile left ~200 MB held per
+// request, 2.4 GB after 12 of them (a replica of the Kubernetes manifest has 2.5 GiB). Every image here is new bytes:
+// nothing is ever found in that cache.
+sharp.cache(false);
+
 /** How a point of the model input maps back to the original image: x_input = x_orig * scaleX + offsetX. */
 export interface ImageTransform {
   width: number;
