@@ -189,6 +189,40 @@ describe('hostile images against the decoding path', () => {
     }
   });
 
+  it('a profile whose tone curves Little CMS reads differently (gamma 0 or below, values below black) is converted as libvips converts it', async () => {
+    const p3 = await builtinProfile('p3');
+    /** Display P3 with its three tone curves replaced by one parametric curve (function, parameters). */
+    const withCurve = (fn: number, ...params: number[]) => {
+      const trc = Buffer.alloc(12 + 4 * params.length);
+      trc.write('para', 0, 'latin1');
+      trc.writeUInt16BE(fn, 8);
+      params.forEach((v, i) => trc.writeInt32BE(Math.round(v * 65536), 12 + 4 * i));
+      const icc = Buffer.concat([p3, trc]);
+      for (let i = 0; i < icc.readUInt32BE(128); i++) {
+        const at = 132 + 12 * i;
+        if (!/^[rgb]TRC$/.test(icc.toString('latin1', at, at + 4))) continue;
+        icc.writeUInt32BE(p3.length, at + 4);
+        icc.writeUInt32BE(trc.length, at + 8);
+      }
+      icc.writeUInt32BE(icc.length, 0);
+      return icc;
+    };
+    const bee = withoutApp(await readFile(image('bee.jpeg')));
+    const curves: [string, Buffer][] = [
+      ['y = x^0 (Little CMS: 1 at black too)', withCurve(0, 0)],
+      ['y = x^-1', withCurve(0, -1)],
+      ['y = (x)^2.2 - 0.2 (below black)', withCurve(2, 2.2, 1, 0, -0.2)],
+    ];
+    for (const [name, icc] of curves) {
+      const photo = afterSoi(bee, ...iccSegments(icc));
+      // libvips' reading of the photo: its colours through the profile, in sRGB, without loss
+      const byLibvips = await sharp(photo).png().toBuffer();
+      const [got, want] = [await top1(photo), await top1(byLibvips)];
+      expect(got.label, name).toBe(want.label);
+      expect(Math.abs(got.confidence - want.confidence), name).toBeLessThan(0.05);
+    }
+  });
+
   it('PNGs of 140 KB whose iCCP chunk inflates to a 52 MB profile do not leave gigabytes of memory held', async () => {
     const png = await sharp(await readFile(image('bee.jpeg')))
       .png()
