@@ -175,7 +175,8 @@ function parse(icc: Uint8Array): RgbTransform | null {
     if (!curve) return null;
     for (let v = 0; v < 256; v++) {
       const y = curve(v / 255);
-      if (!Number.isFinite(y)) return null;
+      // Little CMS does not clamp a curve before the matrix: one that leaves 0..1 is its to apply
+      if (!Number.isFinite(y) || y < -1e-6 || y > 1 + 1e-6) return null;
       curves[ch * 256 + v] = Math.min(1, Math.max(0, y));
     }
     if (curves[ch * 256] > 0) return null; // black is not 0: Little CMS would compensate (v4), leave it to libvips
@@ -228,7 +229,8 @@ function toneCurve(tag: Uint8Array): ((x: number) => number) | null {
     const pw = (v: number) => (v <= 0 ? 0 : Math.pow(v, g));
     switch (fn) {
       case 0:
-        return (x) => pw(x);
+        // as Little CMS: x^g at 0 too (1 when g is 0, which then is no black at 0)
+        return (x) => (x < 0 ? 0 : Math.pow(x, g));
       case 1:
         return a === 0 ? null : (x) => (x >= -b / a ? pw(a * x + b) : 0);
       case 2:
