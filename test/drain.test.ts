@@ -123,8 +123,17 @@ describe('drain on SIGTERM', () => {
       const query = 'mutation($i: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $i, topK: 1) { predictions { label } } }';
       const images = Array.from({ length: 16 }, () => ({ path: 'zebra.jpeg' }));
       const ids = ['a', 'b', 'c', 'd', 'e', 'f'];
+      // mobilenet's images admitted so far (answered, and admitted but not yet answered), from /metrics
+      const admitted = async () => {
+        const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+        const of = (name: string) => Number(new RegExp(`^${name}\\{model="mobilenet"[^}]*\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+        return of('gateway_inference_request_success_total') + of('gateway_inference_pending_requests');
+      };
+      const before = await admitted();
       for (const id of ids) ws.send(JSON.stringify({ id, type: 'subscribe', payload: { query, variables: { i: images } } }));
-      await new Promise((r) => setTimeout(r, 250)); // every operation received, none answered yet
+      // every operation received and started (each message is handled in a turn of its own: on a busy machine a fixed
+      // 250 ms wait left the last one unread, refused as new once the drain began), the last ones still running
+      await until(async () => (await admitted()) - before >= ids.length * images.length, 10_000, 'every operation started');
       child.kill('SIGTERM');
       expect(await closed).toBe(1001);
       for (const id of ids) {
