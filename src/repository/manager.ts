@@ -762,16 +762,24 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
               );
           }
           const target = staged.modelPath ? null : model.servingVersion();
+          // the version an upload names may be one the list holds (replaced): that one is left as it is until the
+          // candidate takes over, and, when it serves, the candidate loads unpublished (as replace() does)
+          const listed = staged.version !== null ? model.versions.get(staged.version) : undefined;
+          const serving = listed?.state === 'AVAILABLE';
           // a configuration alone loads a new instance of the serving version, unpublished (as replace() does): for
           // clients the version stays AVAILABLE, whether or not it takes over
           const candidate = staged.modelPath
-            ? this.newVersion(model, staged.version!, staged.modelPath, files)
+            ? this.newVersion(model, staged.version!, staged.modelPath, files, !serving)
             : target && this.newVersion(model, target.version, target.modelPath, files, false);
+          if (candidate && listed && !serving) candidate.continues(listed);
           if (candidate) {
             await this.loadCandidate(candidate);
             if (candidate.state !== 'AVAILABLE') {
-              candidate.removed(); // it was never in the list, but its LOADING and END were published
-              if (staged.version !== null) this.dropVersion(model, staged.version);
+              // a new version was never in the list, but its LOADING and END were published
+              if (!listed) {
+                candidate.removed();
+                if (staged.version !== null) this.dropVersion(model, staged.version);
+              }
               throw versionError(candidate, ErrorCode.MODEL_LOAD_FAILED, { prefix: 'the upload was not loaded: ' });
             }
           }
@@ -780,10 +788,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             modelPath = await commitUpload(staged, model.dir, plan);
           } catch (e) {
             // the loaded candidate serves no one: closed (its session and engine workers), and a published one said gone
-            if (candidate && staged.modelPath) {
+            if (candidate && staged.modelPath && !serving) {
               await candidate.unload();
-              candidate.removed();
-              if (staged.version !== null) this.dropVersion(model, staged.version);
+              if (!listed) {
+                candidate.removed();
+                if (staged.version !== null) this.dropVersion(model, staged.version);
+              }
             } else await candidate?.unload(undefined, { replaced: true });
             const code = (e as NodeJS.ErrnoException)?.code;
             if (code === 'ENOTEMPTY' || code === 'EEXIST')
@@ -799,7 +809,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           if (candidate) {
             const previous = model.versions.get(candidate.version);
             model.versions.set(candidate.version, candidate);
-            if (!staged.modelPath) candidate.inService();
+            if (!staged.modelPath || serving) candidate.inService();
             await previous?.unload(undefined, { replaced: true });
           }
           await this.enable(model);
