@@ -481,6 +481,14 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       } else unloads.push(mv.unload());
     }
     await Promise.all(unloads);
+    // a model file that did not load is said while the version that refused it serves on (it is gone, or unloaded:
+    // nothing keeps serving another file), and again after a re-read of model.json cleared configError
+    if (model.fileError) {
+      if (![...model.versions.values()].some((mv) => mv.state === 'AVAILABLE' && mv.refusedMtimeMs !== null)) {
+        if (model.configError === model.fileError) model.configError = null;
+        model.fileError = null;
+      } else model.configError ??= model.fileError;
+    }
     if (!model.disabled && model.allSettled && model.servingVersion()) model.hasSettled = true;
     for (const mv of [...model.versions.values()]) {
       const gone = !onDisk.includes(mv.version) && mv.state === 'END';
