@@ -18,7 +18,7 @@ import { MAX_MODEL_NAME, MODEL_NAME_RE, Model, selectVersions, type ModelFiles }
 import {
   MAX_VERSION,
   atomicWrite,
-  changedAt,
+  fileState,
   checkRemovable,
   discoverVersions,
   filesStamp,
@@ -427,7 +427,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     for (const v of wanted) {
       if (this.closed) break; // shutting down: nothing new loads
       const file = files.get(v)!;
-      const mtime = await changedAt(file); // (a chmod that lets the server read it retries a failed version too)
+      // (a chmod that lets the server read it retries a failed version too: its change time)
+      const { changed: mtime, id } = await fileState(file);
       const mv = model.versions.get(v);
       const configChanged = model.files !== null && mv?.files?.signature !== model.files.signature;
       // (a version that restarts itself after an engine failure is left to it, unless loadModel asks now: then its
@@ -440,16 +441,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
         const fresh = this.newVersion(model, v, file, model.files);
         if (mv) fresh.continues(mv);
         fresh.loadedMtimeMs = mtime;
+        fresh.loadedFileId = id;
         model.versions.set(v, fresh);
         loads.push(fresh.load(this.loadOptions, model.files ? undefined : (model.configError ?? undefined)));
       } else if (mv.state === 'AVAILABLE') {
         // a version whose file's change time was not recorded (loaded from an upload or a path) takes the file's now
         if (mv.loadedMtimeMs === 0) mv.loadedMtimeMs = mtime;
+        if (mv.loadedFileId === null) mv.loadedFileId = id;
         // its file replaced under it (an upload that names the version, on this replica or another; an operator's
-        // rename over it), once per change, as a new configuration is (a misfit one was reloaded at every scan)
-        const fileChanged = mtime !== 0 && mtime !== mv.loadedMtimeMs && (retry || mv.refusedMtimeMs !== mtime);
+        // rename over it, a write in place; not a chmod or a hard link), once per change, as a new configuration is (a
+        // misfit one was reloaded at every scan)
+        const fileChanged = id !== null && id !== mv.loadedFileId && (retry || mv.refusedFileId !== id);
         if (fileChanged || (configChanged && (retry || mv.refusedSignature !== model.files!.signature)))
-          loads.push(this.replace(model, mv, fileChanged ? mtime : undefined));
+          loads.push(this.replace(model, mv, fileChanged ? { mtime, id } : undefined));
       }
     }
     await Promise.all(loads);
@@ -484,7 +488,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     // a model file that did not load is said while the version that refused it serves on (it is gone, or unloaded:
     // nothing keeps serving another file), and again after a re-read of model.json cleared configError
     if (model.fileError) {
-      if (![...model.versions.values()].some((mv) => mv.state === 'AVAILABLE' && mv.refusedMtimeMs !== null)) {
+      if (![...model.versions.values()].some((mv) => mv.state === 'AVAILABLE' && mv.refusedFileId !== null)) {
         if (model.configError === model.fileError) model.configError = null;
         model.fileError = null;
       } else model.configError ??= model.fileError;
@@ -499,15 +503,16 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** A new configuration for a serving version: a new instance loads beside it and takes over once AVAILABLE. */
-  private async replace(model: Model, old: ModelVersion, changedFile?: number): Promise<void> {
+  private async replace(model: Model, old: ModelVersion, changedFile?: { mtime: number; id: string }): Promise<void> {
     // unpublished while it loads: for clients the version stays AVAILABLE, whether or not it takes over
     const fresh = this.newVersion(model, old.version, old.modelPath, model.files, false);
-    fresh.loadedMtimeMs = changedFile ?? old.loadedMtimeMs;
+    fresh.loadedMtimeMs = changedFile?.mtime ?? old.loadedMtimeMs;
+    fresh.loadedFileId = changedFile?.id ?? old.loadedFileId;
     await this.loadCandidate(fresh);
     if (fresh.state !== 'AVAILABLE') {
       old.refusedSignature = model.files?.signature ?? null;
       if (changedFile !== undefined) {
-        old.refusedMtimeMs = changedFile;
+        old.refusedFileId = changedFile.id;
         if (model.configError === model.fileError) model.configError = null;
         model.fileError = new GatewayError(
           ErrorCode.MODEL_LOAD_FAILED,

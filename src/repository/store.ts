@@ -98,6 +98,18 @@ export const changedAt = (p: string) =>
   );
 
 /**
+ * A model file's change time (changedAt) and what says its bytes are others (null when it cannot be read now): its
+ * inode (a file renamed over it, an upload's folder), size and modification time (a write in place). A chmod, a chown
+ * or a hard link made to it (a backup) moves its change time and leaves its bytes: a serving version is not loaded
+ * again for them.
+ */
+export const fileState = (p: string): Promise<{ changed: number; id: string | null }> =>
+  stat(p).then(
+    (st) => ({ changed: st.ctimeMs, id: `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}` }),
+    () => ({ changed: 0, id: null }),
+  );
+
+/**
  * When the files a model's configuration comes from last changed: model.json, the labels files and the mean file. The
  * watcher rereads a model when this changes.
  */

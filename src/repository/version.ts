@@ -77,6 +77,8 @@ export class ModelVersion {
   notes: Record<string, unknown> = {};
   /** When the file that was loaded last changed (its ctime: store.changedAt), to retry a failed load when it changes. */
   loadedMtimeMs = 0;
+  /** Which bytes the file that was loaded held (store.fileState's id; null: not known), to load a replaced one. */
+  loadedFileId: string | null = null;
   /** The model's inputs and outputs as last loaded (kept after unloading, for clients to read). */
   inputs: TensorInfo[] = [];
   outputs: TensorInfo[] = [];
@@ -401,8 +403,8 @@ export class ModelVersion {
 
   /** A replacement with this configuration (its signature) failed to load: not tried again until it changes. */
   refusedSignature: string | null = null;
-  /** The change time of a replacement of its model file that did not load (tried once per change, see refusedSignature). */
-  refusedMtimeMs: number | null = null;
+  /** A replacement of its model file that did not load (its fileState id: tried once per change, see refusedSignature). */
+  refusedFileId: string | null = null;
 
   /** Call off a pending self-restart: the version was unloaded, dropped or replaced in the meantime. */
   cancelRestart(): void {
