@@ -303,8 +303,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** Version files of a model: its version folders, or its single file (served as version 1). */
-  private async discover(model: Model): Promise<Map<number, string>> {
-    return model.file ? new Map([[1, model.file]]) : discoverVersions(model.dir, this.engine.modelFiles);
+  private async discover(model: Model, unreadable: Map<number, unknown> = new Map()): Promise<Map<number, string>> {
+    return model.file ? new Map([[1, model.file]]) : discoverVersions(model.dir, this.engine.modelFiles, unreadable);
+  }
+
+  /** Say (once) that part of a model's folder cannot be read, or (null) that it can again; shown as configError. */
+  private noteReadError(model: Model, message: string | null, error?: unknown): void {
+    if (model.readError?.message !== (message ?? undefined)) {
+      if (message) this.logger.warn({ model: model.name, error: errorMessage(error) }, 'model folder cannot be read');
+      if (model.configError === model.readError) model.configError = null;
+      model.readError = message === null ? null : new GatewayError(ErrorCode.MODEL_LOAD_FAILED, message);
+    }
+    // (again after a re-read of model.json cleared configError)
+    if (model.readError) model.configError ??= model.readError;
   }
 
   private newVersion(model: Model, version: number, file: string, files: ModelFiles | null, publish = true): ModelVersion {
@@ -388,25 +399,37 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   private async reconcile(model: Model, { retry = false }: { retry?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     let files: Map<number, string>;
+    const why = (e: unknown) => {
+      const code = (e as NodeJS.ErrnoException)?.code ?? 'an error';
+      return code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code;
+    };
+    const unreadable = new Map<number, unknown>();
     try {
-      files = await this.discover(model);
+      files = await this.discover(model, unreadable);
     } catch (e) {
       // nothing is known of the versions on disk: they are left as they are (unloading them said "put the model file
       // at <name>/1/model.onnx"), and the model says why, once
-      const code = (e as NodeJS.ErrnoException)?.code ?? 'an error';
-      const message = `${model.name}: its folder cannot be read (${code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code}): let the server read it; the versions serving keep serving`;
-      if (model.readError?.message !== message) {
-        this.logger.warn({ model: model.name, error: errorMessage(e) }, 'model folder cannot be read');
-        if (model.configError === model.readError) model.configError = null;
-        model.readError = new GatewayError(ErrorCode.MODEL_LOAD_FAILED, message);
-        model.configError ??= model.readError;
-      }
+      this.noteReadError(
+        model,
+        `${model.name}: its folder cannot be read (${why(e)}): let the server read it; the versions serving keep serving`,
+        e,
+      );
       return;
     }
-    if (model.readError) {
-      if (model.configError === model.readError) model.configError = null;
-      model.readError = null;
+    // a version folder that cannot be entered (copied in under umask 077): a version serving from it keeps serving, one
+    // not loaded is not loaded until the server may read it; the others are reconciled as ever
+    for (const v of unreadable.keys()) {
+      const mv = model.versions.get(v);
+      if (mv?.state === 'AVAILABLE') files.set(v, mv.modelPath);
     }
+    const [first, error] = [...unreadable].sort(([a], [b]) => a - b)[0] ?? [];
+    this.noteReadError(
+      model,
+      first === undefined
+        ? null
+        : `${model.name}/${first}: the version folder cannot be read (${why(error)}): let the server read it; until then it is not loaded, and a version serving from it keeps serving`,
+      error,
+    );
     const onDisk = [...files.keys()];
     model.layoutProblem = onDisk.length === 0 && !model.file ? await layoutProblem(model.name, model.dir, this.engine.modelFiles) : null;
     const policy = model.files?.config.versionPolicy ?? { latest: 1 };

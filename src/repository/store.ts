@@ -239,9 +239,15 @@ export { MAX_VERSION };
 
 /**
  * Version folders (positive integers) of a model folder that hold one of `modelFiles`: version -> file. A folder that
- * cannot be read now (permission denied, an I/O error) throws: that says nothing of which versions are there.
+ * cannot be read now (permission denied, an I/O error) throws: that says nothing of which versions are there. A version
+ * folder that cannot be entered says nothing of the others: its version and error go in `unreadable` when given (else
+ * it throws too).
  */
-export async function discoverVersions(dir: string, modelFiles: readonly string[]): Promise<Map<number, string>> {
+export async function discoverVersions(
+  dir: string,
+  modelFiles: readonly string[],
+  unreadable?: Map<number, unknown>,
+): Promise<Map<number, string>> {
   const found = new Map<number, string>();
   const entries = await readdir(dir, { withFileTypes: true }).catch((e: unknown) => {
     if (isMissing(e)) return [];
@@ -249,12 +255,17 @@ export async function discoverVersions(dir: string, modelFiles: readonly string[
   });
   for (const e of entries) {
     if (!e.isDirectory() || !/^[1-9]\d{0,8}$/.test(e.name)) continue;
-    for (const f of modelFiles) {
-      const p = path.join(dir, e.name, f);
-      if (await fileThere(p)) {
-        found.set(Number(e.name), p);
-        break;
+    try {
+      for (const f of modelFiles) {
+        const p = path.join(dir, e.name, f);
+        if (await fileThere(p)) {
+          found.set(Number(e.name), p);
+          break;
+        }
       }
+    } catch (error) {
+      if (!unreadable) throw error;
+      unreadable.set(Number(e.name), error);
     }
   }
   return found;
