@@ -443,11 +443,15 @@ export class ModelVersion {
     return this.unloading;
   }
 
-  /** The most requests one caller may have admitted at once: the client's share when it names one (see Admissions). */
+  /**
+   * The most requests one caller may have admitted at once: the client's share when it names one (see Admissions). Not
+   * serving: what its configuration will admit once it is (Infinity without one).
+   */
   admissible(client?: string): number {
     const a = this.admissions;
-    if (!a) return Infinity;
-    return client === undefined ? a.maxQueueSize : a.clientShare;
+    const size = a?.maxQueueSize ?? this.files?.config.batching.maxQueueSize;
+    if (size === undefined) return Infinity;
+    return client === undefined ? size : (a?.clientShare ?? Math.ceil(size / 2));
   }
 
   /**
