@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ElemType, identityModel } from './onnx-builder.ts';
 import { startGateway } from './helpers.ts';
@@ -47,6 +49,38 @@ describe('an upload that names a serving version ("file:1/model.onnx")', () => {
       // (the page) were told it was LOADING
       expect(events).toEqual([]);
     } finally {
+      await gw.close();
+    }
+  });
+
+  it('that loads is never missing from disk while it is committed (a scan of another replica on the shared volume would unload it)', async () => {
+    const gw = await startGateway({ models: { ident: { onnx: identityModel(ElemType.FLOAT, ['N', 4]), config: { task: 'raw' } } } });
+    const file = path.join(gw.root, 'ident', '1', 'model.onnx');
+    // what a scan would see, looked at every turn of the event loop while the upload runs
+    let missing = 0;
+    let watching = true;
+    const watch = () => {
+      if (!existsSync(file)) missing++;
+      if (watching) setImmediate(watch);
+    };
+    try {
+      for (let i = 0; i < 5; i++) {
+        watch();
+        const r = await fetch(`${gw.url}/v2/repository/models/ident/load`, {
+          method: 'POST',
+          body: JSON.stringify({
+            parameters: { 'file:1/model.onnx': Buffer.from(identityModel(ElemType.FLOAT, ['N', 4])).toString('base64') },
+          }),
+        });
+        expect(r.status).toBe(200);
+        watching = false;
+        await new Promise((r) => setImmediate(r));
+        watching = true;
+      }
+      // the version's folder was moved aside, then the staged one renamed in: gone for a moment each time
+      expect(missing).toBe(0);
+    } finally {
+      watching = false;
       await gw.close();
     }
   });

@@ -821,7 +821,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           }
           let modelPath: string | null;
           try {
-            modelPath = await commitUpload(staged, model.dir, plan);
+            modelPath = await commitUpload(staged, model.dir, plan, { replace: plan.version !== null && versions.includes(plan.version) });
           } catch (e) {
             // the loaded candidate serves no one: closed (its session and engine workers), and a published one said gone
             if (candidate && staged.modelPath && !serving) {

@@ -166,24 +166,28 @@ async function writeStaged(dir: string, modelDir: string, plan: UploadPlan, vers
  * Make a staged upload seen: its version folder renamed into the model folder (atomic: the watcher never sees half a
  * version), then each side file it brought renamed over the old one. Returns the model file's final path.
  */
-export async function commitUpload(staged: StagedUpload, modelDir: string, plan: UploadPlan): Promise<string | null> {
+export async function commitUpload(
+  staged: StagedUpload,
+  modelDir: string,
+  plan: UploadPlan,
+  { replace = false }: { replace?: boolean } = {},
+): Promise<string | null> {
   await mkdir(modelDir, { recursive: true });
   let modelPath: string | null = null;
   if (staged.version !== null && staged.modelPath) {
     const target = path.join(modelDir, String(staged.version));
-    // a version there is, replaced (an upload that names it): its folder moved aside first (a rename does not replace
-    // a folder that holds files), then removed; the model's lock keeps this replica's scans out in between
-    const aside = path.join(modelDir, `.replaced-${staged.version}-${path.basename(staged.dir)}`);
-    const replaced = await rename(target, aside).then(
-      () => true,
-      (e: NodeJS.ErrnoException) => {
-        if (e.code === 'ENOENT') return false;
-        throw e;
-      },
-    );
-    await rename(path.join(staged.dir, String(staged.version)), target);
-    if (replaced) await rm(aside, { recursive: true, force: true });
-    modelPath = path.join(target, path.basename(staged.modelPath));
+    const from = path.join(staged.dir, String(staged.version));
+    const file = path.basename(staged.modelPath);
+    if (!replace)
+      await rename(from, target); // (a folder made there meanwhile: ENOTEMPTY, nothing moved)
+    else {
+      // a version there is, replaced (an upload that names it): its files renamed over the old ones one by one, the
+      // model file last, so that its folder is never gone for a scan (of this replica, or of another on a shared
+      // volume, which would unload the version) and a scan sees the old model file or the new one, each whole
+      for (const name of [...(await readdir(from)).filter((n) => n !== file), file])
+        await rename(path.join(from, name), path.join(target, name));
+    }
+    modelPath = path.join(target, file);
   }
   const names = [...plan.sideFiles.map((f) => f.name), ...(plan.config !== undefined ? ['model.json'] : [])];
   for (const name of names) await rename(path.join(staged.dir, name), path.join(modelDir, name));
