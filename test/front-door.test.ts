@@ -1,3 +1,4 @@
+import http from 'node:http';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { readFile } from 'node:fs/promises';
@@ -193,6 +194,19 @@ describe('a hostile client cannot stall the server from within the limits', () =
       expect(body.errors[0].extensions.code, p).toBe('NOT_FOUND');
       expect(body.errors[0].message, p).toMatch(/nothing at/);
     }
+    // a GET of nothing keeps its connection, as yoga's 404 did (nothing of it is left unread)
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const get = (p: string) =>
+      new Promise<{ status: number; reused: boolean }>((resolve, reject) => {
+        const req = http.get(`${gw.url}${p}`, { agent }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode!, reused: req.reusedSocket }));
+        });
+        req.on('error', reject);
+      });
+    expect(await get('/nothing')).toEqual({ status: 404, reused: false });
+    expect(await get('/nothing-either')).toEqual({ status: 404, reused: true });
+    agent.destroy();
     // the endpoint itself, with or without its slash
     for (const p of ['/graphql', '/graphql/'])
       expect(

@@ -137,7 +137,12 @@ export function createHttpServer({
         const json = route?.parsesJson ? route.parsesJson(req) : parsedAsJson(req.headers['content-type']);
         const maxJson = json ? maxJsonBodyBytes : Infinity;
         if (length > maxJson) return refuse(413, ErrorCode.PAYLOAD_TOO_LARGE, jsonTooLarge(length, maxJson));
-        if (!route) return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
+        if (!route) {
+          // a request without a body leaves nothing unread: its connection goes on (only one with a body is closed)
+          if (length === 0 && req.headers['transfer-encoding'] === undefined)
+            return sendJson(res, 404, graphqlErrorBody('NOT_FOUND', `nothing at ${pathname}`), { 'x-error-code': 'NOT_FOUND' });
+          return refuse(404, 'NOT_FOUND', `nothing at ${pathname}`);
+        }
         if (bytesInFlight && (length > 0 || req.headers['transfer-encoding'] !== undefined)) {
           const client = clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
           if (client === null) return refuse(400, ErrorCode.INVALID_INPUT, UNATTRIBUTED);
