@@ -245,15 +245,21 @@ const trustedProxies = (raw: string, name: string): string[] =>
     return entry;
   });
 
+/** A URL as a message may print it: what comes before its @ (a password, or a user) is left out. */
+const withoutCredentials = (raw: string) => raw.replace(/^([a-z][a-z\d+.-]*:\/\/)[^/?#]*@/i, '$1***@');
 const redisUrl = (raw: string, name: string): string => {
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
-    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+    throw new ConfigError(
+      /^rediss?:\/\//i.test(raw)
+        ? `${name}: ${JSON.stringify(withoutCredentials(raw))} is not a URL: redis://[user:password@]host[:port]/[database], a port 1..65535`
+        : `${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(withoutCredentials(raw))}`,
+    );
   }
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
-    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(raw)}`);
+    throw new ConfigError(`${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(withoutCredentials(raw))}`);
   // ioredis would take a URL without a host as localhost, and a database that is not a number as 0
   if (!url.hostname) throw new ConfigError(`${name}: the URL names no host (redis://host:6379/0)`);
   if (!/^(\/\d*)?$/.test(url.pathname))
@@ -594,6 +600,16 @@ export const SETTINGS = [
 const flagName = (env: string) => '--' + env.toLowerCase().replace(/_/g, '-');
 
 export function loadConfig(env: Record<string, string | undefined> = process.env, argv: readonly string[] = process.argv.slice(2)): Config {
+  // a flag written after "npm start" without "--" is npm's: npm passes it on as npm_config_<name> only (npm 11 among its
+  // own warnings, "Unknown cli config"), and the server started on its defaults (--api-tokens=... left inference open)
+  const npmTook =
+    env.npm_lifecycle_event === undefined ? [] : SETTINGS.filter((st) => env[`npm_config_${st.env.toLowerCase()}`] !== undefined);
+  if (npmTook.length > 0) {
+    const named = npmTook.map((st) => flagName(st.env));
+    throw new ConfigError(
+      `${named.join(', ')} ${named.length > 1 ? 'were' : 'was'} read by npm, not by the server: write the server's flags after "--" (npm start -- ${named[0]}=<value>), or set ${npmTook.map((st) => st.env).join(', ')}`,
+    );
+  }
   const flags = new Map<string, string>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -624,6 +640,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     config[st.key] = raw === undefined || raw === '' ? st.fallback : st.parse(raw, name);
   }
   const c = config as unknown as Config;
+  // the gRPC listener would find the port taken by the HTTP one, bound a moment before ("in use": by the gateway itself)
+  if (c.grpcPort !== null && c.grpcPort !== 0 && c.grpcPort === c.port)
+    throw new ConfigError(
+      `GRPC_PORT (${c.grpcPort}) is the HTTP port too (PORT): they cannot share one; set GRPC_PORT (or --grpc-port) to another port, 0 for a free one, or off`,
+    );
   // Node's HTTP server refuses this pair when it starts listening, with a stack trace that names neither setting
   if (c.requestTimeoutMs < c.headersTimeoutMs)
     throw new ConfigError(

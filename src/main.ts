@@ -1,4 +1,5 @@
-import { readdir, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import v8 from 'node:v8';
 import sharp from 'sharp';
@@ -90,6 +91,9 @@ async function main(): Promise<void> {
     );
   try {
     await readdir(repository);
+    // listed is not enough: a folder without search (x) permission for this user shows its models' names, and each
+    // then fails to load while /ready says 200
+    await access(repository, constants.R_OK | constants.X_OK);
   } catch (e) {
     return fatal(logger, `MODEL_REPOSITORY ${repository} cannot be read: ${errorMessage(e)}`, 1);
   }
@@ -98,13 +102,25 @@ async function main(): Promise<void> {
     ['IMAGE_ROOTS', config.imageRoots],
     ['MODEL_ROOTS', config.modelRoots],
   ] as const)
-    for (const root of roots)
+    for (const root of roots) {
       if (!(await stat(root).catch(() => null))?.isDirectory())
         return fatal(
           logger,
           `${setting} names ${root}, which does not exist or is not a directory: ${setting} lists directories (colon-separated); create it, or leave it out`,
           1,
         );
+      // one this user cannot enter answered "does not exist" to every path under it, request after request
+      const denied = await access(root, constants.R_OK | constants.X_OK).then(
+        () => null,
+        (e: NodeJS.ErrnoException) => e.code ?? errorMessage(e),
+      );
+      if (denied)
+        return fatal(
+          logger,
+          `${setting} names ${root}, which this process's user cannot read (${denied}): let it read and enter the folder, or leave it out of ${setting}`,
+          1,
+        );
+    }
   let engine;
   try {
     engine = await createEngine(config.engine);
