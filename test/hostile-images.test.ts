@@ -12,7 +12,7 @@ const segment = (marker: number, payload: Buffer) =>
 /** The JPEG without its APPn segments (so that what a test adds is all there is). */
 function withoutApp(jpeg: Buffer): Buffer {
   const out = [jpeg.subarray(0, 2)];
-  for (let at = 2; ; ) {
+  for (let at = 2; ;) {
     const marker = jpeg[at + 1];
     if (marker === 0xda) return Buffer.concat([...out, jpeg.subarray(at)]);
     const end = at + 2 + jpeg.readUInt16BE(at + 2);
@@ -47,8 +47,14 @@ function iccSegments(icc: Buffer, prefix = 'ICC_PROFILE\0'): Buffer[] {
 /** One of libvips' built-in profiles ('srgb', 'p3'), as sharp embeds it. */
 const builtinProfile = async (name: string) =>
   Buffer.from(
-    (await sharp(await sharp({ create: { width: 8, height: 8, channels: 3, background: '#888' } }).withIccProfile(name).jpeg().toBuffer()).metadata())
-      .icc!,
+    (
+      await sharp(
+        await sharp({ create: { width: 8, height: 8, channels: 3, background: '#888' } })
+          .withIccProfile(name)
+          .jpeg()
+          .toBuffer(),
+      ).metadata()
+    ).icc!,
   );
 
 /**
@@ -138,7 +144,12 @@ describe('hostile images against the decoding path', () => {
       // "ICC_PROFILE" and another byte: libvips reads it as a chunk (the later sequence 1 wins)
       'a second sequence 1 after "ICC_PROFILE\\x01"': afterSoi(bee, ...iccSegments(srgb), ...iccSegments(p3, 'ICC_PROFILE\x01')),
       // a chunk of no data: libvips ignores it, and joins the chunks before the gap
-      'an empty chunk 2 of 3': afterSoi(bee, chunk(1, 3, p3.subarray(0, half)), chunk(2, 3, Buffer.alloc(0)), chunk(3, 3, p3.subarray(half))),
+      'an empty chunk 2 of 3': afterSoi(
+        bee,
+        chunk(1, 3, p3.subarray(0, half)),
+        chunk(2, 3, Buffer.alloc(0)),
+        chunk(3, 3, p3.subarray(half)),
+      ),
     };
     for (const [name, photo] of Object.entries(photos)) {
       const read = readJpegHeader(photo);

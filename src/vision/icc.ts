@@ -108,7 +108,7 @@ function changesNothing(t: RgbTransform): boolean {
   const levels = Array.from({ length: 18 }, (_, i) => i * 15);
   const px = new Uint8Array(levels.length ** 3 * 3);
   let i = 0;
-  for (const r of levels) for (const g of levels) for (const b of levels) px.set([r, g, b], (i++) * 3);
+  for (const r of levels) for (const g of levels) for (const b of levels) px.set([r, g, b], i++ * 3);
   const out = px.slice();
   applyRgbTransform(t, out);
   return out.every((v, k) => Math.abs(v - px[k]) <= 1);
