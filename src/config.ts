@@ -563,7 +563,8 @@ export const SETTINGS = [
     'MAX_CONNECTIONS_PER_CLIENT',
     int(1),
     256,
-    'Open connections per client address, on the HTTP port and on the gRPC port (each its own count)',
+    'Open connections per client address, on the HTTP port and on the gRPC port (each its own count), at most MAX_CONNECTIONS',
+    '256, or an eighth of MAX_CONNECTIONS when smaller',
   ),
   s('maxSubscriptionsPerClient', 'MAX_SUBSCRIPTIONS_PER_CLIENT', int(1), 32, 'Open subscriptions (SSE and WebSocket) per client address'),
   s(
@@ -571,7 +572,7 @@ export const SETTINGS = [
     'REDIS_URL',
     redisUrl,
     null,
-    'Redis shared by the replicas (redis://host:6379/0): status events and admin changes reach every replica; unset: one process, no Redis',
+    'Redis shared by the replicas (redis://host:6379/0): status events and admin changes reach every replica; a database Redis does not have keeps the bus down, said in the log and /ready (never database 0 in its place); unset: one process, no Redis',
   ),
   s(
     'redisKeyPrefix',
@@ -657,6 +658,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   else if (c.maxWsMessageBytes > c.maxJsonBodyBytes)
     throw new ConfigError(
       `MAX_WS_MESSAGE_BYTES (${c.maxWsMessageBytes}) is above MAX_JSON_BODY_BYTES (${c.maxJsonBodyBytes}): a WebSocket message is JSON parsed on the event loop, as a JSON body is, and is bounded by the same; lower MAX_WS_MESSAGE_BYTES or raise MAX_JSON_BODY_BYTES`,
+    );
+  // the default follows a smaller MAX_CONNECTIONS (an eighth of it, as 256 is of 2048: one client alone could otherwise
+  // hold every connection); a value given above it is a mistake
+  if (!flags.has(flagName('MAX_CONNECTIONS_PER_CLIENT')) && !env.MAX_CONNECTIONS_PER_CLIENT)
+    c.maxConnectionsPerClient = Math.min(c.maxConnectionsPerClient, Math.max(1, Math.floor(c.maxConnections / 8)));
+  else if (c.maxConnectionsPerClient > c.maxConnections)
+    throw new ConfigError(
+      `MAX_CONNECTIONS_PER_CLIENT (${c.maxConnectionsPerClient}) is above MAX_CONNECTIONS (${c.maxConnections}): one client could hold every connection, and its own limit would never apply; lower MAX_CONNECTIONS_PER_CLIENT or raise MAX_CONNECTIONS`,
     );
   // the default follows a larger MAX_UPLOAD_BYTES (a client may hold half, and a compressed body of the largest size
   // holds twice it); a value given below that is a mistake

@@ -76,9 +76,23 @@ export class RedisBus extends EventEmitter<{
   private pinging = false;
   /** When the reader's command now awaited was sent (or sent again, on a new connection); null: none awaited. */
   private readingSince: number | null = null;
+  /**
+   * The database REDIS_URL names (its path, 0 without one), asked again on the publisher's every connection before the
+   * bus is up (dbChecked): ioredis reports a SELECT that Redis refuses as an error and goes on in database 0, where
+   * another deployment's state may be.
+   */
+  private readonly db: number;
+  private dbChecked = false;
+  /** Why the bus stays down for good (a database Redis does not have): a mistake in REDIS_URL, not a passing failure. */
+  private refused: string | null = null;
+  /** Settled once the database was checked on a connection (the reader waits for it before its first read). */
+  private readonly dbOnce: Promise<void>;
+  private dbOk: () => void = () => undefined;
 
   constructor({ url, logger, channels, stream, name, maxBackoffMs = 2000, pingTimeoutMs = 5000 }: BusOptions) {
     super();
+    this.db = Number(/^\/(\d+)/.exec(new URL(url).pathname)?.[1] ?? 0);
+    this.dbOnce = new Promise((r) => (this.dbOk = r));
     const common: RedisOptions = {
       retryStrategy: (attempt) => backoff(attempt, maxBackoffMs),
       connectionName: name ? `gateway:${name}` : undefined,
@@ -112,7 +126,26 @@ export class RedisBus extends EventEmitter<{
           this.update(logger);
         });
     }
-    this.publisher.on('ready', () => this.update(logger));
+    this.publisher.on('ready', () => {
+      this.dbChecked = false;
+      // the database, asked again after ioredis' own SELECT: its refusal comes back here instead of being passed over
+      void this.publisher.call('SELECT', String(this.db)).then(
+        () => {
+          this.dbChecked = this.publisher.status === 'ready';
+          this.dbOk();
+          this.update(logger);
+        },
+        (e: unknown) => {
+          if (/DB index is out of range|invalid DB index/i.test(errorMessage(e))) {
+            this.refused = `REDIS_URL names database ${this.db}, which this Redis does not have (${errorMessage(e)}): write a database it has in REDIS_URL's path (0 to its "databases" setting less one), or raise "databases" in redis.conf; the bus stays down until the server is restarted`;
+            logger.error({ redis: where, db: this.db }, `cluster bus: ${this.refused}`);
+            for (const c of [this.publisher, this.subscriber, this.reader]) c?.disconnect();
+            this.update(logger);
+          }
+          // another failure (the connection went): the next connection asks again
+        },
+      );
+    });
     this.subscriber.on('ready', () => {
       this.subscriber.subscribe(...channels).then(
         () => {
@@ -191,6 +224,7 @@ export class RedisBus extends EventEmitter<{
    */
   private async read(reader: Redis, stream: string, logger: Logger, maxBackoffMs: number): Promise<void> {
     const started = `${Date.now()}-0`;
+    await this.dbOnce; // (a database Redis does not have: never read, the bus stays down)
     let last: string | null = null;
     let look = true;
     // (a read it was waiting on when the connection went is sent again as it was; the next one looks first)
@@ -240,11 +274,17 @@ export class RedisBus extends EventEmitter<{
   }
 
   get error(): string | null {
-    return this.up ? null : this.lastError;
+    return this.up ? null : (this.refused ?? this.lastError);
   }
 
   private update(logger: Logger): void {
-    const up = !this.closed && this.publisher.status === 'ready' && this.subscriber.status === 'ready' && this.subscribed;
+    const up =
+      !this.closed &&
+      this.refused === null &&
+      this.dbChecked &&
+      this.publisher.status === 'ready' &&
+      this.subscriber.status === 'ready' &&
+      this.subscribed;
     if (up === this.up) return;
     this.up = up;
     this.since = new Date();
