@@ -808,6 +808,10 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
             ? this.newVersion(model, staged.version!, staged.modelPath, files, !serving)
             : target && this.newVersion(model, target.version, target.modelPath, files, false);
           if (candidate && listed && !serving) candidate.continues(listed);
+          // a published one loads from the staging folder: its AVAILABLE is said once it is listed, below (a client that
+          // acted on it at once was told the version does not exist)
+          const published = staged.modelPath !== null && !serving;
+          if (candidate && published) candidate.holdAvailable = true;
           if (candidate) {
             await this.loadCandidate(candidate);
             if (candidate.state !== 'AVAILABLE') {
@@ -845,7 +849,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
           if (candidate) {
             const previous = model.versions.get(candidate.version);
             model.versions.set(candidate.version, candidate);
-            if (!staged.modelPath || serving) candidate.inService();
+            if (published) candidate.listed();
+            else candidate.inService();
             await previous?.unload(undefined, { replaced: true });
           }
           await this.enable(model);

@@ -159,7 +159,7 @@ export class ModelVersion {
     this.deps.metrics?.state(to);
     const previous = this.lastPublished ?? from;
     this.lastPublished = null;
-    this.deps.publish({
+    const event = {
       model: this.model,
       version: this.version,
       state: to,
@@ -167,7 +167,9 @@ export class ModelVersion {
       errorCode: this.errorCode,
       errorMessage: this.errorMessage,
       at: this.updatedAt,
-    });
+    };
+    if (to === 'AVAILABLE' && this.holdAvailable) this.heldAvailable = event;
+    else this.deps.publish(event);
   }
 
   /**
@@ -188,6 +190,21 @@ export class ModelVersion {
       at: new Date(),
       removed: true,
     });
+  }
+
+  /**
+   * An upload's new version loads from where it is staged and is listed only once its files are moved in: its
+   * AVAILABLE is said then (listed()), not before, when a client acting on it was told the version does not exist.
+   */
+  holdAvailable = false;
+  private heldAvailable: Omit<ModelStatusEvent, 'replica'> | null = null;
+
+  /** The version is listed (requests reach it): a held AVAILABLE is said now. */
+  listed(): void {
+    this.holdAvailable = false;
+    const held = this.heldAvailable;
+    this.heldAvailable = null;
+    if (held) this.deps.publish(held);
   }
 
   /** START/END -> LOADING -> AVAILABLE, or -> END with an error code. Never throws. */
@@ -426,6 +443,7 @@ export class ModelVersion {
     if (this.unloading) return this.unloading;
     if (this.state !== 'AVAILABLE') return Promise.resolve();
     if (replaced) this.quiet = true;
+    else this.listed(); // (an AVAILABLE held, said before its UNLOADING)
     this.transition('UNLOADING');
     this.unloading = (async () => {
       await this.admissions?.drain();
