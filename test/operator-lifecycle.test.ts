@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -312,7 +312,10 @@ describe('a model folder the server cannot read for a moment', () => {
     const root = await readableRepository();
     const server = await serverAsUser(root);
     const model = async () =>
-      (await server.gql(`{ model(name: "mobilenet") { configurationError versions { version state } } }`)).data.model;
+      (await server.gql(`{ model(name: "mobilenet") { configurationError versions { version state } } }`)).data.model as {
+        configurationError: string | null;
+        versions: { version: number; state: string }[];
+      };
     const dir = path.join(root, 'mobilenet');
     try {
       // a new labels file and a new version copied in by someone whose umask is 077: the server may not read them
@@ -383,6 +386,49 @@ describe('shutting down while a new configuration loads beside the serving versi
     } finally {
       slowMs = 0;
       if (!closed) await gw.close();
+    }
+  }, 40_000);
+});
+
+describe('a version folder the server may not enter (copied in under umask 077)', () => {
+  it('leaves the rest of the model reconciled: a newer version beside it loads', async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), 'gw-perm-'));
+    await chmod(root, 0o755);
+    await addModel(root, 'mobilenet', fixture('mobilenet'));
+    const server = await serverAsUser(root);
+    const dir = path.join(root, 'mobilenet');
+    const model = async () =>
+      (await server.gql(`{ model(name: "mobilenet") { configurationError versions { version state } } }`)).data.model as {
+        configurationError: string | null;
+        versions: { version: number; state: string }[];
+      };
+    try {
+      // someone with umask 077 copies version 2 in: its folder is drwx------, not the server's
+      await mkdir(path.join(dir, '.2'), { mode: 0o700 });
+      await writeFile(path.join(dir, '.2', 'model.onnx'), await readFile(modelFile('mobilenet')), { mode: 0o600 });
+      await rename(path.join(dir, '.2'), path.join(dir, '2'));
+      // and version 3, readable
+      await mkdir(path.join(dir, '.3'));
+      await writeFile(path.join(dir, '.3', 'model.onnx'), await readFile(modelFile('mobilenet')));
+      await rename(path.join(dir, '.3'), path.join(dir, '3'));
+      // the model's folder reads fine; it said "mobilenet: its folder cannot be read (permission denied)" and froze the
+      // whole model: version 3 never loaded (nor would a removed version unload)
+      await until(
+        async () => (await model()).versions.some((v) => v.version === 3 && v.state === 'AVAILABLE'),
+        10_000,
+        `version 3 AVAILABLE (${JSON.stringify(await model())})`,
+      );
+      // what to do names the folder to open up, and is still said after model.json is read again (it was cleared for good)
+      expect((await model()).configurationError).toMatch(/mobilenet\/2: .*cannot be read \(permission denied\)/);
+      const later = new Date(Date.now() + 2000);
+      await utimes(path.join(dir, 'model.json'), later, later);
+      await new Promise((r) => setTimeout(r, 1000)); // several scans
+      expect((await model()).configurationError).toMatch(/mobilenet\/2: .*cannot be read/);
+      await chmod(path.join(dir, '2'), 0o755);
+      await until(async () => (await model()).configurationError === null, 10_000, 'the error gone once the folder reads');
+    } finally {
+      expect(await server.stop()).not.toMatch(/unhandled/);
+      await rm(root, { recursive: true, force: true });
     }
   }, 40_000);
 });
