@@ -11,6 +11,7 @@ import http from 'node:http';
 import path from 'node:path';
 import sharp from 'sharp';
 import { IMAGES, ROOT, modelAsset, modelFile, multipartBody, post, rssMiB, startServer } from './lib.ts';
+import zlib from 'node:zlib';
 
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 600);
 const CONCURRENCY = Number(process.env.SOAK_CONCURRENCY ?? 64);
@@ -179,16 +180,7 @@ function json(query: string): { body: Uint8Array; type: string } {
 
 /** A real PNG whose header claims width x height (a decompression bomb, refused from the header). */
 function pngClaiming(width: number, height: number): Buffer {
-  const crcTable = Array.from({ length: 256 }, (_, n) => {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    return c >>> 0;
-  });
-  const crc = (b: Uint8Array) => {
-    let c = 0xffffffff;
-    for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  };
+  const crc = (b: Uint8Array) => zlib.crc32(b); // PNG's chunk CRC
   const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==', 'base64');
   png.writeUInt32BE(width, 16);
   png.writeUInt32BE(height, 20);

@@ -4,7 +4,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { gzipSync } from 'node:zlib';
+import { crc32, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
@@ -36,16 +36,7 @@ async function pngClaiming(width: number, height: number): Promise<Uint8Array> {
       .png()
       .toBuffer(),
   );
-  const crcTable = Array.from({ length: 256 }, (_, n) => {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    return c >>> 0;
-  });
-  const crc = (b: Uint8Array) => {
-    let c = 0xffffffff;
-    for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  };
+  const crc = (b: Uint8Array) => crc32(b); // PNG's chunk CRC
   // signature (8) | length (4) | "IHDR" (4) | width (4) | height (4) | ... (5) | crc (4)
   png.writeUInt32BE(width, 16);
   png.writeUInt32BE(height, 20);
