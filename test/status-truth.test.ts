@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type WebSocket from 'ws';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
 import type { Engine } from '../src/engine/types.ts';
 import { fixture, image, modelAsset, modelFile, openGraphqlWs, startGateway, until, type TestGateway } from './helpers.ts';
@@ -51,18 +52,23 @@ describe('modelStatus tells the truth about uploads', () => {
     await gw?.close();
   });
 
+  /** Subscribe `ws` (as id "s") to the status of `model`, once the server listens for it (`listeners` before). */
+  const subscribe = async (ws: WebSocket, model: string, listeners: number) => {
+    ws.send(
+      JSON.stringify({
+        id: 's',
+        type: 'subscribe',
+        payload: { query: `subscription { modelStatus(name: "${model}") { model version state previousState removed } }` },
+      }),
+    );
+    await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscribed');
+  };
+
   it('a failed upload that names the serving version (file:1/model.onnx) leaves it serving, listed, and says nothing of it', async () => {
     const listeners = gw.repository.listenerCount('status');
     const { ws, messages } = await openGraphqlWs<Message>(gw.url);
     try {
-      ws.send(
-        JSON.stringify({
-          id: 's',
-          type: 'subscribe',
-          payload: { query: 'subscription { modelStatus(name: "mobilenet") { model version state previousState removed } }' },
-        }),
-      );
-      await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscribed');
+      await subscribe(ws, 'mobilenet', listeners);
       const sessions = open;
       const r = await fetch(`${gw.url}/v2/repository/models/mobilenet/load`, {
         method: 'POST',
@@ -100,14 +106,7 @@ describe('modelStatus tells the truth about uploads', () => {
     const listeners = gw.repository.listenerCount('status');
     const { ws, messages } = await openGraphqlWs<Message>(gw.url);
     try {
-      ws.send(
-        JSON.stringify({
-          id: 's',
-          type: 'subscribe',
-          payload: { query: 'subscription { modelStatus(name: "mobilenet") { model version state previousState removed } }' },
-        }),
-      );
-      await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscribed');
+      await subscribe(ws, 'mobilenet', listeners);
       // (whatever the test before left)
       expect((await gw.gql(`mutation { loadModel(name: "mobilenet") { name } }`)).errors).toBeUndefined();
       messages.length = 0;
@@ -160,14 +159,7 @@ describe('modelStatus tells the truth about uploads', () => {
       if (m.type === 'next' && m.id?.startsWith('q')) answers.push(m);
     });
     try {
-      ws.send(
-        JSON.stringify({
-          id: 's',
-          type: 'subscribe',
-          payload: { query: 'subscription { modelStatus(name: "uploaded") { model version state previousState removed } }' },
-        }),
-      );
-      await until(() => gw.repository.listenerCount('status') > listeners, 5000, 'subscribed');
+      await subscribe(ws, 'uploaded', listeners);
       const upload = () =>
         gw.gql(
           `mutation($files: [File!]!) { loadModel(name: "uploaded", files: $files) { versions { version state } } }`,
