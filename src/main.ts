@@ -154,6 +154,41 @@ async function main(): Promise<void> {
     ? new Cluster({ url: config.redisUrl, prefix: config.redisKeyPrefix, replica: config.replicaName, manager: models, logger, metrics })
     : null;
   const gateway = createGateway({ config, models, logger, metrics, cluster });
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    // Drain (rolling restarts): /ready turns 503 now, and the server goes on serving for DRAIN_DELAY_MS, long enough
+    // for a load balancer's health checks (or Kubernetes' endpoint removal) to stop sending; then it stops accepting,
+    // finishes what is in flight and unloads.
+    // Ctrl-C (SIGINT) is someone at a terminal, not an orchestrator: no delay
+    const drainDelayMs = signal === 'SIGINT' ? 0 : config.drainDelayMs;
+    gateway.drain();
+    logger.info({ signal, drainDelayMs }, 'draining');
+    const force = setTimeout(
+      () => {
+        logger.error('shutdown timed out');
+        logger.flush();
+        process.exit(1);
+      },
+      // (a timer past 2^31-1 ms would fire at once: each setting is at most that, not their sum)
+      Math.min(drainDelayMs + config.shutdownTimeoutMs + 5000, MAX_TIMER_MS),
+    );
+    force.unref();
+    await new Promise((r) => setTimeout(r, drainDelayMs));
+    logger.info('shutting down');
+    await gateway.close();
+    await models.close();
+    await cluster?.close();
+    logger.info('stopped');
+    logger.flush();
+    process.exit(0);
+  };
+  // from before the port is open: a SIGTERM while the repository still loads (a rolling restart, a scale-down) drains
+  // like any other, instead of killing the process with requests in flight (installed after the port opened, a
+  // SIGTERM sent on the "listening" line could come first, on a busy machine, and the process died of it)
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
   let url: string;
   let grpcPort: number | null;
   try {
@@ -189,40 +224,6 @@ async function main(): Promise<void> {
     },
     'listening',
   );
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    // Drain (rolling restarts): /ready turns 503 now, and the server goes on serving for DRAIN_DELAY_MS, long enough
-    // for a load balancer's health checks (or Kubernetes' endpoint removal) to stop sending; then it stops accepting,
-    // finishes what is in flight and unloads.
-    // Ctrl-C (SIGINT) is someone at a terminal, not an orchestrator: no delay
-    const drainDelayMs = signal === 'SIGINT' ? 0 : config.drainDelayMs;
-    gateway.drain();
-    logger.info({ signal, drainDelayMs }, 'draining');
-    const force = setTimeout(
-      () => {
-        logger.error('shutdown timed out');
-        logger.flush();
-        process.exit(1);
-      },
-      // (a timer past 2^31-1 ms would fire at once: each setting is at most that, not their sum)
-      Math.min(drainDelayMs + config.shutdownTimeoutMs + 5000, MAX_TIMER_MS),
-    );
-    force.unref();
-    await new Promise((r) => setTimeout(r, drainDelayMs));
-    logger.info('shutting down');
-    await gateway.close();
-    await models.close();
-    await cluster?.close();
-    logger.info('stopped');
-    logger.flush();
-    process.exit(0);
-  };
-  // from the moment the port is open: a SIGTERM while the repository still loads (a rolling restart, a scale-down)
-  // drains like any other, instead of killing the process with requests in flight
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
   // a promise rejected with no one to hear it is a bug of ours: logged, and the server goes on (Node would end the
   // process, and every client's requests with it, whatever request led there)
   process.on('unhandledRejection', (e) => logger.error({ err: e }, 'unhandled rejection (a bug in the gateway: please report it)'));
