@@ -70,17 +70,21 @@ describe('faults while serving', () => {
     const listener = (e: { version: number; state: string; errorCode: string | null }) =>
       e.version === serving.version && events.push(`${e.state}${e.errorCode ? ':' + e.errorCode : ''}`);
     gw.repository.on('status', listener);
-    // the file's time differs from the one the version was loaded with (a copy finishing after the watcher looked, say):
-    // the watcher must not load a second instance while the failed one restarts itself
-    const file = path.join(gw.root, 'mobilenet', String(serving.version), 'model.onnx');
-    await utimes(file, new Date(), new Date(Date.now() + 60_000));
     // simulate a native crash of ONNX Runtime: the session's worker thread goes away
     await engineWorkers(serving.session)[0].terminate();
+    await until(() => events.includes('END:ENGINE_FAILED'), 15_000, 'the engine failure');
+    // the file's time then differs from the one the version was loaded with (a copy finishing after the watcher looked,
+    // say): the watcher must not load a second instance while the failed one restarts itself (changed while it served,
+    // the file is loaded beside it, see the repository's tests: here the crash comes first)
+    const file = path.join(gw.root, 'mobilenet', String(serving.version), 'model.onnx');
+    await utimes(file, new Date(), new Date(Date.now() + 60_000));
     await until(() => events.includes('AVAILABLE'), 15_000, 'the version came back');
     await new Promise((r) => setTimeout(r, 500)); // several polls of the watcher
     gw.repository.off('status', listener);
     expect(events).toEqual(['UNLOADING', 'END:ENGINE_FAILED', 'LOADING', 'AVAILABLE']);
     expect(gw.repository.get('mobilenet')!.servingVersion()!.state).toBe('AVAILABLE');
+    // the instance that restarted itself serves: no second one was loaded beside it (a replacement is unpublished)
+    expect(gw.repository.get('mobilenet')!.servingVersion() === serving).toBe(true);
     expect((await classify()).data.classify.predictions[0].classId).toBe(340);
     expect(gw.logs.some((l) => l.includes('"msg":"engine failed"'))).toBe(true);
   });

@@ -384,7 +384,12 @@ export class ModelVersion {
         // an unload, a delete or a replacement that came first called it off (cancelRestart) while it waited its turn
         if (!this.restartPending) return;
         this.restartPending = false;
-        if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') await this.load(options!);
+        if (this.state === 'END' && this.errorCode === 'ENGINE_FAILED') {
+          // it reads its file as it is now: the identity recorded for the old load is taken again at the next scan
+          // (else a file changed meanwhile would be loaded a second time beside it)
+          this.loadedFileId = null;
+          await this.load(options!);
+        }
       }).finally(() => {
         // not run (the model's lock said it is no longer wanted): nothing is pending any more
         if (this.restartAttempts === attempt) this.restartPending = false;
