@@ -598,9 +598,9 @@ describe('batching over HTTP with a real model', () => {
         // test/instances.test.ts); here they are one call
         mobilenet: fixture('mobilenet', { instances: 1, batching: { maxBatchSize: 8, maxDelayMs: 50, maxQueueSize: 64 } }),
         tiny: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 5, maxQueueSize: 4 } }),
-        // tiny's admission, with each engine call held 300 ms for a batch to fill: what is admitted stays in flight
-        // while the requests sent with it arrive, however the machine spreads them
-        held: fixture('mobilenet', { batching: { maxBatchSize: 4, maxDelayMs: 300, maxQueueSize: 4 } }),
+        // tiny's admission on a model whose calls take a while (slowModel): what is admitted stays in flight while the
+        // requests sent with it arrive, however the machine spreads them
+        held: { onnx: slowModel(), config: { task: 'raw', batching: { maxBatchSize: 1, maxQueueSize: 4 } } },
         yolox: fixture('yolox'),
       },
     });
@@ -677,36 +677,37 @@ describe('batching over HTTP with a real model', () => {
   });
 
   it('/metrics counts every item refused at admission, once per item the client is told of (from a metrics probe)', async () => {
-    const failures = async (code: string) => {
+    const failures = async (model: string, code: string) => {
       const text = await (await fetch(`${gw.url}/metrics`)).text();
-      const m = new RegExp(`^gateway_inference_request_failure_total\\{model="held",version="1",code="${code}"\\} (\\d+)`, 'm').exec(text);
+      const m = new RegExp(`^gateway_inference_request_failure_total\\{model="${model}",version="1",code="${code}"\\} (\\d+)`, 'm').exec(
+        text,
+      );
       return Number(m?.[1] ?? 0);
     };
-    // raw tensors over GraphQL: held admits 2 of one client's requests at once (half of maxQueueSize 4), each call held
-    // 300 ms: eight sent at once, some are refused whatever the timing (with tiny's 5 ms, none were, once, on a busy CI)
-    const [input] = (await gw.gql(`{ model(name: "held") { inputs { name dtype shape } } }`)).data.model.inputs;
-    const shape = input.shape.map((d: number | null) => d ?? 1);
-    const bytes = shape.reduce((a: number, b: number) => a * b, 1) * ({ FLOAT32: 4, UINT8: 1 } as Record<string, number>)[input.dtype];
-    const data = Buffer.alloc(bytes).toString('base64');
-    const before = await failures('QUEUE_FULL');
+    // raw tensors over GraphQL: held admits 2 of one client's requests at once (half of maxQueueSize 4), and each takes a
+    // while: of eight sent at once some are refused, whatever the timing (on tiny, whose calls take a few milliseconds,
+    // none was, once, on a busy CI: each request runs in a turn of the event loop of its own)
+    const before = await failures('held', 'QUEUE_FULL');
     const infers = await Promise.all(
       Array.from({ length: 8 }, () =>
         gw.gql(
-          `mutation($d: String!) { infer(model: "held", inputs: [{ name: "${input.name}", dtype: ${input.dtype}, shape: [${shape}], data: $d }]) { outputs { name } } }`,
-          { d: data },
+          `mutation($d: String!) { infer(model: "held", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { name } } }`,
+          {
+            d: slowModelInput(1000),
+          },
         ),
       ),
     );
     const refused = infers.filter((r) => r.errors?.[0]?.extensions?.code === 'QUEUE_FULL').length;
     expect(refused).toBeGreaterThan(0);
     expect(infers.every((r) => r.errors === undefined || r.errors[0].extensions?.code === 'QUEUE_FULL')).toBe(true);
-    expect((await failures('QUEUE_FULL')) - before).toBe(refused);
+    expect((await failures('held', 'QUEUE_FULL')) - before).toBe(refused);
     // a batch that could never be admitted: each of its items is told LIMIT_EXCEEDED, and counted
-    const limited = await failures('LIMIT_EXCEEDED');
+    const limited = await failures('tiny', 'LIMIT_EXCEEDED');
     const three = [image('bee.jpeg'), image('zebra.jpeg'), image('snail.jpeg')];
-    const r = await gw.gql(BATCH.replace('"mobilenet"', '"held"'), { images: three.map(() => ({ file: null })) }, batchFiles(three));
+    const r = await gw.gql(BATCH.replace('"mobilenet"', '"tiny"'), { images: three.map(() => ({ file: null })) }, batchFiles(three));
     expect(r.errors?.map((e) => e.extensions?.code)).toEqual(['LIMIT_EXCEEDED', 'LIMIT_EXCEEDED', 'LIMIT_EXCEEDED']);
-    expect((await failures('LIMIT_EXCEEDED')) - limited).toBe(3);
+    expect((await failures('tiny', 'LIMIT_EXCEEDED')) - limited).toBe(3);
   });
 
   it('concurrent single-image mutations from separate requests are still batched', async () => {
