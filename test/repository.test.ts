@@ -593,6 +593,25 @@ describe('model repository over GraphQL', () => {
     }, 'sse-model');
   });
 
+  it('modelStatus(name:) with a name no model can have is refused at once, naming the rule (it streamed nothing for good)', async () => {
+    for (const n of ['../mobilenet', 'x'.repeat(129), '']) {
+      const res = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        body: JSON.stringify({ query: SUB, variables: { n } }),
+        signal: AbortSignal.timeout(5000),
+      });
+      // the stream says the error and ends
+      const text = await res.text();
+      const frames = text
+        .split('\n')
+        .filter((l) => l.startsWith('data:') && l.length > 6)
+        .map((l) => JSON.parse(l.slice(5)));
+      expect(frames[0]?.errors?.[0]?.extensions?.code, n).toBe('INVALID_INPUT');
+      expect(frames[0].errors[0].message, n).toMatch(n.length > 128 ? /at most 128/ : /invalid model name .*letters, digits/);
+    }
+  });
+
   it('streams LOADING, AVAILABLE, UNLOADING, END over WebSocket (graphql-ws)', async () => {
     const client = createClient({ url: gw.url.replace('http', 'ws') + '/graphql', webSocketImpl: WebSocket, retryAttempts: 0 });
     try {

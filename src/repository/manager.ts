@@ -14,7 +14,7 @@ import type { Engine, LoadOptions, Session } from '../engine/types.ts';
 import { isInside, resolveUnderRoots } from '../paths.ts';
 import { editModelJson, type JsonMergePatch } from './edits.ts';
 import { parseModelConfig } from './model-config.ts';
-import { MAX_MODEL_NAME, MODEL_NAME_RE, Model, selectVersions, type ModelFiles } from './model.ts';
+import { MAX_MODEL_NAME, MODEL_NAME_RE, Model, badModelName, selectVersions, type ModelFiles } from './model.ts';
 import {
   MAX_VERSION,
   atomicWrite,
@@ -597,15 +597,8 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     name: string,
     opts: { path?: string | null; files?: UploadedFile[] | null; config?: unknown; replace?: boolean },
   ): Promise<Model> {
-    if (!MODEL_NAME_RE.test(name)) {
-      const shown = JSON.stringify(name.length > 60 ? `${name.slice(0, 57)}...` : name);
-      throw new GatewayError(
-        ErrorCode.INVALID_INPUT,
-        name.length > MAX_MODEL_NAME
-          ? `invalid model name ${shown}: ${name.length} characters; a model name has at most ${MAX_MODEL_NAME}`
-          : `invalid model name ${shown}: use letters, digits, '_', '.', '-' (a letter or digit first), at most ${MAX_MODEL_NAME} characters`,
-      );
-    }
+    const badName = badModelName(name);
+    if (badName) throw new GatewayError(ErrorCode.INVALID_INPUT, badName);
     if (opts.path && opts.files?.length) throw new GatewayError(ErrorCode.INVALID_INPUT, 'give path or files, not both');
     if (opts.config !== undefined && opts.config !== null) parseModelConfig(opts.config, 'config'); // validate early
     if (opts.files?.length) return this.announce({ op: 'load', name }, this.loadFromFiles(name, opts.files, opts.config));

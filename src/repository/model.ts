@@ -12,6 +12,15 @@ export type { ModelFiles };
 export const MAX_MODEL_NAME = 128;
 export const MODEL_NAME_RE = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,${MAX_MODEL_NAME - 1}}$`);
 
+/** Why no model can have this name (a loadModel, or a modelStatus filter, that names it), or null for a good one. */
+export function badModelName(name: string): string | null {
+  if (MODEL_NAME_RE.test(name)) return null;
+  const shown = JSON.stringify(name.length > 60 ? `${name.slice(0, 57)}...` : name);
+  return name.length > MAX_MODEL_NAME
+    ? `invalid model name ${shown}: ${name.length} characters; a model name has at most ${MAX_MODEL_NAME}`
+    : `invalid model name ${shown}: use letters, digits, '_', '.', '-' (a letter or digit first), at most ${MAX_MODEL_NAME} characters`;
+}
+
 /**
  * A model of the repository: its configuration, labels and versions. Its files live in `dir` (repository layout:
  * `dir/<version>/model.onnx`), or at `file` (a single model file loaded by path, served as version 1).

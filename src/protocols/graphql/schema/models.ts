@@ -1,6 +1,6 @@
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import type { TensorInfo } from '../../../engine/types.ts';
-import type { Model } from '../../../repository/model.ts';
+import { badModelName, type Model } from '../../../repository/model.ts';
 import { largestId, type Labels } from '../../../repository/labels.ts';
 import { VERSION_STATES, type ModelStatusEvent, type ModelVersion } from '../../../repository/version.ts';
 import type { VersionStats } from '../../../batching/stats.ts';
@@ -259,7 +259,12 @@ builder.subscriptionFields((t) => ({
     type: StatusEventRef,
     description: 'State changes of model versions (all models, or the one named).',
     args: { name: t.arg.string() },
-    subscribe: (_, { name }, ctx) => ctx.statusEvents((e) => !name || e.model === name),
+    subscribe: (_, { name }, ctx) => {
+      // a name no model can have would stream nothing for good: said now (one that may come later is followed)
+      const bad = name === null || name === undefined ? null : badModelName(name);
+      if (bad) throw new GatewayError(ErrorCode.INVALID_INPUT, `modelStatus(name:): ${bad}; leave name out to follow every model`);
+      return ctx.statusEvents((e) => !name || e.model === name);
+    },
     resolve: (e) => e,
   }),
 }));
