@@ -462,7 +462,9 @@ export const SETTINGS = [
   s(
     'adminToken',
     'ADMIN_TOKEN',
-    (raw, name) => (raw ? bearerToken(raw, name) : null),
+    // a secret read from a file keeps its line break, which no header can carry: the token is what is inside (as
+    // API_TOKENS' entries are trimmed); nothing but white space is still refused
+    (raw, name) => (raw ? bearerToken(raw.trim() || raw, name) : null),
     null,
     'When set, admin operations (loadModel, unloadModel, updateModel, deleteModel) need Authorization: Bearer <token>; unset, they are allowed only from loopback and never from a browser page of another origin',
   ),

@@ -142,6 +142,15 @@ describe('configuration mistakes are told at start, naming the setting', () => {
     expect(loadConfig({ MAX_CONNECTIONS: '100' }, []).maxConnectionsPerClient).toBeLessThan(100);
   });
 
+  it("an ADMIN_TOKEN read from a file with its line break is the token without it, as API_TOKENS' entries are", () => {
+    // ADMIN_TOKEN="$(cat file)" drops it, a Kubernetes secret made from a file keeps it: the start was refused
+    expect(loadConfig({ ADMIN_TOKEN: 's3cret\n' }, []).adminToken).toBe('s3cret');
+    expect(loadConfig({ API_TOKENS: 'a1,b2\n' }, []).apiTokens).toEqual(['a1', 'b2']);
+    // nothing but white space is no token (not "no token": it was meant to be one)
+    expect(() => loadConfig({ ADMIN_TOKEN: ' \n' }, [])).toThrow(/^ADMIN_TOKEN: /);
+    expect(() => loadConfig({ ADMIN_TOKEN: 'two words' }, [])).toThrow(/^ADMIN_TOKEN: /);
+  });
+
   it.skipIf(!have('redis-server'))(
     'a REDIS_URL database Redis does not have is said, naming REDIS_URL, and database 0 is not used in its place',
     async () => {
