@@ -680,6 +680,23 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return c;
 }
 
+/**
+ * Variables of the environment that look like a setting misspelled (MAX_UPLOAD_BYTE, LOGLEVEL, ENGINE_THREAD): the
+ * server reads none of them, so it would start on the default without a word, where a misspelled flag is refused.
+ * They are not refused (the environment holds every other program's variables too), but said once at start. Only
+ * upper-case names of 7 characters or more, a few letters from a setting's: HOME is two letters from HOST.
+ */
+export function misspelledSettings(env: Record<string, string | undefined> = process.env): { variable: string; meant: string }[] {
+  const names = SETTINGS.map((st) => st.env as string);
+  const found: { variable: string; meant: string }[] = [];
+  for (const variable of Object.keys(env)) {
+    if (variable.length < 7 || !/^[A-Z][A-Z0-9_]*$/.test(variable) || names.includes(variable)) continue;
+    const meant = closest(variable, names);
+    if (meant) found.push({ variable, meant });
+  }
+  return found;
+}
+
 export function usage(): string {
   return (
     'Usage: npm start -- [flags]\n\n' +

@@ -3,7 +3,17 @@ import { access, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import v8 from 'node:v8';
 import sharp from 'sharp';
-import { ConfigError, MAX_TIMER_MS, cores, loadConfig, loadOptionsOf, processMemory, uvThreadpoolSize, type Config } from './config.ts';
+import {
+  ConfigError,
+  MAX_TIMER_MS,
+  cores,
+  loadConfig,
+  loadOptionsOf,
+  misspelledSettings,
+  processMemory,
+  uvThreadpoolSize,
+  type Config,
+} from './config.ts';
 import { errorMessage } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
@@ -48,6 +58,12 @@ async function main(): Promise<void> {
   // in proportion to the live heap (tens of MB) and removes most of them.
   v8.setFlagsFromString('--heap-growing-percent=100');
   const logger = createLogger(config.logLevel, { service: 'inference-gateway' });
+  // a setting's name misspelled in the environment is read by nothing: the setting keeps its default
+  for (const { variable, meant } of misspelledSettings())
+    logger.warn(
+      { variable, meant },
+      `${variable} is not a setting of this server, so it is ignored: did you mean ${meant}? (npm start -- --help lists the settings)`,
+    );
   const repository = path.resolve(config.modelRepository);
   // Node sizes its libuv pool once, at start, from the environment: decodes beyond it would wait there instead
   const uvPool = uvThreadpoolSize();

@@ -316,7 +316,7 @@ describe('start-up: the server starts, or says why in one line', () => {
     await rm(empty, { recursive: true, force: true });
   });
 
-  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE, engine threads above the cores name their settings, MAX_BYTES_IN_FLIGHT past half the memory names it; sized right, no warning', async () => {
+  it('DECODE_THREADS above the libuv pool warns and names UV_THREADPOOL_SIZE, engine threads above the cores name their settings, MAX_BYTES_IN_FLIGHT past half the memory names it, a setting misspelled in the environment names the one meant; sized right, no warning', async () => {
     const empty = await mkdtemp(path.join(os.tmpdir(), 'gw-empty-'));
     const warningsOf = async (env: Record<string, string>) => {
       const port = await freePort();
@@ -348,6 +348,12 @@ describe('start-up: the server starts, or says why in one line', () => {
     const [trust] = await warningsOf({ UV_THREADPOOL_SIZE: '8', TRUSTED_PROXIES: '127.0.0.1,0.0.0.0/1,128.0.0.0/1' });
     expect(trust).toMatch(/^TRUSTED_PROXIES trusts addresses all over the internet \(8.8.8.8 and 1.1.1.1 among them\): .*X-Forwarded-For/);
     expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', TRUSTED_PROXIES: '127.0.0.2,10.244.250.0/24' })).toEqual([]);
+    // a setting's name misspelled in the environment was read by nothing, and the server started on the default without
+    // a word (a misspelled flag is refused); other programs' variables (HOME, two letters from HOST) say nothing
+    expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', MAX_UPLOAD_BYTE: '1000', LOGLEVEL: 'debug', HOME: os.homedir() })).toEqual([
+      'MAX_UPLOAD_BYTE is not a setting of this server, so it is ignored: did you mean MAX_UPLOAD_BYTES? (npm start -- --help lists the settings)',
+      'LOGLEVEL is not a setting of this server, so it is ignored: did you mean LOG_LEVEL? (npm start -- --help lists the settings)',
+    ]);
     await rm(empty, { recursive: true, force: true });
   });
 
