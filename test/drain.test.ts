@@ -5,6 +5,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { encodeMultipart } from '../src/client/multipart.ts';
+import { createKserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import { freePort, sharedRepository } from '../bench/cluster-lib.ts';
 import { IMAGES, ROOT, image, until, untilAnswers } from './helpers.ts';
 
@@ -37,13 +38,21 @@ async function startServer(env: Record<string, string>) {
 
 /** The drain of a rolling restart, on one process (no Redis, no load balancer needed). */
 describe('drain on SIGTERM', () => {
-  it('/ready turns 503 at once, requests are still served (connection: close) for DRAIN_DELAY_MS, then the process exits 0', async () => {
-    const { child, url, exited, stderr, stop } = await startServer({ DRAIN_DELAY_MS: '4000', REPLICA_NAME: 'solo' });
+  it('/ready (and KServe v2 readiness, REST and gRPC) turns 503 at once, requests are still served (connection: close) for DRAIN_DELAY_MS, then the process exits 0', async () => {
+    const grpcPort = await freePort();
+    const { child, url, exited, stderr, stop } = await startServer({
+      DRAIN_DELAY_MS: '4000',
+      REPLICA_NAME: 'solo',
+      GRPC_PORT: String(grpcPort),
+    });
+    const grpc = createKserveGrpcClient(`127.0.0.1:${grpcPort}`);
     try {
       await untilAnswers(`${url}/ready`, 'ready');
       const ready = await (await fetch(`${url}/ready`)).json();
       expect(ready).toMatchObject({ ready: true, replica: 'solo' });
       expect(ready.cluster).toBeUndefined(); // no REDIS_URL: no bus
+      expect((await fetch(`${url}/v2/health/ready`)).status).toBe(200);
+      expect(await grpc.ServerReady({})).toEqual({ ready: true });
 
       child.kill('SIGTERM');
       const draining = await until(
@@ -55,6 +64,11 @@ describe('drain on SIGTERM', () => {
         '/ready to turn 503',
       );
       expect(draining).toMatchObject({ ready: false, draining: true });
+      // the KServe v2 probes say the same (a load balancer or a KServe setup may probe them, not /ready): they said ready
+      // until the port closed
+      const v2 = await fetch(`${url}/v2/health/ready`);
+      expect([v2.status, await v2.json()]).toEqual([503, { ready: false }]);
+      expect(await grpc.ServerReady({})).toEqual({ ready: false });
 
       const { body, contentType } = encodeMultipart(
         { query: 'mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }, topK: 1) { predictions { label } } }' },
@@ -77,6 +91,7 @@ describe('drain on SIGTERM', () => {
       expect(lines.find((l) => l.msg === 'draining')).toMatchObject({ signal: 'SIGTERM', drainDelayMs: 4000 });
       expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['draining', 'shutting down', 'stopped']));
     } finally {
+      grpc.close();
       await stop();
     }
   });

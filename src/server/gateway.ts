@@ -106,6 +106,8 @@ export function createGateway({
       bytesInFlight,
     },
     clients,
+    // as /ready: not while draining, nor before this replica has joined the cluster
+    serverReady: () => !draining && (cluster?.status()?.joined ?? true),
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({

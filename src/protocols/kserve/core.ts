@@ -221,6 +221,8 @@ export interface KserveCoreOptions {
   maxResponseBytes?: number;
   /** Classification strings one answer may carry (MAX_JSON_VALUES): each is made one by one on the event loop. */
   maxJsonValues?: number;
+  /** Whether the server is ready besides its models (a SIGTERM drain, the cluster bus joined): as /ready says. */
+  serverReady?: () => boolean;
 }
 
 export type KserveCore = ReturnType<typeof createKserveCore>;
@@ -264,6 +266,7 @@ export function createKserveCore({
   maxImagesPerRequest = 64,
   maxResponseBytes = 64 * 1024 * 1024,
   maxJsonValues = 524_288,
+  serverReady = () => true,
 }: KserveCoreOptions) {
   const models = service.models;
   const access = (who: Who) => accessFor(who.authorization, tokens, who.caller);
@@ -293,7 +296,7 @@ export function createKserveCore({
     /** Liveness: the process answers (open to probes, like /health). */
     live: () => true,
     /** Readiness: every model the repository asks for is AVAILABLE (open to probes, like /ready). */
-    ready: () => models.ready,
+    ready: () => models.ready && serverReady(),
 
     /** The token check alone: made before a request's body is read or decoded, so that nobody without one costs that. */
     checkApi(who: Who): void {

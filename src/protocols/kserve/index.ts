@@ -24,6 +24,8 @@ export interface KserveOptions {
   grpcConnections?: Pick<GrpcServerOptions, 'maxConnections' | 'maxConnectionsPerClient' | 'requestTimeoutMs' | 'bytesInFlight'>;
   /** Who each request's client is, and which peers are trusted proxies (TRUSTED_PROXIES); default: every peer is a client. */
   clients?: ClientAddresses;
+  /** Whether the server is ready besides its models (a SIGTERM drain, the cluster bus joined), as /ready says. */
+  serverReady?: () => boolean;
 }
 
 export interface KserveProtocol {
@@ -45,8 +47,9 @@ export function createKserveProtocol({
   maxJsonBodyBytes = 8 * 1024 * 1024,
   grpcConnections = {},
   clients = new ClientAddresses(),
+  serverReady,
 }: KserveOptions): KserveProtocol {
-  const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes, maxJsonValues });
+  const core = createKserveCore({ service, tokens, maxImagesPerRequest, maxResponseBytes, maxJsonValues, serverReady });
   return {
     route: createRestRoute({
       core,
