@@ -146,6 +146,32 @@ describe('the model repository, misused', () => {
     );
   });
 
+  it('a model the repository cannot load (its file misnamed, or versionPolicy naming no version there) says why in the log once, not only to each request', async () => {
+    // built beside the repository, then moved in (the watcher never sees half of it)
+    const named = path.join(gw.root, '.misnamed');
+    await mkdir(path.join(named, '1'), { recursive: true });
+    await writeFile(path.join(named, '1', 'mobilenet.onnx'), readFileSync(modelFile('mobilenet')));
+    await rename(named, path.join(gw.root, 'misnamed'));
+    const policy = path.join(gw.root, '.no-such-version');
+    await mkdir(path.join(policy, '1'), { recursive: true });
+    await writeFile(path.join(policy, '1', 'model.onnx'), readFileSync(modelFile('mobilenet')));
+    await writeFile(path.join(policy, 'model.json'), JSON.stringify({ task: 'raw', versionPolicy: { specific: [5] } }));
+    await rename(policy, path.join(gw.root, 'no-such-version'));
+    const warned = (model: string) => gw.logs.map((l) => JSON.parse(l)).filter((l) => l.level === 'warn' && l.model === model);
+    await until(async () => warned('misnamed').length > 0 && warned('no-such-version').length > 0, 5000, 'both said in the log');
+    expect(warned('misnamed')[0].msg).toBe(
+      'model misnamed is not loaded: version 1 of misnamed has no model.onnx: the model file goes at misnamed/1/model.onnx (the folder holds mobilenet.onnx)',
+    );
+    expect(warned('no-such-version')[0].msg).toBe(
+      'model no-such-version: no-such-version/model.json: versionPolicy selects none of the versions on disk (1); none serves until it names one of them',
+    );
+    // once, not at every scan (one every 100 ms here)
+    await new Promise((r) => setTimeout(r, 500));
+    expect([warned('misnamed').length, warned('no-such-version').length]).toEqual([1, 1]);
+    await rm(path.join(gw.root, 'misnamed'), { recursive: true, force: true });
+    await rm(path.join(gw.root, 'no-such-version'), { recursive: true, force: true });
+  });
+
   it('a model name past 128 characters is refused, saying the limit', async () => {
     const r = await gw.gql(`mutation($n: String!) { loadModel(name: $n) { name } }`, { n: 'a'.repeat(129) });
     expect(errorCode(r)).toBe('INVALID_INPUT');

@@ -431,7 +431,10 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       error,
     );
     const onDisk = [...files.keys()];
-    model.layoutProblem = onDisk.length === 0 && !model.file ? await layoutProblem(model.name, model.dir, this.engine.modelFiles) : null;
+    const layout = onDisk.length === 0 && !model.file ? await layoutProblem(model.name, model.dir, this.engine.modelFiles) : null;
+    // said once in the log, as it changes (requests are told it each time): a misnamed model file, a folder without one
+    if (layout && layout !== model.layoutProblem) this.logger.warn({ model: model.name }, `model ${model.name} is not loaded: ${layout}`);
+    model.layoutProblem = layout;
     const policy = model.files?.config.versionPolicy ?? { latest: 1 };
     const selected = selectVersions(policy, onDisk);
     const wanted = model.disabled ? [] : selected.filter((v) => !model.disabledVersions.has(v));
@@ -439,12 +442,19 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     // as for a new version that does not load, and the model says why
     const selectsNothing = !model.disabled && onDisk.length > 0 && selected.length === 0;
     if (model.configError && model.configError === model.policyError) model.configError = null;
+    const policyBefore = model.policyError?.message;
     model.policyError = selectsNothing
       ? new GatewayError(
           ErrorCode.INVALID_MODEL_CONFIG,
-          `${model.name}/model.json: versionPolicy selects none of the versions on disk (${[...onDisk].sort((a, b) => a - b).join(', ')}); the versions serving keep serving`,
+          `${model.name}/model.json: versionPolicy selects none of the versions on disk (${[...onDisk].sort((a, b) => a - b).join(', ')}); ${
+            [...model.versions.values()].some((v) => v.state === 'AVAILABLE')
+              ? 'the versions serving keep serving'
+              : 'none serves until it names one of them'
+          }`,
         )
       : null;
+    if (model.policyError && model.policyError.message !== policyBefore)
+      this.logger.warn({ model: model.name }, `model ${model.name}: ${model.policyError.message}`);
     if (model.policyError && !model.configError) model.configError = model.policyError;
     const loads: Promise<void>[] = [];
     for (const v of wanted) {
