@@ -683,18 +683,31 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 /**
  * Variables of the environment that look like a setting misspelled (MAX_UPLOAD_BYTE, LOGLEVEL, ENGINE_THREAD): the
  * server reads none of them, so it would start on the default without a word, where a misspelled flag is refused.
- * They are not refused (the environment holds every other program's variables too), but said once at start. Only
- * upper-case names of 7 characters or more, a few letters from a setting's: HOME is two letters from HOST.
+ * They are not refused (the environment holds every other program's variables too), but said once at start: a setting
+ * in lower case or without its unit (_MS, _BYTES), and upper-case names of 7 characters or more a few letters from a
+ * setting's (HOME is two letters from HOST).
  */
 export function misspelledSettings(env: Record<string, string | undefined> = process.env): { variable: string; meant: string }[] {
   const names = SETTINGS.map((st) => st.env as string);
   const found: { variable: string; meant: string }[] = [];
   for (const variable of Object.keys(env)) {
-    if (variable.length < 7 || !/^[A-Z][A-Z0-9_]*$/.test(variable) || names.includes(variable)) continue;
-    const meant = closest(variable, names);
+    if (names.includes(variable)) continue;
+    // a setting in lower case (log_level), or without its unit (DRAIN_DELAY for DRAIN_DELAY_MS)
+    const meant =
+      names.find((n) => n === variable.toUpperCase() || n === `${variable}_MS` || n === `${variable}_BYTES`) ??
+      (variable.length >= 7 && /^[A-Z][A-Z0-9_]*$/.test(variable) ? closest(variable, names) : null);
     if (meant) found.push({ variable, meant });
   }
   return found;
+}
+
+/**
+ * Token settings given empty in the environment (a compose file's `API_TOKENS: ${API_TOKENS}` with the variable unset):
+ * an empty value is the default, no token, as for any setting; for these it leaves a door open, so it is said at start
+ * (an empty flag, --api-tokens=, is refused).
+ */
+export function emptyTokenSettings(env: Record<string, string | undefined> = process.env): ('ADMIN_TOKEN' | 'API_TOKENS')[] {
+  return (['ADMIN_TOKEN', 'API_TOKENS'] as const).filter((name) => env[name] === '');
 }
 
 export function usage(): string {

@@ -9,6 +9,7 @@ import {
   cores,
   loadConfig,
   loadOptionsOf,
+  emptyTokenSettings,
   misspelledSettings,
   processMemory,
   uvThreadpoolSize,
@@ -63,6 +64,13 @@ async function main(): Promise<void> {
     logger.warn(
       { variable, meant },
       `${variable} is not a setting of this server, so it is ignored: did you mean ${meant}? (npm start -- --help lists the settings)`,
+    );
+  for (const name of emptyTokenSettings())
+    logger.warn(
+      { setting: name },
+      name === 'API_TOKENS'
+        ? 'API_TOKENS is set but empty, which is no token: anyone who can reach the server can run inference; give comma-separated tokens, or leave API_TOKENS out of the environment'
+        : 'ADMIN_TOKEN is set but empty, which is no token: admin operations are allowed from this machine (loopback) only; give a token, or leave ADMIN_TOKEN out of the environment',
     );
   const repository = path.resolve(config.modelRepository);
   // Node sizes its libuv pool once, at start, from the environment: decodes beyond it would wait there instead

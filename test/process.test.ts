@@ -354,6 +354,13 @@ describe('start-up: the server starts, or says why in one line', () => {
       'MAX_UPLOAD_BYTE is not a setting of this server, so it is ignored: did you mean MAX_UPLOAD_BYTES? (npm start -- --help lists the settings)',
       'LOGLEVEL is not a setting of this server, so it is ignored: did you mean LOG_LEVEL? (npm start -- --help lists the settings)',
     ]);
+    // a setting in lower case or without its unit; a token setting given empty (a compose file's variable left unset)
+    // is no token, which leaves the door open
+    expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', DRAIN_DELAY: '1000', log_level: 'debug', API_TOKENS: '' })).toEqual([
+      'DRAIN_DELAY is not a setting of this server, so it is ignored: did you mean DRAIN_DELAY_MS? (npm start -- --help lists the settings)',
+      'log_level is not a setting of this server, so it is ignored: did you mean LOG_LEVEL? (npm start -- --help lists the settings)',
+      'API_TOKENS is set but empty, which is no token: anyone who can reach the server can run inference; give comma-separated tokens, or leave API_TOKENS out of the environment',
+    ]);
     await rm(empty, { recursive: true, force: true });
   });
 
