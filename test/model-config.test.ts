@@ -368,6 +368,7 @@ describe('recovery and configuration owned by the version', () => {
 
   it('an edit of model.json reloads the version as a new instance; requests never see a mix, nor a gap', async () => {
     expect((await classify('mobilenet')).data.classify.predictions[0].confidence).toBeLessThanOrEqual(1);
+    const logged = gw.logs.length;
     const traffic = Array.from({ length: 12 }, (_, i) => new Promise((r) => setTimeout(r, i * 20)).then(() => classify('mobilenet')));
     await writeFile(
       path.join(gw.root, 'mobilenet', 'model.json'),
@@ -382,6 +383,21 @@ describe('recovery and configuration owned by the version', () => {
       expect(p.confidence <= 1 || p.confidence > 5).toBe(true);
     }
     expect((await classify('mobilenet')).data.classify.predictions[0].confidence).toBeGreaterThan(5);
+    // the log tells the swap from an outage: the new instance's lines say it loads beside the serving one, the old one's
+    // that it was replaced (an alert on "to":"END" fired at every edit of a label)
+    const lines = () =>
+      gw.logs
+        .slice(logged)
+        .map((l) => JSON.parse(l))
+        .filter((l) => l.msg === 'model version state' && l.model === 'mobilenet')
+        .map((l) => `${l.from}->${l.to}${l.instance ? ` (${l.instance})` : ''}`);
+    await until(async () => lines().includes('UNLOADING->END (replaced)'), 5000, 'the old instance to end');
+    expect(lines()).toEqual([
+      'START->LOADING (replacement)',
+      'LOADING->AVAILABLE (replacement)',
+      'AVAILABLE->UNLOADING (replaced)',
+      'UNLOADING->END (replaced)',
+    ]);
   });
 
   it('an invalid edit keeps the version serving with what it loaded, and says why', async () => {

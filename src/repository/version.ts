@@ -87,6 +87,11 @@ export class ModelVersion {
   private unloading: Promise<void> | null = null;
   /** Replaced by a newer instance: its last transitions are logged, not published. */
   private quiet = false;
+  /**
+   * In the log lines of its transitions: an instance loading beside the serving one (a new configuration or file), or
+   * the one it replaced going away. For clients the version stays AVAILABLE: their lines are no outage.
+   */
+  private instanceRole: 'replacement' | 'replaced' | null = null;
   /** Its removal was said (removed()). */
   private gone = false;
   private loadOptions: LoadOptions | null = null;
@@ -120,6 +125,7 @@ export class ModelVersion {
   ) {
     this.stats = new VersionStats(deps.metrics);
     this.quiet = !publish;
+    this.instanceRole = publish ? null : 'replacement';
     if (publish) deps.metrics?.state(this.state);
   }
 
@@ -151,6 +157,7 @@ export class ModelVersion {
       version: this.version,
       from,
       to,
+      ...(this.instanceRole ? { instance: this.instanceRole } : {}),
       ...(error ? { errorCode: error.code, error: error.message } : {}),
     };
     if (error) this.deps.logger.warn(fields, 'model version state');
@@ -420,6 +427,7 @@ export class ModelVersion {
    */
   inService(): void {
     this.quiet = false;
+    this.instanceRole = null;
     this.deps.metrics?.state(this.state);
   }
 
@@ -447,8 +455,10 @@ export class ModelVersion {
     if (!keepRestart) this.cancelRestart();
     if (this.unloading) return this.unloading;
     if (this.state !== 'AVAILABLE') return Promise.resolve();
-    if (replaced) this.quiet = true;
-    else this.listed(); // (an AVAILABLE held, said before its UNLOADING)
+    if (replaced) {
+      this.quiet = true;
+      this.instanceRole = 'replaced';
+    } else this.listed(); // (an AVAILABLE held, said before its UNLOADING)
     this.transition('UNLOADING');
     this.unloading = (async () => {
       await this.admissions?.drain();
