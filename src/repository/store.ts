@@ -283,7 +283,8 @@ export async function versionFolders(dir: string): Promise<number[]> {
 /**
  * Why a model folder has no version to serve, for the one who put it there: its version folders without the model
  * file (and what they hold instead), or none at all. Folders being filled (a version folder made before its file is
- * copied in) are not an error: this is said when a request or loadModel finds nothing to serve, not on a schedule.
+ * copied in) are not an error: this is said when a request or loadModel finds nothing to serve, and logged once as a
+ * scan finds it (a warning, again only when it changes), not on a schedule.
  */
 export async function layoutProblem(name: string, dir: string, modelFiles: readonly string[]): Promise<string> {
   const expected = modelFiles[0];
