@@ -105,6 +105,10 @@ function keepAlive(socket: WebSocket, ms: number): void {
   let answered = true;
   let held = Infinity;
   socket.on('pong', () => (answered = true));
+  // a client's pong travels behind the messages it sent before it, which are read one per turn of the event loop: one
+  // that pipelined many operations has its pong read late though it answered at once. A message read since the ping
+  // says it is there as well as a pong would (one that then goes silent is closed a period after its last message)
+  socket.on('message', () => (answered = true));
   const check = setInterval(() => {
     if (socket.readyState !== WebSocket.OPEN) return;
     if (socket.isPaused) {
