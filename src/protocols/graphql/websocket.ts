@@ -1,7 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { getOperationAST, type ExecutionArgs, type ExecutionResult, type GraphQLError, type GraphQLFormattedError } from 'graphql';
+import {
+  GraphQLError as GraphQLErrorClass,
+  getOperationAST,
+  type ExecutionArgs,
+  type ExecutionResult,
+  type GraphQLError,
+  type GraphQLFormattedError,
+} from 'graphql';
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
@@ -13,7 +20,7 @@ import type { Context } from './context.ts';
 import type { RequestBudget } from '../../inference/budget.ts';
 import { noteErrorCodes, requestContext, type Logger, type RequestContext } from '../../log.ts';
 import { isClosing } from '../../closing-connections.ts';
-import { toGraphQLError } from './errors.ts';
+import { toGraphQLError, withHint } from './errors.ts';
 import { jsonValueCount } from '../../json-text.ts';
 import { tooManyVariableValues } from './plugins/variable-values.ts';
 import { documentTooLarge } from './plugins/limits.ts';
@@ -300,6 +307,8 @@ export function attachWebSocket(
       ),
     );
   };
+  /** The schema's mutation fields, for the hints of errors (read once, at the first). */
+  let mutations: Set<string> | undefined;
   const authOf = (ctx: { connectionParams?: Record<string, unknown>; extra: { request: IncomingMessage } }) =>
     (ctx.connectionParams?.authorization as string | undefined) ?? ctx.extra.request.headers.authorization ?? null;
   useServer(
@@ -441,7 +450,14 @@ export function attachWebSocket(
           );
         logLine(logged);
         end(ctx.extra.socket, payload);
-        return errors.map(asOverHttp);
+        // with what to do instead, as HTTP says it (useRequestErrorCodes)
+        const named = (mutations ??= new Set(Object.keys(yoga.getEnveloped().schema.getMutationType()?.getFields() ?? {})));
+        return errors.map((e) => {
+          const message = withHint(e.message, named, payload.operationName);
+          return asOverHttp(
+            message === e.message ? e : new GraphQLErrorClass(message, { nodes: e.nodes, path: e.path, extensions: e.extensions }),
+          );
+        });
       },
       // (a result without yoga's HTTP hint goes as it is)
       onNext: (_ctx, _id, payload, _args, result: ExecutionResult) => {
