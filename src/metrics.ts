@@ -63,7 +63,11 @@ export class Metrics {
     collect: (): void => this.requestBytes.set(this.bytesInFlight()),
   });
   /** Set by the server: its open subscriptions and WebSocket connections, read at each scrape. */
-  streams: () => { subscriptions: number; webSockets: number } = () => ({ subscriptions: 0, webSockets: 0 });
+  streams: () => { subscriptions: number; webSockets: number; webSocketUnsentBytes: number } = () => ({
+    subscriptions: 0,
+    webSockets: 0,
+    webSocketUnsentBytes: 0,
+  });
   readonly subscriptions: Gauge = new Gauge({
     name: 'gateway_subscriptions_open',
     help: 'Subscriptions open now (SSE and WebSocket), against MAX_SUBSCRIPTIONS_PER_CLIENT per client.',
@@ -75,6 +79,12 @@ export class Metrics {
     help: 'WebSocket connections open now, against MAX_WS_CONNECTIONS_PER_CLIENT per client.',
     registers: [this.registry],
     collect: (): void => this.webSockets.set(this.streams().webSockets),
+  });
+  readonly webSocketUnsent: Gauge = new Gauge({
+    name: 'gateway_websocket_unsent_bytes',
+    help: 'Bytes of answers held for WebSocket clients that the network has not taken yet (clients reading slowly, or not at all): past MAX_WS_MESSAGE_BYTES held for a connection, it is not read, and its queries and mutations wait.',
+    registers: [this.registry],
+    collect: (): void => this.webSocketUnsent.set(this.streams().webSocketUnsentBytes),
   });
   readonly state = new Gauge({
     name: 'gateway_model_version_state',

@@ -73,7 +73,7 @@ export interface GraphqlProtocol {
    */
   close(timeoutMs?: number): Promise<void>;
   /** Subscriptions (SSE and WebSocket) and WebSocket connections open now. */
-  open(): { subscriptions: number; webSockets: number };
+  open(): { subscriptions: number; webSockets: number; webSocketUnsentBytes: number };
 }
 
 const DEFAULT_QUERY = `# Welcome to the GraphQL inference gateway.
@@ -124,7 +124,7 @@ export function createGraphqlProtocol({
   const shutdown = new AbortController();
   // every open subscription listens to it (bounded by the subscriptions per client and connection, not by Node's 10)
   setMaxListeners(0, shutdown.signal);
-  let ws: { close(timeoutMs: number): Promise<void>; readonly connections: number } | null = null;
+  let ws: { close(timeoutMs: number): Promise<void>; readonly connections: number; readonly unsentBytes: number } | null = null;
   const subscriptionsByClient = new Map<string, number>();
 
   /** A status stream for one client, within its share of subscriptions. */
@@ -276,7 +276,7 @@ export function createGraphqlProtocol({
     open() {
       let subscriptions = 0;
       for (const n of subscriptionsByClient.values()) subscriptions += n;
-      return { subscriptions, webSockets: ws?.connections ?? 0 };
+      return { subscriptions, webSockets: ws?.connections ?? 0, webSocketUnsentBytes: ws?.unsentBytes ?? 0 };
     },
     async close(timeoutMs = 10_000) {
       shutdown.abort(); // ends every subscription stream (SSE and WebSocket) with "complete"

@@ -65,7 +65,13 @@ function smallButForWhitespace(bytes: Uint8Array, max: number): boolean {
 const rawBytes = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
-type Root = { execute: (a: ExecutionArgs) => unknown; subscribe: (a: ExecutionArgs) => unknown; log: RequestContext };
+type Root = {
+  execute: (a: ExecutionArgs) => unknown;
+  subscribe: (a: ExecutionArgs) => unknown;
+  log: RequestContext;
+  /** Run a query or mutation in its connection's turn (inTurn). */
+  inTurn: (run: () => unknown) => unknown;
+};
 
 /**
  * An operation's line in the request log, as an HTTP request has: its own request id (the context its work logs under),
@@ -154,6 +160,60 @@ function holdReading(socket: WebSocket, resumeAt: number): void {
   }, 20);
 }
 
+/** Queries and mutations of one connection run at once (as an HTTP connection's pipelined requests, src/server/http.ts). */
+const MAX_RUNNING = 8;
+/** Per connection: its queries and mutations running, and those waiting their turn. */
+const lanes = new WeakMap<WebSocket, { running: number; waiting: (() => void)[]; check: NodeJS.Timeout | null }>();
+
+/**
+ * Run a query or mutation of a connection in its turn: at most MAX_RUNNING at once, and none while the answers held for
+ * its client (ws's bufferedAmount) are past `max` bytes. Holding the reading (holdReading) stops new messages, but not
+ * those ws had read in already, nor the operations they started: each made its answer and held it until sent (h55: 1.5
+ * MB answers, 42 MB held for one connection that read nothing, 1.4 GB for 16 connections of one client). Those waiting
+ * go one per check, so each answer is counted before the next is made; a connection that closes lets them go (their
+ * signals say the client is gone). Subscriptions do not wait: their events are small.
+ */
+function inTurn(socket: WebSocket, max: number, run: () => unknown): unknown {
+  let lane = lanes.get(socket);
+  if (!lane) lanes.set(socket, (lane = { running: 0, waiting: [], check: null }));
+  const l = lane;
+  const open = () => socket.readyState === WebSocket.OPEN;
+  const behind = () => open() && socket.bufferedAmount > max;
+  const next = () => {
+    if (l.waiting.length > 0 && (!open() || (l.running < MAX_RUNNING && !behind()))) l.waiting.shift()!();
+    if (l.waiting.length === 0 && l.check) {
+      clearInterval(l.check);
+      l.check = null;
+    }
+  };
+  const start = () => {
+    l.running++;
+    const ended = () => {
+      l.running--;
+      next();
+    };
+    try {
+      return Promise.resolve(run()).finally(ended);
+    } catch (e) {
+      ended();
+      throw e;
+    }
+  };
+  if (l.waiting.length === 0 && l.running < MAX_RUNNING && !behind()) return start();
+  if (behind()) holdReading(socket, max / 2);
+  return new Promise((resolve, reject) => {
+    l.waiting.push(() => {
+      try {
+        resolve(start());
+      } catch (e) {
+        reject(e);
+      }
+    });
+    // ws tells no drain: checked every 20 ms while some wait
+    l.check ??= setInterval(next, 20);
+  });
+}
+
 /**
  * graphql-ws (the graphql-transport-ws protocol) on the same port and path as HTTP, through yoga's envelop: the same
  * schema, plugins, limits and error masking. Connections per client address and operations per connection are bounded.
@@ -174,7 +234,7 @@ export function attachWebSocket(
     logger,
     keepAliveMs = 12_000,
   }: WebSocketLimits = {},
-): { close(timeoutMs: number): Promise<void>; readonly connections: number } {
+): { close(timeoutMs: number): Promise<void>; readonly connections: number; readonly unsentBytes: number } {
   const clientAddress = (req: IncomingMessage) => clients.of(req.socket.remoteAddress, req.headers['x-forwarded-for']);
   const connections = new Map<string, number>();
   // noServer: upgrades are taken from the HTTP server here, so the WebSocket server never sees (and never re-emits)
@@ -314,9 +374,10 @@ export function attachWebSocket(
   useServer(
     {
       // run in the operation's request context, as an HTTP request's work is: what is logged meanwhile carries its id
+      // (a query or mutation in its connection's turn: its answer is held until its client reads it)
       execute: (args) => {
         const root = args.rootValue as Root;
-        return requestContext.run(root.log, () => root.execute(args)) as never;
+        return root.inTurn(() => requestContext.run(root.log, () => root.execute(args))) as never;
       },
       subscribe: (args) => {
         const root = args.rootValue as Root;
@@ -431,7 +492,12 @@ export function attachWebSocket(
           document,
           variableValues: payload.variables,
           contextValue,
-          rootValue: { execute, subscribe, log: logged.log } satisfies Root,
+          rootValue: {
+            execute,
+            subscribe,
+            log: logged.log,
+            inTurn: (run) => inTurn(ctx.extra.socket, maxPayloadBytes, run),
+          } satisfies Root,
         };
       },
       onComplete: (ctx, _id, payload) => {
@@ -481,6 +547,12 @@ export function attachWebSocket(
   return {
     get connections() {
       return wss.clients.size;
+    },
+    /** Bytes of answers its connections hold, not yet taken by the network. */
+    get unsentBytes() {
+      let n = 0;
+      for (const c of wss.clients) n += c.bufferedAmount;
+      return n;
     },
     /** Close every connection (1001); one that has not answered within `timeoutMs` is cut (ws would wait 30 s). */
     async close(timeoutMs: number) {
