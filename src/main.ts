@@ -65,7 +65,8 @@ async function main(): Promise<void> {
       { variable, meant },
       `${variable} is not a setting of this server, so it is ignored: did you mean ${meant}? (npm start -- --help lists the settings)`,
     );
-  for (const name of emptyTokenSettings())
+  // (unless a flag gave one: flags win)
+  for (const name of emptyTokenSettings().filter((n) => (n === 'API_TOKENS' ? config.apiTokens.length === 0 : config.adminToken === null)))
     logger.warn(
       { setting: name },
       name === 'API_TOKENS'

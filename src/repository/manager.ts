@@ -447,7 +447,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       ? new GatewayError(
           ErrorCode.INVALID_MODEL_CONFIG,
           `${model.name}/model.json: versionPolicy selects none of the versions on disk (${[...onDisk].sort((a, b) => a - b).join(', ')}); ${
-            [...model.versions.values()].some((v) => v.state === 'AVAILABLE')
+            [...model.versions.values()].some((v) => v.state === 'AVAILABLE' && onDisk.includes(v.version))
               ? 'the versions serving keep serving'
               : 'none serves until it names one of them'
           }`,

@@ -457,7 +457,8 @@ export class ModelVersion {
     if (this.state !== 'AVAILABLE') return Promise.resolve();
     if (replaced) {
       this.quiet = true;
-      this.instanceRole = 'replaced';
+      // (a candidate that never took over stays a replacement: it is the one let go)
+      this.instanceRole ??= 'replaced';
     } else this.listed(); // (an AVAILABLE held, said before its UNLOADING)
     this.transition('UNLOADING');
     this.unloading = (async () => {

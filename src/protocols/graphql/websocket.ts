@@ -12,7 +12,7 @@ import {
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
-import { ErrorCode, GatewayError, errorMessage } from '../../errors.ts';
+import { ErrorCode, GatewayError, clientGone, errorMessage } from '../../errors.ts';
 import { RequestHold, type BytesInFlight } from '../../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
 import { FORWARDING_HEADERS, accessFor, type Tokens } from '../../inference/access.ts';
@@ -162,25 +162,27 @@ function holdReading(socket: WebSocket, resumeAt: number): void {
 
 /** Queries and mutations of one connection run at once (as an HTTP connection's pipelined requests, src/server/http.ts). */
 const MAX_RUNNING = 8;
-/** Per connection: its queries and mutations running, and those waiting their turn. */
-const lanes = new WeakMap<WebSocket, { running: number; waiting: (() => void)[]; check: NodeJS.Timeout | null }>();
+/** Per connection: its queries and mutations running, and those waiting their turn (each runs, or is let go unrun). */
+const lanes = new WeakMap<WebSocket, { running: number; waiting: { go: () => void; drop: () => void }[]; check: NodeJS.Timeout | null }>();
 
 /**
  * Run a query or mutation of a connection in its turn: at most MAX_RUNNING at once, and none while the answers held for
  * its client (ws's bufferedAmount) are past `max` bytes. Holding the reading (holdReading) stops new messages, but not
  * those ws had read in already, nor the operations they started: each made its answer and held it until sent (h55: 1.5
- * MB answers, 42 MB held for one connection that read nothing, 1.4 GB for 16 connections of one client). Those waiting
- * go one per check, so each answer is counted before the next is made; a connection that closes lets them go (their
- * signals say the client is gone). Subscriptions do not wait: their events are small.
+ * MB answers, 42 MB held for one connection that read nothing, 1.4 GB for 16 connections of one client). A slot is
+ * given again a turn of the event loop after its operation ended, once graphql-ws has sent its answer, so that each
+ * answer is counted before the next is made. One that waits is let go without running (CANCELLED, to nobody) when its
+ * client completes it or its connection closes. Subscriptions do not wait: their events are small.
  */
-function inTurn(socket: WebSocket, max: number, run: () => unknown): unknown {
+function inTurn(socket: WebSocket, max: number, signal: AbortSignal, run: () => unknown): unknown {
   let lane = lanes.get(socket);
   if (!lane) lanes.set(socket, (lane = { running: 0, waiting: [], check: null }));
   const l = lane;
   const open = () => socket.readyState === WebSocket.OPEN;
-  const behind = () => open() && socket.bufferedAmount > max;
+  const behind = () => socket.bufferedAmount > max;
   const next = () => {
-    if (l.waiting.length > 0 && (!open() || (l.running < MAX_RUNNING && !behind()))) l.waiting.shift()!();
+    if (!open()) for (const w of l.waiting.splice(0)) w.drop();
+    else if (l.waiting.length > 0 && l.running < MAX_RUNNING && !behind()) l.waiting.shift()!.go();
     if (l.waiting.length === 0 && l.check) {
       clearInterval(l.check);
       l.check = null;
@@ -188,10 +190,11 @@ function inTurn(socket: WebSocket, max: number, run: () => unknown): unknown {
   };
   const start = () => {
     l.running++;
-    const ended = () => {
-      l.running--;
-      next();
-    };
+    const ended = () =>
+      setImmediate(() => {
+        l.running--;
+        next();
+      });
     try {
       return Promise.resolve(run()).finally(ended);
     } catch (e) {
@@ -199,16 +202,32 @@ function inTurn(socket: WebSocket, max: number, run: () => unknown): unknown {
       throw e;
     }
   };
+  const cancelled = () => ({ errors: [toGraphQLError(clientGone())] });
+  if (!open() || signal.aborted) return cancelled();
   if (l.waiting.length === 0 && l.running < MAX_RUNNING && !behind()) return start();
   if (behind()) holdReading(socket, max / 2);
   return new Promise((resolve, reject) => {
-    l.waiting.push(() => {
-      try {
-        resolve(start());
-      } catch (e) {
-        reject(e);
-      }
-    });
+    const waiter = {
+      go: () => {
+        signal.removeEventListener('abort', dropped);
+        try {
+          resolve(start());
+        } catch (e) {
+          reject(e);
+        }
+      },
+      drop: () => {
+        signal.removeEventListener('abort', dropped);
+        resolve(cancelled());
+      },
+    };
+    const dropped = () => {
+      const k = l.waiting.indexOf(waiter);
+      if (k >= 0) l.waiting.splice(k, 1);
+      waiter.drop();
+    };
+    signal.addEventListener('abort', dropped, { once: true });
+    l.waiting.push(waiter);
     // ws tells no drain: checked every 20 ms while some wait
     l.check ??= setInterval(next, 20);
   });
@@ -496,7 +515,7 @@ export function attachWebSocket(
             execute,
             subscribe,
             log: logged.log,
-            inTurn: (run) => inTurn(ctx.extra.socket, maxPayloadBytes, run),
+            inTurn: (run) => inTurn(ctx.extra.socket, maxPayloadBytes, abort.signal, run),
           } satisfies Root,
         };
       },
