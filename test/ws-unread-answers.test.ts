@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { fixture, openGraphqlWs, startGateway, until, type TestGateway } from './helpers.ts';
+import { slowModel, slowModelInput } from './onnx-builder.ts';
 
 /**
  * A WebSocket client that sends operations and reads none of their answers: each answer is held in the server's memory
@@ -11,7 +12,12 @@ import { fixture, openGraphqlWs, startGateway, until, type TestGateway } from '.
 describe('WebSocket answers a client does not read', () => {
   let gw: TestGateway;
   beforeAll(async () => {
-    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+    gw = await startGateway({
+      models: {
+        mobilenet: fixture('mobilenet'),
+        slow: { onnx: slowModel(), config: { task: 'raw', batching: { maxBatchSize: 1, maxQueueSize: 64 } } },
+      },
+    });
   });
   afterAll(() => gw?.close());
 
@@ -40,4 +46,27 @@ describe('WebSocket answers a client does not read', () => {
     expect(await unsent()).toBe(0);
     ws.close();
   }, 60_000);
+
+  it('an operation waiting its turn behind 8 running is let go at once when its client completes it (its id free again)', async () => {
+    const { ws, messages } = await openGraphqlWs<{ id?: string; type: string; payload?: any }>(gw.url);
+    const slow = `mutation($d: String!) { infer(model: "slow", inputs: [{ name: "shape", dtype: INT64, shape: [1, 2], data: $d }]) { outputs { name } } }`;
+    const send = (id: string, query: string, variables?: object) =>
+      ws.send(JSON.stringify({ id, type: 'subscribe', payload: { query, variables } }));
+    for (let i = 0; i < 8; i++) send(`s${i}`, slow, { d: slowModelInput(2000) });
+    send('w', slow, { d: slowModelInput(2000) }); // the ninth waits
+    await new Promise((r) => setTimeout(r, 100));
+    ws.send(JSON.stringify({ id: 'w', type: 'complete' }));
+    send('w', '{ models { name } }');
+    await until(
+      async () => messages.some((m) => (m.id === 'w' && m.type !== 'next') || (m.id === 'w' && m.payload?.data)),
+      10_000,
+      'an answer to w',
+    );
+    const first = messages.find((m) => m.id === 'w')!;
+    // answered, not refused as an id still in use, and before the eight ahead of it are done
+    expect(first).toMatchObject({ type: 'next', payload: { data: { models: [{ name: 'mobilenet' }, { name: 'slow' }] } } });
+    expect(messages.filter((m) => m.id?.startsWith('s') && m.type === 'complete').length).toBeLessThan(8);
+    await until(async () => messages.filter((m) => m.id?.startsWith('s') && m.type === 'complete').length === 8, 60_000, 'the eight');
+    ws.close();
+  }, 90_000);
 });
