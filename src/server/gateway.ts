@@ -13,7 +13,7 @@ import { createKserveProtocol } from '../protocols/kserve/index.ts';
 import { hostAllowed } from './hosts.ts';
 import { createHttpServer } from './http.ts';
 import { BytesInFlight } from '../bytes-in-flight.ts';
-import { opsRoutes } from './ops.ts';
+import { opsRoutes, serverReady, type ReadyState } from './ops.ts';
 import { uiRoute } from './ui.ts';
 
 export interface Gateway {
@@ -46,6 +46,8 @@ export function createGateway({
   cluster?: Cluster | null;
 }): Gateway {
   let draining = false;
+  /** What /ready and KServe's readiness say besides the models. */
+  const readyState: ReadyState = { draining: () => draining, cluster: () => cluster?.status() };
   const service = new InferenceService(models, {
     maxImagePixels: config.maxImagePixels,
     imageFormats: config.imageFormats,
@@ -107,7 +109,7 @@ export function createGateway({
     },
     clients,
     // as /ready: not while draining, nor before this replica has joined the cluster
-    serverReady: () => !draining && (cluster?.status()?.joined ?? true),
+    serverReady: () => serverReady(readyState),
   });
   const grpc = config.grpcPort === null ? null : kserve.grpc;
   const server = createHttpServer({
@@ -122,7 +124,7 @@ export function createGateway({
     bytesInFlight,
     clients,
     routes: [
-      ...opsRoutes(models, metrics, { draining: () => draining, cluster: () => cluster?.status() }),
+      ...opsRoutes(models, metrics, readyState),
       kserve.route,
       uiRoute(),
       // yoga's endpoint (it would also serve any path ending in /graphql, and answer others an empty 404: they get the

@@ -15,6 +15,11 @@ export interface ReadyState {
   cluster?: () => { joined: boolean } | undefined;
 }
 
+/** Is the server ready besides its models: not draining, and joined to its cluster when it has one (/ready, KServe's). */
+export function serverReady(state: ReadyState): boolean {
+  return !(state.draining?.() ?? false) && (state.cluster?.()?.joined ?? true);
+}
+
 /**
  * The operations endpoints, open to probes whatever the tokens: /health (the process answers), /ready (every model
  * the repository asks for is AVAILABLE, with per-model detail) and /metrics (Prometheus text).
@@ -32,7 +37,7 @@ export function opsRoutes(models: ModelManager, metrics: Metrics, state: ReadySt
         }));
         const draining = state.draining?.() ?? false;
         const cluster = state.cluster?.();
-        const ready = models.ready && !draining && (cluster?.joined ?? true);
+        const ready = models.ready && serverReady(state);
         sendJson(res, ready ? 200 : 503, {
           ready,
           replica: models.replica,
