@@ -146,6 +146,30 @@ describe('the model repository, misused', () => {
     );
   });
 
+  it('version folders passed over beside one that serves (02, a link named 3) are said in the log once, not silently left out', async () => {
+    const dir = path.join(gw.root, '.beside-versions');
+    for (const v of ['1', '02']) {
+      await mkdir(path.join(dir, v), { recursive: true });
+      await writeFile(path.join(dir, v, 'model.onnx'), readFileSync(modelFile('mobilenet')));
+    }
+    await mkdir(path.join(dir, 'assets')); // a folder of another name is the operator's own: not said
+    await symlink('1', path.join(dir, '3'));
+    await rename(dir, path.join(gw.root, 'beside-versions'));
+    const warned = () =>
+      gw.logs.map((l) => JSON.parse(l)).filter((l) => l.level === 'warn' && l.model === 'beside-versions' && /passed over/.test(l.msg));
+    await until(async () => warned().length > 0, 5000, 'the folders passed over said in the log');
+    expect(warned()[0].msg).toBe(
+      'model beside-versions: version folders passed over: 02 (a version has no leading zero), 3 (a symbolic link: a version folder is a folder of its own)',
+    );
+    // version 1 serves all the same, alone
+    await until(async () => (await gw.gql(VERSIONS, { n: 'beside-versions' })).data?.model?.versions?.[0]?.state === 'AVAILABLE', 8000);
+    expect((await gw.gql(VERSIONS, { n: 'beside-versions' })).data.model.versions.map((v: any) => v.version)).toEqual([1]);
+    // once, not at every scan (one every 100 ms here)
+    await new Promise((r) => setTimeout(r, 500));
+    expect(warned().length).toBe(1);
+    await rm(path.join(gw.root, 'beside-versions'), { recursive: true, force: true });
+  });
+
   it('a model the repository cannot load (its file misnamed, or versionPolicy naming no version there) says why in the log once, not only to each request', async () => {
     // built beside the repository, then moved in (the watcher never sees half of it)
     const named = path.join(gw.root, '.misnamed');

@@ -303,8 +303,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
   }
 
   /** Version files of a model: its version folders, or its single file (served as version 1). */
-  private async discover(model: Model, unreadable: Map<number, unknown> = new Map()): Promise<Map<number, string>> {
-    return model.file ? new Map([[1, model.file]]) : discoverVersions(model.dir, this.engine.modelFiles, unreadable);
+  private async discover(
+    model: Model,
+    unreadable: Map<number, unknown> = new Map(),
+    notes?: { passedOver: string },
+  ): Promise<Map<number, string>> {
+    return model.file ? new Map([[1, model.file]]) : discoverVersions(model.dir, this.engine.modelFiles, unreadable, notes);
   }
 
   /** Say (once) that part of a model's folder cannot be read, or (null) that it can again; shown as configError. */
@@ -404,8 +408,9 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       return code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code;
     };
     const unreadable = new Map<number, unknown>();
+    const notes = { passedOver: '' };
     try {
-      files = await this.discover(model, unreadable);
+      files = await this.discover(model, unreadable, notes);
     } catch (e) {
       // nothing is known of the versions on disk: they are left as they are (unloading them said "put the model file
       // at <name>/1/model.onnx"), and the model says why, once
@@ -435,6 +440,12 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     // said once in the log, as it changes (requests are told it each time): a misnamed model file, a folder without one
     if (layout && layout !== model.layoutProblem) this.logger.warn({ model: model.name }, `model ${model.name} is not loaded: ${layout}`);
     model.layoutProblem = layout;
+    // version folders not read beside those that are (02 beside 1, a link named 3): said once, as it changes (with no
+    // version at all, the layout problem says them)
+    const passedOver = layout ? '' : notes.passedOver;
+    if (passedOver && passedOver !== model.passedOver)
+      this.logger.warn({ model: model.name }, `model ${model.name}: version folders passed over: ${passedOver}`);
+    model.passedOver = passedOver;
     const policy = model.files?.config.versionPolicy ?? { latest: 1 };
     const selected = selectVersions(policy, onDisk);
     const wanted = model.disabled ? [] : selected.filter((v) => !model.disabledVersions.has(v));

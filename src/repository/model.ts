@@ -35,6 +35,8 @@ export class Model {
   configError: GatewayError | null = null;
   /** Why the folder has no version to serve (no version folder, or none with the model file), else null. */
   layoutProblem: string | null = null;
+  /** Folders named as versions that are not read as one, beside those that are ("02 (...), 3 (...)"), for the log. */
+  passedOver = '';
   /** The versionPolicy names no version on disk (set by each scan; shown as configError while there is no other). */
   policyError: GatewayError | null = null;
   /** The folder could not be read at the last scan (permission denied, I/O): its versions were left as they were. */

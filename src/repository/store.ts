@@ -247,12 +247,19 @@ export async function discoverVersions(
   dir: string,
   modelFiles: readonly string[],
   unreadable?: Map<number, unknown>,
+  notes?: { passedOver: string },
 ): Promise<Map<number, string>> {
   const found = new Map<number, string>();
   const entries = await readdir(dir, { withFileTypes: true }).catch((e: unknown) => {
     if (isMissing(e)) return [];
     throw e;
   });
+  // folders named as versions that are not read as one (02, 0, a link named 3); a folder of another name is the
+  // operator's own (assets/) and not said
+  if (notes)
+    notes.passedOver = passedOverList(
+      entries.filter((e) => /^\d+$/.test(e.name) && (e.isSymbolicLink() || (e.isDirectory() && !/^[1-9]\d{0,8}$/.test(e.name)))),
+    );
   for (const e of entries) {
     if (!e.isDirectory() || !/^[1-9]\d{0,8}$/.test(e.name)) continue;
     try {
@@ -300,6 +307,12 @@ export async function layoutProblem(name: string, dir: string, modelFiles: reado
  * "; passed over: 01 (a version has no leading zero), ...", or nothing. (01 and 1 would be one version twice.)
  */
 function passedOver(entries: Dirent[]): string {
+  const list = passedOverList(entries);
+  return list && `; passed over: ${list}`;
+}
+
+/** "01 (a version has no leading zero), ..." for the folders (and links named as versions) among `entries`, or "". */
+function passedOverList(entries: Dirent[]): string {
   const why = (e: Dirent) =>
     e.isSymbolicLink()
       ? 'a symbolic link: a version folder is a folder of its own'
@@ -313,7 +326,7 @@ function passedOver(entries: Dirent[]): string {
     .sort((a, b) => (a.name < b.name ? -1 : 1));
   if (!skipped.length) return '';
   const shown = skipped.slice(0, 5).map((e) => `${e.name.length > 40 ? `${e.name.slice(0, 37)}...` : e.name} (${why(e)})`);
-  return `; passed over: ${shown.join(', ')}${skipped.length > 5 ? `, and ${skipped.length - 5} more` : ''}`;
+  return `${shown.join(', ')}${skipped.length > 5 ? `, and ${skipped.length - 5} more` : ''}`;
 }
 
 /** Why a version's model file cannot be loaded, or null when it is there: where it goes, and what the folder holds. */
