@@ -625,11 +625,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     if (next?.startsWith('--')) throw new ConfigError(`${a} needs a value (write ${a}=<value> for a value that starts with --)`);
     const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
     if (!SETTINGS.some((st) => flagName(st.env) === name)) {
+      const elsewhere = SAID_ELSEWHERE[name.slice(2).toUpperCase().replace(/-/g, '_')];
       const meant = closest(
         name,
         SETTINGS.map((st) => flagName(st.env)),
       );
-      throw new ConfigError(`unknown flag ${name}${meant ? `: did you mean ${meant}?` : ''}\n\n${usage()}`);
+      throw new ConfigError(
+        `unknown flag ${name}${elsewhere ? `: ${elsewhere.why}, set ${flagName(elsewhere.meant)}` : meant ? `: did you mean ${meant}?` : ''}\n\n${usage()}`,
+      );
     }
     // an empty one would fall back to the default over the environment's value (--api-tokens= turned tokens off)
     if (value === undefined || value.trim() === '') throw new ConfigError(`${name} needs a value (leave the flag out for the default)`);
@@ -687,19 +690,41 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
  * in lower case or without its unit (_MS, _BYTES), and upper-case names of 7 characters or more a few letters from a
  * setting's (HOME is two letters from HOST).
  */
-export function misspelledSettings(env: Record<string, string | undefined> = process.env): { variable: string; meant: string }[] {
+export function misspelledSettings(
+  env: Record<string, string | undefined> = process.env,
+): { variable: string; meant: string; why?: string }[] {
   const names = SETTINGS.map((st) => st.env as string);
-  const found: { variable: string; meant: string }[] = [];
+  const found: { variable: string; meant: string; why?: string }[] = [];
   for (const variable of Object.keys(env)) {
     if (names.includes(variable)) continue;
-    // a setting in lower case (log_level), or without its unit (DRAIN_DELAY for DRAIN_DELAY_MS)
-    const meant =
-      names.find((n) => n === variable.toUpperCase() || n === `${variable}_MS` || n === `${variable}_BYTES`) ??
-      (variable.length >= 7 && /^[A-Z][A-Z0-9_]*$/.test(variable) ? closest(variable, names) : null);
+    const elsewhere = SAID_ELSEWHERE[variable];
+    if (elsewhere) {
+      found.push({ variable, ...elsewhere });
+      continue;
+    }
+    // a setting in lower case (log_level), or without its unit (DRAIN_DELAY for DRAIN_DELAY_MS): a mistake, whatever
+    // else is set
+    const variant = names.find((n) => n === variable.toUpperCase() || n === `${variable}_MS` || n === `${variable}_BYTES`);
+    // a name a few letters from a setting's, unless the setting is set too: then it is another program's (LOGLEVEL
+    // beside LOG_LEVEL)
+    const lookAlike = variable.length >= 7 && /^[A-Z][A-Z0-9_]*$/.test(variable) ? closest(variable, names) : null;
+    const meant = variant ?? (lookAlike && env[lookAlike] === undefined ? lookAlike : null);
     if (meant) found.push({ variable, meant });
   }
   return found;
 }
+
+/**
+ * Settings other servers have that this one says with another (gRPC binds HOST as HTTP does: GRPC_HOST read as a
+ * misspelled GRPC_PORT pointed at the wrong one): the setting meant, and why.
+ */
+const SAID_ELSEWHERE: Record<string, { meant: string; why: string }> = {
+  GRPC_HOST: { meant: 'HOST', why: 'gRPC listens on the address HTTP does' },
+  GRPC_ADDRESS: { meant: 'HOST', why: 'gRPC listens on the address HTTP does' },
+  HTTP_PORT: { meant: 'PORT', why: 'the HTTP port is PORT' },
+  REST_PORT: { meant: 'PORT', why: 'KServe REST is served on the HTTP port' },
+  METRICS_PORT: { meant: 'PORT', why: 'metrics are served on the HTTP port, at /metrics' },
+};
 
 /**
  * Token settings given empty in the environment (a compose file's `API_TOKENS: ${API_TOKENS}` with the variable unset):

@@ -60,10 +60,10 @@ async function main(): Promise<void> {
   v8.setFlagsFromString('--heap-growing-percent=100');
   const logger = createLogger(config.logLevel, { service: 'inference-gateway' });
   // a setting's name misspelled in the environment is read by nothing: the setting keeps its default
-  for (const { variable, meant } of misspelledSettings())
+  for (const { variable, meant, why } of misspelledSettings())
     logger.warn(
       { variable, meant },
-      `${variable} is not a setting of this server, so it is ignored: did you mean ${meant}? (npm start -- --help lists the settings)`,
+      `${variable} is not a setting of this server, so it is ignored: ${why ? `${why}, set ${meant}` : `did you mean ${meant}?`} (npm start -- --help lists the settings)`,
     );
   // (unless a flag gave one: flags win)
   for (const name of emptyTokenSettings().filter((n) => (n === 'API_TOKENS' ? config.apiTokens.length === 0 : config.adminToken === null)))

@@ -290,6 +290,13 @@ describe('start-up: the server starts, or says why in one line', () => {
     ],
     ['a bad flag', {}, ['--port', 'eighty'], 2, /--port: expected an integer/],
     ['an unknown flag', {}, ['--prot', '80'], 2, /unknown flag --prot: did you mean --port\?/],
+    [
+      'a flag other servers have',
+      {},
+      ['--grpc-host', '0.0.0.0'],
+      2,
+      /unknown flag --grpc-host: gRPC listens on the address HTTP does, set --host$/,
+    ],
   ])('%s: exit %#, one JSON line naming it, no stack trace', async (_, env, args, code, message) => {
     const p = start({ PORT: '0', ...env }, args);
     expect(await p.exit).toBe(code);
@@ -353,6 +360,11 @@ describe('start-up: the server starts, or says why in one line', () => {
     expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', MAX_UPLOAD_BYTE: '1000', LOGLEVEL: 'debug', HOME: os.homedir() })).toEqual([
       'MAX_UPLOAD_BYTE is not a setting of this server, so it is ignored: did you mean MAX_UPLOAD_BYTES? (npm start -- --help lists the settings)',
       'LOGLEVEL is not a setting of this server, so it is ignored: did you mean LOG_LEVEL? (npm start -- --help lists the settings)',
+    ]);
+    // beside the setting itself the look-alike is another program's (LOGLEVEL beside LOG_LEVEL); a setting other servers
+    // have, said here with another (gRPC binds HOST), names that one, not the closest name (GRPC_PORT)
+    expect(await warningsOf({ UV_THREADPOOL_SIZE: '8', LOGLEVEL: 'debug', LOG_LEVEL: 'info', GRPC_HOST: '0.0.0.0' })).toEqual([
+      'GRPC_HOST is not a setting of this server, so it is ignored: gRPC listens on the address HTTP does, set HOST (npm start -- --help lists the settings)',
     ]);
     // a setting in lower case or without its unit; a token setting given empty (a compose file's variable left unset)
     // is no token, which leaves the door open
