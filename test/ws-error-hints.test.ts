@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
 import { fixture, openGraphqlWs, startGateway, until, type TestGateway } from './helpers.ts';
 
 /** A request's mistakes say what to do over WebSocket as over HTTP (withHint): the same document, the same words. */
@@ -26,5 +27,37 @@ describe('error hints over WebSocket', () => {
     const errors = (answer.type === 'error' ? answer.payload : (answer.payload as { errors: unknown[] }).errors) as { message: string }[];
     expect(errors.map((e) => e.message)).toEqual(http.errors?.map((e) => e.message));
     ws.close();
+  });
+});
+
+/**
+ * A client that does not speak graphql-transport-ws (Apollo's old subscriptions-transport-ws, whose subprotocol is
+ * "graphql-ws"; a hand-written client that names none) is told which protocol to speak: it got a handshake without the
+ * subprotocol it asked for, which browsers and ws fail as an opaque 1006.
+ */
+describe('a WebSocket client of another subprotocol', () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ models: { mobilenet: fixture('mobilenet') } });
+  });
+  afterAll(() => gw?.close());
+
+  const closeOf = (protocols: string[]) =>
+    new Promise<{ code: number; reason: string; protocol: string }>((resolve, reject) => {
+      const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/graphql`, protocols);
+      ws.on('error', reject);
+      ws.on('close', (code, reason) => resolve({ code, reason: reason.toString(), protocol: ws.protocol }));
+    });
+
+  it.each([
+    [['graphql-ws'], /^graphql-ws \(subscriptions-transport-ws\) is not spoken here: use graphql-transport-ws/],
+    [['mqtt', 'v2.graphql'], /^mqtt, v2\.graphql: not spoken here: use the graphql-transport-ws subprotocol/],
+    [[], /^no subprotocol: ask for graphql-transport-ws/],
+  ])('%j: closed with 4406 saying which to speak', async (protocols, reason) => {
+    const closed = await closeOf(protocols);
+    expect(closed.code).toBe(4406);
+    expect(closed.reason).toMatch(reason);
+    // nothing was held for it: the server serves as before
+    expect((await gw.gql('{ models { name } }')).data.models).toHaveLength(1);
   });
 });

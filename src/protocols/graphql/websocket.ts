@@ -12,6 +12,7 @@ import {
 import type { YogaServerInstance } from 'graphql-yoga';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { useServer } from 'graphql-ws/use/ws';
+import { GRAPHQL_TRANSPORT_WS_PROTOCOL } from 'graphql-ws';
 import { ErrorCode, GatewayError, clientGone, errorMessage } from '../../errors.ts';
 import { RequestHold, type BytesInFlight } from '../../bytes-in-flight.ts';
 import { ClientAddresses, UNATTRIBUTED } from '../../client-address.ts';
@@ -291,7 +292,13 @@ export function attachWebSocket(
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
       return;
     }
-    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      if (ws.protocol === GRAPHQL_TRANSPORT_WS_PROTOCOL) return void wss.emit('connection', ws, req);
+      // another subprotocol, or none: told which to speak, never a connection (nothing counted, nothing held)
+      ws.on('error', () => {});
+      closeFirmly(ws, maxPayloadBytes);
+      ws.close(4406, notSpoken(ws.protocol, req.headers['sec-websocket-protocol'] ?? ''));
+    });
   });
   /** The size of the message being handled on a connection (graphql-ws hands a subscribe to onSubscribe at once). */
   const messageBytes = new WeakMap<object, number>();
@@ -563,6 +570,10 @@ export function attachWebSocket(
     wss,
     0, // keepAlive below instead: graphql-ws's would close a client that reads, slowly, while its reading is held
   );
+  // the handshake takes the client's own subprotocol when it asks for none this server speaks, so that the close that
+  // follows says which to speak: without one it asked for, browsers and ws fail the connection as a bare 1006
+  wss.options.handleProtocols = (protocols) =>
+    protocols.has(GRAPHQL_TRANSPORT_WS_PROTOCOL) ? GRAPHQL_TRANSPORT_WS_PROTOCOL : (protocols.values().next().value ?? false);
   return {
     get connections() {
       return wss.clients.size;
@@ -593,6 +604,23 @@ export function attachWebSocket(
 
 /** How long a client has to answer a close the server sent before its connection is cut (ws waits 30 s). */
 const CLOSE_ANSWER_MS = 2000;
+
+/**
+ * The reason a client of other WebSocket subprotocols (`asked`, the header's list; `protocol` the one the handshake took)
+ * is closed with: at most 123 bytes, as a close reason holds.
+ */
+function notSpoken(protocol: string, asked: string): string {
+  if (protocol === '') return 'no subprotocol: ask for graphql-transport-ws (the graphql-ws client library speaks it)';
+  if (protocol === 'graphql-ws')
+    return 'graphql-ws (subscriptions-transport-ws) is not spoken here: use graphql-transport-ws (the graphql-ws client library)';
+  const all = asked
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)
+    .join(', ');
+  const named = all.length > 40 ? `${all.slice(0, 37)}...` : all;
+  return `${named}: not spoken here: use the graphql-transport-ws subprotocol (the graphql-ws client library)`;
+}
 
 /**
  * The server's closes of a connection. ws closes one whose message is past its limit with 1009 and no reason: the
