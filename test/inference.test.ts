@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import ort from 'onnxruntime-node';
-import { ElemType, argmaxSegmenter, identityModel, meanColourModel } from './onnx-builder.ts';
+import { ElemType, argmaxSegmenter, identityModel, meanColourModel, stridedSegmenter } from './onnx-builder.ts';
 import { IMAGES, errorCode, fixture, fixtureModels, image, modelAsset, modelFile, startGateway, type TestGateway } from './helpers.ts';
 import { floatToHalf, halfToFloat } from '../src/engine/types.ts';
 import { GraphQLError } from 'graphql';
@@ -63,6 +63,16 @@ describe('inference over GraphQL with real models and photos', () => {
             task: 'segmentation',
             labels: ['red', 'green', 'blue'],
             preprocessing: { resizeType: 'NETWORK', targetSize: '64x64', pixelScaling: 255 },
+          },
+        },
+        // BodyPix's grid: 641 pixels, a cell every 16 centred on pixels 0, 16, ... 640
+        'strided-seg': {
+          onnx: stridedSegmenter(16),
+          config: {
+            task: 'segmentation',
+            labels: ['red', 'green', 'blue'],
+            preprocessing: { resizeType: 'NETWORK', targetSize: '641x641', pixelScaling: 255 },
+            postprocessing: { alignCorners: true },
           },
         },
         ...Object.fromEntries(
@@ -384,6 +394,38 @@ describe('inference over GraphQL with real models and photos', () => {
     ]);
     const mask = await sharp(Buffer.from(r.data.segment.mask, 'base64')).extractChannel(0).raw().toBuffer();
     expect([mask[0], mask[19], mask[20], mask[39]]).toEqual([0, 0, 2, 2]);
+  });
+
+  it('a map whose cells are centred on every 16th input pixel (alignCorners, as BodyPix) is laid back on the pixels it sampled, not shifted half a cell', async () => {
+    // red, a green band at the bottom (rows 632-640), a blue one at the right (columns 632-640): each band holds the
+    // last sample (640) and not the one before (624), so a map read right covers exactly the bands; read as cells of
+    // 641 / 41 = 15.6 pixels each (half-pixel centres) the last cell began at 625, 7 pixels early
+    const img = await sharp({ create: { width: 641, height: 641, channels: 3, background: { r: 255, g: 0, b: 0 } } })
+      .composite([
+        { input: await solid(0, 255, 0, 632, 9), left: 0, top: 632 },
+        { input: await solid(0, 0, 255, 9, 641), left: 632, top: 0 },
+      ])
+      .png()
+      .toBuffer();
+    const r = await gw.gql(
+      `mutation($f: File!) { segment(model: "strided-seg", image: { file: $f }) { classes { classId pixelFraction } mask regions(minPixels: 1) { classId box { xMin yMin xMax yMax } } } }`,
+      { f: null },
+      { files: { f: img } },
+    );
+    expect(r.errors).toBeUndefined();
+    const n = 641 * 641;
+    expect(r.data.segment.classes.map((c: any) => [c.classId, Math.round(c.pixelFraction * n)])).toEqual([
+      [0, 632 * 632],
+      [1, 632 * 9],
+      [2, 9 * 641],
+    ]);
+    const mask = await sharp(Buffer.from(r.data.segment.mask, 'base64')).extractChannel(0).raw().toBuffer();
+    const at = (x: number, y: number) => mask[y * 641 + x];
+    expect([at(631, 0), at(632, 0), at(640, 0), at(0, 631), at(0, 632), at(631, 640)]).toEqual([0, 2, 2, 0, 1, 1]);
+    // the blue region's box begins where the band does (half a pixel: the cell's edge lies between pixel centres)
+    const blue = r.data.segment.regions.find((g: any) => g.classId === 2).box;
+    expect(Math.abs(blue.xMin * 641 - 632)).toBeLessThanOrEqual(0.5);
+    expect(blue.xMax).toBe(1);
   });
 
   it('infer reproduces the engine output exactly (mobilenet, float32)', async () => {

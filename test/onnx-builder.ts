@@ -95,6 +95,35 @@ export function argmaxSegmenter(): Uint8Array {
   });
 }
 
+/**
+ * Every `stride`-th pixel's argmax over channels: image [N,3,H,W] float -> int64 class map [N,(H-1)/stride+1,...], its
+ * cells centred on input pixels 0, stride, 2 x stride, ... (the align-corners grid of BodyPix and other TensorFlow
+ * models fed k x stride + 1 pixels).
+ */
+export function stridedSegmenter(stride: number): Uint8Array {
+  const ints = (name: string, v: bigint[]): Initializer => ({
+    name,
+    elemType: ElemType.INT64,
+    dims: [v.length],
+    raw: new Uint8Array(BigInt64Array.from(v).buffer),
+  });
+  const big = 2n ** 62n;
+  return buildModel({
+    nodes: [
+      { op: 'Slice', inputs: ['image', 'starts', 'ends', 'axes', 'steps'], outputs: ['sampled'] },
+      { op: 'ArgMax', inputs: ['sampled'], outputs: ['classes'], attrs: { axis: 1, keepdims: 0 } },
+    ],
+    initializers: [
+      ints('starts', [0n, 0n]),
+      ints('ends', [big, big]),
+      ints('axes', [2n, 3n]),
+      ints('steps', [BigInt(stride), BigInt(stride)]),
+    ],
+    inputs: [{ name: 'image', elemType: ElemType.FLOAT, shape: ['N', 3, 'H', 'W'] }],
+    outputs: [{ name: 'classes', elemType: ElemType.INT64, shape: ['N', 'h', 'w'] }],
+  });
+}
+
 /** A float32 initializer: bytes inline, or in an external file named `location` (relative to the model file). */
 function initializer(name: string, dims: number[], values: number[] | null, location?: string): Uint8Array {
   const parts: Uint8Array[] = [...dims.map((d) => intField(1, d)), intField(2, ElemType.FLOAT), strField(8, name)];

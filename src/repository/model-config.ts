@@ -228,6 +228,12 @@ const segmentationPost = z
       .describe(
         "Each region's box grown on every side by its area x unclipRatio / its perimeter, as DB text detectors unclip their shrunk kernels (PaddleOCR: 1.5); 0: the region's own box.",
       ),
+    alignCorners: z
+      .boolean()
+      .default(false)
+      .describe(
+        "The output's cells are centred on the input's pixels 0, s, 2s, ... and the last (TensorFlow's align_corners: BodyPix, DeepLab fed k x s + 1 pixels); false: each cell covers s x s pixels from the corner.",
+      ),
   })
   .prefault({});
 

@@ -11,6 +11,20 @@ export interface ClassMap {
   width: number;
   height: number;
   ids: Uint16Array;
+  /** Its cells centred on the input's first and last pixels and evenly between (postprocessing.alignCorners). */
+  alignCorners?: boolean;
+}
+
+/**
+ * Where a map's cells lie on the model's input, along one axis: cell m covers input coordinates [origin + m x size,
+ * origin + (m + 1) x size) (pixel i spans [i, i + 1)). By default the cells tile the input from its corner; with
+ * alignCorners, cell m is centred on pixel m x (input - 1) / (map - 1), as TensorFlow's resize with align_corners (and
+ * BodyPix's own upsampling of its maps) reads them.
+ */
+function cellsOf(mapSize: number, inputSize: number, alignCorners = false): { size: number; origin: number } {
+  if (!alignCorners || mapSize < 2) return { size: inputSize / mapSize, origin: 0 };
+  const size = (inputSize - 1) / (mapSize - 1);
+  return { size, origin: 0.5 - size / 2 };
 }
 
 export interface SegmentClass {
@@ -44,7 +58,7 @@ export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationCon
     const [h, w] = t.shape.length === 3 ? [t.shape[1], t.shape[2]] : t.shape[1] === 1 ? [t.shape[2], t.shape[3]] : [t.shape[1], t.shape[2]];
     const ids = new Uint16Array(w * h);
     for (let i = 0; i < ids.length; i++) ids[i] = Math.max(0, Math.min(65535, Number(t.data[i])));
-    return { width: w, height: h, ids };
+    return { width: w, height: h, ids, alignCorners: cfg.alignCorners };
   }
   if (t.shape.length !== 4)
     throw new GatewayError(ErrorCode.INFERENCE_FAILED, `segmentation output ${name} has shape [${t.shape.join(',')}]`);
@@ -72,7 +86,7 @@ export function toClassMap(outputs: Record<string, Tensor>, cfg: SegmentationCon
       ids[p] = best;
     }
   }
-  return { width: w, height: h, ids };
+  return { width: w, height: h, ids, alignCorners: cfg.alignCorners };
 }
 
 /** Per-pixel work over a whole photo yields to the event loop every this many pixels (about a millisecond each). */
@@ -80,13 +94,22 @@ export const SLICE = 1 << 18;
 export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** For each original column (or row), the map column (row) it falls in; -1 outside the map (padding). */
-function axisMapping(size: number, scale: number, offset: number, f: number, mapSize: number): Int32Array {
+function axisMapping(size: number, scale: number, offset: number, inputSize: number, mapSize: number, alignCorners?: boolean): Int32Array {
+  const cells = cellsOf(mapSize, inputSize, alignCorners);
   const out = new Int32Array(size);
   for (let x = 0; x < size; x++) {
-    const m = Math.floor(((x + 0.5) * scale + offset) * f);
+    const m = Math.floor(((x + 0.5) * scale + offset - cells.origin) / cells.size);
     out[x] = m >= 0 && m < mapSize ? m : -1;
   }
   return out;
+}
+
+/** axisMapping of the columns and of the rows of the original image, onto `map`. */
+function axesOf(map: ClassMap, t: ImageTransform): { xs: Int32Array; ys: Int32Array } {
+  return {
+    xs: axisMapping(t.width, t.scaleX, t.offsetX, t.inputWidth, map.width, map.alignCorners),
+    ys: axisMapping(t.height, t.scaleY, t.offsetY, t.inputHeight, map.height, map.alignCorners),
+  };
 }
 
 /** Nearest-neighbour map at the original image size; areas outside the model input (padding) are class 0. */
@@ -94,8 +117,7 @@ export function toOriginalSize(map: ClassMap, t: ImageTransform): ClassMap {
   const W = t.width;
   const H = t.height;
   const ids = new Uint16Array(W * H);
-  const xs = axisMapping(W, t.scaleX, t.offsetX, map.width / t.inputWidth, map.width);
-  const ys = axisMapping(H, t.scaleY, t.offsetY, map.height / t.inputHeight, map.height);
+  const { xs, ys } = axesOf(map, t);
   for (let y = 0; y < H; y++) fillRow(ids, y, W, xs, ys[y], map);
   return { width: W, height: H, ids };
 }
@@ -118,8 +140,7 @@ export async function toOriginalSizeAsync(map: ClassMap, t: ImageTransform): Pro
   const W = t.width;
   const H = t.height;
   const ids = new Uint16Array(W * H);
-  const xs = axisMapping(W, t.scaleX, t.offsetX, map.width / t.inputWidth, map.width);
-  const ys = axisMapping(H, t.scaleY, t.offsetY, map.height / t.inputHeight, map.height);
+  const { xs, ys } = axesOf(map, t);
   const rowsPerSlice = Math.max(1, Math.floor(SLICE / Math.max(1, W)));
   for (let y = 0; y < H; y++) {
     fillRow(ids, y, W, xs, ys[y], map);
@@ -136,8 +157,9 @@ export async function toOriginalSizeAsync(map: ClassMap, t: ImageTransform): Pro
 export function classHistogram(map: ClassMap, t: ImageTransform, labels: Labels | null): SegmentClass[] {
   const colWeight = new Float64Array(map.width);
   const rowWeight = new Float64Array(map.height);
-  for (const mx of axisMapping(t.width, t.scaleX, t.offsetX, map.width / t.inputWidth, map.width)) if (mx >= 0) colWeight[mx]++;
-  for (const my of axisMapping(t.height, t.scaleY, t.offsetY, map.height / t.inputHeight, map.height)) if (my >= 0) rowWeight[my]++;
+  const { xs, ys } = axesOf(map, t);
+  for (const mx of xs) if (mx >= 0) colWeight[mx]++;
+  for (const my of ys) if (my >= 0) rowWeight[my]++;
   const counts = new Map<number, number>();
   let covered = 0;
   for (let my = 0; my < map.height; my++) {
@@ -163,8 +185,8 @@ export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null,
   const seen = new Uint8Array(w * h);
   const stack: number[] = [];
   const out: Region[] = [];
-  const sx = t.inputWidth / w;
-  const sy = t.inputHeight / h;
+  const cx = cellsOf(w, t.inputWidth, map.alignCorners);
+  const cy = cellsOf(h, t.inputHeight, map.alignCorners);
   for (let start = 0; start < ids.length; start++) {
     const cls = ids[start];
     if (cls === 0 || seen[start]) continue;
@@ -201,14 +223,18 @@ export function regions(map: ClassMap, t: ImageTransform, labels: Labels | null,
     if (n < minPixels) continue;
     // a DB text detector's map marks a shrunk kernel of each word: its box grown by area x ratio / perimeter on every
     // side (PaddleOCR's unclip, on the box rather than the contour's rotated rectangle), in the model's input pixels
-    const bw = (x1 + 1 - x0) * sx;
-    const bh = (y1 + 1 - y0) * sy;
+    const bw = (x1 + 1 - x0) * cx.size;
+    const bh = (y1 + 1 - y0) * cy.size;
     const grow = unclipRatio > 0 ? (bw * bh * unclipRatio) / (2 * (bw + bh)) : 0;
-    const [xMin, yMin] = toOriginalNormalized(t, Math.max(0, x0 * sx - grow), Math.max(0, y0 * sy - grow));
+    const [xMin, yMin] = toOriginalNormalized(
+      t,
+      Math.max(0, cx.origin + x0 * cx.size - grow),
+      Math.max(0, cy.origin + y0 * cy.size - grow),
+    );
     const [xMax, yMax] = toOriginalNormalized(
       t,
-      Math.min(t.inputWidth, (x1 + 1) * sx + grow),
-      Math.min(t.inputHeight, (y1 + 1) * sy + grow),
+      Math.min(t.inputWidth, cx.origin + (x1 + 1) * cx.size + grow),
+      Math.min(t.inputHeight, cy.origin + (y1 + 1) * cy.size + grow),
     );
     // a region wholly in the padding (FILL) has no area in the photo: no region, as classes and detections say
     if (!(xMax > xMin && yMax > yMin)) continue;
