@@ -374,7 +374,7 @@ describe('start-up: the server starts, or says why in one line', () => {
       'API_TOKENS is set but empty, which is no token: anyone who can reach the server can run inference; give comma-separated tokens, or leave API_TOKENS out of the environment',
     ]);
     await rm(empty, { recursive: true, force: true });
-  });
+  }, 150_000); // nine server starts, one after another: 7 s each on a loaded machine
 
   it('a port in use: exit 1, one JSON line saying so', async () => {
     const busy = net.createServer().listen(0, '127.0.0.1');
