@@ -19,12 +19,12 @@ export interface ClassMap {
  * Where a map's cells lie on the model's input, along one axis: cell m covers input coordinates [origin + m x size,
  * origin + (m + 1) x size) (pixel i spans [i, i + 1)). By default the cells tile the input from its corner; with
  * alignCorners, cell m is centred on pixel m x (input - 1) / (map - 1), as TensorFlow's resize with align_corners (and
- * BodyPix's own upsampling of its maps) reads them.
+ * BodyPix's own upsampling of its maps) reads them. (perPixel: 1 / size, as the default mapping always computed it.)
  */
-function cellsOf(mapSize: number, inputSize: number, alignCorners = false): { size: number; origin: number } {
-  if (!alignCorners || mapSize < 2) return { size: inputSize / mapSize, origin: 0 };
+function cellsOf(mapSize: number, inputSize: number, alignCorners = false): { size: number; origin: number; perPixel: number } {
+  if (!alignCorners || mapSize < 2) return { size: inputSize / mapSize, origin: 0, perPixel: mapSize / inputSize };
   const size = (inputSize - 1) / (mapSize - 1);
-  return { size, origin: 0.5 - size / 2 };
+  return { size, origin: 0.5 - size / 2, perPixel: (mapSize - 1) / (inputSize - 1) };
 }
 
 export interface SegmentClass {
@@ -98,7 +98,7 @@ function axisMapping(size: number, scale: number, offset: number, inputSize: num
   const cells = cellsOf(mapSize, inputSize, alignCorners);
   const out = new Int32Array(size);
   for (let x = 0; x < size; x++) {
-    const m = Math.floor(((x + 0.5) * scale + offset - cells.origin) / cells.size);
+    const m = Math.floor(((x + 0.5) * scale + offset - cells.origin) * cells.perPixel);
     out[x] = m >= 0 && m < mapSize ? m : -1;
   }
   return out;
