@@ -430,6 +430,69 @@ describe('the server cannot be taken down', () => {
     await healthy();
   });
 
+  it('a file the map puts where the operation takes no File is refused naming the path and the type, never taken as a value', async () => {
+    const before = await readFile(path.join(gw.root, 'mobilenet', 'model.json'), 'utf8');
+    const bytes = Buffer.from('hi');
+    const refused = async (query: string, files: Record<string, Uint8Array>, says: RegExp) => {
+      const r = await gw.gql(query, {}, { files });
+      expect(r.status, query).toBe(400);
+      expect(r.errors, query).toHaveLength(1);
+      expect(errorCode(r), query).toBe('INVALID_INPUT');
+      expect(r.errors![0].message, query).toMatch(says);
+      // what the parser's File holds inside is none of the client's business
+      expect(r.errors![0].message, query).not.toMatch(/blobParts|_buffer/);
+    };
+    // a JSON variable took the file as a JSON value: its insides (blobParts, the bytes as numbers) written into model.json
+    await refused(
+      'mutation($m: JSON) { updateModel(name: "mobilenet", metadata: $m) { metadata } }',
+      { m: bytes },
+      /"variables\.m".*\$m is JSON/,
+    );
+    await refused(
+      'mutation($m: JSON) { updateModel(name: "mobilenet", metadata: $m) { metadata } }',
+      { 'm.k': bytes },
+      /"variables\.m\.k".*\$m is JSON/,
+    );
+    expect(await readFile(path.join(gw.root, 'mobilenet', 'model.json'), 'utf8')).toBe(before);
+    // loadModel's config was refused as a model.json with an unknown field "blobParts"
+    await refused(
+      'mutation($c: JSON) { loadModel(name: "mobilenet", config: $c) { name } }',
+      { c: bytes },
+      /"variables\.c".*model\.json goes/,
+    );
+    // other types dumped the File's fields in the message (eleven errors for an ImageInput, one per field)
+    const infer =
+      'mutation($d: String!) { infer(model: "mobilenet", inputs: [{ name: "input", dtype: FLOAT32, shape: [1, 3, 224, 224], data: $d }]) { outputs { name } } }';
+    await refused(infer, { d: bytes }, /"variables\.d".*\$d is String!.*a file goes where the schema takes File/);
+    const classify = (type: string, use: string) =>
+      `mutation($i: ${type}) { classify(model: "mobilenet", image: ${use}) { predictions { label } } }`;
+    await refused(classify('ImageInput!', '$i'), { i: bytes }, /"variables\.i".*\$i is ImageInput!.*write "variables\.i\.file"/);
+    await refused(classify('File!', '{ file: $i }'), { 'i.x': bytes }, /"variables\.i\.x".*\$i is File!.*write "variables\.i"/);
+    await refused(
+      'mutation($files: [File!]) { loadModel(name: "mobilenet", files: $files) { name } }',
+      { files: bytes },
+      /"variables\.files".*\$files is \[File!\].*write "variables\.files\.0"/,
+    );
+    // a variable the operation does not declare: the file was dropped without a word
+    await refused(classify('File', '{ file: $i }'), { j: bytes }, /"variables\.j".*declares no variable "\$j" \(its variables: \$i\)/);
+    // the places a file goes are taken as before
+    const photo = await readFile(image('dog.jpg'));
+    for (const [type, use, at] of [
+      ['File!', '{ file: $i }', 'i'],
+      ['ImageInput!', '$i', 'i.file'],
+    ] as const) {
+      const r = await gw.gql(classify(type, use), {}, { files: { [at]: photo } });
+      expect(r.errors, at).toBeUndefined();
+    }
+    const batch = await gw.gql(
+      'mutation($images: [ImageInput!]!) { classifyBatch(model: "mobilenet", images: $images, topK: 1) { predictions { label } } }',
+      {},
+      { files: { 'images.0.file': photo, 'images.1.file': photo } },
+    );
+    expect(batch.errors).toBeUndefined();
+    await healthy();
+  });
+
   it('labels read as a list are counted toward the response bytes (a sparse map up to id 999999, many aliases)', async () => {
     await addModel(gw.root, 'sparse-labels', fixture('mobilenet', { labels: { '0': 'first', '999999': 'last' } }));
     await gw.gql(`mutation { loadModel(name: "sparse-labels") { name } }`);

@@ -1,3 +1,15 @@
+import {
+  getNamedType,
+  getNullableType,
+  getOperationAST,
+  isInputObjectType,
+  isListType,
+  print,
+  typeFromAST,
+  type DocumentNode,
+  type GraphQLInputType,
+  type GraphQLSchema,
+} from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { ErrorCode, GatewayError, quoted } from '../../../errors.ts';
 import { isGraphQLError, toGraphQLError } from '../errors.ts';
@@ -14,6 +26,8 @@ const SPEC =
  */
 export function useMultipartShape(): Plugin {
   const refuse = (what: string) => toGraphQLError(new GatewayError(ErrorCode.INVALID_INPUT, `${what}: ${SPEC}`), { requestLevel: true });
+  /** The map's paths of each multipart request, by part, for the check of where they put files (onExecute). */
+  const mapped = new WeakMap<Request, [string, string][]>();
   return {
     onRequestParse({ request, requestParser, setRequestParser }) {
       if (!requestParser || bodyKind(request) !== 'multipart') return;
@@ -32,12 +46,88 @@ export function useMultipartShape(): Plugin {
         if (!Array.isArray(params) && (typeof params !== 'object' || params === null)) throw refuse('"operations" is not a JSON object');
         if (!Array.isArray(params)) {
           const paths = await checkMap(req, refuse);
-          checkLists(params, paths, refuse);
+          checkLists(
+            params,
+            paths.map(([, p]) => p),
+            refuse,
+          );
+          if (paths.length > 0) mapped.set(req, paths);
         }
         return params as never;
       });
     },
+    onExecute({ args, setResultAndStopExecution }) {
+      const request = (args.contextValue as { request?: Request } | undefined)?.request;
+      const paths = request && mapped.get(request);
+      if (!paths) return;
+      for (const [part, p] of paths) {
+        const why = notAFile(args.schema, args.document, args.operationName, p);
+        if (why !== null)
+          return setResultAndStopExecution({
+            errors: [
+              toGraphQLError(
+                new GatewayError(ErrorCode.INVALID_INPUT, `"map" puts the file of part ${quoted(part)} at ${quoted(p)}, ${why}`),
+                {
+                  requestLevel: true,
+                },
+              ),
+            ],
+          });
+      }
+    },
   };
+}
+
+/**
+ * Why a map path does not lead to a File of the operation's variables (null when it does). graphql-js would coerce the
+ * file as the value of whatever type is there: a JSON variable took it as a JSON value (its fields, and its bytes as a
+ * list of numbers, written into model.json as metadata), and any other type said so with the File's insides dumped
+ * in its message (one error per field for an input object); a variable the operation does not declare dropped it.
+ */
+function notAFile(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined, p: string): string | null {
+  const operation = getOperationAST(document, operationName);
+  if (!operation) return null; // graphql-js says why
+  const [, name, ...rest] = p.split('.');
+  const declared = operation.variableDefinitions ?? [];
+  const definition = declared.find((d) => d.variable.name.value === name);
+  if (!definition) {
+    const names = declared.slice(0, 10).map((d) => `$${d.variable.name.value}`);
+    if (declared.length > 10) names.push('...');
+    const its = names.length > 0 ? ` (its variables: ${names.join(', ')})` : '';
+    return `but the operation declares no variable ${quoted(`$${name}`)}${its}`;
+  }
+  const declaredAs = `$${name} is ${print(definition.type)}`;
+  const declaredType = typeFromAST(schema, definition.type) as GraphQLInputType | undefined;
+  if (!declaredType) return null; // an unknown type: refused by validation already
+  let type: GraphQLInputType = declaredType;
+  let at = `variables.${name}`;
+  const elsewhere = (t: GraphQLInputType) =>
+    `which is no File of the operation (${declaredAs}): ${
+      getNamedType(t).name === 'JSON'
+        ? 'a file is no JSON value: write the JSON itself in "operations" (a model.json goes in loadModel(files:), as a file)'
+        : 'a file goes where the schema takes File (ImageInput.file, loadModel(files:)); an image as text goes in ImageInput.base64'
+    }`;
+  for (const key of rest) {
+    const here: GraphQLInputType = getNullableType(type);
+    if (isListType(here) && /^\d+$/.test(key)) type = here.ofType as GraphQLInputType;
+    else if (isInputObjectType(here) && Object.hasOwn(here.getFields(), key)) type = here.getFields()[key].type;
+    else if (getNamedType(here).name === 'File' && !isListType(here))
+      return `which is no File of the operation: ${declaredAs}, and ${quoted(at)} is the file itself: write ${quoted(at)}`;
+    else return elsewhere(here);
+    at = `${at}.${key}`;
+  }
+  const here: GraphQLInputType = getNullableType(type);
+  if (!isListType(here) && getNamedType(here).name === 'File') return null;
+  if (isListType(here) && getNamedType(here).name === 'File')
+    return `which is no File of the operation: ${declaredAs}, a list of files: write ${quoted(`${at}.0`)} for its first`;
+  if (isInputObjectType(here)) {
+    const field = Object.entries(here.getFields()).find(
+      ([, f]) => getNamedType(f.type).name === 'File' && !isListType(getNullableType(f.type)),
+    );
+    if (field)
+      return `which is no File of the operation: ${declaredAs}, whose file goes in its field ${quoted(field[0])}: write ${quoted(`${at}.${field[0]}`)}`;
+  }
+  return elsewhere(here);
 }
 
 /**
@@ -47,7 +137,7 @@ export function useMultipartShape(): Plugin {
  * ("Variable "$f" of non-null type "File!" must not be null"). Said here in the spec's terms. A form that cannot be
  * read again is left to yoga's answers.
  */
-async function checkMap(req: Request, refuse: (what: string) => Error): Promise<string[]> {
+async function checkMap(req: Request, refuse: (what: string) => Error): Promise<[string, string][]> {
   const form = await Promise.resolve()
     .then(() => req.formData())
     .catch(() => null);
@@ -65,7 +155,7 @@ async function checkMap(req: Request, refuse: (what: string) => Error): Promise<
   }
   if (typeof map !== 'object' || map === null || Array.isArray(map)) throw refuse('"map" is not a JSON object');
   const bound = new Set<string>();
-  const all: string[] = [];
+  const all: [string, string][] = [];
   for (const [part, paths] of Object.entries(map)) {
     if (!Array.isArray(paths) || !paths.every((p) => typeof p === 'string')) {
       const example = typeof paths === 'string' ? paths : 'variables.file';
@@ -74,7 +164,7 @@ async function checkMap(req: Request, refuse: (what: string) => Error): Promise<
     for (const p of paths as string[]) {
       if (!p.startsWith('variables.'))
         throw refuse(`"map" path ${quoted(p)} does not point into the variables: write ${quoted(`variables.${p}`)}`);
-      all.push(p);
+      all.push([part, p]);
     }
     if (!form.has(part)) {
       throw refuse(`"map" names the part ${quoted(part)}, which the request does not have (its parts: ${parts.map(quoted).join(', ')})`);
