@@ -333,7 +333,15 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     expect(errorCode(await q('FLOAT32', [1, 3, 224, 224], bytes.slice(0, -8)))).toBe('INVALID_INPUT');
     expect(errorCode(await q('FLOAT32', [1, 3, 224, 224], '***not base64***'))).toBe('INVALID_INPUT');
     expect(errorCode(await q('FLOAT32', [100000, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
-    expect(errorCode(await q('FLOAT32', [-1, 3, 224, 224], bytes))).toBe('INVALID_INPUT');
+    // -1 is how metadata writes a dynamic dimension, not a size: it was said as "has shape [-1,3,224,224], got [-1,3,224,224]"
+    const dynamic = await q('FLOAT32', [-1, 3, 224, 224], bytes);
+    expect(errorCode(dynamic)).toBe('INVALID_INPUT');
+    expect(dynamic.errors![0].message).toBe(
+      "input input: shape [-1,3,224,224] must hold sizes (integers of 0 or more): the -1 of the model's shape [-1,3,224,224] marks a dimension of any size; send the size your data has there (1 for the batch)",
+    );
+    expect((await q('FLOAT32', [1, -3, 224, 224], bytes)).errors![0].message).toBe(
+      'input input: shape [1,-3,224,224] must hold sizes (integers of 0 or more)',
+    );
     await good();
   });
 

@@ -38,6 +38,14 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
     if (!DTYPES.includes(dtype)) throw bad(`dtype ${input.dtype} is not one of ${DTYPES.map((d) => d.toUpperCase()).join(', ')}`);
     if (dtype !== info.dtype) throw bad(`input ${input.name} is ${info.dtype.toUpperCase()}, got ${input.dtype}`);
     const shape = [...input.shape];
+    if (shape.some((d) => !Number.isInteger(d) || d < 0)) {
+      // -1 is how a model's shape is written where it takes any size (metadata, KServe), not a size to send
+      const any = shape.findIndex((d, i) => d === -1 && info.shape[i] === null);
+      const batch = any === 0 && batched ? ' (1 for the batch)' : '';
+      throw bad(
+        `input ${input.name}: shape [${shape.join(',')}] must hold sizes (integers of 0 or more)${any < 0 ? '' : `: the -1 of the model's shape [${info.shape.map((d) => d ?? -1).join(',')}] marks a dimension of any size; send the size your data has there${batch}`}`,
+      );
+    }
     if (
       shape.length !== info.shape.length ||
       shape.some((d, i) => !Number.isInteger(d) || d < 0 || (info.shape[i] !== null && info.shape[i] !== d))
