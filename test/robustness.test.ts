@@ -301,6 +301,46 @@ describe('bad input gets a typed error and the server stays healthy', () => {
     await good();
   });
 
+  it('base64 that is not base64 says why and what to send, over GraphQL and KServe REST, without repeating it', async () => {
+    const photo = (await readFile(path.join(IMAGES, 'bee.jpeg'))).toString('base64');
+    const urlSafe = photo.replace(/\+/g, '-').replace(/\//g, '_');
+    const at = Math.min(...['-', '_'].map((c) => urlSafe.indexOf(c)).filter((i) => i >= 0));
+    const classify = async (b: string) => {
+      const r = await gw.gql(`mutation($b: String!) { classify(model: "mobilenet", image: { base64: $b }) { predictions { classId } } }`, {
+        b,
+      });
+      expect(errorCode(r)).toBe('INVALID_IMAGE');
+      return r.errors![0].message;
+    };
+    // each was "ImageInput.base64 is not base64", whatever the mistake
+    expect(await classify(urlSafe)).toBe(
+      `ImageInput.base64 is not base64: "${urlSafe[at]}" at character ${at} is of base64url's alphabet; send standard base64 (+ and /)`,
+    );
+    expect(await classify(photo.slice(0, 80) + ' ' + photo.slice(80))).toBe(
+      'ImageInput.base64 is not base64: a space at character 80; only line breaks may come between its characters',
+    );
+    expect(await classify(photo.slice(0, 81))).toMatch(
+      /^ImageInput\.base64 is not base64: its 81 characters leave one over \(base64 comes in groups of four\): it was cut short, or has one too many$/,
+    );
+    expect(await classify('QUJD=QUJD')).toBe('ImageInput.base64 is not base64: "=" at character 4 pads only its end');
+    expect(await classify('QUJD\u00e9')).toBe('ImageInput.base64 is not base64: "\u00e9" (U+00E9) at character 4 is no base64 character');
+    // KServe REST: "b64 is not base64"; a data: URL is read as such over GraphQL only
+    const b64 = async (text: string) => {
+      const r = await fetch(`${gw.url}/v2/models/mobilenet/infer`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [{ b64: text }] }] }),
+      });
+      expect(r.status).toBe(400);
+      return ((await r.json()) as { error: string }).error;
+    };
+    expect(await b64(`data:image/jpeg;base64,${photo}`)).toBe(
+      'input input: b64 is not base64: it begins as a data: URL; send only the base64 after its comma',
+    );
+    expect(await b64(urlSafe)).toMatch(/^input input: b64 is not base64: "[-_]" at character \d+ is of base64url's alphabet/);
+    await good();
+  });
+
   it('paths outside IMAGE_ROOTS, with .. and symlinks resolved first', async () => {
     await symlink('/etc/hostname', path.join(outside, 'link'));
     const q = `mutation($p: String!) { classify(model: "mobilenet", image: { path: $p }) { predictions { classId } } }`;

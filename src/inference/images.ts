@@ -1,6 +1,6 @@
 import { ErrorCode, GatewayError } from '../errors.ts';
 import { openUnderRoots } from '../paths.ts';
-import { decodeBase64 } from '../base64.ts';
+import { decodeBase64, whyNotBase64 } from '../base64.ts';
 import type { RawImage } from '../vision/preprocess.ts';
 
 /**
@@ -54,8 +54,9 @@ export function imageSource(image: ImageInput, limits: ImageReadLimits, takeByte
 async function readImage(image: ImageInput, limits: ImageReadLimits, takeBytes: (n: number) => void): Promise<Uint8Array> {
   if (image.file) return uploadedBytes(image.file);
   if (image.base64 !== undefined && image.base64 !== null) {
-    const bytes = decodeBase64(image.base64.replace(/^data:[^,]*;base64,/, ''));
-    if (!bytes) throw new GatewayError(ErrorCode.INVALID_IMAGE, 'ImageInput.base64 is not base64');
+    const text = image.base64.replace(/^data:[^,]*;base64,/, '');
+    const bytes = decodeBase64(text);
+    if (!bytes) throw new GatewayError(ErrorCode.INVALID_IMAGE, `ImageInput.base64 is not base64: ${whyNotBase64(text)}`);
     return bytes;
   }
   const file = await openUnderRoots(

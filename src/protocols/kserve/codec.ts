@@ -1,5 +1,5 @@
 import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tensor, type TensorData } from '../../engine/types.ts';
-import { decodeBase64 } from '../../base64.ts';
+import { decodeBase64, whyNotBase64 } from '../../base64.ts';
 import { invalid } from './errors.ts';
 import { ErrorCode, GatewayError, quoted } from '../../errors.ts';
 import { imageFormat } from '../../vision/preprocess.ts';
@@ -234,8 +234,9 @@ export function bytesCount(shape: readonly number[], name: string, maxItems: num
 export function jsonBytesElement(v: unknown, name: string): Uint8Array {
   if (typeof v === 'string') return new TextEncoder().encode(v);
   if (v && typeof v === 'object' && typeof (v as { b64?: unknown }).b64 === 'string') {
-    const bytes = decodeBase64((v as { b64: string }).b64);
-    if (!bytes) throw invalid(`input ${name}: b64 is not base64`);
+    const text = (v as { b64: string }).b64;
+    const bytes = decodeBase64(text);
+    if (!bytes) throw invalid(`input ${name}: b64 is not base64: ${whyNotBase64(text)}`);
     return bytes;
   }
   throw invalid(`input ${name}: a BYTES element is a string or {"b64": "..."}`);

@@ -2,7 +2,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import { gunzip, inflate } from 'node:zlib';
-import { decodeBase64 } from '../../base64.ts';
+import { decodeBase64, whyNotBase64 } from '../../base64.ts';
 import { ErrorCode, GatewayError, clientGone, quoted } from '../../errors.ts';
 import { jsonTooLarge, jsonValueCount, notValidJsonText, parsedAsJson } from '../../json-text.ts';
 import type { Logger } from '../../log.ts';
@@ -388,8 +388,9 @@ function loadOptions(doc: unknown): { config?: unknown; files: { name: string; b
     // JSON text, as over gRPC: empty text is none (parseJson reads an empty body as {}, and {} replaced model.json)
     if (k === 'config') config = typeof v === 'string' ? parseJson(v, 'parameter config', '', false) : v;
     else if (k.startsWith('file:')) {
-      const bytes = typeof v === 'string' ? decodeBase64(v) : null;
-      if (!bytes) throw invalid(`parameter ${k} must be base64`);
+      if (typeof v !== 'string') throw invalid(`parameter ${k} must be base64 (a string), got ${shown(v)}`);
+      const bytes = decodeBase64(v);
+      if (!bytes) throw invalid(`parameter ${k} is not base64: ${whyNotBase64(v)}`);
       files.push({ name: k.slice(5), bytes });
     }
   }

@@ -1,4 +1,4 @@
-import { decodeBase64 } from '../../../base64.ts';
+import { decodeBase64, whyNotBase64 } from '../../../base64.ts';
 import { ErrorCode, GatewayError } from '../../../errors.ts';
 import { toBytes } from '../../../engine/types.ts';
 import { imageSource, type ImageInput as ImageArg, type ImageSource } from '../../../inference/images.ts';
@@ -68,7 +68,7 @@ function perItem<T>(ctx: Context, count: number, run: () => Promise<T>[]): Promi
 
 function tensorBytes(data: string, name: string): Uint8Array {
   const bytes = decodeBase64(data);
-  if (!bytes) throw new GatewayError(ErrorCode.INVALID_INPUT, `input ${name}: data is not base64`);
+  if (!bytes) throw new GatewayError(ErrorCode.INVALID_INPUT, `input ${name}: data is not base64: ${whyNotBase64(data)}`);
   return bytes;
 }
 
