@@ -459,6 +459,33 @@ describe('recovery and configuration owned by the version', () => {
     }
   });
 
+  it('updateModel refuses metadata keys it could never show: "__proto__" at any depth, and dynamicBatch (the gateway\'s own)', async () => {
+    const file = path.join(gw.root, 'broken', 'model.json');
+    await gw.gql(`mutation { loadModel(name: "broken") { name } }`);
+    const before = await readFile(file, 'utf8');
+    const update = (m: unknown) => gw.gql(`mutation($m: JSON) { updateModel(name: "broken", metadata: $m) { metadata } }`, { m });
+    // "__proto__" was written into model.json and left out of every answer (JavaScript reads it as the prototype)
+    for (const [patch, where] of [
+      ['{"__proto__": {"polluted": 1}}', 'metadata.__proto__'],
+      ['{"team": {"__proto__": {"polluted": 1}}}', 'metadata.team.__proto__'],
+    ] as const) {
+      const r = await update(JSON.parse(patch));
+      expect(errorCode(r), patch).toBe('INVALID_INPUT');
+      expect(r.errors![0].message, patch).toBe(
+        `${where}: the key "__proto__" is not taken (JavaScript reads it as an object's prototype): name it otherwise`,
+      );
+    }
+    // dynamicBatch was written into model.json and hidden behind the gateway's own in every answer
+    const own = await update({ dynamicBatch: 'mine' });
+    expect(errorCode(own)).toBe('INVALID_INPUT');
+    expect(own.errors![0].message).toMatch(
+      /^metadata\.dynamicBatch is the gateway's own \(read-only: how it batches the model\): name it otherwise$/,
+    );
+    expect(await readFile(file, 'utf8')).toBe(before);
+    // deleting one an operator wrote is taken
+    expect((await update({ dynamicBatch: null })).errors).toBeUndefined();
+  });
+
   it('updateModel patches metadata (RFC 7396) and edits model.json in place', async () => {
     const file = path.join(gw.root, 'broken', 'model.json');
     const before = `{\n  "task": "classification",\n  "metadata": { "license": "Apache-2.0", "source": "zoo", "team": "a" },\n  "labels": "labels.txt",\n  "preprocessing": {"resizeType": "CROP", "cropFraction": 0.875, "pixelScaling": 1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\n}\n`;

@@ -32,9 +32,39 @@ export function checkMetadataPatch(patch: unknown): asserts patch is JsonMergePa
     throw new GatewayError(ErrorCode.INVALID_INPUT, 'metadata must be a JSON object (a JSON Merge Patch: null deletes a key)');
   if (depthOf(patch, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH)
     throw new GatewayError(ErrorCode.INVALID_INPUT, `metadata is nested deeper than ${MAX_METADATA_DEPTH} levels`);
+  const proto = protoKey(patch, 'metadata');
+  if (proto)
+    throw new GatewayError(
+      ErrorCode.INVALID_INPUT,
+      `${proto}: the key "__proto__" is not taken (JavaScript reads it as an object's prototype): name it otherwise`,
+    );
+  // what the gateway adds to the metadata it answers (Model.metadata): a value of the client's would be hidden behind it
+  if (patch.dynamicBatch !== undefined && patch.dynamicBatch !== null)
+    throw new GatewayError(
+      ErrorCode.INVALID_INPUT,
+      "metadata.dynamicBatch is the gateway's own (read-only: how it batches the model): name it otherwise",
+    );
   const size = Buffer.byteLength(JSON.stringify(patch));
   if (size > MAX_METADATA_BYTES)
     throw new GatewayError(ErrorCode.INVALID_INPUT, `metadata is ${size} bytes of JSON; the limit is ${MAX_METADATA_BYTES}`);
+}
+
+/**
+ * The path of the first "__proto__" key of a JSON value (an own key, as JSON.parse makes it), or null: merged, it set
+ * the prototype of the metadata in memory, and model.json kept a key that no answer showed (every read drops it).
+ * Walked without recursion (the value is bounded in depth and size before this).
+ */
+function protoKey(value: unknown, at: string): string | null {
+  const stack: [unknown, string][] = [[value, at]];
+  while (stack.length > 0) {
+    const [v, where] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (!Array.isArray(v) && Object.hasOwn(v, '__proto__')) return `${where}.__proto__`;
+    // (a key a line long at most: the path is said in the message)
+    for (const [k, child] of Object.entries(v))
+      stack.push([child, Array.isArray(v) ? `${where}[${k}]` : `${where}.${k.length > 60 ? `${k.slice(0, 60)}...` : k}`]);
+  }
+  return null;
 }
 
 const FORMAT = { insertSpaces: true, tabSize: 2, eol: '\n' };
