@@ -137,6 +137,20 @@ describe('KServe v2 over gRPC', () => {
     expect(bools.outputs[0].contents.bool_contents).toEqual([true, false, true]);
   });
 
+  it('an input with no data at all (no contents, no raw_input_contents) is told where its data goes, not "0 elements"', async () => {
+    const message = async (input: object) => {
+      try {
+        await client.ModelInfer({ model_name: 'id-f32', inputs: [input] });
+      } catch (e) {
+        return (e as { details: string }).details;
+      }
+      throw new Error('expected the call to fail');
+    };
+    expect(await message({ name: 'x', datatype: 'FP32', shape: [1, 2, 3] })).toBe(
+      'input x carries no data: send its 6 values in contents.fp32_contents, or its bytes in raw_input_contents',
+    );
+  });
+
   it('shared memory (not implemented) is refused on an input and an output, not ignored', async () => {
     const shm = { shared_memory_region: { string_param: 'r0' }, shared_memory_byte_size: { int64_param: 24 } };
     const x = { name: 'x', datatype: 'FP32', shape: [1, 2, 3] };

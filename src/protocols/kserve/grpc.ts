@@ -3,7 +3,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { toBytes } from '../../engine/types.ts';
+import { elementCount, toBytes } from '../../engine/types.ts';
 import { requestContext, type Logger } from '../../log.ts';
 import {
   bytesCount,
@@ -104,6 +104,14 @@ export function decodeInferRequest(
         return { name, datatype: i.datatype, shape, data: parseBytes(bytes, bytesCount(shape, name, maxItems), name) };
       engineDtype(i.datatype, name);
       return { name, datatype: i.datatype, shape, data: bytes };
+    }
+    // nothing sent for it, in either place (a client that forgot raw_input_contents): where its data goes
+    const count = elementCount(shape);
+    if (typed.length === 0 && count > 0) {
+      const field = i.datatype === 'BYTES' ? 'bytes_contents' : contentsField(engineDtype(i.datatype, name));
+      throw invalid(
+        `input ${name} carries no data: send its ${count} ${i.datatype === 'BYTES' ? 'elements' : 'values'} in contents.${field}, or its bytes in raw_input_contents`,
+      );
     }
     if (i.datatype === 'BYTES') {
       const stray = typed.filter((f) => f !== 'bytes_contents');
