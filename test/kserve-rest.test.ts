@@ -957,6 +957,12 @@ describe('KServe v2 over REST', () => {
     expect([broken.status, broken.code]).toEqual([400, 'MODEL_LOAD_FAILED']);
     expect(broken.body.error).toMatch(/(was not|did not) load/);
     expect([(await json(post('/repository/models/nope/load', {}))).status]).toEqual([404]);
+    // a "file:" parameter that names no file says that each file needs its name
+    expect(await json(post('/repository/models/unnamed/load', { parameters: { 'file:': onnx } }))).toEqual({
+      status: 400,
+      code: 'INVALID_INPUT',
+      body: { error: 'unacceptable file name "": each file needs its name (model.onnx, labels.txt, model.json)' },
+    });
   });
 
   it('a load parameter config of empty text is refused as not JSON (as over gRPC), not read as {} replacing model.json', async () => {

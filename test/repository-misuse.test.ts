@@ -202,6 +202,23 @@ describe('the model repository, misused', () => {
     expect(r.errors![0].message).toMatch(/: 129 characters; a model name has at most 128/);
   });
 
+  it('an uploaded file whose name cannot be taken (hidden, a space) is refused saying what a name may be', async () => {
+    const upload = (name: string) =>
+      gw.gql(
+        `mutation($files: [File!]!) { loadModel(name: "badly-named", files: $files) { name } }`,
+        { files: [null] },
+        { files: { 'files.0': { name, bytes: readFileSync(modelFile('mobilenet')) } } },
+      );
+    for (const [name, why] of [
+      ['.model.onnx', /^unacceptable file name "\.model\.onnx": a name is 1 to 128 letters, digits, _, - and \., not starting with \.$/],
+      ['my model.onnx', /^unacceptable file name "my model\.onnx": a name is 1 to 128 letters/],
+    ] as const) {
+      const r = await upload(name);
+      expect(errorCode(r), name).toBe('INVALID_INPUT');
+      expect(r.errors![0].message, name).toMatch(why);
+    }
+  });
+
   it('an upload that carries a file twice (two model.json, two labels files) is refused naming it, not the last one taken', async () => {
     const onnx = { name: 'model.onnx', bytes: readFileSync(modelFile('mobilenet')) };
     const json = (config: unknown) => ({ name: 'model.json', bytes: Buffer.from(JSON.stringify(config)) });

@@ -48,7 +48,14 @@ export function planUpload(files: readonly UploadedFile[], config: unknown): Upl
   const folders = new Map<string, number | null>();
   for (const f of files) {
     const base = path.basename(f.name || '');
-    if (!/^[\w.-]{1,128}$/.test(base) || base.startsWith('.')) throw invalid(`unacceptable file name ${JSON.stringify(f.name)}`);
+    if (!/^[\w.-]{1,128}$/.test(base) || base.startsWith('.'))
+      throw invalid(
+        `unacceptable file name ${JSON.stringify(f.name)}: ${
+          base === ''
+            ? 'each file needs its name (model.onnx, labels.txt, model.json)'
+            : 'a name is 1 to 128 letters, digits, _, - and ., not starting with .'
+        }`,
+      );
     // two of one name (two model.json): the last one was taken, silently
     if (names.has(base)) throw invalid(`two files named ${base} among the uploads: send each file once`);
     names.add(base);
