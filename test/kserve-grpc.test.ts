@@ -149,6 +149,10 @@ describe('KServe v2 over gRPC', () => {
     expect(await message({ name: 'x', datatype: 'FP32', shape: [1, 2, 3] })).toBe(
       'input x carries no data: send its 6 values in contents.fp32_contents, or its bytes in raw_input_contents',
     );
+    // the model's -1 copied into a request: its int64 dimensions shown as numbers, and what -1 means
+    expect(await message({ name: 'x', datatype: 'FP32', shape: [-1, 2, 3], contents: { fp32_contents: [1, 2, 3, 4, 5, 6] } })).toBe(
+      "input x: shape must hold non-negative integers, got [-1,2,3]: -1 in a model's shape marks a dimension of any size; send the size your data has there",
+    );
   });
 
   it('shared memory (not implemented) is refused on an input and an output, not ignored', async () => {
@@ -425,7 +429,8 @@ describe('KServe v2 over gRPC', () => {
     expect(await shaped(['1', '-2', '3'])).toEqual([
       'INVALID_ARGUMENT',
       'INVALID_INPUT',
-      'input x: shape must hold non-negative integers, got ["1","-2","3"]',
+      // (its int64 dimensions, which arrive as text, shown as the numbers they are)
+      'input x: shape must hold non-negative integers, got [1,-2,3]',
     ]);
   });
 

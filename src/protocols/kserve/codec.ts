@@ -46,8 +46,13 @@ export function parseShape(shape: unknown, name: string): number[] {
       const shown = text.length <= 24 && text !== 'Infinity' ? ` (${text})` : '';
       throw invalid(`input ${name}: a shape dimension is too large${shown}: at most ${Number.MAX_SAFE_INTEGER} (2^53 - 1)`);
     }
-    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
-      throw invalid(`input ${name}: shape must hold non-negative integers, got ${JSON.stringify(shape)}`);
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+      // (gRPC's int64 dimensions arrive as text: shown as the numbers they are)
+      const shown = `[${shape.map((x) => (typeof x === 'string' && /^-?\d{1,20}$/.test(x) ? x : JSON.stringify(x))).join(',')}]`;
+      // -1 is how a model's shape is written where it takes any size (its metadata), not a size to send
+      const any = d === -1 || d === '-1' ? `: -1 in a model's shape marks a dimension of any size; send the size your data has there` : '';
+      throw invalid(`input ${name}: shape must hold non-negative integers, got ${shown}${any}`);
+    }
     return n;
   });
 }
