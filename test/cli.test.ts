@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -235,6 +235,42 @@ describe('gateway (command-line client)', () => {
     expect(d.code).toBe(1);
     expect(d.stderr).toContain('yolox is a detection model');
   });
+
+  it('eval stopped with Ctrl-C on a terminal gives the cursor and line wrapping back, says how far it got, and exits 130', async () => {
+    // enough photos to be stopped mid-run, one at a time
+    const dir = path.join(tmp, 'many', 'zebra');
+    await mkdir(dir, { recursive: true });
+    for (let i = 0; i < 300; i++) await copyFile(image('zebra.jpeg'), path.join(dir, `${i}.jpeg`));
+    // stderr taken for a terminal, as it is in a shell, so that the progress bar is drawn (it hides the cursor and
+    // turns line wrapping off while it runs)
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'data:text/javascript,process.stderr.isTTY=true',
+        path.join(ROOT, 'bin', 'gateway.mjs'),
+        'eval',
+        '-m',
+        'mobilenet',
+        '-d',
+        path.dirname(dir),
+        '-c',
+        '1',
+      ],
+      { cwd: ROOT, env: { ...process.env, GATEWAY_URL: gw.url, GATEWAY_TOKEN: '' } },
+    );
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await expect.poll(() => /\d+\/300 images/.test(stderr), { timeout: 20_000 }).toBe(true);
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    const after = stderr.slice(stderr.lastIndexOf('\x1b[?25l'));
+    expect(after).toContain('\x1b[?25h'); // the cursor shown again
+    expect(after).toContain('\x1b[?7h'); // lines wrap again
+    expect(stderr).toMatch(/eval: interrupted after \d+ of 300 images/);
+    expect(stderr).not.toMatch(/\n\s+at /); // no stack trace
+  }, 30_000);
 
   it('load and unload: the admin token is needed, and inference answers MODEL_NOT_READY while unloaded', async () => {
     const anonymous = await gateway(['unload', 'mobilenet', ...url]);

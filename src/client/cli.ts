@@ -464,6 +464,15 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
       Presets.shades_classic,
     );
     let started = 0;
+    const progress = { done: 0, total: 0 };
+    // Ctrl-C (or a kill) mid-run: the bar hides the cursor and turns line wrapping off while it draws, which the
+    // terminal kept after the process was gone (and nothing said how far it had got)
+    const interrupted = (signal: NodeJS.Signals) => {
+      if (started) bar.stop();
+      io.err(`eval: interrupted after ${progress.done} of ${progress.total || '?'} images (${signal}); --limit <n> evaluates fewer\n`);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    };
+    process.once('SIGINT', interrupted).once('SIGTERM', interrupted);
     try {
       const report = await evaluate(client(o), {
         model: o.model,
@@ -472,6 +481,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         limit: o.limit,
         version: o.version ?? null,
         onProgress: (done, total, top1) => {
+          Object.assign(progress, { done, total });
           if (!io.tty) return;
           if (!started) {
             started = performance.now();
@@ -487,6 +497,8 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
     } catch (e) {
       if (started) bar.stop();
       fail(e);
+    } finally {
+      process.off('SIGINT', interrupted).off('SIGTERM', interrupted);
     }
   });
 
