@@ -632,6 +632,32 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it('a photo moved away once chosen still runs on another model, and a folder chosen is named unreadable (both said NETWORK_ERROR, the gateway did not answer)', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gw-page-'));
+    const photo = path.join(dir, 'zebra.jpeg');
+    await writeFile(photo, await readFile(image('zebra.jpeg')));
+    const tab = await open();
+    try {
+      await tab.goto(`${gw.url}/`); // (not /?model=: the last test counts the page's loads with a query)
+      await tab.waitForSelector('.model[data-name="mobilenet"][data-state="AVAILABLE"]');
+      await tab.click('.model[data-name="mobilenet"] .pick');
+      await (await tab.$('input[type=file]'))!.uploadFile(photo);
+      await tab.waitForSelector('.output[data-result="mobilenet:zebra.jpeg"]');
+      await rm(photo);
+      await tab.click('.model[data-name="yolox"] .pick');
+      await tab.waitForSelector('.output[data-result="yolox:zebra.jpeg"]');
+      expect(await tab.$('.error')).toBeNull();
+      await (await tab.$('input[type=file]'))!.uploadFile(dir);
+      await tab.waitForSelector('.error');
+      expect(await tab.$eval('.error', (e) => e.textContent)).toMatch(
+        new RegExp(`^UNREADABLE_FILE cannot read ${path.basename(dir)}\\b.*choose an image file`),
+      );
+    } finally {
+      await tab.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('asked for nothing outside 127.0.0.1, and logged no error (no CSP violation either)', async () => {
     expect(leaving).toEqual([]);
     const origin = new URL(gw.url);

@@ -149,17 +149,41 @@ export function App() {
       });
   }, [picture, selected, ready]);
 
+  // the address of the picture on screen, given back when another takes its place
+  const pictureUrl = useRef<string | null>(null);
   const choose = (file: Blob | null | undefined, name?: string) => {
     if (!file) return;
-    // whatever the type, it is sent: the server decides what is an image, and says so readably when it is not
-    if (picture) URL.revokeObjectURL(picture.url);
-    setShown(null);
-    setPicture({
-      serial: ++pictures.current,
-      file,
-      name: name ?? (file instanceof File ? file.name : 'pasted.png'),
-      url: URL.createObjectURL(file),
-    });
+    const serial = ++pictures.current;
+    const fileName = name ?? (file instanceof File ? file.name : 'pasted.png');
+    const replace = (next: Picture | null) => {
+      if (pictureUrl.current) URL.revokeObjectURL(pictureUrl.current);
+      pictureUrl.current = next?.url ?? null;
+      setShown(null);
+      setPicture(next);
+    };
+    // read now, and held: a File is only a reference, which a folder chosen, or a photo moved or deleted once chosen,
+    // made fail at fetch(), as NETWORK_ERROR "the gateway did not answer"
+    file.arrayBuffer().then(
+      (bytes) => {
+        if (serial !== pictures.current) return;
+        // whatever the type, it is sent: the server decides what is an image, and says so readably when it is not
+        const held = new Blob([bytes], { type: file.type });
+        replace({ serial, file: held, name: fileName, url: URL.createObjectURL(held) });
+      },
+      (e: unknown) => {
+        if (serial !== pictures.current) return;
+        runs.current++; // a run still going is of the picture before
+        setRunning(false);
+        replace(null);
+        const why = (e as Error)?.name ?? String(e);
+        setError(
+          (runFailure.current = new RequestError(
+            'UNREADABLE_FILE',
+            `cannot read ${fileName} (${why}): a folder, or a file moved, deleted or unreadable since it was chosen; choose an image file`,
+          )),
+        );
+      },
+    );
   };
 
   const select = (name: string) => {
