@@ -105,7 +105,21 @@ describe('gateway (command-line client)', () => {
     const r = await gateway(['classify', '-m', 'mobilenet', ...url, path.join(ROOT, 'package.json'), image('zebra.jpeg'), 'missing.jpg']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('package.json: INVALID_IMAGE');
-    expect(r.stderr).toContain('missing.jpg: UNREADABLE_FILE');
+    expect(r.stderr).toContain('missing.jpg: UNREADABLE_FILE: cannot read missing.jpg: ENOENT (no such file)\n');
+    // a folder given for a photo, and to eval a file or nothing: said in words, with what to give instead
+    const folder = await gateway(['classify', '-m', 'mobilenet', ...url, path.join(ROOT, 'test')]);
+    expect(folder.code).toBe(1);
+    expect(folder.stderr).toMatch(
+      /test: UNREADABLE_FILE: cannot read .*test: EISDIR \(a folder: give the images in it, as DIR\/\*\.jpg\)\n$/,
+    );
+    for (const [dir, why] of [
+      [path.join(ROOT, 'package.json'), 'ENOTDIR (not a folder: --dir takes a folder of <label>/ folders)'],
+      [path.join(ROOT, 'no-such-folder'), 'ENOENT (no such folder)'],
+    ]) {
+      const e = await gateway(['eval', '-m', 'mobilenet', '-d', dir, ...url]);
+      expect(e.code).toBe(1);
+      expect(e.stderr).toBe(`error: UNREADABLE_FILE: cannot read ${dir}: ${why}\n`);
+    }
     expect(r.stdout).toMatch(/zebra\.jpeg.*\n\s+\d+\.\d%\s+zebra\n/);
     const json = await gateway(['classify', '-m', 'nope', '--json', ...url, image('zebra.jpeg')]);
     expect(json.code).toBe(1);

@@ -258,11 +258,27 @@ const SHAPES: Record<string, Shape> = {
   },
 };
 
+/** Why a file could not be read, in words after its code (ENOENT alone told a newcomer little). */
+const FILE_ERRORS: Record<string, string> = {
+  ENOENT: 'no such file',
+  EISDIR: 'a folder: give the images in it, as DIR/*.jpg',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  ENOTDIR: 'a part of the path is not a folder',
+};
+
+/** "ENOENT (no such file)": an fs error's code, with what it means where `words` knows it. */
+export function fileError(e: unknown, words: Record<string, string> = FILE_ERRORS): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (!code) return (e as Error).message;
+  return words[code] ? `${code} (${words[code]})` : code;
+}
+
 async function readImage(file: string): Promise<Uint8Array> {
   try {
     return await readFile(file);
   } catch (e) {
-    throw new GatewayClientError('UNREADABLE_FILE', `cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new GatewayClientError('UNREADABLE_FILE', `cannot read ${file}: ${fileError(e)}`);
   }
 }
 

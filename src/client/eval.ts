@@ -4,7 +4,7 @@
  */
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { GatewayClientError, type GatewayClient } from './client.ts';
+import { fileError, GatewayClientError, type GatewayClient } from './client.ts';
 
 const IMAGE_EXTENSIONS = /\.(jpe?g|png|webp|gif|bmp|tiff?|avif)$/i;
 
@@ -80,7 +80,13 @@ export async function scanImageFolder(dir: string, labels: readonly string[]): P
   try {
     entries = await readdir(dir, { withFileTypes: true });
   } catch (e) {
-    throw new GatewayClientError('UNREADABLE_FILE', `cannot read ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    const words = {
+      ENOENT: 'no such folder',
+      ENOTDIR: 'not a folder: --dir takes a folder of <label>/ folders',
+      EACCES: 'permission denied',
+      EPERM: 'permission denied',
+    };
+    throw new GatewayClientError('UNREADABLE_FILE', `cannot read ${dir}: ${fileError(e, words)}`);
   }
   const folders = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name);
   const problems: string[] = [];
