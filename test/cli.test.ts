@@ -325,6 +325,12 @@ describe('gateway (command-line client)', () => {
     expect(down.stderr).toMatch(/ \(is the gateway running\? npm start starts it; --url or GATEWAY_URL gives its address\)\n$/);
     const downPhoto = await gateway(['classify', '-m', 'mobilenet', '--url', closed.url, image('zebra.jpeg')]);
     expect(downPhoto.stderr).toMatch(/zebra\.jpeg: UNREACHABLE: .* \(is the gateway running\? npm start starts it/);
+    // https:// to a gateway that speaks plain HTTP: it is running, the address is what is wrong
+    const tls = await gateway(['models', '--url', gw.url.replace(/^http:/, 'https:')]);
+    expect(tls.code).toBe(1);
+    expect(tls.stderr).toMatch(
+      /^error: UNREACHABLE: cannot reach https:.*: ERR_SSL_WRONG_VERSION_NUMBER \(it answers, but not over TLS: give its address as http:\/\/\)\n$/,
+    );
     // an address without its scheme is read as http://, as curl reads it (it was ERR_INVALID_URL)
     const bare = await gateway(['models', '--json', '--url', gw.url.replace(/^http:\/\//, '')]);
     expect(bare.code, bare.stderr).toBe(0);

@@ -190,7 +190,10 @@ async function eachFile<T>(
 }
 
 /** What to do about an error whose fix is the client's: a missing or refused token, a gateway not running. */
-function hintFor(code: string): string {
+function hintFor(code: string, message = ''): string {
+  // https:// to a gateway that speaks plain HTTP (the default): "is the gateway running?" sent the user the wrong way
+  if (code === 'UNREACHABLE' && /^cannot reach https:.*: ERR_SSL_(WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG)$/.test(message))
+    return ' (it answers, but not over TLS: give its address as http://)';
   if (code === 'UNAUTHENTICATED' || code === 'FORBIDDEN') return ' (give a token with --token <token> or GATEWAY_TOKEN)';
   if (code === 'UNREACHABLE') return ' (is the gateway running? npm start starts it; --url or GATEWAY_URL gives its address)';
   return '';
@@ -248,7 +251,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
   const client = (o: Common) => new GatewayClient({ url: o.url, token: o.token, timeoutMs: o.timeout ? o.timeout * 1000 : null });
   const fail = (e: unknown) => {
     const err = e instanceof GatewayClientError ? e : new GatewayClientError('CLIENT_ERROR', (e as Error).message);
-    io.err(`error: ${err.code}: ${err.message}${hintFor(err.code)}\n`);
+    io.err(`error: ${err.code}: ${err.message}${hintFor(err.code, err.message)}\n`);
     setExitCode(1);
   };
 
@@ -294,7 +297,7 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
         (file, outcome) => {
           if ('error' in outcome) {
             if (o.json) json.push({ file, error: { code: outcome.error.code, message: outcome.error.message } });
-            else io.err(`${file}: ${outcome.error.code}: ${outcome.error.message}${hintFor(outcome.error.code)}\n`);
+            else io.err(`${file}: ${outcome.error.code}: ${outcome.error.message}${hintFor(outcome.error.code, outcome.error.message)}\n`);
             return;
           }
           const { errors } = outcome;
@@ -302,7 +305,8 @@ export function program(output: Io = defaultIo, setExitCode: (code: number) => v
           else {
             io.out(print(file, outcome.value, outcome.ms));
             // what did not come, each with the field it concerns (detect.annotatedImage: the picture, not the photo, failed)
-            for (const e of errors ?? []) io.err(`${file}: ${e.path ? `${e.path}: ` : ''}${e.code}: ${e.message}${hintFor(e.code)}\n`);
+            for (const e of errors ?? [])
+              io.err(`${file}: ${e.path ? `${e.path}: ` : ''}${e.code}: ${e.message}${hintFor(e.code, e.message)}\n`);
           }
         },
       );
