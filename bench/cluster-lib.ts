@@ -60,7 +60,8 @@ const pingRedis = (port: number) =>
     s.once('connect', () => s.write('PING\r\n'));
     s.once('data', (d) => {
       s.destroy();
-      resolve(d.toString().startsWith('+PONG'));
+      // (a Redis that wants a password answers NOAUTH: it is up all the same)
+      resolve(/^(\+PONG|-NOAUTH)/.test(d.toString()));
     });
     s.once('error', () => resolve(false));
     s.once('timeout', () => {
@@ -78,15 +79,15 @@ export interface RedisServer {
   start(): Promise<void>;
 }
 
-/** A real redis-server on a free port, no persistence. */
-export async function startRedis(): Promise<RedisServer> {
+/** A real redis-server on a free port, no persistence; `args`: more of its settings (`--requirepass`, ...). */
+export async function startRedis({ args = [] }: { args?: string[] } = {}): Promise<RedisServer> {
   const port = await freePort();
   let child: ChildProcess | null = null;
   let exited: Promise<number | null> = Promise.resolve(null);
   const start = async () => {
     child = spawn(
       'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning'],
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning', ...args],
       {
         stdio: ['ignore', 'ignore', 'inherit'],
       },

@@ -16,6 +16,7 @@ import {
   type Replica,
 } from '../bench/cluster-lib.ts';
 import { Redis } from 'ioredis';
+import net from 'node:net';
 import os from 'node:os';
 import { ConfigError, loadConfig } from '../src/config.ts';
 import { Cluster, type ClusterOptions } from '../src/cluster/index.ts';
@@ -108,6 +109,90 @@ describe('a Redis that cannot be reached at start', () => {
       await c.close();
       await manager.close();
     }
+  });
+});
+
+describe.skipIf(missing.length > 0)('a REDIS_URL that Redis refuses, or that leads to no Redis', () => {
+  const stops: (() => Promise<unknown>)[] = [];
+  afterEach(async () => {
+    for (const stop of stops.splice(0).reverse()) await stop();
+  });
+  /** A Cluster on `url` (no model), its log lines; closed after the test. */
+  function clusterOn(url: string) {
+    const lines: string[] = [];
+    const logger = createLogger('info', {}, (l) => lines.push(l));
+    const manager = new ModelManager({ root: path.join(ROOT, 'models'), engine: createOnnxRuntimeEngine(), logger, pollIntervalMs: 0 });
+    const c = new Cluster({ url, replica: 'r1', manager, logger, maxBackoffMs: 100 });
+    stops.push(
+      () => manager.close(),
+      () => c.close(),
+    );
+    const said = (re: RegExp) => lines.map((l) => JSON.parse(l)).filter((l) => re.test(l.msg));
+    return { c, lines, said };
+  }
+
+  it('a password missing or refused is said once as such, naming REDIS_URL (not "cannot reach"), and shown in /ready\'s status', async () => {
+    const redis = await startRedis({ args: ['--requirepass', 'hunter2'] });
+    stops.push(() => redis.stop());
+    const where = `127.0.0.1:${redis.port}`;
+    for (const [url, why] of [
+      [`redis://${where}/0`, /Redis at 127\.0\.0\.1:\d+ wants a password and REDIS_URL gives none/],
+      [`redis://:letmein@${where}/0`, /Redis at 127\.0\.0\.1:\d+ refused the user name or password in REDIS_URL/],
+    ] as const) {
+      const { c, lines, said } = clusterOn(url);
+      await until(() => said(why).length > 0, 5000, `${url}: the error`);
+      await sleep(500); // retried several times meanwhile: still one line
+      expect(said(why)).toHaveLength(1);
+      expect(said(why)[0]).toMatchObject({ level: 'error', redis: where });
+      expect(said(why)[0].msg).toMatch(/redis:\/\/:PASSWORD@host:port\/0.*; retrying/);
+      expect(said(/cannot reach Redis/)).toEqual([]);
+      expect(c.status()).toMatchObject({ connected: false, error: expect.stringMatching(why) });
+      expect(lines.join('\n')).not.toContain('letmein');
+    }
+    // the right one: connected
+    const { c } = clusterOn(`redis://:hunter2@${where}/0`);
+    await until(() => c.status().connected, 5000, 'connected with the password');
+  });
+
+  it('a password Redis stops taking (changed there) is said again when a reconnection is refused, after being connected', async () => {
+    const redis = await startRedis({ args: ['--requirepass', 'old'] });
+    stops.push(() => redis.stop());
+    const { c, said } = clusterOn(`redis://:old@127.0.0.1:${redis.port}/0`);
+    await until(() => c.status().connected, 5000, 'connected');
+    const admin = new Redis(`redis://:old@127.0.0.1:${redis.port}/0`);
+    stops.push(async () => admin.disconnect());
+    await admin.config('SET', 'requirepass', 'new');
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    await until(() => said(/refused the user name or password in REDIS_URL/).length > 0, 5000, 'the refusal said');
+    expect(c.status()).toMatchObject({ connected: false, error: expect.stringMatching(/REDIS_URL/) });
+  });
+
+  it('rediss:// (TLS) to a server that never completes a TLS handshake says TLS may be what is missing', async () => {
+    // what a Redis without TLS does with a TLS hello: it waits for the end of a command line that never comes
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((s) => sockets.add(s.on('error', () => undefined)));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    stops.push(() => new Promise((r) => (sockets.forEach((s) => s.destroy()), server.close(r))));
+    const { port } = server.address() as net.AddressInfo;
+    const { c, said } = clusterOn(`rediss://127.0.0.1:${port}/0`);
+    const why = /does not speak TLS, which REDIS_URL's rediss:\/\/ asks for; redis:\/\/ for a Redis without TLS/;
+    await until(() => said(/cannot reach Redis/).length > 0, 10_000, 'the warning'); // after ioredis' connectTimeout, 5 s
+    expect(said(/cannot reach Redis/)[0].error).toMatch(why);
+    expect(c.status().error).toMatch(why);
+  }, 15_000);
+
+  it('a port where something other than Redis answers is said as such, naming REDIS_URL', async () => {
+    const server = net.createServer((s) => s.on('data', () => s.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n')));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    stops.push(() => new Promise((r) => server.close(r)));
+    const { port } = server.address() as net.AddressInfo;
+    const { c, said } = clusterOn(`redis://127.0.0.1:${port}/0`);
+    const why = /what answers at 127\.0\.0\.1:\d+ is not Redis: check REDIS_URL's host and port/;
+    await until(() => said(why).length > 0, 5000, 'the error');
+    expect(said(why)[0]).toMatchObject({ level: 'error' });
+    expect(said(why)[0].msg).not.toMatch(/Please report this/);
+    expect(c.status().error).toMatch(why);
   });
 });
 

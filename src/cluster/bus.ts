@@ -56,6 +56,31 @@ export function idBefore(a: string, b: string): boolean {
   return BigInt(am) < BigInt(bm) || (am === bm && BigInt(as) < BigInt(bs));
 }
 
+/**
+ * What a connection error says of REDIS_URL, when it is a mistake there rather than a Redis that is away: a password
+ * missing or refused, or something other than Redis at that host and port. Null for the others (refused, unreachable,
+ * reset: said as "cannot reach"). The URL's password is never in it.
+ */
+function refusal(e: Error, where: string): string | null {
+  const message = errorMessage(e);
+  const form = 'redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@host:port/0 for an ACL user, the password percent-encoded';
+  if (/^NOAUTH\b/.test(message))
+    return `Redis at ${where} wants a password and REDIS_URL gives none (NOAUTH): write it in REDIS_URL, ${form}`;
+  if (/^WRONGPASS\b|^ERR invalid password/.test(message))
+    return `Redis at ${where} refused the user name or password in REDIS_URL (${message}): write the ones it takes in REDIS_URL, ${form}`;
+  if (/^Unknown RESP type|^Protocol error/i.test(message))
+    return `what answers at ${where} is not Redis: check REDIS_URL's host and port (it answered what no Redis sends: ${message.replace(/\s*Please report this\.?/i, '')})`;
+  return null;
+}
+
+/** A connection error as /ready and the log show it: a TLS connection that timed out may be TLS not spoken there. */
+function reachError(e: Error, url: string): string {
+  const message = errorMessage(e);
+  return /^rediss:/i.test(url) && (e as NodeJS.ErrnoException).code === 'ETIMEDOUT'
+    ? `${message} (no TLS connection within 5 s: the host does not answer, or does not speak TLS, which REDIS_URL's rediss:// asks for; redis:// for a Redis without TLS)`
+    : message;
+}
+
 export class RedisBus extends EventEmitter<{
   message: [channel: string, text: string];
   entry: [text: string];
@@ -108,16 +133,28 @@ export class RedisBus extends EventEmitter<{
       const u = new URL(url);
       return `${u.hostname}:${u.port || 6379}`;
     })();
-    let told = false; // reached once, or said it cannot be
+    let reached = false; // once: a plain failure to connect is no longer said (a lost connection is, in update)
+    let said: string | null = null; // what was last said of a failure while down (cleared once up)
+    this.on('connected', () => (said = null));
     for (const conn of [this.publisher, this.subscriber]) {
-      conn.on('ready', () => (told = true));
+      conn.on('ready', () => (reached = true));
       conn.on('error', (e: Error) => {
-        this.lastError = errorMessage(e);
-        if (this.up) logger.debug({ error: this.lastError }, 'cluster bus error');
+        const why = refusal(e, where);
+        this.lastError = why ?? reachError(e, url);
+        if (this.up || this.closed) logger.debug({ error: this.lastError }, 'cluster bus error');
+        // a mistake in REDIS_URL (Redis refuses it, or it leads to no Redis): said as such, and again when it comes
+        // back after the bus was up (a password changed on Redis' side); retried all the same, as Redis may change
+        else if (why !== null && why !== said) {
+          said = why;
+          logger.error({ redis: where }, `cluster bus: ${why}; retrying; local inference goes on`);
+        }
         // at start nothing else says so: /ready and gateway_cluster_bus_connected only (a lost one is logged in update)
-        else if (!told && !this.closed) {
-          told = true;
-          logger.warn({ error: this.lastError, redis: where }, 'cluster bus: cannot reach Redis; retrying; local inference goes on');
+        else if (!reached && said === null) {
+          said = this.lastError;
+          logger.warn(
+            { error: this.lastError, redis: where },
+            'cluster bus: cannot reach Redis at the host and port of REDIS_URL; retrying; local inference goes on',
+          );
         }
       });
       for (const event of ['close', 'end'] as const)
