@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freePort, have, sharedRepository, startRedis, until } from '../bench/cluster-lib.ts';
+import { ROOT, freePort, have, sharedRepository, startRedis, until } from '../bench/cluster-lib.ts';
 import { RedisBus } from '../src/cluster/bus.ts';
 import { Cluster, type ClusterOptions } from '../src/cluster/index.ts';
 import { createOnnxRuntimeEngine } from '../src/engine/onnx/onnxruntime.ts';
@@ -210,6 +210,56 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     const r3 = await replica('r3', redis.url, dir);
     await until(() => settled(r3.m, 'mobilenet'), 20_000, 'replica 3 settled');
     expect([state(r1.m, 'mobilenet'), state(r2.m, 'mobilenet'), state(r3.m, 'mobilenet')]).toEqual(['END', 'END', 'END']);
+  }, 60_000);
+
+  it('a Redis user (ACL) that may not run a command the bus needs is said at error, naming REDIS_URL, and in the status; its changes go out once it may', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const admin = adminOf(redis.url);
+    await admin.call('ACL', 'SETUSER', 'gw', 'on', '>pw', '~*', '&*', '+@all', '-@scripting');
+    const dir = await repository(['mobilenet']);
+    const r1 = await replica('r1', redis.url.replace('redis://', 'redis://gw:pw@'), dir);
+    const r2 = await replica('r2', redis.url, dir);
+    await r1.m.unload('mobilenet');
+    const denied = () => lines.map((l) => JSON.parse(l)).filter((l) => /the Redis user of REDIS_URL may not run/.test(l.msg));
+    await until(() => denied().length > 0, 10_000, 'the refusal said');
+    expect(denied()[0]).toMatchObject({ level: 'error', replica: 'r1' });
+    expect(denied()[0].msg).toMatch(/NOPERM.*'eval(sha)?'.*README/);
+    expect(r1.c.status()).toMatchObject({ connected: true, error: expect.stringMatching(/may not run/) });
+    await sleep(1000); // retried meanwhile: said once
+    expect(denied().map((l) => l.msg)).toEqual([denied()[0].msg]);
+    expect(state(r2.m, 'mobilenet')).toBe('AVAILABLE');
+
+    await admin.call('ACL', 'SETUSER', 'gw', '+@scripting');
+    await until(() => state(r2.m, 'mobilenet') === 'END', 15_000, 'the kept unload to reach replica 2');
+    await until(() => r1.c.status().error === null, 10_000, 'the error to clear');
+  }, 40_000);
+
+  it("a Redis user with only the ACL README's Scale out gives runs a replica: changes and status events both ways, a catch-up", async () => {
+    const { redis, dir, outside } = await oneFolder();
+    const admin = adminOf(redis.url);
+    const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+    const acl = /`ACL SETUSER gateway on >PASSWORD ([^`]+)`/.exec(readme)?.[1];
+    expect(acl, "the ACL in README's Scale out").toBeTruthy();
+    await admin.call('ACL', 'SETUSER', 'gateway', 'on', '>pw', ...acl!.split(' '));
+    const r1 = await replica('r1', redis.url.replace('redis://', 'redis://gateway:pw@'), dir, {}, [outside.root]);
+    const r2 = await replica('r2', redis.url, dir, {}, [outside.root]);
+    const seen: string[] = [];
+    const own = new WeakSet<object>(); // (the replicas of one process share its replica name)
+    r1.m.prependListener('status', (e) => own.add(e));
+    r1.c.feed.on('status', (e) => !own.has(e) && seen.push(`${e.model} ${e.state}`));
+    await r1.m.unload('mobilenet');
+    await until(() => state(r2.m, 'mobilenet') === 'END', 10_000, "r1's unload on r2");
+    await r2.m.load('lines', { path: outside.model });
+    await until(() => r1.m.get('lines')?.versions.get(1)?.state === 'AVAILABLE', 20_000, "r2's load by path on r1");
+    await until(() => seen.includes('lines AVAILABLE'), 10_000, "r2's status events on r1");
+    // a catch-up (the scripts, the hashes) after a lost connection
+    await admin.call('CLIENT', 'KILL', 'USER', 'gateway');
+    await until(() => r1.c.status().connected, 10_000, 'r1 back');
+    await r2.m.load('mobilenet');
+    await until(() => state(r1.m, 'mobilenet') === 'AVAILABLE', 20_000, "r2's load on r1");
+    expect(r1.c.status().error).toBeNull();
+    expect(lines.filter((l) => /NOPERM|can't|failed|could not/.test(l))).toEqual([]);
   }, 60_000);
 
   it('an entry that is not JSON does not keep a replica from applying the state of every other model, nor fill the log', async () => {

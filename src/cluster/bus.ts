@@ -110,12 +110,20 @@ export class RedisBus extends EventEmitter<{
   private dbChecked = false;
   /** Why the bus stays down for good (a database Redis does not have): a mistake in REDIS_URL, not a passing failure. */
   private refused: string | null = null;
+  /**
+   * Commands Redis refuses to the user of REDIS_URL (NOPERM: an ACL without them), by what the gateway was doing: the
+   * bus is connected, yet what needs them never goes out (admin changes, status events) or in (the stream). Shown in
+   * `error`, said at error once each until cleared, when that work succeeds again (the ACL was changed).
+   */
+  private readonly denied = new Map<string, string>();
+  private readonly logger: Logger;
   /** Settled once the database was checked on a connection (the reader waits for it before its first read). */
   private readonly dbOnce: Promise<void>;
   private dbOk: () => void = () => undefined;
 
   constructor({ url, logger, channels, stream, name, maxBackoffMs = 2000, pingTimeoutMs = 5000 }: BusOptions) {
     super();
+    this.logger = logger;
     this.db = Number(/^\/(\d+)/.exec(new URL(url).pathname)?.[1] ?? 0);
     this.dbOnce = new Promise((r) => (this.dbOk = r));
     const common: RedisOptions = {
@@ -187,9 +195,10 @@ export class RedisBus extends EventEmitter<{
       this.subscriber.subscribe(...channels).then(
         () => {
           this.subscribed = this.subscriber.status === 'ready';
+          this.allowed('subscribing');
           this.update(logger);
         },
-        (e: unknown) => logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'),
+        (e: unknown) => this.refusedCommand('subscribing', e) || logger.warn({ error: errorMessage(e) }, 'cluster bus subscribe failed'),
       );
     });
     this.subscriber.on('message', (channel: string, text: string) => this.emit('message', channel, text));
@@ -287,6 +296,7 @@ export class RedisBus extends EventEmitter<{
         );
         this.readingSince = null;
         failures = 0;
+        this.allowed('reading the stream');
         if (!reply) look = true;
         for (const [, entries] of reply ?? [])
           for (const [id, fields] of entries) {
@@ -299,7 +309,9 @@ export class RedisBus extends EventEmitter<{
         if (this.closed) return;
         look = true;
         // Redis refused the read (the key is not a stream): tried again after a backoff
-        if (++failures === 1) logger.warn({ error: errorMessage(e), stream }, 'cluster bus: reading the stream failed; retrying');
+        if (!this.refusedCommand('reading the stream', e) && ++failures === 1)
+          logger.warn({ error: errorMessage(e), stream }, 'cluster bus: reading the stream failed; retrying');
+        failures ||= 1;
         await new Promise((r) => setTimeout(r, backoff(failures, maxBackoffMs)));
       }
     }
@@ -311,7 +323,26 @@ export class RedisBus extends EventEmitter<{
   }
 
   get error(): string | null {
-    return this.up ? null : (this.refused ?? this.lastError);
+    return this.up ? (this.denied.values().next().value ?? null) : (this.refused ?? this.lastError);
+  }
+
+  /**
+   * A command failed while `doing` (what the gateway was doing, for the log): if Redis refused it to REDIS_URL's user
+   * (NOPERM), noted for `error` and said at error once, and true; the caller retries as for any refusal.
+   */
+  refusedCommand(doing: string, e: unknown): boolean {
+    const message = errorMessage(e);
+    // (a command a script runs: the script's error)
+    if (!/^NOPERM\b|^ERR The user executing the script can't/.test(message)) return false;
+    const why = `the Redis user of REDIS_URL may not run what the gateway needs (${doing}: ${message}): give it the commands, keys and channels README's Scale out lists (ACL SETUSER), or write a user that has them in REDIS_URL; retried meanwhile`;
+    if (!this.denied.has(doing)) this.logger.error(`cluster bus: ${why}`); // (EVALSHA and EVAL alternate: said once)
+    this.denied.set(doing, why);
+    return true;
+  }
+
+  /** What was being done while `doing` succeeded: a refusal noted for it is over. */
+  allowed(doing: string): void {
+    this.denied.delete(doing);
   }
 
   private update(logger: Logger): void {

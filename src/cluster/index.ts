@@ -569,11 +569,13 @@ export class Cluster {
           await this.bus.publisher.xadd(this.stream, 'MAXLEN', '~', STATUS_HISTORY, '*', 'm', this.pendingStatus[0]);
           this.pendingStatus.shift();
           this.metrics?.messages.inc({ direction: 'out', kind: 'status' });
+          this.bus.allowed('adding a status event to the stream');
           failures = 0;
         }
       } catch (e) {
         if (this.closed || !this.bus.connected) return; // the next connection flushes
-        if (failures === 0) this.logger.warn({ error: errorMessage(e) }, 'cluster bus: a status event not published; retrying');
+        if (!this.bus.refusedCommand('adding a status event to the stream', e) && failures === 0)
+          this.logger.warn({ error: errorMessage(e) }, 'cluster bus: a status event not published; retrying');
         this.statusRetry = setTimeout(
           () => {
             this.statusRetry = null;
@@ -599,6 +601,7 @@ export class Cluster {
     try {
       await this.send(op, () => this.keep(op));
     } catch (e) {
+      this.bus.refusedCommand('publishing an admin change', e);
       this.logger.warn({ error: errorMessage(e), op: op.op, model: op.name }, 'admin change not published yet; kept and tried again');
       this.retryLater();
     }
@@ -685,6 +688,7 @@ export class Cluster {
           .catch((e: unknown) => {
             if (!scriptError(e)) throw e;
             // the paths hash is another type of key: the change still goes out (as the publish script's, below)
+            this.bus.refusedCommand('publishing an admin change', e); // (or a command the script runs that the ACL refuses)
             this.logger.warn(
               { error: errorMessage(e), op: op.op, model: op.name },
               'the cluster record of a model loaded by path could not be updated: the admin change is published without it',
@@ -720,11 +724,14 @@ export class Cluster {
           message,
           record,
         );
+        this.bus.allowed('publishing an admin change');
       } catch (e) {
         if (!scriptError(e)) throw e;
         // the script fails whatever the try (the hash holds what no gateway writes: "#" not a number, another type of
-        // key): tried again, it would hold every later change of this replica behind it for good. Published without
-        // it, with this replica's state and uncounted (receivers adopt that state), the hash left as it is.
+        // key; a command in it the ACL refuses, said as such): tried again, it would hold every later change of this
+        // replica behind it for good. Published without it, with this replica's state and uncounted (receivers adopt
+        // that state), the hash left as it is.
+        this.bus.refusedCommand('publishing an admin change', e);
         this.logger.warn(
           { error: errorMessage(e), op: op.op, model: op.name },
           'the cluster state in Redis could not be updated: the admin change is published without it',
@@ -913,11 +920,16 @@ export class Cluster {
         }
         if (this.synced && this.bus.connected) await this.applyUnloadedState();
         this.retries = 0;
+        this.bus.allowed('publishing an admin change');
         for (const name of [...this.leftAside.keys()]) this.settle(name); // those whose echoes a disconnection gave up on
       } catch (e) {
         failed = true;
+        const denied = this.bus.refusedCommand('publishing an admin change', e);
         // said once, not at every try while Redis keeps refusing it (a key of another type on the prefix)
-        this.logger[this.retries === 0 ? 'warn' : 'debug']({ error: errorMessage(e) }, 'cluster catch-up failed; tried again shortly');
+        this.logger[this.retries === 0 && !denied ? 'warn' : 'debug'](
+          { error: errorMessage(e) },
+          'cluster catch-up failed; tried again shortly',
+        );
       } finally {
         this.syncing = null;
         // a reconnection during this catch-up, or a change made here while it ran
