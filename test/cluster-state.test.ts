@@ -235,6 +235,22 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await until(() => r1.c.status().error === null, 10_000, 'the error to clear');
   }, 40_000);
 
+  it('a Redis in cluster mode, which the bus does not support, is said at error, naming REDIS_URL, and in the status', async () => {
+    const conf = path.join(await mkdtemp(path.join(os.tmpdir(), 'gw-redis-cluster-')), 'nodes.conf');
+    stops.push(() => rm(path.dirname(conf), { recursive: true, force: true }));
+    const redis = await startRedis({ args: ['--cluster-enabled', 'yes', '--cluster-config-file', conf] });
+    stops.push(() => redis.stop());
+    const admin = adminOf(redis.url);
+    await admin.call('CLUSTER', 'ADDSLOTSRANGE', '0', '16383'); // one node, every slot
+    await until(async () => /cluster_state:ok/.test(String(await admin.call('CLUSTER', 'INFO'))), 10_000, 'the cluster up');
+    const r1 = await replica('r1', redis.url, await repository(['mobilenet']));
+    await r1.m.unload('mobilenet');
+    const said = () => lines.map((l) => JSON.parse(l)).filter((l) => /REDIS_URL leads to a Redis in cluster mode/.test(l.msg));
+    await until(() => said().length > 0, 10_000, 'the mistake said');
+    expect(said()[0]).toMatchObject({ level: 'error' });
+    expect(r1.c.status()).toMatchObject({ connected: true, error: expect.stringMatching(/cluster mode/) });
+  }, 30_000);
+
   it("a Redis user with only the ACL README's Scale out gives runs a replica: changes and status events both ways, a catch-up", async () => {
     const { redis, dir, outside } = await oneFolder();
     const admin = adminOf(redis.url);

@@ -111,7 +111,8 @@ export class RedisBus extends EventEmitter<{
   /** Why the bus stays down for good (a database Redis does not have): a mistake in REDIS_URL, not a passing failure. */
   private refused: string | null = null;
   /**
-   * Commands Redis refuses to the user of REDIS_URL (NOPERM: an ACL without them), by what the gateway was doing: the
+   * Commands Redis refuses to the user of REDIS_URL (NOPERM: an ACL without them), or refuses as a Redis in cluster
+   * mode (CROSSSLOT, MOVED), by what the gateway was doing: the
    * bus is connected, yet what needs them never goes out (admin changes, status events) or in (the stream). Shown in
    * `error`, said at error once each until cleared, when that work succeeds again (the ACL was changed).
    */
@@ -328,13 +329,19 @@ export class RedisBus extends EventEmitter<{
 
   /**
    * A command failed while `doing` (what the gateway was doing, for the log): if Redis refused it to REDIS_URL's user
-   * (NOPERM), noted for `error` and said at error once, and true; the caller retries as for any refusal.
+   * (NOPERM) or as a Redis in cluster mode, noted for `error` and said at error once, and true; the caller retries as
+   * for any refusal.
    */
   refusedCommand(doing: string, e: unknown): boolean {
     const message = errorMessage(e);
+    let why: string;
     // (a command a script runs: the script's error)
-    if (!/^NOPERM\b|^ERR The user executing the script can't/.test(message)) return false;
-    const why = `the Redis user of REDIS_URL may not run what the gateway needs (${doing}: ${message}): give it the commands, keys and channels README's Scale out lists (ACL SETUSER), or write a user that has them in REDIS_URL; retried meanwhile`;
+    if (/^NOPERM\b|^ERR The user executing the script can't/.test(message))
+      why = `the Redis user of REDIS_URL may not run what the gateway needs (${doing}: ${message}): give it the commands, keys and channels README's Scale out lists (ACL SETUSER), or write a user that has them in REDIS_URL; retried meanwhile`;
+    // one script reads and writes two keys, which Redis Cluster refuses (or sends to another node): not supported
+    else if (/^(CROSSSLOT|MOVED|ASK)\b/.test(message))
+      why = `REDIS_URL leads to a Redis in cluster mode, which the bus does not support (${doing}: ${message}): give the replicas one Redis (a primary) not in cluster mode; retried meanwhile`;
+    else return false;
     if (!this.denied.has(doing)) this.logger.error(`cluster bus: ${why}`); // (EVALSHA and EVAL alternate: said once)
     this.denied.set(doing, why);
     return true;
