@@ -877,6 +877,25 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect([seen(m1), seen(m2)]).toEqual([want, want]);
   }, 60_000);
 
+  it('a request that reaches a replica while a delete made on another one unloads the model there is told it is being deleted; after, that it is gone', async () => {
+    const { m1, m2 } = await twoJoined();
+    const told: string[] = [];
+    m2.on('status', (e) => {
+      if (e.state !== 'UNLOADING' && e.state !== 'END') return;
+      try {
+        m2.resolve('mobilenet');
+        told.push('served');
+      } catch (err) {
+        told.push(`${(err as { code?: string }).code}: ${(err as Error).message}`);
+      }
+    });
+    expect(await m1.delete('mobilenet')).toBe(true);
+    await until(() => !m2.get('mobilenet'), 10_000, 'the delete applied on replica 2');
+    expect(told.length).toBeGreaterThan(0);
+    for (const t of told) expect(t).toMatch(/^MODEL_NOT_READY: model mobilenet has no AVAILABLE version: it is being deleted/);
+    expect(() => m2.resolve('mobilenet')).toThrow(/no model named "mobilenet"/);
+  }, 30_000);
+
   it('a new version uploaded on another replica while this one unloads another version of that model is served here too', async () => {
     const { m1, m2, c1 } = await twoJoined(twoVersions);
     const bytes = await readFile(path.join(repo!.dir, 'mobilenet', '1', 'model.onnx'));

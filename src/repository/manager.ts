@@ -389,6 +389,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 
   /** Unload everything of a model and take it off the list (its folder was removed, or it was deleted). */
   private async forget(model: Model): Promise<void> {
+    model.removing = true;
     await Promise.all([...model.versions.values()].map((v) => v.unload()));
     for (const v of [...model.versions.keys()]) this.dropVersion(model, v);
     if (this.byName.get(model.name) === model) this.byName.delete(model.name);
@@ -950,9 +951,11 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
     await model.exclusive(async () => {
       this.stillListed(model);
       if (model.source === 'repository') await checkRemovable(model.dir);
+      model.removing = true;
       await Promise.all([...model.versions.values()].map((v) => v.unload()));
       if (model.source === 'repository')
         await rm(model.dir, { recursive: true, force: true }).catch((e: unknown) => {
+          model.removing = false; // (it stays listed, unloaded)
           // past checkRemovable (a folder inside that cannot be removed): its versions are unloaded by now, and some
           // of its files may be gone: said, not "nothing was changed"
           const error = storageError(e);
@@ -1045,6 +1048,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 /** Why a version a request names does not serve, and what does (what its client can act on). */
 function whyVersionNotServing(model: Model, v: ModelVersion): string {
   if (v.state === 'LOADING' || v.state === 'START') return ': try again once it is AVAILABLE';
+  if (model.removing) return ': the model is being deleted (deleteModel, here or on another replica, or its folder was removed)';
   if (v.errorMessage) return `: ${v.errorMessage}`;
   const serving = model.servingVersion();
   if (model.disabled || model.disabledVersions.has(v.version))
@@ -1056,6 +1060,7 @@ function whyVersionNotServing(model: Model, v: ModelVersion): string {
 
 /** Why a model has no version to serve, for the MODEL_NOT_READY its requests get (what a client can act on). */
 function whyNotServing(model: Model): string {
+  if (model.removing) return ': it is being deleted (deleteModel, here or on another replica, or its folder was removed)';
   if (model.disabled) return ': it was unloaded (loadModel serves it again)';
   if (model.versions.size === 0) return model.layoutProblem ? `: ${model.layoutProblem}` : '';
   const versions = [...model.versions.values()].sort((a, b) => b.version - a.version);

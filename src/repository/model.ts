@@ -46,6 +46,8 @@ export class Model {
   readonly versions = new Map<number, ModelVersion>();
   /** Unloaded by a client: the watcher leaves it alone until loadModel. */
   disabled = false;
+  /** Its versions are being unloaded to take it off the list (deleteModel, here or on another replica; its folder gone). */
+  removing = false;
   readonly disabledVersions = new Set<number>();
   configUpdatedAt = new Date();
   /** A scan found no model.json where there was one: the next that still finds none takes it for gone (see reread). */
