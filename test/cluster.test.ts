@@ -182,6 +182,19 @@ describe.skipIf(missing.length > 0)('a REDIS_URL that Redis refuses, or that lea
     expect(c.status().error).toMatch(why);
   }, 15_000);
 
+  it('a Redis that takes the connection and never answers (frozen, SIGSTOP) is said at start, not left silent', async () => {
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((s) => sockets.add(s.on('error', () => undefined)));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    stops.push(() => new Promise((r) => (sockets.forEach((s) => s.destroy()), server.close(r))));
+    const { port } = server.address() as net.AddressInfo;
+    const { c, said } = clusterOn(`redis://127.0.0.1:${port}/0`);
+    const why = /127\.0\.0\.1:\d+ took the connection but has not answered within 5 s/;
+    await until(() => said(/cannot reach Redis/).length > 0, 10_000, 'the warning'); // after 5 s
+    expect(said(/cannot reach Redis/)[0].error).toMatch(why);
+    expect(c.status()).toMatchObject({ connected: false, error: expect.stringMatching(why) });
+  }, 15_000);
+
   it('a port where something other than Redis answers is said as such, naming REDIS_URL', async () => {
     const server = net.createServer((s) => s.on('data', () => s.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n')));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

@@ -147,7 +147,7 @@ export class RedisBus extends EventEmitter<{
     this.on('connected', () => (said = null));
     for (const conn of [this.publisher, this.subscriber]) {
       conn.on('ready', () => (reached = true));
-      conn.on('error', (e: Error) => {
+      const failed = (e: Error) => {
         const why = refusal(e, where);
         this.lastError = why ?? reachError(e, url);
         if (this.up || this.closed) logger.debug({ error: this.lastError }, 'cluster bus error');
@@ -165,7 +165,24 @@ export class RedisBus extends EventEmitter<{
             'cluster bus: cannot reach Redis at the host and port of REDIS_URL; retrying; local inference goes on',
           );
         }
+      };
+      conn.on('error', failed);
+      // a server that takes the connection and never answers (a Redis frozen or stopped, whose kernel still accepts; a
+      // proxy with no Redis behind it): ioredis' connectTimeout ends with the TCP connection, and its handshake would
+      // wait for good, said nowhere. Said after as long (not cut: a new connection would wait the same)
+      let handshake: NodeJS.Timeout | undefined;
+      conn.on('connect', () => {
+        clearTimeout(handshake);
+        handshake = setTimeout(() => {
+          if (conn.status === 'connect' && !this.closed)
+            failed(
+              new Error(
+                `${where} took the connection but has not answered within 5 s (a Redis frozen, stopped or still loading its data, or a proxy with no Redis behind it)`,
+              ),
+            );
+        }, 5000).unref();
       });
+      for (const event of ['ready', 'close'] as const) conn.on(event, () => clearTimeout(handshake));
       for (const event of ['close', 'end'] as const)
         conn.on(event, () => {
           if (conn === this.subscriber) this.subscribed = false;
