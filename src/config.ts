@@ -246,7 +246,8 @@ const trustedProxies = (raw: string, name: string): string[] =>
   });
 
 /** A URL as a message may print it: what comes before its @ (a password, or a user) is left out. */
-const withoutCredentials = (raw: string) => raw.replace(/^([a-z][a-z\d+.-]*:\/\/)[^/?#]*@/i, '$1***@');
+// (up to the last @: a password with a / ? or # in it, not percent-encoded, is why such a URL does not parse)
+const withoutCredentials = (raw: string) => raw.replace(/^([a-z][a-z\d+.-]*:\/\/).*@/i, '$1***@');
 const redisUrl = (raw: string, name: string): string => {
   let url: URL;
   try {
@@ -254,7 +255,7 @@ const redisUrl = (raw: string, name: string): string => {
   } catch {
     throw new ConfigError(
       /^rediss?:\/\//i.test(raw)
-        ? `${name}: ${JSON.stringify(withoutCredentials(raw))} is not a URL: redis://[user:password@]host[:port]/[database], a port 1..65535`
+        ? `${name}: ${JSON.stringify(withoutCredentials(raw))} is not a URL: redis://[user:password@]host[:port]/[database], a port 1..65535${raw.includes('@') ? '; in a user name or password, characters other than letters, digits and - . _ ~ are written percent-encoded (# as %23, / as %2F, ? as %3F, @ as %40)' : ''}`
         : `${name}: expected a redis:// or rediss:// URL, got ${JSON.stringify(withoutCredentials(raw))}`,
     );
   }

@@ -90,6 +90,15 @@ describe('configuration mistakes are told at start, naming the setting', () => {
     }
   });
 
+  it('a REDIS_URL whose password has a character that breaks the URL (# / ?) is refused without showing it, saying to percent-encode it', () => {
+    for (const secret of ['Kx7#Vq9', 'Kx7/Vq9', 'Kx7?Vq9', 'Kx7/Vq9#Wz@Vq9']) {
+      const url = `redis://user:${secret}@cache:6379/0`;
+      expect(() => loadConfig({ REDIS_URL: url }, []), url).toThrow(/^REDIS_URL: .* is not a URL/);
+      expect(() => loadConfig({ REDIS_URL: url }, []), url).not.toThrow(/Kx7|Vq9/);
+      expect(() => loadConfig({ REDIS_URL: url }, []), url).toThrow(/percent-encoded \(# as %23, \/ as %2F, \? as %3F, @ as %40\)/);
+    }
+  });
+
   it('a REDIS_URL refused at start is not printed with its password', async () => {
     for (const url of ['http://user:hunter2@cache:6379', 'redis://user:hunter2@cache:99999']) {
       expect(() => loadConfig({ REDIS_URL: url }, []), url).toThrow(/^REDIS_URL: /);
