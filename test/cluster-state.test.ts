@@ -235,6 +235,23 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     await until(() => r1.c.status().error === null, 10_000, 'the error to clear');
   }, 40_000);
 
+  it('two replicas given one REPLICA_NAME are told so, once, as the first message of the other arrives', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const dir = await repository(['mobilenet']);
+    const r1 = await replica('same', redis.url, dir);
+    const r2 = await replica('same', redis.url, dir);
+    await r1.m.unload('mobilenet');
+    await until(() => state(r2.m, 'mobilenet') === 'END', 10_000, 'the unload applied'); // (it still works)
+    await r2.m.load('mobilenet');
+    await until(() => state(r1.m, 'mobilenet') === 'AVAILABLE', 20_000, 'the load applied');
+    const said = lines.map((l) => JSON.parse(l)).filter((l) => /another replica is named "same" too/.test(l.msg));
+    expect(said.length).toBeGreaterThanOrEqual(1);
+    expect(said.length).toBeLessThanOrEqual(2); // once on each
+    expect(said[0]).toMatchObject({ level: 'warn' });
+    expect(said[0].msg).toMatch(/REPLICA_NAME/);
+  }, 40_000);
+
   it('a Redis in cluster mode, which the bus does not support, is said at error, naming REDIS_URL, and in the status', async () => {
     const conf = path.join(await mkdtemp(path.join(os.tmpdir(), 'gw-redis-cluster-')), 'nodes.conf');
     stops.push(() => rm(path.dirname(conf), { recursive: true, force: true }));

@@ -411,6 +411,8 @@ export class Cluster {
    * good). Changes not sent yet are in pendingAdmin (kept), not here: nothing comes back for them.
    */
   private readonly unechoed = new Map<string, Echo[]>();
+  /** A message of another process with this replica's name arrived (said once). */
+  private sameName = false;
   /** The number of the last admin change published here (see AdminMessage.n). */
   private sent = 0;
   /** Per model, the admin operations asked of this replica that have not ended (their change is published after). */
@@ -752,6 +754,13 @@ export class Cluster {
       return;
     }
     if (message?.v !== 1) return;
+    if (message.from !== this.id && message.replica === this.replica && !this.sameName) {
+      // (events of the two cannot be told apart by modelStatus subscribers, nor their connections in CLIENT LIST)
+      this.sameName = true;
+      this.logger.warn(
+        `another replica is named ${JSON.stringify(this.replica)} too: give each its own REPLICA_NAME (the pod name on Kubernetes), or leave it unset (<host>-<pid>), so that status events say which replica made them`,
+      );
+    }
     if (message.from === this.id) {
       if (channel === this.channels.admin && message.op) {
         // our own, back from Redis; after one of another replica left aside, replayed after it as everywhere else
