@@ -268,6 +268,28 @@ describe.skipIf(missing)('the cluster state in Redis', () => {
     expect(r1.c.status()).toMatchObject({ connected: true, error: expect.stringMatching(/cluster mode/) });
   }, 30_000);
 
+  it('a Redis user (ACL) that may not read the stream is said at error and in the status, and gets the events once it may', async () => {
+    const redis = await startRedis();
+    stops.push(() => redis.stop());
+    const admin = adminOf(redis.url);
+    await admin.call('ACL', 'SETUSER', 'gw', 'on', '>pw', '~*', '&*', '+@all', '-xread');
+    const dir = await repository(['mobilenet']);
+    const r1 = await replica('r1', redis.url.replace('redis://', 'redis://gw:pw@'), dir);
+    const r2 = await replica('r2', redis.url, dir);
+    const seen: string[] = [];
+    const own = new WeakSet<object>();
+    r1.m.prependListener('status', (e) => own.add(e));
+    r1.c.feed.on('status', (e) => !own.has(e) && seen.push(`${e.model} ${e.state}`));
+    const denied = () => lines.filter((l) => /may not run what the gateway needs \(reading the stream: NOPERM/.test(l));
+    await until(() => denied().length > 0, 10_000, 'the refusal said');
+    expect(r1.c.status().error).toMatch(/reading the stream/);
+    await admin.call('ACL', 'SETUSER', 'gw', '+xread');
+    await r2.m.unload('mobilenet');
+    await until(() => seen.includes('mobilenet END'), 15_000, "replica 2's events on replica 1");
+    await until(() => r1.c.status().error === null, 10_000, 'the error to clear');
+    expect(denied()).toHaveLength(1);
+  }, 40_000);
+
   it("a Redis user with only the ACL README's Scale out gives runs a replica: changes and status events both ways, a catch-up", async () => {
     const { redis, dir, outside } = await oneFolder();
     const admin = adminOf(redis.url);

@@ -327,9 +327,10 @@ export class RedisBus extends EventEmitter<{
         if (this.closed) return;
         look = true;
         // Redis refused the read (the key is not a stream): tried again after a backoff
-        if (!this.refusedCommand('reading the stream', e) && ++failures === 1)
+        // (one the ACL refuses is said by refusedCommand, at error)
+        failures++;
+        if (!this.refusedCommand('reading the stream', e) && failures === 1)
           logger.warn({ error: errorMessage(e), stream }, 'cluster bus: reading the stream failed; retrying');
-        failures ||= 1;
         await new Promise((r) => setTimeout(r, backoff(failures, maxBackoffMs)));
       }
     }
