@@ -27,6 +27,9 @@ export const hasBatchDimension = (infos: readonly TensorInfo[]): boolean =>
  * Check raw tensors against a model's inputs (names, dtypes, shapes with batch dimension 1 where the model has one,
  * byte lengths) and turn them into engine feeds. Every input must be given once.
  */
+/** What -1 in a model's shape means, for a request that sent it as a size (GraphQL's infer and KServe say it alike). */
+export const ANY_SIZE = 'marks a dimension of any size; send the size your data has there';
+
 export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs: readonly TensorInput[]): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
   const batched = hasBatchDimension(infos);
@@ -43,7 +46,7 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
       const any = shape.findIndex((d, i) => d === -1 && info.shape[i] === null);
       const batch = any === 0 && batched ? ' (1 for the batch)' : '';
       throw bad(
-        `input ${input.name}: shape [${shape.join(',')}] must hold sizes (integers of 0 or more)${any < 0 ? '' : `: the -1 of the model's shape [${info.shape.map((d) => d ?? -1).join(',')}] marks a dimension of any size; send the size your data has there${batch}`}`,
+        `input ${input.name}: shape [${shape.join(',')}] must hold sizes (integers of 0 or more)${any < 0 ? '' : `: the -1 of the model's shape [${info.shape.map((d) => d ?? -1).join(',')}] ${ANY_SIZE}${batch}`}`,
       );
     }
     if (

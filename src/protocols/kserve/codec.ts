@@ -1,6 +1,7 @@
 import { elementCount, floatToHalf, halfToFloat, toBytes, type DType, type Tensor, type TensorData } from '../../engine/types.ts';
 import { decodeBase64, whyNotBase64 } from '../../base64.ts';
 import { invalid } from './errors.ts';
+import { ANY_SIZE } from '../../inference/tensors.ts';
 import { ErrorCode, GatewayError, quoted } from '../../errors.ts';
 import { imageFormat } from '../../vision/preprocess.ts';
 
@@ -50,7 +51,7 @@ export function parseShape(shape: unknown, name: string): number[] {
       // (gRPC's int64 dimensions arrive as text: shown as the numbers they are)
       const shown = `[${shape.map((x) => (typeof x === 'string' && /^-?\d{1,20}$/.test(x) ? x : JSON.stringify(x))).join(',')}]`;
       // -1 is how a model's shape is written where it takes any size (its metadata), not a size to send
-      const any = d === -1 || d === '-1' ? `: -1 in a model's shape marks a dimension of any size; send the size your data has there` : '';
+      const any = d === -1 || d === '-1' ? `: -1 in a model's shape ${ANY_SIZE}` : '';
       throw invalid(`input ${name}: shape must hold non-negative integers, got ${shown}${any}`);
     }
     return n;
