@@ -1,10 +1,12 @@
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, request as httpRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import puppeteer, { type Browser, type HTTPRequest, type Page } from 'puppeteer-core';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixture, image, ROOT, startGateway, type TestGateway } from './helpers.ts';
@@ -21,6 +23,60 @@ const ADMIN = 'browser-admin-token';
 /** A model of tensors, which the page cannot run on a photo (and which loads at once). */
 const RAW = { onnx: identityModel(ElemType.FLOAT, ['N', 3]), config: { task: 'raw' } };
 const run = promisify(execFile);
+
+/**
+ * What stands between a browser and a gateway, on its own 127.0.0.1 port: everything passes through (the page, its
+ * bundles, GraphQL, the WebSocket), but a POST whose body `hold` picks is taken and never answered, as a server that
+ * stalled or a proxy that holds the connection would. `held` counts those, `abandoned` those the browser gave up (its
+ * connection closed).
+ */
+async function holdingProxy(target: string) {
+  const to = new URL(target);
+  const sockets = new Set<Socket>();
+  const track = (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  };
+  const proxy = { url: '', hold: (_body: string) => false, held: 0, abandoned: 0, close: async () => {} };
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      if (req.method === 'POST' && proxy.hold(body.toString('latin1'))) {
+        proxy.held++;
+        res.once('close', () => proxy.abandoned++);
+        return;
+      }
+      const out = httpRequest({ host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode!, r.headers);
+        r.pipe(res);
+      });
+      out.on('error', () => res.destroy());
+      out.end(body);
+    });
+  });
+  server.on('connection', track);
+  server.on('upgrade', (req, socket: Socket, head: Buffer) => {
+    const up = connect(Number(to.port), to.hostname);
+    track(up);
+    const lines = [`${req.method} ${req.url} HTTP/1.1`];
+    for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+    up.write(`${lines.join('\r\n')}\r\n\r\n`);
+    up.write(head);
+    socket.pipe(up).pipe(socket);
+    up.on('error', () => socket.destroy());
+    socket.on('error', () => up.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  proxy.url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  proxy.close = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
+  return proxy;
+}
 
 interface Rect {
   x: number;
@@ -516,11 +572,16 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
       // the answer takes a second to come back: time to pick the other model while it runs
       const cdp = await tab.createCDPSession();
       await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 1000, downloadThroughput: -1, uploadThroughput: -1 });
-      const answered = tab.waitForResponse((r) => r.url().endsWith('/graphql') && r.request().method() === 'POST');
+      // the upload ends, answered or given up (the page gives up a run whose answer it no longer wants)
+      const ended = new Promise<void>((resolve) => {
+        const end = (r: HTTPRequest) => r.headers()['content-type']?.startsWith('multipart/') && resolve();
+        tab.on('requestfinished', end);
+        tab.on('requestfailed', end);
+      });
       await (await tab.$('input[type=file]'))!.uploadFile(image('zebra.jpeg'));
       await tab.waitForSelector('.running');
       await tab.click('.model[data-name="tensors"] .pick');
-      await (await answered).text();
+      await ended;
       await new Promise((r) => setTimeout(r, 300)); // the page has read it
       expect(await tab.$('.notice')).not.toBeNull();
       expect(await tab.$$('.prediction')).toHaveLength(0);
@@ -655,6 +716,81 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     } finally {
       await tab.close();
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  /** Until `ok()` holds (checked every 20 ms), or fails after `ms`. */
+  const until = async (what: string, ok: () => boolean, ms = 10_000) => {
+    for (const end = Date.now() + ms; !ok(); await new Promise((r) => setTimeout(r, 20)))
+      if (Date.now() > end) throw new Error(`still not so after ${ms} ms: ${what}`);
+  };
+
+  it('a run that never answers can be cancelled: the page says so, is usable at once, and Try again runs it (it waited for ever)', async () => {
+    const proxy = await holdingProxy(gw.url);
+    const tab = await open();
+    try {
+      await tab.goto(`${proxy.url}/?model=yolox`);
+      await tab.waitForSelector('.model[data-name="yolox"][data-state="AVAILABLE"]');
+      proxy.hold = (body) => body.includes('mutation Detect');
+      await (await tab.$('input[type=file]'))!.uploadFile(image('dog.jpg'));
+      await tab.waitForSelector('.running');
+      await until('the upload reached the proxy', () => proxy.held === 1);
+      await tab.click('.output .cancel');
+      await tab.waitForSelector('.output[data-picture="dog.jpg"][data-busy="false"]');
+      expect(await tab.$eval('.error', (e) => e.textContent)).toMatch(/^CANCELLED .*cancelled/);
+      expect(await tab.$('.running')).toBeNull();
+      // the request itself was given up (its connection closed), not only forgotten by the page
+      await until('the browser gave the held request up', () => proxy.abandoned === 1);
+      // usable again: Try again runs the same photo on the same model, and its answer replaces the message
+      proxy.hold = () => false;
+      await tab.click('.output .retry');
+      await tab.waitForSelector('.output[data-result="yolox:dog.jpg"]');
+      expect(await tab.$('.error')).toBeNull();
+      expect(await tab.$('.output .retry')).toBeNull();
+      // the status stream went on through all this
+      expect(await tab.$eval('.connection', (e) => e.textContent)).toBe('live');
+    } finally {
+      await tab.close();
+      await proxy.close();
+    }
+  });
+
+  it('a run that never answers is given up past the bound (?timeout= seconds), saying so and what to try (it waited for ever)', async () => {
+    const proxy = await holdingProxy(gw.url);
+    const tab = await open();
+    try {
+      await tab.goto(`${proxy.url}/?model=yolox&timeout=2`);
+      await tab.waitForSelector('.model[data-name="yolox"][data-state="AVAILABLE"]');
+      proxy.hold = (body) => body.includes('mutation Detect');
+      const t0 = Date.now();
+      await (await tab.$('input[type=file]'))!.uploadFile(image('dog.jpg'));
+      await tab.waitForSelector('.output[data-picture="dog.jpg"][data-busy="false"]', { timeout: 15_000 });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1900);
+      expect(await tab.$eval('.error', (e) => e.textContent)).toMatch(/^TIMEOUT no answer within 2 s\b.*Try again.*\?timeout=/);
+      await until('the browser gave the held request up', () => proxy.abandoned === 1);
+      // picking a model keeps the bound in the address (?model= is rewritten, ?timeout= stays)
+      await tab.click('.model[data-name="mobilenet"] .pick');
+      expect(new URL(tab.url()).search).toBe('?model=mobilenet&timeout=2');
+    } finally {
+      await tab.close();
+      await proxy.close();
+    }
+  });
+
+  it('a read of the model list that never answers is given up past the bound, and read again (the list never came, nor any change after)', async () => {
+    const proxy = await holdingProxy(gw.url);
+    const tab = await open();
+    try {
+      proxy.hold = (body) => body.includes('query Models') && proxy.held === 0; // the first read only
+      await tab.goto(`${proxy.url}/?timeout=2`);
+      await until('the first read reached the proxy', () => proxy.held === 1);
+      // the read asked for meanwhile (the WebSocket connected) is made once the first is given up
+      await tab.waitForSelector('.model[data-name="yolox"][data-state="AVAILABLE"]', { timeout: 15_000 });
+      expect(proxy.abandoned).toBe(1);
+      expect(await tab.$('.error')).toBeNull();
+    } finally {
+      await tab.close();
+      await proxy.close();
     }
   });
 

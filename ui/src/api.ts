@@ -90,20 +90,58 @@ function tokenError(token: string): RequestError | null {
       );
 }
 
-async function post(body: BodyInit, headers: Record<string, string>, token: string): Promise<Answer> {
+/** How long a request may go unanswered before the page gives it up, and the user's way to give it up sooner. */
+export interface Waiting {
+  /** Past it, the request is given up: TIMEOUT. */
+  timeoutMs: number;
+  /** Aborted when the user cancels: CANCELLED. */
+  signal?: AbortSignal;
+}
+
+/** A time for people: seconds up to two minutes, then minutes. */
+export const duration = (ms: number) => (ms < 120_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`);
+
+async function post(body: BodyInit, headers: Record<string, string>, token: string, waiting: Waiting): Promise<Answer> {
   const refused = tokenError(token);
   if (refused) throw refused;
+  // one signal ends the request, answer included (a server may send its headers and stall in the body): the user's
+  // cancel, or the bound
+  const stop = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    stop.abort();
+  }, waiting.timeoutMs);
+  const cancel = () => stop.abort();
+  if (waiting.signal?.aborted) stop.abort();
+  waiting.signal?.addEventListener('abort', cancel, { once: true });
+  const givenUp = () =>
+    timedOut
+      ? new RequestError('TIMEOUT', `no answer within ${duration(waiting.timeoutMs)}: the page stopped waiting`)
+      : new RequestError('CANCELLED', 'cancelled: the page stopped waiting for the answer');
   let res: Response;
+  let text: string;
   try {
     res = await fetch('/graphql', {
       method: 'POST',
       body,
       headers: { accept: 'application/json', ...headers, ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      signal: stop.signal,
     });
+    try {
+      text = await res.text();
+    } catch (e) {
+      if (stop.signal.aborted) throw givenUp();
+      throw new RequestError('NETWORK_ERROR', `the gateway's answer broke off (${(e as Error).message})`);
+    }
   } catch (e) {
+    if (e instanceof RequestError) throw e;
+    if (stop.signal.aborted) throw givenUp();
     throw new RequestError('NETWORK_ERROR', `the gateway did not answer (${(e as Error).message})`);
+  } finally {
+    clearTimeout(timer);
+    waiting.signal?.removeEventListener('abort', cancel);
   }
-  const text = await res.text();
   let answer: GraphqlResponse;
   try {
     answer = JSON.parse(text) as GraphqlResponse;
@@ -124,23 +162,23 @@ async function post(body: BodyInit, headers: Record<string, string>, token: stri
   return { data: data!, errors };
 }
 
-export const gql = async (query: string, variables: Record<string, unknown>, token: string) =>
-  (await post(JSON.stringify({ query, variables }), { 'content-type': 'application/json' }, token)).data;
+export const gql = async (query: string, variables: Record<string, unknown>, token: string, waiting: Waiting) =>
+  (await post(JSON.stringify({ query, variables }), { 'content-type': 'application/json' }, token, waiting)).data;
 
 /** A GraphQL multipart request with one file in variable `image.file`. */
-function upload(query: string, variables: Record<string, unknown>, file: Blob, fileName: string, token: string) {
+function upload(query: string, variables: Record<string, unknown>, file: Blob, fileName: string, token: string, waiting: Waiting) {
   const form = new FormData();
   form.append('operations', JSON.stringify({ query, variables: { ...variables, image: { file: null } } }));
   form.append('map', JSON.stringify({ 0: ['variables.image.file'] }));
   form.append('0', file, fileName);
   // yoga's CSRF prevention: a multipart request must carry a header a cross-site form cannot send
-  return post(form, { 'x-graphql-yoga-csrf': '1' }, token);
+  return post(form, { 'x-graphql-yoga-csrf': '1' }, token, waiting);
 }
 
 const MODELS = `query Models { models { name task description ready versions { version state errorCode errorMessage } } }`;
 
-export async function listModels(token: string): Promise<ModelInfo[]> {
-  return (await gql(MODELS, {}, token)).models as ModelInfo[];
+export async function listModels(token: string, waiting: Waiting): Promise<ModelInfo[]> {
+  return (await gql(MODELS, {}, token, waiting)).models as ModelInfo[];
 }
 
 const RUN: Record<(typeof TASKS)[number], string> = {
@@ -159,17 +197,18 @@ export async function run(
   file: Blob,
   fileName: string,
   token: string,
+  waiting: Waiting,
 ): Promise<{ result: Result; errors: RequestError[] }> {
-  const { data, errors } = await upload(RUN[task], { model }, file, fileName, token);
+  const { data, errors } = await upload(RUN[task], { model }, file, fileName, token, waiting);
   const [value] = Object.values(data) as [Record<string, unknown>];
   return { result: { task, ...value } as Result, errors };
 }
 
-export async function setLoaded(model: string, loaded: boolean, token: string): Promise<void> {
+export async function setLoaded(model: string, loaded: boolean, token: string, waiting: Waiting): Promise<void> {
   const query = loaded
     ? `mutation Load($name: String!) { loadModel(name: $name) { name } }`
     : `mutation Unload($name: String!) { unloadModel(name: $name) { name } }`;
-  await gql(query, { name: model }, token);
+  await gql(query, { name: model }, token, waiting);
 }
 
 export type Connection = 'connecting' | 'live' | 'offline';

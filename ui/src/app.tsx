@@ -32,6 +32,56 @@ interface Shown {
 }
 
 const TOKEN_KEY = 'gateway-token';
+
+/**
+ * How long the page waits for an answer before it gives the request up (TIMEOUT): past the time by which the gateway,
+ * on its defaults, has answered, if only with an error of its own. A photo's run: within about 4.5 min (the upload
+ * received within REQUEST_TIMEOUT_MS, 2 min; a wait in the model's queue of batching.timeoutMs, 30 s; a decode of
+ * DECODE_TIMEOUT_MS, 10 s; an engine call of ENGINE_CALL_TIMEOUT_MS, 2 min), so 5 min. A load: within
+ * ENGINE_LOAD_TIMEOUT_MS, 10 min (a large model takes minutes), so 11 min; an unload waits for the runs in flight,
+ * within that too. The list is read from the gateway's memory: 1 min. Past it nothing is coming: the gateway stalled,
+ * or a proxy holds the connection. `?timeout=` (seconds) in the address sets them all, for a gateway whose operator
+ * raised or lifted those bounds.
+ */
+const BOUNDS = { run: 5 * 60_000, admin: 11 * 60_000, list: 60_000 };
+/** The longest a timer waits (2^31-1 ms, 24.8 days). */
+const MAX_WAIT_MS = 2 ** 31 - 1;
+function boundsOf(search: string): typeof BOUNDS {
+  const asked = Number(new URLSearchParams(search).get('timeout') ?? NaN);
+  if (!(asked > 0)) return BOUNDS;
+  const ms = Math.min(asked * 1000, MAX_WAIT_MS);
+  return { run: ms, admin: ms, list: ms };
+}
+const LONGER = 'add ?timeout=<seconds> to the address to wait longer';
+
+/** A run given up (cancelled, or past its bound), said with what to do next. */
+function runGivenUp(e: RequestError, model: string, picture: string): RequestError {
+  if (e.code === 'CANCELLED')
+    return new RequestError(e.code, `cancelled: the page stopped waiting for ${model} on ${picture}; Try again runs it again`);
+  if (e.code === 'TIMEOUT')
+    return new RequestError(
+      e.code,
+      `${e.message} for ${model} on ${picture}. A large model, a first run or a busy gateway can take long, or a proxy may hold the request: Try again, or ${LONGER}`,
+    );
+  return e;
+}
+
+/** A load or unload given up: the gateway may still do it, which the list then shows. */
+function adminGivenUp(e: RequestError, model: string, load: boolean): RequestError {
+  const what = load ? 'load' : 'unload';
+  const still = `the gateway may still ${what} it (its state here shows when)`;
+  if (e.code === 'CANCELLED') return new RequestError(e.code, `cancelled: the page stopped waiting for the ${what} of ${model}; ${still}`);
+  if (e.code === 'TIMEOUT')
+    return new RequestError(
+      e.code,
+      `${e.message} for the ${what} of ${model}; ${still}. ${
+        load
+          ? 'Loading a large model can take minutes (10 at most, unless ENGINE_LOAD_TIMEOUT_MS says otherwise)'
+          : 'An unload waits for the runs in flight'
+      }, or a proxy may hold the request: ${load ? 'Load' : 'Unload'} again, or ${LONGER}`,
+    );
+  return e;
+}
 const isTask = (t: string): t is (typeof TASKS)[number] => (TASKS as readonly string[]).includes(t);
 const asError = (e: unknown) => (e instanceof RequestError ? e : new RequestError('CLIENT_ERROR', (e as Error).message ?? String(e)));
 
@@ -66,6 +116,12 @@ export function App() {
   const [error, setError] = useState<RequestError | null>(null);
   const [running, setRunning] = useState(false);
   const [busyModel, setBusyModel] = useState<string | null>(null);
+  // how long each request may take (see BOUNDS), as the address says when the page opens
+  const [bounds] = useState(() => boundsOf(location.search));
+  // the request of the run going on: aborted by Cancel, and when another run takes its place (its answer is not wanted)
+  const runRequest = useRef<AbortController | null>(null);
+  // Try again: the same picture on the same model, once more
+  const [attempt, setAttempt] = useState(0);
   const [dragging, setDragging] = useState(false);
   const runs = useRef(0);
   const pictures = useRef(0);
@@ -87,12 +143,23 @@ export function App() {
       again.current = true;
       return;
     }
-    refreshing.current = listModels(tokenNow.current)
+    refreshing.current = listModels(tokenNow.current, { timeoutMs: bounds.list })
       .then((list) => {
         setModels(list);
         setError((e) => (e === listFailure.current || e?.code === 'UNAUTHENTICATED' || e?.code === 'NETWORK_ERROR' ? null : e));
       })
-      .catch((e) => setError((listFailure.current = asError(e))))
+      .catch((e) => {
+        const failure = asError(e);
+        setError(
+          (listFailure.current =
+            failure.code === 'TIMEOUT'
+              ? new RequestError(
+                  failure.code,
+                  `${failure.message} for the model list; it is read again at the next change, or reload the page`,
+                )
+              : failure),
+        );
+      })
       .finally(() => {
         refreshing.current = null;
         if (again.current) {
@@ -119,6 +186,8 @@ export function App() {
   useEffect(() => {
     if (!picture || !ready || !selected) return;
     const m = models.find((x) => x.name === selected);
+    runRequest.current?.abort(); // a run still going is of the picture or model before: its answer is not wanted
+    runRequest.current = null;
     if (!m || !isTask(m.task)) {
       // nothing runs for this model: a run still going is of the model before, and its answer is not this one's
       runs.current++;
@@ -129,10 +198,11 @@ export function App() {
       return;
     }
     const id = ++runs.current;
+    const request = (runRequest.current = new AbortController());
     setRunning(true);
     setError(null);
     const t0 = performance.now();
-    run(m.task, m.name, picture.file, picture.name, token)
+    run(m.task, m.name, picture.file, picture.name, token, { timeoutMs: bounds.run, signal: request.signal })
       .then(
         ({ result, errors }) =>
           id === runs.current && setShown({ result, errors, model: m.name, picture: picture.name, ms: performance.now() - t0 }),
@@ -140,14 +210,15 @@ export function App() {
       .catch((e) => {
         if (id !== runs.current) return;
         setShown(null);
-        setError((runFailure.current = asError(e)));
+        setError((runFailure.current = runGivenUp(asError(e), m.name, picture.name)));
       })
       .finally(() => {
         if (id !== runs.current) return;
+        runRequest.current = null;
         setRunning(false);
         setSettled(`${m.name}:${picture.serial}`);
       });
-  }, [picture, selected, ready]);
+  }, [picture, selected, ready, attempt]);
 
   // the address of the picture on screen, given back when another takes its place
   const pictureUrl = useRef<string | null>(null);
@@ -173,6 +244,7 @@ export function App() {
       (e: unknown) => {
         if (serial !== pictures.current) return;
         runs.current++; // a run still going is of the picture before
+        runRequest.current?.abort();
         setRunning(false);
         replace(null);
         const why = (e as Error)?.name ?? String(e);
@@ -188,7 +260,11 @@ export function App() {
 
   const select = (name: string) => {
     setSelected(name);
-    history.replaceState(null, '', `?model=${encodeURIComponent(name)}`);
+    // the rest of the address (?timeout=) is kept
+    const query = new URLSearchParams(location.search);
+    query.delete('model');
+    const rest = query.toString();
+    history.replaceState(null, '', `?model=${encodeURIComponent(name)}${rest ? `&${rest}` : ''}`);
   };
 
   // drop anywhere on the page, paste anywhere
@@ -230,12 +306,13 @@ export function App() {
   });
 
   const toggle = async (m: ModelInfo) => {
+    const load = modelState(m).kind !== 'ok';
     setBusyModel(m.name);
     setError(null);
     try {
-      await setLoaded(m.name, modelState(m).kind !== 'ok', token);
+      await setLoaded(m.name, load, token, { timeoutMs: bounds.admin });
     } catch (e) {
-      setError(asError(e));
+      setError(adminGivenUp(asError(e), m.name, load));
     } finally {
       setBusyModel(null);
       refresh();
@@ -366,11 +443,20 @@ export function App() {
           >
             <div class="status">
               {running ? (
-                <span class="running">running {selected}…</span>
+                <>
+                  <span class="running">running {selected}…</span>{' '}
+                  <button class="cancel" onClick={() => runRequest.current?.abort()}>
+                    Cancel
+                  </button>
+                </>
               ) : shown ? (
                 <span class="latency">
                   {shown.model} · <b>{Math.round(shown.ms)} ms</b> round trip
                 </span>
+              ) : error && error === runFailure.current && ['CANCELLED', 'TIMEOUT', 'NETWORK_ERROR'].includes(error.code) ? (
+                <button class="retry" onClick={() => setAttempt((n) => n + 1)}>
+                  Try again
+                </button>
               ) : null}
             </div>
             {shown?.errors.map((e, i) => (
