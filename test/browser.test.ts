@@ -455,14 +455,15 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     await page.waitForSelector('.model[data-name="mobilenet"] .admin');
     expect(await page.$eval('.model[data-name="mobilenet"] .admin', (e) => e.textContent)).toBe('Load');
     await page.click('.model[data-name="yolox"] .admin');
-    await page.waitForFunction(() => document.querySelector('.error')?.textContent?.startsWith('FORBIDDEN'));
+    // said by the model whose button it was
+    await page.waitForFunction(() => document.querySelector('.model[data-name="yolox"] .model-note')?.textContent?.startsWith('FORBIDDEN'));
     expect(await stateOf('yolox')).toBe('AVAILABLE');
 
     await setToken(ADMIN);
-    expect(await page.$('.error')).toBeNull(); // the refusal was of the token before
+    expect(await page.$('.model-note')).toBeNull(); // the refusal was of the token before
     await page.click('.model[data-name="mobilenet"] .admin');
     await waitForState('mobilenet', 'AVAILABLE');
-    expect(await page.$('.error')).toBeNull();
+    expect(await page.$('.model-note')).toBeNull();
     await page.click('.model[data-name="mobilenet"] .pick');
     await upload(image('zebra.jpeg'));
     await firstPrediction('zebra');
@@ -791,6 +792,104 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     } finally {
       await tab.close();
       await proxy.close();
+    }
+  });
+
+  it('a Load that never answers can be cancelled, or is given up past the bound, said by the model (the button stayed … for ever)', async () => {
+    const small = await startGateway({ models: { tensors: RAW } });
+    const proxy = await holdingProxy(small.url);
+    const tab = await open();
+    const note = () => tab.$eval('.model[data-name="tensors"] .model-note', (e) => e.textContent);
+    try {
+      await tab.goto(`${proxy.url}/`);
+      await tab.type('input[name=token]', 'any-token'); // no ADMIN_TOKEN: Load works from this machine with any
+      await tab.keyboard.press('Tab');
+      await tab.waitForSelector('.model[data-name="tensors"][data-state="AVAILABLE"] .admin');
+      await tab.click('.model[data-name="tensors"] .admin');
+      await tab.waitForSelector('.model[data-name="tensors"][data-state="UNLOADED"]');
+
+      proxy.hold = (body) => body.includes('mutation Load');
+      await tab.click('.model[data-name="tensors"] .admin');
+      await until('the Load reached the proxy', () => proxy.held === 1);
+      await tab.click('.model[data-name="tensors"] .model-wait .cancel');
+      await tab.waitForFunction(() =>
+        document.querySelector('.model[data-name="tensors"] .model-note')?.textContent?.startsWith('CANCELLED'),
+      );
+      expect(await note()).toMatch(/^CANCELLED .*cancelled/);
+      expect(await tab.$eval('.model[data-name="tensors"] .admin', (e) => [e.textContent, (e as HTMLButtonElement).disabled])).toEqual([
+        'Load',
+        false,
+      ]);
+      await until('the browser gave the held Load up', () => proxy.abandoned === 1);
+
+      // past the bound (2 s here), given up, saying so; the token is kept for the tab
+      await tab.goto(`${proxy.url}/?timeout=2`);
+      await tab.waitForSelector('.model[data-name="tensors"][data-state="UNLOADED"] .admin');
+      await tab.click('.model[data-name="tensors"] .admin');
+      await tab.waitForFunction(
+        () => document.querySelector('.model[data-name="tensors"] .model-note')?.textContent?.startsWith('TIMEOUT'),
+        {
+          timeout: 15_000,
+        },
+      );
+      expect(await note()).toMatch(/^TIMEOUT no answer within 2 s\b.*\?timeout=/);
+      await until('the browser gave the held Load up', () => proxy.abandoned === 2);
+
+      // the next action replaces the message: a Load that answers loads the model, and nothing is left by it
+      proxy.hold = () => false;
+      await tab.click('.model[data-name="tensors"] .admin');
+      await tab.waitForSelector('.model[data-name="tensors"][data-state="AVAILABLE"]');
+      expect(await tab.$('.model-note')).toBeNull();
+    } finally {
+      await tab.close();
+      await proxy.close();
+      await small.close();
+    }
+  });
+
+  it("a failed Load shows the version's error by the model, code first, readable and dismissable (it was a tooltip only)", async () => {
+    const broken = await startGateway({
+      models: { tensors: RAW, broken: { onnx: new Uint8Array([8, 1, 2, 3, 4, 5]), config: { task: 'classification' } } },
+    });
+    const tab = await open();
+    const note = '.model[data-name="broken"] .model-note';
+    try {
+      await tab.goto(`${broken.url}/`);
+      await tab.type('input[name=token]', 'any-token');
+      await tab.keyboard.press('Tab');
+      await tab.waitForSelector('.model[data-name="broken"][data-state="MODEL_LOAD_FAILED"] .admin');
+      await tab.click('.model[data-name="broken"] .admin');
+      await tab.waitForSelector(note);
+      expect(await tab.$eval(note, (e) => e.textContent)).toMatch(
+        /^MODEL_LOAD_FAILED cannot load version 1 of broken: model\.onnx is not an ONNX model: .*protobuf/,
+      );
+      // in sight, in the list beside its model, its whole text laid out (not clipped to a line), within the list's width
+      const where = await tab.$eval(note, (e) => {
+        const r = e.getBoundingClientRect();
+        const aside = document.querySelector('aside')!.getBoundingClientRect();
+        return { height: r.height, inList: r.left >= aside.left && r.right <= aside.right, clipped: e.scrollHeight > e.clientHeight + 1 };
+      });
+      expect(where.height).toBeGreaterThan(20);
+      expect(where).toMatchObject({ inList: true, clipped: false });
+      // under its model, whose button stays on the model's line, in the list (the state's long code pushed it out)
+      const row = await tab.$eval('.model[data-name="broken"]', (li) => {
+        const [pick, admin, text] = ['.pick', '.admin', '.model-note'].map((s) => li.querySelector(s)!.getBoundingClientRect());
+        return { beside: admin.left >= pick.right && admin.top < pick.bottom, under: text.top >= pick.bottom, right: admin.right };
+      });
+      expect(row).toMatchObject({ beside: true, under: true });
+      expect(row.right).toBeLessThanOrEqual(await tab.$eval('aside', (e) => e.getBoundingClientRect().right));
+      // dismissed, it goes; the next Load says it again
+      await tab.click(`${note} .dismiss`);
+      expect(await tab.$(note)).toBeNull();
+      await tab.click('.model[data-name="broken"] .admin');
+      await tab.waitForSelector(note);
+      // an action on another model replaces it
+      await tab.click('.model[data-name="tensors"] .admin');
+      await tab.waitForSelector('.model[data-name="tensors"][data-state="UNLOADED"]');
+      expect(await tab.$(note)).toBeNull();
+    } finally {
+      await tab.close();
+      await broken.close();
     }
   });
 

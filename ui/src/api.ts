@@ -175,7 +175,9 @@ function upload(query: string, variables: Record<string, unknown>, file: Blob, f
   return post(form, { 'x-graphql-yoga-csrf': '1' }, token, waiting);
 }
 
-const MODELS = `query Models { models { name task description ready versions { version state errorCode errorMessage } } }`;
+/** What the page reads of a model, in the list and in the answer to a load or an unload. */
+const MODEL_FIELDS = 'name task description ready versions { version state errorCode errorMessage }';
+const MODELS = `query Models { models { ${MODEL_FIELDS} } }`;
 
 export async function listModels(token: string, waiting: Waiting): Promise<ModelInfo[]> {
   return (await gql(MODELS, {}, token, waiting)).models as ModelInfo[];
@@ -204,11 +206,16 @@ export async function run(
   return { result: { task, ...value } as Result, errors };
 }
 
-export async function setLoaded(model: string, loaded: boolean, token: string, waiting: Waiting): Promise<void> {
+/**
+ * Loads or unloads the model: the model as the answer left it. A load that failed is answered, not refused: its
+ * versions say why (`errorCode`, `errorMessage`).
+ */
+export async function setLoaded(model: string, loaded: boolean, token: string, waiting: Waiting): Promise<ModelInfo> {
   const query = loaded
-    ? `mutation Load($name: String!) { loadModel(name: $name) { name } }`
-    : `mutation Unload($name: String!) { unloadModel(name: $name) { name } }`;
-  await gql(query, { name: model }, token, waiting);
+    ? `mutation Load($name: String!) { loadModel(name: $name) { ${MODEL_FIELDS} } }`
+    : `mutation Unload($name: String!) { unloadModel(name: $name) { ${MODEL_FIELDS} } }`;
+  const [answer] = Object.values(await gql(query, { name: model }, token, waiting)) as [ModelInfo];
+  return answer;
 }
 
 export type Connection = 'connecting' | 'live' | 'offline';

@@ -106,6 +106,14 @@ function ErrorLine({ error }: { error: RequestError }) {
   );
 }
 
+/** What the last Load or Unload of a model said, beside it: a failed version's error, or why the request failed. */
+interface AdminNote {
+  model: string;
+  error: RequestError;
+  /** The version whose load failed: the note goes once that version no longer has an error (it loaded since). */
+  version?: number;
+}
+
 export function App() {
   const [models, setModels] = useState<ModelInfo[] | null>(null);
   const [selected, setSelected] = useState<string | null>(() => new URLSearchParams(location.search).get('model'));
@@ -115,7 +123,10 @@ export function App() {
   const [shown, setShown] = useState<Shown | null>(null);
   const [error, setError] = useState<RequestError | null>(null);
   const [running, setRunning] = useState(false);
-  const [busyModel, setBusyModel] = useState<string | null>(null);
+  // the Load / Unload requests going on, by model (each with its Cancel), and what the last one to end said
+  const adminRequests = useRef(new Map<string, { request: AbortController; load: boolean }>());
+  const [busyModels, setBusyModels] = useState<ReadonlyMap<string, { request: AbortController; load: boolean }>>(new Map());
+  const [adminNote, setAdminNote] = useState<AdminNote | null>(null);
   // how long each request may take (see BOUNDS), as the address says when the page opens
   const [bounds] = useState(() => boundsOf(location.search));
   // the request of the run going on: aborted by Cancel, and when another run takes its place (its answer is not wanted)
@@ -307,14 +318,25 @@ export function App() {
 
   const toggle = async (m: ModelInfo) => {
     const load = modelState(m).kind !== 'ok';
-    setBusyModel(m.name);
-    setError(null);
+    const request = new AbortController();
+    adminRequests.current.set(m.name, { request, load });
+    setBusyModels(new Map(adminRequests.current));
+    setAdminNote(null); // what the last action said is replaced by what this one says
     try {
-      await setLoaded(m.name, load, token, { timeoutMs: bounds.admin });
+      const after = await setLoaded(m.name, load, token, { timeoutMs: bounds.admin, signal: request.signal });
+      // a load that failed is answered with the model: its version says why (the newest that failed, if several)
+      const failed = load ? after.versions.filter((v) => v.errorCode).sort((a, b) => b.version - a.version)[0] : undefined;
+      if (failed)
+        setAdminNote({
+          model: m.name,
+          error: new RequestError(failed.errorCode!, failed.errorMessage ?? `version ${failed.version} did not load`),
+          version: failed.version,
+        });
     } catch (e) {
-      setError(adminGivenUp(asError(e), m.name, load));
+      setAdminNote({ model: m.name, error: adminGivenUp(asError(e), m.name, load) });
     } finally {
-      setBusyModel(null);
+      adminRequests.current.delete(m.name);
+      setBusyModels(new Map(adminRequests.current));
       refresh();
     }
   };
@@ -322,7 +344,11 @@ export function App() {
   const saveToken = (value: string) => {
     const t = value.trim();
     // a refusal of the token before (FORBIDDEN, UNAUTHENTICATED, INVALID_TOKEN) is not about this one
-    if (t !== token) setError((e) => (e && ['FORBIDDEN', 'UNAUTHENTICATED', 'INVALID_TOKEN'].includes(e.code) ? null : e));
+    const ofToken = (e: RequestError | null | undefined) => !!e && ['FORBIDDEN', 'UNAUTHENTICATED', 'INVALID_TOKEN'].includes(e.code);
+    if (t !== token) {
+      setError((e) => (ofToken(e) ? null : e));
+      setAdminNote((n) => (ofToken(n?.error) ? null : n));
+    }
     if (t) sessionStorage.setItem(TOKEN_KEY, t);
     else sessionStorage.removeItem(TOKEN_KEY);
     setToken(t);
@@ -359,6 +385,14 @@ export function App() {
         <ul class="models">
           {models?.map((m) => {
             const st = modelState(m);
+            const busy = busyModels.get(m.name);
+            // a failed version's note stays while that version has its error (it goes once the version loads)
+            const note =
+              !busy &&
+              adminNote?.model === m.name &&
+              (adminNote.version === undefined || m.versions.some((v) => v.version === adminNote.version && v.errorCode))
+                ? adminNote.error
+                : null;
             return (
               <li
                 key={m.name}
@@ -370,12 +404,31 @@ export function App() {
                 <button class="pick" onClick={() => select(m.name)} aria-pressed={m.name === selected}>
                   <span class="name">{m.name}</span>
                   <span class="task">{m.task}</span>
-                  <span class={`state ${st.kind}`}>{st.text}</span>
+                  {/* a long code breaks at its underscores (MODEL_LOAD_FAILED pushed the Load button out of the list) */}
+                  <span class={`state ${st.kind}`}>
+                    {st.text.split('_').map((part, i, all) => (i < all.length - 1 ? [`${part}_`, <wbr key={i} />] : part))}
+                  </span>
                 </button>
                 {token && (
-                  <button class="admin" disabled={busyModel === m.name} onClick={() => void toggle(m)}>
-                    {busyModel === m.name ? '…' : st.kind === 'ok' ? 'Unload' : 'Load'}
+                  <button class="admin" disabled={!!busy} onClick={() => void toggle(m)}>
+                    {busy ? '…' : st.kind === 'ok' ? 'Unload' : 'Load'}
                   </button>
+                )}
+                {busy && (
+                  <div class="model-wait">
+                    {busy.load ? 'loading' : 'unloading'}…{' '}
+                    <button class="cancel" onClick={() => busy.request.abort()}>
+                      Cancel
+                    </button>
+                  </div>
+                )}
+                {note && (
+                  <div class="model-note" role="alert">
+                    <code>{note.code}</code> {note.message}
+                    <button class="dismiss" title="Dismiss" aria-label="Dismiss" onClick={() => setAdminNote(null)}>
+                      ×
+                    </button>
+                  </div>
                 )}
               </li>
             );
