@@ -464,11 +464,11 @@ describe('KServe v2 over REST', () => {
 
   it('a batch (dimension 0 > 1) is split into items, batched, and joined back in order', async () => {
     const data = Array.from({ length: 4 * 6 }, (_, i) => i - 7.5);
-    const before = gw.repository.get('id-f32')!.versions.get(1)!.stats.requests;
+    const before = gw.repository.get('id-f32')!.versions.get(1)!.stats.items;
     const r = await json(post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [4, 2, 3], data }] }));
     expect(r.status).toBe(200);
     expect(r.body.outputs).toEqual([{ name: 'y', datatype: 'FP32', shape: [4, 2, 3], data }]);
-    expect(gw.repository.get('id-f32')!.versions.get(1)!.stats.requests - before).toBe(4);
+    expect(gw.repository.get('id-f32')!.versions.get(1)!.stats.items - before).toBe(4);
   });
 
   it('binary tensor data extension: binary inputs, binary outputs (per output and for all), mixed with JSON', async () => {

@@ -2,7 +2,7 @@ import { setMaxListeners } from 'node:events';
 import DataLoader from 'dataloader';
 import { ErrorCode, GatewayError, errorMessage, isGatewayError } from '../errors.ts';
 import { allocate, elementCount, type RunOptions, type Tensor, type TensorData } from '../engine/types.ts';
-import type { VersionStats } from './stats.ts';
+import type { RequestTrace, VersionStats } from './stats.ts';
 
 export type Feeds = Record<string, Tensor>;
 export type RunFn = (feeds: Feeds, options?: RunOptions) => Promise<Feeds>;
@@ -41,6 +41,8 @@ interface Item {
   gone?: GatewayError;
   /** Its engine call starts: the wait, and what watched it, are over. */
   started?: () => void;
+  /** The request it is an item of, whose queue and compute times its engine calls add to. */
+  request?: RequestTrace;
 }
 
 const cancelled = () => new GatewayError(ErrorCode.CANCELLED, 'the client went away');
@@ -179,10 +181,12 @@ export class Batcher {
    * Run one item (inputs with batch dimension 1); resolves to its outputs (batch dimension 1). While it waits for its
    * engine call, it is answered at once when its client goes away (CANCELLED) or when it has waited timeoutMs
    * (DEADLINE_EXCEEDED), however long the engine stays busy, and is then dropped from its batch; a call that has
-   * started is never cut short here (ENGINE_CALL_TIMEOUT_MS bounds it).
+   * started is never cut short here (ENGINE_CALL_TIMEOUT_MS bounds it). `request`: the request it is an item of, told
+   * when the item arrives and when its engine calls start and how long they take.
    */
-  infer(feeds: Feeds, signal?: AbortSignal): Promise<Feeds> {
-    const item: Item = { feeds, enqueuedAt: performance.now(), signal };
+  infer(feeds: Feeds, signal?: AbortSignal, request?: RequestTrace): Promise<Feeds> {
+    const item: Item = { feeds, enqueuedAt: performance.now(), signal, request };
+    if (request) request.queuedAt = Math.min(request.queuedAt, item.enqueuedAt);
     const result = this.loader.load(item);
     const batch = this.open!; // load() has just put the item in the open batch
     if (++batch.count >= this.options.maxBatchSize || this.nobodyComing()) batch.go();
@@ -305,7 +309,10 @@ export class Batcher {
         this.hooks.stats?.recordQueue(waited * 1000);
         // its timer may be due and not yet run (a busy event loop)
         if (timeout > 0 && waited > timeout) results[i] = waitedTooLong(waited, timeout);
-        else live.push(i);
+        else {
+          live.push(i);
+          if (item.request) item.request.computingAt = Math.min(item.request.computingAt, start);
+        }
       }
       if (live.length > 0) await this.runLive(items, live, results, alone);
     } finally {
@@ -317,7 +324,11 @@ export class Batcher {
     try {
       const t0 = performance.now();
       const outputs = await this.run(concatBatch(live.map((i) => items[i].feeds!)), alone ? { alone } : undefined);
-      this.hooks.stats?.recordBatch(live.length, (performance.now() - t0) * 1000);
+      const us = (performance.now() - t0) * 1000;
+      this.hooks.stats?.recordBatch(live.length, us);
+      // each request with items in this call is charged its whole time, once (as Triton charges every request of a
+      // batch the batch's compute time); a request whose items took several calls, the sum of them
+      for (const request of new Set(live.map((i) => items[i].request))) if (request) request.computeUs += us;
       const split = live.length === 1 ? [outputs] : splitBatch(outputs, live.length);
       live.forEach((idx, k) => (results[idx] = split[k]));
     } catch (e) {

@@ -4,6 +4,7 @@ import { setMaxListeners } from 'node:events';
 import { ErrorCode, GatewayError, clientGone, isGatewayError } from '../errors.ts';
 import { bytesPerElement, elementCount, type Tensor, type TensorInfo } from '../engine/types.ts';
 import { concatBatch, type Feeds } from '../batching/batcher.ts';
+import { RequestTrace } from '../batching/stats.ts';
 import { postprocessingOf, type Task } from '../repository/model-config.ts';
 import type { Model, ModelFiles } from '../repository/model.ts';
 import type { ModelManager } from '../repository/manager.ts';
@@ -253,22 +254,26 @@ export class InferenceService {
     const { version } = this.models.resolve(name, versionNo);
     const feeds = tensorFeeds(name, version.inputs, inputs);
     const wanted = selectOutputs(name, version.outputs, outputNames);
+    const request = new RequestTrace();
     let admission: Admission;
     try {
       admission = version.admit(client);
     } catch (e) {
       version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED); // QUEUE_FULL, as for images
+      version.stats.recordRequestEnd(request, false);
       throw e;
     }
     const t0 = performance.now();
     try {
       if (signal?.aborted) throw clientGone();
-      const outputs = await admission.infer(feeds, signal);
-      version.stats.recordRequest((performance.now() - t0) * 1000);
+      const outputs = await admission.infer(feeds, signal, request);
+      version.stats.recordItem((performance.now() - t0) * 1000);
+      version.stats.recordRequestEnd(request, true);
       return Object.fromEntries(wanted.map((n) => [n, outputs[n]]));
     } catch (e) {
       const err = notComputable(name, e, version.inputs, feeds);
-      version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED, 1, (performance.now() - t0) * 1000);
+      version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED);
+      version.stats.recordRequestEnd(request, false);
       throw err;
     } finally {
       admission.release();
@@ -321,32 +326,41 @@ export class InferenceService {
         }),
       ),
     );
-    checkAdmissible(name, version, n, client);
-    const admissions: Admission[] = [];
+    // one request, however many items: counted once when it is answered or has failed
+    const request = new RequestTrace();
+    let answered = false;
     try {
-      for (let k = 0; k < n; k++) admissions.push(version.admit(client));
-    } catch (e) {
-      for (const a of admissions) a.release();
-      version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED, n); // QUEUE_FULL: each item
-      throw e;
-    }
-    // every item is admitted before the first reaches the batcher, so the batcher waits for the rest of them
-    const runs = admissions.map(async (admission, k) => {
-      const t0 = performance.now();
+      checkAdmissible(name, version, n, client);
+      const admissions: Admission[] = [];
       try {
-        if (signal?.aborted) throw clientGone();
-        const outputs = await admission.infer(items[k], signal);
-        version.stats.recordRequest((performance.now() - t0) * 1000);
-        return outputs;
+        for (let k = 0; k < n; k++) admissions.push(version.admit(client));
       } catch (e) {
-        const err = n === 1 ? notComputable(name, e, version.inputs, items[k], inputs) : notComputable(name, e, version.inputs, items[k]);
-        version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED, 1, (performance.now() - t0) * 1000);
-        throw err;
-      } finally {
-        admission.release();
+        for (const a of admissions) a.release();
+        version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED, n); // QUEUE_FULL: each item
+        throw e;
       }
-    });
-    return { model, version, outputs: joinItems(await settleAll(runs), wanted) };
+      // every item is admitted before the first reaches the batcher, so the batcher waits for the rest of them
+      const runs = admissions.map(async (admission, k) => {
+        const t0 = performance.now();
+        try {
+          if (signal?.aborted) throw clientGone();
+          const outputs = await admission.infer(items[k], signal, request);
+          version.stats.recordItem((performance.now() - t0) * 1000);
+          return outputs;
+        } catch (e) {
+          const err = n === 1 ? notComputable(name, e, version.inputs, items[k], inputs) : notComputable(name, e, version.inputs, items[k]);
+          version.stats.recordError(err instanceof GatewayError ? err.code : ErrorCode.INFERENCE_FAILED);
+          throw err;
+        } finally {
+          admission.release();
+        }
+      });
+      const outputs = joinItems(await settleAll(runs), wanted);
+      answered = true;
+      return { model, version, outputs };
+    } finally {
+      version.stats.recordRequestEnd(request, answered);
+    }
   }
 
   /**
@@ -375,31 +389,36 @@ export class InferenceService {
         `encoded images go to the image input of model ${name}, ${JSON.stringify(plan.input)}, not ${JSON.stringify(opts.inputName)}`,
       );
     if (sources.length === 0) throw bad('no images');
-    // the version checked above, not whichever is latest by the time the images run (a reload in between)
-    // the request fails as a whole when one image fails: the others are not run (nor counted) once one has failed
-    const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal, client: opts.client }, true).map(
-      async (r) => (await r).outputs,
-    );
-    const settled = await Promise.allSettled(runs);
-    // the image that failed by itself (the others it stopped are marked NOT_RUN)
-    const rejected = (r: PromiseSettledResult<Feeds>): r is PromiseRejectedResult => r.status === 'rejected';
-    const own = settled.findIndex((r) => rejected(r) && !wasNotRun(r.reason));
-    const k = own >= 0 ? own : settled.findIndex(rejected);
-    if (k >= 0) {
-      const e = (settled[k] as PromiseRejectedResult).reason as unknown;
-      // one image of several fails the request: which one
-      if (sources.length > 1 && isGatewayError(e) && IMAGE_ERRORS.has(e.code))
-        throw new GatewayError(e.code, `the image at index ${k} of ${sources.length}: ${e.message}`, e.details, { cause: e });
-      throw e;
-    }
-    return {
-      model,
-      version,
-      outputs: joinItems(
+    // one request, counted once when it is answered (its outputs joined) or has failed
+    const request = new RequestTrace();
+    let answered = false;
+    try {
+      // the version checked above, not whichever is latest by the time the images run (a reload in between)
+      // the request fails as a whole when one image fails: the others are not run (nor counted) once one has failed
+      const runs = this.runImages(null, name, version.version, sources, { signal: opts.signal, client: opts.client }, true, request).map(
+        async (r) => (await r).outputs,
+      );
+      const settled = await Promise.allSettled(runs);
+      // the image that failed by itself (the others it stopped are marked NOT_RUN)
+      const rejected = (r: PromiseSettledResult<Feeds>): r is PromiseRejectedResult => r.status === 'rejected';
+      const own = settled.findIndex((r) => rejected(r) && !wasNotRun(r.reason));
+      const k = own >= 0 ? own : settled.findIndex(rejected);
+      if (k >= 0) {
+        const e = (settled[k] as PromiseRejectedResult).reason as unknown;
+        // one image of several fails the request: which one
+        if (sources.length > 1 && isGatewayError(e) && IMAGE_ERRORS.has(e.code))
+          throw new GatewayError(e.code, `the image at index ${k} of ${sources.length}: ${e.message}`, e.details, { cause: e });
+        throw e;
+      }
+      const outputs = joinItems(
         settled.map((r) => (r as PromiseFulfilledResult<Feeds>).value),
         wanted,
-      ),
-    };
+      );
+      answered = true;
+      return { model, version, outputs };
+    } finally {
+      version.stats.recordRequestEnd(request, answered);
+    }
   }
 
   /**
@@ -410,6 +429,9 @@ export class InferenceService {
    *
    * `allOrNone`: the caller answers all the images or none (KServe): once one fails, the decodes of the others stop and
    * none of them is run; they reject with an error marked NOT_RUN, counted nowhere (the failing one is counted).
+   *
+   * The call is one request in the version's statistics (byRequest), answered when every image is, failed when any
+   * image fails; `request`: the caller's instead, which the caller counts when it has answered (or failed) it.
    */
   runImages(
     task: Task | null,
@@ -418,13 +440,27 @@ export class InferenceService {
     sources: readonly ImageSource[],
     { signal, client, held }: RunOptions = {},
     allOrNone = false,
+    request?: RequestTrace,
   ): Promise<ImageRun>[] {
     const { model, version } = this.models.resolve(name, versionNo);
     const config = version.config ?? model.config;
     if (task !== null && config.task !== task)
       throw bad(`model ${model.name} is a ${config.task} model, not ${task}: use ${RUNS_TASK[config.task]} for it`);
     const { plan, files } = planFor(model, version);
-    checkAdmissible(name, version, sources.length, client, held?.get(version) ?? 0);
+    // one request (the caller's, or this call's own, counted once its last image is answered or has failed)
+    const trace = request ?? new RequestTrace();
+    let left = sources.length;
+    let failed = false;
+    const itemSettled = (ok: boolean) => {
+      failed ||= !ok;
+      if (--left === 0 && !request) version.stats.recordRequestEnd(trace, !failed);
+    };
+    try {
+      checkAdmissible(name, version, sources.length, client, held?.get(version) ?? 0);
+    } catch (e) {
+      if (!request) version.stats.recordRequestEnd(trace, false);
+      throw e;
+    }
     const limits = { maxPixels: this.limits.maxImagePixels, formats: this.limits.imageFormats, timeoutMs: this.limits.decodeTimeoutMs };
     // allOrNone: which image failed first by itself (not as its client went away), and the signal that stops the rest
     let failedAt = -1;
@@ -461,19 +497,21 @@ export class InferenceService {
     });
     const allSettled = Promise.allSettled(items.map((i) => i.prepared));
     return items.map(async ({ t0, admission, prepared }, i) => {
+      let ok = false;
       try {
         if (!admission) return await prepared; // rethrows the admission error
         await allSettled;
         if (failedAt >= 0 && failedAt !== i) throw notRun();
         const { image, tensor, transform, input } = await prepared;
-        const outputs = await admission.infer({ [input]: tensor }, signal);
-        version.stats.recordRequest((performance.now() - t0) * 1000);
+        const outputs = await admission.infer({ [input]: tensor }, signal, trace);
+        version.stats.recordItem((performance.now() - t0) * 1000);
+        ok = true;
         return { model, version, files, image, transform, plan, outputs };
       } catch (e) {
-        if (!wasNotRun(e))
-          version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED, 1, (performance.now() - t0) * 1000);
+        if (!wasNotRun(e)) version.stats.recordError(e instanceof GatewayError ? e.code : ErrorCode.INFERENCE_FAILED);
         throw e;
       } finally {
+        itemSettled(ok);
         if (admission) {
           admission.release();
           const left = (held?.get(version) ?? 1) - 1;

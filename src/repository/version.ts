@@ -5,7 +5,7 @@ import type { VersionMetrics } from '../metrics.ts';
 import { DTYPES, type LoadOptions, type Session, type TensorInfo } from '../engine/types.ts';
 import { Admissions, type Ticket } from '../batching/admission.ts';
 import { Batcher, type Feeds } from '../batching/batcher.ts';
-import { VersionStats } from '../batching/stats.ts';
+import { VersionStats, type RequestTrace } from '../batching/stats.ts';
 import type { ModelConfig } from './model-config.ts';
 import type { ModelFiles } from './model-files.ts';
 import { missingModelFile } from './store.ts';
@@ -59,8 +59,11 @@ export interface VersionDeps {
 
 /** One admitted request of a version: its single inference, then release(). */
 export interface Admission {
-  /** The request's one inference; `signal` (the client went away) drops it if it has not reached the engine. */
-  infer(feeds: Feeds, signal?: AbortSignal): Promise<Feeds>;
+  /**
+   * The request's one inference; `signal` (the client went away) drops it if it has not reached the engine; `request`:
+   * the call of the inference service it is an item of, whose queue and compute times it adds to.
+   */
+  infer(feeds: Feeds, signal?: AbortSignal, request?: RequestTrace): Promise<Feeds>;
   release(): void;
 }
 
@@ -377,7 +380,7 @@ export class ModelVersion {
     // the restart is claimed before the shutdown: an unload, a delete or a replacement asked for while requests in
     // flight drain calls it off (cancelRestart), instead of being undone by it afterwards
     const options = this.loadOptions;
-    if (this.stats.requests > 0) this.engineFailures = 0; // the reload served before it failed: start over
+    if (this.stats.items > 0) this.engineFailures = 0; // the reload served before it failed: start over
     const restart = ++this.engineFailures <= ModelVersion.MAX_ENGINE_RESTARTS && options !== null;
     const attempt = ++this.restartAttempts;
     this.restartPending = restart;
@@ -502,9 +505,9 @@ export class ModelVersion {
     }
     const ticket: Ticket = this.admissions.admit(client);
     return {
-      infer: (feeds, signal) => {
+      infer: (feeds, signal, request) => {
         ticket.markQueued();
-        return batcher.infer(feeds, signal);
+        return batcher.infer(feeds, signal, request);
       },
       release: () => ticket.release(),
     };

@@ -171,24 +171,30 @@ const NONE: V2Duration = { count: 0, ns: 0 };
 const duration = (count: number, us: number): V2Duration => ({ count, ns: Math.round(us * 1000) });
 
 /**
- * A version's counters as Triton reports them. What the gateway does not time apart is reported as not measured
- * (count 0): preparing inputs (decoding, preprocessing) and reading outputs, and a response cache it does not have.
- * compute_infer is counted per item, as Triton does: an engine call of four items that took 10 ms counts 4 and 40 ms.
+ * A version's counters as Triton reports them: inference_count counts inferences (items: each image, each item of a
+ * batch) and execution_count engine calls, while success, fail, queue and compute_infer count requests (one call of
+ * the inference service, however many items it carries), as Triton's do (its queue and compute counts are its
+ * successful requests): a request of six images that waited 3 ms counts 1 and 3 ms in queue. A request is charged
+ * the whole time of each engine call that computed its items (shared with other requests or not, as Triton charges
+ * every request of a batch), the sum of them when its items took several calls; its queue is the wait before its
+ * first call. What the gateway does not time apart is reported as not measured (count 0): preparing inputs (decoding,
+ * preprocessing) and reading outputs, and a response cache it does not have.
  */
 function versionStat(model: string, v: ModelVersion): V2ModelStat {
   const s = v.stats;
+  const r = s.byRequest;
   return {
     name: model,
     version: String(v.version),
     last_inference: s.lastSuccessAt,
-    inference_count: s.requests,
+    inference_count: s.items,
     execution_count: s.batches,
     inference_stats: {
-      success: duration(s.requests, s.requestTime.sum),
-      fail: duration(s.errorCount, s.failedUs),
-      queue: duration(s.queueTime.count, s.queueTime.sum),
+      success: duration(r.succeeded, r.succeededUs),
+      fail: duration(r.failed, r.failedUs),
+      queue: duration(r.succeeded, r.queueUs),
       compute_input: NONE,
-      compute_infer: duration(s.computedItems, s.computedItemUs),
+      compute_infer: duration(r.succeeded, r.computeUs),
       compute_output: NONE,
       cache_hit: NONE,
       cache_miss: NONE,
