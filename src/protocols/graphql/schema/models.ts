@@ -46,7 +46,11 @@ const StatsRef = builder.objectRef<{ version: number; stats: VersionStats }>('Mo
   description: 'Counters since the version was loaded. Times in milliseconds.',
   fields: (t) => ({
     version: t.int({ resolve: (s) => s.version }),
-    requests: t.int({ description: 'Requests answered successfully.', resolve: (s) => s.stats.items }),
+    requests: t.int({
+      description:
+        'Items answered successfully: an image, or one item of a raw batch (a request of six images counts six), as /metrics counts them. The KServe statistics extension counts requests.',
+      resolve: (s) => s.stats.items,
+    }),
     errors: t.int({ resolve: (s) => s.stats.errorCount }),
     errorsByCode: t.field({ type: [ErrorCount], resolve: (s) => [...s.stats.errors.entries()] }),
     batches: t.int({ description: 'Engine calls.', resolve: (s) => s.stats.batches }),
