@@ -385,6 +385,36 @@ function tokensFirst(core: KserveCore, logger: Logger, clients: ClientAddresses)
     });
 }
 
+/**
+ * HTTP/2 flow-control windows of the gRPC port: how much a client may send on one stream (a call), and on its whole
+ * connection, before the server's event loop has read it. HTTP/2's own are 64 KiB, which grpc-js leaves as they are
+ * (gRPC's C and Go servers grow theirs, to 16 MB, as they measure the link): a message then crossed 64 KiB per turn of
+ * the server's event loop, whatever the link, and a connection's calls shared that. In a probe where HTTP clients kept
+ * the loop busy, gRPC messages of 1-3 MB took 9-54 s to arrive (their handlers 1-8 s; HTTP bodies of the same size,
+ * which the kernel's socket buffers carry, came at once). What a client sends within them is read as it comes and
+ * counted against MAX_BYTES_IN_FLIGHT as before (receiveBounded); a connection holds at most its window unread, as a
+ * socket's receive buffer holds an HTTP body (Linux grows one to 6 MiB).
+ */
+export const STREAM_WINDOW = 1 << 20;
+export const CONNECTION_WINDOW = 4 << 20;
+
+/**
+ * Make the injector with the windows above. grpc-js takes no option for them on a server: its HTTP/2 server is made
+ * from `commonServerOptions` (the settings a connection starts with: each stream's window) and kept in `http2Servers`
+ * (whose sessions then widen the connection's). Tested in kserve-grpc.test.ts ('a message of MiBs'), so that an
+ * upgrade of grpc-js that moves them fails there.
+ */
+function widenWindows<T>(server: grpc.Server, makeInjector: () => T): T {
+  const internals = server as unknown as { commonServerOptions?: http2.ServerOptions; http2Servers?: Map<http2.Http2Server, unknown> };
+  const options = internals.commonServerOptions;
+  if (options) options.settings = { ...options.settings, initialWindowSize: STREAM_WINDOW };
+  const before = new Set(internals.http2Servers?.keys() ?? []);
+  const injector = makeInjector();
+  for (const h2 of internals.http2Servers?.keys() ?? [])
+    if (!before.has(h2)) h2.on('session', (session: http2.ServerHttp2Session) => session.setLocalWindowSize(CONNECTION_WINDOW));
+  return injector;
+}
+
 /** Set on a request refused before it was decoded (too many elements, or not a message): the error to answer. */
 const REFUSED = Symbol('refused before decoding');
 /** Set on a request of many elements, decoded in a turn of its own when its handler runs (turns.ts): how to decode it. */
@@ -421,7 +451,7 @@ export function createGrpcServer({
   // no such limit of its own)
   const listener = net.createServer();
   capConnections(listener, { maxConnections, maxPerClient: maxConnectionsPerClient, logger, port: 'grpc', clients });
-  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const injector = widenWindows(server, () => server.createConnectionInjector(grpc.ServerCredentials.createInsecure()));
   listener.on('connection', (socket) => {
     if (!socket.destroyed) injector.injectConnection(socket);
   });
