@@ -900,3 +900,22 @@ describe('KServe v2 over gRPC on IPv6 loopback', () => {
     }
   });
 });
+
+describe("the project's gRPC client (CLI, bench)", () => {
+  it('offers a window of 1 MiB per call, so that answers of MBs do not cross 64 KiB per turn of its event loop', async () => {
+    // a bare HTTP/2 server reads the settings the client's connection starts with
+    const server = http2.createServer();
+    const settings = new Promise<http2.Settings>((resolve) =>
+      server.on('session', (s) => s.once('remoteSettings', (r: http2.Settings) => resolve(r))),
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = createKserveGrpcClient(`127.0.0.1:${(server.address() as { port: number }).port}`);
+    try {
+      void client.ServerLive().catch(() => undefined); // a call makes it connect
+      expect((await settings).initialWindowSize).toBe(1 << 20);
+    } finally {
+      client.close();
+      server.close();
+    }
+  });
+});
