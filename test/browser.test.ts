@@ -778,6 +778,27 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it('a ?timeout= that is no number of seconds is said on the page, with the bounds it keeps (it was ignored without a word)', async () => {
+    // through a proxy that holds nothing, on an origin of its own (the last test counts the page's loads at gw.url/?)
+    const proxy = await holdingProxy(gw.url);
+    const tab = await open();
+    try {
+      for (const given of ['abc', '0', '-5', '']) {
+        await tab.goto(`${proxy.url}/?timeout=${given}`);
+        await tab.waitForSelector('.model[data-name="yolox"]');
+        expect(await tab.$eval('.timeout-unusable', (e) => e.textContent), given).toMatch(
+          new RegExp(`^\\?timeout=${given} is not a number of seconds above 0.*5 min for a run.*\\?timeout=600`),
+        );
+      }
+      await tab.goto(`${proxy.url}/?timeout=2.5`);
+      await tab.waitForSelector('.model[data-name="yolox"]');
+      expect(await tab.$('.timeout-unusable')).toBeNull();
+    } finally {
+      await tab.close();
+      await proxy.close();
+    }
+  });
+
   it('a read of the model list that never answers is given up past the bound, and read again (the list never came, nor any change after)', async () => {
     const proxy = await holdingProxy(gw.url);
     const tab = await open();

@@ -46,11 +46,18 @@ const TOKEN_KEY = 'gateway-token';
 const BOUNDS = { run: 5 * 60_000, admin: 11 * 60_000, list: 60_000 };
 /** The longest a timer waits (2^31-1 ms, 24.8 days). */
 const MAX_WAIT_MS = 2 ** 31 - 1;
-function boundsOf(search: string): typeof BOUNDS {
-  const asked = Number(new URLSearchParams(search).get('timeout') ?? NaN);
-  if (!(asked > 0)) return BOUNDS;
+/** The bounds `?timeout=` asks for, and why it was not used when it is no number of seconds above 0 (said on the page). */
+function boundsOf(search: string): { bounds: typeof BOUNDS; unusable: string | null } {
+  const given = new URLSearchParams(search).get('timeout');
+  if (given === null) return { bounds: BOUNDS, unusable: null };
+  const asked = given.trim() === '' ? NaN : Number(given);
+  if (!(asked > 0))
+    return {
+      bounds: BOUNDS,
+      unusable: `?timeout=${given} is not a number of seconds above 0, so the page waits as long as it would without it (5 min for a run, 11 min for a Load or Unload, 1 min for the model list): write ?timeout=600 for 10 min`,
+    };
   const ms = Math.min(asked * 1000, MAX_WAIT_MS);
-  return { run: ms, admin: ms, list: ms };
+  return { bounds: { run: ms, admin: ms, list: ms }, unusable: null };
 }
 const LONGER = 'add ?timeout=<seconds> to the address to wait longer';
 
@@ -128,7 +135,7 @@ export function App() {
   const [busyModels, setBusyModels] = useState<ReadonlyMap<string, { request: AbortController; load: boolean }>>(new Map());
   const [adminNote, setAdminNote] = useState<AdminNote | null>(null);
   // how long each request may take (see BOUNDS), as the address says when the page opens
-  const [bounds] = useState(() => boundsOf(location.search));
+  const [{ bounds, unusable: unusableTimeout }] = useState(() => boundsOf(location.search));
   // the request of the run going on: aborted by Cancel, and when another run takes its place (its answer is not wanted)
   const runRequest = useRef<AbortController | null>(null);
   // Try again: the same picture on the same model, once more
@@ -442,6 +449,11 @@ export function App() {
           <p class="muted small">
             Type a token above to get Load / Unload: the admin token if the gateway sets ADMIN_TOKEN; without one, admin works from this
             machine only.
+          </p>
+        )}
+        {unusableTimeout && (
+          <p class="timeout-unusable small" role="alert">
+            {unusableTimeout}
           </p>
         )}
       </aside>
