@@ -868,6 +868,33 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
+  it('a model that failed before the page opened shows its error by the model too, without a Load or a token (it was a tooltip only)', async () => {
+    const broken = await startGateway({
+      models: { tensors: RAW, broken: { onnx: new Uint8Array([8, 1, 2, 3, 4, 5]), config: { task: 'classification' } } },
+    });
+    const tab = await open();
+    const note = '.model[data-name="broken"] .model-note';
+    try {
+      await tab.goto(`${broken.url}/`);
+      await tab.waitForSelector(note);
+      expect(await tab.$eval(note, (e) => e.textContent)).toMatch(
+        /^MODEL_LOAD_FAILED cannot load version 1 of broken: model\.onnx is not an ONNX model/,
+      );
+      expect(await tab.$('.model[data-name="tensors"] .model-note')).toBeNull();
+      // dismissed, it stays gone when the list is read again (an Unload of another model changes the list)
+      await tab.click(`${note} .dismiss`);
+      expect(await tab.$(note)).toBeNull();
+      await tab.type('input[name=token]', 'any-token');
+      await tab.keyboard.press('Tab');
+      await tab.click('.model[data-name="tensors"] .admin');
+      await tab.waitForSelector('.model[data-name="tensors"][data-state="UNLOADED"]');
+      expect(await tab.$(note)).toBeNull();
+    } finally {
+      await tab.close();
+      await broken.close();
+    }
+  });
+
   it("a failed Load shows the version's error by the model, code first, readable and dismissable (it was a tooltip only)", async () => {
     const broken = await startGateway({
       models: { tensors: RAW, broken: { onnx: new Uint8Array([8, 1, 2, 3, 4, 5]), config: { task: 'classification' } } },

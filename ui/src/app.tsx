@@ -134,6 +134,9 @@ export function App() {
   const adminRequests = useRef(new Map<string, { request: AbortController; load: boolean }>());
   const [busyModels, setBusyModels] = useState<ReadonlyMap<string, { request: AbortController; load: boolean }>>(new Map());
   const [adminNote, setAdminNote] = useState<AdminNote | null>(null);
+  // failed versions whose error was dismissed (model:version): a version that failed before this page's own Load (at
+  // the gateway's start, by another client) has its error said under the model too, until dismissed
+  const [dismissed, setDismissed] = useState<ReadonlySet<string>>(new Set());
   // how long each request may take (see BOUNDS), as the address says when the page opens
   const [{ bounds, unusable: unusableTimeout }] = useState(() => boundsOf(location.search));
   // the request of the run going on: aborted by Cancel, and when another run takes its place (its answer is not wanted)
@@ -394,12 +397,19 @@ export function App() {
             const st = modelState(m);
             const busy = busyModels.get(m.name);
             // a failed version's note stays while that version has its error (it goes once the version loads)
-            const note =
-              !busy &&
-              adminNote?.model === m.name &&
-              (adminNote.version === undefined || m.versions.some((v) => v.version === adminNote.version && v.errorCode))
+            const failed = st.kind === 'failed' && st.version ? `${m.name}:${st.version.version}` : null;
+            const note = busy
+              ? null
+              : adminNote?.model === m.name &&
+                  (adminNote.version === undefined || m.versions.some((v) => v.version === adminNote.version && v.errorCode))
                 ? adminNote.error
-                : null;
+                : failed && !dismissed.has(failed)
+                  ? new RequestError(st.version!.errorCode!, st.version!.errorMessage ?? '')
+                  : null;
+            const dismiss = () => {
+              if (adminNote?.model === m.name) setAdminNote(null);
+              if (failed) setDismissed((d) => new Set(d).add(failed));
+            };
             return (
               <li
                 key={m.name}
@@ -432,7 +442,7 @@ export function App() {
                 {note && (
                   <div class="model-note" role="alert">
                     <code>{note.code}</code> {note.message}
-                    <button class="dismiss" title="Dismiss" aria-label="Dismiss" onClick={() => setAdminNote(null)}>
+                    <button class="dismiss" title="Dismiss" aria-label="Dismiss" onClick={dismiss}>
                       ×
                     </button>
                   </div>
