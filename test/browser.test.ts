@@ -868,14 +868,23 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
     }
   });
 
-  it('a model that failed before the page opened shows its error by the model too, without a Load or a token (it was a tooltip only)', async () => {
+  /** The page of a gateway whose repository holds a model that cannot load (`broken`, beside `tensors`), in a tab. */
+  const withBrokenModel = async (fn: (tab: Page, note: string) => Promise<void>) => {
     const broken = await startGateway({
       models: { tensors: RAW, broken: { onnx: new Uint8Array([8, 1, 2, 3, 4, 5]), config: { task: 'classification' } } },
     });
     const tab = await open();
-    const note = '.model[data-name="broken"] .model-note';
     try {
       await tab.goto(`${broken.url}/`);
+      await fn(tab, '.model[data-name="broken"] .model-note');
+    } finally {
+      await tab.close();
+      await broken.close();
+    }
+  };
+
+  it('a model that failed before the page opened shows its error by the model too, without a Load or a token (it was a tooltip only)', async () => {
+    await withBrokenModel(async (tab, note) => {
       await tab.waitForSelector(note);
       expect(await tab.$eval(note, (e) => e.textContent)).toMatch(
         /^MODEL_LOAD_FAILED cannot load version 1 of broken: model\.onnx is not an ONNX model/,
@@ -889,20 +898,11 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
       await tab.click('.model[data-name="tensors"] .admin');
       await tab.waitForSelector('.model[data-name="tensors"][data-state="UNLOADED"]');
       expect(await tab.$(note)).toBeNull();
-    } finally {
-      await tab.close();
-      await broken.close();
-    }
+    });
   });
 
   it("a failed Load shows the version's error by the model, code first, readable and dismissable (it was a tooltip only)", async () => {
-    const broken = await startGateway({
-      models: { tensors: RAW, broken: { onnx: new Uint8Array([8, 1, 2, 3, 4, 5]), config: { task: 'classification' } } },
-    });
-    const tab = await open();
-    const note = '.model[data-name="broken"] .model-note';
-    try {
-      await tab.goto(`${broken.url}/`);
+    await withBrokenModel(async (tab, note) => {
       await tab.type('input[name=token]', 'any-token');
       await tab.keyboard.press('Tab');
       await tab.waitForSelector('.model[data-name="broken"][data-state="MODEL_LOAD_FAILED"] .admin');
@@ -935,10 +935,7 @@ describe.skipIf(!HAS_CHROMIUM)(inChromium, () => {
       await tab.click('.model[data-name="tensors"] .admin');
       await tab.waitForSelector('.model[data-name="tensors"][data-state="UNLOADED"]');
       expect(await tab.$(note)).toBeNull();
-    } finally {
-      await tab.close();
-      await broken.close();
-    }
+    });
   });
 
   it('asked for nothing outside 127.0.0.1, and logged no error (no CSP violation either)', async () => {
