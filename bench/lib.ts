@@ -8,6 +8,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { encodeMultipart } from '../src/client/multipart.ts';
 
+export { PROTOCOL_ALONE_QUERY, mobilenetConfig } from './requests.ts';
+
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The project's own fixtures: photos in test/fixtures/images, models in the default repository (models/). */
 export const IMAGES = path.join(ROOT, 'test', 'fixtures', 'images');
@@ -166,9 +168,19 @@ export async function startNaive(
   model: string,
   { exactInt8 = false }: { exactInt8?: boolean } = {},
 ): Promise<{ port: number; child: ChildProcess; stop(): Promise<void> }> {
+  return startScript(path.join(ROOT, 'bench', 'naive.ts'), [model, ...(exactInt8 ? ['exact'] : [])]);
+}
+
+/**
+ * A baseline server of the benchmark's own (`node --import tsx <script> <port> ...args`) as a separate process,
+ * resolved once it prints "ready".
+ */
+export async function startScript(
+  script: string,
+  args: string[] = [],
+): Promise<{ port: number; child: ChildProcess; stop(): Promise<void> }> {
   const port = await freePort();
-  const args = [path.join(ROOT, 'bench', 'naive.ts'), String(port), model, ...(exactInt8 ? ['exact'] : [])];
-  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
+  const child = spawn(process.execPath, ['--import', 'tsx', script, String(port), ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -181,7 +193,7 @@ export async function startNaive(
   );
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (d) => String(d).includes('ready') && resolve());
-    child.once('exit', () => reject(new Error('the naive server did not start')));
+    child.once('exit', () => reject(new Error(`${path.basename(script)} did not start`)));
   });
   return {
     port,

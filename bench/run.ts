@@ -36,7 +36,19 @@ import { classify } from '../src/vision/classification.ts';
 import { createKserveGrpcClient, type KserveGrpcClient } from '../src/client/kserve-grpc.ts';
 import pLimit from 'p-limit';
 import { renderChart } from './chart.ts';
-import { IMAGES, ROOT, cpuSeconds, modelFile, multipartBody, post, postRaw, startNaive, startServer } from './lib.ts';
+import {
+  IMAGES,
+  PROTOCOL_ALONE_QUERY,
+  ROOT,
+  cpuSeconds,
+  mobilenetConfig,
+  modelFile,
+  multipartBody,
+  post,
+  postRaw,
+  startNaive,
+  startServer,
+} from './lib.ts';
 
 // the same threads as the server (src/main.ts and the inference service), for the in-process mode and the stage costs
 sharp.concurrency(1);
@@ -73,20 +85,7 @@ const MAX_PIXELS = 40_000_000;
 const CORES = os.availableParallelism?.() ?? os.cpus().length;
 
 const BATCHING = { maxBatchSize: 16, maxDelayMs: Number(process.env.BENCH_DELAY_MS ?? 0), maxQueueSize: 1024 };
-const config = (batching: object) => ({
-  task: 'classification',
-  preprocessing: {
-    resizeType: 'CROP',
-    interpolation: 'LINEAR', // as models/mobilenet/model.json (bilinear, as torchvision trains it)
-    cropFraction: 0.875,
-    colorChannels: 'RGB',
-    pixelScaling: 1,
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
-  },
-  postprocessing: { activation: 'softmax' },
-  batching,
-});
+const config = mobilenetConfig;
 
 interface Point {
   set: string;
@@ -494,11 +493,7 @@ async function main() {
     // HTTP, multipart, yoga and our plugins, the GraphQL execution and answer; measured last, on the server warmed up
     // by the rounds (with BENCH_BASELINE, the baseline server's too, interleaved: an A/B of the protocol's own cost)
     if (!selected || selected.includes('gateway')) {
-      const { body, type } = multipartBody(
-        'mutation($f: File!) { __typename classify(model: "mobilenet", image: { file: $f }) @skip(if: true) { predictions { classId } } }',
-        small[0].bytes,
-        small[0].name,
-      );
+      const { body, type } = multipartBody(PROTOCOL_ALONE_QUERY, small[0].bytes, small[0].name);
       const protocolAlone = (mode: string, port: number, pid: number) => ({
         mode,
         cpu: serverCpu(pid),
