@@ -430,6 +430,49 @@ describe('the server cannot be taken down', () => {
     await healthy();
   });
 
+  it('a multipart part name given twice is refused naming it: the parser kept only the last, which a proxy that read the first would not have seen', async () => {
+    const boundary = 'twice-boundary';
+    const part = (name: string, body: string, file = '') =>
+      `--${boundary}\r\nContent-Disposition: form-data; name="${name}"${file}\r\n\r\n${body}\r\n`;
+    const jpeg = '; filename="x.jpg"\r\nContent-Type: image/jpeg';
+    const ops = (query: string) => JSON.stringify({ query, variables: { f: null } });
+    const classify = ops('mutation($f: File!) { classify(model: "mobilenet", image: { file: $f }) { predictions { label } } }');
+    const unload = ops('mutation($f: File) { unloadModel(name: "mobilenet") { name } }');
+    const map = '{"0":["variables.f"]}';
+    const bee = (await readFile(image('bee.jpeg'))).toString('latin1');
+    const send = async (body: string) => {
+      const r = await fetch(`${gw.url}/graphql`, {
+        method: 'POST',
+        body: Buffer.from(body + `--${boundary}--\r\n`, 'latin1'),
+        headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'x-graphql-yoga-csrf': '1' },
+      });
+      return {
+        status: r.status,
+        body: (await r.json()) as { data?: unknown; errors?: { message: string; extensions: { code: string } }[] },
+      };
+    };
+    for (const [body, name] of [
+      // a harmless classify first, what runs (the last) unloads the model
+      [part('operations', classify) + part('operations', unload) + part('map', map) + part('0', bee, jpeg), 'operations'],
+      [part('operations', classify) + part('map', '{}') + part('map', map) + part('0', bee, jpeg), 'map'],
+      // two files under one name: one image classified, the other dropped without a word
+      [part('operations', classify) + part('map', map) + part('0', bee, jpeg) + part('0', 'not the bee', jpeg), '0'],
+    ] as const) {
+      const r = await send(body);
+      expect(r.status, name).toBe(400);
+      expect(r.body.errors?.[0].extensions.code, name).toBe('INVALID_INPUT');
+      expect(r.body.errors?.[0].message, name).toMatch(new RegExp(`the part "${name}" is given more than once`));
+      expect(r.body.data, name).toBeUndefined();
+    }
+    const models = await gw.gql<{ model: { versions: { state: string }[] } }>('{ model(name: "mobilenet") { versions { state } } }');
+    expect(models.data!.model.versions[0].state).toBe('AVAILABLE');
+    // each name once: taken
+    const ok = await send(part('operations', classify) + part('map', map) + part('0', bee, jpeg));
+    expect(ok.status).toBe(200);
+    expect(ok.body.errors).toBeUndefined();
+    await healthy();
+  });
+
   it('a file the map puts where the operation takes no File is refused naming the path and the type, never taken as a value', async () => {
     const before = await readFile(path.join(gw.root, 'mobilenet', 'model.json'), 'utf8');
     const bytes = Buffer.from('hi');

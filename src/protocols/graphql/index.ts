@@ -21,7 +21,7 @@ import { useSubscriptionRootRule } from './plugins/subscription-root.ts';
 import { useChunkedBodyLimit } from './plugins/body-limit.ts';
 import { useJsonErrors } from './plugins/json-errors.ts';
 import { useVariableValueLimit } from './plugins/variable-values.ts';
-import { useMultipartShape } from './plugins/multipart-shape.ts';
+import { useMultipartShape, watchRepeatedParts } from './plugins/multipart-shape.ts';
 import { useGraphiQLPage } from './plugins/graphiql-page.ts';
 import { useUnsupportedBody } from './plugins/unsupported-body.ts';
 import { useNotAcceptable } from './plugins/not-acceptable.ts';
@@ -141,6 +141,17 @@ export function createGraphqlProtocol({
     });
   };
 
+  const fetchAPI = createFetch({
+    formDataLimits: {
+      fileSize: maxUploadBytes,
+      files: maxFilesPerRequest,
+      fieldSize: maxUploadBytes,
+      fields: 64,
+      parts: maxFilesPerRequest + 64,
+    },
+  });
+  watchRepeatedParts(fetchAPI.FormData);
+
   const yoga = createYoga<Record<string, unknown>, Context>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -170,15 +181,7 @@ export function createGraphqlProtocol({
     // parsed documents are cached by their text: bounded by the text's size, not only by count, so large distinct
     // documents cannot fill the heap (an AST takes many times the memory of its text)
     parserAndValidationCache: documentCaches(),
-    fetchAPI: createFetch({
-      formDataLimits: {
-        fileSize: maxUploadBytes,
-        files: maxFilesPerRequest,
-        fieldSize: maxUploadBytes,
-        fields: 64,
-        parts: maxFilesPerRequest + 64,
-      },
-    }),
+    fetchAPI,
     // Yoga logs every GraphQL error it returns; those are the client's (typed, answered). Unexpected ones are logged
     // once by maskError, so yoga's own lines go to debug.
     logging: {

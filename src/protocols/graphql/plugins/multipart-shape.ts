@@ -42,6 +42,16 @@ export function useMultipartShape(): Plugin {
           if (isGraphQLError(e) && e.extensions?.code === undefined && /multipart form field/i.test(e.message)) throw refuse(e.message);
           throw e;
         }
+        const twice = await Promise.resolve()
+          .then(() => req.formData())
+          .then(
+            (form) => repeatedParts.get(form),
+            () => undefined,
+          );
+        if (twice !== undefined)
+          throw refuse(
+            `the part ${quoted(twice)} is given more than once: each part name goes once ("operations", "map", then one part per file)`,
+          );
         // a list is batching, which yoga refuses itself (and a list's length is the client's: never walked here)
         if (!Array.isArray(params) && (typeof params !== 'object' || params === null)) throw refuse('"operations" is not a JSON object');
         if (!Array.isArray(params)) {
@@ -176,6 +186,27 @@ async function checkMap(req: Request, refuse: (what: string) => Error): Promise<
     throw refuse(`the part ${quoted(loose)} is not bound to a variable by "map": for example {${quoted(loose)}: ["variables.f"]}`);
   }
   return all;
+}
+
+/** The first part name each parsed form was given twice, by form. */
+const repeatedParts = new WeakMap<object, string>();
+const WATCHED = Symbol.for('inference-gateway.repeated-parts');
+
+/**
+ * whatwg-node's multipart parser puts each part in the form with FormData.set, so a part name given twice keeps only
+ * the last: a second "operations" replaced the first without a word (what a proxy or a log read first is not what
+ * runs), and of two files under one name one was dropped. The parser's FormData class is made to note a name set
+ * again, which the request parser then refuses. Nothing else changes: set still replaces.
+ */
+export function watchRepeatedParts(FormDataClass: { prototype: FormData }): void {
+  const proto = FormDataClass.prototype as FormData & { [WATCHED]?: true };
+  if (proto[WATCHED]) return;
+  const set = proto.set;
+  proto.set = function (this: FormData, name: string, ...rest: unknown[]) {
+    if (this.has(name) && !repeatedParts.has(this)) repeatedParts.set(this, name);
+    return (set as (...a: unknown[]) => void).call(this, name, ...rest);
+  } as FormData['set'];
+  proto[WATCHED] = true;
 }
 
 /**
