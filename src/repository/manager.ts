@@ -475,7 +475,13 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       // (a chmod that lets the server read it retries a failed version too: its change time)
       const { changed: mtime, id } = await fileState(file);
       const mv = model.versions.get(v);
-      const configChanged = model.files !== null && mv?.files?.signature !== model.files.signature;
+      // a model.json that never read (so the version failed with its error, having no configuration to load with),
+      // edited into another mistake: the version says the file's mistake now, not the one fixed already (the page, the
+      // CLI's load and requests show the version's error)
+      const configChanged =
+        model.files !== null
+          ? mv?.files?.signature !== model.files.signature
+          : mv?.errorCode === ErrorCode.INVALID_MODEL_CONFIG && model.configError !== null && mv.errorMessage !== model.configError.message;
       // (a version that restarts itself after an engine failure is left to it, unless loadModel asks now: then its
       // restart is called off and a new instance loads at once)
       if (
