@@ -468,6 +468,18 @@ describe('inference over GraphQL with real models and photos', () => {
     expect(halfToFloat(floatToHalf(1 / 3))).toBeCloseTo(1 / 3, 3);
   });
 
+  it('a version the model does not have is refused naming the versions it has, over GraphQL and KServe', async () => {
+    const says = 'model mobilenet has no version 9 (its versions: 1)';
+    const classify = await gw.gql(
+      'mutation { classify(model: "mobilenet", version: 9, image: { base64: "AAAA" }) { predictions { classId } } }',
+    );
+    expect([errorCode(classify), classify.errors?.[0].message]).toEqual(['MODEL_NOT_FOUND', says]);
+    const shape = await gw.gql('{ inputShape(model: "mobilenet", version: 9) }');
+    expect([errorCode(shape), shape.errors?.[0].message]).toEqual(['MODEL_NOT_FOUND', says]);
+    const rest = await fetch(`${gw.url}/v2/models/mobilenet/versions/9`);
+    expect([rest.status, ((await rest.json()) as { error: string }).error]).toEqual([404, says]);
+  });
+
   it('answers typed errors for bad requests and keeps serving', async () => {
     const cases: [string, Record<string, unknown>, string][] = [
       ['mutation { classify(model: "nope", image: { base64: "AAAA" }) { predictions { classId } } }', {}, 'MODEL_NOT_FOUND'],

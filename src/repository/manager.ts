@@ -218,7 +218,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
       return { model, version: v };
     }
     const v = model.versions.get(version);
-    if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
+    if (!v) throw model.noSuchVersion(version);
     if (v.state !== 'AVAILABLE')
       throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${name} version ${version} is ${v.state}${whyVersionNotServing(model, v)}`, {
         state: v.state,
@@ -893,7 +893,7 @@ export class ModelManager extends EventEmitter<{ status: [ModelStatusEvent]; adm
 
   private async unloadHere(name: string, version?: number | null): Promise<Model> {
     const model = this.require(name);
-    const noSuchVersion = () => new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${version}`);
+    const noSuchVersion = () => model.noSuchVersion(version!);
     let unloaded: UnloadedVersions = null;
     if (version !== undefined && version !== null && !model.versions.has(version)) throw noSuchVersion();
     await model.exclusive(async () => {

@@ -1,4 +1,4 @@
-import type { GatewayError } from '../errors.ts';
+import { ErrorCode, GatewayError } from '../errors.ts';
 import type { Labels } from './labels.ts';
 import type { ModelFiles } from './model-files.ts';
 import { parseModelConfig, type ModelConfig, type Task, type VersionPolicy } from './model-config.ts';
@@ -118,6 +118,14 @@ export class Model {
     let t = this.configUpdatedAt;
     for (const v of this.versions.values()) if (v.updatedAt > t) t = v.updatedAt;
     return t;
+  }
+
+  /** MODEL_NOT_FOUND for a version this model does not have, naming those it has (a client's wrong number). */
+  noSuchVersion(version: number): GatewayError {
+    const have = [...this.versions.keys()].sort((a, b) => a - b);
+    const listed = have.length > 10 ? `${have.slice(0, 10).join(', ')}, ...` : have.join(', ');
+    const its = have.length > 0 ? ` (its versions: ${listed})` : ' (it has no version now)';
+    return new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${this.name} has no version ${version}${its}`);
   }
 
   /** The version requests go to when none is named: the highest AVAILABLE one. */

@@ -283,7 +283,7 @@ export function createKserveCore({
     const v = parseVersion(name, version);
     if (v === null) return { model, version: null };
     const mv = model.versions.get(v);
-    if (!mv) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${name} has no version ${v}`);
+    if (!mv) throw model.noSuchVersion(v);
     return { model, version: mv };
   }
 

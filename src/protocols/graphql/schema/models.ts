@@ -191,7 +191,10 @@ builder.queryFields((t) => ({
     resolve: (_, args, ctx) => {
       const model = ctx.models.require(args.model);
       const v = args.version ? model.versions.get(args.version) : model.describedVersion();
-      if (!v) throw new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version ${args.version ?? ''}`.trim());
+      if (!v)
+        throw args.version
+          ? model.noSuchVersion(args.version)
+          : new GatewayError(ErrorCode.MODEL_NOT_FOUND, `model ${args.model} has no version`);
       if (v.inputs.length === 0)
         throw new GatewayError(ErrorCode.MODEL_NOT_READY, `model ${args.model} version ${v.version} has not loaded`);
       const input = args.input ? v.inputs.find((i) => i.name === args.input) : v.inputs[0];
