@@ -708,7 +708,10 @@ describe('model repository over GraphQL', () => {
       await new Promise((r) => setTimeout(r, 50));
       const unload = await gw.gql(`mutation { unloadModel(name: "rotate", version: 2) { name } }`);
       expect((await load).errors).toBeUndefined();
-      expect([errorCode(unload), unload.errors?.[0].message]).toEqual(['MODEL_NOT_FOUND', 'model rotate has no version 2 (its versions: 1)']);
+      expect([errorCode(unload), unload.errors?.[0].message]).toEqual([
+        'MODEL_NOT_FOUND',
+        'model rotate has no version 2 (its versions: 1)',
+      ]);
       expect((await gw.gql(`{ model(name: "rotate") { versions { version state } } }`)).data.model.versions).toEqual([
         { version: 1, state: 'AVAILABLE' },
       ]);
