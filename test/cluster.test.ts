@@ -1114,6 +1114,62 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     r1.open();
     expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
   }, 60_000);
+
+  /**
+   * Replica 2 serves (joined); replica 1 starts and is held in its catch-up, not joined: at its read of the cluster
+   * state (`hold` hgetall), or after it, at its read of the models loaded by path (`hold` exec: a transaction is sent
+   * whole with its EXEC), before it lines models up with what it read.
+   */
+  async function secondJoining(hold: 'hgetall' | 'exec', prepare?: (dir: string) => Promise<void>) {
+    redis = await startRedis();
+    repo = await sharedRepository(['mobilenet']);
+    await prepare?.(path.join(repo.dir, 'mobilenet'));
+    const [m1, m2] = [manager(), manager()];
+    await Promise.all([m1.start(), m2.start()]);
+    const c2 = cluster('r2', m2);
+    await until(() => c2.status().connected, 10_000, 'replica 2 connected');
+    await c2.join();
+    const c1 = cluster('r1', m1);
+    const held = holdFirst(c1, [hold]);
+    await until(() => c1.status().connected, 10_000, 'replica 1 connected');
+    const joining = c1.join();
+    await held.atGate;
+    expect(c1.status().joined).toBe(false);
+    const leftAside = (c1 as unknown as { leftAside: Map<string, unknown> }).leftAside;
+    return { m1, m2, c1, c2, open: () => (held.open(), joining), leftAside };
+  }
+
+  it('a change kept on a replica that has not joined yet does not override a newer change another replica publishes meanwhile', async () => {
+    const { m1, m2, c1, c2, open, leftAside } = await secondJoining('hgetall');
+    await m1.unload('mobilenet'); // made first: kept on replica 1 until its catch-up ends
+    await m2.load('mobilenet'); // made after it: published at once
+    await until(() => leftAside.has('mobilenet'), 10_000, 'replica 1 to have the load, left aside behind its own unload');
+    await open();
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+  }, 60_000);
+
+  it('a change kept on a replica that has not joined yet is still published after another version is unloaded elsewhere: both stay', async () => {
+    const { m1, m2, c1, c2, open, leftAside } = await secondJoining('hgetall', twoVersions);
+    await m1.unload('mobilenet', 1); // kept on replica 1
+    await m2.unload('mobilenet', 2); // published at once: unloads add up, neither undoes the other
+    await until(() => leftAside.has('mobilenet'), 10_000, 'replica 1 to have the unload, left aside behind its own');
+    await open();
+    await until(() => !syncing(c1) && !syncing(c2), 20_000, 'both caught up');
+    expect(await settledVersions(m1, m2)).toEqual([
+      ['END', 'END'],
+      ['END', 'END'],
+    ]);
+  }, 60_000);
+
+  it('a model unloaded on a replica while its catch-up lines models up is not loaded again there by the older state it read', async () => {
+    const { m1, m2, c1, c2, open } = await secondJoining('exec'); // the state read (mobilenet loaded), not used yet
+    const states: string[] = [];
+    m1.on('status', (e) => states.push(e.state));
+    await m1.unload('mobilenet'); // kept: goes out once the catch-up ends
+    await open();
+    expect(await both(m1, m2, c1, c2)).toEqual(['END', 'END']);
+    expect(states).toEqual(['UNLOADING', 'END']);
+  }, 60_000);
 });
 
 describe('the bus reconnection backoff', () => {

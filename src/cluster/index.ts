@@ -30,7 +30,8 @@ import { RedisBus, backoff } from './bus.ts';
  *   restarted during a rolling restart, or cut off from Redis for a while, comes back in line); changes are counted
  *   there, so that a read of the hash older than a change already received does not undo it. If Redis lost that hash (restarted without persistence), the
  *   first replica to reconnect writes its state back; then each publishes the changes it kept (newer) and applies the
- *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write. A model
+ *   hash. Admin changes made here during a catch-up are kept and published at its end, after that write (one that a
+ *   change of another replica received meanwhile supersedes is dropped: see supersedes). A model
  *   loaded by path is kept in the hash `<prefix>:paths` (see PATH_RECORD), written by the same scripts, which a
  *   replica that joins or catches up loads from before it applies the unloaded state.
  * - **Lost connection.** Logged once, shown in /ready's body and `gateway_cluster_bus_connected`, retried with
@@ -122,6 +123,20 @@ type UnloadedState = UnloadedVersions;
  * update (description, metadata), a load (a path and its configuration; the new version of an upload).
  */
 const unsaid = (op: AdminOp): boolean => op.op === 'update' || op.op === 'load';
+
+/**
+ * A change `later` of another replica, received while `earlier` of the same model was kept here (not published yet: a
+ * catch-up running, Redis down or refusing it), was made after it: published now, `earlier` would undo it everywhere (an
+ * unload kept during a catch-up, over a load made since on another replica), so it is dropped. Unloads add up in the hash
+ * (see PUBLISH_SCRIPT): one does not supersede another. An update (description, metadata) is superseded by a delete
+ * only, and supersedes nothing. A delete made here has removed the model's folder already: it still goes out.
+ */
+function supersedes(later: AdminOp, earlier: AdminOp): boolean {
+  if (earlier.op === 'delete') return false;
+  if (later.op === 'delete') return true;
+  if (earlier.op === 'update' || later.op === 'update') return false;
+  return later.op === 'load' || earlier.op === 'load';
+}
 
 /**
  * A change published here, awaited back (see Cluster.unechoed): its number in its message, and the timer that takes it
@@ -381,6 +396,8 @@ export class Cluster {
   private readonly maxPendingAdmin: number;
   /** Admin changes made here and not published yet (the bus down, Redis refused them, a catch-up running), in order. */
   private readonly pendingAdmin: AdminOp[] = [];
+  /** Those of pendingAdmin that a change of another replica received since has superseded: dropped, not published. */
+  private readonly superseded = new WeakSet<AdminOp>();
   private readonly echoTimeoutMs: number;
   /** A catch-up that failed while connected, tried again after a backoff (no reconnection would run it). */
   private retry: NodeJS.Timeout | null = null;
@@ -806,6 +823,9 @@ export class Cluster {
           'an admin change of another replica left aside: a change of that model made here follows it',
         );
         this.leftAside.set(op.name, [...(this.leftAside.get(op.name) ?? []), ...(unsaid(op) ? [op] : [])]);
+        // newer than the changes of that model kept here (made before it, not published yet): those it supersedes are
+        // dropped, and the model is lined up with it once they are (see settle)
+        for (const mine of this.pendingAdmin) if (mine.name === op.name && supersedes(op, mine)) this.superseded.add(mine);
         return;
       }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
@@ -923,6 +943,15 @@ export class Cluster {
         if (this.synced && this.bus.connected) await this.restoreLostState();
         while (this.pendingAdmin.length && this.bus.connected) {
           const op = this.pendingAdmin[0];
+          if (this.superseded.has(op)) {
+            this.pendingAdmin.shift();
+            this.logger.info(
+              { op: op.op, model: op.name },
+              'an admin change kept here was not published: another replica changed that model since',
+            );
+            this.settle(op.name);
+            continue;
+          }
           await this.send(op); // refused: still first in pendingAdmin
           this.pendingAdmin.shift();
           this.settle(op.name); // its message may have come back already
@@ -994,7 +1023,8 @@ export class Cluster {
    * keep arriving on the other connection: a change received before the snapshot is used but counted after it (a `seq`
    * past the hash's "#", same epoch) would be undone by it, so the state is read again (a model still changing after
    * STATE_READS reads is left to its newest change, which carries its state). A model with a change made here and
-   * not published yet (kept during the catch-up) is left as it is: that change is newer and goes out next.
+   * not published yet (kept during the catch-up, also after the read) is left as it is: that change is newer and goes
+   * out next, or a newer one of another replica that supersedes it lines the model up (see settle).
    */
   private async applyUnloadedState(): Promise<void> {
     const redis = this.bus.publisher;
@@ -1050,7 +1080,11 @@ export class Cluster {
       .models()
       .filter((m) => !kept.has(m.name) && !racing.includes(m.name) && !unreadable.includes(m.name) && !adopted.has(m.name))
       .map((m) =>
-        this.serialize(m.name, async () => void (changedSince(m.name) || (await this.lineUp(m.name, wanted.get(m.name) ?? null)))),
+        // (nor one changed here since the read: kept, that change goes out after this catch-up)
+        this.serialize(
+          m.name,
+          async () => void (changedSince(m.name) || this.kept(m.name) || (await this.lineUp(m.name, wanted.get(m.name) ?? null))),
+        ),
       );
     // a model loaded here from its record is lined up once it is (an unloaded one is loaded first, then unloaded)
     for (const name of adopted)
