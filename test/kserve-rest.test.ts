@@ -168,7 +168,7 @@ describe('KServe v2 over REST', () => {
     const batch = await json(
       post('/models/id-f32/infer', { inputs: [{ name: 'x', datatype: 'FP32', shape: [2, 2, 4], data: Array(16).fill(0) }] }),
     );
-    expect([batch.status, batch.body.error]).toEqual([400, 'input x has shape [-1,2,3], got [2,2,4]']);
+    expect([batch.status, batch.body.error]).toEqual([400, 'input x has shape [-1,2,3] (-1: any size), got [2,2,4]']);
   });
 
   it('a size the client chose that the model cannot compute is INVALID_INPUT (400), not a server failure', async () => {
@@ -694,7 +694,7 @@ describe('KServe v2 over REST', () => {
     ]);
     expect((await json(post('/models/id-f32/infer', extra.body, extra.headers))).body.error).toMatch(/6 bytes of binary data after/);
     // messages say what was sent and what the model has
-    expect((await infer('id-f32', x({ shape: [6] }))).body.error).toMatch(/has shape \[-1,2,3\], got \[6\]/);
+    expect((await infer('id-f32', x({ shape: [6] }))).body.error).toMatch(/has shape \[-1,2,3\] \(-1: any size\), got \[6\]/);
     const notImage = await infer('id-f32', { inputs: [{ name: 'x', datatype: 'BYTES', shape: [1], data: ['hi'] }] });
     expect(notImage.body.error).toMatch(/shape \[\?,2,3\]/);
     const both = binaryBody(

@@ -19,7 +19,7 @@ import { inTurn } from '../turns.ts';
 import os from 'node:os';
 import { FairQueue } from './fair-queue.ts';
 import type { ImageSource } from './images.ts';
-import { hasBatchDimension, selectOutputs, tensorFeeds, type TensorInput } from './tensors.ts';
+import { hasBatchDimension, selectOutputs, shapeMismatch, tensorFeeds, type TensorInput } from './tensors.ts';
 
 /**
  * The inference service every protocol calls: admit -> preprocess -> batched engine call -> postprocess. It knows no
@@ -298,7 +298,7 @@ export class InferenceService {
     for (const i of inputs) {
       const info = version.inputs.find((x) => x.name === i.name);
       if (info && (info.shape.length !== i.shape.length || i.shape.some((d, k) => k > 0 && info.shape[k] !== null && info.shape[k] !== d)))
-        throw bad(`input ${i.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${i.shape.join(',')}]`);
+        throw shapeMismatch(i.name, info.shape, i.shape);
     }
     // a model without a batch dimension takes the request whole, as one item
     const batched = hasBatchDimension(version.inputs);

@@ -30,6 +30,12 @@ export const hasBatchDimension = (infos: readonly TensorInfo[]): boolean =>
 /** What -1 in a model's shape means, for a request that sent it as a size (GraphQL's infer and KServe say it alike). */
 export const ANY_SIZE = 'marks a dimension of any size; send the size your data has there';
 
+/** A shape sent that does not fit the model's, the model's written as metadata writes it (-1: any size, said so). */
+export function shapeMismatch(name: string, model: readonly (number | null)[], sent: readonly number[]): GatewayError {
+  const any = model.includes(null) ? ' (-1: any size)' : '';
+  return bad(`input ${name} has shape [${model.map((d) => d ?? -1).join(',')}]${any}, got [${sent.join(',')}]`);
+}
+
 export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs: readonly TensorInput[]): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
   const batched = hasBatchDimension(infos);
@@ -53,7 +59,7 @@ export function tensorFeeds(model: string, infos: readonly TensorInfo[], inputs:
       shape.length !== info.shape.length ||
       shape.some((d, i) => !Number.isInteger(d) || d < 0 || (info.shape[i] !== null && info.shape[i] !== d))
     ) {
-      throw bad(`input ${input.name} has shape [${info.shape.map((d) => d ?? -1).join(',')}], got [${shape.join(',')}]`);
+      throw shapeMismatch(input.name, info.shape, shape);
     }
     if (shape[0] !== 1 && shape.length > 0 && batched)
       throw bad(`input ${input.name}: send one item (batch dimension 1) per tensor; the gateway batches requests itself`);
