@@ -42,20 +42,20 @@ export function useMultipartShape(): Plugin {
           if (isGraphQLError(e) && e.extensions?.code === undefined && /multipart form field/i.test(e.message)) throw refuse(e.message);
           throw e;
         }
-        const twice = await Promise.resolve()
+        // the form yoga parsed (a request parses its body once and keeps it); one that cannot be read again is left to
+        // yoga's answers
+        const form = await Promise.resolve()
           .then(() => req.formData())
-          .then(
-            (form) => repeatedParts.get(form),
-            () => undefined,
-          );
+          .catch(() => null);
+        const twice = form ? repeatedParts.get(form) : undefined;
         if (twice !== undefined)
           throw refuse(
             `the part ${quoted(twice)} is given more than once: each part name goes once ("operations", "map", then one part per file)`,
           );
         // a list is batching, which yoga refuses itself (and a list's length is the client's: never walked here)
         if (!Array.isArray(params) && (typeof params !== 'object' || params === null)) throw refuse('"operations" is not a JSON object');
-        if (!Array.isArray(params)) {
-          const paths = await checkMap(req, refuse);
+        if (!Array.isArray(params) && form) {
+          const paths = checkMap(form, refuse);
           checkLists(
             params,
             paths.map(([, p]) => p),
@@ -141,17 +141,12 @@ function notAFile(schema: GraphQLSchema, document: DocumentNode, operationName: 
 }
 
 /**
- * The map, read again from the form yoga parsed (a request parses its body once and keeps the form), where yoga
- * applies whatever it finds: a path written as a string was read letter by letter (answered "Unexpected parameter
- * "v""), a part the map names but the request lacks, or a file part the map does not bind, left the variable null
- * ("Variable "$f" of non-null type "File!" must not be null"). Said here in the spec's terms. A form that cannot be
- * read again is left to yoga's answers.
+ * The map, read again from the form yoga parsed, where yoga applies whatever it finds: a path written as a string was
+ * read letter by letter (answered "Unexpected parameter "v""), a part the map names but the request lacks, or a file
+ * part the map does not bind, left the variable null ("Variable "$f" of non-null type "File!" must not be null").
+ * Said here in the spec's terms.
  */
-async function checkMap(req: Request, refuse: (what: string) => Error): Promise<[string, string][]> {
-  const form = await Promise.resolve()
-    .then(() => req.formData())
-    .catch(() => null);
-  if (!form) return [];
+function checkMap(form: FormData, refuse: (what: string) => Error): [string, string][] {
   const text = form.get('map');
   const parts = [...new Set([...form.keys()])];
   const files = parts.filter((p) => p !== 'operations' && p !== 'map' && typeof form.get(p) !== 'string');
