@@ -822,10 +822,14 @@ export class Cluster {
           { op: op.op, model: op.name, from: message.replica },
           'an admin change of another replica left aside: a change of that model made here follows it',
         );
-        this.leftAside.set(op.name, [...(this.leftAside.get(op.name) ?? []), ...(unsaid(op) ? [op] : [])]);
         // newer than the changes of that model kept here (made before it, not published yet): those it supersedes are
         // dropped, and the model is lined up with it once they are (see settle)
-        for (const mine of this.pendingAdmin) if (mine.name === op.name && supersedes(op, mine)) this.superseded.add(mine);
+        const mine = this.pendingAdmin.filter((kept) => kept.name === op.name && supersedes(op, kept));
+        for (const kept of mine) this.superseded.add(kept);
+        // (a delete that wins over a change kept here is made here too: the hash cannot say it, and lined up with the
+        // hash, which no longer names the model, the model would stay here, loaded)
+        const replayed = unsaid(op) || (op.op === 'delete' && mine.length > 0);
+        this.leftAside.set(op.name, [...(this.leftAside.get(op.name) ?? []), ...(replayed ? [op] : [])]);
         return;
       }
       this.logger.info({ op: op.op, model: op.name, from: message.replica }, 'applying an admin change of another replica');
