@@ -1190,6 +1190,26 @@ describe.skipIf(missing.length > 0)('two replicas whose catch-ups interleave wit
     expect([m1.get('bypath')?.versions.get(1)?.state ?? 'deleted', m2.get('bypath') ? 'here' : 'deleted']).toEqual(['deleted', 'deleted']);
   }, 60_000);
 
+  it('a change kept through an outage is not dropped for a change another replica kept through it too: which was made first, no replica knows', async () => {
+    const { m1, m2, c1, c2 } = await twoJoined();
+    await redis!.stop();
+    await until(() => !c1.status().connected && !c2.status().connected, 10_000, 'both to see Redis gone');
+    await m2.unload('mobilenet'); // kept on replica 2
+    await sleep(100);
+    await m1.unload('mobilenet'); // then on replica 1, kept: the last change made anywhere is its load
+    await m1.load('mobilenet');
+    // each held at its first command once back (subscribed by then): replica 2 goes first, replica 1 hears it
+    const [r1, r2] = [c1, c2].map((c) => holdFirst(c, ['hexists', 'eval', 'evalsha']));
+    const leftAside = (c1 as unknown as { leftAside: Map<string, unknown> }).leftAside;
+    await redis!.start();
+    await Promise.all([r1.atGate, r2.atGate]);
+    r2.open();
+    await until(() => leftAside.has('mobilenet'), 10_000, "replica 1 to have replica 2's unload, left aside behind its own");
+    r1.open();
+    // (its load was dropped for the unload published first, made before it)
+    expect(await both(m1, m2, c1, c2)).toEqual(['AVAILABLE', 'AVAILABLE']);
+  }, 60_000);
+
   it('a model unloaded on a replica while its catch-up lines models up is not loaded again there by the older state it read', async () => {
     const { m1, m2, c1, c2, open } = await secondJoining('exec'); // the state read (mobilenet loaded), not used yet
     const states: string[] = [];

@@ -114,6 +114,12 @@ type AdminMessage = Wire & {
   paths?: true;
   /** A load by path: the record it wrote. */
   record?: PathRecord;
+  /**
+   * A change the sender kept before publishing it (made while it could not publish: Redis down or refusing it, a
+   * catch-up running), so made at some moment before it went out: it supersedes no change kept by its receiver (see
+   * supersedes), which may be newer.
+   */
+  kept?: true;
 };
 /** Which versions of a model are unloaded (null: none), as kept in the hash. */
 type UnloadedState = UnloadedVersions;
@@ -126,7 +132,9 @@ const unsaid = (op: AdminOp): boolean => op.op === 'update' || op.op === 'load';
 
 /**
  * A change `later` of another replica, received while `earlier` of the same model was kept here (not published yet: a
- * catch-up running, Redis down or refusing it), was made after it: published now, `earlier` would undo it everywhere (an
+ * catch-up running, Redis down or refusing it), and published by that replica as it was made (not kept there too, see
+ * AdminMessage.kept: two changes kept through one outage were made in an order no replica knows, and the last
+ * published wins, as before), was made after it: published now, `earlier` would undo it everywhere (an
  * unload kept during a catch-up, over a load made since on another replica), so it is dropped. Unloads add up in the hash
  * (see PUBLISH_SCRIPT): one does not supersede another. An update (description, metadata) is superseded by a delete
  * only, and supersedes nothing. A delete made here has removed the model's folder already: it still goes out.
@@ -632,11 +640,11 @@ export class Cluster {
    * replica publishes meanwhile comes before it. Refused: `unsent` runs (the change is kept) before it stops being
    * awaited, so that the model is never free for a moment to be lined up with a hash that lacks it.
    */
-  private async send(op: AdminOp, unsent: () => void = () => undefined): Promise<void> {
+  private async send(op: AdminOp, unsent: () => void = () => undefined, kept = false): Promise<void> {
     const echo: Echo = { n: ++this.sent, timer: null };
     this.unechoed.set(op.name, [...(this.unechoed.get(op.name) ?? []), echo]);
     try {
-      await this.publishAdmin(op, echo.n);
+      await this.publishAdmin(op, echo.n, kept);
     } catch (e) {
       unsent();
       this.echoed(op.name, echo.n);
@@ -687,10 +695,11 @@ export class Cluster {
   }
 
   /** The change and the resulting unloaded state in one transaction: a replica that joins later sees the state. */
-  private async publishAdmin(op: AdminOp, n: number): Promise<void> {
+  private async publishAdmin(op: AdminOp, n: number, kept: boolean): Promise<void> {
+    const was = kept ? { kept: true as const } : {};
     if (op.op === 'update') {
       // model.json edits: nothing in the unloaded-models hash changes; a model loaded by path keeps them in its record
-      const message = JSON.stringify({ ...this.wire(), op, n } satisfies AdminMessage);
+      const message = JSON.stringify({ ...this.wire(), op, n, ...was } satisfies AdminMessage);
       const record = this.record(op.name);
       let plain = record === '';
       if (!plain)
@@ -730,6 +739,7 @@ export class Cluster {
         n,
         paths: true,
         ...(record ? { record: JSON.parse(record) as PathRecord } : {}),
+        ...was,
       } satisfies AdminMessage); // the script adds the state
       try {
         await (this.bus.publisher as unknown as ScriptCommands).gatewayPublish(
@@ -755,7 +765,7 @@ export class Cluster {
           { error: errorMessage(e), op: op.op, model: op.name },
           'the cluster state in Redis could not be updated: the admin change is published without it',
         );
-        const plain: AdminMessage = { ...this.wire(), op: wireOp, n, ...(op.op === 'delete' ? {} : { state }) };
+        const plain: AdminMessage = { ...this.wire(), op: wireOp, n, ...(op.op === 'delete' ? {} : { state }), ...was };
         await this.bus.publisher.publish(this.channels.admin, JSON.stringify(plain));
       }
     }
@@ -824,7 +834,7 @@ export class Cluster {
         );
         // newer than the changes of that model kept here (made before it, not published yet): those it supersedes are
         // dropped, and the model is lined up with it once they are (see settle)
-        const mine = this.pendingAdmin.filter((kept) => kept.name === op.name && supersedes(op, kept));
+        const mine = message.kept ? [] : this.pendingAdmin.filter((kept) => kept.name === op.name && supersedes(op, kept));
         for (const kept of mine) this.superseded.add(kept);
         // (a delete that wins over a change kept here is made here too: the hash cannot say it, and lined up with the
         // hash, which no longer names the model, the model would stay here, loaded)
@@ -956,7 +966,7 @@ export class Cluster {
             this.settle(op.name);
             continue;
           }
-          await this.send(op); // refused: still first in pendingAdmin
+          await this.send(op, undefined, true); // refused: still first in pendingAdmin
           this.pendingAdmin.shift();
           this.settle(op.name); // its message may have come back already
         }
